@@ -1,0 +1,41 @@
+// Fault drivers: turn a validated FaultSpec into kernel changes and back.
+//
+// Every driver records the prior state (its undo record) before it touches the kernel, and a
+// fault that fails half-way is rolled back before apply() returns the error.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <system_error>
+
+#include <tl/expected.hpp>
+
+#include "faultline/v1/faults.pb.h"
+
+namespace faultline::agent {
+
+// code: the errno-style cause; message: words for a human, naming the fault, the object and,
+// for a missing kernel feature, how to get it (never libnl's bare "Object not found").
+struct FaultError {
+  std::error_code code;
+  std::string message;
+};
+
+class AppliedFault {
+ public:
+  virtual ~AppliedFault() = default;
+  // Restores exactly what apply() changed and verifies it by reading the state back.
+  // Safe to call again after a failure; a no-op once it has succeeded.
+  [[nodiscard]] virtual tl::expected<void, FaultError> revert() = 0;
+  // What the fault changed, e.g. "netem delay 100ms on veth0 in /var/run/netns/a (root was noqueue)".
+  [[nodiscard]] virtual std::string describe() const = 0;
+};
+
+class FaultDriver {
+ public:
+  virtual ~FaultDriver() = default;
+  // spec must already have passed validateFaultSpec(). Blocks for the kernel calls.
+  [[nodiscard]] virtual tl::expected<std::unique_ptr<AppliedFault>, FaultError> apply(const v1::FaultSpec& spec) = 0;
+};
+
+}  // namespace faultline::agent

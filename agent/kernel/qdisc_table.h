@@ -1,0 +1,94 @@
+// The seam between network fault drivers and the kernel's traffic control (tc) tables.
+//
+// One QdiscTable talks rtnetlink (libnl-route-3) to one network namespace. Only root qdiscs are
+// handled in this version. Calls block for one netlink round trip (microseconds). Not
+// thread-safe: use one table from one thread. See tc(8), tc-netem(8), tc-tbf(8).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <variant>
+#include <vector>
+
+#include <tl/expected.hpp>
+
+namespace faultline::kernel {
+
+// A qdisc as the kernel reports it in an RTM_GETQDISC dump.
+struct QdiscInfo {
+  std::string kind;              // TCA_KIND, e.g. "noqueue", "tbf", "netem"
+  uint32_t handle = 0;           // major:minor as one u32 (0x80010000 is 8001:); 0 for defaults
+  uint32_t parent = 0;           // TC_H_ROOT (0xFFFFFFFF) for a root qdisc
+  std::vector<uint8_t> options;  // raw TCA_OPTIONS payload, as dumped (restored byte for byte)
+};
+
+// netem: see tc-netem(8). Unset (zero) fields leave the feature off.
+struct NetemParams {
+  std::chrono::microseconds delay{0};
+  std::chrono::microseconds jitter{0};  // ≤ delay
+  double delayCorrelationPercent = 0;   // [0, 100]
+  double lossPercent = 0;               // [0, 100]
+  double lossCorrelationPercent = 0;    // [0, 100]
+  uint32_t limitPackets = 0;            // queue limit in packets; 0 = 1000 (the kernel's default)
+};
+
+// tbf: see tc-tbf(8).
+struct TbfParams {
+  uint64_t rateBitsPerSecond = 0;  // > 0
+  uint32_t burstBytes = 0;         // bucket size; ≥ the interface MTU to pass full-size packets
+  uint32_t limitBytes = 0;         // bytes that may wait in the queue
+};
+
+using QdiscParams = std::variant<NetemParams, TbfParams>;
+
+// Kind name of params: "netem" or "tbf".
+[[nodiscard]] std::string_view qdiscKind(const QdiscParams& params);
+
+class QdiscTable {
+ public:
+  virtual ~QdiscTable() = default;
+
+  // The root qdisc of ifname, read back with an RTM_GETQDISC dump. nullopt: the interface has
+  // none attached (never seen for an existing interface in practice).
+  // errors: ENODEV when ifname does not exist in this namespace.
+  [[nodiscard]] virtual tl::expected<std::optional<QdiscInfo>, std::error_code> root(std::string_view ifname) = 0;
+
+  // Creates or replaces (NLM_F_CREATE | NLM_F_REPLACE) the root qdisc of ifname.
+  // handle: major:minor as one u32, minor 0.
+  // errors: ENODEV no such interface; ENOENT the kernel has no qdisc of that kind (module
+  // missing); EPERM without CAP_NET_ADMIN; EINVAL parameters refused.
+  [[nodiscard]] virtual tl::expected<void, std::error_code> replaceRoot(std::string_view ifname, uint32_t handle,
+                                                                       const QdiscParams& params) = 0;
+
+  // Re-installs a root qdisc saved by root(): same kind, handle and raw options.
+  // errors: as replaceRoot.
+  [[nodiscard]] virtual tl::expected<void, std::error_code> restoreRoot(std::string_view ifname,
+                                                                       const QdiscInfo& saved) = 0;
+
+  // Deletes the root qdisc; the kernel attaches the interface's default again.
+  // errors: ENODEV no such interface; ENOENT no root qdisc to delete; EPERM.
+  [[nodiscard]] virtual tl::expected<void, std::error_code> deleteRoot(std::string_view ifname) = 0;
+};
+
+// Opens a table for the network namespace at netnsPath (/var/run/netns/NAME, /proc/PID/ns/net),
+// or for the caller's namespace when netnsPath is empty. The netlink socket is created inside
+// that namespace and stays bound to it; the calling thread's namespace is left unchanged.
+// errors: ENOENT no such namespace file; EPERM without CAP_SYS_ADMIN; EINVAL not a netns file.
+[[nodiscard]] tl::expected<std::unique_ptr<QdiscTable>, std::error_code> openQdiscTable(
+    const std::string& netnsPath);
+
+// Qdisc kinds this kernel can create, probed once in a throwaway network namespace (the
+// caller's namespace is never touched). Blocks for a few milliseconds; needs CAP_SYS_ADMIN and
+// CAP_NET_ADMIN, and returns an empty list without them.
+struct QdiscSupport {
+  bool netem = false;
+  bool tbf = false;
+};
+[[nodiscard]] QdiscSupport probeQdiscSupport();
+
+}  // namespace faultline::kernel

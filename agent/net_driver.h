@@ -1,0 +1,42 @@
+// network.delay, network.loss (netem) and network.bandwidth (tbf) as the root qdisc of one
+// interface in one network namespace.
+//
+// apply(): opens the namespace's QdiscTable, reads the interface's current root qdisc (the undo
+// record), refuses an interface whose root qdisc is already faultline's (one network fault per
+// interface in this version), then replaces the root with faultline's qdisc (handle FA17:).
+// revert(): if the root is still faultline's, restores the saved root qdisc byte for byte, or
+// deletes ours when the saved one was the kernel's default (handle 0:), then reads back to verify.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "agent/fault.h"
+#include "agent/kernel/qdisc_table.h"
+
+namespace faultline::agent {
+
+// Handles whose major is 0xFA17 belong to faultline ("fa17:" in tc's output).
+inline constexpr uint32_t kFaultlineQdiscMajor = 0xFA17;
+inline constexpr uint32_t kFaultlineRootHandle = kFaultlineQdiscMajor << 16;
+
+using QdiscTableOpener =
+    std::function<tl::expected<std::unique_ptr<kernel::QdiscTable>, std::error_code>(const std::string& netns)>;
+
+class NetworkFaultDriver final : public FaultDriver {
+ public:
+  // open: called once per apply/revert for the spec's namespace; tests pass a fake.
+  explicit NetworkFaultDriver(QdiscTableOpener open);
+  [[nodiscard]] tl::expected<std::unique_ptr<AppliedFault>, FaultError> apply(const v1::FaultSpec& spec) override;
+
+ private:
+  QdiscTableOpener open_;
+};
+
+// Words for a qdisc kind the kernel cannot create (ENOENT from RTM_NEWQDISC): names the config
+// option and the module, e.g. "the kernel has no netem qdisc (CONFIG_NET_SCH_NETEM): load it with
+// `modprobe sch_netem`; on RHEL-family hosts it ships in kernel-modules-extra".
+[[nodiscard]] std::string missingQdiscMessage(std::string_view kind);
+
+}  // namespace faultline::agent

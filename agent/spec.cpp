@@ -1,0 +1,234 @@
+#include "spec.h"
+
+#include <csignal>
+#include <cctype>
+#include <charconv>
+#include <cmath>
+#include <cstring>
+#include <string.h>  // sigabbrev_np
+
+#include <fmt/format.h>
+
+namespace faultline {
+namespace {
+
+using std::chrono::microseconds;
+
+constexpr std::chrono::hours kMaxDelay{1};
+
+std::string pct(double v) { return fmt::format("{:g}", v); }
+
+tl::expected<void, SpecError> fail(std::string field, std::string message) {
+  return tl::unexpected(SpecError{std::move(field), std::move(message)});
+}
+
+tl::expected<void, SpecError> validateTarget(const v1::NetworkTarget& t) {
+  if (!isValidInterfaceName(t.interface())) {
+    return fail("interface", fmt::format("'{}' is not a Linux interface name: 1-15 bytes, no '/', ':' or "
+                                         "whitespace, not '.' or '..' (e.g. eth0, enp6s0, eth0.100)",
+                                         t.interface()));
+  }
+  if (!t.netns().empty() && t.netns().front() != '/') {
+    return fail("netns", fmt::format("'{}' is not an absolute path; use /var/run/netns/NAME or "
+                                     "/proc/PID/ns/net, or leave it out for the agent's own namespace",
+                                     t.netns()));
+  }
+  return {};
+}
+
+tl::expected<void, SpecError> validatePercent(const char* field, double v, bool zeroAllowed) {
+  if (!std::isfinite(v) || v < 0 || v > 100 || (!zeroAllowed && v == 0)) {
+    return fail(field, fmt::format("{} is out of range; accepted: a percentage {} 0 and ≤ 100", pct(v),
+                                   zeroAllowed ? "≥" : ">"));
+  }
+  return {};
+}
+
+}  // namespace
+
+bool isValidInterfaceName(std::string_view name) {
+  if (name.empty() || name.size() > 15 || name == "." || name == "..") {
+    return false;
+  }
+  for (char c : name) {
+    if (c == '/' || c == ':' || std::isspace(static_cast<unsigned char>(c)) || c == '\0') {
+      return false;
+    }
+  }
+  return true;
+}
+
+int parseSignal(std::string_view text) {
+  if (text.empty()) {
+    return SIGKILL;
+  }
+  int number = 0;
+  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), number);
+  if (ec == std::errc{} && end == text.data() + text.size()) {
+    return number >= 1 && number < NSIG ? number : 0;
+  }
+  std::string upper;
+  for (char c : text) {
+    upper.push_back(static_cast<char>(std::toupper(static_cast<unsigned char>(c))));
+  }
+  if (upper.rfind("SIG", 0) == 0) {
+    upper.erase(0, 3);
+  }
+  for (int s = 1; s < SIGRTMIN; ++s) {
+    const char* abbrev = sigabbrev_np(s);
+    if (abbrev != nullptr && upper == abbrev) {
+      return s;
+    }
+  }
+  return 0;
+}
+
+std::string_view faultKindName(const v1::FaultSpec& spec) {
+  switch (spec.kind_case()) {
+    case v1::FaultSpec::kNetworkDelay:
+      return "network.delay";
+    case v1::FaultSpec::kNetworkLoss:
+      return "network.loss";
+    case v1::FaultSpec::kNetworkBandwidth:
+      return "network.bandwidth";
+    case v1::FaultSpec::kProcessKill:
+      return "process.kill";
+    case v1::FaultSpec::KIND_NOT_SET:
+      break;
+  }
+  return "";
+}
+
+tl::expected<void, SpecError> validateFaultSpec(const v1::FaultSpec& spec) {
+  switch (spec.kind_case()) {
+    case v1::FaultSpec::kNetworkDelay: {
+      const auto& d = spec.network_delay();
+      if (auto r = validateTarget(d.target()); !r) {
+        return r;
+      }
+      const auto delay = toMicros(d.delay());
+      const auto jitter = toMicros(d.jitter());
+      if (delay <= microseconds{0} || delay > kMaxDelay) {
+        return fail("delay", fmt::format("{} is out of range; accepted: more than 0 and at most 1h",
+                                         formatDuration(delay)));
+      }
+      if (jitter < microseconds{0} || jitter > delay) {
+        return fail("jitter", fmt::format("{} is out of range; accepted: from 0 up to the delay ({})",
+                                          formatDuration(jitter), formatDuration(delay)));
+      }
+      return validatePercent("correlation", d.correlation(), true);
+    }
+    case v1::FaultSpec::kNetworkLoss: {
+      const auto& l = spec.network_loss();
+      if (auto r = validateTarget(l.target()); !r) {
+        return r;
+      }
+      if (auto r = validatePercent("percent", l.percent(), false); !r) {
+        return r;
+      }
+      return validatePercent("correlation", l.correlation(), true);
+    }
+    case v1::FaultSpec::kNetworkBandwidth: {
+      const auto& b = spec.network_bandwidth();
+      if (auto r = validateTarget(b.target()); !r) {
+        return r;
+      }
+      if (b.rate_bps() < 8 || b.rate_bps() > (uint64_t{1} << 40)) {
+        return fail("rate", fmt::format("{} bit/s is out of range; accepted: 8bit to 1tbit per second",
+                                        b.rate_bps()));
+      }
+      return {};
+    }
+    case v1::FaultSpec::kProcessKill: {
+      const auto& k = spec.process_kill();
+      if (k.selector_case() == v1::ProcessKill::kPid && k.pid() <= 1) {
+        return fail("pid", fmt::format("{} cannot be targeted; accepted: a pid greater than 1", k.pid()));
+      }
+      if (k.selector_case() == v1::ProcessKill::kName && k.name().empty()) {
+        return fail("name", "is empty; accepted: a process name such as nginx");
+      }
+      if (k.selector_case() == v1::ProcessKill::SELECTOR_NOT_SET) {
+        return fail("pid", "no process selector; accepted: pid or name");
+      }
+      if (parseSignal(k.signal()) == 0) {
+        return fail("signal", fmt::format("'{}' is not a signal; accepted: a name such as SIGKILL, TERM, "
+                                          "or a number from 1 to {}",
+                                          k.signal(), NSIG - 1));
+      }
+      return {};
+    }
+    case v1::FaultSpec::KIND_NOT_SET:
+      break;
+  }
+  return fail("type", "no fault kind; accepted: network.delay, network.loss, network.bandwidth, process.kill");
+}
+
+std::chrono::microseconds toMicros(const google::protobuf::Duration& d) {
+  return std::chrono::duration_cast<microseconds>(std::chrono::seconds{d.seconds()} +
+                                                  std::chrono::nanoseconds{d.nanos()});
+}
+
+google::protobuf::Duration toProto(std::chrono::nanoseconds d) {
+  google::protobuf::Duration out;
+  out.set_seconds(std::chrono::duration_cast<std::chrono::seconds>(d).count());
+  out.set_nanos(static_cast<int32_t>((d % std::chrono::seconds{1}).count()));
+  return out;
+}
+
+tl::expected<std::chrono::nanoseconds, std::string> parseDuration(std::string_view text) {
+  const std::string accepted = "a number with a unit: us, ms, s, m or h (e.g. 250ms, 1.5s, 2m)";
+  size_t unitAt = 0;
+  while (unitAt < text.size() && (std::isdigit(static_cast<unsigned char>(text[unitAt])) || text[unitAt] == '.')) {
+    ++unitAt;
+  }
+  if (unitAt == 0) {
+    return tl::unexpected(fmt::format("'{}' is not a duration; accepted: {}", text, accepted));
+  }
+  double value = 0;
+  auto [end, ec] = std::from_chars(text.data(), text.data() + unitAt, value);
+  if (ec != std::errc{} || end != text.data() + unitAt) {
+    return tl::unexpected(fmt::format("'{}' is not a duration; accepted: {}", text, accepted));
+  }
+  const std::string_view unit = text.substr(unitAt);
+  double nanosPerUnit = 0;
+  if (unit == "us" || unit == "µs") {
+    nanosPerUnit = 1e3;
+  } else if (unit == "ms") {
+    nanosPerUnit = 1e6;
+  } else if (unit == "s") {
+    nanosPerUnit = 1e9;
+  } else if (unit == "m") {
+    nanosPerUnit = 60e9;
+  } else if (unit == "h") {
+    nanosPerUnit = 3600e9;
+  } else {
+    return tl::unexpected(fmt::format("'{}' has no known unit; accepted: {}", text, accepted));
+  }
+  const double nanos = value * nanosPerUnit;
+  if (nanos > 1e18) {
+    return tl::unexpected(fmt::format("'{}' is too long", text));
+  }
+  return std::chrono::nanoseconds{static_cast<int64_t>(std::llround(nanos))};
+}
+
+std::string formatDuration(std::chrono::nanoseconds d) {
+  const auto n = d.count();
+  if (n % 3'600'000'000'000 == 0 && n != 0) {
+    return fmt::format("{}h", n / 3'600'000'000'000);
+  }
+  if (n % 60'000'000'000 == 0 && n != 0) {
+    return fmt::format("{}m", n / 60'000'000'000);
+  }
+  if (n >= 1'000'000'000 || n <= -1'000'000'000) {
+    return fmt::format("{:g}s", static_cast<double>(n) / 1e9);
+  }
+  if (n >= 1'000'000 || n <= -1'000'000) {
+    return fmt::format("{:g}ms", static_cast<double>(n) / 1e6);
+  }
+  if (n >= 1'000 || n <= -1'000) {
+    return fmt::format("{:g}us", static_cast<double>(n) / 1e3);
+  }
+  return fmt::format("{}ns", n);
+}
+
+}  // namespace faultline

@@ -1,0 +1,49 @@
+// Validation of fault specs and conversions between protobuf and C++ units.
+//
+// The controller calls validateFaultSpec() when it parses an experiment file and the agent calls
+// it again before any kernel call: a spec that fails here never reaches the kernel.
+#pragma once
+
+#include <chrono>
+#include <string>
+#include <string_view>
+
+#include <google/protobuf/duration.pb.h>
+#include <tl/expected.hpp>
+
+#include "faultline/v1/faults.pb.h"
+
+namespace faultline {
+
+// A field that failed validation. field: dotted path inside the spec (e.g. "delay.jitter");
+// message: what is wrong and what would be accepted.
+struct SpecError {
+  std::string field;
+  std::string message;
+};
+
+// Checks every field and the rules between fields; never touches the kernel.
+// Accepts: interface names of 1-15 bytes without '/', ':' or whitespace; netns empty or an
+// absolute path; delay in (0, 1 h], jitter in [0, delay]; percentages in [0, 100] (loss percent in
+// (0, 100]); rate in [8 bit/s, 2^40 bit/s]; kill: pid > 1 or a non-empty name, and a known signal.
+[[nodiscard]] tl::expected<void, SpecError> validateFaultSpec(const v1::FaultSpec& spec);
+
+// The fault kind as written in experiment files ("network.delay", ...); "" when unset.
+[[nodiscard]] std::string_view faultKindName(const v1::FaultSpec& spec);
+
+// Linux interface name rules (see dev_valid_name() in net/core/dev.c).
+[[nodiscard]] bool isValidInterfaceName(std::string_view name);
+
+// A signal by name ("SIGKILL", "KILL", case-insensitive) or number ("9"); 0 when unknown.
+// Empty means SIGKILL.
+[[nodiscard]] int parseSignal(std::string_view text);
+
+[[nodiscard]] std::chrono::microseconds toMicros(const google::protobuf::Duration& d);
+[[nodiscard]] google::protobuf::Duration toProto(std::chrono::nanoseconds d);
+
+// "100ms", "1.5s", "250us", "2m", "1h" -> duration; error text says what is accepted.
+[[nodiscard]] tl::expected<std::chrono::nanoseconds, std::string> parseDuration(std::string_view text);
+// Human form of a duration: "100ms", "1.5s".
+[[nodiscard]] std::string formatDuration(std::chrono::nanoseconds d);
+
+}  // namespace faultline
