@@ -2,6 +2,7 @@
 // Not thread-safe; calls read /proc and block briefly.
 #pragma once
 
+#include <memory>
 #include <string>
 #include <system_error>
 #include <vector>

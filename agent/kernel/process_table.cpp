@@ -1,0 +1,220 @@
+#include "agent/kernel/process_table.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <charconv>
+#include <fstream>
+#include <iterator>
+#include <memory>
+#include <optional>
+#include <string_view>
+#include <unordered_map>
+
+#include <dirent.h>
+#include <signal.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+namespace faultline::kernel {
+namespace {
+
+// include/linux/sched.h: "I am a kernel thread".
+constexpr unsigned long kPfKthread = 0x00200000;
+// kthreadd, the parent of every kernel thread, is pid 2 in every pid namespace that sees it.
+constexpr pid_t kKthreadd = 2;
+
+std::error_code lastError() { return {errno, std::generic_category()}; }
+
+// The fields of /proc/PID/stat that we need. comm may contain spaces and ')' so the fields after
+// it are found from the last ')'.
+struct Stat {
+  pid_t ppid = 0;
+  unsigned long flags = 0;
+  unsigned long long startTime = 0;  // field 22, clock ticks after boot: tells a reused pid apart
+};
+
+std::optional<std::string> readWholeFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    return std::nullopt;
+  }
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (in.bad()) {
+    return std::nullopt;
+  }
+  return text;
+}
+
+template <typename T>
+bool parseNumber(std::string_view text, T& out) {
+  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), out);
+  return ec == std::errc{} && end == text.data() + text.size();
+}
+
+std::optional<Stat> parseStat(std::string_view text) {
+  const auto close = text.rfind(')');
+  if (close == std::string_view::npos) {
+    return std::nullopt;
+  }
+  // Fields from 3 (state) on, separated by single spaces.
+  std::string_view rest = text.substr(close + 1);
+  Stat stat;
+  int field = 2;
+  size_t at = 0;
+  while (at < rest.size()) {
+    while (at < rest.size() && rest[at] == ' ') {
+      ++at;
+    }
+    size_t end = rest.find_first_of(" \n", at);
+    if (end == std::string_view::npos) {
+      end = rest.size();
+    }
+    if (end == at) {
+      break;
+    }
+    ++field;
+    const std::string_view value = rest.substr(at, end - at);
+    if (field == 4 && !parseNumber(value, stat.ppid)) {
+      return std::nullopt;
+    }
+    if (field == 9 && !parseNumber(value, stat.flags)) {
+      return std::nullopt;
+    }
+    if (field == 22) {
+      if (!parseNumber(value, stat.startTime)) {
+        return std::nullopt;
+      }
+      return stat;
+    }
+    at = end;
+  }
+  return std::nullopt;
+}
+
+std::optional<Stat> readStat(pid_t pid) {
+  auto text = readWholeFile("/proc/" + std::to_string(pid) + "/stat");
+  if (!text) {
+    return std::nullopt;
+  }
+  return parseStat(*text);
+}
+
+std::string readExe(const std::string& dir) {
+  std::string target(4096, '\0');
+  const ssize_t n = ::readlink((dir + "/exe").c_str(), target.data(), target.size());
+  if (n <= 0) {
+    return {};
+  }
+  target.resize(static_cast<size_t>(n));
+  return target;
+}
+
+std::string cmdlineToText(std::string raw) {
+  while (!raw.empty() && raw.back() == '\0') {
+    raw.pop_back();
+  }
+  std::replace(raw.begin(), raw.end(), '\0', ' ');
+  return raw;
+}
+
+std::vector<pid_t> listPids() {
+  std::vector<pid_t> pids;
+  struct CloseDir {
+    void operator()(DIR* d) const { ::closedir(d); }
+  };
+  std::unique_ptr<DIR, CloseDir> dir(::opendir("/proc"));
+  if (!dir) {
+    return pids;
+  }
+  while (const dirent* entry = ::readdir(dir.get())) {
+    pid_t pid = 0;
+    if (parseNumber(std::string_view(entry->d_name), pid) && pid > 0) {
+      pids.push_back(pid);
+    }
+  }
+  std::sort(pids.begin(), pids.end());
+  return pids;
+}
+
+long pidfdOpen(pid_t pid) { return ::syscall(SYS_pidfd_open, pid, 0U); }
+
+long pidfdSendSignal(int pidfd, int sig) { return ::syscall(SYS_pidfd_send_signal, pidfd, sig, nullptr, 0U); }
+
+class ProcProcessTable final : public ProcessTable {
+ public:
+  std::vector<ProcessInfo> list() override {
+    std::vector<ProcessInfo> out;
+    startTimes_.clear();
+    for (pid_t pid : listPids()) {
+      const std::string dir = "/proc/" + std::to_string(pid);
+      auto stat = readStat(pid);
+      auto comm = readWholeFile(dir + "/comm");
+      auto cmdline = readWholeFile(dir + "/cmdline");
+      if (!stat || !comm || !cmdline) {
+        continue;  // exited while we read it
+      }
+      ProcessInfo info;
+      info.pid = pid;
+      info.ppid = stat->ppid;
+      info.comm = std::move(*comm);
+      if (!info.comm.empty() && info.comm.back() == '\n') {
+        info.comm.pop_back();
+      }
+      info.exe = readExe(dir);
+      info.cmdline = cmdlineToText(std::move(*cmdline));
+      info.kernelThread = (stat->flags & kPfKthread) != 0 || pid == kKthreadd ||
+                          (stat->ppid == kKthreadd && info.cmdline.empty());
+      startTimes_[pid] = stat->startTime;
+      out.push_back(std::move(info));
+    }
+    return out;
+  }
+
+  tl::expected<void, std::error_code> signal(pid_t pid, int sig) override {
+    if (pid <= 0) {
+      return tl::unexpected(std::make_error_code(std::errc::no_such_process));
+    }
+    const long fd = pidfdOpen(pid);
+    if (fd < 0) {
+      const auto error = lastError();
+      if (error.value() == ENOSYS) {
+        return killByPid(pid, sig);
+      }
+      return tl::unexpected(error);
+    }
+    const int pidfd = static_cast<int>(fd);
+    // The pidfd pins one process. If the last list() saw this pid, make sure it is still that
+    // process (same start time); a pid reused since then is reported as gone.
+    if (auto seen = startTimes_.find(pid); seen != startTimes_.end()) {
+      auto now = readStat(pid);
+      if (!now || now->startTime != seen->second) {
+        ::close(pidfd);
+        return tl::unexpected(std::make_error_code(std::errc::no_such_process));
+      }
+    }
+    const long rc = pidfdSendSignal(pidfd, sig);
+    const auto error = lastError();
+    ::close(pidfd);
+    if (rc < 0) {
+      return tl::unexpected(error);
+    }
+    return {};
+  }
+
+ private:
+  // Kernels before 5.3 have no pidfd_open.
+  static tl::expected<void, std::error_code> killByPid(pid_t pid, int sig) {
+    if (::kill(pid, sig) != 0) {
+      return tl::unexpected(lastError());
+    }
+    return {};
+  }
+
+  std::unordered_map<pid_t, unsigned long long> startTimes_;
+};
+
+}  // namespace
+
+std::unique_ptr<ProcessTable> openProcessTable() { return std::make_unique<ProcProcessTable>(); }
+
+}  // namespace faultline::kernel

@@ -1,0 +1,80 @@
+// In-memory ProcessTable for unit tests: a list of processes, signals recorded instead of sent.
+// Not thread-safe.
+#pragma once
+
+#include <algorithm>
+#include <map>
+#include <set>
+#include <system_error>
+#include <utility>
+#include <vector>
+
+#include "agent/kernel/process_table.h"
+
+namespace faultline::testing {
+
+class FakeProcessTable final : public kernel::ProcessTable {
+ public:
+  struct Sent {
+    pid_t pid = 0;
+    int sig = 0;
+  };
+
+  // Adds (or replaces) a process; returns it for chaining edits.
+  kernel::ProcessInfo& add(kernel::ProcessInfo p) {
+    auto& slot = processes_[p.pid];
+    slot = std::move(p);
+    return slot;
+  }
+
+  // A user process with the given name as comm, /usr/bin/NAME as exe and "NAME ARGS" as cmdline.
+  kernel::ProcessInfo& addUser(pid_t pid, pid_t ppid, const std::string& name, const std::string& args = "") {
+    return add(kernel::ProcessInfo{pid, ppid, name.substr(0, 15), "/usr/bin/" + name,
+                                   args.empty() ? name : name + " " + args, false});
+  }
+
+  kernel::ProcessInfo& addKernelThread(pid_t pid, const std::string& comm) {
+    return add(kernel::ProcessInfo{pid, 2, comm, "", "", true});
+  }
+
+  // signal(pid) fails with error from now on (the process stays listed).
+  void failSignal(pid_t pid, std::errc error) { failures_[pid] = std::make_error_code(error); }
+
+  std::vector<kernel::ProcessInfo> list() override {
+    std::vector<kernel::ProcessInfo> out;
+    for (const auto& [pid, p] : processes_) {
+      out.push_back(p);
+    }
+    ++listCalls_;
+    return out;
+  }
+
+  tl::expected<void, std::error_code> signal(pid_t pid, int sig) override {
+    if (auto f = failures_.find(pid); f != failures_.end()) {
+      return tl::unexpected(f->second);
+    }
+    if (processes_.count(pid) == 0) {
+      return tl::unexpected(std::make_error_code(std::errc::no_such_process));
+    }
+    sent_.push_back(Sent{pid, sig});
+    return {};
+  }
+
+  [[nodiscard]] const std::vector<Sent>& sent() const { return sent_; }
+  [[nodiscard]] std::set<pid_t> signalledPids() const {
+    std::set<pid_t> pids;
+    for (const auto& s : sent_) {
+      pids.insert(s.pid);
+    }
+    return pids;
+  }
+  [[nodiscard]] int listCalls() const { return listCalls_; }
+
+ private:
+  std::map<pid_t, kernel::ProcessInfo> processes_;
+  std::map<pid_t, std::error_code> failures_;
+  std::vector<Sent> sent_;
+  int listCalls_ = 0;
+};
+
+}  // namespace faultline::testing

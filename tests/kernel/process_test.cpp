@@ -1,0 +1,221 @@
+// The real ProcessTable and ProcessKillDriver against this kernel: children this test starts are
+// found in /proc and killed through a pidfd.
+#include <csignal>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include <doctest/doctest.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "agent/kernel/process_table.h"
+#include "agent/process_driver.h"
+
+extern char** environ;
+
+namespace fs = std::filesystem;
+using faultline::kernel::ProcessInfo;
+
+namespace {
+
+// A started child; killed and reaped on destruction unless wait() already reaped it.
+class Child {
+ public:
+  Child(const std::string& path, std::vector<std::string> argv) {
+    std::vector<char*> args;
+    for (auto& a : argv) {
+      args.push_back(a.data());
+    }
+    args.push_back(nullptr);
+    // glibc's posix_spawn returns once the child has exec'd, so /proc already shows the new image.
+    const int rc = ::posix_spawn(&pid_, path.c_str(), nullptr, nullptr, args.data(), environ);
+    REQUIRE_MESSAGE(rc == 0, "posix_spawn ", path, ": ", std::strerror(rc));
+  }
+  Child(const Child&) = delete;
+  Child& operator=(const Child&) = delete;
+  ~Child() {
+    if (pid_ > 0) {
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, nullptr, 0);
+    }
+  }
+
+  [[nodiscard]] pid_t pid() const { return pid_; }
+
+  // Reaps the child; returns its wait status.
+  int wait() {
+    int status = 0;
+    REQUIRE(::waitpid(pid_, &status, 0) == pid_);
+    pid_ = -1;
+    return status;
+  }
+
+ private:
+  pid_t pid_ = -1;
+};
+
+// A copy of sleep(1) under a 20-byte name in a fresh directory, removed afterwards.
+class LongNamedSleep {
+ public:
+  LongNamedSleep() {
+    std::string pattern = (fs::temp_directory_path() / "faultline-proc-XXXXXX").string();
+    REQUIRE(::mkdtemp(pattern.data()) != nullptr);
+    dir_ = pattern;
+    name_ = "flt-sleeper-" + std::to_string(100000000 + ::getpid() % 100000000).substr(1);  // 12 + 8 bytes
+    path_ = dir_ / name_;
+    fs::copy_file(sleepBinary(), path_);
+    fs::permissions(path_, fs::perms::owner_all);
+  }
+  LongNamedSleep(const LongNamedSleep&) = delete;
+  LongNamedSleep& operator=(const LongNamedSleep&) = delete;
+  ~LongNamedSleep() {
+    std::error_code ignored;
+    fs::remove_all(dir_, ignored);
+  }
+
+  static std::string sleepBinary() { return fs::exists("/usr/bin/sleep") ? "/usr/bin/sleep" : "/bin/sleep"; }
+
+  [[nodiscard]] const std::string& name() const { return name_; }
+  [[nodiscard]] std::string path() const { return path_.string(); }
+
+ private:
+  fs::path dir_;
+  fs::path path_;
+  std::string name_;
+};
+
+const ProcessInfo* findPid(const std::vector<ProcessInfo>& processes, pid_t pid) {
+  for (const auto& p : processes) {
+    if (p.pid == pid) {
+      return &p;
+    }
+  }
+  return nullptr;
+}
+
+// A pid that no process holds: a child that has been reaped (pids are handed out in increasing
+// order, so it is not reused within the test).
+pid_t vanishedPid() {
+  Child gone("/bin/true", {"true"});
+  const pid_t pid = gone.pid();
+  gone.wait();
+  return pid;
+}
+
+faultline::v1::FaultSpec killByName(const std::string& name, const std::string& signal = "") {
+  faultline::v1::FaultSpec spec;
+  spec.mutable_process_kill()->set_name(name);
+  spec.mutable_process_kill()->set_signal(signal);
+  return spec;
+}
+
+faultline::v1::FaultSpec killByPid(pid_t pid, const std::string& signal = "") {
+  faultline::v1::FaultSpec spec;
+  spec.mutable_process_kill()->set_pid(pid);
+  spec.mutable_process_kill()->set_signal(signal);
+  return spec;
+}
+
+}  // namespace
+
+TEST_CASE("list() reads comm, exe, cmdline and ppid from /proc") {
+  LongNamedSleep binary;
+  Child child(binary.path(), {binary.path(), "60"});
+  auto table = faultline::kernel::openProcessTable();
+  const auto processes = table->list();
+
+  const ProcessInfo* p = findPid(processes, child.pid());
+  REQUIRE(p != nullptr);
+  CHECK(p->ppid == ::getpid());
+  CHECK(p->comm == binary.name().substr(0, 15));  // the kernel cuts comm at 15 bytes
+  CHECK(p->exe == binary.path());
+  CHECK(p->cmdline == binary.path() + " 60");
+  CHECK_FALSE(p->kernelThread);
+
+  const ProcessInfo* self = findPid(processes, ::getpid());
+  REQUIRE(self != nullptr);
+  CHECK_FALSE(self->kernelThread);
+  CHECK_FALSE(self->exe.empty());
+
+  for (size_t i = 1; i < processes.size(); ++i) {
+    CHECK(processes[i - 1].pid < processes[i].pid);
+  }
+  // In the initial pid namespace kthreadd (pid 2) and its children are kernel threads.
+  if (const ProcessInfo* kthreadd = findPid(processes, 2); kthreadd != nullptr && kthreadd->comm == "kthreadd") {
+    CHECK(kthreadd->kernelThread);
+    for (const auto& k : processes) {
+      if (k.ppid == 2) {
+        CAPTURE(k.comm);
+        CHECK(k.kernelThread);
+        CHECK(k.exe.empty());
+      }
+    }
+  }
+}
+
+TEST_CASE("signal() delivers through a pidfd; a missing pid is ESRCH") {
+  auto table = faultline::kernel::openProcessTable();
+  Child child(LongNamedSleep::sleepBinary(), {"sleep", "60"});
+  REQUIRE(table->signal(child.pid(), SIGTERM));
+  const int status = child.wait();
+  CHECK(WIFSIGNALED(status));
+  CHECK(WTERMSIG(status) == SIGTERM);
+
+  const pid_t gone = vanishedPid();
+  auto result = table->signal(gone, SIGKILL);
+  REQUIRE_FALSE(result);
+  CHECK(result.error() == std::errc::no_such_process);
+}
+
+TEST_CASE("process.kill by a 20-byte name kills the child whose comm was cut to 15 bytes") {
+  LongNamedSleep binary;
+  REQUIRE(binary.name().size() == 20);
+  Child child(binary.path(), {binary.path(), "60"});
+  auto table = faultline::kernel::openProcessTable();
+  faultline::agent::ProcessKillDriver driver(*table);
+
+  auto applied = driver.apply(killByName(binary.name()));
+  REQUIRE_MESSAGE(applied, applied.error().message);
+  CHECK((*applied)->describe().find("pid " + std::to_string(child.pid())) != std::string::npos);
+  const int status = child.wait();
+  REQUIRE(WIFSIGNALED(status));
+  CHECK(WTERMSIG(status) == SIGKILL);
+  CHECK((*applied)->revert());
+}
+
+TEST_CASE("process.kill by argv[0] kills a child started under another name") {
+  const std::string argv0 = "flt-argv0-" + std::to_string(::getpid()) + "-worker";
+  Child child(LongNamedSleep::sleepBinary(), {argv0, "60"});
+  auto table = faultline::kernel::openProcessTable();
+  faultline::agent::ProcessKillDriver driver(*table);
+
+  auto applied = driver.apply(killByName(argv0, "SIGINT"));
+  REQUIRE_MESSAGE(applied, applied.error().message);
+  const int status = child.wait();
+  REQUIRE(WIFSIGNALED(status));
+  CHECK(WTERMSIG(status) == SIGINT);
+}
+
+TEST_CASE("process.kill by pid kills that child; a pid that does not exist is ESRCH") {
+  auto table = faultline::kernel::openProcessTable();
+  faultline::agent::ProcessKillDriver driver(*table);
+
+  Child child(LongNamedSleep::sleepBinary(), {"sleep", "60"});
+  auto applied = driver.apply(killByPid(child.pid()));
+  REQUIRE_MESSAGE(applied, applied.error().message);
+  const int status = child.wait();
+  REQUIRE(WIFSIGNALED(status));
+  CHECK(WTERMSIG(status) == SIGKILL);
+
+  auto missing = driver.apply(killByPid(vanishedPid()));
+  REQUIRE_FALSE(missing);
+  CHECK(missing.error().code == std::errc::no_such_process);
+
+  auto self = driver.apply(killByPid(::getpid()));
+  REQUIRE_FALSE(self);
+  CHECK(self.error().code == std::errc::operation_not_permitted);
+}
