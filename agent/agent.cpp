@@ -1,0 +1,164 @@
+#include "agent/agent.h"
+
+#include <google/protobuf/util/time_util.h>
+#include <spdlog/spdlog.h>
+
+#include "agent/kernel/process_table.h"
+#include "agent/net_driver.h"
+#include "agent/process_driver.h"
+#include "agent/spec.h"
+
+namespace faultline::agent {
+
+google::protobuf::Timestamp nowTimestamp() {
+  return google::protobuf::util::TimeUtil::GetCurrentTime();
+}
+
+Agent::Agent(boost::asio::io_context& io, FaultDriver& driver, ReportSink sink)
+    : io_(io), driver_(driver), sink_(std::move(sink)) {}
+
+Agent::~Agent() {
+  if (!faults_.empty()) {
+    revertAll("agent shutting down");
+  }
+}
+
+void Agent::report(const std::string& faultId, v1::FaultState state, std::string error, std::string detail) {
+  v1::FaultReport r;
+  r.set_fault_id(faultId);
+  r.set_state(state);
+  r.set_error(std::move(error));
+  r.set_detail(std::move(detail));
+  *r.mutable_at() = nowTimestamp();
+  if (sink_) {
+    sink_(r);
+  }
+}
+
+void Agent::inject(const v1::Inject& inject) {
+  const std::string& id = inject.fault_id();
+  if (faults_.count(id) != 0) {
+    report(id, v1::FAULT_STATE_FAILED, "fault id is already held by this agent", "");
+    return;
+  }
+  if (auto valid = validateFaultSpec(inject.spec()); !valid) {
+    report(id, v1::FAULT_STATE_FAILED,
+           fmt::format("invalid {} spec: {}: {}", faultKindName(inject.spec()), valid.error().field,
+                       valid.error().message),
+           "");
+    return;
+  }
+  const auto duration = toMicros(inject.duration());
+  if (duration <= std::chrono::microseconds{0} || duration > kMaxFaultDuration) {
+    report(id, v1::FAULT_STATE_FAILED,
+           fmt::format("duration {} is out of range; accepted: more than 0 and at most {}",
+                       formatDuration(duration), formatDuration(kMaxFaultDuration)),
+           "");
+    return;
+  }
+  auto applied = driver_.apply(inject.spec());
+  if (!applied) {
+    spdlog::warn("fault {} ({}) failed: {}", id, faultKindName(inject.spec()), applied.error().message);
+    report(id, v1::FAULT_STATE_FAILED, applied.error().message, "");
+    return;
+  }
+  Held held;
+  held.applied = std::move(*applied);
+  held.timer = std::make_unique<boost::asio::steady_timer>(io_, duration);
+  held.timer->async_wait([this, id](const boost::system::error_code& ec) {
+    if (!ec) {
+      finish(id, v1::FAULT_STATE_EXPIRED, "duration elapsed");
+    }
+  });
+  const std::string detail = held.applied->describe();
+  held.appliedReport.set_fault_id(id);
+  held.appliedReport.set_state(v1::FAULT_STATE_APPLIED);
+  held.appliedReport.set_detail(detail);
+  *held.appliedReport.mutable_at() = nowTimestamp();
+  faults_.emplace(id, std::move(held));
+  spdlog::info("fault {} applied for {}: {}", id, formatDuration(duration), detail);
+  if (sink_) {
+    sink_(faults_.at(id).appliedReport);
+  }
+}
+
+void Agent::finish(const std::string& faultId, v1::FaultState endState, std::string_view why) {
+  auto it = faults_.find(faultId);
+  if (it == faults_.end()) {
+    if (endState == v1::FAULT_STATE_REVERTED) {
+      // Reverting is idempotent: confirm, so the controller never waits on a fault gone already.
+      report(faultId, v1::FAULT_STATE_REVERTED, "", "not held (already reverted, expired or never applied)");
+    }
+    return;
+  }
+  auto reverted = it->second.applied->revert();
+  if (!reverted) {
+    spdlog::error("fault {}: revert ({}) failed: {}", faultId, why, reverted.error().message);
+    report(faultId, v1::FAULT_STATE_FAILED, "revert failed: " + reverted.error().message,
+           it->second.applied->describe());
+    // Keep it held, and retry in a second: a fault is never dropped while it may still be active.
+    it->second.timer->expires_after(std::chrono::seconds{1});
+    it->second.timer->async_wait([this, faultId, endState, w = std::string(why)](const boost::system::error_code& ec) {
+      if (!ec) {
+        finish(faultId, endState, w);
+      }
+    });
+    return;
+  }
+  it->second.timer->cancel();
+  const std::string detail = it->second.applied->describe();
+  faults_.erase(it);
+  spdlog::info("fault {} reverted ({})", faultId, why);
+  report(faultId, endState, "", fmt::format("reverted ({}): {}", why, detail));
+}
+
+void Agent::revert(const std::string& faultId) {
+  finish(faultId, v1::FAULT_STATE_REVERTED, "revert requested");
+}
+
+void Agent::revertAll(std::string_view reason) {
+  std::vector<std::string> ids;
+  for (const auto& [id, held] : faults_) {
+    ids.push_back(id);
+  }
+  for (const auto& id : ids) {
+    finish(id, v1::FAULT_STATE_REVERTED, reason);
+  }
+}
+
+std::vector<v1::FaultReport> Agent::activeFaults() const {
+  std::vector<v1::FaultReport> out;
+  for (const auto& [id, held] : faults_) {
+    out.push_back(held.appliedReport);
+  }
+  return out;
+}
+
+tl::expected<std::unique_ptr<AppliedFault>, FaultError> FaultRouter::apply(const v1::FaultSpec& spec) {
+  auto it = drivers_.find(spec.kind_case());
+  if (it == drivers_.end()) {
+    return tl::unexpected(FaultError{std::make_error_code(std::errc::function_not_supported),
+                                     fmt::format("this agent has no driver for '{}'", faultKindName(spec))});
+  }
+  return it->second->apply(spec);
+}
+
+struct SystemDrivers::Impl {
+  std::unique_ptr<kernel::ProcessTable> processes = kernel::openProcessTable();
+  NetworkFaultDriver network{[](const std::string& netns) { return kernel::openQdiscTable(netns); }};
+  ProcessKillDriver kill{*processes};
+  FaultRouter router;
+};
+
+SystemDrivers::SystemDrivers() : impl_(std::make_unique<Impl>()) {
+  impl_->router.route(v1::FaultSpec::kNetworkDelay, impl_->network);
+  impl_->router.route(v1::FaultSpec::kNetworkLoss, impl_->network);
+  impl_->router.route(v1::FaultSpec::kNetworkBandwidth, impl_->network);
+  impl_->router.route(v1::FaultSpec::kProcessKill, impl_->kill);
+}
+
+SystemDrivers::~SystemDrivers() = default;
+
+FaultDriver& SystemDrivers::router() { return impl_->router; }
+
+}  // namespace faultline::agent

@@ -1,0 +1,91 @@
+// The agent's fault registry: applies faults through the drivers, holds each for its duration on
+// the agent's own timer, and reverts on command, on expiry and on shutdown.
+//
+// Threading: every member function must be called on the io_context's thread (post to it from
+// elsewhere); reports are delivered on that thread too. Driver calls block that thread for the
+// kernel round trips (microseconds to milliseconds).
+#pragma once
+
+#include <chrono>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include "agent/fault.h"
+#include "faultline/v1/agent_gateway.pb.h"
+
+namespace faultline::agent {
+
+// The longest any fault may be held, whatever the controller asks (the policy file can lower it).
+inline constexpr std::chrono::hours kMaxFaultDuration{24};
+
+class Agent {
+ public:
+  using ReportSink = std::function<void(const v1::FaultReport&)>;
+
+  // driver must outlive the agent; sink receives every state change (applied, failed, reverted,
+  // expired).
+  Agent(boost::asio::io_context& io, FaultDriver& driver, ReportSink sink);
+  ~Agent();  // reverts every fault still held
+  Agent(const Agent&) = delete;
+  Agent& operator=(const Agent&) = delete;
+
+  // Validates, applies and starts the duration timer. A fault id already held is refused.
+  // Reports APPLIED, or FAILED with the reason (nothing is left changed then).
+  void inject(const v1::Inject& inject);
+  // Reverts one fault; reports REVERTED, or FAILED (the fault stays held for a later retry).
+  // An unknown id (already expired or never applied) is ignored.
+  void revert(const std::string& faultId);
+  // Reverts every fault held; used on RevertAll, lease expiry and shutdown.
+  void revertAll(std::string_view reason);
+  // APPLIED reports of the faults held now (for Hello on reconnect).
+  [[nodiscard]] std::vector<v1::FaultReport> activeFaults() const;
+  [[nodiscard]] size_t activeCount() const { return faults_.size(); }
+
+ private:
+  struct Held {
+    std::unique_ptr<AppliedFault> applied;
+    std::unique_ptr<boost::asio::steady_timer> timer;
+    v1::FaultReport appliedReport;
+  };
+  void finish(const std::string& faultId, v1::FaultState endState, std::string_view why);
+  void report(const std::string& faultId, v1::FaultState state, std::string error, std::string detail);
+
+  boost::asio::io_context& io_;
+  FaultDriver& driver_;
+  ReportSink sink_;
+  std::map<std::string, Held> faults_;
+};
+
+// A FaultDriver that hands each spec to the driver registered for its kind.
+class FaultRouter final : public FaultDriver {
+ public:
+  // driver must outlive the router.
+  void route(v1::FaultSpec::KindCase kind, FaultDriver& driver) { drivers_[kind] = &driver; }
+  [[nodiscard]] tl::expected<std::unique_ptr<AppliedFault>, FaultError> apply(const v1::FaultSpec& spec) override;
+
+ private:
+  std::map<v1::FaultSpec::KindCase, FaultDriver*> drivers_;
+};
+
+// The drivers of this host's kernel: rtnetlink qdiscs, /proc and pidfd signals.
+class SystemDrivers {
+ public:
+  SystemDrivers();
+  ~SystemDrivers();
+  [[nodiscard]] FaultDriver& router();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+[[nodiscard]] google::protobuf::Timestamp nowTimestamp();
+
+}  // namespace faultline::agent

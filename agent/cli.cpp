@@ -1,0 +1,53 @@
+#include "agent/cli.h"
+
+#include <filesystem>
+#include <iostream>
+
+#include <CLI/CLI.hpp>
+#include <spdlog/spdlog.h>
+
+#include "agent/runtime.h"
+
+namespace faultline::agent {
+
+int agentMain(int argc, char** argv) {
+  CLI::App app{"faultline-agent: injects faults on this host on the controller's command, and reverts "
+               "every one when its duration ends, on command, when the controller's lease lapses, and on "
+               "SIGTERM/SIGINT."};
+  SessionOptions options;
+  options.hostname = hostName();
+  options.agentId = options.hostname;
+  std::vector<std::string> labels;
+  std::string stateDir = "/var/lib/faultline-agent";
+  app.add_option("--controller", options.controller, "controller address, HOST:PORT")->required();
+  app.add_option("--label", labels, "a label of this host, KEY=VALUE (repeatable); experiments select agents by label");
+  app.add_option("--id", options.agentId, "agent id, unique in the fleet")->capture_default_str();
+  app.add_option("--state-dir", stateDir, "directory for the agent's state")->capture_default_str();
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int code = app.exit(e);
+    return code == 0 ? 0 : 4;
+  }
+  for (const auto& l : labels) {
+    const auto eq = l.find('=');
+    if (eq == std::string::npos || eq == 0) {
+      std::cerr << "faultline-agent: --label '" << l << "' is not KEY=VALUE\n";
+      return 4;
+    }
+    options.labels[l.substr(0, eq)] = l.substr(eq + 1);
+  }
+  options.labels.emplace("host", options.hostname);
+  std::error_code ec;
+  std::filesystem::create_directories(stateDir, ec);
+  if (ec) {
+    std::cerr << "faultline-agent: cannot create --state-dir " << stateDir << ": " << ec.message() << "\n";
+    return 3;
+  }
+  spdlog::info("faultline-agent {} ({}) connecting to {}", options.agentId, options.hostname, options.controller);
+  AgentRuntime runtime(std::move(options));
+  runtime.runUntilSignal();
+  return 0;
+}
+
+}  // namespace faultline::agent

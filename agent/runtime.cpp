@@ -1,0 +1,109 @@
+#include "agent/runtime.h"
+
+#include <unistd.h>
+
+#include <future>
+#include <thread>
+
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <spdlog/spdlog.h>
+
+#include "agent/kernel/qdisc_table.h"
+
+namespace faultline::agent {
+
+std::string hostName() {
+  char buf[256] = {};
+  if (gethostname(buf, sizeof buf - 1) != 0 || buf[0] == '\0') {
+    return "localhost";
+  }
+  return buf;
+}
+
+struct AgentRuntime::Impl {
+  explicit Impl(SessionOptions options)
+      : agent(io, drivers.router(),
+              [this](const v1::FaultReport& r) {
+                if (sessionAlive) {
+                  session.report(r);
+                }
+              }),
+        session(io, agent, std::move(options)) {}
+
+  ~Impl() {
+    shutdown("agent shutting down");
+    sessionAlive = false;  // the agent, destroyed after the session, may still report
+  }
+
+  boost::asio::io_context io;
+  SystemDrivers drivers;
+  Agent agent;
+  Session session;
+  std::thread thread;
+  bool stopped = false;
+  bool sessionAlive = true;
+
+  void shutdown(const std::string& reason) {
+    agent.revertAll(reason);
+    session.stop();
+  }
+};
+
+AgentRuntime::AgentRuntime(SessionOptions options, bool probeKernel) {
+  if (probeKernel) {
+    const auto support = kernel::probeQdiscSupport();
+    options.capabilities.set_netem(support.netem);
+    options.capabilities.set_tbf(support.tbf);
+    spdlog::info("kernel {}: netem qdisc {}, tbf qdisc {}", kernelRelease(), support.netem ? "yes" : "no",
+                 support.tbf ? "yes" : "no");
+  }
+  impl_ = std::make_unique<Impl>(std::move(options));
+}
+
+AgentRuntime::~AgentRuntime() { stop(); }
+
+void AgentRuntime::start() {
+  boost::asio::post(impl_->io, [this] { impl_->session.start(); });
+  impl_->thread = std::thread([this] {
+    auto guard = boost::asio::make_work_guard(impl_->io);
+    impl_->io.run();
+  });
+}
+
+void AgentRuntime::stop(const std::string& reason) {
+  if (!impl_ || impl_->stopped) {
+    return;
+  }
+  impl_->stopped = true;
+  if (impl_->thread.joinable()) {
+    std::promise<void> done;
+    boost::asio::post(impl_->io, [this, &done, reason] {
+      impl_->shutdown(reason);
+      done.set_value();
+    });
+    done.get_future().wait();
+    impl_->io.stop();
+    impl_->thread.join();
+  } else {
+    impl_->shutdown(reason);
+  }
+}
+
+void AgentRuntime::runUntilSignal() {
+  boost::asio::signal_set signals(impl_->io, SIGTERM, SIGINT);
+  signals.async_wait([this](const boost::system::error_code& ec, int sig) {
+    if (ec) {
+      return;
+    }
+    spdlog::info("{}: reverting every fault and exiting", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+    impl_->shutdown(sig == SIGTERM ? "agent stopped (SIGTERM)" : "agent stopped (SIGINT)");
+    impl_->io.stop();
+  });
+  impl_->session.start();
+  impl_->io.run();
+  impl_->stopped = true;
+}
+
+}  // namespace faultline::agent

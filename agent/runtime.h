@@ -1,0 +1,36 @@
+// A whole agent on its own thread: io_context, kernel drivers, fault registry and session.
+// Used by faultline-agent and by `faultline run --local` (the in-process agent).
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "agent/session.h"
+
+namespace faultline::agent {
+
+class AgentRuntime {
+ public:
+  // options.capabilities is filled from probeQdiscSupport() when probeKernel is true.
+  explicit AgentRuntime(SessionOptions options, bool probeKernel = true);
+  ~AgentRuntime();  // stop()
+  AgentRuntime(const AgentRuntime&) = delete;
+  AgentRuntime& operator=(const AgentRuntime&) = delete;
+
+  // Starts the io thread and connects.
+  void start();
+  // Reverts every fault held, closes the session and joins the thread. Blocks until the
+  // reverts are done. Idempotent.
+  void stop(const std::string& reason = "agent shutting down");
+  // Runs the agent on the calling thread until SIGTERM or SIGINT, then reverts everything.
+  void runUntilSignal();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// The host's name (gethostname), "localhost" when unknown.
+[[nodiscard]] std::string hostName();
+
+}  // namespace faultline::agent

@@ -1,0 +1,275 @@
+#include "agent/session.h"
+
+#include <sys/utsname.h>
+
+#include <deque>
+#include <mutex>
+
+#include <boost/asio/post.hpp>
+#include <grpcpp/grpcpp.h>
+#include <spdlog/spdlog.h>
+
+#include "agent/spec.h"
+#include "faultline/v1/agent_gateway.grpc.pb.h"
+
+namespace faultline::agent {
+
+std::string agentVersion() { return "0.1.0"; }
+
+std::string kernelRelease() {
+  utsname u{};
+  if (uname(&u) != 0) {
+    return "";
+  }
+  return u.release;
+}
+
+// One attempt at the bidirectional stream. gRPC calls its reactions on its own threads; they
+// post to the io_context. Writes are queued, one in flight at a time.
+class Session::Stream final : public grpc::ClientBidiReactor<v1::AgentMessage, v1::ControllerMessage> {
+ public:
+  Stream(Session& session, std::unique_ptr<v1::AgentGateway::Stub> stub)
+      : session_(session), io_(session.io_), stub_(std::move(stub)) {}
+
+  void begin(const v1::AgentMessage& hello, std::shared_ptr<Stream> self) {
+    self_ = std::move(self);
+    stub_->async()->Connect(&context_, this);
+    write(hello);
+    StartRead(&incoming_);
+    AddHold();  // writes are started from outside the reactions
+    StartCall();
+  }
+
+  void write(const v1::AgentMessage& msg) {
+    std::lock_guard lock(mutex_);
+    if (closed_) {
+      return;
+    }
+    queue_.push_back(msg);
+    if (queue_.size() == 1) {
+      StartWrite(&queue_.front());
+    }
+  }
+
+  void cancel() {
+    releaseHold();
+    context_.TryCancel();
+  }
+
+  void OnWriteDone(bool ok) override {
+    std::lock_guard lock(mutex_);
+    queue_.pop_front();
+    if (!ok) {
+      closed_ = true;
+      queue_.clear();
+      return;
+    }
+    if (!queue_.empty()) {
+      StartWrite(&queue_.front());
+    }
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      {
+        std::lock_guard lock(mutex_);
+        closed_ = true;
+      }
+      releaseHold();
+      return;
+    }
+    v1::ControllerMessage msg = incoming_;
+    boost::asio::post(io_, [self = self_, msg]() {
+      if (self->session_.stream_.get() == self.get()) {
+        self->session_.onMessage(msg);
+      }
+    });
+    StartRead(&incoming_);
+  }
+
+  void OnDone(const grpc::Status& status) override {
+    std::string why = status.ok() ? "stream closed" : status.error_message();
+    auto self = std::move(self_);
+    boost::asio::post(io_, [self, why]() { self->session_.onStreamDone(self.get(), why); });
+  }
+
+ private:
+  void releaseHold() {
+    std::lock_guard lock(mutex_);
+    if (!holdReleased_) {
+      holdReleased_ = true;
+      RemoveHold();
+    }
+  }
+
+  Session& session_;
+  boost::asio::io_context& io_;
+  std::unique_ptr<v1::AgentGateway::Stub> stub_;
+  grpc::ClientContext context_;
+  v1::ControllerMessage incoming_;
+  std::mutex mutex_;
+  std::deque<v1::AgentMessage> queue_;
+  bool closed_ = false;
+  bool holdReleased_ = false;
+  std::shared_ptr<Stream> self_;  // keeps the reactor alive until OnDone
+};
+
+Session::Session(boost::asio::io_context& io, Agent& agent, SessionOptions options)
+    : io_(io),
+      agent_(agent),
+      options_(std::move(options)),
+      reconnectTimer_(io),
+      leaseTimer_(io),
+      heartbeatTimer_(io),
+      lease_(options_.defaultLease),
+      backoff_(options_.minBackoff) {}
+
+Session::~Session() { stop(); }
+
+void Session::start() {
+  stopped_ = false;
+  armLease();
+  connect();
+}
+
+void Session::stop() {
+  stopped_ = true;
+  reconnectTimer_.cancel();
+  leaseTimer_.cancel();
+  heartbeatTimer_.cancel();
+  if (stream_) {
+    stream_->cancel();
+    stream_.reset();
+  }
+  welcomed_ = false;
+}
+
+bool Session::connected() const { return welcomed_; }
+
+void Session::connect() {
+  if (stopped_) {
+    return;
+  }
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 10'000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 5'000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  auto channel = grpc::CreateCustomChannel(options_.controller, grpc::InsecureChannelCredentials(), args);
+  auto stream = std::make_shared<Stream>(*this, v1::AgentGateway::NewStub(channel));
+  stream_ = stream;
+  welcomed_ = false;
+
+  v1::AgentMessage hello;
+  auto* h = hello.mutable_hello();
+  h->set_agent_id(options_.agentId);
+  h->set_hostname(options_.hostname);
+  for (const auto& [k, v] : options_.labels) {
+    (*h->mutable_labels())[k] = v;
+  }
+  h->set_version(agentVersion());
+  h->set_kernel_release(kernelRelease());
+  *h->mutable_capabilities() = options_.capabilities;
+  for (const auto& r : agent_.activeFaults()) {
+    *h->add_active_faults() = r;
+  }
+  stream->begin(hello, stream);
+}
+
+void Session::onStreamDone(Stream* stream, const std::string& why) {
+  if (stream_.get() != stream) {
+    return;  // an old stream
+  }
+  stream_.reset();
+  welcomed_ = false;
+  heartbeatTimer_.cancel();
+  if (stopped_) {
+    return;
+  }
+  spdlog::warn("controller {}: {}; reconnecting in {}", options_.controller, why, formatDuration(backoff_));
+  reconnectTimer_.expires_after(backoff_);
+  reconnectTimer_.async_wait([this](const boost::system::error_code& ec) {
+    if (!ec) {
+      connect();
+    }
+  });
+  backoff_ = std::min(backoff_ * 2, options_.maxBackoff);
+}
+
+void Session::armLease() {
+  leaseTimer_.expires_after(lease_);
+  leaseTimer_.async_wait([this](const boost::system::error_code& ec) {
+    if (ec || stopped_) {
+      return;
+    }
+    if (agent_.activeCount() > 0) {
+      spdlog::warn("lease expired: nothing heard from the controller for {}; reverting every fault",
+                   formatDuration(lease_));
+      agent_.revertAll("lease expired");
+    }
+    armLease();
+  });
+}
+
+void Session::scheduleHeartbeat() {
+  heartbeatTimer_.expires_after(heartbeatInterval_);
+  heartbeatTimer_.async_wait([this](const boost::system::error_code& ec) {
+    if (ec || !stream_ || !welcomed_) {
+      return;
+    }
+    v1::AgentMessage msg;
+    *msg.mutable_heartbeat()->mutable_sent_at() = nowTimestamp();
+    stream_->write(msg);
+    scheduleHeartbeat();
+  });
+}
+
+void Session::report(const v1::FaultReport& report) {
+  if (stream_ && welcomed_) {
+    v1::AgentMessage msg;
+    *msg.mutable_report() = report;
+    stream_->write(msg);
+  } else {
+    pending_.push_back(report);
+  }
+}
+
+void Session::onMessage(const v1::ControllerMessage& msg) {
+  armLease();
+  switch (msg.msg_case()) {
+    case v1::ControllerMessage::kWelcome: {
+      welcomed_ = true;
+      backoff_ = options_.minBackoff;
+      if (msg.welcome().has_lease() && toMicros(msg.welcome().lease()).count() > 0) {
+        lease_ = std::chrono::duration_cast<std::chrono::milliseconds>(toMicros(msg.welcome().lease()));
+        armLease();
+      }
+      if (msg.welcome().has_heartbeat_interval() && toMicros(msg.welcome().heartbeat_interval()).count() > 0) {
+        heartbeatInterval_ =
+            std::chrono::duration_cast<std::chrono::milliseconds>(toMicros(msg.welcome().heartbeat_interval()));
+      }
+      spdlog::info("registered with controller {} (lease {})", options_.controller, formatDuration(lease_));
+      auto pending = std::move(pending_);
+      pending_.clear();
+      for (const auto& r : pending) {
+        report(r);
+      }
+      scheduleHeartbeat();
+      break;
+    }
+    case v1::ControllerMessage::kHeartbeat:
+      break;
+    case v1::ControllerMessage::kInject:
+      agent_.inject(msg.inject());
+      break;
+    case v1::ControllerMessage::kRevert:
+      agent_.revert(msg.revert().fault_id());
+      break;
+    case v1::ControllerMessage::kRevertAll:
+      agent_.revertAll(msg.revert_all().reason().empty() ? "revert-all requested" : msg.revert_all().reason());
+      break;
+    case v1::ControllerMessage::MSG_NOT_SET:
+      break;
+  }
+}
+
+}  // namespace faultline::agent

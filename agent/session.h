@@ -1,0 +1,77 @@
+// The agent's side of AgentGateway.Connect: dials the controller, says Hello, executes Inject,
+// Revert and RevertAll, sends fault reports and heartbeats, and reconnects with backoff.
+//
+// The lease is the dead man's switch: when nothing has been heard from the controller for the
+// lease (from Welcome; 15 s until then), every fault is reverted, connected or not.
+//
+// Threading: start() and stop() on the io_context's thread; gRPC callbacks are posted to it.
+#pragma once
+
+#include <chrono>
+#include <map>
+#include <memory>
+#include <string>
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include "agent/agent.h"
+
+namespace faultline::agent {
+
+struct SessionOptions {
+  std::string controller;  // HOST:PORT
+  std::string agentId;
+  std::string hostname;
+  std::map<std::string, std::string> labels;
+  v1::Capabilities capabilities;
+  std::chrono::milliseconds defaultLease{15'000};
+  std::chrono::milliseconds minBackoff{200};
+  std::chrono::milliseconds maxBackoff{10'000};
+};
+
+class Session {
+ public:
+  // agent must outlive the session. Its reports must be passed to report() (see makeReportSink).
+  Session(boost::asio::io_context& io, Agent& agent, SessionOptions options);
+  ~Session();
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
+
+  void start();
+  // Closes the stream and stops reconnecting. Does not revert faults (the caller decides).
+  void stop();
+  // Queues a report for the controller; reports made while disconnected are sent after Hello.
+  void report(const v1::FaultReport& report);
+  // True once a Welcome was received on the current stream.
+  [[nodiscard]] bool connected() const;
+
+ private:
+  class Stream;
+  void connect();
+  void onStreamDone(Stream* stream, const std::string& why);
+  void onMessage(const v1::ControllerMessage& msg);
+  void armLease();
+  void scheduleHeartbeat();
+
+  boost::asio::io_context& io_;
+  Agent& agent_;
+  SessionOptions options_;
+  std::shared_ptr<Stream> stream_;
+  boost::asio::steady_timer reconnectTimer_;
+  boost::asio::steady_timer leaseTimer_;
+  boost::asio::steady_timer heartbeatTimer_;
+  std::chrono::milliseconds lease_;
+  std::chrono::milliseconds heartbeatInterval_{5'000};
+  std::chrono::milliseconds backoff_;
+  std::vector<v1::FaultReport> pending_;
+  bool welcomed_ = false;
+  bool stopped_ = false;
+};
+
+// Version string of this build, reported in Hello.
+[[nodiscard]] std::string agentVersion();
+// uname -r
+[[nodiscard]] std::string kernelRelease();
+
+}  // namespace faultline::agent

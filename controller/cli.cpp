@@ -1,0 +1,437 @@
+#include "controller/cli.h"
+
+#include <pthread.h>
+#include <signal.h>
+
+#include <atomic>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+#include <thread>
+
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+#include <google/protobuf/util/time_util.h>
+#include <grpcpp/grpcpp.h>
+#include <spdlog/spdlog.h>
+
+#include "agent/runtime.h"
+#include "agent/spec.h"
+#include "controller/controller.h"
+#include "controller/engine.h"
+#include "controller/experiment.h"
+#include "controller/run_format.h"
+#include "controller/store.h"
+#include "faultline/v1/control.grpc.pb.h"
+
+namespace faultline::controller {
+namespace {
+
+constexpr int kExitError = 3;
+constexpr int kExitUsage = 4;
+constexpr const char* kDefaultController = "127.0.0.1:7443";
+
+std::string readFile(const std::string& path, std::string& error) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    error = fmt::format("cannot read {}: {}", path, std::strerror(errno));
+    return "";
+  }
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+std::string clock(const google::protobuf::Timestamp& t) {
+  const std::time_t secs = t.seconds();
+  std::tm tm{};
+  localtime_r(&secs, &tm);
+  return fmt::format("{:02}:{:02}:{:02}.{:03}", tm.tm_hour, tm.tm_min, tm.tm_sec, t.nanos() / 1'000'000);
+}
+
+void printEvent(const v1::RunEvent& e) {
+  std::cout << fmt::format("{}  {:<16} {:<15} {}", clock(e.at()), e.kind(), e.host().empty() ? "-" : e.host(),
+                           e.message())
+            << std::endl;
+}
+
+std::unique_ptr<v1::Control::Stub> controlStub(const std::string& address) {
+  return v1::Control::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+}
+
+int rpcError(const std::string& what, const std::string& address, const grpc::Status& s) {
+  if (s.error_code() == grpc::StatusCode::UNAVAILABLE || s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
+    std::cerr << fmt::format("faultline: {}: cannot reach the controller at {} ({}); is `faultline controller` "
+                             "running there? (--controller ADDR)\n",
+                             what, address, s.error_message());
+  } else {
+    std::cerr << fmt::format("faultline: {}: {}\n", what, s.error_message());
+  }
+  return s.error_code() == grpc::StatusCode::INVALID_ARGUMENT ? kExitUsage : kExitError;
+}
+
+std::unique_ptr<grpc::ClientContext> contextWithDeadline(std::chrono::seconds d) {
+  auto ctx = std::make_unique<grpc::ClientContext>();
+  ctx->set_deadline(std::chrono::system_clock::now() + d);
+  return ctx;
+}
+
+// SIGINT/SIGTERM are blocked in every thread and taken by one waiting thread, so that an
+// interrupted run aborts cleanly (faults reverted, run recorded) instead of dying.
+class SignalCatcher {
+ public:
+  SignalCatcher() {
+    sigemptyset(&set_);
+    sigaddset(&set_, SIGINT);
+    sigaddset(&set_, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &set_, nullptr);
+  }
+  ~SignalCatcher() {
+    if (thread_.joinable()) {
+      pthread_kill(thread_.native_handle(), SIGTERM);  // wakes sigwait; then ignored
+      thread_.join();
+    }
+  }
+  template <typename F>
+  void onSignal(F f) {
+    thread_ = std::thread([this, f] {
+      int count = 0;
+      while (true) {
+        int sig = 0;
+        if (sigwait(&set_, &sig) != 0 || done_) {
+          return;
+        }
+        f(sig, ++count);
+      }
+    });
+  }
+  void finish() { done_ = true; }
+
+ private:
+  sigset_t set_{};
+  std::atomic<bool> done_{false};
+  std::thread thread_;
+};
+
+int watchRun(v1::Control::Stub& stub, const std::string& address, const std::string& runId) {
+  grpc::ClientContext ctx;
+  v1::WatchRunRequest req;
+  req.set_run_id(runId);
+  auto reader = stub.WatchRun(&ctx, req);
+  v1::RunEvent e;
+  v1::Verdict verdict = v1::VERDICT_UNSPECIFIED;
+  std::string reason;
+  while (reader->Read(&e)) {
+    printEvent(e);
+    if (e.kind() == "run.finished") {
+      verdict = e.verdict();
+    }
+  }
+  auto status = reader->Finish();
+  if (!status.ok() && verdict == v1::VERDICT_UNSPECIFIED) {
+    return rpcError("watching run " + runId, address, status);
+  }
+  std::cout << fmt::format("\nverdict: {}  (run {}, exit {})\n", verdictName(verdict), runId, exitCodeFor(verdict));
+  return exitCodeFor(verdict);
+}
+
+struct RunOptions {
+  std::string file;
+  std::string controller;
+  bool local = false;
+  std::string db = "faultline.db";
+  std::string trigger = "cli";
+  std::vector<std::string> labels;
+};
+
+int runCommand(const RunOptions& o) {
+  std::string error;
+  const std::string yaml = readFile(o.file, error);
+  if (!error.empty()) {
+    std::cerr << "faultline: " << error << "\n";
+    return kExitUsage;
+  }
+  if (auto parsed = parseExperiment(yaml, o.file); !parsed) {
+    for (const auto& d : parsed.error()) {
+      std::cerr << format(d) << "\n";
+    }
+    return kExitUsage;
+  }
+  if (o.trigger != "cli" && o.trigger != "ci" && o.trigger != "schedule") {
+    std::cerr << "faultline: --trigger '" << o.trigger << "' is not one of cli, ci, schedule\n";
+    return kExitUsage;
+  }
+
+  SignalCatcher signals;
+  std::unique_ptr<Controller> controller;
+  std::unique_ptr<agent::AgentRuntime> localAgent;
+  std::string address = o.controller.empty() ? kDefaultController : o.controller;
+  if (o.local) {
+    try {
+      controller = std::make_unique<Controller>(ControllerOptions{"127.0.0.1:0", o.db, std::chrono::seconds{15}});
+      const int port = controller->start();
+      address = fmt::format("127.0.0.1:{}", port);
+    } catch (const std::exception& e) {
+      std::cerr << "faultline: --local: " << e.what() << "\n";
+      return kExitError;
+    }
+    agent::SessionOptions so;
+    so.controller = address;
+    so.hostname = agent::hostName();
+    so.agentId = so.hostname;
+    so.labels["host"] = so.hostname;
+    for (const auto& l : o.labels) {
+      const auto eq = l.find('=');
+      so.labels[l.substr(0, eq)] = eq == std::string::npos ? "" : l.substr(eq + 1);
+    }
+    localAgent = std::make_unique<agent::AgentRuntime>(so);
+    localAgent->start();
+    if (!controller->gateway().waitForAgents(1, std::chrono::seconds{10})) {
+      std::cerr << "faultline: --local: the in-process agent did not register within 10s\n";
+      return kExitError;
+    }
+  }
+
+  auto stub = controlStub(address);
+  v1::SubmitRunRequest req;
+  req.set_experiment(yaml);
+  req.set_file_name(o.file);
+  req.set_trigger(o.trigger);
+  v1::SubmitRunResponse resp;
+  auto ctx = contextWithDeadline(std::chrono::seconds{10});
+  if (auto s = stub->SubmitRun(ctx.get(), req, &resp); !s.ok()) {
+    return rpcError("submitting " + o.file, address, s);
+  }
+  const std::string runId = resp.run_id();
+  std::cout << fmt::format("run {}: {} on {}\n", runId, o.file, o.local ? "this host (--local)" : address);
+
+  signals.onSignal([&](int sig, int count) {
+    if (count > 1) {
+      std::cerr << "faultline: still reverting; the run ends as soon as every agent confirms\n";
+      return;
+    }
+    std::cerr << fmt::format("\nfaultline: {}: aborting run {} and reverting its faults\n",
+                             sig == SIGINT ? "interrupted (SIGINT)" : "SIGTERM", runId);
+    grpc::ClientContext actx;
+    actx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds{5});
+    v1::AbortRunRequest areq;
+    areq.set_run_id(runId);
+    areq.set_reason(sig == SIGINT ? "interrupted (SIGINT) by the user" : "faultline run received SIGTERM");
+    v1::AbortRunResponse aresp;
+    (void)stub->AbortRun(&actx, areq, &aresp);
+  });
+
+  const int code = watchRun(*stub, address, runId);
+  signals.finish();
+  if (localAgent) {
+    localAgent->stop("faultline run --local finished");
+  }
+  if (controller) {
+    controller->shutdown();
+    std::cout << fmt::format("timeline: faultline show {} --db {}\n", runId, o.db);
+  } else {
+    std::cout << fmt::format("timeline: faultline show {} --controller {}\n", runId, address);
+  }
+  return code;
+}
+
+int validateCommand(const std::string& file) {
+  std::string error;
+  const std::string yaml = readFile(file, error);
+  if (!error.empty()) {
+    std::cerr << "faultline: " << error << "\n";
+    return kExitUsage;
+  }
+  auto parsed = parseExperiment(yaml, file);
+  if (!parsed) {
+    for (const auto& d : parsed.error()) {
+      std::cerr << format(d) << "\n";
+    }
+    std::cerr << fmt::format("{}: {} error(s)\n", file, parsed.error().size());
+    return kExitUsage;
+  }
+  std::cout << fmt::format("{}: valid: experiment {}, {} probe(s), {} step(s)\n", file, parsed->name,
+                           parsed->hypothesis.probes.size(), parsed->method.size());
+  return 0;
+}
+
+int controllerCommand(const ControllerOptions& options) {
+  SignalCatcher signals;
+  Controller controller(options);
+  try {
+    controller.start();
+  } catch (const std::exception& e) {
+    std::cerr << "faultline controller: " << e.what() << "\n";
+    return kExitError;
+  }
+  signals.onSignal([&](int sig, int /*count*/) {
+    spdlog::info("{}: aborting active runs, reverting their faults, stopping", sig == SIGINT ? "SIGINT" : "SIGTERM");
+    controller.shutdown();
+  });
+  controller.wait();
+  signals.finish();
+  return 0;
+}
+
+int agentsCommand(const std::string& address) {
+  auto stub = controlStub(address);
+  auto ctx = contextWithDeadline(std::chrono::seconds{5});
+  v1::ListAgentsResponse resp;
+  if (auto s = stub->ListAgents(ctx.get(), {}, &resp); !s.ok()) {
+    return rpcError("listing agents", address, s);
+  }
+  std::cout << fmt::format("{:<24} {:<20} {:<8} {:<22} {:<6} {:<6} {}\n", "AGENT", "HOSTNAME", "VERSION", "KERNEL",
+                           "NETEM", "FAULTS", "LABELS");
+  for (const auto& a : resp.agents()) {
+    std::string labels;
+    std::map<std::string, std::string> sorted(a.labels().begin(), a.labels().end());
+    for (const auto& [k, v] : sorted) {
+      labels += fmt::format("{}{}={}", labels.empty() ? "" : ",", k, v);
+    }
+    std::cout << fmt::format("{:<24} {:<20} {:<8} {:<22} {:<6} {:<6} {}\n", a.agent_id(), a.hostname(), a.version(),
+                             a.kernel_release(), a.capabilities().netem() ? "yes" : "no", a.active_faults(), labels);
+  }
+  if (resp.agents().empty()) {
+    std::cout << "(no agents connected)\n";
+  }
+  return 0;
+}
+
+int runsCommand(const std::string& address, const std::string& db, unsigned limit) {
+  std::vector<v1::Run> runs;
+  if (!db.empty()) {
+    try {
+      auto store = openSqliteStore(db);
+      runs = store->listRuns(limit);
+    } catch (const std::exception& e) {
+      std::cerr << "faultline: " << e.what() << "\n";
+      return kExitError;
+    }
+  } else {
+    auto stub = controlStub(address);
+    auto ctx = contextWithDeadline(std::chrono::seconds{5});
+    v1::ListRunsRequest req;
+    req.set_limit(limit);
+    v1::ListRunsResponse resp;
+    if (auto s = stub->ListRuns(ctx.get(), req, &resp); !s.ok()) {
+      return rpcError("listing runs", address, s);
+    }
+    runs.assign(resp.runs().begin(), resp.runs().end());
+  }
+  std::cout << formatRunList(runs);
+  return 0;
+}
+
+int showCommand(const std::string& runId, const std::string& address, const std::string& db) {
+  v1::Run run;
+  if (!db.empty()) {
+    try {
+      auto store = openSqliteStore(db);
+      auto r = store->getRun(runId);
+      if (!r) {
+        std::cerr << fmt::format("faultline: no run with id '{}' in {}\n", runId, db);
+        return kExitUsage;
+      }
+      run = std::move(*r);
+    } catch (const std::exception& e) {
+      std::cerr << "faultline: " << e.what() << "\n";
+      return kExitError;
+    }
+  } else {
+    auto stub = controlStub(address);
+    auto ctx = contextWithDeadline(std::chrono::seconds{5});
+    v1::GetRunRequest req;
+    req.set_run_id(runId);
+    if (auto s = stub->GetRun(ctx.get(), req, &run); !s.ok()) {
+      return rpcError("reading run " + runId, address, s);
+    }
+  }
+  std::cout << formatTimeline(run);
+  return 0;
+}
+
+}  // namespace
+
+int cliMain(int argc, char** argv) {
+  CLI::App app{"faultline: chaos experiments on Linux hosts. Runs experiment files against agents, checks the "
+               "steady state, injects faults, reverts them and records the outcome."};
+  app.require_subcommand(1);
+
+  RunOptions run;
+  auto* runCmd = app.add_subcommand("run", "run an experiment file and print its events as they happen; exit 0 "
+                                           "held, 1 violated, 2 aborted, 3 execution error, 4 invalid file or usage");
+  runCmd->add_option("FILE", run.file, "experiment file (YAML, apiVersion: faultline/v1)")->required();
+  auto* ctrlOpt = runCmd->add_option("--controller", run.controller,
+                                     fmt::format("controller address HOST:PORT (default {})", kDefaultController));
+  runCmd->add_flag("--local", run.local,
+                   "run an embedded controller and an in-process agent on this host (records in --db)")
+      ->excludes(ctrlOpt);
+  runCmd->add_option("--db", run.db, "record file for --local")->capture_default_str();
+  runCmd->add_option("--trigger", run.trigger, "who started the run: cli, ci or schedule")->capture_default_str();
+  runCmd->add_option("--label", run.labels, "with --local: a label of the in-process agent, KEY=VALUE (repeatable)");
+
+  std::string validateFile;
+  auto* validateCmd = app.add_subcommand("validate", "check an experiment file without running it; exit 0 valid, 4 invalid");
+  validateCmd->add_option("FILE", validateFile, "experiment file")->required();
+
+  ControllerOptions copts;
+  copts.dbPath = "/var/lib/faultline/controller.db";
+  std::string leaseText = "15s";
+  auto* ctrlCmd = app.add_subcommand("controller", "run the controller: agents dial it, the CLI submits runs to it");
+  ctrlCmd->add_option("--listen", copts.listen, "address to listen on, HOST:PORT")->capture_default_str();
+  ctrlCmd->add_option("--db", copts.dbPath, "SQLite file for run records")->capture_default_str();
+  ctrlCmd->add_option("--lease", leaseText, "agents revert every fault after this long without word from the controller")
+      ->capture_default_str();
+
+  std::string address = kDefaultController;
+  auto* agentsCmd = app.add_subcommand("agents", "list the agents connected to the controller");
+  agentsCmd->add_option("--controller", address, "controller address HOST:PORT")->capture_default_str();
+
+  std::string db;
+  unsigned limit = 20;
+  auto* runsCmd = app.add_subcommand("runs", "list recorded runs, newest first");
+  auto* runsCtrl = runsCmd->add_option("--controller", address, "controller address HOST:PORT")->capture_default_str();
+  runsCmd->add_option("--db", db, "read a record file directly instead (e.g. the one of --local)")->excludes(runsCtrl);
+  runsCmd->add_option("--limit", limit, "how many runs")->capture_default_str();
+
+  std::string runId;
+  auto* showCmd = app.add_subcommand("show", "print the recorded timeline of a run");
+  showCmd->add_option("RUN_ID", runId, "run id, as printed by run and runs")->required();
+  auto* showCtrl = showCmd->add_option("--controller", address, "controller address HOST:PORT")->capture_default_str();
+  showCmd->add_option("--db", db, "read a record file directly instead (e.g. the one of --local)")->excludes(showCtrl);
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int code = app.exit(e);
+    return code == 0 ? 0 : kExitUsage;
+  }
+
+  if (*runCmd) {
+    return runCommand(run);
+  }
+  if (*validateCmd) {
+    return validateCommand(validateFile);
+  }
+  if (*ctrlCmd) {
+    auto lease = parseDuration(leaseText);
+    if (!lease || *lease < std::chrono::seconds{1}) {
+      std::cerr << "faultline controller: --lease " << (lease ? "must be at least 1s" : lease.error()) << "\n";
+      return kExitUsage;
+    }
+    copts.lease = std::chrono::duration_cast<std::chrono::milliseconds>(*lease);
+    return controllerCommand(copts);
+  }
+  if (*agentsCmd) {
+    return agentsCommand(address);
+  }
+  if (*runsCmd) {
+    return runsCommand(address, db, limit);
+  }
+  if (*showCmd) {
+    return showCommand(runId, address, db);
+  }
+  return kExitUsage;
+}
+
+}  // namespace faultline::controller

@@ -1,0 +1,368 @@
+#include "controller/controller.h"
+
+#include <openssl/evp.h>
+
+#include <deque>
+#include <list>
+#include <map>
+#include <mutex>
+#include <random>
+#include <thread>
+
+#include <fmt/format.h>
+#include <grpcpp/grpcpp.h>
+#include <spdlog/spdlog.h>
+
+#include "agent/agent.h"
+#include "controller/engine.h"
+#include "controller/experiment.h"
+#include "controller/probe.h"
+#include "controller/store.h"
+#include "faultline/v1/control.grpc.pb.h"
+
+namespace faultline::controller {
+
+std::string sha256Hex(std::string_view data) {
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EVP_Digest(data.data(), data.size(), digest, &len, EVP_sha256(), nullptr);
+  std::string out;
+  for (unsigned int i = 0; i < len; ++i) {
+    out += fmt::format("{:02x}", digest[i]);
+  }
+  return out;
+}
+
+namespace {
+
+std::string newRunId() {
+  static std::mt19937_64 rng{std::random_device{}()};
+  static std::mutex m;
+  std::lock_guard lock(m);
+  const auto now = std::chrono::system_clock::now();
+  const std::time_t t = std::chrono::system_clock::to_time_t(now);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  return fmt::format("{:04}{:02}{:02}-{:02}{:02}{:02}-{:04x}", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
+                     tm.tm_min, tm.tm_sec, rng() & 0xffff);
+}
+
+// A run in progress (or just finished): its events for WatchRun, its stop signal and thread.
+struct ActiveRun {
+  std::string id;
+  StopSignal stop;
+  std::mutex mutex;
+  std::vector<v1::RunEvent> events;
+  bool finished = false;
+  std::list<std::shared_ptr<class WatchReactor>> watchers;  // poked when events arrive
+  std::thread thread;
+};
+
+// Streams a run's events to one CLI, from the first event to run.finished.
+// Owned by the run's watcher list until OnDone, so a poke never reaches a deleted reactor.
+class WatchReactor final : public grpc::ServerWriteReactor<v1::RunEvent> {
+ public:
+  explicit WatchReactor(std::shared_ptr<ActiveRun> run) : run_(std::move(run)) {}
+
+  static WatchReactor* start(std::shared_ptr<ActiveRun> run) {
+    auto w = std::make_shared<WatchReactor>(run);
+    {
+      std::lock_guard lock(run->mutex);
+      w->it_ = run->watchers.insert(run->watchers.end(), w);
+    }
+    w->pump();
+    return w.get();
+  }
+
+  void pump() {
+    std::lock_guard lock(mutex_);
+    pumpLocked();
+  }
+
+  void OnWriteDone(bool ok) override {
+    std::lock_guard lock(mutex_);
+    writing_ = false;
+    if (!ok) {
+      failed_ = true;
+      finishLocked(grpc::Status(grpc::StatusCode::UNAVAILABLE, "write failed"));
+      return;
+    }
+    ++next_;
+    pumpLocked();
+  }
+
+  void OnCancel() override {
+    std::lock_guard lock(mutex_);
+    failed_ = true;
+    if (!writing_) {
+      finishLocked(grpc::Status::CANCELLED);
+    }
+  }
+
+  void OnDone() override {
+    std::shared_ptr<WatchReactor> self;  // released when this frame ends
+    std::lock_guard lock(run_->mutex);
+    self = std::move(*it_);
+    run_->watchers.erase(it_);
+  }
+
+ private:
+  void pumpLocked() {
+    if (writing_ || finished_ || failed_) {
+      return;
+    }
+    bool runFinished = false;
+    {
+      std::lock_guard lock(run_->mutex);
+      if (next_ < run_->events.size()) {
+        current_ = run_->events[next_];
+        writing_ = true;
+      }
+      runFinished = run_->finished;
+    }
+    if (writing_) {
+      StartWrite(&current_);
+    } else if (runFinished) {
+      finishLocked(grpc::Status::OK);
+    }
+  }
+
+  void finishLocked(const grpc::Status& status) {
+    if (!finished_) {
+      finished_ = true;
+      Finish(status);
+    }
+  }
+
+  std::shared_ptr<ActiveRun> run_;
+  std::list<std::shared_ptr<WatchReactor>>::iterator it_;
+  std::mutex mutex_;
+  size_t next_ = 0;
+  bool writing_ = false;
+  bool finished_ = false;
+  bool failed_ = false;
+  v1::RunEvent current_;
+};
+
+grpc::ServerUnaryReactor* finishNow(grpc::CallbackServerContext* ctx, const grpc::Status& status) {
+  auto* r = ctx->DefaultReactor();
+  r->Finish(status);
+  return r;
+}
+
+}  // namespace
+
+struct Controller::Impl final : v1::Control::CallbackService {
+  explicit Impl(ControllerOptions o)
+      : options(std::move(o)), gateway(GatewayOptions{options.lease, std::max(options.lease / 5, std::chrono::milliseconds{100})}) {}
+
+  ControllerOptions options;
+  Gateway gateway;
+  std::unique_ptr<RecordStore> store;
+  std::unique_ptr<ProbeRunner> probes = makeHttpProbeRunner();
+  std::unique_ptr<grpc::Server> server;
+  std::mutex mutex;
+  std::condition_variable cv;
+  bool shuttingDown = false;
+  std::map<std::string, std::shared_ptr<ActiveRun>> runs;
+
+  grpc::ServerUnaryReactor* SubmitRun(grpc::CallbackServerContext* ctx, const v1::SubmitRunRequest* req,
+                                      v1::SubmitRunResponse* resp) override {
+    const std::string fileName = req->file_name().empty() ? "experiment.yaml" : req->file_name();
+    auto parsed = parseExperiment(req->experiment(), fileName);
+    if (!parsed) {
+      std::string text;
+      for (const auto& d : parsed.error()) {
+        text += format(d) + "\n";
+      }
+      return finishNow(ctx, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, text));
+    }
+    auto run = std::make_shared<ActiveRun>();
+    run->id = newRunId();
+    RunRequest request{run->id, fileName, sha256Hex(req->experiment()),
+                       req->trigger().empty() ? "cli" : req->trigger(), std::move(*parsed)};
+    {
+      std::lock_guard lock(mutex);
+      if (shuttingDown) {
+        return finishNow(ctx, grpc::Status(grpc::StatusCode::UNAVAILABLE, "controller is shutting down"));
+      }
+      runs[run->id] = run;
+    }
+    run->thread = std::thread([this, run, request = std::move(request)]() mutable {
+      RunEngine engine(gateway, *probes, *store, [run](const v1::RunEvent& e) {
+        std::list<std::shared_ptr<WatchReactor>> pokes;
+        {
+          std::lock_guard lock(run->mutex);
+          run->events.push_back(e);
+          if (e.kind() == "run.finished") {
+            run->finished = true;
+          }
+          pokes = run->watchers;
+        }
+        for (auto& w : pokes) {
+          w->pump();
+        }
+      });
+      const auto verdict = engine.run(request, run->stop);
+      spdlog::info("run {} finished: {}", run->id, verdictName(verdict));
+      cv.notify_all();
+    });
+    resp->set_run_id(run->id);
+    return finishNow(ctx, grpc::Status::OK);
+  }
+
+  grpc::ServerWriteReactor<v1::RunEvent>* WatchRun(grpc::CallbackServerContext* /*ctx*/,
+                                                   const v1::WatchRunRequest* req) override {
+    std::shared_ptr<ActiveRun> run;
+    {
+      std::lock_guard lock(mutex);
+      auto it = runs.find(req->run_id());
+      if (it != runs.end()) {
+        run = it->second;
+      }
+    }
+    if (!run) {
+      // A finished run: replay its record.
+      run = std::make_shared<ActiveRun>();
+      auto rec = store->getRun(req->run_id());
+      if (!rec) {
+        class NotFound final : public grpc::ServerWriteReactor<v1::RunEvent> {
+         public:
+          explicit NotFound(const std::string& id) {
+            Finish(grpc::Status(grpc::StatusCode::NOT_FOUND, fmt::format("no run with id '{}'", id)));
+          }
+          void OnDone() override { delete this; }
+        };
+        return new NotFound(req->run_id());
+      }
+      run->events.assign(rec->events().begin(), rec->events().end());
+      run->finished = true;
+    }
+    return WatchReactor::start(run);
+  }
+
+  grpc::ServerUnaryReactor* AbortRun(grpc::CallbackServerContext* ctx, const v1::AbortRunRequest* req,
+                                     v1::AbortRunResponse* /*resp*/) override {
+    std::lock_guard lock(mutex);
+    auto it = runs.find(req->run_id());
+    if (it == runs.end()) {
+      return finishNow(ctx, grpc::Status(grpc::StatusCode::NOT_FOUND,
+                                         fmt::format("no active run with id '{}'", req->run_id())));
+    }
+    it->second->stop.request(req->reason().empty() ? "aborted on request" : req->reason());
+    return finishNow(ctx, grpc::Status::OK);
+  }
+
+  grpc::ServerUnaryReactor* GetRun(grpc::CallbackServerContext* ctx, const v1::GetRunRequest* req,
+                                   v1::Run* resp) override {
+    auto rec = store->getRun(req->run_id());
+    if (!rec) {
+      return finishNow(ctx, grpc::Status(grpc::StatusCode::NOT_FOUND, fmt::format("no run with id '{}'", req->run_id())));
+    }
+    *resp = std::move(*rec);
+    return finishNow(ctx, grpc::Status::OK);
+  }
+
+  grpc::ServerUnaryReactor* ListRuns(grpc::CallbackServerContext* ctx, const v1::ListRunsRequest* req,
+                                     v1::ListRunsResponse* resp) override {
+    for (auto& r : store->listRuns(req->limit())) {
+      *resp->add_runs() = std::move(r);
+    }
+    return finishNow(ctx, grpc::Status::OK);
+  }
+
+  grpc::ServerUnaryReactor* ListAgents(grpc::CallbackServerContext* ctx, const v1::ListAgentsRequest* /*req*/,
+                                       v1::ListAgentsResponse* resp) override {
+    for (auto& a : gateway.agents()) {
+      *resp->add_agents() = std::move(a);
+    }
+    return finishNow(ctx, grpc::Status::OK);
+  }
+
+  // Joins the threads of finished runs; with all = true, waits for every run.
+  void reap(bool all) {
+    std::vector<std::shared_ptr<ActiveRun>> done;
+    {
+      std::unique_lock lock(mutex);
+      for (auto it = runs.begin(); it != runs.end();) {
+        bool finished = false;
+        {
+          std::lock_guard runLock(it->second->mutex);
+          finished = it->second->finished;
+        }
+        if (finished || all) {
+          done.push_back(it->second);
+          it = runs.erase(it);
+        } else {
+          ++it;
+        }
+      }
+    }
+    for (auto& r : done) {
+      if (r->thread.joinable()) {
+        r->thread.join();
+      }
+    }
+  }
+};
+
+Controller::Controller(ControllerOptions options) : impl_(std::make_unique<Impl>(std::move(options))) {}
+
+Controller::~Controller() { shutdown(); }
+
+int Controller::start() {
+  impl_->store = openSqliteStore(impl_->options.dbPath);
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(impl_->options.listen, grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(&impl_->gateway);
+  builder.RegisterService(impl_.get());
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 5'000);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
+  impl_->server = builder.BuildAndStart();
+  if (!impl_->server || port == 0) {
+    throw std::runtime_error(fmt::format("cannot listen on {} (address in use, or not an address of this host?)",
+                                         impl_->options.listen));
+  }
+  spdlog::info("controller listening on {} (port {}), records in {}", impl_->options.listen, port,
+               impl_->options.dbPath);
+  return port;
+}
+
+void Controller::abortAll(const std::string& reason) {
+  {
+    std::lock_guard lock(impl_->mutex);
+    for (auto& [id, run] : impl_->runs) {
+      run->stop.request(reason);
+    }
+  }
+  impl_->reap(true);
+}
+
+void Controller::wait() {
+  std::unique_lock lock(impl_->mutex);
+  while (!impl_->shuttingDown) {
+    impl_->cv.wait_for(lock, std::chrono::seconds{1});
+    lock.unlock();
+    impl_->reap(false);
+    lock.lock();
+  }
+}
+
+void Controller::shutdown() {
+  {
+    std::lock_guard lock(impl_->mutex);
+    impl_->shuttingDown = true;
+  }
+  impl_->cv.notify_all();
+  abortAll("controller shutting down");
+  if (impl_->server) {
+    impl_->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds{2});
+    impl_->server.reset();
+  }
+}
+
+Gateway& Controller::gateway() { return impl_->gateway; }
+
+}  // namespace faultline::controller

@@ -1,0 +1,274 @@
+#include "controller/gateway.h"
+
+#include <deque>
+
+#include <spdlog/spdlog.h>
+
+#include "agent/agent.h"
+#include "agent/spec.h"
+
+namespace faultline::controller {
+
+class Gateway::Connection final : public grpc::ServerBidiReactor<v1::AgentMessage, v1::ControllerMessage> {
+ public:
+  Connection(Gateway& gateway, std::string peer) : gateway_(gateway), peer_(std::move(peer)) {}
+
+  void begin(std::shared_ptr<Connection> self) {
+    self_ = std::move(self);
+    StartRead(&incoming_);
+  }
+
+  void write(const v1::ControllerMessage& msg) {
+    std::lock_guard lock(mutex_);
+    if (finishing_) {
+      return;
+    }
+    queue_.push_back(msg);
+    if (queue_.size() == 1) {
+      StartWrite(&queue_.front());
+    }
+  }
+
+  void OnWriteDone(bool ok) override {
+    std::lock_guard lock(mutex_);
+    queue_.pop_front();
+    if (!ok) {
+      queue_.clear();
+      finishLocked(grpc::Status(grpc::StatusCode::UNAVAILABLE, "write failed"));
+      return;
+    }
+    if (!queue_.empty()) {
+      StartWrite(&queue_.front());
+    } else if (finishing_ && !finished_) {
+      finished_ = true;
+      Finish(finishStatus_);
+    }
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      std::lock_guard lock(mutex_);
+      finishLocked(grpc::Status::OK);
+      return;
+    }
+    handle(incoming_);
+    StartRead(&incoming_);
+  }
+
+  void OnDone() override {
+    gateway_.gone(this);
+    std::shared_ptr<Connection> self;
+    {
+      std::lock_guard lock(mutex_);
+      self = std::move(self_);  // the last reference may go with this frame
+    }
+  }
+
+  std::string agentId() const {
+    std::lock_guard lock(mutex_);
+    return info_.agent_id();
+  }
+
+  v1::AgentInfo info() const {
+    std::lock_guard lock(mutex_);
+    v1::AgentInfo copy = info_;
+    copy.set_active_faults(static_cast<uint32_t>(active_.size()));
+    return copy;
+  }
+
+ private:
+  void finishLocked(const grpc::Status& status) {
+    if (finishing_) {
+      return;
+    }
+    finishing_ = true;
+    finishStatus_ = status;
+    if (queue_.empty()) {
+      finished_ = true;
+      Finish(status);
+    }
+  }
+
+  void handle(const v1::AgentMessage& msg) {
+    switch (msg.msg_case()) {
+      case v1::AgentMessage::kHello: {
+        const auto& h = msg.hello();
+        if (h.agent_id().empty()) {
+          std::lock_guard lock(mutex_);
+          finishLocked(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "Hello without agent_id"));
+          return;
+        }
+        {
+          std::lock_guard lock(mutex_);
+          info_.set_agent_id(h.agent_id());
+          info_.set_hostname(h.hostname());
+          *info_.mutable_labels() = h.labels();
+          info_.set_version(h.version());
+          info_.set_kernel_release(h.kernel_release());
+          *info_.mutable_capabilities() = h.capabilities();
+          *info_.mutable_connected_at() = agent::nowTimestamp();
+          for (const auto& r : h.active_faults()) {
+            active_.insert(r.fault_id());
+          }
+        }
+        spdlog::info("agent {} ({}, {}) registered from {}", h.agent_id(), h.hostname(), h.kernel_release(), peer_);
+        gateway_.registered(self_);
+        v1::ControllerMessage welcome;
+        *welcome.mutable_welcome()->mutable_lease() = toProto(gateway_.options_.lease);
+        *welcome.mutable_welcome()->mutable_heartbeat_interval() = toProto(gateway_.options_.heartbeatInterval);
+        write(welcome);
+        break;
+      }
+      case v1::AgentMessage::kReport: {
+        const auto& r = msg.report();
+        std::string id;
+        {
+          std::lock_guard lock(mutex_);
+          if (r.state() == v1::FAULT_STATE_APPLIED) {
+            active_.insert(r.fault_id());
+          } else if (r.state() == v1::FAULT_STATE_REVERTED || r.state() == v1::FAULT_STATE_EXPIRED) {
+            active_.erase(r.fault_id());
+          }
+          id = info_.agent_id();
+        }
+        gateway_.reported(id, r);
+        break;
+      }
+      case v1::AgentMessage::kHeartbeat:
+      case v1::AgentMessage::MSG_NOT_SET:
+        break;
+    }
+  }
+
+  Gateway& gateway_;
+  std::string peer_;
+  mutable std::mutex mutex_;
+  v1::AgentMessage incoming_;
+  std::deque<v1::ControllerMessage> queue_;
+  bool finishing_ = false;
+  bool finished_ = false;
+  grpc::Status finishStatus_;
+  v1::AgentInfo info_;
+  std::set<std::string> active_;
+  std::shared_ptr<Connection> self_;
+};
+
+Gateway::Gateway(GatewayOptions options) : options_(options) {
+  heartbeat_ = std::thread([this] { heartbeatLoop(); });
+}
+
+Gateway::~Gateway() {
+  {
+    std::lock_guard lock(mutex_);
+    stopping_ = true;
+  }
+  changed_.notify_all();
+  heartbeat_.join();
+}
+
+grpc::ServerBidiReactor<v1::AgentMessage, v1::ControllerMessage>* Gateway::Connect(
+    grpc::CallbackServerContext* context) {
+  auto c = std::make_shared<Connection>(*this, context->peer());
+  c->begin(c);
+  return c.get();
+}
+
+void Gateway::registered(const std::shared_ptr<Connection>& c) {
+  {
+    std::lock_guard lock(mutex_);
+    agents_[c->agentId()] = c;
+  }
+  changed_.notify_all();
+}
+
+void Gateway::gone(Connection* c) {
+  std::lock_guard lock(mutex_);
+  for (auto it = agents_.begin(); it != agents_.end(); ++it) {
+    if (it->second.get() == c) {
+      spdlog::info("agent {} disconnected", it->first);
+      agents_.erase(it);
+      break;
+    }
+  }
+}
+
+void Gateway::reported(const std::string& agentId, const v1::FaultReport& report) {
+  std::vector<ReportListener> listeners;
+  {
+    std::lock_guard lock(mutex_);
+    for (const auto& [id, l] : listeners_) {
+      listeners.push_back(l);
+    }
+  }
+  for (const auto& l : listeners) {
+    l(agentId, report);
+  }
+}
+
+std::vector<v1::AgentInfo> Gateway::agents() const {
+  std::vector<std::shared_ptr<Connection>> conns;
+  {
+    std::lock_guard lock(mutex_);
+    for (const auto& [id, c] : agents_) {
+      conns.push_back(c);
+    }
+  }
+  std::vector<v1::AgentInfo> out;
+  for (const auto& c : conns) {
+    out.push_back(c->info());
+  }
+  return out;
+}
+
+bool Gateway::send(const std::string& agentId, const v1::ControllerMessage& msg) {
+  std::shared_ptr<Connection> c;
+  {
+    std::lock_guard lock(mutex_);
+    auto it = agents_.find(agentId);
+    if (it == agents_.end()) {
+      return false;
+    }
+    c = it->second;
+  }
+  c->write(msg);
+  return true;
+}
+
+int Gateway::subscribe(ReportListener listener) {
+  std::lock_guard lock(mutex_);
+  listeners_[nextListener_] = std::move(listener);
+  return nextListener_++;
+}
+
+void Gateway::unsubscribe(int id) {
+  std::lock_guard lock(mutex_);
+  listeners_.erase(id);
+}
+
+bool Gateway::waitForAgents(size_t n, std::chrono::milliseconds timeout) const {
+  std::unique_lock lock(mutex_);
+  return changed_.wait_for(lock, timeout, [&] { return agents_.size() >= n; });
+}
+
+void Gateway::heartbeatLoop() {
+  std::unique_lock lock(mutex_);
+  while (!stopping_) {
+    changed_.wait_for(lock, options_.heartbeatInterval, [&] { return stopping_; });
+    if (stopping_) {
+      break;
+    }
+    std::vector<std::shared_ptr<Connection>> conns;
+    for (const auto& [id, c] : agents_) {
+      conns.push_back(c);
+    }
+    lock.unlock();
+    v1::ControllerMessage beat;
+    *beat.mutable_heartbeat()->mutable_sent_at() = agent::nowTimestamp();
+    for (const auto& c : conns) {
+      c->write(beat);
+    }
+    lock.lock();
+  }
+}
+
+}  // namespace faultline::controller

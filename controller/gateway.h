@@ -1,0 +1,58 @@
+// The controller's side of AgentGateway.Connect (gRPC callback API: no thread per agent).
+// Registers agents from their Hello, sends Welcome (lease, heartbeat interval) and heartbeats,
+// forwards fault reports to subscribers. Heartbeats are never written to the database.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <thread>
+
+#include "controller/fleet.h"
+#include "faultline/v1/agent_gateway.grpc.pb.h"
+
+namespace faultline::controller {
+
+struct GatewayOptions {
+  std::chrono::milliseconds lease{15'000};
+  std::chrono::milliseconds heartbeatInterval{3'000};  // at most lease / 3
+};
+
+class Gateway final : public v1::AgentGateway::CallbackService, public Fleet {
+ public:
+  explicit Gateway(GatewayOptions options);
+  ~Gateway() override;  // stops the heartbeat thread; call shutdown() on the server first
+
+  grpc::ServerBidiReactor<v1::AgentMessage, v1::ControllerMessage>* Connect(
+      grpc::CallbackServerContext* context) override;
+
+  [[nodiscard]] std::vector<v1::AgentInfo> agents() const override;
+  bool send(const std::string& agentId, const v1::ControllerMessage& msg) override;
+  int subscribe(ReportListener listener) override;
+  void unsubscribe(int id) override;
+  // Blocks until at least n agents are registered or the timeout passes; true when they are.
+  bool waitForAgents(size_t n, std::chrono::milliseconds timeout) const;
+
+ private:
+  class Connection;
+  friend class Connection;
+  void registered(const std::shared_ptr<Connection>& c);
+  void gone(Connection* c);
+  void reported(const std::string& agentId, const v1::FaultReport& report);
+  void heartbeatLoop();
+
+  GatewayOptions options_;
+  mutable std::mutex mutex_;
+  mutable std::condition_variable changed_;
+  std::map<std::string, std::shared_ptr<Connection>> agents_;
+  std::map<int, ReportListener> listeners_;
+  int nextListener_ = 1;
+  bool stopping_ = false;
+  std::thread heartbeat_;
+};
+
+}  // namespace faultline::controller
