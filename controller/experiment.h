@@ -16,8 +16,10 @@
 
 namespace faultline::controller {
 
-// One error in an experiment file. line and column are 1-based (0 when unknown);
-// field is the dotted path of the offending key, e.g. "method[2].fault.delay".
+// One error in an experiment file. line and column are 1-based (0 when unknown); they point at
+// the offending value, at the key for unknown or duplicate keys, and at the parent map for a
+// missing key. field is the dotted path of the offending key, e.g. "method[2].fault.delay";
+// empty for errors about the file as a whole (YAML syntax, empty file, several documents).
 struct Diagnostic {
   std::string file;
   int line = 0;
@@ -25,7 +27,7 @@ struct Diagnostic {
   std::string field;
   std::string message;  // what is wrong, the value, and what would be accepted
 };
-// "FILE:LINE:COLUMN: FIELD: MESSAGE"
+// "FILE:LINE:COLUMN: FIELD: MESSAGE", or "FILE:LINE:COLUMN: MESSAGE" when field is empty.
 [[nodiscard]] std::string format(const Diagnostic& d);
 
 struct Targets {
@@ -71,8 +73,10 @@ struct Experiment {
   std::vector<Step> method;
 };
 
-// Parses and validates the whole file. Never partially succeeds: either every field is valid
-// or every error found is returned (at least one). fileName is used in diagnostics only.
+// Parses and validates the whole file (docs/experiments.md), including validateFaultSpec() on
+// every fault. Never partially succeeds: either every field is valid or every error found is
+// returned (at least one), sorted by line and column; a YAML syntax error is returned alone.
+// fileName is used in diagnostics only. Pure function of its input: no I/O, thread-safe.
 [[nodiscard]] tl::expected<Experiment, std::vector<Diagnostic>> parseExperiment(std::string_view yaml,
                                                                               const std::string& fileName);
 

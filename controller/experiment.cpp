@@ -1,0 +1,1159 @@
+#include "controller/experiment.h"
+
+#include <algorithm>
+#include <array>
+#include <cctype>
+#include <charconv>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <span>
+#include <utility>
+
+#include <fmt/format.h>
+#include <yaml-cpp/yaml.h>
+
+#include "agent/spec.h"
+
+namespace faultline::controller {
+namespace {
+
+using namespace std::chrono_literals;
+using std::chrono::milliseconds;
+using std::chrono::nanoseconds;
+
+using KeyList = std::span<const std::string_view>;
+
+constexpr std::array<std::string_view, 6> kRootKeys{"apiVersion", "kind", "metadata", "targets", "steadyState",
+                                                    "method"};
+constexpr std::array<std::string_view, 2> kMetadataKeys{"name", "description"};
+constexpr std::array<std::string_view, 2> kTargetsKeys{"selector", "mode"};
+constexpr std::array<std::string_view, 2> kSteadyStateKeys{"every", "probes"};
+constexpr std::array<std::string_view, 2> kProbeKeys{"name", "http"};
+constexpr std::array<std::string_view, 4> kHttpKeys{"url", "expectStatus", "maxLatency", "timeout"};
+constexpr std::array<std::string_view, 2> kStepKeys{"fault", "wait"};
+constexpr std::array<std::string_view, 2> kNetworkTargetKeys{"interface", "netns"};
+constexpr std::array<std::string_view, 2> kProcessKeys{"pid", "name"};
+
+constexpr std::array<std::string_view, 7> kDelayKeys{"name",   "type",   "duration",   "target",
+                                                     "delay",  "jitter", "correlation"};
+constexpr std::array<std::string_view, 6> kLossKeys{"name", "type", "duration", "target", "percent", "correlation"};
+constexpr std::array<std::string_view, 7> kBandwidthKeys{"name", "type", "duration", "target",
+                                                         "rate", "burst", "limit"};
+constexpr std::array<std::string_view, 5> kKillKeys{"name", "type", "duration", "process", "signal"};
+// Every key some fault type accepts: the candidates when the type itself is missing or wrong.
+constexpr std::array<std::string_view, 13> kAnyFaultKeys{"name",    "type",  "duration", "target", "delay",
+                                                         "jitter",  "correlation", "percent", "rate",
+                                                         "burst",   "limit", "process",  "signal"};
+
+enum class FaultKind { kDelay, kLoss, kBandwidth, kKill };
+
+struct FaultType {
+  std::string_view name;
+  FaultKind kind;
+  KeyList keys;
+};
+
+constexpr std::array<FaultType, 4> kFaultTypes{{
+    {"network.delay", FaultKind::kDelay, kDelayKeys},
+    {"network.loss", FaultKind::kLoss, kLossKeys},
+    {"network.bandwidth", FaultKind::kBandwidth, kBandwidthKeys},
+    {"process.kill", FaultKind::kKill, kKillKeys},
+}};
+constexpr std::string_view kFaultTypeNames = "network.delay, network.loss, network.bandwidth, process.kill";
+
+constexpr std::string_view kDurationHint = "a duration such as 500ms, 1.5s or 2m";
+constexpr nanoseconds kMaxStep = 1h;
+constexpr nanoseconds kMinEvery = 50ms;
+
+bool contains(KeyList keys, std::string_view key) {
+  return std::find(keys.begin(), keys.end(), key) != keys.end();
+}
+
+std::string joinKeys(KeyList keys) {
+  std::string out;
+  for (std::string_view k : keys) {
+    if (!out.empty()) {
+      out += ", ";
+    }
+    out += k;
+  }
+  return out;
+}
+
+std::string lower(std::string_view s) {
+  std::string out(s);
+  for (char& c : out) {
+    c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  }
+  return out;
+}
+
+// Levenshtein distance, ignoring case (so "expectstatus" is 0 away from "expectStatus").
+size_t editDistance(std::string_view a, std::string_view b) {
+  const std::string x = lower(a);
+  const std::string y = lower(b);
+  std::vector<size_t> row(y.size() + 1);
+  for (size_t j = 0; j <= y.size(); ++j) {
+    row[j] = j;
+  }
+  for (size_t i = 1; i <= x.size(); ++i) {
+    size_t diagonal = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= y.size(); ++j) {
+      const size_t above = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (x[i - 1] == y[j - 1] ? 0 : 1)});
+      diagonal = above;
+    }
+  }
+  return row[y.size()];
+}
+
+// " (did you mean 'x'?)" for the nearest candidate within 1 edit (words up to 4 letters) or 2
+// edits (longer words); "" when nothing is that close.
+std::string suggestion(std::string_view word, KeyList candidates) {
+  const size_t allowed = word.size() <= 4 ? 1 : 2;
+  std::string_view best;
+  size_t bestDistance = allowed + 1;
+  for (std::string_view c : candidates) {
+    const size_t d = editDistance(word, c);
+    if (d < bestDistance) {
+      best = c;
+      bestDistance = d;
+    }
+  }
+  return best.empty() ? std::string{} : fmt::format(" (did you mean '{}'?)", best);
+}
+
+std::string childPath(const std::string& parent, std::string_view key) {
+  return parent.empty() ? std::string(key) : fmt::format("{}.{}", parent, key);
+}
+
+// A value to check and where to point at it. A null value's own mark is where yaml-cpp saw the
+// next token (often the next line), so for `key:` with nothing after it the key's mark is used.
+struct Field {
+  YAML::Node value;
+  YAML::Mark mark;
+  std::string path;
+};
+
+struct Entry {
+  std::string key;
+  YAML::Node keyNode;
+  Field field;
+};
+
+// A map whose keys were read once, in file order; lookups never go through yaml-cpp's
+// operator[], which would insert missing keys.
+struct MapNode {
+  Field self;
+  std::vector<Entry> entries;
+
+  [[nodiscard]] const Entry* find(std::string_view key) const {
+    for (const Entry& e : entries) {
+      if (e.key == key) {
+        return &e;
+      }
+    }
+    return nullptr;
+  }
+};
+
+// Splits "1.5mbit" into 1.5 and "mbit" (the unit lower-cased); nullopt when there is no number.
+std::optional<std::pair<double, std::string>> splitNumber(std::string_view text) {
+  size_t unitAt = 0;
+  while (unitAt < text.size() && (std::isdigit(static_cast<unsigned char>(text[unitAt])) || text[unitAt] == '.')) {
+    ++unitAt;
+  }
+  double value = 0;
+  auto [end, ec] = std::from_chars(text.data(), text.data() + unitAt, value);
+  if (unitAt == 0 || ec != std::errc{} || end != text.data() + unitAt) {
+    return std::nullopt;
+  }
+  return std::pair{value, lower(text.substr(unitAt))};
+}
+
+bool isExperimentName(std::string_view s) {
+  if (s.empty() || s.size() > 63 || s.front() == '-') {
+    return false;
+  }
+  return std::all_of(s.begin(), s.end(), [](char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-'; });
+}
+
+// What is wrong with an http probe URL; "" when it is fine.
+std::string urlProblem(std::string_view url) {
+  const std::string l = lower(url);
+  if (l.rfind("https://", 0) == 0) {
+    return "uses https, which v1 probes do not support (no TLS)";
+  }
+  if (l.rfind("http://", 0) != 0) {
+    return "is not an http:// URL";
+  }
+  if (std::any_of(url.begin(), url.end(), [](char c) { return std::isspace(static_cast<unsigned char>(c)) != 0; })) {
+    return "contains whitespace";
+  }
+  const std::string_view rest = url.substr(7);
+  const std::string_view authority = rest.substr(0, rest.find_first_of("/?#"));
+  if (authority.find('@') != std::string_view::npos) {
+    return "has user information, which v1 probes do not support";
+  }
+  std::string_view host = authority;
+  std::string_view port;
+  if (!authority.empty() && authority.front() == '[') {
+    const size_t close = authority.find(']');
+    if (close == std::string_view::npos) {
+      return "has an unterminated IPv6 address";
+    }
+    host = authority.substr(1, close - 1);
+    const std::string_view after = authority.substr(close + 1);
+    if (!after.empty() && after.front() != ':') {
+      return "has text after the IPv6 address";
+    }
+    port = after.empty() ? after : after.substr(1);
+    if (!after.empty() && port.empty()) {
+      return "has an empty port";
+    }
+  } else if (const size_t colon = authority.rfind(':'); colon != std::string_view::npos) {
+    host = authority.substr(0, colon);
+    port = authority.substr(colon + 1);
+    if (port.empty()) {
+      return "has an empty port";
+    }
+  }
+  if (host.empty()) {
+    return "has no host";
+  }
+  if (!port.empty()) {
+    unsigned value = 0;
+    auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), value);
+    if (ec != std::errc{} || end != port.data() + port.size() || value < 1 || value > 65535) {
+      return fmt::format("has port '{}', not a number from 1 to 65535", port);
+    }
+  }
+  return "";
+}
+
+// Where the value at a dotted path below a map is (its key's place when it has no value); the
+// map's own place when the path is not in the file.
+YAML::Mark markOf(const Field& map, const std::string& dotted) {
+  YAML::Mark mark = map.mark;
+  // yaml-cpp's Node::operator= writes through to the document: rebind with reset() only.
+  YAML::Node node(map.value);
+  size_t start = 0;
+  while (start <= dotted.size() && node.IsMap()) {
+    const size_t dot = std::min(dotted.find('.', start), dotted.size());
+    const std::string key = dotted.substr(start, dot - start);
+    bool found = false;
+    for (auto it = node.begin(); it != node.end(); ++it) {
+      if (it->first.IsScalar() && it->first.Scalar() == key) {
+        mark = it->second.IsNull() ? it->first.Mark() : it->second.Mark();
+        node.reset(it->second);
+        found = true;
+        break;
+      }
+    }
+    if (!found) {
+      break;
+    }
+    start = dot + 1;
+  }
+  return mark;
+}
+
+// Where validateFaultSpec()'s field lives in the experiment file, relative to the fault map.
+std::string filePathOfSpecField(const v1::FaultSpec& spec, const std::string& field) {
+  if (field == "interface" || field == "netns") {
+    return "target." + field;
+  }
+  if (spec.kind_case() == v1::FaultSpec::kProcessKill && (field == "pid" || field == "name")) {
+    return "process." + field;
+  }
+  return field;
+}
+
+// Replaces the field validateFaultSpec() rejected by a valid value, so that the next call reports
+// the next problem; false when the field is not one it knows (the caller stops there).
+bool neutralise(v1::FaultSpec& spec, const std::string& field) {
+  v1::NetworkTarget* target = nullptr;
+  switch (spec.kind_case()) {
+    case v1::FaultSpec::kNetworkDelay: {
+      auto* d = spec.mutable_network_delay();
+      target = d->mutable_target();
+      if (field == "delay") {
+        *d->mutable_delay() = toProto(kMaxStep);
+        return true;
+      }
+      if (field == "jitter") {
+        d->clear_jitter();
+        return true;
+      }
+      if (field == "correlation") {
+        d->set_correlation(0);
+        return true;
+      }
+      break;
+    }
+    case v1::FaultSpec::kNetworkLoss: {
+      auto* l = spec.mutable_network_loss();
+      target = l->mutable_target();
+      if (field == "percent") {
+        l->set_percent(100);
+        return true;
+      }
+      if (field == "correlation") {
+        l->set_correlation(0);
+        return true;
+      }
+      break;
+    }
+    case v1::FaultSpec::kNetworkBandwidth: {
+      auto* b = spec.mutable_network_bandwidth();
+      target = b->mutable_target();
+      if (field == "rate") {
+        b->set_rate_bps(1'000'000);
+        return true;
+      }
+      break;
+    }
+    case v1::FaultSpec::kProcessKill: {
+      auto* k = spec.mutable_process_kill();
+      if (field == "pid") {
+        k->set_pid(2);
+        return true;
+      }
+      if (field == "name") {
+        k->set_name("x");
+        return true;
+      }
+      if (field == "signal") {
+        k->clear_signal();
+        return true;
+      }
+      return false;
+    }
+    case v1::FaultSpec::KIND_NOT_SET:
+      return false;
+  }
+  if (target != nullptr && field == "interface") {
+    target->set_interface("lo");
+    return true;
+  }
+  if (target != nullptr && field == "netns") {
+    target->clear_netns();
+    return true;
+  }
+  return false;
+}
+
+class Parser {
+ public:
+  explicit Parser(std::string file) : file_(std::move(file)) {}
+
+  Experiment parse(const YAML::Node& root);
+
+  void error(const YAML::Mark& mark, std::string field, std::string message) {
+    Diagnostic d;
+    d.file = file_;
+    if (mark.line >= 0) {
+      d.line = mark.line + 1;
+      d.column = mark.column + 1;
+    }
+    d.field = std::move(field);
+    d.message = std::move(message);
+    diagnostics_.push_back(std::move(d));
+  }
+
+  [[nodiscard]] std::vector<Diagnostic> takeDiagnostics() { return std::move(diagnostics_); }
+
+ private:
+  void typeError(const Field& f, std::string_view accepted);
+  std::optional<MapNode> openMap(const Field& f, std::string_view accepted);
+  void rejectUnknown(const MapNode& m, KeyList accepted);
+  std::optional<Field> require(const MapNode& m, std::string_view key, std::string_view accepted);
+  std::optional<Field> lookup(const MapNode& m, std::string_view key) const;
+
+  std::optional<std::string> scalar(const Field& f, std::string_view accepted);
+  std::optional<long long> integer(const Field& f, std::string_view accepted);
+  std::optional<nanoseconds> duration(const Field& f);
+  std::optional<nanoseconds> durationIn(const Field& f, nanoseconds min, nanoseconds max, std::string_view range,
+                                        bool wholeMillis);
+  std::optional<double> percent(const Field& f);
+  std::optional<uint64_t> rate(const Field& f);
+  std::optional<uint32_t> size(const Field& f);
+
+  void parseMetadata(const Field& f, Experiment& out);
+  void parseTargets(const Field& f, Targets& out);
+  void parseSteadyState(const Field& f, Hypothesis& out);
+  std::optional<Probe> parseProbe(const Field& f, std::map<std::string, int>& namesSeen);
+  void parseMethod(const Field& f, std::vector<Step>& out);
+  std::optional<FaultStep> parseFault(const Field& f);
+  std::optional<v1::NetworkTarget> parseNetworkTarget(const MapNode& fault);
+  std::optional<v1::ProcessKill> parseProcess(const MapNode& fault);
+  void checkFaultKeys(const MapNode& m, const FaultType* type);
+  void validateSpec(v1::FaultSpec spec, const MapNode& fault, size_t faultErrorsFrom);
+
+  std::string file_;
+  std::vector<Diagnostic> diagnostics_;
+};
+
+void Parser::typeError(const Field& f, std::string_view accepted) {
+  switch (f.value.Type()) {
+    case YAML::NodeType::Null:
+    case YAML::NodeType::Undefined:
+      error(f.mark, f.path, fmt::format("has no value; accepted: {}", accepted));
+      return;
+    case YAML::NodeType::Scalar:
+      error(f.mark, f.path, fmt::format("wrong type: got the value '{}'; accepted: {}", f.value.Scalar(), accepted));
+      return;
+    case YAML::NodeType::Sequence:
+      error(f.mark, f.path, fmt::format("wrong type: got a list; accepted: {}", accepted));
+      return;
+    case YAML::NodeType::Map:
+      error(f.mark, f.path, fmt::format("wrong type: got a map; accepted: {}", accepted));
+      return;
+  }
+}
+
+std::optional<MapNode> Parser::openMap(const Field& f, std::string_view accepted) {
+  if (!f.value.IsMap()) {
+    typeError(f, accepted);
+    return std::nullopt;
+  }
+  MapNode m{f, {}};
+  for (auto it = f.value.begin(); it != f.value.end(); ++it) {
+    const YAML::Node key = it->first;
+    const YAML::Node value = it->second;
+    if (!key.IsScalar()) {
+      error(key.Mark(), f.path, fmt::format("a key is not a string; accepted: {}", accepted));
+      continue;
+    }
+    const std::string name = key.Scalar();
+    const std::string path = childPath(f.path, name);
+    if (const Entry* first = m.find(name)) {
+      error(key.Mark(), path,
+            fmt::format("duplicate key '{}' (first at line {}); accepted: each key once", name,
+                        first->keyNode.Mark().line + 1));
+      continue;
+    }
+    m.entries.push_back(Entry{name, key, Field{value, value.IsNull() ? key.Mark() : value.Mark(), path}});
+  }
+  return m;
+}
+
+void Parser::rejectUnknown(const MapNode& m, KeyList accepted) {
+  for (const Entry& e : m.entries) {
+    if (!contains(accepted, e.key)) {
+      error(e.keyNode.Mark(), e.field.path,
+            fmt::format("unknown key '{}'{}; accepted here: {}", e.key, suggestion(e.key, accepted), joinKeys(accepted)));
+    }
+  }
+}
+
+std::optional<Field> Parser::require(const MapNode& m, std::string_view key, std::string_view accepted) {
+  if (const Entry* e = m.find(key)) {
+    return e->field;
+  }
+  error(m.self.mark, childPath(m.self.path, key), fmt::format("is required; accepted: {}", accepted));
+  return std::nullopt;
+}
+
+std::optional<Field> Parser::lookup(const MapNode& m, std::string_view key) const {
+  if (const Entry* e = m.find(key)) {
+    return e->field;
+  }
+  return std::nullopt;
+}
+
+std::optional<std::string> Parser::scalar(const Field& f, std::string_view accepted) {
+  if (!f.value.IsScalar()) {
+    typeError(f, accepted);
+    return std::nullopt;
+  }
+  return f.value.Scalar();
+}
+
+std::optional<long long> Parser::integer(const Field& f, std::string_view accepted) {
+  auto text = scalar(f, accepted);
+  if (!text) {
+    return std::nullopt;
+  }
+  long long value = 0;
+  auto [end, ec] = std::from_chars(text->data(), text->data() + text->size(), value);
+  if (text->empty() || ec != std::errc{} || end != text->data() + text->size()) {
+    error(f.mark, f.path, fmt::format("'{}' is not an integer; accepted: {}", *text, accepted));
+    return std::nullopt;
+  }
+  return value;
+}
+
+std::optional<nanoseconds> Parser::duration(const Field& f) {
+  auto text = scalar(f, kDurationHint);
+  if (!text) {
+    return std::nullopt;
+  }
+  auto d = parseDuration(*text);
+  if (!d) {
+    error(f.mark, f.path, d.error());
+    return std::nullopt;
+  }
+  return *d;
+}
+
+std::optional<nanoseconds> Parser::durationIn(const Field& f, nanoseconds min, nanoseconds max, std::string_view range,
+                                              bool wholeMillis) {
+  auto d = duration(f);
+  if (!d) {
+    return std::nullopt;
+  }
+  if (*d < min || *d > max) {
+    error(f.mark, f.path, fmt::format("{} is out of range; accepted: {}", f.value.Scalar(), range));
+    return std::nullopt;
+  }
+  if (wholeMillis && *d % 1ms != 0ns) {
+    error(f.mark, f.path,
+          fmt::format("{} is not a whole number of milliseconds; accepted: {} in steps of 1ms", f.value.Scalar(), range));
+    return std::nullopt;
+  }
+  return d;
+}
+
+std::optional<double> Parser::percent(const Field& f) {
+  constexpr std::string_view accepted = "a percentage: a number from 0 to 100 such as 30 or 2.5 (30% is also accepted)";
+  auto text = scalar(f, accepted);
+  if (!text) {
+    return std::nullopt;
+  }
+  std::string_view number = *text;
+  if (!number.empty() && number.back() == '%') {
+    number.remove_suffix(1);
+  }
+  double value = 0;
+  auto [end, ec] = std::from_chars(number.data(), number.data() + number.size(), value);
+  if (number.empty() || ec != std::errc{} || end != number.data() + number.size()) {
+    error(f.mark, f.path, fmt::format("'{}' is not a percentage; accepted: {}", *text, accepted));
+    return std::nullopt;
+  }
+  return value;  // the range is checked by validateFaultSpec()
+}
+
+std::optional<uint64_t> Parser::rate(const Field& f) {
+  constexpr std::string_view accepted =
+      "bits per second with a unit bit, kbit, mbit, gbit or tbit (x1000, as in tc(8)), e.g. 1mbit";
+  auto text = scalar(f, accepted);
+  if (!text) {
+    return std::nullopt;
+  }
+  auto number = splitNumber(*text);
+  if (!number) {
+    error(f.mark, f.path, fmt::format("'{}' is not a rate; accepted: {}", *text, accepted));
+    return std::nullopt;
+  }
+  const auto& [value, unit] = *number;
+  static constexpr std::array<std::pair<std::string_view, double>, 5> kUnits{
+      {{"bit", 1}, {"kbit", 1e3}, {"mbit", 1e6}, {"gbit", 1e9}, {"tbit", 1e12}}};
+  for (const auto& [name, multiplier] : kUnits) {
+    if (unit == name) {
+      const double bits = value * multiplier;
+      if (bits > 9e18) {  // llround() would overflow
+        error(f.mark, f.path, fmt::format("{} is out of range; accepted: 8bit to 1tbit", *text));
+        return std::nullopt;
+      }
+      return static_cast<uint64_t>(std::llround(bits));  // the range is checked by validateFaultSpec()
+    }
+  }
+  if (unit.empty()) {
+    error(f.mark, f.path, fmt::format("'{}' has no unit; accepted: {}", *text, accepted));
+  } else if (unit == "bps" || unit == "kbps" || unit == "mbps" || unit == "gbps" || unit == "tbps") {
+    error(f.mark, f.path,
+          fmt::format("'{}' is bytes per second in tc(8); accepted: {} (1mbps is 8mbit)", *text, accepted));
+  } else {
+    error(f.mark, f.path, fmt::format("'{}' has an unknown unit '{}'; accepted: {}", *text, unit, accepted));
+  }
+  return std::nullopt;
+}
+
+std::optional<uint32_t> Parser::size(const Field& f) {
+  constexpr std::string_view accepted =
+      "bytes with a unit b, kb, mb, gb (x1024, as in tc(8)) or kib, mib, gib, e.g. 32kb";
+  auto text = scalar(f, accepted);
+  if (!text) {
+    return std::nullopt;
+  }
+  auto number = splitNumber(*text);
+  if (!number) {
+    error(f.mark, f.path, fmt::format("'{}' is not a size; accepted: {}", *text, accepted));
+    return std::nullopt;
+  }
+  const auto& [value, unit] = *number;
+  static constexpr std::array<std::pair<std::string_view, double>, 7> kUnits{{{"b", 1},
+                                                                               {"kb", 1024.0},
+                                                                               {"kib", 1024.0},
+                                                                               {"mb", 1024.0 * 1024},
+                                                                               {"mib", 1024.0 * 1024},
+                                                                               {"gb", 1024.0 * 1024 * 1024},
+                                                                               {"gib", 1024.0 * 1024 * 1024}}};
+  for (const auto& [name, multiplier] : kUnits) {
+    if (unit == name) {
+      const double bytes = std::round(value * multiplier);
+      if (bytes < 1 || bytes > std::numeric_limits<uint32_t>::max()) {
+        error(f.mark, f.path, fmt::format("{} is out of range; accepted: from 1b to 4294967295b (just under 4gib)", *text));
+        return std::nullopt;
+      }
+      return static_cast<uint32_t>(bytes);
+    }
+  }
+  if (unit.empty()) {
+    error(f.mark, f.path, fmt::format("'{}' has no unit; accepted: {}", *text, accepted));
+  } else {
+    error(f.mark, f.path, fmt::format("'{}' has an unknown unit '{}'; accepted: {}", *text, unit, accepted));
+  }
+  return std::nullopt;
+}
+
+Experiment Parser::parse(const YAML::Node& root) {
+  Experiment exp;
+  const Field rootField{root, root.Mark(), ""};
+  auto m = openMap(rootField, "a map with the keys apiVersion, kind, metadata, targets, steadyState, method");
+  if (!m) {
+    return exp;
+  }
+  rejectUnknown(*m, kRootKeys);
+  if (auto f = require(*m, "apiVersion", "faultline/v1")) {
+    if (auto v = scalar(*f, "faultline/v1"); v && *v != "faultline/v1") {
+      error(f->mark, f->path, fmt::format("'{}' is not supported; accepted: faultline/v1", *v));
+    }
+  }
+  if (auto f = require(*m, "kind", "Experiment")) {
+    if (auto v = scalar(*f, "Experiment"); v && *v != "Experiment") {
+      error(f->mark, f->path, fmt::format("'{}' is not supported; accepted: Experiment", *v));
+    }
+  }
+  if (auto f = require(*m, "metadata", "a map with name and optionally description")) {
+    parseMetadata(*f, exp);
+  }
+  if (auto f = lookup(*m, "targets")) {
+    parseTargets(*f, exp.targets);
+  }
+  if (auto f = lookup(*m, "steadyState")) {
+    parseSteadyState(*f, exp.hypothesis);
+  }
+  if (auto f = require(*m, "method", "a list of at least one step (fault or wait)")) {
+    parseMethod(*f, exp.method);
+  }
+  return exp;
+}
+
+void Parser::parseMetadata(const Field& f, Experiment& out) {
+  auto m = openMap(f, "a map with name and optionally description");
+  if (!m) {
+    return;
+  }
+  rejectUnknown(*m, kMetadataKeys);
+  constexpr std::string_view nameRule = "1-63 characters of a-z, 0-9 and '-', not starting with '-'";
+  if (auto name = require(*m, "name", nameRule)) {
+    if (auto v = scalar(*name, nameRule)) {
+      if (isExperimentName(*v)) {
+        out.name = *v;
+      } else {
+        error(name->mark, name->path, fmt::format("'{}' is not a valid name; accepted: {}", *v, nameRule));
+      }
+    }
+  }
+  if (auto description = lookup(*m, "description")) {
+    if (auto v = scalar(*description, "free text")) {
+      out.description = *v;
+    }
+  }
+}
+
+void Parser::parseTargets(const Field& f, Targets& out) {
+  auto m = openMap(f, "a map with selector and mode");
+  if (!m) {
+    return;
+  }
+  rejectUnknown(*m, kTargetsKeys);
+  if (auto selector = lookup(*m, "selector")) {
+    constexpr std::string_view accepted = "a map of agent label to value, e.g. {role: demo}";
+    if (auto labels = openMap(*selector, accepted)) {
+      for (const Entry& e : labels->entries) {
+        if (e.key.empty()) {
+          error(e.keyNode.Mark(), e.field.path, fmt::format("a label name is empty; accepted: {}", accepted));
+          continue;
+        }
+        if (auto v = scalar(e.field, "a label value (a string)")) {
+          out.selector[e.key] = *v;
+        }
+      }
+    }
+  }
+  if (auto mode = lookup(*m, "mode")) {
+    constexpr std::string_view accepted = "all, or count(N) with N >= 1";
+    if (auto v = scalar(*mode, accepted)) {
+      const std::string_view text = *v;
+      if (text == "all") {
+        out.count.reset();
+      } else if (text.size() > 7 && text.substr(0, 6) == "count(" && text.back() == ')') {
+        const std::string_view digits = text.substr(6, text.size() - 7);
+        unsigned n = 0;
+        auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), n);
+        if (ec != std::errc{} || end != digits.data() + digits.size()) {
+          error(mode->mark, mode->path, fmt::format("'{}' is not a mode; accepted: {}", text, accepted));
+        } else if (n == 0) {
+          error(mode->mark, mode->path, fmt::format("'{}' is out of range; accepted: {}", text, accepted));
+        } else {
+          out.count = n;
+        }
+      } else {
+        error(mode->mark, mode->path, fmt::format("'{}' is not a mode; accepted: {}", text, accepted));
+      }
+    }
+  }
+}
+
+void Parser::parseSteadyState(const Field& f, Hypothesis& out) {
+  auto m = openMap(f, "a map with every and probes");
+  if (!m) {
+    return;
+  }
+  rejectUnknown(*m, kSteadyStateKeys);
+  if (auto every = lookup(*m, "every")) {
+    if (auto d = durationIn(*every, kMinEvery, kMaxStep, "from 50ms to 1h", true)) {
+      out.every = std::chrono::duration_cast<milliseconds>(*d);
+    }
+  }
+  constexpr std::string_view probesAccepted = "a list of at least one probe, each with name and http";
+  auto probes = require(*m, "probes", probesAccepted);
+  if (!probes) {
+    return;
+  }
+  if (!probes->value.IsSequence()) {
+    typeError(*probes, probesAccepted);
+    return;
+  }
+  if (probes->value.size() == 0) {
+    error(probes->mark, probes->path, fmt::format("is empty; accepted: {}", probesAccepted));
+    return;
+  }
+  std::map<std::string, int> namesSeen;
+  for (size_t i = 0; i < probes->value.size(); ++i) {
+    const YAML::Node item = std::as_const(probes->value)[i];
+    const Field itemField{item, item.IsNull() ? probes->mark : item.Mark(), fmt::format("{}[{}]", probes->path, i)};
+    if (auto probe = parseProbe(itemField, namesSeen)) {
+      out.probes.push_back(std::move(*probe));
+    }
+  }
+}
+
+std::optional<Probe> Parser::parseProbe(const Field& f, std::map<std::string, int>& namesSeen) {
+  auto m = openMap(f, "a map with name and http");
+  if (!m) {
+    return std::nullopt;
+  }
+  rejectUnknown(*m, kProbeKeys);
+  Probe probe;
+  if (auto name = require(*m, "name", "a name unique among the probes")) {
+    if (auto v = scalar(*name, "a name unique among the probes")) {
+      if (v->empty()) {
+        error(name->mark, name->path, "is empty; accepted: a name unique among the probes");
+      } else if (auto [it, inserted] = namesSeen.emplace(*v, name->mark.line + 1); !inserted) {
+        error(name->mark, name->path,
+              fmt::format("duplicate probe name '{}' (first used at line {}); accepted: a name unique among the probes",
+                          *v, it->second));
+      }
+      probe.name = *v;
+    }
+  }
+  auto http = require(*m, "http", "a map with url, expectStatus, maxLatency, timeout (http is the only probe in v1)");
+  if (!http) {
+    return probe;
+  }
+  auto h = openMap(*http, "a map with url, expectStatus, maxLatency, timeout");
+  if (!h) {
+    return probe;
+  }
+  rejectUnknown(*h, kHttpKeys);
+  constexpr std::string_view urlAccepted = "http://HOST[:PORT][/PATH], e.g. http://10.77.0.1:8080/";
+  if (auto url = require(*h, "url", urlAccepted)) {
+    if (auto v = scalar(*url, urlAccepted)) {
+      if (const std::string problem = urlProblem(*v); !problem.empty()) {
+        error(url->mark, url->path, fmt::format("'{}' {}; accepted: {}", *v, problem, urlAccepted));
+      }
+      probe.http.url = *v;
+    }
+  }
+  if (auto status = lookup(*h, "expectStatus")) {
+    constexpr std::string_view accepted = "an HTTP status code from 100 to 599";
+    if (auto v = integer(*status, accepted)) {
+      if (*v < 100 || *v > 599) {
+        error(status->mark, status->path, fmt::format("{} is out of range; accepted: {}", *v, accepted));
+      } else {
+        probe.http.expectStatus = static_cast<int>(*v);
+      }
+    }
+  }
+  bool latenciesValid = true;
+  auto maxLatency = lookup(*h, "maxLatency");
+  if (maxLatency) {
+    if (auto d = durationIn(*maxLatency, 1ms, kMaxStep, "from 1ms to 1h", true)) {
+      probe.http.maxLatency = std::chrono::duration_cast<milliseconds>(*d);
+    } else {
+      latenciesValid = false;
+    }
+  }
+  auto timeout = lookup(*h, "timeout");
+  if (timeout) {
+    if (auto d = durationIn(*timeout, 1ms, kMaxStep, "from 1ms to 1h", true)) {
+      probe.http.timeout = std::chrono::duration_cast<milliseconds>(*d);
+    } else {
+      latenciesValid = false;
+    }
+  }
+  if (latenciesValid && probe.http.timeout < probe.http.maxLatency) {
+    const Field& at = timeout ? *timeout : *maxLatency;  // one of them was given: the defaults are in order
+    error(at.mark, at.path,
+          fmt::format("timeout {}{} is shorter than maxLatency {}; accepted: a timeout at least as long as maxLatency",
+                      formatDuration(probe.http.timeout), timeout ? "" : " (the default)",
+                      formatDuration(probe.http.maxLatency)));
+  }
+  return probe;
+}
+
+void Parser::parseMethod(const Field& f, std::vector<Step>& out) {
+  constexpr std::string_view accepted = "a list of at least one step; each step is a map with fault or wait";
+  if (!f.value.IsSequence()) {
+    typeError(f, accepted);
+    return;
+  }
+  if (f.value.size() == 0) {
+    error(f.mark, f.path, fmt::format("is empty; accepted: {}", accepted));
+    return;
+  }
+  for (size_t i = 0; i < f.value.size(); ++i) {
+    const YAML::Node item = std::as_const(f.value)[i];
+    const Field stepField{item, item.IsNull() ? f.mark : item.Mark(), fmt::format("{}[{}]", f.path, i)};
+    auto m = openMap(stepField, "a map with one key: fault or wait");
+    if (!m) {
+      continue;
+    }
+    rejectUnknown(*m, kStepKeys);
+    auto fault = lookup(*m, "fault");
+    auto wait = lookup(*m, "wait");
+    if (fault && wait) {
+      error(m->self.mark, m->self.path, "has both fault and wait; accepted: exactly one of them per step");
+      continue;
+    }
+    if (!fault && !wait) {
+      if (m->entries.empty()) {
+        error(m->self.mark, m->self.path, "is an empty step; accepted: a map with one key: fault or wait");
+      }
+      continue;
+    }
+    if (wait) {
+      if (auto d = durationIn(*wait, 1ms, kMaxStep, "from 1ms to 1h", true)) {
+        out.emplace_back(WaitStep{std::chrono::duration_cast<milliseconds>(*d)});
+      }
+      continue;
+    }
+    if (auto step = parseFault(*fault)) {
+      out.emplace_back(std::move(*step));
+    }
+  }
+}
+
+void Parser::checkFaultKeys(const MapNode& m, const FaultType* type) {
+  const KeyList accepted = type != nullptr ? type->keys : KeyList{kAnyFaultKeys};
+  for (const Entry& e : m.entries) {
+    if (contains(accepted, e.key)) {
+      continue;
+    }
+    std::string owners;
+    for (const FaultType& other : kFaultTypes) {
+      if (contains(other.keys, e.key)) {
+        owners += owners.empty() ? "" : ", ";
+        owners += other.name;
+      }
+    }
+    if (!owners.empty()) {
+      error(e.keyNode.Mark(), e.field.path,
+            fmt::format("'{}' belongs to {}, not to {}; accepted for {}: {}", e.key, owners, type->name, type->name,
+                        joinKeys(accepted)));
+    } else {
+      error(e.keyNode.Mark(), e.field.path,
+            fmt::format("unknown key '{}'{}; accepted here: {}", e.key, suggestion(e.key, accepted), joinKeys(accepted)));
+    }
+  }
+}
+
+std::optional<FaultStep> Parser::parseFault(const Field& f) {
+  auto m = openMap(f, "a map with type, duration and the fault's parameters");
+  if (!m) {
+    return std::nullopt;
+  }
+  const size_t errorsBefore = diagnostics_.size();
+  const FaultType* type = nullptr;
+  if (auto t = require(*m, "type", kFaultTypeNames)) {
+    if (auto v = scalar(*t, kFaultTypeNames)) {
+      for (const FaultType& candidate : kFaultTypes) {
+        if (candidate.name == *v) {
+          type = &candidate;
+        }
+      }
+      if (type == nullptr) {
+        static constexpr std::array<std::string_view, 4> kNames{"network.delay", "network.loss", "network.bandwidth",
+                                                                 "process.kill"};
+        error(t->mark, t->path,
+              fmt::format("unknown fault type '{}'{}; accepted: {}", *v, suggestion(*v, kNames), kFaultTypeNames));
+      }
+    }
+  }
+  checkFaultKeys(*m, type);
+
+  FaultStep step;
+  if (auto name = lookup(*m, "name")) {
+    if (auto v = scalar(*name, "a name for events and records")) {
+      if (v->empty()) {
+        error(name->mark, name->path, "is empty; accepted: a name for events and records, or leave it out");
+      }
+      step.name = *v;
+    }
+  }
+  if (auto d = require(*m, "duration", "a duration from 1ms to 1h, e.g. 5s")) {
+    if (auto v = durationIn(*d, 1ms, kMaxStep, "from 1ms to 1h", true)) {
+      step.duration = std::chrono::duration_cast<milliseconds>(*v);
+    }
+  }
+  if (type == nullptr) {
+    return std::nullopt;
+  }
+  if (step.name.empty()) {
+    step.name = std::string(type->name);
+  }
+
+  switch (type->kind) {
+    case FaultKind::kDelay: {
+      auto* d = step.spec.mutable_network_delay();
+      if (auto target = parseNetworkTarget(*m)) {
+        *d->mutable_target() = std::move(*target);
+      }
+      if (auto delay = require(*m, "delay", "a duration more than 0 and at most 1h, e.g. 100ms")) {
+        if (auto v = duration(*delay)) {
+          *d->mutable_delay() = toProto(*v);
+        }
+      }
+      if (auto jitter = lookup(*m, "jitter")) {
+        if (auto v = duration(*jitter)) {
+          *d->mutable_jitter() = toProto(*v);
+        }
+      }
+      if (auto correlation = lookup(*m, "correlation")) {
+        if (auto v = percent(*correlation)) {
+          d->set_correlation(*v);
+        }
+      }
+      break;
+    }
+    case FaultKind::kLoss: {
+      auto* l = step.spec.mutable_network_loss();
+      if (auto target = parseNetworkTarget(*m)) {
+        *l->mutable_target() = std::move(*target);
+      }
+      if (auto p = require(*m, "percent", "a percentage more than 0 and at most 100, e.g. 30")) {
+        if (auto v = percent(*p)) {
+          l->set_percent(*v);
+        }
+      }
+      if (auto correlation = lookup(*m, "correlation")) {
+        if (auto v = percent(*correlation)) {
+          l->set_correlation(*v);
+        }
+      }
+      break;
+    }
+    case FaultKind::kBandwidth: {
+      auto* b = step.spec.mutable_network_bandwidth();
+      if (auto target = parseNetworkTarget(*m)) {
+        *b->mutable_target() = std::move(*target);
+      }
+      if (auto r = require(*m, "rate", "bits per second with a unit bit, kbit, mbit, gbit or tbit, e.g. 1mbit")) {
+        if (auto v = rate(*r)) {
+          b->set_rate_bps(*v);
+        }
+      }
+      if (auto burst = lookup(*m, "burst")) {
+        if (auto v = size(*burst)) {
+          b->set_burst_bytes(*v);
+        }
+      }
+      if (auto limit = lookup(*m, "limit")) {
+        if (auto v = size(*limit)) {
+          b->set_limit_bytes(*v);
+        }
+      }
+      break;
+    }
+    case FaultKind::kKill: {
+      auto* k = step.spec.mutable_process_kill();
+      if (auto process = parseProcess(*m)) {
+        *k = std::move(*process);
+      }
+      k->set_signal("SIGKILL");
+      if (auto signal = lookup(*m, "signal")) {
+        if (auto v = scalar(*signal, "a signal name such as SIGKILL or TERM, or a number")) {
+          k->set_signal(*v);
+        }
+      }
+      break;
+    }
+  }
+  validateSpec(step.spec, *m, errorsBefore);
+  return step;
+}
+
+std::optional<v1::NetworkTarget> Parser::parseNetworkTarget(const MapNode& fault) {
+  constexpr std::string_view accepted = "a map with interface and optionally netns, e.g. {interface: eth0}";
+  auto f = require(fault, "target", accepted);
+  if (!f) {
+    return std::nullopt;
+  }
+  auto m = openMap(*f, accepted);
+  if (!m) {
+    return std::nullopt;
+  }
+  rejectUnknown(*m, kNetworkTargetKeys);
+  v1::NetworkTarget target;
+  if (auto interface = require(*m, "interface", "a Linux interface name such as eth0")) {
+    if (auto v = scalar(*interface, "a Linux interface name such as eth0")) {
+      target.set_interface(*v);
+    }
+  }
+  if (auto netns = lookup(*m, "netns")) {
+    if (auto v = scalar(*netns, "a path such as /var/run/netns/NAME or /proc/PID/ns/net")) {
+      target.set_netns(*v);
+    }
+  }
+  return target;
+}
+
+std::optional<v1::ProcessKill> Parser::parseProcess(const MapNode& fault) {
+  constexpr std::string_view accepted = "a map with exactly one of pid or name, e.g. {name: nginx}";
+  auto f = require(fault, "process", accepted);
+  if (!f) {
+    return std::nullopt;
+  }
+  auto m = openMap(*f, accepted);
+  if (!m) {
+    return std::nullopt;
+  }
+  rejectUnknown(*m, kProcessKeys);
+  auto pid = lookup(*m, "pid");
+  auto name = lookup(*m, "name");
+  if (pid && name) {
+    error(m->self.mark, m->self.path, fmt::format("has both pid and name; accepted: {}", accepted));
+    return std::nullopt;
+  }
+  if (!pid && !name) {
+    if (m->entries.empty()) {
+      error(m->self.mark, m->self.path, fmt::format("has neither pid nor name; accepted: {}", accepted));
+    }
+    return std::nullopt;
+  }
+  v1::ProcessKill kill;
+  if (pid) {
+    constexpr std::string_view pidAccepted = "a process id greater than 1";
+    if (auto v = integer(*pid, pidAccepted)) {
+      if (*v < std::numeric_limits<int32_t>::min() || *v > std::numeric_limits<int32_t>::max()) {
+        error(pid->mark, pid->path, fmt::format("{} is out of range; accepted: {}", *v, pidAccepted));
+      } else {
+        kill.set_pid(static_cast<int32_t>(*v));
+      }
+    }
+  } else if (auto v = scalar(*name, "a process name such as nginx")) {
+    kill.set_name(*v);
+  }
+  return kill;
+}
+
+// Runs validateFaultSpec() until it passes, so every field it rejects is reported once, at the
+// field's place in the file. A field the parser already reported (diagnostics from
+// faultErrorsFrom on) was left unset in the spec: what validateFaultSpec says of it is dropped.
+void Parser::validateSpec(v1::FaultSpec spec, const MapNode& fault, size_t faultErrorsFrom) {
+  const size_t parserErrorsEnd = diagnostics_.size();
+  const auto alreadyReported = [&](const std::string& path) {
+    for (size_t i = faultErrorsFrom; i < parserErrorsEnd; ++i) {
+      const std::string& reported = diagnostics_[i].field;
+      if (reported == path || path.rfind(reported + ".", 0) == 0 || reported.rfind(path + ".", 0) == 0) {
+        return true;
+      }
+    }
+    return false;
+  };
+  std::vector<std::string> reported;
+  for (;;) {
+    auto r = validateFaultSpec(spec);
+    if (r) {
+      return;
+    }
+    const std::string field = r.error().field;
+    if (std::find(reported.begin(), reported.end(), field) != reported.end()) {
+      return;
+    }
+    reported.push_back(field);
+    const std::string relative = filePathOfSpecField(spec, field);
+    const YAML::Mark mark = markOf(fault.self, relative);
+    // jitter is compared with the delay: after a bad delay that comparison says nothing.
+    const bool afterBadDelay = field == "jitter" && std::find(reported.begin(), reported.end(), "delay") != reported.end();
+    if (const std::string path = childPath(fault.self.path, relative); !alreadyReported(path) && !afterBadDelay) {
+      error(mark, path, r.error().message);
+    }
+    if (!neutralise(spec, field)) {
+      return;
+    }
+  }
+}
+
+}  // namespace
+
+std::string format(const Diagnostic& d) {
+  if (d.field.empty()) {
+    return fmt::format("{}:{}:{}: {}", d.file, d.line, d.column, d.message);
+  }
+  return fmt::format("{}:{}:{}: {}: {}", d.file, d.line, d.column, d.field, d.message);
+}
+
+tl::expected<Experiment, std::vector<Diagnostic>> parseExperiment(std::string_view yaml, const std::string& fileName) {
+  std::vector<YAML::Node> documents;
+  try {
+    documents = YAML::LoadAll(std::string(yaml));
+  } catch (const YAML::Exception& e) {
+    Diagnostic d;
+    d.file = fileName;
+    if (e.mark.line >= 0) {
+      d.line = e.mark.line + 1;
+      d.column = e.mark.column + 1;
+    }
+    d.message = fmt::format("YAML syntax error: {}", e.msg);
+    return tl::unexpected(std::vector<Diagnostic>{std::move(d)});
+  }
+  Parser parser(fileName);
+  if (documents.empty() || (documents.size() == 1 && documents.front().IsNull())) {
+    parser.error(YAML::Mark{}, "",
+                 "the file is empty; accepted: an experiment with apiVersion: faultline/v1, kind: Experiment, "
+                 "metadata and method");
+    return tl::unexpected(parser.takeDiagnostics());
+  }
+  if (documents.size() > 1) {
+    parser.error(documents[1].Mark(), "",
+                 fmt::format("the file holds {} YAML documents; accepted: one experiment per file", documents.size()));
+  }
+  Experiment experiment = parser.parse(documents.front());
+  std::vector<Diagnostic> diagnostics = parser.takeDiagnostics();
+  if (!diagnostics.empty()) {
+    std::stable_sort(diagnostics.begin(), diagnostics.end(), [](const Diagnostic& a, const Diagnostic& b) {
+      return std::pair{a.line, a.column} < std::pair{b.line, b.column};
+    });
+    return tl::unexpected(std::move(diagnostics));
+  }
+  return experiment;
+}
+
+}  // namespace faultline::controller

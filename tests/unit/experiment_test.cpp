@@ -1,0 +1,467 @@
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <doctest/doctest.h>
+
+#include "agent/spec.h"
+#include "controller/experiment.h"
+
+using namespace faultline;
+using namespace faultline::controller;
+using namespace std::chrono_literals;
+
+namespace {
+
+std::string allDiagnostics(const std::vector<Diagnostic>& diagnostics) {
+  std::string out;
+  for (const Diagnostic& d : diagnostics) {
+    out += format(d) + "\n";
+  }
+  return out;
+}
+
+// The diagnostics of a file that must not parse.
+std::vector<Diagnostic> errorsOf(const std::string& yaml) {
+  auto result = parseExperiment(yaml, "bad.yaml");
+  REQUIRE_FALSE(result.has_value());
+  return result.error();
+}
+
+bool hasDiagnostic(const std::vector<Diagnostic>& diagnostics, const std::string& field, int line,
+                   const std::string& phrase) {
+  for (const Diagnostic& d : diagnostics) {
+    if (d.field == field && d.line == line && d.message.find(phrase) != std::string::npos) {
+      return true;
+    }
+  }
+  return false;
+}
+
+const FaultStep& faultAt(const Experiment& e, size_t i) {
+  REQUIRE(i < e.method.size());
+  REQUIRE(std::holds_alternative<FaultStep>(e.method[i]));
+  return std::get<FaultStep>(e.method[i]);
+}
+
+const WaitStep& waitAt(const Experiment& e, size_t i) {
+  REQUIRE(i < e.method.size());
+  REQUIRE(std::holds_alternative<WaitStep>(e.method[i]));
+  return std::get<WaitStep>(e.method[i]);
+}
+
+// Lines 1-4; the cases below start at line 5.
+constexpr const char* kHeader =
+    "apiVersion: faultline/v1\n"
+    "kind: Experiment\n"
+    "metadata:\n"
+    "  name: t\n";
+
+constexpr const char* kFullFile = R"(apiVersion: faultline/v1
+kind: Experiment
+metadata:
+  name: quickstart
+  description: free text
+targets:
+  selector: {role: demo, zone: "b"}
+  mode: count(3)
+steadyState:
+  every: 500ms
+  probes:
+    - name: demo-http
+      http:
+        url: http://10.77.0.1:8080/
+        expectStatus: 204
+        maxLatency: 300ms
+        timeout: 2s
+    - name: defaults
+      http:
+        url: http://[::1]:9000/healthz
+method:
+  - fault:
+      name: slow-link
+      type: network.bandwidth
+      duration: 5s
+      target: {interface: veth-svc, netns: /var/run/netns/fl-qs-svc}
+      rate: 1mbit
+      burst: 32kb
+      limit: 64kib
+  - wait: 1s
+  - fault:
+      type: network.delay
+      duration: 1.5s
+      target: {interface: veth-svc}
+      delay: 100ms
+      jitter: 10ms
+      correlation: 25
+  - fault:
+      type: network.loss
+      duration: 5s
+      target: {interface: veth-svc}
+      percent: 30%
+      correlation: 0
+  - fault:
+      type: process.kill
+      duration: 1s
+      process: {name: faultline-demo}
+      signal: TERM
+  - fault:
+      type: process.kill
+      duration: 2m
+      process: {pid: 1234}
+)";
+
+}  // namespace
+
+TEST_CASE("a full experiment parses into exact values") {
+  auto result = parseExperiment(kFullFile, "full.yaml");
+  REQUIRE_MESSAGE(result.has_value(), (result ? "" : allDiagnostics(result.error())));
+  const Experiment& e = *result;
+  CHECK(e.name == "quickstart");
+  CHECK(e.description == "free text");
+  CHECK(e.targets.selector == std::map<std::string, std::string>{{"role", "demo"}, {"zone", "b"}});
+  REQUIRE(e.targets.count.has_value());
+  CHECK(*e.targets.count == 3);
+
+  CHECK(e.hypothesis.every == 500ms);
+  REQUIRE(e.hypothesis.probes.size() == 2);
+  CHECK(e.hypothesis.probes[0].name == "demo-http");
+  CHECK(e.hypothesis.probes[0].http.url == "http://10.77.0.1:8080/");
+  CHECK(e.hypothesis.probes[0].http.expectStatus == 204);
+  CHECK(e.hypothesis.probes[0].http.maxLatency == 300ms);
+  CHECK(e.hypothesis.probes[0].http.timeout == 2s);
+  CHECK(e.hypothesis.probes[1].http.expectStatus == 200);  // defaults
+  CHECK(e.hypothesis.probes[1].http.maxLatency == 1s);
+  CHECK(e.hypothesis.probes[1].http.timeout == 2s);
+
+  REQUIRE(e.method.size() == 6);
+  const FaultStep& bandwidth = faultAt(e, 0);
+  CHECK(bandwidth.name == "slow-link");
+  CHECK(bandwidth.duration == 5s);
+  REQUIRE(bandwidth.spec.has_network_bandwidth());
+  CHECK(bandwidth.spec.network_bandwidth().rate_bps() == 1'000'000);
+  CHECK(bandwidth.spec.network_bandwidth().burst_bytes() == 32 * 1024);
+  CHECK(bandwidth.spec.network_bandwidth().limit_bytes() == 64 * 1024);
+  CHECK(bandwidth.spec.network_bandwidth().target().interface() == "veth-svc");
+  CHECK(bandwidth.spec.network_bandwidth().target().netns() == "/var/run/netns/fl-qs-svc");
+
+  CHECK(waitAt(e, 1).duration == 1s);
+
+  const FaultStep& delay = faultAt(e, 2);
+  CHECK(delay.name == "network.delay");  // default: the type
+  CHECK(delay.duration == 1500ms);
+  REQUIRE(delay.spec.has_network_delay());
+  CHECK(toMicros(delay.spec.network_delay().delay()) == 100ms);
+  CHECK(toMicros(delay.spec.network_delay().jitter()) == 10ms);
+  CHECK(delay.spec.network_delay().correlation() == 25.0);
+  CHECK(delay.spec.network_delay().target().netns().empty());
+
+  const FaultStep& loss = faultAt(e, 3);
+  REQUIRE(loss.spec.has_network_loss());
+  CHECK(loss.spec.network_loss().percent() == 30.0);
+  CHECK(loss.spec.network_loss().correlation() == 0.0);
+
+  const FaultStep& killByName = faultAt(e, 4);
+  REQUIRE(killByName.spec.has_process_kill());
+  CHECK(killByName.spec.process_kill().name() == "faultline-demo");
+  CHECK(killByName.spec.process_kill().signal() == "TERM");
+  CHECK(killByName.duration == 1s);
+
+  const FaultStep& killByPid = faultAt(e, 5);
+  CHECK(killByPid.spec.process_kill().pid() == 1234);
+  CHECK(killByPid.spec.process_kill().signal() == "SIGKILL");  // default
+  CHECK(killByPid.duration == 120s);
+}
+
+TEST_CASE("defaults of a minimal experiment") {
+  auto result = parseExperiment(std::string(kHeader) + "method:\n  - wait: 250ms\n", "min.yaml");
+  REQUIRE_MESSAGE(result.has_value(), (result ? "" : allDiagnostics(result.error())));
+  CHECK(result->targets.selector.empty());
+  CHECK_FALSE(result->targets.count.has_value());  // all
+  CHECK(result->hypothesis.probes.empty());
+  CHECK(result->hypothesis.every == 1s);
+  CHECK(waitAt(*result, 0).duration == 250ms);
+}
+
+TEST_CASE("steps keep the order of the file") {
+  const std::string yaml = std::string(kHeader) +
+                           "method:\n"
+                           "  - wait: 3s\n"
+                           "  - fault: {type: process.kill, duration: 1s, process: {pid: 42}}\n"
+                           "  - wait: 1s\n"
+                           "  - fault: {type: network.loss, duration: 2s, target: {interface: eth0}, percent: 1}\n"
+                           "  - wait: 2s\n";
+  auto result = parseExperiment(yaml, "order.yaml");
+  REQUIRE_MESSAGE(result.has_value(), (result ? "" : allDiagnostics(result.error())));
+  REQUIRE(result->method.size() == 5);
+  CHECK(waitAt(*result, 0).duration == 3s);
+  CHECK(faultAt(*result, 1).spec.has_process_kill());
+  CHECK(waitAt(*result, 2).duration == 1s);
+  CHECK(faultAt(*result, 3).spec.has_network_loss());
+  CHECK(waitAt(*result, 4).duration == 2s);
+}
+
+TEST_CASE("bad files: each error names the field, the line and what is wrong") {
+  struct Case {
+    const char* what;
+    std::string yaml;
+    std::string field;
+    int line;
+    std::string phrase;
+  };
+  const std::string h = kHeader;
+  const std::string wait = "method:\n  - wait: 1s\n";
+  const std::string probe = "steadyState:\n"                 // 5
+                            "  probes:\n"                    // 6
+                            "    - name: p\n"                // 7
+                            "      http:\n";                 // 8
+  const std::vector<Case> cases = {
+      {"unknown key", h + "colour: red\n" + wait, "colour", 5, "unknown key 'colour'"},
+      {"unknown key lists what is accepted", h + "colour: red\n" + wait, "colour", 5,
+       "accepted here: apiVersion, kind, metadata, targets, steadyState, method"},
+      {"misspelt key gets a suggestion",
+       h + probe + "        url: http://a/\n        expectStaus: 200\n" + wait,
+       "steadyState.probes[0].http.expectStaus", 10, "did you mean 'expectStatus'?"},
+      {"misspelt top-level key", h + "metod:\n  - wait: 1s\n", "metod", 5, "did you mean 'method'?"},
+      {"wrong type: list for a duration", h + "method:\n  - wait: [1s]\n", "method[0].wait", 6, "wrong type"},
+      {"wrong type: scalar for a map", h + "targets: everything\n" + wait, "targets", 5, "wrong type"},
+      {"wrong type: text for a status", h + probe + "        url: http://a/\n        expectStatus: ok\n" + wait,
+       "steadyState.probes[0].http.expectStatus", 10, "not an integer"},
+      {"missing required key points at the parent map",
+       "apiVersion: faultline/v1\nkind: Experiment\nmetadata:\n  description: x\n" + wait, "metadata.name", 4,
+       "is required"},
+      {"missing method", h, "method", 1, "is required"},
+      {"missing fault duration", h + "method:\n  - fault:\n      type: process.kill\n      process: {pid: 9}\n",
+       "method[0].fault.duration", 7, "is required"},
+      {"percent out of range",
+       h + "method:\n  - fault:\n      type: network.loss\n      duration: 1s\n      target: {interface: eth0}\n"
+           "      percent: 150\n",
+       "method[0].fault.percent", 10, "out of range"},
+      {"jitter greater than delay",
+       h + "method:\n  - fault:\n      type: network.delay\n      duration: 1s\n      target: {interface: eth0}\n"
+           "      delay: 10ms\n      jitter: 20ms\n",
+       "method[0].fault.jitter", 11, "up to the delay (10ms)"},
+      {"reorder is not a v1 key",
+       h + "method:\n  - fault:\n      type: network.delay\n      duration: 1s\n      target: {interface: eth0}\n"
+           "      delay: 10ms\n      reorder: 25\n",
+       "method[0].fault.reorder", 11, "unknown key 'reorder'"},
+      {"key of another fault type",
+       h + "method:\n  - fault:\n      type: network.delay\n      duration: 1s\n      target: {interface: eth0}\n"
+           "      delay: 10ms\n      percent: 5\n",
+       "method[0].fault.percent", 11, "belongs to network.loss, not to network.delay"},
+      {"https is refused", h + probe + "        url: https://a/\n" + wait, "steadyState.probes[0].http.url", 9,
+       "https"},
+      {"both pid and name",
+       h + "method:\n  - fault:\n      type: process.kill\n      duration: 1s\n      process: {pid: 12, name: x}\n",
+       "method[0].fault.process", 9, "both pid and name"},
+      {"count(0)", h + "targets:\n  mode: count(0)\n" + wait, "targets.mode", 6, "out of range"},
+      {"unknown mode", h + "targets:\n  mode: some\n" + wait, "targets.mode", 6, "not a mode"},
+      {"syntax error", h + "method:\n  - wait: [1s\n", "", 7, "YAML syntax error"},
+      {"duplicate probe name",
+       h + probe + "        url: http://a/\n    - name: p\n      http: {url: http://b/}\n" + wait,
+       "steadyState.probes[1].name", 10, "duplicate probe name 'p' (first used at line 7)"},
+      {"empty method", h + "method: []\n", "method", 5, "is empty"},
+      {"method without value", h + "method:\n", "method", 5, "has no value"},
+      {"empty probes", h + "steadyState:\n  probes: []\n" + wait, "steadyState.probes", 6, "is empty"},
+      {"every below 50ms", h + "steadyState:\n  every: 10ms\n  probes: [{name: a, http: {url: http://a/}}]\n" + wait,
+       "steadyState.every", 6, "from 50ms to 1h"},
+      {"timeout shorter than maxLatency",
+       h + probe + "        url: http://a/\n        maxLatency: 3s\n" + wait,
+       "steadyState.probes[0].http.maxLatency", 10, "timeout 2s (the default) is shorter than maxLatency 3s"},
+      {"duration without unit", h + "method:\n  - wait: 5\n", "method[0].wait", 6, "has no known unit"},
+      {"wait of zero", h + "method:\n  - wait: 0s\n", "method[0].wait", 6, "out of range"},
+      {"fault over an hour",
+       h + "method:\n  - fault: {type: process.kill, duration: 2h, process: {pid: 9}}\n", "method[0].fault.duration",
+       6, "from 1ms to 1h"},
+      {"rate without unit",
+       h + "method:\n  - fault: {type: network.bandwidth, duration: 1s, target: {interface: eth0}, rate: 1000}\n",
+       "method[0].fault.rate", 6, "has no unit"},
+      {"rate in bytes per second",
+       h + "method:\n  - fault: {type: network.bandwidth, duration: 1s, target: {interface: eth0}, rate: 1mbps}\n",
+       "method[0].fault.rate", 6, "bytes per second"},
+      {"burst with a bit unit",
+       h + "method:\n  - fault: {type: network.bandwidth, duration: 1s, target: {interface: eth0}, rate: 1mbit, "
+           "burst: 32kbit}\n",
+       "method[0].fault.burst", 6, "unknown unit 'kbit'"},
+      {"unknown fault type gets a suggestion",
+       h + "method:\n  - fault: {type: network.dealy, duration: 1s}\n", "method[0].fault.type", 6,
+       "did you mean 'network.delay'?"},
+      {"bad interface name from validateFaultSpec",
+       h + "method:\n  - fault:\n      type: network.loss\n      duration: 1s\n"
+           "      target: {interface: this-name-is-too-long}\n      percent: 5\n",
+       "method[0].fault.target.interface", 9, "not a Linux interface name"},
+      {"pid 1 is protected", h + "method:\n  - fault: {type: process.kill, duration: 1s, process: {pid: 1}}\n",
+       "method[0].fault.process.pid", 6, "cannot be targeted"},
+      {"unknown signal",
+       h + "method:\n  - fault: {type: process.kill, duration: 1s, process: {name: x}, signal: SIGNOPE}\n",
+       "method[0].fault.signal", 6, "not a signal"},
+      {"step with fault and wait", h + "method:\n  - wait: 1s\n    fault: {type: process.kill}\n", "method[0]", 6,
+       "both fault and wait"},
+      {"wrong apiVersion", "apiVersion: faultline/v2\nkind: Experiment\nmetadata: {name: a}\n" + wait, "apiVersion",
+       1, "accepted: faultline/v1"},
+      {"bad experiment name", "apiVersion: faultline/v1\nkind: Experiment\nmetadata: {name: Quick Start}\n" + wait,
+       "metadata.name", 3, "not a valid name"},
+      {"duplicate key", h + "method:\n  - wait: 1s\nmethod:\n  - wait: 2s\n", "method", 7,
+       "duplicate key 'method' (first at line 5)"},
+      {"two documents", h + wait + "---\nkind: Experiment\n", "", 8, "one experiment per file"},
+      {"empty file", "# nothing here\n", "", 1, "the file is empty"},
+      {"selector value is a map", h + "targets:\n  selector: {role: {a: b}}\n" + wait, "targets.selector.role", 6,
+       "wrong type"},
+  };
+  for (const Case& c : cases) {
+    CAPTURE(c.what);
+    const std::vector<Diagnostic> diagnostics = errorsOf(c.yaml);
+    const std::string text = allDiagnostics(diagnostics);
+    CAPTURE(text);
+    CHECK(hasDiagnostic(diagnostics, c.field, c.line, c.phrase));
+  }
+}
+
+TEST_CASE("all errors are collected, not just the first") {
+  const std::string yaml =
+      "apiVersion: faultline/v1\n"                    // 1
+      "kind: Experimnet\n"                            // 2
+      "metadata:\n"                                   // 3
+      "  name: ok\n"                                  // 4
+      "method:\n"                                     // 5
+      "  - fault:\n"                                  // 6
+      "      type: network.delay\n"                   // 7
+      "      duration: 1s\n"                          // 8
+      "      target: {interface: eth0}\n"             // 9
+      "      delay: 0s\n"                             // 10
+      "      correlation: 101\n"                      // 11
+      "  - wait: soon\n"                              // 12
+      "  - fault:\n"                                  // 13
+      "      type: network.loss\n"                    // 14
+      "      duration: 1s\n"                          // 15
+      "      target: {interface: eth0, netns: rel}\n" // 16
+      "      percent: 0\n";                           // 17
+  const std::vector<Diagnostic> d = errorsOf(yaml);
+  CAPTURE(allDiagnostics(d));
+  CHECK(hasDiagnostic(d, "kind", 2, "accepted: Experiment"));
+  CHECK(hasDiagnostic(d, "method[0].fault.delay", 10, "out of range"));
+  CHECK(hasDiagnostic(d, "method[0].fault.correlation", 11, "out of range"));
+  CHECK(hasDiagnostic(d, "method[1].wait", 12, "not a duration"));
+  CHECK(hasDiagnostic(d, "method[2].fault.target.netns", 16, "absolute path"));
+  CHECK(hasDiagnostic(d, "method[2].fault.percent", 17, "out of range"));
+  CHECK(d.size() == 6);
+}
+
+TEST_CASE("a fault with a malformed field is still validated, without repeating that field") {
+  const std::string yaml = std::string(kHeader) +
+                           "method:\n"                                   // 5
+                           "  - fault:\n"                                // 6
+                           "      type: network.delay\n"                 // 7
+                           "      duration: 1s\n"                        // 8
+                           "      target: {interface: \"a:b\"}\n"        // 9
+                           "      delay: 2h\n"                           // 10
+                           "      correlation: lots\n"                   // 11
+                           "  - fault:\n"                                // 12
+                           "      type: process.kill\n"                  // 13
+                           "      duration: 1s\n"                        // 14
+                           "      process: {pid: abc}\n"                 // 15
+                           "      signal: NOPE\n";                       // 16
+  const std::vector<Diagnostic> d = errorsOf(yaml);
+  CAPTURE(allDiagnostics(d));
+  CHECK(hasDiagnostic(d, "method[0].fault.target.interface", 9, "not a Linux interface name"));
+  CHECK(hasDiagnostic(d, "method[0].fault.delay", 10, "out of range"));
+  CHECK(hasDiagnostic(d, "method[0].fault.correlation", 11, "not a percentage"));
+  CHECK(hasDiagnostic(d, "method[1].fault.process.pid", 15, "not an integer"));
+  CHECK(hasDiagnostic(d, "method[1].fault.signal", 16, "not a signal"));
+  CHECK(d.size() == 5);
+}
+
+TEST_CASE("diagnostics carry file, line, column and format as FILE:LINE:COLUMN: FIELD: MESSAGE") {
+  auto result = parseExperiment(std::string(kHeader) + "method:\n  - wait: 5\n", "exp.yaml");
+  REQUIRE_FALSE(result.has_value());
+  REQUIRE(result.error().size() == 1);
+  const Diagnostic& d = result.error().front();
+  CHECK(d.file == "exp.yaml");
+  CHECK(d.line == 6);
+  CHECK(d.column == 11);
+  CHECK(d.field == "method[0].wait");
+  CHECK(format(d) == "exp.yaml:6:11: method[0].wait: " + d.message);
+  CHECK(format(Diagnostic{"f.yaml", 3, 4, "", "YAML syntax error: x"}) == "f.yaml:3:4: YAML syntax error: x");
+}
+
+TEST_CASE("every file in experiments/ parses") {
+  const std::filesystem::path dir = std::filesystem::path(FAULTLINE_SOURCE_DIR) / "experiments";
+  int files = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+    if (entry.path().extension() != ".yaml") {
+      continue;
+    }
+    ++files;
+    std::ifstream in(entry.path());
+    std::stringstream text;
+    text << in.rdbuf();
+    auto result = parseExperiment(text.str(), entry.path().string());
+    CHECK_MESSAGE(result.has_value(), (result ? "" : allDiagnostics(result.error())));
+  }
+  CHECK(files >= 2);
+}
+
+TEST_CASE("the complete example in docs/experiments.md parses") {
+  std::ifstream in(std::filesystem::path(FAULTLINE_SOURCE_DIR) / "docs" / "experiments.md");
+  std::string line;
+  std::string yaml;
+  bool inBlock = false;
+  while (std::getline(in, line)) {
+    if (!inBlock && line == "```yaml") {
+      inBlock = true;
+    } else if (inBlock && line == "```") {
+      break;
+    } else if (inBlock) {
+      yaml += line + "\n";
+    }
+  }
+  REQUIRE_FALSE(yaml.empty());
+  auto result = parseExperiment(yaml, "docs/experiments.md");
+  REQUIRE_MESSAGE(result.has_value(), (result ? "" : allDiagnostics(result.error())));
+  CHECK(result->method.size() == 6);
+}
+
+TEST_CASE("the quickstart experiment is what the quickstart expects") {
+  std::ifstream in(std::filesystem::path(FAULTLINE_SOURCE_DIR) / "experiments" / "quickstart.yaml");
+  std::stringstream text;
+  text << in.rdbuf();
+  auto result = parseExperiment(text.str(), "quickstart.yaml");
+  REQUIRE_MESSAGE(result.has_value(), (result ? "" : allDiagnostics(result.error())));
+  const Experiment& e = *result;
+  CHECK(e.targets.selector.empty());
+  CHECK_FALSE(e.targets.count.has_value());
+  CHECK(e.hypothesis.every == 250ms);
+  REQUIRE(e.hypothesis.probes.size() == 1);
+  CHECK(e.hypothesis.probes[0].http.url == "http://10.77.0.1:8080/");
+  CHECK(e.hypothesis.probes[0].http.expectStatus == 200);
+  CHECK(e.hypothesis.probes[0].http.maxLatency == 500ms);
+  CHECK(e.hypothesis.probes[0].http.timeout == 2s);
+  REQUIRE(e.method.size() == 4);
+  const FaultStep& bandwidth = faultAt(e, 0);
+  CHECK(bandwidth.spec.network_bandwidth().rate_bps() == 1'000'000);
+  CHECK(bandwidth.spec.network_bandwidth().target().interface() == "fl-qs-svc0");
+  CHECK(bandwidth.spec.network_bandwidth().target().netns() == "/var/run/netns/fl-qs-svc");
+  CHECK(bandwidth.duration == 4s);
+  CHECK(waitAt(e, 1).duration == 1s);
+  const FaultStep& kill = faultAt(e, 2);
+  CHECK(kill.spec.process_kill().name() == "faultline-demo");
+  CHECK(kill.spec.process_kill().signal() == "SIGKILL");
+  CHECK(kill.duration == 1s);
+  CHECK(waitAt(e, 3).duration == 2s);
+
+  // scripts/quickstart appends a network.delay step where the kernel has sch_netem.
+  auto extended = parseExperiment(text.str() +
+                                      "  - fault:\n"
+                                      "      name: slow-replies\n"
+                                      "      type: network.delay\n"
+                                      "      duration: 3s\n"
+                                      "      target: {interface: fl-qs-svc0, netns: /var/run/netns/fl-qs-svc}\n"
+                                      "      delay: 100ms\n"
+                                      "      jitter: 10ms\n",
+                                  "quickstart-netem.yaml");
+  REQUIRE_MESSAGE(extended.has_value(), (extended ? "" : allDiagnostics(extended.error())));
+  REQUIRE(extended->method.size() == 5);
+  CHECK(toMicros(faultAt(*extended, 4).spec.network_delay().delay()) == 100ms);
+}
