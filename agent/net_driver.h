@@ -6,6 +6,8 @@
 // interface in this version), then replaces the root with faultline's qdisc (handle FA17:).
 // revert(): if the root is still faultline's, restores the saved root qdisc byte for byte, or
 // deletes ours when the saved one was the kernel's default (handle 0:), then reads back to verify.
+// A root someone else put in place of ours is reported (EBUSY) and left untouched.
+// Neither class is thread-safe; both block for a few netlink round trips.
 #pragma once
 
 #include <functional>
@@ -33,6 +35,14 @@ class NetworkFaultDriver final : public FaultDriver {
  private:
   QdiscTableOpener open_;
 };
+
+// tbf parameters for a validated network.bandwidth spec. Defaults when a field is 0:
+//   burst: 10 ms of traffic at the rate, at least 3028 bytes (two full-size 1514-byte Ethernet
+//          frames). Interfaces with a larger MTU (jumbo frames, lo's 65536) need burst_bytes set
+//          to at least their MTU: tbf drops non-GSO packets larger than the burst.
+//   limit: 50 ms of traffic at the rate, at least the burst.
+// Both are capped at 4 GiB - 1 (the kernel's u32).
+[[nodiscard]] kernel::TbfParams bandwidthParams(const v1::NetworkBandwidth& spec);
 
 // Words for a qdisc kind the kernel cannot create (ENOENT from RTM_NEWQDISC): names the config
 // option and the module, e.g. "the kernel has no netem qdisc (CONFIG_NET_SCH_NETEM): load it with

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <system_error>
@@ -27,7 +28,10 @@ struct QdiscInfo {
   std::vector<uint8_t> options;  // raw TCA_OPTIONS payload, as dumped (restored byte for byte)
 };
 
-// netem: see tc-netem(8). Unset (zero) fields leave the feature off.
+// netem: see tc-netem(8). Unset (zero) fields leave the feature off. Encoded like tc: delay and
+// jitter in kernel ticks (/proc/net/psched, 64 ns; TCA_NETEM_LATENCY64/JITTER64 added when a
+// value does not fit the u32 field, beyond ~274 s), percentages on the kernel's u32 scale
+// (0 = none, 0xFFFFFFFF = 100 %).
 struct NetemParams {
   std::chrono::microseconds delay{0};
   std::chrono::microseconds jitter{0};  // ≤ delay
@@ -37,11 +41,12 @@ struct NetemParams {
   uint32_t limitPackets = 0;            // queue limit in packets; 0 = 1000 (the kernel's default)
 };
 
-// tbf: see tc-tbf(8).
+// tbf: see tc-tbf(8). Encoded like tc: TCA_TBF_PARMS (link layer ethernet, no rate table),
+// TCA_TBF_BURST, and TCA_TBF_RATE64 for rates of 2^32 bytes/s and more.
 struct TbfParams {
   uint64_t rateBitsPerSecond = 0;  // > 0
   uint32_t burstBytes = 0;         // bucket size; ≥ the interface MTU to pass full-size packets
-  uint32_t limitBytes = 0;         // bytes that may wait in the queue
+  uint32_t limitBytes = 0;         // bytes that may wait in the queue; > 0 (0 would drop everything)
 };
 
 using QdiscParams = std::variant<NetemParams, TbfParams>;
@@ -84,11 +89,38 @@ class QdiscTable {
 
 // Qdisc kinds this kernel can create, probed once in a throwaway network namespace (the
 // caller's namespace is never touched). Blocks for a few milliseconds; needs CAP_SYS_ADMIN and
-// CAP_NET_ADMIN, and returns an empty list without them.
+// CAP_NET_ADMIN, and reports nothing supported (all false) without them.
 struct QdiscSupport {
   bool netem = false;
   bool tbf = false;
 };
 [[nodiscard]] QdiscSupport probeQdiscSupport();
+
+// The netlink messages QdiscTable sends and parses, as bytes in host byte order, so the wire format
+// is unit-tested without a kernel. Requests carry sequence 0 and port 0 (the socket fills both in
+// when it sends) and ask for an ack (NLM_F_ACK). Pure functions; thread-safe.
+
+// RTM_NEWQDISC, NLM_F_CREATE | NLM_F_REPLACE, parent TC_H_ROOT, kind and TCA_OPTIONS from params.
+// errors: EINVAL parameters that cannot be encoded (tbf rate, burst or limit 0; negative delay;
+// a percentage outside [0, 100]).
+[[nodiscard]] tl::expected<std::vector<uint8_t>, std::error_code> buildReplaceRootRequest(
+    int ifindex, uint32_t handle, const QdiscParams& params);
+
+// RTM_NEWQDISC, NLM_F_CREATE | NLM_F_REPLACE, parent TC_H_ROOT, saved.kind and saved.handle, and
+// saved.options as the TCA_OPTIONS payload byte for byte (no TCA_OPTIONS when it is empty).
+// errors: EINVAL empty kind or options too large for one attribute.
+[[nodiscard]] tl::expected<std::vector<uint8_t>, std::error_code> buildRestoreRootRequest(int ifindex,
+                                                                                        const QdiscInfo& saved);
+
+// RTM_DELQDISC of the root qdisc (parent TC_H_ROOT, handle 0: whatever root is attached).
+[[nodiscard]] tl::expected<std::vector<uint8_t>, std::error_code> buildDeleteRootRequest(int ifindex);
+
+// One RTM_NEWQDISC message (header included), as the kernel sends it in an RTM_GETQDISC dump.
+struct DumpedQdisc {
+  int ifindex = 0;
+  QdiscInfo info;
+};
+// errors: EPROTO truncated or malformed message, or no TCA_KIND.
+[[nodiscard]] tl::expected<DumpedQdisc, std::error_code> parseQdiscMessage(std::span<const uint8_t> message);
 
 }  // namespace faultline::kernel

@@ -1,0 +1,698 @@
+// QdiscTable over rtnetlink: libnl-3 sockets and messages; the tc requests are encoded here with
+// the same units libnl-route uses (delay in µs -> kernel ticks, probabilities on the u32 scale).
+// libnl-route 3.7's own builders are not used because they cannot carry what validateFaultSpec()
+// accepts: rtnl_netem_set_delay() takes int µs and fills only the u32 tick field (≤ ~274 s, the
+// spec allows 1 h), rtnl_qdisc_tbf_set_rate() takes int bytes/s (≤ ~17 Gbit/s, the spec allows
+// 1 Tbit/s) and sends neither TCA_TBF_RATE64 nor TCA_TBF_BURST, and libnl objects do not keep the
+// raw TCA_OPTIONS bytes a restore needs.
+#include "agent/kernel/qdisc_table.h"
+
+#include <fcntl.h>
+#include <net/if.h>
+#include <sched.h>
+#include <unistd.h>
+
+#include <linux/if_link.h>
+#include <linux/pkt_sched.h>
+#include <linux/rtnetlink.h>
+
+#include <netlink/errno.h>
+#include <netlink/msg.h>
+#include <netlink/netlink.h>
+#include <netlink/socket.h>
+#include <netlink/utils.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <limits>
+#include <thread>
+
+#include <spdlog/spdlog.h>
+
+namespace faultline::kernel {
+namespace {
+
+using Bytes = std::vector<uint8_t>;
+
+std::error_code errnoCode(int e) { return {e, std::generic_category()}; }
+
+tl::unexpected<std::error_code> fail(int e) { return tl::unexpected(errnoCode(e)); }
+
+// libnl reports its own NLE_* codes; nl_syserr2nlerr() only goes errno -> NLE, so this goes back.
+// Used only when no errno was captured at the failing call.
+int errnoFromNle(int nle) {
+  switch (nle < 0 ? -nle : nle) {
+    case NLE_INTR:
+      return EINTR;
+    case NLE_BAD_SOCK:
+      return EBADF;
+    case NLE_AGAIN:
+      return EAGAIN;
+    case NLE_NOMEM:
+      return ENOMEM;
+    case NLE_EXIST:
+      return EEXIST;
+    case NLE_INVAL:
+    case NLE_MISSING_ATTR:
+    case NLE_ATTRSIZE:
+      return EINVAL;
+    case NLE_RANGE:
+      return ERANGE;
+    case NLE_MSGSIZE:
+      return EMSGSIZE;
+    case NLE_OPNOTSUPP:
+    case NLE_MSGTYPE_NOSUPPORT:
+      return EOPNOTSUPP;
+    case NLE_AF_NOSUPPORT:
+      return EAFNOSUPPORT;
+    case NLE_OBJ_NOTFOUND:
+    case NLE_NOATTR:
+      return ENOENT;
+    case NLE_NOADDR:
+      return EADDRNOTAVAIL;
+    case NLE_BUSY:
+      return EBUSY;
+    case NLE_PROTO_MISMATCH:
+      return EPROTONOSUPPORT;
+    case NLE_NOACCESS:
+      return EACCES;
+    case NLE_PERM:
+      return EPERM;
+    case NLE_NODEV:
+      return ENODEV;
+    case NLE_DUMP_INTR:
+      return EAGAIN;
+    case NLE_SEQ_MISMATCH:
+    case NLE_MSG_OVERFLOW:
+    case NLE_MSG_TRUNC:
+    case NLE_MSG_TOOSHORT:
+    case NLE_PARSE_ERR:
+      return EPROTO;
+    default:
+      return EIO;
+  }
+}
+
+// savedErrno: errno read right after the failing libnl call (0 when libnl failed on its own).
+std::error_code libnlError(int nle, int savedErrno) {
+  return errnoCode(savedErrno != 0 ? savedErrno : errnoFromNle(nle));
+}
+
+struct MsgFree {
+  void operator()(nl_msg* m) const { nlmsg_free(m); }
+};
+using MsgPtr = std::unique_ptr<nl_msg, MsgFree>;
+
+struct SockFree {
+  void operator()(nl_sock* s) const { nl_socket_free(s); }
+};
+using SockPtr = std::unique_ptr<nl_sock, SockFree>;
+
+class Fd {
+ public:
+  explicit Fd(int fd) : fd_(fd) {}
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+  ~Fd() {
+    if (fd_ >= 0) {
+      ::close(fd_);
+    }
+  }
+  [[nodiscard]] int get() const { return fd_; }
+
+ private:
+  int fd_;
+};
+
+// A message with header (seq 0, port 0: filled in by nl_send_auto) and a zeroed fixed header of
+// fixedLen bytes; room for extra bytes of attributes.
+tl::expected<MsgPtr, std::error_code> newMessage(int type, int flags, size_t fixedLen, size_t extra) {
+  MsgPtr msg(nlmsg_alloc_size(NLMSG_SPACE(fixedLen) + extra + 64));
+  if (!msg) {
+    return fail(ENOMEM);
+  }
+  if (nlmsg_put(msg.get(), NL_AUTO_PORT, NL_AUTO_SEQ, type, static_cast<int>(fixedLen), flags) == nullptr) {
+    return fail(EMSGSIZE);
+  }
+  return msg;
+}
+
+Bytes toBytes(nl_msg* msg) {
+  const nlmsghdr* hdr = nlmsg_hdr(msg);
+  const auto* p = reinterpret_cast<const uint8_t*>(hdr);
+  return Bytes(p, p + hdr->nlmsg_len);
+}
+
+tl::expected<MsgPtr, std::error_code> newTcMessage(int type, int flags, int ifindex, uint32_t handle,
+                                                   size_t extra) {
+  auto msg = newMessage(type, flags, sizeof(tcmsg), extra);
+  if (!msg) {
+    return msg;
+  }
+  auto* tcm = static_cast<tcmsg*>(nlmsg_data(nlmsg_hdr(msg->get())));
+  tcm->tcm_family = AF_UNSPEC;
+  tcm->tcm_ifindex = ifindex;
+  tcm->tcm_handle = handle;
+  tcm->tcm_parent = TC_H_ROOT;
+  return msg;
+}
+
+// Kernel ticks per microsecond as libnl reads them from /proc/net/psched (15.625: 64 ns ticks on
+// every kernel since 2.6.32). nl_us2ticks() itself takes and returns u32, too small for 1 h.
+double ticksPerMicrosecond() {
+  static const double perUs = static_cast<double>(nl_us2ticks(1'000'000)) / 1e6;
+  return perUs;
+}
+
+// Ticks for the u32 fields of tc_netem_qopt / tc_tbf_qopt; nullopt when they do not fit.
+std::optional<uint32_t> toTicks(double micros) {
+  const double ticks = std::round(micros * ticksPerMicrosecond());
+  if (ticks > static_cast<double>(std::numeric_limits<uint32_t>::max())) {
+    return std::nullopt;
+  }
+  return static_cast<uint32_t>(ticks);
+}
+
+// Percent [0, 100] on the kernel's scale for netem probabilities: 0 = never, ~0u = always
+// (as tc rounds it: 1 % -> 42949673).
+uint32_t toKernelProbability(double percent) {
+  return static_cast<uint32_t>(std::llround(percent / 100.0 * static_cast<double>(std::numeric_limits<uint32_t>::max())));
+}
+
+bool validPercent(double p) { return std::isfinite(p) && p >= 0 && p <= 100; }
+
+tl::expected<void, std::error_code> putAttr(nl_msg* msg, int type, const void* data, size_t len) {
+  if (len > std::numeric_limits<uint16_t>::max() - NLA_HDRLEN) {
+    return fail(EINVAL);
+  }
+  const int rc = nla_put(msg, type, static_cast<int>(len), data);
+  if (rc < 0) {
+    return tl::unexpected(libnlError(rc, 0));
+  }
+  return {};
+}
+
+// TCA_OPTIONS as tc sends it: without NLA_F_NESTED (which libnl 3.7's nla_nest_start() sets), since
+// for netem it is not a plain nest. The message never grows (sized up front), so start stays valid.
+nlattr* startOptions(nl_msg* msg) { return nla_reserve(msg, TCA_OPTIONS, 0); }
+
+tl::expected<void, std::error_code> endOptions(nl_msg* msg, nlattr* start) {
+  const nlmsghdr* hdr = nlmsg_hdr(msg);
+  const auto* tail = reinterpret_cast<const char*>(hdr) + NLMSG_ALIGN(hdr->nlmsg_len);
+  const auto len = tail - reinterpret_cast<const char*>(start);
+  if (len > std::numeric_limits<uint16_t>::max()) {
+    return fail(EMSGSIZE);
+  }
+  start->nla_len = static_cast<uint16_t>(len);
+  return {};
+}
+
+// TCA_OPTIONS of netem is not a plain nest: a struct tc_netem_qopt followed by attributes.
+tl::expected<void, std::error_code> putNetemOptions(nl_msg* msg, const NetemParams& p) {
+  if (p.delay.count() < 0 || p.jitter.count() < 0 || !validPercent(p.delayCorrelationPercent) ||
+      !validPercent(p.lossPercent) || !validPercent(p.lossCorrelationPercent)) {
+    return fail(EINVAL);
+  }
+  const auto latencyTicks = toTicks(static_cast<double>(p.delay.count()));
+  const auto jitterTicks = toTicks(static_cast<double>(p.jitter.count()));
+  tc_netem_qopt qopt{};
+  qopt.latency = latencyTicks.value_or(std::numeric_limits<uint32_t>::max());
+  qopt.jitter = jitterTicks.value_or(std::numeric_limits<uint32_t>::max());
+  qopt.limit = p.limitPackets != 0 ? p.limitPackets : 1000;
+  qopt.loss = toKernelProbability(p.lossPercent);
+
+  nlattr* nest = startOptions(msg);
+  if (nest == nullptr) {
+    return fail(EMSGSIZE);
+  }
+  void* room = nlmsg_reserve(msg, sizeof(qopt), NLMSG_ALIGNTO);
+  if (room == nullptr) {
+    return fail(EMSGSIZE);
+  }
+  std::memcpy(room, &qopt, sizeof(qopt));
+  if (p.delayCorrelationPercent != 0 || p.lossCorrelationPercent != 0) {
+    tc_netem_corr corr{};
+    corr.delay_corr = toKernelProbability(p.delayCorrelationPercent);
+    corr.loss_corr = toKernelProbability(p.lossCorrelationPercent);
+    if (auto r = putAttr(msg, TCA_NETEM_CORR, &corr, sizeof(corr)); !r) {
+      return r;
+    }
+  }
+  // The kernel prefers these nanosecond values over the tick fields when present.
+  if (!latencyTicks) {
+    const int64_t ns = static_cast<int64_t>(p.delay.count()) * 1000;
+    if (auto r = putAttr(msg, TCA_NETEM_LATENCY64, &ns, sizeof(ns)); !r) {
+      return r;
+    }
+  }
+  if (!jitterTicks) {
+    const int64_t ns = static_cast<int64_t>(p.jitter.count()) * 1000;
+    if (auto r = putAttr(msg, TCA_NETEM_JITTER64, &ns, sizeof(ns)); !r) {
+      return r;
+    }
+  }
+  return endOptions(msg, nest);
+}
+
+tl::expected<void, std::error_code> putTbfOptions(nl_msg* msg, const TbfParams& p) {
+  const uint64_t rateBytes = p.rateBitsPerSecond / 8;
+  if (rateBytes == 0 || p.burstBytes == 0 || p.limitBytes == 0) {
+    return fail(EINVAL);
+  }
+  constexpr uint64_t kU32Max = std::numeric_limits<uint32_t>::max();
+  tc_tbf_qopt qopt{};
+  qopt.rate.linklayer = TC_LINKLAYER_ETHERNET;  // tells the kernel no rate table follows
+  qopt.rate.rate = static_cast<uint32_t>(std::min(rateBytes, kU32Max));
+  qopt.limit = p.limitBytes;
+  // Time to send one bucket at the rate; the kernel recomputes it from TCA_TBF_BURST.
+  qopt.buffer = toTicks(static_cast<double>(p.burstBytes) * 1e6 / static_cast<double>(rateBytes))
+                    .value_or(std::numeric_limits<uint32_t>::max());
+
+  nlattr* nest = startOptions(msg);
+  if (nest == nullptr) {
+    return fail(EMSGSIZE);
+  }
+  if (auto r = putAttr(msg, TCA_TBF_PARMS, &qopt, sizeof(qopt)); !r) {
+    return r;
+  }
+  if (rateBytes > kU32Max) {
+    if (auto r = putAttr(msg, TCA_TBF_RATE64, &rateBytes, sizeof(rateBytes)); !r) {
+      return r;
+    }
+  }
+  if (auto r = putAttr(msg, TCA_TBF_BURST, &p.burstBytes, sizeof(p.burstBytes)); !r) {
+    return r;
+  }
+  return endOptions(msg, nest);
+}
+
+tl::expected<Bytes, std::error_code> buildGetLinkRequest(std::string_view ifname) {
+  auto msg = newMessage(RTM_GETLINK, NLM_F_REQUEST | NLM_F_ACK, sizeof(ifinfomsg), ifname.size() + 16);
+  if (!msg) {
+    return tl::unexpected(msg.error());
+  }
+  static_cast<ifinfomsg*>(nlmsg_data(nlmsg_hdr(msg->get())))->ifi_family = AF_UNSPEC;
+  const std::string name(ifname);
+  if (auto r = putAttr(msg->get(), IFLA_IFNAME, name.c_str(), name.size() + 1); !r) {
+    return tl::unexpected(r.error());
+  }
+  const uint32_t mask = RTEXT_FILTER_SKIP_STATS;
+  if (auto r = putAttr(msg->get(), IFLA_EXT_MASK, &mask, sizeof(mask)); !r) {
+    return tl::unexpected(r.error());
+  }
+  return toBytes(msg->get());
+}
+
+tl::expected<Bytes, std::error_code> buildLinkUpRequest(int ifindex) {
+  auto msg = newMessage(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK, sizeof(ifinfomsg), 0);
+  if (!msg) {
+    return tl::unexpected(msg.error());
+  }
+  auto* ifi = static_cast<ifinfomsg*>(nlmsg_data(nlmsg_hdr(msg->get())));
+  ifi->ifi_family = AF_UNSPEC;
+  ifi->ifi_index = ifindex;
+  ifi->ifi_flags = IFF_UP;
+  ifi->ifi_change = IFF_UP;
+  return toBytes(msg->get());
+}
+
+tl::expected<Bytes, std::error_code> buildDumpQdiscsRequest(int ifindex) {
+  auto msg = newTcMessage(RTM_GETQDISC, NLM_F_REQUEST | NLM_F_DUMP, ifindex, 0, 0);
+  if (!msg) {
+    return tl::unexpected(msg.error());
+  }
+  auto* tcm = static_cast<tcmsg*>(nlmsg_data(nlmsg_hdr(msg->get())));
+  tcm->tcm_parent = 0;
+  return toBytes(msg->get());
+}
+
+// Copies a message into 4-byte aligned storage so libnl's parsers may read it in place.
+std::vector<uint32_t> aligned(std::span<const uint8_t> bytes) {
+  std::vector<uint32_t> out((bytes.size() + 3) / 4);
+  if (!bytes.empty()) {
+    std::memcpy(out.data(), bytes.data(), bytes.size());
+  }
+  return out;
+}
+
+// One table: an rtnetlink socket bound to one network namespace.
+class NetlinkQdiscTable final : public QdiscTable {
+ public:
+  explicit NetlinkQdiscTable(SockPtr sock) : sock_(std::move(sock)) {}
+
+  tl::expected<std::optional<QdiscInfo>, std::error_code> root(std::string_view ifname) override {
+    auto index = ifindex(ifname);
+    if (!index) {
+      return tl::unexpected(index.error());
+    }
+    auto request = buildDumpQdiscsRequest(*index);
+    if (!request) {
+      return tl::unexpected(request.error());
+    }
+    constexpr int kAttempts = 3;  // a dump interrupted by a concurrent change is repeated
+    for (int attempt = 1;; ++attempt) {
+      std::optional<QdiscInfo> found;
+      std::error_code parseError;
+      auto done = send(*request, [&](std::span<const uint8_t> message) {
+        auto dumped = parseQdiscMessage(message);
+        if (!dumped) {
+          parseError = dumped.error();
+        } else if (dumped->ifindex == *index && dumped->info.parent == TC_H_ROOT) {
+          found = std::move(dumped->info);
+        }
+      });
+      if (!done && done.error() == std::errc::resource_unavailable_try_again && attempt < kAttempts) {
+        continue;
+      }
+      if (!done) {
+        return tl::unexpected(done.error());
+      }
+      if (parseError) {
+        return tl::unexpected(parseError);
+      }
+      return found;
+    }
+  }
+
+  tl::expected<void, std::error_code> replaceRoot(std::string_view ifname, uint32_t handle,
+                                                 const QdiscParams& params) override {
+    auto index = ifindex(ifname);
+    if (!index) {
+      return tl::unexpected(index.error());
+    }
+    auto request = buildReplaceRootRequest(*index, handle, params);
+    if (!request) {
+      return tl::unexpected(request.error());
+    }
+    return send(*request);
+  }
+
+  tl::expected<void, std::error_code> restoreRoot(std::string_view ifname, const QdiscInfo& saved) override {
+    auto index = ifindex(ifname);
+    if (!index) {
+      return tl::unexpected(index.error());
+    }
+    auto request = buildRestoreRootRequest(*index, saved);
+    if (!request) {
+      return tl::unexpected(request.error());
+    }
+    return send(*request);
+  }
+
+  tl::expected<void, std::error_code> deleteRoot(std::string_view ifname) override {
+    auto index = ifindex(ifname);
+    if (!index) {
+      return tl::unexpected(index.error());
+    }
+    auto request = buildDeleteRootRequest(*index);
+    if (!request) {
+      return tl::unexpected(request.error());
+    }
+    return send(*request);
+  }
+
+  // errors: ENODEV no such interface.
+  tl::expected<int, std::error_code> ifindex(std::string_view ifname) {
+    if (ifname.empty() || ifname.size() >= IFNAMSIZ) {
+      return fail(ENODEV);  // no interface can have this name
+    }
+    auto request = buildGetLinkRequest(ifname);
+    if (!request) {
+      return tl::unexpected(request.error());
+    }
+    int index = 0;
+    auto done = send(*request, [&](std::span<const uint8_t> message) {
+      if (message.size() >= NLMSG_LENGTH(sizeof(ifinfomsg))) {
+        ifinfomsg ifi{};
+        std::memcpy(&ifi, message.data() + NLMSG_HDRLEN, sizeof(ifi));
+        index = ifi.ifi_index;
+      }
+    });
+    if (!done) {
+      return tl::unexpected(done.error());
+    }
+    if (index <= 0) {
+      return fail(EPROTO);
+    }
+    return index;
+  }
+
+  tl::expected<void, std::error_code> setLinkUp(int ifindex) {
+    auto request = buildLinkUpRequest(ifindex);
+    if (!request) {
+      return tl::unexpected(request.error());
+    }
+    return send(*request);
+  }
+
+ private:
+  using OnMessage = std::function<void(std::span<const uint8_t>)>;
+
+  // Sends one request and reads until its ack, error or end of dump. onMessage sees every data
+  // message answering it. The error is the kernel's errno from NLMSG_ERROR (or a dump's
+  // NLMSG_DONE), else the errno of the failed send/recv.
+  tl::expected<void, std::error_code> send(const Bytes& request, const OnMessage& onMessage = {}) {
+    auto storage = aligned(request);
+    MsgPtr msg(nlmsg_convert(reinterpret_cast<nlmsghdr*>(storage.data())));
+    if (!msg) {
+      return fail(ENOMEM);
+    }
+    errno = 0;
+    if (int rc = nl_send_auto(sock_.get(), msg.get()); rc < 0) {
+      return tl::unexpected(libnlError(rc, errno));
+    }
+    const uint32_t seq = nlmsg_hdr(msg.get())->nlmsg_seq;
+    bool interrupted = false;
+    for (;;) {
+      sockaddr_nl peer{};
+      unsigned char* raw = nullptr;
+      errno = 0;
+      const int n = nl_recv(sock_.get(), &peer, &raw, nullptr);
+      const int recvErrno = errno;
+      std::unique_ptr<unsigned char, decltype(&std::free)> buffer(raw, &std::free);
+      if (n < 0) {
+        return tl::unexpected(libnlError(n, recvErrno));
+      }
+      if (n == 0) {
+        return fail(EPROTO);
+      }
+      int remaining = n;
+      for (auto* hdr = reinterpret_cast<nlmsghdr*>(buffer.get()); nlmsg_ok(hdr, remaining);
+           hdr = nlmsg_next(hdr, &remaining)) {
+        if (hdr->nlmsg_seq != seq) {
+          continue;  // a late answer to an earlier request
+        }
+        if ((hdr->nlmsg_flags & NLM_F_DUMP_INTR) != 0) {
+          interrupted = true;
+        }
+        if (hdr->nlmsg_type == NLMSG_DONE) {
+          int error = 0;
+          if (hdr->nlmsg_len >= NLMSG_LENGTH(sizeof(int))) {
+            std::memcpy(&error, nlmsg_data(hdr), sizeof(error));
+          }
+          if (error < 0) {
+            return fail(-error);
+          }
+          if (interrupted) {
+            return fail(EAGAIN);
+          }
+          return {};
+        }
+        if (hdr->nlmsg_type == NLMSG_ERROR) {
+          if (hdr->nlmsg_len < NLMSG_LENGTH(sizeof(nlmsgerr))) {
+            return fail(EPROTO);
+          }
+          nlmsgerr err{};
+          std::memcpy(&err, nlmsg_data(hdr), sizeof(err));
+          if (err.error == 0) {
+            return {};  // the ack
+          }
+          return fail(-err.error);
+        }
+        if (hdr->nlmsg_type == NLMSG_NOOP || hdr->nlmsg_type == NLMSG_OVERRUN) {
+          continue;
+        }
+        if (onMessage) {
+          onMessage(std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(hdr), hdr->nlmsg_len));
+        }
+      }
+    }
+  }
+
+  SockPtr sock_;
+};
+
+// A connected rtnetlink socket in the calling thread's current network namespace.
+tl::expected<SockPtr, std::error_code> connectRtnetlink() {
+  SockPtr sock(nl_socket_alloc());
+  if (!sock) {
+    return fail(ENOMEM);
+  }
+  nl_socket_disable_auto_ack(sock.get());  // requests carry NLM_F_ACK themselves
+  nl_socket_enable_msg_peek(sock.get());   // replies of any size
+  errno = 0;
+  if (int rc = nl_connect(sock.get(), NETLINK_ROUTE); rc < 0) {
+    return tl::unexpected(libnlError(rc, errno));
+  }
+  return sock;
+}
+
+}  // namespace
+
+std::string_view qdiscKind(const QdiscParams& params) {
+  return std::holds_alternative<NetemParams>(params) ? "netem" : "tbf";
+}
+
+tl::expected<std::vector<uint8_t>, std::error_code> buildReplaceRootRequest(int ifindex, uint32_t handle,
+                                                                          const QdiscParams& params) {
+  auto msg = newTcMessage(RTM_NEWQDISC, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE, ifindex, handle,
+                          256);
+  if (!msg) {
+    return tl::unexpected(msg.error());
+  }
+  const std::string kind(qdiscKind(params));
+  if (auto r = putAttr(msg->get(), TCA_KIND, kind.c_str(), kind.size() + 1); !r) {
+    return tl::unexpected(r.error());
+  }
+  auto put = std::visit(
+      [&](const auto& p) -> tl::expected<void, std::error_code> {
+        if constexpr (std::is_same_v<std::decay_t<decltype(p)>, NetemParams>) {
+          return putNetemOptions(msg->get(), p);
+        } else {
+          return putTbfOptions(msg->get(), p);
+        }
+      },
+      params);
+  if (!put) {
+    return tl::unexpected(put.error());
+  }
+  return toBytes(msg->get());
+}
+
+tl::expected<std::vector<uint8_t>, std::error_code> buildRestoreRootRequest(int ifindex, const QdiscInfo& saved) {
+  if (saved.kind.empty()) {
+    return fail(EINVAL);
+  }
+  auto msg = newTcMessage(RTM_NEWQDISC, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE, ifindex,
+                          saved.handle, saved.kind.size() + saved.options.size() + 16);
+  if (!msg) {
+    return tl::unexpected(msg.error());
+  }
+  if (auto r = putAttr(msg->get(), TCA_KIND, saved.kind.c_str(), saved.kind.size() + 1); !r) {
+    return tl::unexpected(r.error());
+  }
+  if (!saved.options.empty()) {
+    if (auto r = putAttr(msg->get(), TCA_OPTIONS, saved.options.data(), saved.options.size()); !r) {
+      return tl::unexpected(r.error());
+    }
+  }
+  return toBytes(msg->get());
+}
+
+tl::expected<std::vector<uint8_t>, std::error_code> buildDeleteRootRequest(int ifindex) {
+  auto msg = newTcMessage(RTM_DELQDISC, NLM_F_REQUEST | NLM_F_ACK, ifindex, 0, 0);
+  if (!msg) {
+    return tl::unexpected(msg.error());
+  }
+  return toBytes(msg->get());
+}
+
+tl::expected<DumpedQdisc, std::error_code> parseQdiscMessage(std::span<const uint8_t> message) {
+  if (message.size() < NLMSG_LENGTH(sizeof(tcmsg))) {
+    return fail(EPROTO);
+  }
+  auto storage = aligned(message);
+  auto* hdr = reinterpret_cast<nlmsghdr*>(storage.data());
+  if (hdr->nlmsg_type != RTM_NEWQDISC || hdr->nlmsg_len < NLMSG_LENGTH(sizeof(tcmsg)) ||
+      hdr->nlmsg_len > message.size()) {
+    return fail(EPROTO);
+  }
+  nlattr* tb[TCA_MAX + 1] = {};
+  if (nlmsg_parse(hdr, sizeof(tcmsg), tb, TCA_MAX, nullptr) < 0) {
+    return fail(EPROTO);
+  }
+  if (tb[TCA_KIND] == nullptr || nla_len(tb[TCA_KIND]) <= 0) {
+    return fail(EPROTO);
+  }
+  tcmsg tcm{};
+  std::memcpy(&tcm, nlmsg_data(hdr), sizeof(tcm));
+  DumpedQdisc out;
+  out.ifindex = tcm.tcm_ifindex;
+  const auto* kind = static_cast<const char*>(nla_data(tb[TCA_KIND]));
+  out.info.kind.assign(kind, strnlen(kind, static_cast<size_t>(nla_len(tb[TCA_KIND]))));
+  out.info.handle = tcm.tcm_handle;
+  out.info.parent = tcm.tcm_parent;
+  if (tb[TCA_OPTIONS] != nullptr) {
+    const auto* data = static_cast<const uint8_t*>(nla_data(tb[TCA_OPTIONS]));
+    out.info.options.assign(data, data + nla_len(tb[TCA_OPTIONS]));
+  }
+  return out;
+}
+
+tl::expected<std::unique_ptr<QdiscTable>, std::error_code> openQdiscTable(const std::string& netnsPath) {
+  if (netnsPath.empty()) {
+    auto sock = connectRtnetlink();
+    if (!sock) {
+      return tl::unexpected(sock.error());
+    }
+    return std::make_unique<NetlinkQdiscTable>(std::move(*sock));
+  }
+  Fd original(::open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC));
+  if (original.get() < 0) {
+    return fail(errno);
+  }
+  Fd target(::open(netnsPath.c_str(), O_RDONLY | O_CLOEXEC));
+  if (target.get() < 0) {
+    return fail(errno);
+  }
+  if (::setns(target.get(), CLONE_NEWNET) != 0) {
+    return fail(errno);  // EINVAL: not a network namespace; EPERM: no CAP_SYS_ADMIN
+  }
+  auto sock = connectRtnetlink();  // the socket stays in the namespace it was created in
+  if (::setns(original.get(), CLONE_NEWNET) != 0) {
+    // The thread would keep running in another namespace; nothing sane can follow.
+    spdlog::critical("cannot return to the original network namespace after opening {}: {}", netnsPath,
+                     errnoCode(errno).message());
+    std::abort();
+  }
+  if (!sock) {
+    return tl::unexpected(sock.error());
+  }
+  return std::make_unique<NetlinkQdiscTable>(std::move(*sock));
+}
+
+QdiscSupport probeQdiscSupport() {
+  QdiscSupport support;
+  auto probe = [&support] {
+    // Only this short-lived thread moves; it and its namespace are gone after join().
+    if (::unshare(CLONE_NEWNET) != 0) {
+      return;
+    }
+    auto sock = connectRtnetlink();
+    if (!sock) {
+      return;
+    }
+    NetlinkQdiscTable table(std::move(*sock));
+    auto lo = table.ifindex("lo");
+    if (!lo) {
+      return;
+    }
+    (void)table.setLinkUp(*lo);  // qdiscs attach to a down link too; up is closer to real use
+    // Distinct handles: replacing a root with one of the same handle but another kind is EINVAL.
+    support.tbf = table.replaceRoot("lo", 0x00010000, TbfParams{1'000'000, 3028, 6250}).has_value();
+    support.netem = table.replaceRoot("lo", 0x00020000, NetemParams{std::chrono::milliseconds{1}}).has_value();
+  };
+  try {
+    std::thread worker(probe);
+    worker.join();
+  } catch (const std::system_error& e) {
+    spdlog::warn("qdisc probe could not start a thread: {}", e.what());
+  }
+  return support;
+}
+
+}  // namespace faultline::kernel

@@ -1,0 +1,160 @@
+// In-memory QdiscTable for unit tests: network namespaces by path, each with interfaces and their
+// root qdisc, changed the way the kernel changes them. Every call is logged; the next change can
+// be made to fail. Tables opened by fakeQdiscOpener() share one FakeKernel. Not thread-safe.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <utility>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "agent/kernel/qdisc_table.h"
+#include "agent/net_driver.h"
+
+namespace faultline::testing {
+
+inline constexpr uint32_t kTcRoot = 0xFFFFFFFF;  // TC_H_ROOT
+
+// The kernel's default root: what a veth gets, and what deleting a root leaves.
+inline kernel::QdiscInfo defaultRoot() { return kernel::QdiscInfo{"noqueue", 0, kTcRoot, {}}; }
+
+struct FakeKernel {
+  using Interfaces = std::map<std::string, std::optional<kernel::QdiscInfo>, std::less<>>;
+
+  std::map<std::string, Interfaces, std::less<>> namespaces{{"", {}}};  // "" = the agent's own
+  std::vector<std::string> calls;  // "open NS", "root IF", "replace IF HANDLE KIND", "restore ...", "delete IF"
+  std::optional<std::error_code> failNextOpen;
+  std::optional<std::error_code> failNextReplace;
+  std::optional<std::error_code> failNextRestore;
+  std::optional<std::error_code> failNextDelete;
+  std::optional<kernel::QdiscParams> lastParams;
+  int opens = 0;
+  int changes = 0;  // successful replace/restore/delete calls
+
+  void addInterface(const std::string& netns, const std::string& name,
+                    std::optional<kernel::QdiscInfo> root = defaultRoot()) {
+    namespaces[netns][name] = std::move(root);
+  }
+
+  std::optional<kernel::QdiscInfo>& rootOf(const std::string& netns, const std::string& name) {
+    return namespaces.at(netns).at(name);
+  }
+
+  // The options bytes the fake stores for params: a readable stand-in for the kernel's encoding.
+  static std::vector<uint8_t> optionsFor(const kernel::QdiscParams& params) {
+    std::string text;
+    if (const auto* n = std::get_if<kernel::NetemParams>(&params)) {
+      text = fmt::format("delay={} jitter={} loss={}", n->delay.count(), n->jitter.count(), n->lossPercent);
+    } else {
+      const auto& t = std::get<kernel::TbfParams>(params);
+      text = fmt::format("rate={} burst={} limit={}", t.rateBitsPerSecond, t.burstBytes, t.limitBytes);
+    }
+    return {text.begin(), text.end()};
+  }
+};
+
+class FakeQdiscTable final : public kernel::QdiscTable {
+ public:
+  FakeQdiscTable(std::shared_ptr<FakeKernel> kernel, std::string netns)
+      : kernel_(std::move(kernel)), netns_(std::move(netns)) {}
+
+  tl::expected<std::optional<kernel::QdiscInfo>, std::error_code> root(std::string_view ifname) override {
+    kernel_->calls.push_back(fmt::format("root {}", ifname));
+    auto* slot = find(ifname);
+    if (slot == nullptr) {
+      return tl::unexpected(std::make_error_code(std::errc::no_such_device));
+    }
+    return *slot;
+  }
+
+  tl::expected<void, std::error_code> replaceRoot(std::string_view ifname, uint32_t handle,
+                                                 const kernel::QdiscParams& params) override {
+    kernel_->calls.push_back(fmt::format("replace {} {:x} {}", ifname, handle, kernel::qdiscKind(params)));
+    if (auto e = takeFailure(kernel_->failNextReplace)) {
+      return tl::unexpected(*e);
+    }
+    auto* slot = find(ifname);
+    if (slot == nullptr) {
+      return tl::unexpected(std::make_error_code(std::errc::no_such_device));
+    }
+    // Like the kernel: the same handle with another kind is a change the old kind cannot take.
+    if (*slot && (*slot)->handle == handle && (*slot)->kind != kernel::qdiscKind(params)) {
+      return tl::unexpected(std::make_error_code(std::errc::invalid_argument));
+    }
+    *slot = kernel::QdiscInfo{std::string(kernel::qdiscKind(params)), handle, kTcRoot, FakeKernel::optionsFor(params)};
+    kernel_->lastParams = params;
+    ++kernel_->changes;
+    return {};
+  }
+
+  tl::expected<void, std::error_code> restoreRoot(std::string_view ifname, const kernel::QdiscInfo& saved) override {
+    kernel_->calls.push_back(fmt::format("restore {} {:x} {}", ifname, saved.handle, saved.kind));
+    if (auto e = takeFailure(kernel_->failNextRestore)) {
+      return tl::unexpected(*e);
+    }
+    auto* slot = find(ifname);
+    if (slot == nullptr) {
+      return tl::unexpected(std::make_error_code(std::errc::no_such_device));
+    }
+    *slot = saved;
+    ++kernel_->changes;
+    return {};
+  }
+
+  tl::expected<void, std::error_code> deleteRoot(std::string_view ifname) override {
+    kernel_->calls.push_back(fmt::format("delete {}", ifname));
+    if (auto e = takeFailure(kernel_->failNextDelete)) {
+      return tl::unexpected(*e);
+    }
+    auto* slot = find(ifname);
+    if (slot == nullptr) {
+      return tl::unexpected(std::make_error_code(std::errc::no_such_device));
+    }
+    if (!*slot || (*slot)->handle == 0) {
+      return tl::unexpected(std::make_error_code(std::errc::no_such_file_or_directory));
+    }
+    *slot = defaultRoot();
+    ++kernel_->changes;
+    return {};
+  }
+
+ private:
+  static std::optional<std::error_code> takeFailure(std::optional<std::error_code>& failure) {
+    return std::exchange(failure, std::nullopt);
+  }
+
+  std::optional<kernel::QdiscInfo>* find(std::string_view ifname) {
+    auto ns = kernel_->namespaces.find(netns_);
+    if (ns == kernel_->namespaces.end()) {
+      return nullptr;
+    }
+    auto it = ns->second.find(ifname);
+    return it == ns->second.end() ? nullptr : &it->second;
+  }
+
+  std::shared_ptr<FakeKernel> kernel_;
+  std::string netns_;
+};
+
+// An opener for NetworkFaultDriver over kernel: ENOENT for a namespace it does not have.
+inline agent::QdiscTableOpener fakeQdiscOpener(std::shared_ptr<FakeKernel> kernel) {
+  return [kernel](const std::string& netns) -> tl::expected<std::unique_ptr<kernel::QdiscTable>, std::error_code> {
+    kernel->calls.push_back(fmt::format("open {}", netns));
+    ++kernel->opens;
+    if (auto e = std::exchange(kernel->failNextOpen, std::nullopt)) {
+      return tl::unexpected(*e);
+    }
+    if (!kernel->namespaces.contains(netns)) {
+      return tl::unexpected(std::make_error_code(std::errc::no_such_file_or_directory));
+    }
+    return std::make_unique<FakeQdiscTable>(kernel, netns);
+  };
+}
+
+}  // namespace faultline::testing

@@ -1,0 +1,220 @@
+// NetworkFaultDriver against the in-memory qdisc table.
+#include <algorithm>
+#include <memory>
+
+#include <doctest/doctest.h>
+
+#include "agent/net_driver.h"
+#include "agent/spec.h"
+#include "tests/fakes/fake_qdisc_table.h"
+
+using namespace faultline;
+using namespace faultline::agent;
+using namespace std::chrono_literals;
+using faultline::testing::FakeKernel;
+using faultline::testing::fakeQdiscOpener;
+
+namespace {
+
+const std::string kNetns = "/proc/4242/ns/net";
+
+v1::FaultSpec delaySpec(const std::string& interface = "veth0", std::chrono::milliseconds delay = 100ms,
+                        std::chrono::milliseconds jitter = 10ms) {
+  v1::FaultSpec spec;
+  auto* d = spec.mutable_network_delay();
+  d->mutable_target()->set_interface(interface);
+  d->mutable_target()->set_netns(kNetns);
+  *d->mutable_delay() = toProto(delay);
+  *d->mutable_jitter() = toProto(jitter);
+  return spec;
+}
+
+v1::FaultSpec bandwidthSpec(uint64_t rateBps = 1'000'000) {
+  v1::FaultSpec spec;
+  auto* b = spec.mutable_network_bandwidth();
+  b->mutable_target()->set_interface("veth0");
+  b->mutable_target()->set_netns(kNetns);
+  b->set_rate_bps(rateBps);
+  return spec;
+}
+
+struct Fixture {
+  std::shared_ptr<FakeKernel> kernel = std::make_shared<FakeKernel>();
+  NetworkFaultDriver driver{fakeQdiscOpener(kernel)};
+
+  Fixture() { kernel->addInterface(kNetns, "veth0"); }
+
+  std::optional<kernel::QdiscInfo>& root() { return kernel->rootOf(kNetns, "veth0"); }
+
+  [[nodiscard]] bool called(const std::string& call) const {
+    return std::find(kernel->calls.begin(), kernel->calls.end(), call) != kernel->calls.end();
+  }
+};
+
+bool contains(const std::string& text, std::string_view part) { return text.find(part) != std::string::npos; }
+
+}  // namespace
+
+TEST_CASE_FIXTURE(Fixture, "previous default root: apply installs netem fa17:, revert deletes it") {
+  auto applied = driver.apply(delaySpec());
+  REQUIRE(applied.has_value());
+  REQUIRE(root().has_value());
+  CHECK(root()->kind == "netem");
+  CHECK(root()->handle == kFaultlineRootHandle);
+  const auto& params = std::get<kernel::NetemParams>(*kernel->lastParams);
+  CHECK(params.delay == 100ms);
+  CHECK(params.jitter == 10ms);
+  CHECK((*applied)->describe() == "netem delay 100ms jitter 10ms on veth0 in /proc/4242/ns/net (root was noqueue)");
+  // The undo record is read before the change.
+  CHECK(kernel->calls == std::vector<std::string>{"open " + kNetns, "root veth0", "replace veth0 fa170000 netem"});
+
+  REQUIRE((*applied)->revert().has_value());
+  CHECK(called("delete veth0"));
+  CHECK_FALSE(called("restore veth0 0 noqueue"));
+  CHECK(root()->kind == "noqueue");
+  CHECK(root()->handle == 0);
+
+  SUBCASE("a second revert is a no-op") {
+    const auto changes = kernel->changes;
+    CHECK((*applied)->revert().has_value());
+    CHECK(kernel->changes == changes);
+  }
+}
+
+TEST_CASE_FIXTURE(Fixture, "previous tbf root: revert restores it with identical bytes") {
+  const kernel::QdiscInfo saved{"tbf", 0x80010000, 0xFFFFFFFF, {0x28, 0x00, 0x01, 0x00, 0xaa, 0xbb}};
+  root() = saved;
+  auto applied = driver.apply(bandwidthSpec());
+  REQUIRE(applied.has_value());
+  CHECK(root()->handle == kFaultlineRootHandle);
+  CHECK(root()->kind == "tbf");
+  CHECK(contains((*applied)->describe(), "(root was tbf 8001:)"));
+
+  REQUIRE((*applied)->revert().has_value());
+  CHECK(called("restore veth0 80010000 tbf"));
+  CHECK_FALSE(called("delete veth0"));
+  REQUIRE(root().has_value());
+  CHECK(root()->kind == saved.kind);
+  CHECK(root()->handle == saved.handle);
+  CHECK(root()->options == saved.options);
+}
+
+TEST_CASE_FIXTURE(Fixture, "a foreign root after apply: revert refuses and leaves it alone") {
+  auto applied = driver.apply(delaySpec());
+  REQUIRE(applied.has_value());
+  const kernel::QdiscInfo foreign{"tbf", 0x00010000, 0xFFFFFFFF, {9, 9}};
+  root() = foreign;
+  const auto changes = kernel->changes;
+
+  auto reverted = (*applied)->revert();
+  REQUIRE_FALSE(reverted.has_value());
+  CHECK(reverted.error().code == std::errc::device_or_resource_busy);
+  CHECK(contains(reverted.error().message, "tbf 1:"));
+  CHECK(contains(reverted.error().message, "left untouched"));
+  CHECK(kernel->changes == changes);
+  CHECK_FALSE(called("delete veth0"));
+  CHECK(root()->options == foreign.options);
+}
+
+TEST_CASE_FIXTURE(Fixture, "a second network fault on the same interface is refused before any change") {
+  auto first = driver.apply(delaySpec());
+  REQUIRE(first.has_value());
+  const auto changes = kernel->changes;
+  const auto ours = *root();
+
+  auto second = driver.apply(bandwidthSpec());
+  REQUIRE_FALSE(second.has_value());
+  CHECK(second.error().code == std::errc::file_exists);
+  CHECK(contains(second.error().message, "interface veth0 already carries faultline fault"));
+  CHECK(contains(second.error().message, "one network fault per interface"));
+  CHECK(kernel->changes == changes);
+  CHECK(root()->kind == ours.kind);
+  CHECK(root()->options == ours.options);
+}
+
+TEST_CASE_FIXTURE(Fixture, "replace fails with ENOENT: the netem message, nothing changed") {
+  kernel->failNextReplace = std::make_error_code(std::errc::no_such_file_or_directory);
+  auto applied = driver.apply(delaySpec());
+  REQUIRE_FALSE(applied.has_value());
+  CHECK(applied.error().code == std::errc::no_such_file_or_directory);
+  CHECK(contains(applied.error().message, "network.delay on veth0"));
+  CHECK(contains(applied.error().message, "CONFIG_NET_SCH_NETEM"));
+  CHECK(contains(applied.error().message, "modprobe sch_netem"));
+  CHECK(contains(applied.error().message, "kernel-modules-extra"));
+  CHECK(kernel->changes == 0);
+  CHECK(root()->kind == "noqueue");
+  CHECK(root()->handle == 0);
+}
+
+TEST_CASE_FIXTURE(Fixture, "an invalid spec is refused before the table is opened") {
+  auto applied = driver.apply(delaySpec("veth0", 10ms, 20ms));  // jitter > delay
+  REQUIRE_FALSE(applied.has_value());
+  CHECK(applied.error().code == std::errc::invalid_argument);
+  CHECK(contains(applied.error().message, "'jitter'"));
+  CHECK(kernel->opens == 0);
+  CHECK(kernel->calls.empty());
+
+  v1::FaultSpec kill;
+  kill.mutable_process_kill()->set_pid(1234);
+  auto notNetwork = driver.apply(kill);
+  REQUIRE_FALSE(notNetwork.has_value());
+  CHECK(contains(notNetwork.error().message, "not a network fault"));
+  CHECK(kernel->opens == 0);
+}
+
+TEST_CASE_FIXTURE(Fixture, "a missing interface is ENODEV and names it") {
+  auto applied = driver.apply(delaySpec("nosuch0"));
+  REQUIRE_FALSE(applied.has_value());
+  CHECK(applied.error().code == std::errc::no_such_device);
+  CHECK(contains(applied.error().message, "interface nosuch0 does not exist in /proc/4242/ns/net"));
+  CHECK(kernel->changes == 0);
+}
+
+TEST_CASE_FIXTURE(Fixture, "a failed restore can be retried") {
+  root() = kernel::QdiscInfo{"tbf", 0x80010000, 0xFFFFFFFF, {1, 2, 3}};
+  auto applied = driver.apply(bandwidthSpec());
+  REQUIRE(applied.has_value());
+  kernel->failNextRestore = std::make_error_code(std::errc::no_buffer_space);
+  auto first = (*applied)->revert();
+  REQUIRE_FALSE(first.has_value());
+  CHECK(first.error().code == std::errc::no_buffer_space);
+  CHECK(root()->handle == kFaultlineRootHandle);
+  REQUIRE((*applied)->revert().has_value());
+  CHECK(root()->handle == 0x80010000);
+}
+
+TEST_CASE("bandwidth defaults: burst 10 ms of traffic but two frames at least, limit 50 ms but a burst at least") {
+  v1::NetworkBandwidth b;
+  b.set_rate_bps(1'000'000);  // 125000 B/s
+  auto p = bandwidthParams(b);
+  CHECK(p.rateBitsPerSecond == 1'000'000);
+  CHECK(p.burstBytes == 3028);  // 10 ms would be 1250 B
+  CHECK(p.limitBytes == 6250);  // 50 ms
+
+  b.set_rate_bps(1'000'000'000);  // 125 MB/s
+  p = bandwidthParams(b);
+  CHECK(p.burstBytes == 1'250'000);
+  CHECK(p.limitBytes == 6'250'000);
+
+  b.set_rate_bps(8'000);  // 1000 B/s: 50 ms is less than the burst
+  p = bandwidthParams(b);
+  CHECK(p.burstBytes == 3028);
+  CHECK(p.limitBytes == 3028);
+
+  b.set_rate_bps(uint64_t{1} << 40);
+  p = bandwidthParams(b);
+  CHECK(p.limitBytes == 0xFFFFFFFF);  // capped at the kernel's u32
+
+  b.set_burst_bytes(10'000);
+  b.set_limit_bytes(20'000);
+  p = bandwidthParams(b);
+  CHECK(p.burstBytes == 10'000);
+  CHECK(p.limitBytes == 20'000);
+}
+
+TEST_CASE("missing qdisc messages name the config option and the module") {
+  CHECK(contains(missingQdiscMessage("tbf"), "CONFIG_NET_SCH_TBF"));
+  CHECK(contains(missingQdiscMessage("tbf"), "modprobe sch_tbf"));
+  CHECK(contains(missingQdiscMessage("fq_codel"), "CONFIG_NET_SCH_FQ_CODEL"));
+  CHECK(contains(missingQdiscMessage("fq_codel"), "modprobe sch_fq_codel"));
+}
