@@ -1,0 +1,416 @@
+#include <stdlib.h>
+#include <time.h>
+
+#include <filesystem>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <system_error>
+#include <vector>
+
+#include <doctest/doctest.h>
+#include <fmt/format.h>
+#include <sqlite3.h>
+#include <google/protobuf/util/message_differencer.h>
+#include <google/protobuf/util/time_util.h>
+
+#include "controller/run_format.h"
+#include "controller/store.h"
+
+using namespace faultline;
+using namespace faultline::controller;
+using google::protobuf::util::MessageDifferencer;
+using google::protobuf::util::TimeUtil;
+
+namespace {
+
+// 2024-05-01T12:00:00Z
+constexpr std::int64_t kStartUs = 1714564800LL * 1'000'000;
+
+google::protobuf::Timestamp at(std::int64_t offsetMs) {
+  return TimeUtil::MicrosecondsToTimestamp(kStartUs + offsetMs * 1000);
+}
+
+// A temporary directory from mkdtemp, removed with everything in it at the end of the scope.
+class TempDir {
+ public:
+  TempDir() {
+    std::string pattern = (std::filesystem::temp_directory_path() / "faultline-store-XXXXXX").string();
+    REQUIRE(mkdtemp(pattern.data()) != nullptr);
+    path_ = pattern;
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  std::string file(const std::string& name) const { return (path_ / name).string(); }
+
+ private:
+  std::filesystem::path path_;
+};
+
+// Sets TZ for the scope so that local times print the same everywhere.
+class ScopedTz {
+ public:
+  explicit ScopedTz(const char* tz) {
+    if (const char* old = getenv("TZ")) {
+      old_ = old;
+    }
+    setenv("TZ", tz, 1);
+    tzset();
+  }
+  ~ScopedTz() {
+    if (old_) {
+      setenv("TZ", old_->c_str(), 1);
+    } else {
+      unsetenv("TZ");
+    }
+    tzset();
+  }
+  ScopedTz(const ScopedTz&) = delete;
+  ScopedTz& operator=(const ScopedTz&) = delete;
+
+ private:
+  std::optional<std::string> old_;
+};
+
+v1::Run makeRun(const std::string& id, std::int64_t startOffsetMs, const std::string& experiment = "checkout-latency") {
+  v1::Run run;
+  run.set_run_id(id);
+  run.set_experiment(experiment);
+  run.set_file_sha256("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef");
+  run.set_trigger("cli");
+  *run.mutable_started_at() = at(startOffsetMs);
+  return run;
+}
+
+v1::RunEvent makeEvent(const std::string& runId, std::int64_t offsetMs, const std::string& host,
+                       const std::string& kind, const std::string& message,
+                       v1::Verdict verdict = v1::VERDICT_UNSPECIFIED) {
+  v1::RunEvent event;
+  event.set_run_id(runId);
+  *event.mutable_at() = at(offsetMs);
+  event.set_host(host);
+  event.set_kind(kind);
+  event.set_message(message);
+  event.set_verdict(verdict);
+  return event;
+}
+
+v1::ProbeSample makeSample(std::int64_t offsetMs, const std::string& probe, const std::string& phase, bool ok,
+                           double latencyMs, const std::string& detail = "") {
+  v1::ProbeSample sample;
+  *sample.mutable_at() = at(offsetMs);
+  sample.set_probe(probe);
+  sample.set_phase(phase);
+  sample.set_ok(ok);
+  sample.set_latency_ms(latencyMs);
+  sample.set_detail(detail);
+  return sample;
+}
+
+// The fixture run of the timeline test, complete with verdict: what getRun should return.
+v1::Run fixtureRun() {
+  v1::Run run = makeRun("r-0001", 0);
+  *run.mutable_ended_at() = at(90'500);
+  run.set_verdict(v1::VERDICT_VIOLATED);
+  run.set_reason("p99 latency 812 ms > 500 ms");
+  *run.add_events() = makeEvent("r-0001", 0, "", "run.started", "checkout-latency");
+  *run.add_events() = makeEvent("r-0001", 1'250, "web-1", "fault.applied", "network.delay 100ms on eth0");
+  *run.add_events() = makeEvent("r-0001", 1'250, "web-22", "fault.applied", "network.delay 100ms on eth0");
+  *run.add_events() = makeEvent("r-0001", 61'250, "web-1", "fault.reverted", "");
+  *run.add_events() = makeEvent("r-0001", 90'500, "", "run.finished", "violated", v1::VERDICT_VIOLATED);
+  *run.add_samples() = makeSample(-1'000, "checkout", "before", true, 12.0, "200 in 12ms");
+  *run.add_samples() = makeSample(-500, "checkout", "before", true, 15.0);
+  *run.add_samples() = makeSample(-200, "checkout", "before", true, 11.0);
+  *run.add_samples() = makeSample(10'000, "checkout", "during", true, 310.5);
+  *run.add_samples() = makeSample(20'000, "checkout", "during", false, 812.0, "timeout after 2s");
+  *run.add_samples() = makeSample(30'000, "checkout", "during", false, 900.4);
+  *run.add_samples() = makeSample(40'000, "checkout", "during", true, 120.0);
+  *run.add_samples() = makeSample(80'000, "checkout", "after", true, 14.0);
+  *run.add_samples() = makeSample(10'000, "cart", "during", true, 5.0);
+  return run;
+}
+
+// Writes a run through the store the way the engine does (events and samples one by one).
+void record(RecordStore& store, const v1::Run& run) {
+  v1::Run header = run;
+  header.clear_events();
+  header.clear_samples();
+  header.clear_ended_at();
+  header.clear_verdict();
+  header.clear_reason();
+  store.createRun(header);
+  for (const auto& event : run.events()) {
+    store.addEvent(event);
+  }
+  for (const auto& sample : run.samples()) {
+    store.addSample(run.run_id(), sample);
+  }
+  if (run.verdict() != v1::VERDICT_UNSPECIFIED) {
+    store.finishRun(run.run_id(), run.verdict(), run.reason(), run.ended_at());
+  }
+}
+
+std::vector<std::string> linesOf(const std::string& text) {
+  std::vector<std::string> lines;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) {
+    lines.push_back(line);
+  }
+  return lines;
+}
+
+// The fixture's samples sorted by time (stable), as getRun returns them.
+v1::Run sortedSamples(v1::Run run) {
+  std::stable_sort(run.mutable_samples()->begin(), run.mutable_samples()->end(),
+                   [](const v1::ProbeSample& a, const v1::ProbeSample& b) {
+                     return TimeUtil::TimestampToMicroseconds(a.at()) < TimeUtil::TimestampToMicroseconds(b.at());
+                   });
+  return run;
+}
+
+}  // namespace
+
+TEST_CASE("record store: a run with events and samples round-trips in time order") {
+  TempDir dir;
+  auto store = openSqliteStore(dir.file("runs.db"));
+  v1::Run run = fixtureRun();
+  run.clear_ended_at();
+  run.clear_verdict();
+  run.clear_reason();
+  // Events arrive out of order: the store hands them back by time, ties in arrival order.
+  v1::Run written = run;
+  std::swap(*written.mutable_events(2), *written.mutable_events(3));
+  record(*store, written);
+
+  auto got = store->getRun("r-0001");
+  REQUIRE(got.has_value());
+  v1::Run expected = sortedSamples(run);
+  std::string diff;
+  MessageDifferencer differencer;
+  differencer.ReportDifferencesToString(&diff);
+  CHECK_MESSAGE(differencer.Compare(expected, *got), diff);
+  CHECK(got->verdict() == v1::VERDICT_UNSPECIFIED);
+  CHECK_FALSE(got->has_ended_at());
+  REQUIRE(got->events_size() == 5);
+  CHECK(got->events(1).host() == "web-1");
+  CHECK(got->events(2).host() == "web-22");
+  CHECK(got->events(4).verdict() == v1::VERDICT_VIOLATED);
+  CHECK(got->samples(0).detail() == "200 in 12ms");
+  CHECK(got->samples(0).latency_ms() == 12.0);
+}
+
+TEST_CASE("record store: finishRun sets verdict, reason and end") {
+  TempDir dir;
+  auto store = openSqliteStore(dir.file("runs.db"));
+  store->createRun(makeRun("r-1", 0));
+  store->finishRun("r-1", v1::VERDICT_ABORTED, "halted by alice", at(5'000));
+  auto got = store->getRun("r-1");
+  REQUIRE(got.has_value());
+  CHECK(got->verdict() == v1::VERDICT_ABORTED);
+  CHECK(got->reason() == "halted by alice");
+  CHECK(TimeUtil::TimestampToMicroseconds(got->ended_at()) == kStartUs + 5'000'000);
+  CHECK(TimeUtil::TimestampToMicroseconds(got->started_at()) == kStartUs);
+
+  CHECK_THROWS_AS(store->finishRun("r-nope", v1::VERDICT_HELD, "", at(1)), std::system_error);
+}
+
+TEST_CASE("record store: every verdict round-trips and is stored as a word") {
+  TempDir dir;
+  const std::string path = dir.file("runs.db");
+  {
+    auto store = openSqliteStore(path);
+    const auto* verdicts = v1::Verdict_descriptor();
+    for (int i = 0; i < verdicts->value_count(); ++i) {
+      const auto verdict = static_cast<v1::Verdict>(verdicts->value(i)->number());
+      const std::string id = fmt::format("r-{}", verdicts->value(i)->number());
+      store->createRun(makeRun(id, i));
+      store->finishRun(id, verdict, "", at(i + 1));
+      auto got = store->getRun(id);
+      REQUIRE(got.has_value());
+      CHECK_MESSAGE(got->verdict() == verdict, v1::Verdict_Name(verdict));
+    }
+  }
+  sqlite3* db = nullptr;
+  REQUIRE(sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK);
+  sqlite3_stmt* stmt = nullptr;
+  REQUIRE(sqlite3_prepare_v2(db, "SELECT verdict FROM runs WHERE run_id = 'r-1'", -1, &stmt, nullptr) == SQLITE_OK);
+  REQUIRE(sqlite3_step(stmt) == SQLITE_ROW);
+  CHECK(std::string(reinterpret_cast<const char*>(sqlite3_column_text(stmt, 0))) == "held");
+  sqlite3_finalize(stmt);
+  REQUIRE(sqlite3_prepare_v2(db, "SELECT verdict IS NULL FROM runs WHERE run_id = 'r-0'", -1, &stmt, nullptr) ==
+          SQLITE_OK);
+  REQUIRE(sqlite3_step(stmt) == SQLITE_ROW);
+  CHECK(sqlite3_column_int(stmt, 0) == 1);
+  sqlite3_finalize(stmt);
+  sqlite3_close(db);
+}
+
+TEST_CASE("record store: writes that break the schema throw") {
+  TempDir dir;
+  auto store = openSqliteStore(dir.file("runs.db"));
+  store->createRun(makeRun("r-1", 0));
+  CHECK_THROWS_AS(store->createRun(makeRun("r-1", 10)), std::system_error);  // duplicate id
+  CHECK_THROWS_AS(store->addEvent(makeEvent("r-unknown", 0, "", "run.started", "")), std::system_error);
+  CHECK_THROWS_AS(store->addSample("r-unknown", makeSample(0, "p", "before", true, 1.0)), std::system_error);
+  // The store is still usable afterwards.
+  store->addEvent(makeEvent("r-1", 0, "", "run.started", ""));
+  CHECK(store->getRun("r-1")->events_size() == 1);
+}
+
+TEST_CASE("record store: listRuns is newest first and honours the limit") {
+  TempDir dir;
+  auto store = openSqliteStore(dir.file("runs.db"));
+  for (int i = 0; i < 25; ++i) {
+    // Written out of start order.
+    const int n = (i * 7) % 25;
+    v1::Run run = makeRun(fmt::format("r-{:02}", n), n * 1000);
+    store->createRun(run);
+    store->addEvent(makeEvent(run.run_id(), n * 1000, "", "run.started", ""));
+  }
+  auto runs = store->listRuns(0);
+  REQUIRE(runs.size() == 20);
+  CHECK(runs.front().run_id() == "r-24");
+  CHECK(runs.back().run_id() == "r-05");
+  for (const auto& run : runs) {
+    CHECK(run.events_size() == 0);
+    CHECK(run.samples_size() == 0);
+  }
+  auto three = store->listRuns(3);
+  REQUIRE(three.size() == 3);
+  CHECK(three[0].run_id() == "r-24");
+  CHECK(three[1].run_id() == "r-23");
+  CHECK(three[2].run_id() == "r-22");
+  CHECK(store->listRuns(100).size() == 25);
+}
+
+TEST_CASE("record store: an unknown run is ENOENT") {
+  TempDir dir;
+  auto store = openSqliteStore(dir.file("runs.db"));
+  auto got = store->getRun("r-missing");
+  REQUIRE_FALSE(got.has_value());
+  CHECK(got.error() == std::make_error_code(std::errc::no_such_file_or_directory));
+}
+
+TEST_CASE("record store: a reopened database keeps everything") {
+  TempDir dir;
+  const std::string path = dir.file("runs.db");
+  const v1::Run run = fixtureRun();
+  {
+    auto store = openSqliteStore(path);
+    record(*store, run);
+    store->createRun(makeRun("r-0002", 100'000));
+  }
+  auto store = openSqliteStore(path);
+  auto got = store->getRun("r-0001");
+  REQUIRE(got.has_value());
+  CHECK(MessageDifferencer::Equals(sortedSamples(run), *got));
+  auto runs = store->listRuns(0);
+  REQUIRE(runs.size() == 2);
+  CHECK(runs[0].run_id() == "r-0002");
+  // New events continue the sequence after a reopen.
+  store->addEvent(makeEvent("r-0001", 90'500, "", "note", "after reopen"));
+  got = store->getRun("r-0001");
+  REQUIRE(got.has_value());
+  REQUIRE(got->events_size() == 6);
+  CHECK(got->events(5).kind() == "note");
+}
+
+TEST_CASE("record store: opening a path in a missing directory throws with the path") {
+  TempDir dir;
+  const std::string path = dir.file("no/such/dir/runs.db");
+  try {
+    auto store = openSqliteStore(path);
+    FAIL("opened " << path);
+  } catch (const std::system_error& e) {
+    CHECK(std::string(e.what()).find(path) != std::string::npos);
+    CHECK(e.code().category().name() == std::string("sqlite"));
+  }
+}
+
+TEST_CASE("record store: a database from a newer faultline is refused") {
+  TempDir dir;
+  const std::string path = dir.file("runs.db");
+  { auto store = openSqliteStore(path); }
+  // Bump user_version as a later schema would.
+  sqlite3* db = nullptr;
+  REQUIRE(sqlite3_open(path.c_str(), &db) == SQLITE_OK);
+  REQUIRE(sqlite3_exec(db, "PRAGMA user_version = 999", nullptr, nullptr, nullptr) == SQLITE_OK);
+  sqlite3_close(db);
+  try {
+    auto store = openSqliteStore(path);
+    FAIL("opened a schema 999 database");
+  } catch (const std::system_error& e) {
+    CHECK(std::string(e.what()).find(path) != std::string::npos);
+    CHECK(std::string(e.what()).find("999") != std::string::npos);
+  }
+}
+
+TEST_CASE("formatTimeline: header, events relative to the start, probe summary") {
+  ScopedTz tz("UTC0");
+  const std::vector<std::string> expected = {
+      "run         r-0001",
+      "experiment  checkout-latency",
+      "trigger     cli",
+      "file        0123456789ab",
+      "started     2024-05-01T12:00:00.000+00:00",
+      "ended       2024-05-01T12:01:30.500+00:00",
+      "duration    90.500s",
+      "verdict     violated",
+      "reason      p99 latency 812 ms > 500 ms",
+      "",
+      "events",
+      " +0.000  -       run.started     checkout-latency",
+      " +1.250  web-1   fault.applied   network.delay 100ms on eth0",
+      " +1.250  web-22  fault.applied   network.delay 100ms on eth0",
+      "+61.250  web-1   fault.reverted",
+      "+90.500  -       run.finished    violated",
+      "",
+      "probes",
+      "PROBE     PHASE   SAMPLES  FAILED  P50 MS  MAX MS",
+      "cart      during        1       0     5.0     5.0",
+      "checkout  before        3       0    12.0    15.0",
+      "checkout  during        4       2   310.5   900.4",
+      "checkout  after         1       0    14.0    14.0",
+  };
+  // Events given out of order are printed in time order.
+  v1::Run run = fixtureRun();
+  std::swap(*run.mutable_events(0), *run.mutable_events(4));
+  CHECK(linesOf(formatTimeline(run)) == expected);
+}
+
+TEST_CASE("formatTimeline: a running run, control characters, a local offset") {
+  ScopedTz tz("CET-1CEST,M3.5.0,M10.5.0/3");
+  v1::Run run = makeRun("r-2", 0);
+  *run.add_events() = makeEvent("r-2", -500, "db\x1b[2J", "probe.failed", "line one\nline two");
+  const auto lines = linesOf(formatTimeline(run));
+  REQUIRE(lines.size() == 15);
+  CHECK(lines[4] == "started     2024-05-01T14:00:00.000+02:00");
+  CHECK(lines[5] == "ended       -");
+  CHECK(lines[6] == "duration    -");
+  CHECK(lines[7] == "verdict     running");
+  CHECK(lines[8] == "reason      -");
+  CHECK(lines[11] == "-0.500  db [2J  probe.failed  line one line two");
+  CHECK(lines[13] == "probes");
+  CHECK(lines[14] == "(none)");
+}
+
+TEST_CASE("formatRunList: one line per run, reasons cut") {
+  ScopedTz tz("UTC0");
+  v1::Run held = makeRun("r-0002", 60'000, "dns-loss");
+  held.set_trigger("schedule");
+  held.set_verdict(v1::VERDICT_HELD);
+  v1::Run violated = makeRun("r-0001", 0);
+  violated.set_verdict(v1::VERDICT_VIOLATED);
+  violated.set_reason(std::string(70, 'x'));
+  const std::vector<std::string> expected = {
+      "RUN     STARTED                    EXPERIMENT        TRIGGER   VERDICT   REASON",
+      "r-0002  2024-05-01T12:01:00+00:00  dns-loss          schedule  held",
+      "r-0001  2024-05-01T12:00:00+00:00  checkout-latency  cli       violated  " + std::string(57, 'x') + "...",
+  };
+  CHECK(linesOf(formatRunList({held, violated})) == expected);
+  CHECK(formatRunList({}) == "no runs\n");
+}
