@@ -2,6 +2,7 @@
 
 #include <sys/utsname.h>
 
+#include <condition_variable>
 #include <deque>
 #include <mutex>
 
@@ -51,9 +52,19 @@ class Session::Stream final : public grpc::ClientBidiReactor<v1::AgentMessage, v
     }
   }
 
-  void cancel() {
+  // Cancels the call and waits (up to timeout) until gRPC is done with it; after that no
+  // reaction touches the session or its io_context again.
+  void detach(std::chrono::milliseconds timeout) {
+    {
+      std::lock_guard lock(doneMutex_);
+      detached_ = true;
+    }
     releaseHold();
     context_.TryCancel();
+    std::unique_lock lock(doneMutex_);
+    if (!doneCv_.wait_for(lock, timeout, [&] { return done_; })) {
+      spdlog::warn("gRPC did not finish the controller stream within {}", formatDuration(timeout));
+    }
   }
 
   void OnWriteDone(bool ok) override {
@@ -78,19 +89,28 @@ class Session::Stream final : public grpc::ClientBidiReactor<v1::AgentMessage, v
       releaseHold();
       return;
     }
-    v1::ControllerMessage msg = incoming_;
-    boost::asio::post(io_, [self = self_, msg]() {
-      if (self->session_.stream_.get() == self.get()) {
-        self->session_.onMessage(msg);
+    {
+      std::lock_guard lock(doneMutex_);
+      if (!detached_) {
+        boost::asio::post(io_, [self = self_, msg = incoming_]() {
+          if (self->session_.stream_.get() == self.get()) {
+            self->session_.onMessage(msg);
+          }
+        });
       }
-    });
+    }
     StartRead(&incoming_);
   }
 
   void OnDone(const grpc::Status& status) override {
     std::string why = status.ok() ? "stream closed" : status.error_message();
-    auto self = std::move(self_);
-    boost::asio::post(io_, [self, why]() { self->session_.onStreamDone(self.get(), why); });
+    auto self = std::move(self_);  // may be the last reference: this ends with the frame
+    std::lock_guard lock(doneMutex_);
+    if (!detached_) {
+      boost::asio::post(io_, [self, why]() { self->session_.onStreamDone(self.get(), why); });
+    }
+    done_ = true;
+    doneCv_.notify_all();
   }
 
  private:
@@ -111,6 +131,10 @@ class Session::Stream final : public grpc::ClientBidiReactor<v1::AgentMessage, v
   std::deque<v1::AgentMessage> queue_;
   bool closed_ = false;
   bool holdReleased_ = false;
+  std::mutex doneMutex_;
+  std::condition_variable doneCv_;
+  bool detached_ = false;  // the session let go: post nothing more to it
+  bool done_ = false;      // OnDone has run
   std::shared_ptr<Stream> self_;  // keeps the reactor alive until OnDone
 };
 
@@ -138,7 +162,7 @@ void Session::stop() {
   leaseTimer_.cancel();
   heartbeatTimer_.cancel();
   if (stream_) {
-    stream_->cancel();
+    stream_->detach(std::chrono::seconds{5});
     stream_.reset();
   }
   welcomed_ = false;

@@ -23,7 +23,8 @@ class Fleet {
   // Queues msg for the agent; false when it is not connected. Never blocks on the network.
   virtual bool send(const std::string& agentId, const v1::ControllerMessage& msg) = 0;
   // listener is called on a gRPC thread for every fault report from any agent, until the
-  // returned id is passed to unsubscribe().
+  // returned id is passed to unsubscribe(); once unsubscribe() returns it is never called again.
+  // A listener must not call subscribe() or unsubscribe().
   virtual int subscribe(ReportListener listener) = 0;
   virtual void unsubscribe(int id) = 0;
 };

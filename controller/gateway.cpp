@@ -193,14 +193,9 @@ void Gateway::gone(Connection* c) {
 }
 
 void Gateway::reported(const std::string& agentId, const v1::FaultReport& report) {
-  std::vector<ReportListener> listeners;
-  {
-    std::lock_guard lock(mutex_);
-    for (const auto& [id, l] : listeners_) {
-      listeners.push_back(l);
-    }
-  }
-  for (const auto& l : listeners) {
+  // Held while listeners run, so that once unsubscribe() returns its listener is never called.
+  std::lock_guard lock(listenersMutex_);
+  for (const auto& [id, l] : listeners_) {
     l(agentId, report);
   }
 }
@@ -235,13 +230,13 @@ bool Gateway::send(const std::string& agentId, const v1::ControllerMessage& msg)
 }
 
 int Gateway::subscribe(ReportListener listener) {
-  std::lock_guard lock(mutex_);
+  std::lock_guard lock(listenersMutex_);
   listeners_[nextListener_] = std::move(listener);
   return nextListener_++;
 }
 
 void Gateway::unsubscribe(int id) {
-  std::lock_guard lock(mutex_);
+  std::lock_guard lock(listenersMutex_);
   listeners_.erase(id);
 }
 

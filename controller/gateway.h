@@ -49,6 +49,7 @@ class Gateway final : public v1::AgentGateway::CallbackService, public Fleet {
   mutable std::mutex mutex_;
   mutable std::condition_variable changed_;
   std::map<std::string, std::shared_ptr<Connection>> agents_;
+  std::mutex listenersMutex_;  // guards listeners_ and is held while they run
   std::map<int, ReportListener> listeners_;
   int nextListener_ = 1;
   bool stopping_ = false;

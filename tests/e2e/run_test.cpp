@@ -1,0 +1,281 @@
+// End to end: a real controller and a real agent over loopback gRPC, a real demo service, real
+// qdiscs in a throwaway network namespace, a real child process killed, and the SQLite record
+// read back. Also the faultline binary itself (validate, run --local, show). Needs root.
+#include <signal.h>
+#include <spawn.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include <doctest/doctest.h>
+#include <fmt/format.h>
+#include <grpcpp/grpcpp.h>
+
+#include "agent/kernel/qdisc_table.h"
+#include "agent/runtime.h"
+#include "controller/controller.h"
+#include "controller/store.h"
+#include "demo/server.h"
+#include "faultline/v1/control.grpc.pb.h"
+#include "tests/support/netns.h"
+
+using namespace faultline;
+using namespace std::chrono_literals;
+
+namespace {
+
+// A temporary directory removed at the end of the test.
+struct TempDir {
+  TempDir() {
+    char tmpl[] = "/tmp/faultline-e2e-XXXXXX";
+    REQUIRE(::mkdtemp(tmpl) != nullptr);
+    path = tmpl;
+  }
+  ~TempDir() { std::filesystem::remove_all(path); }
+  std::string path;
+};
+
+// A child `sleep 600` the experiment kills; reaped (and killed if still alive) at the end.
+struct Victim {
+  Victim() {
+    char arg0[] = "sleep";
+    char arg1[] = "600";
+    char* argv[] = {arg0, arg1, nullptr};
+    REQUIRE(::posix_spawnp(&pid, "sleep", nullptr, nullptr, argv, environ) == 0);
+  }
+  ~Victim() {
+    if (pid > 0 && !reaped) {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, nullptr, 0);
+    }
+  }
+  // The signal that ended it, 0 if it is still running after timeout.
+  int waitSignal(std::chrono::milliseconds timeout) {
+    const auto until = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < until) {
+      int status = 0;
+      if (::waitpid(pid, &status, WNOHANG) == pid) {
+        reaped = true;
+        return WIFSIGNALED(status) ? WTERMSIG(status) : -1;
+      }
+      std::this_thread::sleep_for(10ms);
+    }
+    return 0;
+  }
+  pid_t pid = -1;
+  bool reaped = false;
+};
+
+struct Fleet : testing::NetnsFixture {
+  TempDir dir;
+  std::string db = dir.path + "/records.db";
+  std::unique_ptr<controller::Controller> controller;
+  std::unique_ptr<agent::AgentRuntime> agent;
+  std::unique_ptr<demo::Server> service;
+  std::string address;
+
+  Fleet() {
+    auto s = demo::Server::start({});
+    REQUIRE(s.has_value());
+    service = std::move(*s);
+    controller = std::make_unique<controller::Controller>(controller::ControllerOptions{"127.0.0.1:0", db, 15s});
+    address = fmt::format("127.0.0.1:{}", controller->start());
+    agent::SessionOptions so;
+    so.controller = address;
+    so.agentId = "e2e-agent";
+    so.hostname = "e2e-host";
+    so.labels = {{"role", "e2e"}};
+    agent = std::make_unique<agent::AgentRuntime>(so);
+    agent->start();
+    REQUIRE(controller->gateway().waitForAgents(1, 10s));
+  }
+
+  ~Fleet() {
+    agent.reset();
+    controller.reset();
+    service->stop();
+  }
+
+  std::string probeUrl() const { return fmt::format("http://127.0.0.1:{}/", service->endpoint().port()); }
+
+  // Submits yaml and watches the run to its end; returns the run id and the events.
+  std::pair<std::string, std::vector<v1::RunEvent>> run(const std::string& yaml) {
+    auto stub = v1::Control::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+    grpc::ClientContext ctx;
+    v1::SubmitRunRequest req;
+    req.set_experiment(yaml);
+    req.set_file_name("e2e.yaml");
+    req.set_trigger("ci");
+    v1::SubmitRunResponse resp;
+    auto status = stub->SubmitRun(&ctx, req, &resp);
+    REQUIRE_MESSAGE(status.ok(), status.error_message());
+    grpc::ClientContext wctx;
+    v1::WatchRunRequest wreq;
+    wreq.set_run_id(resp.run_id());
+    auto reader = stub->WatchRun(&wctx, wreq);
+    std::vector<v1::RunEvent> events;
+    v1::RunEvent e;
+    while (reader->Read(&e)) {
+      events.push_back(e);
+    }
+    REQUIRE(reader->Finish().ok());
+    return {resp.run_id(), events};
+  }
+
+  std::string rootKind() {
+    auto table = kernel::openQdiscTable(netns());
+    REQUIRE(table.has_value());
+    auto root = (*table)->root("veth0");
+    REQUIRE(root.has_value());
+    return root->has_value() ? (*root)->kind : "";
+  }
+};
+
+size_t countKind(const std::vector<v1::RunEvent>& events, const std::string& kind) {
+  return static_cast<size_t>(std::count_if(events.begin(), events.end(), [&](const auto& e) { return e.kind() == kind; }));
+}
+
+}  // namespace
+
+TEST_CASE_FIXTURE(Fleet, "an experiment runs over loopback gRPC: tbf applied and reverted, a process killed, all recorded") {
+  const std::string before = rootKind();
+  Victim victim;
+  const std::string yaml = fmt::format(R"(apiVersion: faultline/v1
+kind: Experiment
+metadata:
+  name: e2e-held
+targets:
+  selector: {{role: e2e}}
+steadyState:
+  every: 100ms
+  probes:
+    - name: demo
+      http: {{url: "{}", maxLatency: 1s, timeout: 2s}}
+method:
+  - fault:
+      name: slow-link
+      type: network.bandwidth
+      duration: 600ms
+      target: {{interface: veth0, netns: {}}}
+      rate: 1mbit
+  - fault:
+      name: kill-victim
+      type: process.kill
+      duration: 200ms
+      process: {{pid: {}}}
+      signal: SIGKILL
+  - wait: 100ms
+)",
+                                       probeUrl(), netns(), victim.pid);
+  auto [runId, events] = run(yaml);
+  REQUIRE(!events.empty());
+  CHECK(events.back().kind() == "run.finished");
+  CHECK(events.back().verdict() == v1::VERDICT_HELD);
+  CHECK(countKind(events, "fault.applied") == 2);
+  CHECK(countKind(events, "fault.reverted") + countKind(events, "fault.expired") == 2);
+  CHECK(victim.waitSignal(2s) == SIGKILL);
+  CHECK(rootKind() == before);  // the interface's own root qdisc is back
+
+  auto store = controller::openSqliteStore(db);
+  auto rec = store->getRun(runId);
+  REQUIRE(rec.has_value());
+  CHECK(rec->experiment() == "e2e-held");
+  CHECK(rec->trigger() == "ci");
+  CHECK(rec->verdict() == v1::VERDICT_HELD);
+  CHECK(rec->file_sha256().size() == 64);
+  CHECK(rec->events_size() == static_cast<int>(events.size() - countKind(events, "probe.ok") -
+                                               countKind(events, "probe.failed")));
+  std::set<std::string> phases;
+  for (const auto& s : rec->samples()) {
+    phases.insert(s.phase());
+    CHECK(s.ok());
+  }
+  CHECK(phases == std::set<std::string>{"before", "during", "after"});
+}
+
+TEST_CASE_FIXTURE(Fleet, "a fault the kernel refuses ends the run as an execution error with the agent's reason") {
+  const std::string yaml = fmt::format(R"(apiVersion: faultline/v1
+kind: Experiment
+metadata:
+  name: e2e-error
+method:
+  - fault:
+      type: network.bandwidth
+      duration: 1s
+      target: {{interface: nope0, netns: {}}}
+      rate: 1mbit
+)",
+                                       netns());
+  auto [runId, events] = run(yaml);
+  REQUIRE(!events.empty());
+  CHECK(events.back().verdict() == v1::VERDICT_ERROR);
+  CHECK(events.back().message().find("nope0") != std::string::npos);
+  CHECK(countKind(events, "fault.failed") == 1);
+}
+
+TEST_CASE_FIXTURE(Fleet, "a steady state that fails before the method injects nothing") {
+  const std::string before = rootKind();
+  const std::string yaml = fmt::format(R"(apiVersion: faultline/v1
+kind: Experiment
+metadata:
+  name: e2e-not-steady
+steadyState:
+  probes:
+    - name: wrong-status
+      http: {{url: "{}", expectStatus: 204}}
+method:
+  - fault:
+      type: network.bandwidth
+      duration: 1s
+      target: {{interface: veth0, netns: {}}}
+      rate: 1mbit
+)",
+                                       probeUrl(), netns());
+  auto [runId, events] = run(yaml);
+  CHECK(events.back().verdict() == v1::VERDICT_NOT_STEADY);
+  CHECK(countKind(events, "fault.applied") == 0);
+  CHECK(rootKind() == before);
+}
+
+TEST_CASE_FIXTURE(testing::NetnsFixture, "the faultline binary: validate, run --local, show") {
+  TempDir dir;
+  const std::string bin = FAULTLINE_BIN;
+  {
+    std::ofstream bad(dir.path + "/bad.yaml");
+    bad << "apiVersion: faultline/v1\nkind: Experiment\nmetadata:\n  name: bad\nmethod:\n  - fault:\n"
+           "      type: network.loss\n      duration: 1s\n      target: {interface: eth0}\n      percent: 130\n";
+  }
+  auto r = testing::sh(fmt::format("{} validate {}/bad.yaml", bin, dir.path));
+  CHECK(r.status == 4);
+  CHECK(r.output.find("bad.yaml:10:") != std::string::npos);
+  CHECK(r.output.find("percent") != std::string::npos);
+
+  {
+    std::ofstream good(dir.path + "/good.yaml");
+    good << fmt::format("apiVersion: faultline/v1\nkind: Experiment\nmetadata:\n  name: local\nmethod:\n"
+                        "  - fault:\n      type: network.bandwidth\n      duration: 300ms\n"
+                        "      target: {{interface: veth0, netns: {}}}\n      rate: 10mbit\n",
+                        netns());
+  }
+  r = testing::sh(fmt::format("cd {} && {} run --local good.yaml --db local.db", dir.path, bin));
+  INFO(r.output);
+  CHECK(r.status == 0);
+  CHECK(r.output.find("fault.applied") != std::string::npos);
+  CHECK(r.output.find("verdict: held") != std::string::npos);
+  const auto at = r.output.find("faultline show ");
+  REQUIRE(at != std::string::npos);
+  const std::string runId = r.output.substr(at + 15, r.output.find(' ', at + 15) - at - 15);
+  r = testing::sh(fmt::format("cd {} && {} show {} --db local.db", dir.path, bin, runId));
+  CHECK(r.status == 0);
+  CHECK(r.output.find(runId) != std::string::npos);
+  // The agent's own timer and the controller's revert race; either ends the fault.
+  CHECK((r.output.find("fault.reverted") != std::string::npos || r.output.find("fault.expired") != std::string::npos));
+  r = testing::sh(fmt::format("{} run {}/good.yaml --controller 127.0.0.1:1", bin, dir.path));
+  CHECK(r.status == 3);
+  CHECK(r.output.find("cannot reach the controller at 127.0.0.1:1") != std::string::npos);
+  r = testing::sh(fmt::format("{} run --no-such-flag x.yaml", bin));
+  CHECK(r.status == 4);
+}
