@@ -1,6 +1,5 @@
 #include "agent/agent.h"
 
-#include <google/protobuf/util/time_util.h>
 #include <spdlog/spdlog.h>
 
 #include "agent/kernel/process_table.h"
@@ -11,7 +10,13 @@
 namespace faultline::agent {
 
 google::protobuf::Timestamp nowTimestamp() {
-  return google::protobuf::util::TimeUtil::GetCurrentTime();
+  const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                      std::chrono::system_clock::now().time_since_epoch())
+                      .count();
+  google::protobuf::Timestamp t;
+  t.set_seconds(ns / 1'000'000'000);
+  t.set_nanos(static_cast<int32_t>(ns % 1'000'000'000));
+  return t;
 }
 
 Agent::Agent(boost::asio::io_context& io, FaultDriver& driver, ReportSink sink)

@@ -4,6 +4,7 @@
 #include <iostream>
 
 #include <CLI/CLI.hpp>
+#include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
 #include "agent/runtime.h"
@@ -11,6 +12,7 @@
 namespace faultline::agent {
 
 int agentMain(int argc, char** argv) {
+  spdlog::set_default_logger(spdlog::stderr_color_mt("faultline-agent"));
   CLI::App app{"faultline-agent: injects faults on this host on the controller's command, and reverts "
                "every one when its duration ends, on command, when the controller's lease lapses, and on "
                "SIGTERM/SIGINT."};
@@ -20,7 +22,8 @@ int agentMain(int argc, char** argv) {
   std::vector<std::string> labels;
   std::string stateDir = "/var/lib/faultline-agent";
   app.add_option("--controller", options.controller, "controller address, HOST:PORT")->required();
-  app.add_option("--label", labels, "a label of this host, KEY=VALUE (repeatable); experiments select agents by label");
+  app.add_option("--label", labels, "a label of this host, KEY=VALUE (repeatable); experiments select agents by label")
+      ->allow_extra_args(false);
   app.add_option("--id", options.agentId, "agent id, unique in the fleet")->capture_default_str();
   app.add_option("--state-dir", stateDir, "directory for the agent's state")->capture_default_str();
   try {

@@ -13,6 +13,7 @@
 #include <fmt/format.h>
 #include <google/protobuf/util/time_util.h>
 #include <grpcpp/grpcpp.h>
+#include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
 #include "agent/runtime.h"
@@ -353,6 +354,8 @@ int showCommand(const std::string& runId, const std::string& address, const std:
 }  // namespace
 
 int cliMain(int argc, char** argv) {
+  // Logs go to stderr; stdout carries what the command prints (events, tables, timelines).
+  spdlog::set_default_logger(spdlog::stderr_color_mt("faultline"));
   CLI::App app{"faultline: chaos experiments on Linux hosts. Runs experiment files against agents, checks the "
                "steady state, injects faults, reverts them and records the outcome."};
   app.require_subcommand(1);
@@ -368,7 +371,10 @@ int cliMain(int argc, char** argv) {
       ->excludes(ctrlOpt);
   runCmd->add_option("--db", run.db, "record file for --local")->capture_default_str();
   runCmd->add_option("--trigger", run.trigger, "who started the run: cli, ci or schedule")->capture_default_str();
-  runCmd->add_option("--label", run.labels, "with --local: a label of the in-process agent, KEY=VALUE (repeatable)");
+  runCmd->add_option("--label", run.labels, "with --local: a label of the in-process agent, KEY=VALUE (repeatable)")
+      ->allow_extra_args(false);
+  bool verbose = false;
+  runCmd->add_flag("-v,--verbose", verbose, "also log what the embedded controller and agent do (stderr)");
 
   std::string validateFile;
   auto* validateCmd = app.add_subcommand("validate", "check an experiment file without running it; exit 0 valid, 4 invalid");
@@ -408,6 +414,9 @@ int cliMain(int argc, char** argv) {
   }
 
   if (*runCmd) {
+    if (!verbose) {
+      spdlog::set_level(spdlog::level::warn);  // the events say it all
+    }
     return runCommand(run);
   }
   if (*validateCmd) {
