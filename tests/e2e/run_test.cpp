@@ -279,3 +279,47 @@ TEST_CASE_FIXTURE(testing::NetnsFixture, "the faultline binary: validate, run --
   r = testing::sh(fmt::format("{} run --no-such-flag x.yaml", bin));
   CHECK(r.status == 4);
 }
+
+TEST_CASE_FIXTURE(testing::NetnsFixture, "SIGTERM or Ctrl-C during faultline run reverts the fault, records 'aborted', exits 2") {
+  TempDir dir;
+  {
+    std::ofstream f(dir.path + "/long.yaml");
+    f << fmt::format("apiVersion: faultline/v1\nkind: Experiment\nmetadata:\n  name: long\nmethod:\n"
+                     "  - fault:\n      type: network.bandwidth\n      duration: 10m\n"
+                     "      target: {{interface: veth0, netns: {}}}\n      rate: 1mbit\n",
+                     netns());
+  }
+  for (int sig : {SIGTERM, SIGINT}) {
+    CAPTURE(sig);
+    const std::string out = dir.path + "/out.txt";
+    const std::string cmd = fmt::format("exec {} run --local {}/long.yaml --db {}/long.db > {} 2>&1", FAULTLINE_BIN,
+                                        dir.path, dir.path, out);
+    pid_t pid = 0;
+    const char* argv[] = {"sh", "-c", cmd.c_str(), nullptr};
+    REQUIRE(::posix_spawn(&pid, "/bin/sh", nullptr, nullptr, const_cast<char**>(argv), environ) == 0);
+    // Wait until the fault is applied.
+    std::string text;
+    for (int i = 0; i < 200 && text.find("fault.applied") == std::string::npos; ++i) {
+      std::this_thread::sleep_for(50ms);
+      std::ifstream in(out);
+      text.assign(std::istreambuf_iterator<char>(in), {});
+    }
+    REQUIRE_MESSAGE(text.find("fault.applied") != std::string::npos, text);
+    CHECK(testing::sh(fmt::format("nsenter --net={} tc qdisc show dev veth0", netns())).output.find("tbf") !=
+          std::string::npos);
+    const auto sent = std::chrono::steady_clock::now();
+    ::kill(pid, sig);
+    int status = 0;
+    REQUIRE(::waitpid(pid, &status, 0) == pid);
+    const auto took = std::chrono::steady_clock::now() - sent;
+    std::ifstream in(out);
+    text.assign(std::istreambuf_iterator<char>(in), {});
+    INFO(text);
+    CHECK(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 2);
+    CHECK(took < 5s);
+    CHECK(text.find("verdict: aborted") != std::string::npos);
+    CHECK(testing::sh(fmt::format("nsenter --net={} tc qdisc show dev veth0", netns())).output.find("tbf") ==
+          std::string::npos);
+  }
+}
