@@ -132,7 +132,7 @@ int watchRun(v1::Control::Stub& stub, const std::string& address, const std::str
   if (!status.ok() && verdict == v1::VERDICT_UNSPECIFIED) {
     return rpcError("watching run " + runId, address, status);
   }
-  std::cout << fmt::format("\nverdict: {}  (run {}, exit {})\n", verdictName(verdict), runId, exitCodeFor(verdict));
+  std::cout << fmt::format("\nverdict: {}  (run {}, exit {})\n", verdictWord(verdict), runId, exitCodeFor(verdict));
   return exitCodeFor(verdict);
 }
 

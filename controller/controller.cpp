@@ -15,6 +15,7 @@
 
 #include "agent/agent.h"
 #include "controller/engine.h"
+#include "controller/run_format.h"
 #include "controller/experiment.h"
 #include "controller/probe.h"
 #include "controller/store.h"
@@ -204,7 +205,7 @@ struct Controller::Impl final : v1::Control::CallbackService {
         }
       });
       const auto verdict = engine.run(request, run->stop);
-      spdlog::info("run {} finished: {}", run->id, verdictName(verdict));
+      spdlog::info("run {} finished: {}", run->id, verdictWord(verdict));
       cv.notify_all();
     });
     resp->set_run_id(run->id);

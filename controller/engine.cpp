@@ -8,6 +8,7 @@
 
 #include "agent/agent.h"
 #include "agent/spec.h"
+#include "controller/run_format.h"
 
 namespace faultline::controller {
 
@@ -51,23 +52,6 @@ int exitCodeFor(v1::Verdict verdict) {
       return 2;
     default:
       return 3;
-  }
-}
-
-std::string_view verdictName(v1::Verdict verdict) {
-  switch (verdict) {
-    case v1::VERDICT_HELD:
-      return "held";
-    case v1::VERDICT_VIOLATED:
-      return "violated";
-    case v1::VERDICT_NOT_STEADY:
-      return "not steady";
-    case v1::VERDICT_ABORTED:
-      return "aborted";
-    case v1::VERDICT_ERROR:
-      return "error";
-    default:
-      return "running";
   }
 }
 
@@ -129,7 +113,7 @@ class RunState {
     fleet_.unsubscribe(listener_);
 
     store_.finishRun(req_.runId, verdict, reason, agent::nowTimestamp());
-    v1::RunEvent done = makeEvent("", "run.finished", fmt::format("verdict: {}: {}", verdictName(verdict), reason));
+    v1::RunEvent done = makeEvent("", "run.finished", fmt::format("verdict: {}: {}", verdictWord(verdict), reason));
     done.set_verdict(verdict);
     store_.addEvent(done);
     if (sink_) {

@@ -71,6 +71,5 @@ class RunEngine {
 // The exit code of `faultline run` for a verdict: held 0, violated or not steady 1, aborted 2,
 // error 3.
 [[nodiscard]] int exitCodeFor(v1::Verdict verdict);
-[[nodiscard]] std::string_view verdictName(v1::Verdict verdict);
 
 }  // namespace faultline::controller

@@ -147,8 +147,10 @@ struct PhaseStats {
   std::vector<double> latencies;
 };
 
-// The words of engine.h's verdictName(): the enum value's name without "VERDICT_", in lower
-// case with spaces (held, violated, not steady, aborted, error); "running" while there is none.
+}  // namespace
+
+// The enum value's name without "VERDICT_", in lower case with spaces (held, violated, not
+// steady, aborted, error); "running" while there is none.
 std::string verdictWord(v1::Verdict verdict) {
   if (verdict == v1::VERDICT_UNSPECIFIED || !v1::Verdict_IsValid(verdict)) {
     return "running";
@@ -160,7 +162,6 @@ std::string verdictWord(v1::Verdict verdict) {
   return word;
 }
 
-}  // namespace
 
 std::string formatTimeline(const v1::Run& run) {
   const std::int64_t start = toMicros(run.started_at());

@@ -11,6 +11,9 @@
 
 namespace faultline::controller {
 
+// held, violated, not steady, aborted, error; running while there is no verdict yet.
+[[nodiscard]] std::string verdictWord(v1::Verdict verdict);
+
 // The run's header (id, experiment, trigger, first 12 characters of the file's sha256, start,
 // end, duration, verdict: held, violated, not steady, aborted, error or running, reason), its
 // events in time order as "+SECONDS.mmm  HOST  KIND  MESSAGE" relative to the start (host "-"
