@@ -1,10 +1,14 @@
 // The real ProcessTable and ProcessKillDriver against this kernel: children this test starts are
 // found in /proc and killed through a pidfd.
+#include <chrono>
 #include <csignal>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <doctest/doctest.h>
@@ -31,9 +35,20 @@ class Child {
       args.push_back(a.data());
     }
     args.push_back(nullptr);
-    // glibc's posix_spawn returns once the child has exec'd, so /proc already shows the new image.
     const int rc = ::posix_spawn(&pid_, path.c_str(), nullptr, nullptr, args.data(), environ);
     REQUIRE_MESSAGE(rc == 0, "posix_spawn ", path, ": ", std::strerror(rc));
+    // posix_spawn returns when the kernel releases the vfork parent, which is before the new
+    // image's argv (and comm) are in place: wait until /proc shows the whole command line.
+    std::string expected;
+    for (const auto& a : argv) {
+      expected += a;
+      expected.push_back('\0');
+    }
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    while (readCmdline() != expected && !exited()) {
+      REQUIRE_MESSAGE(std::chrono::steady_clock::now() < deadline, "child ", pid_, " never showed its argv");
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
   }
   Child(const Child&) = delete;
   Child& operator=(const Child&) = delete;
@@ -45,6 +60,17 @@ class Child {
   }
 
   [[nodiscard]] pid_t pid() const { return pid_; }
+
+  // True once the child has ended (it is not reaped).
+  [[nodiscard]] bool exited() const {
+    siginfo_t info{};
+    return ::waitid(P_PID, static_cast<id_t>(pid_), &info, WEXITED | WNOHANG | WNOWAIT) == 0 && info.si_pid == pid_;
+  }
+
+  [[nodiscard]] std::string readCmdline() const {
+    std::ifstream in("/proc/" + std::to_string(pid_) + "/cmdline", std::ios::binary);
+    return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  }
 
   // Reaps the child; returns its wait status.
   int wait() {
@@ -179,7 +205,9 @@ TEST_CASE("process.kill by a 20-byte name kills the child whose comm was cut to 
   faultline::agent::ProcessKillDriver driver(*table);
 
   auto applied = driver.apply(killByName(binary.name()));
-  REQUIRE_MESSAGE(applied, applied.error().message);
+  if (!applied) {
+    FAIL(applied.error().message);
+  }
   CHECK((*applied)->describe().find("pid " + std::to_string(child.pid())) != std::string::npos);
   const int status = child.wait();
   REQUIRE(WIFSIGNALED(status));
@@ -194,7 +222,9 @@ TEST_CASE("process.kill by argv[0] kills a child started under another name") {
   faultline::agent::ProcessKillDriver driver(*table);
 
   auto applied = driver.apply(killByName(argv0, "SIGINT"));
-  REQUIRE_MESSAGE(applied, applied.error().message);
+  if (!applied) {
+    FAIL(applied.error().message);
+  }
   const int status = child.wait();
   REQUIRE(WIFSIGNALED(status));
   CHECK(WTERMSIG(status) == SIGINT);
@@ -206,7 +236,9 @@ TEST_CASE("process.kill by pid kills that child; a pid that does not exist is ES
 
   Child child(LongNamedSleep::sleepBinary(), {"sleep", "60"});
   auto applied = driver.apply(killByPid(child.pid()));
-  REQUIRE_MESSAGE(applied, applied.error().message);
+  if (!applied) {
+    FAIL(applied.error().message);
+  }
   const int status = child.wait();
   REQUIRE(WIFSIGNALED(status));
   CHECK(WTERMSIG(status) == SIGKILL);
