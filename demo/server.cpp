@@ -1,6 +1,5 @@
 #include "demo/server.h"
 
-#include <atomic>
 #include <charconv>
 #include <cmath>
 #include <mutex>
