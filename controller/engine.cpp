@@ -269,13 +269,17 @@ class RunState {
     }
 
     // Hold the fault, sampling the steady state.
+    // Samples start every `every` (a slow sample delays the next one, never overlaps it).
     const auto deadline = injectedAt + f.duration;
+    const bool probing = !req_.experiment.hypothesis.probes.empty();
+    auto nextSample = probing ? Clock::now() : deadline;
     while (Clock::now() < deadline) {
-      if (!req_.experiment.hypothesis.probes.empty()) {
+      if (probing && Clock::now() >= nextSample) {
+        nextSample += req_.experiment.hypothesis.every;
         sampleAll("during");
+        nextSample = std::max(nextSample, Clock::now());
       }
-      const auto left = deadline - Clock::now();
-      const auto nap = std::min<Clock::duration>(left, req_.experiment.hypothesis.every);
+      const auto nap = std::min(deadline, nextSample) - Clock::now();
       if (nap > Clock::duration::zero() && stop_.waitFor(nap)) {
         auto leftover = revertHeld("run aborted: " + stop_.reason());
         return leftover.empty() ? "aborted" : leftover;

@@ -1,4 +1,4 @@
-// faultline-demo --listen ADDR:PORT [--latency DURATION] [--error-rate PERCENT] [--threads N]
+// faultline-demo --listen ADDR:PORT [--latency DURATION] [--error-rate PERCENT] [--body-bytes N] [--threads N]
 // Prints "faultline-demo listening on ADDR:PORT" once it accepts connections; exits 0 on SIGTERM
 // or SIGINT, 1 when it cannot listen, 2 on a usage error.
 #include <csignal>
@@ -28,11 +28,15 @@ int main(int argc, char** argv) {
   std::string latency = "0";
   double errorRate = 0;
   unsigned threads = 1;
+  size_t bodyBytes = 0;
   app.add_option("--listen", listen, "ADDR:PORT to listen on, e.g. 127.0.0.1:8080 or [::]:8080 (port 0: any)")
       ->required();
   app.add_option("--latency", latency, "delay before each answer to GET /, e.g. 200ms, 1.5s")->capture_default_str();
   app.add_option("--error-rate", errorRate, "percent of GET / answered with 500, 0-100")
       ->check(CLI::Range(0.0, 100.0))
+      ->capture_default_str();
+  app.add_option("--body-bytes", bodyBytes, "size of the 200 answer to GET /, padded after \"ok\\n\" (a larger body makes bandwidth limits visible)")
+      ->check(CLI::Range(size_t{0}, size_t{64} << 20))
       ->capture_default_str();
   app.add_option("--threads", threads, "threads serving connections")->check(CLI::Range(1U, 256U))->capture_default_str();
   try {
@@ -56,6 +60,7 @@ int main(int argc, char** argv) {
   options.latency = *delay;
   options.errorRatePercent = errorRate;
   options.threads = threads;
+  options.bodyBytes = bodyBytes;
 
   // Block the stop signals before any server thread starts, so only sigwait() below sees them.
   // A shell starting us in the background may have set SIGINT to "ignore"; sigwait() wants the

@@ -171,6 +171,9 @@ class BeastServer final : public Server {
       co_return response;
     }
     response.body() = "ok\n";
+    if (options_.bodyBytes > response.body().size()) {
+      response.body().append(options_.bodyBytes - response.body().size(), '.');
+    }
     co_return response;
   }
 

@@ -1,7 +1,7 @@
 // faultline-demo: a small HTTP/1.1 service whose latency and error rate are set at start, for the
 // quickstart and the end-to-end tests.
 //
-//   GET /         200 "ok\n" after the configured latency, or 500 "error\n" with probability
+//   GET /         200 "ok\n" (padded to bodyBytes) after the configured latency, or 500 "error\n" with probability
 //                 errorRatePercent (the latency applies to both)
 //   GET /healthz  200 "ok\n" at once, always
 //   other paths   404; other methods 405
@@ -26,6 +26,7 @@ struct ServerOptions {
   boost::asio::ip::tcp::endpoint listen{boost::asio::ip::make_address("127.0.0.1"), 0};  // port 0: any free port
   std::chrono::microseconds latency{0};  // added before every answer to GET /
   double errorRatePercent = 0;           // 0-100: share of GET / answered with 500
+  size_t bodyBytes = 0;                  // GET / 200 body padded with '.' to this many bytes (≥ 3)
   unsigned threads = 1;                  // threads running the server's io_context (at least 1)
   std::optional<uint64_t> seed;          // seeds the error draw; unset: random
 };

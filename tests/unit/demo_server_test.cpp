@@ -195,3 +195,15 @@ TEST_CASE("demo: --listen and --latency parsing") {
   CHECK_FALSE(parseLatency("fast"));
   CHECK_FALSE(parseLatency("2h"));
 }
+
+TEST_CASE("demo: --body-bytes pads the answer to / and leaves /healthz alone") {
+  ServerOptions options;
+  options.bodyBytes = 16384;
+  auto server = startDemo(options);
+  Client client(server->endpoint());
+  auto root = client.get("/");
+  CHECK(root.result_int() == 200);
+  CHECK(root.body().size() == 16384);
+  CHECK(root.body().rfind("ok\n", 0) == 0);
+  CHECK(client.get("/healthz").body() == "ok\n");
+}
