@@ -10,9 +10,8 @@
 namespace faultline::agent {
 
 google::protobuf::Timestamp nowTimestamp() {
-  const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
-                      std::chrono::system_clock::now().time_since_epoch())
-                      .count();
+  const auto ns =
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
   google::protobuf::Timestamp t;
   t.set_seconds(ns / 1'000'000'000);
   t.set_nanos(static_cast<int32_t>(ns % 1'000'000'000));
@@ -56,8 +55,8 @@ void Agent::inject(const v1::Inject& inject) {
   const auto duration = toMicros(inject.duration());
   if (duration <= std::chrono::microseconds{0} || duration > kMaxFaultDuration) {
     report(id, v1::FAULT_STATE_FAILED,
-           fmt::format("duration {} is out of range; accepted: more than 0 and at most {}",
-                       formatDuration(duration), formatDuration(kMaxFaultDuration)),
+           fmt::format("duration {} is out of range; accepted: more than 0 and at most {}", formatDuration(duration),
+                       formatDuration(kMaxFaultDuration)),
            "");
     return;
   }
@@ -164,6 +163,8 @@ SystemDrivers::SystemDrivers() : impl_(std::make_unique<Impl>()) {
 
 SystemDrivers::~SystemDrivers() = default;
 
-FaultDriver& SystemDrivers::router() { return impl_->router; }
+FaultDriver& SystemDrivers::router() {
+  return impl_->router;
+}
 
 }  // namespace faultline::agent

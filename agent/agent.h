@@ -39,8 +39,9 @@ class Agent {
   // Validates, applies and starts the duration timer. A fault id already held is refused.
   // Reports APPLIED, or FAILED with the reason (nothing is left changed then).
   void inject(const v1::Inject& inject);
-  // Reverts one fault; reports REVERTED, or FAILED (the fault stays held for a later retry).
-  // An unknown id (already expired or never applied) is ignored.
+  // Reverts one fault; reports REVERTED, or FAILED (the fault stays held and the revert is
+  // retried every second). Idempotent: an id not held (already reverted or expired, or never
+  // applied) is confirmed as REVERTED with nothing changed.
   void revert(const std::string& faultId);
   // Reverts every fault held; used on RevertAll, lease expiry and shutdown.
   void revertAll(std::string_view reason);

@@ -3,9 +3,9 @@
 #include <filesystem>
 #include <iostream>
 
-#include <CLI/CLI.hpp>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
+#include <CLI/CLI.hpp>
 
 #include "agent/runtime.h"
 
@@ -13,9 +13,10 @@ namespace faultline::agent {
 
 int agentMain(int argc, char** argv) {
   spdlog::set_default_logger(spdlog::stderr_color_mt("faultline-agent"));
-  CLI::App app{"faultline-agent: injects faults on this host on the controller's command, and reverts "
-               "every one when its duration ends, on command, when the controller's lease lapses, and on "
-               "SIGTERM/SIGINT."};
+  CLI::App app{
+      "faultline-agent: injects faults on this host on the controller's command, and reverts "
+      "every one when its duration ends, on command, when the controller's lease lapses, and on "
+      "SIGTERM/SIGINT."};
   SessionOptions options;
   options.hostname = hostName();
   options.agentId = options.hostname;

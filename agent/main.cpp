@@ -1,3 +1,5 @@
 #include "agent/cli.h"
 
-int main(int argc, char** argv) { return faultline::agent::agentMain(argc, argv); }
+int main(int argc, char** argv) {
+  return faultline::agent::agentMain(argc, argv);
+}

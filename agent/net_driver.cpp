@@ -29,9 +29,13 @@ struct Plan {
   QdiscParams params;
 };
 
-FaultError faultError(std::error_code code, std::string message) { return FaultError{code, std::move(message)}; }
+FaultError faultError(std::error_code code, std::string message) {
+  return FaultError{code, std::move(message)};
+}
 
-std::string where(const std::string& netns) { return netns.empty() ? "the agent's network namespace" : netns; }
+std::string where(const std::string& netns) {
+  return netns.empty() ? "the agent's network namespace" : netns;
+}
 
 std::string context(const Plan& plan) {
   return fmt::format("{} on {} in {}", plan.faultName, plan.interface, where(plan.netns));
@@ -50,7 +54,9 @@ std::string qdiscText(const std::optional<QdiscInfo>& q) {
   return q->handle == 0 ? q->kind : fmt::format("{} {}", q->kind, handleText(q->handle));
 }
 
-std::string percentText(double p) { return fmt::format("{:g}%", p); }
+std::string percentText(double p) {
+  return fmt::format("{:g}%", p);
+}
 
 std::string paramsText(const QdiscParams& params) {
   if (const auto* n = std::get_if<NetemParams>(&params)) {
@@ -76,7 +82,9 @@ std::string paramsText(const QdiscParams& params) {
   return fmt::format("tbf rate {}bit/s burst {}B limit {}B", t.rateBitsPerSecond, t.burstBytes, t.limitBytes);
 }
 
-bool isFaultlineHandle(uint32_t handle) { return (handle >> 16) == kFaultlineQdiscMajor; }
+bool isFaultlineHandle(uint32_t handle) {
+  return (handle >> 16) == kFaultlineQdiscMajor;
+}
 
 // The qdisc apply() installed (and no other, even with faultline's major).
 bool isOurs(const std::optional<QdiscInfo>& q, const QdiscParams& params) {
@@ -108,9 +116,10 @@ std::string tableErrorText(const Plan& plan, std::string_view doing, std::error_
     return fmt::format("{}: interface {} does not exist in {}", context(plan), plan.interface, where(plan.netns));
   }
   if (code == std::errc::operation_not_permitted) {
-    return fmt::format("{}: {}: not permitted (the agent needs CAP_NET_ADMIN and, for another namespace, "
-                       "CAP_SYS_ADMIN)",
-                       context(plan), doing);
+    return fmt::format(
+        "{}: {}: not permitted (the agent needs CAP_NET_ADMIN and, for another namespace, "
+        "CAP_SYS_ADMIN)",
+        context(plan), doing);
   }
   return fmt::format("{}: {}: {}", context(plan), doing, code.message());
 }
@@ -123,9 +132,8 @@ tl::expected<Plan, FaultError> planFor(const v1::FaultSpec& spec) {
       const auto& d = spec.network_delay();
       plan.interface = d.target().interface();
       plan.netns = d.target().netns();
-      plan.params = NetemParams{.delay = toMicros(d.delay()),
-                                .jitter = toMicros(d.jitter()),
-                                .delayCorrelationPercent = d.correlation()};
+      plan.params = NetemParams{
+          .delay = toMicros(d.delay()), .jitter = toMicros(d.jitter()), .delayCorrelationPercent = d.correlation()};
       return plan;
     }
     case v1::FaultSpec::kNetworkLoss: {
@@ -162,8 +170,8 @@ class AppliedNetworkFault final : public AppliedFault {
     }
     auto table = open_(plan_.netns);
     if (!table) {
-      return tl::unexpected(faultError(
-          table.error(), tableErrorText(plan_, "revert: cannot open the network namespace", table.error())));
+      return tl::unexpected(
+          faultError(table.error(), tableErrorText(plan_, "revert: cannot open the network namespace", table.error())));
     }
     auto current = (*table)->root(plan_.interface);
     if (!current) {
@@ -175,24 +183,24 @@ class AppliedNetworkFault final : public AppliedFault {
       return {};
     }
     if (!isOurs(*current, plan_.params)) {
-      return tl::unexpected(faultError(
-          std::make_error_code(std::errc::device_or_resource_busy),
-          fmt::format("{}: revert refused: the root qdisc is now {}, not faultline's {} {}; someone else "
-                      "replaced it, so it is left untouched (before the fault it was {})",
-                      context(plan_), qdiscText(*current), kernel::qdiscKind(plan_.params),
-                      handleText(kFaultlineRootHandle), qdiscText(saved_))));
+      return tl::unexpected(
+          faultError(std::make_error_code(std::errc::device_or_resource_busy),
+                     fmt::format("{}: revert refused: the root qdisc is now {}, not faultline's {} {}; someone else "
+                                 "replaced it, so it is left untouched (before the fault it was {})",
+                                 context(plan_), qdiscText(*current), kernel::qdiscKind(plan_.params),
+                                 handleText(kFaultlineRootHandle), qdiscText(saved_))));
     }
     if (auto undone = undo(**table, plan_.interface, saved_); !undone) {
-      return tl::unexpected(faultError(
-          undone.error(),
-          tableErrorText(plan_, fmt::format("revert: cannot put back the root qdisc {}", qdiscText(saved_)),
-                         undone.error())));
+      return tl::unexpected(
+          faultError(undone.error(),
+                     tableErrorText(plan_, fmt::format("revert: cannot put back the root qdisc {}", qdiscText(saved_)),
+                                    undone.error())));
     }
     auto after = (*table)->root(plan_.interface);
     if (!after) {
       return tl::unexpected(faultError(
-          after.error(), tableErrorText(plan_, "revert: reverted, but cannot read the root qdisc back to verify",
-                                        after.error())));
+          after.error(),
+          tableErrorText(plan_, "revert: reverted, but cannot read the root qdisc back to verify", after.error())));
     }
     if (!isRestored(*after, saved_)) {
       return tl::unexpected(faultError(
@@ -205,8 +213,8 @@ class AppliedNetworkFault final : public AppliedFault {
   }
 
   std::string describe() const override {
-    return fmt::format("{} on {} in {} (root was {})", paramsText(plan_.params), plan_.interface,
-                       where(plan_.netns), qdiscText(saved_));
+    return fmt::format("{} on {} in {} (root was {})", paramsText(plan_.params), plan_.interface, where(plan_.netns),
+                       qdiscText(saved_));
   }
 
  private:
@@ -216,9 +224,13 @@ class AppliedNetworkFault final : public AppliedFault {
   bool reverted_ = false;
 };
 
-uint64_t ceilDiv(uint64_t a, uint64_t b) { return (a + b - 1) / b; }
+uint64_t ceilDiv(uint64_t a, uint64_t b) {
+  return (a + b - 1) / b;
+}
 
-uint32_t capU32(uint64_t v) { return static_cast<uint32_t>(std::min<uint64_t>(v, std::numeric_limits<uint32_t>::max())); }
+uint32_t capU32(uint64_t v) {
+  return static_cast<uint32_t>(std::min<uint64_t>(v, std::numeric_limits<uint32_t>::max()));
+}
 
 }  // namespace
 
@@ -247,8 +259,7 @@ std::string missingQdiscMessage(std::string_view kind) {
   for (char c : kind) {
     option.push_back(static_cast<char>(std::toupper(static_cast<unsigned char>(c))));
   }
-  return fmt::format("the kernel has no {0} qdisc (CONFIG_NET_SCH_{1}): load it with `modprobe sch_{0}`", kind,
-                     option);
+  return fmt::format("the kernel has no {0} qdisc (CONFIG_NET_SCH_{1}): load it with `modprobe sch_{0}`", kind, option);
 }
 
 NetworkFaultDriver::NetworkFaultDriver(QdiscTableOpener open) : open_(std::move(open)) {}
@@ -276,10 +287,10 @@ tl::expected<std::unique_ptr<AppliedFault>, FaultError> NetworkFaultDriver::appl
         faultError(before.error(), tableErrorText(*plan, "cannot read the root qdisc", before.error())));
   }
   if (*before && isFaultlineHandle((*before)->handle)) {
-    return tl::unexpected(faultError(
-        std::make_error_code(std::errc::file_exists),
-        fmt::format("{}: interface {} already carries faultline fault ({}); one network fault per interface",
-                    context(*plan), plan->interface, qdiscText(*before))));
+    return tl::unexpected(
+        faultError(std::make_error_code(std::errc::file_exists),
+                   fmt::format("{}: interface {} already carries faultline fault ({}); one network fault per interface",
+                               context(*plan), plan->interface, qdiscText(*before))));
   }
   if (auto replaced = (*table)->replaceRoot(plan->interface, kFaultlineRootHandle, plan->params); !replaced) {
     const std::error_code code = replaced.error();

@@ -35,7 +35,9 @@ std::string_view exeName(std::string_view exe) {
 }
 
 // argv[0] is the cmdline up to its first separator (NULs were turned into spaces).
-std::string_view argv0Name(std::string_view cmdline) { return baseName(cmdline.substr(0, cmdline.find(' '))); }
+std::string_view argv0Name(std::string_view cmdline) {
+  return baseName(cmdline.substr(0, cmdline.find(' ')));
+}
 
 bool nameMatches(const ProcessInfo& p, std::string_view name) {
   if (p.comm == name) {
@@ -52,9 +54,13 @@ std::string signalName(int sig) {
   return abbrev != nullptr ? fmt::format("SIG{}", abbrev) : fmt::format("signal {}", sig);
 }
 
-std::string commandLine(const ProcessInfo& p) { return p.cmdline.empty() ? "[" + p.comm + "]" : p.cmdline; }
+std::string commandLine(const ProcessInfo& p) {
+  return p.cmdline.empty() ? "[" + p.comm + "]" : p.cmdline;
+}
 
-std::string describeProcess(const ProcessInfo& p) { return fmt::format("pid {} ({})", p.pid, commandLine(p)); }
+std::string describeProcess(const ProcessInfo& p) {
+  return fmt::format("pid {} ({})", p.pid, commandLine(p));
+}
 
 // Why a process may never be chosen; empty when it may.
 std::string protectionReason(const ProcessInfo& p, pid_t self, const std::unordered_set<pid_t>& ancestors) {
@@ -117,8 +123,8 @@ tl::expected<std::unique_ptr<AppliedFault>, FaultError> ProcessKillDriver::apply
                                   fmt::format("invalid spec: {}: {}", valid.error().field, valid.error().message)));
   }
   if (spec.kind_case() != v1::FaultSpec::kProcessKill) {
-    return tl::unexpected(failure(std::errc::invalid_argument,
-                                  fmt::format("the process driver cannot apply {}", faultKindName(spec))));
+    return tl::unexpected(
+        failure(std::errc::invalid_argument, fmt::format("the process driver cannot apply {}", faultKindName(spec))));
   }
   const auto& kill = spec.process_kill();
   const int sig = parseSignal(kill.signal());
@@ -166,11 +172,11 @@ tl::expected<std::unique_ptr<AppliedFault>, FaultError> ProcessKillDriver::apply
         }
         also.pop_back();
       }
-      return tl::unexpected(failure(
-          std::errc::no_such_process,
-          fmt::format("no process named '{}' (searched comm, executable and argv[0] of {} processes; pid 1, "
-                      "kernel threads and the agent are never chosen{})",
-                      kill.name(), processes.size(), also)));
+      return tl::unexpected(
+          failure(std::errc::no_such_process,
+                  fmt::format("no process named '{}' (searched comm, executable and argv[0] of {} processes; pid 1, "
+                              "kernel threads and the agent are never chosen{})",
+                              kill.name(), processes.size(), also)));
     }
   }
 
@@ -192,8 +198,8 @@ tl::expected<std::unique_ptr<AppliedFault>, FaultError> ProcessKillDriver::apply
     }
   }
   if (signalled.empty()) {
-    return tl::unexpected(FaultError{firstError, fmt::format("process.kill: could not send {}: {}", signalName(sig),
-                                                             fmt::join(missed, "; "))});
+    return tl::unexpected(FaultError{
+        firstError, fmt::format("process.kill: could not send {}: {}", signalName(sig), fmt::join(missed, "; "))});
   }
   std::string description = fmt::format("{} sent to {}", signalName(sig), fmt::join(signalled, ", "));
   if (!missed.empty()) {

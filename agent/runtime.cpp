@@ -5,10 +5,10 @@
 #include <future>
 #include <thread>
 
+#include <spdlog/spdlog.h>
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
-#include <spdlog/spdlog.h>
 
 #include "agent/kernel/qdisc_table.h"
 
@@ -62,7 +62,9 @@ AgentRuntime::AgentRuntime(SessionOptions options, bool probeKernel) {
   impl_ = std::make_unique<Impl>(std::move(options));
 }
 
-AgentRuntime::~AgentRuntime() { stop(); }
+AgentRuntime::~AgentRuntime() {
+  stop();
+}
 
 void AgentRuntime::start() {
   boost::asio::post(impl_->io, [this] { impl_->session.start(); });

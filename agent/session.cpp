@@ -6,16 +6,18 @@
 #include <deque>
 #include <mutex>
 
-#include <boost/asio/post.hpp>
 #include <grpcpp/grpcpp.h>
 #include <spdlog/spdlog.h>
+#include <boost/asio/post.hpp>
 
 #include "agent/spec.h"
 #include "faultline/v1/agent_gateway.grpc.pb.h"
 
 namespace faultline::agent {
 
-std::string agentVersion() { return "0.1.0"; }
+std::string agentVersion() {
+  return "0.1.0";
+}
 
 std::string kernelRelease() {
   utsname u{};
@@ -133,8 +135,8 @@ class Session::Stream final : public grpc::ClientBidiReactor<v1::AgentMessage, v
   bool holdReleased_ = false;
   std::mutex doneMutex_;
   std::condition_variable doneCv_;
-  bool detached_ = false;  // the session let go: post nothing more to it
-  bool done_ = false;      // OnDone has run
+  bool detached_ = false;         // the session let go: post nothing more to it
+  bool done_ = false;             // OnDone has run
   std::shared_ptr<Stream> self_;  // keeps the reactor alive until OnDone
 };
 
@@ -148,7 +150,9 @@ Session::Session(boost::asio::io_context& io, Agent& agent, SessionOptions optio
       lease_(options_.defaultLease),
       backoff_(options_.minBackoff) {}
 
-Session::~Session() { stop(); }
+Session::~Session() {
+  stop();
+}
 
 void Session::start() {
   stopped_ = false;
@@ -168,7 +172,9 @@ void Session::stop() {
   welcomed_ = false;
 }
 
-bool Session::connected() const { return welcomed_; }
+bool Session::connected() const {
+  return welcomed_;
+}
 
 void Session::connect() {
   if (stopped_) {

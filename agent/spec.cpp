@@ -1,11 +1,11 @@
 #include "spec.h"
 
-#include <csignal>
+#include <string.h>  // sigabbrev_np
 #include <cctype>
 #include <charconv>
 #include <cmath>
+#include <csignal>
 #include <cstring>
-#include <string.h>  // sigabbrev_np
 
 #include <fmt/format.h>
 
@@ -16,7 +16,9 @@ using std::chrono::microseconds;
 
 constexpr std::chrono::hours kMaxDelay{1};
 
-std::string pct(double v) { return fmt::format("{:g}", v); }
+std::string pct(double v) {
+  return fmt::format("{:g}", v);
+}
 
 tl::expected<void, SpecError> fail(std::string field, std::string message) {
   return tl::unexpected(SpecError{std::move(field), std::move(message)});
@@ -109,8 +111,8 @@ tl::expected<void, SpecError> validateFaultSpec(const v1::FaultSpec& spec) {
       const auto delay = toMicros(d.delay());
       const auto jitter = toMicros(d.jitter());
       if (delay <= microseconds{0} || delay > kMaxDelay) {
-        return fail("delay", fmt::format("{} is out of range; accepted: more than 0 and at most 1h",
-                                         formatDuration(delay)));
+        return fail("delay",
+                    fmt::format("{} is out of range; accepted: more than 0 and at most 1h", formatDuration(delay)));
       }
       if (jitter < microseconds{0} || jitter > delay) {
         return fail("jitter", fmt::format("{} is out of range; accepted: from 0 up to the delay ({})",
@@ -134,8 +136,7 @@ tl::expected<void, SpecError> validateFaultSpec(const v1::FaultSpec& spec) {
         return r;
       }
       if (b.rate_bps() < 8 || b.rate_bps() > (uint64_t{1} << 40)) {
-        return fail("rate", fmt::format("{} bit/s is out of range; accepted: 8bit to 1tbit per second",
-                                        b.rate_bps()));
+        return fail("rate", fmt::format("{} bit/s is out of range; accepted: 8bit to 1tbit per second", b.rate_bps()));
       }
       return {};
     }

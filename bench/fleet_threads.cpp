@@ -85,8 +85,8 @@ int main(int argc, char** argv) {
       if (i % perChannel == 0) {
         grpc::ChannelArguments args;
         args.SetInt("grpc.channel_id", i / perChannel);  // distinct channels, not one shared connection
-        channels.push_back(grpc::CreateCustomChannel(fmt::format("127.0.0.1:{}", port),
-                                                     grpc::InsecureChannelCredentials(), args));
+        channels.push_back(
+            grpc::CreateCustomChannel(fmt::format("127.0.0.1:{}", port), grpc::InsecureChannelCredentials(), args));
         stubs.push_back(v1::AgentGateway::NewStub(channels.back()));
       }
       agents.push_back(std::make_unique<FakeAgent>(*stubs.back(), i));
@@ -95,8 +95,8 @@ int main(int argc, char** argv) {
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     const long threads1 = statusField("Threads");
     const long rss1 = statusField("VmRSS");
-    std::cout << fmt::format("agents registered: {} of {} in {:.2f}s ({} channels)\n", ctl.gateway().agents().size(),
-                             n, secs, channels.size());
+    std::cout << fmt::format("agents registered: {} of {} in {:.2f}s ({} channels)\n", ctl.gateway().agents().size(), n,
+                             secs, channels.size());
     std::cout << fmt::format("threads (controller + fake agents, one process): {} before, {} after\n", threads0,
                              threads1);
     std::cout << fmt::format("RSS: {} KiB before, {} KiB after ({:.1f} KiB per agent, both sides)\n", rss0, rss1,

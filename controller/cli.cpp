@@ -9,12 +9,12 @@
 #include <sstream>
 #include <thread>
 
-#include <CLI/CLI.hpp>
 #include <fmt/format.h>
 #include <google/protobuf/util/time_util.h>
 #include <grpcpp/grpcpp.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
+#include <CLI/CLI.hpp>
 
 #include "agent/runtime.h"
 #include "agent/spec.h"
@@ -62,9 +62,10 @@ std::unique_ptr<v1::Control::Stub> controlStub(const std::string& address) {
 
 int rpcError(const std::string& what, const std::string& address, const grpc::Status& s) {
   if (s.error_code() == grpc::StatusCode::UNAVAILABLE || s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
-    std::cerr << fmt::format("faultline: {}: cannot reach the controller at {} ({}); is `faultline controller` "
-                             "running there? (--controller ADDR)\n",
-                             what, address, s.error_message());
+    std::cerr << fmt::format(
+        "faultline: {}: cannot reach the controller at {} ({}); is `faultline controller` "
+        "running there? (--controller ADDR)\n",
+        what, address, s.error_message());
   } else {
     std::cerr << fmt::format("faultline: {}: {}\n", what, s.error_message());
   }
@@ -356,18 +357,21 @@ int showCommand(const std::string& runId, const std::string& address, const std:
 int cliMain(int argc, char** argv) {
   // Logs go to stderr; stdout carries what the command prints (events, tables, timelines).
   spdlog::set_default_logger(spdlog::stderr_color_mt("faultline"));
-  CLI::App app{"faultline: chaos experiments on Linux hosts. Runs experiment files against agents, checks the "
-               "steady state, injects faults, reverts them and records the outcome."};
+  CLI::App app{
+      "faultline: chaos experiments on Linux hosts. Runs experiment files against agents, checks the "
+      "steady state, injects faults, reverts them and records the outcome."};
   app.require_subcommand(1);
 
   RunOptions run;
-  auto* runCmd = app.add_subcommand("run", "run an experiment file and print its events as they happen; exit 0 "
-                                           "held, 1 violated, 2 aborted, 3 execution error, 4 invalid file or usage");
+  auto* runCmd = app.add_subcommand("run",
+                                    "run an experiment file and print its events as they happen; exit 0 "
+                                    "held, 1 violated, 2 aborted, 3 execution error, 4 invalid file or usage");
   runCmd->add_option("FILE", run.file, "experiment file (YAML, apiVersion: faultline/v1)")->required();
   auto* ctrlOpt = runCmd->add_option("--controller", run.controller,
                                      fmt::format("controller address HOST:PORT (default {})", kDefaultController));
-  runCmd->add_flag("--local", run.local,
-                   "run an embedded controller and an in-process agent on this host (records in --db)")
+  runCmd
+      ->add_flag("--local", run.local,
+                 "run an embedded controller and an in-process agent on this host (records in --db)")
       ->excludes(ctrlOpt);
   runCmd->add_option("--db", run.db, "record file for --local")->capture_default_str();
   runCmd->add_option("--trigger", run.trigger, "who started the run: cli, ci or schedule")->capture_default_str();
@@ -377,7 +381,8 @@ int cliMain(int argc, char** argv) {
   runCmd->add_flag("-v,--verbose", verbose, "also log what the embedded controller and agent do (stderr)");
 
   std::string validateFile;
-  auto* validateCmd = app.add_subcommand("validate", "check an experiment file without running it; exit 0 valid, 4 invalid");
+  auto* validateCmd =
+      app.add_subcommand("validate", "check an experiment file without running it; exit 0 valid, 4 invalid");
   validateCmd->add_option("FILE", validateFile, "experiment file")->required();
 
   ControllerOptions copts;
@@ -386,7 +391,8 @@ int cliMain(int argc, char** argv) {
   auto* ctrlCmd = app.add_subcommand("controller", "run the controller: agents dial it, the CLI submits runs to it");
   ctrlCmd->add_option("--listen", copts.listen, "address to listen on, HOST:PORT")->capture_default_str();
   ctrlCmd->add_option("--db", copts.dbPath, "SQLite file for run records")->capture_default_str();
-  ctrlCmd->add_option("--lease", leaseText, "agents revert every fault after this long without word from the controller")
+  ctrlCmd
+      ->add_option("--lease", leaseText, "agents revert every fault after this long without word from the controller")
       ->capture_default_str();
 
   std::string address = kDefaultController;

@@ -15,9 +15,9 @@
 
 #include "agent/agent.h"
 #include "controller/engine.h"
-#include "controller/run_format.h"
 #include "controller/experiment.h"
 #include "controller/probe.h"
+#include "controller/run_format.h"
 #include "controller/store.h"
 #include "faultline/v1/control.grpc.pb.h"
 
@@ -155,7 +155,8 @@ grpc::ServerUnaryReactor* finishNow(grpc::CallbackServerContext* ctx, const grpc
 
 struct Controller::Impl final : v1::Control::CallbackService {
   explicit Impl(ControllerOptions o)
-      : options(std::move(o)), gateway(GatewayOptions{options.lease, std::max(options.lease / 5, std::chrono::milliseconds{100})}) {}
+      : options(std::move(o)),
+        gateway(GatewayOptions{options.lease, std::max(options.lease / 5, std::chrono::milliseconds{100})}) {}
 
   ControllerOptions options;
   Gateway gateway;
@@ -180,8 +181,8 @@ struct Controller::Impl final : v1::Control::CallbackService {
     }
     auto run = std::make_shared<ActiveRun>();
     run->id = newRunId();
-    RunRequest request{run->id, fileName, sha256Hex(req->experiment()),
-                       req->trigger().empty() ? "cli" : req->trigger(), std::move(*parsed)};
+    RunRequest request{run->id, fileName, sha256Hex(req->experiment()), req->trigger().empty() ? "cli" : req->trigger(),
+                       std::move(*parsed)};
     {
       std::lock_guard lock(mutex);
       if (shuttingDown) {
@@ -247,8 +248,8 @@ struct Controller::Impl final : v1::Control::CallbackService {
     std::lock_guard lock(mutex);
     auto it = runs.find(req->run_id());
     if (it == runs.end()) {
-      return finishNow(ctx, grpc::Status(grpc::StatusCode::NOT_FOUND,
-                                         fmt::format("no active run with id '{}'", req->run_id())));
+      return finishNow(
+          ctx, grpc::Status(grpc::StatusCode::NOT_FOUND, fmt::format("no active run with id '{}'", req->run_id())));
     }
     it->second->stop.request(req->reason().empty() ? "aborted on request" : req->reason());
     return finishNow(ctx, grpc::Status::OK);
@@ -258,7 +259,8 @@ struct Controller::Impl final : v1::Control::CallbackService {
                                    v1::Run* resp) override {
     auto rec = store->getRun(req->run_id());
     if (!rec) {
-      return finishNow(ctx, grpc::Status(grpc::StatusCode::NOT_FOUND, fmt::format("no run with id '{}'", req->run_id())));
+      return finishNow(ctx,
+                       grpc::Status(grpc::StatusCode::NOT_FOUND, fmt::format("no run with id '{}'", req->run_id())));
     }
     *resp = std::move(*rec);
     return finishNow(ctx, grpc::Status::OK);
@@ -309,7 +311,9 @@ struct Controller::Impl final : v1::Control::CallbackService {
 
 Controller::Controller(ControllerOptions options) : impl_(std::make_unique<Impl>(std::move(options))) {}
 
-Controller::~Controller() { shutdown(); }
+Controller::~Controller() {
+  shutdown();
+}
 
 int Controller::start() {
   impl_->store = openSqliteStore(impl_->options.dbPath);
@@ -323,8 +327,8 @@ int Controller::start() {
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
   impl_->server = builder.BuildAndStart();
   if (!impl_->server || port == 0) {
-    throw std::runtime_error(fmt::format("cannot listen on {} (address in use, or not an address of this host?)",
-                                         impl_->options.listen));
+    throw std::runtime_error(
+        fmt::format("cannot listen on {} (address in use, or not an address of this host?)", impl_->options.listen));
   }
   spdlog::info("controller listening on {} (port {}), records in {}", impl_->options.listen, port,
                impl_->options.dbPath);
@@ -364,6 +368,8 @@ void Controller::shutdown() {
   }
 }
 
-Gateway& Controller::gateway() { return impl_->gateway; }
+Gateway& Controller::gateway() {
+  return impl_->gateway;
+}
 
 }  // namespace faultline::controller

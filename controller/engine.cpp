@@ -97,9 +97,11 @@ class RunState {
     record.set_trigger(req_.trigger);
     *record.mutable_started_at() = agent::nowTimestamp();
     store_.createRun(record);
-    event("", "run.started", fmt::format("experiment {} from {} (sha256 {}), trigger {}", req_.experiment.name,
-                                         req_.fileName, req_.fileSha256.substr(0, 12), req_.trigger));
-    listener_ = fleet_.subscribe([this](const std::string& agentId, const v1::FaultReport& r) { onReport(agentId, r); });
+    event("", "run.started",
+          fmt::format("experiment {} from {} (sha256 {}), trigger {}", req_.experiment.name, req_.fileName,
+                      req_.fileSha256.substr(0, 12), req_.trigger));
+    listener_ =
+        fleet_.subscribe([this](const std::string& agentId, const v1::FaultReport& r) { onReport(agentId, r); });
 
     auto [verdict, reason] = body();
     // Rollback always runs, whatever ended the run.
@@ -210,8 +212,9 @@ class RunState {
   // Returns "" on success, else the reason the run must stop.
   std::string runFault(size_t index, const FaultStep& f, const std::vector<v1::AgentInfo>& targets) {
     const auto kind = faultKindName(f.spec);
-    event("", "step.fault", fmt::format("step {}: {} '{}' for {} on {} host(s)", index + 1, kind, f.name,
-                                        formatDuration(f.duration), targets.size()));
+    event("", "step.fault",
+          fmt::format("step {}: {} '{}' for {} on {} host(s)", index + 1, kind, f.name, formatDuration(f.duration),
+                      targets.size()));
     std::vector<std::string> ids;
     for (const auto& t : targets) {
       const std::string id = fmt::format("{}/{}/{}", req_.runId, index + 1, t.agent_id());
@@ -322,9 +325,8 @@ class RunState {
       if (settled(h.state)) {
         continue;
       }
-      left += fmt::format("{}fault {} on host {} not confirmed reverted within {} ({}){}", left.empty() ? "" : "; ",
-                          id, h.host, formatDuration(options_.revertTimeout), why,
-                          h.error.empty() ? "" : ": " + h.error);
+      left += fmt::format("{}fault {} on host {} not confirmed reverted within {} ({}){}", left.empty() ? "" : "; ", id,
+                          h.host, formatDuration(options_.revertTimeout), why, h.error.empty() ? "" : ": " + h.error);
       h.state = v1::FAULT_STATE_FAILED;
       h.unconfirmed = false;
     }
@@ -400,8 +402,8 @@ class RunState {
       rec.set_latency_ms(static_cast<double>(s.latency.count()) / 1000.0);
       rec.set_detail(s.detail);
       store_.addSample(req_.runId, rec);
-      v1::RunEvent e = makeEvent("", s.ok ? "probe.ok" : "probe.failed",
-                                 fmt::format("{} ({}): {}", p.name, phase, s.detail));
+      v1::RunEvent e =
+          makeEvent("", s.ok ? "probe.ok" : "probe.failed", fmt::format("{} ({}): {}", p.name, phase, s.detail));
       *e.mutable_at() = at;
       if (sink_) {
         sink_(e);
@@ -412,9 +414,8 @@ class RunState {
           violated_ = true;
         }
         if (firstFailure_.empty()) {
-          firstFailure_ = fmt::format("probe {} failed {} the fault{}: {}", p.name,
-                                      phase == "during" ? "while" : phase, phase == "during" ? " was active" : "s",
-                                      s.detail);
+          firstFailure_ = fmt::format("probe {} failed {} the fault{}: {}", p.name, phase == "during" ? "while" : phase,
+                                      phase == "during" ? " was active" : "s", s.detail);
           if (phase == "before") {
             firstFailure_ = fmt::format("probe {}: {}", p.name, s.detail);
           }

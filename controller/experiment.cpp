@@ -24,8 +24,8 @@ using std::chrono::nanoseconds;
 
 using KeyList = std::span<const std::string_view>;
 
-constexpr std::array<std::string_view, 6> kRootKeys{"apiVersion", "kind", "metadata", "targets", "steadyState",
-                                                    "method"};
+constexpr std::array<std::string_view, 6> kRootKeys{"apiVersion", "kind",        "metadata",
+                                                    "targets",    "steadyState", "method"};
 constexpr std::array<std::string_view, 2> kMetadataKeys{"name", "description"};
 constexpr std::array<std::string_view, 2> kTargetsKeys{"selector", "mode"};
 constexpr std::array<std::string_view, 2> kSteadyStateKeys{"every", "probes"};
@@ -35,16 +35,16 @@ constexpr std::array<std::string_view, 2> kStepKeys{"fault", "wait"};
 constexpr std::array<std::string_view, 2> kNetworkTargetKeys{"interface", "netns"};
 constexpr std::array<std::string_view, 2> kProcessKeys{"pid", "name"};
 
-constexpr std::array<std::string_view, 7> kDelayKeys{"name",   "type",   "duration",   "target",
-                                                     "delay",  "jitter", "correlation"};
+constexpr std::array<std::string_view, 7> kDelayKeys{"name",  "type",   "duration",   "target",
+                                                     "delay", "jitter", "correlation"};
 constexpr std::array<std::string_view, 6> kLossKeys{"name", "type", "duration", "target", "percent", "correlation"};
-constexpr std::array<std::string_view, 7> kBandwidthKeys{"name", "type", "duration", "target",
+constexpr std::array<std::string_view, 7> kBandwidthKeys{"name", "type",  "duration", "target",
                                                          "rate", "burst", "limit"};
 constexpr std::array<std::string_view, 5> kKillKeys{"name", "type", "duration", "process", "signal"};
 // Every key some fault type accepts: the candidates when the type itself is missing or wrong.
-constexpr std::array<std::string_view, 13> kAnyFaultKeys{"name",    "type",  "duration", "target", "delay",
-                                                         "jitter",  "correlation", "percent", "rate",
-                                                         "burst",   "limit", "process",  "signal"};
+constexpr std::array<std::string_view, 13> kAnyFaultKeys{"name",   "type",        "duration", "target", "delay",
+                                                         "jitter", "correlation", "percent",  "rate",   "burst",
+                                                         "limit",  "process",     "signal"};
 
 enum class FaultKind { kDelay, kLoss, kBandwidth, kKill };
 
@@ -177,7 +177,8 @@ bool isExperimentName(std::string_view s) {
   if (s.empty() || s.size() > 63 || s.front() == '-') {
     return false;
   }
-  return std::all_of(s.begin(), s.end(), [](char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-'; });
+  return std::all_of(s.begin(), s.end(),
+                     [](char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-'; });
 }
 
 // What is wrong with an http probe URL; "" when it is fine.
@@ -443,8 +444,9 @@ std::optional<MapNode> Parser::openMap(const Field& f, std::string_view accepted
 void Parser::rejectUnknown(const MapNode& m, KeyList accepted) {
   for (const Entry& e : m.entries) {
     if (!contains(accepted, e.key)) {
-      error(e.keyNode.Mark(), e.field.path,
-            fmt::format("unknown key '{}'{}; accepted here: {}", e.key, suggestion(e.key, accepted), joinKeys(accepted)));
+      error(
+          e.keyNode.Mark(), e.field.path,
+          fmt::format("unknown key '{}'{}; accepted here: {}", e.key, suggestion(e.key, accepted), joinKeys(accepted)));
     }
   }
 }
@@ -510,8 +512,9 @@ std::optional<nanoseconds> Parser::durationIn(const Field& f, nanoseconds min, n
     return std::nullopt;
   }
   if (wholeMillis && *d % 1ms != 0ns) {
-    error(f.mark, f.path,
-          fmt::format("{} is not a whole number of milliseconds; accepted: {} in steps of 1ms", f.value.Scalar(), range));
+    error(
+        f.mark, f.path,
+        fmt::format("{} is not a whole number of milliseconds; accepted: {} in steps of 1ms", f.value.Scalar(), range));
     return std::nullopt;
   }
   return d;
@@ -586,17 +589,18 @@ std::optional<uint32_t> Parser::size(const Field& f) {
   }
   const auto& [value, unit] = *number;
   static constexpr std::array<std::pair<std::string_view, double>, 7> kUnits{{{"b", 1},
-                                                                               {"kb", 1024.0},
-                                                                               {"kib", 1024.0},
-                                                                               {"mb", 1024.0 * 1024},
-                                                                               {"mib", 1024.0 * 1024},
-                                                                               {"gb", 1024.0 * 1024 * 1024},
-                                                                               {"gib", 1024.0 * 1024 * 1024}}};
+                                                                              {"kb", 1024.0},
+                                                                              {"kib", 1024.0},
+                                                                              {"mb", 1024.0 * 1024},
+                                                                              {"mib", 1024.0 * 1024},
+                                                                              {"gb", 1024.0 * 1024 * 1024},
+                                                                              {"gib", 1024.0 * 1024 * 1024}}};
   for (const auto& [name, multiplier] : kUnits) {
     if (unit == name) {
       const double bytes = std::round(value * multiplier);
       if (bytes < 1 || bytes > std::numeric_limits<uint32_t>::max()) {
-        error(f.mark, f.path, fmt::format("{} is out of range; accepted: from 1b to 4294967295b (just under 4gib)", *text));
+        error(f.mark, f.path,
+              fmt::format("{} is out of range; accepted: from 1b to 4294967295b (just under 4gib)", *text));
         return std::nullopt;
       }
       return static_cast<uint32_t>(bytes);
@@ -878,8 +882,9 @@ void Parser::checkFaultKeys(const MapNode& m, const FaultType* type) {
             fmt::format("'{}' belongs to {}, not to {}; accepted for {}: {}", e.key, owners, type->name, type->name,
                         joinKeys(accepted)));
     } else {
-      error(e.keyNode.Mark(), e.field.path,
-            fmt::format("unknown key '{}'{}; accepted here: {}", e.key, suggestion(e.key, accepted), joinKeys(accepted)));
+      error(
+          e.keyNode.Mark(), e.field.path,
+          fmt::format("unknown key '{}'{}; accepted here: {}", e.key, suggestion(e.key, accepted), joinKeys(accepted)));
     }
   }
 }
@@ -900,7 +905,7 @@ std::optional<FaultStep> Parser::parseFault(const Field& f) {
       }
       if (type == nullptr) {
         static constexpr std::array<std::string_view, 4> kNames{"network.delay", "network.loss", "network.bandwidth",
-                                                                 "process.kill"};
+                                                                "process.kill"};
         error(t->mark, t->path,
               fmt::format("unknown fault type '{}'{}; accepted: {}", *v, suggestion(*v, kNames), kFaultTypeNames));
       }
@@ -1101,7 +1106,8 @@ void Parser::validateSpec(v1::FaultSpec spec, const MapNode& fault, size_t fault
     const std::string relative = filePathOfSpecField(spec, field);
     const YAML::Mark mark = markOf(fault.self, relative);
     // jitter is compared with the delay: after a bad delay that comparison says nothing.
-    const bool afterBadDelay = field == "jitter" && std::find(reported.begin(), reported.end(), "delay") != reported.end();
+    const bool afterBadDelay =
+        field == "jitter" && std::find(reported.begin(), reported.end(), "delay") != reported.end();
     if (const std::string path = childPath(fault.self.path, relative); !alreadyReported(path) && !afterBadDelay) {
       error(mark, path, r.error().message);
     }

@@ -37,10 +37,10 @@ struct Targets {
 };
 
 struct HttpProbe {
-  std::string url;                              // http://HOST[:PORT]/PATH (no TLS in v1)
+  std::string url;  // http://HOST[:PORT]/PATH (no TLS in v1)
   int expectStatus = 200;
-  std::chrono::milliseconds maxLatency{1000};   // a slower answer is a failed sample
-  std::chrono::milliseconds timeout{2000};      // no answer by then is a failed sample
+  std::chrono::milliseconds maxLatency{1000};  // a slower answer is a failed sample
+  std::chrono::milliseconds timeout{2000};     // no answer by then is a failed sample
 };
 
 struct Probe {
@@ -54,8 +54,8 @@ struct Hypothesis {
 };
 
 struct FaultStep {
-  std::string name;                 // for events and records; defaults to the fault type
-  v1::FaultSpec spec;               // passed validateFaultSpec()
+  std::string name;                       // for events and records; defaults to the fault type
+  v1::FaultSpec spec;                     // passed validateFaultSpec()
   std::chrono::milliseconds duration{0};  // > 0: the fault is held this long, then reverted
 };
 
@@ -78,6 +78,6 @@ struct Experiment {
 // returned (at least one), sorted by line and column; a YAML syntax error is returned alone.
 // fileName is used in diagnostics only. Pure function of its input: no I/O, thread-safe.
 [[nodiscard]] tl::expected<Experiment, std::vector<Diagnostic>> parseExperiment(std::string_view yaml,
-                                                                              const std::string& fileName);
+                                                                                const std::string& fileName);
 
 }  // namespace faultline::controller

@@ -1,3 +1,5 @@
 #include "controller/cli.h"
 
-int main(int argc, char** argv) { return faultline::controller::cliMain(argc, argv); }
+int main(int argc, char** argv) {
+  return faultline::controller::cliMain(argc, argv);
+}

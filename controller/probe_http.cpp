@@ -29,7 +29,7 @@ using tcp = asio::ip::tcp;
 using Clock = std::chrono::steady_clock;
 
 struct Url {
-  std::string host;    // name or address, without IPv6 brackets
+  std::string host;  // name or address, without IPv6 brackets
   uint16_t port = 80;
   std::string target;  // path and query, at least "/"
   bool literal = false;
@@ -263,6 +263,8 @@ class HttpProbeRunner final : public ProbeRunner {
 
 }  // namespace
 
-std::unique_ptr<ProbeRunner> makeHttpProbeRunner() { return std::make_unique<HttpProbeRunner>(); }
+std::unique_ptr<ProbeRunner> makeHttpProbeRunner() {
+  return std::make_unique<HttpProbeRunner>();
+}
 
 }  // namespace faultline::controller

@@ -113,8 +113,8 @@ std::string localIso(const google::protobuf::Timestamp& t, bool withMillis) {
   }
   const long offsetMin = tm.tm_gmtoff / 60;
   const long absMin = std::labs(offsetMin);
-  std::string out = fmt::format("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}", tm.tm_year + 1900, tm.tm_mon + 1,
-                                tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+  std::string out = fmt::format("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
+                                tm.tm_hour, tm.tm_min, tm.tm_sec);
   if (withMillis) {
     out += fmt::format(".{:03}", frac / 1000);
   }
@@ -161,7 +161,6 @@ std::string verdictWord(v1::Verdict verdict) {
   }
   return word;
 }
-
 
 std::string formatTimeline(const v1::Run& run) {
   const std::int64_t start = toMicros(run.started_at());
@@ -232,8 +231,8 @@ std::string formatTimeline(const v1::Run& run) {
       std::sort(s.latencies.begin(), s.latencies.end());
       const std::size_t n = s.latencies.size();
       const double p50 = s.latencies[(n + 1) / 2 - 1];  // nearest rank
-      rows.push_back({probe, key.second, fmt::format("{}", n), fmt::format("{}", s.failed),
-                      fmt::format("{:.1f}", p50), fmt::format("{:.1f}", s.latencies.back())});
+      rows.push_back({probe, key.second, fmt::format("{}", n), fmt::format("{}", s.failed), fmt::format("{:.1f}", p50),
+                      fmt::format("{:.1f}", s.latencies.back())});
     }
   }
   std::vector<std::size_t> widths(rows.front().size(), 0);

@@ -204,8 +204,8 @@ class SqliteRecordStore final : public RecordStore {
     setWal();
     migrate();
 
-    insertRun_ = prepare(
-        "INSERT INTO runs (run_id, experiment, file_sha256, trigger, started_at) VALUES (?1, ?2, ?3, ?4, ?5)");
+    insertRun_ =
+        prepare("INSERT INTO runs (run_id, experiment, file_sha256, trigger, started_at) VALUES (?1, ?2, ?3, ?4, ?5)");
     insertEvent_ = prepare(
         "INSERT INTO events (run_id, seq, at, host, kind, message, verdict) VALUES "
         "(?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE run_id = ?1), ?2, ?3, ?4, ?5, ?6)");
@@ -215,10 +215,9 @@ class SqliteRecordStore final : public RecordStore {
     selectRun_ = prepare(
         "SELECT run_id, experiment, file_sha256, trigger, started_at, ended_at, verdict, reason "
         "FROM runs WHERE run_id = ?1");
-    selectEvents_ = prepare(
-        "SELECT at, host, kind, message, verdict FROM events WHERE run_id = ?1 ORDER BY at, seq");
-    selectSamples_ = prepare(
-        "SELECT at, probe, phase, ok, latency_ms, detail FROM samples WHERE run_id = ?1 ORDER BY at, rowid");
+    selectEvents_ = prepare("SELECT at, host, kind, message, verdict FROM events WHERE run_id = ?1 ORDER BY at, seq");
+    selectSamples_ =
+        prepare("SELECT at, probe, phase, ok, latency_ms, detail FROM samples WHERE run_id = ?1 ORDER BY at, rowid");
     listRuns_ = prepare(
         "SELECT run_id, experiment, file_sha256, trigger, started_at, ended_at, verdict, reason "
         "FROM runs ORDER BY started_at DESC, rowid DESC LIMIT ?1");
@@ -415,8 +414,8 @@ class SqliteRecordStore final : public RecordStore {
 
   Stmt prepare(std::string_view sql) {
     sqlite3_stmt* raw = nullptr;
-    const int rc = sqlite3_prepare_v3(db_.get(), sql.data(), static_cast<int>(sql.size()),
-                                      SQLITE_PREPARE_PERSISTENT, &raw, nullptr);
+    const int rc = sqlite3_prepare_v3(db_.get(), sql.data(), static_cast<int>(sql.size()), SQLITE_PREPARE_PERSISTENT,
+                                      &raw, nullptr);
     Stmt stmt(raw);
     if (rc != SQLITE_OK) {
       throw sqliteError(db_.get(), rc, fmt::format("record store {}: cannot prepare \"{}\"", path_, sql));

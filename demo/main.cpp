@@ -21,9 +21,10 @@ std::string formatEndpoint(const boost::asio::ip::tcp::endpoint& e) {
 int main(int argc, char** argv) {
   using faultline::demo::ServerOptions;
 
-  CLI::App app{"faultline-demo: a small HTTP service with configurable latency and error rate.\n"
-               "GET / answers 200 \"ok\" after --latency, or 500 with probability --error-rate; "
-               "GET /healthz always answers 200."};
+  CLI::App app{
+      "faultline-demo: a small HTTP service with configurable latency and error rate.\n"
+      "GET / answers 200 \"ok\" after --latency, or 500 with probability --error-rate; "
+      "GET /healthz always answers 200."};
   std::string listen;
   std::string latency = "0";
   double errorRate = 0;
@@ -35,10 +36,14 @@ int main(int argc, char** argv) {
   app.add_option("--error-rate", errorRate, "percent of GET / answered with 500, 0-100")
       ->check(CLI::Range(0.0, 100.0))
       ->capture_default_str();
-  app.add_option("--body-bytes", bodyBytes, "size of the 200 answer to GET /, padded after \"ok\\n\" (a larger body makes bandwidth limits visible)")
+  app.add_option(
+         "--body-bytes", bodyBytes,
+         "size of the 200 answer to GET /, padded after \"ok\\n\" (a larger body makes bandwidth limits visible)")
       ->check(CLI::Range(size_t{0}, size_t{64} << 20))
       ->capture_default_str();
-  app.add_option("--threads", threads, "threads serving connections")->check(CLI::Range(1U, 256U))->capture_default_str();
+  app.add_option("--threads", threads, "threads serving connections")
+      ->check(CLI::Range(1U, 256U))
+      ->capture_default_str();
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -39,7 +39,10 @@ std::error_code toStd(const boost::system::error_code& ec) {
 class BeastServer final : public Server {
  public:
   explicit BeastServer(const ServerOptions& options)
-      : options_(options), ioc_(std::in_place), acceptor_(std::in_place, *ioc_), seeds_(options.seed ? *options.seed : std::random_device{}()) {}
+      : options_(options),
+        ioc_(std::in_place),
+        acceptor_(std::in_place, *ioc_),
+        seeds_(options.seed ? *options.seed : std::random_device{}()) {}
 
   ~BeastServer() override { stop(); }
 
@@ -138,7 +141,7 @@ class BeastServer final : public Server {
   }
 
   asio::awaitable<http::response<http::string_body>> answer(const http::request<http::string_body>& request,
-                                                           std::mt19937_64& rng, asio::steady_timer& latency) {
+                                                            std::mt19937_64& rng, asio::steady_timer& latency) {
     http::response<http::string_body> response{http::status::ok, request.version()};
     response.set(http::field::server, "faultline-demo");
     response.set(http::field::content_type, "text/plain");
@@ -165,7 +168,8 @@ class BeastServer final : public Server {
       boost::system::error_code ec;
       co_await latency.async_wait(asio::redirect_error(asio::use_awaitable, ec));
     }
-    if (options_.errorRatePercent > 0 && std::uniform_real_distribution<double>(0, 100)(rng) < options_.errorRatePercent) {
+    if (options_.errorRatePercent > 0 &&
+        std::uniform_real_distribution<double>(0, 100)(rng) < options_.errorRatePercent) {
       response.result(http::status::internal_server_error);
       response.body() = "error\n";
       co_return response;

@@ -23,7 +23,9 @@ constexpr unsigned long kPfKthread = 0x00200000;
 // kthreadd, the parent of every kernel thread, is pid 2 in every pid namespace that sees it.
 constexpr pid_t kKthreadd = 2;
 
-std::error_code lastError() { return {errno, std::generic_category()}; }
+std::error_code lastError() {
+  return {errno, std::generic_category()};
+}
 
 // The fields of /proc/PID/stat that we need. comm may contain spaces and ')' so the fields after
 // it are found from the last ')'.
@@ -136,9 +138,13 @@ std::vector<pid_t> listPids() {
   return pids;
 }
 
-long pidfdOpen(pid_t pid) { return ::syscall(SYS_pidfd_open, pid, 0U); }
+long pidfdOpen(pid_t pid) {
+  return ::syscall(SYS_pidfd_open, pid, 0U);
+}
 
-long pidfdSendSignal(int pidfd, int sig) { return ::syscall(SYS_pidfd_send_signal, pidfd, sig, nullptr, 0U); }
+long pidfdSendSignal(int pidfd, int sig) {
+  return ::syscall(SYS_pidfd_send_signal, pidfd, sig, nullptr, 0U);
+}
 
 class ProcProcessTable final : public ProcessTable {
  public:
@@ -162,8 +168,8 @@ class ProcProcessTable final : public ProcessTable {
       }
       info.exe = readExe(dir);
       info.cmdline = cmdlineToText(std::move(*cmdline));
-      info.kernelThread = (stat->flags & kPfKthread) != 0 || pid == kKthreadd ||
-                          (stat->ppid == kKthreadd && info.cmdline.empty());
+      info.kernelThread =
+          (stat->flags & kPfKthread) != 0 || pid == kKthreadd || (stat->ppid == kKthreadd && info.cmdline.empty());
       startTimes_[pid] = stat->startTime;
       out.push_back(std::move(info));
     }
@@ -215,6 +221,8 @@ class ProcProcessTable final : public ProcessTable {
 
 }  // namespace
 
-std::unique_ptr<ProcessTable> openProcessTable() { return std::make_unique<ProcProcessTable>(); }
+std::unique_ptr<ProcessTable> openProcessTable() {
+  return std::make_unique<ProcProcessTable>();
+}
 
 }  // namespace faultline::kernel

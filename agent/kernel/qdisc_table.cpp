@@ -38,9 +38,13 @@ namespace {
 
 using Bytes = std::vector<uint8_t>;
 
-std::error_code errnoCode(int e) { return {e, std::generic_category()}; }
+std::error_code errnoCode(int e) {
+  return {e, std::generic_category()};
+}
 
-tl::unexpected<std::error_code> fail(int e) { return tl::unexpected(errnoCode(e)); }
+tl::unexpected<std::error_code> fail(int e) {
+  return tl::unexpected(errnoCode(e));
+}
 
 // libnl reports its own NLE_* codes; nl_syserr2nlerr() only goes errno -> NLE, so this goes back.
 // Used only when no errno was captured at the failing call.
@@ -147,8 +151,7 @@ Bytes toBytes(nl_msg* msg) {
   return Bytes(p, p + hdr->nlmsg_len);
 }
 
-tl::expected<MsgPtr, std::error_code> newTcMessage(int type, int flags, int ifindex, uint32_t handle,
-                                                   size_t extra) {
+tl::expected<MsgPtr, std::error_code> newTcMessage(int type, int flags, int ifindex, uint32_t handle, size_t extra) {
   auto msg = newMessage(type, flags, sizeof(tcmsg), extra);
   if (!msg) {
     return msg;
@@ -180,10 +183,13 @@ std::optional<uint32_t> toTicks(double micros) {
 // Percent [0, 100] on the kernel's scale for netem probabilities: 0 = never, ~0u = always
 // (as tc rounds it: 1 % -> 42949673).
 uint32_t toKernelProbability(double percent) {
-  return static_cast<uint32_t>(std::llround(percent / 100.0 * static_cast<double>(std::numeric_limits<uint32_t>::max())));
+  return static_cast<uint32_t>(
+      std::llround(percent / 100.0 * static_cast<double>(std::numeric_limits<uint32_t>::max())));
 }
 
-bool validPercent(double p) { return std::isfinite(p) && p >= 0 && p <= 100; }
+bool validPercent(double p) {
+  return std::isfinite(p) && p >= 0 && p <= 100;
+}
 
 tl::expected<void, std::error_code> putAttr(nl_msg* msg, int type, const void* data, size_t len) {
   if (len > std::numeric_limits<uint16_t>::max() - NLA_HDRLEN) {
@@ -198,7 +204,9 @@ tl::expected<void, std::error_code> putAttr(nl_msg* msg, int type, const void* d
 
 // TCA_OPTIONS as tc sends it: without NLA_F_NESTED (which libnl 3.7's nla_nest_start() sets), since
 // for netem it is not a plain nest. The message never grows (sized up front), so start stays valid.
-nlattr* startOptions(nl_msg* msg) { return nla_reserve(msg, TCA_OPTIONS, 0); }
+nlattr* startOptions(nl_msg* msg) {
+  return nla_reserve(msg, TCA_OPTIONS, 0);
+}
 
 tl::expected<void, std::error_code> endOptions(nl_msg* msg, nlattr* start) {
   const nlmsghdr* hdr = nlmsg_hdr(msg);
@@ -379,7 +387,7 @@ class NetlinkQdiscTable final : public QdiscTable {
   }
 
   tl::expected<void, std::error_code> replaceRoot(std::string_view ifname, uint32_t handle,
-                                                 const QdiscParams& params) override {
+                                                  const QdiscParams& params) override {
     auto index = ifindex(ifname);
     if (!index) {
       return tl::unexpected(index.error());
@@ -548,9 +556,8 @@ std::string_view qdiscKind(const QdiscParams& params) {
 }
 
 tl::expected<std::vector<uint8_t>, std::error_code> buildReplaceRootRequest(int ifindex, uint32_t handle,
-                                                                          const QdiscParams& params) {
-  auto msg = newTcMessage(RTM_NEWQDISC, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE, ifindex, handle,
-                          256);
+                                                                            const QdiscParams& params) {
+  auto msg = newTcMessage(RTM_NEWQDISC, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE, ifindex, handle, 256);
   if (!msg) {
     return tl::unexpected(msg.error());
   }
@@ -577,8 +584,8 @@ tl::expected<std::vector<uint8_t>, std::error_code> buildRestoreRootRequest(int 
   if (saved.kind.empty()) {
     return fail(EINVAL);
   }
-  auto msg = newTcMessage(RTM_NEWQDISC, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE, ifindex,
-                          saved.handle, saved.kind.size() + saved.options.size() + 16);
+  auto msg = newTcMessage(RTM_NEWQDISC, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE, ifindex, saved.handle,
+                          saved.kind.size() + saved.options.size() + 16);
   if (!msg) {
     return tl::unexpected(msg.error());
   }

@@ -68,12 +68,12 @@ class QdiscTable {
   // errors: ENODEV no such interface; ENOENT the kernel has no qdisc of that kind (module
   // missing); EPERM without CAP_NET_ADMIN; EINVAL parameters refused.
   [[nodiscard]] virtual tl::expected<void, std::error_code> replaceRoot(std::string_view ifname, uint32_t handle,
-                                                                       const QdiscParams& params) = 0;
+                                                                        const QdiscParams& params) = 0;
 
   // Re-installs a root qdisc saved by root(): same kind, handle and raw options.
   // errors: as replaceRoot.
   [[nodiscard]] virtual tl::expected<void, std::error_code> restoreRoot(std::string_view ifname,
-                                                                       const QdiscInfo& saved) = 0;
+                                                                        const QdiscInfo& saved) = 0;
 
   // Deletes the root qdisc; the kernel attaches the interface's default again.
   // errors: ENODEV no such interface; ENOENT no root qdisc to delete; EPERM.
@@ -84,8 +84,7 @@ class QdiscTable {
 // or for the caller's namespace when netnsPath is empty. The netlink socket is created inside
 // that namespace and stays bound to it; the calling thread's namespace is left unchanged.
 // errors: ENOENT no such namespace file; EPERM without CAP_SYS_ADMIN; EINVAL not a netns file.
-[[nodiscard]] tl::expected<std::unique_ptr<QdiscTable>, std::error_code> openQdiscTable(
-    const std::string& netnsPath);
+[[nodiscard]] tl::expected<std::unique_ptr<QdiscTable>, std::error_code> openQdiscTable(const std::string& netnsPath);
 
 // Qdisc kinds this kernel can create, probed once in a throwaway network namespace (the
 // caller's namespace is never touched). Blocks for a few milliseconds; needs CAP_SYS_ADMIN and
@@ -103,14 +102,14 @@ struct QdiscSupport {
 // RTM_NEWQDISC, NLM_F_CREATE | NLM_F_REPLACE, parent TC_H_ROOT, kind and TCA_OPTIONS from params.
 // errors: EINVAL parameters that cannot be encoded (tbf rate, burst or limit 0; negative delay;
 // a percentage outside [0, 100]).
-[[nodiscard]] tl::expected<std::vector<uint8_t>, std::error_code> buildReplaceRootRequest(
-    int ifindex, uint32_t handle, const QdiscParams& params);
+[[nodiscard]] tl::expected<std::vector<uint8_t>, std::error_code> buildReplaceRootRequest(int ifindex, uint32_t handle,
+                                                                                          const QdiscParams& params);
 
 // RTM_NEWQDISC, NLM_F_CREATE | NLM_F_REPLACE, parent TC_H_ROOT, saved.kind and saved.handle, and
 // saved.options as the TCA_OPTIONS payload byte for byte (no TCA_OPTIONS when it is empty).
 // errors: EINVAL empty kind or options too large for one attribute.
 [[nodiscard]] tl::expected<std::vector<uint8_t>, std::error_code> buildRestoreRootRequest(int ifindex,
-                                                                                        const QdiscInfo& saved);
+                                                                                          const QdiscInfo& saved);
 
 // RTM_DELQDISC of the root qdisc (parent TC_H_ROOT, handle 0: whatever root is attached).
 [[nodiscard]] tl::expected<std::vector<uint8_t>, std::error_code> buildDeleteRootRequest(int ifindex);

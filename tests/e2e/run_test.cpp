@@ -135,12 +135,14 @@ struct Fleet : testing::NetnsFixture {
 };
 
 size_t countKind(const std::vector<v1::RunEvent>& events, const std::string& kind) {
-  return static_cast<size_t>(std::count_if(events.begin(), events.end(), [&](const auto& e) { return e.kind() == kind; }));
+  return static_cast<size_t>(
+      std::count_if(events.begin(), events.end(), [&](const auto& e) { return e.kind() == kind; }));
 }
 
 }  // namespace
 
-TEST_CASE_FIXTURE(Fleet, "an experiment runs over loopback gRPC: tbf applied and reverted, a process killed, all recorded") {
+TEST_CASE_FIXTURE(Fleet,
+                  "an experiment runs over loopback gRPC: tbf applied and reverted, a process killed, all recorded") {
   const std::string before = rootKind();
   Victim victim;
   const std::string yaml = fmt::format(R"(apiVersion: faultline/v1
@@ -186,8 +188,8 @@ method:
   CHECK(rec->trigger() == "ci");
   CHECK(rec->verdict() == v1::VERDICT_HELD);
   CHECK(rec->file_sha256().size() == 64);
-  CHECK(rec->events_size() == static_cast<int>(events.size() - countKind(events, "probe.ok") -
-                                               countKind(events, "probe.failed")));
+  CHECK(rec->events_size() ==
+        static_cast<int>(events.size() - countKind(events, "probe.ok") - countKind(events, "probe.failed")));
   std::set<std::string> phases;
   for (const auto& s : rec->samples()) {
     phases.insert(s.phase());
@@ -255,10 +257,11 @@ TEST_CASE_FIXTURE(testing::NetnsFixture, "the faultline binary: validate, run --
 
   {
     std::ofstream good(dir.path + "/good.yaml");
-    good << fmt::format("apiVersion: faultline/v1\nkind: Experiment\nmetadata:\n  name: local\nmethod:\n"
-                        "  - fault:\n      type: network.bandwidth\n      duration: 300ms\n"
-                        "      target: {{interface: veth0, netns: {}}}\n      rate: 10mbit\n",
-                        netns());
+    good << fmt::format(
+        "apiVersion: faultline/v1\nkind: Experiment\nmetadata:\n  name: local\nmethod:\n"
+        "  - fault:\n      type: network.bandwidth\n      duration: 300ms\n"
+        "      target: {{interface: veth0, netns: {}}}\n      rate: 10mbit\n",
+        netns());
   }
   r = testing::sh(fmt::format("cd {} && {} run --local good.yaml --db local.db", dir.path, bin));
   INFO(r.output);
@@ -280,14 +283,16 @@ TEST_CASE_FIXTURE(testing::NetnsFixture, "the faultline binary: validate, run --
   CHECK(r.status == 4);
 }
 
-TEST_CASE_FIXTURE(testing::NetnsFixture, "SIGTERM or Ctrl-C during faultline run reverts the fault, records 'aborted', exits 2") {
+TEST_CASE_FIXTURE(testing::NetnsFixture,
+                  "SIGTERM or Ctrl-C during faultline run reverts the fault, records 'aborted', exits 2") {
   TempDir dir;
   {
     std::ofstream f(dir.path + "/long.yaml");
-    f << fmt::format("apiVersion: faultline/v1\nkind: Experiment\nmetadata:\n  name: long\nmethod:\n"
-                     "  - fault:\n      type: network.bandwidth\n      duration: 10m\n"
-                     "      target: {{interface: veth0, netns: {}}}\n      rate: 1mbit\n",
-                     netns());
+    f << fmt::format(
+        "apiVersion: faultline/v1\nkind: Experiment\nmetadata:\n  name: long\nmethod:\n"
+        "  - fault:\n      type: network.bandwidth\n      duration: 10m\n"
+        "      target: {{interface: veth0, netns: {}}}\n      rate: 1mbit\n",
+        netns());
   }
   for (int sig : {SIGTERM, SIGINT}) {
     CAPTURE(sig);

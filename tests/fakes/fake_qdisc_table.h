@@ -22,7 +22,9 @@ namespace faultline::testing {
 inline constexpr uint32_t kTcRoot = 0xFFFFFFFF;  // TC_H_ROOT
 
 // The kernel's default root: what a veth gets, and what deleting a root leaves.
-inline kernel::QdiscInfo defaultRoot() { return kernel::QdiscInfo{"noqueue", 0, kTcRoot, {}}; }
+inline kernel::QdiscInfo defaultRoot() {
+  return kernel::QdiscInfo{"noqueue", 0, kTcRoot, {}};
+}
 
 struct FakeKernel {
   using Interfaces = std::map<std::string, std::optional<kernel::QdiscInfo>, std::less<>>;
@@ -74,7 +76,7 @@ class FakeQdiscTable final : public kernel::QdiscTable {
   }
 
   tl::expected<void, std::error_code> replaceRoot(std::string_view ifname, uint32_t handle,
-                                                 const kernel::QdiscParams& params) override {
+                                                  const kernel::QdiscParams& params) override {
     kernel_->calls.push_back(fmt::format("replace {} {:x} {}", ifname, handle, kernel::qdiscKind(params)));
     if (auto e = takeFailure(kernel_->failNextReplace)) {
       return tl::unexpected(*e);

@@ -31,7 +31,7 @@ using namespace std::chrono_literals;
 namespace {
 
 struct CommandResult {
-  int status = -1;  // exit status, -1 when it did not exit normally
+  int status = -1;     // exit status, -1 when it did not exit normally
   std::string output;  // stdout and stderr
 };
 
@@ -56,7 +56,9 @@ ino_t netnsInode(const char* path) {
   return ::stat(path, &st) == 0 ? st.st_ino : 0;
 }
 
-bool contains(const std::string& text, std::string_view part) { return text.find(part) != std::string::npos; }
+bool contains(const std::string& text, std::string_view part) {
+  return text.find(part) != std::string::npos;
+}
 
 // A network namespace with a veth pair (veth0, veth1), both up, held by a paused child process.
 class NetnsFixture {

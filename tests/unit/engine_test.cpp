@@ -67,10 +67,13 @@ struct Harness {
   EngineOptions options{500ms, 300ms};
 
   v1::Verdict run(const Experiment& e, const StopSignal& stop = StopSignal{}) {
-    RunEngine engine(fleet, probes, *store, [this](const v1::RunEvent& ev) {
-      std::lock_guard lock(mutex);
-      events.push_back(ev);
-    }, options);
+    RunEngine engine(
+        fleet, probes, *store,
+        [this](const v1::RunEvent& ev) {
+          std::lock_guard lock(mutex);
+          events.push_back(ev);
+        },
+        options);
     return engine.run(RunRequest{"run-1", "unit.yaml", std::string(64, 'a'), "cli", e}, stop);
   }
 

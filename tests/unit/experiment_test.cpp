@@ -213,16 +213,16 @@ TEST_CASE("bad files: each error names the field, the line and what is wrong") {
   };
   const std::string h = kHeader;
   const std::string wait = "method:\n  - wait: 1s\n";
-  const std::string probe = "steadyState:\n"                 // 5
-                            "  probes:\n"                    // 6
-                            "    - name: p\n"                // 7
-                            "      http:\n";                 // 8
+  const std::string probe =
+      "steadyState:\n"   // 5
+      "  probes:\n"      // 6
+      "    - name: p\n"  // 7
+      "      http:\n";   // 8
   const std::vector<Case> cases = {
       {"unknown key", h + "colour: red\n" + wait, "colour", 5, "unknown key 'colour'"},
       {"unknown key lists what is accepted", h + "colour: red\n" + wait, "colour", 5,
        "accepted here: apiVersion, kind, metadata, targets, steadyState, method"},
-      {"misspelt key gets a suggestion",
-       h + probe + "        url: http://a/\n        expectStaus: 200\n" + wait,
+      {"misspelt key gets a suggestion", h + probe + "        url: http://a/\n        expectStaus: 200\n" + wait,
        "steadyState.probes[0].http.expectStaus", 10, "did you mean 'expectStatus'?"},
       {"misspelt top-level key", h + "metod:\n  - wait: 1s\n", "metod", 5, "did you mean 'method'?"},
       {"wrong type: list for a duration", h + "method:\n  - wait: [1s]\n", "method[0].wait", 6, "wrong type"},
@@ -267,14 +267,12 @@ TEST_CASE("bad files: each error names the field, the line and what is wrong") {
       {"empty probes", h + "steadyState:\n  probes: []\n" + wait, "steadyState.probes", 6, "is empty"},
       {"every below 50ms", h + "steadyState:\n  every: 10ms\n  probes: [{name: a, http: {url: http://a/}}]\n" + wait,
        "steadyState.every", 6, "from 50ms to 1h"},
-      {"timeout shorter than maxLatency",
-       h + probe + "        url: http://a/\n        maxLatency: 3s\n" + wait,
+      {"timeout shorter than maxLatency", h + probe + "        url: http://a/\n        maxLatency: 3s\n" + wait,
        "steadyState.probes[0].http.maxLatency", 10, "timeout 2s (the default) is shorter than maxLatency 3s"},
       {"duration without unit", h + "method:\n  - wait: 5\n", "method[0].wait", 6, "has no known unit"},
       {"wait of zero", h + "method:\n  - wait: 0s\n", "method[0].wait", 6, "out of range"},
-      {"fault over an hour",
-       h + "method:\n  - fault: {type: process.kill, duration: 2h, process: {pid: 9}}\n", "method[0].fault.duration",
-       6, "from 1ms to 1h"},
+      {"fault over an hour", h + "method:\n  - fault: {type: process.kill, duration: 2h, process: {pid: 9}}\n",
+       "method[0].fault.duration", 6, "from 1ms to 1h"},
       {"rate without unit",
        h + "method:\n  - fault: {type: network.bandwidth, duration: 1s, target: {interface: eth0}, rate: 1000}\n",
        "method[0].fault.rate", 6, "has no unit"},
@@ -285,9 +283,8 @@ TEST_CASE("bad files: each error names the field, the line and what is wrong") {
        h + "method:\n  - fault: {type: network.bandwidth, duration: 1s, target: {interface: eth0}, rate: 1mbit, "
            "burst: 32kbit}\n",
        "method[0].fault.burst", 6, "unknown unit 'kbit'"},
-      {"unknown fault type gets a suggestion",
-       h + "method:\n  - fault: {type: network.dealy, duration: 1s}\n", "method[0].fault.type", 6,
-       "did you mean 'network.delay'?"},
+      {"unknown fault type gets a suggestion", h + "method:\n  - fault: {type: network.dealy, duration: 1s}\n",
+       "method[0].fault.type", 6, "did you mean 'network.delay'?"},
       {"bad interface name from validateFaultSpec",
        h + "method:\n  - fault:\n      type: network.loss\n      duration: 1s\n"
            "      target: {interface: this-name-is-too-long}\n      percent: 5\n",
@@ -299,8 +296,8 @@ TEST_CASE("bad files: each error names the field, the line and what is wrong") {
        "method[0].fault.signal", 6, "not a signal"},
       {"step with fault and wait", h + "method:\n  - wait: 1s\n    fault: {type: process.kill}\n", "method[0]", 6,
        "both fault and wait"},
-      {"wrong apiVersion", "apiVersion: faultline/v2\nkind: Experiment\nmetadata: {name: a}\n" + wait, "apiVersion",
-       1, "accepted: faultline/v1"},
+      {"wrong apiVersion", "apiVersion: faultline/v2\nkind: Experiment\nmetadata: {name: a}\n" + wait, "apiVersion", 1,
+       "accepted: faultline/v1"},
       {"bad experiment name", "apiVersion: faultline/v1\nkind: Experiment\nmetadata: {name: Quick Start}\n" + wait,
        "metadata.name", 3, "not a valid name"},
       {"duplicate key", h + "method:\n  - wait: 1s\nmethod:\n  - wait: 2s\n", "method", 7,
@@ -321,23 +318,23 @@ TEST_CASE("bad files: each error names the field, the line and what is wrong") {
 
 TEST_CASE("all errors are collected, not just the first") {
   const std::string yaml =
-      "apiVersion: faultline/v1\n"                    // 1
-      "kind: Experimnet\n"                            // 2
-      "metadata:\n"                                   // 3
-      "  name: ok\n"                                  // 4
-      "method:\n"                                     // 5
-      "  - fault:\n"                                  // 6
-      "      type: network.delay\n"                   // 7
-      "      duration: 1s\n"                          // 8
-      "      target: {interface: eth0}\n"             // 9
-      "      delay: 0s\n"                             // 10
-      "      correlation: 101\n"                      // 11
-      "  - wait: soon\n"                              // 12
-      "  - fault:\n"                                  // 13
-      "      type: network.loss\n"                    // 14
-      "      duration: 1s\n"                          // 15
-      "      target: {interface: eth0, netns: rel}\n" // 16
-      "      percent: 0\n";                           // 17
+      "apiVersion: faultline/v1\n"                     // 1
+      "kind: Experimnet\n"                             // 2
+      "metadata:\n"                                    // 3
+      "  name: ok\n"                                   // 4
+      "method:\n"                                      // 5
+      "  - fault:\n"                                   // 6
+      "      type: network.delay\n"                    // 7
+      "      duration: 1s\n"                           // 8
+      "      target: {interface: eth0}\n"              // 9
+      "      delay: 0s\n"                              // 10
+      "      correlation: 101\n"                       // 11
+      "  - wait: soon\n"                               // 12
+      "  - fault:\n"                                   // 13
+      "      type: network.loss\n"                     // 14
+      "      duration: 1s\n"                           // 15
+      "      target: {interface: eth0, netns: rel}\n"  // 16
+      "      percent: 0\n";                            // 17
   const std::vector<Diagnostic> d = errorsOf(yaml);
   CAPTURE(allDiagnostics(d));
   CHECK(hasDiagnostic(d, "kind", 2, "accepted: Experiment"));
@@ -351,18 +348,18 @@ TEST_CASE("all errors are collected, not just the first") {
 
 TEST_CASE("a fault with a malformed field is still validated, without repeating that field") {
   const std::string yaml = std::string(kHeader) +
-                           "method:\n"                                   // 5
-                           "  - fault:\n"                                // 6
-                           "      type: network.delay\n"                 // 7
-                           "      duration: 1s\n"                        // 8
-                           "      target: {interface: \"a:b\"}\n"        // 9
-                           "      delay: 2h\n"                           // 10
-                           "      correlation: lots\n"                   // 11
-                           "  - fault:\n"                                // 12
-                           "      type: process.kill\n"                  // 13
-                           "      duration: 1s\n"                        // 14
-                           "      process: {pid: abc}\n"                 // 15
-                           "      signal: NOPE\n";                       // 16
+                           "method:\n"                             // 5
+                           "  - fault:\n"                          // 6
+                           "      type: network.delay\n"           // 7
+                           "      duration: 1s\n"                  // 8
+                           "      target: {interface: \"a:b\"}\n"  // 9
+                           "      delay: 2h\n"                     // 10
+                           "      correlation: lots\n"             // 11
+                           "  - fault:\n"                          // 12
+                           "      type: process.kill\n"            // 13
+                           "      duration: 1s\n"                  // 14
+                           "      process: {pid: abc}\n"           // 15
+                           "      signal: NOPE\n";                 // 16
   const std::vector<Diagnostic> d = errorsOf(yaml);
   CAPTURE(allDiagnostics(d));
   CHECK(hasDiagnostic(d, "method[0].fault.target.interface", 9, "not a Linux interface name"));

@@ -5,9 +5,9 @@
 #include <thread>
 #include <vector>
 
+#include <doctest/doctest.h>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
-#include <doctest/doctest.h>
 
 #include "controller/probe.h"
 #include "demo/server.h"
@@ -38,8 +38,8 @@ std::string urlOf(const Server& server, const std::string& path = "/") {
   return "http://" + host + ":" + std::to_string(e.port()) + path;
 }
 
-Probe probeOf(std::string url, std::chrono::milliseconds maxLatency = 1000ms, std::chrono::milliseconds timeout = 2000ms,
-              int expectStatus = 200) {
+Probe probeOf(std::string url, std::chrono::milliseconds maxLatency = 1000ms,
+              std::chrono::milliseconds timeout = 2000ms, int expectStatus = 200) {
   Probe probe;
   probe.name = "demo";
   probe.http.url = std::move(url);
@@ -49,7 +49,9 @@ Probe probeOf(std::string url, std::chrono::milliseconds maxLatency = 1000ms, st
   return probe;
 }
 
-bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
+bool contains(const std::string& text, const std::string& part) {
+  return text.find(part) != std::string::npos;
+}
 
 }  // namespace
 
@@ -161,8 +163,8 @@ TEST_CASE("host names and IPv6 literals") {
 
 TEST_CASE("bad URLs are failed samples that say what is accepted") {
   auto runner = makeHttpProbeRunner();
-  for (const std::string url : {"https://127.0.0.1/", "127.0.0.1:80/", "http://", "http://host:0/", "http://host:99999/",
-                                "http://[::1/", "http://[nothost]:80/", "http://user@host/"}) {
+  for (const std::string url : {"https://127.0.0.1/", "127.0.0.1:80/", "http://", "http://host:0/",
+                                "http://host:99999/", "http://[::1/", "http://[nothost]:80/", "http://user@host/"}) {
     CAPTURE(url);
     const Sample sample = runner->run(probeOf(url));
     CHECK_FALSE(sample.ok);

@@ -47,7 +47,9 @@ struct Host {
   }
 };
 
-bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
+bool contains(const std::string& text, const std::string& part) {
+  return text.find(part) != std::string::npos;
+}
 
 }  // namespace
 
@@ -83,7 +85,8 @@ TEST_CASE("process.kill uses the requested signal") {
 TEST_CASE("process.kill names longer than comm match the executable or argv[0]") {
   Host host;
   // comm is cut at 15 bytes by the kernel; the executable keeps the whole name.
-  host.table.add({host.base + 10, 1, "payments-reconc", "/opt/pay/bin/payments-reconciler", "payments-reconciler", false});
+  host.table.add(
+      {host.base + 10, 1, "payments-reconc", "/opt/pay/bin/payments-reconciler", "payments-reconciler", false});
   // A script: the executable is the interpreter, argv[0] is the script's path.
   host.table.add({host.base + 11, 1, "inventory-sync-", "/usr/bin/python3.11",
                   "/srv/inventory/inventory-sync-worker --queue a", false});
@@ -138,8 +141,8 @@ TEST_CASE("process.kill never chooses pid 1, kernel threads, the agent or its an
   CHECK(host.table.sent().empty());
   const auto& message = result.error().message;
   CHECK(contains(message, "no process named 'app'"));
-  CHECK(contains(message, "searched comm, executable and argv[0] of " + std::to_string(host.table.list().size()) +
-                              " processes"));
+  CHECK(contains(
+      message, "searched comm, executable and argv[0] of " + std::to_string(host.table.list().size()) + " processes"));
   CHECK(contains(message, "pid 1, kernel threads and the agent are never chosen"));
   CHECK(contains(message, "pid 1 (app) is pid 1"));
   CHECK(contains(message, "is a kernel thread"));
@@ -164,10 +167,9 @@ TEST_CASE("process.kill with a name that matches nothing says what was searched"
   auto result = driver.apply(killByName("nosuchd"));
   REQUIRE_FALSE(result);
   CHECK(result.error().code == std::errc::no_such_process);
-  CHECK(contains(result.error().message,
-                 "no process named 'nosuchd' (searched comm, executable and argv[0] of " +
-                     std::to_string(host.table.list().size()) +
-                     " processes; pid 1, kernel threads and the agent are never chosen)"));
+  CHECK(contains(result.error().message, "no process named 'nosuchd' (searched comm, executable and argv[0] of " +
+                                             std::to_string(host.table.list().size()) +
+                                             " processes; pid 1, kernel threads and the agent are never chosen)"));
 }
 
 TEST_CASE("process.kill by pid") {
@@ -227,7 +229,8 @@ TEST_CASE("process.kill reports processes it could not signal") {
     auto applied = driver.apply(killByName("job"));
     REQUIRE(applied);
     CHECK(host.table.signalledPids() == std::set<pid_t>{host.base + 10});
-    CHECK(contains((*applied)->describe(), "not signalled: pid " + std::to_string(host.base + 11) + " (job) had exited"));
+    CHECK(
+        contains((*applied)->describe(), "not signalled: pid " + std::to_string(host.base + 11) + " (job) had exited"));
   }
   SUBCASE("none signalled: the error of the kernel") {
     host.table.failSignal(host.base + 10, std::errc::operation_not_permitted);

@@ -17,6 +17,8 @@ constexpr int kIfindex = 2;
 constexpr uint32_t kHandle = 0xFA170000;
 
 // tc qdisc replace dev <2> root handle fa17: netem delay 100ms 10ms loss 1%
+// Byte fixtures are laid out one field per line.
+// clang-format off
 const std::vector<uint8_t> kNetemGolden = {
     0x4c, 0x00, 0x00, 0x00,  // nlmsg_len 76
     0x24, 0x00,              // RTM_NEWQDISC
@@ -38,8 +40,11 @@ const std::vector<uint8_t> kNetemGolden = {
     0x00, 0x00, 0x00, 0x00,  // duplicate
     0x5a, 0x62, 0x02, 0x00,  // jitter 156250 ticks = 10 ms
 };
+// clang-format on
 
 // tc qdisc replace dev <2> root handle fa17: tbf rate 1mbit burst 3028 limit 6250
+// Byte fixtures are laid out one field per line.
+// clang-format off
 const std::vector<uint8_t> kTbfGolden = {
     0x60, 0x00, 0x00, 0x00,  // nlmsg_len 96
     0x24, 0x00, 0x05, 0x05,  // RTM_NEWQDISC, REQUEST | ACK | REPLACE | CREATE
@@ -62,6 +67,7 @@ const std::vector<uint8_t> kTbfGolden = {
     0x08, 0x00, 0x06, 0x00,                       // TCA_TBF_BURST
     0xd4, 0x0b, 0x00, 0x00,                       // 3028 bytes
 };
+// clang-format on
 
 std::string hex(const std::vector<uint8_t>& bytes) {
   std::string out;
@@ -119,8 +125,8 @@ TEST_CASE("netem encodes 100% loss as ~0, correlations, and long delays as 64-bi
   std::memcpy(&loss, options.data() + 8, 4);
   CHECK(latency == 0xFFFFFFFF);  // does not fit: the kernel reads TCA_NETEM_LATENCY64
   CHECK(loss == 0xFFFFFFFF);
-  CHECK(hasAttr(options, 24, 1));   // TCA_NETEM_CORR
-  CHECK(hasAttr(options, 24, 10));  // TCA_NETEM_LATENCY64
+  CHECK(hasAttr(options, 24, 1));         // TCA_NETEM_CORR
+  CHECK(hasAttr(options, 24, 10));        // TCA_NETEM_LATENCY64
   CHECK_FALSE(hasAttr(options, 24, 11));  // TCA_NETEM_JITTER64: jitter 0 fits
 }
 
@@ -139,8 +145,7 @@ TEST_CASE("parameters that cannot be encoded are EINVAL") {
         std::errc::invalid_argument);
   CHECK(buildReplaceRootRequest(kIfindex, kHandle, NetemParams{.lossPercent = 101}).error() ==
         std::errc::invalid_argument);
-  CHECK(buildReplaceRootRequest(kIfindex, kHandle, NetemParams{.delay = -1ms}).error() ==
-        std::errc::invalid_argument);
+  CHECK(buildReplaceRootRequest(kIfindex, kHandle, NetemParams{.delay = -1ms}).error() == std::errc::invalid_argument);
   CHECK(buildRestoreRootRequest(kIfindex, QdiscInfo{}).error() == std::errc::invalid_argument);
 }
 
@@ -161,6 +166,8 @@ TEST_CASE("restore request carries kind, handle and the saved options byte for b
 }
 
 TEST_CASE("delete request names the root of the interface") {
+  // Byte fixtures are laid out one field per line.
+  // clang-format off
   const std::vector<uint8_t> golden = {
       0x24, 0x00, 0x00, 0x00, 0x25, 0x00, 0x05, 0x00,  // 36 bytes, RTM_DELQDISC, REQUEST | ACK
       0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,  // seq, port
@@ -168,6 +175,7 @@ TEST_CASE("delete request names the root of the interface") {
       0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff,  // handle 0 (whatever is there), parent root
       0x00, 0x00, 0x00, 0x00,
   };
+  // clang-format on
   auto bytes = buildDeleteRootRequest(kIfindex);
   REQUIRE(bytes.has_value());
   CHECK_MESSAGE(*bytes == golden, "got:", hex(*bytes));
@@ -175,6 +183,8 @@ TEST_CASE("delete request names the root of the interface") {
 
 TEST_CASE("the dump parser reads a qdisc without options and refuses malformed messages") {
   // noqueue 0: root on ifindex 2, as dumped: no TCA_OPTIONS.
+  // Byte fixtures are laid out one field per line.
+  // clang-format off
   std::vector<uint8_t> noqueue = {
       0x38, 0x00, 0x00, 0x00, 0x24, 0x00, 0x02, 0x00,  // 56 bytes, RTM_NEWQDISC, NLM_F_MULTI
       0x01, 0x00, 0x00, 0x00, 0x99, 0x00, 0x00, 0x00,
@@ -184,6 +194,7 @@ TEST_CASE("the dump parser reads a qdisc without options and refuses malformed m
       0x0c, 0x00, 0x01, 0x00, 'n', 'o', 'q', 'u', 'e', 'u', 'e', 0x00,
       0x05, 0x00, 0x0c, 0x00, 0x00, 0x00, 0x00, 0x00,  // TCA_HW_OFFLOAD 0
   };
+  // clang-format on
   auto good = parseQdiscMessage(noqueue);
   REQUIRE(good.has_value());
   CHECK(good->ifindex == 2);

@@ -11,7 +11,7 @@ TEST_CASE("interface names follow the kernel's rules") {
   CHECK(isValidInterfaceName("eth0"));
   CHECK(isValidInterfaceName("eth0.100"));
   CHECK(isValidInterfaceName("enp6s0"));
-  CHECK(isValidInterfaceName("abcdefghijklmno"));  // 15 bytes
+  CHECK(isValidInterfaceName("abcdefghijklmno"));         // 15 bytes
   CHECK_FALSE(isValidInterfaceName("abcdefghijklmnop"));  // 16 bytes
   CHECK_FALSE(isValidInterfaceName(""));
   CHECK_FALSE(isValidInterfaceName("a/b"));

@@ -10,9 +10,9 @@
 
 #include <doctest/doctest.h>
 #include <fmt/format.h>
-#include <sqlite3.h>
 #include <google/protobuf/util/message_differencer.h>
 #include <google/protobuf/util/time_util.h>
+#include <sqlite3.h>
 
 #include "controller/run_format.h"
 #include "controller/store.h"

@@ -21,11 +21,11 @@
 #include <thread>
 #include <utility>
 
+#include <doctest/doctest.h>
+#include <fmt/format.h>
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
-#include <doctest/doctest.h>
-#include <fmt/format.h>
 
 #include "agent/agent.h"
 #include "agent/kernel/qdisc_table.h"
@@ -73,7 +73,9 @@ std::string run(const std::string& command) {
 }
 
 // scripts/vm-run's init creates this in the guest's fresh /run before it runs the command.
-bool inVmGuest() { return ::access("/run/faultline-vm/cmd.sh", F_OK) == 0; }
+bool inVmGuest() {
+  return ::access("/run/faultline-vm/cmd.sh", F_OK) == 0;
+}
 
 // True (after a MESSAGE saying why) when this is not the vm-run guest and the kernel cannot create
 // a netem qdisc. In the guest the test never skips: a missing netem there is a failure.
@@ -84,9 +86,10 @@ bool skipWithoutNetem() {
   if (kernel::probeQdiscSupport().netem) {
     return false;
   }
-  MESSAGE("skipped: not in the scripts/vm-run guest, and this kernel cannot create a netem qdisc "
-          "(no sch_netem, or not root); run it with `scripts/vm-run -- BUILD/tests/vm_tests` or "
-          "`meson test -C BUILD --suite vm vm-netem`");
+  MESSAGE(
+      "skipped: not in the scripts/vm-run guest, and this kernel cannot create a netem qdisc "
+      "(no sch_netem, or not root); run it with `scripts/vm-run -- BUILD/tests/vm_tests` or "
+      "`meson test -C BUILD --suite vm vm-netem`");
   return true;
 }
 
@@ -232,8 +235,7 @@ struct PingStats {
 
 // Pings fl-vm-b from fl-vm-a. Exit status 1 (some replies missing) is expected under loss.
 PingStats ping(int count, const char* interval) {
-  const auto command =
-      fmt::format("ip netns exec {} ping -c {} -i {} -W 2 -q {}", kNetnsA, count, interval, kAddrB);
+  const auto command = fmt::format("ip netns exec {} ping -c {} -i {} -W 2 -q {}", kNetnsA, count, interval, kAddrB);
   const auto r = sh(command);
   INFO(command, ": ", r.output);
   REQUIRE((r.status == 0 || r.status == 1));
