@@ -299,54 +299,56 @@ int agentsCommand(const std::string& address) {
   return 0;
 }
 
-int runsCommand(const std::string& address, const std::string& db, unsigned limit) {
-  std::vector<v1::Run> runs;
-  if (!db.empty()) {
-    try {
-      auto store = openSqliteStore(db);
-      runs = store->listRuns(limit);
-    } catch (const std::exception& e) {
-      std::cerr << "faultline: " << e.what() << "\n";
-      return kExitError;
-    }
-  } else {
-    auto stub = controlStub(address);
-    auto ctx = contextWithDeadline(std::chrono::seconds{5});
-    v1::ListRunsRequest req;
-    req.set_limit(limit);
-    v1::ListRunsResponse resp;
-    if (auto s = stub->ListRuns(ctx.get(), req, &resp); !s.ok()) {
-      return rpcError("listing runs", address, s);
-    }
-    runs.assign(resp.runs().begin(), resp.runs().end());
+// Runs f on the record file at db; an unreadable file is reported and exits 3.
+template <typename F>
+int withStore(const std::string& db, F f) {
+  try {
+    auto store = openSqliteStore(db);
+    return f(*store);
+  } catch (const std::exception& e) {
+    std::cerr << "faultline: " << e.what() << "\n";
+    return kExitError;
   }
-  std::cout << formatRunList(runs);
+}
+
+int runsCommand(const std::string& address, const std::string& db, unsigned limit) {
+  if (!db.empty()) {
+    return withStore(db, [&](RecordStore& store) {
+      std::cout << formatRunList(store.listRuns(limit));
+      return 0;
+    });
+  }
+  auto stub = controlStub(address);
+  auto ctx = contextWithDeadline(std::chrono::seconds{5});
+  v1::ListRunsRequest req;
+  req.set_limit(limit);
+  v1::ListRunsResponse resp;
+  if (auto s = stub->ListRuns(ctx.get(), req, &resp); !s.ok()) {
+    return rpcError("listing runs", address, s);
+  }
+  std::cout << formatRunList({resp.runs().begin(), resp.runs().end()});
   return 0;
 }
 
 int showCommand(const std::string& runId, const std::string& address, const std::string& db) {
-  v1::Run run;
   if (!db.empty()) {
-    try {
-      auto store = openSqliteStore(db);
-      auto r = store->getRun(runId);
-      if (!r) {
+    return withStore(db, [&](RecordStore& store) {
+      auto run = store.getRun(runId);
+      if (!run) {
         std::cerr << fmt::format("faultline: no run with id '{}' in {}\n", runId, db);
         return kExitUsage;
       }
-      run = std::move(*r);
-    } catch (const std::exception& e) {
-      std::cerr << "faultline: " << e.what() << "\n";
-      return kExitError;
-    }
-  } else {
-    auto stub = controlStub(address);
-    auto ctx = contextWithDeadline(std::chrono::seconds{5});
-    v1::GetRunRequest req;
-    req.set_run_id(runId);
-    if (auto s = stub->GetRun(ctx.get(), req, &run); !s.ok()) {
-      return rpcError("reading run " + runId, address, s);
-    }
+      std::cout << formatTimeline(*run);
+      return 0;
+    });
+  }
+  auto stub = controlStub(address);
+  auto ctx = contextWithDeadline(std::chrono::seconds{5});
+  v1::GetRunRequest req;
+  req.set_run_id(runId);
+  v1::Run run;
+  if (auto s = stub->GetRun(ctx.get(), req, &run); !s.ok()) {
+    return rpcError("reading run " + runId, address, s);
   }
   std::cout << formatTimeline(run);
   return 0;

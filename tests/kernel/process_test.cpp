@@ -18,11 +18,15 @@
 
 #include "agent/kernel/process_table.h"
 #include "agent/process_driver.h"
+#include "tests/support/specs.h"
 
 extern char** environ;
 
 namespace fs = std::filesystem;
 using faultline::kernel::ProcessInfo;
+
+using faultline::testing::killByName;
+using faultline::testing::killByPid;
 
 namespace {
 
@@ -130,20 +134,6 @@ pid_t vanishedPid() {
   const pid_t pid = gone.pid();
   gone.wait();
   return pid;
-}
-
-faultline::v1::FaultSpec killByName(const std::string& name, const std::string& signal = "") {
-  faultline::v1::FaultSpec spec;
-  spec.mutable_process_kill()->set_name(name);
-  spec.mutable_process_kill()->set_signal(signal);
-  return spec;
-}
-
-faultline::v1::FaultSpec killByPid(pid_t pid, const std::string& signal = "") {
-  faultline::v1::FaultSpec spec;
-  spec.mutable_process_kill()->set_pid(pid);
-  spec.mutable_process_kill()->set_signal(signal);
-  return spec;
 }
 
 }  // namespace

@@ -23,6 +23,7 @@
 #include "agent/kernel/qdisc_table.h"
 #include "agent/net_driver.h"
 #include "agent/spec.h"
+#include "tests/support/netns.h"
 
 using namespace faultline;
 using namespace faultline::agent;
@@ -30,26 +31,7 @@ using namespace std::chrono_literals;
 
 namespace {
 
-struct CommandResult {
-  int status = -1;     // exit status, -1 when it did not exit normally
-  std::string output;  // stdout and stderr
-};
-
-CommandResult sh(const std::string& command) {
-  CommandResult result;
-  FILE* pipe = ::popen((command + " 2>&1").c_str(), "r");
-  if (pipe == nullptr) {
-    return result;
-  }
-  std::array<char, 512> chunk{};
-  size_t n = 0;
-  while ((n = std::fread(chunk.data(), 1, chunk.size(), pipe)) > 0) {
-    result.output.append(chunk.data(), n);
-  }
-  const int status = ::pclose(pipe);
-  result.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return result;
-}
+using testing::sh;
 
 ino_t netnsInode(const char* path) {
   struct stat st {};
@@ -60,56 +42,9 @@ bool contains(const std::string& text, std::string_view part) {
   return text.find(part) != std::string::npos;
 }
 
-// A network namespace with a veth pair (veth0, veth1), both up, held by a paused child process.
-class NetnsFixture {
+// The shared throwaway namespace with veth0/veth1, plus the driver and specs these tests use.
+class NetnsFixture : public testing::NetnsFixture {
  public:
-  NetnsFixture() {
-    int ready[2];
-    REQUIRE(::pipe2(ready, O_CLOEXEC) == 0);
-    const pid_t parent = ::getpid();
-    child_ = ::fork();
-    REQUIRE(child_ >= 0);
-    if (child_ == 0) {
-      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-      if (::getppid() != parent || ::unshare(CLONE_NEWNET) != 0) {
-        ::_exit(1);
-      }
-      const char ok = 1;
-      if (::write(ready[1], &ok, 1) != 1) {
-        ::_exit(1);
-      }
-      for (;;) {
-        ::pause();
-      }
-    }
-    ::close(ready[1]);
-    char ok = 0;
-    const bool started = ::read(ready[0], &ok, 1) == 1;
-    ::close(ready[0]);
-    REQUIRE_MESSAGE(started, "the namespace holder did not start");
-    netns_ = fmt::format("/proc/{}/ns/net", child_);
-    inNetns("ip link add veth0 type veth peer name veth1");
-    inNetns("ip link set veth0 up");
-    inNetns("ip link set veth1 up");
-  }
-
-  NetnsFixture(const NetnsFixture&) = delete;
-  NetnsFixture& operator=(const NetnsFixture&) = delete;
-
-  ~NetnsFixture() {
-    if (child_ > 0) {
-      ::kill(child_, SIGKILL);
-      ::waitpid(child_, nullptr, 0);
-    }
-  }
-
-  // Runs command inside the namespace; requires it to succeed.
-  std::string inNetns(const std::string& command) {
-    auto r = sh(fmt::format("nsenter --net={} {}", netns_, command));
-    REQUIRE_MESSAGE(r.status == 0, command, ": ", r.output);
-    return r.output;
-  }
-
   std::optional<kernel::QdiscInfo> root(const std::string& ifname = "veth0") {
     auto table = kernel::openQdiscTable(netns_);
     REQUIRE(table.has_value());
@@ -137,13 +72,7 @@ class NetnsFixture {
     return spec;
   }
 
-  [[nodiscard]] const std::string& netns() const { return netns_; }
-
   NetworkFaultDriver driver{kernel::openQdiscTable};
-
- protected:
-  pid_t child_ = -1;
-  std::string netns_;
 };
 
 // struct tc_tbf_qopt from the TCA_TBF_PARMS attribute of dumped tbf options.

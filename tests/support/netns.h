@@ -26,10 +26,11 @@ struct CommandResult {
   std::string output;  // stdout and stderr
 };
 
-// Runs command with /bin/sh, capturing stdout and stderr.
+// Runs command with /bin/sh in the C locale (so output parses the same everywhere), capturing
+// stdout and stderr.
 inline CommandResult sh(const std::string& command) {
   CommandResult result;
-  FILE* pipe = ::popen((command + " 2>&1").c_str(), "r");
+  FILE* pipe = ::popen(("LC_ALL=C " + command + " 2>&1").c_str(), "r");
   if (pipe == nullptr) {
     return result;
   }

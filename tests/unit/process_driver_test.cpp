@@ -8,25 +8,15 @@
 
 #include "agent/process_driver.h"
 #include "tests/fakes/fake_process_table.h"
+#include "tests/support/specs.h"
 
 using faultline::agent::ProcessKillDriver;
 using faultline::testing::FakeProcessTable;
 
+using faultline::testing::killByName;
+using faultline::testing::killByPid;
+
 namespace {
-
-faultline::v1::FaultSpec killByName(const std::string& name, const std::string& signal = "") {
-  faultline::v1::FaultSpec spec;
-  spec.mutable_process_kill()->set_name(name);
-  spec.mutable_process_kill()->set_signal(signal);
-  return spec;
-}
-
-faultline::v1::FaultSpec killByPid(pid_t pid, const std::string& signal = "") {
-  faultline::v1::FaultSpec spec;
-  spec.mutable_process_kill()->set_pid(pid);
-  spec.mutable_process_kill()->set_signal(signal);
-  return spec;
-}
 
 // A host as the driver sees it: init, kthreadd, a kernel thread, the test process itself (the
 // "agent") under its real parent, and fake user processes with pids far from the real ones.

@@ -31,6 +31,7 @@
 #include "agent/kernel/qdisc_table.h"
 #include "agent/net_driver.h"
 #include "agent/spec.h"
+#include "tests/support/netns.h"
 
 using namespace faultline;
 using namespace faultline::agent;
@@ -45,26 +46,7 @@ constexpr const char* kIfA = "fl-va";  // the veth end in fl-vm-a: the faults go
 constexpr const char* kIfB = "fl-vb";
 constexpr const char* kAddrB = "10.99.0.2";
 
-struct CommandResult {
-  int status = -1;     // exit status, -1 when it did not exit normally
-  std::string output;  // stdout and stderr
-};
-
-CommandResult sh(const std::string& command) {
-  CommandResult result;
-  FILE* pipe = ::popen(("LC_ALL=C " + command + " 2>&1").c_str(), "r");
-  if (pipe == nullptr) {
-    return result;
-  }
-  std::array<char, 512> chunk{};
-  size_t n = 0;
-  while ((n = std::fread(chunk.data(), 1, chunk.size(), pipe)) > 0) {
-    result.output.append(chunk.data(), n);
-  }
-  const int status = ::pclose(pipe);
-  result.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return result;
-}
+using testing::sh;
 
 std::string run(const std::string& command) {
   auto r = sh(command);
