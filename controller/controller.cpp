@@ -3,6 +3,7 @@
 #include <openssl/evp.h>
 
 #include <deque>
+#include <filesystem>
 #include <list>
 #include <map>
 #include <mutex>
@@ -316,6 +317,13 @@ Controller::~Controller() {
 }
 
 int Controller::start() {
+  const auto dir = std::filesystem::path(impl_->options.dbPath).parent_path();
+  if (std::error_code ec; !dir.empty() && !std::filesystem::exists(dir, ec)) {
+    if (std::filesystem::create_directories(dir, ec); ec) {
+      throw std::system_error(ec, fmt::format("cannot create the directory of --db {}", impl_->options.dbPath));
+    }
+    spdlog::info("created {} for the record store", dir.string());
+  }
   impl_->store = openSqliteStore(impl_->options.dbPath);
   grpc::ServerBuilder builder;
   int port = 0;
