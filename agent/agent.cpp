@@ -96,10 +96,31 @@ void Agent::finish(const std::string& faultId, v1::FaultState endState, std::str
     return;
   }
   auto reverted = it->second.applied->revert();
+  if (!reverted && reverted.error().permanent) {
+    spdlog::error("fault {}: revert ({}) cannot succeed, not retried: {}", faultId, why, reverted.error().message);
+    it->second.timer->cancel();
+    const std::string detail = it->second.applied->describe();
+    faults_.erase(it);
+    v1::FaultReport r;
+    r.set_fault_id(faultId);
+    r.set_state(v1::FAULT_STATE_FAILED);
+    r.set_error_code(v1::FAULT_ERROR_PERMANENT);
+    r.set_error("not reverted: " + reverted.error().message);
+    r.set_detail(detail);
+    *r.mutable_at() = nowTimestamp();
+    if (sink_) {
+      sink_(r);
+    }
+    return;
+  }
   if (!reverted) {
-    spdlog::error("fault {}: revert ({}) failed: {}", faultId, why, reverted.error().message);
-    report(faultId, v1::FAULT_STATE_FAILED, "revert failed: " + reverted.error().message,
-           it->second.applied->describe());
+    spdlog::error("fault {}: revert ({}) failed, retrying every second: {}", faultId, why, reverted.error().message);
+    // Report the first failure of a series only; the fault stays held and is retried.
+    if (!it->second.revertFailing) {
+      report(faultId, v1::FAULT_STATE_FAILED, "revert failed (retrying every second): " + reverted.error().message,
+             it->second.applied->describe());
+    }
+    it->second.revertFailing = true;
     // Keep it held, and retry in a second: a fault is never dropped while it may still be active.
     it->second.timer->expires_after(std::chrono::seconds{1});
     it->second.timer->async_wait([this, faultId, endState, w = std::string(why)](const boost::system::error_code& ec) {

@@ -54,6 +54,7 @@ class Agent {
     std::unique_ptr<AppliedFault> applied;
     std::unique_ptr<boost::asio::steady_timer> timer;
     v1::FaultReport appliedReport;
+    bool revertFailing = false;  // a revert failed and is being retried
   };
   void finish(const std::string& faultId, v1::FaultState endState, std::string_view why);
   void report(const std::string& faultId, v1::FaultState state, std::string error, std::string detail);

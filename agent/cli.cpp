@@ -1,5 +1,6 @@
 #include "agent/cli.h"
 
+#include <csignal>
 #include <filesystem>
 #include <iostream>
 
@@ -8,6 +9,7 @@
 #include <CLI/CLI.hpp>
 
 #include "agent/runtime.h"
+#include "agent/spec.h"
 
 namespace faultline::agent {
 
@@ -16,7 +18,9 @@ int agentMain(int argc, char** argv) {
   CLI::App app{
       "faultline-agent: injects faults on this host on the controller's command, and reverts "
       "every one when its duration ends, on command, when the controller's lease lapses, and on "
-      "SIGTERM/SIGINT."};
+      "SIGTERM, SIGINT, SIGHUP or SIGQUIT."};
+  app.set_version_flag("--version", "faultline-agent " + agentVersion());
+  std::signal(SIGPIPE, SIG_IGN);
   SessionOptions options;
   options.hostname = hostName();
   options.agentId = options.hostname;
@@ -33,13 +37,19 @@ int agentMain(int argc, char** argv) {
     const int code = app.exit(e);
     return code == 0 ? 0 : 4;
   }
-  for (const auto& l : labels) {
-    const auto eq = l.find('=');
-    if (eq == std::string::npos || eq == 0) {
-      std::cerr << "faultline-agent: --label '" << l << "' is not KEY=VALUE\n";
-      return 4;
-    }
-    options.labels[l.substr(0, eq)] = l.substr(eq + 1);
+  if (auto bad = checkAddress(options.controller, false); !bad.empty()) {
+    std::cerr << "faultline-agent: --controller: " << bad << "\n";
+    return 4;
+  }
+  if (auto bad = parseLabels(labels, options.labels); !bad.empty()) {
+    std::cerr << "faultline-agent: --label: " << bad << "\n";
+    return 4;
+  }
+  if (options.agentId.empty() || options.agentId.size() > 253 ||
+      options.agentId.find_first_of(" \t\n/") != std::string::npos) {
+    std::cerr << "faultline-agent: --id '" << options.agentId
+              << "' is not an agent id; accepted: 1-253 characters without whitespace or '/'\n";
+    return 4;
   }
   options.labels.emplace("host", options.hostname);
   std::error_code ec;

@@ -19,6 +19,9 @@ namespace faultline::agent {
 struct FaultError {
   std::error_code code;
   std::string message;
+  // For revert(): true when retrying can never succeed (e.g. someone else replaced what the
+  // fault installed, and faultline leaves it alone). The agent reports it and stops retrying.
+  bool permanent = false;
 };
 
 class AppliedFault {

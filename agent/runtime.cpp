@@ -94,13 +94,16 @@ void AgentRuntime::stop(const std::string& reason) {
 }
 
 void AgentRuntime::runUntilSignal() {
-  boost::asio::signal_set signals(impl_->io, SIGTERM, SIGINT);
+  // SIGHUP and SIGQUIT too: an agent started from a shell that goes away must not die with its
+  // faults in place.
+  boost::asio::signal_set signals(impl_->io, SIGTERM, SIGINT, SIGHUP);
+  signals.add(SIGQUIT);
   signals.async_wait([this](const boost::system::error_code& ec, int sig) {
     if (ec) {
       return;
     }
-    spdlog::info("{}: reverting every fault and exiting", sig == SIGTERM ? "SIGTERM" : "SIGINT");
-    impl_->shutdown(sig == SIGTERM ? "agent stopped (SIGTERM)" : "agent stopped (SIGINT)");
+    spdlog::info("SIG{}: reverting every fault and exiting", sigabbrev_np(sig));
+    impl_->shutdown(fmt::format("agent stopped (SIG{})", sigabbrev_np(sig)));
     impl_->io.stop();
   });
   impl_->session.start();

@@ -54,6 +54,15 @@ class Session::Stream final : public grpc::ClientBidiReactor<v1::AgentMessage, v
     }
   }
 
+  // Waits (up to timeout) until every queued message is written, e.g. the reports of the
+  // reverts done on shutdown.
+  void flush(std::chrono::milliseconds timeout) {
+    std::unique_lock lock(mutex_);
+    if (!flushed_.wait_for(lock, timeout, [&] { return queue_.empty() || closed_; })) {
+      spdlog::warn("{} message(s) to the controller not sent within {}", queue_.size(), formatDuration(timeout));
+    }
+  }
+
   // Cancels the call and waits (up to timeout) until gRPC is done with it; after that no
   // reaction touches the session or its io_context again.
   void detach(std::chrono::milliseconds timeout) {
@@ -75,11 +84,10 @@ class Session::Stream final : public grpc::ClientBidiReactor<v1::AgentMessage, v
     if (!ok) {
       closed_ = true;
       queue_.clear();
-      return;
-    }
-    if (!queue_.empty()) {
+    } else if (!queue_.empty()) {
       StartWrite(&queue_.front());
     }
+    flushed_.notify_all();
   }
 
   void OnReadDone(bool ok) override {
@@ -88,6 +96,7 @@ class Session::Stream final : public grpc::ClientBidiReactor<v1::AgentMessage, v
         std::lock_guard lock(mutex_);
         closed_ = true;
       }
+      flushed_.notify_all();
       releaseHold();
       return;
     }
@@ -131,6 +140,7 @@ class Session::Stream final : public grpc::ClientBidiReactor<v1::AgentMessage, v
   v1::ControllerMessage incoming_;
   std::mutex mutex_;
   std::deque<v1::AgentMessage> queue_;
+  std::condition_variable flushed_;
   bool closed_ = false;
   bool holdReleased_ = false;
   std::mutex doneMutex_;
@@ -166,6 +176,7 @@ void Session::stop() {
   leaseTimer_.cancel();
   heartbeatTimer_.cancel();
   if (stream_) {
+    stream_->flush(std::chrono::seconds{2});
     stream_->detach(std::chrono::seconds{5});
     stream_.reset();
   }

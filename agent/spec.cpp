@@ -164,6 +164,43 @@ tl::expected<void, SpecError> validateFaultSpec(const v1::FaultSpec& spec) {
   return fail("type", "no fault kind; accepted: network.delay, network.loss, network.bandwidth, process.kill");
 }
 
+std::string checkAddress(std::string_view address, bool listening) {
+  const std::string accepted = listening ? "HOST:PORT with PORT 0-65535 (0: any free port), or unix:PATH"
+                                         : "HOST:PORT with PORT 1-65535, or unix:PATH";
+  if (address.rfind("unix:", 0) == 0) {
+    return address.size() > 5 ? "" : fmt::format("'{}' names no socket path; accepted: {}", address, accepted);
+  }
+  const auto colon = address.rfind(':');
+  if (colon == std::string_view::npos || colon == 0) {
+    return fmt::format("'{}' is not an address; accepted: {}", address, accepted);
+  }
+  const std::string_view host = address.substr(0, colon);
+  const std::string_view port = address.substr(colon + 1);
+  if (host.find(':') != std::string_view::npos && !(host.front() == '[' && host.back() == ']')) {
+    return fmt::format("'{}': write an IPv6 address in brackets, e.g. [::1]:7443", address);
+  }
+  unsigned value = 0;
+  auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), value);
+  if (port.empty() || ec != std::errc{} || end != port.data() + port.size() || value > 65535 ||
+      (value == 0 && !listening)) {
+    return fmt::format("'{}' has no valid port ('{}'); accepted: {}", address, port, accepted);
+  }
+  return "";
+}
+
+std::string parseLabels(const std::vector<std::string>& labels, std::map<std::string, std::string>& out) {
+  for (const auto& l : labels) {
+    const auto eq = l.find('=');
+    if (eq == std::string::npos || eq == 0) {
+      return fmt::format("label '{}' is not KEY=VALUE (e.g. role=web)", l);
+    }
+    if (!out.emplace(l.substr(0, eq), l.substr(eq + 1)).second) {
+      return fmt::format("label key '{}' is given twice", l.substr(0, eq));
+    }
+  }
+  return "";
+}
+
 std::chrono::microseconds toMicros(const google::protobuf::Duration& d) {
   return std::chrono::duration_cast<microseconds>(std::chrono::seconds{d.seconds()} +
                                                   std::chrono::nanoseconds{d.nanos()});
@@ -214,6 +251,9 @@ tl::expected<std::chrono::nanoseconds, std::string> parseDuration(std::string_vi
 
 std::string formatDuration(std::chrono::nanoseconds d) {
   const auto n = d.count();
+  if (n == 0) {
+    return "0s";
+  }
   if (n % 3'600'000'000'000 == 0 && n != 0) {
     return fmt::format("{}h", n / 3'600'000'000'000);
   }

@@ -5,8 +5,10 @@
 #pragma once
 
 #include <chrono>
+#include <map>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include <google/protobuf/duration.pb.h>
 #include <tl/expected.hpp>
@@ -37,6 +39,15 @@ struct SpecError {
 // A signal by name ("SIGKILL", "KILL", case-insensitive) or number ("9"); 0 when unknown.
 // Empty means SIGKILL.
 [[nodiscard]] int parseSignal(std::string_view text);
+
+// Checks a gRPC address given on a command line: HOST:PORT (HOST a name, an IPv4 address, or an
+// IPv6 address in brackets; PORT 1-65535, or 0 when listening) or unix:PATH. Returns "" when
+// valid, else what is wrong and what is accepted.
+[[nodiscard]] std::string checkAddress(std::string_view address, bool listening);
+
+// Parses KEY=VALUE labels into out. Returns "" when all are valid, else what is wrong: an empty
+// key, a missing '=', or a key given twice.
+[[nodiscard]] std::string parseLabels(const std::vector<std::string>& labels, std::map<std::string, std::string>& out);
 
 [[nodiscard]] std::chrono::microseconds toMicros(const google::protobuf::Duration& d);
 [[nodiscard]] google::protobuf::Duration toProto(std::chrono::nanoseconds d);

@@ -4,6 +4,8 @@
 #include <signal.h>
 
 #include <atomic>
+#include <csignal>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <sstream>
@@ -11,12 +13,14 @@
 
 #include <fmt/format.h>
 #include <google/protobuf/util/time_util.h>
+#include <grpc/support/log.h>
 #include <grpcpp/grpcpp.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 #include <CLI/CLI.hpp>
 
 #include "agent/runtime.h"
+#include "agent/session.h"
 #include "agent/spec.h"
 #include "controller/controller.h"
 #include "controller/engine.h"
@@ -32,15 +36,33 @@ constexpr int kExitError = 3;
 constexpr int kExitUsage = 4;
 constexpr const char* kDefaultController = "127.0.0.1:7443";
 
+// Reads an experiment file, at most kMaxExperimentBytes + 1 bytes (the parser refuses more).
 std::string readFile(const std::string& path, std::string& error) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) {
+    error = fmt::format("{} is a directory; give an experiment file (YAML)", path);
+    return "";
+  }
   std::ifstream in(path, std::ios::binary);
   if (!in) {
     error = fmt::format("cannot read {}: {}", path, std::strerror(errno));
     return "";
   }
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
+  std::string text(kMaxExperimentBytes + 1, '\0');
+  in.read(text.data(), static_cast<std::streamsize>(text.size()));
+  text.resize(static_cast<size_t>(in.gcount()));
+  return text;
+}
+
+// gRPC's own log lines (E1129 ...) go through spdlog: debug level, errors as warnings.
+void routeGrpcLogs() {
+  gpr_set_log_function([](gpr_log_func_args* args) {
+    if (args->severity == GPR_LOG_SEVERITY_ERROR) {
+      spdlog::debug("grpc: {}", args->message);
+    } else {
+      spdlog::trace("grpc: {}", args->message);
+    }
+  });
 }
 
 std::string clock(const google::protobuf::Timestamp& t) {
@@ -69,7 +91,9 @@ int rpcError(const std::string& what, const std::string& address, const grpc::St
   } else {
     std::cerr << fmt::format("faultline: {}: {}\n", what, s.error_message());
   }
-  return s.error_code() == grpc::StatusCode::INVALID_ARGUMENT ? kExitUsage : kExitError;
+  return s.error_code() == grpc::StatusCode::INVALID_ARGUMENT || s.error_code() == grpc::StatusCode::NOT_FOUND
+             ? kExitUsage
+             : kExitError;
 }
 
 std::unique_ptr<grpc::ClientContext> contextWithDeadline(std::chrono::seconds d) {
@@ -78,14 +102,17 @@ std::unique_ptr<grpc::ClientContext> contextWithDeadline(std::chrono::seconds d)
   return ctx;
 }
 
-// SIGINT/SIGTERM are blocked in every thread and taken by one waiting thread, so that an
-// interrupted run aborts cleanly (faults reverted, run recorded) instead of dying.
+// SIGINT, SIGTERM, SIGHUP and SIGQUIT are blocked in every thread and taken by one waiting
+// thread, so that an interrupted run aborts cleanly (faults reverted, run recorded) instead of
+// dying with its faults in place.
 class SignalCatcher {
  public:
   SignalCatcher() {
     sigemptyset(&set_);
     sigaddset(&set_, SIGINT);
     sigaddset(&set_, SIGTERM);
+    sigaddset(&set_, SIGHUP);  // the terminal or SSH session went away
+    sigaddset(&set_, SIGQUIT);
     pthread_sigmask(SIG_BLOCK, &set_, nullptr);
   }
   ~SignalCatcher() {
@@ -137,10 +164,29 @@ int watchRun(v1::Control::Stub& stub, const std::string& address, const std::str
   return exitCodeFor(verdict);
 }
 
+// A directory only this user may enter (0700), removed with everything in it.
+struct PrivateDir {
+  void create() {
+    std::string tmpl = (std::filesystem::temp_directory_path() / "faultline-local-XXXXXX").string();
+    if (::mkdtemp(tmpl.data()) == nullptr) {
+      throw std::system_error(errno, std::generic_category(), "cannot create a private directory in /tmp");
+    }
+    path = tmpl;
+  }
+  ~PrivateDir() {
+    if (!path.empty()) {
+      std::error_code ec;
+      std::filesystem::remove_all(path, ec);
+    }
+  }
+  std::string path;
+};
+
 struct RunOptions {
   std::string file;
   std::string controller;
   bool local = false;
+  bool dbGiven = false;
   std::string db = "faultline.db";
   std::string trigger = "cli";
   std::vector<std::string> labels;
@@ -164,28 +210,42 @@ int runCommand(const RunOptions& o) {
     return kExitUsage;
   }
 
+  agent::SessionOptions so;
+  if (o.local) {
+    if (auto bad = parseLabels(o.labels, so.labels); !bad.empty()) {
+      std::cerr << "faultline: --label: " << bad << "\n";
+      return kExitUsage;
+    }
+  } else if (!o.labels.empty() || o.dbGiven) {
+    std::cerr << "faultline: --label and --db go with --local (a controller keeps its own records)\n";
+    return kExitUsage;
+  }
+  std::string address = o.controller.empty() ? kDefaultController : o.controller;
+  if (auto bad = checkAddress(address, false); !bad.empty()) {
+    std::cerr << "faultline: --controller: " << bad << "\n";
+    return kExitUsage;
+  }
+
   SignalCatcher signals;
   std::unique_ptr<Controller> controller;
   std::unique_ptr<agent::AgentRuntime> localAgent;
-  std::string address = o.controller.empty() ? kDefaultController : o.controller;
+  PrivateDir socketDir;
   if (o.local) {
+    // The embedded controller listens on a Unix socket in a directory only this user can enter:
+    // no other local user can submit runs to it.
     try {
-      controller = std::make_unique<Controller>(ControllerOptions{"127.0.0.1:0", o.db, std::chrono::seconds{15}});
-      const int port = controller->start();
-      address = fmt::format("127.0.0.1:{}", port);
+      socketDir.create();
+      address = "unix:" + socketDir.path + "/control.sock";
+      controller = std::make_unique<Controller>(ControllerOptions{address, o.db, std::chrono::seconds{15}});
+      controller->start();
     } catch (const std::exception& e) {
       std::cerr << "faultline: --local: " << e.what() << "\n";
       return kExitError;
     }
-    agent::SessionOptions so;
     so.controller = address;
     so.hostname = agent::hostName();
     so.agentId = so.hostname;
-    so.labels["host"] = so.hostname;
-    for (const auto& l : o.labels) {
-      const auto eq = l.find('=');
-      so.labels[l.substr(0, eq)] = eq == std::string::npos ? "" : l.substr(eq + 1);
-    }
+    so.labels.emplace("host", so.hostname);
     localAgent = std::make_unique<agent::AgentRuntime>(so);
     localAgent->start();
     if (!controller->gateway().waitForAgents(1, std::chrono::seconds{10})) {
@@ -212,13 +272,14 @@ int runCommand(const RunOptions& o) {
       std::cerr << "faultline: still reverting; the run ends as soon as every agent confirms\n";
       return;
     }
-    std::cerr << fmt::format("\nfaultline: {}: aborting run {} and reverting its faults\n",
-                             sig == SIGINT ? "interrupted (SIGINT)" : "SIGTERM", runId);
+    std::cerr << fmt::format("\nfaultline: SIG{}: aborting run {} and reverting its faults\n", sigabbrev_np(sig),
+                             runId);
     grpc::ClientContext actx;
     actx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds{5});
     v1::AbortRunRequest areq;
     areq.set_run_id(runId);
-    areq.set_reason(sig == SIGINT ? "interrupted (SIGINT) by the user" : "faultline run received SIGTERM");
+    areq.set_reason(sig == SIGINT ? "interrupted (SIGINT) by the user"
+                                  : fmt::format("faultline run received SIG{}", sigabbrev_np(sig)));
     v1::AbortRunResponse aresp;
     (void)stub->AbortRun(&actx, areq, &aresp);
   });
@@ -267,7 +328,7 @@ int controllerCommand(const ControllerOptions& options) {
     return kExitError;
   }
   signals.onSignal([&](int sig, int /*count*/) {
-    spdlog::info("{}: aborting active runs, reverting their faults, stopping", sig == SIGINT ? "SIGINT" : "SIGTERM");
+    spdlog::info("SIG{}: aborting active runs, reverting their faults, stopping", sigabbrev_np(sig));
     controller.shutdown();
   });
   controller.wait();
@@ -359,10 +420,15 @@ int showCommand(const std::string& runId, const std::string& address, const std:
 int cliMain(int argc, char** argv) {
   // Logs go to stderr; stdout carries what the command prints (events, tables, timelines).
   spdlog::set_default_logger(spdlog::stderr_color_mt("faultline"));
+  routeGrpcLogs();
+  // A closed pipe (`faultline run ... | head`) must not kill a run with its faults in place:
+  // writes then fail quietly and the run goes on to its rollback.
+  std::signal(SIGPIPE, SIG_IGN);
   CLI::App app{
       "faultline: chaos experiments on Linux hosts. Runs experiment files against agents, checks the "
       "steady state, injects faults, reverts them and records the outcome."};
   app.require_subcommand(1);
+  app.set_version_flag("--version", std::string("faultline ") + agent::agentVersion());
 
   RunOptions run;
   auto* runCmd = app.add_subcommand("run",
@@ -421,10 +487,19 @@ int cliMain(int argc, char** argv) {
     return code == 0 ? 0 : kExitUsage;
   }
 
+  for (const auto* given : {&run.controller, &address}) {
+    if (!given->empty()) {
+      if (auto bad = checkAddress(*given, false); !bad.empty()) {
+        std::cerr << "faultline: --controller: " << bad << "\n";
+        return kExitUsage;
+      }
+    }
+  }
   if (*runCmd) {
     if (!verbose) {
-      spdlog::set_level(spdlog::level::warn);  // the events say it all
+      spdlog::set_level(spdlog::level::err);  // the events say it all
     }
+    run.dbGiven = runCmd->count("--db") > 0;
     return runCommand(run);
   }
   if (*validateCmd) {
@@ -437,6 +512,10 @@ int cliMain(int argc, char** argv) {
       return kExitUsage;
     }
     copts.lease = std::chrono::duration_cast<std::chrono::milliseconds>(*lease);
+    if (auto bad = checkAddress(copts.listen, true); !bad.empty()) {
+      std::cerr << "faultline controller: --listen: " << bad << "\n";
+      return kExitUsage;
+    }
     return controllerCommand(copts);
   }
   if (*agentsCmd) {

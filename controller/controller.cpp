@@ -1,7 +1,11 @@
 #include "controller/controller.h"
 
+#include <netdb.h>
 #include <openssl/evp.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
+#include <cstring>
 #include <deque>
 #include <filesystem>
 #include <list>
@@ -316,7 +320,52 @@ Controller::~Controller() {
   shutdown();
 }
 
+namespace {
+
+// Binds HOST:PORT once with a plain socket, so that an address in use or not of this host is
+// reported with its errno before gRPC (which only logs) tries. "" when it can be bound.
+std::string checkBindable(const std::string& listen) {
+  if (listen.rfind("unix:", 0) == 0) {
+    return "";
+  }
+  const auto colon = listen.rfind(':');
+  std::string host = listen.substr(0, colon);
+  const std::string port = listen.substr(colon + 1);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE;
+  addrinfo* found = nullptr;
+  if (int rc = getaddrinfo(host.empty() ? nullptr : host.c_str(), port.c_str(), &hints, &found); rc != 0) {
+    return fmt::format("cannot listen on {}: {}", listen, gai_strerror(rc));
+  }
+  std::string error;
+  for (auto* a = found; a != nullptr; a = a->ai_next) {
+    const int fd = ::socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
+    if (fd < 0) {
+      continue;
+    }
+    const int one = 1;
+    ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (::bind(fd, a->ai_addr, a->ai_addrlen) != 0 || ::listen(fd, 1) != 0) {
+      error = fmt::format("cannot listen on {}: {}", listen, std::strerror(errno));
+    }
+    ::close(fd);
+    break;
+  }
+  freeaddrinfo(found);
+  return error;
+}
+
+}  // namespace
+
 int Controller::start() {
+  if (auto bad = checkBindable(impl_->options.listen); !bad.empty()) {
+    throw std::runtime_error(bad);
+  }
   const auto dir = std::filesystem::path(impl_->options.dbPath).parent_path();
   if (std::error_code ec; !dir.empty() && !std::filesystem::exists(dir, ec)) {
     if (std::filesystem::create_directories(dir, ec); ec) {
@@ -333,8 +382,11 @@ int Controller::start() {
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 5'000);
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
+  // gRPC sets SO_REUSEPORT by default: a second controller on the same port would share it.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   impl_->server = builder.BuildAndStart();
-  if (!impl_->server || port == 0) {
+  const bool unixSocket = impl_->options.listen.rfind("unix:", 0) == 0;
+  if (!impl_->server || (port == 0 && !unixSocket)) {
     throw std::runtime_error(
         fmt::format("cannot listen on {} (address in use, or not an address of this host?)", impl_->options.listen));
   }

@@ -11,7 +11,7 @@
 namespace faultline::controller {
 
 struct ControllerOptions {
-  std::string listen = "127.0.0.1:7443";  // HOST:PORT; port 0 picks a free one
+  std::string listen = "127.0.0.1:7443";  // HOST:PORT (port 0 picks a free one) or unix:PATH
   std::string dbPath = "faultline.db";
   std::chrono::milliseconds lease{15'000};
 };
@@ -23,9 +23,9 @@ class Controller {
   Controller(const Controller&) = delete;
   Controller& operator=(const Controller&) = delete;
 
-  // Binds and starts serving. Returns the bound port.
-  // errors: std::system_error when the database cannot be opened; std::runtime_error when the
-  // address cannot be bound.
+  // Binds and starts serving. Returns the bound port (0 for unix:PATH).
+  // errors: std::runtime_error naming the errno when the address cannot be bound (checked before
+  // the database is touched); std::system_error when the database cannot be opened.
   int start();
   // Aborts every active run with reason and waits for them to finish (faults reverted).
   void abortAll(const std::string& reason);

@@ -14,6 +14,11 @@ namespace faultline::controller {
 
 using Clock = std::chrono::steady_clock;
 
+// An agent's own timer may fire this much before the run's deadline and still count as on time.
+constexpr auto kExpiryTolerance = std::chrono::milliseconds{250};
+// How often a held fault step checks for an abort request.
+constexpr auto kAbortPoll = std::chrono::milliseconds{50};
+
 void StopSignal::request(std::string reason) {
   {
     std::lock_guard lock(mutex_);
@@ -130,8 +135,10 @@ class RunState {
     std::string host;
     v1::FaultState state = v1::FAULT_STATE_UNSPECIFIED;
     std::string error;
-    bool unconfirmed = false;   // the agent never answered the inject: it may hold the fault
-    bool revertFailed = false;  // the agent reported a failed revert and keeps retrying
+    bool unconfirmed = false;      // the agent never answered the inject: it may hold the fault
+    bool revertFailed = false;     // the agent reported a failed revert and keeps retrying
+    bool revertRequested = false;  // the run asked for the revert (an end before that is early)
+    bool agentGone = false;        // the agent disconnected: nobody can confirm a revert now
   };
 
   static bool settled(v1::FaultState s) { return s == v1::FAULT_STATE_REVERTED || s == v1::FAULT_STATE_EXPIRED; }
@@ -220,7 +227,7 @@ class RunState {
       const std::string id = fmt::format("{}/{}/{}", req_.runId, index + 1, t.agent_id());
       {
         std::lock_guard lock(mutex_);
-        held_[id] = HeldFault{t.agent_id(), t.hostname(), v1::FAULT_STATE_UNSPECIFIED, "", false, false};
+        held_[id] = HeldFault{t.agent_id(), t.hostname(), v1::FAULT_STATE_UNSPECIFIED, "", false, false, false, false};
       }
       v1::ControllerMessage msg;
       auto* inj = msg.mutable_inject();
@@ -274,6 +281,10 @@ class RunState {
     // Hold the fault, sampling the steady state.
     // Samples start every `every` (a slow sample delays the next one, never overlaps it).
     const auto deadline = injectedAt + f.duration;
+    {
+      std::lock_guard lock(mutex_);
+      holdUntil_ = deadline;
+    }
     const bool probing = !req_.experiment.hypothesis.probes.empty();
     auto nextSample = probing ? Clock::now() : deadline;
     while (Clock::now() < deadline) {
@@ -282,8 +293,18 @@ class RunState {
         sampleAll("during");
         nextSample = std::max(nextSample, Clock::now());
       }
-      const auto nap = std::min(deadline, nextSample) - Clock::now();
-      if (nap > Clock::duration::zero() && stop_.waitFor(nap)) {
+      // Wake for the next sample, the deadline, a fault lost, or (polled) an abort.
+      const auto until = std::min({deadline, nextSample, Clock::now() + kAbortPoll});
+      std::unique_lock lock(mutex_);
+      cv_.wait_until(lock, until, [&] { return !lost_.empty(); });
+      if (!lost_.empty()) {
+        const std::string lost = lost_;
+        lock.unlock();
+        auto leftover = revertHeld("a fault ended early");
+        return leftover.empty() ? lost : lost + "; " + leftover;
+      }
+      lock.unlock();
+      if (stop_.requested()) {
         auto leftover = revertHeld("run aborted: " + stop_.reason());
         return leftover.empty() ? "aborted" : leftover;
       }
@@ -297,9 +318,10 @@ class RunState {
     std::vector<std::pair<std::string, std::string>> toRevert;  // fault id, agent id
     {
       std::lock_guard lock(mutex_);
-      for (const auto& [id, h] : held_) {
+      for (auto& [id, h] : held_) {
         if (h.state == v1::FAULT_STATE_APPLIED || h.unconfirmed) {
           toRevert.emplace_back(id, h.agentId);
+          h.revertRequested = true;
         }
       }
     }
@@ -307,13 +329,19 @@ class RunState {
       v1::ControllerMessage msg;
       msg.mutable_revert()->set_fault_id(id);
       if (!fleet_.send(agentId, msg)) {
-        spdlog::warn("fault {}: agent {} is gone; its lease will revert the fault", id, agentId);
+        std::lock_guard lock(mutex_);
+        auto& h = held_[id];
+        h.agentGone = true;
+        h.error = fmt::format(
+            "agent {} is not connected: if it still runs, its lease reverts the fault; if it died, the fault "
+            "stays until the agent restarts or someone removes it",
+            agentId);
       }
     }
     std::unique_lock lock(mutex_);
     cv_.wait_for(lock, options_.revertTimeout, [&] {
       for (const auto& [id, agentId] : toRevert) {
-        if (!settled(held_[id].state)) {
+        if (!settled(held_[id].state) && !held_[id].agentGone) {
           return false;
         }
       }
@@ -351,13 +379,25 @@ class RunState {
         return;  // not this run's
       }
       auto& h = it->second;
-      if (r.state() == v1::FAULT_STATE_FAILED && h.state == v1::FAULT_STATE_APPLIED) {
-        h.revertFailed = true;  // a revert failed; the agent keeps retrying
+      const bool wasApplied = h.state == v1::FAULT_STATE_APPLIED;
+      if (r.state() == v1::FAULT_STATE_FAILED && wasApplied) {
+        if (r.error_code() == v1::FAULT_ERROR_AGENT_GONE) {
+          h.agentGone = true;
+        } else {
+          h.revertFailed = true;  // a revert failed; the agent keeps retrying
+        }
       } else {
         h.state = r.state();
       }
       if (r.state() == v1::FAULT_STATE_APPLIED) {
         h.unconfirmed = false;
+      }
+      // A fault that ends, or whose agent goes away, before the run asked for its end: the
+      // experiment did not run as written, whatever the probes say.
+      const bool expiredOnTime = r.state() == v1::FAULT_STATE_EXPIRED && Clock::now() + kExpiryTolerance >= holdUntil_;
+      if (wasApplied && !h.revertRequested && r.state() != v1::FAULT_STATE_APPLIED && !expiredOnTime && lost_.empty()) {
+        lost_ = fmt::format("fault {} on host {} ended before its duration: {}", r.fault_id(), h.host,
+                            r.error().empty() ? r.detail() : r.error());
       }
       h.error = r.error();
       host = h.host;
@@ -452,6 +492,8 @@ class RunState {
   const StopSignal& stop_;
   int listener_ = 0;
   std::mutex mutex_;
+  Clock::time_point holdUntil_{};  // end of the fault step being held
+  std::string lost_;               // why a held fault ended before the run asked (first one)
   std::condition_variable cv_;
   std::map<std::string, HeldFault> held_;
   bool violated_ = false;

@@ -69,6 +69,13 @@ class Gateway::Connection final : public grpc::ServerBidiReactor<v1::AgentMessag
     return info_.agent_id();
   }
 
+  std::string peer() const { return peer_; }
+
+  std::vector<std::string> activeFaults() const {
+    std::lock_guard lock(mutex_);
+    return {active_.begin(), active_.end()};
+  }
+
   v1::AgentInfo info() const {
     std::lock_guard lock(mutex_);
     v1::AgentInfo copy = info_;
@@ -112,7 +119,15 @@ class Gateway::Connection final : public grpc::ServerBidiReactor<v1::AgentMessag
           }
         }
         spdlog::info("agent {} ({}, {}) registered from {}", h.agent_id(), h.hostname(), h.kernel_release(), peer_);
-        gateway_.registered(self_);
+        if (auto other = gateway_.tryRegister(self_); !other.empty()) {
+          spdlog::warn("refused agent id {} from {}: already connected from {}", h.agent_id(), peer_, other);
+          std::lock_guard lock(mutex_);
+          finishLocked(grpc::Status(grpc::StatusCode::ALREADY_EXISTS,
+                                    fmt::format("agent id '{}' is already connected (from {}); give every agent a "
+                                                "unique --id",
+                                                h.agent_id(), other)));
+          return;
+        }
         v1::ControllerMessage welcome;
         *welcome.mutable_welcome()->mutable_lease() = toProto(gateway_.options_.lease);
         *welcome.mutable_welcome()->mutable_heartbeat_interval() = toProto(gateway_.options_.heartbeatInterval);
@@ -173,22 +188,48 @@ grpc::ServerBidiReactor<v1::AgentMessage, v1::ControllerMessage>* Gateway::Conne
   return c.get();
 }
 
-void Gateway::registered(const std::shared_ptr<Connection>& c) {
+std::string Gateway::tryRegister(const std::shared_ptr<Connection>& c) {
   {
     std::lock_guard lock(mutex_);
-    agents_[c->agentId()] = c;
+    auto [it, added] = agents_.emplace(c->agentId(), c);
+    if (!added && it->second != c) {
+      return it->second->peer();
+    }
   }
   changed_.notify_all();
+  return "";
 }
 
 void Gateway::gone(Connection* c) {
-  std::lock_guard lock(mutex_);
-  for (auto it = agents_.begin(); it != agents_.end(); ++it) {
-    if (it->second.get() == c) {
-      spdlog::info("agent {} disconnected", it->first);
-      agents_.erase(it);
-      break;
+  std::string agentId;
+  {
+    std::lock_guard lock(mutex_);
+    for (auto it = agents_.begin(); it != agents_.end(); ++it) {
+      if (it->second.get() == c) {
+        agentId = it->first;
+        agents_.erase(it);
+        break;
+      }
     }
+  }
+  if (agentId.empty()) {
+    return;
+  }
+  const auto held = c->activeFaults();
+  spdlog::info("agent {} disconnected{}", agentId,
+               held.empty() ? "" : fmt::format(" holding {} fault(s)", held.size()));
+  // Whoever waits on those faults must know that nobody can confirm their revert now.
+  for (const auto& faultId : held) {
+    v1::FaultReport r;
+    r.set_fault_id(faultId);
+    r.set_state(v1::FAULT_STATE_FAILED);
+    r.set_error_code(v1::FAULT_ERROR_AGENT_GONE);
+    r.set_error(fmt::format(
+        "agent {} disconnected while holding the fault: if it still runs, its lease reverts the fault; if it "
+        "died, the fault stays until the agent restarts or someone removes it",
+        agentId));
+    *r.mutable_at() = agent::nowTimestamp();
+    reported(agentId, r);
   }
 }
 

@@ -40,7 +40,9 @@ class Gateway final : public v1::AgentGateway::CallbackService, public Fleet {
  private:
   class Connection;
   friend class Connection;
-  void registered(const std::shared_ptr<Connection>& c);
+  // Registers c under its agent id unless another connection holds that id; returns the other
+  // connection's peer address then, else "".
+  std::string tryRegister(const std::shared_ptr<Connection>& c);
   void gone(Connection* c);
   void reported(const std::string& agentId, const v1::FaultReport& report);
   void heartbeatLoop();

@@ -73,17 +73,32 @@ class FakeFleet final : public controller::Fleet {
       }
     }
     if (answer) {
-      *report.mutable_at() = agent::nowTimestamp();
-      std::map<int, ReportListener> listeners;
-      {
-        std::lock_guard lock(mutex_);
-        listeners = listeners_;
-      }
-      for (const auto& [id, l] : listeners) {
-        l(agentId, report);
-      }
+      emit(agentId, report);
     }
     return true;
+  }
+
+  // Delivers a report as if agentId had sent it (or, for FAULT_ERROR_AGENT_GONE, as the gateway
+  // does when the agent disconnects).
+  void emit(const std::string& agentId, v1::FaultReport report) {
+    *report.mutable_at() = agent::nowTimestamp();
+    std::map<int, ReportListener> listeners;
+    {
+      std::lock_guard lock(mutex_);
+      if (report.state() != v1::FAULT_STATE_APPLIED) {
+        active_.erase(report.fault_id());
+      }
+      listeners = listeners_;
+    }
+    for (const auto& [id, l] : listeners) {
+      l(agentId, report);
+    }
+  }
+
+  // Ids of the faults applied and not reverted.
+  std::vector<std::string> activeIds() const {
+    std::lock_guard lock(mutex_);
+    return {active_.begin(), active_.end()};
   }
 
   int subscribe(ReportListener listener) override {

@@ -199,3 +199,46 @@ TEST_CASE("engine: a revert no agent confirms is an execution error, never 'held
   CHECK(h.run(experiment(50ms)) == v1::VERDICT_ERROR);
   CHECK(h.store->getRun("run-1")->reason().find("not confirmed reverted") != std::string::npos);
 }
+
+namespace {
+
+// Waits until the fleet holds a fault, then emits report for it from agent a1.
+std::thread emitWhenActive(testing::FakeFleet& fleet, v1::FaultState state, v1::FaultErrorCode code,
+                           const std::string& error) {
+  return std::thread([&fleet, state, code, error] {
+    while (fleet.activeCount() == 0) {
+      std::this_thread::sleep_for(5ms);
+    }
+    v1::FaultReport r;
+    r.set_fault_id(fleet.activeIds().front());
+    r.set_state(state);
+    r.set_error_code(code);
+    r.set_error(error);
+    fleet.emit("a1", r);
+  });
+}
+
+}  // namespace
+
+TEST_CASE("engine: a fault that ends before its duration fails the run at once, never 'held'") {
+  Harness h;
+  h.fleet.addAgent("a1", {});
+  auto early = emitWhenActive(h.fleet, v1::FAULT_STATE_REVERTED, v1::FAULT_ERROR_UNSPECIFIED, "");
+  const auto start = std::chrono::steady_clock::now();
+  CHECK(h.run(experiment(30s)) == v1::VERDICT_ERROR);
+  early.join();
+  CHECK(std::chrono::steady_clock::now() - start < 5s);
+  CHECK(h.store->getRun("run-1")->reason().find("ended before its duration") != std::string::npos);
+}
+
+TEST_CASE("engine: an agent that disconnects while holding a fault ends the run as an error without waiting") {
+  Harness h;
+  h.fleet.addAgent("a1", {}, true, testing::Behaviour::SilentOnRevert);
+  auto gone = emitWhenActive(h.fleet, v1::FAULT_STATE_FAILED, v1::FAULT_ERROR_AGENT_GONE, "agent a1 disconnected");
+  const auto start = std::chrono::steady_clock::now();
+  CHECK(h.run(experiment(30s)) == v1::VERDICT_ERROR);
+  gone.join();
+  CHECK(std::chrono::steady_clock::now() - start < 5s);
+  const auto reason = h.store->getRun("run-1")->reason();
+  CHECK(reason.find("agent a1 disconnected") != std::string::npos);
+}
