@@ -219,9 +219,10 @@ class RunState {
   // Returns "" on success, else the reason the run must stop.
   std::string runFault(size_t index, const FaultStep& f, const std::vector<v1::AgentInfo>& targets) {
     const auto kind = faultKindName(f.spec);
-    event("", "step.fault",
-          fmt::format("step {}: {} '{}' for {} on {} host(s)", index + 1, kind, f.name, formatDuration(f.duration),
-                      targets.size()));
+    const std::string named = f.name == kind ? std::string(kind) : fmt::format("{} '{}'", kind, f.name);
+    event(
+        "", "step.fault",
+        fmt::format("step {}: {} for {} on {} host(s)", index + 1, named, formatDuration(f.duration), targets.size()));
     std::vector<std::string> ids;
     for (const auto& t : targets) {
       const std::string id = fmt::format("{}/{}/{}", req_.runId, index + 1, t.agent_id());
