@@ -1,6 +1,7 @@
 // End to end: a real controller and a real agent over loopback gRPC, a real demo service, real
 // qdiscs in a throwaway network namespace, a real child process killed, and the SQLite record
 // read back. Also the faultline binary itself (validate, run --local, show). Needs root.
+#include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdlib.h>
@@ -284,7 +285,7 @@ TEST_CASE_FIXTURE(testing::NetnsFixture, "the faultline binary: validate, run --
 }
 
 TEST_CASE_FIXTURE(testing::NetnsFixture,
-                  "SIGTERM or Ctrl-C during faultline run reverts the fault, records 'aborted', exits 2") {
+                  "SIGTERM, Ctrl-C, SIGHUP or SIGQUIT during faultline run reverts the fault, records 'aborted', exits 2") {
   TempDir dir;
   {
     std::ofstream f(dir.path + "/long.yaml");
@@ -294,7 +295,7 @@ TEST_CASE_FIXTURE(testing::NetnsFixture,
         "      target: {{interface: veth0, netns: {}}}\n      rate: 1mbit\n",
         netns());
   }
-  for (int sig : {SIGTERM, SIGINT}) {
+  for (int sig : {SIGTERM, SIGINT, SIGHUP, SIGQUIT}) {
     CAPTURE(sig);
     const std::string out = dir.path + "/out.txt";
     const std::string cmd = fmt::format("exec {} run --local {}/long.yaml --db {}/long.db > {} 2>&1", FAULTLINE_BIN,
@@ -327,4 +328,107 @@ TEST_CASE_FIXTURE(testing::NetnsFixture,
     CHECK(testing::sh(fmt::format("nsenter --net={} tc qdisc show dev veth0", netns())).output.find("tbf") ==
           std::string::npos);
   }
+}
+
+namespace {
+
+// A child process started from argv; SIGKILLed and reaped at the end if still running.
+struct Child {
+  explicit Child(std::vector<std::string> args, const std::string& logFile) {
+    std::vector<char*> argv;
+    for (auto& a : args) {
+      argv.push_back(a.data());
+    }
+    argv.push_back(nullptr);
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_addopen(&actions, 1, logFile.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+    posix_spawn_file_actions_adddup2(&actions, 1, 2);
+    REQUIRE(::posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), environ) == 0);
+    posix_spawn_file_actions_destroy(&actions);
+  }
+  ~Child() {
+    if (pid > 0) {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, nullptr, 0);
+    }
+  }
+  int stop(int sig) {
+    ::kill(pid, sig);
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    pid = -1;
+    return status;
+  }
+  pid_t pid = -1;
+};
+
+std::string slurp(const std::string& path) {
+  std::ifstream in(path);
+  return {std::istreambuf_iterator<char>(in), {}};
+}
+
+bool waitFor(const std::function<bool()>& done, std::chrono::milliseconds timeout) {
+  const auto until = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < until) {
+    if (done()) {
+      return true;
+    }
+    std::this_thread::sleep_for(50ms);
+  }
+  return done();
+}
+
+}  // namespace
+
+TEST_CASE_FIXTURE(testing::NetnsFixture,
+                  "separate processes: an agent stopped mid-fault ends the run as an error at once; ids are unique") {
+  TempDir dir;
+  const std::string address = "unix:" + dir.path + "/controller.sock";
+  const std::string log = dir.path + "/processes.log";
+  Child controller({FAULTLINE_BIN, "controller", "--listen", address, "--db", dir.path + "/c.db"}, log);
+  Child agent({FAULTLINE_AGENT_BIN, "--controller", address, "--id", "e2e-1", "--label", "role=e2e", "--state-dir",
+               dir.path + "/agent"},
+              log);
+  REQUIRE_MESSAGE(
+      waitFor(
+          [&] {
+            return testing::sh(fmt::format("{} agents --controller {}", FAULTLINE_BIN, address)).output.find("e2e-1") !=
+                   std::string::npos;
+          },
+          10s),
+      slurp(log));
+
+  // A second agent with the same id is refused, and says why.
+  Child twin({FAULTLINE_AGENT_BIN, "--controller", address, "--id", "e2e-1", "--state-dir", dir.path + "/twin"},
+             dir.path + "/twin.log");
+  CHECK(waitFor([&] { return slurp(dir.path + "/twin.log").find("already connected") != std::string::npos; }, 10s));
+  twin.stop(SIGTERM);
+
+  {
+    std::ofstream f(dir.path + "/long.yaml");
+    f << fmt::format(
+        "apiVersion: faultline/v1\nkind: Experiment\nmetadata:\n  name: long\ntargets:\n  selector: {{role: e2e}}\n"
+        "method:\n  - fault:\n      type: network.bandwidth\n      duration: 10m\n"
+        "      target: {{interface: veth0, netns: {}}}\n      rate: 1mbit\n",
+        netns());
+  }
+  const std::string out = dir.path + "/run.txt";
+  Child run({FAULTLINE_BIN, "run", dir.path + "/long.yaml", "--controller", address}, out);
+  REQUIRE_MESSAGE(waitFor([&] { return slurp(out).find("fault.applied") != std::string::npos; }, 10s), slurp(out));
+  const auto stopped = std::chrono::steady_clock::now();
+  const int agentStatus = agent.stop(SIGTERM);
+  CHECK(WIFEXITED(agentStatus));
+  CHECK(WEXITSTATUS(agentStatus) == 0);
+  // The agent reverted on SIGTERM before it exited.
+  CHECK(testing::sh(fmt::format("nsenter --net={} tc qdisc show dev veth0", netns())).output.find("tbf") ==
+        std::string::npos);
+  int status = 0;
+  REQUIRE(waitFor([&] { return ::waitpid(run.pid, &status, WNOHANG) == run.pid; }, 10s));
+  run.pid = -1;
+  CHECK(std::chrono::steady_clock::now() - stopped < 5s);
+  INFO(slurp(out));
+  CHECK(WEXITSTATUS(status) == 3);
+  CHECK(slurp(out).find("ended before its duration") != std::string::npos);
+  CHECK(slurp(out).find("agent stopped (SIGTERM)") != std::string::npos);
 }
