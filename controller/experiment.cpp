@@ -7,13 +7,18 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <map>
 #include <span>
+#include <sstream>
 #include <utility>
 
 #include <fmt/format.h>
+#include <yaml-cpp/depthguard.h>
+#include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
 #include "agent/spec.h"
+#include "controller/probe.h"
 
 namespace faultline::controller {
 namespace {
@@ -65,6 +70,11 @@ constexpr std::string_view kFaultTypeNames = "network.delay, network.loss, netwo
 constexpr std::string_view kDurationHint = "a duration such as 500ms, 1.5s or 2m";
 constexpr nanoseconds kMaxStep = 1h;
 constexpr nanoseconds kMinEvery = 50ms;
+
+// yaml-cpp's node tree takes about 500 bytes a node: a 1 MiB file of "[a,a,a,..." would take
+// 250 MB. An experiment at its limits (1000 steps, 100 probes) has about 25000 nodes.
+constexpr size_t kMaxYamlNodes = 50'000;
+constexpr size_t kMaxDiagnostics = 100;
 
 bool contains(KeyList keys, std::string_view key) {
   return std::find(keys.begin(), keys.end(), key) != keys.end();
@@ -148,14 +158,11 @@ struct Entry {
 struct MapNode {
   Field self;
   std::vector<Entry> entries;
+  std::map<std::string, size_t, std::less<>> index;  // key -> position in entries
 
   [[nodiscard]] const Entry* find(std::string_view key) const {
-    for (const Entry& e : entries) {
-      if (e.key == key) {
-        return &e;
-      }
-    }
-    return nullptr;
+    const auto it = index.find(key);
+    return it == index.end() ? nullptr : &entries[it->second];
   }
 };
 
@@ -179,59 +186,6 @@ bool isExperimentName(std::string_view s) {
   }
   return std::all_of(s.begin(), s.end(),
                      [](char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-'; });
-}
-
-// What is wrong with an http probe URL; "" when it is fine.
-std::string urlProblem(std::string_view url) {
-  const std::string l = lower(url);
-  if (l.rfind("https://", 0) == 0) {
-    return "uses https, which v1 probes do not support (no TLS)";
-  }
-  if (l.rfind("http://", 0) != 0) {
-    return "is not an http:// URL";
-  }
-  if (std::any_of(url.begin(), url.end(), [](char c) { return std::isspace(static_cast<unsigned char>(c)) != 0; })) {
-    return "contains whitespace";
-  }
-  const std::string_view rest = url.substr(7);
-  const std::string_view authority = rest.substr(0, rest.find_first_of("/?#"));
-  if (authority.find('@') != std::string_view::npos) {
-    return "has user information, which v1 probes do not support";
-  }
-  std::string_view host = authority;
-  std::string_view port;
-  if (!authority.empty() && authority.front() == '[') {
-    const size_t close = authority.find(']');
-    if (close == std::string_view::npos) {
-      return "has an unterminated IPv6 address";
-    }
-    host = authority.substr(1, close - 1);
-    const std::string_view after = authority.substr(close + 1);
-    if (!after.empty() && after.front() != ':') {
-      return "has text after the IPv6 address";
-    }
-    port = after.empty() ? after : after.substr(1);
-    if (!after.empty() && port.empty()) {
-      return "has an empty port";
-    }
-  } else if (const size_t colon = authority.rfind(':'); colon != std::string_view::npos) {
-    host = authority.substr(0, colon);
-    port = authority.substr(colon + 1);
-    if (port.empty()) {
-      return "has an empty port";
-    }
-  }
-  if (host.empty()) {
-    return "has no host";
-  }
-  if (!port.empty()) {
-    unsigned value = 0;
-    auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), value);
-    if (ec != std::errc{} || end != port.data() + port.size() || value < 1 || value > 65535) {
-      return fmt::format("has port '{}', not a number from 1 to 65535", port);
-    }
-  }
-  return "";
 }
 
 // Where the value at a dotted path below a map is (its key's place when it has no value); the
@@ -352,7 +306,11 @@ class Parser {
 
   Experiment parse(const YAML::Node& root);
 
+  // Keeps the first kMaxDiagnostics errors and drops the rest.
   void error(const YAML::Mark& mark, std::string field, std::string message) {
+    if (full()) {
+      return;
+    }
     Diagnostic d;
     d.file = file_;
     if (mark.line >= 0) {
@@ -393,6 +351,10 @@ class Parser {
   void checkFaultKeys(const MapNode& m, const FaultType* type);
   void validateSpec(v1::FaultSpec spec, const MapNode& fault, size_t faultErrorsFrom);
 
+  // Loops over the file's lists and maps stop once this holds: aliases can make one big map
+  // count many times, and nothing more would be reported anyway.
+  [[nodiscard]] bool full() const { return diagnostics_.size() >= kMaxDiagnostics; }
+
   std::string file_;
   std::vector<Diagnostic> diagnostics_;
 };
@@ -420,8 +382,8 @@ std::optional<MapNode> Parser::openMap(const Field& f, std::string_view accepted
     typeError(f, accepted);
     return std::nullopt;
   }
-  MapNode m{f, {}};
-  for (auto it = f.value.begin(); it != f.value.end(); ++it) {
+  MapNode m{f, {}, {}};
+  for (auto it = f.value.begin(); it != f.value.end() && !full(); ++it) {
     const YAML::Node key = it->first;
     const YAML::Node value = it->second;
     if (!key.IsScalar()) {
@@ -436,6 +398,7 @@ std::optional<MapNode> Parser::openMap(const Field& f, std::string_view accepted
                         first->keyNode.Mark().line + 1));
       continue;
     }
+    m.index.emplace(name, m.entries.size());
     m.entries.push_back(Entry{name, key, Field{value, value.IsNull() ? key.Mark() : value.Mark(), path}});
   }
   return m;
@@ -443,6 +406,9 @@ std::optional<MapNode> Parser::openMap(const Field& f, std::string_view accepted
 
 void Parser::rejectUnknown(const MapNode& m, KeyList accepted) {
   for (const Entry& e : m.entries) {
+    if (full()) {
+      return;
+    }
     if (!contains(accepted, e.key)) {
       error(
           e.keyNode.Mark(), e.field.path,
@@ -680,6 +646,9 @@ void Parser::parseTargets(const Field& f, Targets& out) {
     constexpr std::string_view accepted = "a map of agent label to value, e.g. {role: demo}";
     if (auto labels = openMap(*selector, accepted)) {
       for (const Entry& e : labels->entries) {
+        if (full()) {
+          break;
+        }
         if (e.key.empty()) {
           error(e.keyNode.Mark(), e.field.path, fmt::format("a label name is empty; accepted: {}", accepted));
           continue;
@@ -738,8 +707,13 @@ void Parser::parseSteadyState(const Field& f, Hypothesis& out) {
     error(probes->mark, probes->path, fmt::format("is empty; accepted: {}", probesAccepted));
     return;
   }
+  if (probes->value.size() > kMaxProbes) {
+    error(probes->mark, probes->path,
+          fmt::format("has {} probes; accepted: at most {} probes per experiment", probes->value.size(), kMaxProbes));
+    return;
+  }
   std::map<std::string, int> namesSeen;
-  for (size_t i = 0; i < probes->value.size(); ++i) {
+  for (size_t i = 0; i < probes->value.size() && !full(); ++i) {
     const YAML::Node item = std::as_const(probes->value)[i];
     const Field itemField{item, item.IsNull() ? probes->mark : item.Mark(), fmt::format("{}[{}]", probes->path, i)};
     if (auto probe = parseProbe(itemField, namesSeen)) {
@@ -779,8 +753,9 @@ std::optional<Probe> Parser::parseProbe(const Field& f, std::map<std::string, in
   constexpr std::string_view urlAccepted = "http://HOST[:PORT][/PATH], e.g. http://10.77.0.1:8080/";
   if (auto url = require(*h, "url", urlAccepted)) {
     if (auto v = scalar(*url, urlAccepted)) {
-      if (const std::string problem = urlProblem(*v); !problem.empty()) {
-        error(url->mark, url->path, fmt::format("'{}' {}; accepted: {}", *v, problem, urlAccepted));
+      // The prober's own parser: what passes here is what the prober accepts.
+      if (auto parsed = parseHttpUrl(*v); !parsed) {
+        error(url->mark, url->path, parsed.error());
       }
       probe.http.url = *v;
     }
@@ -832,7 +807,12 @@ void Parser::parseMethod(const Field& f, std::vector<Step>& out) {
     error(f.mark, f.path, fmt::format("is empty; accepted: {}", accepted));
     return;
   }
-  for (size_t i = 0; i < f.value.size(); ++i) {
+  if (f.value.size() > kMaxMethodSteps) {
+    error(f.mark, f.path,
+          fmt::format("has {} steps; accepted: at most {} steps per experiment", f.value.size(), kMaxMethodSteps));
+    return;
+  }
+  for (size_t i = 0; i < f.value.size() && !full(); ++i) {
     const YAML::Node item = std::as_const(f.value)[i];
     const Field stepField{item, item.IsNull() ? f.mark : item.Mark(), fmt::format("{}[{}]", f.path, i)};
     auto m = openMap(stepField, "a map with one key: fault or wait");
@@ -867,6 +847,9 @@ void Parser::parseMethod(const Field& f, std::vector<Step>& out) {
 void Parser::checkFaultKeys(const MapNode& m, const FaultType* type) {
   const KeyList accepted = type != nullptr ? type->keys : KeyList{kAnyFaultKeys};
   for (const Entry& e : m.entries) {
+    if (full()) {
+      return;
+    }
     if (contains(accepted, e.key)) {
       continue;
     }
@@ -1117,29 +1100,113 @@ void Parser::validateSpec(v1::FaultSpec spec, const MapNode& fault, size_t fault
   }
 }
 
+// Counts the nodes of a YAML text from the parser's events, without building them; throws
+// TooMany at the first node over kMaxYamlNodes. Aliases count: each use is walked again.
+class NodeCounter final : public YAML::EventHandler {
+ public:
+  struct TooMany {
+    YAML::Mark mark;
+  };
+
+  void OnDocumentStart(const YAML::Mark& /*mark*/) override {}
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark& mark, YAML::anchor_t /*anchor*/) override { count(mark); }
+  void OnAlias(const YAML::Mark& mark, YAML::anchor_t /*anchor*/) override { count(mark); }
+  void OnScalar(const YAML::Mark& mark, const std::string& /*tag*/, YAML::anchor_t /*anchor*/,
+                const std::string& /*value*/) override {
+    count(mark);
+  }
+  void OnSequenceStart(const YAML::Mark& mark, const std::string& /*tag*/, YAML::anchor_t /*anchor*/,
+                       YAML::EmitterStyle::value /*style*/) override {
+    count(mark);
+  }
+  void OnSequenceEnd() override {}
+  void OnMapStart(const YAML::Mark& mark, const std::string& /*tag*/, YAML::anchor_t /*anchor*/,
+                  YAML::EmitterStyle::value /*style*/) override {
+    count(mark);
+  }
+  void OnMapEnd() override {}
+
+ private:
+  void count(const YAML::Mark& mark) {
+    if (++nodes_ > kMaxYamlNodes) {
+      throw TooMany{mark};
+    }
+  }
+
+  size_t nodes_ = 0;
+};
+
+Diagnostic fileDiagnostic(const std::string& fileName, const YAML::Mark& mark, std::string message) {
+  Diagnostic d;
+  d.file = fileName;
+  if (mark.line >= 0) {
+    d.line = mark.line + 1;
+    d.column = mark.column + 1;
+  }
+  d.message = std::move(message);
+  return d;
+}
+
+Diagnostic syntaxError(const std::string& fileName, const YAML::Exception& e) {
+  if (const auto* deep = dynamic_cast<const YAML::DeepRecursion*>(&e)) {
+    return fileDiagnostic(fileName, e.mark,
+                          fmt::format("YAML syntax error: lists and maps nested {} levels deep, more than yaml-cpp "
+                                      "accepts; an experiment needs at most 6 levels",
+                                      deep->depth()));
+  }
+  return fileDiagnostic(fileName, e.mark, fmt::format("YAML syntax error: {}", e.msg));
+}
+
+// The documents of the text, or the one error that stops parsing: a syntax error or too many nodes.
+tl::expected<std::vector<YAML::Node>, Diagnostic> loadDocuments(std::string_view yaml, const std::string& fileName) {
+  const std::string text(yaml);
+  try {
+    std::istringstream in(text);
+    YAML::Parser events(in);
+    NodeCounter counter;
+    while (events.HandleNextDocument(counter)) {
+    }
+  } catch (const NodeCounter::TooMany& tooMany) {
+    return tl::unexpected(fileDiagnostic(
+        fileName, tooMany.mark,
+        fmt::format("the file has more than {} YAML nodes (maps, lists, scalars and aliases); accepted: at most {} "
+                    "(an experiment with 1000 steps and 100 probes has about 25000)",
+                    kMaxYamlNodes, kMaxYamlNodes)));
+  } catch (const YAML::Exception& e) {
+    return tl::unexpected(syntaxError(fileName, e));
+  }
+  try {
+    return YAML::LoadAll(text);
+  } catch (const YAML::Exception& e) {
+    return tl::unexpected(syntaxError(fileName, e));
+  }
+}
+
 }  // namespace
 
 std::string format(const Diagnostic& d) {
+  const std::string place = d.line > 0 ? fmt::format("{}:{}:{}", d.file, d.line, d.column) : d.file;
   if (d.field.empty()) {
-    return fmt::format("{}:{}:{}: {}", d.file, d.line, d.column, d.message);
+    return fmt::format("{}: {}", place, d.message);
   }
-  return fmt::format("{}:{}:{}: {}: {}", d.file, d.line, d.column, d.field, d.message);
+  return fmt::format("{}: {}: {}", place, d.field, d.message);
 }
 
 tl::expected<Experiment, std::vector<Diagnostic>> parseExperiment(std::string_view yaml, const std::string& fileName) {
-  std::vector<YAML::Node> documents;
-  try {
-    documents = YAML::LoadAll(std::string(yaml));
-  } catch (const YAML::Exception& e) {
+  if (yaml.size() > kMaxExperimentBytes) {
+    // Checked before yaml-cpp sees the text: its node tree takes far more memory than the file.
     Diagnostic d;
     d.file = fileName;
-    if (e.mark.line >= 0) {
-      d.line = e.mark.line + 1;
-      d.column = e.mark.column + 1;
-    }
-    d.message = fmt::format("YAML syntax error: {}", e.msg);
+    d.message = fmt::format("the file is {} bytes; experiment files are limited to 1 MiB ({} bytes)", yaml.size(),
+                            kMaxExperimentBytes);
     return tl::unexpected(std::vector<Diagnostic>{std::move(d)});
   }
+  auto loaded = loadDocuments(yaml, fileName);
+  if (!loaded) {
+    return tl::unexpected(std::vector<Diagnostic>{std::move(loaded.error())});
+  }
+  const std::vector<YAML::Node>& documents = *loaded;
   Parser parser(fileName);
   if (documents.empty() || (documents.size() == 1 && documents.front().IsNull())) {
     parser.error(YAML::Mark{}, "",
@@ -1157,6 +1224,10 @@ tl::expected<Experiment, std::vector<Diagnostic>> parseExperiment(std::string_vi
     std::stable_sort(diagnostics.begin(), diagnostics.end(), [](const Diagnostic& a, const Diagnostic& b) {
       return std::pair{a.line, a.column} < std::pair{b.line, b.column};
     });
+    if (diagnostics.size() >= kMaxDiagnostics) {
+      diagnostics.push_back(
+          Diagnostic{fileName, 0, 0, "", fmt::format("stopped checking after {} errors", kMaxDiagnostics)});
+    }
     return tl::unexpected(std::move(diagnostics));
   }
   return experiment;

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <chrono>
+#include <cstddef>
 #include <map>
 #include <optional>
 #include <string>
@@ -16,6 +17,13 @@
 
 namespace faultline::controller {
 
+// Limits of one experiment file; parseExperiment refuses more. The byte limit keeps a file well
+// under the controller's 4 MiB gRPC message limit: a caller reading a file can read at most
+// kMaxExperimentBytes + 1 bytes and pass them on, and parseExperiment reports it as too large.
+inline constexpr std::size_t kMaxExperimentBytes = 1024 * 1024;  // 1 MiB
+inline constexpr std::size_t kMaxMethodSteps = 1000;
+inline constexpr std::size_t kMaxProbes = 100;
+
 // One error in an experiment file. line and column are 1-based (0 when unknown); they point at
 // the offending value, at the key for unknown or duplicate keys, and at the parent map for a
 // missing key. field is the dotted path of the offending key, e.g. "method[2].fault.delay";
@@ -27,7 +35,8 @@ struct Diagnostic {
   std::string field;
   std::string message;  // what is wrong, the value, and what would be accepted
 };
-// "FILE:LINE:COLUMN: FIELD: MESSAGE", or "FILE:LINE:COLUMN: MESSAGE" when field is empty.
+// "FILE:LINE:COLUMN: FIELD: MESSAGE", or "FILE:LINE:COLUMN: MESSAGE" when field is empty;
+// without ":LINE:COLUMN" when line is 0 (no place in the file, e.g. a file over the size limit).
 [[nodiscard]] std::string format(const Diagnostic& d);
 
 struct Targets {
@@ -37,7 +46,7 @@ struct Targets {
 };
 
 struct HttpProbe {
-  std::string url;  // http://HOST[:PORT]/PATH (no TLS in v1)
+  std::string url;  // passed parseHttpUrl() (probe.h): http://HOST[:PORT][/PATH], no TLS in v1
   int expectStatus = 200;
   std::chrono::milliseconds maxLatency{1000};  // a slower answer is a failed sample
   std::chrono::milliseconds timeout{2000};     // no answer by then is a failed sample
@@ -74,8 +83,10 @@ struct Experiment {
 };
 
 // Parses and validates the whole file (docs/experiments.md), including validateFaultSpec() on
-// every fault. Never partially succeeds: either every field is valid or every error found is
-// returned (at least one), sorted by line and column; a YAML syntax error is returned alone.
+// every fault and parseHttpUrl() (probe.h) on every probe URL. Never partially succeeds: either
+// every field is valid or every error found is returned (at least one), sorted by line and
+// column; a YAML syntax error (nesting deeper than yaml-cpp's limit included) is returned alone,
+// and so is a text over kMaxExperimentBytes, which is refused before it is parsed.
 // fileName is used in diagnostics only. Pure function of its input: no I/O, thread-safe.
 [[nodiscard]] tl::expected<Experiment, std::vector<Diagnostic>> parseExperiment(std::string_view yaml,
                                                                                 const std::string& fileName);

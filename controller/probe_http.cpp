@@ -1,4 +1,6 @@
 // HTTP probe: one GET per sample over plain TCP with Boost.Beast, bounded by one deadline.
+#include <algorithm>
+#include <cctype>
 #include <charconv>
 #include <cstdio>
 #include <optional>
@@ -28,84 +30,165 @@ namespace http = beast::http;
 using tcp = asio::ip::tcp;
 using Clock = std::chrono::steady_clock;
 
-struct Url {
-  std::string host;  // name or address, without IPv6 brackets
-  uint16_t port = 80;
-  std::string target;  // path and query, at least "/"
-  bool literal = false;
-  asio::ip::address address;  // when literal
-};
+constexpr std::string_view kUrlAccepted =
+    "http://HOST[:PORT][/PATH] with HOST a name, an IPv4 address or an IPv6 address in brackets and PORT 1-65535, "
+    "e.g. http://10.77.0.1:8080/";
 
-// http://HOST[:PORT][/PATH]; HOST is a name, an IPv4 address or an IPv6 address in brackets.
-tl::expected<Url, std::string> parseUrl(std::string_view text) {
+bool startsWithNoCase(std::string_view text, std::string_view prefix) {
+  if (text.size() < prefix.size()) {
+    return false;
+  }
+  for (size_t i = 0; i < prefix.size(); ++i) {
+    const auto c = static_cast<unsigned char>(text[i]);
+    if (std::tolower(c) != prefix[i]) {
+      return false;
+    }
+  }
+  return true;
+}
+
+// What is wrong with a host that is not in brackets; "" when it is a valid name or IPv4 address.
+std::string hostProblem(std::string_view host) {
+  const bool numeric = std::all_of(host.begin(), host.end(), [](char c) { return (c >= '0' && c <= '9') || c == '.'; });
+  if (numeric) {
+    boost::system::error_code notV4;
+    asio::ip::make_address_v4(std::string(host), notV4);
+    return notV4 ? "host '" + std::string(host) + "' is not an IPv4 address (four numbers 0-255 joined by '.')" : "";
+  }
+  for (const char c : host) {
+    const bool ok =
+        (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' || c == '_' || c == '.';
+    if (!ok) {
+      return "host '" + std::string(host) + "' has the character '" + std::string(1, c) +
+             "' (a host name has letters, digits, '-', '_' and '.'; an IPv6 address goes in brackets)";
+    }
+  }
+  std::string_view name = host;
+  if (name.back() == '.') {
+    name.remove_suffix(1);  // the root label: "example.com." is fully qualified
+  }
+  if (name.size() > 253) {
+    return "host name is longer than 253 characters";
+  }
+  size_t start = 0;
+  for (;;) {
+    const size_t dot = std::min(name.find('.', start), name.size());
+    const size_t length = dot - start;
+    if (length == 0) {
+      return "host '" + std::string(host) + "' has an empty label (a leading dot or two dots in a row)";
+    }
+    if (length > 63) {
+      return "host '" + std::string(host) + "' has a label of " + std::to_string(length) +
+             " characters; labels between dots have at most 63";
+    }
+    if (dot == name.size()) {
+      return "";
+    }
+    start = dot + 1;
+  }
+}
+
+}  // namespace
+
+tl::expected<HttpUrl, std::string> parseHttpUrl(std::string_view text) {
   const auto invalid = [&](std::string_view why) {
     return tl::unexpected("invalid URL '" + std::string(text) + "': " + std::string(why) +
-                          "; accepted: http://HOST[:PORT]/PATH");
+                          "; accepted: " + std::string(kUrlAccepted));
   };
+  for (size_t i = 0; i < text.size(); ++i) {
+    const auto c = static_cast<unsigned char>(text[i]);
+    if (c <= 0x20 || c >= 0x7f) {
+      return invalid(c == ' ' ? "it contains a space (percent-encode it as %20)"
+                              : "it contains a control character or a non-ASCII byte (percent-encode it)");
+    }
+  }
+  if (startsWithNoCase(text, "https://")) {
+    return invalid("https is not supported (no TLS in v1 probes)");
+  }
   constexpr std::string_view kScheme = "http://";
-  if (text.substr(0, kScheme.size()) != kScheme) {
-    return invalid(text.substr(0, 8) == "https://" ? "TLS is not supported" : "not http://");
+  if (!startsWithNoCase(text, kScheme)) {
+    return invalid("it does not start with http://");
   }
-  std::string_view rest = text.substr(kScheme.size());
-  const auto slash = rest.find_first_of("/?#");
-  std::string_view authority = rest.substr(0, slash);
-  Url url;
-  url.target = slash == std::string_view::npos ? "/" : std::string(rest.substr(slash));
-  if (!url.target.empty() && url.target.front() != '/') {
-    url.target.insert(0, "/");
-  }
-  if (const auto hash = url.target.find('#'); hash != std::string::npos) {
-    url.target.erase(hash);
-  }
+  const std::string_view rest = text.substr(kScheme.size());
+  const size_t authorityEnd = rest.find_first_of("/?#");
+  const std::string_view authority = rest.substr(0, authorityEnd);
   if (authority.find('@') != std::string_view::npos) {
-    return invalid("user information is not supported");
+    return invalid("user information (user@host) is not supported");
   }
   std::string_view host;
-  std::string_view port;
+  std::optional<std::string_view> port;
   if (!authority.empty() && authority.front() == '[') {
-    const auto close = authority.find(']');
+    const size_t close = authority.find(']');
     if (close == std::string_view::npos) {
-      return invalid("unclosed '[' in the host");
+      return invalid("the '[' before the IPv6 address is not closed");
     }
     host = authority.substr(1, close - 1);
-    std::string_view after = authority.substr(close + 1);
+    const std::string_view after = authority.substr(close + 1);
     if (!after.empty()) {
       if (after.front() != ':') {
-        return invalid("unexpected text after the IPv6 address");
+        return invalid("there is text after the IPv6 address in brackets");
       }
       port = after.substr(1);
     }
+    if (host.find('%') != std::string_view::npos) {
+      return invalid("IPv6 zone ids ('%') are not supported");
+    }
+    boost::system::error_code notV6;
+    asio::ip::make_address_v6(std::string(host), notV6);
+    if (notV6) {
+      return invalid("'" + std::string(host) + "' in brackets is not an IPv6 address");
+    }
   } else {
-    const auto colon = authority.find(':');
+    const size_t colon = authority.find(':');
     host = authority.substr(0, colon);
     if (colon != std::string_view::npos) {
       port = authority.substr(colon + 1);
     }
+    if (host.find_first_of("[]") != std::string_view::npos) {
+      return invalid("a '[' or ']' outside an IPv6 address in brackets");
+    }
+    if (!host.empty()) {
+      if (const std::string problem = hostProblem(host); !problem.empty()) {
+        return invalid(problem);
+      }
+    }
   }
   if (host.empty()) {
-    return invalid("no host");
+    return invalid("there is no host");
   }
-  if (!port.empty() || authority.back() == ':') {
+  HttpUrl url;
+  url.host = std::string(host);
+  if (port) {
+    if (port->find(':') != std::string_view::npos) {
+      return invalid("there is more than one ':PORT' (an IPv6 address goes in brackets)");
+    }
+    const bool digits =
+        !port->empty() && std::all_of(port->begin(), port->end(), [](char c) { return c >= '0' && c <= '9'; });
     unsigned value = 0;
-    auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), value);
-    if (port.empty() || ec != std::errc{} || end != port.data() + port.size() || value == 0 || value > 65535) {
-      return invalid("the port is not a number from 1 to 65535");
+    const auto [end, ec] = std::from_chars(port->data(), port->data() + port->size(), value);
+    if (!digits || ec != std::errc{} || end != port->data() + port->size() || value == 0 || value > 65535) {
+      return invalid(port->empty() ? std::string("the port after ':' is empty")
+                                   : "port '" + std::string(*port) + "' is not a number from 1 to 65535");
     }
     url.port = static_cast<uint16_t>(value);
   }
-  url.host = std::string(host);
-  boost::system::error_code notLiteral;
-  url.address = asio::ip::make_address(url.host, notLiteral);
-  url.literal = !notLiteral;
-  if (!url.literal && authority.front() == '[') {
-    return invalid("'" + url.host + "' is not an IPv6 address");
-  }
+  std::string_view target = authorityEnd == std::string_view::npos ? std::string_view{} : rest.substr(authorityEnd);
+  target = target.substr(0, target.find('#'));
+  url.target = target.empty() || target.front() != '/' ? "/" + std::string(target) : std::string(target);
   return url;
 }
 
+namespace {
+
+// A parsed URL with its address when the host is an IP literal (nothing to resolve).
+struct Url {
+  HttpUrl parts;
+  std::optional<asio::ip::address> literal;
+};
+
 std::string hostHeader(const Url& url) {
-  std::string host = url.literal && url.address.is_v6() ? "[" + url.host + "]" : url.host;
-  return url.port == 80 ? host : host + ":" + std::to_string(url.port);
+  std::string host = url.literal && url.literal->is_v6() ? "[" + url.parts.host + "]" : url.parts.host;
+  return url.parts.port == 80 ? host : host + ":" + std::to_string(url.parts.port);
 }
 
 // "0.4ms", "3.1ms", "612ms", "1.25s"
@@ -146,12 +229,12 @@ asio::awaitable<void> fetch(const Url& url, Clock::time_point deadline, Exchange
   auto& ec = out.error;
   std::vector<tcp::endpoint> endpoints;
   if (url.literal) {
-    endpoints.emplace_back(url.address, url.port);
+    endpoints.emplace_back(*url.literal, url.parts.port);
   } else {
     // getaddrinfo cannot be interrupted: a resolver that hangs delays this sample past its
     // deadline (the timeout is still reported).
     tcp::resolver resolver(executor);
-    auto results = co_await resolver.async_resolve(url.host, std::to_string(url.port),
+    auto results = co_await resolver.async_resolve(url.parts.host, std::to_string(url.parts.port),
                                                    asio::redirect_error(asio::use_awaitable, ec));
     if (ec) {
       co_return;
@@ -174,7 +257,7 @@ asio::awaitable<void> fetch(const Url& url, Clock::time_point deadline, Exchange
     co_return;
   }
 
-  http::request<http::empty_body> request{http::verb::get, url.target, 11};
+  http::request<http::empty_body> request{http::verb::get, url.parts.target, 11};
   request.set(http::field::host, hostHeader(url));
   request.set(http::field::user_agent, "faultline-probe");
   request.set(http::field::connection, "close");
@@ -204,7 +287,7 @@ std::string describeFailure(const Exchange& exchange, const Url& url, std::chron
   const std::string where = hostHeader(url);
   switch (exchange.stage) {
     case Exchange::Stage::resolve:
-      return "cannot resolve " + url.host + ": " + ec.message();
+      return "cannot resolve " + url.parts.host + ": " + ec.message();
     case Exchange::Stage::connect:
       if (ec == asio::error::connection_refused) {
         return "connection refused";
@@ -228,22 +311,27 @@ class HttpProbeRunner final : public ProbeRunner {
  public:
   Sample run(const Probe& probe) override {
     const HttpProbe& spec = probe.http;
-    auto url = parseUrl(spec.url);
-    if (!url) {
-      return Sample{false, std::chrono::microseconds{0}, url.error()};
+    auto parts = parseHttpUrl(spec.url);
+    if (!parts) {
+      return Sample{false, std::chrono::microseconds{0}, parts.error()};
+    }
+    Url url{std::move(*parts), std::nullopt};
+    boost::system::error_code notLiteral;
+    if (const auto address = asio::ip::make_address(url.parts.host, notLiteral); !notLiteral) {
+      url.literal = address;
     }
     // Each sample has its own io_context, so concurrent calls share nothing.
     asio::io_context ioc;
     Exchange exchange;
     const auto start = Clock::now();
-    asio::co_spawn(ioc, fetch(*url, start + spec.timeout, exchange), asio::detached);
+    asio::co_spawn(ioc, fetch(url, start + spec.timeout, exchange), asio::detached);
     ioc.run();
     const auto latency = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - start);
 
     Sample sample;
     sample.latency = latency;
     if (!exchange.status) {
-      sample.detail = describeFailure(exchange, *url, spec.timeout);
+      sample.detail = describeFailure(exchange, url, spec.timeout);
       return sample;
     }
     const unsigned status = *exchange.status;

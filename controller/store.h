@@ -1,6 +1,7 @@
 // The record of every run, in SQLite: runs, events per host with timestamps, probe samples.
 // Schema in docs/operations.md. Thread-safe (one connection behind a mutex); every write is
 // its own transaction, so a record survives a crash of the controller up to its last event.
+// A store opened StoreMode::ReadOnly throws on every write (see openSqliteStore).
 #pragma once
 
 #include <memory>
@@ -29,8 +30,28 @@ class RecordStore {
   [[nodiscard]] virtual std::vector<v1::Run> listRuns(unsigned limit) = 0;
 };
 
-// Opens (creating if needed) the database at path, in WAL mode.
-// errors: std::system_error with the SQLite message when the file cannot be opened or migrated.
-[[nodiscard]] std::unique_ptr<RecordStore> openSqliteStore(const std::string& path);
+enum class StoreMode {
+  ReadWrite,  // the controller and `run --local`: creates and migrates the file
+  ReadOnly,   // `runs --db`, `show --db`: reads an existing record file and changes nothing
+};
+
+// Opens the record file at path (blocks on file I/O; waits up to 5 s for SQLite locks).
+// ReadWrite: creates the file if needed (not its directory), switches it to WAL mode and
+//   migrates the schema to this faultline's version.
+// ReadOnly: opens with SQLITE_OPEN_READONLY; creates no file, migrates nothing, and needs no write
+//   access to the file or its directory. When no writer has a WAL-mode file open (no PATH-wal),
+//   it is read as immutable, so that SQLite does not create PATH-wal and PATH-shm; when a writer
+//   has (PATH-wal and PATH-shm exist), it reads through them, read-only, and sees committed writes.
+//   Every write on the returned store throws std::system_error(std::errc::read_only_file_system).
+// errors: std::system_error, its what() naming the path:
+//   - ReadOnly: ENOENT "no record file at PATH" when nothing is there, EISDIR for a directory;
+//   - std::errc::invalid_argument "PATH is not a faultline record file (...)": a file that is not
+//     an SQLite database, or one without faultline's tables (ReadWrite creates them only in an
+//     empty database); the file is left as it was;
+//   - std::errc::not_supported: the file's schema version is newer than this faultline's (or, in
+//     ReadOnly mode, older: only a writer migrates);
+//   - otherwise SQLite's result code (category "sqlite") with its message.
+[[nodiscard]] std::unique_ptr<RecordStore> openSqliteStore(const std::string& path,
+                                                           StoreMode mode = StoreMode::ReadWrite);
 
 }  // namespace faultline::controller

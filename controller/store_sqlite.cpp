@@ -6,6 +6,8 @@
 #include <cctype>
 #include <cstdint>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <iterator>
 #include <mutex>
 #include <optional>
@@ -189,20 +191,58 @@ std::string columnText(sqlite3_stmt* stmt, int col) {
   return std::string(text, static_cast<std::size_t>(sqlite3_column_bytes(stmt, col)));
 }
 
+std::system_error notRecordFile(const std::string& path, std::string_view why) {
+  return std::system_error(std::make_error_code(std::errc::invalid_argument),
+                           fmt::format("{} is not a faultline record file ({})", path, why));
+}
+
+// What the first bytes of a file say about it (https://sqlite.org/fileformat2.html#the_database_header).
+struct FileHeader {
+  bool sqlite = false;  // starts with "SQLite format 3\0", or is empty (SQLite reads that as an empty database)
+  bool wal = false;     // in WAL mode: file format version numbers (bytes 18 and 19) are 2
+};
+
+// nullopt when the file cannot be read here (SQLite then reports why).
+std::optional<FileHeader> readHeader(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    return std::nullopt;
+  }
+  std::array<char, 20> bytes{};
+  in.read(bytes.data(), bytes.size());
+  const auto got = static_cast<std::size_t>(in.gcount());
+  constexpr std::string_view kMagic("SQLite format 3\0", 16);
+  FileHeader header;
+  header.sqlite = got == 0 || (got >= kMagic.size() && std::string_view(bytes.data(), kMagic.size()) == kMagic);
+  header.wal = got == bytes.size() && header.sqlite && bytes[18] == 2 && bytes[19] == 2;
+  return header;
+}
+
+// A file: URI for path (absolute, percent-encoded) with the given query.
+std::string fileUri(const std::string& path, std::string_view query) {
+  std::string uri = "file://";
+  for (const unsigned char c : std::filesystem::absolute(path).string()) {
+    if (std::isalnum(c) || c == '/' || c == '-' || c == '.' || c == '_' || c == '~') {
+      uri += static_cast<char>(c);
+    } else {
+      uri += fmt::format("%{:02X}", c);
+    }
+  }
+  return fmt::format("{}?{}", uri, query);
+}
+
 class SqliteRecordStore final : public RecordStore {
  public:
-  explicit SqliteRecordStore(std::string path) : path_(std::move(path)) {
-    sqlite3* raw = nullptr;
-    const int rc = sqlite3_open_v2(path_.c_str(), &raw, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, nullptr);
-    db_.reset(raw);  // a handle is returned even on failure and must be closed
-    if (rc != SQLITE_OK) {
-      throw sqliteError(db_.get(), rc, fmt::format("cannot open record store {}", path_));
+  SqliteRecordStore(std::string path, StoreMode mode) : path_(std::move(path)), readOnly_(mode == StoreMode::ReadOnly) {
+    if (readOnly_) {
+      openReadOnly();
+    } else {
+      open(path_, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
+      refuseForeign();
+      exec("PRAGMA foreign_keys = ON", "cannot enable foreign keys");
+      setWal();
+      migrate();
     }
-    sqlite3_extended_result_codes(db_.get(), 1);
-    sqlite3_busy_timeout(db_.get(), kBusyTimeoutMs);
-    exec("PRAGMA foreign_keys = ON", "cannot enable foreign keys");
-    setWal();
-    migrate();
 
     insertRun_ =
         prepare("INSERT INTO runs (run_id, experiment, file_sha256, trigger, started_at) VALUES (?1, ?2, ?3, ?4, ?5)");
@@ -227,6 +267,7 @@ class SqliteRecordStore final : public RecordStore {
   }
 
   void createRun(const v1::Run& run) override {
+    refuseWrite("createRun", run.run_id());
     std::lock_guard lock(mutex_);
     StmtUse use(insertRun_);
     bindText(use, 1, run.run_id());
@@ -238,6 +279,7 @@ class SqliteRecordStore final : public RecordStore {
   }
 
   void addEvent(const v1::RunEvent& event) override {
+    refuseWrite("addEvent", event.run_id());
     std::lock_guard lock(mutex_);
     StmtUse use(insertEvent_);
     bindText(use, 1, event.run_id());
@@ -250,6 +292,7 @@ class SqliteRecordStore final : public RecordStore {
   }
 
   void addSample(const std::string& runId, const v1::ProbeSample& sample) override {
+    refuseWrite("addSample", runId);
     std::lock_guard lock(mutex_);
     StmtUse use(insertSample_);
     bindText(use, 1, runId);
@@ -264,6 +307,7 @@ class SqliteRecordStore final : public RecordStore {
 
   void finishRun(const std::string& runId, v1::Verdict verdict, const std::string& reason,
                  const google::protobuf::Timestamp& endedAt) override {
+    refuseWrite("finishRun", runId);
     std::lock_guard lock(mutex_);
     StmtUse use(finishRun_);
     bindText(use, 1, runId);
@@ -354,6 +398,125 @@ class SqliteRecordStore final : public RecordStore {
     bool open_ = true;
   };
 
+  void open(const std::string& name, int flags) {
+    sqlite3* raw = nullptr;
+    const int rc = sqlite3_open_v2(name.c_str(), &raw, flags, nullptr);
+    db_.reset(raw);  // a handle is returned even on failure and must be closed
+    if (rc != SQLITE_OK) {
+      throw sqliteError(db_.get(), rc, fmt::format("cannot open record store {}", path_));
+    }
+    sqlite3_extended_result_codes(db_.get(), 1);
+    sqlite3_busy_timeout(db_.get(), kBusyTimeoutMs);
+  }
+
+  // Read-only, without creating anything: not the file, and not its -wal and -shm, which a
+  // read-only connection to a WAL database otherwise creates (and leaves) when no writer has them.
+  void openReadOnly() {
+    std::error_code ec;
+    const auto status = std::filesystem::status(path_, ec);
+    if (status.type() == std::filesystem::file_type::not_found) {
+      throw std::system_error(std::make_error_code(std::errc::no_such_file_or_directory),
+                              fmt::format("no record file at {}", path_));
+    }
+    if (status.type() == std::filesystem::file_type::directory) {
+      throw std::system_error(std::make_error_code(std::errc::is_a_directory),
+                              fmt::format("{} is a directory, not a record file", path_));
+    }
+    const auto header = readHeader(path_);
+    if (header && !header->sqlite) {
+      throw notRecordFile(path_, "not an SQLite database");
+    }
+    // Without PATH-wal no writer has the file open, and the main file holds every committed
+    // write: it is read as immutable (no locks, no -shm). A writer that starts meanwhile writes
+    // to a new PATH-wal, which this read does not see.
+    if (header && header->wal && !std::filesystem::exists(path_ + "-wal", ec)) {
+      open(fileUri(path_, "immutable=1"), SQLITE_OPEN_READONLY | SQLITE_OPEN_URI);
+    } else {
+      open(path_, SQLITE_OPEN_READONLY);
+    }
+    const Schema schema = readSchema();
+    if (!schema.hasRuns) {
+      throw notRecordFile(path_, "an SQLite database without faultline's tables");
+    }
+    if (schema.version > kSchemaVersion) {
+      throw newerSchema(schema.version);
+    }
+    if (schema.version < kSchemaVersion || !schema.hasEvents || !schema.hasSamples) {
+      if (schema.version == 0) {
+        throw notRecordFile(path_, "no faultline schema version");
+      }
+      throw std::system_error(std::make_error_code(std::errc::not_supported),
+                              fmt::format("record file {} has schema version {}, older than this faultline's {}; "
+                                          "the controller or `faultline run --local` upgrades it when it opens it",
+                                          path_, schema.version, kSchemaVersion));
+    }
+  }
+
+  // A database that holds something but never had faultline's schema is someone else's: adding
+  // tables to it (and switching it to WAL) would change a file that is not ours.
+  void refuseForeign() {
+    const Schema schema = readSchema();
+    if (schema.version == 0 && schema.objects > 0 && !schema.hasRuns) {
+      throw notRecordFile(path_, "an SQLite database with other tables");
+    }
+  }
+
+  struct Schema {
+    int version = 0;  // PRAGMA user_version
+    int objects = 0;  // tables, indexes, views and triggers
+    bool hasRuns = false;
+    bool hasEvents = false;
+    bool hasSamples = false;
+  };
+
+  Schema readSchema() {
+    Schema schema;
+    // The first read of the file: where SQLite finds that it is not a database at all.
+    const auto fail = [&](int rc) {
+      if ((rc & 0xff) == SQLITE_NOTADB) {
+        return notRecordFile(path_, sqlite3_errstr(rc));
+      }
+      return sqliteError(db_.get(), rc, fmt::format("cannot read the schema of {}", path_));
+    };
+    sqlite3_stmt* raw = nullptr;
+    const int prepared = sqlite3_prepare_v2(db_.get(), "SELECT type, name FROM sqlite_master", -1, &raw, nullptr);
+    Stmt stmt(raw);
+    if (prepared != SQLITE_OK) {
+      throw fail(prepared);
+    }
+    for (;;) {
+      const int rc = sqlite3_step(stmt.get());
+      if (rc == SQLITE_DONE) {
+        break;
+      }
+      if (rc != SQLITE_ROW) {
+        throw fail(rc);
+      }
+      ++schema.objects;
+      if (columnText(stmt.get(), 0) == "table") {
+        const std::string name = columnText(stmt.get(), 1);
+        schema.hasRuns = schema.hasRuns || name == "runs";
+        schema.hasEvents = schema.hasEvents || name == "events";
+        schema.hasSamples = schema.hasSamples || name == "samples";
+      }
+    }
+    schema.version = userVersion();
+    return schema;
+  }
+
+  std::system_error newerSchema(int version) const {
+    return std::system_error(std::make_error_code(std::errc::not_supported),
+                             fmt::format("record store {} has schema version {}, newer than this faultline's {}", path_,
+                                         version, kSchemaVersion));
+  }
+
+  void refuseWrite(std::string_view what, std::string_view runId) const {
+    if (readOnly_) {
+      throw std::system_error(std::make_error_code(std::errc::read_only_file_system),
+                              fmt::format("record store {} is open read-only: {} of run {}", path_, what, runId));
+    }
+  }
+
   void exec(const char* sql, std::string_view context) {
     const int rc = sqlite3_exec(db_.get(), sql, nullptr, nullptr, nullptr);
     if (rc != SQLITE_OK) {
@@ -391,10 +554,7 @@ class SqliteRecordStore final : public RecordStore {
       try {
         const int version = userVersion();
         if (version > kSchemaVersion) {
-          throw std::system_error(std::make_error_code(std::errc::not_supported),
-                                  fmt::format("record store {} has schema version {}, newer than this "
-                                              "faultline's {}",
-                                              path_, version, kSchemaVersion));
+          throw newerSchema(version);
         }
         if (version == kSchemaVersion) {
           exec("COMMIT", "cannot commit");
@@ -499,6 +659,7 @@ class SqliteRecordStore final : public RecordStore {
   }
 
   std::string path_;
+  bool readOnly_;
   std::mutex mutex_;
   Db db_;  // declared before the statements, so it is closed after they are finalized
   Stmt insertRun_;
@@ -516,8 +677,8 @@ class SqliteRecordStore final : public RecordStore {
 
 }  // namespace
 
-std::unique_ptr<RecordStore> openSqliteStore(const std::string& path) {
-  return std::make_unique<SqliteRecordStore>(path);
+std::unique_ptr<RecordStore> openSqliteStore(const std::string& path, StoreMode mode) {
+  return std::make_unique<SqliteRecordStore>(path, mode);
 }
 
 }  // namespace faultline::controller

@@ -5,9 +5,11 @@
 #include <vector>
 
 #include <doctest/doctest.h>
+#include <fmt/format.h>
 
 #include "agent/spec.h"
 #include "controller/experiment.h"
+#include "controller/probe.h"
 
 using namespace faultline;
 using namespace faultline::controller;
@@ -38,6 +40,19 @@ bool hasDiagnostic(const std::vector<Diagnostic>& diagnostics, const std::string
     }
   }
   return false;
+}
+
+bool contains(const std::string& text, const std::string& part) {
+  return text.find(part) != std::string::npos;
+}
+
+std::string repeat(const std::string& text, size_t times) {
+  std::string out;
+  out.reserve(text.size() * times);
+  for (size_t i = 0; i < times; ++i) {
+    out += text;
+  }
+  return out;
 }
 
 const FaultStep& faultAt(const Experiment& e, size_t i) {
@@ -461,4 +476,172 @@ TEST_CASE("the quickstart experiment is what the quickstart expects") {
   REQUIRE_MESSAGE(extended.has_value(), (extended ? "" : allDiagnostics(extended.error())));
   REQUIRE(extended->method.size() == 5);
   CHECK(toMicros(faultAt(*extended, 4).spec.network_delay().delay()) == 100ms);
+}
+
+TEST_CASE("probe URLs: the validator and the prober accept and refuse the same ones, with the same words") {
+  struct Row {
+    std::string url;
+    bool valid;
+    std::string phrase;  // in the error of an invalid URL
+  };
+  // Valid rows point at a closed port of the loopback, so the prober's attempt ends at once.
+  const std::vector<Row> rows = {
+      {"http://127.0.0.1:1/", true, ""},
+      {"http://127.0.0.1:1", true, ""},
+      {"HTTP://127.0.0.1:1/healthz?x=1#top", true, ""},
+      {"Http://localhost:1/", true, ""},
+      {"http://[::1]:1/", true, ""},
+      {"http://10.88.0.1:8080:9/", false, "more than one ':PORT'"},
+      {"http://[zz]/", false, "'zz' in brackets is not an IPv6 address"},
+      {"http://[10.0.0.1]/", false, "is not an IPv6 address"},
+      {"http://[::1/", false, "not closed"},
+      {"http://[::1]x/", false, "text after the IPv6 address"},
+      {"http://[fe80::1%25eth0]/", false, "zone ids"},
+      {"http://::1/", false, "no host"},
+      {"http://fe80::1/", false, "more than one ':PORT'"},
+      {"https://127.0.0.1/", false, "https is not supported"},
+      {"HTTPS://127.0.0.1/", false, "https is not supported"},
+      {"ftp://127.0.0.1/", false, "does not start with http://"},
+      {"127.0.0.1:80/", false, "does not start with http://"},
+      {"http://", false, "no host"},
+      {"http:///path", false, "no host"},
+      {"http://host:0/", false, "port '0' is not a number from 1 to 65535"},
+      {"http://host:65536/", false, "port '65536'"},
+      {"http://host:+80/", false, "port '+80'"},
+      {"http://host:/", false, "the port after ':' is empty"},
+      {"http://user@host/", false, "user information"},
+      {"http://host/a b", false, "space"},
+      {"http://host/caf\xc3\xa9", false, "non-ASCII"},
+      {"http://999.1.1.1/", false, "not an IPv4 address"},
+      {"http://1.2.3/", false, "not an IPv4 address"},
+      {"http://a..b/", false, "empty label"},
+      {"http://" + std::string(64, 'a') + ".com/", false, "label of 64 characters"},
+      {"http://exa$mple/", false, "the character '$'"},
+  };
+  auto runner = makeHttpProbeRunner();
+  for (const Row& row : rows) {
+    CAPTURE(row.url);
+    const auto parsed = parseHttpUrl(row.url);
+    const std::string yaml = std::string(kHeader) +
+                             "steadyState:\n"   // 5
+                             "  probes:\n"      // 6
+                             "    - name: p\n"  // 7
+                             "      http:\n"    // 8
+                             "        url: '" +
+                             row.url + "'\n" +  // 9
+                             "method:\n  - wait: 1s\n";
+    const auto validated = parseExperiment(yaml, "url.yaml");
+    Probe probe;
+    probe.name = "p";
+    probe.http.url = row.url;
+    probe.http.maxLatency = 500ms;
+    probe.http.timeout = 500ms;
+    const Sample sample = runner->run(probe);
+    CAPTURE(sample.detail);
+    if (row.valid) {
+      CHECK_MESSAGE(parsed.has_value(), (parsed ? "" : parsed.error()));
+      CHECK_MESSAGE(validated.has_value(), (validated ? "" : allDiagnostics(validated.error())));
+      CHECK_FALSE(contains(sample.detail, "invalid URL"));  // the prober tried to connect
+      continue;
+    }
+    REQUIRE_FALSE(parsed.has_value());
+    const std::string& error = parsed.error();
+    CHECK(contains(error, row.phrase));
+    CHECK(error.rfind("invalid URL '" + row.url + "': ", 0) == 0);
+    CHECK(contains(error, "; accepted: http://HOST[:PORT][/PATH]"));
+    REQUIRE_FALSE(validated.has_value());
+    REQUIRE(validated.error().size() == 1);
+    const Diagnostic& d = validated.error().front();
+    CHECK(d.field == "steadyState.probes[0].http.url");
+    CHECK(d.line == 9);
+    CHECK(d.message == error);
+    CHECK_FALSE(sample.ok);
+    CHECK(sample.detail == error);
+  }
+}
+
+TEST_CASE("a file over 1 MiB is refused before it is parsed; 1 MiB itself is fine") {
+  const std::string yaml = std::string(kHeader) + "method:\n  - wait: 1s\n";
+  std::string padded = yaml + "# " + std::string(kMaxExperimentBytes - yaml.size() - 3, 'x') + "\n";
+  REQUIRE(padded.size() == kMaxExperimentBytes);
+  auto atLimit = parseExperiment(padded, "big.yaml");
+  CHECK_MESSAGE(atLimit.has_value(), (atLimit ? "" : allDiagnostics(atLimit.error())));
+
+  padded += "\n";
+  auto over = parseExperiment(padded, "big.yaml");
+  REQUIRE_FALSE(over.has_value());
+  REQUIRE(over.error().size() == 1);
+  const Diagnostic& d = over.error().front();
+  CHECK(d.line == 0);
+  CHECK(d.field.empty());
+  CHECK(format(d) == "big.yaml: the file is 1048577 bytes; experiment files are limited to 1 MiB (1048576 bytes)");
+  // Even text that is not YAML at all: the size is checked first.
+  auto garbage = parseExperiment(std::string(10 * kMaxExperimentBytes, '['), "huge.yaml");
+  REQUIRE_FALSE(garbage.has_value());
+  REQUIRE(garbage.error().size() == 1);
+  CHECK(contains(garbage.error().front().message, "the file is 10485760 bytes"));
+}
+
+TEST_CASE("at most 1000 method steps and 100 probes") {
+  const std::string wait = "method:\n  - wait: 1s\n";
+  auto steps = [](size_t n) { return std::string(kHeader) + "method:\n" + repeat("  - wait: 1ms\n", n); };
+  auto probes = [&](size_t n) {
+    std::string yaml = std::string(kHeader) + "steadyState:\n  probes:\n";
+    for (size_t i = 0; i < n; ++i) {
+      yaml += "    - {name: p" + std::to_string(i) + ", http: {url: 'http://10.77.0.1:8080/'}}\n";
+    }
+    return yaml + wait;
+  };
+  auto thousand = parseExperiment(steps(kMaxMethodSteps), "steps.yaml");
+  REQUIRE_MESSAGE(thousand.has_value(), (thousand ? "" : allDiagnostics(thousand.error())));
+  CHECK(thousand->method.size() == 1000);
+  auto hundred = parseExperiment(probes(kMaxProbes), "probes.yaml");
+  REQUIRE_MESSAGE(hundred.has_value(), (hundred ? "" : allDiagnostics(hundred.error())));
+  CHECK(hundred->hypothesis.probes.size() == 100);
+
+  const std::vector<Diagnostic> tooManySteps = errorsOf(steps(kMaxMethodSteps + 1));
+  CAPTURE(allDiagnostics(tooManySteps));
+  CHECK(tooManySteps.size() == 1);
+  CHECK(hasDiagnostic(tooManySteps, "method", 6, "has 1001 steps; accepted: at most 1000 steps"));
+  const std::vector<Diagnostic> tooManyProbes = errorsOf(probes(kMaxProbes + 1));
+  CAPTURE(allDiagnostics(tooManyProbes));
+  CHECK(tooManyProbes.size() == 1);
+  CHECK(hasDiagnostic(tooManyProbes, "steadyState.probes", 7, "has 101 probes; accepted: at most 100 probes"));
+}
+
+TEST_CASE("YAML that would exhaust memory or the stack is one error with its place") {
+  SUBCASE("more nodes than any experiment needs") {
+    const std::vector<Diagnostic> d = errorsOf(std::string(kHeader) + "method: [" + repeat("1,", 60'000) + "1]\n");
+    REQUIRE(d.size() == 1);
+    CHECK(d.front().line == 5);
+    CHECK(d.front().column > 1);
+    CHECK(contains(d.front().message, "more than 50000 YAML nodes"));
+  }
+  SUBCASE("brackets nested deeper than yaml-cpp's limit, closed") {
+    const std::vector<Diagnostic> d =
+        errorsOf(std::string(kHeader) + "method: " + std::string(1000, '[') + std::string(1000, ']') + "\n");
+    REQUIRE(d.size() == 1);
+    CHECK(d.front().line == 5);
+    CHECK(d.front().column > 0);
+    CHECK(contains(d.front().message, "YAML syntax error: lists and maps nested"));
+  }
+  SUBCASE("brackets nested deeper than yaml-cpp's limit, never closed") {
+    const std::vector<Diagnostic> d = errorsOf(std::string(kHeader) + "method: " + std::string(500'000, '{') + "\n");
+    REQUIRE(d.size() == 1);
+    CHECK(d.front().line > 0);
+    CHECK(contains(d.front().message, "YAML syntax error"));
+  }
+}
+
+TEST_CASE("errors stop after 100, so an alias cannot multiply the work") {
+  // One map of 2000 unknown keys, used as each of 1000 steps: two million errors unchecked.
+  std::string keys;
+  for (int i = 0; i < 2000; ++i) {
+    keys += (i == 0 ? "" : ", ") + fmt::format("k{}: 1", i);
+  }
+  const std::string yaml = std::string(kHeader) + "x: &m {" + keys + "}\nmethod:\n" + repeat("  - *m\n", 1000);
+  const std::vector<Diagnostic> d = errorsOf(yaml);
+  REQUIRE(d.size() == 101);
+  CHECK(d.back().line == 0);
+  CHECK(format(d.back()) == "bad.yaml: stopped checking after 100 errors");
 }

@@ -15,6 +15,7 @@
 namespace asio = boost::asio;
 using tcp = asio::ip::tcp;
 using faultline::controller::makeHttpProbeRunner;
+using faultline::controller::parseHttpUrl;
 using faultline::controller::Probe;
 using faultline::controller::Sample;
 using faultline::demo::Server;
@@ -71,6 +72,8 @@ TEST_CASE("a URL without a path or port still works; the path reaches the server
   auto runner = makeHttpProbeRunner();
   const auto e = server->endpoint();
   CHECK(runner->run(probeOf("http://127.0.0.1:" + std::to_string(e.port()))).ok);
+  // The scheme in any case (RFC 3986): what the validator accepts, the prober uses.
+  CHECK(runner->run(probeOf("HTTP://127.0.0.1:" + std::to_string(e.port()) + "/healthz")).ok);
   CHECK(runner->run(probeOf(urlOf(*server, "/healthz?verbose=1"))).ok);
   const Sample missing = runner->run(probeOf(urlOf(*server, "/nope")));
   CHECK_FALSE(missing.ok);
@@ -163,13 +166,45 @@ TEST_CASE("host names and IPv6 literals") {
 
 TEST_CASE("bad URLs are failed samples that say what is accepted") {
   auto runner = makeHttpProbeRunner();
-  for (const std::string url : {"https://127.0.0.1/", "127.0.0.1:80/", "http://", "http://host:0/",
-                                "http://host:99999/", "http://[::1/", "http://[nothost]:80/", "http://user@host/"}) {
+  for (const std::string url :
+       {"https://127.0.0.1/", "127.0.0.1:80/", "http://", "http://host:0/", "http://host:99999/", "http://[::1/",
+        "http://[nothost]:80/", "http://user@host/", "http://10.88.0.1:8080:9/", "http://[zz]/", "http://a b/"}) {
     CAPTURE(url);
     const Sample sample = runner->run(probeOf(url));
     CHECK_FALSE(sample.ok);
     CHECK(contains(sample.detail, "invalid URL"));
-    CHECK(contains(sample.detail, "accepted: http://HOST[:PORT]/PATH"));
+    CHECK(contains(sample.detail, "accepted: http://HOST[:PORT][/PATH]"));
+    // The detail is parseHttpUrl's error, the text the experiment validator reports too.
+    auto parsed = parseHttpUrl(url);
+    REQUIRE_FALSE(parsed.has_value());
+    CHECK(sample.detail == parsed.error());
+  }
+}
+
+TEST_CASE("parseHttpUrl: host, port and target of accepted URLs") {
+  struct Row {
+    std::string url;
+    std::string host;
+    uint16_t port;
+    std::string target;
+  };
+  const std::vector<Row> rows = {
+      {"http://10.77.0.1:8080/", "10.77.0.1", 8080, "/"},
+      {"HTTP://Example.COM", "Example.COM", 80, "/"},
+      {"hTtP://h:1/a/b", "h", 1, "/a/b"},
+      {"http://[::1]:9000/healthz?verbose=1#frag", "::1", 9000, "/healthz?verbose=1"},
+      {"http://[::ffff:10.0.0.1]/", "::ffff:10.0.0.1", 80, "/"},
+      {"http://svc_1.internal.:65535?x=1", "svc_1.internal.", 65535, "/?x=1"},
+      {"http://h#top", "h", 80, "/"},
+      {"http://h/%20encoded", "h", 80, "/%20encoded"},
+  };
+  for (const Row& row : rows) {
+    CAPTURE(row.url);
+    auto url = parseHttpUrl(row.url);
+    REQUIRE_MESSAGE(url.has_value(), (url ? "" : url.error()));
+    CHECK(url->host == row.host);
+    CHECK(url->port == row.port);
+    CHECK(url->target == row.target);
   }
 }
 

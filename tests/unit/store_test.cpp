@@ -1,7 +1,13 @@
+#include <grp.h>
 #include <stdlib.h>
+#include <sys/types.h>
+#include <sys/wait.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <filesystem>
+#include <fstream>
+#include <map>
 #include <optional>
 #include <sstream>
 #include <string>
@@ -46,6 +52,7 @@ class TempDir {
   TempDir(const TempDir&) = delete;
   TempDir& operator=(const TempDir&) = delete;
   std::string file(const std::string& name) const { return (path_ / name).string(); }
+  const std::filesystem::path& path() const { return path_; }
 
  private:
   std::filesystem::path path_;
@@ -171,6 +178,90 @@ v1::Run sortedSamples(v1::Run run) {
                    });
   return run;
 }
+
+// Every file in a directory with its bytes: shows that nothing was created, removed or changed.
+std::map<std::string, std::string> snapshot(const std::filesystem::path& dir) {
+  std::map<std::string, std::string> files;
+  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+    std::ifstream in(entry.path(), std::ios::binary);
+    std::ostringstream bytes;
+    bytes << in.rdbuf();
+    files[entry.path().filename().string()] = bytes.str();
+  }
+  return files;
+}
+
+std::vector<std::string> namesOf(const std::map<std::string, std::string>& files) {
+  std::vector<std::string> names;
+  for (const auto& [name, bytes] : files) {
+    names.push_back(name);
+  }
+  return names;
+}
+
+// An SQLite database that is not faultline's, written with the C API and closed.
+void writeForeignDatabase(const std::string& path, const char* journalMode) {
+  sqlite3* db = nullptr;
+  REQUIRE(sqlite3_open(path.c_str(), &db) == SQLITE_OK);
+  const std::string sql = fmt::format(
+      "PRAGMA journal_mode = {}; CREATE TABLE notes (id INTEGER PRIMARY KEY, text TEXT); "
+      "INSERT INTO notes (text) VALUES ('keep me');",
+      journalMode);
+  CHECK(sqlite3_exec(db, sql.c_str(), nullptr, nullptr, nullptr) == SQLITE_OK);
+  REQUIRE(sqlite3_close(db) == SQLITE_OK);
+}
+
+// Drops the effective user and group to nobody (65534) for the scope when running as root, for
+// whom permission bits do not apply; does nothing for any other user, who is bound by them anyway.
+class Unprivileged {
+ public:
+  Unprivileged() {
+    if (geteuid() != 0) {
+      return;
+    }
+    groups_.resize(static_cast<size_t>(getgroups(0, nullptr)));
+    REQUIRE(getgroups(static_cast<int>(groups_.size()), groups_.data()) == static_cast<int>(groups_.size()));
+    gid_ = getegid();
+    REQUIRE(setgroups(0, nullptr) == 0);
+    REQUIRE(setegid(65534) == 0);
+    REQUIRE(seteuid(65534) == 0);
+    dropped_ = true;
+  }
+  ~Unprivileged() {
+    if (dropped_) {
+      // Restoring root cannot fail here (the saved user id is 0); if it did, later tests would show it.
+      (void)seteuid(0);
+      (void)setegid(gid_);
+      (void)setgroups(groups_.size(), groups_.data());
+    }
+  }
+  Unprivileged(const Unprivileged&) = delete;
+  Unprivileged& operator=(const Unprivileged&) = delete;
+
+ private:
+  bool dropped_ = false;
+  gid_t gid_ = 0;
+  std::vector<gid_t> groups_;
+};
+
+// Sets a path's permissions for the scope and restores them at its end (so TempDir can clean up).
+class ScopedMode {
+ public:
+  ScopedMode(std::filesystem::path path, std::filesystem::perms mode)
+      : path_(std::move(path)), old_(std::filesystem::status(path_).permissions()) {
+    std::filesystem::permissions(path_, mode);
+  }
+  ~ScopedMode() {
+    std::error_code ec;
+    std::filesystem::permissions(path_, old_, ec);
+  }
+  ScopedMode(const ScopedMode&) = delete;
+  ScopedMode& operator=(const ScopedMode&) = delete;
+
+ private:
+  std::filesystem::path path_;
+  std::filesystem::perms old_;
+};
 
 }  // namespace
 
@@ -344,6 +435,224 @@ TEST_CASE("record store: a database from a newer faultline is refused") {
     auto store = openSqliteStore(path);
     FAIL("opened a schema 999 database");
   } catch (const std::system_error& e) {
+    CHECK(std::string(e.what()).find(path) != std::string::npos);
+    CHECK(std::string(e.what()).find("999") != std::string::npos);
+  }
+}
+
+TEST_CASE("record store read-only: a missing file is ENOENT and is not created") {
+  TempDir dir;
+  const std::string path = dir.file("runs.db");
+  try {
+    auto store = openSqliteStore(path, StoreMode::ReadOnly);
+    FAIL("opened " << path);
+  } catch (const std::system_error& e) {
+    CHECK(e.code() == std::make_error_code(std::errc::no_such_file_or_directory));
+    CHECK(std::string(e.what()).find("no record file at " + path) != std::string::npos);
+  }
+  CHECK(snapshot(dir.path()).empty());
+}
+
+TEST_CASE("record store read-only: a foreign SQLite database is refused and left byte for byte") {
+  TempDir dir;
+  const std::string path = dir.file("other.db");
+  const char* journalMode = "DELETE";
+  SUBCASE("rollback journal") {
+    journalMode = "DELETE";
+  }
+  SUBCASE("WAL, closed by its writer") {
+    journalMode = "WAL";
+  }
+  CAPTURE(journalMode);
+  writeForeignDatabase(path, journalMode);
+  const auto before = snapshot(dir.path());
+  REQUIRE(namesOf(before) == std::vector<std::string>{"other.db"});
+  try {
+    auto store = openSqliteStore(path, StoreMode::ReadOnly);
+    FAIL("opened " << path);
+  } catch (const std::system_error& e) {
+    CHECK(std::string(e.what()).find(path + " is not a faultline record file") != std::string::npos);
+    CHECK(e.code() == std::make_error_code(std::errc::invalid_argument));
+  }
+  CHECK(snapshot(dir.path()) == before);
+  // The controller's read-write open does not take it over either.
+  try {
+    auto store = openSqliteStore(path);
+    FAIL("opened " << path << " read-write");
+  } catch (const std::system_error& e) {
+    CHECK(std::string(e.what()).find(path + " is not a faultline record file") != std::string::npos);
+  }
+  CHECK(snapshot(dir.path()) == before);
+}
+
+TEST_CASE("record store read-only: a file that is not an SQLite database is refused and left alone") {
+  TempDir dir;
+  const std::string path = dir.file("notes.db");
+  std::string text;
+  SUBCASE("text") {
+    text = "apiVersion: faultline/v1\nkind: Experiment\n";
+  }
+  SUBCASE("empty") {
+    text = "";
+  }
+  { std::ofstream(path, std::ios::binary) << text; }
+  const auto before = snapshot(dir.path());
+  try {
+    auto store = openSqliteStore(path, StoreMode::ReadOnly);
+    FAIL("opened " << path);
+  } catch (const std::system_error& e) {
+    CHECK(std::string(e.what()).find(path + " is not a faultline record file") != std::string::npos);
+  }
+  CHECK(snapshot(dir.path()) == before);
+  if (!text.empty()) {  // an empty file is an empty database, which read-write opens and fills
+    try {
+      auto store = openSqliteStore(path);
+      FAIL("opened " << path << " read-write");
+    } catch (const std::system_error& e) {
+      CHECK(std::string(e.what()).find(path + " is not a faultline record file") != std::string::npos);
+    }
+    CHECK(snapshot(dir.path()) == before);
+  }
+}
+
+TEST_CASE("record store read-only: reads what a writer recorded, creates nothing, and every write throws") {
+  TempDir dir;
+  const std::string path = dir.file("runs.db");
+  const v1::Run run = fixtureRun();
+  {
+    auto writer = openSqliteStore(path);
+    record(*writer, run);
+  }
+  const auto before = snapshot(dir.path());
+  REQUIRE(namesOf(before) == std::vector<std::string>{"runs.db"});  // the writer removed -wal and -shm
+
+  auto store = openSqliteStore(path, StoreMode::ReadOnly);
+  auto got = store->getRun("r-0001");
+  REQUIRE(got.has_value());
+  CHECK(MessageDifferencer::Equals(sortedSamples(run), *got));
+  REQUIRE(store->listRuns(0).size() == 1);
+  auto missing = store->getRun("r-missing");
+  REQUIRE_FALSE(missing.has_value());
+  CHECK(missing.error() == std::make_error_code(std::errc::no_such_file_or_directory));
+
+  const auto readOnly = std::make_error_code(std::errc::read_only_file_system);
+  const auto throwsReadOnly = [&](auto write) {
+    try {
+      write();
+      return false;
+    } catch (const std::system_error& e) {
+      return e.code() == readOnly && std::string(e.what()).find("read-only") != std::string::npos;
+    }
+  };
+  CHECK(throwsReadOnly([&] { store->createRun(makeRun("r-0002", 1)); }));
+  CHECK(throwsReadOnly([&] { store->addEvent(makeEvent("r-0001", 1, "", "note", "")); }));
+  CHECK(throwsReadOnly([&] { store->addSample("r-0001", makeSample(1, "p", "after", true, 1.0)); }));
+  CHECK(throwsReadOnly([&] { store->finishRun("r-0001", v1::VERDICT_HELD, "", at(1)); }));
+  store.reset();
+  CHECK(snapshot(dir.path()) == before);
+}
+
+TEST_CASE("record store read-only: a 0444 file in a directory the reader cannot write") {
+  // As root the reader runs as nobody, so that the permission bits apply to it.
+  TempDir top;
+  std::filesystem::permissions(top.path(), std::filesystem::perms::owner_all | std::filesystem::perms::group_read |
+                                               std::filesystem::perms::group_exec |
+                                               std::filesystem::perms::others_read |
+                                               std::filesystem::perms::others_exec);
+  const std::filesystem::path dir = top.path() / "records";
+  std::filesystem::create_directory(dir);
+  const std::string path = (dir / "runs.db").string();
+  const v1::Run run = fixtureRun();
+  const auto readOnlyDir = std::filesystem::perms::owner_read | std::filesystem::perms::owner_exec |
+                           std::filesystem::perms::group_read | std::filesystem::perms::group_exec |
+                           std::filesystem::perms::others_read | std::filesystem::perms::others_exec;
+  const auto readOnlyFile =
+      std::filesystem::perms::owner_read | std::filesystem::perms::group_read | std::filesystem::perms::others_read;
+
+  // Reads r-0001 and the run r-last, whose event is the writer's last write, as the reader.
+  const auto readAll = [&] {
+    Unprivileged reader;
+    auto store = openSqliteStore(path, StoreMode::ReadOnly);
+    auto got = store->getRun("r-0001");
+    REQUIRE(got.has_value());
+    CHECK(MessageDifferencer::Equals(sortedSamples(run), *got));
+    auto last = store->getRun("r-last");
+    REQUIRE(last.has_value());
+    CHECK(last->events_size() == 1);
+    CHECK(store->listRuns(0).size() == 2);
+  };
+  const auto writeAll = [&](RecordStore& writer) {
+    record(writer, run);
+    writer.createRun(makeRun("r-last", 100'000));
+    writer.addEvent(makeEvent("r-last", 100'000, "", "run.started", "last"));
+  };
+
+  SUBCASE("no writer: the file alone") {
+    {
+      auto writer = openSqliteStore(path);
+      writeAll(*writer);
+    }
+    ScopedMode file(path, readOnlyFile);
+    ScopedMode directory(dir, readOnlyDir);
+    const auto before = snapshot(dir);
+    REQUIRE(namesOf(before) == std::vector<std::string>{"runs.db"});
+    readAll();
+    CHECK(snapshot(dir) == before);
+  }
+  SUBCASE("a writer has it open: its -wal and -shm hold the last writes") {
+    auto writer = openSqliteStore(path);
+    writeAll(*writer);
+    ScopedMode file(path, readOnlyFile);
+    ScopedMode directory(dir, readOnlyDir);
+    const auto before = snapshot(dir);
+    REQUIRE(namesOf(before) == std::vector<std::string>{"runs.db", "runs.db-shm", "runs.db-wal"});
+    readAll();
+    const auto after = snapshot(dir);
+    REQUIRE(namesOf(after) == namesOf(before));
+    CHECK(after.at("runs.db") == before.at("runs.db"));
+    CHECK(after.at("runs.db-wal") == before.at("runs.db-wal"));
+  }
+  SUBCASE("a writer died and left its -wal and -shm") {
+    const pid_t child = fork();
+    REQUIRE(child >= 0);
+    if (child == 0) {
+      try {
+        auto writer = openSqliteStore(path);
+        writeAll(*writer);
+        _exit(0);  // without closing: the -wal and -shm stay, as after a crash
+      } catch (...) {
+        _exit(1);
+      }
+    }
+    int status = 0;
+    REQUIRE(waitpid(child, &status, 0) == child);
+    REQUIRE(WIFEXITED(status));
+    REQUIRE(WEXITSTATUS(status) == 0);
+    ScopedMode file(path, readOnlyFile);
+    ScopedMode directory(dir, readOnlyDir);
+    const auto before = snapshot(dir);
+    REQUIRE(namesOf(before) == std::vector<std::string>{"runs.db", "runs.db-shm", "runs.db-wal"});
+    readAll();
+    const auto after = snapshot(dir);
+    REQUIRE(namesOf(after) == namesOf(before));
+    CHECK(after.at("runs.db") == before.at("runs.db"));
+    CHECK(after.at("runs.db-wal") == before.at("runs.db-wal"));
+  }
+}
+
+TEST_CASE("record store read-only: a database from a newer faultline is refused") {
+  TempDir dir;
+  const std::string path = dir.file("runs.db");
+  { auto store = openSqliteStore(path); }
+  sqlite3* db = nullptr;
+  REQUIRE(sqlite3_open(path.c_str(), &db) == SQLITE_OK);
+  REQUIRE(sqlite3_exec(db, "PRAGMA user_version = 999", nullptr, nullptr, nullptr) == SQLITE_OK);
+  sqlite3_close(db);
+  try {
+    auto store = openSqliteStore(path, StoreMode::ReadOnly);
+    FAIL("opened a schema 999 database");
+  } catch (const std::system_error& e) {
+    CHECK(e.code() == std::make_error_code(std::errc::not_supported));
     CHECK(std::string(e.what()).find(path) != std::string::npos);
     CHECK(std::string(e.what()).find("999") != std::string::npos);
   }
