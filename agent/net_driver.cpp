@@ -5,6 +5,7 @@
 #include <limits>
 #include <optional>
 #include <utility>
+#include <vector>
 
 #include <fmt/format.h>
 
@@ -33,6 +34,13 @@ FaultError faultError(std::error_code code, std::string message) {
   return FaultError{code, std::move(message)};
 }
 
+// EBUSY: the root is no longer faultline's, and retrying cannot change that.
+FaultError notOursError(std::string message) {
+  FaultError error{std::make_error_code(std::errc::device_or_resource_busy), std::move(message)};
+  error.permanent = true;
+  return error;
+}
+
 std::string where(const std::string& netns) {
   return netns.empty() ? "the agent's network namespace" : netns;
 }
@@ -45,6 +53,12 @@ std::string context(const Plan& plan) {
 std::string handleText(uint32_t handle) {
   const uint32_t minor = handle & 0xFFFF;
   return minor != 0 ? fmt::format("{:x}:{:x}", handle >> 16, minor) : fmt::format("{:x}:", handle >> 16);
+}
+
+// tc's notation for a parent: "7:1", or ":1" under a default root (major 0).
+std::string parentText(uint32_t parent) {
+  const uint32_t major = parent >> 16;
+  return major != 0 ? fmt::format("{:x}:{:x}", major, parent & 0xFFFF) : fmt::format(":{:x}", parent & 0xFFFF);
 }
 
 std::string qdiscText(const std::optional<QdiscInfo>& q) {
@@ -124,6 +138,66 @@ std::string tableErrorText(const Plan& plan, std::string_view doing, std::error_
   return fmt::format("{}: {}: {}", context(plan), doing, code.message());
 }
 
+// Words for a failed QdiscTable open: the path, when it is not (or no longer) a namespace.
+std::string openErrorText(const Plan& plan, std::string_view doing, std::error_code code) {
+  if (!plan.netns.empty() && code == std::errc::invalid_argument) {
+    return fmt::format("{}: {} is not a network namespace", context(plan), plan.netns);
+  }
+  if (!plan.netns.empty() && code == std::errc::no_such_file_or_directory) {
+    return fmt::format("{}: network namespace {} does not exist", context(plan), plan.netns);
+  }
+  return tableErrorText(plan, doing, code);
+}
+
+// A shell command that deletes the root qdisc of the plan's interface, in its namespace.
+std::string deleteRootCommand(const Plan& plan) {
+  const std::string tc = fmt::format("tc qdisc del dev {} root", plan.interface);
+  if (plan.netns.empty()) {
+    return tc;
+  }
+  for (std::string_view dir : {"/var/run/netns/", "/run/netns/"}) {
+    if (plan.netns.starts_with(dir) && plan.netns.find('/', dir.size()) == std::string::npos) {
+      return fmt::format("ip netns exec {} {}", plan.netns.substr(dir.size()), tc);
+    }
+  }
+  return fmt::format("nsenter --net={} {}", plan.netns, tc);
+}
+
+// Why faultline cannot put back root (with children below it) exactly; nullopt when it can.
+std::optional<std::string> cannotRestore(const Plan& plan, const std::optional<QdiscInfo>& root,
+                                         const std::vector<QdiscInfo>& children) {
+  if (root && root->handle != 0) {
+    switch (kernel::restorability(root->kind)) {
+      case kernel::Restorability::kExact:
+        break;
+      case kernel::Restorability::kClassful:
+        return fmt::format(
+            "interface {} has the classful root qdisc {}, whose classes and filters faultline cannot save and "
+            "restore yet",
+            plan.interface, qdiscText(root));
+      case kernel::Restorability::kInexact:
+        return fmt::format(
+            "interface {} has the root qdisc {}, which the kernel does not re-create exactly from its own dump, "
+            "so faultline cannot put it back",
+            plan.interface, qdiscText(root));
+      case kernel::Restorability::kUnverified:
+        return fmt::format(
+            "interface {} has the root qdisc {}, a kind faultline has not verified it can save and restore "
+            "exactly",
+            plan.interface, qdiscText(root));
+    }
+  }
+  // A default root's own children (handle 0:, e.g. mq's per-queue fq_codel) come back with it.
+  const auto added = std::find_if(children.begin(), children.end(), [](const QdiscInfo& q) { return q.handle != 0; });
+  if (added != children.end()) {
+    return fmt::format(
+        "interface {} has the root qdisc {} with qdiscs attached below it ({} at parent {}), which faultline "
+        "cannot save and restore yet",
+        plan.interface, qdiscText(root), qdiscText(*added), parentText(added->parent));
+  }
+  return std::nullopt;
+}
+
 tl::expected<Plan, FaultError> planFor(const v1::FaultSpec& spec) {
   Plan plan;
   plan.faultName = std::string(faultKindName(spec));
@@ -170,10 +244,19 @@ class AppliedNetworkFault final : public AppliedFault {
     }
     auto table = open_(plan_.netns);
     if (!table) {
+      // ENOENT: the namespace file is gone (its process exited, `ip netns del`); EINVAL: the path
+      // is no longer a namespace. Either way the namespace, and the fault in it, is out of reach.
+      if (!plan_.netns.empty() &&
+          (table.error() == std::errc::no_such_file_or_directory || table.error() == std::errc::invalid_argument)) {
+        return nothingToRevert(fmt::format("network namespace {} no longer exists", plan_.netns));
+      }
       return tl::unexpected(
-          faultError(table.error(), tableErrorText(plan_, "revert: cannot open the network namespace", table.error())));
+          faultError(table.error(), openErrorText(plan_, "revert: cannot open the network namespace", table.error())));
     }
     auto current = (*table)->root(plan_.interface);
+    if (!current && current.error() == std::errc::no_such_device) {
+      return interfaceGone();
+    }
     if (!current) {
       return tl::unexpected(
           faultError(current.error(), tableErrorText(plan_, "revert: cannot read the root qdisc", current.error())));
@@ -183,45 +266,72 @@ class AppliedNetworkFault final : public AppliedFault {
       return {};
     }
     if (!isOurs(*current, plan_.params)) {
-      return tl::unexpected(
-          faultError(std::make_error_code(std::errc::device_or_resource_busy),
-                     fmt::format("{}: revert refused: the root qdisc is now {}, not faultline's {} {}; someone else "
-                                 "replaced it, so it is left untouched (before the fault it was {})",
-                                 context(plan_), qdiscText(*current), kernel::qdiscKind(plan_.params),
-                                 handleText(kFaultlineRootHandle), qdiscText(saved_))));
+      return tl::unexpected(notOursError(
+          fmt::format("{}: revert refused: the root qdisc is now {}, not faultline's {} {}; someone else replaced "
+                      "it, so faultline left it alone (before the fault it was {})",
+                      context(plan_), qdiscText(*current), kernel::qdiscKind(plan_.params),
+                      handleText(kFaultlineRootHandle), qdiscText(saved_))));
     }
     if (auto undone = undo(**table, plan_.interface, saved_); !undone) {
+      if (undone.error() == std::errc::no_such_device) {
+        return interfaceGone();
+      }
       return tl::unexpected(
           faultError(undone.error(),
                      tableErrorText(plan_, fmt::format("revert: cannot put back the root qdisc {}", qdiscText(saved_)),
                                     undone.error())));
     }
     auto after = (*table)->root(plan_.interface);
+    if (!after && after.error() == std::errc::no_such_device) {
+      return interfaceGone();
+    }
     if (!after) {
       return tl::unexpected(faultError(
           after.error(),
           tableErrorText(plan_, "revert: reverted, but cannot read the root qdisc back to verify", after.error())));
     }
-    if (!isRestored(*after, saved_)) {
-      return tl::unexpected(faultError(
-          std::make_error_code(std::errc::io_error),
-          fmt::format("{}: revert did not take: the root qdisc is {}, expected {} (with its original options)",
-                      context(plan_), qdiscText(*after), qdiscText(saved_))));
+    if (isRestored(*after, saved_)) {
+      reverted_ = true;
+      return {};
     }
+    const std::string expected = fmt::format("{} (with its original options)", qdiscText(saved_));
+    if (isOurs(*after, plan_.params)) {
+      return tl::unexpected(faultError(std::make_error_code(std::errc::io_error),
+                                       fmt::format("{}: revert did not take: the root qdisc is still {}, expected {}",
+                                                   context(plan_), qdiscText(*after), expected)));
+    }
+    return tl::unexpected(notOursError(fmt::format(
+        "{}: revert did not take: the root qdisc is now {}, expected {}; it is not faultline's, so faultline left it "
+        "alone",
+        context(plan_), qdiscText(*after), expected)));
+  }
+
+  std::string describe() const override {
+    std::string text = fmt::format("{} on {} in {} (root was {})", paramsText(plan_.params), plan_.interface,
+                                   where(plan_.netns), qdiscText(saved_));
+    if (!outcome_.empty()) {
+      text += "; " + outcome_;
+    }
+    return text;
+  }
+
+ private:
+  // The fault went away with its interface or namespace: revert() succeeds, describe() says why.
+  tl::expected<void, FaultError> nothingToRevert(const std::string& why) {
+    outcome_ = why + "; nothing to revert";
     reverted_ = true;
     return {};
   }
 
-  std::string describe() const override {
-    return fmt::format("{} on {} in {} (root was {})", paramsText(plan_.params), plan_.interface, where(plan_.netns),
-                       qdiscText(saved_));
+  tl::expected<void, FaultError> interfaceGone() {
+    return nothingToRevert(fmt::format("interface {} no longer exists", plan_.interface));
   }
 
- private:
   QdiscTableOpener open_;
   Plan plan_;
   std::optional<QdiscInfo> saved_;  // the undo record: the root before apply()
   bool reverted_ = false;
+  std::string outcome_;  // set when revert() found nothing to revert
 };
 
 uint64_t ceilDiv(uint64_t a, uint64_t b) {
@@ -278,7 +388,7 @@ tl::expected<std::unique_ptr<AppliedFault>, FaultError> NetworkFaultDriver::appl
   auto table = open_(plan->netns);
   if (!table) {
     return tl::unexpected(
-        faultError(table.error(), tableErrorText(*plan, "cannot open the network namespace", table.error())));
+        faultError(table.error(), openErrorText(*plan, "cannot open the network namespace", table.error())));
   }
   // The undo record, read before anything changes.
   auto before = (*table)->root(plan->interface);
@@ -287,10 +397,20 @@ tl::expected<std::unique_ptr<AppliedFault>, FaultError> NetworkFaultDriver::appl
         faultError(before.error(), tableErrorText(*plan, "cannot read the root qdisc", before.error())));
   }
   if (*before && isFaultlineHandle((*before)->handle)) {
-    return tl::unexpected(
-        faultError(std::make_error_code(std::errc::file_exists),
-                   fmt::format("{}: interface {} already carries faultline fault ({}); one network fault per interface",
-                               context(*plan), plan->interface, qdiscText(*before))));
+    return tl::unexpected(faultError(
+        std::make_error_code(std::errc::file_exists),
+        fmt::format("{}: interface {} already carries faultline fault ({}); one network fault per interface; if no "
+                    "faultline run holds it (e.g. after an agent was killed), remove it with `{}`",
+                    context(*plan), plan->interface, qdiscText(*before), deleteRootCommand(*plan))));
+  }
+  auto children = (*table)->rootChildren(plan->interface);
+  if (!children) {
+    return tl::unexpected(faultError(
+        children.error(), tableErrorText(*plan, "cannot read the qdiscs below the root qdisc", children.error())));
+  }
+  if (auto why = cannotRestore(*plan, *before, *children)) {
+    return tl::unexpected(faultError(std::make_error_code(std::errc::not_supported),
+                                     fmt::format("{}: {}; nothing was changed", context(*plan), *why)));
   }
   if (auto replaced = (*table)->replaceRoot(plan->interface, kFaultlineRootHandle, plan->params); !replaced) {
     const std::error_code code = replaced.error();

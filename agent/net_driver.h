@@ -2,11 +2,23 @@
 // interface in one network namespace.
 //
 // apply(): opens the namespace's QdiscTable, reads the interface's current root qdisc (the undo
-// record), refuses an interface whose root qdisc is already faultline's (one network fault per
-// interface in this version), then replaces the root with faultline's qdisc (handle FA17:).
+// record) and what hangs below it, and refuses, before any change:
+//   EEXIST  the root is already faultline's (one network fault per interface in this version);
+//           the message says how to remove a leftover one with tc when no run holds it.
+//   ENOTSUP a root faultline cannot put back exactly: a classful kind (htb, prio, mq, ...) with a
+//           handle, whose classes and filters nothing saves; a kind whose dump the kernel does not
+//           take back byte for byte (kernel::restorability()); or a root with qdiscs of someone's
+//           attached below it. Kernel defaults (handle 0:, e.g. mq, pfifo_fast, noqueue) are fine:
+//           revert deletes faultline's root and the kernel attaches its default again.
+// Then it replaces the root with faultline's qdisc (handle FA17:).
 // revert(): if the root is still faultline's, restores the saved root qdisc byte for byte, or
 // deletes ours when the saved one was the kernel's default (handle 0:), then reads back to verify.
-// A root someone else put in place of ours is reported (EBUSY) and left untouched.
+// It succeeds with nothing to do when the interface or the namespace no longer exists (the fault
+// went with it); describe() then says so. Its errors:
+//   EBUSY   permanent, do not retry: the root is no longer faultline's (someone replaced it, or the
+//           kernel put back something other than the saved root); faultline leaves it alone and
+//           the message says what is there now. FaultError::permanent is set too.
+//   any other code (EPERM, ENOBUFS, EIO, ...) is transient: revert() may be called again.
 // Neither class is thread-safe; both block for a few netlink round trips.
 #pragma once
 

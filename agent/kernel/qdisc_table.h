@@ -78,7 +78,28 @@ class QdiscTable {
   // Deletes the root qdisc; the kernel attaches the interface's default again.
   // errors: ENODEV no such interface; ENOENT no root qdisc to delete; EPERM.
   [[nodiscard]] virtual tl::expected<void, std::error_code> deleteRoot(std::string_view ifname) = 0;
+
+  // The qdiscs attached directly below the root qdisc of ifname (their parent's major is the root
+  // handle's major: "parent 7:1" under "tbf 7:", "parent :1" under the default "mq 0:"), read with
+  // an RTM_GETQDISC dump. Neither root() nor restoreRoot() keeps them: replacing the root destroys
+  // them. Hidden defaults the kernel creates itself (a tbf's inner bfifo, an htb leaf's pfifo) are
+  // not dumped and not listed. Empty when the interface has no root qdisc.
+  // errors: ENODEV when ifname does not exist in this namespace.
+  [[nodiscard]] virtual tl::expected<std::vector<QdiscInfo>, std::error_code> rootChildren(std::string_view ifname) = 0;
 };
+
+// Whether restoreRoot() re-creates a root qdisc of this kind exactly as root() read it (handle ≠ 0;
+// a kernel default, handle 0:, is put back by deleteRoot() instead). Measured on Linux 6.1 and 6.18:
+// dump the root, replace it, restore it from the dump, dump again, compare the bytes.
+enum class Restorability {
+  kExact,       // the kernel takes the dumped options back and dumps the same bytes again
+  kClassful,    // has classes and filters (htb, prio, mq, ...), which nothing here saves
+  kInexact,     // the kernel refuses its own dump (EINVAL: htb-like version fields, missing
+                // tables) or re-creates it differently (rounding, state not in the dump)
+  kUnverified,  // a kind not measured: treated as not restorable
+};
+// Pure; thread-safe.
+[[nodiscard]] Restorability restorability(std::string_view kind);
 
 // Opens a table for the network namespace at netnsPath (/var/run/netns/NAME, /proc/PID/ns/net),
 // or for the caller's namespace when netnsPath is empty. The netlink socket is created inside

@@ -1,6 +1,8 @@
-// In-memory QdiscTable for unit tests: network namespaces by path, each with interfaces and their
-// root qdisc, changed the way the kernel changes them. Every call is logged; the next change can
-// be made to fail. Tables opened by fakeQdiscOpener() share one FakeKernel. Not thread-safe.
+// In-memory QdiscTable for unit tests: network namespaces by path, each with interfaces, their
+// root qdisc and the qdiscs below it, changed the way the kernel changes them (a new root drops
+// the qdiscs below the old one). Erase an interface or a namespace to make it vanish. Every call
+// is logged; the next change can be made to fail. Tables opened by fakeQdiscOpener() share one
+// FakeKernel. Not thread-safe.
 #pragma once
 
 #include <map>
@@ -30,7 +32,10 @@ struct FakeKernel {
   using Interfaces = std::map<std::string, std::optional<kernel::QdiscInfo>, std::less<>>;
 
   std::map<std::string, Interfaces, std::less<>> namespaces{{"", {}}};  // "" = the agent's own
-  std::vector<std::string> calls;  // "open NS", "root IF", "replace IF HANDLE KIND", "restore ...", "delete IF"
+  // Qdiscs below the root, by namespace and interface.
+  std::map<std::pair<std::string, std::string>, std::vector<kernel::QdiscInfo>, std::less<>> below;
+  // "open NS", "root IF", "children IF", "replace IF HANDLE KIND", "restore ...", "delete IF"
+  std::vector<std::string> calls;
   std::optional<std::error_code> failNextOpen;
   std::optional<std::error_code> failNextReplace;
   std::optional<std::error_code> failNextRestore;
@@ -90,6 +95,7 @@ class FakeQdiscTable final : public kernel::QdiscTable {
       return tl::unexpected(std::make_error_code(std::errc::invalid_argument));
     }
     *slot = kernel::QdiscInfo{std::string(kernel::qdiscKind(params)), handle, kTcRoot, FakeKernel::optionsFor(params)};
+    dropChildren(ifname);
     kernel_->lastParams = params;
     ++kernel_->changes;
     return {};
@@ -105,6 +111,7 @@ class FakeQdiscTable final : public kernel::QdiscTable {
       return tl::unexpected(std::make_error_code(std::errc::no_such_device));
     }
     *slot = saved;
+    dropChildren(ifname);
     ++kernel_->changes;
     return {};
   }
@@ -122,14 +129,26 @@ class FakeQdiscTable final : public kernel::QdiscTable {
       return tl::unexpected(std::make_error_code(std::errc::no_such_file_or_directory));
     }
     *slot = defaultRoot();
+    dropChildren(ifname);
     ++kernel_->changes;
     return {};
+  }
+
+  tl::expected<std::vector<kernel::QdiscInfo>, std::error_code> rootChildren(std::string_view ifname) override {
+    kernel_->calls.push_back(fmt::format("children {}", ifname));
+    if (find(ifname) == nullptr) {
+      return tl::unexpected(std::make_error_code(std::errc::no_such_device));
+    }
+    auto it = kernel_->below.find(std::make_pair(netns_, std::string(ifname)));
+    return it == kernel_->below.end() ? std::vector<kernel::QdiscInfo>{} : it->second;
   }
 
  private:
   static std::optional<std::error_code> takeFailure(std::optional<std::error_code>& failure) {
     return std::exchange(failure, std::nullopt);
   }
+
+  void dropChildren(std::string_view ifname) { kernel_->below.erase(std::make_pair(netns_, std::string(ifname))); }
 
   std::optional<kernel::QdiscInfo>* find(std::string_view ifname) {
     auto ns = kernel_->namespaces.find(netns_);

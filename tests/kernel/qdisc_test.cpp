@@ -196,6 +196,131 @@ TEST_CASE_FIXTURE(NetnsFixture, "a missing interface is ENODEV with a message na
                 applied.error().message);
 }
 
+TEST_CASE_FIXTURE(NetnsFixture, "other classless roots with a handle are restored exactly") {
+  for (const std::string qdisc : {"pfifo limit 50", "bfifo limit 20000", "pfifo_head_drop limit 30"}) {
+    CAPTURE(qdisc);
+    inNetns(fmt::format("tc qdisc replace dev veth0 root handle 7: {}", qdisc));
+    const auto saved = root();
+    REQUIRE(saved.has_value());
+    auto applied = driver.apply(bandwidthSpec(1'000'000));
+    REQUIRE_MESSAGE(applied.has_value(), (applied ? "" : applied.error().message));
+    auto reverted = (*applied)->revert();
+    REQUIRE_MESSAGE(reverted.has_value(), (reverted ? "" : reverted.error().message));
+    const auto after = root();
+    REQUIRE(after.has_value());
+    CHECK(after->kind == saved->kind);
+    CHECK(after->handle == 0x00070000);
+    CHECK(after->options == saved->options);
+    inNetns("tc qdisc del dev veth0 root");  // the next kind may not replace this one in place
+  }
+}
+
+TEST_CASE_FIXTURE(NetnsFixture, "a classful htb root is refused and left intact with its class") {
+  inNetns("tc qdisc add dev veth0 root handle 5: htb default 10");
+  inNetns("tc class add dev veth0 parent 5: classid 5:10 htb rate 10mbit");
+  const auto before = root();
+  REQUIRE(before.has_value());
+  REQUIRE(before->kind == "htb");
+
+  auto applied = driver.apply(bandwidthSpec(1'000'000));
+  REQUIRE_FALSE(applied.has_value());
+  CHECK(applied.error().code == std::errc::not_supported);
+  CHECK_MESSAGE(contains(applied.error().message,
+                         "interface veth0 has the classful root qdisc htb 5:, whose classes and filters faultline "
+                         "cannot save and restore yet; nothing was changed"),
+                applied.error().message);
+  const auto after = root();
+  REQUIRE(after.has_value());
+  CHECK(after->kind == "htb");
+  CHECK(after->handle == 0x00050000);
+  CHECK(after->options == before->options);
+  const auto classes = inNetns("tc class show dev veth0");
+  CHECK_MESSAGE(contains(classes, "class htb 5:10 root"), classes);
+}
+
+TEST_CASE_FIXTURE(NetnsFixture, "a root with a qdisc attached below it is refused and left intact") {
+  inNetns("tc qdisc add dev veth0 root handle 7: tbf rate 2mbit burst 10kb latency 50ms");
+  inNetns("tc qdisc add dev veth0 parent 7:1 handle 10: pfifo limit 50");
+  auto table = kernel::openQdiscTable(netns_);
+  REQUIRE(table.has_value());
+  auto children = (*table)->rootChildren("veth0");
+  REQUIRE(children.has_value());
+  REQUIRE(children->size() == 1);
+  CHECK((*children)[0].kind == "pfifo");
+  CHECK((*children)[0].handle == 0x00100000);
+  CHECK((*children)[0].parent == 0x00070001);
+
+  auto applied = driver.apply(delaySpec());
+  REQUIRE_FALSE(applied.has_value());
+  CHECK(applied.error().code == std::errc::not_supported);
+  CHECK_MESSAGE(contains(applied.error().message, "tbf 7: with qdiscs attached below it (pfifo 10: at parent 7:1)"),
+                applied.error().message);
+  const auto shown = inNetns("tc qdisc show dev veth0");
+  CHECK_MESSAGE(contains(shown, "qdisc tbf 7: root"), shown);
+  CHECK_MESSAGE(contains(shown, "qdisc pfifo 10: parent 7:1"), shown);
+
+  // The default noqueue root has nothing below it; a tbf's hidden inner bfifo is not listed.
+  inNetns("tc qdisc del dev veth0 root");
+  CHECK((*table)->rootChildren("veth0")->empty());
+  inNetns("tc qdisc add dev veth0 root handle 7: tbf rate 2mbit burst 10kb latency 50ms");
+  CHECK((*table)->rootChildren("veth0")->empty());
+}
+
+TEST_CASE_FIXTURE(NetnsFixture, "the interface deleted during the fault: revert succeeds with nothing to do") {
+  auto applied = driver.apply(bandwidthSpec(1'000'000));
+  REQUIRE_MESSAGE(applied.has_value(), (applied ? "" : applied.error().message));
+  inNetns("ip link del veth0");
+  auto reverted = (*applied)->revert();
+  REQUIRE_MESSAGE(reverted.has_value(), (reverted ? "" : reverted.error().message));
+  CHECK_MESSAGE(contains((*applied)->describe(), "interface veth0 no longer exists; nothing to revert"),
+                (*applied)->describe());
+}
+
+TEST_CASE_FIXTURE(NetnsFixture, "the namespace gone during the fault: revert succeeds with nothing to do") {
+  auto applied = driver.apply(bandwidthSpec(1'000'000));
+  REQUIRE_MESSAGE(applied.has_value(), (applied ? "" : applied.error().message));
+  ::kill(child_, SIGKILL);
+  ::waitpid(child_, nullptr, 0);
+  child_ = -1;
+  auto reverted = (*applied)->revert();
+  REQUIRE_MESSAGE(reverted.has_value(), (reverted ? "" : reverted.error().message));
+  CHECK_MESSAGE(contains((*applied)->describe(), fmt::format("network namespace {} no longer exists", netns_)),
+                (*applied)->describe());
+}
+
+TEST_CASE_FIXTURE(NetnsFixture, "a root someone put in place of faultline's is left alone: EBUSY, permanent") {
+  auto applied = driver.apply(bandwidthSpec(1'000'000));
+  REQUIRE_MESSAGE(applied.has_value(), (applied ? "" : applied.error().message));
+  inNetns("tc qdisc replace dev veth0 root handle 1: pfifo limit 77");
+  auto reverted = (*applied)->revert();
+  REQUIRE_FALSE(reverted.has_value());
+  CHECK(reverted.error().code == std::errc::device_or_resource_busy);
+  CHECK(reverted.error().permanent);
+  CHECK_MESSAGE(contains(reverted.error().message, "the root qdisc is now pfifo 1:, not faultline's tbf fa17:"),
+                reverted.error().message);
+  const auto shown = inNetns("tc qdisc show dev veth0");
+  CHECK_MESSAGE(contains(shown, "qdisc pfifo 1: root"), shown);
+  CHECK_MESSAGE(contains(shown, "limit 77p"), shown);
+}
+
+TEST_CASE("a path that is not a network namespace is named as such") {
+  NetworkFaultDriver driver{kernel::openQdiscTable};
+  for (const std::string path : {"/etc/passwd", "/tmp", "/proc/self/ns/mnt"}) {
+    CAPTURE(path);
+    v1::FaultSpec spec;
+    auto* b = spec.mutable_network_bandwidth();
+    b->mutable_target()->set_interface("veth0");
+    b->mutable_target()->set_netns(path);
+    b->set_rate_bps(1'000'000);
+    auto applied = driver.apply(spec);
+    REQUIRE_FALSE(applied.has_value());
+    CHECK(applied.error().code == std::errc::invalid_argument);
+    CHECK_MESSAGE(contains(applied.error().message, fmt::format("{} is not a network namespace", path)),
+                  applied.error().message);
+    CHECK_FALSE(contains(applied.error().message, "Invalid argument"));
+  }
+}
+
 TEST_CASE("openQdiscTable leaves the caller's namespace and reports bad paths") {
   const ino_t before = netnsInode("/proc/thread-self/ns/net");
   CHECK(kernel::openQdiscTable("/nonexistent/netns").error() == std::errc::no_such_file_or_directory);

@@ -3,6 +3,7 @@
 #include <memory>
 
 #include <doctest/doctest.h>
+#include <fmt/format.h>
 
 #include "agent/net_driver.h"
 #include "agent/spec.h"
@@ -68,7 +69,8 @@ TEST_CASE_FIXTURE(Fixture, "previous default root: apply installs netem fa17:, r
   CHECK(params.jitter == 10ms);
   CHECK((*applied)->describe() == "netem delay 100ms jitter 10ms on veth0 in /proc/4242/ns/net (root was noqueue)");
   // The undo record is read before the change.
-  CHECK(kernel->calls == std::vector<std::string>{"open " + kNetns, "root veth0", "replace veth0 fa170000 netem"});
+  CHECK(kernel->calls ==
+        std::vector<std::string>{"open " + kNetns, "root veth0", "children veth0", "replace veth0 fa170000 netem"});
 
   REQUIRE((*applied)->revert().has_value());
   CHECK(called("delete veth0"));
@@ -111,8 +113,9 @@ TEST_CASE_FIXTURE(Fixture, "a foreign root after apply: revert refuses and leave
   auto reverted = (*applied)->revert();
   REQUIRE_FALSE(reverted.has_value());
   CHECK(reverted.error().code == std::errc::device_or_resource_busy);
-  CHECK(contains(reverted.error().message, "tbf 1:"));
-  CHECK(contains(reverted.error().message, "left untouched"));
+  CHECK(reverted.error().permanent);
+  CHECK(contains(reverted.error().message, "the root qdisc is now tbf 1:, not faultline's netem fa17:"));
+  CHECK(contains(reverted.error().message, "faultline left it alone"));
   CHECK(kernel->changes == changes);
   CHECK_FALSE(called("delete veth0"));
   CHECK(root()->options == foreign.options);
@@ -129,6 +132,9 @@ TEST_CASE_FIXTURE(Fixture, "a second network fault on the same interface is refu
   CHECK(second.error().code == std::errc::file_exists);
   CHECK(contains(second.error().message, "interface veth0 already carries faultline fault"));
   CHECK(contains(second.error().message, "one network fault per interface"));
+  CHECK(contains(second.error().message,
+                 "if no faultline run holds it (e.g. after an agent was killed), remove it with `nsenter "
+                 "--net=/proc/4242/ns/net tc qdisc del dev veth0 root`"));
   CHECK(kernel->changes == changes);
   CHECK(root()->kind == ours.kind);
   CHECK(root()->options == ours.options);
@@ -183,6 +189,191 @@ TEST_CASE_FIXTURE(Fixture, "a failed restore can be retried") {
   CHECK(root()->handle == kFaultlineRootHandle);
   REQUIRE((*applied)->revert().has_value());
   CHECK(root()->handle == 0x80010000);
+}
+
+TEST_CASE("a leftover faultline root: the clean-up hint runs tc in the right namespace") {
+  const auto hintFor = [](const std::string& netns) {
+    auto kernel = std::make_shared<FakeKernel>();
+    kernel->addInterface(netns, "eth0",
+                         kernel::QdiscInfo{"netem", kFaultlineRootHandle, faultline::testing::kTcRoot, {1}});
+    NetworkFaultDriver driver{fakeQdiscOpener(kernel)};
+    v1::FaultSpec spec = bandwidthSpec();
+    spec.mutable_network_bandwidth()->mutable_target()->set_interface("eth0");
+    spec.mutable_network_bandwidth()->mutable_target()->set_netns(netns);
+    auto applied = driver.apply(spec);
+    REQUIRE_FALSE(applied.has_value());
+    CHECK(applied.error().code == std::errc::file_exists);
+    CHECK(kernel->changes == 0);
+    return applied.error().message;
+  };
+  CHECK(contains(hintFor(""), "remove it with `tc qdisc del dev eth0 root`"));
+  CHECK(contains(hintFor("/var/run/netns/blue"), "remove it with `ip netns exec blue tc qdisc del dev eth0 root`"));
+  CHECK(contains(hintFor("/run/netns/blue"), "remove it with `ip netns exec blue tc qdisc del dev eth0 root`"));
+  CHECK(contains(hintFor("/proc/77/ns/net"),
+                 "remove it with `nsenter --net=/proc/77/ns/net tc qdisc del dev eth0 root`"));
+}
+
+TEST_CASE_FIXTURE(Fixture, "a classful root with a handle is refused before any change") {
+  root() = kernel::QdiscInfo{"htb", 0x00050000, faultline::testing::kTcRoot, {1, 2, 3}};
+  const auto saved = *root();
+  auto applied = driver.apply(bandwidthSpec());
+  REQUIRE_FALSE(applied.has_value());
+  CHECK(applied.error().code == std::errc::not_supported);
+  CHECK(contains(applied.error().message,
+                 "network.bandwidth on veth0 in /proc/4242/ns/net: interface veth0 has the classful root qdisc htb "
+                 "5:, whose classes and filters faultline cannot save and restore yet; nothing was changed"));
+  CHECK(kernel->changes == 0);
+  CHECK_FALSE(called("replace veth0 fa170000 tbf"));
+  CHECK(root()->kind == saved.kind);
+  CHECK(root()->handle == saved.handle);
+  CHECK(root()->options == saved.options);
+
+  for (const std::string kind : {"prio", "mq", "hfsc", "drr", "ets", "mqprio", "taprio", "cbq"}) {
+    CAPTURE(kind);
+    root() = kernel::QdiscInfo{kind, 0x00010000, faultline::testing::kTcRoot, {}};
+    auto refused = driver.apply(delaySpec());
+    REQUIRE_FALSE(refused.has_value());
+    CHECK(refused.error().code == std::errc::not_supported);
+    CHECK(contains(refused.error().message, fmt::format("the classful root qdisc {} 1:", kind)));
+  }
+  CHECK(kernel->changes == 0);
+}
+
+TEST_CASE_FIXTURE(Fixture, "roots the kernel does not re-create exactly are refused; defaults (0:) are fine") {
+  for (const std::string kind : {"fq_codel", "codel", "sfq", "red", "fq_pie"}) {
+    CAPTURE(kind);
+    root() = kernel::QdiscInfo{kind, 0x80010000, faultline::testing::kTcRoot, {1}};
+    auto refused = driver.apply(delaySpec());
+    REQUIRE_FALSE(refused.has_value());
+    CHECK(refused.error().code == std::errc::not_supported);
+    CHECK(
+        contains(refused.error().message, fmt::format("has the root qdisc {} 8001:, which the kernel does not", kind)));
+    CHECK(contains(refused.error().message, "nothing was changed"));
+  }
+  root() = kernel::QdiscInfo{"dualpi9", 0x80010000, faultline::testing::kTcRoot, {1}};
+  auto unknown = driver.apply(delaySpec());
+  REQUIRE_FALSE(unknown.has_value());
+  CHECK(unknown.error().code == std::errc::not_supported);
+  CHECK(contains(unknown.error().message, "a kind faultline has not verified"));
+  CHECK(kernel->changes == 0);
+
+  // The kernel's own defaults, handle 0:, come back when faultline's root is deleted.
+  for (const std::string kind : {"mq", "pfifo_fast", "noqueue", "fq_codel"}) {
+    CAPTURE(kind);
+    root() = kernel::QdiscInfo{kind, 0, faultline::testing::kTcRoot, {}};
+    auto applied = driver.apply(delaySpec());
+    REQUIRE_MESSAGE(applied.has_value(), (applied ? "" : applied.error().message));
+    REQUIRE((*applied)->revert().has_value());
+  }
+  // Classless roots with a handle that restore byte for byte.
+  for (const std::string kind : {"tbf", "pfifo", "bfifo", "fq", "netem", "cake"}) {
+    CAPTURE(kind);
+    root() = kernel::QdiscInfo{kind, 0x00070000, faultline::testing::kTcRoot, {4, 2}};
+    auto applied = driver.apply(bandwidthSpec());
+    REQUIRE_MESSAGE(applied.has_value(), (applied ? "" : applied.error().message));
+    REQUIRE((*applied)->revert().has_value());
+    CHECK(root()->kind == kind);
+  }
+}
+
+TEST_CASE_FIXTURE(Fixture, "a root with someone's qdiscs attached below it is refused; default children are fine") {
+  root() = kernel::QdiscInfo{"tbf", 0x00070000, faultline::testing::kTcRoot, {1}};
+  kernel->below[{kNetns, "veth0"}] = {kernel::QdiscInfo{"netem", 0x00100000, 0x00070001, {2}}};
+  auto refused = driver.apply(delaySpec());
+  REQUIRE_FALSE(refused.has_value());
+  CHECK(refused.error().code == std::errc::not_supported);
+  CHECK(contains(refused.error().message,
+                 "interface veth0 has the root qdisc tbf 7: with qdiscs attached below it (netem 10: at parent 7:1)"));
+  CHECK(kernel->changes == 0);
+
+  // mq 0: with its per-queue defaults (handle 0:) is the kernel's; one replaced by someone is not.
+  root() = kernel::QdiscInfo{"mq", 0, faultline::testing::kTcRoot, {}};
+  kernel->below[{kNetns, "veth0"}] = {kernel::QdiscInfo{"fq_codel", 0, 0x00000001, {}},
+                                      kernel::QdiscInfo{"fq_codel", 0, 0x00000002, {}}};
+  auto applied = driver.apply(delaySpec());
+  REQUIRE_MESSAGE(applied.has_value(), (applied ? "" : applied.error().message));
+  REQUIRE((*applied)->revert().has_value());
+
+  root() = kernel::QdiscInfo{"mq", 0, faultline::testing::kTcRoot, {}};
+  kernel->below[{kNetns, "veth0"}] = {kernel::QdiscInfo{"fq_codel", 0, 0x00000001, {}},
+                                      kernel::QdiscInfo{"fq", 0x80020000, 0x00000002, {}}};
+  const auto changes = kernel->changes;
+  auto custom = driver.apply(delaySpec());
+  REQUIRE_FALSE(custom.has_value());
+  CHECK(custom.error().code == std::errc::not_supported);
+  CHECK(contains(custom.error().message, "root qdisc mq with qdiscs attached below it (fq 8002: at parent :2)"));
+  CHECK(kernel->changes == changes);
+}
+
+TEST_CASE_FIXTURE(Fixture, "the interface vanished during the fault: revert succeeds and says so") {
+  auto applied = driver.apply(delaySpec());
+  REQUIRE(applied.has_value());
+  kernel->namespaces.at(kNetns).erase("veth0");
+  const auto changes = kernel->changes;
+
+  auto reverted = (*applied)->revert();
+  REQUIRE_MESSAGE(reverted.has_value(), (reverted ? "" : reverted.error().message));
+  CHECK(kernel->changes == changes);
+  CHECK(contains((*applied)->describe(), "; interface veth0 no longer exists; nothing to revert"));
+  const auto calls = kernel->calls.size();
+  CHECK((*applied)->revert().has_value());  // done: no kernel call
+  CHECK(kernel->calls.size() == calls);
+}
+
+TEST_CASE_FIXTURE(Fixture, "the interface vanishes between the read and the restore: revert succeeds") {
+  auto applied = driver.apply(delaySpec());
+  REQUIRE(applied.has_value());
+  kernel->failNextDelete = std::make_error_code(std::errc::no_such_device);
+  auto reverted = (*applied)->revert();
+  REQUIRE_MESSAGE(reverted.has_value(), (reverted ? "" : reverted.error().message));
+  CHECK(contains((*applied)->describe(), "interface veth0 no longer exists; nothing to revert"));
+}
+
+TEST_CASE_FIXTURE(Fixture, "the namespace vanished during the fault: revert succeeds and says so") {
+  auto applied = driver.apply(delaySpec());
+  REQUIRE(applied.has_value());
+  kernel->namespaces.erase(kNetns);
+  auto reverted = (*applied)->revert();
+  REQUIRE_MESSAGE(reverted.has_value(), (reverted ? "" : reverted.error().message));
+  CHECK(contains((*applied)->describe(), "; network namespace /proc/4242/ns/net no longer exists; nothing to revert"));
+}
+
+TEST_CASE_FIXTURE(Fixture, "a transient revert failure is not permanent; EPERM on open is retried") {
+  auto applied = driver.apply(delaySpec());
+  REQUIRE(applied.has_value());
+  kernel->failNextOpen = std::make_error_code(std::errc::operation_not_permitted);
+  auto first = (*applied)->revert();
+  REQUIRE_FALSE(first.has_value());
+  CHECK(first.error().code == std::errc::operation_not_permitted);
+  CHECK_FALSE(first.error().permanent);
+  REQUIRE((*applied)->revert().has_value());
+  CHECK(root()->handle == 0);
+  CHECK(contains((*applied)->describe(), "(root was noqueue)"));
+  CHECK_FALSE(contains((*applied)->describe(), "nothing to revert"));
+}
+
+TEST_CASE_FIXTURE(Fixture, "a path that is not a network namespace is named as such") {
+  kernel->failNextOpen = std::make_error_code(std::errc::invalid_argument);  // what setns() says
+  auto applied = driver.apply(delaySpec());
+  REQUIRE_FALSE(applied.has_value());
+  CHECK(applied.error().code == std::errc::invalid_argument);
+  CHECK(contains(applied.error().message, "/proc/4242/ns/net is not a network namespace"));
+  CHECK_FALSE(contains(applied.error().message, "Invalid argument"));
+
+  kernel->namespaces.erase(kNetns);
+  auto gone = driver.apply(delaySpec());
+  REQUIRE_FALSE(gone.has_value());
+  CHECK(gone.error().code == std::errc::no_such_file_or_directory);
+  CHECK(contains(gone.error().message, "network namespace /proc/4242/ns/net does not exist"));
+}
+
+TEST_CASE("restorability: measured kinds") {
+  CHECK(kernel::restorability("tbf") == kernel::Restorability::kExact);
+  CHECK(kernel::restorability("netem") == kernel::Restorability::kExact);
+  CHECK(kernel::restorability("htb") == kernel::Restorability::kClassful);
+  CHECK(kernel::restorability("mq") == kernel::Restorability::kClassful);
+  CHECK(kernel::restorability("fq_codel") == kernel::Restorability::kInexact);
+  CHECK(kernel::restorability("") == kernel::Restorability::kUnverified);
 }
 
 TEST_CASE("bandwidth defaults: burst 10 ms of traffic but two frames at least, limit 50 ms but a burst at least") {
