@@ -360,12 +360,20 @@ int agentsCommand(const std::string& address) {
   return 0;
 }
 
-// Runs f on the record file at db; an unreadable file is reported and exits 3.
+// Runs f on the record file at db, opened read-only (nothing is created or changed). A missing
+// file, or one that is not a faultline record file, exits 4; any other failure 3.
 template <typename F>
 int withStore(const std::string& db, F f) {
   try {
-    auto store = openSqliteStore(db);
+    auto store = openSqliteStore(db, StoreMode::ReadOnly);
     return f(*store);
+  } catch (const std::system_error& e) {
+    std::cerr << "faultline: " << e.what() << "\n";
+    const auto code = e.code();
+    return code == std::errc::no_such_file_or_directory || code == std::errc::invalid_argument ||
+                   code == std::errc::is_a_directory
+               ? kExitUsage
+               : kExitError;
   } catch (const std::exception& e) {
     std::cerr << "faultline: " << e.what() << "\n";
     return kExitError;

@@ -284,8 +284,9 @@ TEST_CASE_FIXTURE(testing::NetnsFixture, "the faultline binary: validate, run --
   CHECK(r.status == 4);
 }
 
-TEST_CASE_FIXTURE(testing::NetnsFixture,
-                  "SIGTERM, Ctrl-C, SIGHUP or SIGQUIT during faultline run reverts the fault, records 'aborted', exits 2") {
+TEST_CASE_FIXTURE(
+    testing::NetnsFixture,
+    "SIGTERM, Ctrl-C, SIGHUP or SIGQUIT during faultline run reverts the fault, records 'aborted', exits 2") {
   TempDir dir;
   {
     std::ofstream f(dir.path + "/long.yaml");
