@@ -18,8 +18,18 @@ google::protobuf::Timestamp nowTimestamp() {
   return t;
 }
 
-Agent::Agent(boost::asio::io_context& io, FaultDriver& driver, ReportSink sink)
-    : io_(io), driver_(driver), sink_(std::move(sink)) {}
+Agent::Agent(boost::asio::io_context& io, FaultDriver& driver, ReportSink sink, UndoJournal* journal)
+    : io_(io), driver_(driver), sink_(std::move(sink)), journal_(journal) {}
+
+void Agent::journalDone(const std::string& faultId) {
+  if (journal_ == nullptr) {
+    return;
+  }
+  if (auto done = journal_->done(faultId); !done) {
+    // The entry stays open: the next start reverts it again, which finds nothing left to undo.
+    spdlog::error("fault {}: cannot mark it done in the undo journal: {}", faultId, done.error().message);
+  }
+}
 
 Agent::~Agent() {
   if (!faults_.empty()) {
@@ -60,13 +70,34 @@ void Agent::inject(const v1::Inject& inject) {
            "");
     return;
   }
-  auto applied = driver_.apply(inject.spec());
+  bool journalled = false;
+  PersistUndo persist;
+  if (journal_ != nullptr) {
+    persist = [&](const nlohmann::json& undo) -> tl::expected<void, FaultError> {
+      if (auto begun = journal_->begin(id, std::string(faultKindName(inject.spec())), undo); !begun) {
+        return tl::unexpected(FaultError{begun.error().code, begun.error().message});
+      }
+      journalled = true;
+      return {};
+    };
+  }
+  auto applied = driver_.apply(inject.spec(), persist);
   if (!applied) {
     spdlog::warn("fault {} ({}) failed: {}", id, faultKindName(inject.spec()), applied.error().message);
+    if (journalled) {
+      journalDone(id);  // a failed apply rolled back whatever it changed
+    }
     report(id, v1::FAULT_STATE_FAILED, applied.error().message, "");
     return;
   }
+  if (journalled) {
+    if (auto marked = journal_->applied(id); !marked) {
+      // The begin entry alone already makes recovery revert it; carry on.
+      spdlog::error("fault {}: cannot mark it applied in the undo journal: {}", id, marked.error().message);
+    }
+  }
   Held held;
+  held.journalled = journalled;
   held.applied = std::move(*applied);
   held.timer = std::make_unique<boost::asio::steady_timer>(io_, duration);
   held.timer->async_wait([this, id](const boost::system::error_code& ec) {
@@ -100,7 +131,11 @@ void Agent::finish(const std::string& faultId, v1::FaultState endState, std::str
     spdlog::error("fault {}: revert ({}) cannot succeed, not retried: {}", faultId, why, reverted.error().message);
     it->second.timer->cancel();
     const std::string detail = it->second.applied->describe();
+    const bool journalled = it->second.journalled;
     faults_.erase(it);
+    if (journalled) {
+      journalDone(faultId);  // retrying can never succeed, at start either
+    }
     v1::FaultReport r;
     r.set_fault_id(faultId);
     r.set_state(v1::FAULT_STATE_FAILED);
@@ -132,7 +167,11 @@ void Agent::finish(const std::string& faultId, v1::FaultState endState, std::str
   }
   it->second.timer->cancel();
   const std::string detail = it->second.applied->describe();
+  const bool journalled = it->second.journalled;
   faults_.erase(it);
+  if (journalled) {
+    journalDone(faultId);
+  }
   spdlog::info("fault {} reverted ({})", faultId, why);
   report(faultId, endState, "", fmt::format("reverted ({}): {}", why, detail));
 }
@@ -159,13 +198,14 @@ std::vector<v1::FaultReport> Agent::activeFaults() const {
   return out;
 }
 
-tl::expected<std::unique_ptr<AppliedFault>, FaultError> FaultRouter::apply(const v1::FaultSpec& spec) {
+tl::expected<std::unique_ptr<AppliedFault>, FaultError> FaultRouter::apply(const v1::FaultSpec& spec,
+                                                                           const PersistUndo& persist) {
   auto it = drivers_.find(spec.kind_case());
   if (it == drivers_.end()) {
     return tl::unexpected(FaultError{std::make_error_code(std::errc::function_not_supported),
                                      fmt::format("this agent has no driver for '{}'", faultKindName(spec))});
   }
-  return it->second->apply(spec);
+  return it->second->apply(spec, persist);
 }
 
 struct SystemDrivers::Impl {

@@ -18,6 +18,7 @@
 #include <boost/asio/steady_timer.hpp>
 
 #include "agent/fault.h"
+#include "agent/journal.h"
 #include "faultline/v1/agent_gateway.pb.h"
 
 namespace faultline::agent {
@@ -30,8 +31,10 @@ class Agent {
   using ReportSink = std::function<void(const v1::FaultReport&)>;
 
   // driver must outlive the agent; sink receives every state change (applied, failed, reverted,
-  // expired).
-  Agent(boost::asio::io_context& io, FaultDriver& driver, ReportSink sink);
+  // expired). journal (optional, must outlive the agent) gets begin before the kernel is
+  // touched, applied after, and done after a verified revert, a permanent revert failure, or a
+  // failed apply; faults whose driver records no undo (process.kill) are not journalled.
+  Agent(boost::asio::io_context& io, FaultDriver& driver, ReportSink sink, UndoJournal* journal = nullptr);
   ~Agent();  // reverts every fault still held
   Agent(const Agent&) = delete;
   Agent& operator=(const Agent&) = delete;
@@ -55,13 +58,16 @@ class Agent {
     std::unique_ptr<boost::asio::steady_timer> timer;
     v1::FaultReport appliedReport;
     bool revertFailing = false;  // a revert failed and is being retried
+    bool journalled = false;     // has an open entry in the journal
   };
   void finish(const std::string& faultId, v1::FaultState endState, std::string_view why);
   void report(const std::string& faultId, v1::FaultState state, std::string error, std::string detail);
+  void journalDone(const std::string& faultId);
 
   boost::asio::io_context& io_;
   FaultDriver& driver_;
   ReportSink sink_;
+  UndoJournal* journal_;
   std::map<std::string, Held> faults_;
 };
 
@@ -70,7 +76,9 @@ class FaultRouter final : public FaultDriver {
  public:
   // driver must outlive the router.
   void route(v1::FaultSpec::KindCase kind, FaultDriver& driver) { drivers_[kind] = &driver; }
-  [[nodiscard]] tl::expected<std::unique_ptr<AppliedFault>, FaultError> apply(const v1::FaultSpec& spec) override;
+  using FaultDriver::apply;
+  [[nodiscard]] tl::expected<std::unique_ptr<AppliedFault>, FaultError> apply(const v1::FaultSpec& spec,
+                                                                              const PersistUndo& persist) override;
 
  private:
   std::map<v1::FaultSpec::KindCase, FaultDriver*> drivers_;

@@ -8,6 +8,8 @@
 #include <spdlog/spdlog.h>
 #include <CLI/CLI.hpp>
 
+#include "agent/kernel/qdisc_table.h"
+#include "agent/recovery.h"
 #include "agent/runtime.h"
 #include "agent/spec.h"
 
@@ -58,8 +60,15 @@ int agentMain(int argc, char** argv) {
     std::cerr << "faultline-agent: cannot create --state-dir " << stateDir << ": " << ec.message() << "\n";
     return 3;
   }
+  // Crash recovery, before the session connects: revert what an earlier run left behind.
+  auto journal =
+      openJournalAndRecover(stateDir, [](const std::string& netns) { return kernel::openQdiscTable(netns); });
+  if (!journal) {
+    std::cerr << "faultline-agent: --state-dir: " << journal.error().message << "\n";
+    return 3;
+  }
   spdlog::info("faultline-agent {} ({}) connecting to {}", options.agentId, options.hostname, options.controller);
-  AgentRuntime runtime(std::move(options));
+  AgentRuntime runtime(std::move(options), true, std::move(*journal));
   runtime.runUntilSignal();
   return 0;
 }

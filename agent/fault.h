@@ -4,10 +4,12 @@
 // fault that fails half-way is rolled back before apply() returns the error.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <system_error>
 
+#include <nlohmann/json_fwd.hpp>
 #include <tl/expected.hpp>
 
 #include "faultline/v1/faults.pb.h"
@@ -34,11 +36,22 @@ class AppliedFault {
   [[nodiscard]] virtual std::string describe() const = 0;
 };
 
+// Makes a driver's undo record durable (the agent's journal). Called by apply() at most once,
+// after the prior state is read and before the first kernel change; when it fails, apply()
+// changes nothing and returns its error.
+using PersistUndo = std::function<tl::expected<void, FaultError>(const nlohmann::json& undo)>;
+
 class FaultDriver {
  public:
   virtual ~FaultDriver() = default;
-  // spec must already have passed validateFaultSpec(). Blocks for the kernel calls.
-  [[nodiscard]] virtual tl::expected<std::unique_ptr<AppliedFault>, FaultError> apply(const v1::FaultSpec& spec) = 0;
+  // spec must already have passed validateFaultSpec(). Blocks for the kernel calls. Drivers whose
+  // faults leave nothing to undo (process.kill) never call persist.
+  [[nodiscard]] virtual tl::expected<std::unique_ptr<AppliedFault>, FaultError> apply(const v1::FaultSpec& spec,
+                                                                                      const PersistUndo& persist) = 0;
+  // Without a journal: the undo record is kept in memory only.
+  [[nodiscard]] tl::expected<std::unique_ptr<AppliedFault>, FaultError> apply(const v1::FaultSpec& spec) {
+    return apply(spec, PersistUndo{});
+  }
 };
 
 }  // namespace faultline::agent

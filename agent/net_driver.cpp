@@ -8,6 +8,7 @@
 #include <vector>
 
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
 
 #include "agent/spec.h"
 
@@ -101,8 +102,45 @@ bool isFaultlineHandle(uint32_t handle) {
 }
 
 // The qdisc apply() installed (and no other, even with faultline's major).
-bool isOurs(const std::optional<QdiscInfo>& q, const QdiscParams& params) {
-  return q && q->handle == kFaultlineRootHandle && q->kind == kernel::qdiscKind(params);
+bool isOurs(const std::optional<QdiscInfo>& q, std::string_view ourKind) {
+  return q && q->handle == kFaultlineRootHandle && q->kind == ourKind;
+}
+
+std::string toHex(const std::vector<uint8_t>& bytes) {
+  std::string out;
+  out.reserve(bytes.size() * 2);
+  for (uint8_t b : bytes) {
+    out += fmt::format("{:02x}", b);
+  }
+  return out;
+}
+
+std::optional<std::vector<uint8_t>> fromHex(std::string_view hex) {
+  if (hex.size() % 2 != 0) {
+    return std::nullopt;
+  }
+  const auto nibble = [](char c) -> int {
+    if (c >= '0' && c <= '9') {
+      return c - '0';
+    }
+    if (c >= 'a' && c <= 'f') {
+      return c - 'a' + 10;
+    }
+    if (c >= 'A' && c <= 'F') {
+      return c - 'A' + 10;
+    }
+    return -1;
+  };
+  std::vector<uint8_t> out;
+  for (size_t i = 0; i < hex.size(); i += 2) {
+    const int hi = nibble(hex[i]);
+    const int lo = nibble(hex[i + 1]);
+    if (hi < 0 || lo < 0) {
+      return std::nullopt;
+    }
+    out.push_back(static_cast<uint8_t>(hi << 4 | lo));
+  }
+  return out;
 }
 
 // Whether the root is back to what it was before apply(): the same kind, handle and options, or,
@@ -236,7 +274,18 @@ tl::expected<Plan, FaultError> planFor(const v1::FaultSpec& spec) {
 class AppliedNetworkFault final : public AppliedFault {
  public:
   AppliedNetworkFault(QdiscTableOpener open, Plan plan, std::optional<QdiscInfo> saved)
-      : open_(std::move(open)), plan_(std::move(plan)), saved_(std::move(saved)) {}
+      : open_(std::move(open)),
+        plan_(std::move(plan)),
+        ourKind_(kernel::qdiscKind(plan_.params)),
+        what_(paramsText(plan_.params)),
+        saved_(std::move(saved)) {}
+  // From an undo record: only the kind of faultline's qdisc is known, not its parameters.
+  AppliedNetworkFault(QdiscTableOpener open, Plan plan, std::string ourKind, std::optional<QdiscInfo> saved)
+      : open_(std::move(open)),
+        plan_(std::move(plan)),
+        ourKind_(std::move(ourKind)),
+        what_(ourKind_),
+        saved_(std::move(saved)) {}
 
   tl::expected<void, FaultError> revert() override {
     if (reverted_) {
@@ -265,12 +314,11 @@ class AppliedNetworkFault final : public AppliedFault {
       reverted_ = true;  // an earlier attempt (or someone) already put the saved root back
       return {};
     }
-    if (!isOurs(*current, plan_.params)) {
-      return tl::unexpected(notOursError(
-          fmt::format("{}: revert refused: the root qdisc is now {}, not faultline's {} {}; someone else replaced "
-                      "it, so faultline left it alone (before the fault it was {})",
-                      context(plan_), qdiscText(*current), kernel::qdiscKind(plan_.params),
-                      handleText(kFaultlineRootHandle), qdiscText(saved_))));
+    if (!isOurs(*current, ourKind_)) {
+      return tl::unexpected(notOursError(fmt::format(
+          "{}: revert refused: the root qdisc is now {}, not faultline's {} {}; someone else replaced "
+          "it, so faultline left it alone (before the fault it was {})",
+          context(plan_), qdiscText(*current), ourKind_, handleText(kFaultlineRootHandle), qdiscText(saved_))));
     }
     if (auto undone = undo(**table, plan_.interface, saved_); !undone) {
       if (undone.error() == std::errc::no_such_device) {
@@ -295,7 +343,7 @@ class AppliedNetworkFault final : public AppliedFault {
       return {};
     }
     const std::string expected = fmt::format("{} (with its original options)", qdiscText(saved_));
-    if (isOurs(*after, plan_.params)) {
+    if (isOurs(*after, ourKind_)) {
       return tl::unexpected(faultError(std::make_error_code(std::errc::io_error),
                                        fmt::format("{}: revert did not take: the root qdisc is still {}, expected {}",
                                                    context(plan_), qdiscText(*after), expected)));
@@ -307,8 +355,8 @@ class AppliedNetworkFault final : public AppliedFault {
   }
 
   std::string describe() const override {
-    std::string text = fmt::format("{} on {} in {} (root was {})", paramsText(plan_.params), plan_.interface,
-                                   where(plan_.netns), qdiscText(saved_));
+    std::string text =
+        fmt::format("{} on {} in {} (root was {})", what_, plan_.interface, where(plan_.netns), qdiscText(saved_));
     if (!outcome_.empty()) {
       text += "; " + outcome_;
     }
@@ -329,10 +377,29 @@ class AppliedNetworkFault final : public AppliedFault {
 
   QdiscTableOpener open_;
   Plan plan_;
+  std::string ourKind_;             // the kind of faultline's root qdisc: "netem" or "tbf"
+  std::string what_;                // faultline's qdisc in words, for describe()
   std::optional<QdiscInfo> saved_;  // the undo record: the root before apply()
   bool reverted_ = false;
   std::string outcome_;  // set when revert() found nothing to revert
 };
+
+// The undo record of a plan, as the journal stores it (docs/operations.md, "Undo journal").
+nlohmann::json undoRecord(const Plan& plan, const std::optional<QdiscInfo>& saved) {
+  nlohmann::json savedJson = nullptr;
+  if (saved && saved->handle != 0) {
+    savedJson = {{"kind", saved->kind},
+                 {"handle", saved->handle},
+                 {"parent", saved->parent},
+                 {"options", toHex(saved->options)}};
+  }
+  return {{"fault", plan.faultName},
+          {"netns", plan.netns},
+          {"interface", plan.interface},
+          {"handle", kFaultlineRootHandle},
+          {"qdisc", std::string(kernel::qdiscKind(plan.params))},
+          {"saved", savedJson}};
+}
 
 uint64_t ceilDiv(uint64_t a, uint64_t b) {
   return (a + b - 1) / b;
@@ -374,7 +441,8 @@ std::string missingQdiscMessage(std::string_view kind) {
 
 NetworkFaultDriver::NetworkFaultDriver(QdiscTableOpener open) : open_(std::move(open)) {}
 
-tl::expected<std::unique_ptr<AppliedFault>, FaultError> NetworkFaultDriver::apply(const v1::FaultSpec& spec) {
+tl::expected<std::unique_ptr<AppliedFault>, FaultError> NetworkFaultDriver::apply(const v1::FaultSpec& spec,
+                                                                                  const PersistUndo& persist) {
   if (auto valid = validateFaultSpec(spec); !valid) {
     const auto name = faultKindName(spec);
     return tl::unexpected(faultError(std::make_error_code(std::errc::invalid_argument),
@@ -412,6 +480,13 @@ tl::expected<std::unique_ptr<AppliedFault>, FaultError> NetworkFaultDriver::appl
     return tl::unexpected(faultError(std::make_error_code(std::errc::not_supported),
                                      fmt::format("{}: {}; nothing was changed", context(*plan), *why)));
   }
+  if (persist) {
+    if (auto persisted = persist(undoRecord(*plan, *before)); !persisted) {
+      return tl::unexpected(
+          FaultError{persisted.error().code, fmt::format("{}: cannot journal the undo record, nothing was changed: {}",
+                                                         context(*plan), persisted.error().message)});
+    }
+  }
   if (auto replaced = (*table)->replaceRoot(plan->interface, kFaultlineRootHandle, plan->params); !replaced) {
     const std::error_code code = replaced.error();
     std::string message =
@@ -432,6 +507,59 @@ tl::expected<std::unique_ptr<AppliedFault>, FaultError> NetworkFaultDriver::appl
     return tl::unexpected(faultError(code, std::move(message)));
   }
   return std::make_unique<AppliedNetworkFault>(open_, std::move(*plan), std::move(*before));
+}
+
+tl::expected<std::string, FaultError> NetworkFaultDriver::revertRecord(const nlohmann::json& undo,
+                                                                       const QdiscTableOpener& open) {
+  const auto malformed = [&](std::string_view why) -> tl::unexpected<FaultError> {
+    FaultError error{std::make_error_code(std::errc::invalid_argument),
+                     fmt::format("undo record {}: {}", undo.dump(), why)};
+    error.permanent = true;
+    return tl::unexpected(std::move(error));
+  };
+  if (!undo.is_object()) {
+    return malformed("not an object");
+  }
+  const auto str = [&](const char* key) -> std::optional<std::string> {
+    if (!undo.contains(key) || !undo[key].is_string()) {
+      return std::nullopt;
+    }
+    return undo[key].get<std::string>();
+  };
+  const auto netns = str("netns");
+  const auto interface = str("interface");
+  const auto ourKind = str("qdisc");
+  if (!netns || !interface || interface->empty() || !ourKind) {
+    return malformed("needs string fields netns, interface and qdisc");
+  }
+  if (!undo.contains("handle") || !undo["handle"].is_number_unsigned() ||
+      undo["handle"].get<uint64_t>() != kFaultlineRootHandle) {
+    return malformed(fmt::format("handle is not faultline's {}", handleText(kFaultlineRootHandle)));
+  }
+  std::optional<QdiscInfo> saved;
+  if (undo.contains("saved") && !undo["saved"].is_null()) {
+    const auto& s = undo["saved"];
+    if (!s.is_object() || !s.contains("kind") || !s["kind"].is_string() || !s.contains("handle") ||
+        !s["handle"].is_number_unsigned() || !s.contains("parent") || !s["parent"].is_number_unsigned() ||
+        !s.contains("options") || !s["options"].is_string()) {
+      return malformed("saved needs kind, handle, parent and options (hex)");
+    }
+    auto options = fromHex(s["options"].get<std::string>());
+    if (!options) {
+      return malformed("saved.options is not hex");
+    }
+    saved = QdiscInfo{s["kind"].get<std::string>(), s["handle"].get<uint32_t>(), s["parent"].get<uint32_t>(),
+                      std::move(*options)};
+  }
+  Plan plan;
+  plan.faultName = undo.value("fault", std::string("network fault"));
+  plan.netns = *netns;
+  plan.interface = *interface;
+  AppliedNetworkFault fault(open, std::move(plan), *ourKind, std::move(saved));
+  if (auto reverted = fault.revert(); !reverted) {
+    return tl::unexpected(reverted.error());
+  }
+  return fault.describe();
 }
 
 }  // namespace faultline::agent

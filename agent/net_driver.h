@@ -42,7 +42,22 @@ class NetworkFaultDriver final : public FaultDriver {
  public:
   // open: called once per apply/revert for the spec's namespace; tests pass a fake.
   explicit NetworkFaultDriver(QdiscTableOpener open);
-  [[nodiscard]] tl::expected<std::unique_ptr<AppliedFault>, FaultError> apply(const v1::FaultSpec& spec) override;
+  // apply() calls persist (when set) with the undo record after reading the root and before
+  // replacing it:
+  //   {"fault":"network.bandwidth","netns":"/var/run/netns/a" or "","interface":"veth0",
+  //    "handle":4195811328 (FA17:),"qdisc":"tbf",
+  //    "saved":null (a kernel default root) or {"kind","handle","parent","options":"<hex>"}}
+  using FaultDriver::apply;
+  [[nodiscard]] tl::expected<std::unique_ptr<AppliedFault>, FaultError> apply(const v1::FaultSpec& spec,
+                                                                              const PersistUndo& persist) override;
+
+  // Crash recovery: does what the fault's revert() does, from its undo record alone. If the root
+  // is still faultline's, restores the saved root byte for byte (or deletes ours when it was a
+  // default); nothing to do when the saved root is already back (a crash before the kernel
+  // change), or the interface or namespace is gone. Returns what it did, in words.
+  // errors: as revert(); EINVAL (permanent) for a record it cannot read.
+  [[nodiscard]] static tl::expected<std::string, FaultError> revertRecord(const nlohmann::json& undo,
+                                                                          const QdiscTableOpener& open);
 
  private:
   QdiscTableOpener open_;

@@ -117,7 +117,8 @@ class KilledProcesses final : public AppliedFault {
 
 ProcessKillDriver::ProcessKillDriver(kernel::ProcessTable& processes) : processes_(processes) {}
 
-tl::expected<std::unique_ptr<AppliedFault>, FaultError> ProcessKillDriver::apply(const v1::FaultSpec& spec) {
+tl::expected<std::unique_ptr<AppliedFault>, FaultError> ProcessKillDriver::apply(
+    const v1::FaultSpec& spec, const PersistUndo& /*persist: a kill leaves nothing to undo*/) {
   if (auto valid = validateFaultSpec(spec); !valid) {
     return tl::unexpected(failure(std::errc::invalid_argument,
                                   fmt::format("invalid spec: {}: {}", valid.error().field, valid.error().message)));

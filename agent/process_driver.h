@@ -13,7 +13,9 @@ class ProcessKillDriver final : public FaultDriver {
  public:
   // processes must outlive the driver.
   explicit ProcessKillDriver(kernel::ProcessTable& processes);
-  [[nodiscard]] tl::expected<std::unique_ptr<AppliedFault>, FaultError> apply(const v1::FaultSpec& spec) override;
+  using FaultDriver::apply;
+  [[nodiscard]] tl::expected<std::unique_ptr<AppliedFault>, FaultError> apply(const v1::FaultSpec& spec,
+                                                                              const PersistUndo& persist) override;
 
  private:
   kernel::ProcessTable& processes_;

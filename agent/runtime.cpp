@@ -23,13 +23,16 @@ std::string hostName() {
 }
 
 struct AgentRuntime::Impl {
-  explicit Impl(SessionOptions options)
-      : agent(io, drivers.router(),
-              [this](const v1::FaultReport& r) {
-                if (sessionAlive) {
-                  session.report(r);
-                }
-              }),
+  Impl(SessionOptions options, std::unique_ptr<UndoJournal> undoJournal)
+      : journal(std::move(undoJournal)),
+        agent(
+            io, drivers.router(),
+            [this](const v1::FaultReport& r) {
+              if (sessionAlive) {
+                session.report(r);
+              }
+            },
+            journal.get()),
         session(io, agent, std::move(options)) {}
 
   ~Impl() {
@@ -38,6 +41,7 @@ struct AgentRuntime::Impl {
   }
 
   boost::asio::io_context io;
+  std::unique_ptr<UndoJournal> journal;  // outlives the agent
   SystemDrivers drivers;
   Agent agent;
   Session session;
@@ -51,7 +55,7 @@ struct AgentRuntime::Impl {
   }
 };
 
-AgentRuntime::AgentRuntime(SessionOptions options, bool probeKernel) {
+AgentRuntime::AgentRuntime(SessionOptions options, bool probeKernel, std::unique_ptr<UndoJournal> journal) {
   if (probeKernel) {
     const auto support = kernel::probeQdiscSupport();
     options.capabilities.set_netem(support.netem);
@@ -59,7 +63,7 @@ AgentRuntime::AgentRuntime(SessionOptions options, bool probeKernel) {
     spdlog::info("kernel {}: netem qdisc {}, tbf qdisc {}", kernelRelease(), support.netem ? "yes" : "no",
                  support.tbf ? "yes" : "no");
   }
-  impl_ = std::make_unique<Impl>(std::move(options));
+  impl_ = std::make_unique<Impl>(std::move(options), std::move(journal));
 }
 
 AgentRuntime::~AgentRuntime() {

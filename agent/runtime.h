@@ -5,14 +5,18 @@
 #include <memory>
 #include <string>
 
+#include "agent/journal.h"
 #include "agent/session.h"
 
 namespace faultline::agent {
 
 class AgentRuntime {
  public:
-  // options.capabilities is filled from probeQdiscSupport() when probeKernel is true.
-  explicit AgentRuntime(SessionOptions options, bool probeKernel = true);
+  // options.capabilities is filled from probeQdiscSupport() when probeKernel is true. journal
+  // (optional; faultline-agent passes the one openJournalAndRecover() returned, after recovery)
+  // records every network fault's undo record.
+  explicit AgentRuntime(SessionOptions options, bool probeKernel = true,
+                        std::unique_ptr<UndoJournal> journal = nullptr);
   ~AgentRuntime();  // stop()
   AgentRuntime(const AgentRuntime&) = delete;
   AgentRuntime& operator=(const AgentRuntime&) = delete;

@@ -1,0 +1,62 @@
+#include "agent/recovery.h"
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+namespace faultline::agent {
+
+RecoveryReport recoverOpenFaults(UndoJournal& journal, const std::vector<JournalEntry>& open,
+                                 const QdiscTableOpener& openTable) {
+  RecoveryReport report;
+  for (const auto& entry : open) {
+    const std::string name = fmt::format("fault {} ({})", entry.faultId, entry.kind);
+    bool closeIt = false;
+    if (entry.undo.is_null()) {
+      report.reverted.push_back(fmt::format("{}: nothing to undo", name));
+      closeIt = true;
+    } else {
+      auto reverted = NetworkFaultDriver::revertRecord(entry.undo, openTable);
+      if (reverted) {
+        report.reverted.push_back(fmt::format("{}: reverted: {}", name, *reverted));
+        closeIt = true;
+      } else if (reverted.error().permanent) {
+        report.failed.push_back(fmt::format("{}: cannot be reverted, given up: {}", name, reverted.error().message));
+        closeIt = true;
+      } else {
+        report.failed.push_back(
+            fmt::format("{}: revert failed, left open for the next start: {}", name, reverted.error().message));
+      }
+    }
+    if (closeIt) {
+      if (auto done = journal.done(entry.faultId); !done) {
+        report.failed.push_back(fmt::format("{}: cannot mark it done: {}", name, done.error().message));
+      }
+    }
+  }
+  return report;
+}
+
+tl::expected<std::unique_ptr<UndoJournal>, JournalError> openJournalAndRecover(const std::filesystem::path& stateDir,
+                                                                               const QdiscTableOpener& openTable) {
+  auto opened = UndoJournal::open(stateDir);
+  if (!opened) {
+    return tl::unexpected(opened.error());
+  }
+  for (const auto& problem : opened->problems) {
+    spdlog::warn("undo journal {}: skipped {}", opened->journal->path().string(), problem);
+  }
+  if (!opened->open.empty()) {
+    spdlog::warn("undo journal {}: {} fault(s) left by an earlier run; reverting them",
+                 opened->journal->path().string(), opened->open.size());
+  }
+  const auto report = recoverOpenFaults(*opened->journal, opened->open, openTable);
+  for (const auto& line : report.reverted) {
+    spdlog::info("recovery: {}", line);
+  }
+  for (const auto& line : report.failed) {
+    spdlog::critical("recovery: {} (the host may still carry this fault)", line);
+  }
+  return std::move(opened->journal);
+}
+
+}  // namespace faultline::agent

@@ -1,0 +1,36 @@
+// Crash recovery: on start, before the session connects, the agent reverts every fault its undo
+// journal still holds open (begun and not done), marks each reverted one done, and logs what it
+// reverted and what failed. A failed revert stays open for the next start, except a permanent
+// one (the root is no longer faultline's, or a record that cannot be read), which is marked done
+// after an error log: retrying can never succeed.
+#pragma once
+
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <tl/expected.hpp>
+
+#include "agent/journal.h"
+#include "agent/net_driver.h"
+
+namespace faultline::agent {
+
+struct RecoveryReport {
+  std::vector<std::string> reverted;  // "fault f1 (network.bandwidth): ..."
+  std::vector<std::string> failed;    // still open (transient) or given up (permanent)
+  std::vector<std::string> problems;  // journal lines that did not parse
+};
+
+// Reverts open (as UndoJournal::open() returned them) through revertRecord with open tables from
+// openTable, and marks them done in journal. Blocks for the kernel calls and disk syncs.
+[[nodiscard]] RecoveryReport recoverOpenFaults(UndoJournal& journal, const std::vector<JournalEntry>& open,
+                                               const QdiscTableOpener& openTable);
+
+// Opens stateDir's journal, recovers as above (logging every line of the report) and returns the
+// journal for the Agent. errors: the journal's (e.g. a read-only state directory).
+[[nodiscard]] tl::expected<std::unique_ptr<UndoJournal>, JournalError> openJournalAndRecover(
+    const std::filesystem::path& stateDir, const QdiscTableOpener& openTable);
+
+}  // namespace faultline::agent
