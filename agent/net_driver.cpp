@@ -536,7 +536,8 @@ tl::expected<std::string, FaultError> NetworkFaultDriver::revertRecord(const nlo
       undo["handle"].get<uint64_t>() != kFaultlineRootHandle) {
     return malformed(fmt::format("handle is not faultline's {}", handleText(kFaultlineRootHandle)));
   }
-  std::optional<QdiscInfo> saved;
+  // null: the kernel's default root (handle 0:), which deleting ours brings back.
+  std::optional<QdiscInfo> saved = QdiscInfo{"the kernel's default", 0, 0xFFFFFFFF, {}};
   if (undo.contains("saved") && !undo["saved"].is_null()) {
     const auto& s = undo["saved"];
     if (!s.is_object() || !s.contains("kind") || !s["kind"].is_string() || !s.contains("handle") ||

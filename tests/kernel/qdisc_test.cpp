@@ -14,14 +14,20 @@
 #include <array>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <string>
 #include <utility>
 
 #include <doctest/doctest.h>
 #include <fmt/format.h>
 
+#include <boost/asio/io_context.hpp>
+
+#include "agent/agent.h"
+#include "agent/journal.h"
 #include "agent/kernel/qdisc_table.h"
 #include "agent/net_driver.h"
+#include "agent/recovery.h"
 #include "agent/spec.h"
 #include "tests/support/netns.h"
 
@@ -345,4 +351,59 @@ TEST_CASE("probeQdiscSupport matches tc and leaves the caller's namespace unchan
   const bool tcNetem = sh("unshare --net tc qdisc add dev lo root netem delay 1ms").status == 0;
   CHECK(support.netem == tcNetem);
   MESSAGE("netem: ", support.netem, ", tbf: ", support.tbf);
+}
+
+TEST_CASE_FIXTURE(NetnsFixture, "an agent killed mid-fault: recovery at the next start puts the root back") {
+  inNetns("tc qdisc add dev veth0 root handle 8001: tbf rate 2mbit burst 10kb latency 50ms");
+  const auto saved = root();
+  REQUIRE(saved.has_value());
+  const auto shownBefore = inNetns("tc qdisc show dev veth0");
+  std::string pattern = (std::filesystem::temp_directory_path() / "faultline-journal-XXXXXX").string();
+  REQUIRE(::mkdtemp(pattern.data()) != nullptr);
+  const std::filesystem::path stateDir = pattern;
+
+  // The child applies network.bandwidth through an Agent with a journal and dies without
+  // reverting (no destructors run), as a crashed agent would.
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    auto opened = UndoJournal::open(stateDir);
+    if (!opened) {
+      ::_exit(2);
+    }
+    boost::asio::io_context io;
+    Agent agent(io, driver, nullptr, opened->journal.get());
+    v1::Inject inject;
+    inject.set_fault_id("crash-1");
+    *inject.mutable_spec() = bandwidthSpec(1'000'000);
+    *inject.mutable_duration() = toProto(std::chrono::seconds{60});
+    agent.inject(inject);
+    ::_exit(agent.activeCount() == 1 ? 0 : 3);
+  }
+  int status = 0;
+  REQUIRE(::waitpid(child, &status, 0) == child);
+  REQUIRE(WIFEXITED(status));
+  REQUIRE(WEXITSTATUS(status) == 0);
+
+  const auto during = root();
+  REQUIRE(during.has_value());
+  CHECK(during->kind == "tbf");
+  CHECK(during->handle == kFaultlineRootHandle);
+  CHECK(std::filesystem::file_size(stateDir / UndoJournal::kFileName) > 0);
+
+  // The next start.
+  auto journal = openJournalAndRecover(stateDir, kernel::openQdiscTable);
+  REQUIRE_MESSAGE(journal.has_value(), (journal ? "" : journal.error().message));
+  CHECK((*journal)->openCount() == 0);
+  CHECK(std::filesystem::file_size(stateDir / UndoJournal::kFileName) == 0);
+  const auto after = root();
+  REQUIRE(after.has_value());
+  CHECK(after->kind == saved->kind);
+  CHECK(after->handle == saved->handle);
+  CHECK(after->parent == saved->parent);
+  CHECK(after->options == saved->options);
+  CHECK(inNetns("tc qdisc show dev veth0") == shownBefore);
+
+  std::error_code ec;
+  std::filesystem::remove_all(stateDir, ec);
 }
