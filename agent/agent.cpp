@@ -84,7 +84,10 @@ void Agent::inject(const v1::Inject& inject) {
   auto applied = driver_.apply(inject.spec(), persist);
   if (!applied) {
     spdlog::warn("fault {} ({}) failed: {}", id, faultKindName(inject.spec()), applied.error().message);
-    if (journalled) {
+    if (journalled && applied.error().mayBeChanged) {
+      // The next start reverts it from the record (a no-op when the root turns out unchanged).
+      spdlog::critical("fault {}: apply failed and may have left a change; its undo journal entry stays open", id);
+    } else if (journalled) {
       journalDone(id);  // a failed apply rolled back whatever it changed
     }
     report(id, v1::FAULT_STATE_FAILED, applied.error().message, "");

@@ -33,7 +33,8 @@ class Agent {
   // driver must outlive the agent; sink receives every state change (applied, failed, reverted,
   // expired). journal (optional, must outlive the agent) gets begin before the kernel is
   // touched, applied after, and done after a verified revert, a permanent revert failure, or a
-  // failed apply; faults whose driver records no undo (process.kill) are not journalled.
+  // failed apply that rolled back cleanly (one that may have left a change stays open for the
+  // next start's recovery); faults whose driver records no undo (process.kill) are not journalled.
   Agent(boost::asio::io_context& io, FaultDriver& driver, ReportSink sink, UndoJournal* journal = nullptr);
   ~Agent();  // reverts every fault still held
   Agent(const Agent&) = delete;

@@ -24,6 +24,9 @@ struct FaultError {
   // For revert(): true when retrying can never succeed (e.g. someone else replaced what the
   // fault installed, and faultline leaves it alone). The agent reports it and stops retrying.
   bool permanent = false;
+  // For apply(): true when the kernel may still carry part of the fault (the roll-back failed or
+  // could not be checked). The agent then keeps the fault's journal entry open for recovery.
+  bool mayBeChanged = false;
 };
 
 class AppliedFault {

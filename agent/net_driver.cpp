@@ -494,17 +494,22 @@ tl::expected<std::unique_ptr<AppliedFault>, FaultError> NetworkFaultDriver::appl
             ? fmt::format("{}: {}", context(*plan), missingQdiscMessage(kernel::qdiscKind(plan->params)))
             : tableErrorText(*plan, fmt::format("the kernel refused {}", paramsText(plan->params)), code);
     // A refused replace changes nothing in the kernel; make sure of it before reporting.
+    bool mayBeChanged = false;
     auto after = (*table)->root(plan->interface);
     if (!after) {
       message += fmt::format(" (and the root qdisc could not be read back to check it is unchanged: {})",
                              after.error().message());
+      mayBeChanged = true;
     } else if (*after && isFaultlineHandle((*after)->handle)) {
       if (auto undone = undo(**table, plan->interface, *before); !undone) {
         message += fmt::format(" (and putting back the root qdisc {} failed: {})", qdiscText(*before),
                                undone.error().message());
+        mayBeChanged = true;
       }
     }
-    return tl::unexpected(faultError(code, std::move(message)));
+    FaultError error = faultError(code, std::move(message));
+    error.mayBeChanged = mayBeChanged;
+    return tl::unexpected(std::move(error));
   }
   return std::make_unique<AppliedNetworkFault>(open_, std::move(*plan), std::move(*before));
 }

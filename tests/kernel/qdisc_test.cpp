@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <sched.h>
 #include <signal.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -404,6 +405,37 @@ TEST_CASE_FIXTURE(NetnsFixture, "an agent killed mid-fault: recovery at the next
   CHECK(after->options == saved->options);
   CHECK(inNetns("tc qdisc show dev veth0") == shownBefore);
 
+  std::error_code ec;
+  std::filesystem::remove_all(stateDir, ec);
+}
+
+TEST_CASE("a read-only state directory: the journal does not open and says why") {
+  std::string pattern = (std::filesystem::temp_directory_path() / "faultline-rostate-XXXXXX").string();
+  REQUIRE(::mkdtemp(pattern.data()) != nullptr);
+  const std::filesystem::path stateDir = pattern;
+  // Root writes through file modes, so make the directory a read-only mount in a private mount
+  // namespace of a child.
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    if (::unshare(CLONE_NEWNS) != 0 || ::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0 ||
+        ::mount("tmpfs", stateDir.c_str(), "tmpfs", MS_RDONLY, nullptr) != 0) {
+      ::_exit(2);
+    }
+    auto opened = UndoJournal::open(stateDir);
+    if (opened) {
+      ::_exit(3);
+    }
+    const bool clear =
+        opened.error().code == std::errc::read_only_file_system &&
+        opened.error().message.find("cannot open the undo journal " + stateDir.string()) != std::string::npos &&
+        opened.error().message.find("must exist and be writable") != std::string::npos;
+    ::_exit(clear ? 0 : 4);
+  }
+  int status = 0;
+  REQUIRE(::waitpid(child, &status, 0) == child);
+  CHECK(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);
   std::error_code ec;
   std::filesystem::remove_all(stateDir, ec);
 }

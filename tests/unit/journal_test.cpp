@@ -321,3 +321,52 @@ TEST_CASE_FIXTURE(RecoveryFixture, "the agent journals begin and applied, and do
   CHECK(opened->journal->openCount() == 0);
   CHECK(std::filesystem::file_size(dir.file()) == 0);
 }
+
+namespace {
+
+// Persists a record, then fails the way apply() does, with or without a possible leftover.
+class FailingDriver final : public FaultDriver {
+ public:
+  explicit FailingDriver(bool mayBeChanged) : mayBeChanged_(mayBeChanged) {}
+  using FaultDriver::apply;
+  tl::expected<std::unique_ptr<AppliedFault>, FaultError> apply(const v1::FaultSpec& /*spec*/,
+                                                                const PersistUndo& persist) override {
+    if (auto p = persist(someUndo()); !p) {
+      return tl::unexpected(p.error());
+    }
+    FaultError error{std::make_error_code(std::errc::invalid_argument), "the kernel refused it"};
+    error.mayBeChanged = mayBeChanged_;
+    return tl::unexpected(error);
+  }
+
+ private:
+  bool mayBeChanged_;
+};
+
+}  // namespace
+
+TEST_CASE("a failed apply closes its journal entry, unless it may have left a change") {
+  JournalDir dir;
+  auto opened = UndoJournal::open(dir.path());
+  REQUIRE(opened.has_value());
+  bool mayBeChanged = false;
+  SUBCASE("rolled back") {
+    mayBeChanged = false;
+  }
+  SUBCASE("may have left a change") {
+    mayBeChanged = true;
+  }
+  FailingDriver driver(mayBeChanged);
+  boost::asio::io_context io;
+  std::vector<v1::FaultReport> reports;
+  Agent agent(
+      io, driver, [&](const v1::FaultReport& r) { reports.push_back(r); }, opened->journal.get());
+  v1::Inject inject;
+  inject.set_fault_id("f1");
+  *inject.mutable_spec() = bandwidthSpec();
+  *inject.mutable_duration() = toProto(std::chrono::seconds{30});
+  agent.inject(inject);
+  REQUIRE(reports.size() == 1);
+  CHECK(reports[0].state() == v1::FAULT_STATE_FAILED);
+  CHECK(opened->journal->openCount() == (mayBeChanged ? 1 : 0));
+}
