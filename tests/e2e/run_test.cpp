@@ -433,3 +433,51 @@ TEST_CASE_FIXTURE(testing::NetnsFixture,
   CHECK(slurp(out).find("ended before its duration") != std::string::npos);
   CHECK(slurp(out).find("agent stopped (SIGTERM)") != std::string::npos);
 }
+
+TEST_CASE_FIXTURE(testing::NetnsFixture,
+                  "separate processes: an agent killed with SIGKILL mid-fault reverts it at its "
+                  "next start, from its undo journal") {
+  TempDir dir;
+  const std::string address = "unix:" + dir.path + "/controller.sock";
+  const std::string log = dir.path + "/processes.log";
+  const std::string stateDir = dir.path + "/agent";
+  Child controller({FAULTLINE_BIN, "controller", "--listen", address, "--db", dir.path + "/c.db"}, log);
+  auto agent =
+      std::make_unique<Child>(std::vector<std::string>{FAULTLINE_AGENT_BIN, "--controller", address, "--id", "e2e-k",
+                                                       "--label", "role=e2e", "--state-dir", stateDir},
+                              log);
+  REQUIRE_MESSAGE(
+      waitFor(
+          [&] {
+            return testing::sh(fmt::format("{} agents --controller {}", FAULTLINE_BIN, address)).output.find("e2e-k") !=
+                   std::string::npos;
+          },
+          10s),
+      slurp(log));
+  {
+    std::ofstream f(dir.path + "/long.yaml");
+    f << fmt::format(
+        "apiVersion: faultline/v1\nkind: Experiment\nmetadata:\n  name: long\ntargets:\n  selector: {{role: e2e}}\n"
+        "method:\n  - fault:\n      type: network.bandwidth\n      duration: 10m\n"
+        "      target: {{interface: veth0, netns: {}}}\n      rate: 1mbit\n",
+        netns());
+  }
+  const std::string out = dir.path + "/run.txt";
+  Child run({FAULTLINE_BIN, "run", dir.path + "/long.yaml", "--controller", address}, out);
+  REQUIRE_MESSAGE(waitFor([&] { return slurp(out).find("fault.applied") != std::string::npos; }, 10s), slurp(out));
+  agent->stop(SIGKILL);
+  const auto show = [&] {
+    return testing::sh(fmt::format("nsenter --net={} tc qdisc show dev veth0", netns())).output;
+  };
+  // Nothing reverted it: the tbf is still there, and so is its journal entry.
+  CHECK(show().find("tbf fa17:") != std::string::npos);
+  CHECK(std::filesystem::file_size(stateDir + "/journal.jsonl") > 0);
+
+  agent = std::make_unique<Child>(
+      std::vector<std::string>{FAULTLINE_AGENT_BIN, "--controller", address, "--id", "e2e-k", "--state-dir", stateDir},
+      log);
+  CHECK_MESSAGE(waitFor([&] { return show().find("tbf") == std::string::npos; }, 10s), slurp(log));
+  CHECK(slurp(log).find("recovery: fault") != std::string::npos);
+  CHECK(waitFor([&] { return std::filesystem::file_size(stateDir + "/journal.jsonl") == 0; }, 10s));
+  agent->stop(SIGTERM);
+}
