@@ -18,8 +18,8 @@ google::protobuf::Timestamp nowTimestamp() {
   return t;
 }
 
-Agent::Agent(boost::asio::io_context& io, FaultDriver& driver, ReportSink sink, UndoJournal* journal)
-    : io_(io), driver_(driver), sink_(std::move(sink)), journal_(journal) {}
+Agent::Agent(boost::asio::io_context& io, FaultDriver& driver, ReportSink sink, UndoJournal* journal, Policy policy)
+    : io_(io), driver_(driver), sink_(std::move(sink)), journal_(journal), policy_(std::move(policy)) {}
 
 void Agent::journalDone(const std::string& faultId) {
   if (journal_ == nullptr) {
@@ -68,6 +68,11 @@ void Agent::inject(const v1::Inject& inject) {
            fmt::format("duration {} is out of range; accepted: more than 0 and at most {}", formatDuration(duration),
                        formatDuration(kMaxFaultDuration)),
            "");
+    return;
+  }
+  if (auto allowed = policy_.check(inject.spec(), duration); !allowed) {
+    spdlog::warn("fault {} ({}) refused: {}", id, faultKindName(inject.spec()), allowed.error().message);
+    report(id, v1::FAULT_STATE_FAILED, allowed.error().message, "");
     return;
   }
   bool journalled = false;
@@ -212,13 +217,14 @@ tl::expected<std::unique_ptr<AppliedFault>, FaultError> FaultRouter::apply(const
 }
 
 struct SystemDrivers::Impl {
+  explicit Impl(std::vector<ProtectedName> protect) : kill(*processes, std::move(protect)) {}
   std::unique_ptr<kernel::ProcessTable> processes = kernel::openProcessTable();
   NetworkFaultDriver network{[](const std::string& netns) { return kernel::openQdiscTable(netns); }};
-  ProcessKillDriver kill{*processes};
+  ProcessKillDriver kill;
   FaultRouter router;
 };
 
-SystemDrivers::SystemDrivers() : impl_(std::make_unique<Impl>()) {
+SystemDrivers::SystemDrivers(std::vector<ProtectedName> protect) : impl_(std::make_unique<Impl>(std::move(protect))) {
   impl_->router.route(v1::FaultSpec::kNetworkDelay, impl_->network);
   impl_->router.route(v1::FaultSpec::kNetworkLoss, impl_->network);
   impl_->router.route(v1::FaultSpec::kNetworkBandwidth, impl_->network);

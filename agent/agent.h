@@ -19,6 +19,7 @@
 
 #include "agent/fault.h"
 #include "agent/journal.h"
+#include "agent/policy.h"
 #include "faultline/v1/agent_gateway.pb.h"
 
 namespace faultline::agent {
@@ -35,13 +36,17 @@ class Agent {
   // touched, applied after, and done after a verified revert, a permanent revert failure, or a
   // failed apply that rolled back cleanly (one that may have left a change stays open for the
   // next start's recovery); faults whose driver records no undo (process.kill) are not journalled.
-  Agent(boost::asio::io_context& io, FaultDriver& driver, ReportSink sink, UndoJournal* journal = nullptr);
+  // policy: checked on every inject before the driver is called (the default is the built-in
+  // policy: maxDuration 1h).
+  Agent(boost::asio::io_context& io, FaultDriver& driver, ReportSink sink, UndoJournal* journal = nullptr,
+        Policy policy = {});
   ~Agent();  // reverts every fault still held
   Agent(const Agent&) = delete;
   Agent& operator=(const Agent&) = delete;
 
-  // Validates, applies and starts the duration timer. A fault id already held is refused.
-  // Reports APPLIED, or FAILED with the reason (nothing is left changed then).
+  // Validates, checks the policy, applies and starts the duration timer. A fault id already held
+  // is refused. Reports APPLIED, or FAILED with the reason (nothing is left changed then); a
+  // policy refusal names the rule and never reaches the driver.
   void inject(const v1::Inject& inject);
   // Reverts one fault; reports REVERTED, or FAILED (the fault stays held and the revert is
   // retried every second). Idempotent: an id not held (already reverted or expired, or never
@@ -69,6 +74,7 @@ class Agent {
   FaultDriver& driver_;
   ReportSink sink_;
   UndoJournal* journal_;
+  Policy policy_;
   std::map<std::string, Held> faults_;
 };
 
@@ -88,7 +94,8 @@ class FaultRouter final : public FaultDriver {
 // The drivers of this host's kernel: rtnetlink qdiscs, /proc and pidfd signals.
 class SystemDrivers {
  public:
-  SystemDrivers();
+  // protect: process names the policy protects (ProcessKillDriver).
+  explicit SystemDrivers(std::vector<ProtectedName> protect = {});
   ~SystemDrivers();
   [[nodiscard]] FaultDriver& router();
 

@@ -9,6 +9,7 @@
 #include <CLI/CLI.hpp>
 
 #include "agent/kernel/qdisc_table.h"
+#include "agent/policy.h"
 #include "agent/recovery.h"
 #include "agent/runtime.h"
 #include "agent/spec.h"
@@ -20,7 +21,8 @@ int agentMain(int argc, char** argv) {
   CLI::App app{
       "faultline-agent: injects faults on this host on the controller's command, and reverts "
       "every one when its duration ends, on command, when the controller's lease lapses, and on "
-      "SIGTERM, SIGINT, SIGHUP or SIGQUIT."};
+      "SIGTERM, SIGINT, SIGHUP or SIGQUIT (SIGHUP stops the agent: the policy file is read once, at start; "
+      "restart the agent to apply a changed one)."};
   app.set_version_flag("--version", "faultline-agent " + agentVersion());
   std::signal(SIGPIPE, SIG_IGN);
   SessionOptions options;
@@ -33,6 +35,10 @@ int agentMain(int argc, char** argv) {
       ->allow_extra_args(false);
   app.add_option("--id", options.agentId, "agent id, unique in the fleet")->capture_default_str();
   app.add_option("--state-dir", stateDir, "directory for the agent's state")->capture_default_str();
+  std::string policyFile;
+  app.add_option("--policy", policyFile,
+                 "agent policy file (YAML; see docs/operations.md, 'Agent policy'), read once at start; without it "
+                 "the built-in policy applies (maxDuration 1h, sshd protected)");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -53,6 +59,18 @@ int agentMain(int argc, char** argv) {
               << "' is not an agent id; accepted: 1-253 characters without whitespace or '/'\n";
     return 4;
   }
+  Policy policy;
+  if (!policyFile.empty()) {
+    auto loaded = loadPolicy(policyFile);
+    if (!loaded) {
+      for (const auto& d : loaded.error()) {
+        std::cerr << "faultline-agent: --policy: " << format(d) << "\n";
+      }
+      return 4;
+    }
+    policy = std::move(*loaded);
+  }
+  spdlog::info("policy {}: {}", policyFile.empty() ? "built-in (no --policy)" : policyFile, policy.summary());
   options.labels.emplace("host", options.hostname);
   std::error_code ec;
   std::filesystem::create_directories(stateDir, ec);
@@ -68,7 +86,7 @@ int agentMain(int argc, char** argv) {
     return 3;
   }
   spdlog::info("faultline-agent {} ({}) connecting to {}", options.agentId, options.hostname, options.controller);
-  AgentRuntime runtime(std::move(options), true, std::move(*journal));
+  AgentRuntime runtime(std::move(options), true, std::move(*journal), std::move(policy));
   runtime.runUntilSignal();
   return 0;
 }

@@ -63,7 +63,8 @@ std::string describeProcess(const ProcessInfo& p) {
 }
 
 // Why a process may never be chosen; empty when it may.
-std::string protectionReason(const ProcessInfo& p, pid_t self, const std::unordered_set<pid_t>& ancestors) {
+std::string protectionReason(const ProcessInfo& p, pid_t self, const std::unordered_set<pid_t>& ancestors,
+                             const std::vector<ProtectedName>& protect) {
   if (p.pid == 1) {
     return "pid 1";
   }
@@ -75,6 +76,11 @@ std::string protectionReason(const ProcessInfo& p, pid_t self, const std::unorde
   }
   if (ancestors.count(p.pid) != 0) {
     return "an ancestor of the agent";
+  }
+  for (const auto& name : protect) {
+    if (nameMatches(p, name.name)) {
+      return "protected by " + name.rule;
+    }
   }
   return {};
 }
@@ -115,7 +121,11 @@ class KilledProcesses final : public AppliedFault {
 
 }  // namespace
 
-ProcessKillDriver::ProcessKillDriver(kernel::ProcessTable& processes) : processes_(processes) {}
+ProcessKillDriver::ProcessKillDriver(kernel::ProcessTable& processes, std::vector<ProtectedName> protect)
+    : processes_(processes), protect_(std::move(protect)) {
+  protect_.push_back(
+      ProtectedName{kAlwaysProtectedName, fmt::format("the built-in protect list ({})", kAlwaysProtectedName)});
+}
 
 tl::expected<std::unique_ptr<AppliedFault>, FaultError> ProcessKillDriver::apply(
     const v1::FaultSpec& spec, const PersistUndo& /*persist: a kill leaves nothing to undo*/) {
@@ -135,6 +145,7 @@ tl::expected<std::unique_ptr<AppliedFault>, FaultError> ProcessKillDriver::apply
   const auto ancestors = ancestorsOf(self, processes);
 
   std::vector<const ProcessInfo*> chosen;
+  std::vector<const ProcessInfo*> protectedMatches;  // matched the name but skipped
   if (kill.selector_case() == v1::ProcessKill::kPid) {
     const ProcessInfo* found = nullptr;
     for (const auto& p : processes) {
@@ -146,19 +157,19 @@ tl::expected<std::unique_ptr<AppliedFault>, FaultError> ProcessKillDriver::apply
     if (found == nullptr) {
       return tl::unexpected(failure(std::errc::no_such_process, fmt::format("no process with pid {}", kill.pid())));
     }
-    if (auto reason = protectionReason(*found, self, ancestors); !reason.empty()) {
+    if (auto reason = protectionReason(*found, self, ancestors, protect_); !reason.empty()) {
       return tl::unexpected(failure(std::errc::operation_not_permitted,
-                                    fmt::format("{} is {}; pid 1, kernel threads and the agent are never chosen",
+                                    fmt::format("{} is {}; pid 1, kernel threads, the agent, sshd and the "
+                                                "policy's protected processes are never chosen",
                                                 describeProcess(*found), reason)));
     }
     chosen.push_back(found);
   } else {
-    std::vector<const ProcessInfo*> protectedMatches;
     for (const auto& p : processes) {
       if (!nameMatches(p, kill.name())) {
         continue;
       }
-      if (protectionReason(p, self, ancestors).empty()) {
+      if (protectionReason(p, self, ancestors, protect_).empty()) {
         chosen.push_back(&p);
       } else {
         protectedMatches.push_back(&p);
@@ -169,14 +180,15 @@ tl::expected<std::unique_ptr<AppliedFault>, FaultError> ProcessKillDriver::apply
       if (!protectedMatches.empty()) {
         also = "; protected matches skipped:";
         for (const auto* p : protectedMatches) {
-          also += fmt::format(" {} is {};", describeProcess(*p), protectionReason(*p, self, ancestors));
+          also += fmt::format(" {} is {};", describeProcess(*p), protectionReason(*p, self, ancestors, protect_));
         }
         also.pop_back();
       }
       return tl::unexpected(
           failure(std::errc::no_such_process,
                   fmt::format("no process named '{}' (searched comm, executable and argv[0] of {} processes; pid 1, "
-                              "kernel threads and the agent are never chosen{})",
+                              "kernel threads, the agent, sshd and the policy's protected processes are never "
+                              "chosen{})",
                               kill.name(), processes.size(), also)));
     }
   }
@@ -205,6 +217,13 @@ tl::expected<std::unique_ptr<AppliedFault>, FaultError> ProcessKillDriver::apply
   std::string description = fmt::format("{} sent to {}", signalName(sig), fmt::join(signalled, ", "));
   if (!missed.empty()) {
     description += fmt::format("; not signalled: {}", fmt::join(missed, "; "));
+  }
+  if (!protectedMatches.empty()) {
+    std::vector<std::string> skipped;
+    for (const auto* p : protectedMatches) {
+      skipped.push_back(fmt::format("{} is {}", describeProcess(*p), protectionReason(*p, self, ancestors, protect_)));
+    }
+    description += fmt::format("; protected matches skipped: {}", fmt::join(skipped, "; "));
   }
   return std::make_unique<KilledProcesses>(std::move(description));
 }

@@ -23,8 +23,9 @@ std::string hostName() {
 }
 
 struct AgentRuntime::Impl {
-  Impl(SessionOptions options, std::unique_ptr<UndoJournal> undoJournal)
+  Impl(SessionOptions options, std::unique_ptr<UndoJournal> undoJournal, Policy policy)
       : journal(std::move(undoJournal)),
+        drivers(policy.protectedProcesses()),
         agent(
             io, drivers.router(),
             [this](const v1::FaultReport& r) {
@@ -32,7 +33,7 @@ struct AgentRuntime::Impl {
                 session.report(r);
               }
             },
-            journal.get()),
+            journal.get(), std::move(policy)),
         session(io, agent, std::move(options)) {}
 
   ~Impl() {
@@ -55,7 +56,8 @@ struct AgentRuntime::Impl {
   }
 };
 
-AgentRuntime::AgentRuntime(SessionOptions options, bool probeKernel, std::unique_ptr<UndoJournal> journal) {
+AgentRuntime::AgentRuntime(SessionOptions options, bool probeKernel, std::unique_ptr<UndoJournal> journal,
+                           Policy policy) {
   if (probeKernel) {
     const auto support = kernel::probeQdiscSupport();
     options.capabilities.set_netem(support.netem);
@@ -63,7 +65,7 @@ AgentRuntime::AgentRuntime(SessionOptions options, bool probeKernel, std::unique
     spdlog::info("kernel {}: netem qdisc {}, tbf qdisc {}", kernelRelease(), support.netem ? "yes" : "no",
                  support.tbf ? "yes" : "no");
   }
-  impl_ = std::make_unique<Impl>(std::move(options), std::move(journal));
+  impl_ = std::make_unique<Impl>(std::move(options), std::move(journal), std::move(policy));
 }
 
 AgentRuntime::~AgentRuntime() {

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "agent/journal.h"
+#include "agent/policy.h"
 #include "agent/session.h"
 
 namespace faultline::agent {
@@ -14,9 +15,10 @@ class AgentRuntime {
  public:
   // options.capabilities is filled from probeQdiscSupport() when probeKernel is true. journal
   // (optional; faultline-agent passes the one openJournalAndRecover() returned, after recovery)
-  // records every network fault's undo record.
-  explicit AgentRuntime(SessionOptions options, bool probeKernel = true,
-                        std::unique_ptr<UndoJournal> journal = nullptr);
+  // records every network fault's undo record. policy: checked on every inject; its protected
+  // process names go to the process driver (default: the built-in policy).
+  explicit AgentRuntime(SessionOptions options, bool probeKernel = true, std::unique_ptr<UndoJournal> journal = nullptr,
+                        Policy policy = {});
   ~AgentRuntime();  // stop()
   AgentRuntime(const AgentRuntime&) = delete;
   AgentRuntime& operator=(const AgentRuntime&) = delete;

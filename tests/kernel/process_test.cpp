@@ -241,3 +241,36 @@ TEST_CASE("process.kill by pid kills that child; a pid that does not exist is ES
   REQUIRE_FALSE(self);
   CHECK(self.error().code == std::errc::operation_not_permitted);
 }
+
+TEST_CASE("process.kill skips a child whose name the policy protects and kills the others") {
+  LongNamedSleep binary;
+  const std::string keep = "flt-keep-" + std::to_string(::getpid());
+  Child victim(binary.path(), {binary.path(), "60"});
+  Child kept(binary.path(), {keep, "60"});  // the same executable, started as argv[0] 'flt-keep-PID'
+  auto table = faultline::kernel::openProcessTable();
+  faultline::agent::ProcessKillDriver driver(
+      *table, {faultline::agent::ProtectedName{keep, "policy test.yaml:2 (processes.protect: " + keep + ")"}});
+
+  // The executable's name matches both; the protected one is skipped and listed.
+  auto applied = driver.apply(killByName(binary.name()));
+  if (!applied) {
+    FAIL(applied.error().message);
+  }
+  const std::string text = (*applied)->describe();
+  CHECK(text.find("sent to pid " + std::to_string(victim.pid())) != std::string::npos);
+  CHECK(text.find("protected matches skipped: pid " + std::to_string(kept.pid())) != std::string::npos);
+  const int status = victim.wait();
+  REQUIRE(WIFSIGNALED(status));
+
+  // By its own name, it matches only protected processes: refused, nothing sent.
+  auto refused = driver.apply(killByName(keep));
+  REQUIRE_FALSE(refused);
+  CHECK(refused.error().message.find("is protected by policy test.yaml:2 (processes.protect: " + keep + ")") !=
+        std::string::npos);
+  auto byPid = driver.apply(killByPid(kept.pid()));
+  REQUIRE_FALSE(byPid);
+  CHECK(byPid.error().code == std::errc::operation_not_permitted);
+
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  CHECK_FALSE(kept.exited());
+}

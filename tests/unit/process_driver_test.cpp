@@ -133,7 +133,8 @@ TEST_CASE("process.kill never chooses pid 1, kernel threads, the agent or its an
   CHECK(contains(message, "no process named 'app'"));
   CHECK(contains(
       message, "searched comm, executable and argv[0] of " + std::to_string(host.table.list().size()) + " processes"));
-  CHECK(contains(message, "pid 1, kernel threads and the agent are never chosen"));
+  CHECK(contains(message,
+                 "pid 1, kernel threads, the agent, sshd and the policy's protected processes are never chosen"));
   CHECK(contains(message, "pid 1 (app) is pid 1"));
   CHECK(contains(message, "is a kernel thread"));
   CHECK(contains(message, "is the agent itself"));
@@ -157,9 +158,11 @@ TEST_CASE("process.kill with a name that matches nothing says what was searched"
   auto result = driver.apply(killByName("nosuchd"));
   REQUIRE_FALSE(result);
   CHECK(result.error().code == std::errc::no_such_process);
-  CHECK(contains(result.error().message, "no process named 'nosuchd' (searched comm, executable and argv[0] of " +
-                                             std::to_string(host.table.list().size()) +
-                                             " processes; pid 1, kernel threads and the agent are never chosen)"));
+  CHECK(contains(
+      result.error().message,
+      "no process named 'nosuchd' (searched comm, executable and argv[0] of " +
+          std::to_string(host.table.list().size()) +
+          " processes; pid 1, kernel threads, the agent, sshd and the policy's protected processes are never chosen)"));
 }
 
 TEST_CASE("process.kill by pid") {
