@@ -8,13 +8,47 @@
 #include <spdlog/spdlog.h>
 #include <CLI/CLI.hpp>
 
+#include "agent/kernel/netns.h"
 #include "agent/kernel/qdisc_table.h"
 #include "agent/policy.h"
 #include "agent/recovery.h"
+#include "agent/revert_all.h"
 #include "agent/runtime.h"
 #include "agent/spec.h"
 
 namespace faultline::agent {
+namespace {
+
+// faultline-agent revert-all: one line per thing done or failed, then a summary.
+int revertAllMain(const std::string& stateDir) {
+  const auto found = kernel::listNetworkNamespaces();
+  auto report =
+      revertAllFaults(stateDir, found.paths, [](const std::string& netns) { return kernel::openQdiscTable(netns); });
+  for (const auto& problem : found.problems) {
+    report.failed.push_back(problem);
+  }
+  for (const auto& line : report.notes) {
+    std::cout << "note: " << line << "\n";
+  }
+  for (const auto& line : report.reverted) {
+    std::cout << "reverted: " << line << "\n";
+  }
+  for (const auto& line : report.removed) {
+    std::cout << "removed: " << line << "\n";
+  }
+  for (const auto& line : report.failed) {
+    std::cout << "FAILED: " << line << "\n";
+  }
+  std::cout << "revert-all: " << report.reverted.size() << " journal entr"
+            << (report.reverted.size() == 1 ? "y" : "ies") << " reverted, " << report.removed.size()
+            << " leftover faultline qdisc(s) removed, " << report.failed.size() << " failure(s); scanned "
+            << report.namespaces << " network namespace(s), " << report.interfaces << " interface(s): "
+            << (report.clean() ? "no faultline fault is left" : "the host may still carry faultline faults")
+            << std::endl;
+  return report.clean() ? 0 : 1;
+}
+
+}  // namespace
 
 int agentMain(int argc, char** argv) {
   spdlog::set_default_logger(spdlog::stderr_color_mt("faultline-agent"));
@@ -30,7 +64,7 @@ int agentMain(int argc, char** argv) {
   options.agentId = options.hostname;
   std::vector<std::string> labels;
   std::string stateDir = "/var/lib/faultline-agent";
-  app.add_option("--controller", options.controller, "controller address, HOST:PORT")->required();
+  app.add_option("--controller", options.controller, "controller address, HOST:PORT (required to run the agent)");
   app.add_option("--label", labels, "a label of this host, KEY=VALUE (repeatable); experiments select agents by label")
       ->allow_extra_args(false);
   app.add_option("--id", options.agentId, "agent id, unique in the fleet")->capture_default_str();
@@ -39,11 +73,28 @@ int agentMain(int argc, char** argv) {
   app.add_option("--policy", policyFile,
                  "agent policy file (YAML; see docs/operations.md, 'Agent policy'), read once at start; without it "
                  "the built-in policy applies (maxDuration 1h, sshd protected)");
+  auto* revertAll = app.add_subcommand(
+      "revert-all",
+      "Without a controller: revert every fault the undo journal still holds open, then delete every root "
+      "qdisc with faultline's handle (fa17:) in every network namespace found (this process's, /run/netns/*, "
+      "those of /proc/*/ns/net); nothing else is touched. Prints each thing done. Exit status 0 when no "
+      "faultline fault is left, 1 when something could not be removed. Stop the agent first.");
+  revertAll
+      ->add_option("--state-dir", stateDir,
+                   "the agent's state directory (its journal, when there is one, is recovered; none is created)")
+      ->capture_default_str();
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     const int code = app.exit(e);
     return code == 0 ? 0 : 4;
+  }
+  if (revertAll->parsed()) {
+    return revertAllMain(stateDir);
+  }
+  if (options.controller.empty()) {
+    std::cerr << "faultline-agent: --controller is required\nRun with --help for more information.\n";
+    return 4;
   }
   if (auto bad = checkAddress(options.controller, false); !bad.empty()) {
     std::cerr << "faultline-agent: --controller: " << bad << "\n";

@@ -468,7 +468,8 @@ tl::expected<std::unique_ptr<AppliedFault>, FaultError> NetworkFaultDriver::appl
     return tl::unexpected(faultError(
         std::make_error_code(std::errc::file_exists),
         fmt::format("{}: interface {} already carries faultline fault ({}); one network fault per interface; if no "
-                    "faultline run holds it (e.g. after an agent was killed), remove it with `{}`",
+                    "faultline run holds it (e.g. after an agent was killed), remove it with `{}`, or every faultline "
+                    "leftover on this host with `faultline-agent revert-all`",
                     context(*plan), plan->interface, qdiscText(*before), deleteRootCommand(*plan))));
   }
   auto children = (*table)->rootChildren(plan->interface);

@@ -30,6 +30,7 @@
 #include <cstring>
 #include <functional>
 #include <limits>
+#include <map>
 #include <thread>
 
 #include <spdlog/spdlog.h>
@@ -339,6 +340,45 @@ tl::expected<Bytes, std::error_code> buildDumpQdiscsRequest(int ifindex) {
   return toBytes(msg->get());
 }
 
+tl::expected<Bytes, std::error_code> buildDumpLinksRequest() {
+  auto msg = newMessage(RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP, sizeof(ifinfomsg), 16);
+  if (!msg) {
+    return tl::unexpected(msg.error());
+  }
+  static_cast<ifinfomsg*>(nlmsg_data(nlmsg_hdr(msg->get())))->ifi_family = AF_UNSPEC;
+  const uint32_t mask = RTEXT_FILTER_SKIP_STATS;
+  if (auto r = putAttr(msg->get(), IFLA_EXT_MASK, &mask, sizeof(mask)); !r) {
+    return tl::unexpected(r.error());
+  }
+  return toBytes(msg->get());
+}
+
+// The index and IFLA_IFNAME of one RTM_NEWLINK message (header included).
+// errors: EPROTO truncated or malformed, or no name.
+tl::expected<std::pair<int, std::string>, std::error_code> parseLinkMessage(std::span<const uint8_t> message) {
+  const size_t fixed = NLMSG_HDRLEN + NLMSG_ALIGN(sizeof(ifinfomsg));
+  if (message.size() < fixed) {
+    return fail(EPROTO);
+  }
+  ifinfomsg ifi{};
+  std::memcpy(&ifi, message.data() + NLMSG_HDRLEN, sizeof(ifi));
+  size_t at = fixed;
+  while (at + sizeof(rtattr) <= message.size()) {
+    rtattr attr{};
+    std::memcpy(&attr, message.data() + at, sizeof(attr));
+    if (attr.rta_len < sizeof(rtattr) || at + attr.rta_len > message.size()) {
+      return fail(EPROTO);
+    }
+    if (attr.rta_type == IFLA_IFNAME) {
+      const auto* name = reinterpret_cast<const char*>(message.data() + at + RTA_LENGTH(0));
+      const size_t len = attr.rta_len - RTA_LENGTH(0);
+      return std::make_pair(ifi.ifi_index, std::string(name, strnlen(name, len)));
+    }
+    at += RTA_ALIGN(attr.rta_len);
+  }
+  return fail(EPROTO);
+}
+
 // Copies a message into 4-byte aligned storage so libnl's parsers may read it in place.
 std::vector<uint32_t> aligned(std::span<const uint8_t> bytes) {
   std::vector<uint32_t> out((bytes.size() + 3) / 4);
@@ -377,6 +417,65 @@ class NetlinkQdiscTable final : public QdiscTable {
       }
     }
     return children;
+  }
+
+  tl::expected<std::vector<InterfaceRoot>, std::error_code> roots() override {
+    auto linksRequest = buildDumpLinksRequest();
+    if (!linksRequest) {
+      return tl::unexpected(linksRequest.error());
+    }
+    auto qdiscsRequest = buildDumpQdiscsRequest(0);
+    if (!qdiscsRequest) {
+      return tl::unexpected(qdiscsRequest.error());
+    }
+    constexpr int kAttempts = 3;  // a dump interrupted by a concurrent change is repeated
+    for (int attempt = 1;; ++attempt) {
+      std::map<int, std::string> names;
+      std::vector<std::pair<int, QdiscInfo>> found;
+      std::error_code parseError;
+      auto links = send(*linksRequest, [&](std::span<const uint8_t> message) {
+        auto link = parseLinkMessage(message);
+        if (!link) {
+          parseError = link.error();
+        } else {
+          names[link->first] = std::move(link->second);
+        }
+      });
+      auto qdiscs = links ? send(*qdiscsRequest,
+                                 [&](std::span<const uint8_t> message) {
+                                   auto dumped = parseQdiscMessage(message);
+                                   if (!dumped) {
+                                     parseError = dumped.error();
+                                   } else if (dumped->info.parent == TC_H_ROOT) {
+                                     found.emplace_back(dumped->ifindex, std::move(dumped->info));
+                                   }
+                                 })
+                          : links;
+      if (!qdiscs && qdiscs.error() == std::errc::resource_unavailable_try_again && attempt < kAttempts) {
+        continue;
+      }
+      if (!qdiscs) {
+        return tl::unexpected(qdiscs.error());
+      }
+      if (parseError) {
+        return tl::unexpected(parseError);
+      }
+      std::sort(found.begin(), found.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+      std::vector<InterfaceRoot> out;
+      for (auto& [index, info] : found) {
+        auto name = names.find(index);
+        if (name == names.end()) {
+          if (attempt < kAttempts) {
+            break;  // an interface created between the two dumps: read both again
+          }
+          return fail(EAGAIN);
+        }
+        out.push_back(InterfaceRoot{name->second, std::move(info)});
+      }
+      if (out.size() == found.size()) {
+        return out;
+      }
+    }
   }
 
   tl::expected<void, std::error_code> replaceRoot(std::string_view ifname, uint32_t handle,

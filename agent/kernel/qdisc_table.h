@@ -51,6 +51,12 @@ struct TbfParams {
 
 using QdiscParams = std::variant<NetemParams, TbfParams>;
 
+// One interface's root qdisc, as roots() lists it.
+struct InterfaceRoot {
+  std::string interface;  // its name in the table's namespace
+  QdiscInfo root;
+};
+
 // Kind name of params: "netem" or "tbf".
 [[nodiscard]] std::string_view qdiscKind(const QdiscParams& params);
 
@@ -86,6 +92,11 @@ class QdiscTable {
   // not dumped and not listed. Empty when the interface has no root qdisc.
   // errors: ENODEV when ifname does not exist in this namespace.
   [[nodiscard]] virtual tl::expected<std::vector<QdiscInfo>, std::error_code> rootChildren(std::string_view ifname) = 0;
+
+  // The root qdisc of every interface in this namespace (one RTM_GETLINK and one RTM_GETQDISC
+  // dump), in interface index order; an interface with no root qdisc is not listed.
+  // errors: EPERM, ENOBUFS, EPROTO (a reply that does not parse).
+  [[nodiscard]] virtual tl::expected<std::vector<InterfaceRoot>, std::error_code> roots() = 0;
 };
 
 // Whether restoreRoot() re-creates a root qdisc of this kind exactly as root() read it (handle ≠ 0;

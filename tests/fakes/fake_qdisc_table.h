@@ -143,6 +143,21 @@ class FakeQdiscTable final : public kernel::QdiscTable {
     return it == kernel_->below.end() ? std::vector<kernel::QdiscInfo>{} : it->second;
   }
 
+  tl::expected<std::vector<kernel::InterfaceRoot>, std::error_code> roots() override {
+    kernel_->calls.push_back("roots");
+    std::vector<kernel::InterfaceRoot> out;
+    auto ns = kernel_->namespaces.find(netns_);
+    if (ns == kernel_->namespaces.end()) {
+      return out;  // the kernel answers an emptied namespace with no interfaces
+    }
+    for (const auto& [name, root] : ns->second) {
+      if (root) {
+        out.push_back(kernel::InterfaceRoot{name, *root});
+      }
+    }
+    return out;
+  }
+
  private:
   static std::optional<std::error_code> takeFailure(std::optional<std::error_code>& failure) {
     return std::exchange(failure, std::nullopt);

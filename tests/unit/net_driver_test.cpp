@@ -135,6 +135,7 @@ TEST_CASE_FIXTURE(Fixture, "a second network fault on the same interface is refu
   CHECK(contains(second.error().message,
                  "if no faultline run holds it (e.g. after an agent was killed), remove it with `nsenter "
                  "--net=/proc/4242/ns/net tc qdisc del dev veth0 root`"));
+  CHECK(contains(second.error().message, "or every faultline leftover on this host with `faultline-agent revert-all`"));
   CHECK(kernel->changes == changes);
   CHECK(root()->kind == ours.kind);
   CHECK(root()->options == ours.options);

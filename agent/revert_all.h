@@ -1,0 +1,34 @@
+// faultline-agent revert-all: puts a host back without a controller and, if need be, without a
+// journal. First it reverts every entry its undo journal still holds open (as crash recovery at
+// start does), then it looks in every network namespace it is given for interfaces whose root qdisc
+// carries faultline's handle (major 0xFA17) and deletes those roots; nothing else is touched.
+#pragma once
+
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "agent/net_driver.h"
+
+namespace faultline::agent {
+
+struct RevertAllReport {
+  std::vector<std::string> reverted;  // journal entries reverted ("fault f1 (network.bandwidth): ...")
+  std::vector<std::string> removed;   // leftover roots deleted ("tbf fa17: on veth0 in ...")
+  std::vector<std::string> failed;    // what is still there, or could not be looked at, and why
+  std::vector<std::string> notes;     // no journal, skipped journal lines, namespaces gone meanwhile
+  size_t namespaces = 0;              // namespaces scanned
+  size_t interfaces = 0;              // interfaces with a root qdisc seen in them
+  // Nothing failed: every faultline root found is gone and every journal entry is closed.
+  [[nodiscard]] bool clean() const { return failed.empty(); }
+};
+
+// stateDir: the agent's state directory; its journal is skipped (with a note) when
+// stateDir/journal.jsonl does not exist, and never created. namespaces: paths for open, "" being
+// the caller's own (kernel::listNetworkNamespaces() lists them all). A namespace that vanishes
+// before it is scanned is noted, not failed. Do not run it beside a running agent on the same
+// state directory: both would write the journal. Blocks for the kernel calls and disk syncs.
+[[nodiscard]] RevertAllReport revertAllFaults(const std::filesystem::path& stateDir,
+                                              const std::vector<std::string>& namespaces, const QdiscTableOpener& open);
+
+}  // namespace faultline::agent
