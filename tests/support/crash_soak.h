@@ -1,0 +1,318 @@
+// The crash soak, shared by tests/kernel/crash_soak_test.cpp and bench/crash_soak.cpp: in a
+// throwaway network namespace, a child process runs an Agent with an undo journal that applies
+// and reverts network.bandwidth faults on veth0 and veth1 in a loop; it is SIGKILLed after a
+// given delay, then revertAllFaults() (what `faultline-agent revert-all` runs) recovers, confined
+// to that namespace, and the root qdiscs are compared with a snapshot taken before the child ran.
+// No doctest here, so the benchmark can use it too. Needs root.
+#pragma once
+
+#include <fcntl.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <map>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+#include <boost/asio/io_context.hpp>
+
+#include "agent/agent.h"
+#include "agent/journal.h"
+#include "agent/kernel/qdisc_table.h"
+#include "agent/net_driver.h"
+#include "agent/revert_all.h"
+#include "agent/spec.h"
+
+namespace faultline::testing::soak {
+
+// Runs command with /bin/sh; true when it exits 0. output: stdout and stderr.
+inline bool run(const std::string& command, std::string* output = nullptr) {
+  FILE* pipe = ::popen(("LC_ALL=C " + command + " 2>&1").c_str(), "r");
+  if (pipe == nullptr) {
+    return false;
+  }
+  std::array<char, 512> chunk{};
+  std::string text;
+  size_t n = 0;
+  while ((n = std::fread(chunk.data(), 1, chunk.size(), pipe)) > 0) {
+    text.append(chunk.data(), n);
+  }
+  const int status = ::pclose(pipe);
+  if (output != nullptr) {
+    *output = std::move(text);
+  }
+  return WIFEXITED(status) && WEXITSTATUS(status) == 0;
+}
+
+// A network namespace with veth0 and veth1 up, held by a paused child that dies with this process
+// (PR_SET_PDEATHSIG) or with this object.
+class Netns {
+ public:
+  Netns() {
+    int ready[2];
+    if (::pipe2(ready, O_CLOEXEC) != 0) {
+      error_ = "pipe2 failed";
+      return;
+    }
+    const pid_t parent = ::getpid();
+    holder_ = ::fork();
+    if (holder_ == 0) {
+      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (::getppid() != parent || ::unshare(CLONE_NEWNET) != 0) {
+        ::_exit(1);
+      }
+      const char ok = 1;
+      if (::write(ready[1], &ok, 1) != 1) {
+        ::_exit(1);
+      }
+      for (;;) {
+        ::pause();
+      }
+    }
+    ::close(ready[1]);
+    char ok = 0;
+    const bool started = holder_ > 0 && ::read(ready[0], &ok, 1) == 1;
+    ::close(ready[0]);
+    if (!started) {
+      error_ = "the namespace holder did not start";
+      return;
+    }
+    path_ = fmt::format("/proc/{}/ns/net", holder_);
+    for (const char* command :
+         {"ip link add veth0 type veth peer name veth1", "ip link set veth0 up", "ip link set veth1 up"}) {
+      if (!inNetns(command)) {
+        return;
+      }
+    }
+  }
+  Netns(const Netns&) = delete;
+  Netns& operator=(const Netns&) = delete;
+  ~Netns() {
+    if (holder_ > 0) {
+      ::kill(holder_, SIGKILL);
+      ::waitpid(holder_, nullptr, 0);
+    }
+  }
+
+  // Runs command in the namespace; on failure sets error() and returns false.
+  bool inNetns(const std::string& command) {
+    std::string output;
+    if (!run(fmt::format("nsenter --net={} {}", path_, command), &output)) {
+      error_ = fmt::format("{}: {}", command, output);
+      return false;
+    }
+    return true;
+  }
+
+  [[nodiscard]] const std::string& path() const { return path_; }
+  [[nodiscard]] const std::string& error() const { return error_; }  // empty when all went well
+
+ private:
+  pid_t holder_ = -1;
+  std::string path_;
+  std::string error_;
+};
+
+// Root qdisc of every interface, by name.
+using Snapshot = std::map<std::string, kernel::QdiscInfo>;
+
+inline tl::expected<Snapshot, std::string> snapshot(const std::string& netns) {
+  auto table = kernel::openQdiscTable(netns);
+  if (!table) {
+    return tl::unexpected(fmt::format("cannot open {}: {}", netns, table.error().message()));
+  }
+  auto roots = (*table)->roots();
+  if (!roots) {
+    return tl::unexpected(fmt::format("cannot list roots in {}: {}", netns, roots.error().message()));
+  }
+  Snapshot out;
+  for (auto& [interface, root] : *roots) {
+    out.emplace(interface, std::move(root));
+  }
+  return out;
+}
+
+inline std::string text(const kernel::QdiscInfo& q) {
+  return fmt::format("{} {:x}: parent {:x} options {} bytes", q.kind, q.handle >> 16, q.parent, q.options.size());
+}
+
+// What differs between before and after, one line per interface.
+inline std::vector<std::string> differences(const Snapshot& before, const Snapshot& after) {
+  std::vector<std::string> out;
+  for (const auto& [name, root] : before) {
+    auto it = after.find(name);
+    if (it == after.end()) {
+      out.push_back(fmt::format("{}: was {}, now no root", name, text(root)));
+    } else if (it->second.kind != root.kind || it->second.handle != root.handle || it->second.parent != root.parent ||
+               it->second.options != root.options) {
+      out.push_back(fmt::format("{}: was {}, now {}", name, text(root), text(it->second)));
+    }
+  }
+  for (const auto& [name, root] : after) {
+    if (!before.contains(name)) {
+      out.push_back(fmt::format("{}: new root {}", name, text(root)));
+    }
+  }
+  return out;
+}
+
+struct Iteration {
+  bool preexistingRoot = false;  // veth0 had tbf 8001: before the agent started
+  uint64_t cycles = 0;           // apply+revert cycles the child finished before the kill
+  bool faultInPlace = false;     // a faultline root was there when the child died
+  size_t journalEntriesReverted = 0;
+  size_t leftoversRemoved = 0;      // faultline roots the scan deleted
+  std::vector<std::string> leaked;  // what differs from the snapshot afterwards, and open entries
+  std::string error;                // the iteration could not run (setup), empty when it ran
+};
+
+namespace detail {
+
+inline v1::FaultSpec bandwidth(const std::string& netns, const std::string& interface, uint64_t rate) {
+  v1::FaultSpec spec;
+  auto* b = spec.mutable_network_bandwidth();
+  b->mutable_target()->set_interface(interface);
+  b->mutable_target()->set_netns(netns);
+  b->set_rate_bps(rate);
+  return spec;
+}
+
+// The child: never returns. cycles is shared memory; ready is written once the journal is open.
+[[noreturn]] inline void agentLoop(const std::string& netns, const std::filesystem::path& stateDir,
+                                   std::atomic<uint64_t>* cycles, int ready) {
+  ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+  spdlog::set_level(spdlog::level::off);
+  auto opened = agent::UndoJournal::open(stateDir);
+  if (!opened) {
+    ::_exit(2);
+  }
+  agent::NetworkFaultDriver driver{kernel::openQdiscTable};
+  boost::asio::io_context io;
+  agent::Agent agent(io, driver, nullptr, opened->journal.get());
+  const char ok = 1;
+  if (::write(ready, &ok, 1) != 1) {
+    ::_exit(2);
+  }
+  for (uint64_t i = 0;; ++i) {
+    for (const char* interface : {"veth0", "veth1"}) {
+      v1::Inject inject;
+      inject.set_fault_id(fmt::format("soak-{}-{}", i, interface));
+      *inject.mutable_spec() = bandwidth(netns, interface, 1'000'000 + 8 * (i % 1000));
+      *inject.mutable_duration() = faultline::toProto(std::chrono::seconds{60});
+      agent.inject(inject);
+    }
+    if (agent.activeCount() != 2) {
+      ::_exit(3);  // an apply failed: the parent sees a child that exited by itself
+    }
+    agent.revert(fmt::format("soak-{}-veth0", i));
+    agent.revert(fmt::format("soak-{}-veth1", i));
+    cycles->fetch_add(1);
+  }
+}
+
+}  // namespace detail
+
+// One iteration in a fresh namespace; stateDir must exist and be empty of a journal.
+inline Iteration crashIteration(bool preexistingRoot, std::chrono::microseconds killAfter,
+                                const std::filesystem::path& stateDir) {
+  Iteration it;
+  it.preexistingRoot = preexistingRoot;
+  Netns ns;
+  if (!ns.error().empty()) {
+    it.error = ns.error();
+    return it;
+  }
+  if (preexistingRoot &&
+      !ns.inNetns("tc qdisc add dev veth0 root handle 8001: tbf rate 2mbit burst 10kb latency 50ms")) {
+    it.error = ns.error();
+    return it;
+  }
+  auto before = snapshot(ns.path());
+  if (!before) {
+    it.error = before.error();
+    return it;
+  }
+
+  auto* cycles = static_cast<std::atomic<uint64_t>*>(
+      ::mmap(nullptr, sizeof(std::atomic<uint64_t>), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
+  if (cycles == MAP_FAILED) {
+    it.error = "mmap failed";
+    return it;
+  }
+  new (cycles) std::atomic<uint64_t>(0);
+  int ready[2];
+  if (::pipe2(ready, O_CLOEXEC) != 0) {
+    ::munmap(cycles, sizeof(*cycles));
+    it.error = "pipe2 failed";
+    return it;
+  }
+  const pid_t child = ::fork();
+  if (child == 0) {
+    ::close(ready[0]);
+    detail::agentLoop(ns.path(), stateDir, cycles, ready[1]);
+  }
+  ::close(ready[1]);
+  char ok = 0;
+  const bool started = child > 0 && ::read(ready[0], &ok, 1) == 1;
+  ::close(ready[0]);
+  if (started) {
+    std::this_thread::sleep_for(killAfter);
+  }
+  if (child > 0) {
+    ::kill(child, SIGKILL);
+  }
+  int status = 0;
+  if (child > 0) {
+    ::waitpid(child, &status, 0);
+  }
+  it.cycles = cycles->load();
+  ::munmap(cycles, sizeof(*cycles));
+  if (!started || !WIFSIGNALED(status)) {
+    it.error = fmt::format("the agent child did not run until killed (status {:#x})", status);
+    return it;
+  }
+
+  if (auto during = snapshot(ns.path())) {
+    for (const auto& [name, root] : *during) {
+      it.faultInPlace = it.faultInPlace || (root.handle >> 16) == agent::kFaultlineQdiscMajor;
+    }
+  }
+  // Recovery, confined to this namespace: other namespaces on the machine are not ours to touch.
+  const auto report = agent::revertAllFaults(stateDir, {ns.path()}, kernel::openQdiscTable);
+  it.journalEntriesReverted = report.reverted.size();
+  it.leftoversRemoved = report.removed.size();
+  for (const auto& line : report.failed) {
+    it.leaked.push_back("recovery failed: " + line);
+  }
+  auto after = snapshot(ns.path());
+  if (!after) {
+    it.leaked.push_back(after.error());
+  } else {
+    for (auto& line : differences(*before, *after)) {
+      it.leaked.push_back(std::move(line));
+    }
+  }
+  auto journal = agent::UndoJournal::open(stateDir);
+  if (!journal) {
+    it.leaked.push_back("journal: " + journal.error().message);
+  } else {
+    for (const auto& entry : journal->open) {
+      it.leaked.push_back("journal entry still open: " + entry.faultId);
+    }
+  }
+  return it;
+}
+
+}  // namespace faultline::testing::soak
