@@ -95,6 +95,19 @@ TEST_CASE("revert-all without a journal deletes faultline's roots and nothing el
   REQUIRE(ns.inNetns("tc qdisc add dev veth1 root handle 8001: tbf rate 2mbit burst 10kb latency 50ms"));
   const auto before = soak::snapshot(ns.path());
   REQUIRE(before.has_value());
+  // roots() (one dump for all interfaces) agrees with root() (one interface).
+  auto table = kernel::openQdiscTable(ns.path());
+  REQUIRE(table.has_value());
+  CHECK(before->size() == 2);  // veth0 and veth1; lo is down, with no qdisc
+  for (const auto& [name, root] : *before) {
+    CAPTURE(name);
+    const auto one = (*table)->root(name);
+    REQUIRE(one.has_value());
+    REQUIRE(one->has_value());
+    CHECK((*one)->kind == root.kind);
+    CHECK((*one)->handle == root.handle);
+    CHECK((*one)->options == root.options);
+  }
 
   const auto stateDir = std::filesystem::temp_directory_path() / "faultline-no-such-state-dir";
   const auto report = agent::revertAllFaults(stateDir, {ns.path()}, kernel::openQdiscTable);
