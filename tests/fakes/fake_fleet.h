@@ -82,15 +82,16 @@ class FakeFleet final : public controller::Fleet {
   // does when the agent disconnects).
   void emit(const std::string& agentId, v1::FaultReport report) {
     *report.mutable_at() = agent::nowTimestamp();
-    std::map<int, ReportListener> listeners;
     {
       std::lock_guard lock(mutex_);
       if (report.state() != v1::FAULT_STATE_APPLIED) {
         active_.erase(report.fault_id());
       }
-      listeners = listeners_;
     }
-    for (const auto& [id, l] : listeners) {
+    // Held while listeners run, as in the real gateway: after unsubscribe() returns, a listener
+    // is never called again.
+    std::lock_guard dispatch(dispatchMutex_);
+    for (const auto& [id, l] : listeners_) {
       l(agentId, report);
     }
   }
@@ -102,12 +103,12 @@ class FakeFleet final : public controller::Fleet {
   }
 
   int subscribe(ReportListener listener) override {
-    std::lock_guard lock(mutex_);
+    std::lock_guard lock(dispatchMutex_);
     listeners_[next_] = std::move(listener);
     return next_++;
   }
   void unsubscribe(int id) override {
-    std::lock_guard lock(mutex_);
+    std::lock_guard lock(dispatchMutex_);
     listeners_.erase(id);
   }
 
@@ -141,6 +142,7 @@ class FakeFleet final : public controller::Fleet {
   std::map<std::string, Behaviour> behaviour_;
   std::vector<std::pair<std::string, v1::ControllerMessage>> sent_;
   std::set<std::string> active_;
+  std::mutex dispatchMutex_;  // guards listeners_ and is held while they run
   std::map<int, ReportListener> listeners_;
   int next_ = 1;
 };

@@ -202,19 +202,19 @@ TEST_CASE("engine: a revert no agent confirms is an execution error, never 'held
 
 namespace {
 
-// Waits until the fleet holds a fault, then emits report for it from agent a1.
-std::thread emitWhenActive(testing::FakeFleet& fleet, v1::FaultState state, v1::FaultErrorCode code,
-                           const std::string& error) {
-  return std::thread([&fleet, state, code, error] {
-    while (fleet.activeCount() == 0) {
+// Waits until the run has recorded the fault as applied, then emits report for it from agent a1.
+std::thread emitWhenApplied(Harness& h, v1::FaultState state, v1::FaultErrorCode code, const std::string& error) {
+  return std::thread([&h, state, code, error] {
+    std::vector<std::string> ids;
+    while (!h.hasEvent("fault.applied") || (ids = h.fleet.activeIds()).empty()) {
       std::this_thread::sleep_for(5ms);
     }
     v1::FaultReport r;
-    r.set_fault_id(fleet.activeIds().front());
+    r.set_fault_id(ids.front());
     r.set_state(state);
     r.set_error_code(code);
     r.set_error(error);
-    fleet.emit("a1", r);
+    h.fleet.emit("a1", r);
   });
 }
 
@@ -223,7 +223,7 @@ std::thread emitWhenActive(testing::FakeFleet& fleet, v1::FaultState state, v1::
 TEST_CASE("engine: a fault that ends before its duration fails the run at once, never 'held'") {
   Harness h;
   h.fleet.addAgent("a1", {});
-  auto early = emitWhenActive(h.fleet, v1::FAULT_STATE_REVERTED, v1::FAULT_ERROR_UNSPECIFIED, "");
+  auto early = emitWhenApplied(h, v1::FAULT_STATE_REVERTED, v1::FAULT_ERROR_UNSPECIFIED, "");
   const auto start = std::chrono::steady_clock::now();
   CHECK(h.run(experiment(30s)) == v1::VERDICT_ERROR);
   early.join();
@@ -234,7 +234,7 @@ TEST_CASE("engine: a fault that ends before its duration fails the run at once, 
 TEST_CASE("engine: an agent that disconnects while holding a fault ends the run as an error without waiting") {
   Harness h;
   h.fleet.addAgent("a1", {}, true, testing::Behaviour::SilentOnRevert);
-  auto gone = emitWhenActive(h.fleet, v1::FAULT_STATE_FAILED, v1::FAULT_ERROR_AGENT_GONE, "agent a1 disconnected");
+  auto gone = emitWhenApplied(h, v1::FAULT_STATE_FAILED, v1::FAULT_ERROR_AGENT_GONE, "agent a1 disconnected");
   const auto start = std::chrono::steady_clock::now();
   CHECK(h.run(experiment(30s)) == v1::VERDICT_ERROR);
   gone.join();
