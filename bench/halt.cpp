@@ -230,7 +230,14 @@ int main(int argc, char** argv) {
         return 1;
       }
       const auto tbfs = ns.run("tc qdisc show");
-      const auto held = std::count_if(tbfs.begin(), tbfs.end(), [](char c) { return c == '\n'; });
+      size_t held = 0;
+      for (auto at = tbfs.find("qdisc tbf fa17:"); at != std::string::npos; at = tbfs.find("qdisc tbf fa17:", at + 1)) {
+        ++held;
+      }
+      if (held != static_cast<size_t>(agents)) {
+        std::cerr << fmt::format("round {}: {} faultline tbf roots, expected {}\n", r, held, agents);
+        return 1;
+      }
       grpc::ClientContext ctx;
       v1::HaltRequest req;
       req.set_reason("bench");
@@ -250,10 +257,8 @@ int main(int argc, char** argv) {
         return 1;
       }
       halts.push_back(ms(took));
-      std::cout << fmt::format(
-          "round {}: {} tbf faults held ({} qdisc lines), halt confirmed in {:.1f} ms, roots "
-          "restored\n",
-          r + 1, agents, held, ms(took));
+      std::cout << fmt::format("round {}: {} faultline tbf roots held, halt confirmed in {:.1f} ms, roots restored\n",
+                               r + 1, held, ms(took));
     }
     for (auto& a : fleet) {
       a->stop();

@@ -10,6 +10,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <map>
 
 #include <doctest/doctest.h>
 #include <fmt/format.h>
@@ -20,6 +21,7 @@
 #include "controller/controller.h"
 #include "controller/store.h"
 #include "demo/server.h"
+#include "faultline/v1/agent_gateway.grpc.pb.h"
 #include "faultline/v1/control.grpc.pb.h"
 #include "tests/support/netns.h"
 
@@ -646,4 +648,64 @@ TEST_CASE_FIXTURE(Fleet, "a revert the kernel refuses shows in ListAgents until 
   r = testing::sh(fmt::format("{} halt --help", FAULTLINE_BIN));
   CHECK(r.status == 0);
   CHECK(r.output.find("--reason") != std::string::npos);
+}
+
+TEST_CASE("ListAgents tracks failed reverts: a retried one until REVERTED, a permanent one until reconnect") {
+  TempDir dir;
+  controller::Controller controller(controller::ControllerOptions{"127.0.0.1:0", dir.path + "/r.db", 15s});
+  const std::string address = fmt::format("127.0.0.1:{}", controller.start());
+  auto gw = v1::AgentGateway::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  const auto failedOf = [&] {
+    std::map<std::string, bool> out;  // fault id -> permanent
+    const auto info = onlyAgent(address);
+    for (const auto& f : info.failed_reverts()) {
+      out[f.fault_id()] = f.permanent();
+    }
+    return out;
+  };
+  const auto report = [](const std::string& id, v1::FaultState state, v1::FaultErrorCode code) {
+    v1::AgentMessage m;
+    m.mutable_report()->set_fault_id(id);
+    m.mutable_report()->set_state(state);
+    m.mutable_report()->set_error_code(code);
+    m.mutable_report()->set_error(state == v1::FAULT_STATE_FAILED ? "revert failed: EIO" : "");
+    return m;
+  };
+  for (int connection = 0; connection < 2; ++connection) {
+    CAPTURE(connection);
+    grpc::ClientContext ctx;
+    auto stream = gw->Connect(&ctx);
+    v1::AgentMessage hello;
+    hello.mutable_hello()->set_agent_id("fake-agent");
+    REQUIRE(stream->Write(hello));
+    v1::ControllerMessage welcome;
+    REQUIRE(stream->Read(&welcome));
+    REQUIRE(welcome.has_welcome());
+    if (connection == 1) {
+      CHECK(failedOf().empty());  // a reconnect clears the permanent one
+      stream->WritesDone();
+      ctx.TryCancel();
+      break;
+    }
+    REQUIRE(stream->Write(report("retried", v1::FAULT_STATE_APPLIED, v1::FAULT_ERROR_UNSPECIFIED)));
+    REQUIRE(stream->Write(report("permanent", v1::FAULT_STATE_APPLIED, v1::FAULT_ERROR_UNSPECIFIED)));
+    REQUIRE(stream->Write(report("apply-failed", v1::FAULT_STATE_FAILED, v1::FAULT_ERROR_UNSPECIFIED)));
+    REQUIRE(stream->Write(report("retried", v1::FAULT_STATE_FAILED, v1::FAULT_ERROR_UNSPECIFIED)));
+    REQUIRE(stream->Write(report("permanent", v1::FAULT_STATE_FAILED, v1::FAULT_ERROR_PERMANENT)));
+    REQUIRE(eventually([&] { return failedOf().size() == 2; }));
+    CHECK(failedOf() == std::map<std::string, bool>{{"permanent", true}, {"retried", false}});
+    CHECK(onlyAgent(address).active_faults() == 1);  // the retried one is still held
+    const auto info = onlyAgent(address);
+    REQUIRE(info.failed_reverts_size() == 2);
+    CHECK(info.failed_reverts(0).error() == "revert failed: EIO");
+    // The retry succeeds; a late "not held" REVERTED for the permanent one changes nothing.
+    REQUIRE(stream->Write(report("retried", v1::FAULT_STATE_REVERTED, v1::FAULT_ERROR_UNSPECIFIED)));
+    REQUIRE(stream->Write(report("permanent", v1::FAULT_STATE_REVERTED, v1::FAULT_ERROR_UNSPECIFIED)));
+    REQUIRE(eventually([&] { return failedOf().size() == 1; }));
+    CHECK(failedOf() == std::map<std::string, bool>{{"permanent", true}});
+    CHECK(onlyAgent(address).active_faults() == 0);
+    stream->WritesDone();
+    ctx.TryCancel();
+    REQUIRE(eventually([&] { return controller.gateway().agents().empty(); }));
+  }
 }
