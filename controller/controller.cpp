@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <deque>
 #include <filesystem>
@@ -174,7 +175,11 @@ struct Controller::Impl final : v1::Control::CallbackService {
   std::condition_variable cv;
   bool shuttingDown = false;
   std::map<std::string, std::shared_ptr<ActiveRun>> runs;
-  std::vector<std::thread> halts;  // one per Halt call; joined by shutdown()
+  struct HaltCall {
+    std::thread thread;
+    std::shared_ptr<std::atomic<bool>> done = std::make_shared<std::atomic<bool>>(false);
+  };
+  std::list<HaltCall> halts;  // one per Halt call; finished ones joined by the next Halt, all by shutdown()
 
   grpc::ServerUnaryReactor* SubmitRun(grpc::CallbackServerContext* ctx, const v1::SubmitRunRequest* req,
                                       v1::SubmitRunResponse* resp) override {
@@ -306,8 +311,17 @@ struct Controller::Impl final : v1::Control::CallbackService {
       reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "controller is shutting down"));
       return reactor;
     }
+    for (auto it = halts.begin(); it != halts.end();) {
+      if (it->done->load()) {
+        it->thread.join();
+        it = halts.erase(it);
+      } else {
+        ++it;
+      }
+    }
     // Waiting blocks for up to timeout: not on a gRPC callback thread, which delivers the reports.
-    halts.emplace_back([this, reactor, resp, timeout, reason] {
+    auto& call = halts.emplace_back();
+    call.thread = std::thread([this, reactor, resp, timeout, reason, done = call.done] {
       const auto until = std::chrono::steady_clock::now() + timeout;
       spdlog::warn("{}: aborting every run and reverting every fault on every agent", reason);
       std::vector<std::shared_ptr<ActiveRun>> aborted;
@@ -350,6 +364,7 @@ struct Controller::Impl final : v1::Control::CallbackService {
       spdlog::warn("{}: {} run(s) aborted, {} agent(s) told, {} not confirmed", reason, aborted.size(),
                    outcome.agentsTold, outcome.unconfirmed.size());
       reactor->Finish(grpc::Status::OK);
+      done->store(true);
     });
     return reactor;
   }
@@ -489,13 +504,13 @@ void Controller::shutdown() {
   }
   impl_->cv.notify_all();
   abortAll("controller shutting down");
-  std::vector<std::thread> halts;
+  std::list<Impl::HaltCall> halts;
   {
     std::lock_guard lock(impl_->mutex);
     halts.swap(impl_->halts);
   }
   for (auto& h : halts) {
-    h.join();  // each ends within its bounded wait
+    h.thread.join();  // each ends within its bounded wait
   }
   if (impl_->server) {
     impl_->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds{2});
