@@ -573,7 +573,8 @@ TEST_CASE_FIXTURE(Fleet, "halt during a long bandwidth fault reverts it and abor
   const std::string before = rootKind();
   const std::string runId = submit(address, longBandwidth(netns()));
   REQUIRE(eventually([&] { return rootKind() == "tbf"; }));
-  REQUIRE(onlyAgent(address).active_faults() == 1);
+  // The qdisc is in place before the agent's report reaches the controller.
+  REQUIRE(eventually([&] { return onlyAgent(address).active_faults() == 1; }));
 
   const auto t0 = std::chrono::steady_clock::now();
   auto resp = halt(address, 10s);
@@ -602,6 +603,7 @@ TEST_CASE_FIXTURE(Fleet, "halt during a long bandwidth fault reverts it and abor
 TEST_CASE_FIXTURE(Fleet, "a revert the kernel refuses shows in ListAgents until the agent reconnects") {
   const std::string runId = submit(address, longBandwidth(netns()));
   REQUIRE(eventually([&] { return rootKind() == "tbf"; }));
+  REQUIRE(eventually([&] { return onlyAgent(address).active_faults() == 1; }));
   // Someone else takes the root: faultline must not delete it, so the revert fails for good.
   inNetns("tc qdisc replace dev veth0 root pfifo");
 
