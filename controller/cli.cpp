@@ -357,7 +357,43 @@ int agentsCommand(const std::string& address) {
   if (resp.agents().empty()) {
     std::cout << "(no agents connected)\n";
   }
+  // Failed reverts are loud: each one stays listed until a later revert succeeds (or, for a
+  // permanent one, until the agent reconnects), so nobody takes a degraded host for a clean one.
+  for (const auto& a : resp.agents()) {
+    for (const auto& f : a.failed_reverts()) {
+      std::cout << fmt::format("REVERT FAILED  agent {}  fault {}  since {}{}: {}{}\n", a.agent_id(), f.fault_id(),
+                               clock(f.at()), f.permanent() ? "  (permanent: not retried, remove it by hand)" : "",
+                               f.error(), f.detail().empty() ? "" : fmt::format("  [{}]", f.detail()));
+    }
+  }
   return 0;
+}
+
+// Aborts every run and reverts every fault on every agent; exit 0 when all are confirmed
+// reverted, 3 otherwise.
+int haltCommand(const std::string& address, const std::string& reason) {
+  auto stub = controlStub(address);
+  auto ctx = contextWithDeadline(std::chrono::seconds{20});
+  v1::HaltRequest req;
+  req.set_reason(reason);
+  req.mutable_timeout()->set_seconds(10);
+  v1::HaltResponse resp;
+  if (auto s = stub->Halt(ctx.get(), req, &resp); !s.ok()) {
+    return rpcError("halt", address, s);
+  }
+  std::cout << fmt::format("halt: {} run(s) aborted, {} agent(s) told to revert every fault\n", resp.runs_aborted(),
+                           resp.agents_told());
+  if (resp.runs_unfinished() > 0) {
+    std::cout << fmt::format("{} aborted run(s) still rolling back\n", resp.runs_unfinished());
+  }
+  for (const auto& u : resp.unconfirmed()) {
+    std::cout << fmt::format("NOT CONFIRMED  agent {}: {}\n", u.agent_id(), u.reason());
+  }
+  if (resp.unconfirmed().empty() && resp.runs_unfinished() == 0) {
+    std::cout << "every agent confirmed: no fault active\n";
+    return 0;
+  }
+  return kExitError;
 }
 
 // Runs f on the record file at db, opened read-only (nothing is created or changed). A missing
@@ -475,6 +511,13 @@ int cliMain(int argc, char** argv) {
   auto* agentsCmd = app.add_subcommand("agents", "list the agents connected to the controller");
   agentsCmd->add_option("--controller", address, "controller address HOST:PORT")->capture_default_str();
 
+  std::string haltReason;
+  auto* haltCmd = app.add_subcommand("halt",
+                                     "abort every active run and revert every fault on every agent; exit 0 when all "
+                                     "agents confirm, 3 otherwise");
+  haltCmd->add_option("--controller", address, "controller address HOST:PORT")->capture_default_str();
+  haltCmd->add_option("--reason", haltReason, "why (logged by the controller and the agents)");
+
   std::string db;
   unsigned limit = 20;
   auto* runsCmd = app.add_subcommand("runs", "list recorded runs, newest first");
@@ -528,6 +571,9 @@ int cliMain(int argc, char** argv) {
   }
   if (*agentsCmd) {
     return agentsCommand(address);
+  }
+  if (*haltCmd) {
+    return haltCommand(address, haltReason);
   }
   if (*runsCmd) {
     return runsCommand(address, db, limit);

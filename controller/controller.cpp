@@ -5,6 +5,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <deque>
 #include <filesystem>
@@ -13,6 +15,7 @@
 #include <mutex>
 #include <random>
 #include <thread>
+#include <vector>
 
 #include <fmt/format.h>
 #include <grpcpp/grpcpp.h>
@@ -172,6 +175,11 @@ struct Controller::Impl final : v1::Control::CallbackService {
   std::condition_variable cv;
   bool shuttingDown = false;
   std::map<std::string, std::shared_ptr<ActiveRun>> runs;
+  struct HaltCall {
+    std::thread thread;
+    std::shared_ptr<std::atomic<bool>> done = std::make_shared<std::atomic<bool>>(false);
+  };
+  std::list<HaltCall> halts;  // one per Halt call; finished ones joined by the next Halt, all by shutdown()
 
   grpc::ServerUnaryReactor* SubmitRun(grpc::CallbackServerContext* ctx, const v1::SubmitRunRequest* req,
                                       v1::SubmitRunResponse* resp) override {
@@ -285,6 +293,80 @@ struct Controller::Impl final : v1::Control::CallbackService {
       *resp->add_agents() = std::move(a);
     }
     return finishNow(ctx, grpc::Status::OK);
+  }
+
+  grpc::ServerUnaryReactor* Halt(grpc::CallbackServerContext* ctx, const v1::HaltRequest* req,
+                                 v1::HaltResponse* resp) override {
+    auto timeout = std::chrono::milliseconds{10'000};
+    if (req->has_timeout()) {
+      const auto t = std::chrono::milliseconds{req->timeout().seconds() * 1000 + req->timeout().nanos() / 1'000'000};
+      if (t.count() > 0) {
+        timeout = std::min(t, std::chrono::milliseconds{60'000});
+      }
+    }
+    const std::string reason = req->reason().empty() ? "halt requested" : "halt: " + req->reason();
+    auto* reactor = ctx->DefaultReactor();
+    std::lock_guard lock(mutex);
+    if (shuttingDown) {
+      reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "controller is shutting down"));
+      return reactor;
+    }
+    for (auto it = halts.begin(); it != halts.end();) {
+      if (it->done->load()) {
+        it->thread.join();
+        it = halts.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    // Waiting blocks for up to timeout: not on a gRPC callback thread, which delivers the reports.
+    auto& call = halts.emplace_back();
+    call.thread = std::thread([this, reactor, resp, timeout, reason, done = call.done] {
+      const auto until = std::chrono::steady_clock::now() + timeout;
+      spdlog::warn("{}: aborting every run and reverting every fault on every agent", reason);
+      std::vector<std::shared_ptr<ActiveRun>> aborted;
+      {
+        std::lock_guard lock(mutex);
+        for (auto& [id, run] : runs) {
+          std::lock_guard runLock(run->mutex);
+          if (!run->finished) {
+            run->stop.request(reason);
+            aborted.push_back(run);
+          }
+        }
+      }
+      resp->set_runs_aborted(static_cast<uint32_t>(aborted.size()));
+      auto outcome = gateway.revertAllAndWait(reason, timeout);
+      resp->set_agents_told(static_cast<uint32_t>(outcome.agentsTold));
+      for (auto& [id, why] : outcome.unconfirmed) {
+        auto* u = resp->add_unconfirmed();
+        u->set_agent_id(id);
+        u->set_reason(why);
+      }
+      // The aborted runs roll back and record their verdict; wait for that within the same bound.
+      uint32_t unfinished = 0;
+      for (auto& run : aborted) {
+        for (;;) {
+          {
+            std::lock_guard runLock(run->mutex);
+            if (run->finished) {
+              break;
+            }
+          }
+          if (std::chrono::steady_clock::now() >= until) {
+            ++unfinished;
+            break;
+          }
+          std::this_thread::sleep_for(std::chrono::milliseconds{10});
+        }
+      }
+      resp->set_runs_unfinished(unfinished);
+      spdlog::warn("{}: {} run(s) aborted, {} agent(s) told, {} not confirmed", reason, aborted.size(),
+                   outcome.agentsTold, outcome.unconfirmed.size());
+      reactor->Finish(grpc::Status::OK);
+      done->store(true);
+    });
+    return reactor;
   }
 
   // Joins the threads of finished runs; with all = true, waits for every run.
@@ -422,6 +504,14 @@ void Controller::shutdown() {
   }
   impl_->cv.notify_all();
   abortAll("controller shutting down");
+  std::list<Impl::HaltCall> halts;
+  {
+    std::lock_guard lock(impl_->mutex);
+    halts.swap(impl_->halts);
+  }
+  for (auto& h : halts) {
+    h.thread.join();  // each ends within its bounded wait
+  }
   if (impl_->server) {
     impl_->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds{2});
     impl_->server.reset();

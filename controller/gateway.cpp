@@ -80,6 +80,9 @@ class Gateway::Connection final : public grpc::ServerBidiReactor<v1::AgentMessag
     std::lock_guard lock(mutex_);
     v1::AgentInfo copy = info_;
     copy.set_active_faults(static_cast<uint32_t>(active_.size()));
+    for (const auto& [id, f] : failing_) {
+      *copy.add_failed_reverts() = f;
+    }
     return copy;
   }
 
@@ -141,8 +144,28 @@ class Gateway::Connection final : public grpc::ServerBidiReactor<v1::AgentMessag
           std::lock_guard lock(mutex_);
           if (r.state() == v1::FAULT_STATE_APPLIED) {
             active_.insert(r.fault_id());
+            failing_.erase(r.fault_id());
           } else if (r.state() == v1::FAULT_STATE_REVERTED || r.state() == v1::FAULT_STATE_EXPIRED) {
             active_.erase(r.fault_id());
+            // A permanent failure stays: the agent dropped that fault, so a later REVERTED for it
+            // only says "not held" (e.g. the run's own Revert after a RevertAll).
+            if (auto f = failing_.find(r.fault_id()); f != failing_.end() && !f->second.permanent()) {
+              failing_.erase(f);
+            }
+          } else if (r.state() == v1::FAULT_STATE_FAILED && active_.count(r.fault_id()) > 0) {
+            // FAILED after APPLIED is a failed revert (a failed apply never reaches active_).
+            // A retried one stays held by the agent; a permanent one was dropped by it.
+            const bool permanent = r.error_code() == v1::FAULT_ERROR_PERMANENT;
+            if (permanent) {
+              active_.erase(r.fault_id());
+            }
+            v1::FailedRevert f;
+            f.set_fault_id(r.fault_id());
+            f.set_error(r.error());
+            f.set_permanent(permanent);
+            *f.mutable_at() = r.has_at() ? r.at() : agent::nowTimestamp();
+            f.set_detail(r.detail());
+            failing_[r.fault_id()] = std::move(f);
           }
           id = info_.agent_id();
         }
@@ -165,6 +188,7 @@ class Gateway::Connection final : public grpc::ServerBidiReactor<v1::AgentMessag
   grpc::Status finishStatus_;
   v1::AgentInfo info_;
   std::set<std::string> active_;
+  std::map<std::string, v1::FailedRevert> failing_;  // reverts that failed, by fault id
   std::shared_ptr<Connection> self_;
 };
 
@@ -284,6 +308,47 @@ void Gateway::unsubscribe(int id) {
 bool Gateway::waitForAgents(size_t n, std::chrono::milliseconds timeout) const {
   std::unique_lock lock(mutex_);
   return changed_.wait_for(lock, timeout, [&] { return agents_.size() >= n; });
+}
+
+Gateway::RevertAllOutcome Gateway::revertAllAndWait(const std::string& reason, std::chrono::milliseconds timeout) {
+  RevertAllOutcome out;
+  v1::ControllerMessage msg;
+  msg.mutable_revert_all()->set_reason(reason);
+  std::vector<std::string> told;
+  for (const auto& a : agents()) {
+    if (send(a.agent_id(), msg)) {
+      told.push_back(a.agent_id());
+    }
+  }
+  out.agentsTold = told.size();
+  const auto until = std::chrono::steady_clock::now() + timeout;
+  for (;;) {
+    std::map<std::string, v1::AgentInfo> now;
+    for (auto& a : agents()) {
+      now[a.agent_id()] = std::move(a);
+    }
+    out.unconfirmed.clear();
+    for (const auto& id : told) {
+      auto it = now.find(id);
+      if (it == now.end()) {
+        out.unconfirmed.emplace_back(id, "disconnected before confirming (its lease reverts what it holds)");
+      } else if (!it->second.failed_reverts().empty()) {
+        const auto& f = it->second.failed_reverts(0);
+        out.unconfirmed.emplace_back(id, fmt::format("revert of fault {} failed{}: {}", f.fault_id(),
+                                                     f.permanent() ? " permanently" : "", f.error()));
+      } else if (it->second.active_faults() > 0) {
+        out.unconfirmed.emplace_back(id, fmt::format("still holds {} fault(s)", it->second.active_faults()));
+      }
+    }
+    if (out.unconfirmed.empty() || std::chrono::steady_clock::now() >= until) {
+      return out;
+    }
+    std::unique_lock lock(mutex_);
+    if (stopping_) {
+      return out;
+    }
+    changed_.wait_for(lock, std::chrono::milliseconds{10});
+  }
 }
 
 void Gateway::heartbeatLoop() {

@@ -10,7 +10,10 @@
 #include <memory>
 #include <mutex>
 #include <set>
+#include <string>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include "controller/fleet.h"
 #include "faultline/v1/agent_gateway.grpc.pb.h"
@@ -34,6 +37,14 @@ class Gateway final : public v1::AgentGateway::CallbackService, public Fleet {
   bool send(const std::string& agentId, const v1::ControllerMessage& msg) override;
   int subscribe(ReportListener listener) override;
   void unsubscribe(int id) override;
+  struct RevertAllOutcome {
+    size_t agentsTold = 0;
+    // Agents told that still hold a fault, whose revert failed, or that left, with why.
+    std::vector<std::pair<std::string, std::string>> unconfirmed;
+  };
+  // Sends RevertAll(reason) to every connected agent and blocks until each holds no fault and
+  // has no failed revert, or timeout passes (or the gateway stops). Thread-safe.
+  RevertAllOutcome revertAllAndWait(const std::string& reason, std::chrono::milliseconds timeout);
   // Blocks until at least n agents are registered or the timeout passes; true when they are.
   bool waitForAgents(size_t n, std::chrono::milliseconds timeout) const;
 

@@ -10,6 +10,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <map>
 
 #include <doctest/doctest.h>
 #include <fmt/format.h>
@@ -20,6 +21,7 @@
 #include "controller/controller.h"
 #include "controller/store.h"
 #include "demo/server.h"
+#include "faultline/v1/agent_gateway.grpc.pb.h"
 #include "faultline/v1/control.grpc.pb.h"
 #include "tests/support/netns.h"
 
@@ -480,4 +482,232 @@ TEST_CASE_FIXTURE(testing::NetnsFixture,
   CHECK(slurp(log).find("recovery: fault") != std::string::npos);
   CHECK(waitFor([&] { return std::filesystem::file_size(stateDir + "/journal.jsonl") == 0; }, 10s));
   agent->stop(SIGTERM);
+}
+
+namespace {
+
+std::string longBandwidth(const std::string& netns) {
+  return fmt::format(R"(apiVersion: faultline/v1
+kind: Experiment
+metadata:
+  name: e2e-long
+targets:
+  selector: {{role: e2e}}
+method:
+  - fault:
+      name: slow-link
+      type: network.bandwidth
+      duration: 10m
+      target: {{interface: veth0, netns: {}}}
+      rate: 1mbit
+)",
+                     netns);
+}
+
+// Submits yaml without waiting; the run id.
+std::string submit(const std::string& address, const std::string& yaml) {
+  auto stub = v1::Control::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  grpc::ClientContext ctx;
+  v1::SubmitRunRequest req;
+  req.set_experiment(yaml);
+  req.set_file_name("e2e.yaml");
+  v1::SubmitRunResponse resp;
+  auto status = stub->SubmitRun(&ctx, req, &resp);
+  REQUIRE_MESSAGE(status.ok(), status.error_message());
+  return resp.run_id();
+}
+
+v1::HaltResponse halt(const std::string& address, std::chrono::seconds timeout) {
+  auto stub = v1::Control::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  grpc::ClientContext ctx;
+  v1::HaltRequest req;
+  req.set_reason("e2e");
+  req.mutable_timeout()->set_seconds(timeout.count());
+  v1::HaltResponse resp;
+  auto status = stub->Halt(&ctx, req, &resp);
+  REQUIRE_MESSAGE(status.ok(), status.error_message());
+  return resp;
+}
+
+// Every event of a run, to run.finished (replayed from the record when it has ended).
+std::vector<v1::RunEvent> watch(const std::string& address, const std::string& runId) {
+  auto stub = v1::Control::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + 30s);
+  v1::WatchRunRequest req;
+  req.set_run_id(runId);
+  auto reader = stub->WatchRun(&ctx, req);
+  std::vector<v1::RunEvent> events;
+  v1::RunEvent e;
+  while (reader->Read(&e)) {
+    events.push_back(e);
+  }
+  REQUIRE(reader->Finish().ok());
+  return events;
+}
+
+v1::AgentInfo onlyAgent(const std::string& address) {
+  auto stub = v1::Control::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  grpc::ClientContext ctx;
+  v1::ListAgentsResponse resp;
+  REQUIRE(stub->ListAgents(&ctx, {}, &resp).ok());
+  REQUIRE(resp.agents_size() == 1);
+  return resp.agents(0);
+}
+
+template <typename Pred>
+bool eventually(Pred pred, std::chrono::milliseconds timeout = 10s) {
+  const auto until = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < until) {
+    if (pred()) {
+      return true;
+    }
+    std::this_thread::sleep_for(20ms);
+  }
+  return pred();
+}
+
+}  // namespace
+
+TEST_CASE_FIXTURE(Fleet, "halt during a long bandwidth fault reverts it and aborts the run") {
+  const std::string before = rootKind();
+  const std::string runId = submit(address, longBandwidth(netns()));
+  REQUIRE(eventually([&] { return rootKind() == "tbf"; }));
+  // The qdisc is in place before the agent's report reaches the controller.
+  REQUIRE(eventually([&] { return onlyAgent(address).active_faults() == 1; }));
+
+  const auto t0 = std::chrono::steady_clock::now();
+  auto resp = halt(address, 10s);
+  const auto took = std::chrono::steady_clock::now() - t0;
+  CHECK(resp.runs_aborted() == 1);
+  CHECK(resp.agents_told() == 1);
+  CHECK(resp.unconfirmed_size() == 0);
+  CHECK(resp.runs_unfinished() == 0);
+  CHECK(took < 5s);
+  CHECK(rootKind() == before);
+  CHECK(onlyAgent(address).active_faults() == 0);
+
+  const auto events = watch(address, runId);
+  REQUIRE(!events.empty());
+  CHECK(events.back().kind() == "run.finished");
+  CHECK(events.back().verdict() == v1::VERDICT_ABORTED);
+  CHECK(countKind(events, "fault.reverted") >= 1);
+
+  // Nothing active: halt confirms at once.
+  resp = halt(address, 10s);
+  CHECK(resp.runs_aborted() == 0);
+  CHECK(resp.agents_told() == 1);
+  CHECK(resp.unconfirmed_size() == 0);
+}
+
+TEST_CASE_FIXTURE(Fleet, "a revert the kernel refuses shows in ListAgents until the agent reconnects") {
+  const std::string runId = submit(address, longBandwidth(netns()));
+  REQUIRE(eventually([&] { return rootKind() == "tbf"; }));
+  REQUIRE(eventually([&] { return onlyAgent(address).active_faults() == 1; }));
+  // Someone else takes the root: faultline must not delete it, so the revert fails for good.
+  inNetns("tc qdisc replace dev veth0 root pfifo");
+
+  auto resp = halt(address, 3s);
+  CHECK(resp.runs_aborted() == 1);
+  CHECK(resp.agents_told() == 1);
+  REQUIRE(resp.unconfirmed_size() == 1);
+  CHECK(resp.unconfirmed(0).agent_id() == "e2e-agent");
+  CHECK(resp.unconfirmed(0).reason().find("permanently") != std::string::npos);
+  CHECK(rootKind() == "pfifo");  // the foreign root is left alone
+
+  auto info = onlyAgent(address);
+  REQUIRE(info.failed_reverts_size() == 1);
+  CHECK(info.failed_reverts(0).permanent());
+  CHECK(!info.failed_reverts(0).error().empty());
+  CHECK(info.active_faults() == 0);
+
+  // The CLI shows it, and halt exits 3.
+  auto r = testing::sh(fmt::format("{} agents --controller {}", FAULTLINE_BIN, address));
+  CHECK(r.status == 0);
+  CHECK(r.output.find("REVERT FAILED") != std::string::npos);
+  CHECK(r.output.find("permanent") != std::string::npos);
+  r = testing::sh(fmt::format("{} halt --controller {} --reason test", FAULTLINE_BIN, address));
+  CHECK(r.status == 3);
+  CHECK(r.output.find("NOT CONFIRMED  agent e2e-agent") != std::string::npos);
+  CHECK(watch(address, runId).back().kind() == "run.finished");
+
+  // A reconnect clears it.
+  agent.reset();
+  REQUIRE(eventually([&] { return controller->gateway().agents().empty(); }));
+  agent::SessionOptions so;
+  so.controller = address;
+  so.agentId = "e2e-agent";
+  so.hostname = "e2e-host";
+  so.labels = {{"role", "e2e"}};
+  agent = std::make_unique<agent::AgentRuntime>(so);
+  agent->start();
+  REQUIRE(controller->gateway().waitForAgents(1, 10s));
+  CHECK(onlyAgent(address).failed_reverts_size() == 0);
+  r = testing::sh(fmt::format("{} agents --controller {}", FAULTLINE_BIN, address));
+  CHECK(r.output.find("REVERT FAILED") == std::string::npos);
+  r = testing::sh(fmt::format("{} halt --controller {}", FAULTLINE_BIN, address));
+  CHECK(r.status == 0);
+  r = testing::sh(fmt::format("{} halt --help", FAULTLINE_BIN));
+  CHECK(r.status == 0);
+  CHECK(r.output.find("--reason") != std::string::npos);
+}
+
+TEST_CASE("ListAgents tracks failed reverts: a retried one until REVERTED, a permanent one until reconnect") {
+  TempDir dir;
+  controller::Controller controller(controller::ControllerOptions{"127.0.0.1:0", dir.path + "/r.db", 15s});
+  const std::string address = fmt::format("127.0.0.1:{}", controller.start());
+  auto gw = v1::AgentGateway::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  const auto failedOf = [&] {
+    std::map<std::string, bool> out;  // fault id -> permanent
+    const auto info = onlyAgent(address);
+    for (const auto& f : info.failed_reverts()) {
+      out[f.fault_id()] = f.permanent();
+    }
+    return out;
+  };
+  const auto report = [](const std::string& id, v1::FaultState state, v1::FaultErrorCode code) {
+    v1::AgentMessage m;
+    m.mutable_report()->set_fault_id(id);
+    m.mutable_report()->set_state(state);
+    m.mutable_report()->set_error_code(code);
+    m.mutable_report()->set_error(state == v1::FAULT_STATE_FAILED ? "revert failed: EIO" : "");
+    return m;
+  };
+  for (int connection = 0; connection < 2; ++connection) {
+    CAPTURE(connection);
+    grpc::ClientContext ctx;
+    auto stream = gw->Connect(&ctx);
+    v1::AgentMessage hello;
+    hello.mutable_hello()->set_agent_id("fake-agent");
+    REQUIRE(stream->Write(hello));
+    v1::ControllerMessage welcome;
+    REQUIRE(stream->Read(&welcome));
+    REQUIRE(welcome.has_welcome());
+    if (connection == 1) {
+      CHECK(failedOf().empty());  // a reconnect clears the permanent one
+      stream->WritesDone();
+      ctx.TryCancel();
+      break;
+    }
+    REQUIRE(stream->Write(report("retried", v1::FAULT_STATE_APPLIED, v1::FAULT_ERROR_UNSPECIFIED)));
+    REQUIRE(stream->Write(report("permanent", v1::FAULT_STATE_APPLIED, v1::FAULT_ERROR_UNSPECIFIED)));
+    REQUIRE(stream->Write(report("apply-failed", v1::FAULT_STATE_FAILED, v1::FAULT_ERROR_UNSPECIFIED)));
+    REQUIRE(stream->Write(report("retried", v1::FAULT_STATE_FAILED, v1::FAULT_ERROR_UNSPECIFIED)));
+    REQUIRE(stream->Write(report("permanent", v1::FAULT_STATE_FAILED, v1::FAULT_ERROR_PERMANENT)));
+    REQUIRE(eventually([&] { return failedOf().size() == 2; }));
+    CHECK(failedOf() == std::map<std::string, bool>{{"permanent", true}, {"retried", false}});
+    CHECK(onlyAgent(address).active_faults() == 1);  // the retried one is still held
+    const auto info = onlyAgent(address);
+    REQUIRE(info.failed_reverts_size() == 2);
+    CHECK(info.failed_reverts(0).error() == "revert failed: EIO");
+    // The retry succeeds; a late "not held" REVERTED for the permanent one changes nothing.
+    REQUIRE(stream->Write(report("retried", v1::FAULT_STATE_REVERTED, v1::FAULT_ERROR_UNSPECIFIED)));
+    REQUIRE(stream->Write(report("permanent", v1::FAULT_STATE_REVERTED, v1::FAULT_ERROR_UNSPECIFIED)));
+    REQUIRE(eventually([&] { return failedOf().size() == 1; }));
+    CHECK(failedOf() == std::map<std::string, bool>{{"permanent", true}});
+    CHECK(onlyAgent(address).active_faults() == 0);
+    stream->WritesDone();
+    ctx.TryCancel();
+    REQUIRE(eventually([&] { return controller.gateway().agents().empty(); }));
+  }
 }
