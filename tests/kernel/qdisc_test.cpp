@@ -286,9 +286,7 @@ TEST_CASE_FIXTURE(NetnsFixture, "the interface deleted during the fault: revert 
 TEST_CASE_FIXTURE(NetnsFixture, "the namespace gone during the fault: revert succeeds with nothing to do") {
   auto applied = driver.apply(bandwidthSpec(1'000'000));
   REQUIRE_MESSAGE(applied.has_value(), (applied ? "" : applied.error().message));
-  ::kill(child_, SIGKILL);
-  ::waitpid(child_, nullptr, 0);
-  child_ = -1;
+  holder_.kill();
   auto reverted = (*applied)->revert();
   REQUIRE_MESSAGE(reverted.has_value(), (reverted ? "" : reverted.error().message));
   CHECK_MESSAGE(contains((*applied)->describe(), fmt::format("network namespace {} no longer exists", netns_)),

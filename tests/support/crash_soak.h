@@ -34,96 +34,20 @@
 #include "agent/net_driver.h"
 #include "agent/revert_all.h"
 #include "agent/spec.h"
+#include "tests/support/netns_holder.h"
 
 namespace faultline::testing::soak {
 
 // Runs command with /bin/sh; true when it exits 0. output: stdout and stderr.
 inline bool run(const std::string& command, std::string* output = nullptr) {
-  FILE* pipe = ::popen(("LC_ALL=C " + command + " 2>&1").c_str(), "r");
-  if (pipe == nullptr) {
-    return false;
-  }
-  std::array<char, 512> chunk{};
-  std::string text;
-  size_t n = 0;
-  while ((n = std::fread(chunk.data(), 1, chunk.size(), pipe)) > 0) {
-    text.append(chunk.data(), n);
-  }
-  const int status = ::pclose(pipe);
+  auto r = sh(command);
   if (output != nullptr) {
-    *output = std::move(text);
+    *output = std::move(r.output);
   }
-  return WIFEXITED(status) && WEXITSTATUS(status) == 0;
+  return r.status == 0;
 }
 
-// A network namespace with veth0 and veth1 up, held by a paused child that dies with this process
-// (PR_SET_PDEATHSIG) or with this object.
-class Netns {
- public:
-  Netns() {
-    int ready[2];
-    if (::pipe2(ready, O_CLOEXEC) != 0) {
-      error_ = "pipe2 failed";
-      return;
-    }
-    const pid_t parent = ::getpid();
-    holder_ = ::fork();
-    if (holder_ == 0) {
-      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-      if (::getppid() != parent || ::unshare(CLONE_NEWNET) != 0) {
-        ::_exit(1);
-      }
-      const char ok = 1;
-      if (::write(ready[1], &ok, 1) != 1) {
-        ::_exit(1);
-      }
-      for (;;) {
-        ::pause();
-      }
-    }
-    ::close(ready[1]);
-    char ok = 0;
-    const bool started = holder_ > 0 && ::read(ready[0], &ok, 1) == 1;
-    ::close(ready[0]);
-    if (!started) {
-      error_ = "the namespace holder did not start";
-      return;
-    }
-    path_ = fmt::format("/proc/{}/ns/net", holder_);
-    for (const char* command :
-         {"ip link add veth0 type veth peer name veth1", "ip link set veth0 up", "ip link set veth1 up"}) {
-      if (!inNetns(command)) {
-        return;
-      }
-    }
-  }
-  Netns(const Netns&) = delete;
-  Netns& operator=(const Netns&) = delete;
-  ~Netns() {
-    if (holder_ > 0) {
-      ::kill(holder_, SIGKILL);
-      ::waitpid(holder_, nullptr, 0);
-    }
-  }
-
-  // Runs command in the namespace; on failure sets error() and returns false.
-  bool inNetns(const std::string& command) {
-    std::string output;
-    if (!run(fmt::format("nsenter --net={} {}", path_, command), &output)) {
-      error_ = fmt::format("{}: {}", command, output);
-      return false;
-    }
-    return true;
-  }
-
-  [[nodiscard]] const std::string& path() const { return path_; }
-  [[nodiscard]] const std::string& error() const { return error_; }  // empty when all went well
-
- private:
-  pid_t holder_ = -1;
-  std::string path_;
-  std::string error_;
-};
+using Netns = NetnsHolder;
 
 // Root qdisc of every interface, by name.
 using Snapshot = std::map<std::string, kernel::QdiscInfo>;
