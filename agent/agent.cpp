@@ -159,9 +159,9 @@ void Agent::finish(const std::string& faultId, v1::FaultState endState, std::str
   if (!reverted) {
     spdlog::error("fault {}: revert ({}) failed, retrying every second: {}", faultId, why, reverted.error().message);
     // Report the first failure of a series only; the fault stays held and is retried.
+    it->second.revertError = "revert failed (retrying every second): " + reverted.error().message;
     if (!it->second.revertFailing) {
-      report(faultId, v1::FAULT_STATE_FAILED, "revert failed (retrying every second): " + reverted.error().message,
-             it->second.applied->describe());
+      report(faultId, v1::FAULT_STATE_FAILED, it->second.revertError, it->second.applied->describe());
     }
     it->second.revertFailing = true;
     // Keep it held, and retry in a second: a fault is never dropped while it may still be active.
@@ -188,13 +188,13 @@ void Agent::revert(const std::string& faultId) {
   finish(faultId, v1::FAULT_STATE_REVERTED, "revert requested");
 }
 
-void Agent::revertAll(std::string_view reason) {
+void Agent::revertAll(std::string_view reason, v1::FaultState endState) {
   std::vector<std::string> ids;
   for (const auto& [id, held] : faults_) {
     ids.push_back(id);
   }
   for (const auto& id : ids) {
-    finish(id, v1::FAULT_STATE_REVERTED, reason);
+    finish(id, endState, reason);
   }
 }
 
@@ -202,6 +202,12 @@ std::vector<v1::FaultReport> Agent::activeFaults() const {
   std::vector<v1::FaultReport> out;
   for (const auto& [id, held] : faults_) {
     out.push_back(held.appliedReport);
+    if (held.revertFailing) {
+      // Still held because its revert keeps failing: say so, so a controller that learns of the
+      // fault from a Hello lists it as a failed revert, not as a healthy fault.
+      out.back().set_state(v1::FAULT_STATE_FAILED);
+      out.back().set_error(held.revertError);
+    }
   }
   return out;
 }

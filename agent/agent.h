@@ -52,9 +52,13 @@ class Agent {
   // retried every second). Idempotent: an id not held (already reverted or expired, or never
   // applied) is confirmed as REVERTED with nothing changed.
   void revert(const std::string& faultId);
-  // Reverts every fault held; used on RevertAll, lease expiry and shutdown.
-  void revertAll(std::string_view reason);
-  // APPLIED reports of the faults held now (for Hello on reconnect).
+  // Reverts every fault held; used on RevertAll, lease expiry and shutdown. endState: what the
+  // reports say once reverted: REVERTED when the controller or the host asked for it, EXPIRED
+  // when the agent ended the faults on its own (lease expiry), so the controller never records
+  // an end it did not command as a command.
+  void revertAll(std::string_view reason, v1::FaultState endState = v1::FAULT_STATE_REVERTED);
+  // Reports of the faults held now (for Hello on reconnect): APPLIED, or FAILED with the reason
+  // for one whose revert keeps failing.
   [[nodiscard]] std::vector<v1::FaultReport> activeFaults() const;
   [[nodiscard]] size_t activeCount() const { return faults_.size(); }
 
@@ -64,6 +68,7 @@ class Agent {
     std::unique_ptr<boost::asio::steady_timer> timer;
     v1::FaultReport appliedReport;
     bool revertFailing = false;  // a revert failed and is being retried
+    std::string revertError;     // the last failure's reason while revertFailing
     bool journalled = false;     // has an open entry in the journal
   };
   void finish(const std::string& faultId, v1::FaultState endState, std::string_view why);

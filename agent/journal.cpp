@@ -1,6 +1,7 @@
 #include "agent/journal.h"
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -143,6 +144,21 @@ tl::expected<OpenedJournal, JournalError> UndoJournal::open(const std::filesyste
     return tl::unexpected(errnoError(
         errno, fmt::format("cannot open the undo journal {} (the state directory must exist and be writable)",
                            path.string())));
+  }
+  // One agent per state directory: a second one would revert the first one's live faults as
+  // "left by an earlier run". The lock goes with the process, however it ends.
+  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    const int err = errno;
+    ::close(fd);
+    if (err == EWOULDBLOCK) {
+      return tl::unexpected(JournalError{
+          std::make_error_code(std::errc::device_or_resource_busy),
+          fmt::format("the undo journal {} is in use by another running faultline agent (or `faultline run "
+                      "--local`); one state directory per agent: stop that one first, or give this one another "
+                      "state directory",
+                      path.string())});
+    }
+    return tl::unexpected(errnoError(err, fmt::format("cannot lock the undo journal {}", path.string())));
   }
   if (created) {
     // The new file's directory entry must survive a crash too.

@@ -13,11 +13,13 @@ RecoveryReport recoverOpenFaults(UndoJournal& journal, const std::vector<Journal
     bool closeIt = false;
     if (entry.undo.is_null()) {
       report.reverted.push_back(fmt::format("{}: nothing to undo", name));
+      report.revertedFaults.emplace_back(entry.faultId, "nothing to undo");
       closeIt = true;
     } else {
       auto reverted = NetworkFaultDriver::revertRecord(entry.undo, openTable);
       if (reverted) {
         report.reverted.push_back(fmt::format("{}: reverted: {}", name, *reverted));
+        report.revertedFaults.emplace_back(entry.faultId, *reverted);
         closeIt = true;
       } else if (reverted.error().permanent) {
         report.failed.push_back(fmt::format("{}: cannot be reverted, given up: {}", name, reverted.error().message));
@@ -36,8 +38,9 @@ RecoveryReport recoverOpenFaults(UndoJournal& journal, const std::vector<Journal
   return report;
 }
 
-tl::expected<std::unique_ptr<UndoJournal>, JournalError> openJournalAndRecover(const std::filesystem::path& stateDir,
-                                                                               const QdiscTableOpener& openTable) {
+tl::expected<std::unique_ptr<UndoJournal>, JournalError> openJournalAndRecover(
+    const std::filesystem::path& stateDir, const QdiscTableOpener& openTable,
+    std::vector<std::pair<std::string, std::string>>* revertedFaults) {
   auto opened = UndoJournal::open(stateDir);
   if (!opened) {
     return tl::unexpected(opened.error());
@@ -55,6 +58,9 @@ tl::expected<std::unique_ptr<UndoJournal>, JournalError> openJournalAndRecover(c
   }
   for (const auto& line : report.failed) {
     spdlog::critical("recovery: {} (the host may still carry this fault)", line);
+  }
+  if (revertedFaults != nullptr) {
+    revertedFaults->insert(revertedFaults->end(), report.revertedFaults.begin(), report.revertedFaults.end());
   }
   return std::move(opened->journal);
 }

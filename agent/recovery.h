@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <tl/expected.hpp>
@@ -19,6 +20,9 @@ namespace faultline::agent {
 
 struct RecoveryReport {
   std::vector<std::string> reverted;  // "fault f1 (network.bandwidth): ..."
+  // The same faults as (fault id, what was restored), for the controller: the agent sends each as
+  // an EXPIRED report once it has registered, so a run's record learns how its fault ended.
+  std::vector<std::pair<std::string, std::string>> revertedFaults;
   std::vector<std::string> failed;    // still open (transient) or given up (permanent)
   std::vector<std::string> problems;  // journal lines that did not parse
 };
@@ -29,8 +33,10 @@ struct RecoveryReport {
                                                const QdiscTableOpener& openTable);
 
 // Opens stateDir's journal, recovers as above (logging every line of the report) and returns the
-// journal for the Agent. errors: the journal's (e.g. a read-only state directory).
+// journal for the Agent; the faults it reverted are appended to revertedFaults when given.
+// errors: the journal's (e.g. a read-only state directory).
 [[nodiscard]] tl::expected<std::unique_ptr<UndoJournal>, JournalError> openJournalAndRecover(
-    const std::filesystem::path& stateDir, const QdiscTableOpener& openTable);
+    const std::filesystem::path& stateDir, const QdiscTableOpener& openTable,
+    std::vector<std::pair<std::string, std::string>>* revertedFaults = nullptr);
 
 }  // namespace faultline::agent

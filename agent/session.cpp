@@ -6,6 +6,7 @@
 #include <deque>
 #include <mutex>
 
+#include <fmt/chrono.h>
 #include <grpcpp/grpcpp.h>
 #include <spdlog/spdlog.h>
 #include <boost/asio/post.hpp>
@@ -18,6 +19,17 @@ namespace faultline::agent {
 std::string agentVersion() {
   return "0.1.0";
 }
+
+namespace {
+
+// Now as UTC with microseconds, e.g. "2026-11-29T15:02:03.123456Z": logged with a lease expiry.
+std::string wallClockText() {
+  const auto now = std::chrono::system_clock::now();
+  const auto us = std::chrono::duration_cast<std::chrono::microseconds>(now.time_since_epoch()).count() % 1'000'000;
+  return fmt::format("{:%Y-%m-%dT%H:%M:%S}.{:06}Z", fmt::gmtime(std::chrono::system_clock::to_time_t(now)), us);
+}
+
+}  // namespace
 
 std::string kernelRelease() {
   utsname u{};
@@ -76,6 +88,12 @@ class Session::Stream final : public grpc::ClientBidiReactor<v1::AgentMessage, v
     if (!doneCv_.wait_for(lock, timeout, [&] { return done_; })) {
       spdlog::warn("gRPC did not finish the controller stream within {}", formatDuration(timeout));
     }
+  }
+
+  // Ends the call from this side (the controller went silent); OnDone still follows.
+  void cancel() {
+    releaseHold();
+    context_.TryCancel();
   }
 
   void OnWriteDone(bool ok) override {
@@ -158,7 +176,8 @@ Session::Session(boost::asio::io_context& io, Agent& agent, SessionOptions optio
       leaseTimer_(io),
       heartbeatTimer_(io),
       lease_(options_.defaultLease),
-      backoff_(options_.minBackoff) {}
+      backoff_(options_.minBackoff),
+      pending_(options_.initialReports) {}
 
 Session::~Session() {
   stop();
@@ -242,10 +261,19 @@ void Session::armLease() {
     if (ec || stopped_) {
       return;
     }
+    const auto why = fmt::format("lease expired: nothing heard from the controller for {} (last at {})",
+                                 formatDuration(lease_), lastHeard_);
+    if (stream_ && welcomed_) {
+      // The stream is dead even if TCP has not noticed (a partition can hide it for many
+      // minutes): drop it first, so the revert reports below wait for the next stream instead
+      // of vanishing into this one, and reconnect so the agent is back as soon as the network is.
+      auto dead = stream_;
+      onStreamDone(dead.get(), why);
+      dead->cancel();
+    }
     if (agent_.activeCount() > 0) {
-      spdlog::warn("lease expired: nothing heard from the controller for {}; reverting every fault",
-                   formatDuration(lease_));
-      agent_.revertAll("lease expired");
+      spdlog::warn("{}; reverting every fault", why);
+      agent_.revertAll(why, v1::FAULT_STATE_EXPIRED);
     }
     armLease();
   });
@@ -275,6 +303,7 @@ void Session::report(const v1::FaultReport& report) {
 }
 
 void Session::onMessage(const v1::ControllerMessage& msg) {
+  lastHeard_ = wallClockText();
   armLease();
   switch (msg.msg_case()) {
     case v1::ControllerMessage::kWelcome: {

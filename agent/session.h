@@ -11,6 +11,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -28,6 +29,9 @@ struct SessionOptions {
   std::chrono::milliseconds defaultLease{15'000};
   std::chrono::milliseconds minBackoff{200};
   std::chrono::milliseconds maxBackoff{10'000};
+  // Reports to send once the first Welcome arrives, e.g. the faults crash recovery reverted at
+  // start (EXPIRED), so the controller records how they ended.
+  std::vector<v1::FaultReport> initialReports;
 };
 
 class Session {
@@ -65,6 +69,7 @@ class Session {
   std::chrono::milliseconds heartbeatInterval_{5'000};
   std::chrono::milliseconds backoff_;
   std::vector<v1::FaultReport> pending_;
+  std::string lastHeard_ = "never";  // UTC time of the last message from the controller
   bool welcomed_ = false;
   bool stopped_ = false;
 };

@@ -155,6 +155,24 @@ TEST_CASE("journal: with nothing open, open() truncates the file") {
   CHECK(dir.text().starts_with(R"({"v":1,"op":"begin","fault_id":"c")"));
 }
 
+TEST_CASE("journal: one agent per state directory; the second open is EBUSY and touches nothing") {
+  JournalDir dir;
+  auto first = UndoJournal::open(dir.path());
+  REQUIRE(first.has_value());
+  REQUIRE(first->journal->begin("held", "network.bandwidth", nullptr).has_value());
+  const std::string before = dir.text();
+  auto second = UndoJournal::open(dir.path());
+  REQUIRE(!second.has_value());
+  CHECK(second.error().code == std::errc::device_or_resource_busy);
+  CHECK(contains(second.error().message, dir.file().string()));
+  CHECK(contains(second.error().message, "in use by another running faultline agent"));
+  CHECK(dir.text() == before);  // the open entry of the first is neither read as left over nor truncated
+  first->journal.reset();       // the lock goes with the first
+  auto third = UndoJournal::open(dir.path());
+  REQUIRE(third.has_value());
+  CHECK(third->open.size() == 1);
+}
+
 TEST_CASE("journal: a state directory it cannot write gives a clear error") {
   JournalDir dir;
   SUBCASE("not a directory") {
