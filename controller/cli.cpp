@@ -2,9 +2,11 @@
 
 #include <pthread.h>
 #include <signal.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <csignal>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -19,6 +21,8 @@
 #include <spdlog/spdlog.h>
 #include <CLI/CLI.hpp>
 
+#include "agent/kernel/qdisc_table.h"
+#include "agent/recovery.h"
 #include "agent/runtime.h"
 #include "agent/session.h"
 #include "agent/spec.h"
@@ -190,7 +194,22 @@ struct RunOptions {
   std::string db = "faultline.db";
   std::string trigger = "cli";
   std::vector<std::string> labels;
+  std::string stateDir;  // --local: the in-process agent's undo journal; "" = defaultLocalStateDir()
 };
+
+// Where `run --local` keeps its agent's undo journal unless --state-dir says otherwise: the same
+// place for every run on this host, so a run killed mid-fault is recovered by the next one (or
+// by `faultline-agent revert-all --state-dir DIR`).
+std::string defaultLocalStateDir() {
+  if (::geteuid() == 0) {
+    return "/var/lib/faultline/local";
+  }
+  if (const char* state = std::getenv("XDG_STATE_HOME"); state != nullptr && *state == '/') {
+    return std::string(state) + "/faultline/local";
+  }
+  const char* home = std::getenv("HOME");
+  return std::string(home != nullptr && *home == '/' ? home : "/tmp") + "/.local/state/faultline/local";
+}
 
 int runCommand(const RunOptions& o) {
   std::string error;
@@ -246,7 +265,34 @@ int runCommand(const RunOptions& o) {
     so.hostname = agent::hostName();
     so.agentId = so.hostname;
     so.labels.emplace("host", so.hostname);
-    localAgent = std::make_unique<agent::AgentRuntime>(so);
+    // The in-process agent journals its faults like faultline-agent, and recovers what a run
+    // killed mid-fault (SIGKILL, power loss) left behind before this one starts.
+    const std::string stateDir = o.stateDir.empty() ? defaultLocalStateDir() : o.stateDir;
+    std::error_code ec;
+    std::filesystem::create_directories(stateDir, ec);
+    if (ec) {
+      std::cerr << "faultline: --local: cannot create the state directory " << stateDir << ": " << ec.message()
+                << " (choose one with --state-dir)\n";
+      return kExitError;
+    }
+    std::filesystem::permissions(stateDir, std::filesystem::perms::owner_all, ec);
+    std::vector<std::pair<std::string, std::string>> recovered;
+    auto journal = agent::openJournalAndRecover(
+        stateDir, [](const std::string& netns) { return kernel::openQdiscTable(netns); }, &recovered);
+    if (!journal) {
+      std::cerr << "faultline: --local: " << journal.error().message << "\n";
+      return kExitError;
+    }
+    for (const auto& [faultId, detail] : recovered) {
+      std::cerr << fmt::format("faultline: recovered fault {} left by an earlier run: {}\n", faultId, detail);
+      v1::FaultReport r;  // recorded in that run's record, when it is in --db
+      r.set_fault_id(faultId);
+      r.set_state(v1::FAULT_STATE_EXPIRED);
+      r.set_detail("reverted by crash recovery when the agent started: " + detail);
+      *r.mutable_at() = agent::nowTimestamp();
+      so.initialReports.push_back(std::move(r));
+    }
+    localAgent = std::make_unique<agent::AgentRuntime>(so, true, std::move(*journal));
     localAgent->start();
     if (!controller->gateway().waitForAgents(1, std::chrono::seconds{10})) {
       std::cerr << "faultline: --local: the in-process agent did not register within 10s\n";
@@ -486,6 +532,12 @@ int cliMain(int argc, char** argv) {
                  "run an embedded controller and an in-process agent on this host (records in --db)")
       ->excludes(ctrlOpt);
   runCmd->add_option("--db", run.db, "record file for --local")->capture_default_str();
+  runCmd
+      ->add_option("--state-dir", run.stateDir,
+                   fmt::format("with --local: the in-process agent's undo journal (default {}); a run killed "
+                               "mid-fault is reverted by the next run --local on the same directory",
+                               defaultLocalStateDir()))
+      ->needs(runCmd->get_option("--local"));
   runCmd->add_option("--trigger", run.trigger, "who started the run: cli, ci or schedule")->capture_default_str();
   runCmd->add_option("--label", run.labels, "with --local: a label of the in-process agent, KEY=VALUE (repeatable)")
       ->allow_extra_args(false);

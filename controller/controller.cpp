@@ -180,6 +180,73 @@ struct Controller::Impl final : v1::Control::CallbackService {
     std::shared_ptr<std::atomic<bool>> done = std::make_shared<std::atomic<bool>>(false);
   };
   std::list<HaltCall> halts;  // one per Halt call; finished ones joined by the next Halt, all by shutdown()
+  int lateListener = 0;       // records reports that reach no run (see recordLateReport)
+
+  // True while the run's engine still listens to its faults' reports.
+  bool runActive(const std::string& runId) {
+    std::shared_ptr<ActiveRun> run;
+    {
+      std::lock_guard lock(mutex);
+      auto it = runs.find(runId);
+      if (it == runs.end()) {
+        return false;
+      }
+      run = it->second;
+    }
+    std::lock_guard lock(run->mutex);
+    return !run->finished;
+  }
+
+  // A report about a fault whose run has ended (an agent that reconnected after the run gave up
+  // on it, a fault reverted on reconnect, crash recovery on the agent's start): added to that
+  // run's record, so the record says how every fault ended. Reports of runs this record store
+  // does not know (another controller's) are only logged.
+  void recordLateReport(const std::string& agentId, const v1::FaultReport& r) {
+    const std::string runId = r.fault_id().substr(0, r.fault_id().find('/'));
+    if (runActive(runId)) {
+      return;  // the run's engine records it
+    }
+    if (!store->getRun(runId)) {
+      spdlog::info("agent {}: fault {} (no run {} in this record store): {}", agentId, r.fault_id(), runId,
+                   r.error().empty() ? r.detail() : r.error());
+      return;
+    }
+    std::string host = agentId;
+    for (const auto& a : gateway.agents()) {
+      if (a.agent_id() == agentId && !a.hostname().empty()) {
+        host = a.hostname();
+      }
+    }
+    const char* kind = "fault.report";
+    switch (r.state()) {
+      case v1::FAULT_STATE_APPLIED:
+        kind = "fault.applied";
+        break;
+      case v1::FAULT_STATE_REVERTED:
+        kind = "fault.reverted";
+        break;
+      case v1::FAULT_STATE_EXPIRED:
+        kind = "fault.expired";
+        break;
+      case v1::FAULT_STATE_FAILED:
+        kind = "fault.failed";
+        break;
+      default:
+        break;
+    }
+    v1::RunEvent e;
+    e.set_run_id(runId);
+    *e.mutable_at() = r.has_at() ? r.at() : agent::nowTimestamp();
+    e.set_host(host);
+    e.set_kind(kind);
+    e.set_message(
+        fmt::format("after the run ended: fault {}: {}", r.fault_id(), r.error().empty() ? r.detail() : r.error()));
+    try {
+      store->addEvent(e);
+    } catch (const std::exception& ex) {
+      spdlog::error("cannot record the late report of fault {}: {}", r.fault_id(), ex.what());
+    }
+  }
 
   grpc::ServerUnaryReactor* SubmitRun(grpc::CallbackServerContext* ctx, const v1::SubmitRunRequest* req,
                                       v1::SubmitRunResponse* resp) override {
@@ -456,6 +523,18 @@ int Controller::start() {
     spdlog::info("created {} for the record store", dir.string());
   }
   impl_->store = openSqliteStore(impl_->options.dbPath);
+  // A run without an end was cut off by a controller that stopped or crashed: its agents' leases
+  // reverted its faults (their reports, when they reconnect, are added to its record).
+  for (const auto& id : impl_->store->finishInterruptedRuns(
+           "interrupted: the controller stopped during the run; the agents' leases reverted its faults",
+           agent::nowTimestamp())) {
+    spdlog::warn("run {} was interrupted by a controller stop; recorded as error", id);
+  }
+  impl_->gateway.setRunActive([impl = impl_.get()](const std::string& runId) { return impl->runActive(runId); });
+  impl_->lateListener =
+      impl_->gateway.subscribe([impl = impl_.get()](const std::string& agentId, const v1::FaultReport& r) {
+        impl->recordLateReport(agentId, r);
+      });
   grpc::ServerBuilder builder;
   int port = 0;
   builder.AddListeningPort(impl_->options.listen, grpc::InsecureServerCredentials(), &port);
@@ -515,6 +594,10 @@ void Controller::shutdown() {
   if (impl_->server) {
     impl_->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds{2});
     impl_->server.reset();
+  }
+  if (impl_->lateListener != 0) {
+    impl_->gateway.unsubscribe(impl_->lateListener);
+    impl_->lateListener = 0;
   }
 }
 

@@ -11,7 +11,8 @@ namespace faultline::controller {
 
 class Gateway::Connection final : public grpc::ServerBidiReactor<v1::AgentMessage, v1::ControllerMessage> {
  public:
-  Connection(Gateway& gateway, std::string peer) : gateway_(gateway), peer_(std::move(peer)) {}
+  Connection(Gateway& gateway, grpc::CallbackServerContext* context)
+      : gateway_(gateway), context_(context), peer_(context->peer()) {}
 
   void begin(std::shared_ptr<Connection> self) {
     self_ = std::move(self);
@@ -46,6 +47,10 @@ class Gateway::Connection final : public grpc::ServerBidiReactor<v1::AgentMessag
   }
 
   void OnReadDone(bool ok) override {
+    {
+      std::lock_guard lock(mutex_);
+      lastHeard_ = std::chrono::steady_clock::now();
+    }
     if (!ok) {
       std::lock_guard lock(mutex_);
       finishLocked(grpc::Status::OK);
@@ -70,6 +75,28 @@ class Gateway::Connection final : public grpc::ServerBidiReactor<v1::AgentMessag
   }
 
   std::string peer() const { return peer_; }
+
+  // How long since the agent last sent anything (it sends a heartbeat every interval).
+  std::chrono::steady_clock::duration silentFor() const {
+    std::lock_guard lock(mutex_);
+    return std::chrono::steady_clock::now() - lastHeard_;
+  }
+
+  // Ends the stream from this side: the agent is gone for the controller (e.g. a partition,
+  // where TCP reports nothing for many minutes), and may register again on a new stream.
+  // Cancelling completes the outstanding read and write (a dead peer completes neither).
+  // Returns false when it was abandoned already.
+  bool abandon() {
+    {
+      std::lock_guard lock(mutex_);
+      if (abandoned_) {
+        return false;
+      }
+      abandoned_ = true;
+    }
+    context_->TryCancel();
+    return true;
+  }
 
   std::vector<std::string> activeFaults() const {
     std::lock_guard lock(mutex_);
@@ -119,7 +146,19 @@ class Gateway::Connection final : public grpc::ServerBidiReactor<v1::AgentMessag
           *info_.mutable_connected_at() = agent::nowTimestamp();
           for (const auto& r : h.active_faults()) {
             active_.insert(r.fault_id());
+            if (r.state() == v1::FAULT_STATE_FAILED) {  // held, its revert failing and retried
+              v1::FailedRevert f;
+              f.set_fault_id(r.fault_id());
+              f.set_error(r.error());
+              *f.mutable_at() = r.has_at() ? r.at() : agent::nowTimestamp();
+              f.set_detail(r.detail());
+              failing_[r.fault_id()] = std::move(f);
+            }
           }
+        }
+        std::set<std::string> held;
+        for (const auto& r : h.active_faults()) {
+          held.insert(r.fault_id());
         }
         spdlog::info("agent {} ({}, {}) registered from {}", h.agent_id(), h.hostname(), h.kernel_release(), peer_);
         if (auto other = gateway_.tryRegister(self_); !other.empty()) {
@@ -135,6 +174,11 @@ class Gateway::Connection final : public grpc::ServerBidiReactor<v1::AgentMessag
         *welcome.mutable_welcome()->mutable_lease() = toProto(gateway_.options_.lease);
         *welcome.mutable_welcome()->mutable_heartbeat_interval() = toProto(gateway_.options_.heartbeatInterval);
         write(welcome);
+        {
+          auto unexplained = gateway_.reconcile(h.agent_id(), held);
+          std::lock_guard lock(mutex_);
+          unexplained_ = std::move(unexplained);
+        }
         break;
       }
       case v1::AgentMessage::kReport: {
@@ -168,17 +212,41 @@ class Gateway::Connection final : public grpc::ServerBidiReactor<v1::AgentMessag
             failing_[r.fault_id()] = std::move(f);
           }
           id = info_.agent_id();
+          unexplained_.erase(r.fault_id());
         }
         gateway_.reported(id, r);
         break;
       }
-      case v1::AgentMessage::kHeartbeat:
+      case v1::AgentMessage::kHeartbeat: {
+        // The agent sends its queued reports right after the Welcome, before its first heartbeat:
+        // a fault it held at its disconnect and has not reported on since ended on its own.
+        std::set<std::string> ended;
+        std::string id;
+        {
+          std::lock_guard lock(mutex_);
+          ended.swap(unexplained_);
+          id = info_.agent_id();
+        }
+        for (const auto& faultId : ended) {
+          v1::FaultReport r;
+          r.set_fault_id(faultId);
+          r.set_state(v1::FAULT_STATE_EXPIRED);
+          r.set_detail(
+              "the agent no longer held the fault when it reconnected: it ended it on its own while disconnected "
+              "(lease, duration or crash recovery); no report of the revert survived");
+          *r.mutable_at() = agent::nowTimestamp();
+          spdlog::info("agent {}: fault {} ended while the agent was disconnected", id, faultId);
+          gateway_.reported(id, r);
+        }
+        break;
+      }
       case v1::AgentMessage::MSG_NOT_SET:
         break;
     }
   }
 
   Gateway& gateway_;
+  grpc::CallbackServerContext* context_;  // valid until OnDone
   std::string peer_;
   mutable std::mutex mutex_;
   v1::AgentMessage incoming_;
@@ -189,6 +257,9 @@ class Gateway::Connection final : public grpc::ServerBidiReactor<v1::AgentMessag
   v1::AgentInfo info_;
   std::set<std::string> active_;
   std::map<std::string, v1::FailedRevert> failing_;  // reverts that failed, by fault id
+  std::set<std::string> unexplained_;                // held at the last disconnect, not in Hello, not reported since
+  std::chrono::steady_clock::time_point lastHeard_ = std::chrono::steady_clock::now();
+  bool abandoned_ = false;
   std::shared_ptr<Connection> self_;
 };
 
@@ -207,7 +278,7 @@ Gateway::~Gateway() {
 
 grpc::ServerBidiReactor<v1::AgentMessage, v1::ControllerMessage>* Gateway::Connect(
     grpc::CallbackServerContext* context) {
-  auto c = std::make_shared<Connection>(*this, context->peer());
+  auto c = std::make_shared<Connection>(*this, context);
   c->begin(c);
   return c.get();
 }
@@ -240,6 +311,10 @@ void Gateway::gone(Connection* c) {
     return;
   }
   const auto held = c->activeFaults();
+  if (!held.empty()) {
+    std::lock_guard lock(mutex_);
+    lost_[agentId].insert(held.begin(), held.end());
+  }
   spdlog::info("agent {} disconnected{}", agentId,
                held.empty() ? "" : fmt::format(" holding {} fault(s)", held.size()));
   // Whoever waits on those faults must know that nobody can confirm their revert now.
@@ -351,6 +426,44 @@ Gateway::RevertAllOutcome Gateway::revertAllAndWait(const std::string& reason, s
   }
 }
 
+void Gateway::setRunActive(std::function<bool(const std::string& runId)> runActive) {
+  std::lock_guard lock(mutex_);
+  runActive_ = std::move(runActive);
+}
+
+std::set<std::string> Gateway::reconcile(const std::string& agentId, const std::set<std::string>& held) {
+  std::set<std::string> lost;
+  std::function<bool(const std::string&)> runActive;
+  {
+    std::lock_guard lock(mutex_);
+    if (auto it = lost_.find(agentId); it != lost_.end()) {
+      lost = std::move(it->second);
+      lost_.erase(it);
+    }
+    runActive = runActive_;
+  }
+  std::set<std::string> unexplained;
+  for (const auto& id : lost) {
+    if (held.count(id) == 0) {
+      unexplained.insert(id);
+    }
+  }
+  if (runActive) {
+    for (const auto& id : held) {
+      const std::string runId = id.substr(0, id.find('/'));
+      if (runActive(runId)) {
+        continue;
+      }
+      spdlog::warn("agent {} holds fault {} of run {}, which is not running any more; reverting it", agentId, id,
+                   runId);
+      v1::ControllerMessage msg;
+      msg.mutable_revert()->set_fault_id(id);
+      send(agentId, msg);
+    }
+  }
+  return unexplained;
+}
+
 void Gateway::heartbeatLoop() {
   std::unique_lock lock(mutex_);
   while (!stopping_) {
@@ -366,6 +479,15 @@ void Gateway::heartbeatLoop() {
     v1::ControllerMessage beat;
     *beat.mutable_heartbeat()->mutable_sent_at() = agent::nowTimestamp();
     for (const auto& c : conns) {
+      if (c->silentFor() > options_.lease) {
+        if (c->abandon()) {
+          spdlog::warn(
+              "agent {} ({}): nothing heard for longer than the lease ({} ms); dropping its stream (its own "
+              "lease reverts what it holds; it may register again)",
+              c->agentId(), c->peer(), options_.lease.count());
+        }
+        continue;
+      }
       c->write(beat);
     }
     lock.lock();

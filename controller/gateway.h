@@ -6,6 +6,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -48,6 +49,17 @@ class Gateway final : public v1::AgentGateway::CallbackService, public Fleet {
   // Blocks until at least n agents are registered or the timeout passes; true when they are.
   bool waitForAgents(size_t n, std::chrono::milliseconds timeout) const;
 
+  // Reconciliation when an agent (re)registers. runActive(runId) tells whether a run of this
+  // controller is still going (fault ids are RUN_ID/STEP/AGENT_ID). Set once, before agents
+  // connect; called on gRPC threads. When set:
+  //   - a fault the agent's Hello says it holds whose run is not active (it ended, e.g. when
+  //     the agent disconnected, or belongs to another controller's life) is reverted at once;
+  //   - a fault the agent held when it disconnected that its Hello no longer lists, and that
+  //     no report after the Welcome explains, is reported EXPIRED (the agent ended it on its
+  //     own: lease, duration or crash recovery), never as reverted by command. The agent's
+  //     first heartbeat marks the end of its queued reports.
+  void setRunActive(std::function<bool(const std::string& runId)> runActive);
+
  private:
   class Connection;
   friend class Connection;
@@ -57,11 +69,17 @@ class Gateway final : public v1::AgentGateway::CallbackService, public Fleet {
   void gone(Connection* c);
   void reported(const std::string& agentId, const v1::FaultReport& report);
   void heartbeatLoop();
+  // On Hello of agentId holding held: returns the faults it held at its last disconnect that
+  // held lacks, and reverts the orphans among held.
+  std::set<std::string> reconcile(const std::string& agentId, const std::set<std::string>& held);
 
   GatewayOptions options_;
   mutable std::mutex mutex_;
   mutable std::condition_variable changed_;
   std::map<std::string, std::shared_ptr<Connection>> agents_;
+  // Faults each agent held when its stream ended, until it registers again.
+  std::map<std::string, std::set<std::string>> lost_;
+  std::function<bool(const std::string&)> runActive_;
   std::mutex listenersMutex_;  // guards listeners_ and is held while they run
   std::map<int, ReportListener> listeners_;
   int nextListener_ = 1;

@@ -28,6 +28,11 @@ class RecordStore {
   [[nodiscard]] virtual tl::expected<v1::Run, std::error_code> getRun(const std::string& runId) = 0;
   // Newest first, without events and samples.
   [[nodiscard]] virtual std::vector<v1::Run> listRuns(unsigned limit) = 0;
+  // Runs that never ended (their controller stopped or crashed during them): each is finished as
+  // VERDICT_ERROR with reason, endedAt and a run.finished event. Returns their ids, oldest first.
+  // The controller calls it once at start, before it accepts runs.
+  virtual std::vector<std::string> finishInterruptedRuns(const std::string& reason,
+                                                         const google::protobuf::Timestamp& endedAt) = 0;
 };
 
 enum class StoreMode {

@@ -261,6 +261,7 @@ class SqliteRecordStore final : public RecordStore {
     listRuns_ = prepare(
         "SELECT run_id, experiment, file_sha256, trigger, started_at, ended_at, verdict, reason "
         "FROM runs ORDER BY started_at DESC, rowid DESC LIMIT ?1");
+    selectUnfinished_ = prepare("SELECT run_id FROM runs WHERE ended_at IS NULL ORDER BY started_at, rowid");
     begin_ = prepare("BEGIN");
     commit_ = prepare("COMMIT");
     rollback_ = prepare("ROLLBACK");
@@ -362,6 +363,30 @@ class SqliteRecordStore final : public RecordStore {
     }
     txn.commit();
     return run;
+  }
+
+  std::vector<std::string> finishInterruptedRuns(const std::string& reason,
+                                                 const google::protobuf::Timestamp& endedAt) override {
+    refuseWrite("finishInterruptedRuns", "");
+    std::vector<std::string> ids;
+    {
+      std::lock_guard lock(mutex_);
+      StmtUse use(selectUnfinished_);
+      while (stepRow(use, "finishInterruptedRuns")) {
+        ids.push_back(columnText(use.get(), 0));
+      }
+    }
+    for (const auto& id : ids) {
+      finishRun(id, v1::VERDICT_ERROR, reason, endedAt);
+      v1::RunEvent done;
+      done.set_run_id(id);
+      *done.mutable_at() = endedAt;
+      done.set_kind("run.finished");
+      done.set_message("verdict: error: " + reason);
+      done.set_verdict(v1::VERDICT_ERROR);
+      addEvent(done);
+    }
+    return ids;
   }
 
   std::vector<v1::Run> listRuns(unsigned limit) override {
@@ -666,6 +691,7 @@ class SqliteRecordStore final : public RecordStore {
   Stmt insertEvent_;
   Stmt insertSample_;
   Stmt finishRun_;
+  Stmt selectUnfinished_;
   Stmt selectRun_;
   Stmt selectEvents_;
   Stmt selectSamples_;

@@ -266,7 +266,7 @@ TEST_CASE_FIXTURE(testing::NetnsFixture, "the faultline binary: validate, run --
         "      target: {{interface: veth0, netns: {}}}\n      rate: 10mbit\n",
         netns());
   }
-  r = testing::sh(fmt::format("cd {} && {} run --local good.yaml --db local.db", dir.path, bin));
+  r = testing::sh(fmt::format("cd {} && {} run --local good.yaml --db local.db --state-dir state", dir.path, bin));
   INFO(r.output);
   CHECK(r.status == 0);
   CHECK(r.output.find("fault.applied") != std::string::npos);
@@ -301,8 +301,9 @@ TEST_CASE_FIXTURE(
   for (int sig : {SIGTERM, SIGINT, SIGHUP, SIGQUIT}) {
     CAPTURE(sig);
     const std::string out = dir.path + "/out.txt";
-    const std::string cmd = fmt::format("exec {} run --local {}/long.yaml --db {}/long.db > {} 2>&1", FAULTLINE_BIN,
-                                        dir.path, dir.path, out);
+    const std::string cmd =
+        fmt::format("exec {} run --local {}/long.yaml --db {}/long.db --state-dir {}/state > {} 2>&1", FAULTLINE_BIN,
+                    dir.path, dir.path, dir.path, out);
     pid_t pid = 0;
     const char* argv[] = {"sh", "-c", cmd.c_str(), nullptr};
     REQUIRE(::posix_spawn(&pid, "/bin/sh", nullptr, nullptr, const_cast<char**>(argv), environ) == 0);
@@ -331,6 +332,60 @@ TEST_CASE_FIXTURE(
     CHECK(testing::sh(fmt::format("nsenter --net={} tc qdisc show dev veth0", netns())).output.find("tbf") ==
           std::string::npos);
   }
+}
+
+TEST_CASE_FIXTURE(testing::NetnsFixture,
+                  "run --local killed with SIGKILL mid-fault: the next run --local on its state directory reverts it") {
+  TempDir dir;
+  {
+    std::ofstream f(dir.path + "/long.yaml");
+    f << fmt::format(
+        "apiVersion: faultline/v1\nkind: Experiment\nmetadata:\n  name: long\nmethod:\n"
+        "  - fault:\n      type: network.bandwidth\n      duration: 10m\n"
+        "      target: {{interface: veth0, netns: {}}}\n      rate: 1mbit\n",
+        netns());
+  }
+  const std::string out = dir.path + "/out.txt";
+  const std::string cmd = fmt::format("exec {} run --local {}/long.yaml --db {}/long.db --state-dir {}/state > {} 2>&1",
+                                      FAULTLINE_BIN, dir.path, dir.path, dir.path, out);
+  pid_t pid = 0;
+  const char* argv[] = {"sh", "-c", cmd.c_str(), nullptr};
+  REQUIRE(::posix_spawn(&pid, "/bin/sh", nullptr, nullptr, const_cast<char**>(argv), environ) == 0);
+  std::string text;
+  for (int i = 0; i < 200 && text.find("fault.applied") == std::string::npos; ++i) {
+    std::this_thread::sleep_for(50ms);
+    std::ifstream in(out);
+    text.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  REQUIRE_MESSAGE(text.find("fault.applied") != std::string::npos, text);
+  // While it runs, a second run --local on the same state directory is refused, and changes nothing.
+  auto r = testing::sh(fmt::format("{} run --local {}/long.yaml --db {}/other.db --state-dir {}/state", FAULTLINE_BIN,
+                                   dir.path, dir.path, dir.path));
+  CHECK(r.status == 3);
+  CHECK_MESSAGE(r.output.find("in use by another running faultline agent") != std::string::npos, r.output);
+  ::kill(pid, SIGKILL);
+  REQUIRE(::waitpid(pid, nullptr, 0) == pid);
+  const auto root = [&] {
+    return testing::sh(fmt::format("nsenter --net={} tc qdisc show dev veth0", netns())).output;
+  };
+  CHECK(root().find("tbf fa17:") != std::string::npos);  // nothing reverted it
+
+  {
+    std::ofstream f(dir.path + "/short.yaml");
+    f << "apiVersion: faultline/v1\nkind: Experiment\nmetadata:\n  name: short\nmethod:\n  - wait: 10ms\n";
+  }
+  r = testing::sh(fmt::format("{} run --local {}/short.yaml --db {}/long.db --state-dir {}/state", FAULTLINE_BIN,
+                              dir.path, dir.path, dir.path));
+  INFO(r.output);
+  CHECK(r.status == 0);
+  CHECK(r.output.find("recovered fault") != std::string::npos);
+  CHECK(root().find("tbf") == std::string::npos);
+  // The killed run's record: interrupted, and its fault expired by the recovery.
+  REQUIRE(text.rfind("run ", 0) == 0);
+  const std::string killedRun = text.substr(4, text.find(':') - 4);
+  r = testing::sh(fmt::format("{} show {} --db {}/long.db", FAULTLINE_BIN, killedRun, dir.path));
+  CHECK(r.output.find("interrupted") != std::string::npos);
+  CHECK(r.output.find("crash recovery") != std::string::npos);
 }
 
 namespace {
@@ -369,6 +424,87 @@ struct Child {
 std::string slurp(const std::string& path) {
   std::ifstream in(path);
   return {std::istreambuf_iterator<char>(in), {}};
+}
+
+// A fake agent speaking AgentGateway to a real controller (no kernel): the test decides what it
+// holds, reports and when it disconnects.
+class FakeAgentStream {
+ public:
+  // holding: the fault ids its Hello lists; revertError: when set, each is listed as FAILED with
+  // it (held, its revert failing and retried).
+  FakeAgentStream(v1::AgentGateway::Stub& stub, const std::vector<std::string>& holding,
+                  const std::string& revertError = "") {
+    stream_ = stub.Connect(&ctx_);
+    v1::AgentMessage hello;
+    hello.mutable_hello()->set_agent_id("fake-agent");
+    hello.mutable_hello()->set_hostname("fake-host");
+    (*hello.mutable_hello()->mutable_labels())["role"] = "e2e";
+    for (const auto& id : holding) {
+      auto* r = hello.mutable_hello()->add_active_faults();
+      r->set_fault_id(id);
+      r->set_state(revertError.empty() ? v1::FAULT_STATE_APPLIED : v1::FAULT_STATE_FAILED);
+      r->set_error(revertError);
+    }
+    REQUIRE(stream_->Write(hello));
+    REQUIRE(next().has_welcome());
+  }
+  ~FakeAgentStream() { disconnect(); }
+
+  // The next message that is not a heartbeat.
+  v1::ControllerMessage next() {
+    v1::ControllerMessage m;
+    do {
+      REQUIRE(stream_->Read(&m));
+    } while (m.has_heartbeat());
+    return m;
+  }
+  void report(const std::string& id, v1::FaultState state, const std::string& detail = "") {
+    v1::AgentMessage m;
+    m.mutable_report()->set_fault_id(id);
+    m.mutable_report()->set_state(state);
+    m.mutable_report()->set_detail(detail);
+    REQUIRE(stream_->Write(m));
+  }
+  void heartbeat() {
+    v1::AgentMessage m;
+    m.mutable_heartbeat();
+    REQUIRE(stream_->Write(m));
+  }
+  void disconnect() {
+    if (!gone_) {
+      gone_ = true;
+      ctx_.TryCancel();
+      v1::ControllerMessage m;
+      while (stream_->Read(&m)) {
+      }
+      (void)stream_->Finish();
+    }
+  }
+
+ private:
+  grpc::ClientContext ctx_;
+  std::unique_ptr<grpc::ClientReaderWriter<v1::AgentMessage, v1::ControllerMessage>> stream_;
+  bool gone_ = false;
+};
+
+// The events of a run's record whose kind is kind and whose message contains text.
+size_t countRecorded(const std::string& address, const std::string& runId, const std::string& kind,
+                     const std::string& text) {
+  auto stub = v1::Control::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  grpc::ClientContext ctx;
+  v1::GetRunRequest req;
+  req.set_run_id(runId);
+  v1::Run run;
+  if (!stub->GetRun(&ctx, req, &run).ok()) {
+    return 0;
+  }
+  size_t n = 0;
+  for (const auto& e : run.events()) {
+    if (e.kind() == kind && e.message().find(text) != std::string::npos) {
+      ++n;
+    }
+  }
+  return n;
 }
 
 bool waitFor(const std::function<bool()>& done, std::chrono::milliseconds timeout) {
@@ -479,8 +615,21 @@ TEST_CASE_FIXTURE(testing::NetnsFixture,
       std::vector<std::string>{FAULTLINE_AGENT_BIN, "--controller", address, "--id", "e2e-k", "--state-dir", stateDir},
       log);
   CHECK_MESSAGE(waitFor([&] { return show().find("tbf") == std::string::npos; }, 10s), slurp(log));
-  CHECK(slurp(log).find("recovery: fault") != std::string::npos);
+  // The log line follows the revert and the journal's sync: wait for it too.
+  CHECK(waitFor([&] { return slurp(log).find("recovery: fault") != std::string::npos; }, 10s));
   CHECK(waitFor([&] { return std::filesystem::file_size(stateDir + "/journal.jsonl") == 0; }, 10s));
+  // The restarted agent tells the controller what its recovery reverted: the run's record says
+  // the fault expired by crash recovery after the run ended.
+  {
+    auto stub = v1::Control::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+    grpc::ClientContext ctx;
+    v1::ListRunsResponse runs;
+    REQUIRE(stub->ListRuns(&ctx, {}, &runs).ok());
+    REQUIRE(runs.runs_size() == 1);
+    const std::string runId = runs.runs(0).run_id();
+    CHECK_MESSAGE(waitFor([&] { return countRecorded(address, runId, "fault.expired", "crash recovery") == 1; }, 10s),
+                  slurp(log));
+  }
   agent->stop(SIGTERM);
 }
 
@@ -710,4 +859,113 @@ TEST_CASE("ListAgents tracks failed reverts: a retried one until REVERTED, a per
     ctx.TryCancel();
     REQUIRE(eventually([&] { return controller.gateway().agents().empty(); }));
   }
+}
+
+namespace {
+
+// Starts a run with one long fault on the fake agent, reads its Inject and confirms it applied.
+std::pair<std::string, std::string> startHeldFault(const std::string& address, FakeAgentStream& agent) {
+  const std::string runId = submit(address, longBandwidth("/var/run/netns/none"));
+  const auto inject = agent.next();
+  REQUIRE(inject.has_inject());
+  CHECK(inject.inject().run_id() == runId);
+  agent.report(inject.inject().fault_id(), v1::FAULT_STATE_APPLIED, "tbf on veth0");
+  return {runId, inject.inject().fault_id()};
+}
+
+}  // namespace
+
+TEST_CASE("reconnect: the controller reconciles the faults an agent reports holding with its records") {
+  TempDir dir;
+  controller::Controller controller(controller::ControllerOptions{"127.0.0.1:0", dir.path + "/r.db", 15s});
+  const std::string address = fmt::format("127.0.0.1:{}", controller.start());
+  auto gw = v1::AgentGateway::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+
+  SUBCASE("a fault still held after its run ended is reverted, and the revert recorded after the run") {
+    std::string runId, faultId;
+    {
+      FakeAgentStream agent(*gw, {});
+      std::tie(runId, faultId) = startHeldFault(address, agent);
+      REQUIRE(eventually([&] { return onlyAgent(address).active_faults() == 1; }));
+    }  // disconnects holding it: the run ends as an error
+    CHECK(watch(address, runId).back().verdict() == v1::VERDICT_ERROR);
+    FakeAgentStream agent(*gw, {faultId});
+    const auto revert = agent.next();
+    REQUIRE(revert.has_revert());
+    CHECK(revert.revert().fault_id() == faultId);
+    agent.report(faultId, v1::FAULT_STATE_REVERTED, "reverted (revert requested): tbf on veth0");
+    CHECK(eventually([&] { return countRecorded(address, runId, "fault.reverted", "after the run ended") == 1; }));
+    CHECK(eventually([&] { return onlyAgent(address).active_faults() == 0; }));
+  }
+
+  SUBCASE("a fault the agent ended while disconnected is recorded as expired, never as reverted") {
+    std::string runId, faultId;
+    {
+      FakeAgentStream agent(*gw, {});
+      std::tie(runId, faultId) = startHeldFault(address, agent);
+      REQUIRE(eventually([&] { return onlyAgent(address).active_faults() == 1; }));
+    }
+    CHECK(watch(address, runId).back().verdict() == v1::VERDICT_ERROR);
+    FakeAgentStream agent(*gw, {});  // holds nothing now, and says nothing about it
+    agent.heartbeat();
+    CHECK(eventually([&] { return countRecorded(address, runId, "fault.expired", "no longer held") == 1; }));
+    CHECK(countRecorded(address, runId, "fault.reverted", "after the run ended") == 0);
+  }
+
+  SUBCASE("a revert still failing on the agent shows in ListAgents after it reconnects") {
+    FakeAgentStream agent(*gw, {"r-gone/1/fake-agent"},
+                          "revert failed (retrying every second): Operation not permitted");
+    REQUIRE(eventually([&] { return onlyAgent(address).failed_reverts_size() == 1; }));
+    const auto info = onlyAgent(address);
+    CHECK(info.failed_reverts(0).fault_id() == "r-gone/1/fake-agent");
+    CHECK(info.failed_reverts(0).error().find("not permitted") != std::string::npos);
+    CHECK(!info.failed_reverts(0).permanent());
+    CHECK(info.active_faults() == 1);
+    // Its run is unknown here: the controller asks for the revert (which keeps failing).
+    const auto revert = agent.next();
+    REQUIRE(revert.has_revert());
+    CHECK(revert.revert().fault_id() == "r-gone/1/fake-agent");
+  }
+
+  SUBCASE("the agent's own queued report (lease expired) is recorded, with no second one made up") {
+    std::string runId, faultId;
+    {
+      FakeAgentStream agent(*gw, {});
+      std::tie(runId, faultId) = startHeldFault(address, agent);
+      REQUIRE(eventually([&] { return onlyAgent(address).active_faults() == 1; }));
+    }
+    CHECK(watch(address, runId).back().verdict() == v1::VERDICT_ERROR);
+    FakeAgentStream agent(*gw, {});
+    agent.report(faultId, v1::FAULT_STATE_EXPIRED, "reverted (lease expired: nothing heard for 15s)");
+    agent.heartbeat();
+    CHECK(eventually([&] { return countRecorded(address, runId, "fault.expired", "lease expired") == 1; }));
+    std::this_thread::sleep_for(200ms);
+    CHECK(countRecorded(address, runId, "fault.expired", "") == 1);
+  }
+}
+
+TEST_CASE("a controller killed mid-run: its successor on the same record file ends the run as interrupted") {
+  TempDir dir;
+  const std::string address = "unix:" + dir.path + "/controller.sock";
+  const std::string log = dir.path + "/controller.log";
+  const std::vector<std::string> args{FAULTLINE_BIN, "controller", "--listen", address, "--db", dir.path + "/c.db"};
+  auto first = std::make_unique<Child>(args, log);
+  auto gw = v1::AgentGateway::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  REQUIRE_MESSAGE(waitFor([&] { return std::filesystem::exists(dir.path + "/controller.sock"); }, 10s), slurp(log));
+  std::string runId;
+  {
+    FakeAgentStream agent(*gw, {});
+    runId = startHeldFault(address, agent).first;
+    REQUIRE(eventually([&] { return countRecorded(address, runId, "step.fault", "") == 1; }));
+    first->stop(SIGKILL);  // no abort, no record of an end
+  }
+  Child second(args, log);
+  std::vector<v1::RunEvent> events;
+  REQUIRE_MESSAGE(eventually([&] { return countRecorded(address, runId, "run.finished", "interrupted") == 1; }),
+                  slurp(log));
+  events = watch(address, runId);
+  REQUIRE(!events.empty());
+  CHECK(events.back().verdict() == v1::VERDICT_ERROR);
+  const auto shown = testing::sh(fmt::format("{} show {} --controller {}", FAULTLINE_BIN, runId, address));
+  CHECK(shown.output.find("interrupted") != std::string::npos);
 }

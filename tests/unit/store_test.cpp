@@ -309,6 +309,35 @@ TEST_CASE("record store: finishRun sets verdict, reason and end") {
   CHECK_THROWS_AS(store->finishRun("r-nope", v1::VERDICT_HELD, "", at(1)), std::system_error);
 }
 
+TEST_CASE("record store: runs a stopped controller left without an end are finished as errors, once") {
+  TempDir dir;
+  {
+    auto store = openSqliteStore(dir.file("runs.db"));
+    store->createRun(makeRun("r-done", 0));
+    store->finishRun("r-done", v1::VERDICT_HELD, "held", at(1'000));
+    store->createRun(makeRun("r-cut-1", 2'000));
+    store->createRun(makeRun("r-cut-2", 3'000));
+  }  // the controller "crashes": two runs never end
+  auto store = openSqliteStore(dir.file("runs.db"));
+  const auto ids = store->finishInterruptedRuns("interrupted: controller stopped", at(9'000));
+  CHECK(ids == std::vector<std::string>{"r-cut-1", "r-cut-2"});
+  for (const auto& id : ids) {
+    auto got = store->getRun(id);
+    REQUIRE(got.has_value());
+    CHECK(got->verdict() == v1::VERDICT_ERROR);
+    CHECK(got->reason() == "interrupted: controller stopped");
+    CHECK(TimeUtil::TimestampToMicroseconds(got->ended_at()) == kStartUs + 9'000'000);
+    REQUIRE(got->events_size() >= 1);
+    CHECK(got->events(got->events_size() - 1).kind() == "run.finished");
+    CHECK(got->events(got->events_size() - 1).verdict() == v1::VERDICT_ERROR);
+  }
+  auto done = store->getRun("r-done");
+  REQUIRE(done.has_value());
+  CHECK(done->verdict() == v1::VERDICT_HELD);
+  CHECK(done->events_size() == 0);
+  CHECK(store->finishInterruptedRuns("again", at(10'000)).empty());
+}
+
 TEST_CASE("record store: every verdict round-trips and is stored as a word") {
   TempDir dir;
   const std::string path = dir.file("runs.db");
