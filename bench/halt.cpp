@@ -138,7 +138,8 @@ double ms(Clock::duration d) {
   return std::chrono::duration<double, std::milli>(d).count();
 }
 
-// A stream that says Hello like an agent and timestamps every heartbeat it receives.
+// A stream that says Hello like an agent, timestamps every heartbeat it receives, and answers
+// each with one of its own (the controller drops a stream silent for longer than the lease).
 class HeartbeatListener final : public grpc::ClientBidiReactor<v1::AgentMessage, v1::ControllerMessage> {
  public:
   explicit HeartbeatListener(v1::AgentGateway::Stub& stub) {
@@ -152,10 +153,14 @@ class HeartbeatListener final : public grpc::ClientBidiReactor<v1::AgentMessage,
     if (ok) {
       if (in_.has_heartbeat() || in_.has_welcome()) {
         last_.store(Clock::now().time_since_epoch().count());
+        if (!writing_.exchange(true)) {
+          StartWrite(&beat_);
+        }
       }
       StartRead(&in_);
     }
   }
+  void OnWriteDone(bool /*ok*/) override { writing_.store(false); }
   void OnDone(const grpc::Status& /*status*/) override {
     std::lock_guard lock(m_);
     done_ = true;
@@ -171,6 +176,12 @@ class HeartbeatListener final : public grpc::ClientBidiReactor<v1::AgentMessage,
  private:
   grpc::ClientContext ctx_;
   v1::AgentMessage hello_;
+  v1::AgentMessage beat_ = [] {
+    v1::AgentMessage m;
+    m.mutable_heartbeat();
+    return m;
+  }();
+  std::atomic<bool> writing_{true};  // the Hello is the first write
   v1::ControllerMessage in_;
   std::atomic<Clock::rep> last_{0};
   std::mutex m_;
