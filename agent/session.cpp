@@ -7,6 +7,7 @@
 #include <mutex>
 
 #include <fmt/chrono.h>
+#include <fmt/format.h>
 #include <grpcpp/grpcpp.h>
 #include <spdlog/spdlog.h>
 #include <boost/asio/post.hpp>
@@ -191,6 +192,7 @@ void Session::start() {
 
 void Session::stop() {
   stopped_ = true;
+  cancelScheduled("the agent is stopping");
   reconnectTimer_.cancel();
   leaseTimer_.cancel();
   heartbeatTimer_.cancel();
@@ -242,6 +244,7 @@ void Session::onStreamDone(Stream* stream, const std::string& why) {
   stream_.reset();
   welcomed_ = false;
   heartbeatTimer_.cancel();
+  cancelScheduled("the connection to the controller was lost before the start time");
   if (stopped_) {
     return;
   }
@@ -275,6 +278,7 @@ void Session::armLease() {
       spdlog::warn("{}; reverting every fault", why);
       agent_.revertAll(why, v1::FAULT_STATE_EXPIRED);
     }
+    cancelScheduled("lease expired before the start time");
     armLease();
   });
 }
@@ -290,6 +294,60 @@ void Session::scheduleHeartbeat() {
     stream_->write(msg);
     scheduleHeartbeat();
   });
+}
+
+void Session::injectAt(const v1::Inject& inject) {
+  // A start further ahead than this is refused: it means the controller's and this host's clocks
+  // disagree, and the step would not start together anyway.
+  constexpr auto kMaxStartAhead = std::chrono::seconds{30};
+  if (!inject.has_start_at() || scheduled_.count(inject.fault_id()) > 0) {
+    agent_.inject(inject);  // a second Inject of a waiting fault is the agent's duplicate to refuse
+    return;
+  }
+  const auto startAt =
+      std::chrono::system_clock::time_point{std::chrono::duration_cast<std::chrono::system_clock::duration>(
+          std::chrono::seconds{inject.start_at().seconds()} + std::chrono::nanoseconds{inject.start_at().nanos()})};
+  const auto ahead = startAt - std::chrono::system_clock::now();
+  if (ahead <= std::chrono::system_clock::duration::zero()) {
+    agent_.inject(inject);
+    return;
+  }
+  if (ahead > kMaxStartAhead) {
+    v1::FaultReport r;
+    r.set_fault_id(inject.fault_id());
+    r.set_state(v1::FAULT_STATE_FAILED);
+    r.set_error(
+        fmt::format("start time is {} ahead of this host's clock, more than {}: are the clocks of the "
+                    "controller and this host synchronised (NTP)?",
+                    formatDuration(ahead), formatDuration(kMaxStartAhead)));
+    *r.mutable_at() = nowTimestamp();
+    report(r);
+    return;
+  }
+  auto timer = std::make_unique<boost::asio::steady_timer>(io_);
+  timer->expires_after(ahead);
+  timer->async_wait([this, inject](const boost::system::error_code& ec) {
+    if (ec) {
+      return;  // cancelled: reported by whoever cancelled it
+    }
+    scheduled_.erase(inject.fault_id());
+    agent_.inject(inject);
+  });
+  scheduled_[inject.fault_id()] = std::move(timer);
+}
+
+void Session::cancelScheduled(const std::string& why) {
+  auto scheduled = std::move(scheduled_);
+  scheduled_.clear();
+  for (auto& [id, timer] : scheduled) {
+    timer->cancel();
+    v1::FaultReport r;
+    r.set_fault_id(id);
+    r.set_state(v1::FAULT_STATE_FAILED);
+    r.set_error(fmt::format("not applied: {}", why));
+    *r.mutable_at() = nowTimestamp();
+    report(r);
+  }
 }
 
 void Session::report(const v1::FaultReport& report) {
@@ -329,12 +387,24 @@ void Session::onMessage(const v1::ControllerMessage& msg) {
     case v1::ControllerMessage::kHeartbeat:
       break;
     case v1::ControllerMessage::kInject:
-      agent_.inject(msg.inject());
+      injectAt(msg.inject());
       break;
     case v1::ControllerMessage::kRevert:
+      if (auto it = scheduled_.find(msg.revert().fault_id()); it != scheduled_.end()) {
+        it->second->cancel();
+        scheduled_.erase(it);
+        v1::FaultReport r;
+        r.set_fault_id(msg.revert().fault_id());
+        r.set_state(v1::FAULT_STATE_REVERTED);
+        r.set_detail("cancelled before its start time: nothing was changed");
+        *r.mutable_at() = nowTimestamp();
+        report(r);
+        break;
+      }
       agent_.revert(msg.revert().fault_id());
       break;
     case v1::ControllerMessage::kRevertAll:
+      cancelScheduled(msg.revert_all().reason().empty() ? "revert-all requested" : msg.revert_all().reason());
       agent_.revertAll(msg.revert_all().reason().empty() ? "revert-all requested" : msg.revert_all().reason());
       break;
     case v1::ControllerMessage::MSG_NOT_SET:

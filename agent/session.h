@@ -57,6 +57,10 @@ class Session {
   void onMessage(const v1::ControllerMessage& msg);
   void armLease();
   void scheduleHeartbeat();
+  // An Inject with a start_at in the future waits in scheduled_ until then (see Inject.start_at).
+  void injectAt(const v1::Inject& inject);
+  // Drops every inject still waiting for its start, reporting each as FAILED with why.
+  void cancelScheduled(const std::string& why);
 
   boost::asio::io_context& io_;
   Agent& agent_;
@@ -70,6 +74,7 @@ class Session {
   std::chrono::milliseconds backoff_;
   std::vector<v1::FaultReport> pending_;
   std::string lastHeard_ = "never";  // UTC time of the last message from the controller
+  std::map<std::string, std::unique_ptr<boost::asio::steady_timer>> scheduled_;  // fault id -> its start
   bool welcomed_ = false;
   bool stopped_ = false;
 };

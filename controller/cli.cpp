@@ -58,6 +58,27 @@ std::string readFile(const std::string& path, std::string& error) {
   return text;
 }
 
+// Parses repeated --var NAME=VALUE options; returns an error text, or "" when all are good.
+std::string parseVariables(const std::vector<std::string>& given, Variables& out) {
+  for (const auto& item : given) {
+    const size_t eq = item.find('=');
+    if (eq == std::string::npos) {
+      return fmt::format("'{}' has no '='; accepted: NAME=VALUE, e.g. --var HOST=10.0.0.5", item);
+    }
+    const std::string name = item.substr(0, eq);
+    if (!isVariableName(name)) {
+      return fmt::format(
+          "'{}' is not a variable name; accepted: a letter or '_' then letters, digits and '_' (at "
+          "most 64), e.g. --var TARGET_IF=eth0",
+          name);
+    }
+    if (!out.emplace(name, item.substr(eq + 1)).second) {
+      return fmt::format("{} is given twice; accepted: each name once", name);
+    }
+  }
+  return "";
+}
+
 // gRPC's own log lines (E1129 ...) go through spdlog: debug level, errors as warnings.
 void routeGrpcLogs() {
   gpr_set_log_function([](gpr_log_func_args* args) {
@@ -195,7 +216,33 @@ struct RunOptions {
   std::string trigger = "cli";
   std::vector<std::string> labels;
   std::string stateDir;  // --local: the in-process agent's undo journal; "" = defaultLocalStateDir()
+  std::vector<std::string> vars;
+  bool dryRun = false;
 };
+
+// Prints what a run would do: the resolved hosts and every fault each would receive.
+void printPlan(const v1::RunPlan& plan) {
+  std::cout << fmt::format("dry run of experiment {}: nothing is injected\n", plan.experiment());
+  std::cout << fmt::format("targets: {}\n", plan.targets());
+  std::cout << "method:\n";
+  for (const auto& step : plan.steps()) {
+    std::cout << "  " << step << "\n";
+  }
+  for (const auto& h : plan.hosts()) {
+    std::map<std::string, std::string> sorted(h.agent().labels().begin(), h.agent().labels().end());
+    std::string labels;
+    for (const auto& [k, v] : sorted) {
+      labels += fmt::format("{}{}={}", labels.empty() ? "" : ",", k, v);
+    }
+    std::cout << fmt::format("host {} (agent {}, labels {}, netem {}): {} fault(s)\n", h.agent().hostname(),
+                             h.agent().agent_id(), labels.empty() ? "-" : labels,
+                             h.agent().capabilities().netem() ? "yes" : "no", h.faults_size());
+    for (const auto& f : h.faults()) {
+      std::cout << fmt::format("  step {:<5} {:<18} {:<20} for {}: {}\n", f.step(), faultKindName(f.spec()), f.name(),
+                               formatDuration(toMicros(f.duration())), f.spec().ShortDebugString());
+    }
+  }
+}
 
 // Where `run --local` keeps its agent's undo journal unless --state-dir says otherwise: the same
 // place for every run on this host, so a run killed mid-fault is recovered by the next one (or
@@ -212,13 +259,18 @@ std::string defaultLocalStateDir() {
 }
 
 int runCommand(const RunOptions& o) {
+  Variables vars;
+  if (auto bad = parseVariables(o.vars, vars); !bad.empty()) {
+    std::cerr << "faultline: --var: " << bad << "\n";
+    return kExitUsage;
+  }
   std::string error;
   const std::string yaml = readFile(o.file, error);
   if (!error.empty()) {
     std::cerr << "faultline: " << error << "\n";
     return kExitUsage;
   }
-  if (auto parsed = parseExperiment(yaml, o.file); !parsed) {
+  if (auto parsed = parseExperiment(yaml, o.file, vars); !parsed) {
     for (const auto& d : parsed.error()) {
       std::cerr << format(d) << "\n";
     }
@@ -305,6 +357,28 @@ int runCommand(const RunOptions& o) {
   req.set_experiment(yaml);
   req.set_file_name(o.file);
   req.set_trigger(o.trigger);
+  req.mutable_variables()->insert(vars.begin(), vars.end());
+  if (o.dryRun) {
+    v1::RunPlan plan;
+    auto pctx = contextWithDeadline(std::chrono::seconds{10});
+    const auto s = stub->PlanRun(pctx.get(), req, &plan);
+    signals.finish();
+    if (localAgent) {
+      localAgent->stop("faultline run --dry-run finished");
+    }
+    if (controller) {
+      controller->shutdown();
+    }
+    if (s.error_code() == grpc::StatusCode::FAILED_PRECONDITION) {
+      std::cerr << "faultline: " << s.error_message() << "\n";
+      return kExitError;
+    }
+    if (!s.ok()) {
+      return rpcError("planning " + o.file, address, s);
+    }
+    printPlan(plan);
+    return 0;
+  }
   v1::SubmitRunResponse resp;
   auto ctx = contextWithDeadline(std::chrono::seconds{10});
   if (auto s = stub->SubmitRun(ctx.get(), req, &resp); !s.ok()) {
@@ -344,14 +418,19 @@ int runCommand(const RunOptions& o) {
   return code;
 }
 
-int validateCommand(const std::string& file) {
+int validateCommand(const std::string& file, const std::vector<std::string>& varOptions) {
+  Variables vars;
+  if (auto bad = parseVariables(varOptions, vars); !bad.empty()) {
+    std::cerr << "faultline: --var: " << bad << "\n";
+    return kExitUsage;
+  }
   std::string error;
   const std::string yaml = readFile(file, error);
   if (!error.empty()) {
     std::cerr << "faultline: " << error << "\n";
     return kExitUsage;
   }
-  auto parsed = parseExperiment(yaml, file);
+  auto parsed = parseExperiment(yaml, file, vars);
   if (!parsed) {
     for (const auto& d : parsed.error()) {
       std::cerr << format(d) << "\n";
@@ -541,6 +620,12 @@ int cliMain(int argc, char** argv) {
   runCmd->add_option("--trigger", run.trigger, "who started the run: cli, ci or schedule")->capture_default_str();
   runCmd->add_option("--label", run.labels, "with --local: a label of the in-process agent, KEY=VALUE (repeatable)")
       ->allow_extra_args(false);
+  constexpr const char* kVarHelp =
+      "NAME=VALUE: replaces ${NAME} anywhere in the file (repeatable); $${ is a literal ${";
+  runCmd->add_option("--var", run.vars, kVarHelp)->allow_extra_args(false);
+  runCmd->add_flag("--dry-run", run.dryRun,
+                   "resolve the targets and print every fault each host would receive; inject nothing, record "
+                   "nothing (exit 0, 3 when no host matches, 4 invalid file)");
   bool verbose = false;
   runCmd->add_flag("-v,--verbose", verbose, "also log what the embedded controller and agent do (stderr)");
 
@@ -548,6 +633,8 @@ int cliMain(int argc, char** argv) {
   auto* validateCmd =
       app.add_subcommand("validate", "check an experiment file without running it; exit 0 valid, 4 invalid");
   validateCmd->add_option("FILE", validateFile, "experiment file")->required();
+  std::vector<std::string> validateVars;
+  validateCmd->add_option("--var", validateVars, kVarHelp)->allow_extra_args(false);
 
   ControllerOptions copts;
   copts.dbPath = "/var/lib/faultline/controller.db";
@@ -606,7 +693,7 @@ int cliMain(int argc, char** argv) {
     return runCommand(run);
   }
   if (*validateCmd) {
-    return validateCommand(validateFile);
+    return validateCommand(validateFile, validateVars);
   }
   if (*ctrlCmd) {
     auto lease = parseDuration(leaseText);

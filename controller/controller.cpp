@@ -251,7 +251,8 @@ struct Controller::Impl final : v1::Control::CallbackService {
   grpc::ServerUnaryReactor* SubmitRun(grpc::CallbackServerContext* ctx, const v1::SubmitRunRequest* req,
                                       v1::SubmitRunResponse* resp) override {
     const std::string fileName = req->file_name().empty() ? "experiment.yaml" : req->file_name();
-    auto parsed = parseExperiment(req->experiment(), fileName);
+    auto parsed =
+        parseExperiment(req->experiment(), fileName, Variables(req->variables().begin(), req->variables().end()));
     if (!parsed) {
       std::string text;
       for (const auto& d : parsed.error()) {
@@ -351,6 +352,26 @@ struct Controller::Impl final : v1::Control::CallbackService {
     for (auto& r : store->listRuns(req->limit())) {
       *resp->add_runs() = std::move(r);
     }
+    return finishNow(ctx, grpc::Status::OK);
+  }
+
+  grpc::ServerUnaryReactor* PlanRun(grpc::CallbackServerContext* ctx, const v1::SubmitRunRequest* req,
+                                    v1::RunPlan* resp) override {
+    const std::string fileName = req->file_name().empty() ? "experiment.yaml" : req->file_name();
+    auto parsed =
+        parseExperiment(req->experiment(), fileName, Variables(req->variables().begin(), req->variables().end()));
+    if (!parsed) {
+      std::string text;
+      for (const auto& d : parsed.error()) {
+        text += format(d) + "\n";
+      }
+      return finishNow(ctx, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, text));
+    }
+    auto plan = planRun(*parsed, gateway.agents(), std::random_device{}());
+    if (!plan) {
+      return finishNow(ctx, grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, plan.error()));
+    }
+    *resp = std::move(*plan);
     return finishNow(ctx, grpc::Status::OK);
   }
 

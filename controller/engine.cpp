@@ -1,6 +1,9 @@
 #include "controller/engine.h"
 
+#include <algorithm>
+#include <cmath>
 #include <map>
+#include <random>
 #include <set>
 
 #include <fmt/format.h>
@@ -83,6 +86,78 @@ std::string selectorText(const std::map<std::string, std::string>& selector) {
   return out + "}";
 }
 
+}  // namespace
+
+tl::expected<ResolvedTargets, std::string> resolveTargets(const Targets& targets, std::vector<v1::AgentInfo> agents,
+                                                          uint64_t seed) {
+  std::sort(agents.begin(), agents.end(),
+            [](const v1::AgentInfo& a, const v1::AgentInfo& b) { return a.agent_id() < b.agent_id(); });
+  ResolvedTargets out;
+  std::vector<v1::AgentInfo> matching;
+  for (auto& a : agents) {
+    if (matches(a, targets.selector)) {
+      matching.push_back(std::move(a));
+    }
+  }
+  out.matched = matching.size();
+  const std::string mode = modeText(targets);
+  if (matching.empty()) {
+    return tl::unexpected(
+        fmt::format("no connected agent matches the selector {} ({} agent(s) connected); nothing "
+                    "was injected",
+                    selectorText(targets.selector), agents.size()));
+  }
+  const auto names = [](const std::vector<v1::AgentInfo>& hosts) {
+    std::string text;
+    for (const auto& t : hosts) {
+      text += fmt::format("{}{} ({})", text.empty() ? "" : ", ", t.hostname(), t.agent_id());
+    }
+    return text;
+  };
+  size_t want = matching.size();
+  bool random = false;
+  switch (targets.mode) {
+    case TargetMode::kAll:
+      break;
+    case TargetMode::kCount:
+    case TargetMode::kRandom:
+      want = targets.n;
+      random = targets.mode == TargetMode::kRandom;
+      if (matching.size() < want) {
+        return tl::unexpected(
+            fmt::format("mode {} needs {} host(s) but only {} match the selector {}: {}; nothing "
+                        "was injected",
+                        mode, targets.n, matching.size(), selectorText(targets.selector), names(matching)));
+      }
+      break;
+    case TargetMode::kPercent:
+      want = std::max<size_t>(
+          1, static_cast<size_t>(std::ceil(targets.percent * static_cast<double>(matching.size()) / 100.0 - 1e-9)));
+      want = std::min(want, matching.size());
+      random = true;
+      break;
+  }
+  if (random) {
+    // A partial Fisher-Yates shuffle with a fixed generator: the same seed picks the same hosts
+    // on every platform (std::shuffle's algorithm is not specified).
+    std::mt19937_64 rng(seed);
+    for (size_t i = 0; i < want; ++i) {
+      const size_t j = i + static_cast<size_t>(rng() % (matching.size() - i));
+      std::swap(matching[i], matching[j]);
+    }
+  }
+  matching.resize(want);
+  std::sort(matching.begin(), matching.end(),
+            [](const v1::AgentInfo& a, const v1::AgentInfo& b) { return a.agent_id() < b.agent_id(); });
+  out.summary =
+      fmt::format("selector {}, mode {}: {} of {} matching agent(s){}: {}", selectorText(targets.selector), mode,
+                  matching.size(), out.matched, random ? fmt::format(" (seed {})", seed) : "", names(matching));
+  out.hosts = std::move(matching);
+  return out;
+}
+
+namespace {
+
 bool needsNetem(const v1::FaultSpec& spec) {
   return spec.has_network_delay() || spec.has_network_loss();
 }
@@ -135,34 +210,25 @@ class RunState {
     std::string host;
     v1::FaultState state = v1::FAULT_STATE_UNSPECIFIED;
     std::string error;
-    bool unconfirmed = false;      // the agent never answered the inject: it may hold the fault
-    bool revertFailed = false;     // the agent reported a failed revert and keeps retrying
-    bool revertRequested = false;  // the run asked for the revert (an end before that is early)
-    bool agentGone = false;        // the agent disconnected: nobody can confirm a revert now
+    bool unconfirmed = false;               // the agent never answered the inject: it may hold the fault
+    bool revertFailed = false;              // the agent reported a failed revert and keeps retrying
+    bool revertRequested = false;           // the run asked for the revert (an end before that is early)
+    bool agentGone = false;                 // the agent disconnected: nobody can confirm a revert now
+    Clock::time_point until{};              // when the run will ask for its end (start time + duration)
+    google::protobuf::Timestamp appliedAt;  // the agent's APPLIED report time
   };
 
   static bool settled(v1::FaultState s) { return s == v1::FAULT_STATE_REVERTED || s == v1::FAULT_STATE_EXPIRED; }
 
   std::pair<v1::Verdict, std::string> body() {
     // Targets: resolved once, recorded.
-    std::vector<v1::AgentInfo> targets;
-    for (auto& a : fleet_.agents()) {
-      if (matches(a, req_.experiment.targets.selector)) {
-        targets.push_back(std::move(a));
-      }
+    const uint64_t seed = options_.targetSeed ? *options_.targetSeed : std::random_device{}();
+    auto resolved = resolveTargets(req_.experiment.targets, fleet_.agents(), seed);
+    if (!resolved) {
+      return {v1::VERDICT_ERROR, resolved.error()};
     }
-    if (req_.experiment.targets.count && targets.size() > *req_.experiment.targets.count) {
-      targets.resize(*req_.experiment.targets.count);
-    }
-    if (targets.empty()) {
-      return {v1::VERDICT_ERROR, fmt::format("no connected agent matches the selector {}; nothing was injected",
-                                             selectorText(req_.experiment.targets.selector))};
-    }
-    std::string hosts;
-    for (const auto& t : targets) {
-      hosts += fmt::format("{}{} ({})", hosts.empty() ? "" : ", ", t.hostname(), t.agent_id());
-    }
-    event("", "targets.resolved", fmt::format("{} host(s): {}", targets.size(), hosts));
+    const std::vector<v1::AgentInfo> targets = std::move(resolved->hosts);
+    event("", "targets.resolved", fmt::format("{} host(s): {}", targets.size(), resolved->summary));
 
     // Every target must be able to run every fault, before anything is injected.
     for (const auto& step : req_.experiment.method) {
@@ -190,16 +256,39 @@ class RunState {
       if (stop_.requested()) {
         return {v1::VERDICT_ABORTED, stop_.reason()};
       }
+      const std::string label = std::to_string(i + 1);
       const auto& step = req_.experiment.method[i];
       if (const auto* w = std::get_if<WaitStep>(&step)) {
-        event("", "step.wait", fmt::format("step {}: wait {}", i + 1, formatDuration(w->duration)));
+        event("", "step.wait", fmt::format("step {}: wait {}", label, formatDuration(w->duration)));
         if (stop_.waitFor(w->duration)) {
           return {v1::VERDICT_ABORTED, stop_.reason()};
         }
         continue;
       }
-      const auto& f = std::get<FaultStep>(step);
-      if (auto failure = runFault(i, f, targets); !failure.empty()) {
+      if (const auto* p = std::get_if<ProbeStep>(&step)) {
+        event("", "step.probe", fmt::format("step {}: probe {}", label, p->probe));
+        sampleNamed(p->probe);
+        continue;
+      }
+      Group group;
+      if (const auto* f = std::get_if<FaultStep>(&step)) {
+        group.faults.push_back({f, label});
+      } else {
+        const auto& members = std::get<ParallelStep>(step).steps;
+        event("", "step.parallel", fmt::format("step {}: {} step(s) started together", label, members.size()));
+        for (size_t j = 0; j < members.size(); ++j) {
+          const std::string sub = fmt::format("{}.{}", label, j + 1);
+          if (const auto* f = std::get_if<FaultStep>(&members[j])) {
+            group.faults.push_back({f, sub});
+          } else if (const auto* w = std::get_if<WaitStep>(&members[j])) {
+            event("", "step.wait", fmt::format("step {}: wait {}", sub, formatDuration(w->duration)));
+            group.wait = std::max(group.wait, w->duration);
+          } else {
+            group.probes.push_back(&std::get<ProbeStep>(members[j]));
+          }
+        }
+      }
+      if (auto failure = runGroup(group, targets); !failure.empty()) {
         if (stop_.requested()) {
           return {v1::VERDICT_ABORTED, stop_.reason()};
         }
@@ -216,38 +305,70 @@ class RunState {
                                   : "steady state held before, during and after the faults"};
   }
 
-  // Returns "" on success, else the reason the run must stop.
-  std::string runFault(size_t index, const FaultStep& f, const std::vector<v1::AgentInfo>& targets) {
-    const auto kind = faultKindName(f.spec);
-    const std::string named = f.name == kind ? std::string(kind) : fmt::format("{} '{}'", kind, f.name);
-    event(
-        "", "step.fault",
-        fmt::format("step {}: {} for {} on {} host(s)", index + 1, named, formatDuration(f.duration), targets.size()));
-    std::vector<std::string> ids;
-    for (const auto& t : targets) {
-      const std::string id = fmt::format("{}/{}/{}", req_.runId, index + 1, t.agent_id());
-      {
-        std::lock_guard lock(mutex_);
-        held_[id] = HeldFault{t.agent_id(), t.hostname(), v1::FAULT_STATE_UNSPECIFIED, "", false, false, false, false};
-      }
-      v1::ControllerMessage msg;
-      auto* inj = msg.mutable_inject();
-      inj->set_fault_id(id);
-      inj->set_run_id(req_.runId);
-      *inj->mutable_spec() = f.spec;
-      *inj->mutable_duration() = toProto(f.duration);
-      if (!fleet_.send(t.agent_id(), msg)) {
-        std::lock_guard lock(mutex_);
-        held_[id].state = v1::FAULT_STATE_FAILED;
-        held_[id].error = "agent is no longer connected";
-      }
-      ids.push_back(id);
+  // Faults (and probe steps) that start together: one fault step, or a parallel group.
+  struct Group {
+    struct Member {
+      const FaultStep* fault;
+      std::string label;  // "2", or "3.1" in a parallel group
+    };
+    std::vector<Member> faults;
+    std::vector<const ProbeStep*> probes;
+    std::chrono::milliseconds wait{0};  // the longest wait of a parallel group
+  };
+
+  // Injects every fault of the group on every target with one start time, holds each for its
+  // duration while sampling the steady state, reverts each as its duration ends. Returns "" on
+  // success, else the reason the run must stop (every fault of the group is reverted by then).
+  std::string runGroup(const Group& group, const std::vector<v1::AgentInfo>& targets) {
+    // One start time for every host: far enough ahead that every Inject arrives before it.
+    const auto lead = options_.startLead;
+    const auto startWall = std::chrono::system_clock::now() + lead;
+    const auto start = Clock::now() + lead;
+    google::protobuf::Timestamp startAt;
+    {
+      const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(startWall.time_since_epoch()).count();
+      startAt.set_seconds(ns / 1'000'000'000);
+      startAt.set_nanos(static_cast<int32_t>(ns % 1'000'000'000));
     }
-    const auto injectedAt = Clock::now();
+    std::vector<std::vector<std::string>> idsOf(group.faults.size());
+    std::vector<std::string> ids;
+    for (size_t k = 0; k < group.faults.size(); ++k) {
+      const FaultStep& f = *group.faults[k].fault;
+      const auto kind = faultKindName(f.spec);
+      const std::string named = f.name == kind ? std::string(kind) : fmt::format("{} '{}'", kind, f.name);
+      event("", "step.fault",
+            fmt::format("step {}: {} for {} on {} host(s)", group.faults[k].label, named, formatDuration(f.duration),
+                        targets.size()));
+      for (const auto& t : targets) {
+        const std::string id = fmt::format("{}/{}/{}", req_.runId, group.faults[k].label, t.agent_id());
+        {
+          std::lock_guard lock(mutex_);
+          HeldFault h;
+          h.agentId = t.agent_id();
+          h.host = t.hostname();
+          h.until = start + f.duration;
+          held_[id] = h;
+        }
+        v1::ControllerMessage msg;
+        auto* inj = msg.mutable_inject();
+        inj->set_fault_id(id);
+        inj->set_run_id(req_.runId);
+        *inj->mutable_spec() = f.spec;
+        *inj->mutable_duration() = toProto(f.duration);
+        *inj->mutable_start_at() = startAt;
+        if (!fleet_.send(t.agent_id(), msg)) {
+          std::lock_guard lock(mutex_);
+          held_[id].state = v1::FAULT_STATE_FAILED;
+          held_[id].error = "agent is no longer connected";
+        }
+        idsOf[k].push_back(id);
+        ids.push_back(id);
+      }
+    }
     // Wait until every agent has answered.
     {
       std::unique_lock lock(mutex_);
-      cv_.wait_for(lock, options_.applyTimeout, [&] {
+      cv_.wait_until(lock, start + options_.applyTimeout, [&] {
         for (const auto& id : ids) {
           if (held_[id].state == v1::FAULT_STATE_UNSPECIFIED) {
             return false;
@@ -259,7 +380,7 @@ class RunState {
         auto& h = held_[id];
         if (h.state == v1::FAULT_STATE_UNSPECIFIED) {
           h.state = v1::FAULT_STATE_FAILED;
-          h.error = fmt::format("no answer within {}", formatDuration(options_.applyTimeout));
+          h.error = fmt::format("no answer within {} of the start time", formatDuration(options_.applyTimeout));
           h.unconfirmed = true;
         }
       }
@@ -267,10 +388,14 @@ class RunState {
     std::string failure;
     {
       std::lock_guard lock(mutex_);
-      for (const auto& id : ids) {
-        const auto& h = held_[id];
-        if (h.state == v1::FAULT_STATE_FAILED && failure.empty()) {
-          failure = fmt::format("{} '{}' failed on host {}: {}", kind, f.name, h.host, h.error);
+      for (size_t k = 0; k < group.faults.size() && failure.empty(); ++k) {
+        for (const auto& id : idsOf[k]) {
+          const auto& h = held_[id];
+          if (h.state == v1::FAULT_STATE_FAILED) {
+            failure = fmt::format("{} '{}' failed on host {}: {}", faultKindName(group.faults[k].fault->spec),
+                                  group.faults[k].fault->name, h.host, h.error);
+            break;
+          }
         }
       }
     }
@@ -278,24 +403,46 @@ class RunState {
       auto leftover = revertHeld("a fault failed to apply");
       return leftover.empty() ? failure : failure + "; " + leftover;
     }
-
-    // Hold the fault, sampling the steady state.
-    // Samples start every `every` (a slow sample delays the next one, never overlaps it).
-    const auto deadline = injectedAt + f.duration;
-    {
-      std::lock_guard lock(mutex_);
-      holdUntil_ = deadline;
+    recordSkew(group, idsOf, startAt);
+    for (const auto* p : group.probes) {
+      sampleNamed(p->probe);
     }
+
+    // Hold the faults, sampling the steady state while any is held; revert each at its end.
+    // Samples start every `every` (a slow sample delays the next one, never overlaps it).
+    auto groupEnd = start + group.wait;
+    for (const auto& m : group.faults) {
+      groupEnd = std::max(groupEnd, start + m.fault->duration);
+    }
+    std::vector<bool> ended(group.faults.size(), false);
     const bool probing = !req_.experiment.hypothesis.probes.empty();
-    auto nextSample = probing ? Clock::now() : deadline;
-    while (Clock::now() < deadline) {
-      if (probing && Clock::now() >= nextSample) {
+    auto nextSample = Clock::now();
+    while (Clock::now() < groupEnd) {
+      for (size_t k = 0; k < group.faults.size(); ++k) {
+        if (!ended[k] && Clock::now() >= start + group.faults[k].fault->duration) {
+          ended[k] = true;
+          if (auto leftover = revertHeld("fault duration elapsed", idsOf[k]); !leftover.empty()) {
+            auto rest = revertHeld("rollback after a failed revert");
+            return rest.empty() ? leftover : leftover + "; " + rest;
+          }
+        }
+      }
+      const bool active = std::find(ended.begin(), ended.end(), false) != ended.end();
+      if (probing && active && Clock::now() >= nextSample) {
         nextSample += req_.experiment.hypothesis.every;
         sampleAll("during");
         nextSample = std::max(nextSample, Clock::now());
       }
-      // Wake for the next sample, the deadline, a fault lost, or (polled) an abort.
-      const auto until = std::min({deadline, nextSample, Clock::now() + kAbortPoll});
+      // Wake for the next sample, the next fault's end, the group's end, a fault lost, or (polled) an abort.
+      auto until = std::min(groupEnd, Clock::now() + kAbortPoll);
+      if (probing && active) {
+        until = std::min(until, nextSample);
+      }
+      for (size_t k = 0; k < group.faults.size(); ++k) {
+        if (!ended[k]) {
+          until = std::min(until, start + group.faults[k].fault->duration);
+        }
+      }
       std::unique_lock lock(mutex_);
       cv_.wait_until(lock, until, [&] { return !lost_.empty(); });
       if (!lost_.empty()) {
@@ -313,13 +460,52 @@ class RunState {
     return revertHeld("fault duration elapsed");
   }
 
+  // The spread of the moments the hosts applied each fault of a group (their APPLIED reports'
+  // times, each on its host's clock), recorded as a step.skew event per fault.
+  void recordSkew(const Group& group, const std::vector<std::vector<std::string>>& idsOf,
+                  const google::protobuf::Timestamp& startAt) {
+    for (size_t k = 0; k < group.faults.size(); ++k) {
+      std::optional<int64_t> first;
+      std::optional<int64_t> last;
+      {
+        std::lock_guard lock(mutex_);
+        for (const auto& id : idsOf[k]) {
+          const auto& at = held_[id].appliedAt;
+          const int64_t ns = at.seconds() * 1'000'000'000 + at.nanos();
+          first = first ? std::min(*first, ns) : ns;
+          last = last ? std::max(*last, ns) : ns;
+        }
+      }
+      if (!first) {
+        continue;
+      }
+      const int64_t startNs = startAt.seconds() * 1'000'000'000 + startAt.nanos();
+      const auto skew = std::chrono::nanoseconds{*last - *first};
+      v1::RunEvent e = makeEvent(
+          "", "step.skew",
+          fmt::format("step {}: {} host(s) applied within {:.3f} ms of each other; the last {:.3f} ms after the start "
+                      "time",
+                      group.faults[k].label, idsOf[k].size(), static_cast<double>(skew.count()) / 1e6,
+                      static_cast<double>(*last - startNs) / 1e6));
+      *e.mutable_start_at() = startAt;
+      *e.mutable_skew() = toProto(skew);
+      store_.addEvent(e);
+      if (sink_) {
+        sink_(e);
+      }
+    }
+  }
+
   // Reverts every fault still held by this run and waits for each agent to confirm. Returns ""
   // when all are confirmed reverted (or expired), else what is left.
-  std::string revertHeld(const std::string& why) {
+  std::string revertHeld(const std::string& why, const std::vector<std::string>& only = {}) {
     std::vector<std::pair<std::string, std::string>> toRevert;  // fault id, agent id
     {
       std::lock_guard lock(mutex_);
       for (auto& [id, h] : held_) {
+        if (!only.empty() && std::find(only.begin(), only.end(), id) == only.end()) {
+          continue;
+        }
         if (h.state == v1::FAULT_STATE_APPLIED || h.unconfirmed) {
           toRevert.emplace_back(id, h.agentId);
           h.revertRequested = true;
@@ -392,10 +578,11 @@ class RunState {
       }
       if (r.state() == v1::FAULT_STATE_APPLIED) {
         h.unconfirmed = false;
+        h.appliedAt = r.at();
       }
       // A fault that ends, or whose agent goes away, before the run asked for its end: the
       // experiment did not run as written, whatever the probes say.
-      const bool expiredOnTime = r.state() == v1::FAULT_STATE_EXPIRED && Clock::now() + kExpiryTolerance >= holdUntil_;
+      const bool expiredOnTime = r.state() == v1::FAULT_STATE_EXPIRED && Clock::now() + kExpiryTolerance >= h.until;
       if (wasApplied && !h.revertRequested && r.state() != v1::FAULT_STATE_APPLIED && !expiredOnTime && lost_.empty()) {
         lost_ = fmt::format("fault {} on host {} ended before its duration: {}", r.fault_id(), h.host,
                             r.error().empty() ? r.detail() : r.error());
@@ -429,10 +616,29 @@ class RunState {
     }
   }
 
+  // A probe step: one sample of the named probe (phase "step"); a failed sample violates the
+  // hypothesis, as one taken while a fault is active does.
+  void sampleNamed(const std::string& name) {
+    for (const auto& p : req_.experiment.hypothesis.probes) {
+      if (p.name == name) {
+        sample(p, "step");
+        return;
+      }
+    }
+  }
+
   // One sample of every probe; false if any failed.
   bool sampleAll(const std::string& phase) {
     bool allOk = true;
     for (const auto& p : req_.experiment.hypothesis.probes) {
+      allOk = sample(p, phase) && allOk;
+    }
+    return allOk;
+  }
+
+  bool sample(const Probe& p, const std::string& phase) {
+    bool allOk = true;
+    {
       const auto at = agent::nowTimestamp();
       Sample s = probes_.run(p);
       v1::ProbeSample rec;
@@ -451,8 +657,11 @@ class RunState {
       }
       if (!s.ok) {
         allOk = false;
-        if (phase == "during") {
+        if (phase == "during" || phase == "step") {
           violated_ = true;
+        }
+        if (firstFailure_.empty() && phase == "step") {
+          firstFailure_ = fmt::format("probe {} failed at a probe step of the method: {}", p.name, s.detail);
         }
         if (firstFailure_.empty()) {
           firstFailure_ = fmt::format("probe {} failed {} the fault{}: {}", p.name, phase == "during" ? "while" : phase,
@@ -493,8 +702,7 @@ class RunState {
   const StopSignal& stop_;
   int listener_ = 0;
   std::mutex mutex_;
-  Clock::time_point holdUntil_{};  // end of the fault step being held
-  std::string lost_;               // why a held fault ended before the run asked (first one)
+  std::string lost_;  // why a held fault ended before the run asked (first one)
   std::condition_variable cv_;
   std::map<std::string, HeldFault> held_;
   bool violated_ = false;
@@ -502,6 +710,58 @@ class RunState {
 };
 
 }  // namespace
+
+tl::expected<v1::RunPlan, std::string> planRun(const Experiment& experiment, std::vector<v1::AgentInfo> agents,
+                                               uint64_t seed) {
+  auto resolved = resolveTargets(experiment.targets, std::move(agents), seed);
+  if (!resolved) {
+    return tl::unexpected(resolved.error());
+  }
+  v1::RunPlan plan;
+  plan.set_experiment(experiment.name);
+  plan.set_targets(resolved->summary);
+  for (const auto& a : resolved->hosts) {
+    *plan.add_hosts()->mutable_agent() = a;
+  }
+  const auto addFault = [&](const FaultStep& f, const std::string& label) {
+    const auto kind = faultKindName(f.spec);
+    const std::string named = f.name == kind ? std::string(kind) : fmt::format("{} '{}'", kind, f.name);
+    plan.add_steps(fmt::format("step {}: {} for {} on {} host(s)", label, named, formatDuration(f.duration),
+                               resolved->hosts.size()));
+    for (auto& h : *plan.mutable_hosts()) {
+      auto* pf = h.add_faults();
+      pf->set_step(label);
+      pf->set_name(f.name);
+      *pf->mutable_spec() = f.spec;
+      *pf->mutable_duration() = toProto(f.duration);
+    }
+  };
+  for (size_t i = 0; i < experiment.method.size(); ++i) {
+    const std::string label = std::to_string(i + 1);
+    const auto& step = experiment.method[i];
+    if (const auto* w = std::get_if<WaitStep>(&step)) {
+      plan.add_steps(fmt::format("step {}: wait {}", label, formatDuration(w->duration)));
+    } else if (const auto* p = std::get_if<ProbeStep>(&step)) {
+      plan.add_steps(fmt::format("step {}: probe {}", label, p->probe));
+    } else if (const auto* f = std::get_if<FaultStep>(&step)) {
+      addFault(*f, label);
+    } else {
+      const auto& members = std::get<ParallelStep>(step).steps;
+      plan.add_steps(fmt::format("step {}: {} step(s) started together", label, members.size()));
+      for (size_t j = 0; j < members.size(); ++j) {
+        const std::string sub = fmt::format("{}.{}", label, j + 1);
+        if (const auto* mf = std::get_if<FaultStep>(&members[j])) {
+          addFault(*mf, sub);
+        } else if (const auto* mw = std::get_if<WaitStep>(&members[j])) {
+          plan.add_steps(fmt::format("step {}: wait {}", sub, formatDuration(mw->duration)));
+        } else {
+          plan.add_steps(fmt::format("step {}: probe {}", sub, std::get<ProbeStep>(members[j]).probe));
+        }
+      }
+    }
+  }
+  return plan;
+}
 
 RunEngine::RunEngine(Fleet& fleet, ProbeRunner& probes, RecordStore& store, EventSink sink, EngineOptions options)
     : fleet_(fleet), probes_(probes), store_(store), sink_(std::move(sink)), options_(options) {}

@@ -12,7 +12,12 @@
 #include <condition_variable>
 #include <functional>
 #include <mutex>
+#include <optional>
+#include <random>
 #include <string>
+#include <vector>
+
+#include <tl/expected.hpp>
 
 #include "controller/experiment.h"
 #include "controller/fleet.h"
@@ -48,7 +53,29 @@ struct RunRequest {
 struct EngineOptions {
   std::chrono::milliseconds applyTimeout{10'000};   // every agent must report applied by then
   std::chrono::milliseconds revertTimeout{10'000};  // every agent must confirm the revert by then
+  // Seed of the random choice of random(n) and percent(p) targets; unset: a fresh one per run
+  // (std::random_device). The seed used is recorded in the targets.resolved event.
+  std::optional<uint64_t> targetSeed;
+  // A fault step's start time is this far ahead of the moment the controller sends its Injects,
+  // so that every host receives them before it and all start at the same instant.
+  std::chrono::milliseconds startLead{250};
 };
+
+// The hosts of a run: resolved once, at its start.
+struct ResolvedTargets {
+  std::vector<v1::AgentInfo> hosts;  // the chosen agents, in agent-id order
+  size_t matched = 0;                // agents that matched the selector
+  std::string summary;               // for the record: selector, mode, matched, seed, chosen hosts
+};
+
+// Chooses the targets of an experiment among agents (every connected agent, in agent-id order):
+// those whose labels include all of the selector's, cut by the mode (count(n): the first n;
+// random(n): n at random; percent(p): ceil(p% of the matches) at random, at least 1). The random
+// choice is a function of seed. Errors (text naming the selector, the mode and the matches): no
+// agent matches, or count(n)/random(n) with fewer than n matches. Pure function, thread-safe.
+[[nodiscard]] tl::expected<ResolvedTargets, std::string> resolveTargets(const Targets& targets,
+                                                                        std::vector<v1::AgentInfo> agents,
+                                                                        uint64_t seed);
 
 class RunEngine {
  public:
@@ -67,6 +94,12 @@ class RunEngine {
   EventSink sink_;
   EngineOptions options_;
 };
+
+// The dry run of an experiment (`faultline run --dry-run`): its targets resolved against agents
+// as a run would resolve them, every step as the run would announce it, and every fault each host
+// would receive (in method order). Errors: as resolveTargets(). Pure function, thread-safe.
+[[nodiscard]] tl::expected<v1::RunPlan, std::string> planRun(const Experiment& experiment,
+                                                             std::vector<v1::AgentInfo> agents, uint64_t seed);
 
 // The exit code of `faultline run` for a verdict: held 0, violated or not steady 1, aborted 2,
 // error 3.

@@ -10,6 +10,7 @@
 #include <map>
 #include <span>
 #include <sstream>
+#include <type_traits>
 #include <utility>
 
 #include <fmt/format.h>
@@ -36,7 +37,8 @@ constexpr std::array<std::string_view, 2> kTargetsKeys{"selector", "mode"};
 constexpr std::array<std::string_view, 2> kSteadyStateKeys{"every", "probes"};
 constexpr std::array<std::string_view, 2> kProbeKeys{"name", "http"};
 constexpr std::array<std::string_view, 4> kHttpKeys{"url", "expectStatus", "maxLatency", "timeout"};
-constexpr std::array<std::string_view, 2> kStepKeys{"fault", "wait"};
+constexpr std::array<std::string_view, 4> kStepKeys{"fault", "wait", "probe", "parallel"};
+constexpr std::array<std::string_view, 3> kParallelMemberKeys{"fault", "wait", "probe"};
 constexpr std::array<std::string_view, 2> kNetworkTargetKeys{"interface", "netns"};
 constexpr std::array<std::string_view, 2> kProcessKeys{"pid", "name"};
 
@@ -345,6 +347,10 @@ class Parser {
   void parseSteadyState(const Field& f, Hypothesis& out);
   std::optional<Probe> parseProbe(const Field& f, std::map<std::string, int>& namesSeen);
   void parseMethod(const Field& f, std::vector<Step>& out);
+  // One step of method (nested false) or of a parallel group (nested true: no parallel inside).
+  std::optional<Step> parseStep(const Field& f, bool nested);
+  // After the whole file is read: every probe step names a probe of steadyState.
+  void checkProbeSteps(const Hypothesis& hypothesis);
   std::optional<FaultStep> parseFault(const Field& f);
   std::optional<v1::NetworkTarget> parseNetworkTarget(const MapNode& fault);
   std::optional<v1::ProcessKill> parseProcess(const MapNode& fault);
@@ -357,6 +363,7 @@ class Parser {
 
   std::string file_;
   std::vector<Diagnostic> diagnostics_;
+  std::vector<std::pair<std::string, Field>> probeSteps_;  // probe name, where the step names it
 };
 
 void Parser::typeError(const Field& f, std::string_view accepted) {
@@ -607,9 +614,10 @@ Experiment Parser::parse(const YAML::Node& root) {
   if (auto f = lookup(*m, "steadyState")) {
     parseSteadyState(*f, exp.hypothesis);
   }
-  if (auto f = require(*m, "method", "a list of at least one step (fault or wait)")) {
+  if (auto f = require(*m, "method", "a list of at least one step (fault, wait, probe or parallel)")) {
     parseMethod(*f, exp.method);
   }
+  checkProbeSteps(exp.hypothesis);
   return exp;
 }
 
@@ -660,24 +668,62 @@ void Parser::parseTargets(const Field& f, Targets& out) {
     }
   }
   if (auto mode = lookup(*m, "mode")) {
-    constexpr std::string_view accepted = "all, or count(N) with N >= 1";
+    constexpr std::string_view accepted =
+        "all, count(N) or random(N) with N >= 1, or percent(P) with P more than 0 and at most 100, written without "
+        "spaces, e.g. count(2), percent(25)";
     if (auto v = scalar(*mode, accepted)) {
       const std::string_view text = *v;
-      if (text == "all") {
-        out.count.reset();
-      } else if (text.size() > 7 && text.substr(0, 6) == "count(" && text.back() == ')') {
-        const std::string_view digits = text.substr(6, text.size() - 7);
+      const auto argumentOf = [&](std::string_view prefix) -> std::optional<std::string_view> {
+        if (text.size() > prefix.size() + 1 && text.substr(0, prefix.size()) == prefix && text.back() == ')') {
+          return text.substr(prefix.size(), text.size() - prefix.size() - 1);
+        }
+        return std::nullopt;
+      };
+      const auto countOf = [&](std::string_view digits) -> std::optional<unsigned> {
         unsigned n = 0;
         auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), n);
         if (ec != std::errc{} || end != digits.data() + digits.size()) {
           error(mode->mark, mode->path, fmt::format("'{}' is not a mode; accepted: {}", text, accepted));
-        } else if (n == 0) {
+          return std::nullopt;
+        }
+        if (n == 0) {
+          error(mode->mark, mode->path, fmt::format("'{}' is out of range; accepted: {}", text, accepted));
+          return std::nullopt;
+        }
+        return n;
+      };
+      if (text == "all") {
+        out.mode = TargetMode::kAll;
+      } else if (auto count = argumentOf("count(")) {
+        if (auto n = countOf(*count)) {
+          out.mode = TargetMode::kCount;
+          out.n = *n;
+        }
+      } else if (auto random = argumentOf("random(")) {
+        if (auto n = countOf(*random)) {
+          out.mode = TargetMode::kRandom;
+          out.n = *n;
+        }
+      } else if (auto pct = argumentOf("percent(")) {
+        std::string_view number = *pct;
+        if (!number.empty() && number.back() == '%') {
+          number.remove_suffix(1);
+        }
+        double p = 0;
+        auto [end, ec] = std::from_chars(number.data(), number.data() + number.size(), p);
+        if (number.empty() || ec != std::errc{} || end != number.data() + number.size() || !std::isfinite(p)) {
+          error(mode->mark, mode->path, fmt::format("'{}' is not a mode; accepted: {}", text, accepted));
+        } else if (p <= 0 || p > 100) {
           error(mode->mark, mode->path, fmt::format("'{}' is out of range; accepted: {}", text, accepted));
         } else {
-          out.count = n;
+          out.mode = TargetMode::kPercent;
+          out.percent = p;
         }
       } else {
-        error(mode->mark, mode->path, fmt::format("'{}' is not a mode; accepted: {}", text, accepted));
+        static constexpr std::array<std::string_view, 4> kModes{"all", "count", "random", "percent"};
+        const std::string_view word = text.substr(0, text.find('('));
+        error(mode->mark, mode->path,
+              fmt::format("'{}' is not a mode{}; accepted: {}", text, suggestion(word, kModes), accepted));
       }
     }
   }
@@ -798,7 +844,8 @@ std::optional<Probe> Parser::parseProbe(const Field& f, std::map<std::string, in
 }
 
 void Parser::parseMethod(const Field& f, std::vector<Step>& out) {
-  constexpr std::string_view accepted = "a list of at least one step; each step is a map with fault or wait";
+  constexpr std::string_view accepted =
+      "a list of at least one step; each step is a map with one key: fault, wait, probe or parallel";
   if (!f.value.IsSequence()) {
     typeError(f, accepted);
     return;
@@ -815,32 +862,110 @@ void Parser::parseMethod(const Field& f, std::vector<Step>& out) {
   for (size_t i = 0; i < f.value.size() && !full(); ++i) {
     const YAML::Node item = std::as_const(f.value)[i];
     const Field stepField{item, item.IsNull() ? f.mark : item.Mark(), fmt::format("{}[{}]", f.path, i)};
-    auto m = openMap(stepField, "a map with one key: fault or wait");
-    if (!m) {
-      continue;
+    if (auto step = parseStep(stepField, false)) {
+      out.push_back(std::move(*step));
     }
-    rejectUnknown(*m, kStepKeys);
-    auto fault = lookup(*m, "fault");
-    auto wait = lookup(*m, "wait");
-    if (fault && wait) {
-      error(m->self.mark, m->self.path, "has both fault and wait; accepted: exactly one of them per step");
-      continue;
+  }
+}
+
+std::optional<Step> Parser::parseStep(const Field& stepField, bool nested) {
+  const KeyList keys = nested ? KeyList{kParallelMemberKeys} : KeyList{kStepKeys};
+  const std::string one =
+      nested ? "fault, wait or probe (a parallel group cannot hold another)" : "fault, wait, probe or parallel";
+  auto m = openMap(stepField, fmt::format("a map with one key: {}", one));
+  if (!m) {
+    return std::nullopt;
+  }
+  rejectUnknown(*m, keys);
+  std::vector<const Entry*> given;  // in the order of keys, whatever the file's order
+  for (std::string_view key : keys) {
+    if (const Entry* e = m->find(key)) {
+      given.push_back(e);
     }
-    if (!fault && !wait) {
-      if (m->entries.empty()) {
-        error(m->self.mark, m->self.path, "is an empty step; accepted: a map with one key: fault or wait");
+  }
+  if (given.size() > 1) {
+    error(m->self.mark, m->self.path,
+          fmt::format("has both {} and {}; accepted: exactly one of {} per step", given[0]->key, given[1]->key, one));
+    return std::nullopt;
+  }
+  if (given.empty()) {
+    if (m->entries.empty()) {
+      error(m->self.mark, m->self.path, fmt::format("is an empty step; accepted: a map with one key: {}", one));
+    }
+    return std::nullopt;
+  }
+  const Entry& e = *given.front();
+  if (e.key == "wait") {
+    if (auto d = durationIn(e.field, 1ms, kMaxStep, "from 1ms to 1h", true)) {
+      return Step{WaitStep{std::chrono::duration_cast<milliseconds>(*d)}};
+    }
+    return std::nullopt;
+  }
+  if (e.key == "probe") {
+    constexpr std::string_view accepted = "the name of a probe in steadyState.probes";
+    if (auto v = scalar(e.field, accepted)) {
+      if (v->empty()) {
+        error(e.field.mark, e.field.path, fmt::format("is empty; accepted: {}", accepted));
+        return std::nullopt;
       }
-      continue;
+      probeSteps_.emplace_back(*v, e.field);
+      return Step{ProbeStep{*v}};
     }
-    if (wait) {
-      if (auto d = durationIn(*wait, 1ms, kMaxStep, "from 1ms to 1h", true)) {
-        out.emplace_back(WaitStep{std::chrono::duration_cast<milliseconds>(*d)});
+    return std::nullopt;
+  }
+  if (e.key == "parallel") {
+    constexpr std::string_view accepted = "a list of at least one fault, wait or probe step, started together";
+    if (!e.field.value.IsSequence()) {
+      typeError(e.field, accepted);
+      return std::nullopt;
+    }
+    if (e.field.value.size() == 0) {
+      error(e.field.mark, e.field.path, fmt::format("is empty; accepted: {}", accepted));
+      return std::nullopt;
+    }
+    ParallelStep group;
+    bool ok = true;
+    for (size_t i = 0; i < e.field.value.size() && !full(); ++i) {
+      const YAML::Node item = std::as_const(e.field.value)[i];
+      const Field member{item, item.IsNull() ? e.field.mark : item.Mark(), fmt::format("{}[{}]", e.field.path, i)};
+      auto step = parseStep(member, true);
+      if (!step) {
+        ok = false;
+        continue;
       }
+      std::visit(
+          [&](auto&& s) {
+            using T = std::decay_t<decltype(s)>;
+            if constexpr (!std::is_same_v<T, ParallelStep>) {
+              group.steps.emplace_back(std::move(s));
+            }
+          },
+          std::move(*step));
+    }
+    if (!ok) {
+      return std::nullopt;
+    }
+    return Step{std::move(group)};
+  }
+  if (auto step = parseFault(e.field)) {
+    return Step{std::move(*step)};
+  }
+  return std::nullopt;
+}
+
+void Parser::checkProbeSteps(const Hypothesis& hypothesis) {
+  std::vector<std::string_view> names;
+  for (const Probe& p : hypothesis.probes) {
+    names.push_back(p.name);
+  }
+  for (const auto& [name, at] : probeSteps_) {
+    if (std::find(names.begin(), names.end(), name) != names.end()) {
       continue;
     }
-    if (auto step = parseFault(*fault)) {
-      out.emplace_back(std::move(*step));
-    }
+    error(
+        at.mark, at.path,
+        fmt::format("no probe named '{}' in steadyState.probes{}; accepted: {}", name, suggestion(name, names),
+                    names.empty() ? std::string("a probe defined in steadyState.probes (none is)") : joinKeys(names)));
   }
 }
 
@@ -905,8 +1030,9 @@ std::optional<FaultStep> Parser::parseFault(const Field& f) {
       step.name = *v;
     }
   }
-  if (auto d = require(*m, "duration", "a duration from 1ms to 1h, e.g. 5s")) {
-    if (auto v = durationIn(*d, 1ms, kMaxStep, "from 1ms to 1h", true)) {
+  step.duration = kDefaultFaultDuration;
+  if (auto d = lookup(*m, "duration")) {
+    if (auto v = durationIn(*d, 1ms, kMaxFaultDuration, "from 1ms to 1h (default 60s)", true)) {
       step.duration = std::chrono::duration_cast<milliseconds>(*v);
     }
   }
@@ -1183,6 +1309,8 @@ tl::expected<std::vector<YAML::Node>, Diagnostic> loadDocuments(std::string_view
   }
 }
 
+tl::expected<Experiment, std::vector<Diagnostic>> parseSubstituted(std::string_view yaml, const std::string& fileName);
+
 }  // namespace
 
 std::string format(const Diagnostic& d) {
@@ -1193,13 +1321,185 @@ std::string format(const Diagnostic& d) {
   return fmt::format("{}: {}: {}", place, d.field, d.message);
 }
 
-tl::expected<Experiment, std::vector<Diagnostic>> parseExperiment(std::string_view yaml, const std::string& fileName) {
+std::string modeText(const Targets& t) {
+  switch (t.mode) {
+    case TargetMode::kAll:
+      return "all";
+    case TargetMode::kCount:
+      return fmt::format("count({})", t.n);
+    case TargetMode::kRandom:
+      return fmt::format("random({})", t.n);
+    case TargetMode::kPercent:
+      return fmt::format("percent({})", t.percent);
+  }
+  return "all";
+}
+
+bool isVariableName(std::string_view name) {
+  if (name.empty() || name.size() > 64 || std::isdigit(static_cast<unsigned char>(name.front()))) {
+    return false;
+  }
+  return std::all_of(name.begin(), name.end(),
+                     [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_'; });
+}
+
+namespace {
+
+// 1-based line and column of a byte offset (columns count bytes, as yaml-cpp's marks do).
+std::pair<int, int> placeOf(std::string_view text, size_t offset) {
+  int line = 1;
+  size_t lineStart = 0;
+  for (size_t i = 0; i < offset && i < text.size(); ++i) {
+    if (text[i] == '\n') {
+      ++line;
+      lineStart = i + 1;
+    }
+  }
+  return {line, static_cast<int>(offset - lineStart) + 1};
+}
+
+// The byte offset of a 1-based line and column; text.size() when past the end.
+size_t offsetOf(std::string_view text, int line, int column) {
+  size_t offset = 0;
+  for (int l = 1; l < line; ++l) {
+    const size_t nl = text.find('\n', offset);
+    if (nl == std::string_view::npos) {
+      return text.size();
+    }
+    offset = nl + 1;
+  }
+  return std::min(text.size(), offset + static_cast<size_t>(std::max(column, 1) - 1));
+}
+
+// Moves a diagnostic about the substituted text to its place in the file as written.
+void mapBack(Diagnostic& d, const Substitution& sub, std::string_view original) {
+  if (d.line <= 0 || sub.segments.empty()) {
+    return;
+  }
+  const size_t out = offsetOf(sub.text, d.line, d.column);
+  size_t in = original.size();
+  for (const auto& seg : sub.segments) {
+    if (out >= seg.outStart && out < seg.outStart + seg.length) {
+      in = seg.literal ? seg.inStart + (out - seg.outStart) : seg.inStart;
+      break;
+    }
+    if (seg.length == 0 && out == seg.outStart) {  // an empty value: its ${
+      in = seg.inStart;
+      break;
+    }
+  }
+  std::tie(d.line, d.column) = placeOf(original, in);
+}
+
+}  // namespace
+
+tl::expected<Substitution, std::vector<Diagnostic>> substituteVariables(std::string_view yaml,
+                                                                        const std::string& fileName,
+                                                                        const Variables& vars) {
+  Substitution sub;
+  std::vector<Diagnostic> errors;
+  std::vector<std::string_view> names;
+  for (const auto& [k, v] : vars) {
+    names.push_back(k);
+  }
+  const std::string defined = names.empty() ? std::string("none") : joinKeys(names);
+  size_t copiedFrom = 0;  // start of the literal text not yet copied
+  const auto copyLiteral = [&](size_t upTo) {
+    if (upTo > copiedFrom) {
+      sub.segments.push_back({sub.text.size(), copiedFrom, upTo - copiedFrom, true});
+      sub.text.append(yaml.substr(copiedFrom, upTo - copiedFrom));
+    }
+  };
+  const auto fail = [&](size_t at, std::string message) {
+    if (errors.size() >= kMaxDiagnostics) {
+      return;
+    }
+    auto [line, column] = placeOf(yaml, at);
+    errors.push_back(Diagnostic{fileName, line, column, "", std::move(message)});
+  };
+  for (size_t at = yaml.find('$'); at != std::string_view::npos; at = yaml.find('$', at)) {
+    if (yaml.substr(at, 3) == "$${") {  // escape: a literal ${
+      copyLiteral(at);
+      sub.segments.push_back({sub.text.size(), at, 2, false});
+      sub.text += "${";
+      at += 3;
+      copiedFrom = at;
+      continue;
+    }
+    if (yaml.substr(at, 2) != "${") {
+      ++at;
+      continue;
+    }
+    const size_t close = yaml.find('}', at + 2);
+    const size_t lineEnd = yaml.find('\n', at);
+    constexpr std::string_view kAccepted =
+        "${NAME} with NAME a letter or '_' then letters, digits and '_' (at most 64), given with --var NAME=VALUE; "
+        "write $${ for a literal ${";
+    if (close == std::string_view::npos || (lineEnd != std::string_view::npos && close > lineEnd)) {
+      fail(at, fmt::format("'${{' without a closing '}}' on its line; accepted: {}", kAccepted));
+      at += 2;
+      continue;
+    }
+    const std::string_view name = yaml.substr(at + 2, close - at - 2);
+    if (!isVariableName(name)) {
+      fail(at, fmt::format("'${{{}}}' is not a variable reference; accepted: {}", name, kAccepted));
+      at = close + 1;
+      continue;
+    }
+    const auto it = vars.find(std::string(name));
+    if (it == vars.end()) {
+      fail(at, fmt::format("undefined variable '{}'{}; defined: {}; give it with --var {}=VALUE (write $${{ for a "
+                           "literal ${{)",
+                           name, suggestion(name, names), defined, name));
+      at = close + 1;
+      continue;
+    }
+    copyLiteral(at);
+    sub.segments.push_back({sub.text.size(), at, it->second.size(), false});
+    sub.text += it->second;
+    at = close + 1;
+    copiedFrom = at;
+  }
+  if (!errors.empty()) {
+    return tl::unexpected(std::move(errors));
+  }
+  copyLiteral(yaml.size());
+  return sub;
+}
+
+tl::expected<Experiment, std::vector<Diagnostic>> parseExperiment(std::string_view original,
+                                                                  const std::string& fileName, const Variables& vars) {
+  if (original.size() > kMaxExperimentBytes) {
+    // Checked before yaml-cpp sees the text: its node tree takes far more memory than the file.
+    Diagnostic d;
+    d.file = fileName;
+    d.message = fmt::format("the file is {} bytes; experiment files are limited to 1 MiB ({} bytes)", original.size(),
+                            kMaxExperimentBytes);
+    return tl::unexpected(std::vector<Diagnostic>{std::move(d)});
+  }
+  auto substituted = substituteVariables(original, fileName, vars);
+  if (!substituted) {
+    return tl::unexpected(std::move(substituted.error()));
+  }
+  auto result = parseSubstituted(substituted->text, fileName);
+  if (!result) {
+    for (Diagnostic& d : result.error()) {
+      mapBack(d, *substituted, original);
+    }
+  }
+  return result;
+}
+
+namespace {
+
+tl::expected<Experiment, std::vector<Diagnostic>> parseSubstituted(std::string_view yaml, const std::string& fileName) {
   if (yaml.size() > kMaxExperimentBytes) {
     // Checked before yaml-cpp sees the text: its node tree takes far more memory than the file.
     Diagnostic d;
     d.file = fileName;
-    d.message = fmt::format("the file is {} bytes; experiment files are limited to 1 MiB ({} bytes)", yaml.size(),
-                            kMaxExperimentBytes);
+    d.message = fmt::format(
+        "with its variables substituted the file is {} bytes; experiment files are limited to 1 MiB ({} bytes)",
+        yaml.size(), kMaxExperimentBytes);
     return tl::unexpected(std::vector<Diagnostic>{std::move(d)});
   }
   auto loaded = loadDocuments(yaml, fileName);
@@ -1232,5 +1532,7 @@ tl::expected<Experiment, std::vector<Diagnostic>> parseExperiment(std::string_vi
   }
   return experiment;
 }
+
+}  // namespace
 
 }  // namespace faultline::controller

@@ -39,11 +39,22 @@ struct Diagnostic {
 // without ":LINE:COLUMN" when line is 0 (no place in the file, e.g. a file over the size limit).
 [[nodiscard]] std::string format(const Diagnostic& d);
 
+// How many of the agents that match the selector take part (targets.mode in the file).
+enum class TargetMode {
+  kAll,      // all: every matching agent
+  kCount,    // count(n): the first n matching agents in agent-id order
+  kRandom,   // random(n): n matching agents chosen at random
+  kPercent,  // percent(p): ceil(p% of the matching agents), chosen at random
+};
+
 struct Targets {
   std::map<std::string, std::string> selector;  // agent labels that must all match; empty = every agent
-  // all (count == nullopt) or count(n): the first n matching agents in agent-id order.
-  std::optional<unsigned> count;
+  TargetMode mode = TargetMode::kAll;
+  unsigned n = 0;      // kCount, kRandom: n >= 1
+  double percent = 0;  // kPercent: more than 0, at most 100
 };
+// The mode as written in a file: "all", "count(2)", "random(1)", "percent(25)".
+[[nodiscard]] std::string modeText(const Targets& t);
 
 struct HttpProbe {
   std::string url;  // passed parseHttpUrl() (probe.h): http://HOST[:PORT][/PATH], no TLS in v1
@@ -62,6 +73,11 @@ struct Hypothesis {
   std::chrono::milliseconds every{1000};  // sampling period while faults are active
 };
 
+// A fault without a duration in the file is held this long; no fault may be held longer than
+// kMaxFaultDuration (the agent's policy may lower or raise its own limit, docs/operations.md).
+inline constexpr std::chrono::milliseconds kDefaultFaultDuration{60'000};
+inline constexpr std::chrono::milliseconds kMaxFaultDuration{3'600'000};
+
 struct FaultStep {
   std::string name;                       // for events and records; defaults to the fault type
   v1::FaultSpec spec;                     // passed validateFaultSpec()
@@ -72,7 +88,19 @@ struct WaitStep {
   std::chrono::milliseconds duration{0};
 };
 
-using Step = std::variant<FaultStep, WaitStep>;
+// Samples one probe of the steady state once, as a step: `probe: NAME`.
+struct ProbeStep {
+  std::string probe;  // the name of a probe in steadyState.probes (checked by the parser)
+};
+
+// `parallel: [...]`: fault, wait and probe steps that start together (every fault on every host
+// at the same instant); the group ends when its longest member ends. Not nested.
+using ParallelMember = std::variant<FaultStep, WaitStep, ProbeStep>;
+struct ParallelStep {
+  std::vector<ParallelMember> steps;  // at least one
+};
+
+using Step = std::variant<FaultStep, WaitStep, ProbeStep, ParallelStep>;
 
 struct Experiment {
   std::string name;
@@ -82,13 +110,43 @@ struct Experiment {
   std::vector<Step> method;
 };
 
+// Values for ${NAME} references in an experiment file (`faultline validate|run --var NAME=VALUE`).
+// NAME: a letter or '_', then letters, digits and '_'.
+using Variables = std::map<std::string, std::string>;
+
+// True when name may be used as a variable name: [A-Za-z_][A-Za-z0-9_]*, at most 64 characters.
+[[nodiscard]] bool isVariableName(std::string_view name);
+
+// The text with every ${NAME} replaced by its value and every $${ by a literal ${ (anywhere in the
+// file: values, keys, comments), and a note for each place, or the errors (a reference to a
+// variable not in vars, or a ${ with no valid NAME} after it), each with the file, line and column
+// of its ${. Values are inserted as written, not re-scanned. Pure function, thread-safe.
+struct Substitution {
+  std::string text;
+  // Maps a 1-based line and column of text back to the place in the original file (a place inside
+  // an inserted value maps to its ${).
+  struct Segment {
+    size_t outStart = 0;
+    size_t inStart = 0;
+    size_t length = 0;
+    bool literal = true;  // copied as is (false: an inserted value or an escape)
+  };
+  std::vector<Segment> segments;
+};
+[[nodiscard]] tl::expected<Substitution, std::vector<Diagnostic>> substituteVariables(std::string_view yaml,
+                                                                                      const std::string& fileName,
+                                                                                      const Variables& vars);
+
 // Parses and validates the whole file (docs/experiments.md), including validateFaultSpec() on
 // every fault and parseHttpUrl() (probe.h) on every probe URL. Never partially succeeds: either
 // every field is valid or every error found is returned (at least one), sorted by line and
 // column; a YAML syntax error (nesting deeper than yaml-cpp's limit included) is returned alone,
 // and so is a text over kMaxExperimentBytes, which is refused before it is parsed.
-// fileName is used in diagnostics only. Pure function of its input: no I/O, thread-safe.
+// fileName is used in diagnostics only. ${NAME} references are replaced first
+// (substituteVariables(); its errors are returned alone), and every diagnostic points at the place
+// in the file as written. Pure function of its input: no I/O, thread-safe.
 [[nodiscard]] tl::expected<Experiment, std::vector<Diagnostic>> parseExperiment(std::string_view yaml,
-                                                                                const std::string& fileName);
+                                                                                const std::string& fileName,
+                                                                                const Variables& vars = {});
 
 }  // namespace faultline::controller

@@ -201,6 +201,151 @@ method:
   CHECK(phases == std::set<std::string>{"before", "during", "after"});
 }
 
+TEST_CASE_FIXTURE(Fleet, "variables, random(n) targets, a parallel group and probe steps; the start time is kept") {
+  const std::string before = rootKind();
+  Victim victim;
+  const std::string yaml = R"(apiVersion: faultline/v1
+kind: Experiment
+metadata:
+  name: e2e-steps
+targets:
+  selector: {role: ${ROLE}}
+  mode: random(1)
+steadyState:
+  every: 100ms
+  probes:
+    - name: demo
+      http: {url: "${URL}", maxLatency: 1s, timeout: 2s}
+method:
+  - probe: demo
+  - parallel:
+      - fault: {name: slow-link, type: network.bandwidth, duration: 500ms, rate: 1mbit,
+                target: {interface: veth0, netns: "${NETNS}"}}
+      - fault: {name: kill-victim, type: process.kill, duration: 100ms, process: {pid: ${PID}}}
+      - wait: 700ms
+      - probe: demo
+  - probe: demo
+)";
+  auto stub = v1::Control::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  v1::SubmitRunRequest req;
+  req.set_experiment(yaml);
+  req.set_file_name("steps.yaml");
+  (*req.mutable_variables())["ROLE"] = "e2e";
+  (*req.mutable_variables())["URL"] = probeUrl();
+  (*req.mutable_variables())["NETNS"] = netns();
+  (*req.mutable_variables())["PID"] = std::to_string(victim.pid);
+  {
+    // A dry run first: the plan names the host and both faults; nothing is injected.
+    grpc::ClientContext ctx;
+    v1::RunPlan plan;
+    auto status = stub->PlanRun(&ctx, req, &plan);
+    REQUIRE_MESSAGE(status.ok(), status.error_message());
+    REQUIRE(plan.hosts_size() == 1);
+    CHECK(plan.hosts(0).agent().agent_id() == "e2e-agent");
+    REQUIRE(plan.hosts(0).faults_size() == 2);
+    CHECK(plan.hosts(0).faults(0).step() == "2.1");
+    CHECK(plan.hosts(0).faults(0).spec().network_bandwidth().rate_bps() == 1'000'000);
+    CHECK(plan.hosts(0).faults(1).step() == "2.2");
+    CHECK(plan.hosts(0).faults(1).spec().process_kill().pid() == victim.pid);
+    CHECK(plan.targets().find("mode random(1): 1 of 1 matching agent(s)") != std::string::npos);
+    CHECK(rootKind() == before);
+    CHECK(victim.waitSignal(100ms) == 0);  // still alive
+  }
+  {
+    // An undefined variable is refused with its place.
+    auto bad = req;
+    bad.mutable_variables()->erase("PID");
+    grpc::ClientContext ctx;
+    v1::SubmitRunResponse resp;
+    auto status = stub->SubmitRun(&ctx, bad, &resp);
+    CHECK(status.error_code() == grpc::StatusCode::INVALID_ARGUMENT);
+    CHECK(status.error_message().find("steps.yaml:18:") != std::string::npos);
+    CHECK(status.error_message().find("undefined variable 'PID'") != std::string::npos);
+  }
+  grpc::ClientContext ctx;
+  v1::SubmitRunResponse resp;
+  auto status = stub->SubmitRun(&ctx, req, &resp);
+  REQUIRE_MESSAGE(status.ok(), status.error_message());
+  grpc::ClientContext wctx;
+  v1::WatchRunRequest wreq;
+  wreq.set_run_id(resp.run_id());
+  auto reader = stub->WatchRun(&wctx, wreq);
+  std::vector<v1::RunEvent> events;
+  v1::RunEvent e;
+  while (reader->Read(&e)) {
+    events.push_back(e);
+  }
+  REQUIRE(reader->Finish().ok());
+  REQUIRE(!events.empty());
+  INFO(events.back().message());
+  CHECK(events.back().verdict() == v1::VERDICT_HELD);
+  CHECK(victim.waitSignal(2s) == SIGKILL);
+  CHECK(rootKind() == before);
+  CHECK(countKind(events, "step.parallel") == 1);
+  CHECK(countKind(events, "step.probe") == 2);
+  CHECK(countKind(events, "fault.applied") == 2);
+  // Each fault of the group was applied at (not before) the start time the controller sent.
+  REQUIRE(countKind(events, "step.skew") == 2);
+  google::protobuf::Timestamp startAt;
+  for (const auto& ev : events) {
+    if (ev.kind() == "step.skew") {
+      REQUIRE(ev.has_start_at());
+      if (startAt.seconds() == 0) {
+        startAt = ev.start_at();
+      }
+      CHECK(ev.start_at().seconds() == startAt.seconds());  // one start time for the group
+      CHECK(ev.start_at().nanos() == startAt.nanos());
+      CHECK(ev.skew().seconds() == 0);
+      CHECK(ev.skew().nanos() == 0);  // one host
+    }
+  }
+  const auto nanosOf = [](const google::protobuf::Timestamp& t) { return t.seconds() * 1'000'000'000 + t.nanos(); };
+  for (const auto& ev : events) {
+    if (ev.kind() == "fault.applied") {
+      CHECK(nanosOf(ev.at()) >= nanosOf(startAt));
+      CHECK(nanosOf(ev.at()) - nanosOf(startAt) < 200'000'000);  // and soon after it
+    }
+  }
+  auto store = controller::openSqliteStore(db);
+  auto rec = store->getRun(resp.run_id());
+  REQUIRE(rec.has_value());
+  int stepSamples = 0;
+  for (const auto& sample : rec->samples()) {
+    stepSamples += sample.phase() == "step" ? 1 : 0;
+  }
+  CHECK(stepSamples == 3);
+  bool resolvedRecorded = false;
+  for (const auto& ev : rec->events()) {
+    resolvedRecorded =
+        resolvedRecorded || (ev.kind() == "targets.resolved" && ev.message().find("random(1)") != std::string::npos &&
+                             ev.message().find("e2e-host (e2e-agent)") != std::string::npos);
+  }
+  CHECK(resolvedRecorded);
+}
+
+TEST_CASE_FIXTURE(Fleet, "targets that match no host fail the dry run and the run before anything is injected") {
+  auto stub = v1::Control::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  v1::SubmitRunRequest req;
+  req.set_experiment(fmt::format(R"(apiVersion: faultline/v1
+kind: Experiment
+metadata: {{name: e2e-nobody}}
+targets: {{selector: {{role: e2e}}, mode: count(2)}}
+method:
+  - fault: {{type: network.bandwidth, duration: 1s, rate: 1mbit, target: {{interface: veth0, netns: {}}}}}
+)",
+                                 netns()));
+  grpc::ClientContext ctx;
+  v1::RunPlan plan;
+  auto status = stub->PlanRun(&ctx, req, &plan);
+  CHECK(status.error_code() == grpc::StatusCode::FAILED_PRECONDITION);
+  CHECK(status.error_message() ==
+        "mode count(2) needs 2 host(s) but only 1 match the selector {role=e2e}: e2e-host (e2e-agent); nothing was "
+        "injected");
+  auto [runId, events] = run(req.experiment());
+  CHECK(events.back().verdict() == v1::VERDICT_ERROR);
+  CHECK(countKind(events, "fault.applied") == 0);
+}
+
 TEST_CASE_FIXTURE(Fleet, "a fault the kernel refuses ends the run as an execution error with the agent's reason") {
   const std::string yaml = fmt::format(R"(apiVersion: faultline/v1
 kind: Experiment
@@ -279,6 +424,28 @@ TEST_CASE_FIXTURE(testing::NetnsFixture, "the faultline binary: validate, run --
   CHECK(r.output.find(runId) != std::string::npos);
   // The agent's own timer and the controller's revert race; either ends the fault.
   CHECK((r.output.find("fault.reverted") != std::string::npos || r.output.find("fault.expired") != std::string::npos));
+  // --dry-run prints the host and the fault it would receive, and changes nothing.
+  r = testing::sh(fmt::format("cd {} && {} run --local --dry-run good.yaml --db dry.db", dir.path, bin));
+  INFO(r.output);
+  CHECK(r.status == 0);
+  CHECK(r.output.find("dry run of experiment local: nothing is injected") != std::string::npos);
+  CHECK(r.output.find("step 1: network.bandwidth for 300ms on 1 host(s)") != std::string::npos);
+  CHECK(r.output.find("1 fault(s)") != std::string::npos);
+  CHECK(r.output.find("rate_bps: 10000000") != std::string::npos);
+  CHECK(r.output.find("fault.applied") == std::string::npos);
+  // --var on validate: an undefined variable is an error at its place; given, the file is valid.
+  {
+    std::ofstream vars(dir.path + "/vars.yaml");
+    vars << "apiVersion: faultline/v1\nkind: Experiment\nmetadata:\n  name: vars\nmethod:\n  - wait: ${PAUSE}\n";
+  }
+  r = testing::sh(fmt::format("{} validate {}/vars.yaml", bin, dir.path));
+  CHECK(r.status == 4);
+  CHECK(r.output.find("vars.yaml:6:11: undefined variable 'PAUSE'") != std::string::npos);
+  r = testing::sh(fmt::format("{} validate --var PAUSE=2s {}/vars.yaml", bin, dir.path));
+  CHECK(r.status == 0);
+  r = testing::sh(fmt::format("{} validate --var 9X=2s {}/vars.yaml", bin, dir.path));
+  CHECK(r.status == 4);
+  CHECK(r.output.find("'9X' is not a variable name") != std::string::npos);
   r = testing::sh(fmt::format("{} run {}/good.yaml --controller 127.0.0.1:1", bin, dir.path));
   CHECK(r.status == 3);
   CHECK(r.output.find("cannot reach the controller at 127.0.0.1:1") != std::string::npos);

@@ -137,8 +137,8 @@ TEST_CASE("a full experiment parses into exact values") {
   CHECK(e.name == "quickstart");
   CHECK(e.description == "free text");
   CHECK(e.targets.selector == std::map<std::string, std::string>{{"role", "demo"}, {"zone", "b"}});
-  REQUIRE(e.targets.count.has_value());
-  CHECK(*e.targets.count == 3);
+  CHECK(e.targets.mode == TargetMode::kCount);
+  CHECK(e.targets.n == 3);
 
   CHECK(e.hypothesis.every == 500ms);
   REQUIRE(e.hypothesis.probes.size() == 2);
@@ -194,7 +194,7 @@ TEST_CASE("defaults of a minimal experiment") {
   auto result = parseExperiment(std::string(kHeader) + "method:\n  - wait: 250ms\n", "min.yaml");
   REQUIRE_MESSAGE(result.has_value(), (result ? "" : allDiagnostics(result.error())));
   CHECK(result->targets.selector.empty());
-  CHECK_FALSE(result->targets.count.has_value());  // all
+  CHECK(result->targets.mode == TargetMode::kAll);
   CHECK(result->hypothesis.probes.empty());
   CHECK(result->hypothesis.every == 1s);
   CHECK(waitAt(*result, 0).duration == 250ms);
@@ -248,8 +248,13 @@ TEST_CASE("bad files: each error names the field, the line and what is wrong") {
        "apiVersion: faultline/v1\nkind: Experiment\nmetadata:\n  description: x\n" + wait, "metadata.name", 4,
        "is required"},
       {"missing method", h, "method", 1, "is required"},
-      {"missing fault duration", h + "method:\n  - fault:\n      type: process.kill\n      process: {pid: 9}\n",
-       "method[0].fault.duration", 7, "is required"},
+      {"probe step naming no probe", h + probe + "        url: http://a/\nmethod:\n  - probe: q\n", "method[0].probe",
+       11, "no probe named 'q' in steadyState.probes (did you mean 'p'?); accepted: p"},
+      {"two kinds in one step", h + "method:\n  - {wait: 1s, probe: x}\n", "method[0]", 6, "has both wait and probe"},
+      {"nested parallel", h + "method:\n  - parallel:\n    - parallel: [{wait: 1s}]\n",
+       "method[0].parallel[0].parallel", 7, "unknown key 'parallel'"},
+      {"empty parallel", h + "method:\n  - parallel: []\n", "method[0].parallel", 6, "is empty"},
+      {"misspelt step", h + "method:\n  - paralel: [{wait: 1s}]\n", "method[0].paralel", 6, "did you mean 'parallel'?"},
       {"percent out of range",
        h + "method:\n  - fault:\n      type: network.loss\n      duration: 1s\n      target: {interface: eth0}\n"
            "      percent: 150\n",
@@ -273,6 +278,11 @@ TEST_CASE("bad files: each error names the field, the line and what is wrong") {
        "method[0].fault.process", 9, "both pid and name"},
       {"count(0)", h + "targets:\n  mode: count(0)\n" + wait, "targets.mode", 6, "out of range"},
       {"unknown mode", h + "targets:\n  mode: some\n" + wait, "targets.mode", 6, "not a mode"},
+      {"misspelt mode", h + "targets:\n  mode: randon(2)\n" + wait, "targets.mode", 6, "did you mean 'random'?"},
+      {"random(0)", h + "targets:\n  mode: random(0)\n" + wait, "targets.mode", 6, "out of range"},
+      {"percent(0)", h + "targets:\n  mode: percent(0)\n" + wait, "targets.mode", 6, "out of range"},
+      {"percent(101)", h + "targets:\n  mode: percent(101)\n" + wait, "targets.mode", 6, "out of range"},
+      {"percent(x)", h + "targets:\n  mode: percent(x)\n" + wait, "targets.mode", 6, "not a mode"},
       {"syntax error", h + "method:\n  - wait: [1s\n", "", 7, "YAML syntax error"},
       {"duplicate probe name",
        h + probe + "        url: http://a/\n    - name: p\n      http: {url: http://b/}\n" + wait,
@@ -287,7 +297,7 @@ TEST_CASE("bad files: each error names the field, the line and what is wrong") {
       {"duration without unit", h + "method:\n  - wait: 5\n", "method[0].wait", 6, "has no known unit"},
       {"wait of zero", h + "method:\n  - wait: 0s\n", "method[0].wait", 6, "out of range"},
       {"fault over an hour", h + "method:\n  - fault: {type: process.kill, duration: 2h, process: {pid: 9}}\n",
-       "method[0].fault.duration", 6, "from 1ms to 1h"},
+       "method[0].fault.duration", 6, "from 1ms to 1h (default 60s)"},
       {"rate without unit",
        h + "method:\n  - fault: {type: network.bandwidth, duration: 1s, target: {interface: eth0}, rate: 1000}\n",
        "method[0].fault.rate", 6, "has no unit"},
@@ -443,7 +453,7 @@ TEST_CASE("the quickstart experiment is what the quickstart expects") {
   REQUIRE_MESSAGE(result.has_value(), (result ? "" : allDiagnostics(result.error())));
   const Experiment& e = *result;
   CHECK(e.targets.selector.empty());
-  CHECK_FALSE(e.targets.count.has_value());
+  CHECK(e.targets.mode == TargetMode::kAll);
   CHECK(e.hypothesis.every == 250ms);
   REQUIRE(e.hypothesis.probes.size() == 1);
   CHECK(e.hypothesis.probes[0].http.url == "http://10.77.0.1:8080/");
@@ -644,4 +654,108 @@ TEST_CASE("errors stop after 100, so an alias cannot multiply the work") {
   REQUIRE(d.size() == 101);
   CHECK(d.back().line == 0);
   CHECK(format(d.back()) == "bad.yaml: stopped checking after 100 errors");
+}
+
+TEST_CASE("--var: ${NAME} is replaced anywhere in the file; $${ is a literal ${") {
+  const std::string yaml = std::string(kHeader) +
+                           "  description: cost $${NOT_A_VAR} and ${WHO}\n"  // 5
+                           "targets:\n"                                      // 6
+                           "  selector: {${LABEL}: ${ROLE}}\n"               // 7
+                           "method:\n"                                       // 8
+                           "  - wait: ${WAIT}\n";                            // 9
+  const Variables vars{{"WHO", "ops"}, {"LABEL", "role"}, {"ROLE", "demo"}, {"WAIT", "250ms"}};
+  auto result = parseExperiment(yaml, "vars.yaml", vars);
+  REQUIRE_MESSAGE(result.has_value(), (result ? "" : allDiagnostics(result.error())));
+  CHECK(result->description == "cost ${NOT_A_VAR} and ops");
+  CHECK(result->targets.selector == std::map<std::string, std::string>{{"role", "demo"}});
+  CHECK(waitAt(*result, 0).duration == 250ms);
+}
+
+TEST_CASE("--var: an undefined or malformed reference is an error at its ${, with a suggestion") {
+  const std::string yaml = std::string(kHeader) +
+                           "targets:\n"                     // 5
+                           "  selector: {role: ${ROLF}}\n"  // 6
+                           "method:\n"                      // 7
+                           "  - wait: ${1x}\n"              // 8
+                           "  - wait: ${OPEN\n";            // 9
+  auto result = parseExperiment(yaml, "vars.yaml", Variables{{"ROLE", "demo"}});
+  REQUIRE_FALSE(result.has_value());
+  const auto& errors = result.error();
+  REQUIRE(errors.size() == 3);
+  CHECK(format(errors[0]) ==
+        "vars.yaml:6:20: undefined variable 'ROLF' (did you mean 'ROLE'?); defined: ROLE; give it with --var "
+        "ROLF=VALUE (write $${ for a literal ${)");
+  CHECK(errors[1].line == 8);
+  CHECK(errors[1].column == 11);
+  CHECK(contains(errors[1].message, "'${1x}' is not a variable reference"));
+  CHECK(errors[2].line == 9);
+  CHECK(contains(errors[2].message, "without a closing '}'"));
+}
+
+TEST_CASE("--var: errors after substitution point at the place in the file as written") {
+  // A value with a newline and one longer than its reference shift the substituted text; the
+  // diagnostics must still name the line and column of the original file.
+  const std::string yaml = std::string(kHeader) +
+                           "  description: ${LONG}\n"  // 5
+                           "method:\n"                 // 6
+                           "  - wait: ${W}\n"          // 7
+                           "  - wait: 5x\n";           // 8
+  auto result = parseExperiment(yaml, "vars.yaml", Variables{{"LONG", "\"a\n  b c d e f\""}, {"W", "7"}});
+  REQUIRE_FALSE(result.has_value());
+  const auto& errors = result.error();
+  REQUIRE(errors.size() == 2);
+  CHECK(errors[0].field == "method[0].wait");
+  CHECK(errors[0].line == 7);
+  CHECK(errors[0].column == 11);  // the ${ of ${W}
+  CHECK(errors[1].field == "method[1].wait");
+  CHECK(errors[1].line == 8);
+  CHECK(errors[1].column == 11);
+}
+
+TEST_CASE("targets.mode: all, count(n), random(n), percent(p)") {
+  const auto modeOf = [](const std::string& mode) {
+    auto r = parseExperiment(std::string(kHeader) + "targets: {mode: " + mode + "}\nmethod:\n  - wait: 1s\n", "m.yaml");
+    REQUIRE_MESSAGE(r.has_value(), (r ? "" : allDiagnostics(r.error())));
+    return r->targets;
+  };
+  CHECK(modeOf("all").mode == TargetMode::kAll);
+  CHECK(modeOf("count(4)").mode == TargetMode::kCount);
+  CHECK(modeOf("count(4)").n == 4);
+  CHECK(modeOf("random(2)").mode == TargetMode::kRandom);
+  CHECK(modeOf("random(2)").n == 2);
+  CHECK(modeOf("percent(12.5)").mode == TargetMode::kPercent);
+  CHECK(modeOf("percent(12.5)").percent == 12.5);
+  CHECK(modeOf("percent(100%)").percent == 100);
+  CHECK(modeText(modeOf("percent(12.5)")) == "percent(12.5)");
+  CHECK(modeText(modeOf("random(2)")) == "random(2)");
+}
+
+TEST_CASE("method: probe steps, parallel groups, and the default fault duration") {
+  const std::string yaml = std::string(kHeader) +
+                           "steadyState:\n"
+                           "  probes: [{name: web, http: {url: 'http://a/'}}]\n"
+                           "method:\n"
+                           "  - probe: web\n"
+                           "  - parallel:\n"
+                           "      - fault: {type: process.kill, process: {name: x}}\n"
+                           "      - fault: {type: network.loss, duration: 2s, target: {interface: eth0}, percent: 5}\n"
+                           "      - wait: 90s\n"
+                           "      - probe: web\n"
+                           "  - fault: {type: process.kill, duration: 5s, process: {pid: 9}}\n";
+  auto result = parseExperiment(yaml, "steps.yaml");
+  REQUIRE_MESSAGE(result.has_value(), (result ? "" : allDiagnostics(result.error())));
+  const auto& method = result->method;
+  REQUIRE(method.size() == 3);
+  REQUIRE(std::holds_alternative<ProbeStep>(method[0]));
+  CHECK(std::get<ProbeStep>(method[0]).probe == "web");
+  REQUIRE(std::holds_alternative<ParallelStep>(method[1]));
+  const auto& group = std::get<ParallelStep>(method[1]).steps;
+  REQUIRE(group.size() == 4);
+  REQUIRE(std::holds_alternative<FaultStep>(group[0]));
+  CHECK(std::get<FaultStep>(group[0]).duration == kDefaultFaultDuration);
+  CHECK(kDefaultFaultDuration == 60s);
+  CHECK(std::get<FaultStep>(group[1]).duration == 2s);
+  CHECK(std::get<WaitStep>(group[2]).duration == 90s);
+  CHECK(std::get<ProbeStep>(group[3]).probe == "web");
+  CHECK(faultAt(*result, 2).duration == 5s);
 }

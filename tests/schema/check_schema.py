@@ -1,0 +1,77 @@
+#!/usr/bin/python3
+"""Checks docs/experiment.schema.json: every file in experiments/ and the complete example of
+docs/experiments.md pass it, and files the parser refuses for a key or a mode fail it.
+
+Usage: check_schema.py SOURCE_ROOT. Needs Debian's python3-jsonschema and python3-yaml
+(scripts/deps); exits 77 (skipped, with the reason) without them."""
+import json
+import pathlib
+import sys
+
+try:
+    import jsonschema
+    import yaml
+except ImportError as e:
+    print(f"skipped: {e} (install python3-jsonschema and python3-yaml: scripts/deps)")
+    sys.exit(77)
+
+root = pathlib.Path(sys.argv[1])
+schema = json.loads((root / "docs" / "experiment.schema.json").read_text())
+jsonschema.Draft7Validator.check_schema(schema)
+validator = jsonschema.Draft7Validator(schema)
+failures = 0
+
+
+def errors_of(doc):
+    return sorted(validator.iter_errors(doc), key=lambda e: list(e.path))
+
+
+def expect_valid(name, text):
+    global failures
+    errs = errors_of(yaml.safe_load(text))
+    for e in errs:
+        print(f"FAIL {name}: {'/'.join(map(str, e.path))}: {e.message}")
+    failures += bool(errs)
+    if not errs:
+        print(f"ok   {name}")
+
+
+def expect_invalid(name, text):
+    global failures
+    if errors_of(yaml.safe_load(text)):
+        print(f"ok   {name} (refused)")
+    else:
+        print(f"FAIL {name}: the schema accepts it; faultline refuses it")
+        failures += 1
+
+
+files = sorted((root / "experiments").glob("*.yaml"))
+if len(files) < 2:
+    print(f"FAIL: found {len(files)} files in experiments/")
+    failures += 1
+for f in files:
+    expect_valid(str(f.relative_to(root)), f.read_text())
+
+doc = (root / "docs" / "experiments.md").read_text()
+start = doc.index("```yaml\n") + len("```yaml\n")
+expect_valid("docs/experiments.md (complete example)", doc[start:doc.index("```", start)])
+
+header = "apiVersion: faultline/v1\nkind: Experiment\nmetadata: {name: t}\n"
+wait = "method:\n  - wait: 1s\n"
+expect_valid("variables, modes, probe and parallel steps", header +
+             "targets: {selector: {role: '${ROLE}'}, mode: percent(50)}\n"
+             "steadyState: {probes: [{name: web, http: {url: 'http://a/'}}]}\n"
+             "method:\n  - probe: web\n  - parallel:\n"
+             "    - fault: {type: process.kill, process: {name: x}}\n"
+             "    - fault: {type: network.loss, duration: '${D}', target: {interface: eth0}, percent: 5}\n")
+expect_invalid("unknown top-level key", header + "metod:\n  - wait: 1s\n")
+expect_invalid("key of another fault type", header +
+               "method:\n  - fault: {type: network.delay, target: {interface: e}, delay: 1ms, percent: 5}\n")
+expect_invalid("misspelt http key", header + "steadyState: {probes: [{name: a, http: {url: 'http://a/', "
+               "expectStaus: 200}}]}\n" + wait)
+expect_invalid("unknown mode", header + "targets: {mode: some(3)}\n" + wait)
+expect_invalid("bare number as a duration", header + "method:\n  - wait: 5\n")
+expect_invalid("nested parallel", header + "method:\n  - parallel:\n    - parallel:\n      - wait: 1s\n")
+expect_invalid("two keys in one step", header + "method:\n  - {wait: 1s, probe: a}\n")
+
+sys.exit(1 if failures else 0)
