@@ -281,7 +281,7 @@ class RunState {
           if (const auto* f = std::get_if<FaultStep>(&members[j])) {
             group.faults.push_back({f, sub});
           } else if (const auto* w = std::get_if<WaitStep>(&members[j])) {
-            event("", "step.wait", fmt::format("step {}: wait {}", sub, formatDuration(w->duration)));
+            group.waits.emplace_back(sub, w->duration);
             group.wait = std::max(group.wait, w->duration);
           } else {
             group.probes.push_back(&std::get<ProbeStep>(members[j]));
@@ -313,7 +313,8 @@ class RunState {
     };
     std::vector<Member> faults;
     std::vector<const ProbeStep*> probes;
-    std::chrono::milliseconds wait{0};  // the longest wait of a parallel group
+    std::chrono::milliseconds wait{0};                                     // the longest wait of a parallel group
+    std::vector<std::pair<std::string, std::chrono::milliseconds>> waits;  // label, duration
   };
 
   // Injects every fault of the group on every target with one start time, holds each for its
@@ -364,6 +365,9 @@ class RunState {
         idsOf[k].push_back(id);
         ids.push_back(id);
       }
+    }
+    for (const auto& [label, d] : group.waits) {
+      event("", "step.wait", fmt::format("step {}: wait {}", label, formatDuration(d)));
     }
     // Wait until every agent has answered.
     {
