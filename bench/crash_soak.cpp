@@ -6,7 +6,7 @@
 // objects (must be 0) and the time taken; exits 1 when anything leaked. Needs root.
 // Then N/5 resource iterations: a child Agent pauses processes (cgroup freeze and SIGSTOP) and,
 // where cgroup v2 has cpu and pids, squeezes a cgroup and runs stress.cpu, until SIGKILLed after
-// 0-60 ms; recovery must thaw, continue, restore and remove everything (see crash_soak.h).
+// 0-200 ms; recovery must thaw, continue, restore and remove everything (see crash_soak.h).
 // Usage: crash_soak [N [SEED]] (SEED: random when not given; printed, to repeat a run).
 #include <unistd.h>
 
@@ -82,7 +82,7 @@ int main(int argc, char** argv) {
   // The resource soak: process.pause (freeze and SIGSTOP), and where the cgroup v2 hierarchy has
   // cpu and pids, cgroup.squeeze and stress.cpu; a fifth as many iterations (each forks children).
   const int resourceIterations = std::max(1, iterations / 5);
-  std::uniform_int_distribution<int> resourceDelay(0, 60'000);
+  std::uniform_int_distribution<int> resourceDelay(0, 200'000);
   const auto resourceStarted = std::chrono::steady_clock::now();
   size_t frozen = 0;
   size_t stopped = 0;

@@ -192,7 +192,7 @@ TEST_CASE("resource crash soak: paused processes, squeezed cgroups and stress cg
   constexpr int kIterations = 20;
   const uint64_t seed = soakSeed();
   std::mt19937_64 rng(seed + 1);
-  std::uniform_int_distribution<int> delayMicros(0, 60'000);
+  std::uniform_int_distribution<int> delayMicros(0, 200'000);
   const auto stateDir = tempDir("faultline-resource-soak");
   size_t frozen = 0;
   size_t stopped = 0;
