@@ -192,7 +192,10 @@ TEST_CASE("resource crash soak: paused processes, squeezed cgroups and stress cg
   constexpr int kIterations = 20;
   const uint64_t seed = soakSeed();
   std::mt19937_64 rng(seed + 1);
-  std::uniform_int_distribution<int> delayMicros(0, 200'000);
+  // FAULTLINE_RESOURCE_SOAK_MAX_US: the kill window (default 200 ms; the QEMU guest, emulated,
+  // needs about ten times that to get through a few cycles).
+  const char* window = std::getenv("FAULTLINE_RESOURCE_SOAK_MAX_US");
+  std::uniform_int_distribution<int> delayMicros(0, window != nullptr ? std::atoi(window) : 200'000);
   const auto stateDir = tempDir("faultline-resource-soak");
   size_t frozen = 0;
   size_t stopped = 0;
