@@ -316,6 +316,10 @@ TEST_CASE("process.kill every: a kill loop hits each restarted process and repor
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
   CHECK((*applied)->processHits().size() == after);  // the loop ended with revert()
   CHECK_FALSE(supervisor.exited());
+  // No orphan left: the supervisor first (no more restarts), then its last sleep.
+  ::kill(supervisor.pid(), SIGKILL);
+  supervisor.wait();
+  (void)driver.apply(kill(s));
 }
 
 TEST_CASE("process.pause freezes a cgroup the targets own and resumes it on revert") {
@@ -364,7 +368,7 @@ TEST_CASE("process.pause sends SIGSTOP when the target shares its cgroup, SIGCON
   auto applied = driver.apply(pause(s));
   REQUIRE_MESSAGE(applied, (applied ? "" : applied.error().message));
   CHECK(stateOf(target.pid()) == 'T');
-  CHECK(stateOf(neighbour.pid()) == 'S');
+  CHECK(stateOf(neighbour.pid()) != 'T');  // running or sleeping, never stopped
   CHECK(eventsOf(*tree, group.path()).find("frozen 0") != std::string::npos);
   CHECK((*applied)->processHits()[0].action() == "SIGSTOP");
   REQUIRE((*applied)->revert());
