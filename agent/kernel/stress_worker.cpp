@@ -9,6 +9,7 @@
 
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -26,7 +27,13 @@ namespace {
   if (n != 1 || go != 'g') {
     ::_exit(0);
   }
-  ::close(gate);
+  // Drop every inherited descriptor: the agent's sockets, and its undo journal, whose flock(2)
+  // a worker would otherwise share and keep after the agent died.
+  if (::syscall(SYS_close_range, 3U, ~0U, 0U) != 0) {
+    for (int fd = 3; fd < 4096; ++fd) {
+      ::close(fd);
+    }
+  }
   if (work.kind == StressWork::Kind::kCpu) {
     volatile unsigned long spin = 0;
     for (;;) {

@@ -1,7 +1,8 @@
 // Stress workers: processes the agent forks that burn CPU or hold resident memory. A worker is
 // held at a gate after fork() until release(), so the caller can first move it into its cgroup.
 // The child only makes async-signal-safe calls (the agent is multi-threaded). It dies with the
-// thread that forked it (PR_SET_PDEATHSIG SIGKILL) and is named faultline-cpu or faultline-mem.
+// thread that forked it (PR_SET_PDEATHSIG SIGKILL), closes every descriptor it inherited (so it
+// never holds the agent's journal lock or sockets) and is named faultline-cpu or faultline-mem.
 #pragma once
 
 #include <cstdint>
