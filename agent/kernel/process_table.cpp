@@ -204,7 +204,7 @@ class ProcProcessTable final : public ProcessTable {
       }
       info.kernelThread =
           (stat->flags & kPfKthread) != 0 || pid == kKthreadd || (stat->ppid == kKthreadd && info.cmdline.empty());
-      startTimes_[pid] = stat->startTime;
+      startTimes_[pid] = Seen{stat->startTime, info.cmdline};
       out.push_back(std::move(info));
     }
     return out;
@@ -226,8 +226,7 @@ class ProcProcessTable final : public ProcessTable {
     // The pidfd pins one process. If the last list() saw this pid, make sure it is still that
     // process (same start time); a pid reused since then is reported as gone.
     if (auto seen = startTimes_.find(pid); seen != startTimes_.end()) {
-      auto now = readStat(pid);
-      if (!now || now->startTime != seen->second) {
+      if (!same(pid, seen->second)) {
         ::close(pidfd);
         return tl::unexpected(std::make_error_code(std::errc::no_such_process));
       }
@@ -248,8 +247,7 @@ class ProcProcessTable final : public ProcessTable {
     }
     const int pidfd = static_cast<int>(fd);
     if (auto seen = startTimes_.find(pid); seen != startTimes_.end()) {
-      auto now = readStat(pid);
-      if (!now || now->startTime != seen->second) {
+      if (!same(pid, seen->second)) {
         ::close(pidfd);
         return true;
       }
@@ -290,7 +288,22 @@ class ProcProcessTable final : public ProcessTable {
     return {};
   }
 
-  std::unordered_map<pid_t, unsigned long long> startTimes_;
+  // What list() saw of each pid: its start time (10 ms ticks, so two processes started within one
+  // tick share it) and its command line, which together tell a reused pid apart.
+  struct Seen {
+    unsigned long long startTime = 0;
+    std::string cmdline;
+  };
+  [[nodiscard]] static bool same(pid_t pid, const Seen& seen) {
+    auto now = readStat(pid);
+    if (!now || now->startTime != seen.startTime) {
+      return false;
+    }
+    auto cmdline = readWholeFile("/proc/" + std::to_string(pid) + "/cmdline");
+    return cmdline && cmdlineToText(std::move(*cmdline)) == seen.cmdline;
+  }
+
+  std::unordered_map<pid_t, Seen> startTimes_;
 };
 
 }  // namespace

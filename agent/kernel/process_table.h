@@ -35,7 +35,9 @@ class ProcessTable {
   // Every process visible in /proc, in pid order. Processes that exit while being read are skipped.
   [[nodiscard]] virtual std::vector<ProcessInfo> list() = 0;
   // Sends sig through a pidfd (pidfd_open + pidfd_send_signal), so a pid reused after the
-  // process exited is never signalled by mistake.
+  // process exited is never signalled by mistake: when the last list() saw pid, the pidfd's
+  // process must have the start time and command line list() saw (start times are 10 ms ticks:
+  // a reused pid started in the same tick with the same command line cannot be told apart).
   // errors: ESRCH no such process; EPERM not allowed.
   [[nodiscard]] virtual tl::expected<void, std::error_code> signal(pid_t pid, int sig) = 0;
   // True when the process the last list() saw as pid has exited (or was reaped and its pid
