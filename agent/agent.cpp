@@ -2,10 +2,14 @@
 
 #include <spdlog/spdlog.h>
 
+#include "agent/kernel/cgroup_tree.h"
 #include "agent/kernel/process_table.h"
 #include "agent/net_driver.h"
+#include "agent/pause_driver.h"
 #include "agent/process_driver.h"
 #include "agent/spec.h"
+#include "agent/squeeze_driver.h"
+#include "agent/stress_driver.h"
 
 namespace faultline::agent {
 
@@ -117,6 +121,9 @@ void Agent::inject(const v1::Inject& inject) {
   held.appliedReport.set_fault_id(id);
   held.appliedReport.set_state(v1::FAULT_STATE_APPLIED);
   held.appliedReport.set_detail(detail);
+  for (auto& hit : held.applied->processHits()) {
+    *held.appliedReport.add_processes() = std::move(hit);
+  }
   *held.appliedReport.mutable_at() = nowTimestamp();
   faults_.emplace(id, std::move(held));
   spdlog::info("fault {} applied for {}: {}", id, formatDuration(duration), detail);
@@ -175,13 +182,24 @@ void Agent::finish(const std::string& faultId, v1::FaultState endState, std::str
   }
   it->second.timer->cancel();
   const std::string detail = it->second.applied->describe();
+  auto hits = it->second.applied->processHits();
   const bool journalled = it->second.journalled;
   faults_.erase(it);
   if (journalled) {
     journalDone(faultId);
   }
   spdlog::info("fault {} reverted ({})", faultId, why);
-  report(faultId, endState, "", fmt::format("reverted ({}): {}", why, detail));
+  v1::FaultReport r;
+  r.set_fault_id(faultId);
+  r.set_state(endState);
+  r.set_detail(fmt::format("reverted ({}): {}", why, detail));
+  for (auto& hit : hits) {
+    *r.add_processes() = std::move(hit);
+  }
+  *r.mutable_at() = nowTimestamp();
+  if (sink_) {
+    sink_(r);
+  }
 }
 
 void Agent::revert(const std::string& faultId) {
@@ -223,10 +241,29 @@ tl::expected<std::unique_ptr<AppliedFault>, FaultError> FaultRouter::apply(const
 }
 
 struct SystemDrivers::Impl {
-  explicit Impl(std::vector<ProtectedName> protect) : kill(*processes, std::move(protect)) {}
-  std::unique_ptr<kernel::ProcessTable> processes = kernel::openProcessTable();
+  explicit Impl(std::vector<ProtectedName> protect)
+      : cgroups(openCgroups()),
+        kill(*killTable, protect),
+        pause(*pauseTable, cgroups.get(), protect),
+        stress(cgroups.get()),
+        squeeze(cgroups.get()) {}
+  static std::unique_ptr<kernel::CgroupTree> openCgroups() {
+    auto tree = kernel::openCgroupTree();
+    if (!tree) {
+      spdlog::warn("{}", kernel::cgroupV2MissingMessage("process.pause freezing, stress.* and cgroup.squeeze"));
+      return nullptr;
+    }
+    return std::move(*tree);
+  }
+  // One table per driver: a kill loop's thread reads its own while the io thread pauses.
+  std::unique_ptr<kernel::ProcessTable> killTable = kernel::openProcessTable();
+  std::unique_ptr<kernel::ProcessTable> pauseTable = kernel::openProcessTable();
+  std::unique_ptr<kernel::CgroupTree> cgroups;
   NetworkFaultDriver network{[](const std::string& netns) { return kernel::openQdiscTable(netns); }};
   ProcessKillDriver kill;
+  ProcessPauseDriver pause;
+  StressDriver stress;
+  CgroupSqueezeDriver squeeze;
   FaultRouter router;
 };
 
@@ -235,6 +272,10 @@ SystemDrivers::SystemDrivers(std::vector<ProtectedName> protect) : impl_(std::ma
   impl_->router.route(v1::FaultSpec::kNetworkLoss, impl_->network);
   impl_->router.route(v1::FaultSpec::kNetworkBandwidth, impl_->network);
   impl_->router.route(v1::FaultSpec::kProcessKill, impl_->kill);
+  impl_->router.route(v1::FaultSpec::kProcessPause, impl_->pause);
+  impl_->router.route(v1::FaultSpec::kStressCpu, impl_->stress);
+  impl_->router.route(v1::FaultSpec::kStressMemory, impl_->stress);
+  impl_->router.route(v1::FaultSpec::kCgroupSqueeze, impl_->squeeze);
 }
 
 SystemDrivers::~SystemDrivers() = default;

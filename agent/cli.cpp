@@ -8,6 +8,7 @@
 #include <spdlog/spdlog.h>
 #include <CLI/CLI.hpp>
 
+#include "agent/kernel/cgroup_tree.h"
 #include "agent/kernel/netns.h"
 #include "agent/kernel/qdisc_table.h"
 #include "agent/policy.h"
@@ -27,6 +28,11 @@ int revertAllMain(const std::string& stateDir) {
   for (const auto& problem : found.problems) {
     report.failed.push_back(problem);
   }
+  if (auto cgroups = kernel::openCgroupTree()) {
+    removeStressCgroups(**cgroups, report);
+  } else {
+    report.notes.push_back("no cgroup v2 hierarchy: no stress cgroup to look for");
+  }
   for (const auto& line : report.notes) {
     std::cout << "note: " << line << "\n";
   }
@@ -41,8 +47,9 @@ int revertAllMain(const std::string& stateDir) {
   }
   std::cout << "revert-all: " << report.reverted.size() << " journal entr"
             << (report.reverted.size() == 1 ? "y" : "ies") << " reverted, " << report.removed.size()
-            << " leftover faultline qdisc(s) removed, " << report.failed.size() << " failure(s); scanned "
-            << report.namespaces << " network namespace(s), " << report.interfaces << " interface(s): "
+            << " leftover faultline qdisc(s) and stress cgroup(s) removed, " << report.failed.size()
+            << " failure(s); scanned " << report.namespaces << " network namespace(s), " << report.interfaces
+            << " interface(s): "
             << (report.clean() ? "no faultline fault is left" : "the host may still carry faultline faults")
             << std::endl;
   return report.clean() ? 0 : 1;

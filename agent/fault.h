@@ -8,10 +8,12 @@
 #include <memory>
 #include <string>
 #include <system_error>
+#include <vector>
 
 #include <nlohmann/json_fwd.hpp>
 #include <tl/expected.hpp>
 
+#include "faultline/v1/agent_gateway.pb.h"
 #include "faultline/v1/faults.pb.h"
 
 namespace faultline::agent {
@@ -37,6 +39,8 @@ class AppliedFault {
   [[nodiscard]] virtual tl::expected<void, FaultError> revert() = 0;
   // What the fault changed, e.g. "netem delay 100ms on veth0 in /var/run/netns/a (root was noqueue)".
   [[nodiscard]] virtual std::string describe() const = 0;
+  // Process faults: each process acted on (FaultReport.processes). Thread-safe.
+  [[nodiscard]] virtual std::vector<v1::ProcessHit> processHits() const { return {}; }
 };
 
 // Makes a driver's undo record durable (the agent's journal). Called by apply() at most once,

@@ -30,7 +30,9 @@ constexpr std::array<std::string_view, 6> kRootKeys{"maxDuration", "forbidKinds"
                                                     "processes",   "maxPercent",  "maxDelay"};
 constexpr std::array<std::string_view, 2> kInterfaceKeys{"allow", "deny"};
 constexpr std::array<std::string_view, 1> kProcessKeys{"protect"};
-constexpr std::array<std::string_view, 4> kKinds{"network.delay", "network.loss", "network.bandwidth", "process.kill"};
+constexpr std::array<std::string_view, 8> kKinds{"network.delay", "network.loss",  "network.bandwidth",
+                                                 "process.kill",  "process.pause", "stress.cpu",
+                                                 "stress.memory", "cgroup.squeeze"};
 constexpr std::chrono::hours kMaxPolicyDelay{1};  // the largest delay validateFaultSpec() accepts
 
 std::string join(std::span<const std::string_view> words) {

@@ -1,9 +1,9 @@
 #include "agent/process_driver.h"
 
-#include <cerrno>
+#include <chrono>
+#include <condition_variable>
 #include <string_view>
-#include <unordered_map>
-#include <unordered_set>
+#include <thread>
 #include <vector>
 
 #include <string.h>  // sigabbrev_np
@@ -18,113 +18,175 @@ namespace faultline::agent {
 namespace {
 
 using kernel::ProcessInfo;
+using std::chrono::milliseconds;
 
-constexpr std::string_view kDeletedSuffix = " (deleted)";
+// How long a kill waits, in all, for the signalled processes to exit before it reports.
+constexpr milliseconds kExitWait{200};
+// A kill loop keeps at most this many hits for its report.
+constexpr size_t kMaxHits = 1000;
 
-std::string_view baseName(std::string_view path) {
-  const auto slash = path.rfind('/');
-  return slash == std::string_view::npos ? path : path.substr(slash + 1);
+FaultError failure(std::errc code, std::string message) {
+  return FaultError{std::make_error_code(code), "process.kill: " + std::move(message)};
 }
 
-// The executable's base name; /proc shows a replaced binary as "/usr/bin/x (deleted)".
-std::string_view exeName(std::string_view exe) {
-  if (exe.size() > kDeletedSuffix.size() && exe.substr(exe.size() - kDeletedSuffix.size()) == kDeletedSuffix) {
-    exe.remove_suffix(kDeletedSuffix.size());
+bool missedHit(const v1::ProcessHit& h) {
+  return h.action().rfind("missed", 0) == 0;
+}
+
+class KilledProcesses final : public AppliedFault {
+ public:
+  KilledProcesses(ProcessKillDriver& driver, v1::ProcessSelector selector, int sig, ProcessKillDriver::Round first,
+                  milliseconds every)
+      : driver_(driver), selector_(std::move(selector)), sig_(sig), every_(every) {
+    hits_ = std::move(first.hits);
+    skipped_ = std::move(first.skipped);
+    if (every_ > milliseconds{0}) {
+      thread_ = std::thread([this] { loop(); });
+    }
   }
-  return baseName(exe);
-}
 
-// argv[0] is the cmdline up to its first separator (NULs were turned into spaces).
-std::string_view argv0Name(std::string_view cmdline) {
-  return baseName(cmdline.substr(0, cmdline.find(' ')));
-}
+  ~KilledProcesses() override { stop(); }
 
-bool nameMatches(const ProcessInfo& p, std::string_view name) {
-  if (p.comm == name) {
-    return true;
+  tl::expected<void, FaultError> revert() override {
+    stop();  // a signal cannot be taken back; a kill loop ends
+    return {};
   }
-  if (!p.exe.empty() && exeName(p.exe) == name) {
-    return true;
+
+  std::string describe() const override {
+    std::lock_guard lock(mutex_);
+    std::vector<std::string> parts;
+    std::vector<std::string> missed;
+    for (const auto& h : hits_) {
+      if (!missedHit(h)) {
+        parts.push_back(fmt::format("pid {} ({}) {}", h.pid(), h.cmdline(), h.exited() ? "exited" : "still running"));
+      } else if (h.exited()) {
+        missed.push_back(fmt::format("pid {} ({}) had exited", h.pid(), h.cmdline()));
+      } else {
+        missed.push_back(fmt::format("pid {} ({}): {}", h.pid(), h.cmdline(), h.action().substr(8)));
+      }
+    }
+    std::string text = fmt::format("{} sent to {}", signalName(sig_), fmt::join(parts, ", "));
+    if (!missed.empty()) {
+      text += fmt::format("; not signalled: {}", fmt::join(missed, "; "));
+    }
+    if (every_ > milliseconds{0}) {
+      text += fmt::format("; every {}: {} round(s)", formatDuration(every_), rounds_);
+      if (emptyRounds_ > 0) {
+        text += fmt::format(", {} matched nothing", emptyRounds_);
+      }
+    }
+    if (!skipped_.empty()) {
+      text += fmt::format("; protected matches skipped: {}", fmt::join(skipped_, "; "));
+    }
+    return text;
   }
-  return !p.cmdline.empty() && argv0Name(p.cmdline) == name;
-}
+
+  std::vector<v1::ProcessHit> processHits() const override {
+    std::lock_guard lock(mutex_);
+    return hits_;
+  }
+
+ private:
+  void loop() {
+    std::unique_lock lock(mutex_);
+    while (!stopping_) {
+      if (wake_.wait_for(lock, every_, [this] { return stopping_; })) {
+        break;
+      }
+      lock.unlock();
+      auto round = driver_.killOnce(selector_, sig_);
+      lock.lock();
+      ++rounds_;
+      if (!round) {
+        ++emptyRounds_;
+        continue;
+      }
+      for (auto& h : round->hits) {
+        if (hits_.size() < kMaxHits) {
+          hits_.push_back(std::move(h));
+        }
+      }
+    }
+  }
+
+  void stop() {
+    {
+      std::lock_guard lock(mutex_);
+      stopping_ = true;
+    }
+    wake_.notify_all();
+    if (thread_.joinable()) {
+      thread_.join();
+    }
+  }
+
+  ProcessKillDriver& driver_;
+  const v1::ProcessSelector selector_;
+  const int sig_;
+  const milliseconds every_;
+  mutable std::mutex mutex_;
+  std::condition_variable wake_;
+  bool stopping_ = false;
+  std::vector<v1::ProcessHit> hits_;
+  std::vector<std::string> skipped_;
+  size_t rounds_ = 1;
+  size_t emptyRounds_ = 0;
+  std::thread thread_;
+};
+
+}  // namespace
 
 std::string signalName(int sig) {
   const char* abbrev = sigabbrev_np(sig);
   return abbrev != nullptr ? fmt::format("SIG{}", abbrev) : fmt::format("signal {}", sig);
 }
 
-std::string commandLine(const ProcessInfo& p) {
-  return p.cmdline.empty() ? "[" + p.comm + "]" : p.cmdline;
-}
+ProcessKillDriver::ProcessKillDriver(kernel::ProcessTable& processes, std::vector<ProtectedName> protect, uint64_t seed)
+    : processes_(processes), rng_(seed), picker_(processes, std::move(protect), rng_, ::getpid()) {}
 
-std::string describeProcess(const ProcessInfo& p) {
-  return fmt::format("pid {} ({})", p.pid, commandLine(p));
-}
-
-// Why a process may never be chosen; empty when it may.
-std::string protectionReason(const ProcessInfo& p, pid_t self, const std::unordered_set<pid_t>& ancestors,
-                             const std::vector<ProtectedName>& protect) {
-  if (p.pid == 1) {
-    return "pid 1";
+tl::expected<ProcessKillDriver::Round, FaultError> ProcessKillDriver::killOnce(const v1::ProcessSelector& selector,
+                                                                               int sig) {
+  std::lock_guard lock(mutex_);
+  auto selection = picker_.select(selector, "process.kill");
+  if (!selection) {
+    return tl::unexpected(selection.error());
   }
-  if (p.kernelThread) {
-    return "a kernel thread";
-  }
-  if (p.pid == self) {
-    return "the agent itself";
-  }
-  if (ancestors.count(p.pid) != 0) {
-    return "an ancestor of the agent";
-  }
-  for (const auto& name : protect) {
-    if (nameMatches(p, name.name)) {
-      return "protected by " + name.rule;
+  // A signal cannot be taken back, so every chosen process is tried and the round succeeds when
+  // at least one was signalled; the others are listed.
+  Round round;
+  round.skipped = std::move(selection->skipped);
+  std::error_code firstError;
+  std::vector<std::string> missed;
+  std::vector<size_t> signalled;
+  for (const auto& p : selection->chosen) {
+    v1::ProcessHit hit;
+    hit.set_pid(p.pid);
+    hit.set_cmdline(commandLineOf(p));
+    if (auto sent = processes_.signal(p.pid, sig); sent) {
+      hit.set_action(signalName(sig));
+      signalled.push_back(round.hits.size());
+    } else {
+      if (!firstError) {
+        firstError = sent.error();
+      }
+      hit.set_exited(sent.error() == std::errc::no_such_process);
+      hit.set_action(sent.error() == std::errc::no_such_process ? "missed: it had exited"
+                                                                : "missed: " + sent.error().message());
+      missed.push_back(fmt::format("{}: {}", describeProcess(p), hit.action()));
     }
+    round.hits.push_back(std::move(hit));
   }
-  return {};
-}
-
-std::unordered_set<pid_t> ancestorsOf(pid_t self, const std::vector<ProcessInfo>& processes) {
-  std::unordered_map<pid_t, pid_t> parentOf;
-  for (const auto& p : processes) {
-    parentOf.emplace(p.pid, p.ppid);
+  if (signalled.empty()) {
+    return tl::unexpected(FaultError{
+        firstError, fmt::format("process.kill: could not send {}: {}", signalName(sig), fmt::join(missed, "; "))});
   }
-  std::unordered_set<pid_t> ancestors;
-  pid_t at = self;
-  // Bounded: a table read while processes come and go could in theory hold a cycle.
-  for (size_t steps = 0; steps <= processes.size(); ++steps) {
-    auto parent = parentOf.find(at);
-    if (parent == parentOf.end() || parent->second <= 0 || !ancestors.insert(parent->second).second) {
-      break;
-    }
-    at = parent->second;
+  const auto deadline = std::chrono::steady_clock::now() + kExitWait;
+  for (size_t i : signalled) {
+    const auto left = std::max(milliseconds{0},
+                               std::chrono::duration_cast<milliseconds>(deadline - std::chrono::steady_clock::now()));
+    round.hits[i].set_exited(processes_.exited(round.hits[i].pid(), left));
   }
-  return ancestors;
-}
-
-FaultError failure(std::errc code, std::string message) {
-  return FaultError{std::make_error_code(code), "process.kill: " + std::move(message)};
-}
-
-class KilledProcesses final : public AppliedFault {
- public:
-  explicit KilledProcesses(std::string description) : description_(std::move(description)) {}
-
-  tl::expected<void, FaultError> revert() override { return {}; }  // a signal cannot be taken back
-
-  std::string describe() const override { return description_; }
-
- private:
-  std::string description_;
-};
-
-}  // namespace
-
-ProcessKillDriver::ProcessKillDriver(kernel::ProcessTable& processes, std::vector<ProtectedName> protect)
-    : processes_(processes), protect_(std::move(protect)) {
-  protect_.push_back(
-      ProtectedName{kAlwaysProtectedName, fmt::format("the built-in protect list ({})", kAlwaysProtectedName)});
+  return round;
 }
 
 tl::expected<std::unique_ptr<AppliedFault>, FaultError> ProcessKillDriver::apply(
@@ -139,93 +201,13 @@ tl::expected<std::unique_ptr<AppliedFault>, FaultError> ProcessKillDriver::apply
   }
   const auto& kill = spec.process_kill();
   const int sig = parseSignal(kill.signal());
-
-  const std::vector<ProcessInfo> processes = processes_.list();
-  const pid_t self = ::getpid();
-  const auto ancestors = ancestorsOf(self, processes);
-
-  std::vector<const ProcessInfo*> chosen;
-  std::vector<const ProcessInfo*> protectedMatches;  // matched the name but skipped
-  if (kill.selector_case() == v1::ProcessKill::kPid) {
-    const ProcessInfo* found = nullptr;
-    for (const auto& p : processes) {
-      if (p.pid == kill.pid()) {
-        found = &p;
-        break;
-      }
-    }
-    if (found == nullptr) {
-      return tl::unexpected(failure(std::errc::no_such_process, fmt::format("no process with pid {}", kill.pid())));
-    }
-    if (auto reason = protectionReason(*found, self, ancestors, protect_); !reason.empty()) {
-      return tl::unexpected(failure(std::errc::operation_not_permitted,
-                                    fmt::format("{} is {}; pid 1, kernel threads, the agent, sshd and the "
-                                                "policy's protected processes are never chosen",
-                                                describeProcess(*found), reason)));
-    }
-    chosen.push_back(found);
-  } else {
-    for (const auto& p : processes) {
-      if (!nameMatches(p, kill.name())) {
-        continue;
-      }
-      if (protectionReason(p, self, ancestors, protect_).empty()) {
-        chosen.push_back(&p);
-      } else {
-        protectedMatches.push_back(&p);
-      }
-    }
-    if (chosen.empty()) {
-      std::string also;
-      if (!protectedMatches.empty()) {
-        also = "; protected matches skipped:";
-        for (const auto* p : protectedMatches) {
-          also += fmt::format(" {} is {};", describeProcess(*p), protectionReason(*p, self, ancestors, protect_));
-        }
-        also.pop_back();
-      }
-      return tl::unexpected(
-          failure(std::errc::no_such_process,
-                  fmt::format("no process named '{}' (searched comm, executable and argv[0] of {} processes; pid 1, "
-                              "kernel threads, the agent, sshd and the policy's protected processes are never "
-                              "chosen{})",
-                              kill.name(), processes.size(), also)));
-    }
+  const v1::ProcessSelector selector = selectorOf(kill);
+  auto first = killOnce(selector, sig);
+  if (!first) {
+    return tl::unexpected(first.error());
   }
-
-  // A signal cannot be taken back, so every chosen process is tried and the fault succeeds when
-  // at least one was signalled; the others are listed in its description.
-  std::vector<std::string> signalled;
-  std::vector<std::string> missed;
-  std::error_code firstError;
-  for (const auto* p : chosen) {
-    if (auto sent = processes_.signal(p->pid, sig); sent) {
-      signalled.push_back(describeProcess(*p));
-    } else {
-      if (!firstError) {
-        firstError = sent.error();
-      }
-      missed.push_back(sent.error() == std::errc::no_such_process
-                           ? fmt::format("{} had exited", describeProcess(*p))
-                           : fmt::format("{}: {}", describeProcess(*p), sent.error().message()));
-    }
-  }
-  if (signalled.empty()) {
-    return tl::unexpected(FaultError{
-        firstError, fmt::format("process.kill: could not send {}: {}", signalName(sig), fmt::join(missed, "; "))});
-  }
-  std::string description = fmt::format("{} sent to {}", signalName(sig), fmt::join(signalled, ", "));
-  if (!missed.empty()) {
-    description += fmt::format("; not signalled: {}", fmt::join(missed, "; "));
-  }
-  if (!protectedMatches.empty()) {
-    std::vector<std::string> skipped;
-    for (const auto* p : protectedMatches) {
-      skipped.push_back(fmt::format("{} is {}", describeProcess(*p), protectionReason(*p, self, ancestors, protect_)));
-    }
-    description += fmt::format("; protected matches skipped: {}", fmt::join(skipped, "; "));
-  }
-  return std::make_unique<KilledProcesses>(std::move(description));
+  const auto every = std::chrono::duration_cast<milliseconds>(toMicros(kill.every()));
+  return std::make_unique<KilledProcesses>(*this, selector, sig, std::move(*first), every);
 }
 
 }  // namespace faultline::agent

@@ -6,7 +6,7 @@
 namespace faultline::agent {
 
 RecoveryReport recoverOpenFaults(UndoJournal& journal, const std::vector<JournalEntry>& open,
-                                 const QdiscTableOpener& openTable) {
+                                 const QdiscTableOpener& openTable, const ResourceReverter& revertResource) {
   RecoveryReport report;
   for (const auto& entry : open) {
     const std::string name = fmt::format("fault {} ({})", entry.faultId, entry.kind);
@@ -16,7 +16,9 @@ RecoveryReport recoverOpenFaults(UndoJournal& journal, const std::vector<Journal
       report.revertedFaults.emplace_back(entry.faultId, "nothing to undo");
       closeIt = true;
     } else {
-      auto reverted = NetworkFaultDriver::revertRecord(entry.undo, openTable);
+      auto reverted = entry.kind.rfind("network.", 0) == 0 || entry.kind.empty()
+                          ? NetworkFaultDriver::revertRecord(entry.undo, openTable)
+                          : revertResource(entry);
       if (reverted) {
         report.reverted.push_back(fmt::format("{}: reverted: {}", name, *reverted));
         report.revertedFaults.emplace_back(entry.faultId, *reverted);

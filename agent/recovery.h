@@ -6,6 +6,7 @@
 #pragma once
 
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -27,10 +28,20 @@ struct RecoveryReport {
   std::vector<std::string> problems;  // journal lines that did not parse
 };
 
-// Reverts open (as UndoJournal::open() returned them) through revertRecord with open tables from
-// openTable, and marks them done in journal. Blocks for the kernel calls and disk syncs.
+// Reverts the undo record of a fault that is not a network fault (process.pause, stress.*,
+// cgroup.squeeze); returns what it did. errors: FaultError (permanent when it can never succeed).
+using ResourceReverter = std::function<tl::expected<std::string, FaultError>(const JournalEntry&)>;
+
+// The host's ResourceReverter: /proc, pidfds and the cgroup v2 hierarchy the record names
+// (agent/resource_recovery.cpp).
+[[nodiscard]] tl::expected<std::string, FaultError> revertResourceRecord(const JournalEntry& entry);
+
+// Reverts open (as UndoJournal::open() returned them): network faults through revertRecord with
+// open tables from openTable, the others through revertResource; marks them done in journal.
+// Blocks for the kernel calls and disk syncs.
 [[nodiscard]] RecoveryReport recoverOpenFaults(UndoJournal& journal, const std::vector<JournalEntry>& open,
-                                               const QdiscTableOpener& openTable);
+                                               const QdiscTableOpener& openTable,
+                                               const ResourceReverter& revertResource = revertResourceRecord);
 
 // Opens stateDir's journal, recovers as above (logging every line of the report) and returns the
 // journal for the Agent; the faults it reverted are appended to revertedFaults when given.

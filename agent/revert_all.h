@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "agent/kernel/cgroup_tree.h"
 #include "agent/net_driver.h"
 
 namespace faultline::agent {
@@ -30,5 +31,11 @@ struct RevertAllReport {
 // state directory: both would write the journal. Blocks for the kernel calls and disk syncs.
 [[nodiscard]] RevertAllReport revertAllFaults(const std::filesystem::path& stateDir,
                                               const std::vector<std::string>& namespaces, const QdiscTableOpener& open);
+
+// Then (faultline-agent revert-all, after revertAllFaults): removes every cgroup named
+// faultline-stress-* in the cgroup v2 hierarchy, killing what runs in it (a stress fault's
+// workers), journal or not. Adds to report.removed / report.failed. Defined in
+// resource_recovery.cpp.
+void removeStressCgroups(kernel::CgroupTree& cgroups, RevertAllReport& report);
 
 }  // namespace faultline::agent

@@ -10,6 +10,9 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
 
+#include <fmt/ranges.h>
+
+#include "agent/kernel/cgroup_tree.h"
 #include "agent/kernel/qdisc_table.h"
 
 namespace faultline::agent {
@@ -64,6 +67,24 @@ AgentRuntime::AgentRuntime(SessionOptions options, bool probeKernel, std::unique
     options.capabilities.set_tbf(support.tbf);
     spdlog::info("kernel {}: netem qdisc {}, tbf qdisc {}", kernelRelease(), support.netem ? "yes" : "no",
                  support.tbf ? "yes" : "no");
+    if (auto cgroups = kernel::openCgroupTree()) {
+      options.capabilities.set_cgroup2_mount((*cgroups)->mountPoint());
+      auto self = (*cgroups)->selfCgroup();
+      options.capabilities.set_cgroup_freeze(self && *self != "/" &&
+                                             (*cgroups)->read(*self, "cgroup.freeze").has_value());
+      if (auto controllers = (*cgroups)->read("/", "cgroup.controllers")) {
+        std::string_view rest = *controllers;
+        while (!rest.empty()) {
+          const auto space = rest.find(' ');
+          options.capabilities.add_cgroup_controllers(std::string(rest.substr(0, space)));
+          rest = space == std::string_view::npos ? std::string_view{} : rest.substr(space + 1);
+        }
+      }
+      spdlog::info("cgroup v2 at {} (controllers: {})", (*cgroups)->mountPoint(),
+                   fmt::join(options.capabilities.cgroup_controllers(), " "));
+    } else {
+      spdlog::warn("{}", kernel::cgroupV2MissingMessage("process.pause freezing, stress.* and cgroup.squeeze"));
+    }
   }
   impl_ = std::make_unique<Impl>(std::move(options), std::move(journal), std::move(policy));
 }

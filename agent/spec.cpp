@@ -6,6 +6,7 @@
 #include <cmath>
 #include <csignal>
 #include <cstring>
+#include <regex>
 
 #include <fmt/format.h>
 
@@ -15,6 +16,10 @@ namespace {
 using std::chrono::microseconds;
 
 constexpr std::chrono::hours kMaxDelay{1};
+constexpr std::chrono::milliseconds kMinKillEvery{100};
+constexpr uint32_t kMaxStressWorkers = 1024;
+constexpr uint64_t kMinStressBytes = uint64_t{1} << 20;
+constexpr uint64_t kMaxStressBytes = uint64_t{1} << 40;
 
 std::string pct(double v) {
   return fmt::format("{:g}", v);
@@ -42,6 +47,72 @@ tl::expected<void, SpecError> validatePercent(const char* field, double v, bool 
   if (!std::isfinite(v) || v < 0 || v > 100 || (!zeroAllowed && v == 0)) {
     return fail(field, fmt::format("{} is out of range; accepted: a percentage {} 0 and ≤ 100", pct(v),
                                    zeroAllowed ? "≥" : ">"));
+  }
+  return {};
+}
+
+bool isCgroupPath(const std::string& path) {
+  if (path.empty() || path.front() != '/' || path.find("/../") != std::string::npos ||
+      path.find('\0') != std::string::npos || path.find("\n") != std::string::npos) {
+    return false;
+  }
+  return path.size() < 3 || path.substr(path.size() - 3) != "/..";
+}
+
+tl::expected<void, SpecError> validateSelector(const v1::ProcessSelector& s, const std::string& at) {
+  switch (s.by_case()) {
+    case v1::ProcessSelector::kPid:
+      if (s.pid() <= 1) {
+        return fail(at + "pid", fmt::format("{} cannot be targeted; accepted: a pid greater than 1", s.pid()));
+      }
+      break;
+    case v1::ProcessSelector::kName:
+      if (s.name().empty()) {
+        return fail(at + "name", "is empty; accepted: a process name such as nginx");
+      }
+      break;
+    case v1::ProcessSelector::kCmdline:
+      if (s.cmdline().empty()) {
+        return fail(at + "cmdline", "is empty; accepted: a regular expression such as 'java .*-jar orders'");
+      }
+      try {
+        std::regex re(s.cmdline(), std::regex::ECMAScript);
+      } catch (const std::regex_error& e) {
+        return fail(at + "cmdline",
+                    fmt::format("'{}' is not a regular expression ({}); accepted: ECMAScript syntax, e.g. "
+                                "'java .*-jar orders'",
+                                s.cmdline(), e.what()));
+      }
+      break;
+    case v1::ProcessSelector::kCgroup:
+      if (!isCgroupPath(s.cgroup())) {
+        return fail(at + "cgroup", fmt::format("'{}' is not a cgroup path; accepted: a path from the cgroup v2 "
+                                               "root without '..', e.g. /system.slice/nginx.service",
+                                               s.cgroup()));
+      }
+      break;
+    case v1::ProcessSelector::kSystemdUnit:
+      if (s.systemd_unit().empty() || s.systemd_unit().find('/') != std::string::npos) {
+        return fail(at + "systemdUnit",
+                    fmt::format("'{}' is not a unit name; accepted: e.g. nginx.service or nginx", s.systemd_unit()));
+      }
+      break;
+    case v1::ProcessSelector::kPidfile:
+      if (s.pidfile().empty() || s.pidfile().front() != '/') {
+        return fail(at + "pidfile",
+                    fmt::format("'{}' is not an absolute path; accepted: e.g. /run/nginx.pid", s.pidfile()));
+      }
+      break;
+    case v1::ProcessSelector::BY_NOT_SET:
+      return fail(at + "pid", "no process selector; accepted: one of pid, name, cmdline, cgroup, systemdUnit, pidfile");
+  }
+  if (s.count() > 0 && s.percent() != 0) {
+    return fail(at + "count", "count and percent are both set; accepted: at most one of them");
+  }
+  if (!std::isfinite(s.percent()) || s.percent() < 0 || s.percent() > 100) {
+    return fail(at + "percent",
+                fmt::format("{} is out of range; accepted: a percentage > 0 and ≤ 100 (or leave it out for all)",
+                            pct(s.percent())));
   }
   return {};
 }
@@ -95,6 +166,14 @@ std::string_view faultKindName(const v1::FaultSpec& spec) {
       return "network.bandwidth";
     case v1::FaultSpec::kProcessKill:
       return "process.kill";
+    case v1::FaultSpec::kProcessPause:
+      return "process.pause";
+    case v1::FaultSpec::kStressCpu:
+      return "stress.cpu";
+    case v1::FaultSpec::kStressMemory:
+      return "stress.memory";
+    case v1::FaultSpec::kCgroupSqueeze:
+      return "cgroup.squeeze";
     case v1::FaultSpec::KIND_NOT_SET:
       break;
   }
@@ -142,26 +221,79 @@ tl::expected<void, SpecError> validateFaultSpec(const v1::FaultSpec& spec) {
     }
     case v1::FaultSpec::kProcessKill: {
       const auto& k = spec.process_kill();
-      if (k.selector_case() == v1::ProcessKill::kPid && k.pid() <= 1) {
-        return fail("pid", fmt::format("{} cannot be targeted; accepted: a pid greater than 1", k.pid()));
-      }
-      if (k.selector_case() == v1::ProcessKill::kName && k.name().empty()) {
-        return fail("name", "is empty; accepted: a process name such as nginx");
-      }
-      if (k.selector_case() == v1::ProcessKill::SELECTOR_NOT_SET) {
-        return fail("pid", "no process selector; accepted: pid or name");
+      if (k.has_process()) {
+        if (k.selector_case() != v1::ProcessKill::SELECTOR_NOT_SET) {
+          return fail("process", "has both the process selector and the older pid/name field; accepted: one of them");
+        }
+        if (auto r = validateSelector(k.process(), "process."); !r) {
+          return r;
+        }
+      } else {
+        if (k.selector_case() == v1::ProcessKill::kPid && k.pid() <= 1) {
+          return fail("pid", fmt::format("{} cannot be targeted; accepted: a pid greater than 1", k.pid()));
+        }
+        if (k.selector_case() == v1::ProcessKill::kName && k.name().empty()) {
+          return fail("name", "is empty; accepted: a process name such as nginx");
+        }
+        if (k.selector_case() == v1::ProcessKill::SELECTOR_NOT_SET) {
+          return fail("pid", "no process selector; accepted: pid or name");
+        }
       }
       if (parseSignal(k.signal()) == 0) {
         return fail("signal", fmt::format("'{}' is not a signal; accepted: a name such as SIGKILL, TERM, "
                                           "or a number from 1 to {}",
                                           k.signal(), NSIG - 1));
       }
+      const auto every = toMicros(k.every());
+      if (k.has_every() && (every < kMinKillEvery || every > kMaxDelay)) {
+        return fail("every", fmt::format("{} is out of range; accepted: from {} to 1h, or leave it out for one kill",
+                                         formatDuration(every), formatDuration(kMinKillEvery)));
+      }
+      return {};
+    }
+    case v1::FaultSpec::kProcessPause:
+      return validateSelector(spec.process_pause().process(), "process.");
+    case v1::FaultSpec::kStressCpu: {
+      const auto& c = spec.stress_cpu();
+      if (c.workers() < 1 || c.workers() > kMaxStressWorkers) {
+        return fail("workers", fmt::format("{} is out of range; accepted: 1 to {}", c.workers(), kMaxStressWorkers));
+      }
+      return validatePercent("load", c.load_percent(), false);
+    }
+    case v1::FaultSpec::kStressMemory: {
+      const auto bytes = spec.stress_memory().bytes();
+      if (bytes < kMinStressBytes || bytes > kMaxStressBytes) {
+        return fail("bytes", fmt::format("{} bytes is out of range; accepted: 1MiB to 1TiB", bytes));
+      }
+      return {};
+    }
+    case v1::FaultSpec::kCgroupSqueeze: {
+      const auto& q = spec.cgroup_squeeze();
+      if (!isCgroupPath(q.cgroup()) || q.cgroup() == "/") {
+        return fail("cgroup", fmt::format("'{}' is not a cgroup path below the root; accepted: a path from the "
+                                          "cgroup v2 root without '..', e.g. /system.slice/nginx.service",
+                                          q.cgroup()));
+      }
+      if (!q.has_cpus() && !q.has_memory_high_bytes() && !q.has_pids_max()) {
+        return fail("cpus", "no limit to squeeze; accepted: at least one of cpus, memoryHigh, pidsMax");
+      }
+      if (q.has_cpus() && (!std::isfinite(q.cpus()) || q.cpus() < 0.01 || q.cpus() > 1024)) {
+        return fail("cpus", fmt::format("{:g} is out of range; accepted: 0.01 to 1024 CPUs", q.cpus()));
+      }
+      if (q.has_memory_high_bytes() && q.memory_high_bytes() < kMinStressBytes) {
+        return fail("memoryHigh", fmt::format("{} bytes is too small; accepted: at least 1MiB", q.memory_high_bytes()));
+      }
+      if (q.has_pids_max() && q.pids_max() < 1) {
+        return fail("pidsMax", "0 is out of range; accepted: at least 1");
+      }
       return {};
     }
     case v1::FaultSpec::KIND_NOT_SET:
       break;
   }
-  return fail("type", "no fault kind; accepted: network.delay, network.loss, network.bandwidth, process.kill");
+  return fail("type",
+              "no fault kind; accepted: network.delay, network.loss, network.bandwidth, process.kill, "
+              "process.pause, stress.cpu, stress.memory, cgroup.squeeze");
 }
 
 std::string checkAddress(std::string_view address, bool listening) {

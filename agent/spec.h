@@ -28,6 +28,11 @@ struct SpecError {
 // Accepts: interface names of 1-15 bytes without '/', ':' or whitespace; netns empty or an
 // absolute path; delay in (0, 1 h], jitter in [0, delay]; percentages in [0, 100] (loss percent in
 // (0, 100]); rate in [8 bit/s, 2^40 bit/s]; kill: pid > 1 or a non-empty name, and a known signal.
+// Process selectors (kill, pause): exactly one of pid > 1, a non-empty name, a cmdline that is an
+// ECMAScript regex, an absolute cgroup path without "..", a unit name, an absolute pidfile path;
+// count or percent (0, 100], not both; kill every in [100ms, 1h]. stress.cpu: 1-1024 workers,
+// load (0, 100]; stress.memory: 1 MiB - 1 TiB; cgroup.squeeze: a cgroup below the root and at
+// least one of cpus [0.01, 1024], memory_high_bytes >= 1 MiB, pids_max >= 1.
 [[nodiscard]] tl::expected<void, SpecError> validateFaultSpec(const v1::FaultSpec& spec);
 
 // The fault kind as written in experiment files ("network.delay", ...); "" when unset.

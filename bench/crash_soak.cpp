@@ -4,9 +4,13 @@
 // revertAllFaults() (what `faultline-agent revert-all` runs, confined to that namespace) recovers,
 // and the root qdiscs are compared with a snapshot taken before. Prints iterations, kills, leaked
 // objects (must be 0) and the time taken; exits 1 when anything leaked. Needs root.
+// Then N/5 resource iterations: a child Agent pauses processes (cgroup freeze and SIGSTOP) and,
+// where cgroup v2 has cpu and pids, squeezes a cgroup and runs stress.cpu, until SIGKILLed after
+// 0-200 ms; recovery must thaw, continue, restore and remove everything (see crash_soak.h).
 // Usage: crash_soak [N [SEED]] (SEED: random when not given; printed, to repeat a run).
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
@@ -74,7 +78,48 @@ int main(int argc, char** argv) {
                    iterations, kills, inPlace, cycles, reverted, removed, errors, leaked, took.count(),
                    iterations > 0 ? took.count() * 1000 / iterations : 0.0)
             << std::endl;
+
+  // The resource soak: process.pause (freeze and SIGSTOP), and where the cgroup v2 hierarchy has
+  // cpu and pids, cgroup.squeeze and stress.cpu; a fifth as many iterations (each forks children).
+  const int resourceIterations = std::max(1, iterations / 5);
+  std::uniform_int_distribution<int> resourceDelay(0, 200'000);
+  const auto resourceStarted = std::chrono::steady_clock::now();
+  size_t frozen = 0;
+  size_t stopped = 0;
+  size_t resourceLeaked = 0;
+  size_t resourceErrors = 0;
+  size_t resourceReverted = 0;
+  uint64_t resourceCycles = 0;
+  bool squeezed = false;
+  for (int i = 0; i < resourceIterations; ++i) {
+    const auto delay = std::chrono::microseconds{resourceDelay(rng)};
+    const auto it =
+        soak::resourceCrashIteration(delay, stateDir, fmt::format("faultline-bench-soak-{}-{}", ::getpid(), i));
+    if (!it.error.empty()) {
+      ++resourceErrors;
+      std::cout << fmt::format("resource iteration {}: could not run: {}", i, it.error) << std::endl;
+      continue;
+    }
+    frozen += it.frozenAtKill ? 1 : 0;
+    stopped += it.stoppedAtKill ? 1 : 0;
+    resourceReverted += it.journalEntriesReverted;
+    resourceCycles += it.cycles;
+    resourceLeaked += it.leaked.size();
+    squeezed = it.squeezed;
+    for (const auto& line : it.leaked) {
+      std::cout << fmt::format("resource iteration {} (kill after {} us): leaked: {}", i, delay.count(), line)
+                << std::endl;
+    }
+  }
+  const auto resourceTook = std::chrono::duration<double>(std::chrono::steady_clock::now() - resourceStarted);
+  std::cout << fmt::format(
+                   "resource iterations {} (squeeze and stress in the loop: {}), kills with a cgroup frozen "
+                   "{}, with a process stopped {}, apply+revert cycles {}, journal entries reverted {}, setup "
+                   "errors {}, leaked objects {}, time {:.1f} s",
+                   resourceIterations, squeezed ? "yes" : "no", frozen, stopped, resourceCycles, resourceReverted,
+                   resourceErrors, resourceLeaked, resourceTook.count())
+            << std::endl;
   std::error_code ec;
   std::filesystem::remove_all(stateDir, ec);
-  return leaked == 0 && errors == 0 ? 0 : 1;
+  return leaked == 0 && errors == 0 && resourceLeaked == 0 && resourceErrors == 0 ? 0 : 1;
 }

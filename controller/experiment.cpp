@@ -40,20 +40,27 @@ constexpr std::array<std::string_view, 4> kHttpKeys{"url", "expectStatus", "maxL
 constexpr std::array<std::string_view, 4> kStepKeys{"fault", "wait", "probe", "parallel"};
 constexpr std::array<std::string_view, 3> kParallelMemberKeys{"fault", "wait", "probe"};
 constexpr std::array<std::string_view, 2> kNetworkTargetKeys{"interface", "netns"};
-constexpr std::array<std::string_view, 2> kProcessKeys{"pid", "name"};
+constexpr std::array<std::string_view, 8> kProcessKeys{"pid",     "name",        "cmdline", "cgroup",
+                                                       "pidfile", "systemdUnit", "count",   "percent"};
 
 constexpr std::array<std::string_view, 7> kDelayKeys{"name",  "type",   "duration",   "target",
                                                      "delay", "jitter", "correlation"};
 constexpr std::array<std::string_view, 6> kLossKeys{"name", "type", "duration", "target", "percent", "correlation"};
 constexpr std::array<std::string_view, 7> kBandwidthKeys{"name", "type",  "duration", "target",
                                                          "rate", "burst", "limit"};
-constexpr std::array<std::string_view, 5> kKillKeys{"name", "type", "duration", "process", "signal"};
+constexpr std::array<std::string_view, 6> kKillKeys{"name", "type", "duration", "process", "signal", "every"};
+constexpr std::array<std::string_view, 4> kPauseKeys{"name", "type", "duration", "process"};
+constexpr std::array<std::string_view, 5> kStressCpuKeys{"name", "type", "duration", "workers", "load"};
+constexpr std::array<std::string_view, 4> kStressMemoryKeys{"name", "type", "duration", "bytes"};
+constexpr std::array<std::string_view, 7> kSqueezeKeys{"name", "type",       "duration", "cgroup",
+                                                       "cpus", "memoryHigh", "pidsMax"};
 // Every key some fault type accepts: the candidates when the type itself is missing or wrong.
-constexpr std::array<std::string_view, 13> kAnyFaultKeys{"name",   "type",        "duration", "target", "delay",
-                                                         "jitter", "correlation", "percent",  "rate",   "burst",
-                                                         "limit",  "process",     "signal"};
+constexpr std::array<std::string_view, 21> kAnyFaultKeys{
+    "name",    "type", "duration", "target", "delay",   "jitter",     "correlation",
+    "percent", "rate", "burst",    "limit",  "process", "signal",     "every",
+    "workers", "load", "bytes",    "cgroup", "cpus",    "memoryHigh", "pidsMax"};
 
-enum class FaultKind { kDelay, kLoss, kBandwidth, kKill };
+enum class FaultKind { kDelay, kLoss, kBandwidth, kKill, kPause, kStressCpu, kStressMemory, kSqueeze };
 
 struct FaultType {
   std::string_view name;
@@ -61,13 +68,19 @@ struct FaultType {
   KeyList keys;
 };
 
-constexpr std::array<FaultType, 4> kFaultTypes{{
+constexpr std::array<FaultType, 8> kFaultTypes{{
     {"network.delay", FaultKind::kDelay, kDelayKeys},
     {"network.loss", FaultKind::kLoss, kLossKeys},
     {"network.bandwidth", FaultKind::kBandwidth, kBandwidthKeys},
     {"process.kill", FaultKind::kKill, kKillKeys},
+    {"process.pause", FaultKind::kPause, kPauseKeys},
+    {"stress.cpu", FaultKind::kStressCpu, kStressCpuKeys},
+    {"stress.memory", FaultKind::kStressMemory, kStressMemoryKeys},
+    {"cgroup.squeeze", FaultKind::kSqueeze, kSqueezeKeys},
 }};
-constexpr std::string_view kFaultTypeNames = "network.delay, network.loss, network.bandwidth, process.kill";
+constexpr std::string_view kFaultTypeNames =
+    "network.delay, network.loss, network.bandwidth, process.kill, process.pause, stress.cpu, stress.memory, "
+    "cgroup.squeeze";
 
 constexpr std::string_view kDurationHint = "a duration such as 500ms, 1.5s or 2m";
 constexpr nanoseconds kMaxStep = 1h;
@@ -225,7 +238,24 @@ std::string filePathOfSpecField(const v1::FaultSpec& spec, const std::string& fi
   if (spec.kind_case() == v1::FaultSpec::kProcessKill && (field == "pid" || field == "name")) {
     return "process." + field;
   }
+  if (spec.kind_case() == v1::FaultSpec::kStressCpu && field == "load") {
+    return "load";
+  }
   return field;
+}
+
+// A selector field validateFaultSpec() rejected ("process.pid", ...), replaced by a valid value.
+bool neutraliseSelector(v1::ProcessSelector& s, const std::string& field) {
+  if (field == "process.count" || field == "process.percent") {
+    s.clear_count();
+    s.clear_percent();
+    return true;
+  }
+  if (field.rfind("process.", 0) == 0) {
+    s.set_name("x");
+    return true;
+  }
+  return false;
 }
 
 // Replaces the field validateFaultSpec() rejected by a valid value, so that the next call reports
@@ -284,6 +314,50 @@ bool neutralise(v1::FaultSpec& spec, const std::string& field) {
       }
       if (field == "signal") {
         k->clear_signal();
+        return true;
+      }
+      if (field == "every") {
+        k->clear_every();
+        return true;
+      }
+      return neutraliseSelector(*k->mutable_process(), field);
+    }
+    case v1::FaultSpec::kProcessPause:
+      return neutraliseSelector(*spec.mutable_process_pause()->mutable_process(), field);
+    case v1::FaultSpec::kStressCpu: {
+      auto* c = spec.mutable_stress_cpu();
+      if (field == "workers") {
+        c->set_workers(1);
+        return true;
+      }
+      if (field == "load") {
+        c->set_load_percent(100);
+        return true;
+      }
+      return false;
+    }
+    case v1::FaultSpec::kStressMemory:
+      if (field == "bytes") {
+        spec.mutable_stress_memory()->set_bytes(uint64_t{1} << 20);
+        return true;
+      }
+      return false;
+    case v1::FaultSpec::kCgroupSqueeze: {
+      auto* q = spec.mutable_cgroup_squeeze();
+      if (field == "cgroup") {
+        q->set_cgroup("/x");
+        return true;
+      }
+      if (field == "cpus") {
+        q->set_cpus(1);
+        return true;
+      }
+      if (field == "memoryHigh") {
+        q->set_memory_high_bytes(uint64_t{1} << 30);
+        return true;
+      }
+      if (field == "pidsMax") {
+        q->set_pids_max(100);
         return true;
       }
       return false;
@@ -353,7 +427,9 @@ class Parser {
   void checkProbeSteps(const Hypothesis& hypothesis);
   std::optional<FaultStep> parseFault(const Field& f);
   std::optional<v1::NetworkTarget> parseNetworkTarget(const MapNode& fault);
-  std::optional<v1::ProcessKill> parseProcess(const MapNode& fault);
+  std::optional<v1::ProcessSelector> parseProcess(const MapNode& fault);
+  std::optional<uint64_t> bytes64(const Field& f);
+  std::optional<double> number(const Field& f, std::string_view accepted);
   void checkFaultKeys(const MapNode& m, const FaultType* type);
   void validateSpec(v1::FaultSpec spec, const MapNode& fault, size_t faultErrorsFrom);
 
@@ -1012,8 +1088,9 @@ std::optional<FaultStep> Parser::parseFault(const Field& f) {
         }
       }
       if (type == nullptr) {
-        static constexpr std::array<std::string_view, 4> kNames{"network.delay", "network.loss", "network.bandwidth",
-                                                                "process.kill"};
+        static constexpr std::array<std::string_view, 8> kNames{"network.delay", "network.loss",  "network.bandwidth",
+                                                                "process.kill",  "process.pause", "stress.cpu",
+                                                                "stress.memory", "cgroup.squeeze"};
         error(t->mark, t->path,
               fmt::format("unknown fault type '{}'{}; accepted: {}", *v, suggestion(*v, kNames), kFaultTypeNames));
       }
@@ -1108,12 +1185,74 @@ std::optional<FaultStep> Parser::parseFault(const Field& f) {
     case FaultKind::kKill: {
       auto* k = step.spec.mutable_process_kill();
       if (auto process = parseProcess(*m)) {
-        *k = std::move(*process);
+        *k->mutable_process() = std::move(*process);
       }
       k->set_signal("SIGKILL");
       if (auto signal = lookup(*m, "signal")) {
         if (auto v = scalar(*signal, "a signal name such as SIGKILL or TERM, or a number")) {
           k->set_signal(*v);
+        }
+      }
+      if (auto every = lookup(*m, "every")) {
+        if (auto v = durationIn(*every, 100ms, 1h, "from 100ms to 1h", true)) {
+          *k->mutable_every() = toProto(*v);
+        }
+      }
+      break;
+    }
+    case FaultKind::kPause: {
+      if (auto process = parseProcess(*m)) {
+        *step.spec.mutable_process_pause()->mutable_process() = std::move(*process);
+      } else {
+        step.spec.mutable_process_pause();
+      }
+      break;
+    }
+    case FaultKind::kStressCpu: {
+      auto* c = step.spec.mutable_stress_cpu();
+      c->set_workers(1);
+      if (auto workers = lookup(*m, "workers")) {
+        if (auto v = integer(*workers, "a number of workers from 1 to 1024")) {
+          c->set_workers(*v < 0 || *v > 100000 ? 100000 : static_cast<uint32_t>(*v));
+        }
+      }
+      c->set_load_percent(100);
+      if (auto load = lookup(*m, "load")) {
+        if (auto v = percent(*load)) {
+          c->set_load_percent(*v);
+        }
+      }
+      break;
+    }
+    case FaultKind::kStressMemory: {
+      auto* mem = step.spec.mutable_stress_memory();
+      if (auto b = require(*m, "bytes", "a size from 1mib to 1tib, e.g. 512mib")) {
+        if (auto v = bytes64(*b)) {
+          mem->set_bytes(*v);
+        }
+      }
+      break;
+    }
+    case FaultKind::kSqueeze: {
+      auto* q = step.spec.mutable_cgroup_squeeze();
+      if (auto c = require(*m, "cgroup", "a cgroup v2 path such as /system.slice/orders.service")) {
+        if (auto v = scalar(*c, "a cgroup v2 path such as /system.slice/orders.service")) {
+          q->set_cgroup(*v);
+        }
+      }
+      if (auto cpus = lookup(*m, "cpus")) {
+        if (auto v = number(*cpus, "a number of CPUs from 0.01 to 1024, e.g. 0.5")) {
+          q->set_cpus(*v);
+        }
+      }
+      if (auto high = lookup(*m, "memoryHigh")) {
+        if (auto v = bytes64(*high)) {
+          q->set_memory_high_bytes(*v);
+        }
+      }
+      if (auto pids = lookup(*m, "pidsMax")) {
+        if (auto v = integer(*pids, "a number of processes, at least 1")) {
+          q->set_pids_max(*v < 0 ? 0 : static_cast<uint64_t>(*v));
         }
       }
       break;
@@ -1148,8 +1287,10 @@ std::optional<v1::NetworkTarget> Parser::parseNetworkTarget(const MapNode& fault
   return target;
 }
 
-std::optional<v1::ProcessKill> Parser::parseProcess(const MapNode& fault) {
-  constexpr std::string_view accepted = "a map with exactly one of pid or name, e.g. {name: nginx}";
+std::optional<v1::ProcessSelector> Parser::parseProcess(const MapNode& fault) {
+  constexpr std::string_view accepted =
+      "a map with exactly one of pid, name, cmdline, cgroup, systemdUnit, pidfile, and optionally count or "
+      "percent, e.g. {name: nginx} or {systemdUnit: orders, count: 1}";
   auto f = require(fault, "process", accepted);
   if (!f) {
     return std::nullopt;
@@ -1159,32 +1300,121 @@ std::optional<v1::ProcessKill> Parser::parseProcess(const MapNode& fault) {
     return std::nullopt;
   }
   rejectUnknown(*m, kProcessKeys);
-  auto pid = lookup(*m, "pid");
-  auto name = lookup(*m, "name");
-  if (pid && name) {
-    error(m->self.mark, m->self.path, fmt::format("has both pid and name; accepted: {}", accepted));
+  static constexpr std::array<std::string_view, 6> kBy{"pid", "name", "cmdline", "cgroup", "systemdUnit", "pidfile"};
+  std::vector<std::pair<std::string_view, Field>> given;
+  for (auto key : kBy) {
+    if (auto v = lookup(*m, key)) {
+      given.emplace_back(key, *v);
+    }
+  }
+  if (given.size() > 1) {
+    error(m->self.mark, m->self.path,
+          fmt::format("has both {} and {}; accepted: {}", given[0].first, given[1].first, accepted));
     return std::nullopt;
   }
-  if (!pid && !name) {
-    if (m->entries.empty()) {
-      error(m->self.mark, m->self.path, fmt::format("has neither pid nor name; accepted: {}", accepted));
+  if (given.empty()) {
+    if (m->entries.empty() || lookup(*m, "count") || lookup(*m, "percent")) {
+      error(m->self.mark, m->self.path,
+            fmt::format("has none of pid, name, cmdline, cgroup, systemdUnit, pidfile; accepted: {}", accepted));
     }
     return std::nullopt;
   }
-  v1::ProcessKill kill;
-  if (pid) {
+  v1::ProcessSelector selector;
+  const auto& [key, field] = given.front();
+  if (key == "pid") {
     constexpr std::string_view pidAccepted = "a process id greater than 1";
-    if (auto v = integer(*pid, pidAccepted)) {
+    if (auto v = integer(field, pidAccepted)) {
       if (*v < std::numeric_limits<int32_t>::min() || *v > std::numeric_limits<int32_t>::max()) {
-        error(pid->mark, pid->path, fmt::format("{} is out of range; accepted: {}", *v, pidAccepted));
+        error(field.mark, field.path, fmt::format("{} is out of range; accepted: {}", *v, pidAccepted));
       } else {
-        kill.set_pid(static_cast<int32_t>(*v));
+        selector.set_pid(static_cast<int32_t>(*v));
       }
     }
-  } else if (auto v = scalar(*name, "a process name such as nginx")) {
-    kill.set_name(*v);
+  } else if (auto v = scalar(field, "a string")) {
+    if (key == "name") {
+      selector.set_name(*v);
+    } else if (key == "cmdline") {
+      selector.set_cmdline(*v);
+    } else if (key == "cgroup") {
+      selector.set_cgroup(*v);
+    } else if (key == "systemdUnit") {
+      selector.set_systemd_unit(*v);
+    } else {
+      selector.set_pidfile(*v);
+    }
   }
-  return kill;
+  if (auto count = lookup(*m, "count")) {
+    if (auto v = integer(*count, "a number of processes, at least 1")) {
+      if (*v < 1 || *v > std::numeric_limits<int32_t>::max()) {
+        error(count->mark, count->path, fmt::format("{} is out of range; accepted: at least 1", *v));
+      } else {
+        selector.set_count(static_cast<uint32_t>(*v));
+      }
+    }
+  }
+  if (auto p = lookup(*m, "percent")) {
+    if (auto v = percent(*p)) {
+      if (*v <= 0) {
+        error(p->mark, p->path, fmt::format("{:g} is out of range; accepted: more than 0 and at most 100", *v));
+      } else {
+        selector.set_percent(*v);
+      }
+    }
+  }
+  return selector;
+}
+
+std::optional<double> Parser::number(const Field& f, std::string_view accepted) {
+  auto text = scalar(f, accepted);
+  if (!text) {
+    return std::nullopt;
+  }
+  double value = 0;
+  auto [end, ec] = std::from_chars(text->data(), text->data() + text->size(), value);
+  if (text->empty() || ec != std::errc{} || end != text->data() + text->size()) {
+    error(f.mark, f.path, fmt::format("'{}' is not a number; accepted: {}", *text, accepted));
+    return std::nullopt;
+  }
+  return value;  // the range is checked by validateFaultSpec()
+}
+
+std::optional<uint64_t> Parser::bytes64(const Field& f) {
+  constexpr std::string_view accepted =
+      "bytes with a unit b, kib, mib, gib, tib (or kb, mb, gb, tb: also x1024), "
+      "e.g. 512mib";
+  auto text = scalar(f, accepted);
+  if (!text) {
+    return std::nullopt;
+  }
+  auto parsed = splitNumber(*text);
+  if (!parsed) {
+    error(f.mark, f.path, fmt::format("'{}' is not a size; accepted: {}", *text, accepted));
+    return std::nullopt;
+  }
+  const auto& [value, unit] = *parsed;
+  static constexpr std::array<std::pair<std::string_view, double>, 9> kUnits{{{"b", 1},
+                                                                              {"kb", 0x1p10},
+                                                                              {"kib", 0x1p10},
+                                                                              {"mb", 0x1p20},
+                                                                              {"mib", 0x1p20},
+                                                                              {"gb", 0x1p30},
+                                                                              {"gib", 0x1p30},
+                                                                              {"tb", 0x1p40},
+                                                                              {"tib", 0x1p40}}};
+  for (const auto& [name, multiplier] : kUnits) {
+    if (unit == name) {
+      const double bytes = std::round(value * multiplier);
+      if (bytes < 1 || bytes > 0x1p60) {
+        error(f.mark, f.path, fmt::format("{} is out of range; accepted: from 1b to 1tib", *text));
+        return std::nullopt;
+      }
+      return static_cast<uint64_t>(bytes);
+    }
+  }
+  error(f.mark, f.path,
+        unit.empty() ? fmt::format("'{}' has no unit; accepted: {}", *text, accepted)
+                     : fmt::format("'{}' has an unknown unit '{}'; accepted: {}", *text, unit, accepted));
+  return std::nullopt;
 }
 
 // Runs validateFaultSpec() until it passes, so every field it rejects is reported once, at the

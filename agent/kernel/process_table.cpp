@@ -11,6 +11,7 @@
 #include <unordered_map>
 
 #include <dirent.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -30,6 +31,7 @@ std::error_code lastError() {
 // The fields of /proc/PID/stat that we need. comm may contain spaces and ')' so the fields after
 // it are found from the last ')'.
 struct Stat {
+  char state = '?';
   pid_t ppid = 0;
   unsigned long flags = 0;
   unsigned long long startTime = 0;  // field 22, clock ticks after boot: tells a reused pid apart
@@ -76,6 +78,9 @@ std::optional<Stat> parseStat(std::string_view text) {
     }
     ++field;
     const std::string_view value = rest.substr(at, end - at);
+    if (field == 3) {
+      stat.state = value.front();
+    }
     if (field == 4 && !parseNumber(value, stat.ppid)) {
       return std::nullopt;
     }
@@ -138,6 +143,30 @@ std::vector<pid_t> listPids() {
   return pids;
 }
 
+// "0::/a/b" (v2) and "N:name=systemd:/a/b" (the v1 systemd hierarchy of hybrid hosts).
+void parseCgroupFile(std::string_view text, std::string& v2, std::string& systemd) {
+  while (!text.empty()) {
+    auto nl = text.find('\n');
+    std::string_view line = text.substr(0, nl);
+    text = nl == std::string_view::npos ? std::string_view{} : text.substr(nl + 1);
+    const auto first = line.find(':');
+    if (first == std::string_view::npos) {
+      continue;
+    }
+    const auto second = line.find(':', first + 1);
+    if (second == std::string_view::npos) {
+      continue;
+    }
+    const std::string_view controllers = line.substr(first + 1, second - first - 1);
+    const std::string_view path = line.substr(second + 1);
+    if (line.substr(0, first) == "0" && controllers.empty()) {
+      v2 = std::string(path);
+    } else if (controllers == "name=systemd") {
+      systemd = std::string(path);
+    }
+  }
+}
+
 long pidfdOpen(pid_t pid) {
   return ::syscall(SYS_pidfd_open, pid, 0U);
 }
@@ -168,9 +197,14 @@ class ProcProcessTable final : public ProcessTable {
       }
       info.exe = readExe(dir);
       info.cmdline = cmdlineToText(std::move(*cmdline));
+      info.state = stat->state;
+      info.startTime = stat->startTime;
+      if (auto cgroup = readWholeFile(dir + "/cgroup")) {
+        parseCgroupFile(*cgroup, info.cgroup, info.systemdCgroup);
+      }
       info.kernelThread =
           (stat->flags & kPfKthread) != 0 || pid == kKthreadd || (stat->ppid == kKthreadd && info.cmdline.empty());
-      startTimes_[pid] = stat->startTime;
+      startTimes_[pid] = Seen{stat->startTime, info.cmdline};
       out.push_back(std::move(info));
     }
     return out;
@@ -192,8 +226,7 @@ class ProcProcessTable final : public ProcessTable {
     // The pidfd pins one process. If the last list() saw this pid, make sure it is still that
     // process (same start time); a pid reused since then is reported as gone.
     if (auto seen = startTimes_.find(pid); seen != startTimes_.end()) {
-      auto now = readStat(pid);
-      if (!now || now->startTime != seen->second) {
+      if (!same(pid, seen->second)) {
         ::close(pidfd);
         return tl::unexpected(std::make_error_code(std::errc::no_such_process));
       }
@@ -207,6 +240,45 @@ class ProcProcessTable final : public ProcessTable {
     return {};
   }
 
+  bool exited(pid_t pid, std::chrono::milliseconds wait) override {
+    const long fd = pidfdOpen(pid);
+    if (fd < 0) {
+      return errno == ESRCH;
+    }
+    const int pidfd = static_cast<int>(fd);
+    if (auto seen = startTimes_.find(pid); seen != startTimes_.end()) {
+      if (!same(pid, seen->second)) {
+        ::close(pidfd);
+        return true;
+      }
+    }
+    // A pidfd polls readable once the process has exited (zombie or reaped).
+    pollfd p{pidfd, POLLIN, 0};
+    int rc = 0;
+    do {
+      rc = ::poll(&p, 1, static_cast<int>(wait.count()));
+    } while (rc < 0 && errno == EINTR);
+    ::close(pidfd);
+    return rc > 0;
+  }
+
+  tl::expected<pid_t, std::error_code> readPidfile(const std::string& path) override {
+    std::ifstream in(path);
+    if (!in) {
+      return tl::unexpected(lastError());
+    }
+    std::string line;
+    std::getline(in, line);
+    while (!line.empty() && (line.back() == ' ' || line.back() == '\r' || line.back() == '\t')) {
+      line.pop_back();
+    }
+    pid_t pid = 0;
+    if (!parseNumber(std::string_view(line), pid) || pid <= 0) {
+      return tl::unexpected(std::make_error_code(std::errc::invalid_argument));
+    }
+    return pid;
+  }
+
  private:
   // Kernels before 5.3 have no pidfd_open.
   static tl::expected<void, std::error_code> killByPid(pid_t pid, int sig) {
@@ -216,7 +288,22 @@ class ProcProcessTable final : public ProcessTable {
     return {};
   }
 
-  std::unordered_map<pid_t, unsigned long long> startTimes_;
+  // What list() saw of each pid: its start time (10 ms ticks, so two processes started within one
+  // tick share it) and its command line, which together tell a reused pid apart.
+  struct Seen {
+    unsigned long long startTime = 0;
+    std::string cmdline;
+  };
+  [[nodiscard]] static bool same(pid_t pid, const Seen& seen) {
+    auto now = readStat(pid);
+    if (!now || now->startTime != seen.startTime) {
+      return false;
+    }
+    auto cmdline = readWholeFile("/proc/" + std::to_string(pid) + "/cmdline");
+    return cmdline && cmdlineToText(std::move(*cmdline)) == seen.cmdline;
+  }
+
+  std::unordered_map<pid_t, Seen> startTimes_;
 };
 
 }  // namespace

@@ -3,8 +3,11 @@
 #pragma once
 
 #include <algorithm>
+#include <chrono>
+#include <csignal>
 #include <map>
 #include <set>
+#include <string>
 #include <system_error>
 #include <utility>
 #include <vector>
@@ -37,6 +40,8 @@ class FakeProcessTable final : public kernel::ProcessTable {
     return add(kernel::ProcessInfo{pid, 2, comm, "", "", true});
   }
 
+  kernel::ProcessInfo& processes(pid_t pid) { return processes_.at(pid); }
+
   // signal(pid) fails with error from now on (the process stays listed).
   void failSignal(pid_t pid, std::errc error) { failures_[pid] = std::make_error_code(error); }
 
@@ -57,7 +62,30 @@ class FakeProcessTable final : public kernel::ProcessTable {
       return tl::unexpected(std::make_error_code(std::errc::no_such_process));
     }
     sent_.push_back(Sent{pid, sig});
+    if (sig == SIGSTOP) {
+      processes_[pid].state = 'T';
+    } else if (sig == SIGCONT) {
+      processes_[pid].state = 'S';
+    }
+    if (exitOnSignal_) {
+      gone_.insert(pid);
+    }
     return {};
+  }
+
+  // exited(pid) answers true for these (e.g. those a SIGKILL "killed").
+  void exitOnSignal(bool on) { exitOnSignal_ = on; }
+  void setPidfile(const std::string& path, tl::expected<pid_t, std::error_code> pid) { pidfiles_[path] = pid; }
+
+  bool exited(pid_t pid, std::chrono::milliseconds /*wait*/) override {
+    return processes_.count(pid) == 0 || gone_.count(pid) != 0;
+  }
+
+  tl::expected<pid_t, std::error_code> readPidfile(const std::string& path) override {
+    if (auto it = pidfiles_.find(path); it != pidfiles_.end()) {
+      return it->second;
+    }
+    return tl::unexpected(std::make_error_code(std::errc::no_such_file_or_directory));
   }
 
   [[nodiscard]] const std::vector<Sent>& sent() const { return sent_; }
@@ -75,6 +103,9 @@ class FakeProcessTable final : public kernel::ProcessTable {
   std::map<pid_t, std::error_code> failures_;
   std::vector<Sent> sent_;
   int listCalls_ = 0;
+  bool exitOnSignal_ = false;
+  std::set<pid_t> gone_;
+  std::map<std::string, tl::expected<pid_t, std::error_code>> pidfiles_;
 };
 
 }  // namespace faultline::testing

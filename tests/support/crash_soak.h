@@ -30,10 +30,12 @@
 
 #include "agent/agent.h"
 #include "agent/journal.h"
+#include "agent/kernel/cgroup_tree.h"
 #include "agent/kernel/qdisc_table.h"
 #include "agent/net_driver.h"
 #include "agent/revert_all.h"
 #include "agent/spec.h"
+#include "agent/stress_driver.h"
 #include "tests/support/netns_holder.h"
 
 namespace faultline::testing::soak {
@@ -236,6 +238,230 @@ inline Iteration crashIteration(bool preexistingRoot, std::chrono::microseconds 
       it.leaked.push_back("journal entry still open: " + entry.faultId);
     }
   }
+  return it;
+}
+
+// The resource crash soak: a child Agent (SystemDrivers: the real process, cgroup and stress
+// drivers) with an undo journal loops over process.pause of a child alone in its own cgroup
+// (cgroup.freeze), process.pause of a child in a shared cgroup (SIGSTOP), and, where the cgroup v2
+// hierarchy has the controllers, cgroup.squeeze of that cgroup's pids.max/cpu.max and stress.cpu,
+// applying and reverting each; it is SIGKILLed after a given delay. Then revertAllFaults() plus
+// removeStressCgroups() recover, and the test compares: the cgroup is thawed (cgroup.events
+// frozen 0), the stopped child is not in state T, the squeezed values equal those read before, no
+// faultline-stress-* cgroup is left, every journal entry is closed.
+struct ResourceIteration {
+  uint64_t cycles = 0;
+  bool frozenAtKill = false;   // the freeze was in place when the child died
+  bool stoppedAtKill = false;  // the SIGSTOP was in place when the child died
+  bool squeezed = false;       // the hierarchy has cpu and pids: squeeze and stress were in the loop
+  size_t journalEntriesReverted = 0;
+  std::vector<std::string> leaked;
+  std::string error;
+};
+
+namespace detail {
+
+inline pid_t spawnSleep() {
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    ::execl("/bin/sleep", "sleep", "600", static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  return pid;
+}
+
+inline char procState(pid_t pid) {
+  std::FILE* f = std::fopen(fmt::format("/proc/{}/stat", pid).c_str(), "r");
+  if (f == nullptr) {
+    return '?';
+  }
+  char buf[512] = {};
+  const size_t n = std::fread(buf, 1, sizeof buf - 1, f);
+  std::fclose(f);
+  const std::string text(buf, n);
+  const auto close = text.rfind(')');
+  return close != std::string::npos && close + 2 < text.size() ? text[close + 2] : '?';
+}
+
+[[noreturn]] inline void resourceLoop(const std::filesystem::path& stateDir, pid_t frozen, pid_t stopped,
+                                      const std::string& squeezeCgroup, std::atomic<uint64_t>* cycles, int ready) {
+  ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+  spdlog::set_level(spdlog::level::off);
+  auto opened = agent::UndoJournal::open(stateDir);
+  if (!opened) {
+    ::_exit(2);
+  }
+  agent::SystemDrivers drivers;
+  boost::asio::io_context io;
+  agent::Agent agent(io, drivers.router(), nullptr, opened->journal.get());
+  const char ok = 1;
+  if (::write(ready, &ok, 1) != 1) {
+    ::_exit(2);
+  }
+  for (uint64_t i = 0;; ++i) {
+    std::vector<v1::Inject> injects;
+    for (pid_t pid : {frozen, stopped}) {
+      v1::Inject inject;
+      inject.set_fault_id(fmt::format("pause-{}-{}", i, pid));
+      inject.mutable_spec()->mutable_process_pause()->mutable_process()->set_pid(pid);
+      injects.push_back(inject);
+    }
+    if (!squeezeCgroup.empty()) {
+      v1::Inject squeeze;
+      squeeze.set_fault_id(fmt::format("squeeze-{}", i));
+      auto* q = squeeze.mutable_spec()->mutable_cgroup_squeeze();
+      q->set_cgroup(squeezeCgroup);
+      q->set_pids_max(3 + i % 5);
+      q->set_cpus(0.1 + 0.01 * static_cast<double>(i % 10));
+      injects.push_back(squeeze);
+      v1::Inject stress;
+      stress.set_fault_id(fmt::format("stress-{}", i));
+      stress.mutable_spec()->mutable_stress_cpu()->set_workers(1);
+      stress.mutable_spec()->mutable_stress_cpu()->set_load_percent(5);
+      injects.push_back(stress);
+    }
+    for (auto& inject : injects) {
+      *inject.mutable_duration() = faultline::toProto(std::chrono::seconds{60});
+      agent.inject(inject);
+    }
+    if (agent.activeCount() != injects.size()) {
+      ::_exit(3);
+    }
+    for (const auto& inject : injects) {
+      agent.revert(inject.fault_id());
+    }
+    cycles->fetch_add(1);
+  }
+}
+
+}  // namespace detail
+
+// One iteration; stateDir must exist without an open journal; cgroupName: a fresh name for this
+// iteration's cgroup below the v2 root (created and removed here).
+inline ResourceIteration resourceCrashIteration(std::chrono::microseconds killAfter,
+                                                const std::filesystem::path& stateDir, const std::string& cgroupName) {
+  ResourceIteration it;
+  auto opened = kernel::openCgroupTree();
+  if (!opened) {
+    it.error = kernel::cgroupV2MissingMessage("the resource crash soak");
+    return it;
+  }
+  auto& tree = **opened;
+  const std::string group = "/" + cgroupName;
+  if (auto created = tree.create(group); !created) {
+    it.error = fmt::format("cannot create cgroup {}: {}", group, created.error().message());
+    return it;
+  }
+  const pid_t frozen = detail::spawnSleep();
+  const pid_t stopped = detail::spawnSleep();
+  const auto cleanup = [&] {
+    ::kill(frozen, SIGKILL);
+    ::kill(stopped, SIGKILL);
+    ::waitpid(frozen, nullptr, 0);
+    ::waitpid(stopped, nullptr, 0);
+    (void)tree.write(group, "cgroup.freeze", "0");
+    (void)tree.write(group, "cgroup.kill", "1");
+    for (int i = 0; i < 500 && !tree.remove(group); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+  };
+  if (!tree.write(group, "cgroup.procs", std::to_string(frozen))) {
+    it.error = "cannot move the child into " + group;
+    cleanup();
+    return it;
+  }
+  auto controllers = tree.read("/", "cgroup.controllers");
+  it.squeezed =
+      controllers && controllers->find("cpu") != std::string::npos && controllers->find("pids") != std::string::npos;
+  std::string squeezeCgroup;
+  std::map<std::string, std::string> before;
+  if (it.squeezed) {
+    (void)tree.write("/", "cgroup.subtree_control", "+cpu");
+    (void)tree.write("/", "cgroup.subtree_control", "+pids");
+    squeezeCgroup = group;
+    for (const char* file : {"cpu.max", "pids.max"}) {
+      auto v = tree.read(group, file);
+      if (!v) {
+        it.error = fmt::format("cannot read {} of {}", file, group);
+        cleanup();
+        return it;
+      }
+      before[file] = *v;
+    }
+  }
+
+  auto* cycles = static_cast<std::atomic<uint64_t>*>(
+      ::mmap(nullptr, sizeof(std::atomic<uint64_t>), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
+  new (cycles) std::atomic<uint64_t>(0);
+  int ready[2];
+  if (::pipe2(ready, O_CLOEXEC) != 0) {
+    it.error = "pipe2 failed";
+    cleanup();
+    return it;
+  }
+  const pid_t child = ::fork();
+  if (child == 0) {
+    ::close(ready[0]);
+    detail::resourceLoop(stateDir, frozen, stopped, squeezeCgroup, cycles, ready[1]);
+  }
+  ::close(ready[1]);
+  char ok = 0;
+  const bool started = child > 0 && ::read(ready[0], &ok, 1) == 1;
+  ::close(ready[0]);
+  if (started) {
+    std::this_thread::sleep_for(killAfter);
+  }
+  int status = 0;
+  if (child > 0) {
+    ::kill(child, SIGKILL);
+    ::waitpid(child, &status, 0);
+  }
+  it.cycles = cycles->load();
+  ::munmap(cycles, sizeof(*cycles));
+  if (!started || !WIFSIGNALED(status)) {
+    it.error = fmt::format("the agent child did not run until killed (status {:#x})", status);
+    cleanup();
+    return it;
+  }
+  auto events = tree.read(group, "cgroup.events");
+  it.frozenAtKill = events && events->find("frozen 1") != std::string::npos;
+  it.stoppedAtKill = detail::procState(stopped) == 'T';
+
+  auto report = agent::revertAllFaults(stateDir, {}, kernel::openQdiscTable);
+  agent::removeStressCgroups(tree, report);
+  it.journalEntriesReverted = report.reverted.size();
+  for (const auto& line : report.failed) {
+    it.leaked.push_back("recovery failed: " + line);
+  }
+  events = tree.read(group, "cgroup.events");
+  if (!events || events->find("frozen 0") == std::string::npos) {
+    it.leaked.push_back(fmt::format("cgroup {} still frozen: {}", group, events ? *events : "unreadable"));
+  }
+  for (int i = 0; i < 200 && detail::procState(stopped) == 'T'; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  if (const char state = detail::procState(stopped); state == 'T' || state == '?') {
+    it.leaked.push_back(fmt::format("pid {} is in state {} (stopped or gone)", stopped, state));
+  }
+  for (const auto& [file, value] : before) {
+    auto now = tree.read(group, file);
+    if (!now || *now != value) {
+      it.leaked.push_back(fmt::format("{} of {} reads '{}', was '{}'", file, group, now ? *now : "?", value));
+    }
+  }
+  for (const auto& left : agent::StressDriver::findStressCgroups(tree)) {
+    it.leaked.push_back("stress cgroup left: " + left);
+  }
+  auto journal = agent::UndoJournal::open(stateDir);
+  if (!journal) {
+    it.leaked.push_back("journal: " + journal.error().message);
+  } else {
+    for (const auto& entry : journal->open) {
+      it.leaked.push_back("journal entry still open: " + entry.faultId);
+    }
+  }
+  cleanup();
   return it;
 }
 

@@ -180,12 +180,12 @@ TEST_CASE("a full experiment parses into exact values") {
 
   const FaultStep& killByName = faultAt(e, 4);
   REQUIRE(killByName.spec.has_process_kill());
-  CHECK(killByName.spec.process_kill().name() == "faultline-demo");
+  CHECK(killByName.spec.process_kill().process().name() == "faultline-demo");
   CHECK(killByName.spec.process_kill().signal() == "TERM");
   CHECK(killByName.duration == 1s);
 
   const FaultStep& killByPid = faultAt(e, 5);
-  CHECK(killByPid.spec.process_kill().pid() == 1234);
+  CHECK(killByPid.spec.process_kill().process().pid() == 1234);
   CHECK(killByPid.spec.process_kill().signal() == "SIGKILL");  // default
   CHECK(killByPid.duration == 120s);
 }
@@ -468,7 +468,7 @@ TEST_CASE("the quickstart experiment is what the quickstart expects") {
   CHECK(bandwidth.duration == 4s);
   CHECK(waitAt(e, 1).duration == 1s);
   const FaultStep& kill = faultAt(e, 2);
-  CHECK(kill.spec.process_kill().name() == "faultline-demo");
+  CHECK(kill.spec.process_kill().process().name() == "faultline-demo");
   CHECK(kill.spec.process_kill().signal() == "SIGKILL");
   CHECK(kill.duration == 1s);
   CHECK(waitAt(e, 3).duration == 2s);
@@ -758,4 +758,57 @@ TEST_CASE("method: probe steps, parallel groups, and the default fault duration"
   CHECK(std::get<WaitStep>(group[2]).duration == 90s);
   CHECK(std::get<ProbeStep>(group[3]).probe == "web");
   CHECK(faultAt(*result, 2).duration == 5s);
+}
+
+TEST_CASE("process, stress and cgroup faults parse into their specs") {
+  const std::string yaml = std::string(kHeader) +
+                           "method:\n"
+                           "  - fault: {type: process.kill, duration: 30s, process: {systemdUnit: orders, count: 1}, "
+                           "signal: TERM, every: 10s}\n"
+                           "  - fault: {type: process.pause, duration: 5s, process: {cmdline: 'java .*orders', "
+                           "percent: 50}}\n"
+                           "  - fault: {type: stress.cpu, duration: 1m, workers: 2, load: 80}\n"
+                           "  - fault: {type: stress.memory, duration: 1m, bytes: 512mib}\n"
+                           "  - fault: {type: cgroup.squeeze, duration: 1m, cgroup: /system.slice/orders.service, "
+                           "cpus: 0.5, memoryHigh: 256mib, pidsMax: 64}\n"
+                           "  - fault: {type: process.kill, duration: 1s, process: {pidfile: /run/x.pid}}\n";
+  auto result = parseExperiment(yaml, "resources.yaml");
+  REQUIRE_MESSAGE(result.has_value(), (result ? "" : allDiagnostics(result.error())));
+  const auto& kill = faultAt(*result, 0).spec.process_kill();
+  CHECK(kill.process().systemd_unit() == "orders");
+  CHECK(kill.process().count() == 1);
+  CHECK(kill.signal() == "TERM");
+  CHECK(kill.every().seconds() == 10);
+  const auto& pause = faultAt(*result, 1).spec.process_pause();
+  CHECK(pause.process().cmdline() == "java .*orders");
+  CHECK(pause.process().percent() == 50);
+  CHECK(faultAt(*result, 2).spec.stress_cpu().workers() == 2);
+  CHECK(faultAt(*result, 2).spec.stress_cpu().load_percent() == 80);
+  CHECK(faultAt(*result, 3).spec.stress_memory().bytes() == uint64_t{512} << 20);
+  const auto& squeeze = faultAt(*result, 4).spec.cgroup_squeeze();
+  CHECK(squeeze.cgroup() == "/system.slice/orders.service");
+  CHECK(squeeze.cpus() == 0.5);
+  CHECK(squeeze.memory_high_bytes() == uint64_t{256} << 20);
+  CHECK(squeeze.pids_max() == 64);
+  CHECK(faultAt(*result, 5).spec.process_kill().process().pidfile() == "/run/x.pid");
+}
+
+TEST_CASE("process, stress and cgroup faults: errors name the field, the value and what is accepted") {
+  const std::string h = kHeader;
+  const auto d = errorsOf(h +
+                          "method:\n"
+                          "  - fault: {type: process.pause, duration: 1s, process: {cmdline: '(['}}\n"
+                          "  - fault: {type: stress.cpu, duration: 1s, workers: 0}\n"
+                          "  - fault: {type: stress.memory, duration: 1s, bytes: 12parsecs}\n"
+                          "  - fault: {type: cgroup.squeeze, duration: 1s, cgroup: /a}\n"
+                          "  - fault: {type: process.kill, duration: 1s, process: {name: x, cgroup: /a}}\n"
+                          "  - fault: {type: process.kill, duration: 1s, process: {name: x}, every: 1ms}\n");
+  const auto text = allDiagnostics(d);
+  CAPTURE(text);
+  CHECK(hasDiagnostic(d, "method[0].fault.process.cmdline", 6, "is not a regular expression"));
+  CHECK(hasDiagnostic(d, "method[1].fault.workers", 7, "0 is out of range"));
+  CHECK(hasDiagnostic(d, "method[2].fault.bytes", 8, "unknown unit"));
+  CHECK(hasDiagnostic(d, "method[3].fault.cpus", 9, "no limit to squeeze"));
+  CHECK(hasDiagnostic(d, "method[4].fault.process", 10, "has both name and cgroup"));
+  CHECK(hasDiagnostic(d, "method[5].fault.every", 11, "out of range"));
 }
