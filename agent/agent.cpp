@@ -223,17 +223,24 @@ tl::expected<std::unique_ptr<AppliedFault>, FaultError> FaultRouter::apply(const
 }
 
 struct SystemDrivers::Impl {
-  explicit Impl(std::vector<ProtectedName> protect) : kill(*processes, std::move(protect)) {}
+  Impl(std::vector<ProtectedName> protect, std::vector<Endpoint> exempt) : kill(*processes, std::move(protect)) {
+    network.setExempt(std::move(exempt));
+  }
   std::unique_ptr<kernel::ProcessTable> processes = kernel::openProcessTable();
   NetworkFaultDriver network{[](const std::string& netns) { return kernel::openQdiscTable(netns); }};
   ProcessKillDriver kill;
   FaultRouter router;
 };
 
-SystemDrivers::SystemDrivers(std::vector<ProtectedName> protect) : impl_(std::make_unique<Impl>(std::move(protect))) {
+SystemDrivers::SystemDrivers(std::vector<ProtectedName> protect, std::vector<Endpoint> exempt)
+    : impl_(std::make_unique<Impl>(std::move(protect), std::move(exempt))) {
   impl_->router.route(v1::FaultSpec::kNetworkDelay, impl_->network);
   impl_->router.route(v1::FaultSpec::kNetworkLoss, impl_->network);
   impl_->router.route(v1::FaultSpec::kNetworkBandwidth, impl_->network);
+  impl_->router.route(v1::FaultSpec::kNetworkDuplicate, impl_->network);
+  impl_->router.route(v1::FaultSpec::kNetworkCorrupt, impl_->network);
+  impl_->router.route(v1::FaultSpec::kNetworkReorder, impl_->network);
+  impl_->router.route(v1::FaultSpec::kNetworkPartition, impl_->network);
   impl_->router.route(v1::FaultSpec::kProcessKill, impl_->kill);
 }
 

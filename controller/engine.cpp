@@ -8,6 +8,7 @@
 
 #include "agent/agent.h"
 #include "agent/spec.h"
+#include "controller/capabilities.h"
 #include "controller/run_format.h"
 
 namespace faultline::controller {
@@ -81,10 +82,6 @@ std::string selectorText(const std::map<std::string, std::string>& selector) {
     out += fmt::format("{}{}={}", out.size() > 1 ? ", " : "", k, v);
   }
   return out + "}";
-}
-
-bool needsNetem(const v1::FaultSpec& spec) {
-  return spec.has_network_delay() || spec.has_network_loss();
 }
 
 // One run's state. Reports arrive on gRPC threads; everything else happens on the run thread.
@@ -165,20 +162,8 @@ class RunState {
     event("", "targets.resolved", fmt::format("{} host(s): {}", targets.size(), hosts));
 
     // Every target must be able to run every fault, before anything is injected.
-    for (const auto& step : req_.experiment.method) {
-      const auto* f = std::get_if<FaultStep>(&step);
-      if (f == nullptr || !needsNetem(f->spec)) {
-        continue;
-      }
-      for (const auto& t : targets) {
-        if (!t.capabilities().netem()) {
-          return {v1::VERDICT_ERROR,
-                  fmt::format("host {} ({}) cannot run {} '{}': its kernel has no netem qdisc "
-                              "(CONFIG_NET_SCH_NETEM; load it with `modprobe sch_netem`; on RHEL-family "
-                              "hosts it ships in kernel-modules-extra); nothing was injected",
-                              t.hostname(), t.agent_id(), faultKindName(f->spec), f->name)};
-        }
-      }
+    if (auto cannot = checkCapabilities(req_.experiment.method, targets)) {
+      return {v1::VERDICT_ERROR, *cannot};
     }
 
     if (!sampleAll("before")) {
