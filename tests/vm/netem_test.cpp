@@ -463,7 +463,7 @@ TEST_CASE("partition and matching: the matched destination is cut, a second one 
     auto fault = applyDirect(spec);
     const auto cut = pingTo(kAddrB, 20, "0.01");
     const auto other = pingTo("10.98.0.2", 20, "0.01");
-    MESSAGE("partition of ", kAddrB, ": ", describe(cut), "; 10.98.0.2: ", describe(other));
+    MESSAGE("partition of ", std::string(kAddrB), ": ", describe(cut), "; 10.98.0.2: ", describe(other));
     CHECK(cut.received == 0);
     CHECK(other.received == 20);
     REQUIRE(fault->revert().has_value());
@@ -477,7 +477,7 @@ TEST_CASE("partition and matching: the matched destination is cut, a second one 
     auto fault = applyDirect(spec);
     const auto matched = pingTo("fd99::2", 20, "0.01");
     const auto v4 = pingTo(kAddrB, 20, "0.01");
-    MESSAGE("IPv6 delay 100ms on fd99::2: ", describe(matched), "; IPv4 ", kAddrB, ": ", describe(v4));
+    MESSAGE("IPv6 delay 100ms on fd99::2: ", describe(matched), "; IPv4 ", std::string(kAddrB), ": ", describe(v4));
     CHECK(matched.minMs >= 100.0);
     CHECK(v4.avgMs < 20.0);
     REQUIRE(fault->revert().has_value());
