@@ -241,12 +241,14 @@ tl::expected<std::unique_ptr<AppliedFault>, FaultError> FaultRouter::apply(const
 }
 
 struct SystemDrivers::Impl {
-  explicit Impl(std::vector<ProtectedName> protect)
+  Impl(std::vector<ProtectedName> protect, std::vector<Endpoint> exempt)
       : cgroups(openCgroups()),
         kill(*killTable, protect),
         pause(*pauseTable, cgroups.get(), protect),
         stress(cgroups.get()),
-        squeeze(cgroups.get()) {}
+        squeeze(cgroups.get()) {
+    network.setExempt(std::move(exempt));
+  }
   static std::unique_ptr<kernel::CgroupTree> openCgroups() {
     auto tree = kernel::openCgroupTree();
     if (!tree) {
@@ -267,10 +269,15 @@ struct SystemDrivers::Impl {
   FaultRouter router;
 };
 
-SystemDrivers::SystemDrivers(std::vector<ProtectedName> protect) : impl_(std::make_unique<Impl>(std::move(protect))) {
+SystemDrivers::SystemDrivers(std::vector<ProtectedName> protect, std::vector<Endpoint> exempt)
+    : impl_(std::make_unique<Impl>(std::move(protect), std::move(exempt))) {
   impl_->router.route(v1::FaultSpec::kNetworkDelay, impl_->network);
   impl_->router.route(v1::FaultSpec::kNetworkLoss, impl_->network);
   impl_->router.route(v1::FaultSpec::kNetworkBandwidth, impl_->network);
+  impl_->router.route(v1::FaultSpec::kNetworkDuplicate, impl_->network);
+  impl_->router.route(v1::FaultSpec::kNetworkCorrupt, impl_->network);
+  impl_->router.route(v1::FaultSpec::kNetworkReorder, impl_->network);
+  impl_->router.route(v1::FaultSpec::kNetworkPartition, impl_->network);
   impl_->router.route(v1::FaultSpec::kProcessKill, impl_->kill);
   impl_->router.route(v1::FaultSpec::kProcessPause, impl_->pause);
   impl_->router.route(v1::FaultSpec::kStressCpu, impl_->stress);

@@ -20,6 +20,7 @@
 #include "agent/fault.h"
 #include "agent/journal.h"
 #include "agent/policy.h"
+#include "agent/traffic_match.h"
 #include "faultline/v1/agent_gateway.pb.h"
 
 namespace faultline::agent {
@@ -99,8 +100,9 @@ class FaultRouter final : public FaultDriver {
 // The drivers of this host's kernel: rtnetlink qdiscs, /proc and pidfd signals.
 class SystemDrivers {
  public:
-  // protect: process names the policy protects (ProcessKillDriver).
-  explicit SystemDrivers(std::vector<ProtectedName> protect = {});
+  // protect: process names the policy protects (ProcessKillDriver). exempt: the controller's
+  // addresses and port, whose traffic network faults in the agent's own namespace never touch.
+  explicit SystemDrivers(std::vector<ProtectedName> protect = {}, std::vector<Endpoint> exempt = {});
   ~SystemDrivers();
   [[nodiscard]] FaultDriver& router();
 

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cmath>
 #include <limits>
 #include <optional>
 #include <utility>
@@ -10,7 +11,9 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "agent/netem_dist.h"
 #include "agent/spec.h"
+#include "agent/traffic_match.h"
 
 namespace faultline::agent {
 namespace {
@@ -29,7 +32,16 @@ struct Plan {
   std::string interface;
   std::string netns;  // "" = the agent's own
   QdiscParams params;
+  // With a match: an htb root fa17: whose unclassified packets bypass its classes, class fa17:1
+  // holding the fault's qdisc fa18:, and u32 filters steering the matched packets to fa17:1.
+  bool tree = false;
+  std::vector<kernel::U32Filter> filters;
 };
+
+// The kind of faultline's root qdisc for a plan.
+std::string rootKind(const Plan& plan) {
+  return plan.tree ? "htb" : std::string(kernel::qdiscKind(plan.params));
+}
 
 FaultError faultError(std::error_code code, std::string message) {
   return FaultError{code, std::move(message)};
@@ -85,11 +97,38 @@ std::string paramsText(const QdiscParams& params) {
         out += " correlation " + percentText(n->delayCorrelationPercent);
       }
     }
-    if (n->lossPercent > 0) {
+    if (!n->delayDistribution.empty()) {
+      out += fmt::format(" distribution ({} values)", n->delayDistribution.size());
+    }
+    if (n->gilbertElliott) {
+      const auto& ge = *n->gilbertElliott;
+      out += fmt::format(" loss gemodel p {} r {} bad-loss {} good-loss {}", percentText(ge.p), percentText(ge.r),
+                         percentText(ge.badLoss), percentText(ge.goodLoss));
+    } else if (n->lossPercent > 0) {
       out += " loss " + percentText(n->lossPercent);
       if (n->lossCorrelationPercent > 0) {
         out += " correlation " + percentText(n->lossCorrelationPercent);
       }
+    }
+    const auto probability = [&out](std::string_view name, double percent, double correlation) {
+      if (percent > 0) {
+        out += fmt::format(" {} {}", name, percentText(percent));
+        if (correlation > 0) {
+          out += " correlation " + percentText(correlation);
+        }
+      }
+    };
+    probability("duplicate", n->duplicatePercent, n->duplicateCorrelationPercent);
+    probability("corrupt", n->corruptPercent, n->corruptCorrelationPercent);
+    probability("reorder", n->reorderPercent, n->reorderCorrelationPercent);
+    if (n->reorderPercent > 0 && n->gap > 1) {
+      out += fmt::format(" gap {}", n->gap);
+    }
+    if (n->rateBitsPerSecond > 0) {
+      out += fmt::format(" rate {}bit/s", n->rateBitsPerSecond);
+    }
+    if (n->limitPackets != 0) {
+      out += fmt::format(" limit {}", n->limitPackets);
     }
     return out;
   }
@@ -236,39 +275,101 @@ std::optional<std::string> cannotRestore(const Plan& plan, const std::optional<Q
   return std::nullopt;
 }
 
-tl::expected<Plan, FaultError> planFor(const v1::FaultSpec& spec) {
+tl::expected<Plan, FaultError> planFor(const v1::FaultSpec& spec, const std::vector<Endpoint>& exempt) {
   Plan plan;
   plan.faultName = std::string(faultKindName(spec));
+  const v1::NetworkTarget* target = networkTarget(spec);
+  if (target == nullptr) {
+    return tl::unexpected(
+        faultError(std::make_error_code(std::errc::invalid_argument),
+                   fmt::format("{} is not a network fault; accepted: network.delay, network.loss, network.bandwidth, "
+                               "network.duplicate, network.corrupt, network.reorder, network.partition",
+                               plan.faultName.empty() ? "an empty spec" : plan.faultName)));
+  }
+  plan.interface = target->interface();
+  plan.netns = target->netns();
   switch (spec.kind_case()) {
-    case v1::FaultSpec::kNetworkDelay: {
-      const auto& d = spec.network_delay();
-      plan.interface = d.target().interface();
-      plan.netns = d.target().netns();
-      plan.params = NetemParams{
-          .delay = toMicros(d.delay()), .jitter = toMicros(d.jitter()), .delayCorrelationPercent = d.correlation()};
-      return plan;
-    }
+    case v1::FaultSpec::kNetworkDelay:
+      plan.params = delayParams(spec.network_delay());
+      break;
     case v1::FaultSpec::kNetworkLoss: {
       const auto& l = spec.network_loss();
-      plan.interface = l.target().interface();
-      plan.netns = l.target().netns();
-      plan.params = NetemParams{.lossPercent = l.percent(), .lossCorrelationPercent = l.correlation()};
-      return plan;
+      NetemParams p{.lossPercent = l.percent(), .lossCorrelationPercent = l.correlation()};
+      if (l.has_gilbert_elliott()) {
+        const auto& ge = l.gilbert_elliott();
+        p.gilbertElliott = kernel::GilbertElliottLoss{ge.p(), ge.r(), ge.bad_loss(), ge.good_loss()};
+      }
+      p.limitPackets = l.limit_packets();
+      plan.params = std::move(p);
+      break;
     }
-    case v1::FaultSpec::kNetworkBandwidth: {
-      const auto& b = spec.network_bandwidth();
-      plan.interface = b.target().interface();
-      plan.netns = b.target().netns();
-      plan.params = bandwidthParams(b);
-      return plan;
+    case v1::FaultSpec::kNetworkBandwidth:
+      plan.params = bandwidthParams(spec.network_bandwidth());
+      break;
+    case v1::FaultSpec::kNetworkDuplicate: {
+      const auto& d = spec.network_duplicate();
+      plan.params = NetemParams{.duplicatePercent = d.percent(), .duplicateCorrelationPercent = d.correlation()};
+      break;
     }
+    case v1::FaultSpec::kNetworkCorrupt: {
+      const auto& c = spec.network_corrupt();
+      plan.params = NetemParams{.corruptPercent = c.percent(), .corruptCorrelationPercent = c.correlation()};
+      break;
+    }
+    case v1::FaultSpec::kNetworkReorder: {
+      const auto& o = spec.network_reorder();
+      plan.params = NetemParams{.delay = toMicros(o.delay()),
+                                .reorderPercent = o.percent(),
+                                .reorderCorrelationPercent = o.correlation(),
+                                .gap = o.gap()};
+      break;
+    }
+    case v1::FaultSpec::kNetworkPartition:
+      plan.params = NetemParams{.lossPercent = 100};
+      break;
     default:
       break;
   }
-  return tl::unexpected(faultError(std::make_error_code(std::errc::invalid_argument),
-                                   fmt::format("{} is not a network fault; accepted: network.delay, "
-                                               "network.loss, network.bandwidth",
-                                               plan.faultName.empty() ? "an empty spec" : plan.faultName)));
+  // Not built yet: say so before anything is read or changed, rather than fault all traffic.
+  const auto notYet = [&](std::string what) {
+    return tl::unexpected(faultError(
+        std::make_error_code(std::errc::not_supported),
+        fmt::format("{}: {} is not supported by this agent version; nothing was changed", context(plan), what)));
+  };
+  if (target->direction() == v1::DIRECTION_INGRESS || target->direction() == v1::DIRECTION_BOTH) {
+    return notYet("direction ingress (through an ifb device)");
+  }
+  if (target->has_match()) {
+    const auto& m = target->match();
+    if (!m.destination_cidrs().empty() || !m.source_cidrs().empty() || !m.destination_ports().empty() ||
+        !m.source_ports().empty() || m.protocol() != v1::PROTOCOL_UNSPECIFIED) {
+      auto filters = matchFilters(m, kFaultlineRootHandle, kMatchFilterPriority, kFaultlineClass);
+      if (!filters) {
+        return tl::unexpected(faultError(std::make_error_code(std::errc::invalid_argument),
+                                         fmt::format("{}: {}; nothing was changed", context(plan), filters.error())));
+      }
+      plan.tree = true;
+      plan.filters = std::move(*filters);
+    }
+  }
+  if (plan.netns.empty() && !exempt.empty()) {
+    if (!plan.tree) {
+      auto all = matchFilters(v1::TrafficMatch{}, kFaultlineRootHandle, kMatchFilterPriority, kFaultlineClass);
+      plan.filters = std::move(*all);  // an empty match never needs too many filters
+      plan.tree = true;
+    }
+    // Ahead of the fault's filters: egress to the controller, and (ifb, ingress) from it.
+    auto first = exemptFilters(exempt, PeerSide::kDestination, kFaultlineRootHandle, kExemptFilterPriority,
+                               kFaultlineRootHandle);
+    auto fromController =
+        exemptFilters(exempt, PeerSide::kSource, kFaultlineRootHandle, kExemptFilterPriority, kFaultlineRootHandle);
+    first.insert(first.end(), fromController.begin(), fromController.end());
+    plan.filters.insert(plan.filters.begin(), first.begin(), first.end());
+  }
+  if (target->interface() == kDefaultRouteInterface) {
+    return notYet("interface default (the interface of the default route)");
+  }
+  return plan;
 }
 
 class AppliedNetworkFault final : public AppliedFault {
@@ -276,8 +377,9 @@ class AppliedNetworkFault final : public AppliedFault {
   AppliedNetworkFault(QdiscTableOpener open, Plan plan, std::optional<QdiscInfo> saved)
       : open_(std::move(open)),
         plan_(std::move(plan)),
-        ourKind_(kernel::qdiscKind(plan_.params)),
-        what_(paramsText(plan_.params)),
+        ourKind_(rootKind(plan_)),
+        what_(paramsText(plan_.params) +
+              (plan_.tree ? fmt::format(" on matched traffic ({} u32 filters)", plan_.filters.size()) : "")),
         saved_(std::move(saved)) {}
   // From an undo record: only the kind of faultline's qdisc is known, not its parameters.
   AppliedNetworkFault(QdiscTableOpener open, Plan plan, std::string ourKind, std::optional<QdiscInfo> saved)
@@ -393,12 +495,8 @@ nlohmann::json undoRecord(const Plan& plan, const std::optional<QdiscInfo>& save
                  {"parent", saved->parent},
                  {"options", toHex(saved->options)}};
   }
-  return {{"fault", plan.faultName},
-          {"netns", plan.netns},
-          {"interface", plan.interface},
-          {"handle", kFaultlineRootHandle},
-          {"qdisc", std::string(kernel::qdiscKind(plan.params))},
-          {"saved", savedJson}};
+  return {{"fault", plan.faultName},        {"netns", plan.netns},     {"interface", plan.interface},
+          {"handle", kFaultlineRootHandle}, {"qdisc", rootKind(plan)}, {"saved", savedJson}};
 }
 
 uint64_t ceilDiv(uint64_t a, uint64_t b) {
@@ -411,6 +509,31 @@ uint32_t capU32(uint64_t v) {
 
 }  // namespace
 
+uint32_t netemLimitPackets(std::chrono::microseconds delay, std::chrono::microseconds jitter, uint64_t rateBps) {
+  constexpr uint64_t kAssumedLinkBps = 10'000'000'000;  // 10 Gbit/s
+  constexpr uint64_t kPacketBits = 1500 * 8;
+  constexpr uint64_t kMinLimit = 1000;        // the kernel's own default
+  constexpr uint64_t kMaxLimit = 10'000'000;  // ~15 GB of full-size packets at most, if ever filled
+  const uint64_t bps = rateBps != 0 ? rateBps : kAssumedLinkBps;
+  const auto micros = static_cast<uint64_t>(std::max<int64_t>(0, (delay + jitter).count()));
+  // packets = bits per second x seconds / bits per packet, without overflow for 1 h at 1 Tbit/s
+  const long double packets =
+      static_cast<long double>(bps) * static_cast<long double>(micros) / 1e6L / static_cast<long double>(kPacketBits);
+  const auto needed = static_cast<uint64_t>(std::ceil(packets));
+  return static_cast<uint32_t>(std::clamp(needed, kMinLimit, kMaxLimit));
+}
+
+kernel::NetemParams delayParams(const v1::NetworkDelay& spec) {
+  NetemParams p{.delay = toMicros(spec.delay()),
+                .jitter = toMicros(spec.jitter()),
+                .delayCorrelationPercent = spec.correlation(),
+                .delayDistribution = delayDistributionTable(spec.distribution()).values,
+                .rateBitsPerSecond = spec.rate_bps()};
+  p.limitPackets =
+      spec.limit_packets() != 0 ? spec.limit_packets() : netemLimitPackets(p.delay, p.jitter, spec.rate_bps());
+  return p;
+}
+
 kernel::TbfParams bandwidthParams(const v1::NetworkBandwidth& spec) {
   const uint64_t bytesPerSecond = spec.rate_bps() / 8;
   TbfParams params;
@@ -418,9 +541,16 @@ kernel::TbfParams bandwidthParams(const v1::NetworkBandwidth& spec) {
   params.burstBytes = spec.burst_bytes() != 0
                           ? spec.burst_bytes()
                           : capU32(std::max(ceilDiv(bytesPerSecond, 100), kMinDefaultBurstBytes));  // 10 ms
-  params.limitBytes = spec.limit_bytes() != 0
-                          ? spec.limit_bytes()
-                          : capU32(std::max<uint64_t>(ceilDiv(bytesPerSecond, 20), params.burstBytes));  // 50 ms
+  if (spec.limit_bytes() != 0) {
+    params.limitBytes = spec.limit_bytes();
+  } else if (spec.has_latency()) {
+    // As tc-tbf(8) turns latency into a limit: the bytes sent at the rate in that time, plus the burst.
+    const auto micros = static_cast<uint64_t>(std::max<int64_t>(0, toMicros(spec.latency()).count()));
+    const long double bytes = static_cast<long double>(bytesPerSecond) * static_cast<long double>(micros) / 1e6L;
+    params.limitBytes = capU32(static_cast<uint64_t>(std::ceil(bytes)) + params.burstBytes);
+  } else {
+    params.limitBytes = capU32(std::max<uint64_t>(ceilDiv(bytesPerSecond, 20), params.burstBytes));  // 50 ms
+  }
   return params;
 }
 
@@ -439,6 +569,62 @@ std::string missingQdiscMessage(std::string_view kind) {
   return fmt::format("the kernel has no {0} qdisc (CONFIG_NET_SCH_{1}): load it with `modprobe sch_{0}`", kind, option);
 }
 
+namespace {
+
+// Builds faultline's tree for plan (see Plan::tree); on any failure puts the saved root back and
+// reports the step that failed.
+tl::expected<void, FaultError> buildTree(QdiscTable& table, const Plan& plan, const std::optional<QdiscInfo>& before) {
+  std::string step;
+  std::error_code code;
+  const auto attempt = [&](std::string what, tl::expected<void, std::error_code> result) {
+    if (!result && !code) {
+      code = result.error();
+      step = std::move(what);
+    }
+    return result.has_value();
+  };
+  // Unclassified packets go to htb's direct queue: nothing is faulted until the filters are in.
+  (void)(attempt("htb root fa17:", table.replaceRoot(plan.interface, kFaultlineRootHandle, kernel::HtbParams{})) &&
+         attempt("htb class fa17:1", table.addHtbClass(plan.interface, kFaultlineClass,
+                                                       kernel::HtbClassParams{.rateBitsPerSecond = kUnlimitedBps})) &&
+         attempt(fmt::format("{} fa18: below fa17:1", kernel::qdiscKind(plan.params)),
+                 table.addQdisc(plan.interface, kFaultlineClass, kFaultlineLeafHandle, plan.params)));
+  for (size_t i = 0; !code && i < plan.filters.size(); ++i) {
+    attempt(fmt::format("u32 filter {} of {}", i + 1, plan.filters.size()),
+            table.addU32Filter(plan.interface, plan.filters[i]));
+  }
+  if (!code) {
+    return {};
+  }
+  std::string message =
+      code == std::errc::no_such_file_or_directory
+          ? fmt::format("{}: cannot add the {}: {} (or the kernel lacks the module: {})", context(plan), step,
+                        code.message(),
+                        step.starts_with("u32")
+                            ? "cls_u32, `modprobe cls_u32`"
+                            : missingQdiscMessage(step.starts_with("htb") ? "htb" : kernel::qdiscKind(plan.params)))
+          : tableErrorText(plan, fmt::format("cannot add the {}", step), code);
+  FaultError error = faultError(code, std::move(message));
+  auto after = table.root(plan.interface);
+  if (!after) {
+    error.message += fmt::format(" (and the root qdisc could not be read back to remove the half-built tree: {})",
+                                 after.error().message());
+    error.mayBeChanged = true;
+  } else if (*after && isFaultlineHandle((*after)->handle)) {
+    if (auto undone = undo(table, plan.interface, before); !undone) {
+      error.message += fmt::format(" (and removing the half-built tree to put back {} failed: {})", qdiscText(before),
+                                   undone.error().message());
+      error.mayBeChanged = true;
+    } else {
+      error.message +=
+          fmt::format("; the half-built tree was removed and the root qdisc {} put back", qdiscText(before));
+    }
+  }
+  return tl::unexpected(std::move(error));
+}
+
+}  // namespace
+
 NetworkFaultDriver::NetworkFaultDriver(QdiscTableOpener open) : open_(std::move(open)) {}
 
 tl::expected<std::unique_ptr<AppliedFault>, FaultError> NetworkFaultDriver::apply(const v1::FaultSpec& spec,
@@ -449,7 +635,7 @@ tl::expected<std::unique_ptr<AppliedFault>, FaultError> NetworkFaultDriver::appl
                                      fmt::format("{}: invalid field '{}': {}", name.empty() ? "fault" : name,
                                                  valid.error().field, valid.error().message)));
   }
-  auto plan = planFor(spec);
+  auto plan = planFor(spec, exempt_);
   if (!plan) {
     return tl::unexpected(plan.error());
   }
@@ -487,6 +673,12 @@ tl::expected<std::unique_ptr<AppliedFault>, FaultError> NetworkFaultDriver::appl
           FaultError{persisted.error().code, fmt::format("{}: cannot journal the undo record, nothing was changed: {}",
                                                          context(*plan), persisted.error().message)});
     }
+  }
+  if (plan->tree) {
+    if (auto built = buildTree(**table, *plan, *before); !built) {
+      return tl::unexpected(built.error());
+    }
+    return std::make_unique<AppliedNetworkFault>(open_, std::move(*plan), std::move(*before));
   }
   if (auto replaced = (*table)->replaceRoot(plan->interface, kFaultlineRootHandle, plan->params); !replaced) {
     const std::error_code code = replaced.error();

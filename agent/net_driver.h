@@ -10,7 +10,12 @@
 //           take back byte for byte (kernel::restorability()); or a root with qdiscs of someone's
 //           attached below it. Kernel defaults (handle 0:, e.g. mq, pfifo_fast, noqueue) are fine:
 //           revert deletes faultline's root and the kernel attaches its default again.
-// Then it replaces the root with faultline's qdisc (handle FA17:).
+// Then it replaces the root with faultline's qdisc (handle FA17:). With a traffic match it builds a
+// tree instead: htb FA17: (unclassified packets bypass the classes), class FA17:1, the fault's
+// qdisc FA18: below it, and u32 filters (traffic_match.h) steering matched packets to FA17:1; a
+// step that fails removes the half-built tree (puts the saved root back) before the error is
+// returned, and the message names the step (and the module: sch_htb, cls_u32, sch_netem).
+// ENOTSUP, before anything is read: direction ingress or both, interface "default" (not built).
 // revert(): if the root is still faultline's, restores the saved root qdisc byte for byte, or
 // deletes ours when the saved one was the kernel's default (handle 0:), then reads back to verify.
 // It succeeds with nothing to do when the interface or the namespace no longer exists (the fault
@@ -22,18 +27,30 @@
 // Neither class is thread-safe; both block for a few netlink round trips.
 #pragma once
 
+#include <chrono>
 #include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
 
 #include "agent/fault.h"
 #include "agent/kernel/qdisc_table.h"
+#include "agent/traffic_match.h"
 
 namespace faultline::agent {
 
 // Handles whose major is 0xFA17 belong to faultline ("fa17:" in tc's output).
 inline constexpr uint32_t kFaultlineQdiscMajor = 0xFA17;
 inline constexpr uint32_t kFaultlineRootHandle = kFaultlineQdiscMajor << 16;
+// A fault with a traffic match: htb root fa17:, class fa17:1 (unlimited), the fault's qdisc
+// fa18: below it, u32 filters at priority 3 (IPv6: 4) steering matched packets to fa17:1 after the
+// controller's exemption at 1 (IPv6: 2); everything else
+// bypasses the classes (htb's direct queue).
+inline constexpr uint32_t kFaultlineClass = kFaultlineRootHandle | 1;
+inline constexpr uint32_t kFaultlineLeafHandle = 0xFA180000;
+inline constexpr uint16_t kExemptFilterPriority = 1;          // IPv4 1, IPv6 2
+inline constexpr uint16_t kMatchFilterPriority = 3;           // IPv4 3, IPv6 4
+inline constexpr uint64_t kUnlimitedBps = uint64_t{1} << 40;  // 1.1 Tbit/s: never the bottleneck
 
 using QdiscTableOpener =
     std::function<tl::expected<std::unique_ptr<kernel::QdiscTable>, std::error_code>(const std::string& netns)>;
@@ -42,6 +59,12 @@ class NetworkFaultDriver final : public FaultDriver {
  public:
   // open: called once per apply/revert for the spec's namespace; tests pass a fake.
   explicit NetworkFaultDriver(QdiscTableOpener open);
+  // The agent's controller (resolved addresses, TCP port): a fault in the agent's own namespace
+  // (netns "") is then built as a tree whose first filters (priority 1) send TCP to and from
+  // these endpoints to htb's direct queue, so the channel that reverts the fault never suffers it;
+  // without a match, the fault's filters then match all IPv4 and IPv6 packets (ARP and other
+  // non-IP frames bypass it). Call before apply(); not thread-safe.
+  void setExempt(std::vector<Endpoint> endpoints) { exempt_ = std::move(endpoints); }
   // apply() calls persist (when set) with the undo record after reading the root and before
   // replacing it:
   //   {"fault":"network.bandwidth","netns":"/var/run/netns/a" or "","interface":"veth0",
@@ -61,13 +84,29 @@ class NetworkFaultDriver final : public FaultDriver {
 
  private:
   QdiscTableOpener open_;
+  std::vector<Endpoint> exempt_;
 };
+
+// The interface name that stands for the namespace's default-route interface.
+inline constexpr std::string_view kDefaultRouteInterface = "default";
+
+// netem's queue limit when the spec sets none: enough packets that the delayed traffic of a
+// link at rateBps (10 Gbit/s when 0) in 1500-byte packets does not tail-drop:
+// ceil((delay + jitter) x rate / 12000 bit), at least 1000 (the kernel's default), at most
+// 10,000,000. netem holds only the packets that arrive, so a large limit costs memory only under load.
+[[nodiscard]] uint32_t netemLimitPackets(std::chrono::microseconds delay, std::chrono::microseconds jitter,
+                                         uint64_t rateBps);
+
+// netem parameters for a validated network.delay spec: the distribution table loaded
+// (delayDistributionTable()), limit from limit_packets or netemLimitPackets().
+[[nodiscard]] kernel::NetemParams delayParams(const v1::NetworkDelay& spec);
 
 // tbf parameters for a validated network.bandwidth spec. Defaults when a field is 0:
 //   burst: 10 ms of traffic at the rate, at least 3028 bytes (two full-size 1514-byte Ethernet
 //          frames). Interfaces with a larger MTU (jumbo frames, lo's 65536) need burst_bytes set
 //          to at least their MTU: tbf drops non-GSO packets larger than the burst.
-//   limit: 50 ms of traffic at the rate, at least the burst.
+//   limit: with latency set, the bytes sent at the rate in that time plus the burst (as tc-tbf(8));
+//          else 50 ms of traffic at the rate, at least the burst.
 // Both are capped at 4 GiB - 1 (the kernel's u32).
 [[nodiscard]] kernel::TbfParams bandwidthParams(const v1::NetworkBandwidth& spec);
 

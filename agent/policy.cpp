@@ -30,9 +30,9 @@ constexpr std::array<std::string_view, 6> kRootKeys{"maxDuration", "forbidKinds"
                                                     "processes",   "maxPercent",  "maxDelay"};
 constexpr std::array<std::string_view, 2> kInterfaceKeys{"allow", "deny"};
 constexpr std::array<std::string_view, 1> kProcessKeys{"protect"};
-constexpr std::array<std::string_view, 8> kKinds{"network.delay", "network.loss",  "network.bandwidth",
-                                                 "process.kill",  "process.pause", "stress.cpu",
-                                                 "stress.memory", "cgroup.squeeze"};
+constexpr std::array<std::string_view, 12> kKinds{
+    "network.delay",     "network.loss", "network.bandwidth", "network.duplicate", "network.corrupt", "network.reorder",
+    "network.partition", "process.kill", "process.pause",     "stress.cpu",        "stress.memory",   "cgroup.squeeze"};
 constexpr std::chrono::hours kMaxPolicyDelay{1};  // the largest delay validateFaultSpec() accepts
 
 std::string join(std::span<const std::string_view> words) {
@@ -44,16 +44,28 @@ bool interfaceMatches(const std::string& pattern, std::string_view interface) {
 }
 
 std::string_view interfaceOf(const v1::FaultSpec& spec) {
-  switch (spec.kind_case()) {
-    case v1::FaultSpec::kNetworkDelay:
-      return spec.network_delay().target().interface();
-    case v1::FaultSpec::kNetworkLoss:
-      return spec.network_loss().target().interface();
-    case v1::FaultSpec::kNetworkBandwidth:
-      return spec.network_bandwidth().target().interface();
-    default:
-      return {};
+  const v1::NetworkTarget* target = networkTarget(spec);
+  return target != nullptr ? std::string_view(target->interface()) : std::string_view{};
+}
+
+// The share of packets a fault drops, for maxPercent: random loss, the Gilbert-Elliott model's
+// long-run loss, or 100 for a partition; nullopt for faults that drop nothing on purpose.
+std::optional<double> lossPercentOf(const v1::FaultSpec& spec) {
+  if (spec.kind_case() == v1::FaultSpec::kNetworkPartition) {
+    return 100.0;
   }
+  if (spec.kind_case() != v1::FaultSpec::kNetworkLoss) {
+    return std::nullopt;
+  }
+  const auto& l = spec.network_loss();
+  if (!l.has_gilbert_elliott()) {
+    return l.percent();
+  }
+  const auto& ge = l.gilbert_elliott();
+  if (ge.p() + ge.r() <= 0) {
+    return ge.good_loss();
+  }
+  return (ge.r() * ge.good_loss() + ge.p() * ge.bad_loss()) / (ge.p() + ge.r());
 }
 
 }  // namespace
@@ -105,14 +117,16 @@ tl::expected<void, PolicyViolation> Policy::check(const v1::FaultSpec& spec, nan
       return ok;
     }
   }
-  if (maxPercent_ && spec.kind_case() == v1::FaultSpec::kNetworkLoss &&
-      spec.network_loss().percent() > maxPercent_->value) {
+  if (const auto loss = lossPercentOf(spec); maxPercent_ && loss && *loss > maxPercent_->value) {
     std::string rule = fmt::format("policy {} ({})", maxPercent_->where, maxPercent_->text);
-    std::string message = fmt::format("{} refuses loss {:g}%", rule, spec.network_loss().percent());
+    std::string message = fmt::format("{} refuses loss {:g}%", rule, *loss);
     return tl::unexpected(PolicyViolation{std::move(rule), std::move(message)});
   }
-  if (maxDelay_ && spec.kind_case() == v1::FaultSpec::kNetworkDelay) {
-    const nanoseconds delay = toMicros(spec.network_delay().delay());
+  const bool delays =
+      spec.kind_case() == v1::FaultSpec::kNetworkDelay || spec.kind_case() == v1::FaultSpec::kNetworkReorder;
+  if (maxDelay_ && delays) {
+    const nanoseconds delay =
+        toMicros(spec.has_network_delay() ? spec.network_delay().delay() : spec.network_reorder().delay());
     const nanoseconds jitter = toMicros(spec.network_delay().jitter());
     if (delay + jitter > maxDelay_->value) {
       std::string rule = fmt::format("policy {} ({})", maxDelay_->where, maxDelay_->text);

@@ -1,6 +1,11 @@
 #include "agent/runtime.h"
 
+#include <netdb.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <unistd.h>
+
+#include <cstring>
 
 #include <future>
 #include <thread>
@@ -25,10 +30,51 @@ std::string hostName() {
   return buf;
 }
 
+std::vector<Endpoint> controllerEndpoints(const std::string& address) {
+  std::vector<Endpoint> out;
+  const auto colon = address.rfind(':');
+  if (address.rfind("unix:", 0) == 0 || colon == std::string::npos) {
+    return out;
+  }
+  std::string host = address.substr(0, colon);
+  const std::string port = address.substr(colon + 1);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  addrinfo hints{};
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* found = nullptr;
+  if (const int rc = ::getaddrinfo(host.c_str(), port.c_str(), &hints, &found); rc != 0) {
+    spdlog::warn("cannot resolve the controller {} to exempt its traffic from network faults: {}", address,
+                 gai_strerror(rc));
+    return out;
+  }
+  for (addrinfo* a = found; a != nullptr; a = a->ai_next) {
+    Endpoint e;
+    e.address.family = a->ai_family;
+    if (a->ai_family == AF_INET) {
+      const auto* sin = reinterpret_cast<const sockaddr_in*>(a->ai_addr);
+      std::memcpy(e.address.address.data(), &sin->sin_addr, 4);
+      e.address.prefixLength = 32;
+      e.port = ntohs(sin->sin_port);
+    } else if (a->ai_family == AF_INET6) {
+      const auto* sin6 = reinterpret_cast<const sockaddr_in6*>(a->ai_addr);
+      std::memcpy(e.address.address.data(), &sin6->sin6_addr, 16);
+      e.address.prefixLength = 128;
+      e.port = ntohs(sin6->sin6_port);
+    } else {
+      continue;
+    }
+    out.push_back(e);
+  }
+  ::freeaddrinfo(found);
+  return out;
+}
+
 struct AgentRuntime::Impl {
   Impl(SessionOptions options, std::unique_ptr<UndoJournal> undoJournal, Policy policy)
       : journal(std::move(undoJournal)),
-        drivers(policy.protectedProcesses()),
+        drivers(policy.protectedProcesses(), controllerEndpoints(options.controller)),
         agent(
             io, drivers.router(),
             [this](const v1::FaultReport& r) {
@@ -65,8 +111,19 @@ AgentRuntime::AgentRuntime(SessionOptions options, bool probeKernel, std::unique
     const auto support = kernel::probeQdiscSupport();
     options.capabilities.set_netem(support.netem);
     options.capabilities.set_tbf(support.tbf);
-    spdlog::info("kernel {}: netem qdisc {}, tbf qdisc {}", kernelRelease(), support.netem ? "yes" : "no",
-                 support.tbf ? "yes" : "no");
+    for (const auto& [name, has] :
+         {std::pair{"netem", support.netem}, std::pair{"tbf", support.tbf}, std::pair{"htb", support.htb}}) {
+      if (has) {
+        options.capabilities.add_qdiscs(name);
+      }
+    }
+    if (support.u32) {
+      options.capabilities.add_classifiers("u32");
+    }
+    options.capabilities.set_tc_probed(true);
+    spdlog::info("kernel {}: netem qdisc {}, tbf qdisc {}, htb qdisc {}, u32 classifier {}", kernelRelease(),
+                 support.netem ? "yes" : "no", support.tbf ? "yes" : "no", support.htb ? "yes" : "no",
+                 support.u32 ? "yes" : "no");
     if (auto cgroups = kernel::openCgroupTree()) {
       options.capabilities.set_cgroup2_mount((*cgroups)->mountPoint());
       auto self = (*cgroups)->selfCgroup();

@@ -4,10 +4,12 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "agent/journal.h"
 #include "agent/policy.h"
 #include "agent/session.h"
+#include "agent/traffic_match.h"
 
 namespace faultline::agent {
 
@@ -35,6 +37,10 @@ class AgentRuntime {
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
+
+// The addresses and port of a controller given as HOST:PORT ([V6]:PORT), resolved with
+// getaddrinfo (blocks); empty for unix:PATH or when it does not resolve (logged).
+[[nodiscard]] std::vector<Endpoint> controllerEndpoints(const std::string& address);
 
 // The host's name (gethostname), "localhost" when unknown.
 [[nodiscard]] std::string hostName();

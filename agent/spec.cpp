@@ -1,5 +1,6 @@
 #include "spec.h"
 
+#include <arpa/inet.h>
 #include <string.h>  // sigabbrev_np
 #include <cctype>
 #include <charconv>
@@ -29,10 +30,60 @@ tl::expected<void, SpecError> fail(std::string field, std::string message) {
   return tl::unexpected(SpecError{std::move(field), std::move(message)});
 }
 
-tl::expected<void, SpecError> validateTarget(const v1::NetworkTarget& t) {
+tl::expected<void, SpecError> validatePercent(const std::string& field, double v, bool zeroAllowed) {
+  if (!std::isfinite(v) || v < 0 || v > 100 || (!zeroAllowed && v == 0)) {
+    return fail(field, fmt::format("{} is out of range; accepted: a percentage {} 0 and ≤ 100", pct(v),
+                                   zeroAllowed ? "≥" : ">"));
+  }
+  return {};
+}
+
+std::string_view directionName(v1::Direction d) {
+  switch (d) {
+    case v1::DIRECTION_UNSPECIFIED:
+    case v1::DIRECTION_EGRESS:
+      return "egress";
+    case v1::DIRECTION_INGRESS:
+      return "ingress";
+    case v1::DIRECTION_BOTH:
+      return "both";
+    default:
+      return "unknown";
+  }
+}
+
+tl::expected<void, SpecError> validateCidrs(const std::string& field,
+                                            const google::protobuf::RepeatedPtrField<std::string>& cidrs, int& family) {
+  for (const auto& text : cidrs) {
+    auto cidr = parseCidr(text);
+    if (!cidr) {
+      return fail(field, cidr.error());
+    }
+    if (family != 0 && cidr->family != family) {
+      return fail(field, fmt::format("'{}' is IPv{} but another address of this fault is IPv{}; accepted: "
+                                     "addresses of one family per fault (use two faults for IPv4 and IPv6)",
+                                     text, cidr->family == AF_INET ? 4 : 6, family == AF_INET ? 4 : 6));
+    }
+    family = cidr->family;
+  }
+  return {};
+}
+
+tl::expected<void, SpecError> validatePorts(const std::string& field,
+                                            const google::protobuf::RepeatedField<uint32_t>& ports) {
+  for (uint32_t port : ports) {
+    if (port < 1 || port > 65535) {
+      return fail(field, fmt::format("{} is not a port; accepted: 1 to 65535", port));
+    }
+  }
+  return {};
+}
+
+tl::expected<void, SpecError> validateTarget(const v1::NetworkTarget& t, bool bothAllowed) {
   if (!isValidInterfaceName(t.interface())) {
     return fail("interface", fmt::format("'{}' is not a Linux interface name: 1-15 bytes, no '/', ':' or "
-                                         "whitespace, not '.' or '..' (e.g. eth0, enp6s0, eth0.100)",
+                                         "whitespace, not '.' or '..' (e.g. eth0, enp6s0, eth0.100), or default "
+                                         "(the interface of the default route)",
                                          t.interface()));
   }
   if (!t.netns().empty() && t.netns().front() != '/') {
@@ -40,15 +91,66 @@ tl::expected<void, SpecError> validateTarget(const v1::NetworkTarget& t) {
                                      "/proc/PID/ns/net, or leave it out for the agent's own namespace",
                                      t.netns()));
   }
+  if (!v1::Direction_IsValid(t.direction()) || (t.direction() == v1::DIRECTION_BOTH && !bothAllowed)) {
+    return fail("direction",
+                fmt::format("'{}' is not accepted here; accepted: egress or ingress{}", directionName(t.direction()),
+                            bothAllowed ? " or both" : " (both: network.partition only)"));
+  }
+  const auto& m = t.match();
+  int family = 0;
+  if (auto r = validateCidrs("match.destination", m.destination_cidrs(), family); !r) {
+    return r;
+  }
+  if (auto r = validateCidrs("match.source", m.source_cidrs(), family); !r) {
+    return r;
+  }
+  if (!v1::Protocol_IsValid(m.protocol())) {
+    return fail("match.protocol", fmt::format("{} is not a protocol; accepted: tcp, udp or icmp", m.protocol()));
+  }
+  if (auto r = validatePorts("match.destinationPorts", m.destination_ports()); !r) {
+    return r;
+  }
+  if (auto r = validatePorts("match.sourcePorts", m.source_ports()); !r) {
+    return r;
+  }
+  const bool ports = !m.destination_ports().empty() || !m.source_ports().empty();
+  if (ports && m.protocol() != v1::PROTOCOL_TCP && m.protocol() != v1::PROTOCOL_UDP) {
+    return fail("match.protocol", fmt::format("{}; ports match only tcp or udp: accepted: protocol tcp or udp",
+                                              m.protocol() == v1::PROTOCOL_ICMP ? "icmp has no ports" : "is missing"));
+  }
+  constexpr int kMaxEntries = 64;  // one u32 filter each: keeps the tree small
+  for (const auto& [field, n] :
+       {std::pair{"match.destination", m.destination_cidrs_size()}, std::pair{"match.source", m.source_cidrs_size()},
+        std::pair{"match.destinationPorts", m.destination_ports_size()},
+        std::pair{"match.sourcePorts", m.source_ports_size()}}) {
+    if (n > kMaxEntries) {
+      return fail(field, fmt::format("has {} entries; accepted: at most {}", n, kMaxEntries));
+    }
+  }
   return {};
 }
 
-tl::expected<void, SpecError> validatePercent(const char* field, double v, bool zeroAllowed) {
-  if (!std::isfinite(v) || v < 0 || v > 100 || (!zeroAllowed && v == 0)) {
-    return fail(field, fmt::format("{} is out of range; accepted: a percentage {} 0 and ≤ 100", pct(v),
-                                   zeroAllowed ? "≥" : ">"));
+tl::expected<void, SpecError> validateDelay(const char* field, const google::protobuf::Duration& d) {
+  const auto delay = toMicros(d);
+  if (delay <= microseconds{0} || delay > kMaxDelay) {
+    return fail(field, fmt::format("{} is out of range; accepted: more than 0 and at most 1h", formatDuration(delay)));
   }
   return {};
+}
+
+tl::expected<void, SpecError> validateRate(const char* field, uint64_t bps, bool zeroAllowed) {
+  if ((bps == 0 && zeroAllowed) || (bps >= 8 && bps <= (uint64_t{1} << 40))) {
+    return {};
+  }
+  return fail(field, fmt::format("{} bit/s is out of range; accepted: 8bit to 1tbit per second", bps));
+}
+
+// percent (0, 100] and correlation [0, 100] of duplicate, corrupt and reorder.
+tl::expected<void, SpecError> validateProbability(double percent, double correlation) {
+  if (auto r = validatePercent("percent", percent, false); !r) {
+    return r;
+  }
+  return validatePercent("correlation", correlation, true);
 }
 
 bool isCgroupPath(const std::string& path) {
@@ -166,6 +268,14 @@ std::string_view faultKindName(const v1::FaultSpec& spec) {
       return "network.bandwidth";
     case v1::FaultSpec::kProcessKill:
       return "process.kill";
+    case v1::FaultSpec::kNetworkDuplicate:
+      return "network.duplicate";
+    case v1::FaultSpec::kNetworkCorrupt:
+      return "network.corrupt";
+    case v1::FaultSpec::kNetworkReorder:
+      return "network.reorder";
+    case v1::FaultSpec::kNetworkPartition:
+      return "network.partition";
     case v1::FaultSpec::kProcessPause:
       return "process.pause";
     case v1::FaultSpec::kStressCpu:
@@ -180,29 +290,120 @@ std::string_view faultKindName(const v1::FaultSpec& spec) {
   return "";
 }
 
+const v1::NetworkTarget* networkTarget(const v1::FaultSpec& spec) {
+  switch (spec.kind_case()) {
+    case v1::FaultSpec::kNetworkDelay:
+      return &spec.network_delay().target();
+    case v1::FaultSpec::kNetworkLoss:
+      return &spec.network_loss().target();
+    case v1::FaultSpec::kNetworkBandwidth:
+      return &spec.network_bandwidth().target();
+    case v1::FaultSpec::kNetworkDuplicate:
+      return &spec.network_duplicate().target();
+    case v1::FaultSpec::kNetworkCorrupt:
+      return &spec.network_corrupt().target();
+    case v1::FaultSpec::kNetworkReorder:
+      return &spec.network_reorder().target();
+    case v1::FaultSpec::kNetworkPartition:
+      return &spec.network_partition().target();
+    default:
+      return nullptr;
+  }
+}
+
+tl::expected<Cidr, std::string> parseCidr(std::string_view text) {
+  const std::string accepted = "an IPv4 or IPv6 address or prefix, e.g. 10.0.0.0/8, 192.0.2.7, 2001:db8::/32";
+  const auto slash = text.find('/');
+  const std::string address(text.substr(0, slash));
+  Cidr out;
+  if (inet_pton(AF_INET, address.c_str(), out.address.data()) == 1) {
+    out.family = AF_INET;
+  } else if (inet_pton(AF_INET6, address.c_str(), out.address.data()) == 1) {
+    out.family = AF_INET6;
+  } else {
+    return tl::unexpected(fmt::format("'{}' is not an address; accepted: {}", text, accepted));
+  }
+  const int maxLength = out.family == AF_INET ? 32 : 128;
+  out.prefixLength = maxLength;
+  if (slash != std::string_view::npos) {
+    const std::string_view len = text.substr(slash + 1);
+    int value = -1;
+    auto [end, ec] = std::from_chars(len.data(), len.data() + len.size(), value);
+    if (len.empty() || ec != std::errc{} || end != len.data() + len.size() || value < 0 || value > maxLength) {
+      return tl::unexpected(fmt::format("'{}' has no valid prefix length; accepted: /0 to /{} for IPv{}", text,
+                                        maxLength, out.family == AF_INET ? 4 : 6));
+    }
+    out.prefixLength = value;
+  }
+  Cidr network = out;
+  for (int bit = out.prefixLength; bit < maxLength; ++bit) {
+    network.address[static_cast<size_t>(bit / 8)] &= static_cast<uint8_t>(~(0x80u >> (bit % 8)));
+  }
+  if (network.address != out.address) {
+    char buffer[INET6_ADDRSTRLEN] = {};
+    inet_ntop(out.family, network.address.data(), buffer, sizeof(buffer));
+    return tl::unexpected(fmt::format("'{}' has bits set after the prefix; accepted: the network address, {}/{}", text,
+                                      buffer, out.prefixLength));
+  }
+  return out;
+}
+
 tl::expected<void, SpecError> validateFaultSpec(const v1::FaultSpec& spec) {
   switch (spec.kind_case()) {
     case v1::FaultSpec::kNetworkDelay: {
       const auto& d = spec.network_delay();
-      if (auto r = validateTarget(d.target()); !r) {
+      if (auto r = validateTarget(d.target(), false); !r) {
+        return r;
+      }
+      if (auto r = validateDelay("delay", d.delay()); !r) {
         return r;
       }
       const auto delay = toMicros(d.delay());
       const auto jitter = toMicros(d.jitter());
-      if (delay <= microseconds{0} || delay > kMaxDelay) {
-        return fail("delay",
-                    fmt::format("{} is out of range; accepted: more than 0 and at most 1h", formatDuration(delay)));
-      }
       if (jitter < microseconds{0} || jitter > delay) {
         return fail("jitter", fmt::format("{} is out of range; accepted: from 0 up to the delay ({})",
                                           formatDuration(jitter), formatDuration(delay)));
       }
-      return validatePercent("correlation", d.correlation(), true);
+      if (auto r = validatePercent("correlation", d.correlation(), true); !r) {
+        return r;
+      }
+      if (!v1::DelayDistribution_IsValid(d.distribution())) {
+        return fail("distribution",
+                    fmt::format("{} is not a distribution; accepted: uniform, normal, pareto, paretonormal",
+                                static_cast<int>(d.distribution())));
+      }
+      if (d.distribution() > v1::DELAY_DISTRIBUTION_UNIFORM && jitter == microseconds{0}) {
+        return fail("distribution",
+                    "shapes the jitter, and jitter is 0; accepted: a jitter more than 0 with "
+                    "normal, pareto or paretonormal, or leave distribution out");
+      }
+      if (auto r = validateRate("rate", d.rate_bps(), true); !r) {
+        return r;
+      }
+      return {};
     }
     case v1::FaultSpec::kNetworkLoss: {
       const auto& l = spec.network_loss();
-      if (auto r = validateTarget(l.target()); !r) {
+      if (auto r = validateTarget(l.target(), false); !r) {
         return r;
+      }
+      if (l.has_gilbert_elliott()) {
+        const auto& ge = l.gilbert_elliott();
+        if (l.percent() != 0 || l.correlation() != 0) {
+          return fail(l.percent() != 0 ? "percent" : "correlation",
+                      "cannot be given with gilbertElliott; accepted: either percent (and correlation) for random "
+                      "loss, or gilbertElliott");
+        }
+        if (auto r = validatePercent("gilbertElliott.p", ge.p(), false); !r) {
+          return r;
+        }
+        if (auto r = validatePercent("gilbertElliott.r", ge.r(), true); !r) {
+          return r;
+        }
+        if (auto r = validatePercent("gilbertElliott.badLoss", ge.bad_loss(), true); !r) {
+          return r;
+        }
+        return validatePercent("gilbertElliott.goodLoss", ge.good_loss(), true);
       }
       if (auto r = validatePercent("percent", l.percent(), false); !r) {
         return r;
@@ -211,14 +412,59 @@ tl::expected<void, SpecError> validateFaultSpec(const v1::FaultSpec& spec) {
     }
     case v1::FaultSpec::kNetworkBandwidth: {
       const auto& b = spec.network_bandwidth();
-      if (auto r = validateTarget(b.target()); !r) {
+      if (auto r = validateTarget(b.target(), false); !r) {
         return r;
       }
-      if (b.rate_bps() < 8 || b.rate_bps() > (uint64_t{1} << 40)) {
-        return fail("rate", fmt::format("{} bit/s is out of range; accepted: 8bit to 1tbit per second", b.rate_bps()));
+      if (auto r = validateRate("rate", b.rate_bps(), false); !r) {
+        return r;
+      }
+      if (b.has_latency()) {
+        if (b.limit_bytes() != 0) {
+          return fail("latency", "cannot be given with limit (both size the queue); accepted: one of them");
+        }
+        if (auto r = validateDelay("latency", b.latency()); !r) {
+          return r;
+        }
       }
       return {};
     }
+    case v1::FaultSpec::kNetworkDuplicate: {
+      const auto& d = spec.network_duplicate();
+      if (auto r = validateTarget(d.target(), false); !r) {
+        return r;
+      }
+      return validateProbability(d.percent(), d.correlation());
+    }
+    case v1::FaultSpec::kNetworkCorrupt: {
+      const auto& c = spec.network_corrupt();
+      if (auto r = validateTarget(c.target(), false); !r) {
+        return r;
+      }
+      return validateProbability(c.percent(), c.correlation());
+    }
+    case v1::FaultSpec::kNetworkReorder: {
+      const auto& o = spec.network_reorder();
+      if (auto r = validateTarget(o.target(), false); !r) {
+        return r;
+      }
+      if (auto r = validateProbability(o.percent(), o.correlation()); !r) {
+        return r;
+      }
+      if (!o.has_delay()) {
+        return fail("delay",
+                    "is required: netem reorders by sending the picked packets at once and delaying the "
+                    "others; accepted: a duration more than 0 and at most 1h, e.g. 10ms");
+      }
+      if (auto r = validateDelay("delay", o.delay()); !r) {
+        return r;
+      }
+      if (o.gap() > 1'000'000) {
+        return fail("gap", fmt::format("{} is out of range; accepted: 0 (none) to 1000000 packets", o.gap()));
+      }
+      return {};
+    }
+    case v1::FaultSpec::kNetworkPartition:
+      return validateTarget(spec.network_partition().target(), true);
     case v1::FaultSpec::kProcessKill: {
       const auto& k = spec.process_kill();
       if (k.has_process()) {
@@ -288,12 +534,13 @@ tl::expected<void, SpecError> validateFaultSpec(const v1::FaultSpec& spec) {
       }
       return {};
     }
-    case v1::FaultSpec::KIND_NOT_SET:
+    default:
       break;
   }
   return fail("type",
-              "no fault kind; accepted: network.delay, network.loss, network.bandwidth, process.kill, "
-              "process.pause, stress.cpu, stress.memory, cgroup.squeeze");
+              "no fault kind; accepted: network.delay, network.loss, network.bandwidth, network.duplicate, "
+              "network.corrupt, network.reorder, network.partition, process.kill, process.pause, stress.cpu, "
+              "stress.memory, cgroup.squeeze");
 }
 
 std::string checkAddress(std::string_view address, bool listening) {

@@ -4,8 +4,11 @@
 // it again before any kernel call: a spec that fails here never reaches the kernel.
 #pragma once
 
+#include <array>
 #include <chrono>
+#include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -25,9 +28,15 @@ struct SpecError {
 };
 
 // Checks every field and the rules between fields; never touches the kernel.
-// Accepts: interface names of 1-15 bytes without '/', ':' or whitespace; netns empty or an
-// absolute path; delay in (0, 1 h], jitter in [0, delay]; percentages in [0, 100] (loss percent in
-// (0, 100]); rate in [8 bit/s, 2^40 bit/s]; kill: pid > 1 or a non-empty name, and a known signal.
+// Accepts: interface names of 1-15 bytes without '/', ':' or whitespace (or "default"); netns
+// empty or an absolute path; direction egress or ingress (both: network.partition only); match
+// CIDRs of one address family, ports 1-65535 with protocol tcp or udp; delay in (0, 1 h], jitter in
+// [0, delay], a distribution other than uniform only with jitter; percentages in [0, 100] (the
+// fault's own percent in (0, 100]); Gilbert-Elliott p in (0, 100] without percent/correlation;
+// rates in [8 bit/s, 2^40 bit/s]; reorder with a delay; bandwidth latency or limit, not both;
+// kill: pid > 1 or a non-empty name, and a known signal.
+// Field names are the experiment file's keys below the fault ("jitter", "gilbertElliott.p",
+// "match.destination"; "interface", "netns", "direction", "match.*" live under target).
 // Process selectors (kill, pause): exactly one of pid > 1, a non-empty name, a cmdline that is an
 // ECMAScript regex, an absolute cgroup path without "..", a unit name, an absolute pidfile path;
 // count or percent (0, 100], not both; kill every in [100ms, 1h]. stress.cpu: 1-1024 workers,
@@ -37,6 +46,18 @@ struct SpecError {
 
 // The fault kind as written in experiment files ("network.delay", ...); "" when unset.
 [[nodiscard]] std::string_view faultKindName(const v1::FaultSpec& spec);
+
+// The target of a network fault; nullptr for any other kind.
+[[nodiscard]] const v1::NetworkTarget* networkTarget(const v1::FaultSpec& spec);
+
+// An IPv4 or IPv6 prefix: "10.0.0.0/8", "2001:db8::/32", or an address alone (/32, /128).
+struct Cidr {
+  int family = 0;                     // AF_INET or AF_INET6
+  std::array<uint8_t, 16> address{};  // network byte order; IPv4 uses the first 4 bytes
+  int prefixLength = 0;               // 0-32 (IPv4), 0-128 (IPv6)
+};
+// Parses a CIDR; the error says what is wrong (host bits set: names the network meant).
+[[nodiscard]] tl::expected<Cidr, std::string> parseCidr(std::string_view text);
 
 // Linux interface name rules (see dev_valid_name() in net/core/dev.c).
 [[nodiscard]] bool isValidInterfaceName(std::string_view name);

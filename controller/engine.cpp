@@ -11,6 +11,7 @@
 
 #include "agent/agent.h"
 #include "agent/spec.h"
+#include "controller/capabilities.h"
 #include "controller/run_format.h"
 
 namespace faultline::controller {
@@ -158,10 +159,6 @@ tl::expected<ResolvedTargets, std::string> resolveTargets(const Targets& targets
 
 namespace {
 
-bool needsNetem(const v1::FaultSpec& spec) {
-  return spec.has_network_delay() || spec.has_network_loss();
-}
-
 // One run's state. Reports arrive on gRPC threads; everything else happens on the run thread.
 class RunState {
  public:
@@ -231,20 +228,8 @@ class RunState {
     event("", "targets.resolved", fmt::format("{} host(s): {}", targets.size(), resolved->summary));
 
     // Every target must be able to run every fault, before anything is injected.
-    for (const auto& step : req_.experiment.method) {
-      const auto* f = std::get_if<FaultStep>(&step);
-      if (f == nullptr || !needsNetem(f->spec)) {
-        continue;
-      }
-      for (const auto& t : targets) {
-        if (!t.capabilities().netem()) {
-          return {v1::VERDICT_ERROR,
-                  fmt::format("host {} ({}) cannot run {} '{}': its kernel has no netem qdisc "
-                              "(CONFIG_NET_SCH_NETEM; load it with `modprobe sch_netem`; on RHEL-family "
-                              "hosts it ships in kernel-modules-extra); nothing was injected",
-                              t.hostname(), t.agent_id(), faultKindName(f->spec), f->name)};
-        }
-      }
+    if (auto cannot = checkCapabilities(req_.experiment.method, targets)) {
+      return {v1::VERDICT_ERROR, *cannot};
     }
 
     if (!sampleAll("before")) {

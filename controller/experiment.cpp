@@ -39,15 +39,24 @@ constexpr std::array<std::string_view, 2> kProbeKeys{"name", "http"};
 constexpr std::array<std::string_view, 4> kHttpKeys{"url", "expectStatus", "maxLatency", "timeout"};
 constexpr std::array<std::string_view, 4> kStepKeys{"fault", "wait", "probe", "parallel"};
 constexpr std::array<std::string_view, 3> kParallelMemberKeys{"fault", "wait", "probe"};
-constexpr std::array<std::string_view, 2> kNetworkTargetKeys{"interface", "netns"};
+constexpr std::array<std::string_view, 4> kNetworkTargetKeys{"interface", "netns", "direction", "match"};
+constexpr std::array<std::string_view, 5> kMatchKeys{"destination", "source", "destinationPorts", "sourcePorts",
+                                                     "protocol"};
+constexpr std::array<std::string_view, 4> kGilbertElliottKeys{"p", "r", "badLoss", "goodLoss"};
 constexpr std::array<std::string_view, 8> kProcessKeys{"pid",     "name",        "cmdline", "cgroup",
                                                        "pidfile", "systemdUnit", "count",   "percent"};
 
-constexpr std::array<std::string_view, 7> kDelayKeys{"name",  "type",   "duration",   "target",
-                                                     "delay", "jitter", "correlation"};
-constexpr std::array<std::string_view, 6> kLossKeys{"name", "type", "duration", "target", "percent", "correlation"};
-constexpr std::array<std::string_view, 7> kBandwidthKeys{"name", "type",  "duration", "target",
-                                                         "rate", "burst", "limit"};
+constexpr std::array<std::string_view, 10> kDelayKeys{"name",   "type",        "duration",     "target", "delay",
+                                                      "jitter", "correlation", "distribution", "rate",   "limit"};
+constexpr std::array<std::string_view, 8> kLossKeys{"name",    "type",        "duration",       "target",
+                                                    "percent", "correlation", "gilbertElliott", "limit"};
+constexpr std::array<std::string_view, 8> kBandwidthKeys{"name", "type",  "duration", "target",
+                                                         "rate", "burst", "limit",    "latency"};
+constexpr std::array<std::string_view, 6> kProbabilityKeys{"name",   "type",    "duration",
+                                                           "target", "percent", "correlation"};
+constexpr std::array<std::string_view, 8> kReorderKeys{"name",    "type",        "duration", "target",
+                                                       "percent", "correlation", "delay",    "gap"};
+constexpr std::array<std::string_view, 4> kPartitionKeys{"name", "type", "duration", "target"};
 constexpr std::array<std::string_view, 6> kKillKeys{"name", "type", "duration", "process", "signal", "every"};
 constexpr std::array<std::string_view, 4> kPauseKeys{"name", "type", "duration", "process"};
 constexpr std::array<std::string_view, 5> kStressCpuKeys{"name", "type", "duration", "workers", "load"};
@@ -55,12 +64,25 @@ constexpr std::array<std::string_view, 4> kStressMemoryKeys{"name", "type", "dur
 constexpr std::array<std::string_view, 7> kSqueezeKeys{"name", "type",       "duration", "cgroup",
                                                        "cpus", "memoryHigh", "pidsMax"};
 // Every key some fault type accepts: the candidates when the type itself is missing or wrong.
-constexpr std::array<std::string_view, 21> kAnyFaultKeys{
-    "name",    "type", "duration", "target", "delay",   "jitter",     "correlation",
-    "percent", "rate", "burst",    "limit",  "process", "signal",     "every",
-    "workers", "load", "bytes",    "cgroup", "cpus",    "memoryHigh", "pidsMax"};
+constexpr std::array<std::string_view, 25> kAnyFaultKeys{
+    "name",    "type",  "duration", "target",  "delay",   "jitter",     "correlation", "distribution",   "percent",
+    "rate",    "burst", "limit",    "latency", "process", "signal",     "every",       "gilbertElliott", "gap",
+    "workers", "load",  "bytes",    "cgroup",  "cpus",    "memoryHigh", "pidsMax"};
 
-enum class FaultKind { kDelay, kLoss, kBandwidth, kKill, kPause, kStressCpu, kStressMemory, kSqueeze };
+enum class FaultKind {
+  kDelay,
+  kLoss,
+  kBandwidth,
+  kDuplicate,
+  kCorrupt,
+  kReorder,
+  kPartition,
+  kKill,
+  kPause,
+  kStressCpu,
+  kStressMemory,
+  kSqueeze
+};
 
 struct FaultType {
   std::string_view name;
@@ -68,10 +90,14 @@ struct FaultType {
   KeyList keys;
 };
 
-constexpr std::array<FaultType, 8> kFaultTypes{{
+constexpr std::array<FaultType, 12> kFaultTypes{{
     {"network.delay", FaultKind::kDelay, kDelayKeys},
     {"network.loss", FaultKind::kLoss, kLossKeys},
     {"network.bandwidth", FaultKind::kBandwidth, kBandwidthKeys},
+    {"network.duplicate", FaultKind::kDuplicate, kProbabilityKeys},
+    {"network.corrupt", FaultKind::kCorrupt, kProbabilityKeys},
+    {"network.reorder", FaultKind::kReorder, kReorderKeys},
+    {"network.partition", FaultKind::kPartition, kPartitionKeys},
     {"process.kill", FaultKind::kKill, kKillKeys},
     {"process.pause", FaultKind::kPause, kPauseKeys},
     {"stress.cpu", FaultKind::kStressCpu, kStressCpuKeys},
@@ -79,8 +105,8 @@ constexpr std::array<FaultType, 8> kFaultTypes{{
     {"cgroup.squeeze", FaultKind::kSqueeze, kSqueezeKeys},
 }};
 constexpr std::string_view kFaultTypeNames =
-    "network.delay, network.loss, network.bandwidth, process.kill, process.pause, stress.cpu, stress.memory, "
-    "cgroup.squeeze";
+    "network.delay, network.loss, network.bandwidth, network.duplicate, network.corrupt, network.reorder, "
+    "network.partition, process.kill, process.pause, stress.cpu, stress.memory, cgroup.squeeze";
 
 constexpr std::string_view kDurationHint = "a duration such as 500ms, 1.5s or 2m";
 constexpr nanoseconds kMaxStep = 1h;
@@ -232,7 +258,7 @@ YAML::Mark markOf(const Field& map, const std::string& dotted) {
 
 // Where validateFaultSpec()'s field lives in the experiment file, relative to the fault map.
 std::string filePathOfSpecField(const v1::FaultSpec& spec, const std::string& field) {
-  if (field == "interface" || field == "netns") {
+  if (field == "interface" || field == "netns" || field == "direction" || field.rfind("match.", 0) == 0) {
     return "target." + field;
   }
   if (spec.kind_case() == v1::FaultSpec::kProcessKill && (field == "pid" || field == "name")) {
@@ -278,17 +304,41 @@ bool neutralise(v1::FaultSpec& spec, const std::string& field) {
         d->set_correlation(0);
         return true;
       }
+      if (field == "distribution") {
+        d->clear_distribution();
+        return true;
+      }
+      if (field == "rate") {
+        d->clear_rate_bps();
+        return true;
+      }
       break;
     }
     case v1::FaultSpec::kNetworkLoss: {
       auto* l = spec.mutable_network_loss();
       target = l->mutable_target();
       if (field == "percent") {
-        l->set_percent(100);
+        l->set_percent(l->has_gilbert_elliott() ? 0 : 100);
         return true;
       }
       if (field == "correlation") {
         l->set_correlation(0);
+        return true;
+      }
+      if (field == "gilbertElliott.p") {
+        l->mutable_gilbert_elliott()->set_p(1);
+        return true;
+      }
+      if (field == "gilbertElliott.r") {
+        l->mutable_gilbert_elliott()->set_r(1);
+        return true;
+      }
+      if (field == "gilbertElliott.badLoss") {
+        l->mutable_gilbert_elliott()->set_bad_loss(100);
+        return true;
+      }
+      if (field == "gilbertElliott.goodLoss") {
+        l->mutable_gilbert_elliott()->set_good_loss(0);
         return true;
       }
       break;
@@ -300,8 +350,54 @@ bool neutralise(v1::FaultSpec& spec, const std::string& field) {
         b->set_rate_bps(1'000'000);
         return true;
       }
+      if (field == "latency") {
+        b->clear_latency();
+        return true;
+      }
       break;
     }
+    case v1::FaultSpec::kNetworkDuplicate:
+    case v1::FaultSpec::kNetworkCorrupt: {
+      const bool duplicate = spec.kind_case() == v1::FaultSpec::kNetworkDuplicate;
+      target = duplicate ? spec.mutable_network_duplicate()->mutable_target()
+                         : spec.mutable_network_corrupt()->mutable_target();
+      if (field == "percent" || field == "correlation") {
+        const double value = field == "percent" ? 100 : 0;
+        if (duplicate) {
+          field == "percent" ? spec.mutable_network_duplicate()->set_percent(value)
+                             : spec.mutable_network_duplicate()->set_correlation(value);
+        } else {
+          field == "percent" ? spec.mutable_network_corrupt()->set_percent(value)
+                             : spec.mutable_network_corrupt()->set_correlation(value);
+        }
+        return true;
+      }
+      break;
+    }
+    case v1::FaultSpec::kNetworkReorder: {
+      auto* o = spec.mutable_network_reorder();
+      target = o->mutable_target();
+      if (field == "percent") {
+        o->set_percent(100);
+        return true;
+      }
+      if (field == "correlation") {
+        o->set_correlation(0);
+        return true;
+      }
+      if (field == "delay") {
+        *o->mutable_delay() = toProto(kMaxStep);
+        return true;
+      }
+      if (field == "gap") {
+        o->clear_gap();
+        return true;
+      }
+      break;
+    }
+    case v1::FaultSpec::kNetworkPartition:
+      target = spec.mutable_network_partition()->mutable_target();
+      break;
     case v1::FaultSpec::kProcessKill: {
       auto* k = spec.mutable_process_kill();
       if (field == "pid") {
@@ -362,7 +458,7 @@ bool neutralise(v1::FaultSpec& spec, const std::string& field) {
       }
       return false;
     }
-    case v1::FaultSpec::KIND_NOT_SET:
+    default:
       return false;
   }
   if (target != nullptr && field == "interface") {
@@ -371,6 +467,14 @@ bool neutralise(v1::FaultSpec& spec, const std::string& field) {
   }
   if (target != nullptr && field == "netns") {
     target->clear_netns();
+    return true;
+  }
+  if (target != nullptr && field == "direction") {
+    target->clear_direction();
+    return true;
+  }
+  if (target != nullptr && field.rfind("match.", 0) == 0) {
+    target->clear_match();  // one report per match: the rest of it is not checked again
     return true;
   }
   return false;
@@ -427,6 +531,10 @@ class Parser {
   void checkProbeSteps(const Hypothesis& hypothesis);
   std::optional<FaultStep> parseFault(const Field& f);
   std::optional<v1::NetworkTarget> parseNetworkTarget(const MapNode& fault);
+  std::optional<v1::TrafficMatch> parseMatch(const Field& f);
+  std::optional<v1::GilbertElliott> parseGilbertElliott(const Field& f);
+  std::optional<uint32_t> packets(const Field& f);
+  std::vector<Field> scalarList(const Field& f, std::string_view accepted);
   std::optional<v1::ProcessSelector> parseProcess(const MapNode& fault);
   std::optional<uint64_t> bytes64(const Field& f);
   std::optional<double> number(const Field& f, std::string_view accepted);
@@ -1088,9 +1196,10 @@ std::optional<FaultStep> Parser::parseFault(const Field& f) {
         }
       }
       if (type == nullptr) {
-        static constexpr std::array<std::string_view, 8> kNames{"network.delay", "network.loss",  "network.bandwidth",
-                                                                "process.kill",  "process.pause", "stress.cpu",
-                                                                "stress.memory", "cgroup.squeeze"};
+        std::vector<std::string_view> kNames;
+        for (const FaultType& known : kFaultTypes) {
+          kNames.push_back(known.name);
+        }
         error(t->mark, t->path,
               fmt::format("unknown fault type '{}'{}; accepted: {}", *v, suggestion(*v, kNames), kFaultTypeNames));
       }
@@ -1141,6 +1250,34 @@ std::optional<FaultStep> Parser::parseFault(const Field& f) {
           d->set_correlation(*v);
         }
       }
+      if (auto distribution = lookup(*m, "distribution")) {
+        constexpr std::string_view accepted = "uniform, normal, pareto or paretonormal";
+        if (auto v = scalar(*distribution, accepted)) {
+          static constexpr std::array<std::pair<std::string_view, v1::DelayDistribution>, 4> kDistributions{
+              {{"uniform", v1::DELAY_DISTRIBUTION_UNIFORM},
+               {"normal", v1::DELAY_DISTRIBUTION_NORMAL},
+               {"pareto", v1::DELAY_DISTRIBUTION_PARETO},
+               {"paretonormal", v1::DELAY_DISTRIBUTION_PARETONORMAL}}};
+          const auto it = std::find_if(kDistributions.begin(), kDistributions.end(),
+                                       [&](const auto& known) { return known.first == *v; });
+          if (it == kDistributions.end()) {
+            error(distribution->mark, distribution->path,
+                  fmt::format("unknown distribution '{}'; accepted: {}", *v, accepted));
+          } else {
+            d->set_distribution(it->second);
+          }
+        }
+      }
+      if (auto r = lookup(*m, "rate")) {
+        if (auto v = rate(*r)) {
+          d->set_rate_bps(*v);
+        }
+      }
+      if (auto limit = lookup(*m, "limit")) {
+        if (auto v = packets(*limit)) {
+          d->set_limit_packets(*v);
+        }
+      }
       break;
     }
     case FaultKind::kLoss: {
@@ -1148,7 +1285,15 @@ std::optional<FaultStep> Parser::parseFault(const Field& f) {
       if (auto target = parseNetworkTarget(*m)) {
         *l->mutable_target() = std::move(*target);
       }
-      if (auto p = require(*m, "percent", "a percentage more than 0 and at most 100, e.g. 30")) {
+      auto ge = lookup(*m, "gilbertElliott");
+      if (ge) {
+        if (auto model = parseGilbertElliott(*ge)) {
+          *l->mutable_gilbert_elliott() = std::move(*model);
+        }
+      }
+      auto p = ge ? lookup(*m, "percent")
+                  : require(*m, "percent", "a percentage more than 0 and at most 100, e.g. 30, or gilbertElliott");
+      if (p) {
         if (auto v = percent(*p)) {
           l->set_percent(*v);
         }
@@ -1156,6 +1301,11 @@ std::optional<FaultStep> Parser::parseFault(const Field& f) {
       if (auto correlation = lookup(*m, "correlation")) {
         if (auto v = percent(*correlation)) {
           l->set_correlation(*v);
+        }
+      }
+      if (auto limit = lookup(*m, "limit")) {
+        if (auto v = packets(*limit)) {
+          l->set_limit_packets(*v);
         }
       }
       break;
@@ -1179,6 +1329,69 @@ std::optional<FaultStep> Parser::parseFault(const Field& f) {
         if (auto v = size(*limit)) {
           b->set_limit_bytes(*v);
         }
+      }
+      if (auto latency = lookup(*m, "latency")) {
+        if (auto v = duration(*latency)) {
+          *b->mutable_latency() = toProto(*v);
+        }
+      }
+      break;
+    }
+    case FaultKind::kDuplicate:
+    case FaultKind::kCorrupt:
+    case FaultKind::kReorder: {
+      std::optional<v1::NetworkTarget> target = parseNetworkTarget(*m);
+      double percentValue = 0;
+      double correlationValue = 0;
+      if (auto p = require(*m, "percent", "a percentage more than 0 and at most 100, e.g. 5")) {
+        if (auto v = percent(*p)) {
+          percentValue = *v;
+        }
+      }
+      if (auto correlation = lookup(*m, "correlation")) {
+        if (auto v = percent(*correlation)) {
+          correlationValue = *v;
+        }
+      }
+      if (type->kind == FaultKind::kDuplicate) {
+        auto* d = step.spec.mutable_network_duplicate();
+        *d->mutable_target() = target.value_or(v1::NetworkTarget{});
+        d->set_percent(percentValue);
+        d->set_correlation(correlationValue);
+      } else if (type->kind == FaultKind::kCorrupt) {
+        auto* c = step.spec.mutable_network_corrupt();
+        *c->mutable_target() = target.value_or(v1::NetworkTarget{});
+        c->set_percent(percentValue);
+        c->set_correlation(correlationValue);
+      } else {
+        auto* o = step.spec.mutable_network_reorder();
+        *o->mutable_target() = target.value_or(v1::NetworkTarget{});
+        o->set_percent(percentValue);
+        o->set_correlation(correlationValue);
+        if (auto delay = require(*m, "delay",
+                                 "a duration more than 0 and at most 1h, e.g. 10ms (reorder works by delaying the "
+                                 "packets it does not pick)")) {
+          if (auto v = duration(*delay)) {
+            *o->mutable_delay() = toProto(*v);
+          }
+        }
+        if (auto gap = lookup(*m, "gap")) {
+          constexpr std::string_view accepted = "a whole number of packets from 0 to 1000000";
+          if (auto v = integer(*gap, accepted)) {
+            if (*v < 0 || *v > 1'000'000) {
+              error(gap->mark, gap->path, fmt::format("{} is out of range; accepted: {}", *v, accepted));
+            } else {
+              o->set_gap(static_cast<uint32_t>(*v));
+            }
+          }
+        }
+      }
+      break;
+    }
+    case FaultKind::kPartition: {
+      auto* p = step.spec.mutable_network_partition();
+      if (auto target = parseNetworkTarget(*m)) {
+        *p->mutable_target() = std::move(*target);
       }
       break;
     }
@@ -1263,7 +1476,8 @@ std::optional<FaultStep> Parser::parseFault(const Field& f) {
 }
 
 std::optional<v1::NetworkTarget> Parser::parseNetworkTarget(const MapNode& fault) {
-  constexpr std::string_view accepted = "a map with interface and optionally netns, e.g. {interface: eth0}";
+  constexpr std::string_view accepted =
+      "a map with interface and optionally netns, direction and match, e.g. {interface: eth0}";
   auto f = require(fault, "target", accepted);
   if (!f) {
     return std::nullopt;
@@ -1274,8 +1488,10 @@ std::optional<v1::NetworkTarget> Parser::parseNetworkTarget(const MapNode& fault
   }
   rejectUnknown(*m, kNetworkTargetKeys);
   v1::NetworkTarget target;
-  if (auto interface = require(*m, "interface", "a Linux interface name such as eth0")) {
-    if (auto v = scalar(*interface, "a Linux interface name such as eth0")) {
+  constexpr std::string_view interfaceAccepted =
+      "a Linux interface name such as eth0, or default (the interface of the default route)";
+  if (auto interface = require(*m, "interface", interfaceAccepted)) {
+    if (auto v = scalar(*interface, interfaceAccepted)) {
       target.set_interface(*v);
     }
   }
@@ -1284,7 +1500,155 @@ std::optional<v1::NetworkTarget> Parser::parseNetworkTarget(const MapNode& fault
       target.set_netns(*v);
     }
   }
+  if (auto direction = lookup(*m, "direction")) {
+    constexpr std::string_view directionAccepted = "egress, ingress, or both (network.partition only)";
+    if (auto v = scalar(*direction, directionAccepted)) {
+      if (*v == "egress") {
+        target.set_direction(v1::DIRECTION_EGRESS);
+      } else if (*v == "ingress") {
+        target.set_direction(v1::DIRECTION_INGRESS);
+      } else if (*v == "both") {
+        target.set_direction(v1::DIRECTION_BOTH);
+      } else {
+        error(direction->mark, direction->path,
+              fmt::format("unknown direction '{}'; accepted: {}", *v, directionAccepted));
+      }
+    }
+  }
+  if (auto match = lookup(*m, "match")) {
+    if (auto parsed = parseMatch(*match)) {
+      *target.mutable_match() = std::move(*parsed);
+    }
+  }
   return target;
+}
+
+// A scalar or a list of scalars.
+std::vector<Field> Parser::scalarList(const Field& f, std::string_view accepted) {
+  std::vector<Field> out;
+  if (f.value.IsScalar()) {
+    out.push_back(f);
+    return out;
+  }
+  if (!f.value.IsSequence()) {
+    typeError(f, accepted);
+    return out;
+  }
+  size_t i = 0;
+  for (auto it = f.value.begin(); it != f.value.end() && !full(); ++it, ++i) {
+    Field item{*it, it->Mark(), fmt::format("{}[{}]", f.path, i)};
+    if (!it->IsScalar()) {
+      typeError(item, accepted);
+      continue;
+    }
+    out.push_back(std::move(item));
+  }
+  return out;
+}
+
+std::optional<v1::TrafficMatch> Parser::parseMatch(const Field& f) {
+  constexpr std::string_view accepted =
+      "a map with destination, source (CIDRs), destinationPorts, sourcePorts and protocol, e.g. "
+      "{destination: 10.0.0.0/8, protocol: tcp, destinationPorts: [443]}";
+  auto m = openMap(f, accepted);
+  if (!m) {
+    return std::nullopt;
+  }
+  rejectUnknown(*m, kMatchKeys);
+  v1::TrafficMatch match;
+  constexpr std::string_view cidrAccepted =
+      "an IPv4 or IPv6 address or prefix, or a list of them, e.g. 10.0.0.0/8 or [192.0.2.7, 2001:db8::/32]";
+  for (const auto& [key, list] : {std::pair{"destination", match.mutable_destination_cidrs()},
+                                  std::pair{"source", match.mutable_source_cidrs()}}) {
+    if (auto cidrs = lookup(*m, key)) {
+      for (const Field& item : scalarList(*cidrs, cidrAccepted)) {
+        if (auto parsed = parseCidr(item.value.Scalar()); !parsed) {
+          error(item.mark, item.path, parsed.error());
+        } else {
+          list->Add(std::string(item.value.Scalar()));
+        }
+      }
+    }
+  }
+  constexpr std::string_view portAccepted = "a port from 1 to 65535, or a list of them, e.g. [80, 443]";
+  for (const auto& [key, list] : {std::pair{"destinationPorts", match.mutable_destination_ports()},
+                                  std::pair{"sourcePorts", match.mutable_source_ports()}}) {
+    if (auto ports = lookup(*m, key)) {
+      for (const Field& item : scalarList(*ports, portAccepted)) {
+        if (auto v = integer(item, portAccepted)) {
+          if (*v < 1 || *v > 65535) {
+            error(item.mark, item.path, fmt::format("{} is out of range; accepted: {}", *v, portAccepted));
+          } else {
+            list->Add(static_cast<uint32_t>(*v));
+          }
+        }
+      }
+    }
+  }
+  if (auto protocol = lookup(*m, "protocol")) {
+    constexpr std::string_view protocolAccepted = "tcp, udp or icmp";
+    if (auto v = scalar(*protocol, protocolAccepted)) {
+      if (*v == "tcp") {
+        match.set_protocol(v1::PROTOCOL_TCP);
+      } else if (*v == "udp") {
+        match.set_protocol(v1::PROTOCOL_UDP);
+      } else if (*v == "icmp") {
+        match.set_protocol(v1::PROTOCOL_ICMP);
+      } else {
+        error(protocol->mark, protocol->path, fmt::format("unknown protocol '{}'; accepted: {}", *v, protocolAccepted));
+      }
+    }
+  }
+  return match;
+}
+
+std::optional<v1::GilbertElliott> Parser::parseGilbertElliott(const Field& f) {
+  constexpr std::string_view accepted =
+      "a map with p (good to bad), r (bad to good), badLoss and goodLoss, as percentages, e.g. "
+      "{p: 1, r: 25, badLoss: 100}";
+  auto m = openMap(f, accepted);
+  if (!m) {
+    return std::nullopt;
+  }
+  rejectUnknown(*m, kGilbertElliottKeys);
+  v1::GilbertElliott ge;
+  ge.set_bad_loss(100);  // tc's default: 1-h = 100 %
+  if (auto p = require(*m, "p", "a percentage more than 0 and at most 100: the chance to go from good to bad")) {
+    if (auto v = percent(*p)) {
+      ge.set_p(*v);
+    }
+  }
+  // tc's default r is 100 - p.
+  ge.set_r(100 - ge.p());
+  if (auto r = lookup(*m, "r")) {
+    if (auto v = percent(*r)) {
+      ge.set_r(*v);
+    }
+  }
+  if (auto bad = lookup(*m, "badLoss")) {
+    if (auto v = percent(*bad)) {
+      ge.set_bad_loss(*v);
+    }
+  }
+  if (auto good = lookup(*m, "goodLoss")) {
+    if (auto v = percent(*good)) {
+      ge.set_good_loss(*v);
+    }
+  }
+  return ge;
+}
+
+std::optional<uint32_t> Parser::packets(const Field& f) {
+  constexpr std::string_view accepted = "a number of packets from 1 to 4294967295, e.g. 10000";
+  auto v = integer(f, accepted);
+  if (!v) {
+    return std::nullopt;
+  }
+  if (*v < 1 || *v > std::numeric_limits<uint32_t>::max()) {
+    error(f.mark, f.path, fmt::format("{} is out of range; accepted: {}", *v, accepted));
+    return std::nullopt;
+  }
+  return static_cast<uint32_t>(*v);
 }
 
 std::optional<v1::ProcessSelector> Parser::parseProcess(const MapNode& fault) {

@@ -12,7 +12,9 @@
 #include <sched.h>
 #include <unistd.h>
 
+#include <arpa/inet.h>
 #include <linux/if_link.h>
+#include <linux/pkt_cls.h>
 #include <linux/pkt_sched.h>
 #include <linux/rtnetlink.h>
 
@@ -183,10 +185,10 @@ std::optional<uint32_t> toTicks(double micros) {
 }
 
 // Percent [0, 100] on the kernel's scale for netem probabilities: 0 = never, ~0u = always
-// (as tc rounds it: 1 % -> 42949673).
+// (as tc rounds it, to nearest with ties to even: 1 % -> 42949673, 30 % -> 0x4ccccccc).
 uint32_t toKernelProbability(double percent) {
   return static_cast<uint32_t>(
-      std::llround(percent / 100.0 * static_cast<double>(std::numeric_limits<uint32_t>::max())));
+      std::nearbyint(percent / 100.0 * static_cast<double>(std::numeric_limits<uint32_t>::max())));
 }
 
 bool validPercent(double p) {
@@ -221,10 +223,20 @@ tl::expected<void, std::error_code> endOptions(nl_msg* msg, nlattr* start) {
   return {};
 }
 
-// TCA_OPTIONS of netem is not a plain nest: a struct tc_netem_qopt followed by attributes.
+// TCA_OPTIONS of netem is not a plain nest: a struct tc_netem_qopt followed by attributes, in the
+// order tc sends them.
 tl::expected<void, std::error_code> putNetemOptions(nl_msg* msg, const NetemParams& p) {
-  if (p.delay.count() < 0 || p.jitter.count() < 0 || !validPercent(p.delayCorrelationPercent) ||
-      !validPercent(p.lossPercent) || !validPercent(p.lossCorrelationPercent)) {
+  const bool percentsValid =
+      validPercent(p.delayCorrelationPercent) && validPercent(p.lossPercent) &&
+      validPercent(p.lossCorrelationPercent) && validPercent(p.duplicatePercent) &&
+      validPercent(p.duplicateCorrelationPercent) && validPercent(p.corruptPercent) &&
+      validPercent(p.corruptCorrelationPercent) && validPercent(p.reorderPercent) &&
+      validPercent(p.reorderCorrelationPercent) &&
+      (!p.gilbertElliott || (validPercent(p.gilbertElliott->p) && validPercent(p.gilbertElliott->r) &&
+                             validPercent(p.gilbertElliott->badLoss) && validPercent(p.gilbertElliott->goodLoss)));
+  constexpr size_t kMaxDistribution = 16384;  // NETEM_DIST_MAX
+  if (p.delay.count() < 0 || p.jitter.count() < 0 || !percentsValid || p.delayDistribution.size() > kMaxDistribution ||
+      (p.reorderPercent > 0 && p.delay.count() == 0)) {
     return fail(EINVAL);
   }
   const auto latencyTicks = toTicks(static_cast<double>(p.delay.count()));
@@ -233,7 +245,9 @@ tl::expected<void, std::error_code> putNetemOptions(nl_msg* msg, const NetemPara
   qopt.latency = latencyTicks.value_or(std::numeric_limits<uint32_t>::max());
   qopt.jitter = jitterTicks.value_or(std::numeric_limits<uint32_t>::max());
   qopt.limit = p.limitPackets != 0 ? p.limitPackets : 1000;
-  qopt.loss = toKernelProbability(p.lossPercent);
+  qopt.loss = p.gilbertElliott ? 0 : toKernelProbability(p.lossPercent);
+  qopt.duplicate = toKernelProbability(p.duplicatePercent);
+  qopt.gap = p.reorderPercent > 0 ? std::max<uint32_t>(p.gap, 1) : 0;
 
   nlattr* nest = startOptions(msg);
   if (nest == nullptr) {
@@ -244,11 +258,57 @@ tl::expected<void, std::error_code> putNetemOptions(nl_msg* msg, const NetemPara
     return fail(EMSGSIZE);
   }
   std::memcpy(room, &qopt, sizeof(qopt));
-  if (p.delayCorrelationPercent != 0 || p.lossCorrelationPercent != 0) {
+  const bool lossCorrelation = !p.gilbertElliott && p.lossCorrelationPercent != 0;
+  if (p.delayCorrelationPercent != 0 || lossCorrelation || p.duplicateCorrelationPercent != 0) {
     tc_netem_corr corr{};
     corr.delay_corr = toKernelProbability(p.delayCorrelationPercent);
-    corr.loss_corr = toKernelProbability(p.lossCorrelationPercent);
+    corr.loss_corr = lossCorrelation ? toKernelProbability(p.lossCorrelationPercent) : 0;
+    corr.dup_corr = toKernelProbability(p.duplicateCorrelationPercent);
     if (auto r = putAttr(msg, TCA_NETEM_CORR, &corr, sizeof(corr)); !r) {
+      return r;
+    }
+  }
+  if (p.reorderPercent > 0) {
+    tc_netem_reorder reorder{toKernelProbability(p.reorderPercent), toKernelProbability(p.reorderCorrelationPercent)};
+    if (auto r = putAttr(msg, TCA_NETEM_REORDER, &reorder, sizeof(reorder)); !r) {
+      return r;
+    }
+  }
+  if (p.corruptPercent > 0) {
+    tc_netem_corrupt corrupt{toKernelProbability(p.corruptPercent), toKernelProbability(p.corruptCorrelationPercent)};
+    if (auto r = putAttr(msg, TCA_NETEM_CORRUPT, &corrupt, sizeof(corrupt)); !r) {
+      return r;
+    }
+  }
+  if (p.gilbertElliott) {
+    // A nest flagged NLA_F_NESTED, as tc (iproute2 6.x) sends it.
+    nlattr* loss = nla_reserve(msg, TCA_NETEM_LOSS | NLA_F_NESTED, 0);
+    if (loss == nullptr) {
+      return fail(EMSGSIZE);
+    }
+    tc_netem_gemodel ge{};
+    ge.p = toKernelProbability(p.gilbertElliott->p);
+    ge.r = toKernelProbability(p.gilbertElliott->r);
+    ge.h = toKernelProbability(100.0 - p.gilbertElliott->badLoss);
+    ge.k1 = toKernelProbability(p.gilbertElliott->goodLoss);
+    if (auto r = putAttr(msg, NETEM_LOSS_GE, &ge, sizeof(ge)); !r) {
+      return r;
+    }
+    if (auto r = endOptions(msg, loss); !r) {
+      return r;
+    }
+  }
+  if (p.rateBitsPerSecond > 0) {
+    const uint64_t rateBytes = std::max<uint64_t>(p.rateBitsPerSecond / 8, 1);
+    constexpr uint64_t kU32Max = std::numeric_limits<uint32_t>::max();
+    tc_netem_rate rate{};
+    rate.rate = rateBytes > kU32Max ? std::numeric_limits<uint32_t>::max() : static_cast<uint32_t>(rateBytes);
+    if (rateBytes > kU32Max) {
+      if (auto r = putAttr(msg, TCA_NETEM_RATE64, &rateBytes, sizeof(rateBytes)); !r) {
+        return r;
+      }
+    }
+    if (auto r = putAttr(msg, TCA_NETEM_RATE, &rate, sizeof(rate)); !r) {
       return r;
     }
   }
@@ -262,6 +322,13 @@ tl::expected<void, std::error_code> putNetemOptions(nl_msg* msg, const NetemPara
   if (!jitterTicks) {
     const int64_t ns = static_cast<int64_t>(p.jitter.count()) * 1000;
     if (auto r = putAttr(msg, TCA_NETEM_JITTER64, &ns, sizeof(ns)); !r) {
+      return r;
+    }
+  }
+  if (!p.delayDistribution.empty()) {
+    if (auto r = putAttr(msg, TCA_NETEM_DELAY_DIST, p.delayDistribution.data(),
+                         p.delayDistribution.size() * sizeof(int16_t));
+        !r) {
       return r;
     }
   }
@@ -298,6 +365,42 @@ tl::expected<void, std::error_code> putTbfOptions(nl_msg* msg, const TbfParams& 
     return r;
   }
   return endOptions(msg, nest);
+}
+
+tl::expected<void, std::error_code> putHtbOptions(nl_msg* msg, const HtbParams& p) {
+  nlattr* nest = startOptions(msg);
+  if (nest == nullptr) {
+    return fail(EMSGSIZE);
+  }
+  tc_htb_glob glob{};
+  glob.version = 3;  // TC_HTB_PROTOVER, as tc sends it
+  glob.rate2quantum = 10;
+  glob.defcls = p.defaultClass;
+  if (auto r = putAttr(msg, TCA_HTB_INIT, &glob, sizeof(glob)); !r) {
+    return r;
+  }
+  return endOptions(msg, nest);
+}
+
+// The options of params as TCA_OPTIONS.
+tl::expected<void, std::error_code> putOptions(nl_msg* msg, const QdiscParams& params) {
+  return std::visit(
+      [&](const auto& p) -> tl::expected<void, std::error_code> {
+        using T = std::decay_t<decltype(p)>;
+        if constexpr (std::is_same_v<T, NetemParams>) {
+          return putNetemOptions(msg, p);
+        } else if constexpr (std::is_same_v<T, TbfParams>) {
+          return putTbfOptions(msg, p);
+        } else {
+          return putHtbOptions(msg, p);
+        }
+      },
+      params);
+}
+
+size_t optionsRoom(const QdiscParams& params) {
+  const auto* netem = std::get_if<NetemParams>(&params);
+  return 256 + (netem != nullptr ? netem->delayDistribution.size() * sizeof(int16_t) : 0);
 }
 
 tl::expected<Bytes, std::error_code> buildGetLinkRequest(std::string_view ifname) {
@@ -515,6 +618,44 @@ class NetlinkQdiscTable final : public QdiscTable {
     return send(*request);
   }
 
+  tl::expected<void, std::error_code> addQdisc(std::string_view ifname, uint32_t parent, uint32_t handle,
+                                               const QdiscParams& params) override {
+    auto index = ifindex(ifname);
+    if (!index) {
+      return tl::unexpected(index.error());
+    }
+    auto request = buildAddQdiscRequest(*index, parent, handle, params);
+    if (!request) {
+      return tl::unexpected(request.error());
+    }
+    return send(*request);
+  }
+
+  tl::expected<void, std::error_code> addHtbClass(std::string_view ifname, uint32_t classid,
+                                                  const HtbClassParams& params) override {
+    auto index = ifindex(ifname);
+    if (!index) {
+      return tl::unexpected(index.error());
+    }
+    auto request = buildAddHtbClassRequest(*index, classid, params);
+    if (!request) {
+      return tl::unexpected(request.error());
+    }
+    return send(*request);
+  }
+
+  tl::expected<void, std::error_code> addU32Filter(std::string_view ifname, const U32Filter& filter) override {
+    auto index = ifindex(ifname);
+    if (!index) {
+      return tl::unexpected(index.error());
+    }
+    auto request = buildAddU32FilterRequest(*index, filter);
+    if (!request) {
+      return tl::unexpected(request.error());
+    }
+    return send(*request);
+  }
+
   // errors: ENODEV no such interface.
   tl::expected<int, std::error_code> ifindex(std::string_view ifname) {
     if (ifname.empty() || ifname.size() >= IFNAMSIZ) {
@@ -684,7 +825,10 @@ tl::expected<SockPtr, std::error_code> connectRtnetlink() {
 }  // namespace
 
 std::string_view qdiscKind(const QdiscParams& params) {
-  return std::holds_alternative<NetemParams>(params) ? "netem" : "tbf";
+  if (std::holds_alternative<NetemParams>(params)) {
+    return "netem";
+  }
+  return std::holds_alternative<TbfParams>(params) ? "tbf" : "htb";
 }
 
 Restorability restorability(std::string_view kind) {
@@ -718,7 +862,8 @@ Restorability restorability(std::string_view kind) {
 
 tl::expected<std::vector<uint8_t>, std::error_code> buildReplaceRootRequest(int ifindex, uint32_t handle,
                                                                             const QdiscParams& params) {
-  auto msg = newTcMessage(RTM_NEWQDISC, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE, ifindex, handle, 256);
+  auto msg = newTcMessage(RTM_NEWQDISC, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE, ifindex, handle,
+                          optionsRoom(params));
   if (!msg) {
     return tl::unexpected(msg.error());
   }
@@ -726,17 +871,119 @@ tl::expected<std::vector<uint8_t>, std::error_code> buildReplaceRootRequest(int 
   if (auto r = putAttr(msg->get(), TCA_KIND, kind.c_str(), kind.size() + 1); !r) {
     return tl::unexpected(r.error());
   }
-  auto put = std::visit(
-      [&](const auto& p) -> tl::expected<void, std::error_code> {
-        if constexpr (std::is_same_v<std::decay_t<decltype(p)>, NetemParams>) {
-          return putNetemOptions(msg->get(), p);
-        } else {
-          return putTbfOptions(msg->get(), p);
-        }
-      },
-      params);
-  if (!put) {
+  if (auto put = putOptions(msg->get(), params); !put) {
     return tl::unexpected(put.error());
+  }
+  return toBytes(msg->get());
+}
+
+tl::expected<std::vector<uint8_t>, std::error_code> buildAddQdiscRequest(int ifindex, uint32_t parent, uint32_t handle,
+                                                                         const QdiscParams& params) {
+  auto msg = newTcMessage(RTM_NEWQDISC, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, ifindex, handle,
+                          optionsRoom(params));
+  if (!msg) {
+    return tl::unexpected(msg.error());
+  }
+  static_cast<tcmsg*>(nlmsg_data(nlmsg_hdr(msg->get())))->tcm_parent = parent;
+  const std::string kind(qdiscKind(params));
+  if (auto r = putAttr(msg->get(), TCA_KIND, kind.c_str(), kind.size() + 1); !r) {
+    return tl::unexpected(r.error());
+  }
+  if (auto put = putOptions(msg->get(), params); !put) {
+    return tl::unexpected(put.error());
+  }
+  return toBytes(msg->get());
+}
+
+tl::expected<std::vector<uint8_t>, std::error_code> buildAddHtbClassRequest(int ifindex, uint32_t classid,
+                                                                            const HtbClassParams& params) {
+  const uint64_t rateBytes = params.rateBitsPerSecond / 8;
+  const uint64_t ceilBytes = (params.ceilBitsPerSecond != 0 ? params.ceilBitsPerSecond : params.rateBitsPerSecond) / 8;
+  if (rateBytes == 0 || ceilBytes < rateBytes) {
+    return fail(EINVAL);
+  }
+  auto msg = newTcMessage(RTM_NEWTCLASS, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, ifindex, classid, 128);
+  if (!msg) {
+    return tl::unexpected(msg.error());
+  }
+  static_cast<tcmsg*>(nlmsg_data(nlmsg_hdr(msg->get())))->tcm_parent = TC_H_MAJ(classid);
+  if (auto r = putAttr(msg->get(), TCA_KIND, "htb", 4); !r) {
+    return tl::unexpected(r.error());
+  }
+  constexpr uint64_t kU32Max = std::numeric_limits<uint32_t>::max();
+  tc_htb_opt opt{};
+  opt.rate.linklayer = TC_LINKLAYER_ETHERNET;  // no rate tables follow
+  opt.rate.rate = static_cast<uint32_t>(std::min(rateBytes, kU32Max));
+  opt.ceil.linklayer = TC_LINKLAYER_ETHERNET;
+  opt.ceil.rate = static_cast<uint32_t>(std::min(ceilBytes, kU32Max));
+  opt.buffer = toTicks(1000).value_or(0);  // 1 ms worth of tokens at the rate
+  opt.cbuffer = opt.buffer;
+  opt.quantum = 200000;  // htb's largest: no "quantum is big" warnings at high rates
+  nlattr* nest = startOptions(msg->get());
+  if (nest == nullptr) {
+    return fail(EMSGSIZE);
+  }
+  if (rateBytes > kU32Max) {
+    if (auto r = putAttr(msg->get(), TCA_HTB_RATE64, &rateBytes, sizeof(rateBytes)); !r) {
+      return tl::unexpected(r.error());
+    }
+  }
+  if (ceilBytes > kU32Max) {
+    if (auto r = putAttr(msg->get(), TCA_HTB_CEIL64, &ceilBytes, sizeof(ceilBytes)); !r) {
+      return tl::unexpected(r.error());
+    }
+  }
+  if (auto r = putAttr(msg->get(), TCA_HTB_PARMS, &opt, sizeof(opt)); !r) {
+    return tl::unexpected(r.error());
+  }
+  if (auto r = endOptions(msg->get(), nest); !r) {
+    return tl::unexpected(r.error());
+  }
+  return toBytes(msg->get());
+}
+
+tl::expected<std::vector<uint8_t>, std::error_code> buildAddU32FilterRequest(int ifindex, const U32Filter& filter) {
+  constexpr size_t kMaxKeys = 128;  // TC_U32_MAXDEPTH-independent, far below the attribute limit
+  if (filter.keys.empty() || filter.keys.size() > kMaxKeys || filter.priority == 0 ||
+      std::any_of(filter.keys.begin(), filter.keys.end(), [](const U32Key& k) { return k.offset % 4 != 0; })) {
+    return fail(EINVAL);
+  }
+  const size_t selBytes = sizeof(tc_u32_sel) + filter.keys.size() * sizeof(tc_u32_key);
+  auto msg =
+      newTcMessage(RTM_NEWTFILTER, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, ifindex, 0, selBytes + 64);
+  if (!msg) {
+    return tl::unexpected(msg.error());
+  }
+  auto* tcm = static_cast<tcmsg*>(nlmsg_data(nlmsg_hdr(msg->get())));
+  tcm->tcm_parent = filter.parent;
+  tcm->tcm_info = TC_H_MAKE(static_cast<uint32_t>(filter.priority) << 16, htons(filter.protocol));
+  if (auto r = putAttr(msg->get(), TCA_KIND, "u32", 4); !r) {
+    return tl::unexpected(r.error());
+  }
+  nlattr* nest = startOptions(msg->get());
+  if (nest == nullptr) {
+    return fail(EMSGSIZE);
+  }
+  if (auto r = putAttr(msg->get(), TCA_U32_CLASSID, &filter.classid, sizeof(filter.classid)); !r) {
+    return tl::unexpected(r.error());
+  }
+  std::vector<uint8_t> sel(selBytes);
+  tc_u32_sel head{};
+  head.flags = TC_U32_TERMINAL;
+  head.nkeys = static_cast<unsigned char>(filter.keys.size());
+  std::memcpy(sel.data(), &head, sizeof(head));
+  for (size_t i = 0; i < filter.keys.size(); ++i) {
+    tc_u32_key key{};
+    key.mask = filter.keys[i].mask;
+    key.val = filter.keys[i].value & filter.keys[i].mask;
+    key.off = filter.keys[i].offset;
+    std::memcpy(sel.data() + sizeof(head) + i * sizeof(key), &key, sizeof(key));
+  }
+  if (auto r = putAttr(msg->get(), TCA_U32_SEL, sel.data(), sel.size()); !r) {
+    return tl::unexpected(r.error());
+  }
+  if (auto r = endOptions(msg->get(), nest); !r) {
+    return tl::unexpected(r.error());
   }
   return toBytes(msg->get());
 }
@@ -853,6 +1100,11 @@ QdiscSupport probeQdiscSupport() {
     // Distinct handles: replacing a root with one of the same handle but another kind is EINVAL.
     support.tbf = table.replaceRoot("lo", 0x00010000, TbfParams{1'000'000, 3028, 6250}).has_value();
     support.netem = table.replaceRoot("lo", 0x00020000, NetemParams{std::chrono::milliseconds{1}}).has_value();
+    support.htb = table.replaceRoot("lo", 0x00030000, HtbParams{}).has_value();
+    if (support.htb) {
+      const U32Filter any{0x00030000, 1, 0x0800, {U32Key{0, 0, 0}}, 0x00030000};
+      support.u32 = table.addU32Filter("lo", any).has_value();
+    }
   };
   try {
     std::thread worker(probe);

@@ -28,6 +28,17 @@ struct QdiscInfo {
   std::vector<uint8_t> options;  // raw TCA_OPTIONS payload, as dumped (restored byte for byte)
 };
 
+// Gilbert-Elliott loss (tc-netem(8) "loss gemodel"): percentages in [0, 100]. The kernel's
+// state machine (net/sched/sch_netem.c, loss_gilb_ell()) goes good -> bad with p, bad -> good
+// with r, and drops with goodLoss in the good state and badLoss in the bad one. Encoded as
+// NETEM_LOSS_GE {p, r, h = 100 - badLoss, k1 = goodLoss} inside TCA_NETEM_LOSS.
+struct GilbertElliottLoss {
+  double p = 0;
+  double r = 0;
+  double badLoss = 100;
+  double goodLoss = 0;
+};
+
 // netem: see tc-netem(8). Unset (zero) fields leave the feature off. Encoded like tc: delay and
 // jitter in kernel ticks (/proc/net/psched, 64 ns; TCA_NETEM_LATENCY64/JITTER64 added when a
 // value does not fit the u32 field, beyond ~274 s), percentages on the kernel's u32 scale
@@ -36,9 +47,24 @@ struct NetemParams {
   std::chrono::microseconds delay{0};
   std::chrono::microseconds jitter{0};  // ≤ delay
   double delayCorrelationPercent = 0;   // [0, 100]
-  double lossPercent = 0;               // [0, 100]
-  double lossCorrelationPercent = 0;    // [0, 100]
-  uint32_t limitPackets = 0;            // queue limit in packets; 0 = 1000 (the kernel's default)
+  // TCA_NETEM_DELAY_DIST: the jitter's distribution as a table of values in units of
+  // jitter / 8192 (iproute2's NAME.dist files), at most 16384 entries; empty = uniform.
+  std::vector<int16_t> delayDistribution{};
+  double lossPercent = 0;                              // [0, 100]; random loss
+  double lossCorrelationPercent = 0;                   // [0, 100]
+  std::optional<GilbertElliottLoss> gilbertElliott{};  // instead of random loss
+  double duplicatePercent = 0;                         // [0, 100]
+  double duplicateCorrelationPercent = 0;              // [0, 100]
+  double corruptPercent = 0;                           // [0, 100]: TCA_NETEM_CORRUPT
+  double corruptCorrelationPercent = 0;                // [0, 100]
+  // TCA_NETEM_REORDER: reorderPercent of packets (every gap-th when gap > 1) go out at once, the
+  // others after delay; needs delay > 0. gap 0 is sent as 1 (as tc does: the kernel never
+  // reorders with gap 0).
+  double reorderPercent = 0;
+  double reorderCorrelationPercent = 0;
+  uint32_t gap = 0;
+  uint64_t rateBitsPerSecond = 0;  // TCA_NETEM_RATE (+ RATE64 from 2^32 bytes/s); 0 = none
+  uint32_t limitPackets = 0;       // queue limit in packets; 0 = 1000 (the kernel's default)
 };
 
 // tbf: see tc-tbf(8). Encoded like tc: TCA_TBF_PARMS (link layer ethernet, no rate table),
@@ -49,7 +75,38 @@ struct TbfParams {
   uint32_t limitBytes = 0;         // bytes that may wait in the queue; > 0 (0 would drop everything)
 };
 
-using QdiscParams = std::variant<NetemParams, TbfParams>;
+// htb as faultline's classful root: see tc-htb(8). Encoded like tc: TCA_HTB_INIT {version 3,
+// rate2quantum 10, defcls}. defaultClass 0: packets no filter classifies bypass the classes
+// (htb's direct queue, a plain FIFO), so only what the filters pick is shaped or faulted.
+struct HtbParams {
+  uint32_t defaultClass = 0;  // minor of the default class; 0 = direct queue
+};
+
+using QdiscParams = std::variant<NetemParams, TbfParams, HtbParams>;
+
+// An htb class: rate and ceil in bits/s (TCA_HTB_PARMS with link layer ethernet, so no rate
+// tables; TCA_HTB_RATE64/CEIL64 from 2^32 bytes/s), quantum 200000 bytes, buffer 1 ms at the rate.
+struct HtbClassParams {
+  uint64_t rateBitsPerSecond = 0;  // > 0
+  uint64_t ceilBitsPerSecond = 0;  // ≥ rate; 0 = rate
+};
+
+// One 32-bit match of a u32 filter: (the packet's 32-bit word at offset, from the network
+// header) & mask == value. value and mask in network byte order, as on the wire.
+struct U32Key {
+  uint32_t value = 0;
+  uint32_t mask = 0;
+  int32_t offset = 0;  // bytes from the start of the IPv4/IPv6 header; a multiple of 4
+};
+
+// A u32 filter (tc-u32(8)) at parent: packets of protocol whose keys all match go to classid.
+struct U32Filter {
+  uint32_t parent = 0;       // the classful qdisc's handle, e.g. 0xFA170000
+  uint16_t priority = 0;     // lower runs first; > 0
+  uint16_t protocol = 0;     // ETH_P_IP (0x0800) or ETH_P_IPV6 (0x86DD), host order
+  std::vector<U32Key> keys;  // 1-128
+  uint32_t classid = 0;      // the class matched packets go to; the qdisc's own handle = htb's direct queue
+};
 
 // One interface's root qdisc, as roots() lists it.
 struct InterfaceRoot {
@@ -57,7 +114,7 @@ struct InterfaceRoot {
   QdiscInfo root;
 };
 
-// Kind name of params: "netem" or "tbf".
+// Kind name of params: "netem", "tbf" or "htb".
 [[nodiscard]] std::string_view qdiscKind(const QdiscParams& params);
 
 class QdiscTable {
@@ -93,6 +150,22 @@ class QdiscTable {
   // errors: ENODEV when ifname does not exist in this namespace.
   [[nodiscard]] virtual tl::expected<std::vector<QdiscInfo>, std::error_code> rootChildren(std::string_view ifname) = 0;
 
+  // Adds (NLM_F_CREATE | NLM_F_EXCL) a qdisc with handle below parent (a class, e.g. 0xFA170001).
+  // errors: ENODEV no such interface; ENOENT no such parent or no qdisc of that kind; EEXIST the
+  // handle or the parent's slot is taken (a class's default child is replaced, not EEXIST); EINVAL.
+  [[nodiscard]] virtual tl::expected<void, std::error_code> addQdisc(std::string_view ifname, uint32_t parent,
+                                                                     uint32_t handle, const QdiscParams& params) = 0;
+
+  // Adds an htb class classid (major:minor) directly below the htb qdisc classid's major.
+  // errors: ENODEV; ENOENT no such qdisc; EEXIST the class exists; EINVAL (e.g. the qdisc is not htb).
+  [[nodiscard]] virtual tl::expected<void, std::error_code> addHtbClass(std::string_view ifname, uint32_t classid,
+                                                                        const HtbClassParams& params) = 0;
+
+  // Adds a u32 filter (the kernel picks its handle in the default hash table).
+  // errors: ENODEV; ENOENT no such parent qdisc, or no cls_u32 in the kernel; EINVAL.
+  [[nodiscard]] virtual tl::expected<void, std::error_code> addU32Filter(std::string_view ifname,
+                                                                         const U32Filter& filter) = 0;
+
   // The root qdisc of every interface in this namespace (one RTM_GETLINK and one RTM_GETQDISC
   // dump), in interface index order; an interface with no root qdisc is not listed.
   // errors: EPERM, ENOBUFS, EPROTO (a reply that does not parse).
@@ -124,6 +197,8 @@ enum class Restorability {
 struct QdiscSupport {
   bool netem = false;
   bool tbf = false;
+  bool htb = false;
+  bool u32 = false;  // the u32 classifier (a filter added below an htb root)
 };
 [[nodiscard]] QdiscSupport probeQdiscSupport();
 
@@ -142,6 +217,22 @@ struct QdiscSupport {
 // errors: EINVAL empty kind or options too large for one attribute.
 [[nodiscard]] tl::expected<std::vector<uint8_t>, std::error_code> buildRestoreRootRequest(int ifindex,
                                                                                           const QdiscInfo& saved);
+
+// RTM_NEWQDISC, NLM_F_CREATE | NLM_F_EXCL, the given parent and handle.
+// errors: EINVAL as buildReplaceRootRequest.
+[[nodiscard]] tl::expected<std::vector<uint8_t>, std::error_code> buildAddQdiscRequest(int ifindex, uint32_t parent,
+                                                                                       uint32_t handle,
+                                                                                       const QdiscParams& params);
+
+// RTM_NEWTCLASS, NLM_F_CREATE | NLM_F_EXCL, kind htb. errors: EINVAL rate 0 or ceil < rate.
+[[nodiscard]] tl::expected<std::vector<uint8_t>, std::error_code> buildAddHtbClassRequest(int ifindex, uint32_t classid,
+                                                                                          const HtbClassParams& params);
+
+// RTM_NEWTFILTER, NLM_F_CREATE | NLM_F_EXCL, kind u32, tcm_info = priority << 16 | htons(protocol),
+// TCA_OPTIONS {TCA_U32_CLASSID, TCA_U32_SEL (flags TC_U32_TERMINAL, the keys)}.
+// errors: EINVAL no keys, more than 128, priority 0, an offset that is not a multiple of 4.
+[[nodiscard]] tl::expected<std::vector<uint8_t>, std::error_code> buildAddU32FilterRequest(int ifindex,
+                                                                                           const U32Filter& filter);
 
 // RTM_DELQDISC of the root qdisc (parent TC_H_ROOT, handle 0: whatever root is attached).
 [[nodiscard]] tl::expected<std::vector<uint8_t>, std::error_code> buildDeleteRootRequest(int ifindex);

@@ -40,6 +40,11 @@ struct FakeKernel {
   std::optional<std::error_code> failNextReplace;
   std::optional<std::error_code> failNextRestore;
   std::optional<std::error_code> failNextDelete;
+  std::optional<std::error_code> failNextAdd;  // addQdisc, addHtbClass, addU32Filter
+  int addsBeforeFailure = 0;                   // adds that succeed before failNextAdd strikes
+  // Classes and filters below the root, by namespace and interface, as "class fa17:1" and
+  // "filter prio 2 proto 800 -> fa17:1 keys N"; dropped with the root like below.
+  std::map<std::pair<std::string, std::string>, std::vector<std::string>, std::less<>> tree;
   std::optional<kernel::QdiscParams> lastParams;
   int opens = 0;
   int changes = 0;  // successful replace/restore/delete calls
@@ -58,9 +63,10 @@ struct FakeKernel {
     std::string text;
     if (const auto* n = std::get_if<kernel::NetemParams>(&params)) {
       text = fmt::format("delay={} jitter={} loss={}", n->delay.count(), n->jitter.count(), n->lossPercent);
+    } else if (const auto* t = std::get_if<kernel::TbfParams>(&params)) {
+      text = fmt::format("rate={} burst={} limit={}", t->rateBitsPerSecond, t->burstBytes, t->limitBytes);
     } else {
-      const auto& t = std::get<kernel::TbfParams>(params);
-      text = fmt::format("rate={} burst={} limit={}", t.rateBitsPerSecond, t.burstBytes, t.limitBytes);
+      text = fmt::format("default={}", std::get<kernel::HtbParams>(params).defaultClass);
     }
     return {text.begin(), text.end()};
   }
@@ -143,6 +149,35 @@ class FakeQdiscTable final : public kernel::QdiscTable {
     return it == kernel_->below.end() ? std::vector<kernel::QdiscInfo>{} : it->second;
   }
 
+  tl::expected<void, std::error_code> addQdisc(std::string_view ifname, uint32_t parent, uint32_t handle,
+                                               const kernel::QdiscParams& params) override {
+    kernel_->calls.push_back(
+        fmt::format("add-qdisc {} {:x} {:x} {}", ifname, parent, handle, kernel::qdiscKind(params)));
+    if (auto e = takeAddFailure()) {
+      return tl::unexpected(*e);
+    }
+    if (find(ifname) == nullptr) {
+      return tl::unexpected(std::make_error_code(std::errc::no_such_device));
+    }
+    kernel_->below[std::make_pair(netns_, std::string(ifname))].push_back(
+        kernel::QdiscInfo{std::string(kernel::qdiscKind(params)), handle, parent, FakeKernel::optionsFor(params)});
+    kernel_->lastParams = params;
+    ++kernel_->changes;
+    return {};
+  }
+
+  tl::expected<void, std::error_code> addHtbClass(std::string_view ifname, uint32_t classid,
+                                                  const kernel::HtbClassParams& /*params*/) override {
+    kernel_->calls.push_back(fmt::format("add-class {} {:x}", ifname, classid));
+    return addToTree(ifname, fmt::format("class {:x}", classid));
+  }
+
+  tl::expected<void, std::error_code> addU32Filter(std::string_view ifname, const kernel::U32Filter& filter) override {
+    kernel_->calls.push_back(fmt::format("add-filter {} prio {}", ifname, filter.priority));
+    return addToTree(ifname, fmt::format("filter prio {} proto {:x} -> {:x} keys {}", filter.priority, filter.protocol,
+                                         filter.classid, filter.keys.size()));
+  }
+
   tl::expected<std::vector<kernel::InterfaceRoot>, std::error_code> roots() override {
     kernel_->calls.push_back("roots");
     std::vector<kernel::InterfaceRoot> out;
@@ -163,7 +198,33 @@ class FakeQdiscTable final : public kernel::QdiscTable {
     return std::exchange(failure, std::nullopt);
   }
 
-  void dropChildren(std::string_view ifname) { kernel_->below.erase(std::make_pair(netns_, std::string(ifname))); }
+  void dropChildren(std::string_view ifname) {
+    kernel_->below.erase(std::make_pair(netns_, std::string(ifname)));
+    kernel_->tree.erase(std::make_pair(netns_, std::string(ifname)));
+  }
+
+  std::optional<std::error_code> takeAddFailure() {
+    if (!kernel_->failNextAdd) {
+      return std::nullopt;
+    }
+    if (kernel_->addsBeforeFailure > 0) {
+      --kernel_->addsBeforeFailure;
+      return std::nullopt;
+    }
+    return takeFailure(kernel_->failNextAdd);
+  }
+
+  tl::expected<void, std::error_code> addToTree(std::string_view ifname, std::string entry) {
+    if (auto e = takeAddFailure()) {
+      return tl::unexpected(*e);
+    }
+    if (find(ifname) == nullptr) {
+      return tl::unexpected(std::make_error_code(std::errc::no_such_device));
+    }
+    kernel_->tree[std::make_pair(netns_, std::string(ifname))].push_back(std::move(entry));
+    ++kernel_->changes;
+    return {};
+  }
 
   std::optional<kernel::QdiscInfo>* find(std::string_view ifname) {
     auto ns = kernel_->namespaces.find(netns_);

@@ -270,7 +270,8 @@ TEST_CASE("bad files: each error names the field, the line and what is wrong") {
       {"key of another fault type",
        h + "method:\n  - fault:\n      type: network.delay\n      duration: 1s\n      target: {interface: eth0}\n"
            "      delay: 10ms\n      percent: 5\n",
-       "method[0].fault.percent", 11, "belongs to network.loss, not to network.delay"},
+       "method[0].fault.percent", 11,
+       "belongs to network.loss, network.duplicate, network.corrupt, network.reorder, not to network.delay"},
       {"https is refused", h + probe + "        url: https://a/\n" + wait, "steadyState.probes[0].http.url", 9,
        "https"},
       {"both pid and name",

@@ -67,7 +67,8 @@ TEST_CASE_FIXTURE(Fixture, "previous default root: apply installs netem fa17:, r
   const auto& params = std::get<kernel::NetemParams>(*kernel->lastParams);
   CHECK(params.delay == 100ms);
   CHECK(params.jitter == 10ms);
-  CHECK((*applied)->describe() == "netem delay 100ms jitter 10ms on veth0 in /proc/4242/ns/net (root was noqueue)");
+  CHECK((*applied)->describe() ==
+        "netem delay 100ms jitter 10ms limit 91667 on veth0 in /proc/4242/ns/net (root was noqueue)");
   // The undo record is read before the change.
   CHECK(kernel->calls ==
         std::vector<std::string>{"open " + kNetns, "root veth0", "children veth0", "replace veth0 fa170000 netem"});

@@ -1,5 +1,7 @@
 // Golden bytes of the rtnetlink requests QdiscTable sends, and the dump parser on good and bad
 // buffers. Bytes are little-endian (netlink uses host order; these tests run on x86-64/arm64).
+#include <arpa/inet.h>
+
 #include <cstring>
 #include <vector>
 
@@ -69,6 +71,75 @@ const std::vector<uint8_t> kTbfGolden = {
 };
 // clang-format on
 
+// tc qdisc replace dev <2> root handle fa17: netem delay 100ms 10ms 25% loss gemodel 1% 25% 80% 10%
+//   duplicate 2% 30% corrupt 3% 40% reorder 5% 50% gap 3 rate 1mbit limit 5000
+// TCA_OPTIONS as iproute2 6.1's tc sent it (captured with strace -e sendmsg -xx in a throwaway netns).
+// clang-format off
+const std::vector<uint8_t> kNetemEveryAttributeGolden = {
+    0xa0, 0x00, 0x00, 0x00,  // nlmsg_len 160
+    0x24, 0x00, 0x05, 0x05,  // RTM_NEWQDISC, REQUEST | ACK | REPLACE | CREATE
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0x00, 0x00, 0x00, 0x00,  // tcmsg
+    0x02, 0x00, 0x00, 0x00,
+    0x00, 0x00, 0x17, 0xfa,
+    0xff, 0xff, 0xff, 0xff,
+    0x00, 0x00, 0x00, 0x00,
+    0x0a, 0x00, 0x01, 0x00, 'n', 'e', 't', 'e', 'm', 0x00, 0x00, 0x00,  // TCA_KIND
+    0x70, 0x00, 0x02, 0x00,  // TCA_OPTIONS, 112 bytes
+    0x84, 0xd7, 0x17, 0x00,  // tc_netem_qopt.latency 100 ms
+    0x88, 0x13, 0x00, 0x00,  //   limit 5000
+    0x00, 0x00, 0x00, 0x00,  //   loss 0 (the Gilbert-Elliott model below decides)
+    0x03, 0x00, 0x00, 0x00,  //   gap 3
+    0x52, 0xb8, 0x1e, 0x05,  //   duplicate 2 %
+    0x5a, 0x62, 0x02, 0x00,  //   jitter 10 ms
+    0x10, 0x00, 0x01, 0x00,  // TCA_NETEM_CORR
+    0x00, 0x00, 0x00, 0x40,  //   delay_corr 25 %
+    0x00, 0x00, 0x00, 0x00,  //   loss_corr 0
+    0xcc, 0xcc, 0xcc, 0x4c,  //   dup_corr 30 % (rounded half to even, as tc does)
+    0x0c, 0x00, 0x03, 0x00,  // TCA_NETEM_REORDER
+    0xcd, 0xcc, 0xcc, 0x0c,  //   probability 5 %
+    0x00, 0x00, 0x00, 0x80,  //   correlation 50 %
+    0x0c, 0x00, 0x04, 0x00,  // TCA_NETEM_CORRUPT
+    0x7b, 0x14, 0xae, 0x07,  //   probability 3 %
+    0x66, 0x66, 0x66, 0x66,  //   correlation 40 %
+    0x18, 0x00, 0x05, 0x80,  // TCA_NETEM_LOSS | NLA_F_NESTED
+    0x14, 0x00, 0x02, 0x00,  //   NETEM_LOSS_GE, struct tc_netem_gemodel
+    0x29, 0x5c, 0x8f, 0x02,  //     p 1 %
+    0x00, 0x00, 0x00, 0x40,  //     r 25 %
+    0x33, 0x33, 0x33, 0x33,  //     h 20 % (tc's 1-h 80 %: loss in the bad state)
+    0x9a, 0x99, 0x99, 0x19,  //     k1 10 % (tc's 1-k: loss in the good state)
+    0x14, 0x00, 0x06, 0x00,  // TCA_NETEM_RATE, struct tc_netem_rate
+    0x48, 0xe8, 0x01, 0x00,  //   125000 bytes/s
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,  // overheads, cell size: none
+};
+
+// tc qdisc replace dev <2> root handle fa17: netem rate 40gbit (TCA_OPTIONS captured from tc as above)
+const std::vector<uint8_t> kNetemRate64Options = {
+    0x00, 0x00, 0x00, 0x00, 0xe8, 0x03, 0x00, 0x00,  // qopt: latency 0, limit 1000
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,  //   loss, gap
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,  //   duplicate, jitter
+    0x0c, 0x00, 0x08, 0x00,                          // TCA_NETEM_RATE64
+    0x00, 0xf2, 0x05, 0x2a, 0x01, 0x00, 0x00, 0x00,  //   5000000000 bytes/s
+    0x14, 0x00, 0x06, 0x00,                          // TCA_NETEM_RATE
+    0xff, 0xff, 0xff, 0xff,                          //   rate ~0: see RATE64
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+};
+
+// netem delay 1h jitter 1h (beyond the u32 tick fields) with a 4-value distribution table.
+const std::vector<uint8_t> kNetemLongDelayOptions = {
+    0xff, 0xff, 0xff, 0xff,  // qopt.latency: does not fit, see LATENCY64
+    0xe8, 0x03, 0x00, 0x00,  //   limit 1000
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,  // loss, gap, duplicate
+    0xff, 0xff, 0xff, 0xff,  //   jitter: does not fit, see JITTER64
+    0x0c, 0x00, 0x0a, 0x00,  // TCA_NETEM_LATENCY64
+    0x00, 0xa0, 0xb8, 0x30, 0x46, 0x03, 0x00, 0x00,  //   3600000000000 ns
+    0x0c, 0x00, 0x0b, 0x00,  // TCA_NETEM_JITTER64
+    0x00, 0xa0, 0xb8, 0x30, 0x46, 0x03, 0x00, 0x00,  //   3600000000000 ns
+    0x0c, 0x00, 0x02, 0x00,  // TCA_NETEM_DELAY_DIST, 4 x s16
+    0x00, 0x80, 0xff, 0xff, 0x01, 0x00, 0xff, 0x7f,  //   -32768 -1 1 32767
+};
+// clang-format on
+
 std::string hex(const std::vector<uint8_t>& bytes) {
   std::string out;
   for (size_t i = 0; i < bytes.size(); ++i) {
@@ -102,6 +173,54 @@ TEST_CASE("netem request: delay 100ms, jitter 10ms, loss 1% matches the golden b
   auto bytes = buildReplaceRootRequest(kIfindex, kHandle, netem);
   REQUIRE(bytes.has_value());
   CHECK_MESSAGE(*bytes == kNetemGolden, "got:", hex(*bytes));
+}
+
+TEST_CASE("netem request with every attribute matches the bytes tc sends") {
+  NetemParams netem{.delay = 100ms,
+                    .jitter = 10ms,
+                    .delayCorrelationPercent = 25,
+                    .gilbertElliott = GilbertElliottLoss{.p = 1, .r = 25, .badLoss = 80, .goodLoss = 10},
+                    .duplicatePercent = 2,
+                    .duplicateCorrelationPercent = 30,
+                    .corruptPercent = 3,
+                    .corruptCorrelationPercent = 40,
+                    .reorderPercent = 5,
+                    .reorderCorrelationPercent = 50,
+                    .gap = 3,
+                    .rateBitsPerSecond = 1'000'000,
+                    .limitPackets = 5000};
+  auto bytes = buildReplaceRootRequest(kIfindex, kHandle, netem);
+  REQUIRE(bytes.has_value());
+  CHECK_MESSAGE(*bytes == kNetemEveryAttributeGolden, "got:", hex(*bytes));
+}
+
+TEST_CASE("netem rate of 2^32 bytes/s and more adds TCA_NETEM_RATE64 like tc") {
+  auto bytes = buildReplaceRootRequest(kIfindex, kHandle, NetemParams{.rateBitsPerSecond = 40'000'000'000});
+  REQUIRE(bytes.has_value());
+  auto parsed = parseQdiscMessage(*bytes);
+  REQUIRE(parsed.has_value());
+  CHECK_MESSAGE(parsed->info.options == kNetemRate64Options, "got:", hex(parsed->info.options));
+}
+
+TEST_CASE("netem 1h delay and jitter go in LATENCY64/JITTER64, the table in DELAY_DIST") {
+  NetemParams netem{.delay = 1h, .jitter = 1h, .delayDistribution = {-32768, -1, 1, 32767}};
+  auto bytes = buildReplaceRootRequest(kIfindex, kHandle, netem);
+  REQUIRE(bytes.has_value());
+  auto parsed = parseQdiscMessage(*bytes);
+  REQUIRE(parsed.has_value());
+  CHECK_MESSAGE(parsed->info.options == kNetemLongDelayOptions, "got:", hex(parsed->info.options));
+}
+
+TEST_CASE("netem reorder without gap is sent with gap 1, as tc does (the kernel never reorders with gap 0)") {
+  auto bytes = buildReplaceRootRequest(kIfindex, kHandle, NetemParams{.delay = 100ms, .reorderPercent = 25});
+  REQUIRE(bytes.has_value());
+  auto parsed = parseQdiscMessage(*bytes);
+  REQUIRE(parsed.has_value());
+  // Captured from `tc qdisc replace ... netem delay 100ms reorder 25%`.
+  const std::vector<uint8_t> tcOptions = {0x84, 0xd7, 0x17, 0x00, 0xe8, 0x03, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+                                          0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+                                          0x0c, 0x00, 0x03, 0x00, 0x00, 0x00, 0x00, 0x40, 0x00, 0x00, 0x00, 0x00};
+  CHECK_MESSAGE(parsed->info.options == tcOptions, "got:", hex(parsed->info.options));
 }
 
 TEST_CASE("tbf request: 1 Mbit/s, burst 3028, limit 6250 matches the golden bytes") {
@@ -146,6 +265,17 @@ TEST_CASE("parameters that cannot be encoded are EINVAL") {
   CHECK(buildReplaceRootRequest(kIfindex, kHandle, NetemParams{.lossPercent = 101}).error() ==
         std::errc::invalid_argument);
   CHECK(buildReplaceRootRequest(kIfindex, kHandle, NetemParams{.delay = -1ms}).error() == std::errc::invalid_argument);
+  CHECK(buildReplaceRootRequest(kIfindex, kHandle, NetemParams{.reorderPercent = 10}).error() ==
+        std::errc::invalid_argument);  // reorder needs a delay
+  CHECK(buildReplaceRootRequest(kIfindex, kHandle, NetemParams{.corruptPercent = -1}).error() ==
+        std::errc::invalid_argument);
+  CHECK(
+      buildReplaceRootRequest(kIfindex, kHandle, NetemParams{.gilbertElliott = GilbertElliottLoss{.p = 200}}).error() ==
+      std::errc::invalid_argument);
+  CHECK(
+      buildReplaceRootRequest(
+          kIfindex, kHandle, NetemParams{.delay = 1ms, .jitter = 1ms, .delayDistribution = std::vector<int16_t>(16385)})
+          .error() == std::errc::invalid_argument);
   CHECK(buildRestoreRootRequest(kIfindex, QdiscInfo{}).error() == std::errc::invalid_argument);
 }
 
@@ -222,4 +352,88 @@ TEST_CASE("the dump parser reads a qdisc without options and refuses malformed m
   SUBCASE("empty") {
     CHECK(parseQdiscMessage({}).error() == std::errc::protocol_error);
   }
+}
+
+TEST_CASE("u32 filter request matches the bytes tc sends") {
+  // tc filter add dev <2> parent fa17: prio 2 protocol ip u32 match ip dst 10.0.0.0/8
+  //   match ip protocol 6 0xff match u8 0x05 0x0f at 0 match ip dport 443 0xffff flowid fa17:1
+  // (captured with strace -e sendmsg -xx from iproute2 6.1's tc)
+  // clang-format off
+  const std::vector<uint8_t> tcBytes = {
+      0x8c, 0x00, 0x00, 0x00,  // nlmsg_len 140
+      0x2c, 0x00, 0x05, 0x06,  // RTM_NEWTFILTER, REQUEST | ACK | EXCL | CREATE
+      0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+      0x00, 0x00, 0x00, 0x00,  // tcmsg: family
+      0x02, 0x00, 0x00, 0x00,  //   ifindex 2
+      0x00, 0x00, 0x00, 0x00,  //   handle: the kernel picks
+      0x00, 0x00, 0x17, 0xfa,  //   parent fa17:
+      0x08, 0x00, 0x02, 0x00,  //   info: prio 2, protocol htons(ETH_P_IP)
+      0x08, 0x00, 0x01, 0x00, 'u', '3', '2', 0x00,  // TCA_KIND
+      0x60, 0x00, 0x02, 0x00,  // TCA_OPTIONS, 96 bytes
+      0x08, 0x00, 0x01, 0x00, 0x01, 0x00, 0x17, 0xfa,  // TCA_U32_CLASSID fa17:1
+      0x54, 0x00, 0x05, 0x00,  // TCA_U32_SEL
+      0x01, 0x00, 0x04, 0x00, 0x00, 0x00, 0x00, 0x00,  // flags TERMINAL, 4 keys
+      0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+      0xff, 0x00, 0x00, 0x00, 0x0a, 0x00, 0x00, 0x00, 0x10, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,  // dst /8
+      0x00, 0xff, 0x00, 0x00, 0x00, 0x06, 0x00, 0x00, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,  // tcp
+      0x0f, 0x00, 0x00, 0x00, 0x05, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,  // IHL 5
+      0x00, 0x00, 0xff, 0xff, 0x00, 0x00, 0x01, 0xbb, 0x14, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,  // dport
+  };
+  // clang-format on
+  const auto be = [](uint32_t v) { return htonl(v); };
+  U32Filter filter{.parent = 0xFA170000,
+                   .priority = 2,
+                   .protocol = 0x0800,
+                   .keys = {{be(0x0A000000), be(0xFF000000), 16},
+                            {be(0x00060000), be(0x00FF0000), 8},
+                            {be(0x05000000), be(0x0F000000), 0},
+                            {be(443), be(0x0000FFFF), 20}},
+                   .classid = 0xFA170001};
+  auto bytes = buildAddU32FilterRequest(kIfindex, filter);
+  REQUIRE(bytes.has_value());
+  CHECK_MESSAGE(*bytes == tcBytes, "got:", hex(*bytes));
+  filter.keys.clear();
+  CHECK(buildAddU32FilterRequest(kIfindex, filter).error() == std::errc::invalid_argument);
+}
+
+TEST_CASE("htb root request matches the bytes tc sends for `htb default 0`") {
+  auto bytes = buildReplaceRootRequest(kIfindex, kHandle, HtbParams{});
+  REQUIRE(bytes.has_value());
+  auto parsed = parseQdiscMessage(*bytes);
+  REQUIRE(parsed.has_value());
+  CHECK(parsed->info.kind == "htb");
+  // TCA_OPTIONS captured from `tc qdisc replace dev lo root handle fa17: htb default 0`.
+  const std::vector<uint8_t> tcOptions = {0x18, 0x00, 0x02, 0x00, 0x03, 0x00, 0x00, 0x00, 0x0a, 0x00, 0x00, 0x00,
+                                          0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00};
+  CHECK_MESSAGE(parsed->info.options == tcOptions, "got:", hex(parsed->info.options));
+}
+
+TEST_CASE("htb class and child qdisc requests") {
+  auto cls = buildAddHtbClassRequest(kIfindex, 0xFA170001, HtbClassParams{.rateBitsPerSecond = uint64_t{1} << 40});
+  REQUIRE(cls.has_value());
+  uint16_t type = 0;
+  uint16_t flags = 0;
+  std::memcpy(&type, cls->data() + 4, 2);
+  std::memcpy(&flags, cls->data() + 6, 2);
+  CHECK(type == 40);       // RTM_NEWTCLASS
+  CHECK(flags == 0x0605);  // REQUEST | ACK | EXCL | CREATE
+  uint32_t handle = 0;
+  uint32_t parent = 0;
+  std::memcpy(&handle, cls->data() + 24, 4);
+  std::memcpy(&parent, cls->data() + 28, 4);
+  CHECK(handle == 0xFA170001);
+  CHECK(parent == 0xFA170000);
+  CHECK(buildAddHtbClassRequest(kIfindex, 0xFA170001, HtbClassParams{}).error() == std::errc::invalid_argument);
+
+  auto child = buildAddQdiscRequest(kIfindex, 0xFA170001, 0xFA180000, TbfParams{1'000'000, 3028, 6250});
+  REQUIRE(child.has_value());
+  auto parsed = parseQdiscMessage(*child);
+  REQUIRE(parsed.has_value());
+  CHECK(parsed->info.handle == 0xFA180000);
+  CHECK(parsed->info.parent == 0xFA170001);
+  auto asRoot = parseQdiscMessage(*buildReplaceRootRequest(kIfindex, 0xFA180000, TbfParams{1'000'000, 3028, 6250}));
+  REQUIRE(asRoot.has_value());
+  CHECK(parsed->info.options == asRoot->info.options);
+  std::memcpy(&flags, child->data() + 6, 2);
+  CHECK(flags == 0x0605);  // EXCL: never replaces a qdisc that is there
 }

@@ -209,6 +209,8 @@ struct PingStats {
   double minMs = 0;
   double avgMs = 0;
   double maxMs = 0;
+  double mdevMs = 0;
+  int duplicates = 0;
 
   [[nodiscard]] double lossPercent() const {
     return transmitted == 0 ? 100.0 : 100.0 * (transmitted - received) / transmitted;
@@ -226,12 +228,45 @@ PingStats ping(int count, const char* interval) {
   REQUIRE(std::regex_search(r.output, m, std::regex(R"((\d+) packets transmitted, (\d+) received)")));
   stats.transmitted = std::stoi(m[1]);
   stats.received = std::stoi(m[2]);
-  if (std::regex_search(r.output, m, std::regex(R"(= ([\d.]+)/([\d.]+)/([\d.]+)/)"))) {
+  if (std::regex_search(r.output, m, std::regex(R"(= ([\d.]+)/([\d.]+)/([\d.]+)/([\d.]+))"))) {
     stats.minMs = std::stod(m[1]);
     stats.avgMs = std::stod(m[2]);
     stats.maxMs = std::stod(m[3]);
+    stats.mdevMs = std::stod(m[4]);
+  }
+  if (std::regex_search(r.output, m, std::regex(R"(\+(\d+) duplicates)"))) {
+    stats.duplicates = std::stoi(m[1]);
   }
   return stats;
+}
+
+// Pings an address of fl-vm-b from fl-vm-a (any family).
+PingStats pingTo(const std::string& address, int count, const char* interval) {
+  const auto command =
+      fmt::format("ip netns exec {} ping -n -c {} -i {} -W 2 -q {}", kNetnsA, count, interval, address);
+  const auto r = sh(command);
+  INFO(command, ": ", r.output);
+  REQUIRE((r.status == 0 || r.status == 1));
+  PingStats stats;
+  std::smatch m;
+  REQUIRE(std::regex_search(r.output, m, std::regex(R"((\d+) packets transmitted, (\d+) received)")));
+  stats.transmitted = std::stoi(m[1]);
+  stats.received = std::stoi(m[2]);
+  if (std::regex_search(r.output, m, std::regex(R"(= ([\d.]+)/([\d.]+)/([\d.]+)/([\d.]+))"))) {
+    stats.minMs = std::stod(m[1]);
+    stats.avgMs = std::stod(m[2]);
+    stats.maxMs = std::stod(m[3]);
+    stats.mdevMs = std::stod(m[4]);
+  }
+  return stats;
+}
+
+// Applies spec through the real driver and returns the applied fault; requires success.
+std::unique_ptr<AppliedFault> applyDirect(const v1::FaultSpec& spec) {
+  NetworkFaultDriver driver(kernel::openQdiscTable);
+  auto applied = driver.apply(spec);
+  REQUIRE_MESSAGE(applied.has_value(), (applied ? "" : applied.error().message));
+  return std::move(*applied);
 }
 
 std::string describe(const PingStats& s) {
@@ -310,4 +345,166 @@ TEST_CASE("loss") {
   MESSAGE("loss reverted: ", describe(clear));
   CHECK(clear.transmitted == 100);
   CHECK(clear.received == 100);
+}
+
+TEST_CASE("delay with jitter and a normal distribution: mean and spread") {
+  if (skipWithoutNetem()) {
+    return;
+  }
+  NetnsPair pair;
+  v1::FaultSpec spec;
+  auto* d = spec.mutable_network_delay();
+  *d->mutable_target() = targetA();
+  *d->mutable_delay() = toProto(50ms);
+  *d->mutable_jitter() = toProto(10ms);
+  d->set_distribution(v1::DELAY_DISTRIBUTION_NORMAL);
+  auto fault = applyDirect(spec);
+  const auto s = ping(200, "0.01");
+  MESSAGE("delay 50ms jitter 10ms normal: ", describe(s), ", mdev ", s.mdevMs, " ms");
+  // Mean within 5 ms of 50 (TCG timer slack adds ~1-3 ms); spread near 10 ms (ping's mdev).
+  CHECK(s.avgMs >= 48.0);
+  CHECK(s.avgMs <= 56.0);
+  CHECK(s.mdevMs >= 6.0);
+  CHECK(s.mdevMs <= 14.0);
+  REQUIRE(fault->revert().has_value());
+}
+
+TEST_CASE("Gilbert-Elliott loss over 1000 packets") {
+  if (skipWithoutNetem()) {
+    return;
+  }
+  NetnsPair pair;
+  v1::FaultSpec spec;
+  auto* l = spec.mutable_network_loss();
+  *l->mutable_target() = targetA();
+  auto* ge = l->mutable_gilbert_elliott();
+  ge->set_p(10);
+  ge->set_r(30);
+  ge->set_bad_loss(80);
+  ge->set_good_loss(0);
+  // Long-run loss of requests: 80 x 10 / (10 + 30) = 20 %. Bursts make the count vary more than
+  // independent loss would: ±8 points covers it (stated tolerance).
+  auto fault = applyDirect(spec);
+  const auto s = ping(1000, "0.002");
+  MESSAGE("GE p 10 r 30 badLoss 80: ", describe(s));
+  CHECK(s.transmitted == 1000);
+  CHECK(s.lossPercent() >= 12.0);
+  CHECK(s.lossPercent() <= 28.0);
+  REQUIRE(fault->revert().has_value());
+}
+
+TEST_CASE("duplicate and corrupt counts") {
+  if (skipWithoutNetem()) {
+    return;
+  }
+  NetnsPair pair;
+  {
+    v1::FaultSpec spec;
+    *spec.mutable_network_duplicate()->mutable_target() = targetA();
+    spec.mutable_network_duplicate()->set_percent(20);
+    auto fault = applyDirect(spec);
+    const auto s = ping(1000, "0.002");
+    MESSAGE("duplicate 20 %: ", describe(s), ", ", s.duplicates, " duplicates");
+    CHECK(s.duplicates >= 150);  // 200 expected, sd ~13
+    CHECK(s.duplicates <= 250);
+    REQUIRE(fault->revert().has_value());
+  }
+  {
+    v1::FaultSpec spec;
+    *spec.mutable_network_corrupt()->mutable_target() = targetA();
+    spec.mutable_network_corrupt()->set_percent(20);
+    auto fault = applyDirect(spec);
+    // A flipped bit fails the ICMP (or IP header) checksum at fl-vm-b: the request is dropped.
+    const auto s = ping(1000, "0.002");
+    MESSAGE("corrupt 20 %: ", describe(s));
+    CHECK(s.lossPercent() >= 15.0);
+    CHECK(s.lossPercent() <= 25.0);
+    REQUIRE(fault->revert().has_value());
+  }
+}
+
+TEST_CASE("reorder: picked packets overtake the delayed ones") {
+  if (skipWithoutNetem()) {
+    return;
+  }
+  NetnsPair pair;
+  v1::FaultSpec spec;
+  auto* o = spec.mutable_network_reorder();
+  *o->mutable_target() = targetA();
+  o->set_percent(50);
+  *o->mutable_delay() = toProto(100ms);
+  auto fault = applyDirect(spec);
+  // Half the requests go at once (rtt ~0), half after 100 ms: min near 0, max >= 100.
+  const auto s = ping(100, "0.01");
+  MESSAGE("reorder 50 % delay 100ms: ", describe(s));
+  CHECK(s.received == s.transmitted);
+  CHECK(s.minMs < 20.0);
+  CHECK(s.maxMs >= 100.0);
+  CHECK(s.avgMs >= 25.0);  // about 50
+  CHECK(s.avgMs <= 80.0);
+  REQUIRE(fault->revert().has_value());
+}
+
+TEST_CASE("partition and matching: the matched destination is cut, a second one delayed not at all") {
+  if (skipWithoutNetem()) {
+    return;
+  }
+  NetnsPair pair;
+  run(fmt::format("ip -n {} addr add 10.98.0.1/24 dev {}", kNetnsA, kIfA));
+  run(fmt::format("ip -n {} addr add 10.98.0.2/24 dev {}", kNetnsB, kIfB));
+  run(fmt::format("ip -n {} -6 addr add fd99::1/64 dev {} nodad", kNetnsA, kIfA));
+  run(fmt::format("ip -n {} -6 addr add fd99::2/64 dev {} nodad", kNetnsB, kIfB));
+  run(fmt::format("ip netns exec {} ping -c 1 -W 5 -q 10.98.0.2", kNetnsA));
+  run(fmt::format("ip netns exec {} ping -c 1 -W 5 -q fd99::2", kNetnsA));
+  {
+    v1::FaultSpec spec;
+    *spec.mutable_network_partition()->mutable_target() = targetA();
+    spec.mutable_network_partition()->mutable_target()->mutable_match()->add_destination_cidrs(kAddrB);
+    auto fault = applyDirect(spec);
+    const auto cut = pingTo(kAddrB, 20, "0.01");
+    const auto other = pingTo("10.98.0.2", 20, "0.01");
+    MESSAGE("partition of ", std::string(kAddrB), ": ", describe(cut), "; 10.98.0.2: ", describe(other));
+    CHECK(cut.received == 0);
+    CHECK(other.received == 20);
+    REQUIRE(fault->revert().has_value());
+  }
+  {
+    v1::FaultSpec spec;
+    auto* d = spec.mutable_network_delay();
+    *d->mutable_target() = targetA();
+    d->mutable_target()->mutable_match()->add_destination_cidrs("fd99::2/128");
+    *d->mutable_delay() = toProto(100ms);
+    auto fault = applyDirect(spec);
+    const auto matched = pingTo("fd99::2", 20, "0.01");
+    const auto v4 = pingTo(kAddrB, 20, "0.01");
+    MESSAGE("IPv6 delay 100ms on fd99::2: ", describe(matched), "; IPv4 ", std::string(kAddrB), ": ", describe(v4));
+    CHECK(matched.minMs >= 100.0);
+    CHECK(v4.avgMs < 20.0);
+    REQUIRE(fault->revert().has_value());
+  }
+  CHECK(NetnsPair::rootA().handle == 0);
+}
+
+TEST_CASE("a pre-existing htb-free tbf root is restored with its parameters after a netem fault") {
+  if (skipWithoutNetem()) {
+    return;
+  }
+  NetnsPair pair;
+  run(fmt::format("ip netns exec {} tc qdisc add dev {} root handle 8001: tbf rate 50mbit burst 32kb latency 40ms",
+                  kNetnsA, kIfA));
+  const auto saved = NetnsPair::rootA();
+  v1::FaultSpec spec;
+  *spec.mutable_network_loss()->mutable_target() = targetA();
+  spec.mutable_network_loss()->set_percent(10);
+  spec.mutable_network_loss()->mutable_target()->mutable_match()->set_protocol(v1::PROTOCOL_ICMP);
+  auto fault = applyDirect(spec);
+  CHECK(NetnsPair::rootA().kind == "htb");
+  REQUIRE(fault->revert().has_value());
+  const auto after = NetnsPair::rootA();
+  CHECK(after.kind == "tbf");
+  CHECK(after.handle == saved.handle);
+  CHECK(after.options == saved.options);
+  const auto shown = run(fmt::format("ip netns exec {} tc qdisc show dev {}", kNetnsA, kIfA));
+  MESSAGE("restored: ", shown);
+  CHECK(shown.find("rate 50Mbit") != std::string::npos);
 }

@@ -1,0 +1,47 @@
+// u32 filters (tc-u32(8)) for a network fault's traffic match, and for the agent's own channel to
+// its controller, which no fault may touch. Pure functions; thread-safe.
+//
+// Offsets are from the network header. IPv4: source address at 12, destination at 16, protocol
+// byte at 9; ports at 20/22, so a port match also requires a 20-byte header (IHL 5): packets with
+// IP options never match a port rule. IPv6: next header at 6, source at 8, destination at 24,
+// ports at 40/42: a port match sees TCP/UDP directly after the fixed header only (no extension
+// headers). Non-first fragments carry no ports and do not match a port rule.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <tl/expected.hpp>
+
+#include "agent/kernel/qdisc_table.h"
+#include "agent/spec.h"
+#include "faultline/v1/faults.pb.h"
+
+namespace faultline::agent {
+
+// Which side of a packet a rule looks at: egress filters match the peer as destination, ingress
+// (ifb) filters as source.
+enum class PeerSide { kDestination, kSource };
+
+// One endpoint the agent talks to (its controller): an address and a TCP port.
+struct Endpoint {
+  Cidr address;  // a host address (/32 or /128)
+  uint16_t port = 0;
+};
+
+// The filters that steer a validated match's packets to classid: one filter per combination of
+// destination x source x destination port x source port (an empty list is "any"), all with
+// protocol ETH_P_IP or ETH_P_IPV6 after the match's addresses (both when it has none), IPv4 at
+// priority and IPv6 at priority + 1 (the kernel keeps one protocol per filter priority).
+// errors: words, when the match needs more than 256 filters.
+[[nodiscard]] tl::expected<std::vector<kernel::U32Filter>, std::string> matchFilters(const v1::TrafficMatch& match,
+                                                                                     uint32_t parent, uint16_t priority,
+                                                                                     uint32_t classid);
+
+// Filters that send the TCP packets to (side kDestination) or from (kSource) each endpoint to
+// classid (htb's direct queue: never faulted).
+[[nodiscard]] std::vector<kernel::U32Filter> exemptFilters(const std::vector<Endpoint>& endpoints, PeerSide side,
+                                                           uint32_t parent, uint16_t priority, uint32_t classid);
+
+}  // namespace faultline::agent

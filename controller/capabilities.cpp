@@ -1,0 +1,89 @@
+#include "controller/capabilities.h"
+
+#include <algorithm>
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include "agent/spec.h"
+
+namespace faultline::controller {
+namespace {
+
+bool listed(const google::protobuf::RepeatedPtrField<std::string>& names, std::string_view name) {
+  return std::find(names.begin(), names.end(), name) != names.end();
+}
+
+bool isNetem(const v1::FaultSpec& spec) {
+  return spec.has_network_delay() || spec.has_network_loss() || spec.has_network_duplicate() ||
+         spec.has_network_corrupt() || spec.has_network_reorder() || spec.has_network_partition();
+}
+
+bool hasMatch(const v1::NetworkTarget& t) {
+  const auto& m = t.match();
+  return !m.destination_cidrs().empty() || !m.source_cidrs().empty() || !m.destination_ports().empty() ||
+         !m.source_ports().empty() || m.protocol() != v1::PROTOCOL_UNSPECIFIED;
+}
+
+std::string hint(const std::string& module) {
+  if (module == "sch_netem") {
+    return "CONFIG_NET_SCH_NETEM; `modprobe sch_netem`; on RHEL-family hosts it ships in kernel-modules-extra";
+  }
+  if (module == "sch_tbf") {
+    return "CONFIG_NET_SCH_TBF; `modprobe sch_tbf`";
+  }
+  if (module == "sch_htb") {
+    return "CONFIG_NET_SCH_HTB; `modprobe sch_htb`";
+  }
+  return "CONFIG_NET_CLS_U32; `modprobe cls_u32`";
+}
+
+}  // namespace
+
+std::vector<std::string> missingModules(const v1::FaultSpec& spec, const v1::Capabilities& caps) {
+  std::vector<std::string> missing;
+  const v1::NetworkTarget* target = networkTarget(spec);
+  if (target == nullptr) {
+    return missing;
+  }
+  if (isNetem(spec) && !caps.netem()) {
+    missing.emplace_back("sch_netem");
+  }
+  if (spec.has_network_bandwidth() && !caps.tbf()) {
+    missing.emplace_back("sch_tbf");
+  }
+  if (caps.tc_probed() && hasMatch(*target)) {
+    if (!listed(caps.qdiscs(), "htb")) {
+      missing.emplace_back("sch_htb");
+    }
+    if (!listed(caps.classifiers(), "u32")) {
+      missing.emplace_back("cls_u32");
+    }
+  }
+  return missing;
+}
+
+std::optional<std::string> checkCapabilities(const std::vector<Step>& method,
+                                             const std::vector<v1::AgentInfo>& targets) {
+  for (const auto& step : method) {
+    const auto* f = std::get_if<FaultStep>(&step);
+    if (f == nullptr) {
+      continue;
+    }
+    for (const auto& t : targets) {
+      const auto missing = missingModules(f->spec, t.capabilities());
+      if (missing.empty()) {
+        continue;
+      }
+      std::vector<std::string> hints;
+      for (const auto& m : missing) {
+        hints.push_back(fmt::format("{} ({})", m, hint(m)));
+      }
+      return fmt::format("host {} ({}) cannot run {} '{}': its kernel lacks {}; nothing was injected", t.hostname(),
+                         t.agent_id(), faultKindName(f->spec), f->name, fmt::join(hints, ", "));
+    }
+  }
+  return std::nullopt;
+}
+
+}  // namespace faultline::controller

@@ -1,0 +1,26 @@
+// Whether a host's kernel can run a fault, from the Capabilities its agent probed and sent in
+// Hello. The engine checks every fault step against every target host before injecting anything.
+// Pure functions; thread-safe.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "controller/experiment.h"
+#include "faultline/v1/agent_gateway.pb.h"
+#include "faultline/v1/control.pb.h"
+
+namespace faultline::controller {
+
+// The traffic-control modules spec needs that caps lacks, as "sch_netem", "sch_htb", "cls_u32";
+// empty when the host can run it (or spec is not a network fault). An agent that did not probe
+// (tc_probed false, an older agent) is judged on its netem/tbf flags alone.
+[[nodiscard]] std::vector<std::string> missingModules(const v1::FaultSpec& spec, const v1::Capabilities& caps);
+
+// The first fault step some target cannot run, in words that name the host, the fault and the
+// missing modules and say nothing was injected; nullopt when every target can run every step.
+[[nodiscard]] std::optional<std::string> checkCapabilities(const std::vector<Step>& method,
+                                                           const std::vector<v1::AgentInfo>& targets);
+
+}  // namespace faultline::controller
