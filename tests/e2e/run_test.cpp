@@ -246,7 +246,7 @@ method:
     CHECK(plan.hosts(0).faults(0).step() == "2.1");
     CHECK(plan.hosts(0).faults(0).spec().network_bandwidth().rate_bps() == 1'000'000);
     CHECK(plan.hosts(0).faults(1).step() == "2.2");
-    CHECK(plan.hosts(0).faults(1).spec().process_kill().pid() == victim.pid);
+    CHECK(plan.hosts(0).faults(1).spec().process_kill().process().pid() == victim.pid);
     CHECK(plan.targets().find("mode random(1): 1 of 1 matching agent(s)") != std::string::npos);
     CHECK(rootKind() == before);
     CHECK(victim.waitSignal(100ms) == 0);  // still alive
@@ -606,6 +606,7 @@ class FakeAgentStream {
     hello.mutable_hello()->set_agent_id("fake-agent");
     hello.mutable_hello()->set_hostname("fake-host");
     (*hello.mutable_hello()->mutable_labels())["role"] = "e2e";
+    hello.mutable_hello()->mutable_capabilities()->set_tbf(true);  // can take the network.bandwidth it is sent
     for (const auto& id : holding) {
       auto* r = hello.mutable_hello()->add_active_faults();
       r->set_fault_id(id);
