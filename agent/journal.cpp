@@ -147,7 +147,14 @@ tl::expected<OpenedJournal, JournalError> UndoJournal::open(const std::filesyste
   }
   // One agent per state directory: a second one would revert the first one's live faults as
   // "left by an earlier run". The lock goes with the process, however it ends.
-  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+  // A few seconds of patience: children of a killed agent (stress workers between fork and
+  // closing their descriptors) may still share its lock while they die with it.
+  int locked = ::flock(fd, LOCK_EX | LOCK_NB);
+  for (int i = 0; i < 60 && locked != 0 && errno == EWOULDBLOCK; ++i) {
+    ::usleep(50'000);
+    locked = ::flock(fd, LOCK_EX | LOCK_NB);
+  }
+  if (locked != 0) {
     const int err = errno;
     ::close(fd);
     if (err == EWOULDBLOCK) {

@@ -55,7 +55,8 @@ class UndoJournal {
   // Opens (creating it if needed) stateDir/journal.jsonl, which must already exist as a directory,
   // and reads it. Truncates the file when no entry is open.
   // Holds an exclusive flock(2) on the file while the journal is open: one agent per state
-  // directory. errors: EBUSY when another process holds it open (another agent, or `faultline
+  // directory; waits up to 3 s for it (children of a killed agent may hold it while they die).
+  // errors: EBUSY when another process still holds it (another agent, or `faultline
   // run --local`, on the same state directory); else the errno of open/read/write (EACCES,
   // EROFS, ENOTDIR, ENOENT, ...); each with a message naming the path.
   [[nodiscard]] static tl::expected<OpenedJournal, JournalError> open(const std::filesystem::path& stateDir);
