@@ -747,9 +747,20 @@ class RunState {
   bool checkSlo(const Slo& slo, const std::string& phase, const google::protobuf::Timestamp& at,
                 Clock::time_point now) {
     std::vector<SliSample> window;
-    for (const auto& h : history_[slo.probe]) {
-      if (h.phase == phase && (phase != "during" || h.at + slo.window > now)) {
-        window.push_back(h.sample);
+    const auto& history = history_[slo.probe];
+    if (phase == "during") {
+      // Newest first, up to the window's start: a long run does not rescan its whole history.
+      for (auto it = history.rbegin(); it != history.rend() && it->at + slo.window > now; ++it) {
+        if (it->phase == phase) {
+          window.push_back(it->sample);
+        }
+      }
+      std::reverse(window.begin(), window.end());
+    } else {
+      for (const auto& h : history) {
+        if (h.phase == phase) {
+          window.push_back(h.sample);
+        }
       }
     }
     if (window.empty()) {

@@ -28,9 +28,9 @@ class ScriptedProbes final : public ProbeRunner {
   Sample run(const Probe& /*probe*/) override {
     ++calls;
     if (down || (fragile && fleet_.activeCount() > 0)) {
-      return Sample{false, 5ms, "status 503, expected 200"};
+      return Sample{false, 5ms, "status 503, expected 200", std::nullopt};
     }
-    return Sample{true, 1ms, "200 in 1ms"};
+    return Sample{true, 1ms, "200 in 1ms", std::nullopt};
   }
   std::atomic<bool> fragile{false};
   std::atomic<bool> down{false};
