@@ -586,3 +586,80 @@ TEST_CASE("engine: probes of one round run concurrently") {
   // before, during, after: 3 rounds of 5 probes of 200 ms; one after another would take 3 s.
   CHECK(std::chrono::steady_clock::now() - start < 2s);
 }
+
+TEST_CASE("engine: a probe step samples any kind of probe; a failure violates even an SLO-covered probe, run goes on") {
+  SloHarness h;
+  h.fleet.addAgent("a1", {});
+  Experiment e = experiment(100ms);
+  Probe cmd;
+  cmd.name = "cmd";
+  cmd.kind = ProbeKind::kCommand;
+  e.hypothesis.probes.push_back(cmd);
+  Slo slo = *parseObjective("errors < 50% over 10s");
+  slo.name = "cmd-slo";
+  slo.probe = "cmd";
+  e.hypothesis.slos.push_back(slo);
+  // fault 100ms, probe cmd (fails once: the first sample after the fault), wait 10ms.
+  e.method.insert(e.method.begin() + 1, Step{ProbeStep{"cmd"}});
+  std::atomic<bool> sawActive{false};
+  std::atomic<bool> failedOnce{false};
+  const auto verdict = h.run(e, [&](const Probe& p, int, bool active) {
+    if (p.name != "cmd") {
+      return ok(1ms);
+    }
+    if (active) {
+      sawActive = true;
+    } else if (sawActive && !failedOnce.exchange(true)) {
+      return Sample{false, 3ms, "exit 1, expected 0", std::nullopt};
+    }
+    return ok(1ms);
+  });
+  CHECK(verdict == v1::VERDICT_VIOLATED);
+  auto rec = h.store->getRun("run-1");
+  REQUIRE(rec.has_value());
+  CHECK(rec->reason() == "steady state violated: probe cmd failed at a probe step of the method: exit 1, expected 0");
+  CHECK_FALSE(h.event("stop.condition").has_value());  // no fault was held: the run went on
+  CHECK(h.event("step.wait").has_value());
+  int stepSamples = 0;
+  for (const auto& s : rec->samples()) {
+    if (s.phase() == "step") {
+      ++stepSamples;
+      CHECK(s.probe() == "cmd");
+      CHECK(s.kind() == "command");
+      CHECK_FALSE(s.ok());
+    }
+  }
+  CHECK(stepSamples == 1);
+}
+
+TEST_CASE("engine: a guard failing at a probe step of a parallel group aborts: faults reverted, no later step") {
+  SloHarness h;
+  h.fleet.addAgent("a1", {});
+  Experiment e = sloExperiment("p99 < 1s");  // fault 30s, wait, fault 30s
+  Probe guard;
+  guard.name = "db";
+  guard.kind = ProbeKind::kTcp;
+  guard.guard = true;
+  e.hypothesis.probes.push_back(guard);
+  e.hypothesis.every = 10s;  // no periodic round before the group's probe step
+  ParallelStep group;
+  group.steps.emplace_back(std::get<FaultStep>(e.method[0]));
+  group.steps.emplace_back(ProbeStep{"db"});
+  e.method[0] = Step{std::move(group)};
+  const auto start = std::chrono::steady_clock::now();
+  const auto verdict = h.run(e, [](const Probe& p, int, bool active) {
+    return p.name == "db" && active ? Sample{false, 1s, "timeout after 1s", std::nullopt} : ok(1ms);
+  });
+  CHECK(verdict == v1::VERDICT_ABORTED);
+  CHECK(std::chrono::steady_clock::now() - start < 5s);
+  CHECK(h.fleet.activeCount() == 0);
+  CHECK(h.fleet.sentCount(v1::ControllerMessage::kInject) == 1);  // the later fault step never started
+  auto rec = h.store->getRun("run-1");
+  REQUIRE(rec.has_value());
+  CHECK(rec->reason() == "stop condition: guard probe db failed while the fault was active: timeout after 1s");
+  bool stepFailed = false;
+  for (const auto& s : rec->samples()) {
+    stepFailed = stepFailed || (s.phase() == "step" && s.probe() == "db" && !s.ok());
+  }
+  CHECK(stepFailed);
+}
