@@ -242,3 +242,46 @@ TEST_CASE("show: the faults' windows and the SLIs") {
             "api-slo  during       2       1  p99 812ms (< 300ms) FAILED over 3 sample(s)\n"
             "api-slo  after        1       0  p99 14ms (< 300ms) over 3 sample(s)\n"));
 }
+
+TEST_CASE("JUnit report: probe steps and a parallel group; each top-level step is one case") {
+  std::string yaml = kYaml.substr(0, kYaml.find("method:"));
+  yaml +=
+      "method:\n"
+      "  - probe: api\n"
+      "  - parallel:\n"
+      "      - fault: {name: slow, type: network.delay, duration: 5s, target: {interface: eth0}, delay: 100ms}\n"
+      "      - probe: db\n"
+      "      - wait: 5s\n"
+      "  - wait: 1s\n";
+  auto experiment = parseExperiment(yaml, "parallel.yaml");
+  REQUIRE(experiment.has_value());
+  v1::Run run;
+  run.set_run_id("r-0002");
+  run.set_experiment("checkout-latency");
+  *run.mutable_started_at() = at(0);
+  *run.mutable_ended_at() = at(7'000);
+  run.set_verdict(v1::VERDICT_VIOLATED);
+  run.set_reason("steady state violated: probe api failed at a probe step of the method: status 503");
+  addEvent(run, 100, "", "step.probe", "step 1: probe api");
+  addEvent(run, 200, "", "step.parallel", "step 2: 3 step(s) started together");
+  addEvent(run, 200, "", "step.fault", "step 2.1: network.delay 'slow' for 5s on 1 host(s)");
+  addEvent(run, 210, "", "step.wait", "step 2.3: wait 5s");
+  addEvent(run, 460, "", "step.skew", "step 2.1: 1 host(s) applied within 0.000 ms of each other");
+  addEvent(run, 6'000, "", "step.wait", "step 3: wait 1s");
+  addSample(run, 50, "api", "before", true, 10);
+  addSample(run, 50, "db", "before", true, 0.3);
+  addSample(run, 110, "api", "step", false, 20);
+  addSample(run, 470, "db", "step", true, 0.5);
+  addSample(run, 6'900, "api", "after", true, 10);
+  addSample(run, 6'900, "db", "after", true, 0.3);
+  const std::string xml = formatJUnit(run, *experiment, "h");
+  std::string output;
+  CHECK_MESSAGE(xmllint(xml, output) == 0, output, "\n", xml);
+  // 3 phases x (guard db + SLO api-slo) + step: api and db = 8 hypothesis checks; 3 steps.
+  CHECK(has(xml, R"x(tests="11" failures="1" errors="0" skipped="4")x"));
+  CHECK(has(xml, R"x(<testcase name="step: probe api" classname="checkout-latency.steadyState")x"));
+  CHECK(has(xml, R"x(<testcase name="step: probe db (guard)" classname="checkout-latency.steadyState")x"));
+  CHECK(has(xml, R"x(<testcase name="step 1: probe api" classname="checkout-latency.method" time="0.100")x"));
+  CHECK(has(xml, R"x(<testcase name="step 2: parallel (3 steps)" classname="checkout-latency.method" time="5.800")x"));
+  CHECK(has(xml, R"x(<testcase name="step 3: wait" classname="checkout-latency.method" time="1.000")x"));
+}
