@@ -2363,6 +2363,22 @@ std::string_view sliName(SliKind kind) {
   return "?";
 }
 
+// Here, not in probe.cpp: the parser (and the fuzz target, built from the parser's sources alone)
+// names probe kinds in its errors.
+std::string_view probeKindName(ProbeKind kind) {
+  switch (kind) {
+    case ProbeKind::kHttp:
+      return "http";
+    case ProbeKind::kTcp:
+      return "tcp";
+    case ProbeKind::kCommand:
+      return "command";
+    case ProbeKind::kPrometheus:
+      return "prometheus";
+  }
+  return "?";
+}
+
 tl::expected<Slo, std::string> parseObjective(std::string_view text) {
   constexpr std::string_view accepted =
       "terms 'SLI OP VALUE' joined by 'and', then optionally 'over DURATION' (default 30s), e.g. 'p99 < 300ms and "

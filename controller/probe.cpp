@@ -44,20 +44,6 @@ bool compare(double value, Comparison c, double threshold) {
   return false;
 }
 
-std::string_view probeKindName(ProbeKind kind) {
-  switch (kind) {
-    case ProbeKind::kHttp:
-      return "http";
-    case ProbeKind::kTcp:
-      return "tcp";
-    case ProbeKind::kCommand:
-      return "command";
-    case ProbeKind::kPrometheus:
-      return "prometheus";
-  }
-  return "?";
-}
-
 namespace {
 
 class AnyProbeRunner final : public ProbeRunner {
