@@ -5,8 +5,10 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <csignal>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -218,6 +220,8 @@ struct RunOptions {
   std::string stateDir;  // --local: the in-process agent's undo journal; "" = defaultLocalStateDir()
   std::vector<std::string> vars;
   bool dryRun = false;
+  std::string journal;  // --journal FILE: JSON record of the run
+  std::string junit;    // --junit FILE: JUnit XML for CI
 };
 
 // Prints what a run would do: the resolved hosts and every fault each would receive.
@@ -258,6 +262,62 @@ std::string defaultLocalStateDir() {
   return std::string(home != nullptr && *home == '/' ? home : "/tmp") + "/.local/state/faultline/local";
 }
 
+// Writes text to path through a temporary file in the same directory and a rename, so a reader
+// never sees half a report. Returns "" or what went wrong.
+std::string writeReport(const std::string& path, const std::string& text) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    if (!out || !(out << text) || !out.flush()) {
+      std::error_code ignored;
+      std::filesystem::remove(tmp, ignored);
+      return fmt::format("cannot write {}: {}", tmp, std::strerror(errno));
+    }
+  }
+  std::error_code ec;
+  std::filesystem::rename(tmp, path, ec);
+  if (ec) {
+    std::filesystem::remove(tmp, ec);
+    return fmt::format("cannot write {}: {}", path, ec.message());
+  }
+  return "";
+}
+
+// --journal and --junit: reads the finished run and writes the reports. Returns false when a
+// report could not be written (the run's own exit code still stands; the caller reports exit 3).
+bool writeReports(v1::Control::Stub& stub, const std::string& address, const std::string& runId, const RunOptions& o,
+                  const std::string& yaml, const Experiment& experiment) {
+  if (o.journal.empty() && o.junit.empty()) {
+    return true;
+  }
+  auto ctx = contextWithDeadline(std::chrono::seconds{10});
+  v1::GetRunRequest req;
+  req.set_run_id(runId);
+  v1::Run run;
+  if (auto s = stub.GetRun(ctx.get(), req, &run); !s.ok()) {
+    rpcError("reading run " + runId + " for its reports", address, s);
+    return false;
+  }
+  bool ok = true;
+  if (!o.journal.empty()) {
+    if (auto e = writeReport(o.journal, formatJournal(run, o.file, yaml)); !e.empty()) {
+      std::cerr << "faultline: --journal: " << e << "\n";
+      ok = false;
+    } else {
+      std::cout << fmt::format("journal: {}\n", o.journal);
+    }
+  }
+  if (!o.junit.empty()) {
+    if (auto e = writeReport(o.junit, formatJUnit(run, experiment, agent::hostName())); !e.empty()) {
+      std::cerr << "faultline: --junit: " << e << "\n";
+      ok = false;
+    } else {
+      std::cout << fmt::format("junit: {}\n", o.junit);
+    }
+  }
+  return ok;
+}
+
 int runCommand(const RunOptions& o) {
   Variables vars;
   if (auto bad = parseVariables(o.vars, vars); !bad.empty()) {
@@ -270,7 +330,8 @@ int runCommand(const RunOptions& o) {
     std::cerr << "faultline: " << error << "\n";
     return kExitUsage;
   }
-  if (auto parsed = parseExperiment(yaml, o.file, vars); !parsed) {
+  auto parsed = parseExperiment(yaml, o.file, vars);
+  if (!parsed) {
     for (const auto& d : parsed.error()) {
       std::cerr << format(d) << "\n";
     }
@@ -404,8 +465,11 @@ int runCommand(const RunOptions& o) {
     (void)stub->AbortRun(&actx, areq, &aresp);
   });
 
-  const int code = watchRun(*stub, address, runId);
+  int code = watchRun(*stub, address, runId);
   signals.finish();
+  if (!writeReports(*stub, address, runId, o, yaml, *parsed) && code == 0) {
+    code = kExitError;
+  }
   if (localAgent) {
     localAgent->stop("faultline run --local finished");
   }
@@ -438,8 +502,8 @@ int validateCommand(const std::string& file, const std::vector<std::string>& var
     std::cerr << fmt::format("{}: {} error(s)\n", file, parsed.error().size());
     return kExitUsage;
   }
-  std::cout << fmt::format("{}: valid: experiment {}, {} probe(s), {} step(s)\n", file, parsed->name,
-                           parsed->hypothesis.probes.size(), parsed->method.size());
+  std::cout << fmt::format("{}: valid: experiment {}, {} probe(s), {} SLO(s), {} step(s)\n", file, parsed->name,
+                           parsed->hypothesis.probes.size(), parsed->hypothesis.slos.size(), parsed->method.size());
   return 0;
 }
 
@@ -627,6 +691,11 @@ int cliMain(int argc, char** argv) {
                    "resolve the targets and print every fault each host would receive; inject nothing, record "
                    "nothing (exit 0, 3 when no host matches, 4 invalid file)");
   bool verbose = false;
+  runCmd->add_option("--journal", run.journal,
+                     "write the run's JSON journal here when it ends: experiment, hosts, events, probe samples, SLIs, "
+                     "verdict");
+  runCmd->add_option("--junit", run.junit,
+                     "write a JUnit XML report here when it ends: one test case per hypothesis check and per step");
   runCmd->add_flag("-v,--verbose", verbose, "also log what the embedded controller and agent do (stderr)");
 
   std::string validateFile;

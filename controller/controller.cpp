@@ -169,7 +169,7 @@ struct Controller::Impl final : v1::Control::CallbackService {
   ControllerOptions options;
   Gateway gateway;
   std::unique_ptr<RecordStore> store;
-  std::unique_ptr<ProbeRunner> probes = makeHttpProbeRunner();
+  std::unique_ptr<ProbeRunner> probes = makeProbeRunner();
   std::unique_ptr<grpc::Server> server;
   std::mutex mutex;
   std::condition_variable cv;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <future>
 #include <map>
 #include <random>
 #include <set>
@@ -232,7 +233,7 @@ class RunState {
       return {v1::VERDICT_ERROR, *cannot};
     }
 
-    if (!sampleAll("before")) {
+    if (!sampleAll("before") || stopVerdict_ != v1::VERDICT_UNSPECIFIED) {
       return {v1::VERDICT_NOT_STEADY,
               fmt::format("steady state did not hold before the method ({}); nothing was injected", firstFailure_)};
     }
@@ -252,7 +253,7 @@ class RunState {
       }
       if (const auto* p = std::get_if<ProbeStep>(&step)) {
         event("", "step.probe", fmt::format("step {}: probe {}", label, p->probe));
-        sampleNamed(p->probe);
+        sampleNamed(p->probe, false);
         continue;
       }
       Group group;
@@ -274,6 +275,13 @@ class RunState {
         }
       }
       if (auto failure = runGroup(group, targets); !failure.empty()) {
+        if (stopVerdict_ != v1::VERDICT_UNSPECIFIED) {
+          sampleAll("after");  // the SLIs after rollback, for the record; the verdict is the stop's
+          if (failure != stopReason_) {
+            return {v1::VERDICT_ERROR, failure};  // a fault not confirmed reverted
+          }
+          return {stopVerdict_, stopReason_};
+        }
         if (stop_.requested()) {
           return {v1::VERDICT_ABORTED, stop_.reason()};
         }
@@ -394,7 +402,12 @@ class RunState {
     }
     recordSkew(group, idsOf, startAt);
     for (const auto* p : group.probes) {
-      sampleNamed(p->probe);
+      sampleNamed(p->probe, !group.faults.empty());
+    }
+    if (stopVerdict_ != v1::VERDICT_UNSPECIFIED) {
+      // A probe step of the group saw a stop condition: revert now; no later step starts.
+      auto leftover = revertHeld(stopReason_);
+      return leftover.empty() ? stopReason_ : stopReason_ + "; " + leftover;
     }
 
     // Hold the faults, sampling the steady state while any is held; revert each at its end.
@@ -421,6 +434,11 @@ class RunState {
         nextSample += req_.experiment.hypothesis.every;
         sampleAll("during");
         nextSample = std::max(nextSample, Clock::now());
+        if (stopVerdict_ != v1::VERDICT_UNSPECIFIED) {
+          // A stop condition: revert now; no later step starts.
+          auto leftover = revertHeld(stopReason_);
+          return leftover.empty() ? stopReason_ : stopReason_ + "; " + leftover;
+        }
       }
       // Wake for the next sample, the next fault's end, the group's end, a fault lost, or (polled) an abort.
       auto until = std::min(groupEnd, Clock::now() + kAbortPoll);
@@ -605,63 +623,173 @@ class RunState {
     }
   }
 
-  // A probe step: one sample of the named probe (phase "step"); a failed sample violates the
-  // hypothesis, as one taken while a fault is active does.
-  void sampleNamed(const std::string& name) {
+  // A probe step: one sample of the named probe (phase "step"). A failed sample violates the
+  // hypothesis whether or not an SLO covers the probe (a step judges its one sample). While
+  // faults are held (a probe step in a parallel group) it is also a stop condition, as a sample
+  // of the periodic rounds is: a failed guard aborts, any other failure stops as violated.
+  void sampleNamed(const std::string& name, bool faultsHeld) {
     for (const auto& p : req_.experiment.hypothesis.probes) {
       if (p.name == name) {
-        sample(p, "step");
+        const auto at = agent::nowTimestamp();
+        const auto when = Clock::now();
+        record(p, "step", probes_.run(p), at, when, faultsHeld);
         return;
       }
     }
   }
 
-  // One sample of every probe; false if any failed.
+  // One sample of every probe, run concurrently; records the samples, then judges the steady
+  // state: a probe that no SLO covers must pass every sample; every SLO must hold over its
+  // window (during) or over the phase's samples (before, after). False if either fails.
+  // During a fault, a failure sets the stop condition (stopVerdict_, stopReason_): a failed
+  // guard or an error budget burning above maxBurnRate aborts, any other failure is a violation.
   bool sampleAll(const std::string& phase) {
+    const auto& probes = req_.experiment.hypothesis.probes;
+    if (probes.empty()) {
+      return true;
+    }
+    std::vector<std::future<Sample>> pending;
+    const auto at = agent::nowTimestamp();
+    const auto when = Clock::now();
+    for (const auto& p : probes) {
+      pending.push_back(std::async(std::launch::async, [this, &p] { return probes_.run(p); }));
+    }
     bool allOk = true;
-    for (const auto& p : req_.experiment.hypothesis.probes) {
-      allOk = sample(p, phase) && allOk;
+    const bool during = phase == "during";
+    for (size_t i = 0; i < probes.size(); ++i) {
+      allOk = record(probes[i], phase, pending[i].get(), at, when, during) && allOk;
+    }
+    for (const auto& slo : req_.experiment.hypothesis.slos) {
+      if (!checkSlo(slo, phase, at, when)) {
+        allOk = false;
+      }
     }
     return allOk;
   }
 
-  bool sample(const Probe& p, const std::string& phase) {
-    bool allOk = true;
-    {
-      const auto at = agent::nowTimestamp();
-      Sample s = probes_.run(p);
-      v1::ProbeSample rec;
-      *rec.mutable_at() = at;
-      rec.set_probe(p.name);
-      rec.set_phase(phase);
-      rec.set_ok(s.ok);
-      rec.set_latency_ms(static_cast<double>(s.latency.count()) / 1000.0);
-      rec.set_detail(s.detail);
-      store_.addSample(req_.runId, rec);
-      v1::RunEvent e =
-          makeEvent("", s.ok ? "probe.ok" : "probe.failed", fmt::format("{} ({}): {}", p.name, phase, s.detail));
-      *e.mutable_at() = at;
-      if (sink_) {
-        sink_(e);
+  // Records one sample of p and judges it alone (SLOs are judged by the caller). faultsHeld: the
+  // sample was taken while faults are held, so a failure is a stop condition. False when the
+  // sample fails the steady state by itself.
+  bool record(const Probe& p, const std::string& phase, const Sample& s, const google::protobuf::Timestamp& at,
+              Clock::time_point when, bool faultsHeld) {
+    v1::ProbeSample rec;
+    *rec.mutable_at() = at;
+    rec.set_probe(p.name);
+    rec.set_phase(phase);
+    rec.set_ok(s.ok);
+    rec.set_latency_ms(static_cast<double>(s.latency.count()) / 1000.0);
+    rec.set_detail(s.detail);
+    rec.set_kind(std::string(probeKindName(p.kind)));
+    rec.set_guard(p.guard);
+    if (s.value) {
+      rec.set_value(*s.value);
+    }
+    store_.addSample(req_.runId, rec);
+    history_[p.name].push_back(HistorySample{when, phase, SliSample{s.ok, rec.latency_ms(), s.value}});
+    v1::RunEvent e =
+        makeEvent("", s.ok ? "probe.ok" : "probe.failed", fmt::format("{} ({}): {}", p.name, phase, s.detail));
+    *e.mutable_at() = at;
+    if (sink_) {
+      sink_(e);
+    }
+    if (s.ok) {
+      return true;
+    }
+    const bool step = phase == "step";
+    if (p.guard && faultsHeld) {
+      stopWith(v1::VERDICT_ABORTED,
+               fmt::format("stop condition: guard probe {} failed while the fault was active: {}", p.name, s.detail));
+    }
+    if (coveredBySlo(p.name) && !p.guard && !step) {
+      return true;  // judged by its SLOs, over a window
+    }
+    const std::string what = step ? fmt::format("probe {} failed at a probe step of the method: {}", p.name, s.detail)
+                             : phase == "before" ? fmt::format("probe {}: {}", p.name, s.detail)
+                                                 : fmt::format("probe {} failed {} the fault{}: {}", p.name,
+                                                               phase == "during" ? "while" : phase,
+                                                               phase == "during" ? " was active" : "s", s.detail);
+    if (phase == "during" || step) {
+      violated_ = true;
+    }
+    if (faultsHeld) {
+      stopWith(v1::VERDICT_VIOLATED,
+               step ? "steady state violated: " + what
+                    : fmt::format("steady state violated: probe {} failed while the fault was active: {}", p.name,
+                                  s.detail));
+    }
+    noteFailure(what);
+    return false;
+  }
+
+  bool coveredBySlo(const std::string& probe) const {
+    const auto& slos = req_.experiment.hypothesis.slos;
+    return std::any_of(slos.begin(), slos.end(), [&](const Slo& s) { return s.probe == probe; });
+  }
+
+  void noteFailure(std::string what) {
+    if (firstFailure_.empty()) {
+      firstFailure_ = std::move(what);
+    }
+  }
+
+  // The first stop condition wins.
+  void stopWith(v1::Verdict verdict, std::string reason) {
+    if (stopVerdict_ != v1::VERDICT_UNSPECIFIED) {
+      return;
+    }
+    stopVerdict_ = verdict;
+    stopReason_ = std::move(reason);
+    event("", "stop.condition", stopReason_);
+  }
+
+  // Evaluates slo over its samples of this phase (during: within its window), records the
+  // check, and returns whether it held (true when there is no sample to judge).
+  bool checkSlo(const Slo& slo, const std::string& phase, const google::protobuf::Timestamp& at,
+                Clock::time_point now) {
+    std::vector<SliSample> window;
+    const auto& history = history_[slo.probe];
+    if (phase == "during") {
+      // Newest first, up to the window's start: a long run does not rescan its whole history.
+      for (auto it = history.rbegin(); it != history.rend() && it->at + slo.window > now; ++it) {
+        if (it->phase == phase) {
+          window.push_back(it->sample);
+        }
       }
-      if (!s.ok) {
-        allOk = false;
-        if (phase == "during" || phase == "step") {
-          violated_ = true;
-        }
-        if (firstFailure_.empty() && phase == "step") {
-          firstFailure_ = fmt::format("probe {} failed at a probe step of the method: {}", p.name, s.detail);
-        }
-        if (firstFailure_.empty()) {
-          firstFailure_ = fmt::format("probe {} failed {} the fault{}: {}", p.name, phase == "during" ? "while" : phase,
-                                      phase == "during" ? " was active" : "s", s.detail);
-          if (phase == "before") {
-            firstFailure_ = fmt::format("probe {}: {}", p.name, s.detail);
-          }
+      std::reverse(window.begin(), window.end());
+    } else {
+      for (const auto& h : history) {
+        if (h.phase == phase) {
+          window.push_back(h.sample);
         }
       }
     }
-    return allOk;
+    if (window.empty()) {
+      return true;
+    }
+    v1::SloCheck check = evaluateSlo(slo, window);
+    *check.mutable_at() = at;
+    check.set_phase(phase);
+    store_.addSloCheck(req_.runId, check);
+    const std::string measured = describeSloCheck(check);
+    if (slo.maxBurnRate && check.burn_rate() > *slo.maxBurnRate && phase == "during") {
+      stopWith(v1::VERDICT_ABORTED,
+               fmt::format("stop condition: SLO {} burns its error budget at {:.1f}x, above maxBurnRate {:g} ({})",
+                           slo.name, check.burn_rate(), *slo.maxBurnRate, measured));
+    }
+    if (check.ok()) {
+      return true;
+    }
+    const std::string what = phase == "before" ? fmt::format("SLO {} ({}): {}", slo.name, slo.objective, measured)
+                                               : fmt::format("SLO {} ({}) violated {} the fault{}: {}", slo.name,
+                                                             slo.objective, phase == "during" ? "while" : phase,
+                                                             phase == "during" ? " was active" : "s", measured);
+    event("", "slo.violated", fmt::format("{} ({})", what, phase));
+    if (phase == "during") {
+      violated_ = true;
+      stopWith(v1::VERDICT_VIOLATED, "steady state violated: " + what);
+    }
+    noteFailure(what);
+    return false;
   }
 
   v1::RunEvent makeEvent(const std::string& host, const std::string& kind, const std::string& message) {
@@ -696,6 +824,14 @@ class RunState {
   std::map<std::string, HeldFault> held_;
   bool violated_ = false;
   std::string firstFailure_;
+  struct HistorySample {
+    Clock::time_point at;
+    std::string phase;
+    SliSample sample;
+  };
+  std::map<std::string, std::vector<HistorySample>> history_;  // per probe, in time order (run thread only)
+  v1::Verdict stopVerdict_ = v1::VERDICT_UNSPECIFIED;          // set by the first stop condition
+  std::string stopReason_;
 };
 
 }  // namespace
@@ -750,6 +886,93 @@ tl::expected<v1::RunPlan, std::string> planRun(const Experiment& experiment, std
     }
   }
   return plan;
+}
+
+v1::SloCheck evaluateSlo(const Slo& slo, const std::vector<SliSample>& samples) {
+  v1::SloCheck check;
+  check.set_slo(slo.name);
+  check.set_probe(slo.probe);
+  check.set_objective(slo.objective);
+  check.set_samples(static_cast<uint32_t>(samples.size()));
+  std::vector<double> latencies;
+  size_t failed = 0;
+  std::optional<double> newestValue;
+  for (const auto& s : samples) {
+    latencies.push_back(s.latencyMs);
+    failed += s.ok ? 0 : 1;
+    if (s.value) {
+      newestValue = s.value;
+    }
+  }
+  std::sort(latencies.begin(), latencies.end());
+  const auto percentile = [&](double p) {
+    if (latencies.empty()) {
+      return 0.0;
+    }
+    const auto rank = static_cast<size_t>(std::ceil(p / 100.0 * static_cast<double>(latencies.size())));
+    return latencies[std::clamp<size_t>(rank, 1, latencies.size()) - 1];
+  };
+  const double errors = samples.empty() ? 0 : 100.0 * static_cast<double>(failed) / static_cast<double>(samples.size());
+  bool allOk = !samples.empty();
+  bool budgetSet = false;
+  for (const auto& t : slo.terms) {
+    auto* m = check.add_measures();
+    m->set_sli(t.name);
+    m->set_comparison(std::string(comparisonText(t.comparison)));
+    m->set_threshold(t.threshold);
+    bool ok = true;
+    switch (t.sli) {
+      case SliKind::kP50:
+        m->set_value(percentile(50));
+        break;
+      case SliKind::kP90:
+        m->set_value(percentile(90));
+        break;
+      case SliKind::kP95:
+        m->set_value(percentile(95));
+        break;
+      case SliKind::kP99:
+        m->set_value(percentile(99));
+        break;
+      case SliKind::kMaxLatency:
+        m->set_value(latencies.empty() ? 0 : latencies.back());
+        break;
+      case SliKind::kErrors:
+        m->set_value(errors);
+        if (!budgetSet && t.threshold > 0 &&
+            (t.comparison == Comparison::kLess || t.comparison == Comparison::kLessEqual)) {
+          check.set_burn_rate(errors / t.threshold);
+          budgetSet = true;
+        }
+        break;
+      case SliKind::kValue:
+        if (newestValue) {
+          m->set_value(*newestValue);
+        } else {
+          m->set_value(std::nan(""));
+          ok = false;
+        }
+        break;
+    }
+    ok = ok && compare(m->value(), t.comparison, t.threshold);
+    m->set_ok(ok);
+    allOk = allOk && ok;
+  }
+  check.set_ok(allOk);
+  return check;
+}
+
+std::string describeSloCheck(const v1::SloCheck& check) {
+  std::string out;
+  for (const auto& m : check.measures()) {
+    const bool latency =
+        m.sli() != "errors" && m.sli() != "value" && m.sli() != "throughput" && m.sli() != "saturation";
+    const bool percent = m.sli() == "errors";
+    const char* unit = latency ? "ms" : percent ? "%" : "";
+    out += fmt::format("{}{} {:.4g}{} ({} {:g}{}){}", out.empty() ? "" : ", ", m.sli(), m.value(), unit, m.comparison(),
+                       m.threshold(), unit, m.ok() ? "" : " FAILED");
+  }
+  return fmt::format("{} over {} sample(s)", out, check.samples());
 }
 
 RunEngine::RunEngine(Fleet& fleet, ProbeRunner& probes, RecordStore& store, EventSink sink, EngineOptions options)

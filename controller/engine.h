@@ -1,10 +1,18 @@
 // The run engine: turns a parsed experiment into a run on the fleet.
 //
 // Order: resolve targets (once, recorded) → check the steady state (nothing is injected if it
-// does not hold) → method steps in order (a fault step injects on every target, samples the
-// probes every `every` while it is held, then reverts and waits for every agent to confirm) →
-// check the steady state after rollback → verdict. Rollback always runs: on success, violation,
-// abort and error. Every event and sample goes to the record store and to the event sink.
+// does not hold: verdict not steady) → method steps in order (a fault step injects on every
+// target, samples the probes every `every` while it is held, then reverts and waits for every
+// agent to confirm) → check the steady state after rollback → verdict. Rollback always runs: on
+// success, violation, abort and error. Every event, sample and SLO check goes to the record
+// store and to the event sink.
+//
+// Stop conditions, checked after every sample round while a fault is held: a failed sample of a
+// guard probe, or an SLO whose error budget burns above its maxBurnRate, aborts the run (verdict
+// aborted); a failed sample of a probe no SLO covers, or an SLO violated over its window, stops
+// it as violated. Either way the held faults are reverted at once (so within one probe interval
+// of the sample that saw it), no later step starts, the probes are sampled once more after the
+// rollback for the record, and the event stop.condition names the reason.
 #pragma once
 
 #include <atomic>
@@ -100,6 +108,23 @@ class RunEngine {
 // would receive (in method order). Errors: as resolveTargets(). Pure function, thread-safe.
 [[nodiscard]] tl::expected<v1::RunPlan, std::string> planRun(const Experiment& experiment,
                                                              std::vector<v1::AgentInfo> agents, uint64_t seed);
+
+// One probe sample as an SLI source.
+struct SliSample {
+  bool ok = false;
+  double latencyMs = 0;         // failed samples too: a timeout counts as its timeout
+  std::optional<double> value;  // prometheus probes
+};
+
+// Evaluates every term of slo over samples (non-empty; the window's, oldest first): latency
+// percentiles by nearest rank over all samples, errors as the percent of failed samples, value
+// as the newest sample's value (a term fails when no sample has one). burn_rate is errors divided
+// by the threshold of the first 'errors <' term (0 without one). Sets slo, probe, objective, ok,
+// samples, measures, burn_rate; not at or phase. Pure.
+[[nodiscard]] v1::SloCheck evaluateSlo(const Slo& slo, const std::vector<SliSample>& samples);
+
+// "p99 412ms (< 300ms), errors 0% (< 1%) over 12 samples"
+[[nodiscard]] std::string describeSloCheck(const v1::SloCheck& check);
 
 // The exit code of `faultline run` for a verdict: held 0, violated or not steady 1, aborted 2,
 // error 3.

@@ -4,10 +4,12 @@
 
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <map>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <variant>
 #include <vector>
 
@@ -56,20 +58,106 @@ struct Targets {
 // The mode as written in a file: "all", "count(2)", "random(1)", "percent(25)".
 [[nodiscard]] std::string modeText(const Targets& t);
 
+// http: one request per sample. A sample passes when an answer arrives within timeout, its status is
+// in expectStatus, its body matches bodyMatch (when set) and it took at most maxLatency.
 struct HttpProbe {
-  std::string url;  // passed parseHttpUrl() (probe.h): http://HOST[:PORT][/PATH], no TLS in v1
-  int expectStatus = 200;
+  std::string url;             // passed parseHttpUrl() (probe.h): http://HOST[:PORT][/PATH], no TLS in v1
+  std::string method = "GET";  // GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS
+  std::vector<std::pair<std::string, std::string>> headers;  // sent as given, in file order
+  std::string body;                                          // request body; empty: none
+  std::vector<int> expectStatus{200};                        // accepted statuses (100-599), sorted, unique
+  std::optional<std::string> bodyMatch;        // ECMAScript regex (multiline) searched in the first 64 KiB of the body
   std::chrono::milliseconds maxLatency{1000};  // a slower answer is a failed sample
   std::chrono::milliseconds timeout{2000};     // no answer by then is a failed sample
 };
 
+// tcp: one connect per sample; the latency is the connect time.
+struct TcpProbe {
+  std::string host;  // a name, an IPv4 address or an IPv6 address (without brackets)
+  uint16_t port = 0;
+  std::chrono::milliseconds maxLatency{1000};  // a slower connect is a failed sample
+  std::chrono::milliseconds timeout{2000};
+};
+
+// command: runs a program per sample, without a shell (argv[0] looked up in PATH) unless shell
+// is set; in its own process group, which is killed (SIGKILL) when timeout passes.
+struct CommandProbe {
+  std::vector<std::string> argv;  // non-empty unless shell is set
+  std::string shell;              // when set: /bin/sh -c SHELL, and argv is empty
+  int expectExit = 0;
+  std::optional<std::string> stdoutMatch;  // ECMAScript regex (multiline) searched in the first 64 KiB of stdout
+  std::chrono::milliseconds timeout{5000};
+};
+
+enum class Comparison { kLess, kLessEqual, kGreater, kGreaterEqual, kEqual, kNotEqual };
+// "<", "<=", ">", ">=", "==", "!="
+[[nodiscard]] std::string_view comparisonText(Comparison c);
+[[nodiscard]] bool compare(double value, Comparison c, double threshold);
+
+// prometheus: an instant query (GET URL/api/v1/query?query=QUERY) per sample; the answer must be
+// a scalar or a vector of exactly one series, whose value is compared with threshold. The value
+// is recorded with the sample (a saturation or traffic SLI).
+struct PrometheusProbe {
+  std::string url;    // the server's base URL, e.g. http://127.0.0.1:9090 (parseHttpUrl())
+  std::string query;  // PromQL
+  Comparison comparison = Comparison::kLess;
+  double threshold = 0;
+  std::chrono::milliseconds timeout{2000};
+};
+
+enum class ProbeKind { kHttp, kTcp, kCommand, kPrometheus };
+[[nodiscard]] std::string_view probeKindName(ProbeKind kind);  // "http", "tcp", "command", "prometheus"
+
 struct Probe {
   std::string name;
+  ProbeKind kind = ProbeKind::kHttp;
+  // Only the member of `kind` is meaningful.
   HttpProbe http;
+  TcpProbe tcp;
+  CommandProbe command;
+  PrometheusProbe prometheus;
+  // A guard: its first failed sample while a fault is active aborts the run (stop condition).
+  bool guard = false;
 };
+
+// One term of an SLO: SLI COMPARISON THRESHOLD, e.g. "p99 < 300ms" or "errors < 1%".
+enum class SliKind {
+  kP50,  // latency percentiles of the window's samples (failed samples included), milliseconds
+  kP90,
+  kP95,
+  kP99,
+  kMaxLatency,  // "max"
+  kErrors,      // share of failed samples in the window, percent
+  kValue,       // the probe's last value in the window (prometheus): also named throughput, saturation
+};
+[[nodiscard]] std::string_view sliName(SliKind kind);  // "p50", ..., "max", "errors", "value"
+
+struct SloTerm {
+  SliKind sli = SliKind::kP99;
+  std::string name;  // as written: "p99", "errors", "throughput", "saturation", "value"
+  Comparison comparison = Comparison::kLess;
+  double threshold = 0;  // milliseconds for latencies, percent for errors, the value as is
+};
+
+// An SLO over one probe's samples: every term holds over the samples of the last `window`.
+// Written "p99 < 300ms and errors < 1% over 30s" (see docs/experiments.md).
+struct Slo {
+  std::string name;
+  std::string probe;      // a probe of the steady state
+  std::string objective;  // as written in the file
+  std::vector<SloTerm> terms;
+  std::chrono::milliseconds window{30'000};
+  // Error budget: the allowed error share is the threshold of the 'errors' term; the burn rate
+  // is the window's error share divided by it. The run aborts above maxBurnRate (unset: never).
+  std::optional<double> maxBurnRate;
+};
+
+// Parses an objective; the error says what is wrong and what is accepted. Pure.
+[[nodiscard]] tl::expected<Slo, std::string> parseObjective(std::string_view text);
 
 struct Hypothesis {
   std::vector<Probe> probes;
+  std::vector<Slo> slos;
   std::chrono::milliseconds every{1000};  // sampling period while faults are active
 };
 

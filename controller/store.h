@@ -22,9 +22,11 @@ class RecordStore {
   virtual void createRun(const v1::Run& run) = 0;
   virtual void addEvent(const v1::RunEvent& event) = 0;
   virtual void addSample(const std::string& runId, const v1::ProbeSample& sample) = 0;
+  // One evaluation of an SLO (steady state over a window of samples), with its measured SLIs.
+  virtual void addSloCheck(const std::string& runId, const v1::SloCheck& check) = 0;
   virtual void finishRun(const std::string& runId, v1::Verdict verdict, const std::string& reason,
                          const google::protobuf::Timestamp& endedAt) = 0;
-  // The run with its events and samples in time order; nullopt-like error ENOENT when unknown.
+  // The run with its events, samples and SLO checks in time order; nullopt-like error ENOENT when unknown.
   [[nodiscard]] virtual tl::expected<v1::Run, std::error_code> getRun(const std::string& runId) = 0;
   // Newest first, without events and samples.
   [[nodiscard]] virtual std::vector<v1::Run> listRuns(unsigned limit) = 0;

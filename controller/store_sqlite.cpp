@@ -17,6 +17,7 @@
 #include <fmt/format.h>
 #include <google/protobuf/util/time_util.h>
 #include <spdlog/spdlog.h>
+#include <nlohmann/json.hpp>
 
 #include "controller/store.h"
 
@@ -28,7 +29,7 @@ using google::protobuf::util::TimeUtil;
 // The schema, one step per version: step i takes the database from user_version i to i + 1.
 // Never edit a step that has shipped; add a new one (e.g. "ALTER TABLE runs ADD COLUMN ...").
 // Timestamps are integer microseconds since the Unix epoch (UTC).
-constexpr std::array<std::string_view, 1> kMigrations = {
+constexpr std::array<std::string_view, 2> kMigrations = {
     R"sql(
 CREATE TABLE runs (
   run_id      TEXT PRIMARY KEY NOT NULL,
@@ -61,6 +62,25 @@ CREATE TABLE samples (
   detail     TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX samples_by_run ON samples (run_id, at);
+)sql",
+    // 2: probe values, kinds and guards; SLO checks (measures: JSON [{sli, value, comparison, threshold, ok}]).
+    R"sql(
+ALTER TABLE samples ADD COLUMN value REAL;
+ALTER TABLE samples ADD COLUMN kind TEXT NOT NULL DEFAULT '';
+ALTER TABLE samples ADD COLUMN guard INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE slo_checks (
+  run_id    TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+  at        INTEGER NOT NULL,
+  slo       TEXT NOT NULL,
+  probe     TEXT NOT NULL,
+  phase     TEXT NOT NULL,
+  ok        INTEGER NOT NULL,
+  samples   INTEGER NOT NULL,
+  burn_rate REAL NOT NULL DEFAULT 0,
+  objective TEXT NOT NULL DEFAULT '',
+  measures  TEXT NOT NULL DEFAULT '[]'
+);
+CREATE INDEX slo_checks_by_run ON slo_checks (run_id, at);
 )sql",
 };
 
@@ -250,14 +270,22 @@ class SqliteRecordStore final : public RecordStore {
         "INSERT INTO events (run_id, seq, at, host, kind, message, verdict) VALUES "
         "(?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE run_id = ?1), ?2, ?3, ?4, ?5, ?6)");
     insertSample_ = prepare(
-        "INSERT INTO samples (run_id, at, probe, phase, ok, latency_ms, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)");
+        "INSERT INTO samples (run_id, at, probe, phase, ok, latency_ms, detail, value, kind, guard) "
+        "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)");
+    insertSloCheck_ = prepare(
+        "INSERT INTO slo_checks (run_id, at, slo, probe, phase, ok, samples, burn_rate, objective, measures) "
+        "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)");
+    selectSloChecks_ = prepare(
+        "SELECT at, slo, probe, phase, ok, samples, burn_rate, objective, measures FROM slo_checks "
+        "WHERE run_id = ?1 ORDER BY at, rowid");
     finishRun_ = prepare("UPDATE runs SET ended_at = ?2, verdict = ?3, reason = ?4 WHERE run_id = ?1");
     selectRun_ = prepare(
         "SELECT run_id, experiment, file_sha256, trigger, started_at, ended_at, verdict, reason "
         "FROM runs WHERE run_id = ?1");
     selectEvents_ = prepare("SELECT at, host, kind, message, verdict FROM events WHERE run_id = ?1 ORDER BY at, seq");
-    selectSamples_ =
-        prepare("SELECT at, probe, phase, ok, latency_ms, detail FROM samples WHERE run_id = ?1 ORDER BY at, rowid");
+    selectSamples_ = prepare(
+        "SELECT at, probe, phase, ok, latency_ms, detail, value, kind, guard FROM samples WHERE run_id = ?1 "
+        "ORDER BY at, rowid");
     listRuns_ = prepare(
         "SELECT run_id, experiment, file_sha256, trigger, started_at, ended_at, verdict, reason "
         "FROM runs ORDER BY started_at DESC, rowid DESC LIMIT ?1");
@@ -303,7 +331,40 @@ class SqliteRecordStore final : public RecordStore {
     bindInt(use, 5, sample.ok() ? 1 : 0);
     check(sqlite3_bind_double(use.get(), 6, sample.latency_ms()), "bind");
     bindText(use, 7, sample.detail());
+    if (sample.has_value()) {
+      check(sqlite3_bind_double(use.get(), 8, sample.value()), "bind");
+    } else {
+      check(sqlite3_bind_null(use.get(), 8), "bind");
+    }
+    bindText(use, 9, sample.kind());
+    bindInt(use, 10, sample.guard() ? 1 : 0);
     stepWrite(use, "addSample", runId);
+  }
+
+  void addSloCheck(const std::string& runId, const v1::SloCheck& c) override {
+    refuseWrite("addSloCheck", runId);
+    nlohmann::json measures = nlohmann::json::array();
+    for (const auto& m : c.measures()) {
+      measures.push_back({{"sli", m.sli()},
+                          {"value", m.value()},
+                          {"comparison", m.comparison()},
+                          {"threshold", m.threshold()},
+                          {"ok", m.ok()}});
+    }
+    const std::string measuresText = measures.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    std::lock_guard lock(mutex_);
+    StmtUse use(insertSloCheck_);
+    bindText(use, 1, runId);
+    bindInt(use, 2, toMicros(c.at()));
+    bindText(use, 3, c.slo());
+    bindText(use, 4, c.probe());
+    bindText(use, 5, c.phase());
+    bindInt(use, 6, c.ok() ? 1 : 0);
+    bindInt(use, 7, c.samples());
+    check(sqlite3_bind_double(use.get(), 8, c.burn_rate()), "bind");
+    bindText(use, 9, c.objective());
+    bindText(use, 10, measuresText);
+    stepWrite(use, "addSloCheck", runId);
   }
 
   void finishRun(const std::string& runId, v1::Verdict verdict, const std::string& reason,
@@ -359,6 +420,40 @@ class SqliteRecordStore final : public RecordStore {
         sample->set_ok(sqlite3_column_int(use.get(), 3) != 0);
         sample->set_latency_ms(sqlite3_column_double(use.get(), 4));
         sample->set_detail(columnText(use.get(), 5));
+        if (sqlite3_column_type(use.get(), 6) != SQLITE_NULL) {
+          sample->set_value(sqlite3_column_double(use.get(), 6));
+        }
+        sample->set_kind(columnText(use.get(), 7));
+        sample->set_guard(sqlite3_column_int(use.get(), 8) != 0);
+      }
+    }
+    {
+      StmtUse use(selectSloChecks_);
+      bindText(use, 1, runId);
+      while (stepRow(use, "getRun")) {
+        v1::SloCheck* c = run.add_slo_checks();
+        *c->mutable_at() = fromMicros(sqlite3_column_int64(use.get(), 0));
+        c->set_slo(columnText(use.get(), 1));
+        c->set_probe(columnText(use.get(), 2));
+        c->set_phase(columnText(use.get(), 3));
+        c->set_ok(sqlite3_column_int(use.get(), 4) != 0);
+        c->set_samples(static_cast<uint32_t>(sqlite3_column_int64(use.get(), 5)));
+        c->set_burn_rate(sqlite3_column_double(use.get(), 6));
+        c->set_objective(columnText(use.get(), 7));
+        const auto measures = nlohmann::json::parse(columnText(use.get(), 8), nullptr, false);
+        if (measures.is_array()) {
+          for (const auto& m : measures) {
+            if (!m.is_object()) {
+              continue;
+            }
+            auto* out = c->add_measures();
+            out->set_sli(m.value("sli", ""));
+            out->set_value(m.value("value", 0.0));
+            out->set_comparison(m.value("comparison", ""));
+            out->set_threshold(m.value("threshold", 0.0));
+            out->set_ok(m.value("ok", false));
+          }
+        }
       }
     }
     txn.commit();
@@ -690,6 +785,8 @@ class SqliteRecordStore final : public RecordStore {
   Stmt insertRun_;
   Stmt insertEvent_;
   Stmt insertSample_;
+  Stmt insertSloCheck_;
+  Stmt selectSloChecks_;
   Stmt finishRun_;
   Stmt selectUnfinished_;
   Stmt selectRun_;

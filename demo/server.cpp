@@ -1,5 +1,6 @@
 #include "demo/server.h"
 
+#include <atomic>
 #include <charconv>
 #include <cmath>
 #include <mutex>
@@ -148,6 +149,9 @@ class BeastServer final : public Server {
     std::string_view path(request.target().data(), request.target().size());
     path = path.substr(0, path.find('?'));
 
+    if (path == "/admin") {
+      co_return admin(request, std::move(response));
+    }
     if (path != "/" && path != "/healthz") {
       response.result(http::status::not_found);
       response.body() = "not found\n";
@@ -163,13 +167,14 @@ class BeastServer final : public Server {
       response.body() = "ok\n";
       co_return response;
     }
-    if (options_.latency > std::chrono::microseconds{0}) {
-      latency.expires_after(options_.latency);
+    const std::chrono::microseconds delay{latencyUs_.load()};
+    const double errorRate = errorRate_.load();
+    if (delay > std::chrono::microseconds{0}) {
+      latency.expires_after(delay);
       boost::system::error_code ec;
       co_await latency.async_wait(asio::redirect_error(asio::use_awaitable, ec));
     }
-    if (options_.errorRatePercent > 0 &&
-        std::uniform_real_distribution<double>(0, 100)(rng) < options_.errorRatePercent) {
+    if (errorRate > 0 && std::uniform_real_distribution<double>(0, 100)(rng) < errorRate) {
       response.result(http::status::internal_server_error);
       response.body() = "error\n";
       co_return response;
@@ -181,12 +186,74 @@ class BeastServer final : public Server {
     co_return response;
   }
 
+  // POST /admin?latency=250ms&errorRate=50: sets either or both for GET / from now on.
+  http::response<http::string_body> admin(const http::request<http::string_body>& request,
+                                          http::response<http::string_body> response) {
+    if (request.method() != http::verb::post) {
+      response.result(http::status::method_not_allowed);
+      response.set(http::field::allow, "POST");
+      response.body() = "only POST\n";
+      return response;
+    }
+    std::string_view target(request.target().data(), request.target().size());
+    const size_t q = target.find('?');
+    std::string_view query = q == std::string_view::npos ? std::string_view{} : target.substr(q + 1);
+    std::optional<std::chrono::microseconds> newLatency;
+    std::optional<double> newRate;
+    while (!query.empty()) {
+      const size_t amp = query.find('&');
+      const std::string_view pair = query.substr(0, amp);
+      query = amp == std::string_view::npos ? std::string_view{} : query.substr(amp + 1);
+      const size_t eq = pair.find('=');
+      const std::string_view key = pair.substr(0, eq);
+      const std::string_view value = eq == std::string_view::npos ? std::string_view{} : pair.substr(eq + 1);
+      if (key == "latency") {
+        auto d = parseLatency(value);
+        if (!d) {
+          response.result(http::status::bad_request);
+          response.body() = "latency: " + d.error() + "\n";
+          return response;
+        }
+        newLatency = *d;
+      } else if (key == "errorRate") {
+        double v = -1;
+        auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), v);
+        if (value.empty() || ec != std::errc{} || end != value.data() + value.size() || !(v >= 0 && v <= 100)) {
+          response.result(http::status::bad_request);
+          response.body() = "errorRate: '" + std::string(value) + "' is not a percentage from 0 to 100\n";
+          return response;
+        }
+        newRate = v;
+      } else {
+        response.result(http::status::bad_request);
+        response.body() = "unknown parameter '" + std::string(key) + "'; accepted: latency, errorRate\n";
+        return response;
+      }
+    }
+    if (newLatency) {
+      latencyUs_ = newLatency->count();
+    }
+    if (newRate) {
+      errorRate_ = *newRate;
+    }
+    response.body() =
+        "latency " + std::to_string(latencyUs_.load()) + "us, errorRate " + std::to_string(errorRate_.load()) + "%\n";
+    return response;
+  }
+
+  void setBehaviour(std::chrono::microseconds latency, double errorRatePercent) override {
+    latencyUs_ = latency.count();
+    errorRate_ = errorRatePercent;
+  }
+
   uint64_t nextSeed() {
     std::lock_guard lock(seedMutex_);
     return seeds_();
   }
 
   const ServerOptions options_;
+  std::atomic<int64_t> latencyUs_{options_.latency.count()};
+  std::atomic<double> errorRate_{options_.errorRatePercent};
   // Reset by stop(), the acceptor first. Declared before every I/O object so it is destroyed after them.
   std::optional<asio::io_context> ioc_;
   std::optional<tcp::acceptor> acceptor_;

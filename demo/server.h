@@ -4,6 +4,9 @@
 //   GET /         200 "ok\n" (padded to bodyBytes) after the configured latency, or 500 "error\n" with probability
 //                 errorRatePercent (the latency applies to both)
 //   GET /healthz  200 "ok\n" at once, always
+//   POST /admin?latency=250ms&errorRate=50   sets the latency and/or error rate of GET / from now
+//                 on (200 with the new values; 400 naming a bad parameter). For tests and demos:
+//                 anyone who can reach the port can change the service's behaviour.
 //   other paths   404; other methods 405
 //
 // Connections are kept alive (HTTP/1.1 rules); any number are served concurrently.
@@ -44,6 +47,9 @@ class Server {
   // Closes the listener and every connection, then joins the threads; blocks until they have
   // ended. Idempotent. Must not be called from a server thread.
   virtual void stop() = 0;
+  // Sets the latency and error rate of GET / from the next request on, as POST /admin does.
+  // Thread-safe. errorRatePercent must be 0-100.
+  virtual void setBehaviour(std::chrono::microseconds latency, double errorRatePercent) = 0;
 };
 
 // "127.0.0.1:8080", "[::1]:8080", "0.0.0.0:0", "localhost:8080" (resolved; the first address wins).

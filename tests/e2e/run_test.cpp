@@ -8,9 +8,13 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
+#include <set>
+#include <thread>
 
 #include <doctest/doctest.h>
 #include <fmt/format.h>
@@ -390,6 +394,158 @@ method:
   CHECK(rootKind() == before);
 }
 
+namespace {
+
+// Waits (up to 10 s) until veth0 in netns has a root qdisc of kind, without doctest macros (it
+// runs on a helper thread). True when it did.
+bool waitForRoot(const std::string& netns, const std::string& kind, std::atomic<bool>& cancel) {
+  for (int i = 0; i < 1000 && !cancel; ++i) {
+    auto table = kernel::openQdiscTable(netns);
+    if (table) {
+      auto root = (*table)->root("veth0");
+      if (root && root->has_value() && (*root)->kind == kind) {
+        return true;
+      }
+    }
+    std::this_thread::sleep_for(10ms);
+  }
+  return false;
+}
+
+// Runs action once veth0 in netns has a root qdisc of kind (a tbf the run applied); stopped and
+// joined at the end of the scope, also when an assertion ends the test early.
+class WhenRoot {
+ public:
+  WhenRoot(std::string netns, std::string kind, std::function<void()> action)
+      : thread_([this, netns = std::move(netns), kind = std::move(kind), action = std::move(action)] {
+          if (waitForRoot(netns, kind, cancel_)) {
+            action();
+          }
+        }) {}
+  ~WhenRoot() {
+    cancel_ = true;
+    thread_.join();
+  }
+
+ private:
+  std::atomic<bool> cancel_{false};
+  std::thread thread_;
+};
+
+int64_t atMicros(const v1::RunEvent& e) {
+  return e.at().seconds() * 1'000'000 + e.at().nanos() / 1000;
+}
+
+}  // namespace
+
+TEST_CASE_FIXTURE(Fleet, "an SLO violated during the fault stops the run: reverted at once, no later step, SLIs") {
+  const std::string before = rootKind();
+  // The service slows down once the tbf is in place, as if the fault hurt it.
+  WhenRoot degrade(netns(), "tbf", [this] { service->setBehaviour(300ms, 0); });
+  const std::string yaml = fmt::format(R"(apiVersion: faultline/v1
+kind: Experiment
+metadata:
+  name: e2e-slo
+steadyState:
+  every: 100ms
+  probes:
+    - name: demo
+      http: {{url: "{}", maxLatency: 2s, timeout: 2s}}
+    - name: port
+      tcp: {{address: "127.0.0.1:{}"}}
+    - name: always
+      command: {{argv: ["true"]}}
+  slos:
+    - name: demo-latency
+      probe: demo
+      objective: p95 < 100ms and errors < 5% over 2s
+method:
+  - fault:
+      name: first
+      type: network.bandwidth
+      duration: 30s
+      target: {{interface: veth0, netns: {}}}
+      rate: 1mbit
+  - fault:
+      name: never
+      type: network.bandwidth
+      duration: 30s
+      target: {{interface: veth0, netns: {}}}
+      rate: 1mbit
+)",
+                                       probeUrl(), service->endpoint().port(), netns(), netns());
+  const auto start = std::chrono::steady_clock::now();
+  auto [runId, events] = run(yaml);
+  service->setBehaviour(0us, 0);
+  CHECK(std::chrono::steady_clock::now() - start < 10s);
+  REQUIRE(!events.empty());
+  CHECK(events.back().verdict() == v1::VERDICT_VIOLATED);
+  CHECK(events.back().message().find("SLO demo-latency (p95 < 100ms and errors < 5% over 2s) violated while the "
+                                     "fault was active: p95 3") != std::string::npos);
+  CHECK(countKind(events, "fault.applied") == 1);  // the second step never started
+  CHECK(rootKind() == before);
+  // The revert follows the stop condition at once.
+  const v1::RunEvent* stopEvent = nullptr;
+  const v1::RunEvent* reverted = nullptr;
+  for (const auto& e : events) {
+    stopEvent = stopEvent == nullptr && e.kind() == "stop.condition" ? &e : stopEvent;
+    reverted = reverted == nullptr && (e.kind() == "fault.reverted" || e.kind() == "fault.expired") ? &e : reverted;
+  }
+  REQUIRE(stopEvent != nullptr);
+  REQUIRE(reverted != nullptr);
+  CHECK(reverted->kind() == "fault.reverted");
+  CHECK(atMicros(*reverted) >= atMicros(*stopEvent));  // how soon after: bench/abort_latency
+  MESSAGE("stop condition to fault reverted: ", (atMicros(*reverted) - atMicros(*stopEvent)) / 1000.0, " ms");
+
+  auto store = controller::openSqliteStore(db);
+  auto rec = store->getRun(runId);
+  REQUIRE(rec.has_value());
+  std::map<std::string, std::pair<int, int>> checks;  // phase -> (checks, failed)
+  for (const auto& c : rec->slo_checks()) {
+    ++checks[c.phase()].first;
+    checks[c.phase()].second += c.ok() ? 0 : 1;
+  }
+  CHECK(checks["before"] == std::pair{1, 0});
+  CHECK(checks["during"].second == 1);  // the one that stopped the run
+  CHECK(checks["after"].first == 1);    // recorded after rollback too
+  std::set<std::string> kinds;
+  for (const auto& s : rec->samples()) {
+    kinds.insert(s.kind());
+  }
+  CHECK(kinds == std::set<std::string>{"http", "tcp", "command"});
+}
+
+TEST_CASE_FIXTURE(Fleet, "a guard probe that fails during the fault aborts the run and reverts the fault") {
+  const std::string before = rootKind();
+  // The guarded port refuses connections once the fault is in place.
+  WhenRoot outage(netns(), "tbf", [this] { service->stop(); });
+  const std::string yaml = fmt::format(R"(apiVersion: faultline/v1
+kind: Experiment
+metadata:
+  name: e2e-guard
+steadyState:
+  every: 100ms
+  probes:
+    - name: service-port
+      guard: true
+      tcp: {{address: "127.0.0.1:{}", maxLatency: 500ms, timeout: 500ms}}
+method:
+  - fault:
+      type: network.bandwidth
+      duration: 30s
+      target: {{interface: veth0, netns: {}}}
+      rate: 1mbit
+)",
+                                       service->endpoint().port(), netns());
+  auto [runId, events] = run(yaml);
+  REQUIRE(!events.empty());
+  CHECK(events.back().verdict() == v1::VERDICT_ABORTED);
+  CHECK(events.back().message().find(
+            "stop condition: guard probe service-port failed while the fault was active: connection refused") !=
+        std::string::npos);
+  CHECK(rootKind() == before);
+}
+
 TEST_CASE_FIXTURE(testing::NetnsFixture, "the faultline binary: validate, run --local, show") {
   TempDir dir;
   const std::string bin = FAULTLINE_BIN;
@@ -451,6 +607,73 @@ TEST_CASE_FIXTURE(testing::NetnsFixture, "the faultline binary: validate, run --
   CHECK(r.output.find("cannot reach the controller at 127.0.0.1:1") != std::string::npos);
   r = testing::sh(fmt::format("{} run --no-such-flag x.yaml", bin));
   CHECK(r.status == 4);
+}
+
+TEST_CASE_FIXTURE(testing::NetnsFixture, "faultline run --journal --junit writes both reports; show has the windows") {
+  TempDir dir;
+  auto demo = demo::Server::start({});
+  REQUIRE(demo.has_value());
+  {
+    std::ofstream f(dir.path + "/reports.yaml");
+    f << fmt::format(R"(apiVersion: faultline/v1
+kind: Experiment
+metadata:
+  name: reports
+steadyState:
+  every: 100ms
+  probes:
+    - name: demo
+      http: {{url: "http://127.0.0.1:{}/", bodyMatch: "^ok"}}
+    - name: check
+      command: {{shell: "echo ready"}}
+  slos:
+    - name: demo-slo
+      probe: demo
+      objective: p99 < 1s and errors < 10% over 5s
+method:
+  - fault:
+      type: network.bandwidth
+      duration: 400ms
+      target: {{interface: veth0, netns: {}}}
+      rate: 10mbit
+  - wait: 100ms
+)",
+                     (*demo)->endpoint().port(), netns());
+  }
+  auto r = testing::sh(fmt::format("cd {} && {} run --local reports.yaml --db r.db --journal out/j.json --junit j.xml",
+                                   dir.path, FAULTLINE_BIN));
+  // out/ does not exist: the run's verdict stands, the failed report makes it exit 3, and j.xml is written.
+  INFO(r.output);
+  CHECK(r.status == 3);
+  CHECK(r.output.find("verdict: held") != std::string::npos);
+  CHECK(r.output.find("--journal: cannot write") != std::string::npos);
+  std::filesystem::create_directory(dir.path + "/out");
+  r = testing::sh(fmt::format("cd {} && {} run --local reports.yaml --db r.db --journal out/j.json --junit j.xml",
+                              dir.path, FAULTLINE_BIN));
+  INFO(r.output);
+  REQUIRE(r.status == 0);
+  const auto xsd = std::string(FAULTLINE_SOURCE_DIR) + "/tests/junit/junit.xsd";
+  auto lint = testing::sh(fmt::format("xmllint --noout --schema {} {}/j.xml", xsd, dir.path));
+  CHECK_MESSAGE(lint.status == 0, lint.output);
+  std::ifstream xmlIn(dir.path + "/j.xml");
+  const std::string xml((std::istreambuf_iterator<char>(xmlIn)), {});
+  CHECK(xml.find(R"x(tests="8" failures="0" errors="0" skipped="0")x") != std::string::npos);  // 3 x 2 checks + 2 steps
+  std::ifstream jsonIn(dir.path + "/out/j.json");
+  const std::string json((std::istreambuf_iterator<char>(jsonIn)), {});
+  CHECK(json.find(R"("format": "faultline-journal/v1")") != std::string::npos);
+  CHECK(json.find(R"("verdict": "held")") != std::string::npos);
+  CHECK(json.find(R"("kind": "command")") != std::string::npos);
+  CHECK(json.find(R"("slo": "demo-slo")") != std::string::npos);
+  const auto at = r.output.find("faultline show ");
+  REQUIRE(at != std::string::npos);
+  const std::string runId = r.output.substr(at + 15, r.output.find(' ', at + 15) - at - 15);
+  r = testing::sh(fmt::format("cd {} && {} show {} --db r.db", dir.path, FAULTLINE_BIN, runId));
+  CHECK(r.status == 0);
+  CHECK(r.output.find("\nfaults\nHOST") != std::string::npos);
+  CHECK(r.output.find("step 1") != std::string::npos);
+  CHECK(r.output.find("\nslos\nSLO") != std::string::npos);
+  CHECK(r.output.find("demo-slo  during") != std::string::npos);
+  (*demo)->stop();
 }
 
 TEST_CASE_FIXTURE(

@@ -64,6 +64,37 @@ expect_valid("variables, modes, probe and parallel steps", header +
              "method:\n  - probe: web\n  - parallel:\n"
              "    - fault: {type: process.kill, process: {name: x}}\n"
              "    - fault: {type: network.loss, duration: '${D}', target: {interface: eth0}, percent: 5}\n")
+# Part B's probe kinds and SLOs: the docs' probes example with its SLOs example, and files the
+# parser refuses.
+probes_start = doc.index("```yaml\nsteadyState:\n") + len("```yaml\n")
+probes_doc = doc[probes_start:doc.index("```", probes_start)]
+slos_start = doc.index("```yaml\n  slos:\n") + len("```yaml\n")
+slos_doc = doc[slos_start:doc.index("```", slos_start)]
+expect_valid("docs/experiments.md (probes of every kind with SLOs)", header + probes_doc + slos_doc + wait)
+expect_valid("probe options, quoted scalars", header +
+             "steadyState:\n  probes:\n"
+             "    - {name: a, guard: 'true', http: {url: 'http://a/', method: HEAD, expectStatus: '204'}}\n"
+             "    - {name: b, command: {shell: 'test -e /tmp/x', expectExit: 1, timeout: 3s}}\n"
+             "    - {name: c, http: {url: 'http://a/', expectStatus: 5XX}}\n"
+             "  slos:\n    - {name: s, probe: a, objective: 'errors < 5%', maxBurnRate: 2.5}\n" + wait)
+probe_head = header + "steadyState:\n  probes:\n    - "
+expect_invalid("probe without a kind", probe_head + "{name: a}\n" + wait)
+expect_invalid("probe with two kinds", probe_head + "{name: a, http: {url: 'http://a/'}, tcp: {address: 'a:1'}}\n" + wait)
+expect_invalid("unknown http method", probe_head + "{name: a, http: {url: 'http://a/', method: FETCH}}\n" + wait)
+expect_invalid("status class 2x", probe_head + "{name: a, http: {url: 'http://a/', expectStatus: 2x}}\n" + wait)
+expect_invalid("empty status list", probe_head + "{name: a, http: {url: 'http://a/', expectStatus: []}}\n" + wait)
+expect_invalid("status 600", probe_head + "{name: a, http: {url: 'http://a/', expectStatus: [200, 600]}}\n" + wait)
+expect_invalid("tcp without address", probe_head + "{name: a, tcp: {timeout: 1s}}\n" + wait)
+expect_invalid("tcp key of http", probe_head + "{name: a, tcp: {address: 'a:1', url: 'http://a/'}}\n" + wait)
+expect_invalid("command with argv and shell", probe_head + "{name: a, command: {argv: [true], shell: 'true'}}\n" + wait)
+expect_invalid("command with empty argv", probe_head + "{name: a, command: {argv: []}}\n" + wait)
+expect_invalid("exit code 256", probe_head + "{name: a, command: {argv: [true], expectExit: 256}}\n" + wait)
+expect_invalid("prometheus without expect", probe_head + "{name: a, prometheus: {url: 'http://p:9090', query: up}}\n" +
+               wait)
+expect_invalid("SLO without objective", probe_head + "{name: a, tcp: {address: 'a:1'}}\n"
+               "  slos:\n    - {name: s, probe: a}\n" + wait)
+expect_invalid("maxBurnRate 0", probe_head + "{name: a, tcp: {address: 'a:1'}}\n"
+               "  slos:\n    - {name: s, probe: a, objective: 'errors < 1%', maxBurnRate: 0}\n" + wait)
 expect_invalid("unknown top-level key", header + "metod:\n  - wait: 1s\n")
 expect_invalid("key of another fault type", header +
                "method:\n  - fault: {type: network.delay, target: {interface: e}, delay: 1ms, percent: 5}\n")

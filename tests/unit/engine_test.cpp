@@ -1,6 +1,9 @@
 // The run state machine against a fake fleet and scripted probes, with the real SQLite store.
 #include <algorithm>
 #include <atomic>
+#include <functional>
+#include <map>
+#include <mutex>
 #include <set>
 #include <thread>
 
@@ -25,9 +28,9 @@ class ScriptedProbes final : public ProbeRunner {
   Sample run(const Probe& /*probe*/) override {
     ++calls;
     if (down || (fragile && fleet_.activeCount() > 0)) {
-      return Sample{false, 5ms, "status 503, expected 200"};
+      return Sample{false, 5ms, "status 503, expected 200", std::nullopt};
     }
-    return Sample{true, 1ms, "200 in 1ms"};
+    return Sample{true, 1ms, "200 in 1ms", std::nullopt};
   }
   std::atomic<bool> fragile{false};
   std::atomic<bool> down{false};
@@ -365,4 +368,298 @@ TEST_CASE("engine: an agent that disconnects while holding a fault ends the run 
   CHECK(std::chrono::steady_clock::now() - start < 5s);
   const auto reason = h.store->getRun("run-1")->reason();
   CHECK(reason.find("agent a1 disconnected") != std::string::npos);
+}
+
+TEST_CASE("evaluateSlo: nearest-rank percentiles, error share, burn rate, value") {
+  Slo slo = *parseObjective("p50 < 6ms and p90 <= 9ms and p99 < 10ms and errors < 5% and max < 20ms over 10s");
+  slo.name = "api";
+  slo.probe = "web";
+  std::vector<SliSample> samples;
+  for (int i = 1; i <= 10; ++i) {
+    samples.push_back(SliSample{i != 7, static_cast<double>(i), std::nullopt});
+  }
+  const auto check = evaluateSlo(slo, samples);
+  CHECK(check.samples() == 10);
+  REQUIRE(check.measures_size() == 5);
+  CHECK(check.measures(0).value() == 5);  // p50 of 1..10: rank 5
+  CHECK(check.measures(0).ok());
+  CHECK(check.measures(1).value() == 9);
+  CHECK(check.measures(1).ok());
+  CHECK(check.measures(2).value() == 10);
+  CHECK_FALSE(check.measures(2).ok());  // 10 < 10 fails
+  CHECK(check.measures(3).value() == doctest::Approx(10));
+  CHECK_FALSE(check.measures(3).ok());
+  CHECK(check.measures(4).ok());
+  CHECK(check.burn_rate() == doctest::Approx(2.0));
+  CHECK_FALSE(check.ok());
+  CHECK(describeSloCheck(check).find("p99 10ms (< 10ms) FAILED") != std::string::npos);
+
+  Slo saturation = *parseObjective("saturation < 0.8");
+  CHECK(evaluateSlo(saturation, {{true, 1, 0.5}, {true, 1, 0.7}}).ok());
+  CHECK_FALSE(evaluateSlo(saturation, {{true, 1, 0.5}, {true, 1, 0.9}}).ok());  // the newest value counts
+  CHECK_FALSE(evaluateSlo(saturation, {{false, 1, std::nullopt}}).ok());        // no value: not held
+}
+
+namespace {
+
+// Each probe answers through a function of (probe, calls so far, faults active).
+class FunctionProbes final : public ProbeRunner {
+ public:
+  using Fn = std::function<Sample(const Probe&, int call, bool faultActive)>;
+  FunctionProbes(const testing::FakeFleet& fleet, Fn fn) : fleet_(fleet), fn_(std::move(fn)) {}
+  Sample run(const Probe& probe) override {
+    int call = 0;
+    {
+      std::lock_guard lock(mutex_);
+      call = ++calls_[probe.name];
+    }
+    return fn_(probe, call, fleet_.activeCount() > 0);
+  }
+
+ private:
+  const testing::FakeFleet& fleet_;
+  Fn fn_;
+  std::mutex mutex_;
+  std::map<std::string, int> calls_;
+};
+
+struct SloHarness {
+  testing::FakeFleet fleet;
+  std::unique_ptr<RecordStore> store = openSqliteStore(":memory:");
+  std::vector<v1::RunEvent> events;
+  std::mutex mutex;
+
+  v1::Verdict run(const Experiment& e, FunctionProbes::Fn fn) {
+    FunctionProbes probes(fleet, std::move(fn));
+    RunEngine engine(
+        fleet, probes, *store,
+        [this](const v1::RunEvent& ev) {
+          std::lock_guard lock(mutex);
+          events.push_back(ev);
+        },
+        [] {
+          EngineOptions o;
+          o.applyTimeout = 500ms;
+          o.revertTimeout = 300ms;
+          return o;
+        }());
+    return engine.run(RunRequest{"run-1", "unit.yaml", std::string(64, 'a'), "cli", e}, StopSignal{});
+  }
+  std::optional<v1::RunEvent> event(const std::string& kind) {
+    std::lock_guard lock(mutex);
+    for (const auto& e : events) {
+      if (e.kind() == kind) {
+        return e;
+      }
+    }
+    return std::nullopt;
+  }
+};
+
+// Probe web (an SLO over it), a second fault step that must never start after a stop.
+Experiment sloExperiment(const std::string& objective, std::optional<double> maxBurnRate = std::nullopt) {
+  Experiment e = experiment(30s);
+  Slo slo = *parseObjective(objective);
+  slo.name = "web-slo";
+  slo.probe = "web";
+  slo.maxBurnRate = maxBurnRate;
+  e.hypothesis.slos.push_back(slo);
+  FaultStep second;
+  second.name = "second";
+  auto* b = second.spec.mutable_network_bandwidth();
+  b->mutable_target()->set_interface("eth0");
+  b->set_rate_bps(1'000'000);
+  second.duration = 30s;
+  e.method.emplace_back(std::move(second));
+  return e;
+}
+
+Sample ok(std::chrono::milliseconds latency) {
+  return Sample{true, latency, "200", std::nullopt};
+}
+
+Sample failed() {
+  return Sample{false, 2ms, "status 503, expected 200", std::nullopt};
+}
+
+}  // namespace
+
+TEST_CASE("engine: an SLO violated during the fault stops the run at once: faults reverted, no later step") {
+  SloHarness h;
+  h.fleet.addAgent("a1", {});
+  const auto start = std::chrono::steady_clock::now();
+  const auto verdict = h.run(sloExperiment("p99 < 100ms over 1s"),
+                             [](const Probe&, int, bool active) { return ok(active ? 400ms : 5ms); });
+  CHECK(verdict == v1::VERDICT_VIOLATED);
+  CHECK(std::chrono::steady_clock::now() - start < 5s);  // the faults were 2 x 30s
+  CHECK(h.fleet.activeCount() == 0);
+  CHECK(h.fleet.sentCount(v1::ControllerMessage::kInject) == 1);  // the second step never started
+  auto rec = h.store->getRun("run-1");
+  REQUIRE(rec.has_value());
+  CHECK(rec->reason().find("SLO web-slo (p99 < 100ms over 1s) violated while the fault was active: p99 400ms") !=
+        std::string::npos);
+  REQUIRE(h.event("stop.condition").has_value());
+  std::set<std::string> phases;
+  for (const auto& c : rec->slo_checks()) {
+    phases.insert(c.phase());
+    CHECK(c.slo() == "web-slo");
+    REQUIRE(c.measures_size() == 1);
+  }
+  CHECK(phases == std::set<std::string>{"before", "during", "after"});  // SLIs before, during and after
+  CHECK(rec->slo_checks(0).ok());
+}
+
+TEST_CASE("engine: failures within an SLO's error budget do not violate it") {
+  SloHarness h;
+  h.fleet.addAgent("a1", {});
+  auto e = sloExperiment("errors < 50% over 10s");
+  e.method.pop_back();
+  std::get<FaultStep>(e.method[0]).duration = 300ms;
+  // Every 4th sample fails: 25% of the window at most.
+  CHECK(h.run(e, [](const Probe&, int call, bool active) { return active && call % 4 == 0 ? failed() : ok(1ms); }) ==
+        v1::VERDICT_HELD);
+  auto rec = h.store->getRun("run-1");
+  bool sawFailure = false;
+  for (const auto& s : rec->samples()) {
+    sawFailure = sawFailure || !s.ok();
+  }
+  CHECK(sawFailure);
+}
+
+TEST_CASE("engine: an error budget burning above maxBurnRate aborts the run") {
+  SloHarness h;
+  h.fleet.addAgent("a1", {});
+  const auto verdict = h.run(sloExperiment("errors < 10% over 5s", 3),
+                             [](const Probe&, int, bool active) { return active ? failed() : ok(1ms); });
+  CHECK(verdict == v1::VERDICT_ABORTED);
+  CHECK(exitCodeFor(verdict) == 2);
+  CHECK(h.fleet.activeCount() == 0);
+  CHECK(h.fleet.sentCount(v1::ControllerMessage::kInject) == 1);
+  const auto reason = h.store->getRun("run-1")->reason();
+  CHECK(reason.find("stop condition: SLO web-slo burns its error budget at 10.0x, above maxBurnRate 3") !=
+        std::string::npos);
+}
+
+TEST_CASE("engine: a guard probe's failure aborts the run; the other probes keep their own judgement") {
+  SloHarness h;
+  h.fleet.addAgent("a1", {});
+  Experiment e = experiment(30s);
+  Probe guard;
+  guard.name = "db";
+  guard.kind = ProbeKind::kTcp;
+  guard.guard = true;
+  e.hypothesis.probes.push_back(guard);
+  const auto verdict = h.run(e, [](const Probe& p, int call, bool active) {
+    return p.name == "db" && active && call >= 3 ? Sample{false, 1s, "timeout after 1s", std::nullopt} : ok(1ms);
+  });
+  CHECK(verdict == v1::VERDICT_ABORTED);
+  CHECK(h.fleet.activeCount() == 0);
+  CHECK(h.store->getRun("run-1")->reason() ==
+        "stop condition: guard probe db failed while the fault was active: timeout after 1s");
+}
+
+TEST_CASE("engine: an SLO already failing before the method is 'not steady', nothing injected") {
+  SloHarness h;
+  h.fleet.addAgent("a1", {});
+  const auto verdict = h.run(sloExperiment("p95 < 50ms"), [](const Probe&, int, bool) { return ok(80ms); });
+  CHECK(verdict == v1::VERDICT_NOT_STEADY);
+  CHECK(h.fleet.sentCount(v1::ControllerMessage::kInject) == 0);
+  const auto reason = h.store->getRun("run-1")->reason();
+  CHECK(reason.find("SLO web-slo (p95 < 50ms): p95 80ms (< 50ms) FAILED over 1 sample(s)") != std::string::npos);
+}
+
+TEST_CASE("engine: probes of one round run concurrently") {
+  SloHarness h;
+  h.fleet.addAgent("a1", {});
+  Experiment e = experiment(50ms);
+  for (int i = 0; i < 4; ++i) {
+    Probe p;
+    p.name = "slow" + std::to_string(i);
+    e.hypothesis.probes.push_back(p);
+  }
+  e.hypothesis.every = 1s;
+  const auto start = std::chrono::steady_clock::now();
+  CHECK(h.run(e, [](const Probe&, int, bool) {
+    std::this_thread::sleep_for(200ms);
+    return ok(200ms);
+  }) == v1::VERDICT_HELD);
+  // before, during, after: 3 rounds of 5 probes of 200 ms; one after another would take 3 s.
+  CHECK(std::chrono::steady_clock::now() - start < 2s);
+}
+
+TEST_CASE("engine: a probe step samples any kind of probe; a failure violates even an SLO-covered probe, run goes on") {
+  SloHarness h;
+  h.fleet.addAgent("a1", {});
+  Experiment e = experiment(100ms);
+  Probe cmd;
+  cmd.name = "cmd";
+  cmd.kind = ProbeKind::kCommand;
+  e.hypothesis.probes.push_back(cmd);
+  Slo slo = *parseObjective("errors < 50% over 10s");
+  slo.name = "cmd-slo";
+  slo.probe = "cmd";
+  e.hypothesis.slos.push_back(slo);
+  // fault 100ms, probe cmd (fails once: the first sample after the fault), wait 10ms.
+  e.method.insert(e.method.begin() + 1, Step{ProbeStep{"cmd"}});
+  std::atomic<bool> sawActive{false};
+  std::atomic<bool> failedOnce{false};
+  const auto verdict = h.run(e, [&](const Probe& p, int, bool active) {
+    if (p.name != "cmd") {
+      return ok(1ms);
+    }
+    if (active) {
+      sawActive = true;
+    } else if (sawActive && !failedOnce.exchange(true)) {
+      return Sample{false, 3ms, "exit 1, expected 0", std::nullopt};
+    }
+    return ok(1ms);
+  });
+  CHECK(verdict == v1::VERDICT_VIOLATED);
+  auto rec = h.store->getRun("run-1");
+  REQUIRE(rec.has_value());
+  CHECK(rec->reason() == "steady state violated: probe cmd failed at a probe step of the method: exit 1, expected 0");
+  CHECK_FALSE(h.event("stop.condition").has_value());  // no fault was held: the run went on
+  CHECK(h.event("step.wait").has_value());
+  int stepSamples = 0;
+  for (const auto& s : rec->samples()) {
+    if (s.phase() == "step") {
+      ++stepSamples;
+      CHECK(s.probe() == "cmd");
+      CHECK(s.kind() == "command");
+      CHECK_FALSE(s.ok());
+    }
+  }
+  CHECK(stepSamples == 1);
+}
+
+TEST_CASE("engine: a guard failing at a probe step of a parallel group aborts: faults reverted, no later step") {
+  SloHarness h;
+  h.fleet.addAgent("a1", {});
+  Experiment e = sloExperiment("p99 < 1s");  // fault 30s, wait, fault 30s
+  Probe guard;
+  guard.name = "db";
+  guard.kind = ProbeKind::kTcp;
+  guard.guard = true;
+  e.hypothesis.probes.push_back(guard);
+  e.hypothesis.every = 10s;  // no periodic round before the group's probe step
+  ParallelStep group;
+  group.steps.emplace_back(std::get<FaultStep>(e.method[0]));
+  group.steps.emplace_back(ProbeStep{"db"});
+  e.method[0] = Step{std::move(group)};
+  const auto start = std::chrono::steady_clock::now();
+  const auto verdict = h.run(e, [](const Probe& p, int, bool active) {
+    return p.name == "db" && active ? Sample{false, 1s, "timeout after 1s", std::nullopt} : ok(1ms);
+  });
+  CHECK(verdict == v1::VERDICT_ABORTED);
+  CHECK(std::chrono::steady_clock::now() - start < 5s);
+  CHECK(h.fleet.activeCount() == 0);
+  CHECK(h.fleet.sentCount(v1::ControllerMessage::kInject) == 1);  // the later fault step never started
+  auto rec = h.store->getRun("run-1");
+  REQUIRE(rec.has_value());
+  CHECK(rec->reason() == "stop condition: guard probe db failed while the fault was active: timeout after 1s");
+  bool stepFailed = false;
+  for (const auto& s : rec->samples()) {
+    stepFailed = stepFailed || (s.phase() == "step" && s.probe() == "db" && !s.ok());
+  }
+  CHECK(stepFailed);
 }

@@ -144,10 +144,10 @@ TEST_CASE("a full experiment parses into exact values") {
   REQUIRE(e.hypothesis.probes.size() == 2);
   CHECK(e.hypothesis.probes[0].name == "demo-http");
   CHECK(e.hypothesis.probes[0].http.url == "http://10.77.0.1:8080/");
-  CHECK(e.hypothesis.probes[0].http.expectStatus == 204);
+  CHECK(e.hypothesis.probes[0].http.expectStatus == std::vector<int>{204});
   CHECK(e.hypothesis.probes[0].http.maxLatency == 300ms);
   CHECK(e.hypothesis.probes[0].http.timeout == 2s);
-  CHECK(e.hypothesis.probes[1].http.expectStatus == 200);  // defaults
+  CHECK(e.hypothesis.probes[1].http.expectStatus == std::vector<int>{200});  // defaults
   CHECK(e.hypothesis.probes[1].http.maxLatency == 1s);
   CHECK(e.hypothesis.probes[1].http.timeout == 2s);
 
@@ -243,7 +243,7 @@ TEST_CASE("bad files: each error names the field, the line and what is wrong") {
       {"wrong type: list for a duration", h + "method:\n  - wait: [1s]\n", "method[0].wait", 6, "wrong type"},
       {"wrong type: scalar for a map", h + "targets: everything\n" + wait, "targets", 5, "wrong type"},
       {"wrong type: text for a status", h + probe + "        url: http://a/\n        expectStatus: ok\n" + wait,
-       "steadyState.probes[0].http.expectStatus", 10, "not an integer"},
+       "steadyState.probes[0].http.expectStatus", 10, "'ok' is not a status"},
       {"missing required key points at the parent map",
        "apiVersion: faultline/v1\nkind: Experiment\nmetadata:\n  description: x\n" + wait, "metadata.name", 4,
        "is required"},
@@ -458,7 +458,7 @@ TEST_CASE("the quickstart experiment is what the quickstart expects") {
   CHECK(e.hypothesis.every == 250ms);
   REQUIRE(e.hypothesis.probes.size() == 1);
   CHECK(e.hypothesis.probes[0].http.url == "http://10.77.0.1:8080/");
-  CHECK(e.hypothesis.probes[0].http.expectStatus == 200);
+  CHECK(e.hypothesis.probes[0].http.expectStatus == std::vector<int>{200});
   CHECK(e.hypothesis.probes[0].http.maxLatency == 500ms);
   CHECK(e.hypothesis.probes[0].http.timeout == 2s);
   REQUIRE(e.method.size() == 4);
@@ -529,7 +529,7 @@ TEST_CASE("probe URLs: the validator and the prober accept and refuse the same o
       {"http://" + std::string(64, 'a') + ".com/", false, "label of 64 characters"},
       {"http://exa$mple/", false, "the character '$'"},
   };
-  auto runner = makeHttpProbeRunner();
+  auto runner = makeProbeRunner();
   for (const Row& row : rows) {
     CAPTURE(row.url);
     const auto parsed = parseHttpUrl(row.url);
@@ -812,4 +812,199 @@ TEST_CASE("process, stress and cgroup faults: errors name the field, the value a
   CHECK(hasDiagnostic(d, "method[3].fault.cpus", 9, "no limit to squeeze"));
   CHECK(hasDiagnostic(d, "method[4].fault.process", 10, "has both name and cgroup"));
   CHECK(hasDiagnostic(d, "method[5].fault.every", 11, "out of range"));
+}
+
+TEST_CASE("probes of every kind, with their options") {
+  const std::string yaml =
+      std::string(kHeader) +
+      "steadyState:\n"
+      "  every: 500ms\n"
+      "  probes:\n"
+      "    - name: api\n"
+      "      http:\n"
+      "        url: http://10.77.0.1:8080/orders\n"
+      "        method: POST\n"
+      "        headers: {Authorization: Bearer t, X-Trace: '1'}\n"
+      "        body: '{\"item\": 1}'\n"
+      "        expectStatus: [201, 2xx, 404]\n"
+      "        bodyMatch: '\"id\": *[0-9]+'\n"
+      "    - name: db\n"
+      "      guard: true\n"
+      "      tcp: {address: '[::1]:5432', maxLatency: 50ms, timeout: 1s}\n"
+      "    - name: replicas\n"
+      "      command: {argv: [kubectl, get, pods], expectExit: 0, stdoutMatch: Running, timeout: 3s}\n"
+      "    - name: queue\n"
+      "      command: {shell: 'test $(wc -l < /tmp/q) -lt 10'}\n"
+      "    - name: cpu\n"
+      "      prometheus: {url: 'http://10.77.0.1:9090', query: 'max(cpu)', expect: '<= 0.8'}\n"
+      "  slos:\n"
+      "    - name: api-slo\n"
+      "      probe: api\n"
+      "      objective: p99 < 300ms and errors < 1% over 20s\n"
+      "      maxBurnRate: 10\n"
+      "    - name: saturation\n"
+      "      probe: cpu\n"
+      "      objective: saturation < 0.9\n"
+      "method:\n  - wait: 1s\n";
+  auto result = parseExperiment(yaml, "probes.yaml");
+  REQUIRE_MESSAGE(result.has_value(), (result ? "" : allDiagnostics(result.error())));
+  const auto& probes = result->hypothesis.probes;
+  REQUIRE(probes.size() == 5);
+  CHECK(probes[0].kind == ProbeKind::kHttp);
+  CHECK(probes[0].http.method == "POST");
+  CHECK(probes[0].http.headers ==
+        std::vector<std::pair<std::string, std::string>>{{"Authorization", "Bearer t"}, {"X-Trace", "1"}});
+  CHECK(probes[0].http.body == "{\"item\": 1}");
+  REQUIRE(probes[0].http.expectStatus.size() == 101);  // 200-299 and 404; 201 once
+  CHECK(probes[0].http.expectStatus.front() == 200);
+  CHECK(probes[0].http.expectStatus.back() == 404);
+  CHECK(probes[0].http.bodyMatch == std::optional<std::string>("\"id\": *[0-9]+"));
+  CHECK_FALSE(probes[0].guard);
+  CHECK(probes[1].kind == ProbeKind::kTcp);
+  CHECK(probes[1].guard);
+  CHECK(probes[1].tcp.host == "::1");
+  CHECK(probes[1].tcp.port == 5432);
+  CHECK(probes[1].tcp.maxLatency == 50ms);
+  CHECK(probes[2].kind == ProbeKind::kCommand);
+  CHECK(probes[2].command.argv == std::vector<std::string>{"kubectl", "get", "pods"});
+  CHECK(probes[2].command.stdoutMatch == std::optional<std::string>("Running"));
+  CHECK(probes[2].command.timeout == 3s);
+  CHECK(probes[3].command.shell == "test $(wc -l < /tmp/q) -lt 10");
+  CHECK(probes[3].command.argv.empty());
+  CHECK(probes[3].command.timeout == 5s);
+  CHECK(probes[4].kind == ProbeKind::kPrometheus);
+  CHECK(probes[4].prometheus.query == "max(cpu)");
+  CHECK(probes[4].prometheus.comparison == Comparison::kLessEqual);
+  CHECK(probes[4].prometheus.threshold == 0.8);
+  const auto& slos = result->hypothesis.slos;
+  REQUIRE(slos.size() == 2);
+  CHECK(slos[0].name == "api-slo");
+  CHECK(slos[0].probe == "api");
+  CHECK(slos[0].window == 20s);
+  CHECK(slos[0].maxBurnRate == std::optional<double>(10));
+  REQUIRE(slos[0].terms.size() == 2);
+  CHECK(slos[0].terms[0].sli == SliKind::kP99);
+  CHECK(slos[0].terms[0].threshold == 300);
+  CHECK(slos[0].terms[1].sli == SliKind::kErrors);
+  CHECK(slos[0].terms[1].threshold == 1);
+  CHECK(slos[1].window == 30s);  // the default
+  CHECK(slos[1].terms[0].sli == SliKind::kValue);
+  CHECK(slos[1].terms[0].name == "saturation");
+}
+
+TEST_CASE("parseObjective: terms, units, window, and what is refused") {
+  auto slo =
+      parseObjective("p50 <= 20ms and p95 < 1.5s and max < 2s and errors <= 0.5% and throughput > 100/s over 1m");
+  REQUIRE_MESSAGE(slo.has_value(), (slo ? "" : slo.error()));
+  REQUIRE(slo->terms.size() == 5);
+  CHECK(slo->terms[0].comparison == Comparison::kLessEqual);
+  CHECK(slo->terms[0].threshold == 20);
+  CHECK(slo->terms[1].threshold == 1500);
+  CHECK(slo->terms[2].sli == SliKind::kMaxLatency);
+  CHECK(slo->terms[3].threshold == 0.5);
+  CHECK(slo->terms[4].sli == SliKind::kValue);
+  CHECK(slo->terms[4].comparison == Comparison::kGreater);
+  CHECK(slo->terms[4].threshold == 100);
+  CHECK(slo->window == 60s);
+  for (const auto& [text, phrase] :
+       std::vector<std::pair<std::string, std::string>>{{"p98 < 3ms", "'p98' is not an SLI"},
+                                                        {"p99 300ms", "has no comparison"},
+                                                        {"p99 < 300", "is not a latency"},
+                                                        {"errors < 150%", "not a percentage from 0 to 100"},
+                                                        {"p99 < 3ms and", "ends with 'and'"},
+                                                        {"p99 < 3ms over 10", "window '10'"},
+                                                        {"p99 < 3ms over 500ms", "out of range"},
+                                                        {"", "has no term"},
+                                                        {"value > lots", "is not a number"}}) {
+    CAPTURE(text);
+    auto bad = parseObjective(text);
+    REQUIRE_FALSE(bad.has_value());
+    CHECK(bad.error().find(phrase) != std::string::npos);
+    CHECK(bad.error().find("accepted: terms 'SLI OP VALUE'") != std::string::npos);
+  }
+}
+
+TEST_CASE("bad probes and SLOs: file, line, column, field") {
+  const std::string h = kHeader;
+  const std::string wait = "method:\n  - wait: 1s\n";
+  const std::string ss = "steadyState:\n  probes:\n";  // lines 5, 6; probes from line 7
+  struct Case {
+    const char* what;
+    std::string yaml;
+    std::string field;
+    int line;
+    std::string phrase;
+  };
+  const std::vector<Case> cases = {
+      {"no kind", h + ss + "    - name: p\n" + wait, "steadyState.probes[0].http", 7, "a probe needs one kind"},
+      {"two kinds", h + ss + "    - name: p\n      http: {url: http://a/}\n      tcp: {address: 'a:1'}\n" + wait,
+       "steadyState.probes[0].tcp", 9, "already has http"},
+      {"unknown method", h + ss + "    - name: p\n      http: {url: http://a/, method: GETT}\n" + wait,
+       "steadyState.probes[0].http.method", 8, "did you mean 'GET'?"},
+      {"status out of range", h + ss + "    - name: p\n      http: {url: http://a/, expectStatus: [200, 700]}\n" + wait,
+       "steadyState.probes[0].http.expectStatus[1]", 8, "700 is out of range"},
+      {"bad regex", h + ss + "    - name: p\n      http: {url: http://a/, bodyMatch: '(('}\n" + wait,
+       "steadyState.probes[0].http.bodyMatch", 8, "not a valid regular expression"},
+      {"header with a line break",
+       h + ss + "    - name: p\n      http: {url: http://a/, headers: {A: \"x\\ny\"}}\n" + wait,
+       "steadyState.probes[0].http.headers.A", 8, "line break"},
+      {"tcp without port", h + ss + "    - name: p\n      tcp: {address: db.internal}\n" + wait,
+       "steadyState.probes[0].tcp.address", 8, "is not an address; accepted: HOST:PORT"},
+      {"tcp v6 without port", h + ss + "    - name: p\n      tcp: {address: '[::1]'}\n" + wait,
+       "steadyState.probes[0].tcp.address", 8, "is not an address"},
+      {"command with argv and shell", h + ss + "    - name: p\n      command: {argv: [true], shell: 'true'}\n" + wait,
+       "steadyState.probes[0].command.shell", 8, "not both"},
+      {"command with neither", h + ss + "    - name: p\n      command: {timeout: 1s}\n" + wait,
+       "steadyState.probes[0].command.argv", 8, "is required"},
+      {"empty argv", h + ss + "    - name: p\n      command: {argv: []}\n" + wait, "steadyState.probes[0].command.argv",
+       8, "is empty"},
+      {"exit code out of range", h + ss + "    - name: p\n      command: {argv: ['true'], expectExit: 256}\n" + wait,
+       "steadyState.probes[0].command.expectExit", 8, "out of range"},
+      {"prometheus without expect",
+       h + ss + "    - name: p\n      prometheus: {url: 'http://a:9090', query: up}\n" + wait,
+       "steadyState.probes[0].prometheus.expect", 8, "is required"},
+      {"prometheus bad expect",
+       h + ss + "    - name: p\n      prometheus: {url: 'http://a:9090', query: up, expect: 'about 3'}\n" + wait,
+       "steadyState.probes[0].prometheus.expect", 8, "does not start with a comparison"},
+      {"guard not boolean", h + ss + "    - name: p\n      guard: yes please\n      http: {url: http://a/}\n" + wait,
+       "steadyState.probes[0].guard", 8, "not a boolean"},
+      {"SLO of an unknown probe",
+       h + ss +
+           "    - name: api\n      http: {url: http://a/}\n  slos:\n    - {name: s, probe: apl, objective: p99 < "
+           "1s}\n" +
+           wait,
+       "steadyState.slos[0].probe", 10, "no probe is named 'apl' (did you mean 'api'?)"},
+      {"SLO with a bad objective",
+       h + ss +
+           "    - name: api\n      http: {url: http://a/}\n  slos:\n    - {name: s, probe: api, objective: p99 < "
+           "fast}\n" +
+           wait,
+       "steadyState.slos[0].objective", 10, "is not a latency"},
+      {"value of an http probe",
+       h + ss +
+           "    - name: api\n      http: {url: http://a/}\n  slos:\n    - {name: s, probe: api, objective: value < "
+           "1}\n" +
+           wait,
+       "steadyState.slos[0].objective", 10, "is the value of a prometheus probe"},
+      {"burn rate without budget",
+       h + ss +
+           "    - name: api\n      http: {url: http://a/}\n  slos:\n    - {name: s, probe: api, objective: p99 < 1s, "
+           "maxBurnRate: 5}\n" +
+           wait,
+       "steadyState.slos[0].maxBurnRate", 10, "needs an error budget"},
+      {"unknown SLO key",
+       h + ss +
+           "    - name: api\n      http: {url: http://a/}\n  slos:\n    - {name: s, probe: api, objectve: p99 < 1s}\n" +
+           wait,
+       "steadyState.slos[0].objectve", 10, "did you mean 'objective'?"},
+  };
+  for (const Case& c : cases) {
+    CAPTURE(c.what);
+    const auto diagnostics = errorsOf(c.yaml);
+    CHECK_MESSAGE(hasDiagnostic(diagnostics, c.field, c.line, c.phrase), allDiagnostics(diagnostics));
+    for (const auto& d : diagnostics) {
+      CHECK(d.file == "bad.yaml");
+      CHECK(d.column > 0);
+    }
+  }
 }

@@ -14,7 +14,7 @@
 
 namespace asio = boost::asio;
 using tcp = asio::ip::tcp;
-using faultline::controller::makeHttpProbeRunner;
+using faultline::controller::makeProbeRunner;
 using faultline::controller::parseHttpUrl;
 using faultline::controller::Probe;
 using faultline::controller::Sample;
@@ -46,7 +46,7 @@ Probe probeOf(std::string url, std::chrono::milliseconds maxLatency = 1000ms,
   probe.http.url = std::move(url);
   probe.http.maxLatency = maxLatency;
   probe.http.timeout = timeout;
-  probe.http.expectStatus = expectStatus;
+  probe.http.expectStatus = {expectStatus};
   return probe;
 }
 
@@ -58,7 +58,7 @@ bool contains(const std::string& text, const std::string& part) {
 
 TEST_CASE("a fast 200 is an ok sample with its latency") {
   auto server = startDemo();
-  auto runner = makeHttpProbeRunner();
+  auto runner = makeProbeRunner();
   const Sample sample = runner->run(probeOf(urlOf(*server)));
   CHECK_MESSAGE(sample.ok, sample.detail);
   CHECK(sample.latency > 0us);
@@ -69,7 +69,7 @@ TEST_CASE("a fast 200 is an ok sample with its latency") {
 
 TEST_CASE("a URL without a path or port still works; the path reaches the server") {
   auto server = startDemo();
-  auto runner = makeHttpProbeRunner();
+  auto runner = makeProbeRunner();
   const auto e = server->endpoint();
   CHECK(runner->run(probeOf("http://127.0.0.1:" + std::to_string(e.port()))).ok);
   // The scheme in any case (RFC 3986): what the validator accepts, the prober uses.
@@ -85,7 +85,7 @@ TEST_CASE("an answer slower than maxLatency is a failed sample that says so") {
   ServerOptions options;
   options.latency = 150ms;
   auto server = startDemo(options);
-  auto runner = makeHttpProbeRunner();
+  auto runner = makeProbeRunner();
   const Sample sample = runner->run(probeOf(urlOf(*server), 50ms));
   CHECK_FALSE(sample.ok);
   CHECK(sample.latency >= 150ms);
@@ -97,7 +97,7 @@ TEST_CASE("a 500 is a failed sample naming the status") {
   ServerOptions options;
   options.errorRatePercent = 100;
   auto server = startDemo(options);
-  auto runner = makeHttpProbeRunner();
+  auto runner = makeProbeRunner();
   const Sample sample = runner->run(probeOf(urlOf(*server)));
   CHECK_FALSE(sample.ok);
   CHECK(sample.detail == "status 500, expected 200");
@@ -110,7 +110,7 @@ TEST_CASE("a closed port is a failed sample: connection refused") {
   tcp::acceptor acceptor(ioc, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
   const auto port = acceptor.local_endpoint().port();
   acceptor.close();
-  auto runner = makeHttpProbeRunner();
+  auto runner = makeProbeRunner();
   const Sample sample = runner->run(probeOf("http://127.0.0.1:" + std::to_string(port) + "/"));
   CHECK_FALSE(sample.ok);
   CHECK(sample.detail == "connection refused");
@@ -122,7 +122,7 @@ TEST_CASE("a server that accepts but never answers is a timeout within timeout +
   asio::io_context ioc;
   tcp::acceptor acceptor(ioc, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
   const auto port = acceptor.local_endpoint().port();
-  auto runner = makeHttpProbeRunner();
+  auto runner = makeProbeRunner();
   const auto start = std::chrono::steady_clock::now();
   const Sample sample = runner->run(probeOf("http://127.0.0.1:" + std::to_string(port) + "/", 1000ms, 300ms));
   const auto took = std::chrono::steady_clock::now() - start;
@@ -137,7 +137,7 @@ TEST_CASE("a server slower than the timeout is a timeout, not a late 200") {
   ServerOptions options;
   options.latency = 1s;
   auto server = startDemo(options);
-  auto runner = makeHttpProbeRunner();
+  auto runner = makeProbeRunner();
   const auto start = std::chrono::steady_clock::now();
   const Sample sample = runner->run(probeOf(urlOf(*server), 2000ms, 200ms));
   CHECK(std::chrono::steady_clock::now() - start < 300ms);
@@ -146,7 +146,7 @@ TEST_CASE("a server slower than the timeout is a timeout, not a late 200") {
 }
 
 TEST_CASE("host names and IPv6 literals") {
-  auto runner = makeHttpProbeRunner();
+  auto runner = makeProbeRunner();
   SUBCASE("localhost") {
     auto server = startDemo();
     CHECK(runner->run(probeOf("http://localhost:" + std::to_string(server->endpoint().port()) + "/")).ok);
@@ -165,7 +165,7 @@ TEST_CASE("host names and IPv6 literals") {
 }
 
 TEST_CASE("bad URLs are failed samples that say what is accepted") {
-  auto runner = makeHttpProbeRunner();
+  auto runner = makeProbeRunner();
   for (const std::string url :
        {"https://127.0.0.1/", "127.0.0.1:80/", "http://", "http://host:0/", "http://host:99999/", "http://[::1/",
         "http://[nothost]:80/", "http://user@host/", "http://10.88.0.1:8080:9/", "http://[zz]/", "http://a b/"}) {
@@ -212,7 +212,7 @@ TEST_CASE("one runner serves concurrent samples") {
   ServerOptions options;
   options.latency = 50ms;
   auto server = startDemo(options);
-  auto runner = makeHttpProbeRunner();
+  auto runner = makeProbeRunner();
   std::vector<Sample> samples(8);
   std::vector<std::thread> threads;
   const auto start = std::chrono::steady_clock::now();

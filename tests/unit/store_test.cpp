@@ -707,12 +707,20 @@ TEST_CASE("formatTimeline: header, events relative to the start, probe summary")
       "+61.250  web-1   fault.reverted",
       "+90.500  -       run.finished    violated",
       "",
+      "faults",
+      "HOST    STEP    FROM       TO     HELD  END",
+      "web-1   -     +1.250  +61.250  60.000s  reverted",
+      "web-22  -     +1.250        -        -  no end recorded",
+      "",
       "probes",
       "PROBE     PHASE   SAMPLES  FAILED  P50 MS  MAX MS",
       "cart      during        1       0     5.0     5.0",
       "checkout  before        3       0    12.0    15.0",
       "checkout  during        4       2   310.5   900.4",
       "checkout  after         1       0    14.0    14.0",
+      "",
+      "slos",
+      "(none)",
   };
   // Events given out of order are printed in time order.
   v1::Run run = fixtureRun();
@@ -725,15 +733,19 @@ TEST_CASE("formatTimeline: a running run, control characters, a local offset") {
   v1::Run run = makeRun("r-2", 0);
   *run.add_events() = makeEvent("r-2", -500, "db\x1b[2J", "probe.failed", "line one\nline two");
   const auto lines = linesOf(formatTimeline(run));
-  REQUIRE(lines.size() == 15);
+  REQUIRE(lines.size() == 21);
   CHECK(lines[4] == "started     2024-05-01T14:00:00.000+02:00");
   CHECK(lines[5] == "ended       -");
   CHECK(lines[6] == "duration    -");
   CHECK(lines[7] == "verdict     running");
   CHECK(lines[8] == "reason      -");
   CHECK(lines[11] == "-0.500  db [2J  probe.failed  line one line two");
-  CHECK(lines[13] == "probes");
+  CHECK(lines[13] == "faults");
   CHECK(lines[14] == "(none)");
+  CHECK(lines[16] == "probes");
+  CHECK(lines[17] == "(none)");
+  CHECK(lines[19] == "slos");
+  CHECK(lines[20] == "(none)");
 }
 
 TEST_CASE("formatRunList: one line per run, reasons cut") {
@@ -751,4 +763,89 @@ TEST_CASE("formatRunList: one line per run, reasons cut") {
   };
   CHECK(linesOf(formatRunList({held, violated})) == expected);
   CHECK(formatRunList({}) == "no runs\n");
+}
+
+TEST_CASE("record store: SLO checks with their SLIs, and probe values, kinds and guards, read back") {
+  auto store = openSqliteStore(":memory:");
+  store->createRun(makeRun("r-slo", 0));
+  v1::ProbeSample sample;
+  *sample.mutable_at() = TimeUtil::MillisecondsToTimestamp(1714564800000);
+  sample.set_probe("cpu");
+  sample.set_phase("during");
+  sample.set_ok(true);
+  sample.set_latency_ms(3.5);
+  sample.set_detail("0.25 < 0.8");
+  sample.set_kind("prometheus");
+  sample.set_guard(true);
+  sample.set_value(0.25);
+  store->addSample("r-slo", sample);
+  sample.clear_value();
+  sample.set_kind("http");
+  sample.set_guard(false);
+  store->addSample("r-slo", sample);
+
+  v1::SloCheck check;
+  *check.mutable_at() = TimeUtil::MillisecondsToTimestamp(1714564801000);
+  check.set_slo("api");
+  check.set_probe("web");
+  check.set_objective("p99 < 300ms and errors < 1%");
+  check.set_phase("during");
+  check.set_ok(false);
+  check.set_samples(12);
+  check.set_burn_rate(8.5);
+  auto* m = check.add_measures();
+  m->set_sli("p99");
+  m->set_value(412.5);
+  m->set_comparison("<");
+  m->set_threshold(300);
+  m->set_ok(false);
+  m = check.add_measures();
+  m->set_sli("errors");
+  m->set_value(8.5);
+  m->set_comparison("<");
+  m->set_threshold(1);
+  m->set_ok(false);
+  store->addSloCheck("r-slo", check);
+
+  auto run = store->getRun("r-slo");
+  REQUIRE(run.has_value());
+  REQUIRE(run->samples_size() == 2);
+  CHECK(run->samples(0).has_value());
+  CHECK(run->samples(0).value() == 0.25);
+  CHECK(run->samples(0).kind() == "prometheus");
+  CHECK(run->samples(0).guard());
+  CHECK_FALSE(run->samples(1).has_value());
+  REQUIRE(run->slo_checks_size() == 1);
+  CHECK(google::protobuf::util::MessageDifferencer::Equals(run->slo_checks(0), check));
+}
+
+TEST_CASE("record store: a schema 1 file is migrated to 2; its samples keep their values") {
+  TempDir dir;
+  const std::string path = dir.file("v1.db");
+  sqlite3* db = nullptr;
+  REQUIRE(sqlite3_open(path.c_str(), &db) == SQLITE_OK);
+  const char* v1 = R"sql(
+CREATE TABLE runs (run_id TEXT PRIMARY KEY NOT NULL, experiment TEXT NOT NULL, file_sha256 TEXT NOT NULL,
+  trigger TEXT NOT NULL, started_at INTEGER NOT NULL, ended_at INTEGER, verdict TEXT, reason TEXT NOT NULL DEFAULT '');
+CREATE INDEX runs_by_started_at ON runs (started_at);
+CREATE TABLE events (run_id TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE, seq INTEGER NOT NULL,
+  at INTEGER NOT NULL, host TEXT NOT NULL DEFAULT '', kind TEXT NOT NULL, message TEXT NOT NULL DEFAULT '',
+  verdict TEXT, PRIMARY KEY (run_id, seq));
+CREATE TABLE samples (run_id TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE, at INTEGER NOT NULL,
+  probe TEXT NOT NULL, phase TEXT NOT NULL, ok INTEGER NOT NULL, latency_ms REAL NOT NULL, detail TEXT NOT NULL DEFAULT '');
+CREATE INDEX samples_by_run ON samples (run_id, at);
+INSERT INTO runs VALUES ('old', 'e', 'sha', 'cli', 1, 2, 'held', 'fine');
+INSERT INTO samples VALUES ('old', 1, 'web', 'before', 1, 4.5, '200 in 4.5ms');
+PRAGMA user_version = 1;
+)sql";
+  REQUIRE(sqlite3_exec(db, v1, nullptr, nullptr, nullptr) == SQLITE_OK);
+  sqlite3_close(db);
+  auto store = openSqliteStore(path);
+  auto run = store->getRun("old");
+  REQUIRE(run.has_value());
+  REQUIRE(run->samples_size() == 1);
+  CHECK(run->samples(0).latency_ms() == 4.5);
+  CHECK(run->samples(0).kind().empty());
+  CHECK_FALSE(run->samples(0).has_value());
+  CHECK(run->slo_checks_size() == 0);
 }
