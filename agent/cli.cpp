@@ -28,7 +28,9 @@ int revertAllMain(const std::string& stateDir) {
   for (const auto& problem : found.problems) {
     report.failed.push_back(problem);
   }
-  if (auto cgroups = kernel::openCgroupTree()) {
+  if (report.agentRunning) {
+    // Leave the running agent's stress cgroups alone too.
+  } else if (auto cgroups = kernel::openCgroupTree()) {
     removeStressCgroups(**cgroups, report);
   } else {
     report.notes.push_back("no cgroup v2 hierarchy: no stress cgroup to look for");

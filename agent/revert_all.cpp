@@ -29,6 +29,14 @@ void revertJournal(const std::filesystem::path& stateDir, const QdiscTableOpener
     return;
   }
   auto opened = UndoJournal::open(stateDir);
+  if (!opened && opened.error().code == std::errc::device_or_resource_busy) {
+    report.agentRunning = true;
+    report.failed.push_back(fmt::format(
+        "{}; nothing was reverted or removed: a running agent reverts its own faults (stop it with SIGTERM, e.g. "
+        "systemctl stop faultline-agent, or use faultline halt), and sweeping now would remove its live faults",
+        opened.error().message));
+    return;
+  }
   if (!opened) {
     report.failed.push_back(
         fmt::format("the undo journal's open entries were not reverted: {}", opened.error().message));
@@ -94,6 +102,9 @@ RevertAllReport revertAllFaults(const std::filesystem::path& stateDir, const std
                                 const QdiscTableOpener& open) {
   RevertAllReport report;
   revertJournal(stateDir, open, report);
+  if (report.agentRunning) {
+    return report;
+  }
   for (const auto& netns : namespaces) {
     scanNamespace(netns, open, report);
   }

@@ -20,6 +20,9 @@ struct RevertAllReport {
   std::vector<std::string> notes;     // no journal, skipped journal lines, namespaces gone meanwhile
   size_t namespaces = 0;              // namespaces scanned
   size_t interfaces = 0;              // interfaces with a root qdisc seen in them
+  // A running agent holds stateDir's journal: nothing was touched (the sweep would remove that
+  // agent's live faults and lose the roots they saved); stop the agent, which reverts on SIGTERM.
+  bool agentRunning = false;
   // Nothing failed: every faultline root found is gone and every journal entry is closed.
   [[nodiscard]] bool clean() const { return failed.empty(); }
 };

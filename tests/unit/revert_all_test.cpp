@@ -89,6 +89,22 @@ TEST_CASE_FIXTURE(RevertAllFixture, "revert-all: the journal first, then faultli
   CHECK(again.removed.empty());
 }
 
+TEST_CASE_FIXTURE(RevertAllFixture, "revert-all with an agent running on the state directory touches nothing") {
+  journalVeth0();
+  auto running = UndoJournal::open(dir);  // the running agent holds the journal
+  REQUIRE(running.has_value());
+  const auto report = revertAll();
+  CHECK_FALSE(report.clean());
+  CHECK(report.agentRunning);
+  REQUIRE(report.failed.size() == 1);
+  CHECK(contains(report.failed[0], "in use by another running faultline agent"));
+  CHECK(contains(report.failed[0], "nothing was reverted or removed"));
+  CHECK(report.removed.empty());
+  CHECK(report.reverted.empty());
+  CHECK(kernel->rootOf(kNs, "veth0")->handle == kFaultlineRootHandle);  // the agent's live fault stays
+  CHECK(kernel->rootOf(kNamed, "eth1")->handle == kFaultlineRootHandle);
+}
+
 TEST_CASE_FIXTURE(RevertAllFixture, "revert-all without a journal deletes our roots and never creates one") {
   const auto missing = dir / "absent";
   const auto report = revertAllFaults(missing, {"", kNs, kNamed}, fakeQdiscOpener(kernel));
