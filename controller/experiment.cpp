@@ -2627,6 +2627,13 @@ tl::expected<Substitution, std::vector<Diagnostic>> substituteVariables(std::str
       at = close + 1;
       continue;
     }
+    if (sub.text.size() + (at - copiedFrom) + it->second.size() > kMaxExperimentBytes) {
+      // Stop before the text grows: 20,000 references to a 100 KB value would take gigabytes.
+      fail(at, fmt::format("with the --var values substituted, the file would exceed the 1 MiB ({} bytes) limit of "
+                           "experiment files; accepted: shorter values or fewer references",
+                           kMaxExperimentBytes));
+      return tl::unexpected(std::move(errors));
+    }
     copyLiteral(at);
     sub.segments.push_back({sub.text.size(), at, it->second.size(), false});
     sub.text += it->second;

@@ -672,6 +672,19 @@ TEST_CASE("--var: ${NAME} is replaced anywhere in the file; $${ is a literal ${"
   CHECK(waitAt(*result, 0).duration == 250ms);
 }
 
+TEST_CASE("--var: values that would grow the file past 1 MiB stop the substitution with an error") {
+  std::string yaml = std::string(kHeader) + "  description: \"";
+  for (int i = 0; i < 20'000; ++i) {
+    yaml += "${X}";
+  }
+  yaml += "\"\nmethod:\n  - wait: 1s\n";
+  auto result = parseExperiment(yaml, "big.yaml", Variables{{"X", std::string(100'000, 'x')}});
+  REQUIRE_FALSE(result.has_value());
+  REQUIRE(result.error().size() == 1);
+  CHECK(result.error()[0].line == 5);
+  CHECK(contains(result.error()[0].message, "would exceed the 1 MiB"));
+}
+
 TEST_CASE("--var: an undefined or malformed reference is an error at its ${, with a suggestion") {
   const std::string yaml = std::string(kHeader) +
                            "targets:\n"                     // 5
