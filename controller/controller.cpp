@@ -217,23 +217,7 @@ struct Controller::Impl final : v1::Control::CallbackService {
         host = a.hostname();
       }
     }
-    const char* kind = "fault.report";
-    switch (r.state()) {
-      case v1::FAULT_STATE_APPLIED:
-        kind = "fault.applied";
-        break;
-      case v1::FAULT_STATE_REVERTED:
-        kind = "fault.reverted";
-        break;
-      case v1::FAULT_STATE_EXPIRED:
-        kind = "fault.expired";
-        break;
-      case v1::FAULT_STATE_FAILED:
-        kind = "fault.failed";
-        break;
-      default:
-        break;
-    }
+    const std::string kind = faultEventKind(r.state());
     v1::RunEvent e;
     e.set_run_id(runId);
     *e.mutable_at() = r.has_at() ? r.at() : agent::nowTimestamp();

@@ -598,23 +598,7 @@ class RunState {
       host = h.host;
     }
     cv_.notify_all();
-    const char* kind = "fault.report";
-    switch (r.state()) {
-      case v1::FAULT_STATE_APPLIED:
-        kind = "fault.applied";
-        break;
-      case v1::FAULT_STATE_REVERTED:
-        kind = "fault.reverted";
-        break;
-      case v1::FAULT_STATE_EXPIRED:
-        kind = "fault.expired";
-        break;
-      case v1::FAULT_STATE_FAILED:
-        kind = "fault.failed";
-        break;
-      default:
-        break;
-    }
+    const std::string kind = faultEventKind(r.state());
     v1::RunEvent e = makeEvent(host, kind, r.error().empty() ? r.detail() : r.error());
     e.mutable_at()->CopyFrom(r.at());
     store_.addEvent(e);

@@ -270,6 +270,21 @@ std::string formatSloSummary(const v1::Run& run) {
 
 // The enum value's name without "VERDICT_", in lower case with spaces (held, violated, not
 // steady, aborted, error); "running" while there is none.
+std::string faultEventKind(v1::FaultState state) {
+  switch (state) {
+    case v1::FAULT_STATE_APPLIED:
+      return "fault.applied";
+    case v1::FAULT_STATE_REVERTED:
+      return "fault.reverted";
+    case v1::FAULT_STATE_EXPIRED:
+      return "fault.expired";
+    case v1::FAULT_STATE_FAILED:
+      return "fault.failed";
+    default:
+      return "fault.report";
+  }
+}
+
 std::string verdictWord(v1::Verdict verdict) {
   if (verdict == v1::VERDICT_UNSPECIFIED || !v1::Verdict_IsValid(verdict)) {
     return "running";

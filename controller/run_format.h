@@ -8,12 +8,16 @@
 #include <vector>
 
 #include "controller/experiment.h"
+#include "faultline/v1/agent_gateway.pb.h"
 #include "faultline/v1/control.pb.h"
 
 namespace faultline::controller {
 
 // held, violated, not steady, aborted, error; running while there is no verdict yet.
 [[nodiscard]] std::string verdictWord(v1::Verdict verdict);
+// The record's event kind for a fault report's state: fault.applied, fault.reverted,
+// fault.expired, fault.failed ("fault.report" for an unset state).
+[[nodiscard]] std::string faultEventKind(v1::FaultState state);
 
 // The run's header (id, experiment, trigger, first 12 characters of the file's sha256, start,
 // end, duration, verdict: held, violated, not steady, aborted, error or running, reason), its
