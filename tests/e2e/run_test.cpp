@@ -736,8 +736,10 @@ TEST_CASE_FIXTURE(testing::NetnsFixture,
         netns());
   }
   const std::string out = dir.path + "/out.txt";
-  const std::string cmd = fmt::format("exec {} run --local {}/long.yaml --db {}/long.db --state-dir {}/state > {} 2>&1",
-                                      FAULTLINE_BIN, dir.path, dir.path, dir.path, out);
+  // TMPDIR: the killed run cannot remove its private socket directory; let it die with dir.
+  const std::string cmd =
+      fmt::format("exec env TMPDIR={} {} run --local {}/long.yaml --db {}/long.db --state-dir {}/state > {} 2>&1",
+                  dir.path, FAULTLINE_BIN, dir.path, dir.path, dir.path, out);
   pid_t pid = 0;
   const char* argv[] = {"sh", "-c", cmd.c_str(), nullptr};
   REQUIRE(::posix_spawn(&pid, "/bin/sh", nullptr, nullptr, const_cast<char**>(argv), environ) == 0);
