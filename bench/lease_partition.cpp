@@ -183,7 +183,7 @@ int main(int argc, char** argv) {
     }
     pid_t run =
         spawnIn(c.path(), {FAULTLINE_BIN, "run", dir + "/long.yaml", "--controller", address}, dir + "/run.log");
-    if (!waitFor([&] { return rootOfVeth0().find("tbf fa17:") != std::string::npos; }, 30s)) {
+    if (!waitFor([&] { return rootOfVeth0().find("fa17:") != std::string::npos; }, 30s)) {
       std::cerr << "round " << r + 1 << ": the fault was not applied:\n" << slurp(dir + "/run.log") << slurp(agentLog);
       stop(run, SIGKILL);
       status = 1;
@@ -198,7 +198,7 @@ int main(int argc, char** argv) {
       break;
     }
     const auto down = std::chrono::system_clock::now();
-    const bool reverted = waitFor([&] { return rootOfVeth0().find("tbf") == std::string::npos; }, lease * 5, 2ms);
+    const bool reverted = waitFor([&] { return rootOfVeth0().find("fa17:") == std::string::npos; }, lease * 5, 2ms);
     const auto seen = std::chrono::system_clock::now();
     stop(run, SIGKILL);
     if (!reverted) {

@@ -1,5 +1,6 @@
 #include "controller/gateway.h"
 
+#include <condition_variable>
 #include <deque>
 
 #include <spdlog/spdlog.h>
@@ -61,6 +62,12 @@ class Gateway::Connection final : public grpc::ServerBidiReactor<v1::AgentMessag
   }
 
   void OnDone() override {
+    {
+      // gRPC frees the context after this returns: wait out an abandon() using it.
+      std::unique_lock lock(mutex_);
+      done_ = true;
+      cancelled_.wait(lock, [&] { return !cancelling_; });
+    }
     gateway_.gone(this);
     std::shared_ptr<Connection> self;
     {
@@ -89,12 +96,18 @@ class Gateway::Connection final : public grpc::ServerBidiReactor<v1::AgentMessag
   bool abandon() {
     {
       std::lock_guard lock(mutex_);
-      if (abandoned_) {
+      if (abandoned_ || done_) {
         return false;
       }
       abandoned_ = true;
+      cancelling_ = true;
     }
     context_->TryCancel();
+    {
+      std::lock_guard lock(mutex_);
+      cancelling_ = false;
+    }
+    cancelled_.notify_all();
     return true;
   }
 
@@ -260,6 +273,9 @@ class Gateway::Connection final : public grpc::ServerBidiReactor<v1::AgentMessag
   std::set<std::string> unexplained_;                // held at the last disconnect, not in Hello, not reported since
   std::chrono::steady_clock::time_point lastHeard_ = std::chrono::steady_clock::now();
   bool abandoned_ = false;
+  bool done_ = false;        // OnDone has begun: context_ is about to go
+  bool cancelling_ = false;  // abandon() is inside TryCancel
+  std::condition_variable cancelled_;
   std::shared_ptr<Connection> self_;
 };
 
