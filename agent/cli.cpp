@@ -139,20 +139,12 @@ int agentMain(int argc, char** argv) {
     return 3;
   }
   // Crash recovery, before the session connects: revert what an earlier run left behind.
-  std::vector<std::pair<std::string, std::string>> recovered;
+  // What it reverts is reported to the controller once the agent has registered.
   auto journal = openJournalAndRecover(
-      stateDir, [](const std::string& netns) { return kernel::openQdiscTable(netns); }, &recovered);
+      stateDir, [](const std::string& netns) { return kernel::openQdiscTable(netns); }, &options.initialReports);
   if (!journal) {
     std::cerr << "faultline-agent: --state-dir: " << journal.error().message << "\n";
     return 3;
-  }
-  for (const auto& [faultId, detail] : recovered) {
-    v1::FaultReport r;
-    r.set_fault_id(faultId);
-    r.set_state(v1::FAULT_STATE_EXPIRED);
-    r.set_detail(fmt::format("reverted by crash recovery when the agent started: {}", detail));
-    *r.mutable_at() = nowTimestamp();
-    options.initialReports.push_back(std::move(r));
   }
   spdlog::info("faultline-agent {} ({}) connecting to {}", options.agentId, options.hostname, options.controller);
   AgentRuntime runtime(std::move(options), true, std::move(*journal), std::move(policy));

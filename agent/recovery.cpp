@@ -1,5 +1,7 @@
 #include "agent/recovery.h"
 
+#include "agent/agent.h"
+
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
@@ -41,8 +43,7 @@ RecoveryReport recoverOpenFaults(UndoJournal& journal, const std::vector<Journal
 }
 
 tl::expected<std::unique_ptr<UndoJournal>, JournalError> openJournalAndRecover(
-    const std::filesystem::path& stateDir, const QdiscTableOpener& openTable,
-    std::vector<std::pair<std::string, std::string>>* revertedFaults) {
+    const std::filesystem::path& stateDir, const QdiscTableOpener& openTable, std::vector<v1::FaultReport>* recovered) {
   auto opened = UndoJournal::open(stateDir);
   if (!opened) {
     return tl::unexpected(opened.error());
@@ -61,8 +62,15 @@ tl::expected<std::unique_ptr<UndoJournal>, JournalError> openJournalAndRecover(
   for (const auto& line : report.failed) {
     spdlog::critical("recovery: {} (the host may still carry this fault)", line);
   }
-  if (revertedFaults != nullptr) {
-    revertedFaults->insert(revertedFaults->end(), report.revertedFaults.begin(), report.revertedFaults.end());
+  if (recovered != nullptr) {
+    for (const auto& [faultId, detail] : report.revertedFaults) {
+      v1::FaultReport r;
+      r.set_fault_id(faultId);
+      r.set_state(v1::FAULT_STATE_EXPIRED);
+      r.set_detail("reverted by crash recovery when the agent started: " + detail);
+      *r.mutable_at() = nowTimestamp();
+      recovered->push_back(std::move(r));
+    }
   }
   return std::move(opened->journal);
 }

@@ -16,6 +16,7 @@
 
 #include "agent/journal.h"
 #include "agent/net_driver.h"
+#include "faultline/v1/agent_gateway.pb.h"
 
 namespace faultline::agent {
 
@@ -44,10 +45,12 @@ using ResourceReverter = std::function<tl::expected<std::string, FaultError>(con
                                                const ResourceReverter& revertResource = revertResourceRecord);
 
 // Opens stateDir's journal, recovers as above (logging every line of the report) and returns the
-// journal for the Agent; the faults it reverted are appended to revertedFaults when given.
+// journal for the Agent. When recovered is given, each fault reverted is appended to it as an
+// EXPIRED report ("reverted by crash recovery when the agent started: ..."), for the agent to
+// send once it has registered (SessionOptions::initialReports).
 // errors: the journal's (e.g. a read-only state directory).
 [[nodiscard]] tl::expected<std::unique_ptr<UndoJournal>, JournalError> openJournalAndRecover(
     const std::filesystem::path& stateDir, const QdiscTableOpener& openTable,
-    std::vector<std::pair<std::string, std::string>>* revertedFaults = nullptr);
+    std::vector<v1::FaultReport>* recovered = nullptr);
 
 }  // namespace faultline::agent

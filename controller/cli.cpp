@@ -389,21 +389,15 @@ int runCommand(const RunOptions& o) {
       return kExitError;
     }
     std::filesystem::permissions(stateDir, std::filesystem::perms::owner_all, ec);
-    std::vector<std::pair<std::string, std::string>> recovered;
+    // What recovery reverts is recorded in the run it belonged to, when that run is in --db.
     auto journal = agent::openJournalAndRecover(
-        stateDir, [](const std::string& netns) { return kernel::openQdiscTable(netns); }, &recovered);
+        stateDir, [](const std::string& netns) { return kernel::openQdiscTable(netns); }, &so.initialReports);
     if (!journal) {
       std::cerr << "faultline: --local: " << journal.error().message << "\n";
       return kExitError;
     }
-    for (const auto& [faultId, detail] : recovered) {
-      std::cerr << fmt::format("faultline: recovered fault {} left by an earlier run: {}\n", faultId, detail);
-      v1::FaultReport r;  // recorded in that run's record, when it is in --db
-      r.set_fault_id(faultId);
-      r.set_state(v1::FAULT_STATE_EXPIRED);
-      r.set_detail("reverted by crash recovery when the agent started: " + detail);
-      *r.mutable_at() = agent::nowTimestamp();
-      so.initialReports.push_back(std::move(r));
+    for (const auto& r : so.initialReports) {
+      std::cerr << fmt::format("faultline: recovered fault {} left by an earlier run: {}\n", r.fault_id(), r.detail());
     }
     localAgent = std::make_unique<agent::AgentRuntime>(so, true, std::move(*journal));
     localAgent->start();

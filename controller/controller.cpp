@@ -232,17 +232,27 @@ struct Controller::Impl final : v1::Control::CallbackService {
     }
   }
 
-  grpc::ServerUnaryReactor* SubmitRun(grpc::CallbackServerContext* ctx, const v1::SubmitRunRequest* req,
-                                      v1::SubmitRunResponse* resp) override {
-    const std::string fileName = req->file_name().empty() ? "experiment.yaml" : req->file_name();
+  // The request's experiment with its variables, or INVALID_ARGUMENT listing every diagnostic.
+  static tl::expected<Experiment, grpc::Status> parseRequest(const v1::SubmitRunRequest& req,
+                                                             const std::string& fileName) {
     auto parsed =
-        parseExperiment(req->experiment(), fileName, Variables(req->variables().begin(), req->variables().end()));
+        parseExperiment(req.experiment(), fileName, Variables(req.variables().begin(), req.variables().end()));
     if (!parsed) {
       std::string text;
       for (const auto& d : parsed.error()) {
         text += format(d) + "\n";
       }
-      return finishNow(ctx, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, text));
+      return tl::unexpected(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, text));
+    }
+    return std::move(*parsed);
+  }
+
+  grpc::ServerUnaryReactor* SubmitRun(grpc::CallbackServerContext* ctx, const v1::SubmitRunRequest* req,
+                                      v1::SubmitRunResponse* resp) override {
+    const std::string fileName = req->file_name().empty() ? "experiment.yaml" : req->file_name();
+    auto parsed = parseRequest(*req, fileName);
+    if (!parsed) {
+      return finishNow(ctx, parsed.error());
     }
     auto run = std::make_shared<ActiveRun>();
     run->id = newRunId();
@@ -342,14 +352,9 @@ struct Controller::Impl final : v1::Control::CallbackService {
   grpc::ServerUnaryReactor* PlanRun(grpc::CallbackServerContext* ctx, const v1::SubmitRunRequest* req,
                                     v1::RunPlan* resp) override {
     const std::string fileName = req->file_name().empty() ? "experiment.yaml" : req->file_name();
-    auto parsed =
-        parseExperiment(req->experiment(), fileName, Variables(req->variables().begin(), req->variables().end()));
+    auto parsed = parseRequest(*req, fileName);
     if (!parsed) {
-      std::string text;
-      for (const auto& d : parsed.error()) {
-        text += format(d) + "\n";
-      }
-      return finishNow(ctx, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, text));
+      return finishNow(ctx, parsed.error());
     }
     auto plan = planRun(*parsed, gateway.agents(), std::random_device{}());
     if (!plan) {

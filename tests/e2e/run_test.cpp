@@ -676,35 +676,53 @@ method:
   (*demo)->stop();
 }
 
+namespace {
+
+// dir/long.yaml: a 10-minute network.bandwidth fault on veth0 of netns, for run --local.
+void writeLongLocal(const std::string& dir, const std::string& netns) {
+  std::ofstream f(dir + "/long.yaml");
+  f << fmt::format(
+      "apiVersion: faultline/v1\nkind: Experiment\nmetadata:\n  name: long\nmethod:\n"
+      "  - fault:\n      type: network.bandwidth\n      duration: 10m\n"
+      "      target: {{interface: veth0, netns: {}}}\n      rate: 1mbit\n",
+      netns);
+}
+
+std::string slurp(const std::string& path) {
+  std::ifstream in(path);
+  return {std::istreambuf_iterator<char>(in), {}};
+}
+
+// Starts `faultline run --local dir/long.yaml` (records and state in dir, output to out) and
+// returns its pid once the fault is applied. TMPDIR=dir: a run killed with SIGKILL cannot remove
+// its private socket directory; it then goes with dir.
+pid_t startLocalRun(const std::string& dir, const std::string& out) {
+  const std::string cmd =
+      fmt::format("exec env TMPDIR={} {} run --local {}/long.yaml --db {}/long.db --state-dir {}/state > {} 2>&1", dir,
+                  FAULTLINE_BIN, dir, dir, dir, out);
+  pid_t pid = 0;
+  const char* argv[] = {"sh", "-c", cmd.c_str(), nullptr};
+  REQUIRE(::posix_spawn(&pid, "/bin/sh", nullptr, nullptr, const_cast<char**>(argv), environ) == 0);
+  std::string text;
+  for (int i = 0; i < 200 && text.find("fault.applied") == std::string::npos; ++i) {
+    std::this_thread::sleep_for(50ms);
+    text = slurp(out);
+  }
+  REQUIRE_MESSAGE(text.find("fault.applied") != std::string::npos, text);
+  return pid;
+}
+
+}  // namespace
+
 TEST_CASE_FIXTURE(
     testing::NetnsFixture,
     "SIGTERM, Ctrl-C, SIGHUP or SIGQUIT during faultline run reverts the fault, records 'aborted', exits 2") {
   TempDir dir;
-  {
-    std::ofstream f(dir.path + "/long.yaml");
-    f << fmt::format(
-        "apiVersion: faultline/v1\nkind: Experiment\nmetadata:\n  name: long\nmethod:\n"
-        "  - fault:\n      type: network.bandwidth\n      duration: 10m\n"
-        "      target: {{interface: veth0, netns: {}}}\n      rate: 1mbit\n",
-        netns());
-  }
+  writeLongLocal(dir.path, netns());
   for (int sig : {SIGTERM, SIGINT, SIGHUP, SIGQUIT}) {
     CAPTURE(sig);
     const std::string out = dir.path + "/out.txt";
-    const std::string cmd =
-        fmt::format("exec {} run --local {}/long.yaml --db {}/long.db --state-dir {}/state > {} 2>&1", FAULTLINE_BIN,
-                    dir.path, dir.path, dir.path, out);
-    pid_t pid = 0;
-    const char* argv[] = {"sh", "-c", cmd.c_str(), nullptr};
-    REQUIRE(::posix_spawn(&pid, "/bin/sh", nullptr, nullptr, const_cast<char**>(argv), environ) == 0);
-    // Wait until the fault is applied.
-    std::string text;
-    for (int i = 0; i < 200 && text.find("fault.applied") == std::string::npos; ++i) {
-      std::this_thread::sleep_for(50ms);
-      std::ifstream in(out);
-      text.assign(std::istreambuf_iterator<char>(in), {});
-    }
-    REQUIRE_MESSAGE(text.find("fault.applied") != std::string::npos, text);
+    const pid_t pid = startLocalRun(dir.path, out);
     CHECK(testing::sh(fmt::format("nsenter --net={} tc qdisc show dev veth0", netns())).output.find("tbf") !=
           std::string::npos);
     const auto sent = std::chrono::steady_clock::now();
@@ -712,8 +730,7 @@ TEST_CASE_FIXTURE(
     int status = 0;
     REQUIRE(::waitpid(pid, &status, 0) == pid);
     const auto took = std::chrono::steady_clock::now() - sent;
-    std::ifstream in(out);
-    text.assign(std::istreambuf_iterator<char>(in), {});
+    const std::string text = slurp(out);
     INFO(text);
     CHECK(WIFEXITED(status));
     CHECK(WEXITSTATUS(status) == 2);
@@ -727,29 +744,10 @@ TEST_CASE_FIXTURE(
 TEST_CASE_FIXTURE(testing::NetnsFixture,
                   "run --local killed with SIGKILL mid-fault: the next run --local on its state directory reverts it") {
   TempDir dir;
-  {
-    std::ofstream f(dir.path + "/long.yaml");
-    f << fmt::format(
-        "apiVersion: faultline/v1\nkind: Experiment\nmetadata:\n  name: long\nmethod:\n"
-        "  - fault:\n      type: network.bandwidth\n      duration: 10m\n"
-        "      target: {{interface: veth0, netns: {}}}\n      rate: 1mbit\n",
-        netns());
-  }
+  writeLongLocal(dir.path, netns());
   const std::string out = dir.path + "/out.txt";
-  // TMPDIR: the killed run cannot remove its private socket directory; let it die with dir.
-  const std::string cmd =
-      fmt::format("exec env TMPDIR={} {} run --local {}/long.yaml --db {}/long.db --state-dir {}/state > {} 2>&1",
-                  dir.path, FAULTLINE_BIN, dir.path, dir.path, dir.path, out);
-  pid_t pid = 0;
-  const char* argv[] = {"sh", "-c", cmd.c_str(), nullptr};
-  REQUIRE(::posix_spawn(&pid, "/bin/sh", nullptr, nullptr, const_cast<char**>(argv), environ) == 0);
-  std::string text;
-  for (int i = 0; i < 200 && text.find("fault.applied") == std::string::npos; ++i) {
-    std::this_thread::sleep_for(50ms);
-    std::ifstream in(out);
-    text.assign(std::istreambuf_iterator<char>(in), {});
-  }
-  REQUIRE_MESSAGE(text.find("fault.applied") != std::string::npos, text);
+  const pid_t pid = startLocalRun(dir.path, out);
+  const std::string text = slurp(out);
   // While it runs, a second run --local on the same state directory is refused, and changes nothing.
   auto r = testing::sh(fmt::format("{} run --local {}/long.yaml --db {}/other.db --state-dir {}/state", FAULTLINE_BIN,
                                    dir.path, dir.path, dir.path));
@@ -812,11 +810,6 @@ struct Child {
   }
   pid_t pid = -1;
 };
-
-std::string slurp(const std::string& path) {
-  std::ifstream in(path);
-  return {std::istreambuf_iterator<char>(in), {}};
-}
 
 // A fake agent speaking AgentGateway to a real controller (no kernel): the test decides what it
 // holds, reports and when it disconnects.
