@@ -201,6 +201,10 @@ void Session::stop() {
     stream_->detach(std::chrono::seconds{5});
     stream_.reset();
   }
+  for (auto& dying : dying_) {
+    dying->detach(std::chrono::seconds{5});
+  }
+  dying_.clear();
   welcomed_ = false;
 }
 
@@ -239,7 +243,9 @@ void Session::connect() {
 
 void Session::onStreamDone(Stream* stream, const std::string& why) {
   if (stream_.get() != stream) {
-    return;  // an old stream
+    // An old stream, e.g. one dropped on a lease expiry: its OnDone has run.
+    std::erase_if(dying_, [stream](const auto& d) { return d.get() == stream; });
+    return;
   }
   stream_.reset();
   welcomed_ = false;
@@ -273,6 +279,7 @@ void Session::armLease() {
       auto dead = stream_;
       onStreamDone(dead.get(), why);
       dead->cancel();
+      dying_.push_back(std::move(dead));
     }
     if (agent_.activeCount() > 0) {
       spdlog::warn("{}; reverting every fault", why);

@@ -66,6 +66,9 @@ class Session {
   Agent& agent_;
   SessionOptions options_;
   std::shared_ptr<Stream> stream_;
+  // Streams dropped on a lease expiry and cancelled, whose OnDone has not run yet: stop() waits
+  // for them too, so that no gRPC reaction posts to the io_context after the session is gone.
+  std::vector<std::shared_ptr<Stream>> dying_;
   boost::asio::steady_timer reconnectTimer_;
   boost::asio::steady_timer leaseTimer_;
   boost::asio::steady_timer heartbeatTimer_;
