@@ -248,6 +248,7 @@ struct SystemDrivers::Impl {
         stress(cgroups.get()),
         squeeze(cgroups.get()) {
     network.setExempt(std::move(exempt));
+    network.setTargetResolver(&targets);
   }
   static std::unique_ptr<kernel::CgroupTree> openCgroups() {
     auto tree = kernel::openCgroupTree();
@@ -261,6 +262,9 @@ struct SystemDrivers::Impl {
   std::unique_ptr<kernel::ProcessTable> killTable = kernel::openProcessTable();
   std::unique_ptr<kernel::ProcessTable> pauseTable = kernel::openProcessTable();
   std::unique_ptr<kernel::CgroupTree> cgroups;
+  // Its own table too: a network fault's netns_process selector is read on the io thread.
+  std::unique_ptr<kernel::ProcessTable> netnsTable = kernel::openProcessTable();
+  NetworkTargetResolver targets{netnsTable.get()};
   NetworkFaultDriver network{[](const std::string& netns) { return kernel::openQdiscTable(netns); }};
   ProcessKillDriver kill;
   ProcessPauseDriver pause;

@@ -11,6 +11,7 @@
 #include "agent/kernel/cgroup_tree.h"
 #include "agent/kernel/netns.h"
 #include "agent/kernel/qdisc_table.h"
+#include "agent/net_target.h"
 #include "agent/policy.h"
 #include "agent/recovery.h"
 #include "agent/revert_all.h"
@@ -27,6 +28,15 @@ int revertAllMain(const std::string& stateDir) {
       revertAllFaults(stateDir, found.paths, [](const std::string& netns) { return kernel::openQdiscTable(netns); });
   for (const auto& problem : found.problems) {
     report.failed.push_back(problem);
+  }
+  if (!report.agentRunning && report.clean()) {
+    // The namespaces faultline pinned (a netns chosen by process) were swept above: unpin them.
+    for (auto& problem : releaseAllNetnsPins(std::filesystem::path(kNetnsPinDir))) {
+      report.failed.push_back(std::move(problem));
+    }
+  } else if (!report.agentRunning) {
+    report.notes.push_back(
+        fmt::format("namespace pins in {} kept, so that what failed above can still be reached", kNetnsPinDir));
   }
   if (report.agentRunning) {
     // Leave the running agent's stress cgroups alone too.

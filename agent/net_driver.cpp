@@ -366,8 +366,12 @@ tl::expected<Plan, FaultError> planFor(const v1::FaultSpec& spec, const std::vec
     first.insert(first.end(), fromController.begin(), fromController.end());
     plan.filters.insert(plan.filters.begin(), first.begin(), first.end());
   }
+  // Both are resolved before planning when the driver has a target resolver (the agent's has one).
   if (target->interface() == kDefaultRouteInterface) {
     return notYet("interface default (the interface of the default route)");
+  }
+  if (target->has_netns_process()) {
+    return notYet("a network namespace chosen by process");
   }
   return plan;
 }
@@ -629,6 +633,43 @@ NetworkFaultDriver::NetworkFaultDriver(QdiscTableOpener open) : open_(std::move(
 
 tl::expected<std::unique_ptr<AppliedFault>, FaultError> NetworkFaultDriver::apply(const v1::FaultSpec& spec,
                                                                                   const PersistUndo& persist) {
+  const v1::NetworkTarget* target = networkTarget(spec);
+  if (resolver_ == nullptr || target == nullptr || !validateFaultSpec(spec)) {
+    return applyResolved(spec, persist);  // validation errors are reported there
+  }
+  auto resolved = resolver_->resolve(*target, faultKindName(spec));
+  if (!resolved) {
+    return tl::unexpected(resolved.error());
+  }
+  v1::FaultSpec concrete = spec;
+  // networkTarget() points into concrete, which is not const: the cast only undoes the accessor's.
+  auto* t = const_cast<v1::NetworkTarget*>(networkTarget(concrete));
+  t->clear_netns_process();
+  t->set_netns(resolved->netns);
+  t->set_interface(resolved->interface);
+  PersistUndo persistResolved;
+  if (persist) {
+    persistResolved = [&persist, &resolved](const nlohmann::json& undo) {
+      nlohmann::json record = undo;
+      addResolvedTarget(record, *resolved);
+      return persist(record);
+    };
+  }
+  auto applied = applyResolved(concrete, persistResolved);
+  if (!applied) {
+    // A fault that may still be in place keeps its pin: the recovery reverts it through the pin.
+    if (!resolved->pin.empty() && !applied.error().mayBeChanged) {
+      if (auto released = releaseNetnsPin(resolved->pin); !released) {
+        applied.error().message += "; " + released.error();
+      }
+    }
+    return applied;
+  }
+  return withResolvedTarget(std::move(*applied), std::move(*resolved));
+}
+
+tl::expected<std::unique_ptr<AppliedFault>, FaultError> NetworkFaultDriver::applyResolved(const v1::FaultSpec& spec,
+                                                                                          const PersistUndo& persist) {
   if (auto valid = validateFaultSpec(spec); !valid) {
     const auto name = faultKindName(spec);
     return tl::unexpected(faultError(std::make_error_code(std::errc::invalid_argument),

@@ -15,7 +15,8 @@
 // qdisc FA18: below it, and u32 filters (traffic_match.h) steering matched packets to FA17:1; a
 // step that fails removes the half-built tree (puts the saved root back) before the error is
 // returned, and the message names the step (and the module: sch_htb, cls_u32, sch_netem).
-// ENOTSUP, before anything is read: direction ingress or both, interface "default" (not built).
+// ENOTSUP, before anything is read: direction ingress or both; interface "default" or a netns
+// chosen by process when the driver has no target resolver (setTargetResolver()).
 // revert(): if the root is still faultline's, restores the saved root qdisc byte for byte, or
 // deletes ours when the saved one was the kernel's default (handle 0:), then reads back to verify.
 // It succeeds with nothing to do when the interface or the namespace no longer exists (the fault
@@ -35,6 +36,7 @@
 
 #include "agent/fault.h"
 #include "agent/kernel/qdisc_table.h"
+#include "agent/net_target.h"
 #include "agent/traffic_match.h"
 
 namespace faultline::agent {
@@ -65,6 +67,11 @@ class NetworkFaultDriver final : public FaultDriver {
   // without a match, the fault's filters then match all IPv4 and IPv6 packets (ARP and other
   // non-IP frames bypass it). Call before apply(); not thread-safe.
   void setExempt(std::vector<Endpoint> endpoints) { exempt_ = std::move(endpoints); }
+  // Resolves targets before they are planned (net_target.h): interface "default", netns_process,
+  // and a netns path that is the agent's own namespace. Without one (tests with a fake table),
+  // "default" and netns_process are refused with ENOTSUP and paths are taken as they are.
+  // resolver must outlive the driver. Call before apply(); not thread-safe.
+  void setTargetResolver(NetworkTargetResolver* resolver) { resolver_ = resolver; }
   // apply() calls persist (when set) with the undo record after reading the root and before
   // replacing it:
   //   {"fault":"network.bandwidth","netns":"/var/run/netns/a" or "","interface":"veth0",
@@ -83,8 +90,11 @@ class NetworkFaultDriver final : public FaultDriver {
                                                                           const QdiscTableOpener& open);
 
  private:
+  [[nodiscard]] tl::expected<std::unique_ptr<AppliedFault>, FaultError> applyResolved(const v1::FaultSpec& spec,
+                                                                                      const PersistUndo& persist);
   QdiscTableOpener open_;
   std::vector<Endpoint> exempt_;
+  NetworkTargetResolver* resolver_ = nullptr;
 };
 
 // The interface name that stands for the namespace's default-route interface.

@@ -1,11 +1,42 @@
 #include "agent/recovery.h"
 
 #include "agent/agent.h"
+#include "agent/net_target.h"
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
+#include <nlohmann/json.hpp>
 
 namespace faultline::agent {
+
+namespace {
+
+// NetworkFaultDriver::revertRecord, with the namespace found again by its identity when its path
+// no longer names it, and the namespace's pin released once the fault is reverted.
+tl::expected<std::string, FaultError> revertNetworkRecord(nlohmann::json undo, const QdiscTableOpener& openTable) {
+  const auto relocation = relocateNetns(undo);
+  std::string note;
+  tl::expected<std::string, FaultError> reverted;
+  if (relocation.state == NetnsRelocation::State::kGone) {
+    reverted = relocation.note + "; nothing to revert";
+  } else {
+    if (relocation.state == NetnsRelocation::State::kMoved) {
+      note = " (" + relocation.note + ")";
+    }
+    reverted = NetworkFaultDriver::revertRecord(undo, openTable);
+  }
+  if (!reverted) {
+    return reverted;
+  }
+  if (undo.is_object() && undo.contains("pin") && undo["pin"].is_string()) {
+    if (auto released = releaseNetnsPin(undo["pin"].get<std::string>()); !released) {
+      note += "; " + released.error();
+    }
+  }
+  return *reverted + note;
+}
+
+}  // namespace
 
 RecoveryReport recoverOpenFaults(UndoJournal& journal, const std::vector<JournalEntry>& open,
                                  const QdiscTableOpener& openTable, const ResourceReverter& revertResource) {
@@ -18,9 +49,8 @@ RecoveryReport recoverOpenFaults(UndoJournal& journal, const std::vector<Journal
       report.revertedFaults.emplace_back(entry.faultId, "nothing to undo");
       closeIt = true;
     } else {
-      auto reverted = entry.kind.rfind("network.", 0) == 0 || entry.kind.empty()
-                          ? NetworkFaultDriver::revertRecord(entry.undo, openTable)
-                          : revertResource(entry);
+      const bool network = entry.kind.rfind("network.", 0) == 0 || entry.kind.empty();
+      auto reverted = network ? revertNetworkRecord(entry.undo, openTable) : revertResource(entry);
       if (reverted) {
         report.reverted.push_back(fmt::format("{}: reverted: {}", name, *reverted));
         report.revertedFaults.emplace_back(entry.faultId, *reverted);

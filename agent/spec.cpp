@@ -79,6 +79,8 @@ tl::expected<void, SpecError> validatePorts(const std::string& field,
   return {};
 }
 
+tl::expected<void, SpecError> validateSelector(const v1::ProcessSelector& s, const std::string& at);
+
 tl::expected<void, SpecError> validateTarget(const v1::NetworkTarget& t, bool bothAllowed) {
   if (!isValidInterfaceName(t.interface())) {
     return fail("interface", fmt::format("'{}' is not a Linux interface name: 1-15 bytes, no '/', ':' or "
@@ -90,6 +92,21 @@ tl::expected<void, SpecError> validateTarget(const v1::NetworkTarget& t, bool bo
     return fail("netns", fmt::format("'{}' is not an absolute path; use /var/run/netns/NAME or "
                                      "/proc/PID/ns/net, or leave it out for the agent's own namespace",
                                      t.netns()));
+  }
+  if (t.has_netns_process()) {
+    const auto& p = t.netns_process();
+    if (!t.netns().empty()) {
+      return fail("netns",
+                  fmt::format("is both the path '{}' and a process selector; accepted: one of them", t.netns()));
+    }
+    if (auto r = validateSelector(p, "netns."); !r) {
+      return r;
+    }
+    if (p.count() > 0 || p.percent() != 0) {
+      return fail(p.count() > 0 ? "netns.count" : "netns.percent",
+                  "is not accepted here: the namespace is the one every process the selector picks is in; "
+                  "accepted: pid, name, cmdline, cgroup, systemdUnit or pidfile alone");
+    }
   }
   if (!v1::Direction_IsValid(t.direction()) || (t.direction() == v1::DIRECTION_BOTH && !bothAllowed)) {
     return fail("direction",

@@ -29,7 +29,8 @@ struct SpecError {
 
 // Checks every field and the rules between fields; never touches the kernel.
 // Accepts: interface names of 1-15 bytes without '/', ':' or whitespace (or "default"); netns
-// empty or an absolute path; direction egress or ingress (both: network.partition only); match
+// empty or an absolute path, or instead netns_process: a process selector (as below, fields
+// "netns.pid", ...) without count or percent; direction egress or ingress (both: network.partition only); match
 // CIDRs of one address family, ports 1-65535 with protocol tcp or udp; delay in (0, 1 h], jitter in
 // [0, delay], a distribution other than uniform only with jitter; percentages in [0, 100] (the
 // fault's own percent in (0, 100]); Gilbert-Elliott p in (0, 100] without percent/correlation;

@@ -266,7 +266,8 @@ YAML::Mark markOf(const Field& map, const std::string& dotted) {
 
 // Where validateFaultSpec()'s field lives in the experiment file, relative to the fault map.
 std::string filePathOfSpecField(const v1::FaultSpec& spec, const std::string& field) {
-  if (field == "interface" || field == "netns" || field == "direction" || field.rfind("match.", 0) == 0) {
+  if (field == "interface" || field == "netns" || field == "direction" || field.rfind("match.", 0) == 0 ||
+      field.rfind("netns.", 0) == 0) {
     return "target." + field;
   }
   if (spec.kind_case() == v1::FaultSpec::kProcessKill && (field == "pid" || field == "name")) {
@@ -477,6 +478,10 @@ bool neutralise(v1::FaultSpec& spec, const std::string& field) {
     target->clear_netns();
     return true;
   }
+  if (target != nullptr && field.rfind("netns.", 0) == 0) {
+    target->clear_netns_process();
+    return true;
+  }
   if (target != nullptr && field == "direction") {
     target->clear_direction();
     return true;
@@ -551,6 +556,7 @@ class Parser {
   std::optional<uint32_t> packets(const Field& f);
   std::vector<Field> scalarList(const Field& f, std::string_view accepted);
   std::optional<v1::ProcessSelector> parseProcess(const MapNode& fault);
+  std::optional<v1::ProcessSelector> parseSelector(const Field& f, std::string_view accepted);
   std::optional<uint64_t> bytes64(const Field& f);
   std::optional<double> number(const Field& f, std::string_view accepted);
   void checkFaultKeys(const MapNode& m, const FaultType* type);
@@ -1932,7 +1938,14 @@ std::optional<v1::NetworkTarget> Parser::parseNetworkTarget(const MapNode& fault
     }
   }
   if (auto netns = lookup(*m, "netns")) {
-    if (auto v = scalar(*netns, "a path such as /var/run/netns/NAME or /proc/PID/ns/net")) {
+    constexpr std::string_view netnsAccepted =
+        "a path such as /var/run/netns/NAME or /proc/PID/ns/net, or the processes whose namespace it is, "
+        "e.g. {pid: 4242}, {name: nginx} or {systemdUnit: orders}";
+    if (netns->value.IsMap()) {
+      if (auto selector = parseSelector(*netns, netnsAccepted)) {
+        *target.mutable_netns_process() = std::move(*selector);
+      }
+    } else if (auto v = scalar(*netns, netnsAccepted)) {
       target.set_netns(*v);
     }
   }
@@ -2095,7 +2108,12 @@ std::optional<v1::ProcessSelector> Parser::parseProcess(const MapNode& fault) {
   if (!f) {
     return std::nullopt;
   }
-  auto m = openMap(*f, accepted);
+  return parseSelector(*f, accepted);
+}
+
+// A process selector map (process: or a network target's netns:).
+std::optional<v1::ProcessSelector> Parser::parseSelector(const Field& f, std::string_view accepted) {
+  auto m = openMap(f, accepted);
   if (!m) {
     return std::nullopt;
   }

@@ -1021,3 +1021,50 @@ TEST_CASE("bad probes and SLOs: file, line, column, field") {
     }
   }
 }
+
+TEST_CASE("a network target's netns may be a path or the processes whose namespace it is") {
+  auto parsed = parseExperiment(std::string(kHeader) +
+                                    "method:\n"
+                                    "  - fault:\n"
+                                    "      type: network.delay\n"
+                                    "      duration: 1s\n"
+                                    "      target: {interface: default, netns: {systemdUnit: orders}}\n"
+                                    "      delay: 100ms\n"
+                                    "  - fault:\n"
+                                    "      type: network.loss\n"
+                                    "      duration: 1s\n"
+                                    "      target: {interface: eth0, netns: {pid: 4242}}\n"
+                                    "      percent: 5\n",
+                                "netns.yaml");
+  REQUIRE_MESSAGE(parsed.has_value(), (parsed ? "" : allDiagnostics(parsed.error())));
+  const auto& delay = faultAt(*parsed, 0).spec.network_delay().target();
+  CHECK(delay.interface() == "default");
+  CHECK(delay.netns().empty());
+  CHECK(delay.netns_process().systemd_unit() == "orders");
+  CHECK(faultAt(*parsed, 1).spec.network_loss().target().netns_process().pid() == 4242);
+}
+
+TEST_CASE("a netns selector is checked like a process selector, without count or percent") {
+  const std::string yaml = std::string(kHeader) +
+                           "method:\n"                                                        // 5
+                           "  - fault:\n"                                                     // 6
+                           "      type: network.loss\n"                                       // 7
+                           "      duration: 1s\n"                                             // 8
+                           "      target: {interface: eth0, netns: {name: web, count: 1}}\n"  // 9
+                           "      percent: 5\n"                                               // 10
+                           "  - fault:\n"                                                     // 11
+                           "      type: network.loss\n"                                       // 12
+                           "      duration: 1s\n"                                             // 13
+                           "      target: {interface: eth0, netns: {pid: 1}}\n"               // 14
+                           "      percent: 5\n"                                               // 15
+                           "  - fault:\n"                                                     // 16
+                           "      type: network.loss\n"                                       // 17
+                           "      duration: 1s\n"                                             // 18
+                           "      target: {interface: eth0, netns: {nmae: web}}\n"            // 19
+                           "      percent: 5\n";                                              // 20
+  const std::vector<Diagnostic> d = errorsOf(yaml);
+  CAPTURE(allDiagnostics(d));
+  CHECK(hasDiagnostic(d, "method[0].fault.target.netns.count", 9, "not accepted here"));
+  CHECK(hasDiagnostic(d, "method[1].fault.target.netns.pid", 14, "greater than 1"));
+  CHECK(hasDiagnostic(d, "method[2].fault.target.netns.nmae", 19, "name"));
+}
