@@ -113,4 +113,9 @@ expect_invalid("two selectors", fault + "{type: process.pause, process: {name: x
 expect_invalid("count and percent", fault + "{type: process.kill, process: {name: x, count: 1, percent: 5}}\n")
 expect_invalid("stress.memory without bytes", fault + "{type: stress.memory}\n")
 
+expect_valid("netns by process", header + "method:\n  - fault: {type: network.loss, target: "
+             "{interface: eth0, netns: {systemdUnit: orders}}, percent: 5}\n")
+expect_invalid("netns with count", header + "method:\n  - fault: {type: network.loss, target: "
+               "{interface: eth0, netns: {name: x, count: 1}}, percent: 5}\n")
+
 sys.exit(1 if failures else 0)
