@@ -2150,7 +2150,7 @@ std::optional<v1::ProcessSelector> Parser::parseSelector(const Field& f, std::st
   v1::ProcessSelector selector;
   const auto& [key, field] = given.front();
   if (key == "pid") {
-    if (auto v = integer(field, 2, kMaxPidsMax, "a process id (pid 1 is never a target)")) {
+    if (auto v = integer(field, 2, kMaxPidsMax, "a process id greater than 1 (pid 1 is never a target)")) {
       selector.set_pid(static_cast<int32_t>(*v));
     }
   } else if (auto v = scalar(field, "a string")) {
