@@ -181,7 +181,7 @@ void Agent::finish(const std::string& faultId, v1::FaultState endState, std::str
     return;
   }
   it->second.timer->cancel();
-  const std::string detail = it->second.applied->describe();
+  const std::string detail = it->second.applied->describeRevert(why);
   auto hits = it->second.applied->processHits();
   const bool journalled = it->second.journalled;
   faults_.erase(it);
@@ -192,7 +192,7 @@ void Agent::finish(const std::string& faultId, v1::FaultState endState, std::str
   v1::FaultReport r;
   r.set_fault_id(faultId);
   r.set_state(endState);
-  r.set_detail(fmt::format("reverted ({}): {}", why, detail));
+  r.set_detail(detail);
   for (auto& hit : hits) {
     *r.add_processes() = std::move(hit);
   }

@@ -94,10 +94,13 @@ int agentMain(int argc, char** argv) {
                  "the built-in policy applies (maxDuration 1h, sshd protected)");
   auto* revertAll = app.add_subcommand(
       "revert-all",
-      "Without a controller: revert every fault the undo journal still holds open, then delete every root "
-      "qdisc with faultline's handle (fa17:) in every network namespace found (this process's, /run/netns/*, "
-      "those of /proc/*/ns/net); nothing else is touched. Prints each thing done. Exit status 0 when no "
-      "faultline fault is left, 1 when something could not be removed. Stop the agent first.");
+      "Without a controller: revert every fault the undo journal still holds open (network faults, paused "
+      "processes resumed, squeezed cgroups restored, stress cgroups removed), then delete every root qdisc with "
+      "faultline's handle (fa17:) in every network namespace found (this process's, /run/netns/*, those of "
+      "/proc/*/ns/net), then kill the workers of and remove every stress cgroup (faultline-stress-*) in the "
+      "cgroup v2 hierarchy, journal or not (skipped while an agent runs on the state directory); nothing else "
+      "is touched. Prints each thing done. Exit status 0 when no faultline fault is left, 1 when something "
+      "could not be removed. Stop the agent first.");
   revertAll
       ->add_option("--state-dir", stateDir,
                    "the agent's state directory (its journal, when there is one, is recovered; none is created)")

@@ -7,6 +7,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <system_error>
 #include <vector>
 
@@ -39,6 +40,12 @@ class AppliedFault {
   [[nodiscard]] virtual tl::expected<void, FaultError> revert() = 0;
   // What the fault changed, e.g. "netem delay 100ms on veth0 in /var/run/netns/a (root was noqueue)".
   [[nodiscard]] virtual std::string describe() const = 0;
+  // What revert() did, for the fault's end report; `why` is the reason it ended ("revert
+  // requested", "duration ended", ...). Default: "reverted (WHY): " + describe(). Faults whose undo
+  // is not a removal say what happened instead (pause: "resumed ...", kill: "nothing to undo").
+  [[nodiscard]] virtual std::string describeRevert(std::string_view why) const {
+    return "reverted (" + std::string(why) + "): " + describe();
+  }
   // Process faults: each process acted on (FaultReport.processes). Thread-safe.
   [[nodiscard]] virtual std::vector<v1::ProcessHit> processHits() const { return {}; }
 };

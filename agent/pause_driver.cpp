@@ -132,7 +132,13 @@ class PausedProcesses final : public AppliedFault {
       return tl::unexpected(resumed.error());
     }
     resumed_ = true;
+    resumeText_ = std::move(*resumed);
     return {};
+  }
+
+  std::string describeRevert(std::string_view why) const override {
+    std::lock_guard lock(mutex_);
+    return fmt::format("resumed {} paused process(es) ({}): {}", hits_.size(), why, resumeText_);
   }
 
   std::string describe() const override { return description_; }
@@ -146,6 +152,7 @@ class PausedProcesses final : public AppliedFault {
   kernel::CgroupTree* cgroups_;
   std::mutex& mutex_;
   bool resumed_ = false;
+  std::string resumeText_;  // what revert() did: "SIGCONT to pid 12, thawed cgroup /x"
 };
 
 }  // namespace

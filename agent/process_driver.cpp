@@ -52,6 +52,17 @@ class KilledProcesses final : public AppliedFault {
     return {};
   }
 
+  std::string describeRevert(std::string_view why) const override {
+    std::lock_guard lock(mutex_);
+    if (every_ > milliseconds{0}) {
+      return fmt::format(
+          "ended ({}): kill loop stopped after {} round(s); nothing to undo (a sent signal cannot be "
+          "taken back)",
+          why, rounds_);
+    }
+    return fmt::format("ended ({}): nothing to undo (a sent signal cannot be taken back)", why);
+  }
+
   std::string describe() const override {
     std::lock_guard lock(mutex_);
     std::vector<std::string> parts;

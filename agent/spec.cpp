@@ -18,7 +18,6 @@ using std::chrono::microseconds;
 
 constexpr std::chrono::hours kMaxDelay{1};
 constexpr std::chrono::milliseconds kMinKillEvery{100};
-constexpr uint32_t kMaxStressWorkers = 1024;
 constexpr uint64_t kMinStressBytes = uint64_t{1} << 20;
 constexpr uint64_t kMaxStressBytes = uint64_t{1} << 40;
 
@@ -223,7 +222,9 @@ tl::expected<void, SpecError> validateSelector(const v1::ProcessSelector& s, con
       }
       break;
     case v1::ProcessSelector::BY_NOT_SET:
-      return fail(at + "pid", "no process selector; accepted: one of pid, name, cmdline, cgroup, systemdUnit, pidfile");
+      return fail(at + "pid",
+                  "no process selector; accepted: one of pid, name, cmdline, cgroup, systemdUnit, pidfile, optionally "
+                  "narrowed by count or percent");
   }
   if (s.count() > 0 && s.percent() != 0) {
     return fail(at + "count", "count and percent are both set; accepted: at most one of them");
@@ -546,8 +547,9 @@ tl::expected<void, SpecError> validateFaultSpec(const v1::FaultSpec& spec) {
       if (q.has_memory_high_bytes() && q.memory_high_bytes() < kMinStressBytes) {
         return fail("memoryHigh", fmt::format("{} bytes is too small; accepted: at least 1MiB", q.memory_high_bytes()));
       }
-      if (q.has_pids_max() && q.pids_max() < 1) {
-        return fail("pidsMax", "0 is out of range; accepted: at least 1");
+      if (q.has_pids_max() && (q.pids_max() < 1 || q.pids_max() > kMaxPidsMax)) {
+        return fail("pidsMax", fmt::format("{} is out of range (accepted: 1..{}, a number of processes)", q.pids_max(),
+                                           kMaxPidsMax));
       }
       return {};
     }

@@ -27,6 +27,12 @@ struct SpecError {
   std::string message;
 };
 
+// The most stress.cpu workers one fault may start.
+inline constexpr uint32_t kMaxStressWorkers = 1024;
+// The largest pid and pids.max value: PID_MAX_LIMIT on 64-bit kernels (4 * 1024 * 1024); pids.max
+// rejects more with EINVAL (kernel/cgroup/pids.c).
+inline constexpr uint64_t kMaxPidsMax = uint64_t{1} << 22;
+
 // Checks every field and the rules between fields; never touches the kernel.
 // Accepts: interface names of 1-15 bytes without '/', ':' or whitespace (or "default"); netns
 // empty or an absolute path, or instead netns_process: a process selector (as below, fields
@@ -42,7 +48,7 @@ struct SpecError {
 // ECMAScript regex, an absolute cgroup path without "..", a unit name, an absolute pidfile path;
 // count or percent (0, 100], not both; kill every in [100ms, 1h]. stress.cpu: 1-1024 workers,
 // load (0, 100]; stress.memory: 1 MiB - 1 TiB; cgroup.squeeze: a cgroup below the root and at
-// least one of cpus [0.01, 1024], memory_high_bytes >= 1 MiB, pids_max >= 1.
+// least one of cpus [0.01, 1024], memory_high_bytes >= 1 MiB, pids_max in [1, kMaxPidsMax].
 [[nodiscard]] tl::expected<void, SpecError> validateFaultSpec(const v1::FaultSpec& spec);
 
 // The fault kind as written in experiment files ("network.delay", ...); "" when unset.

@@ -286,7 +286,7 @@ std::string writeReport(const std::string& path, const std::string& text) {
 // --journal and --junit: reads the finished run and writes the reports. Returns false when a
 // report could not be written (the run's own exit code still stands; the caller reports exit 3).
 bool writeReports(v1::Control::Stub& stub, const std::string& address, const std::string& runId, const RunOptions& o,
-                  const std::string& yaml, const Experiment& experiment) {
+                  const std::string& yaml, const Variables& vars, const Experiment& experiment) {
   if (o.journal.empty() && o.junit.empty()) {
     return true;
   }
@@ -300,7 +300,7 @@ bool writeReports(v1::Control::Stub& stub, const std::string& address, const std
   }
   bool ok = true;
   if (!o.journal.empty()) {
-    if (auto e = writeReport(o.journal, formatJournal(run, o.file, yaml)); !e.empty()) {
+    if (auto e = writeReport(o.journal, formatJournal(run, o.file, yaml, vars)); !e.empty()) {
       std::cerr << "faultline: --journal: " << e << "\n";
       ok = false;
     } else {
@@ -368,7 +368,7 @@ int runCommand(const RunOptions& o) {
     try {
       socketDir.create();
       address = "unix:" + socketDir.path + "/control.sock";
-      controller = std::make_unique<Controller>(ControllerOptions{address, o.db, std::chrono::seconds{15}});
+      controller = std::make_unique<Controller>(ControllerOptions{address, o.db, std::chrono::seconds{15}, true});
       controller->start();
     } catch (const std::exception& e) {
       std::cerr << "faultline: --local: " << e.what() << "\n";
@@ -461,7 +461,7 @@ int runCommand(const RunOptions& o) {
 
   int code = watchRun(*stub, address, runId);
   signals.finish();
-  if (!writeReports(*stub, address, runId, o, yaml, *parsed) && code == 0) {
+  if (!writeReports(*stub, address, runId, o, yaml, vars, *parsed) && code == 0) {
     code = kExitError;
   }
   if (localAgent) {

@@ -534,10 +534,14 @@ int Controller::start() {
   }
   impl_->store = openSqliteStore(impl_->options.dbPath);
   // A run without an end was cut off by a controller that stopped or crashed: its agents' leases
-  // reverted its faults (their reports, when they reconnect, are added to its record).
-  for (const auto& id : impl_->store->finishInterruptedRuns(
-           "interrupted: the controller stopped during the run; the agents' leases reverted its faults",
-           agent::nowTimestamp())) {
+  // reverted its faults (their reports, when they reconnect, are added to its record). Under run
+  // --local the agent died with the controller: its journal's crash recovery reverts them.
+  const std::string interrupted =
+      impl_->options.local
+          ? "interrupted: the run --local process stopped during the run; the crash recovery of its agent's undo "
+            "journal (at the next run --local on the same --state-dir) reverts its faults"
+          : "interrupted: the controller stopped during the run; the agents' leases reverted its faults";
+  for (const auto& id : impl_->store->finishInterruptedRuns(interrupted, agent::nowTimestamp())) {
     spdlog::warn("run {} was interrupted by a controller stop; recorded as error", id);
   }
   impl_->gateway.setRunActive([impl = impl_.get()](const std::string& runId) { return impl->runActive(runId); });

@@ -14,6 +14,10 @@ struct ControllerOptions {
   std::string listen = "127.0.0.1:7443";  // HOST:PORT (port 0 picks a free one) or unix:PATH
   std::string dbPath = "faultline.db";
   std::chrono::milliseconds lease{15'000};
+  // true for the controller `faultline run --local` embeds next to its in-process agent: a run it
+  // left unfinished had its faults reverted by the crash recovery of the next run --local on the
+  // same state directory (no agent of its own outlived it to let a lease expire).
+  bool local = false;
 };
 
 class Controller {

@@ -212,6 +212,7 @@ class RunState {
     bool revertFailed = false;              // the agent reported a failed revert and keeps retrying
     bool revertRequested = false;           // the run asked for the revert (an end before that is early)
     bool agentGone = false;                 // the agent disconnected: nobody can confirm a revert now
+    bool failureRecorded = false;           // a fault.failed event says why (the agent's or the run's)
     Clock::time_point until{};              // when the run will ask for its end (start time + duration)
     google::protobuf::Timestamp appliedAt;  // the agent's APPLIED report time
   };
@@ -351,9 +352,14 @@ class RunState {
         *inj->mutable_duration() = toProto(f.duration);
         *inj->mutable_start_at() = startAt;
         if (!fleet_.send(t.agent_id(), msg)) {
-          std::lock_guard lock(mutex_);
-          held_[id].state = v1::FAULT_STATE_FAILED;
-          held_[id].error = "agent is no longer connected";
+          std::string why = fmt::format("agent {} disconnected before the fault could be sent", t.agent_id());
+          {
+            std::lock_guard lock(mutex_);
+            held_[id].state = v1::FAULT_STATE_FAILED;
+            held_[id].error = why;
+            held_[id].failureRecorded = true;
+          }
+          recordFailure(t.hostname(), fmt::format("fault {}: {}", id, why));
         }
         idsOf[k].push_back(id);
         ids.push_back(id);
@@ -363,6 +369,7 @@ class RunState {
       event("", "step.wait", fmt::format("step {}: wait {}", label, formatDuration(d)));
     }
     // Wait until every agent has answered.
+    std::vector<std::pair<std::string, std::string>> unanswered;  // host, fault.failed text
     {
       std::unique_lock lock(mutex_);
       cv_.wait_until(lock, start + options_.applyTimeout, [&] {
@@ -379,8 +386,13 @@ class RunState {
           h.state = v1::FAULT_STATE_FAILED;
           h.error = fmt::format("no answer within {} of the start time", formatDuration(options_.applyTimeout));
           h.unconfirmed = true;
+          h.failureRecorded = true;
+          unanswered.emplace_back(h.host, fmt::format("fault {}: {}", id, h.error));
         }
       }
+    }
+    for (const auto& [host, text] : unanswered) {
+      recordFailure(host, text);
     }
     std::string failure;
     {
@@ -467,6 +479,16 @@ class RunState {
     return revertHeld("fault duration elapsed");
   }
 
+  // Records a fault.failed event the agent could not send (it is gone, or never answered).
+  // Called without mutex_ held.
+  void recordFailure(const std::string& host, const std::string& text) {
+    v1::RunEvent e = makeEvent(host, "fault.failed", text);
+    store_.addEvent(e);
+    if (sink_) {
+      sink_(e);
+    }
+  }
+
   // The spread of the moments the hosts applied each fault of a group (their APPLIED reports'
   // times, each on its host's clock), recorded as a step.skew event per fault.
   void recordSkew(const Group& group, const std::vector<std::vector<std::string>>& idsOf,
@@ -527,7 +549,7 @@ class RunState {
         auto& h = held_[id];
         h.agentGone = true;
         h.error = fmt::format(
-            "agent {} is not connected: if it still runs, its lease reverts the fault; if it died, the fault "
+            "agent {} disconnected: if it still runs, its lease reverts the fault; if it died, the fault "
             "stays until the agent restarts or someone removes it",
             agentId);
       }
@@ -542,13 +564,23 @@ class RunState {
       return true;
     });
     std::string left;
+    std::vector<std::pair<std::string, std::string>> failures;  // host, fault.failed text
     for (const auto& [id, agentId] : toRevert) {
       auto& h = held_[id];
       if (settled(h.state)) {
         continue;
       }
-      left += fmt::format("{}fault {} on host {} not confirmed reverted within {} ({}){}", left.empty() ? "" : "; ", id,
-                          h.host, formatDuration(options_.revertTimeout), why, h.error.empty() ? "" : ": " + h.error);
+      // A gone agent was not waited for: say so, not that a timeout passed.
+      const std::string one =
+          h.agentGone ? fmt::format("fault {} on host {} not confirmed reverted ({}): {}", id, h.host, why,
+                                    h.error.empty() ? fmt::format("agent {} disconnected", agentId) : h.error)
+                      : fmt::format("fault {} on host {} not confirmed reverted within {} ({}){}", id, h.host,
+                                    formatDuration(options_.revertTimeout), why, h.error.empty() ? "" : ": " + h.error);
+      left += (left.empty() ? "" : "; ") + one;
+      if (!h.failureRecorded) {
+        h.failureRecorded = true;
+        failures.emplace_back(h.host, one);
+      }
       h.state = v1::FAULT_STATE_FAILED;
       h.unconfirmed = false;
     }
@@ -561,6 +593,10 @@ class RunState {
         ++it;
       }
     }
+    lock.unlock();
+    for (const auto& [host, text] : failures) {
+      recordFailure(host, text);
+    }
     return left;
   }
 
@@ -571,6 +607,26 @@ class RunState {
       auto it = held_.find(r.fault_id());
       if (it == held_.end() || it->second.agentId != agentId) {
         return;  // not this run's
+      }
+      host = it->second.host;
+      if (r.state() == v1::FAULT_STATE_FAILED) {
+        it->second.failureRecorded = true;
+      }
+    }
+    // The event is recorded before the state changes: the run thread acts on the new state
+    // (records step.skew, starts the next step), and the timeline must read in that order.
+    const std::string kind = faultEventKind(r.state());
+    v1::RunEvent e = makeEvent(host, kind, r.error().empty() ? r.detail() : r.error());
+    e.mutable_at()->CopyFrom(r.at());
+    store_.addEvent(e);
+    if (sink_) {
+      sink_(e);
+    }
+    {
+      std::lock_guard lock(mutex_);
+      auto it = held_.find(r.fault_id());
+      if (it == held_.end() || it->second.agentId != agentId) {
+        return;
       }
       auto& h = it->second;
       const bool wasApplied = h.state == v1::FAULT_STATE_APPLIED;
@@ -595,16 +651,8 @@ class RunState {
                             r.error().empty() ? r.detail() : r.error());
       }
       h.error = r.error();
-      host = h.host;
     }
     cv_.notify_all();
-    const std::string kind = faultEventKind(r.state());
-    v1::RunEvent e = makeEvent(host, kind, r.error().empty() ? r.detail() : r.error());
-    e.mutable_at()->CopyFrom(r.at());
-    store_.addEvent(e);
-    if (sink_) {
-      sink_(e);
-    }
   }
 
   // A probe step: one sample of the named probe (phase "step"). A failed sample violates the

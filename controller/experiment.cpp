@@ -148,24 +148,27 @@ std::string lower(std::string_view s) {
   return out;
 }
 
-// Levenshtein distance, ignoring case (so "expectstatus" is 0 away from "expectStatus").
+// Edit distance ignoring case (so "expectstatus" is 0 away from "expectStatus"), where swapping
+// two adjacent letters counts as one edit (optimal string alignment: "nmae" is 1 from "name").
 size_t editDistance(std::string_view a, std::string_view b) {
   const std::string x = lower(a);
   const std::string y = lower(b);
-  std::vector<size_t> row(y.size() + 1);
+  std::vector<std::vector<size_t>> d(x.size() + 1, std::vector<size_t>(y.size() + 1));
+  for (size_t i = 0; i <= x.size(); ++i) {
+    d[i][0] = i;
+  }
   for (size_t j = 0; j <= y.size(); ++j) {
-    row[j] = j;
+    d[0][j] = j;
   }
   for (size_t i = 1; i <= x.size(); ++i) {
-    size_t diagonal = row[0];
-    row[0] = i;
     for (size_t j = 1; j <= y.size(); ++j) {
-      const size_t above = row[j];
-      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (x[i - 1] == y[j - 1] ? 0 : 1)});
-      diagonal = above;
+      d[i][j] = std::min({d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (x[i - 1] == y[j - 1] ? 0 : 1)});
+      if (i > 1 && j > 1 && x[i - 1] == y[j - 2] && x[i - 2] == y[j - 1]) {
+        d[i][j] = std::min(d[i][j], d[i - 2][j - 2] + 1);
+      }
     }
   }
-  return row[y.size()];
+  return d[x.size()][y.size()];
 }
 
 // " (did you mean 'x'?)" for the nearest candidate within 1 edit (words up to 4 letters) or 2
@@ -525,7 +528,9 @@ class Parser {
   std::optional<Field> lookup(const MapNode& m, std::string_view key) const;
 
   std::optional<std::string> scalar(const Field& f, std::string_view accepted);
-  std::optional<long long> integer(const Field& f, std::string_view accepted);
+  // A whole number from min to max. Errors name the text as written: "'-1' is out of range
+  // (accepted: 1..1024, a number of workers)"; a number too long for 64 bits is out of range too.
+  std::optional<long long> integer(const Field& f, long long min, long long max, std::string_view what);
   std::optional<nanoseconds> duration(const Field& f);
   std::optional<nanoseconds> durationIn(const Field& f, nanoseconds min, nanoseconds max, std::string_view range,
                                         bool wholeMillis);
@@ -652,15 +657,33 @@ std::optional<std::string> Parser::scalar(const Field& f, std::string_view accep
   return f.value.Scalar();
 }
 
-std::optional<long long> Parser::integer(const Field& f, std::string_view accepted) {
-  auto text = scalar(f, accepted);
+std::optional<long long> Parser::integer(const Field& f, long long min, long long max, std::string_view what) {
+  const std::string accepted = fmt::format("{}..{}, {}", min, max, what);
+  auto text = scalar(f, fmt::format("a whole number {}", accepted));
   if (!text) {
     return std::nullopt;
   }
+  const auto outOfRange = [&] {
+    error(f.mark, f.path, fmt::format("{} is out of range (accepted: {})", *text, accepted));
+  };
   long long value = 0;
-  auto [end, ec] = std::from_chars(text->data(), text->data() + text->size(), value);
-  if (text->empty() || ec != std::errc{} || end != text->data() + text->size()) {
-    error(f.mark, f.path, fmt::format("'{}' is not an integer; accepted: {}", *text, accepted));
+  const char* first = text->data();
+  const char* last = text->data() + text->size();
+  // from_chars takes '-' but not '+'; YAML users write both.
+  if (text->size() > 1 && text->front() == '+') {
+    ++first;
+  }
+  auto [end, ec] = std::from_chars(first, last, value);
+  if (ec == std::errc::result_out_of_range && end == last) {
+    outOfRange();
+    return std::nullopt;
+  }
+  if (text->empty() || ec != std::errc{} || end != last) {
+    error(f.mark, f.path, fmt::format("'{}' is not a whole number; accepted: {}", *text, accepted));
+    return std::nullopt;
+  }
+  if (value < min || value > max) {
+    outOfRange();
     return std::nullopt;
   }
   return value;
@@ -1413,13 +1436,8 @@ void Parser::parseCommandProbe(const Field& f, CommandProbe& out) {
     out.shell = *v;
   }
   if (auto code = lookup(*c, "expectExit")) {
-    constexpr std::string_view accepted = "an exit code from 0 to 255";
-    if (auto v = integer(*code, accepted)) {
-      if (*v < 0 || *v > 255) {
-        error(code->mark, code->path, fmt::format("{} is out of range; accepted: {}", *v, accepted));
-      } else {
-        out.expectExit = static_cast<int>(*v);
-      }
+    if (auto v = integer(*code, 0, 255, "an exit code")) {
+      out.expectExit = static_cast<int>(*v);
     }
   }
   if (auto match = lookup(*c, "stdoutMatch")) {
@@ -1818,13 +1836,8 @@ std::optional<FaultStep> Parser::parseFault(const Field& f) {
           }
         }
         if (auto gap = lookup(*m, "gap")) {
-          constexpr std::string_view accepted = "a whole number of packets from 0 to 1000000";
-          if (auto v = integer(*gap, accepted)) {
-            if (*v < 0 || *v > 1'000'000) {
-              error(gap->mark, gap->path, fmt::format("{} is out of range; accepted: {}", *v, accepted));
-            } else {
-              o->set_gap(static_cast<uint32_t>(*v));
-            }
+          if (auto v = integer(*gap, 0, 1'000'000, "a number of packets")) {
+            o->set_gap(static_cast<uint32_t>(*v));
           }
         }
       }
@@ -1867,8 +1880,8 @@ std::optional<FaultStep> Parser::parseFault(const Field& f) {
       auto* c = step.spec.mutable_stress_cpu();
       c->set_workers(1);
       if (auto workers = lookup(*m, "workers")) {
-        if (auto v = integer(*workers, "a number of workers from 1 to 1024")) {
-          c->set_workers(*v < 0 || *v > 100000 ? 100000 : static_cast<uint32_t>(*v));
+        if (auto v = integer(*workers, 1, kMaxStressWorkers, "a number of worker processes")) {
+          c->set_workers(static_cast<uint32_t>(*v));
         }
       }
       c->set_load_percent(100);
@@ -1906,9 +1919,15 @@ std::optional<FaultStep> Parser::parseFault(const Field& f) {
         }
       }
       if (auto pids = lookup(*m, "pidsMax")) {
-        if (auto v = integer(*pids, "a number of processes, at least 1")) {
-          q->set_pids_max(*v < 0 ? 0 : static_cast<uint64_t>(*v));
+        if (auto v = integer(*pids, 1, kMaxPidsMax, "a number of processes (the kernel's pids.max limit)")) {
+          q->set_pids_max(static_cast<uint64_t>(*v));
         }
+      }
+      if (!q->has_cpus() && !q->has_memory_high_bytes() && !q->has_pids_max() &&
+          (lookup(*m, "cpus") || lookup(*m, "memoryHigh") || lookup(*m, "pidsMax"))) {
+        // A limit was given but its value was refused (and reported): a placeholder keeps
+        // validateFaultSpec() from also saying that no limit was given.
+        q->set_pids_max(1);
       }
       break;
     }
@@ -2024,12 +2043,8 @@ std::optional<v1::TrafficMatch> Parser::parseMatch(const Field& f) {
                                   std::pair{"sourcePorts", match.mutable_source_ports()}}) {
     if (auto ports = lookup(*m, key)) {
       for (const Field& item : scalarList(*ports, portAccepted)) {
-        if (auto v = integer(item, portAccepted)) {
-          if (*v < 1 || *v > 65535) {
-            error(item.mark, item.path, fmt::format("{} is out of range; accepted: {}", *v, portAccepted));
-          } else {
-            list->Add(static_cast<uint32_t>(*v));
-          }
+        if (auto v = integer(item, 1, 65535, "a port")) {
+          list->Add(static_cast<uint32_t>(*v));
         }
       }
     }
@@ -2088,13 +2103,8 @@ std::optional<v1::GilbertElliott> Parser::parseGilbertElliott(const Field& f) {
 }
 
 std::optional<uint32_t> Parser::packets(const Field& f) {
-  constexpr std::string_view accepted = "a number of packets from 1 to 4294967295, e.g. 10000";
-  auto v = integer(f, accepted);
+  auto v = integer(f, 1, std::numeric_limits<uint32_t>::max(), "a number of packets, e.g. 10000");
   if (!v) {
-    return std::nullopt;
-  }
-  if (*v < 1 || *v > std::numeric_limits<uint32_t>::max()) {
-    error(f.mark, f.path, fmt::format("{} is out of range; accepted: {}", *v, accepted));
     return std::nullopt;
   }
   return static_cast<uint32_t>(*v);
@@ -2140,13 +2150,8 @@ std::optional<v1::ProcessSelector> Parser::parseSelector(const Field& f, std::st
   v1::ProcessSelector selector;
   const auto& [key, field] = given.front();
   if (key == "pid") {
-    constexpr std::string_view pidAccepted = "a process id greater than 1";
-    if (auto v = integer(field, pidAccepted)) {
-      if (*v < std::numeric_limits<int32_t>::min() || *v > std::numeric_limits<int32_t>::max()) {
-        error(field.mark, field.path, fmt::format("{} is out of range; accepted: {}", *v, pidAccepted));
-      } else {
-        selector.set_pid(static_cast<int32_t>(*v));
-      }
+    if (auto v = integer(field, 2, kMaxPidsMax, "a process id greater than 1 (pid 1 is never a target)")) {
+      selector.set_pid(static_cast<int32_t>(*v));
     }
   } else if (auto v = scalar(field, "a string")) {
     if (key == "name") {
@@ -2162,12 +2167,8 @@ std::optional<v1::ProcessSelector> Parser::parseSelector(const Field& f, std::st
     }
   }
   if (auto count = lookup(*m, "count")) {
-    if (auto v = integer(*count, "a number of processes, at least 1")) {
-      if (*v < 1 || *v > std::numeric_limits<int32_t>::max()) {
-        error(count->mark, count->path, fmt::format("{} is out of range; accepted: at least 1", *v));
-      } else {
-        selector.set_count(static_cast<uint32_t>(*v));
-      }
+    if (auto v = integer(*count, 1, kMaxPidsMax, "a number of processes")) {
+      selector.set_count(static_cast<uint32_t>(*v));
     }
   }
   if (auto p = lookup(*m, "percent")) {
@@ -2240,10 +2241,15 @@ std::optional<uint64_t> Parser::bytes64(const Field& f) {
 // faultErrorsFrom on) was left unset in the spec: what validateFaultSpec says of it is dropped.
 void Parser::validateSpec(v1::FaultSpec spec, const MapNode& fault, size_t faultErrorsFrom) {
   const size_t parserErrorsEnd = diagnostics_.size();
+  // A selector the parser already complained about (an unknown key in process: ...) is left empty,
+  // and validateFaultSpec() then reports "process.pid": the parser's error says more.
+  const std::string selectorPath = childPath(fault.self.path, "process");
   const auto alreadyReported = [&](const std::string& path) {
+    const bool inSelector = path.rfind(selectorPath + ".", 0) == 0;
     for (size_t i = faultErrorsFrom; i < parserErrorsEnd; ++i) {
       const std::string& reported = diagnostics_[i].field;
-      if (reported == path || path.rfind(reported + ".", 0) == 0 || reported.rfind(path + ".", 0) == 0) {
+      if (reported == path || path.rfind(reported + ".", 0) == 0 || reported.rfind(path + ".", 0) == 0 ||
+          (inSelector && reported.rfind(selectorPath + ".", 0) == 0)) {
         return true;
       }
     }

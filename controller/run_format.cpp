@@ -431,6 +431,12 @@ nlohmann::json eventJson(const v1::RunEvent& e) {
   if (e.verdict() != v1::VERDICT_UNSPECIFIED) {
     j["verdict"] = verdictWord(e.verdict());
   }
+  if (e.has_start_at()) {
+    j["startAt"] = isoUtc(e.start_at());
+  }
+  if (e.has_skew()) {
+    j["skewMs"] = static_cast<double>(google::protobuf::util::TimeUtil::DurationToNanoseconds(e.skew())) / 1e6;
+  }
   return j;
 }
 
@@ -495,15 +501,48 @@ double secondsBetween(std::int64_t fromUs, std::int64_t toUs) {
 
 }  // namespace
 
-std::string formatJournal(const v1::Run& run, const std::string& fileName, const std::string& experimentYaml) {
+bool isSecretVariableName(std::string_view name) {
+  std::string upper(name);
+  for (char& c : upper) {
+    c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  }
+  for (std::string_view word : {"SECRET", "TOKEN", "PASSWORD", "PASSWD"}) {
+    if (upper.find(word) != std::string::npos) {
+      return true;
+    }
+  }
+  return false;
+}
+
+std::string formatJournal(const v1::Run& run, const std::string& fileName, const std::string& experimentYaml,
+                          const Variables& vars) {
+  // The text that ran, with a secret's references left as ${NAME} (a value is inserted as written
+  // and never scanned again, so mapping NAME to "${NAME}" keeps the reference).
+  Variables shown;
+  nlohmann::json variables = nlohmann::json::array();
+  for (const auto& [name, value] : vars) {
+    if (isSecretVariableName(name)) {
+      shown[name] = "${" + name + "}";
+      variables.push_back({{"name", name}, {"redacted", true}});
+    } else {
+      shown[name] = value;
+      variables.push_back({{"name", name}, {"value", value}});
+    }
+  }
+  auto substituted = substituteVariables(experimentYaml, fileName, shown);
   nlohmann::json j;
   j["format"] = "faultline-journal/v1";
   j["run"] = {{"id", run.run_id()},
               {"trigger", run.trigger()},
               {"startedAt", isoUtc(run.started_at())},
               {"endedAt", isoUtc(run.ended_at())}};
-  j["experiment"] = {
-      {"name", run.experiment()}, {"file", fileName}, {"sha256", run.file_sha256()}, {"yaml", experimentYaml}};
+  // The file parsed before the run started, so substitution cannot fail here; if it did, the text
+  // as written is the honest record.
+  j["experiment"] = {{"name", run.experiment()},
+                     {"file", fileName},
+                     {"sha256", run.file_sha256()},
+                     {"yaml", substituted ? substituted->text : experimentYaml},
+                     {"variables", std::move(variables)}};
   nlohmann::json targets = nlohmann::json::array();
   for (const auto& e : run.events()) {
     if (e.kind() == "targets.resolved") {

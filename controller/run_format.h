@@ -31,14 +31,22 @@ namespace faultline::controller {
 [[nodiscard]] std::string formatTimeline(const v1::Run& run);
 
 // The JSON journal of a run (--journal FILE): {"format": "faultline-journal/v1", "run": {id,
-// trigger, startedAt, endedAt}, "experiment": {name, file, sha256, yaml}, "hosts": [host names from
-// the events], "targets": [the targets.resolved messages], "events": [{at, host, kind, message,
-// verdict?}], "samples": [{at, probe, kind, phase, ok, latencyMs, detail, guard, value?}], "slis":
-// [{at, slo, probe, objective, phase, ok, samples, burnRate, measures: [{sli, value, comparison,
-// threshold, ok}]}], "verdict": {verdict, reason, exitCode}}. Times are RFC 3339 UTC. Invalid
+// trigger, startedAt, endedAt}, "experiment": {name, file, sha256 (of the file as written), yaml
+// (the text that ran: every ${NAME} replaced by its --var value, except variables whose name
+// isSecretVariableName() says is a secret: those stay ${NAME}), variables: [{name, value} or
+// {name, redacted: true} for a secret, by name]}, "hosts": [host names from the events],
+// "targets": [the targets.resolved messages], "events": [{at, host, kind, message, verdict?,
+// startAt? and skewMs? (step.skew: the start time sent and the spread, milliseconds)}],
+// "samples": [{at, probe, kind, phase, ok, latencyMs, detail, guard, value?}], "slis": [{at, slo,
+// probe, objective, phase, ok, samples, burnRate, measures: [{sli, value, comparison, threshold,
+// ok}]}], "verdict": {verdict, reason, exitCode}}. Times are RFC 3339 UTC. Invalid
 // UTF-8 in recorded text is replaced (U+FFFD). Ends with a newline.
 [[nodiscard]] std::string formatJournal(const v1::Run& run, const std::string& fileName,
-                                        const std::string& experimentYaml);
+                                        const std::string& experimentYaml, const Variables& vars = {});
+
+// True when a --var's value must not be written to reports: its name contains SECRET, TOKEN,
+// PASSWORD or PASSWD, in any case (API_TOKEN, db_password, ...).
+[[nodiscard]] bool isSecretVariableName(std::string_view name);
 
 // JUnit XML (--junit FILE) in the form of the Apache Ant JUnit schema (tests/junit/junit.xsd): one
 // <testsuite> named after the experiment; one <testcase> per hypothesis check (classname

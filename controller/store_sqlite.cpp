@@ -29,7 +29,7 @@ using google::protobuf::util::TimeUtil;
 // The schema, one step per version: step i takes the database from user_version i to i + 1.
 // Never edit a step that has shipped; add a new one (e.g. "ALTER TABLE runs ADD COLUMN ...").
 // Timestamps are integer microseconds since the Unix epoch (UTC).
-constexpr std::array<std::string_view, 2> kMigrations = {
+constexpr std::array<std::string_view, 3> kMigrations = {
     R"sql(
 CREATE TABLE runs (
   run_id      TEXT PRIMARY KEY NOT NULL,
@@ -81,6 +81,11 @@ CREATE TABLE slo_checks (
   measures  TEXT NOT NULL DEFAULT '[]'
 );
 CREATE INDEX slo_checks_by_run ON slo_checks (run_id, at);
+)sql",
+    // 3: a step.skew event's start time (microseconds since the epoch) and skew (nanoseconds).
+    R"sql(
+ALTER TABLE events ADD COLUMN start_at INTEGER;
+ALTER TABLE events ADD COLUMN skew_ns INTEGER;
 )sql",
 };
 
@@ -267,8 +272,8 @@ class SqliteRecordStore final : public RecordStore {
     insertRun_ =
         prepare("INSERT INTO runs (run_id, experiment, file_sha256, trigger, started_at) VALUES (?1, ?2, ?3, ?4, ?5)");
     insertEvent_ = prepare(
-        "INSERT INTO events (run_id, seq, at, host, kind, message, verdict) VALUES "
-        "(?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE run_id = ?1), ?2, ?3, ?4, ?5, ?6)");
+        "INSERT INTO events (run_id, seq, at, host, kind, message, verdict, start_at, skew_ns) VALUES "
+        "(?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE run_id = ?1), ?2, ?3, ?4, ?5, ?6, ?7, ?8)");
     insertSample_ = prepare(
         "INSERT INTO samples (run_id, at, probe, phase, ok, latency_ms, detail, value, kind, guard) "
         "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)");
@@ -282,7 +287,8 @@ class SqliteRecordStore final : public RecordStore {
     selectRun_ = prepare(
         "SELECT run_id, experiment, file_sha256, trigger, started_at, ended_at, verdict, reason "
         "FROM runs WHERE run_id = ?1");
-    selectEvents_ = prepare("SELECT at, host, kind, message, verdict FROM events WHERE run_id = ?1 ORDER BY at, seq");
+    selectEvents_ = prepare(
+        "SELECT at, host, kind, message, verdict, start_at, skew_ns FROM events WHERE run_id = ?1 ORDER BY at, seq");
     selectSamples_ = prepare(
         "SELECT at, probe, phase, ok, latency_ms, detail, value, kind, guard FROM samples WHERE run_id = ?1 "
         "ORDER BY at, rowid");
@@ -317,6 +323,16 @@ class SqliteRecordStore final : public RecordStore {
     bindText(use, 4, event.kind());
     bindText(use, 5, event.message());
     bindVerdict(use, 6, event.verdict());
+    if (event.has_start_at()) {
+      bindInt(use, 7, toMicros(event.start_at()));
+    } else {
+      check(sqlite3_bind_null(use.get(), 7), "bind");
+    }
+    if (event.has_skew()) {
+      bindInt(use, 8, TimeUtil::DurationToNanoseconds(event.skew()));
+    } else {
+      check(sqlite3_bind_null(use.get(), 8), "bind");
+    }
     stepWrite(use, "addEvent", event.run_id());
   }
 
@@ -407,6 +423,12 @@ class SqliteRecordStore final : public RecordStore {
         event->set_kind(columnText(use.get(), 2));
         event->set_message(columnText(use.get(), 3));
         event->set_verdict(verdictFromWord(columnText(use.get(), 4)));
+        if (sqlite3_column_type(use.get(), 5) != SQLITE_NULL) {
+          *event->mutable_start_at() = fromMicros(sqlite3_column_int64(use.get(), 5));
+        }
+        if (sqlite3_column_type(use.get(), 6) != SQLITE_NULL) {
+          *event->mutable_skew() = TimeUtil::NanosecondsToDuration(sqlite3_column_int64(use.get(), 6));
+        }
       }
     }
     {

@@ -776,6 +776,10 @@ TEST_CASE_FIXTURE(testing::NetnsFixture,
   r = testing::sh(fmt::format("{} show {} --db {}/long.db", FAULTLINE_BIN, killedRun, dir.path));
   CHECK(r.output.find("interrupted") != std::string::npos);
   CHECK(r.output.find("crash recovery") != std::string::npos);
+  // The verdict's reason says what reverted the faults: the crash recovery, not leases.
+  CHECK(r.output.find("interrupted: the run --local process stopped during the run; the crash recovery of its "
+                      "agent's undo journal") != std::string::npos);
+  CHECK(r.output.find("leases") == std::string::npos);
 }
 
 namespace {
@@ -956,6 +960,148 @@ TEST_CASE_FIXTURE(testing::NetnsFixture,
   CHECK(WEXITSTATUS(status) == 3);
   CHECK(slurp(out).find("ended before its duration") != std::string::npos);
   CHECK(slurp(out).find("agent stopped (SIGTERM)") != std::string::npos);
+}
+
+namespace {
+
+// The State line of /proc/PID/status, e.g. "T (stopped)"; "" when the process is gone.
+std::string processState(pid_t pid) {
+  std::ifstream in(fmt::format("/proc/{}/status", pid));
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("State:", 0) == 0) {
+      const auto value = line.find_first_not_of(" \t", 6);
+      return value == std::string::npos ? "" : line.substr(value);
+    }
+  }
+  return "";
+}
+
+}  // namespace
+
+TEST_CASE("separate processes: SIGTERM to an agent holding a process.pause resumes the paused process") {
+  TempDir dir;
+  const std::string address = "unix:" + dir.path + "/controller.sock";
+  const std::string log = dir.path + "/processes.log";
+  Child controller({FAULTLINE_BIN, "controller", "--listen", address, "--db", dir.path + "/c.db"}, log);
+  Child agent({FAULTLINE_AGENT_BIN, "--controller", address, "--id", "e2e-pause", "--label", "role=e2e", "--state-dir",
+               dir.path + "/agent"},
+              log);
+  // The victim shares the test's cgroup with other processes, so the agent stops it with SIGSTOP
+  // (a cgroup freeze needs a cgroup only the targets hold).
+  Child victim({"/bin/sleep", "600"}, dir.path + "/victim.log");
+  REQUIRE(waitFor([&] { return processState(victim.pid).rfind('S', 0) == 0; }, 5s));
+  REQUIRE_MESSAGE(waitFor(
+                      [&] {
+                        return testing::sh(fmt::format("{} agents --controller {}", FAULTLINE_BIN, address))
+                                   .output.find("e2e-pause") != std::string::npos;
+                      },
+                      10s),
+                  slurp(log));
+  {
+    std::ofstream f(dir.path + "/pause.yaml");
+    f << fmt::format(
+        "apiVersion: faultline/v1\nkind: Experiment\nmetadata:\n  name: pause\ntargets:\n  selector: {{role: e2e}}\n"
+        "method:\n  - fault:\n      type: process.pause\n      duration: 10m\n      process: {{pid: {}}}\n",
+        victim.pid);
+  }
+  const std::string out = dir.path + "/run.txt";
+  Child run({FAULTLINE_BIN, "run", dir.path + "/pause.yaml", "--controller", address}, out);
+  REQUIRE_MESSAGE(waitFor([&] { return slurp(out).find("fault.applied") != std::string::npos; }, 10s), slurp(out));
+  CHECK(processState(victim.pid).rfind('T', 0) == 0);  // stopped by the fault
+  CHECK(slurp(out).find("SIGSTOP") != std::string::npos);
+
+  const int agentStatus = agent.stop(SIGTERM);
+  CHECK(WIFEXITED(agentStatus));
+  CHECK(WEXITSTATUS(agentStatus) == 0);
+  // Resumed by the agent before it exited: no longer stopped (state T), and still alive.
+  const std::string state = processState(victim.pid);
+  INFO("victim state: ", state);
+  CHECK(!state.empty());
+  CHECK(state.rfind('T', 0) != 0);
+  int status = 0;
+  REQUIRE(waitFor([&] { return ::waitpid(run.pid, &status, WNOHANG) == run.pid; }, 10s));
+  run.pid = -1;
+  INFO(slurp(out));
+  CHECK(WEXITSTATUS(status) == 3);
+  // The fault's end event says what the revert did.
+  CHECK(slurp(out).find(fmt::format("resumed 1 paused process(es) (agent stopped (SIGTERM)): SIGCONT to pid {}",
+                                    victim.pid)) != std::string::npos);
+}
+
+TEST_CASE("separate processes: three agents, one fault step: the skew of their start is recorded and small") {
+  TempDir dir;
+  const std::string address = "unix:" + dir.path + "/controller.sock";
+  const std::string log = dir.path + "/processes.log";
+  Child controller({FAULTLINE_BIN, "controller", "--listen", address, "--db", dir.path + "/c.db"}, log);
+  // Each agent runs in a network namespace of its own (with veth0 and veth1), so one spec (tbf on
+  // veth0 of the agent's own namespace) is a separate fault on each host.
+  constexpr int kAgents = 3;
+  std::vector<std::unique_ptr<testing::NetnsHolder>> namespaces;
+  std::vector<std::unique_ptr<Child>> agents;
+  for (int i = 0; i < kAgents; ++i) {
+    namespaces.push_back(std::make_unique<testing::NetnsHolder>());
+    REQUIRE_MESSAGE(namespaces.back()->error().empty(), namespaces.back()->error());
+    agents.push_back(std::make_unique<Child>(
+        std::vector<std::string>{"/usr/bin/nsenter", "--net=" + namespaces.back()->path(), FAULTLINE_AGENT_BIN,
+                                 "--controller", address, "--id", fmt::format("skew-{}", i), "--label", "role=skew",
+                                 "--state-dir", fmt::format("{}/agent-{}", dir.path, i)},
+        log));
+  }
+  REQUIRE_MESSAGE(waitFor(
+                      [&] {
+                        const auto listed =
+                            testing::sh(fmt::format("{} agents --controller {}", FAULTLINE_BIN, address));
+                        for (int i = 0; i < kAgents; ++i) {
+                          if (listed.output.find(fmt::format("skew-{}", i)) == std::string::npos) {
+                            return false;
+                          }
+                        }
+                        return true;
+                      },
+                      10s),
+                  slurp(log));
+  {
+    std::ofstream f(dir.path + "/skew.yaml");
+    f << "apiVersion: faultline/v1\nkind: Experiment\nmetadata:\n  name: skew\ntargets:\n  selector: {role: skew}\n"
+         "method:\n  - fault:\n      type: network.bandwidth\n      duration: 300ms\n"
+         "      target: {interface: veth0}\n      rate: 1mbit\n";
+  }
+  const auto r = testing::sh(fmt::format("{} run {}/skew.yaml --controller {}", FAULTLINE_BIN, dir.path, address));
+  INFO(r.output);
+  REQUIRE(r.status == 0);
+  REQUIRE(r.output.rfind("run ", 0) == 0);
+  const std::string runId = r.output.substr(4, r.output.find(':') - 4);
+  auto stub = v1::Control::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  grpc::ClientContext ctx;
+  v1::GetRunRequest req;
+  req.set_run_id(runId);
+  v1::Run run;
+  REQUIRE(stub->GetRun(&ctx, req, &run).ok());
+  int applied = 0;
+  std::vector<v1::RunEvent> skews;
+  for (const auto& e : run.events()) {
+    applied += e.kind() == "fault.applied" ? 1 : 0;
+    if (e.kind() == "step.skew") {
+      skews.push_back(e);
+    }
+  }
+  CHECK(applied == kAgents);
+  REQUIRE(skews.size() == 1);
+  CAPTURE(skews[0].message());
+  CHECK(skews[0].message().find(fmt::format("{} host(s) applied within", kAgents)) != std::string::npos);
+  REQUIRE(skews[0].has_skew());
+  const int64_t skewNs = int64_t{skews[0].skew().seconds()} * 1'000'000'000 + skews[0].skew().nanos();
+  MESSAGE("step.skew over ", kAgents, " agents: ", static_cast<double>(skewNs) / 1e6, " ms");
+  CHECK(skewNs >= 0);
+  CHECK(skewNs < 1'000'000'000);  // a generous bound: the agents wait for one absolute start time
+  for (int i = 0; i < kAgents; ++i) {
+    CHECK(testing::sh(fmt::format("nsenter --net={} tc qdisc show dev veth0", namespaces[i]->path()))
+              .output.find("tbf") == std::string::npos);
+  }
+  for (auto& a : agents) {
+    CHECK(WEXITSTATUS(a->stop(SIGTERM)) == 0);
+  }
 }
 
 TEST_CASE_FIXTURE(testing::NetnsFixture,

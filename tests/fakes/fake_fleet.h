@@ -1,5 +1,7 @@
 // An in-memory fleet for the run engine's tests: agents that apply, fail or stay silent, and a
-// record of every message the engine sent. Reports are delivered synchronously from send().
+// record of every message the engine sent. Reports are delivered synchronously from send(), except
+// for Behaviour::ApplyFromThread: its APPLIED report comes from another thread, as the real
+// gateway's do (from the agent's stream).
 #pragma once
 
 #include <functional>
@@ -7,6 +9,7 @@
 #include <mutex>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "agent/agent.h"
@@ -14,10 +17,19 @@
 
 namespace faultline::testing {
 
-enum class Behaviour { Apply, FailApply, Silent, SilentOnRevert };
+enum class Behaviour { Apply, FailApply, Silent, SilentOnRevert, ApplyFromThread };
 
 class FakeFleet final : public controller::Fleet {
  public:
+  FakeFleet() = default;
+  FakeFleet(const FakeFleet&) = delete;
+  FakeFleet& operator=(const FakeFleet&) = delete;
+  ~FakeFleet() override {
+    for (auto& t : reporters_) {
+      t.join();
+    }
+  }
+
   void addAgent(const std::string& id, std::map<std::string, std::string> labels, bool netem = true,
                 Behaviour behaviour = Behaviour::Apply) {
     v1::AgentInfo a;
@@ -31,6 +43,12 @@ class FakeFleet final : public controller::Fleet {
     std::lock_guard lock(mutex_);
     agents_[id] = a;
     behaviour_[id] = behaviour;
+  }
+
+  // The agent disconnects: send() to it fails from now on (reports are up to the test).
+  void removeAgent(const std::string& id) {
+    std::lock_guard lock(mutex_);
+    agents_.erase(id);
   }
 
   std::vector<v1::AgentInfo> agents() const override {
@@ -58,6 +76,10 @@ class FakeFleet final : public controller::Fleet {
           report.set_state(v1::FAULT_STATE_APPLIED);
           active_.insert(msg.inject().fault_id());
           answer = true;
+        } else if (b == Behaviour::ApplyFromThread) {
+          report.set_state(v1::FAULT_STATE_APPLIED);
+          active_.insert(msg.inject().fault_id());
+          reporters_.emplace_back([this, agentId, report] { emit(agentId, report); });
         } else if (b == Behaviour::FailApply) {
           report.set_state(v1::FAULT_STATE_FAILED);
           report.set_error("the kernel said no");
@@ -145,6 +167,7 @@ class FakeFleet final : public controller::Fleet {
   std::mutex dispatchMutex_;  // guards listeners_ and is held while they run
   std::map<int, ReportListener> listeners_;
   int next_ = 1;
+  std::vector<std::thread> reporters_;  // Behaviour::ApplyFromThread; joined by the destructor
 };
 
 }  // namespace faultline::testing

@@ -104,5 +104,18 @@ expect_invalid("unknown mode", header + "targets: {mode: some(3)}\n" + wait)
 expect_invalid("bare number as a duration", header + "method:\n  - wait: 5\n")
 expect_invalid("nested parallel", header + "method:\n  - parallel:\n    - parallel:\n      - wait: 1s\n")
 expect_invalid("two keys in one step", header + "method:\n  - {wait: 1s, probe: a}\n")
+# Issue 4's kinds: integer ranges, the selector's keys, one selector.
+fault = header + "method:\n  - fault: "
+expect_invalid("pidsMax 4294967296", fault + "{type: cgroup.squeeze, cgroup: /a, pidsMax: 4294967296}\n")
+expect_invalid("workers -1", fault + "{type: stress.cpu, workers: -1}\n")
+expect_invalid("misspelt selector key", fault + "{type: process.kill, process: {nmae: x}}\n")
+expect_invalid("two selectors", fault + "{type: process.pause, process: {name: x, pid: 5}}\n")
+expect_invalid("count and percent", fault + "{type: process.kill, process: {name: x, count: 1, percent: 5}}\n")
+expect_invalid("stress.memory without bytes", fault + "{type: stress.memory}\n")
+
+expect_valid("netns by process", header + "method:\n  - fault: {type: network.loss, target: "
+             "{interface: eth0, netns: {systemdUnit: orders}}, percent: 5}\n")
+expect_invalid("netns with count", header + "method:\n  - fault: {type: network.loss, target: "
+               "{interface: eth0, netns: {name: x, count: 1}}, percent: 5}\n")
 
 sys.exit(1 if failures else 0)

@@ -125,6 +125,41 @@ TEST_CASE("engine: a fault held and reverted with the steady state intact is 'he
   CHECK(phases == std::set<std::string>{"before", "during", "after"});
 }
 
+TEST_CASE("engine: step.skew comes after the fault.applied events it measures, reports from other threads too") {
+  Harness h;
+  h.fleet.addAgent("a1", {}, true, testing::Behaviour::ApplyFromThread);
+  h.fleet.addAgent("a2", {}, true, testing::Behaviour::ApplyFromThread);
+  // A sink slow to pass fault.applied on: the engine must not run ahead of the event it acts on.
+  RunEngine engine(
+      h.fleet, h.probes, *h.store,
+      [&h](const v1::RunEvent& ev) {
+        if (ev.kind() == "fault.applied") {
+          std::this_thread::sleep_for(50ms);
+        }
+        std::lock_guard lock(h.mutex);
+        h.events.push_back(ev);
+      },
+      h.options);
+  CHECK(engine.run(RunRequest{"run-1", "unit.yaml", std::string(64, 'a'), "cli", experiment(100ms)}, StopSignal{}) ==
+        v1::VERDICT_HELD);
+  std::vector<std::string> kinds;
+  for (const auto& e : h.events) {
+    if (e.kind() == "fault.applied" || e.kind() == "step.skew") {
+      kinds.push_back(e.kind());
+    }
+  }
+  CHECK(kinds == std::vector<std::string>{"fault.applied", "fault.applied", "step.skew"});
+  kinds.clear();
+  const auto rec = h.store->getRun("run-1");
+  REQUIRE(rec.has_value());
+  for (const auto& e : rec->events()) {
+    if (e.kind() == "fault.applied" || e.kind() == "step.skew") {
+      kinds.push_back(e.kind());
+    }
+  }
+  CHECK(kinds == std::vector<std::string>{"fault.applied", "fault.applied", "step.skew"});
+}
+
 TEST_CASE("engine: a steady state failing before the method injects nothing") {
   Harness h;
   h.fleet.addAgent("a1", {});
@@ -368,6 +403,52 @@ TEST_CASE("engine: an agent that disconnects while holding a fault ends the run 
   CHECK(std::chrono::steady_clock::now() - start < 5s);
   const auto reason = h.store->getRun("run-1")->reason();
   CHECK(reason.find("agent a1 disconnected") != std::string::npos);
+}
+
+TEST_CASE("engine: an agent that disconnects holding two faults: each gets fault.failed saying it disconnected") {
+  Harness h;
+  h.fleet.addAgent("a1", {});
+  auto e = experiment(30s);
+  ParallelStep both;
+  both.steps.emplace_back(std::get<FaultStep>(e.method[0]));
+  both.steps.emplace_back(std::get<FaultStep>(e.method[0]));
+  e.method.insert(e.method.begin(), Step{both});
+  e.method.resize(1);
+  // The gateway's report for the first fault arrives; the run ends before the second's does.
+  std::thread gone([&h] {
+    std::vector<std::string> ids;
+    while ((ids = h.fleet.activeIds()).size() < 2) {
+      std::this_thread::sleep_for(5ms);
+    }
+    h.fleet.removeAgent("a1");
+    v1::FaultReport r;
+    r.set_fault_id(ids.front());
+    r.set_state(v1::FAULT_STATE_FAILED);
+    r.set_error_code(v1::FAULT_ERROR_AGENT_GONE);
+    r.set_error("agent a1 disconnected while holding the fault");
+    h.fleet.emit("a1", r);
+  });
+  const auto start = std::chrono::steady_clock::now();
+  CHECK(h.run(e) == v1::VERDICT_ERROR);
+  gone.join();
+  CHECK(std::chrono::steady_clock::now() - start < 5s);
+  const auto rec = h.store->getRun("run-1");
+  REQUIRE(rec.has_value());
+  const auto reason = rec->reason();
+  CAPTURE(reason);
+  CHECK(reason.find("disconnected") != std::string::npos);
+  CHECK(reason.find("within") == std::string::npos);
+  std::set<std::string> failed;  // the messages of the fault.failed events
+  for (const auto& ev : rec->events()) {
+    if (ev.kind() == "fault.failed") {
+      CAPTURE(ev.message());
+      CHECK(ev.message().find("disconnected") != std::string::npos);
+      CHECK(ev.message().find("within") == std::string::npos);
+      CHECK(ev.host() == "host-a1");
+      failed.insert(ev.message());
+    }
+  }
+  CHECK(failed.size() == 2);
 }
 
 TEST_CASE("evaluateSlo: nearest-rank percentiles, error share, burn rate, value") {

@@ -1,5 +1,6 @@
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -316,7 +317,7 @@ TEST_CASE("bad files: each error names the field, the line and what is wrong") {
            "      target: {interface: this-name-is-too-long}\n      percent: 5\n",
        "method[0].fault.target.interface", 9, "not a Linux interface name"},
       {"pid 1 is protected", h + "method:\n  - fault: {type: process.kill, duration: 1s, process: {pid: 1}}\n",
-       "method[0].fault.process.pid", 6, "cannot be targeted"},
+       "method[0].fault.process.pid", 6, "pid 1 is never a target"},
       {"unknown signal",
        h + "method:\n  - fault: {type: process.kill, duration: 1s, process: {name: x}, signal: SIGNOPE}\n",
        "method[0].fault.signal", 6, "not a signal"},
@@ -391,7 +392,7 @@ TEST_CASE("a fault with a malformed field is still validated, without repeating 
   CHECK(hasDiagnostic(d, "method[0].fault.target.interface", 9, "not a Linux interface name"));
   CHECK(hasDiagnostic(d, "method[0].fault.delay", 10, "out of range"));
   CHECK(hasDiagnostic(d, "method[0].fault.correlation", 11, "not a percentage"));
-  CHECK(hasDiagnostic(d, "method[1].fault.process.pid", 15, "not an integer"));
+  CHECK(hasDiagnostic(d, "method[1].fault.process.pid", 15, "not a whole number"));
   CHECK(hasDiagnostic(d, "method[1].fault.signal", 16, "not a signal"));
   CHECK(d.size() == 5);
 }
@@ -412,6 +413,7 @@ TEST_CASE("diagnostics carry file, line, column and format as FILE:LINE:COLUMN: 
 TEST_CASE("every file in experiments/ parses") {
   const std::filesystem::path dir = std::filesystem::path(FAULTLINE_SOURCE_DIR) / "experiments";
   int files = 0;
+  std::set<std::string> kinds;
   for (const auto& entry : std::filesystem::directory_iterator(dir)) {
     if (entry.path().extension() != ".yaml") {
       continue;
@@ -422,8 +424,33 @@ TEST_CASE("every file in experiments/ parses") {
     text << in.rdbuf();
     auto result = parseExperiment(text.str(), entry.path().string());
     CHECK_MESSAGE(result.has_value(), (result ? "" : allDiagnostics(result.error())));
+    if (!result) {
+      continue;
+    }
+    const auto note = [&](const FaultStep& f) {
+      kinds.insert(std::string(faultKindName(f.spec)));
+      if (f.spec.has_process_kill() && f.spec.process_kill().process().count() > 0) {
+        kinds.insert("process.kill with count");
+      }
+    };
+    for (const auto& step : result->method) {
+      if (const auto* f = std::get_if<FaultStep>(&step)) {
+        note(*f);
+      } else if (const auto* p = std::get_if<ParallelStep>(&step)) {
+        for (const auto& member : p->steps) {
+          if (const auto* pf = std::get_if<FaultStep>(&member)) {
+            note(*pf);
+          }
+        }
+      }
+    }
   }
-  CHECK(files >= 2);
+  CHECK(files >= 6);
+  // An example for every kind of process and resource fault (issue 4).
+  for (const char* kind :
+       {"process.kill with count", "process.pause", "stress.cpu", "stress.memory", "cgroup.squeeze"}) {
+    CHECK_MESSAGE(kinds.count(kind) == 1, kind);
+  }
 }
 
 TEST_CASE("the complete example in docs/experiments.md parses") {
@@ -825,6 +852,48 @@ TEST_CASE("process, stress and cgroup faults: errors name the field, the value a
   CHECK(hasDiagnostic(d, "method[3].fault.cpus", 9, "no limit to squeeze"));
   CHECK(hasDiagnostic(d, "method[4].fault.process", 10, "has both name and cgroup"));
   CHECK(hasDiagnostic(d, "method[5].fault.every", 11, "out of range"));
+}
+
+TEST_CASE("integer fields: a negative or too large value is reported as written, with the accepted range") {
+  const std::string h = kHeader;
+  const auto d = errorsOf(h +
+                          "method:\n"
+                          "  - fault: {type: stress.cpu, duration: 1s, workers: -1}\n"                          // 6
+                          "  - fault: {type: cgroup.squeeze, duration: 1s, cgroup: /a, pidsMax: -3}\n"          // 7
+                          "  - fault: {type: cgroup.squeeze, duration: 1s, cgroup: /a, pidsMax: 4294967296}\n"  // 8
+                          "  - fault: {type: stress.cpu, duration: 1s, workers: 99999999999999999999}\n"        // 9
+                          "  - fault: {type: process.kill, duration: 1s, process: {pid: -5}}\n"                 // 10
+                          "  - fault: {type: process.pause, duration: 1s, process: {name: x, count: 0}}\n"      // 11
+                          "  - fault: {type: stress.cpu, duration: 1s, workers: 1025}\n"                        // 12
+                          "  - fault: {type: stress.cpu, duration: 1s, workers: 2.5}\n");                       // 13
+  const auto text = allDiagnostics(d);
+  CAPTURE(text);
+  CHECK(hasDiagnostic(d, "method[0].fault.workers", 6, "-1 is out of range (accepted: 1..1024, "));
+  CHECK(hasDiagnostic(d, "method[1].fault.pidsMax", 7, "-3 is out of range (accepted: 1..4194304, "));
+  CHECK(hasDiagnostic(d, "method[2].fault.pidsMax", 8, "4294967296 is out of range (accepted: 1..4194304, "));
+  CHECK(hasDiagnostic(d, "method[3].fault.workers", 9, "99999999999999999999 is out of range (accepted: 1..1024, "));
+  CHECK(hasDiagnostic(d, "method[4].fault.process.pid", 10, "-5 is out of range (accepted: 2..4194304, "));
+  CHECK(hasDiagnostic(d, "method[5].fault.process.count", 11, "0 is out of range (accepted: 1..4194304, "));
+  CHECK(hasDiagnostic(d, "method[6].fault.workers", 12, "1025 is out of range (accepted: 1..1024, "));
+  CHECK(hasDiagnostic(d, "method[7].fault.workers", 13, "'2.5' is not a whole number; accepted: 1..1024, "));
+  CHECK(d.size() == 8);
+  CHECK(contains(text, "bad.yaml:6:"));
+  for (const Diagnostic& one : d) {
+    CHECK(one.column > 1);
+  }
+}
+
+TEST_CASE("a mistyped process selector key gets a did-you-mean and the current key list, and nothing else") {
+  const std::string h = kHeader;
+  const auto d = errorsOf(h +
+                          "method:\n"
+                          "  - fault: {type: process.kill, duration: 1s, process: {nmae: x}}\n");
+  const auto text = allDiagnostics(d);
+  CAPTURE(text);
+  REQUIRE(d.size() == 1);
+  CHECK(d[0].field == "method[0].fault.process.nmae");
+  CHECK(contains(d[0].message, "unknown key 'nmae' (did you mean 'name'?)"));
+  CHECK(contains(d[0].message, "pid, name, cmdline, cgroup, pidfile, systemdUnit, count, percent"));
 }
 
 TEST_CASE("probes of every kind, with their options") {

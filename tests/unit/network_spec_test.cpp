@@ -369,7 +369,7 @@ TEST_CASE("parser: bad network values name the file, line, field and what is acc
       {"      type: network.delay\n" + t +
            "      target:\n        interface: eth0\n        match:\n          protocol: udp\n"
            "          sourcePorts: [70000]\n      delay: 1ms\n",
-       "method[0].fault.target.match.sourcePorts[0]", 13, "1 to 65535"},
+       "method[0].fault.target.match.sourcePorts[0]", 13, "1..65535"},
       {"      type: network.loss\n" + t +
            "      target: {interface: eth0}\n      percent: 5\n      gilbertElliott: {p: 1}\n",
        "method[0].fault.percent", 10, "either percent"},

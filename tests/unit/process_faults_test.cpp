@@ -8,6 +8,7 @@
 #include <string>
 
 #include <doctest/doctest.h>
+#include <fmt/format.h>
 #include <unistd.h>
 
 #include "agent/kernel/cgroup_tree.h"
@@ -139,6 +140,10 @@ TEST_CASE("process.kill counts exits, and describes a kill loop's rounds") {
   CHECK(hits[0].exited());
   CHECK(hits[0].action() == "SIGTERM");
   CHECK(contains((*applied)->describe(), "SIGTERM sent to pid " + std::to_string(h.base + 1) + " (job) exited"));
+  REQUIRE((*applied)->revert());
+  const std::string ended = (*applied)->describeRevert("duration ended");
+  CHECK(ended == "ended (duration ended): nothing to undo (a sent signal cannot be taken back)");
+  CHECK_FALSE(contains(ended, "SIGTERM"));
 }
 
 TEST_CASE("process.pause freezes a cgroup only its targets hold, SIGSTOPs the rest, and resumes both") {
@@ -175,6 +180,11 @@ TEST_CASE("process.pause freezes a cgroup only its targets hold, SIGSTOPs the re
   REQUIRE(h.table.sent().size() == 2);
   CHECK(h.table.sent()[1].pid == h.base + 3);
   CHECK(h.table.sent()[1].sig == SIGCONT);
+  const std::string resumed = (*applied)->describeRevert("revert requested");
+  CHECK(resumed == fmt::format("resumed 3 paused process(es) (revert requested): thawed cgroup /app.service, SIGCONT "
+                               "to pid {}",
+                               h.base + 3));
+  CHECK_FALSE(contains(resumed, "SIGSTOP"));
 }
 
 TEST_CASE("process.pause: a failure half-way resumes what it paused; recovery skips a reused pid") {

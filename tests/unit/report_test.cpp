@@ -228,6 +228,22 @@ TEST_CASE("journal: experiment, hosts, every event, every sample, SLIs, verdict"
   CHECK(j["verdict"]["exitCode"] == 1);
 }
 
+TEST_CASE("journal: the experiment as it ran, with --var values substituted except secrets") {
+  const std::string yaml = "# ${IF} via $${LITERAL}\nname: x\nurl: http://h/?token=${API_TOKEN}&p=${db_password}\n";
+  const Variables vars{{"IF", "eth0"}, {"API_TOKEN", "s3cr3t"}, {"db_password", "hunter2"}};
+  const std::string text = formatJournal(violatedRun(), "x.yaml", yaml, vars);
+  CHECK_FALSE(has(text, "s3cr3t"));
+  CHECK_FALSE(has(text, "hunter2"));
+  const auto j = nlohmann::json::parse(text);
+  CHECK(j["experiment"]["yaml"] ==
+        "# eth0 via ${LITERAL}\nname: x\nurl: http://h/?token=${API_TOKEN}&p=${db_password}\n");
+  CHECK(j["experiment"]["variables"] == nlohmann::json::parse(R"([{"name": "API_TOKEN", "redacted": true},
+                                                                  {"name": "IF", "value": "eth0"},
+                                                                  {"name": "db_password", "redacted": true}])"));
+  CHECK(isSecretVariableName("MY_Secret_KEY"));
+  CHECK_FALSE(isSecretVariableName("TOKE"));
+}
+
 TEST_CASE("show: the faults' windows and the SLIs") {
   setenv("TZ", "UTC0", 1);
   tzset();

@@ -294,6 +294,37 @@ TEST_CASE("record store: a run with events and samples round-trips in time order
   CHECK(got->samples(0).latency_ms() == 12.0);
 }
 
+TEST_CASE("record store: a step.skew event keeps its start time and skew") {
+  TempDir dir;
+  auto store = openSqliteStore(dir.file("runs.db"));
+  v1::Run run = fixtureRun();
+  store->createRun(run);
+  v1::RunEvent skew;
+  skew.set_run_id(run.run_id());
+  *skew.mutable_at() = TimeUtil::MicrosecondsToTimestamp(1'714'564'800'500'000);
+  skew.set_kind("step.skew");
+  skew.set_message("step 1: 3 host(s) applied within 1.142 ms of each other");
+  *skew.mutable_start_at() = TimeUtil::MicrosecondsToTimestamp(1'714'564'800'250'000);
+  *skew.mutable_skew() = TimeUtil::NanosecondsToDuration(1'142'337);
+  store->addEvent(skew);
+  auto got = store->getRun(run.run_id());
+  REQUIRE(got.has_value());
+  const v1::RunEvent* found = nullptr;
+  for (const auto& e : got->events()) {
+    if (e.kind() == "step.skew") {
+      found = &e;
+    } else {
+      CHECK_FALSE(e.has_skew());
+      CHECK_FALSE(e.has_start_at());
+    }
+  }
+  REQUIRE(found != nullptr);
+  REQUIRE(found->has_skew());
+  CHECK(TimeUtil::DurationToNanoseconds(found->skew()) == 1'142'337);
+  REQUIRE(found->has_start_at());
+  CHECK(TimeUtil::TimestampToMicroseconds(found->start_at()) == 1'714'564'800'250'000);
+}
+
 TEST_CASE("record store: finishRun sets verdict, reason and end") {
   TempDir dir;
   auto store = openSqliteStore(dir.file("runs.db"));
