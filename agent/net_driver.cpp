@@ -23,6 +23,7 @@ using kernel::QdiscInfo;
 using kernel::QdiscParams;
 using kernel::QdiscTable;
 using kernel::TbfParams;
+using kernel::TcObject;
 
 constexpr uint64_t kMinDefaultBurstBytes = 2 * 1514;  // two full-size Ethernet frames
 
@@ -187,7 +188,7 @@ std::optional<std::vector<uint8_t>> fromHex(std::string_view hex) {
 bool isRestored(const std::optional<QdiscInfo>& current, const std::optional<QdiscInfo>& saved) {
   if (saved && saved->handle != 0) {
     return current && current->kind == saved->kind && current->handle == saved->handle &&
-           current->options == saved->options;
+           kernel::sameQdiscOptions(saved->kind, current->options, saved->options);
   }
   return !current || current->handle == 0;
 }
@@ -199,6 +200,64 @@ tl::expected<void, std::error_code> undo(QdiscTable& table, const std::string& i
     return table.restoreRoot(interface, *saved);
   }
   return table.deleteRoot(interface);
+}
+
+bool sameObject(const TcObject& a, const TcObject& b) {
+  return a.type == b.type && a.handle == b.handle && a.parent == b.parent && a.info == b.info;
+}
+
+// The first part of below that current lacks or holds with other options, in tc's words.
+std::optional<std::string> firstDifference(const std::vector<TcObject>& below, const std::vector<TcObject>& current) {
+  for (const auto& o : below) {
+    auto it = std::find_if(current.begin(), current.end(), [&](const TcObject& c) { return sameObject(o, c); });
+    if (it == current.end()) {
+      return fmt::format("{} is missing", kernel::tcObjectText(o));
+    }
+    if (!kernel::sameTree({o}, {*it})) {
+      return fmt::format("{} has other options", kernel::tcObjectText(o));
+    }
+  }
+  for (const auto& c : current) {
+    if (std::none_of(below.begin(), below.end(), [&](const TcObject& o) { return sameObject(o, c); })) {
+      return fmt::format("{} was not there before", kernel::tcObjectText(c));
+    }
+  }
+  return std::nullopt;
+}
+
+// With the saved root back in place: adds what of below the tree lacks (all of it right after the
+// root was restored; the rest after a crash half-way), in kernel::restoreOrder(), then reads the
+// tree back and compares it with below. The error's text names the part that failed.
+tl::expected<void, std::pair<std::error_code, std::string>> restoreBelow(QdiscTable& table,
+                                                                         const std::string& interface,
+                                                                         const QdiscInfo& root,
+                                                                         const std::vector<TcObject>& below) {
+  using Failure = std::pair<std::error_code, std::string>;
+  if (below.empty() || root.handle == 0) {
+    return {};
+  }
+  auto current = table.dumpTree(interface);
+  if (!current) {
+    return tl::unexpected(Failure{current.error(), "cannot read the tree below the root qdisc"});
+  }
+  for (const auto& o : kernel::restoreOrder(root, below)) {
+    if (std::any_of(current->begin(), current->end(), [&](const TcObject& c) { return sameObject(o, c); })) {
+      continue;
+    }
+    if (auto added = table.restoreObject(interface, o); !added) {
+      return tl::unexpected(Failure{added.error(), fmt::format("cannot put back the {}", kernel::tcObjectText(o))});
+    }
+  }
+  auto after = table.dumpTree(interface);
+  if (!after) {
+    return tl::unexpected(Failure{after.error(), "cannot read the tree below the root qdisc back to verify"});
+  }
+  if (!kernel::sameTree(below, *after)) {
+    return tl::unexpected(Failure{std::make_error_code(std::errc::io_error),
+                                  fmt::format("the tree below the root qdisc did not come back exactly: {}",
+                                              firstDifference(below, *after).value_or("it differs"))});
+  }
+  return {};
 }
 
 // Words for a failed table call; the code decides, never the text.
@@ -242,12 +301,15 @@ std::string deleteRootCommand(const Plan& plan) {
 
 // Why faultline cannot put back root (with children below it) exactly; nullopt when it can.
 std::optional<std::string> cannotRestore(const Plan& plan, const std::optional<QdiscInfo>& root,
-                                         const std::vector<QdiscInfo>& children) {
+                                         const std::vector<TcObject>& below) {
   if (root && root->handle != 0) {
     switch (kernel::restorability(root->kind)) {
       case kernel::Restorability::kExact:
         break;
       case kernel::Restorability::kClassful:
+        if (root->kind == "htb" || root->kind == "prio" || root->kind == "mq") {
+          break;  // saved and restored whole, classes and filters included, when treeRefusal() allows
+        }
         return fmt::format(
             "interface {} has the classful root qdisc {}, whose classes and filters faultline cannot save and "
             "restore yet",
@@ -264,13 +326,24 @@ std::optional<std::string> cannotRestore(const Plan& plan, const std::optional<Q
             plan.interface, qdiscText(root));
     }
   }
+  if (root && root->handle != 0) {
+    if (auto why = kernel::treeRefusal(*root, below)) {
+      return fmt::format("interface {} has the root qdisc {}, and {}, so faultline cannot put the tree back exactly",
+                         plan.interface, qdiscText(root), *why);
+    }
+    return std::nullopt;
+  }
   // A default root's own children (handle 0:, e.g. mq's per-queue fq_codel) come back with it.
-  const auto added = std::find_if(children.begin(), children.end(), [](const QdiscInfo& q) { return q.handle != 0; });
-  if (added != children.end()) {
+  const auto added = std::find_if(below.begin(), below.end(), [](const TcObject& q) {
+    return q.type == kernel::TcObjectType::kQdisc && q.handle != 0;
+  });
+  if (added != below.end()) {
     return fmt::format(
-        "interface {} has the root qdisc {} with qdiscs attached below it ({} at parent {}), which faultline "
-        "cannot save and restore yet",
-        plan.interface, qdiscText(root), qdiscText(*added), parentText(added->parent));
+        "interface {} has the kernel's default root qdisc {} with qdiscs attached below it ({} {} at parent {}), "
+        "which faultline cannot save and restore; give the root a handle (e.g. `tc qdisc replace dev {} root "
+        "handle 1: {}`) and attach them below it",
+        plan.interface, qdiscText(root), added->kind, handleText(added->handle), parentText(added->parent),
+        plan.interface, root ? root->kind : "mq");
   }
   return std::nullopt;
 }
@@ -378,20 +451,23 @@ tl::expected<Plan, FaultError> planFor(const v1::FaultSpec& spec, const std::vec
 
 class AppliedNetworkFault final : public AppliedFault {
  public:
-  AppliedNetworkFault(QdiscTableOpener open, Plan plan, std::optional<QdiscInfo> saved)
+  AppliedNetworkFault(QdiscTableOpener open, Plan plan, std::optional<QdiscInfo> saved, std::vector<TcObject> below)
       : open_(std::move(open)),
         plan_(std::move(plan)),
         ourKind_(rootKind(plan_)),
         what_(paramsText(plan_.params) +
               (plan_.tree ? fmt::format(" on matched traffic ({} u32 filters)", plan_.filters.size()) : "")),
-        saved_(std::move(saved)) {}
+        saved_(std::move(saved)),
+        below_(std::move(below)) {}
   // From an undo record: only the kind of faultline's qdisc is known, not its parameters.
-  AppliedNetworkFault(QdiscTableOpener open, Plan plan, std::string ourKind, std::optional<QdiscInfo> saved)
+  AppliedNetworkFault(QdiscTableOpener open, Plan plan, std::string ourKind, std::optional<QdiscInfo> saved,
+                      std::vector<TcObject> below)
       : open_(std::move(open)),
         plan_(std::move(plan)),
         ourKind_(std::move(ourKind)),
         what_(ourKind_),
-        saved_(std::move(saved)) {}
+        saved_(std::move(saved)),
+        below_(std::move(below)) {}
 
   tl::expected<void, FaultError> revert() override {
     if (reverted_) {
@@ -417,8 +493,9 @@ class AppliedNetworkFault final : public AppliedFault {
           faultError(current.error(), tableErrorText(plan_, "revert: cannot read the root qdisc", current.error())));
     }
     if (isRestored(*current, saved_)) {
-      reverted_ = true;  // an earlier attempt (or someone) already put the saved root back
-      return {};
+      // An earlier attempt (or someone) already put the saved root back; a crash or an error may
+      // have stopped it before the whole tree below was back.
+      return finishBelow(**table);
     }
     if (!isOurs(*current, ourKind_)) {
       return tl::unexpected(notOursError(fmt::format(
@@ -445,8 +522,7 @@ class AppliedNetworkFault final : public AppliedFault {
           tableErrorText(plan_, "revert: reverted, but cannot read the root qdisc back to verify", after.error())));
     }
     if (isRestored(*after, saved_)) {
-      reverted_ = true;
-      return {};
+      return finishBelow(**table);
     }
     const std::string expected = fmt::format("{} (with its original options)", qdiscText(saved_));
     if (isOurs(*after, ourKind_)) {
@@ -481,17 +557,36 @@ class AppliedNetworkFault final : public AppliedFault {
     return nothingToRevert(fmt::format("interface {} no longer exists", plan_.interface));
   }
 
+  // The saved root is back: puts back the classes, qdiscs and filters that were below it.
+  tl::expected<void, FaultError> finishBelow(QdiscTable& table) {
+    if (saved_ && saved_->handle != 0) {
+      if (auto restored = restoreBelow(table, plan_.interface, *saved_, below_); !restored) {
+        if (restored.error().first == std::errc::no_such_device) {
+          return interfaceGone();
+        }
+        return tl::unexpected(
+            faultError(restored.error().first, tableErrorText(plan_,
+                                                              fmt::format("revert: the root qdisc {} is back, but {}",
+                                                                          qdiscText(saved_), restored.error().second),
+                                                              restored.error().first)));
+      }
+    }
+    reverted_ = true;
+    return {};
+  }
+
   QdiscTableOpener open_;
   Plan plan_;
   std::string ourKind_;             // the kind of faultline's root qdisc: "netem" or "tbf"
   std::string what_;                // faultline's qdisc in words, for describe()
   std::optional<QdiscInfo> saved_;  // the undo record: the root before apply()
+  std::vector<TcObject> below_;     // and the tree below it (QdiscTable::dumpTree())
   bool reverted_ = false;
   std::string outcome_;  // set when revert() found nothing to revert
 };
 
 // The undo record of a plan, as the journal stores it (docs/operations.md, "Undo journal").
-nlohmann::json undoRecord(const Plan& plan, const std::optional<QdiscInfo>& saved) {
+nlohmann::json undoRecord(const Plan& plan, const std::optional<QdiscInfo>& saved, const std::vector<TcObject>& below) {
   nlohmann::json savedJson = nullptr;
   if (saved && saved->handle != 0) {
     savedJson = {{"kind", saved->kind},
@@ -499,8 +594,70 @@ nlohmann::json undoRecord(const Plan& plan, const std::optional<QdiscInfo>& save
                  {"parent", saved->parent},
                  {"options", toHex(saved->options)}};
   }
-  return {{"fault", plan.faultName},        {"netns", plan.netns},     {"interface", plan.interface},
-          {"handle", kFaultlineRootHandle}, {"qdisc", rootKind(plan)}, {"saved", savedJson}};
+  nlohmann::json record = {{"fault", plan.faultName},        {"netns", plan.netns},     {"interface", plan.interface},
+                           {"handle", kFaultlineRootHandle}, {"qdisc", rootKind(plan)}, {"saved", savedJson}};
+  if (saved && saved->handle != 0 && !below.empty()) {
+    nlohmann::json parts = nlohmann::json::array();
+    for (const auto& o : below) {
+      parts.push_back({{"type", kernel::tcObjectTypeName(o.type)},
+                       {"kind", o.kind},
+                       {"handle", o.handle},
+                       {"parent", o.parent},
+                       {"info", o.info},
+                       {"chain", o.chain},
+                       {"options", toHex(o.options)}});
+    }
+    record["below"] = std::move(parts);
+  }
+  return record;
+}
+
+// The "below" array of an undo record; nullopt when it is malformed. Records written before it
+// existed have none: an empty tree.
+std::optional<std::vector<TcObject>> belowFromRecord(const nlohmann::json& undo) {
+  std::vector<TcObject> out;
+  if (!undo.contains("below")) {
+    return out;
+  }
+  const auto& parts = undo["below"];
+  if (!parts.is_array()) {
+    return std::nullopt;
+  }
+  for (const auto& p : parts) {
+    if (!p.is_object() || !p.contains("type") || !p["type"].is_string() || !p.contains("kind") ||
+        !p["kind"].is_string() || !p.contains("options") || !p["options"].is_string()) {
+      return std::nullopt;
+    }
+    for (const char* key : {"handle", "parent", "info", "chain"}) {
+      if (!p.contains(key) || !p[key].is_number_unsigned() ||
+          p[key].get<uint64_t>() > std::numeric_limits<uint32_t>::max()) {
+        return std::nullopt;
+      }
+    }
+    TcObject o;
+    const auto type = p["type"].get<std::string>();
+    if (type == "qdisc") {
+      o.type = kernel::TcObjectType::kQdisc;
+    } else if (type == "class") {
+      o.type = kernel::TcObjectType::kClass;
+    } else if (type == "filter") {
+      o.type = kernel::TcObjectType::kFilter;
+    } else {
+      return std::nullopt;
+    }
+    auto options = fromHex(p["options"].get<std::string>());
+    if (!options) {
+      return std::nullopt;
+    }
+    o.kind = p["kind"].get<std::string>();
+    o.handle = p["handle"].get<uint32_t>();
+    o.parent = p["parent"].get<uint32_t>();
+    o.info = p["info"].get<uint32_t>();
+    o.chain = p["chain"].get<uint32_t>();
+    o.options = std::move(*options);
+    out.push_back(std::move(o));
+  }
+  return out;
 }
 
 uint64_t ceilDiv(uint64_t a, uint64_t b) {
@@ -577,7 +734,8 @@ namespace {
 
 // Builds faultline's tree for plan (see Plan::tree); on any failure puts the saved root back and
 // reports the step that failed.
-tl::expected<void, FaultError> buildTree(QdiscTable& table, const Plan& plan, const std::optional<QdiscInfo>& before) {
+tl::expected<void, FaultError> buildTree(QdiscTable& table, const Plan& plan, const std::optional<QdiscInfo>& before,
+                                         const std::vector<TcObject>& below) {
   std::string step;
   std::error_code code;
   const auto attempt = [&](std::string what, tl::expected<void, std::error_code> result) {
@@ -618,6 +776,12 @@ tl::expected<void, FaultError> buildTree(QdiscTable& table, const Plan& plan, co
     if (auto undone = undo(table, plan.interface, before); !undone) {
       error.message += fmt::format(" (and removing the half-built tree to put back {} failed: {})", qdiscText(before),
                                    undone.error().message());
+      error.mayBeChanged = true;
+    } else if (auto rest = before ? restoreBelow(table, plan.interface, *before, below)
+                                  : tl::expected<void, std::pair<std::error_code, std::string>>{};
+               !rest) {
+      error.message += fmt::format(" (the half-built tree was removed and the root qdisc {} put back, but {}: {})",
+                                   qdiscText(before), rest.error().second, rest.error().first.message());
       error.mayBeChanged = true;
     } else {
       error.message +=
@@ -699,27 +863,27 @@ tl::expected<std::unique_ptr<AppliedFault>, FaultError> NetworkFaultDriver::appl
                     "leftover on this host with `faultline-agent revert-all`",
                     context(*plan), plan->interface, qdiscText(*before), deleteRootCommand(*plan))));
   }
-  auto children = (*table)->rootChildren(plan->interface);
-  if (!children) {
-    return tl::unexpected(faultError(
-        children.error(), tableErrorText(*plan, "cannot read the qdiscs below the root qdisc", children.error())));
+  auto below = (*table)->dumpTree(plan->interface);
+  if (!below) {
+    return tl::unexpected(
+        faultError(below.error(), tableErrorText(*plan, "cannot read the tree below the root qdisc", below.error())));
   }
-  if (auto why = cannotRestore(*plan, *before, *children)) {
+  if (auto why = cannotRestore(*plan, *before, *below)) {
     return tl::unexpected(faultError(std::make_error_code(std::errc::not_supported),
                                      fmt::format("{}: {}; nothing was changed", context(*plan), *why)));
   }
   if (persist) {
-    if (auto persisted = persist(undoRecord(*plan, *before)); !persisted) {
+    if (auto persisted = persist(undoRecord(*plan, *before, *below)); !persisted) {
       return tl::unexpected(
           FaultError{persisted.error().code, fmt::format("{}: cannot journal the undo record, nothing was changed: {}",
                                                          context(*plan), persisted.error().message)});
     }
   }
   if (plan->tree) {
-    if (auto built = buildTree(**table, *plan, *before); !built) {
+    if (auto built = buildTree(**table, *plan, *before, *below); !built) {
       return tl::unexpected(built.error());
     }
-    return std::make_unique<AppliedNetworkFault>(open_, std::move(*plan), std::move(*before));
+    return std::make_unique<AppliedNetworkFault>(open_, std::move(*plan), std::move(*before), std::move(*below));
   }
   if (auto replaced = (*table)->replaceRoot(plan->interface, kFaultlineRootHandle, plan->params); !replaced) {
     const std::error_code code = replaced.error();
@@ -739,13 +903,19 @@ tl::expected<std::unique_ptr<AppliedFault>, FaultError> NetworkFaultDriver::appl
         message += fmt::format(" (and putting back the root qdisc {} failed: {})", qdiscText(*before),
                                undone.error().message());
         mayBeChanged = true;
+      } else if (auto rest = *before ? restoreBelow(**table, plan->interface, **before, *below)
+                                     : tl::expected<void, std::pair<std::error_code, std::string>>{};
+                 !rest) {
+        message += fmt::format(" (the root qdisc {} was put back, but {}: {})", qdiscText(*before), rest.error().second,
+                               rest.error().first.message());
+        mayBeChanged = true;
       }
     }
     FaultError error = faultError(code, std::move(message));
     error.mayBeChanged = mayBeChanged;
     return tl::unexpected(std::move(error));
   }
-  return std::make_unique<AppliedNetworkFault>(open_, std::move(*plan), std::move(*before));
+  return std::make_unique<AppliedNetworkFault>(open_, std::move(*plan), std::move(*before), std::move(*below));
 }
 
 tl::expected<std::string, FaultError> NetworkFaultDriver::revertRecord(const nlohmann::json& undo,
@@ -791,11 +961,17 @@ tl::expected<std::string, FaultError> NetworkFaultDriver::revertRecord(const nlo
     saved = QdiscInfo{s["kind"].get<std::string>(), s["handle"].get<uint32_t>(), s["parent"].get<uint32_t>(),
                       std::move(*options)};
   }
+  auto below = belowFromRecord(undo);
+  if (!below) {
+    return malformed(
+        "below needs an array of {type (qdisc, class, filter), kind, handle, parent, info, chain, "
+        "options (hex)}");
+  }
   Plan plan;
   plan.faultName = undo.value("fault", std::string("network fault"));
   plan.netns = *netns;
   plan.interface = *interface;
-  AppliedNetworkFault fault(open, std::move(plan), *ourKind, std::move(saved));
+  AppliedNetworkFault fault(open, std::move(plan), *ourKind, std::move(saved), std::move(*below));
   if (auto reverted = fault.revert(); !reverted) {
     return tl::unexpected(reverted.error());
   }

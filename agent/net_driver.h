@@ -5,11 +5,14 @@
 // record) and what hangs below it, and refuses, before any change:
 //   EEXIST  the root is already faultline's (one network fault per interface in this version);
 //           the message says how to remove a leftover one with tc when no run holds it.
-//   ENOTSUP a root faultline cannot put back exactly: a classful kind (htb, prio, mq, ...) with a
-//           handle, whose classes and filters nothing saves; a kind whose dump the kernel does not
-//           take back byte for byte (kernel::restorability()); or a root with qdiscs of someone's
-//           attached below it. Kernel defaults (handle 0:, e.g. mq, pfifo_fast, noqueue) are fine:
-//           revert deletes faultline's root and the kernel attaches its default again.
+//   ENOTSUP a tree faultline cannot put back exactly, the message naming the part: a root kind
+//           whose dump the kernel does not take back byte for byte (kernel::restorability()), a
+//           classful kind other than htb, prio and mq, or a part below the root that
+//           kernel::treeRefusal() refuses (filters with actions, classifiers other than u32, ...);
+//           or a kernel default root (handle 0:) with someone's qdisc attached below it. Kernel
+//           defaults alone (e.g. mq, pfifo_fast, noqueue) are fine: revert deletes faultline's root
+//           and the kernel attaches its default again. A root with a handle is saved whole: the
+//           root, its classes, the qdiscs below and their filters (QdiscTable::dumpTree()).
 // Then it replaces the root with faultline's qdisc (handle FA17:). With a traffic match it builds a
 // tree instead: htb FA17: (unclassified packets bypass the classes), class FA17:1, the fault's
 // qdisc FA18: below it, and u32 filters (traffic_match.h) steering matched packets to FA17:1; a
@@ -17,8 +20,10 @@
 // returned, and the message names the step (and the module: sch_htb, cls_u32, sch_netem).
 // ENOTSUP, before anything is read: direction ingress or both; interface "default" or a netns
 // chosen by process when the driver has no target resolver (setTargetResolver()).
-// revert(): if the root is still faultline's, restores the saved root qdisc byte for byte, or
-// deletes ours when the saved one was the kernel's default (handle 0:), then reads back to verify.
+// revert(): if the root is still faultline's, restores the saved root qdisc byte for byte, then the
+// tree below it (kernel::restoreOrder()), or deletes ours when the saved one was the kernel's
+// default (handle 0:), then reads the root and the tree back to verify; when the saved root is
+// already back, only the parts of the tree that are missing are added.
 // It succeeds with nothing to do when the interface or the namespace no longer exists (the fault
 // went with it); describe() then says so. Its errors:
 //   EBUSY   permanent, do not retry: the root is no longer faultline's (someone replaced it, or the
@@ -76,15 +81,19 @@ class NetworkFaultDriver final : public FaultDriver {
   // replacing it:
   //   {"fault":"network.bandwidth","netns":"/var/run/netns/a" or "","interface":"veth0",
   //    "handle":4195811328 (FA17:),"qdisc":"tbf",
-  //    "saved":null (a kernel default root) or {"kind","handle","parent","options":"<hex>"}}
+  //    "saved":null (a kernel default root) or {"kind","handle","parent","options":"<hex>"},
+  //    "below":[{"type":"qdisc"|"class"|"filter","kind","handle","parent","info","chain",
+  //              "options":"<hex>"}, ...] (only when something hung below a saved root)}
   using FaultDriver::apply;
   [[nodiscard]] tl::expected<std::unique_ptr<AppliedFault>, FaultError> apply(const v1::FaultSpec& spec,
                                                                               const PersistUndo& persist) override;
 
   // Crash recovery: does what the fault's revert() does, from its undo record alone. If the root
-  // is still faultline's, restores the saved root byte for byte (or deletes ours when it was a
-  // default); nothing to do when the saved root is already back (a crash before the kernel
-  // change), or the interface or namespace is gone. Returns what it did, in words.
+  // is still faultline's, restores the saved root and the tree below it byte for byte (or deletes
+  // ours when it was a default); when the saved root is already back (a crash before the kernel
+  // change, or during a revert) adds what is missing of the tree; nothing to do when the interface
+  // or namespace is gone. Records without "below" (earlier versions) restore the root alone.
+  // Returns what it did, in words.
   // errors: as revert(); EINVAL (permanent) for a record it cannot read.
   [[nodiscard]] static tl::expected<std::string, FaultError> revertRecord(const nlohmann::json& undo,
                                                                           const QdiscTableOpener& open);

@@ -59,17 +59,10 @@ void addProtocol(std::vector<U32Key>& keys, uint8_t number, int family) {
   }
 }
 
-// Ports at the transport header; IPv4 additionally requires IHL 5 (see the header).
-void addPorts(std::vector<U32Key>& keys, std::optional<uint16_t> source, std::optional<uint16_t> destination,
-              int family) {
-  if (!source && !destination) {
-    return;
-  }
-  const int32_t at = family == AF_INET ? 20 : 40;
-  if (family == AF_INET) {
-    keys.push_back(U32Key{htonl(0x05000000u), htonl(0x0F000000u), 0});  // IHL 5
-    keys.push_back(U32Key{0, htonl(0x00001FFFu), 4});                   // fragment offset 0
-  }
+// The ports key at offset at: IPv6 at 40 (right after the fixed header); IPv4 at 0 of the table
+// a link node enters at the IPv4 payload (see filtersFor()).
+void addPortKey(std::vector<U32Key>& keys, std::optional<uint16_t> source, std::optional<uint16_t> destination,
+                int32_t at) {
   uint32_t value = 0;
   uint32_t mask = 0;
   if (source) {
@@ -93,7 +86,48 @@ kernel::U32Filter filterFor(int family, std::vector<U32Key> keys, uint32_t paren
   return kernel::U32Filter{parent, prio, family == AF_INET ? kEthIp : kEthIpv6, std::move(keys), classid};
 }
 
+// The filters for one combination: keys (addresses, protocol) at the network header, and ports.
+// IPv6, or no ports: one node. IPv4 with ports: a hash table of its own (the tableIndex-th of this
+// priority), a node in it matching the ports at offset 0, and a link node matching the rest and
+// the fragment offset 0 that enters the table at the IPv4 payload (IHL * 4), so packets with IP
+// options match too.
+void filtersFor(std::vector<kernel::U32Filter>& out, int family, std::vector<U32Key> keys,
+                std::optional<uint16_t> sport, std::optional<uint16_t> dport, uint32_t parent, uint16_t priority,
+                uint32_t classid, uint32_t& tableIndex) {
+  if (!sport && !dport) {
+    out.push_back(filterFor(family, std::move(keys), parent, priority, classid));
+    return;
+  }
+  if (family == AF_INET6) {
+    addPortKey(keys, sport, dport, 40);
+    out.push_back(filterFor(family, std::move(keys), parent, priority, classid));
+    return;
+  }
+  const uint32_t table = u32TableHandle(priority, ++tableIndex);
+  kernel::U32Filter hashTable = filterFor(family, {}, parent, priority, classid);
+  hashTable.keys.clear();
+  hashTable.classid = 0;
+  hashTable.divisor = 1;
+  hashTable.handle = table;
+  out.push_back(std::move(hashTable));
+  std::vector<U32Key> ports;
+  addPortKey(ports, sport, dport, 0);
+  kernel::U32Filter portNode = filterFor(family, std::move(ports), parent, priority, classid);
+  portNode.table = table;
+  out.push_back(std::move(portNode));
+  keys.push_back(U32Key{0, htonl(0x00001FFFu), 4});  // fragment offset 0: later fragments carry no ports
+  kernel::U32Filter link = filterFor(family, std::move(keys), parent, priority, classid);
+  link.classid = 0;
+  link.link = table;
+  link.skipIpv4Header = true;
+  out.push_back(std::move(link));
+}
+
 }  // namespace
+
+uint32_t u32TableHandle(uint16_t priority, uint32_t index) {
+  return ((uint32_t{priority} << 9) | (index & 0x1FF)) << 20;
+}
 
 tl::expected<std::vector<kernel::U32Filter>, std::string> matchFilters(const v1::TrafficMatch& match, uint32_t parent,
                                                                        uint16_t priority, uint32_t classid) {
@@ -145,6 +179,7 @@ tl::expected<std::vector<kernel::U32Filter>, std::string> matchFilters(const v1:
                     count, kMaxFilters));
   }
   std::vector<kernel::U32Filter> out;
+  uint32_t tables = 0;
   for (int f : families) {
     const uint8_t proto = protocolNumber(match.protocol(), f);
     for (const auto& d : destinations) {
@@ -161,8 +196,7 @@ tl::expected<std::vector<kernel::U32Filter>, std::string> matchFilters(const v1:
             if (proto != 0) {
               addProtocol(keys, proto, f);
             }
-            addPorts(keys, sp, dp, f);
-            out.push_back(filterFor(f, std::move(keys), parent, priority, classid));
+            filtersFor(out, f, std::move(keys), sp, dp, parent, priority, classid, tables);
           }
         }
       }
@@ -174,15 +208,16 @@ tl::expected<std::vector<kernel::U32Filter>, std::string> matchFilters(const v1:
 std::vector<kernel::U32Filter> exemptFilters(const std::vector<Endpoint>& endpoints, PeerSide side, uint32_t parent,
                                              uint16_t priority, uint32_t classid) {
   std::vector<kernel::U32Filter> out;
+  // Tables of the destination side first, then of the source side: both calls share a priority.
+  uint32_t tables = side == PeerSide::kDestination ? 0 : 0x100;
   for (const auto& e : endpoints) {
     const int f = e.address.family;
     std::vector<U32Key> keys;
     const bool destination = side == PeerSide::kDestination;
     addPrefix(keys, e.address, f == AF_INET ? (destination ? 16 : 12) : (destination ? 24 : 8));
     addProtocol(keys, IPPROTO_TCP, f);
-    addPorts(keys, destination ? std::nullopt : std::optional<uint16_t>(e.port),
-             destination ? std::optional<uint16_t>(e.port) : std::nullopt, f);
-    out.push_back(filterFor(f, std::move(keys), parent, priority, classid));
+    filtersFor(out, f, std::move(keys), destination ? std::nullopt : std::optional<uint16_t>(e.port),
+               destination ? std::optional<uint16_t>(e.port) : std::nullopt, parent, priority, classid, tables);
   }
   return out;
 }

@@ -1,8 +1,8 @@
 // The seam between network fault drivers and the kernel's traffic control (tc) tables.
 //
-// One QdiscTable talks rtnetlink (libnl-route-3) to one network namespace. Only root qdiscs are
-// handled in this version. Calls block for one netlink round trip (microseconds). Not
-// thread-safe: use one table from one thread. See tc(8), tc-netem(8), tc-tbf(8).
+// One QdiscTable talks rtnetlink (libnl-route-3) to one network namespace: root qdiscs, and the
+// tree below a root read and put back whole (dumpTree(), restoreObject()). Calls block for one netlink round trip
+// (microseconds). Not thread-safe: use one table from one thread. See tc(8), tc-netem(8), tc-tbf(8).
 #pragma once
 
 #include <chrono>
@@ -17,6 +17,8 @@
 #include <vector>
 
 #include <tl/expected.hpp>
+
+#include "agent/kernel/qdisc_tree.h"
 
 namespace faultline::kernel {
 
@@ -100,12 +102,25 @@ struct U32Key {
 };
 
 // A u32 filter (tc-u32(8)) at parent: packets of protocol whose keys all match go to classid.
+// Three shapes (u32_classify() in net/sched/cls_u32.c):
+//   - a node in the priority's own hash table (table 0, link 0): terminal, matched packets go to
+//     classid;
+//   - a hash table (divisor > 0, handle X << 20, no keys): tc's `handle X: u32 divisor 1`;
+//   - a link node (link = X << 20): packets its keys match continue in table X; with
+//     skipIpv4Header, keys there count from the IPv4 payload (offset = IHL * 4: TC_U32_VAROFFSET
+//     at byte 0, mask 0x0F00, shift 6, and TC_U32_EAT), tc's `link X: offset at 0 mask 0f00 shift 6
+//     eat`; a node in table X (table = X << 20) then matches the transport header at offset 0.
 struct U32Filter {
-  uint32_t parent = 0;       // the classful qdisc's handle, e.g. 0xFA170000
-  uint16_t priority = 0;     // lower runs first; > 0
-  uint16_t protocol = 0;     // ETH_P_IP (0x0800) or ETH_P_IPV6 (0x86DD), host order
-  std::vector<U32Key> keys;  // 1-128
-  uint32_t classid = 0;      // the class matched packets go to; the qdisc's own handle = htb's direct queue
+  uint32_t parent = 0;          // the classful qdisc's handle, e.g. 0xFA170000
+  uint16_t priority = 0;        // lower runs first; > 0
+  uint16_t protocol = 0;        // ETH_P_IP (0x0800) or ETH_P_IPV6 (0x86DD), host order
+  std::vector<U32Key> keys;     // 1-128; none for a hash table
+  uint32_t classid = 0;         // the class matched packets go to; the qdisc's own handle = htb's direct queue
+  uint32_t divisor = 0;         // > 0: this creates hash table `handle` with that many buckets (1: no hashing)
+  uint32_t handle = 0;          // with divisor: the table's handle, X << 20 (X in 1..0x7FF); else 0
+  uint32_t table = 0;           // TCA_U32_HASH: the hash table this node goes in (X << 20); 0 = the priority's own
+  uint32_t link = 0;            // TCA_U32_LINK: matched packets continue in this table (no classid)
+  bool skipIpv4Header = false;  // with link: keys in the linked table count from the IPv4 payload
 };
 
 // One interface's root qdisc, as roots() lists it.
@@ -170,6 +185,20 @@ class QdiscTable {
   // dump), in interface index order; an interface with no root qdisc is not listed.
   // errors: EPERM, ENOBUFS, EPROTO (a reply that does not parse).
   [[nodiscard]] virtual tl::expected<std::vector<InterfaceRoot>, std::error_code> roots() = 0;
+
+  // Everything below the root qdisc of ifname (qdisc_tree.h): every other qdisc (RTM_GETQDISC
+  // dump), every class (RTM_GETTCLASS dump) and the filters attached at each qdisc with a handle
+  // and at each class (one RTM_GETTFILTER dump per parent), in dump order. The ingress and clsact
+  // qdiscs (ffff:), their classes and filters are not listed. Empty when the interface has none.
+  // errors: ENODEV when ifname does not exist in this namespace; EPROTO a reply that does not parse.
+  [[nodiscard]] virtual tl::expected<std::vector<TcObject>, std::error_code> dumpTree(std::string_view ifname) = 0;
+
+  // Adds one object saved by dumpTree() (buildRestoreObjectRequest()): same kind, handle, parent,
+  // priority and protocol, options as restoreOptions() gives them.
+  // errors: ENODEV; ENOENT no such parent, or the kernel lacks the kind's module; EEXIST the handle
+  // is taken; EINVAL the kernel refused the options; EOPNOTSUPP the parent's classes cannot be added.
+  [[nodiscard]] virtual tl::expected<void, std::error_code> restoreObject(std::string_view ifname,
+                                                                          const TcObject& object) = 0;
 };
 
 // Whether restoreRoot() re-creates a root qdisc of this kind exactly as root() read it (handle ≠ 0;
@@ -177,7 +206,8 @@ class QdiscTable {
 // dump the root, replace it, restore it from the dump, dump again, compare the bytes.
 enum class Restorability {
   kExact,       // the kernel takes the dumped options back and dumps the same bytes again
-  kClassful,    // has classes and filters (htb, prio, mq, ...), which nothing here saves
+  kClassful,    // has classes and filters (htb, prio, mq, ...): htb, prio and mq are saved and
+                // restored whole with dumpTree() and restoreObject() (qdisc_tree.h); the others not
   kInexact,     // the kernel refuses its own dump (EINVAL: htb-like version fields, missing
                 // tables) or re-creates it differently (rounding, state not in the dump)
   kUnverified,  // a kind not measured: treated as not restorable
@@ -213,7 +243,8 @@ struct QdiscSupport {
                                                                                           const QdiscParams& params);
 
 // RTM_NEWQDISC, NLM_F_CREATE | NLM_F_REPLACE, parent TC_H_ROOT, saved.kind and saved.handle, and
-// saved.options as the TCA_OPTIONS payload byte for byte (no TCA_OPTIONS when it is empty).
+// saved.options as the TCA_OPTIONS payload, through restoreOptions() (qdisc_tree.h: htb's version,
+// codel's rounding; every other kind byte for byte; no TCA_OPTIONS when it is empty).
 // errors: EINVAL empty kind or options too large for one attribute.
 [[nodiscard]] tl::expected<std::vector<uint8_t>, std::error_code> buildRestoreRootRequest(int ifindex,
                                                                                           const QdiscInfo& saved);
@@ -229,8 +260,11 @@ struct QdiscSupport {
                                                                                           const HtbClassParams& params);
 
 // RTM_NEWTFILTER, NLM_F_CREATE | NLM_F_EXCL, kind u32, tcm_info = priority << 16 | htons(protocol),
-// TCA_OPTIONS {TCA_U32_CLASSID, TCA_U32_SEL (flags TC_U32_TERMINAL, the keys)}.
-// errors: EINVAL no keys, more than 128, priority 0, an offset that is not a multiple of 4.
+// TCA_OPTIONS {TCA_U32_CLASSID, TCA_U32_SEL (flags TC_U32_TERMINAL, the keys)}; with table,
+// TCA_U32_HASH after the classid; a link node: TCA_U32_LINK and TCA_U32_SEL without TERMINAL
+// (VAROFFSET | EAT with skipIpv4Header); a hash table: tcm_handle and TCA_U32_DIVISOR only.
+// errors: EINVAL no keys (or keys for a table), more than 128, priority 0, an offset that is not a
+// multiple of 4, a table handle with a node part or outside 1..0x7FF.
 [[nodiscard]] tl::expected<std::vector<uint8_t>, std::error_code> buildAddU32FilterRequest(int ifindex,
                                                                                            const U32Filter& filter);
 

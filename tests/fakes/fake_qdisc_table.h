@@ -45,6 +45,10 @@ struct FakeKernel {
   // Classes and filters below the root, by namespace and interface, as "class fa17:1" and
   // "filter prio 2 proto 800 -> fa17:1 keys N"; dropped with the root like below.
   std::map<std::pair<std::string, std::string>, std::vector<std::string>, std::less<>> tree;
+  // Classes, qdiscs and filters below the root as dumpTree() lists them (after the qdiscs of
+  // below) and restoreObject() adds them; dropped with the root like below.
+  std::map<std::pair<std::string, std::string>, std::vector<kernel::TcObject>, std::less<>> objects;
+  std::optional<std::error_code> failNextRestoreObject;
   std::optional<kernel::QdiscParams> lastParams;
   int opens = 0;
   int changes = 0;  // successful replace/restore/delete calls
@@ -178,6 +182,37 @@ class FakeQdiscTable final : public kernel::QdiscTable {
                                          filter.classid, filter.keys.size()));
   }
 
+  tl::expected<std::vector<kernel::TcObject>, std::error_code> dumpTree(std::string_view ifname) override {
+    kernel_->calls.push_back(fmt::format("tree {}", ifname));
+    if (find(ifname) == nullptr) {
+      return tl::unexpected(std::make_error_code(std::errc::no_such_device));
+    }
+    std::vector<kernel::TcObject> out;
+    const auto key = std::make_pair(netns_, std::string(ifname));
+    if (auto it = kernel_->below.find(key); it != kernel_->below.end()) {
+      for (const auto& q : it->second) {
+        out.push_back(kernel::TcObject{kernel::TcObjectType::kQdisc, q.kind, q.handle, q.parent, 0, 0, q.options});
+      }
+    }
+    if (auto it = kernel_->objects.find(key); it != kernel_->objects.end()) {
+      out.insert(out.end(), it->second.begin(), it->second.end());
+    }
+    return out;
+  }
+
+  tl::expected<void, std::error_code> restoreObject(std::string_view ifname, const kernel::TcObject& object) override {
+    kernel_->calls.push_back(fmt::format("restore-object {} {}", ifname, kernel::tcObjectText(object)));
+    if (auto e = takeFailure(kernel_->failNextRestoreObject)) {
+      return tl::unexpected(*e);
+    }
+    if (find(ifname) == nullptr) {
+      return tl::unexpected(std::make_error_code(std::errc::no_such_device));
+    }
+    kernel_->objects[std::make_pair(netns_, std::string(ifname))].push_back(object);
+    ++kernel_->changes;
+    return {};
+  }
+
   tl::expected<std::vector<kernel::InterfaceRoot>, std::error_code> roots() override {
     kernel_->calls.push_back("roots");
     std::vector<kernel::InterfaceRoot> out;
@@ -201,6 +236,7 @@ class FakeQdiscTable final : public kernel::QdiscTable {
   void dropChildren(std::string_view ifname) {
     kernel_->below.erase(std::make_pair(netns_, std::string(ifname)));
     kernel_->tree.erase(std::make_pair(netns_, std::string(ifname)));
+    kernel_->objects.erase(std::make_pair(netns_, std::string(ifname)));
   }
 
   std::optional<std::error_code> takeAddFailure() {

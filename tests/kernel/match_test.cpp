@@ -2,6 +2,14 @@
 // pings between two network namespaces (veth0 in A, its peer in B): the matched destination is
 // throttled while a second destination on the same interface is not; IPv4 and IPv6; the tree
 // removed and the root put back on revert. Needs root.
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <sched.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <arpa/inet.h>
 #include <linux/pkt_sched.h>
 
 #include <regex>
@@ -164,9 +172,10 @@ TEST_CASE_FIXTURE(TwoNamespaces, "a pre-existing tbf root comes back byte for by
   auto applied = driver.apply(throttle(match));
   REQUIRE_MESSAGE(applied.has_value(), (applied ? "" : applied.error().message));
   CHECK(root()->kind == "htb");
-  // Both families: one filter each, with the IHL/fragment guard and the port.
+  // IPv4: the port at the payload (offset 0 of a table the link node enters at IHL * 4); IPv6 at 40.
   const auto filters = inNetns("tc filter show dev veth0");
-  CHECK_MESSAGE(contains(filters, "match 00000035/0000ffff at 20"), filters);
+  CHECK_MESSAGE(contains(filters, "match 00000035/0000ffff at 0"), filters);
+  CHECK_MESSAGE(contains(filters, "offset 0f00>>6 at 0  eat"), filters);
   CHECK_MESSAGE(contains(filters, "match 00000035/0000ffff at 40"), filters);
   REQUIRE((*applied)->revert().has_value());
   const auto after = root();
@@ -188,4 +197,86 @@ TEST_CASE_FIXTURE(TwoNamespaces, "a second fault on the same interface is refuse
   CHECK_MESSAGE(contains(second.error().message, "one network fault per interface"), second.error().message);
   CHECK(root()->options == during->options);
   REQUIRE((*first)->revert().has_value());
+}
+
+namespace {
+
+// From inside netns: count UDP datagrams to address:port, with 4 bytes of IP options (three NOPs
+// and an END: IHL 6) when withOptions. Returns how many the socket accepted.
+int sendUdp(const std::string& netns, const char* address, uint16_t port, int count, bool withOptions) {
+  int pipeFds[2];
+  REQUIRE(::pipe(pipeFds) == 0);
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    ::close(pipeFds[0]);
+    int sent = -1;
+    const int ns = ::open(netns.c_str(), O_RDONLY | O_CLOEXEC);
+    if (ns >= 0 && ::setns(ns, CLONE_NEWNET) == 0) {
+      const int s = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+      const unsigned char options[4] = {1, 1, 1, 0};  // IPOPT_NOOP x3, IPOPT_END
+      if (s >= 0 && (!withOptions || ::setsockopt(s, IPPROTO_IP, IP_OPTIONS, options, sizeof(options)) == 0)) {
+        sockaddr_in to{};
+        to.sin_family = AF_INET;
+        to.sin_port = htons(port);
+        ::inet_pton(AF_INET, address, &to.sin_addr);
+        sent = 0;
+        const char payload[64] = {};
+        for (int i = 0; i < count; ++i) {
+          if (::sendto(s, payload, sizeof(payload), 0, reinterpret_cast<const sockaddr*>(&to), sizeof(to)) ==
+              static_cast<ssize_t>(sizeof(payload))) {
+            ++sent;
+          }
+        }
+      }
+    }
+    (void)!::write(pipeFds[1], &sent, sizeof(sent));
+    ::_exit(0);
+  }
+  ::close(pipeFds[1]);
+  int sent = -1;
+  (void)!::read(pipeFds[0], &sent, sizeof(sent));
+  ::close(pipeFds[0]);
+  int status = 0;
+  ::waitpid(child, &status, 0);
+  return sent;
+}
+
+}  // namespace
+
+TEST_CASE_FIXTURE(TwoNamespaces, "a port match sees IPv4 packets with IP options (u32 variable offset)") {
+  REQUIRE(ping("10.77.1.2", 1).received == 1);  // neighbour resolved before the fault
+  v1::TrafficMatch match;
+  match.set_protocol(v1::PROTOCOL_UDP);
+  match.add_destination_ports(5353);
+  auto spec = throttle(match);
+  spec.mutable_network_bandwidth()->set_rate_bps(100'000'000);  // counted, not held back
+  spec.mutable_network_bandwidth()->set_burst_bytes(100'000);
+  spec.mutable_network_bandwidth()->set_limit_bytes(1'000'000);
+  auto applied = driver.apply(spec);
+  REQUIRE_MESSAGE(applied.has_value(), (applied ? "" : applied.error().message));
+  // Packets that reached the fault's qdisc fa18: (only matched traffic goes there).
+  const auto faulted = [&] {
+    const auto shown = inNetns("tc -s qdisc show dev veth0");
+    static const std::regex kSent(R"(qdisc tbf fa18:[^\n]*\n\s*Sent \d+ bytes (\d+) pkt)");
+    std::smatch m;
+    REQUIRE_MESSAGE(std::regex_search(shown, m, kSent), shown);
+    return std::stoi(m[1]);
+  };
+  const int start = faulted();
+  struct Case {
+    uint16_t port;
+    bool options;
+    int expected;
+  };
+  for (const Case c : {Case{5353, true, 20}, Case{5353, false, 20}, Case{5354, true, 0}, Case{5354, false, 0}}) {
+    CAPTURE(c.port);
+    CAPTURE(c.options);
+    const int before = faulted();
+    REQUIRE(sendUdp(netns_, "10.77.1.2", c.port, 20, c.options) == 20);
+    CHECK(faulted() - before == c.expected);
+  }
+  MESSAGE("packets through the fault: " << faulted() - start << " of 80 sent (40 matched, 20 with IP options)");
+  REQUIRE((*applied)->revert().has_value());
+  CHECK(root()->handle == 0);
 }

@@ -4,6 +4,7 @@
 
 #include <doctest/doctest.h>
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
 
 #include "agent/net_driver.h"
 #include "agent/spec.h"
@@ -71,7 +72,7 @@ TEST_CASE_FIXTURE(Fixture, "previous default root: apply installs netem fa17:, r
         "netem delay 100ms jitter 10ms limit 91667 on veth0 in /proc/4242/ns/net (root was noqueue)");
   // The undo record is read before the change.
   CHECK(kernel->calls ==
-        std::vector<std::string>{"open " + kNetns, "root veth0", "children veth0", "replace veth0 fa170000 netem"});
+        std::vector<std::string>{"open " + kNetns, "root veth0", "tree veth0", "replace veth0 fa170000 netem"});
 
   REQUIRE((*applied)->revert().has_value());
   CHECK(called("delete veth0"));
@@ -215,34 +216,21 @@ TEST_CASE("a leftover faultline root: the clean-up hint runs tc in the right nam
                  "remove it with `nsenter --net=/proc/77/ns/net tc qdisc del dev eth0 root`"));
 }
 
-TEST_CASE_FIXTURE(Fixture, "a classful root with a handle is refused before any change") {
-  root() = kernel::QdiscInfo{"htb", 0x00050000, faultline::testing::kTcRoot, {1, 2, 3}};
-  const auto saved = *root();
-  auto applied = driver.apply(bandwidthSpec());
-  REQUIRE_FALSE(applied.has_value());
-  CHECK(applied.error().code == std::errc::not_supported);
-  CHECK(contains(applied.error().message,
-                 "network.bandwidth on veth0 in /proc/4242/ns/net: interface veth0 has the classful root qdisc htb "
-                 "5:, whose classes and filters faultline cannot save and restore yet; nothing was changed"));
-  CHECK(kernel->changes == 0);
-  CHECK_FALSE(called("replace veth0 fa170000 tbf"));
-  CHECK(root()->kind == saved.kind);
-  CHECK(root()->handle == saved.handle);
-  CHECK(root()->options == saved.options);
-
-  for (const std::string kind : {"prio", "mq", "hfsc", "drr", "ets", "mqprio", "taprio", "cbq"}) {
+TEST_CASE_FIXTURE(Fixture, "classful roots other than htb, prio and mq are refused before any change") {
+  for (const std::string kind : {"hfsc", "drr", "ets", "mqprio", "taprio", "cbq"}) {
     CAPTURE(kind);
     root() = kernel::QdiscInfo{kind, 0x00010000, faultline::testing::kTcRoot, {}};
     auto refused = driver.apply(delaySpec());
     REQUIRE_FALSE(refused.has_value());
     CHECK(refused.error().code == std::errc::not_supported);
     CHECK(contains(refused.error().message, fmt::format("the classful root qdisc {} 1:", kind)));
+    CHECK(contains(refused.error().message, "nothing was changed"));
   }
   CHECK(kernel->changes == 0);
 }
 
 TEST_CASE_FIXTURE(Fixture, "roots the kernel does not re-create exactly are refused; defaults (0:) are fine") {
-  for (const std::string kind : {"fq_codel", "codel", "sfq", "red", "fq_pie"}) {
+  for (const std::string kind : {"sfq", "red", "fq_pie"}) {
     CAPTURE(kind);
     root() = kernel::QdiscInfo{kind, 0x80010000, faultline::testing::kTcRoot, {1}};
     auto refused = driver.apply(delaySpec());
@@ -268,7 +256,7 @@ TEST_CASE_FIXTURE(Fixture, "roots the kernel does not re-create exactly are refu
     REQUIRE((*applied)->revert().has_value());
   }
   // Classless roots with a handle that restore byte for byte.
-  for (const std::string kind : {"tbf", "pfifo", "bfifo", "fq", "netem", "cake"}) {
+  for (const std::string kind : {"tbf", "pfifo", "bfifo", "fq", "netem", "cake", "fq_codel", "codel"}) {
     CAPTURE(kind);
     root() = kernel::QdiscInfo{kind, 0x00070000, faultline::testing::kTcRoot, {4, 2}};
     auto applied = driver.apply(bandwidthSpec());
@@ -278,15 +266,17 @@ TEST_CASE_FIXTURE(Fixture, "roots the kernel does not re-create exactly are refu
   }
 }
 
-TEST_CASE_FIXTURE(Fixture, "a root with someone's qdiscs attached below it is refused; default children are fine") {
+TEST_CASE_FIXTURE(Fixture, "a root with someone's qdisc below it is restored with it; below a default root, refused") {
   root() = kernel::QdiscInfo{"tbf", 0x00070000, faultline::testing::kTcRoot, {1}};
   kernel->below[{kNetns, "veth0"}] = {kernel::QdiscInfo{"netem", 0x00100000, 0x00070001, {2}}};
-  auto refused = driver.apply(delaySpec());
-  REQUIRE_FALSE(refused.has_value());
-  CHECK(refused.error().code == std::errc::not_supported);
-  CHECK(contains(refused.error().message,
-                 "interface veth0 has the root qdisc tbf 7: with qdiscs attached below it (netem 10: at parent 7:1)"));
-  CHECK(kernel->changes == 0);
+  auto withChild = driver.apply(delaySpec());
+  REQUIRE_MESSAGE(withChild.has_value(), (withChild ? "" : withChild.error().message));
+  CHECK(kernel->below[{kNetns, "veth0"}].empty());
+  REQUIRE((*withChild)->revert().has_value());
+  CHECK(called("restore-object veth0 qdisc netem 10: parent 7:1"));
+  CHECK(root()->kind == "tbf");
+  kernel->below.clear();
+  kernel->objects.clear();
 
   // mq 0: with its per-queue defaults (handle 0:) is the kernel's; one replaced by someone is not.
   root() = kernel::QdiscInfo{"mq", 0, faultline::testing::kTcRoot, {}};
@@ -303,7 +293,8 @@ TEST_CASE_FIXTURE(Fixture, "a root with someone's qdiscs attached below it is re
   auto custom = driver.apply(delaySpec());
   REQUIRE_FALSE(custom.has_value());
   CHECK(custom.error().code == std::errc::not_supported);
-  CHECK(contains(custom.error().message, "root qdisc mq with qdiscs attached below it (fq 8002: at parent :2)"));
+  CHECK(contains(custom.error().message,
+                 "the kernel's default root qdisc mq with qdiscs attached below it (fq 8002: at parent :2)"));
   CHECK(kernel->changes == changes);
 }
 
@@ -374,7 +365,8 @@ TEST_CASE("restorability: measured kinds") {
   CHECK(kernel::restorability("netem") == kernel::Restorability::kExact);
   CHECK(kernel::restorability("htb") == kernel::Restorability::kClassful);
   CHECK(kernel::restorability("mq") == kernel::Restorability::kClassful);
-  CHECK(kernel::restorability("fq_codel") == kernel::Restorability::kInexact);
+  CHECK(kernel::restorability("fq_codel") == kernel::Restorability::kExact);
+  CHECK(kernel::restorability("sfq") == kernel::Restorability::kInexact);
   CHECK(kernel::restorability("") == kernel::Restorability::kUnverified);
 }
 
@@ -412,4 +404,123 @@ TEST_CASE("missing qdisc messages name the config option and the module") {
   CHECK(contains(missingQdiscMessage("tbf"), "modprobe sch_tbf"));
   CHECK(contains(missingQdiscMessage("fq_codel"), "CONFIG_NET_SCH_FQ_CODEL"));
   CHECK(contains(missingQdiscMessage("fq_codel"), "modprobe sch_fq_codel"));
+}
+
+namespace {
+
+kernel::TcObject fakeClass(uint32_t id, uint32_t parent) {
+  return kernel::TcObject{kernel::TcObjectType::kClass, "htb", id, parent, 0, 0, {7, uint8_t(id)}};
+}
+
+}  // namespace
+
+TEST_CASE_FIXTURE(Fixture, "an htb tree is journaled whole and put back parent first on revert") {
+  root() = kernel::QdiscInfo{"htb", 0x00010000, faultline::testing::kTcRoot, {1, 2}};
+  kernel->below[{kNetns, "veth0"}] = {kernel::QdiscInfo{"pfifo", 0x00100000, 0x00010010, {5}}};
+  kernel->objects[{kNetns, "veth0"}] = {fakeClass(0x00010010, 0x00010001), fakeClass(0x00010001, 0x00010000)};
+  nlohmann::json record;
+  auto applied = driver.apply(bandwidthSpec(), [&](const nlohmann::json& r) -> tl::expected<void, FaultError> {
+    record = r;
+    CHECK(kernel->changes == 0);  // journaled before the kernel is touched
+    return {};
+  });
+  REQUIRE_MESSAGE(applied.has_value(), (applied ? "" : applied.error().message));
+  REQUIRE(record.contains("below"));
+  REQUIRE(record["below"].size() == 3);
+  CHECK(record["below"][0] == nlohmann::json{{"type", "qdisc"},
+                                             {"kind", "pfifo"},
+                                             {"handle", 0x00100000},
+                                             {"parent", 0x00010010},
+                                             {"info", 0},
+                                             {"chain", 0},
+                                             {"options", "05"}});
+  CHECK(record["below"][1]["type"] == "class");
+  CHECK(kernel->objects[{kNetns, "veth0"}].empty());
+
+  kernel->calls.clear();
+  auto reverted = (*applied)->revert();
+  REQUIRE_MESSAGE(reverted.has_value(), (reverted ? "" : reverted.error().message));
+  std::vector<std::string> restores;
+  for (const auto& c : kernel->calls) {
+    if (c.starts_with("restore")) {
+      restores.push_back(c);
+    }
+  }
+  const std::vector<std::string> expected = {
+      "restore veth0 10000 htb",
+      "restore-object veth0 class htb 1:1 parent 1:",
+      "restore-object veth0 class htb 1:10 parent 1:1",
+      "restore-object veth0 qdisc pfifo 10: parent 1:10",
+  };
+  CHECK(restores == expected);
+}
+
+TEST_CASE_FIXTURE(Fixture, "a part of the tree that fails to come back: transient error naming it, retry finishes") {
+  root() = kernel::QdiscInfo{"htb", 0x00010000, faultline::testing::kTcRoot, {1}};
+  kernel->objects[{kNetns, "veth0"}] = {fakeClass(0x00010001, 0x00010000), fakeClass(0x00010002, 0x00010000)};
+  auto applied = driver.apply(bandwidthSpec());
+  REQUIRE_MESSAGE(applied.has_value(), (applied ? "" : applied.error().message));
+  kernel->failNextRestoreObject = std::make_error_code(std::errc::no_buffer_space);
+  auto failed = (*applied)->revert();
+  REQUIRE_FALSE(failed.has_value());
+  CHECK(failed.error().code == std::errc::no_buffer_space);
+  CHECK_FALSE(failed.error().permanent);
+  CHECK(contains(failed.error().message,
+                 "revert: the root qdisc htb 1: is back, but cannot put back the class htb 1:1 parent 1:"));
+  auto retried = (*applied)->revert();
+  REQUIRE_MESSAGE(retried.has_value(), (retried ? "" : retried.error().message));
+  CHECK(kernel->objects[{kNetns, "veth0"}].size() == 2);
+
+  // Something the kernel gives back differently is reported, not taken for done.
+  root() = kernel::QdiscInfo{"htb", 0x00020000, faultline::testing::kTcRoot, {1}};
+  kernel->objects[{kNetns, "veth0"}] = {fakeClass(0x00020001, 0x00020000)};
+  auto second = driver.apply(bandwidthSpec());
+  REQUIRE_MESSAGE(second.has_value(), (second ? "" : second.error().message));
+  // Someone put the root back already, with a class that was not there before.
+  root() = kernel::QdiscInfo{"htb", 0x00020000, faultline::testing::kTcRoot, {1}};
+  kernel->objects[{kNetns, "veth0"}] = {fakeClass(0x00020001, 0x00020000), fakeClass(0x00020009, 0x00020000)};
+  auto differs = (*second)->revert();
+  REQUIRE_FALSE(differs.has_value());
+  CHECK(differs.error().code == std::errc::io_error);
+  CHECK(contains(differs.error().message, "class htb 2:9 parent 2: was not there before"));
+}
+
+TEST_CASE_FIXTURE(Fixture, "revertRecord restores the tree from the record; old records without it still revert") {
+  root() = kernel::QdiscInfo{"htb", 0x00010000, faultline::testing::kTcRoot, {1}};
+  kernel->objects[{kNetns, "veth0"}] = {fakeClass(0x00010001, 0x00010000)};
+  nlohmann::json record;
+  {
+    auto applied = driver.apply(bandwidthSpec(), [&](const nlohmann::json& r) -> tl::expected<void, FaultError> {
+      record = r;
+      return {};
+    });
+    REQUIRE(applied.has_value());
+  }
+  auto done = NetworkFaultDriver::revertRecord(nlohmann::json::parse(record.dump()), fakeQdiscOpener(kernel));
+  REQUIRE_MESSAGE(done.has_value(), (done ? "" : done.error().message));
+  REQUIRE(kernel->objects[{kNetns, "veth0"}].size() == 1);
+  CHECK(kernel->objects[{kNetns, "veth0"}][0] == fakeClass(0x00010001, 0x00010000));
+
+  // A record from before "below" existed: a single saved root.
+  root() = kernel::QdiscInfo{"tbf", kFaultlineRootHandle, faultline::testing::kTcRoot, {9}};
+  const nlohmann::json old = {
+      {"fault", "network.delay"},
+      {"netns", kNetns},
+      {"interface", "veth0"},
+      {"handle", kFaultlineRootHandle},
+      {"qdisc", "tbf"},
+      {"saved", {{"kind", "pfifo"}, {"handle", 0x00070000u}, {"parent", 0xFFFFFFFFu}, {"options", "0a0b"}}}};
+  auto oldDone = NetworkFaultDriver::revertRecord(old, fakeQdiscOpener(kernel));
+  REQUIRE_MESSAGE(oldDone.has_value(), (oldDone ? "" : oldDone.error().message));
+  CHECK(root()->kind == "pfifo");
+  CHECK(root()->options == std::vector<uint8_t>{0x0a, 0x0b});
+
+  auto bad = old;
+  bad["below"] = {
+      {{"type", "tunnel"}, {"kind", "x"}, {"handle", 1}, {"parent", 1}, {"info", 0}, {"chain", 0}, {"options", ""}}};
+  auto refused = NetworkFaultDriver::revertRecord(bad, fakeQdiscOpener(kernel));
+  REQUIRE_FALSE(refused.has_value());
+  CHECK(refused.error().code == std::errc::invalid_argument);
+  CHECK(refused.error().permanent);
+  CHECK(contains(refused.error().message, "below needs an array of {type (qdisc, class, filter)"));
 }

@@ -516,10 +516,12 @@ TEST_CASE("a matched fault builds htb fa17: + class fa17:1 + the fault below it 
   CHECK(below[0].handle == agent::kFaultlineLeafHandle);
   CHECK(below[0].parent == agent::kFaultlineClass);
   const auto& tree = kernel->tree[{"", "veth0"}];
-  REQUIRE(tree.size() == 3);  // the class, then one filter per destination
+  REQUIRE(tree.size() == 7);  // the class, then per destination: a hash table, its ports node, the link
   CHECK(tree[0] == "class fa170001");
-  CHECK(tree[1] == "filter prio 3 proto 800 -> fa170001 keys 5");  // destination, protocol, IHL, fragment, port
-  CHECK(contains((*applied)->describe(), "on matched traffic (2 u32 filters)"));
+  CHECK(tree[1] == "filter prio 3 proto 800 -> 0 keys 0");         // hash table 601:
+  CHECK(tree[2] == "filter prio 3 proto 800 -> fa170001 keys 1");  // port, at the IPv4 payload
+  CHECK(tree[3] == "filter prio 3 proto 800 -> 0 keys 3");         // destination, protocol, fragment: link
+  CHECK(contains((*applied)->describe(), "on matched traffic (6 u32 filters)"));
 
   REQUIRE((*applied)->revert().has_value());
   CHECK(kernel->rootOf("", "veth0")->handle == 0);
@@ -557,21 +559,35 @@ TEST_CASE("u32 keys of a match: IPv4 prefix, protocol, IHL and fragment guard, p
   m.add_destination_ports(443);
   auto filters = agent::matchFilters(m, 0xFA170000, 2, 0xFA170001);
   REQUIRE(filters.has_value());
-  REQUIRE(filters->size() == 1);
-  const auto& keys = (*filters)[0].keys;
-  REQUIRE(keys.size() == 5);
+  REQUIRE(filters->size() == 3);  // hash table, ports node in it, link node
+  const auto& table = (*filters)[0];
+  CHECK(table.divisor == 1);
+  CHECK(table.handle == 0x40100000);  // 401: (priority 2 << 9 | 1)
+  CHECK(table.keys.empty());
+  const auto& ports = (*filters)[1];
+  CHECK(ports.table == 0x40100000);
+  CHECK(ports.classid == 0xFA170001);
+  REQUIRE(ports.keys.size() == 1);
+  CHECK(ports.keys[0].value == htonl(443));
+  CHECK(ports.keys[0].mask == htonl(0x0000FFFF));
+  CHECK(ports.keys[0].offset == 0);  // from the IPv4 payload, wherever IHL puts it
+  const auto& link = (*filters)[2];
+  CHECK(link.link == 0x40100000);
+  CHECK(link.skipIpv4Header);
+  CHECK(link.classid == 0);
+  const auto& keys = link.keys;
+  REQUIRE(keys.size() == 3);
   CHECK(keys[0].value == htonl(0x0A000000));
   CHECK(keys[0].mask == htonl(0xFF000000));
   CHECK(keys[0].offset == 16);
   CHECK(keys[1].value == htonl(0x00060000));
   CHECK(keys[1].offset == 8);
-  CHECK(keys[2].mask == htonl(0x0F000000));  // IHL 5
-  CHECK(keys[3].mask == htonl(0x00001FFF));  // fragment offset 0
-  CHECK(keys[3].offset == 4);
-  CHECK(keys[4].value == htonl(443));
-  CHECK(keys[4].mask == htonl(0x0000FFFF));
-  CHECK(keys[4].offset == 20);
-  CHECK((*filters)[0].protocol == 0x0800);
+  CHECK(keys[2].mask == htonl(0x00001FFF));  // fragment offset 0
+  CHECK(keys[2].offset == 4);
+  for (const auto& f : *filters) {
+    CHECK(f.protocol == 0x0800);
+    CHECK(f.priority == 2);
+  }
 
   v1::TrafficMatch v6;
   v6.add_source_cidrs("2001:db8:1::/48");
@@ -610,11 +626,17 @@ TEST_CASE("u32 keys of a match: IPv4 prefix, protocol, IHL and fragment guard, p
 TEST_CASE("the controller's own connection is exempted to htb's direct queue") {
   agent::Endpoint controller{*parseCidr("192.0.2.10"), 7443};
   auto filters = agent::exemptFilters({controller}, agent::PeerSide::kDestination, 0xFA170000, 1, 0xFA170000);
-  REQUIRE(filters.size() == 1);
+  REQUIRE(filters.size() == 3);
   CHECK(filters[0].priority == 1);
-  CHECK(filters[0].classid == 0xFA170000);
-  CHECK(filters[0].keys[0].offset == 16);
-  CHECK(filters[0].keys.back().value == htonl(7443));
+  CHECK(filters[1].classid == 0xFA170000);  // hash table, port node, link node (IPv4 with a port)
+  CHECK(filters[1].keys.back().value == htonl(7443));
+  CHECK(filters[1].keys.back().offset == 0);
+  CHECK(filters[2].keys[0].offset == 16);
+  CHECK(filters[2].link == filters[0].handle);
+  auto back = agent::exemptFilters({controller}, agent::PeerSide::kSource, 0xFA170000, 1, 0xFA170000);
+  REQUIRE(back.size() == 3);
+  CHECK(back[0].handle != filters[0].handle);  // both sides share priority 1: distinct tables
+  CHECK(back[1].keys.back().value == htonl(uint32_t{7443} << 16));
 }
 
 TEST_CASE("capabilities: the host and the missing module are named before anything is injected") {

@@ -437,3 +437,91 @@ TEST_CASE("htb class and child qdisc requests") {
   std::memcpy(&flags, child->data() + 6, 2);
   CHECK(flags == 0x0605);  // EXCL: never replaces a qdisc that is there
 }
+
+TEST_CASE("u32 hash table, ports node in it and link node at the IPv4 payload match the bytes tc sends") {
+  // Captured with strace -e sendmsg -xx from iproute2 6.1's tc:
+  //   tc filter add dev <2> parent fa17: prio 3 handle 601: protocol ip u32 divisor 1
+  //   tc filter add dev <2> parent fa17: prio 3 protocol ip u32 ht 601: match u16 443 0xffff at 2 flowid fa17:1
+  //   tc filter add dev <2> parent fa17: prio 3 protocol ip u32 match ip dst 10.0.0.0/8
+  //       match u16 0 0x1fff at 6 link 601: offset at 0 mask 0f00 shift 6 eat
+  // clang-format off
+  const std::vector<uint8_t> header = {
+      0x2c, 0x00, 0x05, 0x06,  // RTM_NEWTFILTER, REQUEST | ACK | EXCL | CREATE
+      0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+      0x00, 0x00, 0x00, 0x00,  // tcmsg: family
+      0x02, 0x00, 0x00, 0x00,  //   ifindex 2
+  };
+  const std::vector<uint8_t> parentInfoKind = {
+      0x00, 0x00, 0x17, 0xfa,  //   parent fa17:
+      0x08, 0x00, 0x03, 0x00,  //   info: prio 3, protocol htons(ETH_P_IP)
+      0x08, 0x00, 0x01, 0x00, 'u', '3', '2', 0x00,  // TCA_KIND
+  };
+  const auto message = [&](uint32_t length, uint32_t handle, const std::vector<uint8_t>& options) {
+    std::vector<uint8_t> out(4);
+    std::memcpy(out.data(), &length, 4);
+    out.insert(out.end(), header.begin(), header.end());
+    std::vector<uint8_t> h(4);
+    std::memcpy(h.data(), &handle, 4);
+    out.insert(out.end(), h.begin(), h.end());
+    out.insert(out.end(), parentInfoKind.begin(), parentInfoKind.end());
+    out.insert(out.end(), options.begin(), options.end());
+    return out;
+  };
+  const auto table = message(56, 0x60100000, {
+      0x0c, 0x00, 0x02, 0x00,                          // TCA_OPTIONS
+      0x08, 0x00, 0x04, 0x00, 0x01, 0x00, 0x00, 0x00,  // TCA_U32_DIVISOR 1
+  });
+  const auto ports = message(100, 0, {
+      0x38, 0x00, 0x02, 0x00,
+      0x08, 0x00, 0x01, 0x00, 0x01, 0x00, 0x17, 0xfa,  // TCA_U32_CLASSID fa17:1
+      0x08, 0x00, 0x02, 0x00, 0x00, 0x00, 0x10, 0x60,  // TCA_U32_HASH 601:
+      0x24, 0x00, 0x05, 0x00,                          // TCA_U32_SEL
+      0x01, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00,  // TERMINAL, 1 key
+      0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+      0x00, 0x00, 0xff, 0xff, 0x00, 0x00, 0x01, 0xbb, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,  // dport at 0
+  });
+  const auto link = message(108, 0, {
+      0x40, 0x00, 0x02, 0x00,
+      0x08, 0x00, 0x03, 0x00, 0x00, 0x00, 0x10, 0x60,  // TCA_U32_LINK 601:
+      0x34, 0x00, 0x05, 0x00,                          // TCA_U32_SEL
+      0x0c, 0x06, 0x02, 0x00,                          // VAROFFSET | EAT, shift 6, 2 keys
+      0x0f, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,  // offmask 0x0f00, off 0, offoff 0, hoff 0
+      0x00, 0x00, 0x00, 0x00,                          // hmask
+      0xff, 0x00, 0x00, 0x00, 0x0a, 0x00, 0x00, 0x00, 0x10, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,  // dst /8
+      0x00, 0x00, 0x1f, 0xff, 0x00, 0x00, 0x00, 0x00, 0x04, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,  // frag 0
+  });
+  // clang-format on
+  const auto be = [](uint32_t v) { return htonl(v); };
+  U32Filter t{.parent = 0xFA170000, .priority = 3, .protocol = 0x0800, .keys = {}, .classid = 0};
+  t.divisor = 1;
+  t.handle = 0x60100000;
+  auto tableBytes = buildAddU32FilterRequest(kIfindex, t);
+  REQUIRE(tableBytes.has_value());
+  CHECK_MESSAGE(*tableBytes == table, "got:", hex(*tableBytes));
+
+  U32Filter p{.parent = 0xFA170000,
+              .priority = 3,
+              .protocol = 0x0800,
+              .keys = {{be(443), be(0x0000FFFF), 0}},
+              .classid = 0xFA170001};
+  p.table = 0x60100000;
+  auto portBytes = buildAddU32FilterRequest(kIfindex, p);
+  REQUIRE(portBytes.has_value());
+  CHECK_MESSAGE(*portBytes == ports, "got:", hex(*portBytes));
+
+  U32Filter l{.parent = 0xFA170000,
+              .priority = 3,
+              .protocol = 0x0800,
+              .keys = {{be(0x0A000000), be(0xFF000000), 16}, {0, be(0x00001FFF), 4}},
+              .classid = 0};
+  l.link = 0x60100000;
+  l.skipIpv4Header = true;
+  auto linkBytes = buildAddU32FilterRequest(kIfindex, l);
+  REQUIRE(linkBytes.has_value());
+  CHECK_MESSAGE(*linkBytes == link, "got:", hex(*linkBytes));
+
+  t.handle = 0x60100800;  // a node part in a table handle
+  CHECK(buildAddU32FilterRequest(kIfindex, t).error() == std::errc::invalid_argument);
+  t.handle = 0x80000000;  // the kernel's own range
+  CHECK(buildAddU32FilterRequest(kIfindex, t).error() == std::errc::invalid_argument);
+}
