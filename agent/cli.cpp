@@ -1,5 +1,7 @@
 #include "agent/cli.h"
 
+#include <unistd.h>
+
 #include <csignal>
 #include <filesystem>
 #include <iostream>
@@ -8,6 +10,7 @@
 #include <spdlog/spdlog.h>
 #include <CLI/CLI.hpp>
 
+#include "agent/journal.h"
 #include "agent/kernel/cgroup_tree.h"
 #include "agent/kernel/netns.h"
 #include "agent/kernel/qdisc_table.h"
@@ -21,11 +24,31 @@
 namespace faultline::agent {
 namespace {
 
-// faultline-agent revert-all: one line per thing done or failed, then a summary.
-int revertAllMain(const std::string& stateDir) {
+// `faultline run --local`'s state directory when run as root without --state-dir (controller/cli.cpp).
+constexpr const char* kLocalRunStateDir = "/var/lib/faultline/local";
+
+// faultline-agent revert-all: one line per thing done or failed, then a summary. alsoLocalRun:
+// also recover run --local's default journal first (and sweep nothing while a run holds it).
+int revertAllMain(const std::string& stateDir, bool alsoLocalRun) {
   const auto found = kernel::listNetworkNamespaces();
-  auto report =
-      revertAllFaults(stateDir, found.paths, [](const std::string& netns) { return kernel::openQdiscTable(netns); });
+  const QdiscTableOpener open = [](const std::string& netns) { return kernel::openQdiscTable(netns); };
+  RevertAllReport report;
+  std::error_code ec;
+  if (alsoLocalRun && std::filesystem::path(kLocalRunStateDir) != std::filesystem::path(stateDir) &&
+      std::filesystem::exists(std::filesystem::path(kLocalRunStateDir) / UndoJournal::kFileName, ec)) {
+    report = revertAllFaults(kLocalRunStateDir, {}, open);  // its journal only; the sweep follows
+  }
+  auto agent = revertAllFaults(stateDir, report.agentRunning ? std::vector<std::string>{} : found.paths, open);
+  const auto append = [](std::vector<std::string>& into, const std::vector<std::string>& from) {
+    into.insert(into.end(), from.begin(), from.end());
+  };
+  append(report.reverted, agent.reverted);
+  append(report.removed, agent.removed);
+  append(report.failed, agent.failed);
+  append(report.notes, agent.notes);
+  report.namespaces = agent.namespaces;
+  report.interfaces = agent.interfaces;
+  report.agentRunning = report.agentRunning || agent.agentRunning;
   for (const auto& problem : found.problems) {
     report.failed.push_back(problem);
   }
@@ -103,7 +126,9 @@ int agentMain(int argc, char** argv) {
       "could not be removed. Stop the agent first.");
   revertAll
       ->add_option("--state-dir", stateDir,
-                   "the agent's state directory (its journal, when there is one, is recovered; none is created)")
+                   "the agent's state directory (its journal, when there is one, is recovered; none is created); "
+                   "without this option, as root, the journal of `faultline run --local` in "
+                   "/var/lib/faultline/local is recovered too")
       ->capture_default_str();
   try {
     app.parse(argc, argv);
@@ -112,7 +137,7 @@ int agentMain(int argc, char** argv) {
     return code == 0 ? 0 : 4;
   }
   if (revertAll->parsed()) {
-    return revertAllMain(stateDir);
+    return revertAllMain(stateDir, revertAll->get_option("--state-dir")->count() == 0 && ::geteuid() == 0);
   }
   if (options.controller.empty()) {
     std::cerr << "faultline-agent: --controller is required\nRun with --help for more information.\n";

@@ -233,7 +233,9 @@ tl::expected<ProcessSelection, FaultError> ProcessPicker::select(const v1::Proce
   ProcessSelection out;
   out.searched = processes.size();
   for (const auto& p : processes) {
-    if (!matches(p)) {
+    // A zombie (Z) or dead (X) process has exited: it can be neither signalled nor paused, and its
+    // network namespace is gone. Never picked, whatever the selector says.
+    if (!matches(p) || p.state == 'Z' || p.state == 'X') {
       continue;
     }
     if (auto reason = protection(p); !reason.empty()) {

@@ -8,9 +8,9 @@
 // "nginx" means nginx.service); pidfile (the pid it holds). Then count(n) or percent(p) keeps that
 // many matches, chosen at random with the caller's generator.
 //
-// Never chosen: pid 1, kernel threads, the calling process (the agent) and its ancestors, and
-// any process whose name matches a ProtectedName (sshd always, plus the policy's list). Protected
-// matches are listed in the result for the report.
+// Never chosen: processes that have exited (zombies, state Z or X), pid 1, kernel threads, the calling process (the
+// agent) and its ancestors, and any process whose name matches a ProtectedName (sshd always, plus the policy's list).
+// Protected matches are listed in the result for the report.
 #pragma once
 
 #include <random>

@@ -87,6 +87,14 @@ tl::expected<void, SpecError> validateTarget(const v1::NetworkTarget& t, bool bo
                                          "(the interface of the default route)",
                                          t.interface()));
   }
+  if (!t.netns().empty() &&
+      (t.netns() == "/" || t.netns().back() == '/' || t.netns().find("/../") != std::string::npos ||
+       t.netns().ends_with("/..") || t.netns().find("/./") != std::string::npos)) {
+    return fail("netns", fmt::format("'{}' is not a namespace file's path; use /var/run/netns/NAME or "
+                                     "/proc/PID/ns/net (no '.' or '..' components), or leave it out for the "
+                                     "agent's own namespace",
+                                     t.netns()));
+  }
   if (!t.netns().empty() && t.netns().front() != '/') {
     return fail("netns", fmt::format("'{}' is not an absolute path; use /var/run/netns/NAME or "
                                      "/proc/PID/ns/net, or leave it out for the agent's own namespace",

@@ -258,6 +258,11 @@ struct Controller::Impl final : v1::Control::CallbackService {
     run->id = newRunId();
     RunRequest request{run->id, fileName, sha256Hex(req->experiment()), req->trigger().empty() ? "cli" : req->trigger(),
                        std::move(*parsed)};
+    for (const auto& [name, value] : req->variables()) {
+      if (isSecretVariableName(name)) {
+        request.secrets.emplace_back(name, value);
+      }
+    }
     {
       std::lock_guard lock(mutex);
       if (shuttingDown) {

@@ -192,6 +192,7 @@ class RunState {
     }
     fleet_.unsubscribe(listener_);
 
+    reason = redact(reason);
     store_.finishRun(req_.runId, verdict, reason, agent::nowTimestamp());
     v1::RunEvent done = makeEvent("", "run.finished", fmt::format("verdict: {}: {}", verdictWord(verdict), reason));
     done.set_verdict(verdict);
@@ -710,7 +711,7 @@ class RunState {
     rec.set_phase(phase);
     rec.set_ok(s.ok);
     rec.set_latency_ms(static_cast<double>(s.latency.count()) / 1000.0);
-    rec.set_detail(s.detail);
+    rec.set_detail(redact(s.detail));
     rec.set_kind(std::string(probeKindName(p.kind)));
     rec.set_guard(p.guard);
     if (s.value) {
@@ -830,8 +831,22 @@ class RunState {
     *e.mutable_at() = agent::nowTimestamp();
     e.set_host(host);
     e.set_kind(kind);
-    e.set_message(message);
+    e.set_message(redact(message));
     return e;
+  }
+
+  // text with every secret variable's value replaced by ${NAME} (RunRequest::secrets).
+  std::string redact(std::string text) const {
+    for (const auto& [name, value] : req_.secrets) {
+      if (value.empty()) {
+        continue;
+      }
+      const std::string reference = "${" + name + "}";
+      for (size_t at = text.find(value); at != std::string::npos; at = text.find(value, at + reference.size())) {
+        text.replace(at, value.size(), reference);
+      }
+    }
+    return text;
   }
 
   void event(const std::string& host, const std::string& kind, const std::string& message) {

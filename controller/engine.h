@@ -23,6 +23,7 @@
 #include <optional>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <tl/expected.hpp>
@@ -56,6 +57,10 @@ struct RunRequest {
   std::string fileSha256;
   std::string trigger;  // cli, schedule, ci
   Experiment experiment;
+  // (name, value) of the --vars whose names say they are secrets (isSecretVariableName()): every
+  // occurrence of a value in the run's events, probe samples and verdict reason is recorded (and
+  // sent to the event sink) as ${NAME} instead.
+  std::vector<std::pair<std::string, std::string>> secrets{};
 };
 
 struct EngineOptions {

@@ -1965,7 +1965,13 @@ std::optional<v1::NetworkTarget> Parser::parseNetworkTarget(const MapNode& fault
         *target.mutable_netns_process() = std::move(*selector);
       }
     } else if (auto v = scalar(*netns, netnsAccepted)) {
-      target.set_netns(*v);
+      if (v->empty()) {
+        // "" (e.g. an empty --var) must not silently mean the agent's own namespace.
+        error(netns->mark, netns->path,
+              fmt::format("is empty; accepted: {}; leave netns out for the agent's own namespace", netnsAccepted));
+      } else {
+        target.set_netns(*v);
+      }
     }
   }
   if (auto direction = lookup(*m, "direction")) {

@@ -171,6 +171,38 @@ TEST_CASE("engine: a steady state failing before the method injects nothing") {
   CHECK(exitCodeFor(rec->verdict()) == 1);
 }
 
+TEST_CASE("engine: a secret variable's value never reaches events, samples or the reason; ${NAME} does") {
+  Harness h;
+  h.fleet.addAgent("a1", {});
+  h.probes.down = true;  // its detail, "status 503, expected 200", stands in for text that quotes a value
+  RunEngine engine(
+      h.fleet, h.probes, *h.store,
+      [&h](const v1::RunEvent& ev) {
+        std::lock_guard lock(h.mutex);
+        h.events.push_back(ev);
+      },
+      h.options);
+  RunRequest request{"run-1", "unit.yaml", std::string(64, 'a'), "cli", experiment(100ms)};
+  request.secrets = {{"API_TOKEN", "503"}};
+  CHECK(engine.run(request, StopSignal{}) == v1::VERDICT_NOT_STEADY);
+  auto rec = h.store->getRun("run-1");
+  REQUIRE(rec.has_value());
+  bool sawReference = false;
+  for (const auto& e : rec->events()) {
+    CHECK_MESSAGE(e.message().find("503") == std::string::npos, e.message());
+    sawReference = sawReference || e.message().find("status ${API_TOKEN}") != std::string::npos;
+  }
+  CHECK(sawReference);
+  for (const auto& e : h.events) {
+    CHECK_MESSAGE(e.message().find("503") == std::string::npos, e.message());
+  }
+  REQUIRE(rec->samples_size() > 0);
+  for (const auto& sample : rec->samples()) {
+    CHECK_MESSAGE(sample.detail().find("503") == std::string::npos, sample.detail());
+  }
+  CHECK_MESSAGE(rec->reason().find("503") == std::string::npos, rec->reason());
+}
+
 TEST_CASE("engine: a probe failing while the fault is active is a violation, and the fault is reverted") {
   Harness h;
   h.fleet.addAgent("a1", {});

@@ -1137,3 +1137,28 @@ TEST_CASE("a netns selector is checked like a process selector, without count or
   CHECK(hasDiagnostic(d, "method[1].fault.target.netns.pid", 14, "greater than 1"));
   CHECK(hasDiagnostic(d, "method[2].fault.target.netns.nmae", 19, "name"));
 }
+
+TEST_CASE("an empty netns (e.g. from an empty --var) is an error, never the agent's own namespace") {
+  const std::string yaml = std::string(kHeader) +
+                           "method:\n"                                                      // 5
+                           "  - fault:\n"                                                   // 6
+                           "      type: network.loss\n"                                     // 7
+                           "      duration: 1s\n"                                           // 8
+                           "      target: {interface: eth0, netns: \"\"}\n"                 // 9
+                           "      percent: 5\n"                                             // 10
+                           "  - fault:\n"                                                   // 11
+                           "      type: network.loss\n"                                     // 12
+                           "      duration: 1s\n"                                           // 13
+                           "      target: {interface: eth0, netns: /var/run/netns/../x}\n"  // 14
+                           "      percent: 5\n"                                             // 15
+                           "  - fault:\n"                                                   // 16
+                           "      type: network.loss\n"                                     // 17
+                           "      duration: 1s\n"                                           // 18
+                           "      target: {interface: eth0, netns: /}\n"                    // 19
+                           "      percent: 5\n";                                            // 20
+  const std::vector<Diagnostic> d = errorsOf(yaml);
+  CAPTURE(allDiagnostics(d));
+  CHECK(hasDiagnostic(d, "method[0].fault.target.netns", 9, "is empty"));
+  CHECK(hasDiagnostic(d, "method[1].fault.target.netns", 14, "not a namespace file's path"));
+  CHECK(hasDiagnostic(d, "method[2].fault.target.netns", 19, "not a namespace file's path"));
+}

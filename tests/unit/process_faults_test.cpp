@@ -124,6 +124,21 @@ TEST_CASE("a selector that matches nothing says what was searched, and a cgroup 
   CHECK(contains(none.error().message, "pid 1 (systemd) is pid 1"));
 }
 
+TEST_CASE("a zombie is never picked: it has exited, so there is nothing to signal or pause") {
+  Host h;
+  h.add(h.base + 1, "web", "/a").state = 'S';
+  h.add(h.base + 2, "web", "/a").state = 'Z';
+  h.add(h.base + 3, "web", "/a").state = 'X';
+  v1::ProcessSelector s;
+  s.set_name("web");
+  CHECK(h.pick(s) == std::set<pid_t>{h.base + 1});
+  h.table.processes(h.base + 1).state = 'Z';
+  ProcessPicker picker(h.table, {}, h.rng, h.self);
+  auto none = picker.select(s, "process.kill");
+  REQUIRE_FALSE(none);
+  CHECK(none.error().code == std::errc::no_such_process);
+}
+
 TEST_CASE("process.kill counts exits, and describes a kill loop's rounds") {
   Host h;
   h.add(h.base + 1, "job", "/j");
