@@ -9,6 +9,7 @@
 #include <vector>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
 #include "agent/netem_dist.h"
@@ -37,7 +38,16 @@ struct Plan {
   // holding the fault's qdisc fa18:, and u32 filters steering the matched packets to fa17:1.
   bool tree = false;
   std::vector<kernel::U32Filter> filters;
+  // Direction: egress builds on the interface's root; ingress builds the same qdisc (or tree) on the
+  // root of an ifb device, to which the interface's ingress qdisc redirects every IP packet.
+  bool egress = true;
+  bool ingress = false;
+  std::string ifb;  // the ifb's name (ifbName()), once the interface's index is known
 };
+
+std::string_view directionText(const Plan& plan) {
+  return plan.ingress ? (plan.egress ? "both" : "ingress") : "egress";
+}
 
 // The kind of faultline's root qdisc for a plan.
 std::string rootKind(const Plan& plan) {
@@ -409,9 +419,8 @@ tl::expected<Plan, FaultError> planFor(const v1::FaultSpec& spec, const std::vec
         std::make_error_code(std::errc::not_supported),
         fmt::format("{}: {} is not supported by this agent version; nothing was changed", context(plan), what)));
   };
-  if (target->direction() == v1::DIRECTION_INGRESS || target->direction() == v1::DIRECTION_BOTH) {
-    return notYet("direction ingress (through an ifb device)");
-  }
+  plan.ingress = target->direction() == v1::DIRECTION_INGRESS || target->direction() == v1::DIRECTION_BOTH;
+  plan.egress = target->direction() != v1::DIRECTION_INGRESS;
   if (target->has_match()) {
     const auto& m = target->match();
     if (!m.destination_cidrs().empty() || !m.source_cidrs().empty() || !m.destination_ports().empty() ||
@@ -449,6 +458,86 @@ tl::expected<Plan, FaultError> planFor(const v1::FaultSpec& spec, const std::vec
   return plan;
 }
 
+// A shell command run in the plan's namespace.
+std::string inNamespace(const std::string& netns, const std::string& command) {
+  if (netns.empty()) {
+    return command;
+  }
+  for (std::string_view dir : {"/var/run/netns/", "/run/netns/"}) {
+    if (netns.starts_with(dir) && netns.find('/', dir.size()) == std::string::npos) {
+      return fmt::format("ip netns exec {} {}", netns.substr(dir.size()), command);
+    }
+  }
+  return fmt::format("nsenter --net={} {}", netns, command);
+}
+
+// Removes faultline's ingress path of plan (the interface's ingress qdisc, then the ifb) and
+// reads back that both are gone. See removeIngressPath() in net_driver.h.
+tl::expected<std::string, FaultError> removeIngress(QdiscTable& table, const Plan& plan, bool createdIngress) {
+  const auto failure = [&](std::string_view doing, std::error_code code) {
+    return tl::unexpected(faultError(code, fmt::format("{}: {}: {}", context(plan), doing, code.message())));
+  };
+  auto links = table.links();
+  if (!links) {
+    return failure("revert: cannot list the interfaces", links.error());
+  }
+  const auto ifb = std::find_if(links->begin(), links->end(),
+                                [&](const kernel::LinkInfo& l) { return l.name == plan.ifb && l.kind == "ifb"; });
+  const int ifbIndex = ifb != links->end() ? ifb->index : 0;
+  std::vector<std::string> done;
+  const bool interfaceThere =
+      !plan.interface.empty() &&
+      std::any_of(links->begin(), links->end(), [&](const kernel::LinkInfo& l) { return l.name == plan.interface; });
+  if (interfaceThere) {
+    auto ingress = table.ingressQdisc(plan.interface);
+    if (!ingress && ingress.error() != std::errc::no_such_device) {
+      return failure("revert: cannot read the ingress qdisc", ingress.error());
+    }
+    if (ingress && *ingress) {
+      auto targets = table.ingressRedirectTargets(plan.interface);
+      if (!targets && targets.error() != std::errc::no_such_device) {
+        return failure("revert: cannot read the ingress filters", targets.error());
+      }
+      const auto ours = [&](int t) { return ifbIndex != 0 && t == ifbIndex; };
+      const size_t oursCount = targets ? static_cast<size_t>(std::count_if(targets->begin(), targets->end(), ours)) : 0;
+      const size_t total = targets ? targets->size() : 0;
+      if (oursCount > 0 && oursCount < total) {
+        return tl::unexpected(notOursError(fmt::format(
+            "{}: revert refused: the {} qdisc of {} now also carries filters that are not faultline's ({} of {} "
+            "redirect elsewhere); faultline left it and {} alone (deleting {} would drop what its filters send there)",
+            context(plan), (*ingress)->kind, plan.interface, total - oursCount, total, plan.ifb, plan.ifb)));
+      }
+      const bool emptyOfOurs = total == 0 && createdIngress && (*ingress)->kind == "ingress";
+      if (oursCount > 0 || emptyOfOurs) {
+        auto deleted = table.deleteIngressQdisc(plan.interface);
+        if (!deleted && deleted.error() != std::errc::no_such_device &&
+            deleted.error() != std::errc::invalid_argument && deleted.error() != std::errc::no_such_file_or_directory) {
+          return failure(fmt::format("revert: cannot delete the ingress qdisc of {}", plan.interface), deleted.error());
+        }
+        done.push_back(fmt::format("ingress qdisc of {} deleted", plan.interface));
+      }
+    }
+  }
+  if (ifbIndex != 0) {
+    auto deleted = table.deleteLink(plan.ifb);
+    if (!deleted && deleted.error() != std::errc::no_such_device) {
+      return failure(fmt::format("revert: cannot delete the ifb device {}", plan.ifb), deleted.error());
+    }
+    done.push_back(fmt::format("ifb {} deleted", plan.ifb));
+  }
+  // Read back: no ifb of that name, and no redirect to it left on the interface.
+  auto after = table.links();
+  if (!after) {
+    return failure("revert: cannot list the interfaces to verify", after.error());
+  }
+  if (std::any_of(after->begin(), after->end(), [&](const kernel::LinkInfo& l) { return l.name == plan.ifb; })) {
+    return tl::unexpected(
+        faultError(std::make_error_code(std::errc::io_error),
+                   fmt::format("{}: revert did not take: the ifb {} is still there", context(plan), plan.ifb)));
+  }
+  return done.empty() ? std::string("no ingress path left") : fmt::format("{}", fmt::join(done, ", "));
+}
+
 class AppliedNetworkFault final : public AppliedFault {
  public:
   AppliedNetworkFault(QdiscTableOpener open, Plan plan, std::optional<QdiscInfo> saved, std::vector<TcObject> below)
@@ -483,6 +572,19 @@ class AppliedNetworkFault final : public AppliedFault {
       }
       return tl::unexpected(
           faultError(table.error(), openErrorText(plan_, "revert: cannot open the network namespace", table.error())));
+    }
+    // Ingress first: the redirect stops before the ifb (and the tree on it) goes.
+    if (plan_.ingress && !ingressRemoved_) {
+      auto removed = removeIngress(**table, plan_, true);
+      if (!removed) {
+        return tl::unexpected(removed.error());
+      }
+      ingressRemoved_ = true;
+      ingressOutcome_ = *removed;
+    }
+    if (!plan_.egress) {
+      reverted_ = true;
+      return {};
     }
     auto current = (*table)->root(plan_.interface);
     if (!current && current.error() == std::errc::no_such_device) {
@@ -537,8 +639,14 @@ class AppliedNetworkFault final : public AppliedFault {
   }
 
   std::string describe() const override {
-    std::string text =
-        fmt::format("{} on {} in {} (root was {})", what_, plan_.interface, where(plan_.netns), qdiscText(saved_));
+    std::string text = plan_.ingress ? fmt::format("{} on {} in {}, direction {}, ingress through ifb {}{}", what_,
+                                                   plan_.interface, where(plan_.netns), directionText(plan_), plan_.ifb,
+                                                   plan_.egress ? fmt::format(" (root was {})", qdiscText(saved_)) : "")
+                                     : fmt::format("{} on {} in {} (root was {})", what_, plan_.interface,
+                                                   where(plan_.netns), qdiscText(saved_));
+    if (!ingressOutcome_.empty()) {
+      text += "; " + ingressOutcome_;
+    }
     if (!outcome_.empty()) {
       text += "; " + outcome_;
     }
@@ -582,7 +690,9 @@ class AppliedNetworkFault final : public AppliedFault {
   std::optional<QdiscInfo> saved_;  // the undo record: the root before apply()
   std::vector<TcObject> below_;     // and the tree below it (QdiscTable::dumpTree())
   bool reverted_ = false;
-  std::string outcome_;  // set when revert() found nothing to revert
+  bool ingressRemoved_ = false;
+  std::string outcome_;         // set when revert() found nothing to revert
+  std::string ingressOutcome_;  // what revert() removed of the ingress path
 };
 
 // The undo record of a plan, as the journal stores it (docs/operations.md, "Undo journal").
@@ -594,8 +704,9 @@ nlohmann::json undoRecord(const Plan& plan, const std::optional<QdiscInfo>& save
                  {"parent", saved->parent},
                  {"options", toHex(saved->options)}};
   }
-  nlohmann::json record = {{"fault", plan.faultName},        {"netns", plan.netns},     {"interface", plan.interface},
-                           {"handle", kFaultlineRootHandle}, {"qdisc", rootKind(plan)}, {"saved", savedJson}};
+  nlohmann::json record = {{"fault", plan.faultName},         {"netns", plan.netns},     {"interface", plan.interface},
+                           {"handle", kFaultlineRootHandle},  {"qdisc", rootKind(plan)}, {"saved", savedJson},
+                           {"direction", directionText(plan)}};
   if (saved && saved->handle != 0 && !below.empty()) {
     nlohmann::json parts = nlohmann::json::array();
     for (const auto& o : below) {
@@ -608,6 +719,10 @@ nlohmann::json undoRecord(const Plan& plan, const std::optional<QdiscInfo>& save
                        {"options", toHex(o.options)}});
     }
     record["below"] = std::move(parts);
+  }
+  if (plan.ingress) {
+    record["ifb"] = plan.ifb;
+    record["ingressQdisc"] = "ingress";
   }
   return record;
 }
@@ -791,7 +906,123 @@ tl::expected<void, FaultError> buildTree(QdiscTable& table, const Plan& plan, co
   return tl::unexpected(std::move(error));
 }
 
+// Replaces plan.interface's root with faultline's qdisc, or builds faultline's tree there; on any
+// failure puts before back (buildTree) or makes sure nothing changed.
+tl::expected<void, FaultError> installRoot(QdiscTable& table, const Plan& plan, const std::optional<QdiscInfo>& before,
+                                           const std::vector<TcObject>& below) {
+  if (plan.tree) {
+    return buildTree(table, plan, before, below);
+  }
+  auto replaced = table.replaceRoot(plan.interface, kFaultlineRootHandle, plan.params);
+  if (replaced) {
+    return {};
+  }
+  const std::error_code code = replaced.error();
+  std::string message = code == std::errc::no_such_file_or_directory
+                            ? fmt::format("{}: {}", context(plan), missingQdiscMessage(kernel::qdiscKind(plan.params)))
+                            : tableErrorText(plan, fmt::format("the kernel refused {}", paramsText(plan.params)), code);
+  // A refused replace changes nothing in the kernel; make sure of it before reporting.
+  bool mayBeChanged = false;
+  auto after = table.root(plan.interface);
+  if (!after) {
+    message += fmt::format(" (and the root qdisc could not be read back to check it is unchanged: {})",
+                           after.error().message());
+    mayBeChanged = true;
+  } else if (*after && isFaultlineHandle((*after)->handle)) {
+    if (auto undone = undo(table, plan.interface, before); !undone) {
+      message +=
+          fmt::format(" (and putting back the root qdisc {} failed: {})", qdiscText(before), undone.error().message());
+      mayBeChanged = true;
+    } else if (auto rest = before ? restoreBelow(table, plan.interface, *before, below)
+                                  : tl::expected<void, std::pair<std::error_code, std::string>>{};
+               !rest) {
+      message += fmt::format(" (the root qdisc {} was put back, but {}: {})", qdiscText(before), rest.error().second,
+                             rest.error().first.message());
+      mayBeChanged = true;
+    }
+  }
+  FaultError error = faultError(code, std::move(message));
+  error.mayBeChanged = mayBeChanged;
+  return tl::unexpected(std::move(error));
+}
+
+// Builds the ingress path of plan: the ifb (up), faultline's qdisc or tree on its root, the
+// interface's ingress qdisc, and a u32 + mirred redirect of IPv4 (priority 1) and IPv6 (2) to the
+// ifb. The redirect goes in last, so no packet meets a half-built path. On any failure removes what
+// it built (removeIngress) and says which step and module failed.
+tl::expected<void, FaultError> buildIngress(QdiscTable& table, const Plan& plan) {
+  Plan onIfb = plan;
+  onIfb.interface = plan.ifb;
+  std::optional<FaultError> error;
+  if (auto created = table.createIfb(plan.ifb); !created) {
+    const std::error_code code = created.error();
+    if (code == std::errc::operation_not_supported) {
+      return tl::unexpected(faultError(
+          code, fmt::format("{}: cannot create the ifb device {}: the kernel has no ifb (CONFIG_IFB): load it with "
+                            "`modprobe ifb`; nothing was changed",
+                            context(plan), plan.ifb)));
+    }
+    return tl::unexpected(
+        faultError(code, tableErrorText(plan, fmt::format("cannot create the ifb device {}", plan.ifb), code)));
+  }
+  if (auto installed = installRoot(table, onIfb, std::nullopt, {}); !installed) {
+    error = installed.error();
+  }
+  if (!error) {
+    if (auto added = table.addIngressQdisc(plan.interface); !added) {
+      const std::error_code code = added.error();
+      error = faultError(code, code == std::errc::no_such_file_or_directory
+                                   ? fmt::format("{}: cannot add the ingress qdisc: the kernel has no sch_ingress "
+                                                 "(CONFIG_NET_SCH_INGRESS): load it with `modprobe sch_ingress`",
+                                                 context(plan))
+                                   : tableErrorText(plan, "cannot add the ingress qdisc", code));
+    }
+  }
+  for (const auto& [priority, protocol] : {std::pair<uint16_t, uint16_t>{kIngressRedirectPriority, 0x0800},
+                                           std::pair<uint16_t, uint16_t>{kIngressRedirectPriority + 1, 0x86DD}}) {
+    if (error) {
+      break;
+    }
+    if (auto added = table.addRedirectFilter(plan.interface, kernel::RedirectFilter{priority, protocol, plan.ifb});
+        !added) {
+      const std::error_code code = added.error();
+      const std::string doing = fmt::format("cannot add the u32 filter with the mirred redirect to {} ({})", plan.ifb,
+                                            protocol == 0x0800 ? "IPv4" : "IPv6");
+      error = faultError(code, code == std::errc::no_such_file_or_directory
+                                   ? fmt::format("{}: {}: the kernel lacks cls_u32 or act_mirred (CONFIG_NET_CLS_U32, "
+                                                 "CONFIG_NET_ACT_MIRRED): `modprobe cls_u32 act_mirred`",
+                                                 context(plan), doing)
+                                   : tableErrorText(plan, doing, code));
+    }
+  }
+  if (!error) {
+    return {};
+  }
+  if (auto removed = removeIngress(table, plan, true); !removed) {
+    error->message += fmt::format(" (and removing the half-built ingress path failed: {})", removed.error().message);
+    error->mayBeChanged = true;
+  } else {
+    error->message += fmt::format("; the half-built ingress path was removed ({})", *removed);
+  }
+  return tl::unexpected(std::move(*error));
+}
+
 }  // namespace
+
+std::string ifbName(int ifindex) {
+  return fmt::format("{}{:x}", kIfbPrefix, static_cast<unsigned>(ifindex));
+}
+
+tl::expected<std::string, FaultError> removeIngressPath(kernel::QdiscTable& table, const std::string& netns,
+                                                        const std::string& interface, const std::string& ifb) {
+  Plan plan;
+  plan.faultName = "network fault";
+  plan.netns = netns;
+  plan.interface = interface;
+  plan.ifb = ifb;
+  plan.ingress = true;
+  return removeIngress(table, plan, false);
+}
 
 NetworkFaultDriver::NetworkFaultDriver(QdiscTableOpener open) : open_(std::move(open)) {}
 
@@ -855,67 +1086,99 @@ tl::expected<std::unique_ptr<AppliedFault>, FaultError> NetworkFaultDriver::appl
     return tl::unexpected(
         faultError(before.error(), tableErrorText(*plan, "cannot read the root qdisc", before.error())));
   }
-  if (*before && isFaultlineHandle((*before)->handle)) {
-    return tl::unexpected(faultError(
-        std::make_error_code(std::errc::file_exists),
-        fmt::format("{}: interface {} already carries faultline fault ({}); one network fault per interface; if no "
-                    "faultline run holds it (e.g. after an agent was killed), remove it with `{}`, or every faultline "
-                    "leftover on this host with `faultline-agent revert-all`",
-                    context(*plan), plan->interface, qdiscText(*before), deleteRootCommand(*plan))));
+  std::vector<TcObject> below;  // the tree below the interface's root, saved for egress and both
+  if (plan->egress) {
+    if (*before && isFaultlineHandle((*before)->handle)) {
+      return tl::unexpected(faultError(
+          std::make_error_code(std::errc::file_exists),
+          fmt::format("{}: interface {} already carries faultline fault ({}); one network fault per interface; if no "
+                      "faultline run holds it (e.g. after an agent was killed), remove it with `{}`, or every "
+                      "faultline leftover on this host with `faultline-agent revert-all`",
+                      context(*plan), plan->interface, qdiscText(*before), deleteRootCommand(*plan))));
+    }
+    // The interface's own egress tree (the ifb of ingress is faultline's own: nothing to save).
+    auto dumped = (*table)->dumpTree(plan->interface);
+    if (!dumped) {
+      return tl::unexpected(faultError(
+          dumped.error(), tableErrorText(*plan, "cannot read the tree below the root qdisc", dumped.error())));
+    }
+    if (auto why = cannotRestore(*plan, *before, *dumped)) {
+      return tl::unexpected(faultError(std::make_error_code(std::errc::not_supported),
+                                       fmt::format("{}: {}; nothing was changed", context(*plan), *why)));
+    }
+    below = std::move(*dumped);
   }
-  auto below = (*table)->dumpTree(plan->interface);
-  if (!below) {
-    return tl::unexpected(
-        faultError(below.error(), tableErrorText(*plan, "cannot read the tree below the root qdisc", below.error())));
-  }
-  if (auto why = cannotRestore(*plan, *before, *below)) {
-    return tl::unexpected(faultError(std::make_error_code(std::errc::not_supported),
-                                     fmt::format("{}: {}; nothing was changed", context(*plan), *why)));
+  if (plan->ingress) {
+    auto index = (*table)->interfaceIndex(plan->interface);
+    if (!index) {
+      return tl::unexpected(
+          faultError(index.error(), tableErrorText(*plan, "cannot read the interface index", index.error())));
+    }
+    plan->ifb = ifbName(*index);
+    auto links = (*table)->links();
+    if (!links) {
+      return tl::unexpected(
+          faultError(links.error(), tableErrorText(*plan, "cannot list the interfaces", links.error())));
+    }
+    if (std::any_of(links->begin(), links->end(), [&](const kernel::LinkInfo& l) { return l.name == plan->ifb; })) {
+      return tl::unexpected(faultError(
+          std::make_error_code(std::errc::file_exists),
+          fmt::format("{}: the ifb device {} (faultline's ingress path of {}) exists already: one network fault per "
+                      "interface and direction; if no faultline run holds it, remove it with `{}` and `{}`, or every "
+                      "faultline leftover on this host with `faultline-agent revert-all`; nothing was changed",
+                      context(*plan), plan->ifb, plan->interface,
+                      inNamespace(plan->netns, fmt::format("tc qdisc del dev {} ingress", plan->interface)),
+                      inNamespace(plan->netns, fmt::format("ip link del {}", plan->ifb)))));
+    }
+    auto ingress = (*table)->ingressQdisc(plan->interface);
+    if (!ingress) {
+      return tl::unexpected(
+          faultError(ingress.error(), tableErrorText(*plan, "cannot read the ingress qdisc", ingress.error())));
+    }
+    if (*ingress) {
+      return tl::unexpected(faultError(
+          std::make_error_code(std::errc::device_or_resource_busy),
+          fmt::format("{}: interface {} already has an {} qdisc (handle {}) that is not faultline's; faultline "
+                      "does not share an interface's ingress with another tool, so direction {} is refused there; "
+                      "nothing was changed",
+                      context(*plan), plan->interface, (*ingress)->kind, handleText((*ingress)->handle),
+                      directionText(*plan))));
+    }
   }
   if (persist) {
-    if (auto persisted = persist(undoRecord(*plan, *before, *below)); !persisted) {
+    if (auto persisted = persist(undoRecord(*plan, *before, below)); !persisted) {
       return tl::unexpected(
           FaultError{persisted.error().code, fmt::format("{}: cannot journal the undo record, nothing was changed: {}",
                                                          context(*plan), persisted.error().message)});
     }
   }
-  if (plan->tree) {
-    if (auto built = buildTree(**table, *plan, *before, *below); !built) {
-      return tl::unexpected(built.error());
+  if (plan->egress) {
+    if (auto installed = installRoot(**table, *plan, *before, below); !installed) {
+      return tl::unexpected(installed.error());
     }
-    return std::make_unique<AppliedNetworkFault>(open_, std::move(*plan), std::move(*before), std::move(*below));
   }
-  if (auto replaced = (*table)->replaceRoot(plan->interface, kFaultlineRootHandle, plan->params); !replaced) {
-    const std::error_code code = replaced.error();
-    std::string message =
-        code == std::errc::no_such_file_or_directory
-            ? fmt::format("{}: {}", context(*plan), missingQdiscMessage(kernel::qdiscKind(plan->params)))
-            : tableErrorText(*plan, fmt::format("the kernel refused {}", paramsText(plan->params)), code);
-    // A refused replace changes nothing in the kernel; make sure of it before reporting.
-    bool mayBeChanged = false;
-    auto after = (*table)->root(plan->interface);
-    if (!after) {
-      message += fmt::format(" (and the root qdisc could not be read back to check it is unchanged: {})",
-                             after.error().message());
-      mayBeChanged = true;
-    } else if (*after && isFaultlineHandle((*after)->handle)) {
-      if (auto undone = undo(**table, plan->interface, *before); !undone) {
-        message += fmt::format(" (and putting back the root qdisc {} failed: {})", qdiscText(*before),
-                               undone.error().message());
-        mayBeChanged = true;
-      } else if (auto rest = *before ? restoreBelow(**table, plan->interface, **before, *below)
-                                     : tl::expected<void, std::pair<std::error_code, std::string>>{};
-                 !rest) {
-        message += fmt::format(" (the root qdisc {} was put back, but {}: {})", qdiscText(*before), rest.error().second,
-                               rest.error().first.message());
-        mayBeChanged = true;
+  if (plan->ingress) {
+    if (auto built = buildIngress(**table, *plan); !built) {
+      FaultError error = built.error();
+      if (plan->egress) {
+        if (auto undone = undo(**table, plan->interface, *before); !undone) {
+          error.message += fmt::format(" (and putting back the egress root qdisc {} failed: {})", qdiscText(*before),
+                                       undone.error().message());
+          error.mayBeChanged = true;
+        } else if (auto rest = *before ? restoreBelow(**table, plan->interface, **before, below)
+                                       : tl::expected<void, std::pair<std::error_code, std::string>>{};
+                   !rest) {
+          error.message += fmt::format(" (the egress root qdisc {} was put back, but {}: {})", qdiscText(*before),
+                                       rest.error().second, rest.error().first.message());
+          error.mayBeChanged = true;
+        } else {
+          error.message += fmt::format("; the egress root qdisc {} was put back", qdiscText(*before));
+        }
       }
+      return tl::unexpected(std::move(error));
     }
-    FaultError error = faultError(code, std::move(message));
-    error.mayBeChanged = mayBeChanged;
-    return tl::unexpected(std::move(error));
   }
-  return std::make_unique<AppliedNetworkFault>(open_, std::move(*plan), std::move(*before), std::move(*below));
+  return std::make_unique<AppliedNetworkFault>(open_, std::move(*plan), std::move(*before), std::move(below));
 }
 
 tl::expected<std::string, FaultError> NetworkFaultDriver::revertRecord(const nlohmann::json& undo,
@@ -971,6 +1234,21 @@ tl::expected<std::string, FaultError> NetworkFaultDriver::revertRecord(const nlo
   plan.faultName = undo.value("fault", std::string("network fault"));
   plan.netns = *netns;
   plan.interface = *interface;
+  // Records written before direction existed are egress.
+  const auto direction = str("direction").value_or("egress");
+  if (direction != "egress" && direction != "ingress" && direction != "both") {
+    return malformed("direction is not egress, ingress or both");
+  }
+  plan.egress = direction != "ingress";
+  plan.ingress = direction != "egress";
+  if (plan.ingress) {
+    // Only a device named as faultline names its ifbs is ever deleted.
+    const auto ifb = str("ifb");
+    if (!ifb || !ifb->starts_with(kIfbPrefix) || ifb->size() <= kIfbPrefix.size() || ifb->size() > 15) {
+      return malformed(fmt::format("ingress needs ifb, a device name {}<hex index>", kIfbPrefix));
+    }
+    plan.ifb = *ifb;
+  }
   AppliedNetworkFault fault(open, std::move(plan), *ourKind, std::move(saved), std::move(*below));
   if (auto reverted = fault.revert(); !reverted) {
     return tl::unexpected(reverted.error());

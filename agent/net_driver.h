@@ -18,8 +18,21 @@
 // qdisc FA18: below it, and u32 filters (traffic_match.h) steering matched packets to FA17:1; a
 // step that fails removes the half-built tree (puts the saved root back) before the error is
 // returned, and the message names the step (and the module: sch_htb, cls_u32, sch_netem).
-// ENOTSUP, before anything is read: direction ingress or both; interface "default" or a netns
-// chosen by process when the driver has no target resolver (setTargetResolver()).
+// Direction ingress (and both, which adds ingress to the egress fault above): the interface's
+// received packets are redirected to an ifb device faultline creates, named ifbName(ifindex)
+// ("flt-ifb" + the interface's index in hex, e.g. flt-ifb7; unique per interface and namespace,
+// at most 15 bytes), and the same qdisc or tree is built on the ifb's root. apply() refuses, before
+// any change: EEXIST that ifb exists already (a leftover or a second ingress fault); EBUSY the
+// interface has an ingress or clsact qdisc already (someone else's: faultline does not share it).
+// Then: ifb created and up, faultline's qdisc/tree on its root, ingress qdisc ffff: on the
+// interface, u32 filters (IPv4 priority 1, IPv6 2) matching every packet with a mirred egress
+// redirect to the ifb. ARP and other non-IP frames are not redirected. A failed step removes the
+// ingress path (and, for both, puts the egress root and the tree below it back) before the error
+// is returned; the message names the module (ifb, sch_ingress, cls_u32/act_mirred). revert()
+// removes the ingress qdisc (only while its filters redirect to faultline's ifb alone), then the
+// ifb, then reverts egress. The ifb's own root is not saved: faultline created the ifb.
+// ENOTSUP, before anything is read: interface "default" or a netns chosen by process when the
+// driver has no target resolver (setTargetResolver()).
 // revert(): if the root is still faultline's, restores the saved root qdisc byte for byte, then the
 // tree below it (kernel::restoreOrder()), or deletes ours when the saved one was the kernel's
 // default (handle 0:), then reads the root and the tree back to verify; when the saved root is
@@ -58,6 +71,10 @@ inline constexpr uint32_t kFaultlineLeafHandle = 0xFA180000;
 inline constexpr uint16_t kExemptFilterPriority = 1;          // IPv4 1, IPv6 2
 inline constexpr uint16_t kMatchFilterPriority = 3;           // IPv4 3, IPv6 4
 inline constexpr uint64_t kUnlimitedBps = uint64_t{1} << 40;  // 1.1 Tbit/s: never the bottleneck
+// The ingress path: ifb devices named kIfbPrefix + the interface's index in hex; the redirect
+// filters on the interface's ingress qdisc at priority 1 (IPv4) and 2 (IPv6).
+inline constexpr std::string_view kIfbPrefix = "flt-ifb";
+inline constexpr uint16_t kIngressRedirectPriority = 1;
 
 using QdiscTableOpener =
     std::function<tl::expected<std::unique_ptr<kernel::QdiscTable>, std::error_code>(const std::string& netns)>;
@@ -83,7 +100,11 @@ class NetworkFaultDriver final : public FaultDriver {
   //    "handle":4195811328 (FA17:),"qdisc":"tbf",
   //    "saved":null (a kernel default root) or {"kind","handle","parent","options":"<hex>"},
   //    "below":[{"type":"qdisc"|"class"|"filter","kind","handle","parent","info","chain",
-  //              "options":"<hex>"}, ...] (only when something hung below a saved root)}
+  //              "options":"<hex>"}, ...] (only when something hung below a saved root),
+  //    "direction":"egress"|"ingress"|"both",
+  //    and for ingress/both: "ifb":"flt-ifb7","ingressQdisc":"ingress"}
+  //  ("handle" and "qdisc" are then also what sits on the ifb's root; "saved" and "below" are the
+  //  interface's egress root and tree, saved and restored only for egress and both).
   using FaultDriver::apply;
   [[nodiscard]] tl::expected<std::unique_ptr<AppliedFault>, FaultError> apply(const v1::FaultSpec& spec,
                                                                               const PersistUndo& persist) override;
@@ -105,6 +126,20 @@ class NetworkFaultDriver final : public FaultDriver {
   std::vector<Endpoint> exempt_;
   NetworkTargetResolver* resolver_ = nullptr;
 };
+
+// faultline's ifb for the interface of index ifindex: "flt-ifb" + ifindex in hex (≤ 15 bytes).
+[[nodiscard]] std::string ifbName(int ifindex);
+
+// Removes faultline's ingress path for interface in table's namespace (netns: for messages only):
+// the interface's ingress qdisc when every filter on it redirects to ifb (one redirecting elsewhere
+// too: EBUSY, permanent, nothing removed; none redirecting to ifb: the qdisc is not faultline's and
+// stays), then the ifb device; reads back that the ifb is gone. interface "" or missing: only the
+// ifb. Returns what it removed, in words. errors: the table's (EPERM, ENOBUFS, ...); EIO when the
+// ifb is still there afterwards. Used by revert-all.
+[[nodiscard]] tl::expected<std::string, FaultError> removeIngressPath(kernel::QdiscTable& table,
+                                                                      const std::string& netns,
+                                                                      const std::string& interface,
+                                                                      const std::string& ifb);
 
 // The interface name that stands for the namespace's default-route interface.
 inline constexpr std::string_view kDefaultRouteInterface = "default";

@@ -1,5 +1,7 @@
 #include "agent/revert_all.h"
 
+#include <cstdlib>
+
 #include <fmt/format.h>
 
 #include "agent/journal.h"
@@ -54,6 +56,42 @@ void revertJournal(const std::filesystem::path& stateDir, const QdiscTableOpener
   }
 }
 
+// faultline's ifb devices (kind ifb, named flt-ifb<hex index>) and the ingress qdiscs redirecting
+// to them, on the interface whose index the name carries; before the roots, so that an ifb's own
+// fa17: root goes with it.
+void removeIngressPaths(kernel::QdiscTable& table, const std::string& netns, RevertAllReport& report) {
+  auto links = table.links();
+  if (!links) {
+    report.failed.push_back(
+        fmt::format("cannot list the interfaces in {}: {}", whereText(netns), links.error().message()));
+    return;
+  }
+  for (const auto& link : *links) {
+    if (link.kind != "ifb" || !link.name.starts_with(kIfbPrefix)) {
+      continue;
+    }
+    std::string interface;
+    const std::string hex = link.name.substr(kIfbPrefix.size());
+    char* end = nullptr;
+    const unsigned long index = std::strtoul(hex.c_str(), &end, 16);
+    if (!hex.empty() && end != nullptr && *end == '\0') {
+      for (const auto& other : *links) {
+        if (static_cast<unsigned long>(other.index) == index) {
+          interface = other.name;
+        }
+      }
+    }
+    auto removed = removeIngressPath(table, netns, interface, link.name);
+    if (!removed) {
+      report.failed.push_back(fmt::format("ifb {} in {}: {}", link.name, whereText(netns), removed.error().message));
+    } else {
+      report.removed.push_back(fmt::format("ingress path {}{} in {}: {}", link.name,
+                                           interface.empty() ? "" : fmt::format(" of {}", interface), whereText(netns),
+                                           *removed));
+    }
+  }
+}
+
 void scanNamespace(const std::string& netns, const QdiscTableOpener& open, RevertAllReport& report) {
   auto table = open(netns);
   if (!table) {
@@ -65,6 +103,7 @@ void scanNamespace(const std::string& netns, const QdiscTableOpener& open, Rever
     return;
   }
   ++report.namespaces;
+  removeIngressPaths(**table, netns, report);
   auto roots = (*table)->roots();
   if (!roots) {
     report.failed.push_back(

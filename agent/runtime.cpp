@@ -117,13 +117,23 @@ AgentRuntime::AgentRuntime(SessionOptions options, bool probeKernel, std::unique
         options.capabilities.add_qdiscs(name);
       }
     }
+    if (support.ingress) {
+      options.capabilities.add_qdiscs("ingress");
+    }
     if (support.u32) {
       options.capabilities.add_classifiers("u32");
     }
+    if (support.mirred) {
+      options.capabilities.add_actions("mirred");
+    }
+    options.capabilities.set_ifb(support.ifb);
     options.capabilities.set_tc_probed(true);
-    spdlog::info("kernel {}: netem qdisc {}, tbf qdisc {}, htb qdisc {}, u32 classifier {}", kernelRelease(),
-                 support.netem ? "yes" : "no", support.tbf ? "yes" : "no", support.htb ? "yes" : "no",
-                 support.u32 ? "yes" : "no");
+    spdlog::info(
+        "kernel {}: netem qdisc {}, tbf qdisc {}, htb qdisc {}, u32 classifier {}, ifb {}, ingress qdisc {}, mirred "
+        "action {}",
+        kernelRelease(), support.netem ? "yes" : "no", support.tbf ? "yes" : "no", support.htb ? "yes" : "no",
+        support.u32 ? "yes" : "no", support.ifb ? "yes" : "no", support.ingress ? "yes" : "no",
+        support.mirred ? "yes" : "no");
     if (auto cgroups = kernel::openCgroupTree()) {
       options.capabilities.set_cgroup2_mount((*cgroups)->mountPoint());
       auto self = (*cgroups)->selfCgroup();

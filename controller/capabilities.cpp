@@ -35,6 +35,15 @@ std::string hint(const std::string& module) {
   if (module == "sch_htb") {
     return "CONFIG_NET_SCH_HTB; `modprobe sch_htb`";
   }
+  if (module == "ifb") {
+    return "CONFIG_IFB; `modprobe ifb`";
+  }
+  if (module == "sch_ingress") {
+    return "CONFIG_NET_SCH_INGRESS; `modprobe sch_ingress`";
+  }
+  if (module == "act_mirred") {
+    return "CONFIG_NET_ACT_MIRRED; `modprobe act_mirred`";
+  }
   return "CONFIG_NET_CLS_U32; `modprobe cls_u32`";
 }
 
@@ -58,6 +67,21 @@ std::vector<std::string> missingModules(const v1::FaultSpec& spec, const v1::Cap
     }
     if (!listed(caps.classifiers(), "u32")) {
       missing.emplace_back("cls_u32");
+    }
+  }
+  const bool ingress = target->direction() == v1::DIRECTION_INGRESS || target->direction() == v1::DIRECTION_BOTH;
+  if (caps.tc_probed() && ingress) {
+    if (!caps.ifb()) {
+      missing.emplace_back("ifb");
+    }
+    if (!listed(caps.qdiscs(), "ingress")) {
+      missing.emplace_back("sch_ingress");
+    }
+    if (!listed(caps.classifiers(), "u32") && !hasMatch(*target)) {  // with a match: already named above
+      missing.emplace_back("cls_u32");
+    }
+    if (!listed(caps.actions(), "mirred")) {
+      missing.emplace_back("act_mirred");
     }
   }
   return missing;

@@ -13,7 +13,8 @@
 
 namespace faultline::controller {
 
-// The traffic-control modules spec needs that caps lacks, as "sch_netem", "sch_htb", "cls_u32";
+// The traffic-control modules spec needs that caps lacks, as "sch_netem", "sch_htb", "cls_u32"
+// (direction ingress/both: "ifb", "sch_ingress", "cls_u32", "act_mirred");
 // empty when the host can run it (or spec is not a network fault). An agent that did not probe
 // (tc_probed false, an older agent) is judged on its netem/tbf flags alone.
 [[nodiscard]] std::vector<std::string> missingModules(const v1::FaultSpec& spec, const v1::Capabilities& caps);

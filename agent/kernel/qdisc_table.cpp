@@ -17,6 +17,7 @@
 #include <linux/pkt_cls.h>
 #include <linux/pkt_sched.h>
 #include <linux/rtnetlink.h>
+#include <linux/tc_act/tc_mirred.h>
 
 #include <netlink/errno.h>
 #include <netlink/msg.h>
@@ -491,6 +492,53 @@ std::vector<uint32_t> aligned(std::span<const uint8_t> bytes) {
   return out;
 }
 
+std::string attrString(const nlattr* attr) {
+  const auto* text = static_cast<const char*>(nla_data(attr));
+  return {text, strnlen(text, static_cast<size_t>(std::max(0, nla_len(attr))))};
+}
+
+// Index, name and IFLA_INFO_KIND of one RTM_NEWLINK message (header included).
+// errors: EPROTO truncated or malformed, or no name.
+tl::expected<LinkInfo, std::error_code> parseLinkInfoMessage(std::span<const uint8_t> message) {
+  if (message.size() < NLMSG_LENGTH(sizeof(ifinfomsg))) {
+    return fail(EPROTO);
+  }
+  auto storage = aligned(message);
+  auto* hdr = reinterpret_cast<nlmsghdr*>(storage.data());
+  if (hdr->nlmsg_len < NLMSG_LENGTH(sizeof(ifinfomsg)) || hdr->nlmsg_len > message.size()) {
+    return fail(EPROTO);
+  }
+  nlattr* tb[IFLA_MAX + 1] = {};
+  if (nlmsg_parse(hdr, sizeof(ifinfomsg), tb, IFLA_MAX, nullptr) < 0 || tb[IFLA_IFNAME] == nullptr) {
+    return fail(EPROTO);
+  }
+  LinkInfo out;
+  ifinfomsg ifi{};
+  std::memcpy(&ifi, nlmsg_data(hdr), sizeof(ifi));
+  out.index = ifi.ifi_index;
+  out.name = attrString(tb[IFLA_IFNAME]);
+  if (tb[IFLA_LINKINFO] != nullptr) {
+    nlattr* info[IFLA_INFO_MAX + 1] = {};
+    if (nla_parse_nested(info, IFLA_INFO_MAX, tb[IFLA_LINKINFO], nullptr) < 0) {
+      return fail(EPROTO);
+    }
+    if (info[IFLA_INFO_KIND] != nullptr) {
+      out.kind = attrString(info[IFLA_INFO_KIND]);
+    }
+  }
+  return out;
+}
+
+// RTM_GETTFILTER dump of the filters on ifindex's ingress qdisc (parent ffff:).
+tl::expected<Bytes, std::error_code> buildDumpIngressFiltersRequest(int ifindex) {
+  auto msg = newTcMessage(RTM_GETTFILTER, NLM_F_REQUEST | NLM_F_DUMP, ifindex, 0, 0);
+  if (!msg) {
+    return tl::unexpected(msg.error());
+  }
+  static_cast<tcmsg*>(nlmsg_data(nlmsg_hdr(msg->get())))->tcm_parent = TC_H_MAKE(TC_H_INGRESS, 0);
+  return toBytes(msg->get());
+}
+
 // One table: an rtnetlink socket bound to one network namespace.
 class NetlinkQdiscTable final : public QdiscTable {
  public:
@@ -747,6 +795,144 @@ class NetlinkQdiscTable final : public QdiscTable {
       return tl::unexpected(request.error());
     }
     return send(*request);
+  }
+
+  tl::expected<std::vector<LinkInfo>, std::error_code> links() override {
+    auto request = buildDumpLinksRequest();
+    if (!request) {
+      return tl::unexpected(request.error());
+    }
+    constexpr int kAttempts = 3;  // a dump interrupted by a concurrent change is repeated
+    for (int attempt = 1;; ++attempt) {
+      std::vector<LinkInfo> out;
+      std::error_code parseError;
+      auto done = send(*request, [&](std::span<const uint8_t> message) {
+        auto link = parseLinkInfoMessage(message);
+        if (!link) {
+          parseError = link.error();
+        } else {
+          out.push_back(std::move(*link));
+        }
+      });
+      if (!done && done.error() == std::errc::resource_unavailable_try_again && attempt < kAttempts) {
+        continue;
+      }
+      if (!done) {
+        return tl::unexpected(done.error());
+      }
+      if (parseError) {
+        return tl::unexpected(parseError);
+      }
+      std::sort(out.begin(), out.end(), [](const LinkInfo& a, const LinkInfo& b) { return a.index < b.index; });
+      return out;
+    }
+  }
+
+  tl::expected<int, std::error_code> interfaceIndex(std::string_view ifname) override { return ifindex(ifname); }
+
+  tl::expected<void, std::error_code> createIfb(std::string_view name) override {
+    auto request = buildCreateIfbRequest(name);
+    if (!request) {
+      return tl::unexpected(request.error());
+    }
+    return send(*request);
+  }
+
+  tl::expected<void, std::error_code> deleteLink(std::string_view ifname) override {
+    auto index = ifindex(ifname);
+    if (!index) {
+      return tl::unexpected(index.error());
+    }
+    auto request = buildDeleteLinkRequest(*index);
+    if (!request) {
+      return tl::unexpected(request.error());
+    }
+    return send(*request);
+  }
+
+  tl::expected<std::optional<QdiscInfo>, std::error_code> ingressQdisc(std::string_view ifname) override {
+    auto all = dump(ifname);
+    if (!all) {
+      return tl::unexpected(all.error());
+    }
+    auto it = std::find_if(all->begin(), all->end(), [](const QdiscInfo& q) { return q.parent == TC_H_INGRESS; });
+    return it == all->end() ? std::nullopt : std::optional<QdiscInfo>(*it);
+  }
+
+  tl::expected<void, std::error_code> addIngressQdisc(std::string_view ifname) override {
+    auto index = ifindex(ifname);
+    if (!index) {
+      return tl::unexpected(index.error());
+    }
+    auto request = buildAddIngressRequest(*index);
+    if (!request) {
+      return tl::unexpected(request.error());
+    }
+    return send(*request);
+  }
+
+  tl::expected<void, std::error_code> deleteIngressQdisc(std::string_view ifname) override {
+    auto index = ifindex(ifname);
+    if (!index) {
+      return tl::unexpected(index.error());
+    }
+    auto request = buildDeleteIngressRequest(*index);
+    if (!request) {
+      return tl::unexpected(request.error());
+    }
+    return send(*request);
+  }
+
+  tl::expected<void, std::error_code> addRedirectFilter(std::string_view ifname,
+                                                        const RedirectFilter& filter) override {
+    auto index = ifindex(ifname);
+    if (!index) {
+      return tl::unexpected(index.error());
+    }
+    auto target = ifindex(filter.target);
+    if (!target) {
+      return tl::unexpected(target.error());
+    }
+    auto request = buildAddRedirectFilterRequest(*index, filter, *target);
+    if (!request) {
+      return tl::unexpected(request.error());
+    }
+    return send(*request);
+  }
+
+  tl::expected<std::vector<int>, std::error_code> ingressRedirectTargets(std::string_view ifname) override {
+    auto ingress = ingressQdisc(ifname);
+    if (!ingress) {
+      return tl::unexpected(ingress.error());
+    }
+    std::vector<int> targets;
+    if (!*ingress) {
+      return targets;  // without an ingress qdisc the kernel answers the dump with EINVAL
+    }
+    auto index = ifindex(ifname);
+    if (!index) {
+      return tl::unexpected(index.error());
+    }
+    auto request = buildDumpIngressFiltersRequest(*index);
+    if (!request) {
+      return tl::unexpected(request.error());
+    }
+    std::error_code parseError;
+    auto done = send(*request, [&](std::span<const uint8_t> message) {
+      auto found = parseFilterRedirects(message);
+      if (!found) {
+        parseError = found.error();
+      } else {
+        targets.insert(targets.end(), found->begin(), found->end());
+      }
+    });
+    if (!done) {
+      return tl::unexpected(done.error());
+    }
+    if (parseError) {
+      return tl::unexpected(parseError);
+    }
+    return targets;
   }
 
   // errors: ENODEV no such interface.
@@ -1161,6 +1347,184 @@ tl::expected<std::vector<uint8_t>, std::error_code> buildRestoreRootRequest(int 
   return toBytes(msg->get());
 }
 
+tl::expected<std::vector<uint8_t>, std::error_code> buildCreateIfbRequest(std::string_view name) {
+  if (name.empty() || name.size() >= IFNAMSIZ) {
+    return fail(EINVAL);
+  }
+  auto msg = newMessage(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, sizeof(ifinfomsg), 64);
+  if (!msg) {
+    return tl::unexpected(msg.error());
+  }
+  auto* ifi = static_cast<ifinfomsg*>(nlmsg_data(nlmsg_hdr(msg->get())));
+  ifi->ifi_family = AF_UNSPEC;
+  ifi->ifi_flags = IFF_UP;
+  ifi->ifi_change = IFF_UP;
+  const std::string text(name);
+  if (auto r = putAttr(msg->get(), IFLA_IFNAME, text.c_str(), text.size() + 1); !r) {
+    return tl::unexpected(r.error());
+  }
+  nlattr* info = nla_reserve(msg->get(), IFLA_LINKINFO, 0);  // as ip-link sends it: no NLA_F_NESTED
+  if (info == nullptr) {
+    return fail(EMSGSIZE);
+  }
+  if (auto r = putAttr(msg->get(), IFLA_INFO_KIND, "ifb", 3); !r) {  // no NUL, as ip sends it
+    return tl::unexpected(r.error());
+  }
+  if (auto r = endOptions(msg->get(), info); !r) {
+    return tl::unexpected(r.error());
+  }
+  return toBytes(msg->get());
+}
+
+tl::expected<std::vector<uint8_t>, std::error_code> buildDeleteLinkRequest(int ifindex) {
+  auto msg = newMessage(RTM_DELLINK, NLM_F_REQUEST | NLM_F_ACK, sizeof(ifinfomsg), 0);
+  if (!msg) {
+    return tl::unexpected(msg.error());
+  }
+  auto* ifi = static_cast<ifinfomsg*>(nlmsg_data(nlmsg_hdr(msg->get())));
+  ifi->ifi_family = AF_UNSPEC;
+  ifi->ifi_index = ifindex;
+  return toBytes(msg->get());
+}
+
+tl::expected<std::vector<uint8_t>, std::error_code> buildAddIngressRequest(int ifindex) {
+  auto msg = newTcMessage(RTM_NEWQDISC, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, ifindex,
+                          TC_H_MAKE(TC_H_INGRESS, 0), 16);
+  if (!msg) {
+    return tl::unexpected(msg.error());
+  }
+  static_cast<tcmsg*>(nlmsg_data(nlmsg_hdr(msg->get())))->tcm_parent = TC_H_INGRESS;
+  if (auto r = putAttr(msg->get(), TCA_KIND, "ingress", 8); !r) {
+    return tl::unexpected(r.error());
+  }
+  return toBytes(msg->get());
+}
+
+tl::expected<std::vector<uint8_t>, std::error_code> buildDeleteIngressRequest(int ifindex) {
+  auto msg = newTcMessage(RTM_DELQDISC, NLM_F_REQUEST | NLM_F_ACK, ifindex, TC_H_MAKE(TC_H_INGRESS, 0), 16);
+  if (!msg) {
+    return tl::unexpected(msg.error());
+  }
+  static_cast<tcmsg*>(nlmsg_data(nlmsg_hdr(msg->get())))->tcm_parent = TC_H_INGRESS;
+  // The kind, as tc sends it: the kernel refuses (EINVAL) to delete a clsact qdisc by this request.
+  if (auto r = putAttr(msg->get(), TCA_KIND, "ingress", 8); !r) {
+    return tl::unexpected(r.error());
+  }
+  return toBytes(msg->get());
+}
+
+tl::expected<std::vector<uint8_t>, std::error_code> buildAddRedirectFilterRequest(int ifindex,
+                                                                                  const RedirectFilter& filter,
+                                                                                  int targetIfindex) {
+  if (filter.priority == 0 || targetIfindex <= 0) {
+    return fail(EINVAL);
+  }
+  auto msg = newTcMessage(RTM_NEWTFILTER, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, ifindex, 0, 256);
+  if (!msg) {
+    return tl::unexpected(msg.error());
+  }
+  auto* tcm = static_cast<tcmsg*>(nlmsg_data(nlmsg_hdr(msg->get())));
+  tcm->tcm_parent = TC_H_MAKE(TC_H_INGRESS, 0);
+  tcm->tcm_info = TC_H_MAKE(static_cast<uint32_t>(filter.priority) << 16, htons(filter.protocol));
+  if (auto r = putAttr(msg->get(), TCA_KIND, "u32", 4); !r) {
+    return tl::unexpected(r.error());
+  }
+  // As tc sends it: TCA_U32_ACT before TCA_U32_SEL, no classid, only TCA_ACT_OPTIONS with NLA_F_NESTED.
+  nlattr* options = startOptions(msg->get());
+  if (options == nullptr) {
+    return fail(EMSGSIZE);
+  }
+  nlattr* actions = nla_reserve(msg->get(), TCA_U32_ACT, 0);
+  nlattr* first = actions != nullptr ? nla_reserve(msg->get(), 1, 0) : nullptr;
+  if (first == nullptr) {
+    return fail(EMSGSIZE);
+  }
+  if (auto r = putAttr(msg->get(), TCA_ACT_KIND, "mirred", 7); !r) {
+    return tl::unexpected(r.error());
+  }
+  nlattr* actOptions = nla_reserve(msg->get(), TCA_ACT_OPTIONS, 0);
+  if (actOptions == nullptr) {
+    return fail(EMSGSIZE);
+  }
+  tc_mirred mirred{};
+  mirred.action = TC_ACT_STOLEN;
+  mirred.eaction = TCA_EGRESS_REDIR;
+  mirred.ifindex = static_cast<uint32_t>(targetIfindex);
+  if (auto r = putAttr(msg->get(), TCA_MIRRED_PARMS, &mirred, sizeof(mirred)); !r) {
+    return tl::unexpected(r.error());
+  }
+  for (nlattr* nest : {actOptions, first, actions}) {
+    if (auto r = endOptions(msg->get(), nest); !r) {
+      return tl::unexpected(r.error());
+    }
+    if (nest == actOptions) {
+      nest->nla_type |= NLA_F_NESTED;
+    }
+  }
+  std::array<uint8_t, sizeof(tc_u32_sel) + sizeof(tc_u32_key)> sel{};  // the key 0/0 at 0: every packet
+  tc_u32_sel head{};
+  head.flags = TC_U32_TERMINAL;
+  head.nkeys = 1;
+  std::memcpy(sel.data(), &head, sizeof(head));
+  if (auto r = putAttr(msg->get(), TCA_U32_SEL, sel.data(), sel.size()); !r) {
+    return tl::unexpected(r.error());
+  }
+  if (auto r = endOptions(msg->get(), options); !r) {
+    return tl::unexpected(r.error());
+  }
+  return toBytes(msg->get());
+}
+
+tl::expected<std::vector<int>, std::error_code> parseFilterRedirects(std::span<const uint8_t> message) {
+  if (message.size() < NLMSG_LENGTH(sizeof(tcmsg))) {
+    return fail(EPROTO);
+  }
+  auto storage = aligned(message);
+  auto* hdr = reinterpret_cast<nlmsghdr*>(storage.data());
+  if (hdr->nlmsg_type != RTM_NEWTFILTER || hdr->nlmsg_len < NLMSG_LENGTH(sizeof(tcmsg)) ||
+      hdr->nlmsg_len > message.size()) {
+    return fail(EPROTO);
+  }
+  nlattr* tb[TCA_MAX + 1] = {};
+  if (nlmsg_parse(hdr, sizeof(tcmsg), tb, TCA_MAX, nullptr) < 0) {
+    return fail(EPROTO);
+  }
+  std::vector<int> targets;
+  if (tb[TCA_KIND] == nullptr || attrString(tb[TCA_KIND]) != "u32" || tb[TCA_OPTIONS] == nullptr) {
+    return targets;
+  }
+  nlattr* u32[TCA_U32_MAX + 1] = {};
+  if (nla_parse_nested(u32, TCA_U32_MAX, tb[TCA_OPTIONS], nullptr) < 0) {
+    return fail(EPROTO);
+  }
+  if (u32[TCA_U32_ACT] == nullptr) {
+    return targets;
+  }
+  nlattr* action = nullptr;
+  int rem = 0;
+  nla_for_each_nested(action, u32[TCA_U32_ACT], rem) {
+    nlattr* act[TCA_ACT_MAX + 1] = {};
+    if (nla_parse_nested(act, TCA_ACT_MAX, action, nullptr) < 0) {
+      return fail(EPROTO);
+    }
+    if (act[TCA_ACT_KIND] == nullptr || attrString(act[TCA_ACT_KIND]) != "mirred" || act[TCA_ACT_OPTIONS] == nullptr) {
+      continue;
+    }
+    nlattr* mirred[TCA_MIRRED_MAX + 1] = {};
+    if (nla_parse_nested(mirred, TCA_MIRRED_MAX, act[TCA_ACT_OPTIONS], nullptr) < 0) {
+      return fail(EPROTO);
+    }
+    if (mirred[TCA_MIRRED_PARMS] == nullptr ||
+        nla_len(mirred[TCA_MIRRED_PARMS]) < static_cast<int>(sizeof(tc_mirred))) {
+      return fail(EPROTO);
+    }
+    tc_mirred parms{};
+    std::memcpy(&parms, nla_data(mirred[TCA_MIRRED_PARMS]), sizeof(parms));
+    targets.push_back(static_cast<int>(parms.ifindex));
+  }
+  return targets;
+}
+
 tl::expected<std::vector<uint8_t>, std::error_code> buildDeleteRootRequest(int ifindex) {
   auto msg = newTcMessage(RTM_DELQDISC, NLM_F_REQUEST | NLM_F_ACK, ifindex, 0, 0);
   if (!msg) {
@@ -1257,6 +1621,11 @@ QdiscSupport probeQdiscSupport() {
     if (support.htb) {
       const U32Filter any{0x00030000, 1, 0x0800, {U32Key{0, 0, 0}}, 0x00030000};
       support.u32 = table.addU32Filter("lo", any).has_value();
+    }
+    support.ifb = table.createIfb("flt-probe").has_value();
+    support.ingress = table.addIngressQdisc("lo").has_value();
+    if (support.ifb && support.ingress) {
+      support.mirred = table.addRedirectFilter("lo", RedirectFilter{1, 0x0800, "flt-probe"}).has_value();
     }
   };
   try {

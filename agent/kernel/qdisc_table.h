@@ -129,6 +129,22 @@ struct InterfaceRoot {
   QdiscInfo root;
 };
 
+// A network interface as an RTM_GETLINK dump reports it.
+struct LinkInfo {
+  int index = 0;
+  std::string name;
+  std::string kind;  // IFLA_INFO_KIND, e.g. "ifb", "veth"; "" for a device without one (lo, most NICs)
+};
+
+// A u32 filter on an interface's ingress qdisc (parent ffff:) that matches every packet of protocol
+// (u32 key 0/0 at 0) and redirects it to the egress of target with a mirred action (tc-mirred(8):
+// "action mirred egress redirect dev TARGET"), so target's root qdisc sees the interface's ingress.
+struct RedirectFilter {
+  uint16_t priority = 0;  // > 0
+  uint16_t protocol = 0;  // ETH_P_IP (0x0800) or ETH_P_IPV6 (0x86DD), host order
+  std::string target;     // the device packets are redirected to (an ifb), in the same namespace
+};
+
 // Kind name of params: "netem", "tbf" or "htb".
 [[nodiscard]] std::string_view qdiscKind(const QdiscParams& params);
 
@@ -199,6 +215,50 @@ class QdiscTable {
   // is taken; EINVAL the kernel refused the options; EOPNOTSUPP the parent's classes cannot be added.
   [[nodiscard]] virtual tl::expected<void, std::error_code> restoreObject(std::string_view ifname,
                                                                           const TcObject& object) = 0;
+
+  // --- The ingress path: an ifb device, the interface's ingress qdisc, mirred redirects. ---
+
+  // Every interface of this namespace with its kind (one RTM_GETLINK dump), in index order.
+  // errors: EPERM, ENOBUFS, EPROTO.
+  [[nodiscard]] virtual tl::expected<std::vector<LinkInfo>, std::error_code> links() = 0;
+
+  // The index of ifname. errors: ENODEV no such interface.
+  [[nodiscard]] virtual tl::expected<int, std::error_code> interfaceIndex(std::string_view ifname) = 0;
+
+  // Creates an ifb device named name (RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, IFLA_INFO_KIND "ifb")
+  // and sets it up in the same message. name: a valid interface name (1-15 bytes).
+  // errors: EEXIST a device of that name exists; EOPNOTSUPP the kernel has no ifb (CONFIG_IFB, module
+  // ifb); EINVAL a bad name; EPERM without CAP_NET_ADMIN.
+  [[nodiscard]] virtual tl::expected<void, std::error_code> createIfb(std::string_view name) = 0;
+
+  // Deletes the device ifname (RTM_DELLINK) with its qdiscs. errors: ENODEV no such device; EOPNOTSUPP
+  // a device that cannot be deleted (a physical NIC).
+  [[nodiscard]] virtual tl::expected<void, std::error_code> deleteLink(std::string_view ifname) = 0;
+
+  // The ingress-side qdisc of ifname (parent ffff:fff1: "ingress" or "clsact", handle ffff:), from an
+  // RTM_GETQDISC dump; nullopt when it has none. errors: ENODEV no such interface.
+  [[nodiscard]] virtual tl::expected<std::optional<QdiscInfo>, std::error_code> ingressQdisc(
+      std::string_view ifname) = 0;
+
+  // Adds the ingress qdisc (kind "ingress", handle ffff:, parent ffff:fff1; NLM_F_CREATE | NLM_F_EXCL).
+  // errors: ENODEV; EEXIST an ingress or clsact qdisc is there already; ENOENT the kernel has no
+  // sch_ingress (CONFIG_NET_SCH_INGRESS).
+  [[nodiscard]] virtual tl::expected<void, std::error_code> addIngressQdisc(std::string_view ifname) = 0;
+
+  // Deletes the ingress-side qdisc of ifname (and every filter on it). errors: ENODEV; EINVAL or
+  // ENOENT when there is none.
+  [[nodiscard]] virtual tl::expected<void, std::error_code> deleteIngressQdisc(std::string_view ifname) = 0;
+
+  // Adds filter on ifname's ingress qdisc. errors: ENODEV ifname or filter.target missing; ENOENT no
+  // ingress qdisc, or the kernel lacks cls_u32 or act_mirred; EEXIST a filter at that priority; EINVAL.
+  [[nodiscard]] virtual tl::expected<void, std::error_code> addRedirectFilter(std::string_view ifname,
+                                                                              const RedirectFilter& filter) = 0;
+
+  // The devices the ingress filters of ifname redirect or mirror to (mirred actions of u32 filters on
+  // its ingress qdisc, from an RTM_GETTFILTER dump), as interface indexes, in dump order; empty when it
+  // has no ingress qdisc or no such filter. errors: ENODEV; EPROTO a reply that does not parse.
+  [[nodiscard]] virtual tl::expected<std::vector<int>, std::error_code> ingressRedirectTargets(
+      std::string_view ifname) = 0;
 };
 
 // Whether restoreRoot() re-creates a root qdisc of this kind exactly as root() read it (handle ≠ 0;
@@ -229,6 +289,11 @@ struct QdiscSupport {
   bool tbf = false;
   bool htb = false;
   bool u32 = false;  // the u32 classifier (a filter added below an htb root)
+  // The ingress path (direction ingress/both): an ifb device created, an ingress qdisc added to lo,
+  // and a u32 filter with a mirred redirect to the ifb added on it.
+  bool ifb = false;
+  bool ingress = false;  // sch_ingress
+  bool mirred = false;   // act_mirred
 };
 [[nodiscard]] QdiscSupport probeQdiscSupport();
 
@@ -267,6 +332,35 @@ struct QdiscSupport {
 // multiple of 4, a table handle with a node part or outside 1..0x7FF.
 [[nodiscard]] tl::expected<std::vector<uint8_t>, std::error_code> buildAddU32FilterRequest(int ifindex,
                                                                                            const U32Filter& filter);
+
+// RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, ifi_flags = ifi_change = IFF_UP, IFLA_IFNAME name,
+// IFLA_LINKINFO {IFLA_INFO_KIND "ifb"}. errors: EINVAL an empty name or one of 16 bytes or more.
+[[nodiscard]] tl::expected<std::vector<uint8_t>, std::error_code> buildCreateIfbRequest(std::string_view name);
+
+// RTM_DELLINK of ifindex.
+[[nodiscard]] tl::expected<std::vector<uint8_t>, std::error_code> buildDeleteLinkRequest(int ifindex);
+
+// RTM_NEWQDISC, NLM_F_CREATE | NLM_F_EXCL, kind "ingress", handle ffff:, parent ffff:fff1 (as
+// `tc qdisc add dev X ingress` sends it).
+[[nodiscard]] tl::expected<std::vector<uint8_t>, std::error_code> buildAddIngressRequest(int ifindex);
+
+// RTM_DELQDISC, handle ffff:, parent ffff:fff1, TCA_KIND "ingress" (a clsact qdisc is not deleted).
+[[nodiscard]] tl::expected<std::vector<uint8_t>, std::error_code> buildDeleteIngressRequest(int ifindex);
+
+// RTM_NEWTFILTER, NLM_F_CREATE | NLM_F_EXCL, parent ffff:, kind u32, tcm_info = priority << 16 |
+// htons(protocol), TCA_OPTIONS {TCA_U32_SEL (TC_U32_TERMINAL, one key 0/0 at 0), TCA_U32_ACT {1:
+// {TCA_ACT_KIND "mirred", TCA_ACT_OPTIONS {TCA_MIRRED_PARMS {action TC_ACT_STOLEN, eaction
+// TCA_EGRESS_REDIR, ifindex targetIfindex}}}}, TCA_U32_SEL (TC_U32_TERMINAL, one key 0/0 at 0)}: the
+// bytes `tc filter add ... u32 match u32 0 0 action mirred egress redirect dev IFB` sends.
+// filter.target is not used (the caller resolved it to targetIfindex).
+// errors: EINVAL priority 0 or targetIfindex <= 0.
+[[nodiscard]] tl::expected<std::vector<uint8_t>, std::error_code> buildAddRedirectFilterRequest(
+    int ifindex, const RedirectFilter& filter, int targetIfindex);
+
+// The mirred targets (interface indexes) of one RTM_NEWTFILTER message of kind u32 (header
+// included); empty for another kind or a filter without a mirred action.
+// errors: EPROTO truncated or malformed.
+[[nodiscard]] tl::expected<std::vector<int>, std::error_code> parseFilterRedirects(std::span<const uint8_t> message);
 
 // RTM_DELQDISC of the root qdisc (parent TC_H_ROOT, handle 0: whatever root is attached).
 [[nodiscard]] tl::expected<std::vector<uint8_t>, std::error_code> buildDeleteRootRequest(int ifindex);

@@ -5,6 +5,7 @@
 // FakeKernel. Not thread-safe.
 #pragma once
 
+#include <algorithm>
 #include <map>
 #include <memory>
 #include <optional>
@@ -50,13 +51,27 @@ struct FakeKernel {
   std::map<std::pair<std::string, std::string>, std::vector<kernel::TcObject>, std::less<>> objects;
   std::optional<std::error_code> failNextRestoreObject;
   std::optional<kernel::QdiscParams> lastParams;
+  // The ingress path, by namespace and interface: link kinds ("ifb"; absent = none), indexes,
+  // ingress qdiscs and their redirect filters. Interfaces get indexes in the order they appear.
+  std::map<std::pair<std::string, std::string>, std::string, std::less<>> kinds;
+  std::map<std::pair<std::string, std::string>, int, std::less<>> indexes;
+  std::map<std::pair<std::string, std::string>, kernel::QdiscInfo, std::less<>> ingress;
+  std::map<std::pair<std::string, std::string>, std::vector<kernel::RedirectFilter>, std::less<>> redirects;
+  int nextIndex = 2;                                // 1 is lo
+  std::optional<std::error_code> failNextIfb;       // createIfb
+  std::optional<std::error_code> failNextIngress;   // addIngressQdisc
+  std::optional<std::error_code> failNextRedirect;  // addRedirectFilter
+  int redirectsBeforeFailure = 0;
   int opens = 0;
   int changes = 0;  // successful replace/restore/delete calls
 
   void addInterface(const std::string& netns, const std::string& name,
                     std::optional<kernel::QdiscInfo> root = defaultRoot()) {
     namespaces[netns][name] = std::move(root);
+    indexes.try_emplace(std::make_pair(netns, name), nextIndex++);
   }
+
+  int indexOf(const std::string& netns, const std::string& name) { return indexes.at(std::make_pair(netns, name)); }
 
   std::optional<kernel::QdiscInfo>& rootOf(const std::string& netns, const std::string& name) {
     return namespaces.at(netns).at(name);
@@ -228,7 +243,148 @@ class FakeQdiscTable final : public kernel::QdiscTable {
     return out;
   }
 
+  tl::expected<std::vector<kernel::LinkInfo>, std::error_code> links() override {
+    kernel_->calls.push_back("links");
+    std::vector<kernel::LinkInfo> out;
+    auto ns = kernel_->namespaces.find(netns_);
+    if (ns == kernel_->namespaces.end()) {
+      return out;
+    }
+    for (const auto& entry : ns->second) {
+      const auto key = std::make_pair(netns_, entry.first);
+      auto kind = kernel_->kinds.find(key);
+      out.push_back(
+          kernel::LinkInfo{indexOf(entry.first), entry.first, kind == kernel_->kinds.end() ? "" : kind->second});
+    }
+    std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.index < b.index; });
+    return out;
+  }
+
+  tl::expected<int, std::error_code> interfaceIndex(std::string_view ifname) override {
+    if (find(ifname) == nullptr) {
+      return tl::unexpected(std::make_error_code(std::errc::no_such_device));
+    }
+    return indexOf(std::string(ifname));
+  }
+
+  tl::expected<void, std::error_code> createIfb(std::string_view name) override {
+    kernel_->calls.push_back(fmt::format("create-ifb {}", name));
+    if (auto e = takeFailure(kernel_->failNextIfb)) {
+      return tl::unexpected(*e);
+    }
+    if (find(name) != nullptr) {
+      return tl::unexpected(std::make_error_code(std::errc::file_exists));
+    }
+    kernel_->addInterface(netns_, std::string(name), kernel::QdiscInfo{"pfifo_fast", 0, kTcRoot, {}});
+    kernel_->kinds[std::make_pair(netns_, std::string(name))] = "ifb";
+    ++kernel_->changes;
+    return {};
+  }
+
+  tl::expected<void, std::error_code> deleteLink(std::string_view ifname) override {
+    kernel_->calls.push_back(fmt::format("delete-link {}", ifname));
+    if (find(ifname) == nullptr) {
+      return tl::unexpected(std::make_error_code(std::errc::no_such_device));
+    }
+    const auto key = std::make_pair(netns_, std::string(ifname));
+    kernel_->namespaces.at(netns_).erase(key.second);
+    dropChildren(ifname);
+    kernel_->kinds.erase(key);
+    kernel_->indexes.erase(key);
+    kernel_->ingress.erase(key);
+    kernel_->redirects.erase(key);
+    ++kernel_->changes;
+    return {};
+  }
+
+  tl::expected<std::optional<kernel::QdiscInfo>, std::error_code> ingressQdisc(std::string_view ifname) override {
+    kernel_->calls.push_back(fmt::format("ingress {}", ifname));
+    if (find(ifname) == nullptr) {
+      return tl::unexpected(std::make_error_code(std::errc::no_such_device));
+    }
+    auto it = kernel_->ingress.find(std::make_pair(netns_, std::string(ifname)));
+    return it == kernel_->ingress.end() ? std::nullopt : std::optional<kernel::QdiscInfo>(it->second);
+  }
+
+  tl::expected<void, std::error_code> addIngressQdisc(std::string_view ifname) override {
+    kernel_->calls.push_back(fmt::format("add-ingress {}", ifname));
+    if (auto e = takeFailure(kernel_->failNextIngress)) {
+      return tl::unexpected(*e);
+    }
+    if (find(ifname) == nullptr) {
+      return tl::unexpected(std::make_error_code(std::errc::no_such_device));
+    }
+    if (!kernel_->ingress
+             .try_emplace(std::make_pair(netns_, std::string(ifname)),
+                          kernel::QdiscInfo{"ingress", 0xFFFF0000, 0xFFFFFFF1, {}})
+             .second) {
+      return tl::unexpected(std::make_error_code(std::errc::file_exists));
+    }
+    ++kernel_->changes;
+    return {};
+  }
+
+  tl::expected<void, std::error_code> deleteIngressQdisc(std::string_view ifname) override {
+    kernel_->calls.push_back(fmt::format("delete-ingress {}", ifname));
+    if (find(ifname) == nullptr) {
+      return tl::unexpected(std::make_error_code(std::errc::no_such_device));
+    }
+    const auto key = std::make_pair(netns_, std::string(ifname));
+    if (kernel_->ingress.erase(key) == 0) {
+      return tl::unexpected(std::make_error_code(std::errc::invalid_argument));
+    }
+    kernel_->redirects.erase(key);
+    ++kernel_->changes;
+    return {};
+  }
+
+  tl::expected<void, std::error_code> addRedirectFilter(std::string_view ifname,
+                                                        const kernel::RedirectFilter& filter) override {
+    kernel_->calls.push_back(fmt::format("add-redirect {} prio {} -> {}", ifname, filter.priority, filter.target));
+    if (kernel_->failNextRedirect) {
+      if (kernel_->redirectsBeforeFailure > 0) {
+        --kernel_->redirectsBeforeFailure;
+      } else {
+        return tl::unexpected(*takeFailure(kernel_->failNextRedirect));
+      }
+    }
+    if (find(ifname) == nullptr || find(filter.target) == nullptr) {
+      return tl::unexpected(std::make_error_code(std::errc::no_such_device));
+    }
+    const auto key = std::make_pair(netns_, std::string(ifname));
+    if (!kernel_->ingress.contains(key)) {
+      return tl::unexpected(std::make_error_code(std::errc::no_such_file_or_directory));
+    }
+    kernel_->redirects[key].push_back(filter);
+    ++kernel_->changes;
+    return {};
+  }
+
+  tl::expected<std::vector<int>, std::error_code> ingressRedirectTargets(std::string_view ifname) override {
+    kernel_->calls.push_back(fmt::format("redirects {}", ifname));
+    if (find(ifname) == nullptr) {
+      return tl::unexpected(std::make_error_code(std::errc::no_such_device));
+    }
+    std::vector<int> out;
+    auto it = kernel_->redirects.find(std::make_pair(netns_, std::string(ifname)));
+    if (it != kernel_->redirects.end()) {
+      for (const auto& f : it->second) {
+        auto target = kernel_->indexes.find(std::make_pair(netns_, f.target));
+        out.push_back(target == kernel_->indexes.end() ? 0 : target->second);
+      }
+    }
+    return out;
+  }
+
  private:
+  int indexOf(const std::string& name) {
+    auto [it, added] = kernel_->indexes.try_emplace(std::make_pair(netns_, name), kernel_->nextIndex);
+    if (added) {
+      ++kernel_->nextIndex;
+    }
+    return it->second;
+  }
+
   static std::optional<std::error_code> takeFailure(std::optional<std::error_code>& failure) {
     return std::exchange(failure, std::nullopt);
   }

@@ -1,6 +1,7 @@
 // The crash soak, shared by tests/kernel/crash_soak_test.cpp and bench/crash_soak.cpp: in a
 // throwaway network namespace, a child process runs an Agent with an undo journal that applies
-// and reverts network.bandwidth faults on veth0 and veth1 in a loop; it is SIGKILLed after a
+// and reverts network.bandwidth faults on veth0 (egress) and veth1 (ingress: an ifb, an ingress
+// qdisc and a mirred redirect) in a loop; it is SIGKILLed after a
 // given delay, then revertAllFaults() (what `faultline-agent revert-all` runs) recovers, confined
 // to that namespace, and the root qdiscs are compared with a snapshot taken before the child ran.
 // No doctest here, so the benchmark can use it too. Needs root.
@@ -51,7 +52,8 @@ inline bool run(const std::string& command, std::string* output = nullptr) {
 
 using Netns = NetnsHolder;
 
-// Root qdisc of every interface, by name.
+// Root qdisc of every interface, by name, and its ingress qdisc, by "NAME ingress" (an ifb
+// faultline left shows as a new interface, an ingress qdisc as a new entry).
 using Snapshot = std::map<std::string, kernel::QdiscInfo>;
 
 inline tl::expected<Snapshot, std::string> snapshot(const std::string& netns) {
@@ -65,6 +67,14 @@ inline tl::expected<Snapshot, std::string> snapshot(const std::string& netns) {
   }
   Snapshot out;
   for (auto& [interface, root] : *roots) {
+    auto ingress = (*table)->ingressQdisc(interface);
+    if (!ingress && ingress.error() != std::errc::no_such_device) {
+      return tl::unexpected(
+          fmt::format("cannot read the ingress qdisc of {} in {}: {}", interface, netns, ingress.error().message()));
+    }
+    if (ingress && *ingress) {
+      out.emplace(interface + " ingress", **ingress);
+    }
     out.emplace(interface, std::move(root));
   }
   return out;
@@ -111,6 +121,7 @@ inline v1::FaultSpec bandwidth(const std::string& netns, const std::string& inte
   auto* b = spec.mutable_network_bandwidth();
   b->mutable_target()->set_interface(interface);
   b->mutable_target()->set_netns(netns);
+  b->mutable_target()->set_direction(interface == "veth1" ? v1::DIRECTION_INGRESS : v1::DIRECTION_EGRESS);
   b->set_rate_bps(rate);
   return spec;
 }
@@ -212,7 +223,8 @@ inline Iteration crashIteration(bool preexistingRoot, std::chrono::microseconds 
 
   if (auto during = snapshot(ns.path())) {
     for (const auto& [name, root] : *during) {
-      it.faultInPlace = it.faultInPlace || (root.handle >> 16) == agent::kFaultlineQdiscMajor;
+      it.faultInPlace = it.faultInPlace || (root.handle >> 16) == agent::kFaultlineQdiscMajor ||
+                        name.starts_with(agent::kIfbPrefix) || name.ends_with(" ingress");
     }
   }
   // Recovery, confined to this namespace: other namespaces on the machine are not ours to touch.

@@ -524,3 +524,349 @@ TEST_CASE_FIXTURE(Fixture, "revertRecord restores the tree from the record; old 
   CHECK(refused.error().permanent);
   CHECK(contains(refused.error().message, "below needs an array of {type (qdisc, class, filter)"));
 }
+
+// --- direction ingress and both: an ifb, an ingress qdisc and a mirred redirect ---
+
+namespace {
+
+v1::FaultSpec ingressBandwidth(v1::Direction direction = v1::DIRECTION_INGRESS) {
+  v1::FaultSpec spec = bandwidthSpec();
+  spec.mutable_network_bandwidth()->mutable_target()->set_direction(direction);
+  return spec;
+}
+
+v1::FaultSpec partitionSpec(v1::Direction direction) {
+  v1::FaultSpec spec;
+  auto* p = spec.mutable_network_partition();
+  p->mutable_target()->set_interface("veth0");
+  p->mutable_target()->set_netns(kNetns);
+  p->mutable_target()->set_direction(direction);
+  p->mutable_target()->mutable_match()->add_source_cidrs("10.0.0.0/8");
+  return spec;
+}
+
+}  // namespace
+
+TEST_CASE_FIXTURE(Fixture, "ingress: an ifb with the fault, the ingress qdisc and two redirects; revert removes them") {
+  const std::string ifb = ifbName(kernel->indexOf(kNetns, "veth0"));
+  CHECK(ifb == "flt-ifb2");
+  nlohmann::json record;
+  auto applied = driver.apply(ingressBandwidth(), [&](const nlohmann::json& r) -> tl::expected<void, FaultError> {
+    record = r;
+    CHECK(kernel->changes == 0);  // journalled before any change
+    return {};
+  });
+  REQUIRE_MESSAGE(applied.has_value(), (applied ? "" : applied.error().message));
+  CHECK(record["direction"] == "ingress");
+  CHECK(record["ifb"] == ifb);
+  CHECK(record["ingressQdisc"] == "ingress");
+  // The interface's own root is untouched; the ifb carries faultline's tbf.
+  CHECK(root()->kind == "noqueue");
+  REQUIRE(kernel->rootOf(kNetns, ifb).has_value());
+  CHECK(kernel->rootOf(kNetns, ifb)->kind == "tbf");
+  CHECK(kernel->rootOf(kNetns, ifb)->handle == kFaultlineRootHandle);
+  CHECK(kernel->kinds.at({kNetns, ifb}) == "ifb");
+  CHECK(kernel->ingress.at({kNetns, "veth0"}).kind == "ingress");
+  const auto& redirects = kernel->redirects.at({kNetns, "veth0"});
+  REQUIRE(redirects.size() == 2);
+  CHECK(redirects[0].protocol == 0x0800);
+  CHECK(redirects[1].protocol == 0x86DD);
+  CHECK(redirects[0].target == ifb);
+  // The redirect goes in last: the ifb's qdisc is ready before any packet is sent to it.
+  const auto at = [&](const std::string& call) {
+    return std::find(kernel->calls.begin(), kernel->calls.end(), call) - kernel->calls.begin();
+  };
+  CHECK(at("create-ifb " + ifb) < at(fmt::format("replace {} fa170000 tbf", ifb)));
+  CHECK(at(fmt::format("replace {} fa170000 tbf", ifb)) < at("add-ingress veth0"));
+  CHECK(at("add-ingress veth0") < at("add-redirect veth0 prio 1 -> " + ifb));
+  CHECK(contains((*applied)->describe(), "direction ingress, ingress through ifb flt-ifb2"));
+
+  REQUIRE((*applied)->revert().has_value());
+  CHECK_FALSE(kernel->ingress.contains({kNetns, "veth0"}));
+  CHECK_FALSE(kernel->namespaces.at(kNetns).contains(ifb));
+  CHECK(root()->kind == "noqueue");
+  CHECK(at("delete-ingress veth0") < at("delete-link " + ifb));  // the redirect stops first
+  CHECK_FALSE(called("delete veth0"));                           // the egress root was never faultline's
+}
+
+TEST_CASE_FIXTURE(Fixture, "both: the egress tree on the interface and the same tree on the ifb") {
+  auto applied = driver.apply(partitionSpec(v1::DIRECTION_BOTH));
+  REQUIRE_MESSAGE(applied.has_value(), (applied ? "" : applied.error().message));
+  const std::string ifb = ifbName(kernel->indexOf(kNetns, "veth0"));
+  CHECK(root()->kind == "htb");
+  CHECK(kernel->rootOf(kNetns, ifb)->kind == "htb");
+  CHECK(kernel->tree.at({kNetns, "veth0"}) == kernel->tree.at({kNetns, ifb}));
+  CHECK(kernel->redirects.at({kNetns, "veth0"}).size() == 2);
+  REQUIRE((*applied)->revert().has_value());
+  CHECK(root()->kind == "noqueue");
+  CHECK_FALSE(kernel->namespaces.at(kNetns).contains(ifb));
+  CHECK_FALSE(kernel->ingress.contains({kNetns, "veth0"}));
+}
+
+TEST_CASE_FIXTURE(Fixture, "ingress: someone's ingress or clsact qdisc is refused before any change") {
+  kernel->ingress[{kNetns, "veth0"}] = kernel::QdiscInfo{"clsact", 0xFFFF0000, 0xFFFFFFF1, {}};
+  bool persisted = false;
+  auto refused = driver.apply(ingressBandwidth(), [&](const nlohmann::json&) -> tl::expected<void, FaultError> {
+    persisted = true;
+    return {};
+  });
+  REQUIRE_FALSE(refused.has_value());
+  CHECK(refused.error().code == std::errc::device_or_resource_busy);
+  CHECK(contains(refused.error().message, "already has an clsact qdisc (handle ffff:) that is not faultline's"));
+  CHECK(contains(refused.error().message, "nothing was changed"));
+  CHECK_FALSE(persisted);
+  CHECK(kernel->changes == 0);
+}
+
+TEST_CASE_FIXTURE(Fixture, "ingress: a leftover ifb of faultline's is EEXIST with the commands to remove it") {
+  auto first = driver.apply(ingressBandwidth());
+  REQUIRE(first.has_value());
+  const int changes = kernel->changes;
+  auto second = driver.apply(ingressBandwidth());
+  REQUIRE_FALSE(second.has_value());
+  CHECK(second.error().code == std::errc::file_exists);
+  CHECK(contains(second.error().message, "nsenter --net=/proc/4242/ns/net ip link del flt-ifb2"));
+  CHECK(contains(second.error().message, "nsenter --net=/proc/4242/ns/net tc qdisc del dev veth0 ingress"));
+  CHECK(kernel->changes == changes);
+  REQUIRE((*first)->revert().has_value());
+}
+
+TEST_CASE_FIXTURE(Fixture, "ingress: each step that fails removes what was built before the error") {
+  const std::string ifb = "flt-ifb2";
+  const auto clean = [&] {
+    CHECK_FALSE(kernel->namespaces.at(kNetns).contains(ifb));
+    CHECK_FALSE(kernel->ingress.contains({kNetns, "veth0"}));
+    CHECK(root()->kind == "noqueue");
+  };
+  SUBCASE("no ifb in the kernel") {
+    kernel->failNextIfb = std::make_error_code(std::errc::operation_not_supported);
+    auto r = driver.apply(ingressBandwidth());
+    REQUIRE_FALSE(r.has_value());
+    CHECK(contains(r.error().message, "`modprobe ifb`"));
+    clean();
+  }
+  SUBCASE("the fault's qdisc on the ifb") {
+    kernel->failNextReplace = std::make_error_code(std::errc::no_such_file_or_directory);
+    auto r = driver.apply(ingressBandwidth());
+    REQUIRE_FALSE(r.has_value());
+    CHECK(contains(r.error().message, "modprobe sch_tbf"));
+    CHECK(contains(r.error().message, "the half-built ingress path was removed (ifb flt-ifb2 deleted)"));
+    clean();
+  }
+  SUBCASE("no sch_ingress") {
+    kernel->failNextIngress = std::make_error_code(std::errc::no_such_file_or_directory);
+    auto r = driver.apply(ingressBandwidth());
+    REQUIRE_FALSE(r.has_value());
+    CHECK(contains(r.error().message, "`modprobe sch_ingress`"));
+    clean();
+  }
+  SUBCASE("the IPv6 redirect, after the IPv4 one went in; direction both puts the egress root back too") {
+    kernel->failNextRedirect = std::make_error_code(std::errc::no_such_file_or_directory);
+    kernel->redirectsBeforeFailure = 1;
+    auto r = driver.apply(partitionSpec(v1::DIRECTION_BOTH));
+    REQUIRE_FALSE(r.has_value());
+    CHECK(contains(r.error().message, "cls_u32 or act_mirred"));
+    CHECK(contains(r.error().message, "(IPv6)"));
+    CHECK(contains(r.error().message, "ingress qdisc of veth0 deleted, ifb flt-ifb2 deleted"));
+    CHECK(contains(r.error().message, "the egress root qdisc noqueue was put back"));
+    CHECK_FALSE(r.error().mayBeChanged);
+    clean();
+  }
+}
+
+TEST_CASE_FIXTURE(Fixture, "ingress revert leaves an ingress qdisc alone when someone added filters elsewhere") {
+  auto applied = driver.apply(ingressBandwidth());
+  REQUIRE(applied.has_value());
+  kernel->addInterface(kNetns, "other0");
+  kernel->redirects[{kNetns, "veth0"}].push_back(kernel::RedirectFilter{9, 0x0800, "other0"});
+  auto refused = (*applied)->revert();
+  REQUIRE_FALSE(refused.has_value());
+  CHECK(refused.error().code == std::errc::device_or_resource_busy);
+  CHECK(refused.error().permanent);
+  CHECK(kernel->ingress.contains({kNetns, "veth0"}));
+  CHECK(kernel->namespaces.at(kNetns).contains("flt-ifb2"));
+}
+
+TEST_CASE_FIXTURE(Fixture, "crash recovery: revertRecord removes the ingress path from the record alone") {
+  nlohmann::json record;
+  auto applied =
+      driver.apply(partitionSpec(v1::DIRECTION_BOTH), [&](const nlohmann::json& r) -> tl::expected<void, FaultError> {
+        record = r;
+        return {};
+      });
+  REQUIRE(applied.has_value());
+  auto recovered = NetworkFaultDriver::revertRecord(record, fakeQdiscOpener(kernel));
+  REQUIRE_MESSAGE(recovered.has_value(), (recovered ? "" : recovered.error().message));
+  CHECK(contains(*recovered, "ifb flt-ifb2 deleted"));
+  CHECK(root()->kind == "noqueue");
+  CHECK_FALSE(kernel->namespaces.at(kNetns).contains("flt-ifb2"));
+  CHECK_FALSE(kernel->ingress.contains({kNetns, "veth0"}));
+  // Again: nothing left to do.
+  REQUIRE(NetworkFaultDriver::revertRecord(record, fakeQdiscOpener(kernel)).has_value());
+  // A record whose ifb is not named as faultline's is refused: only faultline's devices are deleted.
+  record["ifb"] = "eth0";
+  auto refused = NetworkFaultDriver::revertRecord(record, fakeQdiscOpener(kernel));
+  REQUIRE_FALSE(refused.has_value());
+  CHECK(refused.error().code == std::errc::invalid_argument);
+}
+
+TEST_CASE_FIXTURE(Fixture, "crash between the ingress qdisc and its filters: recovery removes the empty qdisc") {
+  nlohmann::json record;
+  kernel->failNextRedirect = std::make_error_code(std::errc::no_such_file_or_directory);
+  // Simulate the crash: the journal record as apply writes it, then the kernel as it stood.
+  auto failed = driver.apply(ingressBandwidth(), [&](const nlohmann::json& r) -> tl::expected<void, FaultError> {
+    record = r;
+    return {};
+  });
+  REQUIRE_FALSE(failed.has_value());
+  kernel->ingress[{kNetns, "veth0"}] = kernel::QdiscInfo{"ingress", 0xFFFF0000, 0xFFFFFFF1, {}};
+  REQUIRE(fakeQdiscOpener(kernel)(kNetns).value()->createIfb("flt-ifb2").has_value());
+  auto recovered = NetworkFaultDriver::revertRecord(record, fakeQdiscOpener(kernel));
+  REQUIRE(recovered.has_value());
+  CHECK_FALSE(kernel->ingress.contains({kNetns, "veth0"}));
+  CHECK_FALSE(kernel->namespaces.at(kNetns).contains("flt-ifb2"));
+}
+
+TEST_CASE("ingress in the agent's own namespace: packets from the controller go to the ifb's direct queue") {
+  auto kernel = std::make_shared<FakeKernel>();
+  kernel->addInterface("", "eth0");
+  NetworkFaultDriver driver{fakeQdiscOpener(kernel)};
+  driver.setExempt({Endpoint{*parseCidr("192.0.2.10"), 7443}});
+  v1::FaultSpec spec;
+  auto* b = spec.mutable_network_bandwidth();
+  b->mutable_target()->set_interface("eth0");
+  b->mutable_target()->set_direction(v1::DIRECTION_INGRESS);
+  b->set_rate_bps(1'000'000);
+  auto applied = driver.apply(spec);
+  REQUIRE_MESSAGE(applied.has_value(), (applied ? "" : applied.error().message));
+  const std::string ifb = ifbName(kernel->indexOf("", "eth0"));
+  REQUIRE(kernel->rootOf("", ifb)->kind == "htb");
+  const auto& tree = kernel->tree.at({"", ifb});
+  // The exemption (to and from the controller, priority 1) ahead of the fault's match-all filters.
+  const auto count = [&](std::string_view prefix) {
+    return std::count_if(tree.begin(), tree.end(), [&](const std::string& f) { return f.starts_with(prefix); });
+  };
+  CHECK(count("filter prio 1 proto 800 -> fa170000 ") == 2);
+  CHECK(count("filter prio 3 proto 800 -> fa170001 ") == 1);
+  CHECK(count("filter prio 4 proto 86dd -> fa170001 ") == 1);
+  CHECK(kernel->rootOf("", "eth0")->kind == "noqueue");  // the egress root is untouched
+  REQUIRE((*applied)->revert().has_value());
+  CHECK_FALSE(kernel->namespaces.at("").contains(ifb));
+}
+
+// --- direction both and ingress with a saved egress tree (QdiscTable::dumpTree()) ---
+
+namespace {
+
+// An htb root 1: with classes 1:1 and 1:10 and a pfifo 10: below 1:10 on veth0.
+void addHtbTree(FakeKernel& kernel) {
+  kernel.rootOf(kNetns, "veth0") = kernel::QdiscInfo{"htb", 0x00010000, faultline::testing::kTcRoot, {1, 2}};
+  kernel.below[{kNetns, "veth0"}] = {kernel::QdiscInfo{"pfifo", 0x00100000, 0x00010010, {5}}};
+  kernel.objects[{kNetns, "veth0"}] = {fakeClass(0x00010010, 0x00010001), fakeClass(0x00010001, 0x00010000)};
+}
+
+std::vector<std::string> restoreCalls(const FakeKernel& kernel) {
+  std::vector<std::string> out;
+  for (const auto& c : kernel.calls) {
+    if (c.starts_with("restore")) {
+      out.push_back(c);
+    }
+  }
+  return out;
+}
+
+const std::vector<std::string> kHtbTreeRestores = {
+    "restore veth0 10000 htb",
+    "restore-object veth0 class htb 1:1 parent 1:",
+    "restore-object veth0 class htb 1:10 parent 1:1",
+    "restore-object veth0 qdisc pfifo 10: parent 1:10",
+};
+
+}  // namespace
+
+TEST_CASE_FIXTURE(Fixture, "both: the interface's htb tree is journaled with the ingress path and put back whole") {
+  addHtbTree(*kernel);
+  nlohmann::json record;
+  auto applied =
+      driver.apply(partitionSpec(v1::DIRECTION_BOTH), [&](const nlohmann::json& r) -> tl::expected<void, FaultError> {
+        record = r;
+        CHECK(kernel->changes == 0);
+        return {};
+      });
+  REQUIRE_MESSAGE(applied.has_value(), (applied ? "" : applied.error().message));
+  CHECK(record["direction"] == "both");
+  CHECK(record["ifb"] == "flt-ifb2");
+  CHECK(record["saved"]["kind"] == "htb");
+  REQUIRE(record.contains("below"));
+  CHECK(record["below"].size() == 3);
+  CHECK(root()->handle == kFaultlineRootHandle);
+  CHECK(kernel->objects[{kNetns, "veth0"}].empty());  // gone with the replaced root
+  CHECK_FALSE(called("tree flt-ifb2"));               // faultline's own ifb: nothing to save
+
+  kernel->calls.clear();
+  auto reverted = (*applied)->revert();
+  REQUIRE_MESSAGE(reverted.has_value(), (reverted ? "" : reverted.error().message));
+  CHECK(restoreCalls(*kernel) == kHtbTreeRestores);
+  CHECK(root()->kind == "htb");
+  CHECK(kernel->objects[{kNetns, "veth0"}].size() == 3);
+  CHECK_FALSE(kernel->namespaces.at(kNetns).contains("flt-ifb2"));
+  CHECK_FALSE(kernel->ingress.contains({kNetns, "veth0"}));
+}
+
+TEST_CASE_FIXTURE(Fixture, "both: crash recovery puts back the ingress path and the whole egress tree") {
+  addHtbTree(*kernel);
+  nlohmann::json record;
+  auto applied =
+      driver.apply(partitionSpec(v1::DIRECTION_BOTH), [&](const nlohmann::json& r) -> tl::expected<void, FaultError> {
+        record = r;
+        return {};
+      });
+  REQUIRE(applied.has_value());
+  kernel->calls.clear();
+  auto recovered = NetworkFaultDriver::revertRecord(record, fakeQdiscOpener(kernel));
+  REQUIRE_MESSAGE(recovered.has_value(), (recovered ? "" : recovered.error().message));
+  CHECK(contains(*recovered, "ifb flt-ifb2 deleted"));
+  CHECK(restoreCalls(*kernel) == kHtbTreeRestores);
+  CHECK(kernel->objects[{kNetns, "veth0"}].size() == 3);
+  CHECK_FALSE(kernel->namespaces.at(kNetns).contains("flt-ifb2"));
+  // A crash half-way through the tree: the root is back, one class is missing; recovery adds it.
+  kernel->objects[{kNetns, "veth0"}].pop_back();
+  kernel->calls.clear();
+  REQUIRE(NetworkFaultDriver::revertRecord(record, fakeQdiscOpener(kernel)).has_value());
+  CHECK(restoreCalls(*kernel).size() == 1);
+  CHECK(kernel->objects[{kNetns, "veth0"}].size() == 3);
+}
+
+TEST_CASE_FIXTURE(Fixture, "both: a failed redirect puts the egress root and the tree below it back") {
+  addHtbTree(*kernel);
+  kernel->failNextRedirect = std::make_error_code(std::errc::no_such_file_or_directory);
+  kernel->calls.clear();
+  auto failed = driver.apply(partitionSpec(v1::DIRECTION_BOTH));
+  REQUIRE_FALSE(failed.has_value());
+  CHECK(contains(failed.error().message, "cls_u32 or act_mirred"));
+  CHECK(contains(failed.error().message, "the egress root qdisc htb 1: was put back"));
+  CHECK_FALSE(failed.error().mayBeChanged);
+  CHECK(restoreCalls(*kernel) == kHtbTreeRestores);
+  CHECK(root()->kind == "htb");
+  CHECK(kernel->objects[{kNetns, "veth0"}].size() == 3);
+  CHECK_FALSE(kernel->namespaces.at(kNetns).contains("flt-ifb2"));
+  CHECK_FALSE(kernel->ingress.contains({kNetns, "veth0"}));
+}
+
+TEST_CASE_FIXTURE(Fixture, "ingress alone leaves the interface's egress tree untouched and unread") {
+  addHtbTree(*kernel);
+  nlohmann::json record;
+  auto applied = driver.apply(ingressBandwidth(), [&](const nlohmann::json& r) -> tl::expected<void, FaultError> {
+    record = r;
+    return {};
+  });
+  REQUIRE_MESSAGE(applied.has_value(), (applied ? "" : applied.error().message));
+  CHECK_FALSE(record.contains("below"));
+  CHECK_FALSE(called("tree veth0"));
+  CHECK(root()->kind == "htb");
+  CHECK(kernel->objects[{kNetns, "veth0"}].size() == 2);
+  REQUIRE((*applied)->revert().has_value());
+  CHECK(restoreCalls(*kernel).empty());
+  CHECK(root()->kind == "htb");
+  CHECK_FALSE(kernel->namespaces.at(kNetns).contains("flt-ifb2"));
+}

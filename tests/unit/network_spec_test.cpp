@@ -676,3 +676,41 @@ TEST_CASE("capabilities: the host and the missing module are named before anythi
   *host.mutable_capabilities() = probed;
   CHECK_FALSE(controller::checkCapabilities({step}, {host}).has_value());
 }
+
+TEST_CASE("capabilities: direction ingress needs ifb, sch_ingress, cls_u32 and act_mirred, named per host") {
+  v1::Capabilities probed;
+  probed.set_tc_probed(true);
+  probed.set_tbf(true);
+  probed.add_qdiscs("tbf");
+  probed.add_qdiscs("htb");
+  v1::FaultSpec bw;
+  bw.mutable_network_bandwidth()->mutable_target()->set_interface("eth0");
+  bw.mutable_network_bandwidth()->mutable_target()->set_direction(v1::DIRECTION_INGRESS);
+  bw.mutable_network_bandwidth()->set_rate_bps(1'000'000);
+  CHECK(controller::missingModules(bw, probed) ==
+        std::vector<std::string>{"ifb", "sch_ingress", "cls_u32", "act_mirred"});
+  probed.set_ifb(true);
+  probed.add_qdiscs("ingress");
+  probed.add_classifiers("u32");
+  CHECK(controller::missingModules(bw, probed) == std::vector<std::string>{"act_mirred"});
+  probed.add_actions("mirred");
+  CHECK(controller::missingModules(bw, probed).empty());
+  // Egress needs none of them.
+  bw.mutable_network_bandwidth()->mutable_target()->set_direction(v1::DIRECTION_EGRESS);
+  auto bare = probed;
+  bare.set_ifb(false);
+  bare.clear_actions();
+  CHECK(controller::missingModules(bw, bare).empty());
+
+  bw.mutable_network_bandwidth()->mutable_target()->set_direction(v1::DIRECTION_INGRESS);
+  controller::FaultStep step{"slow-in", bw, std::chrono::milliseconds{1000}};
+  v1::AgentInfo host;
+  host.set_agent_id("a9");
+  host.set_hostname("web-9");
+  *host.mutable_capabilities() = bare;
+  auto why = controller::checkCapabilities({step}, {host});
+  REQUIRE(why.has_value());
+  CHECK_MESSAGE(contains(*why, "host web-9 (a9) cannot run network.bandwidth 'slow-in'"), *why);
+  CHECK_MESSAGE(contains(*why, "ifb (CONFIG_IFB; `modprobe ifb`)"), *why);
+  CHECK_MESSAGE(contains(*why, "act_mirred (CONFIG_NET_ACT_MIRRED; `modprobe act_mirred`)"), *why);
+}

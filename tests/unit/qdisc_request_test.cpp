@@ -525,3 +525,135 @@ TEST_CASE("u32 hash table, ports node in it and link node at the IPv4 payload ma
   t.handle = 0x80000000;  // the kernel's own range
   CHECK(buildAddU32FilterRequest(kIfindex, t).error() == std::errc::invalid_argument);
 }
+
+// The ingress path: the bytes `ip link add flt-ifb1 up type ifb`, `tc qdisc add dev lo ingress`,
+// `tc filter add dev lo parent ffff: protocol ip prio 1 u32 match u32 0 0 action mirred egress
+// redirect dev flt-ifb1`, `tc qdisc del dev lo ingress` and `ip link del flt-ifb1` send (read with
+// strace on Linux 6.18, iproute2 6.1; lo is index 1, the ifb 2).
+// clang-format off
+const std::vector<uint8_t> kCreateIfbGolden = {
+    0x3c, 0x00, 0x00, 0x00,  // nlmsg_len 60
+    0x10, 0x00,              // RTM_NEWLINK
+    0x05, 0x06,              // NLM_F_REQUEST | NLM_F_ACK | NLM_F_EXCL | NLM_F_CREATE
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0x00, 0x00, 0x00, 0x00,  // ifi_family AF_UNSPEC, pad, ifi_type
+    0x00, 0x00, 0x00, 0x00,  // ifi_index 0
+    0x01, 0x00, 0x00, 0x00,  // ifi_flags IFF_UP
+    0x01, 0x00, 0x00, 0x00,  // ifi_change IFF_UP
+    0x0d, 0x00, 0x03, 0x00,  // IFLA_IFNAME, 13 bytes
+    'f', 'l', 't', '-', 'i', 'f', 'b', '1', 0x00, 0x00, 0x00, 0x00,
+    0x0c, 0x00, 0x12, 0x00,  // IFLA_LINKINFO, 12 bytes
+    0x07, 0x00, 0x01, 0x00,  // IFLA_INFO_KIND, 7 bytes: "ifb" without a NUL, as ip sends it
+    'i', 'f', 'b', 0x00,     // (padding)
+};
+const std::vector<uint8_t> kAddIngressGolden = {
+    0x30, 0x00, 0x00, 0x00,  // nlmsg_len 48
+    0x24, 0x00, 0x05, 0x06,  // RTM_NEWQDISC, REQUEST | ACK | EXCL | CREATE
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0x00, 0x00, 0x00, 0x00,  // tcm_family
+    0x01, 0x00, 0x00, 0x00,  // tcm_ifindex 1
+    0x00, 0x00, 0xff, 0xff,  // tcm_handle ffff:
+    0xf1, 0xff, 0xff, 0xff,  // tcm_parent ffff:fff1 (TC_H_INGRESS)
+    0x00, 0x00, 0x00, 0x00,
+    0x0c, 0x00, 0x01, 0x00, 'i', 'n', 'g', 'r', 'e', 's', 's', 0x00,  // TCA_KIND
+};
+const std::vector<uint8_t> kRedirectGolden = {
+    0x8c, 0x00, 0x00, 0x00,  // nlmsg_len 140
+    0x2c, 0x00, 0x05, 0x06,  // RTM_NEWTFILTER, REQUEST | ACK | EXCL | CREATE
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0x00, 0x00, 0x00, 0x00,  // tcm_family
+    0x01, 0x00, 0x00, 0x00,  // tcm_ifindex 1
+    0x00, 0x00, 0x00, 0x00,  // tcm_handle 0: the kernel picks it
+    0x00, 0x00, 0xff, 0xff,  // tcm_parent ffff:
+    0x08, 0x00, 0x01, 0x00,  // tcm_info: protocol htons(ETH_P_IP), priority 1
+    0x08, 0x00, 0x01, 0x00, 'u', '3', '2', 0x00,  // TCA_KIND
+    0x60, 0x00, 0x02, 0x00,  // TCA_OPTIONS, 96 bytes
+    0x38, 0x00, 0x07, 0x00,  // TCA_U32_ACT, 56 bytes
+    0x34, 0x00, 0x01, 0x00,  // action 1, 52 bytes
+    0x0b, 0x00, 0x01, 0x00, 'm', 'i', 'r', 'r', 'e', 'd', 0x00, 0x00,  // TCA_ACT_KIND
+    0x24, 0x00, 0x02, 0x80,  // TCA_ACT_OPTIONS | NLA_F_NESTED, 36 bytes
+    0x20, 0x00, 0x02, 0x00,  // TCA_MIRRED_PARMS, 32 bytes: struct tc_mirred
+    0x00, 0x00, 0x00, 0x00,  // index
+    0x00, 0x00, 0x00, 0x00,  // capab
+    0x04, 0x00, 0x00, 0x00,  // action TC_ACT_STOLEN
+    0x00, 0x00, 0x00, 0x00,  // refcnt
+    0x00, 0x00, 0x00, 0x00,  // bindcnt
+    0x01, 0x00, 0x00, 0x00,  // eaction TCA_EGRESS_REDIR
+    0x02, 0x00, 0x00, 0x00,  // ifindex 2 (the ifb)
+    0x24, 0x00, 0x05, 0x00,  // TCA_U32_SEL, 36 bytes
+    0x01, 0x00, 0x01, 0x00,  // flags TC_U32_TERMINAL, offshift 0, nkeys 1, padding
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0x00, 0x00, 0x00, 0x00,  // key: mask 0
+    0x00, 0x00, 0x00, 0x00,  // value 0
+    0x00, 0x00, 0x00, 0x00,  // off 0
+    0x00, 0x00, 0x00, 0x00,  // offmask 0
+};
+const std::vector<uint8_t> kDeleteIngressGolden = {
+    0x30, 0x00, 0x00, 0x00,  // nlmsg_len 48
+    0x25, 0x00, 0x05, 0x00,  // RTM_DELQDISC, REQUEST | ACK
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0x00, 0x00, 0x00, 0x00,
+    0x01, 0x00, 0x00, 0x00,  // tcm_ifindex 1
+    0x00, 0x00, 0xff, 0xff,  // tcm_handle ffff:
+    0xf1, 0xff, 0xff, 0xff,  // tcm_parent TC_H_INGRESS
+    0x00, 0x00, 0x00, 0x00,
+    0x0c, 0x00, 0x01, 0x00, 'i', 'n', 'g', 'r', 'e', 's', 's', 0x00,  // TCA_KIND
+};
+const std::vector<uint8_t> kDeleteLinkGolden = {
+    0x20, 0x00, 0x00, 0x00,  // nlmsg_len 32
+    0x11, 0x00, 0x05, 0x00,  // RTM_DELLINK, REQUEST | ACK
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0x00, 0x00, 0x00, 0x00,
+    0x02, 0x00, 0x00, 0x00,  // ifi_index 2
+    0x00, 0x00, 0x00, 0x00,
+    0x00, 0x00, 0x00, 0x00,
+};
+// clang-format on
+
+TEST_CASE("ingress path requests match the bytes ip and tc send") {
+  auto ifb = buildCreateIfbRequest("flt-ifb1");
+  REQUIRE(ifb.has_value());
+  CHECK(*ifb == kCreateIfbGolden);
+  auto ingress = buildAddIngressRequest(1);
+  REQUIRE(ingress.has_value());
+  CHECK(*ingress == kAddIngressGolden);
+  auto redirect = buildAddRedirectFilterRequest(1, RedirectFilter{1, 0x0800, "flt-ifb1"}, 2);
+  REQUIRE(redirect.has_value());
+  CHECK(*redirect == kRedirectGolden);
+  auto delIngress = buildDeleteIngressRequest(1);
+  REQUIRE(delIngress.has_value());
+  CHECK(*delIngress == kDeleteIngressGolden);
+  auto delLink = buildDeleteLinkRequest(2);
+  REQUIRE(delLink.has_value());
+  CHECK(*delLink == kDeleteLinkGolden);
+}
+
+TEST_CASE("ingress path requests refuse what cannot be sent") {
+  CHECK(buildCreateIfbRequest("").error() == std::errc::invalid_argument);
+  CHECK(buildCreateIfbRequest("flt-ifb123456789").error() == std::errc::invalid_argument);  // 16 bytes
+  CHECK(buildCreateIfbRequest("flt-ifb12345678").has_value());                              // 15 bytes
+  CHECK(buildAddRedirectFilterRequest(1, RedirectFilter{0, 0x0800, "x"}, 2).error() == std::errc::invalid_argument);
+  CHECK(buildAddRedirectFilterRequest(1, RedirectFilter{1, 0x0800, "x"}, 0).error() == std::errc::invalid_argument);
+}
+
+TEST_CASE("the filter parser reads the mirred target and refuses malformed messages") {
+  // An RTM_NEWTFILTER as the kernel dumps it has the request's layout: read the golden one.
+  auto targets = parseFilterRedirects(kRedirectGolden);
+  REQUIRE(targets.has_value());
+  CHECK(*targets == std::vector<int>{2});
+  // A u32 filter without actions (faultline's match filters) redirects nowhere.
+  auto plain = buildAddU32FilterRequest(2, U32Filter{0xFA170000, 3, 0x0800, {U32Key{0, 0, 0}}, 0xFA170001});
+  REQUIRE(plain.has_value());
+  auto none = parseFilterRedirects(*plain);
+  REQUIRE(none.has_value());
+  CHECK(none->empty());
+  auto truncated = kRedirectGolden;
+  truncated.resize(20);
+  CHECK(parseFilterRedirects(truncated).error() == std::errc::protocol_error);
+  auto badLength = kRedirectGolden;
+  badLength[0] = 0xff;  // nlmsg_len beyond the buffer
+  CHECK(parseFilterRedirects(badLength).error() == std::errc::protocol_error);
+  auto badParms = kRedirectGolden;
+  badParms[72] = 0x08;  // TCA_MIRRED_PARMS of 4 bytes: too short for struct tc_mirred
+  CHECK(!parseFilterRedirects(badParms).has_value());
+}

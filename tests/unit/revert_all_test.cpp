@@ -137,3 +137,31 @@ TEST_CASE_FIXTURE(RevertAllFixture, "revert-all reports a root it cannot delete 
   CHECK(report.namespaces == 0);
   CHECK(contains(report.notes.back(), "/proc/999/ns/net went away before it was scanned"));
 }
+
+TEST_CASE_FIXTURE(RevertAllFixture,
+                  "revert-all without a journal removes faultline's ifb and its redirecting ingress qdisc only") {
+  // faultline's leftover ingress path on veth1: an ifb named for veth1's index, with fa17: on it.
+  const std::string ifb = ifbName(kernel->indexOf(kNs, "veth1"));
+  auto table = fakeQdiscOpener(kernel)(kNs).value();
+  REQUIRE(table->createIfb(ifb).has_value());
+  REQUIRE(table->replaceRoot(ifb, kFaultlineRootHandle, kernel::TbfParams{8000, 1600, 1600}).has_value());
+  REQUIRE(table->addIngressQdisc("veth1").has_value());
+  REQUIRE(table->addRedirectFilter("veth1", kernel::RedirectFilter{1, 0x0800, ifb}).has_value());
+  // Someone else's: an ifb not named as faultline's, and an ingress qdisc on eth1 redirecting to it.
+  auto named = fakeQdiscOpener(kernel)(kNamed).value();
+  REQUIRE(named->createIfb("ifb0").has_value());
+  REQUIRE(named->addIngressQdisc("eth1").has_value());
+  REQUIRE(named->addRedirectFilter("eth1", kernel::RedirectFilter{1, 0x0800, "ifb0"}).has_value());
+
+  const auto report = revertAllFaults(dir / "absent", {"", kNs, kNamed}, fakeQdiscOpener(kernel));
+  CHECK(report.clean());
+  CHECK(std::find(report.removed.begin(), report.removed.end(),
+                  fmt::format("ingress path {} of veth1 in {}: ingress qdisc of veth1 deleted, ifb {} deleted", ifb,
+                              kNs, ifb)) != report.removed.end());
+  CHECK_FALSE(kernel->namespaces.at(kNs).contains(ifb));
+  CHECK_FALSE(kernel->ingress.contains({kNs, "veth1"}));
+  CHECK(kernel->rootOf(kNs, "veth1")->handle == foreign.handle);  // veth1's own root untouched
+  CHECK(kernel->namespaces.at(kNamed).contains("ifb0"));
+  CHECK(kernel->ingress.contains({kNamed, "eth1"}));
+  CHECK(kernel->redirects.at({kNamed, "eth1"}).size() == 1);
+}

@@ -508,3 +508,72 @@ TEST_CASE("a pre-existing htb-free tbf root is restored with its parameters afte
   MESSAGE("restored: ", shown);
   CHECK(shown.find("rate 50Mbit") != std::string::npos);
 }
+
+TEST_CASE("ingress: netem delay through faultline's ifb, measured by ping RTT; IPv4 and IPv6; both") {
+  if (skipWithoutNetem()) {
+    return;
+  }
+  NetnsPair pair;
+  run(fmt::format("ip -n {} -6 addr add fd98::1/64 dev {} nodad", kNetnsA, kIfA));
+  run(fmt::format("ip -n {} -6 addr add fd98::2/64 dev {} nodad", kNetnsB, kIfB));
+  run(fmt::format("ip netns exec {} ping -c 1 -W 5 -q fd98::2", kNetnsA));
+  const auto shown = [] {
+    return sh(fmt::format("ip netns exec {} tc qdisc show", kNetnsA)).output +
+           sh(fmt::format("ip -n {} -o link show", kNetnsA)).output;
+  };
+  const std::string before = shown();
+  {
+    // Replies from fl-vm-b arrive on fl-va's ingress: each ping waits 100 ms more.
+    v1::FaultSpec spec;
+    *spec.mutable_network_delay()->mutable_target() = targetA();
+    spec.mutable_network_delay()->mutable_target()->set_direction(v1::DIRECTION_INGRESS);
+    *spec.mutable_network_delay()->mutable_delay() = toProto(100ms);
+    auto fault = applyDirect(spec);
+    const std::string during = shown();
+    CHECK_MESSAGE(during.find("flt-ifb") != std::string::npos, during);
+    CHECK_MESSAGE(during.find("qdisc ingress ffff:") != std::string::npos, during);
+    CHECK(NetnsPair::rootA().handle == 0);  // the egress root is untouched
+    const auto v4 = pingTo(kAddrB, 20, "0.05");
+    const auto v6 = pingTo("fd98::2", 20, "0.05");
+    MESSAGE("ingress delay 100 ms: IPv4 ", describe(v4), "; IPv6 ", describe(v6));
+    CHECK(v4.received == 20);
+    CHECK(v4.minMs >= 100.0);
+    CHECK(v4.avgMs < 150.0);
+    CHECK(v6.received == 20);
+    CHECK(v6.minMs >= 100.0);
+    REQUIRE(fault->revert().has_value());
+    CHECK(shown() == before);
+    const auto clear = pingTo(kAddrB, 20, "0.05");
+    MESSAGE("ingress delay reverted: ", describe(clear));
+    CHECK(clear.avgMs < 20.0);
+  }
+  {
+    // both: a partition cuts requests (egress) and replies (ingress); a matched source only.
+    v1::FaultSpec spec;
+    *spec.mutable_network_partition()->mutable_target() = targetA();
+    spec.mutable_network_partition()->mutable_target()->set_direction(v1::DIRECTION_BOTH);
+    spec.mutable_network_partition()->mutable_target()->mutable_match()->add_destination_cidrs("fd98::2/128");
+    auto fault = applyDirect(spec);
+    const auto cut = pingTo("fd98::2", 20, "0.01");
+    const auto v4 = pingTo(kAddrB, 20, "0.01");
+    MESSAGE("partition both ways of fd98::2: ", describe(cut), "; IPv4 ", describe(v4));
+    CHECK(cut.received == 0);
+    CHECK(v4.received == 20);
+    REQUIRE(fault->revert().has_value());
+    CHECK(shown() == before);
+  }
+  {
+    // ingress partition of what fl-vm-b sends: B's pings to A get no answer in B, since A never
+    // sees the requests.
+    v1::FaultSpec spec;
+    *spec.mutable_network_partition()->mutable_target() = targetA();
+    spec.mutable_network_partition()->mutable_target()->set_direction(v1::DIRECTION_INGRESS);
+    spec.mutable_network_partition()->mutable_target()->mutable_match()->add_source_cidrs(fmt::format("{}/32", kAddrB));
+    auto fault = applyDirect(spec);
+    const auto r = sh(fmt::format("ip netns exec {} ping -c 10 -i 0.01 -W 1 -q 10.99.0.1", kNetnsB));
+    MESSAGE("ingress partition of source ", std::string(kAddrB), ": ", r.output);
+    CHECK(r.output.find(" 0 received") != std::string::npos);
+    REQUIRE(fault->revert().has_value());
+    CHECK(shown() == before);
+  }
+}

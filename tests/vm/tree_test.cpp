@@ -143,3 +143,38 @@ TEST_CASE_FIXTURE(VmTreeFixture, "fq_codel and codel roots come back byte for by
     inNetns("tc qdisc del dev veth0 root");
   }
 }
+
+TEST_CASE_FIXTURE(VmTreeFixture, "direction both over an htb root: the ingress path goes, the htb tree comes back") {
+  if (!has("netem")) {
+    return;
+  }
+  inNetns("tc qdisc replace dev veth0 root handle 1: htb default 20");
+  inNetns("tc class add dev veth0 parent 1: classid 1:1 htb rate 100mbit");
+  inNetns("tc class add dev veth0 parent 1:1 classid 1:10 htb rate 40mbit ceil 100mbit");
+  inNetns("tc class add dev veth0 parent 1:1 classid 1:20 htb rate 60mbit");
+  inNetns("tc qdisc add dev veth0 parent 1:10 handle 10: pfifo limit 50");
+  inNetns("tc filter add dev veth0 parent 1: protocol ip prio 1 u32 match ip dst 10.9.0.0/16 flowid 1:10");
+  const auto before = dump();
+  const auto shownBefore = shown("1:");
+  const auto links = inNetns("ip -o link show");
+  v1::FaultSpec spec;
+  auto* p = spec.mutable_network_partition();
+  p->mutable_target()->set_interface("veth0");
+  p->mutable_target()->set_netns(netns_);
+  p->mutable_target()->set_direction(v1::DIRECTION_BOTH);
+  p->mutable_target()->mutable_match()->add_destination_cidrs("10.7.0.0/16");
+  auto applied = driver.apply(spec);
+  REQUIRE_MESSAGE(applied.has_value(), (applied ? "" : applied.error().message));
+  CHECK(dump().root.handle == kFaultlineRootHandle);
+  CHECK(inNetns("ip -o link show type ifb").find("flt-ifb") != std::string::npos);
+  CHECK(inNetns("tc qdisc show dev veth0 ingress").find("qdisc ingress ffff:") != std::string::npos);
+  auto reverted = (*applied)->revert();
+  REQUIRE_MESSAGE(reverted.has_value(), (reverted ? "" : reverted.error().message));
+  const auto after = dump();
+  CHECK(after.root.kind == "htb");
+  CHECK(after.root.handle == before.root.handle);
+  CHECK(kernel::sameTree(before.below, after.below));
+  CHECK(shown("1:") == shownBefore);
+  CHECK(inNetns("ip -o link show") == links);
+  CHECK(inNetns("tc qdisc show dev veth0 ingress").empty());
+}
