@@ -650,7 +650,12 @@ tl::expected<std::chrono::nanoseconds, std::string> parseDuration(std::string_vi
   }
   const double nanos = value * nanosPerUnit;
   if (nanos > 1e18) {
-    return tl::unexpected(fmt::format("'{}' is too long", text));
+    return tl::unexpected(
+        fmt::format("'{}' is too long to be a duration (more than 31 years); accepted: {}", text, accepted));
+  }
+  // Finer than a nanosecond cannot be kept: refused rather than rounded (1.0000000001s is not 1s).
+  if (std::abs(nanos - std::round(nanos)) > 1e-3) {
+    return tl::unexpected(fmt::format("'{}' is finer than 1ns; accepted: {}", text, accepted));
   }
   return std::chrono::nanoseconds{static_cast<int64_t>(std::llround(nanos))};
 }

@@ -319,6 +319,11 @@ bool writeReports(v1::Control::Stub& stub, const std::string& address, const std
 }
 
 int runCommand(const RunOptions& o) {
+  if (o.dryRun && (!o.journal.empty() || !o.junit.empty())) {
+    std::cerr << "faultline: --dry-run records nothing, so there is no run for "
+              << (o.journal.empty() ? "--junit" : "--journal") << " to write; leave it out, or run without --dry-run\n";
+    return kExitUsage;
+  }
   Variables vars;
   if (auto bad = parseVariables(o.vars, vars); !bad.empty()) {
     std::cerr << "faultline: --var: " << bad << "\n";
@@ -683,7 +688,8 @@ int cliMain(int argc, char** argv) {
   runCmd->add_option("--var", run.vars, kVarHelp)->allow_extra_args(false);
   runCmd->add_flag("--dry-run", run.dryRun,
                    "resolve the targets and print every fault each host would receive; inject nothing, record "
-                   "nothing (exit 0, 3 when no host matches, 4 invalid file)");
+                   "nothing (exit 0, 3 when no host matches, 4 invalid file); not with --journal or --junit. "
+                   "With --local, the local agent's crash recovery still runs first");
   bool verbose = false;
   runCmd->add_option("--journal", run.journal,
                      "write the run's JSON journal here when it ends: experiment, hosts, events, probe samples, SLIs, "

@@ -589,6 +589,12 @@ TEST_CASE_FIXTURE(testing::NetnsFixture, "the faultline binary: validate, run --
   CHECK(r.output.find("1 fault(s)") != std::string::npos);
   CHECK(r.output.find("rate_bps: 10000000") != std::string::npos);
   CHECK(r.output.find("fault.applied") == std::string::npos);
+  // --dry-run records nothing: asking it for a journal or a JUnit file is a usage error, not silence.
+  r = testing::sh(
+      fmt::format("cd {} && {} run --local --dry-run good.yaml --db dry.db --journal j.json", dir.path, bin));
+  CHECK(r.status == 4);
+  CHECK(r.output.find("--dry-run records nothing") != std::string::npos);
+  CHECK_FALSE(std::filesystem::exists(dir.path + "/j.json"));
   // --var on validate: an undefined variable is an error at its place; given, the file is valid.
   {
     std::ofstream vars(dir.path + "/vars.yaml");

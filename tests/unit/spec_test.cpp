@@ -38,6 +38,13 @@ TEST_CASE("durations parse with units and print back") {
   CHECK_FALSE(parseDuration("100").has_value());
   CHECK_FALSE(parseDuration("ms").has_value());
   CHECK_FALSE(parseDuration("10 parsecs").has_value());
+  // Finer than 1ns is refused, not rounded; a tenth of a second is exact enough.
+  REQUIRE_FALSE(parseDuration("1.0000000001s").has_value());
+  CHECK(parseDuration("1.0000000001s").error().find("finer than 1ns") != std::string::npos);
+  CHECK(parseDuration("0.1s").value() == 100ms);
+  CHECK(parseDuration("1.000001ms").value() == 1000001ns);
+  REQUIRE_FALSE(parseDuration("99999999999999999999h").has_value());
+  CHECK(parseDuration("99999999999999999999h").error().find("accepted:") != std::string::npos);
   CHECK(formatDuration(100ms) == "100ms");
   CHECK(formatDuration(1500ms) == "1.5s");
   CHECK(formatDuration(2min) == "2m");
