@@ -119,8 +119,10 @@ int agentMain(int argc, char** argv) {
       "revert-all",
       "Without a controller: revert every fault the undo journal still holds open (network faults, paused "
       "processes resumed, squeezed cgroups restored, stress cgroups removed), then delete every root qdisc with "
-      "faultline's handle (fa17:) in every network namespace found (this process's, /run/netns/*, those of "
-      "/proc/*/ns/net), then kill the workers of and remove every stress cgroup (faultline-stress-*) in the "
+      "faultline's handle (fa17:) and faultline's ingress paths (flt-ifb* devices, the ingress qdiscs redirecting "
+      "to them) in every network namespace found (this process's, /run/netns/*, the pins in /run/faultline/netns, "
+      "those of /proc/*/ns/net), unpins those namespaces when nothing failed, then kill the workers of and remove "
+      "every stress cgroup (faultline-stress-*) in the "
       "cgroup v2 hierarchy, journal or not (skipped while an agent runs on the state directory); nothing else "
       "is touched. Prints each thing done. Exit status 0 when no faultline fault is left, 1 when something "
       "could not be removed. Stop the agent first.");
