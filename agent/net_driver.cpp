@@ -12,6 +12,7 @@
 #include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
+#include "agent/kernel/route.h"
 #include "agent/netem_dist.h"
 #include "agent/spec.h"
 #include "agent/traffic_match.h"
@@ -1042,6 +1043,29 @@ tl::expected<std::unique_ptr<AppliedFault>, FaultError> NetworkFaultDriver::appl
   t->clear_netns_process();
   t->set_netns(resolved->netns);
   t->set_interface(resolved->interface);
+  // tbf drops every packet larger than its burst: keep the burst at least one full-size packet of
+  // the interface (MTU + the 14-byte Ethernet header), so a bandwidth limit never becomes a
+  // partition for big packets (jumbo frames, lo's 65536).
+  if (concrete.kind_case() == v1::FaultSpec::kNetworkBandwidth) {
+    if (auto mtu = kernel::interfaceMtu(resolved->netns, resolved->interface)) {
+      constexpr uint32_t kLinkHeaderBytes = 14;
+      const uint32_t needed = *mtu + kLinkHeaderBytes;
+      auto* b = concrete.mutable_network_bandwidth();
+      if (b->burst_bytes() == 0 && bandwidthParams(*b).burstBytes < needed) {
+        b->set_burst_bytes(needed);
+      } else if (b->burst_bytes() != 0 && b->burst_bytes() < needed) {
+        if (!resolved->pin.empty()) {
+          (void)releaseNetnsPin(resolved->pin);
+        }
+        return tl::unexpected(faultError(
+            std::make_error_code(std::errc::invalid_argument),
+            fmt::format("network.bandwidth on {}: burst {}B is smaller than a full-size packet there (MTU {} + {} B "
+                        "link header = {} B): tbf would drop every such packet; accepted: burst of at least {}b, or "
+                        "leave burst out (the agent then sizes it); nothing was changed",
+                        resolved->interface, b->burst_bytes(), *mtu, kLinkHeaderBytes, needed, needed)));
+      }
+    }  // MTU unknown (no such interface): apply reports that in its own words
+  }
   PersistUndo persistResolved;
   if (persist) {
     persistResolved = [&persist, &resolved](const nlohmann::json& undo) {

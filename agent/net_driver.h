@@ -157,8 +157,9 @@ inline constexpr std::string_view kDefaultRouteInterface = "default";
 
 // tbf parameters for a validated network.bandwidth spec. Defaults when a field is 0:
 //   burst: 10 ms of traffic at the rate, at least 3028 bytes (two full-size 1514-byte Ethernet
-//          frames). Interfaces with a larger MTU (jumbo frames, lo's 65536) need burst_bytes set
-//          to at least their MTU: tbf drops non-GSO packets larger than the burst.
+//          frames). tbf drops non-GSO packets larger than the burst: apply() (with a target
+//          resolver) raises a default burst to the interface's MTU + 14 and refuses (EINVAL) an
+//          explicit one below that, before any change.
 //   limit: with latency set, the bytes sent at the rate in that time plus the burst (as tc-tbf(8));
 //          else 50 ms of traffic at the rate, at least the burst.
 // Both are capped at 4 GiB - 1 (the kernel's u32).

@@ -11,6 +11,7 @@
 
 #include <cerrno>
 #include <cstdint>
+#include <functional>
 #include <limits>
 #include <memory>
 #include <optional>
@@ -84,28 +85,56 @@ tl::expected<std::string, std::error_code> lookupHere() {
   return tl::unexpected(errnoCode(ENETUNREACH));
 }
 
-}  // namespace
+tl::expected<uint32_t, std::error_code> mtuHere(const std::string& ifname) {
+  std::unique_ptr<nl_sock, SocketDeleter> sock(nl_socket_alloc());
+  if (!sock) {
+    return tl::unexpected(errnoCode(ENOMEM));
+  }
+  errno = 0;
+  if (nl_connect(sock.get(), NETLINK_ROUTE) < 0) {
+    return tl::unexpected(errnoCode(errno != 0 ? errno : EPROTO));
+  }
+  rtnl_link* link = nullptr;
+  if (rtnl_link_get_kernel(sock.get(), 0, ifname.c_str(), &link) < 0 || link == nullptr) {
+    return tl::unexpected(errnoCode(ENODEV));
+  }
+  std::unique_ptr<rtnl_link, LinkDeleter> owned(link);
+  return rtnl_link_get_mtu(link);
+}
 
-tl::expected<std::string, std::error_code> defaultRouteInterface(const std::string& netnsPath) {
+// Runs lookup in the namespace at netnsPath ("" = here) and returns its result.
+template <typename T>
+tl::expected<T, std::error_code> inNamespace(const std::string& netnsPath,
+                                             const std::function<tl::expected<T, std::error_code>()>& lookup) {
   if (netnsPath.empty()) {
-    return lookupHere();
+    return lookup();
   }
   const int fd = ::open(netnsPath.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
     return tl::unexpected(errnoCode(errno));
   }
-  tl::expected<std::string, std::error_code> result = tl::unexpected(errnoCode(EINTR));
+  tl::expected<T, std::error_code> result = tl::unexpected(errnoCode(EINTR));
   // Only this thread enters the namespace; it ends there, and the caller's thread never moves.
   std::thread worker([&] {
     if (::setns(fd, CLONE_NEWNET) != 0) {
       result = tl::unexpected(errnoCode(errno));  // EINVAL: not a network namespace
       return;
     }
-    result = lookupHere();
+    result = lookup();
   });
   worker.join();
   ::close(fd);
   return result;
+}
+
+}  // namespace
+
+tl::expected<uint32_t, std::error_code> interfaceMtu(const std::string& netnsPath, const std::string& ifname) {
+  return inNamespace<uint32_t>(netnsPath, [&ifname] { return mtuHere(ifname); });
+}
+
+tl::expected<std::string, std::error_code> defaultRouteInterface(const std::string& netnsPath) {
+  return inNamespace<std::string>(netnsPath, [] { return lookupHere(); });
 }
 
 }  // namespace faultline::kernel

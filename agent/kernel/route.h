@@ -2,6 +2,7 @@
 // interface is "default".
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <system_error>
 
@@ -19,5 +20,11 @@ namespace faultline::kernel {
 // errors: ENETUNREACH no default route in either family; ENOENT no such namespace file; EINVAL
 // not a network namespace; EPERM without CAP_SYS_ADMIN (another namespace).
 [[nodiscard]] tl::expected<std::string, std::error_code> defaultRouteInterface(const std::string& netnsPath);
+
+// The MTU of ifname in the namespace at netnsPath ("" for the caller's own), from one RTM_GETLINK
+// (libnl-route-3), on a short-lived thread for another namespace as above. Thread-safe.
+// errors: ENODEV no such interface; ENOENT, EINVAL, EPERM as above.
+[[nodiscard]] tl::expected<uint32_t, std::error_code> interfaceMtu(const std::string& netnsPath,
+                                                                   const std::string& ifname);
 
 }  // namespace faultline::kernel

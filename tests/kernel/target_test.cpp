@@ -300,3 +300,36 @@ TEST_CASE("an agent killed mid-fault on a pinned namespace: the recovery reverts
   CHECK((*journal)->openCount() == 0);
   CHECK(dir.pins() == 0);
 }
+
+TEST_CASE("network.bandwidth keeps its burst at least one full-size packet of the interface (jumbo MTU)") {
+  NetnsHolder holder;
+  REQUIRE_MESSAGE(holder.error().empty(), holder.error());
+  REQUIRE(holder.inNetns("ip link set veth0 mtu 9000"));
+  TempDir dir;
+  Drivers d(dir.path / "pins");
+  auto spec = bandwidth("veth0");
+  spec.mutable_network_bandwidth()->mutable_target()->set_netns(holder.path());
+  auto applied = d.driver.apply(spec);
+  REQUIRE_MESSAGE(applied.has_value(), (applied ? "" : applied.error().message));
+  // 10 ms of 1 Mbit/s is 1250 B (3028 B at least): raised to 9000 + 14.
+  CHECK_MESSAGE(contains((*applied)->describe(), "burst 9014B"), (*applied)->describe());
+  REQUIRE((*applied)->revert().has_value());
+
+  // An explicit burst below a full-size packet is refused before any change.
+  auto small = bandwidth("veth1");
+  small.mutable_network_bandwidth()->mutable_target()->set_netns(holder.path());
+  small.mutable_network_bandwidth()->set_burst_bytes(1000);
+  const auto before = rootAt(holder.path(), "veth1");
+  auto refused = d.driver.apply(small);
+  REQUIRE_FALSE(refused.has_value());
+  CHECK(refused.error().code == std::errc::invalid_argument);
+  CHECK_MESSAGE(contains(refused.error().message, "burst 1000B is smaller than a full-size packet there (MTU 1500"),
+                refused.error().message);
+  CHECK_MESSAGE(contains(refused.error().message, "at least 1514b"), refused.error().message);
+  const auto after = rootAt(holder.path(), "veth1");
+  CHECK(before.has_value() == after.has_value());
+  if (before && after) {
+    CHECK(before->handle == after->handle);
+    CHECK(before->kind == after->kind);
+  }
+}
