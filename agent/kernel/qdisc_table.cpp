@@ -631,77 +631,29 @@ class NetlinkQdiscTable final : public QdiscTable {
 
   tl::expected<void, std::error_code> replaceRoot(std::string_view ifname, uint32_t handle,
                                                   const QdiscParams& params) override {
-    auto index = ifindex(ifname);
-    if (!index) {
-      return tl::unexpected(index.error());
-    }
-    auto request = buildReplaceRootRequest(*index, handle, params);
-    if (!request) {
-      return tl::unexpected(request.error());
-    }
-    return send(*request);
+    return sendTo(ifname, [&](int index) { return buildReplaceRootRequest(index, handle, params); });
   }
 
   tl::expected<void, std::error_code> restoreRoot(std::string_view ifname, const QdiscInfo& saved) override {
-    auto index = ifindex(ifname);
-    if (!index) {
-      return tl::unexpected(index.error());
-    }
-    auto request = buildRestoreRootRequest(*index, saved);
-    if (!request) {
-      return tl::unexpected(request.error());
-    }
-    return send(*request);
+    return sendTo(ifname, [&](int index) { return buildRestoreRootRequest(index, saved); });
   }
 
   tl::expected<void, std::error_code> deleteRoot(std::string_view ifname) override {
-    auto index = ifindex(ifname);
-    if (!index) {
-      return tl::unexpected(index.error());
-    }
-    auto request = buildDeleteRootRequest(*index);
-    if (!request) {
-      return tl::unexpected(request.error());
-    }
-    return send(*request);
+    return sendTo(ifname, [&](int index) { return buildDeleteRootRequest(index); });
   }
 
   tl::expected<void, std::error_code> addQdisc(std::string_view ifname, uint32_t parent, uint32_t handle,
                                                const QdiscParams& params) override {
-    auto index = ifindex(ifname);
-    if (!index) {
-      return tl::unexpected(index.error());
-    }
-    auto request = buildAddQdiscRequest(*index, parent, handle, params);
-    if (!request) {
-      return tl::unexpected(request.error());
-    }
-    return send(*request);
+    return sendTo(ifname, [&](int index) { return buildAddQdiscRequest(index, parent, handle, params); });
   }
 
   tl::expected<void, std::error_code> addHtbClass(std::string_view ifname, uint32_t classid,
                                                   const HtbClassParams& params) override {
-    auto index = ifindex(ifname);
-    if (!index) {
-      return tl::unexpected(index.error());
-    }
-    auto request = buildAddHtbClassRequest(*index, classid, params);
-    if (!request) {
-      return tl::unexpected(request.error());
-    }
-    return send(*request);
+    return sendTo(ifname, [&](int index) { return buildAddHtbClassRequest(index, classid, params); });
   }
 
   tl::expected<void, std::error_code> addU32Filter(std::string_view ifname, const U32Filter& filter) override {
-    auto index = ifindex(ifname);
-    if (!index) {
-      return tl::unexpected(index.error());
-    }
-    auto request = buildAddU32FilterRequest(*index, filter);
-    if (!request) {
-      return tl::unexpected(request.error());
-    }
-    return send(*request);
+    return sendTo(ifname, [&](int index) { return buildAddU32FilterRequest(index, filter); });
   }
 
   tl::expected<std::vector<TcObject>, std::error_code> dumpTree(std::string_view ifname) override {
@@ -786,15 +738,7 @@ class NetlinkQdiscTable final : public QdiscTable {
   }
 
   tl::expected<void, std::error_code> restoreObject(std::string_view ifname, const TcObject& object) override {
-    auto index = ifindex(ifname);
-    if (!index) {
-      return tl::unexpected(index.error());
-    }
-    auto request = buildRestoreObjectRequest(*index, object);
-    if (!request) {
-      return tl::unexpected(request.error());
-    }
-    return send(*request);
+    return sendTo(ifname, [&](int index) { return buildRestoreObjectRequest(index, object); });
   }
 
   tl::expected<std::vector<LinkInfo>, std::error_code> links() override {
@@ -839,15 +783,7 @@ class NetlinkQdiscTable final : public QdiscTable {
   }
 
   tl::expected<void, std::error_code> deleteLink(std::string_view ifname) override {
-    auto index = ifindex(ifname);
-    if (!index) {
-      return tl::unexpected(index.error());
-    }
-    auto request = buildDeleteLinkRequest(*index);
-    if (!request) {
-      return tl::unexpected(request.error());
-    }
-    return send(*request);
+    return sendTo(ifname, [&](int index) { return buildDeleteLinkRequest(index); });
   }
 
   tl::expected<std::optional<QdiscInfo>, std::error_code> ingressQdisc(std::string_view ifname) override {
@@ -860,27 +796,11 @@ class NetlinkQdiscTable final : public QdiscTable {
   }
 
   tl::expected<void, std::error_code> addIngressQdisc(std::string_view ifname) override {
-    auto index = ifindex(ifname);
-    if (!index) {
-      return tl::unexpected(index.error());
-    }
-    auto request = buildAddIngressRequest(*index);
-    if (!request) {
-      return tl::unexpected(request.error());
-    }
-    return send(*request);
+    return sendTo(ifname, [&](int index) { return buildAddIngressRequest(index); });
   }
 
   tl::expected<void, std::error_code> deleteIngressQdisc(std::string_view ifname) override {
-    auto index = ifindex(ifname);
-    if (!index) {
-      return tl::unexpected(index.error());
-    }
-    auto request = buildDeleteIngressRequest(*index);
-    if (!request) {
-      return tl::unexpected(request.error());
-    }
-    return send(*request);
+    return sendTo(ifname, [&](int index) { return buildDeleteIngressRequest(index); });
   }
 
   tl::expected<void, std::error_code> addRedirectFilter(std::string_view ifname,
@@ -1081,6 +1001,21 @@ class NetlinkQdiscTable final : public QdiscTable {
       }
       return found;
     }
+  }
+
+  // Resolves ifname, builds one request for its index (build(int) -> expected<Bytes>), sends it and
+  // waits for the ack.
+  template <typename Build>
+  tl::expected<void, std::error_code> sendTo(std::string_view ifname, const Build& build) {
+    auto index = ifindex(ifname);
+    if (!index) {
+      return tl::unexpected(index.error());
+    }
+    auto request = build(*index);
+    if (!request) {
+      return tl::unexpected(request.error());
+    }
+    return send(*request);
   }
 
   SockPtr sock_;
