@@ -472,6 +472,117 @@ std::string inNamespace(const std::string& netns, const std::string& command) {
   return fmt::format("nsenter --net={} {}", netns, command);
 }
 
+// A filter of an ingress dump, as tc would name it: "u32 prio 9 protocol ip handle 800::800".
+std::string ingressFilterText(const kernel::IngressFilter& f) {
+  const std::string protocol = f.protocol == 0x0800   ? "ip"
+                               : f.protocol == 0x86DD ? "ipv6"
+                               : f.protocol == 0x0003 ? "all"
+                                                      : fmt::format("0x{:04x}", f.protocol);
+  std::string handle;
+  if (f.kind == "u32") {
+    const uint32_t hash = (f.handle >> 12) & 0xFF;
+    handle = fmt::format("{:x}:{}:{:x}", f.handle >> 20, hash == 0 ? "" : fmt::format("{:x}", hash), f.handle & 0xFFF);
+  } else {
+    handle = fmt::format("0x{:x}", f.handle);
+  }
+  return fmt::format("{} prio {} protocol {} handle {}", f.kind.empty() ? "filter" : f.kind, f.priority, protocol,
+                     handle);
+}
+
+// faultline's part of the interface's ingress qdisc: the u32 filters redirecting to the ifb (index
+// ifbIndex; 0 when it is gone). When only those are there (or none, on a qdisc faultline created and
+// that is of kind ingress), the qdisc goes with them. When someone added filters of their own, it
+// stays for them, and only faultline's priorities (or, where a priority is shared, its own nodes)
+// are deleted. Reads back that no filter redirects to the ifb. Returns what it did, in words ("" for
+// nothing).
+tl::expected<std::string, FaultError> removeRedirects(QdiscTable& table, const Plan& plan,
+                                                      const kernel::QdiscInfo& ingress, int ifbIndex,
+                                                      bool createdIngress) {
+  const auto failure = [&](std::string_view doing, std::error_code code) {
+    return tl::unexpected(faultError(code, fmt::format("{}: {}: {}", context(plan), doing, code.message())));
+  };
+  const auto toIfb = [&](const kernel::IngressFilter& f) {
+    return ifbIndex != 0 && f.kind == "u32" && std::find(f.redirects.begin(), f.redirects.end(), ifbIndex) !=
+                                                   f.redirects.end();
+  };
+  const auto samePriority = [](const kernel::IngressFilter& a, const kernel::IngressFilter& b) {
+    return a.priority == b.priority && a.protocol == b.protocol;
+  };
+  auto filters = table.ingressFilters(plan.interface);
+  if (!filters && filters.error() == std::errc::no_such_device) {
+    return std::string();
+  }
+  if (!filters) {
+    return failure("revert: cannot read the ingress filters", filters.error());
+  }
+  std::vector<kernel::IngressFilter> ours;
+  std::vector<kernel::IngressFilter> others;
+  for (const auto& f : *filters) {
+    if (toIfb(f)) {
+      ours.push_back(f);
+    }
+  }
+  for (const auto& f : *filters) {
+    // Counted: filters. Not: a priority's classifier itself (handle 0) and u32's hash tables (node
+    // bits 0), which the kernel lists with the filters in them.
+    if (f.handle == 0 || toIfb(f) || (f.kind == "u32" && (f.handle & 0xFFF) == 0)) {
+      continue;
+    }
+    others.push_back(f);
+  }
+  const auto deleteQdisc = [&]() -> tl::expected<std::string, FaultError> {
+    auto deleted = table.deleteIngressQdisc(plan.interface);
+    if (!deleted && deleted.error() != std::errc::no_such_device && deleted.error() != std::errc::invalid_argument &&
+        deleted.error() != std::errc::no_such_file_or_directory) {
+      return failure(fmt::format("revert: cannot delete the ingress qdisc of {}", plan.interface), deleted.error());
+    }
+    return fmt::format("ingress qdisc of {} deleted", plan.interface);
+  };
+  if (others.empty()) {
+    if (!ours.empty() || (createdIngress && ingress.kind == "ingress")) {
+      return deleteQdisc();
+    }
+    return std::string();  // not faultline's: no redirect to its ifb, and not made by this fault
+  }
+  std::vector<std::string> othersText;
+  for (const auto& f : others) {
+    othersText.push_back(ingressFilterText(f));
+  }
+  if (ours.empty()) {
+    return std::string();  // nothing of faultline's on it (the ifb, if there, goes next)
+  }
+  for (const auto& o : ours) {
+    // The whole priority when it holds nothing else (its classifier and hash table go too), else
+    // only faultline's node.
+    const bool shared =
+        std::any_of(others.begin(), others.end(), [&](const kernel::IngressFilter& f) { return samePriority(o, f); });
+    kernel::IngressFilter target = o;
+    if (!shared) {
+      target.handle = 0;
+    }
+    auto deleted = table.deleteIngressFilter(plan.interface, target);
+    if (!deleted && deleted.error() != std::errc::no_such_file_or_directory) {
+      return failure(fmt::format("revert: cannot delete faultline's redirect filter ({}) of {}", ingressFilterText(o),
+                                 plan.interface),
+                     deleted.error());
+    }
+  }
+  auto after = table.ingressFilters(plan.interface);
+  if (!after) {
+    return failure("revert: cannot read the ingress filters to verify", after.error());
+  }
+  if (std::any_of(after->begin(), after->end(), toIfb)) {
+    return tl::unexpected(faultError(std::make_error_code(std::errc::io_error),
+                                     fmt::format("{}: revert did not take: a filter of {} still redirects to {}",
+                                                 context(plan), plan.interface, plan.ifb)));
+  }
+  return fmt::format(
+      "faultline's {} redirect filter(s) deleted from the {} qdisc of {}, which stays for {} filter(s) that are not "
+      "faultline's ({}; remove the qdisc with `{}` once nothing needs them)",
+      ours.size(), ingress.kind, plan.interface, others.size(), fmt::join(othersText, "; "),
+      inNamespace(plan.netns, fmt::format("tc qdisc del dev {} {}", plan.interface, ingress.kind)));
+}
+
 // Removes faultline's ingress path of plan (the interface's ingress qdisc, then the ifb) and
 // reads back that both are gone. See removeIngressPath() in net_driver.h.
 tl::expected<std::string, FaultError> removeIngress(QdiscTable& table, const Plan& plan, bool createdIngress) {
@@ -495,27 +606,12 @@ tl::expected<std::string, FaultError> removeIngress(QdiscTable& table, const Pla
       return failure("revert: cannot read the ingress qdisc", ingress.error());
     }
     if (ingress && *ingress) {
-      auto targets = table.ingressRedirectTargets(plan.interface);
-      if (!targets && targets.error() != std::errc::no_such_device) {
-        return failure("revert: cannot read the ingress filters", targets.error());
+      auto removed = removeRedirects(table, plan, **ingress, ifbIndex, createdIngress);
+      if (!removed) {
+        return tl::unexpected(removed.error());
       }
-      const auto ours = [&](int t) { return ifbIndex != 0 && t == ifbIndex; };
-      const size_t oursCount = targets ? static_cast<size_t>(std::count_if(targets->begin(), targets->end(), ours)) : 0;
-      const size_t total = targets ? targets->size() : 0;
-      if (oursCount > 0 && oursCount < total) {
-        return tl::unexpected(notOursError(fmt::format(
-            "{}: revert refused: the {} qdisc of {} now also carries filters that are not faultline's ({} of {} "
-            "redirect elsewhere); faultline left it and {} alone (deleting {} would drop what its filters send there)",
-            context(plan), (*ingress)->kind, plan.interface, total - oursCount, total, plan.ifb, plan.ifb)));
-      }
-      const bool emptyOfOurs = total == 0 && createdIngress && (*ingress)->kind == "ingress";
-      if (oursCount > 0 || emptyOfOurs) {
-        auto deleted = table.deleteIngressQdisc(plan.interface);
-        if (!deleted && deleted.error() != std::errc::no_such_device &&
-            deleted.error() != std::errc::invalid_argument && deleted.error() != std::errc::no_such_file_or_directory) {
-          return failure(fmt::format("revert: cannot delete the ingress qdisc of {}", plan.interface), deleted.error());
-        }
-        done.push_back(fmt::format("ingress qdisc of {} deleted", plan.interface));
+      if (!removed->empty()) {
+        done.push_back(*removed);
       }
     }
   }
@@ -1144,15 +1240,27 @@ tl::expected<std::unique_ptr<AppliedFault>, FaultError> NetworkFaultDriver::appl
       return tl::unexpected(
           faultError(links.error(), tableErrorText(*plan, "cannot list the interfaces", links.error())));
     }
-    if (std::any_of(links->begin(), links->end(), [&](const kernel::LinkInfo& l) { return l.name == plan->ifb; })) {
+    if (auto leftover = std::find_if(links->begin(), links->end(),
+                                     [&](const kernel::LinkInfo& l) { return l.name == plan->ifb; });
+        leftover != links->end()) {
+      // The hint names the ingress qdisc only when its filters redirect to that ifb: another tool's
+      // ingress qdisc is not faultline's to suggest deleting.
+      auto filters = (*table)->ingressFilters(plan->interface);
+      const bool redirected =
+          filters && std::any_of(filters->begin(), filters->end(), [&](const kernel::IngressFilter& f) {
+            return std::find(f.redirects.begin(), f.redirects.end(), leftover->index) != f.redirects.end();
+          });
+      const std::string remove =
+          redirected ? fmt::format("`{}` and `{}`",
+                                   inNamespace(plan->netns, fmt::format("tc qdisc del dev {} ingress", plan->interface)),
+                                   inNamespace(plan->netns, fmt::format("ip link del {}", plan->ifb)))
+                     : fmt::format("`{}`", inNamespace(plan->netns, fmt::format("ip link del {}", plan->ifb)));
       return tl::unexpected(faultError(
           std::make_error_code(std::errc::file_exists),
           fmt::format("{}: the ifb device {} (faultline's ingress path of {}) exists already: one network fault per "
-                      "interface and direction; if no faultline run holds it, remove it with `{}` and `{}`, or every "
+                      "interface and direction; if no faultline run holds it, remove it with {}, or every "
                       "faultline leftover on this host with `faultline-agent revert-all`; nothing was changed",
-                      context(*plan), plan->ifb, plan->interface,
-                      inNamespace(plan->netns, fmt::format("tc qdisc del dev {} ingress", plan->interface)),
-                      inNamespace(plan->netns, fmt::format("ip link del {}", plan->ifb)))));
+                      context(*plan), plan->ifb, plan->interface, remove)));
     }
     auto ingress = (*table)->ingressQdisc(plan->interface);
     if (!ingress) {
@@ -1162,11 +1270,11 @@ tl::expected<std::unique_ptr<AppliedFault>, FaultError> NetworkFaultDriver::appl
     if (*ingress) {
       return tl::unexpected(faultError(
           std::make_error_code(std::errc::device_or_resource_busy),
-          fmt::format("{}: interface {} already has an {} qdisc (handle {}) that is not faultline's; faultline "
+          fmt::format("{}: interface {} already has {} {} qdisc (handle {}) that is not faultline's; faultline "
                       "does not share an interface's ingress with another tool, so direction {} is refused there; "
                       "nothing was changed",
-                      context(*plan), plan->interface, (*ingress)->kind, handleText((*ingress)->handle),
-                      directionText(*plan))));
+                      context(*plan), plan->interface, (*ingress)->kind == "ingress" ? "an" : "a",
+                      (*ingress)->kind, handleText((*ingress)->handle), directionText(*plan))));
     }
   }
   if (persist) {

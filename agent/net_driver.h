@@ -131,11 +131,13 @@ class NetworkFaultDriver final : public FaultDriver {
 [[nodiscard]] std::string ifbName(int ifindex);
 
 // Removes faultline's ingress path for interface in table's namespace (netns: for messages only):
-// the interface's ingress qdisc when every filter on it redirects to ifb (one redirecting elsewhere
-// too: EBUSY, permanent, nothing removed; none redirecting to ifb: the qdisc is not faultline's and
-// stays), then the ifb device; reads back that the ifb is gone. interface "" or missing: only the
-// ifb. Returns what it removed, in words. errors: the table's (EPERM, ENOBUFS, ...); EIO when the
-// ifb is still there afterwards. Used by revert-all.
+// the u32 filters redirecting to ifb, then the ifb device; reads back that the ifb is gone and no
+// filter redirects to it. The interface's ingress qdisc goes with faultline's filters when they are
+// all it carries; when someone added filters of their own to it, it stays with theirs, and only
+// faultline's priorities (or, in a priority shared with theirs, faultline's u32 nodes) are deleted;
+// without a redirect to ifb it is not faultline's and stays. interface "" or missing: only the ifb.
+// Returns what it did, in words, naming filters it left. errors: the table's (EPERM, ENOBUFS, ...);
+// EIO when the ifb or a redirect to it is still there afterwards. Used by revert-all.
 [[nodiscard]] tl::expected<std::string, FaultError> removeIngressPath(kernel::QdiscTable& table,
                                                                       const std::string& netns,
                                                                       const std::string& interface,

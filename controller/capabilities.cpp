@@ -103,8 +103,8 @@ std::optional<std::string> checkCapabilities(const std::vector<Step>& method,
       for (const auto& m : missing) {
         hints.push_back(fmt::format("{} ({})", m, hint(m)));
       }
-      return fmt::format("host {} ({}) cannot run {} '{}': its kernel lacks {}; nothing was injected", t.hostname(),
-                         t.agent_id(), faultKindName(f->spec), f->name, fmt::join(hints, ", "));
+      return fmt::format("host {} ({}) cannot run {}: its kernel lacks {}; nothing was injected", t.hostname(),
+                         t.agent_id(), faultStepText(*f), fmt::join(hints, ", "));
     }
   }
   return std::nullopt;

@@ -213,6 +213,7 @@ class RunState {
     bool revertFailed = false;              // the agent reported a failed revert and keeps retrying
     bool revertRequested = false;           // the run asked for the revert (an end before that is early)
     bool agentGone = false;                 // the agent disconnected: nobody can confirm a revert now
+    bool revertGaveUp = false;              // the agent's revert can never succeed (permanent): not retried
     bool failureRecorded = false;           // a fault.failed event says why (the agent's or the run's)
     Clock::time_point until{};              // when the run will ask for its end (start time + duration)
     google::protobuf::Timestamp appliedAt;  // the agent's APPLIED report time
@@ -330,8 +331,7 @@ class RunState {
     std::vector<std::string> ids;
     for (size_t k = 0; k < group.faults.size(); ++k) {
       const FaultStep& f = *group.faults[k].fault;
-      const auto kind = faultKindName(f.spec);
-      const std::string named = f.name == kind ? std::string(kind) : fmt::format("{} '{}'", kind, f.name);
+      const std::string named = faultStepText(f);
       event("", "step.fault",
             fmt::format("step {}: {} for {} on {} host(s)", group.faults[k].label, named, formatDuration(f.duration),
                         targets.size()));
@@ -402,8 +402,7 @@ class RunState {
         for (const auto& id : idsOf[k]) {
           const auto& h = held_[id];
           if (h.state == v1::FAULT_STATE_FAILED) {
-            failure = fmt::format("{} '{}' failed on host {}: {}", faultKindName(group.faults[k].fault->spec),
-                                  group.faults[k].fault->name, h.host, h.error);
+            failure = fmt::format("{} failed on host {}: {}", faultStepText(*group.faults[k].fault), h.host, h.error);
             break;
           }
         }
@@ -558,7 +557,8 @@ class RunState {
     std::unique_lock lock(mutex_);
     cv_.wait_for(lock, options_.revertTimeout, [&] {
       for (const auto& [id, agentId] : toRevert) {
-        if (!settled(held_[id].state) && !held_[id].agentGone) {
+        const auto& h = held_[id];
+        if (!settled(h.state) && !h.agentGone && !h.revertGaveUp) {
           return false;
         }
       }
@@ -571,9 +571,10 @@ class RunState {
       if (settled(h.state)) {
         continue;
       }
-      // A gone agent was not waited for: say so, not that a timeout passed.
+      // A gone agent or a permanent failure was not waited for: say so, not that a timeout passed.
       const std::string one =
-          h.agentGone ? fmt::format("fault {} on host {} not confirmed reverted ({}): {}", id, h.host, why,
+          h.revertGaveUp ? fmt::format("fault {} on host {} not reverted ({}): {}", id, h.host, why, h.error)
+          : h.agentGone  ? fmt::format("fault {} on host {} not confirmed reverted ({}): {}", id, h.host, why,
                                     h.error.empty() ? fmt::format("agent {} disconnected", agentId) : h.error)
                       : fmt::format("fault {} on host {} not confirmed reverted within {} ({}){}", id, h.host,
                                     formatDuration(options_.revertTimeout), why, h.error.empty() ? "" : ": " + h.error);
@@ -634,6 +635,8 @@ class RunState {
       if (r.state() == v1::FAULT_STATE_FAILED && wasApplied) {
         if (r.error_code() == v1::FAULT_ERROR_AGENT_GONE) {
           h.agentGone = true;
+        } else if (r.error_code() == v1::FAULT_ERROR_PERMANENT) {
+          h.revertGaveUp = true;  // the agent dropped the fault: no later report will come
         } else {
           h.revertFailed = true;  // a revert failed; the agent keeps retrying
         }
@@ -896,8 +899,7 @@ tl::expected<v1::RunPlan, std::string> planRun(const Experiment& experiment, std
     *plan.add_hosts()->mutable_agent() = a;
   }
   const auto addFault = [&](const FaultStep& f, const std::string& label) {
-    const auto kind = faultKindName(f.spec);
-    const std::string named = f.name == kind ? std::string(kind) : fmt::format("{} '{}'", kind, f.name);
+    const std::string named = faultStepText(f);
     plan.add_steps(fmt::format("step {}: {} for {} on {} host(s)", label, named, formatDuration(f.duration),
                                resolved->hosts.size()));
     for (auto& h : *plan.mutable_hosts()) {

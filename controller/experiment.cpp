@@ -2546,6 +2546,11 @@ bool isVariableName(std::string_view name) {
                      [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_'; });
 }
 
+std::string faultStepText(const FaultStep& f) {
+  const std::string_view kind = faultKindName(f.spec);
+  return f.name == kind ? std::string(kind) : fmt::format("{} '{}'", kind, f.name);
+}
+
 namespace {
 
 // 1-based line and column of a byte offset (columns count bytes, as yaml-cpp's marks do).

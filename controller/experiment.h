@@ -172,6 +172,10 @@ struct FaultStep {
   std::chrono::milliseconds duration{0};  // > 0: the fault is held this long, then reverted
 };
 
+// A fault step as events name it: "network.delay 'slow-db'", or the kind alone when the step has
+// no name of its own (name defaults to the kind).
+[[nodiscard]] std::string faultStepText(const FaultStep& f);
+
 struct WaitStep {
   std::chrono::milliseconds duration{0};
 };

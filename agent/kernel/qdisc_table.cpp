@@ -820,14 +820,14 @@ class NetlinkQdiscTable final : public QdiscTable {
     return send(*request);
   }
 
-  tl::expected<std::vector<int>, std::error_code> ingressRedirectTargets(std::string_view ifname) override {
+  tl::expected<std::vector<IngressFilter>, std::error_code> ingressFilters(std::string_view ifname) override {
     auto ingress = ingressQdisc(ifname);
     if (!ingress) {
       return tl::unexpected(ingress.error());
     }
-    std::vector<int> targets;
+    std::vector<IngressFilter> filters;
     if (!*ingress) {
-      return targets;  // without an ingress qdisc the kernel answers the dump with EINVAL
+      return filters;  // without an ingress qdisc the kernel answers the dump with EINVAL
     }
     auto index = ifindex(ifname);
     if (!index) {
@@ -839,11 +839,11 @@ class NetlinkQdiscTable final : public QdiscTable {
     }
     std::error_code parseError;
     auto done = send(*request, [&](std::span<const uint8_t> message) {
-      auto found = parseFilterRedirects(message);
+      auto found = parseIngressFilter(message);
       if (!found) {
         parseError = found.error();
       } else {
-        targets.insert(targets.end(), found->begin(), found->end());
+        filters.push_back(std::move(*found));
       }
     });
     if (!done) {
@@ -852,7 +852,12 @@ class NetlinkQdiscTable final : public QdiscTable {
     if (parseError) {
       return tl::unexpected(parseError);
     }
-    return targets;
+    return filters;
+  }
+
+  tl::expected<void, std::error_code> deleteIngressFilter(std::string_view ifname,
+                                                          const IngressFilter& filter) override {
+    return sendTo(ifname, [&](int index) { return buildDeleteIngressFilterRequest(index, filter); });
   }
 
   // errors: ENODEV no such interface.
@@ -1410,7 +1415,7 @@ tl::expected<std::vector<uint8_t>, std::error_code> buildAddRedirectFilterReques
   return toBytes(msg->get());
 }
 
-tl::expected<std::vector<int>, std::error_code> parseFilterRedirects(std::span<const uint8_t> message) {
+tl::expected<IngressFilter, std::error_code> parseIngressFilter(std::span<const uint8_t> message) {
   if (message.size() < NLMSG_LENGTH(sizeof(tcmsg))) {
     return fail(EPROTO);
   }
@@ -1424,16 +1429,22 @@ tl::expected<std::vector<int>, std::error_code> parseFilterRedirects(std::span<c
   if (nlmsg_parse(hdr, sizeof(tcmsg), tb, TCA_MAX, nullptr) < 0) {
     return fail(EPROTO);
   }
-  std::vector<int> targets;
-  if (tb[TCA_KIND] == nullptr || attrString(tb[TCA_KIND]) != "u32" || tb[TCA_OPTIONS] == nullptr) {
-    return targets;
+  const auto* tcm = static_cast<const tcmsg*>(nlmsg_data(hdr));
+  IngressFilter filter;
+  filter.priority = static_cast<uint16_t>(TC_H_MAJ(tcm->tcm_info) >> 16);
+  filter.protocol = ntohs(static_cast<uint16_t>(TC_H_MIN(tcm->tcm_info)));
+  filter.handle = tcm->tcm_handle;
+  filter.kind = tb[TCA_KIND] != nullptr ? attrString(tb[TCA_KIND]) : "";
+  std::vector<int>& targets = filter.redirects;
+  if (filter.kind != "u32" || tb[TCA_OPTIONS] == nullptr) {
+    return filter;
   }
   nlattr* u32[TCA_U32_MAX + 1] = {};
   if (nla_parse_nested(u32, TCA_U32_MAX, tb[TCA_OPTIONS], nullptr) < 0) {
     return fail(EPROTO);
   }
   if (u32[TCA_U32_ACT] == nullptr) {
-    return targets;
+    return filter;
   }
   nlattr* action = nullptr;
   int rem = 0;
@@ -1457,7 +1468,27 @@ tl::expected<std::vector<int>, std::error_code> parseFilterRedirects(std::span<c
     std::memcpy(&parms, nla_data(mirred[TCA_MIRRED_PARMS]), sizeof(parms));
     targets.push_back(static_cast<int>(parms.ifindex));
   }
-  return targets;
+  return filter;
+}
+
+tl::expected<std::vector<uint8_t>, std::error_code> buildDeleteIngressFilterRequest(int ifindex,
+                                                                                    const IngressFilter& filter) {
+  if (filter.priority == 0 || (filter.handle != 0 && filter.kind.empty())) {
+    return fail(EINVAL);
+  }
+  auto msg = newTcMessage(RTM_DELTFILTER, NLM_F_REQUEST | NLM_F_ACK, ifindex, filter.handle, 8 + filter.kind.size());
+  if (!msg) {
+    return tl::unexpected(msg.error());
+  }
+  auto* tcm = static_cast<tcmsg*>(nlmsg_data(nlmsg_hdr(msg->get())));
+  tcm->tcm_parent = TC_H_MAKE(TC_H_INGRESS, 0);
+  tcm->tcm_info = TC_H_MAKE(static_cast<uint32_t>(filter.priority) << 16, htons(filter.protocol));
+  if (filter.handle != 0) {
+    if (auto r = putAttr(msg->get(), TCA_KIND, filter.kind.c_str(), filter.kind.size() + 1); !r) {
+      return tl::unexpected(r.error());
+    }
+  }
+  return toBytes(msg->get());
 }
 
 tl::expected<std::vector<uint8_t>, std::error_code> buildDeleteRootRequest(int ifindex) {

@@ -145,6 +145,18 @@ struct RedirectFilter {
   std::string target;     // the device packets are redirected to (an ifb), in the same namespace
 };
 
+// One entry of an RTM_GETTFILTER dump of an interface's ingress qdisc (`tc filter show dev X
+// parent ffff:`). The kernel lists each priority's classifier first (handle 0, no options), then
+// what the classifier walks: for u32 its hash tables (handle X:, node bits 0, e.g. 0x80000000 for
+// 800:) and their nodes (X::N, e.g. 0x80000800 for 800::800).
+struct IngressFilter {
+  uint16_t priority = 0;
+  uint16_t protocol = 0;       // ETH_P_*, host order (ETH_P_ALL = 3 for `protocol all`)
+  uint32_t handle = 0;         // 0: the priority's classifier itself
+  std::string kind;            // TCA_KIND: "u32", "matchall", "flower", ...
+  std::vector<int> redirects;  // interface indexes its mirred actions redirect or mirror to (u32 only)
+};
+
 // Kind name of params: "netem", "tbf" or "htb".
 [[nodiscard]] std::string_view qdiscKind(const QdiscParams& params);
 
@@ -254,11 +266,17 @@ class QdiscTable {
   [[nodiscard]] virtual tl::expected<void, std::error_code> addRedirectFilter(std::string_view ifname,
                                                                               const RedirectFilter& filter) = 0;
 
-  // The devices the ingress filters of ifname redirect or mirror to (mirred actions of u32 filters on
-  // its ingress qdisc, from an RTM_GETTFILTER dump), as interface indexes, in dump order; empty when it
-  // has no ingress qdisc or no such filter. errors: ENODEV; EPROTO a reply that does not parse.
-  [[nodiscard]] virtual tl::expected<std::vector<int>, std::error_code> ingressRedirectTargets(
+  // Every filter on ifname's ingress qdisc (an RTM_GETTFILTER dump of parent ffff:), in dump order;
+  // empty when it has no ingress qdisc. errors: ENODEV; EPROTO a reply that does not parse.
+  [[nodiscard]] virtual tl::expected<std::vector<IngressFilter>, std::error_code> ingressFilters(
       std::string_view ifname) = 0;
+
+  // Deletes one filter of ifname's ingress qdisc: the one of filter.handle at filter.priority and
+  // filter.protocol, or with handle 0 the whole priority (its classifier and every filter in it), as
+  // `tc filter del dev X parent ffff: prio P protocol P [handle H u32]` does. filter.redirects is not
+  // used. errors: ENODEV; ENOENT no such filter or priority; EINVAL.
+  [[nodiscard]] virtual tl::expected<void, std::error_code> deleteIngressFilter(std::string_view ifname,
+                                                                               const IngressFilter& filter) = 0;
 };
 
 // Whether restoreRoot() re-creates a root qdisc of this kind exactly as root() read it (handle ≠ 0;
@@ -357,10 +375,15 @@ struct QdiscSupport {
 [[nodiscard]] tl::expected<std::vector<uint8_t>, std::error_code> buildAddRedirectFilterRequest(
     int ifindex, const RedirectFilter& filter, int targetIfindex);
 
-// The mirred targets (interface indexes) of one RTM_NEWTFILTER message of kind u32 (header
-// included); empty for another kind or a filter without a mirred action.
+// One RTM_NEWTFILTER message (header included) as the kernel dumps it: priority, protocol, handle,
+// kind, and for u32 the mirred targets (interface indexes) of its actions.
 // errors: EPROTO truncated or malformed.
-[[nodiscard]] tl::expected<std::vector<int>, std::error_code> parseFilterRedirects(std::span<const uint8_t> message);
+[[nodiscard]] tl::expected<IngressFilter, std::error_code> parseIngressFilter(std::span<const uint8_t> message);
+
+// RTM_DELTFILTER of filter on ifindex's ingress qdisc (parent ffff:); TCA_KIND only with a handle,
+// as tc sends it. errors: EINVAL priority 0, or a handle without a kind.
+[[nodiscard]] tl::expected<std::vector<uint8_t>, std::error_code> buildDeleteIngressFilterRequest(
+    int ifindex, const IngressFilter& filter);
 
 // RTM_DELQDISC of the root qdisc (parent TC_H_ROOT, handle 0: whatever root is attached).
 [[nodiscard]] tl::expected<std::vector<uint8_t>, std::error_code> buildDeleteRootRequest(int ifindex);

@@ -17,7 +17,9 @@
 
 namespace faultline::testing {
 
-enum class Behaviour { Apply, FailApply, Silent, SilentOnRevert, ApplyFromThread };
+// RevertRefused: applies, then answers a revert with a permanent failure (the agent dropped the
+// fault: e.g. someone replaced faultline's qdisc).
+enum class Behaviour { Apply, FailApply, Silent, SilentOnRevert, ApplyFromThread, RevertRefused };
 
 class FakeFleet final : public controller::Fleet {
  public:
@@ -72,7 +74,7 @@ class FakeFleet final : public controller::Fleet {
       const auto b = behaviour_[agentId];
       if (msg.has_inject()) {
         report.set_fault_id(msg.inject().fault_id());
-        if (b == Behaviour::Apply || b == Behaviour::SilentOnRevert) {
+        if (b == Behaviour::Apply || b == Behaviour::SilentOnRevert || b == Behaviour::RevertRefused) {
           report.set_state(v1::FAULT_STATE_APPLIED);
           active_.insert(msg.inject().fault_id());
           answer = true;
@@ -88,6 +90,11 @@ class FakeFleet final : public controller::Fleet {
       } else if (msg.has_revert()) {
         report.set_fault_id(msg.revert().fault_id());
         report.set_state(v1::FAULT_STATE_REVERTED);
+        if (b == Behaviour::RevertRefused) {
+          report.set_state(v1::FAULT_STATE_FAILED);
+          report.set_error_code(v1::FAULT_ERROR_PERMANENT);
+          report.set_error("not reverted: the root qdisc is now someone else's");
+        }
         if (b != Behaviour::SilentOnRevert) {
           active_.erase(msg.revert().fault_id());
           answer = true;

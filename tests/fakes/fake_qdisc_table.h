@@ -57,6 +57,8 @@ struct FakeKernel {
   std::map<std::pair<std::string, std::string>, int, std::less<>> indexes;
   std::map<std::pair<std::string, std::string>, kernel::QdiscInfo, std::less<>> ingress;
   std::map<std::pair<std::string, std::string>, std::vector<kernel::RedirectFilter>, std::less<>> redirects;
+  // Other filters on those ingress qdiscs (someone else's), listed after the redirects.
+  std::map<std::pair<std::string, std::string>, std::vector<kernel::IngressFilter>, std::less<>> otherFilters;
   int nextIndex = 2;                                // 1 is lo
   std::optional<std::error_code> failNextIfb;       // createIfb
   std::optional<std::error_code> failNextIngress;   // addIngressQdisc
@@ -293,6 +295,7 @@ class FakeQdiscTable final : public kernel::QdiscTable {
     kernel_->indexes.erase(key);
     kernel_->ingress.erase(key);
     kernel_->redirects.erase(key);
+    kernel_->otherFilters.erase(key);
     ++kernel_->changes;
     return {};
   }
@@ -334,6 +337,7 @@ class FakeQdiscTable final : public kernel::QdiscTable {
       return tl::unexpected(std::make_error_code(std::errc::invalid_argument));
     }
     kernel_->redirects.erase(key);
+    kernel_->otherFilters.erase(key);
     ++kernel_->changes;
     return {};
   }
@@ -360,20 +364,49 @@ class FakeQdiscTable final : public kernel::QdiscTable {
     return {};
   }
 
-  tl::expected<std::vector<int>, std::error_code> ingressRedirectTargets(std::string_view ifname) override {
-    kernel_->calls.push_back(fmt::format("redirects {}", ifname));
+  // A redirect at priority P lists as u32 node (0x800 + P - 1)::800, as the kernel numbers them.
+  static uint32_t redirectHandle(uint16_t priority) { return ((0x800U + priority - 1) << 20) | 0x800U; }
+
+  tl::expected<std::vector<kernel::IngressFilter>, std::error_code> ingressFilters(std::string_view ifname) override {
+    kernel_->calls.push_back(fmt::format("ingress-filters {}", ifname));
     if (find(ifname) == nullptr) {
       return tl::unexpected(std::make_error_code(std::errc::no_such_device));
     }
-    std::vector<int> out;
-    auto it = kernel_->redirects.find(std::make_pair(netns_, std::string(ifname)));
-    if (it != kernel_->redirects.end()) {
+    std::vector<kernel::IngressFilter> out;
+    const auto key = std::make_pair(netns_, std::string(ifname));
+    if (auto it = kernel_->redirects.find(key); it != kernel_->redirects.end()) {
       for (const auto& f : it->second) {
         auto target = kernel_->indexes.find(std::make_pair(netns_, f.target));
-        out.push_back(target == kernel_->indexes.end() ? 0 : target->second);
+        out.push_back(kernel::IngressFilter{f.priority, f.protocol, redirectHandle(f.priority), "u32",
+                                            {target == kernel_->indexes.end() ? 0 : target->second}});
       }
     }
+    if (auto it = kernel_->otherFilters.find(key); it != kernel_->otherFilters.end()) {
+      out.insert(out.end(), it->second.begin(), it->second.end());
+    }
     return out;
+  }
+
+  tl::expected<void, std::error_code> deleteIngressFilter(std::string_view ifname,
+                                                          const kernel::IngressFilter& filter) override {
+    kernel_->calls.push_back(fmt::format("delete-filter {} prio {} handle {:x}", ifname, filter.priority, filter.handle));
+    if (find(ifname) == nullptr) {
+      return tl::unexpected(std::make_error_code(std::errc::no_such_device));
+    }
+    const auto key = std::make_pair(netns_, std::string(ifname));
+    size_t removed = std::erase_if(kernel_->redirects[key], [&](const kernel::RedirectFilter& f) {
+      return f.priority == filter.priority && f.protocol == filter.protocol &&
+             (filter.handle == 0 || filter.handle == redirectHandle(f.priority));
+    });
+    removed += std::erase_if(kernel_->otherFilters[key], [&](const kernel::IngressFilter& f) {
+      return f.priority == filter.priority && f.protocol == filter.protocol &&
+             (filter.handle == 0 || filter.handle == f.handle);
+    });
+    if (removed == 0) {
+      return tl::unexpected(std::make_error_code(std::errc::no_such_file_or_directory));
+    }
+    ++kernel_->changes;
+    return {};
   }
 
  private:

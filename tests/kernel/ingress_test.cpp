@@ -295,8 +295,41 @@ TEST_CASE_FIXTURE(TwoNamespaces, "someone's ingress qdisc is refused before any 
   auto refused = driver.apply(throttle(v1::DIRECTION_INGRESS, kRate));
   REQUIRE_FALSE(refused.has_value());
   CHECK(refused.error().code == std::errc::device_or_resource_busy);
-  CHECK_MESSAGE(contains(refused.error().message, "already has an clsact qdisc"), refused.error().message);
+  CHECK_MESSAGE(contains(refused.error().message, "already has a clsact qdisc"), refused.error().message);
   CHECK(state() == before);
+}
+
+TEST_CASE_FIXTURE(TwoNamespaces, "filters someone adds to faultline's ingress qdisc survive the revert, with it") {
+  auto applied = driver.apply(throttle(v1::DIRECTION_INGRESS, kRate));
+  REQUIRE_MESSAGE(applied.has_value(), (applied ? "" : applied.error().message));
+  // Someone else's, added during the fault: a redirect elsewhere at its own priority, a plain
+  // classifier filter at another, and a node in faultline's own IPv4 priority (800::801).
+  inNetns("tc filter add dev veth0 parent ffff: prio 9 protocol ip u32 match ip dst 10.77.9.9/32 "
+          "action mirred egress mirror dev lo");
+  inNetns("tc filter add dev veth0 parent ffff: prio 10 protocol ipv6 u32 match ip6 dst fd77:9::9/128 classid 1:1");
+  inNetns("tc filter add dev veth0 parent ffff: prio 1 protocol ip u32 match ip dst 10.77.8.8/32 classid 1:2");
+  const std::string theirs = inNetns("tc filter show dev veth0 ingress");
+  REQUIRE_MESSAGE(contains(theirs, "pref 9"), theirs);
+  REQUIRE_MESSAGE(contains(theirs, "pref 10"), theirs);
+  REQUIRE_MESSAGE(contains(theirs, "800::801"), theirs);
+  auto reverted = (*applied)->revert();
+  REQUIRE_MESSAGE(reverted.has_value(), (reverted ? "" : reverted.error().message));
+  const std::string text = (*applied)->describeRevert("end");
+  MESSAGE(text);
+  CHECK_MESSAGE(contains(text, "which stays for 3 filter(s) that are not faultline's"), text);
+  const std::string after = inNetns("tc filter show dev veth0 ingress");
+  CHECK_MESSAGE(contains(after, "pref 9"), after);
+  CHECK_MESSAGE(contains(after, "pref 10"), after);
+  CHECK_MESSAGE(contains(after, "800::801"), after);
+  CHECK_MESSAGE(!contains(after, "800::800"), after);  // faultline's IPv4 redirect
+  CHECK_MESSAGE(!contains(after, "flt-ifb"), after);
+  CHECK_MESSAGE(!contains(after, "pref 2 "), after);  // faultline's IPv6 priority, whole
+  CHECK(contains(inNetns("tc qdisc show dev veth0"), "qdisc ingress ffff:"));
+  CHECK_FALSE(contains(inNetns("ip -o link show"), "flt-ifb"));
+  // Traffic into A flows unshaped again.
+  const double in = intoA(kBytes);
+  CHECK_MESSAGE(static_cast<double>(kBytes) * 8 / in / 1e6 > 20, in);
+  inNetns("tc qdisc del dev veth0 ingress");
 }
 
 TEST_CASE_FIXTURE(TwoNamespaces, "an agent killed with an ingress fault: recovery at the next start cleans up") {

@@ -394,6 +394,19 @@ TEST_CASE("engine: a revert no agent confirms is an execution error, never 'held
   CHECK(h.store->getRun("run-1")->reason().find("not confirmed reverted") != std::string::npos);
 }
 
+TEST_CASE("engine: a revert the agent gives up on (permanent) ends the run at once, naming why") {
+  Harness h;
+  h.options.revertTimeout = 30s;
+  h.fleet.addAgent("a1", {}, true, testing::Behaviour::RevertRefused);
+  const auto start = std::chrono::steady_clock::now();
+  CHECK(h.run(experiment(50ms)) == v1::VERDICT_ERROR);
+  CHECK(std::chrono::steady_clock::now() - start < 5s);  // not the 30 s revert timeout
+  const auto reason = h.store->getRun("run-1")->reason();
+  CHECK_MESSAGE(reason.find("not reverted (") != std::string::npos, reason);
+  CHECK_MESSAGE(reason.find("the root qdisc is now someone else's") != std::string::npos, reason);
+  CHECK_MESSAGE(reason.find("within") == std::string::npos, reason);
+}
+
 namespace {
 
 // Waits until the run has recorded the fault as applied, then emits report for it from agent a1.

@@ -612,7 +612,7 @@ TEST_CASE_FIXTURE(Fixture, "ingress: someone's ingress or clsact qdisc is refuse
   });
   REQUIRE_FALSE(refused.has_value());
   CHECK(refused.error().code == std::errc::device_or_resource_busy);
-  CHECK(contains(refused.error().message, "already has an clsact qdisc (handle ffff:) that is not faultline's"));
+  CHECK(contains(refused.error().message, "already has a clsact qdisc (handle ffff:) that is not faultline's"));
   CHECK(contains(refused.error().message, "nothing was changed"));
   CHECK_FALSE(persisted);
   CHECK(kernel->changes == 0);
@@ -628,6 +628,16 @@ TEST_CASE_FIXTURE(Fixture, "ingress: a leftover ifb of faultline's is EEXIST wit
   CHECK(contains(second.error().message, "nsenter --net=/proc/4242/ns/net ip link del flt-ifb2"));
   CHECK(contains(second.error().message, "nsenter --net=/proc/4242/ns/net tc qdisc del dev veth0 ingress"));
   CHECK(kernel->changes == changes);
+  // An ingress qdisc whose filters do not redirect to that ifb is not named: it is not faultline's.
+  const auto key = std::make_pair(std::string(kNetns), std::string("veth0"));
+  const auto redirects = kernel->redirects[key];
+  kernel->redirects[key].clear();
+  auto third = driver.apply(ingressBandwidth());
+  REQUIRE_FALSE(third.has_value());
+  CHECK(third.error().code == std::errc::file_exists);
+  CHECK(contains(third.error().message, "remove it with `nsenter --net=/proc/4242/ns/net ip link del flt-ifb2`, or"));
+  CHECK_FALSE(contains(third.error().message, "tc qdisc del"));
+  kernel->redirects[key] = redirects;
   REQUIRE((*first)->revert().has_value());
 }
 
@@ -674,17 +684,59 @@ TEST_CASE_FIXTURE(Fixture, "ingress: each step that fails removes what was built
   }
 }
 
-TEST_CASE_FIXTURE(Fixture, "ingress revert leaves an ingress qdisc alone when someone added filters elsewhere") {
+TEST_CASE_FIXTURE(Fixture, "ingress revert keeps an ingress qdisc that someone else's filters now use") {
   auto applied = driver.apply(ingressBandwidth());
   REQUIRE(applied.has_value());
-  kernel->addInterface(kNetns, "other0");
-  kernel->redirects[{kNetns, "veth0"}].push_back(kernel::RedirectFilter{9, 0x0800, "other0"});
-  auto refused = (*applied)->revert();
-  REQUIRE_FALSE(refused.has_value());
-  CHECK(refused.error().code == std::errc::device_or_resource_busy);
-  CHECK(refused.error().permanent);
-  CHECK(kernel->ingress.contains({kNetns, "veth0"}));
-  CHECK(kernel->namespaces.at(kNetns).contains("flt-ifb2"));
+  const auto key = std::make_pair(std::string(kNetns), std::string("veth0"));
+  SUBCASE("a redirect elsewhere at its own priority: faultline's priorities go, the qdisc and theirs stay") {
+    kernel->addInterface(kNetns, "other0");
+    kernel->redirects[key].push_back(kernel::RedirectFilter{9, 0x0800, "other0"});
+    auto reverted = (*applied)->revert();
+    REQUIRE_MESSAGE(reverted.has_value(), (reverted ? "" : reverted.error().message));
+    CHECK(kernel->ingress.contains(key));
+    REQUIRE(kernel->redirects[key].size() == 1);
+    CHECK(kernel->redirects[key][0].target == "other0");
+    CHECK_FALSE(kernel->namespaces.at(kNetns).contains("flt-ifb2"));
+    // Whole priorities (handle 0): nothing else of someone's was in them.
+    CHECK(std::count(kernel->calls.begin(), kernel->calls.end(), "delete-filter veth0 prio 1 handle 0") == 1);
+    CHECK(std::count(kernel->calls.begin(), kernel->calls.end(), "delete-filter veth0 prio 2 handle 0") == 1);
+    const std::string text = (*applied)->describeRevert("end");
+    CHECK_MESSAGE(contains(text, "faultline's 2 redirect filter(s) deleted from the ingress qdisc of veth0, which "
+                                 "stays for 1 filter(s) that are not faultline's (u32 prio 9 protocol ip handle "
+                                 "808::800; remove the qdisc with"),
+                  text);
+    CHECK_MESSAGE(contains(text, "ifb flt-ifb2 deleted"), text);
+  }
+  SUBCASE("a filter without a redirect is not deleted with the qdisc either") {
+    kernel->otherFilters[key].push_back(kernel::IngressFilter{20, 0x0003, 1, "matchall", {}});
+    auto reverted = (*applied)->revert();
+    REQUIRE_MESSAGE(reverted.has_value(), (reverted ? "" : reverted.error().message));
+    CHECK(kernel->ingress.contains(key));
+    CHECK(kernel->redirects[key].empty());
+    CHECK(kernel->otherFilters[key].size() == 1);
+    CHECK_MESSAGE(contains((*applied)->describeRevert("end"), "matchall prio 20 protocol all handle 0x1"),
+                  (*applied)->describeRevert("end"));
+  }
+  SUBCASE("a filter added in faultline's priority: only faultline's node goes") {
+    // Same priority and protocol: u32 puts it in the same hash table, 800::801.
+    kernel->otherFilters[key].push_back(kernel::IngressFilter{1, 0x0800, 0x80000801, "u32", {}});
+    // The priority's classifier and hash table, as the kernel lists them: not counted as someone's.
+    kernel->otherFilters[key].push_back(kernel::IngressFilter{1, 0x0800, 0, "u32", {}});
+    kernel->otherFilters[key].push_back(kernel::IngressFilter{1, 0x0800, 0x80000000, "u32", {}});
+    auto reverted = (*applied)->revert();
+    REQUIRE_MESSAGE(reverted.has_value(), (reverted ? "" : reverted.error().message));
+    CHECK(std::count(kernel->calls.begin(), kernel->calls.end(), "delete-filter veth0 prio 1 handle 80000800") == 1);
+    CHECK(kernel->ingress.contains(key));
+    CHECK(kernel->otherFilters[key].size() == 3);
+    CHECK_MESSAGE(contains((*applied)->describeRevert("end"), "stays for 1 filter(s)"),
+                  (*applied)->describeRevert("end"));
+  }
+  SUBCASE("with only faultline's filters, the qdisc goes") {
+    kernel->otherFilters[key].push_back(kernel::IngressFilter{1, 0x0800, 0, "u32", {}});
+    auto reverted = (*applied)->revert();
+    REQUIRE_MESSAGE(reverted.has_value(), (reverted ? "" : reverted.error().message));
+    CHECK_FALSE(kernel->ingress.contains(key));
+  }
 }
 
 TEST_CASE_FIXTURE(Fixture, "crash recovery: revertRecord removes the ingress path from the record alone") {

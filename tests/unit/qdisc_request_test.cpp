@@ -636,24 +636,68 @@ TEST_CASE("ingress path requests refuse what cannot be sent") {
   CHECK(buildAddRedirectFilterRequest(1, RedirectFilter{1, 0x0800, "x"}, 0).error() == std::errc::invalid_argument);
 }
 
-TEST_CASE("the filter parser reads the mirred target and refuses malformed messages") {
+TEST_CASE("the filter parser reads priority, protocol, handle, kind and mirred target, and refuses malformed ones") {
   // An RTM_NEWTFILTER as the kernel dumps it has the request's layout: read the golden one.
-  auto targets = parseFilterRedirects(kRedirectGolden);
-  REQUIRE(targets.has_value());
-  CHECK(*targets == std::vector<int>{2});
+  auto redirect = parseIngressFilter(kRedirectGolden);
+  REQUIRE(redirect.has_value());
+  CHECK(redirect->redirects == std::vector<int>{2});
+  CHECK(redirect->priority == 1);
+  CHECK(redirect->protocol == 0x0800);
+  CHECK(redirect->kind == "u32");
   // A u32 filter without actions (faultline's match filters) redirects nowhere.
-  auto plain = buildAddU32FilterRequest(2, U32Filter{0xFA170000, 3, 0x0800, {U32Key{0, 0, 0}}, 0xFA170001});
+  auto plain = buildAddU32FilterRequest(2, U32Filter{0xFA170000, 3, 0x86DD, {U32Key{0, 0, 0}}, 0xFA170001});
   REQUIRE(plain.has_value());
-  auto none = parseFilterRedirects(*plain);
+  auto none = parseIngressFilter(*plain);
   REQUIRE(none.has_value());
-  CHECK(none->empty());
+  CHECK(none->redirects.empty());
+  CHECK(none->priority == 3);
+  CHECK(none->protocol == 0x86DD);
   auto truncated = kRedirectGolden;
   truncated.resize(20);
-  CHECK(parseFilterRedirects(truncated).error() == std::errc::protocol_error);
+  CHECK(parseIngressFilter(truncated).error() == std::errc::protocol_error);
   auto badLength = kRedirectGolden;
   badLength[0] = 0xff;  // nlmsg_len beyond the buffer
-  CHECK(parseFilterRedirects(badLength).error() == std::errc::protocol_error);
+  CHECK(parseIngressFilter(badLength).error() == std::errc::protocol_error);
   auto badParms = kRedirectGolden;
   badParms[72] = 0x08;  // TCA_MIRRED_PARMS of 4 bytes: too short for struct tc_mirred
-  CHECK(!parseFilterRedirects(badParms).has_value());
+  CHECK(!parseIngressFilter(badParms).has_value());
+}
+
+// clang-format off
+// Captured from tc 6.1 with strace: `tc filter del dev d0 parent ffff: prio 1 protocol ip handle
+// 800::800 u32` (d0 of index 3 here), and the same without `handle 800::800 u32`.
+const std::vector<uint8_t> kDeleteIngressNodeGolden = {
+    0x2c, 0x00, 0x00, 0x00,  // nlmsg_len 44
+    0x2d, 0x00, 0x05, 0x00,  // RTM_DELTFILTER, REQUEST | ACK
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0x00, 0x00, 0x00, 0x00,
+    0x03, 0x00, 0x00, 0x00,  // tcm_ifindex 3
+    0x00, 0x08, 0x00, 0x80,  // tcm_handle 800::800
+    0x00, 0x00, 0xff, 0xff,  // tcm_parent ffff:
+    0x08, 0x00, 0x01, 0x00,  // tcm_info: prio 1, protocol ip (network order)
+    0x08, 0x00, 0x01, 0x00, 'u', '3', '2', 0x00,  // TCA_KIND
+};
+const std::vector<uint8_t> kDeleteIngressPriorityGolden = {
+    0x24, 0x00, 0x00, 0x00,  // nlmsg_len 36
+    0x2d, 0x00, 0x05, 0x00,  // RTM_DELTFILTER, REQUEST | ACK
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0x00, 0x00, 0x00, 0x00,
+    0x03, 0x00, 0x00, 0x00,  // tcm_ifindex 3
+    0x00, 0x00, 0x00, 0x00,  // tcm_handle 0: the whole priority
+    0x00, 0x00, 0xff, 0xff,  // tcm_parent ffff:
+    0x08, 0x00, 0x01, 0x00,  // tcm_info: prio 1, protocol ip
+};
+// clang-format on
+
+TEST_CASE("deleting an ingress filter sends the bytes tc sends") {
+  auto node = buildDeleteIngressFilterRequest(3, IngressFilter{1, 0x0800, 0x80000800, "u32", {}});
+  REQUIRE(node.has_value());
+  CHECK(*node == kDeleteIngressNodeGolden);
+  auto priority = buildDeleteIngressFilterRequest(3, IngressFilter{1, 0x0800, 0, "u32", {}});
+  REQUIRE(priority.has_value());
+  CHECK(*priority == kDeleteIngressPriorityGolden);
+  CHECK(buildDeleteIngressFilterRequest(3, IngressFilter{0, 0x0800, 0, "u32", {}}).error() ==
+        std::errc::invalid_argument);
+  CHECK(buildDeleteIngressFilterRequest(3, IngressFilter{1, 0x0800, 5, "", {}}).error() ==
+        std::errc::invalid_argument);
 }
