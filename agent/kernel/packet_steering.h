@@ -1,0 +1,123 @@
+// Packet steering for the userspace network driver: netfilter rules, owned by faultline and
+// recognisable by name, that send one interface's matched packets to an NFQUEUE (served by
+// agent/packet_queue.h) or drop them, in one network namespace. See DESIGN.md, "Userspace path".
+//
+// Two backends, chosen by the caller from probeSteeringSupport():
+//   kNftables: one table per fault, family inet, named "faultline-<slot>" (nft(8)), programmed
+//     through libnftables; base chains hook output (egress) and prerouting (ingress) at priority
+//     -150 (mangle), policy accept. A queue verdict needs nft_queue (CONFIG_NFT_QUEUE): `queue num
+//     N bypass`; a random drop is `numgen random mod 1000000 < X drop`.
+//   kXtables: one chain per fault in the legacy mangle table of IPv4 and of IPv6 (ip_tables,
+//     ip6_tables), named "FAULTLINE-<slot>", jumped to from OUTPUT (egress, with -o interface) and
+//     PREROUTING (ingress, -i interface) by one rule each; programmed with libiptc / libip6tc. A
+//     queue verdict is the NFQUEUE target (revision 3) with --queue-bypass; a drop is DROP; a
+//     random drop is the statistic match (random mode) with DROP.
+// The rules, in order: packets carrying kInjectedMark (copies the agent sends itself) are
+// accepted/returned; the agent's own channel (TCP to and from each exempt endpoint's address and
+// port) is accepted/returned; then one rule per match combination (destination CIDR x source CIDR
+// x destination port x source port x protocol; an empty list is "any") on the interface, with the
+// verdict. Without a match every IPv4 and IPv6 packet on the interface is matched.
+// With --queue-bypass / `bypass`, a queue no program is bound to (the agent stopped or died) lets
+// packets pass unharmed: a dead agent never blackholes traffic.
+// Neither the support probe nor a PacketSteering is thread-safe; each call blocks for a few
+// netlink round trips.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <vector>
+
+#include <tl/expected.hpp>
+
+#include "agent/traffic_match.h"
+#include "faultline/v1/faults.pb.h"
+
+namespace faultline::kernel {
+
+enum class SteeringBackend { kNftables, kXtables };
+
+// "nftables" or "xtables".
+[[nodiscard]] std::string_view steeringBackendName(SteeringBackend backend);
+
+// skb mark of packets the agent's packet queue sends itself (duplicates): never steered.
+inline constexpr uint32_t kInjectedMark = 0xFA170001;
+// The queue of the fault in slot s is kQueueBase + s (slots 0-255).
+inline constexpr uint16_t kQueueBase = 0xFA00;
+inline constexpr uint16_t kMaxSlots = 256;
+// Table (nftables) and chain (xtables) names: kNftTablePrefix / kXtChainPrefix + slot in decimal.
+inline constexpr std::string_view kNftTablePrefix = "faultline-";
+inline constexpr std::string_view kXtChainPrefix = "FAULTLINE-";
+
+// What this kernel offers the userspace driver, each probed for real in a throwaway network
+// namespace (a table, chain and rule added, a queue bound), names as the kernel config spells them.
+struct SteeringSupport {
+  bool nftables = false;     // nf_tables with inet base chains (CONFIG_NF_TABLES_INET)
+  bool nftQueue = false;     // nft's queue statement (CONFIG_NFT_QUEUE)
+  bool nftNumgen = false;    // numgen random (CONFIG_NFT_NUMGEN)
+  bool xtables = false;      // legacy ip_tables and ip6_tables mangle tables (CONFIG_IP_NF_MANGLE, IP6_NF_MANGLE)
+  bool xtNfqueue = false;    // the NFQUEUE target (CONFIG_NETFILTER_XT_TARGET_NFQUEUE)
+  bool xtStatistic = false;  // the statistic match (CONFIG_NETFILTER_XT_MATCH_STATISTIC)
+  bool nfqueue = false;      // a queue can be bound over nfnetlink (CONFIG_NETFILTER_NETLINK_QUEUE)
+};
+
+// Probes in a throwaway network namespace (unshare on a short-lived thread); never touches the
+// caller's namespace. Blocks for tens of milliseconds.
+[[nodiscard]] SteeringSupport probeSteeringSupport();
+
+// The backend a queue verdict uses: nftables where it has nft_queue, else xtables with the NFQUEUE
+// target; nullopt-like error when neither (and no nfqueue). For drop-only rules (partition, plain
+// loss) nftables is preferred whenever it exists. errors: ENOTSUP with words naming what is missing.
+[[nodiscard]] tl::expected<SteeringBackend, std::string> chooseBackend(const SteeringSupport& support,
+                                                                       bool needsQueue);
+
+struct SteeringRules {
+  enum class Verdict { kQueue, kDrop, kDropRandom };
+  uint16_t slot = 0;           // 0 - kMaxSlots-1: names the table/chain; the caller picks a free one
+  std::string interface;       // oifname (egress) / iifname (ingress): a valid interface name
+  bool egress = true;          // hook output / OUTPUT
+  bool ingress = false;        // hook prerouting / PREROUTING
+  v1::TrafficMatch match;      // validated by validateMatch(); empty: all IPv4 and IPv6 packets
+  std::vector<agent::Endpoint> exempt;  // the agent's controller: never matched
+  Verdict verdict = Verdict::kQueue;
+  uint16_t queue = 0;          // kQueue: the queue number (kQueueBase + slot)
+  double dropPercent = 0;      // kDropRandom: (0, 100], resolution 0.0001 %
+};
+
+class PacketSteering {
+ public:
+  virtual ~PacketSteering() = default;
+
+  // Installs rules (nftables: one transaction; xtables: one commit per family). On failure
+  // nothing of slot stays (what was added is removed before returning). errors: EEXIST slot's
+  // table/chain exists already; ENOENT / EOPNOTSUPP the kernel lacks a part (the message names it,
+  // e.g. "nft_queue (CONFIG_NFT_QUEUE)"); EINVAL rules that cannot be expressed (e.g. more than
+  // 256 combinations); EPERM without CAP_NET_ADMIN. The message is words for the user.
+  [[nodiscard]] virtual tl::expected<void, std::pair<std::error_code, std::string>> install(
+      const SteeringRules& rules) = 0;
+
+  // Removes slot's table (nftables) or chains and the jump rules to them (xtables, both
+  // families); reads back that nothing of slot is left. Nothing there: success (idempotent).
+  // errors: EPERM; EIO when something of slot is still there afterwards.
+  [[nodiscard]] virtual tl::expected<void, std::pair<std::error_code, std::string>> remove(uint16_t slot) = 0;
+
+  // The slots whose faultline table or chains are present in this namespace, sorted; for a free
+  // slot, recovery and revert-all. Tables/chains with faultline's prefix but no number are
+  // listed in strays (for words). errors: EPERM; ENOENT the backend is absent.
+  struct Owned {
+    std::vector<uint16_t> slots;
+    std::vector<std::string> strays;
+  };
+  [[nodiscard]] virtual tl::expected<Owned, std::error_code> owned() = 0;
+};
+
+// Steering for backend in netns ("" = the caller's own namespace; else a namespace file such as
+// /proc/PID/ns/net or /run/netns/NAME). Every kernel call runs on a thread that joined netns
+// (setns), so the caller's thread never changes namespace. errors: ENOENT/EINVAL netns is not a
+// namespace; EPERM.
+[[nodiscard]] tl::expected<std::unique_ptr<PacketSteering>, std::error_code> openPacketSteering(
+    SteeringBackend backend, const std::string& netns);
+
+}  // namespace faultline::kernel
