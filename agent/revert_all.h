@@ -2,8 +2,9 @@
 // journal. First it reverts every entry its undo journal still holds open (as crash recovery at
 // start does), then it looks in every network namespace it is given for interfaces whose root qdisc
 // carries faultline's handle (major 0xFA17) and deletes those roots, and for faultline's ifb
-// devices (kind ifb, named flt-ifb<index in hex>) deletes the ingress qdisc of the interface of that
-// index when all its filters redirect to that ifb, then the ifb; nothing else is touched.
+// devices (kind ifb, named flt-ifb<index in hex>) deletes the filters redirecting to that ifb on
+// the interface of that index (with its ingress qdisc when they are all it carries; someone else's
+// filters stay, with the qdisc), then the ifb; nothing else is touched.
 #pragma once
 
 #include <filesystem>
