@@ -502,8 +502,8 @@ tl::expected<std::string, FaultError> removeRedirects(QdiscTable& table, const P
     return tl::unexpected(faultError(code, fmt::format("{}: {}: {}", context(plan), doing, code.message())));
   };
   const auto toIfb = [&](const kernel::IngressFilter& f) {
-    return ifbIndex != 0 && f.kind == "u32" && std::find(f.redirects.begin(), f.redirects.end(), ifbIndex) !=
-                                                   f.redirects.end();
+    return ifbIndex != 0 && f.kind == "u32" &&
+           std::find(f.redirects.begin(), f.redirects.end(), ifbIndex) != f.redirects.end();
   };
   const auto samePriority = [](const kernel::IngressFilter& a, const kernel::IngressFilter& b) {
     return a.priority == b.priority && a.protocol == b.protocol;
@@ -1240,8 +1240,8 @@ tl::expected<std::unique_ptr<AppliedFault>, FaultError> NetworkFaultDriver::appl
       return tl::unexpected(
           faultError(links.error(), tableErrorText(*plan, "cannot list the interfaces", links.error())));
     }
-    if (auto leftover = std::find_if(links->begin(), links->end(),
-                                     [&](const kernel::LinkInfo& l) { return l.name == plan->ifb; });
+    if (auto leftover =
+            std::find_if(links->begin(), links->end(), [&](const kernel::LinkInfo& l) { return l.name == plan->ifb; });
         leftover != links->end()) {
       // The hint names the ingress qdisc only when its filters redirect to that ifb: another tool's
       // ingress qdisc is not faultline's to suggest deleting.
@@ -1251,10 +1251,11 @@ tl::expected<std::unique_ptr<AppliedFault>, FaultError> NetworkFaultDriver::appl
             return std::find(f.redirects.begin(), f.redirects.end(), leftover->index) != f.redirects.end();
           });
       const std::string remove =
-          redirected ? fmt::format("`{}` and `{}`",
-                                   inNamespace(plan->netns, fmt::format("tc qdisc del dev {} ingress", plan->interface)),
-                                   inNamespace(plan->netns, fmt::format("ip link del {}", plan->ifb)))
-                     : fmt::format("`{}`", inNamespace(plan->netns, fmt::format("ip link del {}", plan->ifb)));
+          redirected
+              ? fmt::format("`{}` and `{}`",
+                            inNamespace(plan->netns, fmt::format("tc qdisc del dev {} ingress", plan->interface)),
+                            inNamespace(plan->netns, fmt::format("ip link del {}", plan->ifb)))
+              : fmt::format("`{}`", inNamespace(plan->netns, fmt::format("ip link del {}", plan->ifb)));
       return tl::unexpected(faultError(
           std::make_error_code(std::errc::file_exists),
           fmt::format("{}: the ifb device {} (faultline's ingress path of {}) exists already: one network fault per "
@@ -1273,8 +1274,8 @@ tl::expected<std::unique_ptr<AppliedFault>, FaultError> NetworkFaultDriver::appl
           fmt::format("{}: interface {} already has {} {} qdisc (handle {}) that is not faultline's; faultline "
                       "does not share an interface's ingress with another tool, so direction {} is refused there; "
                       "nothing was changed",
-                      context(*plan), plan->interface, (*ingress)->kind == "ingress" ? "an" : "a",
-                      (*ingress)->kind, handleText((*ingress)->handle), directionText(*plan))));
+                      context(*plan), plan->interface, (*ingress)->kind == "ingress" ? "an" : "a", (*ingress)->kind,
+                      handleText((*ingress)->handle), directionText(*plan))));
     }
   }
   if (persist) {

@@ -45,8 +45,11 @@ class Fd {
   int fd_;
 };
 
+// The calling thread's namespace: what "" means to the kernel code (openQdiscTable() opens its
+// socket there). Not /proc/self: that is the main thread's, which may stand in another namespace
+// for a moment (openQdiscTable(path) enters the target's on the calling thread).
 std::optional<NetnsIdentity> ownIdentity() {
-  auto own = netnsIdentity("/proc/self/ns/net");
+  auto own = netnsIdentity("/proc/thread-self/ns/net");
   return own ? std::optional<NetnsIdentity>(*own) : std::nullopt;
 }
 
@@ -254,7 +257,7 @@ NetnsRelocation relocateNetns(nlohmann::json& undo) {
     return {};
   }
   for (const auto& path : kernel::listNetworkNamespaces().paths) {
-    const std::string statPath = path.empty() ? "/proc/self/ns/net" : path;
+    const std::string statPath = path.empty() ? "/proc/thread-self/ns/net" : path;
     if (auto id = netnsIdentity(statPath); id && *id == wanted) {
       undo["netns"] = path;
       return {State::kMoved, fmt::format("{} no longer names network namespace net:[{}]; it is {}", recorded,

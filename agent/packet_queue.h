@@ -76,13 +76,13 @@ class ImpairmentModel {
 
 struct QueueStats {
   uint64_t received = 0;
-  uint64_t accepted = 0;    // verdicts NF_ACCEPT, held or not
-  uint64_t dropped = 0;     // by the model
-  uint64_t overLimit = 0;   // dropped because limitPackets were held
+  uint64_t accepted = 0;   // verdicts NF_ACCEPT, held or not
+  uint64_t dropped = 0;    // by the model
+  uint64_t overLimit = 0;  // dropped because limitPackets were held
   uint64_t duplicated = 0;
   uint64_t corrupted = 0;
   uint64_t reordered = 0;
-  uint64_t held = 0;        // held right now
+  uint64_t held = 0;  // held right now
 };
 
 class PacketQueue {

@@ -574,10 +574,11 @@ class RunState {
       // A gone agent or a permanent failure was not waited for: say so, not that a timeout passed.
       const std::string one =
           h.revertGaveUp ? fmt::format("fault {} on host {} not reverted ({}): {}", id, h.host, why, h.error)
-          : h.agentGone  ? fmt::format("fault {} on host {} not confirmed reverted ({}): {}", id, h.host, why,
-                                    h.error.empty() ? fmt::format("agent {} disconnected", agentId) : h.error)
-                      : fmt::format("fault {} on host {} not confirmed reverted within {} ({}){}", id, h.host,
-                                    formatDuration(options_.revertTimeout), why, h.error.empty() ? "" : ": " + h.error);
+          : h.agentGone
+              ? fmt::format("fault {} on host {} not confirmed reverted ({}): {}", id, h.host, why,
+                            h.error.empty() ? fmt::format("agent {} disconnected", agentId) : h.error)
+              : fmt::format("fault {} on host {} not confirmed reverted within {} ({}){}", id, h.host,
+                            formatDuration(options_.revertTimeout), why, h.error.empty() ? "" : ": " + h.error);
       left += (left.empty() ? "" : "; ") + one;
       if (!h.failureRecorded) {
         h.failureRecorded = true;

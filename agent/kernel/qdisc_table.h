@@ -276,7 +276,7 @@ class QdiscTable {
   // `tc filter del dev X parent ffff: prio P protocol P [handle H u32]` does. filter.redirects is not
   // used. errors: ENODEV; ENOENT no such filter or priority; EINVAL.
   [[nodiscard]] virtual tl::expected<void, std::error_code> deleteIngressFilter(std::string_view ifname,
-                                                                               const IngressFilter& filter) = 0;
+                                                                                const IngressFilter& filter) = 0;
 };
 
 // Whether restoreRoot() re-creates a root qdisc of this kind exactly as root() read it (handle ≠ 0;

@@ -377,7 +377,10 @@ class FakeQdiscTable final : public kernel::QdiscTable {
     if (auto it = kernel_->redirects.find(key); it != kernel_->redirects.end()) {
       for (const auto& f : it->second) {
         auto target = kernel_->indexes.find(std::make_pair(netns_, f.target));
-        out.push_back(kernel::IngressFilter{f.priority, f.protocol, redirectHandle(f.priority), "u32",
+        out.push_back(kernel::IngressFilter{f.priority,
+                                            f.protocol,
+                                            redirectHandle(f.priority),
+                                            "u32",
                                             {target == kernel_->indexes.end() ? 0 : target->second}});
       }
     }
@@ -389,7 +392,8 @@ class FakeQdiscTable final : public kernel::QdiscTable {
 
   tl::expected<void, std::error_code> deleteIngressFilter(std::string_view ifname,
                                                           const kernel::IngressFilter& filter) override {
-    kernel_->calls.push_back(fmt::format("delete-filter {} prio {} handle {:x}", ifname, filter.priority, filter.handle));
+    kernel_->calls.push_back(
+        fmt::format("delete-filter {} prio {} handle {:x}", ifname, filter.priority, filter.handle));
     if (find(ifname) == nullptr) {
       return tl::unexpected(std::make_error_code(std::errc::no_such_device));
     }

@@ -304,8 +304,9 @@ TEST_CASE_FIXTURE(TwoNamespaces, "filters someone adds to faultline's ingress qd
   REQUIRE_MESSAGE(applied.has_value(), (applied ? "" : applied.error().message));
   // Someone else's, added during the fault: a redirect elsewhere at its own priority, a plain
   // classifier filter at another, and a node in faultline's own IPv4 priority (800::801).
-  inNetns("tc filter add dev veth0 parent ffff: prio 9 protocol ip u32 match ip dst 10.77.9.9/32 "
-          "action mirred egress mirror dev lo");
+  inNetns(
+      "tc filter add dev veth0 parent ffff: prio 9 protocol ip u32 match ip dst 10.77.9.9/32 "
+      "action mirred egress mirror dev lo");
   inNetns("tc filter add dev veth0 parent ffff: prio 10 protocol ipv6 u32 match ip6 dst fd77:9::9/128 classid 1:1");
   inNetns("tc filter add dev veth0 parent ffff: prio 1 protocol ip u32 match ip dst 10.77.8.8/32 classid 1:2");
   const std::string theirs = inNetns("tc filter show dev veth0 ingress");

@@ -701,9 +701,10 @@ TEST_CASE_FIXTURE(Fixture, "ingress revert keeps an ingress qdisc that someone e
     CHECK(std::count(kernel->calls.begin(), kernel->calls.end(), "delete-filter veth0 prio 1 handle 0") == 1);
     CHECK(std::count(kernel->calls.begin(), kernel->calls.end(), "delete-filter veth0 prio 2 handle 0") == 1);
     const std::string text = (*applied)->describeRevert("end");
-    CHECK_MESSAGE(contains(text, "faultline's 2 redirect filter(s) deleted from the ingress qdisc of veth0, which "
-                                 "stays for 1 filter(s) that are not faultline's (u32 prio 9 protocol ip handle "
-                                 "808::800; remove the qdisc with"),
+    CHECK_MESSAGE(contains(text,
+                           "faultline's 2 redirect filter(s) deleted from the ingress qdisc of veth0, which "
+                           "stays for 1 filter(s) that are not faultline's (u32 prio 9 protocol ip handle "
+                           "808::800; remove the qdisc with"),
                   text);
     CHECK_MESSAGE(contains(text, "ifb flt-ifb2 deleted"), text);
   }

@@ -698,6 +698,5 @@ TEST_CASE("deleting an ingress filter sends the bytes tc sends") {
   CHECK(*priority == kDeleteIngressPriorityGolden);
   CHECK(buildDeleteIngressFilterRequest(3, IngressFilter{0, 0x0800, 0, "u32", {}}).error() ==
         std::errc::invalid_argument);
-  CHECK(buildDeleteIngressFilterRequest(3, IngressFilter{1, 0x0800, 5, "", {}}).error() ==
-        std::errc::invalid_argument);
+  CHECK(buildDeleteIngressFilterRequest(3, IngressFilter{1, 0x0800, 5, "", {}}).error() == std::errc::invalid_argument);
 }
