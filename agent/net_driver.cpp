@@ -696,7 +696,15 @@ class AppliedNetworkFault final : public AppliedFault {
       // have stopped it before the whole tree below was back.
       return finishBelow(**table);
     }
-    if (!isOurs(*current, ourKind_)) {
+    // Someone deleted faultline's root (e.g. `tc qdisc del dev X root`) and the kernel attached
+    // its default: that default is nobody's, so the saved root and its tree go back over it.
+    const bool kernelDefault = !*current || (*current)->handle == 0;
+    if (kernelDefault) {
+      outcome_ = fmt::format(
+          "faultline's root had been deleted (the kernel's default {} was there); the root "
+          "saved before the fault was put back over it",
+          *current ? (*current)->kind : std::string("none"));
+    } else if (!isOurs(*current, ourKind_)) {
       return tl::unexpected(notOursError(fmt::format(
           "{}: revert refused: the root qdisc is now {}, not faultline's {} {}; someone else replaced "
           "it, so faultline left it alone (before the fault it was {})",
@@ -922,7 +930,9 @@ kernel::TbfParams bandwidthParams(const v1::NetworkBandwidth& spec) {
     const long double bytes = static_cast<long double>(bytesPerSecond) * static_cast<long double>(micros) / 1e6L;
     params.limitBytes = capU32(static_cast<uint64_t>(std::ceil(bytes)) + params.burstBytes);
   } else {
-    params.limitBytes = capU32(std::max<uint64_t>(ceilDiv(bytesPerSecond, 20), params.burstBytes));  // 50 ms
+    // As latency 50ms would: 50 ms of queue at the rate on top of the burst (a limit of only the
+    // burst leaves no room to queue, and slow rates then drop instead of delay).
+    params.limitBytes = capU32(ceilDiv(bytesPerSecond, 20) + params.burstBytes);
   }
   return params;
 }
@@ -1211,9 +1221,10 @@ tl::expected<std::unique_ptr<AppliedFault>, FaultError> NetworkFaultDriver::appl
     if (*before && isFaultlineHandle((*before)->handle)) {
       return tl::unexpected(faultError(
           std::make_error_code(std::errc::file_exists),
-          fmt::format("{}: interface {} already carries faultline fault ({}); one network fault per interface; if no "
-                      "faultline run holds it (e.g. after an agent was killed), remove it with `{}`, or every "
-                      "faultline leftover on this host with `faultline-agent revert-all`",
+          fmt::format("{}: interface {} already carries a faultline fault ({}); one network fault per interface; if "
+                      "no faultline run holds it (e.g. after an agent was killed), start that agent again or run "
+                      "`faultline-agent revert-all`: both put back the root saved in the journal (deleting it by "
+                      "hand, `{}`, leaves the kernel's default root instead)",
                       context(*plan), plan->interface, qdiscText(*before), deleteRootCommand(*plan))));
     }
     // The interface's own egress tree (the ifb of ingress is faultline's own: nothing to save).

@@ -143,44 +143,39 @@ tl::expected<ResolvedNetworkTarget, FaultError> NetworkTargetResolver::resolve(c
                                                   "being pinned; nothing was changed",
                                                   faultKind, describeProcess(first))));
       }
-      std::error_code ec;
-      std::filesystem::create_directories(pinDir_, ec);
-      if (ec) {
-        return tl::unexpected(
-            failure(ec, fmt::format("{}: target.netns: cannot create {} to pin the namespace of {}: "
-                                    "{}; nothing was changed",
-                                    faultKind, pinDir_.string(), describeProcess(first), ec.message())));
+      auto pin = pinNamespace(ns.get(), fmt::format("pid{}", first.pid), describeProcess(first), faultKind);
+      if (!pin) {
+        return tl::unexpected(pin.error());
       }
-      std::string pin = (pinDir_ / fmt::format("pid{}-XXXXXX", first.pid)).string();
-      const int pinFd = ::mkstemp(pin.data());
-      if (pinFd < 0) {
-        const int e = errno;
-        return tl::unexpected(failure(errnoCode(e), fmt::format("{}: target.netns: cannot create a pin file in {}: "
-                                                                "{}; nothing was changed",
-                                                                faultKind, pinDir_.string(), errnoCode(e).message())));
-      }
-      ::close(pinFd);
-      const std::string source = fmt::format("/proc/self/fd/{}", ns.get());
-      if (::mount(source.c_str(), pin.c_str(), nullptr, MS_BIND, nullptr) != 0) {
-        const int e = errno;
-        ::unlink(pin.c_str());
-        return tl::unexpected(
-            failure(errnoCode(e), fmt::format("{}: target.netns: cannot pin the network namespace of {} at {}: {}{}; "
-                                              "nothing was changed",
-                                              faultKind, describeProcess(first), pin, errnoCode(e).message(),
-                                              e == EPERM ? " (the agent needs CAP_SYS_ADMIN)" : "")));
-      }
-      out.netns = pin;
-      out.pin = pin;
+      out.netns = *pin;
+      out.pin = *pin;
       out.identity = identity;
       notes.push_back(fmt::format("namespace of {}{}, pinned at {}", describeProcess(first),
-                                  processes.size() > 1 ? fmt::format(" and {} more", processes.size() - 1) : "", pin));
+                                  processes.size() > 1 ? fmt::format(" and {} more", processes.size() - 1) : "", *pin));
     }
   } else if (!out.netns.empty()) {
     if (auto id = netnsIdentity(out.netns)) {
       if (own && *id == *own) {
         notes.push_back(fmt::format("namespace {} is the agent's own", out.netns));
         out.netns.clear();
+      } else if (out.netns.starts_with("/proc/")) {
+        // /proc/PID/ns/net names the namespace only while PID lives: pin it, so that the revert
+        // reaches the namespace after the process exited (it may live on, held by others).
+        Fd ns(::open(out.netns.c_str(), O_RDONLY | O_CLOEXEC));
+        struct stat st {};
+        if (ns.get() >= 0 && ::fstat(ns.get(), &st) == 0 &&
+            NetnsIdentity{static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino)} == *id) {
+          const auto slash = out.netns.find('/', 6);
+          const std::string label = "proc" + out.netns.substr(6, slash == std::string::npos ? 0 : slash - 6);
+          auto pin = pinNamespace(ns.get(), label, out.netns, faultKind);
+          if (!pin) {
+            return tl::unexpected(pin.error());
+          }
+          notes.push_back(fmt::format("namespace {} pinned at {}", out.netns, *pin));
+          out.netns = *pin;
+          out.pin = *pin;
+        }
+        out.identity = *id;
       } else {
         out.identity = *id;
       }
@@ -208,6 +203,38 @@ tl::expected<ResolvedNetworkTarget, FaultError> NetworkTargetResolver::resolve(c
     out.note += (out.note.empty() ? "" : "; ") + n;
   }
   return out;
+}
+
+tl::expected<std::string, FaultError> NetworkTargetResolver::pinNamespace(int nsFd, const std::string& label,
+                                                                          const std::string& what,
+                                                                          std::string_view faultKind) {
+  std::error_code ec;
+  std::filesystem::create_directories(pinDir_, ec);
+  if (ec) {
+    return tl::unexpected(failure(ec, fmt::format("{}: target.netns: cannot create {} to pin the namespace of {}: "
+                                                  "{}; nothing was changed",
+                                                  faultKind, pinDir_.string(), what, ec.message())));
+  }
+  std::string pin = (pinDir_ / (label + "-XXXXXX")).string();
+  const int pinFd = ::mkstemp(pin.data());
+  if (pinFd < 0) {
+    const int e = errno;
+    return tl::unexpected(failure(errnoCode(e), fmt::format("{}: target.netns: cannot create a pin file in {}: "
+                                                            "{}; nothing was changed",
+                                                            faultKind, pinDir_.string(), errnoCode(e).message())));
+  }
+  ::close(pinFd);
+  const std::string source = fmt::format("/proc/self/fd/{}", nsFd);
+  if (::mount(source.c_str(), pin.c_str(), nullptr, MS_BIND, nullptr) != 0) {
+    const int e = errno;
+    ::unlink(pin.c_str());
+    return tl::unexpected(
+        failure(errnoCode(e), fmt::format("{}: target.netns: cannot pin the network namespace of {} at {}: {}{}; "
+                                          "nothing was changed",
+                                          faultKind, what, pin, errnoCode(e).message(),
+                                          e == EPERM ? " (the agent needs CAP_SYS_ADMIN)" : "")));
+  }
+  return pin;
 }
 
 tl::expected<void, std::string> releaseNetnsPin(const std::string& path) {

@@ -67,6 +67,10 @@ class NetworkTargetResolver {
                                                                         std::string_view faultKind);
 
  private:
+  // Bind-mounts the namespace open at nsFd on a new file pinDir_/LABEL-XXXXXX; what: for messages.
+  // Returns the pin's path. errors: FaultError naming the step (EPERM without CAP_SYS_ADMIN).
+  [[nodiscard]] tl::expected<std::string, FaultError> pinNamespace(int nsFd, const std::string& label,
+                                                                   const std::string& what, std::string_view faultKind);
   kernel::ProcessTable* processes_;
   std::filesystem::path pinDir_;
   std::mt19937_64 rng_{std::random_device{}()};

@@ -151,6 +151,23 @@ tl::expected<void, SpecError> validateTarget(const v1::NetworkTarget& t, bool bo
       return fail(field, fmt::format("has {} entries; accepted: at most {}", n, kMaxEntries));
     }
   }
+  if (t.has_match() && m.destination_cidrs().empty() && m.source_cidrs().empty() && !ports &&
+      m.protocol() == v1::PROTOCOL_UNSPECIFIED) {
+    return fail("match",
+                "is empty: it would match all traffic; accepted: at least one of destination, source, "
+                "destinationPorts, sourcePorts or protocol, or leave match out for all traffic");
+  }
+  // One rule (u32 filter) per combination of destination, source and ports, per address family.
+  const auto atLeastOne = [](int n) { return static_cast<uint64_t>(std::max(n, 1)); };
+  const uint64_t combinations = (family != 0 ? 1 : 2) * atLeastOne(m.destination_cidrs_size()) *
+                                atLeastOne(m.source_cidrs_size()) * atLeastOne(m.destination_ports_size()) *
+                                atLeastOne(m.source_ports_size());
+  if (combinations > kMaxMatchCombinations) {
+    return fail("match", fmt::format("needs {} rules, one per combination of destination, source, destination port "
+                                     "and source port{}; accepted: at most {}: list fewer, or use a CIDR or a "
+                                     "protocol that covers several",
+                                     combinations, family != 0 ? "" : " (for IPv4 and IPv6)", kMaxMatchCombinations));
+  }
   return {};
 }
 

@@ -27,6 +27,10 @@ struct SpecError {
   std::string message;
 };
 
+// The most combinations (destination x source x destination port x source port, per address
+// family) a traffic match may have: each is one u32 filter or netfilter rule.
+inline constexpr uint64_t kMaxMatchCombinations = 256;
+
 // The most stress.cpu workers one fault may start.
 inline constexpr uint32_t kMaxStressWorkers = 1024;
 // The largest pid and pids.max value: PID_MAX_LIMIT on 64-bit kernels (4 * 1024 * 1024); pids.max

@@ -14,7 +14,7 @@ namespace {
 
 constexpr uint16_t kEthIp = 0x0800;
 constexpr uint16_t kEthIpv6 = 0x86DD;
-constexpr size_t kMaxFilters = 256;
+constexpr size_t kMaxFilters = kMaxMatchCombinations;
 
 using kernel::U32Key;
 
@@ -175,7 +175,7 @@ tl::expected<std::vector<kernel::U32Filter>, std::string> matchFilters(const v1:
   if (count > kMaxFilters) {
     return tl::unexpected(
         fmt::format("the match needs {} u32 filters (one per combination of destination, source "
-                    "and ports); at most {} are accepted: split it into several faults",
+                    "and ports); at most {} are accepted: list fewer, or use a CIDR or a protocol that covers several",
                     count, kMaxFilters));
   }
   std::vector<kernel::U32Filter> out;

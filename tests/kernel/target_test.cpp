@@ -3,6 +3,7 @@
 // namespace, and the crash recovery finding a namespace by its identity. Every namespace is held
 // by a child of the test (tests/support/netns_holder.h) and pins go to a directory of the test's
 // own. Needs root.
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -131,6 +132,42 @@ TEST_CASE("netns chosen by pid: the namespace is pinned, faulted, and reverted a
   auto reverted = (*applied)->revert();
   REQUIRE_MESSAGE(reverted.has_value(), (reverted ? "" : reverted.error().message));
   CHECK(dir.pins() == 0);
+}
+
+TEST_CASE("netns given as /proc/PID/ns/net is pinned too: the revert reaches it after PID exited") {
+  NetnsHolder holder;
+  REQUIRE_MESSAGE(holder.error().empty(), holder.error());
+  TempDir dir;
+  Drivers d(dir.path / "pins");
+  auto spec = bandwidth("veth0");
+  spec.mutable_network_bandwidth()->mutable_target()->set_netns(holder.path());
+  REQUIRE(validateFaultSpec(spec).has_value());
+  nlohmann::json record;
+  auto applied = d.driver.apply(spec, [&record](const nlohmann::json& undo) -> tl::expected<void, FaultError> {
+    record = undo;
+    return {};
+  });
+  REQUIRE_MESSAGE(applied.has_value(), (applied ? "" : applied.error().message));
+  CHECK(dir.pins() == 1);
+  REQUIRE(record.contains("pin"));
+  const std::string pin = record["pin"].get<std::string>();
+  CHECK(record["netns"] == pin);
+  CHECK_MESSAGE(contains((*applied)->describe(), fmt::format("namespace {} pinned at", holder.path())),
+                (*applied)->describe());
+  // Before, the path went with the process: the revert said "no longer exists" and left the
+  // fault on a namespace that lived on (held here by the pin, in the trial by `ip netns`).
+  const int keep = ::open(holder.path().c_str(), O_RDONLY | O_CLOEXEC);  // to look after the pin is gone
+  REQUIRE(keep >= 0);
+  holder.kill();
+  REQUIRE(rootAt(pin, "veth0")->handle == kFaultlineRootHandle);
+  auto reverted = (*applied)->revert();
+  REQUIRE_MESSAGE(reverted.has_value(), (reverted ? "" : reverted.error().message));
+  CHECK_FALSE(contains((*applied)->describe(), "no longer exists"));
+  CHECK(dir.pins() == 0);
+  const auto after = rootAt(fmt::format("/proc/self/fd/{}", keep), "veth0");
+  ::close(keep);
+  REQUIRE(after.has_value());
+  CHECK(after->handle == 0);  // the kernel's default again
 }
 
 TEST_CASE("netns chosen by a selector that picks processes in two namespaces is refused, nothing pinned") {

@@ -105,6 +105,24 @@ TEST_CASE_FIXTURE(Fixture, "previous tbf root: revert restores it with identical
   CHECK(root()->options == saved.options);
 }
 
+TEST_CASE_FIXTURE(Fixture,
+                  "faultline's root deleted behind its back: revert puts the saved root back over the default") {
+  const kernel::QdiscInfo saved{"tbf", 0x80010000, 0xFFFFFFFF, {0x28, 0x00, 0x01, 0x00, 0xaa, 0xbb}};
+  root() = saved;
+  auto applied = driver.apply(bandwidthSpec());
+  REQUIRE(applied.has_value());
+  root() = kernel::QdiscInfo{"noqueue", 0, 0xFFFFFFFF, {}};  // `tc qdisc del dev veth0 root`
+  auto reverted = (*applied)->revert();
+  REQUIRE_MESSAGE(reverted.has_value(), (reverted ? "" : reverted.error().message));
+  CHECK(root()->kind == "tbf");
+  CHECK(root()->handle == saved.handle);
+  CHECK(root()->options == saved.options);
+  CHECK_MESSAGE(contains((*applied)->describe(),
+                         "faultline's root had been deleted (the kernel's default noqueue was "
+                         "there); the root saved before the fault was put back over it"),
+                (*applied)->describe());
+}
+
 TEST_CASE_FIXTURE(Fixture, "a foreign root after apply: revert refuses and leaves it alone") {
   auto applied = driver.apply(delaySpec());
   REQUIRE(applied.has_value());
@@ -132,12 +150,12 @@ TEST_CASE_FIXTURE(Fixture, "a second network fault on the same interface is refu
   auto second = driver.apply(bandwidthSpec());
   REQUIRE_FALSE(second.has_value());
   CHECK(second.error().code == std::errc::file_exists);
-  CHECK(contains(second.error().message, "interface veth0 already carries faultline fault"));
+  CHECK(contains(second.error().message, "interface veth0 already carries a faultline fault"));
   CHECK(contains(second.error().message, "one network fault per interface"));
   CHECK(contains(second.error().message,
-                 "if no faultline run holds it (e.g. after an agent was killed), remove it with `nsenter "
-                 "--net=/proc/4242/ns/net tc qdisc del dev veth0 root`"));
-  CHECK(contains(second.error().message, "or every faultline leftover on this host with `faultline-agent revert-all`"));
+                 "if no faultline run holds it (e.g. after an agent was killed), start that agent again or run "
+                 "`faultline-agent revert-all`: both put back the root saved in the journal"));
+  CHECK(contains(second.error().message, "`nsenter --net=/proc/4242/ns/net tc qdisc del dev veth0 root`"));
   CHECK(kernel->changes == changes);
   CHECK(root()->kind == ours.kind);
   CHECK(root()->options == ours.options);
@@ -209,11 +227,12 @@ TEST_CASE("a leftover faultline root: the clean-up hint runs tc in the right nam
     CHECK(kernel->changes == 0);
     return applied.error().message;
   };
-  CHECK(contains(hintFor(""), "remove it with `tc qdisc del dev eth0 root`"));
-  CHECK(contains(hintFor("/var/run/netns/blue"), "remove it with `ip netns exec blue tc qdisc del dev eth0 root`"));
-  CHECK(contains(hintFor("/run/netns/blue"), "remove it with `ip netns exec blue tc qdisc del dev eth0 root`"));
+  CHECK(contains(hintFor(""), "(deleting it by hand, `tc qdisc del dev eth0 root`"));
+  CHECK(contains(hintFor("/var/run/netns/blue"),
+                 "(deleting it by hand, `ip netns exec blue tc qdisc del dev eth0 root`"));
+  CHECK(contains(hintFor("/run/netns/blue"), "(deleting it by hand, `ip netns exec blue tc qdisc del dev eth0 root`"));
   CHECK(contains(hintFor("/proc/77/ns/net"),
-                 "remove it with `nsenter --net=/proc/77/ns/net tc qdisc del dev eth0 root`"));
+                 "(deleting it by hand, `nsenter --net=/proc/77/ns/net tc qdisc del dev eth0 root`"));
 }
 
 TEST_CASE_FIXTURE(Fixture, "classful roots other than htb, prio and mq are refused before any change") {
@@ -370,23 +389,23 @@ TEST_CASE("restorability: measured kinds") {
   CHECK(kernel::restorability("") == kernel::Restorability::kUnverified);
 }
 
-TEST_CASE("bandwidth defaults: burst 10 ms of traffic but two frames at least, limit 50 ms but a burst at least") {
+TEST_CASE("bandwidth defaults: burst 10 ms of traffic but two frames at least, limit 50 ms on top of the burst") {
   v1::NetworkBandwidth b;
   b.set_rate_bps(1'000'000);  // 125000 B/s
   auto p = bandwidthParams(b);
   CHECK(p.rateBitsPerSecond == 1'000'000);
-  CHECK(p.burstBytes == 3028);  // 10 ms would be 1250 B
-  CHECK(p.limitBytes == 6250);  // 50 ms
+  CHECK(p.burstBytes == 3028);         // 10 ms would be 1250 B
+  CHECK(p.limitBytes == 6250 + 3028);  // 50 ms of queue beyond the burst
 
   b.set_rate_bps(1'000'000'000);  // 125 MB/s
   p = bandwidthParams(b);
   CHECK(p.burstBytes == 1'250'000);
-  CHECK(p.limitBytes == 6'250'000);
+  CHECK(p.limitBytes == 6'250'000 + 1'250'000);
 
-  b.set_rate_bps(8'000);  // 1000 B/s: 50 ms is less than the burst
+  b.set_rate_bps(8'000);  // 1000 B/s: a slow link still queues 50 ms, rather than dropping
   p = bandwidthParams(b);
   CHECK(p.burstBytes == 3028);
-  CHECK(p.limitBytes == 3028);
+  CHECK(p.limitBytes == 50 + 3028);
 
   b.set_rate_bps(uint64_t{1} << 40);
   p = bandwidthParams(b);
