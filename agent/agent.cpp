@@ -5,6 +5,8 @@
 #include "agent/kernel/cgroup_tree.h"
 #include "agent/kernel/process_table.h"
 #include "agent/net_driver.h"
+#include "agent/nfqueue_driver.h"
+#include "agent/packet_queue.h"
 #include "agent/pause_driver.h"
 #include "agent/process_driver.h"
 #include "agent/spec.h"
@@ -241,12 +243,17 @@ tl::expected<std::unique_ptr<AppliedFault>, FaultError> FaultRouter::apply(const
 }
 
 struct SystemDrivers::Impl {
-  Impl(std::vector<ProtectedName> protect, std::vector<Endpoint> exempt)
+  Impl(std::vector<ProtectedName> protect, std::vector<Endpoint> exempt, const NetworkDriverChoice& choice)
       : cgroups(openCgroups()),
         kill(*killTable, protect),
         pause(*pauseTable, cgroups.get(), protect),
         stress(cgroups.get()),
         squeeze(cgroups.get()) {
+    if (choice.userspace) {
+      userspace = std::make_unique<NfqueueFaultDriver>(choice.steering, kernel::openPacketSteering, PacketQueue::open);
+      userspace->setExempt(exempt);
+      userspace->setTargetResolver(&targets);
+    }
     network.setExempt(std::move(exempt));
     network.setTargetResolver(&targets);
   }
@@ -266,6 +273,7 @@ struct SystemDrivers::Impl {
   std::unique_ptr<kernel::ProcessTable> netnsTable = kernel::openProcessTable();
   NetworkTargetResolver targets{netnsTable.get()};
   NetworkFaultDriver network{[](const std::string& netns) { return kernel::openQdiscTable(netns); }};
+  std::unique_ptr<NfqueueFaultDriver> userspace;  // netem's kinds, when chosen
   ProcessKillDriver kill;
   ProcessPauseDriver pause;
   StressDriver stress;
@@ -273,15 +281,17 @@ struct SystemDrivers::Impl {
   FaultRouter router;
 };
 
-SystemDrivers::SystemDrivers(std::vector<ProtectedName> protect, std::vector<Endpoint> exempt)
-    : impl_(std::make_unique<Impl>(std::move(protect), std::move(exempt))) {
-  impl_->router.route(v1::FaultSpec::kNetworkDelay, impl_->network);
-  impl_->router.route(v1::FaultSpec::kNetworkLoss, impl_->network);
+SystemDrivers::SystemDrivers(std::vector<ProtectedName> protect, std::vector<Endpoint> exempt,
+                             NetworkDriverChoice network)
+    : impl_(std::make_unique<Impl>(std::move(protect), std::move(exempt), network)) {
+  FaultDriver& netem = impl_->userspace ? static_cast<FaultDriver&>(*impl_->userspace) : impl_->network;
+  impl_->router.route(v1::FaultSpec::kNetworkDelay, netem);
+  impl_->router.route(v1::FaultSpec::kNetworkLoss, netem);
   impl_->router.route(v1::FaultSpec::kNetworkBandwidth, impl_->network);
-  impl_->router.route(v1::FaultSpec::kNetworkDuplicate, impl_->network);
-  impl_->router.route(v1::FaultSpec::kNetworkCorrupt, impl_->network);
-  impl_->router.route(v1::FaultSpec::kNetworkReorder, impl_->network);
-  impl_->router.route(v1::FaultSpec::kNetworkPartition, impl_->network);
+  impl_->router.route(v1::FaultSpec::kNetworkDuplicate, netem);
+  impl_->router.route(v1::FaultSpec::kNetworkCorrupt, netem);
+  impl_->router.route(v1::FaultSpec::kNetworkReorder, netem);
+  impl_->router.route(v1::FaultSpec::kNetworkPartition, netem);
   impl_->router.route(v1::FaultSpec::kProcessKill, impl_->kill);
   impl_->router.route(v1::FaultSpec::kProcessPause, impl_->pause);
   impl_->router.route(v1::FaultSpec::kStressCpu, impl_->stress);

@@ -19,6 +19,7 @@
 
 #include "agent/fault.h"
 #include "agent/journal.h"
+#include "agent/kernel/packet_steering.h"
 #include "agent/policy.h"
 #include "agent/traffic_match.h"
 #include "faultline/v1/agent_gateway.pb.h"
@@ -97,12 +98,21 @@ class FaultRouter final : public FaultDriver {
   std::map<v1::FaultSpec::KindCase, FaultDriver*> drivers_;
 };
 
-// The drivers of this host's kernel: rtnetlink qdiscs, /proc and pidfd signals.
+// Which driver does netem's kinds (network.delay, loss, duplicate, corrupt, reorder, partition).
+struct NetworkDriverChoice {
+  bool userspace = false;             // the nfqueue driver (nfqueue_driver.h); else tc's netem
+  kernel::SteeringSupport steering;   // what the nfqueue driver may use (probeSteeringSupport())
+};
+
+// The drivers of this host's kernel: rtnetlink qdiscs, netfilter rules and queues, /proc and
+// pidfd signals.
 class SystemDrivers {
  public:
   // protect: process names the policy protects (ProcessKillDriver). exempt: the controller's
   // addresses and port, whose traffic network faults in the agent's own namespace never touch.
-  explicit SystemDrivers(std::vector<ProtectedName> protect = {}, std::vector<Endpoint> exempt = {});
+  // network: tc (default) or the userspace driver for netem's kinds; network.bandwidth is tc's.
+  explicit SystemDrivers(std::vector<ProtectedName> protect = {}, std::vector<Endpoint> exempt = {},
+                         NetworkDriverChoice network = {});
   ~SystemDrivers();
   [[nodiscard]] FaultDriver& router();
 

@@ -13,6 +13,7 @@
 #include "agent/journal.h"
 #include "agent/kernel/cgroup_tree.h"
 #include "agent/kernel/netns.h"
+#include "agent/kernel/packet_steering.h"
 #include "agent/kernel/qdisc_table.h"
 #include "agent/net_target.h"
 #include "agent/policy.h"
@@ -38,7 +39,8 @@ int revertAllMain(const std::string& stateDir, bool alsoLocalRun) {
       std::filesystem::exists(std::filesystem::path(kLocalRunStateDir) / UndoJournal::kFileName, ec)) {
     report = revertAllFaults(kLocalRunStateDir, {}, open);  // its journal only; the sweep follows
   }
-  auto agent = revertAllFaults(stateDir, report.agentRunning ? std::vector<std::string>{} : found.paths, open);
+  auto agent = revertAllFaults(stateDir, report.agentRunning ? std::vector<std::string>{} : found.paths, open,
+                               kernel::openPacketSteering);
   const auto append = [](std::vector<std::string>& into, const std::vector<std::string>& from) {
     into.insert(into.end(), from.begin(), from.end());
   };
@@ -111,6 +113,13 @@ int agentMain(int argc, char** argv) {
       ->allow_extra_args(false);
   app.add_option("--id", options.agentId, "agent id, unique in the fleet")->capture_default_str();
   app.add_option("--state-dir", stateDir, "directory for the agent's state")->capture_default_str();
+  app.add_option("--network-driver", options.networkDriver,
+                 "driver of network.delay, loss, duplicate, corrupt, reorder and partition: netem (tc qdiscs; needs "
+                 "sch_netem), nfqueue (netfilter rules and a queue served in userspace, for kernels without "
+                 "sch_netem), or auto (netem where the kernel has sch_netem, else nfqueue); network.bandwidth is "
+                 "always tc's tbf. Shown by `faultline agents`")
+      ->check(CLI::IsMember({"auto", "netem", "nfqueue"}))
+      ->capture_default_str();
   std::string policyFile;
   app.add_option("--policy", policyFile,
                  "agent policy file (YAML; see docs/operations.md, 'Agent policy'), read once at start; without it "
@@ -119,7 +128,8 @@ int agentMain(int argc, char** argv) {
       "revert-all",
       "Without a controller: revert every fault the undo journal still holds open (network faults, paused "
       "processes resumed, squeezed cgroups restored, stress cgroups removed), then delete every root qdisc with "
-      "faultline's handle (fa17:) and faultline's ingress paths (flt-ifb* devices, the ingress qdiscs redirecting "
+      "faultline's handle (fa17:), faultline's netfilter tables and chains (nftables inet faultline-N, xtables mangle "
+      "FAULTLINE-N) and faultline's ingress paths (flt-ifb* devices, the ingress qdiscs redirecting "
       "to them) in every network namespace found (this process's, /run/netns/*, the pins in /run/faultline/netns, "
       "those of /proc/*/ns/net), unpins those namespaces when nothing failed, then kill the workers of and remove "
       "every stress cgroup (faultline-stress-*) in the "

@@ -1139,58 +1139,33 @@ tl::expected<std::unique_ptr<AppliedFault>, FaultError> NetworkFaultDriver::appl
   if (resolver_ == nullptr || target == nullptr || !validateFaultSpec(spec)) {
     return applyResolved(spec, persist);  // validation errors are reported there
   }
-  auto resolved = resolver_->resolve(*target, faultKindName(spec));
-  if (!resolved) {
-    return tl::unexpected(resolved.error());
-  }
-  v1::FaultSpec concrete = spec;
-  // networkTarget() points into concrete, which is not const: the cast only undoes the accessor's.
-  auto* t = const_cast<v1::NetworkTarget*>(networkTarget(concrete));
-  t->clear_netns_process();
-  t->set_netns(resolved->netns);
-  t->set_interface(resolved->interface);
-  // tbf drops every packet larger than its burst: keep the burst at least one full-size packet of
-  // the interface (MTU + the 14-byte Ethernet header), so a bandwidth limit never becomes a
-  // partition for big packets (jumbo frames, lo's 65536).
-  if (concrete.kind_case() == v1::FaultSpec::kNetworkBandwidth) {
-    if (auto mtu = kernel::interfaceMtu(resolved->netns, resolved->interface)) {
-      constexpr uint32_t kLinkHeaderBytes = 14;
-      const uint32_t needed = *mtu + kLinkHeaderBytes;
-      auto* b = concrete.mutable_network_bandwidth();
-      if (b->burst_bytes() == 0 && bandwidthParams(*b).burstBytes < needed) {
-        b->set_burst_bytes(needed);
-      } else if (b->burst_bytes() != 0 && b->burst_bytes() < needed) {
-        if (!resolved->pin.empty()) {
-          (void)releaseNetnsPin(resolved->pin);
+  return applyOnResolvedTarget(
+      *resolver_, spec, persist,
+      [this](const v1::FaultSpec& resolvedSpec, const ResolvedNetworkTarget& resolved,
+             const PersistUndo& persistResolved) -> tl::expected<std::unique_ptr<AppliedFault>, FaultError> {
+        v1::FaultSpec concrete = resolvedSpec;
+        // tbf drops every packet larger than its burst: keep the burst at least one full-size
+        // packet of the interface (MTU + the 14-byte Ethernet header), so a bandwidth limit never
+        // becomes a partition for big packets (jumbo frames, lo's 65536).
+        if (concrete.kind_case() == v1::FaultSpec::kNetworkBandwidth) {
+          if (auto mtu = kernel::interfaceMtu(resolved.netns, resolved.interface)) {
+            constexpr uint32_t kLinkHeaderBytes = 14;
+            const uint32_t needed = *mtu + kLinkHeaderBytes;
+            auto* b = concrete.mutable_network_bandwidth();
+            if (b->burst_bytes() == 0 && bandwidthParams(*b).burstBytes < needed) {
+              b->set_burst_bytes(needed);
+            } else if (b->burst_bytes() != 0 && b->burst_bytes() < needed) {
+              return tl::unexpected(faultError(
+                  std::make_error_code(std::errc::invalid_argument),
+                  fmt::format("network.bandwidth on {}: burst {}B is smaller than a full-size packet there (MTU {} + "
+                              "{} B link header = {} B): tbf would drop every such packet; accepted: burst of at "
+                              "least {}b, or leave burst out (the agent then sizes it); nothing was changed",
+                              resolved.interface, b->burst_bytes(), *mtu, kLinkHeaderBytes, needed, needed)));
+            }
+          }  // MTU unknown (no such interface): apply reports that in its own words
         }
-        return tl::unexpected(faultError(
-            std::make_error_code(std::errc::invalid_argument),
-            fmt::format("network.bandwidth on {}: burst {}B is smaller than a full-size packet there (MTU {} + {} B "
-                        "link header = {} B): tbf would drop every such packet; accepted: burst of at least {}b, or "
-                        "leave burst out (the agent then sizes it); nothing was changed",
-                        resolved->interface, b->burst_bytes(), *mtu, kLinkHeaderBytes, needed, needed)));
-      }
-    }  // MTU unknown (no such interface): apply reports that in its own words
-  }
-  PersistUndo persistResolved;
-  if (persist) {
-    persistResolved = [&persist, &resolved](const nlohmann::json& undo) {
-      nlohmann::json record = undo;
-      addResolvedTarget(record, *resolved);
-      return persist(record);
-    };
-  }
-  auto applied = applyResolved(concrete, persistResolved);
-  if (!applied) {
-    // A fault that may still be in place keeps its pin: the recovery reverts it through the pin.
-    if (!resolved->pin.empty() && !applied.error().mayBeChanged) {
-      if (auto released = releaseNetnsPin(resolved->pin); !released) {
-        applied.error().message += "; " + released.error();
-      }
-    }
-    return applied;
-  }
-  return withResolvedTarget(std::move(*applied), std::move(*resolved));
+        return applyResolved(concrete, persistResolved);
+      });
 }
 
 tl::expected<std::unique_ptr<AppliedFault>, FaultError> NetworkFaultDriver::applyResolved(const v1::FaultSpec& spec,

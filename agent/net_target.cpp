@@ -17,6 +17,7 @@
 #include "agent/kernel/netns.h"
 #include "agent/kernel/route.h"
 #include "agent/process_selector.h"
+#include "agent/spec.h"
 
 namespace faultline::agent {
 namespace {
@@ -347,6 +348,46 @@ std::unique_ptr<AppliedFault> withResolvedTarget(std::unique_ptr<AppliedFault> f
     return fault;
   }
   return std::make_unique<ResolvedTargetFault>(std::move(fault), std::move(target));
+}
+
+tl::expected<std::unique_ptr<AppliedFault>, FaultError> applyOnResolvedTarget(NetworkTargetResolver& resolver,
+                                                                         const v1::FaultSpec& spec,
+                                                                         const PersistUndo& persist,
+                                                                         const ResolvedApply& apply) {
+  const v1::NetworkTarget* target = networkTarget(spec);
+  if (target == nullptr) {
+    return tl::unexpected(FaultError{std::make_error_code(std::errc::invalid_argument),
+                                     fmt::format("{} is not a network fault", faultKindName(spec))});
+  }
+  auto resolved = resolver.resolve(*target, faultKindName(spec));
+  if (!resolved) {
+    return tl::unexpected(resolved.error());
+  }
+  v1::FaultSpec concrete = spec;
+  // networkTarget() points into concrete, which is not const: the cast only undoes the accessor's.
+  auto* t = const_cast<v1::NetworkTarget*>(networkTarget(concrete));
+  t->clear_netns_process();
+  t->set_netns(resolved->netns);
+  t->set_interface(resolved->interface);
+  PersistUndo persistResolved;
+  if (persist) {
+    persistResolved = [&persist, &resolved](const nlohmann::json& undo) {
+      nlohmann::json record = undo;
+      addResolvedTarget(record, *resolved);
+      return persist(record);
+    };
+  }
+  auto applied = apply(concrete, *resolved, persistResolved);
+  if (!applied) {
+    // A fault that may still be in place keeps its pin: the recovery reverts it through the pin.
+    if (!resolved->pin.empty() && !applied.error().mayBeChanged) {
+      if (auto released = releaseNetnsPin(resolved->pin); !released) {
+        applied.error().message += "; " + released.error();
+      }
+    }
+    return applied;
+  }
+  return withResolvedTarget(std::move(*applied), std::move(*resolved));
 }
 
 }  // namespace faultline::agent

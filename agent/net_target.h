@@ -14,6 +14,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <random>
@@ -106,5 +107,18 @@ void addResolvedTarget(nlohmann::json& undo, const ResolvedNetworkTarget& target
 // releases target.pin (a failure to release it is logged; revert-all removes leftovers).
 [[nodiscard]] std::unique_ptr<AppliedFault> withResolvedTarget(std::unique_ptr<AppliedFault> fault,
                                                                ResolvedNetworkTarget target);
+
+// A network driver's apply on a resolved target: concrete is spec with the namespace path and the
+// real interface in place of "default" and netns_process; persist adds the resolution to the undo
+// record (addResolvedTarget).
+using ResolvedApply = std::function<tl::expected<std::unique_ptr<AppliedFault>, FaultError>(
+    const v1::FaultSpec& concrete, const ResolvedNetworkTarget& target, const PersistUndo& persist)>;
+
+// Resolves spec's network target (spec must have passed validateFaultSpec()), calls apply, and
+// wraps what it applied with withResolvedTarget(). A pin this created is released when apply
+// fails without changing anything (FaultError::mayBeChanged false); otherwise it stays, for the
+// recovery. errors: resolve()'s, then apply's.
+[[nodiscard]] tl::expected<std::unique_ptr<AppliedFault>, FaultError> applyOnResolvedTarget(
+    NetworkTargetResolver& resolver, const v1::FaultSpec& spec, const PersistUndo& persist, const ResolvedApply& apply);
 
 }  // namespace faultline::agent

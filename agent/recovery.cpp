@@ -1,7 +1,9 @@
 #include "agent/recovery.h"
 
 #include "agent/agent.h"
+#include "agent/kernel/packet_steering.h"
 #include "agent/net_target.h"
+#include "agent/nfqueue_driver.h"
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -23,7 +25,9 @@ tl::expected<std::string, FaultError> revertNetworkRecord(nlohmann::json undo, c
     if (relocation.state == NetnsRelocation::State::kMoved) {
       note = " (" + relocation.note + ")";
     }
-    reverted = NetworkFaultDriver::revertRecord(undo, openTable);
+    reverted = NfqueueFaultDriver::isNfqueueRecord(undo)
+                   ? NfqueueFaultDriver::revertRecord(undo, kernel::openPacketSteering)
+                   : NetworkFaultDriver::revertRecord(undo, openTable);
   }
   if (!reverted) {
     return reverted;

@@ -92,7 +92,8 @@ void removeIngressPaths(kernel::QdiscTable& table, const std::string& netns, Rev
   }
 }
 
-void scanNamespace(const std::string& netns, const QdiscTableOpener& open, RevertAllReport& report) {
+void scanNamespace(const std::string& netns, const QdiscTableOpener& open, const SteeringOpener& steering,
+                   RevertAllReport& report) {
   auto table = open(netns);
   if (!table) {
     if (table.error() == std::errc::no_such_file_or_directory) {
@@ -103,6 +104,11 @@ void scanNamespace(const std::string& netns, const QdiscTableOpener& open, Rever
     return;
   }
   ++report.namespaces;
+  if (steering) {
+    auto sweep = removeAllSteering(netns, steering);
+    report.removed.insert(report.removed.end(), sweep.removed.begin(), sweep.removed.end());
+    report.failed.insert(report.failed.end(), sweep.failed.begin(), sweep.failed.end());
+  }
   removeIngressPaths(**table, netns, report);
   auto roots = (*table)->roots();
   if (!roots) {
@@ -138,14 +144,14 @@ void scanNamespace(const std::string& netns, const QdiscTableOpener& open, Rever
 }  // namespace
 
 RevertAllReport revertAllFaults(const std::filesystem::path& stateDir, const std::vector<std::string>& namespaces,
-                                const QdiscTableOpener& open) {
+                                const QdiscTableOpener& open, const SteeringOpener& steering) {
   RevertAllReport report;
   revertJournal(stateDir, open, report);
   if (report.agentRunning) {
     return report;
   }
   for (const auto& netns : namespaces) {
-    scanNamespace(netns, open, report);
+    scanNamespace(netns, open, steering, report);
   }
   return report;
 }

@@ -1,6 +1,8 @@
 // faultline-agent revert-all: puts a host back without a controller and, if need be, without a
 // journal. First it reverts every entry its undo journal still holds open (as crash recovery at
-// start does), then it looks in every network namespace it is given for interfaces whose root qdisc
+// start does), then it looks in every network namespace it is given for faultline's netfilter
+// tables and chains (the userspace driver's: nftables inet faultline-N, xtables mangle
+// FAULTLINE-N) and removes them, for interfaces whose root qdisc
 // carries faultline's handle (major 0xFA17) and deletes those roots, and for faultline's ifb
 // devices (kind ifb, named flt-ifb<index in hex>) deletes the filters redirecting to that ifb on
 // the interface of that index (with its ingress qdisc when they are all it carries; someone else's
@@ -13,6 +15,7 @@
 
 #include "agent/kernel/cgroup_tree.h"
 #include "agent/net_driver.h"
+#include "agent/nfqueue_driver.h"
 
 namespace faultline::agent {
 
@@ -35,8 +38,11 @@ struct RevertAllReport {
 // the caller's own (kernel::listNetworkNamespaces() lists them all). A namespace that vanishes
 // before it is scanned is noted, not failed. Do not run it beside a running agent on the same
 // state directory: both would write the journal. Blocks for the kernel calls and disk syncs.
+// steering (optional): also removes faultline's netfilter tables and chains (the userspace
+// driver's, nfqueue_driver.h removeAllSteering()) in each namespace.
 [[nodiscard]] RevertAllReport revertAllFaults(const std::filesystem::path& stateDir,
-                                              const std::vector<std::string>& namespaces, const QdiscTableOpener& open);
+                                              const std::vector<std::string>& namespaces, const QdiscTableOpener& open,
+                                              const SteeringOpener& steering = nullptr);
 
 // Then (faultline-agent revert-all, after revertAllFaults): removes every cgroup named
 // faultline-stress-* in the cgroup v2 hierarchy, killing what runs in it (a stress fault's

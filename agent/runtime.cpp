@@ -18,6 +18,7 @@
 #include <fmt/ranges.h>
 
 #include "agent/kernel/cgroup_tree.h"
+#include "agent/kernel/packet_steering.h"
 #include "agent/kernel/qdisc_table.h"
 
 namespace faultline::agent {
@@ -71,10 +72,50 @@ std::vector<Endpoint> controllerEndpoints(const std::string& address) {
   return out;
 }
 
+namespace {
+
+// Probes netfilter, fills caps' netfilter fields, and picks the driver of netem's kinds: "netem",
+// "nfqueue", or "auto" (netem where the kernel has it, else nfqueue where it can work).
+NetworkDriverChoice chooseNetworkDriver(const std::string& wanted, bool hasNetem, v1::Capabilities& caps) {
+  NetworkDriverChoice choice;
+  choice.steering = kernel::probeSteeringSupport();
+  const auto& s = choice.steering;
+  for (const auto& [name, has] : {std::pair{"nf_tables", s.nftables}, std::pair{"nft_queue", s.nftQueue},
+                                  std::pair{"nft_numgen", s.nftNumgen}, std::pair{"ip_tables", s.xtables},
+                                  std::pair{"xt_NFQUEUE", s.xtNfqueue}, std::pair{"xt_statistic", s.xtStatistic},
+                                  std::pair{"nfnetlink_queue", s.nfqueue}}) {
+    if (has) {
+      caps.add_netfilter(name);
+    }
+  }
+  const auto backend = kernel::chooseBackend(s, true);
+  const bool canQueue = s.nfqueue && backend.has_value();
+  choice.userspace = wanted == "nfqueue" || (wanted == "auto" && !hasNetem && canQueue);
+  caps.set_network_driver(choice.userspace ? "nfqueue" : "netem");
+  if (choice.userspace && backend) {
+    caps.set_steering_backend(std::string(kernel::steeringBackendName(*backend)));
+  }
+  spdlog::info("netfilter: {}; network driver {} ({})", fmt::join(caps.netfilter(), " "), caps.network_driver(),
+               wanted == "auto" ? (choice.userspace ? "auto: no sch_netem" : "auto") : "chosen");
+  if (choice.userspace && !canQueue) {
+    spdlog::warn("network driver nfqueue: {}; only network.partition can run here",
+                 !s.nfqueue ? std::string("the kernel has no nfnetlink_queue (CONFIG_NETFILTER_NETLINK_QUEUE)")
+                            : backend.error());
+  }
+  if (!choice.userspace && !hasNetem) {
+    spdlog::warn("network driver netem without sch_netem: network.delay, loss, duplicate, corrupt, reorder and "
+                 "partition will be refused{}",
+                 canQueue ? "; --network-driver nfqueue (or auto) would run them" : "");
+  }
+  return choice;
+}
+
+}  // namespace
+
 struct AgentRuntime::Impl {
-  Impl(SessionOptions options, std::unique_ptr<UndoJournal> undoJournal, Policy policy)
+  Impl(SessionOptions options, std::unique_ptr<UndoJournal> undoJournal, Policy policy, NetworkDriverChoice network)
       : journal(std::move(undoJournal)),
-        drivers(policy.protectedProcesses(), controllerEndpoints(options.controller)),
+        drivers(policy.protectedProcesses(), controllerEndpoints(options.controller), network),
         agent(
             io, drivers.router(),
             [this](const v1::FaultReport& r) {
@@ -107,6 +148,7 @@ struct AgentRuntime::Impl {
 
 AgentRuntime::AgentRuntime(SessionOptions options, bool probeKernel, std::unique_ptr<UndoJournal> journal,
                            Policy policy) {
+  NetworkDriverChoice network;
   if (probeKernel) {
     const auto support = kernel::probeQdiscSupport();
     options.capabilities.set_netem(support.netem);
@@ -128,6 +170,7 @@ AgentRuntime::AgentRuntime(SessionOptions options, bool probeKernel, std::unique
     }
     options.capabilities.set_ifb(support.ifb);
     options.capabilities.set_tc_probed(true);
+    network = chooseNetworkDriver(options.networkDriver, support.netem, options.capabilities);
     spdlog::info(
         "kernel {}: netem qdisc {}, tbf qdisc {}, htb qdisc {}, u32 classifier {}, ifb {}, ingress qdisc {}, mirred "
         "action {}",
@@ -153,7 +196,7 @@ AgentRuntime::AgentRuntime(SessionOptions options, bool probeKernel, std::unique
       spdlog::warn("{}", kernel::cgroupV2MissingMessage("process.pause freezing, stress.* and cgroup.squeeze"));
     }
   }
-  impl_ = std::make_unique<Impl>(std::move(options), std::move(journal), std::move(policy));
+  impl_ = std::make_unique<Impl>(std::move(options), std::move(journal), std::move(policy), network);
 }
 
 AgentRuntime::~AgentRuntime() {

@@ -26,6 +26,9 @@ struct SessionOptions {
   std::string hostname;
   std::map<std::string, std::string> labels;
   v1::Capabilities capabilities;
+  // The driver of netem's kinds (faultline-agent --network-driver): "auto" (netem where the kernel
+  // has sch_netem, else nfqueue where it can), "netem" or "nfqueue". Read by AgentRuntime.
+  std::string networkDriver = "auto";
   std::chrono::milliseconds defaultLease{15'000};
   std::chrono::milliseconds minBackoff{200};
   std::chrono::milliseconds maxBackoff{10'000};

@@ -44,7 +44,20 @@ std::string hint(const std::string& module) {
   if (module == "act_mirred") {
     return "CONFIG_NET_ACT_MIRRED; `modprobe act_mirred`";
   }
+  if (module == "nfnetlink_queue") {
+    return "CONFIG_NETFILTER_NETLINK_QUEUE; `modprobe nfnetlink_queue`";
+  }
+  if (module == "nft_queue or xt_NFQUEUE") {
+    return "CONFIG_NFT_QUEUE or CONFIG_NETFILTER_XT_TARGET_NFQUEUE with CONFIG_IP_NF_MANGLE";
+  }
+  if (module == "nf_tables or ip_tables") {
+    return "CONFIG_NF_TABLES_INET, or CONFIG_IP_NF_MANGLE and CONFIG_IP6_NF_MANGLE";
+  }
   return "CONFIG_NET_CLS_U32; `modprobe cls_u32`";
+}
+
+bool isUserspace(const v1::Capabilities& caps) {
+  return caps.network_driver() == "nfqueue";
 }
 
 }  // namespace
@@ -53,6 +66,22 @@ std::vector<std::string> missingModules(const v1::FaultSpec& spec, const v1::Cap
   std::vector<std::string> missing;
   const v1::NetworkTarget* target = networkTarget(spec);
   if (target == nullptr) {
+    return missing;
+  }
+  if (isNetem(spec) && isUserspace(caps)) {
+    // Netfilter rules and the agent's queue: no qdisc, classifier or ifb.
+    if (spec.has_network_partition()) {
+      if (!listed(caps.netfilter(), "nf_tables") && !listed(caps.netfilter(), "ip_tables")) {
+        missing.emplace_back("nf_tables or ip_tables");
+      }
+      return missing;
+    }
+    if (!listed(caps.netfilter(), "nfnetlink_queue")) {
+      missing.emplace_back("nfnetlink_queue");
+    }
+    if (caps.steering_backend().empty()) {
+      missing.emplace_back("nft_queue or xt_NFQUEUE");
+    }
     return missing;
   }
   if (isNetem(spec) && !caps.netem()) {
@@ -108,6 +137,13 @@ std::optional<std::string> checkCapabilities(const std::vector<Step>& method,
     }
   }
   return std::nullopt;
+}
+
+std::string networkDriverText(const v1::Capabilities& caps) {
+  if (isUserspace(caps)) {
+    return caps.steering_backend().empty() ? "nfqueue" : "nfqueue/" + caps.steering_backend();
+  }
+  return caps.netem() ? "netem" : "netem (missing)";
 }
 
 }  // namespace faultline::controller

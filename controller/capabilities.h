@@ -13,11 +13,17 @@
 
 namespace faultline::controller {
 
-// The traffic-control modules spec needs that caps lacks, as "sch_netem", "sch_htb", "cls_u32"
-// (direction ingress/both: "ifb", "sch_ingress", "cls_u32", "act_mirred");
-// empty when the host can run it (or spec is not a network fault). An agent that did not probe
-// (tc_probed false, an older agent) is judged on its netem/tbf flags alone.
+// The kernel modules spec needs that caps lacks, as "sch_netem", "sch_htb", "cls_u32" (direction
+// ingress/both: "ifb", "sch_ingress", "cls_u32", "act_mirred"); on an agent whose network driver
+// is nfqueue, netem's kinds need "nfnetlink_queue" and a queue backend ("nft_queue or
+// xt_NFQUEUE"; partition: "nf_tables or ip_tables") instead, and no tc module. Empty when the
+// host can run it (or spec is not a network fault). An agent that did not probe (tc_probed false,
+// an older agent) is judged on its netem/tbf flags alone.
 [[nodiscard]] std::vector<std::string> missingModules(const v1::FaultSpec& spec, const v1::Capabilities& caps);
+
+// The agent's network driver in a word or two, for `faultline agents` and plans: "netem",
+// "netem (missing)" (no sch_netem), "nfqueue/xtables", "nfqueue/nftables".
+[[nodiscard]] std::string networkDriverText(const v1::Capabilities& caps);
 
 // The first fault step some target cannot run, in words that name the host, the fault and the
 // missing modules and say nothing was injected; nullopt when every target can run every step.

@@ -28,6 +28,7 @@
 #include "agent/runtime.h"
 #include "agent/session.h"
 #include "agent/spec.h"
+#include "controller/capabilities.h"
 #include "controller/controller.h"
 #include "controller/engine.h"
 #include "controller/experiment.h"
@@ -222,6 +223,7 @@ struct RunOptions {
   bool dryRun = false;
   std::string journal;  // --journal FILE: JSON record of the run
   std::string junit;    // --junit FILE: JUnit XML for CI
+  std::string networkDriver = "auto";  // --local: the in-process agent's --network-driver
 };
 
 // Prints what a run would do: the resolved hosts and every fault each would receive.
@@ -238,9 +240,9 @@ void printPlan(const v1::RunPlan& plan) {
     for (const auto& [k, v] : sorted) {
       labels += fmt::format("{}{}={}", labels.empty() ? "" : ",", k, v);
     }
-    std::cout << fmt::format("host {} (agent {}, labels {}, netem {}): {} fault(s)\n", h.agent().hostname(),
+    std::cout << fmt::format("host {} (agent {}, labels {}, network driver {}): {} fault(s)\n", h.agent().hostname(),
                              h.agent().agent_id(), labels.empty() ? "-" : labels,
-                             h.agent().capabilities().netem() ? "yes" : "no", h.faults_size());
+                             networkDriverText(h.agent().capabilities()), h.faults_size());
     for (const auto& f : h.faults()) {
       std::cout << fmt::format("  step {:<5} {:<18} {:<20} for {}: {}\n", f.step(), faultKindName(f.spec()), f.name(),
                                formatDuration(toMicros(f.duration())), f.spec().ShortDebugString());
@@ -356,6 +358,9 @@ int runCommand(const RunOptions& o) {
   } else if (!o.labels.empty() || o.dbGiven) {
     std::cerr << "faultline: --label and --db go with --local (a controller keeps its own records)\n";
     return kExitUsage;
+  } else if (o.networkDriver != "auto") {
+    std::cerr << "faultline: --network-driver goes with --local (each faultline-agent has its own)\n";
+    return kExitUsage;
   }
   std::string address = o.controller.empty() ? kDefaultController : o.controller;
   if (auto bad = checkAddress(address, false); !bad.empty()) {
@@ -380,6 +385,7 @@ int runCommand(const RunOptions& o) {
       return kExitError;
     }
     so.controller = address;
+    so.networkDriver = o.networkDriver;
     so.hostname = agent::hostName();
     so.agentId = so.hostname;
     so.labels.emplace("host", so.hostname);
@@ -531,16 +537,16 @@ int agentsCommand(const std::string& address) {
   if (auto s = stub->ListAgents(ctx.get(), {}, &resp); !s.ok()) {
     return rpcError("listing agents", address, s);
   }
-  std::cout << fmt::format("{:<24} {:<20} {:<8} {:<22} {:<6} {:<6} {}\n", "AGENT", "HOSTNAME", "VERSION", "KERNEL",
-                           "NETEM", "FAULTS", "LABELS");
+  std::cout << fmt::format("{:<24} {:<20} {:<8} {:<22} {:<16} {:<6} {}\n", "AGENT", "HOSTNAME", "VERSION", "KERNEL",
+                           "NETWORK DRIVER", "FAULTS", "LABELS");
   for (const auto& a : resp.agents()) {
     std::string labels;
     std::map<std::string, std::string> sorted(a.labels().begin(), a.labels().end());
     for (const auto& [k, v] : sorted) {
       labels += fmt::format("{}{}={}", labels.empty() ? "" : ",", k, v);
     }
-    std::cout << fmt::format("{:<24} {:<20} {:<8} {:<22} {:<6} {:<6} {}\n", a.agent_id(), a.hostname(), a.version(),
-                             a.kernel_release(), a.capabilities().netem() ? "yes" : "no", a.active_faults(), labels);
+    std::cout << fmt::format("{:<24} {:<20} {:<8} {:<22} {:<16} {:<6} {}\n", a.agent_id(), a.hostname(), a.version(),
+                             a.kernel_release(), networkDriverText(a.capabilities()), a.active_faults(), labels);
   }
   if (resp.agents().empty()) {
     std::cout << "(no agents connected)\n";
@@ -683,6 +689,13 @@ int cliMain(int argc, char** argv) {
   runCmd->add_option("--trigger", run.trigger, "who started the run: cli, ci or schedule")->capture_default_str();
   runCmd->add_option("--label", run.labels, "with --local: a label of the in-process agent, KEY=VALUE (repeatable)")
       ->allow_extra_args(false);
+  runCmd
+      ->add_option("--network-driver", run.networkDriver,
+                   "with --local: the in-process agent's driver of network.delay, loss, duplicate, corrupt, reorder "
+                   "and partition: netem (tc; needs sch_netem), nfqueue (netfilter + a userspace queue) or auto "
+                   "(netem where the kernel has it, else nfqueue); as faultline-agent --network-driver")
+      ->check(CLI::IsMember({"auto", "netem", "nfqueue"}))
+      ->capture_default_str();
   constexpr const char* kVarHelp =
       "NAME=VALUE: replaces ${NAME} anywhere in the file (repeatable); $${ is a literal ${";
   runCmd->add_option("--var", run.vars, kVarHelp)->allow_extra_args(false);

@@ -1,0 +1,109 @@
+// The userspace network driver, for kernels without sch_netem (RHEL-family hosts without
+// kernel-modules-extra, minimal cloud and microVM kernels): network.delay, network.loss,
+// network.duplicate, network.corrupt, network.reorder and network.partition done with netfilter
+// rules and an NFQUEUE the agent serves. See DESIGN.md, "Userspace path".
+//
+// apply(): picks the rules' backend (kernel::chooseBackend(): nftables where it has nft_queue,
+// else xtables with the NFQUEUE target; a drop-only fault prefers nftables) and a free slot in the
+// namespace, journals the undo record, binds the slot's queue (agent/packet_queue.h) when the
+// fault needs one, then installs the rules (agent/kernel/packet_steering.h) that steer the
+// interface's matched packets to it:
+//   network.partition            drop (a pure rule, no userspace path)
+//   network.loss, no correlation  a random drop rule where nftables has numgen, else the queue
+//   and no Gilbert-Elliott
+//   everything else              the queue, whose model does what netem would (packet_queue.h)
+// The rules bypass the queue when no program is bound to it: when the agent stops or dies,
+// traffic flows unharmed. In the agent's own namespace the controller's channel is exempt.
+// Refused before any change, with words naming what is accepted:
+//   EINVAL   a spec validateFaultSpec() refuses; a parameter the userspace path does not do
+//            (netem's rate_bps); network.duplicate with direction ingress or both (a copy of a
+//            received packet cannot be injected into the receive path from userspace).
+//   EEXIST   the interface already carries a faultline fault of this driver in that direction.
+//   ENOTSUP  network.bandwidth (the tc driver does it); the kernel lacks what the fault needs
+//            (no nfnetlink_queue, no NFQUEUE target and no nft_queue, ...), naming it.
+// A step that fails removes what was built (queue unbound, rules gone) before the error.
+// revert(): removes the rules (reads back that nothing of the slot is left), then releases every
+// held packet and unbinds the queue; describe() then adds the queue's counters. Nothing to do
+// when the namespace is gone. Errors are transient (EPERM, EIO ...): revert() may be called again.
+// Neither class is thread-safe; apply and revert block for a few netlink round trips.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "agent/fault.h"
+#include "agent/kernel/packet_steering.h"
+#include "agent/net_target.h"
+#include "agent/packet_queue.h"
+#include "agent/traffic_match.h"
+
+namespace faultline::agent {
+
+using SteeringOpener = std::function<tl::expected<std::unique_ptr<kernel::PacketSteering>, std::error_code>(
+    kernel::SteeringBackend backend, const std::string& netns)>;
+using QueueOpener =
+    std::function<tl::expected<std::unique_ptr<PacketQueue>, std::pair<std::error_code, std::string>>(
+        const std::string& netns, uint16_t queue, Impairment impairment, bool duplicates, uint64_t seed)>;
+
+class NfqueueFaultDriver final : public FaultDriver {
+ public:
+  // support: what the agent probed at start (kernel::probeSteeringSupport()); openSteering and
+  // openQueue: kernel::openPacketSteering and PacketQueue::open, or fakes in unit tests.
+  NfqueueFaultDriver(kernel::SteeringSupport support, SteeringOpener openSteering, QueueOpener openQueue);
+  ~NfqueueFaultDriver() override;
+
+  // As NetworkFaultDriver's: the controller's endpoints, exempt in the agent's own namespace.
+  void setExempt(std::vector<Endpoint> endpoints) { exempt_ = std::move(endpoints); }
+  // As NetworkFaultDriver's: interface "default" and netns_process; without one they are ENOTSUP.
+  void setTargetResolver(NetworkTargetResolver* resolver) { resolver_ = resolver; }
+
+  // Undo record, persisted before the first kernel change:
+  //   {"fault":"network.delay","driver":"nfqueue","netns":"" or a path,"interface":"veth0",
+  //    "direction":"egress"|"ingress"|"both","backend":"nftables"|"xtables","slot":0,
+  //    "queue":64000 (absent for a pure rule)} and the resolved target's fields (net_target.h).
+  using FaultDriver::apply;
+  [[nodiscard]] tl::expected<std::unique_ptr<AppliedFault>, FaultError> apply(const v1::FaultSpec& spec,
+                                                                              const PersistUndo& persist) override;
+
+  // Whether an undo record is this driver's ("driver": "nfqueue").
+  [[nodiscard]] static bool isNfqueueRecord(const nlohmann::json& undo);
+  // Crash recovery: removes the record's rules (the queue died with the agent's socket). Nothing
+  // to do when they or the namespace are gone. Returns what it did, in words.
+  // errors: EINVAL (permanent) a record it cannot read; the steering's, transient.
+  [[nodiscard]] static tl::expected<std::string, FaultError> revertRecord(const nlohmann::json& undo,
+                                                                          const SteeringOpener& open);
+
+  // Where this driver's faults are held: namespace path, interface and direction bits (1 egress,
+  // 2 ingress), shared with the applied faults, which remove themselves on revert.
+  struct Holding {
+    std::mutex mutex;
+    std::set<std::tuple<std::string, std::string, int>> held;
+  };
+
+ private:
+  [[nodiscard]] tl::expected<std::unique_ptr<AppliedFault>, FaultError> applyResolved(const v1::FaultSpec& spec,
+                                                                                      const PersistUndo& persist);
+  kernel::SteeringSupport support_;
+  SteeringOpener openSteering_;
+  QueueOpener openQueue_;
+  std::vector<Endpoint> exempt_;
+  NetworkTargetResolver* resolver_ = nullptr;
+  std::shared_ptr<Holding> holding_ = std::make_shared<Holding>();
+};
+
+// Removes every faultline table and chain (any slot, both backends) in one namespace, for
+// faultline-agent revert-all; returns what it removed and what failed, in words. A backend the
+// kernel lacks is skipped.
+struct SteeringSweep {
+  std::vector<std::string> removed;
+  std::vector<std::string> failed;
+};
+[[nodiscard]] SteeringSweep removeAllSteering(const std::string& netns, const SteeringOpener& open);
+
+}  // namespace faultline::agent

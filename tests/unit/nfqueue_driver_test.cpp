@@ -1,0 +1,410 @@
+// NfqueueFaultDriver's logic above the seams: which rules and queue each fault gets, the undo
+// record, the one-fault-per-interface rule, roll-back on failure and the revert order, against
+// in-memory steering and queues. The real rules and queue are tested in tests/kernel/.
+#include <algorithm>
+#include <map>
+#include <memory>
+
+#include <doctest/doctest.h>
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "agent/nfqueue_driver.h"
+#include "agent/spec.h"
+
+using namespace faultline;
+using namespace faultline::agent;
+using namespace std::chrono_literals;
+using kernel::SteeringBackend;
+using kernel::SteeringRules;
+
+namespace {
+
+const std::string kNetns = "/proc/4242/ns/net";
+
+// Every namespace's installed rules by backend and slot, and a log of the calls, in order.
+struct FakeNetfilter {
+  std::map<std::tuple<SteeringBackend, std::string, uint16_t>, SteeringRules> installed;
+  std::vector<std::string> calls;
+  std::optional<std::pair<std::error_code, std::string>> failInstall;
+  std::optional<std::error_code> failOpenQueue;
+  int queuesOpen = 0;
+  int queuesStopped = 0;
+  std::optional<Impairment> lastImpairment;
+  bool lastDuplicates = false;
+};
+
+class FakeSteering final : public kernel::PacketSteering {
+ public:
+  FakeSteering(std::shared_ptr<FakeNetfilter> nf, SteeringBackend backend, std::string netns)
+      : nf_(std::move(nf)), backend_(backend), netns_(std::move(netns)) {}
+  tl::expected<void, std::pair<std::error_code, std::string>> install(const SteeringRules& rules) override {
+    nf_->calls.push_back(fmt::format("install {} slot {}", kernel::steeringBackendName(backend_), rules.slot));
+    if (nf_->failInstall) {
+      return tl::unexpected(*std::exchange(nf_->failInstall, std::nullopt));
+    }
+    auto [it, added] = nf_->installed.try_emplace({backend_, netns_, rules.slot}, rules);
+    if (!added) {
+      return tl::unexpected(std::make_pair(std::make_error_code(std::errc::file_exists), std::string("exists")));
+    }
+    return {};
+  }
+  tl::expected<void, std::pair<std::error_code, std::string>> remove(uint16_t slot) override {
+    nf_->calls.push_back(fmt::format("remove {} slot {}", kernel::steeringBackendName(backend_), slot));
+    nf_->installed.erase({backend_, netns_, slot});
+    return {};
+  }
+  tl::expected<Owned, std::error_code> owned() override {
+    Owned out;
+    for (const auto& [key, rules] : nf_->installed) {
+      if (std::get<0>(key) == backend_ && std::get<1>(key) == netns_) {
+        out.slots.push_back(std::get<2>(key));
+      }
+    }
+    return out;
+  }
+
+ private:
+  std::shared_ptr<FakeNetfilter> nf_;
+  SteeringBackend backend_;
+  std::string netns_;
+};
+
+class FakeQueue final : public PacketQueue {
+ public:
+  explicit FakeQueue(std::shared_ptr<FakeNetfilter> nf) : nf_(std::move(nf)) {}
+  void stop() override {
+    if (!stopped_) {
+      stopped_ = true;
+      ++nf_->queuesStopped;
+      nf_->calls.push_back("stop queue");
+    }
+  }
+  QueueStats stats() const override {
+    QueueStats s;
+    s.received = 10;
+    s.accepted = 7;
+    s.dropped = 3;
+    return s;
+  }
+
+ private:
+  std::shared_ptr<FakeNetfilter> nf_;
+  bool stopped_ = false;
+};
+
+kernel::SteeringSupport xtablesOnly() {
+  kernel::SteeringSupport s;
+  s.nftables = true;  // as this machine: nftables without nft_queue
+  s.nftNumgen = true;
+  s.xtables = true;
+  s.xtNfqueue = true;
+  s.xtStatistic = true;
+  s.nfqueue = true;
+  return s;
+}
+
+struct Fixture {
+  std::shared_ptr<FakeNetfilter> nf = std::make_shared<FakeNetfilter>();
+  NfqueueFaultDriver driver{xtablesOnly(),
+                            [nf = nf](SteeringBackend backend, const std::string& netns)
+                                -> tl::expected<std::unique_ptr<kernel::PacketSteering>, std::error_code> {
+                              nf->calls.push_back(fmt::format("open {}", kernel::steeringBackendName(backend)));
+                              return std::make_unique<FakeSteering>(nf, backend, netns);
+                            },
+                            [nf = nf](const std::string& /*netns*/, uint16_t queue, Impairment impairment,
+                                      bool duplicates, uint64_t /*seed*/)
+                                -> tl::expected<std::unique_ptr<PacketQueue>, std::pair<std::error_code, std::string>> {
+                              nf->calls.push_back(fmt::format("open queue {}", queue));
+                              if (nf->failOpenQueue) {
+                                return tl::unexpected(std::make_pair(*std::exchange(nf->failOpenQueue, std::nullopt),
+                                                                     std::string("bound by another program")));
+                              }
+                              ++nf->queuesOpen;
+                              nf->lastImpairment = impairment;
+                              nf->lastDuplicates = duplicates;
+                              return std::make_unique<FakeQueue>(nf);
+                            }};
+
+  [[nodiscard]] bool called(const std::string& call) const {
+    return std::find(nf->calls.begin(), nf->calls.end(), call) != nf->calls.end();
+  }
+  [[nodiscard]] size_t position(const std::string& call) const {
+    return static_cast<size_t>(std::find(nf->calls.begin(), nf->calls.end(), call) - nf->calls.begin());
+  }
+};
+
+v1::NetworkTarget* targetOf(v1::FaultSpec& spec) {
+  return const_cast<v1::NetworkTarget*>(networkTarget(spec));
+}
+
+v1::FaultSpec delaySpec(v1::Direction direction = v1::DIRECTION_EGRESS) {
+  v1::FaultSpec spec;
+  auto* d = spec.mutable_network_delay();
+  d->mutable_target()->set_interface("veth0");
+  d->mutable_target()->set_netns(kNetns);
+  d->mutable_target()->set_direction(direction);
+  *d->mutable_delay() = toProto(100ms);
+  *d->mutable_jitter() = toProto(10ms);
+  return spec;
+}
+
+v1::FaultSpec lossSpec(double percent, double correlation) {
+  v1::FaultSpec spec;
+  auto* l = spec.mutable_network_loss();
+  l->mutable_target()->set_interface("veth0");
+  l->mutable_target()->set_netns(kNetns);
+  l->set_percent(percent);
+  l->set_correlation(correlation);
+  return spec;
+}
+
+bool contains(const std::string& text, std::string_view part) {
+  return text.find(part) != std::string::npos;
+}
+
+}  // namespace
+
+TEST_CASE_FIXTURE(Fixture, "nfqueue driver: a delay binds the slot's queue, then steers to it; revert undoes both") {
+  nlohmann::json record;
+  auto applied = driver.apply(delaySpec(), [&](const nlohmann::json& r) -> tl::expected<void, FaultError> {
+    record = r;
+    return {};
+  });
+  REQUIRE_MESSAGE(applied.has_value(), (applied ? "" : applied.error().message));
+  // The journal first, then the queue, then the rules (the first packet steered finds it bound).
+  CHECK(record["driver"] == "nfqueue");
+  CHECK(record["backend"] == "xtables");  // no nft_queue here
+  CHECK(record["slot"] == 0);
+  CHECK(record["queue"] == kernel::kQueueBase);
+  CHECK(record["interface"] == "veth0");
+  CHECK(record["direction"] == "egress");
+  CHECK(position("open queue 64000") < position("install xtables slot 0"));
+  const auto& rules = nf->installed.at({SteeringBackend::kXtables, kNetns, 0});
+  CHECK(rules.verdict == SteeringRules::Verdict::kQueue);
+  CHECK(rules.queue == kernel::kQueueBase);
+  CHECK(rules.interface == "veth0");
+  CHECK(rules.egress);
+  CHECK_FALSE(rules.ingress);
+  REQUIRE(nf->lastImpairment.has_value());
+  CHECK(nf->lastImpairment->delay == 100ms);
+  CHECK(nf->lastImpairment->jitter == 10ms);
+  CHECK(contains((*applied)->describe(), "delay 100ms jitter 10ms on veth0"));
+  CHECK(contains((*applied)->describe(), "xtables chains mangle FAULTLINE-0, queue 64000"));
+  REQUIRE((*applied)->revert().has_value());
+  // The rules first (nothing new reaches the queue), then the held packets go.
+  CHECK(position("remove xtables slot 0") < position("stop queue"));
+  CHECK(nf->installed.empty());
+  CHECK(nf->queuesStopped == 1);
+  CHECK(contains((*applied)->describe(), "10 packets through the queue: 7 accepted, 3 dropped"));
+  REQUIRE((*applied)->revert().has_value());  // again: nothing to do
+  CHECK(nf->queuesStopped == 1);
+}
+
+TEST_CASE_FIXTURE(Fixture, "nfqueue driver: partition and plain loss are pure rules; correlated loss needs the queue") {
+  v1::FaultSpec partition;
+  partition.mutable_network_partition()->mutable_target()->set_interface("veth0");
+  partition.mutable_network_partition()->mutable_target()->set_netns(kNetns);
+  partition.mutable_network_partition()->mutable_target()->set_direction(v1::DIRECTION_BOTH);
+  auto p = driver.apply(partition);
+  REQUIRE_MESSAGE(p.has_value(), (p ? "" : p.error().message));
+  CHECK(nf->queuesOpen == 0);
+  const auto& drop = nf->installed.at({SteeringBackend::kNftables, kNetns, 0});  // nftables when it exists
+  CHECK(drop.verdict == SteeringRules::Verdict::kDrop);
+  CHECK(drop.egress);
+  CHECK(drop.ingress);
+  REQUIRE((*p)->revert().has_value());
+
+  auto plain = driver.apply(lossSpec(30, 0));
+  REQUIRE_MESSAGE(plain.has_value(), (plain ? "" : plain.error().message));
+  CHECK(nf->queuesOpen == 0);
+  const auto& random = nf->installed.at({SteeringBackend::kNftables, kNetns, 0});
+  CHECK(random.verdict == SteeringRules::Verdict::kDropRandom);
+  CHECK(random.dropPercent == doctest::Approx(30));
+  REQUIRE((*plain)->revert().has_value());
+
+  auto correlated = driver.apply(lossSpec(30, 25));
+  REQUIRE_MESSAGE(correlated.has_value(), (correlated ? "" : correlated.error().message));
+  CHECK(nf->queuesOpen == 1);
+  CHECK(nf->installed.at({SteeringBackend::kXtables, kNetns, 0}).verdict == SteeringRules::Verdict::kQueue);
+  CHECK(nf->lastImpairment->lossPercent == doctest::Approx(30));
+  CHECK(nf->lastImpairment->lossCorrelation == doctest::Approx(25));
+  REQUIRE((*correlated)->revert().has_value());
+}
+
+TEST_CASE_FIXTURE(Fixture, "nfqueue driver: one fault per interface and direction; slots taken are skipped") {
+  auto first = driver.apply(delaySpec(v1::DIRECTION_EGRESS));
+  REQUIRE(first.has_value());
+  auto second = driver.apply(delaySpec(v1::DIRECTION_BOTH));
+  REQUIRE_FALSE(second.has_value());
+  CHECK(second.error().code == std::errc::file_exists);
+  CHECK_MESSAGE(contains(second.error().message, "already carries a faultline userspace fault in direction egress"),
+                second.error().message);
+  CHECK(nf->queuesOpen == 1);
+  // The other direction is free; it gets the next slot and queue.
+  auto ingress = driver.apply(delaySpec(v1::DIRECTION_INGRESS));
+  REQUIRE_MESSAGE(ingress.has_value(), (ingress ? "" : ingress.error().message));
+  CHECK(nf->installed.contains({SteeringBackend::kXtables, kNetns, 1}));
+  CHECK(nf->installed.at({SteeringBackend::kXtables, kNetns, 1}).queue == kernel::kQueueBase + 1);
+  REQUIRE((*first)->revert().has_value());
+  REQUIRE((*ingress)->revert().has_value());
+  // After the revert the interface is free again.
+  auto again = driver.apply(delaySpec(v1::DIRECTION_BOTH));
+  REQUIRE_MESSAGE(again.has_value(), (again ? "" : again.error().message));
+  REQUIRE((*again)->revert().has_value());
+}
+
+TEST_CASE_FIXTURE(Fixture, "nfqueue driver: a failure half-way leaves nothing bound, held or installed") {
+  SUBCASE("the rules cannot be installed: the queue is unbound") {
+    nf->failInstall = std::make_pair(std::make_error_code(std::errc::operation_not_supported),
+                                     std::string("the kernel lacks the NFQUEUE target"));
+    auto failed = driver.apply(delaySpec());
+    REQUIRE_FALSE(failed.has_value());
+    CHECK(failed.error().code == std::errc::operation_not_supported);
+    CHECK_MESSAGE(contains(failed.error().message, "the kernel lacks the NFQUEUE target; nothing was changed"),
+                  failed.error().message);
+    CHECK(nf->queuesStopped == 1);
+  }
+  SUBCASE("the queue cannot be bound: no rule is installed") {
+    nf->failOpenQueue = std::make_error_code(std::errc::device_or_resource_busy);
+    auto failed = driver.apply(delaySpec());
+    REQUIRE_FALSE(failed.has_value());
+    CHECK(failed.error().code == std::errc::device_or_resource_busy);
+    CHECK_MESSAGE(contains(failed.error().message, "cannot bind queue 64000: bound by another program"),
+                  failed.error().message);
+    CHECK_FALSE(called("install xtables slot 0"));
+  }
+  SUBCASE("the journal cannot be written: nothing is touched") {
+    auto failed = driver.apply(delaySpec(), [](const nlohmann::json&) -> tl::expected<void, FaultError> {
+      return tl::unexpected(FaultError{std::make_error_code(std::errc::no_space_on_device), "disk full"});
+    });
+    REQUIRE_FALSE(failed.has_value());
+    CHECK(nf->queuesOpen == 0);
+    CHECK_FALSE(called("install xtables slot 0"));
+  }
+  CHECK(nf->installed.empty());
+  // The interface is not held by the failed fault.
+  auto next = driver.apply(delaySpec());
+  REQUIRE_MESSAGE(next.has_value(), (next ? "" : next.error().message));
+  REQUIRE((*next)->revert().has_value());
+}
+
+TEST_CASE_FIXTURE(Fixture, "nfqueue driver: what it does not do is refused before any change, naming why") {
+  SUBCASE("duplicate on ingress") {
+    v1::FaultSpec spec;
+    auto* d = spec.mutable_network_duplicate();
+    d->mutable_target()->set_interface("veth0");
+    d->mutable_target()->set_netns(kNetns);
+    d->mutable_target()->set_direction(v1::DIRECTION_INGRESS);
+    d->set_percent(10);
+    auto refused = driver.apply(spec);
+    REQUIRE_FALSE(refused.has_value());
+    CHECK(refused.error().code == std::errc::invalid_argument);
+    CHECK_MESSAGE(contains(refused.error().message, "works on egress only"), refused.error().message);
+  }
+  SUBCASE("bandwidth is tc's") {
+    v1::FaultSpec spec;
+    spec.mutable_network_bandwidth()->mutable_target()->set_interface("veth0");
+    spec.mutable_network_bandwidth()->set_rate_bps(1'000'000);
+    auto refused = driver.apply(spec);
+    REQUIRE_FALSE(refused.has_value());
+    CHECK(refused.error().code == std::errc::not_supported);
+  }
+  SUBCASE("an invalid spec") {
+    auto spec = delaySpec();
+    *spec.mutable_network_delay()->mutable_jitter() = toProto(200ms);  // > delay
+    auto refused = driver.apply(spec);
+    REQUIRE_FALSE(refused.has_value());
+    CHECK(refused.error().code == std::errc::invalid_argument);
+  }
+  SUBCASE("interface default without a resolver") {
+    auto spec = delaySpec();
+    targetOf(spec)->set_interface("default");
+    auto refused = driver.apply(spec);
+    REQUIRE_FALSE(refused.has_value());
+    CHECK(refused.error().code == std::errc::not_supported);
+  }
+  CHECK(nf->calls.empty());
+}
+
+TEST_CASE("nfqueue driver: a kernel without nfnetlink_queue refuses queued faults, naming the module") {
+  auto nf = std::make_shared<FakeNetfilter>();
+  kernel::SteeringSupport none = xtablesOnly();
+  none.nfqueue = false;
+  NfqueueFaultDriver driver{none,
+                            [nf](SteeringBackend backend, const std::string& netns)
+                                -> tl::expected<std::unique_ptr<kernel::PacketSteering>, std::error_code> {
+                              return std::make_unique<FakeSteering>(nf, backend, netns);
+                            },
+                            nullptr};
+  auto refused = driver.apply(delaySpec());
+  REQUIRE_FALSE(refused.has_value());
+  CHECK(refused.error().code == std::errc::not_supported);
+  CHECK_MESSAGE(contains(refused.error().message, "CONFIG_NETFILTER_NETLINK_QUEUE"), refused.error().message);
+  CHECK(nf->installed.empty());
+}
+
+TEST_CASE_FIXTURE(Fixture, "nfqueue driver: the agent's own namespace exempts the controller; others do not") {
+  Endpoint controller;
+  controller.address = *parseCidr("10.0.0.9/32");
+  controller.port = 7443;
+  driver.setExempt({controller});
+  auto own = delaySpec();
+  targetOf(own)->set_netns("");
+  auto a = driver.apply(own);
+  REQUIRE_MESSAGE(a.has_value(), (a ? "" : a.error().message));
+  REQUIRE(nf->installed.at({SteeringBackend::kXtables, "", 0}).exempt.size() == 1);
+  CHECK(nf->installed.at({SteeringBackend::kXtables, "", 0}).exempt[0].port == 7443);
+  auto b = driver.apply(delaySpec());
+  REQUIRE_MESSAGE(b.has_value(), (b ? "" : b.error().message));
+  CHECK(nf->installed.at({SteeringBackend::kXtables, kNetns, 0}).exempt.empty());
+  REQUIRE((*a)->revert().has_value());
+  REQUIRE((*b)->revert().has_value());
+}
+
+TEST_CASE_FIXTURE(Fixture, "nfqueue driver: crash recovery removes the record's rules; a bad record is permanent") {
+  nlohmann::json record;
+  auto applied = driver.apply(delaySpec(), [&](const nlohmann::json& r) -> tl::expected<void, FaultError> {
+    record = r;
+    return {};
+  });
+  REQUIRE(applied.has_value());
+  CHECK(NfqueueFaultDriver::isNfqueueRecord(record));
+  const SteeringOpener open = [nf = nf](SteeringBackend backend, const std::string& netns)
+      -> tl::expected<std::unique_ptr<kernel::PacketSteering>, std::error_code> {
+    return std::make_unique<FakeSteering>(nf, backend, netns);
+  };
+  auto recovered = NfqueueFaultDriver::revertRecord(record, open);
+  REQUIRE_MESSAGE(recovered.has_value(), (recovered ? "" : recovered.error().message));
+  CHECK(contains(*recovered, "xtables chains mangle FAULTLINE-0 in /proc/4242/ns/net removed"));
+  CHECK(nf->installed.empty());
+  auto again = NfqueueFaultDriver::revertRecord(record, open);
+  CHECK(again.has_value());
+  record["slot"] = 9999;
+  auto bad = NfqueueFaultDriver::revertRecord(record, open);
+  REQUIRE_FALSE(bad.has_value());
+  CHECK(bad.error().permanent);
+  record["slot"] = 0;
+  record["backend"] = "ebtables";
+  CHECK_FALSE(NfqueueFaultDriver::revertRecord(record, open).has_value());
+  // The live fault's queue still goes on its revert.
+  REQUIRE((*applied)->revert().has_value());
+  CHECK(nf->queuesStopped == 1);
+}
+
+TEST_CASE("removeAllSteering: every slot of both backends in the namespace, nothing elsewhere") {
+  auto nf = std::make_shared<FakeNetfilter>();
+  const SteeringOpener open = [nf](SteeringBackend backend, const std::string& netns)
+      -> tl::expected<std::unique_ptr<kernel::PacketSteering>, std::error_code> {
+    return std::make_unique<FakeSteering>(nf, backend, netns);
+  };
+  nf->installed[{SteeringBackend::kXtables, kNetns, 0}] = {};
+  nf->installed[{SteeringBackend::kNftables, kNetns, 3}] = {};
+  nf->installed[{SteeringBackend::kXtables, "/run/netns/other", 1}] = {};
+  auto sweep = removeAllSteering(kNetns, open);
+  CHECK(sweep.failed.empty());
+  REQUIRE(sweep.removed.size() == 2);
+  CHECK(contains(sweep.removed[0], "nftables table inet faultline-3"));
+  CHECK(contains(sweep.removed[1], "xtables chains mangle FAULTLINE-0"));
+  CHECK(nf->installed.size() == 1);
+}
