@@ -233,8 +233,9 @@ std::optional<Failure> missingPart(SteeringBackend backend, const SteeringRules&
   }
   if (!s.xtables) {
     return missing(
-        "this kernel lacks the legacy mangle tables: ip_tables and ip6_tables (CONFIG_IP_NF_MANGLE, "
-        "CONFIG_IP6_NF_MANGLE)");
+        "this kernel lacks the legacy mangle tables, or their modules are not loaded: ip_tables, "
+        "ip6_tables, iptable_mangle, ip6table_mangle (CONFIG_IP_NF_MANGLE, CONFIG_IP6_NF_MANGLE); faultline "
+        "loads no module itself");
   }
   if (rules.verdict == SteeringRules::Verdict::kQueue && !s.xtNfqueue) {
     return missing("this kernel lacks the NFQUEUE target: xt_NFQUEUE (CONFIG_NETFILTER_XT_TARGET_NFQUEUE)");
@@ -692,8 +693,11 @@ VoidResult xtInstallFamily(const SteeringRules& rules, const std::vector<Combina
   if (table.h == nullptr) {
     const int e = errno;
     if (e == ENOENT || e == ENOPROTOOPT || e == EINVAL) {
-      return fail(ENOENT, fmt::format("the {} legacy mangle table is missing ({}; CONFIG_IP{}_NF_MANGLE)", F::kName,
-                                      F::strerror(e), F::kFamily == AF_INET ? "" : "6"));
+      const bool v4 = F::kFamily == AF_INET;
+      return fail(ENOENT, fmt::format("the {} legacy mangle table is missing ({}): {} and {} must be loaded "
+                                      "(CONFIG_IP{}_NF_IPTABLES, CONFIG_IP{}_NF_MANGLE)",
+                                      F::kName, F::strerror(e), v4 ? "ip_tables" : "ip6_tables",
+                                      v4 ? "iptable_mangle" : "ip6table_mangle", v4 ? "" : "6", v4 ? "" : "6"));
     }
     return tl::unexpected(xtFailure<F>(e, "reading the mangle table"));
   }

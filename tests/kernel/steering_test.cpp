@@ -183,6 +183,7 @@ class Steering : public testing::NetnsFixture {
     REQUIRE_MESSAGE(peer_.error().empty(), peer_.error());
     const auto start = std::string("/proc/").size();
     const std::string pid = peer_.path().substr(start, peer_.path().find('/', start) - start);
+    inNetns("ip link set veth1 down");  // older kernels (the guest's 6.1) rename no interface that is up
     inNetns("ip link set veth1 name peer0");
     inNetns(fmt::format("ip link set peer0 netns {}", pid));
     for (const char* c :
