@@ -875,7 +875,8 @@ class NftSteering final : public PacketSteering {
           return fail(EIO, fmt::format("nft refused table inet {}: {}", table, r.error));
         },
         voidOnError);
-    if (!result && result.error().first == std::errc::io_error) {
+    if (!result &&
+        (result.error().first == std::errc::io_error || result.error().first == std::errc::no_such_file_or_directory)) {
       // The transaction is atomic: nothing of it stays. Name a missing kernel part if there is one.
       if (auto missing = missingPart(SteeringBackend::kNftables, rules)) {
         return tl::unexpected(*missing);
