@@ -68,17 +68,21 @@ struct SteeringSupport {
 [[nodiscard]] SteeringSupport probeSteeringSupport();
 
 // The backend a queue verdict uses: nftables where it has nft_queue, else xtables with the NFQUEUE
-// target; nullopt-like error when neither (and no nfqueue). For drop-only rules (partition, plain
-// loss) nftables is preferred whenever it exists. errors: ENOTSUP with words naming what is missing.
+// target; an error when neither, or when no queue can be bound (nfqueue). For drop-only rules
+// (partition, plain loss): nftables with numgen, else xtables with the statistic match, else
+// whichever exists (a plain drop needs neither). errors: words naming what is missing.
 [[nodiscard]] tl::expected<SteeringBackend, std::string> chooseBackend(const SteeringSupport& support, bool needsQueue);
 
 struct SteeringRules {
   enum class Verdict { kQueue, kDrop, kDropRandom };
-  uint16_t slot = 0;                    // 0 - kMaxSlots-1: names the table/chain; the caller picks a free one
-  std::string interface;                // oifname (egress) / iifname (ingress): a valid interface name
-  bool egress = true;                   // hook output / OUTPUT
-  bool ingress = false;                 // hook prerouting / PREROUTING
-  v1::TrafficMatch match;               // validated by validateMatch(); empty: all IPv4 and IPv6 packets
+  uint16_t slot = 0;      // 0 - kMaxSlots-1: names the table/chain; the caller picks a free one
+  std::string interface;  // oifname (egress) / iifname (ingress): a valid interface name
+  bool egress = true;     // hook output / OUTPUT
+  bool ingress = false;   // hook prerouting / PREROUTING
+  // Validated as a fault's target is (validateFaultSpec()), and checked again by install(); the
+  // destination and source are the packet's own fields in either direction. Empty: every IPv4 and
+  // IPv6 packet, neighbour discovery's too (ARP is neither).
+  v1::TrafficMatch match;
   std::vector<agent::Endpoint> exempt;  // the agent's controller: never matched
   Verdict verdict = Verdict::kQueue;
   uint16_t queue = 0;      // kQueue: the queue number (kQueueBase + slot)
