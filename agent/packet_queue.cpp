@@ -439,6 +439,7 @@ class NfPacketQueue final : public PacketQueue {
     stream_.assign(::dup(fd));
     waitReadable();
     thread_ = std::thread([this] {
+      ::pthread_setname_np(::pthread_self(), "faultline-nfq");  // for top -H, ps -L and perf
       raisePriority();
       io_.run();
     });

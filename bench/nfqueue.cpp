@@ -1,9 +1,10 @@
 // The userspace packet queue (agent/packet_queue.h) with real UDP packets between two throwaway
 // network namespaces (veth0 in A, its peer in B; A's egress to B steered to the queue with
 // iptables-legacy's NFQUEUE target, --queue-bypass):
-//  - throughput: a sender in A sends 64-byte datagrams as fast as it can for 3 s through the delay
-//    path (delay 1 ms), the whole process (sender, receiver, the queue's thread) pinned to one
-//    CPU; packets/s the queue released (NF_ACCEPT after the hold) and B received.
+//  - throughput: a sender in A sends 64-byte datagrams as fast as it can through the delay path
+//    (delay 1 ms): packets/s sent, released by the queue (NF_ACCEPT after the hold) and received in
+//    B; once with sender, receiver and the queue's thread on one CPU, once with the queue's thread
+//    alone on that CPU and the sender and receiver on another.
 //  - delay error: a paced sender at 1k, 10k and 50k packets/s, delay 100 ms; the one-way delay of
 //    each datagram (stamped by the sender right before sendto(), and by the kernel on receipt,
 //    SO_TIMESTAMPNS; one clock) minus 100 ms,
@@ -24,6 +25,8 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <string>
 #include <thread>
@@ -160,6 +163,24 @@ Run traffic(const std::string& a, const std::string& b, size_t bytes, int rate, 
   return run;
 }
 
+// CPU time (ns) of this process's threads named faultline-nfq, from /proc/self/task/*/schedstat.
+uint64_t queueCpuNs() {
+  uint64_t total = 0;
+  for (const auto& task : std::filesystem::directory_iterator("/proc/self/task")) {
+    std::ifstream comm(task.path() / "comm");
+    std::string name;
+    std::getline(comm, name);
+    if (name != "faultline-nfq") {
+      continue;
+    }
+    std::ifstream stat(task.path() / "schedstat");
+    uint64_t ns = 0;
+    stat >> ns;
+    total += ns;
+  }
+  return total;
+}
+
 double quantile(std::vector<double>& v, double q) {
   if (v.empty()) {
     return 0;
@@ -218,25 +239,53 @@ int main(int argc, char** argv) {
   std::cout << fmt::format("nfqueue: {} s per row, UDP over veth between two namespaces, kernel {}\n\n", seconds,
                            testing::sh("uname -r").output.substr(0, testing::sh("uname -r").output.find('\n')));
 
-  // Throughput through the delay path, the whole process on one CPU.
-  {
+  // Throughput through the delay path. sched_setaffinity(0, ...) pins the calling thread only;
+  // threads inherit it when created. Shared: sender, receiver and the queue's thread on one CPU.
+  // Alone: the queue's thread on that CPU, sender and receiver on another (when there is one).
+  cpu_set_t all;
+  ::sched_getaffinity(0, sizeof(all), &all);
+  const auto pin = [](int c) {
     cpu_set_t one;
-    cpu_set_t all;
-    ::sched_getaffinity(0, sizeof(all), &all);
     CPU_ZERO(&one);
-    CPU_SET(cpu, &one);
-    ::sched_setaffinity(0, sizeof(one), &one);  // the queue's thread, created next, inherits it
+    CPU_SET(c, &one);
+    ::sched_setaffinity(0, sizeof(one), &one);
+  };
+  int other = -1;
+  for (int c = 0; c < CPU_SETSIZE; ++c) {
+    if (c != cpu && CPU_ISSET(c, &all)) {
+      other = c;
+      break;
+    }
+  }
+  std::cout << "throughput through the delay path (delay 1 ms, 64-byte datagrams, sender as fast as it can):\n";
+  std::cout << fmt::format("  {:<48} {:>12} {:>12} {:>12} {:>12} {:>14}\n", "placement", "sent/s", "released/s",
+                           "received/s", "queue CPU", "per core/s");
+  for (const bool alone : {false, true}) {
+    if (alone && other < 0) {
+      break;
+    }
+    pin(cpu);  // the queue's thread, created next, inherits it
     auto q = openQueue(a.path(), 1ms);
+    if (alone) {
+      pin(other);  // sender (this thread) and receiver (created by traffic())
+    }
+    const uint64_t cpuBefore = queueCpuNs();
     auto run = traffic(a.path(), bPath, 64, 0, duration, 500ms);
     const auto stats = q->stats();
+    const double cpuSeconds = static_cast<double>(queueCpuNs() - cpuBefore) / 1e9;
     q->stop();
     ::sched_setaffinity(0, sizeof(all), &all);
-    std::cout << fmt::format(
-        "throughput (delay 1 ms, 64-byte datagrams, sender + receiver + queue pinned to CPU {}):\n"
-        "  sent {:.0f} packets/s, queue released {:.0f} packets/s, received {:.0f} packets/s, over limit {}\n\n",
-        cpu, static_cast<double>(run.sent) / run.seconds, static_cast<double>(stats.accepted) / run.seconds,
-        static_cast<double>(run.delaysMs.size()) / run.seconds, stats.overLimit);
+    const std::string placement = alone ? fmt::format("queue on CPU {}, sender + receiver on CPU {}", cpu, other)
+                                        : fmt::format("queue + sender + receiver on CPU {}", cpu);
+    // The queue thread's capacity: packets it released per second of its own CPU time (its
+    // thread runs the verdicts' kernel work too: reinjection and the veth transmit).
+    std::cout << fmt::format("  {:<48} {:>12.0f} {:>12.0f} {:>12.0f} {:>11.0f} % {:>14.0f}\n", placement,
+                             static_cast<double>(run.sent) / run.seconds,
+                             static_cast<double>(stats.accepted) / run.seconds,
+                             static_cast<double>(run.delaysMs.size()) / run.seconds, 100.0 * cpuSeconds / run.seconds,
+                             static_cast<double>(stats.accepted) / cpuSeconds);
   }
+  std::cout << "\n";
 
   std::cout << "delay error versus requested (delay 100 ms, 200-byte datagrams, unpinned):\n";
   std::cout << fmt::format("  {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}\n", "packets/s", "sent", "lost", "p50 ms",

@@ -293,30 +293,33 @@ TEST_CASE_FIXTURE(QueueNamespaces, "packet queue: loss 30 % drops 25-35 % of 2,0
   }
 }
 
-TEST_CASE_FIXTURE(QueueNamespaces, "packet queue: duplicate 20 % sends copies through the marked raw socket") {
-  steer(false);
-  Impairment imp;
-  imp.duplicatePercent = 20;
-  auto q = open(imp, true);
-  const auto arrivals = traffic(false, 2000, 1000, 200ms);
-  const auto stats = q->stats();
-  q->stop();
-  std::map<uint32_t, int> copies;
-  for (const auto& a : arrivals) {
-    REQUIRE(a.intact);
-    ++copies[a.seq];
+TEST_CASE_FIXTURE(QueueNamespaces, "packet queue: duplicate 20 % sends copies through the marked raw sockets") {
+  for (const bool v6 : {false, true}) {
+    CAPTURE(v6);
+    steer(v6);
+    Impairment imp;
+    imp.duplicatePercent = 20;
+    auto q = open(imp, true);
+    const auto arrivals = traffic(v6, 2000, 1000, 200ms);
+    const auto stats = q->stats();
+    q->stop();
+    std::map<uint32_t, int> copies;
+    for (const auto& a : arrivals) {
+      REQUIRE(a.intact);
+      ++copies[a.seq];
+    }
+    CHECK(copies.size() == 2000);  // every packet arrives
+    int twice = 0;
+    for (const auto& [seq, n] : copies) {
+      REQUIRE(n <= 2);  // a copy is never steered (and duplicated) again
+      twice += n == 2 ? 1 : 0;
+    }
+    MESSAGE(fmt::format("{}: duplicated {} of 2000", v6 ? "IPv6" : "IPv4", twice));
+    CHECK(twice >= 300);
+    CHECK(twice <= 500);
+    CHECK(stats.duplicated == static_cast<uint64_t>(twice));
+    CHECK(stats.received == 2000);  // the copies did not come back through the queue
   }
-  CHECK(copies.size() == 2000);  // every packet arrives
-  int twice = 0;
-  for (const auto& [seq, n] : copies) {
-    REQUIRE(n <= 2);  // a copy is never steered (and duplicated) again
-    twice += n == 2 ? 1 : 0;
-  }
-  MESSAGE(fmt::format("duplicated {} of 2000", twice));
-  CHECK(twice >= 300);
-  CHECK(twice <= 500);
-  CHECK(stats.duplicated == static_cast<uint64_t>(twice));
-  CHECK(stats.received == 2000);  // the copies did not come back through the queue
 }
 
 TEST_CASE_FIXTURE(QueueNamespaces, "packet queue: corrupt 10 % flips one bit of the packet") {
