@@ -16,7 +16,8 @@
 // accepted with its modified payload; a duplicate is sent again, when the original is released,
 // through a raw socket in the namespace marked kInjectedMark (so steering skips it; egress only).
 // The queue is bound with NFQA_CFG_F_FAIL_OPEN (a full queue accepts rather than drops) and the
-// steering rules use bypass, so traffic flows unharmed when the agent stops or dies.
+// steering rules use bypass, so traffic flows unharmed when the agent stops or dies (when it dies,
+// the kernel unbinds the queue and drops the packets held at that moment; stop() releases them).
 // limitPackets is applied by the queue with netem's tail drop (overLimit); the kernel's queue
 // length is limitPackets + 4096 so packets not yet read are not passed early.
 // Unlike netem (which orphans a delayed packet from its socket), a held packet stays charged to

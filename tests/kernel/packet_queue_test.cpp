@@ -10,7 +10,10 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <sched.h>
+#include <signal.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -435,4 +438,46 @@ TEST_CASE_FIXTURE(QueueNamespaces, "packet queue: errors name the namespace and 
   REQUIRE_FALSE(again);
   CHECK(again.error().first == std::errc::device_or_resource_busy);
   CHECK(again.error().second.find("another program") != std::string::npos);
+}
+
+TEST_CASE_FIXTURE(QueueNamespaces, "packet queue: traffic flows after the process serving the queue is killed") {
+  steer(false);
+  int ready[2];
+  REQUIRE(::pipe2(ready, O_CLOEXEC) == 0);
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    Impairment imp;
+    imp.delay = 10s;
+    auto q = PacketQueue::open(netns_, kQueue, imp, false, 1);
+    const char ok = q ? 1 : 0;
+    if (::write(ready[1], &ok, 1) != 1) {
+      ::_exit(1);
+    }
+    for (;;) {
+      ::pause();
+    }
+  }
+  ::close(ready[1]);
+  char ok = 0;
+  const bool started = ::read(ready[0], &ok, 1) == 1 && ok == 1;
+  ::close(ready[0]);
+  const auto reap = [&] {
+    ::kill(child, SIGKILL);
+    ::waitpid(child, nullptr, 0);
+  };
+  if (!started) {
+    reap();
+    FAIL("the child could not bind the queue");
+  }
+  // Held by the child for 10 s; SIGKILL closes its socket, the kernel unbinds the queue and drops
+  // what it held (as a netem qdisc deleted with packets in it).
+  const auto held = traffic(false, 20, 1000, 100ms, false, reap);
+  CHECK(held.empty());
+  const auto after = traffic(false, 100, 1000, 100ms);
+  REQUIRE(after.size() == 100);
+  for (const auto& a : after) {
+    CHECK(a.delayMs < 20);
+  }
 }
