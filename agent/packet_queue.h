@@ -9,12 +9,20 @@
 // (get_crandom, loss_4state/gilbert_elliott, tabledist), rewritten from their description.
 //
 // PacketQueue binds the queue with libnetfilter_queue in a network namespace and serves it on a
-// thread of its own: each packet gets the model's decision; held packets are released with
-// NF_ACCEPT by an Asio timer wheel at their release time, in release order; a dropped one gets
-// NF_DROP; a corrupted one is accepted with its modified payload; a duplicate is sent again
+// thread of its own (an Asio io_context; SCHED_FIFO priority 1 where allowed, else a normal
+// thread): each packet gets the model's decision; held packets are released with NF_ACCEPT by one
+// Asio steady_timer armed for the earliest release time of a heap of held packets (netem's tfifo),
+// in release order (arrival order for equal times); a dropped one gets NF_DROP; a corrupted one is
+// accepted with its modified payload; a duplicate is sent again, when the original is released,
 // through a raw socket in the namespace marked kInjectedMark (so steering skips it; egress only).
 // The queue is bound with NFQA_CFG_F_FAIL_OPEN (a full queue accepts rather than drops) and the
-// steering rules use bypass, so traffic flows unharmed when the agent stops or dies.
+// steering rules use bypass, so traffic flows unharmed when the agent stops or dies (when it dies,
+// the kernel unbinds the queue and drops the packets held at that moment; stop() releases them).
+// limitPackets is applied by the queue with netem's tail drop (overLimit); the kernel's queue
+// length is limitPackets + 4096 so packets not yet read are not passed early.
+// Unlike netem (which orphans a delayed packet from its socket), a held packet stays charged to
+// the sending socket's send buffer: a sender whose SO_SNDBUF is smaller than what it sends within
+// the delay blocks (UDP) or is slowed (TCP small queues) on top of the delay.
 #pragma once
 
 #include <chrono>
@@ -47,13 +55,15 @@ struct Impairment {
   double reorderPercent = 0;  // needs delay > 0
   double reorderCorrelation = 0;
   uint32_t gap = 0;
-  uint32_t limitPackets = 1000;  // packets held at once; more are dropped, as netem's limit does
+  uint32_t limitPackets = 1000;  // packets held at once; more are dropped (overLimit), as netem's limit does
 };
 
 // The impairment of a validated network.delay, network.loss, network.duplicate, network.corrupt
-// or network.reorder spec (spec.h validateFaultSpec()), with netem's defaults (limit 1000, or the
-// spec's limit_packets). errors: words naming a parameter the userspace path does not do (netem's
-// rate_bps: "rate_bps needs sch_netem ..."), or a kind that is not one of those five.
+// or network.reorder spec (spec.h validateFaultSpec(), run again here), with netem's defaults:
+// limit the spec's limit_packets, else for delay netemLimitPackets() as the netem driver sizes it
+// (so a long delay does not tail-drop), else 1000; reorder without gap is gap 1 (tc(8)).
+// errors: "FIELD: words" of validateFaultSpec(); words naming a parameter the userspace path does
+// not do (rate_bps: "rate_bps N needs sch_netem ..."), or a kind that is not one of those five.
 [[nodiscard]] tl::expected<Impairment, std::string> impairmentFromSpec(const v1::FaultSpec& spec);
 
 class ImpairmentModel {
@@ -90,14 +100,19 @@ class PacketQueue {
   // Binds queue in netns ("" = the caller's own namespace, else a namespace file) and starts
   // serving it with a model seeded by seed. duplicates: send copies (egress steering only; a copy
   // of a received packet cannot be injected back into the receive path).
-  // errors (code, words): ENOENT/EINVAL netns; EPERM; EBUSY the queue is bound by another program;
-  // EPROTONOSUPPORT/ENOENT the kernel has no nfnetlink_queue.
+  // errors (code, words): ENOENT/EINVAL netns; EPERM without CAP_NET_ADMIN; EBUSY the queue is
+  // bound by another socket (the kernel says EPERM; with CAP_NET_ADMIN in effect it is reported as
+  // EBUSY); EPROTONOSUPPORT/ENOENT the kernel has no nfnetlink_queue; the raw sockets' errors when
+  // duplicates. Blocks for a few netlink round trips and a thread start.
   [[nodiscard]] static tl::expected<std::unique_ptr<PacketQueue>, std::pair<std::error_code, std::string>> open(
       const std::string& netns, uint16_t queue, Impairment impairment, bool duplicates, uint64_t seed);
 
   virtual ~PacketQueue() = default;
   // Releases every held packet at once (NF_ACCEPT), unbinds the queue and joins the thread; the
-  // kernel then passes the queue's packets (bypass). Idempotent.
+  // kernel then passes the queue's packets (bypass). Before unbinding (when the kernel drops what is
+  // still queued) the queue's length is set to 0, so with fail open new packets pass without being
+  // queued, and every packet already queued is read and accepted: none is lost. Idempotent; the
+  // destructor calls it.
   virtual void stop() = 0;
   // Thread-safe.
   [[nodiscard]] virtual QueueStats stats() const = 0;
