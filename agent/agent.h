@@ -100,8 +100,8 @@ class FaultRouter final : public FaultDriver {
 
 // Which driver does netem's kinds (network.delay, loss, duplicate, corrupt, reorder, partition).
 struct NetworkDriverChoice {
-  bool userspace = false;             // the nfqueue driver (nfqueue_driver.h); else tc's netem
-  kernel::SteeringSupport steering;   // what the nfqueue driver may use (probeSteeringSupport())
+  bool userspace = false;            // the nfqueue driver (nfqueue_driver.h); else tc's netem
+  kernel::SteeringSupport steering;  // what the nfqueue driver may use (probeSteeringSupport())
 };
 
 // The drivers of this host's kernel: rtnetlink qdiscs, netfilter rules and queues, /proc and

@@ -84,9 +84,9 @@ int revertAllMain(const std::string& stateDir, bool alsoLocalRun) {
   }
   std::cout << "revert-all: " << report.reverted.size() << " journal entr"
             << (report.reverted.size() == 1 ? "y" : "ies") << " reverted, " << report.removed.size()
-            << " leftover faultline qdisc(s) and stress cgroup(s) removed, " << report.failed.size()
-            << " failure(s); scanned " << report.namespaces << " network namespace(s), " << report.interfaces
-            << " interface(s): "
+            << " leftover faultline qdisc(s), netfilter rule set(s) and stress cgroup(s) removed, "
+            << report.failed.size() << " failure(s); scanned " << report.namespaces << " network namespace(s), "
+            << report.interfaces << " interface(s): "
             << (report.clean() ? "no faultline fault is left" : "the host may still carry faultline faults")
             << std::endl;
   return report.clean() ? 0 : 1;

@@ -351,9 +351,9 @@ std::unique_ptr<AppliedFault> withResolvedTarget(std::unique_ptr<AppliedFault> f
 }
 
 tl::expected<std::unique_ptr<AppliedFault>, FaultError> applyOnResolvedTarget(NetworkTargetResolver& resolver,
-                                                                         const v1::FaultSpec& spec,
-                                                                         const PersistUndo& persist,
-                                                                         const ResolvedApply& apply) {
+                                                                              const v1::FaultSpec& spec,
+                                                                              const PersistUndo& persist,
+                                                                              const ResolvedApply& apply) {
   const v1::NetworkTarget* target = networkTarget(spec);
   if (target == nullptr) {
     return tl::unexpected(FaultError{std::make_error_code(std::errc::invalid_argument),

@@ -96,14 +96,16 @@ std::string namespaceKey(const std::string& netns) {
 }
 
 std::string ruleNames(SteeringBackend backend, uint16_t slot) {
-  return backend == SteeringBackend::kNftables ? fmt::format("nftables table inet {}{}", kernel::kNftTablePrefix, slot)
-                                               : fmt::format("xtables chains mangle {}{}", kernel::kXtChainPrefix, slot);
+  return backend == SteeringBackend::kNftables
+             ? fmt::format("nftables table inet {}{}", kernel::kNftTablePrefix, slot)
+             : fmt::format("xtables chains mangle {}{}", kernel::kXtChainPrefix, slot);
 }
 
 std::string countersText(const QueueStats& s) {
-  return fmt::format("{} packets through the queue: {} accepted, {} dropped, {} over the limit, {} duplicated, {} "
-                     "corrupted, {} reordered",
-                     s.received, s.accepted, s.dropped, s.overLimit, s.duplicated, s.corrupted, s.reordered);
+  return fmt::format(
+      "{} packets through the queue: {} accepted, {} dropped, {} over the limit, {} duplicated, {} "
+      "corrupted, {} reordered",
+      s.received, s.accepted, s.dropped, s.overLimit, s.duplicated, s.corrupted, s.reordered);
 }
 
 class AppliedUserspaceFault final : public AppliedFault {
@@ -136,16 +138,17 @@ class AppliedUserspaceFault final : public AppliedFault {
     if (!rulesRemoved_) {
       auto steering = open_(backend_, netns_);
       if (!steering && !netns_.empty() &&
-          (steering.error() == std::errc::no_such_file_or_directory || steering.error() == std::errc::invalid_argument)) {
+          (steering.error() == std::errc::no_such_file_or_directory ||
+           steering.error() == std::errc::invalid_argument)) {
         outcome_ = fmt::format("network namespace {} no longer exists; nothing to revert", netns_);
       } else if (!steering) {
         return tl::unexpected(faultError(steering.error(), fmt::format("{}: revert: cannot open the {} in {}: {}",
                                                                        what_, kernel::steeringBackendName(backend_),
                                                                        where(netns_), steering.error().message())));
       } else if (auto removed = (*steering)->remove(slot_); !removed) {
-        return tl::unexpected(faultError(removed.error().first,
-                                         fmt::format("{}: revert: cannot remove the {}: {}", what_,
-                                                     ruleNames(backend_, slot_), removed.error().second)));
+        return tl::unexpected(
+            faultError(removed.error().first, fmt::format("{}: revert: cannot remove the {}: {}", what_,
+                                                          ruleNames(backend_, slot_), removed.error().second)));
       } else {
         outcome_ = ruleNames(backend_, slot_) + " removed";
       }
@@ -205,11 +208,10 @@ tl::expected<std::unique_ptr<AppliedFault>, FaultError> NfqueueFaultDriver::appl
   if (resolver_ == nullptr || target == nullptr || !validateFaultSpec(spec)) {
     return applyResolved(spec, persist);  // validation errors are reported there
   }
-  return applyOnResolvedTarget(*resolver_, spec, persist,
-                               [this](const v1::FaultSpec& concrete, const ResolvedNetworkTarget& /*resolved*/,
-                                      const PersistUndo& persistResolved) {
-                                 return applyResolved(concrete, persistResolved);
-                               });
+  return applyOnResolvedTarget(
+      *resolver_, spec, persist,
+      [this](const v1::FaultSpec& concrete, const ResolvedNetworkTarget& /*resolved*/,
+             const PersistUndo& persistResolved) { return applyResolved(concrete, persistResolved); });
 }
 
 tl::expected<std::unique_ptr<AppliedFault>, FaultError> NfqueueFaultDriver::applyResolved(const v1::FaultSpec& spec,
@@ -222,11 +224,11 @@ tl::expected<std::unique_ptr<AppliedFault>, FaultError> NfqueueFaultDriver::appl
   }
   const v1::NetworkTarget* target = networkTarget(spec);
   if (target == nullptr || spec.kind_case() == v1::FaultSpec::kNetworkBandwidth) {
-    return tl::unexpected(faultError(
-        errc(std::errc::not_supported),
-        fmt::format("{} is not done by the userspace network driver; it does network.delay, network.loss, "
-                    "network.duplicate, network.corrupt, network.reorder and network.partition",
-                    kind.empty() ? "an empty spec" : kind)));
+    return tl::unexpected(
+        faultError(errc(std::errc::not_supported),
+                   fmt::format("{} is not done by the userspace network driver; it does network.delay, network.loss, "
+                               "network.duplicate, network.corrupt, network.reorder and network.partition",
+                               kind.empty() ? "an empty spec" : kind)));
   }
   if (target->interface() == kDefaultRouteInterface || target->has_netns_process()) {
     return tl::unexpected(faultError(errc(std::errc::not_supported),
@@ -238,8 +240,8 @@ tl::expected<std::unique_ptr<AppliedFault>, FaultError> NfqueueFaultDriver::appl
   const std::string& interface = target->interface();
   const bool ingress = target->direction() == v1::DIRECTION_INGRESS || target->direction() == v1::DIRECTION_BOTH;
   const bool egress = target->direction() != v1::DIRECTION_INGRESS;
-  const std::string what = fmt::format("{} on {} in {}, direction {} (userspace)", impairmentText(spec), interface,
-                                       where(netns), directionName(egress, ingress));
+  const std::string what = fmt::format("{} on {} in {}, direction {}", impairmentText(spec), interface, where(netns),
+                                       directionName(egress, ingress));
   const auto refuse = [&](std::errc code, const std::string& why) {
     return tl::unexpected(faultError(errc(code), fmt::format("{}: {}; nothing was changed", what, why)));
   };
@@ -257,12 +259,14 @@ tl::expected<std::unique_ptr<AppliedFault>, FaultError> NfqueueFaultDriver::appl
   }
   std::optional<Impairment> impairment;
   tl::expected<SteeringBackend, std::string> backend = tl::unexpected(std::string());
-  const bool plainLoss = spec.has_network_loss() && !spec.network_loss().has_gilbert_elliott() &&
-                         spec.network_loss().correlation() == 0;
-  if (spec.has_network_partition()) {
+  // Pure rules only on ingress: a drop in the output hook fails the local sender's send with EPERM
+  // at once, where netem's loss (and a real network's) is silent; the queue drops silently.
+  const bool plainLoss =
+      spec.has_network_loss() && !spec.network_loss().has_gilbert_elliott() && spec.network_loss().correlation() == 0;
+  if (spec.has_network_partition() && !egress) {
     rules.verdict = SteeringRules::Verdict::kDrop;
     backend = kernel::chooseBackend(support_, false);
-  } else if (plainLoss) {
+  } else if (plainLoss && !egress) {
     // A pure rule where the backend can drop at random (numgen, statistic); else the queue.
     backend = kernel::chooseBackend(support_, false);
     const bool random = backend && ((*backend == SteeringBackend::kNftables && support_.nftNumgen) ||
@@ -272,19 +276,23 @@ tl::expected<std::unique_ptr<AppliedFault>, FaultError> NfqueueFaultDriver::appl
       rules.dropPercent = spec.network_loss().percent();
     }
   }
-  if (!spec.has_network_partition() && rules.verdict != SteeringRules::Verdict::kDropRandom) {
+  if (rules.verdict == SteeringRules::Verdict::kQueue) {
     if (spec.has_network_duplicate() && ingress) {
       return refuse(std::errc::invalid_argument,
                     "network.duplicate works on egress only with the userspace driver (a copy of a received packet "
                     "cannot be put back into the receive path from userspace); accepted: direction egress, or a "
                     "host with sch_netem");
     }
-    auto built = impairmentFromSpec(spec);
-    if (!built) {
-      return refuse(std::errc::invalid_argument, built.error());
+    if (spec.has_network_partition()) {
+      impairment = Impairment{};
+      impairment->lossPercent = 100;
+    } else {
+      auto built = impairmentFromSpec(spec);
+      if (!built) {
+        return refuse(std::errc::invalid_argument, built.error());
+      }
+      impairment = std::move(*built);
     }
-    impairment = std::move(*built);
-    rules.verdict = SteeringRules::Verdict::kQueue;
     if (!support_.nfqueue) {
       return refuse(std::errc::not_supported,
                     "the kernel has no nfnetlink_queue (CONFIG_NETFILTER_NETLINK_QUEUE; `modprobe nfnetlink_queue`)");
@@ -315,7 +323,7 @@ tl::expected<std::unique_ptr<AppliedFault>, FaultError> NfqueueFaultDriver::appl
   auto steering = openSteering_(*backend, netns);
   if (!steering) {
     return refuse(steering.error() == std::errc::no_such_file_or_directory ? std::errc::no_such_file_or_directory
-                                                                          : std::errc::io_error,
+                                                                           : std::errc::io_error,
                   fmt::format("cannot open the {} in {}: {}", kernel::steeringBackendName(*backend), where(netns),
                               steering.error().message()));
   }
@@ -338,9 +346,9 @@ tl::expected<std::unique_ptr<AppliedFault>, FaultError> NfqueueFaultDriver::appl
     if (auto owned = s->owned()) {
       used.insert(owned->slots.begin(), owned->slots.end());
     } else if (b == *backend) {
-      return refuse(std::errc::io_error, fmt::format("cannot list faultline's {} rules in {}: {}",
-                                                     kernel::steeringBackendName(b), where(netns),
-                                                     owned.error().message()));
+      return refuse(std::errc::io_error,
+                    fmt::format("cannot list faultline's {} rules in {}: {}", kernel::steeringBackendName(b),
+                                where(netns), owned.error().message()));
     }
   }
   uint16_t slot = 0;
@@ -366,9 +374,9 @@ tl::expected<std::unique_ptr<AppliedFault>, FaultError> NfqueueFaultDriver::appl
       undo["queue"] = rules.queue;
     }
     if (auto persisted = persist(undo); !persisted) {
-      return tl::unexpected(FaultError{persisted.error().code,
-                                       fmt::format("{}: cannot journal the undo record, nothing was changed: {}", what,
-                                                   persisted.error().message)});
+      return tl::unexpected(FaultError{
+          persisted.error().code,
+          fmt::format("{}: cannot journal the undo record, nothing was changed: {}", what, persisted.error().message)});
     }
   }
   {
@@ -396,13 +404,12 @@ tl::expected<std::unique_ptr<AppliedFault>, FaultError> NfqueueFaultDriver::appl
       queue->stop();
     }
     unhold();
-    return tl::unexpected(faultError(installed.error().first,
-                                     fmt::format("{}: cannot install the {}: {}; nothing was changed", what,
-                                                 ruleNames(*backend, slot), installed.error().second)));
+    return tl::unexpected(
+        faultError(installed.error().first, fmt::format("{}: cannot install the {}: {}; nothing was changed", what,
+                                                        ruleNames(*backend, slot), installed.error().second)));
   }
-  const std::string applied =
-      fmt::format("{} ({}{})", what, ruleNames(*backend, slot),
-                  impairment ? fmt::format(", queue {}", rules.queue) : std::string());
+  const std::string applied = fmt::format("{} (userspace: {}{})", what, ruleNames(*backend, slot),
+                                          impairment ? fmt::format(", queue {}", rules.queue) : std::string());
   return std::make_unique<AppliedUserspaceFault>(openSteering_, holding_, key, netns, *backend, slot, std::move(queue),
                                                  applied);
 }
@@ -439,8 +446,8 @@ tl::expected<std::string, FaultError> NfqueueFaultDriver::revertRecord(const nlo
   const std::string netns = undo.contains("netns") && undo["netns"].is_string() ? undo["netns"].get<std::string>() : "";
   auto steering = open(backend, netns);
   if (!steering) {
-    if (!netns.empty() && (steering.error() == std::errc::no_such_file_or_directory ||
-                           steering.error() == std::errc::invalid_argument)) {
+    if (!netns.empty() &&
+        (steering.error() == std::errc::no_such_file_or_directory || steering.error() == std::errc::invalid_argument)) {
       return fmt::format("network namespace {} no longer exists; nothing to revert", netns);
     }
     return tl::unexpected(faultError(steering.error(), fmt::format("cannot open the {} in {}: {}", backendName,
@@ -448,9 +455,8 @@ tl::expected<std::string, FaultError> NfqueueFaultDriver::revertRecord(const nlo
   }
   const auto names = ruleNames(backend, static_cast<uint16_t>(slot));
   if (auto removed = (*steering)->remove(static_cast<uint16_t>(slot)); !removed) {
-    return tl::unexpected(
-        faultError(removed.error().first, fmt::format("cannot remove the {} in {}: {}", names, where(netns),
-                                                      removed.error().second)));
+    return tl::unexpected(faultError(removed.error().first, fmt::format("cannot remove the {} in {}: {}", names,
+                                                                        where(netns), removed.error().second)));
   }
   return fmt::format("{} in {} removed (the queue went with the agent that served it)", names, where(netns));
 }
@@ -474,16 +480,17 @@ SteeringSweep removeAllSteering(const std::string& netns, const SteeringOpener& 
     }
     for (const uint16_t slot : owned->slots) {
       if (auto removed = (*steering)->remove(slot); !removed) {
-        sweep.failed.push_back(fmt::format("{} in {}: {}", ruleNames(backend, slot), where(netns),
-                                           removed.error().second));
+        sweep.failed.push_back(
+            fmt::format("{} in {}: {}", ruleNames(backend, slot), where(netns), removed.error().second));
       } else {
         sweep.removed.push_back(fmt::format("{} in {}", ruleNames(backend, slot), where(netns)));
       }
     }
     for (const auto& stray : owned->strays) {
-      sweep.failed.push_back(fmt::format("{} in {} has faultline's prefix but no slot number; remove it by hand if "
-                                         "it is a leftover",
-                                         stray, where(netns)));
+      sweep.failed.push_back(
+          fmt::format("{} in {} has faultline's prefix but no slot number; remove it by hand if "
+                      "it is a leftover",
+                      stray, where(netns)));
     }
   }
   return sweep;

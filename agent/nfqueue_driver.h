@@ -8,10 +8,13 @@
 // namespace, journals the undo record, binds the slot's queue (agent/packet_queue.h) when the
 // fault needs one, then installs the rules (agent/kernel/packet_steering.h) that steer the
 // interface's matched packets to it:
-//   network.partition            drop (a pure rule, no userspace path)
-//   network.loss, no correlation  a random drop rule where nftables has numgen, else the queue
-//   and no Gilbert-Elliott
-//   everything else              the queue, whose model does what netem would (packet_queue.h)
+//   network.partition, ingress    drop (a pure rule, no userspace path)
+//   network.loss, ingress, no     a random drop rule (nftables numgen or the statistic match),
+//   correlation or Gilbert-Elliott  else the queue
+//   everything else               the queue, whose model does what netem would (packet_queue.h);
+//                                 on egress a partition or loss is the queue's silent drop: a
+//                                 drop rule in the output hook fails the sender's send with EPERM
+//                                 at once, which neither netem nor a real network does
 // The rules bypass the queue when no program is bound to it: when the agent stops or dies,
 // traffic flows unharmed. In the agent's own namespace the controller's channel is exempt.
 // Refused before any change, with words naming what is accepted:
@@ -47,9 +50,8 @@ namespace faultline::agent {
 
 using SteeringOpener = std::function<tl::expected<std::unique_ptr<kernel::PacketSteering>, std::error_code>(
     kernel::SteeringBackend backend, const std::string& netns)>;
-using QueueOpener =
-    std::function<tl::expected<std::unique_ptr<PacketQueue>, std::pair<std::error_code, std::string>>(
-        const std::string& netns, uint16_t queue, Impairment impairment, bool duplicates, uint64_t seed)>;
+using QueueOpener = std::function<tl::expected<std::unique_ptr<PacketQueue>, std::pair<std::error_code, std::string>>(
+    const std::string& netns, uint16_t queue, Impairment impairment, bool duplicates, uint64_t seed)>;
 
 class NfqueueFaultDriver final : public FaultDriver {
  public:

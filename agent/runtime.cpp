@@ -80,10 +80,10 @@ NetworkDriverChoice chooseNetworkDriver(const std::string& wanted, bool hasNetem
   NetworkDriverChoice choice;
   choice.steering = kernel::probeSteeringSupport();
   const auto& s = choice.steering;
-  for (const auto& [name, has] : {std::pair{"nf_tables", s.nftables}, std::pair{"nft_queue", s.nftQueue},
-                                  std::pair{"nft_numgen", s.nftNumgen}, std::pair{"ip_tables", s.xtables},
-                                  std::pair{"xt_NFQUEUE", s.xtNfqueue}, std::pair{"xt_statistic", s.xtStatistic},
-                                  std::pair{"nfnetlink_queue", s.nfqueue}}) {
+  for (const auto& [name, has] :
+       {std::pair{"nf_tables", s.nftables}, std::pair{"nft_queue", s.nftQueue}, std::pair{"nft_numgen", s.nftNumgen},
+        std::pair{"ip_tables", s.xtables}, std::pair{"xt_NFQUEUE", s.xtNfqueue},
+        std::pair{"xt_statistic", s.xtStatistic}, std::pair{"nfnetlink_queue", s.nfqueue}}) {
     if (has) {
       caps.add_netfilter(name);
     }
@@ -103,9 +103,10 @@ NetworkDriverChoice chooseNetworkDriver(const std::string& wanted, bool hasNetem
                             : backend.error());
   }
   if (!choice.userspace && !hasNetem) {
-    spdlog::warn("network driver netem without sch_netem: network.delay, loss, duplicate, corrupt, reorder and "
-                 "partition will be refused{}",
-                 canQueue ? "; --network-driver nfqueue (or auto) would run them" : "");
+    spdlog::warn(
+        "network driver netem without sch_netem: network.delay, loss, duplicate, corrupt, reorder and "
+        "partition will be refused{}",
+        canQueue ? "; --network-driver nfqueue (or auto) would run them" : "");
   }
   return choice;
 }

@@ -221,8 +221,8 @@ struct RunOptions {
   std::string stateDir;  // --local: the in-process agent's undo journal; "" = defaultLocalStateDir()
   std::vector<std::string> vars;
   bool dryRun = false;
-  std::string journal;  // --journal FILE: JSON record of the run
-  std::string junit;    // --junit FILE: JUnit XML for CI
+  std::string journal;                 // --journal FILE: JSON record of the run
+  std::string junit;                   // --junit FILE: JUnit XML for CI
   std::string networkDriver = "auto";  // --local: the in-process agent's --network-driver
 };
 

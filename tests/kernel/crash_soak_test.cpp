@@ -159,13 +159,14 @@ TEST_CASE("faultline-agent revert-all, run in its own network, pid and mount nam
   CHECK(contains(output, "note: no undo journal at " + (stateDir / "journal.jsonl").string()));
   CHECK(contains(output, "removed: tbf fa17: on veth0 in this process's network namespace\n"));
   CHECK(contains(output, "removed: tbf fa17: on lo in /run/netns/soak\n"));
-  CHECK(
-      contains(output,
-               "revert-all: 0 journal entries reverted, 2 leftover faultline qdisc(s) and stress cgroup(s) removed, 0 "
-               "failure(s)"));
+  CHECK(contains(output,
+                 "revert-all: 0 journal entries reverted, 2 leftover faultline qdisc(s), netfilter rule set(s) and "
+                 "stress cgroup(s) removed, 0 "
+                 "failure(s)"));
   CHECK(contains(output, "no faultline fault is left\nstatus=0\n"));
   CHECK(contains(output,
-                 "revert-all: 0 journal entries reverted, 0 leftover faultline qdisc(s) and stress cgroup(s) removed"));
+                 "revert-all: 0 journal entries reverted, 0 leftover faultline qdisc(s), netfilter rule set(s) and "
+                 "stress cgroup(s) removed"));
   CHECK(contains(output, "again=0\n"));
   CHECK(contains(output, "qdisc tbf 8001: root"));
   CHECK_FALSE(contains(output.substr(output.find("show:")), "fa17:"));

@@ -106,25 +106,25 @@ kernel::SteeringSupport xtablesOnly() {
 
 struct Fixture {
   std::shared_ptr<FakeNetfilter> nf = std::make_shared<FakeNetfilter>();
-  NfqueueFaultDriver driver{xtablesOnly(),
-                            [nf = nf](SteeringBackend backend, const std::string& netns)
-                                -> tl::expected<std::unique_ptr<kernel::PacketSteering>, std::error_code> {
-                              nf->calls.push_back(fmt::format("open {}", kernel::steeringBackendName(backend)));
-                              return std::make_unique<FakeSteering>(nf, backend, netns);
-                            },
-                            [nf = nf](const std::string& /*netns*/, uint16_t queue, Impairment impairment,
-                                      bool duplicates, uint64_t /*seed*/)
-                                -> tl::expected<std::unique_ptr<PacketQueue>, std::pair<std::error_code, std::string>> {
-                              nf->calls.push_back(fmt::format("open queue {}", queue));
-                              if (nf->failOpenQueue) {
-                                return tl::unexpected(std::make_pair(*std::exchange(nf->failOpenQueue, std::nullopt),
-                                                                     std::string("bound by another program")));
-                              }
-                              ++nf->queuesOpen;
-                              nf->lastImpairment = impairment;
-                              nf->lastDuplicates = duplicates;
-                              return std::make_unique<FakeQueue>(nf);
-                            }};
+  NfqueueFaultDriver driver{
+      xtablesOnly(),
+      [nf = nf](SteeringBackend backend,
+                const std::string& netns) -> tl::expected<std::unique_ptr<kernel::PacketSteering>, std::error_code> {
+        nf->calls.push_back(fmt::format("open {}", kernel::steeringBackendName(backend)));
+        return std::make_unique<FakeSteering>(nf, backend, netns);
+      },
+      [nf = nf](const std::string& /*netns*/, uint16_t queue, Impairment impairment, bool duplicates, uint64_t /*seed*/)
+          -> tl::expected<std::unique_ptr<PacketQueue>, std::pair<std::error_code, std::string>> {
+        nf->calls.push_back(fmt::format("open queue {}", queue));
+        if (nf->failOpenQueue) {
+          return tl::unexpected(
+              std::make_pair(*std::exchange(nf->failOpenQueue, std::nullopt), std::string("bound by another program")));
+        }
+        ++nf->queuesOpen;
+        nf->lastImpairment = impairment;
+        nf->lastDuplicates = duplicates;
+        return std::make_unique<FakeQueue>(nf);
+      }};
 
   [[nodiscard]] bool called(const std::string& call) const {
     return std::find(nf->calls.begin(), nf->calls.end(), call) != nf->calls.end();
@@ -190,7 +190,7 @@ TEST_CASE_FIXTURE(Fixture, "nfqueue driver: a delay binds the slot's queue, then
   CHECK(nf->lastImpairment->delay == 100ms);
   CHECK(nf->lastImpairment->jitter == 10ms);
   CHECK(contains((*applied)->describe(), "delay 100ms jitter 10ms on veth0"));
-  CHECK(contains((*applied)->describe(), "xtables chains mangle FAULTLINE-0, queue 64000"));
+  CHECK(contains((*applied)->describe(), "(userspace: xtables chains mangle FAULTLINE-0, queue 64000)"));
   REQUIRE((*applied)->revert().has_value());
   // The rules first (nothing new reaches the queue), then the held packets go.
   CHECK(position("remove xtables slot 0") < position("stop queue"));
@@ -201,21 +201,23 @@ TEST_CASE_FIXTURE(Fixture, "nfqueue driver: a delay binds the slot's queue, then
   CHECK(nf->queuesStopped == 1);
 }
 
-TEST_CASE_FIXTURE(Fixture, "nfqueue driver: partition and plain loss are pure rules; correlated loss needs the queue") {
+TEST_CASE_FIXTURE(Fixture, "nfqueue driver: on ingress partition and plain loss are pure rules; on egress the queue") {
   v1::FaultSpec partition;
   partition.mutable_network_partition()->mutable_target()->set_interface("veth0");
   partition.mutable_network_partition()->mutable_target()->set_netns(kNetns);
-  partition.mutable_network_partition()->mutable_target()->set_direction(v1::DIRECTION_BOTH);
+  partition.mutable_network_partition()->mutable_target()->set_direction(v1::DIRECTION_INGRESS);
   auto p = driver.apply(partition);
   REQUIRE_MESSAGE(p.has_value(), (p ? "" : p.error().message));
   CHECK(nf->queuesOpen == 0);
   const auto& drop = nf->installed.at({SteeringBackend::kNftables, kNetns, 0});  // nftables when it exists
   CHECK(drop.verdict == SteeringRules::Verdict::kDrop);
-  CHECK(drop.egress);
+  CHECK_FALSE(drop.egress);
   CHECK(drop.ingress);
   REQUIRE((*p)->revert().has_value());
 
-  auto plain = driver.apply(lossSpec(30, 0));
+  auto ingressLoss = lossSpec(30, 0);
+  targetOf(ingressLoss)->set_direction(v1::DIRECTION_INGRESS);
+  auto plain = driver.apply(ingressLoss);
   REQUIRE_MESSAGE(plain.has_value(), (plain ? "" : plain.error().message));
   CHECK(nf->queuesOpen == 0);
   const auto& random = nf->installed.at({SteeringBackend::kNftables, kNetns, 0});
@@ -223,11 +225,25 @@ TEST_CASE_FIXTURE(Fixture, "nfqueue driver: partition and plain loss are pure ru
   CHECK(random.dropPercent == doctest::Approx(30));
   REQUIRE((*plain)->revert().has_value());
 
-  auto correlated = driver.apply(lossSpec(30, 25));
-  REQUIRE_MESSAGE(correlated.has_value(), (correlated ? "" : correlated.error().message));
+  // Egress: a drop rule would fail the sender's send() with EPERM; the queue drops silently.
+  auto egressLoss = driver.apply(lossSpec(30, 0));
+  REQUIRE_MESSAGE(egressLoss.has_value(), (egressLoss ? "" : egressLoss.error().message));
   CHECK(nf->queuesOpen == 1);
   CHECK(nf->installed.at({SteeringBackend::kXtables, kNetns, 0}).verdict == SteeringRules::Verdict::kQueue);
   CHECK(nf->lastImpairment->lossPercent == doctest::Approx(30));
+  REQUIRE((*egressLoss)->revert().has_value());
+
+  partition.mutable_network_partition()->mutable_target()->set_direction(v1::DIRECTION_BOTH);
+  auto both = driver.apply(partition);
+  REQUIRE_MESSAGE(both.has_value(), (both ? "" : both.error().message));
+  CHECK(nf->queuesOpen == 2);
+  CHECK(nf->lastImpairment->lossPercent == doctest::Approx(100));
+  CHECK(nf->installed.at({SteeringBackend::kXtables, kNetns, 0}).ingress);
+  REQUIRE((*both)->revert().has_value());
+
+  auto correlated = driver.apply(lossSpec(30, 25));
+  REQUIRE_MESSAGE(correlated.has_value(), (correlated ? "" : correlated.error().message));
+  CHECK(nf->queuesOpen == 3);
   CHECK(nf->lastImpairment->lossCorrelation == doctest::Approx(25));
   REQUIRE((*correlated)->revert().has_value());
 }
@@ -235,7 +251,7 @@ TEST_CASE_FIXTURE(Fixture, "nfqueue driver: partition and plain loss are pure ru
 TEST_CASE_FIXTURE(Fixture, "nfqueue driver: one fault per interface and direction; slots taken are skipped") {
   auto first = driver.apply(delaySpec(v1::DIRECTION_EGRESS));
   REQUIRE(first.has_value());
-  auto second = driver.apply(delaySpec(v1::DIRECTION_BOTH));
+  auto second = driver.apply(delaySpec(v1::DIRECTION_EGRESS));
   REQUIRE_FALSE(second.has_value());
   CHECK(second.error().code == std::errc::file_exists);
   CHECK_MESSAGE(contains(second.error().message, "already carries a faultline userspace fault in direction egress"),
@@ -249,7 +265,7 @@ TEST_CASE_FIXTURE(Fixture, "nfqueue driver: one fault per interface and directio
   REQUIRE((*first)->revert().has_value());
   REQUIRE((*ingress)->revert().has_value());
   // After the revert the interface is free again.
-  auto again = driver.apply(delaySpec(v1::DIRECTION_BOTH));
+  auto again = driver.apply(delaySpec(v1::DIRECTION_EGRESS));
   REQUIRE_MESSAGE(again.has_value(), (again ? "" : again.error().message));
   REQUIRE((*again)->revert().has_value());
 }
@@ -331,12 +347,13 @@ TEST_CASE("nfqueue driver: a kernel without nfnetlink_queue refuses queued fault
   auto nf = std::make_shared<FakeNetfilter>();
   kernel::SteeringSupport none = xtablesOnly();
   none.nfqueue = false;
-  NfqueueFaultDriver driver{none,
-                            [nf](SteeringBackend backend, const std::string& netns)
-                                -> tl::expected<std::unique_ptr<kernel::PacketSteering>, std::error_code> {
-                              return std::make_unique<FakeSteering>(nf, backend, netns);
-                            },
-                            nullptr};
+  NfqueueFaultDriver driver{
+      none,
+      [nf](SteeringBackend backend,
+           const std::string& netns) -> tl::expected<std::unique_ptr<kernel::PacketSteering>, std::error_code> {
+        return std::make_unique<FakeSteering>(nf, backend, netns);
+      },
+      nullptr};
   auto refused = driver.apply(delaySpec());
   REQUIRE_FALSE(refused.has_value());
   CHECK(refused.error().code == std::errc::not_supported);
@@ -370,8 +387,9 @@ TEST_CASE_FIXTURE(Fixture, "nfqueue driver: crash recovery removes the record's 
   });
   REQUIRE(applied.has_value());
   CHECK(NfqueueFaultDriver::isNfqueueRecord(record));
-  const SteeringOpener open = [nf = nf](SteeringBackend backend, const std::string& netns)
-      -> tl::expected<std::unique_ptr<kernel::PacketSteering>, std::error_code> {
+  const SteeringOpener open =
+      [nf = nf](SteeringBackend backend,
+                const std::string& netns) -> tl::expected<std::unique_ptr<kernel::PacketSteering>, std::error_code> {
     return std::make_unique<FakeSteering>(nf, backend, netns);
   };
   auto recovered = NfqueueFaultDriver::revertRecord(record, open);
@@ -394,8 +412,9 @@ TEST_CASE_FIXTURE(Fixture, "nfqueue driver: crash recovery removes the record's 
 
 TEST_CASE("removeAllSteering: every slot of both backends in the namespace, nothing elsewhere") {
   auto nf = std::make_shared<FakeNetfilter>();
-  const SteeringOpener open = [nf](SteeringBackend backend, const std::string& netns)
-      -> tl::expected<std::unique_ptr<kernel::PacketSteering>, std::error_code> {
+  const SteeringOpener open =
+      [nf](SteeringBackend backend,
+           const std::string& netns) -> tl::expected<std::unique_ptr<kernel::PacketSteering>, std::error_code> {
     return std::make_unique<FakeSteering>(nf, backend, netns);
   };
   nf->installed[{SteeringBackend::kXtables, kNetns, 0}] = {};

@@ -1,0 +1,182 @@
+// The userspace network driver (agent/nfqueue_driver.h) whole, on this machine's kernel (no
+// sch_netem): its real rules (packet_steering) and queue (packet_queue) between two namespaces
+// the test creates, with ping as the traffic. A matched destination delayed and another not, IPv6,
+// silent loss on egress, and an agent killed mid-fault: traffic flows on, and the recovery at the
+// next start removes the rules. Needs root.
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <regex>
+#include <string>
+
+#include <doctest/doctest.h>
+#include <fmt/format.h>
+
+#include <boost/asio/io_context.hpp>
+
+#include "agent/agent.h"
+#include "agent/journal.h"
+#include "agent/kernel/packet_steering.h"
+#include "agent/kernel/qdisc_table.h"
+#include "agent/nfqueue_driver.h"
+#include "agent/packet_queue.h"
+#include "agent/recovery.h"
+#include "agent/spec.h"
+#include "tests/support/netns.h"
+
+using namespace faultline;
+using namespace faultline::agent;
+using namespace std::chrono_literals;
+
+namespace {
+
+bool contains(const std::string& text, std::string_view part) {
+  return text.find(part) != std::string::npos;
+}
+
+// veth0 in A (the fixture's namespace): 10.79.1.1, 10.79.2.1, fd79:1::1; its peer in B: 10.79.1.2,
+// 10.79.2.2, fd79:1::2.
+class UserspaceNamespaces : public testing::NetnsFixture {
+ public:
+  UserspaceNamespaces() {
+    REQUIRE_MESSAGE(peer_.error().empty(), peer_.error());
+    const std::string& path = peer_.path();
+    const auto start = std::string("/proc/").size();
+    const std::string pid = path.substr(start, path.find('/', start) - start);
+    inNetns("ip link set veth1 name peer0");
+    inNetns(fmt::format("ip link set peer0 netns {}", pid));
+    inNetns("ip addr add 10.79.1.1/24 dev veth0");
+    inNetns("ip addr add 10.79.2.1/24 dev veth0");
+    inNetns("ip -6 addr add fd79:1::1/64 dev veth0 nodad");
+    for (const char* c : {"ip link set peer0 up", "ip link set lo up", "ip addr add 10.79.1.2/24 dev peer0",
+                          "ip addr add 10.79.2.2/24 dev peer0", "ip -6 addr add fd79:1::2/64 dev peer0 nodad"}) {
+      REQUIRE_MESSAGE(peer_.inNetns(c), peer_.error());
+    }
+  }
+
+  // ping from A: the average round trip in ms, and the output.
+  std::pair<double, std::string> ping(const std::string& to, int count = 20) {
+    auto r = testing::sh(fmt::format("nsenter --net={} ping -n -q -c {} -i 0.05 -W 2 {} 2>&1", netns_, count, to));
+    std::smatch m;
+    static const std::regex rtt(R"(= ([0-9.]+)/([0-9.]+)/)");
+    const double avg = std::regex_search(r.output, m, rtt) ? std::stod(m[2]) : -1;
+    return {avg, r.output};
+  }
+
+  v1::FaultSpec delay(const std::string& destination) {
+    v1::FaultSpec spec;
+    auto* d = spec.mutable_network_delay();
+    d->mutable_target()->set_interface("veth0");
+    d->mutable_target()->set_netns(netns_);
+    d->mutable_target()->mutable_match()->add_destination_cidrs(destination);
+    *d->mutable_delay() = toProto(100ms);
+    return spec;
+  }
+
+  std::string rules() {
+    return inNetns("iptables-legacy -t mangle -S") + inNetns("ip6tables-legacy -t mangle -S") +
+           inNetns("nft list ruleset");
+  }
+
+  NfqueueFaultDriver driver{kernel::probeSteeringSupport(), kernel::openPacketSteering, PacketQueue::open};
+
+ protected:
+  testing::NetnsHolder peer_;
+};
+
+}  // namespace
+
+TEST_CASE_FIXTURE(UserspaceNamespaces, "userspace driver: a matched destination is delayed, another is not") {
+  const std::string before = rules();
+  auto applied = driver.apply(delay("10.79.1.2/32"));
+  REQUIRE_MESSAGE(applied.has_value(), (applied ? "" : applied.error().message));
+  const auto [matched, matchedOut] = ping("10.79.1.2");
+  const auto [other, otherOut] = ping("10.79.2.2");
+  MESSAGE(
+      fmt::format("delay 100ms, matched 10.79.1.2: avg {:.2f} ms; unmatched 10.79.2.2: avg {:.2f} ms", matched, other));
+  CHECK_MESSAGE(matched >= 100, matchedOut);
+  CHECK_MESSAGE(matched < 110, matchedOut);
+  CHECK_MESSAGE(other >= 0, otherOut);
+  CHECK_MESSAGE(other < 10, otherOut);
+  REQUIRE((*applied)->revert().has_value());
+  CHECK(rules() == before);
+  const auto [after, afterOut] = ping("10.79.1.2", 5);
+  CHECK_MESSAGE(after < 10, afterOut);
+}
+
+TEST_CASE_FIXTURE(UserspaceNamespaces, "userspace driver: IPv6 is delayed too") {
+  auto applied = driver.apply(delay("fd79:1::2/128"));
+  REQUIRE_MESSAGE(applied.has_value(), (applied ? "" : applied.error().message));
+  const auto [matched, out] = ping("fd79:1::2");
+  const auto [v4, v4Out] = ping("10.79.1.2", 5);
+  MESSAGE(fmt::format("delay 100ms on fd79:1::2: avg {:.2f} ms; IPv4 10.79.1.2: {:.2f} ms", matched, v4));
+  CHECK_MESSAGE(matched >= 100, out);
+  CHECK_MESSAGE(matched < 110, out);
+  CHECK_MESSAGE(v4 < 10, v4Out);
+  REQUIRE((*applied)->revert().has_value());
+}
+
+TEST_CASE_FIXTURE(UserspaceNamespaces, "userspace driver: loss 30 % on egress is silent and within 25-35 % of 2,000") {
+  v1::FaultSpec spec;
+  auto* l = spec.mutable_network_loss();
+  l->mutable_target()->set_interface("veth0");
+  l->mutable_target()->set_netns(netns_);
+  l->set_percent(30);
+  auto applied = driver.apply(spec);
+  REQUIRE_MESSAGE(applied.has_value(), (applied ? "" : applied.error().message));
+  CHECK_MESSAGE(contains((*applied)->describe(), "queue"), (*applied)->describe());
+  auto r = testing::sh(fmt::format("nsenter --net={} ping -n -q -c 2000 -i 0.002 -W 1 10.79.1.2 2>&1", netns_));
+  std::smatch m;
+  static const std::regex lossRe(R"(([0-9.]+)% packet loss)");
+  REQUIRE_MESSAGE(std::regex_search(r.output, m, lossRe), r.output);
+  const double lost = std::stod(m[1]);
+  MESSAGE(fmt::format("loss 30 %: {:.1f} % of 2000 pings lost", lost));
+  CHECK(lost >= 25);
+  CHECK(lost <= 35);
+  // netem's loss is silent; a drop rule in the output hook would fail send() with EPERM.
+  CHECK_MESSAGE(!contains(r.output, "Operation not permitted"), r.output);
+  REQUIRE((*applied)->revert().has_value());
+}
+
+TEST_CASE_FIXTURE(UserspaceNamespaces,
+                  "userspace driver: an agent killed mid-fault leaves traffic flowing; recovery "
+                  "removes its rules") {
+  const std::string before = rules();
+  std::string pattern = (std::filesystem::temp_directory_path() / "faultline-journal-XXXXXX").string();
+  REQUIRE(::mkdtemp(pattern.data()) != nullptr);
+  const std::filesystem::path stateDir = pattern;
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    auto opened = UndoJournal::open(stateDir);
+    if (!opened) {
+      ::_exit(2);
+    }
+    boost::asio::io_context io;
+    Agent agent(io, driver, nullptr, opened->journal.get());
+    v1::Inject inject;
+    inject.set_fault_id("crash-nfq");
+    *inject.mutable_spec() = delay("10.79.1.2/32");
+    *inject.mutable_duration() = toProto(std::chrono::seconds{60});
+    agent.inject(inject);
+    ::_exit(agent.activeCount() == 1 ? 0 : 3);  // dies with the fault applied, as SIGKILL would
+  }
+  int status = 0;
+  REQUIRE(::waitpid(child, &status, 0) == child);
+  REQUIRE(WIFEXITED(status));
+  REQUIRE(WEXITSTATUS(status) == 0);
+  CHECK(contains(rules(), "FAULTLINE-0"));
+  // Nobody serves the queue: the rules pass the packets (bypass).
+  const auto [during, out] = ping("10.79.1.2", 10);
+  MESSAGE(fmt::format("after the agent died, matched destination: avg {:.2f} ms, output: {}", during, out));
+  CHECK_MESSAGE(contains(out, " 0% packet loss"), out);
+  CHECK_MESSAGE(during < 10, out);
+
+  auto journal = openJournalAndRecover(stateDir, kernel::openQdiscTable);
+  REQUIRE_MESSAGE(journal.has_value(), (journal ? "" : journal.error().message));
+  CHECK(rules() == before);
+  journal->reset();
+  std::error_code ec;
+  std::filesystem::remove_all(stateDir, ec);
+}
