@@ -677,6 +677,40 @@ TEST_CASE("capabilities: the host and the missing module are named before anythi
   CHECK_FALSE(controller::checkCapabilities({step}, {host}).has_value());
 }
 
+TEST_CASE("capabilities: on an nfqueue agent netem's kinds need a queue and a backend, not sch_netem") {
+  v1::Capabilities caps;
+  caps.set_tc_probed(true);
+  caps.set_tbf(true);
+  caps.add_qdiscs("tbf");
+  caps.set_network_driver("nfqueue");
+  auto spec = delaySpec();
+  spec.mutable_network_delay()->mutable_target()->set_direction(v1::DIRECTION_INGRESS);
+  spec.mutable_network_delay()->mutable_target()->mutable_match()->add_destination_cidrs("10.0.0.0/8");
+  // Neither the queue nor a backend: both named; no tc module (htb, u32, ifb) is asked for.
+  CHECK(controller::missingModules(spec, caps) ==
+        std::vector<std::string>{"nfnetlink_queue", "nft_queue or xt_NFQUEUE"});
+  caps.add_netfilter("nfnetlink_queue");
+  caps.set_steering_backend("xtables");
+  CHECK(controller::missingModules(spec, caps).empty());
+  CHECK(controller::networkDriverText(caps) == "nfqueue/xtables");
+  v1::FaultSpec partition;
+  partition.mutable_network_partition()->mutable_target()->set_interface("eth0");
+  v1::Capabilities bare;
+  bare.set_network_driver("nfqueue");
+  CHECK(controller::missingModules(partition, bare) == std::vector<std::string>{"nf_tables or ip_tables"});
+  bare.add_netfilter("ip_tables");
+  CHECK(controller::missingModules(partition, bare).empty());
+  // network.bandwidth stays tc's on either driver.
+  v1::FaultSpec bw;
+  bw.mutable_network_bandwidth()->mutable_target()->set_interface("eth0");
+  bw.mutable_network_bandwidth()->set_rate_bps(1'000'000);
+  CHECK(controller::missingModules(bw, bare) == std::vector<std::string>{"sch_tbf"});
+  v1::Capabilities netem;
+  netem.set_netem(true);
+  CHECK(controller::networkDriverText(netem) == "netem");
+  CHECK(controller::networkDriverText(v1::Capabilities{}) == "netem (missing)");
+}
+
 TEST_CASE("capabilities: direction ingress needs ifb, sch_ingress, cls_u32 and act_mirred, named per host") {
   v1::Capabilities probed;
   probed.set_tc_probed(true);
