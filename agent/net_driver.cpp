@@ -641,8 +641,10 @@ class AppliedNetworkFault final : public AppliedFault {
       : open_(std::move(open)),
         plan_(std::move(plan)),
         ourKind_(rootKind(plan_)),
-        what_(paramsText(plan_.params) +
-              (plan_.tree ? fmt::format(" on matched traffic ({} u32 filters)", plan_.filters.size()) : "")),
+        what_(paramsText(plan_.params) + (plan_.tree
+                                              ? fmt::format(" on matched traffic ({} u32 filter{})",
+                                                            plan_.filters.size(), plan_.filters.size() == 1 ? "" : "s")
+                                              : "")),
         saved_(std::move(saved)),
         below_(std::move(below)) {}
   // From an undo record: only the kind of faultline's qdisc is known, not its parameters.
