@@ -121,7 +121,7 @@ TEST_CASE_FIXTURE(NetnsFixture, "tbf through NetworkFaultDriver is installed and
   CHECK(during->parent == TC_H_ROOT);
   const auto qopt = tbfParms(during->options);
   CHECK(qopt.rate.rate == 125'000);
-  CHECK(qopt.limit == 6250);
+  CHECK(qopt.limit == 6250 + 3028);  // 50 ms of the rate on top of the burst
   // And by tc's own reading.
   const auto shown = inNetns("tc qdisc show dev veth0");
   CHECK_MESSAGE(contains(shown, "qdisc tbf fa17: root"), shown);

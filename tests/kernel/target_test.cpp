@@ -274,9 +274,13 @@ TEST_CASE("a netns path that is the agent's own namespace is targeted as its own
   target.set_netns(holder.path());
   resolved = resolver.resolve(target, "network.bandwidth");
   REQUIRE(resolved.has_value());
-  CHECK(resolved->netns == holder.path());
+  // Another namespace, named through its process: pinned (the revert must reach it after the
+  // process exits).
+  CHECK(resolved->netns == resolved->pin);
+  CHECK(resolved->pin.starts_with((dir.path / "pins").string()));
   CHECK(resolved->identity.has_value());
-  CHECK(resolved->note.empty());
+  CHECK_MESSAGE(contains(resolved->note, fmt::format("namespace {} pinned at", holder.path())), resolved->note);
+  CHECK(releaseNetnsPin(resolved->pin).has_value());
 }
 
 TEST_CASE("crash recovery finds a namespace by its identity when the recorded path no longer names it") {
