@@ -24,8 +24,15 @@ google::protobuf::Timestamp nowTimestamp() {
   return t;
 }
 
-Agent::Agent(boost::asio::io_context& io, FaultDriver& driver, ReportSink sink, UndoJournal* journal, Policy policy)
-    : io_(io), driver_(driver), sink_(std::move(sink)), journal_(journal), policy_(std::move(policy)) {}
+Agent::Agent(boost::asio::io_context& io, FaultDriver& driver, ReportSink sink, UndoJournal* journal, Policy policy,
+             std::chrono::milliseconds watchInterval)
+    : io_(io),
+      driver_(driver),
+      sink_(std::move(sink)),
+      journal_(journal),
+      policy_(std::move(policy)),
+      watchInterval_(watchInterval),
+      watchTimer_(io) {}
 
 void Agent::journalDone(const std::string& faultId) {
   if (journal_ == nullptr) {
@@ -132,6 +139,45 @@ void Agent::inject(const v1::Inject& inject) {
   if (sink_) {
     sink_(faults_.at(id).appliedReport);
   }
+  armWatch();
+}
+
+void Agent::armWatch() {
+  if (watching_ || faults_.empty()) {
+    return;
+  }
+  watching_ = true;
+  watchTimer_.expires_after(watchInterval_);
+  watchTimer_.async_wait([this, alive = std::weak_ptr<bool>(alive_)](const boost::system::error_code& ec) {
+    if (ec || alive.expired()) {
+      return;
+    }
+    watching_ = false;
+    watch();
+    armWatch();
+  });
+}
+
+void Agent::watch() {
+  std::vector<std::pair<std::string, std::string>> lost;  // fault id, error
+  for (auto& [id, held] : faults_) {
+    if (held.revertFailing || !held.lostError.empty()) {
+      continue;  // already reported
+    }
+    if (auto gone = held.applied->lost()) {
+      held.lostError = *gone;
+      lost.emplace_back(id, std::move(*gone));
+    }
+  }
+  // Reported after the loop: a sink may act on the agent (revert) before it returns.
+  for (auto& [id, error] : lost) {
+    auto it = faults_.find(id);
+    if (it == faults_.end()) {
+      continue;
+    }
+    spdlog::error("fault {}: {}; held until its revert", id, error);
+    report(id, v1::FAULT_STATE_FAILED, std::move(error), it->second.applied->describe());
+  }
 }
 
 void Agent::finish(const std::string& faultId, v1::FaultState endState, std::string_view why) {
@@ -150,6 +196,10 @@ void Agent::finish(const std::string& faultId, v1::FaultState endState, std::str
     const std::string detail = it->second.applied->describe();
     const bool journalled = it->second.journalled;
     faults_.erase(it);
+    if (faults_.empty() && watching_) {
+      watchTimer_.cancel();
+      watching_ = false;
+    }
     if (journalled) {
       journalDone(faultId);  // retrying can never succeed, at start either
     }
@@ -187,6 +237,10 @@ void Agent::finish(const std::string& faultId, v1::FaultState endState, std::str
   auto hits = it->second.applied->processHits();
   const bool journalled = it->second.journalled;
   faults_.erase(it);
+  if (faults_.empty() && watching_) {
+    watchTimer_.cancel();  // nothing left to watch; io_context::run() may return
+    watching_ = false;
+  }
   if (journalled) {
     journalDone(faultId);
   }

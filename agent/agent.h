@@ -28,6 +28,8 @@ namespace faultline::agent {
 
 // The longest any fault may be held, whatever the controller asks (the policy file can lower it).
 inline constexpr std::chrono::hours kMaxFaultDuration{24};
+// How often the agent checks that each fault it holds is still in place (AppliedFault::lost()).
+inline constexpr std::chrono::milliseconds kWatchInterval{1000};
 
 class Agent {
  public:
@@ -39,9 +41,10 @@ class Agent {
   // failed apply that rolled back cleanly (one that may have left a change stays open for the
   // next start's recovery); faults whose driver records no undo (process.kill) are not journalled.
   // policy: checked on every inject before the driver is called (the default is the built-in
-  // policy: maxDuration 1h).
+  // policy: maxDuration 1h). watchInterval: how often, while any fault is held, each is checked
+  // to be still in place (watch()); > 0.
   Agent(boost::asio::io_context& io, FaultDriver& driver, ReportSink sink, UndoJournal* journal = nullptr,
-        Policy policy = {});
+        Policy policy = {}, std::chrono::milliseconds watchInterval = kWatchInterval);
   ~Agent();  // reverts every fault still held
   Agent(const Agent&) = delete;
   Agent& operator=(const Agent&) = delete;
@@ -59,8 +62,15 @@ class Agent {
   // when the agent ended the faults on its own (lease expiry), so the controller never records
   // an end it did not command as a command.
   void revertAll(std::string_view reason, v1::FaultState endState = v1::FAULT_STATE_REVERTED);
-  // Reports of the faults held now (for Hello on reconnect): APPLIED, or FAILED with the reason
-  // for one whose revert keeps failing.
+  // Checks every fault held (AppliedFault::lost(); one kernel read each, on this thread): a fault
+  // no longer in place (someone replaced or deleted what it installed) is reported FAILED once,
+  // error "<fault>: the fault is no longer in place: <what is there now>", detail describe(). The
+  // fault stays held: its revert at its end (or on command) still runs and puts back what it can.
+  // Faults whose revert is failing are not checked. Runs every watchInterval while any fault is
+  // held; public so tests can run one check.
+  void watch();
+  // Reports of the faults held now (for Hello on reconnect): APPLIED (also one watch() found no
+  // longer in place: it is still held), or FAILED with the reason for one whose revert keeps failing.
   [[nodiscard]] std::vector<v1::FaultReport> activeFaults() const;
   [[nodiscard]] size_t activeCount() const { return faults_.size(); }
 
@@ -72,10 +82,15 @@ class Agent {
     bool revertFailing = false;  // a revert failed and is being retried
     std::string revertError;     // the last failure's reason while revertFailing
     bool journalled = false;     // has an open entry in the journal
+    std::string lostError;       // set once watch() found it no longer in place (reported once)
   };
   void finish(const std::string& faultId, v1::FaultState endState, std::string_view why);
   void report(const std::string& faultId, v1::FaultState state, std::string error, std::string detail);
   void journalDone(const std::string& faultId);
+  void armWatch();
+
+  // Expires with the agent: a watch handler that runs after the agent is gone does nothing.
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 
   boost::asio::io_context& io_;
   FaultDriver& driver_;
@@ -83,6 +98,9 @@ class Agent {
   UndoJournal* journal_;
   Policy policy_;
   std::map<std::string, Held> faults_;
+  std::chrono::milliseconds watchInterval_;
+  boost::asio::steady_timer watchTimer_;
+  bool watching_ = false;  // watchTimer_ is armed
 };
 
 // A FaultDriver that hands each spec to the driver registered for its kind.

@@ -6,6 +6,7 @@
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <system_error>
@@ -48,6 +49,13 @@ class AppliedFault {
   }
   // Process faults: each process acted on (FaultReport.processes). Thread-safe.
   [[nodiscard]] virtual std::vector<v1::ProcessHit> processHits() const { return {}; }
+  // Whether the fault is still in place, read from the kernel: nullopt while it is (and when it
+  // cannot be read: a read error is not a loss), else what is there now, e.g. "network.delay on
+  // veth0 in the agent's network namespace: the fault is no longer in place: the root qdisc of veth0
+  // is now tbf 5:, not faultline's netem fa17: (someone replaced it)". The agent calls it about once
+  // a second for each fault it holds, on its io thread: it must be cheap (a few netlink round
+  // trips) and must not block for long. Default: nullopt (nothing to watch). Not thread-safe.
+  [[nodiscard]] virtual std::optional<std::string> lost() const { return std::nullopt; }
 };
 
 // Makes a driver's undo record durable (the agent's journal). Called by apply() at most once,

@@ -760,7 +760,103 @@ class AppliedNetworkFault final : public AppliedFault {
     return text;
   }
 
+  // Reads what the fault installed (net_driver.h, "lost()"): egress, one dump of the interface's
+  // root; ingress, the interface's ingress filters, the ifb's root and index. Nothing is reported
+  // when a read fails or the namespace or interface is gone (revert() finds the fault went with it).
+  std::optional<std::string> lost() const override {
+    if (reverted_) {
+      return std::nullopt;
+    }
+    auto table = open_(plan_.netns);
+    if (!table) {
+      return std::nullopt;
+    }
+    std::vector<std::string> changes;
+    if (plan_.egress) {
+      auto current = (*table)->root(plan_.interface);
+      if (!current) {
+        return std::nullopt;
+      }
+      if (!isOurs(*current, ourKind_)) {
+        changes.push_back(rootLostText(plan_.interface, *current));
+      }
+    }
+    if (plan_.ingress) {
+      if (auto gone = ingressLost(**table)) {
+        changes.push_back(std::move(*gone));
+      }
+    }
+    if (changes.empty()) {
+      return std::nullopt;
+    }
+    return fmt::format("{}: the fault is no longer in place: {}", context(plan_), fmt::join(changes, "; "));
+  }
+
  private:
+  // "the root qdisc of veth0 is now tbf 5:, not faultline's netem fa17: (someone replaced it)".
+  std::string rootLostText(const std::string& device, const std::optional<QdiscInfo>& current) const {
+    const std::string ours = fmt::format("faultline's {} {}", ourKind_, handleText(kFaultlineRootHandle));
+    if (!current) {
+      return fmt::format("{} has no root qdisc, not {}", device, ours);
+    }
+    if (current->handle == 0) {
+      return fmt::format("the root qdisc of {} is now {}, the kernel's default, not {} (someone deleted it)", device,
+                         qdiscText(current), ours);
+    }
+    return fmt::format("the root qdisc of {} is now {}, not {} (someone replaced it)", device, qdiscText(current),
+                       ours);
+  }
+
+  // The ingress path's part of lost(): the ifb is there with faultline's root, and the interface's
+  // ingress qdisc redirects to it. nullopt when it is, or when a read fails.
+  std::optional<std::string> ingressLost(QdiscTable& table) const {
+    auto filters = table.ingressFilters(plan_.interface);
+    if (!filters) {
+      return std::nullopt;  // ENODEV: the interface is gone (revert() says so); else a read error
+    }
+    auto ifbRoot = table.root(plan_.ifb);
+    if (!ifbRoot && ifbRoot.error() == std::errc::no_such_device) {
+      return fmt::format("the ifb {} no longer exists (someone deleted it): packets received on {} are not faulted",
+                         plan_.ifb, plan_.interface);
+    }
+    auto ifbIndex = table.interfaceIndex(plan_.ifb);
+    if (!ifbRoot || !ifbIndex) {
+      return std::nullopt;
+    }
+    std::vector<std::string> changes;
+    if (!isOurs(*ifbRoot, ourKind_)) {
+      changes.push_back(rootLostText("the ifb " + plan_.ifb, *ifbRoot));
+    }
+    const bool redirected = std::any_of(filters->begin(), filters->end(), [&](const kernel::IngressFilter& f) {
+      return f.kind == "u32" && std::find(f.redirects.begin(), f.redirects.end(), *ifbIndex) != f.redirects.end();
+    });
+    if (!redirected) {
+      auto ingress = table.ingressQdisc(plan_.interface);
+      if (ingress && !*ingress) {
+        changes.push_back(fmt::format(
+            "{} has no ingress qdisc any more (someone deleted it): its received packets no longer go through the "
+            "ifb {}",
+            plan_.interface, plan_.ifb));
+      } else {
+        std::vector<std::string> texts;
+        for (const auto& f : *filters) {
+          if (f.handle != 0 && !(f.kind == "u32" && (f.handle & 0xFFF) == 0)) {
+            texts.push_back(ingressFilterText(f));
+          }
+        }
+        changes.push_back(fmt::format(
+            "the ingress qdisc of {} no longer redirects to the ifb {} (its filters now: {}): its received packets "
+            "are not faulted",
+            plan_.interface, plan_.ifb,
+            texts.empty() ? std::string("none") : fmt::format("{}", fmt::join(texts, "; "))));
+      }
+    }
+    if (changes.empty()) {
+      return std::nullopt;
+    }
+    return fmt::format("{}", fmt::join(changes, "; "));
+  }
+
   // The fault went away with its interface or namespace: revert() succeeds, describe() says why.
   tl::expected<void, FaultError> nothingToRevert(const std::string& why) {
     outcome_ = why + "; nothing to revert";

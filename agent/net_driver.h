@@ -43,6 +43,15 @@
 //           kernel put back something other than the saved root); faultline leaves it alone and
 //           the message says what is there now. FaultError::permanent is set too.
 //   any other code (EPERM, ENOBUFS, EIO, ...) is transient: revert() may be called again.
+// lost() (AppliedFault; the agent calls it about once a second while it holds the fault): the
+// fault is no longer in place when the interface's root is not faultline's fa17: of the fault's
+// kind (egress, both), or, for ingress and both, when the ifb is gone, its root is not faultline's,
+// or no u32 filter on the interface's ingress qdisc redirects to it (the qdisc deleted, or its
+// filters replaced). The words say what is there now. Cost: egress one RTM_GETQDISC dump (and the
+// namespace opened); ingress adds the ingress filter dump, the ifb's qdisc dump and index. A read
+// error, a namespace or interface that is gone are not a loss (revert() reports the latter). Not
+// watched: faultline's own root with changed options (`tc qdisc change ... handle fa17:`), or the
+// classes, leaf qdisc and filters below a tree's root.
 // Neither class is thread-safe; both block for a few netlink round trips.
 #pragma once
 

@@ -639,7 +639,10 @@ class RunState {
         } else if (r.error_code() == v1::FAULT_ERROR_PERMANENT) {
           h.revertGaveUp = true;  // the agent dropped the fault: no later report will come
         } else {
-          h.revertFailed = true;  // a revert failed; the agent keeps retrying
+          // A revert failed and the agent retries it; or, before the run asked for the revert, the
+          // agent found the fault no longer in place (someone replaced its qdisc). Either way the
+          // agent still holds the fault: the run's revert goes to it (and ends the run, below).
+          h.revertFailed = true;
         }
       } else {
         h.state = r.state();

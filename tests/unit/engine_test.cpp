@@ -438,6 +438,23 @@ TEST_CASE("engine: a fault that ends before its duration fails the run at once, 
   CHECK(h.store->getRun("run-1")->reason().find("ended before its duration") != std::string::npos);
 }
 
+TEST_CASE("engine: a fault the agent finds no longer in place (FAILED, still held) ends the run at once, reverted") {
+  Harness h;
+  h.fleet.addAgent("a1", {});
+  const std::string lostError =
+      "network.bandwidth on veth0 in /var/run/netns/t: the fault is no longer in place: the root qdisc of veth0 is "
+      "now tbf 5:, not faultline's tbf fa17: (someone replaced it)";
+  auto lost = emitWhenApplied(h, v1::FAULT_STATE_FAILED, v1::FAULT_ERROR_UNSPECIFIED, lostError);
+  const auto start = std::chrono::steady_clock::now();
+  CHECK(h.run(experiment(30s)) == v1::VERDICT_ERROR);
+  lost.join();
+  CHECK(std::chrono::steady_clock::now() - start < 5s);  // not the 30 s duration
+  const auto reason = h.store->getRun("run-1")->reason();
+  CHECK_MESSAGE(reason.find("ended before its duration: " + lostError) != std::string::npos, reason);
+  // The agent still holds it: the run asks for its revert at once.
+  CHECK(h.fleet.sentCount(v1::ControllerMessage::kRevert) == 1);
+}
+
 TEST_CASE("engine: an agent that disconnects while holding a fault ends the run as an error without waiting") {
   Harness h;
   h.fleet.addAgent("a1", {}, true, testing::Behaviour::SilentOnRevert);

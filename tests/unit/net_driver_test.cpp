@@ -4,8 +4,11 @@
 
 #include <doctest/doctest.h>
 #include <fmt/format.h>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <nlohmann/json.hpp>
 
+#include "agent/agent.h"
 #include "agent/net_driver.h"
 #include "agent/spec.h"
 #include "tests/fakes/fake_qdisc_table.h"
@@ -941,4 +944,210 @@ TEST_CASE_FIXTURE(Fixture, "ingress alone leaves the interface's egress tree unt
   CHECK(restoreCalls(*kernel).empty());
   CHECK(root()->kind == "htb");
   CHECK_FALSE(kernel->namespaces.at(kNetns).contains("flt-ifb2"));
+}
+
+// --- lost(): the agent's once-a-second check that a held fault is still in place. ---
+
+namespace {
+
+// What someone else does with tc behind the fault's back, through the fake kernel's own table.
+std::unique_ptr<kernel::QdiscTable> behindTheBack(const std::shared_ptr<FakeKernel>& kernel) {
+  auto table = fakeQdiscOpener(kernel)(kNetns);
+  REQUIRE(table.has_value());
+  return std::move(*table);
+}
+
+const kernel::TbfParams kSomeonesTbf{8'000'000, 10'000, 20'000};
+
+}  // namespace
+
+TEST_CASE_FIXTURE(Fixture, "lost: an egress root replaced or deleted behind the fault's back is named") {
+  auto applied = driver.apply(delaySpec());
+  REQUIRE(applied.has_value());
+  CHECK_FALSE((*applied)->lost().has_value());
+  // One read: the namespace opened and the interface's root dumped.
+  kernel->calls.clear();
+  CHECK_FALSE((*applied)->lost().has_value());
+  CHECK(kernel->calls == std::vector<std::string>{"open " + kNetns, "root veth0"});
+
+  SUBCASE("replaced (tc qdisc replace dev veth0 root handle 5: tbf ...)") {
+    REQUIRE(behindTheBack(kernel)->replaceRoot("veth0", 0x00050000, kSomeonesTbf).has_value());
+    const auto lost = (*applied)->lost();
+    REQUIRE(lost.has_value());
+    CHECK(*lost ==
+          "network.delay on veth0 in /proc/4242/ns/net: the fault is no longer in place: the root qdisc of veth0 is "
+          "now tbf 5:, not faultline's netem fa17: (someone replaced it)");
+  }
+  SUBCASE("deleted (tc qdisc del dev veth0 root): the kernel's default is back") {
+    REQUIRE(behindTheBack(kernel)->deleteRoot("veth0").has_value());
+    const auto lost = (*applied)->lost();
+    REQUIRE(lost.has_value());
+    CHECK(contains(*lost,
+                   "the root qdisc of veth0 is now noqueue, the kernel's default, not faultline's netem fa17: "
+                   "(someone deleted it)"));
+  }
+  SUBCASE("the same handle with another kind is not faultline's") {
+    root() = kernel::QdiscInfo{"tbf", kFaultlineRootHandle, 0xFFFFFFFF, {}};
+    REQUIRE((*applied)->lost().has_value());
+    CHECK(contains(*(*applied)->lost(), "now tbf fa17:, not faultline's netem fa17:"));
+  }
+  SUBCASE("a read error is not a loss") {
+    REQUIRE(behindTheBack(kernel)->replaceRoot("veth0", 0x00050000, kSomeonesTbf).has_value());
+    kernel->failNextOpen = std::make_error_code(std::errc::operation_not_permitted);
+    CHECK_FALSE((*applied)->lost().has_value());
+  }
+  SUBCASE("the interface or the namespace gone is not a loss (revert says the fault went with it)") {
+    kernel->namespaces.at(kNetns).erase("veth0");
+    CHECK_FALSE((*applied)->lost().has_value());
+    kernel->namespaces.erase(kNetns);
+    CHECK_FALSE((*applied)->lost().has_value());
+  }
+  SUBCASE("after a revert there is nothing to watch") {
+    REQUIRE((*applied)->revert().has_value());
+    kernel->calls.clear();
+    CHECK_FALSE((*applied)->lost().has_value());
+    CHECK(kernel->calls.empty());
+  }
+}
+
+TEST_CASE_FIXTURE(Fixture, "lost: an ingress fault's ifb root replaced, ifb deleted or ingress qdisc deleted") {
+  auto applied = driver.apply(ingressBandwidth());
+  REQUIRE_MESSAGE(applied.has_value(), (applied ? "" : applied.error().message));
+  const std::string ifb = ifbName(kernel->indexOf(kNetns, "veth0"));
+  CHECK_FALSE((*applied)->lost().has_value());
+
+  SUBCASE("the ifb's root replaced (tc qdisc replace dev flt-ifb2 root handle 9: ...)") {
+    REQUIRE(behindTheBack(kernel)->replaceRoot(ifb, 0x00090000, kSomeonesTbf).has_value());
+    const auto lost = (*applied)->lost();
+    REQUIRE(lost.has_value());
+    CHECK(*lost ==
+          "network.bandwidth on veth0 in /proc/4242/ns/net: the fault is no longer in place: the root qdisc of the "
+          "ifb flt-ifb2 is now tbf 9:, not faultline's tbf fa17: (someone replaced it)");
+  }
+  SUBCASE("the interface's ingress qdisc deleted (tc qdisc del dev veth0 ingress)") {
+    REQUIRE(behindTheBack(kernel)->deleteIngressQdisc("veth0").has_value());
+    const auto lost = (*applied)->lost();
+    REQUIRE(lost.has_value());
+    CHECK(contains(*lost,
+                   "veth0 has no ingress qdisc any more (someone deleted it): its received packets no longer "
+                   "go through the ifb flt-ifb2"));
+  }
+  SUBCASE("the redirects replaced by someone's filter") {
+    kernel->redirects.erase({kNetns, "veth0"});
+    kernel->otherFilters[{kNetns, "veth0"}] = {kernel::IngressFilter{9, 0x0800, 0x80000800, "u32", {}}};
+    const auto lost = (*applied)->lost();
+    REQUIRE(lost.has_value());
+    CHECK(contains(*lost,
+                   "the ingress qdisc of veth0 no longer redirects to the ifb flt-ifb2 (its filters now: u32 "
+                   "prio 9 protocol ip handle 800::800)"));
+  }
+  SUBCASE("the ifb deleted (ip link del flt-ifb2)") {
+    REQUIRE(behindTheBack(kernel)->deleteLink(ifb).has_value());
+    const auto lost = (*applied)->lost();
+    REQUIRE(lost.has_value());
+    CHECK(contains(*lost, "the ifb flt-ifb2 no longer exists (someone deleted it)"));
+  }
+  SUBCASE("the interface's egress root is not watched for an ingress fault") {
+    REQUIRE(behindTheBack(kernel)->replaceRoot("veth0", 0x00050000, kSomeonesTbf).has_value());
+    CHECK_FALSE((*applied)->lost().has_value());
+  }
+}
+
+TEST_CASE_FIXTURE(Fixture, "lost: direction both names each part that is gone") {
+  auto applied = driver.apply(partitionSpec(v1::DIRECTION_BOTH));
+  REQUIRE_MESSAGE(applied.has_value(), (applied ? "" : applied.error().message));
+  CHECK_FALSE((*applied)->lost().has_value());
+  const std::string ifb = ifbName(kernel->indexOf(kNetns, "veth0"));
+  REQUIRE(behindTheBack(kernel)->deleteRoot("veth0").has_value());
+  REQUIRE(behindTheBack(kernel)->replaceRoot(ifb, 0x00090000, kSomeonesTbf).has_value());
+  const auto lost = (*applied)->lost();
+  REQUIRE(lost.has_value());
+  CHECK(contains(*lost, "the root qdisc of veth0 is now noqueue, the kernel's default, not faultline's htb fa17:"));
+  CHECK(contains(*lost, "; the root qdisc of the ifb flt-ifb2 is now tbf 9:, not faultline's htb fa17:"));
+}
+
+namespace {
+
+v1::Inject injectOf(const std::string& id, const v1::FaultSpec& spec, std::chrono::milliseconds duration) {
+  v1::Inject inject;
+  inject.set_fault_id(id);
+  *inject.mutable_spec() = spec;
+  *inject.mutable_duration() = toProto(duration);
+  return inject;
+}
+
+}  // namespace
+
+TEST_CASE_FIXTURE(Fixture,
+                  "agent: a fault whose root is replaced behind its back is reported FAILED once, still held") {
+  boost::asio::io_context io;
+  std::vector<v1::FaultReport> reports;
+  Agent agent(io, driver, [&](const v1::FaultReport& r) { reports.push_back(r); });
+  agent.inject(injectOf("f1", delaySpec(), 30s));
+  REQUIRE(reports.size() == 1);
+  CHECK(reports[0].state() == v1::FAULT_STATE_APPLIED);
+  agent.watch();
+  CHECK(reports.size() == 1);  // in place: nothing to say
+
+  REQUIRE(behindTheBack(kernel)->replaceRoot("veth0", 0x00050000, kSomeonesTbf).has_value());
+  agent.watch();
+  REQUIRE(reports.size() == 2);
+  CHECK(reports[1].fault_id() == "f1");
+  CHECK(reports[1].state() == v1::FAULT_STATE_FAILED);
+  CHECK(reports[1].error_code() == v1::FAULT_ERROR_UNSPECIFIED);  // not permanent: the agent still holds it
+  CHECK(reports[1].error() ==
+        "network.delay on veth0 in /proc/4242/ns/net: the fault is no longer in place: the root qdisc of veth0 is now "
+        "tbf 5:, not faultline's netem fa17: (someone replaced it)");
+  CHECK(contains(reports[1].detail(), "netem delay 100ms jitter 10ms"));
+  CHECK(agent.activeCount() == 1);
+  agent.watch();
+  agent.watch();
+  CHECK(reports.size() == 2);                                            // each loss once
+  CHECK(agent.activeFaults().at(0).state() == v1::FAULT_STATE_APPLIED);  // held, for a Hello
+
+  // Its revert still runs, and leaves someone else's root alone.
+  agent.revert("f1");
+  REQUIRE(reports.size() == 3);
+  CHECK(reports[2].state() == v1::FAULT_STATE_FAILED);
+  CHECK(reports[2].error_code() == v1::FAULT_ERROR_PERMANENT);
+  CHECK(contains(reports[2].error(), "revert refused: the root qdisc is now tbf 5:"));
+  CHECK(agent.activeCount() == 0);
+  CHECK(root()->handle == 0x00050000);
+}
+
+TEST_CASE_FIXTURE(Fixture, "agent: the watch runs every interval on the io thread while faults are held, then stops") {
+  boost::asio::io_context io;
+  std::vector<v1::FaultReport> reports;
+  // A loss is reported by the timer's check while the fault is still held, never by its end.
+  Agent* self = nullptr;
+  Agent agent(
+      io, driver,
+      [&](const v1::FaultReport& r) {
+        reports.push_back(r);
+        if (r.state() == v1::FAULT_STATE_FAILED) {
+          CHECK(self->activeCount() == 1);
+        }
+      },
+      nullptr, Policy{}, 10ms);
+  self = &agent;
+  SUBCASE("the root deleted mid-fault: FAILED once at the next check, EXPIRED at its end") {
+    agent.inject(injectOf("f1", bandwidthSpec(), 300ms));
+    boost::asio::steady_timer someone(io, 50ms);
+    someone.async_wait(
+        [&](const boost::system::error_code&) { REQUIRE(behindTheBack(kernel)->deleteRoot("veth0").has_value()); });
+    io.run_for(10s);
+    CHECK(io.stopped());  // nothing left: the watch timer went with the last fault
+    REQUIRE(reports.size() == 3);
+    CHECK(reports[0].state() == v1::FAULT_STATE_APPLIED);
+    CHECK(reports[1].state() == v1::FAULT_STATE_FAILED);
+    CHECK(contains(reports[1].error(), "the root qdisc of veth0 is now noqueue, the kernel's default"));
+    CHECK(reports[2].state() == v1::FAULT_STATE_EXPIRED);  // the default root is what it found: nothing to undo
+  }
+  SUBCASE("a fault in place is never reported lost") {
+    agent.inject(injectOf("f1", bandwidthSpec(), 100ms));
+    io.run_for(10s);
+    CHECK(io.stopped());
+    REQUIRE(reports.size() == 2);
+    CHECK(reports[1].state() == v1::FAULT_STATE_EXPIRED);
+  }
 }
