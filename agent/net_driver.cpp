@@ -490,7 +490,8 @@ std::string ingressFilterText(const kernel::IngressFilter& f) {
 }
 
 // faultline's part of the interface's ingress qdisc: the u32 filters redirecting to the ifb (index
-// ifbIndex; 0 when it is gone). When only those are there (or none, on a qdisc faultline created and
+// ifbIndex; 0 when it is gone, and then, on a qdisc the fault created, its redirects to a deleted
+// device). When only those are there (or none, on a qdisc faultline created and
 // that is of kind ingress), the qdisc goes with them. When someone added filters of their own, it
 // stays for them, and only faultline's priorities (or, where a priority is shared, its own nodes)
 // are deleted. Reads back that no filter redirects to the ifb. Returns what it did, in words ("" for
@@ -501,9 +502,19 @@ tl::expected<std::string, FaultError> removeRedirects(QdiscTable& table, const P
   const auto failure = [&](std::string_view doing, std::error_code code) {
     return tl::unexpected(faultError(code, fmt::format("{}: {}: {}", context(plan), doing, code.message())));
   };
+  // When someone deleted the ifb during the fault, the kernel dumps the redirects' target as 0. On an
+  // ingress qdisc this fault created, faultline's own nodes (the first of its two priorities,
+  // 800::800 and 801::800) redirecting to nothing are still its own.
+  const auto orphaned = [&](const kernel::IngressFilter& f) {
+    return ifbIndex == 0 && createdIngress && f.kind == "u32" &&
+           (f.priority == kIngressRedirectPriority || f.priority == kIngressRedirectPriority + 1) &&
+           (f.handle & 0xFFF) == 0x800 && !f.redirects.empty() &&
+           std::all_of(f.redirects.begin(), f.redirects.end(), [](int target) { return target == 0; });
+  };
   const auto toIfb = [&](const kernel::IngressFilter& f) {
-    return ifbIndex != 0 && f.kind == "u32" &&
-           std::find(f.redirects.begin(), f.redirects.end(), ifbIndex) != f.redirects.end();
+    return (ifbIndex != 0 && f.kind == "u32" &&
+            std::find(f.redirects.begin(), f.redirects.end(), ifbIndex) != f.redirects.end()) ||
+           orphaned(f);
   };
   const auto samePriority = [](const kernel::IngressFilter& a, const kernel::IngressFilter& b) {
     return a.priority == b.priority && a.protocol == b.protocol;

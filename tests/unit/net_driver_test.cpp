@@ -1046,6 +1046,9 @@ TEST_CASE_FIXTURE(Fixture, "lost: an ingress fault's ifb root replaced, ifb dele
     const auto lost = (*applied)->lost();
     REQUIRE(lost.has_value());
     CHECK(contains(*lost, "the ifb flt-ifb2 no longer exists (someone deleted it)"));
+    // Its redirects now point at no device (target 0): the revert still knows them for faultline's.
+    REQUIRE((*applied)->revert().has_value());
+    CHECK_FALSE(kernel->ingress.contains({kNetns, "veth0"}));
   }
   SUBCASE("the interface's egress root is not watched for an ingress fault") {
     REQUIRE(behindTheBack(kernel)->replaceRoot("veth0", 0x00050000, kSomeonesTbf).has_value());
