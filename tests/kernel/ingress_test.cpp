@@ -12,6 +12,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <regex>
@@ -439,4 +440,59 @@ TEST_CASE_FIXTURE(TwoNamespaces,
     }
     CHECK(shown() == before);
   }
+}
+
+TEST_CASE_FIXTURE(TwoNamespaces, "lost(): the ifb's root replaced or the ingress qdisc deleted mid-fault is named") {
+  const std::string before = state();
+  auto applied = driver.apply(throttle(v1::DIRECTION_INGRESS, kRate));
+  REQUIRE_MESSAGE(applied.has_value(), (applied ? "" : applied.error().message));
+  auto table = kernel::openQdiscTable(netns_);
+  REQUIRE(table.has_value());
+  auto index = (*table)->interfaceIndex("veth0");
+  REQUIRE(index.has_value());
+  const std::string ifb = ifbName(*index);
+  REQUIRE_MESSAGE(contains(inNetns("ip -o link show"), ifb), inNetns("ip -o link show"));
+  constexpr int kChecks = 200;
+  std::vector<double> micros;
+  for (int i = 0; i < kChecks; ++i) {
+    const auto start = std::chrono::steady_clock::now();
+    const auto lost = (*applied)->lost();
+    micros.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count());
+    REQUIRE_FALSE(lost.has_value());
+  }
+  std::sort(micros.begin(), micros.end());
+  MESSAGE(fmt::format("ingress lost() over {} checks: median {:.0f} us, p99 {:.0f} us, max {:.0f} us", kChecks,
+                      micros[kChecks / 2], micros[kChecks * 99 / 100], micros.back()));
+
+  SUBCASE("the ifb's root replaced") {
+    inNetns(fmt::format("tc qdisc replace dev {} root handle 9: pfifo", ifb));
+    const auto lost = (*applied)->lost();
+    REQUIRE(lost.has_value());
+    CHECK_MESSAGE(contains(*lost, fmt::format("the fault is no longer in place: the root qdisc of the ifb {} is now "
+                                              "pfifo 9:, not faultline's tbf fa17: (someone replaced it)",
+                                              ifb)),
+                  *lost);
+  }
+  SUBCASE("the interface's ingress qdisc deleted") {
+    inNetns("tc qdisc del dev veth0 ingress");
+    const auto lost = (*applied)->lost();
+    REQUIRE(lost.has_value());
+    CHECK_MESSAGE(contains(*lost, fmt::format("veth0 has no ingress qdisc any more (someone deleted it): its received "
+                                              "packets no longer go through the ifb {}",
+                                              ifb)),
+                  *lost);
+  }
+  SUBCASE("the ifb deleted") {
+    inNetns(fmt::format("ip link del {}", ifb));
+    const auto lost = (*applied)->lost();
+    REQUIRE(lost.has_value());
+    CHECK_MESSAGE(contains(*lost, fmt::format("the ifb {} no longer exists", ifb)), *lost);
+    // The kernel now shows the redirects' target as gone ("device *"); they are still faultline's.
+    CHECK_MESSAGE(contains(inNetns("tc filter show dev veth0 ingress"), "Egress Redirect to device *"),
+                  inNetns("tc filter show dev veth0 ingress"));
+  }
+  // The revert puts back what it can: faultline's ingress qdisc and ifb go, the interface is as found.
+  auto reverted = (*applied)->revert();
+  REQUIRE_MESSAGE(reverted.has_value(), (reverted ? "" : reverted.error().message));
+  CHECK(state() == before);
 }

@@ -12,12 +12,14 @@
 
 #include <linux/pkt_sched.h>
 
+#include <algorithm>
 #include <array>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include <doctest/doctest.h>
 #include <fmt/format.h>
@@ -404,4 +406,68 @@ TEST_CASE("a read-only state directory: the journal does not open and says why")
   CHECK(WEXITSTATUS(status) == 0);
   std::error_code ec;
   std::filesystem::remove_all(stateDir, ec);
+}
+
+TEST_CASE_FIXTURE(NetnsFixture, "the agent's watch: a root replaced with tc mid-fault is reported lost within ~2 s") {
+  boost::asio::io_context io;
+  std::vector<v1::FaultReport> reports;
+  Agent agent(io, driver, [&](const v1::FaultReport& r) { reports.push_back(r); });
+  v1::Inject inject;
+  inject.set_fault_id("f1");
+  *inject.mutable_spec() = bandwidthSpec(1'000'000);
+  *inject.mutable_duration() = toProto(30s);
+  agent.inject(inject);
+  REQUIRE(reports.size() == 1);
+  REQUIRE_MESSAGE(reports[0].state() == v1::FAULT_STATE_APPLIED, reports[0].error());
+  io.run_for(1500ms);  // a check or two with the fault in place: nothing to say
+  CHECK(reports.size() == 1);
+
+  inNetns("tc qdisc replace dev veth0 root handle 5: tbf rate 8mbit burst 10kb latency 50ms");
+  const auto replaced = std::chrono::steady_clock::now();
+  while (reports.size() < 2 && std::chrono::steady_clock::now() - replaced < 5s) {
+    io.run_one_for(100ms);
+  }
+  const auto after = std::chrono::steady_clock::now() - replaced;
+  REQUIRE(reports.size() == 2);
+  MESSAGE(fmt::format("lost reported {:.0f} ms after the tc replace",
+                      std::chrono::duration<double, std::milli>(after).count()));
+  CHECK(after < 2500ms);
+  CHECK(reports[1].state() == v1::FAULT_STATE_FAILED);
+  CHECK_MESSAGE(contains(reports[1].error(),
+                         "the fault is no longer in place: the root qdisc of veth0 is now tbf 5:, not faultline's tbf "
+                         "fa17: (someone replaced it)"),
+                reports[1].error());
+  io.run_for(2500ms);
+  CHECK(reports.size() == 2);  // reported once
+  CHECK(agent.activeCount() == 1);
+
+  // The revert still runs and leaves someone's root alone.
+  agent.revert("f1");
+  REQUIRE(reports.size() == 3);
+  CHECK(reports[2].error_code() == v1::FAULT_ERROR_PERMANENT);
+  CHECK(contains(inNetns("tc qdisc show dev veth0"), "qdisc tbf 5: root"));
+}
+
+TEST_CASE_FIXTURE(NetnsFixture, "lost(): the root deleted is named; one check costs microseconds (printed)") {
+  auto applied = driver.apply(bandwidthSpec(1'000'000));
+  REQUIRE_MESSAGE(applied.has_value(), (applied ? "" : applied.error().message));
+  constexpr int kChecks = 200;
+  std::vector<double> micros;
+  for (int i = 0; i < kChecks; ++i) {
+    const auto start = std::chrono::steady_clock::now();
+    const auto lost = (*applied)->lost();
+    micros.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count());
+    REQUIRE_FALSE(lost.has_value());
+  }
+  std::sort(micros.begin(), micros.end());
+  MESSAGE(fmt::format("egress lost() over {} checks: median {:.0f} us, p99 {:.0f} us, max {:.0f} us", kChecks,
+                      micros[kChecks / 2], micros[kChecks * 99 / 100], micros.back()));
+  inNetns("tc qdisc del dev veth0 root");
+  const auto lost = (*applied)->lost();
+  REQUIRE(lost.has_value());
+  CHECK_MESSAGE(contains(*lost,
+                         "the root qdisc of veth0 is now noqueue, the kernel's default, not faultline's tbf "
+                         "fa17: (someone deleted it)"),
+                *lost);
+  REQUIRE((*applied)->revert().has_value());  // the default it found is what it saved
 }
