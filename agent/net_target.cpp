@@ -336,6 +336,9 @@ class ResolvedTargetFault final : public AppliedFault {
 
   std::vector<v1::ProcessHit> processHits() const override { return inner_->processHits(); }
 
+  // The agent's watch reads the fault itself (the pinned namespace stays until revert()).
+  std::optional<std::string> lost() const override { return inner_->lost(); }
+
  private:
   std::unique_ptr<AppliedFault> inner_;
   ResolvedNetworkTarget target_;
