@@ -7,6 +7,7 @@
 #include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
+#include "agent/kernel/route.h"
 #include "agent/net_driver.h"
 #include "agent/spec.h"
 
@@ -210,8 +211,21 @@ tl::expected<std::unique_ptr<AppliedFault>, FaultError> NfqueueFaultDriver::appl
   }
   return applyOnResolvedTarget(
       *resolver_, spec, persist,
-      [this](const v1::FaultSpec& concrete, const ResolvedNetworkTarget& /*resolved*/,
-             const PersistUndo& persistResolved) { return applyResolved(concrete, persistResolved); });
+      [this](const v1::FaultSpec& concrete, const ResolvedNetworkTarget& resolved,
+             const PersistUndo& persistResolved) -> tl::expected<std::unique_ptr<AppliedFault>, FaultError> {
+        // Netfilter takes rules for any interface name: check it exists, or a typo would be a
+        // fault that matches nothing.
+        if (auto mtu = kernel::interfaceMtu(resolved.netns, resolved.interface); !mtu) {
+          const bool missing = mtu.error() == std::errc::no_such_device;
+          return tl::unexpected(faultError(
+              mtu.error(), fmt::format("{}: {}; nothing was changed", faultKindName(concrete),
+                                       missing ? fmt::format("interface {} does not exist in {}", resolved.interface,
+                                                             where(resolved.netns))
+                                               : fmt::format("cannot read interface {} in {}: {}", resolved.interface,
+                                                             where(resolved.netns), mtu.error().message()))));
+        }
+        return applyResolved(concrete, persistResolved);
+      });
 }
 
 tl::expected<std::unique_ptr<AppliedFault>, FaultError> NfqueueFaultDriver::applyResolved(const v1::FaultSpec& spec,
@@ -259,23 +273,9 @@ tl::expected<std::unique_ptr<AppliedFault>, FaultError> NfqueueFaultDriver::appl
   }
   std::optional<Impairment> impairment;
   tl::expected<SteeringBackend, std::string> backend = tl::unexpected(std::string());
-  // Pure rules only on ingress: a drop in the output hook fails the local sender's send with EPERM
-  // at once, where netem's loss (and a real network's) is silent; the queue drops silently.
-  const bool plainLoss =
-      spec.has_network_loss() && !spec.network_loss().has_gilbert_elliott() && spec.network_loss().correlation() == 0;
-  if (spec.has_network_partition() && !egress) {
-    rules.verdict = SteeringRules::Verdict::kDrop;
-    backend = kernel::chooseBackend(support_, false);
-  } else if (plainLoss && !egress) {
-    // A pure rule where the backend can drop at random (numgen, statistic); else the queue.
-    backend = kernel::chooseBackend(support_, false);
-    const bool random = backend && ((*backend == SteeringBackend::kNftables && support_.nftNumgen) ||
-                                    (*backend == SteeringBackend::kXtables && support_.xtStatistic));
-    if (random) {
-      rules.verdict = SteeringRules::Verdict::kDropRandom;
-      rules.dropPercent = spec.network_loss().percent();
-    }
-  }
+  // Every fault goes through the queue, whose rules pass packets on (bypass) when the agent is
+  // gone: a pure drop rule would keep dropping after the agent died (a blackhole until the next
+  // start), and in the output hook it fails the sender's send() with EPERM, which netem does not.
   if (rules.verdict == SteeringRules::Verdict::kQueue) {
     if (spec.has_network_duplicate() && ingress) {
       return refuse(std::errc::invalid_argument,

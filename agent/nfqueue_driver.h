@@ -8,16 +8,12 @@
 // namespace, journals the undo record, binds the slot's queue (agent/packet_queue.h) when the
 // fault needs one, then installs the rules (agent/kernel/packet_steering.h) that steer the
 // interface's matched packets to it:
-//   network.partition, ingress    drop (a pure rule, no userspace path)
-//   network.loss, ingress, no     a random drop rule (nftables numgen or the statistic match),
-//   correlation or Gilbert-Elliott  else the queue
-//   everything else               the queue, whose model does what netem would (packet_queue.h);
-//                                 on egress a partition or loss is the queue's silent drop: a
-//                                 drop rule in the output hook fails the sender's send with EPERM
-//                                 at once, which neither netem nor a real network does
+// Every fault goes through the queue, whose model does what netem would (packet_queue.h); a
+// partition is its 100 % loss. No pure drop rule: one would keep dropping after the agent died.
 // The rules bypass the queue when no program is bound to it: when the agent stops or dies,
 // traffic flows unharmed. In the agent's own namespace the controller's channel is exempt.
 // Refused before any change, with words naming what is accepted:
+//   ENODEV   the interface does not exist in the namespace (checked when a target resolver is set).
 //   EINVAL   a spec validateFaultSpec() refuses; a parameter the userspace path does not do
 //            (netem's rate_bps); network.duplicate with direction ingress or both (a copy of a
 //            received packet cannot be injected into the receive path from userspace).

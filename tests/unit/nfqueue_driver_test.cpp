@@ -201,45 +201,29 @@ TEST_CASE_FIXTURE(Fixture, "nfqueue driver: a delay binds the slot's queue, then
   CHECK(nf->queuesStopped == 1);
 }
 
-TEST_CASE_FIXTURE(Fixture, "nfqueue driver: on ingress partition and plain loss are pure rules; on egress the queue") {
+TEST_CASE_FIXTURE(Fixture, "nfqueue driver: partition and loss go through the queue too (no rule outlives the agent)") {
   v1::FaultSpec partition;
   partition.mutable_network_partition()->mutable_target()->set_interface("veth0");
   partition.mutable_network_partition()->mutable_target()->set_netns(kNetns);
-  partition.mutable_network_partition()->mutable_target()->set_direction(v1::DIRECTION_INGRESS);
-  auto p = driver.apply(partition);
-  REQUIRE_MESSAGE(p.has_value(), (p ? "" : p.error().message));
-  CHECK(nf->queuesOpen == 0);
-  const auto& drop = nf->installed.at({SteeringBackend::kNftables, kNetns, 0});  // nftables when it exists
-  CHECK(drop.verdict == SteeringRules::Verdict::kDrop);
-  CHECK_FALSE(drop.egress);
-  CHECK(drop.ingress);
-  REQUIRE((*p)->revert().has_value());
+  partition.mutable_network_partition()->mutable_target()->set_direction(v1::DIRECTION_BOTH);
+  auto both = driver.apply(partition);
+  REQUIRE_MESSAGE(both.has_value(), (both ? "" : both.error().message));
+  CHECK(nf->queuesOpen == 1);
+  CHECK(nf->lastImpairment->lossPercent == doctest::Approx(100));
+  const auto& rules = nf->installed.at({SteeringBackend::kXtables, kNetns, 0});
+  CHECK(rules.verdict == SteeringRules::Verdict::kQueue);
+  CHECK(rules.egress);
+  CHECK(rules.ingress);
+  REQUIRE((*both)->revert().has_value());
 
   auto ingressLoss = lossSpec(30, 0);
   targetOf(ingressLoss)->set_direction(v1::DIRECTION_INGRESS);
   auto plain = driver.apply(ingressLoss);
   REQUIRE_MESSAGE(plain.has_value(), (plain ? "" : plain.error().message));
-  CHECK(nf->queuesOpen == 0);
-  const auto& random = nf->installed.at({SteeringBackend::kNftables, kNetns, 0});
-  CHECK(random.verdict == SteeringRules::Verdict::kDropRandom);
-  CHECK(random.dropPercent == doctest::Approx(30));
-  REQUIRE((*plain)->revert().has_value());
-
-  // Egress: a drop rule would fail the sender's send() with EPERM; the queue drops silently.
-  auto egressLoss = driver.apply(lossSpec(30, 0));
-  REQUIRE_MESSAGE(egressLoss.has_value(), (egressLoss ? "" : egressLoss.error().message));
-  CHECK(nf->queuesOpen == 1);
+  CHECK(nf->queuesOpen == 2);
   CHECK(nf->installed.at({SteeringBackend::kXtables, kNetns, 0}).verdict == SteeringRules::Verdict::kQueue);
   CHECK(nf->lastImpairment->lossPercent == doctest::Approx(30));
-  REQUIRE((*egressLoss)->revert().has_value());
-
-  partition.mutable_network_partition()->mutable_target()->set_direction(v1::DIRECTION_BOTH);
-  auto both = driver.apply(partition);
-  REQUIRE_MESSAGE(both.has_value(), (both ? "" : both.error().message));
-  CHECK(nf->queuesOpen == 2);
-  CHECK(nf->lastImpairment->lossPercent == doctest::Approx(100));
-  CHECK(nf->installed.at({SteeringBackend::kXtables, kNetns, 0}).ingress);
-  REQUIRE((*both)->revert().has_value());
+  REQUIRE((*plain)->revert().has_value());
 
   auto correlated = driver.apply(lossSpec(30, 25));
   REQUIRE_MESSAGE(correlated.has_value(), (correlated ? "" : correlated.error().message));
