@@ -313,7 +313,14 @@ class ResolvedTargetFault final : public AppliedFault {
       : inner_(std::move(inner)), target_(std::move(target)) {}
 
   tl::expected<void, FaultError> revert() override {
-    if (auto reverted = inner_->revert(); !reverted) {
+    // A permanent failure is never retried (the journal entry is closed): the pin goes too.
+    if (auto reverted = inner_->revert(); !reverted && !reverted.error().permanent) {
+      return reverted;
+    } else if (!reverted) {
+      if (!target_.pin.empty()) {
+        (void)releaseNetnsPin(target_.pin);
+        target_.pin.clear();
+      }
       return reverted;
     }
     if (!target_.pin.empty()) {

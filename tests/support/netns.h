@@ -8,12 +8,15 @@
 #include <fcntl.h>
 #include <sched.h>
 #include <signal.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <array>
 #include <cstdio>
+#include <filesystem>
 #include <string>
 
 #include <doctest/doctest.h>
@@ -29,6 +32,24 @@ class NetnsFixture {
   NetnsFixture() {
     REQUIRE_MESSAGE(holder_.error().empty(), holder_.error());
     netns_ = holder_.path();
+  }
+  // An agent the test killed mid-fault (or whose revert was refused) leaves its pin of this
+  // namespace in /run/faultline/netns: remove those, and only those, so the namespace goes.
+  ~NetnsFixture() {
+    struct stat ours {};
+    if (netns_.empty() || ::stat(netns_.c_str(), &ours) != 0) {
+      return;
+    }
+    std::error_code ec;
+    for (std::filesystem::directory_iterator it("/run/faultline/netns", ec);
+         !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
+      struct stat pin {};
+      const std::string path = it->path().string();
+      if (::stat(path.c_str(), &pin) == 0 && pin.st_dev == ours.st_dev && pin.st_ino == ours.st_ino) {
+        ::umount2(path.c_str(), MNT_DETACH);
+        ::unlink(path.c_str());
+      }
+    }
   }
 
   // Runs command inside the namespace; requires it to succeed.
