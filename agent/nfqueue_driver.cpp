@@ -104,9 +104,11 @@ std::string ruleNames(SteeringBackend backend, uint16_t slot) {
 
 std::string countersText(const QueueStats& s) {
   return fmt::format(
-      "{} packets through the queue: {} accepted, {} dropped, {} over the limit, {} duplicated, {} "
-      "corrupted, {} reordered",
-      s.received, s.accepted, s.dropped, s.overLimit, s.duplicated, s.corrupted, s.reordered);
+             "{} packets through the queue: {} accepted, {} dropped, {} over the limit, {} duplicated, {} "
+             "corrupted, {} reordered",
+             s.received, s.accepted, s.dropped, s.overLimit, s.duplicated, s.corrupted, s.reordered) +
+         (s.sendFailed == 0 ? std::string()
+                            : fmt::format(", {} held egress packets lost (the raw socket refused them)", s.sendFailed));
 }
 
 class AppliedUserspaceFault final : public AppliedFault {
@@ -390,7 +392,7 @@ tl::expected<std::unique_ptr<AppliedFault>, FaultError> NfqueueFaultDriver::appl
   // The queue before the rules: the first packet steered finds it bound.
   std::unique_ptr<PacketQueue> queue;
   if (impairment) {
-    auto opened = openQueue_(netns, rules.queue, *impairment, spec.has_network_duplicate(), std::random_device{}());
+    auto opened = openQueue_(netns, rules.queue, *impairment, rules.egress, std::random_device{}());
     if (!opened) {
       unhold();
       return tl::unexpected(faultError(opened.error().first, fmt::format("{}: cannot bind queue {}: {}; nothing was "

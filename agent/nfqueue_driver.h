@@ -47,7 +47,7 @@ namespace faultline::agent {
 using SteeringOpener = std::function<tl::expected<std::unique_ptr<kernel::PacketSteering>, std::error_code>(
     kernel::SteeringBackend backend, const std::string& netns)>;
 using QueueOpener = std::function<tl::expected<std::unique_ptr<PacketQueue>, std::pair<std::error_code, std::string>>(
-    const std::string& netns, uint16_t queue, Impairment impairment, bool duplicates, uint64_t seed)>;
+    const std::string& netns, uint16_t queue, Impairment impairment, bool egress, uint64_t seed)>;
 
 class NfqueueFaultDriver final : public FaultDriver {
  public:

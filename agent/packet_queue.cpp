@@ -1,9 +1,11 @@
 #include "agent/packet_queue.h"
 
 #include <fcntl.h>
+#include <net/if.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <sched.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -20,6 +22,7 @@
 #include <fstream>
 #include <functional>
 #include <limits>
+#include <map>
 #include <mutex>
 #include <queue>
 #include <random>
@@ -310,20 +313,28 @@ class Fd {
   int fd_ = -1;
 };
 
-// A raw socket for sending copies of whole IP packets (IPPROTO_RAW: the header is the caller's),
-// marked so the steering rules skip them.
+// Send buffer of the raw sockets: the packets released at one moment (a burst held behind one
+// delay) are sent back to back, and a qdisc under them (tbf) may hold them for a while.
+constexpr int kRawSendBufferBytes = 32 << 20;
+
+// A raw socket for sending whole IP packets (IPPROTO_RAW: the header is the caller's; copies, and
+// held egress packets), marked so the steering rules skip them.
 tl::expected<Fd, ErrorPair> rawSocket(int family) {
   Fd fd(::socket(family, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_RAW));
   if (fd.get() < 0) {
     const int e = errno;
-    return tl::unexpected(ErrorPair{errnoCode(e), fmt::format("cannot open a raw {} socket for duplicates: {}",
+    return tl::unexpected(ErrorPair{errnoCode(e), fmt::format("cannot open a raw {} socket to send packets: {}",
                                                               family == AF_INET ? "IPv4" : "IPv6", std::strerror(e))});
   }
   const uint32_t mark = kernel::kInjectedMark;
   if (::setsockopt(fd.get(), SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) != 0) {
     const int e = errno;
     return tl::unexpected(
-        ErrorPair{errnoCode(e), fmt::format("cannot mark the duplicates' socket: {}", std::strerror(e))});
+        ErrorPair{errnoCode(e), fmt::format("cannot mark the raw socket that sends packets: {}", std::strerror(e))});
+  }
+  const int size = kRawSendBufferBytes;
+  if (::setsockopt(fd.get(), SOL_SOCKET, SO_SNDBUFFORCE, &size, sizeof(size)) != 0) {
+    ::setsockopt(fd.get(), SOL_SOCKET, SO_SNDBUF, &size, sizeof(size));  // capped by net.core.wmem_max
   }
   return fd;
 }
@@ -364,10 +375,11 @@ constexpr uint32_t kCopyHeader = 128;  // enough for the headers; the payload is
 
 class NfPacketQueue final : public PacketQueue {
  public:
-  NfPacketQueue(Impairment impairment, bool duplicates, uint64_t seed)
+  NfPacketQueue(Impairment impairment, bool egress, uint64_t seed)
       : impairment_(impairment),
         model_(impairment, seed),
-        duplicates_(duplicates && impairment.duplicatePercent > 0),
+        duplicates_(egress && impairment.duplicatePercent > 0),
+        orphans_(egress && impairment.delay.count() > 0),
         timer_(io_),
         stream_(io_) {}
 
@@ -382,7 +394,7 @@ class NfPacketQueue final : public PacketQueue {
             errnoCode(e),
             fmt::format("cannot open nfnetlink_queue (CONFIG_NETFILTER_NETLINK_QUEUE): {}", std::strerror(e))});
       }
-      if (duplicates_) {
+      if (duplicates_ || orphans_) {
         auto v4 = rawSocket(AF_INET);
         if (!v4) {
           return tl::unexpected(v4.error());
@@ -419,7 +431,7 @@ class NfPacketQueue final : public PacketQueue {
     if (queue_ == nullptr) {
       return fail("cannot bind NFQUEUE");
     }
-    const bool whole = impairment_.corruptPercent > 0 || duplicates_;
+    const bool whole = impairment_.corruptPercent > 0 || duplicates_ || orphans_;
     if (nfq_set_mode(queue_, NFQNL_COPY_PACKET, whole ? kCopyWholePacket : kCopyHeader) < 0) {
       return fail("cannot set the copy mode of NFQUEUE");
     }
@@ -466,6 +478,8 @@ class NfPacketQueue final : public PacketQueue {
     s.corrupted = corrupted_.load();
     s.reordered = reordered_.load();
     s.held = held_.load();
+    s.orphaned = orphaned_.load();
+    s.sendFailed = sendFailed_.load();
     return s;
   }
 
@@ -474,9 +488,11 @@ class NfPacketQueue final : public PacketQueue {
     std::chrono::steady_clock::time_point release;
     uint64_t sequence = 0;  // arrival order among packets of the same release time
     uint32_t id = 0;
-    std::vector<uint8_t> payload;  // the packet to send (corrupt, duplicate); empty: unchanged
+    std::vector<uint8_t> payload;  // the packet to send (corrupt, duplicate, orphaned); empty: unchanged
     bool modified = false;
     bool duplicate = false;
+    uint32_t outdev = 0;    // the interface an egress packet was leaving by (0: ingress)
+    bool orphaned = false;  // taken from the kernel (NF_DROP) when held: release sends payload
   };
   struct Later {
     bool operator()(const Held& a, const Held& b) const {
@@ -508,8 +524,19 @@ class NfPacketQueue final : public PacketQueue {
       ++dropped_;
       return;
     }
-    Held h{.release = {}, .sequence = sequence_++, .id = id, .payload = {}, .modified = false, .duplicate = false};
-    if ((d.corruptBit || (d.duplicate && duplicates_)) && length > 0) {
+    Held h{.release = {},
+           .sequence = sequence_++,
+           .id = id,
+           .payload = {},
+           .modified = false,
+           .duplicate = false,
+           .outdev = nfq_get_outdev(data),
+           .orphaned = false};
+    // A packet larger than its interface's MTU (a UDP datagram the kernel fragments after this
+    // hook) cannot go through a raw socket whole (EMSGSIZE): it stays in the kernel while held.
+    const bool orphan =
+        orphans_ && d.hold.count() > 0 && h.outdev != 0 && length > 0 && static_cast<uint32_t>(length) <= mtu(h.outdev);
+    if ((d.corruptBit || (d.duplicate && duplicates_) || orphan) && length > 0) {
       h.payload.assign(payload, payload + length);
       if (d.corruptBit && *d.corruptBit / 8 < h.payload.size()) {
         h.payload[*d.corruptBit / 8] ^= static_cast<uint8_t>(1U << (*d.corruptBit % 8));
@@ -531,6 +558,14 @@ class NfPacketQueue final : public PacketQueue {
       return;
     }
     h.release = std::chrono::steady_clock::now() + d.hold;
+    if (orphan) {
+      // netem orphans a delayed packet from its socket (skb_orphan_partial()); held here, it would
+      // stay charged to the sender, and TCP small queues would let ~2 packets a round trip through.
+      // So the kernel frees it now and the queue sends the copy at its time, as the sender's.
+      nfq_set_verdict(queue_, id, NF_DROP, 0, nullptr);
+      h.orphaned = true;
+      ++orphaned_;
+    }
     const bool earliest = heap_.empty() || Later{}(heap_.top(), h);
     heap_.push(std::move(h));
     ++held_;
@@ -545,35 +580,104 @@ class NfPacketQueue final : public PacketQueue {
   }
 
   void release(const Held& h) {
+    if (h.orphaned) {
+      if (send(h.payload, h.outdev)) {
+        ++accepted_;
+      } else {
+        ++sendFailed_;
+      }
+      if (h.duplicate && send(h.payload, h.outdev)) {
+        ++duplicated_;
+      }
+      return;
+    }
     if (h.modified) {
       accept(h.id, h.payload.data(), static_cast<uint32_t>(h.payload.size()));
     } else {
       accept(h.id, nullptr, 0);
     }
-    if (h.duplicate) {
-      sendCopy(h.payload);
+    if (h.duplicate && send(h.payload, h.outdev)) {
+      ++duplicated_;
     }
   }
 
-  // The copy goes out through a raw socket: a whole IPv4 or IPv6 packet to its own destination.
-  void sendCopy(const std::vector<uint8_t>& packet) {
-    ssize_t sent = -1;
+  // The MTU of interface ifindex in the queue's namespace (asked through the raw socket, which lives
+  // there), at most a second old; 0 when it cannot be read.
+  uint32_t mtu(uint32_t ifindex) {
+    const auto now = std::chrono::steady_clock::now();
+    auto& entry = mtus_[ifindex];
+    if (entry.second > now) {
+      return entry.first;
+    }
+    ifreq request{};
+    request.ifr_ifindex = static_cast<int>(ifindex);
+    uint32_t value = 0;
+    if (::ioctl(raw4_.get(), SIOCGIFNAME, &request) == 0 && ::ioctl(raw4_.get(), SIOCGIFMTU, &request) == 0 &&
+        request.ifr_mtu > 0) {
+      value = static_cast<uint32_t>(request.ifr_mtu);
+    }
+    entry = {value, now + std::chrono::seconds(1)};
+    return value;
+  }
+
+  // Sends a whole IPv4 or IPv6 packet through a raw socket to its own destination, out of
+  // interface outdev (IP_PKTINFO / IPV6_PKTINFO; 0: as routed), so it leaves where the original
+  // was going, link-local destinations included. Whether all of it was sent.
+  bool send(const std::vector<uint8_t>& packet, uint32_t outdev) {
+    sockaddr_storage to{};
+    socklen_t toLength = 0;
+    int fd = -1;
+    alignas(cmsghdr) std::array<char, CMSG_SPACE(sizeof(in6_pktinfo))> control{};
+    msghdr message{};
     if (!packet.empty() && (packet[0] >> 4) == 4 && packet.size() >= 20) {
-      sockaddr_in to{};
-      to.sin_family = AF_INET;
-      std::memcpy(&to.sin_addr, packet.data() + 16, 4);
-      sent = ::sendto(raw4_.get(), packet.data(), packet.size(), MSG_DONTWAIT, reinterpret_cast<sockaddr*>(&to),
-                      sizeof(to));
+      auto& v4 = reinterpret_cast<sockaddr_in&>(to);
+      v4.sin_family = AF_INET;
+      std::memcpy(&v4.sin_addr, packet.data() + 16, 4);
+      toLength = sizeof(sockaddr_in);
+      fd = raw4_.get();
+      if (outdev != 0) {
+        message.msg_control = control.data();
+        message.msg_controllen = CMSG_SPACE(sizeof(in_pktinfo));
+        cmsghdr* c = CMSG_FIRSTHDR(&message);
+        c->cmsg_level = IPPROTO_IP;
+        c->cmsg_type = IP_PKTINFO;
+        c->cmsg_len = CMSG_LEN(sizeof(in_pktinfo));
+        in_pktinfo info{};
+        info.ipi_ifindex = static_cast<int>(outdev);
+        std::memcpy(CMSG_DATA(c), &info, sizeof(info));
+      }
     } else if (!packet.empty() && (packet[0] >> 4) == 6 && packet.size() >= 40) {
-      sockaddr_in6 to{};
-      to.sin6_family = AF_INET6;
-      std::memcpy(&to.sin6_addr, packet.data() + 24, 16);
-      sent = ::sendto(raw6_.get(), packet.data(), packet.size(), MSG_DONTWAIT, reinterpret_cast<sockaddr*>(&to),
-                      sizeof(to));
+      auto& v6 = reinterpret_cast<sockaddr_in6&>(to);
+      v6.sin6_family = AF_INET6;
+      std::memcpy(&v6.sin6_addr, packet.data() + 24, 16);
+      toLength = sizeof(sockaddr_in6);
+      fd = raw6_.get();
+      if (outdev != 0) {
+        message.msg_control = control.data();
+        message.msg_controllen = CMSG_SPACE(sizeof(in6_pktinfo));
+        cmsghdr* c = CMSG_FIRSTHDR(&message);
+        c->cmsg_level = IPPROTO_IPV6;
+        c->cmsg_type = IPV6_PKTINFO;
+        c->cmsg_len = CMSG_LEN(sizeof(in6_pktinfo));
+        in6_pktinfo info{};  // source :: (the header's own is sent as is)
+        info.ipi6_ifindex = outdev;
+        std::memcpy(CMSG_DATA(c), &info, sizeof(info));
+      }
     }
-    if (sent == static_cast<ssize_t>(packet.size())) {
-      ++duplicated_;
+    if (fd < 0) {
+      return false;
     }
+    iovec io{const_cast<uint8_t*>(packet.data()), packet.size()};
+    message.msg_name = &to;
+    message.msg_namelen = toLength;
+    message.msg_iov = &io;
+    message.msg_iovlen = 1;
+    const ssize_t sent = ::sendmsg(fd, &message, MSG_DONTWAIT);
+    if (sent != static_cast<ssize_t>(packet.size()) && sendFailed_.load() == 0) {
+      spdlog::warn("packet queue: cannot send a held packet of {} bytes: {}", packet.size(),
+                   sent < 0 ? std::strerror(errno) : "sent in part");
+    }
+    return sent == static_cast<ssize_t>(packet.size());
   }
 
   void releaseDue() {
@@ -659,6 +763,7 @@ class NfPacketQueue final : public PacketQueue {
   Impairment impairment_;
   ImpairmentModel model_;
   bool duplicates_;
+  bool orphans_;
   nfq_handle* handle_ = nullptr;
   nfq_q_handle* queue_ = nullptr;
   Fd raw4_, raw6_;
@@ -668,18 +773,19 @@ class NfPacketQueue final : public PacketQueue {
   std::thread thread_;
   std::once_flag stopped_;
   std::priority_queue<Held, std::vector<Held>, Later> heap_;
+  std::map<uint32_t, std::pair<uint32_t, std::chrono::steady_clock::time_point>> mtus_;  // ifindex: MTU, until
   uint64_t sequence_ = 0;
   bool stopping_ = false;
   std::array<uint8_t, 0x10000 + 4096> buffer_{};
   std::atomic<uint64_t> received_{0}, accepted_{0}, dropped_{0}, overLimit_{0}, duplicated_{0}, corrupted_{0},
-      reordered_{0}, held_{0};
+      reordered_{0}, held_{0}, orphaned_{0}, sendFailed_{0};
 };
 
 }  // namespace
 
 tl::expected<std::unique_ptr<PacketQueue>, std::pair<std::error_code, std::string>> PacketQueue::open(
-    const std::string& netns, uint16_t queue, Impairment impairment, bool duplicates, uint64_t seed) {
-  auto q = std::make_unique<NfPacketQueue>(impairment, duplicates, seed);
+    const std::string& netns, uint16_t queue, Impairment impairment, bool egress, uint64_t seed) {
+  auto q = std::make_unique<NfPacketQueue>(impairment, egress, seed);
   if (auto bound = q->bind(netns, queue); !bound) {
     return tl::unexpected(bound.error());
   }

@@ -15,14 +15,18 @@
 // in release order (arrival order for equal times); a dropped one gets NF_DROP; a corrupted one is
 // accepted with its modified payload; a duplicate is sent again, when the original is released,
 // through a raw socket in the namespace marked kInjectedMark (so steering skips it; egress only).
+// A held egress packet is orphaned, as netem orphans it from its socket (skb_orphan_partial()):
+// the queue copies it, frees the original at once (NF_DROP), and at its release time sends the
+// copy through the raw socket, out of the interface the original was leaving by. Held against its
+// socket instead, TCP small queues would let about two packets a round trip through (measured:
+// 0.3 Mbit/s through 100 ms). The copy passes the output hook again (steering skips it by its
+// mark; other rules see it a second time, as the agent's): its skb mark is kInjectedMark, not the
+// sender's, and it is routed by destination and interface alone.
 // The queue is bound with NFQA_CFG_F_FAIL_OPEN (a full queue accepts rather than drops) and the
 // steering rules use bypass, so traffic flows unharmed when the agent stops or dies (when it dies,
 // the kernel unbinds the queue and drops the packets held at that moment; stop() releases them).
 // limitPackets is applied by the queue with netem's tail drop (overLimit); the kernel's queue
 // length is limitPackets + 4096 so packets not yet read are not passed early.
-// Unlike netem (which orphans a delayed packet from its socket), a held packet stays charged to
-// the sending socket's send buffer: a sender whose SO_SNDBUF is smaller than what it sends within
-// the delay blocks (UDP) or is slowed (TCP small queues) on top of the delay.
 #pragma once
 
 #include <chrono>
@@ -92,20 +96,25 @@ struct QueueStats {
   uint64_t duplicated = 0;
   uint64_t corrupted = 0;
   uint64_t reordered = 0;
-  uint64_t held = 0;  // held right now
+  uint64_t held = 0;        // held right now
+  uint64_t orphaned = 0;    // held egress packets taken from the kernel, to be sent by the queue
+  uint64_t sendFailed = 0;  // of those, not sent at release (the raw socket refused; lost)
 };
 
 class PacketQueue {
  public:
   // Binds queue in netns ("" = the caller's own namespace, else a namespace file) and starts
-  // serving it with a model seeded by seed. duplicates: send copies (egress steering only; a copy
-  // of a received packet cannot be injected back into the receive path).
+  // serving it with a model seeded by seed. egress: the rules steer egress packets (output hook)
+  // to this queue too, so it may send packets itself: it sends duplicates and orphans held egress
+  // packets (it tells egress from ingress per packet by its output interface). Without it no copy
+  // is sent (a copy of a received packet cannot be injected back into the receive path) and held
+  // packets stay in the kernel until their verdict.
   // errors (code, words): ENOENT/EINVAL netns; EPERM without CAP_NET_ADMIN; EBUSY the queue is
   // bound by another socket (the kernel says EPERM; with CAP_NET_ADMIN in effect it is reported as
   // EBUSY); EPROTONOSUPPORT/ENOENT the kernel has no nfnetlink_queue; the raw sockets' errors when
-  // duplicates. Blocks for a few netlink round trips and a thread start.
+  // egress and the impairment duplicates or delays. Blocks for a few netlink round trips and a thread start.
   [[nodiscard]] static tl::expected<std::unique_ptr<PacketQueue>, std::pair<std::error_code, std::string>> open(
-      const std::string& netns, uint16_t queue, Impairment impairment, bool duplicates, uint64_t seed);
+      const std::string& netns, uint16_t queue, Impairment impairment, bool egress, uint64_t seed);
 
   virtual ~PacketQueue() = default;
   // Releases every held packet at once (NF_ACCEPT), unbinds the queue and joins the thread; the

@@ -1,8 +1,9 @@
 // The userspace packet queue (agent/packet_queue.h) with real UDP packets between two throwaway
 // network namespaces (veth0 in A, its peer in B; A's egress to B steered to the queue with
-// iptables-legacy's NFQUEUE target, --queue-bypass):
+// iptables-legacy's NFQUEUE target, --queue-bypass, after a RETURN for the queue's own packets):
 //  - throughput: a sender in A sends 64-byte datagrams as fast as it can through the delay path
-//    (delay 1 ms): packets/s sent, released by the queue (NF_ACCEPT after the hold) and received in
+//    (delay 1 ms): packets/s sent, released by the queue (egress: each held packet orphaned, sent again
+//    through the raw socket after the hold, as the agent does) and received in
 //    B; once with sender, receiver and the queue's thread on one CPU, once with the queue's thread
 //    alone on that CPU and the sender and receiver on another.
 //  - delay error: a paced sender at 1k, 10k and 50k packets/s, delay 100 ms; the one-way delay of
@@ -193,7 +194,8 @@ std::unique_ptr<agent::PacketQueue> openQueue(const std::string& netns, std::chr
   agent::Impairment imp;
   imp.delay = delay;
   imp.limitPackets = 1'000'000;
-  auto q = agent::PacketQueue::open(netns, kQueue, imp, false, 1);
+  auto q =
+      agent::PacketQueue::open(netns, kQueue, imp, /*egress=*/true, 1);  // held packets orphaned, as the agent does
   if (!q) {
     std::cerr << "nfqueue: " << q.error().second << "\n";
     std::exit(1);
@@ -222,6 +224,9 @@ int main(int argc, char** argv) {
   for (const std::string& c :
        {std::string("ip link set veth1 name peer0"), fmt::format("ip link set peer0 netns {}", bPid),
         std::string("ip addr add 10.79.1.1/24 dev veth0"),
+        // The queue's own packets pass, as the agent's steering rules let them (kInjectedMark).
+        fmt::format("iptables-legacy -t mangle -A OUTPUT -o veth0 -d 10.79.1.2 -m mark --mark {:#x} -j RETURN",
+                    kernel::kInjectedMark),
         fmt::format(
             "iptables-legacy -t mangle -A OUTPUT -o veth0 -d 10.79.1.2 -j NFQUEUE --queue-num {} --queue-bypass",
             kQueue)}) {

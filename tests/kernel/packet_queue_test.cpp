@@ -105,8 +105,9 @@ class QueueNamespaces : public testing::NetnsFixture {
                         kQueue));
   }
 
-  std::unique_ptr<PacketQueue> open(const Impairment& impairment, bool duplicates = false) {
-    auto q = PacketQueue::open(netns_, kQueue, impairment, duplicates, 1234);
+  // egress: as the driver opens a queue its rules steer egress packets to (all of these tests').
+  std::unique_ptr<PacketQueue> open(const Impairment& impairment, bool egress = true) {
+    auto q = PacketQueue::open(netns_, kQueue, impairment, egress, 1234);
     REQUIRE_MESSAGE(q.has_value(), (q ? std::string() : q.error().second));
     return std::move(*q);
   }
@@ -257,14 +258,21 @@ TEST_CASE_FIXTURE(QueueNamespaces, "packet queue: delay 100 ms at 1,000 packets/
   steer(false);
   Impairment imp;
   imp.delay = 100ms;
-  auto q = open(imp);
-  const auto arrivals = traffic(false, 2000, 1000, 300ms);
-  const auto stats = q->stats();
-  q->stop();
-  CHECK(stats.received == 2000);
-  CHECK(stats.accepted == 2000);
-  CHECK(stats.held == 0);
-  checkDelay(arrivals, 2000, 100.0);
+  // egress: held packets are orphaned (the kernel frees them, the queue sends copies at release);
+  // not egress: they wait in the kernel for their NF_ACCEPT.
+  for (const bool egress : {true, false}) {
+    CAPTURE(egress);
+    auto q = open(imp, egress);
+    const auto arrivals = traffic(false, 2000, 1000, 300ms);
+    const auto stats = q->stats();
+    q->stop();
+    CHECK(stats.received == 2000);
+    CHECK(stats.accepted == 2000);
+    CHECK(stats.orphaned == (egress ? 2000 : 0));
+    CHECK(stats.sendFailed == 0);
+    CHECK(stats.held == 0);
+    checkDelay(arrivals, 2000, 100.0);
+  }
 }
 
 TEST_CASE_FIXTURE(QueueNamespaces, "packet queue: delay 100 ms on IPv6") {
@@ -273,7 +281,10 @@ TEST_CASE_FIXTURE(QueueNamespaces, "packet queue: delay 100 ms on IPv6") {
   imp.delay = 100ms;
   auto q = open(imp);
   const auto arrivals = traffic(true, 1000, 1000, 300ms);
+  const auto stats = q->stats();
   q->stop();
+  CHECK(stats.orphaned == 1000);
+  CHECK(stats.sendFailed == 0);
   checkDelay(arrivals, 1000, 100.0);
 }
 
@@ -397,6 +408,7 @@ TEST_CASE_FIXTURE(QueueNamespaces, "packet queue: stop() releases every held pac
     q->stop();
   });
   CHECK(held.held == 100);
+  CHECK(held.orphaned == 100);
   REQUIRE(first.size() == 100);  // none lost
   for (const auto& a : first) {
     CHECK(a.delayMs < 1000);  // released by stop(), long before the 5 s delay

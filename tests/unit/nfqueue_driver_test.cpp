@@ -31,7 +31,7 @@ struct FakeNetfilter {
   int queuesOpen = 0;
   int queuesStopped = 0;
   std::optional<Impairment> lastImpairment;
-  bool lastDuplicates = false;
+  bool lastEgress = false;
 };
 
 class FakeSteering final : public kernel::PacketSteering {
@@ -113,7 +113,7 @@ struct Fixture {
         nf->calls.push_back(fmt::format("open {}", kernel::steeringBackendName(backend)));
         return std::make_unique<FakeSteering>(nf, backend, netns);
       },
-      [nf = nf](const std::string& /*netns*/, uint16_t queue, Impairment impairment, bool duplicates, uint64_t /*seed*/)
+      [nf = nf](const std::string& /*netns*/, uint16_t queue, Impairment impairment, bool egress, uint64_t /*seed*/)
           -> tl::expected<std::unique_ptr<PacketQueue>, std::pair<std::error_code, std::string>> {
         nf->calls.push_back(fmt::format("open queue {}", queue));
         if (nf->failOpenQueue) {
@@ -122,7 +122,7 @@ struct Fixture {
         }
         ++nf->queuesOpen;
         nf->lastImpairment = impairment;
-        nf->lastDuplicates = duplicates;
+        nf->lastEgress = egress;
         return std::make_unique<FakeQueue>(nf);
       }};
 
@@ -186,6 +186,7 @@ TEST_CASE_FIXTURE(Fixture, "nfqueue driver: a delay binds the slot's queue, then
   CHECK(rules.interface == "veth0");
   CHECK(rules.egress);
   CHECK_FALSE(rules.ingress);
+  CHECK(nf->lastEgress);  // the queue may send egress packets itself (orphaned, held ones)
   REQUIRE(nf->lastImpairment.has_value());
   CHECK(nf->lastImpairment->delay == 100ms);
   CHECK(nf->lastImpairment->jitter == 10ms);
@@ -221,6 +222,7 @@ TEST_CASE_FIXTURE(Fixture, "nfqueue driver: partition and loss go through the qu
   auto plain = driver.apply(ingressLoss);
   REQUIRE_MESSAGE(plain.has_value(), (plain ? "" : plain.error().message));
   CHECK(nf->queuesOpen == 2);
+  CHECK_FALSE(nf->lastEgress);
   CHECK(nf->installed.at({SteeringBackend::kXtables, kNetns, 0}).verdict == SteeringRules::Verdict::kQueue);
   CHECK(nf->lastImpairment->lossPercent == doctest::Approx(30));
   REQUIRE((*plain)->revert().has_value());
