@@ -896,6 +896,10 @@ tl::expected<v1::RunPlan, std::string> planRun(const Experiment& experiment, std
   if (!resolved) {
     return tl::unexpected(resolved.error());
   }
+  // As the run itself would refuse it, before anything is injected.
+  if (auto cannot = checkCapabilities(experiment.method, resolved->hosts)) {
+    return tl::unexpected(*cannot);
+  }
   v1::RunPlan plan;
   plan.set_experiment(experiment.name);
   plan.set_targets(resolved->summary);

@@ -110,7 +110,9 @@ class RunEngine {
 
 // The dry run of an experiment (`faultline run --dry-run`): its targets resolved against agents
 // as a run would resolve them, every step as the run would announce it, and every fault each host
-// would receive (in method order). Errors: as resolveTargets(). Pure function, thread-safe.
+// would receive (in method order). Errors: as resolveTargets(); a fault some target's kernel
+// cannot run, in checkCapabilities()'s words (the run would refuse it too). Pure function,
+// thread-safe.
 [[nodiscard]] tl::expected<v1::RunPlan, std::string> planRun(const Experiment& experiment,
                                                              std::vector<v1::AgentInfo> agents, uint64_t seed);
 

@@ -17,6 +17,7 @@
 #include "agent/spec.h"
 #include "agent/traffic_match.h"
 #include "controller/capabilities.h"
+#include "controller/engine.h"
 #include "controller/experiment.h"
 #include "tests/fakes/fake_qdisc_table.h"
 
@@ -675,6 +676,30 @@ TEST_CASE("capabilities: the host and the missing module are named before anythi
   CHECK_MESSAGE(contains(*why, "nothing was injected"), *why);
   *host.mutable_capabilities() = probed;
   CHECK_FALSE(controller::checkCapabilities({step}, {host}).has_value());
+}
+
+TEST_CASE("capabilities: a dry run is refused as the run would be, naming the host and the module") {
+  v1::Capabilities caps;
+  caps.set_tc_probed(true);
+  caps.set_tbf(true);
+  caps.add_qdiscs("tbf");  // no netem
+  v1::AgentInfo host;
+  host.set_agent_id("a3");
+  host.set_hostname("web-3");
+  *host.mutable_capabilities() = caps;
+  controller::Experiment e;
+  e.name = "slow-web";
+  e.method.emplace_back(controller::FaultStep{"lag", delaySpec(), std::chrono::milliseconds{1000}});
+  auto plan = controller::planRun(e, {host}, 1);
+  REQUIRE_FALSE(plan.has_value());
+  CHECK_MESSAGE(contains(plan.error(), "host web-3 (a3) cannot run network.delay 'lag'"), plan.error());
+  CHECK_MESSAGE(contains(plan.error(), "sch_netem"), plan.error());
+  caps.set_netem(true);
+  caps.add_qdiscs("netem");
+  *host.mutable_capabilities() = caps;
+  plan = controller::planRun(e, {host}, 1);
+  REQUIRE_MESSAGE(plan.has_value(), (plan ? "" : plan.error()));
+  CHECK(plan->hosts_size() == 1);
 }
 
 TEST_CASE("capabilities: on an nfqueue agent netem's kinds need a queue and a backend, not sch_netem") {
