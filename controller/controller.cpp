@@ -223,6 +223,7 @@ struct Controller::Impl final : v1::Control::CallbackService {
     *e.mutable_at() = r.has_at() ? r.at() : agent::nowTimestamp();
     e.set_host(host);
     e.set_kind(kind);
+    e.set_fault_id(r.fault_id());
     e.set_message(
         fmt::format("after the run ended: fault {}: {}", r.fault_id(), r.error().empty() ? r.detail() : r.error()));
     try {

@@ -6,6 +6,7 @@
 #include <map>
 #include <random>
 #include <set>
+#include <tuple>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -360,7 +361,7 @@ class RunState {
             held_[id].error = why;
             held_[id].failureRecorded = true;
           }
-          recordFailure(t.hostname(), fmt::format("fault {}: {}", id, why));
+          recordFailure(t.hostname(), id, fmt::format("fault {}: {}", id, why));
         }
         idsOf[k].push_back(id);
         ids.push_back(id);
@@ -370,7 +371,7 @@ class RunState {
       event("", "step.wait", fmt::format("step {}: wait {}", label, formatDuration(d)));
     }
     // Wait until every agent has answered.
-    std::vector<std::pair<std::string, std::string>> unanswered;  // host, fault.failed text
+    std::vector<std::tuple<std::string, std::string, std::string>> unanswered;  // host, fault id, fault.failed text
     {
       std::unique_lock lock(mutex_);
       cv_.wait_until(lock, start + options_.applyTimeout, [&] {
@@ -388,12 +389,12 @@ class RunState {
           h.error = fmt::format("no answer within {} of the start time", formatDuration(options_.applyTimeout));
           h.unconfirmed = true;
           h.failureRecorded = true;
-          unanswered.emplace_back(h.host, fmt::format("fault {}: {}", id, h.error));
+          unanswered.emplace_back(h.host, id, fmt::format("fault {}: {}", id, h.error));
         }
       }
     }
-    for (const auto& [host, text] : unanswered) {
-      recordFailure(host, text);
+    for (const auto& [host, id, text] : unanswered) {
+      recordFailure(host, id, text);
     }
     std::string failure;
     {
@@ -481,8 +482,9 @@ class RunState {
 
   // Records a fault.failed event the agent could not send (it is gone, or never answered).
   // Called without mutex_ held.
-  void recordFailure(const std::string& host, const std::string& text) {
+  void recordFailure(const std::string& host, const std::string& faultId, const std::string& text) {
     v1::RunEvent e = makeEvent(host, "fault.failed", text);
+    e.set_fault_id(faultId);
     store_.addEvent(e);
     if (sink_) {
       sink_(e);
@@ -565,7 +567,7 @@ class RunState {
       return true;
     });
     std::string left;
-    std::vector<std::pair<std::string, std::string>> failures;  // host, fault.failed text
+    std::vector<std::tuple<std::string, std::string, std::string>> failures;  // host, fault id, fault.failed text
     for (const auto& [id, agentId] : toRevert) {
       auto& h = held_[id];
       if (settled(h.state)) {
@@ -582,7 +584,7 @@ class RunState {
       left += (left.empty() ? "" : "; ") + one;
       if (!h.failureRecorded) {
         h.failureRecorded = true;
-        failures.emplace_back(h.host, one);
+        failures.emplace_back(h.host, id, one);
       }
       h.state = v1::FAULT_STATE_FAILED;
       h.unconfirmed = false;
@@ -597,8 +599,8 @@ class RunState {
       }
     }
     lock.unlock();
-    for (const auto& [host, text] : failures) {
-      recordFailure(host, text);
+    for (const auto& [host, id, text] : failures) {
+      recordFailure(host, id, text);
     }
     return left;
   }
@@ -621,6 +623,7 @@ class RunState {
     const std::string kind = faultEventKind(r.state());
     v1::RunEvent e = makeEvent(host, kind, r.error().empty() ? r.detail() : r.error());
     e.mutable_at()->CopyFrom(r.at());
+    e.set_fault_id(r.fault_id());
     store_.addEvent(e);
     if (sink_) {
       sink_(e);

@@ -173,8 +173,9 @@ std::string table(const std::vector<std::vector<std::string>>& rows, std::size_t
   return out;
 }
 
-// Per host, each fault.applied opens a window and the next fault.reverted, fault.expired or
-// fault.failed of that host closes it; labelled with the step of the last step.fault before it.
+// Each fault.applied opens a window and the next fault.reverted, fault.expired or fault.failed of
+// the same fault closes it; labelled with the fault's step, from its id ("RUN/STEP/AGENT"). Records
+// from before events carried the fault id: per host, labelled with the last step.fault before it.
 std::string formatFaultWindows(const v1::Run& run) {
   const std::int64_t start = toMicros(run.started_at());
   std::vector<const v1::RunEvent*> events;
@@ -185,10 +186,19 @@ std::string formatFaultWindows(const v1::Run& run) {
                    [](const v1::RunEvent* a, const v1::RunEvent* b) { return toMicros(a->at()) < toMicros(b->at()); });
   struct Window {
     std::string host;
+    std::string faultId;
     std::string step;
     std::int64_t from = 0;
     std::optional<std::int64_t> to;
     std::string end;
+  };
+  const auto stepOf = [](const std::string& faultId) -> std::optional<std::string> {
+    const auto first = faultId.find('/');
+    const auto last = faultId.rfind('/');
+    if (first == std::string::npos || last <= first + 1) {
+      return std::nullopt;
+    }
+    return "step " + faultId.substr(first + 1, last - first - 1);
   };
   std::vector<Window> windows;
   std::string step = "-";
@@ -196,10 +206,13 @@ std::string formatFaultWindows(const v1::Run& run) {
     if (e->kind() == "step.fault") {
       step = oneLine(e->message().substr(0, e->message().find(':')));
     } else if (e->kind() == "fault.applied") {
-      windows.push_back(Window{oneLine(e->host()), step, toMicros(e->at()) - start, std::nullopt, ""});
+      windows.push_back(Window{oneLine(e->host()), e->fault_id(), oneLine(stepOf(e->fault_id()).value_or(step)),
+                               toMicros(e->at()) - start, std::nullopt, ""});
     } else if (e->kind() == "fault.reverted" || e->kind() == "fault.expired" || e->kind() == "fault.failed") {
       for (auto& w : windows) {
-        if (w.host == oneLine(e->host()) && !w.to) {
+        const bool same =
+            e->fault_id().empty() || w.faultId.empty() ? w.host == oneLine(e->host()) : w.faultId == e->fault_id();
+        if (same && !w.to) {
           w.to = toMicros(e->at()) - start;
           w.end = e->kind().substr(6);
           break;

@@ -259,6 +259,31 @@ TEST_CASE("show: the faults' windows and the SLIs") {
             "api-slo  after        1       0  p99 14ms (< 300ms) over 3 sample(s)\n"));
 }
 
+TEST_CASE("show: the faults of a parallel group on one host each get their own step and end") {
+  setenv("TZ", "UTC0", 1);
+  tzset();
+  v1::Run run;
+  run.set_run_id("r-0002");
+  *run.mutable_started_at() = at(0);
+  *run.mutable_ended_at() = at(9'000);
+  addEvent(run, 100, "", "step.fault", "step 2.1: network.delay 'slow' for 5s on 1 host(s)");
+  addEvent(run, 110, "", "step.fault", "step 2.2: process.pause 'freeze' for 2s on 1 host(s)");
+  const auto withId = [&](int64_t ms, const std::string& kind, const std::string& step) {
+    addEvent(run, ms, "web-1", kind, "");
+    run.mutable_events()->rbegin()->set_fault_id("r-0002/" + step + "/a1");
+  };
+  withId(150, "fault.applied", "2.1");
+  withId(160, "fault.applied", "2.2");
+  withId(2'160, "fault.expired", "2.2");  // the pause ends first
+  withId(5'150, "fault.expired", "2.1");
+  const std::string text = formatTimeline(run);
+  CHECK_MESSAGE(has(text,
+                    "faults\nHOST   STEP        FROM      TO    HELD  END\n"
+                    "web-1  step 2.1  +0.150  +5.150  5.000s  expired\n"
+                    "web-1  step 2.2  +0.160  +2.160  2.000s  expired\n"),
+                text);
+}
+
 TEST_CASE("JUnit report: probe steps and a parallel group; each top-level step is one case") {
   std::string yaml = kYaml.substr(0, kYaml.find("method:"));
   yaml +=
