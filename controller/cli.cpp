@@ -4,6 +4,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <csignal>
@@ -16,6 +17,7 @@
 #include <thread>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <google/protobuf/util/time_util.h>
 #include <grpc/support/log.h>
 #include <grpcpp/grpcpp.h>
@@ -752,6 +754,16 @@ int cliMain(int argc, char** argv) {
   auto* showCtrl = showCmd->add_option("--controller", address, "controller address HOST:PORT")->capture_default_str();
   showCmd->add_option("--db", db, "read a record file directly instead (e.g. the one of --local)")->excludes(showCtrl);
 
+  // CLI11 says only "A subcommand is required" for a command it does not know.
+  std::vector<std::string> names;
+  for (const auto* sub : app.get_subcommands({})) {
+    names.push_back(sub->get_name());
+  }
+  if (argc > 1 && argv[1][0] != '-' && std::find(names.begin(), names.end(), argv[1]) == names.end()) {
+    std::cerr << fmt::format("faultline: unknown command '{}'; accepted: {} (see faultline --help)\n", argv[1],
+                             fmt::join(names, ", "));
+    return kExitUsage;
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -595,6 +595,12 @@ TEST_CASE_FIXTURE(testing::NetnsFixture, "the faultline binary: validate, run --
   CHECK(r.status == 4);
   CHECK(r.output.find("--dry-run records nothing") != std::string::npos);
   CHECK_FALSE(std::filesystem::exists(dir.path + "/j.json"));
+  // A command it does not know is named, with the ones it does (CLI11 alone said "A subcommand is
+  // required").
+  r = testing::sh(fmt::format("{} valdiate good.yaml", bin));
+  CHECK(r.status == 4);
+  CHECK_MESSAGE(r.output.find("faultline: unknown command 'valdiate'; accepted: run, validate,") != std::string::npos,
+                r.output);
   // --var on validate: an undefined variable is an error at its place; given, the file is valid.
   {
     std::ofstream vars(dir.path + "/vars.yaml");
