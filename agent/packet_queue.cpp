@@ -491,7 +491,7 @@ class NfPacketQueue final : public PacketQueue {
     std::vector<uint8_t> payload;  // the packet to send (corrupt, duplicate, orphaned); empty: unchanged
     bool modified = false;
     bool duplicate = false;
-    uint32_t outdev = 0;    // the interface an egress packet was leaving by (0: ingress)
+    uint32_t outdev = 0;    // the interface a locally sent packet was leaving by (0: received or forwarded)
     bool orphaned = false;  // taken from the kernel (NF_DROP) when held: release sends payload
   };
   struct Later {
@@ -530,7 +530,9 @@ class NfPacketQueue final : public PacketQueue {
            .payload = {},
            .modified = false,
            .duplicate = false,
-           .outdev = nfq_get_outdev(data),
+           // A forwarded packet (it came in on an interface) is the kernel's to send: sent again as
+           // this host's own it would miss its connection's NAT (conntrack sees a new flow).
+           .outdev = nfq_get_indev(data) == 0 ? nfq_get_outdev(data) : 0,
            .orphaned = false};
     // A packet larger than its interface's MTU (a UDP datagram the kernel fragments after this
     // hook) cannot go through a raw socket whole (EMSGSIZE): it stays in the kernel while held.
@@ -543,7 +545,7 @@ class NfPacketQueue final : public PacketQueue {
         h.modified = true;
         ++corrupted_;
       }
-      h.duplicate = d.duplicate && duplicates_;
+      h.duplicate = d.duplicate && duplicates_ && h.outdev != 0;  // sent as this host's: local packets only
     }
     if (d.reordered) {
       ++reordered_;

@@ -26,7 +26,7 @@ bool hasMatch(const v1::NetworkTarget& t) {
 }
 
 std::string hint(const std::string& module) {
-  if (module == "sch_netem") {
+  if (module.rfind("sch_netem", 0) == 0) {
     return "CONFIG_NET_SCH_NETEM; `modprobe sch_netem`; on RHEL-family hosts it ships in kernel-modules-extra";
   }
   if (module == "sch_tbf") {
@@ -50,9 +50,6 @@ std::string hint(const std::string& module) {
   if (module == "nft_queue or xt_NFQUEUE") {
     return "CONFIG_NFT_QUEUE or CONFIG_NETFILTER_XT_TARGET_NFQUEUE with CONFIG_IP_NF_MANGLE";
   }
-  if (module == "nf_tables or ip_tables") {
-    return "CONFIG_NF_TABLES_INET, or CONFIG_IP_NF_MANGLE and CONFIG_IP6_NF_MANGLE";
-  }
   return "CONFIG_NET_CLS_U32; `modprobe cls_u32`";
 }
 
@@ -69,18 +66,21 @@ std::vector<std::string> missingModules(const v1::FaultSpec& spec, const v1::Cap
     return missing;
   }
   if (isNetem(spec) && isUserspace(caps)) {
-    // Netfilter rules and the agent's queue: no qdisc, classifier or ifb.
-    if (spec.has_network_partition()) {
-      if (!listed(caps.netfilter(), "nf_tables") && !listed(caps.netfilter(), "ip_tables")) {
-        missing.emplace_back("nf_tables or ip_tables");
-      }
-      return missing;
-    }
+    // Netfilter rules and the agent's queue (partition too: 100 % loss in the queue, so that no
+    // rule drops traffic once the agent is gone): no qdisc, classifier or ifb.
     if (!listed(caps.netfilter(), "nfnetlink_queue")) {
       missing.emplace_back("nfnetlink_queue");
     }
     if (caps.steering_backend().empty()) {
       missing.emplace_back("nft_queue or xt_NFQUEUE");
+    }
+    // What the queue does not do (NfqueueFaultDriver refuses them): only netem can.
+    if (spec.has_network_delay() && spec.network_delay().rate_bps() != 0) {
+      missing.emplace_back("sch_netem (for delay's rate; or use network.bandwidth)");
+    }
+    const bool intoHost = target->direction() == v1::DIRECTION_INGRESS || target->direction() == v1::DIRECTION_BOTH;
+    if (spec.has_network_duplicate() && intoHost) {
+      missing.emplace_back("sch_netem (for duplicate on ingress)");
     }
     return missing;
   }

@@ -15,8 +15,9 @@ namespace faultline::controller {
 
 // The kernel modules spec needs that caps lacks, as "sch_netem", "sch_htb", "cls_u32" (direction
 // ingress/both: "ifb", "sch_ingress", "cls_u32", "act_mirred"); on an agent whose network driver
-// is nfqueue, netem's kinds need "nfnetlink_queue" and a queue backend ("nft_queue or
-// xt_NFQUEUE"; partition: "nf_tables or ip_tables") instead, and no tc module. Empty when the
+// is nfqueue, netem's kinds (partition too) need "nfnetlink_queue" and a queue backend
+// ("nft_queue or xt_NFQUEUE") instead, and no tc module; what only netem does there (delay's
+// rate, duplicate on ingress) is "sch_netem (for ...)". Empty when the
 // host can run it (or spec is not a network fault). An agent that did not probe (tc_probed false,
 // an older agent) is judged on its netem/tbf flags alone.
 [[nodiscard]] std::vector<std::string> missingModules(const v1::FaultSpec& spec, const v1::Capabilities& caps);

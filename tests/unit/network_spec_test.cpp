@@ -722,9 +722,35 @@ TEST_CASE("capabilities: on an nfqueue agent netem's kinds need a queue and a ba
   partition.mutable_network_partition()->mutable_target()->set_interface("eth0");
   v1::Capabilities bare;
   bare.set_network_driver("nfqueue");
-  CHECK(controller::missingModules(partition, bare) == std::vector<std::string>{"nf_tables or ip_tables"});
+  // A partition goes through the queue too (no rule may drop once the agent is gone).
+  CHECK(controller::missingModules(partition, bare) ==
+        std::vector<std::string>{"nfnetlink_queue", "nft_queue or xt_NFQUEUE"});
   bare.add_netfilter("ip_tables");
+  bare.add_netfilter("nfnetlink_queue");
+  bare.set_steering_backend("xtables");
   CHECK(controller::missingModules(partition, bare).empty());
+  // What only netem does is refused before anything is injected: delay's rate, duplicate on ingress.
+  auto rated = delaySpec();
+  rated.mutable_network_delay()->set_rate_bps(1'000'000);
+  CHECK(controller::missingModules(rated, bare) ==
+        std::vector<std::string>{"sch_netem (for delay's rate; or use network.bandwidth)"});
+  v1::FaultSpec dup;
+  dup.mutable_network_duplicate()->mutable_target()->set_interface("eth0");
+  dup.mutable_network_duplicate()->set_percent(5);
+  CHECK(controller::missingModules(dup, bare).empty());  // egress
+  dup.mutable_network_duplicate()->mutable_target()->set_direction(v1::DIRECTION_BOTH);
+  CHECK(controller::missingModules(dup, bare) == std::vector<std::string>{"sch_netem (for duplicate on ingress)"});
+  controller::FaultStep step{"twice", dup, std::chrono::milliseconds{1000}};
+  v1::AgentInfo host;
+  host.set_agent_id("a1");
+  host.set_hostname("web-1");
+  *host.mutable_capabilities() = bare;
+  auto why = controller::checkCapabilities({step}, {host});
+  REQUIRE(why.has_value());
+  CHECK_MESSAGE(contains(*why,
+                         "host web-1 (a1) cannot run network.duplicate 'twice': its kernel lacks sch_netem (for "
+                         "duplicate on ingress) (CONFIG_NET_SCH_NETEM;"),
+                *why);
   // network.bandwidth stays tc's on either driver.
   v1::FaultSpec bw;
   bw.mutable_network_bandwidth()->mutable_target()->set_interface("eth0");
