@@ -54,14 +54,14 @@ int revertAllMain(const std::string& stateDir, bool alsoLocalRun) {
   for (const auto& problem : found.problems) {
     report.failed.push_back(problem);
   }
-  if (!report.agentRunning && report.clean()) {
+  if (!report.agentRunning && report.clean() && report.kept.empty()) {
     // The namespaces faultline pinned (a netns chosen by process) were swept above: unpin them.
     for (auto& problem : releaseAllNetnsPins(std::filesystem::path(kNetnsPinDir))) {
       report.failed.push_back(std::move(problem));
     }
   } else if (!report.agentRunning) {
-    report.notes.push_back(
-        fmt::format("namespace pins in {} kept, so that what failed above can still be reached", kNetnsPinDir));
+    report.notes.push_back(fmt::format("namespace pins in {} kept, so that what {} can still be reached", kNetnsPinDir,
+                                       report.clean() ? "other running agents hold" : "failed above"));
   }
   if (report.agentRunning) {
     // Leave the running agent's stress cgroups alone too.
@@ -79,6 +79,9 @@ int revertAllMain(const std::string& stateDir, bool alsoLocalRun) {
   for (const auto& line : report.removed) {
     std::cout << "removed: " << line << "\n";
   }
+  for (const auto& line : report.kept) {
+    std::cout << "kept: " << line << "\n";
+  }
   for (const auto& line : report.failed) {
     std::cout << "FAILED: " << line << "\n";
   }
@@ -87,7 +90,11 @@ int revertAllMain(const std::string& stateDir, bool alsoLocalRun) {
             << " leftover faultline qdisc(s), netfilter rule set(s) and stress cgroup(s) removed, "
             << report.failed.size() << " failure(s); scanned " << report.namespaces << " network namespace(s), "
             << report.interfaces << " interface(s): "
-            << (report.clean() ? "no faultline fault is left" : "the host may still carry faultline faults")
+            << (!report.clean() ? std::string("the host may still carry faultline faults")
+                : report.kept.empty()
+                    ? std::string("no faultline fault is left")
+                    : fmt::format("no leftover is left; {} live fault(s) of other running agents left alone",
+                                  report.kept.size()))
             << std::endl;
   return report.clean() ? 0 : 1;
 }

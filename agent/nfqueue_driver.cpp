@@ -115,7 +115,8 @@ class AppliedUserspaceFault final : public AppliedFault {
  public:
   AppliedUserspaceFault(SteeringOpener open, std::shared_ptr<NfqueueFaultDriver::Holding> holding,
                         std::tuple<std::string, std::string, int> key, std::string netns, SteeringBackend backend,
-                        uint16_t slot, std::unique_ptr<PacketQueue> queue, std::string what)
+                        uint16_t slot, std::unique_ptr<PacketQueue> queue, std::string context, std::string what,
+                        std::optional<kernel::SlotState> installed)
       : open_(std::move(open)),
         holding_(std::move(holding)),
         key_(std::move(key)),
@@ -123,7 +124,9 @@ class AppliedUserspaceFault final : public AppliedFault {
         backend_(backend),
         slot_(slot),
         queue_(std::move(queue)),
-        what_(std::move(what)) {}
+        context_(std::move(context)),
+        what_(std::move(what)),
+        installed_(std::move(installed)) {}
 
   ~AppliedUserspaceFault() override {
     // An agent that drops a fault without reverting it (it never does) must not leave packets held.
@@ -167,6 +170,49 @@ class AppliedUserspaceFault final : public AppliedFault {
     return {};
   }
 
+  // Reads the slot back (nfqueue_driver.h, "lost()"): its table or chains, their jump rules and
+  // rules as installed, and its queue bound and read. A read error or a namespace that is gone is
+  // not a loss (revert() says what it finds).
+  std::optional<std::string> lost() const override {
+    if (reverted_ || rulesRemoved_ || !installed_) {
+      return std::nullopt;
+    }
+    auto steering = open_(backend_, netns_);
+    if (!steering) {
+      return std::nullopt;
+    }
+    auto now = (*steering)->inspect(slot_);
+    if (!now) {
+      return std::nullopt;
+    }
+    std::vector<std::string> changes = kernel::steeringChanges(*installed_, *now);
+    if (queue_) {
+      const uint16_t queue = static_cast<uint16_t>(kernel::kQueueBase + slot_);
+      const QueueStats stats = queue_->stats();
+      if (!now->queue.bound) {
+        changes.push_back(fmt::format(
+            "queue {} is no longer bound in {} (nobody serves it): its packets pass unimpaired", queue, where(netns_)));
+        unreadBefore_ = false;
+      } else {
+        // Packets wait in the kernel that the queue's thread has not read (it holds fewer than
+        // the kernel counts), at two checks in a row, and it read nothing in between.
+        const bool unread = now->queue.waiting > stats.held;
+        if (unread && unreadBefore_ && stats.received == receivedBefore_) {
+          changes.push_back(fmt::format(
+              "queue {} is not served: {} packets wait in the kernel and the agent's queue thread has read none since "
+              "the last check (it stopped or hangs)",
+              queue, now->queue.waiting - stats.held));
+        }
+        unreadBefore_ = unread;
+        receivedBefore_ = stats.received;
+      }
+    }
+    if (changes.empty()) {
+      return std::nullopt;
+    }
+    return fmt::format("{}: the fault is no longer in place: {}", context_, fmt::join(changes, "; "));
+  }
+
   std::string describe() const override {
     std::string text = what_;
     if (!outcome_.empty()) {
@@ -191,7 +237,11 @@ class AppliedUserspaceFault final : public AppliedFault {
   SteeringBackend backend_;
   uint16_t slot_;
   std::unique_ptr<PacketQueue> queue_;
+  std::string context_;
   std::string what_;
+  std::optional<kernel::SlotState> installed_;  // read back right after install(); lost() compares
+  mutable bool unreadBefore_ = false;
+  mutable uint64_t receivedBefore_ = 0;
   std::string outcome_;
   bool rulesRemoved_ = false;
   bool reverted_ = false;
@@ -330,6 +380,8 @@ tl::expected<std::unique_ptr<AppliedFault>, FaultError> NfqueueFaultDriver::appl
                               steering.error().message()));
   }
   std::set<uint16_t> used;
+  std::set<uint16_t> served;
+  std::vector<std::pair<SteeringBackend, kernel::PacketSteering::Steered>> steered;
   for (const SteeringBackend b : {SteeringBackend::kNftables, SteeringBackend::kXtables}) {
     const bool present = b == SteeringBackend::kNftables ? support_.nftables : support_.xtables;
     if (!present) {
@@ -347,14 +399,37 @@ tl::expected<std::unique_ptr<AppliedFault>, FaultError> NfqueueFaultDriver::appl
     }
     if (auto owned = s->owned()) {
       used.insert(owned->slots.begin(), owned->slots.end());
+      served.insert(owned->served.begin(), owned->served.end());
+      for (auto& one : owned->steered) {
+        steered.emplace_back(b, std::move(one));
+      }
     } else if (b == *backend) {
       return refuse(std::errc::io_error,
                     fmt::format("cannot list faultline's {} rules in {}: {}", kernel::steeringBackendName(b),
                                 where(netns), owned.error().message()));
     }
   }
+  // Another agent's fault (or a leftover of one that died) on this interface and direction.
+  for (const auto& [b, other] : steered) {
+    const int otherBits = (other.egress ? 1 : 0) | (other.ingress ? 2 : 0);
+    if (other.interface != interface || (otherBits & bits) == 0) {
+      continue;
+    }
+    const uint16_t otherQueue = static_cast<uint16_t>(kernel::kQueueBase + other.slot);
+    return refuse(
+        std::errc::file_exists,
+        fmt::format(
+            "interface {} already carries a faultline userspace fault in direction {}: the {} in {} steer it to "
+            "queue {}, {}; one network fault per interface and direction",
+            interface, directionName(other.egress, other.ingress), ruleNames(b, other.slot), where(netns), otherQueue,
+            served.contains(other.slot)
+                ? "which a running program serves (another faultline agent or run --local: end that fault first)"
+                : "which nobody serves (a leftover of an agent that died: its next start, or `faultline-agent "
+                  "revert-all`, removes it)"));
+  }
+  // A free slot: no table or chain of it, and its queue bound by no one (another agent's).
   uint16_t slot = 0;
-  while (slot < kernel::kMaxSlots && used.contains(slot)) {
+  while (slot < kernel::kMaxSlots && (used.contains(slot) || served.contains(slot))) {
     ++slot;
   }
   if (slot == kernel::kMaxSlots) {
@@ -412,8 +487,14 @@ tl::expected<std::unique_ptr<AppliedFault>, FaultError> NfqueueFaultDriver::appl
   }
   const std::string applied = fmt::format("{} (userspace: {}{})", what, ruleNames(*backend, slot),
                                           impairment ? fmt::format(", queue {}", rules.queue) : std::string());
+  // The reference for lost(); without it (a read error) the fault is not watched.
+  std::optional<kernel::SlotState> installed;
+  if (auto read = (*steering)->inspect(slot)) {
+    installed = std::move(*read);
+  }
   return std::make_unique<AppliedUserspaceFault>(openSteering_, holding_, key, netns, *backend, slot, std::move(queue),
-                                                 applied);
+                                                 fmt::format("{} on {} in {}", kind, interface, where(netns)), applied,
+                                                 std::move(installed));
 }
 
 bool NfqueueFaultDriver::isNfqueueRecord(const nlohmann::json& undo) {
@@ -456,6 +537,15 @@ tl::expected<std::string, FaultError> NfqueueFaultDriver::revertRecord(const nlo
                                                                    where(netns), steering.error().message())));
   }
   const auto names = ruleNames(backend, static_cast<uint16_t>(slot));
+  // This agent's queue died with it: a slot whose queue is bound is a running agent's (this
+  // fault's rules went before the crash, and another agent took the slot since).
+  if (auto owned = (*steering)->owned();
+      owned && std::find(owned->served.begin(), owned->served.end(), slot) != owned->served.end()) {
+    return fmt::format(
+        "the {} in {} were left alone: their queue {} is served by a running program (another faultline agent's "
+        "fault, not this record's)",
+        names, where(netns), kernel::kQueueBase + slot);
+  }
   if (auto removed = (*steering)->remove(static_cast<uint16_t>(slot)); !removed) {
     return tl::unexpected(faultError(removed.error().first, fmt::format("cannot remove the {} in {}: {}", names,
                                                                         where(netns), removed.error().second)));
@@ -481,6 +571,13 @@ SteeringSweep removeAllSteering(const std::string& netns, const SteeringOpener& 
       continue;
     }
     for (const uint16_t slot : owned->slots) {
+      if (std::find(owned->served.begin(), owned->served.end(), slot) != owned->served.end()) {
+        sweep.kept.push_back(fmt::format(
+            "{} in {} left alone: its queue {} is served by a running program (a live faultline agent's fault: "
+            "end it there, or stop that agent, whose stop reverts it)",
+            ruleNames(backend, slot), where(netns), kernel::kQueueBase + slot));
+        continue;
+      }
       if (auto removed = (*steering)->remove(slot); !removed) {
         sweep.failed.push_back(
             fmt::format("{} in {}: {}", ruleNames(backend, slot), where(netns), removed.error().second));

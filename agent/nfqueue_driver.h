@@ -17,10 +17,21 @@
 //   EINVAL   a spec validateFaultSpec() refuses; a parameter the userspace path does not do
 //            (netem's rate_bps); network.duplicate with direction ingress or both (a copy of a
 //            received packet cannot be injected into the receive path from userspace).
-//   EEXIST   the interface already carries a faultline fault of this driver in that direction.
+//   EEXIST   the interface already carries a faultline fault of this driver in that direction: of
+//            this agent, or of another (another state directory, a run --local) or a leftover of one
+//            that died, read from the namespace's faultline tables/chains; the words name them and
+//            whether their queue is served (a live agent) or not (a leftover: revert-all removes it).
 //   ENOTSUP  network.bandwidth (the tc driver does it); the kernel lacks what the fault needs
 //            (no nfnetlink_queue, no NFQUEUE target and no nft_queue, ...), naming it.
+// The slot is one that no faultline table or chain uses in the namespace and whose queue no
+// program has bound (another agent's): two agents never share one.
 // A step that fails removes what was built (queue unbound, rules gone) before the error.
+// lost() (checked by the agent about once a second): the fault is no longer in place when its
+// table (nftables) or chains and jump rules (xtables, both families) are gone or hold other rules
+// than were read back right after install (count, or a digest of their contents), when its
+// queue is no longer bound, or when packets wait unread in the kernel's queue at two checks in a
+// row while the queue's thread read none. Cost: one inspect() (packet_steering.h) and the queue's
+// counters; measured in tests/kernel/nfqueue_driver_test.cpp (docs/performance.md).
 // revert(): removes the rules (reads back that nothing of the slot is left), then releases every
 // held packet and unbinds the queue; describe() then adds the queue's counters. Nothing to do
 // when the namespace is gone. Errors are transient (EPERM, EIO ...): revert() may be called again.
@@ -72,7 +83,8 @@ class NfqueueFaultDriver final : public FaultDriver {
   // Whether an undo record is this driver's ("driver": "nfqueue").
   [[nodiscard]] static bool isNfqueueRecord(const nlohmann::json& undo);
   // Crash recovery: removes the record's rules (the queue died with the agent's socket). Nothing
-  // to do when they or the namespace are gone. Returns what it did, in words.
+  // to do when they or the namespace are gone; a slot whose queue a running program serves is
+  // another agent's now and is left alone. Returns what it did, in words.
   // errors: EINVAL (permanent) a record it cannot read; the steering's, transient.
   [[nodiscard]] static tl::expected<std::string, FaultError> revertRecord(const nlohmann::json& undo,
                                                                           const SteeringOpener& open);
@@ -98,9 +110,12 @@ class NfqueueFaultDriver final : public FaultDriver {
 // Removes every faultline table and chain (any slot, both backends) in one namespace, for
 // faultline-agent revert-all; returns what it removed and what failed, in words. A backend the
 // kernel lacks is skipped.
+// A slot whose queue a running program serves is a live agent's fault: it is left alone and
+// named in kept.
 struct SteeringSweep {
   std::vector<std::string> removed;
   std::vector<std::string> failed;
+  std::vector<std::string> kept;
 };
 [[nodiscard]] SteeringSweep removeAllSteering(const std::string& netns, const SteeringOpener& open);
 

@@ -108,6 +108,7 @@ void scanNamespace(const std::string& netns, const QdiscTableOpener& open, const
     auto sweep = removeAllSteering(netns, steering);
     report.removed.insert(report.removed.end(), sweep.removed.begin(), sweep.removed.end());
     report.failed.insert(report.failed.end(), sweep.failed.begin(), sweep.failed.end());
+    report.kept.insert(report.kept.end(), sweep.kept.begin(), sweep.kept.end());
   }
   removeIngressPaths(**table, netns, report);
   auto roots = (*table)->roots();

@@ -24,8 +24,10 @@ struct RevertAllReport {
   std::vector<std::string> removed;   // leftover roots deleted ("tbf fa17: on veth0 in ...")
   std::vector<std::string> failed;    // what is still there, or could not be looked at, and why
   std::vector<std::string> notes;     // no journal, skipped journal lines, namespaces gone meanwhile
-  size_t namespaces = 0;              // namespaces scanned
-  size_t interfaces = 0;              // interfaces with a root qdisc seen in them
+  // Live faults of other running agents (their userspace-driver queue is served), left alone.
+  std::vector<std::string> kept;
+  size_t namespaces = 0;  // namespaces scanned
+  size_t interfaces = 0;  // interfaces with a root qdisc seen in them
   // A running agent holds stateDir's journal: nothing was touched (the sweep would remove that
   // agent's live faults and lose the roots they saved); stop the agent, which reverts on SIGTERM.
   bool agentRunning = false;

@@ -18,20 +18,27 @@ extern "C" {
 #include <netinet/in.h>
 #include <nftables/libnftables.h>
 #include <sched.h>
+#include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cerrno>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <functional>
+#include <map>
 #include <optional>
+#include <sstream>
 #include <thread>
 #include <utility>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
 #include "agent/spec.h"
@@ -424,6 +431,10 @@ struct Ip4 {
     }
   }
   static void setProtocol(Entry& e, uint8_t proto) { e.ip.proto = proto; }
+  static std::string interfaceOf(const Entry& e, bool out) {
+    const char* name = out ? e.ip.outiface : e.ip.iniface;
+    return std::string(name, strnlen(name, sizeof e.ip.outiface));
+  }
   static void setInterface(Entry& e, const std::string& name, bool out) {
     char* dst = out ? e.ip.outiface : e.ip.iniface;
     unsigned char* mask = out ? e.ip.outiface_mask : e.ip.iniface_mask;
@@ -472,6 +483,10 @@ struct Ip6 {
     if (proto != 0) {
       e.ipv6.flags |= IP6T_F_PROTO;
     }
+  }
+  static std::string interfaceOf(const Entry& e, bool out) {
+    const char* name = out ? e.ipv6.outiface : e.ipv6.iniface;
+    return std::string(name, strnlen(name, sizeof e.ipv6.outiface));
   }
   static void setInterface(Entry& e, const std::string& name, bool out) {
     char* dst = out ? e.ipv6.outiface : e.ipv6.iniface;
@@ -786,8 +801,210 @@ VoidResult xtInstallFamily(const SteeringRules& rules, const std::vector<Combina
   return {};
 }
 
+// FNV-1a over bytes, continuing from h.
+uint64_t fnv1a(const void* data, size_t size, uint64_t h = 0xcbf29ce484222325ULL) {
+  const auto* p = static_cast<const uint8_t*>(data);
+  for (size_t i = 0; i < size; ++i) {
+    h = (h ^ p[i]) * 0x100000001b3ULL;
+  }
+  return h;
+}
+
+// The digest of a chain's rules: each entry's header with its packet/byte counters (and the
+// kernel's comefrom bookkeeping) zeroed, then each match and the target by size, name (up to its
+// NUL: the kernel copies no more of it, the rest of the field is whatever the reader's buffer
+// held), revision and data.
 template <typename F>
-tl::expected<void, int> xtOwnedFamily(std::vector<std::string>& names) {
+uint64_t xtEntryDigest(const typename F::Entry* e, uint64_t h) {
+  using Entry = typename F::Entry;
+  Entry header;
+  std::memcpy(&header, e, sizeof header);
+  header.counters = {};
+  header.comefrom = 0;
+  h = fnv1a(&header, sizeof header, h);
+  const auto* bytes = reinterpret_cast<const uint8_t*>(e);
+  const auto extension = [&](size_t at, size_t size, const char* name, uint8_t revision) {
+    h = fnv1a(&size, sizeof size, h);
+    h = fnv1a(name, strnlen(name, XT_EXTENSION_MAXNAMELEN), h);
+    h = fnv1a(&revision, 1, h);
+    if (size > sizeof(xt_entry_match)) {
+      h = fnv1a(bytes + at + sizeof(xt_entry_match), size - sizeof(xt_entry_match), h);
+    }
+  };
+  for (size_t at = sizeof(Entry); at + sizeof(xt_entry_match) <= e->target_offset;) {
+    const auto* m = reinterpret_cast<const xt_entry_match*>(bytes + at);
+    if (m->u.match_size < sizeof(xt_entry_match)) {
+      break;
+    }
+    extension(at, m->u.match_size, m->u.user.name, m->u.user.revision);
+    at += m->u.match_size;
+  }
+  if (e->target_offset + sizeof(xt_entry_target) <= e->next_offset) {
+    const auto* t = reinterpret_cast<const xt_entry_target*>(bytes + e->target_offset);
+    extension(e->target_offset, std::min<size_t>(t->u.target_size, e->next_offset - e->target_offset), t->u.user.name,
+              t->u.user.revision);
+  }
+  return h;
+}
+
+// The hooks faultline's jump rules sit in: OUTPUT (egress, -o) and PREROUTING (ingress, -i).
+constexpr std::array<std::pair<const char*, bool>, 2> kXtHooks{{{"OUTPUT", true}, {"PREROUTING", false}}};
+
+// Slot's chain and the jump rules to it in one family's mangle table, as parts. ENOENT/EPERM
+// when the table cannot be read.
+template <typename F>
+tl::expected<void, int> xtInspectFamily(uint16_t slot, std::vector<SteeringPart>& parts) {
+  XtHandle<F> table;
+  if (table.h == nullptr) {
+    return tl::unexpected(errno);
+  }
+  const std::string chain = xtChainName(slot);
+  if (F::isChain(chain.c_str(), table.h) != 0) {
+    SteeringPart part{fmt::format("{} chain {}", F::kName, chain), 0, fnv1a(nullptr, 0)};
+    for (const auto* e = F::firstRule(chain.c_str(), table.h); e != nullptr; e = F::nextRule(e, table.h)) {
+      ++part.rules;
+      part.digest = xtEntryDigest<F>(e, part.digest);
+    }
+    parts.push_back(std::move(part));
+  }
+  for (const auto& [hook, out] : kXtHooks) {
+    for (const auto* e = F::firstRule(hook, table.h); e != nullptr; e = F::nextRule(e, table.h)) {
+      const char* t = F::target(e, table.h);
+      if (t == nullptr || chain != t) {
+        continue;
+      }
+      const std::string name =
+          fmt::format("{} jump rule {} {} {} -> {}", F::kName, hook, out ? "-o" : "-i", F::interfaceOf(*e, out), chain);
+      auto it = std::find_if(parts.begin(), parts.end(), [&](const SteeringPart& p) { return p.name == name; });
+      if (it == parts.end()) {
+        parts.push_back(SteeringPart{name, 1, 0});
+      } else {
+        ++it->rules;
+      }
+    }
+  }
+  return {};
+}
+
+// What faultline's jump rules in one family steer, by slot.
+template <typename F>
+void xtSteeredFamily(xtc_handle* h, std::map<uint16_t, PacketSteering::Steered>& steered) {
+  for (const auto& [hook, out] : kXtHooks) {
+    for (const auto* e = F::firstRule(hook, h); e != nullptr; e = F::nextRule(e, h)) {
+      const char* t = F::target(e, h);
+      if (t == nullptr) {
+        continue;
+      }
+      auto slot = slotOf(t, kXtChainPrefix);
+      if (!slot) {
+        continue;
+      }
+      auto& s = steered[*slot];
+      s.slot = *slot;
+      if (s.interface.empty()) {
+        s.interface = F::interfaceOf(*e, out);
+      }
+      (out ? s.egress : s.ingress) = true;
+    }
+  }
+}
+
+// The namespace's bound queues by number, from /proc/thread-self/net/netfilter/nfnetlink_queue
+// (the calling thread's namespace). No file (nfnetlink_queue not loaded): none bound.
+std::map<uint16_t, QueueState> boundQueues() {
+  std::map<uint16_t, QueueState> queues;
+  std::ifstream file("/proc/thread-self/net/netfilter/nfnetlink_queue");
+  std::string line;
+  while (std::getline(file, line)) {
+    // queue_num peer_portid queue_total copy_mode copy_range queue_dropped user_dropped id_sequence 1
+    std::istringstream in(line);
+    uint32_t number = 0, portid = 0, total = 0, mode = 0, range = 0, dropped = 0, userDropped = 0, sequence = 0;
+    if (in >> number >> portid >> total >> mode >> range >> dropped >> userDropped >> sequence && number <= 0xFFFF) {
+      queues[static_cast<uint16_t>(number)] = QueueState{true, total, sequence};
+    }
+  }
+  return queues;
+}
+
+std::vector<uint16_t> servedSlots() {
+  std::vector<uint16_t> slots;
+  for (const auto& [number, state] : boundQueues()) {
+    if (number >= kQueueBase && number < kQueueBase + kMaxSlots) {
+      slots.push_back(static_cast<uint16_t>(number - kQueueBase));
+    }
+  }
+  return slots;
+}
+
+// The document of `list table inet NAME` (JSON); nullopt when the table does not exist.
+tl::expected<std::optional<nlohmann::json>, Failure> nftTableDocument(const std::string& table) {
+  NftResult r = nftRun(fmt::format("list table inet {}", table), true);
+  if (!r.ok) {
+    auto tables = nftFaultlineTables();
+    if (!tables) {
+      return tl::unexpected(tables.error());
+    }
+    if (std::find(tables->begin(), tables->end(), table) == tables->end()) {
+      return std::nullopt;
+    }
+    return fail(EIO, fmt::format("cannot list nftables table inet {}: {}", table, r.error));
+  }
+  try {
+    return std::optional<nlohmann::json>(nlohmann::json::parse(r.output.empty() ? std::string("{}") : r.output));
+  } catch (const nlohmann::json::exception& e) {
+    return fail(EIO, fmt::format("cannot read nft's JSON listing of table inet {}: {}", table, e.what()));
+  }
+}
+
+// The chains (name -> hook) and rules of a `list table` document, in listing order.
+struct NftListing {
+  std::vector<std::pair<std::string, std::string>> chains;
+  std::vector<std::pair<std::string, const nlohmann::json*>> rules;  // chain, the rule's expr
+};
+
+NftListing nftListing(const nlohmann::json& doc) {
+  NftListing listing;
+  if (!doc.contains("nftables") || !doc.at("nftables").is_array()) {
+    return listing;
+  }
+  for (const auto& item : doc.at("nftables")) {
+    if (item.contains("chain")) {
+      const auto& c = item.at("chain");
+      listing.chains.emplace_back(c.value("name", ""), c.value("hook", ""));
+    } else if (item.contains("rule")) {
+      const auto& r = item.at("rule");
+      if (r.contains("expr")) {
+        listing.rules.emplace_back(r.value("chain", ""), &r.at("expr"));
+      }
+    }
+  }
+  return listing;
+}
+
+// The interface a rule's `oifname "X"` / `iifname "X"` names, or "".
+std::string nftRuleInterface(const nlohmann::json& expr) {
+  if (!expr.is_array()) {
+    return "";
+  }
+  for (const auto& e : expr) {
+    if (!e.contains("match")) {
+      continue;
+    }
+    const auto& m = e.at("match");
+    if (!m.contains("left") || !m.at("left").contains("meta") || !m.contains("right") || !m.at("right").is_string()) {
+      continue;
+    }
+    const std::string key = m.at("left").at("meta").value("key", "");
+    if (key == "oifname" || key == "iifname") {
+      return m.at("right").get<std::string>();
+    }
+  }
+  return "";
+}
+
+template <typename F>
+tl::expected<void, int> xtOwnedFamily(std::vector<std::string>& names,
+                                      std::map<uint16_t, PacketSteering::Steered>& steered) {
   XtHandle<F> table;
   if (table.h == nullptr) {
     return tl::unexpected(errno);
@@ -797,8 +1014,18 @@ tl::expected<void, int> xtOwnedFamily(std::vector<std::string>& names) {
       names.push_back(std::move(c));
     }
   }
+  xtSteeredFamily<F>(table.h, steered);
   return {};
 }
+
+std::vector<SteeringPart> sortedParts(std::vector<SteeringPart> parts) {
+  std::sort(parts.begin(), parts.end(), [](const SteeringPart& a, const SteeringPart& b) { return a.name < b.name; });
+  return parts;
+}
+
+constexpr uint64_t kFnvBasis = 0xcbf29ce484222325ULL;
+// How long a change waits for another program's xtables lock (iptables -w waits for ever).
+constexpr std::chrono::milliseconds kXtablesLockWait{5000};
 
 // ---------------------------------------------------------------------------------------------
 // The backends.
@@ -924,9 +1151,68 @@ class NftSteering final : public PacketSteering {
           if (!tables) {
             return tl::unexpected(tables.error().first);
           }
-          return sortOwned(*tables, kNftTablePrefix);
+          Owned owned = sortOwned(*tables, kNftTablePrefix);
+          for (const uint16_t slot : owned.slots) {
+            auto doc = nftTableDocument(nftTableName(slot));
+            if (!doc || !*doc) {
+              continue;  // gone meanwhile, or unreadable: its slot is still taken
+            }
+            const NftListing listing = nftListing(**doc);
+            Steered steered;
+            steered.slot = slot;
+            for (const auto& [chain, hook] : listing.chains) {
+              steered.egress = steered.egress || hook == "output";
+              steered.ingress = steered.ingress || hook == "prerouting";
+            }
+            for (const auto& [chain, expr] : listing.rules) {
+              if (steered.interface = nftRuleInterface(*expr); !steered.interface.empty()) {
+                break;
+              }
+            }
+            owned.steered.push_back(std::move(steered));
+          }
+          owned.served = servedSlots();
+          return owned;
         },
         ownedOnError);
+  }
+
+  tl::expected<SlotState, std::error_code> inspect(uint16_t slot) override {
+    if (slot >= kMaxSlots) {
+      return tl::unexpected(errnoCode(EINVAL));
+    }
+    return onThreadIn<tl::expected<SlotState, std::error_code>>(
+        ns_.fd(),
+        [slot]() -> tl::expected<SlotState, std::error_code> {
+          const std::string table = nftTableName(slot);
+          auto doc = nftTableDocument(table);
+          if (!doc) {
+            return tl::unexpected(doc.error().first);
+          }
+          SlotState state;
+          if (*doc) {
+            const NftListing listing = nftListing(**doc);
+            state.parts.push_back(SteeringPart{fmt::format("nftables table inet {}", table), listing.chains.size(), 0});
+            for (const auto& [chain, hook] : listing.chains) {
+              SteeringPart part{fmt::format("nftables chain {} of table inet {}", chain, table), 0, kFnvBasis};
+              for (const auto& [ruleChain, expr] : listing.rules) {
+                if (ruleChain == chain) {
+                  ++part.rules;
+                  const std::string text = expr->dump();
+                  part.digest = fnv1a(text.data(), text.size(), part.digest);
+                }
+              }
+              state.parts.push_back(std::move(part));
+            }
+          }
+          state.parts = sortedParts(std::move(state.parts));
+          const auto queues = boundQueues();
+          if (auto it = queues.find(static_cast<uint16_t>(kQueueBase + slot)); it != queues.end()) {
+            state.queue = it->second;
+          }
+          return state;
+        },
+        [](int e) -> tl::expected<SlotState, std::error_code> { return tl::unexpected(errnoCode(e)); });
   }
 
  private:
@@ -942,6 +1228,7 @@ class XtSteering final : public PacketSteering {
     if (!combos) {
       return tl::unexpected(combos.error());
     }
+    const XtablesLock lock(kXtablesLockWait);
     auto result = onThreadIn<VoidResult>(
         ns_.fd(),
         [&]() -> VoidResult {
@@ -971,6 +1258,7 @@ class XtSteering final : public PacketSteering {
     if (slot >= kMaxSlots) {
       return fail(EINVAL, fmt::format("slot {} is out of range; accepted: 0 to {}", slot, kMaxSlots - 1));
     }
+    const XtablesLock lock(kXtablesLockWait);
     return onThreadIn<VoidResult>(
         ns_.fd(),
         [&]() -> VoidResult {
@@ -986,15 +1274,49 @@ class XtSteering final : public PacketSteering {
         ns_.fd(),
         []() -> tl::expected<Owned, std::error_code> {
           std::vector<std::string> names;
-          auto r4 = xtOwnedFamily<Ip4>(names);
-          auto r6 = xtOwnedFamily<Ip6>(names);
+          std::map<uint16_t, Steered> steered;
+          auto r4 = xtOwnedFamily<Ip4>(names, steered);
+          auto r6 = xtOwnedFamily<Ip6>(names, steered);
           if (!r4 && !r6) {
             const int e = r4.error();
             return tl::unexpected(errnoCode(e == EPERM || e == EACCES || !hasNetAdmin() ? EPERM : ENOENT));
           }
-          return sortOwned(names, kXtChainPrefix);
+          Owned owned = sortOwned(names, kXtChainPrefix);
+          for (auto& [slot, s] : steered) {
+            owned.steered.push_back(std::move(s));
+          }
+          owned.served = servedSlots();
+          return owned;
         },
         ownedOnError);
+  }
+
+  tl::expected<SlotState, std::error_code> inspect(uint16_t slot) override {
+    if (slot >= kMaxSlots) {
+      return tl::unexpected(errnoCode(EINVAL));
+    }
+    return onThreadIn<tl::expected<SlotState, std::error_code>>(
+        ns_.fd(),
+        [slot]() -> tl::expected<SlotState, std::error_code> {
+          SlotState state;
+          // Both families or an error: a family that cannot be read is not a family whose rules
+          // are gone.
+          auto r4 = xtInspectFamily<Ip4>(slot, state.parts);
+          auto r6 = r4 ? xtInspectFamily<Ip6>(slot, state.parts) : r4;
+          for (const auto& r : {r4, r6}) {
+            if (!r) {
+              const int e = r.error();
+              return tl::unexpected(errnoCode(e == EPERM || e == EACCES || !hasNetAdmin() ? EPERM : e));
+            }
+          }
+          state.parts = sortedParts(std::move(state.parts));
+          const auto queues = boundQueues();
+          if (auto it = queues.find(static_cast<uint16_t>(kQueueBase + slot)); it != queues.end()) {
+            state.queue = it->second;
+          }
+          return state;
+        },
+        [](int e) -> tl::expected<SlotState, std::error_code> { return tl::unexpected(errnoCode(e)); });
   }
 
  private:
@@ -1151,6 +1473,67 @@ tl::expected<SteeringBackend, std::string> chooseBackend(const SteeringSupport& 
   return tl::unexpected(std::string(
       "this kernel has neither nftables (CONFIG_NF_TABLES_INET) nor the legacy mangle tables (CONFIG_IP_NF_MANGLE, "
       "CONFIG_IP6_NF_MANGLE)"));
+}
+
+std::vector<std::string> steeringChanges(const SlotState& installed, const SlotState& now) {
+  const auto find = [&](const std::string& name) -> const SteeringPart* {
+    auto it = std::find_if(now.parts.begin(), now.parts.end(), [&](const SteeringPart& p) { return p.name == name; });
+    return it == now.parts.end() ? nullptr : &*it;
+  };
+  std::vector<std::string> changes;
+  std::vector<std::string> gone;
+  for (const auto& part : installed.parts) {
+    const SteeringPart* current = find(part.name);
+    if (current == nullptr) {
+      gone.push_back(part.name);
+    } else if (current->rules != part.rules) {
+      changes.push_back(fmt::format("the {} now has {} {}, not the {} installed (someone changed it)", part.name,
+                                    current->rules, current->rules == 1 ? "rule" : "rules", part.rules));
+    } else if (current->digest != part.digest) {
+      changes.push_back(fmt::format("the rules of the {} are not those installed (someone replaced them)", part.name));
+    }
+  }
+  if (!installed.parts.empty() && gone.size() == installed.parts.size()) {
+    return {
+        fmt::format("none of its rules is left: {} {} gone (someone removed them: nft, iptables, or a "
+                    "faultline-agent revert-all)",
+                    fmt::join(gone, ", "), gone.size() == 1 ? "is" : "are")};
+  }
+  std::vector<std::string> out;
+  for (const auto& name : gone) {
+    out.push_back(name.find("jump rule") != std::string::npos
+                      ? fmt::format("the {} is gone (someone deleted it): packets no longer reach the chain", name)
+                      : fmt::format("the {} is gone (someone deleted it)", name));
+  }
+  out.insert(out.end(), changes.begin(), changes.end());
+  return out;
+}
+
+XtablesLock::XtablesLock(std::chrono::milliseconds wait) {
+  const char* path = std::getenv("XTABLES_LOCKFILE");  // as iptables(8) reads it
+  const int fd =
+      ::open(path != nullptr && *path != '\0' ? path : "/run/xtables.lock", O_CREAT | O_RDWR | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    return;
+  }
+  const auto deadline = std::chrono::steady_clock::now() + wait;
+  for (;;) {
+    if (::flock(fd, LOCK_EX | LOCK_NB) == 0) {
+      fd_ = fd;
+      return;
+    }
+    if ((errno != EWOULDBLOCK && errno != EINTR) || std::chrono::steady_clock::now() >= deadline) {
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  ::close(fd);
+}
+
+XtablesLock::~XtablesLock() {
+  if (fd_ >= 0) {
+    ::close(fd_);
+  }
 }
 
 tl::expected<std::unique_ptr<PacketSteering>, std::error_code> openPacketSteering(SteeringBackend backend,

@@ -23,6 +23,7 @@
 // netlink round trips.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -89,6 +90,28 @@ struct SteeringRules {
   double dropPercent = 0;  // kDropRandom: (0, 100], resolution 0.0001 %
 };
 
+// One part of what a slot installed, as read back by PacketSteering::inspect().
+struct SteeringPart {
+  // Words naming it, unique within the slot: "IPv4 chain FAULTLINE-0", "IPv6 jump rule
+  // PREROUTING -i veth0 -> FAULTLINE-0", "nftables chain egress of table inet faultline-0".
+  std::string name;
+  size_t rules = 0;     // rules in the chain; for a jump rule, how many such rules
+  uint64_t digest = 0;  // of the rules' contents (packet and byte counters excluded)
+};
+
+// The slot's queue (kQueueBase + slot) as the kernel lists it in the namespace
+// (/proc/net/netfilter/nfnetlink_queue).
+struct QueueState {
+  bool bound = false;     // a program has bound it
+  uint32_t waiting = 0;   // packets queued without a verdict yet (read and held, or not yet read)
+  uint32_t sequence = 0;  // packets queued since it was bound (the last packet id)
+};
+
+struct SlotState {
+  std::vector<SteeringPart> parts;  // sorted by name; empty: nothing of the slot is there
+  QueueState queue;
+};
+
 class PacketSteering {
  public:
   virtual ~PacketSteering() = default;
@@ -108,12 +131,61 @@ class PacketSteering {
 
   // The slots whose faultline table or chains are present in this namespace, sorted; for a free
   // slot, recovery and revert-all. Tables/chains with faultline's prefix but no number are
-  // listed in strays (for words). errors: EPERM; ENOENT the backend is absent.
+  // listed in strays (for words). steered: what each slot's rules steer, read from them (xtables:
+  // the jump rules from OUTPUT / PREROUTING; nftables: the table's egress / ingress chains and
+  // their oifname / iifname), for the one-fault-per-interface-and-direction rule across agents.
+  // served: the slots (0 - kMaxSlots-1) whose queue kQueueBase + slot a running program has bound
+  // in this namespace (/proc/net/netfilter/nfnetlink_queue), whether or not rules steer to it: a
+  // faultline agent that died left its queue unbound, so a served slot is a live agent's.
+  // errors: EPERM; ENOENT the backend is absent.
+  struct Steered {
+    uint16_t slot = 0;
+    std::string interface;  // "" when no rule names one (someone changed the rules)
+    bool egress = false;
+    bool ingress = false;
+  };
   struct Owned {
     std::vector<uint16_t> slots;
     std::vector<std::string> strays;
+    std::vector<Steered> steered;  // by slot
+    std::vector<uint16_t> served;  // sorted
   };
   [[nodiscard]] virtual tl::expected<Owned, std::error_code> owned() = 0;
+
+  // What slot's rules and queue are now, read back from the kernel, for AppliedFault::lost(): the
+  // state right after install() is the reference; steeringChanges() compares. Nothing of slot
+  // there: no parts. Cost: xtables, one read of the IPv4 and of the IPv6 mangle table
+  // (libiptc); nftables, one `list table` through libnftables; and one read of the namespace's
+  // nfnetlink_queue list; all on one short-lived thread in the namespace. errors: EPERM; ENOENT
+  // the backend is absent; EIO a listing that cannot be read.
+  [[nodiscard]] virtual tl::expected<SlotState, std::error_code> inspect(uint16_t slot) = 0;
+};
+
+// The words for what changed from installed (read right after install()) to now (both
+// inspect()), one entry per change, e.g. "the IPv4 chain FAULTLINE-0 is gone (someone deleted
+// it)", "the IPv4 jump rule OUTPUT -o veth0 -> FAULTLINE-0 is gone (someone deleted it): packets
+// no longer reach the chain", "nftables chain egress of table inet faultline-0 now has 2 rules,
+// not the 5 installed (someone changed it)". Parts added since (another rule jumping to the
+// chain) are not a change. The queue is not compared here (the driver knows what it read).
+// Empty: nothing changed.
+[[nodiscard]] std::vector<std::string> steeringChanges(const SlotState& installed, const SlotState& now);
+
+// Takes the xtables lock (flock(2) on /run/xtables.lock, as iptables(8) does with -w) for the
+// life of the object, so that a faultline commit and another program's (iptables, another
+// agent) do not overwrite each other (libiptc replaces the whole table). Waits up to `wait`; when
+// the lock file cannot be opened (no /run, no permission) or the wait runs out, the object holds
+// nothing (held() false) and the caller goes on: the kernel still refuses a commit over a changed
+// table (EAGAIN). Not re-entrant within one process: take it once per change.
+class XtablesLock {
+ public:
+  explicit XtablesLock(std::chrono::milliseconds wait);
+  XtablesLock(const XtablesLock&) = delete;
+  XtablesLock& operator=(const XtablesLock&) = delete;
+  ~XtablesLock();
+  [[nodiscard]] bool held() const { return fd_ >= 0; }
+
+ private:
+  int fd_ = -1;
 };
 
 // Steering for backend in netns ("" = the caller's own namespace; else a namespace file such as

@@ -12,8 +12,10 @@
 
 #include <arpa/inet.h>
 
+#include <algorithm>
 #include <array>
 #include <atomic>
+#include <chrono>
 #include <filesystem>
 #include <regex>
 #include <string>
@@ -285,4 +287,158 @@ TEST_CASE_FIXTURE(UserspaceNamespaces,
   journal->reset();
   std::error_code ec;
   std::filesystem::remove_all(stateDir, ec);
+}
+
+namespace {
+
+// PacketQueue::open, keeping a pointer to each queue opened so that a test can stop one behind
+// the driver's back (as a queue thread that died would leave it: unbound).
+struct QueueSpy {
+  std::vector<PacketQueue*> opened;
+  QueueOpener opener() {
+    return [this](const std::string& netns, uint16_t queue, Impairment impairment, bool egress, uint64_t seed) {
+      auto q = PacketQueue::open(netns, queue, impairment, egress, seed);
+      if (q) {
+        opened.push_back(q->get());
+      }
+      return q;
+    };
+  }
+};
+
+std::string lostText(const AppliedFault& fault) {
+  return fault.lost().value_or("(not lost)");
+}
+
+}  // namespace
+
+TEST_CASE_FIXTURE(UserspaceNamespaces,
+                  "userspace driver: lost() names rules deleted behind the agent's back and a queue no longer served") {
+  const std::string before = rules();
+  QueueSpy spy;
+  NfqueueFaultDriver watched{kernel::probeSteeringSupport(), kernel::openPacketSteering, spy.opener()};
+  auto applied = watched.apply(delay("10.79.1.2/32"));
+  REQUIRE_MESSAGE(applied.has_value(), (applied ? "" : applied.error().message));
+  REQUIRE(spy.opened.size() == 1);
+  CHECK(lostText(**applied) == "(not lost)");
+  // Traffic through the queue is no change.
+  CHECK(ping("10.79.1.2", 5).first >= 100);
+  CHECK(lostText(**applied) == "(not lost)");
+
+  // The cost of the check the agent runs about once a second.
+  std::vector<double> micros;
+  for (int i = 0; i < 200; ++i) {
+    const auto start = std::chrono::steady_clock::now();
+    const bool lost = (*applied)->lost().has_value();
+    micros.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count());
+    REQUIRE_FALSE(lost);
+  }
+  std::sort(micros.begin(), micros.end());
+  MESSAGE(
+      fmt::format("lost() of a userspace fault (xtables, egress): median {:.0f} us, p90 {:.0f} us "
+                  "over 200",
+                  micros[100], micros[180]));
+
+  SUBCASE("the jump rule deleted") {
+    inNetns("iptables-legacy -t mangle -D OUTPUT -o veth0 -j FAULTLINE-0");
+    const std::string text = lostText(**applied);
+    CHECK_MESSAGE(
+        contains(text, "network.delay on veth0 in " + netns_ +
+                           ": the fault is no longer in place: the IPv4 jump rule OUTPUT -o veth0 -> FAULTLINE-0 "
+                           "is gone (someone deleted it): packets no longer reach the chain"),
+        text);
+    // Matched traffic now flows undelayed: what lost() says is so.
+    CHECK(ping("10.79.1.2", 5).first < 10);
+  }
+  SUBCASE("the chain flushed") {
+    inNetns("iptables-legacy -t mangle -F FAULTLINE-0");
+    const std::string text = lostText(**applied);
+    CHECK_MESSAGE(
+        contains(text, "the IPv4 chain FAULTLINE-0 now has 0 rules, not the 2 installed (someone changed it)"), text);
+  }
+  SUBCASE("everything removed (as another agent's revert-all did before it left live slots alone)") {
+    REQUIRE((kernel::openPacketSteering(kernel::SteeringBackend::kXtables, netns_).value()->remove(0)).has_value());
+    const std::string text = lostText(**applied);
+    CHECK_MESSAGE(contains(text, "none of its rules is left: IPv4 chain FAULTLINE-0, "), text);
+  }
+  SUBCASE("the queue stopped") {
+    spy.opened[0]->stop();
+    const std::string text = lostText(**applied);
+    CHECK_MESSAGE(contains(text, "queue 64000 is no longer bound in " + netns_ +
+                                     " (nobody serves it): its packets pass unimpaired"),
+                  text);
+    CHECK(ping("10.79.1.2", 5).first < 10);
+  }
+  // The revert removes what is left and restores the namespace as it was.
+  REQUIRE((*applied)->revert().has_value());
+  CHECK(rules() == before);
+  CHECK_FALSE((*applied)->lost().has_value());
+}
+
+TEST_CASE_FIXTURE(UserspaceNamespaces,
+                  "userspace driver: two agents in one namespace: an interface one steers is refused to the other, "
+                  "slots and queues in use are skipped, revert-all and recovery leave live faults alone") {
+  const std::string before = rules();
+  // Two drivers stand for two agents (different state directories) on one host.
+  QueueSpy spyA;
+  NfqueueFaultDriver agentA{kernel::probeSteeringSupport(), kernel::openPacketSteering, spyA.opener()};
+  NfqueueFaultDriver agentB{kernel::probeSteeringSupport(), kernel::openPacketSteering, PacketQueue::open};
+  auto a = agentA.apply(delay("10.79.1.2/32"));
+  REQUIRE_MESSAGE(a.has_value(), (a ? "" : a.error().message));
+  const std::string withA = rules();
+
+  auto clash = agentB.apply(delay("10.79.2.2/32"));
+  REQUIRE_FALSE(clash.has_value());
+  CHECK(clash.error().code == std::errc::file_exists);
+  MESSAGE(clash.error().message);
+  CHECK_MESSAGE(contains(clash.error().message,
+                         "interface veth0 already carries a faultline userspace fault in direction egress: the xtables "
+                         "chains mangle FAULTLINE-0 in " +
+                             netns_ + " steer it to queue 64000, which a running program serves"),
+                clash.error().message);
+  CHECK(contains(clash.error().message, "nothing was changed"));
+  CHECK(rules() == withA);
+  CHECK(ping("10.79.1.2", 5).first >= 100);  // A's fault is untouched
+
+  // Another program serves queue 64001: B's ingress fault takes slot 2.
+  auto foreign = PacketQueue::open(netns_, kernel::kQueueBase + 1, Impairment{}, false, 1);
+  REQUIRE_MESSAGE(foreign.has_value(), (foreign ? "" : foreign.error().second));
+  auto ingress = delay("10.79.2.2/32");
+  ingress.mutable_network_delay()->mutable_target()->set_direction(v1::DIRECTION_INGRESS);
+  auto b = agentB.apply(ingress);
+  REQUIRE_MESSAGE(b.has_value(), (b ? "" : b.error().message));
+  CHECK_MESSAGE(contains((*b)->describe(), "FAULTLINE-2, queue 64002"), (*b)->describe());
+
+  // revert-all (another state directory's) and the recovery of a stale record for slot 0 leave
+  // the live faults alone.
+  const std::string withBoth = rules();
+  auto sweep = removeAllSteering(netns_, kernel::openPacketSteering);
+  CHECK(sweep.removed.empty());
+  CHECK(sweep.failed.empty());
+  REQUIRE(sweep.kept.size() == 2);
+  CHECK_MESSAGE(contains(sweep.kept[0], "FAULTLINE-0 in " + netns_ + " left alone: its queue 64000 is served"),
+                sweep.kept[0]);
+  auto recovered = NfqueueFaultDriver::revertRecord(
+      {{"driver", "nfqueue"}, {"backend", "xtables"}, {"slot", 0u}, {"netns", netns_}}, kernel::openPacketSteering);
+  REQUIRE(recovered.has_value());
+  CHECK_MESSAGE(contains(*recovered, "left alone"), *recovered);
+  CHECK(rules() == withBoth);
+  CHECK(lostText(**a) == "(not lost)");
+  CHECK(lostText(**b) == "(not lost)");
+
+  // A's queue stops serving (its agent died): its rules are a leftover, named so, and revert-all
+  // removes them.
+  spyA.opened[0]->stop();
+  clash = agentB.apply(delay("10.79.2.2/32"));
+  REQUIRE_FALSE(clash.has_value());
+  CHECK_MESSAGE(contains(clash.error().message, "which nobody serves (a leftover of an agent that died"),
+                clash.error().message);
+  sweep = removeAllSteering(netns_, kernel::openPacketSteering);
+  REQUIRE(sweep.removed.size() == 1);
+  CHECK(contains(sweep.removed[0], "FAULTLINE-0"));
+  CHECK(sweep.kept.size() == 1);
+  REQUIRE((*a)->revert().has_value());
+  REQUIRE((*b)->revert().has_value());
+  (*foreign)->stop();
+  CHECK(rules() == before);
 }

@@ -20,13 +20,16 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <regex>
 #include <string>
 #include <thread>
 
 #include <doctest/doctest.h>
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include "agent/kernel/packet_steering.h"
 #include "tests/support/netns.h"
@@ -657,4 +660,108 @@ TEST_CASE("openPacketSteering: a missing path is ENOENT, a file that is no netwo
   auto uts = kernel::openPacketSteering(SteeringBackend::kXtables, "/proc/self/ns/uts");
   REQUIRE_FALSE(uts.has_value());
   CHECK(uts.error() == std::errc::invalid_argument);
+}
+
+TEST_CASE_FIXTURE(Steering,
+                  "inspect reads back what a slot installed; steeringChanges names what someone deleted or changed") {
+  EACH_BACKEND(backend);
+  const bool nft = backend == SteeringBackend::kNftables;
+  auto steering = open(backend);
+  // The queue verdict where the backend has it (xtables here; nftables in the guest), else a drop.
+  auto r = rules(5, nft && !support().nftQueue ? SteeringRules::Verdict::kDrop : SteeringRules::Verdict::kQueue);
+  r.ingress = true;
+  r.match.add_destination_cidrs("10.77.1.2/32");
+  install(*steering, r);
+  auto installed = steering->inspect(5);
+  REQUIRE(installed.has_value());
+  std::vector<std::string> names;
+  for (const auto& p : installed->parts) {
+    names.push_back(fmt::format("{} ({} rules)", p.name, p.rules));
+  }
+  MESSAGE(fmt::format("{} parts: {}", kernel::steeringBackendName(backend), fmt::join(names, "; ")));
+  CHECK_FALSE(installed->queue.bound);
+  if (nft) {
+    CHECK(names == std::vector<std::string>{"nftables chain egress of table inet faultline-5 (2 rules)",
+                                            "nftables chain ingress of table inet faultline-5 (2 rules)",
+                                            "nftables table inet faultline-5 (2 rules)"});
+  } else {
+    CHECK(names == std::vector<std::string>{
+                       "IPv4 chain FAULTLINE-5 (2 rules)", "IPv4 jump rule OUTPUT -o veth0 -> FAULTLINE-5 (1 rules)",
+                       "IPv4 jump rule PREROUTING -i veth0 -> FAULTLINE-5 (1 rules)",
+                       "IPv6 chain FAULTLINE-5 (1 rules)", "IPv6 jump rule OUTPUT -o veth0 -> FAULTLINE-5 (1 rules)",
+                       "IPv6 jump rule PREROUTING -i veth0 -> FAULTLINE-5 (1 rules)"});
+  }
+  // Traffic moves the counters, which are not compared.
+  CHECK(ping("10.77.2.2") == 5);
+  auto again = steering->inspect(5);
+  REQUIRE(again.has_value());
+  CHECK(kernel::steeringChanges(*installed, *again).empty());
+
+  // owned(): what the slot steers, and whether a program serves its queue.
+  {
+    BoundQueue queue(netns_, r.queue);
+    auto owned = steering->owned();
+    REQUIRE(owned.has_value());
+    REQUIRE(owned->steered.size() == 1);
+    CHECK(owned->steered[0].slot == 5);
+    CHECK(owned->steered[0].interface == "veth0");
+    CHECK(owned->steered[0].egress);
+    CHECK(owned->steered[0].ingress);
+    CHECK(owned->served == std::vector<uint16_t>{5});
+    auto bound = steering->inspect(5);
+    REQUIRE(bound.has_value());
+    CHECK(bound->queue.bound);
+    CHECK(bound->queue.waiting == 0);
+  }
+  CHECK(steering->owned()->served.empty());
+
+  // Cost of one check, as lost() pays it about once a second (the namespace's thread hop included).
+  std::vector<double> micros;
+  for (int i = 0; i < 200; ++i) {
+    const auto start = std::chrono::steady_clock::now();
+    auto read = steering->inspect(5);
+    micros.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count());
+    REQUIRE(read.has_value());
+  }
+  std::sort(micros.begin(), micros.end());
+  MESSAGE(fmt::format("inspect() ({}): median {:.0f} us, p90 {:.0f} us over 200", kernel::steeringBackendName(backend),
+                      micros[100], micros[180]));
+
+  // Someone changes and deletes parts behind faultline's back.
+  if (nft) {
+    inNetns("nft flush chain inet faultline-5 ingress");
+  } else {
+    inNetns("iptables-legacy -t mangle -D OUTPUT -o veth0 -j FAULTLINE-5");
+    inNetns("iptables-legacy -t mangle -R FAULTLINE-5 2 -d 10.77.1.2/32 -j ACCEPT");
+    inNetns("ip6tables-legacy -t mangle -F FAULTLINE-5");
+  }
+  auto now = steering->inspect(5);
+  REQUIRE(now.has_value());
+  const auto changes = kernel::steeringChanges(*installed, *now);
+  MESSAGE(fmt::format("{}", fmt::join(changes, "\n")));
+  if (nft) {
+    CHECK(changes == std::vector<std::string>{"the nftables chain ingress of table inet faultline-5 now has 0 rules, "
+                                              "not the 2 installed (someone changed it)"});
+    inNetns("nft delete table inet faultline-5");
+  } else {
+    CHECK(changes ==
+          std::vector<std::string>{
+              "the IPv4 jump rule OUTPUT -o veth0 -> FAULTLINE-5 is gone (someone deleted it): packets no longer "
+              "reach the chain",
+              "the rules of the IPv4 chain FAULTLINE-5 are not those installed (someone replaced them)",
+              "the IPv6 chain FAULTLINE-5 now has 0 rules, not the 1 installed (someone changed it)"});
+    inNetns("iptables-legacy -t mangle -D PREROUTING -i veth0 -j FAULTLINE-5");
+    inNetns("ip6tables-legacy -t mangle -D OUTPUT -o veth0 -j FAULTLINE-5");
+    inNetns("ip6tables-legacy -t mangle -D PREROUTING -i veth0 -j FAULTLINE-5");
+    inNetns("iptables-legacy -t mangle -F FAULTLINE-5");
+    inNetns("iptables-legacy -t mangle -X FAULTLINE-5");
+    inNetns("ip6tables-legacy -t mangle -X FAULTLINE-5");
+  }
+  auto gone = steering->inspect(5);
+  REQUIRE(gone.has_value());
+  CHECK(gone->parts.empty());
+  const auto all = kernel::steeringChanges(*installed, *gone);
+  REQUIRE(all.size() == 1);
+  CHECK_MESSAGE(contains(all[0], "none of its rules is left: "), all[0]);
+  REQUIRE(steering->remove(5).has_value());
 }

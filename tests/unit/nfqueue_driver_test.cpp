@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <map>
 #include <memory>
+#include <set>
 
 #include <doctest/doctest.h>
 #include <fmt/format.h>
@@ -32,6 +33,8 @@ struct FakeNetfilter {
   int queuesStopped = 0;
   std::optional<Impairment> lastImpairment;
   bool lastEgress = false;
+  std::set<std::pair<std::string, uint16_t>> boundQueues;  // namespace and queue a (fake) program serves
+  std::set<uint16_t> readNone;                             // bound queues whose packets wait unread (inspect's waiting)
 };
 
 class FakeSteering final : public kernel::PacketSteering {
@@ -59,9 +62,31 @@ class FakeSteering final : public kernel::PacketSteering {
     for (const auto& [key, rules] : nf_->installed) {
       if (std::get<0>(key) == backend_ && std::get<1>(key) == netns_) {
         out.slots.push_back(std::get<2>(key));
+        out.steered.push_back(Steered{std::get<2>(key), rules.interface, rules.egress, rules.ingress});
+      }
+    }
+    for (const auto& [netns, queue] : nf_->boundQueues) {
+      if (netns == netns_) {
+        out.served.push_back(static_cast<uint16_t>(queue - kernel::kQueueBase));
       }
     }
     return out;
+  }
+  // One part per direction, with the rules' interface in its name; the queue as boundQueues says.
+  tl::expected<kernel::SlotState, std::error_code> inspect(uint16_t slot) override {
+    kernel::SlotState state;
+    auto it = nf_->installed.find({backend_, netns_, slot});
+    if (it != nf_->installed.end()) {
+      const auto& rules = it->second;
+      state.parts.push_back({fmt::format("chain {}", slot), 3, rules.match.destination_cidrs_size() + 7u});
+      if (rules.egress) {
+        state.parts.push_back({"jump rule OUTPUT -o " + rules.interface, 1, 0});
+      }
+    }
+    const auto queue = static_cast<uint16_t>(kernel::kQueueBase + slot);
+    state.queue.bound = nf_->boundQueues.contains({netns_, queue});
+    state.queue.waiting = nf_->readNone.contains(queue) ? 5 : 0;
+    return state;
   }
 
  private:
@@ -72,10 +97,14 @@ class FakeSteering final : public kernel::PacketSteering {
 
 class FakeQueue final : public PacketQueue {
  public:
-  explicit FakeQueue(std::shared_ptr<FakeNetfilter> nf) : nf_(std::move(nf)) {}
+  FakeQueue(std::shared_ptr<FakeNetfilter> nf, std::string netns, uint16_t queue)
+      : nf_(std::move(nf)), queue_(std::move(netns), queue) {
+    nf_->boundQueues.insert(queue_);
+  }
   void stop() override {
     if (!stopped_) {
       stopped_ = true;
+      nf_->boundQueues.erase(queue_);
       ++nf_->queuesStopped;
       nf_->calls.push_back("stop queue");
     }
@@ -90,6 +119,7 @@ class FakeQueue final : public PacketQueue {
 
  private:
   std::shared_ptr<FakeNetfilter> nf_;
+  std::pair<std::string, uint16_t> queue_;
   bool stopped_ = false;
 };
 
@@ -113,7 +143,7 @@ struct Fixture {
         nf->calls.push_back(fmt::format("open {}", kernel::steeringBackendName(backend)));
         return std::make_unique<FakeSteering>(nf, backend, netns);
       },
-      [nf = nf](const std::string& /*netns*/, uint16_t queue, Impairment impairment, bool egress, uint64_t /*seed*/)
+      [nf = nf](const std::string& netns, uint16_t queue, Impairment impairment, bool egress, uint64_t /*seed*/)
           -> tl::expected<std::unique_ptr<PacketQueue>, std::pair<std::error_code, std::string>> {
         nf->calls.push_back(fmt::format("open queue {}", queue));
         if (nf->failOpenQueue) {
@@ -123,7 +153,7 @@ struct Fixture {
         ++nf->queuesOpen;
         nf->lastImpairment = impairment;
         nf->lastEgress = egress;
-        return std::make_unique<FakeQueue>(nf);
+        return std::make_unique<FakeQueue>(nf, netns, queue);
       }};
 
   [[nodiscard]] bool called(const std::string& call) const {
@@ -378,6 +408,7 @@ TEST_CASE_FIXTURE(Fixture, "nfqueue driver: crash recovery removes the record's 
                 const std::string& netns) -> tl::expected<std::unique_ptr<kernel::PacketSteering>, std::error_code> {
     return std::make_unique<FakeSteering>(nf, backend, netns);
   };
+  nf->boundQueues.clear();  // the agent died: its queue went with its socket
   auto recovered = NfqueueFaultDriver::revertRecord(record, open);
   REQUIRE_MESSAGE(recovered.has_value(), (recovered ? "" : recovered.error().message));
   CHECK(contains(*recovered, "xtables chains mangle FAULTLINE-0 in /proc/4242/ns/net removed"));
@@ -412,4 +443,144 @@ TEST_CASE("removeAllSteering: every slot of both backends in the namespace, noth
   CHECK(contains(sweep.removed[0], "nftables table inet faultline-3"));
   CHECK(contains(sweep.removed[1], "xtables chains mangle FAULTLINE-0"));
   CHECK(nf->installed.size() == 1);
+}
+
+TEST_CASE_FIXTURE(Fixture, "nfqueue driver: lost() names rules deleted behind the agent's back") {
+  auto applied = driver.apply(delaySpec());
+  REQUIRE_MESSAGE(applied.has_value(), (applied ? "" : applied.error().message));
+  CHECK_FALSE((*applied)->lost().has_value());
+  CHECK_FALSE((*applied)->lost().has_value());
+  SUBCASE("all of it") {
+    nf->installed.clear();
+    auto lost = (*applied)->lost();
+    REQUIRE(lost.has_value());
+    CHECK_MESSAGE(contains(*lost,
+                           "network.delay on veth0 in /proc/4242/ns/net: the fault is no longer in place: none "
+                           "of its rules is left: chain 0, jump rule OUTPUT -o veth0 are gone"),
+                  *lost);
+  }
+  SUBCASE("the rules changed") {
+    nf->installed.at({SteeringBackend::kXtables, kNetns, 0}).match.add_destination_cidrs("10.0.0.0/8");
+    auto lost = (*applied)->lost();
+    REQUIRE(lost.has_value());
+    CHECK_MESSAGE(contains(*lost, "the rules of the chain 0 are not those installed (someone replaced them)"), *lost);
+  }
+  SUBCASE("the queue is unbound") {
+    nf->boundQueues.clear();
+    auto lost = (*applied)->lost();
+    REQUIRE(lost.has_value());
+    CHECK_MESSAGE(contains(*lost, "queue 64000 is no longer bound in /proc/4242/ns/net (nobody serves it)"), *lost);
+  }
+  SUBCASE("the queue's packets wait unread: reported at the second check in a row") {
+    nf->readNone.insert(kernel::kQueueBase);
+    CHECK_FALSE((*applied)->lost().has_value());
+    auto lost = (*applied)->lost();
+    REQUIRE(lost.has_value());
+    CHECK_MESSAGE(contains(*lost, "queue 64000 is not served: 5 packets wait in the kernel"), *lost);
+  }
+  REQUIRE((*applied)->revert().has_value());
+  CHECK_FALSE((*applied)->lost().has_value());
+}
+
+TEST_CASE_FIXTURE(Fixture,
+                  "nfqueue driver: a second agent is refused the interface another steers; slots in use are "
+                  "skipped") {
+  // A second driver over the same netfilter stands for another agent on the host.
+  NfqueueFaultDriver other{
+      xtablesOnly(),
+      [nf = nf](SteeringBackend backend,
+                const std::string& netns) -> tl::expected<std::unique_ptr<kernel::PacketSteering>, std::error_code> {
+        return std::make_unique<FakeSteering>(nf, backend, netns);
+      },
+      [nf = nf](const std::string& netns, uint16_t queue, Impairment, bool,
+                uint64_t) -> tl::expected<std::unique_ptr<PacketQueue>, std::pair<std::error_code, std::string>> {
+        nf->calls.push_back(fmt::format("open queue {}", queue));
+        return std::make_unique<FakeQueue>(nf, netns, queue);
+      }};
+  auto first = driver.apply(delaySpec(v1::DIRECTION_EGRESS));
+  REQUIRE(first.has_value());
+  const auto calls = nf->calls.size();
+  auto clash = other.apply(delaySpec(v1::DIRECTION_EGRESS));
+  REQUIRE_FALSE(clash.has_value());
+  CHECK(clash.error().code == std::errc::file_exists);
+  CHECK_MESSAGE(contains(clash.error().message,
+                         "interface veth0 already carries a faultline userspace fault in direction egress: the "
+                         "xtables chains mangle FAULTLINE-0 in /proc/4242/ns/net steer it to queue 64000, which a "
+                         "running program serves"),
+                clash.error().message);
+  CHECK(contains(clash.error().message, "nothing was changed"));
+  // Only read: no queue opened (the second driver logs its queue opens), nothing installed.
+  CHECK(nf->calls.size() == calls);
+  CHECK(nf->installed.size() == 1);
+
+  // A leftover (its queue unbound: the agent died) is named so.
+  nf->boundQueues.clear();
+  clash = other.apply(delaySpec(v1::DIRECTION_EGRESS));
+  REQUIRE_FALSE(clash.has_value());
+  CHECK_MESSAGE(contains(clash.error().message, "which nobody serves (a leftover of an agent that died"),
+                clash.error().message);
+  CHECK(contains(clash.error().message, "revert-all"));
+  nf->boundQueues.insert({kNetns, kernel::kQueueBase});
+
+  // The other direction is free; slot 1's queue is bound by someone: slot 2.
+  nf->boundQueues.insert({kNetns, kernel::kQueueBase + 1});
+  auto ingress = other.apply(delaySpec(v1::DIRECTION_INGRESS));
+  REQUIRE_MESSAGE(ingress.has_value(), (ingress ? "" : ingress.error().message));
+  CHECK(nf->installed.contains({SteeringBackend::kXtables, kNetns, 2}));
+  CHECK(called("open queue 64002"));
+  REQUIRE((*ingress)->revert().has_value());
+  REQUIRE((*first)->revert().has_value());
+}
+
+TEST_CASE("removeAllSteering and recovery leave a slot whose queue a running program serves") {
+  auto nf = std::make_shared<FakeNetfilter>();
+  const SteeringOpener open =
+      [nf](SteeringBackend backend,
+           const std::string& netns) -> tl::expected<std::unique_ptr<kernel::PacketSteering>, std::error_code> {
+    return std::make_unique<FakeSteering>(nf, backend, netns);
+  };
+  nf->installed[{SteeringBackend::kXtables, kNetns, 0}] = {};
+  nf->installed[{SteeringBackend::kXtables, kNetns, 1}] = {};
+  nf->boundQueues.insert({kNetns, kernel::kQueueBase + 1});
+  auto recovered = NfqueueFaultDriver::revertRecord(
+      {{"driver", "nfqueue"}, {"backend", "xtables"}, {"slot", 1u}, {"netns", kNetns}}, open);
+  REQUIRE(recovered.has_value());
+  CHECK_MESSAGE(contains(*recovered, "were left alone: their queue 64001 is served by a running program"), *recovered);
+  auto sweep = removeAllSteering(kNetns, open);
+  CHECK(sweep.failed.empty());
+  REQUIRE(sweep.removed.size() == 1);
+  CHECK(contains(sweep.removed[0], "FAULTLINE-0"));
+  REQUIRE(sweep.kept.size() == 1);
+  CHECK_MESSAGE(contains(sweep.kept[0],
+                         "xtables chains mangle FAULTLINE-1 in /proc/4242/ns/net left alone: its "
+                         "queue 64001 is served by a running program"),
+                sweep.kept[0]);
+  CHECK(nf->installed.size() == 1);
+}
+
+TEST_CASE("steeringChanges: what is gone or changed, in words; parts added are no change") {
+  kernel::SlotState installed;
+  installed.parts = {{"IPv4 chain FAULTLINE-0", 3, 11},
+                     {"IPv4 jump rule OUTPUT -o veth0 -> FAULTLINE-0", 1, 0},
+                     {"IPv6 chain FAULTLINE-0", 3, 12}};
+  CHECK(kernel::steeringChanges(installed, installed).empty());
+  auto now = installed;
+  now.parts.push_back({"IPv4 jump rule OUTPUT -o veth1 -> FAULTLINE-0", 1, 0});
+  CHECK(kernel::steeringChanges(installed, now).empty());
+  now = installed;
+  now.parts.erase(now.parts.begin() + 1);
+  now.parts[0].rules = 1;
+  now.parts[1].digest = 13;
+  auto changes = kernel::steeringChanges(installed, now);
+  REQUIRE(changes.size() == 3);
+  CHECK(changes[0] ==
+        "the IPv4 jump rule OUTPUT -o veth0 -> FAULTLINE-0 is gone (someone deleted it): packets no longer reach the "
+        "chain");
+  CHECK(changes[1] == "the IPv4 chain FAULTLINE-0 now has 1 rule, not the 3 installed (someone changed it)");
+  CHECK(changes[2] == "the rules of the IPv6 chain FAULTLINE-0 are not those installed (someone replaced them)");
+  changes = kernel::steeringChanges(installed, kernel::SlotState{});
+  REQUIRE(changes.size() == 1);
+  CHECK(changes[0] ==
+        "none of its rules is left: IPv4 chain FAULTLINE-0, IPv4 jump rule OUTPUT -o veth0 -> FAULTLINE-0, IPv6 chain "
+        "FAULTLINE-0 are gone (someone removed them: nft, iptables, or a faultline-agent revert-all)");
 }
