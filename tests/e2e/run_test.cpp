@@ -708,10 +708,11 @@ std::string slurp(const std::string& path) {
 // Starts `faultline run --local dir/long.yaml` (records and state in dir, output to out) and
 // returns its pid once the fault is applied. TMPDIR=dir: a run killed with SIGKILL cannot remove
 // its private socket directory; it then goes with dir.
-pid_t startLocalRun(const std::string& dir, const std::string& out) {
+pid_t startLocalRun(const std::string& dir, const std::string& out, const std::string& file = "long.yaml",
+                    const std::string& options = "") {
   const std::string cmd =
-      fmt::format("exec env TMPDIR={} {} run --local {}/long.yaml --db {}/long.db --state-dir {}/state > {} 2>&1", dir,
-                  FAULTLINE_BIN, dir, dir, dir, out);
+      fmt::format("exec env TMPDIR={} {} run --local {}/{} --db {}/long.db --state-dir {}/state {} > {} 2>&1", dir,
+                  FAULTLINE_BIN, dir, file, dir, dir, options, out);
   pid_t pid = 0;
   const char* argv[] = {"sh", "-c", cmd.c_str(), nullptr};
   REQUIRE(::posix_spawn(&pid, "/bin/sh", nullptr, nullptr, const_cast<char**>(argv), environ) == 0);
@@ -751,6 +752,51 @@ TEST_CASE_FIXTURE(
     CHECK(testing::sh(fmt::format("nsenter --net={} tc qdisc show dev veth0", netns())).output.find("tbf") ==
           std::string::npos);
   }
+}
+
+TEST_CASE_FIXTURE(testing::NetnsFixture,
+                  "the userspace driver: rules deleted mid-fault end the run at once: exit 3, the reason names them") {
+  TempDir dir;
+  {
+    std::ofstream f(dir.path + "/delay.yaml");
+    f << fmt::format(
+        "apiVersion: faultline/v1\nkind: Experiment\nmetadata:\n  name: long-delay\nmethod:\n"
+        "  - fault:\n      type: network.delay\n      duration: 10m\n"
+        "      target: {{interface: veth0, netns: {}}}\n      delay: 50ms\n",
+        netns());
+  }
+  const std::string out = dir.path + "/out.txt";
+  const pid_t pid = startLocalRun(dir.path, out, "delay.yaml", "--network-driver nfqueue");
+  REQUIRE_MESSAGE(
+      inNetns("iptables-legacy -t mangle -S").find("-A OUTPUT -o veth0 -j FAULTLINE-0") != std::string::npos,
+      slurp(out));
+  inNetns("iptables-legacy -t mangle -D OUTPUT -o veth0 -j FAULTLINE-0");
+  const auto deleted = std::chrono::steady_clock::now();
+  int status = 0;
+  pid_t done = 0;
+  while ((done = ::waitpid(pid, &status, WNOHANG)) == 0 && std::chrono::steady_clock::now() - deleted < 10s) {
+    std::this_thread::sleep_for(20ms);
+  }
+  if (done == 0) {
+    ::kill(pid, SIGTERM);
+    ::waitpid(pid, &status, 0);
+  }
+  REQUIRE_MESSAGE(done == pid, slurp(out));
+  const auto took = std::chrono::steady_clock::now() - deleted;
+  const std::string text = slurp(out);
+  INFO(text);
+  MESSAGE(fmt::format("the run ended {:.0f} ms after the jump rule was deleted",
+                      std::chrono::duration<double, std::milli>(took).count()));
+  CHECK(took < 3s);  // the fault lasts 10 minutes: the watch ended it, about a second after
+  CHECK(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 3);
+  CHECK(text.find("verdict: error") != std::string::npos);
+  CHECK(text.find("the fault is no longer in place: the IPv4 jump rule OUTPUT -o veth0 -> FAULTLINE-0 is gone "
+                  "(someone deleted it): packets no longer reach the chain\n") != std::string::npos);
+  CHECK(text.find("not those installed") == std::string::npos);  // the chains iptables rewrote are unchanged
+  // The revert removed the rest: nothing of faultline's is left.
+  CHECK(inNetns("iptables-legacy -t mangle -S").find("FAULTLINE") == std::string::npos);
+  CHECK(inNetns("ip6tables-legacy -t mangle -S").find("FAULTLINE") == std::string::npos);
 }
 
 TEST_CASE_FIXTURE(testing::NetnsFixture,
