@@ -195,7 +195,9 @@ class AppliedUserspaceFault final : public AppliedFault {
         unreadBefore_ = false;
       } else {
         // Packets wait in the kernel that the queue's thread has not read (it holds fewer than
-        // the kernel counts), at two checks in a row, and it read nothing in between.
+        // the kernel counts), at two checks in a row, and it read nothing in between. Held egress
+        // packets are copies (the kernel's are freed at once): counted by the queue only, they
+        // make this check later, never wrong.
         const bool unread = now->queue.waiting > stats.held;
         if (unread && unreadBefore_ && stats.received == receivedBefore_) {
           changes.push_back(fmt::format(
