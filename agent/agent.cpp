@@ -311,13 +311,11 @@ struct SystemDrivers::Impl {
     network.setExempt(std::move(exempt));
     network.setTargetResolver(&targets);
   }
+  // Without a cgroup v2 hierarchy: nullptr, and no warning here (the runtime's kernel probe logs it
+  // once, with the other capabilities).
   static std::unique_ptr<kernel::CgroupTree> openCgroups() {
     auto tree = kernel::openCgroupTree();
-    if (!tree) {
-      spdlog::warn("{}", kernel::cgroupV2MissingMessage("process.pause freezing, stress.* and cgroup.squeeze"));
-      return nullptr;
-    }
-    return std::move(*tree);
+    return tree ? std::move(*tree) : nullptr;
   }
   // One table per driver: a kill loop's thread reads its own while the io thread pauses.
   std::unique_ptr<kernel::ProcessTable> killTable = kernel::openProcessTable();

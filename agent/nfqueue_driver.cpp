@@ -337,6 +337,13 @@ tl::expected<std::unique_ptr<AppliedFault>, FaultError> NfqueueFaultDriver::appl
                     "cannot be put back into the receive path from userspace); accepted: direction egress, or a "
                     "host with sch_netem");
     }
+    if (spec.has_network_delay() && spec.network_delay().rate_bps() != 0) {
+      return refuse(std::errc::not_supported,
+                    fmt::format("network.delay's rate ({} bit/s) needs sch_netem: the userspace driver delays packets "
+                                "but does not pace them; accepted: leave rate out and add a network.bandwidth fault "
+                                "for the rate, or run on a kernel with sch_netem",
+                                spec.network_delay().rate_bps()));
+    }
     if (spec.has_network_partition()) {
       impairment = Impairment{};
       impairment->lossPercent = 100;
@@ -552,7 +559,8 @@ tl::expected<std::string, FaultError> NfqueueFaultDriver::revertRecord(const nlo
     return tl::unexpected(faultError(removed.error().first, fmt::format("cannot remove the {} in {}: {}", names,
                                                                         where(netns), removed.error().second)));
   }
-  return fmt::format("{} in {} removed (the queue went with the agent that served it)", names, where(netns));
+  return fmt::format("{} in {} removed; the queue they fed closed when the agent that served it stopped", names,
+                     where(netns));
 }
 
 SteeringSweep removeAllSteering(const std::string& netns, const SteeringOpener& open) {

@@ -38,19 +38,6 @@ void addPrefix(std::vector<U32Key>& keys, const Cidr& cidr, int32_t offset) {
   }
 }
 
-uint8_t protocolNumber(v1::Protocol protocol, int family) {
-  switch (protocol) {
-    case v1::PROTOCOL_TCP:
-      return IPPROTO_TCP;
-    case v1::PROTOCOL_UDP:
-      return IPPROTO_UDP;
-    case v1::PROTOCOL_ICMP:
-      return family == AF_INET ? uint8_t{IPPROTO_ICMP} : uint8_t{IPPROTO_ICMPV6};
-    default:
-      return 0;
-  }
-}
-
 void addProtocol(std::vector<U32Key>& keys, uint8_t number, int family) {
   if (family == AF_INET) {
     keys.push_back(U32Key{htonl(uint32_t{number} << 16), htonl(0x00FF0000u), 8});  // byte 9
@@ -124,6 +111,19 @@ void filtersFor(std::vector<kernel::U32Filter>& out, int family, std::vector<U32
 }
 
 }  // namespace
+
+uint8_t protocolNumber(v1::Protocol protocol, int family) {
+  switch (protocol) {
+    case v1::PROTOCOL_TCP:
+      return IPPROTO_TCP;
+    case v1::PROTOCOL_UDP:
+      return IPPROTO_UDP;
+    case v1::PROTOCOL_ICMP:
+      return family == AF_INET ? uint8_t{IPPROTO_ICMP} : uint8_t{IPPROTO_ICMPV6};
+    default:
+      return 0;
+  }
+}
 
 uint32_t u32TableHandle(uint16_t priority, uint32_t index) {
   return ((uint32_t{priority} << 9) | (index & 0x1FF)) << 20;

@@ -32,6 +32,11 @@ struct Endpoint {
   uint16_t port = 0;
 };
 
+// The IP protocol number (IPPROTO_*) of a match's protocol in family (AF_INET or AF_INET6: icmp is
+// IPPROTO_ICMP or IPPROTO_ICMPV6); 0 for PROTOCOL_UNSPECIFIED ("any"). Shared by the u32 filters
+// and the netfilter rules (kernel/packet_steering.h).
+[[nodiscard]] uint8_t protocolNumber(v1::Protocol protocol, int family);
+
 // The filters that steer a validated match's packets to classid: one filter per combination of
 // destination x source x destination port x source port (an empty list is "any"), all with
 // protocol ETH_P_IP or ETH_P_IPV6 after the match's addresses (both when it has none), IPv4 at

@@ -57,6 +57,13 @@ bool isUserspace(const v1::Capabilities& caps) {
   return caps.network_driver() == "nfqueue";
 }
 
+// The agent's netfilter probe found what its userspace driver needs (a queue and a rule backend).
+bool canQueue(const v1::Capabilities& caps) {
+  const auto& nf = caps.netfilter();
+  return listed(nf, "nfnetlink_queue") && ((listed(nf, "nf_tables") && listed(nf, "nft_queue")) ||
+                                           (listed(nf, "ip_tables") && listed(nf, "xt_NFQUEUE")));
+}
+
 }  // namespace
 
 std::vector<std::string> missingModules(const v1::FaultSpec& spec, const v1::Capabilities& caps) {
@@ -132,8 +139,15 @@ std::optional<std::string> checkCapabilities(const std::vector<Step>& method,
       for (const auto& m : missing) {
         hints.push_back(fmt::format("{} ({})", m, hint(m)));
       }
-      return fmt::format("host {} ({}) cannot run {}: its kernel lacks {}; nothing was injected", t.hostname(),
-                         t.agent_id(), faultStepText(*f), fmt::join(hints, ", "));
+      // netem's kinds run in userspace too: say so where the agent was told netem but could queue.
+      const bool netemOnly = missing == std::vector<std::string>{"sch_netem"};
+      const std::string instead =
+          netemOnly && canQueue(t.capabilities())
+              ? "; faultline's userspace driver can run it on this kernel: --network-driver nfqueue (or auto, the "
+                "default) for faultline-agent or faultline run --local"
+              : "";
+      return fmt::format("host {} ({}) cannot run {}: its kernel lacks {}; nothing was injected{}", t.hostname(),
+                         t.agent_id(), faultStepText(*f), fmt::join(hints, ", "), instead);
     }
   }
   return std::nullopt;

@@ -269,8 +269,8 @@ YAML::Mark markOf(const Field& map, const std::string& dotted) {
 
 // Where validateFaultSpec()'s field lives in the experiment file, relative to the fault map.
 std::string filePathOfSpecField(const v1::FaultSpec& spec, const std::string& field) {
-  if (field == "interface" || field == "netns" || field == "direction" || field.rfind("match.", 0) == 0 ||
-      field.rfind("netns.", 0) == 0) {
+  if (field == "interface" || field == "netns" || field == "direction" || field == "match" ||
+      field.rfind("match.", 0) == 0 || field.rfind("netns.", 0) == 0) {
     return "target." + field;
   }
   if (spec.kind_case() == v1::FaultSpec::kProcessKill && (field == "pid" || field == "name")) {
@@ -489,7 +489,7 @@ bool neutralise(v1::FaultSpec& spec, const std::string& field) {
     target->clear_direction();
     return true;
   }
-  if (target != nullptr && field.rfind("match.", 0) == 0) {
+  if (target != nullptr && (field == "match" || field.rfind("match.", 0) == 0)) {
     target->clear_match();  // one report per match: the rest of it is not checked again
     return true;
   }

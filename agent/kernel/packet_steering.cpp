@@ -42,6 +42,7 @@ extern "C" {
 #include <nlohmann/json.hpp>
 
 #include "agent/spec.h"
+#include "agent/traffic_match.h"
 
 namespace faultline::kernel {
 namespace {
@@ -103,21 +104,6 @@ struct Combination {
   uint8_t protocol = 0;  // IPPROTO_*; 0: any
 };
 
-constexpr size_t kMaxCombinations = 256;
-
-uint8_t protocolNumber(v1::Protocol protocol, int family) {
-  switch (protocol) {
-    case v1::PROTOCOL_TCP:
-      return IPPROTO_TCP;
-    case v1::PROTOCOL_UDP:
-      return IPPROTO_UDP;
-    case v1::PROTOCOL_ICMP:
-      return family == AF_INET ? uint8_t{IPPROTO_ICMP} : uint8_t{IPPROTO_ICMPV6};
-    default:
-      return 0;
-  }
-}
-
 // The combinations of a match (destination x source x destination port x source port, per address
 // family), or words saying why the rules cannot express it.
 tl::expected<std::vector<Combination>, std::string> combinations(const v1::TrafficMatch& match) {
@@ -166,11 +152,11 @@ tl::expected<std::vector<Combination>, std::string> combinations(const v1::Traff
   }
   const std::vector<int> families = family != 0 ? std::vector<int>{family} : std::vector<int>{AF_INET, AF_INET6};
   const size_t count = families.size() * destinations.size() * sources.size() * dports.size() * sports.size();
-  if (count > kMaxCombinations) {
+  if (count > kMaxMatchCombinations) {
     return tl::unexpected(
         fmt::format("the match needs {} rules (one per combination of destination, source and "
                     "ports); at most {} are accepted: split it into several faults",
-                    count, kMaxCombinations));
+                    count, kMaxMatchCombinations));
   }
   std::vector<Combination> out;
   for (int f : families) {
@@ -178,7 +164,7 @@ tl::expected<std::vector<Combination>, std::string> combinations(const v1::Traff
       for (const auto& s : sources) {
         for (const auto& dp : dports) {
           for (const auto& sp : sports) {
-            out.push_back(Combination{f, d, s, dp, sp, protocolNumber(match.protocol(), f)});
+            out.push_back(Combination{f, d, s, dp, sp, agent::protocolNumber(match.protocol(), f)});
           }
         }
       }

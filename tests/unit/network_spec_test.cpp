@@ -403,6 +403,49 @@ TEST_CASE("parser: bad network values name the file, line, field and what is acc
   }
 }
 
+TEST_CASE("protocolNumber: the IP protocol of a match, per family, as both drivers' rules use it") {
+  CHECK(agent::protocolNumber(v1::PROTOCOL_TCP, AF_INET6) == 6);
+  CHECK(agent::protocolNumber(v1::PROTOCOL_UDP, AF_INET) == 17);
+  CHECK(agent::protocolNumber(v1::PROTOCOL_ICMP, AF_INET) == 1);
+  CHECK(agent::protocolNumber(v1::PROTOCOL_ICMP, AF_INET6) == 58);
+  CHECK(agent::protocolNumber(v1::PROTOCOL_UNSPECIFIED, AF_INET) == 0);
+}
+
+TEST_CASE("parser: a match whose only entries are invalid reports them alone, not an empty match") {
+  struct Case {
+    std::string match;
+    std::string field;
+    int column;
+    std::string phrase;
+  };
+  // The match is on line 11; each case has exactly one error.
+  const std::vector<Case> cases = {
+      {"{destination: [not-a-cidr]}", "method[0].fault.target.match.destination[0]", 31, "not an address"},
+      {"{source: 300.1.1.1}", "method[0].fault.target.match.source", 25, "not an address"},
+      {"{protocol: sctp}", "method[0].fault.target.match.protocol", 27, "tcp, udp or icmp"},
+      {"{protocol: tcp, destinationPorts: [70000]}", "method[0].fault.target.match.destinationPorts[0]", 51,
+       "1..65535"},
+      // A match written empty is reported once, at the match (target.match, not fault.match).
+      {"{}", "method[0].fault.target.match", 16, "it would match all traffic"},
+  };
+  for (const auto& c : cases) {
+    CAPTURE(c.match);
+    const std::string keys =
+        "      type: network.delay\n      duration: 1s\n"
+        "      target:\n        interface: eth0\n        match: " +
+        c.match + "\n      delay: 1ms\n";
+    auto result = controller::parseExperiment(withFault(keys), "bad.yaml");
+    REQUIRE_FALSE(result.has_value());
+    const auto& ds = result.error();
+    REQUIRE_MESSAGE(ds.size() == 1, diagnostics(ds));
+    CHECK(ds[0].file == "bad.yaml");
+    CHECK(ds[0].field == c.field);
+    CHECK(ds[0].line == 11);
+    CHECK(ds[0].column == c.column);
+    CHECK_MESSAGE(contains(ds[0].message, c.phrase), ds[0].message);
+  }
+}
+
 TEST_CASE("distribution files parse; the generated tables have mean 0 and deviation 8192") {
   auto parsed = agent::parseDistributionFile("# comment\n -3 4\n5 # trailing\n");
   REQUIRE(parsed.has_value());
@@ -760,6 +803,31 @@ TEST_CASE("capabilities: on an nfqueue agent netem's kinds need a queue and a ba
   netem.set_netem(true);
   CHECK(controller::networkDriverText(netem) == "netem");
   CHECK(controller::networkDriverText(v1::Capabilities{}) == "netem (missing)");
+}
+
+TEST_CASE("capabilities: netem chosen on a kernel without sch_netem that can queue suggests --network-driver nfqueue") {
+  v1::Capabilities caps;
+  caps.set_tc_probed(true);
+  caps.set_network_driver("netem");
+  controller::FaultStep step{"slow", delaySpec(), std::chrono::milliseconds{1000}};
+  v1::AgentInfo host;
+  host.set_agent_id("a3");
+  host.set_hostname("vm-3");
+  *host.mutable_capabilities() = caps;
+  // No queue either: the suggestion would only be refused in turn.
+  auto why = controller::checkCapabilities({step}, {host});
+  REQUIRE(why.has_value());
+  CHECK_MESSAGE(contains(*why, "its kernel lacks sch_netem"), *why);
+  CHECK_FALSE(contains(*why, "--network-driver"));
+  for (const char* module : {"ip_tables", "xt_NFQUEUE", "nfnetlink_queue"}) {
+    host.mutable_capabilities()->add_netfilter(module);
+  }
+  why = controller::checkCapabilities({step}, {host});
+  REQUIRE(why.has_value());
+  CHECK_MESSAGE(contains(*why,
+                         "nothing was injected; faultline's userspace driver can run it on this kernel: "
+                         "--network-driver nfqueue (or auto, the default)"),
+                *why);
 }
 
 TEST_CASE("capabilities: direction ingress needs ifb, sch_ingress, cls_u32 and act_mirred, named per host") {

@@ -342,6 +342,18 @@ TEST_CASE_FIXTURE(Fixture, "nfqueue driver: what it does not do is refused befor
     REQUIRE_FALSE(refused.has_value());
     CHECK(refused.error().code == std::errc::not_supported);
   }
+  SUBCASE("a delay's rate: named as the file names it, with what to do") {
+    auto spec = delaySpec();
+    spec.mutable_network_delay()->set_rate_bps(10'000'000);
+    auto refused = driver.apply(spec);
+    REQUIRE_FALSE(refused.has_value());
+    CHECK(refused.error().code == std::errc::not_supported);
+    const std::string& message = refused.error().message;
+    CHECK_MESSAGE(contains(message, "network.delay's rate (10000000 bit/s) needs sch_netem"), message);
+    CHECK_MESSAGE(contains(message, "add a network.bandwidth fault"), message);
+    CHECK_MESSAGE(contains(message, "a kernel with sch_netem"), message);
+    CHECK_FALSE(contains(message, "rate_bps"));
+  }
   SUBCASE("an invalid spec") {
     auto spec = delaySpec();
     *spec.mutable_network_delay()->mutable_jitter() = toProto(200ms);  // > delay
@@ -411,7 +423,9 @@ TEST_CASE_FIXTURE(Fixture, "nfqueue driver: crash recovery removes the record's 
   nf->boundQueues.clear();  // the agent died: its queue went with its socket
   auto recovered = NfqueueFaultDriver::revertRecord(record, open);
   REQUIRE_MESSAGE(recovered.has_value(), (recovered ? "" : recovered.error().message));
-  CHECK(contains(*recovered, "xtables chains mangle FAULTLINE-0 in /proc/4242/ns/net removed"));
+  CHECK(*recovered ==
+        "xtables chains mangle FAULTLINE-0 in /proc/4242/ns/net removed; the queue they fed closed when the agent that "
+        "served it stopped");
   CHECK(nf->installed.empty());
   auto again = NfqueueFaultDriver::revertRecord(record, open);
   CHECK(again.has_value());
