@@ -422,7 +422,8 @@ TEST_CASE("every file in experiments/ parses") {
     std::ifstream in(entry.path());
     std::stringstream text;
     text << in.rdbuf();
-    auto result = parseExperiment(text.str(), entry.path().string());
+    // quickstart.yaml takes the quickstart's PID as RUN (faultline run --var RUN=PID).
+    auto result = parseExperiment(text.str(), entry.path().string(), Variables{{"RUN", "4242"}});
     CHECK_MESSAGE(result.has_value(), (result ? "" : allDiagnostics(result.error())));
     if (!result) {
       continue;
@@ -477,7 +478,9 @@ TEST_CASE("the quickstart experiment is what the quickstart expects") {
   std::ifstream in(std::filesystem::path(FAULTLINE_SOURCE_DIR) / "experiments" / "quickstart.yaml");
   std::stringstream text;
   text << in.rdbuf();
-  auto result = parseExperiment(text.str(), "quickstart.yaml");
+  // scripts/quickstart gives its PID as RUN: names no other quickstart running at the same time uses.
+  CHECK_FALSE(parseExperiment(text.str(), "quickstart.yaml").has_value());
+  auto result = parseExperiment(text.str(), "quickstart.yaml", Variables{{"RUN", "4242"}});
   REQUIRE_MESSAGE(result.has_value(), (result ? "" : allDiagnostics(result.error())));
   const Experiment& e = *result;
   CHECK(e.targets.selector.empty());
@@ -494,7 +497,7 @@ TEST_CASE("the quickstart experiment is what the quickstart expects") {
   const FaultStep& bandwidth = faultAt(e, 0);
   CHECK(bandwidth.spec.network_bandwidth().rate_bps() == 1'000'000);
   CHECK(bandwidth.spec.network_bandwidth().target().interface() == "fl-qs-svc0");
-  CHECK(bandwidth.spec.network_bandwidth().target().netns() == "/var/run/netns/fl-qs-svc");
+  CHECK(bandwidth.spec.network_bandwidth().target().netns() == "/var/run/netns/fl-qs-svc-4242");
   CHECK(bandwidth.duration == 4s);
   CHECK(waitAt(e, 1).duration == 1s);
   // Delay and loss run on every kernel: netem, or the userspace driver without sch_netem.
@@ -506,7 +509,7 @@ TEST_CASE("the quickstart experiment is what the quickstart expects") {
   CHECK(loss.spec.network_loss().percent() == doctest::Approx(10));
   CHECK(waitAt(e, 5).duration == 1s);
   const FaultStep& kill = faultAt(e, 6);
-  CHECK(kill.spec.process_kill().process().name() == "faultline-demo");
+  CHECK(kill.spec.process_kill().process().name() == "faultline-demo-4242");
   CHECK(kill.spec.process_kill().signal() == "SIGKILL");
   CHECK(kill.duration == 1s);
   CHECK(waitAt(e, 7).duration == 2s);
