@@ -38,6 +38,7 @@
 #include "agent/kernel/packet_steering.h"
 #include "agent/packet_queue.h"
 #include "tests/support/netns_holder.h"
+#include "tests/support/veth_peers.h"
 
 using namespace faultline;
 using namespace std::chrono_literals;
@@ -48,26 +49,7 @@ namespace {
 constexpr uint16_t kQueue = kernel::kQueueBase + 9;
 constexpr uint16_t kPort = 9979;
 
-int socketIn(const std::string& netns, int type) {
-  int fd = -1;
-  std::thread t([&] {
-    const int ns = ::open(netns.c_str(), O_RDONLY | O_CLOEXEC);
-    if (ns >= 0 && ::setns(ns, CLONE_NEWNET) == 0) {
-      fd = ::socket(AF_INET, type | SOCK_CLOEXEC, 0);
-    }
-    if (ns >= 0) {
-      ::close(ns);
-    }
-  });
-  t.join();
-  return fd;
-}
-
-uint64_t realNs() {
-  timespec t{};
-  ::clock_gettime(CLOCK_REALTIME, &t);
-  return static_cast<uint64_t>(t.tv_sec) * 1'000'000'000 + static_cast<uint64_t>(t.tv_nsec);
-}
+using testing::realNs;
 
 struct Run {
   uint64_t sent = 0;
@@ -78,8 +60,8 @@ struct Run {
 // Sends from A to B for duration at rate packets/s (0: as fast as possible), then waits settle.
 Run traffic(const std::string& a, const std::string& b, size_t bytes, int rate, std::chrono::milliseconds duration,
             std::chrono::milliseconds settle) {
-  const int rx = socketIn(b, SOCK_DGRAM);
-  const int tx = socketIn(a, SOCK_DGRAM);
+  const int rx = testing::socketIn(b, AF_INET, SOCK_DGRAM);
+  const int tx = testing::socketIn(a, AF_INET, SOCK_DGRAM);
   sockaddr_in to{};
   to.sin_family = AF_INET;
   to.sin_port = htons(kPort);
@@ -108,24 +90,9 @@ Run traffic(const std::string& a, const std::string& b, size_t bytes, int rate, 
   std::thread receiver([&] {
     std::vector<uint8_t> d(2048);
     while (!done.load()) {
-      iovec io{d.data(), d.size()};
-      std::array<char, CMSG_SPACE(sizeof(timespec))> control{};
-      msghdr m{};
-      m.msg_iov = &io;
-      m.msg_iovlen = 1;
-      m.msg_control = control.data();
-      m.msg_controllen = control.size();
-      const ssize_t n = ::recvmsg(rx, &m, 0);
+      const auto [n, arrivedNs] = testing::receiveStamped(rx, d);
       if (n < 8) {
         continue;
-      }
-      uint64_t arrivedNs = realNs();
-      for (cmsghdr* c = CMSG_FIRSTHDR(&m); c != nullptr; c = CMSG_NXTHDR(&m, c)) {
-        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SO_TIMESTAMPNS) {
-          timespec t{};
-          std::memcpy(&t, CMSG_DATA(c), sizeof(t));
-          arrivedNs = static_cast<uint64_t>(t.tv_sec) * 1'000'000'000 + static_cast<uint64_t>(t.tv_nsec);
-        }
       }
       uint64_t sentNs = 0;
       std::memcpy(&sentNs, d.data(), 8);
@@ -218,13 +185,12 @@ int main(int argc, char** argv) {
     std::cerr << "nfqueue: " << a.error() << b.error() << "\n";
     return 1;
   }
-  const std::string& bPath = b.path();
-  const auto start = std::string("/proc/").size();
-  const std::string bPid = bPath.substr(start, bPath.find('/', start) - start);
+  if (const std::string joined = testing::joinPeers(a, b, {"10.79.1.1/24"}, {"10.79.1.2/24"}); !joined.empty()) {
+    std::cerr << "nfqueue: " << joined << "\n";
+    return 1;
+  }
   for (const std::string& c :
-       {std::string("ip link set veth1 name peer0"), fmt::format("ip link set peer0 netns {}", bPid),
-        std::string("ip addr add 10.79.1.1/24 dev veth0"),
-        // The queue's own packets pass, as the agent's steering rules let them (kInjectedMark).
+       {// The queue's own packets pass, as the agent's steering rules let them (kInjectedMark).
         fmt::format("iptables-legacy -t mangle -A OUTPUT -o veth0 -d 10.79.1.2 -m mark --mark {:#x} -j RETURN",
                     kernel::kInjectedMark),
         fmt::format(
@@ -234,10 +200,6 @@ int main(int argc, char** argv) {
       std::cerr << "nfqueue: " << a.error() << "\n";
       return 1;
     }
-  }
-  if (!b.inNetns("ip link set peer0 up") || !b.inNetns("ip addr add 10.79.1.2/24 dev peer0")) {
-    std::cerr << "nfqueue: " << b.error() << "\n";
-    return 1;
   }
   const auto duration = std::chrono::milliseconds(seconds * 1000);
 
@@ -275,7 +237,7 @@ int main(int argc, char** argv) {
       pin(other);  // sender (this thread) and receiver (created by traffic())
     }
     const uint64_t cpuBefore = queueCpuNs();
-    auto run = traffic(a.path(), bPath, 64, 0, duration, 500ms);
+    auto run = traffic(a.path(), b.path(), 64, 0, duration, 500ms);
     const auto stats = q->stats();
     const double cpuSeconds = static_cast<double>(queueCpuNs() - cpuBefore) / 1e9;
     q->stop();
@@ -297,7 +259,7 @@ int main(int argc, char** argv) {
                            "p99 ms", "max ms");
   for (int rate : {1000, 10'000, 50'000}) {
     auto q = openQueue(a.path(), 100ms);
-    auto run = traffic(a.path(), bPath, 200, rate, duration, 500ms);
+    auto run = traffic(a.path(), b.path(), 200, rate, duration, 500ms);
     q->stop();
     std::vector<double> errors;
     errors.reserve(run.delaysMs.size());

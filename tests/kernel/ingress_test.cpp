@@ -32,6 +32,7 @@
 #include "agent/recovery.h"
 #include "agent/revert_all.h"
 #include "agent/spec.h"
+#include "tests/support/dying_agent.h"
 #include "tests/support/netns.h"
 
 using namespace faultline;
@@ -339,26 +340,8 @@ TEST_CASE_FIXTURE(TwoNamespaces, "an agent killed with an ingress fault: recover
   std::string pattern = (std::filesystem::temp_directory_path() / "faultline-journal-XXXXXX").string();
   REQUIRE(::mkdtemp(pattern.data()) != nullptr);
   const std::filesystem::path stateDir = pattern;
-  const pid_t child = ::fork();
-  REQUIRE(child >= 0);
-  if (child == 0) {
-    auto opened = UndoJournal::open(stateDir);
-    if (!opened) {
-      ::_exit(2);
-    }
-    boost::asio::io_context io;
-    Agent agent(io, driver, nullptr, opened->journal.get());
-    v1::Inject inject;
-    inject.set_fault_id("crash-in");
-    *inject.mutable_spec() = throttle(v1::DIRECTION_INGRESS, kRate);
-    *inject.mutable_duration() = toProto(std::chrono::seconds{60});
-    agent.inject(inject);
-    ::_exit(agent.activeCount() == 1 ? 0 : 3);
-  }
-  int status = 0;
-  REQUIRE(::waitpid(child, &status, 0) == child);
-  REQUIRE(WIFEXITED(status));
-  REQUIRE(WEXITSTATUS(status) == 0);
+  testing::agentDiesHoldingFault(
+      stateDir, [&]() -> FaultDriver& { return driver; }, "crash-in", throttle(v1::DIRECTION_INGRESS, kRate));
   CHECK(contains(inNetns("ip -o link show type ifb"), "flt-ifb"));
 
   auto journal = openJournalAndRecover(stateDir, kernel::openQdiscTable);

@@ -34,7 +34,9 @@
 #include "agent/packet_queue.h"
 #include "agent/recovery.h"
 #include "agent/spec.h"
+#include "tests/support/dying_agent.h"
 #include "tests/support/netns.h"
+#include "tests/support/veth_peers.h"
 
 using namespace faultline;
 using namespace faultline::agent;
@@ -52,19 +54,9 @@ class UserspaceNamespaces : public testing::NetnsFixture {
  public:
   UserspaceNamespaces() {
     REQUIRE_MESSAGE(peer_.error().empty(), peer_.error());
-    const std::string& path = peer_.path();
-    const auto start = std::string("/proc/").size();
-    const std::string pid = path.substr(start, path.find('/', start) - start);
-    inNetns("ip link set veth1 down");  // older kernels (the vm-steering guest's) refuse to rename it up
-    inNetns("ip link set veth1 name peer0");
-    inNetns(fmt::format("ip link set peer0 netns {}", pid));
-    inNetns("ip addr add 10.79.1.1/24 dev veth0");
-    inNetns("ip addr add 10.79.2.1/24 dev veth0");
-    inNetns("ip -6 addr add fd79:1::1/64 dev veth0 nodad");
-    for (const char* c : {"ip link set peer0 up", "ip link set lo up", "ip addr add 10.79.1.2/24 dev peer0",
-                          "ip addr add 10.79.2.2/24 dev peer0", "ip -6 addr add fd79:1::2/64 dev peer0 nodad"}) {
-      REQUIRE_MESSAGE(peer_.inNetns(c), peer_.error());
-    }
+    const std::string joined = testing::joinPeers(holder_, peer_, {"10.79.1.1/24", "10.79.2.1/24", "fd79:1::1/64"},
+                                                  {"10.79.1.2/24", "10.79.2.2/24", "fd79:1::2/64"});
+    REQUIRE_MESSAGE(joined.empty(), joined);
   }
 
   // ping from A: the average round trip in ms, and the output.
@@ -251,26 +243,8 @@ TEST_CASE_FIXTURE(UserspaceNamespaces,
   std::string pattern = (std::filesystem::temp_directory_path() / "faultline-journal-XXXXXX").string();
   REQUIRE(::mkdtemp(pattern.data()) != nullptr);
   const std::filesystem::path stateDir = pattern;
-  const pid_t child = ::fork();
-  REQUIRE(child >= 0);
-  if (child == 0) {
-    auto opened = UndoJournal::open(stateDir);
-    if (!opened) {
-      ::_exit(2);
-    }
-    boost::asio::io_context io;
-    Agent agent(io, driver, nullptr, opened->journal.get());
-    v1::Inject inject;
-    inject.set_fault_id("crash-nfq");
-    *inject.mutable_spec() = delay("10.79.1.2/32");
-    *inject.mutable_duration() = toProto(std::chrono::seconds{60});
-    agent.inject(inject);
-    ::_exit(agent.activeCount() == 1 ? 0 : 3);  // dies with the fault applied, as SIGKILL would
-  }
-  int status = 0;
-  REQUIRE(::waitpid(child, &status, 0) == child);
-  REQUIRE(WIFEXITED(status));
-  REQUIRE(WEXITSTATUS(status) == 0);
+  testing::agentDiesHoldingFault(
+      stateDir, [&]() -> FaultDriver& { return driver; }, "crash-nfq", delay("10.79.1.2/32"));
   // xtables here; nftables in the scripts/vm-run guest (vm-steering), whose kernel has nft_queue.
   const auto backend = kernel::chooseBackend(kernel::probeSteeringSupport(), true);
   REQUIRE(backend.has_value());

@@ -36,6 +36,7 @@
 #include "agent/kernel/packet_steering.h"
 #include "agent/packet_queue.h"
 #include "tests/support/netns.h"
+#include "tests/support/veth_peers.h"
 
 using namespace faultline;
 using namespace faultline::agent;
@@ -49,22 +50,6 @@ using testing::sh;
 constexpr uint16_t kQueue = kernel::kQueueBase + 7;
 constexpr uint16_t kPort = 9977;
 constexpr size_t kPayload = 1000;
-
-// A socket created on a thread that joined netns, so it lives there.
-int socketIn(const std::string& netns, int family, int type) {
-  int fd = -1;
-  std::thread t([&] {
-    const int ns = ::open(netns.c_str(), O_RDONLY | O_CLOEXEC);
-    if (ns >= 0 && ::setns(ns, CLONE_NEWNET) == 0) {
-      fd = ::socket(family, type | SOCK_CLOEXEC, 0);
-    }
-    if (ns >= 0) {
-      ::close(ns);
-    }
-  });
-  t.join();
-  return fd;
-}
 
 struct Arrival {
   uint32_t seq = 0;
@@ -82,17 +67,9 @@ class QueueNamespaces : public testing::NetnsFixture {
  public:
   QueueNamespaces() {
     REQUIRE_MESSAGE(peer_.error().empty(), peer_.error());
-    const std::string& path = peer_.path();
-    const auto start = std::string("/proc/").size();
-    const std::string pid = path.substr(start, path.find('/', start) - start);
-    inNetns("ip link set veth1 name peer0");
-    inNetns(fmt::format("ip link set peer0 netns {}", pid));
-    inNetns("ip addr add 10.78.1.1/24 dev veth0");
-    inNetns("ip -6 addr add fd78:1::1/64 dev veth0 nodad");
-    for (const char* c : {"ip link set peer0 up", "ip addr add 10.78.1.2/24 dev peer0",
-                          "ip -6 addr add fd78:1::2/64 dev peer0 nodad", "ip link set lo up"}) {
-      REQUIRE_MESSAGE(peer_.inNetns(c), peer_.error());
-    }
+    const std::string joined =
+        testing::joinPeers(holder_, peer_, {"10.78.1.1/24", "fd78:1::1/64"}, {"10.78.1.2/24", "fd78:1::2/64"});
+    REQUIRE_MESSAGE(joined.empty(), joined);
   }
 
   // Steers A's egress to B's address (v4 or v6) into kQueue.
@@ -118,8 +95,8 @@ class QueueNamespaces : public testing::NetnsFixture {
   std::vector<Arrival> traffic(bool v6, int count, int rate, std::chrono::milliseconds settle, bool noChecksum = false,
                                const std::function<void()>& whileHeld = {}) {
     const int family = v6 ? AF_INET6 : AF_INET;
-    const int rx = socketIn(peer_.path(), family, SOCK_DGRAM);
-    const int tx = socketIn(netns_, family, SOCK_DGRAM);
+    const int rx = testing::socketIn(peer_.path(), family, SOCK_DGRAM);
+    const int tx = testing::socketIn(netns_, family, SOCK_DGRAM);
     REQUIRE(rx >= 0);
     REQUIRE(tx >= 0);
     sockaddr_storage to{};
@@ -163,34 +140,14 @@ class QueueNamespaces : public testing::NetnsFixture {
     REQUIRE(::setsockopt(rx, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof(one)) == 0);
 
     const auto origin = Clock::now();
-    const auto realNs = [] {
-      timespec t{};
-      ::clock_gettime(CLOCK_REALTIME, &t);
-      return static_cast<uint64_t>(t.tv_sec) * 1'000'000'000 + static_cast<uint64_t>(t.tv_nsec);
-    };
     std::atomic<bool> done{false};
     std::vector<Arrival> arrivals;
     std::thread receiver([&] {
       std::vector<uint8_t> b(65536);
       while (!done.load()) {
-        iovec io{b.data(), b.size()};
-        std::array<char, CMSG_SPACE(sizeof(timespec))> control{};
-        msghdr m{};
-        m.msg_iov = &io;
-        m.msg_iovlen = 1;
-        m.msg_control = control.data();
-        m.msg_controllen = control.size();
-        const ssize_t n = ::recvmsg(rx, &m, 0);
+        const auto [n, arrivedNs] = testing::receiveStamped(rx, b);
         if (n < 12) {
           continue;
-        }
-        uint64_t arrivedNs = realNs();
-        for (cmsghdr* c = CMSG_FIRSTHDR(&m); c != nullptr; c = CMSG_NXTHDR(&m, c)) {
-          if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SO_TIMESTAMPNS) {
-            timespec t{};
-            std::memcpy(&t, CMSG_DATA(c), sizeof(t));
-            arrivedNs = static_cast<uint64_t>(t.tv_sec) * 1'000'000'000 + static_cast<uint64_t>(t.tv_nsec);
-          }
         }
         Arrival a;
         uint64_t sentNs = 0;
@@ -212,7 +169,7 @@ class QueueNamespaces : public testing::NetnsFixture {
       for (size_t k = 12; k < kPayload; ++k) {
         datagram[k] = patternByte(seq, k);
       }
-      const uint64_t sentNs = realNs();
+      const uint64_t sentNs = testing::realNs();
       std::memcpy(datagram.data(), &seq, 4);
       std::memcpy(datagram.data() + 4, &sentNs, 8);
       ::sendto(tx, datagram.data(), datagram.size(), 0, reinterpret_cast<sockaddr*>(&to), toLength);

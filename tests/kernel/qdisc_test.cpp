@@ -32,6 +32,7 @@
 #include "agent/net_driver.h"
 #include "agent/recovery.h"
 #include "agent/spec.h"
+#include "tests/support/dying_agent.h"
 #include "tests/support/netns.h"
 
 using namespace faultline;
@@ -331,28 +332,10 @@ TEST_CASE_FIXTURE(NetnsFixture, "an agent killed mid-fault: recovery at the next
   REQUIRE(::mkdtemp(pattern.data()) != nullptr);
   const std::filesystem::path stateDir = pattern;
 
-  // The child applies network.bandwidth through an Agent with a journal and dies without
-  // reverting (no destructors run), as a crashed agent would.
-  const pid_t child = ::fork();
-  REQUIRE(child >= 0);
-  if (child == 0) {
-    auto opened = UndoJournal::open(stateDir);
-    if (!opened) {
-      ::_exit(2);
-    }
-    boost::asio::io_context io;
-    Agent agent(io, driver, nullptr, opened->journal.get());
-    v1::Inject inject;
-    inject.set_fault_id("crash-1");
-    *inject.mutable_spec() = bandwidthSpec(1'000'000);
-    *inject.mutable_duration() = toProto(std::chrono::seconds{60});
-    agent.inject(inject);
-    ::_exit(agent.activeCount() == 1 ? 0 : 3);
-  }
-  int status = 0;
-  REQUIRE(::waitpid(child, &status, 0) == child);
-  REQUIRE(WIFEXITED(status));
-  REQUIRE(WEXITSTATUS(status) == 0);
+  // A child applies network.bandwidth through an Agent with a journal and dies without
+  // reverting, as a crashed agent would.
+  testing::agentDiesHoldingFault(
+      stateDir, [&]() -> FaultDriver& { return driver; }, "crash-1", bandwidthSpec(1'000'000));
 
   const auto during = root();
   REQUIRE(during.has_value());

@@ -25,6 +25,7 @@
 #include "agent/net_target.h"
 #include "agent/recovery.h"
 #include "agent/spec.h"
+#include "tests/support/dying_agent.h"
 #include "tests/support/netns_holder.h"
 
 using namespace faultline;
@@ -310,28 +311,16 @@ TEST_CASE("an agent killed mid-fault on a pinned namespace: the recovery reverts
   const std::filesystem::path stateDir = dir.path / "state";
   std::filesystem::create_directories(stateDir);
   const pid_t target = holderPid(holder);
-  const pid_t child = ::fork();
-  REQUIRE(child >= 0);
-  if (child == 0) {
-    Drivers d(dir.path / "pins");
-    auto opened = UndoJournal::open(stateDir);
-    if (!opened) {
-      ::_exit(2);
-    }
-    boost::asio::io_context io;
-    Agent agent(io, d.driver, nullptr, opened->journal.get());
-    v1::Inject inject;
-    inject.set_fault_id("pinned-1");
-    *inject.mutable_spec() = bandwidth("veth0");
-    inject.mutable_spec()->mutable_network_bandwidth()->mutable_target()->mutable_netns_process()->set_pid(target);
-    *inject.mutable_duration() = toProto(std::chrono::seconds{60});
-    agent.inject(inject);
-    ::_exit(agent.activeCount() == 1 ? 0 : 3);  // dies holding the fault, as a crashed agent would
-  }
-  int status = 0;
-  REQUIRE(::waitpid(child, &status, 0) == child);
-  REQUIRE(WIFEXITED(status));
-  REQUIRE(WEXITSTATUS(status) == 0);
+  auto spec = bandwidth("veth0");
+  spec.mutable_network_bandwidth()->mutable_target()->mutable_netns_process()->set_pid(target);
+  std::optional<Drivers> drivers;  // made in the agent's child only: its pins die with it
+  testing::agentDiesHoldingFault(
+      stateDir,
+      [&]() -> FaultDriver& {
+        drivers.emplace(dir.path / "pins");
+        return drivers->driver;
+      },
+      "pinned-1", spec);
   REQUIRE(dir.pins() == 1);
   CHECK(rootAt(holder.path(), "veth0")->handle == kFaultlineRootHandle);
   holder.kill();  // only the pin holds the namespace now
