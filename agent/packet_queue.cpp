@@ -332,6 +332,10 @@ tl::expected<Fd, ErrorPair> rawSocket(int family) {
     return tl::unexpected(
         ErrorPair{errnoCode(e), fmt::format("cannot mark the raw socket that sends packets: {}", std::strerror(e))});
   }
+  if (family == AF_INET6) {
+    const int one = 1;
+    ::setsockopt(fd.get(), IPPROTO_IPV6, IPV6_FREEBIND, &one, sizeof(one));
+  }
   const int size = kRawSendBufferBytes;
   if (::setsockopt(fd.get(), SOL_SOCKET, SO_SNDBUFFORCE, &size, sizeof(size)) != 0) {
     ::setsockopt(fd.get(), SOL_SOCKET, SO_SNDBUF, &size, sizeof(size));  // capped by net.core.wmem_max
@@ -536,8 +540,9 @@ class NfPacketQueue final : public PacketQueue {
            .orphaned = false};
     // A packet larger than its interface's MTU (a UDP datagram the kernel fragments after this
     // hook) cannot go through a raw socket whole (EMSGSIZE): it stays in the kernel while held.
-    const bool orphan =
-        orphans_ && d.hold.count() > 0 && h.outdev != 0 && length > 0 && static_cast<uint32_t>(length) <= mtu(h.outdev);
+    const bool orphan = orphans_ && d.hold.count() > 0 && h.outdev != 0 && length > 0 &&
+                        socketTraffic(payload, static_cast<size_t>(length)) &&
+                        static_cast<uint32_t>(length) <= mtu(h.outdev);
     if ((d.corruptBit || (d.duplicate && duplicates_) || orphan) && length > 0) {
       h.payload.assign(payload, payload + length);
       if (d.corruptBit && *d.corruptBit / 8 < h.payload.size()) {
@@ -603,6 +608,22 @@ class NfPacketQueue final : public PacketQueue {
     }
   }
 
+  // Whether a packet is TCP or UDP with a source address: what a socket's send buffer and TCP small
+  // queues hold back (orphaning is for them). Others stay in the kernel while held: neighbour
+  // discovery and MLD (sent from :: before an address is usable, which a raw socket cannot route),
+  // IPv6 extension headers, ICMP.
+  static bool socketTraffic(const unsigned char* p, size_t length) {
+    if (length >= 20 && (p[0] >> 4) == 4) {
+      const bool fragment = ((p[6] << 8 | p[7]) & 0x3fff) != 0;
+      return !fragment && (p[9] == IPPROTO_TCP || p[9] == IPPROTO_UDP) && (p[12] | p[13] | p[14] | p[15]) != 0;
+    }
+    if (length >= 40 && (p[0] >> 4) == 6) {
+      const bool anySource = std::all_of(p + 8, p + 24, [](unsigned char b) { return b == 0; });
+      return (p[6] == IPPROTO_TCP || p[6] == IPPROTO_UDP) && !anySource;
+    }
+    return false;
+  }
+
   // The MTU of interface ifindex in the queue's namespace (asked through the raw socket, which lives
   // there), at most a second old; 0 when it cannot be read.
   uint32_t mtu(uint32_t ifindex) {
@@ -646,6 +667,7 @@ class NfPacketQueue final : public PacketQueue {
         c->cmsg_len = CMSG_LEN(sizeof(in_pktinfo));
         in_pktinfo info{};
         info.ipi_ifindex = static_cast<int>(outdev);
+        std::memcpy(&info.ipi_spec_dst, packet.data() + 12, 4);  // routed from its own source
         std::memcpy(CMSG_DATA(c), &info, sizeof(info));
       }
     } else if (!packet.empty() && (packet[0] >> 4) == 6 && packet.size() >= 40) {
@@ -661,8 +683,11 @@ class NfPacketQueue final : public PacketQueue {
         c->cmsg_level = IPPROTO_IPV6;
         c->cmsg_type = IPV6_PKTINFO;
         c->cmsg_len = CMSG_LEN(sizeof(in6_pktinfo));
-        in6_pktinfo info{};  // source :: (the header's own is sent as is)
+        in6_pktinfo info{};
         info.ipi6_ifindex = outdev;
+        // Routed from its own source (IPV6_FREEBIND: also a tentative one), with no source lookup;
+        // the header's own is sent as is.
+        std::memcpy(&info.ipi6_addr, packet.data() + 8, 16);
         std::memcpy(CMSG_DATA(c), &info, sizeof(info));
       }
     }
