@@ -340,13 +340,22 @@ std::string nftVerdict(const SteeringRules& rules) {
 std::string nftScript(const SteeringRules& rules, const std::vector<Combination>& combos) {
   const std::string table = nftTableName(rules.slot);
   std::string s = fmt::format("create table inet {}\n", table);
-  for (const bool egress : {true, false}) {
+  // Egress: what this host sends (output) and what it forwards (forward) out of the interface, as
+  // netem on the interface sees both.
+  struct Hook {
+    const char* chain;
+    const char* hook;
+    bool egress;
+  };
+  for (const Hook& h :
+       {Hook{"egress", "output", true}, Hook{"forward", "forward", true}, Hook{"ingress", "prerouting", false}}) {
+    const bool egress = h.egress;
     if (egress ? !rules.egress : !rules.ingress) {
       continue;
     }
-    const char* chain = egress ? "egress" : "ingress";
+    const char* chain = h.chain;
     s += fmt::format("add chain inet {} {} {{ type filter hook {} priority -150; policy accept; }}\n", table, chain,
-                     egress ? "output" : "prerouting");
+                     h.hook);
     const std::string prefix = fmt::format("add rule inet {} {} ", table, chain);
     s += prefix + fmt::format("meta mark {:#x} accept\n", kInjectedMark);
     for (const auto& e : rules.exempt) {
@@ -634,6 +643,12 @@ std::vector<std::string> xtChains(xtc_handle* h) {
   return out;
 }
 
+// The hooks faultline's jump rules sit in: egress, -o: OUTPUT (what this host sends) and FORWARD
+// (what it forwards out of the interface; netem on the interface sees both); ingress, -i:
+// PREROUTING.
+constexpr std::array<std::pair<const char*, bool>, 3> kXtHooks{
+    {{"OUTPUT", true}, {"FORWARD", true}, {"PREROUTING", false}}};
+
 // Removes every rule that jumps to chain and chain itself from the handle (not committed).
 // Returns whether anything was there.
 template <typename F>
@@ -706,7 +721,7 @@ VoidResult xtInstallFamily(const SteeringRules& rules, const std::vector<Combina
     return fail(EEXIST, fmt::format("chain {} exists already in the {} mangle table: slot {} is taken", chain, F::kName,
                                     rules.slot));
   }
-  const auto step = [&](int ok, const char* what) -> VoidResult {
+  const auto step = [&](int ok, const std::string& what) -> VoidResult {
     if (ok == 0) {
       return tl::unexpected(xtFailure<F>(errno, fmt::format("{} in chain {}", what, chain)));
     }
@@ -767,7 +782,7 @@ VoidResult xtInstallFamily(const SteeringRules& rules, const std::vector<Combina
       return r;
     }
   }
-  for (const bool egress : {true, false}) {
+  for (const auto& [builtin, egress] : kXtHooks) {
     if (egress ? !rules.egress : !rules.ingress) {
       continue;
     }
@@ -775,8 +790,8 @@ VoidResult xtInstallFamily(const SteeringRules& rules, const std::vector<Combina
     (egress ? jump.outInterface : jump.inInterface) = rules.interface;
     jump.target = chain;
     auto buf = buildEntry<F>(jump);
-    if (auto r = step(F::insert(egress ? "OUTPUT" : "PREROUTING", buf.template entry<typename F::Entry>(), table.h),
-                      "adding the jump rule");
+    if (auto r = step(F::insert(builtin, buf.template entry<typename F::Entry>(), table.h),
+                      fmt::format("adding the jump rule from {}", builtin));
         !r) {
       return r;
     }
@@ -832,9 +847,6 @@ uint64_t xtEntryDigest(const typename F::Entry* e, uint64_t h) {
   }
   return h;
 }
-
-// The hooks faultline's jump rules sit in: OUTPUT (egress, -o) and PREROUTING (ingress, -i).
-constexpr std::array<std::pair<const char*, bool>, 2> kXtHooks{{{"OUTPUT", true}, {"PREROUTING", false}}};
 
 // Slot's chain and the jump rules to it in one family's mangle table, as parts. ENOENT/EPERM
 // when the table cannot be read.

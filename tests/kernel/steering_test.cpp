@@ -682,13 +682,16 @@ TEST_CASE_FIXTURE(Steering,
   CHECK_FALSE(installed->queue.bound);
   if (nft) {
     CHECK(names == std::vector<std::string>{"nftables chain egress of table inet faultline-5 (2 rules)",
+                                            "nftables chain forward of table inet faultline-5 (2 rules)",
                                             "nftables chain ingress of table inet faultline-5 (2 rules)",
-                                            "nftables table inet faultline-5 (2 rules)"});
+                                            "nftables table inet faultline-5 (3 rules)"});
   } else {
     CHECK(names == std::vector<std::string>{
-                       "IPv4 chain FAULTLINE-5 (2 rules)", "IPv4 jump rule OUTPUT -o veth0 -> FAULTLINE-5 (1 rules)",
+                       "IPv4 chain FAULTLINE-5 (2 rules)", "IPv4 jump rule FORWARD -o veth0 -> FAULTLINE-5 (1 rules)",
+                       "IPv4 jump rule OUTPUT -o veth0 -> FAULTLINE-5 (1 rules)",
                        "IPv4 jump rule PREROUTING -i veth0 -> FAULTLINE-5 (1 rules)",
-                       "IPv6 chain FAULTLINE-5 (1 rules)", "IPv6 jump rule OUTPUT -o veth0 -> FAULTLINE-5 (1 rules)",
+                       "IPv6 chain FAULTLINE-5 (1 rules)", "IPv6 jump rule FORWARD -o veth0 -> FAULTLINE-5 (1 rules)",
+                       "IPv6 jump rule OUTPUT -o veth0 -> FAULTLINE-5 (1 rules)",
                        "IPv6 jump rule PREROUTING -i veth0 -> FAULTLINE-5 (1 rules)"});
   }
   // Traffic moves the counters, which are not compared.
@@ -751,6 +754,8 @@ TEST_CASE_FIXTURE(Steering,
               "the rules of the IPv4 chain FAULTLINE-5 are not those installed (someone replaced them)",
               "the IPv6 chain FAULTLINE-5 now has 0 rules, not the 1 installed (someone changed it)"});
     inNetns("iptables-legacy -t mangle -D PREROUTING -i veth0 -j FAULTLINE-5");
+    inNetns("iptables-legacy -t mangle -D FORWARD -o veth0 -j FAULTLINE-5");
+    inNetns("ip6tables-legacy -t mangle -D FORWARD -o veth0 -j FAULTLINE-5");
     inNetns("ip6tables-legacy -t mangle -D OUTPUT -o veth0 -j FAULTLINE-5");
     inNetns("ip6tables-legacy -t mangle -D PREROUTING -i veth0 -j FAULTLINE-5");
     inNetns("iptables-legacy -t mangle -F FAULTLINE-5");
