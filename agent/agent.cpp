@@ -307,6 +307,7 @@ struct SystemDrivers::Impl {
       userspace = std::make_unique<NfqueueFaultDriver>(choice.steering, kernel::openPacketSteering, PacketQueue::open);
       userspace->setExempt(exempt);
       userspace->setTargetResolver(&targets);
+      userspace->enableWatchdog();  // a stopped agent must not blackhole what its queues steer
     }
     network.setExempt(std::move(exempt));
     network.setTargetResolver(&targets);

@@ -1,5 +1,9 @@
 #include "agent/cli.h"
+#include "agent/queue_watchdog.h"
 
 int main(int argc, char** argv) {
+  if (auto watchdog = faultline::agent::runQueueWatchdogIfAsked(argc, argv)) {
+    return *watchdog;
+  }
   return faultline::agent::agentMain(argc, argv);
 }

@@ -5,6 +5,7 @@
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
+#include <spdlog/spdlog.h>
 #include <nlohmann/json.hpp>
 
 #include "agent/kernel/route.h"
@@ -116,7 +117,7 @@ class AppliedUserspaceFault final : public AppliedFault {
   AppliedUserspaceFault(SteeringOpener open, std::shared_ptr<NfqueueFaultDriver::Holding> holding,
                         std::tuple<std::string, std::string, int> key, std::string netns, SteeringBackend backend,
                         uint16_t slot, std::unique_ptr<PacketQueue> queue, std::string context, std::string what,
-                        std::optional<kernel::SlotState> installed)
+                        std::optional<kernel::SlotState> installed, std::shared_ptr<QueueWatchdog> watchdog)
       : open_(std::move(open)),
         holding_(std::move(holding)),
         key_(std::move(key)),
@@ -126,7 +127,8 @@ class AppliedUserspaceFault final : public AppliedFault {
         queue_(std::move(queue)),
         context_(std::move(context)),
         what_(std::move(what)),
-        installed_(std::move(installed)) {}
+        installed_(std::move(installed)),
+        watchdog_(std::move(watchdog)) {}
 
   ~AppliedUserspaceFault() override {
     // An agent that drops a fault without reverting it (it never does) must not leave packets held.
@@ -159,6 +161,10 @@ class AppliedUserspaceFault final : public AppliedFault {
         outcome_ = ruleNames(backend_, slot_) + " removed";
       }
       rulesRemoved_ = true;
+      if (watchdog_) {
+        watchdog_->untrack(netns_, backend_, slot_);
+        watchdog_.reset();
+      }
     }
     if (queue_) {
       queue_->stop();
@@ -242,6 +248,7 @@ class AppliedUserspaceFault final : public AppliedFault {
   std::string context_;
   std::string what_;
   std::optional<kernel::SlotState> installed_;  // read back right after install(); lost() compares
+  std::shared_ptr<QueueWatchdog> watchdog_;     // told when the rules go; the driver keeps it running
   mutable bool unreadBefore_ = false;
   mutable uint64_t receivedBefore_ = 0;
   std::string outcome_;
@@ -496,6 +503,17 @@ tl::expected<std::unique_ptr<AppliedFault>, FaultError> NfqueueFaultDriver::appl
   }
   const std::string applied = fmt::format("{} (userspace: {}{})", what, ruleNames(*backend, slot),
                                           impairment ? fmt::format(", queue {}", rules.queue) : std::string());
+  if (watchdogGrace_ && !watchdog_ && !watchdogFailed_) {
+    if (auto started = QueueWatchdog::start(*watchdogGrace_)) {
+      watchdog_ = std::move(*started);
+    } else {
+      watchdogFailed_ = true;  // said once; the faults go on without it
+      spdlog::warn("userspace driver: {}; a stopped agent's faults stay until it runs again", started.error().second);
+    }
+  }
+  if (watchdog_) {
+    watchdog_->track(netns, *backend, slot);
+  }
   // The reference for lost(); without it (a read error) the fault is not watched.
   std::optional<kernel::SlotState> installed;
   if (auto read = (*steering)->inspect(slot)) {
@@ -503,7 +521,7 @@ tl::expected<std::unique_ptr<AppliedFault>, FaultError> NfqueueFaultDriver::appl
   }
   return std::make_unique<AppliedUserspaceFault>(openSteering_, holding_, key, netns, *backend, slot, std::move(queue),
                                                  fmt::format("{} on {} in {}", kind, interface, where(netns)), applied,
-                                                 std::move(installed));
+                                                 std::move(installed), watchdog_);
 }
 
 bool NfqueueFaultDriver::isNfqueueRecord(const nlohmann::json& undo) {

@@ -51,6 +51,7 @@
 #include "agent/kernel/packet_steering.h"
 #include "agent/net_target.h"
 #include "agent/packet_queue.h"
+#include "agent/queue_watchdog.h"
 #include "agent/traffic_match.h"
 
 namespace faultline::agent {
@@ -71,6 +72,11 @@ class NfqueueFaultDriver final : public FaultDriver {
   void setExempt(std::vector<Endpoint> endpoints) { exempt_ = std::move(endpoints); }
   // As NetworkFaultDriver's: interface "default" and netns_process; without one they are ENOTSUP.
   void setTargetResolver(NetworkTargetResolver* resolver) { resolver_ = resolver; }
+  // Spawn the watchdog (agent/queue_watchdog.h) with the first fault applied, and tell it every
+  // slot installed and removed: a stopped agent's rules are then removed after grace. The agent
+  // and run --local turn it on; without it (unit tests) nothing is spawned. A watchdog that cannot
+  // start is logged; faults are applied without it.
+  void enableWatchdog(std::chrono::milliseconds grace = kWatchdogGrace) { watchdogGrace_ = grace; }
 
   // Undo record, persisted before the first kernel change:
   //   {"fault":"network.delay","driver":"nfqueue","netns":"" or a path,"interface":"veth0",
@@ -105,6 +111,9 @@ class NfqueueFaultDriver final : public FaultDriver {
   std::vector<Endpoint> exempt_;
   NetworkTargetResolver* resolver_ = nullptr;
   std::shared_ptr<Holding> holding_ = std::make_shared<Holding>();
+  std::optional<std::chrono::milliseconds> watchdogGrace_;
+  std::shared_ptr<QueueWatchdog> watchdog_;  // started with the first fault; shared with the faults
+  bool watchdogFailed_ = false;
 };
 
 // Removes every faultline table and chain (any slot, both backends) in one namespace, for

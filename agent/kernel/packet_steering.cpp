@@ -1493,8 +1493,8 @@ std::vector<std::string> steeringChanges(const SlotState& installed, const SlotS
   }
   if (!installed.parts.empty() && gone.size() == installed.parts.size()) {
     return {
-        fmt::format("none of its rules is left: {} {} gone (someone removed them: nft, iptables, or a "
-                    "faultline-agent revert-all)",
+        fmt::format("none of its rules is left: {} {} gone (someone removed them: nft, iptables, a "
+                    "faultline-agent revert-all, or faultline's watchdog while this agent was stopped)",
                     fmt::join(gone, ", "), gone.size() == 1 ? "is" : "are")};
   }
   std::vector<std::string> out;

@@ -6,7 +6,13 @@
 
 #include <cstdio>
 
+#include "agent/queue_watchdog.h"
+
 int main(int argc, char** argv) {
+  // The userspace driver's watchdog is this executable again (/proc/self/exe).
+  if (auto watchdog = faultline::agent::runQueueWatchdogIfAsked(argc, argv)) {
+    return *watchdog;
+  }
   if (::geteuid() != 0) {
     std::fprintf(stderr, "%s needs root (network namespaces, veth pairs, qdiscs): skipped\n", argv[0]);
     return 77;

@@ -596,5 +596,6 @@ TEST_CASE("steeringChanges: what is gone or changed, in words; parts added are n
   REQUIRE(changes.size() == 1);
   CHECK(changes[0] ==
         "none of its rules is left: IPv4 chain FAULTLINE-0, IPv4 jump rule OUTPUT -o veth0 -> FAULTLINE-0, IPv6 chain "
-        "FAULTLINE-0 are gone (someone removed them: nft, iptables, or a faultline-agent revert-all)");
+        "FAULTLINE-0 are gone (someone removed them: nft, iptables, a faultline-agent revert-all, or faultline's "
+        "watchdog while this agent was stopped)");
 }

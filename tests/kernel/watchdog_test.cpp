@@ -1,0 +1,146 @@
+// The userspace driver's watchdog (agent/queue_watchdog.h) for real: an agent (a child process of
+// the test, with the real driver, queue and rules) holds a delay between two namespaces the test
+// creates, then is stopped with SIGSTOP, as Ctrl-Z or a debugger would. Matched traffic, held in
+// the kernel's queue while nothing serves it, must flow again within the watchdog's grace, and the
+// rules must be gone; while the agent runs the watchdog leaves them alone. Needs root.
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <regex>
+#include <string>
+#include <thread>
+
+#include <doctest/doctest.h>
+#include <fmt/format.h>
+
+#include "agent/kernel/packet_steering.h"
+#include "agent/nfqueue_driver.h"
+#include "agent/packet_queue.h"
+#include "agent/queue_watchdog.h"
+#include "agent/spec.h"
+#include "tests/support/netns.h"
+
+using namespace faultline;
+using namespace faultline::agent;
+using namespace std::chrono_literals;
+
+namespace {
+
+bool contains(const std::string& text, std::string_view part) {
+  return text.find(part) != std::string::npos;
+}
+
+// veth0 in A (the fixture's namespace): 10.83.1.1; its peer in B: 10.83.1.2.
+class StoppedAgent : public testing::NetnsFixture {
+ public:
+  StoppedAgent() {
+    REQUIRE_MESSAGE(peer_.error().empty(), peer_.error());
+    const std::string& path = peer_.path();
+    const auto start = std::string("/proc/").size();
+    const std::string pid = path.substr(start, path.find('/', start) - start);
+    inNetns("ip link set veth1 down");
+    inNetns("ip link set veth1 name peer0");
+    inNetns(fmt::format("ip link set peer0 netns {}", pid));
+    inNetns("ip addr add 10.83.1.1/24 dev veth0");
+    for (const char* c : {"ip link set peer0 up", "ip link set lo up", "ip addr add 10.83.1.2/24 dev peer0"}) {
+      REQUIRE_MESSAGE(peer_.inNetns(c), peer_.error());
+    }
+  }
+  ~StoppedAgent() {
+    if (agent_ > 0) {
+      ::kill(agent_, SIGKILL);
+      ::kill(agent_, SIGCONT);
+      ::waitpid(agent_, nullptr, 0);
+    }
+  }
+
+  // ping from A to B: the output.
+  std::string ping(int count, const char* interval = "0.05") {
+    return testing::sh(
+               fmt::format("nsenter --net={} ping -n -q -c {} -i {} -W 1 10.83.1.2 2>&1", netns_, count, interval))
+        .output;
+  }
+
+  std::string rules() {
+    return inNetns("iptables-legacy -t mangle -S") + inNetns("ip6tables-legacy -t mangle -S") +
+           inNetns("nft list ruleset");
+  }
+
+  // Starts the agent: a child that applies a delay of 100 ms on veth0 with the watchdog on, says
+  // so through a pipe, and waits to be killed.
+  void startAgent() {
+    int ready[2];
+    REQUIRE(::pipe(ready) == 0);
+    agent_ = ::fork();
+    REQUIRE(agent_ >= 0);
+    if (agent_ == 0) {
+      ::close(ready[0]);
+      NfqueueFaultDriver driver{kernel::probeSteeringSupport(), kernel::openPacketSteering, PacketQueue::open};
+      driver.enableWatchdog();
+      v1::FaultSpec spec;
+      auto* d = spec.mutable_network_delay();
+      d->mutable_target()->set_interface("veth0");
+      d->mutable_target()->set_netns(netns_);
+      *d->mutable_delay() = toProto(100ms);
+      auto applied = driver.apply(spec);
+      const char ok = applied ? 1 : 0;
+      (void)::write(ready[1], &ok, 1);
+      for (;;) {
+        ::pause();
+      }
+    }
+    ::close(ready[1]);
+    char ok = 0;
+    REQUIRE(::read(ready[0], &ok, 1) == 1);
+    ::close(ready[0]);
+    REQUIRE(ok == 1);
+  }
+
+ protected:
+  testing::NetnsHolder peer_;
+  pid_t agent_ = -1;
+};
+
+double average(const std::string& pingOutput) {
+  std::smatch m;
+  static const std::regex rtt(R"(= ([0-9.]+)/([0-9.]+)/)");
+  return std::regex_search(pingOutput, m, rtt) ? std::stod(m[2]) : -1;
+}
+
+}  // namespace
+
+TEST_CASE_FIXTURE(StoppedAgent,
+                  "watchdog: a stopped agent's rules are removed within its grace; a running one's stay") {
+  startAgent();
+  // Running, for longer than the grace: the delay holds and the rules stay.
+  const std::string running = ping(30, "0.1");
+  MESSAGE(fmt::format("agent running: avg {:.2f} ms", average(running)));
+  CHECK_MESSAGE(average(running) >= 100, running);
+  const std::string held = rules();
+  CHECK_MESSAGE((contains(held, "FAULTLINE-0") || contains(held, "table inet faultline-0")), held);
+
+  REQUIRE(::kill(agent_, SIGSTOP) == 0);
+  const auto stopped = std::chrono::steady_clock::now();
+  // Pings until one comes back; the first ones wait in the kernel's queue, unserved.
+  std::string flowing;
+  std::chrono::milliseconds after{0};
+  for (int i = 0; i < 50; ++i) {
+    const auto r = ping(1, "0.2");
+    if (contains(r, " 0% packet loss")) {
+      flowing = r;
+      after = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - stopped);
+      break;
+    }
+  }
+  MESSAGE(fmt::format("agent stopped: matched traffic flows again after {} ms (grace {} ms): {}", after.count(),
+                      kWatchdogGrace.count(), flowing));
+  REQUIRE_FALSE(flowing.empty());
+  CHECK(after < kWatchdogGrace + 2s);
+  CHECK(average(flowing) < 10);
+  const std::string left = rules();
+  CHECK_MESSAGE(!contains(left, "FAULTLINE-0"), left);
+  CHECK_MESSAGE(!contains(left, "faultline-0"), left);
+  REQUIRE(::kill(agent_, SIGCONT) == 0);
+}
