@@ -80,7 +80,7 @@ std::string impairmentText(const v1::FaultSpec& spec) {
                          o.gap() > 0 ? fmt::format(" gap {}", o.gap()) : "");
     }
     case v1::FaultSpec::kNetworkPartition:
-      return "partition (drop)";
+      return "partition (every packet dropped in the queue)";
     default:
       return std::string(faultKindName(spec));
   }
