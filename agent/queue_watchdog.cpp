@@ -28,6 +28,10 @@ namespace {
 // The watchdog's end of the pipe in its process.
 constexpr int kPipeFd = 3;
 
+// Set by runQueueWatchdogIfAsked(): this executable's main() runs the watchdog when asked, so
+// /proc/self/exe may be spawned as one (an executable that does not would run its own main).
+std::atomic<bool> dispatchReady{false};
+
 char backendLetter(kernel::SteeringBackend backend) {
   return backend == kernel::SteeringBackend::kNftables ? 'n' : 'x';
 }
@@ -112,6 +116,9 @@ tl::expected<std::unique_ptr<QueueWatchdog>, std::pair<std::error_code, std::str
         std::pair{std::error_code(e, std::generic_category()),
                   fmt::format("cannot start the packet queue's watchdog: {}: {}", what, std::strerror(e))});
   };
+  if (!dispatchReady.load()) {
+    return failed(ENOEXEC, "this executable's main() does not call runQueueWatchdogIfAsked()");
+  }
   int fds[2] = {-1, -1};
   if (::pipe2(fds, O_CLOEXEC) != 0) {
     return failed(errno, "pipe");
@@ -197,6 +204,7 @@ void QueueWatchdog::send(const std::string& line) {
 }
 
 std::optional<int> runQueueWatchdogIfAsked(int argc, char** argv) {
+  dispatchReady = true;
   if (argc < 4 || argv[1] != kWatchdogArgument) {
     return std::nullopt;
   }

@@ -47,7 +47,8 @@ inline constexpr std::chrono::milliseconds kHeartbeat{200};
 class QueueWatchdog {
  public:
   // Spawns the watchdog (posix_spawn of /proc/self/exe) and starts the heartbeat thread.
-  // errors: the pipe's or posix_spawn's errno, with words.
+  // errors: ENOEXEC when this executable's main() has not called runQueueWatchdogIfAsked() (it
+  // would not run the watchdog); the pipe's or posix_spawn's errno; with words.
   [[nodiscard]] static tl::expected<std::unique_ptr<QueueWatchdog>, std::pair<std::error_code, std::string>> start(
       std::chrono::milliseconds grace = kWatchdogGrace);
   // Stops the heartbeat and closes the pipe: the watchdog exits without touching anything.
@@ -78,7 +79,7 @@ class QueueWatchdog {
 
 // First thing in main() of every executable that may run the userspace driver: when argv[1] is
 // kWatchdogArgument, runs the watchdog on file descriptor 3 (the pipe's read end) and returns
-// its exit code; nullopt otherwise.
+// its exit code; nullopt otherwise. Until it is called, QueueWatchdog::start() refuses.
 [[nodiscard]] std::optional<int> runQueueWatchdogIfAsked(int argc, char** argv);
 
 }  // namespace faultline::agent

@@ -599,3 +599,11 @@ TEST_CASE("steeringChanges: what is gone or changed, in words; parts added are n
         "FAULTLINE-0 are gone (someone removed them: nft, iptables, a faultline-agent revert-all, or faultline's "
         "watchdog while this agent was stopped)");
 }
+
+TEST_CASE("watchdog: an executable whose main() does not dispatch it refuses to spawn itself as one") {
+  // unit_tests' main() does not call runQueueWatchdogIfAsked(): /proc/self/exe would run the tests.
+  auto watchdog = QueueWatchdog::start();
+  REQUIRE_FALSE(watchdog.has_value());
+  CHECK(watchdog.error().first == std::errc::executable_format_error);
+  CHECK_MESSAGE(contains(watchdog.error().second, "does not call runQueueWatchdogIfAsked()"), watchdog.error().second);
+}
