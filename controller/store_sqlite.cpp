@@ -1,5 +1,6 @@
 // RecordStore on SQLite3 (C API). Schema and example queries: docs/operations.md.
 #include <sqlite3.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <array>
@@ -11,6 +12,7 @@
 #include <iterator>
 #include <mutex>
 #include <optional>
+#include <sstream>
 #include <string_view>
 #include <utility>
 
@@ -29,7 +31,7 @@ using google::protobuf::util::TimeUtil;
 // The schema, one step per version: step i takes the database from user_version i to i + 1.
 // Never edit a step that has shipped; add a new one (e.g. "ALTER TABLE runs ADD COLUMN ...").
 // Timestamps are integer microseconds since the Unix epoch (UTC).
-constexpr std::array<std::string_view, 3> kMigrations = {
+constexpr std::array<std::string_view, 4> kMigrations = {
     R"sql(
 CREATE TABLE runs (
   run_id      TEXT PRIMARY KEY NOT NULL,
@@ -87,7 +89,69 @@ CREATE INDEX slo_checks_by_run ON slo_checks (run_id, at);
 ALTER TABLE events ADD COLUMN start_at INTEGER;
 ALTER TABLE events ADD COLUMN skew_ns INTEGER;
 )sql",
+    // 4: a fault.* event's fault id; the process that records a run (ownerOf(): two controllers or
+    // run --local may share one file, and only a dead owner's unfinished run was interrupted).
+    R"sql(
+ALTER TABLE events ADD COLUMN fault_id TEXT NOT NULL DEFAULT '';
+ALTER TABLE runs ADD COLUMN owner TEXT NOT NULL DEFAULT '';
+)sql",
 };
+
+// This process as a run's owner: "HOSTNAME BOOT_ID PID STARTTIME" (STARTTIME: field 22 of
+// /proc/PID/stat, clock ticks since boot), so that a pid reused after a reboot or by another
+// process is not taken for it.
+std::string processStart(pid_t pid) {
+  std::ifstream in(fmt::format("/proc/{}/stat", pid));
+  std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const auto close = stat.rfind(')');  // the comm field may hold spaces and parentheses
+  if (close == std::string::npos) {
+    return "";
+  }
+  std::istringstream fields(stat.substr(close + 2));
+  std::string field;
+  for (int i = 3; i <= 22 && fields >> field; ++i) {
+    if (i == 22) {
+      return field;
+    }
+  }
+  return "";
+}
+
+std::string bootId() {
+  std::ifstream in("/proc/sys/kernel/random/boot_id");
+  std::string id;
+  std::getline(in, id);
+  return id;
+}
+
+std::string hostName() {
+  std::array<char, 256> name{};
+  return ::gethostname(name.data(), name.size() - 1) == 0 ? std::string(name.data()) : std::string();
+}
+
+std::string ownerOf(pid_t pid) {
+  return fmt::format("{} {} {} {}", hostName(), bootId(), pid, processStart(pid));
+}
+
+// Whether the owner of an unfinished run is gone: no owner recorded (a file from before version
+// 4), this host rebooted since, or its process is no longer running. A run another host owns is
+// not judged (false): that host's controller finishes it.
+bool ownerGone(const std::string& owner) {
+  std::istringstream in(owner);
+  std::string host, boot, start;
+  long pid = 0;
+  if (!(in >> host >> boot >> pid)) {
+    return true;
+  }
+  in >> start;
+  if (host != hostName()) {
+    return false;
+  }
+  if (boot != bootId()) {
+    return true;
+  }
+  return processStart(static_cast<pid_t>(pid)) != start || start.empty();
+}
 
 constexpr int kSchemaVersion = static_cast<int>(kMigrations.size());
 constexpr int kBusyTimeoutMs = 5000;
@@ -269,11 +333,12 @@ class SqliteRecordStore final : public RecordStore {
       migrate();
     }
 
-    insertRun_ =
-        prepare("INSERT INTO runs (run_id, experiment, file_sha256, trigger, started_at) VALUES (?1, ?2, ?3, ?4, ?5)");
+    insertRun_ = prepare(
+        "INSERT INTO runs (run_id, experiment, file_sha256, trigger, started_at, owner) VALUES (?1, ?2, ?3, ?4, ?5, "
+        "?6)");
     insertEvent_ = prepare(
-        "INSERT INTO events (run_id, seq, at, host, kind, message, verdict, start_at, skew_ns) VALUES "
-        "(?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE run_id = ?1), ?2, ?3, ?4, ?5, ?6, ?7, ?8)");
+        "INSERT INTO events (run_id, seq, at, host, kind, message, verdict, start_at, skew_ns, fault_id) VALUES "
+        "(?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE run_id = ?1), ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)");
     insertSample_ = prepare(
         "INSERT INTO samples (run_id, at, probe, phase, ok, latency_ms, detail, value, kind, guard) "
         "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)");
@@ -288,14 +353,15 @@ class SqliteRecordStore final : public RecordStore {
         "SELECT run_id, experiment, file_sha256, trigger, started_at, ended_at, verdict, reason "
         "FROM runs WHERE run_id = ?1");
     selectEvents_ = prepare(
-        "SELECT at, host, kind, message, verdict, start_at, skew_ns FROM events WHERE run_id = ?1 ORDER BY at, seq");
+        "SELECT at, host, kind, message, verdict, start_at, skew_ns, fault_id FROM events WHERE run_id = ?1 ORDER BY "
+        "at, seq");
     selectSamples_ = prepare(
         "SELECT at, probe, phase, ok, latency_ms, detail, value, kind, guard FROM samples WHERE run_id = ?1 "
         "ORDER BY at, rowid");
     listRuns_ = prepare(
         "SELECT run_id, experiment, file_sha256, trigger, started_at, ended_at, verdict, reason "
         "FROM runs ORDER BY started_at DESC, rowid DESC LIMIT ?1");
-    selectUnfinished_ = prepare("SELECT run_id FROM runs WHERE ended_at IS NULL ORDER BY started_at, rowid");
+    selectUnfinished_ = prepare("SELECT run_id, owner FROM runs WHERE ended_at IS NULL ORDER BY started_at, rowid");
     begin_ = prepare("BEGIN");
     commit_ = prepare("COMMIT");
     rollback_ = prepare("ROLLBACK");
@@ -310,6 +376,7 @@ class SqliteRecordStore final : public RecordStore {
     bindText(use, 3, run.file_sha256());
     bindText(use, 4, run.trigger());
     bindInt(use, 5, toMicros(run.started_at()));
+    bindText(use, 6, owner_);
     stepWrite(use, "createRun", run.run_id());
   }
 
@@ -333,6 +400,7 @@ class SqliteRecordStore final : public RecordStore {
     } else {
       check(sqlite3_bind_null(use.get(), 8), "bind");
     }
+    bindText(use, 9, event.fault_id());
     stepWrite(use, "addEvent", event.run_id());
   }
 
@@ -429,6 +497,7 @@ class SqliteRecordStore final : public RecordStore {
         if (sqlite3_column_type(use.get(), 6) != SQLITE_NULL) {
           *event->mutable_skew() = TimeUtil::NanosecondsToDuration(sqlite3_column_int64(use.get(), 6));
         }
+        event->set_fault_id(columnText(use.get(), 7));
       }
     }
     {
@@ -490,7 +559,10 @@ class SqliteRecordStore final : public RecordStore {
       std::lock_guard lock(mutex_);
       StmtUse use(selectUnfinished_);
       while (stepRow(use, "finishInterruptedRuns")) {
-        ids.push_back(columnText(use.get(), 0));
+        // Another live controller's (or run --local's) run on this file is not interrupted.
+        if (ownerGone(columnText(use.get(), 1))) {
+          ids.push_back(columnText(use.get(), 0));
+        }
       }
     }
     for (const auto& id : ids) {
@@ -804,6 +876,7 @@ class SqliteRecordStore final : public RecordStore {
   bool readOnly_;
   std::mutex mutex_;
   Db db_;  // declared before the statements, so it is closed after they are finalized
+  const std::string owner_ = ownerOf(::getpid());
   Stmt insertRun_;
   Stmt insertEvent_;
   Stmt insertSample_;

@@ -325,6 +325,29 @@ TEST_CASE("record store: a step.skew event keeps its start time and skew") {
   CHECK(TimeUtil::TimestampToMicroseconds(found->start_at()) == 1'714'564'800'250'000);
 }
 
+TEST_CASE("record store: a fault event keeps its fault id (show labels each fault's window by it)") {
+  TempDir dir;
+  auto store = openSqliteStore(dir.file("runs.db"));
+  v1::Run run = fixtureRun();
+  store->createRun(run);
+  v1::RunEvent applied;
+  applied.set_run_id(run.run_id());
+  *applied.mutable_at() = TimeUtil::MicrosecondsToTimestamp(1'714'564'800'600'000);
+  applied.set_host("web-1");
+  applied.set_kind("fault.applied");
+  applied.set_fault_id(run.run_id() + "/2.1/a1");
+  store->addEvent(applied);
+  auto got = store->getRun(run.run_id());
+  REQUIRE(got.has_value());
+  int withId = 0;
+  for (const auto& e : got->events()) {
+    if (e.kind() == "fault.applied" && e.host() == "web-1" && e.fault_id() == run.run_id() + "/2.1/a1") {
+      ++withId;
+    }
+  }
+  CHECK(withId == 1);
+}
+
 TEST_CASE("record store: finishRun sets verdict, reason and end") {
   TempDir dir;
   auto store = openSqliteStore(dir.file("runs.db"));
@@ -342,16 +365,31 @@ TEST_CASE("record store: finishRun sets verdict, reason and end") {
 
 TEST_CASE("record store: runs a stopped controller left without an end are finished as errors, once") {
   TempDir dir;
-  {
+  // The controller that recorded them is a child process that exits ("crashes"): two runs never end.
+  const pid_t controller = ::fork();
+  REQUIRE(controller >= 0);
+  if (controller == 0) {
     auto store = openSqliteStore(dir.file("runs.db"));
     store->createRun(makeRun("r-done", 0));
     store->finishRun("r-done", v1::VERDICT_HELD, "held", at(1'000));
     store->createRun(makeRun("r-cut-1", 2'000));
     store->createRun(makeRun("r-cut-2", 3'000));
-  }  // the controller "crashes": two runs never end
+    ::_exit(0);
+  }
+  int status = 0;
+  REQUIRE(::waitpid(controller, &status, 0) == controller);
+  REQUIRE(WIFEXITED(status));
+  REQUIRE(WEXITSTATUS(status) == 0);
   auto store = openSqliteStore(dir.file("runs.db"));
+  // A run of a controller that is still running (here: this process) on the same file is not
+  // interrupted: two controllers, or two run --local, may share one record file.
+  store->createRun(makeRun("r-live", 4'000));
   const auto ids = store->finishInterruptedRuns("interrupted: controller stopped", at(9'000));
   CHECK(ids == std::vector<std::string>{"r-cut-1", "r-cut-2"});
+  auto live = store->getRun("r-live");
+  REQUIRE(live.has_value());
+  CHECK(live->verdict() == v1::VERDICT_UNSPECIFIED);
+  CHECK(live->events_size() == 0);
   for (const auto& id : ids) {
     auto got = store->getRun(id);
     REQUIRE(got.has_value());
