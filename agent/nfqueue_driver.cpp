@@ -512,7 +512,7 @@ tl::expected<std::unique_ptr<AppliedFault>, FaultError> NfqueueFaultDriver::appl
     }
   }
   if (watchdog_) {
-    watchdog_->track(netns, *backend, slot);
+    watchdog_->track(netns, *backend, slot, queue ? queue->netlinkFd() : -1);
   }
   // The reference for lost(); without it (a read error) the fault is not watched.
   std::optional<kernel::SlotState> installed;

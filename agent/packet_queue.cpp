@@ -472,6 +472,8 @@ class NfPacketQueue final : public PacketQueue {
     });
   }
 
+  [[nodiscard]] int netlinkFd() const override { return handle_ != nullptr ? nfq_fd(handle_) : -1; }
+
   [[nodiscard]] QueueStats stats() const override {
     QueueStats s;
     s.received = received_.load();

@@ -125,6 +125,9 @@ class PacketQueue {
   virtual void stop() = 0;
   // Thread-safe.
   [[nodiscard]] virtual QueueStats stats() const = 0;
+  // The netlink socket bound to the queue, for the watchdog (agent/queue_watchdog.h), which takes
+  // it to release the queue's packets when the agent is stopped; -1 when there is none (fakes).
+  [[nodiscard]] virtual int netlinkFd() const { return -1; }
 };
 
 }  // namespace faultline::agent

@@ -12,9 +12,16 @@
 // applied. Over a pipe the agent sends a heartbeat every kHeartbeat from a thread of its own, and
 // the slots it steers (tracked when the rules are installed, untracked when removed). When no
 // heartbeat arrived for grace (default kWatchdogGrace) while slots are tracked, the watchdog
-// removes their rules (PacketSteering::remove(), as revert-all does) and says so on stderr, so
-// traffic flows unharmed; when the agent runs again its watch (AppliedFault::lost()) finds the
-// rules gone and the run ends (exit 3). At the pipe's end (the agent exited or died) the
+// removes their rules (PacketSteering::remove(), as revert-all does), so no new packet is
+// steered, and releases the packets already waiting in each queue: it takes the agent's queue
+// socket (pidfd_getfd(2), Linux >= 5.6) and sends one batch verdict NF_ACCEPT up to the queue's
+// last packet id (/proc/net/netfilter/nfnetlink_queue in the namespace). Left in the kernel,
+// those packets stay charged to their senders' sockets and stall every flow that had one there
+// (TCP does not retransmit a segment still in a host queue) for as long as the agent is stopped.
+// It says what it did on stderr. When the agent runs again its watch (AppliedFault::lost()) finds
+// the rules gone and the run ends (exit 3); its own verdicts for released packets are refused by
+// the kernel (ENOENT), harmlessly. The agent restarts a watchdog that exited (killed) and tells
+// the new one every tracked slot. At the pipe's end (the agent exited or died) the
 // watchdog exits: the kernel passes the queue's packets and the next start's recovery removes the
 // rules. Not covered: a watchdog frozen with the agent (a frozen cgroup holds both), and a queue
 // thread stuck while the rest of the agent runs.
@@ -26,6 +33,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -59,17 +67,21 @@ class QueueWatchdog {
   // slot's rules of backend in netns ("" = the agent's own namespace, else a namespace file that
   // stays valid while tracked, e.g. a pin) are installed / removed. Thread-safe; a write the pipe
   // refuses is logged (the watchdog then does not know the slot).
-  void track(const std::string& netns, kernel::SteeringBackend backend, uint16_t slot);
+  // queueFd: the agent's netlink socket bound to the slot's queue (kQueueBase + slot), -1 none.
+  void track(const std::string& netns, kernel::SteeringBackend backend, uint16_t slot, int queueFd);
   void untrack(const std::string& netns, kernel::SteeringBackend backend, uint16_t slot);
 
   [[nodiscard]] pid_t pid() const { return pid_; }
 
  private:
-  QueueWatchdog(int pipe, pid_t pid);
-  void send(const std::string& line);
+  QueueWatchdog(int pipe, pid_t pid, std::chrono::milliseconds grace);
+  bool send(const std::string& line);
+  void restartIfGone();
 
   int pipe_;
   pid_t pid_;
+  std::chrono::milliseconds grace_;
+  std::map<std::string, std::string> tracked_;  // key: backend slot netns; value: the "+" line
   std::mutex mutex_;
   std::atomic<bool> stopping_{false};
   std::mutex wakeMutex_;
