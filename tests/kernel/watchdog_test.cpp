@@ -44,16 +44,8 @@ class StoppedAgent : public testing::NetnsFixture {
  public:
   StoppedAgent() {
     REQUIRE_MESSAGE(peer_.error().empty(), peer_.error());
-    const std::string& path = peer_.path();
-    const auto start = std::string("/proc/").size();
-    const std::string pid = path.substr(start, path.find('/', start) - start);
-    inNetns("ip link set veth1 down");
-    inNetns("ip link set veth1 name peer0");
-    inNetns(fmt::format("ip link set peer0 netns {}", pid));
-    inNetns("ip addr add 10.83.1.1/24 dev veth0");
-    for (const char* c : {"ip link set peer0 up", "ip link set lo up", "ip addr add 10.83.1.2/24 dev peer0"}) {
-      REQUIRE_MESSAGE(peer_.inNetns(c), peer_.error());
-    }
+    const std::string joined = testing::joinPeers(holder_, peer_, {"10.83.1.1/24"}, {"10.83.1.2/24"});
+    REQUIRE_MESSAGE(joined.empty(), joined);
   }
   ~StoppedAgent() {
     if (agent_ > 0) {
