@@ -1016,9 +1016,16 @@ tl::expected<void, int> xtOwnedFamily(std::vector<std::string>& names,
   return {};
 }
 
-std::vector<SteeringPart> sortedParts(std::vector<SteeringPart> parts) {
-  std::sort(parts.begin(), parts.end(), [](const SteeringPart& a, const SteeringPart& b) { return a.name < b.name; });
-  return parts;
+// A slot's state read by either backend, completed: its parts in name order (so two reads compare
+// part by part) and its queue as the namespace's nfnetlink_queue lists it (run in the namespace).
+SlotState finishSlotState(SlotState state, uint16_t slot) {
+  std::sort(state.parts.begin(), state.parts.end(),
+            [](const SteeringPart& a, const SteeringPart& b) { return a.name < b.name; });
+  const auto queues = boundQueues();
+  if (auto it = queues.find(static_cast<uint16_t>(kQueueBase + slot)); it != queues.end()) {
+    state.queue = it->second;
+  }
+  return state;
 }
 
 constexpr uint64_t kFnvBasis = 0xcbf29ce484222325ULL;
@@ -1203,12 +1210,7 @@ class NftSteering final : public PacketSteering {
               state.parts.push_back(std::move(part));
             }
           }
-          state.parts = sortedParts(std::move(state.parts));
-          const auto queues = boundQueues();
-          if (auto it = queues.find(static_cast<uint16_t>(kQueueBase + slot)); it != queues.end()) {
-            state.queue = it->second;
-          }
-          return state;
+          return finishSlotState(std::move(state), slot);
         },
         [](int e) -> tl::expected<SlotState, std::error_code> { return tl::unexpected(errnoCode(e)); });
   }
@@ -1307,12 +1309,7 @@ class XtSteering final : public PacketSteering {
               return tl::unexpected(errnoCode(e == EPERM || e == EACCES || !hasNetAdmin() ? EPERM : e));
             }
           }
-          state.parts = sortedParts(std::move(state.parts));
-          const auto queues = boundQueues();
-          if (auto it = queues.find(static_cast<uint16_t>(kQueueBase + slot)); it != queues.end()) {
-            state.queue = it->second;
-          }
-          return state;
+          return finishSlotState(std::move(state), slot);
         },
         [](int e) -> tl::expected<SlotState, std::error_code> { return tl::unexpected(errnoCode(e)); });
   }

@@ -32,6 +32,7 @@
 #include "agent/recovery.h"
 #include "agent/revert_all.h"
 #include "agent/spec.h"
+#include "tests/support/check_cost.h"
 #include "tests/support/dying_agent.h"
 #include "tests/support/netns.h"
 
@@ -435,17 +436,7 @@ TEST_CASE_FIXTURE(TwoNamespaces, "lost(): the ifb's root replaced or the ingress
   REQUIRE(index.has_value());
   const std::string ifb = ifbName(*index);
   REQUIRE_MESSAGE(contains(inNetns("ip -o link show"), ifb), inNetns("ip -o link show"));
-  constexpr int kChecks = 200;
-  std::vector<double> micros;
-  for (int i = 0; i < kChecks; ++i) {
-    const auto start = std::chrono::steady_clock::now();
-    const auto lost = (*applied)->lost();
-    micros.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count());
-    REQUIRE_FALSE(lost.has_value());
-  }
-  std::sort(micros.begin(), micros.end());
-  MESSAGE(fmt::format("ingress lost() over {} checks: median {:.0f} us, p99 {:.0f} us, max {:.0f} us", kChecks,
-                      micros[kChecks / 2], micros[kChecks * 99 / 100], micros.back()));
+  MESSAGE(fmt::format("ingress lost(): {}", testing::checkCost(200, [&] { return !(*applied)->lost().has_value(); })));
 
   SUBCASE("the ifb's root replaced") {
     inNetns(fmt::format("tc qdisc replace dev {} root handle 9: pfifo", ifb));

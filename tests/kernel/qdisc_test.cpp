@@ -32,6 +32,7 @@
 #include "agent/net_driver.h"
 #include "agent/recovery.h"
 #include "agent/spec.h"
+#include "tests/support/check_cost.h"
 #include "tests/support/dying_agent.h"
 #include "tests/support/netns.h"
 
@@ -434,17 +435,7 @@ TEST_CASE_FIXTURE(NetnsFixture, "the agent's watch: a root replaced with tc mid-
 TEST_CASE_FIXTURE(NetnsFixture, "lost(): the root deleted is named; one check costs microseconds (printed)") {
   auto applied = driver.apply(bandwidthSpec(1'000'000));
   REQUIRE_MESSAGE(applied.has_value(), (applied ? "" : applied.error().message));
-  constexpr int kChecks = 200;
-  std::vector<double> micros;
-  for (int i = 0; i < kChecks; ++i) {
-    const auto start = std::chrono::steady_clock::now();
-    const auto lost = (*applied)->lost();
-    micros.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count());
-    REQUIRE_FALSE(lost.has_value());
-  }
-  std::sort(micros.begin(), micros.end());
-  MESSAGE(fmt::format("egress lost() over {} checks: median {:.0f} us, p99 {:.0f} us, max {:.0f} us", kChecks,
-                      micros[kChecks / 2], micros[kChecks * 99 / 100], micros.back()));
+  MESSAGE(fmt::format("egress lost(): {}", testing::checkCost(200, [&] { return !(*applied)->lost().has_value(); })));
   inNetns("tc qdisc del dev veth0 root");
   const auto lost = (*applied)->lost();
   REQUIRE(lost.has_value());

@@ -32,6 +32,7 @@
 #include <fmt/ranges.h>
 
 #include "agent/kernel/packet_steering.h"
+#include "tests/support/check_cost.h"
 #include "tests/support/netns.h"
 
 using namespace faultline;
@@ -719,16 +720,8 @@ TEST_CASE_FIXTURE(Steering,
   CHECK(steering->owned()->served.empty());
 
   // Cost of one check, as lost() pays it about once a second (the namespace's thread hop included).
-  std::vector<double> micros;
-  for (int i = 0; i < 200; ++i) {
-    const auto start = std::chrono::steady_clock::now();
-    auto read = steering->inspect(5);
-    micros.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count());
-    REQUIRE(read.has_value());
-  }
-  std::sort(micros.begin(), micros.end());
-  MESSAGE(fmt::format("inspect() ({}): median {:.0f} us, p90 {:.0f} us over 200", kernel::steeringBackendName(backend),
-                      micros[100], micros[180]));
+  MESSAGE(fmt::format("inspect() ({}): {}", kernel::steeringBackendName(backend),
+                      testing::checkCost(200, [&] { return steering->inspect(5).has_value(); })));
 
   // Someone changes and deletes parts behind faultline's back.
   if (nft) {

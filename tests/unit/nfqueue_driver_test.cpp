@@ -95,6 +95,14 @@ class FakeSteering final : public kernel::PacketSteering {
   std::string netns_;
 };
 
+// An opener of FakeSteering over nf, as kernel::openPacketSteering opens the real one.
+SteeringOpener fakeOpener(const std::shared_ptr<FakeNetfilter>& nf) {
+  return [nf](SteeringBackend backend,
+              const std::string& netns) -> tl::expected<std::unique_ptr<kernel::PacketSteering>, std::error_code> {
+    return std::make_unique<FakeSteering>(nf, backend, netns);
+  };
+}
+
 class FakeQueue final : public PacketQueue {
  public:
   FakeQueue(std::shared_ptr<FakeNetfilter> nf, std::string netns, uint16_t queue)
@@ -375,13 +383,7 @@ TEST_CASE("nfqueue driver: a kernel without nfnetlink_queue refuses queued fault
   auto nf = std::make_shared<FakeNetfilter>();
   kernel::SteeringSupport none = xtablesOnly();
   none.nfqueue = false;
-  NfqueueFaultDriver driver{
-      none,
-      [nf](SteeringBackend backend,
-           const std::string& netns) -> tl::expected<std::unique_ptr<kernel::PacketSteering>, std::error_code> {
-        return std::make_unique<FakeSteering>(nf, backend, netns);
-      },
-      nullptr};
+  NfqueueFaultDriver driver{none, fakeOpener(nf), nullptr};
   auto refused = driver.apply(delaySpec());
   REQUIRE_FALSE(refused.has_value());
   CHECK(refused.error().code == std::errc::not_supported);
@@ -415,11 +417,7 @@ TEST_CASE_FIXTURE(Fixture, "nfqueue driver: crash recovery removes the record's 
   });
   REQUIRE(applied.has_value());
   CHECK(NfqueueFaultDriver::isNfqueueRecord(record));
-  const SteeringOpener open =
-      [nf = nf](SteeringBackend backend,
-                const std::string& netns) -> tl::expected<std::unique_ptr<kernel::PacketSteering>, std::error_code> {
-    return std::make_unique<FakeSteering>(nf, backend, netns);
-  };
+  const SteeringOpener open = fakeOpener(nf);
   nf->boundQueues.clear();  // the agent died: its queue went with its socket
   auto recovered = NfqueueFaultDriver::revertRecord(record, open);
   REQUIRE_MESSAGE(recovered.has_value(), (recovered ? "" : recovered.error().message));
@@ -443,11 +441,7 @@ TEST_CASE_FIXTURE(Fixture, "nfqueue driver: crash recovery removes the record's 
 
 TEST_CASE("removeAllSteering: every slot of both backends in the namespace, nothing elsewhere") {
   auto nf = std::make_shared<FakeNetfilter>();
-  const SteeringOpener open =
-      [nf](SteeringBackend backend,
-           const std::string& netns) -> tl::expected<std::unique_ptr<kernel::PacketSteering>, std::error_code> {
-    return std::make_unique<FakeSteering>(nf, backend, netns);
-  };
+  const SteeringOpener open = fakeOpener(nf);
   nf->installed[{SteeringBackend::kXtables, kNetns, 0}] = {};
   nf->installed[{SteeringBackend::kNftables, kNetns, 3}] = {};
   nf->installed[{SteeringBackend::kXtables, "/run/netns/other", 1}] = {};
@@ -501,11 +495,7 @@ TEST_CASE_FIXTURE(Fixture,
                   "skipped") {
   // A second driver over the same netfilter stands for another agent on the host.
   NfqueueFaultDriver other{
-      xtablesOnly(),
-      [nf = nf](SteeringBackend backend,
-                const std::string& netns) -> tl::expected<std::unique_ptr<kernel::PacketSteering>, std::error_code> {
-        return std::make_unique<FakeSteering>(nf, backend, netns);
-      },
+      xtablesOnly(), fakeOpener(nf),
       [nf = nf](const std::string& netns, uint16_t queue, Impairment, bool,
                 uint64_t) -> tl::expected<std::unique_ptr<PacketQueue>, std::pair<std::error_code, std::string>> {
         nf->calls.push_back(fmt::format("open queue {}", queue));
@@ -548,11 +538,7 @@ TEST_CASE_FIXTURE(Fixture,
 
 TEST_CASE("removeAllSteering and recovery leave a slot whose queue a running program serves") {
   auto nf = std::make_shared<FakeNetfilter>();
-  const SteeringOpener open =
-      [nf](SteeringBackend backend,
-           const std::string& netns) -> tl::expected<std::unique_ptr<kernel::PacketSteering>, std::error_code> {
-    return std::make_unique<FakeSteering>(nf, backend, netns);
-  };
+  const SteeringOpener open = fakeOpener(nf);
   nf->installed[{SteeringBackend::kXtables, kNetns, 0}] = {};
   nf->installed[{SteeringBackend::kXtables, kNetns, 1}] = {};
   nf->boundQueues.insert({kNetns, kernel::kQueueBase + 1});
