@@ -1,5 +1,5 @@
-#include "agent/cli.h"
-#include "agent/queue_watchdog.h"
+#include "agent/cli/cli.h"
+#include "agent/safety/queue_watchdog.h"
 
 int main(int argc, char** argv) {
   if (auto watchdog = faultline::agent::runQueueWatchdogIfAsked(argc, argv)) {

@@ -25,8 +25,8 @@
 #include <spdlog/spdlog.h>
 
 #include "agent/kernel/qdisc_table.h"
-#include "agent/runtime.h"
-#include "controller/controller.h"
+#include "agent/session/runtime.h"
+#include "controller/server/controller.h"
 #include "demo/server.h"
 #include "faultline/v1/control.grpc.pb.h"
 #include "tests/support/netns_holder.h"

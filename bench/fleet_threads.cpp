@@ -16,7 +16,7 @@
 #include <grpcpp/grpcpp.h>
 #include <spdlog/spdlog.h>
 
-#include "controller/controller.h"
+#include "controller/server/controller.h"
 #include "faultline/v1/agent_gateway.grpc.pb.h"
 
 using namespace faultline;

@@ -40,8 +40,8 @@
 #include <grpcpp/grpcpp.h>
 #include <spdlog/spdlog.h>
 
-#include "agent/runtime.h"
-#include "controller/controller.h"
+#include "agent/session/runtime.h"
+#include "controller/server/controller.h"
 #include "faultline/v1/agent_gateway.grpc.pb.h"
 #include "faultline/v1/control.grpc.pb.h"
 

@@ -22,9 +22,9 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include "agent/faults/network/net_driver.h"
+#include "agent/faults/spec.h"
 #include "agent/kernel/qdisc_table.h"
-#include "agent/net_driver.h"
-#include "agent/spec.h"
 #include "tests/support/netns_holder.h"
 
 using namespace faultline;

@@ -1,4 +1,4 @@
-// The userspace packet queue (agent/packet_queue.h) with real UDP packets between two throwaway
+// The userspace packet queue (agent/faults/network/packet_queue.h) with real UDP packets between two throwaway
 // network namespaces (veth0 in A, its peer in B; A's egress to B steered to the queue with
 // iptables-legacy's NFQUEUE target, --queue-bypass, after a RETURN for the queue's own packets):
 //  - throughput: a sender in A sends 64-byte datagrams as fast as it can through the delay path
@@ -35,8 +35,8 @@
 
 #include <fmt/format.h>
 
+#include "agent/faults/network/packet_queue.h"
 #include "agent/kernel/packet_steering.h"
-#include "agent/packet_queue.h"
 #include "tests/support/netns_holder.h"
 #include "tests/support/veth_peers.h"
 

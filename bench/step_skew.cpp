@@ -35,7 +35,7 @@
 #include <grpcpp/grpcpp.h>
 #include <spdlog/spdlog.h>
 
-#include "controller/controller.h"
+#include "controller/server/controller.h"
 #include "faultline/v1/control.grpc.pb.h"
 #include "tests/support/netns_holder.h"
 

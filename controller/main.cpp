@@ -1,5 +1,5 @@
-#include "agent/queue_watchdog.h"
-#include "controller/cli.h"
+#include "agent/safety/queue_watchdog.h"
+#include "controller/cli/cli.h"
 
 int main(int argc, char** argv) {
   // `faultline run --local` runs the agent, and its userspace driver's watchdog, in this process.

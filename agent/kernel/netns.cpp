@@ -41,7 +41,7 @@ NetnsList listNetworkNamespaces() {
   };
   add("", "/proc/thread-self/ns/net");
 
-  // /run/faultline/netns: the agent's pins (agent/net_target.h) of namespaces chosen by process.
+  // /run/faultline/netns: the agent's pins (agent/faults/network/net_target.h) of namespaces chosen by process.
   for (const char* dir : {"/run/netns", "/var/run/netns", "/run/faultline/netns"}) {
     std::error_code ec;
     std::filesystem::directory_iterator it(dir, ec);

@@ -41,8 +41,7 @@ extern "C" {
 #include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
-#include "agent/spec.h"
-#include "agent/traffic_match.h"
+#include "agent/kernel/net_types.h"
 
 namespace faultline::kernel {
 namespace {

@@ -1,6 +1,6 @@
 // Packet steering for the userspace network driver: netfilter rules, owned by faultline and
 // recognisable by name, that send one interface's matched packets to an NFQUEUE (served by
-// agent/packet_queue.h) or drop them, in one network namespace. See DESIGN.md, "Userspace path".
+// agent/faults/network/packet_queue.h) or drop them, in one network namespace. See DESIGN.md, "Userspace path".
 //
 // Two backends, chosen by the caller from probeSteeringSupport():
 //   kNftables: one table per fault, family inet, named "faultline-<slot>" (nft(8)), programmed
@@ -33,7 +33,7 @@
 
 #include <tl/expected.hpp>
 
-#include "agent/traffic_match.h"
+#include "agent/kernel/net_types.h"
 #include "faultline/v1/faults.pb.h"
 
 namespace faultline::kernel {

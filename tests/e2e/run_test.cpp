@@ -21,9 +21,9 @@
 #include <grpcpp/grpcpp.h>
 
 #include "agent/kernel/qdisc_table.h"
-#include "agent/runtime.h"
-#include "controller/controller.h"
-#include "controller/store.h"
+#include "agent/session/runtime.h"
+#include "controller/server/controller.h"
+#include "controller/store/store.h"
 #include "demo/server.h"
 #include "faultline/v1/agent_gateway.grpc.pb.h"
 #include "faultline/v1/control.grpc.pb.h"

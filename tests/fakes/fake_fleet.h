@@ -12,8 +12,8 @@
 #include <thread>
 #include <vector>
 
-#include "agent/agent.h"
-#include "controller/fleet.h"
+#include "agent/session/agent.h"
+#include "controller/engine/fleet.h"
 
 namespace faultline::testing {
 

@@ -17,8 +17,8 @@
 
 #include <fmt/format.h>
 
+#include "agent/faults/network/net_driver.h"
 #include "agent/kernel/qdisc_table.h"
-#include "agent/net_driver.h"
 
 namespace faultline::testing {
 

@@ -6,7 +6,7 @@
 #include <cstdlib>
 #include <string_view>
 
-#include "controller/experiment.h"
+#include "controller/experiment/experiment.h"
 
 using faultline::controller::Diagnostic;
 using faultline::controller::parseExperiment;

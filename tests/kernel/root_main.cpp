@@ -6,7 +6,7 @@
 
 #include <cstdio>
 
-#include "agent/queue_watchdog.h"
+#include "agent/safety/queue_watchdog.h"
 
 int main(int argc, char** argv) {
   // The userspace driver's watchdog is this executable again (/proc/self/exe).

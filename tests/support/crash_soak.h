@@ -1,4 +1,4 @@
-// The crash soak, shared by tests/kernel/crash_soak_test.cpp and bench/crash_soak.cpp: in a
+// The crash soak, shared by tests/kernel/agent/safety/crash_soak_test.cpp and bench/crash_soak.cpp: in a
 // throwaway network namespace, a child process runs an Agent with an undo journal that applies
 // and reverts network.bandwidth faults on veth0 (egress) and veth1 (ingress: an ifb, an ingress
 // qdisc and a mirred redirect) in a loop; it is SIGKILLed after a
@@ -29,14 +29,14 @@
 #include <spdlog/spdlog.h>
 #include <boost/asio/io_context.hpp>
 
-#include "agent/agent.h"
-#include "agent/journal.h"
+#include "agent/faults/network/net_driver.h"
+#include "agent/faults/resource/stress_driver.h"
+#include "agent/faults/spec.h"
 #include "agent/kernel/cgroup_tree.h"
 #include "agent/kernel/qdisc_table.h"
-#include "agent/net_driver.h"
-#include "agent/revert_all.h"
-#include "agent/spec.h"
-#include "agent/stress_driver.h"
+#include "agent/safety/journal.h"
+#include "agent/safety/revert_all.h"
+#include "agent/session/agent.h"
 #include "tests/support/netns_holder.h"
 
 namespace faultline::testing::soak {

@@ -15,9 +15,9 @@
 
 #include <boost/asio/io_context.hpp>
 
-#include "agent/agent.h"
-#include "agent/journal.h"
-#include "agent/spec.h"
+#include "agent/faults/spec.h"
+#include "agent/safety/journal.h"
+#include "agent/session/agent.h"
 
 namespace faultline::testing {
 

@@ -1,0 +1,252 @@
+#include "agent/session/runtime.h"
+
+#include <netdb.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include <future>
+#include <thread>
+
+#include <spdlog/spdlog.h>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/signal_set.hpp>
+
+#include <fmt/ranges.h>
+
+#include "agent/kernel/cgroup_tree.h"
+#include "agent/kernel/packet_steering.h"
+#include "agent/kernel/qdisc_table.h"
+
+namespace faultline::agent {
+
+std::string hostName() {
+  char buf[256] = {};
+  if (gethostname(buf, sizeof buf - 1) != 0 || buf[0] == '\0') {
+    return "localhost";
+  }
+  return buf;
+}
+
+std::vector<Endpoint> controllerEndpoints(const std::string& address) {
+  std::vector<Endpoint> out;
+  const auto colon = address.rfind(':');
+  if (address.rfind("unix:", 0) == 0 || colon == std::string::npos) {
+    return out;
+  }
+  std::string host = address.substr(0, colon);
+  const std::string port = address.substr(colon + 1);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  addrinfo hints{};
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* found = nullptr;
+  if (const int rc = ::getaddrinfo(host.c_str(), port.c_str(), &hints, &found); rc != 0) {
+    spdlog::warn("cannot resolve the controller {} to exempt its traffic from network faults: {}", address,
+                 gai_strerror(rc));
+    return out;
+  }
+  for (addrinfo* a = found; a != nullptr; a = a->ai_next) {
+    Endpoint e;
+    e.address.family = a->ai_family;
+    if (a->ai_family == AF_INET) {
+      const auto* sin = reinterpret_cast<const sockaddr_in*>(a->ai_addr);
+      std::memcpy(e.address.address.data(), &sin->sin_addr, 4);
+      e.address.prefixLength = 32;
+      e.port = ntohs(sin->sin_port);
+    } else if (a->ai_family == AF_INET6) {
+      const auto* sin6 = reinterpret_cast<const sockaddr_in6*>(a->ai_addr);
+      std::memcpy(e.address.address.data(), &sin6->sin6_addr, 16);
+      e.address.prefixLength = 128;
+      e.port = ntohs(sin6->sin6_port);
+    } else {
+      continue;
+    }
+    out.push_back(e);
+  }
+  ::freeaddrinfo(found);
+  return out;
+}
+
+namespace {
+
+// Probes netfilter, fills caps' netfilter fields, and picks the driver of netem's kinds: "netem",
+// "nfqueue", or "auto" (netem where the kernel has it, else nfqueue where it can work).
+NetworkDriverChoice chooseNetworkDriver(const std::string& wanted, bool hasNetem, v1::Capabilities& caps) {
+  NetworkDriverChoice choice;
+  choice.steering = kernel::probeSteeringSupport();
+  const auto& s = choice.steering;
+  for (const auto& [name, has] :
+       {std::pair{"nf_tables", s.nftables}, std::pair{"nft_queue", s.nftQueue}, std::pair{"nft_numgen", s.nftNumgen},
+        std::pair{"ip_tables", s.xtables}, std::pair{"xt_NFQUEUE", s.xtNfqueue},
+        std::pair{"xt_statistic", s.xtStatistic}, std::pair{"nfnetlink_queue", s.nfqueue}}) {
+    if (has) {
+      caps.add_netfilter(name);
+    }
+  }
+  const auto backend = kernel::chooseBackend(s, true);
+  const bool canQueue = s.nfqueue && backend.has_value();
+  choice.userspace = wanted == "nfqueue" || (wanted == "auto" && !hasNetem && canQueue);
+  caps.set_network_driver(choice.userspace ? "nfqueue" : "netem");
+  if (choice.userspace && backend) {
+    caps.set_steering_backend(std::string(kernel::steeringBackendName(*backend)));
+  }
+  spdlog::info("netfilter: {}; network driver {} ({})", fmt::join(caps.netfilter(), " "), caps.network_driver(),
+               wanted == "auto" ? (choice.userspace ? "auto: no sch_netem" : "auto") : "chosen");
+  if (choice.userspace && !canQueue) {
+    spdlog::warn("network driver nfqueue: {}; only network.partition can run here",
+                 !s.nfqueue ? std::string("the kernel has no nfnetlink_queue (CONFIG_NETFILTER_NETLINK_QUEUE)")
+                            : backend.error());
+  }
+  if (!choice.userspace && !hasNetem) {
+    spdlog::warn(
+        "network driver netem without sch_netem: network.delay, loss, duplicate, corrupt, reorder and "
+        "partition will be refused{}",
+        canQueue ? "; --network-driver nfqueue (or auto) would run them" : "");
+  }
+  return choice;
+}
+
+}  // namespace
+
+struct AgentRuntime::Impl {
+  Impl(SessionOptions options, std::unique_ptr<UndoJournal> undoJournal, Policy policy, NetworkDriverChoice network)
+      : journal(std::move(undoJournal)),
+        drivers(policy.protectedProcesses(), controllerEndpoints(options.controller), network),
+        agent(
+            io, drivers.router(),
+            [this](const v1::FaultReport& r) {
+              if (sessionAlive) {
+                session.report(r);
+              }
+            },
+            journal.get(), std::move(policy)),
+        session(io, agent, std::move(options)) {}
+
+  ~Impl() {
+    shutdown("agent shutting down");
+    sessionAlive = false;  // the agent, destroyed after the session, may still report
+  }
+
+  boost::asio::io_context io;
+  std::unique_ptr<UndoJournal> journal;  // outlives the agent
+  SystemDrivers drivers;
+  Agent agent;
+  Session session;
+  std::thread thread;
+  bool stopped = false;
+  bool sessionAlive = true;
+
+  void shutdown(const std::string& reason) {
+    agent.revertAll(reason);
+    session.stop();
+  }
+};
+
+AgentRuntime::AgentRuntime(SessionOptions options, bool probeKernel, std::unique_ptr<UndoJournal> journal,
+                           Policy policy) {
+  NetworkDriverChoice network;
+  if (probeKernel) {
+    const auto support = kernel::probeQdiscSupport();
+    options.capabilities.set_netem(support.netem);
+    options.capabilities.set_tbf(support.tbf);
+    for (const auto& [name, has] :
+         {std::pair{"netem", support.netem}, std::pair{"tbf", support.tbf}, std::pair{"htb", support.htb}}) {
+      if (has) {
+        options.capabilities.add_qdiscs(name);
+      }
+    }
+    if (support.ingress) {
+      options.capabilities.add_qdiscs("ingress");
+    }
+    if (support.u32) {
+      options.capabilities.add_classifiers("u32");
+    }
+    if (support.mirred) {
+      options.capabilities.add_actions("mirred");
+    }
+    options.capabilities.set_ifb(support.ifb);
+    options.capabilities.set_tc_probed(true);
+    network = chooseNetworkDriver(options.networkDriver, support.netem, options.capabilities);
+    spdlog::info(
+        "kernel {}: netem qdisc {}, tbf qdisc {}, htb qdisc {}, u32 classifier {}, ifb {}, ingress qdisc {}, mirred "
+        "action {}",
+        kernelRelease(), support.netem ? "yes" : "no", support.tbf ? "yes" : "no", support.htb ? "yes" : "no",
+        support.u32 ? "yes" : "no", support.ifb ? "yes" : "no", support.ingress ? "yes" : "no",
+        support.mirred ? "yes" : "no");
+    if (auto cgroups = kernel::openCgroupTree()) {
+      options.capabilities.set_cgroup2_mount((*cgroups)->mountPoint());
+      auto self = (*cgroups)->selfCgroup();
+      options.capabilities.set_cgroup_freeze(self && *self != "/" &&
+                                             (*cgroups)->read(*self, "cgroup.freeze").has_value());
+      if (auto controllers = (*cgroups)->read("/", "cgroup.controllers")) {
+        std::string_view rest = *controllers;
+        while (!rest.empty()) {
+          const auto space = rest.find(' ');
+          options.capabilities.add_cgroup_controllers(std::string(rest.substr(0, space)));
+          rest = space == std::string_view::npos ? std::string_view{} : rest.substr(space + 1);
+        }
+      }
+      spdlog::info("cgroup v2 at {} (controllers: {})", (*cgroups)->mountPoint(),
+                   fmt::join(options.capabilities.cgroup_controllers(), " "));
+    } else {
+      spdlog::warn("{}", kernel::cgroupV2MissingMessage("process.pause freezing, stress.* and cgroup.squeeze"));
+    }
+  }
+  impl_ = std::make_unique<Impl>(std::move(options), std::move(journal), std::move(policy), network);
+}
+
+AgentRuntime::~AgentRuntime() {
+  stop();
+}
+
+void AgentRuntime::start() {
+  boost::asio::post(impl_->io, [this] { impl_->session.start(); });
+  impl_->thread = std::thread([this] {
+    auto guard = boost::asio::make_work_guard(impl_->io);
+    impl_->io.run();
+  });
+}
+
+void AgentRuntime::stop(const std::string& reason) {
+  if (!impl_ || impl_->stopped) {
+    return;
+  }
+  impl_->stopped = true;
+  if (impl_->thread.joinable()) {
+    std::promise<void> done;
+    boost::asio::post(impl_->io, [this, &done, reason] {
+      impl_->shutdown(reason);
+      done.set_value();
+    });
+    done.get_future().wait();
+    impl_->io.stop();
+    impl_->thread.join();
+  } else {
+    impl_->shutdown(reason);
+  }
+}
+
+void AgentRuntime::runUntilSignal() {
+  // SIGHUP and SIGQUIT too: an agent started from a shell that goes away must not die with its
+  // faults in place.
+  boost::asio::signal_set signals(impl_->io, SIGTERM, SIGINT, SIGHUP);
+  signals.add(SIGQUIT);
+  signals.async_wait([this](const boost::system::error_code& ec, int sig) {
+    if (ec) {
+      return;
+    }
+    spdlog::info("SIG{}: reverting every fault and exiting", sigabbrev_np(sig));
+    impl_->shutdown(fmt::format("agent stopped (SIG{})", sigabbrev_np(sig)));
+    impl_->io.stop();
+  });
+  impl_->session.start();
+  impl_->io.run();
+  impl_->stopped = true;
+}
+
+}  // namespace faultline::agent

@@ -1,0 +1,422 @@
+#include "agent/session/session.h"
+
+#include <sys/utsname.h>
+
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+
+#include <fmt/chrono.h>
+#include <fmt/format.h>
+#include <grpcpp/grpcpp.h>
+#include <spdlog/spdlog.h>
+#include <boost/asio/post.hpp>
+
+#include "agent/faults/spec.h"
+#include "faultline/v1/agent_gateway.grpc.pb.h"
+
+namespace faultline::agent {
+
+std::string agentVersion() {
+  return "0.1.0";
+}
+
+namespace {
+
+// Now as UTC with microseconds, e.g. "2026-11-29T15:02:03.123456Z": logged with a lease expiry.
+std::string wallClockText() {
+  const auto now = std::chrono::system_clock::now();
+  const auto us = std::chrono::duration_cast<std::chrono::microseconds>(now.time_since_epoch()).count() % 1'000'000;
+  return fmt::format("{:%Y-%m-%dT%H:%M:%S}.{:06}Z", fmt::gmtime(std::chrono::system_clock::to_time_t(now)), us);
+}
+
+}  // namespace
+
+std::string kernelRelease() {
+  utsname u{};
+  if (uname(&u) != 0) {
+    return "";
+  }
+  return u.release;
+}
+
+// One attempt at the bidirectional stream. gRPC calls its reactions on its own threads; they
+// post to the io_context. Writes are queued, one in flight at a time.
+class Session::Stream final : public grpc::ClientBidiReactor<v1::AgentMessage, v1::ControllerMessage> {
+ public:
+  Stream(Session& session, std::unique_ptr<v1::AgentGateway::Stub> stub)
+      : session_(session), io_(session.io_), stub_(std::move(stub)) {}
+
+  void begin(const v1::AgentMessage& hello, std::shared_ptr<Stream> self) {
+    self_ = std::move(self);
+    stub_->async()->Connect(&context_, this);
+    write(hello);
+    StartRead(&incoming_);
+    AddHold();  // writes are started from outside the reactions
+    StartCall();
+  }
+
+  void write(const v1::AgentMessage& msg) {
+    std::lock_guard lock(mutex_);
+    if (closed_) {
+      return;
+    }
+    queue_.push_back(msg);
+    if (queue_.size() == 1) {
+      StartWrite(&queue_.front());
+    }
+  }
+
+  // Waits (up to timeout) until every queued message is written, e.g. the reports of the
+  // reverts done on shutdown.
+  void flush(std::chrono::milliseconds timeout) {
+    std::unique_lock lock(mutex_);
+    if (!flushed_.wait_for(lock, timeout, [&] { return queue_.empty() || closed_; })) {
+      spdlog::warn("{} message(s) to the controller not sent within {}", queue_.size(), formatDuration(timeout));
+    }
+  }
+
+  // Cancels the call and waits (up to timeout) until gRPC is done with it; after that no
+  // reaction touches the session or its io_context again.
+  void detach(std::chrono::milliseconds timeout) {
+    {
+      std::lock_guard lock(doneMutex_);
+      detached_ = true;
+    }
+    releaseHold();
+    context_.TryCancel();
+    std::unique_lock lock(doneMutex_);
+    if (!doneCv_.wait_for(lock, timeout, [&] { return done_; })) {
+      spdlog::warn("gRPC did not finish the controller stream within {}", formatDuration(timeout));
+    }
+  }
+
+  // Ends the call from this side (the controller went silent); OnDone still follows.
+  void cancel() {
+    releaseHold();
+    context_.TryCancel();
+  }
+
+  void OnWriteDone(bool ok) override {
+    std::lock_guard lock(mutex_);
+    queue_.pop_front();
+    if (!ok) {
+      closed_ = true;
+      queue_.clear();
+    } else if (!queue_.empty()) {
+      StartWrite(&queue_.front());
+    }
+    flushed_.notify_all();
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      {
+        std::lock_guard lock(mutex_);
+        closed_ = true;
+      }
+      flushed_.notify_all();
+      releaseHold();
+      return;
+    }
+    {
+      std::lock_guard lock(doneMutex_);
+      if (!detached_) {
+        boost::asio::post(io_, [self = self_, msg = incoming_]() {
+          if (self->session_.stream_.get() == self.get()) {
+            self->session_.onMessage(msg);
+          }
+        });
+      }
+    }
+    StartRead(&incoming_);
+  }
+
+  void OnDone(const grpc::Status& status) override {
+    std::string why = status.ok() ? "stream closed" : status.error_message();
+    auto self = std::move(self_);  // may be the last reference: this ends with the frame
+    std::lock_guard lock(doneMutex_);
+    if (!detached_) {
+      boost::asio::post(io_, [self, why]() { self->session_.onStreamDone(self.get(), why); });
+    }
+    done_ = true;
+    doneCv_.notify_all();
+  }
+
+ private:
+  void releaseHold() {
+    std::lock_guard lock(mutex_);
+    if (!holdReleased_) {
+      holdReleased_ = true;
+      RemoveHold();
+    }
+  }
+
+  Session& session_;
+  boost::asio::io_context& io_;
+  std::unique_ptr<v1::AgentGateway::Stub> stub_;
+  grpc::ClientContext context_;
+  v1::ControllerMessage incoming_;
+  std::mutex mutex_;
+  std::deque<v1::AgentMessage> queue_;
+  std::condition_variable flushed_;
+  bool closed_ = false;
+  bool holdReleased_ = false;
+  std::mutex doneMutex_;
+  std::condition_variable doneCv_;
+  bool detached_ = false;         // the session let go: post nothing more to it
+  bool done_ = false;             // OnDone has run
+  std::shared_ptr<Stream> self_;  // keeps the reactor alive until OnDone
+};
+
+Session::Session(boost::asio::io_context& io, Agent& agent, SessionOptions options)
+    : io_(io),
+      agent_(agent),
+      options_(std::move(options)),
+      reconnectTimer_(io),
+      leaseTimer_(io),
+      heartbeatTimer_(io),
+      lease_(options_.defaultLease),
+      backoff_(options_.minBackoff),
+      pending_(options_.initialReports) {}
+
+Session::~Session() {
+  stop();
+}
+
+void Session::start() {
+  stopped_ = false;
+  armLease();
+  connect();
+}
+
+void Session::stop() {
+  stopped_ = true;
+  cancelScheduled("the agent is stopping");
+  reconnectTimer_.cancel();
+  leaseTimer_.cancel();
+  heartbeatTimer_.cancel();
+  if (stream_) {
+    stream_->flush(std::chrono::seconds{2});
+    stream_->detach(std::chrono::seconds{5});
+    stream_.reset();
+  }
+  for (auto& dying : dying_) {
+    dying->detach(std::chrono::seconds{5});
+  }
+  dying_.clear();
+  welcomed_ = false;
+}
+
+bool Session::connected() const {
+  return welcomed_;
+}
+
+void Session::connect() {
+  if (stopped_) {
+    return;
+  }
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 10'000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 5'000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  auto channel = grpc::CreateCustomChannel(options_.controller, grpc::InsecureChannelCredentials(), args);
+  auto stream = std::make_shared<Stream>(*this, v1::AgentGateway::NewStub(channel));
+  stream_ = stream;
+  welcomed_ = false;
+
+  v1::AgentMessage hello;
+  auto* h = hello.mutable_hello();
+  h->set_agent_id(options_.agentId);
+  h->set_hostname(options_.hostname);
+  for (const auto& [k, v] : options_.labels) {
+    (*h->mutable_labels())[k] = v;
+  }
+  h->set_version(agentVersion());
+  h->set_kernel_release(kernelRelease());
+  *h->mutable_capabilities() = options_.capabilities;
+  for (const auto& r : agent_.activeFaults()) {
+    *h->add_active_faults() = r;
+  }
+  stream->begin(hello, stream);
+}
+
+void Session::onStreamDone(Stream* stream, const std::string& why) {
+  if (stream_.get() != stream) {
+    // An old stream, e.g. one dropped on a lease expiry: its OnDone has run.
+    std::erase_if(dying_, [stream](const auto& d) { return d.get() == stream; });
+    return;
+  }
+  stream_.reset();
+  welcomed_ = false;
+  heartbeatTimer_.cancel();
+  cancelScheduled("the connection to the controller was lost before the start time");
+  if (stopped_) {
+    return;
+  }
+  spdlog::warn("controller {}: {}; reconnecting in {}", options_.controller, why, formatDuration(backoff_));
+  reconnectTimer_.expires_after(backoff_);
+  reconnectTimer_.async_wait([this](const boost::system::error_code& ec) {
+    if (!ec) {
+      connect();
+    }
+  });
+  backoff_ = std::min(backoff_ * 2, options_.maxBackoff);
+}
+
+void Session::armLease() {
+  leaseTimer_.expires_after(lease_);
+  leaseTimer_.async_wait([this](const boost::system::error_code& ec) {
+    if (ec || stopped_) {
+      return;
+    }
+    const auto why = fmt::format("lease expired: nothing heard from the controller for {} (last at {})",
+                                 formatDuration(lease_), lastHeard_);
+    if (stream_ && welcomed_) {
+      // The stream is dead even if TCP has not noticed (a partition can hide it for many
+      // minutes): drop it first, so the revert reports below wait for the next stream instead
+      // of vanishing into this one, and reconnect so the agent is back as soon as the network is.
+      auto dead = stream_;
+      onStreamDone(dead.get(), why);
+      dead->cancel();
+      dying_.push_back(std::move(dead));
+    }
+    if (agent_.activeCount() > 0) {
+      spdlog::warn("{}; reverting every fault", why);
+      agent_.revertAll(why, v1::FAULT_STATE_EXPIRED);
+    }
+    cancelScheduled("lease expired before the start time");
+    armLease();
+  });
+}
+
+void Session::scheduleHeartbeat() {
+  heartbeatTimer_.expires_after(heartbeatInterval_);
+  heartbeatTimer_.async_wait([this](const boost::system::error_code& ec) {
+    if (ec || !stream_ || !welcomed_) {
+      return;
+    }
+    v1::AgentMessage msg;
+    *msg.mutable_heartbeat()->mutable_sent_at() = nowTimestamp();
+    stream_->write(msg);
+    scheduleHeartbeat();
+  });
+}
+
+void Session::injectAt(const v1::Inject& inject) {
+  // A start further ahead than this is refused: it means the controller's and this host's clocks
+  // disagree, and the step would not start together anyway.
+  constexpr auto kMaxStartAhead = std::chrono::seconds{30};
+  if (!inject.has_start_at() || scheduled_.count(inject.fault_id()) > 0) {
+    agent_.inject(inject);  // a second Inject of a waiting fault is the agent's duplicate to refuse
+    return;
+  }
+  const auto startAt =
+      std::chrono::system_clock::time_point{std::chrono::duration_cast<std::chrono::system_clock::duration>(
+          std::chrono::seconds{inject.start_at().seconds()} + std::chrono::nanoseconds{inject.start_at().nanos()})};
+  const auto ahead = startAt - std::chrono::system_clock::now();
+  if (ahead <= std::chrono::system_clock::duration::zero()) {
+    agent_.inject(inject);
+    return;
+  }
+  if (ahead > kMaxStartAhead) {
+    v1::FaultReport r;
+    r.set_fault_id(inject.fault_id());
+    r.set_state(v1::FAULT_STATE_FAILED);
+    r.set_error(
+        fmt::format("start time is {} ahead of this host's clock, more than {}: are the clocks of the "
+                    "controller and this host synchronised (NTP)?",
+                    formatDuration(ahead), formatDuration(kMaxStartAhead)));
+    *r.mutable_at() = nowTimestamp();
+    report(r);
+    return;
+  }
+  auto timer = std::make_unique<boost::asio::steady_timer>(io_);
+  timer->expires_after(ahead);
+  timer->async_wait([this, inject](const boost::system::error_code& ec) {
+    if (ec) {
+      return;  // cancelled: reported by whoever cancelled it
+    }
+    scheduled_.erase(inject.fault_id());
+    agent_.inject(inject);
+  });
+  scheduled_[inject.fault_id()] = std::move(timer);
+}
+
+void Session::cancelScheduled(const std::string& why) {
+  auto scheduled = std::move(scheduled_);
+  scheduled_.clear();
+  for (auto& [id, timer] : scheduled) {
+    timer->cancel();
+    v1::FaultReport r;
+    r.set_fault_id(id);
+    r.set_state(v1::FAULT_STATE_FAILED);
+    r.set_error(fmt::format("not applied: {}", why));
+    *r.mutable_at() = nowTimestamp();
+    report(r);
+  }
+}
+
+void Session::report(const v1::FaultReport& report) {
+  if (stream_ && welcomed_) {
+    v1::AgentMessage msg;
+    *msg.mutable_report() = report;
+    stream_->write(msg);
+  } else {
+    pending_.push_back(report);
+  }
+}
+
+void Session::onMessage(const v1::ControllerMessage& msg) {
+  lastHeard_ = wallClockText();
+  armLease();
+  switch (msg.msg_case()) {
+    case v1::ControllerMessage::kWelcome: {
+      welcomed_ = true;
+      backoff_ = options_.minBackoff;
+      if (msg.welcome().has_lease() && toMicros(msg.welcome().lease()).count() > 0) {
+        lease_ = std::chrono::duration_cast<std::chrono::milliseconds>(toMicros(msg.welcome().lease()));
+        armLease();
+      }
+      if (msg.welcome().has_heartbeat_interval() && toMicros(msg.welcome().heartbeat_interval()).count() > 0) {
+        heartbeatInterval_ =
+            std::chrono::duration_cast<std::chrono::milliseconds>(toMicros(msg.welcome().heartbeat_interval()));
+      }
+      spdlog::info("registered with controller {} (lease {})", options_.controller, formatDuration(lease_));
+      auto pending = std::move(pending_);
+      pending_.clear();
+      for (const auto& r : pending) {
+        report(r);
+      }
+      scheduleHeartbeat();
+      break;
+    }
+    case v1::ControllerMessage::kHeartbeat:
+      break;
+    case v1::ControllerMessage::kInject:
+      injectAt(msg.inject());
+      break;
+    case v1::ControllerMessage::kRevert:
+      if (auto it = scheduled_.find(msg.revert().fault_id()); it != scheduled_.end()) {
+        it->second->cancel();
+        scheduled_.erase(it);
+        v1::FaultReport r;
+        r.set_fault_id(msg.revert().fault_id());
+        r.set_state(v1::FAULT_STATE_REVERTED);
+        r.set_detail("cancelled before its start time: nothing was changed");
+        *r.mutable_at() = nowTimestamp();
+        report(r);
+        break;
+      }
+      agent_.revert(msg.revert().fault_id());
+      break;
+    case v1::ControllerMessage::kRevertAll:
+      cancelScheduled(msg.revert_all().reason().empty() ? "revert-all requested" : msg.revert_all().reason());
+      agent_.revertAll(msg.revert_all().reason().empty() ? "revert-all requested" : msg.revert_all().reason());
+      break;
+    case v1::ControllerMessage::MSG_NOT_SET:
+      break;
+  }
+}
+
+}  // namespace faultline::agent

@@ -1,0 +1,93 @@
+// The agent's side of AgentGateway.Connect: dials the controller, says Hello, executes Inject,
+// Revert and RevertAll, sends fault reports and heartbeats, and reconnects with backoff.
+//
+// The lease is the dead man's switch: when nothing has been heard from the controller for the
+// lease (from Welcome; 15 s until then), every fault is reverted, connected or not.
+//
+// Threading: start() and stop() on the io_context's thread; gRPC callbacks are posted to it.
+#pragma once
+
+#include <chrono>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include "agent/session/agent.h"
+
+namespace faultline::agent {
+
+struct SessionOptions {
+  std::string controller;  // HOST:PORT
+  std::string agentId;
+  std::string hostname;
+  std::map<std::string, std::string> labels;
+  v1::Capabilities capabilities;
+  // The driver of netem's kinds (faultline-agent --network-driver): "auto" (netem where the kernel
+  // has sch_netem, else nfqueue where it can), "netem" or "nfqueue". Read by AgentRuntime.
+  std::string networkDriver = "auto";
+  std::chrono::milliseconds defaultLease{15'000};
+  std::chrono::milliseconds minBackoff{200};
+  std::chrono::milliseconds maxBackoff{10'000};
+  // Reports to send once the first Welcome arrives, e.g. the faults crash recovery reverted at
+  // start (EXPIRED), so the controller records how they ended.
+  std::vector<v1::FaultReport> initialReports;
+};
+
+class Session {
+ public:
+  // agent must outlive the session. Its reports must be passed to report() (see makeReportSink).
+  Session(boost::asio::io_context& io, Agent& agent, SessionOptions options);
+  ~Session();
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
+
+  void start();
+  // Closes the stream and stops reconnecting. Does not revert faults (the caller decides).
+  void stop();
+  // Queues a report for the controller; reports made while disconnected are sent after Hello.
+  void report(const v1::FaultReport& report);
+  // True once a Welcome was received on the current stream.
+  [[nodiscard]] bool connected() const;
+
+ private:
+  class Stream;
+  void connect();
+  void onStreamDone(Stream* stream, const std::string& why);
+  void onMessage(const v1::ControllerMessage& msg);
+  void armLease();
+  void scheduleHeartbeat();
+  // An Inject with a start_at in the future waits in scheduled_ until then (see Inject.start_at).
+  void injectAt(const v1::Inject& inject);
+  // Drops every inject still waiting for its start, reporting each as FAILED with why.
+  void cancelScheduled(const std::string& why);
+
+  boost::asio::io_context& io_;
+  Agent& agent_;
+  SessionOptions options_;
+  std::shared_ptr<Stream> stream_;
+  // Streams dropped on a lease expiry and cancelled, whose OnDone has not run yet: stop() waits
+  // for them too, so that no gRPC reaction posts to the io_context after the session is gone.
+  std::vector<std::shared_ptr<Stream>> dying_;
+  boost::asio::steady_timer reconnectTimer_;
+  boost::asio::steady_timer leaseTimer_;
+  boost::asio::steady_timer heartbeatTimer_;
+  std::chrono::milliseconds lease_;
+  std::chrono::milliseconds heartbeatInterval_{5'000};
+  std::chrono::milliseconds backoff_;
+  std::vector<v1::FaultReport> pending_;
+  std::string lastHeard_ = "never";  // UTC time of the last message from the controller
+  std::map<std::string, std::unique_ptr<boost::asio::steady_timer>> scheduled_;  // fault id -> its start
+  bool welcomed_ = false;
+  bool stopped_ = false;
+};
+
+// Version string of this build, reported in Hello.
+[[nodiscard]] std::string agentVersion();
+// uname -r
+[[nodiscard]] std::string kernelRelease();
+
+}  // namespace faultline::agent

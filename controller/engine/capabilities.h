@@ -1,0 +1,34 @@
+// Whether a host's kernel can run a fault, from the Capabilities its agent probed and sent in
+// Hello. The engine checks every fault step against every target host before injecting anything.
+// Pure functions; thread-safe.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "controller/experiment/experiment.h"
+#include "faultline/v1/agent_gateway.pb.h"
+#include "faultline/v1/control.pb.h"
+
+namespace faultline::controller {
+
+// The kernel modules spec needs that caps lacks, as "sch_netem", "sch_htb", "cls_u32" (direction
+// ingress/both: "ifb", "sch_ingress", "cls_u32", "act_mirred"); on an agent whose network driver
+// is nfqueue, netem's kinds (partition too) need "nfnetlink_queue" and a queue backend
+// ("nft_queue or xt_NFQUEUE") instead, and no tc module; what only netem does there (delay's
+// rate, duplicate on ingress) is "sch_netem (for ...)". Empty when the
+// host can run it (or spec is not a network fault). An agent that did not probe (tc_probed false,
+// an older agent) is judged on its netem/tbf flags alone.
+[[nodiscard]] std::vector<std::string> missingModules(const v1::FaultSpec& spec, const v1::Capabilities& caps);
+
+// The agent's network driver in a word or two, for `faultline agents` and plans: "netem",
+// "netem (missing)" (no sch_netem), "nfqueue/xtables", "nfqueue/nftables".
+[[nodiscard]] std::string networkDriverText(const v1::Capabilities& caps);
+
+// The first fault step some target cannot run, in words that name the host, the fault and the
+// missing modules and say nothing was injected; nullopt when every target can run every step.
+[[nodiscard]] std::optional<std::string> checkCapabilities(const std::vector<Step>& method,
+                                                           const std::vector<v1::AgentInfo>& targets);
+
+}  // namespace faultline::controller

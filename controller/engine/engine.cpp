@@ -1,0 +1,1046 @@
+#include "controller/engine/engine.h"
+
+#include <algorithm>
+#include <cmath>
+#include <future>
+#include <map>
+#include <random>
+#include <set>
+#include <tuple>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "agent/faults/spec.h"
+#include "agent/session/agent.h"
+#include "controller/engine/capabilities.h"
+#include "controller/report/run_format.h"
+
+namespace faultline::controller {
+
+using Clock = std::chrono::steady_clock;
+
+// An agent's own timer may fire this much before the run's deadline and still count as on time.
+constexpr auto kExpiryTolerance = std::chrono::milliseconds{250};
+// How often a held fault step checks for an abort request.
+constexpr auto kAbortPoll = std::chrono::milliseconds{50};
+
+void StopSignal::request(std::string reason) {
+  {
+    std::lock_guard lock(mutex_);
+    if (requested_) {
+      return;
+    }
+    requested_ = true;
+    reason_ = std::move(reason);
+  }
+  cv_.notify_all();
+}
+
+bool StopSignal::requested() const {
+  std::lock_guard lock(mutex_);
+  return requested_;
+}
+
+std::string StopSignal::reason() const {
+  std::lock_guard lock(mutex_);
+  return reason_;
+}
+
+bool StopSignal::waitFor(Clock::duration d) const {
+  std::unique_lock lock(mutex_);
+  return cv_.wait_for(lock, d, [&] { return requested_; });
+}
+
+int exitCodeFor(v1::Verdict verdict) {
+  switch (verdict) {
+    case v1::VERDICT_HELD:
+      return 0;
+    case v1::VERDICT_VIOLATED:
+    case v1::VERDICT_NOT_STEADY:
+      return 1;
+    case v1::VERDICT_ABORTED:
+      return 2;
+    default:
+      return 3;
+  }
+}
+
+namespace {
+
+bool matches(const v1::AgentInfo& agent, const std::map<std::string, std::string>& selector) {
+  for (const auto& [k, v] : selector) {
+    auto it = agent.labels().find(k);
+    if (it == agent.labels().end() || it->second != v) {
+      return false;
+    }
+  }
+  return true;
+}
+
+std::string selectorText(const std::map<std::string, std::string>& selector) {
+  if (selector.empty()) {
+    return "{} (every agent)";
+  }
+  std::string out = "{";
+  for (const auto& [k, v] : selector) {
+    out += fmt::format("{}{}={}", out.size() > 1 ? ", " : "", k, v);
+  }
+  return out + "}";
+}
+
+}  // namespace
+
+tl::expected<ResolvedTargets, std::string> resolveTargets(const Targets& targets, std::vector<v1::AgentInfo> agents,
+                                                          uint64_t seed) {
+  std::sort(agents.begin(), agents.end(),
+            [](const v1::AgentInfo& a, const v1::AgentInfo& b) { return a.agent_id() < b.agent_id(); });
+  ResolvedTargets out;
+  std::vector<v1::AgentInfo> matching;
+  for (auto& a : agents) {
+    if (matches(a, targets.selector)) {
+      matching.push_back(std::move(a));
+    }
+  }
+  out.matched = matching.size();
+  const std::string mode = modeText(targets);
+  if (matching.empty()) {
+    return tl::unexpected(
+        fmt::format("no connected agent matches the selector {} ({} agent(s) connected); nothing "
+                    "was injected",
+                    selectorText(targets.selector), agents.size()));
+  }
+  const auto names = [](const std::vector<v1::AgentInfo>& hosts) {
+    std::string text;
+    for (const auto& t : hosts) {
+      text += fmt::format("{}{} ({})", text.empty() ? "" : ", ", t.hostname(), t.agent_id());
+    }
+    return text;
+  };
+  size_t want = matching.size();
+  bool random = false;
+  switch (targets.mode) {
+    case TargetMode::kAll:
+      break;
+    case TargetMode::kCount:
+    case TargetMode::kRandom:
+      want = targets.n;
+      random = targets.mode == TargetMode::kRandom;
+      if (matching.size() < want) {
+        return tl::unexpected(
+            fmt::format("mode {} needs {} host(s) but only {} match the selector {}: {}; nothing "
+                        "was injected",
+                        mode, targets.n, matching.size(), selectorText(targets.selector), names(matching)));
+      }
+      break;
+    case TargetMode::kPercent:
+      want = std::max<size_t>(
+          1, static_cast<size_t>(std::ceil(targets.percent * static_cast<double>(matching.size()) / 100.0 - 1e-9)));
+      want = std::min(want, matching.size());
+      random = true;
+      break;
+  }
+  if (random) {
+    // A partial Fisher-Yates shuffle with a fixed generator: the same seed picks the same hosts
+    // on every platform (std::shuffle's algorithm is not specified).
+    std::mt19937_64 rng(seed);
+    for (size_t i = 0; i < want; ++i) {
+      const size_t j = i + static_cast<size_t>(rng() % (matching.size() - i));
+      std::swap(matching[i], matching[j]);
+    }
+  }
+  matching.resize(want);
+  std::sort(matching.begin(), matching.end(),
+            [](const v1::AgentInfo& a, const v1::AgentInfo& b) { return a.agent_id() < b.agent_id(); });
+  out.summary =
+      fmt::format("selector {}, mode {}: {} of {} matching agent(s){}: {}", selectorText(targets.selector), mode,
+                  matching.size(), out.matched, random ? fmt::format(" (seed {})", seed) : "", names(matching));
+  out.hosts = std::move(matching);
+  return out;
+}
+
+namespace {
+
+// One run's state. Reports arrive on gRPC threads; everything else happens on the run thread.
+class RunState {
+ public:
+  RunState(Fleet& fleet, ProbeRunner& probes, RecordStore& store, const RunEngine::EventSink& sink,
+           const EngineOptions& options, const RunRequest& request, const StopSignal& stop)
+      : fleet_(fleet), probes_(probes), store_(store), sink_(sink), options_(options), req_(request), stop_(stop) {}
+
+  v1::Verdict execute() {
+    v1::Run record;
+    record.set_run_id(req_.runId);
+    record.set_experiment(req_.experiment.name);
+    record.set_file_sha256(req_.fileSha256);
+    record.set_trigger(req_.trigger);
+    *record.mutable_started_at() = agent::nowTimestamp();
+    store_.createRun(record);
+    event("", "run.started",
+          fmt::format("experiment {} from {} (sha256 {}), trigger {}", req_.experiment.name, req_.fileName,
+                      req_.fileSha256.substr(0, 12), req_.trigger));
+    listener_ =
+        fleet_.subscribe([this](const std::string& agentId, const v1::FaultReport& r) { onReport(agentId, r); });
+
+    auto [verdict, reason] = body();
+    // Rollback always runs, whatever ended the run.
+    if (!held_.empty()) {
+      auto leftover = revertHeld("rollback");
+      if (!leftover.empty() && verdict != v1::VERDICT_ERROR) {
+        verdict = v1::VERDICT_ERROR;
+        reason = leftover;
+      }
+    }
+    fleet_.unsubscribe(listener_);
+
+    reason = redact(reason);
+    store_.finishRun(req_.runId, verdict, reason, agent::nowTimestamp());
+    v1::RunEvent done = makeEvent("", "run.finished", fmt::format("verdict: {}: {}", verdictWord(verdict), reason));
+    done.set_verdict(verdict);
+    store_.addEvent(done);
+    if (sink_) {
+      sink_(done);
+    }
+    return verdict;
+  }
+
+ private:
+  struct HeldFault {
+    std::string agentId;
+    std::string host;
+    v1::FaultState state = v1::FAULT_STATE_UNSPECIFIED;
+    std::string error;
+    bool unconfirmed = false;               // the agent never answered the inject: it may hold the fault
+    bool revertFailed = false;              // the agent reported a failed revert and keeps retrying
+    bool revertRequested = false;           // the run asked for the revert (an end before that is early)
+    bool agentGone = false;                 // the agent disconnected: nobody can confirm a revert now
+    bool revertGaveUp = false;              // the agent's revert can never succeed (permanent): not retried
+    bool failureRecorded = false;           // a fault.failed event says why (the agent's or the run's)
+    Clock::time_point until{};              // when the run will ask for its end (start time + duration)
+    google::protobuf::Timestamp appliedAt;  // the agent's APPLIED report time
+  };
+
+  static bool settled(v1::FaultState s) { return s == v1::FAULT_STATE_REVERTED || s == v1::FAULT_STATE_EXPIRED; }
+
+  std::pair<v1::Verdict, std::string> body() {
+    // Targets: resolved once, recorded.
+    const uint64_t seed = options_.targetSeed ? *options_.targetSeed : std::random_device{}();
+    auto resolved = resolveTargets(req_.experiment.targets, fleet_.agents(), seed);
+    if (!resolved) {
+      return {v1::VERDICT_ERROR, resolved.error()};
+    }
+    const std::vector<v1::AgentInfo> targets = std::move(resolved->hosts);
+    event("", "targets.resolved", fmt::format("{} host(s): {}", targets.size(), resolved->summary));
+
+    // Every target must be able to run every fault, before anything is injected.
+    if (auto cannot = checkCapabilities(req_.experiment.method, targets)) {
+      return {v1::VERDICT_ERROR, *cannot};
+    }
+
+    if (!sampleAll("before") || stopVerdict_ != v1::VERDICT_UNSPECIFIED) {
+      return {v1::VERDICT_NOT_STEADY,
+              fmt::format("steady state did not hold before the method ({}); nothing was injected", firstFailure_)};
+    }
+
+    for (size_t i = 0; i < req_.experiment.method.size(); ++i) {
+      if (stop_.requested()) {
+        return {v1::VERDICT_ABORTED, stop_.reason()};
+      }
+      const std::string label = std::to_string(i + 1);
+      const auto& step = req_.experiment.method[i];
+      if (const auto* w = std::get_if<WaitStep>(&step)) {
+        event("", "step.wait", fmt::format("step {}: wait {}", label, formatDuration(w->duration)));
+        if (stop_.waitFor(w->duration)) {
+          return {v1::VERDICT_ABORTED, stop_.reason()};
+        }
+        continue;
+      }
+      if (const auto* p = std::get_if<ProbeStep>(&step)) {
+        event("", "step.probe", fmt::format("step {}: probe {}", label, p->probe));
+        sampleNamed(p->probe, false);
+        continue;
+      }
+      Group group;
+      if (const auto* f = std::get_if<FaultStep>(&step)) {
+        group.faults.push_back({f, label});
+      } else {
+        const auto& members = std::get<ParallelStep>(step).steps;
+        event("", "step.parallel", fmt::format("step {}: {} step(s) started together", label, members.size()));
+        for (size_t j = 0; j < members.size(); ++j) {
+          const std::string sub = fmt::format("{}.{}", label, j + 1);
+          if (const auto* f = std::get_if<FaultStep>(&members[j])) {
+            group.faults.push_back({f, sub});
+          } else if (const auto* w = std::get_if<WaitStep>(&members[j])) {
+            group.waits.emplace_back(sub, w->duration);
+            group.wait = std::max(group.wait, w->duration);
+          } else {
+            group.probes.push_back(&std::get<ProbeStep>(members[j]));
+          }
+        }
+      }
+      if (auto failure = runGroup(group, targets); !failure.empty()) {
+        if (stopVerdict_ != v1::VERDICT_UNSPECIFIED) {
+          sampleAll("after");  // the SLIs after rollback, for the record; the verdict is the stop's
+          if (failure != stopReason_) {
+            return {v1::VERDICT_ERROR, failure};  // a fault not confirmed reverted
+          }
+          return {stopVerdict_, stopReason_};
+        }
+        if (stop_.requested()) {
+          return {v1::VERDICT_ABORTED, stop_.reason()};
+        }
+        return {v1::VERDICT_ERROR, failure};
+      }
+    }
+
+    bool afterOk = sampleAll("after");
+    if (violated_ || !afterOk) {
+      return {v1::VERDICT_VIOLATED, fmt::format("steady state violated: {}", firstFailure_)};
+    }
+    return {v1::VERDICT_HELD, req_.experiment.hypothesis.probes.empty()
+                                  ? "the method ran to the end (no steady-state probes)"
+                                  : "steady state held before, during and after the faults"};
+  }
+
+  // Faults (and probe steps) that start together: one fault step, or a parallel group.
+  struct Group {
+    struct Member {
+      const FaultStep* fault;
+      std::string label;  // "2", or "3.1" in a parallel group
+    };
+    std::vector<Member> faults;
+    std::vector<const ProbeStep*> probes;
+    std::chrono::milliseconds wait{0};                                     // the longest wait of a parallel group
+    std::vector<std::pair<std::string, std::chrono::milliseconds>> waits;  // label, duration
+  };
+
+  // Injects every fault of the group on every target with one start time, holds each for its
+  // duration while sampling the steady state, reverts each as its duration ends. Returns "" on
+  // success, else the reason the run must stop (every fault of the group is reverted by then).
+  std::string runGroup(const Group& group, const std::vector<v1::AgentInfo>& targets) {
+    // One start time for every host: far enough ahead that every Inject arrives before it.
+    const auto lead = options_.startLead;
+    const auto startWall = std::chrono::system_clock::now() + lead;
+    const auto start = Clock::now() + lead;
+    google::protobuf::Timestamp startAt;
+    {
+      const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(startWall.time_since_epoch()).count();
+      startAt.set_seconds(ns / 1'000'000'000);
+      startAt.set_nanos(static_cast<int32_t>(ns % 1'000'000'000));
+    }
+    std::vector<std::vector<std::string>> idsOf(group.faults.size());
+    std::vector<std::string> ids;
+    for (size_t k = 0; k < group.faults.size(); ++k) {
+      const FaultStep& f = *group.faults[k].fault;
+      const std::string named = faultStepText(f);
+      event("", "step.fault",
+            fmt::format("step {}: {} for {} on {} host(s)", group.faults[k].label, named, formatDuration(f.duration),
+                        targets.size()));
+      for (const auto& t : targets) {
+        const std::string id = fmt::format("{}/{}/{}", req_.runId, group.faults[k].label, t.agent_id());
+        {
+          std::lock_guard lock(mutex_);
+          HeldFault h;
+          h.agentId = t.agent_id();
+          h.host = t.hostname();
+          h.until = start + f.duration;
+          held_[id] = h;
+        }
+        v1::ControllerMessage msg;
+        auto* inj = msg.mutable_inject();
+        inj->set_fault_id(id);
+        inj->set_run_id(req_.runId);
+        *inj->mutable_spec() = f.spec;
+        *inj->mutable_duration() = toProto(f.duration);
+        *inj->mutable_start_at() = startAt;
+        if (!fleet_.send(t.agent_id(), msg)) {
+          std::string why = fmt::format("agent {} disconnected before the fault could be sent", t.agent_id());
+          {
+            std::lock_guard lock(mutex_);
+            held_[id].state = v1::FAULT_STATE_FAILED;
+            held_[id].error = why;
+            held_[id].failureRecorded = true;
+          }
+          recordFailure(t.hostname(), id, fmt::format("fault {}: {}", id, why));
+        }
+        idsOf[k].push_back(id);
+        ids.push_back(id);
+      }
+    }
+    for (const auto& [label, d] : group.waits) {
+      event("", "step.wait", fmt::format("step {}: wait {}", label, formatDuration(d)));
+    }
+    // Wait until every agent has answered.
+    std::vector<std::tuple<std::string, std::string, std::string>> unanswered;  // host, fault id, fault.failed text
+    {
+      std::unique_lock lock(mutex_);
+      cv_.wait_until(lock, start + options_.applyTimeout, [&] {
+        for (const auto& id : ids) {
+          if (held_[id].state == v1::FAULT_STATE_UNSPECIFIED) {
+            return false;
+          }
+        }
+        return true;
+      });
+      for (const auto& id : ids) {
+        auto& h = held_[id];
+        if (h.state == v1::FAULT_STATE_UNSPECIFIED) {
+          h.state = v1::FAULT_STATE_FAILED;
+          h.error = fmt::format("no answer within {} of the start time", formatDuration(options_.applyTimeout));
+          h.unconfirmed = true;
+          h.failureRecorded = true;
+          unanswered.emplace_back(h.host, id, fmt::format("fault {}: {}", id, h.error));
+        }
+      }
+    }
+    for (const auto& [host, id, text] : unanswered) {
+      recordFailure(host, id, text);
+    }
+    std::string failure;
+    {
+      std::lock_guard lock(mutex_);
+      for (size_t k = 0; k < group.faults.size() && failure.empty(); ++k) {
+        for (const auto& id : idsOf[k]) {
+          const auto& h = held_[id];
+          if (h.state == v1::FAULT_STATE_FAILED) {
+            failure = fmt::format("{} failed on host {}: {}", faultStepText(*group.faults[k].fault), h.host, h.error);
+            break;
+          }
+        }
+      }
+    }
+    if (!failure.empty()) {
+      auto leftover = revertHeld("a fault failed to apply");
+      return leftover.empty() ? failure : failure + "; " + leftover;
+    }
+    recordSkew(group, idsOf, startAt);
+    for (const auto* p : group.probes) {
+      sampleNamed(p->probe, !group.faults.empty());
+    }
+    if (stopVerdict_ != v1::VERDICT_UNSPECIFIED) {
+      // A probe step of the group saw a stop condition: revert now; no later step starts.
+      auto leftover = revertHeld(stopReason_);
+      return leftover.empty() ? stopReason_ : stopReason_ + "; " + leftover;
+    }
+
+    // Hold the faults, sampling the steady state while any is held; revert each at its end.
+    // Samples start every `every` (a slow sample delays the next one, never overlaps it).
+    auto groupEnd = start + group.wait;
+    for (const auto& m : group.faults) {
+      groupEnd = std::max(groupEnd, start + m.fault->duration);
+    }
+    std::vector<bool> ended(group.faults.size(), false);
+    const bool probing = !req_.experiment.hypothesis.probes.empty();
+    auto nextSample = Clock::now();
+    while (Clock::now() < groupEnd) {
+      for (size_t k = 0; k < group.faults.size(); ++k) {
+        if (!ended[k] && Clock::now() >= start + group.faults[k].fault->duration) {
+          ended[k] = true;
+          if (auto leftover = revertHeld("fault duration elapsed", idsOf[k]); !leftover.empty()) {
+            auto rest = revertHeld("rollback after a failed revert");
+            return rest.empty() ? leftover : leftover + "; " + rest;
+          }
+        }
+      }
+      const bool active = std::find(ended.begin(), ended.end(), false) != ended.end();
+      if (probing && active && Clock::now() >= nextSample) {
+        nextSample += req_.experiment.hypothesis.every;
+        sampleAll("during");
+        nextSample = std::max(nextSample, Clock::now());
+        if (stopVerdict_ != v1::VERDICT_UNSPECIFIED) {
+          // A stop condition: revert now; no later step starts.
+          auto leftover = revertHeld(stopReason_);
+          return leftover.empty() ? stopReason_ : stopReason_ + "; " + leftover;
+        }
+      }
+      // Wake for the next sample, the next fault's end, the group's end, a fault lost, or (polled) an abort.
+      auto until = std::min(groupEnd, Clock::now() + kAbortPoll);
+      if (probing && active) {
+        until = std::min(until, nextSample);
+      }
+      for (size_t k = 0; k < group.faults.size(); ++k) {
+        if (!ended[k]) {
+          until = std::min(until, start + group.faults[k].fault->duration);
+        }
+      }
+      std::unique_lock lock(mutex_);
+      cv_.wait_until(lock, until, [&] { return !lost_.empty(); });
+      if (!lost_.empty()) {
+        const std::string lost = lost_;
+        lock.unlock();
+        auto leftover = revertHeld("a fault ended early");
+        return leftover.empty() ? lost : lost + "; " + leftover;
+      }
+      lock.unlock();
+      if (stop_.requested()) {
+        auto leftover = revertHeld("run aborted: " + stop_.reason());
+        return leftover.empty() ? "aborted" : leftover;
+      }
+    }
+    return revertHeld("fault duration elapsed");
+  }
+
+  // Records a fault.failed event the agent could not send (it is gone, or never answered).
+  // Called without mutex_ held.
+  void recordFailure(const std::string& host, const std::string& faultId, const std::string& text) {
+    v1::RunEvent e = makeEvent(host, "fault.failed", text);
+    e.set_fault_id(faultId);
+    store_.addEvent(e);
+    if (sink_) {
+      sink_(e);
+    }
+  }
+
+  // The spread of the moments the hosts applied each fault of a group (their APPLIED reports'
+  // times, each on its host's clock), recorded as a step.skew event per fault.
+  void recordSkew(const Group& group, const std::vector<std::vector<std::string>>& idsOf,
+                  const google::protobuf::Timestamp& startAt) {
+    for (size_t k = 0; k < group.faults.size(); ++k) {
+      std::optional<int64_t> first;
+      std::optional<int64_t> last;
+      {
+        std::lock_guard lock(mutex_);
+        for (const auto& id : idsOf[k]) {
+          const auto& at = held_[id].appliedAt;
+          const int64_t ns = at.seconds() * 1'000'000'000 + at.nanos();
+          first = first ? std::min(*first, ns) : ns;
+          last = last ? std::max(*last, ns) : ns;
+        }
+      }
+      if (!first) {
+        continue;
+      }
+      const int64_t startNs = startAt.seconds() * 1'000'000'000 + startAt.nanos();
+      const auto skew = std::chrono::nanoseconds{*last - *first};
+      v1::RunEvent e = makeEvent(
+          "", "step.skew",
+          fmt::format("step {}: {} host(s) applied within {:.3f} ms of each other; the last {:.3f} ms after the start "
+                      "time",
+                      group.faults[k].label, idsOf[k].size(), static_cast<double>(skew.count()) / 1e6,
+                      static_cast<double>(*last - startNs) / 1e6));
+      *e.mutable_start_at() = startAt;
+      *e.mutable_skew() = toProto(skew);
+      store_.addEvent(e);
+      if (sink_) {
+        sink_(e);
+      }
+    }
+  }
+
+  // Reverts every fault still held by this run and waits for each agent to confirm. Returns ""
+  // when all are confirmed reverted (or expired), else what is left.
+  std::string revertHeld(const std::string& why, const std::vector<std::string>& only = {}) {
+    std::vector<std::pair<std::string, std::string>> toRevert;  // fault id, agent id
+    {
+      std::lock_guard lock(mutex_);
+      for (auto& [id, h] : held_) {
+        if (!only.empty() && std::find(only.begin(), only.end(), id) == only.end()) {
+          continue;
+        }
+        if (h.state == v1::FAULT_STATE_APPLIED || h.unconfirmed) {
+          toRevert.emplace_back(id, h.agentId);
+          h.revertRequested = true;
+        }
+      }
+    }
+    for (const auto& [id, agentId] : toRevert) {
+      v1::ControllerMessage msg;
+      msg.mutable_revert()->set_fault_id(id);
+      if (!fleet_.send(agentId, msg)) {
+        std::lock_guard lock(mutex_);
+        auto& h = held_[id];
+        h.agentGone = true;
+        h.error = fmt::format(
+            "agent {} disconnected: if it still runs, its lease reverts the fault; if it died, the fault "
+            "stays until the agent restarts or someone removes it",
+            agentId);
+      }
+    }
+    std::unique_lock lock(mutex_);
+    cv_.wait_for(lock, options_.revertTimeout, [&] {
+      for (const auto& [id, agentId] : toRevert) {
+        const auto& h = held_[id];
+        if (!settled(h.state) && !h.agentGone && !h.revertGaveUp) {
+          return false;
+        }
+      }
+      return true;
+    });
+    std::string left;
+    std::vector<std::tuple<std::string, std::string, std::string>> failures;  // host, fault id, fault.failed text
+    for (const auto& [id, agentId] : toRevert) {
+      auto& h = held_[id];
+      if (settled(h.state)) {
+        continue;
+      }
+      // A gone agent or a permanent failure was not waited for: say so, not that a timeout passed.
+      const std::string one =
+          h.revertGaveUp ? fmt::format("fault {} on host {} not reverted ({}): {}", id, h.host, why, h.error)
+          : h.agentGone
+              ? fmt::format("fault {} on host {} not confirmed reverted ({}): {}", id, h.host, why,
+                            h.error.empty() ? fmt::format("agent {} disconnected", agentId) : h.error)
+              : fmt::format("fault {} on host {} not confirmed reverted within {} ({}){}", id, h.host,
+                            formatDuration(options_.revertTimeout), why, h.error.empty() ? "" : ": " + h.error);
+      left += (left.empty() ? "" : "; ") + one;
+      if (!h.failureRecorded) {
+        h.failureRecorded = true;
+        failures.emplace_back(h.host, id, one);
+      }
+      h.state = v1::FAULT_STATE_FAILED;
+      h.unconfirmed = false;
+    }
+    // Forget settled faults.
+    for (auto it = held_.begin(); it != held_.end();) {
+      auto s = it->second.state;
+      if (settled(s) || s == v1::FAULT_STATE_FAILED) {
+        it = held_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    lock.unlock();
+    for (const auto& [host, id, text] : failures) {
+      recordFailure(host, id, text);
+    }
+    return left;
+  }
+
+  void onReport(const std::string& agentId, const v1::FaultReport& r) {
+    std::string host;
+    {
+      std::lock_guard lock(mutex_);
+      auto it = held_.find(r.fault_id());
+      if (it == held_.end() || it->second.agentId != agentId) {
+        return;  // not this run's
+      }
+      host = it->second.host;
+      if (r.state() == v1::FAULT_STATE_FAILED) {
+        it->second.failureRecorded = true;
+      }
+    }
+    // The event is recorded before the state changes: the run thread acts on the new state
+    // (records step.skew, starts the next step), and the timeline must read in that order.
+    const std::string kind = faultEventKind(r.state());
+    v1::RunEvent e = makeEvent(host, kind, r.error().empty() ? r.detail() : r.error());
+    e.mutable_at()->CopyFrom(r.at());
+    e.set_fault_id(r.fault_id());
+    store_.addEvent(e);
+    if (sink_) {
+      sink_(e);
+    }
+    {
+      std::lock_guard lock(mutex_);
+      auto it = held_.find(r.fault_id());
+      if (it == held_.end() || it->second.agentId != agentId) {
+        return;
+      }
+      auto& h = it->second;
+      const bool wasApplied = h.state == v1::FAULT_STATE_APPLIED;
+      if (r.state() == v1::FAULT_STATE_FAILED && wasApplied) {
+        if (r.error_code() == v1::FAULT_ERROR_AGENT_GONE) {
+          h.agentGone = true;
+        } else if (r.error_code() == v1::FAULT_ERROR_PERMANENT) {
+          h.revertGaveUp = true;  // the agent dropped the fault: no later report will come
+        } else {
+          // A revert failed and the agent retries it; or, before the run asked for the revert, the
+          // agent found the fault no longer in place (someone replaced its qdisc). Either way the
+          // agent still holds the fault: the run's revert goes to it (and ends the run, below).
+          h.revertFailed = true;
+        }
+      } else {
+        h.state = r.state();
+      }
+      if (r.state() == v1::FAULT_STATE_APPLIED) {
+        h.unconfirmed = false;
+        h.appliedAt = r.at();
+      }
+      // A fault that ends, or whose agent goes away, before the run asked for its end: the
+      // experiment did not run as written, whatever the probes say.
+      const bool expiredOnTime = r.state() == v1::FAULT_STATE_EXPIRED && Clock::now() + kExpiryTolerance >= h.until;
+      if (wasApplied && !h.revertRequested && r.state() != v1::FAULT_STATE_APPLIED && !expiredOnTime && lost_.empty()) {
+        lost_ = fmt::format("fault {} on host {} ended before its duration: {}", r.fault_id(), h.host,
+                            r.error().empty() ? r.detail() : r.error());
+      }
+      h.error = r.error();
+    }
+    cv_.notify_all();
+  }
+
+  // A probe step: one sample of the named probe (phase "step"). A failed sample violates the
+  // hypothesis whether or not an SLO covers the probe (a step judges its one sample). While
+  // faults are held (a probe step in a parallel group) it is also a stop condition, as a sample
+  // of the periodic rounds is: a failed guard aborts, any other failure stops as violated.
+  void sampleNamed(const std::string& name, bool faultsHeld) {
+    for (const auto& p : req_.experiment.hypothesis.probes) {
+      if (p.name == name) {
+        const auto at = agent::nowTimestamp();
+        const auto when = Clock::now();
+        record(p, "step", probes_.run(p), at, when, faultsHeld);
+        return;
+      }
+    }
+  }
+
+  // One sample of every probe, run concurrently; records the samples, then judges the steady
+  // state: a probe that no SLO covers must pass every sample; every SLO must hold over its
+  // window (during) or over the phase's samples (before, after). False if either fails.
+  // During a fault, a failure sets the stop condition (stopVerdict_, stopReason_): a failed
+  // guard or an error budget burning above maxBurnRate aborts, any other failure is a violation.
+  bool sampleAll(const std::string& phase) {
+    const auto& probes = req_.experiment.hypothesis.probes;
+    if (probes.empty()) {
+      return true;
+    }
+    std::vector<std::future<Sample>> pending;
+    const auto at = agent::nowTimestamp();
+    const auto when = Clock::now();
+    for (const auto& p : probes) {
+      pending.push_back(std::async(std::launch::async, [this, &p] { return probes_.run(p); }));
+    }
+    bool allOk = true;
+    const bool during = phase == "during";
+    for (size_t i = 0; i < probes.size(); ++i) {
+      allOk = record(probes[i], phase, pending[i].get(), at, when, during) && allOk;
+    }
+    for (const auto& slo : req_.experiment.hypothesis.slos) {
+      if (!checkSlo(slo, phase, at, when)) {
+        allOk = false;
+      }
+    }
+    return allOk;
+  }
+
+  // Records one sample of p and judges it alone (SLOs are judged by the caller). faultsHeld: the
+  // sample was taken while faults are held, so a failure is a stop condition. False when the
+  // sample fails the steady state by itself.
+  bool record(const Probe& p, const std::string& phase, const Sample& s, const google::protobuf::Timestamp& at,
+              Clock::time_point when, bool faultsHeld) {
+    v1::ProbeSample rec;
+    *rec.mutable_at() = at;
+    rec.set_probe(p.name);
+    rec.set_phase(phase);
+    rec.set_ok(s.ok);
+    rec.set_latency_ms(static_cast<double>(s.latency.count()) / 1000.0);
+    rec.set_detail(redact(s.detail));
+    rec.set_kind(std::string(probeKindName(p.kind)));
+    rec.set_guard(p.guard);
+    if (s.value) {
+      rec.set_value(*s.value);
+    }
+    store_.addSample(req_.runId, rec);
+    history_[p.name].push_back(HistorySample{when, phase, SliSample{s.ok, rec.latency_ms(), s.value}});
+    v1::RunEvent e =
+        makeEvent("", s.ok ? "probe.ok" : "probe.failed", fmt::format("{} ({}): {}", p.name, phase, s.detail));
+    *e.mutable_at() = at;
+    if (sink_) {
+      sink_(e);
+    }
+    if (s.ok) {
+      return true;
+    }
+    const bool step = phase == "step";
+    if (p.guard && faultsHeld) {
+      stopWith(v1::VERDICT_ABORTED,
+               fmt::format("stop condition: guard probe {} failed while the fault was active: {}", p.name, s.detail));
+    }
+    if (coveredBySlo(p.name) && !p.guard && !step) {
+      return true;  // judged by its SLOs, over a window
+    }
+    const std::string what = step ? fmt::format("probe {} failed at a probe step of the method: {}", p.name, s.detail)
+                             : phase == "before" ? fmt::format("probe {}: {}", p.name, s.detail)
+                                                 : fmt::format("probe {} failed {} the fault{}: {}", p.name,
+                                                               phase == "during" ? "while" : phase,
+                                                               phase == "during" ? " was active" : "s", s.detail);
+    if (phase == "during" || step) {
+      violated_ = true;
+    }
+    if (faultsHeld) {
+      stopWith(v1::VERDICT_VIOLATED,
+               step ? "steady state violated: " + what
+                    : fmt::format("steady state violated: probe {} failed while the fault was active: {}", p.name,
+                                  s.detail));
+    }
+    noteFailure(what);
+    return false;
+  }
+
+  bool coveredBySlo(const std::string& probe) const {
+    const auto& slos = req_.experiment.hypothesis.slos;
+    return std::any_of(slos.begin(), slos.end(), [&](const Slo& s) { return s.probe == probe; });
+  }
+
+  void noteFailure(std::string what) {
+    if (firstFailure_.empty()) {
+      firstFailure_ = std::move(what);
+    }
+  }
+
+  // The first stop condition wins.
+  void stopWith(v1::Verdict verdict, std::string reason) {
+    if (stopVerdict_ != v1::VERDICT_UNSPECIFIED) {
+      return;
+    }
+    stopVerdict_ = verdict;
+    stopReason_ = std::move(reason);
+    event("", "stop.condition", stopReason_);
+  }
+
+  // Evaluates slo over its samples of this phase (during: within its window), records the
+  // check, and returns whether it held (true when there is no sample to judge).
+  bool checkSlo(const Slo& slo, const std::string& phase, const google::protobuf::Timestamp& at,
+                Clock::time_point now) {
+    std::vector<SliSample> window;
+    const auto& history = history_[slo.probe];
+    if (phase == "during") {
+      // Newest first, up to the window's start: a long run does not rescan its whole history.
+      for (auto it = history.rbegin(); it != history.rend() && it->at + slo.window > now; ++it) {
+        if (it->phase == phase) {
+          window.push_back(it->sample);
+        }
+      }
+      std::reverse(window.begin(), window.end());
+    } else {
+      for (const auto& h : history) {
+        if (h.phase == phase) {
+          window.push_back(h.sample);
+        }
+      }
+    }
+    if (window.empty()) {
+      return true;
+    }
+    v1::SloCheck check = evaluateSlo(slo, window);
+    *check.mutable_at() = at;
+    check.set_phase(phase);
+    store_.addSloCheck(req_.runId, check);
+    const std::string measured = describeSloCheck(check);
+    if (slo.maxBurnRate && check.burn_rate() > *slo.maxBurnRate && phase == "during") {
+      stopWith(v1::VERDICT_ABORTED,
+               fmt::format("stop condition: SLO {} burns its error budget at {:.1f}x, above maxBurnRate {:g} ({})",
+                           slo.name, check.burn_rate(), *slo.maxBurnRate, measured));
+    }
+    if (check.ok()) {
+      return true;
+    }
+    const std::string what = phase == "before" ? fmt::format("SLO {} ({}): {}", slo.name, slo.objective, measured)
+                                               : fmt::format("SLO {} ({}) violated {} the fault{}: {}", slo.name,
+                                                             slo.objective, phase == "during" ? "while" : phase,
+                                                             phase == "during" ? " was active" : "s", measured);
+    event("", "slo.violated", fmt::format("{} ({})", what, phase));
+    if (phase == "during") {
+      violated_ = true;
+      stopWith(v1::VERDICT_VIOLATED, "steady state violated: " + what);
+    }
+    noteFailure(what);
+    return false;
+  }
+
+  v1::RunEvent makeEvent(const std::string& host, const std::string& kind, const std::string& message) {
+    v1::RunEvent e;
+    e.set_run_id(req_.runId);
+    *e.mutable_at() = agent::nowTimestamp();
+    e.set_host(host);
+    e.set_kind(kind);
+    e.set_message(redact(message));
+    return e;
+  }
+
+  // text with every secret variable's value replaced by ${NAME} (RunRequest::secrets).
+  std::string redact(std::string text) const {
+    for (const auto& [name, value] : req_.secrets) {
+      if (value.empty()) {
+        continue;
+      }
+      const std::string reference = "${" + name + "}";
+      for (size_t at = text.find(value); at != std::string::npos; at = text.find(value, at + reference.size())) {
+        text.replace(at, value.size(), reference);
+      }
+    }
+    return text;
+  }
+
+  void event(const std::string& host, const std::string& kind, const std::string& message) {
+    auto e = makeEvent(host, kind, message);
+    store_.addEvent(e);
+    if (sink_) {
+      sink_(e);
+    }
+  }
+
+  Fleet& fleet_;
+  ProbeRunner& probes_;
+  RecordStore& store_;
+  const RunEngine::EventSink& sink_;
+  const EngineOptions& options_;
+  const RunRequest& req_;
+  const StopSignal& stop_;
+  int listener_ = 0;
+  std::mutex mutex_;
+  std::string lost_;  // why a held fault ended before the run asked (first one)
+  std::condition_variable cv_;
+  std::map<std::string, HeldFault> held_;
+  bool violated_ = false;
+  std::string firstFailure_;
+  struct HistorySample {
+    Clock::time_point at;
+    std::string phase;
+    SliSample sample;
+  };
+  std::map<std::string, std::vector<HistorySample>> history_;  // per probe, in time order (run thread only)
+  v1::Verdict stopVerdict_ = v1::VERDICT_UNSPECIFIED;          // set by the first stop condition
+  std::string stopReason_;
+};
+
+}  // namespace
+
+tl::expected<v1::RunPlan, std::string> planRun(const Experiment& experiment, std::vector<v1::AgentInfo> agents,
+                                               uint64_t seed) {
+  auto resolved = resolveTargets(experiment.targets, std::move(agents), seed);
+  if (!resolved) {
+    return tl::unexpected(resolved.error());
+  }
+  // As the run itself would refuse it, before anything is injected.
+  if (auto cannot = checkCapabilities(experiment.method, resolved->hosts)) {
+    return tl::unexpected(*cannot);
+  }
+  v1::RunPlan plan;
+  plan.set_experiment(experiment.name);
+  plan.set_targets(resolved->summary);
+  for (const auto& a : resolved->hosts) {
+    *plan.add_hosts()->mutable_agent() = a;
+  }
+  const auto addFault = [&](const FaultStep& f, const std::string& label) {
+    const std::string named = faultStepText(f);
+    plan.add_steps(fmt::format("step {}: {} for {} on {} host(s)", label, named, formatDuration(f.duration),
+                               resolved->hosts.size()));
+    for (auto& h : *plan.mutable_hosts()) {
+      auto* pf = h.add_faults();
+      pf->set_step(label);
+      pf->set_name(f.name);
+      *pf->mutable_spec() = f.spec;
+      *pf->mutable_duration() = toProto(f.duration);
+    }
+  };
+  for (size_t i = 0; i < experiment.method.size(); ++i) {
+    const std::string label = std::to_string(i + 1);
+    const auto& step = experiment.method[i];
+    if (const auto* w = std::get_if<WaitStep>(&step)) {
+      plan.add_steps(fmt::format("step {}: wait {}", label, formatDuration(w->duration)));
+    } else if (const auto* p = std::get_if<ProbeStep>(&step)) {
+      plan.add_steps(fmt::format("step {}: probe {}", label, p->probe));
+    } else if (const auto* f = std::get_if<FaultStep>(&step)) {
+      addFault(*f, label);
+    } else {
+      const auto& members = std::get<ParallelStep>(step).steps;
+      plan.add_steps(fmt::format("step {}: {} step(s) started together", label, members.size()));
+      for (size_t j = 0; j < members.size(); ++j) {
+        const std::string sub = fmt::format("{}.{}", label, j + 1);
+        if (const auto* mf = std::get_if<FaultStep>(&members[j])) {
+          addFault(*mf, sub);
+        } else if (const auto* mw = std::get_if<WaitStep>(&members[j])) {
+          plan.add_steps(fmt::format("step {}: wait {}", sub, formatDuration(mw->duration)));
+        } else {
+          plan.add_steps(fmt::format("step {}: probe {}", sub, std::get<ProbeStep>(members[j]).probe));
+        }
+      }
+    }
+  }
+  return plan;
+}
+
+v1::SloCheck evaluateSlo(const Slo& slo, const std::vector<SliSample>& samples) {
+  v1::SloCheck check;
+  check.set_slo(slo.name);
+  check.set_probe(slo.probe);
+  check.set_objective(slo.objective);
+  check.set_samples(static_cast<uint32_t>(samples.size()));
+  std::vector<double> latencies;
+  size_t failed = 0;
+  std::optional<double> newestValue;
+  for (const auto& s : samples) {
+    latencies.push_back(s.latencyMs);
+    failed += s.ok ? 0 : 1;
+    if (s.value) {
+      newestValue = s.value;
+    }
+  }
+  std::sort(latencies.begin(), latencies.end());
+  const auto percentile = [&](double p) {
+    if (latencies.empty()) {
+      return 0.0;
+    }
+    const auto rank = static_cast<size_t>(std::ceil(p / 100.0 * static_cast<double>(latencies.size())));
+    return latencies[std::clamp<size_t>(rank, 1, latencies.size()) - 1];
+  };
+  const double errors = samples.empty() ? 0 : 100.0 * static_cast<double>(failed) / static_cast<double>(samples.size());
+  bool allOk = !samples.empty();
+  bool budgetSet = false;
+  for (const auto& t : slo.terms) {
+    auto* m = check.add_measures();
+    m->set_sli(t.name);
+    m->set_comparison(std::string(comparisonText(t.comparison)));
+    m->set_threshold(t.threshold);
+    bool ok = true;
+    switch (t.sli) {
+      case SliKind::kP50:
+        m->set_value(percentile(50));
+        break;
+      case SliKind::kP90:
+        m->set_value(percentile(90));
+        break;
+      case SliKind::kP95:
+        m->set_value(percentile(95));
+        break;
+      case SliKind::kP99:
+        m->set_value(percentile(99));
+        break;
+      case SliKind::kMaxLatency:
+        m->set_value(latencies.empty() ? 0 : latencies.back());
+        break;
+      case SliKind::kErrors:
+        m->set_value(errors);
+        if (!budgetSet && t.threshold > 0 &&
+            (t.comparison == Comparison::kLess || t.comparison == Comparison::kLessEqual)) {
+          check.set_burn_rate(errors / t.threshold);
+          budgetSet = true;
+        }
+        break;
+      case SliKind::kValue:
+        if (newestValue) {
+          m->set_value(*newestValue);
+        } else {
+          m->set_value(std::nan(""));
+          ok = false;
+        }
+        break;
+    }
+    ok = ok && compare(m->value(), t.comparison, t.threshold);
+    m->set_ok(ok);
+    allOk = allOk && ok;
+  }
+  check.set_ok(allOk);
+  return check;
+}
+
+std::string describeSloCheck(const v1::SloCheck& check) {
+  std::string out;
+  for (const auto& m : check.measures()) {
+    const bool latency =
+        m.sli() != "errors" && m.sli() != "value" && m.sli() != "throughput" && m.sli() != "saturation";
+    const bool percent = m.sli() == "errors";
+    const char* unit = latency ? "ms" : percent ? "%" : "";
+    out += fmt::format("{}{} {:.4g}{} ({} {:g}{}){}", out.empty() ? "" : ", ", m.sli(), m.value(), unit, m.comparison(),
+                       m.threshold(), unit, m.ok() ? "" : " FAILED");
+  }
+  return fmt::format("{} over {} sample(s)", out, check.samples());
+}
+
+RunEngine::RunEngine(Fleet& fleet, ProbeRunner& probes, RecordStore& store, EventSink sink, EngineOptions options)
+    : fleet_(fleet), probes_(probes), store_(store), sink_(std::move(sink)), options_(options) {}
+
+v1::Verdict RunEngine::run(const RunRequest& request, const StopSignal& stop) {
+  RunState state(fleet_, probes_, store_, sink_, options_, request, stop);
+  return state.execute();
+}
+
+}  // namespace faultline::controller

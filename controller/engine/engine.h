@@ -1,0 +1,140 @@
+// The run engine: turns a parsed experiment into a run on the fleet.
+//
+// Order: resolve targets (once, recorded) → check the steady state (nothing is injected if it
+// does not hold: verdict not steady) → method steps in order (a fault step injects on every
+// target, samples the probes every `every` while it is held, then reverts and waits for every
+// agent to confirm) → check the steady state after rollback → verdict. Rollback always runs: on
+// success, violation, abort and error. Every event, sample and SLO check goes to the record
+// store and to the event sink.
+//
+// Stop conditions, checked after every sample round while a fault is held: a failed sample of a
+// guard probe, or an SLO whose error budget burns above its maxBurnRate, aborts the run (verdict
+// aborted); a failed sample of a probe no SLO covers, or an SLO violated over its window, stops
+// it as violated. Either way the held faults are reverted at once (so within one probe interval
+// of the sample that saw it), no later step starts, the probes are sampled once more after the
+// rollback for the record, and the event stop.condition names the reason.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <functional>
+#include <mutex>
+#include <optional>
+#include <random>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <tl/expected.hpp>
+
+#include "controller/engine/fleet.h"
+#include "controller/experiment/experiment.h"
+#include "controller/probes/probe.h"
+#include "controller/store/store.h"
+
+namespace faultline::controller {
+
+// Asks a run to stop; wakes its waits at once. Thread-safe.
+class StopSignal {
+ public:
+  void request(std::string reason);
+  [[nodiscard]] bool requested() const;
+  [[nodiscard]] std::string reason() const;
+  // Sleeps up to d; true when a stop was requested (before or during the wait).
+  bool waitFor(std::chrono::steady_clock::duration d) const;
+
+ private:
+  mutable std::mutex mutex_;
+  mutable std::condition_variable cv_;
+  bool requested_ = false;
+  std::string reason_;
+};
+
+struct RunRequest {
+  std::string runId;
+  std::string fileName;
+  std::string fileSha256;
+  std::string trigger;  // cli, schedule, ci
+  Experiment experiment;
+  // (name, value) of the --vars whose names say they are secrets (isSecretVariableName()): every
+  // occurrence of a value in the run's events, probe samples and verdict reason is recorded (and
+  // sent to the event sink) as ${NAME} instead.
+  std::vector<std::pair<std::string, std::string>> secrets{};
+};
+
+struct EngineOptions {
+  std::chrono::milliseconds applyTimeout{10'000};   // every agent must report applied by then
+  std::chrono::milliseconds revertTimeout{10'000};  // every agent must confirm the revert by then
+  // Seed of the random choice of random(n) and percent(p) targets; unset: a fresh one per run
+  // (std::random_device). The seed used is recorded in the targets.resolved event.
+  std::optional<uint64_t> targetSeed;
+  // A fault step's start time is this far ahead of the moment the controller sends its Injects,
+  // so that every host receives them before it and all start at the same instant.
+  std::chrono::milliseconds startLead{250};
+};
+
+// The hosts of a run: resolved once, at its start.
+struct ResolvedTargets {
+  std::vector<v1::AgentInfo> hosts;  // the chosen agents, in agent-id order
+  size_t matched = 0;                // agents that matched the selector
+  std::string summary;               // for the record: selector, mode, matched, seed, chosen hosts
+};
+
+// Chooses the targets of an experiment among agents (every connected agent, in agent-id order):
+// those whose labels include all of the selector's, cut by the mode (count(n): the first n;
+// random(n): n at random; percent(p): ceil(p% of the matches) at random, at least 1). The random
+// choice is a function of seed. Errors (text naming the selector, the mode and the matches): no
+// agent matches, or count(n)/random(n) with fewer than n matches. Pure function, thread-safe.
+[[nodiscard]] tl::expected<ResolvedTargets, std::string> resolveTargets(const Targets& targets,
+                                                                        std::vector<v1::AgentInfo> agents,
+                                                                        uint64_t seed);
+
+class RunEngine {
+ public:
+  using EventSink = std::function<void(const v1::RunEvent&)>;
+  // All references must outlive the engine. sink may be empty.
+  RunEngine(Fleet& fleet, ProbeRunner& probes, RecordStore& store, EventSink sink, EngineOptions options = {});
+
+  // Runs to the end on the calling thread (blocks for the experiment's length) and returns the
+  // verdict. stop: abort (faults are reverted at once, the run is recorded as aborted).
+  v1::Verdict run(const RunRequest& request, const StopSignal& stop);
+
+ private:
+  Fleet& fleet_;
+  ProbeRunner& probes_;
+  RecordStore& store_;
+  EventSink sink_;
+  EngineOptions options_;
+};
+
+// The dry run of an experiment (`faultline run --dry-run`): its targets resolved against agents
+// as a run would resolve them, every step as the run would announce it, and every fault each host
+// would receive (in method order). Errors: as resolveTargets(); a fault some target's kernel
+// cannot run, in checkCapabilities()'s words (the run would refuse it too). Pure function,
+// thread-safe.
+[[nodiscard]] tl::expected<v1::RunPlan, std::string> planRun(const Experiment& experiment,
+                                                             std::vector<v1::AgentInfo> agents, uint64_t seed);
+
+// One probe sample as an SLI source.
+struct SliSample {
+  bool ok = false;
+  double latencyMs = 0;         // failed samples too: a timeout counts as its timeout
+  std::optional<double> value;  // prometheus probes
+};
+
+// Evaluates every term of slo over samples (non-empty; the window's, oldest first): latency
+// percentiles by nearest rank over all samples, errors as the percent of failed samples, value
+// as the newest sample's value (a term fails when no sample has one). burn_rate is errors divided
+// by the threshold of the first 'errors <' term (0 without one). Sets slo, probe, objective, ok,
+// samples, measures, burn_rate; not at or phase. Pure.
+[[nodiscard]] v1::SloCheck evaluateSlo(const Slo& slo, const std::vector<SliSample>& samples);
+
+// "p99 412ms (< 300ms), errors 0% (< 1%) over 12 samples"
+[[nodiscard]] std::string describeSloCheck(const v1::SloCheck& check);
+
+// The exit code of `faultline run` for a verdict: held 0, violated or not steady 1, aborted 2,
+// error 3.
+[[nodiscard]] int exitCodeFor(v1::Verdict verdict);
+
+}  // namespace faultline::controller

@@ -1,0 +1,244 @@
+// Experiment files, format v1 (YAML, apiVersion: faultline/v1): parsing and validation.
+// The format is documented in docs/experiments.md.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <variant>
+#include <vector>
+
+#include <tl/expected.hpp>
+
+#include "faultline/v1/faults.pb.h"
+
+namespace faultline::controller {
+
+// Limits of one experiment file; parseExperiment refuses more. The byte limit keeps a file well
+// under the controller's 4 MiB gRPC message limit: a caller reading a file can read at most
+// kMaxExperimentBytes + 1 bytes and pass them on, and parseExperiment reports it as too large.
+inline constexpr std::size_t kMaxExperimentBytes = 1024 * 1024;  // 1 MiB
+inline constexpr std::size_t kMaxMethodSteps = 1000;
+inline constexpr std::size_t kMaxProbes = 100;
+
+// One error in an experiment file. line and column are 1-based (0 when unknown); they point at
+// the offending value, at the key for unknown or duplicate keys, and at the parent map for a
+// missing key. field is the dotted path of the offending key, e.g. "method[2].fault.delay";
+// empty for errors about the file as a whole (YAML syntax, empty file, several documents).
+struct Diagnostic {
+  std::string file;
+  int line = 0;
+  int column = 0;
+  std::string field;
+  std::string message;  // what is wrong, the value, and what would be accepted
+};
+// "FILE:LINE:COLUMN: FIELD: MESSAGE", or "FILE:LINE:COLUMN: MESSAGE" when field is empty;
+// without ":LINE:COLUMN" when line is 0 (no place in the file, e.g. a file over the size limit).
+[[nodiscard]] std::string format(const Diagnostic& d);
+
+// How many of the agents that match the selector take part (targets.mode in the file).
+enum class TargetMode {
+  kAll,      // all: every matching agent
+  kCount,    // count(n): the first n matching agents in agent-id order
+  kRandom,   // random(n): n matching agents chosen at random
+  kPercent,  // percent(p): ceil(p% of the matching agents), chosen at random
+};
+
+struct Targets {
+  std::map<std::string, std::string> selector;  // agent labels that must all match; empty = every agent
+  TargetMode mode = TargetMode::kAll;
+  unsigned n = 0;      // kCount, kRandom: n >= 1
+  double percent = 0;  // kPercent: more than 0, at most 100
+};
+// The mode as written in a file: "all", "count(2)", "random(1)", "percent(25)".
+[[nodiscard]] std::string modeText(const Targets& t);
+
+// http: one request per sample. A sample passes when an answer arrives within timeout, its status is
+// in expectStatus, its body matches bodyMatch (when set) and it took at most maxLatency.
+struct HttpProbe {
+  std::string url;             // passed parseHttpUrl() (url.h): http://HOST[:PORT][/PATH], no TLS in v1
+  std::string method = "GET";  // GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS
+  std::vector<std::pair<std::string, std::string>> headers;  // sent as given, in file order
+  std::string body;                                          // request body; empty: none
+  std::vector<int> expectStatus{200};                        // accepted statuses (100-599), sorted, unique
+  std::optional<std::string> bodyMatch;        // ECMAScript regex (multiline) searched in the first 64 KiB of the body
+  std::chrono::milliseconds maxLatency{1000};  // a slower answer is a failed sample
+  std::chrono::milliseconds timeout{2000};     // no answer by then is a failed sample
+};
+
+// tcp: one connect per sample; the latency is the connect time.
+struct TcpProbe {
+  std::string host;  // a name, an IPv4 address or an IPv6 address (without brackets)
+  uint16_t port = 0;
+  std::chrono::milliseconds maxLatency{1000};  // a slower connect is a failed sample
+  std::chrono::milliseconds timeout{2000};
+};
+
+// command: runs a program per sample, without a shell (argv[0] looked up in PATH) unless shell
+// is set; in its own process group, which is killed (SIGKILL) when timeout passes.
+struct CommandProbe {
+  std::vector<std::string> argv;  // non-empty unless shell is set
+  std::string shell;              // when set: /bin/sh -c SHELL, and argv is empty
+  int expectExit = 0;
+  std::optional<std::string> stdoutMatch;  // ECMAScript regex (multiline) searched in the first 64 KiB of stdout
+  std::chrono::milliseconds timeout{5000};
+};
+
+enum class Comparison { kLess, kLessEqual, kGreater, kGreaterEqual, kEqual, kNotEqual };
+// "<", "<=", ">", ">=", "==", "!="
+[[nodiscard]] std::string_view comparisonText(Comparison c);
+[[nodiscard]] bool compare(double value, Comparison c, double threshold);
+
+// prometheus: an instant query (GET URL/api/v1/query?query=QUERY) per sample; the answer must be
+// a scalar or a vector of exactly one series, whose value is compared with threshold. The value
+// is recorded with the sample (a saturation or traffic SLI).
+struct PrometheusProbe {
+  std::string url;    // the server's base URL, e.g. http://127.0.0.1:9090 (parseHttpUrl())
+  std::string query;  // PromQL
+  Comparison comparison = Comparison::kLess;
+  double threshold = 0;
+  std::chrono::milliseconds timeout{2000};
+};
+
+enum class ProbeKind { kHttp, kTcp, kCommand, kPrometheus };
+[[nodiscard]] std::string_view probeKindName(ProbeKind kind);  // "http", "tcp", "command", "prometheus"
+
+struct Probe {
+  std::string name;
+  ProbeKind kind = ProbeKind::kHttp;
+  // Only the member of `kind` is meaningful.
+  HttpProbe http;
+  TcpProbe tcp;
+  CommandProbe command;
+  PrometheusProbe prometheus;
+  // A guard: its first failed sample while a fault is active aborts the run (stop condition).
+  bool guard = false;
+};
+
+// One term of an SLO: SLI COMPARISON THRESHOLD, e.g. "p99 < 300ms" or "errors < 1%".
+enum class SliKind {
+  kP50,  // latency percentiles of the window's samples (failed samples included), milliseconds
+  kP90,
+  kP95,
+  kP99,
+  kMaxLatency,  // "max"
+  kErrors,      // share of failed samples in the window, percent
+  kValue,       // the probe's last value in the window (prometheus): also named throughput, saturation
+};
+[[nodiscard]] std::string_view sliName(SliKind kind);  // "p50", ..., "max", "errors", "value"
+
+struct SloTerm {
+  SliKind sli = SliKind::kP99;
+  std::string name;  // as written: "p99", "errors", "throughput", "saturation", "value"
+  Comparison comparison = Comparison::kLess;
+  double threshold = 0;  // milliseconds for latencies, percent for errors, the value as is
+};
+
+// An SLO over one probe's samples: every term holds over the samples of the last `window`.
+// Written "p99 < 300ms and errors < 1% over 30s" (see docs/experiments.md).
+struct Slo {
+  std::string name;
+  std::string probe;      // a probe of the steady state
+  std::string objective;  // as written in the file
+  std::vector<SloTerm> terms;
+  std::chrono::milliseconds window{30'000};
+  // Error budget: the allowed error share is the threshold of the 'errors' term; the burn rate
+  // is the window's error share divided by it. The run aborts above maxBurnRate (unset: never).
+  std::optional<double> maxBurnRate;
+};
+
+// Parses an objective; the error says what is wrong and what is accepted. Pure.
+[[nodiscard]] tl::expected<Slo, std::string> parseObjective(std::string_view text);
+
+struct Hypothesis {
+  std::vector<Probe> probes;
+  std::vector<Slo> slos;
+  std::chrono::milliseconds every{1000};  // sampling period while faults are active
+};
+
+// A fault without a duration in the file is held this long; no fault may be held longer than
+// kMaxFaultDuration (the agent's policy may lower or raise its own limit, docs/operations.md).
+inline constexpr std::chrono::milliseconds kDefaultFaultDuration{60'000};
+inline constexpr std::chrono::milliseconds kMaxFaultDuration{3'600'000};
+
+struct FaultStep {
+  std::string name;                       // for events and records; defaults to the fault type
+  v1::FaultSpec spec;                     // passed validateFaultSpec()
+  std::chrono::milliseconds duration{0};  // > 0: the fault is held this long, then reverted
+};
+
+// A fault step as events name it: "network.delay 'slow-db'", or the kind alone when the step has
+// no name of its own (name defaults to the kind).
+[[nodiscard]] std::string faultStepText(const FaultStep& f);
+
+struct WaitStep {
+  std::chrono::milliseconds duration{0};
+};
+
+// Samples one probe of the steady state once, as a step: `probe: NAME`.
+struct ProbeStep {
+  std::string probe;  // the name of a probe in steadyState.probes (checked by the parser)
+};
+
+// `parallel: [...]`: fault, wait and probe steps that start together (every fault on every host
+// at the same instant); the group ends when its longest member ends. Not nested.
+using ParallelMember = std::variant<FaultStep, WaitStep, ProbeStep>;
+struct ParallelStep {
+  std::vector<ParallelMember> steps;  // at least one
+};
+
+using Step = std::variant<FaultStep, WaitStep, ProbeStep, ParallelStep>;
+
+struct Experiment {
+  std::string name;
+  std::string description;
+  Targets targets;
+  Hypothesis hypothesis;
+  std::vector<Step> method;
+};
+
+// Values for ${NAME} references in an experiment file (`faultline validate|run --var NAME=VALUE`).
+// NAME: a letter or '_', then letters, digits and '_'.
+using Variables = std::map<std::string, std::string>;
+
+// True when name may be used as a variable name: [A-Za-z_][A-Za-z0-9_]*, at most 64 characters.
+[[nodiscard]] bool isVariableName(std::string_view name);
+
+// The text with every ${NAME} replaced by its value and every $${ by a literal ${ (anywhere in the
+// file: values, keys, comments), and a note for each place, or the errors (a reference to a
+// variable not in vars, or a ${ with no valid NAME} after it), each with the file, line and column
+// of its ${. Values are inserted as written, not re-scanned. Pure function, thread-safe.
+struct Substitution {
+  std::string text;
+  // Maps a 1-based line and column of text back to the place in the original file (a place inside
+  // an inserted value maps to its ${).
+  struct Segment {
+    size_t outStart = 0;
+    size_t inStart = 0;
+    size_t length = 0;
+    bool literal = true;  // copied as is (false: an inserted value or an escape)
+  };
+  std::vector<Segment> segments;
+};
+[[nodiscard]] tl::expected<Substitution, std::vector<Diagnostic>> substituteVariables(std::string_view yaml,
+                                                                                      const std::string& fileName,
+                                                                                      const Variables& vars);
+
+// Parses and validates the whole file (docs/experiments.md), including validateFaultSpec() on
+// every fault and parseHttpUrl() (url.h) on every probe URL. Never partially succeeds: either
+// every field is valid or every error found is returned (at least one), sorted by line and
+// column; a YAML syntax error (nesting deeper than yaml-cpp's limit included) is returned alone,
+// and so is a text over kMaxExperimentBytes, which is refused before it is parsed.
+// fileName is used in diagnostics only. ${NAME} references are replaced first
+// (substituteVariables(); its errors are returned alone), and every diagnostic points at the place
+// in the file as written. Pure function of its input: no I/O, thread-safe.
+[[nodiscard]] tl::expected<Experiment, std::vector<Diagnostic>> parseExperiment(std::string_view yaml,
+                                                                                const std::string& fileName,
+                                                                                const Variables& vars = {});
+
+}  // namespace faultline::controller

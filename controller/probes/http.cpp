@@ -1,0 +1,286 @@
+// HTTP probe: one GET per sample over plain TCP with Boost.Beast, bounded by one deadline.
+#include <algorithm>
+#include <cctype>
+#include <charconv>
+#include <cstdio>
+#include <optional>
+#include <regex>
+#include <string_view>
+#include <utility>  // boost/asio/awaitable.hpp (1.74) uses std::exchange without it
+#include <vector>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <tl/expected.hpp>
+
+#include "controller/probes/http.h"
+
+namespace faultline::controller {
+namespace {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using tcp = asio::ip::tcp;
+using Clock = std::chrono::steady_clock;
+
+}  // namespace
+
+namespace {
+
+// A parsed URL with its address when the host is an IP literal (nothing to resolve).
+struct Url {
+  HttpUrl parts;
+  std::optional<asio::ip::address> literal;
+};
+
+std::string hostHeader(const Url& url) {
+  std::string host = url.literal && url.literal->is_v6() ? "[" + url.parts.host + "]" : url.parts.host;
+  return url.parts.port == 80 ? host : host + ":" + std::to_string(url.parts.port);
+}
+
+struct Exchange {
+  std::optional<unsigned> status;  // set when a whole answer arrived
+  std::string body;
+  boost::system::error_code error;
+  enum class Stage { resolve, connect, write, read } stage = Stage::resolve;
+};
+
+struct Request {
+  http::verb verb = http::verb::get;
+  std::string method;
+  std::string target;
+  const std::vector<std::pair<std::string, std::string>>* headers = nullptr;
+  const std::string* body = nullptr;
+};
+
+// GCC 12 warns that Boost.Asio 1.74's coroutine frame is freed by a mismatched operator delete;
+// the frame's own operator new and delete do match (a known false positive of the inliner).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
+asio::awaitable<void> fetch(const Url& url, const Request& req, Clock::time_point deadline, Exchange& out) {
+  auto executor = co_await asio::this_coro::executor;
+  auto& ec = out.error;
+  std::vector<tcp::endpoint> endpoints;
+  if (url.literal) {
+    endpoints.emplace_back(*url.literal, url.parts.port);
+  } else {
+    // getaddrinfo cannot be interrupted: a resolver that hangs delays this sample past its
+    // deadline (the timeout is still reported).
+    tcp::resolver resolver(executor);
+    auto results = co_await resolver.async_resolve(url.parts.host, std::to_string(url.parts.port),
+                                                   asio::redirect_error(asio::use_awaitable, ec));
+    if (ec) {
+      co_return;
+    }
+    for (const auto& r : results) {
+      endpoints.push_back(r.endpoint());
+    }
+    if (Clock::now() >= deadline) {
+      ec = beast::error::timeout;
+      co_return;
+    }
+  }
+
+  beast::tcp_stream stream(executor);
+  // One deadline for connect, write and read together.
+  stream.expires_at(deadline);
+  out.stage = Exchange::Stage::connect;
+  co_await stream.async_connect(endpoints, asio::redirect_error(asio::use_awaitable, ec));
+  if (ec) {
+    co_return;
+  }
+
+  http::request<http::string_body> request{req.verb, req.target, 11};
+  if (req.verb == http::verb::unknown) {
+    request.method_string(req.method);
+  }
+  request.set(http::field::host, hostHeader(url));
+  request.set(http::field::user_agent, "faultline-probe");
+  for (const auto& [name, value] : *req.headers) {
+    request.set(name, value);
+  }
+  request.set(http::field::connection, "close");
+  if (!req.body->empty()) {
+    request.body() = *req.body;
+    request.prepare_payload();
+  }
+  out.stage = Exchange::Stage::write;
+  co_await http::async_write(stream, request, asio::redirect_error(asio::use_awaitable, ec));
+  if (ec) {
+    co_return;
+  }
+
+  beast::flat_buffer buffer;
+  http::response_parser<http::string_body> parser;
+  parser.body_limit(kMaxProbeBody);
+  if (req.verb == http::verb::head) {
+    parser.skip(true);
+  }
+  out.stage = Exchange::Stage::read;
+  co_await http::async_read(stream, buffer, parser, asio::redirect_error(asio::use_awaitable, ec));
+  if (ec) {
+    co_return;
+  }
+  out.status = parser.get().result_int();
+  out.body = std::move(parser.get().body());
+  boost::system::error_code ignored;
+  stream.socket().shutdown(tcp::socket::shutdown_both, ignored);
+}
+#pragma GCC diagnostic pop
+
+std::string describeFailure(const Exchange& exchange, const Url& url, std::chrono::milliseconds timeout) {
+  const auto& ec = exchange.error;
+  if (ec == beast::error::timeout) {
+    return "timeout after " + formatLimit(timeout);
+  }
+  const std::string where = hostHeader(url);
+  switch (exchange.stage) {
+    case Exchange::Stage::resolve:
+      return "cannot resolve " + url.parts.host + ": " + ec.message();
+    case Exchange::Stage::connect:
+      if (ec == asio::error::connection_refused) {
+        return "connection refused";
+      }
+      return "cannot connect to " + where + ": " + ec.message();
+    case Exchange::Stage::write:
+      return "cannot send the request to " + where + ": " + ec.message();
+    case Exchange::Stage::read:
+      if (ec == http::error::end_of_stream || ec == asio::error::eof || ec == http::error::partial_message) {
+        return "connection closed by " + where + " before a complete answer";
+      }
+      if (ec == asio::error::connection_reset) {
+        return "connection reset by " + where;
+      }
+      if (ec == http::error::body_limit) {
+        return "answer body from " + where + " is larger than " + std::to_string(kMaxProbeBody) + " bytes";
+      }
+      return "bad answer from " + where + ": " + ec.message();
+  }
+  return ec.message();
+}
+
+std::string statusList(const std::vector<int>& statuses) {
+  std::string out;
+  for (size_t i = 0; i < statuses.size(); ++i) {
+    // Runs of 3+ consecutive codes are shown as a range: 200-299.
+    size_t j = i;
+    while (j + 1 < statuses.size() && statuses[j + 1] == statuses[j] + 1) {
+      ++j;
+    }
+    out += out.empty() ? "" : ", ";
+    if (j >= i + 2) {
+      out += std::to_string(statuses[i]) + "-" + std::to_string(statuses[j]);
+      i = j;
+    } else {
+      out += std::to_string(statuses[i]);
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+std::string formatLatency(std::chrono::microseconds d) {
+  char text[32];
+  const double ms = static_cast<double>(d.count()) / 1000.0;
+  if (ms < 10) {
+    std::snprintf(text, sizeof text, "%.1fms", ms);
+  } else if (ms < 1000) {
+    std::snprintf(text, sizeof text, "%.0fms", ms);
+  } else {
+    std::snprintf(text, sizeof text, "%.3gs", ms / 1000.0);
+  }
+  return text;
+}
+
+std::string formatLimit(std::chrono::milliseconds d) {
+  if (d.count() % 1000 == 0 && d.count() != 0) {
+    return std::to_string(d.count() / 1000) + "s";
+  }
+  if (d.count() > 1000) {
+    char text[32];
+    std::snprintf(text, sizeof text, "%gs", static_cast<double>(d.count()) / 1000.0);
+    return text;
+  }
+  return std::to_string(d.count()) + "ms";
+}
+
+tl::expected<HttpAnswer, std::string> httpExchange(const HttpUrl& parts, const std::string& method,
+                                                   const std::string& target,
+                                                   const std::vector<std::pair<std::string, std::string>>& headers,
+                                                   const std::string& body, std::chrono::milliseconds timeout,
+                                                   std::chrono::microseconds& latency) {
+  Url url{parts, std::nullopt};
+  boost::system::error_code notLiteral;
+  if (const auto address = asio::ip::make_address(url.parts.host, notLiteral); !notLiteral) {
+    url.literal = address;
+  }
+  Request req;
+  req.verb = http::string_to_verb(method);
+  req.method = method;
+  req.target = target.empty() ? url.parts.target : target;
+  req.headers = &headers;
+  req.body = &body;
+  // Each sample has its own io_context, so concurrent calls share nothing.
+  asio::io_context ioc;
+  Exchange exchange;
+  const auto start = Clock::now();
+  asio::co_spawn(ioc, fetch(url, req, start + timeout, exchange), asio::detached);
+  ioc.run();
+  latency = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - start);
+  if (!exchange.status) {
+    return tl::unexpected(describeFailure(exchange, url, timeout));
+  }
+  return HttpAnswer{*exchange.status, std::move(exchange.body)};
+}
+
+Sample runHttpProbe(const HttpProbe& spec) {
+  auto parts = parseHttpUrl(spec.url);
+  if (!parts) {
+    return Sample{false, std::chrono::microseconds{0}, parts.error(), std::nullopt};
+  }
+  Sample sample;
+  auto answer = httpExchange(*parts, spec.method, "", spec.headers, spec.body, spec.timeout, sample.latency);
+  if (!answer) {
+    sample.detail = std::move(answer.error());
+    return sample;
+  }
+  const int status = static_cast<int>(answer->status);
+  if (!std::binary_search(spec.expectStatus.begin(), spec.expectStatus.end(), status)) {
+    sample.detail = "status " + std::to_string(status) + ", expected " + statusList(spec.expectStatus);
+    return sample;
+  }
+  sample.detail = std::to_string(status) + " in " + formatLatency(sample.latency);
+  if (spec.bodyMatch) {
+    bool found = false;
+    try {
+      // libstdc++'s std::regex recurses per character: bound the text it walks.
+      const std::string_view text(answer->body.data(), std::min(answer->body.size(), kMaxMatchedBytes));
+      found = std::regex_search(text.begin(), text.end(),
+                                std::regex(*spec.bodyMatch, std::regex::ECMAScript | std::regex::multiline));
+    } catch (const std::regex_error& e) {  // the parser compiled it already; a limit of std::regex
+      sample.detail += ", bodyMatch cannot run: " + std::string(e.what());
+      return sample;
+    }
+    if (!found) {
+      sample.detail += ", body does not match /" + *spec.bodyMatch + "/";
+      return sample;
+    }
+  }
+  if (sample.latency > spec.maxLatency) {
+    sample.detail += ", above maxLatency " + formatLimit(spec.maxLatency);
+    return sample;
+  }
+  sample.ok = true;
+  return sample;
+}
+
+}  // namespace faultline::controller

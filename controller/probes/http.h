@@ -1,0 +1,34 @@
+// The HTTP exchange shared by the http and prometheus probes. Internal to controller/probe*.cpp.
+#pragma once
+
+#include <chrono>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <tl/expected.hpp>
+
+#include "controller/probes/probe.h"
+
+namespace faultline::controller {
+
+struct HttpAnswer {
+  unsigned status = 0;
+  std::string body;  // at most kMaxProbeBody bytes are read; a longer body is an error
+};
+
+inline constexpr std::size_t kMaxProbeBody = 1024 * 1024;
+// bodyMatch and stdoutMatch search the first this many bytes (ECMAScript, multiline).
+inline constexpr std::size_t kMaxMatchedBytes = 64 * 1024;
+
+// One HTTP/1.1 request (Connection: close) to url, with target replacing url.target when not
+// empty; connect, write and read share one deadline of timeout. latency is set to the time from
+// start to the answer or the failure. The error is a sample's detail: "timeout after 2s",
+// "connection refused", "cannot resolve HOST: ...", "connection closed by HOST:PORT before a
+// complete answer". Blocking; thread-safe (its own io_context).
+[[nodiscard]] tl::expected<HttpAnswer, std::string> httpExchange(
+    const HttpUrl& url, const std::string& method, const std::string& target,
+    const std::vector<std::pair<std::string, std::string>>& headers, const std::string& body,
+    std::chrono::milliseconds timeout, std::chrono::microseconds& latency);
+
+}  // namespace faultline::controller

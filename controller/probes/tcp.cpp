@@ -1,0 +1,95 @@
+// TCP probe: one connect per sample (Boost.Asio), bounded by one deadline.
+#include <optional>
+#include <utility>  // boost/asio/awaitable.hpp (1.74) uses std::exchange without it
+#include <vector>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/beast/core/tcp_stream.hpp>
+
+#include "controller/probes/probe.h"
+
+namespace faultline::controller {
+namespace {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+using tcp = asio::ip::tcp;
+using Clock = std::chrono::steady_clock;
+
+struct Connect {
+  bool resolved = false;
+  boost::system::error_code error;
+};
+
+asio::awaitable<void> connect(const TcpProbe& spec, Clock::time_point deadline, Connect& out) {
+  auto executor = co_await asio::this_coro::executor;
+  auto& ec = out.error;
+  std::vector<tcp::endpoint> endpoints;
+  boost::system::error_code notLiteral;
+  if (const auto address = asio::ip::make_address(spec.host, notLiteral); !notLiteral) {
+    endpoints.emplace_back(address, spec.port);
+  } else {
+    tcp::resolver resolver(executor);
+    auto results = co_await resolver.async_resolve(spec.host, std::to_string(spec.port),
+                                                   asio::redirect_error(asio::use_awaitable, ec));
+    if (ec) {
+      co_return;
+    }
+    for (const auto& r : results) {
+      endpoints.push_back(r.endpoint());
+    }
+    if (Clock::now() >= deadline) {
+      ec = beast::error::timeout;
+      co_return;
+    }
+  }
+  out.resolved = true;
+  beast::tcp_stream stream(executor);
+  stream.expires_at(deadline);
+  co_await stream.async_connect(endpoints, asio::redirect_error(asio::use_awaitable, ec));
+  if (!ec) {
+    boost::system::error_code ignored;
+    stream.socket().shutdown(tcp::socket::shutdown_both, ignored);
+  }
+}
+
+}  // namespace
+
+Sample runTcpProbe(const TcpProbe& spec) {
+  asio::io_context ioc;
+  Connect result;
+  const auto start = Clock::now();
+  asio::co_spawn(ioc, connect(spec, start + spec.timeout, result), asio::detached);
+  ioc.run();
+  Sample sample;
+  sample.latency = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - start);
+  const auto& ec = result.error;
+  if (ec == beast::error::timeout) {
+    sample.detail = "timeout after " + formatLimit(spec.timeout);
+    return sample;
+  }
+  if (ec) {
+    if (!result.resolved) {
+      sample.detail = "cannot resolve " + spec.host + ": " + ec.message();
+    } else if (ec == asio::error::connection_refused) {
+      sample.detail = "connection refused";
+    } else {
+      sample.detail = "cannot connect to " + spec.host + ":" + std::to_string(spec.port) + ": " + ec.message();
+    }
+    return sample;
+  }
+  sample.detail = "connected in " + formatLatency(sample.latency);
+  if (sample.latency > spec.maxLatency) {
+    sample.detail += ", above maxLatency " + formatLimit(spec.maxLatency);
+    return sample;
+  }
+  sample.ok = true;
+  return sample;
+}
+
+}  // namespace faultline::controller

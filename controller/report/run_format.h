@@ -1,0 +1,64 @@
+// Text views of run records for the CLI: `faultline show RUN_ID` and `faultline runs`.
+// Pure functions of their input, except that wall-clock times are printed in the process's
+// local time zone (TZ), as ISO 8601 with the UTC offset. Control characters in recorded
+// text (messages come from remote hosts) are replaced by spaces, so one record is one line.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "controller/experiment/experiment.h"
+#include "faultline/v1/agent_gateway.pb.h"
+#include "faultline/v1/control.pb.h"
+
+namespace faultline::controller {
+
+// held, violated, not steady, aborted, error; running while there is no verdict yet.
+[[nodiscard]] std::string verdictWord(v1::Verdict verdict);
+// The record's event kind for a fault report's state: fault.applied, fault.reverted,
+// fault.expired, fault.failed ("fault.report" for an unset state).
+[[nodiscard]] std::string faultEventKind(v1::FaultState state);
+
+// The run's header (id, experiment, trigger, first 12 characters of the file's sha256, start,
+// end, duration, verdict: held, violated, not steady, aborted, error or running, reason), its
+// events in time order as "+SECONDS.mmm  HOST  KIND  MESSAGE" relative to the start (host "-"
+// for run-level events),
+// the faults' windows per host ("HOST STEP FROM TO HELD END": each fault.applied to the host's
+// next fault.reverted, fault.expired or fault.failed), per probe and phase (before, during, after,
+// then any other) the number of samples, the failed ones, and the p50 (nearest rank) and maximum
+// latency in ms, and per SLO and phase the number of checks, the failed ones and the SLIs of the
+// first failed check (else the last). Ends with a newline.
+[[nodiscard]] std::string formatTimeline(const v1::Run& run);
+
+// The JSON journal of a run (--journal FILE): {"format": "faultline-journal/v1", "run": {id,
+// trigger, startedAt, endedAt}, "experiment": {name, file, sha256 (of the file as written), yaml
+// (the text that ran: every ${NAME} replaced by its --var value, except variables whose name
+// isSecretVariableName() says is a secret: those stay ${NAME}), variables: [{name, value} or
+// {name, redacted: true} for a secret, by name]}, "hosts": [host names from the events],
+// "targets": [the targets.resolved messages], "events": [{at, host, kind, message, verdict?,
+// startAt? and skewMs? (step.skew: the start time sent and the spread, milliseconds)}],
+// "samples": [{at, probe, kind, phase, ok, latencyMs, detail, guard, value?}], "slis": [{at, slo,
+// probe, objective, phase, ok, samples, burnRate, measures: [{sli, value, comparison, threshold,
+// ok}]}], "verdict": {verdict, reason, exitCode}}. Times are RFC 3339 UTC. Invalid
+// UTF-8 in recorded text is replaced (U+FFFD). Ends with a newline.
+[[nodiscard]] std::string formatJournal(const v1::Run& run, const std::string& fileName,
+                                        const std::string& experimentYaml, const Variables& vars = {});
+
+// True when a --var's value must not be written to reports: its name contains SECRET, TOKEN,
+// PASSWORD or PASSWD, in any case (API_TOKEN, db_password, ...).
+[[nodiscard]] bool isSecretVariableName(std::string_view name);
+
+// JUnit XML (--junit FILE) in the form of the Apache Ant JUnit schema (tests/junit/junit.xsd): one
+// <testsuite> named after the experiment; one <testcase> per hypothesis check (classname
+// EXPERIMENT.steadyState, per phase before/during/after: each probe no SLO covers, and guards,
+// failed when any of its samples failed; each SLO, failed when any check failed) and per method
+// step (classname EXPERIMENT.method; the step the run ended in carries the verdict and reason as
+// a failure, or as an error for an execution error; steps never started are skipped). The
+// events go to <system-out>. hostname: where the run was started ("localhost" when empty).
+[[nodiscard]] std::string formatJUnit(const v1::Run& run, const Experiment& experiment, const std::string& hostname);
+
+// A header line, then one line per run in the given order: id, start (local, seconds),
+// experiment, trigger, verdict, reason (cut to 60 characters with "..."). "no runs\n" if empty.
+[[nodiscard]] std::string formatRunList(const std::vector<v1::Run>& runs);
+
+}  // namespace faultline::controller

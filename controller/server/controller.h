@@ -1,0 +1,49 @@
+// The controller process: the AgentGateway for agents and the Control API for the CLI on one
+// gRPC server, the run engine (one thread per active run), and the record store.
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <string>
+
+#include "controller/server/gateway.h"
+
+namespace faultline::controller {
+
+struct ControllerOptions {
+  std::string listen = "127.0.0.1:7443";  // HOST:PORT (port 0 picks a free one) or unix:PATH
+  std::string dbPath = "faultline.db";
+  std::chrono::milliseconds lease{15'000};
+  // true for the controller `faultline run --local` embeds next to its in-process agent: a run it
+  // left unfinished had its faults reverted by the crash recovery of the next run --local on the
+  // same state directory (no agent of its own outlived it to let a lease expire).
+  bool local = false;
+};
+
+class Controller {
+ public:
+  explicit Controller(ControllerOptions options);
+  ~Controller();  // aborts active runs (their faults are reverted), then stops the server
+  Controller(const Controller&) = delete;
+  Controller& operator=(const Controller&) = delete;
+
+  // Binds and starts serving. Returns the bound port (0 for unix:PATH).
+  // errors: std::runtime_error naming the errno when the address cannot be bound (checked before
+  // the database is touched); std::system_error when the database cannot be opened.
+  int start();
+  // Aborts every active run with reason and waits for them to finish (faults reverted).
+  void abortAll(const std::string& reason);
+  // Blocks until shutdown() is called from another thread.
+  void wait();
+  void shutdown();
+  [[nodiscard]] Gateway& gateway();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// SHA-256 of data as 64 lowercase hex digits.
+[[nodiscard]] std::string sha256Hex(std::string_view data);
+
+}  // namespace faultline::controller

@@ -1,0 +1,482 @@
+// Process selectors, process.kill and process.pause against this kernel, with children and cgroups
+// the test creates and removes. Needs root (cgroups, ns_last_pid). On this build machine cgroup v2
+// is the hybrid /sys/fs/cgroup/unified mount, which has cgroup.freeze and cgroup.kill but no
+// cpu/memory/pids controllers; everything here uses only the former. The mount is discovered.
+#include <fcntl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <csignal>
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <doctest/doctest.h>
+#include <boost/asio/io_context.hpp>
+
+#include "agent/faults/process/kill_driver.h"
+#include "agent/faults/process/pause_driver.h"
+#include "agent/kernel/cgroup_tree.h"
+#include "agent/kernel/process_table.h"
+#include "agent/kernel/qdisc_table.h"
+#include "agent/safety/journal.h"
+#include "agent/safety/recovery.h"
+#include "agent/session/agent.h"
+#include "tests/support/child.h"
+#include "tests/support/test_cgroup.h"
+
+namespace fs = std::filesystem;
+using faultline::agent::ProcessKillDriver;
+using faultline::agent::ProcessPauseDriver;
+using faultline::testing::Child;
+using faultline::testing::LongNamedSleep;
+using faultline::testing::TestCgroup;
+namespace v1 = faultline::v1;
+
+namespace {
+
+std::string sleepBin() {
+  return LongNamedSleep::sleepBinary();
+}
+
+std::string unique(const std::string& what) {
+  static int n = 0;
+  return "flt-" + what + "-" + std::to_string(::getpid()) + "-" + std::to_string(++n);
+}
+
+std::unique_ptr<faultline::kernel::CgroupTree> cgroups() {
+  auto tree = faultline::kernel::openCgroupTree();
+  REQUIRE_MESSAGE(tree, "no cgroup v2 mount on this host");
+  return std::move(*tree);
+}
+
+v1::FaultSpec kill(const v1::ProcessSelector& s, const std::string& signal = "SIGKILL") {
+  v1::FaultSpec spec;
+  *spec.mutable_process_kill()->mutable_process() = s;
+  spec.mutable_process_kill()->set_signal(signal);
+  return spec;
+}
+
+v1::FaultSpec pause(const v1::ProcessSelector& s) {
+  v1::FaultSpec spec;
+  *spec.mutable_process_pause()->mutable_process() = s;
+  return spec;
+}
+
+// /proc/PID/status "State:" letter; '?' when gone.
+char stateOf(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("State:", 0) == 0) {
+      const auto at = line.find_first_not_of(" \t", 6);
+      return at == std::string::npos ? '?' : line[at];
+    }
+  }
+  return '?';
+}
+
+bool waitState(pid_t pid, char want, std::chrono::milliseconds timeout = std::chrono::milliseconds(2000)) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (stateOf(pid) != want) {
+    if (std::chrono::steady_clock::now() > deadline) {
+      return false;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  return true;
+}
+
+std::string eventsOf(faultline::kernel::CgroupTree& tree, const std::string& cgroup) {
+  auto text = tree.read(cgroup, "cgroup.events");
+  return text ? *text : "";
+}
+
+bool killedBy(Child& child, int sig) {
+  const int status = child.wait();
+  return WIFSIGNALED(status) && WTERMSIG(status) == sig;
+}
+
+}  // namespace
+
+TEST_CASE("a cgroup2 mount is discovered from /proc/self/mountinfo and its cgroups read back") {
+  auto tree = cgroups();
+  std::ifstream in("/proc/self/mountinfo");
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  CHECK(text.find(" " + tree->mountPoint() + " ") != std::string::npos);
+  CHECK(fs::exists(fs::path(tree->mountPoint()) / "cgroup.procs"));
+  auto self = tree->selfCgroup();
+  REQUIRE(self);
+  CHECK(self->front() == '/');
+  auto procs = tree->procs(*self);
+  REQUIRE(procs);
+  CHECK(std::set<pid_t>(procs->begin(), procs->end()).count(::getpid()) == 1);
+}
+
+TEST_CASE("selectors on real processes: 20-byte name, cmdline regex, cgroup, systemd unit, pidfile") {
+  auto tree = cgroups();
+  auto table = faultline::kernel::openProcessTable();
+  ProcessKillDriver driver(*table, {}, 7);
+
+  SUBCASE("a 20-byte name (comm holds 15)") {
+    LongNamedSleep binary;
+    REQUIRE(binary.name().size() == 20);
+    Child child(binary.path(), {binary.path(), "60"});
+    v1::ProcessSelector s;
+    s.set_name(binary.name());
+    auto applied = driver.apply(kill(s));
+    REQUIRE_MESSAGE(applied, (applied ? "" : applied.error().message));
+    CHECK(killedBy(child, SIGKILL));
+  }
+  SUBCASE("cmdline regex picks only matching command lines") {
+    const std::string tag = unique("cmd");
+    Child a(sleepBin(), {tag + "-a", "60"});
+    Child b(sleepBin(), {tag + "-b", "60"});
+    Child c(sleepBin(), {tag + "-c", "60"});
+    v1::ProcessSelector s;
+    s.set_cmdline(tag + "-[ab] 60$");
+    auto applied = driver.apply(kill(s, "TERM"));
+    REQUIRE_MESSAGE(applied, (applied ? "" : applied.error().message));
+    CHECK(killedBy(a, SIGTERM));
+    CHECK(killedBy(b, SIGTERM));
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    CHECK_FALSE(c.exited());
+    const auto hits = (*applied)->processHits();
+    REQUIRE(hits.size() == 2);
+    for (const auto& h : hits) {
+      CHECK(h.cmdline().find(tag) == 0);
+      CHECK(h.exited());
+      CHECK(h.action() == "SIGTERM");
+    }
+  }
+  SUBCASE("cgroup path: the processes in it and below it, no others") {
+    TestCgroup group(*tree, "/" + unique("cg"));
+    const std::string below = group.child("inner");
+    Child in(sleepBin(), {"sleep", "60"});
+    Child deeper(sleepBin(), {"sleep", "61"});
+    Child out(sleepBin(), {"sleep", "62"});
+    group.add(in.pid());
+    REQUIRE(tree->write(below, "cgroup.procs", std::to_string(deeper.pid())));
+    v1::ProcessSelector s;
+    s.set_cgroup(group.path());
+    auto applied = driver.apply(kill(s, "9"));
+    REQUIRE_MESSAGE(applied, (applied ? "" : applied.error().message));
+    CHECK(killedBy(in, SIGKILL));
+    CHECK(killedBy(deeper, SIGKILL));
+    CHECK_FALSE(out.exited());
+  }
+  SUBCASE("systemd unit: the unit's cgroup, named UNIT.service, anywhere in the path") {
+    const std::string unit = unique("unit");
+    TestCgroup slice(*tree, "/" + unique("slice"));
+    const std::string unitCgroup = slice.child(unit + ".service");
+    Child child(sleepBin(), {"sleep", "60"});
+    REQUIRE(tree->write(unitCgroup, "cgroup.procs", std::to_string(child.pid())));
+    v1::ProcessSelector s;
+    s.set_systemd_unit(unit);  // ".service" implied
+    auto applied = driver.apply(kill(s));
+    REQUIRE_MESSAGE(applied, (applied ? "" : applied.error().message));
+    CHECK(killedBy(child, SIGKILL));
+  }
+  SUBCASE("pidfile: the pid it holds; a missing pidfile is ENOENT and names the file") {
+    Child child(sleepBin(), {"sleep", "60"});
+    const fs::path file = fs::temp_directory_path() / (unique("pid") + ".pid");
+    std::ofstream(file) << child.pid() << "\n";
+    v1::ProcessSelector s;
+    s.set_pidfile(file.string());
+    auto applied = driver.apply(kill(s));
+    fs::remove(file);
+    REQUIRE_MESSAGE(applied, (applied ? "" : applied.error().message));
+    CHECK(killedBy(child, SIGKILL));
+    auto missing = driver.apply(kill(s));
+    REQUIRE_FALSE(missing);
+    CHECK(missing.error().code == std::errc::no_such_file_or_directory);
+    CHECK(missing.error().message.find(file.string()) != std::string::npos);
+  }
+  SUBCASE("count(1) and percent(50) pick that many of the matches at random") {
+    const std::string tag = unique("many");
+    std::vector<std::unique_ptr<Child>> children;
+    for (int i = 0; i < 4; ++i) {
+      children.push_back(std::make_unique<Child>(sleepBin(), std::vector<std::string>{tag, "60"}));
+    }
+    v1::ProcessSelector s;
+    s.set_name(tag);
+    s.set_count(1);
+    REQUIRE(driver.apply(kill(s)));
+    s.set_count(0);
+    s.set_percent(50);  // of the 3 left: 1.5, rounded up to 2
+    REQUIRE(driver.apply(kill(s)));
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    int exited = 0;
+    for (auto& c : children) {
+      exited += c->exited() ? 1 : 0;
+    }
+    CHECK(exited == 3);
+  }
+}
+
+TEST_CASE("never chosen: pid 1, kernel threads, the agent, its parent, sshd; nothing matched is an error") {
+  auto table = faultline::kernel::openProcessTable();
+  ProcessKillDriver driver(*table);
+  v1::ProcessSelector s;
+  for (pid_t pid : {pid_t{2}, ::getpid(), ::getppid()}) {
+    if (pid <= 1) {
+      continue;
+    }
+    CAPTURE(pid);
+    s.set_pid(pid);
+    auto refused = driver.apply(kill(s, "SIGCONT"));  // harmless, were it sent
+    REQUIRE_FALSE(refused);
+    CHECK(refused.error().code == std::errc::operation_not_permitted);
+  }
+  // A child started as "sshd" matches only a protected name.
+  Child sshd(sleepBin(), {"sshd", "60"});
+  s.set_pid(sshd.pid());
+  auto refused = driver.apply(kill(s));
+  REQUIRE_FALSE(refused);
+  CHECK(refused.error().message.find("the built-in protect list (sshd)") != std::string::npos);
+  s.set_cmdline("^sshd 60$");
+  auto none = driver.apply(kill(s));
+  REQUIRE_FALSE(none);
+  CHECK(none.error().code == std::errc::no_such_process);
+  CHECK(none.error().message.find("no process matches cmdline /^sshd 60$/") != std::string::npos);
+  CHECK(none.error().message.find("protected matches skipped: pid " + std::to_string(sshd.pid())) != std::string::npos);
+  CHECK_FALSE(sshd.exited());
+}
+
+TEST_CASE("a pid reused after list() is never signalled (pidfd and start time)") {
+  // ns_last_pid makes the next child get the pid the first one had.
+  auto table = faultline::kernel::openProcessTable();
+  bool reused = false;
+  for (int attempt = 0; attempt < 20 && !reused; ++attempt) {
+    auto first = std::make_unique<Child>(sleepBin(), std::vector<std::string>{"sleep", "60"});
+    const pid_t pid = first->pid();
+    (void)table->list();
+    ::kill(pid, SIGKILL);
+    first->wait();
+    first.reset();
+    {
+      std::ofstream last("/proc/sys/kernel/ns_last_pid");
+      last << pid - 1;
+    }
+    Child second(sleepBin(), {"sleep", "61"});
+    if (second.pid() != pid) {
+      continue;  // another process took it first; try again
+    }
+    reused = true;
+    auto sent = table->signal(pid, SIGKILL);
+    REQUIRE_FALSE(sent);
+    CHECK(sent.error() == std::errc::no_such_process);
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    CHECK_FALSE(second.exited());
+    CHECK(table->exited(pid, std::chrono::milliseconds(0)));  // the listed process is gone
+  }
+  CHECK_MESSAGE(reused, "could not get the same pid twice in 20 attempts");
+}
+
+TEST_CASE("process.kill every: a kill loop hits each restarted process and reports them") {
+  auto table = faultline::kernel::openProcessTable();
+  ProcessKillDriver driver(*table);
+  const std::string name = unique("loop");
+  // bash restarts the sleep under argv[0] NAME each time it dies.
+  Child supervisor("/bin/bash", {"bash", "-c", "while :; do (exec -a " + name + " " + sleepBin() + " 60); done"});
+  const auto named = [&] {
+    for (const auto& p : table->list()) {
+      if (p.cmdline == name + " 60") {
+        return true;
+      }
+    }
+    return false;
+  };
+  for (int i = 0; i < 500 && !named(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  v1::ProcessSelector s;
+  s.set_name(name);
+  auto spec = kill(s);
+  spec.mutable_process_kill()->mutable_every()->set_nanos(100'000'000);
+  auto applied = driver.apply(spec);
+  REQUIRE_MESSAGE(applied, (applied ? "" : applied.error().message));
+  std::this_thread::sleep_for(std::chrono::milliseconds(750));
+  REQUIRE((*applied)->revert());
+  const auto hits = (*applied)->processHits();
+  std::set<pid_t> pids;
+  for (const auto& h : hits) {
+    pids.insert(h.pid());
+    CHECK(h.cmdline() == name + " 60");
+    CHECK(h.exited());
+  }
+  MESSAGE("kill loop every 100ms for 750ms hit ", pids.size(), " distinct pids");
+  CHECK(pids.size() >= 3);
+  CHECK(pids.count(supervisor.pid()) == 0);
+  const size_t after = (*applied)->processHits().size();
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  CHECK((*applied)->processHits().size() == after);  // the loop ended with revert()
+  CHECK_FALSE(supervisor.exited());
+  // No orphan left: the supervisor first (no more restarts), then its last sleep.
+  ::kill(supervisor.pid(), SIGKILL);
+  supervisor.wait();
+  (void)driver.apply(kill(s));
+}
+
+TEST_CASE("process.pause freezes a cgroup the targets own and resumes it on revert") {
+  auto tree = cgroups();
+  auto table = faultline::kernel::openProcessTable();
+  ProcessPauseDriver driver(*table, tree.get());
+  TestCgroup group(*tree, "/" + unique("pause"));
+  Child a(sleepBin(), {"sleep", "60"});
+  Child b(sleepBin(), {"sleep", "61"});
+  group.add(a.pid());
+  group.add(b.pid());
+  v1::ProcessSelector s;
+  s.set_cgroup(group.path());
+  nlohmann::json record;
+  auto applied =
+      driver.apply(pause(s), [&](const nlohmann::json& undo) -> tl::expected<void, faultline::agent::FaultError> {
+        // Journalled before the kernel is touched: nothing is frozen yet.
+        CHECK(eventsOf(*tree, group.path()).find("frozen 0") != std::string::npos);
+        record = undo;
+        return {};
+      });
+  REQUIRE_MESSAGE(applied, (applied ? "" : applied.error().message));
+  CHECK(record["freeze"] == nlohmann::json::array({group.path()}));
+  CHECK(record["stop"].empty());
+  CHECK(eventsOf(*tree, group.path()).find("frozen 1") != std::string::npos);
+  REQUIRE((*applied)->processHits().size() == 2);
+  CHECK((*applied)->processHits()[0].action() == "frozen (cgroup " + group.path() + ")");
+  // A frozen task cannot be stopped: SIGSTOP stays pending until the thaw.
+  REQUIRE((*applied)->revert());
+  CHECK(eventsOf(*tree, group.path()).find("frozen 0") != std::string::npos);
+  CHECK(waitState(a.pid(), 'S'));
+  CHECK_FALSE(a.exited());
+}
+
+TEST_CASE("process.pause sends SIGSTOP when the target shares its cgroup, SIGCONT on revert") {
+  auto tree = cgroups();
+  auto table = faultline::kernel::openProcessTable();
+  ProcessPauseDriver driver(*table, tree.get());
+  TestCgroup group(*tree, "/" + unique("shared"));
+  Child target(sleepBin(), {"sleep", "60"});
+  Child neighbour(sleepBin(), {"sleep", "61"});
+  group.add(target.pid());
+  group.add(neighbour.pid());
+  v1::ProcessSelector s;
+  s.set_pid(target.pid());
+  auto applied = driver.apply(pause(s));
+  REQUIRE_MESSAGE(applied, (applied ? "" : applied.error().message));
+  CHECK(stateOf(target.pid()) == 'T');
+  CHECK(stateOf(neighbour.pid()) != 'T');  // running or sleeping, never stopped
+  CHECK(eventsOf(*tree, group.path()).find("frozen 0") != std::string::npos);
+  CHECK((*applied)->processHits()[0].action() == "SIGSTOP");
+  REQUIRE((*applied)->revert());
+  CHECK(waitState(target.pid(), 'S'));
+  REQUIRE((*applied)->revert());  // idempotent
+}
+
+TEST_CASE("process.pause through the agent: resumed when the duration ends") {
+  auto tree = cgroups();
+  TestCgroup group(*tree, "/" + unique("expiry"));
+  Child child(sleepBin(), {"sleep", "60"});
+  group.add(child.pid());
+  Child loner(sleepBin(), {"sleep", "61"});  // not in a cgroup of its own: SIGSTOP
+
+  boost::asio::io_context io;
+  faultline::agent::SystemDrivers drivers;
+  std::vector<v1::FaultReport> reports;
+  faultline::agent::Agent agent(io, drivers.router(), [&](const v1::FaultReport& r) { reports.push_back(r); });
+  for (const auto& [id, pid] : {std::pair<std::string, pid_t>{"frozen", child.pid()}, {"stopped", loner.pid()}}) {
+    v1::Inject inject;
+    inject.set_fault_id(id);
+    inject.mutable_spec()->mutable_process_pause()->mutable_process()->set_pid(pid);
+    inject.mutable_duration()->set_nanos(300'000'000);
+    agent.inject(inject);
+  }
+  REQUIRE(reports.size() == 2);
+  CHECK(reports[0].state() == v1::FAULT_STATE_APPLIED);
+  CHECK(reports[1].state() == v1::FAULT_STATE_APPLIED);
+  REQUIRE(reports[0].processes_size() == 1);
+  CHECK(reports[0].processes(0).action() == "frozen (cgroup " + group.path() + ")");
+  CHECK(reports[1].processes(0).action() == "SIGSTOP");
+  CHECK(eventsOf(*tree, group.path()).find("frozen 1") != std::string::npos);
+  CHECK(stateOf(loner.pid()) == 'T');
+  io.run_for(std::chrono::milliseconds(800));
+  REQUIRE(reports.size() == 4);
+  CHECK(reports[2].state() == v1::FAULT_STATE_EXPIRED);
+  CHECK(reports[3].state() == v1::FAULT_STATE_EXPIRED);
+  CHECK(eventsOf(*tree, group.path()).find("frozen 0") != std::string::npos);
+  CHECK(waitState(loner.pid(), 'S'));
+}
+
+TEST_CASE("process.pause: an agent SIGKILLed mid-pause leaves a journal entry; the next start resumes") {
+  auto tree = cgroups();
+  TestCgroup group(*tree, "/" + unique("crash"));
+  Child frozen(sleepBin(), {"sleep", "60"});
+  group.add(frozen.pid());
+  Child stopped(sleepBin(), {"sleep", "61"});
+  char dirTemplate[] = "/tmp/faultline-pause-state-XXXXXX";
+  REQUIRE(::mkdtemp(dirTemplate) != nullptr);
+  const fs::path stateDir = dirTemplate;
+  struct RemoveDir {
+    fs::path dir;
+    ~RemoveDir() {
+      std::error_code ignored;
+      fs::remove_all(dir, ignored);
+    }
+  } removeDir{stateDir};
+
+  int ready[2];
+  REQUIRE(::pipe(ready) == 0);
+  const pid_t agentPid = ::fork();
+  REQUIRE(agentPid >= 0);
+  if (agentPid == 0) {
+    // The "agent": applies both pauses with a journal, says so, then waits to be killed.
+    ::close(ready[0]);
+    auto opened = faultline::agent::UndoJournal::open(stateDir);
+    if (!opened) {
+      ::_exit(2);
+    }
+    boost::asio::io_context io;
+    faultline::agent::SystemDrivers drivers;
+    int applied = 0;
+    faultline::agent::Agent agent(
+        io, drivers.router(),
+        [&](const v1::FaultReport& r) { applied += r.state() == v1::FAULT_STATE_APPLIED ? 1 : 0; },
+        opened->journal.get());
+    for (const auto& [id, pid] : {std::pair<std::string, pid_t>{"f", frozen.pid()}, {"s", stopped.pid()}}) {
+      v1::Inject inject;
+      inject.set_fault_id(id);
+      inject.mutable_spec()->mutable_process_pause()->mutable_process()->set_pid(pid);
+      inject.mutable_duration()->set_seconds(600);
+      agent.inject(inject);
+    }
+    const char byte = static_cast<char>(applied);
+    (void)::write(ready[1], &byte, 1);
+    for (;;) {
+      ::pause();
+    }
+  }
+  ::close(ready[1]);
+  char byte = 0;
+  REQUIRE(::read(ready[0], &byte, 1) == 1);
+  ::close(ready[0]);
+  ::kill(agentPid, SIGKILL);
+  ::waitpid(agentPid, nullptr, 0);
+  CHECK(byte == 2);
+
+  // Dead agent: still paused.
+  CHECK(eventsOf(*tree, group.path()).find("frozen 1") != std::string::npos);
+  CHECK(stateOf(stopped.pid()) == 'T');
+
+  // The next start: recovery from the journal.
+  auto journal = faultline::agent::openJournalAndRecover(
+      stateDir, [](const std::string& netns) { return faultline::kernel::openQdiscTable(netns); });
+  REQUIRE(journal);
+  CHECK((*journal)->openCount() == 0);
+  CHECK(eventsOf(*tree, group.path()).find("frozen 0") != std::string::npos);
+  CHECK(waitState(stopped.pid(), 'S'));
+  CHECK_FALSE(frozen.exited());
+  CHECK_FALSE(stopped.exited());
+}

@@ -1,0 +1,808 @@
+// The run state machine against a fake fleet and scripted probes, with the real SQLite store.
+#include <algorithm>
+#include <atomic>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <set>
+#include <thread>
+
+#include <fmt/format.h>
+
+#include <doctest/doctest.h>
+
+#include "agent/faults/spec.h"
+#include "controller/engine/engine.h"
+#include "tests/fakes/fake_fleet.h"
+
+using namespace faultline;
+using namespace faultline::controller;
+using namespace std::chrono_literals;
+
+namespace {
+
+// Fails while the fleet holds a fault when fragile; fails always when down.
+class ScriptedProbes final : public ProbeRunner {
+ public:
+  explicit ScriptedProbes(const testing::FakeFleet& fleet) : fleet_(fleet) {}
+  Sample run(const Probe& /*probe*/) override {
+    ++calls;
+    if (down || (fragile && fleet_.activeCount() > 0)) {
+      return Sample{false, 5ms, "status 503, expected 200", std::nullopt};
+    }
+    return Sample{true, 1ms, "200 in 1ms", std::nullopt};
+  }
+  std::atomic<bool> fragile{false};
+  std::atomic<bool> down{false};
+  std::atomic<int> calls{0};
+
+ private:
+  const testing::FakeFleet& fleet_;
+};
+
+Experiment experiment(std::chrono::milliseconds faultFor, bool withNetem = false) {
+  Experiment e;
+  e.name = "unit";
+  e.hypothesis.every = 20ms;
+  Probe p;
+  p.name = "web";
+  p.http.url = "http://127.0.0.1:1/";
+  e.hypothesis.probes.push_back(p);
+  FaultStep f;
+  f.name = "slow";
+  if (withNetem) {
+    auto* d = f.spec.mutable_network_delay();
+    d->mutable_target()->set_interface("eth0");
+    *d->mutable_delay() = toProto(100ms);
+  } else {
+    auto* b = f.spec.mutable_network_bandwidth();
+    b->mutable_target()->set_interface("eth0");
+    b->set_rate_bps(1'000'000);
+  }
+  f.duration = faultFor;
+  e.method.emplace_back(std::move(f));
+  e.method.emplace_back(std::in_place_type<WaitStep>, WaitStep{10ms});
+  return e;
+}
+
+struct Harness {
+  testing::FakeFleet fleet;
+  ScriptedProbes probes{fleet};
+  std::unique_ptr<RecordStore> store = openSqliteStore(":memory:");
+  std::vector<v1::RunEvent> events;
+  std::mutex mutex;
+  EngineOptions options = [] {
+    EngineOptions o;
+    o.applyTimeout = 500ms;
+    o.revertTimeout = 300ms;
+    return o;
+  }();
+
+  v1::Verdict run(const Experiment& e, const StopSignal& stop = StopSignal{}) {
+    RunEngine engine(
+        fleet, probes, *store,
+        [this](const v1::RunEvent& ev) {
+          std::lock_guard lock(mutex);
+          events.push_back(ev);
+        },
+        options);
+    return engine.run(RunRequest{"run-1", "unit.yaml", std::string(64, 'a'), "cli", e}, stop);
+  }
+
+  bool hasEvent(const std::string& kind) {
+    std::lock_guard lock(mutex);
+    for (const auto& e : events) {
+      if (e.kind() == kind) {
+        return true;
+      }
+    }
+    return false;
+  }
+};
+
+}  // namespace
+
+TEST_CASE("engine: a fault held and reverted with the steady state intact is 'held'") {
+  Harness h;
+  h.fleet.addAgent("a1", {{"role", "web"}});
+  h.fleet.addAgent("a2", {{"role", "db"}});
+  auto e = experiment(100ms);
+  e.targets.selector = {{"role", "web"}};
+  CHECK(h.run(e) == v1::VERDICT_HELD);
+  CHECK(h.fleet.injectedAgents() == std::vector<std::string>{"a1"});
+  CHECK(h.fleet.sentCount(v1::ControllerMessage::kRevert) == 1);
+  CHECK(h.fleet.activeCount() == 0);
+  CHECK(h.hasEvent("targets.resolved"));
+  CHECK(h.hasEvent("fault.applied"));
+  CHECK(h.hasEvent("fault.reverted"));
+  auto rec = h.store->getRun("run-1");
+  REQUIRE(rec.has_value());
+  CHECK(rec->verdict() == v1::VERDICT_HELD);
+  std::set<std::string> phases;
+  for (const auto& s : rec->samples()) {
+    phases.insert(s.phase());
+  }
+  CHECK(phases == std::set<std::string>{"before", "during", "after"});
+}
+
+TEST_CASE("engine: step.skew comes after the fault.applied events it measures, reports from other threads too") {
+  Harness h;
+  h.fleet.addAgent("a1", {}, true, testing::Behaviour::ApplyFromThread);
+  h.fleet.addAgent("a2", {}, true, testing::Behaviour::ApplyFromThread);
+  // A sink slow to pass fault.applied on: the engine must not run ahead of the event it acts on.
+  RunEngine engine(
+      h.fleet, h.probes, *h.store,
+      [&h](const v1::RunEvent& ev) {
+        if (ev.kind() == "fault.applied") {
+          std::this_thread::sleep_for(50ms);
+        }
+        std::lock_guard lock(h.mutex);
+        h.events.push_back(ev);
+      },
+      h.options);
+  CHECK(engine.run(RunRequest{"run-1", "unit.yaml", std::string(64, 'a'), "cli", experiment(100ms)}, StopSignal{}) ==
+        v1::VERDICT_HELD);
+  std::vector<std::string> kinds;
+  for (const auto& e : h.events) {
+    if (e.kind() == "fault.applied" || e.kind() == "step.skew") {
+      kinds.push_back(e.kind());
+    }
+  }
+  CHECK(kinds == std::vector<std::string>{"fault.applied", "fault.applied", "step.skew"});
+  kinds.clear();
+  const auto rec = h.store->getRun("run-1");
+  REQUIRE(rec.has_value());
+  for (const auto& e : rec->events()) {
+    if (e.kind() == "fault.applied" || e.kind() == "step.skew") {
+      kinds.push_back(e.kind());
+    }
+  }
+  CHECK(kinds == std::vector<std::string>{"fault.applied", "fault.applied", "step.skew"});
+}
+
+TEST_CASE("engine: a steady state failing before the method injects nothing") {
+  Harness h;
+  h.fleet.addAgent("a1", {});
+  h.probes.down = true;
+  CHECK(h.run(experiment(100ms)) == v1::VERDICT_NOT_STEADY);
+  CHECK(h.fleet.sentCount(v1::ControllerMessage::kInject) == 0);
+  auto rec = h.store->getRun("run-1");
+  CHECK(rec->reason().find("before the method") != std::string::npos);
+  CHECK(exitCodeFor(rec->verdict()) == 1);
+}
+
+TEST_CASE("engine: a secret variable's value never reaches events, samples or the reason; ${NAME} does") {
+  Harness h;
+  h.fleet.addAgent("a1", {});
+  h.probes.down = true;  // its detail, "status 503, expected 200", stands in for text that quotes a value
+  RunEngine engine(
+      h.fleet, h.probes, *h.store,
+      [&h](const v1::RunEvent& ev) {
+        std::lock_guard lock(h.mutex);
+        h.events.push_back(ev);
+      },
+      h.options);
+  RunRequest request{"run-1", "unit.yaml", std::string(64, 'a'), "cli", experiment(100ms)};
+  request.secrets = {{"API_TOKEN", "503"}};
+  CHECK(engine.run(request, StopSignal{}) == v1::VERDICT_NOT_STEADY);
+  auto rec = h.store->getRun("run-1");
+  REQUIRE(rec.has_value());
+  bool sawReference = false;
+  for (const auto& e : rec->events()) {
+    CHECK_MESSAGE(e.message().find("503") == std::string::npos, e.message());
+    sawReference = sawReference || e.message().find("status ${API_TOKEN}") != std::string::npos;
+  }
+  CHECK(sawReference);
+  for (const auto& e : h.events) {
+    CHECK_MESSAGE(e.message().find("503") == std::string::npos, e.message());
+  }
+  REQUIRE(rec->samples_size() > 0);
+  for (const auto& sample : rec->samples()) {
+    CHECK_MESSAGE(sample.detail().find("503") == std::string::npos, sample.detail());
+  }
+  CHECK_MESSAGE(rec->reason().find("503") == std::string::npos, rec->reason());
+}
+
+TEST_CASE("engine: a probe failing while the fault is active is a violation, and the fault is reverted") {
+  Harness h;
+  h.fleet.addAgent("a1", {});
+  h.probes.fragile = true;
+  CHECK(h.run(experiment(100ms)) == v1::VERDICT_VIOLATED);
+  CHECK(h.fleet.activeCount() == 0);
+  auto rec = h.store->getRun("run-1");
+  CHECK(rec->reason().find("probe web failed while the fault was active") != std::string::npos);
+}
+
+TEST_CASE("engine: a fault failing on one host is rolled back on the others; execution error") {
+  Harness h;
+  h.fleet.addAgent("a1", {});
+  h.fleet.addAgent("a2", {}, true, testing::Behaviour::FailApply);
+  CHECK(h.run(experiment(5s)) == v1::VERDICT_ERROR);
+  CHECK(h.fleet.activeCount() == 0);
+  auto rec = h.store->getRun("run-1");
+  CHECK(rec->reason().find("failed on host host-a2: the kernel said no") != std::string::npos);
+}
+
+TEST_CASE("engine: no matching agent fails before anything is injected") {
+  Harness h;
+  h.fleet.addAgent("a1", {{"role", "db"}});
+  auto e = experiment(100ms);
+  e.targets.selector = {{"role", "web"}};
+  CHECK(h.run(e) == v1::VERDICT_ERROR);
+  CHECK(h.fleet.sentCount(v1::ControllerMessage::kInject) == 0);
+  CHECK(h.store->getRun("run-1")->reason().find("no connected agent matches the selector {role=web}") !=
+        std::string::npos);
+}
+
+TEST_CASE("engine: count(n) picks n hosts") {
+  Harness h;
+  h.fleet.addAgent("a1", {});
+  h.fleet.addAgent("a2", {});
+  h.fleet.addAgent("a3", {});
+  auto e = experiment(50ms);
+  e.targets.mode = TargetMode::kCount;
+  e.targets.n = 2;
+  CHECK(h.run(e) == v1::VERDICT_HELD);
+  CHECK(h.fleet.injectedAgents() == std::vector<std::string>{"a1", "a2"});
+}
+
+namespace {
+
+std::vector<v1::AgentInfo> agentsNamed(std::initializer_list<const char*> ids, const char* role = "web") {
+  std::vector<v1::AgentInfo> out;
+  for (const char* id : ids) {
+    v1::AgentInfo a;
+    a.set_agent_id(id);
+    a.set_hostname(std::string("host-") + id);
+    (*a.mutable_labels())["role"] = role;
+    out.push_back(a);
+  }
+  return out;
+}
+
+std::vector<std::string> idsOf(const ResolvedTargets& r) {
+  std::vector<std::string> out;
+  for (const auto& a : r.hosts) {
+    out.push_back(a.agent_id());
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("targets: all, count(n), random(n), percent(p) over the agents that match the selector") {
+  auto agents = agentsNamed({"c", "a", "e", "b", "d"});
+  auto db = agentsNamed({"z"}, "db");
+  agents.insert(agents.end(), db.begin(), db.end());
+  Targets t;
+  t.selector = {{"role", "web"}};
+
+  auto all = resolveTargets(t, agents, 1);
+  REQUIRE(all.has_value());
+  CHECK(idsOf(*all) == std::vector<std::string>{"a", "b", "c", "d", "e"});
+  CHECK(all->matched == 5);
+
+  t.mode = TargetMode::kCount;
+  t.n = 2;
+  auto count = resolveTargets(t, agents, 1);
+  REQUIRE(count.has_value());
+  CHECK(idsOf(*count) == std::vector<std::string>{"a", "b"});  // the first n in agent-id order
+  CHECK(count->summary == "selector {role=web}, mode count(2): 2 of 5 matching agent(s): host-a (a), host-b (b)");
+
+  t.mode = TargetMode::kRandom;
+  t.n = 3;
+  std::set<std::vector<std::string>> choices;
+  for (uint64_t seed = 0; seed < 40; ++seed) {
+    auto r = resolveTargets(t, agents, seed);
+    REQUIRE(r.has_value());
+    const auto ids = idsOf(*r);
+    CHECK(ids.size() == 3);
+    CHECK(std::is_sorted(ids.begin(), ids.end()));
+    CHECK(std::find(ids.begin(), ids.end(), "z") == ids.end());  // never a non-match
+    CHECK(ids == idsOf(*resolveTargets(t, agents, seed)));       // a function of the seed
+    CHECK(r->summary.find(fmt::format("(seed {})", seed)) != std::string::npos);
+    choices.insert(ids);
+  }
+  CHECK(choices.size() >= 5);  // 10 possible choices of 3 out of 5: random, not always the same
+
+  t.mode = TargetMode::kPercent;
+  for (const auto& [percent, hosts] :
+       std::vector<std::pair<double, size_t>>{{100, 5}, {50, 3}, {40, 2}, {20, 1}, {1, 1}, {0.5, 1}, {60.0001, 4}}) {
+    t.percent = percent;
+    auto r = resolveTargets(t, agents, 7);
+    REQUIRE(r.has_value());
+    CHECK_MESSAGE(r->hosts.size() == hosts, "percent(" << percent << ")");
+  }
+}
+
+TEST_CASE("targets: no match, or fewer matches than count(n)/random(n), is an error naming what matched") {
+  const auto agents = agentsNamed({"a", "b"});
+  Targets t;
+  t.selector = {{"role", "db"}};
+  auto none = resolveTargets(t, agents, 1);
+  REQUIRE_FALSE(none.has_value());
+  CHECK(none.error() ==
+        "no connected agent matches the selector {role=db} (2 agent(s) connected); nothing was injected");
+  t.selector = {{"role", "web"}};
+  t.mode = TargetMode::kRandom;
+  t.n = 3;
+  auto few = resolveTargets(t, agents, 1);
+  REQUIRE_FALSE(few.has_value());
+  CHECK(few.error() ==
+        "mode random(3) needs 3 host(s) but only 2 match the selector {role=web}: host-a (a), host-b (b); nothing was "
+        "injected");
+}
+
+TEST_CASE("engine: random(n) targets are resolved once and recorded with the seed") {
+  Harness h;
+  for (const char* id : {"a1", "a2", "a3", "a4"}) {
+    h.fleet.addAgent(id, {});
+  }
+  h.options.targetSeed = 42;
+  auto e = experiment(50ms);
+  e.method.push_back(e.method.front());  // two fault steps: both on the same hosts
+  e.targets.mode = TargetMode::kRandom;
+  e.targets.n = 2;
+  CHECK(h.run(e) == v1::VERDICT_HELD);
+  const auto expected = idsOf(*resolveTargets(e.targets, h.fleet.agents(), 42));
+  auto injected = h.fleet.injectedAgents();
+  CHECK(injected.size() == 4);
+  CHECK(std::set<std::string>(injected.begin(), injected.end()) ==
+        std::set<std::string>(expected.begin(), expected.end()));
+  auto rec = h.store->getRun("run-1");
+  int resolvedEvents = 0;
+  for (const auto& ev : rec->events()) {
+    if (ev.kind() == "targets.resolved") {
+      ++resolvedEvents;
+      CHECK(ev.message().find("mode random(2): 2 of 4 matching agent(s) (seed 42)") != std::string::npos);
+    }
+  }
+  CHECK(resolvedEvents == 1);
+}
+
+TEST_CASE("engine: netem faults are refused before injecting on a host without sch_netem") {
+  Harness h;
+  h.fleet.addAgent("a1", {}, true);
+  h.fleet.addAgent("a2", {}, false);
+  CHECK(h.run(experiment(100ms, true)) == v1::VERDICT_ERROR);
+  CHECK(h.fleet.sentCount(v1::ControllerMessage::kInject) == 0);
+  CHECK(h.store->getRun("run-1")->reason().find("host host-a2 (a2) cannot run network.delay") != std::string::npos);
+}
+
+TEST_CASE("engine: abort reverts the active fault at once and records 'aborted'") {
+  Harness h;
+  h.fleet.addAgent("a1", {});
+  StopSignal stop;
+  std::thread aborter([&] {
+    while (h.fleet.activeCount() == 0) {
+      std::this_thread::sleep_for(5ms);
+    }
+    stop.request("interrupted by the test");
+  });
+  const auto start = std::chrono::steady_clock::now();
+  CHECK(h.run(experiment(30s), stop) == v1::VERDICT_ABORTED);
+  aborter.join();
+  CHECK(std::chrono::steady_clock::now() - start < 5s);
+  CHECK(h.fleet.activeCount() == 0);
+  CHECK(h.store->getRun("run-1")->reason() == "interrupted by the test");
+}
+
+TEST_CASE("engine: a revert no agent confirms is an execution error, never 'held'") {
+  Harness h;
+  h.fleet.addAgent("a1", {}, true, testing::Behaviour::SilentOnRevert);
+  CHECK(h.run(experiment(50ms)) == v1::VERDICT_ERROR);
+  CHECK(h.store->getRun("run-1")->reason().find("not confirmed reverted") != std::string::npos);
+}
+
+TEST_CASE("engine: a revert the agent gives up on (permanent) ends the run at once, naming why") {
+  Harness h;
+  h.options.revertTimeout = 30s;
+  h.fleet.addAgent("a1", {}, true, testing::Behaviour::RevertRefused);
+  const auto start = std::chrono::steady_clock::now();
+  CHECK(h.run(experiment(50ms)) == v1::VERDICT_ERROR);
+  CHECK(std::chrono::steady_clock::now() - start < 5s);  // not the 30 s revert timeout
+  const auto reason = h.store->getRun("run-1")->reason();
+  CHECK_MESSAGE(reason.find("not reverted (") != std::string::npos, reason);
+  CHECK_MESSAGE(reason.find("the root qdisc is now someone else's") != std::string::npos, reason);
+  CHECK_MESSAGE(reason.find("within") == std::string::npos, reason);
+}
+
+namespace {
+
+// Waits until the run has recorded the fault as applied, then emits report for it from agent a1.
+std::thread emitWhenApplied(Harness& h, v1::FaultState state, v1::FaultErrorCode code, const std::string& error) {
+  return std::thread([&h, state, code, error] {
+    std::vector<std::string> ids;
+    while (!h.hasEvent("fault.applied") || (ids = h.fleet.activeIds()).empty()) {
+      std::this_thread::sleep_for(5ms);
+    }
+    v1::FaultReport r;
+    r.set_fault_id(ids.front());
+    r.set_state(state);
+    r.set_error_code(code);
+    r.set_error(error);
+    h.fleet.emit("a1", r);
+  });
+}
+
+}  // namespace
+
+TEST_CASE("engine: a fault that ends before its duration fails the run at once, never 'held'") {
+  Harness h;
+  h.fleet.addAgent("a1", {});
+  auto early = emitWhenApplied(h, v1::FAULT_STATE_REVERTED, v1::FAULT_ERROR_UNSPECIFIED, "");
+  const auto start = std::chrono::steady_clock::now();
+  CHECK(h.run(experiment(30s)) == v1::VERDICT_ERROR);
+  early.join();
+  CHECK(std::chrono::steady_clock::now() - start < 5s);
+  CHECK(h.store->getRun("run-1")->reason().find("ended before its duration") != std::string::npos);
+}
+
+TEST_CASE("engine: a fault the agent finds no longer in place (FAILED, still held) ends the run at once, reverted") {
+  Harness h;
+  h.fleet.addAgent("a1", {});
+  const std::string lostError =
+      "network.bandwidth on veth0 in /var/run/netns/t: the fault is no longer in place: the root qdisc of veth0 is "
+      "now tbf 5:, not faultline's tbf fa17: (someone replaced it)";
+  auto lost = emitWhenApplied(h, v1::FAULT_STATE_FAILED, v1::FAULT_ERROR_UNSPECIFIED, lostError);
+  const auto start = std::chrono::steady_clock::now();
+  CHECK(h.run(experiment(30s)) == v1::VERDICT_ERROR);
+  lost.join();
+  CHECK(std::chrono::steady_clock::now() - start < 5s);  // not the 30 s duration
+  const auto reason = h.store->getRun("run-1")->reason();
+  CHECK_MESSAGE(reason.find("ended before its duration: " + lostError) != std::string::npos, reason);
+  // The agent still holds it: the run asks for its revert at once.
+  CHECK(h.fleet.sentCount(v1::ControllerMessage::kRevert) == 1);
+}
+
+TEST_CASE("engine: an agent that disconnects while holding a fault ends the run as an error without waiting") {
+  Harness h;
+  h.fleet.addAgent("a1", {}, true, testing::Behaviour::SilentOnRevert);
+  auto gone = emitWhenApplied(h, v1::FAULT_STATE_FAILED, v1::FAULT_ERROR_AGENT_GONE, "agent a1 disconnected");
+  const auto start = std::chrono::steady_clock::now();
+  CHECK(h.run(experiment(30s)) == v1::VERDICT_ERROR);
+  gone.join();
+  CHECK(std::chrono::steady_clock::now() - start < 5s);
+  const auto reason = h.store->getRun("run-1")->reason();
+  CHECK(reason.find("agent a1 disconnected") != std::string::npos);
+}
+
+TEST_CASE("engine: an agent that disconnects holding two faults: each gets fault.failed saying it disconnected") {
+  Harness h;
+  h.fleet.addAgent("a1", {});
+  auto e = experiment(30s);
+  ParallelStep both;
+  both.steps.emplace_back(std::get<FaultStep>(e.method[0]));
+  both.steps.emplace_back(std::get<FaultStep>(e.method[0]));
+  e.method.insert(e.method.begin(), Step{both});
+  e.method.resize(1);
+  // The gateway's report for the first fault arrives; the run ends before the second's does.
+  std::thread gone([&h] {
+    std::vector<std::string> ids;
+    while ((ids = h.fleet.activeIds()).size() < 2) {
+      std::this_thread::sleep_for(5ms);
+    }
+    h.fleet.removeAgent("a1");
+    v1::FaultReport r;
+    r.set_fault_id(ids.front());
+    r.set_state(v1::FAULT_STATE_FAILED);
+    r.set_error_code(v1::FAULT_ERROR_AGENT_GONE);
+    r.set_error("agent a1 disconnected while holding the fault");
+    h.fleet.emit("a1", r);
+  });
+  const auto start = std::chrono::steady_clock::now();
+  CHECK(h.run(e) == v1::VERDICT_ERROR);
+  gone.join();
+  CHECK(std::chrono::steady_clock::now() - start < 5s);
+  const auto rec = h.store->getRun("run-1");
+  REQUIRE(rec.has_value());
+  const auto reason = rec->reason();
+  CAPTURE(reason);
+  CHECK(reason.find("disconnected") != std::string::npos);
+  CHECK(reason.find("within") == std::string::npos);
+  std::set<std::string> failed;  // the messages of the fault.failed events
+  for (const auto& ev : rec->events()) {
+    if (ev.kind() == "fault.failed") {
+      CAPTURE(ev.message());
+      CHECK(ev.message().find("disconnected") != std::string::npos);
+      CHECK(ev.message().find("within") == std::string::npos);
+      CHECK(ev.host() == "host-a1");
+      failed.insert(ev.message());
+    }
+  }
+  CHECK(failed.size() == 2);
+}
+
+TEST_CASE("evaluateSlo: nearest-rank percentiles, error share, burn rate, value") {
+  Slo slo = *parseObjective("p50 < 6ms and p90 <= 9ms and p99 < 10ms and errors < 5% and max < 20ms over 10s");
+  slo.name = "api";
+  slo.probe = "web";
+  std::vector<SliSample> samples;
+  for (int i = 1; i <= 10; ++i) {
+    samples.push_back(SliSample{i != 7, static_cast<double>(i), std::nullopt});
+  }
+  const auto check = evaluateSlo(slo, samples);
+  CHECK(check.samples() == 10);
+  REQUIRE(check.measures_size() == 5);
+  CHECK(check.measures(0).value() == 5);  // p50 of 1..10: rank 5
+  CHECK(check.measures(0).ok());
+  CHECK(check.measures(1).value() == 9);
+  CHECK(check.measures(1).ok());
+  CHECK(check.measures(2).value() == 10);
+  CHECK_FALSE(check.measures(2).ok());  // 10 < 10 fails
+  CHECK(check.measures(3).value() == doctest::Approx(10));
+  CHECK_FALSE(check.measures(3).ok());
+  CHECK(check.measures(4).ok());
+  CHECK(check.burn_rate() == doctest::Approx(2.0));
+  CHECK_FALSE(check.ok());
+  CHECK(describeSloCheck(check).find("p99 10ms (< 10ms) FAILED") != std::string::npos);
+
+  Slo saturation = *parseObjective("saturation < 0.8");
+  CHECK(evaluateSlo(saturation, {{true, 1, 0.5}, {true, 1, 0.7}}).ok());
+  CHECK_FALSE(evaluateSlo(saturation, {{true, 1, 0.5}, {true, 1, 0.9}}).ok());  // the newest value counts
+  CHECK_FALSE(evaluateSlo(saturation, {{false, 1, std::nullopt}}).ok());        // no value: not held
+}
+
+namespace {
+
+// Each probe answers through a function of (probe, calls so far, faults active).
+class FunctionProbes final : public ProbeRunner {
+ public:
+  using Fn = std::function<Sample(const Probe&, int call, bool faultActive)>;
+  FunctionProbes(const testing::FakeFleet& fleet, Fn fn) : fleet_(fleet), fn_(std::move(fn)) {}
+  Sample run(const Probe& probe) override {
+    int call = 0;
+    {
+      std::lock_guard lock(mutex_);
+      call = ++calls_[probe.name];
+    }
+    return fn_(probe, call, fleet_.activeCount() > 0);
+  }
+
+ private:
+  const testing::FakeFleet& fleet_;
+  Fn fn_;
+  std::mutex mutex_;
+  std::map<std::string, int> calls_;
+};
+
+struct SloHarness {
+  testing::FakeFleet fleet;
+  std::unique_ptr<RecordStore> store = openSqliteStore(":memory:");
+  std::vector<v1::RunEvent> events;
+  std::mutex mutex;
+
+  v1::Verdict run(const Experiment& e, FunctionProbes::Fn fn) {
+    FunctionProbes probes(fleet, std::move(fn));
+    RunEngine engine(
+        fleet, probes, *store,
+        [this](const v1::RunEvent& ev) {
+          std::lock_guard lock(mutex);
+          events.push_back(ev);
+        },
+        [] {
+          EngineOptions o;
+          o.applyTimeout = 500ms;
+          o.revertTimeout = 300ms;
+          return o;
+        }());
+    return engine.run(RunRequest{"run-1", "unit.yaml", std::string(64, 'a'), "cli", e}, StopSignal{});
+  }
+  std::optional<v1::RunEvent> event(const std::string& kind) {
+    std::lock_guard lock(mutex);
+    for (const auto& e : events) {
+      if (e.kind() == kind) {
+        return e;
+      }
+    }
+    return std::nullopt;
+  }
+};
+
+// Probe web (an SLO over it), a second fault step that must never start after a stop.
+Experiment sloExperiment(const std::string& objective, std::optional<double> maxBurnRate = std::nullopt) {
+  Experiment e = experiment(30s);
+  Slo slo = *parseObjective(objective);
+  slo.name = "web-slo";
+  slo.probe = "web";
+  slo.maxBurnRate = maxBurnRate;
+  e.hypothesis.slos.push_back(slo);
+  FaultStep second;
+  second.name = "second";
+  auto* b = second.spec.mutable_network_bandwidth();
+  b->mutable_target()->set_interface("eth0");
+  b->set_rate_bps(1'000'000);
+  second.duration = 30s;
+  e.method.emplace_back(std::move(second));
+  return e;
+}
+
+Sample ok(std::chrono::milliseconds latency) {
+  return Sample{true, latency, "200", std::nullopt};
+}
+
+Sample failed() {
+  return Sample{false, 2ms, "status 503, expected 200", std::nullopt};
+}
+
+}  // namespace
+
+TEST_CASE("engine: an SLO violated during the fault stops the run at once: faults reverted, no later step") {
+  SloHarness h;
+  h.fleet.addAgent("a1", {});
+  const auto start = std::chrono::steady_clock::now();
+  const auto verdict = h.run(sloExperiment("p99 < 100ms over 1s"),
+                             [](const Probe&, int, bool active) { return ok(active ? 400ms : 5ms); });
+  CHECK(verdict == v1::VERDICT_VIOLATED);
+  CHECK(std::chrono::steady_clock::now() - start < 5s);  // the faults were 2 x 30s
+  CHECK(h.fleet.activeCount() == 0);
+  CHECK(h.fleet.sentCount(v1::ControllerMessage::kInject) == 1);  // the second step never started
+  auto rec = h.store->getRun("run-1");
+  REQUIRE(rec.has_value());
+  CHECK(rec->reason().find("SLO web-slo (p99 < 100ms over 1s) violated while the fault was active: p99 400ms") !=
+        std::string::npos);
+  REQUIRE(h.event("stop.condition").has_value());
+  std::set<std::string> phases;
+  for (const auto& c : rec->slo_checks()) {
+    phases.insert(c.phase());
+    CHECK(c.slo() == "web-slo");
+    REQUIRE(c.measures_size() == 1);
+  }
+  CHECK(phases == std::set<std::string>{"before", "during", "after"});  // SLIs before, during and after
+  CHECK(rec->slo_checks(0).ok());
+}
+
+TEST_CASE("engine: failures within an SLO's error budget do not violate it") {
+  SloHarness h;
+  h.fleet.addAgent("a1", {});
+  auto e = sloExperiment("errors < 50% over 10s");
+  e.method.pop_back();
+  std::get<FaultStep>(e.method[0]).duration = 300ms;
+  // Every 4th sample fails: 25% of the window at most.
+  CHECK(h.run(e, [](const Probe&, int call, bool active) { return active && call % 4 == 0 ? failed() : ok(1ms); }) ==
+        v1::VERDICT_HELD);
+  auto rec = h.store->getRun("run-1");
+  bool sawFailure = false;
+  for (const auto& s : rec->samples()) {
+    sawFailure = sawFailure || !s.ok();
+  }
+  CHECK(sawFailure);
+}
+
+TEST_CASE("engine: an error budget burning above maxBurnRate aborts the run") {
+  SloHarness h;
+  h.fleet.addAgent("a1", {});
+  const auto verdict = h.run(sloExperiment("errors < 10% over 5s", 3),
+                             [](const Probe&, int, bool active) { return active ? failed() : ok(1ms); });
+  CHECK(verdict == v1::VERDICT_ABORTED);
+  CHECK(exitCodeFor(verdict) == 2);
+  CHECK(h.fleet.activeCount() == 0);
+  CHECK(h.fleet.sentCount(v1::ControllerMessage::kInject) == 1);
+  const auto reason = h.store->getRun("run-1")->reason();
+  CHECK(reason.find("stop condition: SLO web-slo burns its error budget at 10.0x, above maxBurnRate 3") !=
+        std::string::npos);
+}
+
+TEST_CASE("engine: a guard probe's failure aborts the run; the other probes keep their own judgement") {
+  SloHarness h;
+  h.fleet.addAgent("a1", {});
+  Experiment e = experiment(30s);
+  Probe guard;
+  guard.name = "db";
+  guard.kind = ProbeKind::kTcp;
+  guard.guard = true;
+  e.hypothesis.probes.push_back(guard);
+  const auto verdict = h.run(e, [](const Probe& p, int call, bool active) {
+    return p.name == "db" && active && call >= 3 ? Sample{false, 1s, "timeout after 1s", std::nullopt} : ok(1ms);
+  });
+  CHECK(verdict == v1::VERDICT_ABORTED);
+  CHECK(h.fleet.activeCount() == 0);
+  CHECK(h.store->getRun("run-1")->reason() ==
+        "stop condition: guard probe db failed while the fault was active: timeout after 1s");
+}
+
+TEST_CASE("engine: an SLO already failing before the method is 'not steady', nothing injected") {
+  SloHarness h;
+  h.fleet.addAgent("a1", {});
+  const auto verdict = h.run(sloExperiment("p95 < 50ms"), [](const Probe&, int, bool) { return ok(80ms); });
+  CHECK(verdict == v1::VERDICT_NOT_STEADY);
+  CHECK(h.fleet.sentCount(v1::ControllerMessage::kInject) == 0);
+  const auto reason = h.store->getRun("run-1")->reason();
+  CHECK(reason.find("SLO web-slo (p95 < 50ms): p95 80ms (< 50ms) FAILED over 1 sample(s)") != std::string::npos);
+}
+
+TEST_CASE("engine: probes of one round run concurrently") {
+  SloHarness h;
+  h.fleet.addAgent("a1", {});
+  Experiment e = experiment(50ms);
+  for (int i = 0; i < 4; ++i) {
+    Probe p;
+    p.name = "slow" + std::to_string(i);
+    e.hypothesis.probes.push_back(p);
+  }
+  e.hypothesis.every = 1s;
+  const auto start = std::chrono::steady_clock::now();
+  CHECK(h.run(e, [](const Probe&, int, bool) {
+    std::this_thread::sleep_for(200ms);
+    return ok(200ms);
+  }) == v1::VERDICT_HELD);
+  // before, during, after: 3 rounds of 5 probes of 200 ms; one after another would take 3 s.
+  CHECK(std::chrono::steady_clock::now() - start < 2s);
+}
+
+TEST_CASE("engine: a probe step samples any kind of probe; a failure violates even an SLO-covered probe, run goes on") {
+  SloHarness h;
+  h.fleet.addAgent("a1", {});
+  Experiment e = experiment(100ms);
+  Probe cmd;
+  cmd.name = "cmd";
+  cmd.kind = ProbeKind::kCommand;
+  e.hypothesis.probes.push_back(cmd);
+  Slo slo = *parseObjective("errors < 50% over 10s");
+  slo.name = "cmd-slo";
+  slo.probe = "cmd";
+  e.hypothesis.slos.push_back(slo);
+  // fault 100ms, probe cmd (fails once: the first sample after the fault), wait 10ms.
+  e.method.insert(e.method.begin() + 1, Step{ProbeStep{"cmd"}});
+  std::atomic<bool> sawActive{false};
+  std::atomic<bool> failedOnce{false};
+  const auto verdict = h.run(e, [&](const Probe& p, int, bool active) {
+    if (p.name != "cmd") {
+      return ok(1ms);
+    }
+    if (active) {
+      sawActive = true;
+    } else if (sawActive && !failedOnce.exchange(true)) {
+      return Sample{false, 3ms, "exit 1, expected 0", std::nullopt};
+    }
+    return ok(1ms);
+  });
+  CHECK(verdict == v1::VERDICT_VIOLATED);
+  auto rec = h.store->getRun("run-1");
+  REQUIRE(rec.has_value());
+  CHECK(rec->reason() == "steady state violated: probe cmd failed at a probe step of the method: exit 1, expected 0");
+  CHECK_FALSE(h.event("stop.condition").has_value());  // no fault was held: the run went on
+  CHECK(h.event("step.wait").has_value());
+  int stepSamples = 0;
+  for (const auto& s : rec->samples()) {
+    if (s.phase() == "step") {
+      ++stepSamples;
+      CHECK(s.probe() == "cmd");
+      CHECK(s.kind() == "command");
+      CHECK_FALSE(s.ok());
+    }
+  }
+  CHECK(stepSamples == 1);
+}
+
+TEST_CASE("engine: a guard failing at a probe step of a parallel group aborts: faults reverted, no later step") {
+  SloHarness h;
+  h.fleet.addAgent("a1", {});
+  Experiment e = sloExperiment("p99 < 1s");  // fault 30s, wait, fault 30s
+  Probe guard;
+  guard.name = "db";
+  guard.kind = ProbeKind::kTcp;
+  guard.guard = true;
+  e.hypothesis.probes.push_back(guard);
+  e.hypothesis.every = 10s;  // no periodic round before the group's probe step
+  ParallelStep group;
+  group.steps.emplace_back(std::get<FaultStep>(e.method[0]));
+  group.steps.emplace_back(ProbeStep{"db"});
+  e.method[0] = Step{std::move(group)};
+  const auto start = std::chrono::steady_clock::now();
+  const auto verdict = h.run(e, [](const Probe& p, int, bool active) {
+    return p.name == "db" && active ? Sample{false, 1s, "timeout after 1s", std::nullopt} : ok(1ms);
+  });
+  CHECK(verdict == v1::VERDICT_ABORTED);
+  CHECK(std::chrono::steady_clock::now() - start < 5s);
+  CHECK(h.fleet.activeCount() == 0);
+  CHECK(h.fleet.sentCount(v1::ControllerMessage::kInject) == 1);  // the later fault step never started
+  auto rec = h.store->getRun("run-1");
+  REQUIRE(rec.has_value());
+  CHECK(rec->reason() == "stop condition: guard probe db failed while the fault was active: timeout after 1s");
+  bool stepFailed = false;
+  for (const auto& s : rec->samples()) {
+    stepFailed = stepFailed || (s.phase() == "step" && s.probe() == "db" && !s.ok());
+  }
+  CHECK(stepFailed);
+}
