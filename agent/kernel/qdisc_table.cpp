@@ -6,6 +6,7 @@
 // 1 Tbit/s) and sends neither TCA_TBF_RATE64 nor TCA_TBF_BURST, and libnl objects do not keep the
 // raw TCA_OPTIONS bytes a restore needs.
 #include "agent/kernel/qdisc_table.h"
+#include "common/unique_fd.h"
 
 #include <fcntl.h>
 #include <net/if.h>
@@ -120,22 +121,6 @@ struct SockFree {
   void operator()(nl_sock* s) const { nl_socket_free(s); }
 };
 using SockPtr = std::unique_ptr<nl_sock, SockFree>;
-
-class Fd {
- public:
-  explicit Fd(int fd) : fd_(fd) {}
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  ~Fd() {
-    if (fd_ >= 0) {
-      ::close(fd_);
-    }
-  }
-  [[nodiscard]] int get() const { return fd_; }
-
- private:
-  int fd_;
-};
 
 // A message with header (seq 0, port 0: filled in by nl_send_auto) and a zeroed fixed header of
 // fixedLen bytes; room for extra bytes of attributes.
@@ -1539,11 +1524,11 @@ tl::expected<std::unique_ptr<QdiscTable>, std::error_code> openQdiscTable(const 
     }
     return std::make_unique<NetlinkQdiscTable>(std::move(*sock));
   }
-  Fd original(::open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC));
+  UniqueFd original(::open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC));
   if (original.get() < 0) {
     return fail(errno);
   }
-  Fd target(::open(netnsPath.c_str(), O_RDONLY | O_CLOEXEC));
+  UniqueFd target(::open(netnsPath.c_str(), O_RDONLY | O_CLOEXEC));
   if (target.get() < 0) {
     return fail(errno);
   }

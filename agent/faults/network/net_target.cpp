@@ -18,6 +18,7 @@
 #include "agent/faults/spec.h"
 #include "agent/kernel/netns.h"
 #include "agent/kernel/route.h"
+#include "common/unique_fd.h"
 
 namespace faultline::agent {
 namespace {
@@ -29,22 +30,6 @@ std::error_code errnoCode(int e) {
 FaultError failure(std::error_code code, std::string message) {
   return FaultError{code, std::move(message)};
 }
-
-class Fd {
- public:
-  explicit Fd(int fd) : fd_(fd) {}
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  ~Fd() {
-    if (fd_ >= 0) {
-      ::close(fd_);
-    }
-  }
-  [[nodiscard]] int get() const { return fd_; }
-
- private:
-  int fd_;
-};
 
 // The calling thread's namespace: what "" means to the kernel code (openQdiscTable() opens its
 // socket there). Not /proc/self: that is the main thread's, which may stand in another namespace
@@ -129,7 +114,7 @@ tl::expected<ResolvedNetworkTarget, FaultError> NetworkTargetResolver::resolve(c
     } else {
       // Open the namespace, then make sure the pid is still the process the scan saw (same start
       // time, alive): the namespace opened before is then that process's, not a reused pid's.
-      Fd ns(::open(procPath.c_str(), O_RDONLY | O_CLOEXEC));
+      UniqueFd ns(::open(procPath.c_str(), O_RDONLY | O_CLOEXEC));
       if (ns.get() < 0 || processes_->signal(first.pid, 0).has_value() == false) {
         return tl::unexpected(
             failure(errnoCode(ESRCH), fmt::format("{}: target.netns: {} exited before its network namespace could be "
@@ -162,7 +147,7 @@ tl::expected<ResolvedNetworkTarget, FaultError> NetworkTargetResolver::resolve(c
       } else if (out.netns.starts_with("/proc/")) {
         // /proc/PID/ns/net names the namespace only while PID lives: pin it, so that the revert
         // reaches the namespace after the process exited (it may live on, held by others).
-        Fd ns(::open(out.netns.c_str(), O_RDONLY | O_CLOEXEC));
+        UniqueFd ns(::open(out.netns.c_str(), O_RDONLY | O_CLOEXEC));
         struct stat st {};
         if (ns.get() >= 0 && ::fstat(ns.get(), &st) == 0 &&
             NetnsIdentity{static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino)} == *id) {

@@ -40,6 +40,7 @@
 #include "agent/faults/network/netem_dist.h"
 #include "agent/faults/spec.h"
 #include "agent/kernel/packet_steering.h"
+#include "common/unique_fd.h"
 
 namespace faultline::agent {
 
@@ -286,41 +287,14 @@ tl::expected<void, ErrorPair> inNamespace(const std::string& netns,
   return result;
 }
 
-class Fd {
- public:
-  Fd() = default;
-  explicit Fd(int fd) : fd_(fd) {}
-  Fd(Fd&& o) noexcept : fd_(std::exchange(o.fd_, -1)) {}
-  Fd& operator=(Fd&& o) noexcept {
-    if (this != &o) {
-      reset();
-      fd_ = std::exchange(o.fd_, -1);
-    }
-    return *this;
-  }
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  ~Fd() { reset(); }
-  void reset() {
-    if (fd_ >= 0) {
-      ::close(fd_);
-      fd_ = -1;
-    }
-  }
-  [[nodiscard]] int get() const { return fd_; }
-
- private:
-  int fd_ = -1;
-};
-
 // Send buffer of the raw sockets: the packets released at one moment (a burst held behind one
 // delay) are sent back to back, and a qdisc under them (tbf) may hold them for a while.
 constexpr int kRawSendBufferBytes = 32 << 20;
 
 // A raw socket for sending whole IP packets (IPPROTO_RAW: the header is the caller's; copies, and
 // held egress packets), marked so the steering rules skip them.
-tl::expected<Fd, ErrorPair> rawSocket(int family) {
-  Fd fd(::socket(family, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_RAW));
+tl::expected<UniqueFd, ErrorPair> rawSocket(int family) {
+  UniqueFd fd(::socket(family, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_RAW));
   if (fd.get() < 0) {
     const int e = errno;
     return tl::unexpected(ErrorPair{errnoCode(e), fmt::format("cannot open a raw {} socket to send packets: {}",
@@ -795,7 +769,7 @@ class NfPacketQueue final : public PacketQueue {
   bool orphans_;
   nfq_handle* handle_ = nullptr;
   nfq_q_handle* queue_ = nullptr;
-  Fd raw4_, raw6_;
+  UniqueFd raw4_, raw6_;
   boost::asio::io_context io_;
   boost::asio::steady_timer timer_;
   boost::asio::posix::stream_descriptor stream_;

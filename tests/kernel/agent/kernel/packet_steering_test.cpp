@@ -32,6 +32,7 @@
 #include <fmt/ranges.h>
 
 #include "agent/kernel/packet_steering.h"
+#include "common/unique_fd.h"
 #include "tests/support/check_cost.h"
 #include "tests/support/netns.h"
 
@@ -47,29 +48,8 @@ bool contains(const std::string& text, std::string_view part) {
   return text.find(part) != std::string::npos;
 }
 
-// A file descriptor closed with this object.
-class Fd {
- public:
-  explicit Fd(int fd = -1) : fd_(fd) {}
-  Fd(Fd&& o) noexcept : fd_(std::exchange(o.fd_, -1)) {}
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  Fd& operator=(Fd&&) = delete;
-  ~Fd() { reset(); }
-  void reset() {
-    if (fd_ >= 0) {
-      ::close(fd_);
-      fd_ = -1;
-    }
-  }
-  [[nodiscard]] int get() const { return fd_; }
-
- private:
-  int fd_;
-};
-
 // A socket made in the network namespace at netns (it stays there whoever uses it later).
-Fd socketIn(const std::string& netns, int domain, int type, int protocol = 0) {
+UniqueFd socketIn(const std::string& netns, int domain, int type, int protocol = 0) {
   int fd = -1;
   std::thread worker([&] {
     const int ns = ::open(netns.c_str(), O_RDONLY | O_CLOEXEC);
@@ -81,7 +61,7 @@ Fd socketIn(const std::string& netns, int domain, int type, int protocol = 0) {
     }
   });
   worker.join();
-  return Fd(fd);
+  return UniqueFd(fd);
 }
 
 struct Address {
@@ -176,7 +156,7 @@ class BoundQueue {
   void unbind() { fd_.reset(); }
 
  private:
-  Fd fd_;
+  UniqueFd fd_;
 };
 
 // veth0 in A (the fixture's namespace) with 10.77.1.1, 10.77.2.1, fd77:1::1, fd77:2::1; its peer
@@ -235,8 +215,8 @@ class Steering : public testing::NetnsFixture {
   // Whether a UDP datagram from A (with skb mark, when not 0) reaches ip:port in B.
   bool udpArrives(const std::string& ip, uint16_t port, uint32_t mark = 0) {
     const Address to = address(ip, port);
-    Fd receiver = socketIn(peer_.path(), to.family, SOCK_DGRAM);
-    Fd sender = socketIn(netns_, to.family, SOCK_DGRAM);
+    UniqueFd receiver = socketIn(peer_.path(), to.family, SOCK_DGRAM);
+    UniqueFd sender = socketIn(netns_, to.family, SOCK_DGRAM);
     REQUIRE(receiver.get() >= 0);
     REQUIRE(sender.get() >= 0);
     const Address any = anyAddress(to.family, port);
@@ -252,8 +232,8 @@ class Steering : public testing::NetnsFixture {
   // Whether a TCP connection from A to ip:port in B (a listener there) completes.
   bool tcpConnects(const std::string& ip, uint16_t port) {
     const Address to = address(ip, port);
-    Fd listener = socketIn(peer_.path(), to.family, SOCK_STREAM);
-    Fd client = socketIn(netns_, to.family, SOCK_STREAM | SOCK_NONBLOCK);
+    UniqueFd listener = socketIn(peer_.path(), to.family, SOCK_STREAM);
+    UniqueFd client = socketIn(netns_, to.family, SOCK_STREAM | SOCK_NONBLOCK);
     REQUIRE(listener.get() >= 0);
     REQUIRE(client.get() >= 0);
     const int one = 1;
