@@ -1,0 +1,104 @@
+// What several faultline commands share (command.h).
+#include <cerrno>
+#include <cstring>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+
+#include <fmt/format.h>
+#include <grpc/support/log.h>
+#include <spdlog/spdlog.h>
+
+#include "agent/faults/spec.h"
+#include "controller/cli/command.h"
+
+namespace faultline::controller::cli {
+
+std::string readFile(const std::string& path, std::string& error) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) {
+    error = fmt::format("{} is a directory; give an experiment file (YAML)", path);
+    return "";
+  }
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    error = fmt::format("cannot read {}: {}", path, std::strerror(errno));
+    return "";
+  }
+  std::string text(kMaxExperimentBytes + 1, '\0');
+  in.read(text.data(), static_cast<std::streamsize>(text.size()));
+  text.resize(static_cast<size_t>(in.gcount()));
+  return text;
+}
+
+std::string parseVariables(const std::vector<std::string>& given, Variables& out) {
+  for (const auto& item : given) {
+    const size_t eq = item.find('=');
+    if (eq == std::string::npos) {
+      return fmt::format("'{}' has no '='; accepted: NAME=VALUE, e.g. --var HOST=10.0.0.5", item);
+    }
+    const std::string name = item.substr(0, eq);
+    if (!isVariableName(name)) {
+      return fmt::format(
+          "'{}' is not a variable name; accepted: a letter or '_' then letters, digits and '_' (at "
+          "most 64), e.g. --var TARGET_IF=eth0",
+          name);
+    }
+    if (!out.emplace(name, item.substr(eq + 1)).second) {
+      return fmt::format("{} is given twice; accepted: each name once", name);
+    }
+  }
+  return "";
+}
+
+void routeGrpcLogs() {
+  gpr_set_log_function([](gpr_log_func_args* args) {
+    if (args->severity == GPR_LOG_SEVERITY_ERROR) {
+      spdlog::debug("grpc: {}", args->message);
+    } else {
+      spdlog::trace("grpc: {}", args->message);
+    }
+  });
+}
+
+std::string clock(const google::protobuf::Timestamp& t) {
+  const std::time_t secs = t.seconds();
+  std::tm tm{};
+  localtime_r(&secs, &tm);
+  return fmt::format("{:02}:{:02}:{:02}.{:03}", tm.tm_hour, tm.tm_min, tm.tm_sec, t.nanos() / 1'000'000);
+}
+
+std::unique_ptr<v1::Control::Stub> controlStub(const std::string& address) {
+  return v1::Control::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+}
+
+int rpcError(const std::string& what, const std::string& address, const grpc::Status& s) {
+  if (s.error_code() == grpc::StatusCode::UNAVAILABLE || s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
+    std::cerr << fmt::format(
+        "faultline: {}: cannot reach the controller at {} ({}); is `faultline controller` "
+        "running there? (--controller ADDR)\n",
+        what, address, s.error_message());
+  } else {
+    std::cerr << fmt::format("faultline: {}: {}\n", what, s.error_message());
+  }
+  return s.error_code() == grpc::StatusCode::INVALID_ARGUMENT || s.error_code() == grpc::StatusCode::NOT_FOUND
+             ? kExitUsage
+             : kExitError;
+}
+
+std::unique_ptr<grpc::ClientContext> contextWithDeadline(std::chrono::seconds d) {
+  auto ctx = std::make_unique<grpc::ClientContext>();
+  ctx->set_deadline(std::chrono::system_clock::now() + d);
+  return ctx;
+}
+
+bool checkControllerAddress(const std::string& address) {
+  if (auto bad = checkAddress(address, false); !bad.empty()) {
+    std::cerr << "faultline: --controller: " << bad << "\n";
+    return false;
+  }
+  return true;
+}
+
+}  // namespace faultline::controller::cli

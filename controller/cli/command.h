@@ -1,0 +1,112 @@
+// The faultline command line, inside: one file per command (run_command.cpp, validate_command.cpp,
+// controller_command.cpp, fleet_commands.cpp for agents and halt, record_commands.cpp for runs
+// and show), each registering its subcommand with CLI11 and running it; cli.cpp puts them
+// together. Internal to controller/cli/. A new command is a new Command here and a line in
+// cliMain().
+#pragma once
+
+#include <pthread.h>
+#include <signal.h>
+
+#include <atomic>
+#include <chrono>
+#include <csignal>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <grpcpp/grpcpp.h>
+#include <CLI/CLI.hpp>
+
+#include "controller/experiment/experiment.h"
+#include "faultline/v1/control.grpc.pb.h"
+
+namespace faultline::controller::cli {
+
+inline constexpr int kExitError = 3;
+inline constexpr int kExitUsage = 4;
+inline constexpr const char* kDefaultController = "127.0.0.1:7443";
+
+// One subcommand: add() registers it and its options on the app (before parsing); run() does it
+// (after parsing, when it was the one given) and returns the process's exit code.
+class Command {
+ public:
+  virtual ~Command() = default;
+  virtual CLI::App* add(CLI::App& app) = 0;
+  [[nodiscard]] virtual int run() = 0;
+};
+
+[[nodiscard]] std::unique_ptr<Command> makeRunCommand();
+[[nodiscard]] std::unique_ptr<Command> makeValidateCommand();
+[[nodiscard]] std::unique_ptr<Command> makeControllerCommand();
+[[nodiscard]] std::unique_ptr<Command> makeAgentsCommand();
+[[nodiscard]] std::unique_ptr<Command> makeHaltCommand();
+[[nodiscard]] std::unique_ptr<Command> makeRunsCommand();
+[[nodiscard]] std::unique_ptr<Command> makeShowCommand();
+
+// What several commands share (cli_common.cpp).
+
+// --var's help text, for run and validate.
+inline constexpr const char* kVarHelp =
+    "NAME=VALUE: replaces ${NAME} anywhere in the file (repeatable); $${ is a literal ${";
+
+// Reads an experiment file, at most kMaxExperimentBytes + 1 bytes (the parser refuses more); on
+// failure returns "" and sets error (a directory, or what open(2) said).
+[[nodiscard]] std::string readFile(const std::string& path, std::string& error);
+// Parses repeated --var NAME=VALUE options; returns an error text, or "" when all are good.
+[[nodiscard]] std::string parseVariables(const std::vector<std::string>& given, Variables& out);
+// gRPC's own log lines (E1129 ...) go through spdlog: debug level, errors as warnings.
+void routeGrpcLogs();
+// HH:MM:SS.mmm of t in local time.
+[[nodiscard]] std::string clock(const google::protobuf::Timestamp& t);
+// A Control stub for a controller address (HOST:PORT or unix:PATH).
+[[nodiscard]] std::unique_ptr<v1::Control::Stub> controlStub(const std::string& address);
+// Prints what failed (an unreachable controller named as such) and returns the exit code: 4 for
+// INVALID_ARGUMENT and NOT_FOUND, else 3.
+int rpcError(const std::string& what, const std::string& address, const grpc::Status& s);
+[[nodiscard]] std::unique_ptr<grpc::ClientContext> contextWithDeadline(std::chrono::seconds d);
+// Checks a --controller address; prints the problem and returns false when it is not one.
+[[nodiscard]] bool checkControllerAddress(const std::string& address);
+
+// SIGINT, SIGTERM, SIGHUP and SIGQUIT are blocked in every thread and taken by one waiting
+// thread, so that an interrupted run aborts cleanly (faults reverted, run recorded) instead of
+// dying with its faults in place.
+class SignalCatcher {
+ public:
+  SignalCatcher() {
+    sigemptyset(&set_);
+    sigaddset(&set_, SIGINT);
+    sigaddset(&set_, SIGTERM);
+    sigaddset(&set_, SIGHUP);  // the terminal or SSH session went away
+    sigaddset(&set_, SIGQUIT);
+    pthread_sigmask(SIG_BLOCK, &set_, nullptr);
+  }
+  ~SignalCatcher() {
+    if (thread_.joinable()) {
+      pthread_kill(thread_.native_handle(), SIGTERM);  // wakes sigwait; then ignored
+      thread_.join();
+    }
+  }
+  template <typename F>
+  void onSignal(F f) {
+    thread_ = std::thread([this, f] {
+      int count = 0;
+      while (true) {
+        int sig = 0;
+        if (sigwait(&set_, &sig) != 0 || done_) {
+          return;
+        }
+        f(sig, ++count);
+      }
+    });
+  }
+  void finish() { done_ = true; }
+
+ private:
+  sigset_t set_{};
+  std::atomic<bool> done_{false};
+  std::thread thread_;
+};
+
+}  // namespace faultline::controller::cli

@@ -1,0 +1,112 @@
+// faultline agents and faultline halt: the fleet as the controller sees it.
+#include <iostream>
+
+#include <fmt/format.h>
+
+#include "controller/cli/command.h"
+#include "controller/engine/capabilities.h"
+
+namespace faultline::controller::cli {
+namespace {
+
+int agentsCommand(const std::string& address) {
+  auto stub = controlStub(address);
+  auto ctx = contextWithDeadline(std::chrono::seconds{5});
+  v1::ListAgentsResponse resp;
+  if (auto s = stub->ListAgents(ctx.get(), {}, &resp); !s.ok()) {
+    return rpcError("listing agents", address, s);
+  }
+  std::cout << fmt::format("{:<24} {:<20} {:<8} {:<22} {:<16} {:<6} {}\n", "AGENT", "HOSTNAME", "VERSION", "KERNEL",
+                           "NETWORK DRIVER", "FAULTS", "LABELS");
+  for (const auto& a : resp.agents()) {
+    std::string labels;
+    std::map<std::string, std::string> sorted(a.labels().begin(), a.labels().end());
+    for (const auto& [k, v] : sorted) {
+      labels += fmt::format("{}{}={}", labels.empty() ? "" : ",", k, v);
+    }
+    std::cout << fmt::format("{:<24} {:<20} {:<8} {:<22} {:<16} {:<6} {}\n", a.agent_id(), a.hostname(), a.version(),
+                             a.kernel_release(), networkDriverText(a.capabilities()), a.active_faults(), labels);
+  }
+  if (resp.agents().empty()) {
+    std::cout << "(no agents connected)\n";
+  }
+  // Failed reverts are loud: each one stays listed until a later revert succeeds (or, for a
+  // permanent one, until the agent reconnects), so nobody takes a degraded host for a clean one.
+  for (const auto& a : resp.agents()) {
+    for (const auto& f : a.failed_reverts()) {
+      std::cout << fmt::format("REVERT FAILED  agent {}  fault {}  since {}{}: {}{}\n", a.agent_id(), f.fault_id(),
+                               clock(f.at()), f.permanent() ? "  (permanent: not retried, remove it by hand)" : "",
+                               f.error(), f.detail().empty() ? "" : fmt::format("  [{}]", f.detail()));
+    }
+  }
+  return 0;
+}
+
+// Aborts every run and reverts every fault on every agent; exit 0 when all are confirmed
+// reverted, 3 otherwise.
+int haltCommand(const std::string& address, const std::string& reason) {
+  auto stub = controlStub(address);
+  auto ctx = contextWithDeadline(std::chrono::seconds{20});
+  v1::HaltRequest req;
+  req.set_reason(reason);
+  req.mutable_timeout()->set_seconds(10);
+  v1::HaltResponse resp;
+  if (auto s = stub->Halt(ctx.get(), req, &resp); !s.ok()) {
+    return rpcError("halt", address, s);
+  }
+  std::cout << fmt::format("halt: {} run(s) aborted, {} agent(s) told to revert every fault\n", resp.runs_aborted(),
+                           resp.agents_told());
+  if (resp.runs_unfinished() > 0) {
+    std::cout << fmt::format("{} aborted run(s) still rolling back\n", resp.runs_unfinished());
+  }
+  for (const auto& u : resp.unconfirmed()) {
+    std::cout << fmt::format("NOT CONFIRMED  agent {}: {}\n", u.agent_id(), u.reason());
+  }
+  if (resp.unconfirmed().empty() && resp.runs_unfinished() == 0) {
+    std::cout << "every agent confirmed: no fault active\n";
+    return 0;
+  }
+  return kExitError;
+}
+
+class AgentsCommand final : public Command {
+ public:
+  CLI::App* add(CLI::App& app) override {
+    auto* cmd = app.add_subcommand("agents", "list the agents connected to the controller");
+    cmd->add_option("--controller", address_, "controller address HOST:PORT")->capture_default_str();
+    return cmd;
+  }
+  int run() override { return checkControllerAddress(address_) ? agentsCommand(address_) : kExitUsage; }
+
+ private:
+  std::string address_ = kDefaultController;
+};
+
+class HaltCommand final : public Command {
+ public:
+  CLI::App* add(CLI::App& app) override {
+    auto* cmd = app.add_subcommand("halt",
+                                   "abort every active run and revert every fault on every agent; exit 0 when all "
+                                   "agents confirm, 3 otherwise");
+    cmd->add_option("--controller", address_, "controller address HOST:PORT")->capture_default_str();
+    cmd->add_option("--reason", reason_, "why (logged by the controller and the agents)");
+    return cmd;
+  }
+  int run() override { return checkControllerAddress(address_) ? haltCommand(address_, reason_) : kExitUsage; }
+
+ private:
+  std::string address_ = kDefaultController;
+  std::string reason_;
+};
+
+}  // namespace
+
+std::unique_ptr<Command> makeAgentsCommand() {
+  return std::make_unique<AgentsCommand>();
+}
+
+std::unique_ptr<Command> makeHaltCommand() {
+  return std::make_unique<HaltCommand>();
+}
+
+}  // namespace faultline::controller::cli
