@@ -29,6 +29,8 @@
 #include <tl/expected.hpp>
 
 #include "controller/engine/fleet.h"
+#include "controller/engine/slo.h"
+#include "controller/engine/targets.h"
 #include "controller/experiment/experiment.h"
 #include "controller/probes/probe.h"
 #include "controller/store/store.h"
@@ -74,22 +76,6 @@ struct EngineOptions {
   std::chrono::milliseconds startLead{250};
 };
 
-// The hosts of a run: resolved once, at its start.
-struct ResolvedTargets {
-  std::vector<v1::AgentInfo> hosts;  // the chosen agents, in agent-id order
-  size_t matched = 0;                // agents that matched the selector
-  std::string summary;               // for the record: selector, mode, matched, seed, chosen hosts
-};
-
-// Chooses the targets of an experiment among agents (every connected agent, in agent-id order):
-// those whose labels include all of the selector's, cut by the mode (count(n): the first n;
-// random(n): n at random; percent(p): ceil(p% of the matches) at random, at least 1). The random
-// choice is a function of seed. Errors (text naming the selector, the mode and the matches): no
-// agent matches, or count(n)/random(n) with fewer than n matches. Pure function, thread-safe.
-[[nodiscard]] tl::expected<ResolvedTargets, std::string> resolveTargets(const Targets& targets,
-                                                                        std::vector<v1::AgentInfo> agents,
-                                                                        uint64_t seed);
-
 class RunEngine {
  public:
   using EventSink = std::function<void(const v1::RunEvent&)>;
@@ -107,31 +93,6 @@ class RunEngine {
   EventSink sink_;
   EngineOptions options_;
 };
-
-// The dry run of an experiment (`faultline run --dry-run`): its targets resolved against agents
-// as a run would resolve them, every step as the run would announce it, and every fault each host
-// would receive (in method order). Errors: as resolveTargets(); a fault some target's kernel
-// cannot run, in checkCapabilities()'s words (the run would refuse it too). Pure function,
-// thread-safe.
-[[nodiscard]] tl::expected<v1::RunPlan, std::string> planRun(const Experiment& experiment,
-                                                             std::vector<v1::AgentInfo> agents, uint64_t seed);
-
-// One probe sample as an SLI source.
-struct SliSample {
-  bool ok = false;
-  double latencyMs = 0;         // failed samples too: a timeout counts as its timeout
-  std::optional<double> value;  // prometheus probes
-};
-
-// Evaluates every term of slo over samples (non-empty; the window's, oldest first): latency
-// percentiles by nearest rank over all samples, errors as the percent of failed samples, value
-// as the newest sample's value (a term fails when no sample has one). burn_rate is errors divided
-// by the threshold of the first 'errors <' term (0 without one). Sets slo, probe, objective, ok,
-// samples, measures, burn_rate; not at or phase. Pure.
-[[nodiscard]] v1::SloCheck evaluateSlo(const Slo& slo, const std::vector<SliSample>& samples);
-
-// "p99 412ms (< 300ms), errors 0% (< 1%) over 12 samples"
-[[nodiscard]] std::string describeSloCheck(const v1::SloCheck& check);
 
 // The exit code of `faultline run` for a verdict: held 0, violated or not steady 1, aborted 2,
 // error 3.
