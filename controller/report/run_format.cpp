@@ -413,21 +413,7 @@ std::string formatRunList(const std::vector<v1::Run>& runs) {
     rows.push_back({oneLine(run.run_id()), localIso(run.started_at(), false), oneLine(run.experiment()),
                     oneLine(run.trigger()), verdictWord(run.verdict()), truncate(oneLine(run.reason()), kReasonWidth)});
   }
-  std::vector<std::size_t> widths(rows.front().size(), 0);
-  for (const auto& row : rows) {
-    for (std::size_t i = 0; i < row.size(); ++i) {
-      widths[i] = std::max(widths[i], displayWidth(row[i]));
-    }
-  }
-  std::string out;
-  for (const auto& row : rows) {
-    std::vector<std::string> columns;
-    for (std::size_t i = 0; i < row.size(); ++i) {
-      columns.push_back(padRight(row[i], widths[i]));
-    }
-    out += joinColumns(columns);
-  }
-  return out;
+  return table(rows, rows.front().size());  // every column left-aligned
 }
 
 }  // namespace faultline::controller
