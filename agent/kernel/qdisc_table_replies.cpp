@@ -28,12 +28,49 @@ std::string attrString(const nlattr* attr) {
   return {text, strnlen(text, static_cast<size_t>(std::max(0, nla_len(attr))))};
 }
 
+// One reply, copied into aligned storage with its header checked and its attributes parsed. attrs
+// point into storage; a move keeps them valid (the vector's buffer moves with it), a copy would not.
+struct Reply {
+  std::vector<uint32_t> storage;
+  std::vector<nlattr*> attrs;  // by attribute type, 0 to the parser's maximum; nullptr when absent
+  Reply(std::vector<uint32_t> bytes, size_t maxAttr) : storage(std::move(bytes)), attrs(maxAttr + 1) {}
+  Reply(Reply&&) = default;
+  Reply(const Reply&) = delete;
+  Reply& operator=(const Reply&) = delete;
+  [[nodiscard]] nlmsghdr* header() { return reinterpret_cast<nlmsghdr*>(storage.data()); }
+  // The fixed header (tcmsg, ifinfomsg, ...) after the netlink header, copied out.
+  template <typename Fixed>
+  [[nodiscard]] Fixed fixed() {
+    Fixed out{};
+    std::memcpy(&out, nlmsg_data(header()), sizeof(out));
+    return out;
+  }
+};
+
+// message, with a fixed header of type Fixed and attributes up to maxAttr; type 0: of any type.
+// errors: EPROTO shorter than its headers, a length that disagrees with the buffer, another type,
+// or attributes that do not parse.
+template <typename Fixed>
+tl::expected<Reply, std::error_code> parseReply(std::span<const uint8_t> message, uint16_t type, int maxAttr) {
+  if (message.size() < NLMSG_LENGTH(sizeof(Fixed))) {
+    return fail(EPROTO);
+  }
+  Reply reply(aligned(message), static_cast<size_t>(maxAttr));
+  const nlmsghdr* hdr = reply.header();
+  if ((type != 0 && hdr->nlmsg_type != type) || hdr->nlmsg_len < NLMSG_LENGTH(sizeof(Fixed)) ||
+      hdr->nlmsg_len > message.size()) {
+    return fail(EPROTO);
+  }
+  if (nlmsg_parse(reply.header(), sizeof(Fixed), reply.attrs.data(), maxAttr, nullptr) < 0) {
+    return fail(EPROTO);
+  }
+  return reply;
+}
+
 }  // namespace
 
 namespace qdisc_internal {
 
-// The index and IFLA_IFNAME of one RTM_NEWLINK message (header included).
-// errors: EPROTO truncated or malformed, or no name.
 tl::expected<std::pair<int, std::string>, std::error_code> parseLinkMessage(std::span<const uint8_t> message) {
   const size_t fixed = NLMSG_HDRLEN + NLMSG_ALIGN(sizeof(ifinfomsg));
   if (message.size() < fixed) {
@@ -58,7 +95,6 @@ tl::expected<std::pair<int, std::string>, std::error_code> parseLinkMessage(std:
   return fail(EPROTO);
 }
 
-// Copies a message into 4-byte aligned storage so libnl's parsers may read it in place.
 std::vector<uint32_t> aligned(std::span<const uint8_t> bytes) {
   std::vector<uint32_t> out((bytes.size() + 3) / 4);
   if (!bytes.empty()) {
@@ -67,25 +103,17 @@ std::vector<uint32_t> aligned(std::span<const uint8_t> bytes) {
   return out;
 }
 
-// Index, name and IFLA_INFO_KIND of one RTM_NEWLINK message (header included).
-// errors: EPROTO truncated or malformed, or no name.
 tl::expected<LinkInfo, std::error_code> parseLinkInfoMessage(std::span<const uint8_t> message) {
-  if (message.size() < NLMSG_LENGTH(sizeof(ifinfomsg))) {
-    return fail(EPROTO);
+  auto reply = parseReply<ifinfomsg>(message, 0, IFLA_MAX);
+  if (!reply) {
+    return tl::unexpected(reply.error());
   }
-  auto storage = aligned(message);
-  auto* hdr = reinterpret_cast<nlmsghdr*>(storage.data());
-  if (hdr->nlmsg_len < NLMSG_LENGTH(sizeof(ifinfomsg)) || hdr->nlmsg_len > message.size()) {
-    return fail(EPROTO);
-  }
-  nlattr* tb[IFLA_MAX + 1] = {};
-  if (nlmsg_parse(hdr, sizeof(ifinfomsg), tb, IFLA_MAX, nullptr) < 0 || tb[IFLA_IFNAME] == nullptr) {
+  const auto& tb = reply->attrs;
+  if (tb[IFLA_IFNAME] == nullptr) {
     return fail(EPROTO);
   }
   LinkInfo out;
-  ifinfomsg ifi{};
-  std::memcpy(&ifi, nlmsg_data(hdr), sizeof(ifi));
-  out.index = ifi.ifi_index;
+  out.index = reply->fixed<ifinfomsg>().ifi_index;
   out.name = attrString(tb[IFLA_IFNAME]);
   if (tb[IFLA_LINKINFO] != nullptr) {
     nlattr* info[IFLA_INFO_MAX + 1] = {};
@@ -102,24 +130,16 @@ tl::expected<LinkInfo, std::error_code> parseLinkInfoMessage(std::span<const uin
 }  // namespace qdisc_internal
 
 tl::expected<IngressFilter, std::error_code> parseIngressFilter(std::span<const uint8_t> message) {
-  if (message.size() < NLMSG_LENGTH(sizeof(tcmsg))) {
-    return fail(EPROTO);
+  auto reply = parseReply<tcmsg>(message, RTM_NEWTFILTER, TCA_MAX);
+  if (!reply) {
+    return tl::unexpected(reply.error());
   }
-  auto storage = aligned(message);
-  auto* hdr = reinterpret_cast<nlmsghdr*>(storage.data());
-  if (hdr->nlmsg_type != RTM_NEWTFILTER || hdr->nlmsg_len < NLMSG_LENGTH(sizeof(tcmsg)) ||
-      hdr->nlmsg_len > message.size()) {
-    return fail(EPROTO);
-  }
-  nlattr* tb[TCA_MAX + 1] = {};
-  if (nlmsg_parse(hdr, sizeof(tcmsg), tb, TCA_MAX, nullptr) < 0) {
-    return fail(EPROTO);
-  }
-  const auto* tcm = static_cast<const tcmsg*>(nlmsg_data(hdr));
+  const auto& tb = reply->attrs;
+  const auto tcm = reply->fixed<tcmsg>();
   IngressFilter filter;
-  filter.priority = static_cast<uint16_t>(TC_H_MAJ(tcm->tcm_info) >> 16);
-  filter.protocol = ntohs(static_cast<uint16_t>(TC_H_MIN(tcm->tcm_info)));
-  filter.handle = tcm->tcm_handle;
+  filter.priority = static_cast<uint16_t>(TC_H_MAJ(tcm.tcm_info) >> 16);
+  filter.protocol = ntohs(static_cast<uint16_t>(TC_H_MIN(tcm.tcm_info)));
+  filter.handle = tcm.tcm_handle;
   filter.kind = tb[TCA_KIND] != nullptr ? attrString(tb[TCA_KIND]) : "";
   std::vector<int>& targets = filter.redirects;
   if (filter.kind != "u32" || tb[TCA_OPTIONS] == nullptr) {
@@ -158,28 +178,18 @@ tl::expected<IngressFilter, std::error_code> parseIngressFilter(std::span<const 
 }
 
 tl::expected<DumpedQdisc, std::error_code> parseQdiscMessage(std::span<const uint8_t> message) {
-  if (message.size() < NLMSG_LENGTH(sizeof(tcmsg))) {
-    return fail(EPROTO);
+  auto reply = parseReply<tcmsg>(message, RTM_NEWQDISC, TCA_MAX);
+  if (!reply) {
+    return tl::unexpected(reply.error());
   }
-  auto storage = aligned(message);
-  auto* hdr = reinterpret_cast<nlmsghdr*>(storage.data());
-  if (hdr->nlmsg_type != RTM_NEWQDISC || hdr->nlmsg_len < NLMSG_LENGTH(sizeof(tcmsg)) ||
-      hdr->nlmsg_len > message.size()) {
-    return fail(EPROTO);
-  }
-  nlattr* tb[TCA_MAX + 1] = {};
-  if (nlmsg_parse(hdr, sizeof(tcmsg), tb, TCA_MAX, nullptr) < 0) {
-    return fail(EPROTO);
-  }
+  const auto& tb = reply->attrs;
   if (tb[TCA_KIND] == nullptr || nla_len(tb[TCA_KIND]) <= 0) {
     return fail(EPROTO);
   }
-  tcmsg tcm{};
-  std::memcpy(&tcm, nlmsg_data(hdr), sizeof(tcm));
+  const auto tcm = reply->fixed<tcmsg>();
   DumpedQdisc out;
   out.ifindex = tcm.tcm_ifindex;
-  const auto* kind = static_cast<const char*>(nla_data(tb[TCA_KIND]));
-  out.info.kind.assign(kind, strnlen(kind, static_cast<size_t>(nla_len(tb[TCA_KIND]))));
+  out.info.kind = attrString(tb[TCA_KIND]);
   out.info.handle = tcm.tcm_handle;
   out.info.parent = tcm.tcm_parent;
   if (tb[TCA_OPTIONS] != nullptr) {
