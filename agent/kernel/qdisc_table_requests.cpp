@@ -1,8 +1,7 @@
-// The rtnetlink requests QdiscTable sends, built as bytes with libnl-3 messages (qdisc_table.cpp
-// sends them); the tc requests are encoded with the same units libnl-route uses (delay in µs ->
-// kernel ticks, probabilities on the u32 scale).
-// libnl-route 3.7's own builders are not used because they cannot carry what validateFaultSpec()
-// accepts: rtnl_netem_set_delay() takes int µs and fills only the u32 tick field (≤ ~274 s, the
+// The rtnetlink requests QdiscTable sends, built as bytes with libnl-3 messages (sent by
+// qdisc_table.cpp); the tc requests are encoded here with the same units libnl-route uses (delay in µs -> kernel ticks,
+// probabilities on the u32 scale). libnl-route 3.7's own builders are not used because they cannot carry what
+// validateFaultSpec() accepts: rtnl_netem_set_delay() takes int µs and fills only the u32 tick field (≤ ~274 s, the
 // spec allows 1 h), rtnl_qdisc_tbf_set_rate() takes int bytes/s (≤ ~17 Gbit/s, the spec allows
 // 1 Tbit/s) and sends neither TCA_TBF_RATE64 nor TCA_TBF_BURST, and libnl objects do not keep the
 // raw TCA_OPTIONS bytes a restore needs.
@@ -443,27 +442,13 @@ std::string_view qdiscKind(const QdiscParams& params) {
   return std::holds_alternative<TbfParams>(params) ? "tbf" : "htb";
 }
 
-tl::expected<std::vector<uint8_t>, std::error_code> buildReplaceRootRequest(int ifindex, uint32_t handle,
-                                                                            const QdiscParams& params) {
-  auto msg = newTcMessage(RTM_NEWQDISC, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE, ifindex, handle,
-                          optionsRoom(params));
-  if (!msg) {
-    return tl::unexpected(msg.error());
-  }
-  const std::string kind(qdiscKind(params));
-  if (auto r = putAttr(msg->get(), TCA_KIND, kind.c_str(), kind.size() + 1); !r) {
-    return tl::unexpected(r.error());
-  }
-  if (auto put = putOptions(msg->get(), params); !put) {
-    return tl::unexpected(put.error());
-  }
-  return toBytes(msg->get());
-}
+namespace {
 
-tl::expected<std::vector<uint8_t>, std::error_code> buildAddQdiscRequest(int ifindex, uint32_t parent, uint32_t handle,
-                                                                         const QdiscParams& params) {
-  auto msg = newTcMessage(RTM_NEWQDISC, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, ifindex, handle,
-                          optionsRoom(params));
+// RTM_NEWQDISC with flags (NLM_F_CREATE | NLM_F_REPLACE or NLM_F_EXCL), parent and handle, kind and
+// TCA_OPTIONS from params.
+tl::expected<std::vector<uint8_t>, std::error_code> buildNewQdiscRequest(int flags, int ifindex, uint32_t parent,
+                                                                         uint32_t handle, const QdiscParams& params) {
+  auto msg = newTcMessage(RTM_NEWQDISC, NLM_F_REQUEST | NLM_F_ACK | flags, ifindex, handle, optionsRoom(params));
   if (!msg) {
     return tl::unexpected(msg.error());
   }
@@ -476,6 +461,18 @@ tl::expected<std::vector<uint8_t>, std::error_code> buildAddQdiscRequest(int ifi
     return tl::unexpected(put.error());
   }
   return toBytes(msg->get());
+}
+
+}  // namespace
+
+tl::expected<std::vector<uint8_t>, std::error_code> buildReplaceRootRequest(int ifindex, uint32_t handle,
+                                                                            const QdiscParams& params) {
+  return buildNewQdiscRequest(NLM_F_CREATE | NLM_F_REPLACE, ifindex, TC_H_ROOT, handle, params);
+}
+
+tl::expected<std::vector<uint8_t>, std::error_code> buildAddQdiscRequest(int ifindex, uint32_t parent, uint32_t handle,
+                                                                         const QdiscParams& params) {
+  return buildNewQdiscRequest(NLM_F_CREATE | NLM_F_EXCL, ifindex, parent, handle, params);
 }
 
 tl::expected<std::vector<uint8_t>, std::error_code> buildAddHtbClassRequest(int ifindex, uint32_t classid,
@@ -527,22 +524,33 @@ tl::expected<std::vector<uint8_t>, std::error_code> buildAddHtbClassRequest(int 
 
 namespace {
 
+// RTM_NEWTFILTER, NLM_F_CREATE | NLM_F_EXCL, of a u32 filter: handle, parent, tcm_info = priority << 16 |
+// htons(protocol), TCA_KIND "u32"; room for extra bytes of options.
+tl::expected<MsgPtr, std::error_code> newU32FilterMessage(int ifindex, uint32_t handle, uint32_t parent,
+                                                          uint16_t priority, uint16_t protocol, size_t extra) {
+  auto msg =
+      newTcMessage(RTM_NEWTFILTER, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, ifindex, handle, extra);
+  if (!msg) {
+    return msg;
+  }
+  auto* tcm = static_cast<tcmsg*>(nlmsg_data(nlmsg_hdr(msg->get())));
+  tcm->tcm_parent = parent;
+  tcm->tcm_info = TC_H_MAKE(static_cast<uint32_t>(priority) << 16, htons(protocol));
+  if (auto r = putAttr(msg->get(), TCA_KIND, "u32", 4); !r) {
+    return tl::unexpected(r.error());
+  }
+  return msg;
+}
+
 // A u32 hash table: tc's `tc filter add ... prio P handle X: protocol ip u32 divisor N`.
 tl::expected<std::vector<uint8_t>, std::error_code> buildAddU32TableRequest(int ifindex, const U32Filter& filter) {
   const uint32_t id = filter.handle >> 20;
   if (!filter.keys.empty() || (filter.handle & 0xFFFFF) != 0 || id == 0 || id >= 0x800 || filter.divisor > 256) {
     return fail(EINVAL);
   }
-  auto msg =
-      newTcMessage(RTM_NEWTFILTER, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, ifindex, filter.handle, 64);
+  auto msg = newU32FilterMessage(ifindex, filter.handle, filter.parent, filter.priority, filter.protocol, 64);
   if (!msg) {
     return tl::unexpected(msg.error());
-  }
-  auto* tcm = static_cast<tcmsg*>(nlmsg_data(nlmsg_hdr(msg->get())));
-  tcm->tcm_parent = filter.parent;
-  tcm->tcm_info = TC_H_MAKE(static_cast<uint32_t>(filter.priority) << 16, htons(filter.protocol));
-  if (auto r = putAttr(msg->get(), TCA_KIND, "u32", 4); !r) {
-    return tl::unexpected(r.error());
   }
   nlattr* nest = startOptions(msg->get());
   if (nest == nullptr) {
@@ -572,16 +580,9 @@ tl::expected<std::vector<uint8_t>, std::error_code> buildAddU32FilterRequest(int
     return fail(EINVAL);
   }
   const size_t selBytes = sizeof(tc_u32_sel) + filter.keys.size() * sizeof(tc_u32_key);
-  auto msg =
-      newTcMessage(RTM_NEWTFILTER, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, ifindex, 0, selBytes + 64);
+  auto msg = newU32FilterMessage(ifindex, 0, filter.parent, filter.priority, filter.protocol, selBytes + 64);
   if (!msg) {
     return tl::unexpected(msg.error());
-  }
-  auto* tcm = static_cast<tcmsg*>(nlmsg_data(nlmsg_hdr(msg->get())));
-  tcm->tcm_parent = filter.parent;
-  tcm->tcm_info = TC_H_MAKE(static_cast<uint32_t>(filter.priority) << 16, htons(filter.protocol));
-  if (auto r = putAttr(msg->get(), TCA_KIND, "u32", 4); !r) {
-    return tl::unexpected(r.error());
   }
   nlattr* nest = startOptions(msg->get());
   if (nest == nullptr) {
@@ -691,9 +692,12 @@ tl::expected<std::vector<uint8_t>, std::error_code> buildDeleteLinkRequest(int i
   return toBytes(msg->get());
 }
 
-tl::expected<std::vector<uint8_t>, std::error_code> buildAddIngressRequest(int ifindex) {
-  auto msg = newTcMessage(RTM_NEWQDISC, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, ifindex,
-                          TC_H_MAKE(TC_H_INGRESS, 0), 16);
+namespace {
+
+// An RTM_NEWQDISC or RTM_DELQDISC of the ingress qdisc: handle ffff:, parent ffff:fff1, TCA_KIND
+// "ingress" (as tc sends both: the kernel refuses (EINVAL) to delete a clsact qdisc by it).
+tl::expected<std::vector<uint8_t>, std::error_code> buildIngressRequest(int type, int flags, int ifindex) {
+  auto msg = newTcMessage(type, NLM_F_REQUEST | NLM_F_ACK | flags, ifindex, TC_H_MAKE(TC_H_INGRESS, 0), 16);
   if (!msg) {
     return tl::unexpected(msg.error());
   }
@@ -704,17 +708,14 @@ tl::expected<std::vector<uint8_t>, std::error_code> buildAddIngressRequest(int i
   return toBytes(msg->get());
 }
 
+}  // namespace
+
+tl::expected<std::vector<uint8_t>, std::error_code> buildAddIngressRequest(int ifindex) {
+  return buildIngressRequest(RTM_NEWQDISC, NLM_F_CREATE | NLM_F_EXCL, ifindex);
+}
+
 tl::expected<std::vector<uint8_t>, std::error_code> buildDeleteIngressRequest(int ifindex) {
-  auto msg = newTcMessage(RTM_DELQDISC, NLM_F_REQUEST | NLM_F_ACK, ifindex, TC_H_MAKE(TC_H_INGRESS, 0), 16);
-  if (!msg) {
-    return tl::unexpected(msg.error());
-  }
-  static_cast<tcmsg*>(nlmsg_data(nlmsg_hdr(msg->get())))->tcm_parent = TC_H_INGRESS;
-  // The kind, as tc sends it: the kernel refuses (EINVAL) to delete a clsact qdisc by this request.
-  if (auto r = putAttr(msg->get(), TCA_KIND, "ingress", 8); !r) {
-    return tl::unexpected(r.error());
-  }
-  return toBytes(msg->get());
+  return buildIngressRequest(RTM_DELQDISC, 0, ifindex);
 }
 
 tl::expected<std::vector<uint8_t>, std::error_code> buildAddRedirectFilterRequest(int ifindex,
@@ -723,15 +724,9 @@ tl::expected<std::vector<uint8_t>, std::error_code> buildAddRedirectFilterReques
   if (filter.priority == 0 || targetIfindex <= 0) {
     return fail(EINVAL);
   }
-  auto msg = newTcMessage(RTM_NEWTFILTER, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, ifindex, 0, 256);
+  auto msg = newU32FilterMessage(ifindex, 0, TC_H_MAKE(TC_H_INGRESS, 0), filter.priority, filter.protocol, 256);
   if (!msg) {
     return tl::unexpected(msg.error());
-  }
-  auto* tcm = static_cast<tcmsg*>(nlmsg_data(nlmsg_hdr(msg->get())));
-  tcm->tcm_parent = TC_H_MAKE(TC_H_INGRESS, 0);
-  tcm->tcm_info = TC_H_MAKE(static_cast<uint32_t>(filter.priority) << 16, htons(filter.protocol));
-  if (auto r = putAttr(msg->get(), TCA_KIND, "u32", 4); !r) {
-    return tl::unexpected(r.error());
   }
   // As tc sends it: TCA_U32_ACT before TCA_U32_SEL, no classid, only TCA_ACT_OPTIONS with NLA_F_NESTED.
   nlattr* options = startOptions(msg->get());
