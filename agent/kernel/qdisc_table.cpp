@@ -244,30 +244,12 @@ class NetlinkQdiscTable final : public QdiscTable {
     if (!request) {
       return tl::unexpected(request.error());
     }
-    constexpr int kAttempts = 3;  // a dump interrupted by a concurrent change is repeated
-    for (int attempt = 1;; ++attempt) {
-      std::vector<LinkInfo> out;
-      std::error_code parseError;
-      auto done = send(*request, [&](std::span<const uint8_t> message) {
-        auto link = parseLinkInfoMessage(message);
-        if (!link) {
-          parseError = link.error();
-        } else {
-          out.push_back(std::move(*link));
-        }
-      });
-      if (!done && done.error() == std::errc::resource_unavailable_try_again && attempt < kAttempts) {
-        continue;
-      }
-      if (!done) {
-        return tl::unexpected(done.error());
-      }
-      if (parseError) {
-        return tl::unexpected(parseError);
-      }
-      std::sort(out.begin(), out.end(), [](const LinkInfo& a, const LinkInfo& b) { return a.index < b.index; });
+    auto out = dumpAll(*request, parseLinkInfoMessage);
+    if (!out) {
       return out;
     }
+    std::sort(out->begin(), out->end(), [](const LinkInfo& a, const LinkInfo& b) { return a.index < b.index; });
+    return out;
   }
 
   tl::expected<int, std::error_code> interfaceIndex(std::string_view ifname) override { return ifindex(ifname); }
@@ -335,22 +317,7 @@ class NetlinkQdiscTable final : public QdiscTable {
     if (!request) {
       return tl::unexpected(request.error());
     }
-    std::error_code parseError;
-    auto done = send(*request, [&](std::span<const uint8_t> message) {
-      auto found = parseIngressFilter(message);
-      if (!found) {
-        parseError = found.error();
-      } else {
-        filters.push_back(std::move(*found));
-      }
-    });
-    if (!done) {
-      return tl::unexpected(done.error());
-    }
-    if (parseError) {
-      return tl::unexpected(parseError);
-    }
-    return filters;
+    return dumpAll(*request, parseIngressFilter, 1);  // read once: a dump interrupted is EAGAIN
   }
 
   tl::expected<void, std::error_code> deleteIngressFilter(std::string_view ifname,
@@ -481,19 +448,38 @@ class NetlinkQdiscTable final : public QdiscTable {
     if (!request) {
       return tl::unexpected(request.error());
     }
-    constexpr int kAttempts = 3;  // a dump interrupted by a concurrent change is repeated
+    auto dumped = dumpAll(*request, parseQdiscMessage);
+    if (!dumped) {
+      return tl::unexpected(dumped.error());
+    }
+    std::vector<QdiscInfo> found;
+    for (auto& q : *dumped) {
+      if (q.ifindex == *index) {  // the kernel dumps every interface's qdiscs
+        found.push_back(std::move(q.info));
+      }
+    }
+    return found;
+  }
+
+  // Sends a dump request and returns every reply as parse(message) -> expected<T> reads it; a reply
+  // that does not parse is the error, once the dump is read to its end. A dump the kernel marks
+  // interrupted by a concurrent change (EAGAIN) is read again, attempts times in all.
+  template <typename Parse>
+  auto dumpAll(const Bytes& request, const Parse& parse, int attempts = 3)
+      -> tl::expected<std::vector<typename std::invoke_result_t<Parse, std::span<const uint8_t>>::value_type>,
+                      std::error_code> {
     for (int attempt = 1;; ++attempt) {
-      std::vector<QdiscInfo> found;
+      std::vector<typename std::invoke_result_t<Parse, std::span<const uint8_t>>::value_type> out;
       std::error_code parseError;
-      auto done = send(*request, [&](std::span<const uint8_t> message) {
-        auto dumped = parseQdiscMessage(message);
-        if (!dumped) {
-          parseError = dumped.error();
-        } else if (dumped->ifindex == *index) {  // the kernel dumps every interface's qdiscs
-          found.push_back(std::move(dumped->info));
+      auto done = send(request, [&](std::span<const uint8_t> message) {
+        auto parsed = parse(message);
+        if (!parsed) {
+          parseError = parsed.error();
+        } else {
+          out.push_back(std::move(*parsed));
         }
       });
-      if (!done && done.error() == std::errc::resource_unavailable_try_again && attempt < kAttempts) {
+      if (!done && done.error() == std::errc::resource_unavailable_try_again && attempt < attempts) {
         continue;
       }
       if (!done) {
@@ -502,7 +488,7 @@ class NetlinkQdiscTable final : public QdiscTable {
       if (parseError) {
         return tl::unexpected(parseError);
       }
-      return found;
+      return out;
     }
   }
 
