@@ -41,6 +41,37 @@ namespace faultline::kernel {
 using namespace steering_internal;
 namespace {
 
+// What ipt_ip (IPv4) and ip6t_ip6 (IPv6) name alike: addresses with their masks, interfaces.
+
+// Source and destination, each with the mask of its prefix length (mask(int) -> in_addr / in6_addr).
+template <typename Ip, typename Mask>
+void setIpAddresses(Ip& ip, const std::optional<Cidr>& src, const std::optional<Cidr>& dst, const Mask& mask) {
+  const auto put = [&](const Cidr& c, auto& addr, auto& addrMask) {
+    std::memcpy(&addr, c.address.data(), sizeof addr);
+    addrMask = mask(c.prefixLength);
+  };
+  if (src) {
+    put(*src, ip.src, ip.smsk);
+  }
+  if (dst) {
+    put(*dst, ip.dst, ip.dmsk);
+  }
+}
+
+template <typename Ip>
+std::string ipInterface(const Ip& ip, bool out) {
+  const char* name = out ? ip.outiface : ip.iniface;
+  return std::string(name, strnlen(name, sizeof ip.outiface));
+}
+
+template <typename Ip>
+void setIpInterface(Ip& ip, const std::string& name, bool out) {
+  char* dst = out ? ip.outiface : ip.iniface;
+  unsigned char* mask = out ? ip.outiface_mask : ip.iniface_mask;
+  std::memcpy(dst, name.data(), name.size());
+  std::memset(mask, 0xFF, name.size() + 1);
+}
+
 struct Ip4 {
   using Entry = ipt_entry;
   static constexpr int kFamily = AF_INET;
@@ -61,29 +92,17 @@ struct Ip4 {
   static int deleteChain(const char* c, xtc_handle* h) { return iptc_delete_chain(c, h); }
   static int commit(xtc_handle* h) { return iptc_commit(h); }
   static const char* strerror(int e) { return iptc_strerror(e); }
+  static in_addr mask(int prefixLength) {
+    in_addr mask{};
+    mask.s_addr = prefixLength == 0 ? 0 : htonl(~uint32_t{0} << (32 - prefixLength));
+    return mask;
+  }
   static void setAddresses(Entry& e, const std::optional<Cidr>& src, const std::optional<Cidr>& dst) {
-    const auto put = [](const Cidr& c, in_addr& addr, in_addr& mask) {
-      std::memcpy(&addr, c.address.data(), 4);
-      mask.s_addr = c.prefixLength == 0 ? 0 : htonl(~uint32_t{0} << (32 - c.prefixLength));
-    };
-    if (src) {
-      put(*src, e.ip.src, e.ip.smsk);
-    }
-    if (dst) {
-      put(*dst, e.ip.dst, e.ip.dmsk);
-    }
+    setIpAddresses(e.ip, src, dst, mask);
   }
   static void setProtocol(Entry& e, uint8_t proto) { e.ip.proto = proto; }
-  static std::string interfaceOf(const Entry& e, bool out) {
-    const char* name = out ? e.ip.outiface : e.ip.iniface;
-    return std::string(name, strnlen(name, sizeof e.ip.outiface));
-  }
-  static void setInterface(Entry& e, const std::string& name, bool out) {
-    char* dst = out ? e.ip.outiface : e.ip.iniface;
-    unsigned char* mask = out ? e.ip.outiface_mask : e.ip.iniface_mask;
-    std::memcpy(dst, name.data(), name.size());
-    std::memset(mask, 0xFF, name.size() + 1);
-  }
+  static std::string interfaceOf(const Entry& e, bool out) { return ipInterface(e.ip, out); }
+  static void setInterface(Entry& e, const std::string& name, bool out) { setIpInterface(e.ip, name, out); }
 };
 
 struct Ip6 {
@@ -106,20 +125,16 @@ struct Ip6 {
   static int deleteChain(const char* c, xtc_handle* h) { return ip6tc_delete_chain(c, h); }
   static int commit(xtc_handle* h) { return ip6tc_commit(h); }
   static const char* strerror(int e) { return ip6tc_strerror(e); }
+  static in6_addr mask(int prefixLength) {
+    in6_addr mask{};
+    for (int i = 0; i < 16; ++i) {
+      const int bits = std::clamp(prefixLength - i * 8, 0, 8);
+      mask.s6_addr[i] = static_cast<uint8_t>(bits == 0 ? 0 : 0xFF << (8 - bits));
+    }
+    return mask;
+  }
   static void setAddresses(Entry& e, const std::optional<Cidr>& src, const std::optional<Cidr>& dst) {
-    const auto put = [](const Cidr& c, in6_addr& addr, in6_addr& mask) {
-      std::memcpy(&addr, c.address.data(), 16);
-      for (int i = 0; i < 16; ++i) {
-        const int bits = std::clamp(c.prefixLength - i * 8, 0, 8);
-        mask.s6_addr[i] = static_cast<uint8_t>(bits == 0 ? 0 : 0xFF << (8 - bits));
-      }
-    };
-    if (src) {
-      put(*src, e.ipv6.src, e.ipv6.smsk);
-    }
-    if (dst) {
-      put(*dst, e.ipv6.dst, e.ipv6.dmsk);
-    }
+    setIpAddresses(e.ipv6, src, dst, mask);
   }
   static void setProtocol(Entry& e, uint8_t proto) {
     e.ipv6.proto = proto;
@@ -127,16 +142,8 @@ struct Ip6 {
       e.ipv6.flags |= IP6T_F_PROTO;
     }
   }
-  static std::string interfaceOf(const Entry& e, bool out) {
-    const char* name = out ? e.ipv6.outiface : e.ipv6.iniface;
-    return std::string(name, strnlen(name, sizeof e.ipv6.outiface));
-  }
-  static void setInterface(Entry& e, const std::string& name, bool out) {
-    char* dst = out ? e.ipv6.outiface : e.ipv6.iniface;
-    unsigned char* mask = out ? e.ipv6.outiface_mask : e.ipv6.iniface_mask;
-    std::memcpy(dst, name.data(), name.size());
-    std::memset(mask, 0xFF, name.size() + 1);
-  }
+  static std::string interfaceOf(const Entry& e, bool out) { return ipInterface(e.ipv6, out); }
+  static void setInterface(Entry& e, const std::string& name, bool out) { setIpInterface(e.ipv6, name, out); }
 };
 
 // One xtables rule, before it is laid out as an ipt_entry / ip6t_entry.
