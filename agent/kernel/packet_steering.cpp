@@ -109,9 +109,38 @@ std::map<uint16_t, QueueState> boundQueues() {
   return queues;
 }
 
+// A slot's state read by either backend, completed: its parts in name order (so two reads compare
+// part by part) and its queue as the namespace's nfnetlink_queue lists it (run in the namespace).
+SlotState finishSlotState(SlotState state, uint16_t slot) {
+  std::sort(state.parts.begin(), state.parts.end(),
+            [](const SteeringPart& a, const SteeringPart& b) { return a.name < b.name; });
+  const auto queues = boundQueues();
+  if (auto it = queues.find(static_cast<uint16_t>(kQueueBase + slot)); it != queues.end()) {
+    state.queue = it->second;
+  }
+  return state;
+}
+
 }  // namespace
 
 namespace steering_internal {
+
+tl::expected<SlotState, std::error_code> inspectSlot(
+    int nsFd, uint16_t slot, const std::function<tl::expected<SlotState, std::error_code>()>& read) {
+  if (slot >= kMaxSlots) {
+    return tl::unexpected(errnoCode(EINVAL));
+  }
+  return onThreadIn<tl::expected<SlotState, std::error_code>>(
+      nsFd,
+      [&]() -> tl::expected<SlotState, std::error_code> {
+        auto state = read();
+        if (!state) {
+          return state;
+        }
+        return finishSlotState(std::move(*state), slot);
+      },
+      [](int e) -> tl::expected<SlotState, std::error_code> { return tl::unexpected(errnoCode(e)); });
+}
 
 bool hasNetAdmin() {
   __user_cap_header_struct header{_LINUX_CAPABILITY_VERSION_3, 0};
@@ -174,16 +203,6 @@ std::vector<uint16_t> servedSlots() {
     }
   }
   return slots;
-}
-
-SlotState finishSlotState(SlotState state, uint16_t slot) {
-  std::sort(state.parts.begin(), state.parts.end(),
-            [](const SteeringPart& a, const SteeringPart& b) { return a.name < b.name; });
-  const auto queues = boundQueues();
-  if (auto it = queues.find(static_cast<uint16_t>(kQueueBase + slot)); it != queues.end()) {
-    state.queue = it->second;
-  }
-  return state;
 }
 
 VoidResult voidOnError(int e) {

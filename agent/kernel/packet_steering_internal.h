@@ -96,9 +96,11 @@ inline uint64_t fnv1a(const void* data, size_t size, uint64_t h = kFnvBasis) {
 // The slots whose queue (kQueueBase + slot) a program has bound in the calling thread's namespace.
 std::vector<uint16_t> servedSlots();
 
-// A slot's state read by either backend, completed: its parts in name order (so two reads compare
-// part by part) and its queue as the namespace's nfnetlink_queue lists it (run in the namespace).
-SlotState finishSlotState(SlotState state, uint16_t slot);
+// inspect() of either backend: EINVAL for a slot out of range; else read() the slot's parts on a
+// thread in the namespace nsFd (-1: the caller's), and there complete them: the parts in name order
+// (so two reads compare part by part) and the queue as the namespace's nfnetlink_queue lists it.
+tl::expected<SlotState, std::error_code> inspectSlot(
+    int nsFd, uint16_t slot, const std::function<tl::expected<SlotState, std::error_code>()>& read);
 
 // The backends' onError for onThreadIn(): the namespace could not be entered.
 VoidResult voidOnError(int e);

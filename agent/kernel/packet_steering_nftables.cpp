@@ -332,36 +332,30 @@ class NftSteering final : public PacketSteering {
   }
 
   tl::expected<SlotState, std::error_code> inspect(uint16_t slot) override {
-    if (slot >= kMaxSlots) {
-      return tl::unexpected(errnoCode(EINVAL));
-    }
-    return onThreadIn<tl::expected<SlotState, std::error_code>>(
-        ns_.fd(),
-        [slot]() -> tl::expected<SlotState, std::error_code> {
-          const std::string table = nftTableName(slot);
-          auto doc = nftTableDocument(table);
-          if (!doc) {
-            return tl::unexpected(doc.error().first);
-          }
-          SlotState state;
-          if (*doc) {
-            const NftListing listing = nftListing(**doc);
-            state.parts.push_back(SteeringPart{fmt::format("nftables table inet {}", table), listing.chains.size(), 0});
-            for (const auto& [chain, hook] : listing.chains) {
-              SteeringPart part{fmt::format("nftables chain {} of table inet {}", chain, table), 0, kFnvBasis};
-              for (const auto& [ruleChain, expr] : listing.rules) {
-                if (ruleChain == chain) {
-                  ++part.rules;
-                  const std::string text = expr->dump();
-                  part.digest = fnv1a(text.data(), text.size(), part.digest);
-                }
-              }
-              state.parts.push_back(std::move(part));
+    return inspectSlot(ns_.fd(), slot, [slot]() -> tl::expected<SlotState, std::error_code> {
+      const std::string table = nftTableName(slot);
+      auto doc = nftTableDocument(table);
+      if (!doc) {
+        return tl::unexpected(doc.error().first);
+      }
+      SlotState state;
+      if (*doc) {
+        const NftListing listing = nftListing(**doc);
+        state.parts.push_back(SteeringPart{fmt::format("nftables table inet {}", table), listing.chains.size(), 0});
+        for (const auto& [chain, hook] : listing.chains) {
+          SteeringPart part{fmt::format("nftables chain {} of table inet {}", chain, table), 0, kFnvBasis};
+          for (const auto& [ruleChain, expr] : listing.rules) {
+            if (ruleChain == chain) {
+              ++part.rules;
+              const std::string text = expr->dump();
+              part.digest = fnv1a(text.data(), text.size(), part.digest);
             }
           }
-          return finishSlotState(std::move(state), slot);
-        },
-        [](int e) -> tl::expected<SlotState, std::error_code> { return tl::unexpected(errnoCode(e)); });
+          state.parts.push_back(std::move(part));
+        }
+      }
+      return state;
+    });
   }
 
  private:

@@ -645,26 +645,20 @@ class XtSteering final : public PacketSteering {
   }
 
   tl::expected<SlotState, std::error_code> inspect(uint16_t slot) override {
-    if (slot >= kMaxSlots) {
-      return tl::unexpected(errnoCode(EINVAL));
-    }
-    return onThreadIn<tl::expected<SlotState, std::error_code>>(
-        ns_.fd(),
-        [slot]() -> tl::expected<SlotState, std::error_code> {
-          SlotState state;
-          // Both families or an error: a family that cannot be read is not a family whose rules
-          // are gone.
-          auto r4 = xtInspectFamily<Ip4>(slot, state.parts);
-          auto r6 = r4 ? xtInspectFamily<Ip6>(slot, state.parts) : r4;
-          for (const auto& r : {r4, r6}) {
-            if (!r) {
-              const int e = r.error();
-              return tl::unexpected(errnoCode(e == EPERM || e == EACCES || !hasNetAdmin() ? EPERM : e));
-            }
-          }
-          return finishSlotState(std::move(state), slot);
-        },
-        [](int e) -> tl::expected<SlotState, std::error_code> { return tl::unexpected(errnoCode(e)); });
+    return inspectSlot(ns_.fd(), slot, [slot]() -> tl::expected<SlotState, std::error_code> {
+      SlotState state;
+      // Both families or an error: a family that cannot be read is not a family whose rules
+      // are gone.
+      auto r4 = xtInspectFamily<Ip4>(slot, state.parts);
+      auto r6 = r4 ? xtInspectFamily<Ip6>(slot, state.parts) : r4;
+      for (const auto& r : {r4, r6}) {
+        if (!r) {
+          const int e = r.error();
+          return tl::unexpected(errnoCode(e == EPERM || e == EACCES || !hasNetAdmin() ? EPERM : e));
+        }
+      }
+      return state;
+    });
   }
 
  private:
