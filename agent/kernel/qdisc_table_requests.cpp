@@ -132,6 +132,21 @@ tl::expected<MsgPtr, std::error_code> newTcMessage(int type, int flags, int ifin
   return msg;
 }
 
+// An rtnetlink link message: ifinfomsg with family AF_UNSPEC, ifindex (0: none), and up (IFF_UP or
+// 0) as both its flags and the flags it changes; room for extra bytes of attributes.
+tl::expected<MsgPtr, std::error_code> newLinkMessage(int type, int flags, int ifindex, unsigned up, size_t extra) {
+  auto msg = newMessage(type, flags, sizeof(ifinfomsg), extra);
+  if (!msg) {
+    return msg;
+  }
+  auto* ifi = static_cast<ifinfomsg*>(nlmsg_data(nlmsg_hdr(msg->get())));
+  ifi->ifi_family = AF_UNSPEC;
+  ifi->ifi_index = ifindex;
+  ifi->ifi_flags = up;
+  ifi->ifi_change = up;
+  return msg;
+}
+
 // Kernel ticks per microsecond as libnl reads them from /proc/net/psched (15.625: 64 ns ticks on
 // every kernel since 2.6.32). nl_us2ticks() itself takes and returns u32, too small for 1 h.
 double ticksPerMicrosecond() {
@@ -372,11 +387,10 @@ size_t optionsRoom(const QdiscParams& params) {
 namespace qdisc_internal {
 
 tl::expected<Bytes, std::error_code> buildGetLinkRequest(std::string_view ifname) {
-  auto msg = newMessage(RTM_GETLINK, NLM_F_REQUEST | NLM_F_ACK, sizeof(ifinfomsg), ifname.size() + 16);
+  auto msg = newLinkMessage(RTM_GETLINK, NLM_F_REQUEST | NLM_F_ACK, 0, 0, ifname.size() + 16);
   if (!msg) {
     return tl::unexpected(msg.error());
   }
-  static_cast<ifinfomsg*>(nlmsg_data(nlmsg_hdr(msg->get())))->ifi_family = AF_UNSPEC;
   const std::string name(ifname);
   if (auto r = putAttr(msg->get(), IFLA_IFNAME, name.c_str(), name.size() + 1); !r) {
     return tl::unexpected(r.error());
@@ -389,15 +403,10 @@ tl::expected<Bytes, std::error_code> buildGetLinkRequest(std::string_view ifname
 }
 
 tl::expected<Bytes, std::error_code> buildLinkUpRequest(int ifindex) {
-  auto msg = newMessage(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK, sizeof(ifinfomsg), 0);
+  auto msg = newLinkMessage(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK, ifindex, IFF_UP, 0);
   if (!msg) {
     return tl::unexpected(msg.error());
   }
-  auto* ifi = static_cast<ifinfomsg*>(nlmsg_data(nlmsg_hdr(msg->get())));
-  ifi->ifi_family = AF_UNSPEC;
-  ifi->ifi_index = ifindex;
-  ifi->ifi_flags = IFF_UP;
-  ifi->ifi_change = IFF_UP;
   return toBytes(msg->get());
 }
 
@@ -412,11 +421,10 @@ tl::expected<Bytes, std::error_code> buildDumpQdiscsRequest(int ifindex) {
 }
 
 tl::expected<Bytes, std::error_code> buildDumpLinksRequest() {
-  auto msg = newMessage(RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP, sizeof(ifinfomsg), 16);
+  auto msg = newLinkMessage(RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP, 0, 0, 16);
   if (!msg) {
     return tl::unexpected(msg.error());
   }
-  static_cast<ifinfomsg*>(nlmsg_data(nlmsg_hdr(msg->get())))->ifi_family = AF_UNSPEC;
   const uint32_t mask = RTEXT_FILTER_SKIP_STATS;
   if (auto r = putAttr(msg->get(), IFLA_EXT_MASK, &mask, sizeof(mask)); !r) {
     return tl::unexpected(r.error());
@@ -656,14 +664,10 @@ tl::expected<std::vector<uint8_t>, std::error_code> buildCreateIfbRequest(std::s
   if (name.empty() || name.size() >= IFNAMSIZ) {
     return fail(EINVAL);
   }
-  auto msg = newMessage(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, sizeof(ifinfomsg), 64);
+  auto msg = newLinkMessage(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, 0, IFF_UP, 64);
   if (!msg) {
     return tl::unexpected(msg.error());
   }
-  auto* ifi = static_cast<ifinfomsg*>(nlmsg_data(nlmsg_hdr(msg->get())));
-  ifi->ifi_family = AF_UNSPEC;
-  ifi->ifi_flags = IFF_UP;
-  ifi->ifi_change = IFF_UP;
   const std::string text(name);
   if (auto r = putAttr(msg->get(), IFLA_IFNAME, text.c_str(), text.size() + 1); !r) {
     return tl::unexpected(r.error());
@@ -682,13 +686,10 @@ tl::expected<std::vector<uint8_t>, std::error_code> buildCreateIfbRequest(std::s
 }
 
 tl::expected<std::vector<uint8_t>, std::error_code> buildDeleteLinkRequest(int ifindex) {
-  auto msg = newMessage(RTM_DELLINK, NLM_F_REQUEST | NLM_F_ACK, sizeof(ifinfomsg), 0);
+  auto msg = newLinkMessage(RTM_DELLINK, NLM_F_REQUEST | NLM_F_ACK, ifindex, 0, 0);
   if (!msg) {
     return tl::unexpected(msg.error());
   }
-  auto* ifi = static_cast<ifinfomsg*>(nlmsg_data(nlmsg_hdr(msg->get())));
-  ifi->ifi_family = AF_UNSPEC;
-  ifi->ifi_index = ifindex;
   return toBytes(msg->get());
 }
 
