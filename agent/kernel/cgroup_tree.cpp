@@ -1,4 +1,5 @@
 #include "agent/kernel/cgroup_tree.h"
+#include "agent/kernel/whole_file.h"
 
 #include <algorithm>
 #include <cerrno>
@@ -61,30 +62,12 @@ std::vector<std::string_view> splitSpaces(std::string_view line) {
 }
 
 std::optional<std::string> readFile(const std::string& path, std::error_code& error) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    error = lastError();
+  auto text = readWholeFile(path);
+  if (!text) {
+    error = text.error();
     return std::nullopt;
   }
-  std::string text;
-  char buf[4096];
-  for (;;) {
-    const ssize_t n = ::read(fd, buf, sizeof buf);
-    if (n < 0) {
-      if (errno == EINTR) {
-        continue;
-      }
-      error = lastError();
-      ::close(fd);
-      return std::nullopt;
-    }
-    if (n == 0) {
-      break;
-    }
-    text.append(buf, static_cast<size_t>(n));
-  }
-  ::close(fd);
-  return text;
+  return std::move(*text);
 }
 
 class FsCgroupTree final : public CgroupTree {

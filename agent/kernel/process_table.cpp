@@ -1,4 +1,5 @@
 #include "agent/kernel/process_table.h"
+#include "agent/kernel/whole_file.h"
 
 #include <algorithm>
 #include <cerrno>
@@ -37,33 +38,6 @@ struct Stat {
   unsigned long flags = 0;
   unsigned long long startTime = 0;  // field 22, clock ticks after boot: tells a reused pid apart
 };
-
-// With read(2), not an ifstream: a process that exits while its /proc files are read fails the
-// read with ESRCH, which libstdc++'s filebuf turns into an exception (seen in a kill loop).
-std::optional<std::string> readWholeFile(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    return std::nullopt;
-  }
-  std::string text;
-  char buf[4096];
-  for (;;) {
-    const ssize_t n = ::read(fd, buf, sizeof buf);
-    if (n < 0 && errno == EINTR) {
-      continue;
-    }
-    if (n < 0) {
-      ::close(fd);
-      return std::nullopt;
-    }
-    if (n == 0) {
-      break;
-    }
-    text.append(buf, static_cast<size_t>(n));
-  }
-  ::close(fd);
-  return text;
-}
 
 template <typename T>
 bool parseNumber(std::string_view text, T& out) {

@@ -27,6 +27,22 @@ std::error_code errnoCode(int e) {
 struct SocketDeleter {
   void operator()(nl_sock* s) const { nl_socket_free(s); }
 };
+using SocketPtr = std::unique_ptr<nl_sock, SocketDeleter>;
+
+// A libnl socket connected to NETLINK_ROUTE in the calling thread's current namespace.
+// errors: ENOMEM; nl_connect()'s errno (EPROTO when it left none).
+tl::expected<SocketPtr, std::error_code> connectRoute() {
+  SocketPtr sock(nl_socket_alloc());
+  if (!sock) {
+    return tl::unexpected(errnoCode(ENOMEM));
+  }
+  errno = 0;
+  if (nl_connect(sock.get(), NETLINK_ROUTE) < 0) {
+    return tl::unexpected(errnoCode(errno != 0 ? errno : EPROTO));
+  }
+  return sock;
+}
+
 struct CacheDeleter {
   void operator()(nl_cache* c) const { nl_cache_free(c); }
 };
@@ -36,17 +52,13 @@ struct LinkDeleter {
 
 // The lookup itself, in the calling thread's current namespace.
 tl::expected<std::string, std::error_code> lookupHere() {
-  std::unique_ptr<nl_sock, SocketDeleter> sock(nl_socket_alloc());
+  auto sock = connectRoute();
   if (!sock) {
-    return tl::unexpected(errnoCode(ENOMEM));
-  }
-  errno = 0;
-  if (nl_connect(sock.get(), NETLINK_ROUTE) < 0) {
-    return tl::unexpected(errnoCode(errno != 0 ? errno : EPROTO));
+    return tl::unexpected(sock.error());
   }
   for (int family : {AF_INET, AF_INET6}) {
     nl_cache* raw = nullptr;
-    if (rtnl_route_alloc_cache(sock.get(), family, 0, &raw) < 0) {
+    if (rtnl_route_alloc_cache(sock->get(), family, 0, &raw) < 0) {
       return tl::unexpected(errnoCode(errno != 0 ? errno : EPROTO));
     }
     std::unique_ptr<nl_cache, CacheDeleter> cache(raw);
@@ -72,7 +84,7 @@ tl::expected<std::string, std::error_code> lookupHere() {
       continue;
     }
     rtnl_link* link = nullptr;
-    if (int rc = rtnl_link_get_kernel(sock.get(), best, nullptr, &link); rc < 0 || link == nullptr) {
+    if (int rc = rtnl_link_get_kernel(sock->get(), best, nullptr, &link); rc < 0 || link == nullptr) {
       return tl::unexpected(errnoCode(ENODEV));
     }
     std::unique_ptr<rtnl_link, LinkDeleter> owned(link);
@@ -86,16 +98,12 @@ tl::expected<std::string, std::error_code> lookupHere() {
 }
 
 tl::expected<uint32_t, std::error_code> mtuHere(const std::string& ifname) {
-  std::unique_ptr<nl_sock, SocketDeleter> sock(nl_socket_alloc());
+  auto sock = connectRoute();
   if (!sock) {
-    return tl::unexpected(errnoCode(ENOMEM));
-  }
-  errno = 0;
-  if (nl_connect(sock.get(), NETLINK_ROUTE) < 0) {
-    return tl::unexpected(errnoCode(errno != 0 ? errno : EPROTO));
+    return tl::unexpected(sock.error());
   }
   rtnl_link* link = nullptr;
-  if (rtnl_link_get_kernel(sock.get(), 0, ifname.c_str(), &link) < 0 || link == nullptr) {
+  if (rtnl_link_get_kernel(sock->get(), 0, ifname.c_str(), &link) < 0 || link == nullptr) {
     return tl::unexpected(errnoCode(ENODEV));
   }
   std::unique_ptr<rtnl_link, LinkDeleter> owned(link);

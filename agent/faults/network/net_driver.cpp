@@ -1,4 +1,5 @@
 #include "agent/faults/network/net_driver.h"
+#include "agent/faults/network/net_driver_internal.h"
 
 #include <algorithm>
 #include <cctype>
@@ -18,46 +19,8 @@
 #include "agent/kernel/route.h"
 
 namespace faultline::agent {
+using namespace net_driver_internal;
 namespace {
-
-using kernel::NetemParams;
-using kernel::QdiscInfo;
-using kernel::QdiscParams;
-using kernel::QdiscTable;
-using kernel::TbfParams;
-using kernel::TcObject;
-
-constexpr uint64_t kMinDefaultBurstBytes = 2 * 1514;  // two full-size Ethernet frames
-
-// What apply() is asked to do, taken from a validated spec.
-struct Plan {
-  std::string faultName;  // "network.delay", ...
-  std::string interface;
-  std::string netns;  // "" = the agent's own
-  QdiscParams params;
-  // With a match: an htb root fa17: whose unclassified packets bypass its classes, class fa17:1
-  // holding the fault's qdisc fa18:, and u32 filters steering the matched packets to fa17:1.
-  bool tree = false;
-  std::vector<kernel::U32Filter> filters;
-  // Direction: egress builds on the interface's root; ingress builds the same qdisc (or tree) on the
-  // root of an ifb device, to which the interface's ingress qdisc redirects every IP packet.
-  bool egress = true;
-  bool ingress = false;
-  std::string ifb;  // the ifb's name (ifbName()), once the interface's index is known
-};
-
-std::string_view directionText(const Plan& plan) {
-  return plan.ingress ? (plan.egress ? "both" : "ingress") : "egress";
-}
-
-// The kind of faultline's root qdisc for a plan.
-std::string rootKind(const Plan& plan) {
-  return plan.tree ? "htb" : std::string(kernel::qdiscKind(plan.params));
-}
-
-FaultError faultError(std::error_code code, std::string message) {
-  return FaultError{code, std::move(message)};
-}
 
 // EBUSY: the root is no longer faultline's, and retrying cannot change that.
 FaultError notOursError(std::string message) {
@@ -70,84 +33,6 @@ std::string where(const std::string& netns) {
   return netns.empty() ? "the agent's network namespace" : netns;
 }
 
-std::string context(const Plan& plan) {
-  return fmt::format("{} on {} in {}", plan.faultName, plan.interface, where(plan.netns));
-}
-
-// tc's notation: "8001:" or "1:a"; "0:" for the kernel's defaults.
-std::string handleText(uint32_t handle) {
-  const uint32_t minor = handle & 0xFFFF;
-  return minor != 0 ? fmt::format("{:x}:{:x}", handle >> 16, minor) : fmt::format("{:x}:", handle >> 16);
-}
-
-// tc's notation for a parent: "7:1", or ":1" under a default root (major 0).
-std::string parentText(uint32_t parent) {
-  const uint32_t major = parent >> 16;
-  return major != 0 ? fmt::format("{:x}:{:x}", major, parent & 0xFFFF) : fmt::format(":{:x}", parent & 0xFFFF);
-}
-
-std::string qdiscText(const std::optional<QdiscInfo>& q) {
-  if (!q) {
-    return "none";
-  }
-  return q->handle == 0 ? q->kind : fmt::format("{} {}", q->kind, handleText(q->handle));
-}
-
-std::string percentText(double p) {
-  return fmt::format("{:g}%", p);
-}
-
-std::string paramsText(const QdiscParams& params) {
-  if (const auto* n = std::get_if<NetemParams>(&params)) {
-    std::string out = "netem";
-    if (n->delay.count() > 0) {
-      out += " delay " + formatDuration(n->delay);
-      if (n->jitter.count() > 0) {
-        out += " jitter " + formatDuration(n->jitter);
-      }
-      if (n->delayCorrelationPercent > 0) {
-        out += " correlation " + percentText(n->delayCorrelationPercent);
-      }
-    }
-    if (!n->delayDistribution.empty()) {
-      out += fmt::format(" distribution ({} values)", n->delayDistribution.size());
-    }
-    if (n->gilbertElliott) {
-      const auto& ge = *n->gilbertElliott;
-      out += fmt::format(" loss gemodel p {} r {} bad-loss {} good-loss {}", percentText(ge.p), percentText(ge.r),
-                         percentText(ge.badLoss), percentText(ge.goodLoss));
-    } else if (n->lossPercent > 0) {
-      out += " loss " + percentText(n->lossPercent);
-      if (n->lossCorrelationPercent > 0) {
-        out += " correlation " + percentText(n->lossCorrelationPercent);
-      }
-    }
-    const auto probability = [&out](std::string_view name, double percent, double correlation) {
-      if (percent > 0) {
-        out += fmt::format(" {} {}", name, percentText(percent));
-        if (correlation > 0) {
-          out += " correlation " + percentText(correlation);
-        }
-      }
-    };
-    probability("duplicate", n->duplicatePercent, n->duplicateCorrelationPercent);
-    probability("corrupt", n->corruptPercent, n->corruptCorrelationPercent);
-    probability("reorder", n->reorderPercent, n->reorderCorrelationPercent);
-    if (n->reorderPercent > 0 && n->gap > 1) {
-      out += fmt::format(" gap {}", n->gap);
-    }
-    if (n->rateBitsPerSecond > 0) {
-      out += fmt::format(" rate {}bit/s", n->rateBitsPerSecond);
-    }
-    if (n->limitPackets != 0) {
-      out += fmt::format(" limit {}", n->limitPackets);
-    }
-    return out;
-  }
-  const auto& t = std::get<TbfParams>(params);
-  return fmt::format("tbf rate {}bit/s burst {}B limit {}B", t.rateBitsPerSecond, t.burstBytes, t.limitBytes);
-}
-
 bool isFaultlineHandle(uint32_t handle) {
   return (handle >> 16) == kFaultlineQdiscMajor;
 }
@@ -155,43 +40,6 @@ bool isFaultlineHandle(uint32_t handle) {
 // The qdisc apply() installed (and no other, even with faultline's major).
 bool isOurs(const std::optional<QdiscInfo>& q, std::string_view ourKind) {
   return q && q->handle == kFaultlineRootHandle && q->kind == ourKind;
-}
-
-std::string toHex(const std::vector<uint8_t>& bytes) {
-  std::string out;
-  out.reserve(bytes.size() * 2);
-  for (uint8_t b : bytes) {
-    out += fmt::format("{:02x}", b);
-  }
-  return out;
-}
-
-std::optional<std::vector<uint8_t>> fromHex(std::string_view hex) {
-  if (hex.size() % 2 != 0) {
-    return std::nullopt;
-  }
-  const auto nibble = [](char c) -> int {
-    if (c >= '0' && c <= '9') {
-      return c - '0';
-    }
-    if (c >= 'a' && c <= 'f') {
-      return c - 'a' + 10;
-    }
-    if (c >= 'A' && c <= 'F') {
-      return c - 'A' + 10;
-    }
-    return -1;
-  };
-  std::vector<uint8_t> out;
-  for (size_t i = 0; i < hex.size(); i += 2) {
-    const int hi = nibble(hex[i]);
-    const int lo = nibble(hex[i + 1]);
-    if (hi < 0 || lo < 0) {
-      return std::nullopt;
-    }
-    out.push_back(static_cast<uint8_t>(hi << 4 | lo));
-  }
-  return out;
 }
 
 // Whether the root is back to what it was before apply(): the same kind, handle and options, or,
@@ -308,155 +156,6 @@ std::string deleteRootCommand(const Plan& plan) {
     }
   }
   return fmt::format("nsenter --net={} {}", plan.netns, tc);
-}
-
-// Why faultline cannot put back root (with children below it) exactly; nullopt when it can.
-std::optional<std::string> cannotRestore(const Plan& plan, const std::optional<QdiscInfo>& root,
-                                         const std::vector<TcObject>& below) {
-  if (root && root->handle != 0) {
-    switch (kernel::restorability(root->kind)) {
-      case kernel::Restorability::kExact:
-        break;
-      case kernel::Restorability::kClassful:
-        if (root->kind == "htb" || root->kind == "prio" || root->kind == "mq") {
-          break;  // saved and restored whole, classes and filters included, when treeRefusal() allows
-        }
-        return fmt::format(
-            "interface {} has the classful root qdisc {}, whose classes and filters faultline cannot save and "
-            "restore yet",
-            plan.interface, qdiscText(root));
-      case kernel::Restorability::kInexact:
-        return fmt::format(
-            "interface {} has the root qdisc {}, which the kernel does not re-create exactly from its own dump, "
-            "so faultline cannot put it back",
-            plan.interface, qdiscText(root));
-      case kernel::Restorability::kUnverified:
-        return fmt::format(
-            "interface {} has the root qdisc {}, a kind faultline has not verified it can save and restore "
-            "exactly",
-            plan.interface, qdiscText(root));
-    }
-  }
-  if (root && root->handle != 0) {
-    if (auto why = kernel::treeRefusal(*root, below)) {
-      return fmt::format("interface {} has the root qdisc {}, and {}, so faultline cannot put the tree back exactly",
-                         plan.interface, qdiscText(root), *why);
-    }
-    return std::nullopt;
-  }
-  // A default root's own children (handle 0:, e.g. mq's per-queue fq_codel) come back with it.
-  const auto added = std::find_if(below.begin(), below.end(), [](const TcObject& q) {
-    return q.type == kernel::TcObjectType::kQdisc && q.handle != 0;
-  });
-  if (added != below.end()) {
-    return fmt::format(
-        "interface {} has the kernel's default root qdisc {} with qdiscs attached below it ({} {} at parent {}), "
-        "which faultline cannot save and restore; give the root a handle (e.g. `tc qdisc replace dev {} root "
-        "handle 1: {}`) and attach them below it",
-        plan.interface, qdiscText(root), added->kind, handleText(added->handle), parentText(added->parent),
-        plan.interface, root ? root->kind : "mq");
-  }
-  return std::nullopt;
-}
-
-tl::expected<Plan, FaultError> planFor(const v1::FaultSpec& spec, const std::vector<Endpoint>& exempt) {
-  Plan plan;
-  plan.faultName = std::string(faultKindName(spec));
-  const v1::NetworkTarget* target = networkTarget(spec);
-  if (target == nullptr) {
-    return tl::unexpected(
-        faultError(std::make_error_code(std::errc::invalid_argument),
-                   fmt::format("{} is not a network fault; accepted: network.delay, network.loss, network.bandwidth, "
-                               "network.duplicate, network.corrupt, network.reorder, network.partition",
-                               plan.faultName.empty() ? "an empty spec" : plan.faultName)));
-  }
-  plan.interface = target->interface();
-  plan.netns = target->netns();
-  switch (spec.kind_case()) {
-    case v1::FaultSpec::kNetworkDelay:
-      plan.params = delayParams(spec.network_delay());
-      break;
-    case v1::FaultSpec::kNetworkLoss: {
-      const auto& l = spec.network_loss();
-      NetemParams p{.lossPercent = l.percent(), .lossCorrelationPercent = l.correlation()};
-      if (l.has_gilbert_elliott()) {
-        const auto& ge = l.gilbert_elliott();
-        p.gilbertElliott = kernel::GilbertElliottLoss{ge.p(), ge.r(), ge.bad_loss(), ge.good_loss()};
-      }
-      p.limitPackets = l.limit_packets();
-      plan.params = std::move(p);
-      break;
-    }
-    case v1::FaultSpec::kNetworkBandwidth:
-      plan.params = bandwidthParams(spec.network_bandwidth());
-      break;
-    case v1::FaultSpec::kNetworkDuplicate: {
-      const auto& d = spec.network_duplicate();
-      plan.params = NetemParams{.duplicatePercent = d.percent(), .duplicateCorrelationPercent = d.correlation()};
-      break;
-    }
-    case v1::FaultSpec::kNetworkCorrupt: {
-      const auto& c = spec.network_corrupt();
-      plan.params = NetemParams{.corruptPercent = c.percent(), .corruptCorrelationPercent = c.correlation()};
-      break;
-    }
-    case v1::FaultSpec::kNetworkReorder: {
-      const auto& o = spec.network_reorder();
-      plan.params = NetemParams{.delay = toMicros(o.delay()),
-                                .reorderPercent = o.percent(),
-                                .reorderCorrelationPercent = o.correlation(),
-                                .gap = o.gap()};
-      break;
-    }
-    case v1::FaultSpec::kNetworkPartition:
-      plan.params = NetemParams{.lossPercent = 100};
-      break;
-    default:
-      break;
-  }
-  // Not built yet: say so before anything is read or changed, rather than fault all traffic.
-  const auto notYet = [&](std::string what) {
-    return tl::unexpected(faultError(
-        std::make_error_code(std::errc::not_supported),
-        fmt::format("{}: {} is not supported by this agent version; nothing was changed", context(plan), what)));
-  };
-  plan.ingress = target->direction() == v1::DIRECTION_INGRESS || target->direction() == v1::DIRECTION_BOTH;
-  plan.egress = target->direction() != v1::DIRECTION_INGRESS;
-  if (target->has_match()) {
-    const auto& m = target->match();
-    if (!m.destination_cidrs().empty() || !m.source_cidrs().empty() || !m.destination_ports().empty() ||
-        !m.source_ports().empty() || m.protocol() != v1::PROTOCOL_UNSPECIFIED) {
-      auto filters = matchFilters(m, kFaultlineRootHandle, kMatchFilterPriority, kFaultlineClass);
-      if (!filters) {
-        return tl::unexpected(faultError(std::make_error_code(std::errc::invalid_argument),
-                                         fmt::format("{}: {}; nothing was changed", context(plan), filters.error())));
-      }
-      plan.tree = true;
-      plan.filters = std::move(*filters);
-    }
-  }
-  if (plan.netns.empty() && !exempt.empty()) {
-    if (!plan.tree) {
-      auto all = matchFilters(v1::TrafficMatch{}, kFaultlineRootHandle, kMatchFilterPriority, kFaultlineClass);
-      plan.filters = std::move(*all);  // an empty match never needs too many filters
-      plan.tree = true;
-    }
-    // Ahead of the fault's filters: egress to the controller, and (ifb, ingress) from it.
-    auto first = exemptFilters(exempt, PeerSide::kDestination, kFaultlineRootHandle, kExemptFilterPriority,
-                               kFaultlineRootHandle);
-    auto fromController =
-        exemptFilters(exempt, PeerSide::kSource, kFaultlineRootHandle, kExemptFilterPriority, kFaultlineRootHandle);
-    first.insert(first.end(), fromController.begin(), fromController.end());
-    plan.filters.insert(plan.filters.begin(), first.begin(), first.end());
-  }
-  // Both are resolved before planning when the driver has a target resolver (the agent's has one).
-  if (target->interface() == kDefaultRouteInterface) {
-    return notYet("interface default (the interface of the default route)");
-  }
-  if (target->has_netns_process()) {
-    return notYet("a network namespace chosen by process");
-  }
-  return plan;
 }
 
 // A shell command run in the plan's namespace.
@@ -909,160 +608,6 @@ class AppliedNetworkFault final : public AppliedFault {
   std::string ingressOutcome_;  // what revert() removed of the ingress path
 };
 
-// The undo record of a plan, as the journal stores it (docs/operations.md, "Undo journal").
-nlohmann::json undoRecord(const Plan& plan, const std::optional<QdiscInfo>& saved, const std::vector<TcObject>& below) {
-  nlohmann::json savedJson = nullptr;
-  if (saved && saved->handle != 0) {
-    savedJson = {{"kind", saved->kind},
-                 {"handle", saved->handle},
-                 {"parent", saved->parent},
-                 {"options", toHex(saved->options)}};
-  }
-  nlohmann::json record = {{"fault", plan.faultName},         {"netns", plan.netns},     {"interface", plan.interface},
-                           {"handle", kFaultlineRootHandle},  {"qdisc", rootKind(plan)}, {"saved", savedJson},
-                           {"direction", directionText(plan)}};
-  if (saved && saved->handle != 0 && !below.empty()) {
-    nlohmann::json parts = nlohmann::json::array();
-    for (const auto& o : below) {
-      parts.push_back({{"type", kernel::tcObjectTypeName(o.type)},
-                       {"kind", o.kind},
-                       {"handle", o.handle},
-                       {"parent", o.parent},
-                       {"info", o.info},
-                       {"chain", o.chain},
-                       {"options", toHex(o.options)}});
-    }
-    record["below"] = std::move(parts);
-  }
-  if (plan.ingress) {
-    record["ifb"] = plan.ifb;
-    record["ingressQdisc"] = "ingress";
-  }
-  return record;
-}
-
-// The "below" array of an undo record; nullopt when it is malformed. Records written before it
-// existed have none: an empty tree.
-std::optional<std::vector<TcObject>> belowFromRecord(const nlohmann::json& undo) {
-  std::vector<TcObject> out;
-  if (!undo.contains("below")) {
-    return out;
-  }
-  const auto& parts = undo["below"];
-  if (!parts.is_array()) {
-    return std::nullopt;
-  }
-  for (const auto& p : parts) {
-    if (!p.is_object() || !p.contains("type") || !p["type"].is_string() || !p.contains("kind") ||
-        !p["kind"].is_string() || !p.contains("options") || !p["options"].is_string()) {
-      return std::nullopt;
-    }
-    for (const char* key : {"handle", "parent", "info", "chain"}) {
-      if (!p.contains(key) || !p[key].is_number_unsigned() ||
-          p[key].get<uint64_t>() > std::numeric_limits<uint32_t>::max()) {
-        return std::nullopt;
-      }
-    }
-    TcObject o;
-    const auto type = p["type"].get<std::string>();
-    if (type == "qdisc") {
-      o.type = kernel::TcObjectType::kQdisc;
-    } else if (type == "class") {
-      o.type = kernel::TcObjectType::kClass;
-    } else if (type == "filter") {
-      o.type = kernel::TcObjectType::kFilter;
-    } else {
-      return std::nullopt;
-    }
-    auto options = fromHex(p["options"].get<std::string>());
-    if (!options) {
-      return std::nullopt;
-    }
-    o.kind = p["kind"].get<std::string>();
-    o.handle = p["handle"].get<uint32_t>();
-    o.parent = p["parent"].get<uint32_t>();
-    o.info = p["info"].get<uint32_t>();
-    o.chain = p["chain"].get<uint32_t>();
-    o.options = std::move(*options);
-    out.push_back(std::move(o));
-  }
-  return out;
-}
-
-uint64_t ceilDiv(uint64_t a, uint64_t b) {
-  return (a + b - 1) / b;
-}
-
-uint32_t capU32(uint64_t v) {
-  return static_cast<uint32_t>(std::min<uint64_t>(v, std::numeric_limits<uint32_t>::max()));
-}
-
-}  // namespace
-
-uint32_t netemLimitPackets(std::chrono::microseconds delay, std::chrono::microseconds jitter, uint64_t rateBps) {
-  constexpr uint64_t kAssumedLinkBps = 10'000'000'000;  // 10 Gbit/s
-  constexpr uint64_t kPacketBits = 1500 * 8;
-  constexpr uint64_t kMinLimit = 1000;        // the kernel's own default
-  constexpr uint64_t kMaxLimit = 10'000'000;  // ~15 GB of full-size packets at most, if ever filled
-  const uint64_t bps = rateBps != 0 ? rateBps : kAssumedLinkBps;
-  const auto micros = static_cast<uint64_t>(std::max<int64_t>(0, (delay + jitter).count()));
-  // packets = bits per second x seconds / bits per packet, without overflow for 1 h at 1 Tbit/s
-  const long double packets =
-      static_cast<long double>(bps) * static_cast<long double>(micros) / 1e6L / static_cast<long double>(kPacketBits);
-  const auto needed = static_cast<uint64_t>(std::ceil(packets));
-  return static_cast<uint32_t>(std::clamp(needed, kMinLimit, kMaxLimit));
-}
-
-kernel::NetemParams delayParams(const v1::NetworkDelay& spec) {
-  NetemParams p{.delay = toMicros(spec.delay()),
-                .jitter = toMicros(spec.jitter()),
-                .delayCorrelationPercent = spec.correlation(),
-                .delayDistribution = delayDistributionTable(spec.distribution()).values,
-                .rateBitsPerSecond = spec.rate_bps()};
-  p.limitPackets =
-      spec.limit_packets() != 0 ? spec.limit_packets() : netemLimitPackets(p.delay, p.jitter, spec.rate_bps());
-  return p;
-}
-
-kernel::TbfParams bandwidthParams(const v1::NetworkBandwidth& spec) {
-  const uint64_t bytesPerSecond = spec.rate_bps() / 8;
-  TbfParams params;
-  params.rateBitsPerSecond = spec.rate_bps();
-  params.burstBytes = spec.burst_bytes() != 0
-                          ? spec.burst_bytes()
-                          : capU32(std::max(ceilDiv(bytesPerSecond, 100), kMinDefaultBurstBytes));  // 10 ms
-  if (spec.limit_bytes() != 0) {
-    params.limitBytes = spec.limit_bytes();
-  } else if (spec.has_latency()) {
-    // As tc-tbf(8) turns latency into a limit: the bytes sent at the rate in that time, plus the burst.
-    const auto micros = static_cast<uint64_t>(std::max<int64_t>(0, toMicros(spec.latency()).count()));
-    const long double bytes = static_cast<long double>(bytesPerSecond) * static_cast<long double>(micros) / 1e6L;
-    params.limitBytes = capU32(static_cast<uint64_t>(std::ceil(bytes)) + params.burstBytes);
-  } else {
-    // As latency 50ms would: 50 ms of queue at the rate on top of the burst (a limit of only the
-    // burst leaves no room to queue, and slow rates then drop instead of delay).
-    params.limitBytes = capU32(ceilDiv(bytesPerSecond, 20) + params.burstBytes);
-  }
-  return params;
-}
-
-std::string missingQdiscMessage(std::string_view kind) {
-  if (kind == "netem") {
-    return "the kernel has no netem qdisc (CONFIG_NET_SCH_NETEM): load it with `modprobe sch_netem`; on "
-           "RHEL-family hosts it ships in kernel-modules-extra";
-  }
-  if (kind == "tbf") {
-    return "the kernel has no tbf qdisc (CONFIG_NET_SCH_TBF): load it with `modprobe sch_tbf`";
-  }
-  std::string option;
-  for (char c : kind) {
-    option.push_back(static_cast<char>(std::toupper(static_cast<unsigned char>(c))));
-  }
-  return fmt::format("the kernel has no {0} qdisc (CONFIG_NET_SCH_{1}): load it with `modprobe sch_{0}`", kind, option);
-}
-
-namespace {
-
 // Builds faultline's tree for plan (see Plan::tree); on any failure puts the saved root back and
 // reports the step that failed.
 tl::expected<void, FaultError> buildTree(QdiscTable& table, const Plan& plan, const std::optional<QdiscInfo>& before,
@@ -1224,6 +769,46 @@ tl::expected<void, FaultError> buildIngress(QdiscTable& table, const Plan& plan)
 }
 
 }  // namespace
+
+namespace net_driver_internal {
+
+FaultError faultError(std::error_code code, std::string message) {
+  return FaultError{code, std::move(message)};
+}
+
+std::string context(const Plan& plan) {
+  return fmt::format("{} on {} in {}", plan.faultName, plan.interface, where(plan.netns));
+}
+
+// tc's notation: "8001:" or "1:a"; "0:" for the kernel's defaults.
+std::string handleText(uint32_t handle) {
+  const uint32_t minor = handle & 0xFFFF;
+  return minor != 0 ? fmt::format("{:x}:{:x}", handle >> 16, minor) : fmt::format("{:x}:", handle >> 16);
+}
+
+// tc's notation for a parent: "7:1", or ":1" under a default root (major 0).
+std::string parentText(uint32_t parent) {
+  const uint32_t major = parent >> 16;
+  return major != 0 ? fmt::format("{:x}:{:x}", major, parent & 0xFFFF) : fmt::format(":{:x}", parent & 0xFFFF);
+}
+
+std::string qdiscText(const std::optional<QdiscInfo>& q) {
+  if (!q) {
+    return "none";
+  }
+  return q->handle == 0 ? q->kind : fmt::format("{} {}", q->kind, handleText(q->handle));
+}
+
+tl::expected<std::string, FaultError> revertRecorded(const QdiscTableOpener& open, Plan plan, std::string ourKind,
+                                                     std::optional<QdiscInfo> saved, std::vector<TcObject> below) {
+  AppliedNetworkFault fault(open, std::move(plan), std::move(ourKind), std::move(saved), std::move(below));
+  if (auto reverted = fault.revert(); !reverted) {
+    return tl::unexpected(reverted.error());
+  }
+  return fault.describe();
+}
+
+}  // namespace net_driver_internal
 
 std::string ifbName(int ifindex) {
   return fmt::format("{}{:x}", kIfbPrefix, static_cast<unsigned>(ifindex));
@@ -1407,81 +992,6 @@ tl::expected<std::unique_ptr<AppliedFault>, FaultError> NetworkFaultDriver::appl
     }
   }
   return std::make_unique<AppliedNetworkFault>(open_, std::move(*plan), std::move(*before), std::move(below));
-}
-
-tl::expected<std::string, FaultError> NetworkFaultDriver::revertRecord(const nlohmann::json& undo,
-                                                                       const QdiscTableOpener& open) {
-  const auto malformed = [&](std::string_view why) -> tl::unexpected<FaultError> {
-    FaultError error{std::make_error_code(std::errc::invalid_argument),
-                     fmt::format("undo record {}: {}", undo.dump(), why)};
-    error.permanent = true;
-    return tl::unexpected(std::move(error));
-  };
-  if (!undo.is_object()) {
-    return malformed("not an object");
-  }
-  const auto str = [&](const char* key) -> std::optional<std::string> {
-    if (!undo.contains(key) || !undo[key].is_string()) {
-      return std::nullopt;
-    }
-    return undo[key].get<std::string>();
-  };
-  const auto netns = str("netns");
-  const auto interface = str("interface");
-  const auto ourKind = str("qdisc");
-  if (!netns || !interface || interface->empty() || !ourKind) {
-    return malformed("needs string fields netns, interface and qdisc");
-  }
-  if (!undo.contains("handle") || !undo["handle"].is_number_unsigned() ||
-      undo["handle"].get<uint64_t>() != kFaultlineRootHandle) {
-    return malformed(fmt::format("handle is not faultline's {}", handleText(kFaultlineRootHandle)));
-  }
-  // null: the kernel's default root (handle 0:), which deleting ours brings back.
-  std::optional<QdiscInfo> saved = QdiscInfo{"the kernel's default", 0, 0xFFFFFFFF, {}};
-  if (undo.contains("saved") && !undo["saved"].is_null()) {
-    const auto& s = undo["saved"];
-    if (!s.is_object() || !s.contains("kind") || !s["kind"].is_string() || !s.contains("handle") ||
-        !s["handle"].is_number_unsigned() || !s.contains("parent") || !s["parent"].is_number_unsigned() ||
-        !s.contains("options") || !s["options"].is_string()) {
-      return malformed("saved needs kind, handle, parent and options (hex)");
-    }
-    auto options = fromHex(s["options"].get<std::string>());
-    if (!options) {
-      return malformed("saved.options is not hex");
-    }
-    saved = QdiscInfo{s["kind"].get<std::string>(), s["handle"].get<uint32_t>(), s["parent"].get<uint32_t>(),
-                      std::move(*options)};
-  }
-  auto below = belowFromRecord(undo);
-  if (!below) {
-    return malformed(
-        "below needs an array of {type (qdisc, class, filter), kind, handle, parent, info, chain, "
-        "options (hex)}");
-  }
-  Plan plan;
-  plan.faultName = undo.value("fault", std::string("network fault"));
-  plan.netns = *netns;
-  plan.interface = *interface;
-  // Records written before direction existed are egress.
-  const auto direction = str("direction").value_or("egress");
-  if (direction != "egress" && direction != "ingress" && direction != "both") {
-    return malformed("direction is not egress, ingress or both");
-  }
-  plan.egress = direction != "ingress";
-  plan.ingress = direction != "egress";
-  if (plan.ingress) {
-    // Only a device named as faultline names its ifbs is ever deleted.
-    const auto ifb = str("ifb");
-    if (!ifb || !ifb->starts_with(kIfbPrefix) || ifb->size() <= kIfbPrefix.size() || ifb->size() > 15) {
-      return malformed(fmt::format("ingress needs ifb, a device name {}<hex index>", kIfbPrefix));
-    }
-    plan.ifb = *ifb;
-  }
-  AppliedNetworkFault fault(open, std::move(plan), *ourKind, std::move(saved), std::move(*below));
-  if (auto reverted = fault.revert(); !reverted) {
-    return tl::unexpected(reverted.error());
-  }
-  return fault.describe();
 }
 
 }  // namespace faultline::agent

@@ -1,0 +1,18 @@
+// Internal to agent/kernel/: reads a small kernel file (/proc, cgroupfs) whole, for the process
+// table and the cgroup tree. Not part of the kernel seam's API.
+#pragma once
+
+#include <string>
+#include <system_error>
+
+#include <tl/expected.hpp>
+
+namespace faultline::kernel {
+
+// The whole file at path, read with read(2) to its end (EINTR retried), not with an ifstream: a
+// process that exits while its /proc files are read fails the read with ESRCH, which libstdc++'s
+// filebuf turns into an exception (seen in a kill loop). Blocks for the reads; thread-safe.
+// errors: open(2)'s or read(2)'s errno (ENOENT, EACCES, ESRCH, ...).
+[[nodiscard]] tl::expected<std::string, std::error_code> readWholeFile(const std::string& path);
+
+}  // namespace faultline::kernel
