@@ -35,6 +35,7 @@
 #include "common/unique_fd.h"
 #include "tests/support/check_cost.h"
 #include "tests/support/netns.h"
+#include "tests/support/text.h"
 
 using namespace faultline;
 using kernel::PacketSteering;
@@ -45,9 +46,7 @@ using testing::socketIn;
 
 namespace {
 
-bool contains(const std::string& text, std::string_view part) {
-  return text.find(part) != std::string::npos;
-}
+using testing::contains;
 
 bool readable(int fd, int timeoutMs) {
   pollfd p{fd, POLLIN, 0};

@@ -19,6 +19,7 @@
 #include "agent/kernel/qdisc_table.h"
 #include "agent/safety/revert_all.h"
 #include "tests/support/crash_soak.h"
+#include "tests/support/text.h"
 
 using namespace faultline;
 using namespace std::chrono_literals;
@@ -26,9 +27,7 @@ namespace soak = faultline::testing::soak;
 
 namespace {
 
-bool contains(const std::string& text, std::string_view part) {
-  return text.find(part) != std::string::npos;
-}
+using testing::contains;
 
 std::filesystem::path tempDir(const char* name) {
   std::string pattern = (std::filesystem::temp_directory_path() / fmt::format("{}-XXXXXX", name)).string();

@@ -25,6 +25,7 @@
 #include "agent/safety/queue_watchdog.h"
 #include "tests/support/netns.h"
 #include "tests/support/paused_child.h"
+#include "tests/support/text.h"
 #include "tests/support/veth_peers.h"
 
 using namespace faultline;
@@ -33,9 +34,7 @@ using namespace std::chrono_literals;
 
 namespace {
 
-bool contains(const std::string& text, std::string_view part) {
-  return text.find(part) != std::string::npos;
-}
+using testing::contains;
 
 // veth0 in A (the fixture's namespace): 10.83.1.1; its peer in B: 10.83.1.2.
 class StoppedAgent : public testing::PeerNetnsFixture {

@@ -36,6 +36,7 @@
 #include "tests/support/check_cost.h"
 #include "tests/support/dying_agent.h"
 #include "tests/support/netns.h"
+#include "tests/support/text.h"
 
 using namespace faultline;
 using namespace faultline::agent;
@@ -43,11 +44,8 @@ using namespace std::chrono_literals;
 
 namespace {
 
+using testing::contains;
 using testing::sh;
-
-bool contains(const std::string& text, std::string_view part) {
-  return text.find(part) != std::string::npos;
-}
 
 // veth0 in A (the fixture's namespace) with 10.77.1.1, fd77:1::1; its peer peer0 in B with
 // 10.77.1.2, 10.77.2.2, fd77:1::2.

@@ -20,17 +20,15 @@
 #include "agent/kernel/qdisc_table.h"
 #include "common/unique_fd.h"
 #include "tests/support/netns.h"
+#include "tests/support/text.h"
 
 using namespace faultline;
 using namespace faultline::agent;
 
 namespace {
 
+using testing::contains;
 using testing::sh;
-
-bool contains(const std::string& text, std::string_view part) {
-  return text.find(part) != std::string::npos;
-}
 
 // veth0 in A (the fixture's namespace) with 10.77.1.1, 10.77.2.1, fd77:1::1, fd77:2::1; its peer
 // in B with .2 / ::2 of each.

@@ -27,6 +27,7 @@
 #include "agent/session/agent.h"
 #include "tests/support/dying_agent.h"
 #include "tests/support/netns_holder.h"
+#include "tests/support/text.h"
 
 using namespace faultline;
 using namespace faultline::agent;
@@ -35,9 +36,7 @@ namespace {
 
 using testing::NetnsHolder;
 
-bool contains(const std::string& text, std::string_view part) {
-  return text.find(part) != std::string::npos;
-}
+using testing::contains;
 
 std::optional<kernel::QdiscInfo> rootAt(const std::string& netns, const std::string& ifname) {
   auto table = kernel::openQdiscTable(netns);

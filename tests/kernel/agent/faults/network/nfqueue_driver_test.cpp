@@ -38,6 +38,7 @@
 #include "tests/support/check_cost.h"
 #include "tests/support/dying_agent.h"
 #include "tests/support/netns.h"
+#include "tests/support/text.h"
 #include "tests/support/veth_peers.h"
 
 using namespace faultline;
@@ -46,9 +47,7 @@ using namespace std::chrono_literals;
 
 namespace {
 
-bool contains(const std::string& text, std::string_view part) {
-  return text.find(part) != std::string::npos;
-}
+using testing::contains;
 
 // veth0 in A (the fixture's namespace): 10.79.1.1, 10.79.2.1, fd79:1::1; its peer in B: 10.79.1.2,
 // 10.79.2.2, fd79:1::2.
