@@ -29,6 +29,7 @@
 #include "controller/server/controller.h"
 #include "demo/server.h"
 #include "faultline/v1/control.grpc.pb.h"
+#include "tests/support/control_client.h"
 #include "tests/support/netns_holder.h"
 
 using namespace faultline;
@@ -131,27 +132,21 @@ method:
           std::this_thread::sleep_for(5ms);
         }
       });
-      grpc::ClientContext ctx;
       v1::SubmitRunRequest req;
       req.set_experiment(yaml);
       req.set_file_name("abort-latency.yaml");
       req.set_trigger("cli");
-      v1::SubmitRunResponse resp;
-      if (auto s = stub->SubmitRun(&ctx, req, &resp); !s.ok()) {
-        std::cerr << "abort_latency: SubmitRun: " << s.error_message() << "\n";
+      const auto watched = testing::submitAndWatch(*stub, req);
+      if (watched.runId.empty()) {
+        std::cerr << "abort_latency: " << watched.error << "\n";
         cancel = true;
         degrade.join();
         return 1;
       }
-      grpc::ClientContext wctx;
-      v1::WatchRunRequest wreq;
-      wreq.set_run_id(resp.run_id());
-      auto reader = stub->WatchRun(&wctx, wreq);
-      v1::RunEvent e;
       int64_t stopAt = 0;
       int64_t revertedAt = 0;
       v1::Verdict verdict = v1::VERDICT_UNSPECIFIED;
-      while (reader->Read(&e)) {
+      for (const auto& e : watched.events) {
         if (e.kind() == "stop.condition" && stopAt == 0) {
           stopAt = micros(e.at());
         }
@@ -162,13 +157,12 @@ method:
           verdict = e.verdict();
         }
       }
-      (void)reader->Finish();
       cancel = true;
       degrade.join();
       // The violating sample: the last 'during' sample that started before the stop.
       grpc::ClientContext gctx;
       v1::GetRunRequest greq;
-      greq.set_run_id(resp.run_id());
+      greq.set_run_id(watched.runId);
       v1::Run run;
       int64_t answerAt = 0;
       if (stub->GetRun(&gctx, greq, &run).ok()) {

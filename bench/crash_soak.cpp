@@ -42,13 +42,8 @@ int main(int argc, char** argv) {
   const std::filesystem::path stateDir = pattern;
 
   const auto started = std::chrono::steady_clock::now();
-  size_t kills = 0;
-  size_t inPlace = 0;
-  size_t leaked = 0;
-  size_t reverted = 0;
-  size_t removed = 0;
+  soak::Totals totals;
   size_t errors = 0;
-  uint64_t cycles = 0;
   for (int i = 0; i < iterations; ++i) {
     const auto delay = std::chrono::microseconds{delayMicros(rng)};
     const auto it = soak::crashIteration(i % 2 == 1, delay, stateDir);
@@ -58,12 +53,7 @@ int main(int argc, char** argv) {
                 << std::endl;
       continue;
     }
-    ++kills;
-    inPlace += it.faultInPlace ? 1 : 0;
-    reverted += it.journalEntriesReverted;
-    removed += it.leftoversRemoved;
-    cycles += it.cycles;
-    leaked += it.leaked.size();
+    totals.add(it);
     for (const auto& line : it.leaked) {
       std::cout << fmt::format("iteration {} (kill after {} us, pre-existing root {}): leaked: {}", i, delay.count(),
                                it.preexistingRoot, line)
@@ -75,7 +65,8 @@ int main(int argc, char** argv) {
                    "iterations {}, kills {} ({} with a faultline root in place), apply+revert cycles {}, journal "
                    "entries reverted {}, leftovers removed by the scan {}, setup errors {}, leaked objects {}, "
                    "time {:.1f} s ({:.1f} ms per iteration)",
-                   iterations, kills, inPlace, cycles, reverted, removed, errors, leaked, took.count(),
+                   iterations, totals.kills, totals.inPlace, totals.cycles, totals.journalEntriesReverted,
+                   totals.leftoversRemoved, errors, totals.leaked, took.count(),
                    iterations > 0 ? took.count() * 1000 / iterations : 0.0)
             << std::endl;
 
@@ -84,13 +75,8 @@ int main(int argc, char** argv) {
   const int resourceIterations = std::max(1, iterations / 5);
   std::uniform_int_distribution<int> resourceDelay(0, 200'000);
   const auto resourceStarted = std::chrono::steady_clock::now();
-  size_t frozen = 0;
-  size_t stopped = 0;
-  size_t resourceLeaked = 0;
+  soak::ResourceTotals resource;
   size_t resourceErrors = 0;
-  size_t resourceReverted = 0;
-  uint64_t resourceCycles = 0;
-  bool squeezed = false;
   for (int i = 0; i < resourceIterations; ++i) {
     const auto delay = std::chrono::microseconds{resourceDelay(rng)};
     const auto it =
@@ -100,12 +86,7 @@ int main(int argc, char** argv) {
       std::cout << fmt::format("resource iteration {}: could not run: {}", i, it.error) << std::endl;
       continue;
     }
-    frozen += it.frozenAtKill ? 1 : 0;
-    stopped += it.stoppedAtKill ? 1 : 0;
-    resourceReverted += it.journalEntriesReverted;
-    resourceCycles += it.cycles;
-    resourceLeaked += it.leaked.size();
-    squeezed = it.squeezed;
+    resource.add(it);
     for (const auto& line : it.leaked) {
       std::cout << fmt::format("resource iteration {} (kill after {} us): leaked: {}", i, delay.count(), line)
                 << std::endl;
@@ -116,10 +97,11 @@ int main(int argc, char** argv) {
                    "resource iterations {} (squeeze and stress in the loop: {}), kills with a cgroup frozen "
                    "{}, with a process stopped {}, apply+revert cycles {}, journal entries reverted {}, setup "
                    "errors {}, leaked objects {}, time {:.1f} s",
-                   resourceIterations, squeezed ? "yes" : "no", frozen, stopped, resourceCycles, resourceReverted,
-                   resourceErrors, resourceLeaked, resourceTook.count())
+                   resourceIterations, resource.squeezed ? "yes" : "no", resource.frozen, resource.stopped,
+                   resource.cycles, resource.journalEntriesReverted, resourceErrors, resource.leaked,
+                   resourceTook.count())
             << std::endl;
   std::error_code ec;
   std::filesystem::remove_all(stateDir, ec);
-  return leaked == 0 && errors == 0 && resourceLeaked == 0 && resourceErrors == 0 ? 0 : 1;
+  return totals.leaked == 0 && errors == 0 && resource.leaked == 0 && resourceErrors == 0 ? 0 : 1;
 }

@@ -12,16 +12,11 @@
 //    polling the root qdisc. Prints lease, measured delay and the excess over the lease.
 //
 // Usage: halt [AGENTS] [RUNS] [LEASE_MS]  (defaults 50 5 2000)
-#include <fcntl.h>
-#include <sched.h>
 #include <signal.h>
 #include <stdlib.h>
-#include <sys/prctl.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <array>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -44,6 +39,7 @@
 #include "controller/server/controller.h"
 #include "faultline/v1/agent_gateway.grpc.pb.h"
 #include "faultline/v1/control.grpc.pb.h"
+#include "tests/support/netns_holder.h"
 
 using namespace faultline;
 using namespace std::chrono_literals;
@@ -51,56 +47,14 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-std::string sh(const std::string& command) {
-  std::string out;
-  FILE* pipe = ::popen(("LC_ALL=C " + command + " 2>&1").c_str(), "r");
-  if (pipe == nullptr) {
-    return out;
+// Runs command in the namespace of ns; its output. Throws when it fails.
+std::string run(const testing::NetnsHolder& ns, const std::string& command) {
+  auto r = testing::sh(fmt::format("nsenter --net={} {}", ns.path(), command));
+  if (r.status != 0) {
+    throw std::runtime_error(command + ": " + r.output);
   }
-  std::array<char, 4096> chunk{};
-  size_t n = 0;
-  while ((n = std::fread(chunk.data(), 1, chunk.size(), pipe)) > 0) {
-    out.append(chunk.data(), n);
-  }
-  if (::pclose(pipe) != 0) {
-    throw std::runtime_error(command + ": " + out);
-  }
-  return out;
+  return r.output;
 }
-
-// A network namespace held by a paused child that dies with this process.
-class Netns {
- public:
-  Netns() {
-    const pid_t parent = ::getpid();
-    child_ = ::fork();
-    if (child_ == 0) {
-      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-      if (::getppid() != parent || ::unshare(CLONE_NEWNET) != 0) {
-        ::_exit(1);
-      }
-      for (;;) {
-        ::pause();
-      }
-    }
-    path_ = fmt::format("/proc/{}/ns/net", child_);
-    // Wait until the child has its own namespace.
-    const auto own = std::filesystem::read_symlink("/proc/self/ns/net");
-    while (std::filesystem::read_symlink(path_) == own) {
-      std::this_thread::sleep_for(1ms);
-    }
-  }
-  ~Netns() {
-    ::kill(child_, SIGKILL);
-    ::waitpid(child_, nullptr, 0);
-  }
-  std::string run(const std::string& command) const { return sh(fmt::format("nsenter --net={} {}", path_, command)); }
-  [[nodiscard]] const std::string& path() const { return path_; }
-
- private:
-  pid_t child_ = -1;
-  std::string path_;
-};
 
 v1::ControllerMessage inject(const std::string& faultId, const std::string& netns, const std::string& interface) {
   v1::ControllerMessage msg;
@@ -202,15 +156,20 @@ int main(int argc, char** argv) {
     return 1;
   }
   const std::string dir = tmpl;
-  Netns ns;
+  testing::NetnsHolder ns;
+  if (!ns.error().empty()) {
+    std::cerr << "namespace: " << ns.error() << "\n";
+    std::filesystem::remove_all(dir);
+    return 1;
+  }
   {
     std::ofstream batch(dir + "/links");
     for (int i = 0; i < agents; ++i) {
       batch << fmt::format("link add v{}a type veth peer name v{}b\nlink set v{}a up\nlink set v{}b up\n", i, i, i, i);
     }
   }
-  ns.run(fmt::format("ip -batch {}/links", dir));
-  const std::string rootsBefore = ns.run("tc qdisc show");
+  run(ns, fmt::format("ip -batch {}/links", dir));
+  const std::string rootsBefore = run(ns, "tc qdisc show");
 
   // 1. Halt across N agents.
   std::vector<double> halts;
@@ -240,7 +199,7 @@ int main(int argc, char** argv) {
         std::cerr << fmt::format("round {}: only {} of {} faults applied\n", r, totalActive(ctl), agents);
         return 1;
       }
-      const auto tbfs = ns.run("tc qdisc show");
+      const auto tbfs = run(ns, "tc qdisc show");
       size_t held = 0;
       for (auto at = tbfs.find("qdisc tbf fa17:"); at != std::string::npos; at = tbfs.find("qdisc tbf fa17:", at + 1)) {
         ++held;
@@ -262,7 +221,7 @@ int main(int argc, char** argv) {
                                  resp.agents_told(), resp.unconfirmed_size());
         return 1;
       }
-      const std::string roots = ns.run("tc qdisc show");
+      const std::string roots = run(ns, "tc qdisc show");
       if (roots != rootsBefore) {
         std::cerr << fmt::format("round {}: root qdiscs not restored:\n{}\nexpected:\n{}", r, roots, rootsBefore);
         return 1;
@@ -299,14 +258,14 @@ int main(int argc, char** argv) {
       return 1;
     }
     ctl->gateway().send("bench-lease-agent", inject("lease-fault", ns.path(), "v0a"));
-    if (!waitFor([&] { return ns.run("tc qdisc show dev v0a").find("tbf") != std::string::npos; }, 10s)) {
+    if (!waitFor([&] { return run(ns, "tc qdisc show dev v0a").find("tbf") != std::string::npos; }, 10s)) {
       std::cerr << "lease: fault not applied\n";
       return 1;
     }
     std::this_thread::sleep_for(lease);  // a few heartbeats
     ctl.reset();                         // stops the controller; no revert is sent
     const auto lastHeard = listener->last();
-    if (!waitFor([&] { return ns.run("tc qdisc show dev v0a").find("tbf") == std::string::npos; }, lease * 5)) {
+    if (!waitFor([&] { return run(ns, "tc qdisc show dev v0a").find("tbf") == std::string::npos; }, lease * 5)) {
       std::cerr << "lease: fault not reverted within 5 leases\n";
       return 1;
     }

@@ -9,10 +9,7 @@
 // bench prints last heard -> revert seen, and its excess over the lease (goal: <= 100 ms).
 //
 // Usage: lease_partition [ROUNDS] [LEASE_MS]  (defaults 5 2000)
-#include <fcntl.h>
-#include <sched.h>
 #include <signal.h>
-#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -32,37 +29,15 @@
 #include <fmt/format.h>
 
 #include "tests/support/netns_holder.h"
+#include "tests/support/spawn_in.h"
 
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 using faultline::testing::NetnsHolder;
 using faultline::testing::sh;
+using faultline::testing::spawnIn;
 
 namespace {
-
-// Starts argv in the network namespace at netns, stdout and stderr to logFile; dies with us.
-pid_t spawnIn(const std::string& netns, std::vector<std::string> argv, const std::string& logFile) {
-  const pid_t parent = ::getpid();
-  const pid_t pid = ::fork();
-  if (pid != 0) {
-    return pid;
-  }
-  ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-  const int ns = ::open(netns.c_str(), O_RDONLY | O_CLOEXEC);
-  const int log = ::open(logFile.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-  if (::getppid() != parent || ns < 0 || log < 0 || ::setns(ns, CLONE_NEWNET) != 0) {
-    ::_exit(127);
-  }
-  ::dup2(log, 1);
-  ::dup2(log, 2);
-  std::vector<char*> args;
-  for (auto& a : argv) {
-    args.push_back(a.data());
-  }
-  args.push_back(nullptr);
-  ::execv(args[0], args.data());
-  ::_exit(127);
-}
 
 void stop(pid_t& pid, int sig) {
   if (pid > 0) {

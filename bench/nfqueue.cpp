@@ -60,19 +60,13 @@ struct Run {
 // Sends from A to B for duration at rate packets/s (0: as fast as possible), then waits settle.
 Run traffic(const std::string& a, const std::string& b, size_t bytes, int rate, std::chrono::milliseconds duration,
             std::chrono::milliseconds settle) {
-  const int rx = testing::socketIn(b, AF_INET, SOCK_DGRAM);
-  const int tx = testing::socketIn(a, AF_INET, SOCK_DGRAM);
-  sockaddr_in to{};
-  to.sin_family = AF_INET;
-  to.sin_port = htons(kPort);
-  ::inet_pton(AF_INET, "10.79.1.2", &to.sin_addr);
-  sockaddr_in any{};
-  any.sin_family = AF_INET;
-  any.sin_port = htons(kPort);
-  if (rx < 0 || tx < 0 || ::bind(rx, reinterpret_cast<sockaddr*>(&any), sizeof(any)) != 0) {
-    std::cerr << "nfqueue: cannot open the UDP sockets\n";
+  const auto udp = testing::udpPair(a, b, "10.79.1.2", kPort);
+  if (!udp.error.empty()) {
+    std::cerr << "nfqueue: cannot open the UDP sockets: " << udp.error << "\n";
     std::exit(1);
   }
+  const int rx = udp.receiver.get();
+  const int tx = udp.sender.get();
   const int buffer = 32 << 20;
   ::setsockopt(rx, SOL_SOCKET, SO_RCVBUFFORCE, &buffer, sizeof(buffer));
   ::setsockopt(tx, SOL_SOCKET, SO_SNDBUFFORCE, &buffer, sizeof(buffer));
@@ -116,7 +110,7 @@ Run traffic(const std::string& a, const std::string& b, size_t bytes, int rate, 
     while (run.sent < due) {
       const uint64_t sentNs = realNs();
       std::memcpy(datagram.data(), &sentNs, 8);
-      if (::sendto(tx, datagram.data(), datagram.size(), 0, reinterpret_cast<sockaddr*>(&to), sizeof(to)) < 0) {
+      if (::sendto(tx, datagram.data(), datagram.size(), 0, udp.to.get(), udp.to.length) < 0) {
         break;  // ENOBUFS: the sender outran the queue; try again
       }
       ++run.sent;
@@ -126,8 +120,6 @@ Run traffic(const std::string& a, const std::string& b, size_t bytes, int rate, 
   std::this_thread::sleep_for(settle);
   done = true;
   receiver.join();
-  ::close(rx);
-  ::close(tx);
   return run;
 }
 

@@ -13,10 +13,7 @@
 // the max over the rounds.
 //
 // Usage: step_skew [AGENTS] [ROUNDS]  (defaults 10 20)
-#include <fcntl.h>
-#include <sched.h>
 #include <signal.h>
-#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -37,38 +34,17 @@
 
 #include "controller/server/controller.h"
 #include "faultline/v1/control.grpc.pb.h"
+#include "tests/support/control_client.h"
 #include "tests/support/netns_holder.h"
+#include "tests/support/spawn_in.h"
 
 using namespace faultline;
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 using faultline::testing::NetnsHolder;
+using faultline::testing::spawnIn;
 
 namespace {
-
-// Starts argv in the network namespace at netns, stdout and stderr to logFile; dies with us.
-pid_t spawnIn(const std::string& netns, std::vector<std::string> argv, const std::string& logFile) {
-  const pid_t parent = ::getpid();
-  const pid_t pid = ::fork();
-  if (pid != 0) {
-    return pid;
-  }
-  ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-  const int ns = ::open(netns.c_str(), O_RDONLY | O_CLOEXEC);
-  const int log = ::open(logFile.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-  if (::getppid() != parent || ns < 0 || log < 0 || ::setns(ns, CLONE_NEWNET) != 0) {
-    ::_exit(127);
-  }
-  ::dup2(log, 1);
-  ::dup2(log, 2);
-  std::vector<char*> args;
-  for (auto& a : argv) {
-    args.push_back(a.data());
-  }
-  args.push_back(nullptr);
-  ::execv(args[0], args.data());
-  ::_exit(127);
-}
 
 double nsToMs(int64_t ns) {
   return static_cast<double>(ns) / 1e6;
@@ -133,23 +109,13 @@ int main(int argc, char** argv) {
       req.set_experiment(experiment);
       req.set_file_name("step-skew.yaml");
       req.set_trigger("cli");
-      v1::SubmitRunResponse resp;
-      grpc::ClientContext sctx;
-      if (auto s = stub->SubmitRun(&sctx, req, &resp); !s.ok()) {
-        std::cerr << "round " << r + 1 << ": SubmitRun: " << s.error_message() << "\n";
+      const auto watched = testing::submitAndWatch(*stub, req);
+      if (watched.runId.empty()) {
+        std::cerr << "round " << r + 1 << ": " << watched.error << "\n";
         code = 1;
         break;
       }
-      grpc::ClientContext wctx;
-      v1::WatchRunRequest wreq;
-      wreq.set_run_id(resp.run_id());
-      auto reader = stub->WatchRun(&wctx, wreq);
-      std::vector<v1::RunEvent> events;
-      v1::RunEvent e;
-      while (reader->Read(&e)) {
-        events.push_back(e);
-      }
-      (void)reader->Finish();
+      const auto& events = watched.events;
       const v1::RunEvent* skew = nullptr;
       int applied = 0;
       for (const auto& ev : events) {
@@ -160,7 +126,7 @@ int main(int argc, char** argv) {
       }
       if (events.empty() || events.back().verdict() != v1::VERDICT_HELD || skew == nullptr || applied != agents) {
         std::cerr << fmt::format("round {}: run {} did not hold on every agent ({} applied, step.skew {}): {}\n", r + 1,
-                                 resp.run_id(), applied, skew != nullptr ? "recorded" : "missing",
+                                 watched.runId, applied, skew != nullptr ? "recorded" : "missing",
                                  events.empty() ? "" : events.back().message());
         code = 1;
         break;

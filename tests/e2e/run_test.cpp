@@ -27,6 +27,7 @@
 #include "demo/server.h"
 #include "faultline/v1/agent_gateway.grpc.pb.h"
 #include "faultline/v1/control.grpc.pb.h"
+#include "tests/support/control_client.h"
 #include "tests/support/netns.h"
 
 using namespace faultline;
@@ -111,25 +112,13 @@ struct Fleet : testing::NetnsFixture {
   // Submits yaml and watches the run to its end; returns the run id and the events.
   std::pair<std::string, std::vector<v1::RunEvent>> run(const std::string& yaml) {
     auto stub = v1::Control::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
-    grpc::ClientContext ctx;
     v1::SubmitRunRequest req;
     req.set_experiment(yaml);
     req.set_file_name("e2e.yaml");
     req.set_trigger("ci");
-    v1::SubmitRunResponse resp;
-    auto status = stub->SubmitRun(&ctx, req, &resp);
-    REQUIRE_MESSAGE(status.ok(), status.error_message());
-    grpc::ClientContext wctx;
-    v1::WatchRunRequest wreq;
-    wreq.set_run_id(resp.run_id());
-    auto reader = stub->WatchRun(&wctx, wreq);
-    std::vector<v1::RunEvent> events;
-    v1::RunEvent e;
-    while (reader->Read(&e)) {
-      events.push_back(e);
-    }
-    REQUIRE(reader->Finish().ok());
-    return {resp.run_id(), events};
+    auto watched = testing::submitAndWatch(*stub, req);
+    REQUIRE_MESSAGE(watched.error.empty(), watched.error);
+    return {watched.runId, std::move(watched.events)};
   }
 
   std::string rootKind() {
@@ -266,20 +255,9 @@ method:
     CHECK(status.error_message().find("steps.yaml:18:") != std::string::npos);
     CHECK(status.error_message().find("undefined variable 'PID'") != std::string::npos);
   }
-  grpc::ClientContext ctx;
-  v1::SubmitRunResponse resp;
-  auto status = stub->SubmitRun(&ctx, req, &resp);
-  REQUIRE_MESSAGE(status.ok(), status.error_message());
-  grpc::ClientContext wctx;
-  v1::WatchRunRequest wreq;
-  wreq.set_run_id(resp.run_id());
-  auto reader = stub->WatchRun(&wctx, wreq);
-  std::vector<v1::RunEvent> events;
-  v1::RunEvent e;
-  while (reader->Read(&e)) {
-    events.push_back(e);
-  }
-  REQUIRE(reader->Finish().ok());
+  const auto watched = testing::submitAndWatch(*stub, req);
+  REQUIRE_MESSAGE(watched.error.empty(), watched.error);
+  const auto& events = watched.events;
   REQUIRE(!events.empty());
   INFO(events.back().message());
   CHECK(events.back().verdict() == v1::VERDICT_HELD);
@@ -311,7 +289,7 @@ method:
     }
   }
   auto store = controller::openSqliteStore(db);
-  auto rec = store->getRun(resp.run_id());
+  auto rec = store->getRun(watched.runId);
   REQUIRE(rec.has_value());
   int stepSamples = 0;
   for (const auto& sample : rec->samples()) {
@@ -1305,18 +1283,9 @@ v1::HaltResponse halt(const std::string& address, std::chrono::seconds timeout) 
 // Every event of a run, to run.finished (replayed from the record when it has ended).
 std::vector<v1::RunEvent> watch(const std::string& address, const std::string& runId) {
   auto stub = v1::Control::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + 30s);
-  v1::WatchRunRequest req;
-  req.set_run_id(runId);
-  auto reader = stub->WatchRun(&ctx, req);
-  std::vector<v1::RunEvent> events;
-  v1::RunEvent e;
-  while (reader->Read(&e)) {
-    events.push_back(e);
-  }
-  REQUIRE(reader->Finish().ok());
-  return events;
+  auto watched = testing::watchRun(*stub, runId, 30s);
+  REQUIRE_MESSAGE(watched.error.empty(), watched.error);
+  return std::move(watched.events);
 }
 
 v1::AgentInfo onlyAgent(const std::string& address) {

@@ -114,6 +114,26 @@ struct Iteration {
   std::string error;                // the iteration could not run (setup), empty when it ran
 };
 
+// What the iterations of a soak that ran (error empty) add up to: the test checks these, the bench
+// prints them.
+struct Totals {
+  size_t kills = 0;    // iterations that ran: each ended with a SIGKILL
+  size_t inPlace = 0;  // ... with a faultline root in place
+  uint64_t cycles = 0;
+  size_t journalEntriesReverted = 0;
+  size_t leftoversRemoved = 0;
+  size_t leaked = 0;
+
+  void add(const Iteration& it) {
+    ++kills;
+    inPlace += it.faultInPlace ? 1 : 0;
+    cycles += it.cycles;
+    journalEntriesReverted += it.journalEntriesReverted;
+    leftoversRemoved += it.leftoversRemoved;
+    leaked += it.leaked.size();
+  }
+};
+
 namespace detail {
 
 inline v1::FaultSpec bandwidth(const std::string& netns, const std::string& interface, uint64_t rate) {
@@ -269,6 +289,25 @@ struct ResourceIteration {
   size_t journalEntriesReverted = 0;
   std::vector<std::string> leaked;
   std::string error;
+};
+
+// What the iterations of a resource soak that ran add up to.
+struct ResourceTotals {
+  size_t frozen = 0;   // kills with the cgroup frozen
+  size_t stopped = 0;  // kills with the process stopped
+  uint64_t cycles = 0;
+  size_t journalEntriesReverted = 0;
+  size_t leaked = 0;
+  bool squeezed = false;  // squeeze and stress were in the loop (the last iteration's word)
+
+  void add(const ResourceIteration& it) {
+    frozen += it.frozenAtKill ? 1 : 0;
+    stopped += it.stoppedAtKill ? 1 : 0;
+    cycles += it.cycles;
+    journalEntriesReverted += it.journalEntriesReverted;
+    leaked += it.leaked.size();
+    squeezed = it.squeezed;
+  }
 };
 
 namespace detail {

@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <functional>
 #include <string>
+#include <vector>
 
 #include <doctest/doctest.h>
 
@@ -21,14 +22,20 @@
 
 namespace faultline::testing {
 
+// A fault for agentDiesHoldingFaults(): its id and what it is.
+struct HeldFault {
+  std::string id;
+  v1::FaultSpec spec;
+};
+
 // In a forked child: opens the undo journal in stateDir, makes the driver (driver() runs in the
-// child only, so what it builds lives and dies there), injects spec as faultId for 60 s through an
-// Agent, and exits with the fault applied, its journal entry open, without reverting (_exit: no
+// child only, so what it builds lives and dies there), injects each of faults for 60 s through an
+// Agent, and exits with them applied, their journal entries open, without reverting (_exit: no
 // destructor runs). The parent REQUIREs that the child got that far (exit status 0; 2: the journal
-// did not open, 3: the fault was not applied).
-inline void agentDiesHoldingFault(const std::filesystem::path& stateDir,
-                                  const std::function<agent::FaultDriver&()>& driver, const std::string& faultId,
-                                  const v1::FaultSpec& spec) {
+// did not open, 3: not every fault was applied).
+inline void agentDiesHoldingFaults(const std::filesystem::path& stateDir,
+                                   const std::function<agent::FaultDriver&()>& driver,
+                                   const std::vector<HeldFault>& faults) {
   const pid_t child = ::fork();
   REQUIRE(child >= 0);
   if (child == 0) {
@@ -38,18 +45,27 @@ inline void agentDiesHoldingFault(const std::filesystem::path& stateDir,
     }
     boost::asio::io_context io;
     agent::Agent agent(io, driver(), nullptr, opened->journal.get());
-    v1::Inject inject;
-    inject.set_fault_id(faultId);
-    *inject.mutable_spec() = spec;
-    *inject.mutable_duration() = toProto(std::chrono::seconds{60});
-    agent.inject(inject);
-    ::_exit(agent.activeCount() == 1 ? 0 : 3);
+    for (const auto& fault : faults) {
+      v1::Inject inject;
+      inject.set_fault_id(fault.id);
+      *inject.mutable_spec() = fault.spec;
+      *inject.mutable_duration() = toProto(std::chrono::seconds{60});
+      agent.inject(inject);
+    }
+    ::_exit(agent.activeCount() == faults.size() ? 0 : 3);
   }
   int status = 0;
   REQUIRE(::waitpid(child, &status, 0) == child);
   REQUIRE(WIFEXITED(status));
   REQUIRE_MESSAGE(WEXITSTATUS(status) == 0, "the agent child exited ", WEXITSTATUS(status),
-                  " (2: no journal, 3: the fault was not applied)");
+                  " (2: no journal, 3: not every fault was applied)");
+}
+
+// agentDiesHoldingFaults() with the one fault spec as faultId.
+inline void agentDiesHoldingFault(const std::filesystem::path& stateDir,
+                                  const std::function<agent::FaultDriver&()>& driver, const std::string& faultId,
+                                  const v1::FaultSpec& spec) {
+  agentDiesHoldingFaults(stateDir, driver, {HeldFault{faultId, spec}});
 }
 
 }  // namespace faultline::testing

@@ -18,11 +18,13 @@
 #include <cstdio>
 #include <filesystem>
 #include <string>
+#include <vector>
 
 #include <doctest/doctest.h>
 #include <fmt/format.h>
 
 #include "tests/support/netns_holder.h"
+#include "tests/support/veth_peers.h"
 
 namespace faultline::testing {
 
@@ -65,6 +67,20 @@ class NetnsFixture {
  protected:
   NetnsHolder holder_;
   std::string netns_;
+};
+
+// Two namespaces joined by a veth pair (joinPeers()): A, the fixture's own, with veth0 and
+// aAddresses; B, peer_, with the other end as peer0, bAddresses and lo up.
+class PeerNetnsFixture : public NetnsFixture {
+ public:
+  PeerNetnsFixture(const std::vector<std::string>& aAddresses, const std::vector<std::string>& bAddresses) {
+    REQUIRE_MESSAGE(peer_.error().empty(), peer_.error());
+    const std::string joined = joinPeers(holder_, peer_, aAddresses, bAddresses);
+    REQUIRE_MESSAGE(joined.empty(), joined);
+  }
+
+ protected:
+  NetnsHolder peer_;
 };
 
 }  // namespace faultline::testing

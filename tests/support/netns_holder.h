@@ -3,18 +3,16 @@
 // SIGKILL), so it and the veth pair inside it vanish even when the test crashes. Needs root.
 #pragma once
 
-#include <fcntl.h>
 #include <sched.h>
-#include <signal.h>
-#include <sys/prctl.h>
 #include <sys/wait.h>
-#include <unistd.h>
 
 #include <array>
 #include <cstdio>
 #include <string>
 
 #include <fmt/format.h>
+
+#include "tests/support/paused_child.h"
 
 namespace faultline::testing {
 
@@ -41,40 +39,21 @@ inline CommandResult sh(const std::string& command) {
   return result;
 }
 
-// A network namespace with veth0 and veth1 up, held by a paused child that dies with this process
-// (PR_SET_PDEATHSIG) or with this object.
+// A network namespace with veth0 and veth1 up, held by a PausedChild: it dies with this process or
+// with this object.
 class NetnsHolder {
  public:
-  NetnsHolder() {
-    int ready[2];
-    if (::pipe2(ready, O_CLOEXEC) != 0) {
-      error_ = "pipe2 failed";
-      return;
-    }
-    const pid_t parent = ::getpid();
-    holder_ = ::fork();
-    if (holder_ == 0) {
-      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-      if (::getppid() != parent || ::unshare(CLONE_NEWNET) != 0) {
-        ::_exit(1);
-      }
-      const char ok = 1;
-      if (::write(ready[1], &ok, 1) != 1) {
-        ::_exit(1);
-      }
-      for (;;) {
-        ::pause();
-      }
-    }
-    ::close(ready[1]);
-    char ok = 0;
-    const bool started = holder_ > 0 && ::read(ready[0], &ok, 1) == 1;
-    ::close(ready[0]);
-    if (!started) {
+  NetnsHolder()
+      : holder_([](const PausedChild::Ready& ready) {
+          if (::unshare(CLONE_NEWNET) == 0) {
+            ready(1);
+          }
+        }) {
+    if (!holder_.reported()) {
       error_ = "the namespace holder did not start";
       return;
     }
-    path_ = fmt::format("/proc/{}/ns/net", holder_);
+    path_ = fmt::format("/proc/{}/ns/net", holder_.pid());
     for (const char* command :
          {"ip link add veth0 type veth peer name veth1", "ip link set veth0 up", "ip link set veth1 up"}) {
       if (!inNetns(command)) {
@@ -84,16 +63,9 @@ class NetnsHolder {
   }
   NetnsHolder(const NetnsHolder&) = delete;
   NetnsHolder& operator=(const NetnsHolder&) = delete;
-  ~NetnsHolder() { kill(); }
 
   // Ends the holder now: the namespace goes away with it (tests of a vanished namespace).
-  void kill() {
-    if (holder_ > 0) {
-      ::kill(holder_, SIGKILL);
-      ::waitpid(holder_, nullptr, 0);
-      holder_ = -1;
-    }
-  }
+  void kill() { holder_.kill(); }
 
   // Runs command in the namespace; on failure sets error() and returns false.
   bool inNetns(const std::string& command) {
@@ -106,10 +78,12 @@ class NetnsHolder {
   }
 
   [[nodiscard]] const std::string& path() const { return path_; }
+  // The holder's pid (its namespace is the one of path()); -1 once killed.
+  [[nodiscard]] pid_t pid() const { return holder_.pid(); }
   [[nodiscard]] const std::string& error() const { return error_; }  // empty when all went well
 
  private:
-  pid_t holder_ = -1;
+  PausedChild holder_;
   std::string path_;
   std::string error_;
 };

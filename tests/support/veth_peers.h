@@ -1,15 +1,18 @@
-// Test and benchmark support without doctest: two network namespaces joined by a veth pair, and
-// UDP between them with the kernel's receive time, as the userspace queue's kernel test and
-// bench/nfqueue use them. Needs root.
+// Test and benchmark support without doctest: two network namespaces joined by a veth pair, sockets
+// made in a namespace (UDP between two of them, a TCP listener), and UDP with the kernel's receive
+// time, as the kernel tests and bench/nfqueue use them. Needs root.
 #pragma once
 
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <sched.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <array>
+#include <cerrno>
 #include <cstdint>
 #include <cstring>
 #include <string>
@@ -18,6 +21,7 @@
 
 #include <fmt/format.h>
 
+#include "common/unique_fd.h"
 #include "tests/support/netns_holder.h"
 
 namespace faultline::testing {
@@ -27,9 +31,6 @@ namespace faultline::testing {
 // and b's peer0; b's lo is brought up too. Returns "" or the command that failed, with its output.
 inline std::string joinPeers(NetnsHolder& a, NetnsHolder& b, const std::vector<std::string>& aAddresses,
                              const std::vector<std::string>& bAddresses) {
-  const std::string& path = b.path();
-  const auto start = std::string("/proc/").size();
-  const std::string pid = path.substr(start, path.find('/', start) - start);
   const auto addressCommand = [](const std::string& address, const char* device) {
     return address.find(':') != std::string::npos ? fmt::format("ip -6 addr add {} dev {} nodad", address, device)
                                                   : fmt::format("ip addr add {} dev {}", address, device);
@@ -37,7 +38,7 @@ inline std::string joinPeers(NetnsHolder& a, NetnsHolder& b, const std::vector<s
   // Down first: older kernels (Debian 12's, in the scripts/vm-run guest) refuse to rename an
   // interface that is up.
   std::vector<std::string> inA{"ip link set veth1 down", "ip link set veth1 name peer0",
-                               fmt::format("ip link set peer0 netns {}", pid)};
+                               fmt::format("ip link set peer0 netns {}", b.pid())};
   for (const auto& address : aAddresses) {
     inA.push_back(addressCommand(address, "veth0"));
   }
@@ -58,21 +59,104 @@ inline std::string joinPeers(NetnsHolder& a, NetnsHolder& b, const std::vector<s
   return "";
 }
 
-// A socket created on a thread that joined netns (a namespace file), so it lives there; -1 when
-// the namespace or the socket cannot be opened.
-inline int socketIn(const std::string& netns, int family, int type) {
+// A socket created on a thread that joined netns (a namespace file), so it lives there; holds -1
+// when the namespace or the socket cannot be opened.
+inline UniqueFd socketIn(const std::string& netns, int family, int type, int protocol = 0) {
   int fd = -1;
   std::thread t([&] {
-    const int ns = ::open(netns.c_str(), O_RDONLY | O_CLOEXEC);
-    if (ns >= 0 && ::setns(ns, CLONE_NEWNET) == 0) {
-      fd = ::socket(family, type | SOCK_CLOEXEC, 0);
-    }
-    if (ns >= 0) {
-      ::close(ns);
+    const UniqueFd ns(::open(netns.c_str(), O_RDONLY | O_CLOEXEC));
+    if (ns.get() >= 0 && ::setns(ns.get(), CLONE_NEWNET) == 0) {
+      fd = ::socket(family, type | SOCK_CLOEXEC, protocol);
     }
   });
   t.join();
-  return fd;
+  return UniqueFd(fd);
+}
+
+// An IPv4 or IPv6 address and port, as bind(), connect() and sendto() take it.
+struct SocketAddress {
+  sockaddr_storage storage{};
+  socklen_t length = 0;  // 0: ip did not parse
+  int family = AF_UNSPEC;
+
+  [[nodiscard]] const sockaddr* get() const { return reinterpret_cast<const sockaddr*>(&storage); }
+  [[nodiscard]] uint16_t port() const {
+    return ntohs(family == AF_INET6 ? reinterpret_cast<const sockaddr_in6*>(&storage)->sin6_port
+                                    : reinterpret_cast<const sockaddr_in*>(&storage)->sin_port);
+  }
+};
+
+// ip ("10.78.1.2", "fd78:1::2"; "0.0.0.0" or "::" for any) and port; length 0 when ip does not
+// parse.
+inline SocketAddress socketAddress(const std::string& ip, uint16_t port) {
+  SocketAddress a;
+  const bool v6 = ip.find(':') != std::string::npos;
+  auto* six = reinterpret_cast<sockaddr_in6*>(&a.storage);
+  auto* four = reinterpret_cast<sockaddr_in*>(&a.storage);
+  const int family = v6 ? AF_INET6 : AF_INET;
+  void* bytes = v6 ? static_cast<void*>(&six->sin6_addr) : static_cast<void*>(&four->sin_addr);
+  if (::inet_pton(family, ip.c_str(), bytes) != 1) {
+    return {};
+  }
+  a.family = family;
+  a.storage.ss_family = static_cast<sa_family_t>(family);
+  if (v6) {
+    six->sin6_port = htons(port);
+    a.length = sizeof(sockaddr_in6);
+  } else {
+    four->sin_port = htons(port);
+    a.length = sizeof(sockaddr_in);
+  }
+  return a;
+}
+
+// UDP from one namespace to another: a receiver in toNetns bound to port on every address, a
+// sender in fromNetns, and the receiver's address ip:port to send to. error is empty when all
+// three are ready, else says what failed.
+struct UdpPair {
+  UniqueFd receiver;
+  UniqueFd sender;
+  SocketAddress to;
+  std::string error;
+};
+
+inline UdpPair udpPair(const std::string& fromNetns, const std::string& toNetns, const std::string& ip, uint16_t port) {
+  UdpPair p;
+  p.to = socketAddress(ip, port);
+  const SocketAddress any = socketAddress(p.to.family == AF_INET6 ? "::" : "0.0.0.0", port);
+  p.receiver = socketIn(toNetns, p.to.family, SOCK_DGRAM);
+  p.sender = socketIn(fromNetns, p.to.family, SOCK_DGRAM);
+  if (p.to.length == 0) {
+    p.error = "not an IP address: " + ip;
+  } else if (p.receiver.get() < 0 || p.sender.get() < 0) {
+    p.error = fmt::format("no UDP socket in {} or {}", toNetns, fromNetns);
+  } else if (::bind(p.receiver.get(), any.get(), any.length) != 0) {
+    p.error = fmt::format("bind to port {} in {}: {}", port, toNetns, std::strerror(errno));
+  }
+  return p;
+}
+
+// A TCP listener in netns at ip:port (port 0: any free one), with SO_REUSEADDR, listening with
+// backlog; at is where it listens, with the port the kernel chose. error is empty when it listens.
+struct TcpListener {
+  UniqueFd fd;
+  SocketAddress at;
+  std::string error;
+};
+
+inline TcpListener tcpListener(const std::string& netns, const std::string& ip, uint16_t port, int backlog = 1) {
+  TcpListener l;
+  l.at = socketAddress(ip, port);
+  l.fd = socketIn(netns, l.at.family, SOCK_STREAM);
+  const int one = 1;
+  if (l.at.length == 0) {
+    l.error = "not an IP address: " + ip;
+  } else if (l.fd.get() < 0 || ::setsockopt(l.fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
+             ::bind(l.fd.get(), l.at.get(), l.at.length) != 0 || ::listen(l.fd.get(), backlog) != 0 ||
+             ::getsockname(l.fd.get(), reinterpret_cast<sockaddr*>(&l.at.storage), &l.at.length) != 0) {
+    l.error = fmt::format("TCP listener at {} port {} in {}: {}", ip, port, netns, std::strerror(errno));
+  }
+  return l;
 }
 
 // CLOCK_REALTIME in nanoseconds: the clock of SO_TIMESTAMPNS, for a sender to stamp datagrams.

@@ -35,64 +35,18 @@
 #include "common/unique_fd.h"
 #include "tests/support/check_cost.h"
 #include "tests/support/netns.h"
+#include "tests/support/text.h"
 
 using namespace faultline;
 using kernel::PacketSteering;
 using kernel::SteeringBackend;
 using kernel::SteeringRules;
 using testing::sh;
+using testing::socketIn;
 
 namespace {
 
-bool contains(const std::string& text, std::string_view part) {
-  return text.find(part) != std::string::npos;
-}
-
-// A socket made in the network namespace at netns (it stays there whoever uses it later).
-UniqueFd socketIn(const std::string& netns, int domain, int type, int protocol = 0) {
-  int fd = -1;
-  std::thread worker([&] {
-    const int ns = ::open(netns.c_str(), O_RDONLY | O_CLOEXEC);
-    if (ns >= 0 && ::setns(ns, CLONE_NEWNET) == 0) {
-      fd = ::socket(domain, type | SOCK_CLOEXEC, protocol);
-    }
-    if (ns >= 0) {
-      ::close(ns);
-    }
-  });
-  worker.join();
-  return UniqueFd(fd);
-}
-
-struct Address {
-  sockaddr_storage storage{};
-  socklen_t length = 0;
-  int family = 0;
-};
-
-Address address(const std::string& ip, uint16_t port) {
-  Address a;
-  if (ip.find(':') != std::string::npos) {
-    auto* s = reinterpret_cast<sockaddr_in6*>(&a.storage);
-    s->sin6_family = AF_INET6;
-    s->sin6_port = htons(port);
-    REQUIRE(::inet_pton(AF_INET6, ip.c_str(), &s->sin6_addr) == 1);
-    a.length = sizeof(sockaddr_in6);
-    a.family = AF_INET6;
-  } else {
-    auto* s = reinterpret_cast<sockaddr_in*>(&a.storage);
-    s->sin_family = AF_INET;
-    s->sin_port = htons(port);
-    REQUIRE(::inet_pton(AF_INET, ip.c_str(), &s->sin_addr) == 1);
-    a.length = sizeof(sockaddr_in);
-    a.family = AF_INET;
-  }
-  return a;
-}
-
-Address anyAddress(int family, uint16_t port) {
-  return address(family == AF_INET ? "0.0.0.0" : "::", port);
-}
+using testing::contains;
 
 bool readable(int fd, int timeoutMs) {
   pollfd p{fd, POLLIN, 0};
@@ -161,26 +115,11 @@ class BoundQueue {
 
 // veth0 in A (the fixture's namespace) with 10.77.1.1, 10.77.2.1, fd77:1::1, fd77:2::1; its peer
 // in B with .2 / ::2 of each.
-class Steering : public testing::NetnsFixture {
+class Steering : public testing::PeerNetnsFixture {
  public:
-  Steering() {
-    REQUIRE_MESSAGE(peer_.error().empty(), peer_.error());
-    const auto start = std::string("/proc/").size();
-    const std::string pid = peer_.path().substr(start, peer_.path().find('/', start) - start);
-    inNetns("ip link set veth1 down");  // older kernels (the guest's 6.1) rename no interface that is up
-    inNetns("ip link set veth1 name peer0");
-    inNetns(fmt::format("ip link set peer0 netns {}", pid));
-    for (const char* c :
-         {"ip addr add 10.77.1.1/24 dev veth0", "ip addr add 10.77.2.1/24 dev veth0",
-          "ip -6 addr add fd77:1::1/64 dev veth0 nodad", "ip -6 addr add fd77:2::1/64 dev veth0 nodad"}) {
-      inNetns(c);
-    }
-    for (const char* c :
-         {"ip link set peer0 up", "ip addr add 10.77.1.2/24 dev peer0", "ip addr add 10.77.2.2/24 dev peer0",
-          "ip -6 addr add fd77:1::2/64 dev peer0 nodad", "ip -6 addr add fd77:2::2/64 dev peer0 nodad"}) {
-      REQUIRE_MESSAGE(peer_.inNetns(c), peer_.error());
-    }
-  }
+  Steering()
+      : PeerNetnsFixture({"10.77.1.1/24", "10.77.2.1/24", "fd77:1::1/64", "fd77:2::1/64"},
+                         {"10.77.1.2/24", "10.77.2.2/24", "fd77:1::2/64", "fd77:2::2/64"}) {}
 
   std::unique_ptr<PacketSteering> open(SteeringBackend backend) {
     auto s = kernel::openPacketSteering(backend, netns_);
@@ -214,34 +153,23 @@ class Steering : public testing::NetnsFixture {
 
   // Whether a UDP datagram from A (with skb mark, when not 0) reaches ip:port in B.
   bool udpArrives(const std::string& ip, uint16_t port, uint32_t mark = 0) {
-    const Address to = address(ip, port);
-    UniqueFd receiver = socketIn(peer_.path(), to.family, SOCK_DGRAM);
-    UniqueFd sender = socketIn(netns_, to.family, SOCK_DGRAM);
-    REQUIRE(receiver.get() >= 0);
-    REQUIRE(sender.get() >= 0);
-    const Address any = anyAddress(to.family, port);
-    REQUIRE(::bind(receiver.get(), reinterpret_cast<const sockaddr*>(&any.storage), any.length) == 0);
+    const auto udp = testing::udpPair(netns_, peer_.path(), ip, port);
+    REQUIRE_MESSAGE(udp.error.empty(), udp.error);
     if (mark != 0) {
-      REQUIRE(::setsockopt(sender.get(), SOL_SOCKET, SO_MARK, &mark, sizeof mark) == 0);
+      REQUIRE(::setsockopt(udp.sender.get(), SOL_SOCKET, SO_MARK, &mark, sizeof mark) == 0);
     }
     // A drop in OUTPUT fails sendto() with EPERM: that datagram did not arrive either.
-    const bool sent = ::sendto(sender.get(), "x", 1, 0, reinterpret_cast<const sockaddr*>(&to.storage), to.length) == 1;
-    return sent && readable(receiver.get(), 700);
+    const bool sent = ::sendto(udp.sender.get(), "x", 1, 0, udp.to.get(), udp.to.length) == 1;
+    return sent && readable(udp.receiver.get(), 700);
   }
 
   // Whether a TCP connection from A to ip:port in B (a listener there) completes.
   bool tcpConnects(const std::string& ip, uint16_t port) {
-    const Address to = address(ip, port);
-    UniqueFd listener = socketIn(peer_.path(), to.family, SOCK_STREAM);
-    UniqueFd client = socketIn(netns_, to.family, SOCK_STREAM | SOCK_NONBLOCK);
-    REQUIRE(listener.get() >= 0);
+    const auto listener = testing::tcpListener(peer_.path(), ip, port, 4);
+    REQUIRE_MESSAGE(listener.error.empty(), listener.error);
+    UniqueFd client = socketIn(netns_, listener.at.family, SOCK_STREAM | SOCK_NONBLOCK);
     REQUIRE(client.get() >= 0);
-    const int one = 1;
-    REQUIRE(::setsockopt(listener.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) == 0);
-    const Address any = anyAddress(to.family, port);
-    REQUIRE(::bind(listener.get(), reinterpret_cast<const sockaddr*>(&any.storage), any.length) == 0);
-    REQUIRE(::listen(listener.get(), 4) == 0);
-    const int rc = ::connect(client.get(), reinterpret_cast<const sockaddr*>(&to.storage), to.length);
+    const int rc = ::connect(client.get(), listener.at.get(), listener.at.length);
     REQUIRE((rc == 0 || errno == EINPROGRESS));
     pollfd p{client.get(), POLLOUT, 0};
     if (::poll(&p, 1, 700) != 1) {
@@ -270,9 +198,6 @@ class Steering : public testing::NetnsFixture {
     static const kernel::SteeringSupport probed = kernel::probeSteeringSupport();
     return probed;
   }
-
- protected:
-  testing::NetnsHolder peer_;
 };
 
 // Sets backend to each backend in turn: doctest runs the test case once per subcase.

@@ -35,6 +35,7 @@
 #include "tests/support/check_cost.h"
 #include "tests/support/dying_agent.h"
 #include "tests/support/netns.h"
+#include "tests/support/text.h"
 
 using namespace faultline;
 using namespace faultline::agent;
@@ -42,15 +43,12 @@ using namespace std::chrono_literals;
 
 namespace {
 
+using testing::contains;
 using testing::sh;
 
 ino_t netnsInode(const char* path) {
   struct stat st {};
   return ::stat(path, &st) == 0 ? st.st_ino : 0;
-}
-
-bool contains(const std::string& text, std::string_view part) {
-  return text.find(part) != std::string::npos;
 }
 
 // The shared throwaway namespace with veth0/veth1, plus the driver and specs these tests use.

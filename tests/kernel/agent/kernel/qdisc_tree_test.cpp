@@ -17,6 +17,7 @@
 #include "agent/kernel/qdisc_table.h"
 #include "agent/kernel/qdisc_tree.h"
 #include "tests/support/netns.h"
+#include "tests/support/text.h"
 
 using namespace faultline;
 using namespace faultline::agent;
@@ -24,9 +25,7 @@ using namespace std::chrono_literals;
 
 namespace {
 
-bool contains(const std::string& text, std::string_view part) {
-  return text.find(part) != std::string::npos;
-}
+using testing::contains;
 
 // Everything tc shows of an interface's egress tree, without statistics.
 struct Shown {

@@ -19,6 +19,7 @@
 #include "agent/kernel/qdisc_table.h"
 #include "agent/safety/revert_all.h"
 #include "tests/support/crash_soak.h"
+#include "tests/support/text.h"
 
 using namespace faultline;
 using namespace std::chrono_literals;
@@ -26,9 +27,7 @@ namespace soak = faultline::testing::soak;
 
 namespace {
 
-bool contains(const std::string& text, std::string_view part) {
-  return text.find(part) != std::string::npos;
-}
+using testing::contains;
 
 std::filesystem::path tempDir(const char* name) {
   std::string pattern = (std::filesystem::temp_directory_path() / fmt::format("{}-XXXXXX", name)).string();
@@ -52,11 +51,7 @@ TEST_CASE("crash soak: an agent SIGKILLed at a random point leaves the kernel as
   std::uniform_int_distribution<int> delayMicros(0, 30'000);
   const auto stateDir = tempDir("faultline-soak");
   const auto started = std::chrono::steady_clock::now();
-  size_t leaked = 0;
-  size_t inPlace = 0;
-  size_t reverted = 0;
-  size_t removed = 0;
-  uint64_t cycles = 0;
+  soak::Totals totals;
   for (int i = 0; i < kIterations; ++i) {
     const auto delay = std::chrono::microseconds{delayMicros(rng)};
     const bool preexisting = i % 2 == 1;
@@ -70,20 +65,18 @@ TEST_CASE("crash soak: an agent SIGKILLed at a random point leaves the kernel as
     }
     // The journal reverted everything: the scan found no faultline root it did not know of.
     CHECK(it.leftoversRemoved == 0);
-    leaked += it.leaked.size();
-    inPlace += it.faultInPlace ? 1 : 0;
-    reverted += it.journalEntriesReverted;
-    removed += it.leftoversRemoved;
-    cycles += it.cycles;
+    totals.add(it);
   }
   const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - started);
   MESSAGE(fmt::format(
       "crash soak: {} iterations, {} kills, {} with a faultline root in place, {} apply+revert cycles, {} journal "
       "entries reverted, {} leftovers removed by the scan, {} leaked objects, {} ms",
-      kIterations, kIterations, inPlace, cycles, reverted, removed, leaked, took.count()));
-  CHECK(leaked == 0);
+      kIterations, totals.kills, totals.inPlace, totals.cycles, totals.journalEntriesReverted, totals.leftoversRemoved,
+      totals.leaked, took.count()));
+  CHECK(totals.kills == kIterations);
+  CHECK(totals.leaked == 0);
   // The random delays should hit some kills mid-fault; otherwise the soak tests nothing.
-  CHECK(inPlace > 0);
+  CHECK(totals.inPlace > 0);
   std::error_code ec;
   std::filesystem::remove_all(stateDir, ec);
 }
@@ -198,11 +191,7 @@ TEST_CASE("resource crash soak: paused processes, squeezed cgroups and stress cg
   const char* window = std::getenv("FAULTLINE_RESOURCE_SOAK_MAX_US");
   std::uniform_int_distribution<int> delayMicros(0, window != nullptr ? std::atoi(window) : 200'000);
   const auto stateDir = tempDir("faultline-resource-soak");
-  size_t frozen = 0;
-  size_t stopped = 0;
-  size_t reverted = 0;
-  uint64_t cycles = 0;
-  bool squeezed = false;
+  soak::ResourceTotals totals;
   for (int i = 0; i < kIterations; ++i) {
     const auto delay = std::chrono::microseconds{delayMicros(rng)};
     CAPTURE(i);
@@ -213,17 +202,14 @@ TEST_CASE("resource crash soak: paused processes, squeezed cgroups and stress cg
     for (const auto& line : it.leaked) {
       FAIL_CHECK("leaked: ", line);
     }
-    frozen += it.frozenAtKill ? 1 : 0;
-    stopped += it.stoppedAtKill ? 1 : 0;
-    reverted += it.journalEntriesReverted;
-    cycles += it.cycles;
-    squeezed = it.squeezed;
+    totals.add(it);
   }
   MESSAGE(
       fmt::format("resource soak: {} kills, {} with a cgroup frozen, {} with a process stopped, {} apply+revert "
                   "cycles, {} journal entries reverted, squeeze and stress in the loop: {}",
-                  kIterations, frozen, stopped, cycles, reverted, squeezed ? "yes" : "no"));
-  CHECK(frozen + stopped > 0);  // some kills landed mid-fault
+                  kIterations, totals.frozen, totals.stopped, totals.cycles, totals.journalEntriesReverted,
+                  totals.squeezed ? "yes" : "no"));
+  CHECK(totals.frozen + totals.stopped > 0);  // some kills landed mid-fault
   std::error_code ec;
   std::filesystem::remove_all(stateDir, ec);
 }

@@ -4,15 +4,12 @@
 // the kernel's queue while nothing serves it, must flow again within the watchdog's grace, and the
 // rules must be gone; while the agent runs the watchdog leaves them alone. Needs root.
 #include <signal.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
-#include <arpa/inet.h>
-#include <netinet/in.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
+#include <optional>
 #include <regex>
 #include <string>
 #include <thread>
@@ -27,6 +24,8 @@
 #include "agent/kernel/packet_steering.h"
 #include "agent/safety/queue_watchdog.h"
 #include "tests/support/netns.h"
+#include "tests/support/paused_child.h"
+#include "tests/support/text.h"
 #include "tests/support/veth_peers.h"
 
 using namespace faultline;
@@ -35,25 +34,12 @@ using namespace std::chrono_literals;
 
 namespace {
 
-bool contains(const std::string& text, std::string_view part) {
-  return text.find(part) != std::string::npos;
-}
+using testing::contains;
 
 // veth0 in A (the fixture's namespace): 10.83.1.1; its peer in B: 10.83.1.2.
-class StoppedAgent : public testing::NetnsFixture {
+class StoppedAgent : public testing::PeerNetnsFixture {
  public:
-  StoppedAgent() {
-    REQUIRE_MESSAGE(peer_.error().empty(), peer_.error());
-    const std::string joined = testing::joinPeers(holder_, peer_, {"10.83.1.1/24"}, {"10.83.1.2/24"});
-    REQUIRE_MESSAGE(joined.empty(), joined);
-  }
-  ~StoppedAgent() {
-    if (agent_ > 0) {
-      ::kill(agent_, SIGKILL);
-      ::kill(agent_, SIGCONT);
-      ::waitpid(agent_, nullptr, 0);
-    }
-  }
+  StoppedAgent() : PeerNetnsFixture({"10.83.1.1/24"}, {"10.83.1.2/24"}) {}
 
   // ping from A to B: the output.
   std::string ping(int count, const char* interval = "0.05") {
@@ -68,14 +54,9 @@ class StoppedAgent : public testing::NetnsFixture {
   }
 
   // Starts the agent: a child that applies a delay of 100 ms on veth0 with the watchdog on, says
-  // so through a pipe, and waits to be killed.
+  // so, and waits to be killed (at the latest when the fixture goes).
   void startAgent() {
-    int ready[2];
-    REQUIRE(::pipe(ready) == 0);
-    agent_ = ::fork();
-    REQUIRE(agent_ >= 0);
-    if (agent_ == 0) {
-      ::close(ready[0]);
+    agent_.emplace([this](const testing::PausedChild::Ready& ready) {
       NfqueueFaultDriver driver{kernel::probeSteeringSupport(), kernel::openPacketSteering, PacketQueue::open};
       driver.enableWatchdog(queueWatchdogStarter());
       v1::FaultSpec spec;
@@ -84,22 +65,13 @@ class StoppedAgent : public testing::NetnsFixture {
       d->mutable_target()->set_netns(netns_);
       *d->mutable_delay() = toProto(100ms);
       auto applied = driver.apply(spec);
-      const char ok = applied ? 1 : 0;
-      (void)::write(ready[1], &ok, 1);
-      for (;;) {
-        ::pause();
-      }
-    }
-    ::close(ready[1]);
-    char ok = 0;
-    REQUIRE(::read(ready[0], &ok, 1) == 1);
-    ::close(ready[0]);
-    REQUIRE(ok == 1);
+      ready(applied ? 1 : 0);
+    });
+    REQUIRE(agent_->reported() == std::optional<char>{1});
   }
 
  protected:
-  testing::NetnsHolder peer_;
-  pid_t agent_ = -1;
+  std::optional<testing::PausedChild> agent_;
 };
 
 double average(const std::string& pingOutput) {
@@ -120,7 +92,7 @@ TEST_CASE_FIXTURE(StoppedAgent,
   const std::string held = rules();
   CHECK_MESSAGE((contains(held, "FAULTLINE-0") || contains(held, "table inet faultline-0")), held);
 
-  REQUIRE(::kill(agent_, SIGSTOP) == 0);
+  REQUIRE(::kill(agent_->pid(), SIGSTOP) == 0);
   const auto stopped = std::chrono::steady_clock::now();
   // Pings until one comes back; the first ones wait in the kernel's queue, unserved.
   std::string flowing;
@@ -144,7 +116,7 @@ TEST_CASE_FIXTURE(StoppedAgent,
   const std::string left = rules();
   CHECK_MESSAGE(!contains(left, "FAULTLINE-0"), left);
   CHECK_MESSAGE(!contains(left, "faultline-0"), left);
-  REQUIRE(::kill(agent_, SIGCONT) == 0);
+  REQUIRE(::kill(agent_->pid(), SIGCONT) == 0);
 }
 
 TEST_CASE_FIXTURE(StoppedAgent, "watchdog: a flow that had packets waiting in the stopped agent's queue resumes too") {
@@ -152,15 +124,10 @@ TEST_CASE_FIXTURE(StoppedAgent, "watchdog: a flow that had packets waiting in th
   // kernel's queue, charged to its socket, until its send buffer is full and sendto() blocks.
   // Removing the rules alone does not free them: the watchdog accepts them too.
   startAgent();
-  const int rx = testing::socketIn(peer_.path(), AF_INET, SOCK_DGRAM);
-  const int tx = testing::socketIn(netns_, AF_INET, SOCK_DGRAM);
-  REQUIRE(rx >= 0);
-  REQUIRE(tx >= 0);
-  sockaddr_in to{};
-  to.sin_family = AF_INET;
-  to.sin_port = htons(9983);
-  REQUIRE(::inet_pton(AF_INET, "10.83.1.2", &to.sin_addr) == 1);
-  REQUIRE(::bind(rx, reinterpret_cast<sockaddr*>(&to), sizeof(to)) == 0);
+  const auto udp = testing::udpPair(netns_, peer_.path(), "10.83.1.2", 9983);
+  REQUIRE_MESSAGE(udp.error.empty(), udp.error);
+  const int rx = udp.receiver.get();
+  const int tx = udp.sender.get();
   const timeval slice{.tv_sec = 0, .tv_usec = 100000};
   ::setsockopt(rx, SOL_SOCKET, SO_RCVTIMEO, &slice, sizeof(slice));
   ::setsockopt(tx, SOL_SOCKET, SO_SNDTIMEO, &slice, sizeof(slice));
@@ -168,7 +135,7 @@ TEST_CASE_FIXTURE(StoppedAgent, "watchdog: a flow that had packets waiting in th
   std::thread sender([&] {
     std::vector<char> payload(1000, 'x');
     while (!done.load()) {
-      (void)::sendto(tx, payload.data(), payload.size(), 0, reinterpret_cast<sockaddr*>(&to), sizeof(to));
+      (void)::sendto(tx, payload.data(), payload.size(), 0, udp.to.get(), udp.to.length);
       std::this_thread::sleep_for(1ms);
     }
   });
@@ -182,15 +149,13 @@ TEST_CASE_FIXTURE(StoppedAgent, "watchdog: a flow that had packets waiting in th
     }
   });
   std::this_thread::sleep_for(1s);
-  REQUIRE(::kill(agent_, SIGSTOP) == 0);
+  REQUIRE(::kill(agent_->pid(), SIGSTOP) == 0);
   const auto stopped = std::chrono::steady_clock::now();
   std::this_thread::sleep_for(kWatchdogGrace + 2s);
   done = true;
   sender.join();
   receiver.join();
-  REQUIRE(::kill(agent_, SIGCONT) == 0);
-  ::close(rx);
-  ::close(tx);
+  REQUIRE(::kill(agent_->pid(), SIGCONT) == 0);
   const auto from = stopped + kWatchdogGrace;
   const auto resumed = std::count_if(arrivals.begin(), arrivals.end(), [&](auto t) { return t >= from; });
   const auto before = std::count_if(arrivals.begin(), arrivals.end(), [&](auto t) { return t < stopped; });

@@ -14,6 +14,7 @@
 #include "agent/faults/spec.h"
 #include "agent/kernel/packet_steering.h"
 #include "tests/support/netns.h"
+#include "tests/support/text.h"
 
 using namespace faultline;
 using namespace faultline::agent;
@@ -75,9 +76,7 @@ class Router : public testing::NetnsFixture {
   testing::NetnsHolder c_;
 };
 
-bool contains(const std::string& text, std::string_view part) {
-  return text.find(part) != std::string::npos;
-}
+using testing::contains;
 
 }  // namespace
 

@@ -32,9 +32,11 @@
 #include "agent/safety/recovery.h"
 #include "agent/safety/revert_all.h"
 #include "agent/session/agent.h"
+#include "common/unique_fd.h"
 #include "tests/support/check_cost.h"
 #include "tests/support/dying_agent.h"
 #include "tests/support/netns.h"
+#include "tests/support/text.h"
 
 using namespace faultline;
 using namespace faultline::agent;
@@ -42,116 +44,49 @@ using namespace std::chrono_literals;
 
 namespace {
 
+using testing::contains;
 using testing::sh;
-
-bool contains(const std::string& text, std::string_view part) {
-  return text.find(part) != std::string::npos;
-}
-
-// A TCP socket created inside the namespace at path (a thread moves there and back dies with it);
-// the socket stays in that namespace. -1 on failure.
-int socketIn(const std::string& path, int family) {
-  int fd = -1;
-  std::thread([&] {
-    const int ns = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (ns >= 0 && ::setns(ns, CLONE_NEWNET) == 0) {
-      fd = ::socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    }
-    if (ns >= 0) {
-      ::close(ns);
-    }
-  }).join();
-  return fd;
-}
-
-struct Address {
-  int family = AF_INET;
-  sockaddr_storage storage{};
-  socklen_t length = 0;
-};
-
-Address address(const std::string& text, uint16_t port) {
-  Address a;
-  if (text.find(':') != std::string::npos) {
-    auto* six = reinterpret_cast<sockaddr_in6*>(&a.storage);
-    six->sin6_family = AF_INET6;
-    six->sin6_port = htons(port);
-    REQUIRE(::inet_pton(AF_INET6, text.c_str(), &six->sin6_addr) == 1);
-    a.family = AF_INET6;
-    a.length = sizeof(sockaddr_in6);
-  } else {
-    auto* four = reinterpret_cast<sockaddr_in*>(&a.storage);
-    four->sin_family = AF_INET;
-    four->sin_port = htons(port);
-    REQUIRE(::inet_pton(AF_INET, text.c_str(), &four->sin_addr) == 1);
-    a.length = sizeof(sockaddr_in);
-  }
-  return a;
-}
 
 // veth0 in A (the fixture's namespace) with 10.77.1.1, fd77:1::1; its peer peer0 in B with
 // 10.77.1.2, 10.77.2.2, fd77:1::2.
-class TwoNamespaces : public testing::NetnsFixture {
+class TwoNamespaces : public testing::PeerNetnsFixture {
  public:
-  TwoNamespaces() {
-    REQUIRE_MESSAGE(peer_.error().empty(), peer_.error());
-    const std::string path = peer_.path();
-    const auto start = std::string("/proc/").size();
-    const std::string pid = path.substr(start, path.find('/', start) - start);
-    inNetns("ip link set veth1 name peer0");
-    inNetns(fmt::format("ip link set peer0 netns {}", pid));
-    inNetns("ip addr add 10.77.1.1/24 dev veth0");
-    inNetns("ip addr add 10.77.2.1/24 dev veth0");
-    inNetns("ip -6 addr add fd77:1::1/64 dev veth0 nodad");
-    for (const char* c : {"ip link set peer0 up", "ip addr add 10.77.1.2/24 dev peer0",
-                          "ip addr add 10.77.2.2/24 dev peer0", "ip -6 addr add fd77:1::2/64 dev peer0 nodad"}) {
-      REQUIRE_MESSAGE(peer_.inNetns(c), peer_.error());
-    }
-  }
+  TwoNamespaces()
+      : PeerNetnsFixture({"10.77.1.1/24", "10.77.2.1/24", "fd77:1::1/64"},
+                         {"10.77.1.2/24", "10.77.2.2/24", "fd77:1::2/64"}) {}
 
   // Seconds to move bytes over TCP from fromNs (bound to source) to toNs listening on destination,
   // timed at the receiver from accept to the last byte.
   double transfer(const std::string& fromNs, const std::string& source, const std::string& toNs,
                   const std::string& destination, size_t bytes) {
-    const Address listenAt = address(destination, 0);
-    const int listener = socketIn(toNs, listenAt.family);
-    REQUIRE(listener >= 0);
-    const int one = 1;
-    ::setsockopt(listener, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    REQUIRE(::bind(listener, reinterpret_cast<const sockaddr*>(&listenAt.storage), listenAt.length) == 0);
-    REQUIRE(::listen(listener, 1) == 0);
-    Address bound{};
-    bound.length = sizeof(bound.storage);
-    REQUIRE(::getsockname(listener, reinterpret_cast<sockaddr*>(&bound.storage), &bound.length) == 0);
-    const uint16_t port =
-        ntohs(listenAt.family == AF_INET ? reinterpret_cast<const sockaddr_in*>(&bound.storage)->sin_port
-                                         : reinterpret_cast<const sockaddr_in6*>(&bound.storage)->sin6_port);
-    const int sender = socketIn(fromNs, listenAt.family);
-    REQUIRE(sender >= 0);
-    const Address from = address(source, 0);
-    REQUIRE(::bind(sender, reinterpret_cast<const sockaddr*>(&from.storage), from.length) == 0);
-    const Address to = address(destination, port);
+    const auto listener = testing::tcpListener(toNs, destination, 0);
+    REQUIRE_MESSAGE(listener.error.empty(), listener.error);
+    const UniqueFd sender = testing::socketIn(fromNs, listener.at.family, SOCK_STREAM);
+    REQUIRE(sender.get() >= 0);
+    const auto from = testing::socketAddress(source, 0);
+    REQUIRE(from.length > 0);
+    REQUIRE(::bind(sender.get(), from.get(), from.length) == 0);
     std::thread send([&] {
-      if (::connect(sender, reinterpret_cast<const sockaddr*>(&to.storage), to.length) != 0) {
+      if (::connect(sender.get(), listener.at.get(), listener.at.length) != 0) {
         return;
       }
       std::vector<char> chunk(16384, 'x');
       size_t left = bytes;
       while (left > 0) {
-        const ssize_t n = ::send(sender, chunk.data(), std::min(left, chunk.size()), MSG_NOSIGNAL);
+        const ssize_t n = ::send(sender.get(), chunk.data(), std::min(left, chunk.size()), MSG_NOSIGNAL);
         if (n <= 0) {
           return;
         }
         left -= static_cast<size_t>(n);
       }
-      ::shutdown(sender, SHUT_WR);
+      ::shutdown(sender.get(), SHUT_WR);
     });
-    const int conn = ::accept(listener, nullptr, nullptr);
+    const UniqueFd conn(::accept(listener.fd.get(), nullptr, nullptr));
     const auto start = std::chrono::steady_clock::now();
     size_t received = 0;
     std::vector<char> buffer(65536);
-    while (conn >= 0) {
-      const ssize_t n = ::recv(conn, buffer.data(), buffer.size(), 0);
+    while (conn.get() >= 0) {
+      const ssize_t n = ::recv(conn.get(), buffer.data(), buffer.size(), 0);
       if (n <= 0) {
         break;
       }
@@ -159,11 +94,6 @@ class TwoNamespaces : public testing::NetnsFixture {
     }
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     send.join();
-    for (int fd : {conn, sender, listener}) {
-      if (fd >= 0) {
-        ::close(fd);
-      }
-    }
     REQUIRE(received == bytes);
     return seconds;
   }
@@ -192,9 +122,6 @@ class TwoNamespaces : public testing::NetnsFixture {
   }
 
   NetworkFaultDriver driver{kernel::openQdiscTable};
-
- protected:
-  testing::NetnsHolder peer_;
 };
 
 constexpr uint64_t kRate = 4'000'000;  // 4 Mbit/s = 500 kB/s

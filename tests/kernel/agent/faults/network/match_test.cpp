@@ -2,11 +2,8 @@
 // pings between two network namespaces (veth0 in A, its peer in B): the matched destination is
 // throttled while a second destination on the same interface is not; IPv4 and IPv6; the tree
 // removed and the root put back on revert. Needs root.
-#include <fcntl.h>
 #include <netinet/in.h>
-#include <sched.h>
 #include <sys/socket.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <arpa/inet.h>
@@ -21,44 +18,25 @@
 #include "agent/faults/network/net_driver.h"
 #include "agent/faults/spec.h"
 #include "agent/kernel/qdisc_table.h"
+#include "common/unique_fd.h"
 #include "tests/support/netns.h"
+#include "tests/support/text.h"
 
 using namespace faultline;
 using namespace faultline::agent;
 
 namespace {
 
+using testing::contains;
 using testing::sh;
-
-bool contains(const std::string& text, std::string_view part) {
-  return text.find(part) != std::string::npos;
-}
 
 // veth0 in A (the fixture's namespace) with 10.77.1.1, 10.77.2.1, fd77:1::1, fd77:2::1; its peer
 // in B with .2 / ::2 of each.
-class TwoNamespaces : public testing::NetnsFixture {
+class TwoNamespaces : public testing::PeerNetnsFixture {
  public:
-  TwoNamespaces() {
-    REQUIRE_MESSAGE(peer_.error().empty(), peer_.error());
-    const std::string pid = netnsPid(peer_.path());
-    inNetns("ip link set veth1 name peer0");
-    inNetns(fmt::format("ip link set peer0 netns {}", pid));
-    for (const char* c :
-         {"ip addr add 10.77.1.1/24 dev veth0", "ip addr add 10.77.2.1/24 dev veth0",
-          "ip -6 addr add fd77:1::1/64 dev veth0 nodad", "ip -6 addr add fd77:2::1/64 dev veth0 nodad"}) {
-      inNetns(c);
-    }
-    for (const char* c :
-         {"ip link set peer0 up", "ip addr add 10.77.1.2/24 dev peer0", "ip addr add 10.77.2.2/24 dev peer0",
-          "ip -6 addr add fd77:1::2/64 dev peer0 nodad", "ip -6 addr add fd77:2::2/64 dev peer0 nodad"}) {
-      REQUIRE_MESSAGE(peer_.inNetns(c), peer_.error());
-    }
-  }
-
-  static std::string netnsPid(const std::string& path) {  // /proc/PID/ns/net
-    const auto start = std::string("/proc/").size();
-    return path.substr(start, path.find('/', start) - start);
-  }
+  TwoNamespaces()
+      : PeerNetnsFixture({"10.77.1.1/24", "10.77.2.1/24", "fd77:1::1/64", "fd77:2::1/64"},
+                         {"10.77.1.2/24", "10.77.2.2/24", "fd77:1::2/64", "fd77:2::2/64"}) {}
 
   struct Pings {
     int received = 0;
@@ -101,9 +79,6 @@ class TwoNamespaces : public testing::NetnsFixture {
   }
 
   NetworkFaultDriver driver{kernel::openQdiscTable};
-
- protected:
-  testing::NetnsHolder peer_;
 };
 
 }  // namespace
@@ -201,44 +176,24 @@ TEST_CASE_FIXTURE(TwoNamespaces, "a second fault on the same interface is refuse
 
 namespace {
 
-// From inside netns: count UDP datagrams to address:port, with 4 bytes of IP options (three NOPs
+// From a socket in netns: count UDP datagrams to address:port, with 4 bytes of IP options (three NOPs
 // and an END: IHL 6) when withOptions. Returns how many the socket accepted.
 int sendUdp(const std::string& netns, const char* address, uint16_t port, int count, bool withOptions) {
-  int pipeFds[2];
-  REQUIRE(::pipe(pipeFds) == 0);
-  const pid_t child = ::fork();
-  REQUIRE(child >= 0);
-  if (child == 0) {
-    ::close(pipeFds[0]);
-    int sent = -1;
-    const int ns = ::open(netns.c_str(), O_RDONLY | O_CLOEXEC);
-    if (ns >= 0 && ::setns(ns, CLONE_NEWNET) == 0) {
-      const int s = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-      const unsigned char options[4] = {1, 1, 1, 0};  // IPOPT_NOOP x3, IPOPT_END
-      if (s >= 0 && (!withOptions || ::setsockopt(s, IPPROTO_IP, IP_OPTIONS, options, sizeof(options)) == 0)) {
-        sockaddr_in to{};
-        to.sin_family = AF_INET;
-        to.sin_port = htons(port);
-        ::inet_pton(AF_INET, address, &to.sin_addr);
-        sent = 0;
-        const char payload[64] = {};
-        for (int i = 0; i < count; ++i) {
-          if (::sendto(s, payload, sizeof(payload), 0, reinterpret_cast<const sockaddr*>(&to), sizeof(to)) ==
-              static_cast<ssize_t>(sizeof(payload))) {
-            ++sent;
-          }
-        }
-      }
-    }
-    (void)!::write(pipeFds[1], &sent, sizeof(sent));
-    ::_exit(0);
+  const UniqueFd s = testing::socketIn(netns, AF_INET, SOCK_DGRAM);
+  REQUIRE(s.get() >= 0);
+  const auto to = testing::socketAddress(address, port);
+  REQUIRE(to.length > 0);
+  const unsigned char options[4] = {1, 1, 1, 0};  // IPOPT_NOOP x3, IPOPT_END
+  if (withOptions) {
+    REQUIRE(::setsockopt(s.get(), IPPROTO_IP, IP_OPTIONS, options, sizeof(options)) == 0);
   }
-  ::close(pipeFds[1]);
-  int sent = -1;
-  (void)!::read(pipeFds[0], &sent, sizeof(sent));
-  ::close(pipeFds[0]);
-  int status = 0;
-  ::waitpid(child, &status, 0);
+  int sent = 0;
+  const char payload[64] = {};
+  for (int i = 0; i < count; ++i) {
+    if (::sendto(s.get(), payload, sizeof(payload), 0, to.get(), to.length) == static_cast<ssize_t>(sizeof(payload))) {
+      ++sent;
+    }
+  }
   return sent;
 }
 

@@ -27,6 +27,7 @@
 #include "agent/session/agent.h"
 #include "tests/support/dying_agent.h"
 #include "tests/support/netns_holder.h"
+#include "tests/support/text.h"
 
 using namespace faultline;
 using namespace faultline::agent;
@@ -35,13 +36,7 @@ namespace {
 
 using testing::NetnsHolder;
 
-bool contains(const std::string& text, std::string_view part) {
-  return text.find(part) != std::string::npos;
-}
-
-pid_t holderPid(const NetnsHolder& h) {
-  return static_cast<pid_t>(std::stol(h.path().substr(std::string("/proc/").size())));
-}
+using testing::contains;
 
 std::optional<kernel::QdiscInfo> rootAt(const std::string& netns, const std::string& ifname) {
   auto table = kernel::openQdiscTable(netns);
@@ -100,7 +95,7 @@ TEST_CASE("netns chosen by pid: the namespace is pinned, faulted, and reverted a
   TempDir dir;
   Drivers d(dir.path / "pins");
   auto spec = bandwidth("veth0");
-  spec.mutable_network_bandwidth()->mutable_target()->mutable_netns_process()->set_pid(holderPid(holder));
+  spec.mutable_network_bandwidth()->mutable_target()->mutable_netns_process()->set_pid(holder.pid());
   REQUIRE(validateFaultSpec(spec).has_value());
 
   nlohmann::json record;
@@ -115,7 +110,7 @@ TEST_CASE("netns chosen by pid: the namespace is pinned, faulted, and reverted a
   CHECK(during->kind == "tbf");
   CHECK(during->handle == kFaultlineRootHandle);
   const std::string text = (*applied)->describe();
-  CHECK_MESSAGE(contains(text, fmt::format("namespace of pid {}", holderPid(holder))), text);
+  CHECK_MESSAGE(contains(text, fmt::format("namespace of pid {}", holder.pid())), text);
   CHECK_MESSAGE(contains(text, "pinned at " + (dir.path / "pins").string()), text);
   // The undo record names the pin and the namespace's identity, for the crash recovery.
   REQUIRE(record.contains("pin"));
@@ -310,7 +305,7 @@ TEST_CASE("an agent killed mid-fault on a pinned namespace: the recovery reverts
   TempDir dir;
   const std::filesystem::path stateDir = dir.path / "state";
   std::filesystem::create_directories(stateDir);
-  const pid_t target = holderPid(holder);
+  const pid_t target = holder.pid();
   auto spec = bandwidth("veth0");
   spec.mutable_network_bandwidth()->mutable_target()->mutable_netns_process()->set_pid(target);
   std::optional<Drivers> drivers;  // made in the agent's child only: its pins die with it

@@ -34,9 +34,11 @@
 #include "agent/safety/journal.h"
 #include "agent/safety/recovery.h"
 #include "agent/session/agent.h"
+#include "common/unique_fd.h"
 #include "tests/support/check_cost.h"
 #include "tests/support/dying_agent.h"
 #include "tests/support/netns.h"
+#include "tests/support/text.h"
 #include "tests/support/veth_peers.h"
 
 using namespace faultline;
@@ -45,20 +47,15 @@ using namespace std::chrono_literals;
 
 namespace {
 
-bool contains(const std::string& text, std::string_view part) {
-  return text.find(part) != std::string::npos;
-}
+using testing::contains;
 
 // veth0 in A (the fixture's namespace): 10.79.1.1, 10.79.2.1, fd79:1::1; its peer in B: 10.79.1.2,
 // 10.79.2.2, fd79:1::2.
-class UserspaceNamespaces : public testing::NetnsFixture {
+class UserspaceNamespaces : public testing::PeerNetnsFixture {
  public:
-  UserspaceNamespaces() {
-    REQUIRE_MESSAGE(peer_.error().empty(), peer_.error());
-    const std::string joined = testing::joinPeers(holder_, peer_, {"10.79.1.1/24", "10.79.2.1/24", "fd79:1::1/64"},
-                                                  {"10.79.1.2/24", "10.79.2.2/24", "fd79:1::2/64"});
-    REQUIRE_MESSAGE(joined.empty(), joined);
-  }
+  UserspaceNamespaces()
+      : PeerNetnsFixture({"10.79.1.1/24", "10.79.2.1/24", "fd79:1::1/64"},
+                         {"10.79.1.2/24", "10.79.2.2/24", "fd79:1::2/64"}) {}
 
   // ping from A: the average round trip in ms, and the output.
   std::pair<double, std::string> ping(const std::string& to, int count = 20) {
@@ -82,39 +79,17 @@ class UserspaceNamespaces : public testing::NetnsFixture {
   // TCP from A to address:port in B for duration: the bytes B received per second, in Mbit/s.
   // Both sockets are made on threads that joined their namespace; the transfer runs here.
   double tcpMbps(const std::string& address, uint16_t port, std::chrono::milliseconds duration) {
-    const auto socketIn = [](const std::string& netns) {
-      int fd = -1;
-      std::thread t([&] {
-        const int ns = ::open(netns.c_str(), O_RDONLY | O_CLOEXEC);
-        if (ns >= 0 && ::setns(ns, CLONE_NEWNET) == 0) {
-          fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        }
-        if (ns >= 0) {
-          ::close(ns);
-        }
-      });
-      t.join();
-      return fd;
-    };
-    const int listener = socketIn(peer_.path());
-    const int sender = socketIn(netns_);
-    REQUIRE(listener >= 0);
-    REQUIRE(sender >= 0);
-    const int one = 1;
-    ::setsockopt(listener, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    sockaddr_in at{};
-    at.sin_family = AF_INET;
-    at.sin_port = htons(port);
-    REQUIRE(::inet_pton(AF_INET, address.c_str(), &at.sin_addr) == 1);
-    REQUIRE(::bind(listener, reinterpret_cast<sockaddr*>(&at), sizeof(at)) == 0);
-    REQUIRE(::listen(listener, 1) == 0);
+    const auto listener = testing::tcpListener(peer_.path(), address, port);
+    REQUIRE_MESSAGE(listener.error.empty(), listener.error);
+    const UniqueFd sender = testing::socketIn(netns_, AF_INET, SOCK_STREAM);
+    REQUIRE(sender.get() >= 0);
     std::atomic<uint64_t> received{0};
     std::atomic<bool> done{false};
     std::thread sink([&] {
-      const int c = ::accept(listener, nullptr, nullptr);
+      const UniqueFd c(::accept(listener.fd.get(), nullptr, nullptr));
       std::array<char, 1 << 16> buffer{};
-      while (c >= 0) {
-        const ssize_t n = ::recv(c, buffer.data(), buffer.size(), 0);
+      while (c.get() >= 0) {
+        const ssize_t n = ::recv(c.get(), buffer.data(), buffer.size(), 0);
         if (n <= 0) {
           break;
         }
@@ -122,23 +97,18 @@ class UserspaceNamespaces : public testing::NetnsFixture {
           received += static_cast<uint64_t>(n);
         }
       }
-      if (c >= 0) {
-        ::close(c);
-      }
     });
-    REQUIRE(::connect(sender, reinterpret_cast<sockaddr*>(&at), sizeof(at)) == 0);
+    REQUIRE(::connect(sender.get(), listener.at.get(), listener.at.length) == 0);
     const timeval slice{.tv_sec = 0, .tv_usec = 100000};
-    ::setsockopt(sender, SOL_SOCKET, SO_SNDTIMEO, &slice, sizeof(slice));
+    ::setsockopt(sender.get(), SOL_SOCKET, SO_SNDTIMEO, &slice, sizeof(slice));
     std::array<char, 1 << 16> chunk{};
     const auto end = std::chrono::steady_clock::now() + duration;
     while (std::chrono::steady_clock::now() < end) {
-      (void)::send(sender, chunk.data(), chunk.size(), MSG_NOSIGNAL);
+      (void)::send(sender.get(), chunk.data(), chunk.size(), MSG_NOSIGNAL);
     }
     done = true;
-    ::shutdown(sender, SHUT_RDWR);
-    ::close(sender);
+    ::shutdown(sender.get(), SHUT_RDWR);
     sink.join();
-    ::close(listener);
     return static_cast<double>(received.load()) * 8 / 1e6 / std::chrono::duration<double>(duration).count();
   }
 
@@ -148,9 +118,6 @@ class UserspaceNamespaces : public testing::NetnsFixture {
   }
 
   NfqueueFaultDriver driver{kernel::probeSteeringSupport(), kernel::openPacketSteering, PacketQueue::open};
-
- protected:
-  testing::NetnsHolder peer_;
 };
 
 }  // namespace

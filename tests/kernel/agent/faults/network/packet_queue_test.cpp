@@ -11,7 +11,6 @@
 #include <netinet/in.h>
 #include <sched.h>
 #include <signal.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -26,6 +25,7 @@
 #include <cstring>
 #include <functional>
 #include <map>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -36,6 +36,7 @@
 #include "agent/faults/network/packet_queue.h"
 #include "agent/kernel/packet_steering.h"
 #include "tests/support/netns.h"
+#include "tests/support/paused_child.h"
 #include "tests/support/veth_peers.h"
 
 using namespace faultline;
@@ -63,14 +64,9 @@ uint8_t patternByte(uint32_t seq, size_t i) {
   return static_cast<uint8_t>((seq * 131 + i * 7) & 0xff);
 }
 
-class QueueNamespaces : public testing::NetnsFixture {
+class QueueNamespaces : public testing::PeerNetnsFixture {
  public:
-  QueueNamespaces() {
-    REQUIRE_MESSAGE(peer_.error().empty(), peer_.error());
-    const std::string joined =
-        testing::joinPeers(holder_, peer_, {"10.78.1.1/24", "fd78:1::1/64"}, {"10.78.1.2/24", "fd78:1::2/64"});
-    REQUIRE_MESSAGE(joined.empty(), joined);
-  }
+  QueueNamespaces() : PeerNetnsFixture({"10.78.1.1/24", "fd78:1::1/64"}, {"10.78.1.2/24", "fd78:1::2/64"}) {}
 
   // Steers A's egress to B's address (v4 or v6) into kQueue.
   void steer(bool v6) {
@@ -94,35 +90,10 @@ class QueueNamespaces : public testing::NetnsFixture {
   // corrupted payload reaches the receiver.
   std::vector<Arrival> traffic(bool v6, int count, int rate, std::chrono::milliseconds settle, bool noChecksum = false,
                                const std::function<void()>& whileHeld = {}) {
-    const int family = v6 ? AF_INET6 : AF_INET;
-    const int rx = testing::socketIn(peer_.path(), family, SOCK_DGRAM);
-    const int tx = testing::socketIn(netns_, family, SOCK_DGRAM);
-    REQUIRE(rx >= 0);
-    REQUIRE(tx >= 0);
-    sockaddr_storage to{};
-    socklen_t toLength = 0;
-    if (v6) {
-      auto* a = reinterpret_cast<sockaddr_in6*>(&to);
-      a->sin6_family = AF_INET6;
-      a->sin6_port = htons(kPort);
-      ::inet_pton(AF_INET6, "fd78:1::2", &a->sin6_addr);
-      toLength = sizeof(sockaddr_in6);
-      sockaddr_in6 any{};
-      any.sin6_family = AF_INET6;
-      any.sin6_port = htons(kPort);
-      any.sin6_addr = in6addr_any;
-      REQUIRE(::bind(rx, reinterpret_cast<sockaddr*>(&any), sizeof(any)) == 0);
-    } else {
-      auto* a = reinterpret_cast<sockaddr_in*>(&to);
-      a->sin_family = AF_INET;
-      a->sin_port = htons(kPort);
-      ::inet_pton(AF_INET, "10.78.1.2", &a->sin_addr);
-      toLength = sizeof(sockaddr_in);
-      sockaddr_in any{};
-      any.sin_family = AF_INET;
-      any.sin_port = htons(kPort);
-      REQUIRE(::bind(rx, reinterpret_cast<sockaddr*>(&any), sizeof(any)) == 0);
-    }
+    const auto udp = testing::udpPair(netns_, peer_.path(), v6 ? "fd78:1::2" : "10.78.1.2", kPort);
+    REQUIRE_MESSAGE(udp.error.empty(), udp.error);
+    const int rx = udp.receiver.get();
+    const int tx = udp.sender.get();
     // Held packets stay charged to the sender's socket (netem orphans them; a queue cannot): room
     // for the delayed ones, so the sender never blocks.
     const int sendBuffer = 16 << 20;
@@ -172,7 +143,7 @@ class QueueNamespaces : public testing::NetnsFixture {
       const uint64_t sentNs = testing::realNs();
       std::memcpy(datagram.data(), &seq, 4);
       std::memcpy(datagram.data() + 4, &sentNs, 8);
-      ::sendto(tx, datagram.data(), datagram.size(), 0, reinterpret_cast<sockaddr*>(&to), toLength);
+      ::sendto(tx, datagram.data(), datagram.size(), 0, udp.to.get(), udp.to.length);
     }
     if (whileHeld) {
       whileHeld();
@@ -180,13 +151,8 @@ class QueueNamespaces : public testing::NetnsFixture {
     std::this_thread::sleep_for(settle);
     done = true;
     receiver.join();
-    ::close(rx);
-    ::close(tx);
     return arrivals;
   }
-
- protected:
-  testing::NetnsHolder peer_;
 };
 
 double quantile(std::vector<double> v, double q) {
@@ -411,35 +377,14 @@ TEST_CASE_FIXTURE(QueueNamespaces, "packet queue: errors name the namespace and 
 
 TEST_CASE_FIXTURE(QueueNamespaces, "packet queue: traffic flows after the process serving the queue is killed") {
   steer(false);
-  int ready[2];
-  REQUIRE(::pipe2(ready, O_CLOEXEC) == 0);
-  const pid_t child = ::fork();
-  REQUIRE(child >= 0);
-  if (child == 0) {
-    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+  testing::PausedChild child([this](const testing::PausedChild::Ready& ready) {
     Impairment imp;
     imp.delay = 10s;
     auto q = PacketQueue::open(netns_, kQueue, imp, false, 1);
-    const char ok = q ? 1 : 0;
-    if (::write(ready[1], &ok, 1) != 1) {
-      ::_exit(1);
-    }
-    for (;;) {
-      ::pause();
-    }
-  }
-  ::close(ready[1]);
-  char ok = 0;
-  const bool started = ::read(ready[0], &ok, 1) == 1 && ok == 1;
-  ::close(ready[0]);
-  const auto reap = [&] {
-    ::kill(child, SIGKILL);
-    ::waitpid(child, nullptr, 0);
-  };
-  if (!started) {
-    reap();
-    FAIL("the child could not bind the queue");
-  }
+    ready(q ? 1 : 0);
+  });
+  const auto reap = [&] { child.kill(); };
+  REQUIRE_MESSAGE(child.reported() == std::optional<char>{1}, "the child could not bind the queue");
   // Held by the child for 10 s; SIGKILL closes its socket, the kernel unbinds the queue and drops
   // what it held (as a netem qdisc deleted with packets in it).
   const auto held = traffic(false, 20, 1000, 100ms, false, reap);

@@ -10,6 +10,7 @@
 #include <csignal>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
@@ -27,6 +28,7 @@
 #include "agent/safety/recovery.h"
 #include "agent/session/agent.h"
 #include "tests/support/child.h"
+#include "tests/support/dying_agent.h"
 #include "tests/support/test_cgroup.h"
 
 namespace fs = std::filesystem;
@@ -427,44 +429,19 @@ TEST_CASE("process.pause: an agent SIGKILLed mid-pause leaves a journal entry; t
     }
   } removeDir{stateDir};
 
-  int ready[2];
-  REQUIRE(::pipe(ready) == 0);
-  const pid_t agentPid = ::fork();
-  REQUIRE(agentPid >= 0);
-  if (agentPid == 0) {
-    // The "agent": applies both pauses with a journal, says so, then waits to be killed.
-    ::close(ready[0]);
-    auto opened = faultline::agent::UndoJournal::open(stateDir);
-    if (!opened) {
-      ::_exit(2);
-    }
-    boost::asio::io_context io;
-    faultline::agent::SystemDrivers drivers;
-    int applied = 0;
-    faultline::agent::Agent agent(
-        io, drivers.router(),
-        [&](const v1::FaultReport& r) { applied += r.state() == v1::FAULT_STATE_APPLIED ? 1 : 0; },
-        opened->journal.get());
-    for (const auto& [id, pid] : {std::pair<std::string, pid_t>{"f", frozen.pid()}, {"s", stopped.pid()}}) {
-      v1::Inject inject;
-      inject.set_fault_id(id);
-      inject.mutable_spec()->mutable_process_pause()->mutable_process()->set_pid(pid);
-      inject.mutable_duration()->set_seconds(600);
-      agent.inject(inject);
-    }
-    const char byte = static_cast<char>(applied);
-    (void)::write(ready[1], &byte, 1);
-    for (;;) {
-      ::pause();
-    }
-  }
-  ::close(ready[1]);
-  char byte = 0;
-  REQUIRE(::read(ready[0], &byte, 1) == 1);
-  ::close(ready[0]);
-  ::kill(agentPid, SIGKILL);
-  ::waitpid(agentPid, nullptr, 0);
-  CHECK(byte == 2);
+  // The "agent": applies both pauses with a journal and dies without resuming anything.
+  const auto pause = [](pid_t pid) {
+    v1::FaultSpec spec;
+    spec.mutable_process_pause()->mutable_process()->set_pid(pid);
+    return spec;
+  };
+  std::optional<faultline::agent::SystemDrivers> drivers;  // made in the agent's child only
+  faultline::testing::agentDiesHoldingFaults(stateDir,
+                                             [&]() -> faultline::agent::FaultDriver& {
+                                               drivers.emplace();
+                                               return drivers->router();
+                                             },
+                                             {{"f", pause(frozen.pid())}, {"s", pause(stopped.pid())}});
 
   // Dead agent: still paused.
   CHECK(eventsOf(*tree, group.path()).find("frozen 1") != std::string::npos);
