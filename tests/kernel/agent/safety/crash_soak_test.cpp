@@ -129,6 +129,18 @@ TEST_CASE("revert-all without a journal deletes faultline's roots and nothing el
 #ifdef FAULTLINE_AGENT_BIN
 TEST_CASE("faultline-agent revert-all, run in its own network, pid and mount namespaces") {
   const auto stateDir = tempDir("faultline-revert-all");
+  // The private tmpfs needs a mount point: /run/netns exists once any `ip netns add` ran on this
+  // machine, not on a fresh one. Made here if missing (an empty directory, as iproute2 makes it)
+  // and removed again after, whatever the checks say.
+  const bool madeRunNetns = ::mkdir("/run/netns", 0755) == 0;
+  struct RemoveRunNetns {
+    bool made;
+    ~RemoveRunNetns() {
+      if (made) {
+        ::rmdir("/run/netns");
+      }
+    }
+  } removeRunNetns{madeRunNetns};
   // Inside: a private /run/netns and /proc, so the scan sees only what this script creates: the
   // namespace unshare made (veth0 with faultline's root, veth1 with someone's) and one named
   // namespace with a faultline root on its lo.
