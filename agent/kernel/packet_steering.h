@@ -1,6 +1,7 @@
 // Packet steering for the userspace network driver: netfilter rules, owned by faultline and
 // recognisable by name, that send one interface's matched packets to an NFQUEUE (served by
-// agent/faults/network/packet_queue.h) or drop them, in one network namespace. See DESIGN.md, "Userspace path".
+// agent/faults/network/packet_queue.h) or drop them, in one network namespace. See docs/experiments.md, "Network
+// drivers".
 //
 // Two backends, chosen by the caller from probeSteeringSupport():
 //   kNftables: one table per fault, family inet, named "faultline-<slot>" (nft(8)), programmed

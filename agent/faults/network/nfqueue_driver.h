@@ -1,7 +1,7 @@
 // The userspace network driver, for kernels without sch_netem (RHEL-family hosts without
 // kernel-modules-extra, minimal cloud and microVM kernels): network.delay, network.loss,
 // network.duplicate, network.corrupt, network.reorder and network.partition done with netfilter
-// rules and an NFQUEUE the agent serves. See DESIGN.md, "Userspace path".
+// rules and an NFQUEUE the agent serves. See docs/experiments.md, "Network drivers".
 //
 // apply(): picks the rules' backend (kernel::chooseBackend(): nftables where it has nft_queue,
 // else xtables with the NFQUEUE target; a drop-only fault prefers nftables) and a free slot in the

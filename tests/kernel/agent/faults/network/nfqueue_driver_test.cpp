@@ -254,7 +254,7 @@ std::string lostText(const AppliedFault& fault) {
 
 // Whether the driver picks xtables here (this machine; nftables in the vm-steering guest, whose
 // kernel has nft_queue). The cases below edit and name xtables rules; the nftables read-back is
-// tested by steering_test.cpp's inspect case, in the guest with a queue verdict.
+// tested by packet_steering_test.cpp's inspect case, in the guest with a queue verdict.
 bool xtablesHere() {
   const auto backend = kernel::chooseBackend(kernel::probeSteeringSupport(), true);
   if (backend && *backend == kernel::SteeringBackend::kXtables) {
