@@ -104,4 +104,10 @@ bool reapWorker(pid_t pid, int timeoutMs) {
   }
 }
 
+void killWorkers(const std::vector<pid_t>& pids) {
+  for (pid_t pid : pids) {
+    ::kill(pid, SIGKILL);
+  }
+}
+
 }  // namespace faultline::kernel

@@ -5,6 +5,8 @@
 // never holds the agent's journal lock or sockets) and is named faultline-cpu or faultline-mem.
 #pragma once
 
+#include <vector>
+
 #include <cstdint>
 #include <system_error>
 
@@ -29,5 +31,8 @@ struct HeldWorker {
 void releaseWorker(HeldWorker& worker, bool start = true);
 // waitpid without blocking past timeoutMs; true when reaped.
 bool reapWorker(pid_t pid, int timeoutMs);
+// SIGKILLs each of pids (a stress cgroup's members on kernels before 5.14, which have no
+// cgroup.kill); a pid already gone is skipped. Does not wait.
+void killWorkers(const std::vector<pid_t>& pids);
 
 }  // namespace faultline::kernel

@@ -2,7 +2,6 @@
 
 #include <chrono>
 #include <cmath>
-#include <csignal>
 #include <thread>
 
 #include <unistd.h>  // getpid
@@ -113,9 +112,7 @@ tl::expected<std::string, FaultError> StressDriver::removeStressCgroup(kernel::C
   if (auto killed = cgroups.write(cgroup, "cgroup.kill", "1"); !killed) {
     // Kernels before 5.14 have no cgroup.kill.
     if (auto procs = cgroups.procs(cgroup)) {
-      for (pid_t pid : *procs) {
-        ::kill(pid, SIGKILL);
-      }
+      kernel::killWorkers(*procs);
     }
   }
   for (pid_t pid : reap) {
