@@ -21,6 +21,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include "agent/faults/spec.h"
+#include "common/yaml_fields.h"
 
 namespace faultline::controller {
 namespace {
@@ -29,7 +30,13 @@ using namespace std::chrono_literals;
 using std::chrono::milliseconds;
 using std::chrono::nanoseconds;
 
-using KeyList = std::span<const std::string_view>;
+using yaml::childPath;
+using yaml::contains;
+using yaml::Entry;
+using yaml::Field;
+using yaml::joinKeys;
+using yaml::KeyList;
+using yaml::MapNode;
 
 constexpr std::array<std::string_view, 6> kRootKeys{"apiVersion", "kind",        "metadata",
                                                     "targets",    "steadyState", "method"};
@@ -125,21 +132,6 @@ constexpr nanoseconds kMinEvery = 50ms;
 constexpr size_t kMaxYamlNodes = 50'000;
 constexpr size_t kMaxDiagnostics = 100;
 
-bool contains(KeyList keys, std::string_view key) {
-  return std::find(keys.begin(), keys.end(), key) != keys.end();
-}
-
-std::string joinKeys(KeyList keys) {
-  std::string out;
-  for (std::string_view k : keys) {
-    if (!out.empty()) {
-      out += ", ";
-    }
-    out += k;
-  }
-  return out;
-}
-
 std::string lower(std::string_view s) {
   std::string out(s);
   for (char& c : out) {
@@ -186,37 +178,6 @@ std::string suggestion(std::string_view word, KeyList candidates) {
   }
   return best.empty() ? std::string{} : fmt::format(" (did you mean '{}'?)", best);
 }
-
-std::string childPath(const std::string& parent, std::string_view key) {
-  return parent.empty() ? std::string(key) : fmt::format("{}.{}", parent, key);
-}
-
-// A value to check and where to point at it. A null value's own mark is where yaml-cpp saw the
-// next token (often the next line), so for `key:` with nothing after it the key's mark is used.
-struct Field {
-  YAML::Node value;
-  YAML::Mark mark;
-  std::string path;
-};
-
-struct Entry {
-  std::string key;
-  YAML::Node keyNode;
-  Field field;
-};
-
-// A map whose keys were read once, in file order; lookups never go through yaml-cpp's
-// operator[], which would insert missing keys.
-struct MapNode {
-  Field self;
-  std::vector<Entry> entries;
-  std::map<std::string, size_t, std::less<>> index;  // key -> position in entries
-
-  [[nodiscard]] const Entry* find(std::string_view key) const {
-    const auto it = index.find(key);
-    return it == index.end() ? nullptr : &entries[it->second];
-  }
-};
 
 // Splits "1.5mbit" into 1.5 and "mbit" (the unit lower-cased); nullopt when there is no number.
 std::optional<std::pair<double, std::string>> splitNumber(std::string_view text) {
@@ -496,38 +457,16 @@ bool neutralise(v1::FaultSpec& spec, const std::string& field) {
   return false;
 }
 
-class Parser {
+class Parser : public yaml::FieldReader {
  public:
-  explicit Parser(std::string file) : file_(std::move(file)) {}
+  explicit Parser(std::string file) : FieldReader(std::move(file), kMaxDiagnostics) {}
 
   Experiment parse(const YAML::Node& root);
 
-  // Keeps the first kMaxDiagnostics errors and drops the rest.
-  void error(const YAML::Mark& mark, std::string field, std::string message) {
-    if (full()) {
-      return;
-    }
-    Diagnostic d;
-    d.file = file_;
-    if (mark.line >= 0) {
-      d.line = mark.line + 1;
-      d.column = mark.column + 1;
-    }
-    d.field = std::move(field);
-    d.message = std::move(message);
-    diagnostics_.push_back(std::move(d));
-  }
-
-  [[nodiscard]] std::vector<Diagnostic> takeDiagnostics() { return std::move(diagnostics_); }
-
  private:
-  void typeError(const Field& f, std::string_view accepted);
-  std::optional<MapNode> openMap(const Field& f, std::string_view accepted);
+  // Reports the keys of m that are not in accepted, with a hint when one is close.
   void rejectUnknown(const MapNode& m, KeyList accepted);
-  std::optional<Field> require(const MapNode& m, std::string_view key, std::string_view accepted);
-  std::optional<Field> lookup(const MapNode& m, std::string_view key) const;
 
-  std::optional<std::string> scalar(const Field& f, std::string_view accepted);
   // A whole number from min to max. Errors name the text as written: "'-1' is out of range
   // (accepted: 1..1024, a number of workers)"; a number too long for 64 bits is out of range too.
   std::optional<long long> integer(const Field& f, long long min, long long max, std::string_view what);
@@ -567,59 +506,8 @@ class Parser {
   void checkFaultKeys(const MapNode& m, const FaultType* type);
   void validateSpec(v1::FaultSpec spec, const MapNode& fault, size_t faultErrorsFrom);
 
-  // Loops over the file's lists and maps stop once this holds: aliases can make one big map
-  // count many times, and nothing more would be reported anyway.
-  [[nodiscard]] bool full() const { return diagnostics_.size() >= kMaxDiagnostics; }
-
-  std::string file_;
-  std::vector<Diagnostic> diagnostics_;
   std::vector<std::pair<std::string, Field>> probeSteps_;  // probe name, where the step names it
 };
-
-void Parser::typeError(const Field& f, std::string_view accepted) {
-  switch (f.value.Type()) {
-    case YAML::NodeType::Null:
-    case YAML::NodeType::Undefined:
-      error(f.mark, f.path, fmt::format("has no value; accepted: {}", accepted));
-      return;
-    case YAML::NodeType::Scalar:
-      error(f.mark, f.path, fmt::format("wrong type: got the value '{}'; accepted: {}", f.value.Scalar(), accepted));
-      return;
-    case YAML::NodeType::Sequence:
-      error(f.mark, f.path, fmt::format("wrong type: got a list; accepted: {}", accepted));
-      return;
-    case YAML::NodeType::Map:
-      error(f.mark, f.path, fmt::format("wrong type: got a map; accepted: {}", accepted));
-      return;
-  }
-}
-
-std::optional<MapNode> Parser::openMap(const Field& f, std::string_view accepted) {
-  if (!f.value.IsMap()) {
-    typeError(f, accepted);
-    return std::nullopt;
-  }
-  MapNode m{f, {}, {}};
-  for (auto it = f.value.begin(); it != f.value.end() && !full(); ++it) {
-    const YAML::Node key = it->first;
-    const YAML::Node value = it->second;
-    if (!key.IsScalar()) {
-      error(key.Mark(), f.path, fmt::format("a key is not a string; accepted: {}", accepted));
-      continue;
-    }
-    const std::string name = key.Scalar();
-    const std::string path = childPath(f.path, name);
-    if (const Entry* first = m.find(name)) {
-      error(key.Mark(), path,
-            fmt::format("duplicate key '{}' (first at line {}); accepted: each key once", name,
-                        first->keyNode.Mark().line + 1));
-      continue;
-    }
-    m.index.emplace(name, m.entries.size());
-    m.entries.push_back(Entry{name, key, Field{value, value.IsNull() ? key.Mark() : value.Mark(), path}});
-  }
-  return m;
-}
 
 void Parser::rejectUnknown(const MapNode& m, KeyList accepted) {
   for (const Entry& e : m.entries) {
@@ -627,34 +515,9 @@ void Parser::rejectUnknown(const MapNode& m, KeyList accepted) {
       return;
     }
     if (!contains(accepted, e.key)) {
-      error(
-          e.keyNode.Mark(), e.field.path,
-          fmt::format("unknown key '{}'{}; accepted here: {}", e.key, suggestion(e.key, accepted), joinKeys(accepted)));
+      error(e.keyNode.Mark(), e.field.path, yaml::unknownKeyMessage(e.key, suggestion(e.key, accepted), accepted));
     }
   }
-}
-
-std::optional<Field> Parser::require(const MapNode& m, std::string_view key, std::string_view accepted) {
-  if (const Entry* e = m.find(key)) {
-    return e->field;
-  }
-  error(m.self.mark, childPath(m.self.path, key), fmt::format("is required; accepted: {}", accepted));
-  return std::nullopt;
-}
-
-std::optional<Field> Parser::lookup(const MapNode& m, std::string_view key) const {
-  if (const Entry* e = m.find(key)) {
-    return e->field;
-  }
-  return std::nullopt;
-}
-
-std::optional<std::string> Parser::scalar(const Field& f, std::string_view accepted) {
-  if (!f.value.IsScalar()) {
-    typeError(f, accepted);
-    return std::nullopt;
-  }
-  return f.value.Scalar();
 }
 
 std::optional<long long> Parser::integer(const Field& f, long long min, long long max, std::string_view what) {
@@ -1634,9 +1497,7 @@ void Parser::checkFaultKeys(const MapNode& m, const FaultType* type) {
             fmt::format("'{}' belongs to {}, not to {}; accepted for {}: {}", e.key, owners, type->name, type->name,
                         joinKeys(accepted)));
     } else {
-      error(
-          e.keyNode.Mark(), e.field.path,
-          fmt::format("unknown key '{}'{}; accepted here: {}", e.key, suggestion(e.key, accepted), joinKeys(accepted)));
+      error(e.keyNode.Mark(), e.field.path, yaml::unknownKeyMessage(e.key, suggestion(e.key, accepted), accepted));
     }
   }
 }
@@ -1646,7 +1507,7 @@ std::optional<FaultStep> Parser::parseFault(const Field& f) {
   if (!m) {
     return std::nullopt;
   }
-  const size_t errorsBefore = diagnostics_.size();
+  const size_t errorsBefore = diagnostics().size();
   const FaultType* type = nullptr;
   if (auto t = require(*m, "type", kFaultTypeNames)) {
     if (auto v = scalar(*t, kFaultTypeNames)) {
@@ -2246,14 +2107,14 @@ std::optional<uint64_t> Parser::bytes64(const Field& f) {
 // field's place in the file. A field the parser already reported (diagnostics from
 // faultErrorsFrom on) was left unset in the spec: what validateFaultSpec says of it is dropped.
 void Parser::validateSpec(v1::FaultSpec spec, const MapNode& fault, size_t faultErrorsFrom) {
-  const size_t parserErrorsEnd = diagnostics_.size();
+  const size_t parserErrorsEnd = diagnostics().size();
   // A selector the parser already complained about (an unknown key in process: ...) is left empty,
   // and validateFaultSpec() then reports "process.pid": the parser's error says more.
   const std::string selectorPath = childPath(fault.self.path, "process");
   const auto alreadyReported = [&](const std::string& path) {
     const bool inSelector = path.rfind(selectorPath + ".", 0) == 0;
     for (size_t i = faultErrorsFrom; i < parserErrorsEnd; ++i) {
-      const std::string& reported = diagnostics_[i].field;
+      const std::string& reported = diagnostics()[i].field;
       if (reported == path || path.rfind(reported + ".", 0) == 0 || reported.rfind(path + ".", 0) == 0 ||
           (inSelector && reported.rfind(selectorPath + ".", 0) == 0)) {
         return true;
@@ -2324,14 +2185,7 @@ class NodeCounter final : public YAML::EventHandler {
 };
 
 Diagnostic fileDiagnostic(const std::string& fileName, const YAML::Mark& mark, std::string message) {
-  Diagnostic d;
-  d.file = fileName;
-  if (mark.line >= 0) {
-    d.line = mark.line + 1;
-    d.column = mark.column + 1;
-  }
-  d.message = std::move(message);
-  return d;
+  return yaml::diagnosticAt(fileName, mark, "", std::move(message));
 }
 
 Diagnostic syntaxError(const std::string& fileName, const YAML::Exception& e) {
@@ -2514,14 +2368,6 @@ tl::expected<Slo, std::string> parseObjective(std::string_view text) {
     slo.terms.push_back(std::move(t));
   }
   return slo;
-}
-
-std::string format(const Diagnostic& d) {
-  const std::string place = d.line > 0 ? fmt::format("{}:{}:{}", d.file, d.line, d.column) : d.file;
-  if (d.field.empty()) {
-    return fmt::format("{}: {}", place, d.message);
-  }
-  return fmt::format("{}: {}: {}", place, d.field, d.message);
 }
 
 std::string modeText(const Targets& t) {
@@ -2734,11 +2580,8 @@ tl::expected<Experiment, std::vector<Diagnostic>> parseSubstituted(std::string_v
                  fmt::format("the file holds {} YAML documents; accepted: one experiment per file", documents.size()));
   }
   Experiment experiment = parser.parse(documents.front());
-  std::vector<Diagnostic> diagnostics = parser.takeDiagnostics();
+  std::vector<Diagnostic> diagnostics = parser.takeSorted();
   if (!diagnostics.empty()) {
-    std::stable_sort(diagnostics.begin(), diagnostics.end(), [](const Diagnostic& a, const Diagnostic& b) {
-      return std::pair{a.line, a.column} < std::pair{b.line, b.column};
-    });
     if (diagnostics.size() >= kMaxDiagnostics) {
       diagnostics.push_back(
           Diagnostic{fileName, 0, 0, "", fmt::format("stopped checking after {} errors", kMaxDiagnostics)});
