@@ -19,6 +19,7 @@
 
 #include "agent/faults/fault.h"
 #include "agent/faults/spec.h"
+#include "common/yaml_fields.h"
 
 namespace faultline::agent {
 
@@ -69,14 +70,6 @@ std::optional<double> lossPercentOf(const v1::FaultSpec& spec) {
 }
 
 }  // namespace
-
-std::string format(const PolicyDiagnostic& d) {
-  const std::string place = d.line > 0 ? fmt::format("{}:{}:{}", d.file, d.line, d.column) : d.file;
-  if (d.field.empty()) {
-    return fmt::format("{}: {}", place, d.message);
-  }
-  return fmt::format("{}: {}: {}", place, d.field, d.message);
-}
 
 // ---- check ----
 
@@ -185,176 +178,102 @@ std::string Policy::summary() const {
 
 // ---- parse ----
 
-class PolicyParser {
+class PolicyParser : public yaml::FieldReader {
  public:
-  explicit PolicyParser(std::string file) : file_(std::move(file)) { policy_.file_ = file_; }
-
-  void error(const YAML::Mark& mark, std::string field, std::string message) {
-    PolicyDiagnostic d;
-    d.file = file_;
-    if (mark.line >= 0) {
-      d.line = mark.line + 1;
-      d.column = mark.column + 1;
-    }
-    d.field = std::move(field);
-    d.message = std::move(message);
-    diagnostics_.push_back(std::move(d));
-  }
+  explicit PolicyParser(std::string file) : FieldReader(std::move(file)) { policy_.file_ = this->file(); }
 
   void parse(const YAML::Node& root) {
     if (!root.IsMap()) {
       error(root.Mark(), "", fmt::format("the file is not a map; accepted: a map with the keys {}", join(kRootKeys)));
       return;
     }
-    for (const auto& [key, value, path] : entries(root, "", kRootKeys)) {
-      const std::string where = fmt::format("{}:{}", file_, key.Mark().line + 1);
-      const YAML::Mark mark = value.IsNull() ? key.Mark() : value.Mark();
+    for (const yaml::Entry& e : knownEntries(Field{root, root.Mark(), ""}, kRootKeys)) {
+      const Field& field = e.field;
+      const YAML::Node& value = field.value;
+      const std::string& path = field.path;
+      const std::string where = fmt::format("{}:{}", file(), e.keyNode.Mark().line + 1);
       if (path == "maxDuration") {
-        if (auto d = duration(value, mark, path, kMaxFaultDuration)) {
+        if (auto d = duration(field, kMaxFaultDuration)) {
           policy_.maxDuration_ = Policy::Rule<nanoseconds>{*d, where, "maxDuration: " + value.Scalar()};
         }
       } else if (path == "maxDelay") {
-        if (auto d = duration(value, mark, path, kMaxPolicyDelay)) {
+        if (auto d = duration(field, kMaxPolicyDelay)) {
           policy_.maxDelay_ = Policy::Rule<nanoseconds>{*d, where, "maxDelay: " + value.Scalar()};
         }
       } else if (path == "maxPercent") {
-        if (auto p = percent(value, mark, path)) {
+        if (auto p = percent(field)) {
           policy_.maxPercent_ = Policy::Rule<double>{*p, where, "maxPercent: " + value.Scalar()};
         }
       } else if (path == "forbidKinds") {
-        for (const auto& [item, itemPath] : list(value, mark, path, "fault kinds")) {
-          auto text = scalar(item, itemPath, "a fault kind: " + join(kKinds));
+        for (const Field& item : list(field, "fault kinds")) {
+          auto text = scalar(item, "a fault kind: " + join(kKinds));
           if (!text) {
             continue;
           }
           if (std::find(kKinds.begin(), kKinds.end(), *text) == kKinds.end()) {
-            error(item.Mark(), itemPath, fmt::format("'{}' is not a fault kind; accepted: {}", *text, join(kKinds)));
+            error(item.mark, item.path, fmt::format("'{}' is not a fault kind; accepted: {}", *text, join(kKinds)));
             continue;
           }
           policy_.forbidKinds_.push_back(
-              Policy::Rule<std::string>{*text, fmt::format("{}:{}", file_, item.Mark().line + 1), ""});
+              Policy::Rule<std::string>{*text, fmt::format("{}:{}", file(), item.mark.line + 1), ""});
         }
       } else if (path == "interfaces") {
-        parseInterfaces(value, mark, path);
+        parseInterfaces(field);
       } else if (path == "processes") {
-        parseProcesses(value, mark, path);
+        parseProcesses(field);
       }
     }
   }
 
   tl::expected<Policy, std::vector<PolicyDiagnostic>> finish() {
-    if (diagnostics_.empty()) {
+    if (diagnostics().empty()) {
       return std::move(policy_);
     }
-    std::stable_sort(diagnostics_.begin(), diagnostics_.end(), [](const auto& a, const auto& b) {
-      return std::pair{a.line, a.column} < std::pair{b.line, b.column};
-    });
-    return tl::unexpected(std::move(diagnostics_));
+    return tl::unexpected(takeSorted());
   }
 
  private:
-  struct Entry {
-    YAML::Node key;
-    YAML::Node value;
-    std::string path;
-  };
-  struct Item {
-    YAML::Node value;
-    std::string path;
-  };
+  using Field = yaml::Field;
 
-  static std::string child(const std::string& parent, std::string_view key) {
-    return parent.empty() ? std::string(key) : fmt::format("{}.{}", parent, key);
-  }
-
-  // The map's entries with accepted keys, each once; errors for the others.
-  std::vector<Entry> entries(const YAML::Node& map, const std::string& path,
-                             std::span<const std::string_view> accepted) {
-    std::vector<Entry> out;
-    std::map<std::string, int> seen;  // key -> line
-    for (auto it = map.begin(); it != map.end(); ++it) {
-      const YAML::Node key = it->first;
-      if (!key.IsScalar()) {
-        error(key.Mark(), path, fmt::format("a key is not a string; accepted: {}", join(accepted)));
-        continue;
-      }
-      const std::string name = key.Scalar();
-      const std::string keyPath = child(path, name);
-      if (std::find(accepted.begin(), accepted.end(), name) == accepted.end()) {
-        error(key.Mark(), keyPath, fmt::format("unknown key '{}'; accepted here: {}", name, join(accepted)));
-        continue;
-      }
-      if (auto first = seen.find(name); first != seen.end()) {
-        error(key.Mark(), keyPath,
-              fmt::format("duplicate key '{}' (first at line {}); accepted: each key once", name, first->second));
-        continue;
-      }
-      seen.emplace(name, key.Mark().line + 1);
-      out.push_back(Entry{key, it->second, keyPath});
-    }
-    return out;
-  }
-
-  void typeError(const YAML::Node& value, const YAML::Mark& mark, const std::string& path, std::string_view accepted) {
-    if (value.IsNull()) {
-      error(mark, path, fmt::format("has no value; accepted: {}", accepted));
-    } else if (value.IsScalar()) {
-      error(mark, path, fmt::format("wrong type: got the value '{}'; accepted: {}", value.Scalar(), accepted));
-    } else if (value.IsSequence()) {
-      error(mark, path, fmt::format("wrong type: got a list; accepted: {}", accepted));
-    } else {
-      error(mark, path, fmt::format("wrong type: got a map; accepted: {}", accepted));
-    }
-  }
-
-  std::optional<std::string> scalar(const YAML::Node& value, const std::string& path, std::string_view accepted) {
-    if (!value.IsScalar()) {
-      typeError(value, value.Mark(), path, accepted);
-      return std::nullopt;
-    }
-    return value.Scalar();
-  }
-
-  std::vector<Item> list(const YAML::Node& value, const YAML::Mark& mark, const std::string& path,
-                         std::string_view what) {
-    std::vector<Item> out;
-    if (!value.IsSequence()) {
-      typeError(value, mark, path, fmt::format("a list of {}, e.g. [a, b]", what));
+  // The items of a list, each pointed at by its own mark.
+  std::vector<Field> list(const Field& f, std::string_view what) {
+    std::vector<Field> out;
+    if (!f.value.IsSequence()) {
+      typeError(f, fmt::format("a list of {}, e.g. [a, b]", what));
       return out;
     }
     size_t i = 0;
-    for (const auto& item : value) {
-      out.push_back(Item{item, fmt::format("{}[{}]", path, i++)});
+    for (const auto& item : f.value) {
+      out.push_back(Field{item, item.Mark(), fmt::format("{}[{}]", f.path, i++)});
     }
     return out;
   }
 
-  std::optional<nanoseconds> duration(const YAML::Node& value, const YAML::Mark& mark, const std::string& path,
-                                      nanoseconds max) {
+  std::optional<nanoseconds> duration(const Field& f, nanoseconds max) {
     const std::string range = fmt::format("a duration more than 0 and at most {} (e.g. 10m)", formatDuration(max));
-    if (!value.IsScalar()) {
-      typeError(value, mark, path, range);
+    if (!f.value.IsScalar()) {
+      typeError(f, range);
       return std::nullopt;
     }
-    auto d = parseDuration(value.Scalar());
+    auto d = parseDuration(f.value.Scalar());
     if (!d) {
-      error(mark, path, d.error());
+      error(f.mark, f.path, d.error());
       return std::nullopt;
     }
     if (*d <= nanoseconds{0} || *d > max) {
-      error(mark, path, fmt::format("{} is out of range; accepted: {}", value.Scalar(), range));
+      error(f.mark, f.path, fmt::format("{} is out of range; accepted: {}", f.value.Scalar(), range));
       return std::nullopt;
     }
     return *d;
   }
 
-  std::optional<double> percent(const YAML::Node& value, const YAML::Mark& mark, const std::string& path) {
+  std::optional<double> percent(const Field& f) {
     constexpr std::string_view accepted = "a percentage from 0 to 100 such as 20 or 2.5 (20% is also accepted)";
-    if (!value.IsScalar()) {
-      typeError(value, mark, path, accepted);
+    if (!f.value.IsScalar()) {
+      typeError(f, accepted);
       return std::nullopt;
     }
-    std::string_view number = value.Scalar();
+    std::string_view number = f.value.Scalar();
     if (!number.empty() && number.back() == '%') {
       number.remove_suffix(1);
     }
@@ -362,33 +281,34 @@ class PolicyParser {
     auto [end, ec] = std::from_chars(number.data(), number.data() + number.size(), v);
     if (number.empty() || ec != std::errc{} || end != number.data() + number.size() || !std::isfinite(v) || v < 0 ||
         v > 100) {
-      error(mark, path, fmt::format("'{}' is not a percentage from 0 to 100; accepted: {}", value.Scalar(), accepted));
+      error(f.mark, f.path,
+            fmt::format("'{}' is not a percentage from 0 to 100; accepted: {}", f.value.Scalar(), accepted));
       return std::nullopt;
     }
     return v;
   }
 
-  std::optional<Policy::Patterns> patterns(const YAML::Node& value, const YAML::Mark& mark, const std::string& path) {
+  std::optional<Policy::Patterns> patterns(const Field& f) {
     constexpr std::string_view accepted =
         "an interface name or glob pattern (fnmatch: *, ?, [...]) of 1-64 bytes without '/', ':' or whitespace, e.g. "
         "eth*";
     Policy::Patterns out;
-    out.where = fmt::format("{}:{}", file_, mark.line + 1);
-    bool ok = value.IsSequence();
-    for (const auto& [item, itemPath] : list(value, mark, path, "interface names or patterns")) {
-      auto text = scalar(item, itemPath, accepted);
+    out.where = fmt::format("{}:{}", file(), f.mark.line + 1);
+    bool ok = f.value.IsSequence();
+    for (const Field& item : list(f, "interface names or patterns")) {
+      auto text = scalar(item, accepted);
       if (!text) {
         ok = false;
         continue;
       }
       const bool bad = text->empty() || text->size() > 64 || text->find_first_of("/: \t\n") != std::string::npos;
       if (bad) {
-        error(item.Mark(), itemPath, fmt::format("'{}' is not an interface pattern; accepted: {}", *text, accepted));
+        error(item.mark, item.path, fmt::format("'{}' is not an interface pattern; accepted: {}", *text, accepted));
         ok = false;
         continue;
       }
       out.patterns.push_back(*text);
-      out.wheres.push_back(fmt::format("{}:{}", file_, item.Mark().line + 1));
+      out.wheres.push_back(fmt::format("{}:{}", file(), item.mark.line + 1));
     }
     if (!ok) {
       return std::nullopt;
@@ -396,20 +316,19 @@ class PolicyParser {
     return out;
   }
 
-  void parseInterfaces(const YAML::Node& value, const YAML::Mark& mark, const std::string& path) {
-    if (!value.IsMap()) {
-      typeError(value, mark, path, "a map with the keys allow, deny");
+  void parseInterfaces(const Field& f) {
+    if (!f.value.IsMap()) {
+      typeError(f, "a map with the keys allow, deny");
       return;
     }
-    for (const auto& [key, v, keyPath] : entries(value, path, kInterfaceKeys)) {
-      const YAML::Mark at = v.IsNull() ? key.Mark() : v.Mark();
-      auto p = patterns(v, at, keyPath);
+    for (const yaml::Entry& e : knownEntries(f, kInterfaceKeys)) {
+      auto p = patterns(e.field);
       if (!p) {
         continue;
       }
-      if (key.Scalar() == "allow") {
+      if (e.key == "allow") {
         if (p->patterns.empty()) {
-          error(at, keyPath,
+          error(e.field.mark, e.field.path,
                 "is empty, which would refuse every interface; accepted: at least one name or pattern "
                 "(leave allow out to allow every interface not denied)");
           continue;
@@ -421,33 +340,30 @@ class PolicyParser {
     }
   }
 
-  void parseProcesses(const YAML::Node& value, const YAML::Mark& mark, const std::string& path) {
-    if (!value.IsMap()) {
-      typeError(value, mark, path, "a map with the key protect");
+  void parseProcesses(const Field& f) {
+    if (!f.value.IsMap()) {
+      typeError(f, "a map with the key protect");
       return;
     }
     constexpr std::string_view accepted =
         "a process name as a kill selector matches it (comm, executable or argv[0] base name), e.g. nginx";
-    for (const auto& [key, v, keyPath] : entries(value, path, kProcessKeys)) {
-      const YAML::Mark at = v.IsNull() ? key.Mark() : v.Mark();
-      for (const auto& [item, itemPath] : list(v, at, keyPath, "process names")) {
-        auto name = scalar(item, itemPath, accepted);
+    for (const yaml::Entry& e : knownEntries(f, kProcessKeys)) {
+      for (const Field& item : list(e.field, "process names")) {
+        auto name = scalar(item, accepted);
         if (!name) {
           continue;
         }
         if (name->empty() || name->find_first_of("/\n") != std::string::npos) {
-          error(item.Mark(), itemPath, fmt::format("'{}' is not a process name; accepted: {}", *name, accepted));
+          error(item.mark, item.path, fmt::format("'{}' is not a process name; accepted: {}", *name, accepted));
           continue;
         }
         policy_.protect_.push_back(ProtectedName{
-            *name, fmt::format("policy {}:{} (processes.protect: {})", file_, item.Mark().line + 1, *name)});
+            *name, fmt::format("policy {}:{} (processes.protect: {})", file(), item.mark.line + 1, *name)});
       }
     }
   }
 
-  std::string file_;
   Policy policy_;
-  std::vector<PolicyDiagnostic> diagnostics_;
 };
 
 tl::expected<Policy, std::vector<PolicyDiagnostic>> parsePolicy(std::string_view yaml, const std::string& fileName) {

@@ -16,6 +16,7 @@
 #include <tl/expected.hpp>
 
 #include "agent/faults/process/kill_driver.h"
+#include "common/diagnostic.h"
 #include "faultline/v1/faults.pb.h"
 
 namespace faultline::agent {
@@ -25,19 +26,13 @@ inline constexpr std::chrono::hours kDefaultPolicyMaxDuration{1};
 // A policy file larger than this is refused before it is parsed.
 inline constexpr std::size_t kMaxPolicyBytes = 64 * 1024;
 
-// One error in a policy file. line and column are 1-based (0 when unknown) and point at the
-// offending value, at the key for unknown or duplicate keys. field is the dotted path of the key
-// (e.g. "interfaces.deny[1]"); empty for errors about the file as a whole.
-struct PolicyDiagnostic {
-  std::string file;
-  int line = 0;
-  int column = 0;
-  std::string field;
-  std::string message;  // what is wrong, the value, and what would be accepted
-};
-// "FILE:LINE:COLUMN: FIELD: MESSAGE" (without ":LINE:COLUMN" when line is 0, without "FIELD: "
-// when field is empty).
-[[nodiscard]] std::string format(const PolicyDiagnostic& d);
+// One error in a policy file (common/diagnostic.h). line and column are 1-based (0 when unknown)
+// and point at the offending value, at the key for unknown or duplicate keys. field is the dotted
+// path of the key (e.g. "interfaces.deny[1]"); empty for errors about the file as a whole.
+using PolicyDiagnostic = Diagnostic;
+// format(d): "FILE:LINE:COLUMN: FIELD: MESSAGE" (without ":LINE:COLUMN" when line is 0, without
+// "FIELD: " when field is empty).
+using faultline::format;
 
 // Why a fault was refused. rule: where the rule is and what it says, e.g.
 // "policy /etc/faultline/policy.yaml:7 (maxDuration: 10m)" or "policy built-in default

@@ -15,6 +15,7 @@
 
 #include <tl/expected.hpp>
 
+#include "common/diagnostic.h"
 #include "faultline/v1/faults.pb.h"
 
 namespace faultline::controller {
@@ -26,20 +27,16 @@ inline constexpr std::size_t kMaxExperimentBytes = 1024 * 1024;  // 1 MiB
 inline constexpr std::size_t kMaxMethodSteps = 1000;
 inline constexpr std::size_t kMaxProbes = 100;
 
-// One error in an experiment file. line and column are 1-based (0 when unknown); they point at
-// the offending value, at the key for unknown or duplicate keys, and at the parent map for a
-// missing key. field is the dotted path of the offending key, e.g. "method[2].fault.delay";
-// empty for errors about the file as a whole (YAML syntax, empty file, several documents).
-struct Diagnostic {
-  std::string file;
-  int line = 0;
-  int column = 0;
-  std::string field;
-  std::string message;  // what is wrong, the value, and what would be accepted
-};
-// "FILE:LINE:COLUMN: FIELD: MESSAGE", or "FILE:LINE:COLUMN: MESSAGE" when field is empty;
-// without ":LINE:COLUMN" when line is 0 (no place in the file, e.g. a file over the size limit).
-[[nodiscard]] std::string format(const Diagnostic& d);
+// One error in an experiment file (common/diagnostic.h). line and column are 1-based (0 when
+// unknown); they point at the offending value, at the key for unknown or duplicate keys, and at the
+// parent map for a missing key. field is the dotted path of the offending key, e.g.
+// "method[2].fault.delay"; empty for errors about the file as a whole (YAML syntax, empty file,
+// several documents).
+using Diagnostic = faultline::Diagnostic;
+// format(d): "FILE:LINE:COLUMN: FIELD: MESSAGE", or "FILE:LINE:COLUMN: MESSAGE" when field is
+// empty; without ":LINE:COLUMN" when line is 0 (no place in the file, e.g. a file over the size
+// limit).
+using faultline::format;
 
 // How many of the agents that match the selector take part (targets.mode in the file).
 enum class TargetMode {
