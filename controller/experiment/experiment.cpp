@@ -9,7 +9,6 @@
 #include <cstdint>
 #include <limits>
 #include <map>
-#include <regex>
 #include <span>
 #include <sstream>
 #include <type_traits>
@@ -21,6 +20,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include "agent/faults/spec.h"
+#include "common/regex.h"
 
 namespace faultline::controller {
 namespace {
@@ -1242,16 +1242,13 @@ void Parser::parseLatencies(const MapNode& h, milliseconds* maxLatency, millisec
 }
 
 std::optional<std::string> Parser::regex(const Field& f) {
-  constexpr std::string_view accepted = "an ECMAScript regular expression, searched anywhere in the text";
+  const std::string accepted = fmt::format("{}, searched anywhere in the text", kRegexAccepted);
   auto v = scalar(f, accepted);
   if (!v) {
     return std::nullopt;
   }
-  try {
-    std::regex compiled(*v, std::regex::ECMAScript | std::regex::multiline);
-  } catch (const std::regex_error& e) {
-    error(f.mark, f.path,
-          fmt::format("'{}' is not a valid regular expression ({}); accepted: {}", *v, e.what(), accepted));
+  if (auto compiled = Regex::compile(*v, RegexAnchors::kLineEnds); !compiled) {
+    error(f.mark, f.path, fmt::format("{}; accepted: {}", compiled.error(), accepted));
     return std::nullopt;
   }
   return v;
