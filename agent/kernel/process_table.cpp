@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cerrno>
 #include <charconv>
-#include <fstream>
 #include <iterator>
 #include <memory>
 #include <optional>
@@ -38,16 +37,20 @@ struct Stat {
   unsigned long long startTime = 0;  // field 22, clock ticks after boot: tells a reused pid apart
 };
 
+// The most read of a /proc file other than cmdline (stat, comm, cgroup): they are far shorter.
+constexpr size_t kMaxProcFileBytes = 64 * 1024;
+
 // With read(2), not an ifstream: a process that exits while its /proc files are read fails the
 // read with ESRCH, which libstdc++'s filebuf turns into an exception (seen in a kill loop).
-std::optional<std::string> readWholeFile(const std::string& path) {
+// Keeps the first maxBytes.
+std::optional<std::string> readWholeFile(const std::string& path, size_t maxBytes = kMaxProcFileBytes) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
     return std::nullopt;
   }
   std::string text;
   char buf[4096];
-  for (;;) {
+  while (text.size() < maxBytes) {
     const ssize_t n = ::read(fd, buf, sizeof buf);
     if (n < 0 && errno == EINTR) {
       continue;
@@ -59,7 +62,7 @@ std::optional<std::string> readWholeFile(const std::string& path) {
     if (n == 0) {
       break;
     }
-    text.append(buf, static_cast<size_t>(n));
+    text.append(buf, std::min(static_cast<size_t>(n), maxBytes - text.size()));
   }
   ::close(fd);
   return text;
@@ -200,7 +203,7 @@ class ProcProcessTable final : public ProcessTable {
       const std::string dir = "/proc/" + std::to_string(pid);
       auto stat = readStat(pid);
       auto comm = readWholeFile(dir + "/comm");
-      auto cmdline = readWholeFile(dir + "/cmdline");
+      auto cmdline = readWholeFile(dir + "/cmdline", kMaxCmdlineBytes);
       if (!stat || !comm || !cmdline) {
         continue;  // exited while we read it
       }
@@ -278,19 +281,19 @@ class ProcProcessTable final : public ProcessTable {
     return rc > 0;
   }
 
-  tl::expected<pid_t, std::error_code> readPidfile(const std::string& path) override {
-    std::ifstream in(path);
-    if (!in) {
-      return tl::unexpected(lastError());
+  tl::expected<pid_t, SpecFileError> readPidfile(const std::string& path) override {
+    auto text = readSmallRegularFile(path, kMaxPidfileBytes);
+    if (!text) {
+      return tl::unexpected(text.error());
     }
-    std::string line;
-    std::getline(in, line);
+    std::string line = text->substr(0, text->find('\n'));
     while (!line.empty() && (line.back() == ' ' || line.back() == '\r' || line.back() == '\t')) {
       line.pop_back();
     }
     pid_t pid = 0;
     if (!parseNumber(std::string_view(line), pid) || pid <= 0) {
-      return tl::unexpected(std::make_error_code(std::errc::invalid_argument));
+      return tl::unexpected(
+          SpecFileError{std::make_error_code(std::errc::invalid_argument), "has no pid > 0 on its first line"});
     }
     return pid;
   }
@@ -315,7 +318,7 @@ class ProcProcessTable final : public ProcessTable {
     if (!now || now->startTime != seen.startTime) {
       return false;
     }
-    auto cmdline = readWholeFile("/proc/" + std::to_string(pid) + "/cmdline");
+    auto cmdline = readWholeFile("/proc/" + std::to_string(pid) + "/cmdline", kMaxCmdlineBytes);
     return cmdline && cmdlineToText(std::move(*cmdline)) == seen.cmdline;
   }
 

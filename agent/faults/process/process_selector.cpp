@@ -172,10 +172,8 @@ tl::expected<ProcessSelection, FaultError> ProcessPicker::select(const v1::Proce
   } else if (selector.by_case() == v1::ProcessSelector::kPidfile) {
     auto pid = processes_.readPidfile(selector.pidfile());
     if (!pid) {
-      return tl::unexpected(FaultError{
-          pid.error(), fmt::format("{}: cannot read a pid from pidfile {}: {}", faultKind, selector.pidfile(),
-                                   pid.error() == std::errc::invalid_argument ? "its first line is not a pid > 0"
-                                                                              : pid.error().message())});
+      return tl::unexpected(FaultError{pid.error().code, fmt::format("{}: cannot read a pid from pidfile {}: it {}",
+                                                                     faultKind, selector.pidfile(), pid.error().why)});
     }
     wantPid = *pid;
   }
