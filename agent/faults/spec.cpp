@@ -7,9 +7,10 @@
 #include <cmath>
 #include <csignal>
 #include <cstring>
-#include <regex>
 
 #include <fmt/format.h>
+
+#include "common/regex.h"
 
 namespace faultline {
 namespace {
@@ -218,13 +219,9 @@ tl::expected<void, SpecError> validateSelector(const v1::ProcessSelector& s, con
       if (s.cmdline().empty()) {
         return fail(at + "cmdline", "is empty; accepted: a regular expression such as 'java .*-jar orders'");
       }
-      try {
-        std::regex re(s.cmdline(), std::regex::ECMAScript);
-      } catch (const std::regex_error& e) {
+      if (auto re = Regex::compile(s.cmdline(), RegexAnchors::kTextEnds); !re) {
         return fail(at + "cmdline",
-                    fmt::format("'{}' is not a regular expression ({}); accepted: ECMAScript syntax, e.g. "
-                                "'java .*-jar orders'",
-                                s.cmdline(), e.what()));
+                    fmt::format("{}; accepted: {}, e.g. 'java .*-jar orders'", re.error(), kRegexAccepted));
       }
       break;
     case v1::ProcessSelector::kCgroup:

@@ -46,7 +46,7 @@ inline constexpr uint64_t kMaxPidsMax = uint64_t{1} << 22;
 // Field names are the experiment file's keys below the fault ("jitter", "gilbertElliott.p",
 // "match.destination"; "interface", "netns", "direction", "match.*" live under target).
 // Process selectors (kill, pause): exactly one of pid > 1, a non-empty name, a cmdline that is an
-// ECMAScript regex, an absolute cgroup path without "..", a unit name, an absolute pidfile path;
+// RE2 regex (common/regex.h), an absolute cgroup path without "..", a unit name, an absolute pidfile path;
 // count or percent (0, 100], not both; kill every in [100ms, 1h]. stress.cpu: 1-1024 workers,
 // load (0, 100]; stress.memory: 1 MiB - 1 TiB; cgroup.squeeze: a cgroup below the root and at
 // least one of cpus [0.01, 1024], memory_high_bytes >= 1 MiB, pids_max in [1, kMaxPidsMax].

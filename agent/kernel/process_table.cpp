@@ -4,7 +4,6 @@
 #include <algorithm>
 #include <cerrno>
 #include <charconv>
-#include <fstream>
 #include <iterator>
 #include <memory>
 #include <optional>
@@ -174,7 +173,7 @@ class ProcProcessTable final : public ProcessTable {
       const std::string dir = "/proc/" + std::to_string(pid);
       auto stat = readStat(pid);
       auto comm = readWholeFile(dir + "/comm");
-      auto cmdline = readWholeFile(dir + "/cmdline");
+      auto cmdline = readWholeFile(dir + "/cmdline", kMaxCmdlineBytes);
       if (!stat || !comm || !cmdline) {
         continue;  // exited while we read it
       }
@@ -252,19 +251,19 @@ class ProcProcessTable final : public ProcessTable {
     return rc > 0;
   }
 
-  tl::expected<pid_t, std::error_code> readPidfile(const std::string& path) override {
-    std::ifstream in(path);
-    if (!in) {
-      return tl::unexpected(lastError());
+  tl::expected<pid_t, SpecFileError> readPidfile(const std::string& path) override {
+    auto text = readSmallRegularFile(path, kMaxPidfileBytes);
+    if (!text) {
+      return tl::unexpected(text.error());
     }
-    std::string line;
-    std::getline(in, line);
+    std::string line = text->substr(0, text->find('\n'));
     while (!line.empty() && (line.back() == ' ' || line.back() == '\r' || line.back() == '\t')) {
       line.pop_back();
     }
     pid_t pid = 0;
     if (!parseNumber(std::string_view(line), pid) || pid <= 0) {
-      return tl::unexpected(std::make_error_code(std::errc::invalid_argument));
+      return tl::unexpected(
+          SpecFileError{std::make_error_code(std::errc::invalid_argument), "has no pid > 0 on its first line"});
     }
     return pid;
   }
@@ -289,7 +288,7 @@ class ProcProcessTable final : public ProcessTable {
     if (!now || now->startTime != seen.startTime) {
       return false;
     }
-    auto cmdline = readWholeFile("/proc/" + std::to_string(pid) + "/cmdline");
+    auto cmdline = readWholeFile("/proc/" + std::to_string(pid) + "/cmdline", kMaxCmdlineBytes);
     return cmdline && cmdlineToText(std::move(*cmdline)) == seen.cmdline;
   }
 

@@ -12,6 +12,8 @@
 #include <sys/types.h>
 #include <tl/expected.hpp>
 
+#include "agent/kernel/spec_files.h"
+
 namespace faultline::kernel {
 
 struct ProcessInfo {
@@ -19,7 +21,7 @@ struct ProcessInfo {
   pid_t ppid = 0;
   std::string comm;     // /proc/PID/comm: the kernel's name, at most 15 bytes
   std::string exe;      // target of /proc/PID/exe; empty when unreadable (kernel threads)
-  std::string cmdline;  // /proc/PID/cmdline with NULs turned into spaces
+  std::string cmdline;  // /proc/PID/cmdline with NULs turned into spaces; its first kMaxCmdlineBytes
   bool kernelThread = false;
   // Fields below are filled by list() too; fakes may leave them empty.
   // cgroup v2 path from /proc/PID/cgroup ("0::PATH"), e.g. /system.slice/x.service
@@ -28,6 +30,10 @@ struct ProcessInfo {
   char state = '?';                  // /proc/PID/stat state: R, S, D, T (stopped), t, Z, ...
   unsigned long long startTime = 0;  // clock ticks after boot; tells a reused pid apart
 };
+
+// The most of a command line read from /proc/PID/cmdline (and matched by a cmdline selector): a
+// command line can be as long as a quarter of the stack limit; a Java one is tens of KiB.
+inline constexpr size_t kMaxCmdlineBytes = 256 * 1024;
 
 class ProcessTable {
  public:
@@ -43,9 +49,11 @@ class ProcessTable {
   // True when the process the last list() saw as pid has exited (or was reaped and its pid
   // reused) within wait; polls its pidfd, so it blocks up to wait.
   [[nodiscard]] virtual bool exited(pid_t pid, std::chrono::milliseconds wait) = 0;
-  // The pid in a pidfile: the first line, a decimal number > 0.
-  // errors: the errno of open/read (ENOENT, EACCES); EINVAL when the text is not a pid.
-  [[nodiscard]] virtual tl::expected<pid_t, std::error_code> readPidfile(const std::string& path) = 0;
+  // The pid in a pidfile: the first line, a decimal number > 0, of a regular file of at most
+  // kMaxPidfileBytes (agent/kernel/spec_files.h: a FIFO or device is refused without blocking).
+  // errors: the errno of open/read (ENOENT, EACCES); EINVAL when the file is not a regular file or
+  // its text is not a pid; EFBIG when it is larger; why says which, in words.
+  [[nodiscard]] virtual tl::expected<pid_t, SpecFileError> readPidfile(const std::string& path) = 0;
 };
 
 // The table of the caller's pid namespace, read from /proc.

@@ -117,7 +117,7 @@ tl::expected<T, std::error_code> inNamespace(const std::string& netnsPath,
   if (netnsPath.empty()) {
     return lookup();
   }
-  const int fd = ::open(netnsPath.c_str(), O_RDONLY | O_CLOEXEC);
+  const int fd = ::open(netnsPath.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
   if (fd < 0) {
     return tl::unexpected(errnoCode(errno));
   }

@@ -3,18 +3,19 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 
 namespace faultline::kernel {
 
-tl::expected<std::string, std::error_code> readWholeFile(const std::string& path) {
+tl::expected<std::string, std::error_code> readWholeFile(const std::string& path, size_t maxBytes) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
     return tl::unexpected(std::error_code(errno, std::generic_category()));
   }
   std::string text;
   char buf[4096];
-  for (;;) {
+  while (text.size() < maxBytes) {
     const ssize_t n = ::read(fd, buf, sizeof buf);
     if (n < 0 && errno == EINTR) {
       continue;
@@ -27,7 +28,7 @@ tl::expected<std::string, std::error_code> readWholeFile(const std::string& path
     if (n == 0) {
       break;
     }
-    text.append(buf, static_cast<size_t>(n));
+    text.append(buf, std::min(static_cast<size_t>(n), maxBytes - text.size()));
   }
   ::close(fd);
   return text;

@@ -54,7 +54,7 @@ void inNetns(const std::string& netns, Fn fn) {
     return;
   }
   const int own = ::open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
-  const int target = ::open(netns.c_str(), O_RDONLY | O_CLOEXEC);
+  const int target = ::open(netns.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
   if (own >= 0 && target >= 0 && ::setns(target, CLONE_NEWNET) == 0) {
     fn();
     ::setns(own, CLONE_NEWNET);

@@ -63,7 +63,7 @@ struct HttpProbe {
   std::vector<std::pair<std::string, std::string>> headers;  // sent as given, in file order
   std::string body;                                          // request body; empty: none
   std::vector<int> expectStatus{200};                        // accepted statuses (100-599), sorted, unique
-  std::optional<std::string> bodyMatch;        // ECMAScript regex (multiline) searched in the first 64 KiB of the body
+  std::optional<std::string> bodyMatch;  // RE2 regex (^ and $ at line ends) searched in the first 64 KiB of the body
   std::chrono::milliseconds maxLatency{1000};  // a slower answer is a failed sample
   std::chrono::milliseconds timeout{2000};     // no answer by then is a failed sample
 };
@@ -82,7 +82,7 @@ struct CommandProbe {
   std::vector<std::string> argv;  // non-empty unless shell is set
   std::string shell;              // when set: /bin/sh -c SHELL, and argv is empty
   int expectExit = 0;
-  std::optional<std::string> stdoutMatch;  // ECMAScript regex (multiline) searched in the first 64 KiB of stdout
+  std::optional<std::string> stdoutMatch;  // RE2 regex (^ and $ at line ends) searched in the first 64 KiB of stdout
   std::chrono::milliseconds timeout{5000};
 };
 

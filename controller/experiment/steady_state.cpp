@@ -1,5 +1,6 @@
 // The steadyState section of an experiment file: the sampling period, probes (http, tcp, command,
 // prometheus) and SLOs with their objectives.
+#include "common/regex.h"
 #include "controller/experiment/parser.h"
 
 #include <algorithm>
@@ -8,7 +9,6 @@
 #include <charconv>
 #include <cmath>
 #include <map>
-#include <regex>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -326,16 +326,13 @@ void Parser::parseLatencies(const MapNode& h, milliseconds* maxLatency, millisec
 }
 
 std::optional<std::string> Parser::regex(const Field& f) {
-  constexpr std::string_view accepted = "an ECMAScript regular expression, searched anywhere in the text";
+  const std::string accepted = fmt::format("{}, searched anywhere in the text", kRegexAccepted);
   auto v = scalar(f, accepted);
   if (!v) {
     return std::nullopt;
   }
-  try {
-    std::regex compiled(*v, std::regex::ECMAScript | std::regex::multiline);
-  } catch (const std::regex_error& e) {
-    error(f.mark, f.path,
-          fmt::format("'{}' is not a valid regular expression ({}); accepted: {}", *v, e.what(), accepted));
+  if (auto compiled = Regex::compile(*v, RegexAnchors::kLineEnds); !compiled) {
+    error(f.mark, f.path, fmt::format("{}; accepted: {}", compiled.error(), accepted));
     return std::nullopt;
   }
   return v;

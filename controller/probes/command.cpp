@@ -10,11 +10,11 @@
 #include <cerrno>
 #include <cstring>
 #include <optional>
-#include <regex>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "common/regex.h"
 #include "controller/probes/http.h"
 #include "controller/probes/probe.h"
 
@@ -197,15 +197,12 @@ Sample runCommandProbe(const CommandProbe& spec) {
   }
   sample.detail = "exit " + std::to_string(code) + " in " + formatLatency(sample.latency);
   if (spec.stdoutMatch) {
-    bool found = false;
-    try {
-      found = std::regex_search(stdoutPipe.text,
-                                std::regex(*spec.stdoutMatch, std::regex::ECMAScript | std::regex::multiline));
-    } catch (const std::regex_error& e) {
-      sample.detail += ", stdoutMatch cannot run: " + std::string(e.what());
+    auto re = Regex::compile(*spec.stdoutMatch, RegexAnchors::kLineEnds);
+    if (!re) {  // the parser compiled it already
+      sample.detail += ", stdoutMatch: " + re.error();
       return sample;
     }
-    if (!found) {
+    if (!re->search(stdoutPipe.text)) {
       sample.detail +=
           ", stdout does not match /" + *spec.stdoutMatch + "/ (last line: '" + lastLine(stdoutPipe.text) + "')";
       return sample;

@@ -4,7 +4,6 @@
 #include <charconv>
 #include <cstdio>
 #include <optional>
-#include <regex>
 #include <string_view>
 #include <utility>  // boost/asio/awaitable.hpp (1.74) uses std::exchange without it
 #include <vector>
@@ -20,6 +19,7 @@
 #include <boost/beast/http.hpp>
 #include <tl/expected.hpp>
 
+#include "common/regex.h"
 #include "controller/probes/http.h"
 
 namespace faultline::controller {
@@ -260,17 +260,12 @@ Sample runHttpProbe(const HttpProbe& spec) {
   }
   sample.detail = std::to_string(status) + " in " + formatLatency(sample.latency);
   if (spec.bodyMatch) {
-    bool found = false;
-    try {
-      // libstdc++'s std::regex recurses per character: bound the text it walks.
-      const std::string_view text(answer->body.data(), std::min(answer->body.size(), kMaxMatchedBytes));
-      found = std::regex_search(text.begin(), text.end(),
-                                std::regex(*spec.bodyMatch, std::regex::ECMAScript | std::regex::multiline));
-    } catch (const std::regex_error& e) {  // the parser compiled it already; a limit of std::regex
-      sample.detail += ", bodyMatch cannot run: " + std::string(e.what());
+    auto re = Regex::compile(*spec.bodyMatch, RegexAnchors::kLineEnds);
+    if (!re) {  // the parser compiled it already
+      sample.detail += ", bodyMatch: " + re.error();
       return sample;
     }
-    if (!found) {
+    if (!re->search(std::string_view(answer->body.data(), std::min(answer->body.size(), kMaxMatchedBytes)))) {
       sample.detail += ", body does not match /" + *spec.bodyMatch + "/";
       return sample;
     }

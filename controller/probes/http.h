@@ -18,7 +18,7 @@ struct HttpAnswer {
 };
 
 inline constexpr std::size_t kMaxProbeBody = 1024 * 1024;
-// bodyMatch and stdoutMatch search the first this many bytes (ECMAScript, multiline).
+// bodyMatch and stdoutMatch search the first this many bytes (RE2, multiline: common/regex.h).
 inline constexpr std::size_t kMaxMatchedBytes = 64 * 1024;
 
 // One HTTP/1.1 request (Connection: close) to url, with target replacing url.target when not

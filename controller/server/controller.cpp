@@ -26,6 +26,7 @@
 #include "controller/experiment/experiment.h"
 #include "controller/probes/probe.h"
 #include "controller/report/run_format.h"
+#include "controller/server/limits.h"
 #include "controller/store/store.h"
 #include "faultline/v1/control.grpc.pb.h"
 
@@ -236,6 +237,9 @@ struct Controller::Impl final : v1::Control::CallbackService {
   // The request's experiment with its variables, or INVALID_ARGUMENT listing every diagnostic.
   static tl::expected<Experiment, grpc::Status> parseRequest(const v1::SubmitRunRequest& req,
                                                              const std::string& fileName) {
+    if (auto over = overLimits(req)) {
+      return tl::unexpected(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, *over));
+    }
     auto parsed =
         parseExperiment(req.experiment(), fileName, Variables(req.variables().begin(), req.variables().end()));
     if (!parsed) {
@@ -326,6 +330,12 @@ struct Controller::Impl final : v1::Control::CallbackService {
 
   grpc::ServerUnaryReactor* AbortRun(grpc::CallbackServerContext* ctx, const v1::AbortRunRequest* req,
                                      v1::AbortRunResponse* /*resp*/) override {
+    if (auto over = overLimit("run_id", req->run_id(), kMaxIdBytes)) {
+      return finishNow(ctx, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, *over));
+    }
+    if (auto over = overLimit("reason", req->reason(), kMaxReasonBytes)) {
+      return finishNow(ctx, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, *over));
+    }
     std::lock_guard lock(mutex);
     auto it = runs.find(req->run_id());
     if (it == runs.end()) {
@@ -338,6 +348,9 @@ struct Controller::Impl final : v1::Control::CallbackService {
 
   grpc::ServerUnaryReactor* GetRun(grpc::CallbackServerContext* ctx, const v1::GetRunRequest* req,
                                    v1::Run* resp) override {
+    if (auto over = overLimit("run_id", req->run_id(), kMaxIdBytes)) {
+      return finishNow(ctx, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, *over));
+    }
     auto rec = store->getRun(req->run_id());
     if (!rec) {
       return finishNow(ctx,
@@ -380,6 +393,9 @@ struct Controller::Impl final : v1::Control::CallbackService {
 
   grpc::ServerUnaryReactor* Halt(grpc::CallbackServerContext* ctx, const v1::HaltRequest* req,
                                  v1::HaltResponse* resp) override {
+    if (auto over = overLimit("reason", req->reason(), kMaxReasonBytes)) {
+      return finishNow(ctx, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, *over));
+    }
     auto timeout = std::chrono::milliseconds{10'000};
     if (req->has_timeout()) {
       const auto t = std::chrono::milliseconds{req->timeout().seconds() * 1000 + req->timeout().nanos() / 1'000'000};

@@ -7,6 +7,7 @@
 
 #include "agent/faults/spec.h"
 #include "agent/session/agent.h"
+#include "controller/server/limits.h"
 
 namespace faultline::controller {
 
@@ -143,6 +144,12 @@ class Gateway::Connection final : public grpc::ServerBidiReactor<v1::AgentMessag
     switch (msg.msg_case()) {
       case v1::AgentMessage::kHello: {
         const auto& h = msg.hello();
+        if (auto over = overLimits(h)) {
+          spdlog::warn("refused a Hello from {}: {}", peer_, *over);
+          std::lock_guard lock(mutex_);
+          finishLocked(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, *over));
+          return;
+        }
         if (h.agent_id().empty()) {
           std::lock_guard lock(mutex_);
           finishLocked(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "Hello without agent_id"));
@@ -173,7 +180,8 @@ class Gateway::Connection final : public grpc::ServerBidiReactor<v1::AgentMessag
         for (const auto& r : h.active_faults()) {
           held.insert(r.fault_id());
         }
-        spdlog::info("agent {} ({}, {}) registered from {}", h.agent_id(), h.hostname(), h.kernel_release(), peer_);
+        spdlog::info("agent {} ({}, {}) registered from {}", h.agent_id(), forLog(h.hostname()), h.kernel_release(),
+                     peer_);
         if (auto other = gateway_.tryRegister(self_); !other.empty()) {
           spdlog::warn("refused agent id {} from {}: already connected from {}", h.agent_id(), peer_, other);
           std::lock_guard lock(mutex_);
@@ -196,6 +204,12 @@ class Gateway::Connection final : public grpc::ServerBidiReactor<v1::AgentMessag
       }
       case v1::AgentMessage::kReport: {
         const auto& r = msg.report();
+        if (auto over = overLimits(r)) {
+          std::lock_guard lock(mutex_);
+          spdlog::warn("refused a FaultReport of agent {} from {}: {}", info_.agent_id(), peer_, *over);
+          finishLocked(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, *over));
+          return;
+        }
         std::string id;
         {
           std::lock_guard lock(mutex_);

@@ -1568,3 +1568,69 @@ TEST_CASE("a controller killed mid-run: its successor on the same record file en
   const auto shown = testing::sh(fmt::format("{} show {} --controller {}", FAULTLINE_BIN, runId, address));
   CHECK(shown.output.find("interrupted") != std::string::npos);
 }
+
+// controller/server/limits.h: over-large messages are refused with INVALID_ARGUMENT naming the
+// field, its size and the limit, before the controller keeps or logs them.
+TEST_CASE("separate processes: over-large requests and agent messages are refused, naming field, size and limit") {
+  TempDir dir;
+  const std::string address = "unix:" + dir.path + "/controller.sock";
+  const std::string log = dir.path + "/processes.log";
+  Child controller({FAULTLINE_BIN, "controller", "--listen", address, "--db", dir.path + "/c.db"}, log);
+  auto channel = grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
+  REQUIRE(channel->WaitForConnected(std::chrono::system_clock::now() + 10s));
+  auto control = v1::Control::NewStub(channel);
+  {
+    grpc::ClientContext ctx;
+    v1::SubmitRunRequest req;
+    req.set_experiment("apiVersion: faultline/v1\n");
+    for (int i = 0; i < 300; ++i) {
+      (*req.mutable_variables())[fmt::format("V{}", i)] = "x";
+    }
+    v1::SubmitRunResponse resp;
+    const auto status = control->SubmitRun(&ctx, req, &resp);
+    CHECK(status.error_code() == grpc::StatusCode::INVALID_ARGUMENT);
+    CHECK_MESSAGE(status.error_message() == "variables: 300 entries, more than the 256 accepted",
+                  status.error_message());
+  }
+  const auto refusedAgent = [&](const v1::AgentMessage& first, const v1::AgentMessage* second) {
+    auto gateway = v1::AgentGateway::NewStub(channel);
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + 5s);  // an accepted message would keep the stream open
+    auto stream = gateway->Connect(&ctx);
+    REQUIRE(stream->Write(first));
+    if (second != nullptr) {
+      v1::ControllerMessage welcome;
+      REQUIRE(stream->Read(&welcome));
+      REQUIRE(welcome.has_welcome());
+      REQUIRE(stream->Write(*second));
+    }
+    v1::ControllerMessage m;
+    while (stream->Read(&m)) {
+    }
+    return stream->Finish();
+  };
+  v1::AgentMessage hello;
+  hello.mutable_hello()->set_agent_id("e2e-limits");
+  for (int i = 0; i < 70; ++i) {
+    (*hello.mutable_hello()->mutable_labels())[fmt::format("k{}", i)] = "v";
+  }
+  auto status = refusedAgent(hello, nullptr);
+  CHECK(status.error_code() == grpc::StatusCode::INVALID_ARGUMENT);
+  CHECK_MESSAGE(status.error_message() == "Hello.labels: 70 entries, more than the 64 accepted",
+                status.error_message());
+
+  hello.mutable_hello()->clear_labels();
+  (*hello.mutable_hello()->mutable_labels())["role"] = std::string(20000, 'x');
+  status = refusedAgent(hello, nullptr);
+  CHECK_MESSAGE(status.error_message() == "Hello.labels: 20004 bytes of keys and values, more than the 16384 accepted",
+                status.error_message());
+
+  hello.mutable_hello()->clear_labels();
+  v1::AgentMessage report;
+  report.mutable_report()->set_fault_id("f-1");
+  report.mutable_report()->set_detail(std::string(100 * 1024, 'd'));
+  status = refusedAgent(hello, &report);
+  CHECK(status.error_code() == grpc::StatusCode::INVALID_ARGUMENT);
+  CHECK_MESSAGE(status.error_message() == "FaultReport.detail: 102400 bytes, more than the 65536 accepted",
+                status.error_message());
+}

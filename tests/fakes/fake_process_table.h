@@ -81,11 +81,15 @@ class FakeProcessTable final : public kernel::ProcessTable {
     return processes_.count(pid) == 0 || gone_.count(pid) != 0;
   }
 
-  tl::expected<pid_t, std::error_code> readPidfile(const std::string& path) override {
-    if (auto it = pidfiles_.find(path); it != pidfiles_.end()) {
-      return it->second;
+  tl::expected<pid_t, kernel::SpecFileError> readPidfile(const std::string& path) override {
+    auto it = pidfiles_.find(path);
+    const auto code = it == pidfiles_.end() ? std::make_error_code(std::errc::no_such_file_or_directory)
+                      : it->second          ? std::error_code()
+                                            : it->second.error();
+    if (code) {
+      return tl::unexpected(kernel::SpecFileError{code, "cannot be opened: " + code.message()});
     }
-    return tl::unexpected(std::make_error_code(std::errc::no_such_file_or_directory));
+    return *it->second;
   }
 
   [[nodiscard]] const std::vector<Sent>& sent() const { return sent_; }

@@ -18,6 +18,7 @@
 #include "agent/faults/spec.h"
 #include "agent/kernel/netns.h"
 #include "agent/kernel/route.h"
+#include "agent/kernel/spec_files.h"
 #include "common/unique_fd.h"
 
 namespace faultline::agent {
@@ -140,30 +141,34 @@ tl::expected<ResolvedNetworkTarget, FaultError> NetworkTargetResolver::resolve(c
                                   processes.size() > 1 ? fmt::format(" and {} more", processes.size() - 1) : "", *pin));
     }
   } else if (!out.netns.empty()) {
-    if (auto id = netnsIdentity(out.netns)) {
-      if (own && *id == *own) {
+    // A path from the spec: opened without blocking and checked to be a network namespace before
+    // anything else opens it (a FIFO's open() would hold this thread until a writer came).
+    auto ns = kernel::openNetnsFile(out.netns);
+    if (!ns && ns.error().code == std::errc::invalid_argument) {
+      return tl::unexpected(failure(ns.error().code, fmt::format("{}: target.netns {} {}; nothing was changed",
+                                                                 faultKind, out.netns, ns.error().why)));
+    }
+    struct stat st {};
+    if (ns && ::fstat(ns->get(), &st) == 0) {
+      const NetnsIdentity id{static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino)};
+      if (own && id == *own) {
         notes.push_back(fmt::format("namespace {} is the agent's own", out.netns));
         out.netns.clear();
       } else if (out.netns.starts_with("/proc/")) {
         // /proc/PID/ns/net names the namespace only while PID lives: pin it, so that the revert
         // reaches the namespace after the process exited (it may live on, held by others).
-        UniqueFd ns(::open(out.netns.c_str(), O_RDONLY | O_CLOEXEC));
-        struct stat st {};
-        if (ns.get() >= 0 && ::fstat(ns.get(), &st) == 0 &&
-            NetnsIdentity{static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino)} == *id) {
-          const auto slash = out.netns.find('/', 6);
-          const std::string label = "proc" + out.netns.substr(6, slash == std::string::npos ? 0 : slash - 6);
-          auto pin = pinNamespace(ns.get(), label, out.netns, faultKind);
-          if (!pin) {
-            return tl::unexpected(pin.error());
-          }
-          notes.push_back(fmt::format("namespace {} pinned at {}", out.netns, *pin));
-          out.netns = *pin;
-          out.pin = *pin;
+        const auto slash = out.netns.find('/', 6);
+        const std::string label = "proc" + out.netns.substr(6, slash == std::string::npos ? 0 : slash - 6);
+        auto pin = pinNamespace(ns->get(), label, out.netns, faultKind);
+        if (!pin) {
+          return tl::unexpected(pin.error());
         }
-        out.identity = *id;
+        notes.push_back(fmt::format("namespace {} pinned at {}", out.netns, *pin));
+        out.netns = *pin;
+        out.pin = *pin;
+        out.identity = id;
       } else {
-        out.identity = *id;
+        out.identity = id;
       }
     }  // else: the driver reports the missing or unreadable path in its own words
   }

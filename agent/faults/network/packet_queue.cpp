@@ -265,7 +265,7 @@ tl::expected<void, ErrorPair> inNamespace(const std::string& netns,
   if (netns.empty()) {
     return make();
   }
-  const int fd = ::open(netns.c_str(), O_RDONLY | O_CLOEXEC);
+  const int fd = ::open(netns.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
   if (fd < 0) {
     const int e = errno;
     return tl::unexpected(

@@ -3,13 +3,14 @@
 #include <algorithm>
 #include <cmath>
 #include <optional>
-#include <regex>
 #include <string_view>
 #include <unordered_map>
 #include <unordered_set>
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
+
+#include "common/regex.h"
 
 namespace faultline::agent {
 namespace {
@@ -171,21 +172,19 @@ tl::expected<ProcessSelection, FaultError> ProcessPicker::select(const v1::Proce
   } else if (selector.by_case() == v1::ProcessSelector::kPidfile) {
     auto pid = processes_.readPidfile(selector.pidfile());
     if (!pid) {
-      return tl::unexpected(FaultError{
-          pid.error(), fmt::format("{}: cannot read a pid from pidfile {}: {}", faultKind, selector.pidfile(),
-                                   pid.error() == std::errc::invalid_argument ? "its first line is not a pid > 0"
-                                                                              : pid.error().message())});
+      return tl::unexpected(FaultError{pid.error().code, fmt::format("{}: cannot read a pid from pidfile {}: it {}",
+                                                                     faultKind, selector.pidfile(), pid.error().why)});
     }
     wantPid = *pid;
   }
-  std::optional<std::regex> pattern;
+  std::optional<Regex> pattern;
   if (selector.by_case() == v1::ProcessSelector::kCmdline) {
-    try {
-      pattern.emplace(selector.cmdline(), std::regex::ECMAScript);
-    } catch (const std::regex_error& e) {
+    auto compiled = Regex::compile(selector.cmdline(), RegexAnchors::kTextEnds);
+    if (!compiled) {
       return tl::unexpected(failure(faultKind, std::errc::invalid_argument,
-                                    fmt::format("cmdline /{}/ is not a regex: {}", selector.cmdline(), e.what())));
+                                    fmt::format("cmdline: {}; accepted: {}", compiled.error(), kRegexAccepted)));
     }
+    pattern = std::move(*compiled);
   }
   const std::string unit = unitName(selector.systemd_unit());
 
@@ -219,7 +218,7 @@ tl::expected<ProcessSelection, FaultError> ProcessPicker::select(const v1::Proce
       case v1::ProcessSelector::kName:
         return processNameMatches(p, selector.name());
       case v1::ProcessSelector::kCmdline:
-        return !p.cmdline.empty() && std::regex_search(p.cmdline, *pattern);
+        return !p.cmdline.empty() && pattern->search(p.cmdline);
       case v1::ProcessSelector::kCgroup:
         return underCgroup(p.cgroup, selector.cgroup());
       case v1::ProcessSelector::kSystemdUnit:

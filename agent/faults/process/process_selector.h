@@ -2,7 +2,7 @@
 // a v1::ProcessSelector picks, through the ProcessTable seam.
 //
 // Matching: pid (that process); name (exact: comm, the executable's base name, or argv[0]'s base
-// name, so names longer than comm's 15 bytes match); cmdline (ECMAScript regex searched in the
+// name, so names longer than comm's 15 bytes match); cmdline (RE2 regex, common/regex.h, searched in the
 // command line); cgroup (the process's cgroup v2 path is it or below it); systemd_unit (a
 // component of the process's cgroup path, v2 or the hybrid name=systemd one, equals the unit;
 // "nginx" means nginx.service); pidfile (the pid it holds). Then count(n) or percent(p) keeps that

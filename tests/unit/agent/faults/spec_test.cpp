@@ -94,3 +94,18 @@ TEST_CASE("kill spec refuses pid 1 and unknown signals") {
   CHECK(validateFaultSpec(spec).has_value());
   CHECK(validateFaultSpec(v1::FaultSpec{}).error().field == "type");
 }
+
+TEST_CASE("a cmdline of 20,000 nested parentheses is refused at once, with the cap, not a crash") {
+  v1::FaultSpec spec;
+  spec.mutable_process_kill()->mutable_process()->set_cmdline(std::string(20000, '(') + "a" + std::string(20000, ')'));
+  auto r = validateFaultSpec(spec);
+  REQUIRE_FALSE(r.has_value());
+  CHECK(r.error().field == "process.cmdline");
+  CHECK_MESSAGE(r.error().message.find("is 40001 bytes long, more than the 4096 accepted") != std::string::npos,
+                r.error().message);
+  CHECK(r.error().message.find("accepted: an RE2 regular expression") != std::string::npos);
+  spec.mutable_process_kill()->mutable_process()->set_cmdline("(orders)-\\1");
+  r = validateFaultSpec(spec);
+  REQUIRE_FALSE(r.has_value());
+  CHECK(r.error().message.find("a backreference: RE2 has none") != std::string::npos);
+}

@@ -845,7 +845,7 @@ TEST_CASE("process, stress and cgroup faults: errors name the field, the value a
                           "  - fault: {type: process.kill, duration: 1s, process: {name: x}, every: 1ms}\n");
   const auto text = allDiagnostics(d);
   CAPTURE(text);
-  CHECK(hasDiagnostic(d, "method[0].fault.process.cmdline", 6, "is not a regular expression"));
+  CHECK(hasDiagnostic(d, "method[0].fault.process.cmdline", 6, "is not a valid regular expression"));
   CHECK(hasDiagnostic(d, "method[1].fault.workers", 7, "0 is out of range"));
   CHECK(hasDiagnostic(d, "method[2].fault.bytes", 8, "unknown unit"));
   CHECK(hasDiagnostic(d, "method[3].fault.cpus", 9, "no limit to squeeze"));
@@ -1160,4 +1160,25 @@ TEST_CASE("an empty netns (e.g. from an empty --var) is an error, never the agen
   CHECK(hasDiagnostic(d, "method[0].fault.target.netns", 9, "is empty"));
   CHECK(hasDiagnostic(d, "method[1].fault.target.netns", 14, "not a namespace file's path"));
   CHECK(hasDiagnostic(d, "method[2].fault.target.netns", 19, "not a namespace file's path"));
+}
+
+TEST_CASE("regular expressions of 20,000 nested parentheses are refused with the cap, in probes and selectors") {
+  const std::string nested = std::string(20000, '(') + "a" + std::string(20000, ')');
+  const std::string yaml = std::string(kHeader) +
+                           "steadyState:\n"   // 5
+                           "  probes:\n"      // 6
+                           "    - name: p\n"  // 7
+                           "      http: {url: http://a/, bodyMatch: '" +
+                           nested +
+                           "'}\n"                                                     // 8
+                           "    - name: q\n"                                          // 9
+                           "      command: {argv: [true], stdoutMatch: '(?<=ok)'}\n"  // 10
+                           "method:\n"                                                // 11
+                           "  - fault: {type: process.kill, duration: 1s, process: {cmdline: '" +
+                           nested + "'}}\n";  // 12
+  const std::vector<Diagnostic> d = errorsOf(yaml);
+  CAPTURE(allDiagnostics(d).substr(0, 2000));
+  CHECK(hasDiagnostic(d, "steadyState.probes[0].http.bodyMatch", 8, "40001 bytes long, more than the 4096 accepted"));
+  CHECK(hasDiagnostic(d, "steadyState.probes[1].command.stdoutMatch", 10, "lookaround: RE2 has none"));
+  CHECK(hasDiagnostic(d, "method[0].fault.process.cmdline", 12, "40001 bytes long, more than the 4096 accepted"));
 }

@@ -26,6 +26,7 @@
 #include "agent/safety/recovery.h"
 #include "agent/session/agent.h"
 #include "tests/support/dying_agent.h"
+#include "tests/support/fifo.h"
 #include "tests/support/netns_holder.h"
 #include "tests/support/text.h"
 
@@ -357,4 +358,28 @@ TEST_CASE("network.bandwidth keeps its burst at least one full-size packet of th
     CHECK(before->handle == after->handle);
     CHECK(before->kind == after->kind);
   }
+}
+
+TEST_CASE("a netns path that is a FIFO or a device is refused at once, naming what it is, and nothing changes") {
+  TempDir dir;
+  Drivers d(dir.path / "pins");
+  testing::TempFifo fifo;
+  v1::FaultSpec spec = bandwidth("lo");
+  spec.mutable_network_bandwidth()->mutable_target()->set_netns(fifo.path());
+  const auto [applied, took] = fifo.callWithin(std::chrono::seconds(2), [&] { return d.driver.apply(spec); });
+  MESSAGE("a FIFO as netns refused in ", std::chrono::duration_cast<std::chrono::microseconds>(took).count(), " us");
+  CHECK(took < std::chrono::milliseconds(100));
+  REQUIRE_FALSE(applied);
+  CHECK(applied.error().code == std::errc::invalid_argument);
+  CHECK_MESSAGE(contains(applied.error().message, fmt::format("target.netns {} is a FIFO, not a namespace; accepted: "
+                                                              "a network namespace file",
+                                                              fifo.path())),
+                applied.error().message);
+  CHECK(dir.pins() == 0);
+
+  spec.mutable_network_bandwidth()->mutable_target()->set_netns("/dev/zero");
+  auto device = d.driver.apply(spec);
+  REQUIRE_FALSE(device);
+  CHECK_MESSAGE(contains(device.error().message, "target.netns /dev/zero is a character device, not a namespace"),
+                device.error().message);
 }

@@ -293,7 +293,7 @@ TEST_CASE("validation of the process, stress and cgroup specs") {
   auto* s = pause.mutable_process_pause()->mutable_process();
   CHECK(contains(field(pause), "process.pid: no process selector"));
   s->set_cmdline("([");
-  CHECK(contains(field(pause), "process.cmdline: '([' is not a regular expression"));
+  CHECK(contains(field(pause), "process.cmdline: '([' is not a valid regular expression"));
   s->set_cgroup("/a/../b");
   CHECK(contains(field(pause), "process.cgroup:"));
   s->set_pidfile("run/x.pid");

@@ -1,0 +1,107 @@
+#include "controller/server/limits.h"
+
+#include <initializer_list>
+
+#include <fmt/format.h>
+
+namespace faultline::controller {
+namespace {
+
+std::optional<std::string> tooMany(std::string_view field, size_t count, size_t limit) {
+  if (count <= limit) {
+    return std::nullopt;
+  }
+  return fmt::format("{}: {} entries, more than the {} accepted", field, count, limit);
+}
+
+// A string, its field's name and its limit.
+struct Bounded {
+  std::string_view field;
+  std::string_view text;
+  size_t limit;
+};
+
+std::optional<std::string> firstOver(std::initializer_list<Bounded> strings) {
+  for (const auto& s : strings) {
+    if (auto e = overLimit(s.field, s.text, s.limit)) {
+      return e;
+    }
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+std::optional<std::string> overLimit(std::string_view field, std::string_view text, size_t limit) {
+  if (text.size() <= limit) {
+    return std::nullopt;
+  }
+  return fmt::format("{}: {} bytes, more than the {} accepted", field, text.size(), limit);
+}
+
+std::optional<std::string> overLimits(const v1::Hello& hello) {
+  if (auto e = firstOver({{"Hello.agent_id", hello.agent_id(), kMaxIdBytes},
+                          {"Hello.hostname", hello.hostname(), kMaxHostnameBytes},
+                          {"Hello.version", hello.version(), kMaxVersionBytes},
+                          {"Hello.kernel_release", hello.kernel_release(), kMaxVersionBytes}})) {
+    return e;
+  }
+  if (auto e = tooMany("Hello.labels", static_cast<size_t>(hello.labels().size()), kMaxLabels)) {
+    return e;
+  }
+  size_t labelBytes = 0;
+  for (const auto& [key, value] : hello.labels()) {
+    labelBytes += key.size() + value.size();
+  }
+  if (labelBytes > kMaxLabelBytes) {
+    return fmt::format("Hello.labels: {} bytes of keys and values, more than the {} accepted", labelBytes,
+                       kMaxLabelBytes);
+  }
+  if (auto e = tooMany("Hello.active_faults", static_cast<size_t>(hello.active_faults().size()), kMaxHeldFaults)) {
+    return e;
+  }
+  for (const auto& held : hello.active_faults()) {
+    if (auto e = overLimits(held)) {
+      return "Hello.active_faults: " + *e;
+    }
+  }
+  return std::nullopt;
+}
+
+std::optional<std::string> overLimits(const v1::FaultReport& report) {
+  if (auto e = firstOver({{"FaultReport.fault_id", report.fault_id(), kMaxIdBytes},
+                          {"FaultReport.error", report.error(), kMaxReportTextBytes},
+                          {"FaultReport.detail", report.detail(), kMaxReportTextBytes}})) {
+    return e;
+  }
+  return tooMany("FaultReport.processes", static_cast<size_t>(report.processes().size()), kMaxReportProcesses);
+}
+
+std::optional<std::string> overLimits(const v1::SubmitRunRequest& request) {
+  if (auto e = firstOver({{"experiment", request.experiment(), kMaxExperimentBytes},
+                          {"file_name", request.file_name(), kMaxFileNameBytes},
+                          {"trigger", request.trigger(), kMaxTriggerBytes}})) {
+    return e;
+  }
+  if (auto e = tooMany("variables", static_cast<size_t>(request.variables().size()), kMaxVariables)) {
+    return e;
+  }
+  for (const auto& [name, value] : request.variables()) {
+    if (auto e = overLimit("variables (a name)", name, kMaxVariableNameBytes)) {
+      return e;
+    }
+    if (auto e = overLimit(fmt::format("variables.{}", name), value, kMaxVariableValueBytes)) {
+      return e;
+    }
+  }
+  return std::nullopt;
+}
+
+std::string forLog(std::string_view text) {
+  if (text.size() <= kMaxLoggedBytes) {
+    return std::string(text);
+  }
+  return fmt::format("{}... ({} bytes)", text.substr(0, kMaxLoggedBytes), text.size());
+}
+
+}  // namespace faultline::controller

@@ -1,0 +1,41 @@
+// controller/server/limits.h: the bounds on what peers send, checked without a server (the e2e test
+// sends over-large messages to a real controller).
+#include <string>
+
+#include <doctest/doctest.h>
+
+#include "controller/server/limits.h"
+
+using namespace faultline::controller;
+namespace v1 = faultline::v1;
+
+TEST_CASE("a Hello within bounds passes; each bound names the field, the size and the limit") {
+  v1::Hello h;
+  h.set_agent_id("web-1");
+  (*h.mutable_labels())["role"] = "web";
+  CHECK_FALSE(overLimits(h).has_value());
+  h.set_agent_id(std::string(129, 'a'));
+  CHECK(overLimits(h) == "Hello.agent_id: 129 bytes, more than the 128 accepted");
+  h.set_agent_id("web-1");
+  h.set_kernel_release(std::string(200, 'k'));
+  CHECK(overLimits(h) == "Hello.kernel_release: 200 bytes, more than the 128 accepted");
+  h.clear_kernel_release();
+  h.add_active_faults()->set_error(std::string(kMaxReportTextBytes + 1, 'e'));
+  CHECK(overLimits(h) == "Hello.active_faults: FaultReport.error: 65537 bytes, more than the 65536 accepted");
+}
+
+TEST_CASE("SubmitRun: trigger and a variable's value are bounded too") {
+  v1::SubmitRunRequest r;
+  r.set_experiment("apiVersion: faultline/v1\n");
+  r.set_trigger(std::string(65, 't'));
+  CHECK(overLimits(r) == "trigger: 65 bytes, more than the 64 accepted");
+  r.clear_trigger();
+  (*r.mutable_variables())["TOKEN"] = std::string(kMaxVariableValueBytes + 1, 'v');
+  CHECK(overLimits(r) == "variables.TOKEN: 65537 bytes, more than the 65536 accepted");
+}
+
+TEST_CASE("log lines quote at most 200 bytes of a remote string") {
+  CHECK(forLog("host-1") == "host-1");
+  const std::string logged = forLog(std::string(5000, 'h'));
+  CHECK(logged == std::string(200, 'h') + "... (5000 bytes)");
+}
