@@ -14,6 +14,7 @@
 #include "agent/faults/spec.h"
 #include "controller/engine/engine.h"
 #include "tests/fakes/fake_fleet.h"
+#include "tests/support/agent_ids.h"
 
 using namespace faultline;
 using namespace faultline::controller;
@@ -249,11 +250,7 @@ TEST_CASE("engine: count(n) picks n hosts") {
 namespace {
 
 std::vector<std::string> idsOf(const ResolvedTargets& r) {
-  std::vector<std::string> out;
-  for (const auto& a : r.hosts) {
-    out.push_back(a.agent_id());
-  }
-  return out;
+  return testing::agentIds(r.hosts);
 }
 
 }  // namespace

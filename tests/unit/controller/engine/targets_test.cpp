@@ -10,6 +10,7 @@
 #include <doctest/doctest.h>
 
 #include "controller/engine/targets.h"
+#include "tests/support/agent_ids.h"
 
 using namespace faultline;
 using namespace faultline::controller;
@@ -29,11 +30,7 @@ std::vector<v1::AgentInfo> agentsNamed(std::initializer_list<const char*> ids, c
 }
 
 std::vector<std::string> idsOf(const ResolvedTargets& r) {
-  std::vector<std::string> out;
-  for (const auto& a : r.hosts) {
-    out.push_back(a.agent_id());
-  }
-  return out;
+  return testing::agentIds(r.hosts);
 }
 
 }  // namespace
