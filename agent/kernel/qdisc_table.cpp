@@ -3,6 +3,7 @@
 // probe of the qdisc kinds and the restorability of each kind.
 #include "agent/kernel/qdisc_table.h"
 #include "agent/kernel/qdisc_table_internal.h"
+#include "agent/kernel/spec_files.h"
 #include "common/unique_fd.h"
 
 #include <fcntl.h>
@@ -568,12 +569,14 @@ tl::expected<std::unique_ptr<QdiscTable>, std::error_code> openQdiscTable(const 
   if (original.get() < 0) {
     return fail(errno);
   }
-  UniqueFd target(::open(netnsPath.c_str(), O_RDONLY | O_CLOEXEC));
-  if (target.get() < 0) {
-    return fail(errno);
+  // Opened without blocking and checked to be a network namespace (a FIFO or device named here
+  // is refused at once, never waited on).
+  auto target = openNetnsFile(netnsPath);
+  if (!target) {
+    return tl::unexpected(target.error().code);
   }
-  if (::setns(target.get(), CLONE_NEWNET) != 0) {
-    return fail(errno);  // EINVAL: not a network namespace; EPERM: no CAP_SYS_ADMIN
+  if (::setns(target->get(), CLONE_NEWNET) != 0) {
+    return fail(errno);  // EPERM: no CAP_SYS_ADMIN
   }
   auto sock = connectRtnetlink();  // the socket stays in the namespace it was created in
   if (::setns(original.get(), CLONE_NEWNET) != 0) {

@@ -34,6 +34,7 @@
 #include "agent/session/agent.h"
 #include "tests/support/check_cost.h"
 #include "tests/support/dying_agent.h"
+#include "tests/support/fifo.h"
 #include "tests/support/netns.h"
 #include "tests/support/text.h"
 
@@ -442,4 +443,16 @@ TEST_CASE_FIXTURE(NetnsFixture, "lost(): the root deleted is named; one check co
                          "fa17: (someone deleted it)"),
                 *lost);
   REQUIRE((*applied)->revert().has_value());  // the default it found is what it saved
+}
+
+TEST_CASE("openQdiscTable: a FIFO or a regular file named as the netns is refused at once (EINVAL), never waited on") {
+  faultline::testing::TempFifo fifo;
+  const auto [table, took] = fifo.callWithin(2s, [&] { return kernel::openQdiscTable(fifo.path()); });
+  MESSAGE("a FIFO as netns refused in ", std::chrono::duration_cast<std::chrono::microseconds>(took).count(), " us");
+  CHECK(took < 100ms);
+  REQUIRE_FALSE(table.has_value());
+  CHECK(table.error() == std::errc::invalid_argument);
+  auto proc = kernel::openQdiscTable("/proc/self/stat");
+  REQUIRE_FALSE(proc.has_value());
+  CHECK(proc.error() == std::errc::invalid_argument);
 }
