@@ -3,6 +3,7 @@
 // state and its changes) and openPacketSteering(), which picks the backend.
 #include "agent/kernel/packet_steering.h"
 #include "agent/kernel/packet_steering_internal.h"
+#include "agent/kernel/spec_files.h"
 
 #include <fcntl.h>
 #include <linux/capability.h>
@@ -273,10 +274,12 @@ tl::expected<std::unique_ptr<PacketSteering>, std::error_code> openPacketSteerin
                                                                                   const std::string& netns) {
   int fd = -1;
   if (!netns.empty()) {
-    fd = ::open(netns.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-      return tl::unexpected(errnoCode(errno));
+    // Without blocking and checked to be a network namespace: a FIFO named here is refused at once.
+    auto opened = openNetnsFile(netns);
+    if (!opened) {
+      return tl::unexpected(opened.error().code);
     }
+    fd = opened->release();
     // setns() on a short-lived thread: EINVAL when fd is no network namespace.
     const int entered = onThreadIn<int>(
         fd, [] { return 0; }, [](int e) { return e; });

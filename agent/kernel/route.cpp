@@ -1,4 +1,5 @@
 #include "agent/kernel/route.h"
+#include "agent/kernel/spec_files.h"
 
 #include <fcntl.h>
 #include <linux/rtnetlink.h>
@@ -117,10 +118,11 @@ tl::expected<T, std::error_code> inNamespace(const std::string& netnsPath,
   if (netnsPath.empty()) {
     return lookup();
   }
-  const int fd = ::open(netnsPath.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
-  if (fd < 0) {
-    return tl::unexpected(errnoCode(errno));
+  auto opened = openNetnsFile(netnsPath);  // typed and non-blocking: a FIFO is refused at once
+  if (!opened) {
+    return tl::unexpected(opened.error().code);
   }
+  const int fd = opened->release();
   tl::expected<T, std::error_code> result = tl::unexpected(errnoCode(EINTR));
   // Only this thread enters the namespace; it ends there, and the caller's thread never moves.
   std::thread worker([&] {

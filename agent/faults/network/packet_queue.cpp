@@ -40,6 +40,7 @@
 #include "agent/faults/network/netem_dist.h"
 #include "agent/faults/spec.h"
 #include "agent/kernel/packet_steering.h"
+#include "agent/kernel/spec_files.h"
 #include "common/unique_fd.h"
 
 namespace faultline::agent {
@@ -265,12 +266,12 @@ tl::expected<void, ErrorPair> inNamespace(const std::string& netns,
   if (netns.empty()) {
     return make();
   }
-  const int fd = ::open(netns.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
-  if (fd < 0) {
-    const int e = errno;
+  auto opened = kernel::openNetnsFile(netns);  // typed and non-blocking: a FIFO is refused at once
+  if (!opened) {
     return tl::unexpected(
-        ErrorPair{errnoCode(e), fmt::format("cannot open network namespace {}: {}", netns, std::strerror(e))});
+        ErrorPair{opened.error().code, fmt::format("network namespace {} {}", netns, opened.error().why)});
   }
+  const int fd = opened->release();
   tl::expected<void, ErrorPair> result;
   std::thread worker([&] {
     if (::setns(fd, CLONE_NEWNET) != 0) {

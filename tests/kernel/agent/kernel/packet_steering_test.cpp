@@ -34,6 +34,7 @@
 #include "agent/kernel/packet_steering.h"
 #include "common/unique_fd.h"
 #include "tests/support/check_cost.h"
+#include "tests/support/fifo.h"
 #include "tests/support/netns.h"
 #include "tests/support/text.h"
 
@@ -667,4 +668,15 @@ TEST_CASE_FIXTURE(Steering,
   REQUIRE(all.size() == 1);
   CHECK_MESSAGE(contains(all[0], "none of its rules is left: "), all[0]);
   REQUIRE(steering->remove(5).has_value());
+}
+
+TEST_CASE("openPacketSteering: a FIFO named as the netns is refused at once (EINVAL), never waited on") {
+  using namespace std::chrono_literals;
+  testing::TempFifo fifo;
+  for (const auto backend : {SteeringBackend::kNftables, SteeringBackend::kXtables}) {
+    const auto [steering, took] = fifo.callWithin(2s, [&] { return kernel::openPacketSteering(backend, fifo.path()); });
+    CHECK(took < 100ms);
+    REQUIRE_FALSE(steering.has_value());
+    CHECK(steering.error() == std::errc::invalid_argument);
+  }
 }
