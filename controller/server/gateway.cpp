@@ -627,23 +627,28 @@ std::set<std::string> Gateway::reconcile(const std::string& agentId, const std::
 }
 
 void Gateway::heartbeatLoop() {
-  // Wakes often enough for both the heartbeats and the Hello timeout.
-  const auto tick =
-      std::min(options_.heartbeatInterval, std::max(options_.helloTimeout / 4, std::chrono::milliseconds{10}));
-  auto nextBeat = std::chrono::steady_clock::now() + options_.heartbeatInterval;
+  // Two deadlines: the next heartbeat (every heartbeatInterval, never later) and the next look for
+  // streams without Hello (a quarter of the Hello timeout).
+  using Clock = std::chrono::steady_clock;
+  const auto helloCheck = std::max(options_.helloTimeout / 4, std::chrono::milliseconds{10});
+  auto nextBeat = Clock::now() + options_.heartbeatInterval;
+  auto nextHelloCheck = Clock::now() + helloCheck;
   std::unique_lock lock(mutex_);
   while (!stopping_) {
-    changed_.wait_for(lock, tick, [&] { return stopping_; });
+    changed_.wait_until(lock, std::min(nextBeat, nextHelloCheck), [&] { return stopping_; });
     if (stopping_) {
       break;
     }
-    lock.unlock();
-    expireSilentStreams();
-    lock.lock();
-    if (std::chrono::steady_clock::now() < nextBeat) {
+    if (Clock::now() >= nextHelloCheck) {
+      lock.unlock();
+      expireSilentStreams();
+      lock.lock();
+      nextHelloCheck = Clock::now() + helloCheck;
+    }
+    if (Clock::now() < nextBeat) {
       continue;
     }
-    nextBeat = std::chrono::steady_clock::now() + options_.heartbeatInterval;
+    nextBeat = Clock::now() + options_.heartbeatInterval;
     std::vector<std::shared_ptr<Connection>> conns;
     for (const auto& [id, c] : agents_) {
       conns.push_back(c);

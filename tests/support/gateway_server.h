@@ -63,6 +63,8 @@ class AgentStream {
     m.mutable_report()->set_state(state);
     return write(m);
   }
+  // The next message, heartbeats included; false when the stream ended.
+  bool readRaw(v1::ControllerMessage& m) { return stream_->Read(&m); }
   // The next message that is not a heartbeat; false when the stream ended.
   bool next(v1::ControllerMessage& m) {
     do {

@@ -173,3 +173,26 @@ TEST_CASE("the fleet is bounded: a Hello beyond maxAgents is refused with RESOUR
   CHECK(s.gateway.agents().size() == 2);
   CHECK(controller::kDefaultMaxAgents == 10'000);
 }
+
+TEST_CASE("heartbeats keep their interval whatever the Hello timeout's checks") {
+  controller::GatewayOptions options;
+  options.heartbeatInterval = 300ms;
+  options.helloTimeout = 1000ms;  // checked every 250 ms
+  GatewayServer s(options);
+  AgentStream agent(plaintext(s));
+  REQUIRE(agent.hello("web-1"));
+  REQUIRE(agent.welcomed());
+  const auto start = std::chrono::steady_clock::now();
+  int beats = 0;
+  v1::ControllerMessage m;
+  v1::AgentMessage beat;
+  beat.mutable_heartbeat();
+  while (beats < 4) {
+    REQUIRE(agent.write(beat));  // the controller's side of the lease: it hears the agent
+    REQUIRE(agent.readRaw(m));
+    beats += m.has_heartbeat() ? 1 : 0;
+  }
+  const auto took = std::chrono::steady_clock::now() - start;
+  CHECK(took >= 4 * 300ms - 50ms);
+  CHECK(took < 4 * 300ms + 400ms);  // one heartbeat per interval, not per two checks (4 x 500 ms)
+}
