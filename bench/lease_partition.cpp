@@ -117,16 +117,17 @@ int main(int argc, char** argv) {
       return 1;
     }
   }
+  // Plaintext across the bench's own veth pair: both ends need --insecure (agent/session/tls.h).
   const std::string address = "10.231.0.1:7443";
   const std::string controllerLog = dir + "/controller.log";
   const std::string agentLog = dir + "/agent.log";
   pid_t controller = spawnIn(c.path(),
                              {FAULTLINE_BIN, "controller", "--listen", address, "--db", dir + "/c.db", "--lease",
-                              fmt::format("{}ms", lease.count())},
+                              fmt::format("{}ms", lease.count()), "--insecure"},
                              controllerLog);
   pid_t agent = spawnIn(a.path(),
                         {FAULTLINE_AGENT_BIN, "--controller", address, "--id", "bench-partition", "--label",
-                         "role=partition", "--state-dir", dir + "/agent"},
+                         "role=partition", "--state-dir", dir + "/agent", "--insecure"},
                         agentLog);
   {
     std::ofstream f(dir + "/long.yaml");

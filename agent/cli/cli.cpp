@@ -21,6 +21,7 @@
 #include "agent/safety/recovery.h"
 #include "agent/safety/revert_all.h"
 #include "agent/session/runtime.h"
+#include "agent/session/tls.h"
 
 namespace faultline::agent {
 namespace {
@@ -118,7 +119,22 @@ int agentMain(int argc, char** argv) {
   app.add_option("--controller", options.controller, "controller address, HOST:PORT (required to run the agent)");
   app.add_option("--label", labels, "a label of this host, KEY=VALUE (repeatable); experiments select agents by label")
       ->allow_extra_args(false);
-  app.add_option("--id", options.agentId, "agent id, unique in the fleet")->capture_default_str();
+  auto* idOption = app.add_option("--id", options.agentId,
+                                  "agent id, unique in the fleet; with --cert it must be the certificate's common "
+                                  "name (CN), which is the default then")
+                       ->capture_default_str();
+  TlsFiles tls;
+  bool insecure = false;
+  app.add_option("--ca", tls.ca,
+                 "PEM file of the CA the controller's certificate must chain to (mTLS, with --cert and --key); "
+                 "without the three the agent dials only a loopback address or unix:PATH in plaintext");
+  app.add_option("--cert", tls.cert, "PEM file of this agent's certificate (its CN is the agent's id)");
+  app.add_option("--key", tls.key, "PEM file of this agent's private key (unencrypted; keep it 0600)");
+  app.add_option("--controller-name", options.controllerName,
+                 "the name the controller's certificate must carry, when it is not the HOST of --controller");
+  app.add_flag("--insecure", insecure,
+               "dial a controller that is not local in plaintext (no --ca/--cert/--key): anyone who takes its "
+               "address could command this host; warned at every start");
   app.add_option("--state-dir", stateDir, "directory for the agent's state")->capture_default_str();
   app.add_option("--network-driver", options.networkDriver,
                  "driver of network.delay, loss, duplicate, corrupt, reorder and partition: netem (tc qdiscs; needs "
@@ -166,6 +182,36 @@ int agentMain(int argc, char** argv) {
     std::cerr << "faultline-agent: --controller: " << bad << "\n";
     return 4;
   }
+  if (!tls.empty()) {
+    auto pem = loadTlsFiles(tls, {"--ca", "--cert", "--key"});
+    if (!pem) {
+      std::cerr << "faultline-agent: " << pem.error() << "\n";
+      return 4;
+    }
+    if (idOption->count() == 0) {
+      options.agentId = pem->commonName;
+    } else if (options.agentId != pem->commonName) {
+      std::cerr << "faultline-agent: --id '" << options.agentId << "' differs from the common name '" << pem->commonName
+                << "' of --cert " << tls.cert
+                << "; the controller takes an agent's id from its certificate: leave --id out or give that name\n";
+      return 4;
+    }
+    options.credentials = agentChannelCredentials(*pem);
+  } else if (!options.controllerName.empty()) {
+    std::cerr << "faultline-agent: --controller-name needs --ca, --cert and --key (it names the controller's "
+                 "certificate)\n";
+    return 4;
+  }
+  if (auto refused = plaintextRefusal(options.controller, !tls.empty(), insecure, "controller"); !refused.empty()) {
+    std::cerr << "faultline-agent: " << refused << "\n";
+    return 4;
+  }
+  if (tls.empty() && !isLocalAddress(options.controller)) {
+    spdlog::warn(
+        "--insecure: dialing controller {} in plaintext; anyone who takes that address can command this host "
+        "(give --ca, --cert and --key)",
+        options.controller);
+  }
   if (auto bad = parseLabels(labels, options.labels); !bad.empty()) {
     std::cerr << "faultline-agent: --label: " << bad << "\n";
     return 4;
@@ -203,7 +249,8 @@ int agentMain(int argc, char** argv) {
     std::cerr << "faultline-agent: --state-dir: " << journal.error().message << "\n";
     return 3;
   }
-  spdlog::info("faultline-agent {} ({}) connecting to {}", options.agentId, options.hostname, options.controller);
+  spdlog::info("faultline-agent {} ({}) connecting to {} ({})", options.agentId, options.hostname, options.controller,
+               options.credentials ? "mTLS" : "plaintext");
   AgentRuntime runtime(std::move(options), true, std::move(*journal), std::move(policy));
   runtime.runUntilSignal();
   return 0;

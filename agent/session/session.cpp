@@ -220,7 +220,11 @@ void Session::connect() {
   args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 10'000);
   args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 5'000);
   args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
-  auto channel = grpc::CreateCustomChannel(options_.controller, grpc::InsecureChannelCredentials(), args);
+  if (options_.credentials && !options_.controllerName.empty()) {
+    args.SetSslTargetNameOverride(options_.controllerName);
+  }
+  auto channel = grpc::CreateCustomChannel(
+      options_.controller, options_.credentials ? options_.credentials : grpc::InsecureChannelCredentials(), args);
   auto stream = std::make_shared<Stream>(*this, v1::AgentGateway::NewStub(channel));
   stream_ = stream;
   welcomed_ = false;

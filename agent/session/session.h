@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include <grpcpp/security/credentials.h>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/steady_timer.hpp>
 
@@ -21,7 +22,12 @@
 namespace faultline::agent {
 
 struct SessionOptions {
-  std::string controller;  // HOST:PORT
+  std::string controller;  // HOST:PORT or unix:PATH
+  // mTLS (agentChannelCredentials(), agent/session/tls.h); null: plaintext.
+  std::shared_ptr<grpc::ChannelCredentials> credentials;
+  // The name the controller's certificate must carry when it is not controller's HOST (gRPC's
+  // ssl_target_name_override); "" for HOST. Used with credentials only.
+  std::string controllerName;
   std::string agentId;
   std::string hostname;
   std::map<std::string, std::string> labels;

@@ -32,9 +32,12 @@ int cliMain(int argc, char** argv) {
   app.require_subcommand(1);
   app.set_version_flag("--version", std::string("faultline ") + agent::agentVersion());
 
+  agent::TlsFiles clientTls;
+  addClientTlsOptions(app, clientTls);
+  app.fallthrough();  // the TLS options may follow the subcommand too
   std::unique_ptr<Command> commands[] = {makeRunCommand(),    makeValidateCommand(), makeControllerCommand(),
                                          makeAgentsCommand(), makeHaltCommand(),     makeRunsCommand(),
-                                         makeShowCommand()};
+                                         makeShowCommand(),   makeCertsCommand()};
   std::vector<std::pair<CLI::App*, Command*>> added;
   for (auto& command : commands) {
     added.emplace_back(command->add(app), command.get());
@@ -56,6 +59,13 @@ int cliMain(int argc, char** argv) {
     const int code = app.exit(e);
     return code == 0 ? 0 : kExitUsage;
   }
+
+  auto credentials = clientChannelCredentials(clientTls);
+  if (!credentials) {
+    std::cerr << "faultline: " << credentials.error() << "\n";
+    return kExitUsage;
+  }
+  useClientCredentials(std::move(*credentials));
 
   for (const auto& [sub, command] : added) {
     if (*sub) {

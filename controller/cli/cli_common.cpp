@@ -69,8 +69,52 @@ std::string clock(const google::protobuf::Timestamp& t) {
   return fmt::format("{:02}:{:02}:{:02}.{:03}", tm.tm_hour, tm.tm_min, tm.tm_sec, t.nanos() / 1'000'000);
 }
 
+namespace {
+std::shared_ptr<grpc::ChannelCredentials> gCredentials;  // set once by cliMain, before any command runs
+}  // namespace
+
 std::unique_ptr<v1::Control::Stub> controlStub(const std::string& address) {
-  return v1::Control::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  return v1::Control::NewStub(
+      grpc::CreateChannel(address, gCredentials ? gCredentials : grpc::InsecureChannelCredentials()));
+}
+
+void addClientTlsOptions(CLI::App& app, agent::TlsFiles& files) {
+  app.add_option("--ca", files.ca,
+                 "PEM file of the CA the controller's certificate must chain to: talk TLS to a controller started "
+                 "with --tls-*");
+  app.add_option("--cert", files.cert, "PEM file of this client's certificate (with --key and --ca)");
+  app.add_option("--key", files.key, "PEM file of this client's private key (with --cert and --ca)");
+}
+
+tl::expected<std::shared_ptr<grpc::ChannelCredentials>, std::string> clientChannelCredentials(
+    const agent::TlsFiles& files) {
+  if (files.empty()) {
+    return nullptr;
+  }
+  if (files.ca.empty() || files.cert.empty() != files.key.empty()) {
+    return tl::unexpected(std::string("--ca is needed for TLS, and --cert and --key go together"));
+  }
+  grpc::SslCredentialsOptions options;
+  if (files.cert.empty()) {
+    auto ca = agent::readPemFile("--ca", files.ca);
+    if (!ca) {
+      return tl::unexpected(ca.error());
+    }
+    options.pem_root_certs = std::move(*ca);
+  } else {
+    auto pem = agent::loadTlsFiles(files, {"--ca", "--cert", "--key"});
+    if (!pem) {
+      return tl::unexpected(pem.error());
+    }
+    options.pem_root_certs = pem->ca;
+    options.pem_cert_chain = pem->cert;
+    options.pem_private_key = pem->key;
+  }
+  return grpc::SslCredentials(options);
+}
+
+void useClientCredentials(std::shared_ptr<grpc::ChannelCredentials> credentials) {
+  gCredentials = std::move(credentials);
 }
 
 int rpcError(const std::string& what, const std::string& address, const grpc::Status& s) {

@@ -19,6 +19,7 @@
 #include <grpcpp/grpcpp.h>
 #include <CLI/CLI.hpp>
 
+#include "agent/session/tls.h"
 #include "controller/experiment/experiment.h"
 #include "faultline/v1/control.grpc.pb.h"
 
@@ -44,6 +45,7 @@ class Command {
 [[nodiscard]] std::unique_ptr<Command> makeHaltCommand();
 [[nodiscard]] std::unique_ptr<Command> makeRunsCommand();
 [[nodiscard]] std::unique_ptr<Command> makeShowCommand();
+[[nodiscard]] std::unique_ptr<Command> makeCertsCommand();
 
 // What several commands share (cli_common.cpp).
 
@@ -60,8 +62,19 @@ inline constexpr const char* kVarHelp =
 void routeGrpcLogs();
 // HH:MM:SS.mmm of t in local time.
 [[nodiscard]] std::string clock(const google::protobuf::Timestamp& t);
-// A Control stub for a controller address (HOST:PORT or unix:PATH).
+// A Control stub for a controller address (HOST:PORT or unix:PATH), over TLS when the CLI was
+// given --ca (useClientCredentials()).
 [[nodiscard]] std::unique_ptr<v1::Control::Stub> controlStub(const std::string& address);
+// The CLI's TLS options (--ca FILE, and --cert FILE --key FILE for a client certificate), on the
+// top-level command: `faultline --ca ca.crt agents`, or after the subcommand (fallthrough).
+void addClientTlsOptions(CLI::App& app, agent::TlsFiles& files);
+// SSL channel credentials from those options: the CA the controller's certificate must chain to,
+// and the client certificate when --cert and --key are given (both or neither). nullptr when no
+// option was given (plaintext). errors: the option, the file and the problem.
+[[nodiscard]] tl::expected<std::shared_ptr<grpc::ChannelCredentials>, std::string> clientChannelCredentials(
+    const agent::TlsFiles& files);
+// The credentials controlStub() uses from now on (nullptr: plaintext). Called once, after parsing.
+void useClientCredentials(std::shared_ptr<grpc::ChannelCredentials> credentials);
 // Prints what failed (an unreachable controller named as such) and returns the exit code: 4 for
 // INVALID_ARGUMENT and NOT_FOUND, else 3.
 int rpcError(const std::string& what, const std::string& address, const grpc::Status& s);

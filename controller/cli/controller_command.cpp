@@ -7,6 +7,7 @@
 #include "agent/faults/spec.h"
 #include "controller/cli/command.h"
 #include "controller/server/controller.h"
+#include "controller/server/tls.h"
 
 namespace faultline::controller::cli {
 namespace {
@@ -34,7 +35,20 @@ class ControllerCommand final : public Command {
   CLI::App* add(CLI::App& app) override {
     options_.dbPath = "/var/lib/faultline/controller.db";
     auto* cmd = app.add_subcommand("controller", "run the controller: agents dial it, the CLI submits runs to it");
-    cmd->add_option("--listen", options_.listen, "address to listen on, HOST:PORT")->capture_default_str();
+    cmd->add_option("--listen", options_.listen,
+                    "address to listen on, HOST:PORT or unix:PATH; without --tls-* only a loopback address or "
+                    "unix:PATH (or --insecure)")
+        ->capture_default_str();
+    cmd->add_option("--tls-cert", options_.tls.cert,
+                    "PEM file of the controller's certificate: the listen port speaks TLS (with --tls-key and "
+                    "--tls-ca)");
+    cmd->add_option("--tls-key", options_.tls.key, "PEM file of the controller's private key (unencrypted)");
+    cmd->add_option("--tls-ca", options_.tls.ca,
+                    "PEM file of the CA whose certificates agents (and CLI clients) present; an agent's id is its "
+                    "certificate's common name, an agent without one is refused");
+    cmd->add_flag("--insecure", options_.insecure,
+                  "serve plaintext on an address that is neither loopback nor unix:PATH: anyone who reaches it can "
+                  "register as an agent and command the fleet; warned at every start");
     cmd->add_option("--db", options_.dbPath, "SQLite file for run records")->capture_default_str();
     cmd->add_option("--lease", leaseText_, "agents revert every fault after this long without word from the controller")
         ->capture_default_str();
@@ -49,6 +63,16 @@ class ControllerCommand final : public Command {
     options_.lease = std::chrono::duration_cast<std::chrono::milliseconds>(*lease);
     if (auto bad = checkAddress(options_.listen, true); !bad.empty()) {
       std::cerr << "faultline controller: --listen: " << bad << "\n";
+      return kExitUsage;
+    }
+    if (!options_.tls.empty()) {
+      if (auto tls = serverCredentials(options_.tls); !tls) {
+        std::cerr << "faultline controller: " << tls.error() << "\n";
+        return kExitUsage;
+      }
+    }
+    if (auto refused = listenRefusal(options_); !refused.empty()) {
+      std::cerr << "faultline controller: " << refused << "\n";
       return kExitUsage;
     }
     return controllerCommand(options_);

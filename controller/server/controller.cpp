@@ -27,6 +27,7 @@
 #include "controller/probes/probe.h"
 #include "controller/report/run_format.h"
 #include "controller/server/limits.h"
+#include "controller/server/tls.h"
 #include "controller/store/store.h"
 #include "faultline/v1/control.grpc.pb.h"
 
@@ -165,7 +166,9 @@ grpc::ServerUnaryReactor* finishNow(grpc::CallbackServerContext* ctx, const grpc
 struct Controller::Impl final : v1::Control::CallbackService {
   explicit Impl(ControllerOptions o)
       : options(std::move(o)),
-        gateway(GatewayOptions{options.lease, std::max(options.lease / 5, std::chrono::milliseconds{100})}) {}
+        gateway(GatewayOptions{.lease = options.lease,
+                               .heartbeatInterval = std::max(options.lease / 5, std::chrono::milliseconds{100}),
+                               .requireClientCertificate = !options.tls.empty()}) {}
 
   ControllerOptions options;
   Gateway gateway;
@@ -495,6 +498,10 @@ struct Controller::Impl final : v1::Control::CallbackService {
   }
 };
 
+std::string listenRefusal(const ControllerOptions& options) {
+  return agent::plaintextRefusal(options.listen, !options.tls.empty(), options.insecure, "listen");
+}
+
 Controller::Controller(ControllerOptions options) : impl_(std::make_unique<Impl>(std::move(options))) {}
 
 Controller::~Controller() {
@@ -544,6 +551,22 @@ std::string checkBindable(const std::string& listen) {
 }  // namespace
 
 int Controller::start() {
+  if (auto refused = listenRefusal(impl_->options); !refused.empty()) {
+    throw std::runtime_error(refused);
+  }
+  std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
+  if (!impl_->options.tls.empty()) {
+    auto tls = serverCredentials(impl_->options.tls);
+    if (!tls) {
+      throw std::runtime_error(tls.error());
+    }
+    credentials = *tls;
+  } else if (!agent::isLocalAddress(impl_->options.listen)) {
+    spdlog::warn(
+        "--insecure: serving plaintext on {}: anyone who reaches it can register as an agent and command the "
+        "fleet (give --tls-cert, --tls-key and --tls-ca)",
+        impl_->options.listen);
+  }
   if (auto bad = checkBindable(impl_->options.listen); !bad.empty()) {
     throw std::runtime_error(bad);
   }
@@ -573,7 +596,7 @@ int Controller::start() {
       });
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(impl_->options.listen, grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort(impl_->options.listen, credentials, &port);
   builder.RegisterService(&impl_->gateway);
   builder.RegisterService(impl_.get());
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
@@ -587,8 +610,8 @@ int Controller::start() {
     throw std::runtime_error(
         fmt::format("cannot listen on {} (address in use, or not an address of this host?)", impl_->options.listen));
   }
-  spdlog::info("controller listening on {} (port {}), records in {}", impl_->options.listen, port,
-               impl_->options.dbPath);
+  spdlog::info("controller listening on {} (port {}, {}), records in {}", impl_->options.listen, port,
+               impl_->options.tls.empty() ? "plaintext" : "mTLS", impl_->options.dbPath);
   return port;
 }
 

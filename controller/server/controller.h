@@ -6,6 +6,7 @@
 #include <memory>
 #include <string>
 
+#include "agent/session/tls.h"
 #include "controller/server/gateway.h"
 
 namespace faultline::controller {
@@ -18,7 +19,16 @@ struct ControllerOptions {
   // left unfinished had its faults reverted by the crash recovery of the next run --local on the
   // same state directory (no agent of its own outlived it to let a lease expire).
   bool local = false;
+  // mTLS on the listen port (--tls-cert, --tls-key, --tls-ca; all three or none): agents must
+  // present a certificate from tls.ca, and their id is its common name (server/tls.h).
+  agent::TlsFiles tls{};
+  // Serve plaintext on an address that is neither loopback nor unix:PATH (warned at every start).
+  bool insecure = false;
 };
+
+// Why options.listen may not be served as given: "" when it may (TLS, a local address, or
+// --insecure); else the refusal, naming --tls-* and --insecure.
+[[nodiscard]] std::string listenRefusal(const ControllerOptions& options);
 
 class Controller {
  public:
@@ -28,8 +38,9 @@ class Controller {
   Controller& operator=(const Controller&) = delete;
 
   // Binds and starts serving. Returns the bound port (0 for unix:PATH).
-  // errors: std::runtime_error naming the errno when the address cannot be bound (checked before
-  // the database is touched); std::system_error when the database cannot be opened.
+  // errors: std::runtime_error with listenRefusal(), or a TLS file's problem (both checked first),
+  // or naming the errno when the address cannot be bound (checked before the database is
+  // touched); std::system_error when the database cannot be opened.
   int start();
   // Aborts every active run with reason and waits for them to finish (faults reverted).
   void abortAll(const std::string& reason);

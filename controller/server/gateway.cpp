@@ -8,17 +8,41 @@
 #include "agent/faults/spec.h"
 #include "agent/session/agent.h"
 #include "controller/server/limits.h"
+#include "controller/server/tls.h"
 
 namespace faultline::controller {
 
 class Gateway::Connection final : public grpc::ServerBidiReactor<v1::AgentMessage, v1::ControllerMessage> {
  public:
   Connection(Gateway& gateway, grpc::CallbackServerContext* context)
-      : gateway_(gateway), context_(context), peer_(context->peer()) {}
+      : gateway_(gateway), context_(context), peer_(context->peer()) {
+    if (auto auth = context->auth_context()) {
+      identity_ = peerIdentity(*auth);
+    }
+  }
 
   void begin(std::shared_ptr<Connection> self) {
     self_ = std::move(self);
+    if (gateway_.options_.requireClientCertificate && !identity_) {
+      spdlog::warn("refused an agent stream from {}: no client certificate from the controller's CA", peer_);
+      std::lock_guard lock(mutex_);
+      finishLocked(grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                                "this controller accepts agents only with a client certificate from its CA (--tls-ca); "
+                                "give the agent --ca, --cert and --key"));
+      return;
+    }
     StartRead(&incoming_);
+  }
+
+  // Closes a stream that sent nothing within the Hello timeout (the gateway's heartbeat thread).
+  void expire(std::chrono::milliseconds timeout) {
+    std::lock_guard lock(mutex_);
+    if (helloed_ || finishing_) {
+      return;
+    }
+    spdlog::warn("closed the stream from {}: no Hello within {} ms", peer_, timeout.count());
+    finishLocked(grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
+                              fmt::format("no Hello within {} ms of opening the stream", timeout.count())));
   }
 
   void write(const v1::ControllerMessage& msg) {
@@ -59,7 +83,10 @@ class Gateway::Connection final : public grpc::ServerBidiReactor<v1::AgentMessag
       return;
     }
     handle(incoming_);
-    StartRead(&incoming_);
+    std::lock_guard lock(mutex_);
+    if (!finishing_) {  // nothing more is read from a stream being closed
+      StartRead(&incoming_);
+    }
   }
 
   void OnDone() override {
@@ -140,10 +167,34 @@ class Gateway::Connection final : public grpc::ServerBidiReactor<v1::AgentMessag
     }
   }
 
+  // Closes the stream with status unless it said Hello; returns whether it did.
+  bool requireHello(std::string_view what) {
+    std::lock_guard lock(mutex_);
+    if (helloed_) {
+      return true;
+    }
+    spdlog::warn("closed the stream from {}: {} before Hello", peer_, what);
+    finishLocked(grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                              fmt::format("{} before Hello: an agent's first message is its Hello", what)));
+    return false;
+  }
+
   void handle(const v1::AgentMessage& msg) {
     switch (msg.msg_case()) {
       case v1::AgentMessage::kHello: {
         const auto& h = msg.hello();
+        {
+          std::lock_guard lock(mutex_);
+          if (helloed_) {
+            spdlog::warn("closed the stream of agent {} from {}: a second Hello", info_.agent_id(), peer_);
+            finishLocked(grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                                      "a second Hello on one stream; an agent says Hello once, then reconnects to "
+                                      "say it again"));
+            return;
+          }
+          helloed_ = true;
+        }
+        gateway_.named(this);
         if (auto over = overLimits(h)) {
           spdlog::warn("refused a Hello from {}: {}", peer_, *over);
           std::lock_guard lock(mutex_);
@@ -153,6 +204,17 @@ class Gateway::Connection final : public grpc::ServerBidiReactor<v1::AgentMessag
         if (h.agent_id().empty()) {
           std::lock_guard lock(mutex_);
           finishLocked(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "Hello without agent_id"));
+          return;
+        }
+        if (identity_ && h.agent_id() != identity_->commonName) {
+          spdlog::warn("refused a Hello from {}: agent_id {} differs from its certificate's common name {}", peer_,
+                       forLog(h.agent_id()), forLog(identity_->commonName));
+          std::lock_guard lock(mutex_);
+          finishLocked(grpc::Status(
+              grpc::StatusCode::PERMISSION_DENIED,
+              fmt::format("Hello.agent_id '{}' differs from the common name '{}' of the agent's certificate; an "
+                          "agent's id is its certificate's common name",
+                          forLog(h.agent_id()), forLog(identity_->commonName))));
           return;
         }
         {
@@ -182,13 +244,10 @@ class Gateway::Connection final : public grpc::ServerBidiReactor<v1::AgentMessag
         }
         spdlog::info("agent {} ({}, {}) registered from {}", h.agent_id(), forLog(h.hostname()), h.kernel_release(),
                      peer_);
-        if (auto other = gateway_.tryRegister(self_); !other.empty()) {
-          spdlog::warn("refused agent id {} from {}: already connected from {}", h.agent_id(), peer_, other);
+        if (auto refused = gateway_.tryRegister(self_); !refused.ok()) {
+          spdlog::warn("refused agent id {} from {}: {}", h.agent_id(), peer_, refused.error_message());
           std::lock_guard lock(mutex_);
-          finishLocked(grpc::Status(grpc::StatusCode::ALREADY_EXISTS,
-                                    fmt::format("agent id '{}' is already connected (from {}); give every agent a "
-                                                "unique --id",
-                                                h.agent_id(), other)));
+          finishLocked(refused);
           return;
         }
         v1::ControllerMessage welcome;
@@ -204,10 +263,18 @@ class Gateway::Connection final : public grpc::ServerBidiReactor<v1::AgentMessag
       }
       case v1::AgentMessage::kReport: {
         const auto& r = msg.report();
+        if (!requireHello("a FaultReport")) {
+          return;
+        }
         if (auto over = overLimits(r)) {
           std::lock_guard lock(mutex_);
           spdlog::warn("refused a FaultReport of agent {} from {}: {}", info_.agent_id(), peer_, *over);
           finishLocked(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, *over));
+          return;
+        }
+        if (!gateway_.wasSent(agentId(), r.fault_id())) {
+          spdlog::warn("dropped a FaultReport of agent {} from {} on fault {}: not a fault this controller sent to it",
+                       agentId(), peer_, forLog(r.fault_id()));
           return;
         }
         std::string id;
@@ -245,6 +312,9 @@ class Gateway::Connection final : public grpc::ServerBidiReactor<v1::AgentMessag
         break;
       }
       case v1::AgentMessage::kHeartbeat: {
+        if (!requireHello("a Heartbeat")) {
+          return;
+        }
         // The agent sends its queued reports right after the Welcome, before its first heartbeat:
         // a fault it held at its disconnect and has not reported on since ended on its own.
         std::set<std::string> ended;
@@ -268,6 +338,7 @@ class Gateway::Connection final : public grpc::ServerBidiReactor<v1::AgentMessag
         break;
       }
       case v1::AgentMessage::MSG_NOT_SET:
+        (void)requireHello("an empty message");
         break;
     }
   }
@@ -275,6 +346,7 @@ class Gateway::Connection final : public grpc::ServerBidiReactor<v1::AgentMessag
   Gateway& gateway_;
   grpc::CallbackServerContext* context_;  // valid until OnDone
   std::string peer_;
+  std::optional<PeerIdentity> identity_;  // from a verified client certificate (TLS)
   mutable std::mutex mutex_;
   v1::AgentMessage incoming_;
   std::deque<v1::ControllerMessage> queue_;
@@ -286,6 +358,7 @@ class Gateway::Connection final : public grpc::ServerBidiReactor<v1::AgentMessag
   std::map<std::string, v1::FailedRevert> failing_;  // reverts that failed, by fault id
   std::set<std::string> unexplained_;                // held at the last disconnect, not in Hello, not reported since
   std::chrono::steady_clock::time_point lastHeard_ = std::chrono::steady_clock::now();
+  bool helloed_ = false;  // its Hello arrived (valid or not): nothing else is a Hello now
   bool abandoned_ = false;
   bool done_ = false;        // OnDone has begun: context_ is about to go
   bool cancelling_ = false;  // abandon() is inside TryCancel
@@ -309,26 +382,80 @@ Gateway::~Gateway() {
 grpc::ServerBidiReactor<v1::AgentMessage, v1::ControllerMessage>* Gateway::Connect(
     grpc::CallbackServerContext* context) {
   auto c = std::make_shared<Connection>(*this, context);
+  {
+    std::lock_guard lock(mutex_);
+    unnamed_.emplace(c.get(), std::pair{c, std::chrono::steady_clock::now()});
+  }
   c->begin(c);
   return c.get();
 }
 
-std::string Gateway::tryRegister(const std::shared_ptr<Connection>& c) {
+void Gateway::named(Connection* c) {
+  std::lock_guard lock(mutex_);
+  unnamed_.erase(c);
+}
+
+grpc::Status Gateway::tryRegister(const std::shared_ptr<Connection>& c) {
   {
     std::lock_guard lock(mutex_);
-    auto [it, added] = agents_.emplace(c->agentId(), c);
-    if (!added && it->second != c) {
-      return it->second->peer();
+    auto it = agents_.find(c->agentId());
+    if (it != agents_.end() && it->second != c) {
+      return grpc::Status(grpc::StatusCode::ALREADY_EXISTS,
+                          fmt::format("agent id '{}' is already connected (from {}); give every agent a unique --id",
+                                      c->agentId(), it->second->peer()));
     }
+    if (it == agents_.end() && agents_.size() >= options_.maxAgents) {
+      return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                          fmt::format("this controller holds {} agents, the most it accepts; agent '{}' is refused "
+                                      "until one leaves",
+                                      agents_.size(), c->agentId()));
+    }
+    agents_.emplace(c->agentId(), c);
   }
   changed_.notify_all();
-  return "";
+  return grpc::Status::OK;
+}
+
+bool Gateway::wasSent(const std::string& agentId, const std::string& faultId) const {
+  std::lock_guard lock(mutex_);
+  auto it = sent_.find(agentId);
+  return it != sent_.end() && it->second.ids.count(faultId) > 0;
+}
+
+void Gateway::remember(const std::string& agentId, const std::string& faultId) {
+  std::lock_guard lock(mutex_);
+  auto& sent = sent_[agentId];
+  if (!sent.ids.insert(faultId).second) {
+    return;
+  }
+  sent.order.push_back(faultId);
+  if (sent.order.size() > kMaxRememberedFaultsPerAgent) {
+    sent.ids.erase(sent.order.front());
+    sent.order.pop_front();
+  }
+}
+
+void Gateway::expireSilentStreams() {
+  std::vector<std::shared_ptr<Connection>> late;
+  {
+    std::lock_guard lock(mutex_);
+    const auto now = std::chrono::steady_clock::now();
+    for (const auto& [raw, entry] : unnamed_) {
+      if (now - entry.second >= options_.helloTimeout) {
+        late.push_back(entry.first);
+      }
+    }
+  }
+  for (const auto& c : late) {
+    c->expire(options_.helloTimeout);
+  }
 }
 
 void Gateway::gone(Connection* c) {
   std::string agentId;
   {
     std::lock_guard lock(mutex_);
+    unnamed_.erase(c);
     for (auto it = agents_.begin(); it != agents_.end(); ++it) {
       if (it->second.get() == c) {
         agentId = it->first;
@@ -394,6 +521,11 @@ bool Gateway::send(const std::string& agentId, const v1::ControllerMessage& msg)
       return false;
     }
     c = it->second;
+  }
+  if (msg.has_inject()) {
+    remember(agentId, msg.inject().fault_id());
+  } else if (msg.has_revert()) {
+    remember(agentId, msg.revert().fault_id());
   }
   c->write(msg);
   return true;
@@ -495,12 +627,28 @@ std::set<std::string> Gateway::reconcile(const std::string& agentId, const std::
 }
 
 void Gateway::heartbeatLoop() {
+  // Two deadlines: the next heartbeat (every heartbeatInterval, never later) and the next look for
+  // streams without Hello (a quarter of the Hello timeout).
+  using Clock = std::chrono::steady_clock;
+  const auto helloCheck = std::max(options_.helloTimeout / 4, std::chrono::milliseconds{10});
+  auto nextBeat = Clock::now() + options_.heartbeatInterval;
+  auto nextHelloCheck = Clock::now() + helloCheck;
   std::unique_lock lock(mutex_);
   while (!stopping_) {
-    changed_.wait_for(lock, options_.heartbeatInterval, [&] { return stopping_; });
+    changed_.wait_until(lock, std::min(nextBeat, nextHelloCheck), [&] { return stopping_; });
     if (stopping_) {
       break;
     }
+    if (Clock::now() >= nextHelloCheck) {
+      lock.unlock();
+      expireSilentStreams();
+      lock.lock();
+      nextHelloCheck = Clock::now() + helloCheck;
+    }
+    if (Clock::now() < nextBeat) {
+      continue;
+    }
+    nextBeat = Clock::now() + options_.heartbeatInterval;
     std::vector<std::shared_ptr<Connection>> conns;
     for (const auto& [id, c] : agents_) {
       conns.push_back(c);

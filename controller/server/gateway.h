@@ -1,11 +1,19 @@
 // The controller's side of AgentGateway.Connect (gRPC callback API: no thread per agent).
 // Registers agents from their Hello, sends Welcome (lease, heartbeat interval) and heartbeats,
 // forwards fault reports to subscribers. Heartbeats are never written to the database.
+//
+// Rules on every stream: the first message is a Hello, sent within GatewayOptions::helloTimeout
+// (anything else first, or nothing in time, closes the stream: FAILED_PRECONDITION,
+// DEADLINE_EXCEEDED); a second Hello closes the stream (FAILED_PRECONDITION) and its agent is gone
+// at once; a FaultReport counts only for a fault this gateway sent to that agent id (an Inject or
+// Revert through send(), remembered across reconnects up to kMaxRememberedFaultsPerAgent per
+// agent): another is dropped with a warning, the stream stays.
 #pragma once
 
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -21,9 +29,20 @@
 
 namespace faultline::controller {
 
+// The fleet's size bound: Hellos beyond it are refused with RESOURCE_EXHAUSTED.
+inline constexpr size_t kDefaultMaxAgents = 10'000;
+// Faults remembered per agent as sent to it (the reports it may make), oldest forgotten first.
+inline constexpr size_t kMaxRememberedFaultsPerAgent = 4096;
+
 struct GatewayOptions {
   std::chrono::milliseconds lease{15'000};
   std::chrono::milliseconds heartbeatInterval{3'000};  // at most lease / 3
+  // A stream that has not sent its Hello this long after it opened is closed (DEADLINE_EXCEEDED).
+  std::chrono::milliseconds helloTimeout{10'000};
+  size_t maxAgents = kDefaultMaxAgents;
+  // With TLS (tls.h): Connect requires a verified client certificate (UNAUTHENTICATED without),
+  // and a Hello's agent_id must be its common name (PERMISSION_DENIED otherwise, naming both).
+  bool requireClientCertificate = false;
 };
 
 class Gateway final : public v1::AgentGateway::CallbackService, public Fleet {
@@ -63,9 +82,16 @@ class Gateway final : public v1::AgentGateway::CallbackService, public Fleet {
  private:
   class Connection;
   friend class Connection;
-  // Registers c under its agent id unless another connection holds that id; returns the other
-  // connection's peer address then, else "".
-  std::string tryRegister(const std::shared_ptr<Connection>& c);
+  // Registers c under its agent id unless another connection holds that id (ALREADY_EXISTS, naming
+  // its peer) or the fleet is full (RESOURCE_EXHAUSTED); OK when registered.
+  grpc::Status tryRegister(const std::shared_ptr<Connection>& c);
+  // c said Hello: the Hello timeout no longer applies to it.
+  void named(Connection* c);
+  // Whether faultId was sent to agentId (send() remembers Inject and Revert fault ids).
+  bool wasSent(const std::string& agentId, const std::string& faultId) const;
+  void remember(const std::string& agentId, const std::string& faultId);
+  // Closes the streams that sent no Hello within the timeout.
+  void expireSilentStreams();
   void gone(Connection* c);
   void reported(const std::string& agentId, const v1::FaultReport& report);
   void heartbeatLoop();
@@ -79,6 +105,13 @@ class Gateway final : public v1::AgentGateway::CallbackService, public Fleet {
   std::map<std::string, std::shared_ptr<Connection>> agents_;
   // Faults each agent held when its stream ended, until it registers again.
   std::map<std::string, std::set<std::string>> lost_;
+  // Streams that have not said Hello yet, with when they opened.
+  std::map<Connection*, std::pair<std::shared_ptr<Connection>, std::chrono::steady_clock::time_point>> unnamed_;
+  struct SentFaults {
+    std::set<std::string> ids;
+    std::deque<std::string> order;  // oldest first, for the bound
+  };
+  std::map<std::string, SentFaults> sent_;  // by agent id
   std::function<bool(const std::string&)> runActive_;
   std::mutex listenersMutex_;  // guards listeners_ and is held while they run
   std::map<int, ReportListener> listeners_;

@@ -1437,6 +1437,12 @@ TEST_CASE("ListAgents tracks failed reverts: a retried one until REVERTED, a per
       ctx.TryCancel();
       break;
     }
+    // The gateway takes reports only on faults it sent to that agent.
+    for (const char* id : {"retried", "permanent", "apply-failed"}) {
+      v1::ControllerMessage inject;
+      inject.mutable_inject()->set_fault_id(id);
+      REQUIRE(controller.gateway().send("fake-agent", inject));
+    }
     REQUIRE(stream->Write(report("retried", v1::FAULT_STATE_APPLIED, v1::FAULT_ERROR_UNSPECIFIED)));
     REQUIRE(stream->Write(report("permanent", v1::FAULT_STATE_APPLIED, v1::FAULT_ERROR_UNSPECIFIED)));
     REQUIRE(stream->Write(report("apply-failed", v1::FAULT_STATE_FAILED, v1::FAULT_ERROR_UNSPECIFIED)));
@@ -1633,4 +1639,26 @@ TEST_CASE("separate processes: over-large requests and agent messages are refuse
   CHECK(status.error_code() == grpc::StatusCode::INVALID_ARGUMENT);
   CHECK_MESSAGE(status.error_message() == "FaultReport.detail: 102400 bytes, more than the 65536 accepted",
                 status.error_message());
+}
+
+// Without TLS, neither binary talks plaintext to or from an address that is not local
+// (agent/session/tls.h): both refuse at start, naming the TLS options and --insecure.
+TEST_CASE("separate processes: plaintext on a non-local address is refused at start by controller and agent") {
+  TempDir dir;
+  auto controller =
+      testing::sh(fmt::format("{} controller --listen 0.0.0.0:0 --db {}/c.db 2>&1", FAULTLINE_BIN, dir.path));
+  CHECK(controller.status == 4);
+  CHECK_MESSAGE(
+      controller.output.find("--listen 0.0.0.0:0 is neither a loopback address nor unix:PATH") != std::string::npos,
+      controller.output);
+  CHECK(controller.output.find("--insecure") != std::string::npos);
+  CHECK_FALSE(std::filesystem::exists(dir.path + "/c.db"));
+  auto agent = testing::sh(
+      fmt::format("{} --controller 192.0.2.7:7443 --state-dir {}/state 2>&1", FAULTLINE_AGENT_BIN, dir.path));
+  CHECK(agent.status == 4);
+  CHECK_MESSAGE(
+      agent.output.find("--controller 192.0.2.7:7443 is neither a loopback address nor unix:PATH") != std::string::npos,
+      agent.output);
+  CHECK(agent.output.find("--ca, --cert and --key") != std::string::npos);
+  CHECK_FALSE(std::filesystem::exists(dir.path + "/state"));
 }
