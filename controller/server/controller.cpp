@@ -14,7 +14,9 @@
 #include <map>
 #include <mutex>
 #include <random>
+#include <set>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include <fmt/format.h>
@@ -207,7 +209,14 @@ struct Controller::Impl final : v1::Control::CallbackService {
     if (runActive(runId)) {
       return;  // the run's engine records it
     }
-    if (!store->getRun(runId)) {
+    bool known = false;
+    try {
+      known = store->getRun(runId).has_value();
+    } catch (const std::exception& ex) {
+      spdlog::error("cannot look up run {} for the late report of fault {}: {}", runId, r.fault_id(), ex.what());
+      return;
+    }
+    if (!known) {
       spdlog::info("agent {}: fault {} (no run {} in this record store): {}", agentId, r.fault_id(), runId,
                    r.error().empty() ? r.detail() : r.error());
       return;
@@ -231,6 +240,20 @@ struct Controller::Impl final : v1::Control::CallbackService {
       store->addEvent(e);
     } catch (const std::exception& ex) {
       spdlog::error("cannot record the late report of fault {}: {}", r.fault_id(), ex.what());
+    }
+  }
+
+  // A read of the record store on a gRPC thread: its errors (a locked, unreadable or damaged
+  // file) become UNAVAILABLE naming the file, never an exception on the thread.
+  template <typename Read>
+  tl::expected<std::invoke_result_t<Read>, grpc::Status> readRecord(Read&& read) {
+    try {
+      return read();
+    } catch (const std::exception& ex) {
+      spdlog::error("record store {}: {}", options.dbPath, ex.what());
+      return tl::unexpected(
+          grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                       fmt::format("cannot read the record store {}: {}", options.dbPath, ex.what())));
     }
   }
 
@@ -290,7 +313,15 @@ struct Controller::Impl final : v1::Control::CallbackService {
           w->pump();
         }
       });
-      const auto verdict = engine.run(request, run->stop);
+      v1::Verdict verdict = v1::VERDICT_ERROR;
+      try {
+        verdict = engine.run(request, run->stop);
+      } catch (const std::exception& ex) {
+        // The engine catches the record store's errors; anything else ends this run, not the process.
+        spdlog::error("run {} ended by an error: {}", run->id, ex.what());
+        std::lock_guard lock(run->mutex);
+        run->finished = true;
+      }
       spdlog::info("run {} finished: {}", run->id, verdictWord(verdict));
       cv.notify_all();
     });
@@ -311,8 +342,16 @@ struct Controller::Impl final : v1::Control::CallbackService {
     if (!run) {
       // A finished run: replay its record.
       run = std::make_shared<ActiveRun>();
-      auto rec = store->getRun(req->run_id());
+      auto rec = readRecord([&] { return store->getRun(req->run_id()); });
       if (!rec) {
+        class Failed final : public grpc::ServerWriteReactor<v1::RunEvent> {
+         public:
+          explicit Failed(const grpc::Status& status) { Finish(status); }
+          void OnDone() override { delete this; }
+        };
+        return new Failed(rec.error());
+      }
+      if (!*rec) {
         class NotFound final : public grpc::ServerWriteReactor<v1::RunEvent> {
          public:
           explicit NotFound(const std::string& id) {
@@ -322,7 +361,7 @@ struct Controller::Impl final : v1::Control::CallbackService {
         };
         return new NotFound(req->run_id());
       }
-      run->events.assign(rec->events().begin(), rec->events().end());
+      run->events.assign((*rec)->events().begin(), (*rec)->events().end());
       run->finished = true;
     }
     return WatchReactor::start(run);
@@ -351,18 +390,25 @@ struct Controller::Impl final : v1::Control::CallbackService {
     if (auto over = overLimit("run_id", req->run_id(), kMaxIdBytes)) {
       return finishNow(ctx, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, *over));
     }
-    auto rec = store->getRun(req->run_id());
+    auto rec = readRecord([&] { return store->getRun(req->run_id()); });
     if (!rec) {
+      return finishNow(ctx, rec.error());
+    }
+    if (!*rec) {
       return finishNow(ctx,
                        grpc::Status(grpc::StatusCode::NOT_FOUND, fmt::format("no run with id '{}'", req->run_id())));
     }
-    *resp = std::move(*rec);
+    *resp = std::move(**rec);
     return finishNow(ctx, grpc::Status::OK);
   }
 
   grpc::ServerUnaryReactor* ListRuns(grpc::CallbackServerContext* ctx, const v1::ListRunsRequest* req,
                                      v1::ListRunsResponse* resp) override {
-    for (auto& r : store->listRuns(req->limit())) {
+    auto runs = readRecord([&] { return store->listRuns(req->limit()); });
+    if (!runs) {
+      return finishNow(ctx, runs.error());
+    }
+    for (auto& r : *runs) {
       *resp->add_runs() = std::move(r);
     }
     return finishNow(ctx, grpc::Status::OK);
