@@ -28,6 +28,7 @@
 #include "controller/experiment/experiment.h"
 #include "controller/probes/probe.h"
 #include "controller/report/run_format.h"
+#include "controller/server/agent_pages.h"
 #include "controller/server/limits.h"
 #include "controller/store/store.h"
 #include "faultline/v1/control.grpc.pb.h"
@@ -429,11 +430,13 @@ struct Controller::Impl final : v1::Control::CallbackService {
     return finishNow(ctx, grpc::Status::OK);
   }
 
-  grpc::ServerUnaryReactor* ListAgents(grpc::CallbackServerContext* ctx, const v1::ListAgentsRequest* /*req*/,
+  grpc::ServerUnaryReactor* ListAgents(grpc::CallbackServerContext* ctx, const v1::ListAgentsRequest* req,
                                        v1::ListAgentsResponse* resp) override {
-    for (auto& a : gateway.agents()) {
-      *resp->add_agents() = std::move(a);
+    auto page = agentsPage(gateway.agents(), *req);
+    if (!page) {
+      return finishNow(ctx, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, page.error()));
     }
+    *resp = std::move(*page);
     return finishNow(ctx, grpc::Status::OK);
   }
 
