@@ -287,8 +287,9 @@ struct Controller::Impl final : v1::Control::CallbackService {
     run->id = newRunId();
     RunRequest request{run->id, fileName, sha256Hex(req->experiment()), req->trigger().empty() ? "cli" : req->trigger(),
                        std::move(*parsed)};
+    const std::set<std::string> secretNames(req->secret_variables().begin(), req->secret_variables().end());
     for (const auto& [name, value] : req->variables()) {
-      if (isSecretVariableName(name)) {
+      if (isSecretVariableName(name) || secretNames.contains(name)) {
         request.secrets.emplace_back(name, value);
       }
     }
