@@ -11,10 +11,23 @@ namespace {
 
 int agentsCommand(const std::string& address) {
   auto stub = controlStub(address);
-  auto ctx = contextWithDeadline(std::chrono::seconds{5});
+  // Every page (the controller caps each well under gRPC's 4 MiB), each with its own deadline.
   v1::ListAgentsResponse resp;
-  if (auto s = stub->ListAgents(ctx.get(), {}, &resp); !s.ok()) {
-    return rpcError("listing agents", address, s);
+  v1::ListAgentsRequest req;
+  for (;;) {
+    auto ctx = contextWithDeadline(std::chrono::seconds{5});
+    v1::ListAgentsResponse page;
+    if (auto s = stub->ListAgents(ctx.get(), req, &page); !s.ok()) {
+      return rpcError("listing agents", address, s);
+    }
+    for (auto& a : *page.mutable_agents()) {
+      *resp.add_agents() = std::move(a);
+    }
+    // A token that does not move on (a controller's bug) would loop forever: stop there.
+    if (page.next_page_token().empty() || page.next_page_token() <= req.page_token()) {
+      break;
+    }
+    req.set_page_token(page.next_page_token());
   }
   std::cout << fmt::format("{:<24} {:<20} {:<8} {:<22} {:<16} {:<6} {}\n", "AGENT", "HOSTNAME", "VERSION", "KERNEL",
                            "NETWORK DRIVER", "FAULTS", "LABELS");

@@ -1,6 +1,8 @@
 // faultline run: an experiment file against a controller, or --local with an embedded one.
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -89,6 +91,7 @@ struct RunOptions {
   std::vector<std::string> labels;
   std::string stateDir;  // --local: the in-process agent's undo journal; "" = defaultLocalStateDir()
   std::vector<std::string> vars;
+  std::vector<std::string> secretVars;  // --secret-var NAME=VALUE
   bool dryRun = false;
   std::string journal;                 // --journal FILE: JSON record of the run
   std::string junit;                   // --junit FILE: JUnit XML for CI
@@ -96,12 +99,12 @@ struct RunOptions {
 };
 
 // Prints what a run would do: the resolved hosts and every fault each would receive.
-void printPlan(const v1::RunPlan& plan) {
-  std::cout << fmt::format("dry run of experiment {}: nothing is injected\n", plan.experiment());
-  std::cout << fmt::format("targets: {}\n", plan.targets());
-  std::cout << "method:\n";
+void printPlanTo(std::ostream& out, const v1::RunPlan& plan) {
+  out << fmt::format("dry run of experiment {}: nothing is injected\n", plan.experiment());
+  out << fmt::format("targets: {}\n", plan.targets());
+  out << "method:\n";
   for (const auto& step : plan.steps()) {
-    std::cout << "  " << step << "\n";
+    out << "  " << step << "\n";
   }
   for (const auto& h : plan.hosts()) {
     std::map<std::string, std::string> sorted(h.agent().labels().begin(), h.agent().labels().end());
@@ -109,14 +112,21 @@ void printPlan(const v1::RunPlan& plan) {
     for (const auto& [k, v] : sorted) {
       labels += fmt::format("{}{}={}", labels.empty() ? "" : ",", k, v);
     }
-    std::cout << fmt::format("host {} (agent {}, labels {}, network driver {}): {} fault(s)\n", h.agent().hostname(),
-                             h.agent().agent_id(), labels.empty() ? "-" : labels,
-                             networkDriverText(h.agent().capabilities()), h.faults_size());
+    out << fmt::format("host {} (agent {}, labels {}, network driver {}): {} fault(s)\n", h.agent().hostname(),
+                       h.agent().agent_id(), labels.empty() ? "-" : labels, networkDriverText(h.agent().capabilities()),
+                       h.faults_size());
     for (const auto& f : h.faults()) {
-      std::cout << fmt::format("  step {:<5} {:<18} {:<20} for {}: {}\n", f.step(), faultKindName(f.spec()), f.name(),
-                               formatDuration(toMicros(f.duration())), f.spec().ShortDebugString());
+      out << fmt::format("  step {:<5} {:<18} {:<20} for {}: {}\n", f.step(), faultKindName(f.spec()), f.name(),
+                         formatDuration(toMicros(f.duration())), f.spec().ShortDebugString());
     }
   }
+}
+
+// printPlanTo on stdout; a secret variable's value (in a fault's spec, say) is printed as ${NAME}.
+void printPlan(const v1::RunPlan& plan, const Variables& vars, const SecretNames& secrets) {
+  std::ostringstream text;
+  printPlanTo(text, plan);
+  std::cout << redactSecrets(text.str(), vars, secrets);
 }
 
 // Where `run --local` keeps its agent's undo journal unless --state-dir says otherwise: the same
@@ -134,15 +144,37 @@ std::string defaultLocalStateDir() {
 }
 
 // Writes text to path through a temporary file in the same directory and a rename, so a reader
-// never sees half a report. Returns "" or what went wrong.
+// never sees half a report. The file is 0600 whatever the umask: a report may hold what a run's
+// probes saw. Returns "" or what went wrong.
 std::string writeReport(const std::string& path, const std::string& text) {
   const std::string tmp = path + ".tmp";
   {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out || !(out << text) || !out.flush()) {
+    const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0) {
+      return fmt::format("cannot write {}: {}", tmp, std::strerror(errno));
+    }
+    std::string error;
+    if (::fchmod(fd, 0600) != 0) {
+      error = fmt::format("cannot make {} mode 0600: {}", tmp, std::strerror(errno));
+    }
+    for (size_t done = 0; error.empty() && done < text.size();) {
+      const ssize_t n = ::write(fd, text.data() + done, text.size() - done);
+      if (n < 0 && errno == EINTR) {
+        continue;
+      }
+      if (n <= 0) {
+        error = fmt::format("cannot write {}: {}", tmp, std::strerror(n < 0 ? errno : EIO));
+        break;
+      }
+      done += static_cast<size_t>(n);
+    }
+    if (::close(fd) != 0 && error.empty()) {
+      error = fmt::format("cannot write {}: {}", tmp, std::strerror(errno));
+    }
+    if (!error.empty()) {
       std::error_code ignored;
       std::filesystem::remove(tmp, ignored);
-      return fmt::format("cannot write {}: {}", tmp, std::strerror(errno));
+      return error;
     }
   }
   std::error_code ec;
@@ -157,7 +189,8 @@ std::string writeReport(const std::string& path, const std::string& text) {
 // --journal and --junit: reads the finished run and writes the reports. Returns false when a
 // report could not be written (the run's own exit code still stands; the caller reports exit 3).
 bool writeReports(v1::Control::Stub& stub, const std::string& address, const std::string& runId, const RunOptions& o,
-                  const std::string& yaml, const Variables& vars, const Experiment& experiment) {
+                  const std::string& yaml, const Variables& vars, const SecretNames& secrets,
+                  const Experiment& experiment) {
   if (o.journal.empty() && o.junit.empty()) {
     return true;
   }
@@ -171,7 +204,7 @@ bool writeReports(v1::Control::Stub& stub, const std::string& address, const std
   }
   bool ok = true;
   if (!o.journal.empty()) {
-    if (auto e = writeReport(o.journal, formatJournal(run, o.file, yaml, vars)); !e.empty()) {
+    if (auto e = writeReport(o.journal, formatJournal(run, o.file, yaml, vars, secrets)); !e.empty()) {
       std::cerr << "faultline: --journal: " << e << "\n";
       ok = false;
     } else {
@@ -179,7 +212,8 @@ bool writeReports(v1::Control::Stub& stub, const std::string& address, const std
     }
   }
   if (!o.junit.empty()) {
-    if (auto e = writeReport(o.junit, formatJUnit(run, experiment, agent::hostName())); !e.empty()) {
+    if (auto e = writeReport(o.junit, redactSecrets(formatJUnit(run, experiment, agent::hostName()), vars, secrets));
+        !e.empty()) {
       std::cerr << "faultline: --junit: " << e << "\n";
       ok = false;
     } else {
@@ -199,6 +233,20 @@ int runCommand(const RunOptions& o) {
   if (auto bad = parseVariables(o.vars, vars); !bad.empty()) {
     std::cerr << "faultline: --var: " << bad << "\n";
     return kExitUsage;
+  }
+  Variables secretVars;
+  if (auto bad = parseVariables(o.secretVars, secretVars); !bad.empty()) {
+    std::cerr << "faultline: --secret-var: " << bad << "\n";
+    return kExitUsage;
+  }
+  SecretNames secrets;
+  for (auto& [name, value] : secretVars) {
+    if (!vars.emplace(name, value).second) {
+      std::cerr << "faultline: --secret-var: " << name
+                << " is also given with --var; accepted: each name once, with --var or --secret-var\n";
+      return kExitUsage;
+    }
+    secrets.insert(name);
   }
   std::string error;
   const std::string yaml = readFile(o.file, error);
@@ -293,6 +341,9 @@ int runCommand(const RunOptions& o) {
   req.set_file_name(o.file);
   req.set_trigger(o.trigger);
   req.mutable_variables()->insert(vars.begin(), vars.end());
+  for (const auto& name : secrets) {
+    req.add_secret_variables(name);
+  }
   if (o.dryRun) {
     v1::RunPlan plan;
     auto pctx = contextWithDeadline(std::chrono::seconds{10});
@@ -311,7 +362,7 @@ int runCommand(const RunOptions& o) {
     if (!s.ok()) {
       return rpcError("planning " + o.file, address, s);
     }
-    printPlan(plan);
+    printPlan(plan, vars, secrets);
     return 0;
   }
   v1::SubmitRunResponse resp;
@@ -341,7 +392,7 @@ int runCommand(const RunOptions& o) {
 
   int code = watchRun(*stub, address, runId);
   signals.finish();
-  if (!writeReports(*stub, address, runId, o, yaml, vars, *parsed) && code == 0) {
+  if (!writeReports(*stub, address, runId, o, yaml, vars, secrets, *parsed) && code == 0) {
     code = kExitError;
   }
   if (localAgent) {
@@ -384,6 +435,11 @@ class RunCommand final : public Command {
         ->check(CLI::IsMember({"auto", "netem", "nfqueue"}))
         ->capture_default_str();
     cmd_->add_option("--var", o_.vars, kVarHelp)->allow_extra_args(false);
+    cmd_->add_option("--secret-var", o_.secretVars,
+                     "NAME=VALUE: as --var, for a secret: its value is never recorded or printed (events, verdict, "
+                     "--journal, --junit, --dry-run, the record file show ${NAME}); names with SECRET, TOKEN, PASS, "
+                     "KEY or CREDENTIAL are secrets with --var too")
+        ->allow_extra_args(false);
     cmd_->add_flag("--dry-run", o_.dryRun,
                    "resolve the targets and print every fault each host would receive; inject nothing, record "
                    "nothing (exit 0, 3 when no host matches, 4 invalid file); not with --journal or --junit. "

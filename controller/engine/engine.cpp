@@ -82,7 +82,17 @@ class RunState {
     record.set_file_sha256(req_.fileSha256);
     record.set_trigger(req_.trigger);
     *record.mutable_started_at() = agent::nowTimestamp();
-    store_.createRun(record);
+    if (!recorded("createRun", [&] { store_.createRun(record); })) {
+      // Nothing of this run can be recorded: end it before anything is injected.
+      const std::string reason = redact(fmt::format("{}; nothing was injected", storeFailure()));
+      spdlog::error("run {}: {}", req_.runId, reason);
+      v1::RunEvent done = makeEvent("", "run.finished", fmt::format("verdict: aborted: {}", reason));
+      done.set_verdict(v1::VERDICT_ABORTED);
+      if (sink_) {
+        sink_(done);
+      }
+      return v1::VERDICT_ABORTED;
+    }
     event("", "run.started",
           fmt::format("experiment {} from {} (sha256 {}), trigger {}", req_.experiment.name, req_.fileName,
                       req_.fileSha256.substr(0, 12), req_.trigger));
@@ -99,12 +109,23 @@ class RunState {
       }
     }
     fleet_.unsubscribe(listener_);
+    if (storeFailed_.load() && verdict != v1::VERDICT_ERROR && verdict != v1::VERDICT_ABORTED) {
+      // The run's record is incomplete: it cannot be judged by it.
+      reason = fmt::format("{} (the run would have ended {}: {})", storeFailure(), verdictWord(verdict), reason);
+      verdict = v1::VERDICT_ABORTED;
+    }
 
+    if (auto lost = unrecordedSummary(); !lost.empty()) {
+      reason += "; " + lost;
+    }
     reason = redact(reason);
-    store_.finishRun(req_.runId, verdict, reason, agent::nowTimestamp());
+    recorded("finishRun", [&] { store_.finishRun(req_.runId, verdict, reason, agent::nowTimestamp()); });
     v1::RunEvent done = makeEvent("", "run.finished", fmt::format("verdict: {}: {}", verdictWord(verdict), reason));
     done.set_verdict(verdict);
-    store_.addEvent(done);
+    recorded("run.finished event", [&] { store_.addEvent(done); });
+    if (storeFailed_.load()) {
+      spdlog::error("run {}: {}", req_.runId, done.message());
+    }
     if (sink_) {
       sink_(done);
     }
@@ -150,15 +171,15 @@ class RunState {
     }
 
     for (size_t i = 0; i < req_.experiment.method.size(); ++i) {
-      if (stop_.requested()) {
-        return {v1::VERDICT_ABORTED, stop_.reason()};
+      if (stopping()) {
+        return {v1::VERDICT_ABORTED, stopReason()};
       }
       const std::string label = std::to_string(i + 1);
       const auto& step = req_.experiment.method[i];
       if (const auto* w = std::get_if<WaitStep>(&step)) {
         event("", "step.wait", fmt::format("step {}: wait {}", label, formatDuration(w->duration)));
-        if (stop_.waitFor(w->duration)) {
-          return {v1::VERDICT_ABORTED, stop_.reason()};
+        if (waitStopping(w->duration)) {
+          return {v1::VERDICT_ABORTED, stopReason()};
         }
         continue;
       }
@@ -193,8 +214,8 @@ class RunState {
           }
           return {stopVerdict_, stopReason_};
         }
-        if (stop_.requested()) {
-          return {v1::VERDICT_ABORTED, stop_.reason()};
+        if (stopping()) {
+          return {v1::VERDICT_ABORTED, stopReason()};
         }
         return {v1::VERDICT_ERROR, failure};
       }
@@ -379,8 +400,8 @@ class RunState {
         return leftover.empty() ? lost : lost + "; " + leftover;
       }
       lock.unlock();
-      if (stop_.requested()) {
-        auto leftover = revertHeld("run aborted: " + stop_.reason());
+      if (stopping()) {
+        auto leftover = revertHeld("run aborted: " + stopReason());
         return leftover.empty() ? "aborted" : leftover;
       }
     }
@@ -392,7 +413,7 @@ class RunState {
   void recordFailure(const std::string& host, const std::string& faultId, const std::string& text) {
     v1::RunEvent e = makeEvent(host, "fault.failed", text);
     e.set_fault_id(faultId);
-    store_.addEvent(e);
+    recordEvent(e);
     if (sink_) {
       sink_(e);
     }
@@ -427,7 +448,7 @@ class RunState {
                       static_cast<double>(*last - startNs) / 1e6));
       *e.mutable_start_at() = startAt;
       *e.mutable_skew() = toProto(skew);
-      store_.addEvent(e);
+      recordEvent(e);
       if (sink_) {
         sink_(e);
       }
@@ -531,7 +552,7 @@ class RunState {
     v1::RunEvent e = makeEvent(host, kind, r.error().empty() ? r.detail() : r.error());
     e.mutable_at()->CopyFrom(r.at());
     e.set_fault_id(r.fault_id());
-    store_.addEvent(e);
+    recordEvent(e);
     if (sink_) {
       sink_(e);
     }
@@ -634,7 +655,7 @@ class RunState {
     if (s.value) {
       rec.set_value(*s.value);
     }
-    store_.addSample(req_.runId, rec);
+    recorded(fmt::format("sample of probe {} ({})", p.name, phase), [&] { store_.addSample(req_.runId, rec); });
     history_[p.name].push_back(HistorySample{when, phase, SliSample{s.ok, rec.latency_ms(), s.value}});
     v1::RunEvent e =
         makeEvent("", s.ok ? "probe.ok" : "probe.failed", fmt::format("{} ({}): {}", p.name, phase, s.detail));
@@ -719,7 +740,7 @@ class RunState {
     v1::SloCheck check = evaluateSlo(slo, window);
     *check.mutable_at() = at;
     check.set_phase(phase);
-    store_.addSloCheck(req_.runId, check);
+    recorded(fmt::format("check of SLO {} ({})", slo.name, phase), [&] { store_.addSloCheck(req_.runId, check); });
     const std::string measured = describeSloCheck(check);
     if (slo.maxBurnRate && check.burn_rate() > *slo.maxBurnRate && phase == "during") {
       stopWith(v1::VERDICT_ABORTED,
@@ -768,11 +789,96 @@ class RunState {
 
   void event(const std::string& host, const std::string& kind, const std::string& message) {
     auto e = makeEvent(host, kind, message);
-    store_.addEvent(e);
+    recordEvent(e);
     if (sink_) {
       sink_(e);
     }
   }
+
+  // A write to the record store that failed (a full disk, an I/O error) never escapes: the first
+  // failure stops the run (its faults are reverted, the verdict is aborted), and every write that
+  // could not be made is counted for the verdict's reason. Any thread (reports arrive on gRPC's).
+  template <typename Write>
+  bool recorded(const std::string& what, Write&& write) {
+    try {
+      write();
+      return true;
+    } catch (const std::exception& ex) {
+      noteUnrecorded(what, ex.what());
+      return false;
+    }
+  }
+
+  void recordEvent(const v1::RunEvent& e) {
+    recorded(e.host().empty() ? e.kind() : fmt::format("{} on {}", e.kind(), e.host()), [&] { store_.addEvent(e); });
+  }
+
+  void noteUnrecorded(const std::string& what, const std::string& error) {
+    bool first = false;
+    {
+      std::lock_guard lock(unrecordedMutex_);
+      if (unrecordedCount_ == 0) {
+        storeError_ = error;
+        first = true;
+      }
+      ++unrecordedCount_;
+      if (unrecorded_.size() < kMaxUnrecordedNamed) {
+        unrecorded_.push_back(what);
+      }
+    }
+    spdlog::error("run {}: not recorded: {}: {}", req_.runId, what, error);
+    if (first) {
+      storeFailed_.store(true);
+      cv_.notify_all();
+    }
+  }
+
+  std::string storeFailure() {
+    std::lock_guard lock(unrecordedMutex_);
+    return fmt::format("the record store failed ({}): run aborted", storeError_);
+  }
+
+  // "" when everything was recorded; else what was not: "not recorded: 3 write(s) (fault.reverted
+  // on web-1, sample of probe web (during), ...)", the first kMaxUnrecordedNamed of them named.
+  std::string unrecordedSummary() {
+    std::lock_guard lock(unrecordedMutex_);
+    if (unrecordedCount_ == 0) {
+      return "";
+    }
+    std::string names;
+    for (const auto& w : unrecorded_) {
+      names += (names.empty() ? "" : ", ") + w;
+    }
+    if (unrecordedCount_ > unrecorded_.size()) {
+      names += fmt::format(", and {} more", unrecordedCount_ - unrecorded_.size());
+    }
+    return fmt::format("not recorded: {} write(s) ({})", unrecordedCount_, names);
+  }
+
+  // An abort request, or a failed write to the record store.
+  bool stopping() const { return stop_.requested() || storeFailed_.load(); }
+
+  std::string stopReason() {
+    if (stop_.requested()) {
+      return stop_.reason();
+    }
+    return storeFailure();
+  }
+
+  // Sleeps up to d; true when the run must stop (before or during the wait).
+  bool waitStopping(std::chrono::milliseconds d) {
+    const auto until = Clock::now() + d;
+    while (!stopping()) {
+      const auto now = Clock::now();
+      if (now >= until) {
+        return false;
+      }
+      stop_.waitFor(std::min<Clock::duration>(until - now, kAbortPoll));
+    }
+    return true;
+  }
+
+  static constexpr size_t kMaxUnrecordedNamed = 20;
 
   Fleet& fleet_;
   ProbeRunner& probes_;
@@ -796,6 +902,11 @@ class RunState {
   std::map<std::string, std::vector<HistorySample>> history_;  // per probe, in time order (run thread only)
   v1::Verdict stopVerdict_ = v1::VERDICT_UNSPECIFIED;          // set by the first stop condition
   std::string stopReason_;
+  std::atomic<bool> storeFailed_{false};
+  std::mutex unrecordedMutex_;
+  std::string storeError_;               // the first failed write's error
+  size_t unrecordedCount_ = 0;           // writes that failed
+  std::vector<std::string> unrecorded_;  // the first kMaxUnrecordedNamed of them, named
 };
 
 }  // namespace

@@ -505,7 +505,7 @@ bool isSecretVariableName(std::string_view name) {
   for (char& c : upper) {
     c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
   }
-  for (std::string_view word : {"SECRET", "TOKEN", "PASSWORD", "PASSWD"}) {
+  for (std::string_view word : {"SECRET", "TOKEN", "PASS", "KEY", "CREDENTIAL"}) {
     if (upper.find(word) != std::string::npos) {
       return true;
     }
@@ -513,14 +513,27 @@ bool isSecretVariableName(std::string_view name) {
   return false;
 }
 
+std::string redactSecrets(std::string text, const Variables& vars, const SecretNames& secretNames) {
+  for (const auto& [name, value] : vars) {
+    if (value.empty() || !(secretNames.contains(name) || isSecretVariableName(name))) {
+      continue;
+    }
+    const std::string reference = "${" + name + "}";
+    for (size_t at = text.find(value); at != std::string::npos; at = text.find(value, at + reference.size())) {
+      text.replace(at, value.size(), reference);
+    }
+  }
+  return text;
+}
+
 std::string formatJournal(const v1::Run& run, const std::string& fileName, const std::string& experimentYaml,
-                          const Variables& vars) {
+                          const Variables& vars, const SecretNames& secretNames) {
   // The text that ran, with a secret's references left as ${NAME} (a value is inserted as written
   // and never scanned again, so mapping NAME to "${NAME}" keeps the reference).
   Variables shown;
   nlohmann::json variables = nlohmann::json::array();
   for (const auto& [name, value] : vars) {
-    if (isSecretVariableName(name)) {
+    if (isSecretVariableName(name) || secretNames.contains(name)) {
       shown[name] = "${" + name + "}";
       variables.push_back({{"name", name}, {"redacted", true}});
     } else {

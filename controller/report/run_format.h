@@ -4,6 +4,7 @@
 // text (messages come from remote hosts) are replaced by spaces, so one record is one line.
 #pragma once
 
+#include <set>
 #include <string>
 #include <vector>
 
@@ -12,6 +13,9 @@
 #include "faultline/v1/control.pb.h"
 
 namespace faultline::controller {
+
+// Names of the variables given with --secret-var.
+using SecretNames = std::set<std::string>;
 
 // held, violated, not steady, aborted, error; running while there is no verdict yet.
 [[nodiscard]] std::string verdictWord(v1::Verdict verdict);
@@ -33,7 +37,7 @@ namespace faultline::controller {
 // The JSON journal of a run (--journal FILE): {"format": "faultline-journal/v1", "run": {id,
 // trigger, startedAt, endedAt}, "experiment": {name, file, sha256 (of the file as written), yaml
 // (the text that ran: every ${NAME} replaced by its --var value, except variables whose name
-// isSecretVariableName() says is a secret: those stay ${NAME}), variables: [{name, value} or
+// isSecretVariableName() says is a secret, and those in secretNames: those stay ${NAME}), variables: [{name, value} or
 // {name, redacted: true} for a secret, by name]}, "hosts": [host names from the events],
 // "targets": [the targets.resolved messages], "events": [{at, host, kind, message, verdict?,
 // startAt? and skewMs? (step.skew: the start time sent and the spread, milliseconds)}],
@@ -42,11 +46,17 @@ namespace faultline::controller {
 // ok}]}], "verdict": {verdict, reason, exitCode}}. Times are RFC 3339 UTC. Invalid
 // UTF-8 in recorded text is replaced (U+FFFD). Ends with a newline.
 [[nodiscard]] std::string formatJournal(const v1::Run& run, const std::string& fileName,
-                                        const std::string& experimentYaml, const Variables& vars = {});
+                                        const std::string& experimentYaml, const Variables& vars = {},
+                                        const SecretNames& secretNames = {});
 
 // True when a --var's value must not be written to reports: its name contains SECRET, TOKEN,
-// PASSWORD or PASSWD, in any case (API_TOKEN, db_password, ...).
+// PASS (PASSWORD, PASSWD, DB_PASS), KEY (APIKEY, SSH_KEY) or CREDENTIAL, in any case. A secret
+// with another name is marked with --secret-var (SecretNames).
 [[nodiscard]] bool isSecretVariableName(std::string_view name);
+
+// text with the value of every variable that is secret (named in secretNames, or by
+// isSecretVariableName()) replaced by ${NAME}; empty values are left alone.
+[[nodiscard]] std::string redactSecrets(std::string text, const Variables& vars, const SecretNames& secretNames = {});
 
 // JUnit XML (--junit FILE) in the form of the Apache Ant JUnit schema (tests/junit/junit.xsd): one
 // <testsuite> named after the experiment; one <testcase> per hypothesis check (classname

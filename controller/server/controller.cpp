@@ -14,7 +14,9 @@
 #include <map>
 #include <mutex>
 #include <random>
+#include <set>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include <fmt/format.h>
@@ -26,6 +28,7 @@
 #include "controller/experiment/experiment.h"
 #include "controller/probes/probe.h"
 #include "controller/report/run_format.h"
+#include "controller/server/agent_pages.h"
 #include "controller/server/limits.h"
 #include "controller/server/tls.h"
 #include "controller/store/store.h"
@@ -210,7 +213,14 @@ struct Controller::Impl final : v1::Control::CallbackService {
     if (runActive(runId)) {
       return;  // the run's engine records it
     }
-    if (!store->getRun(runId)) {
+    bool known = false;
+    try {
+      known = store->getRun(runId).has_value();
+    } catch (const std::exception& ex) {
+      spdlog::error("cannot look up run {} for the late report of fault {}: {}", runId, r.fault_id(), ex.what());
+      return;
+    }
+    if (!known) {
       spdlog::info("agent {}: fault {} (no run {} in this record store): {}", agentId, r.fault_id(), runId,
                    r.error().empty() ? r.detail() : r.error());
       return;
@@ -234,6 +244,20 @@ struct Controller::Impl final : v1::Control::CallbackService {
       store->addEvent(e);
     } catch (const std::exception& ex) {
       spdlog::error("cannot record the late report of fault {}: {}", r.fault_id(), ex.what());
+    }
+  }
+
+  // A read of the record store on a gRPC thread: its errors (a locked, unreadable or damaged
+  // file) become UNAVAILABLE naming the file, never an exception on the thread.
+  template <typename Read>
+  tl::expected<std::invoke_result_t<Read>, grpc::Status> readRecord(Read&& read) {
+    try {
+      return read();
+    } catch (const std::exception& ex) {
+      spdlog::error("record store {}: {}", options.dbPath, ex.what());
+      return tl::unexpected(
+          grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                       fmt::format("cannot read the record store {}: {}", options.dbPath, ex.what())));
     }
   }
 
@@ -266,8 +290,9 @@ struct Controller::Impl final : v1::Control::CallbackService {
     run->id = newRunId();
     RunRequest request{run->id, fileName, sha256Hex(req->experiment()), req->trigger().empty() ? "cli" : req->trigger(),
                        std::move(*parsed)};
+    const std::set<std::string> secretNames(req->secret_variables().begin(), req->secret_variables().end());
     for (const auto& [name, value] : req->variables()) {
-      if (isSecretVariableName(name)) {
+      if (isSecretVariableName(name) || secretNames.contains(name)) {
         request.secrets.emplace_back(name, value);
       }
     }
@@ -293,7 +318,15 @@ struct Controller::Impl final : v1::Control::CallbackService {
           w->pump();
         }
       });
-      const auto verdict = engine.run(request, run->stop);
+      v1::Verdict verdict = v1::VERDICT_ERROR;
+      try {
+        verdict = engine.run(request, run->stop);
+      } catch (const std::exception& ex) {
+        // The engine catches the record store's errors; anything else ends this run, not the process.
+        spdlog::error("run {} ended by an error: {}", run->id, ex.what());
+        std::lock_guard lock(run->mutex);
+        run->finished = true;
+      }
       spdlog::info("run {} finished: {}", run->id, verdictWord(verdict));
       cv.notify_all();
     });
@@ -314,8 +347,16 @@ struct Controller::Impl final : v1::Control::CallbackService {
     if (!run) {
       // A finished run: replay its record.
       run = std::make_shared<ActiveRun>();
-      auto rec = store->getRun(req->run_id());
+      auto rec = readRecord([&] { return store->getRun(req->run_id()); });
       if (!rec) {
+        class Failed final : public grpc::ServerWriteReactor<v1::RunEvent> {
+         public:
+          explicit Failed(const grpc::Status& status) { Finish(status); }
+          void OnDone() override { delete this; }
+        };
+        return new Failed(rec.error());
+      }
+      if (!*rec) {
         class NotFound final : public grpc::ServerWriteReactor<v1::RunEvent> {
          public:
           explicit NotFound(const std::string& id) {
@@ -325,7 +366,7 @@ struct Controller::Impl final : v1::Control::CallbackService {
         };
         return new NotFound(req->run_id());
       }
-      run->events.assign(rec->events().begin(), rec->events().end());
+      run->events.assign((*rec)->events().begin(), (*rec)->events().end());
       run->finished = true;
     }
     return WatchReactor::start(run);
@@ -354,18 +395,25 @@ struct Controller::Impl final : v1::Control::CallbackService {
     if (auto over = overLimit("run_id", req->run_id(), kMaxIdBytes)) {
       return finishNow(ctx, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, *over));
     }
-    auto rec = store->getRun(req->run_id());
+    auto rec = readRecord([&] { return store->getRun(req->run_id()); });
     if (!rec) {
+      return finishNow(ctx, rec.error());
+    }
+    if (!*rec) {
       return finishNow(ctx,
                        grpc::Status(grpc::StatusCode::NOT_FOUND, fmt::format("no run with id '{}'", req->run_id())));
     }
-    *resp = std::move(*rec);
+    *resp = std::move(**rec);
     return finishNow(ctx, grpc::Status::OK);
   }
 
   grpc::ServerUnaryReactor* ListRuns(grpc::CallbackServerContext* ctx, const v1::ListRunsRequest* req,
                                      v1::ListRunsResponse* resp) override {
-    for (auto& r : store->listRuns(req->limit())) {
+    auto runs = readRecord([&] { return store->listRuns(req->limit()); });
+    if (!runs) {
+      return finishNow(ctx, runs.error());
+    }
+    for (auto& r : *runs) {
       *resp->add_runs() = std::move(r);
     }
     return finishNow(ctx, grpc::Status::OK);
@@ -386,11 +434,13 @@ struct Controller::Impl final : v1::Control::CallbackService {
     return finishNow(ctx, grpc::Status::OK);
   }
 
-  grpc::ServerUnaryReactor* ListAgents(grpc::CallbackServerContext* ctx, const v1::ListAgentsRequest* /*req*/,
+  grpc::ServerUnaryReactor* ListAgents(grpc::CallbackServerContext* ctx, const v1::ListAgentsRequest* req,
                                        v1::ListAgentsResponse* resp) override {
-    for (auto& a : gateway.agents()) {
-      *resp->add_agents() = std::move(a);
+    auto page = agentsPage(gateway.agents(), *req);
+    if (!page) {
+      return finishNow(ctx, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, page.error()));
     }
+    *resp = std::move(*page);
     return finishNow(ctx, grpc::Status::OK);
   }
 

@@ -94,6 +94,15 @@ std::optional<std::string> overLimits(const v1::SubmitRunRequest& request) {
       return e;
     }
   }
+  if (auto e = tooMany("secret_variables", static_cast<size_t>(request.secret_variables().size()), kMaxVariables)) {
+    return e;
+  }
+  for (const auto& name : request.secret_variables()) {
+    if (request.variables().count(name) == 0) {
+      return fmt::format("secret_variables: '{}' is not a key of variables; accepted: names given in variables",
+                         forLog(name));
+    }
+  }
   return std::nullopt;
 }
 

@@ -1,5 +1,7 @@
 // RecordStore on SQLite3 (C API). Schema and example queries: docs/operations.md.
+#include <fcntl.h>
 #include <sqlite3.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -326,8 +328,10 @@ class SqliteRecordStore final : public RecordStore {
     if (readOnly_) {
       openReadOnly();
     } else {
+      createPrivate();
       open(path_, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
       refuseForeign();
+      quickCheck();
       exec("PRAGMA foreign_keys = ON", "cannot enable foreign keys");
       setWal();
       migrate();
@@ -655,6 +659,7 @@ class SqliteRecordStore final : public RecordStore {
     if (schema.version > kSchemaVersion) {
       throw newerSchema(schema.version);
     }
+    quickCheck();
     if (schema.version < kSchemaVersion || !schema.hasEvents || !schema.hasSamples) {
       if (schema.version == 0) {
         throw notRecordFile(path_, "no faultline schema version");
@@ -664,6 +669,75 @@ class SqliteRecordStore final : public RecordStore {
                                           "the controller or `faultline run --local` upgrades it when it opens it",
                                           path_, schema.version, kSchemaVersion));
     }
+  }
+
+  // The record file and its -wal and -shm (which SQLite creates with the file's mode) are 0600
+  // whatever the umask: a record holds what probes saw and what runs were given. A new file is
+  // created so; an existing one readable by others (made before this rule) is narrowed to 0600,
+  // with a warning. ":memory:" and URIs are left to SQLite.
+  void createPrivate() {
+    if (path_.empty() || path_ == ":memory:" || path_.rfind("file:", 0) == 0) {
+      return;
+    }
+    // O_NONBLOCK: a FIFO at the path does not hang the open (SQLite then refuses it).
+    const int fd = ::open(path_.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0600);
+    if (fd >= 0) {
+      const int rc = ::fchmod(fd, 0600);
+      const int err = errno;
+      ::close(fd);
+      if (rc != 0) {
+        throw std::system_error(err, std::generic_category(), fmt::format("cannot make {} mode 0600", path_));
+      }
+      return;
+    }
+    if (errno != EEXIST) {
+      return;  // SQLite's open says why (a missing directory, no permission)
+    }
+    for (const std::string& file : {path_, path_ + "-wal", path_ + "-shm"}) {
+      struct stat st {};
+      if (::lstat(file.c_str(), &st) != 0 || !S_ISREG(st.st_mode) || (st.st_mode & 077) == 0 ||
+          st.st_uid != ::geteuid()) {
+        continue;
+      }
+      if (::chmod(file.c_str(), 0600) == 0) {
+        spdlog::warn("record file {} was mode {:04o}, readable by others; now 0600", file, st.st_mode & 07777);
+      } else {
+        spdlog::warn("record file {} is mode {:04o}, readable by others, and cannot be made 0600: {}", file,
+                     st.st_mode & 07777, std::strerror(errno));
+      }
+    }
+  }
+
+  // PRAGMA quick_check: a damaged file (a torn write, bytes overwritten) is refused at open,
+  // before anything is written to it, with what SQLite found and what to do.
+  void quickCheck() {
+    std::string found;
+    int rows = 0;
+    sqlite3_stmt* raw = nullptr;
+    int rc = sqlite3_prepare_v2(db_.get(), "PRAGMA quick_check(20)", -1, &raw, nullptr);
+    Stmt stmt(raw);
+    if (rc == SQLITE_OK) {
+      while ((rc = sqlite3_step(stmt.get())) == SQLITE_ROW) {
+        const std::string line = columnText(stmt.get(), 0);
+        if (line != "ok" && rows++ < 5) {
+          found += (found.empty() ? "" : "; ") + line;
+        }
+      }
+    }
+    if (rc != SQLITE_DONE && rc != SQLITE_OK) {
+      const std::string detail = detailOf(db_.get(), rc);
+      found +=
+          (found.empty() ? "" : "; ") + std::string(sqlite3_errstr(rc)) + (detail.empty() ? "" : " (" + detail + ")");
+    }
+    if (found.empty()) {
+      return;
+    }
+    throw std::system_error(
+        std::error_code(SQLITE_CORRUPT, sqliteCategory()),
+        fmt::format("record file {} is damaged: SQLite's quick_check found: {}. Nothing was changed. Restore it from "
+                    "a backup, or move it aside (with its -wal and -shm) to start a new one, and salvage what it "
+                    "holds with `sqlite3 {} .recover`",
+                    path_, found, path_));
   }
 
   // A database that holds something but never had faultline's schema is someone else's: adding

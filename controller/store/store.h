@@ -50,6 +50,9 @@ enum class StoreMode {
 //   it is read as immutable, so that SQLite does not create PATH-wal and PATH-shm; when a writer
 //   has (PATH-wal and PATH-shm exist), it reads through them, read-only, and sees committed writes.
 //   Every write on the returned store throws std::system_error(std::errc::read_only_file_system).
+// Every opening runs PRAGMA quick_check first. A writer creates the file 0600 whatever the umask
+// (its -wal and -shm follow the file's mode), and narrows an existing one readable by group or
+// others to 0600 (with a warning); a reader changes no mode.
 // errors: std::system_error, its what() naming the path:
 //   - ReadOnly: ENOENT "no record file at PATH" when nothing is there, EISDIR for a directory;
 //   - std::errc::invalid_argument "PATH is not a faultline record file (...)": a file that is not
@@ -57,7 +60,11 @@ enum class StoreMode {
 //     empty database); the file is left as it was;
 //   - std::errc::not_supported: the file's schema version is newer than this faultline's (or, in
 //     ReadOnly mode, older: only a writer migrates);
+//   - SQLITE_CORRUPT (category "sqlite") "record file PATH is damaged: SQLite's quick_check found:
+//     ...": what SQLite found and what to do; nothing was written to the file;
 //   - otherwise SQLite's result code (category "sqlite") with its message.
+// Writes on the returned store throw std::system_error too (SQLITE_FULL for a full disk, an
+// SQLITE_IOERR): callers on gRPC and engine threads catch them (the run engine aborts the run).
 [[nodiscard]] std::unique_ptr<RecordStore> openSqliteStore(const std::string& path,
                                                            StoreMode mode = StoreMode::ReadWrite);
 

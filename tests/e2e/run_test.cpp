@@ -5,6 +5,8 @@
 #include <signal.h>
 #include <spawn.h>
 #include <stdlib.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -85,7 +87,12 @@ struct Fleet : testing::NetnsFixture {
   std::unique_ptr<demo::Server> service;
   std::string address;
 
-  Fleet() {
+  Fleet() : Fleet(std::string()) {}
+  // The record file at dbPath ("" = in the fixture's own directory).
+  explicit Fleet(const std::string& dbPath) {
+    if (!dbPath.empty()) {
+      db = dbPath;
+    }
     auto s = demo::Server::start({});
     REQUIRE(s.has_value());
     service = std::move(*s);
@@ -1661,4 +1668,228 @@ TEST_CASE("separate processes: plaintext on a non-local address is refused at st
       agent.output);
   CHECK(agent.output.find("--ca, --cert and --key") != std::string::npos);
   CHECK_FALSE(std::filesystem::exists(dir.path + "/state"));
+
+namespace {
+
+// A 4 MiB tmpfs of the test's own (mounted on a temporary directory, unmounted at the end however
+// the test ends) that fill() fills to the last byte: the controller's disk running full.
+struct SmallDisk {
+  SmallDisk() { REQUIRE(::mount("tmpfs", dir.path.c_str(), "tmpfs", MS_NOSUID | MS_NODEV, "size=4m,mode=0700") == 0); }
+  ~SmallDisk() { ::umount2(dir.path.c_str(), MNT_DETACH); }
+  // Writes a file until the disk has no byte left; returns how many bytes it took.
+  size_t fill() {
+    const int fd = ::open((dir.path + "/filler").c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+    if (fd < 0) {
+      return 0;
+    }
+    const std::string chunk(4096, 'x');
+    size_t total = 0;
+    for (;;) {
+      const ssize_t n = ::write(fd, chunk.data(), chunk.size());
+      if (n <= 0) {
+        break;
+      }
+      total += static_cast<size_t>(n);
+    }
+    ::close(fd);
+    return total;
+  }
+  void makeRoom() { ::unlink((dir.path + "/filler").c_str()); }
+  TempDir dir;
+};
+
+struct FullDiskFleet : SmallDisk, Fleet {
+  FullDiskFleet() : Fleet(SmallDisk::dir.path + "/records.db") {}
+
+  std::string yaml(const std::string& duration) const {
+    return fmt::format(R"(apiVersion: faultline/v1
+kind: Experiment
+metadata:
+  name: e2e-disk
+targets:
+  selector: {{role: e2e}}
+steadyState:
+  every: 100ms
+  probes:
+    - name: demo
+      http: {{url: "{}", maxLatency: 1s, timeout: 2s}}
+method:
+  - fault:
+      name: slow-link
+      type: network.bandwidth
+      duration: {}
+      target: {{interface: veth0, netns: {}}}
+      rate: 1mbit
+)",
+                       probeUrl(), duration, netns());
+  }
+};
+
+}  // namespace
+
+TEST_CASE_FIXTURE(FullDiskFleet,
+                  "a full disk when a run starts aborts it before anything is injected; the "
+                  "controller stays up and runs the next one once there is room") {
+  const std::string before = rootKind();
+  REQUIRE(fill() > 0);
+  auto [runId, events] = run(yaml("300ms"));
+  REQUIRE(!events.empty());
+  CHECK(events.back().kind() == "run.finished");
+  CHECK(events.back().verdict() == v1::VERDICT_ABORTED);
+  const std::string message = events.back().message();
+  CHECK_MESSAGE(message.find("verdict: aborted: the record store failed (record store " + db + ": createRun of run " +
+                             runId) == 0,
+                message);
+  CHECK_MESSAGE(message.find("database or disk is full") != std::string::npos, message);
+  CHECK_MESSAGE(message.find("nothing was injected") != std::string::npos, message);
+  CHECK(countKind(events, "fault.applied") == 0);
+  CHECK(rootKind() == before);
+  // The controller still answers, and records again once the disk has room.
+  auto stub = v1::Control::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  {
+    grpc::ClientContext ctx;
+    v1::ListRunsResponse runs;
+    CHECK(stub->ListRuns(&ctx, {}, &runs).ok());
+  }
+  makeRoom();
+  auto [nextId, next] = run(yaml("200ms"));
+  REQUIRE(!next.empty());
+  CHECK(next.back().verdict() == v1::VERDICT_HELD);
+  auto rec = controller::openSqliteStore(db, controller::StoreMode::ReadOnly)->getRun(nextId);
+  REQUIRE(rec.has_value());
+  CHECK(rec->verdict() == v1::VERDICT_HELD);
+}
+
+TEST_CASE_FIXTURE(FullDiskFleet,
+                  "a disk that fills while a fault is held aborts the run: the fault is reverted and "
+                  "confirmed, and the verdict says what could not be recorded") {
+  const std::string before = rootKind();
+  std::atomic<size_t> filled{0};
+  std::thread filler([&] {
+    const auto until = std::chrono::steady_clock::now() + 10s;
+    while (std::chrono::steady_clock::now() < until) {
+      const auto agents = controller->gateway().agents();
+      if (!agents.empty() && agents[0].active_faults() > 0) {
+        filled = fill();
+        return;
+      }
+      std::this_thread::sleep_for(10ms);
+    }
+  });
+  const auto start = std::chrono::steady_clock::now();
+  auto [runId, events] = run(yaml("20s"));
+  filler.join();
+  REQUIRE(filled > 0);
+  CHECK(std::chrono::steady_clock::now() - start < 10s);  // not the fault's 20 s
+  CHECK(rootKind() == before);                            // reverted
+  CHECK(countKind(events, "fault.applied") == 1);
+  CHECK(countKind(events, "fault.reverted") == 1);  // confirmed, seen by the watcher
+  REQUIRE(!events.empty());
+  CHECK(events.back().verdict() == v1::VERDICT_ABORTED);
+  const std::string message = events.back().message();
+  CHECK_MESSAGE(message.find("the record store failed") != std::string::npos, message);
+  CHECK_MESSAGE(message.find("database or disk is full") != std::string::npos, message);
+  CHECK_MESSAGE(message.find("not recorded: ") != std::string::npos, message);
+  CHECK_MESSAGE(message.find("fault.reverted on e2e-host") != std::string::npos, message);
+  // Still serving: the agent list, and the record of what was written before the disk filled.
+  auto stub = v1::Control::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  grpc::ClientContext ctx;
+  v1::ListAgentsResponse agents;
+  REQUIRE(stub->ListAgents(&ctx, {}, &agents).ok());
+  REQUIRE(agents.agents_size() == 1);
+  CHECK(agents.agents(0).active_faults() == 0);
+  grpc::ClientContext getCtx;
+  v1::GetRunRequest get;
+  get.set_run_id(runId);
+  v1::Run rec;
+  REQUIRE(stub->GetRun(&getCtx, get, &rec).ok());
+  CHECK(rec.experiment() == "e2e-disk");
+}
+
+TEST_CASE_FIXTURE(Fleet, "the controller's record file is 0600; a --secret-var value is stored nowhere in it") {
+  CHECK((std::filesystem::status(db).permissions() & std::filesystem::perms::all) ==
+        (std::filesystem::perms::owner_read | std::filesystem::perms::owner_write));
+  auto stub = v1::Control::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  v1::SubmitRunRequest req;
+  req.set_file_name("secret.yaml");
+  // A secret whose name does not say so; the step's name quotes it in the run's events.
+  const std::string secret = "acme-contract-7f3a9c01";
+  req.set_experiment(fmt::format(R"(apiVersion: faultline/v1
+kind: Experiment
+metadata:
+  name: e2e-secret
+targets:
+  selector: {{role: e2e}}
+method:
+  - fault:
+      name: "slow-${{CUSTOMER}}"
+      type: network.bandwidth
+      duration: 200ms
+      target: {{interface: veth0, netns: {}}}
+      rate: 1mbit
+)",
+                                 netns()));
+  (*req.mutable_variables())["CUSTOMER"] = secret;
+  req.add_secret_variables("CUSTOMER");
+  auto watched = testing::submitAndWatch(*stub, req);
+  REQUIRE_MESSAGE(watched.error.empty(), watched.error);
+  REQUIRE(!watched.events.empty());
+  CHECK(watched.events.back().verdict() == v1::VERDICT_HELD);
+  bool quoted = false;
+  for (const auto& e : watched.events) {
+    CHECK(e.message().find(secret) == std::string::npos);
+    quoted = quoted || e.message().find("'slow-${CUSTOMER}'") != std::string::npos;
+  }
+  CHECK(quoted);
+  agent.reset();
+  controller.reset();  // closes the file (its WAL checkpointed into it)
+  for (const std::string& file : {db, db + "-wal"}) {
+    std::ifstream in(file, std::ios::binary);
+    const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    CHECK_MESSAGE(bytes.find(secret) == std::string::npos, file);
+  }
+}
+
+TEST_CASE(
+    "the faultline binary: a damaged record file stops the controller at start and `show --db` with a clear "
+    "message") {
+  TempDir dir;
+  const std::string db = dir.path + "/records.db";
+  {
+    auto store = controller::openSqliteStore(db);
+    for (int r = 0; r < 40; ++r) {
+      const std::string id = fmt::format("r-{:04}", r);
+      v1::Run run;
+      run.set_run_id(id);
+      run.set_experiment("x");
+      run.set_file_sha256(std::string(64, 'a'));
+      run.set_trigger("cli");
+      store->createRun(run);
+      for (int e = 0; e < 30; ++e) {
+        v1::RunEvent ev;
+        ev.set_run_id(id);
+        ev.set_kind("probe.ok");
+        ev.set_message(std::string(100, static_cast<char>('a' + e % 26)));
+        store->addEvent(ev);
+      }
+    }
+  }
+  const auto size = std::filesystem::file_size(db);
+  REQUIRE(size > 64 * 1024);
+  {
+    std::fstream f(db, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(static_cast<std::streamoff>(size / 2 / 4096 * 4096));
+    const std::string garbage(16 * 1024, '\x5a');
+    f.write(garbage.data(), static_cast<std::streamsize>(garbage.size()));
+  }
+  auto r = testing::sh(fmt::format("timeout 20 {} controller --listen 127.0.0.1:0 --db {} 2>&1", FAULTLINE_BIN, db));
+  CHECK(r.status == 3);
+  CHECK_MESSAGE(
+      r.output.find(fmt::format("faultline controller: record file {} is damaged: SQLite's quick_check found: ", db)) !=
+          std::string::npos,
+      r.output);
+  CHECK_MESSAGE(r.output.find("sqlite3 " + db + " .recover") != std::string::npos, r.output);
+  r = testing::sh(fmt::format("{} show r-0001 --db {} 2>&1", FAULTLINE_BIN, db));
+  CHECK(r.status == 3);
+  CHECK_MESSAGE(r.output.find("is damaged") != std::string::npos, r.output);
 }

@@ -698,3 +698,115 @@ TEST_CASE("engine: a guard failing at a probe step of a parallel group aborts: f
   }
   CHECK(stepFailed);
 }
+
+namespace {
+
+// The real SQLite store behind a switch that makes every write fail as a full disk does (the
+// store throws std::system_error): what the run engine sees when the disk fills. Reads still work.
+class FillingStore final : public RecordStore {
+ public:
+  explicit FillingStore(std::unique_ptr<RecordStore> real) : real_(std::move(real)) {}
+  void createRun(const v1::Run& run) override {
+    fail("createRun");
+    real_->createRun(run);
+  }
+  void addEvent(const v1::RunEvent& event) override {
+    fail("addEvent");
+    real_->addEvent(event);
+  }
+  void addSample(const std::string& runId, const v1::ProbeSample& sample) override {
+    fail("addSample");
+    real_->addSample(runId, sample);
+  }
+  void addSloCheck(const std::string& runId, const v1::SloCheck& check) override {
+    fail("addSloCheck");
+    real_->addSloCheck(runId, check);
+  }
+  void finishRun(const std::string& runId, v1::Verdict verdict, const std::string& reason,
+                 const google::protobuf::Timestamp& endedAt) override {
+    fail("finishRun");
+    real_->finishRun(runId, verdict, reason, endedAt);
+  }
+  tl::expected<v1::Run, std::error_code> getRun(const std::string& runId) override { return real_->getRun(runId); }
+  std::vector<v1::Run> listRuns(unsigned limit) override { return real_->listRuns(limit); }
+  std::vector<std::string> finishInterruptedRuns(const std::string& reason,
+                                                 const google::protobuf::Timestamp& endedAt) override {
+    return real_->finishInterruptedRuns(reason, endedAt);
+  }
+  std::atomic<bool> full{false};
+  std::atomic<int> refused{0};
+
+ private:
+  void fail(const char* what) {
+    if (full) {
+      ++refused;
+      throw std::system_error(std::make_error_code(std::errc::no_space_on_device),
+                              fmt::format("record store /var/lib/faultline/records.db: {} of run run-1", what));
+    }
+  }
+  std::unique_ptr<RecordStore> real_;
+};
+
+}  // namespace
+
+TEST_CASE("engine: a full disk at createRun aborts the run before anything is injected; nothing escapes") {
+  Harness h;
+  auto filling = std::make_unique<FillingStore>(openSqliteStore(":memory:"));
+  filling->full = true;
+  auto* disk = filling.get();
+  h.store = std::move(filling);
+  h.fleet.addAgent("a1", {});
+  CHECK(h.run(experiment(100ms)) == v1::VERDICT_ABORTED);
+  CHECK(h.fleet.sentCount(v1::ControllerMessage::kInject) == 0);
+  CHECK(h.probes.calls == 0);
+  REQUIRE(h.events.size() == 1);
+  CHECK(h.events[0].kind() == "run.finished");
+  CHECK(h.events[0].verdict() == v1::VERDICT_ABORTED);
+  CHECK(h.events[0].message() ==
+        "verdict: aborted: the record store failed (record store /var/lib/faultline/records.db: createRun of run "
+        "run-1: No space left on device): run aborted; nothing was injected");
+  CHECK(disk->refused == 1);
+  CHECK(h.store->getRun("run-1").error() == std::make_error_code(std::errc::no_such_file_or_directory));
+}
+
+TEST_CASE("engine: a disk that fills while a fault is held aborts the run, reverts it, and names what was lost") {
+  Harness h;
+  auto filling = std::make_unique<FillingStore>(openSqliteStore(":memory:"));
+  auto* disk = filling.get();
+  h.store = std::move(filling);
+  h.fleet.addAgent("a1", {});
+  std::thread filler([&] {
+    while (!h.hasEvent("fault.applied")) {  // the sink hears of it after the store has it
+      std::this_thread::sleep_for(5ms);
+    }
+    disk->full = true;
+  });
+  const auto start = std::chrono::steady_clock::now();
+  const auto verdict = h.run(experiment(30s));
+  filler.join();
+  CHECK(verdict == v1::VERDICT_ABORTED);
+  CHECK(std::chrono::steady_clock::now() - start < 5s);  // not the fault's 30 s
+  CHECK(h.fleet.activeCount() == 0);
+  CHECK(h.fleet.sentCount(v1::ControllerMessage::kRevert) == 1);
+  // The watchers saw the revert the record could not keep, and the verdict says what is missing.
+  CHECK(h.hasEvent("fault.reverted"));
+  REQUIRE(!h.events.empty());
+  const auto& done = h.events.back();
+  CHECK(done.kind() == "run.finished");
+  CHECK(done.verdict() == v1::VERDICT_ABORTED);
+  CHECK(done.message().find(
+            "verdict: aborted: the record store failed (record store /var/lib/faultline/records.db: ") == 0);
+  CHECK(done.message().find("not recorded: ") != std::string::npos);
+  CHECK(done.message().find("fault.reverted") != std::string::npos);
+  // The record holds what was written before the disk filled, and nothing after.
+  disk->full = false;
+  auto rec = h.store->getRun("run-1");
+  REQUIRE(rec.has_value());
+  CHECK(rec->verdict() == v1::VERDICT_UNSPECIFIED);
+  bool applied = false;
+  for (const auto& e : rec->events()) {
+    CHECK(e.kind() != "fault.reverted");
+    applied = applied || e.kind() == "fault.applied";
+  }
+  CHECK(applied);
+}

@@ -244,6 +244,29 @@ TEST_CASE("journal: the experiment as it ran, with --var values substituted exce
   CHECK_FALSE(isSecretVariableName("TOKE"));
 }
 
+TEST_CASE("journal: a --secret-var is redacted whatever its name; DB_PASS and APIKEY are secrets by name") {
+  const std::string yaml = "url: http://h/?k=${APIKEY}&p=${DB_PASS}&c=${CUSTOMER}&r=${REGION}\n";
+  const Variables vars{{"APIKEY", "k-123456"}, {"DB_PASS", "pw-654321"}, {"CUSTOMER", "acme-4242"}, {"REGION", "eu"}};
+  const std::string text = formatJournal(violatedRun(), "x.yaml", yaml, vars, SecretNames{"CUSTOMER"});
+  CHECK_FALSE(has(text, "k-123456"));
+  CHECK_FALSE(has(text, "pw-654321"));
+  CHECK_FALSE(has(text, "acme-4242"));
+  const auto j = nlohmann::json::parse(text);
+  CHECK(j["experiment"]["yaml"] == "url: http://h/?k=${APIKEY}&p=${DB_PASS}&c=${CUSTOMER}&r=eu\n");
+  CHECK(j["experiment"]["variables"] == nlohmann::json::parse(R"([{"name": "APIKEY", "redacted": true},
+                                                                  {"name": "CUSTOMER", "redacted": true},
+                                                                  {"name": "DB_PASS", "redacted": true},
+                                                                  {"name": "REGION", "value": "eu"}])"));
+  for (const char* name : {"DB_PASS", "APIKEY", "ssh_key", "aws_credentials", "PASSWD", "api_token"}) {
+    CAPTURE(name);
+    CHECK(isSecretVariableName(name));
+  }
+  CHECK_FALSE(isSecretVariableName("REGION"));
+  CHECK(redactSecrets("pid acme-4242 in eu, key k-123456", vars, SecretNames{"CUSTOMER"}) ==
+        "pid ${CUSTOMER} in eu, key ${APIKEY}");
+  CHECK(redactSecrets("acme-4242", vars) == "acme-4242");  // not a secret without --secret-var
+}
+
 TEST_CASE("show: the faults' windows and the SLIs") {
   setenv("TZ", "UTC0", 1);
   tzset();

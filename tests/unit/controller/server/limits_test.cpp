@@ -24,6 +24,16 @@ TEST_CASE("a Hello within bounds passes; each bound names the field, the size an
   CHECK(overLimits(h) == "Hello.active_faults: FaultReport.error: 65537 bytes, more than the 65536 accepted");
 }
 
+TEST_CASE("SubmitRun: a secret variable must be one of the variables") {
+  v1::SubmitRunRequest r;
+  r.set_experiment("apiVersion: faultline/v1\n");
+  (*r.mutable_variables())["DB"] = "hunter2";
+  r.add_secret_variables("DB");
+  CHECK_FALSE(overLimits(r).has_value());
+  r.add_secret_variables("OTHER");
+  CHECK(overLimits(r) == "secret_variables: 'OTHER' is not a key of variables; accepted: names given in variables");
+}
+
 TEST_CASE("SubmitRun: trigger and a variable's value are bounded too") {
   v1::SubmitRunRequest r;
   r.set_experiment("apiVersion: faultline/v1\n");

@@ -1,5 +1,6 @@
 #include <grp.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -701,6 +702,10 @@ TEST_CASE("record store read-only: a 0444 file in a directory the reader cannot 
     auto writer = openSqliteStore(path);
     writeAll(*writer);
     ScopedMode file(path, readOnlyFile);
+    // The writer made its -wal and -shm 0600, as the file: an admin who lets another user read
+    // the record opens them too.
+    ScopedMode wal(path + "-wal", readOnlyFile);
+    ScopedMode shm(path + "-shm", readOnlyFile);
     ScopedMode directory(dir, readOnlyDir);
     const auto before = snapshot(dir);
     REQUIRE(namesOf(before) == std::vector<std::string>{"runs.db", "runs.db-shm", "runs.db-wal"});
@@ -727,6 +732,10 @@ TEST_CASE("record store read-only: a 0444 file in a directory the reader cannot 
     REQUIRE(WIFEXITED(status));
     REQUIRE(WEXITSTATUS(status) == 0);
     ScopedMode file(path, readOnlyFile);
+    // The writer made its -wal and -shm 0600, as the file: an admin who lets another user read
+    // the record opens them too.
+    ScopedMode wal(path + "-wal", readOnlyFile);
+    ScopedMode shm(path + "-shm", readOnlyFile);
     ScopedMode directory(dir, readOnlyDir);
     const auto before = snapshot(dir);
     REQUIRE(namesOf(before) == std::vector<std::string>{"runs.db", "runs.db-shm", "runs.db-wal"});
@@ -917,4 +926,116 @@ PRAGMA user_version = 1;
   CHECK(run->samples(0).kind().empty());
   CHECK_FALSE(run->samples(0).has_value());
   CHECK(run->slo_checks_size() == 0);
+}
+
+namespace {
+
+// Sets the process's umask for the scope.
+class ScopedUmask {
+ public:
+  explicit ScopedUmask(mode_t mask) : old_(::umask(mask)) {}
+  ~ScopedUmask() { ::umask(old_); }
+  ScopedUmask(const ScopedUmask&) = delete;
+  ScopedUmask& operator=(const ScopedUmask&) = delete;
+
+ private:
+  mode_t old_;
+};
+
+mode_t modeOf(const std::string& path) {
+  struct stat st {};
+  REQUIRE(::stat(path.c_str(), &st) == 0);
+  return st.st_mode & 07777;
+}
+
+// A record file of about 150 KB: 40 runs with 30 events each, written and closed (checkpointed).
+std::string bigRecordFile(const TempDir& dir) {
+  const std::string path = dir.file("records.db");
+  auto store = openSqliteStore(path);
+  for (int r = 0; r < 40; ++r) {
+    const std::string id = fmt::format("r-{:04}", r);
+    store->createRun(makeRun(id, r * 1000));
+    for (int e = 0; e < 30; ++e) {
+      store->addEvent(
+          makeEvent(id, r * 1000 + e, "web-1", "probe.ok", std::string(100, static_cast<char>('a' + e % 26))));
+    }
+  }
+  return path;
+}
+
+}  // namespace
+
+TEST_CASE("record store: a new record file and its -wal and -shm are 0600 whatever the umask") {
+  TempDir dir;
+  const std::string path = dir.file("records.db");
+  {
+    ScopedUmask open(0);  // SQLite alone made the file 0644 here (its default mode, past the umask)
+    auto store = openSqliteStore(path);
+    store->createRun(makeRun("r-1", 0));
+    CHECK(modeOf(path) == 0600);
+    CHECK(modeOf(path + "-wal") == 0600);
+    CHECK(modeOf(path + "-shm") == 0600);
+  }
+  CHECK(modeOf(path) == 0600);
+}
+
+TEST_CASE("record store: an existing record file readable by others is narrowed to 0600 when a writer opens it") {
+  TempDir dir;
+  const std::string path = dir.file("records.db");
+  openSqliteStore(path)->createRun(makeRun("r-1", 0));
+  REQUIRE(::chmod(path.c_str(), 0644) == 0);
+  {
+    auto reader = openSqliteStore(path, StoreMode::ReadOnly);  // a reader changes nothing
+    CHECK(reader->getRun("r-1").has_value());
+  }
+  CHECK(modeOf(path) == 0644);
+  auto store = openSqliteStore(path);
+  CHECK(modeOf(path) == 0600);
+  CHECK(store->getRun("r-1").has_value());
+}
+
+TEST_CASE("record store: 16 KB of garbage in the file's middle is refused at open, by a writer and by a reader") {
+  TempDir dir;
+  const std::string path = bigRecordFile(dir);
+  const auto size = std::filesystem::file_size(path);
+  REQUIRE(size > 64 * 1024);
+  {
+    std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(static_cast<std::streamoff>(size / 2 / 4096 * 4096));
+    std::string garbage(16 * 1024, '\0');
+    for (size_t i = 0; i < garbage.size(); ++i) {
+      garbage[i] = static_cast<char>((i * 131 + 17) % 251);
+    }
+    f.write(garbage.data(), static_cast<std::streamsize>(garbage.size()));
+  }
+  const auto damaged = [&] {
+    std::ifstream in(path, std::ios::binary);
+    return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  }();
+  for (const auto mode : {StoreMode::ReadWrite, StoreMode::ReadOnly}) {
+    CAPTURE(static_cast<int>(mode));
+    try {
+      (void)openSqliteStore(path, mode);
+      FAIL("a damaged record file was opened");
+    } catch (const std::system_error& e) {
+      const std::string what = e.what();
+      CHECK(e.code().category().name() == std::string("sqlite"));
+      CHECK(e.code().value() == SQLITE_CORRUPT);
+      CHECK(what.find(fmt::format("record file {} is damaged: SQLite's quick_check found: ", path)) !=
+            std::string::npos);
+      CHECK(what.find("Nothing was changed") != std::string::npos);
+      CHECK(what.find(fmt::format("sqlite3 {} .recover", path)) != std::string::npos);
+    }
+    // Left as it was: no migration, no WAL switch, no write.
+    std::ifstream in(path, std::ios::binary);
+    CHECK(std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>()) == damaged);
+  }
+}
+
+TEST_CASE("record store: an intact file passes quick_check at open") {
+  TempDir dir;
+  const std::string path = bigRecordFile(dir);
+  auto store = openSqliteStore(path);
+  CHECK(store->listRuns(100).size() == 40);
+  CHECK(openSqliteStore(path, StoreMode::ReadOnly)->getRun("r-0039")->events_size() == 30);
 }
