@@ -1668,6 +1668,7 @@ TEST_CASE("separate processes: plaintext on a non-local address is refused at st
       agent.output);
   CHECK(agent.output.find("--ca, --cert and --key") != std::string::npos);
   CHECK_FALSE(std::filesystem::exists(dir.path + "/state"));
+}
 
 namespace {
 
