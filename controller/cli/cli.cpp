@@ -34,7 +34,7 @@ int cliMain(int argc, char** argv) {
 
   std::unique_ptr<Command> commands[] = {makeRunCommand(),    makeValidateCommand(), makeControllerCommand(),
                                          makeAgentsCommand(), makeHaltCommand(),     makeRunsCommand(),
-                                         makeShowCommand()};
+                                         makeShowCommand(),   makeTokenCommand()};
   std::vector<std::pair<CLI::App*, Command*>> added;
   for (auto& command : commands) {
     added.emplace_back(command->add(app), command.get());
