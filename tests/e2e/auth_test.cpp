@@ -3,7 +3,10 @@
 // unprivileged user (nobody, through runuser and the faultline binary); tokens created, listed and
 // revoked with the CLI; command probes (admin only, run as the probe user, switched off). Real
 // controllers, real gRPC over loopback and a Unix socket, a real SQLite file. Needs root.
+#include <signal.h>
+#include <spawn.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -145,6 +148,21 @@ grpc::Status call(v1::Control::Stub& stub, const std::string& rpc, const std::st
   FAIL("no request for ", rpc);
   return grpc::Status::CANCELLED;
 }
+
+// A `sleep 600` of root's, killed and reaped at the end.
+struct RootSleeper {
+  RootSleeper() {
+    char arg0[] = "sleep";
+    char arg1[] = "600";
+    char* argv[] = {arg0, arg1, nullptr};
+    REQUIRE(::posix_spawnp(&pid, "sleep", nullptr, nullptr, argv, environ) == 0);
+  }
+  ~RootSleeper() {
+    ::kill(pid, SIGKILL);
+    ::waitpid(pid, nullptr, 0);
+  }
+  pid_t pid = -1;
+};
 
 bool contains(const std::string& text, const std::string& part) {
   return text.find(part) != std::string::npos;
@@ -361,10 +379,14 @@ TEST_CASE(
   CHECK(r.status == 3);
   CHECK(contains(r.output,
                  fmt::format("Halt needs the operator role; uid 65534 on {} has the viewer role", c.socketPath)));
+  // A root-owned process the experiment would SIGKILL; it outlives the refusal.
+  RootSleeper victim;
   {
     std::ofstream f(c.dir.path + "/kill.yaml");
-    f << "apiVersion: faultline/v1\nkind: Experiment\nmetadata:\n  name: kill-root\nmethod:\n"
-         "  - fault: {type: process.kill, duration: 1s, process: {pid: 1}}\n";
+    f << fmt::format(
+        "apiVersion: faultline/v1\nkind: Experiment\nmetadata:\n  name: kill-root\nmethod:\n"
+        "  - fault: {{type: process.kill, duration: 1s, process: {{pid: {}}}}}\n",
+        victim.pid);
   }
   ::chmod((c.dir.path + "/kill.yaml").c_str(), 0644);
   r = testing::sh(fmt::format("{} run {}/kill.yaml {}", as, c.dir.path, where));
@@ -378,6 +400,7 @@ TEST_CASE(
   v1::ListRunsResponse runs;
   REQUIRE(c.overSocket()->ListRuns(&ctx, {}, &runs).ok());
   CHECK(runs.runs_size() == 0);
+  CHECK(::kill(victim.pid, 0) == 0);
 }
 
 TEST_CASE("an operator may not submit or plan an experiment with a command probe; an admin may") {
