@@ -94,6 +94,7 @@ void LocalSocket::bind() {
   if (rc != 0) {
     throw failure("bind", path_, err);
   }
+  bound_ = true;
   std::vector<char> buffer(16 * 1024);
   group grp{};
   group* found = nullptr;
@@ -173,7 +174,10 @@ void LocalSocket::stop() {
   if (listenFd_ >= 0) {
     ::close(listenFd_);
     listenFd_ = -1;
-    ::unlink(path_.c_str());
+  }
+  if (bound_) {
+    ::unlink(path_.c_str());  // only the file this object made
+    bound_ = false;
   }
   if (wakeFd_ >= 0) {
     ::close(wakeFd_);

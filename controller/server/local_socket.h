@@ -55,7 +55,8 @@ class LocalSocket {
   std::string path_;
   std::string group_;
   int listenFd_ = -1;
-  int wakeFd_ = -1;  // eventfd: stop() wakes the accept loop
+  bool bound_ = false;  // path_ is this object's socket (stop() removes it)
+  int wakeFd_ = -1;     // eventfd: stop() wakes the accept loop
   std::thread thread_;
   mutable std::mutex mutex_;
   std::map<int, uid_t> peers_;  // fd handed to gRPC -> its peer's uid

@@ -511,3 +511,22 @@ TEST_CASE("WatchRun's run_id is bounded like the other ids") {
   CHECK(s.error_code() == grpc::StatusCode::INVALID_ARGUMENT);
   CHECK(contains(s.error_message(), "run_id"));
 }
+
+TEST_CASE("a second controller on a live socket is refused and leaves it alone; a stale socket is replaced") {
+  AuthController c;
+  controller::ControllerOptions o{"", c.dir.path + "/second.db", 15s};
+  o.socket = c.socketPath;
+  {
+    controller::Controller second(o);
+    CHECK_THROWS_WITH_AS(second.start(), doctest::Contains("another process listens on it"), std::runtime_error);
+  }
+  CHECK(call(*c.overSocket(), "ListAgents", "").ok());
+  // Something that is not a socket is never removed.
+  o.socket = c.dir.path + "/file";
+  { std::ofstream(o.socket) << "keep"; }
+  {
+    controller::Controller third(o);
+    CHECK_THROWS_WITH_AS(third.start(), doctest::Contains("not a socket"), std::runtime_error);
+  }
+  CHECK(std::filesystem::is_regular_file(o.socket));
+}
