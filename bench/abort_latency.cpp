@@ -83,8 +83,12 @@ int main(int argc, char** argv) {
   const std::string db = fmt::format("/tmp/faultline-abort-latency-{}.db", ::getpid());
   int failures = 0;
   {
-    controller::Controller controller(controller::ControllerOptions{"127.0.0.1:0", db, 15s});
-    const std::string address = fmt::format("127.0.0.1:{}", controller.start());
+    // The Control API and the agent on a Unix socket, where this (root) process is admin.
+    controller::ControllerOptions options{"", db, 15s};
+    options.socket = db + ".sock";
+    controller::Controller controller(options);
+    controller.start();
+    const std::string address = "unix:" + options.socket;
     agent::SessionOptions so;
     so.controller = address;
     so.agentId = "bench-agent";

@@ -174,8 +174,12 @@ int main(int argc, char** argv) {
   // 1. Halt across N agents.
   std::vector<double> halts;
   {
-    controller::Controller ctl(controller::ControllerOptions{"127.0.0.1:0", dir + "/halt.db", 15s});
-    const std::string address = fmt::format("127.0.0.1:{}", ctl.start());
+    // The Control API and the agents on a Unix socket, where this (root) process is admin.
+    controller::ControllerOptions options{"", dir + "/halt.db", 15s};
+    options.socket = dir + "/halt.sock";
+    controller::Controller ctl(options);
+    ctl.start();
+    const std::string address = "unix:" + options.socket;
     std::vector<std::unique_ptr<agent::AgentRuntime>> fleet;
     for (int i = 0; i < agents; ++i) {
       agent::SessionOptions so;

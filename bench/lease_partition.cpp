@@ -122,8 +122,8 @@ int main(int argc, char** argv) {
   const std::string controllerLog = dir + "/controller.log";
   const std::string agentLog = dir + "/agent.log";
   pid_t controller = spawnIn(c.path(),
-                             {FAULTLINE_BIN, "controller", "--listen", address, "--db", dir + "/c.db", "--lease",
-                              fmt::format("{}ms", lease.count()), "--insecure"},
+                             {FAULTLINE_BIN, "controller", "--listen", address, "--socket", dir + "/control.sock",
+                              "--db", dir + "/c.db", "--lease", fmt::format("{}ms", lease.count()), "--insecure"},
                              controllerLog);
   pid_t agent = spawnIn(a.path(),
                         {FAULTLINE_AGENT_BIN, "--controller", address, "--id", "bench-partition", "--label",
@@ -158,7 +158,8 @@ int main(int argc, char** argv) {
       break;
     }
     pid_t run =
-        spawnIn(c.path(), {FAULTLINE_BIN, "run", dir + "/long.yaml", "--controller", address}, dir + "/run.log");
+        spawnIn(c.path(), {FAULTLINE_BIN, "run", dir + "/long.yaml", "--controller", "unix:" + dir + "/control.sock"},
+                dir + "/run.log");
     if (!waitFor([&] { return rootOfVeth0().find("fa17:") != std::string::npos; }, 30s)) {
       std::cerr << "round " << r + 1 << ": the fault was not applied:\n" << slurp(dir + "/run.log") << slurp(agentLog);
       stop(run, SIGKILL);

@@ -82,7 +82,10 @@ int main(int argc, char** argv) {
       }
     }
     const std::string address = "unix:" + dir + "/control.sock";
-    controller::Controller ctl(controller::ControllerOptions{address, dir + "/skew.db", 15s});
+    // The Control API and the agents on a Unix socket, where this (root) process is admin.
+    controller::ControllerOptions options{"", dir + "/skew.db", 15s};
+    options.socket = address.substr(5);
+    controller::Controller ctl(options);
     ctl.start();
     std::vector<pid_t> pids;
     for (int i = 0; i < agents; ++i) {

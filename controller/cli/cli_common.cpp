@@ -1,4 +1,8 @@
 // What several faultline commands share (command.h).
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <cerrno>
 #include <cstring>
 #include <ctime>
@@ -131,10 +135,74 @@ int rpcError(const std::string& what, const std::string& address, const grpc::St
              : kExitError;
 }
 
+namespace {
+std::string& processToken() {
+  static std::string token;
+  return token;
+}
+}  // namespace
+
 std::unique_ptr<grpc::ClientContext> contextWithDeadline(std::chrono::seconds d) {
   auto ctx = std::make_unique<grpc::ClientContext>();
   ctx->set_deadline(std::chrono::system_clock::now() + d);
+  addCredentials(*ctx);
   return ctx;
+}
+
+void addCredentials(grpc::ClientContext& ctx) {
+  if (!processToken().empty()) {
+    ctx.AddMetadata("authorization", "Bearer " + processToken());
+  }
+}
+
+void addTokenOption(CLI::App* cmd, std::string& tokenFile) {
+  cmd->add_option("--token-file", tokenFile,
+                  "file holding a bearer token (faultline token create) for a controller over TCP; default: the "
+                  "FAULTLINE_TOKEN environment variable");
+}
+
+bool loadToken(const std::string& tokenFile) {
+  constexpr size_t kMaxTokenFileBytes = 4096;
+  std::string text;
+  if (tokenFile.empty()) {
+    const char* env = std::getenv("FAULTLINE_TOKEN");
+    text = env ? env : "";
+    if (text.size() > kMaxTokenFileBytes) {
+      std::cerr << fmt::format("faultline: FAULTLINE_TOKEN: {} bytes, more than the {} accepted\n", text.size(),
+                               kMaxTokenFileBytes);
+      return false;
+    }
+  } else {
+    const int fd = ::open(tokenFile.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+    if (fd < 0) {
+      std::cerr << fmt::format("faultline: --token-file {}: {}\n", tokenFile, std::strerror(errno));
+      return false;
+    }
+    struct stat st {};
+    if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || static_cast<size_t>(st.st_size) > kMaxTokenFileBytes) {
+      ::close(fd);
+      std::cerr << fmt::format("faultline: --token-file {}: accepted: a regular file of at most {} bytes\n", tokenFile,
+                               kMaxTokenFileBytes);
+      return false;
+    }
+    text.resize(kMaxTokenFileBytes);
+    const ssize_t n = ::read(fd, text.data(), text.size());
+    ::close(fd);
+    text.resize(n > 0 ? static_cast<size_t>(n) : 0);
+  }
+  const auto first = text.find_first_not_of(" \t\r\n");
+  const auto last = text.find_last_not_of(" \t\r\n");
+  text = first == std::string::npos ? "" : text.substr(first, last - first + 1);
+  if (!tokenFile.empty() && text.empty()) {
+    std::cerr << fmt::format("faultline: --token-file {}: holds no token\n", tokenFile);
+    return false;
+  }
+  if (text.find_first_of(" \t\r\n") != std::string::npos) {
+    std::cerr << "faultline: the token holds whitespace; accepted: one token as `faultline token create` prints it\n";
+    return false;
+  }
+  processToken() = text;
+  return true;
 }
 
 bool checkControllerAddress(const std::string& address) {

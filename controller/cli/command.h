@@ -27,7 +27,11 @@ namespace faultline::controller::cli {
 
 inline constexpr int kExitError = 3;
 inline constexpr int kExitUsage = 4;
-inline constexpr const char* kDefaultController = "127.0.0.1:7443";
+// The controller's Unix socket (faultline controller --socket): callers there are known by uid.
+inline constexpr const char* kDefaultController = "unix:/run/faultline/controller.sock";
+inline constexpr const char* kControllerHelp =
+    "controller address: unix:PATH (its --socket; callers known by uid) or HOST:PORT (needs --token-file or "
+    "FAULTLINE_TOKEN)";
 
 // One subcommand: add() registers it and its options on the app (before parsing); run() does it
 // (after parsing, when it was the one given) and returns the process's exit code.
@@ -46,6 +50,7 @@ class Command {
 [[nodiscard]] std::unique_ptr<Command> makeRunsCommand();
 [[nodiscard]] std::unique_ptr<Command> makeShowCommand();
 [[nodiscard]] std::unique_ptr<Command> makeCertsCommand();
+[[nodiscard]] std::unique_ptr<Command> makeTokenCommand();
 
 // What several commands share (cli_common.cpp).
 
@@ -78,7 +83,18 @@ void useClientCredentials(std::shared_ptr<grpc::ChannelCredentials> credentials)
 // Prints what failed (an unreachable controller named as such) and returns the exit code: 4 for
 // INVALID_ARGUMENT and NOT_FOUND, else 3.
 int rpcError(const std::string& what, const std::string& address, const grpc::Status& s);
+// A context with deadline d and this process's credentials (addCredentials()).
 [[nodiscard]] std::unique_ptr<grpc::ClientContext> contextWithDeadline(std::chrono::seconds d);
+// Adds the bearer token loadToken() read, if any, as `authorization: Bearer TOKEN` metadata
+// (gRPC sends no call credentials on an insecure channel, so it is plain metadata).
+void addCredentials(grpc::ClientContext& ctx);
+// Adds --token-file to a command that calls the controller.
+void addTokenOption(CLI::App* cmd, std::string& tokenFile);
+// Reads the token of this process's calls: from tokenFile when given (a regular file of at most
+// 4 KiB, opened without blocking; surrounding whitespace dropped), else from the environment
+// variable FAULTLINE_TOKEN; none is fine (the Unix socket needs none). Prints the problem and
+// returns false when the file cannot be read or holds no token.
+[[nodiscard]] bool loadToken(const std::string& tokenFile);
 // Checks a --controller address; prints the problem and returns false when it is not one.
 [[nodiscard]] bool checkControllerAddress(const std::string& address);
 

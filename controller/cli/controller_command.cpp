@@ -1,4 +1,6 @@
 // faultline controller: the controller process (agents dial it, the CLI submits runs to it).
+#include <unistd.h>
+
 #include <cstring>
 #include <iostream>
 
@@ -34,10 +36,12 @@ class ControllerCommand final : public Command {
  public:
   CLI::App* add(CLI::App& app) override {
     options_.dbPath = "/var/lib/faultline/controller.db";
+    options_.socket = "/run/faultline/controller.sock";
     auto* cmd = app.add_subcommand("controller", "run the controller: agents dial it, the CLI submits runs to it");
     cmd->add_option("--listen", options_.listen,
-                    "address to listen on, HOST:PORT or unix:PATH; without --tls-* only a loopback address or "
-                    "unix:PATH (or --insecure)")
+                    "address to listen on, HOST:PORT or unix:PATH: agents, and the CLI with a token (faultline "
+                    "token create) or a client certificate; without --tls-* only a loopback address or unix:PATH "
+                    "(or --insecure); '' for none (then agents dial --socket)")
         ->capture_default_str();
     cmd->add_option("--tls-cert", options_.tls.cert,
                     "PEM file of the controller's certificate: the listen port speaks TLS (with --tls-key and "
@@ -49,6 +53,22 @@ class ControllerCommand final : public Command {
     cmd->add_flag("--insecure", options_.insecure,
                   "serve plaintext on an address that is neither loopback nor unix:PATH: anyone who reaches it can "
                   "register as an agent and command the fleet; warned at every start");
+    cmd->add_option("--socket", options_.socket,
+                    "Unix socket of the Control API on this host, where callers are known by uid (root and this "
+                    "process's user: admin; others: --local-role); its directory is created if missing; '' for none")
+        ->capture_default_str();
+    cmd->add_option("--socket-group", options_.socketGroup,
+                    "group that may connect to --socket (mode 0660); without such a group the mode is 0600")
+        ->capture_default_str();
+    cmd->add_option("--local-role", localRole_,
+                    "role of the other users that can connect to --socket: viewer, operator or admin")
+        ->check(CLI::IsMember({"viewer", "operator", "admin"}))
+        ->capture_default_str();
+    cmd->add_option("--probe-user", probeUser_,
+                    "user that command probes run as (default: nobody when the controller runs as root, else its "
+                    "own user); the controller refuses to start when it does not exist");
+    cmd->add_flag("--no-command-probes", noCommandProbes_,
+                  "refuse every run and dry run of an experiment with a command probe (FAILED_PRECONDITION)");
     cmd->add_option("--db", options_.dbPath, "SQLite file for run records")->capture_default_str();
     cmd->add_option("--lease", leaseText_, "agents revert every fault after this long without word from the controller")
         ->capture_default_str();
@@ -61,7 +81,11 @@ class ControllerCommand final : public Command {
       return kExitUsage;
     }
     options_.lease = std::chrono::duration_cast<std::chrono::milliseconds>(*lease);
-    if (auto bad = checkAddress(options_.listen, true); !bad.empty()) {
+    if (options_.listen.empty() && options_.socket.empty()) {
+      std::cerr << "faultline controller: --listen and --socket are both empty; accepted: at least one\n";
+      return kExitUsage;
+    }
+    if (auto bad = options_.listen.empty() ? "" : checkAddress(options_.listen, true); !bad.empty()) {
       std::cerr << "faultline controller: --listen: " << bad << "\n";
       return kExitUsage;
     }
@@ -75,11 +99,41 @@ class ControllerCommand final : public Command {
       std::cerr << "faultline controller: " << refused << "\n";
       return kExitUsage;
     }
+    options_.localRole = *auth::parseRole(localRole_);
+    options_.commandProbes = !noCommandProbes_;
+    // Command probes never run as root: nobody unless --probe-user names another user.
+    std::string probeUser = probeUser_;
+    if (probeUser.empty() && ::geteuid() == 0) {
+      probeUser = "nobody";
+    }
+    if (!probeUser.empty()) {
+      auto user = lookupProbeUser(probeUser);
+      if (!user) {
+        std::cerr << "faultline controller: --probe-user: " << user.error() << "\n";
+        return kExitUsage;
+      }
+      if (user->uid == 0) {
+        std::cerr << "faultline controller: --probe-user " << probeUser
+                  << ": uid 0; accepted: a user other than root (command probes never run as root)\n";
+        return kExitUsage;
+      }
+      if (user->uid != ::geteuid()) {
+        if (::geteuid() != 0) {
+          std::cerr << "faultline controller: --probe-user " << probeUser
+                    << ": only a controller running as root can run command probes as another user\n";
+          return kExitUsage;
+        }
+        options_.probeUser = std::move(*user);
+      }
+    }
     return controllerCommand(options_);
   }
 
  private:
   ControllerOptions options_;
+  std::string localRole_ = "operator";
+  std::string probeUser_;
+  bool noCommandProbes_ = false;
   std::string leaseText_ = "15s";
 };
 

@@ -86,13 +86,17 @@ class AgentsCommand final : public Command {
  public:
   CLI::App* add(CLI::App& app) override {
     auto* cmd = app.add_subcommand("agents", "list the agents connected to the controller");
-    cmd->add_option("--controller", address_, "controller address HOST:PORT")->capture_default_str();
+    cmd->add_option("--controller", address_, kControllerHelp)->capture_default_str();
+    addTokenOption(cmd, tokenFile_);
     return cmd;
   }
-  int run() override { return checkControllerAddress(address_) ? agentsCommand(address_) : kExitUsage; }
+  int run() override {
+    return checkControllerAddress(address_) && loadToken(tokenFile_) ? agentsCommand(address_) : kExitUsage;
+  }
 
  private:
   std::string address_ = kDefaultController;
+  std::string tokenFile_;
 };
 
 class HaltCommand final : public Command {
@@ -101,14 +105,18 @@ class HaltCommand final : public Command {
     auto* cmd = app.add_subcommand("halt",
                                    "abort every active run and revert every fault on every agent; exit 0 when all "
                                    "agents confirm, 3 otherwise");
-    cmd->add_option("--controller", address_, "controller address HOST:PORT")->capture_default_str();
+    cmd->add_option("--controller", address_, kControllerHelp)->capture_default_str();
+    addTokenOption(cmd, tokenFile_);
     cmd->add_option("--reason", reason_, "why (logged by the controller and the agents)");
     return cmd;
   }
-  int run() override { return checkControllerAddress(address_) ? haltCommand(address_, reason_) : kExitUsage; }
+  int run() override {
+    return checkControllerAddress(address_) && loadToken(tokenFile_) ? haltCommand(address_, reason_) : kExitUsage;
+  }
 
  private:
   std::string address_ = kDefaultController;
+  std::string tokenFile_;
   std::string reason_;
 };
 

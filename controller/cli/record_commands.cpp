@@ -77,15 +77,19 @@ class RunsCommand final : public Command {
  public:
   CLI::App* add(CLI::App& app) override {
     auto* cmd = app.add_subcommand("runs", "list recorded runs, newest first");
-    auto* ctrl = cmd->add_option("--controller", address_, "controller address HOST:PORT")->capture_default_str();
+    auto* ctrl = cmd->add_option("--controller", address_, kControllerHelp)->capture_default_str();
+    addTokenOption(cmd, tokenFile_);
     cmd->add_option("--db", db_, "read a record file directly instead (e.g. the one of --local)")->excludes(ctrl);
     cmd->add_option("--limit", limit_, "how many runs")->capture_default_str();
     return cmd;
   }
-  int run() override { return checkControllerAddress(address_) ? runsCommand(address_, db_, limit_) : kExitUsage; }
+  int run() override {
+    return checkControllerAddress(address_) && loadToken(tokenFile_) ? runsCommand(address_, db_, limit_) : kExitUsage;
+  }
 
  private:
   std::string address_ = kDefaultController;
+  std::string tokenFile_;
   std::string db_;
   unsigned limit_ = 20;
 };
@@ -95,15 +99,19 @@ class ShowCommand final : public Command {
   CLI::App* add(CLI::App& app) override {
     auto* cmd = app.add_subcommand("show", "print the recorded timeline of a run");
     cmd->add_option("RUN_ID", runId_, "run id, as printed by run and runs")->required();
-    auto* ctrl = cmd->add_option("--controller", address_, "controller address HOST:PORT")->capture_default_str();
+    auto* ctrl = cmd->add_option("--controller", address_, kControllerHelp)->capture_default_str();
+    addTokenOption(cmd, tokenFile_);
     cmd->add_option("--db", db_, "read a record file directly instead (e.g. the one of --local)")->excludes(ctrl);
     return cmd;
   }
-  int run() override { return checkControllerAddress(address_) ? showCommand(runId_, address_, db_) : kExitUsage; }
+  int run() override {
+    return checkControllerAddress(address_) && loadToken(tokenFile_) ? showCommand(runId_, address_, db_) : kExitUsage;
+  }
 
  private:
   std::string runId_;
   std::string address_ = kDefaultController;
+  std::string tokenFile_;
   std::string db_;
 };
 

@@ -43,6 +43,7 @@ void printEvent(const v1::RunEvent& e) {
 
 int watchRun(v1::Control::Stub& stub, const std::string& address, const std::string& runId) {
   grpc::ClientContext ctx;
+  addCredentials(ctx);
   v1::WatchRunRequest req;
   req.set_run_id(runId);
   auto reader = stub.WatchRun(&ctx, req);
@@ -84,6 +85,7 @@ struct PrivateDir {
 struct RunOptions {
   std::string file;
   std::string controller;
+  std::string tokenFile;
   bool local = false;
   bool dbGiven = false;
   std::string db = "faultline.db";
@@ -290,12 +292,16 @@ int runCommand(const RunOptions& o) {
   std::unique_ptr<agent::AgentRuntime> localAgent;
   PrivateDir socketDir;
   if (o.local) {
-    // The embedded controller listens on a Unix socket in a directory only this user can enter:
-    // no other local user can submit runs to it.
+    // The embedded controller listens on a Unix socket (mode 0600) in a directory only this user
+    // can enter: no other local user can submit runs to it, and this user is its admin by
+    // SO_PEERCRED. Its command probes run as this user (no --probe-user: it is their process).
     try {
       socketDir.create();
-      address = "unix:" + socketDir.path + "/control.sock";
-      controller = std::make_unique<Controller>(ControllerOptions{address, o.db, std::chrono::seconds{15}, true});
+      ControllerOptions co{"", o.db, std::chrono::seconds{15}, true};
+      co.socket = socketDir.path + "/control.sock";
+      co.socketGroup = "";
+      address = "unix:" + co.socket;
+      controller = std::make_unique<Controller>(std::move(co));
       controller->start();
     } catch (const std::exception& e) {
       std::cerr << "faultline: --local: " << e.what() << "\n";
@@ -381,6 +387,7 @@ int runCommand(const RunOptions& o) {
     std::cerr << fmt::format("\nfaultline: SIG{}: aborting run {} and reverting its faults\n", sigabbrev_np(sig),
                              runId);
     grpc::ClientContext actx;
+    addCredentials(actx);
     actx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds{5});
     v1::AbortRunRequest areq;
     areq.set_run_id(runId);
@@ -415,7 +422,8 @@ class RunCommand final : public Command {
                               "held, 1 violated, 2 aborted, 3 execution error, 4 invalid file or usage");
     cmd_->add_option("FILE", o_.file, "experiment file (YAML, apiVersion: faultline/v1)")->required();
     auto* ctrlOpt = cmd_->add_option("--controller", o_.controller,
-                                     fmt::format("controller address HOST:PORT (default {})", kDefaultController));
+                                     fmt::format("{} (default {})", kControllerHelp, kDefaultController));
+    addTokenOption(cmd_, o_.tokenFile);
     cmd_->add_flag("--local", o_.local,
                    "run an embedded controller and an in-process agent on this host (records in --db)")
         ->excludes(ctrlOpt);
@@ -454,6 +462,9 @@ class RunCommand final : public Command {
   }
   int run() override {
     if (!o_.controller.empty() && !checkControllerAddress(o_.controller)) {
+      return kExitUsage;
+    }
+    if (!loadToken(o_.tokenFile)) {
       return kExitUsage;
     }
     if (!verbose_) {

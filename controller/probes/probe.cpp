@@ -48,6 +48,7 @@ namespace {
 
 class AnyProbeRunner final : public ProbeRunner {
  public:
+  explicit AnyProbeRunner(std::optional<ProbeUser> commandUser) : commandUser_(std::move(commandUser)) {}
   Sample run(const Probe& probe) override {
     switch (probe.kind) {
       case ProbeKind::kHttp:
@@ -55,18 +56,21 @@ class AnyProbeRunner final : public ProbeRunner {
       case ProbeKind::kTcp:
         return runTcpProbe(probe.tcp);
       case ProbeKind::kCommand:
-        return runCommandProbe(probe.command);
+        return runCommandProbe(probe.command, commandUser_ ? &*commandUser_ : nullptr);
       case ProbeKind::kPrometheus:
         return runPrometheusProbe(probe.prometheus);
     }
     return Sample{false, {}, "unknown probe kind", std::nullopt};
   }
+
+ private:
+  std::optional<ProbeUser> commandUser_;
 };
 
 }  // namespace
 
-std::unique_ptr<ProbeRunner> makeProbeRunner() {
-  return std::make_unique<AnyProbeRunner>();
+std::unique_ptr<ProbeRunner> makeProbeRunner(std::optional<ProbeUser> commandUser) {
+  return std::make_unique<AnyProbeRunner>(std::move(commandUser));
 }
 
 }  // namespace faultline::controller

@@ -7,6 +7,9 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
+
+#include <sys/types.h>
 
 #include <tl/expected.hpp>
 
@@ -34,14 +37,29 @@ class ProbeRunner {
   [[nodiscard]] virtual Sample run(const Probe& probe) = 0;
 };
 
+// The user a command probe's program runs as (`faultline controller --probe-user`): its child
+// calls setgroups(groups), setgid(gid), setuid(uid) before exec, so a probe never runs as root.
+struct ProbeUser {
+  std::string name;
+  uid_t uid = 0;
+  gid_t gid = 0;
+  std::vector<gid_t> groups;  // the user's supplementary groups (getgrouplist)
+};
+// The user called name, from the passwd and group databases; an error text ("no user 'x' on this
+// host ...") when there is none.
+[[nodiscard]] tl::expected<ProbeUser, std::string> lookupProbeUser(const std::string& name);
+
 // The runner of every probe kind: http and prometheus over HTTP/1.1 on plain TCP (Boost.Beast),
-// tcp connects (Boost.Asio), command with fork/exec (probe_command.cpp).
-[[nodiscard]] std::unique_ptr<ProbeRunner> makeProbeRunner();
+// tcp connects (Boost.Asio), command with posix_spawn, or fork/exec as commandUser when it is set
+// (command.cpp).
+[[nodiscard]] std::unique_ptr<ProbeRunner> makeProbeRunner(std::optional<ProbeUser> commandUser = std::nullopt);
 
 // One sample of each kind; what makeProbeRunner() dispatches to. Thread-safe, blocking.
 [[nodiscard]] Sample runHttpProbe(const HttpProbe& probe);
 [[nodiscard]] Sample runTcpProbe(const TcpProbe& probe);
-[[nodiscard]] Sample runCommandProbe(const CommandProbe& probe);
+// runAs: the user the program runs as (the caller must be able to switch to it: root, or runAs
+// is the caller's own user); nullptr: the caller's own user and groups.
+[[nodiscard]] Sample runCommandProbe(const CommandProbe& probe, const ProbeUser* runAs = nullptr);
 [[nodiscard]] Sample runPrometheusProbe(const PrometheusProbe& probe);
 
 // "0.4ms", "3.1ms", "612ms", "1.25s"

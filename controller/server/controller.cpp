@@ -24,12 +24,15 @@
 #include <spdlog/spdlog.h>
 
 #include "agent/session/agent.h"
+#include "controller/auth/roles.h"
+#include "controller/auth/tokens.h"
 #include "controller/engine/engine.h"
 #include "controller/experiment/experiment.h"
 #include "controller/probes/probe.h"
 #include "controller/report/run_format.h"
 #include "controller/server/agent_pages.h"
 #include "controller/server/limits.h"
+#include "controller/server/local_socket.h"
 #include "controller/server/tls.h"
 #include "controller/store/store.h"
 #include "faultline/v1/control.grpc.pb.h"
@@ -164,6 +167,66 @@ grpc::ServerUnaryReactor* finishNow(grpc::CallbackServerContext* ctx, const grpc
   return r;
 }
 
+// A stream refused before its first event (no such run, no role, a bound broken).
+class RefusedStream final : public grpc::ServerWriteReactor<v1::RunEvent> {
+ public:
+  explicit RefusedStream(const grpc::Status& status) { Finish(status); }
+  void OnDone() override { delete this; }
+};
+
+// Who called, as far as the controller knows, and with which role.
+struct Caller {
+  auth::Role role = auth::Role::kViewer;
+  std::string who;  // "uid 1000 on /run/faultline/controller.sock", "token 0123456789abcdef (ci)"
+};
+
+// The caller of a verified client certificate: CN and OU from the TLS AuthContext, OU the role.
+// A CLI client's verified certificate (mTLS on the listen port): its Organizational Unit names
+// its role (viewer, operator or admin); a certificate without one (an agent's) gives no role.
+std::optional<Caller> certificateCaller(const grpc::CallbackServerContext& ctx) {
+  const auto context = ctx.auth_context();
+  if (!context) {
+    return std::nullopt;
+  }
+  auto identity = peerIdentity(*context);
+  if (!identity) {
+    return std::nullopt;
+  }
+  auto role = auth::parseRole(identity->organizationalUnit);
+  if (!role) {
+    return std::nullopt;
+  }
+  return Caller{*role, fmt::format("certificate CN={} OU={}", identity->commonName, identity->organizationalUnit)};
+}
+
+google::protobuf::Timestamp timestampOf(int64_t unixSeconds) {
+  google::protobuf::Timestamp t;
+  t.set_seconds(unixSeconds);
+  return t;
+}
+
+v1::TokenInfo tokenMessage(const auth::TokenInfo& t) {
+  v1::TokenInfo m;
+  m.set_id(t.id);
+  m.set_name(t.name);
+  m.set_role(std::string(auth::roleName(t.role)));
+  *m.mutable_created_at() = timestampOf(t.createdUnix);
+  if (t.revokedUnix != 0) {
+    *m.mutable_revoked_at() = timestampOf(t.revokedUnix);
+  }
+  return m;
+}
+
+// The first command probe of an experiment, or nullptr.
+const Probe* firstCommandProbe(const Experiment& e) {
+  for (const auto& p : e.hypothesis.probes) {
+    if (p.kind == ProbeKind::kCommand) {
+      return &p;
+    }
+  }
+  return nullptr;
+}
+
 }  // namespace
 
 struct Controller::Impl final : v1::Control::CallbackService {
@@ -171,12 +234,15 @@ struct Controller::Impl final : v1::Control::CallbackService {
       : options(std::move(o)),
         gateway(GatewayOptions{.lease = options.lease,
                                .heartbeatInterval = std::max(options.lease / 5, std::chrono::milliseconds{100}),
-                               .requireClientCertificate = !options.tls.empty()}) {}
+                               .requireClientCertificate = !options.tls.empty()}),
+        probes(makeProbeRunner(options.probeUser)) {}
 
   ControllerOptions options;
   Gateway gateway;
   std::unique_ptr<RecordStore> store;
-  std::unique_ptr<ProbeRunner> probes = makeProbeRunner();
+  std::unique_ptr<auth::TokenStore> tokens;
+  std::unique_ptr<ProbeRunner> probes;
+  std::unique_ptr<LocalSocket> localSocket;
   std::unique_ptr<grpc::Server> server;
   std::mutex mutex;
   std::condition_variable cv;
@@ -261,6 +327,85 @@ struct Controller::Impl final : v1::Control::CallbackService {
     }
   }
 
+  // The caller of ctx: a peer of the Unix socket by its uid, else a bearer token, else a client
+  // certificate; UNAUTHENTICATED saying how to authenticate when none is shown or valid.
+  tl::expected<Caller, grpc::Status> authenticate(const grpc::CallbackServerContext& ctx) {
+    if (localSocket) {
+      if (auto uid = localSocket->uidOf(ctx.peer())) {
+        return Caller{auth::localPeerRole(*uid, ::geteuid(), options.localRole),
+                      fmt::format("uid {} on {}", *uid, localSocket->path())};
+      }
+    }
+    const auto& metadata = ctx.client_metadata();
+    if (auto it = metadata.find("authorization"); it != metadata.end()) {
+      const std::string_view value(it->second.data(), it->second.size());
+      constexpr std::string_view kBearer = "Bearer ";
+      if (value.substr(0, kBearer.size()) != kBearer) {
+        return tl::unexpected(grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                                           "authorization metadata: accepted: 'Bearer TOKEN' (a token of "
+                                           "`faultline token create`)"));
+      }
+      auto token = tokens->verify(value.substr(kBearer.size()));
+      if (!token) {
+        return tl::unexpected(grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                                           "the bearer token is not valid here (unknown to this controller, or "
+                                           "revoked); ask an admin for one: faultline token create --role ROLE"));
+      }
+      return Caller{token->role,
+                    fmt::format("token {}{}", token->id, token->name.empty() ? "" : " (" + token->name + ")")};
+    }
+    if (auto cert = certificateCaller(ctx)) {
+      return *cert;
+    }
+    return tl::unexpected(grpc::Status(
+        grpc::StatusCode::UNAUTHENTICATED,
+        fmt::format("no credentials: call on the controller's Unix socket{} (as root, the controller's user or a "
+                    "member of its --socket-group), or give a token (faultline --token-file FILE, or the "
+                    "FAULTLINE_TOKEN environment variable; an admin makes one with `faultline token create --role "
+                    "ROLE`)",
+                    localSocket ? " (--controller unix:" + localSocket->path() + ")" : "")));
+  }
+
+  // The caller when it may call rpc (auth::kRpcRoles), else UNAUTHENTICATED or PERMISSION_DENIED
+  // naming the role needed and the caller's.
+  tl::expected<Caller, grpc::Status> authorize(const grpc::CallbackServerContext& ctx, std::string_view rpc) {
+    auto caller = authenticate(ctx);
+    if (!caller) {
+      return caller;
+    }
+    const auto needs = auth::requiredRole(rpc);
+    if (!needs || !auth::allows(caller->role, *needs)) {
+      return tl::unexpected(grpc::Status(
+          grpc::StatusCode::PERMISSION_DENIED,
+          fmt::format("{} needs the {} role; {} has the {} role", rpc, needs ? auth::roleName(*needs) : "(unknown)",
+                      caller->who, auth::roleName(caller->role))));
+    }
+    return caller;
+  }
+
+  // An experiment with a command probe: refused when this controller runs none, or when the
+  // caller is not an admin.
+  std::optional<grpc::Status> checkCommandProbes(const Experiment& e, const Caller& caller) const {
+    const Probe* probe = firstCommandProbe(e);
+    if (probe == nullptr) {
+      return std::nullopt;
+    }
+    if (!options.commandProbes) {
+      return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                          fmt::format("probe '{}' is a command probe, and this controller runs none (it was started "
+                                      "with --no-command-probes); use an http, tcp or prometheus probe",
+                                      probe->name));
+    }
+    if (!auth::allows(caller.role, auth::kCommandProbeRole)) {
+      return grpc::Status(
+          grpc::StatusCode::PERMISSION_DENIED,
+          fmt::format("probe '{}' is a command probe (it runs a program on the controller's host): that needs the {} "
+                      "role; {} has the {} role",
+                      probe->name, auth::roleName(auth::kCommandProbeRole), caller.who, auth::roleName(caller.role)));
+    }
+    return std::nullopt;
+  }
+
   // The request's experiment with its variables, or INVALID_ARGUMENT listing every diagnostic.
   static tl::expected<Experiment, grpc::Status> parseRequest(const v1::SubmitRunRequest& req,
                                                              const std::string& fileName) {
@@ -281,10 +426,17 @@ struct Controller::Impl final : v1::Control::CallbackService {
 
   grpc::ServerUnaryReactor* SubmitRun(grpc::CallbackServerContext* ctx, const v1::SubmitRunRequest* req,
                                       v1::SubmitRunResponse* resp) override {
+    auto caller = authorize(*ctx, "SubmitRun");
+    if (!caller) {
+      return finishNow(ctx, caller.error());
+    }
     const std::string fileName = req->file_name().empty() ? "experiment.yaml" : req->file_name();
     auto parsed = parseRequest(*req, fileName);
     if (!parsed) {
       return finishNow(ctx, parsed.error());
+    }
+    if (auto refused = checkCommandProbes(*parsed, *caller)) {
+      return finishNow(ctx, *refused);
     }
     auto run = std::make_shared<ActiveRun>();
     run->id = newRunId();
@@ -330,12 +482,19 @@ struct Controller::Impl final : v1::Control::CallbackService {
       spdlog::info("run {} finished: {}", run->id, verdictWord(verdict));
       cv.notify_all();
     });
+    spdlog::info("run {} submitted by {}", run->id, caller->who);
     resp->set_run_id(run->id);
     return finishNow(ctx, grpc::Status::OK);
   }
 
-  grpc::ServerWriteReactor<v1::RunEvent>* WatchRun(grpc::CallbackServerContext* /*ctx*/,
+  grpc::ServerWriteReactor<v1::RunEvent>* WatchRun(grpc::CallbackServerContext* ctx,
                                                    const v1::WatchRunRequest* req) override {
+    if (auto caller = authorize(*ctx, "WatchRun"); !caller) {
+      return new RefusedStream(caller.error());
+    }
+    if (auto over = overLimit("run_id", req->run_id(), kMaxIdBytes)) {
+      return new RefusedStream(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, *over));
+    }
     std::shared_ptr<ActiveRun> run;
     {
       std::lock_guard lock(mutex);
@@ -349,22 +508,11 @@ struct Controller::Impl final : v1::Control::CallbackService {
       run = std::make_shared<ActiveRun>();
       auto rec = readRecord([&] { return store->getRun(req->run_id()); });
       if (!rec) {
-        class Failed final : public grpc::ServerWriteReactor<v1::RunEvent> {
-         public:
-          explicit Failed(const grpc::Status& status) { Finish(status); }
-          void OnDone() override { delete this; }
-        };
-        return new Failed(rec.error());
+        return new RefusedStream(rec.error());
       }
       if (!*rec) {
-        class NotFound final : public grpc::ServerWriteReactor<v1::RunEvent> {
-         public:
-          explicit NotFound(const std::string& id) {
-            Finish(grpc::Status(grpc::StatusCode::NOT_FOUND, fmt::format("no run with id '{}'", id)));
-          }
-          void OnDone() override { delete this; }
-        };
-        return new NotFound(req->run_id());
+        return new RefusedStream(
+            grpc::Status(grpc::StatusCode::NOT_FOUND, fmt::format("no run with id '{}'", req->run_id())));
       }
       run->events.assign((*rec)->events().begin(), (*rec)->events().end());
       run->finished = true;
@@ -374,6 +522,10 @@ struct Controller::Impl final : v1::Control::CallbackService {
 
   grpc::ServerUnaryReactor* AbortRun(grpc::CallbackServerContext* ctx, const v1::AbortRunRequest* req,
                                      v1::AbortRunResponse* /*resp*/) override {
+    auto caller = authorize(*ctx, "AbortRun");
+    if (!caller) {
+      return finishNow(ctx, caller.error());
+    }
     if (auto over = overLimit("run_id", req->run_id(), kMaxIdBytes)) {
       return finishNow(ctx, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, *over));
     }
@@ -386,12 +538,16 @@ struct Controller::Impl final : v1::Control::CallbackService {
       return finishNow(
           ctx, grpc::Status(grpc::StatusCode::NOT_FOUND, fmt::format("no active run with id '{}'", req->run_id())));
     }
+    spdlog::info("run {} aborted by {}", req->run_id(), caller->who);
     it->second->stop.request(req->reason().empty() ? "aborted on request" : req->reason());
     return finishNow(ctx, grpc::Status::OK);
   }
 
   grpc::ServerUnaryReactor* GetRun(grpc::CallbackServerContext* ctx, const v1::GetRunRequest* req,
                                    v1::Run* resp) override {
+    if (auto caller = authorize(*ctx, "GetRun"); !caller) {
+      return finishNow(ctx, caller.error());
+    }
     if (auto over = overLimit("run_id", req->run_id(), kMaxIdBytes)) {
       return finishNow(ctx, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, *over));
     }
@@ -409,6 +565,9 @@ struct Controller::Impl final : v1::Control::CallbackService {
 
   grpc::ServerUnaryReactor* ListRuns(grpc::CallbackServerContext* ctx, const v1::ListRunsRequest* req,
                                      v1::ListRunsResponse* resp) override {
+    if (auto caller = authorize(*ctx, "ListRuns"); !caller) {
+      return finishNow(ctx, caller.error());
+    }
     auto runs = readRecord([&] { return store->listRuns(req->limit()); });
     if (!runs) {
       return finishNow(ctx, runs.error());
@@ -421,10 +580,17 @@ struct Controller::Impl final : v1::Control::CallbackService {
 
   grpc::ServerUnaryReactor* PlanRun(grpc::CallbackServerContext* ctx, const v1::SubmitRunRequest* req,
                                     v1::RunPlan* resp) override {
+    auto caller = authorize(*ctx, "PlanRun");
+    if (!caller) {
+      return finishNow(ctx, caller.error());
+    }
     const std::string fileName = req->file_name().empty() ? "experiment.yaml" : req->file_name();
     auto parsed = parseRequest(*req, fileName);
     if (!parsed) {
       return finishNow(ctx, parsed.error());
+    }
+    if (auto refused = checkCommandProbes(*parsed, *caller)) {
+      return finishNow(ctx, *refused);
     }
     auto plan = planRun(*parsed, gateway.agents(), std::random_device{}());
     if (!plan) {
@@ -436,6 +602,9 @@ struct Controller::Impl final : v1::Control::CallbackService {
 
   grpc::ServerUnaryReactor* ListAgents(grpc::CallbackServerContext* ctx, const v1::ListAgentsRequest* req,
                                        v1::ListAgentsResponse* resp) override {
+    if (auto caller = authorize(*ctx, "ListAgents"); !caller) {
+      return finishNow(ctx, caller.error());
+    }
     auto page = agentsPage(gateway.agents(), *req);
     if (!page) {
       return finishNow(ctx, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, page.error()));
@@ -446,6 +615,10 @@ struct Controller::Impl final : v1::Control::CallbackService {
 
   grpc::ServerUnaryReactor* Halt(grpc::CallbackServerContext* ctx, const v1::HaltRequest* req,
                                  v1::HaltResponse* resp) override {
+    auto caller = authorize(*ctx, "Halt");
+    if (!caller) {
+      return finishNow(ctx, caller.error());
+    }
     if (auto over = overLimit("reason", req->reason(), kMaxReasonBytes)) {
       return finishNow(ctx, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, *over));
     }
@@ -457,6 +630,7 @@ struct Controller::Impl final : v1::Control::CallbackService {
       }
     }
     const std::string reason = req->reason().empty() ? "halt requested" : "halt: " + req->reason();
+    spdlog::warn("halt requested by {}", caller->who);
     auto* reactor = ctx->DefaultReactor();
     std::lock_guard lock(mutex);
     if (shuttingDown) {
@@ -519,6 +693,70 @@ struct Controller::Impl final : v1::Control::CallbackService {
       done->store(true);
     });
     return reactor;
+  }
+
+  grpc::ServerUnaryReactor* CreateToken(grpc::CallbackServerContext* ctx, const v1::CreateTokenRequest* req,
+                                        v1::CreateTokenResponse* resp) override {
+    auto caller = authorize(*ctx, "CreateToken");
+    if (!caller) {
+      return finishNow(ctx, caller.error());
+    }
+    const auto role = auth::parseRole(req->role());
+    if (!role) {
+      return finishNow(ctx, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                                         fmt::format("role: '{}' is not a role; accepted: viewer, operator, admin",
+                                                     forLog(req->role()))));
+    }
+    if (auto bad = auth::checkTokenName(req->name()); !bad.empty()) {
+      return finishNow(ctx, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, bad));
+    }
+    try {
+      auto token = tokens->create(*role, req->name());
+      spdlog::info("token {} ({}, role {}) created by {}", token.info.id, token.info.name, auth::roleName(*role),
+                   caller->who);
+      *resp->mutable_token() = tokenMessage(token.info);
+      resp->set_secret(token.secret);
+    } catch (const std::exception& e) {
+      return finishNow(ctx, grpc::Status(grpc::StatusCode::INTERNAL, e.what()));
+    }
+    return finishNow(ctx, grpc::Status::OK);
+  }
+
+  grpc::ServerUnaryReactor* ListTokens(grpc::CallbackServerContext* ctx, const v1::ListTokensRequest* /*req*/,
+                                       v1::ListTokensResponse* resp) override {
+    if (auto caller = authorize(*ctx, "ListTokens"); !caller) {
+      return finishNow(ctx, caller.error());
+    }
+    try {
+      for (const auto& t : tokens->list()) {
+        *resp->add_tokens() = tokenMessage(t);
+      }
+    } catch (const std::exception& e) {
+      return finishNow(ctx, grpc::Status(grpc::StatusCode::INTERNAL, e.what()));
+    }
+    return finishNow(ctx, grpc::Status::OK);
+  }
+
+  grpc::ServerUnaryReactor* RevokeToken(grpc::CallbackServerContext* ctx, const v1::RevokeTokenRequest* req,
+                                        v1::RevokeTokenResponse* /*resp*/) override {
+    auto caller = authorize(*ctx, "RevokeToken");
+    if (!caller) {
+      return finishNow(ctx, caller.error());
+    }
+    if (auto over = overLimit("id", req->id(), kMaxIdBytes)) {
+      return finishNow(ctx, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, *over));
+    }
+    try {
+      if (!tokens->revoke(req->id())) {
+        return finishNow(ctx, grpc::Status(grpc::StatusCode::NOT_FOUND,
+                                           fmt::format("no valid token with id '{}' (see faultline token list)",
+                                                       forLog(req->id()))));
+      }
+    } catch (const std::exception& e) {
+      return finishNow(ctx, grpc::Status(grpc::StatusCode::INTERNAL, e.what()));
+    }
+    spdlog::info("token {} revoked by {}", req->id(), caller->who);
+    return finishNow(ctx, grpc::Status::OK);
   }
 
   // Joins the threads of finished runs; with all = true, waits for every run.
@@ -611,14 +849,20 @@ int Controller::start() {
       throw std::runtime_error(tls.error());
     }
     credentials = *tls;
-  } else if (!agent::isLocalAddress(impl_->options.listen)) {
+  } else if (!impl_->options.listen.empty() && !agent::isLocalAddress(impl_->options.listen)) {
     spdlog::warn(
         "--insecure: serving plaintext on {}: anyone who reaches it can register as an agent and command the "
         "fleet (give --tls-cert, --tls-key and --tls-ca)",
         impl_->options.listen);
   }
-  if (auto bad = checkBindable(impl_->options.listen); !bad.empty()) {
-    throw std::runtime_error(bad);
+  if (!impl_->options.listen.empty()) {
+    if (auto bad = checkBindable(impl_->options.listen); !bad.empty()) {
+      throw std::runtime_error(bad);
+    }
+  }
+  if (!impl_->options.socket.empty()) {
+    impl_->localSocket = std::make_unique<LocalSocket>(impl_->options.socket, impl_->options.socketGroup);
+    impl_->localSocket->bind();
   }
   const auto dir = std::filesystem::path(impl_->options.dbPath).parent_path();
   if (std::error_code ec; !dir.empty() && !std::filesystem::exists(dir, ec)) {
@@ -628,6 +872,7 @@ int Controller::start() {
     spdlog::info("created {} for the record store", dir.string());
   }
   impl_->store = openSqliteStore(impl_->options.dbPath);
+  impl_->tokens = std::make_unique<auth::TokenStore>(impl_->options.dbPath);
   // A run without an end was cut off by a controller that stopped or crashed: its agents' leases
   // reverted its faults (their reports, when they reconnect, are added to its record). Under run
   // --local the agent died with the controller: its journal's crash recovery reverts them.
@@ -646,7 +891,9 @@ int Controller::start() {
       });
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(impl_->options.listen, credentials, &port);
+  if (!impl_->options.listen.empty()) {
+    builder.AddListeningPort(impl_->options.listen, credentials, &port);
+  }
   builder.RegisterService(&impl_->gateway);
   builder.RegisterService(impl_.get());
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
@@ -655,13 +902,18 @@ int Controller::start() {
   // gRPC sets SO_REUSEPORT by default: a second controller on the same port would share it.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   impl_->server = builder.BuildAndStart();
-  const bool unixSocket = impl_->options.listen.rfind("unix:", 0) == 0;
-  if (!impl_->server || (port == 0 && !unixSocket)) {
+  const bool noPort = impl_->options.listen.empty() || impl_->options.listen.rfind("unix:", 0) == 0;
+  if (!impl_->server || (port == 0 && !noPort)) {
     throw std::runtime_error(
         fmt::format("cannot listen on {} (address in use, or not an address of this host?)", impl_->options.listen));
   }
-  spdlog::info("controller listening on {} (port {}, {}), records in {}", impl_->options.listen, port,
-               impl_->options.tls.empty() ? "plaintext" : "mTLS", impl_->options.dbPath);
+  if (impl_->localSocket) {
+    impl_->localSocket->start(*impl_->server);
+  }
+  spdlog::info("controller listening on {} (port {}, {}), {}records in {}",
+               impl_->options.listen.empty() ? "no TCP address" : impl_->options.listen, port,
+               impl_->options.tls.empty() ? "plaintext" : "mTLS",
+               impl_->localSocket ? "Unix socket " + impl_->localSocket->path() + ", " : "", impl_->options.dbPath);
   return port;
 }
 
@@ -699,6 +951,9 @@ void Controller::shutdown() {
   }
   for (auto& h : halts) {
     h.thread.join();  // each ends within its bounded wait
+  }
+  if (impl_->localSocket) {
+    impl_->localSocket->stop();
   }
   if (impl_->server) {
     impl_->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds{2});

@@ -1,18 +1,25 @@
 // The controller process: the AgentGateway for agents and the Control API for the CLI on one
 // gRPC server, the run engine (one thread per active run), and the record store.
+// Every Control call needs a role (controller/auth/roles.h): callers on the Unix socket (`socket`)
+// get theirs from their uid, callers on `listen` from a bearer token (controller/auth/tokens.h).
 #pragma once
 
 #include <chrono>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "agent/session/tls.h"
+#include "controller/auth/roles.h"
+#include "controller/probes/probe.h"
 #include "controller/server/gateway.h"
 
 namespace faultline::controller {
 
 struct ControllerOptions {
-  std::string listen = "127.0.0.1:7443";  // HOST:PORT (port 0 picks a free one) or unix:PATH
+  // HOST:PORT (port 0 picks a free one), unix:PATH (gRPC's own listener: callers there have no
+  // uid, so they need a token like TCP callers), or "" for none.
+  std::string listen = "127.0.0.1:7443";
   std::string dbPath = "faultline.db";
   std::chrono::milliseconds lease{15'000};
   // true for the controller `faultline run --local` embeds next to its in-process agent: a run it
@@ -24,6 +31,17 @@ struct ControllerOptions {
   agent::TlsFiles tls{};
   // Serve plaintext on an address that is neither loopback nor unix:PATH (warned at every start).
   bool insecure = false;
+  // The Control API (and the AgentGateway) on a Unix socket whose callers are known by uid
+  // (local_socket.h); "" for none. socketGroup: the group that may connect (mode 0660); no such
+  // group: mode 0600. Peers other than root and the controller's own euid get localRole.
+  std::string socket{};
+  std::string socketGroup = "faultline";
+  auth::Role localRole = auth::Role::kOperator;
+  // The user command probes run as; nullopt: the controller's own (no switch).
+  std::optional<ProbeUser> probeUser{};
+  // false: SubmitRun and PlanRun of an experiment with a command probe are refused
+  // (FAILED_PRECONDITION).
+  bool commandProbes = true;
 };
 
 // Why options.listen may not be served as given: "" when it may (TLS, a local address, or
@@ -37,10 +55,10 @@ class Controller {
   Controller(const Controller&) = delete;
   Controller& operator=(const Controller&) = delete;
 
-  // Binds and starts serving. Returns the bound port (0 for unix:PATH).
+  // Binds and starts serving. Returns the bound port (0 for unix:PATH or no listen).
   // errors: std::runtime_error with listenRefusal(), or a TLS file's problem (both checked first),
-  // or naming the errno when the address cannot be bound (checked before the database is
-  // touched); std::system_error when the database cannot be opened.
+  // or naming the errno when the address or the socket cannot be bound (checked before the
+  // database is touched); std::system_error when the database cannot be opened.
   int start();
   // Aborts every active run with reason and waits for them to finish (faults reverted).
   void abortAll(const std::string& reason);

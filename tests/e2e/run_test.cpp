@@ -79,6 +79,14 @@ struct Victim {
   bool reaped = false;
 };
 
+// A controller's options for a test: no TCP address, the Control API and the AgentGateway on a
+// Unix socket in dir (this test runs as root: admin there by SO_PEERCRED).
+controller::ControllerOptions socketOnly(const std::string& dir, const std::string& db) {
+  controller::ControllerOptions o{"", db, 15s};
+  o.socket = dir + "/control.sock";
+  return o;
+}
+
 struct Fleet : testing::NetnsFixture {
   TempDir dir;
   std::string db = dir.path + "/records.db";
@@ -96,8 +104,10 @@ struct Fleet : testing::NetnsFixture {
     auto s = demo::Server::start({});
     REQUIRE(s.has_value());
     service = std::move(*s);
-    controller = std::make_unique<controller::Controller>(controller::ControllerOptions{"127.0.0.1:0", db, 15s});
-    address = fmt::format("127.0.0.1:{}", controller->start());
+    const auto options = socketOnly(dir.path, db);
+    controller = std::make_unique<controller::Controller>(options);
+    controller->start();
+    address = "unix:" + options.socket;
     agent::SessionOptions so;
     so.controller = address;
     so.agentId = "e2e-agent";
@@ -992,7 +1002,8 @@ TEST_CASE_FIXTURE(testing::NetnsFixture,
   TempDir dir;
   const std::string address = "unix:" + dir.path + "/controller.sock";
   const std::string log = dir.path + "/processes.log";
-  Child controller({FAULTLINE_BIN, "controller", "--listen", address, "--db", dir.path + "/c.db"}, log);
+  Child controller(
+      {FAULTLINE_BIN, "controller", "--listen", "", "--socket", address.substr(5), "--db", dir.path + "/c.db"}, log);
   Child agent({FAULTLINE_AGENT_BIN, "--controller", address, "--id", "e2e-1", "--label", "role=e2e", "--state-dir",
                dir.path + "/agent"},
               log);
@@ -1060,7 +1071,8 @@ TEST_CASE("separate processes: SIGTERM to an agent holding a process.pause resum
   TempDir dir;
   const std::string address = "unix:" + dir.path + "/controller.sock";
   const std::string log = dir.path + "/processes.log";
-  Child controller({FAULTLINE_BIN, "controller", "--listen", address, "--db", dir.path + "/c.db"}, log);
+  Child controller(
+      {FAULTLINE_BIN, "controller", "--listen", "", "--socket", address.substr(5), "--db", dir.path + "/c.db"}, log);
   Child agent({FAULTLINE_AGENT_BIN, "--controller", address, "--id", "e2e-pause", "--label", "role=e2e", "--state-dir",
                dir.path + "/agent"},
               log);
@@ -1110,7 +1122,8 @@ TEST_CASE("separate processes: three agents, one fault step: the skew of their s
   TempDir dir;
   const std::string address = "unix:" + dir.path + "/controller.sock";
   const std::string log = dir.path + "/processes.log";
-  Child controller({FAULTLINE_BIN, "controller", "--listen", address, "--db", dir.path + "/c.db"}, log);
+  Child controller(
+      {FAULTLINE_BIN, "controller", "--listen", "", "--socket", address.substr(5), "--db", dir.path + "/c.db"}, log);
   // Each agent runs in a network namespace of its own (with veth0 and veth1), so one spec (tbf on
   // veth0 of the agent's own namespace) is a separate fault on each host.
   constexpr int kAgents = 3;
@@ -1188,7 +1201,8 @@ TEST_CASE_FIXTURE(testing::NetnsFixture,
   const std::string address = "unix:" + dir.path + "/controller.sock";
   const std::string log = dir.path + "/processes.log";
   const std::string stateDir = dir.path + "/agent";
-  Child controller({FAULTLINE_BIN, "controller", "--listen", address, "--db", dir.path + "/c.db"}, log);
+  Child controller(
+      {FAULTLINE_BIN, "controller", "--listen", "", "--socket", address.substr(5), "--db", dir.path + "/c.db"}, log);
   auto agent =
       std::make_unique<Child>(std::vector<std::string>{FAULTLINE_AGENT_BIN, "--controller", address, "--id", "e2e-k",
                                                        "--label", "role=e2e", "--state-dir", stateDir},
@@ -1409,8 +1423,9 @@ TEST_CASE_FIXTURE(Fleet, "a revert the kernel refuses shows in ListAgents until 
 
 TEST_CASE("ListAgents tracks failed reverts: a retried one until REVERTED, a permanent one until reconnect") {
   TempDir dir;
-  controller::Controller controller(controller::ControllerOptions{"127.0.0.1:0", dir.path + "/r.db", 15s});
-  const std::string address = fmt::format("127.0.0.1:{}", controller.start());
+  controller::Controller controller(socketOnly(dir.path, dir.path + "/r.db"));
+  controller.start();
+  const std::string address = "unix:" + dir.path + "/control.sock";
   auto gw = v1::AgentGateway::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
   const auto failedOf = [&] {
     std::map<std::string, bool> out;  // fault id -> permanent
@@ -1489,8 +1504,9 @@ std::pair<std::string, std::string> startHeldFault(const std::string& address, F
 
 TEST_CASE("reconnect: the controller reconciles the faults an agent reports holding with its records") {
   TempDir dir;
-  controller::Controller controller(controller::ControllerOptions{"127.0.0.1:0", dir.path + "/r.db", 15s});
-  const std::string address = fmt::format("127.0.0.1:{}", controller.start());
+  controller::Controller controller(socketOnly(dir.path, dir.path + "/r.db"));
+  controller.start();
+  const std::string address = "unix:" + dir.path + "/control.sock";
   auto gw = v1::AgentGateway::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
 
   SUBCASE("a fault still held after its run ended is reverted, and the revert recorded after the run") {
@@ -1560,7 +1576,8 @@ TEST_CASE("a controller killed mid-run: its successor on the same record file en
   TempDir dir;
   const std::string address = "unix:" + dir.path + "/controller.sock";
   const std::string log = dir.path + "/controller.log";
-  const std::vector<std::string> args{FAULTLINE_BIN, "controller", "--listen", address, "--db", dir.path + "/c.db"};
+  const std::vector<std::string> args{FAULTLINE_BIN, "controller",      "--listen", "",
+                                      "--socket",    address.substr(5), "--db",     dir.path + "/c.db"};
   auto first = std::make_unique<Child>(args, log);
   auto gw = v1::AgentGateway::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
   REQUIRE_MESSAGE(waitFor([&] { return std::filesystem::exists(dir.path + "/controller.sock"); }, 10s), slurp(log));
@@ -1588,7 +1605,8 @@ TEST_CASE("separate processes: over-large requests and agent messages are refuse
   TempDir dir;
   const std::string address = "unix:" + dir.path + "/controller.sock";
   const std::string log = dir.path + "/processes.log";
-  Child controller({FAULTLINE_BIN, "controller", "--listen", address, "--db", dir.path + "/c.db"}, log);
+  Child controller(
+      {FAULTLINE_BIN, "controller", "--listen", "", "--socket", address.substr(5), "--db", dir.path + "/c.db"}, log);
   auto channel = grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
   REQUIRE(channel->WaitForConnected(std::chrono::system_clock::now() + 10s));
   auto control = v1::Control::NewStub(channel);
