@@ -1,6 +1,9 @@
 #include "agent/session/agent.h"
 
+#include <algorithm>
+
 #include <spdlog/spdlog.h>
+#include <boost/asio/post.hpp>
 
 #include "agent/faults/network/net_driver.h"
 #include "agent/faults/network/nfqueue_driver.h"
@@ -16,9 +19,17 @@
 
 namespace faultline::agent {
 
+namespace {
+
+// The detail of a revert of a fault not held: reverting is idempotent.
+constexpr const char* kNotHeld = "not held (already reverted, expired or never applied)";
+
+}  // namespace
+
 Agent::Agent(boost::asio::io_context& io, FaultDriver& driver, ReportSink sink, UndoJournal* journal, Policy policy,
-             std::chrono::milliseconds watchInterval)
+             std::chrono::milliseconds watchInterval, boost::asio::io_context* expiry)
     : io_(io),
+      expiry_(expiry != nullptr ? *expiry : io),
       driver_(driver),
       sink_(std::move(sink)),
       journal_(journal),
@@ -30,6 +41,7 @@ void Agent::journalDone(const std::string& faultId) {
   if (journal_ == nullptr) {
     return;
   }
+  std::lock_guard lock(journalMutex_);
   if (auto done = journal_->done(faultId); !done) {
     // The entry stays open: the next start reverts it again, which finds nothing left to undo.
     spdlog::error("fault {}: cannot mark it done in the undo journal: {}", faultId, done.error().message);
@@ -37,9 +49,7 @@ void Agent::journalDone(const std::string& faultId) {
 }
 
 Agent::~Agent() {
-  if (!faults_.empty()) {
-    revertAll("agent shutting down");
-  }
+  revertAll("agent shutting down");
 }
 
 void Agent::report(const std::string& faultId, v1::FaultState state, std::string error, std::string detail) {
@@ -54,12 +64,53 @@ void Agent::report(const std::string& faultId, v1::FaultState state, std::string
   }
 }
 
+void Agent::armTimer(const std::string& faultId, uint64_t generation, std::chrono::steady_clock::time_point at,
+                     v1::FaultState endState, std::string why) {
+  boost::asio::post(
+      expiry_, [this, alive = std::weak_ptr<bool>(alive_), faultId, generation, at, endState, why = std::move(why)]() {
+        if (alive.expired()) {
+          return;
+        }
+        {
+          std::lock_guard lock(mutex_);
+          auto held = faults_.find(faultId);
+          if (held == faults_.end() || held->second.generation != generation) {
+            return;  // ended before its timer was armed
+          }
+        }
+        auto& slot = timers_[faultId];
+        slot.generation = generation;
+        slot.timer = std::make_unique<boost::asio::steady_timer>(expiry_, at);
+        slot.timer->async_wait([this, alive, faultId, generation, endState, why](const boost::system::error_code& ec) {
+          if (ec || alive.expired()) {
+            return;
+          }
+          {
+            std::lock_guard lock(mutex_);
+            auto held = faults_.find(faultId);
+            if (held == faults_.end() || held->second.generation != generation) {
+              return;
+            }
+          }
+          finish(faultId, endState, why);
+        });
+      });
+}
+
+void Agent::dropTimer(const std::string& faultId, uint64_t generation) {
+  boost::asio::post(expiry_, [this, alive = std::weak_ptr<bool>(alive_), faultId, generation]() {
+    if (alive.expired()) {
+      return;
+    }
+    if (auto it = timers_.find(faultId); it != timers_.end() && it->second.generation == generation) {
+      timers_.erase(it);  // cancels it
+    }
+  });
+}
+
 void Agent::inject(const v1::Inject& inject) {
+  const auto received = std::chrono::steady_clock::now();
   const std::string& id = inject.fault_id();
-  if (faults_.count(id) != 0) {
-    report(id, v1::FAULT_STATE_FAILED, "fault id is already held by this agent", "");
-    return;
-  }
   if (auto valid = validateFaultSpec(inject.spec()); !valid) {
     report(id, v1::FAULT_STATE_FAILED,
            fmt::format("invalid {} spec: {}: {}", faultKindName(inject.spec()), valid.error().field,
@@ -80,10 +131,33 @@ void Agent::inject(const v1::Inject& inject) {
     report(id, v1::FAULT_STATE_FAILED, allowed.error().message, "");
     return;
   }
+  uint64_t generation = 0;
+  std::string refused;
+  {
+    std::lock_guard lock(mutex_);
+    if (closed_) {
+      refused = "the agent is shutting down";
+    } else if (faults_.count(id) != 0) {
+      refused = "fault id is already held by this agent";
+    } else {
+      generation = ++nextGeneration_;
+      Held& held = faults_[id];
+      held.generation = generation;
+      held.claim = Claim::Applying;
+    }
+  }
+  if (!refused.empty()) {
+    report(id, v1::FAULT_STATE_FAILED, refused, "");
+    return;
+  }
+  // The deadline runs from now, on the expiry thread, however long the apply below takes.
+  armTimer(id, generation, received + duration, v1::FAULT_STATE_EXPIRED, "duration elapsed");
+
   bool journalled = false;
   PersistUndo persist;
   if (journal_ != nullptr) {
     persist = [&](const nlohmann::json& undo) -> tl::expected<void, FaultError> {
+      std::lock_guard lock(journalMutex_);
       if (auto begun = journal_->begin(id, std::string(faultKindName(inject.spec())), undo); !begun) {
         return tl::unexpected(FaultError{begun.error().code, begun.error().message});
       }
@@ -94,6 +168,14 @@ void Agent::inject(const v1::Inject& inject) {
   auto applied = driver_.apply(inject.spec(), persist);
   if (!applied) {
     spdlog::warn("fault {} ({}) failed: {}", id, faultKindName(inject.spec()), applied.error().message);
+    bool confirm = false;  // a revert was asked for while it was being applied
+    {
+      std::lock_guard lock(mutex_);
+      auto it = faults_.find(id);
+      confirm = it->second.pendingEnd && it->second.pendingEnd->state == v1::FAULT_STATE_REVERTED;
+      faults_.erase(it);
+    }
+    dropTimer(id, generation);
     if (journalled && applied.error().mayBeChanged) {
       // The next start reverts it from the record (a no-op when the root turns out unchanged).
       spdlog::critical("fault {}: apply failed and may have left a change; its undo journal entry stays open", id);
@@ -101,41 +183,68 @@ void Agent::inject(const v1::Inject& inject) {
       journalDone(id);  // a failed apply rolled back whatever it changed
     }
     report(id, v1::FAULT_STATE_FAILED, applied.error().message, "");
+    if (confirm) {
+      report(id, v1::FAULT_STATE_REVERTED, "", kNotHeld);
+    }
     return;
   }
   if (journalled) {
+    std::lock_guard lock(journalMutex_);
     if (auto marked = journal_->applied(id); !marked) {
       // The begin entry alone already makes recovery revert it; carry on.
       spdlog::error("fault {}: cannot mark it applied in the undo journal: {}", id, marked.error().message);
     }
   }
-  Held held;
-  held.journalled = journalled;
-  held.applied = std::move(*applied);
-  held.timer = std::make_unique<boost::asio::steady_timer>(io_, duration);
-  held.timer->async_wait([this, id](const boost::system::error_code& ec) {
-    if (!ec) {
-      finish(id, v1::FAULT_STATE_EXPIRED, "duration elapsed");
-    }
-  });
-  const std::string detail = held.applied->describe();
-  held.appliedReport.set_fault_id(id);
-  held.appliedReport.set_state(v1::FAULT_STATE_APPLIED);
-  held.appliedReport.set_detail(detail);
-  for (auto& hit : held.applied->processHits()) {
-    *held.appliedReport.add_processes() = std::move(hit);
+  const std::string detail = (*applied)->describe();
+  v1::FaultReport appliedReport;
+  appliedReport.set_fault_id(id);
+  appliedReport.set_state(v1::FAULT_STATE_APPLIED);
+  appliedReport.set_detail(detail);
+  for (auto& hit : (*applied)->processHits()) {
+    *appliedReport.add_processes() = std::move(hit);
   }
-  *held.appliedReport.mutable_at() = nowTimestamp();
-  faults_.emplace(id, std::move(held));
+  *appliedReport.mutable_at() = nowTimestamp();
+  {
+    std::lock_guard lock(mutex_);
+    Held& held = faults_.at(id);
+    held.journalled = journalled;
+    held.applied = std::move(*applied);
+    held.appliedReport = appliedReport;
+  }
   spdlog::info("fault {} applied for {}: {}", id, formatDuration(duration), detail);
   if (sink_) {
-    sink_(faults_.at(id).appliedReport);
+    sink_(appliedReport);
   }
+  // Still claimed until APPLIED is reported: an end asked for meanwhile (its deadline passed
+  // during the apply, a lease expiry, a revert) is reported after it, and done now.
+  release(id);
   armWatch();
 }
 
+void Agent::release(const std::string& faultId) {
+  std::optional<End> end;
+  {
+    std::lock_guard lock(mutex_);
+    auto it = faults_.find(faultId);
+    if (it == faults_.end()) {
+      return;
+    }
+    end = std::exchange(it->second.pendingEnd, std::nullopt);
+    it->second.claim = end ? Claim::Reverting : Claim::None;
+  }
+  if (end) {
+    revertClaimed(faultId, end->state, end->why);
+  }
+}
+
 void Agent::armWatch() {
-  if (watching_ || faults_.empty()) {
+  {
+    std::lock_guard lock(mutex_);
+    if (faults_.empty()) {
+      return;
+    }
+  }
+  if (watching_) {
     return;
   }
   watching_ = true;
@@ -151,102 +260,158 @@ void Agent::armWatch() {
 }
 
 void Agent::watch() {
-  std::vector<std::pair<std::string, std::string>> lost;  // fault id, error
-  for (auto& [id, held] : faults_) {
-    if (held.revertFailing || !held.lostError.empty()) {
-      continue;  // already reported
+  std::vector<std::pair<std::string, AppliedFault*>> checking;
+  {
+    std::lock_guard lock(mutex_);
+    for (auto& [id, held] : faults_) {
+      if (held.claim != Claim::None || held.revertFailing || !held.lostError.empty()) {
+        continue;  // busy elsewhere, or already reported
+      }
+      held.claim = Claim::Watching;  // held.applied stays ours until release()
+      checking.emplace_back(id, held.applied.get());
     }
-    if (auto gone = held.applied->lost()) {
-      held.lostError = *gone;
+  }
+  std::vector<std::pair<std::string, std::string>> lost;  // fault id, error
+  for (const auto& [id, applied] : checking) {
+    if (auto gone = applied->lost()) {
       lost.emplace_back(id, std::move(*gone));
     }
   }
-  // Reported after the loop: a sink may act on the agent (revert) before it returns.
-  for (auto& [id, error] : lost) {
-    auto it = faults_.find(id);
-    if (it == faults_.end()) {
-      continue;
+  {
+    std::lock_guard lock(mutex_);
+    for (auto& [id, error] : lost) {
+      faults_.at(id).lostError = error;
     }
+  }
+  // Reported before the claims go: a sink that reverts (or an expiry meanwhile) then ends the
+  // fault after its loss is reported, never before.
+  for (auto& [id, error] : lost) {
     spdlog::error("fault {}: {}; held until its revert", id, error);
-    report(id, v1::FAULT_STATE_FAILED, std::move(error), it->second.applied->describe());
+    const auto it = std::find_if(checking.begin(), checking.end(), [&](const auto& c) { return c.first == id; });
+    report(id, v1::FAULT_STATE_FAILED, std::move(error), it->second->describe());
+  }
+  for (const auto& [id, applied] : checking) {
+    release(id);
   }
 }
 
 void Agent::finish(const std::string& faultId, v1::FaultState endState, std::string_view why) {
-  auto it = faults_.find(faultId);
-  if (it == faults_.end()) {
-    if (endState == v1::FAULT_STATE_REVERTED) {
-      // Reverting is idempotent: confirm, so the controller never waits on a fault gone already.
-      report(faultId, v1::FAULT_STATE_REVERTED, "", "not held (already reverted, expired or never applied)");
+  {
+    std::unique_lock lock(mutex_);
+    auto it = faults_.find(faultId);
+    if (it == faults_.end()) {
+      lock.unlock();
+      if (endState == v1::FAULT_STATE_REVERTED) {
+        // Reverting is idempotent: confirm, so the controller never waits on a fault gone already.
+        report(faultId, v1::FAULT_STATE_REVERTED, "", kNotHeld);
+      }
+      return;
     }
+    Held& held = it->second;
+    switch (held.claim) {
+      case Claim::None:
+        held.claim = Claim::Reverting;
+        break;
+      case Claim::Reverting:
+        // Being reverted by another thread: its report ends the fault; a revert asked for now is
+        // confirmed after, as if it had come after.
+        held.confirmRevert = held.confirmRevert || endState == v1::FAULT_STATE_REVERTED;
+        return;
+      case Claim::Applying:
+      case Claim::Watching:
+        // The claim's holder reverts it as soon as it lets go. The first end asked for decides
+        // the report; a later revert is confirmed after it.
+        if (!held.pendingEnd) {
+          held.pendingEnd = End{endState, std::string(why)};
+        } else if (endState == v1::FAULT_STATE_REVERTED && held.pendingEnd->state != endState) {
+          held.confirmRevert = true;
+        }
+        return;
+    }
+  }
+  revertClaimed(faultId, endState, std::string(why));
+}
+
+void Agent::revertClaimed(const std::string& faultId, v1::FaultState endState, const std::string& why) {
+  AppliedFault* applied = nullptr;
+  {
+    std::lock_guard lock(mutex_);
+    applied = faults_.at(faultId).applied.get();  // the claim keeps it in place
+  }
+  auto reverted = applied->revert();
+  const std::string detail = reverted ? applied->describeRevert(why) : applied->describe();
+  auto hits = applied->processHits();
+
+  std::unique_lock lock(mutex_);
+  auto it = faults_.find(faultId);
+  Held& held = it->second;
+  if (!reverted && !reverted.error().permanent) {
+    spdlog::error("fault {}: revert ({}) failed, retrying every second: {}", faultId, why, reverted.error().message);
+    // Report the first failure of a series only; the fault stays held and is retried.
+    held.revertError = "revert failed (retrying every second): " + reverted.error().message;
+    const bool first = !held.revertFailing;
+    held.revertFailing = true;
+    held.claim = Claim::None;
+    held.pendingEnd.reset();
+    held.confirmRevert = false;
+    const std::string error = held.revertError;
+    const uint64_t generation = held.generation;
+    lock.unlock();
+    if (first) {
+      report(faultId, v1::FAULT_STATE_FAILED, error, detail);
+    }
+    // Keep it held, and retry in a second: a fault is never dropped while it may still be active.
+    armTimer(faultId, generation, std::chrono::steady_clock::now() + std::chrono::seconds{1}, endState, why);
     return;
   }
-  auto reverted = it->second.applied->revert();
-  if (!reverted && reverted.error().permanent) {
+  const bool journalled = held.journalled;
+  lock.unlock();
+
+  if (journalled) {
+    journalDone(faultId);  // done, or (permanent failure) retrying can never succeed, at start either
+  }
+  v1::FaultReport r;
+  r.set_fault_id(faultId);
+  if (!reverted) {
     spdlog::error("fault {}: revert ({}) cannot succeed, not retried: {}", faultId, why, reverted.error().message);
-    it->second.timer->cancel();
-    const std::string detail = it->second.applied->describe();
-    const bool journalled = it->second.journalled;
-    faults_.erase(it);
-    if (faults_.empty() && watching_) {
-      watchTimer_.cancel();
-      watching_ = false;
-    }
-    if (journalled) {
-      journalDone(faultId);  // retrying can never succeed, at start either
-    }
-    v1::FaultReport r;
-    r.set_fault_id(faultId);
     r.set_state(v1::FAULT_STATE_FAILED);
     r.set_error_code(v1::FAULT_ERROR_PERMANENT);
     r.set_error("not reverted: " + reverted.error().message);
     r.set_detail(detail);
-    *r.mutable_at() = nowTimestamp();
-    if (sink_) {
-      sink_(r);
+  } else {
+    spdlog::info("fault {} reverted ({})", faultId, why);
+    r.set_state(endState);
+    r.set_detail(detail);
+    for (auto& hit : hits) {
+      *r.add_processes() = std::move(hit);
     }
-    return;
-  }
-  if (!reverted) {
-    spdlog::error("fault {}: revert ({}) failed, retrying every second: {}", faultId, why, reverted.error().message);
-    // Report the first failure of a series only; the fault stays held and is retried.
-    it->second.revertError = "revert failed (retrying every second): " + reverted.error().message;
-    if (!it->second.revertFailing) {
-      report(faultId, v1::FAULT_STATE_FAILED, it->second.revertError, it->second.applied->describe());
-    }
-    it->second.revertFailing = true;
-    // Keep it held, and retry in a second: a fault is never dropped while it may still be active.
-    it->second.timer->expires_after(std::chrono::seconds{1});
-    it->second.timer->async_wait([this, faultId, endState, w = std::string(why)](const boost::system::error_code& ec) {
-      if (!ec) {
-        finish(faultId, endState, w);
-      }
-    });
-    return;
-  }
-  it->second.timer->cancel();
-  const std::string detail = it->second.applied->describeRevert(why);
-  auto hits = it->second.applied->processHits();
-  const bool journalled = it->second.journalled;
-  faults_.erase(it);
-  if (faults_.empty() && watching_) {
-    watchTimer_.cancel();  // nothing left to watch; io_context::run() may return
-    watching_ = false;
-  }
-  if (journalled) {
-    journalDone(faultId);
-  }
-  spdlog::info("fault {} reverted ({})", faultId, why);
-  v1::FaultReport r;
-  r.set_fault_id(faultId);
-  r.set_state(endState);
-  r.set_detail(detail);
-  for (auto& hit : hits) {
-    *r.add_processes() = std::move(hit);
   }
   *r.mutable_at() = nowTimestamp();
+  // Reported while still claimed: a revert asked for meanwhile is confirmed after this report,
+  // never before it.
   if (sink_) {
     sink_(r);
+  }
+  lock.lock();
+  it = faults_.find(faultId);
+  const bool confirm = it->second.confirmRevert && !(reverted && endState == v1::FAULT_STATE_REVERTED);
+  const uint64_t generation = it->second.generation;
+  faults_.erase(it);
+  const bool empty = faults_.empty();
+  lock.unlock();
+  dropTimer(faultId, generation);
+  if (empty) {
+    // Nothing left to watch; io_context::run() may return.
+    boost::asio::post(io_, [this, alive = std::weak_ptr<bool>(alive_)]() {
+      if (alive.expired() || activeCount() > 0) {
+        return;
+      }
+      watchTimer_.cancel();
+      watching_ = false;
+    });
+  }
+  if (confirm) {
+    report(faultId, v1::FAULT_STATE_REVERTED, "", kNotHeld);
   }
 }
 
@@ -256,17 +421,37 @@ void Agent::revert(const std::string& faultId) {
 
 void Agent::revertAll(std::string_view reason, v1::FaultState endState) {
   std::vector<std::string> ids;
-  for (const auto& [id, held] : faults_) {
-    ids.push_back(id);
+  {
+    std::lock_guard lock(mutex_);
+    for (const auto& [id, held] : faults_) {
+      ids.push_back(id);
+    }
   }
   for (const auto& id : ids) {
     finish(id, endState, reason);
   }
 }
 
+void Agent::close(std::string_view reason) {
+  {
+    std::lock_guard lock(mutex_);
+    closed_ = true;
+  }
+  revertAll(reason);
+}
+
+size_t Agent::activeCount() const {
+  std::lock_guard lock(mutex_);
+  return faults_.size();
+}
+
 std::vector<v1::FaultReport> Agent::activeFaults() const {
+  std::lock_guard lock(mutex_);
   std::vector<v1::FaultReport> out;
   for (const auto& [id, held] : faults_) {
+    if (!held.applied) {
+      continue;  // still being applied
+    }
     out.push_back(held.appliedReport);
     if (held.revertFailing) {
       // Still held because its revert keeps failing: say so, so a controller that learns of the
