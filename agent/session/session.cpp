@@ -38,6 +38,17 @@ v1::FaultReport failedReport(const std::string& faultId, std::string error) {
   return r;
 }
 
+// A reason from the controller, cut to kMaxReasonBytes for logs and reports.
+std::string boundedReason(const std::string& reason, std::string_view otherwise) {
+  if (reason.empty()) {
+    return std::string(otherwise);
+  }
+  if (reason.size() <= kMaxReasonBytes) {
+    return reason;
+  }
+  return reason.substr(0, kMaxReasonBytes) + "...";
+}
+
 }  // namespace
 
 std::string kernelRelease() {
@@ -237,6 +248,7 @@ void Session::connect() {
   args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 10'000);
   args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 5'000);
   args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  args.SetMaxReceiveMessageSize(static_cast<int>(kMaxControllerMessageBytes));
   auto channel = grpc::CreateCustomChannel(options_.controller, grpc::InsecureChannelCredentials(), args);
   auto stream = std::make_shared<Stream>(*this, v1::AgentGateway::NewStub(channel));
   stream_ = stream;
@@ -365,26 +377,22 @@ void Session::scheduleHeartbeat() {
 }
 
 void Session::injectAt(const v1::Inject& inject) {
-  // A start further ahead than this is refused: it means the controller's and this host's clocks
-  // disagree, and the step would not start together anyway.
-  constexpr auto kMaxStartAhead = std::chrono::seconds{30};
   if (!inject.has_start_at() || scheduled_.count(inject.fault_id()) > 0) {
     agent_.inject(inject);  // a second Inject of a waiting fault is the agent's duplicate to refuse
     return;
   }
+  const auto now = std::chrono::system_clock::now();
+  if (checkInjectBounds(inject, now)) {
+    agent_.inject(inject);  // refuses it with the reason, like every other bound
+    return;
+  }
+  // Within kMaxStartAhead/kMaxStartBehind of now: no overflow.
   const auto startAt =
       std::chrono::system_clock::time_point{std::chrono::duration_cast<std::chrono::system_clock::duration>(
           std::chrono::seconds{inject.start_at().seconds()} + std::chrono::nanoseconds{inject.start_at().nanos()})};
-  const auto ahead = startAt - std::chrono::system_clock::now();
+  const auto ahead = startAt - now;
   if (ahead <= std::chrono::system_clock::duration::zero()) {
     agent_.inject(inject);
-    return;
-  }
-  if (ahead > kMaxStartAhead) {
-    report(failedReport(inject.fault_id(),
-                        fmt::format("start time is {} ahead of this host's clock, more than {}: are the clocks of the "
-                                    "controller and this host synchronised (NTP)?",
-                                    formatDuration(ahead), formatDuration(kMaxStartAhead))));
     return;
   }
   auto timer = std::make_unique<boost::asio::steady_timer>(io_);
@@ -454,6 +462,11 @@ void Session::onMessage(const v1::ControllerMessage& msg) {
       injectAt(msg.inject());
       break;
     case v1::ControllerMessage::kRevert:
+      if (msg.revert().fault_id().size() > kMaxFaultIdBytes) {
+        spdlog::warn("revert of a fault id of {} bytes ignored: no fault has an id longer than {}",
+                     msg.revert().fault_id().size(), kMaxFaultIdBytes);
+        break;
+      }
       if (auto it = scheduled_.find(msg.revert().fault_id()); it != scheduled_.end()) {
         it->second->cancel();
         scheduled_.erase(it);
@@ -467,10 +480,12 @@ void Session::onMessage(const v1::ControllerMessage& msg) {
       }
       agent_.revert(msg.revert().fault_id());
       break;
-    case v1::ControllerMessage::kRevertAll:
-      cancelScheduled(msg.revert_all().reason().empty() ? "revert-all requested" : msg.revert_all().reason());
-      agent_.revertAll(msg.revert_all().reason().empty() ? "revert-all requested" : msg.revert_all().reason());
+    case v1::ControllerMessage::kRevertAll: {
+      const std::string reason = boundedReason(msg.revert_all().reason(), "revert-all requested");
+      cancelScheduled(reason);
+      agent_.revertAll(reason);
       break;
+    }
     case v1::ControllerMessage::MSG_NOT_SET:
       break;
   }

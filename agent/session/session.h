@@ -29,6 +29,12 @@
 
 namespace faultline::agent {
 
+// The largest message the agent reads from the controller (gRPC refuses a larger one and the
+// stream is re-established); an Inject is at most kMaxInjectBytes.
+inline constexpr std::size_t kMaxControllerMessageBytes = 256 * 1024;
+// A RevertAll's reason is cut to this many bytes in logs and reports.
+inline constexpr std::size_t kMaxReasonBytes = 1024;
+
 struct SessionOptions {
   std::string controller;  // HOST:PORT
   std::string agentId;

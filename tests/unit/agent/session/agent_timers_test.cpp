@@ -314,3 +314,57 @@ TEST_CASE_FIXTURE(TwoThreads, "session: the lease expires and reverts while the 
   expiry.stop();
   forward = nullptr;
 }
+
+TEST_CASE("agent: start_at and sizes are checked against stated bounds before anything is applied") {
+  BlockingDriver driver;
+  boost::asio::io_context io;
+  std::vector<v1::FaultReport> reports;
+  Agent agent(io, driver, [&](const v1::FaultReport& r) { reports.push_back(r); });
+  const auto refusal = [&](v1::Inject inject) {
+    reports.clear();
+    agent.inject(inject);
+    REQUIRE(reports.size() == 1);
+    CHECK(reports[0].state() == v1::FAULT_STATE_FAILED);
+    return reports[0].error();
+  };
+  const int64_t now =
+      std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+
+  auto far = injectOf("f1", "eth0", 10s);
+  far.mutable_start_at()->set_seconds(int64_t{1} << 62);  // was applied at once (overflow)
+  CHECK(refusal(far).find(fmt::format("start_at {} s since the epoch is more than 30s ahead of this host's clock",
+                                      int64_t{1} << 62)) == 0);
+
+  auto past = injectOf("f1", "eth0", 10s);
+  past.mutable_start_at()->set_seconds(now - 3600);
+  CHECK(refusal(past).find("is more than 30s behind this host's clock") != std::string::npos);
+
+  auto ancient = injectOf("f1", "eth0", 10s);
+  ancient.mutable_start_at()->set_seconds(-(int64_t{1} << 62));
+  CHECK(refusal(ancient).find("behind this host's clock") != std::string::npos);
+
+  auto nanos = injectOf("f1", "eth0", 10s);
+  nanos.mutable_start_at()->set_seconds(now);
+  nanos.mutable_start_at()->set_nanos(-1);
+  CHECK(refusal(nanos) == "start_at has -1 nanoseconds, outside 0 to 999999999");
+
+  CHECK(refusal(injectOf(std::string(kMaxFaultIdBytes + 1, 'x'), "eth0", 10s)) ==
+        "the fault id is 513 bytes long, more than 512");
+  CHECK(reports[0].fault_id().size() == kMaxFaultIdBytes);
+  CHECK(refusal(injectOf("", "eth0", 10s)) == "the fault id is empty");
+  CHECK(refusal(injectOf("f\n1", "eth0", 10s)) == "the fault id has a control character");
+  CHECK(refusal(injectOf("f1", std::string(kMaxSpecStringBytes + 1, 'e'), 10s)) ==
+        "spec too large: spec.network_bandwidth.target.interface is 4097 bytes long, more than 4096");
+  auto huge = injectOf("f1", "eth0", 10s);
+  huge.mutable_spec()->mutable_network_bandwidth()->mutable_target()->set_netns(std::string(kMaxInjectBytes, 'n'));
+  CHECK(refusal(huge).find("the inject is ") == 0);
+  CHECK(driver.log.applyReturned.empty());  // none reached the driver
+
+  // Within the bounds: applied (a start_at just past applies at once).
+  auto soon = injectOf("f1", "eth0", 10s);
+  soon.mutable_start_at()->set_seconds(now - 1);
+  reports.clear();
+  agent.inject(soon);
+  REQUIRE(reports.size() == 1);
+  CHECK(reports[0].state() == v1::FAULT_STATE_APPLIED);
+}
