@@ -274,6 +274,7 @@ void AgentRuntime::runUntilSignal() {
   });
   impl_->startExpiry();
   impl_->session.start();
+  auto guard = boost::asio::make_work_guard(impl_->io);  // runs until the handler above stops it
   impl_->io.run();
   impl_->stopped = true;
   impl_->stopExpiry();
