@@ -1,6 +1,7 @@
 #include "agent/session/agent.h"
 
 #include <algorithm>
+#include <tuple>
 
 #include <spdlog/spdlog.h>
 #include <boost/asio/post.hpp>
@@ -263,7 +264,19 @@ void Agent::inject(const v1::Inject& inject) {
       return {};
     };
   }
-  auto applied = driver_.apply(inject.spec(), persist);
+  // The driver lock is held for the kernel calls only: the spec's paths are opened without
+  // blocking (kernel/spec_files.h), so a revert on the expiry thread waits at most for them.
+  tl::expected<std::unique_ptr<AppliedFault>, FaultError> applied;
+  std::string detail;
+  std::vector<v1::ProcessHit> hits;
+  {
+    std::lock_guard driverLock(driverMutex_);
+    applied = driver_.apply(inject.spec(), persist);
+    if (applied) {
+      detail = (*applied)->describe();
+      hits = (*applied)->processHits();
+    }
+  }
   if (!applied) {
     spdlog::warn("fault {} ({}) failed: {}", id, faultKindName(inject.spec()), applied.error().message);
     bool confirm = false;  // a revert was asked for while it was being applied
@@ -293,12 +306,11 @@ void Agent::inject(const v1::Inject& inject) {
       spdlog::error("fault {}: cannot mark it applied in the undo journal: {}", id, marked.error().message);
     }
   }
-  const std::string detail = (*applied)->describe();
   v1::FaultReport appliedReport;
   appliedReport.set_fault_id(id);
   appliedReport.set_state(v1::FAULT_STATE_APPLIED);
   appliedReport.set_detail(detail);
-  for (auto& hit : (*applied)->processHits()) {
+  for (auto& hit : hits) {
     *appliedReport.add_processes() = std::move(hit);
   }
   *appliedReport.mutable_at() = nowTimestamp();
@@ -369,24 +381,25 @@ void Agent::watch() {
       checking.emplace_back(id, held.applied.get());
     }
   }
-  std::vector<std::pair<std::string, std::string>> lost;  // fault id, error
+  std::vector<std::tuple<std::string, std::string, std::string>> lost;  // fault id, error, detail
   for (const auto& [id, applied] : checking) {
+    // One fault at a time: a revert on the expiry thread waits for one kernel read at most.
+    std::lock_guard driverLock(driverMutex_);
     if (auto gone = applied->lost()) {
-      lost.emplace_back(id, std::move(*gone));
+      lost.emplace_back(id, std::move(*gone), applied->describe());
     }
   }
   {
     std::lock_guard lock(mutex_);
-    for (auto& [id, error] : lost) {
+    for (auto& [id, error, detail] : lost) {
       faults_.at(id).lostError = error;
     }
   }
   // Reported before the claims go: a sink that reverts (or an expiry meanwhile) then ends the
   // fault after its loss is reported, never before.
-  for (auto& [id, error] : lost) {
+  for (auto& [id, error, detail] : lost) {
     spdlog::error("fault {}: {}; held until its revert", id, error);
-    const auto it = std::find_if(checking.begin(), checking.end(), [&](const auto& c) { return c.first == id; });
-    report(id, v1::FAULT_STATE_FAILED, std::move(error), it->second->describe());
+    report(id, v1::FAULT_STATE_FAILED, std::move(error), std::move(detail));
   }
   for (const auto& [id, applied] : checking) {
     release(id);
@@ -436,9 +449,15 @@ void Agent::revertClaimed(const std::string& faultId, v1::FaultState endState, c
     std::lock_guard lock(mutex_);
     applied = faults_.at(faultId).applied.get();  // the claim keeps it in place
   }
-  auto reverted = applied->revert();
-  const std::string detail = reverted ? applied->describeRevert(why) : applied->describe();
-  auto hits = applied->processHits();
+  tl::expected<void, FaultError> reverted;
+  std::string detail;
+  std::vector<v1::ProcessHit> hits;
+  {
+    std::lock_guard driverLock(driverMutex_);
+    reverted = applied->revert();
+    detail = reverted ? applied->describeRevert(why) : applied->describe();
+    hits = applied->processHits();
+  }
 
   std::unique_lock lock(mutex_);
   auto it = faults_.find(faultId);
@@ -494,9 +513,14 @@ void Agent::revertClaimed(const std::string& faultId, v1::FaultState endState, c
   it = faults_.find(faultId);
   const bool confirm = it->second.confirmRevert && !(reverted && endState == v1::FAULT_STATE_REVERTED);
   const uint64_t generation = it->second.generation;
+  std::unique_ptr<AppliedFault> gone = std::move(it->second.applied);
   faults_.erase(it);
   const bool empty = faults_.empty();
   lock.unlock();
+  {
+    std::lock_guard driverLock(driverMutex_);  // a fault's destructor is a driver call too
+    gone.reset();
+  }
   dropTimer(faultId, generation);
   if (empty) {
     // Nothing left to watch; io_context::run() may return.

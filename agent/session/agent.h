@@ -2,24 +2,33 @@
 // the agent's own timer, and reverts on command, on expiry and on shutdown.
 //
 // Threading. Two io_contexts, each run by one thread:
-//   - the io thread (io) handles input: inject() (validation, target resolution and the driver's
-//     apply(), which may block for as long as its input makes it), revert() and revertAll() from
-//     the controller, and the watch (AppliedFault::lost()) every watchInterval;
+//   - the io thread (io) handles input: inject() (bounds, validation, policy, then the driver's
+//     apply()), revert() and revertAll() from the controller, and the watch (AppliedFault::lost())
+//     every watchInterval;
 //   - the expiry thread (expiry) owns the deadlines: each fault's duration and the retry of a
-//     failing revert fire there, and the reverts they trigger run there. It never waits for the
-//     io thread (it only posts to it), so a fault ends at its deadline whatever the io thread is
-//     busy with.
-// The registry is guarded by a mutex that no thread holds across a driver call or a report: a
-// thread that reverts, applies or watches a fault first claims it under the mutex, calls the
-// driver without it, then gives the claim back. An end asked for while another thread holds the
-// claim (an expiry while the fault is still being applied or watched) is done by that thread as
-// soon as it gives the claim back: an apply that returns after its deadline is reverted at once,
-// on the io thread, and reported APPLIED then EXPIRED. A fault is reverted once: a revert from
-// the controller that arrives while an expiry is reverting it is confirmed after (REVERTED,
-// "not held"), as if it had arrived after. The journal is guarded by its own mutex (a disk sync).
+//     failing revert fire there, and the reverts they trigger run there (the session's lease and
+//     the agent's signals too, session.h, runtime.cpp). It never waits for the io thread (it only
+//     posts to it), so a fault ends at its deadline whatever the io thread is busy with.
+// Locks, and what each guards (taken in this order; none is held across a report to the sink):
+//   - driverMutex_ serialises every call into the driver and the faults it applied (apply(),
+//     revert(), lost(), describe(), describeRevert(), processHits(), their destructors): drivers,
+//     CgroupTree and ProcessTable are not thread-safe. It is held for those calls only. Nothing
+//     under it blocks on input: the spec's paths are opened non-blocking and read with a bound
+//     (kernel/spec_files.h), the kernel calls are bounded; what else the io thread does (reading
+//     the controller's messages, validation, the policy, reports) runs without it. A revert thus
+//     waits at most for one driver call of another fault, never for an input;
+//   - journalMutex_ guards the journal (taken inside driverMutex_ by apply()'s persist);
+//   - mutex_ guards the registry (faults_, nextGeneration_, closed_): bookkeeping only.
+// A thread that reverts, applies or watches a fault first claims it under mutex_, calls the
+// driver, then gives the claim back. An end asked for while another thread holds the claim (an
+// expiry while the fault is still being applied or watched) is done by that thread as soon as it
+// gives the claim back: an apply that returns after its deadline is reverted at once, on the io
+// thread, and reported APPLIED then EXPIRED. A fault is reverted once: a revert from the
+// controller that arrives while an expiry is reverting it is confirmed after (REVERTED,
+// "not held"), as if it had arrived after.
 // inject(), revert(), revertAll(), close(), activeFaults() and activeCount() may be called from
 // any thread; watch() on the io thread. The sink is called on whichever thread made the change,
-// never with the registry's mutex held, and may call back into the agent.
+// with no lock held, and may call back into the agent.
 // With one io_context for both (expiry = nullptr; unit tests), everything runs on its thread.
 #pragma once
 
@@ -82,8 +91,7 @@ class Agent {
   // policy: maxDuration 1h). watchInterval: how often, while any fault is held, each is checked
   // to be still in place (watch()); > 0. expiry: the io_context of the deadlines and the reverts
   // they trigger (see Threading above), run by a thread that never handles input; nullptr: io.
-  // The driver's apply() and its faults' revert() and lost() may then run at the same time on
-  // the two threads for different faults (never for the same fault).
+  // Calls into the driver never overlap (driverMutex_, see Threading above).
   Agent(boost::asio::io_context& io, FaultDriver& driver, ReportSink sink, UndoJournal* journal = nullptr,
         Policy policy = {}, std::chrono::milliseconds watchInterval = kWatchInterval,
         boost::asio::io_context* expiry = nullptr);
@@ -168,6 +176,8 @@ class Agent {
   FaultDriver& driver_;
   ReportSink sink_;
   UndoJournal* journal_;
+  // Serialises every call into driver_ and its AppliedFaults (see Threading above).
+  std::mutex driverMutex_;
   std::mutex journalMutex_;  // journal_ is not thread-safe
   Policy policy_;
   mutable std::mutex mutex_;  // guards faults_, nextGeneration_, closed_
