@@ -568,7 +568,9 @@ tl::expected<std::unique_ptr<QdiscTable>, std::error_code> openQdiscTable(const 
   if (original.get() < 0) {
     return fail(errno);
   }
-  UniqueFd target(::open(netnsPath.c_str(), O_RDONLY | O_CLOEXEC));
+  // O_NONBLOCK: a FIFO swapped in for the namespace after it was checked (spec_files.h) must not
+  // block here (setns() then refuses it with EINVAL).
+  UniqueFd target(::open(netnsPath.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC));
   if (target.get() < 0) {
     return fail(errno);
   }
