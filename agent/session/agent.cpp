@@ -203,7 +203,6 @@ void Agent::dropTimer(const std::string& faultId, uint64_t generation) {
 }
 
 void Agent::inject(const v1::Inject& inject) {
-  const auto received = std::chrono::steady_clock::now();
   const std::string& id = inject.fault_id();
   if (auto bad = checkInjectBounds(inject, std::chrono::system_clock::now())) {
     spdlog::warn("fault {} refused: {}", printableId(id), *bad);
@@ -249,9 +248,6 @@ void Agent::inject(const v1::Inject& inject) {
     report(id, v1::FAULT_STATE_FAILED, refused, "");
     return;
   }
-  // The deadline runs from now, on the expiry thread, however long the apply below takes.
-  armTimer(id, generation, received + duration, v1::FAULT_STATE_EXPIRED, "duration elapsed");
-
   bool journalled = false;
   PersistUndo persist;
   if (journal_ != nullptr) {
@@ -286,7 +282,6 @@ void Agent::inject(const v1::Inject& inject) {
       confirm = it->second.pendingEnd && it->second.pendingEnd->state == v1::FAULT_STATE_REVERTED;
       faults_.erase(it);
     }
-    dropTimer(id, generation);
     if (journalled && applied.error().mayBeChanged) {
       // The next start reverts it from the record (a no-op when the root turns out unchanged).
       spdlog::critical("fault {}: apply failed and may have left a change; its undo journal entry stays open", id);
@@ -321,6 +316,9 @@ void Agent::inject(const v1::Inject& inject) {
     held.applied = std::move(*applied);
     held.appliedReport = appliedReport;
   }
+  // The duration counts from now, as the controller's does (from the start time, when the hosts
+  // apply): its deadline fires on the expiry thread, whatever this thread does next.
+  armTimer(id, generation, std::chrono::steady_clock::now() + duration, v1::FAULT_STATE_EXPIRED, "duration elapsed");
   spdlog::info("fault {} applied for {}: {}", id, formatDuration(duration), detail);
   if (sink_) {
     sink_(appliedReport);

@@ -21,11 +21,11 @@
 //   - mutex_ guards the registry (faults_, nextGeneration_, closed_): bookkeeping only.
 // A thread that reverts, applies or watches a fault first claims it under mutex_, calls the
 // driver, then gives the claim back. An end asked for while another thread holds the claim (an
-// expiry while the fault is still being applied or watched) is done by that thread as soon as it
-// gives the claim back: an apply that returns after its deadline is reverted at once, on the io
-// thread, and reported APPLIED then EXPIRED. A fault is reverted once: a revert from the
-// controller that arrives while an expiry is reverting it is confirmed after (REVERTED,
-// "not held"), as if it had arrived after.
+// expiry, a lease expiry or close() while the fault is still being applied or watched) is done
+// by that thread as soon as it gives the claim back: a fault closed during its apply is reverted
+// as soon as the apply returns, on the io thread, and reported APPLIED then REVERTED. A fault is
+// reverted once: a revert from the controller that arrives while an expiry is reverting it is
+// confirmed after (REVERTED, "not held"), as if it had arrived after.
 // inject(), revert(), revertAll(), close(), activeFaults() and activeCount() may be called from
 // any thread; watch() on the io thread. The sink is called on whichever thread made the change,
 // with no lock held, and may call back into the agent.
@@ -103,8 +103,8 @@ class Agent {
 
   // Checks the bounds (checkInjectBounds()), validates, checks the policy and applies. A fault id
   // already held (or still being applied) is refused, and so is every inject after close().
-  // The duration counts from the call: its deadline is armed on the expiry thread before the
-  // driver is called, and a fault whose apply returns after it is reverted at once. Reports
+  // The duration counts from the moment the apply returns (its deadline is then armed on the
+  // expiry thread); an end asked for during the apply is done as soon as it returns. Reports
   // APPLIED, or FAILED with the reason (nothing is left changed then); a policy refusal names the
   // rule and never reaches the driver. Blocks for the driver's apply().
   void inject(const v1::Inject& inject);
