@@ -1,6 +1,10 @@
 #include "agent/session/agent.h"
 
+#include <algorithm>
+#include <tuple>
+
 #include <spdlog/spdlog.h>
+#include <boost/asio/post.hpp>
 
 #include "agent/faults/network/net_driver.h"
 #include "agent/faults/network/nfqueue_driver.h"
@@ -16,9 +20,110 @@
 
 namespace faultline::agent {
 
+namespace {
+
+// The longest chain of nested messages checkInjectBounds() walks into (a spec is 3 or 4 deep).
+constexpr int kMaxSpecDepth = 8;
+
+// The detail of a revert of a fault not held: reverting is idempotent.
+constexpr const char* kNotHeld = "not held (already reverted, expired or never applied)";
+
+// A fault id fit for a log line and a report: control characters as '?', cut to its bound.
+std::string printableId(const std::string& id) {
+  std::string out = id.substr(0, kMaxFaultIdBytes);
+  std::replace_if(
+      out.begin(), out.end(), [](char c) { return static_cast<unsigned char>(c) < 0x20 || c == 0x7f; }, '?');
+  return out;
+}
+
+// The first string, list or map of msg (and the messages in it) over its bound, as words.
+std::optional<std::string> oversized(const google::protobuf::Message& msg, const std::string& path, int depth) {
+  if (depth > kMaxSpecDepth) {
+    return fmt::format("{} is nested more than {} deep", path, kMaxSpecDepth);
+  }
+  const auto* reflection = msg.GetReflection();
+  std::vector<const google::protobuf::FieldDescriptor*> fields;
+  reflection->ListFields(msg, &fields);
+  for (const auto* field : fields) {
+    const std::string name = path.empty() ? field->name() : path + "." + field->name();
+    const bool isString = field->cpp_type() == google::protobuf::FieldDescriptor::CPPTYPE_STRING;
+    const bool isMessage = field->cpp_type() == google::protobuf::FieldDescriptor::CPPTYPE_MESSAGE;
+    if (field->is_repeated()) {
+      const int n = reflection->FieldSize(msg, field);
+      if (n > kMaxSpecListItems) {
+        return fmt::format("{} has {} items, more than {}", name, n, kMaxSpecListItems);
+      }
+      for (int i = 0; i < n; ++i) {
+        if (isString && reflection->GetRepeatedStringReference(msg, field, i, nullptr).size() > kMaxSpecStringBytes) {
+          return fmt::format("{}[{}] is longer than {} bytes", name, i, kMaxSpecStringBytes);
+        }
+        if (isMessage) {
+          if (auto bad = oversized(reflection->GetRepeatedMessage(msg, field, i), name, depth + 1)) {
+            return bad;
+          }
+        }
+      }
+    } else if (isString) {
+      std::string scratch;
+      const auto& value = reflection->GetStringReference(msg, field, &scratch);
+      if (value.size() > kMaxSpecStringBytes) {
+        return fmt::format("{} is {} bytes long, more than {}", name, value.size(), kMaxSpecStringBytes);
+      }
+    } else if (isMessage) {
+      if (auto bad = oversized(reflection->GetMessage(msg, field), name, depth + 1)) {
+        return bad;
+      }
+    }
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+std::optional<std::string> checkInjectBounds(const v1::Inject& inject, std::chrono::system_clock::time_point now) {
+  if (const auto size = inject.ByteSizeLong(); size > kMaxInjectBytes) {
+    return fmt::format("the inject is {} bytes, more than {}", size, kMaxInjectBytes);
+  }
+  const std::string& id = inject.fault_id();
+  if (id.empty()) {
+    return "the fault id is empty";
+  }
+  if (id.size() > kMaxFaultIdBytes) {
+    return fmt::format("the fault id is {} bytes long, more than {}", id.size(), kMaxFaultIdBytes);
+  }
+  if (std::any_of(id.begin(), id.end(), [](char c) { return static_cast<unsigned char>(c) < 0x20 || c == 0x7f; })) {
+    return "the fault id has a control character";
+  }
+  if (auto bad = oversized(inject.spec(), "spec", 0)) {
+    return "spec too large: " + *bad;
+  }
+  if (inject.has_start_at()) {
+    // In seconds first: 2^62 s in the clock's nanoseconds would overflow.
+    const auto& at = inject.start_at();
+    const int64_t nowSeconds = std::chrono::duration_cast<std::chrono::seconds>(now.time_since_epoch()).count();
+    if (at.nanos() < 0 || at.nanos() > 999'999'999) {
+      return fmt::format("start_at has {} nanoseconds, outside 0 to 999999999", at.nanos());
+    }
+    if (at.seconds() > nowSeconds + kMaxStartAhead.count()) {
+      return fmt::format(
+          "start_at {} s since the epoch is more than {} ahead of this host's clock ({} s): are the clocks of the "
+          "controller and this host synchronised (NTP)?",
+          at.seconds(), formatDuration(kMaxStartAhead), nowSeconds);
+    }
+    if (at.seconds() < nowSeconds - kMaxStartBehind.count()) {
+      return fmt::format(
+          "start_at {} s since the epoch is more than {} behind this host's clock ({} s): the step started without "
+          "this host, or the clocks of the controller and this host disagree (NTP)",
+          at.seconds(), formatDuration(kMaxStartBehind), nowSeconds);
+    }
+  }
+  return std::nullopt;
+}
+
 Agent::Agent(boost::asio::io_context& io, FaultDriver& driver, ReportSink sink, UndoJournal* journal, Policy policy,
-             std::chrono::milliseconds watchInterval)
+             std::chrono::milliseconds watchInterval, boost::asio::io_context* expiry)
     : io_(io),
+      expiry_(expiry != nullptr ? *expiry : io),
       driver_(driver),
       sink_(std::move(sink)),
       journal_(journal),
@@ -30,6 +135,7 @@ void Agent::journalDone(const std::string& faultId) {
   if (journal_ == nullptr) {
     return;
   }
+  std::lock_guard lock(journalMutex_);
   if (auto done = journal_->done(faultId); !done) {
     // The entry stays open: the next start reverts it again, which finds nothing left to undo.
     spdlog::error("fault {}: cannot mark it done in the undo journal: {}", faultId, done.error().message);
@@ -37,9 +143,7 @@ void Agent::journalDone(const std::string& faultId) {
 }
 
 Agent::~Agent() {
-  if (!faults_.empty()) {
-    revertAll("agent shutting down");
-  }
+  revertAll("agent shutting down");
 }
 
 void Agent::report(const std::string& faultId, v1::FaultState state, std::string error, std::string detail) {
@@ -54,10 +158,55 @@ void Agent::report(const std::string& faultId, v1::FaultState state, std::string
   }
 }
 
+void Agent::armTimer(const std::string& faultId, uint64_t generation, std::chrono::steady_clock::time_point at,
+                     v1::FaultState endState, std::string why) {
+  boost::asio::post(
+      expiry_, [this, alive = std::weak_ptr<bool>(alive_), faultId, generation, at, endState, why = std::move(why)]() {
+        if (alive.expired()) {
+          return;
+        }
+        {
+          std::lock_guard lock(mutex_);
+          auto held = faults_.find(faultId);
+          if (held == faults_.end() || held->second.generation != generation) {
+            return;  // ended before its timer was armed
+          }
+        }
+        auto& slot = timers_[faultId];
+        slot.generation = generation;
+        slot.timer = std::make_unique<boost::asio::steady_timer>(expiry_, at);
+        slot.timer->async_wait([this, alive, faultId, generation, endState, why](const boost::system::error_code& ec) {
+          if (ec || alive.expired()) {
+            return;
+          }
+          {
+            std::lock_guard lock(mutex_);
+            auto held = faults_.find(faultId);
+            if (held == faults_.end() || held->second.generation != generation) {
+              return;
+            }
+          }
+          finish(faultId, endState, why);
+        });
+      });
+}
+
+void Agent::dropTimer(const std::string& faultId, uint64_t generation) {
+  boost::asio::post(expiry_, [this, alive = std::weak_ptr<bool>(alive_), faultId, generation]() {
+    if (alive.expired()) {
+      return;
+    }
+    if (auto it = timers_.find(faultId); it != timers_.end() && it->second.generation == generation) {
+      timers_.erase(it);  // cancels it
+    }
+  });
+}
+
 void Agent::inject(const v1::Inject& inject) {
   const std::string& id = inject.fault_id();
-  if (faults_.count(id) != 0) {
-    report(id, v1::FAULT_STATE_FAILED, "fault id is already held by this agent", "");
+  if (auto bad = checkInjectBounds(inject, std::chrono::system_clock::now())) {
+    spdlog::warn("fault {} refused: {}", printableId(id), *bad);
+    report(printableId(id), v1::FAULT_STATE_FAILED, *bad, "");
     return;
   }
   if (auto valid = validateFaultSpec(inject.spec()); !valid) {
@@ -80,10 +229,30 @@ void Agent::inject(const v1::Inject& inject) {
     report(id, v1::FAULT_STATE_FAILED, allowed.error().message, "");
     return;
   }
+  uint64_t generation = 0;
+  std::string refused;
+  {
+    std::lock_guard lock(mutex_);
+    if (closed_) {
+      refused = "the agent is shutting down";
+    } else if (faults_.count(id) != 0) {
+      refused = "fault id is already held by this agent";
+    } else {
+      generation = ++nextGeneration_;
+      Held& held = faults_[id];
+      held.generation = generation;
+      held.claim = Claim::Applying;
+    }
+  }
+  if (!refused.empty()) {
+    report(id, v1::FAULT_STATE_FAILED, refused, "");
+    return;
+  }
   bool journalled = false;
   PersistUndo persist;
   if (journal_ != nullptr) {
     persist = [&](const nlohmann::json& undo) -> tl::expected<void, FaultError> {
+      std::lock_guard lock(journalMutex_);
       if (auto begun = journal_->begin(id, std::string(faultKindName(inject.spec())), undo); !begun) {
         return tl::unexpected(FaultError{begun.error().code, begun.error().message});
       }
@@ -91,9 +260,28 @@ void Agent::inject(const v1::Inject& inject) {
       return {};
     };
   }
-  auto applied = driver_.apply(inject.spec(), persist);
+  // The driver lock is held for the kernel calls only: the spec's paths are opened without
+  // blocking (kernel/spec_files.h), so a revert on the expiry thread waits at most for them.
+  tl::expected<std::unique_ptr<AppliedFault>, FaultError> applied;
+  std::string detail;
+  std::vector<v1::ProcessHit> hits;
+  {
+    std::lock_guard driverLock(driverMutex_);
+    applied = driver_.apply(inject.spec(), persist);
+    if (applied) {
+      detail = (*applied)->describe();
+      hits = (*applied)->processHits();
+    }
+  }
   if (!applied) {
     spdlog::warn("fault {} ({}) failed: {}", id, faultKindName(inject.spec()), applied.error().message);
+    bool confirm = false;  // a revert was asked for while it was being applied
+    {
+      std::lock_guard lock(mutex_);
+      auto it = faults_.find(id);
+      confirm = it->second.pendingEnd && it->second.pendingEnd->state == v1::FAULT_STATE_REVERTED;
+      faults_.erase(it);
+    }
     if (journalled && applied.error().mayBeChanged) {
       // The next start reverts it from the record (a no-op when the root turns out unchanged).
       spdlog::critical("fault {}: apply failed and may have left a change; its undo journal entry stays open", id);
@@ -101,41 +289,70 @@ void Agent::inject(const v1::Inject& inject) {
       journalDone(id);  // a failed apply rolled back whatever it changed
     }
     report(id, v1::FAULT_STATE_FAILED, applied.error().message, "");
+    if (confirm) {
+      report(id, v1::FAULT_STATE_REVERTED, "", kNotHeld);
+    }
     return;
   }
   if (journalled) {
+    std::lock_guard lock(journalMutex_);
     if (auto marked = journal_->applied(id); !marked) {
       // The begin entry alone already makes recovery revert it; carry on.
       spdlog::error("fault {}: cannot mark it applied in the undo journal: {}", id, marked.error().message);
     }
   }
-  Held held;
-  held.journalled = journalled;
-  held.applied = std::move(*applied);
-  held.timer = std::make_unique<boost::asio::steady_timer>(io_, duration);
-  held.timer->async_wait([this, id](const boost::system::error_code& ec) {
-    if (!ec) {
-      finish(id, v1::FAULT_STATE_EXPIRED, "duration elapsed");
-    }
-  });
-  const std::string detail = held.applied->describe();
-  held.appliedReport.set_fault_id(id);
-  held.appliedReport.set_state(v1::FAULT_STATE_APPLIED);
-  held.appliedReport.set_detail(detail);
-  for (auto& hit : held.applied->processHits()) {
-    *held.appliedReport.add_processes() = std::move(hit);
+  v1::FaultReport appliedReport;
+  appliedReport.set_fault_id(id);
+  appliedReport.set_state(v1::FAULT_STATE_APPLIED);
+  appliedReport.set_detail(detail);
+  for (auto& hit : hits) {
+    *appliedReport.add_processes() = std::move(hit);
   }
-  *held.appliedReport.mutable_at() = nowTimestamp();
-  faults_.emplace(id, std::move(held));
+  *appliedReport.mutable_at() = nowTimestamp();
+  {
+    std::lock_guard lock(mutex_);
+    Held& held = faults_.at(id);
+    held.journalled = journalled;
+    held.applied = std::move(*applied);
+    held.appliedReport = appliedReport;
+  }
+  // The duration counts from now, as the controller's does (from the start time, when the hosts
+  // apply): its deadline fires on the expiry thread, whatever this thread does next.
+  armTimer(id, generation, std::chrono::steady_clock::now() + duration, v1::FAULT_STATE_EXPIRED, "duration elapsed");
   spdlog::info("fault {} applied for {}: {}", id, formatDuration(duration), detail);
   if (sink_) {
-    sink_(faults_.at(id).appliedReport);
+    sink_(appliedReport);
   }
+  // Still claimed until APPLIED is reported: an end asked for meanwhile (its deadline passed
+  // during the apply, a lease expiry, a revert) is reported after it, and done now.
+  release(id);
   armWatch();
 }
 
+void Agent::release(const std::string& faultId) {
+  std::optional<End> end;
+  {
+    std::lock_guard lock(mutex_);
+    auto it = faults_.find(faultId);
+    if (it == faults_.end()) {
+      return;
+    }
+    end = std::exchange(it->second.pendingEnd, std::nullopt);
+    it->second.claim = end ? Claim::Reverting : Claim::None;
+  }
+  if (end) {
+    revertClaimed(faultId, end->state, end->why);
+  }
+}
+
 void Agent::armWatch() {
-  if (watching_ || faults_.empty()) {
+  {
+    std::lock_guard lock(mutex_);
+    if (faults_.empty()) {
+      return;
+    }
+  }
+  if (watching_) {
     return;
   }
   watching_ = true;
@@ -151,102 +368,170 @@ void Agent::armWatch() {
 }
 
 void Agent::watch() {
-  std::vector<std::pair<std::string, std::string>> lost;  // fault id, error
-  for (auto& [id, held] : faults_) {
-    if (held.revertFailing || !held.lostError.empty()) {
-      continue;  // already reported
-    }
-    if (auto gone = held.applied->lost()) {
-      held.lostError = *gone;
-      lost.emplace_back(id, std::move(*gone));
+  std::vector<std::pair<std::string, AppliedFault*>> checking;
+  {
+    std::lock_guard lock(mutex_);
+    for (auto& [id, held] : faults_) {
+      if (held.claim != Claim::None || held.revertFailing || !held.lostError.empty()) {
+        continue;  // busy elsewhere, or already reported
+      }
+      held.claim = Claim::Watching;  // held.applied stays ours until release()
+      checking.emplace_back(id, held.applied.get());
     }
   }
-  // Reported after the loop: a sink may act on the agent (revert) before it returns.
-  for (auto& [id, error] : lost) {
-    auto it = faults_.find(id);
-    if (it == faults_.end()) {
-      continue;
+  std::vector<std::tuple<std::string, std::string, std::string>> lost;  // fault id, error, detail
+  for (const auto& [id, applied] : checking) {
+    // One fault at a time: a revert on the expiry thread waits for one kernel read at most.
+    std::lock_guard driverLock(driverMutex_);
+    if (auto gone = applied->lost()) {
+      lost.emplace_back(id, std::move(*gone), applied->describe());
     }
+  }
+  {
+    std::lock_guard lock(mutex_);
+    for (auto& [id, error, detail] : lost) {
+      faults_.at(id).lostError = error;
+    }
+  }
+  // Reported before the claims go: a sink that reverts (or an expiry meanwhile) then ends the
+  // fault after its loss is reported, never before.
+  for (auto& [id, error, detail] : lost) {
     spdlog::error("fault {}: {}; held until its revert", id, error);
-    report(id, v1::FAULT_STATE_FAILED, std::move(error), it->second.applied->describe());
+    report(id, v1::FAULT_STATE_FAILED, std::move(error), std::move(detail));
+  }
+  for (const auto& [id, applied] : checking) {
+    release(id);
   }
 }
 
 void Agent::finish(const std::string& faultId, v1::FaultState endState, std::string_view why) {
-  auto it = faults_.find(faultId);
-  if (it == faults_.end()) {
-    if (endState == v1::FAULT_STATE_REVERTED) {
-      // Reverting is idempotent: confirm, so the controller never waits on a fault gone already.
-      report(faultId, v1::FAULT_STATE_REVERTED, "", "not held (already reverted, expired or never applied)");
+  {
+    std::unique_lock lock(mutex_);
+    auto it = faults_.find(faultId);
+    if (it == faults_.end()) {
+      lock.unlock();
+      if (endState == v1::FAULT_STATE_REVERTED) {
+        // Reverting is idempotent: confirm, so the controller never waits on a fault gone already.
+        report(faultId, v1::FAULT_STATE_REVERTED, "", kNotHeld);
+      }
+      return;
     }
+    Held& held = it->second;
+    switch (held.claim) {
+      case Claim::None:
+        held.claim = Claim::Reverting;
+        break;
+      case Claim::Reverting:
+        // Being reverted by another thread: its report ends the fault; a revert asked for now is
+        // confirmed after, as if it had come after.
+        held.confirmRevert = held.confirmRevert || endState == v1::FAULT_STATE_REVERTED;
+        return;
+      case Claim::Applying:
+      case Claim::Watching:
+        // The claim's holder reverts it as soon as it lets go. The first end asked for decides
+        // the report; a later revert is confirmed after it.
+        if (!held.pendingEnd) {
+          held.pendingEnd = End{endState, std::string(why)};
+        } else if (endState == v1::FAULT_STATE_REVERTED && held.pendingEnd->state != endState) {
+          held.confirmRevert = true;
+        }
+        return;
+    }
+  }
+  revertClaimed(faultId, endState, std::string(why));
+}
+
+void Agent::revertClaimed(const std::string& faultId, v1::FaultState endState, const std::string& why) {
+  AppliedFault* applied = nullptr;
+  {
+    std::lock_guard lock(mutex_);
+    applied = faults_.at(faultId).applied.get();  // the claim keeps it in place
+  }
+  tl::expected<void, FaultError> reverted;
+  std::string detail;
+  std::vector<v1::ProcessHit> hits;
+  {
+    std::lock_guard driverLock(driverMutex_);
+    reverted = applied->revert();
+    detail = reverted ? applied->describeRevert(why) : applied->describe();
+    hits = applied->processHits();
+  }
+
+  std::unique_lock lock(mutex_);
+  auto it = faults_.find(faultId);
+  Held& held = it->second;
+  if (!reverted && !reverted.error().permanent) {
+    spdlog::error("fault {}: revert ({}) failed, retrying every second: {}", faultId, why, reverted.error().message);
+    // Report the first failure of a series only; the fault stays held and is retried.
+    held.revertError = "revert failed (retrying every second): " + reverted.error().message;
+    const bool first = !held.revertFailing;
+    held.revertFailing = true;
+    held.claim = Claim::None;
+    held.pendingEnd.reset();
+    held.confirmRevert = false;
+    const std::string error = held.revertError;
+    const uint64_t generation = held.generation;
+    lock.unlock();
+    if (first) {
+      report(faultId, v1::FAULT_STATE_FAILED, error, detail);
+    }
+    // Keep it held, and retry in a second: a fault is never dropped while it may still be active.
+    armTimer(faultId, generation, std::chrono::steady_clock::now() + std::chrono::seconds{1}, endState, why);
     return;
   }
-  auto reverted = it->second.applied->revert();
-  if (!reverted && reverted.error().permanent) {
+  const bool journalled = held.journalled;
+  lock.unlock();
+
+  if (journalled) {
+    journalDone(faultId);  // done, or (permanent failure) retrying can never succeed, at start either
+  }
+  v1::FaultReport r;
+  r.set_fault_id(faultId);
+  if (!reverted) {
     spdlog::error("fault {}: revert ({}) cannot succeed, not retried: {}", faultId, why, reverted.error().message);
-    it->second.timer->cancel();
-    const std::string detail = it->second.applied->describe();
-    const bool journalled = it->second.journalled;
-    faults_.erase(it);
-    if (faults_.empty() && watching_) {
-      watchTimer_.cancel();
-      watching_ = false;
-    }
-    if (journalled) {
-      journalDone(faultId);  // retrying can never succeed, at start either
-    }
-    v1::FaultReport r;
-    r.set_fault_id(faultId);
     r.set_state(v1::FAULT_STATE_FAILED);
     r.set_error_code(v1::FAULT_ERROR_PERMANENT);
     r.set_error("not reverted: " + reverted.error().message);
     r.set_detail(detail);
-    *r.mutable_at() = nowTimestamp();
-    if (sink_) {
-      sink_(r);
+  } else {
+    spdlog::info("fault {} reverted ({})", faultId, why);
+    r.set_state(endState);
+    r.set_detail(detail);
+    for (auto& hit : hits) {
+      *r.add_processes() = std::move(hit);
     }
-    return;
-  }
-  if (!reverted) {
-    spdlog::error("fault {}: revert ({}) failed, retrying every second: {}", faultId, why, reverted.error().message);
-    // Report the first failure of a series only; the fault stays held and is retried.
-    it->second.revertError = "revert failed (retrying every second): " + reverted.error().message;
-    if (!it->second.revertFailing) {
-      report(faultId, v1::FAULT_STATE_FAILED, it->second.revertError, it->second.applied->describe());
-    }
-    it->second.revertFailing = true;
-    // Keep it held, and retry in a second: a fault is never dropped while it may still be active.
-    it->second.timer->expires_after(std::chrono::seconds{1});
-    it->second.timer->async_wait([this, faultId, endState, w = std::string(why)](const boost::system::error_code& ec) {
-      if (!ec) {
-        finish(faultId, endState, w);
-      }
-    });
-    return;
-  }
-  it->second.timer->cancel();
-  const std::string detail = it->second.applied->describeRevert(why);
-  auto hits = it->second.applied->processHits();
-  const bool journalled = it->second.journalled;
-  faults_.erase(it);
-  if (faults_.empty() && watching_) {
-    watchTimer_.cancel();  // nothing left to watch; io_context::run() may return
-    watching_ = false;
-  }
-  if (journalled) {
-    journalDone(faultId);
-  }
-  spdlog::info("fault {} reverted ({})", faultId, why);
-  v1::FaultReport r;
-  r.set_fault_id(faultId);
-  r.set_state(endState);
-  r.set_detail(detail);
-  for (auto& hit : hits) {
-    *r.add_processes() = std::move(hit);
   }
   *r.mutable_at() = nowTimestamp();
+  // Reported while still claimed: a revert asked for meanwhile is confirmed after this report,
+  // never before it.
   if (sink_) {
     sink_(r);
+  }
+  lock.lock();
+  it = faults_.find(faultId);
+  const bool confirm = it->second.confirmRevert && !(reverted && endState == v1::FAULT_STATE_REVERTED);
+  const uint64_t generation = it->second.generation;
+  std::unique_ptr<AppliedFault> gone = std::move(it->second.applied);
+  faults_.erase(it);
+  const bool empty = faults_.empty();
+  lock.unlock();
+  {
+    std::lock_guard driverLock(driverMutex_);  // a fault's destructor is a driver call too
+    gone.reset();
+  }
+  dropTimer(faultId, generation);
+  if (empty) {
+    // Nothing left to watch; io_context::run() may return.
+    boost::asio::post(io_, [this, alive = std::weak_ptr<bool>(alive_)]() {
+      if (alive.expired() || activeCount() > 0) {
+        return;
+      }
+      watchTimer_.cancel();
+      watching_ = false;
+    });
+  }
+  if (confirm) {
+    report(faultId, v1::FAULT_STATE_REVERTED, "", kNotHeld);
   }
 }
 
@@ -256,17 +541,37 @@ void Agent::revert(const std::string& faultId) {
 
 void Agent::revertAll(std::string_view reason, v1::FaultState endState) {
   std::vector<std::string> ids;
-  for (const auto& [id, held] : faults_) {
-    ids.push_back(id);
+  {
+    std::lock_guard lock(mutex_);
+    for (const auto& [id, held] : faults_) {
+      ids.push_back(id);
+    }
   }
   for (const auto& id : ids) {
     finish(id, endState, reason);
   }
 }
 
+void Agent::close(std::string_view reason) {
+  {
+    std::lock_guard lock(mutex_);
+    closed_ = true;
+  }
+  revertAll(reason);
+}
+
+size_t Agent::activeCount() const {
+  std::lock_guard lock(mutex_);
+  return faults_.size();
+}
+
 std::vector<v1::FaultReport> Agent::activeFaults() const {
+  std::lock_guard lock(mutex_);
   std::vector<v1::FaultReport> out;
   for (const auto& [id, held] : faults_) {
+    if (!held.applied) {
+      continue;  // still being applied
+    }
     out.push_back(held.appliedReport);
     if (held.revertFailing) {
       // Still held because its revert keeps failing: say so, so a controller that learns of the

@@ -7,6 +7,7 @@
 
 #include <cstring>
 
+#include <atomic>
 #include <future>
 #include <thread>
 
@@ -113,6 +114,10 @@ NetworkDriverChoice chooseNetworkDriver(const std::string& wanted, bool hasNetem
 
 }  // namespace
 
+// Two threads (agent.h, session.h): the io thread handles the controller's messages and
+// applies faults; the expiry thread owns every deadline (durations, revert retries, the lease)
+// and the reverts they trigger, and the signals that stop the agent. It never waits for the io
+// thread, so faults end on time and on SIGTERM whatever an input makes the io thread wait for.
 struct AgentRuntime::Impl {
   Impl(SessionOptions options, std::unique_ptr<UndoJournal> undoJournal, Policy policy, NetworkDriverChoice network)
       : journal(std::move(undoJournal)),
@@ -124,26 +129,39 @@ struct AgentRuntime::Impl {
                 session.report(r);
               }
             },
-            journal.get(), std::move(policy)),
-        session(io, agent, std::move(options)) {}
+            journal.get(), std::move(policy), kWatchInterval, &expiry),
+        session(io, agent, std::move(options), &expiry) {}
 
   ~Impl() {
-    shutdown("agent shutting down");
+    agent.close("agent shutting down");
+    stopExpiry();
+    session.stop();
     sessionAlive = false;  // the agent, destroyed after the session, may still report
   }
 
   boost::asio::io_context io;
+  boost::asio::io_context expiry;
   std::unique_ptr<UndoJournal> journal;  // outlives the agent
   SystemDrivers drivers;
   Agent agent;
   Session session;
   std::thread thread;
+  std::thread expiryThread;
   bool stopped = false;
-  bool sessionAlive = true;
+  std::atomic<bool> sessionAlive{true};
 
-  void shutdown(const std::string& reason) {
-    agent.revertAll(reason);
-    session.stop();
+  void startExpiry() {
+    expiryThread = std::thread([this] {
+      auto guard = boost::asio::make_work_guard(expiry);
+      expiry.run();
+    });
+  }
+  // Joins the expiry thread; whatever it still had to do is dropped (after agent.close()).
+  void stopExpiry() {
+    expiry.stop();
+    if (expiryThread.joinable()) {
+      expiryThread.join();
+    }
   }
 };
 
@@ -205,6 +223,7 @@ AgentRuntime::~AgentRuntime() {
 }
 
 void AgentRuntime::start() {
+  impl_->startExpiry();
   boost::asio::post(impl_->io, [this] { impl_->session.start(); });
   impl_->thread = std::thread([this] {
     auto guard = boost::asio::make_work_guard(impl_->io);
@@ -217,36 +236,48 @@ void AgentRuntime::stop(const std::string& reason) {
     return;
   }
   impl_->stopped = true;
+  // On this thread, whatever the io thread is doing (a fault it is still applying is reverted
+  // there as soon as its apply returns).
+  impl_->agent.close(reason);
   if (impl_->thread.joinable()) {
     std::promise<void> done;
-    boost::asio::post(impl_->io, [this, &done, reason] {
-      impl_->shutdown(reason);
+    boost::asio::post(impl_->io, [this, &done] {
+      impl_->session.stop();  // flushes the reports of the reverts
       done.set_value();
     });
     done.get_future().wait();
     impl_->io.stop();
     impl_->thread.join();
   } else {
-    impl_->shutdown(reason);
+    impl_->session.stop();
   }
+  impl_->stopExpiry();
 }
 
 void AgentRuntime::runUntilSignal() {
   // SIGHUP and SIGQUIT too: an agent started from a shell that goes away must not die with its
   // faults in place.
-  boost::asio::signal_set signals(impl_->io, SIGTERM, SIGINT, SIGHUP);
+  // Handled on the expiry thread: the faults are reverted even while the io thread is stuck in
+  // an input; the session is then closed on the io thread once it is free.
+  boost::asio::signal_set signals(impl_->expiry, SIGTERM, SIGINT, SIGHUP);
   signals.add(SIGQUIT);
   signals.async_wait([this](const boost::system::error_code& ec, int sig) {
     if (ec) {
       return;
     }
     spdlog::info("SIG{}: reverting every fault and exiting", sigabbrev_np(sig));
-    impl_->shutdown(fmt::format("agent stopped (SIG{})", sigabbrev_np(sig)));
-    impl_->io.stop();
+    impl_->agent.close(fmt::format("agent stopped (SIG{})", sigabbrev_np(sig)));
+    boost::asio::post(impl_->io, [this] {
+      impl_->session.stop();
+      impl_->io.stop();
+    });
   });
+  impl_->startExpiry();
   impl_->session.start();
+  auto guard = boost::asio::make_work_guard(impl_->io);  // runs until the handler above stops it
   impl_->io.run();
   impl_->stopped = true;
+  impl_->stopExpiry();
 }
 
 }  // namespace faultline::agent

@@ -23,11 +23,30 @@ std::string agentVersion() {
 
 namespace {
 
-// Now as UTC with microseconds, e.g. "2026-11-29T15:02:03.123456Z": logged with a lease expiry.
-std::string wallClockText() {
-  const auto now = std::chrono::system_clock::now();
-  const auto us = std::chrono::duration_cast<std::chrono::microseconds>(now.time_since_epoch()).count() % 1'000'000;
-  return fmt::format("{:%Y-%m-%dT%H:%M:%S}.{:06}Z", fmt::gmtime(std::chrono::system_clock::to_time_t(now)), us);
+// A time as UTC with microseconds, e.g. "2026-11-29T15:02:03.123456Z": logged with a lease expiry.
+std::string wallClockText(std::chrono::system_clock::time_point at) {
+  const auto us = std::chrono::duration_cast<std::chrono::microseconds>(at.time_since_epoch()).count() % 1'000'000;
+  return fmt::format("{:%Y-%m-%dT%H:%M:%S}.{:06}Z", fmt::gmtime(std::chrono::system_clock::to_time_t(at)), us);
+}
+
+v1::FaultReport failedReport(const std::string& faultId, std::string error) {
+  v1::FaultReport r;
+  r.set_fault_id(faultId);
+  r.set_state(v1::FAULT_STATE_FAILED);
+  r.set_error(std::move(error));
+  *r.mutable_at() = nowTimestamp();
+  return r;
+}
+
+// A reason from the controller, cut to kMaxReasonBytes for logs and reports.
+std::string boundedReason(const std::string& reason, std::string_view otherwise) {
+  if (reason.empty()) {
+    return std::string(otherwise);
+  }
+  if (reason.size() <= kMaxReasonBytes) {
+    return reason;
+  }
+  return reason.substr(0, kMaxReasonBytes) + "...";
 }
 
 }  // namespace
@@ -122,6 +141,7 @@ class Session::Stream final : public grpc::ClientBidiReactor<v1::AgentMessage, v
     {
       std::lock_guard lock(doneMutex_);
       if (!detached_) {
+        session_.heard();  // now, not when the io thread gets to it: the lease is the controller's
         boost::asio::post(io_, [self = self_, msg = incoming_]() {
           if (self->session_.stream_.get() == self.get()) {
             self->session_.onMessage(msg);
@@ -169,16 +189,17 @@ class Session::Stream final : public grpc::ClientBidiReactor<v1::AgentMessage, v
   std::shared_ptr<Stream> self_;  // keeps the reactor alive until OnDone
 };
 
-Session::Session(boost::asio::io_context& io, Agent& agent, SessionOptions options)
+Session::Session(boost::asio::io_context& io, Agent& agent, SessionOptions options, boost::asio::io_context* expiry)
     : io_(io),
+      expiry_(expiry != nullptr ? *expiry : io),
       agent_(agent),
       options_(std::move(options)),
       reconnectTimer_(io),
-      leaseTimer_(io),
       heartbeatTimer_(io),
-      lease_(options_.defaultLease),
       backoff_(options_.minBackoff),
-      pending_(options_.initialReports) {}
+      pending_(options_.initialReports),
+      leaseTimer_(expiry_),
+      leaseMs_(options_.defaultLease.count()) {}
 
 Session::~Session() {
   stop();
@@ -186,25 +207,32 @@ Session::~Session() {
 
 void Session::start() {
   stopped_ = false;
-  armLease();
+  heard();  // the first lease counts from the start
+  boost::asio::post(expiry_, [this] { armLease(std::chrono::milliseconds{leaseMs_.load()}); });
   connect();
 }
 
 void Session::stop() {
-  stopped_ = true;
+  stopped_ = true;  // a lease check that runs from now on does nothing
+  boost::asio::post(expiry_, [this] { leaseTimer_.cancel(); });
   cancelScheduled("the agent is stopping");
   reconnectTimer_.cancel();
-  leaseTimer_.cancel();
   heartbeatTimer_.cancel();
+  std::vector<std::shared_ptr<Stream>> dying;
+  {
+    std::lock_guard lock(reportMutex_);
+    reportStream_.reset();
+    dying = std::move(dying_);
+    dying_.clear();
+  }
   if (stream_) {
     stream_->flush(std::chrono::seconds{2});
     stream_->detach(std::chrono::seconds{5});
     stream_.reset();
   }
-  for (auto& dying : dying_) {
-    dying->detach(std::chrono::seconds{5});
+  for (auto& d : dying) {
+    d->detach(std::chrono::seconds{5});
   }
-  dying_.clear();
   welcomed_ = false;
 }
 
@@ -220,6 +248,7 @@ void Session::connect() {
   args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 10'000);
   args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 5'000);
   args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  args.SetMaxReceiveMessageSize(static_cast<int>(kMaxControllerMessageBytes));
   if (options_.credentials && !options_.controllerName.empty()) {
     args.SetSslTargetNameOverride(options_.controllerName);
   }
@@ -246,10 +275,22 @@ void Session::connect() {
 }
 
 void Session::onStreamDone(Stream* stream, const std::string& why) {
-  if (stream_.get() != stream) {
-    // An old stream, e.g. one dropped on a lease expiry: its OnDone has run.
+  {
+    // E.g. one dropped on a lease expiry: its OnDone has run.
+    std::lock_guard lock(reportMutex_);
     std::erase_if(dying_, [stream](const auto& d) { return d.get() == stream; });
-    return;
+  }
+  if (stream_.get() == stream) {
+    onStreamLost(why);
+  }
+}
+
+void Session::onStreamLost(const std::string& why) {
+  {
+    std::lock_guard lock(reportMutex_);
+    if (reportStream_ == stream_) {
+      reportStream_.reset();
+    }
   }
   stream_.reset();
   welcomed_ = false;
@@ -268,30 +309,62 @@ void Session::onStreamDone(Stream* stream, const std::string& why) {
   backoff_ = std::min(backoff_ * 2, options_.maxBackoff);
 }
 
-void Session::armLease() {
-  leaseTimer_.expires_after(lease_);
+void Session::heard() {
+  heardAt_ = std::chrono::steady_clock::now().time_since_epoch().count();
+  heardWallAt_ = std::chrono::system_clock::now().time_since_epoch().count();
+}
+
+void Session::armLease(std::chrono::steady_clock::duration after) {
+  leaseTimer_.expires_after(after);
   leaseTimer_.async_wait([this](const boost::system::error_code& ec) {
     if (ec || stopped_) {
       return;
     }
-    const auto why = fmt::format("lease expired: nothing heard from the controller for {} (last at {})",
-                                 formatDuration(lease_), lastHeard_);
-    if (stream_ && welcomed_) {
-      // The stream is dead even if TCP has not noticed (a partition can hide it for many
-      // minutes): drop it first, so the revert reports below wait for the next stream instead
-      // of vanishing into this one, and reconnect so the agent is back as soon as the network is.
-      auto dead = stream_;
-      onStreamDone(dead.get(), why);
-      dead->cancel();
-      dying_.push_back(std::move(dead));
+    const std::chrono::milliseconds lease{leaseMs_.load()};
+    const std::chrono::steady_clock::time_point last{std::chrono::steady_clock::duration{heardAt_.load()}};
+    const auto silent = std::chrono::steady_clock::now() - last;
+    if (silent < lease) {
+      armLease(lease - silent);
+      return;
     }
-    if (agent_.activeCount() > 0) {
-      spdlog::warn("{}; reverting every fault", why);
-      agent_.revertAll(why, v1::FAULT_STATE_EXPIRED);
-    }
-    cancelScheduled("lease expired before the start time");
-    armLease();
+    expireLease();
+    heardAt_ = std::chrono::steady_clock::now().time_since_epoch().count();  // the next lease counts from now
+    armLease(lease);
   });
+}
+
+void Session::expireLease() {
+  const std::chrono::milliseconds lease{leaseMs_.load()};
+  const auto wall = heardWallAt_.load();
+  const auto why = fmt::format(
+      "lease expired: nothing heard from the controller for {} (last at {})", formatDuration(lease),
+      wall == 0 ? std::string("never")
+                : wallClockText(std::chrono::system_clock::time_point{std::chrono::system_clock::duration{wall}}));
+  std::shared_ptr<Stream> dead;
+  {
+    std::lock_guard lock(reportMutex_);
+    dead = std::exchange(reportStream_, nullptr);
+    if (dead) {
+      dying_.push_back(dead);
+    }
+  }
+  if (dead) {
+    // The stream is dead even if TCP has not noticed (a partition can hide it for many minutes):
+    // drop it first, so the revert reports below wait for the next stream instead of vanishing
+    // into this one, and reconnect (on the io thread) so the agent is back as soon as the
+    // network is.
+    dead->cancel();
+    boost::asio::post(io_, [this, dead, why] {
+      if (stream_ == dead) {
+        onStreamLost(why);
+      }
+    });
+  }
+  if (agent_.activeCount() > 0) {
+    spdlog::warn("{}; reverting every fault", why);
+    agent_.revertAll(why, v1::FAULT_STATE_EXPIRED);
+  }
+  boost::asio::post(io_, [this] { cancelScheduled("lease expired before the start time"); });
 }
 
 void Session::scheduleHeartbeat() {
@@ -308,31 +381,22 @@ void Session::scheduleHeartbeat() {
 }
 
 void Session::injectAt(const v1::Inject& inject) {
-  // A start further ahead than this is refused: it means the controller's and this host's clocks
-  // disagree, and the step would not start together anyway.
-  constexpr auto kMaxStartAhead = std::chrono::seconds{30};
   if (!inject.has_start_at() || scheduled_.count(inject.fault_id()) > 0) {
     agent_.inject(inject);  // a second Inject of a waiting fault is the agent's duplicate to refuse
     return;
   }
+  const auto now = std::chrono::system_clock::now();
+  if (checkInjectBounds(inject, now)) {
+    agent_.inject(inject);  // refuses it with the reason, like every other bound
+    return;
+  }
+  // Within kMaxStartAhead/kMaxStartBehind of now: no overflow.
   const auto startAt =
       std::chrono::system_clock::time_point{std::chrono::duration_cast<std::chrono::system_clock::duration>(
           std::chrono::seconds{inject.start_at().seconds()} + std::chrono::nanoseconds{inject.start_at().nanos()})};
-  const auto ahead = startAt - std::chrono::system_clock::now();
+  const auto ahead = startAt - now;
   if (ahead <= std::chrono::system_clock::duration::zero()) {
     agent_.inject(inject);
-    return;
-  }
-  if (ahead > kMaxStartAhead) {
-    v1::FaultReport r;
-    r.set_fault_id(inject.fault_id());
-    r.set_state(v1::FAULT_STATE_FAILED);
-    r.set_error(
-        fmt::format("start time is {} ahead of this host's clock, more than {}: are the clocks of the "
-                    "controller and this host synchronised (NTP)?",
-                    formatDuration(ahead), formatDuration(kMaxStartAhead)));
-    *r.mutable_at() = nowTimestamp();
-    report(r);
     return;
   }
   auto timer = std::make_unique<boost::asio::steady_timer>(io_);
@@ -352,45 +416,46 @@ void Session::cancelScheduled(const std::string& why) {
   scheduled_.clear();
   for (auto& [id, timer] : scheduled) {
     timer->cancel();
-    v1::FaultReport r;
-    r.set_fault_id(id);
-    r.set_state(v1::FAULT_STATE_FAILED);
-    r.set_error(fmt::format("not applied: {}", why));
-    *r.mutable_at() = nowTimestamp();
-    report(r);
+    report(failedReport(id, fmt::format("not applied: {}", why)));
   }
 }
 
 void Session::report(const v1::FaultReport& report) {
-  if (stream_ && welcomed_) {
+  std::lock_guard lock(reportMutex_);
+  if (reportStream_) {
     v1::AgentMessage msg;
     *msg.mutable_report() = report;
-    stream_->write(msg);
+    reportStream_->write(msg);
   } else {
     pending_.push_back(report);
   }
 }
 
 void Session::onMessage(const v1::ControllerMessage& msg) {
-  lastHeard_ = wallClockText();
-  armLease();
   switch (msg.msg_case()) {
     case v1::ControllerMessage::kWelcome: {
       welcomed_ = true;
       backoff_ = options_.minBackoff;
+      std::chrono::milliseconds lease{leaseMs_.load()};
       if (msg.welcome().has_lease() && toMicros(msg.welcome().lease()).count() > 0) {
-        lease_ = std::chrono::duration_cast<std::chrono::milliseconds>(toMicros(msg.welcome().lease()));
-        armLease();
+        lease = std::chrono::duration_cast<std::chrono::milliseconds>(toMicros(msg.welcome().lease()));
+        leaseMs_ = lease.count();
+        boost::asio::post(expiry_, [this] { armLease(std::chrono::steady_clock::duration::zero()); });  // check now
       }
       if (msg.welcome().has_heartbeat_interval() && toMicros(msg.welcome().heartbeat_interval()).count() > 0) {
         heartbeatInterval_ =
             std::chrono::duration_cast<std::chrono::milliseconds>(toMicros(msg.welcome().heartbeat_interval()));
       }
-      spdlog::info("registered with controller {} (lease {})", options_.controller, formatDuration(lease_));
-      auto pending = std::move(pending_);
-      pending_.clear();
-      for (const auto& r : pending) {
-        report(r);
+      spdlog::info("registered with controller {} (lease {})", options_.controller, formatDuration(lease));
+      {
+        std::lock_guard lock(reportMutex_);
+        reportStream_ = stream_;
+        for (const auto& r : pending_) {
+          v1::AgentMessage report;
+          *report.mutable_report() = r;
+          reportStream_->write(report);
+        }
+        pending_.clear();
       }
       scheduleHeartbeat();
       break;
@@ -401,6 +466,11 @@ void Session::onMessage(const v1::ControllerMessage& msg) {
       injectAt(msg.inject());
       break;
     case v1::ControllerMessage::kRevert:
+      if (msg.revert().fault_id().size() > kMaxFaultIdBytes) {
+        spdlog::warn("revert of a fault id of {} bytes ignored: no fault has an id longer than {}",
+                     msg.revert().fault_id().size(), kMaxFaultIdBytes);
+        break;
+      }
       if (auto it = scheduled_.find(msg.revert().fault_id()); it != scheduled_.end()) {
         it->second->cancel();
         scheduled_.erase(it);
@@ -414,10 +484,12 @@ void Session::onMessage(const v1::ControllerMessage& msg) {
       }
       agent_.revert(msg.revert().fault_id());
       break;
-    case v1::ControllerMessage::kRevertAll:
-      cancelScheduled(msg.revert_all().reason().empty() ? "revert-all requested" : msg.revert_all().reason());
-      agent_.revertAll(msg.revert_all().reason().empty() ? "revert-all requested" : msg.revert_all().reason());
+    case v1::ControllerMessage::kRevertAll: {
+      const std::string reason = boundedReason(msg.revert_all().reason(), "revert-all requested");
+      cancelScheduled(reason);
+      agent_.revertAll(reason);
       break;
+    }
     case v1::ControllerMessage::MSG_NOT_SET:
       break;
   }

@@ -4,12 +4,21 @@
 // The lease is the dead man's switch: when nothing has been heard from the controller for the
 // lease (from Welcome; 15 s until then), every fault is reverted, connected or not.
 //
-// Threading: start() and stop() on the io_context's thread; gRPC callbacks are posted to it.
+// Threading: start() and stop() on the io thread (io); the controller's messages are handled
+// there (gRPC's reactions post them to it). The lease runs on the expiry thread (expiry, the
+// agent's; see agent.h): "heard" is stamped by gRPC's reader as each message arrives, before it
+// waits for the io thread, so a busy io thread neither expires the lease of a live controller nor
+// delays the revert of a silent one. On expiry the expiry thread reverts every fault itself and
+// posts the rest (dropping the stream, reconnecting) to the io thread. report() may be called
+// from any thread and never blocks: reports go to the stream that was welcomed, else wait for
+// the next Welcome.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -20,6 +29,12 @@
 #include "agent/session/agent.h"
 
 namespace faultline::agent {
+
+// The largest message the agent reads from the controller (gRPC refuses a larger one and the
+// stream is re-established); an Inject is at most kMaxInjectBytes.
+inline constexpr std::size_t kMaxControllerMessageBytes = 256 * 1024;
+// A RevertAll's reason is cut to this many bytes in logs and reports.
+inline constexpr std::size_t kMaxReasonBytes = 1024;
 
 struct SessionOptions {
   std::string controller;  // HOST:PORT or unix:PATH
@@ -46,7 +61,8 @@ struct SessionOptions {
 class Session {
  public:
   // agent must outlive the session. Its reports must be passed to report() (see makeReportSink).
-  Session(boost::asio::io_context& io, Agent& agent, SessionOptions options);
+  // expiry: the lease's io_context (nullptr: io); destroy the session once neither runs.
+  Session(boost::asio::io_context& io, Agent& agent, SessionOptions options, boost::asio::io_context* expiry = nullptr);
   ~Session();
   Session(const Session&) = delete;
   Session& operator=(const Session&) = delete;
@@ -55,6 +71,7 @@ class Session {
   // Closes the stream and stops reconnecting. Does not revert faults (the caller decides).
   void stop();
   // Queues a report for the controller; reports made while disconnected are sent after Hello.
+  // Any thread.
   void report(const v1::FaultReport& report);
   // True once a Welcome was received on the current stream.
   [[nodiscard]] bool connected() const;
@@ -63,8 +80,14 @@ class Session {
   class Stream;
   void connect();
   void onStreamDone(Stream* stream, const std::string& why);
+  // The current stream ended (closed, or dropped on a lease expiry): reconnect after the backoff.
+  void onStreamLost(const std::string& why);
   void onMessage(const v1::ControllerMessage& msg);
-  void armLease();
+  // Any thread: a message from the controller arrived.
+  void heard();
+  // Expiry thread: checks the lease in `after`, and again until the session stops.
+  void armLease(std::chrono::steady_clock::duration after);
+  void expireLease();
   void scheduleHeartbeat();
   // An Inject with a start_at in the future waits in scheduled_ until then (see Inject.start_at).
   void injectAt(const v1::Inject& inject);
@@ -72,23 +95,31 @@ class Session {
   void cancelScheduled(const std::string& why);
 
   boost::asio::io_context& io_;
+  boost::asio::io_context& expiry_;
   Agent& agent_;
   SessionOptions options_;
+  // Io thread only.
   std::shared_ptr<Stream> stream_;
+  boost::asio::steady_timer reconnectTimer_;
+  boost::asio::steady_timer heartbeatTimer_;
+  std::chrono::milliseconds heartbeatInterval_{5'000};
+  std::chrono::milliseconds backoff_;
+  std::map<std::string, std::unique_ptr<boost::asio::steady_timer>> scheduled_;  // fault id -> its start
+  bool welcomed_ = false;
+  // Guards reportStream_, pending_ and dying_; never held across anything that blocks.
+  std::mutex reportMutex_;
+  std::shared_ptr<Stream> reportStream_;  // the welcomed stream reports go to; null: pending_
+  std::vector<v1::FaultReport> pending_;
   // Streams dropped on a lease expiry and cancelled, whose OnDone has not run yet: stop() waits
   // for them too, so that no gRPC reaction posts to the io_context after the session is gone.
   std::vector<std::shared_ptr<Stream>> dying_;
-  boost::asio::steady_timer reconnectTimer_;
+  // Expiry thread only.
   boost::asio::steady_timer leaseTimer_;
-  boost::asio::steady_timer heartbeatTimer_;
-  std::chrono::milliseconds lease_;
-  std::chrono::milliseconds heartbeatInterval_{5'000};
-  std::chrono::milliseconds backoff_;
-  std::vector<v1::FaultReport> pending_;
-  std::string lastHeard_ = "never";  // UTC time of the last message from the controller
-  std::map<std::string, std::unique_ptr<boost::asio::steady_timer>> scheduled_;  // fault id -> its start
-  bool welcomed_ = false;
-  bool stopped_ = false;
+  // Any thread.
+  std::atomic<std::chrono::milliseconds::rep> leaseMs_;
+  std::atomic<std::chrono::steady_clock::rep> heardAt_{0};      // steady clock, last message
+  std::atomic<std::chrono::system_clock::rep> heardWallAt_{0};  // the same on the wall clock; 0: never
+  std::atomic<bool> stopped_{false};
 };
 
 // Version string of this build, reported in Hello.

@@ -73,7 +73,9 @@ struct EngineOptions {
   // (std::random_device). The seed used is recorded in the targets.resolved event.
   std::optional<uint64_t> targetSeed;
   // A fault step's start time is this far ahead of the moment the controller sends its Injects,
-  // so that every host receives them before it and all start at the same instant.
+  // so that every host receives them before it and all start at the same instant. Agents refuse a
+  // start_at more than 30 s from their own clock (agent/session/agent.h, kMaxStartAhead and
+  // kMaxStartBehind): keep it well under that.
   std::chrono::milliseconds startLead{250};
 };
 

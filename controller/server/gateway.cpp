@@ -155,15 +155,18 @@ class Gateway::Connection final : public grpc::ServerBidiReactor<v1::AgentMessag
   }
 
  private:
+  // Finishes now, or (a write in flight) once the queue is written or has failed. Called again
+  // after the first time (a write failing after the read ended), it keeps the first status but
+  // still finishes: a reactor that never calls Finish() never gets OnDone(), and the server's
+  // Shutdown() waits for it forever.
   void finishLocked(const grpc::Status& status) {
-    if (finishing_) {
-      return;
+    if (!finishing_) {
+      finishing_ = true;
+      finishStatus_ = status;
     }
-    finishing_ = true;
-    finishStatus_ = status;
-    if (queue_.empty()) {
+    if (queue_.empty() && !finished_) {
       finished_ = true;
-      Finish(status);
+      Finish(finishStatus_);
     }
   }
 
