@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 #include <string.h>  // sigabbrev_np
+#include <algorithm>
 #include <cctype>
 #include <charconv>
 #include <cmath>
@@ -9,6 +10,7 @@
 #include <cstring>
 
 #include <fmt/format.h>
+#include <google/protobuf/descriptor.h>
 
 #include "common/regex.h"
 
@@ -316,6 +318,20 @@ std::string_view faultKindName(const v1::FaultSpec& spec) {
       break;
   }
   return "";
+}
+
+const std::vector<std::string_view>& faultKindNames() {
+  static const std::vector<std::string_view> names = [] {
+    std::vector<std::string_view> out;
+    const google::protobuf::OneofDescriptor* kinds = v1::FaultSpec::descriptor()->FindOneofByName("kind");
+    for (int i = 0; kinds != nullptr && i < kinds->field_count(); ++i) {
+      v1::FaultSpec spec;
+      spec.GetReflection()->MutableMessage(&spec, kinds->field(i));
+      out.push_back(faultKindName(spec));
+    }
+    return out;
+  }();
+  return names;
 }
 
 const v1::NetworkTarget* networkTarget(const v1::FaultSpec& spec) {

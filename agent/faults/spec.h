@@ -55,6 +55,12 @@ inline constexpr uint64_t kMaxPidsMax = uint64_t{1} << 22;
 // The fault kind as written in experiment files ("network.delay", ...); "" when unset.
 [[nodiscard]] std::string_view faultKindName(const v1::FaultSpec& spec);
 
+// Every fault kind's name, in the order of FaultSpec's `kind` oneof in faults.proto: derived from
+// the message's descriptor and faultKindName(), so a kind added to the proto is listed here without
+// a second hand-kept list (a kind faultKindName() does not name yet appears as ""; a unit test
+// checks there is none). Built once; safe to call from any thread.
+[[nodiscard]] const std::vector<std::string_view>& faultKindNames();
+
 // The target of a network fault; nullptr for any other kind.
 [[nodiscard]] const v1::NetworkTarget* networkTarget(const v1::FaultSpec& spec);
 
