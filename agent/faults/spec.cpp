@@ -589,8 +589,13 @@ std::string parseLabels(const std::vector<std::string>& labels, std::map<std::st
 }
 
 std::chrono::microseconds toMicros(const google::protobuf::Duration& d) {
-  return std::chrono::duration_cast<microseconds>(std::chrono::seconds{d.seconds()} +
-                                                  std::chrono::nanoseconds{d.nanos()});
+  // A peer may send any int64 of seconds (2^62 s is 2^62 * 10^9 ns, past int64): clamp to about
+  // 285 years either way, which still converts to nanoseconds (formatDuration) without overflow;
+  // every caller refuses such a duration by its range.
+  constexpr int64_t kMaxSeconds = 9'000'000'000;
+  const int64_t seconds = std::clamp<int64_t>(d.seconds(), -kMaxSeconds, kMaxSeconds);
+  return std::chrono::duration_cast<microseconds>(std::chrono::seconds{seconds}) +
+         std::chrono::duration_cast<microseconds>(std::chrono::nanoseconds{d.nanos()});
 }
 
 google::protobuf::Duration toProto(std::chrono::nanoseconds d) {

@@ -77,6 +77,7 @@ inline constexpr uint64_t kMaxPidsMax = uint64_t{1} << 22;
 // key, a missing '=', or a key given twice.
 [[nodiscard]] std::string parseLabels(const std::vector<std::string>& labels, std::map<std::string, std::string>& out);
 
+// seconds beyond +-9e9 (about 285 years; a peer may send any int64) count as +-9e9.
 [[nodiscard]] std::chrono::microseconds toMicros(const google::protobuf::Duration& d);
 [[nodiscard]] google::protobuf::Duration toProto(std::chrono::nanoseconds d);
 
