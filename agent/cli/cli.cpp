@@ -146,7 +146,8 @@ int agentMain(int argc, char** argv) {
   std::string policyFile;
   app.add_option("--policy", policyFile,
                  "agent policy file (YAML; see docs/operations.md, 'Agent policy'), read once at start; without it "
-                 "the built-in policy applies (maxDuration 1h, sshd protected)");
+                 "the built-in policy applies (maxDuration 1h; a process fault touches at most 10 processes and its "
+                 "selector matches at most 100; sshd and faultline's own processes protected)");
   auto* revertAll = app.add_subcommand(
       "revert-all",
       "Without a controller: revert every fault the undo journal still holds open (network faults, paused "

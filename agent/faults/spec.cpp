@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 #include <string.h>  // sigabbrev_np
+#include <algorithm>
 #include <cctype>
 #include <charconv>
 #include <cmath>
@@ -9,6 +10,7 @@
 #include <cstring>
 
 #include <fmt/format.h>
+#include <google/protobuf/descriptor.h>
 
 #include "common/regex.h"
 
@@ -318,6 +320,20 @@ std::string_view faultKindName(const v1::FaultSpec& spec) {
   return "";
 }
 
+const std::vector<std::string_view>& faultKindNames() {
+  static const std::vector<std::string_view> names = [] {
+    std::vector<std::string_view> out;
+    const google::protobuf::OneofDescriptor* kinds = v1::FaultSpec::descriptor()->FindOneofByName("kind");
+    for (int i = 0; kinds != nullptr && i < kinds->field_count(); ++i) {
+      v1::FaultSpec spec;
+      spec.GetReflection()->MutableMessage(&spec, kinds->field(i));
+      out.push_back(faultKindName(spec));
+    }
+    return out;
+  }();
+  return names;
+}
+
 const v1::NetworkTarget* networkTarget(const v1::FaultSpec& spec) {
   switch (spec.kind_case()) {
     case v1::FaultSpec::kNetworkDelay:
@@ -573,8 +589,13 @@ std::string parseLabels(const std::vector<std::string>& labels, std::map<std::st
 }
 
 std::chrono::microseconds toMicros(const google::protobuf::Duration& d) {
-  return std::chrono::duration_cast<microseconds>(std::chrono::seconds{d.seconds()} +
-                                                  std::chrono::nanoseconds{d.nanos()});
+  // A peer may send any int64 of seconds (2^62 s is 2^62 * 10^9 ns, past int64): clamp to about
+  // 285 years either way, which still converts to nanoseconds (formatDuration) without overflow;
+  // every caller refuses such a duration by its range.
+  constexpr int64_t kMaxSeconds = 9'000'000'000;
+  const int64_t seconds = std::clamp<int64_t>(d.seconds(), -kMaxSeconds, kMaxSeconds);
+  return std::chrono::duration_cast<microseconds>(std::chrono::seconds{seconds}) +
+         std::chrono::duration_cast<microseconds>(std::chrono::nanoseconds{d.nanos()});
 }
 
 google::protobuf::Duration toProto(std::chrono::nanoseconds d) {

@@ -55,6 +55,12 @@ inline constexpr uint64_t kMaxPidsMax = uint64_t{1} << 22;
 // The fault kind as written in experiment files ("network.delay", ...); "" when unset.
 [[nodiscard]] std::string_view faultKindName(const v1::FaultSpec& spec);
 
+// Every fault kind's name, in the order of FaultSpec's `kind` oneof in faults.proto: derived from
+// the message's descriptor and faultKindName(), so a kind added to the proto is listed here without
+// a second hand-kept list (a kind faultKindName() does not name yet appears as ""; a unit test
+// checks there is none). Built once; safe to call from any thread.
+[[nodiscard]] const std::vector<std::string_view>& faultKindNames();
+
 // The target of a network fault; nullptr for any other kind.
 [[nodiscard]] const v1::NetworkTarget* networkTarget(const v1::FaultSpec& spec);
 
@@ -71,6 +77,7 @@ inline constexpr uint64_t kMaxPidsMax = uint64_t{1} << 22;
 // key, a missing '=', or a key given twice.
 [[nodiscard]] std::string parseLabels(const std::vector<std::string>& labels, std::map<std::string, std::string>& out);
 
+// seconds beyond +-9e9 (about 285 years; a peer may send any int64) count as +-9e9.
 [[nodiscard]] std::chrono::microseconds toMicros(const google::protobuf::Duration& d);
 [[nodiscard]] google::protobuf::Duration toProto(std::chrono::nanoseconds d);
 

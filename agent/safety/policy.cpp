@@ -27,13 +27,13 @@ using std::chrono::nanoseconds;
 
 namespace {
 
-constexpr std::array<std::string_view, 6> kRootKeys{"maxDuration", "forbidKinds", "interfaces",
+constexpr std::array<std::string_view, 7> kRootKeys{"maxDuration", "forbidKinds", "interfaces", "netns",
                                                     "processes",   "maxPercent",  "maxDelay"};
 constexpr std::array<std::string_view, 2> kInterfaceKeys{"allow", "deny"};
-constexpr std::array<std::string_view, 1> kProcessKeys{"protect"};
-constexpr std::array<std::string_view, 12> kKinds{
-    "network.delay",     "network.loss", "network.bandwidth", "network.duplicate", "network.corrupt", "network.reorder",
-    "network.partition", "process.kill", "process.pause",     "stress.cpu",        "stress.memory",   "cgroup.squeeze"};
+constexpr std::array<std::string_view, 1> kNetnsKeys{"allow"};
+constexpr std::array<std::string_view, 4> kProcessKeys{"protect", "maxProcesses", "maxMatches", "protectOwn"};
+// netns.allow's word for the agent's own network namespace (a fault that names no netns).
+constexpr std::string_view kHostNetns = "host";
 constexpr std::chrono::hours kMaxPolicyDelay{1};  // the largest delay validateFaultSpec() accepts
 
 std::string join(std::span<const std::string_view> words) {
@@ -96,6 +96,54 @@ tl::expected<void, PolicyViolation> Policy::checkInterface(std::string_view inte
   return {};
 }
 
+tl::expected<void, PolicyViolation> Policy::checkNetns(const v1::NetworkTarget& target) const {
+  if (!netnsAllow_) {
+    return {};
+  }
+  std::string rule =
+      fmt::format("policy {} (netns.allow: [{}])", netnsAllow_->where, fmt::join(netnsAllow_->patterns, ", "));
+  if (target.has_netns_process()) {
+    std::string message =
+        fmt::format("{} refuses a namespace chosen by process ({}): only namespaces named by a listed path are allowed",
+                    rule, describeSelector(target.netns_process()));
+    return tl::unexpected(PolicyViolation{std::move(rule), std::move(message)});
+  }
+  const std::string& netns = target.netns();
+  const bool allowed =
+      std::any_of(netnsAllow_->patterns.begin(), netnsAllow_->patterns.end(), [&](const std::string& p) {
+        return netns.empty() ? p == kHostNetns
+                             : p != kHostNetns && ::fnmatch(p.c_str(), netns.c_str(), FNM_PATHNAME) == 0;
+      });
+  if (!allowed) {
+    std::string message =
+        netns.empty()
+            ? fmt::format("{} refuses the agent's own network namespace (list '{}' to allow it)", rule, kHostNetns)
+            : fmt::format("{} refuses netns {}: it matches no allowed path", rule, netns);
+    return tl::unexpected(PolicyViolation{std::move(rule), std::move(message)});
+  }
+  return {};
+}
+
+ProcessRules Policy::processRules() const {
+  ProcessRules rules(protect_);
+  if (!protectOwn_ || protectOwn_->value) {
+    const std::string rule = protectOwn_ ? fmt::format("policy {} ({})", protectOwn_->where, protectOwn_->text)
+                                         : std::string("policy built-in default (processes.protectOwn: true)");
+    for (const std::string_view name : kOwnProcessNames) {
+      rules.protect.push_back(ProtectedName{std::string(name), fmt::format("{}: faultline's own processes", rule)});
+    }
+  }
+  if (maxProcesses_) {
+    rules.limits.maxProcesses = maxProcesses_->value;
+    rules.limits.maxProcessesRule = fmt::format("policy {} ({})", maxProcesses_->where, maxProcesses_->text);
+  }
+  if (maxMatches_) {
+    rules.limits.maxMatches = maxMatches_->value;
+    rules.limits.maxMatchesRule = fmt::format("policy {} ({})", maxMatches_->where, maxMatches_->text);
+  }
+  return rules;
+}
+
 tl::expected<void, PolicyViolation> Policy::check(const v1::FaultSpec& spec, nanoseconds duration) const {
   const std::string_view kind = faultKindName(spec);
   for (const auto& forbidden : forbidKinds_) {
@@ -107,6 +155,11 @@ tl::expected<void, PolicyViolation> Policy::check(const v1::FaultSpec& spec, nan
   }
   if (const std::string_view interface = interfaceOf(spec); !interface.empty()) {
     if (auto ok = checkInterface(interface); !ok) {
+      return ok;
+    }
+  }
+  if (const v1::NetworkTarget* target = networkTarget(spec); target != nullptr) {
+    if (auto ok = checkNetns(*target); !ok) {
       return ok;
     }
   }
@@ -167,6 +220,16 @@ std::string Policy::summary() const {
     names.push_back(p.name);
   }
   parts.push_back(fmt::format("protect {}", fmt::join(names, " ")));
+  if (netnsAllow_) {
+    parts.push_back(fmt::format("netns allowed {}", fmt::join(netnsAllow_->patterns, " ")));
+  }
+  const ProcessRules rules = processRules();
+  parts.push_back(fmt::format("maxProcesses {}{}, maxMatches {}{}", rules.limits.maxProcesses,
+                              maxProcesses_ ? "" : " (default)", rules.limits.maxMatches,
+                              maxMatches_ ? "" : " (default)"));
+  if (protectOwn_ && !protectOwn_->value) {
+    parts.push_back("faultline's own processes not protected (protectOwn false)");
+  }
   if (maxPercent_) {
     parts.push_back(fmt::format("maxPercent {:g}", maxPercent_->value));
   }
@@ -205,13 +268,14 @@ class PolicyParser : public yaml::FieldReader {
           policy_.maxPercent_ = Policy::Rule<double>{*p, where, "maxPercent: " + value.Scalar()};
         }
       } else if (path == "forbidKinds") {
+        const std::vector<std::string_view>& kinds = faultKindNames();  // derived from faults.proto
         for (const Field& item : list(field, "fault kinds")) {
-          auto text = scalar(item, "a fault kind: " + join(kKinds));
+          auto text = scalar(item, "a fault kind: " + join(kinds));
           if (!text) {
             continue;
           }
-          if (std::find(kKinds.begin(), kKinds.end(), *text) == kKinds.end()) {
-            error(item.mark, item.path, fmt::format("'{}' is not a fault kind; accepted: {}", *text, join(kKinds)));
+          if (text->empty() || std::find(kinds.begin(), kinds.end(), *text) == kinds.end()) {
+            error(item.mark, item.path, fmt::format("'{}' is not a fault kind; accepted: {}", *text, join(kinds)));
             continue;
           }
           policy_.forbidKinds_.push_back(
@@ -219,6 +283,8 @@ class PolicyParser : public yaml::FieldReader {
         }
       } else if (path == "interfaces") {
         parseInterfaces(field);
+      } else if (path == "netns") {
+        parseNetns(field);
       } else if (path == "processes") {
         parseProcesses(field);
       }
@@ -340,14 +406,94 @@ class PolicyParser : public yaml::FieldReader {
     }
   }
 
+  void parseNetns(const Field& f) {
+    if (!f.value.IsMap()) {
+      typeError(f, "a map with the key allow");
+      return;
+    }
+    constexpr std::string_view accepted =
+        "an absolute path of a network namespace file or an fnmatch(3) pattern of such paths (* does not cross "
+        "'/'), of 1-4096 bytes without '..' or '.' components, e.g. /run/netns/chaos-*; or the word host (the "
+        "agent's own namespace)";
+    for (const yaml::Entry& e : knownEntries(f, kNetnsKeys)) {
+      Policy::Patterns out;
+      out.where = fmt::format("{}:{}", file(), e.keyNode.Mark().line + 1);
+      bool ok = e.field.value.IsSequence();
+      for (const Field& item : list(e.field, "network namespace paths")) {
+        auto text = scalar(item, accepted);
+        if (!text) {
+          ok = false;
+          continue;
+        }
+        const bool path = !text->empty() && text->front() == '/' && text->size() <= 4096 && *text != "/" &&
+                          text->back() != '/' && text->find("/../") == std::string::npos && !text->ends_with("/..") &&
+                          text->find("/./") == std::string::npos && !text->ends_with("/.") &&
+                          text->find('\n') == std::string::npos;
+        if (*text != kHostNetns && !path) {
+          error(item.mark, item.path, fmt::format("'{}' is not a namespace path; accepted: {}", *text, accepted));
+          ok = false;
+          continue;
+        }
+        out.patterns.push_back(*text);
+        out.wheres.push_back(fmt::format("{}:{}", file(), item.mark.line + 1));
+      }
+      if (!ok) {
+        continue;
+      }
+      if (out.patterns.empty()) {
+        error(e.field.mark, e.field.path,
+              "is empty, which would refuse every network fault; accepted: at least one path, pattern or host "
+              "(leave netns.allow out to allow every namespace)");
+        continue;
+      }
+      policy_.netnsAllow_ = std::move(out);
+    }
+  }
+
+  std::optional<std::size_t> processCount(const Field& f) {
+    const std::string accepted = fmt::format("a whole number from 1 to {}", kMaxPolicyProcesses);
+    if (!f.value.IsScalar()) {
+      typeError(f, accepted);
+      return std::nullopt;
+    }
+    const std::string& text = f.value.Scalar();
+    std::size_t v = 0;
+    auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+    if (text.empty() || ec != std::errc{} || end != text.data() + text.size() || v < 1 || v > kMaxPolicyProcesses) {
+      error(f.mark, f.path, fmt::format("'{}' is not a process count; accepted: {}", text, accepted));
+      return std::nullopt;
+    }
+    return v;
+  }
+
   void parseProcesses(const Field& f) {
     if (!f.value.IsMap()) {
-      typeError(f, "a map with the key protect");
+      typeError(f, "a map with the keys protect, maxProcesses, maxMatches, protectOwn");
       return;
     }
     constexpr std::string_view accepted =
         "a process name as a kill selector matches it (comm, executable or argv[0] base name), e.g. nginx";
     for (const yaml::Entry& e : knownEntries(f, kProcessKeys)) {
+      const std::string where = fmt::format("{}:{}", file(), e.keyNode.Mark().line + 1);
+      if (e.key == "maxProcesses" || e.key == "maxMatches") {
+        if (auto n = processCount(e.field)) {
+          auto& rule = e.key == "maxProcesses" ? policy_.maxProcesses_ : policy_.maxMatches_;
+          rule = Policy::Rule<std::size_t>{*n, where, fmt::format("processes.{}: {}", e.key, *n)};
+        }
+        continue;
+      }
+      if (e.key == "protectOwn") {
+        const std::string& text = e.field.value.IsScalar() ? e.field.value.Scalar() : std::string();
+        if (text != "true" && text != "false") {
+          error(e.field.mark, e.field.path,
+                fmt::format("'{}' is not true or false; accepted: true (the default: never signal or pause "
+                            "faultline-agent, its watchdog or faultline) or false",
+                            text));
+          continue;
+        }
+        policy_.protectOwn_ = Policy::Rule<bool>{text == "true", where, "processes.protectOwn: " + text};
+        continue;
+      }
       for (const Field& item : list(e.field, "process names")) {
         auto name = scalar(item, accepted);
         if (!name) {

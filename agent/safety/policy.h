@@ -6,6 +6,7 @@
 // thread.
 #pragma once
 
+#include <array>
 #include <chrono>
 #include <cstddef>
 #include <optional>
@@ -23,6 +24,10 @@ namespace faultline::agent {
 
 // maxDuration when no policy file is given or the file does not set it.
 inline constexpr std::chrono::hours kDefaultPolicyMaxDuration{1};
+// The names processes.protectOwn (default true) protects: faultline's own executables.
+inline constexpr std::array<std::string_view, 2> kOwnProcessNames{"faultline-agent", "faultline"};
+// The largest processes.maxProcesses and processes.maxMatches a file may set.
+inline constexpr std::size_t kMaxPolicyProcesses = 100000;
 // A policy file larger than this is refused before it is parsed.
 inline constexpr std::size_t kMaxPolicyBytes = 64 * 1024;
 
@@ -48,7 +53,11 @@ class Policy {
   Policy() = default;
 
   // Refuses what the policy forbids: a fault kind in forbidKinds, an interface denied or not
-  // allowed, loss above maxPercent, delay + jitter above maxDelay, a duration above maxDuration.
+  // allowed, a network namespace netns.allow does not list (with netns.allow set: a netns path
+  // matching no entry, the agent's own namespace unless `host` is listed, and any namespace chosen
+  // by process, which has no path to check before it is resolved), loss above maxPercent, delay +
+  // jitter above maxDelay, a duration above maxDuration. How many processes a process fault
+  // touches is checked by the process drivers (processRules()), which must see the process table.
   // spec must have passed validateFaultSpec(). Pure: touches nothing.
   [[nodiscard]] tl::expected<void, PolicyViolation> check(const v1::FaultSpec& spec,
                                                           std::chrono::nanoseconds duration) const;
@@ -56,6 +65,13 @@ class Policy {
   // The names in processes.protect, each with its rule, for ProcessKillDriver (which adds the
   // always-protected ones: pid 1, the agent, its ancestors, sshd).
   [[nodiscard]] const std::vector<ProtectedName>& protectedProcesses() const { return protect_; }
+
+  // What the process drivers (kill, pause) are given: processes.protect, then, unless
+  // processes.protectOwn is false, faultline's own processes by name (kOwnProcessNames: the agent,
+  // its watchdog, which runs the agent's executable, and the controller or CLI on this host); and
+  // the limits processes.maxProcesses (default kDefaultMaxProcesses) and processes.maxMatches
+  // (default kDefaultMaxMatches), each with its rule for errors.
+  [[nodiscard]] ProcessRules processRules() const;
 
   // The file the policy came from; empty for the built-in policy.
   [[nodiscard]] const std::string& file() const { return file_; }
@@ -79,6 +95,7 @@ class Policy {
   };
 
   [[nodiscard]] tl::expected<void, PolicyViolation> checkInterface(std::string_view interface) const;
+  [[nodiscard]] tl::expected<void, PolicyViolation> checkNetns(const v1::NetworkTarget& target) const;
 
   std::string file_;
   std::optional<Rule<std::chrono::nanoseconds>> maxDuration_;
@@ -88,6 +105,10 @@ class Policy {
   std::vector<ProtectedName> protect_;
   std::optional<Rule<double>> maxPercent_;
   std::optional<Rule<std::chrono::nanoseconds>> maxDelay_;
+  std::optional<Patterns> netnsAllow_;  // absolute paths or globs (FNM_PATHNAME), or "host"
+  std::optional<Rule<std::size_t>> maxProcesses_;
+  std::optional<Rule<std::size_t>> maxMatches_;
+  std::optional<Rule<bool>> protectOwn_;
 };
 
 // Parses and validates a whole policy file. Either every key is valid or every error found is

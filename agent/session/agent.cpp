@@ -594,7 +594,7 @@ tl::expected<std::unique_ptr<AppliedFault>, FaultError> FaultRouter::apply(const
 }
 
 struct SystemDrivers::Impl {
-  Impl(std::vector<ProtectedName> protect, std::vector<Endpoint> exempt, const NetworkDriverChoice& choice)
+  Impl(ProcessRules protect, std::vector<Endpoint> exempt, const NetworkDriverChoice& choice)
       : cgroups(openCgroups()),
         kill(*killTable, protect),
         pause(*pauseTable, cgroups.get(), protect),
@@ -632,8 +632,7 @@ struct SystemDrivers::Impl {
   FaultRouter router;
 };
 
-SystemDrivers::SystemDrivers(std::vector<ProtectedName> protect, std::vector<Endpoint> exempt,
-                             NetworkDriverChoice network)
+SystemDrivers::SystemDrivers(ProcessRules protect, std::vector<Endpoint> exempt, NetworkDriverChoice network)
     : impl_(std::make_unique<Impl>(std::move(protect), std::move(exempt), network)) {
   FaultDriver& netem = impl_->userspace ? static_cast<FaultDriver&>(*impl_->userspace) : impl_->network;
   impl_->router.route(v1::FaultSpec::kNetworkDelay, netem);

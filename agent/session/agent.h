@@ -219,10 +219,11 @@ struct NetworkDriverChoice {
 // pidfd signals.
 class SystemDrivers {
  public:
-  // protect: process names the policy protects (ProcessKillDriver). exempt: the controller's
-  // addresses and port, whose traffic network faults in the agent's own namespace never touch.
+  // protect: the policy's process rules (Policy::processRules(): protected names, limits).
+  // exempt: the controller's addresses and port, whose traffic network faults in the agent's own
+  // namespace never touch.
   // network: tc (default) or the userspace driver for netem's kinds; network.bandwidth is tc's.
-  explicit SystemDrivers(std::vector<ProtectedName> protect = {}, std::vector<Endpoint> exempt = {},
+  explicit SystemDrivers(ProcessRules protect = {}, std::vector<Endpoint> exempt = {},
                          NetworkDriverChoice network = {});
   ~SystemDrivers();
   [[nodiscard]] FaultDriver& router();

@@ -121,7 +121,7 @@ NetworkDriverChoice chooseNetworkDriver(const std::string& wanted, bool hasNetem
 struct AgentRuntime::Impl {
   Impl(SessionOptions options, std::unique_ptr<UndoJournal> undoJournal, Policy policy, NetworkDriverChoice network)
       : journal(std::move(undoJournal)),
-        drivers(policy.protectedProcesses(), controllerEndpoints(options.controller), network),
+        drivers(policy.processRules(), controllerEndpoints(options.controller), network),
         agent(
             io, drivers.router(),
             [this](const v1::FaultReport& r) {

@@ -152,8 +152,11 @@ std::string signalName(int sig) {
   return abbrev != nullptr ? fmt::format("SIG{}", abbrev) : fmt::format("signal {}", sig);
 }
 
-ProcessKillDriver::ProcessKillDriver(kernel::ProcessTable& processes, std::vector<ProtectedName> protect, uint64_t seed)
-    : processes_(processes), rng_(seed), picker_(processes, std::move(protect), rng_, ::getpid()) {}
+ProcessKillDriver::ProcessKillDriver(kernel::ProcessTable& processes, ProcessRules rules, uint64_t seed)
+    : processes_(processes),
+      rng_(seed),
+      picker_(processes, std::move(rules.protect), rng_, ::getpid()),
+      limits_(std::move(rules.limits)) {}
 
 tl::expected<ProcessKillDriver::Round, FaultError> ProcessKillDriver::killOnce(const v1::ProcessSelector& selector,
                                                                                int sig) {
@@ -161,6 +164,9 @@ tl::expected<ProcessKillDriver::Round, FaultError> ProcessKillDriver::killOnce(c
   auto selection = picker_.select(selector, "process.kill");
   if (!selection) {
     return tl::unexpected(selection.error());
+  }
+  if (auto allowed = checkProcessLimits(*selection, selector, limits_, "process.kill"); !allowed) {
+    return tl::unexpected(allowed.error());
   }
   // A signal cannot be taken back, so every chosen process is tried and the round succeeds when
   // at least one was signalled; the others are listed.

@@ -26,9 +26,10 @@ namespace faultline::agent {
 class ProcessKillDriver final : public FaultDriver {
  public:
   // processes must outlive the driver and every fault it applied; the driver serialises its own
-  // (and its repeating faults') use of it. protect: names protected in addition to the always
-  // protected ones. seed: the random choice of count/percent.
-  explicit ProcessKillDriver(kernel::ProcessTable& processes, std::vector<ProtectedName> protect = {},
+  // (and its repeating faults') use of it. rules: names protected in addition to the always
+  // protected ones, and how many processes one fault may match and signal (checkProcessLimits(): a
+  // round that breaks them signals nothing). seed: the random choice of count/percent.
+  explicit ProcessKillDriver(kernel::ProcessTable& processes, ProcessRules rules = {},
                              uint64_t seed = std::random_device{}());
   using FaultDriver::apply;
   [[nodiscard]] tl::expected<std::unique_ptr<AppliedFault>, FaultError> apply(const v1::FaultSpec& spec,
@@ -46,6 +47,7 @@ class ProcessKillDriver final : public FaultDriver {
   kernel::ProcessTable& processes_;
   std::mt19937_64 rng_;
   ProcessPicker picker_;
+  ProcessLimits limits_;
 };
 
 // "SIGKILL", or "signal 40" for one without an abbreviation.

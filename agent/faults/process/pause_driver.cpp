@@ -157,9 +157,13 @@ class PausedProcesses final : public AppliedFault {
 
 }  // namespace
 
-ProcessPauseDriver::ProcessPauseDriver(kernel::ProcessTable& processes, kernel::CgroupTree* cgroups,
-                                       std::vector<ProtectedName> protect, uint64_t seed)
-    : processes_(processes), cgroups_(cgroups), rng_(seed), picker_(processes, std::move(protect), rng_, ::getpid()) {}
+ProcessPauseDriver::ProcessPauseDriver(kernel::ProcessTable& processes, kernel::CgroupTree* cgroups, ProcessRules rules,
+                                       uint64_t seed)
+    : processes_(processes),
+      cgroups_(cgroups),
+      rng_(seed),
+      picker_(processes, std::move(rules.protect), rng_, ::getpid()),
+      limits_(std::move(rules.limits)) {}
 
 tl::expected<std::unique_ptr<AppliedFault>, FaultError> ProcessPauseDriver::apply(const v1::FaultSpec& spec,
                                                                                   const PersistUndo& persist) {
@@ -175,6 +179,9 @@ tl::expected<std::unique_ptr<AppliedFault>, FaultError> ProcessPauseDriver::appl
   auto selection = picker_.select(spec.process_pause().process(), kKind);
   if (!selection) {
     return tl::unexpected(selection.error());
+  }
+  if (auto allowed = checkProcessLimits(*selection, spec.process_pause().process(), limits_, kKind); !allowed) {
+    return tl::unexpected(allowed.error());
   }
 
   // Which cgroups the chosen processes own whole.

@@ -30,9 +30,11 @@ namespace faultline::agent {
 class ProcessPauseDriver final : public FaultDriver {
  public:
   // processes (and cgroups, when not null) must outlive the driver and the faults it applied.
-  // cgroups null: a host without cgroup v2; every process is stopped with SIGSTOP.
-  ProcessPauseDriver(kernel::ProcessTable& processes, kernel::CgroupTree* cgroups,
-                     std::vector<ProtectedName> protect = {}, uint64_t seed = std::random_device{}());
+  // cgroups null: a host without cgroup v2; every process is stopped with SIGSTOP. rules: names
+  // protected in addition to the always protected ones, and how many processes one fault may match
+  // and pause (checkProcessLimits(): a selection that breaks them pauses nothing).
+  ProcessPauseDriver(kernel::ProcessTable& processes, kernel::CgroupTree* cgroups, ProcessRules rules = {},
+                     uint64_t seed = std::random_device{}());
   using FaultDriver::apply;
   [[nodiscard]] tl::expected<std::unique_ptr<AppliedFault>, FaultError> apply(const v1::FaultSpec& spec,
                                                                               const PersistUndo& persist) override;
@@ -50,6 +52,7 @@ class ProcessPauseDriver final : public FaultDriver {
   kernel::CgroupTree* cgroups_;
   std::mt19937_64 rng_;
   ProcessPicker picker_;
+  ProcessLimits limits_;
 };
 
 }  // namespace faultline::agent

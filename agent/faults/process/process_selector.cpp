@@ -157,6 +157,29 @@ std::string describeSelector(const v1::ProcessSelector& s) {
   return out;
 }
 
+tl::expected<void, FaultError> checkProcessLimits(const ProcessSelection& selection,
+                                                  const v1::ProcessSelector& selector, const ProcessLimits& limits,
+                                                  std::string_view faultKind) {
+  const std::string_view untouched = faultKind == "process.pause" ? "nothing was paused" : "nothing was signalled";
+  if (selection.matched > limits.maxMatches) {
+    return tl::unexpected(failure(
+        faultKind, std::errc::operation_not_permitted,
+        fmt::format("{} matches {} processes, more than the {} {} allows one selector to match (count and percent "
+                    "do not lift it: narrow the selector); {}",
+                    describeSelector(selector), selection.matched, limits.maxMatches, limits.maxMatchesRule,
+                    untouched)));
+  }
+  if (selection.chosen.size() > limits.maxProcesses) {
+    return tl::unexpected(
+        failure(faultKind, std::errc::operation_not_permitted,
+                fmt::format("{} chooses {} processes ({} matched), more than the {} {} allows one fault to touch "
+                            "(set count to at most {} or narrow the selector); {}",
+                            describeSelector(selector), selection.chosen.size(), selection.matched, limits.maxProcesses,
+                            limits.maxProcessesRule, limits.maxProcesses, untouched)));
+  }
+  return {};
+}
+
 ProcessPicker::ProcessPicker(kernel::ProcessTable& processes, std::vector<ProtectedName> protect, std::mt19937_64& rng,
                              pid_t self)
     : processes_(processes), protect_(std::move(protect)), rng_(rng), self_(self) {

@@ -36,6 +36,32 @@ struct ProtectedName {
 // Protected on every agent, whatever the policy says.
 inline constexpr const char* kAlwaysProtectedName = "sshd";
 
+// The most processes one process fault may signal or pause (after count/percent) when the host's
+// policy does not say (processes.maxProcesses).
+inline constexpr size_t kDefaultMaxProcesses = 10;
+// The most unprotected processes one selector may match (before count/percent narrows it) when the
+// policy does not say (processes.maxMatches): a selector broader than this (`cmdline: '.'` on a
+// host of 300 processes) is refused even with a small count.
+inline constexpr size_t kDefaultMaxMatches = 100;
+
+// How many processes one process fault may touch, and the rule each limit comes from, as errors
+// quote it, e.g. "policy built-in default (processes.maxProcesses: 10)".
+struct ProcessLimits {
+  size_t maxProcesses = kDefaultMaxProcesses;
+  std::string maxProcessesRule = "policy built-in default (processes.maxProcesses: 10)";
+  size_t maxMatches = kDefaultMaxMatches;
+  std::string maxMatchesRule = "policy built-in default (processes.maxMatches: 100)";
+};
+
+// What the host's policy tells a process driver (kill, pause): names never chosen (in addition to
+// the always protected ones) and the limits. Converts from a protect list alone (default limits).
+struct ProcessRules {
+  ProcessRules(std::vector<ProtectedName> protectNames = {}, ProcessLimits processLimits = {})  // NOLINT: implicit
+      : protect(std::move(protectNames)), limits(std::move(processLimits)) {}
+  std::vector<ProtectedName> protect;
+  ProcessLimits limits;
+};
+
 struct ProcessSelection {
   std::vector<kernel::ProcessInfo> chosen;  // in pid order
   std::vector<std::string> skipped;         // protected matches: "pid 7 (sshd -D) is protected by ..."
@@ -55,6 +81,16 @@ struct ProcessSelection {
 // "pid 42 (nginx -g daemon off;)"; "[comm]" stands for an empty command line.
 [[nodiscard]] std::string describeProcess(const kernel::ProcessInfo& p);
 [[nodiscard]] std::string commandLineOf(const kernel::ProcessInfo& p);
+
+// Refuses a selection that breaks limits, before anything is signalled or paused: more than
+// maxMatches unprotected matches, or more than maxProcesses chosen. errors (EPERM, message starting
+// with faultKind) say how many matched or were chosen, the limit and its rule, e.g. "process.kill:
+// cmdline /./ matches 306 processes, more than the 100 policy built-in default
+// (processes.maxMatches: 100) allows one selector to match; nothing was signalled".
+[[nodiscard]] tl::expected<void, FaultError> checkProcessLimits(const ProcessSelection& selection,
+                                                                const v1::ProcessSelector& selector,
+                                                                const ProcessLimits& limits,
+                                                                std::string_view faultKind);
 
 class ProcessPicker {
  public:

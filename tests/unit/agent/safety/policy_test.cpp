@@ -7,10 +7,12 @@
 #include <vector>
 
 #include <doctest/doctest.h>
+#include <fmt/format.h>
 #include <unistd.h>
 #include <boost/asio/io_context.hpp>
 
 #include "agent/faults/process/kill_driver.h"
+#include "agent/faults/process/pause_driver.h"
 #include "agent/faults/spec.h"
 #include "agent/safety/policy.h"
 #include "agent/session/agent.h"
@@ -31,6 +33,8 @@ using faultline::agent::PersistUndo;
 using faultline::agent::Policy;
 using faultline::agent::PolicyDiagnostic;
 using faultline::agent::ProcessKillDriver;
+using faultline::agent::ProcessPauseDriver;
+using faultline::agent::ProcessRules;
 using faultline::agent::ProtectedName;
 using faultline::testing::FakeProcessTable;
 using faultline::testing::killByName;
@@ -72,6 +76,14 @@ v1::FaultSpec delay(const std::string& interface, std::chrono::microseconds d, s
   return spec;
 }
 
+v1::FaultSpec lossIn(const std::string& netns, double percent) {
+  v1::FaultSpec spec;
+  spec.mutable_network_loss()->mutable_target()->set_interface("eth0");
+  spec.mutable_network_loss()->mutable_target()->set_netns(netns);
+  spec.mutable_network_loss()->set_percent(percent);
+  return spec;
+}
+
 v1::FaultSpec loss(const std::string& interface, double percent) {
   v1::FaultSpec spec;
   spec.mutable_network_loss()->mutable_target()->set_interface(interface);
@@ -102,6 +114,41 @@ maxDelay: 500ms
   CHECK(contains(p.summary(), "protect sshd postgres my-daemon"));
 }
 
+TEST_CASE("policy: forbidKinds accepts each kind faults.proto defines, from a list derived from the proto") {
+  const auto& kinds = faultline::faultKindNames();
+  const auto* oneof = v1::FaultSpec::descriptor()->FindOneofByName("kind");
+  REQUIRE(oneof != nullptr);
+  CHECK(kinds.size() == static_cast<size_t>(oneof->field_count()));
+  CHECK(kinds.size() == 12);
+  const std::set<std::string_view> unique(kinds.begin(), kinds.end());
+  CHECK(unique.size() == kinds.size());
+  CHECK(unique.count("") == 0);  // faultKindName() names every kind of the oneof
+  for (const char* kind :
+       {"network.delay", "network.loss", "network.bandwidth", "network.duplicate", "network.corrupt", "network.reorder",
+        "network.partition", "process.kill", "process.pause", "stress.cpu", "stress.memory", "cgroup.squeeze"}) {
+    CAPTURE(kind);
+    CHECK(unique.count(kind) == 1);
+  }
+  std::string yaml = "forbidKinds:\n";
+  for (const auto kind : kinds) {
+    yaml += fmt::format("  - {}\n", kind);
+  }
+  const Policy p = parseGood(yaml);
+  CHECK_FALSE(p.check(loss("eth0", 1), 1s));
+  CHECK_FALSE(p.check(killByName("x"), 1s));
+  v1::FaultSpec squeeze;
+  squeeze.mutable_cgroup_squeeze()->set_cgroup("/a");
+  auto refused = p.check(squeeze, 1s);
+  REQUIRE_FALSE(refused);
+  CHECK(refused.error().message == "policy " + kFile + ":13 (forbidKinds: cgroup.squeeze) refuses cgroup.squeeze");
+  // The refusal of an unknown word lists all 12.
+  const auto d = parseBad("forbidKinds: [network.jam]\n");
+  CHECK(contains(d[0].message,
+                 "accepted: network.delay, network.loss, network.bandwidth, process.kill, "
+                 "network.duplicate, network.corrupt, network.reorder, network.partition, "
+                 "process.pause, stress.cpu, stress.memory, cgroup.squeeze"));
+}
+
 TEST_CASE("policy: an empty file is the built-in policy") {
   const Policy p = parseGood("# nothing here\n");
   CHECK(p.protectedProcesses().empty());
@@ -116,7 +163,7 @@ TEST_CASE("policy: bad input is reported with file, line and column") {
     CHECK(format(d[0]) ==
           kFile +
               ":2:1: maxDuraton: unknown key 'maxDuraton'; accepted here: maxDuration, forbidKinds, interfaces, "
-              "processes, maxPercent, maxDelay");
+              "netns, processes, maxPercent, maxDelay");
   }
   SUBCASE("unknown key below interfaces") {
     const auto d = parseBad("interfaces:\n  allow: [eth0]\n  refuse: [eth1]\n");
@@ -273,6 +320,97 @@ TEST_CASE("policy check: interfaces allow and deny, with globs") {
   CHECK(denyOnly.check(killByName("x"), 1s));
 }
 
+TEST_CASE("policy check: netns.allow refuses a namespace outside the list") {
+  const Policy p = parseGood("netns:\n  allow:\n    - /run/netns/chaos-*\n    - /var/run/netns/lab\n");
+  CHECK(p.check(lossIn("/run/netns/chaos-a", 1), 1s));
+  CHECK(p.check(lossIn("/var/run/netns/lab", 1), 1s));
+  CHECK(contains(p.summary(), "netns allowed /run/netns/chaos-* /var/run/netns/lab"));
+
+  auto outside = p.check(lossIn("/run/netns/prod", 1), 1s);
+  REQUIRE_FALSE(outside);
+  CHECK(outside.error().rule == "policy " + kFile + ":2 (netns.allow: [/run/netns/chaos-*, /var/run/netns/lab])");
+  CHECK(outside.error().message == outside.error().rule + " refuses netns /run/netns/prod: it matches no allowed path");
+  // A glob's * does not cross '/'.
+  CHECK_FALSE(p.check(lossIn("/run/netns/chaos-a/../../../proc/1/ns/net", 1), 1s));
+  CHECK_FALSE(p.check(lossIn("/run/netns/chaos-x/y", 1), 1s));
+  // The agent's own namespace needs the word host.
+  auto own = p.check(loss("eth0", 1), 1s);
+  REQUIRE_FALSE(own);
+  CHECK(contains(own.error().message, "refuses the agent's own network namespace (list 'host' to allow it)"));
+  CHECK(parseGood("netns:\n  allow: [host]\n").check(loss("eth0", 1), 1s));
+  CHECK_FALSE(parseGood("netns:\n  allow: [host]\n").check(lossIn("/run/netns/a", 1), 1s));
+  // A namespace chosen by process has no path to check: refused while netns.allow is set.
+  v1::FaultSpec byProcess = loss("eth0", 1);
+  byProcess.mutable_network_loss()->mutable_target()->mutable_netns_process()->set_name("nginx");
+  auto chosen = p.check(byProcess, 1s);
+  REQUIRE_FALSE(chosen);
+  CHECK(contains(chosen.error().message, "refuses a namespace chosen by process (name 'nginx')"));
+  // Every network kind is checked, process faults are not.
+  v1::FaultSpec partition;
+  partition.mutable_network_partition()->mutable_target()->set_interface("eth0");
+  partition.mutable_network_partition()->mutable_target()->set_netns("/run/netns/prod");
+  CHECK_FALSE(p.check(partition, 1s));
+  CHECK(p.check(killByName("x"), 1s));
+  // Without netns.allow, any namespace.
+  CHECK(Policy().check(lossIn("/run/netns/prod", 1), 1s));
+}
+
+TEST_CASE("policy: bad netns and processes values") {
+  SUBCASE("netns.allow entries") {
+    const auto d = parseBad("netns:\n  allow: [relative/x, /a/../b, /, /ok, hosts]\n");
+    REQUIRE(d.size() == 4);
+    CHECK(d[0].field == "netns.allow[0]");
+    CHECK(contains(d[0].message, "'relative/x' is not a namespace path; accepted: an absolute path"));
+    CHECK(d[1].field == "netns.allow[1]");
+    CHECK(d[2].field == "netns.allow[2]");
+    CHECK(d[3].field == "netns.allow[4]");
+    CHECK(contains(parseBad("netns:\n  allow: []\n")[0].message, "would refuse every network fault"));
+    CHECK(contains(parseBad("netns:\n  deny: [/a]\n")[0].message, "accepted here: allow"));
+    CHECK(contains(parseBad("netns: /run/netns/a\n")[0].message, "a map with the key allow"));
+  }
+  SUBCASE("process counts and protectOwn") {
+    const auto d = parseBad("processes:\n  maxProcesses: 0\n  maxMatches: many\n  protectOwn: maybe\n");
+    REQUIRE(d.size() == 3);
+    CHECK(d[0].field == "processes.maxProcesses");
+    CHECK(d[0].line == 2);
+    CHECK(contains(d[0].message, "'0' is not a process count; accepted: a whole number from 1 to 100000"));
+    CHECK(d[1].field == "processes.maxMatches");
+    CHECK(d[2].field == "processes.protectOwn");
+    CHECK(contains(d[2].message, "'maybe' is not true or false"));
+    CHECK(contains(parseBad("processes:\n  maxProcesses: 100001\n")[0].message, "not a process count"));
+    CHECK(contains(parseBad("processes:\n  maxProcesses: -1\n")[0].message, "not a process count"));
+    CHECK(contains(parseBad("processes:\n  maxProcesses: 1e3\n")[0].message, "not a process count"));
+  }
+}
+
+TEST_CASE("policy: process rules: limits and faultline's own processes, by default and from the file") {
+  SUBCASE("built-in") {
+    const ProcessRules rules = Policy().processRules();
+    CHECK(rules.limits.maxProcesses == 10);
+    CHECK(rules.limits.maxProcessesRule == "policy built-in default (processes.maxProcesses: 10)");
+    CHECK(rules.limits.maxMatches == 100);
+    CHECK(rules.limits.maxMatchesRule == "policy built-in default (processes.maxMatches: 100)");
+    REQUIRE(rules.protect.size() == 2);
+    CHECK(rules.protect[0].name == "faultline-agent");
+    CHECK(rules.protect[0].rule == "policy built-in default (processes.protectOwn: true): faultline's own processes");
+    CHECK(rules.protect[1].name == "faultline");
+    CHECK(contains(Policy().summary(), "maxProcesses 10 (default), maxMatches 100 (default)"));
+  }
+  SUBCASE("from the file") {
+    const Policy p =
+        parseGood("processes:\n  protect: [db]\n  maxProcesses: 3\n  maxMatches: 40\n  protectOwn: false\n");
+    const ProcessRules rules = p.processRules();
+    CHECK(rules.limits.maxProcesses == 3);
+    CHECK(rules.limits.maxProcessesRule == "policy " + kFile + ":3 (processes.maxProcesses: 3)");
+    CHECK(rules.limits.maxMatches == 40);
+    CHECK(rules.limits.maxMatchesRule == "policy " + kFile + ":4 (processes.maxMatches: 40)");
+    REQUIRE(rules.protect.size() == 1);
+    CHECK(rules.protect[0].name == "db");
+    CHECK(contains(p.summary(), "maxProcesses 3, maxMatches 40"));
+    CHECK(contains(p.summary(), "faultline's own processes not protected"));
+  }
+}
+
 TEST_CASE("policy check: maxPercent caps loss") {
   const Policy p = parseGood("maxPercent: 20\n");
   CHECK(p.check(loss("eth0", 20), 1s));
@@ -341,6 +479,30 @@ TEST_CASE("agent: an inject the policy refuses is FAILED naming the rule, and ne
     CHECK(contains(reports[0].error(), "policy built-in default (maxDuration: 1h) refuses duration 2h"));
   }
   CHECK(driver.calls == 0);
+}
+
+TEST_CASE("agent: a netns outside netns.allow is FAILED before the driver (no kernel change)") {
+  CountingDriver driver;
+  boost::asio::io_context io;
+  std::vector<v1::FaultReport> reports;
+  Agent agent(
+      io, driver, [&](const v1::FaultReport& r) { reports.push_back(r); }, nullptr,
+      parseGood("netns:\n  allow: [/run/netns/chaos-*]\n"));
+  v1::Inject inject;
+  inject.set_fault_id("f1");
+  *inject.mutable_spec() = lossIn("/run/netns/prod", 5);
+  *inject.mutable_duration() = toProto(30s);
+  agent.inject(inject);
+  REQUIRE(reports.size() == 1);
+  CHECK(reports[0].state() == v1::FAULT_STATE_FAILED);
+  CHECK(reports[0].error() == "policy " + kFile +
+                                  ":2 (netns.allow: [/run/netns/chaos-*]) refuses netns /run/netns/prod: it matches no "
+                                  "allowed path");
+  CHECK(driver.calls == 0);
+  inject.set_fault_id("f2");
+  *inject.mutable_spec() = lossIn("/run/netns/chaos-1", 5);
+  agent.inject(inject);
+  CHECK(driver.calls == 1);
 }
 
 TEST_CASE("agent: an inject the policy allows reaches the driver") {
@@ -412,5 +574,86 @@ TEST_CASE("process driver: protected names are skipped and listed; only protecte
     REQUIRE(applied);
     CHECK(host.table.signalledPids() == std::set<pid_t>{host.base + 13});
     CHECK(contains((*applied)->describe(), "protected matches skipped: pid " + std::to_string(host.base + 14)));
+  }
+}
+
+namespace {
+
+v1::FaultSpec killByCmdline(const std::string& pattern, uint32_t count = 0) {
+  v1::FaultSpec spec;
+  spec.mutable_process_kill()->mutable_process()->set_cmdline(pattern);
+  spec.mutable_process_kill()->mutable_process()->set_count(count);
+  return spec;
+}
+
+}  // namespace
+
+TEST_CASE("process drivers: maxProcesses and maxMatches refuse a broad selector before any signal") {
+  Host host;
+  for (int i = 0; i < 20; ++i) {
+    host.table.addUser(host.base + 100 + i, 1, "worker", fmt::format("--id {}", i));
+  }
+  SUBCASE("20 matches, the built-in maxProcesses 10: refused, nothing signalled") {
+    ProcessKillDriver driver(host.table);
+    auto refused = driver.apply(killByCmdline("^worker "));
+    REQUIRE_FALSE(refused);
+    CHECK(refused.error().code == std::errc::operation_not_permitted);
+    CHECK(refused.error().message ==
+          "process.kill: cmdline /^worker / chooses 20 processes (20 matched), more than the 10 policy built-in "
+          "default (processes.maxProcesses: 10) allows one fault to touch (set count to at most 10 or narrow the "
+          "selector); nothing was signalled");
+    CHECK(host.table.sent().empty());
+    // count narrows what is chosen to within the limit.
+    auto applied = driver.apply(killByCmdline("^worker ", 10));
+    REQUIRE(applied);
+    CHECK(host.table.signalledPids().size() == 10);
+  }
+  SUBCASE("maxMatches from the file: count does not lift it") {
+    const Policy p = parseGood("processes:\n  maxMatches: 15\n  maxProcesses: 50\n");
+    ProcessKillDriver driver(host.table, p.processRules());
+    auto refused = driver.apply(killByCmdline(".", 1));
+    REQUIRE_FALSE(refused);
+    CHECK(refused.error().code == std::errc::operation_not_permitted);
+    CHECK(contains(refused.error().message,
+                   "process.kill: cmdline /./, count 1 matches 20 processes, more than the 15 "
+                   "policy " +
+                       kFile + ":2 (processes.maxMatches: 15) allows one selector to match"));
+    CHECK(host.table.sent().empty());
+    CHECK(driver.apply(killByCmdline("^worker --id 1", 3)));  // 11 matches (1, 10-19), 3 chosen
+  }
+  SUBCASE("process.pause is limited alike") {
+    ProcessPauseDriver driver(host.table, nullptr, parseGood("processes:\n  maxProcesses: 5\n").processRules());
+    v1::FaultSpec spec;
+    spec.mutable_process_pause()->mutable_process()->set_name("worker");
+    auto refused = driver.apply(spec);
+    REQUIRE_FALSE(refused);
+    CHECK(contains(refused.error().message, "process.pause: name 'worker' chooses 20 processes"));
+    CHECK(contains(refused.error().message, "processes.maxProcesses: 5"));
+    CHECK(contains(refused.error().message, "nothing was paused"));
+    CHECK(host.table.sent().empty());
+  }
+}
+
+TEST_CASE("process drivers: faultline's own processes are protected unless protectOwn is false") {
+  Host host;
+  host.table.addUser(host.base + 20, host.self, "faultline-agent", "--watchdog");  // the watchdog
+  host.table.addUser(host.base + 21, 1, "faultline", "controller");
+  host.table.addUser(host.base + 22, 1, "app");
+  SUBCASE("by default") {
+    ProcessKillDriver driver(host.table, Policy().processRules());
+    auto refused = driver.apply(killByName("faultline-agent"));
+    REQUIRE_FALSE(refused);
+    CHECK(contains(refused.error().message, "pid " + std::to_string(host.base + 20) +
+                                                " (faultline-agent --watchdog) is protected by policy built-in default "
+                                                "(processes.protectOwn: true): faultline's own processes"));
+    auto applied = driver.apply(killByCmdline("."));
+    REQUIRE(applied);
+    CHECK(host.table.signalledPids() == std::set<pid_t>{host.base + 22});
+  }
+  SUBCASE("protectOwn: false lets them be chosen, never the agent itself") {
+    ProcessKillDriver driver(host.table, parseGood("processes:\n  protectOwn: false\n").processRules());
+    auto applied = driver.apply(killByCmdline("."));
+    REQUIRE(applied);
+    CHECK(host.table.signalledPids() == std::set<pid_t>{host.base + 20, host.base + 21, host.base + 22});
   }
 }

@@ -25,6 +25,7 @@
 #include "agent/kernel/process_table.h"
 #include "agent/kernel/qdisc_table.h"
 #include "agent/safety/journal.h"
+#include "agent/safety/policy.h"
 #include "agent/safety/recovery.h"
 #include "agent/session/agent.h"
 #include "tests/support/child.h"
@@ -247,6 +248,58 @@ TEST_CASE("never chosen: pid 1, kernel threads, the agent, its parent, sshd; not
   CHECK(none.error().message.find("no process matches cmdline /^sshd 60$/") != std::string::npos);
   CHECK(none.error().message.find("protected matches skipped: pid " + std::to_string(sshd.pid())) != std::string::npos);
   CHECK_FALSE(sshd.exited());
+}
+
+TEST_CASE("policy limits on real processes: 20 matches with maxProcesses 10 signal none; own processes skipped") {
+  auto table = faultline::kernel::openProcessTable();
+  auto policy = faultline::agent::parsePolicy("processes:\n  maxProcesses: 10\n", "policy.yaml");
+  REQUIRE(policy);
+  ProcessKillDriver driver(*table, policy->processRules());
+  const std::string name = unique("many");
+  std::vector<std::unique_ptr<Child>> children;
+  for (int i = 0; i < 20; ++i) {
+    children.push_back(std::make_unique<Child>(sleepBin(), std::vector<std::string>{name, "60"}));
+  }
+  v1::ProcessSelector s;
+  s.set_cmdline("^" + name + " 60$");
+  auto refused = driver.apply(kill(s));
+  REQUIRE_FALSE(refused);
+  CHECK(refused.error().code == std::errc::operation_not_permitted);
+  CHECK(refused.error().message == "process.kill: cmdline /^" + name +
+                                       " 60$/ chooses 20 processes (20 matched), more than the 10 policy "
+                                       "policy.yaml:2 (processes.maxProcesses: 10) allows one fault to touch (set "
+                                       "count to at most 10 or narrow the selector); nothing was signalled");
+  for (auto& child : children) {
+    CHECK_FALSE(child->exited());
+  }
+  // The same with count 10 signals exactly 10.
+  s.set_count(10);
+  auto applied = driver.apply(kill(s));
+  REQUIRE(applied);
+  int killed = 0;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  do {
+    killed = 0;
+    for (auto& child : children) {
+      killed += child->exited() ? 1 : 0;
+    }
+  } while (killed < 10 && std::chrono::steady_clock::now() < deadline);
+  CHECK(killed == 10);
+
+  // A child running as faultline-agent (the watchdog's name) matches only protected processes;
+  // the agent itself (this process) is never signalled, whatever the selector.
+  Child own(sleepBin(), {"faultline-agent", "61"});
+  v1::ProcessSelector ownSelector;
+  ownSelector.set_cmdline("^faultline-agent 61$");
+  auto protectedOwn = driver.apply(kill(ownSelector));
+  REQUIRE_FALSE(protectedOwn);
+  CHECK(protectedOwn.error().message.find("(processes.protectOwn: true): faultline's own processes") !=
+        std::string::npos);
+  CHECK_FALSE(own.exited());
+  ownSelector.set_pid(::getpid());
+  auto self = driver.apply(kill(ownSelector, "SIGCONT"));
+  REQUIRE_FALSE(self);
+  CHECK(self.error().message.find("the agent itself") != std::string::npos);
 }
 
 TEST_CASE("a pid reused after list() is never signalled (pidfd and start time)") {
