@@ -164,7 +164,8 @@ TEST_CASE("process.kill skips a child whose name the policy protects and kills t
   Child kept(binary.path(), {keep, "60"});  // the same executable, started as argv[0] 'flt-keep-PID'
   auto table = faultline::kernel::openProcessTable();
   faultline::agent::ProcessKillDriver driver(
-      *table, {faultline::agent::ProtectedName{keep, "policy test.yaml:2 (processes.protect: " + keep + ")"}});
+      *table, std::vector<faultline::agent::ProtectedName>{
+                  faultline::agent::ProtectedName{keep, "policy test.yaml:2 (processes.protect: " + keep + ")"}});
 
   // The executable's name matches both; the protected one is skipped and listed.
   auto applied = driver.apply(killByName(binary.name()));
