@@ -7,7 +7,7 @@
 // A caller's role comes from one of (controller/server/controller.cpp):
 //   - the Unix socket: the peer's uid (SO_PEERCRED), mapped by localPeerRole();
 //   - a bearer token (`authorization: Bearer flt_...` metadata, tokens.h);
-//   - a verified client certificate's OU (viewer, operator or admin; H2's TLS).
+//   - a verified client certificate's OU (viewer, operator or admin; controller/server/tls.h).
 #pragma once
 
 #include <sys/types.h>
