@@ -1,14 +1,14 @@
 // libFuzzer target for the agent's handling of an Inject, up to the driver: the input is a
 // v1::Inject in protobuf text format (seeds: tests/fuzz/seeds/inject/, and the large ones
 // scripts/fuzz writes). Each input goes through what Agent::inject() runs before it calls a driver
-// (agent/session/agent.cpp): validateFaultSpec(), the duration's range, the policy's check() under
-// three policies; then, for a valid spec, what the drivers do before they change anything: a
-// process selector is resolved against a synthetic process table (its pidfile read by the real
-// table: agent/kernel/spec_files) and checked against the policy's process limits, and a network
-// target's netns path is opened as the agent opens it (O_PATH first, a device is never opened).
-// Nothing is applied: the table's signal() aborts, and no driver is linked in. Every refusal must
-// have words; no input may crash, hang, leak or hit undefined behaviour. Built and run by
-// scripts/fuzz.
+// (agent/session/agent.cpp): checkInjectBounds() (agent/session/inject_bounds.h),
+// validateFaultSpec(), the duration's range, the policy's check() under three policies; then, for a
+// valid spec, what the drivers do before they change anything: a process selector is resolved
+// against a synthetic process table (its pidfile read by the real table: agent/kernel/spec_files)
+// and checked against the policy's process limits, and a network target's netns path is opened as
+// the agent opens it (O_PATH first, a device is never opened). Nothing is applied: the table's
+// signal() aborts, and no driver is linked in. Every refusal must have words; no input may crash,
+// hang, leak or hit undefined behaviour. Built and run by scripts/fuzz.
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -31,6 +31,7 @@
 #include "agent/kernel/process_table.h"
 #include "agent/kernel/spec_files.h"
 #include "agent/safety/policy.h"
+#include "agent/session/inject_bounds.h"
 #include "faultline/v1/agent_gateway.pb.h"
 
 namespace {
@@ -172,8 +173,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (!parser.ParseFromString(std::string(reinterpret_cast<const char*>(data), size), &inject)) {
     return 0;
   }
+  // Agent::inject(): the bounds and start_at, then the spec, the duration, the policy.
+  if (auto over = faultline::agent::checkInjectBounds(inject, std::chrono::system_clock::now())) {
+    check(!over->empty());
+    return 0;
+  }
   const v1::FaultSpec& spec = inject.spec();
-  // Agent::inject(): the spec, then the duration, then the policy.
   if (auto valid = faultline::validateFaultSpec(spec); !valid) {
     check(!valid.error().field.empty() || !valid.error().message.empty());
     check(!valid.error().message.empty());

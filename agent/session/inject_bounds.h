@@ -1,0 +1,36 @@
+// What the agent accepts in an Inject from a controller, before anything else looks at it: sizes
+// of the fault id, of every string, list and map of the spec and of the whole message, and the
+// start_at against this host's clock. Pure, no kernel call: the agent (agent.cpp) and the Inject
+// fuzz target (tests/fuzz/inject_fuzz.cpp) run the same check.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <optional>
+#include <string>
+
+#include "faultline/v1/agent_gateway.pb.h"
+
+namespace faultline::agent {
+
+// Bounds on what the agent accepts from a controller (checkInjectBounds()). A fault id is
+// "RUN/STEP/AGENT" and names the fault in every log line and report.
+inline constexpr std::size_t kMaxFaultIdBytes = 512;
+// Any one string of a spec (paths, interface and unit names, regexes, CIDRs): PATH_MAX.
+inline constexpr std::size_t kMaxSpecStringBytes = 4096;
+// Any one list or map of a spec (ports, CIDRs, selectors).
+inline constexpr int kMaxSpecListItems = 256;
+// A whole Inject, serialized.
+inline constexpr std::size_t kMaxInjectBytes = 64 * 1024;
+// A start_at further from this host's clock than these is refused: the controller's clock and
+// this host's disagree, and the step would not start together anyway.
+inline constexpr std::chrono::seconds kMaxStartAhead{30};
+inline constexpr std::chrono::seconds kMaxStartBehind{30};
+
+// Checks an Inject's size bounds (the constants above; the fault id must also be non-empty and
+// without control characters) and its start_at against now (system clock). Pure; thread-safe.
+// Returns the reason for a refusal, in words that name the bound.
+[[nodiscard]] std::optional<std::string> checkInjectBounds(const v1::Inject& inject,
+                                                           std::chrono::system_clock::time_point now);
+
+}  // namespace faultline::agent
