@@ -787,6 +787,9 @@ struct Controller::Impl final : v1::Control::CallbackService {
 };
 
 std::string listenRefusal(const ControllerOptions& options) {
+  if (options.listen.empty()) {
+    return "";  // no TCP address: only the Unix socket
+  }
   return agent::plaintextRefusal(options.listen, !options.tls.empty(), options.insecure, "listen");
 }
 

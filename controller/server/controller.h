@@ -44,8 +44,8 @@ struct ControllerOptions {
   bool commandProbes = true;
 };
 
-// Why options.listen may not be served as given: "" when it may (TLS, a local address, or
-// --insecure); else the refusal, naming --tls-* and --insecure.
+// Why options.listen may not be served as given: "" when it may (no TCP address, TLS, a local
+// address, or --insecure); else the refusal, naming --tls-* and --insecure.
 [[nodiscard]] std::string listenRefusal(const ControllerOptions& options);
 
 class Controller {
