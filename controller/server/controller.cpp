@@ -244,6 +244,10 @@ struct Controller::Impl final : v1::Control::CallbackService {
   std::unique_ptr<ProbeRunner> probes;
   std::unique_ptr<LocalSocket> localSocket;
   std::unique_ptr<grpc::Server> server;
+  // Held for the whole of shutdown(): it is called from a signal thread and again from the
+  // destructor on the main thread, and two at once joined the same threads (std::system_error)
+  // or raced on the server (issue 15's attacker trial: SIGTERM hung or aborted the controller).
+  std::mutex shutdownMutex;
   std::mutex mutex;
   std::condition_variable cv;
   bool shuttingDown = false;
@@ -941,6 +945,7 @@ void Controller::wait() {
 }
 
 void Controller::shutdown() {
+  std::lock_guard serial(impl_->shutdownMutex);  // the second caller finds everything stopped
   {
     std::lock_guard lock(impl_->mutex);
     impl_->shuttingDown = true;

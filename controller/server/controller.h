@@ -64,6 +64,8 @@ class Controller {
   void abortAll(const std::string& reason);
   // Blocks until shutdown() is called from another thread.
   void wait();
+  // Aborts the runs, stops the server and the socket. Thread-safe and idempotent: a signal thread
+  // and the destructor may both call it; the second returns once the first has finished.
   void shutdown();
   [[nodiscard]] Gateway& gateway();
 

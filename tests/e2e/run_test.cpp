@@ -1912,3 +1912,33 @@ TEST_CASE(
   CHECK(r.status == 3);
   CHECK_MESSAGE(r.output.find("is damaged") != std::string::npos, r.output);
 }
+
+// SIGTERM runs the controller's shutdown() on the signal thread while main() leaves wait() and
+// runs it again in ~Controller; before the two were serialised, the controller with its Unix
+// socket hung in a join or aborted (std::system_error) on most stops.
+TEST_CASE("separate processes: SIGTERM stops a controller with its Unix socket and TCP port at once, every time") {
+  TempDir dir;
+  for (int i = 0; i < 5; ++i) {
+    const std::string sock = fmt::format("{}/c{}.sock", dir.path, i);
+    Child controller(
+        {FAULTLINE_BIN, "controller", "--listen", "127.0.0.1:0", "--socket", sock, "--db", dir.path + "/c.db"},
+        dir.path + "/controller.log");
+    REQUIRE_MESSAGE(
+        waitFor(
+            [&] { return testing::sh(fmt::format("{} agents --controller unix:{}", FAULTLINE_BIN, sock)).status == 0; },
+            10s),
+        slurp(dir.path + "/controller.log"));
+    const auto start = std::chrono::steady_clock::now();
+    ::kill(controller.pid, SIGTERM);
+    int status = -1;
+    while (::waitpid(controller.pid, &status, WNOHANG) == 0 && std::chrono::steady_clock::now() - start < 10s) {
+      std::this_thread::sleep_for(10ms);
+    }
+    const auto took = std::chrono::steady_clock::now() - start;
+    REQUIRE_MESSAGE(took < 5s, "stop ", i, " took more than 5 s: ", slurp(dir.path + "/controller.log"));
+    controller.pid = -1;
+    CHECK_MESSAGE((WIFEXITED(status) && WEXITSTATUS(status) == 0), "stop ", i, ": status ", status, "\n",
+                  slurp(dir.path + "/controller.log"));
+    CHECK_FALSE(std::filesystem::exists(sock));
+  }
+}
