@@ -259,7 +259,7 @@ int runCommand(const RunOptions& o) {
   auto parsed = parseExperiment(yaml, o.file, vars);
   if (!parsed) {
     for (const auto& d : parsed.error()) {
-      std::cerr << format(d) << "\n";
+      std::cerr << redactSecrets(format(d), vars, secrets) << "\n";  // it quotes values, secrets' too
     }
     return kExitUsage;
   }
@@ -362,7 +362,7 @@ int runCommand(const RunOptions& o) {
       controller->shutdown();
     }
     if (s.error_code() == grpc::StatusCode::FAILED_PRECONDITION) {
-      std::cerr << "faultline: " << s.error_message() << "\n";
+      std::cerr << "faultline: " << redactSecrets(s.error_message(), vars, secrets) << "\n";
       return kExitError;
     }
     if (!s.ok()) {

@@ -416,14 +416,16 @@ struct Controller::Impl final : v1::Control::CallbackService {
     if (auto over = overLimits(req)) {
       return tl::unexpected(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, *over));
     }
-    auto parsed =
-        parseExperiment(req.experiment(), fileName, Variables(req.variables().begin(), req.variables().end()));
+    const Variables vars(req.variables().begin(), req.variables().end());
+    auto parsed = parseExperiment(req.experiment(), fileName, vars);
     if (!parsed) {
       std::string text;
       for (const auto& d : parsed.error()) {
         text += format(d) + "\n";
       }
-      return tl::unexpected(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, text));
+      // A diagnostic quotes the value it found, which may be a secret variable's.
+      const SecretNames secrets(req.secret_variables().begin(), req.secret_variables().end());
+      return tl::unexpected(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, redactSecrets(text, vars, secrets)));
     }
     return std::move(*parsed);
   }

@@ -1942,3 +1942,19 @@ TEST_CASE("separate processes: SIGTERM stops a controller with its Unix socket a
     CHECK_FALSE(std::filesystem::exists(sock));
   }
 }
+
+// A diagnostic quotes the value it found; a secret variable's value must not reach the terminal.
+TEST_CASE("the faultline binary: an invalid experiment's diagnostics name a --secret-var as ${NAME}, never its value") {
+  TempDir dir;
+  {
+    std::ofstream f(dir.path + "/s.yaml");
+    f << "apiVersion: faultline/v1\nkind: Experiment\nmetadata:\n  name: 'x ${MYSECRET}'\ntargets:\n"
+         "  selector: {role: e2e}\nmethod:\n  - wait: 1s\n";
+  }
+  auto r = testing::sh(
+      fmt::format("{} run --dry-run {}/s.yaml --secret-var MYSECRET=S3cr3tValueXYZ 2>&1", FAULTLINE_BIN, dir.path));
+  CHECK(r.status == 4);
+  CHECK_MESSAGE(r.output.find("metadata.name") != std::string::npos, r.output);
+  CHECK_MESSAGE(r.output.find("${MYSECRET}") != std::string::npos, r.output);
+  CHECK_MESSAGE(r.output.find("S3cr3tValueXYZ") == std::string::npos, r.output);
+}
