@@ -1,7 +1,9 @@
 #include "agent/session/session.h"
 
 #include <sys/utsname.h>
+#include <unistd.h>
 
+#include <charconv>
 #include <condition_variable>
 #include <deque>
 #include <mutex>
@@ -13,6 +15,8 @@
 #include <boost/asio/post.hpp>
 
 #include "agent/faults/spec.h"
+#include "agent/kernel/tcp_listeners.h"
+#include "agent/session/tls.h"
 #include "faultline/v1/agent_gateway.grpc.pb.h"
 
 namespace faultline::agent {
@@ -240,8 +244,43 @@ bool Session::connected() const {
   return welcomed_;
 }
 
+namespace {
+
+// Without TLS the agent cannot tell its controller from anyone who binds the port: on loopback it
+// dials only a listener owned by root or by its own user (a local user who took the port while
+// the controller was down is not obeyed). "" when the listener may be dialled, else why not.
+std::string foreignListener(const SessionOptions& options) {
+  const std::string& address = options.controller;
+  if (options.credentials || !isLocalAddress(address) || address.rfind("unix:", 0) == 0) {
+    return "";
+  }
+  const auto colon = address.rfind(':');
+  unsigned port = 0;
+  if (colon == std::string::npos ||
+      std::from_chars(address.data() + colon + 1, address.data() + address.size(), port).ec != std::errc{} ||
+      port > 65535) {
+    return "";
+  }
+  for (const uid_t owner : kernel::tcpListenerOwners(static_cast<uint16_t>(port))) {
+    if (owner != 0 && owner != ::geteuid()) {
+      return fmt::format(
+          "the socket listening on port {} belongs to uid {}, neither root nor this agent's user (uid {}): not "
+          "dialled in plaintext (someone else may have taken the controller's port; give the agent --ca, --cert "
+          "and --key, or dial the controller's Unix socket)",
+          port, owner, ::geteuid());
+    }
+  }
+  return "";
+}
+
+}  // namespace
+
 void Session::connect() {
   if (stopped_) {
+    return;
+  }
+  if (auto foreign = foreignListener(options_); !foreign.empty()) {
+    onStreamLost(foreign);  // retried with the usual backoff: the real controller may take its port back
     return;
   }
   grpc::ChannelArguments args;

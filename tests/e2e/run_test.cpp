@@ -1958,3 +1958,55 @@ TEST_CASE("the faultline binary: an invalid experiment's diagnostics name a --se
   CHECK_MESSAGE(r.output.find("${MYSECRET}") != std::string::npos, r.output);
   CHECK_MESSAGE(r.output.find("S3cr3tValueXYZ") == std::string::npos, r.output);
 }
+
+// Without TLS an agent cannot tell its controller from whoever binds the port: a local user who
+// took the controller's loopback port while it was down received the root agents, and they obeyed
+// (issue 15). The agent now dials a plaintext loopback listener only when root or its own user owns it.
+TEST_CASE("separate processes: an agent does not dial a plaintext loopback port that another user listens on") {
+  TempDir dir;
+  int ready[2];
+  REQUIRE(::pipe(ready) == 0);
+  const pid_t squatter = ::fork();
+  REQUIRE(squatter >= 0);
+  if (squatter == 0) {
+    // The socket's owner is the uid that created it.
+    if (::setgid(65534) != 0 || ::setuid(65534) != 0) {
+      ::_exit(1);
+    }
+    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof a;
+    if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || ::listen(fd, 8) != 0 ||
+        ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
+      ::_exit(1);
+    }
+    const uint16_t port = ntohs(a.sin_port);
+    [[maybe_unused]] auto n = ::write(ready[1], &port, sizeof port);
+    ::pause();
+    ::_exit(0);
+  }
+  ::close(ready[1]);
+  uint16_t port = 0;
+  const bool gotPort = ::read(ready[0], &port, sizeof port) == sizeof port;
+  ::close(ready[0]);
+  struct Reap {
+    pid_t pid;
+    ~Reap() {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, nullptr, 0);
+    }
+  } reap{squatter};
+  REQUIRE(gotPort);
+
+  const std::string log = dir.path + "/agent.log";
+  Child agent({FAULTLINE_AGENT_BIN, "--controller", fmt::format("127.0.0.1:{}", port), "--id", "squatted",
+               "--state-dir", dir.path + "/agent"},
+              log);
+  CHECK_MESSAGE(waitFor([&] { return slurp(log).find("belongs to uid 65534") != std::string::npos; }, 10s), slurp(log));
+  CHECK_MESSAGE(slurp(log).find(fmt::format("port {} belongs to uid 65534, neither root nor this agent's user",
+                                            port)) != std::string::npos,
+                slurp(log));
+  agent.stop(SIGTERM);
+}
