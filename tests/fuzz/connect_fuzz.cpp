@@ -19,15 +19,14 @@
 #include <string_view>
 #include <vector>
 
-#include <google/protobuf/io/tokenizer.h>
 #include <google/protobuf/stubs/logging.h>
-#include <google/protobuf/text_format.h>
 #include <grpcpp/grpcpp.h>
 #include <spdlog/spdlog.h>
 
 #include "controller/server/gateway.h"
 #include "controller/server/limits.h"
 #include "faultline/v1/agent_gateway.grpc.pb.h"
+#include "tests/fuzz/fuzz_support.h"
 
 namespace {
 
@@ -36,17 +35,7 @@ namespace v1 = faultline::v1;
 // Messages of one stream at most: each costs a write and the gateway's handling.
 constexpr size_t kMaxMessages = 64;
 
-// Text-format errors are the fuzzer's daily bread: not logged.
-class Quiet final : public google::protobuf::io::ErrorCollector {
- public:
-  void AddError(int /*line*/, google::protobuf::io::ColumnNumber /*column*/, const std::string& /*message*/) override {}
-};
-
-void check(bool ok) {
-  if (!ok) {
-    std::abort();  // libFuzzer saves the input as a crash
-  }
-}
+using faultline::fuzz::check;
 
 struct Server {
   Server() : gateway(faultline::controller::GatewayOptions{}) {
@@ -80,12 +69,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   size_t at = 0;
   while (at <= input.size() && messages.size() < kMaxMessages) {
     const size_t end = std::min(input.find("\n%%\n", at), input.size());
-    google::protobuf::TextFormat::Parser parser;
-    parser.AllowPartialMessage(true);
-    Quiet quiet;
-    parser.RecordErrorsTo(&quiet);
     v1::AgentMessage m;
-    if (!parser.ParseFromString(std::string(input.substr(at, end - at)), &m)) {
+    if (!faultline::fuzz::parseText(input.substr(at, end - at), &m)) {
       return 0;
     }
     // The pure checks the gateway runs on each message.

@@ -7,6 +7,7 @@
 #include <string_view>
 
 #include "controller/experiment/experiment.h"
+#include "tests/fuzz/fuzz_support.h"
 
 using faultline::controller::Diagnostic;
 using faultline::controller::parseExperiment;
@@ -14,11 +15,7 @@ using faultline::controller::Variables;
 
 namespace {
 
-void check(bool ok) {
-  if (!ok) {
-    std::abort();  // libFuzzer saves the input as a crash
-  }
-}
+using faultline::fuzz::check;
 
 }  // namespace
 

@@ -23,9 +23,6 @@
 #include <string_view>
 #include <vector>
 
-#include <google/protobuf/io/tokenizer.h>
-#include <google/protobuf/text_format.h>
-
 #include "agent/faults/process/process_selector.h"
 #include "agent/faults/spec.h"
 #include "agent/kernel/process_table.h"
@@ -33,6 +30,7 @@
 #include "agent/safety/policy.h"
 #include "agent/session/inject_bounds.h"
 #include "faultline/v1/agent_gateway.pb.h"
+#include "tests/fuzz/fuzz_support.h"
 
 namespace {
 
@@ -43,17 +41,7 @@ using faultline::agent::Policy;
 using faultline::agent::ProcessPicker;
 using faultline::agent::ProcessRules;
 
-// Text-format errors are the fuzzer's daily bread: not logged.
-class Quiet final : public google::protobuf::io::ErrorCollector {
- public:
-  void AddError(int /*line*/, google::protobuf::io::ColumnNumber /*column*/, const std::string& /*message*/) override {}
-};
-
-void check(bool ok) {
-  if (!ok) {
-    std::abort();  // libFuzzer saves the input as a crash
-  }
-}
+using faultline::fuzz::check;
 
 // Files the seeds name where a netns or a pidfile belongs: a FIFO with no writer (a blocking open
 // never returns), a pidfile, a large file, and /dev/zero (named directly).
@@ -166,11 +154,7 @@ void selectProcesses(const v1::ProcessSelector& selector, std::string_view kind,
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   Fixture& f = fixture();
   v1::Inject inject;
-  google::protobuf::TextFormat::Parser parser;
-  parser.AllowPartialMessage(true);
-  Quiet quiet;
-  parser.RecordErrorsTo(&quiet);
-  if (!parser.ParseFromString(std::string(reinterpret_cast<const char*>(data), size), &inject)) {
+  if (!faultline::fuzz::parseText(std::string_view(reinterpret_cast<const char*>(data), size), &inject)) {
     return 0;
   }
   // Agent::inject(): the bounds and start_at, then the spec, the duration, the policy.

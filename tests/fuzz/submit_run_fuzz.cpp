@@ -13,12 +13,10 @@
 #include <string>
 #include <string_view>
 
-#include <google/protobuf/io/tokenizer.h>
-#include <google/protobuf/text_format.h>
-
 #include "controller/experiment/experiment.h"
 #include "controller/server/limits.h"
 #include "faultline/v1/control.pb.h"
+#include "tests/fuzz/fuzz_support.h"
 
 namespace {
 
@@ -27,17 +25,7 @@ using faultline::controller::overLimits;
 using faultline::controller::parseExperiment;
 using faultline::controller::Variables;
 
-// Text-format errors are the fuzzer's daily bread: not logged.
-class Quiet final : public google::protobuf::io::ErrorCollector {
- public:
-  void AddError(int /*line*/, google::protobuf::io::ColumnNumber /*column*/, const std::string& /*message*/) override {}
-};
-
-void check(bool ok) {
-  if (!ok) {
-    std::abort();  // libFuzzer saves the input as a crash
-  }
-}
+using faultline::fuzz::check;
 
 }  // namespace
 
@@ -48,11 +36,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (const auto split = input.find("\n%%\n"); split != std::string_view::npos || input.rfind("%%\n", 0) == 0) {
     const size_t headerEnd = split == std::string_view::npos ? 0 : split;
     const size_t bodyStart = split == std::string_view::npos ? 3 : split + 4;
-    google::protobuf::TextFormat::Parser parser;
-    parser.AllowPartialMessage(true);
-    Quiet quiet;
-    parser.RecordErrorsTo(&quiet);
-    if (!parser.ParseFromString(std::string(input.substr(0, headerEnd)), &request)) {
+    if (!faultline::fuzz::parseText(input.substr(0, headerEnd), &request)) {
       return 0;
     }
     experiment = input.substr(bodyStart);
