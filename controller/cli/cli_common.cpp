@@ -1,6 +1,4 @@
 // What several faultline commands share (command.h).
-#include <fcntl.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -15,6 +13,7 @@
 #include <spdlog/spdlog.h>
 
 #include "agent/faults/spec.h"
+#include "agent/kernel/spec_files.h"
 #include "controller/cli/command.h"
 
 namespace faultline::controller::cli {
@@ -173,22 +172,13 @@ bool loadToken(const std::string& tokenFile) {
       return false;
     }
   } else {
-    const int fd = ::open(tokenFile.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
-    if (fd < 0) {
-      std::cerr << fmt::format("faultline: --token-file {}: {}\n", tokenFile, std::strerror(errno));
+    // Typed and bounded like a spec's files: a FIFO or device is refused, never waited on.
+    auto read = kernel::readSmallRegularFile(tokenFile, kMaxTokenFileBytes);
+    if (!read) {
+      std::cerr << fmt::format("faultline: --token-file {} {}\n", tokenFile, read.error().why);
       return false;
     }
-    struct stat st {};
-    if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || static_cast<size_t>(st.st_size) > kMaxTokenFileBytes) {
-      ::close(fd);
-      std::cerr << fmt::format("faultline: --token-file {}: accepted: a regular file of at most {} bytes\n", tokenFile,
-                               kMaxTokenFileBytes);
-      return false;
-    }
-    text.resize(kMaxTokenFileBytes);
-    const ssize_t n = ::read(fd, text.data(), text.size());
-    ::close(fd);
-    text.resize(n > 0 ? static_cast<size_t>(n) : 0);
+    text = std::move(*read);
   }
   const auto first = text.find_first_not_of(" \t\r\n");
   const auto last = text.find_last_not_of(" \t\r\n");

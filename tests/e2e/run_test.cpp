@@ -2010,3 +2010,21 @@ TEST_CASE("separate processes: an agent does not dial a plaintext loopback port 
                 slurp(log));
   agent.stop(SIGTERM);
 }
+
+// The token file is opened as a spec's files are: a FIFO or a device is refused at once, never read.
+TEST_CASE("the faultline binary: a --token-file that is a FIFO or /dev/zero is refused at once, naming what it is") {
+  TempDir dir;
+  const std::string fifo = dir.path + "/token";
+  REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+  const auto start = std::chrono::steady_clock::now();
+  auto r = testing::sh(
+      fmt::format("timeout 5 {} agents --controller 127.0.0.1:1 --token-file {} 2>&1", FAULTLINE_BIN, fifo));
+  CHECK(std::chrono::steady_clock::now() - start < 3s);
+  CHECK(r.status == 4);
+  CHECK_MESSAGE(r.output.find("is a FIFO; accepted: a regular file of at most 4096 bytes") != std::string::npos,
+                r.output);
+  r = testing::sh(
+      fmt::format("timeout 5 {} agents --controller 127.0.0.1:1 --token-file /dev/zero 2>&1", FAULTLINE_BIN));
+  CHECK(r.status == 4);
+  CHECK_MESSAGE(r.output.find("/dev/zero is a character device") != std::string::npos, r.output);
+}

@@ -5,7 +5,7 @@
 #include <string>
 #include <vector>
 
-#include "faultline/v1/agent_gateway.pb.h"
+#include "faultline/v1/control.pb.h"
 
 namespace faultline::testing {
 

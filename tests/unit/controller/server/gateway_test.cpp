@@ -8,6 +8,7 @@
 
 #include <doctest/doctest.h>
 
+#include "tests/support/agent_ids.h"
 #include "tests/support/gateway_server.h"
 
 using namespace faultline;
@@ -20,14 +21,6 @@ namespace {
 
 std::shared_ptr<grpc::Channel> plaintext(const GatewayServer& s) {
   return grpc::CreateChannel(s.address, grpc::InsecureChannelCredentials());
-}
-
-std::vector<std::string> agentIds(const controller::Gateway& g) {
-  std::vector<std::string> out;
-  for (const auto& a : g.agents()) {
-    out.push_back(a.agent_id());
-  }
-  return out;
 }
 
 // Reports the gateway passes on, as "AGENT FAULT".
@@ -62,7 +55,7 @@ TEST_CASE("a second Hello on a stream closes it with FAILED_PRECONDITION and lea
   AgentStream first(plaintext(s));
   REQUIRE(first.hello("web-1"));
   REQUIRE(first.welcomed());
-  CHECK(agentIds(s.gateway) == std::vector<std::string>{"web-1"});
+  CHECK(testing::agentIds(s.gateway.agents()) == std::vector<std::string>{"web-1"});
   REQUIRE(first.hello("web-2"));
   const auto status = first.finish();
   CHECK(status.error_code() == grpc::StatusCode::FAILED_PRECONDITION);
@@ -119,7 +112,7 @@ TEST_CASE("a stream that sends no Hello within the timeout is closed with DEADLI
   REQUIRE(prompt.hello("web-1"));
   REQUIRE(prompt.welcomed());
   std::this_thread::sleep_for(600ms);
-  CHECK(agentIds(s.gateway) == std::vector<std::string>{"web-1"});
+  CHECK(testing::agentIds(s.gateway.agents()) == std::vector<std::string>{"web-1"});
 }
 
 TEST_CASE("a FaultReport counts only for a fault the controller sent to that agent; others are dropped") {
