@@ -166,6 +166,26 @@ inline uint64_t realNs() {
   return static_cast<uint64_t>(t.tv_sec) * 1'000'000'000 + static_cast<uint64_t>(t.tv_nsec);
 }
 
+// The first three fields of /proc/loadavg ("0.67 0.86 1.06"), to print next to a timing figure;
+// "?" when it cannot be read.
+inline std::string loadAverage() {
+  std::string text(64, '\0');
+  const int fd = ::open("/proc/loadavg", O_RDONLY | O_CLOEXEC);
+  const ssize_t n = fd < 0 ? -1 : ::read(fd, text.data(), text.size());
+  if (fd >= 0) {
+    ::close(fd);
+  }
+  if (n <= 0) {
+    return "?";
+  }
+  text.resize(static_cast<size_t>(n));
+  size_t end = 0;
+  for (int field = 0; field < 3 && end != std::string::npos; ++field) {
+    end = text.find(' ', end == 0 ? 0 : end + 1);
+  }
+  return end == std::string::npos ? text : text.substr(0, end);
+}
+
 struct Received {
   ssize_t length = -1;     // recvmsg()'s result: -1 on error or timeout (SO_RCVTIMEO)
   uint64_t arrivedNs = 0;  // the kernel's receive time (SO_TIMESTAMPNS), else when recvmsg returned
