@@ -256,6 +256,9 @@ int runCommand(const RunOptions& o) {
     std::cerr << "faultline: " << error << "\n";
     return kExitUsage;
   }
+  for (const auto& name : declaredSecretVariables(yaml)) {  // `secret: true` in the file's variables
+    secrets.insert(name);
+  }
   auto parsed = parseExperiment(yaml, o.file, vars);
   if (!parsed) {
     for (const auto& d : parsed.error()) {

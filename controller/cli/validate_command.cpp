@@ -5,6 +5,7 @@
 
 #include "controller/cli/command.h"
 #include "controller/experiment/experiment.h"
+#include "controller/report/run_format.h"
 
 namespace faultline::controller::cli {
 namespace {
@@ -24,7 +25,8 @@ int validateCommand(const std::string& file, const std::vector<std::string>& var
   auto parsed = parseExperiment(yaml, file, vars);
   if (!parsed) {
     for (const auto& d : parsed.error()) {
-      std::cerr << format(d) << "\n";
+      // A diagnostic quotes the value it found: a secret's (by `secret: true` or by its name) is not shown.
+      std::cerr << redactSecrets(format(d), vars, declaredSecretVariables(yaml)) << "\n";
     }
     std::cerr << fmt::format("{}: {} error(s)\n", file, parsed.error().size());
     return kExitUsage;

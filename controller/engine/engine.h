@@ -59,10 +59,9 @@ struct RunRequest {
   std::string fileSha256;
   std::string trigger;  // cli, schedule, ci
   Experiment experiment;
-  // (name, value) of the secret variables (--secret-var, or names isSecretVariableName() says are
-  // secrets): every
-  // occurrence of a value in the run's events, probe samples and verdict reason is recorded (and
-  // sent to the event sink) as ${NAME} instead.
+  // (name, value) of the secret variables (--secret-var, `secret: true` in the file's variables,
+  // or names isSecretVariableName() says are secrets): every occurrence of a value in the run's events, probe samples
+  // and verdict reason is recorded (and sent to the event sink) as ${NAME} instead.
   std::vector<std::pair<std::string, std::string>> secrets{};
 };
 

@@ -22,7 +22,7 @@ using namespace detail;
 
 namespace {
 
-constexpr std::array<std::string_view, 6> kRootKeys{"apiVersion", "kind",        "metadata",
+constexpr std::array<std::string_view, 7> kRootKeys{"apiVersion", "kind",        "metadata", "variables",
                                                     "targets",    "steadyState", "method"};
 
 // yaml-cpp's node tree takes about 500 bytes a node: a 1 MiB file of "[a,a,a,..." would take
@@ -212,6 +212,9 @@ Experiment Parser::parse(const YAML::Node& root) {
   if (auto f = require(*m, "metadata", "a map with name and optionally description")) {
     parseMetadata(*f, exp);
   }
+  if (auto f = lookup(*m, "variables")) {
+    parseVariables(*f, exp);
+  }
   if (auto f = lookup(*m, "targets")) {
     parseTargets(*f, exp.targets);
   }
@@ -223,6 +226,38 @@ Experiment Parser::parse(const YAML::Node& root) {
   }
   checkProbeSteps(exp.hypothesis);
   return exp;
+}
+
+std::set<std::string> declaredSecretVariables(std::string_view yaml) {
+  std::set<std::string> names;
+  if (yaml.size() > kMaxExperimentBytes) {
+    return names;
+  }
+  auto loaded = loadDocuments(yaml, "");
+  if (!loaded || loaded->empty() || !loaded->front().IsMap()) {
+    return names;
+  }
+  try {
+    for (const auto& entry : loaded->front()) {
+      if (!entry.first.IsScalar() || entry.first.Scalar() != "variables" || !entry.second.IsMap()) {
+        continue;
+      }
+      for (const auto& variable : entry.second) {
+        if (!variable.first.IsScalar() || !variable.second.IsMap() || names.size() >= kMaxDeclaredVariables) {
+          continue;
+        }
+        for (const auto& field : variable.second) {
+          if (field.first.IsScalar() && field.first.Scalar() == "secret" && field.second.IsScalar() &&
+              field.second.Scalar() == "true") {
+            names.insert(variable.first.Scalar());
+          }
+        }
+      }
+    }
+  } catch (const YAML::Exception&) {
+    // best effort: what was found so far
+  }
+  return names;
 }
 
 bool isVariableName(std::string_view name) {
@@ -329,6 +364,22 @@ tl::expected<Experiment, std::vector<Diagnostic>> parseExperiment(std::string_vi
     return tl::unexpected(std::move(substituted.error()));
   }
   auto result = parseSubstituted(substituted->text, fileName);
+  if (result) {
+    // A secret marked only in the substituted text would be missed by the redaction of a file
+    // that does not parse (declaredSecretVariables reads the text as written).
+    const auto declared = declaredSecretVariables(original);
+    for (const auto& [name, variable] : result->variables) {
+      if (variable.secret && !declared.contains(name)) {
+        Diagnostic d;
+        d.file = fileName;
+        d.field = "variables." + name;
+        d.message =
+            "is marked secret only after ${...} substitution; accepted: a variables section written out "
+            "in the file, with no ${...} in it";
+        return tl::unexpected(std::vector<Diagnostic>{std::move(d)});
+      }
+    }
+  }
   if (!result) {
     for (Diagnostic& d : result.error()) {
       mapBack(d, *substituted, original);

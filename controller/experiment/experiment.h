@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <map>
 #include <optional>
+#include <set>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -24,6 +25,8 @@ namespace faultline::controller {
 // under the controller's 4 MiB gRPC message limit: a caller reading a file can read at most
 // kMaxExperimentBytes + 1 bytes and pass them on, and parseExperiment reports it as too large.
 inline constexpr std::size_t kMaxExperimentBytes = 1024 * 1024;  // 1 MiB
+// Entries of a file's `variables:` section (as many as a request may carry values for).
+inline constexpr std::size_t kMaxDeclaredVariables = 256;
 inline constexpr std::size_t kMaxMethodSteps = 1000;
 inline constexpr std::size_t kMaxProbes = 100;
 
@@ -191,9 +194,19 @@ struct ParallelStep {
 
 using Step = std::variant<FaultStep, WaitStep, ProbeStep, ParallelStep>;
 
+// One entry of the file's `variables:` section: a ${NAME} the file uses, described and marked.
+struct DeclaredVariable {
+  std::string description;
+  // Its value is a secret: never recorded or printed (as --secret-var NAME=VALUE).
+  bool secret = false;
+};
+
 struct Experiment {
   std::string name;
   std::string description;
+  // `variables:`, by name (at most kMaxDeclaredVariables). Values still come from --var and
+  // --secret-var; a declared variable without a value is an error like any other ${NAME}.
+  std::map<std::string, DeclaredVariable> variables;
   Targets targets;
   Hypothesis hypothesis;
   std::vector<Step> method;
@@ -225,6 +238,13 @@ struct Substitution {
 [[nodiscard]] tl::expected<Substitution, std::vector<Diagnostic>> substituteVariables(std::string_view yaml,
                                                                                       const std::string& fileName,
                                                                                       const Variables& vars);
+
+// The names the file's `variables:` section marks `secret: true`, read from the text as written
+// (before substitution, so a diagnostic of a file that does not parse is still redacted): empty
+// when the text is not YAML, over kMaxExperimentBytes, or has no such section. parseExperiment()
+// refuses a file whose substituted `variables:` marks a secret this function does not see, so the
+// two always agree on a file that parses. Pure function, thread-safe.
+[[nodiscard]] std::set<std::string> declaredSecretVariables(std::string_view yaml);
 
 // Parses and validates the whole file (docs/experiments.md), including validateFaultSpec() on
 // every fault and parseHttpUrl() (url.h) on every probe URL. Never partially succeeds: either

@@ -17,6 +17,7 @@ namespace {
 
 constexpr std::array<std::string_view, 2> kMetadataKeys{"name", "description"};
 constexpr std::array<std::string_view, 2> kTargetsKeys{"selector", "mode"};
+constexpr std::array<std::string_view, 2> kVariableKeys{"description", "secret"};
 
 bool isExperimentName(std::string_view s) {
   if (s.empty() || s.size() > 63 || s.front() == '-') {
@@ -48,6 +49,49 @@ void Parser::parseMetadata(const Field& f, Experiment& out) {
     if (auto v = scalar(*description, "free text")) {
       out.description = *v;
     }
+  }
+}
+
+void Parser::parseVariables(const Field& f, Experiment& out) {
+  constexpr std::string_view accepted = "a map of variable names to {description, secret: true|false}";
+  auto m = openMap(f, accepted);
+  if (!m) {
+    return;
+  }
+  if (m->entries.size() > kMaxDeclaredVariables) {
+    error(f.mark, f.path,
+          fmt::format("declares {} variables; accepted: at most {}", m->entries.size(), kMaxDeclaredVariables));
+    return;
+  }
+  for (const auto& entry : m->entries) {
+    if (!isVariableName(entry.key)) {
+      error(entry.field.mark, entry.field.path,
+            fmt::format("'{}' is not a variable name; accepted: a letter or '_', then letters, digits and '_' (at "
+                        "most 64)",
+                        entry.key));
+      continue;
+    }
+    DeclaredVariable variable;
+    auto v = openMap(entry.field, "a map with description and secret: true|false");
+    if (!v) {
+      continue;
+    }
+    rejectUnknown(*v, kVariableKeys);
+    if (auto d = lookup(*v, "description")) {
+      if (auto text = scalar(*d, "free text")) {
+        variable.description = *text;
+      }
+    }
+    if (auto secret = lookup(*v, "secret")) {
+      if (auto text = scalar(*secret, "true or false")) {
+        if (*text == "true" || *text == "false") {
+          variable.secret = *text == "true";
+        } else {
+          error(secret->mark, secret->path, fmt::format("'{}' is not a boolean; accepted: true or false", *text));
+        }
+      }
+    }
+    out.variables.emplace(entry.key, std::move(variable));
   }
 }
 

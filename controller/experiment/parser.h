@@ -103,6 +103,7 @@ class Parser : public yaml::FieldReader {
 
   // metadata.cpp
   void parseMetadata(const Field& f, Experiment& out);
+  void parseVariables(const Field& f, Experiment& out);
   void parseTargets(const Field& f, Targets& out);
 
   // steady_state.cpp

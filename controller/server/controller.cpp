@@ -3,10 +3,12 @@
 #include <netdb.h>
 #include <openssl/evp.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
+#include <charconv>
 #include <cstring>
 #include <deque>
 #include <filesystem>
@@ -23,6 +25,7 @@
 #include <grpcpp/grpcpp.h>
 #include <spdlog/spdlog.h>
 
+#include "agent/kernel/tcp_listeners.h"
 #include "agent/session/agent.h"
 #include "controller/auth/roles.h"
 #include "controller/auth/tokens.h"
@@ -232,10 +235,60 @@ const Probe* firstCommandProbe(const Experiment& e) {
 struct Controller::Impl final : v1::Control::CallbackService {
   explicit Impl(ControllerOptions o)
       : options(std::move(o)),
-        gateway(GatewayOptions{.lease = options.lease,
-                               .heartbeatInterval = std::max(options.lease / 5, std::chrono::milliseconds{100}),
-                               .requireClientCertificate = !options.tls.empty()}),
+        gateway(GatewayOptions{
+            .lease = options.lease,
+            .heartbeatInterval = std::max(options.lease / 5, std::chrono::milliseconds{100}),
+            .requireClientCertificate = !options.tls.empty(),
+            .refusePeer = options.tls.empty() && !options.insecure
+                              ? std::function([this](const std::string& peer) { return refuseAgentPeer(peer); })
+                              : nullptr}),
         probes(makeProbeRunner(options.probeUser)) {}
+
+  // Without TLS an agent is known by nothing but its connection, so only root and the
+  // controller's own user may register one: on the Unix socket by SO_PEERCRED, on loopback TCP by
+  // the owner of the connecting socket in the kernel's table, on --listen unix:PATH by the
+  // socket's mode (0600, set at start). Otherwise any local user could take a real agent's id and
+  // receive its faults, with the run's secrets (attacker trial, issue 15).
+  std::optional<std::string> refuseAgentPeer(const std::string& peer) {
+    const auto allowed = [](uid_t uid) { return uid == 0 || uid == ::geteuid(); };
+    const auto refusal = [](const std::string& who) {
+      return fmt::format(
+          "{} may not register as an agent: without TLS only root and the controller's user may "
+          "(run faultline-agent as root, or give agents certificates: --tls-* on the controller)",
+          who);
+    };
+    if (peer.rfind("unix:", 0) == 0) {
+      return std::nullopt;
+    }
+    if (peer.rfind("fd:", 0) == 0) {
+      const auto uid = localSocket ? localSocket->uidOf(peer) : std::nullopt;
+      if (uid && allowed(*uid)) {
+        return std::nullopt;
+      }
+      return refusal(uid ? fmt::format("uid {} on the Unix socket", *uid) : "an unknown peer of the Unix socket");
+    }
+    // "ipv4:127.0.0.1:40112", "ipv6:[::1]:40112" (or with %5B %5D for the brackets)
+    std::string address;
+    uint16_t port = 0;
+    if (auto colon = peer.rfind(':'); colon != std::string::npos && peer.size() > 5) {
+      std::from_chars(peer.data() + colon + 1, peer.data() + peer.size(), port);
+      address = peer.substr(5, colon - 5);
+      for (const char* bracket : {"[", "]", "%5B", "%5D"}) {
+        for (auto at = address.find(bracket); at != std::string::npos; at = address.find(bracket)) {
+          address.erase(at, std::strlen(bracket));
+        }
+      }
+    }
+    const bool loopback = address.rfind("127.", 0) == 0 || address == "::1" || address.rfind("::ffff:127.", 0) == 0;
+    if (!loopback || port == 0) {
+      return refusal(fmt::format("{} (not a local peer)", forLog(peer)));
+    }
+    const auto uid = kernel::tcpConnectionOwner(address, port, listenPort.load());
+    if (uid && allowed(*uid)) {
+      return std::nullopt;
+    }
+    return refusal(uid ? fmt::format("uid {} at {}", *uid, forLog(peer)) : forLog(peer) + " (owner not found)");
+  }
 
   ControllerOptions options;
   Gateway gateway;
@@ -243,6 +296,7 @@ struct Controller::Impl final : v1::Control::CallbackService {
   std::unique_ptr<auth::TokenStore> tokens;
   std::unique_ptr<ProbeRunner> probes;
   std::unique_ptr<LocalSocket> localSocket;
+  std::atomic<uint16_t> listenPort{0};  // the TCP port of --listen once bound (refuseAgentPeer)
   std::unique_ptr<grpc::Server> server;
   // Held for the whole of shutdown(): it is called from a signal thread and again from the
   // destructor on the main thread, and two at once joined the same threads (std::system_error)
@@ -424,7 +478,8 @@ struct Controller::Impl final : v1::Control::CallbackService {
         text += format(d) + "\n";
       }
       // A diagnostic quotes the value it found, which may be a secret variable's.
-      const SecretNames secrets(req.secret_variables().begin(), req.secret_variables().end());
+      SecretNames secrets(req.secret_variables().begin(), req.secret_variables().end());
+      secrets.merge(declaredSecretVariables(req.experiment()));
       return tl::unexpected(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, redactSecrets(text, vars, secrets)));
     }
     return std::move(*parsed);
@@ -448,7 +503,12 @@ struct Controller::Impl final : v1::Control::CallbackService {
     run->id = newRunId();
     RunRequest request{run->id, fileName, sha256Hex(req->experiment()), req->trigger().empty() ? "cli" : req->trigger(),
                        std::move(*parsed)};
-    const std::set<std::string> secretNames(req->secret_variables().begin(), req->secret_variables().end());
+    std::set<std::string> secretNames(req->secret_variables().begin(), req->secret_variables().end());
+    for (const auto& [name, variable] : request.experiment.variables) {  // `secret: true` in the file
+      if (variable.secret) {
+        secretNames.insert(name);
+      }
+    }
     for (const auto& [name, value] : req->variables()) {
       if (isSecretVariableName(name) || secretNames.contains(name)) {
         request.secrets.emplace_back(name, value);
@@ -910,7 +970,16 @@ int Controller::start() {
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
   // gRPC sets SO_REUSEPORT by default: a second controller on the same port would share it.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  // A --listen unix:PATH socket is made 0600 whatever the umask: its peers register as agents
+  // without TLS, which only root and the controller's user may (refuseAgentPeer). gRPC binds it
+  // inside BuildAndStart, before any other thread of this process creates files.
+  const bool unixListen = impl_->options.listen.rfind("unix:", 0) == 0;
+  const mode_t umaskBefore = unixListen ? ::umask(0077) : 0;
   impl_->server = builder.BuildAndStart();
+  if (unixListen) {
+    ::umask(umaskBefore);
+  }
+  impl_->listenPort = static_cast<uint16_t>(port);
   const bool noPort = impl_->options.listen.empty() || impl_->options.listen.rfind("unix:", 0) == 0;
   if (!impl_->server || (port == 0 && !noPort)) {
     throw std::runtime_error(

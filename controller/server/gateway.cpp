@@ -7,6 +7,7 @@
 
 #include "agent/faults/spec.h"
 #include "agent/session/agent.h"
+#include "controller/auth/roles.h"
 #include "controller/server/limits.h"
 #include "controller/server/tls.h"
 
@@ -30,6 +31,26 @@ class Gateway::Connection final : public grpc::ServerBidiReactor<v1::AgentMessag
                                 "this controller accepts agents only with a client certificate from its CA (--tls-ca); "
                                 "give the agent --ca, --cert and --key"));
       return;
+    }
+    if (identity_ && auth::parseRole(identity_->organizationalUnit)) {
+      // A CLI client's certificate (its OU names a role) is not an agent's: refused, so that a
+      // leaked viewer certificate cannot take an agent's place.
+      spdlog::warn("refused an agent stream from {}: certificate CN={} OU={} is a CLI client's", peer_,
+                   forLog(identity_->commonName), forLog(identity_->organizationalUnit));
+      std::lock_guard lock(mutex_);
+      finishLocked(grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
+                                fmt::format("the certificate's OU '{}' names a CLI role; an agent's certificate has "
+                                            "no role OU (faultline certs init makes agent certificates)",
+                                            forLog(identity_->organizationalUnit))));
+      return;
+    }
+    if (gateway_.options_.refusePeer) {
+      if (auto reason = gateway_.options_.refusePeer(peer_)) {
+        spdlog::warn("refused an agent stream from {}: {}", peer_, *reason);
+        std::lock_guard lock(mutex_);
+        finishLocked(grpc::Status(grpc::StatusCode::PERMISSION_DENIED, *reason));
+        return;
+      }
     }
     StartRead(&incoming_);
   }

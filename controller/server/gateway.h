@@ -18,6 +18,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
@@ -43,6 +44,10 @@ struct GatewayOptions {
   // With TLS (tls.h): Connect requires a verified client certificate (UNAUTHENTICATED without),
   // and a Hello's agent_id must be its common name (PERMISSION_DENIED otherwise, naming both).
   bool requireClientCertificate = false;
+  // Without TLS: called with each Connect stream's peer (gRPC's name of it, e.g. "fd:12",
+  // "ipv4:127.0.0.1:40112"); a reason refuses the stream with PERMISSION_DENIED before its Hello
+  // is read. Unset: every peer may register (with TLS, or --insecure).
+  std::function<std::optional<std::string>(const std::string& peer)> refusePeer;
 };
 
 class Gateway final : public v1::AgentGateway::CallbackService, public Fleet {

@@ -1959,6 +1959,27 @@ TEST_CASE("the faultline binary: an invalid experiment's diagnostics name a --se
   CHECK_MESSAGE(r.output.find("S3cr3tValueXYZ") == std::string::npos, r.output);
 }
 
+// `secret: true` in the file's variables makes a --var a secret: validate and run --dry-run
+// quote it as ${NAME} (issue 15: secrets were only guessed from their names or --secret-var).
+TEST_CASE("the faultline binary: a variable the file marks secret: true is never printed, given with --var") {
+  TempDir dir;
+  {
+    std::ofstream f(dir.path + "/s.yaml");
+    f << "apiVersion: faultline/v1\nkind: Experiment\nmetadata:\n  name: 'x ${CUSTOMER}'\nvariables:\n"
+         "  CUSTOMER: {description: the customer under test, secret: true}\ntargets:\n"
+         "  selector: {role: e2e}\nmethod:\n  - wait: 1s\n";
+  }
+  for (const std::string command : {"validate", "run --dry-run"}) {
+    CAPTURE(command);
+    auto r =
+        testing::sh(fmt::format("{} {} {}/s.yaml --var CUSTOMER=AcmeCorpXYZ 2>&1", FAULTLINE_BIN, command, dir.path));
+    CHECK(r.status == 4);
+    CHECK_MESSAGE(r.output.find("metadata.name") != std::string::npos, r.output);
+    CHECK_MESSAGE(r.output.find("${CUSTOMER}") != std::string::npos, r.output);
+    CHECK_MESSAGE(r.output.find("AcmeCorpXYZ") == std::string::npos, r.output);
+  }
+}
+
 // Without TLS an agent cannot tell its controller from whoever binds the port: a local user who
 // took the controller's loopback port while it was down received the root agents, and they obeyed
 // (issue 15). The agent now dials a plaintext loopback listener only when root or its own user owns it.
@@ -2009,6 +2030,66 @@ TEST_CASE("separate processes: an agent does not dial a plaintext loopback port 
                                             port)) != std::string::npos,
                 slurp(log));
   agent.stop(SIGTERM);
+}
+
+// Without TLS an agent is known by nothing but its connection: a local user's fake agent took a
+// real agent's id and received the next run's faults, with its secrets (attacker trial, issue 15).
+// The controller now admits a plaintext agent only from root or its own user: by SO_PEERCRED on
+// its Unix socket, by the owner of the connecting socket (/proc/net/tcp6) on loopback TCP.
+TEST_CASE("separate processes: without TLS an agent of uid 65534 is refused, on loopback TCP and on the socket") {
+  if (testing::sh(fmt::format("runuser -u nobody -- test -x {}", FAULTLINE_AGENT_BIN)).status != 0) {
+    MESSAGE("skipped: user nobody cannot run ", FAULTLINE_AGENT_BIN, " (a directory on its path is not searchable)");
+    return;
+  }
+  TempDir dir;
+  ::chmod(dir.path.c_str(), 0755);
+  const std::string sock = dir.path + "/c.sock";
+  const std::string clog = dir.path + "/controller.log";
+  Child controller({FAULTLINE_BIN, "controller", "--listen", "127.0.0.1:0", "--socket", sock, "--socket-group",
+                    "nogroup", "--db", dir.path + "/c.db"},
+                   clog);
+  std::string port;
+  REQUIRE_MESSAGE(waitFor(
+                      [&] {
+                        const auto text = slurp(clog);
+                        const auto at = text.find("(port ");
+                        if (at == std::string::npos) {
+                          return false;
+                        }
+                        port = text.substr(at + 6, text.find(',', at) - at - 6);
+                        return true;
+                      },
+                      10s),
+                  slurp(clog));
+  const std::string agentDir = dir.path + "/nobody";
+  std::filesystem::create_directories(agentDir);
+  ::chown(agentDir.c_str(), 65534, 65534);
+  for (const std::string& address : {"127.0.0.1:" + port, "unix:" + sock}) {
+    CAPTURE(address);
+    const std::string log = fmt::format("{}/fake-{}.log", dir.path, address[0]);
+    Child fake({"/usr/sbin/runuser", "-u", "nobody", "--", FAULTLINE_AGENT_BIN, "--controller", address, "--id",
+                "real1", "--state-dir", agentDir + "/" + address.substr(0, 1)},
+               log);
+    CHECK_MESSAGE(waitFor([&] { return slurp(log).find("may not register as an agent") != std::string::npos; }, 10s),
+                  slurp(log), slurp(clog));
+    CHECK_MESSAGE(slurp(log).find("uid 65534") != std::string::npos, slurp(log));
+    fake.stop(SIGTERM);
+  }
+  CHECK_MESSAGE(slurp(clog).find("refused an agent stream") != std::string::npos, slurp(clog));
+  // Root's agent, on the same TCP port, is admitted.
+  const std::string rlog = dir.path + "/root-agent.log";
+  Child root(
+      {FAULTLINE_AGENT_BIN, "--controller", "127.0.0.1:" + port, "--id", "real1", "--state-dir", dir.path + "/root"},
+      rlog);
+  CHECK_MESSAGE(waitFor(
+                    [&] {
+                      return testing::sh(fmt::format("{} agents --controller unix:{}", FAULTLINE_BIN, sock))
+                                 .output.find("real1") != std::string::npos;
+                    },
+                    10s),
+                slurp(rlog), slurp(clog));
+  root.stop(SIGTERM);
+  controller.stop(SIGTERM);
 }
 
 // The token file is opened as a spec's files are: a FIFO or a device is refused at once, never read.

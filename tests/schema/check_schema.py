@@ -77,6 +77,10 @@ expect_valid("probe options, quoted scalars", header +
              "    - {name: b, command: {shell: 'test -e /tmp/x', expectExit: 1, timeout: 3s}}\n"
              "    - {name: c, http: {url: 'http://a/', expectStatus: 5XX}}\n"
              "  slos:\n    - {name: s, probe: a, objective: 'errors < 5%', maxBurnRate: 2.5}\n" + wait)
+expect_valid("declared variables, one secret", header +
+             "variables:\n  DB_DSN: {description: the database, secret: true}\n  REGION: {}\n" + wait)
+expect_invalid("a variable with an unknown key", header + "variables:\n  A: {hidden: true}\n" + wait)
+expect_invalid("a variable name that is not one", header + "variables:\n  9LIVES: {secret: true}\n" + wait)
 probe_head = header + "steadyState:\n  probes:\n    - "
 expect_invalid("probe without a kind", probe_head + "{name: a}\n" + wait)
 expect_invalid("probe with two kinds", probe_head + "{name: a, http: {url: 'http://a/'}, tcp: {address: 'a:1'}}\n" + wait)

@@ -1182,3 +1182,67 @@ TEST_CASE("regular expressions of 20,000 nested parentheses are refused with the
   CHECK(hasDiagnostic(d, "steadyState.probes[1].command.stdoutMatch", 10, "lookaround: RE2 has none"));
   CHECK(hasDiagnostic(d, "method[0].fault.process.cmdline", 12, "40001 bytes long, more than the 4096 accepted"));
 }
+
+// `secret: true` in the file (issue 15): the value is a secret whichever flag gives it.
+TEST_CASE("variables: declared with description and secret; the secret names are read before substitution") {
+  const std::string file = std::string(kHeader) +
+                           "variables:\n"
+                           "  DB_DSN: {description: the service's database, secret: true}\n"
+                           "  REGION: {description: where it runs}\n"
+                           "  CUSTOMER:\n"
+                           "    secret: true\n"
+                           "method:\n"
+                           "  - wait: 1s\n";
+  auto e = parseExperiment(file, "v.yaml");
+  REQUIRE_MESSAGE(e.has_value(), (e ? "" : allDiagnostics(e.error())));
+  REQUIRE(e->variables.size() == 3);
+  CHECK(e->variables.at("DB_DSN").secret);
+  CHECK(e->variables.at("DB_DSN").description == "the service's database");
+  CHECK_FALSE(e->variables.at("REGION").secret);
+  CHECK(e->variables.at("CUSTOMER").secret);
+  CHECK(declaredSecretVariables(file) == std::set<std::string>{"CUSTOMER", "DB_DSN"});
+  // A file that does not parse as an experiment still gives its secret names (for redaction).
+  const std::string broken = std::string(kHeader) +
+                             "variables:\n"
+                             "  CUSTOMER: {secret: true}\n"
+                             "method: 12\n";
+  CHECK(declaredSecretVariables(broken) == std::set<std::string>{"CUSTOMER"});
+  CHECK(declaredSecretVariables("{ not yaml").empty());
+  CHECK(declaredSecretVariables(std::string(kMaxExperimentBytes + 1, ' ')).empty());
+}
+
+TEST_CASE("variables: bad entries name the field, the line and what is accepted") {
+  const auto errors = errorsOf(std::string(kHeader) +
+                               "variables:\n"
+                               "  9LIVES: {secret: true}\n"
+                               "  A: {secret: yes please}\n"
+                               "  B: {hidden: true}\n"
+                               "  C: just text\n"
+                               "method:\n"
+                               "  - wait: 1s\n");
+  INFO(allDiagnostics(errors));
+  CHECK(hasDiagnostic(errors, "variables.9LIVES", 6, "is not a variable name"));
+  CHECK(hasDiagnostic(errors, "variables.A.secret", 7, "accepted: true or false"));
+  CHECK(hasDiagnostic(errors, "variables.B.hidden", 8, "unknown key 'hidden'"));
+  CHECK(hasDiagnostic(errors, "variables.C", 9, "description and secret"));
+  std::string many = std::string(kHeader) + "variables:\n";
+  for (int i = 0; i < 257; ++i) {
+    many += fmt::format("  V{}: {{}}\n", i);
+  }
+  many += "method:\n  - wait: 1s\n";
+  CHECK(contains(allDiagnostics(errorsOf(many)), "declares 257 variables; accepted: at most 256"));
+}
+
+TEST_CASE("variables: a secret marked only through substitution is refused") {
+  const std::string file = std::string(kHeader) +
+                           "variables:\n"
+                           "  CUSTOMER: {secret: ${HIDE}}\n"
+                           "method:\n"
+                           "  - wait: 1s\n";
+  CHECK(declaredSecretVariables(file).empty());
+  auto e = parseExperiment(file, "v.yaml", Variables{{"HIDE", "true"}});
+  REQUIRE_FALSE(e.has_value());
+  CHECK(contains(allDiagnostics(e.error()), "variables.CUSTOMER: is marked secret only after ${...} substitution"));
+  // false through a variable is harmless: nothing is hidden less than the file says.
+  CHECK(parseExperiment(file, "v.yaml", Variables{{"HIDE", "false"}}).has_value());
+}
