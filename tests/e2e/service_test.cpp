@@ -359,3 +359,29 @@ TEST_CASE("the controller as a user without root: its own state and runtime dire
   CHECK(WEXITSTATUS(status) == 0);
   CHECK_FALSE(std::filesystem::exists(sock));
 }
+
+// The example files H4's packages install to /etc/faultline/ hold only keys the binaries know,
+// with values they accept (the paths the units use are overridden here by flags).
+TEST_CASE("deploy/config/controller.yaml and agent.yaml are accepted by the binaries") {
+  Dir dir;
+  const std::string log = dir.path + "/processes.log";
+  const std::string sock = dir.path + "/c.sock";
+  Process controller({FAULTLINE_BIN, "controller", "--config", FAULTLINE_SOURCE_DIR "/deploy/config/controller.yaml",
+                      "--listen", "127.0.0.1:0", "--socket", sock, "--db", dir.path + "/c.db"},
+                     log);
+  REQUIRE_MESSAGE(waitUntil([&] { return connectsUnix(sock); }), slurp(log));
+  Process agent({FAULTLINE_AGENT_BIN, "--config", FAULTLINE_SOURCE_DIR "/deploy/config/agent.yaml", "--controller",
+                 "unix:" + sock, "--id", "example", "--state-dir", dir.path + "/agent"},
+                log);
+  std::string agents;
+  CHECK_MESSAGE(waitUntil([&] {
+                  agents =
+                      faultline::testing::sh(fmt::format("{} agents --controller unix:{}", FAULTLINE_BIN, sock)).output;
+                  return agents.find("example") != std::string::npos;
+                }),
+                slurp(log));
+  CHECK(agents.find("role=web") != std::string::npos);
+  CHECK(slurp(log).find("--config") == std::string::npos);
+  CHECK(WEXITSTATUS(agent.stop(SIGTERM)) == 0);
+  CHECK(WEXITSTATUS(controller.stop(SIGTERM)) == 0);
+}
