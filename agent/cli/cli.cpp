@@ -179,7 +179,14 @@ int agentMain(int argc, char** argv) {
     return code == 0 ? 0 : 4;
   }
   const bool configGiven = configOption->count() > 0;
+  // revert-all's --state-dir shares stateDir with the daemon's, which the file may set: the
+  // command line wins there too.
+  const bool revertAllStateDir = revertAll->get_option("--state-dir")->count() > 0;
+  const std::string stateDirGiven = stateDir;
   const auto configErrors = loadConfigFile(app, configGiven ? configFile : kDefaultConfig, configGiven);
+  if (revertAllStateDir) {
+    stateDir = stateDirGiven;
+  }
   if (revertAll->parsed()) {
     // An emergency tool: a bad config file (its state-dir is read) never keeps it from running.
     for (const auto& e : configErrors) {
