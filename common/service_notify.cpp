@@ -2,6 +2,7 @@
 
 #include <systemd/sd-daemon.h>
 
+#include <cstdlib>
 #include <cstring>
 
 #include <spdlog/spdlog.h>
@@ -25,6 +26,10 @@ bool send(std::string_view head, std::string_view status) {
 }
 
 }  // namespace
+
+bool notifying() {
+  return std::getenv("NOTIFY_SOCKET") != nullptr;
+}
 
 bool notifyReady(std::string_view status) {
   return send("READY=1", status);
@@ -61,7 +66,7 @@ std::optional<std::chrono::microseconds> watchdogTimeout() {
 
 Watchdog::Watchdog(std::vector<const Heartbeat*> heartbeats)
     : heartbeats_(std::move(heartbeats)), timeout_(watchdogTimeout()) {
-  if (timeout_ && std::getenv("NOTIFY_SOCKET") != nullptr) {
+  if (timeout_ && notifying()) {
     spdlog::info("watchdog: WATCHDOG=1 every {} ms while the loops go round", (*timeout_ / 2).count() / 1000);
     thread_ = std::thread([this] { loop(); });
   }

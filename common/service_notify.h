@@ -20,6 +20,8 @@ namespace faultline::service {
 // "STOPPING=1\nSTATUS=status"); a status with a newline is cut at it. True when it was sent;
 // false when there is no NOTIFY_SOCKET or sending failed (logged at debug level: the service
 // manager's problem, never the process's). Thread-safe; does not block (a datagram).
+// Whether NOTIFY_SOCKET is set: a service manager listens. Thread-safe (reads the environment).
+[[nodiscard]] bool notifying();
 bool notifyReady(std::string_view status);
 bool notifyStatus(std::string_view status);
 bool notifyStopping(std::string_view status);

@@ -54,7 +54,11 @@ int controllerCommand(const ControllerOptions& options) {
     controller.shutdown(fmt::format("controller shutdown (SIG{})", sigabbrev_np(sig)));
   });
   std::string lastStatus;
+  const bool notifying = service::notifying();
   controller.wait(watchdog->beatEvery(std::chrono::seconds{1}), [&] {
+    if (!notifying) {
+      return;  // no service manager: no status, no pings (and no copy of the fleet each second)
+    }
     // Reached only while the loop goes round and the fleet answers (agents() takes its lock).
     const auto agents = controller.gateway().agents().size();
     mainLoop.beat();
