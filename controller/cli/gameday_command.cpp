@@ -264,7 +264,7 @@ class GamedayCommand final : public Command {
         "run several experiment files in order through the controller (trigger gameday), stopping at the first "
         "that is not held unless --keep-going; an aborted or failed (error) run always stops the game day. Prints a "
         "summary table; exit code of the worst verdict: 0 all held, 1 violated, 2 aborted, 3 execution error, 4 "
-        "invalid file or usage (nothing run)");
+        "invalid file or usage (nothing run). Role: operator (admin for an experiment with a command probe)");
     cmd_->add_option("FILE", o_.files, "experiment files (YAML), run in the order given; all checked before the first")
         ->required();
     cmd_->add_option("--controller", o_.controller, kControllerHelp)->capture_default_str();

@@ -258,7 +258,34 @@ def main():
                 fail(f"runs --trigger ci --verdict {verdict}: expected {len(EXAMPLES)}")
         if runs("--trigger", "schedule") or runs("--since", "2000-01-01", "--verdict", "error"):
             fail("runs: a filter matched runs it should not")
-        print(f"ci_examples: OK ({len(EXAMPLES)} pipelines, {recorded} runs recorded with trigger ci)")
+
+        # docs/ci.md's game day from CI: an operator token runs it (held, then violated: exit 1, the
+        # third not run); a viewer token is refused before anything runs (SubmitRun needs operator).
+        work = os.path.join(tmp, "gameday")
+        os.makedirs(work)
+        for i, kind in enumerate(["held", "violated", "held"]):
+            with open(os.path.join(work, f"{i + 1}.yaml"), "w") as f:
+                f.write(experiment(kind, demo_port, demo.pid).replace("checkout-latency", f"exp-{i + 1}"))
+        viewer = subprocess.run([faultline, "token", "create", "--role", "viewer"] + local, capture_output=True,
+                                text=True).stdout.strip()
+        gameday = [faultline, "gameday", "1.yaml", "2.yaml", "3.yaml", "--controller", f"127.0.0.1:{port}",
+                   "--junit", "gameday.xml", "--summary", "gameday.md"]
+        r = subprocess.run(gameday, cwd=work, capture_output=True, text=True, timeout=120,
+                           env=dict(os.environ, FAULTLINE_TOKEN=viewer))
+        if r.returncode != 3 or "SubmitRun needs the operator role" not in r.stdout + r.stderr:
+            fail(f"gameday with a viewer token: exit {r.returncode}\n{r.stdout}{r.stderr}")
+        r = subprocess.run(gameday, cwd=work, capture_output=True, text=True, timeout=120,
+                           env=dict(os.environ, FAULTLINE_TOKEN=token))
+        print(r.stdout[r.stdout.find("#  EXPERIMENT"):])
+        if r.returncode != 1 or "3  exp-3       not run" not in r.stdout:
+            fail(f"gameday with an operator token: exit {r.returncode}\n{r.stdout}{r.stderr}")
+        lint = subprocess.run(["xmllint", "--noout", "--schema", xsd, os.path.join(work, "gameday.xml")],
+                              capture_output=True, text=True)
+        if lint.returncode != 0:
+            fail(f"gameday: the JUnit file does not validate: {lint.stderr}")
+        if len(runs("--trigger", "gameday")) != 2:
+            fail("gameday: runs --trigger gameday does not list its two runs")
+        print(f"ci_examples: OK ({len(EXAMPLES)} pipelines, {recorded} runs recorded with trigger ci; a game day)")
     finally:
         procs.stop()
         shutil.rmtree(tmp, ignore_errors=True)
