@@ -258,6 +258,15 @@ def main():
                 fail(f"runs --trigger ci --verdict {verdict}: expected {len(EXAMPLES)}")
         if runs("--trigger", "schedule") or runs("--since", "2000-01-01", "--verdict", "error"):
             fail("runs: a filter matched runs it should not")
+        if len(runs("--since", "1h", "--verdict", "violated", "--trigger", "ci")) != len(EXAMPLES):
+            fail("runs --since 1h: the last hour's violated ci runs are missing")
+        # Bad filters are refused with what is accepted, before the controller is asked.
+        for args, says in [(["--since", "yesterday"], "accepted: a time ago (7d, 36h, 90m)"),
+                           (["--verdict", "failed"], "accepted: held, violated, not-steady"),
+                           (["--limit", "5000"], "more than the 1000 accepted")]:
+            r = subprocess.run([faultline, "runs"] + local + args, capture_output=True, text=True)
+            if r.returncode != 4 or says not in r.stderr:
+                fail(f"runs {args}: exit {r.returncode}, {r.stderr}")
 
         # docs/ci.md's game day from CI: an operator token runs it (held, then violated: exit 1, the
         # third not run); a viewer token is refused before anything runs (SubmitRun needs operator).
