@@ -1,4 +1,6 @@
 // What several faultline commands share (command.h).
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -201,6 +203,49 @@ bool checkControllerAddress(const std::string& address) {
     return false;
   }
   return true;
+}
+
+// Writes text to path through a temporary file in the same directory and a rename, so a reader
+// never sees half a report. The file is 0600 whatever the umask: a report may hold what a run's
+// probes saw. Returns "" or what went wrong.
+std::string writeReport(const std::string& path, const std::string& text) {
+  const std::string tmp = path + ".tmp";
+  {
+    const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0) {
+      return fmt::format("cannot write {}: {}", tmp, std::strerror(errno));
+    }
+    std::string error;
+    if (::fchmod(fd, 0600) != 0) {
+      error = fmt::format("cannot make {} mode 0600: {}", tmp, std::strerror(errno));
+    }
+    for (size_t done = 0; error.empty() && done < text.size();) {
+      const ssize_t n = ::write(fd, text.data() + done, text.size() - done);
+      if (n < 0 && errno == EINTR) {
+        continue;
+      }
+      if (n <= 0) {
+        error = fmt::format("cannot write {}: {}", tmp, std::strerror(n < 0 ? errno : EIO));
+        break;
+      }
+      done += static_cast<size_t>(n);
+    }
+    if (::close(fd) != 0 && error.empty()) {
+      error = fmt::format("cannot write {}: {}", tmp, std::strerror(errno));
+    }
+    if (!error.empty()) {
+      std::error_code ignored;
+      std::filesystem::remove(tmp, ignored);
+      return error;
+    }
+  }
+  std::error_code ec;
+  std::filesystem::rename(tmp, path, ec);
+  if (ec) {
+    std::filesystem::remove(tmp, ec);
+    return fmt::format("cannot write {}: {}", path, ec.message());
+  }
+  return "";
 }
 
 }  // namespace faultline::controller::cli

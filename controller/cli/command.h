@@ -51,6 +51,7 @@ class Command {
 [[nodiscard]] std::unique_ptr<Command> makeShowCommand();
 [[nodiscard]] std::unique_ptr<Command> makeCertsCommand();
 [[nodiscard]] std::unique_ptr<Command> makeTokenCommand();
+[[nodiscard]] std::unique_ptr<Command> makeGamedayCommand();
 
 // What several commands share (cli_common.cpp).
 
@@ -95,6 +96,10 @@ void addTokenOption(CLI::App* cmd, std::string& tokenFile);
 // variable FAULTLINE_TOKEN; none is fine (the Unix socket needs none). Prints the problem and
 // returns false when the file cannot be read or holds no token.
 [[nodiscard]] bool loadToken(const std::string& tokenFile);
+// Writes text to path through a temporary file in the same directory and a rename, so a reader
+// never sees half a report (--journal, --junit, --summary). The file is 0600 whatever the umask:
+// a report may hold what a run's probes saw. Returns "" or what went wrong.
+[[nodiscard]] std::string writeReport(const std::string& path, const std::string& text);
 // Checks a --controller address; prints the problem and returns false when it is not one.
 [[nodiscard]] bool checkControllerAddress(const std::string& address);
 

@@ -114,6 +114,16 @@ class ControllerCommand final : public Command {
     cmd->add_option("--db", options_.dbPath, "SQLite file for run records")->capture_default_str();
     cmd->add_option("--lease", leaseText_, "agents revert every fault after this long without word from the controller")
         ->capture_default_str();
+    cmd->add_option("--retain-runs", options_.retention.runs,
+                    "keep the records of the N newest runs and delete older finished runs whole, at start and "
+                    "hourly (0: no count limit)")
+        ->check(CLI::Range(0U, 100'000'000U))
+        ->capture_default_str();
+    cmd->add_option("--retain-days", retainDays_,
+                    "delete the records of runs that ended more than D days ago, whole, at start and hourly (0: no "
+                    "age limit); a running run is never deleted")
+        ->check(CLI::Range(0U, 36'500U))
+        ->capture_default_str();
     return cmd;
   }
   int run() override {
@@ -149,6 +159,7 @@ class ControllerCommand final : public Command {
       std::cerr << "faultline controller: " << refused << "\n";
       return kExitUsage;
     }
+    options_.retention.age = std::chrono::hours{24} * retainDays_;
     options_.localRole = *auth::parseRole(localRole_);
     options_.commandProbes = !noCommandProbes_;
     // Command probes never run as root: nobody unless --probe-user names another user.
@@ -188,6 +199,7 @@ class ControllerCommand final : public Command {
   std::string probeUser_;
   bool noCommandProbes_ = false;
   std::string leaseText_ = "15s";
+  unsigned retainDays_ = 0;
 };
 
 }  // namespace

@@ -450,6 +450,8 @@ std::vector<std::string> hostsOf(const v1::Run& run) {
   return hosts;
 }
 
+}  // namespace
+
 std::string xmlEscape(std::string_view text) {
   std::string out;
   for (const char c : text) {
@@ -477,6 +479,8 @@ std::string xmlEscape(std::string_view text) {
   }
   return out;
 }
+
+namespace {
 
 struct TestCase {
   std::string classname;

@@ -67,6 +67,10 @@ using SecretNames = std::set<std::string>;
 // events go to <system-out>. hostname: where the run was started ("localhost" when empty).
 [[nodiscard]] std::string formatJUnit(const v1::Run& run, const Experiment& experiment, const std::string& hostname);
 
+// text for an XML attribute or element: & < > " ' as entities, control characters other than tab,
+// newline and carriage return (which XML 1.0 does not allow) as spaces.
+[[nodiscard]] std::string xmlEscape(std::string_view text);
+
 // A header line, then one line per run in the given order: id, start (local, seconds),
 // experiment, trigger, verdict, reason (cut to 60 characters with "..."). "no runs\n" if empty.
 [[nodiscard]] std::string formatRunList(const std::vector<v1::Run>& runs);

@@ -310,8 +310,36 @@ struct Controller::Impl final : v1::Control::CallbackService {
     std::thread thread;
     std::shared_ptr<std::atomic<bool>> done = std::make_shared<std::atomic<bool>>(false);
   };
-  std::list<HaltCall> halts;  // one per Halt call; finished ones joined by the next Halt, all by shutdown()
-  int lateListener = 0;       // records reports that reach no run (see recordLateReport)
+  std::list<HaltCall> halts;    // one per Halt call; finished ones joined by the next Halt, all by shutdown()
+  int lateListener = 0;         // records reports that reach no run (see recordLateReport)
+  std::thread retentionThread;  // prunes the records every options.retentionInterval until shutdown
+
+  // Deletes the records options.retention does not keep; logs, never throws (a full disk or a
+  // locked file waits for the next round).
+  void applyRetention() {
+    try {
+      const auto deleted = store->pruneRuns(options.retention, agent::nowTimestamp());
+      if (deleted > 0) {
+        spdlog::info("retention (--retain-runs {}, --retain-days {}): deleted the records of {} run(s)",
+                     options.retention.runs, options.retention.age.count() / 86'400, deleted);
+      }
+    } catch (const std::exception& e) {
+      spdlog::error("retention: cannot delete old run records (next try in {}s): {}", options.retentionInterval.count(),
+                    e.what());
+    }
+  }
+
+  void retentionLoop() {
+    std::unique_lock lock(mutex);
+    while (!shuttingDown) {
+      if (cv.wait_for(lock, options.retentionInterval, [this] { return shuttingDown; })) {
+        return;
+      }
+      lock.unlock();
+      applyRetention();
+      lock.lock();
+    }
+  }
 
   // True while the run's engine still listens to its faults' reports.
   bool runActive(const std::string& runId) {
@@ -634,7 +662,21 @@ struct Controller::Impl final : v1::Control::CallbackService {
     if (auto caller = authorize(*ctx, "ListRuns"); !caller) {
       return finishNow(ctx, caller.error());
     }
-    auto runs = readRecord([&] { return store->listRuns(req->limit()); });
+    if (auto over = overLimits(*req)) {
+      return finishNow(ctx, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "ListRuns: " + *over));
+    }
+    RunFilter filter;
+    filter.limit = req->limit();
+    filter.trigger = req->trigger();
+    if (req->only_running()) {
+      filter.verdict = v1::VERDICT_UNSPECIFIED;
+    } else if (req->verdict() != v1::VERDICT_UNSPECIFIED) {
+      filter.verdict = req->verdict();
+    }
+    if (req->has_since()) {
+      filter.since = req->since();
+    }
+    auto runs = readRecord([&] { return store->listRuns(filter); });
     if (!runs) {
       return finishNow(ctx, runs.error());
     }
@@ -953,6 +995,10 @@ int Controller::start() {
   for (const auto& id : impl_->store->finishInterruptedRuns(interrupted, agent::nowTimestamp())) {
     spdlog::warn("run {} was interrupted by a controller stop; recorded as error", id);
   }
+  if (!impl_->options.retention.keepsAll()) {
+    impl_->applyRetention();  // before any run starts: no run of this controller is active yet
+    impl_->retentionThread = std::thread([impl = impl_.get()] { impl->retentionLoop(); });
+  }
   impl_->gateway.setRunActive([impl = impl_.get()](const std::string& runId) { return impl->runActive(runId); });
   impl_->lateListener =
       impl_->gateway.subscribe([impl = impl_.get()](const std::string& agentId, const v1::FaultReport& r) {
@@ -1047,6 +1093,9 @@ void Controller::shutdown(const std::string& reason) {
   }
   for (auto& h : halts) {
     h.thread.join();  // each ends within its bounded wait
+  }
+  if (impl_->retentionThread.joinable()) {
+    impl_->retentionThread.join();  // woken by shuttingDown; at most one pruning round to finish
   }
   if (impl_->localSocket) {
     impl_->localSocket->stop();

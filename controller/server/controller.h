@@ -14,6 +14,7 @@
 #include "controller/auth/roles.h"
 #include "controller/probes/probe.h"
 #include "controller/server/gateway.h"
+#include "controller/store/store.h"
 
 namespace faultline::controller {
 
@@ -43,6 +44,10 @@ struct ControllerOptions {
   // false: SubmitRun and PlanRun of an experiment with a command probe are refused
   // (FAILED_PRECONDITION).
   bool commandProbes = true;
+  // Which run records to keep (controller/store/store.h): applied at start, before the first call
+  // is served, then every retentionInterval on a thread of its own. Keeps all by default.
+  Retention retention{};
+  std::chrono::seconds retentionInterval{3600};
 };
 
 // Why options.listen may not be served as given: "" when it may (no TCP address, TLS, a local

@@ -106,6 +106,23 @@ std::optional<std::string> overLimits(const v1::SubmitRunRequest& request) {
   return std::nullopt;
 }
 
+std::optional<std::string> overLimits(const v1::ListRunsRequest& request) {
+  if (request.limit() > kMaxListRuns) {
+    return fmt::format("limit: {} runs, more than the {} accepted (0 means 20)", request.limit(), kMaxListRuns);
+  }
+  if (auto e = overLimit("trigger", request.trigger(), kMaxTriggerBytes)) {
+    return e;
+  }
+  if (!v1::Verdict_IsValid(request.verdict())) {
+    return fmt::format("verdict: {} is not a verdict; accepted: the values of faultline.v1.Verdict",
+                       static_cast<int>(request.verdict()));
+  }
+  if (request.only_running() && request.verdict() != v1::VERDICT_UNSPECIFIED) {
+    return "only_running: set together with a verdict; a running run has none (leave verdict unset)";
+  }
+  return std::nullopt;
+}
+
 std::string forLog(std::string_view text) {
   if (text.size() <= kMaxLoggedBytes) {
     return std::string(text);

@@ -40,6 +40,8 @@ inline constexpr size_t kMaxTriggerBytes = 64;
 inline constexpr size_t kMaxVariables = 256;
 inline constexpr size_t kMaxVariableNameBytes = 128;
 inline constexpr size_t kMaxVariableValueBytes = 64 * 1024;
+// Runs one ListRuns may return (the CLI's --limit); without events and samples a run is small.
+inline constexpr unsigned kMaxListRuns = 1000;
 // The reason given with AbortRun or Halt (it goes into the record).
 inline constexpr size_t kMaxReasonBytes = 1024;
 // The most of a remote string a log line quotes.
@@ -50,6 +52,8 @@ inline constexpr size_t kMaxLoggedBytes = 200;
 [[nodiscard]] std::optional<std::string> overLimits(const v1::Hello& hello);
 [[nodiscard]] std::optional<std::string> overLimits(const v1::FaultReport& report);
 [[nodiscard]] std::optional<std::string> overLimits(const v1::SubmitRunRequest& request);
+// ListRuns: the limit (kMaxListRuns), the trigger (kMaxTriggerBytes), a known verdict.
+[[nodiscard]] std::optional<std::string> overLimits(const v1::ListRunsRequest& request);
 // One string (a run_id, a reason) against its limit, in the same words.
 [[nodiscard]] std::optional<std::string> overLimit(std::string_view field, std::string_view text, size_t limit);
 

@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <limits>
 #include <mutex>
 #include <optional>
 #include <sstream>
@@ -158,6 +159,8 @@ bool ownerGone(const std::string& owner) {
 constexpr int kSchemaVersion = static_cast<int>(kMigrations.size());
 constexpr int kBusyTimeoutMs = 5000;
 constexpr unsigned kDefaultListLimit = 20;
+// Runs pruneRuns() deletes per transaction.
+constexpr std::int64_t kPruneBatch = 256;
 
 // SQLite result codes (extended ones included) as std::error_code.
 class SqliteCategory final : public std::error_category {
@@ -333,6 +336,10 @@ class SqliteRecordStore final : public RecordStore {
       refuseForeign();
       quickCheck();
       exec("PRAGMA foreign_keys = ON", "cannot enable foreign keys");
+      // A new, empty file: pages freed by retention (pruneRuns) go back to the file system with
+      // PRAGMA incremental_vacuum. It only takes effect before the first table is created; an
+      // older file keeps its mode and reuses its free pages for new runs.
+      exec("PRAGMA auto_vacuum = INCREMENTAL", "cannot set auto_vacuum");
       setWal();
       migrate();
     }
@@ -363,8 +370,21 @@ class SqliteRecordStore final : public RecordStore {
         "SELECT at, probe, phase, ok, latency_ms, detail, value, kind, guard FROM samples WHERE run_id = ?1 "
         "ORDER BY at, rowid");
     listRuns_ = prepare(
-        "SELECT run_id, experiment, file_sha256, trigger, started_at, ended_at, verdict, reason "
-        "FROM runs ORDER BY started_at DESC, rowid DESC LIMIT ?1");
+        "SELECT run_id, experiment, file_sha256, trigger, started_at, ended_at, verdict, reason FROM runs "
+        "WHERE (?2 IS NULL OR trigger = ?2) AND (?3 IS NULL OR verdict = ?3) AND (?4 IS NULL OR verdict IS NULL) "
+        "AND (?5 IS NULL OR started_at >= ?5) ORDER BY started_at DESC, rowid DESC LIMIT ?1");
+    if (!readOnly_) {
+      // Finished runs beyond the ?1 newest (-1: no count limit), or that ended before ?2; oldest first.
+      selectPrunable_ = prepare(
+          "SELECT run_id FROM runs WHERE ended_at IS NOT NULL AND (ended_at < ?2 OR (?1 >= 0 AND run_id NOT IN "
+          "(SELECT run_id FROM runs ORDER BY started_at DESC, rowid DESC LIMIT ?1))) ORDER BY started_at, rowid "
+          "LIMIT ?3");
+      deleteEvents_ = prepare("DELETE FROM events WHERE run_id = ?1");
+      deleteSamples_ = prepare("DELETE FROM samples WHERE run_id = ?1");
+      deleteSloChecks_ = prepare("DELETE FROM slo_checks WHERE run_id = ?1");
+      deleteRun_ = prepare("DELETE FROM runs WHERE run_id = ?1");
+      beginImmediate_ = prepare("BEGIN IMMEDIATE");
+    }
     selectUnfinished_ = prepare("SELECT run_id, owner FROM runs WHERE ended_at IS NULL ORDER BY started_at, rowid");
     begin_ = prepare("BEGIN");
     commit_ = prepare("COMMIT");
@@ -582,15 +602,85 @@ class SqliteRecordStore final : public RecordStore {
     return ids;
   }
 
-  std::vector<v1::Run> listRuns(unsigned limit) override {
+  using RecordStore::listRuns;
+  std::vector<v1::Run> listRuns(const RunFilter& filter) override {
     std::lock_guard lock(mutex_);
     StmtUse use(listRuns_);
-    bindInt(use, 1, limit == 0 ? kDefaultListLimit : limit);
+    bindInt(use, 1, filter.limit == 0 ? kDefaultListLimit : filter.limit);
+    // NULL parameters match every run (the statement's "?N IS NULL OR ...").
+    if (!filter.trigger.empty()) {
+      bindText(use, 2, filter.trigger);
+    }
+    if (filter.verdict) {
+      if (const auto word = storedVerdict(*filter.verdict)) {
+        bindText(use, 3, *word);
+      } else {
+        bindInt(use, 4, 1);  // no verdict yet: still running
+      }
+    }
+    if (filter.since) {
+      bindInt(use, 5, toMicros(*filter.since));
+    }
     std::vector<v1::Run> runs;
     while (stepRow(use, "listRuns")) {
       runs.push_back(readRun(use.get()));
     }
     return runs;
+  }
+
+  std::uint64_t pruneRuns(const Retention& retention, const google::protobuf::Timestamp& now) override {
+    refuseWrite("pruneRuns", "");
+    if (retention.keepsAll()) {
+      return 0;
+    }
+    std::lock_guard lock(mutex_);
+    const std::int64_t keep = retention.runs == 0 ? -1 : static_cast<std::int64_t>(retention.runs);
+    const std::int64_t cutoff =
+        retention.age.count() == 0
+            ? std::numeric_limits<std::int64_t>::min()
+            : toMicros(now) - std::chrono::duration_cast<std::chrono::microseconds>(retention.age).count();
+    std::uint64_t deleted = 0;
+    for (;;) {
+      std::vector<std::string> ids;
+      {
+        StmtUse use(selectPrunable_);
+        bindInt(use, 1, keep);
+        bindInt(use, 2, cutoff);
+        bindInt(use, 3, kPruneBatch);
+        while (stepRow(use, "pruneRuns")) {
+          ids.push_back(columnText(use.get(), 0));
+        }
+      }
+      if (ids.empty()) {
+        break;
+      }
+      // Each run whole, every batch in one transaction: a crash leaves a run complete or gone.
+      stepControl(beginImmediate_);
+      try {
+        for (const auto& id : ids) {
+          for (const Stmt* stmt : {&deleteEvents_, &deleteSamples_, &deleteSloChecks_, &deleteRun_}) {
+            StmtUse use(*stmt);
+            bindText(use, 1, id);
+            stepWrite(use, "pruneRuns", id);
+          }
+        }
+        stepControl(commit_);
+      } catch (...) {
+        StmtUse use(rollback_);
+        sqlite3_step(use.get());
+        throw;
+      }
+      deleted += ids.size();
+      if (ids.size() < static_cast<std::size_t>(kPruneBatch)) {
+        break;
+      }
+    }
+    if (deleted > 0 && autoVacuumMode() == 2) {
+      // INCREMENTAL: moves free pages to the end and truncates them; cheap next to a VACUUM
+      // (which rewrites the whole file, needs its size again on disk and blocks every write).
+      exec("PRAGMA incremental_vacuum", "cannot return freed pages (incremental_vacuum)");
+    }
+    return deleted;
   }
 
  private:
@@ -825,6 +915,16 @@ class SqliteRecordStore final : public RecordStore {
     }
   }
 
+  // PRAGMA auto_vacuum: 0 none, 1 full, 2 incremental.
+  int autoVacuumMode() {
+    Stmt stmt = prepare("PRAGMA auto_vacuum");
+    const int rc = sqlite3_step(stmt.get());
+    if (rc != SQLITE_ROW) {
+      throw sqliteError(db_.get(), rc, fmt::format("cannot read auto_vacuum of {}", path_));
+    }
+    return sqlite3_column_int(stmt.get(), 0);
+  }
+
   int userVersion() {
     Stmt stmt = prepare("PRAGMA user_version");
     const int rc = sqlite3_step(stmt.get());
@@ -962,6 +1062,12 @@ class SqliteRecordStore final : public RecordStore {
   Stmt selectEvents_;
   Stmt selectSamples_;
   Stmt listRuns_;
+  Stmt selectPrunable_;
+  Stmt deleteEvents_;
+  Stmt deleteSamples_;
+  Stmt deleteSloChecks_;
+  Stmt deleteRun_;
+  Stmt beginImmediate_;
   Stmt begin_;
   Stmt commit_;
   Stmt rollback_;

@@ -4,7 +4,10 @@
 // A store opened StoreMode::ReadOnly throws on every write (see openSqliteStore).
 #pragma once
 
+#include <chrono>
+#include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <system_error>
 #include <vector>
@@ -14,6 +17,25 @@
 #include "faultline/v1/control.pb.h"
 
 namespace faultline::controller {
+
+// Which runs listRuns() returns: every field set narrows the list (AND). Bounded by the caller
+// (controller/server/limits.h: kMaxListRuns, the trigger's kMaxTriggerBytes).
+struct RunFilter {
+  unsigned limit = 0;                                // newest first, at most this many; 0 = 20
+  std::string trigger;                               // "" = any; else exactly (cli, ci, schedule, gameday, ...)
+  std::optional<v1::Verdict> verdict;                // VERDICT_UNSPECIFIED = runs still going (no verdict yet)
+  std::optional<google::protobuf::Timestamp> since;  // runs started at or after this time
+};
+
+// What the controller keeps (`faultline controller --retain-runs N --retain-days D`): a finished
+// run is deleted when it is not among the `runs` newest runs (0 = no count limit) or when it ended
+// more than `age` ago (zero = no age limit). A run without an end (active, or another live
+// controller's on the same file) is never deleted, and counts among the newest.
+struct Retention {
+  unsigned runs = 0;
+  std::chrono::seconds age{0};
+  [[nodiscard]] bool keepsAll() const { return runs == 0 && age.count() == 0; }
+};
 
 class RecordStore {
  public:
@@ -28,8 +50,21 @@ class RecordStore {
                          const google::protobuf::Timestamp& endedAt) = 0;
   // The run with its events, samples and SLO checks in time order; nullopt-like error ENOENT when unknown.
   [[nodiscard]] virtual tl::expected<v1::Run, std::error_code> getRun(const std::string& runId) = 0;
-  // Newest first, without events and samples.
-  [[nodiscard]] virtual std::vector<v1::Run> listRuns(unsigned limit) = 0;
+  // Newest first (by start), without events and samples, as filter says; one SELECT with the
+  // filter in its WHERE clause (runs_by_started_at orders it).
+  [[nodiscard]] virtual std::vector<v1::Run> listRuns(const RunFilter& filter) = 0;
+  [[nodiscard]] std::vector<v1::Run> listRuns(unsigned limit) {
+    RunFilter filter;
+    filter.limit = limit;
+    return listRuns(filter);
+  }
+  // Deletes the runs retention does not keep (see Retention), as of now, each whole: its events,
+  // samples, SLO checks and the run in one transaction (at most 256 runs per transaction, so the
+  // write lock is never held long). Then, when anything was deleted and the file is in
+  // auto_vacuum=INCREMENTAL mode (every file this store creates), returns the freed pages to the
+  // file system (PRAGMA incremental_vacuum). Returns how many runs were deleted. Blocks on file
+  // I/O; throws std::system_error like the other writes.
+  virtual std::uint64_t pruneRuns(const Retention& retention, const google::protobuf::Timestamp& now) = 0;
   // Runs that never ended (their controller stopped or crashed during them): each is finished as
   // VERDICT_ERROR with reason, endedAt and a run.finished event. Returns their ids, oldest first.
   // The controller calls it once at start, before it accepts runs.

@@ -728,7 +728,10 @@ class FillingStore final : public RecordStore {
     real_->finishRun(runId, verdict, reason, endedAt);
   }
   tl::expected<v1::Run, std::error_code> getRun(const std::string& runId) override { return real_->getRun(runId); }
-  std::vector<v1::Run> listRuns(unsigned limit) override { return real_->listRuns(limit); }
+  std::vector<v1::Run> listRuns(const RunFilter& filter) override { return real_->listRuns(filter); }
+  std::uint64_t pruneRuns(const Retention& retention, const google::protobuf::Timestamp& now) override {
+    return real_->pruneRuns(retention, now);
+  }
   std::vector<std::string> finishInterruptedRuns(const std::string& reason,
                                                  const google::protobuf::Timestamp& endedAt) override {
     return real_->finishInterruptedRuns(reason, endedAt);

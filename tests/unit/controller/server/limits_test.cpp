@@ -49,3 +49,23 @@ TEST_CASE("log lines quote at most 200 bytes of a remote string") {
   const std::string logged = forLog(std::string(5000, 'h'));
   CHECK(logged == std::string(200, 'h') + "... (5000 bytes)");
 }
+
+TEST_CASE("ListRuns: the limit, the trigger and the verdict are bounded; running goes without a verdict") {
+  v1::ListRunsRequest r;
+  CHECK_FALSE(overLimits(r).has_value());
+  r.set_limit(1000);
+  r.set_trigger(std::string(64, 't'));
+  r.set_verdict(v1::VERDICT_VIOLATED);
+  CHECK_FALSE(overLimits(r).has_value());
+  r.set_limit(1001);
+  CHECK(overLimits(r) == "limit: 1001 runs, more than the 1000 accepted (0 means 20)");
+  r.set_limit(0);
+  r.set_trigger(std::string(65, 't'));
+  CHECK(overLimits(r) == "trigger: 65 bytes, more than the 64 accepted");
+  r.set_trigger("ci");
+  r.set_only_running(true);
+  CHECK(overLimits(r) == "only_running: set together with a verdict; a running run has none (leave verdict unset)");
+  r.set_verdict(static_cast<v1::Verdict>(99));
+  r.set_only_running(false);
+  CHECK(overLimits(r) == "verdict: 99 is not a verdict; accepted: the values of faultline.v1.Verdict");
+}

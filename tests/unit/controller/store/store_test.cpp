@@ -1039,3 +1039,167 @@ TEST_CASE("record store: an intact file passes quick_check at open") {
   CHECK(store->listRuns(100).size() == 40);
   CHECK(openSqliteStore(path, StoreMode::ReadOnly)->getRun("r-0039")->events_size() == 30);
 }
+
+namespace {
+
+// A finished run of trigger and verdict that started at startMs and ended 1 s later, with an
+// event, a sample and an SLO check (the rows retention must delete with it).
+void finishedRun(RecordStore& store, const std::string& id, std::int64_t startMs, const std::string& trigger = "cli",
+                 v1::Verdict verdict = v1::VERDICT_HELD) {
+  v1::Run run = makeRun(id, startMs);
+  run.set_trigger(trigger);
+  store.createRun(run);
+  store.addEvent(makeEvent(id, startMs, "", "run.started", ""));
+  store.addSample(id, makeSample(startMs + 10, "demo", "before", true, 1.0));
+  v1::SloCheck check;
+  *check.mutable_at() = at(startMs + 20);
+  check.set_slo("slo");
+  check.set_probe("demo");
+  check.set_phase("before");
+  check.set_ok(true);
+  store.addSloCheck(id, check);
+  store.finishRun(id, verdict, "", at(startMs + 1'000));
+}
+
+// Rows of table (events, samples, slo_checks, runs) that belong to runId, read with sqlite3 itself.
+int rowsOf(const std::string& path, const std::string& table, const std::string& runId) {
+  sqlite3* db = nullptr;
+  REQUIRE(sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK);
+  sqlite3_stmt* stmt = nullptr;
+  const std::string sql = fmt::format("SELECT COUNT(*) FROM {} WHERE run_id = ?1", table);
+  REQUIRE(sqlite3_prepare_v2(db, sql.c_str(), -1, &stmt, nullptr) == SQLITE_OK);
+  sqlite3_bind_text(stmt, 1, runId.c_str(), -1, SQLITE_TRANSIENT);
+  REQUIRE(sqlite3_step(stmt) == SQLITE_ROW);
+  const int n = sqlite3_column_int(stmt, 0);
+  sqlite3_finalize(stmt);
+  sqlite3_close(db);
+  return n;
+}
+
+RunFilter runFilter(unsigned limit, const std::string& trigger, std::optional<v1::Verdict> verdict = std::nullopt,
+                    std::optional<google::protobuf::Timestamp> since = std::nullopt) {
+  RunFilter f;
+  f.limit = limit;
+  f.trigger = trigger;
+  f.verdict = verdict;
+  f.since = since;
+  return f;
+}
+
+Retention keep(unsigned runs, std::chrono::seconds age = std::chrono::seconds{0}) {
+  Retention r;
+  r.runs = runs;
+  r.age = age;
+  return r;
+}
+
+std::vector<std::string> idsOf(const std::vector<v1::Run>& runs) {
+  std::vector<std::string> ids;
+  for (const auto& r : runs) {
+    ids.push_back(r.run_id());
+  }
+  return ids;
+}
+
+}  // namespace
+
+TEST_CASE("record store: listRuns filters by trigger, verdict and start time, newest first, within the limit") {
+  TempDir dir;
+  auto store = openSqliteStore(dir.file("runs.db"));
+  finishedRun(*store, "r-1", 1'000, "ci", v1::VERDICT_HELD);
+  finishedRun(*store, "r-2", 2'000, "ci", v1::VERDICT_VIOLATED);
+  finishedRun(*store, "r-3", 3'000, "gameday", v1::VERDICT_VIOLATED);
+  finishedRun(*store, "r-4", 4'000, "cli", v1::VERDICT_NOT_STEADY);
+  finishedRun(*store, "r-5", 5'000, "ci", v1::VERDICT_VIOLATED);
+  store->createRun(makeRun("r-6", 6'000));  // still running
+
+  CHECK(idsOf(store->listRuns(runFilter(0, "ci"))) == std::vector<std::string>{"r-5", "r-2", "r-1"});
+  CHECK(idsOf(store->listRuns(runFilter(0, "", v1::VERDICT_VIOLATED))) ==
+        std::vector<std::string>{"r-5", "r-3", "r-2"});
+  CHECK(idsOf(store->listRuns(runFilter(0, "ci", v1::VERDICT_VIOLATED))) == std::vector<std::string>{"r-5", "r-2"});
+  CHECK(idsOf(store->listRuns(runFilter(0, "", v1::VERDICT_NOT_STEADY))) == std::vector<std::string>{"r-4"});
+  CHECK(idsOf(store->listRuns(runFilter(0, "", v1::VERDICT_UNSPECIFIED))) == std::vector<std::string>{"r-6"});
+  CHECK(idsOf(store->listRuns(runFilter(0, "", std::nullopt, at(3'000)))) ==
+        std::vector<std::string>{"r-6", "r-5", "r-4", "r-3"});  // at or after
+  CHECK(idsOf(store->listRuns(runFilter(2, "", v1::VERDICT_VIOLATED))) == std::vector<std::string>{"r-5", "r-3"});
+  CHECK(store->listRuns(runFilter(0, "schedule")).empty());
+  // A read-only store filters the same way.
+  auto reader = openSqliteStore(dir.file("runs.db"), StoreMode::ReadOnly);
+  CHECK(idsOf(reader->listRuns(runFilter(0, "gameday"))) == std::vector<std::string>{"r-3"});
+}
+
+TEST_CASE("record store: retention keeps the N newest runs and deletes the others whole, never a running one") {
+  TempDir dir;
+  const std::string path = dir.file("runs.db");
+  auto store = openSqliteStore(path);
+  store->createRun(makeRun("r-00", 0));  // the oldest, still running: kept whatever the rule
+  for (int i = 1; i <= 9; ++i) {
+    finishedRun(*store, fmt::format("r-{:02}", i), i * 1'000);
+  }
+  CHECK(store->pruneRuns(Retention{}, at(100'000)) == 0);  // keeps all
+  CHECK(store->listRuns(100).size() == 10);
+
+  CHECK(store->pruneRuns(keep(4), at(100'000)) == 5);  // r-01 to r-05; r-00 has no end
+  CHECK(idsOf(store->listRuns(100)) == std::vector<std::string>{"r-09", "r-08", "r-07", "r-06", "r-00"});
+  for (const char* table : {"runs", "events", "samples", "slo_checks"}) {
+    CAPTURE(table);
+    CHECK(rowsOf(path, table, "r-05") == 0);
+    CHECK(rowsOf(path, table, "r-01") == 0);
+    CHECK(rowsOf(path, table, "r-06") == 1);  // a kept run keeps all of its rows
+  }
+  CHECK(store->getRun("r-01").error() == std::errc::no_such_file_or_directory);
+  CHECK(store->pruneRuns(keep(4), at(100'000)) == 0);  // idempotent
+}
+
+TEST_CASE("record store: retention by age deletes runs that ended more than D ago, whole; a running one stays") {
+  TempDir dir;
+  const std::string path = dir.file("runs.db");
+  auto store = openSqliteStore(path);
+  using std::chrono::hours;
+  const std::int64_t day = 24LL * 3600 * 1000;
+  store->createRun(makeRun("running", -10 * day));  // started 10 days ago, no end
+  finishedRun(*store, "old-1", -9 * day);
+  finishedRun(*store, "old-2", -8 * day);
+  finishedRun(*store, "recent", -2 * day);
+  finishedRun(*store, "today", -1'000'000);
+  CHECK(store->pruneRuns(keep(0, hours{24 * 7}), at(0)) == 2);
+  CHECK(idsOf(store->listRuns(100)) == std::vector<std::string>{"today", "recent", "running"});
+  for (const char* table : {"runs", "events", "samples", "slo_checks"}) {
+    CAPTURE(table);
+    CHECK(rowsOf(path, table, "old-1") == 0);
+    CHECK(rowsOf(path, table, "old-2") == 0);
+    CHECK(rowsOf(path, table, "recent") == 1);
+  }
+  // Both rules: a run goes when either says so.
+  CHECK(store->pruneRuns(keep(1, std::chrono::hours{24 * 30}), at(0)) == 1);
+  CHECK(idsOf(store->listRuns(100)) == std::vector<std::string>{"today", "running"});
+}
+
+TEST_CASE("record store: a new file is in incremental auto_vacuum mode and pruning gives pages back") {
+  TempDir dir;
+  const std::string path = dir.file("runs.db");
+  auto store = openSqliteStore(path);
+  const std::string big(200'000, 'x');
+  for (int i = 0; i < 20; ++i) {
+    const std::string id = fmt::format("r-{:02}", i);
+    finishedRun(*store, id, i * 1'000);
+    store->addEvent(makeEvent(id, i * 1'000 + 500, "", "note", big));
+  }
+  auto pages = [&](const char* pragma) {
+    sqlite3* db = nullptr;
+    REQUIRE(sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK);
+    sqlite3_stmt* stmt = nullptr;
+    REQUIRE(sqlite3_prepare_v2(db, pragma, -1, &stmt, nullptr) == SQLITE_OK);
+    REQUIRE(sqlite3_step(stmt) == SQLITE_ROW);
+    const int n = sqlite3_column_int(stmt, 0);
+    sqlite3_finalize(stmt);
+    sqlite3_close(db);
+    return n;
+  };
+  CHECK(pages("PRAGMA auto_vacuum") == 2);
+  const int before = pages("PRAGMA page_count");
+  CHECK(store->pruneRuns(keep(2), at(100'000)) == 18);
+  CHECK(pages("PRAGMA freelist_count") == 0);  // incremental_vacuum returned them
+  CHECK(pages("PRAGMA page_count") < before / 4);
+  CHECK(store->getRun("r-19")->events_size() == 2);
+}
