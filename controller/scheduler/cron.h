@@ -59,7 +59,8 @@ class CronExpression {
   // time that exists twice (fall back) fires once, at its first occurrence. A step over the
   // hours (`0 */1 * * *`) thus never fires twice in one repeated hour; a seconds or minutes
   // pattern inside the repeated hour fires in its first occurrence only.
-  // nullopt when no time matches within about 5 years after `after` (e.g. "0 0 30 2 *").
+  // nullopt when no time matches within about 5 years after `after` (e.g. "0 0 30 2 *"), and
+  // when `after` is before 1970 or after 9999-01-01.
   // Cost: walks by fields (day, then hour, minute, second), not by seconds: microseconds.
   [[nodiscard]] std::optional<std::chrono::sys_seconds> next(std::chrono::sys_seconds after,
                                                              const date::time_zone* zone) const;
