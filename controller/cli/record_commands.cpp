@@ -5,6 +5,7 @@
 
 #include "controller/cli/command.h"
 #include "controller/report/run_format.h"
+#include "controller/store/schedules.h"
 #include "controller/store/store.h"
 
 namespace faultline::controller::cli {
@@ -30,9 +31,15 @@ int withStore(const std::string& db, F f) {
   }
 }
 
-int runsCommand(const std::string& address, const std::string& db, unsigned limit) {
+int runsCommand(const std::string& address, const std::string& db, unsigned limit, const std::string& schedule) {
   if (!db.empty()) {
     return withStore(db, [&](RecordStore& store) {
+      if (!schedule.empty()) {
+        // The SQLite store keeps the schedules too (controller/store/schedules.h).
+        auto* schedules = dynamic_cast<ScheduleStore*>(&store);
+        std::cout << formatRunList(schedules ? schedules->listRunsOfSchedule(schedule, limit) : std::vector<v1::Run>{});
+        return 0;
+      }
       std::cout << formatRunList(store.listRuns(limit));
       return 0;
     });
@@ -41,6 +48,7 @@ int runsCommand(const std::string& address, const std::string& db, unsigned limi
   auto ctx = contextWithDeadline(std::chrono::seconds{5});
   v1::ListRunsRequest req;
   req.set_limit(limit);
+  req.set_schedule(schedule);
   v1::ListRunsResponse resp;
   if (auto s = stub->ListRuns(ctx.get(), req, &resp); !s.ok()) {
     return rpcError("listing runs", address, s);
@@ -81,10 +89,12 @@ class RunsCommand final : public Command {
     addTokenOption(cmd, tokenFile_);
     cmd->add_option("--db", db_, "read a record file directly instead (e.g. the one of --local)")->excludes(ctrl);
     cmd->add_option("--limit", limit_, "how many runs")->capture_default_str();
+    cmd->add_option("--schedule", schedule_, "only the runs of this schedule (faultline schedule list)");
     return cmd;
   }
   int run() override {
-    return checkControllerAddress(address_) && loadToken(tokenFile_) ? runsCommand(address_, db_, limit_) : kExitUsage;
+    return checkControllerAddress(address_) && loadToken(tokenFile_) ? runsCommand(address_, db_, limit_, schedule_)
+                                                                     : kExitUsage;
   }
 
  private:
@@ -92,6 +102,7 @@ class RunsCommand final : public Command {
   std::string tokenFile_;
   std::string db_;
   unsigned limit_ = 20;
+  std::string schedule_;
 };
 
 class ShowCommand final : public Command {

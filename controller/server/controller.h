@@ -42,6 +42,9 @@ struct ControllerOptions {
   // false: SubmitRun and PlanRun of an experiment with a command probe are refused
   // (FAILED_PRECONDITION).
   bool commandProbes = true;
+  // The scheduler waits this long after start before it handles missed fires and fires at all, so
+  // that agents reconnect first (run --local: none).
+  std::chrono::milliseconds scheduleStartDelay{5'000};
 };
 
 // Why options.listen may not be served as given: "" when it may (no TCP address, TLS, a local
@@ -64,7 +67,7 @@ class Controller {
   void abortAll(const std::string& reason);
   // Blocks until shutdown() is called from another thread.
   void wait();
-  // Aborts the runs, stops the server and the socket. Thread-safe and idempotent: a signal thread
+  // Stops the scheduler, aborts the runs, stops the server and the socket. Thread-safe and idempotent: a signal thread
   // and the destructor may both call it; the second returns once the first has finished.
   void shutdown();
   [[nodiscard]] Gateway& gateway();
