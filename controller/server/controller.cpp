@@ -1209,6 +1209,14 @@ int Controller::start() {
       impl_->gateway.subscribe([impl = impl_.get()](const std::string& agentId, const v1::FaultReport& r) {
         impl->recordLateReport(agentId, r);
       });
+  // The schedules, before the first call can ask for them; the scheduler starts with the server
+  // and handles missed fires after scheduleStartDelay (agents reconnect first: their runs need
+  // them).
+  impl_->schedules = openScheduleStore(impl_->options.dbPath);
+  impl_->scheduler = std::make_unique<scheduler::Scheduler>(
+      *impl_->schedules, impl_->launcher, *impl_->probes, impl_->clock, scheduler::cronTimetable,
+      scheduler::SchedulerOptions{.startDelay = impl_->options.local ? std::chrono::milliseconds{0}
+                                                                     : impl_->options.scheduleStartDelay});
   grpc::ServerBuilder builder;
   int port = 0;
   if (!impl_->options.listen.empty()) {
@@ -1230,13 +1238,6 @@ int Controller::start() {
   if (impl_->localSocket) {
     impl_->localSocket->start(*impl_->server);
   }
-  // Schedules fire from now on; missed fires are handled after the agents had a lease's time to
-  // reconnect (their runs need them).
-  impl_->schedules = openScheduleStore(impl_->options.dbPath);
-  impl_->scheduler = std::make_unique<scheduler::Scheduler>(
-      *impl_->schedules, impl_->launcher, *impl_->probes, impl_->clock, scheduler::cronTimetable,
-      scheduler::SchedulerOptions{.startDelay = impl_->options.local ? std::chrono::milliseconds{0}
-                                                                     : impl_->options.scheduleStartDelay});
   impl_->scheduler->start();
   spdlog::info("controller listening on {} (port {}, {}), {}records in {}",
                impl_->options.listen.empty() ? "no TCP address" : impl_->options.listen, port,
