@@ -2,7 +2,9 @@
 // contains() at the edges, in UTC and in DST zones; the canonical text; bad specs with their column.
 #include <chrono>
 #include <cstdio>
+#include <random>
 #include <string>
+#include <vector>
 
 #include <doctest/doctest.h>
 
@@ -174,4 +176,51 @@ TEST_CASE("blackout: bad specs name the column and the accepted forms") {
   CHECK(errorColumn("") == 0);
   CHECK(errorColumn(std::string(kMaxSpecLength + 1, ' ')) == 0);
   CHECK(errorColumn("Fri 16:00 - Mon 08:00\n") == 22);
+}
+
+TEST_CASE("blackout: random specs either parse or fail with CronError") {
+  // The three forms with random parts (in and beyond range, misspelt, missing), sometimes a
+  // stray piece: a value whose canonical text parses back to itself, or a CronError with a
+  // column in the text (or one past its end).
+  const std::vector<std::string> days = {"Mon", "tue", "WED", "Thu", "fri", "Sat", "sun", "Mox", "", "daily"};
+  const std::vector<std::string> clocks = {"00:00", "08:00", "9:30", "16:00", "23:59", "24:00", "16:60", "16", ""};
+  const std::vector<std::string> dates = {"2026-12-24", "2026-12-27", "2028-02-29", "2027-02-29",
+                                          "2026-13-01", "1969-12-31", "2026-1-27",  ""};
+  const std::vector<std::string> dashes = {" - ", "-", " -", "  -  ", " ", ""};
+  const std::vector<std::string> strays = {"", "", "", "", "", " x", "\t", "-", ":"};
+  std::mt19937_64 generator(1617);
+  auto pick = [&](const std::vector<std::string>& from) {
+    return from[std::uniform_int_distribution<std::size_t>(0, from.size() - 1)(generator)];
+  };
+  const date::time_zone* berlin = findZone("Europe/Berlin");
+  int accepted = 0;
+  constexpr int kTries = 20000;
+  for (int i = 0; i < kTries; ++i) {
+    std::string text;
+    switch (i % 3) {
+      case 0:
+        text = pick(days) + " " + pick(clocks) + pick(dashes) + pick(days) + " " + pick(clocks);
+        break;
+      case 1:
+        text = "daily " + pick(clocks) + pick(dashes) + pick(clocks);
+        break;
+      default:
+        text = pick(dates) + pick(dashes) + pick(dates);
+        break;
+    }
+    text += pick(strays);
+    CAPTURE(text);
+    try {
+      Blackout b = Blackout::parse(text);
+      ++accepted;
+      CHECK(Blackout::parse(b.text()).text() == b.text());
+      (void)b.contains(at("2026-03-29T01:00:00Z"), berlin);
+    } catch (const CronError& error) {
+      // column 0 only for a blank text (the whole text is the problem)
+      CHECK((error.column >= 1 || text.find_first_not_of(" \t") == std::string::npos));
+      CHECK(error.column <= text.size() + 1);
+    }
+  }
+  MESSAGE(accepted, " of ", kTries, " random blackout specs parsed");
+  CHECK(accepted > kTries / 20);
 }

@@ -353,3 +353,65 @@ TEST_CASE("cron: next() is fast (walks by fields)") {
     CHECK(elapsed.count() < 5e6);
   }
 }
+
+TEST_CASE("cron: random expressions either parse or fail with CronError, and next() ends") {
+  // Fields built from random items (values in and beyond the ranges, names, steps), sometimes
+  // with a stray piece: every outcome must be a value or a CronError with a column in the text
+  // (or one past its end), and next() of every accepted one must answer (fire or none), here
+  // from inside New York's repeated hour.
+  // valid values per field (minute, hour, day of month, month, day of week; a leading second
+  // field uses the minute's), and a few that no field or not every field accepts
+  const std::vector<std::vector<std::string>> valid = {{"0", "1", "5", "15", "30", "59"},
+                                                       {"0", "2", "9", "12", "23"},
+                                                       {"1", "13", "15", "29", "30", "31"},
+                                                       {"1", "2", "6", "12", "JAN", "feb", "Dec"},
+                                                       {"0", "1", "5", "7", "MON", "fri", "Sun"}};
+  const std::vector<std::string> invalid = {"60", "24", "32", "13", "8", "x", "", "JANUARY", "999999", "-1"};
+  const std::vector<std::string> strays = {",", "-", "/", "/0", " ", "@daily", "L", "?", "\x01"};
+  std::mt19937_64 generator(1616);
+  auto pick = [&](const std::vector<std::string>& from) {
+    return from[std::uniform_int_distribution<std::size_t>(0, from.size() - 1)(generator)];
+  };
+  auto chance = [&](int percent) { return std::uniform_int_distribution<int>(1, 100)(generator) <= percent; };
+  auto item = [&](std::size_t field) {
+    const std::vector<std::string>& from = valid[field];
+    std::string out = chance(30) ? "*" : (chance(5) ? pick(invalid) : pick(from));
+    if (out != "*" && chance(25)) {
+      out += "-" + (chance(5) ? pick(invalid) : pick(from));
+    }
+    if (chance(20)) {
+      out += "/" + (chance(5) ? pick(invalid) : std::string(chance(50) ? "2" : "5"));
+    }
+    return out;
+  };
+  const date::time_zone* newYork = findZone("America/New_York");
+  const sys_seconds from = at("2026-11-01T05:30:00Z");
+  int accepted = 0;
+  int fired = 0;
+  constexpr int kTries = 20000;
+  for (int i = 0; i < kTries; ++i) {
+    std::string text;
+    const int fields = chance(80) ? 5 : std::uniform_int_distribution<int>(4, 7)(generator);
+    for (int f = 0; f < fields; ++f) {
+      const std::size_t kind = static_cast<std::size_t>(std::max(0, f - (fields - 5))) % valid.size();
+      std::string field = item(kind);
+      while (chance(20)) {
+        field += "," + item(kind);
+      }
+      text += (f == 0 ? "" : " ") + field + (chance(3) ? pick(strays) : "");
+    }
+    CAPTURE(text);
+    try {
+      CronExpression e = CronExpression::parse(text);
+      ++accepted;
+      auto n = e.next(from, newYork);
+      fired += n ? 1 : 0;
+      CHECK((!n || *n > from));
+    } catch (const CronError& error) {
+      CHECK(error.column >= 1);
+      CHECK(error.column <= text.size() + 1);
+    }
+  }
+  MESSAGE(accepted, " of ", kTries, " random expressions parsed, ", fired, " of them fire within 5 years");
+  CHECK(accepted > kTries / 20);
+}
