@@ -1,6 +1,8 @@
 // Who may do what on the Control API. Three roles, each including the one below it:
-//   viewer:   read the fleet and the records (ListAgents, ListRuns, GetRun, WatchRun, PlanRun)
-//   operator: also start and stop runs (SubmitRun, AbortRun, Halt)
+//   viewer:   read the fleet and the records (ListAgents, ListRuns, GetRun, WatchRun, PlanRun,
+//             ListSchedules, GetSchedule)
+//   operator: also start and stop runs (SubmitRun, AbortRun, Halt) and manage schedules
+//             (ApplySchedule, PauseSchedule, ResumeSchedule, DeleteSchedule, RunScheduleNow)
 //   admin:    also manage tokens (CreateToken, ListTokens, RevokeToken) and submit or plan an
 //             experiment with a `command` probe (it runs a program on the controller's host)
 // kRpcRoles is the one table of what each Control RPC needs; docs/security.md prints it.
@@ -35,12 +37,27 @@ struct RpcRole {
 };
 
 // Every Control RPC and the role it needs. SubmitRun and PlanRun of an experiment with a command
-// probe need kCommandProbeRole on top.
+// probe need kCommandProbeRole on top, and so does ApplySchedule of one.
 inline constexpr RpcRole kRpcRoles[] = {
-    {"ListAgents", Role::kViewer}, {"ListRuns", Role::kViewer},   {"GetRun", Role::kViewer},
-    {"WatchRun", Role::kViewer},   {"PlanRun", Role::kViewer},    {"SubmitRun", Role::kOperator},
-    {"AbortRun", Role::kOperator}, {"Halt", Role::kOperator},     {"CreateToken", Role::kAdmin},
-    {"ListTokens", Role::kAdmin},  {"RevokeToken", Role::kAdmin},
+    {"ListAgents", Role::kViewer},
+    {"ListRuns", Role::kViewer},
+    {"GetRun", Role::kViewer},
+    {"WatchRun", Role::kViewer},
+    {"PlanRun", Role::kViewer},
+    {"SubmitRun", Role::kOperator},
+    {"AbortRun", Role::kOperator},
+    {"Halt", Role::kOperator},
+    {"CreateToken", Role::kAdmin},
+    {"ListTokens", Role::kAdmin},
+    {"RevokeToken", Role::kAdmin},
+    // Schedules: an experiment with a command probe needs kCommandProbeRole to be applied.
+    {"ListSchedules", Role::kViewer},
+    {"GetSchedule", Role::kViewer},
+    {"ApplySchedule", Role::kOperator},
+    {"PauseSchedule", Role::kOperator},
+    {"ResumeSchedule", Role::kOperator},
+    {"DeleteSchedule", Role::kOperator},
+    {"RunScheduleNow", Role::kOperator},
 };
 inline constexpr Role kCommandProbeRole = Role::kAdmin;
 

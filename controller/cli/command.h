@@ -52,6 +52,8 @@ class Command {
 [[nodiscard]] std::unique_ptr<Command> makeCertsCommand();
 [[nodiscard]] std::unique_ptr<Command> makeTokenCommand();
 [[nodiscard]] std::unique_ptr<Command> makeGamedayCommand();
+[[nodiscard]] std::unique_ptr<Command> makeScheduleCommand();  // schedule_command.cpp
+[[nodiscard]] std::unique_ptr<Command> makeApplyCommand();     // schedule_command.cpp
 
 // What several commands share (cli_common.cpp).
 

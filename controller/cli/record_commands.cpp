@@ -81,6 +81,7 @@ struct RunsQuery {
   std::string trigger;
   std::string verdict;
   std::string since;
+  std::string schedule;
 };
 
 int runsCommand(const std::string& address, const std::string& db, const RunsQuery& q) {
@@ -93,10 +94,17 @@ int runsCommand(const std::string& address, const std::string& db, const RunsQue
                              kMaxTriggerBytes);
     return kExitUsage;
   }
+  if (q.schedule.size() > kMaxScheduleNameBytes) {
+    std::cerr << fmt::format("faultline runs: --schedule: {} bytes, more than the {} accepted\n", q.schedule.size(),
+                             kMaxScheduleNameBytes);
+    return kExitUsage;
+  }
   v1::ListRunsRequest req;
   req.set_limit(q.limit);
   req.set_trigger(q.trigger);
+  req.set_schedule(q.schedule);
   RunFilter filter{.limit = q.limit, .trigger = q.trigger};
+  filter.schedule = q.schedule;
   if (!q.verdict.empty()) {
     const auto verdict = parseVerdictWord(q.verdict);
     if (!verdict) {
@@ -170,6 +178,7 @@ class RunsCommand final : public Command {
     cmd->add_option("--since", q_.since,
                     "only runs started since a time ago (7d, 36h, 90m) or a date or instant (2026-12-01 is UTC "
                     "midnight; 2026-12-01T08:00:00+01:00)");
+    cmd->add_option("--schedule", q_.schedule, "only the runs of this schedule (faultline schedule list)");
     return cmd;
   }
   int run() override {

@@ -81,6 +81,10 @@ class RunState {
     record.set_experiment(req_.experiment.name);
     record.set_file_sha256(req_.fileSha256);
     record.set_trigger(req_.trigger);
+    record.set_schedule(req_.schedule);
+    if (req_.fireAt) {
+      *record.mutable_fire_at() = *req_.fireAt;
+    }
     *record.mutable_started_at() = agent::nowTimestamp();
     if (!recorded("createRun", [&] { store_.createRun(record); })) {
       // Nothing of this run can be recorded: end it before anything is injected.

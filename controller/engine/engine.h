@@ -63,6 +63,9 @@ struct RunRequest {
   // or names isSecretVariableName() says are secrets): every occurrence of a value in the run's events, probe samples
   // and verdict reason is recorded (and sent to the event sink) as ${NAME} instead.
   std::vector<std::pair<std::string, std::string>> secrets{};
+  // A scheduled run (trigger "schedule"): its schedule's name and its fire's time, recorded.
+  std::string schedule{};
+  std::optional<google::protobuf::Timestamp> fireAt{};
 };
 
 struct EngineOptions {

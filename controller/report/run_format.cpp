@@ -319,6 +319,10 @@ std::string formatTimeline(const v1::Run& run) {
   field("experiment", run.experiment());
   field("trigger", run.trigger());
   field("file", run.file_sha256().substr(0, kShaPrefix));
+  if (!run.schedule().empty()) {
+    field("schedule", run.schedule());
+    field("fired", isSet(run.fire_at()) ? localIso(run.fire_at(), true) : "");
+  }
   field("started", localIso(run.started_at(), true));
   if (isSet(run.ended_at())) {
     field("ended", localIso(run.ended_at(), true));

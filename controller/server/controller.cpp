@@ -33,10 +33,12 @@
 #include "controller/experiment/experiment.h"
 #include "controller/probes/probe.h"
 #include "controller/report/run_format.h"
+#include "controller/scheduler/scheduler.h"
 #include "controller/server/agent_pages.h"
 #include "controller/server/limits.h"
 #include "controller/server/local_socket.h"
 #include "controller/server/tls.h"
+#include "controller/store/schedules.h"
 #include "controller/store/store.h"
 #include "faultline/v1/control.grpc.pb.h"
 
@@ -513,39 +515,13 @@ struct Controller::Impl final : v1::Control::CallbackService {
     return std::move(*parsed);
   }
 
-  grpc::ServerUnaryReactor* SubmitRun(grpc::CallbackServerContext* ctx, const v1::SubmitRunRequest* req,
-                                      v1::SubmitRunResponse* resp) override {
-    auto caller = authorize(*ctx, "SubmitRun");
-    if (!caller) {
-      return finishNow(ctx, caller.error());
-    }
-    const std::string fileName = req->file_name().empty() ? "experiment.yaml" : req->file_name();
-    auto parsed = parseRequest(*req, fileName);
-    if (!parsed) {
-      return finishNow(ctx, parsed.error());
-    }
-    if (auto refused = checkCommandProbes(*parsed, *caller)) {
-      return finishNow(ctx, *refused);
-    }
-    auto run = std::make_shared<ActiveRun>();
-    run->id = newRunId();
-    RunRequest request{run->id, fileName, sha256Hex(req->experiment()), req->trigger().empty() ? "cli" : req->trigger(),
-                       std::move(*parsed)};
-    std::set<std::string> secretNames(req->secret_variables().begin(), req->secret_variables().end());
-    for (const auto& [name, variable] : request.experiment.variables) {  // `secret: true` in the file
-      if (variable.secret) {
-        secretNames.insert(name);
-      }
-    }
-    for (const auto& [name, value] : req->variables()) {
-      if (isSecretVariableName(name) || secretNames.contains(name)) {
-        request.secrets.emplace_back(name, value);
-      }
-    }
+  // Starts request on a thread of its own as run (the path of SubmitRun and of the scheduler's
+  // runs); false when the controller is shutting down.
+  bool launch(const std::shared_ptr<ActiveRun>& run, RunRequest request) {
     {
       std::lock_guard lock(mutex);
       if (shuttingDown) {
-        return finishNow(ctx, grpc::Status(grpc::StatusCode::UNAVAILABLE, "controller is shutting down"));
+        return false;
       }
       runs[run->id] = run;
     }
@@ -576,6 +552,41 @@ struct Controller::Impl final : v1::Control::CallbackService {
       spdlog::info("run {} finished: {}", run->id, verdictWord(verdict));
       cv.notify_all();
     });
+    return true;
+  }
+
+  grpc::ServerUnaryReactor* SubmitRun(grpc::CallbackServerContext* ctx, const v1::SubmitRunRequest* req,
+                                      v1::SubmitRunResponse* resp) override {
+    auto caller = authorize(*ctx, "SubmitRun");
+    if (!caller) {
+      return finishNow(ctx, caller.error());
+    }
+    const std::string fileName = req->file_name().empty() ? "experiment.yaml" : req->file_name();
+    auto parsed = parseRequest(*req, fileName);
+    if (!parsed) {
+      return finishNow(ctx, parsed.error());
+    }
+    if (auto refused = checkCommandProbes(*parsed, *caller)) {
+      return finishNow(ctx, *refused);
+    }
+    auto run = std::make_shared<ActiveRun>();
+    run->id = newRunId();
+    RunRequest request{run->id, fileName, sha256Hex(req->experiment()), req->trigger().empty() ? "cli" : req->trigger(),
+                       std::move(*parsed)};
+    std::set<std::string> secretNames(req->secret_variables().begin(), req->secret_variables().end());
+    for (const auto& [name, variable] : request.experiment.variables) {  // `secret: true` in the file
+      if (variable.secret) {
+        secretNames.insert(name);
+      }
+    }
+    for (const auto& [name, value] : req->variables()) {
+      if (isSecretVariableName(name) || secretNames.contains(name)) {
+        request.secrets.emplace_back(name, value);
+      }
+    }
+    if (!launch(run, std::move(request))) {
+      return finishNow(ctx, grpc::Status(grpc::StatusCode::UNAVAILABLE, "controller is shutting down"));
+    }
     spdlog::info("run {} submitted by {}", run->id, caller->who);
     resp->set_run_id(run->id);
     return finishNow(ctx, grpc::Status::OK);
@@ -676,6 +687,7 @@ struct Controller::Impl final : v1::Control::CallbackService {
     if (req->has_since()) {
       filter.since = req->since();
     }
+    filter.schedule = req->schedule();
     auto runs = readRecord([&] { return store->listRuns(filter); });
     if (!runs) {
       return finishNow(ctx, runs.error());
@@ -867,6 +879,310 @@ struct Controller::Impl final : v1::Control::CallbackService {
     return finishNow(ctx, grpc::Status::OK);
   }
 
+  // --- Schedules (controller/scheduler/scheduler.h) ---
+
+  // The scheduler's runs go through launch(), as SubmitRun's do.
+  struct Launcher final : scheduler::RunLauncher {
+    explicit Launcher(Impl& impl) : impl(impl) {}
+    std::string newRunId() override { return controller::newRunId(); }
+    tl::expected<void, std::string> start(const scheduler::ScheduledRun& r) override {
+      const auto& s = r.schedule;
+      const std::string fileName = s.file_name().empty() ? "experiment.yaml" : s.file_name();
+      const Variables vars(s.variables().begin(), s.variables().end());
+      auto parsed = parseExperiment(s.experiment(), fileName, vars);
+      if (!parsed) {
+        return tl::unexpected(fmt::format("the experiment is invalid: {}", format(parsed.error().front())));
+      }
+      if (firstCommandProbe(*parsed) != nullptr && !impl.options.commandProbes) {
+        return tl::unexpected(
+            std::string("the experiment has a command probe, and this controller runs none "
+                        "(--no-command-probes)"));
+      }
+      auto run = std::make_shared<ActiveRun>();
+      run->id = r.runId;
+      RunRequest request{run->id, fileName, sha256Hex(s.experiment()), "schedule", std::move(*parsed)};
+      request.schedule = s.name();
+      request.fireAt = r.fireAt;
+      if (!impl.launch(run, std::move(request))) {
+        return tl::unexpected(std::string("the controller is shutting down"));
+      }
+      return {};
+    }
+    bool active(const std::string& runId) override { return impl.runActive(runId); }
+    void abortAndWait(const std::string& runId, const std::string& reason, std::chrono::milliseconds wait) override {
+      std::shared_ptr<ActiveRun> run;
+      {
+        std::lock_guard lock(impl.mutex);
+        if (auto it = impl.runs.find(runId); it != impl.runs.end()) {
+          run = it->second;
+        }
+      }
+      if (!run) {
+        return;
+      }
+      run->stop.request(reason);
+      const auto until = std::chrono::steady_clock::now() + wait;
+      while (std::chrono::steady_clock::now() < until) {
+        {
+          std::lock_guard lock(run->mutex);
+          if (run->finished) {
+            return;
+          }
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds{20});
+      }
+    }
+    Impl& impl;
+  };
+
+  scheduler::SystemClock clock;
+  Launcher launcher{*this};
+  std::unique_ptr<ScheduleStore> schedules;
+  std::unique_ptr<scheduler::Scheduler> scheduler;
+
+  // A schedule's name from a request: bounded, or INVALID_ARGUMENT.
+  static std::optional<grpc::Status> badName(const std::string& name) {
+    if (auto over = overLimit("name", name, kMaxScheduleNameBytes)) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, *over);
+    }
+    return std::nullopt;
+  }
+
+  static grpc::Status noSchedule(const std::string& name) {
+    return grpc::Status(grpc::StatusCode::NOT_FOUND,
+                        fmt::format("no schedule named '{}' (see faultline schedule list)", forLog(name)));
+  }
+
+  // The schedule with its next five fire times and its last fires (withFires).
+  v1::ScheduleStatus statusOf(v1::Schedule s, bool withFires) {
+    v1::ScheduleStatus st;
+    auto next = scheduler->nextFires(s, 5);
+    if (next) {
+      for (const auto& t : *next) {
+        st.add_next_fires()->set_seconds(t.time_since_epoch().count());
+      }
+    } else {
+      st.set_error(next.error());
+    }
+    if (withFires) {
+      for (auto& f : schedules->listFires(s.name(), 20)) {
+        *st.add_fires() = std::move(f);
+      }
+    } else {
+      s.clear_experiment();
+    }
+    *st.mutable_schedule() = std::move(s);
+    return st;
+  }
+
+  grpc::ServerUnaryReactor* ApplySchedule(grpc::CallbackServerContext* ctx, const v1::ApplyScheduleRequest* req,
+                                          v1::ApplyScheduleResponse* resp) override {
+    auto caller = authorize(*ctx, "ApplySchedule");
+    if (!caller) {
+      return finishNow(ctx, caller.error());
+    }
+    v1::Schedule s = req->schedule();
+    if (auto over = overLimits(s)) {
+      return finishNow(ctx, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, *over));
+    }
+    for (const auto& [name, value] : s.variables()) {
+      if (isSecretVariableName(name)) {
+        return finishNow(
+            ctx, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                              fmt::format("variables.{}: a secret (its name says so): a schedule keeps its variables "
+                                          "in the record file, and secrets are never stored there; accepted: "
+                                          "variables that are not secrets (give a secret to the probe another way, "
+                                          "e.g. a file the probe reads)",
+                                          forLog(name))));
+      }
+    }
+    const auto declaredSecrets = declaredSecretVariables(s.experiment());
+    for (const auto& [name, value] : s.variables()) {
+      if (declaredSecrets.contains(name)) {
+        return finishNow(ctx, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                                           fmt::format("variables.{}: a secret (the experiment's variables mark it "
+                                                       "secret: true): a schedule keeps its variables in the record "
+                                                       "file, and secrets are never stored there",
+                                                       forLog(name))));
+      }
+    }
+    const std::string fileName = s.file_name().empty() ? "experiment.yaml" : s.file_name();
+    v1::SubmitRunRequest asRun;
+    asRun.set_experiment(s.experiment());
+    asRun.set_file_name(fileName);
+    *asRun.mutable_variables() = s.variables();
+    auto parsed = parseRequest(asRun, fileName);
+    if (!parsed) {
+      return finishNow(ctx, parsed.error());
+    }
+    if (auto refused = checkCommandProbes(*parsed, *caller)) {
+      return finishNow(ctx, *refused);
+    }
+    for (const auto& name : s.only_if()) {
+      const auto& probes = parsed->hypothesis.probes;
+      if (std::none_of(probes.begin(), probes.end(), [&](const Probe& p) { return p.name == name; })) {
+        std::string names;
+        for (const auto& p : probes) {
+          names += (names.empty() ? "" : ", ") + p.name;
+        }
+        return finishNow(ctx, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                                           fmt::format("only_if: '{}' is not a probe of the experiment's steadyState; "
+                                                       "accepted: {}",
+                                                       forLog(name), names.empty() ? "(it has none)" : names)));
+      }
+    }
+    if (s.concurrency().empty()) {
+      s.set_concurrency("forbid");
+    }
+    if (auto next = scheduler->nextFires(s, 1); !next) {
+      return finishNow(ctx, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, next.error()));
+    }
+    s.set_experiment_sha256(sha256Hex(s.experiment()));
+    s.clear_paused();
+    s.clear_created_at();
+    s.clear_updated_at();
+    try {
+      const auto result = schedules->applySchedule(s, agent::nowTimestamp());
+      resp->set_result(applyResultWord(result));
+      if (result != ApplyResult::kUnchanged) {
+        scheduler->reload();
+        spdlog::info("schedule {} {} by {}", s.name(), applyResultWord(result), caller->who);
+      }
+      *resp->mutable_schedule() = schedules->getSchedule(s.name()).value_or(s);
+      resp->mutable_schedule()->clear_experiment();
+    } catch (const std::exception& e) {
+      return finishNow(ctx, grpc::Status(grpc::StatusCode::UNAVAILABLE, e.what()));
+    }
+    return finishNow(ctx, grpc::Status::OK);
+  }
+
+  grpc::ServerUnaryReactor* ListSchedules(grpc::CallbackServerContext* ctx, const v1::ListSchedulesRequest* /*req*/,
+                                          v1::ListSchedulesResponse* resp) override {
+    if (auto caller = authorize(*ctx, "ListSchedules"); !caller) {
+      return finishNow(ctx, caller.error());
+    }
+    auto all = readRecord([&] { return schedules->listSchedules(); });
+    if (!all) {
+      return finishNow(ctx, all.error());
+    }
+    for (auto& s : *all) {
+      *resp->add_schedules() = statusOf(std::move(s), false);
+    }
+    return finishNow(ctx, grpc::Status::OK);
+  }
+
+  grpc::ServerUnaryReactor* GetSchedule(grpc::CallbackServerContext* ctx, const v1::GetScheduleRequest* req,
+                                        v1::ScheduleStatus* resp) override {
+    if (auto caller = authorize(*ctx, "GetSchedule"); !caller) {
+      return finishNow(ctx, caller.error());
+    }
+    if (auto bad = badName(req->name())) {
+      return finishNow(ctx, *bad);
+    }
+    auto s = readRecord([&] { return schedules->getSchedule(req->name()); });
+    if (!s) {
+      return finishNow(ctx, s.error());
+    }
+    if (!*s) {
+      return finishNow(ctx, noSchedule(req->name()));
+    }
+    auto st = readRecord([&] { return statusOf(std::move(**s), true); });
+    if (!st) {
+      return finishNow(ctx, st.error());
+    }
+    *resp = std::move(*st);
+    return finishNow(ctx, grpc::Status::OK);
+  }
+
+  grpc::ServerUnaryReactor* setPaused(grpc::CallbackServerContext* ctx, std::string_view rpc, const std::string& name,
+                                      bool paused, v1::ScheduleStatus* resp) {
+    auto caller = authorize(*ctx, rpc);
+    if (!caller) {
+      return finishNow(ctx, caller.error());
+    }
+    if (auto bad = badName(name)) {
+      return finishNow(ctx, *bad);
+    }
+    try {
+      if (!schedules->setPaused(name, paused, agent::nowTimestamp())) {
+        return finishNow(ctx, noSchedule(name));
+      }
+      scheduler->reload();
+      spdlog::info("schedule {} {} by {}", name, paused ? "paused" : "resumed", caller->who);
+      *resp = statusOf(*schedules->getSchedule(name), false);
+    } catch (const std::exception& e) {
+      return finishNow(ctx, grpc::Status(grpc::StatusCode::UNAVAILABLE, e.what()));
+    }
+    return finishNow(ctx, grpc::Status::OK);
+  }
+
+  grpc::ServerUnaryReactor* PauseSchedule(grpc::CallbackServerContext* ctx, const v1::ScheduleNameRequest* req,
+                                          v1::ScheduleStatus* resp) override {
+    return setPaused(ctx, "PauseSchedule", req->name(), true, resp);
+  }
+
+  grpc::ServerUnaryReactor* ResumeSchedule(grpc::CallbackServerContext* ctx, const v1::ScheduleNameRequest* req,
+                                           v1::ScheduleStatus* resp) override {
+    return setPaused(ctx, "ResumeSchedule", req->name(), false, resp);
+  }
+
+  grpc::ServerUnaryReactor* DeleteSchedule(grpc::CallbackServerContext* ctx, const v1::ScheduleNameRequest* req,
+                                           v1::DeleteScheduleResponse* /*resp*/) override {
+    auto caller = authorize(*ctx, "DeleteSchedule");
+    if (!caller) {
+      return finishNow(ctx, caller.error());
+    }
+    if (auto bad = badName(req->name())) {
+      return finishNow(ctx, *bad);
+    }
+    try {
+      if (!schedules->deleteSchedule(req->name())) {
+        return finishNow(ctx, noSchedule(req->name()));
+      }
+      scheduler->reload();
+    } catch (const std::exception& e) {
+      return finishNow(ctx, grpc::Status(grpc::StatusCode::UNAVAILABLE, e.what()));
+    }
+    spdlog::info("schedule {} deleted by {}", req->name(), caller->who);
+    return finishNow(ctx, grpc::Status::OK);
+  }
+
+  grpc::ServerUnaryReactor* RunScheduleNow(grpc::CallbackServerContext* ctx, const v1::ScheduleNameRequest* req,
+                                           v1::ScheduleFire* resp) override {
+    auto caller = authorize(*ctx, "RunScheduleNow");
+    if (!caller) {
+      return finishNow(ctx, caller.error());
+    }
+    if (auto bad = badName(req->name())) {
+      return finishNow(ctx, *bad);
+    }
+    // Blocks for its only-if probes and a replace's wait: not on a gRPC callback thread.
+    auto* reactor = ctx->DefaultReactor();
+    std::lock_guard lock(mutex);
+    if (shuttingDown) {
+      reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "controller is shutting down"));
+      return reactor;
+    }
+    auto& call = halts.emplace_back();
+    call.thread = std::thread([this, reactor, resp, name = req->name(), who = caller->who, done = call.done] {
+      grpc::Status status = grpc::Status::OK;
+      try {
+        auto fire = scheduler->runNow(name);
+        if (!fire) {
+          status = noSchedule(name);
+        } else {
+          spdlog::info("schedule {} run now by {}: {}", name, who, fire->outcome());
+          *resp = std::move(*fire);
+        }
+      } catch (const std::exception& e) {
+        status = grpc::Status(grpc::StatusCode::UNAVAILABLE, e.what());
+      }
+      reactor->Finish(status);
+      done->store(true);
+    });
+    return reactor;
+  }
+
   // Joins the threads of finished runs; with all = true, waits for every run.
   void reap(bool all) {
     std::vector<std::shared_ptr<ActiveRun>> done;
@@ -1004,6 +1320,14 @@ int Controller::start() {
       impl_->gateway.subscribe([impl = impl_.get()](const std::string& agentId, const v1::FaultReport& r) {
         impl->recordLateReport(agentId, r);
       });
+  // The schedules, before the first call can ask for them; the scheduler starts with the server
+  // and handles missed fires after scheduleStartDelay (agents reconnect first: their runs need
+  // them).
+  impl_->schedules = openScheduleStore(impl_->options.dbPath);
+  impl_->scheduler = std::make_unique<scheduler::Scheduler>(
+      *impl_->schedules, impl_->launcher, *impl_->probes, impl_->clock, scheduler::cronTimetable,
+      scheduler::SchedulerOptions{.startDelay = impl_->options.local ? std::chrono::milliseconds{0}
+                                                                     : impl_->options.scheduleStartDelay});
   grpc::ServerBuilder builder;
   int port = 0;
   if (!impl_->options.listen.empty()) {
@@ -1034,6 +1358,7 @@ int Controller::start() {
   if (impl_->localSocket) {
     impl_->localSocket->start(*impl_->server);
   }
+  impl_->scheduler->start();
   spdlog::info("controller listening on {} (port {}, {}), {}records in {}",
                impl_->options.listen.empty() ? "no TCP address" : impl_->options.listen, port,
                impl_->options.tls.empty() ? "plaintext" : "mTLS",
@@ -1080,6 +1405,9 @@ size_t Controller::activeRuns() const {
 
 void Controller::shutdown(const std::string& reason) {
   std::lock_guard serial(impl_->shutdownMutex);  // the second caller finds everything stopped
+  if (impl_->scheduler) {
+    impl_->scheduler->stop();  // first: no run starts while the others are aborted
+  }
   {
     std::lock_guard lock(impl_->mutex);
     impl_->shuttingDown = true;

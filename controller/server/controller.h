@@ -48,6 +48,9 @@ struct ControllerOptions {
   // is served, then every retentionInterval on a thread of its own. Keeps all by default.
   Retention retention{};
   std::chrono::seconds retentionInterval{3600};
+  // The scheduler waits this long after start before it handles missed fires and fires at all, so
+  // that agents reconnect first (run --local: none).
+  std::chrono::milliseconds scheduleStartDelay{5'000};
 };
 
 // Why options.listen may not be served as given: "" when it may (no TCP address, TLS, a local
@@ -73,7 +76,7 @@ class Controller {
   // the lock; a service's watchdog heartbeat goes there (common/service_notify.h), so a hung
   // loop stops the pings.
   void wait(std::chrono::milliseconds every = std::chrono::seconds{1}, const std::function<void()>& tick = {});
-  // Aborts every active run with reason (its verdict: aborted, its reason this text; the faults
+  // Stops the scheduler, then aborts every active run with reason (its verdict: aborted, its reason this text; the faults
   // reverted and the agents' confirmation awaited as for any abort), then stops the server and the
   // socket. Thread-safe and idempotent: a signal thread and the destructor may both call it; the
   // second returns once the first has finished.

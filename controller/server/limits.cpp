@@ -1,5 +1,6 @@
 #include "controller/server/limits.h"
 
+#include <algorithm>
 #include <initializer_list>
 
 #include <fmt/format.h>
@@ -113,6 +114,9 @@ std::optional<std::string> overLimits(const v1::ListRunsRequest& request) {
   if (auto e = overLimit("trigger", request.trigger(), kMaxTriggerBytes)) {
     return e;
   }
+  if (auto e = overLimit("schedule", request.schedule(), kMaxScheduleNameBytes)) {
+    return e;
+  }
   if (!v1::Verdict_IsValid(request.verdict())) {
     return fmt::format("verdict: {} is not a verdict; accepted: the values of faultline.v1.Verdict",
                        static_cast<int>(request.verdict()));
@@ -121,6 +125,76 @@ std::optional<std::string> overLimits(const v1::ListRunsRequest& request) {
     return "only_running: set together with a verdict; a running run has none (leave verdict unset)";
   }
   return std::nullopt;
+}
+
+std::optional<std::string> overLimits(const v1::Schedule& s) {
+  if (auto e = firstOver({{"name", s.name(), kMaxScheduleNameBytes},
+                          {"cron", s.cron(), kMaxCronBytes},
+                          {"timezone", s.timezone(), kMaxTimezoneBytes},
+                          {"concurrency", s.concurrency(), kMaxTriggerBytes}})) {
+    return e;
+  }
+  const auto nameOk = [](std::string_view n) {
+    if (n.empty() || !((n[0] >= 'a' && n[0] <= 'z') || (n[0] >= '0' && n[0] <= '9'))) {
+      return false;
+    }
+    return std::all_of(n.begin(), n.end(), [](char c) {
+      return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-';
+    });
+  };
+  if (!nameOk(s.name())) {
+    return fmt::format(
+        "name: '{}' is not a schedule name; accepted: a lowercase letter or digit, then lowercase "
+        "letters, digits, '.', '_', '-' (at most {} bytes)",
+        forLog(s.name()), kMaxScheduleNameBytes);
+  }
+  if (s.cron().empty()) {
+    return std::string(
+        "cron: missing; accepted: five cron fields (or six with seconds first), or @hourly, @daily, "
+        "@weekly, @monthly");
+  }
+  if (!s.concurrency().empty() && s.concurrency() != "forbid" && s.concurrency() != "allow" &&
+      s.concurrency() != "replace") {
+    return fmt::format("concurrency: '{}' is not accepted; accepted: forbid, allow, replace", forLog(s.concurrency()));
+  }
+  const auto checkDuration = [](std::string_view field, const google::protobuf::Duration& d,
+                                std::chrono::hours max) -> std::optional<std::string> {
+    const auto ms = static_cast<int64_t>(d.seconds()) * 1000 + d.nanos() / 1'000'000;
+    if (d.seconds() < 0 || d.nanos() < 0 || d.nanos() % 1'000'000 != 0 ||
+        d.seconds() > std::chrono::duration_cast<std::chrono::seconds>(max).count() ||
+        ms > std::chrono::duration_cast<std::chrono::milliseconds>(max).count()) {
+      return fmt::format("{}: {}s{}ns is not accepted; accepted: 0 to {}h, whole milliseconds", field, d.seconds(),
+                         d.nanos(), max.count());
+    }
+    return std::nullopt;
+  };
+  if (auto e = checkDuration("starting_deadline", s.starting_deadline(), kMaxStartingDeadline)) {
+    return e;
+  }
+  if (auto e = checkDuration("jitter", s.jitter(), kMaxJitter)) {
+    return e;
+  }
+  if (auto e = tooMany("blackouts", static_cast<size_t>(s.blackouts().size()), kMaxBlackouts)) {
+    return e;
+  }
+  for (const auto& b : s.blackouts()) {
+    if (auto e = overLimit("blackouts", b, kMaxCronBytes)) {
+      return e;
+    }
+  }
+  if (auto e = tooMany("only_if", static_cast<size_t>(s.only_if().size()), kMaxOnlyIf)) {
+    return e;
+  }
+  for (const auto& p : s.only_if()) {
+    if (auto e = overLimit("only_if", p, kMaxProbeNameBytes)) {
+      return e;
+    }
+  }
+  v1::SubmitRunRequest asRun;
+  asRun.set_experiment(s.experiment());
+  asRun.set_file_name(s.file_name());
+  *asRun.mutable_variables() = s.variables();
+  return overLimits(asRun);
 }
 
 std::string forLog(std::string_view text) {

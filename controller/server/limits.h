@@ -5,6 +5,7 @@
 // default) still applies on top. Log lines quote remote strings through forLog().
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <optional>
 #include <string>
@@ -44,6 +45,17 @@ inline constexpr size_t kMaxVariableValueBytes = 64 * 1024;
 inline constexpr unsigned kMaxListRuns = 1000;
 // The reason given with AbortRun or Halt (it goes into the record).
 inline constexpr size_t kMaxReasonBytes = 1024;
+// A schedule (ApplySchedule): its name ([a-z0-9][a-z0-9._-]*), its cron and each blackout
+// (cron.h's kMaxSpecLength), its zone name, how many blackouts and only-if probes, each probe
+// name; its starting deadline and jitter. Its experiment, file name and variables: as SubmitRun's.
+inline constexpr size_t kMaxScheduleNameBytes = 63;
+inline constexpr size_t kMaxCronBytes = 256;
+inline constexpr size_t kMaxTimezoneBytes = 64;
+inline constexpr size_t kMaxBlackouts = 32;
+inline constexpr size_t kMaxOnlyIf = 16;
+inline constexpr size_t kMaxProbeNameBytes = 128;
+inline constexpr std::chrono::hours kMaxStartingDeadline{7 * 24};
+inline constexpr std::chrono::hours kMaxJitter{24};
 // The most of a remote string a log line quotes.
 inline constexpr size_t kMaxLoggedBytes = 200;
 
@@ -54,6 +66,9 @@ inline constexpr size_t kMaxLoggedBytes = 200;
 [[nodiscard]] std::optional<std::string> overLimits(const v1::SubmitRunRequest& request);
 // ListRuns: the limit (kMaxListRuns), the trigger (kMaxTriggerBytes), a known verdict.
 [[nodiscard]] std::optional<std::string> overLimits(const v1::ListRunsRequest& request);
+// Every bound above and the accepted words and ranges (name, concurrency, durations); the
+// experiment's own validity, the cron, zone and blackouts are checked by their parsers.
+[[nodiscard]] std::optional<std::string> overLimits(const v1::Schedule& schedule);
 // One string (a run_id, a reason) against its limit, in the same words.
 [[nodiscard]] std::optional<std::string> overLimit(std::string_view field, std::string_view text, size_t limit);
 

@@ -20,10 +20,12 @@
 #include <utility>
 
 #include <fmt/format.h>
+#include <google/protobuf/util/message_differencer.h>
 #include <google/protobuf/util/time_util.h>
 #include <spdlog/spdlog.h>
 #include <nlohmann/json.hpp>
 
+#include "controller/store/schedules.h"
 #include "controller/store/store.h"
 
 namespace faultline::controller {
@@ -34,7 +36,7 @@ using google::protobuf::util::TimeUtil;
 // The schema, one step per version: step i takes the database from user_version i to i + 1.
 // Never edit a step that has shipped; add a new one (e.g. "ALTER TABLE runs ADD COLUMN ...").
 // Timestamps are integer microseconds since the Unix epoch (UTC).
-constexpr std::array<std::string_view, 4> kMigrations = {
+constexpr std::array<std::string_view, 5> kMigrations = {
     R"sql(
 CREATE TABLE runs (
   run_id      TEXT PRIMARY KEY NOT NULL,
@@ -97,6 +99,42 @@ ALTER TABLE events ADD COLUMN skew_ns INTEGER;
     R"sql(
 ALTER TABLE events ADD COLUMN fault_id TEXT NOT NULL DEFAULT '';
 ALTER TABLE runs ADD COLUMN owner TEXT NOT NULL DEFAULT '';
+)sql",
+    // 5: schedules (the experiment's content, not its path; variables a JSON object, blackouts and
+    // only_if JSON arrays of strings) and their fires (outcome started, skipped or missed; manual:
+    // run-now); a scheduled run's schedule and fire time.
+    R"sql(
+ALTER TABLE runs ADD COLUMN schedule TEXT NOT NULL DEFAULT '';
+ALTER TABLE runs ADD COLUMN fire_at INTEGER;
+CREATE INDEX runs_by_schedule ON runs (schedule, started_at);
+CREATE TABLE schedules (
+  name                 TEXT PRIMARY KEY NOT NULL,
+  experiment           BLOB NOT NULL,
+  file_name            TEXT NOT NULL DEFAULT '',
+  experiment_sha256    TEXT NOT NULL,
+  cron                 TEXT NOT NULL,
+  timezone             TEXT NOT NULL DEFAULT '',
+  variables            TEXT NOT NULL DEFAULT '{}',
+  concurrency          TEXT NOT NULL DEFAULT 'forbid',
+  starting_deadline_ms INTEGER NOT NULL DEFAULT 0,
+  jitter_ms            INTEGER NOT NULL DEFAULT 0,
+  blackouts            TEXT NOT NULL DEFAULT '[]',
+  only_if              TEXT NOT NULL DEFAULT '[]',
+  paused               INTEGER NOT NULL DEFAULT 0,
+  created_at           INTEGER NOT NULL,
+  updated_at           INTEGER NOT NULL
+);
+CREATE TABLE fires (
+  id         INTEGER PRIMARY KEY AUTOINCREMENT,
+  schedule   TEXT NOT NULL,
+  planned_at INTEGER NOT NULL,
+  fire_at    INTEGER NOT NULL,
+  outcome    TEXT NOT NULL,
+  run_id     TEXT NOT NULL DEFAULT '',
+  reason     TEXT NOT NULL DEFAULT '',
+  manual     INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX fires_by_schedule ON fires (schedule, planned_at);
 )sql",
 };
 
@@ -325,7 +363,7 @@ std::string fileUri(const std::string& path, std::string_view query) {
   return fmt::format("{}?{}", uri, query);
 }
 
-class SqliteRecordStore final : public RecordStore {
+class SqliteRecordStore final : public RecordStore, public ScheduleStore {
  public:
   SqliteRecordStore(std::string path, StoreMode mode) : path_(std::move(path)), readOnly_(mode == StoreMode::ReadOnly) {
     if (readOnly_) {
@@ -345,8 +383,8 @@ class SqliteRecordStore final : public RecordStore {
     }
 
     insertRun_ = prepare(
-        "INSERT INTO runs (run_id, experiment, file_sha256, trigger, started_at, owner) VALUES (?1, ?2, ?3, ?4, ?5, "
-        "?6)");
+        "INSERT INTO runs (run_id, experiment, file_sha256, trigger, started_at, owner, schedule, fire_at) VALUES (?1, "
+        "?2, ?3, ?4, ?5, ?6, ?7, ?8)");
     insertEvent_ = prepare(
         "INSERT INTO events (run_id, seq, at, host, kind, message, verdict, start_at, skew_ns, fault_id) VALUES "
         "(?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE run_id = ?1), ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)");
@@ -361,7 +399,7 @@ class SqliteRecordStore final : public RecordStore {
         "WHERE run_id = ?1 ORDER BY at, rowid");
     finishRun_ = prepare("UPDATE runs SET ended_at = ?2, verdict = ?3, reason = ?4 WHERE run_id = ?1");
     selectRun_ = prepare(
-        "SELECT run_id, experiment, file_sha256, trigger, started_at, ended_at, verdict, reason "
+        "SELECT run_id, experiment, file_sha256, trigger, started_at, ended_at, verdict, reason, schedule, fire_at "
         "FROM runs WHERE run_id = ?1");
     selectEvents_ = prepare(
         "SELECT at, host, kind, message, verdict, start_at, skew_ns, fault_id FROM events WHERE run_id = ?1 ORDER BY "
@@ -370,9 +408,10 @@ class SqliteRecordStore final : public RecordStore {
         "SELECT at, probe, phase, ok, latency_ms, detail, value, kind, guard FROM samples WHERE run_id = ?1 "
         "ORDER BY at, rowid");
     listRuns_ = prepare(
-        "SELECT run_id, experiment, file_sha256, trigger, started_at, ended_at, verdict, reason FROM runs "
-        "WHERE (?2 IS NULL OR trigger = ?2) AND (?3 IS NULL OR verdict = ?3) AND (?4 IS NULL OR verdict IS NULL) "
-        "AND (?5 IS NULL OR started_at >= ?5) ORDER BY started_at DESC, rowid DESC LIMIT ?1");
+        "SELECT run_id, experiment, file_sha256, trigger, started_at, ended_at, verdict, reason, schedule, fire_at "
+        "FROM runs WHERE (?2 IS NULL OR trigger = ?2) AND (?3 IS NULL OR verdict = ?3) AND (?4 IS NULL OR verdict "
+        "IS NULL) AND (?5 IS NULL OR started_at >= ?5) AND (?6 IS NULL OR schedule = ?6) ORDER BY started_at DESC, "
+        "rowid DESC LIMIT ?1");
     if (!readOnly_) {
       // Finished runs beyond the ?1 newest (-1: no count limit), or that ended before ?2; oldest first.
       selectPrunable_ = prepare(
@@ -383,6 +422,9 @@ class SqliteRecordStore final : public RecordStore {
       deleteSamples_ = prepare("DELETE FROM samples WHERE run_id = ?1");
       deleteSloChecks_ = prepare("DELETE FROM slo_checks WHERE run_id = ?1");
       deleteRun_ = prepare("DELETE FROM runs WHERE run_id = ?1");
+      // A deleted run's fire goes with it: a fire whose run is missing reads as never started
+      // (missUnstartedFires).
+      deleteFires_ = prepare("DELETE FROM fires WHERE run_id = ?1");
       beginImmediate_ = prepare("BEGIN IMMEDIATE");
     }
     selectUnfinished_ = prepare("SELECT run_id, owner FROM runs WHERE ended_at IS NULL ORDER BY started_at, rowid");
@@ -401,6 +443,12 @@ class SqliteRecordStore final : public RecordStore {
     bindText(use, 4, run.trigger());
     bindInt(use, 5, toMicros(run.started_at()));
     bindText(use, 6, owner_);
+    bindText(use, 7, run.schedule());
+    if (run.has_fire_at()) {
+      bindInt(use, 8, toMicros(run.fire_at()));
+    } else {
+      check(sqlite3_bind_null(use.get(), 8), "bind");
+    }
     stepWrite(use, "createRun", run.run_id());
   }
 
@@ -621,6 +669,9 @@ class SqliteRecordStore final : public RecordStore {
     if (filter.since) {
       bindInt(use, 5, toMicros(*filter.since));
     }
+    if (!filter.schedule.empty()) {
+      bindText(use, 6, filter.schedule);
+    }
     std::vector<v1::Run> runs;
     while (stepRow(use, "listRuns")) {
       runs.push_back(readRun(use.get()));
@@ -658,7 +709,7 @@ class SqliteRecordStore final : public RecordStore {
       stepControl(beginImmediate_);
       try {
         for (const auto& id : ids) {
-          for (const Stmt* stmt : {&deleteEvents_, &deleteSamples_, &deleteSloChecks_, &deleteRun_}) {
+          for (const Stmt* stmt : {&deleteEvents_, &deleteSamples_, &deleteSloChecks_, &deleteFires_, &deleteRun_}) {
             StmtUse use(*stmt);
             bindText(use, 1, id);
             stepWrite(use, "pruneRuns", id);
@@ -683,7 +734,268 @@ class SqliteRecordStore final : public RecordStore {
     return deleted;
   }
 
+  // --- ScheduleStore ---
+
+  ApplyResult applySchedule(const v1::Schedule& s, const google::protobuf::Timestamp& now) override {
+    refuseWrite("applySchedule", s.name());
+    auto existing = getSchedule(s.name());
+    if (existing && sameSpec(*existing, s)) {
+      return ApplyResult::kUnchanged;
+    }
+    std::lock_guard lock(mutex_);
+    Stmt stmt = prepare(
+        "INSERT INTO schedules (name, experiment, file_name, experiment_sha256, cron, timezone, variables, "
+        "concurrency, starting_deadline_ms, jitter_ms, blackouts, only_if, paused, created_at, updated_at) VALUES "
+        "(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 0, ?13, ?13) ON CONFLICT (name) DO UPDATE SET "
+        "experiment = ?2, file_name = ?3, experiment_sha256 = ?4, cron = ?5, timezone = ?6, variables = ?7, "
+        "concurrency = ?8, starting_deadline_ms = ?9, jitter_ms = ?10, blackouts = ?11, only_if = ?12, "
+        "updated_at = ?13");
+    StmtUse use(stmt);
+    bindText(use, 1, s.name());
+    check(sqlite3_bind_blob64(use.get(), 2, s.experiment().data(), s.experiment().size(), SQLITE_TRANSIENT), "bind");
+    bindText(use, 3, s.file_name());
+    bindText(use, 4, s.experiment_sha256());
+    bindText(use, 5, s.cron());
+    bindText(use, 6, s.timezone());
+    nlohmann::json vars = nlohmann::json::object();
+    for (const auto& [k, v] : s.variables()) {
+      vars[k] = v;
+    }
+    bindText(use, 7, vars.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+    bindText(use, 8, s.concurrency().empty() ? "forbid" : s.concurrency());
+    bindInt(use, 9, TimeUtil::DurationToMilliseconds(s.starting_deadline()));
+    bindInt(use, 10, TimeUtil::DurationToMilliseconds(s.jitter()));
+    bindText(use, 11, stringsJson(s.blackouts()));
+    bindText(use, 12, stringsJson(s.only_if()));
+    bindInt(use, 13, toMicros(now));
+    stepWrite(use, "applySchedule", s.name());
+    return existing ? ApplyResult::kUpdated : ApplyResult::kCreated;
+  }
+
+  std::optional<v1::Schedule> getSchedule(const std::string& name) override {
+    auto all = selectSchedules(name);
+    if (all.empty()) {
+      return std::nullopt;
+    }
+    return std::move(all.front());
+  }
+
+  std::vector<v1::Schedule> listSchedules() override { return selectSchedules(std::nullopt); }
+
+  bool setPaused(const std::string& name, bool paused, const google::protobuf::Timestamp& now) override {
+    refuseWrite("setPaused", name);
+    std::lock_guard lock(mutex_);
+    Stmt stmt = prepare("UPDATE schedules SET paused = ?2, updated_at = ?3 WHERE name = ?1");
+    StmtUse use(stmt);
+    bindText(use, 1, name);
+    bindInt(use, 2, paused ? 1 : 0);
+    bindInt(use, 3, toMicros(now));
+    stepWrite(use, "setPaused", name);
+    return sqlite3_changes(db_.get()) > 0;
+  }
+
+  bool deleteSchedule(const std::string& name) override {
+    refuseWrite("deleteSchedule", name);
+    std::lock_guard lock(mutex_);
+    exec("BEGIN IMMEDIATE", "deleteSchedule");
+    try {
+      Stmt del = prepare("DELETE FROM schedules WHERE name = ?1");
+      StmtUse use(del);
+      bindText(use, 1, name);
+      stepWrite(use, "deleteSchedule", name);
+      const bool found = sqlite3_changes(db_.get()) > 0;
+      Stmt fires = prepare("DELETE FROM fires WHERE schedule = ?1");
+      StmtUse useFires(fires);
+      bindText(useFires, 1, name);
+      stepWrite(useFires, "deleteSchedule", name);
+      exec("COMMIT", "deleteSchedule");
+      return found;
+    } catch (...) {
+      exec("ROLLBACK", "deleteSchedule");
+      throw;
+    }
+  }
+
+  int64_t recordFire(const v1::ScheduleFire& f, bool manual) override {
+    refuseWrite("recordFire", f.schedule());
+    std::lock_guard lock(mutex_);
+    Stmt stmt = prepare(
+        "INSERT INTO fires (schedule, planned_at, fire_at, outcome, run_id, reason, manual) VALUES (?1, ?2, ?3, ?4, "
+        "?5, ?6, ?7)");
+    StmtUse use(stmt);
+    bindText(use, 1, f.schedule());
+    bindInt(use, 2, toMicros(f.planned_at()));
+    bindInt(use, 3, toMicros(f.fire_at()));
+    bindText(use, 4, f.outcome());
+    bindText(use, 5, f.run_id());
+    bindText(use, 6, f.reason());
+    bindInt(use, 7, manual ? 1 : 0);
+    stepWrite(use, "recordFire", f.schedule());
+    return sqlite3_last_insert_rowid(db_.get());
+  }
+
+  void setFireOutcome(int64_t id, const std::string& outcome, const std::string& reason) override {
+    refuseWrite("setFireOutcome", "");
+    std::lock_guard lock(mutex_);
+    Stmt stmt = prepare("UPDATE fires SET outcome = ?2, reason = ?3 WHERE id = ?1");
+    StmtUse use(stmt);
+    bindInt(use, 1, id);
+    bindText(use, 2, outcome);
+    bindText(use, 3, reason);
+    stepWrite(use, "setFireOutcome", "");
+  }
+
+  std::optional<google::protobuf::Timestamp> lastPlanned(const std::string& name) override {
+    std::lock_guard lock(mutex_);
+    Stmt stmt = prepare("SELECT MAX(planned_at) FROM fires WHERE schedule = ?1 AND manual = 0");
+    StmtUse use(stmt);
+    bindText(use, 1, name);
+    if (!stepRow(use, "lastPlanned") || sqlite3_column_type(use.get(), 0) == SQLITE_NULL) {
+      return std::nullopt;
+    }
+    return fromMicros(sqlite3_column_int64(use.get(), 0));
+  }
+
+  std::vector<v1::ScheduleFire> listFires(const std::string& name, unsigned limit) override {
+    std::lock_guard lock(mutex_);
+    Stmt stmt = prepare(
+        "SELECT f.id, f.schedule, f.planned_at, f.fire_at, f.outcome, f.run_id, f.reason, r.verdict FROM fires f "
+        "LEFT JOIN runs r ON r.run_id = f.run_id AND f.run_id != '' WHERE f.schedule = ?1 ORDER BY f.fire_at DESC, "
+        "f.id DESC LIMIT ?2");
+    StmtUse use(stmt);
+    bindText(use, 1, name);
+    bindInt(use, 2, limit == 0 ? kDefaultListLimit : limit);
+    std::vector<v1::ScheduleFire> fires;
+    while (stepRow(use, "listFires")) {
+      v1::ScheduleFire f;
+      f.set_id(sqlite3_column_int64(use.get(), 0));
+      f.set_schedule(columnText(use.get(), 1));
+      *f.mutable_planned_at() = fromMicros(sqlite3_column_int64(use.get(), 2));
+      *f.mutable_fire_at() = fromMicros(sqlite3_column_int64(use.get(), 3));
+      f.set_outcome(columnText(use.get(), 4));
+      f.set_run_id(columnText(use.get(), 5));
+      f.set_reason(columnText(use.get(), 6));
+      f.set_verdict(verdictFromWord(columnText(use.get(), 7)));
+      fires.push_back(std::move(f));
+    }
+    return fires;
+  }
+
+  unsigned missUnstartedFires(const std::string& reason) override {
+    refuseWrite("missUnstartedFires", "");
+    std::lock_guard lock(mutex_);
+    Stmt stmt = prepare(
+        "UPDATE fires SET outcome = 'missed', reason = ?1 WHERE outcome = 'started' AND run_id NOT IN (SELECT "
+        "run_id FROM runs)");
+    StmtUse use(stmt);
+    bindText(use, 1, reason);
+    stepWrite(use, "missUnstartedFires", "");
+    return static_cast<unsigned>(sqlite3_changes(db_.get()));
+  }
+
+  std::vector<v1::Run> listRunsOfSchedule(const std::string& name, unsigned limit) override {
+    std::lock_guard lock(mutex_);
+    Stmt stmt = prepare(
+        "SELECT run_id, experiment, file_sha256, trigger, started_at, ended_at, verdict, reason, schedule, fire_at "
+        "FROM runs WHERE schedule = ?1 ORDER BY started_at DESC, rowid DESC LIMIT ?2");
+    StmtUse use(stmt);
+    bindText(use, 1, name);
+    bindInt(use, 2, limit == 0 ? kDefaultListLimit : limit);
+    std::vector<v1::Run> runs;
+    while (stepRow(use, "listRunsOfSchedule")) {
+      runs.push_back(readRun(use.get()));
+    }
+    return runs;
+  }
+
  private:
+  static std::string stringsJson(const google::protobuf::RepeatedPtrField<std::string>& items) {
+    nlohmann::json a = nlohmann::json::array();
+    for (const auto& i : items) {
+      a.push_back(i);
+    }
+    return a.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  }
+
+  static void readStrings(const std::string& text, google::protobuf::RepeatedPtrField<std::string>* out) {
+    const auto a = nlohmann::json::parse(text, nullptr, false);
+    if (a.is_array()) {
+      for (const auto& i : a) {
+        if (i.is_string()) {
+          out->Add(i.get<std::string>());
+        }
+      }
+    }
+  }
+
+  // The fields a caller gives, compared.
+  static bool sameSpec(const v1::Schedule& a, const v1::Schedule& b) {
+    v1::Schedule x = a;
+    v1::Schedule y = b;
+    for (auto* s : {&x, &y}) {
+      s->clear_paused();
+      s->clear_created_at();
+      s->clear_updated_at();
+      if (s->concurrency().empty()) {
+        s->set_concurrency("forbid");
+      }
+      if (s->has_starting_deadline() && TimeUtil::DurationToMilliseconds(s->starting_deadline()) == 0) {
+        s->clear_starting_deadline();
+      }
+      if (s->has_jitter() && TimeUtil::DurationToMilliseconds(s->jitter()) == 0) {
+        s->clear_jitter();
+      }
+    }
+    return google::protobuf::util::MessageDifferencer::Equals(x, y);
+  }
+
+  std::vector<v1::Schedule> selectSchedules(const std::optional<std::string>& name) {
+    std::lock_guard lock(mutex_);
+    Stmt stmt = prepare(fmt::format(
+        "SELECT name, experiment, file_name, experiment_sha256, cron, timezone, variables, concurrency, "
+        "starting_deadline_ms, jitter_ms, blackouts, only_if, paused, created_at, updated_at FROM schedules {} ORDER "
+        "BY name",
+        name ? "WHERE name = ?1" : ""));
+    StmtUse use(stmt);
+    if (name) {
+      bindText(use, 1, *name);
+    }
+    std::vector<v1::Schedule> out;
+    while (stepRow(use, "getSchedule")) {
+      sqlite3_stmt* st = use.get();
+      v1::Schedule s;
+      s.set_name(columnText(st, 0));
+      const auto* blob = static_cast<const char*>(sqlite3_column_blob(st, 1));
+      s.set_experiment(blob ? std::string(blob, static_cast<size_t>(sqlite3_column_bytes(st, 1))) : "");
+      s.set_file_name(columnText(st, 2));
+      s.set_experiment_sha256(columnText(st, 3));
+      s.set_cron(columnText(st, 4));
+      s.set_timezone(columnText(st, 5));
+      const auto vars = nlohmann::json::parse(columnText(st, 6), nullptr, false);
+      if (vars.is_object()) {
+        for (const auto& [k, v] : vars.items()) {
+          if (v.is_string()) {
+            (*s.mutable_variables())[k] = v.get<std::string>();
+          }
+        }
+      }
+      s.set_concurrency(columnText(st, 7));
+      if (const auto ms = sqlite3_column_int64(st, 8); ms != 0) {
+        *s.mutable_starting_deadline() = TimeUtil::MillisecondsToDuration(ms);
+      }
+      if (const auto ms = sqlite3_column_int64(st, 9); ms != 0) {
+        *s.mutable_jitter() = TimeUtil::MillisecondsToDuration(ms);
+      }
+      readStrings(columnText(st, 10), s.mutable_blackouts());
+      readStrings(columnText(st, 11), s.mutable_only_if());
+      s.set_paused(sqlite3_column_int(st, 12) != 0);
+      *s.mutable_created_at() = fromMicros(sqlite3_column_int64(st, 13));
+      *s.mutable_updated_at() = fromMicros(sqlite3_column_int64(st, 14));
+      out.push_back(std::move(s));
+    }
+    return out;
+  }
+
   // A deferred read transaction, rolled back if not committed (on an exception).
   class ReadTransaction {
    public:
@@ -1030,7 +1342,8 @@ class SqliteRecordStore final : public RecordStore {
     }
   }
 
-  // Columns: run_id, experiment, file_sha256, trigger, started_at, ended_at, verdict, reason.
+  // Columns: run_id, experiment, file_sha256, trigger, started_at, ended_at, verdict, reason,
+  // schedule, fire_at.
   static v1::Run readRun(sqlite3_stmt* stmt) {
     v1::Run run;
     run.set_run_id(columnText(stmt, 0));
@@ -1043,6 +1356,10 @@ class SqliteRecordStore final : public RecordStore {
     }
     run.set_verdict(verdictFromWord(columnText(stmt, 6)));
     run.set_reason(columnText(stmt, 7));
+    run.set_schedule(columnText(stmt, 8));
+    if (sqlite3_column_type(stmt, 9) != SQLITE_NULL) {
+      *run.mutable_fire_at() = fromMicros(sqlite3_column_int64(stmt, 9));
+    }
     return run;
   }
 
@@ -1067,6 +1384,7 @@ class SqliteRecordStore final : public RecordStore {
   Stmt deleteSamples_;
   Stmt deleteSloChecks_;
   Stmt deleteRun_;
+  Stmt deleteFires_;
   Stmt beginImmediate_;
   Stmt begin_;
   Stmt commit_;
@@ -1077,6 +1395,22 @@ class SqliteRecordStore final : public RecordStore {
 
 std::unique_ptr<RecordStore> openSqliteStore(const std::string& path, StoreMode mode) {
   return std::make_unique<SqliteRecordStore>(path, mode);
+}
+
+std::unique_ptr<ScheduleStore> openScheduleStore(const std::string& path) {
+  return std::make_unique<SqliteRecordStore>(path, StoreMode::ReadWrite);
+}
+
+const char* applyResultWord(ApplyResult result) {
+  switch (result) {
+    case ApplyResult::kCreated:
+      return "created";
+    case ApplyResult::kUpdated:
+      return "updated";
+    case ApplyResult::kUnchanged:
+      return "unchanged";
+  }
+  return "unknown";
 }
 
 }  // namespace faultline::controller

@@ -25,6 +25,7 @@ struct RunFilter {
   std::string trigger;                               // "" = any; else exactly (cli, ci, schedule, gameday, ...)
   std::optional<v1::Verdict> verdict;                // VERDICT_UNSPECIFIED = runs still going (no verdict yet)
   std::optional<google::protobuf::Timestamp> since;  // runs started at or after this time
+  std::string schedule;                              // "" = any; else the runs of this schedule
 };
 
 // What the controller keeps (`faultline controller --retain-runs N --retain-days D`): a finished

@@ -145,6 +145,39 @@ grpc::Status call(v1::Control::Stub& stub, const std::string& rpc, const std::st
     v1::RevokeTokenResponse resp;
     return stub.RevokeToken(&ctx, req, &resp);
   }
+  // Schedules: an empty one (INVALID_ARGUMENT when allowed) and a name no schedule has.
+  if (rpc == "ApplySchedule") {
+    v1::ApplyScheduleResponse resp;
+    return stub.ApplySchedule(&ctx, {}, &resp);
+  }
+  if (rpc == "ListSchedules") {
+    v1::ListSchedulesResponse resp;
+    return stub.ListSchedules(&ctx, {}, &resp);
+  }
+  if (rpc == "GetSchedule") {
+    v1::GetScheduleRequest req;
+    req.set_name("no-such-schedule");
+    v1::ScheduleStatus resp;
+    return stub.GetSchedule(&ctx, req, &resp);
+  }
+  v1::ScheduleNameRequest named;
+  named.set_name("no-such-schedule");
+  if (rpc == "PauseSchedule") {
+    v1::ScheduleStatus resp;
+    return stub.PauseSchedule(&ctx, named, &resp);
+  }
+  if (rpc == "ResumeSchedule") {
+    v1::ScheduleStatus resp;
+    return stub.ResumeSchedule(&ctx, named, &resp);
+  }
+  if (rpc == "DeleteSchedule") {
+    v1::DeleteScheduleResponse resp;
+    return stub.DeleteSchedule(&ctx, named, &resp);
+  }
+  if (rpc == "RunScheduleNow") {
+    v1::ScheduleFire resp;
+    return stub.RunScheduleNow(&ctx, named, &resp);
+  }
   FAIL("no request for ", rpc);
   return grpc::Status::CANCELLED;
 }
@@ -529,4 +562,65 @@ TEST_CASE("a second controller on a live socket is refused and leaves it alone; 
     CHECK_THROWS_WITH_AS(third.start(), doctest::Contains("not a socket"), std::runtime_error);
   }
   CHECK(std::filesystem::is_regular_file(o.socket));
+}
+
+TEST_CASE("schedules: a viewer lists and reads but may not apply, pause or run-now; a command probe needs admin") {
+  AuthController c;
+  auto stub = c.overTcp();
+  const std::string viewer = c.token(Role::kViewer);
+  const std::string operatorToken = c.token(Role::kOperator);
+  const std::string admin = c.token(Role::kAdmin);
+  auto apply = [&](const std::string& token, const std::string& experiment) {
+    grpc::ClientContext ctx;
+    ctx.AddMetadata("authorization", "Bearer " + token);
+    v1::ApplyScheduleRequest req;
+    req.mutable_schedule()->set_name("nightly");
+    req.mutable_schedule()->set_cron("0 3 * * *");
+    req.mutable_schedule()->set_experiment(experiment);
+    v1::ApplyScheduleResponse resp;
+    auto s = stub->ApplySchedule(&ctx, req, &resp);
+    return std::pair{s, resp.result()};
+  };
+  auto [refused, none] = apply(viewer, commandProbeExperiment());
+  CHECK(refused.error_code() == grpc::StatusCode::PERMISSION_DENIED);
+  CHECK(contains(refused.error_message(), "ApplySchedule needs the operator role"));
+  CHECK(contains(refused.error_message(), "has the viewer role"));
+  auto [commandRefused, none2] = apply(operatorToken, commandProbeExperiment());
+  CHECK(commandRefused.error_code() == grpc::StatusCode::PERMISSION_DENIED);
+  CHECK(contains(commandRefused.error_message(), "probe 'whoami' is a command probe"));
+  auto [created, result] = apply(admin, commandProbeExperiment());
+  REQUIRE_MESSAGE(created.ok(), created.error_message());
+  CHECK(result == "created");
+  auto [again, result2] = apply(admin, commandProbeExperiment());
+  REQUIRE(again.ok());
+  CHECK(result2 == "unchanged");
+  for (const std::string rpc : {"PauseSchedule", "RunScheduleNow", "DeleteSchedule"}) {
+    grpc::ClientContext ctx;
+    ctx.AddMetadata("authorization", "Bearer " + viewer);
+    v1::ScheduleNameRequest req;
+    req.set_name("nightly");
+    v1::ScheduleStatus st;
+    v1::ScheduleFire fire;
+    v1::DeleteScheduleResponse del;
+    const auto s = rpc == "PauseSchedule"    ? stub->PauseSchedule(&ctx, req, &st)
+                   : rpc == "RunScheduleNow" ? stub->RunScheduleNow(&ctx, req, &fire)
+                                             : stub->DeleteSchedule(&ctx, req, &del);
+    CAPTURE(rpc);
+    CHECK(s.error_code() == grpc::StatusCode::PERMISSION_DENIED);
+    CHECK(contains(s.error_message(), rpc + " needs the operator role"));
+  }
+  // The viewer reads it, unchanged (not paused, not deleted): its next five fires at 03:00 UTC.
+  grpc::ClientContext ctx;
+  ctx.AddMetadata("authorization", "Bearer " + viewer);
+  v1::GetScheduleRequest get;
+  get.set_name("nightly");
+  v1::ScheduleStatus st;
+  const auto s = stub->GetSchedule(&ctx, get, &st);
+  REQUIRE_MESSAGE(s.ok(), s.error_message());
+  CHECK_FALSE(st.schedule().paused());
+  REQUIRE(st.next_fires_size() == 5);
+  for (const auto& t : st.next_fires()) {
+    CHECK(t.seconds() % 86400 == 3 * 3600);
+  }
+  CHECK(st.fires_size() == 0);
 }

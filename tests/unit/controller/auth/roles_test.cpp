@@ -65,6 +65,13 @@ TEST_CASE("the roles of the issue: viewer reads, operator runs, admin manages to
   CHECK(*requiredRole("CreateToken") == Role::kAdmin);
   CHECK(*requiredRole("ListTokens") == Role::kAdmin);
   CHECK(*requiredRole("RevokeToken") == Role::kAdmin);
+  CHECK(*requiredRole("ListSchedules") == Role::kViewer);
+  CHECK(*requiredRole("GetSchedule") == Role::kViewer);
+  CHECK(*requiredRole("ApplySchedule") == Role::kOperator);
+  CHECK(*requiredRole("PauseSchedule") == Role::kOperator);
+  CHECK(*requiredRole("ResumeSchedule") == Role::kOperator);
+  CHECK(*requiredRole("DeleteSchedule") == Role::kOperator);
+  CHECK(*requiredRole("RunScheduleNow") == Role::kOperator);
   CHECK(kCommandProbeRole == Role::kAdmin);
   CHECK(allows(Role::kAdmin, Role::kOperator));
   CHECK(allows(Role::kOperator, Role::kOperator));
