@@ -10,6 +10,7 @@
 #include <spdlog/spdlog.h>
 #include <CLI/CLI.hpp>
 
+#include "agent/cli/config_file.h"
 #include "agent/faults/network/net_target.h"
 #include "agent/faults/spec.h"
 #include "agent/kernel/cgroup_tree.h"
@@ -25,6 +26,9 @@
 
 namespace faultline::agent {
 namespace {
+
+// faultline-agent's config file when --config is not given (read only when it exists).
+constexpr const char* kDefaultConfig = "/etc/faultline/agent.yaml";
 
 // `faultline run --local`'s state directory when run as root without --state-dir (controller/cli/cli.cpp).
 constexpr const char* kLocalRunStateDir = "/var/lib/faultline/local";
@@ -110,6 +114,8 @@ int agentMain(int argc, char** argv) {
       "SIGTERM, SIGINT, SIGHUP or SIGQUIT (SIGHUP stops the agent: the policy file is read once, at start; "
       "restart the agent to apply a changed one)."};
   app.set_version_flag("--version", "faultline-agent " + agentVersion());
+  std::string configFile;
+  auto* configOption = app.add_option("--config", configFile, configOptionHelp(kDefaultConfig))->configurable(false);
   std::signal(SIGPIPE, SIG_IGN);
   SessionOptions options;
   options.hostname = hostName();
@@ -172,8 +178,27 @@ int agentMain(int argc, char** argv) {
     const int code = app.exit(e);
     return code == 0 ? 0 : 4;
   }
+  const bool configGiven = configOption->count() > 0;
+  // revert-all's --state-dir shares stateDir with the daemon's, which the file may set: the
+  // command line wins there too.
+  const bool revertAllStateDir = revertAll->get_option("--state-dir")->count() > 0;
+  const std::string stateDirGiven = stateDir;
+  const auto configErrors = loadConfigFile(app, configGiven ? configFile : kDefaultConfig, configGiven);
+  if (revertAllStateDir) {
+    stateDir = stateDirGiven;
+  }
   if (revertAll->parsed()) {
+    // An emergency tool: a bad config file (its state-dir is read) never keeps it from running.
+    for (const auto& e : configErrors) {
+      std::cerr << "faultline-agent: warning: --config: " << e << " (revert-all goes on)\n";
+    }
     return revertAllMain(stateDir, revertAll->get_option("--state-dir")->count() == 0 && ::geteuid() == 0);
+  }
+  if (!configErrors.empty()) {
+    for (const auto& e : configErrors) {
+      std::cerr << "faultline-agent: --config: " << e << "\n";
+    }
+    return 4;
   }
   if (options.controller.empty()) {
     std::cerr << "faultline-agent: --controller is required\nRun with --help for more information.\n";
@@ -252,8 +277,10 @@ int agentMain(int argc, char** argv) {
   }
   spdlog::info("faultline-agent {} ({}) connecting to {} ({})", options.agentId, options.hostname, options.controller,
                options.credentials ? "mTLS" : "plaintext");
+  const std::string status =
+      fmt::format("crash recovery done; agent {} serving controller {}", options.agentId, options.controller);
   AgentRuntime runtime(std::move(options), true, std::move(*journal), std::move(policy));
-  runtime.runUntilSignal();
+  runtime.runUntilSignal(status);
   return 0;
 }
 

@@ -15,12 +15,14 @@
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
 
 #include <fmt/ranges.h>
 
 #include "agent/kernel/cgroup_tree.h"
 #include "agent/kernel/packet_steering.h"
 #include "agent/kernel/qdisc_table.h"
+#include "common/service_notify.h"
 
 namespace faultline::agent {
 
@@ -254,18 +256,45 @@ void AgentRuntime::stop(const std::string& reason) {
   impl_->stopExpiry();
 }
 
-void AgentRuntime::runUntilSignal() {
+namespace {
+
+// Beats heartbeat on timer's io_context every `every`, for as long as that context runs.
+void beatEvery(boost::asio::steady_timer& timer, service::Heartbeat& heartbeat, std::chrono::milliseconds every) {
+  heartbeat.beat();
+  timer.expires_after(every);
+  timer.async_wait([&timer, &heartbeat, every](const boost::system::error_code& ec) {
+    if (!ec) {
+      beatEvery(timer, heartbeat, every);
+    }
+  });
+}
+
+}  // namespace
+
+void AgentRuntime::runUntilSignal(const std::string& status) {
+  // The watchdog pings only while both loops go round: the io thread (input, injects) and the
+  // expiry thread (every deadline and revert).
+  service::Heartbeat ioLoop("agent io thread");
+  service::Heartbeat expiryLoop("agent expiry thread");
+  service::Watchdog watchdog({&ioLoop, &expiryLoop});
+  const auto every = watchdog.beatEvery(std::chrono::seconds{1});
+  boost::asio::steady_timer ioTimer(impl_->io);
+  boost::asio::steady_timer expiryTimer(impl_->expiry);
+  boost::asio::post(impl_->io, [&] { beatEvery(ioTimer, ioLoop, every); });
+  boost::asio::post(impl_->expiry, [&] { beatEvery(expiryTimer, expiryLoop, every); });
   // SIGHUP and SIGQUIT too: an agent started from a shell that goes away must not die with its
   // faults in place.
   // Handled on the expiry thread: the faults are reverted even while the io thread is stuck in
   // an input; the session is then closed on the io thread once it is free.
   boost::asio::signal_set signals(impl_->expiry, SIGTERM, SIGINT, SIGHUP);
   signals.add(SIGQUIT);
-  signals.async_wait([this](const boost::system::error_code& ec, int sig) {
+  signals.async_wait([this, &watchdog](const boost::system::error_code& ec, int sig) {
     if (ec) {
       return;
     }
     spdlog::info("SIG{}: reverting every fault and exiting", sigabbrev_np(sig));
+    watchdog.stop();  // STOPPING=1 ends the service manager's watchdog
+    service::notifyStopping(fmt::format("SIG{}: reverting every fault", sigabbrev_np(sig)));
     impl_->agent.close(fmt::format("agent stopped (SIG{})", sigabbrev_np(sig)));
     boost::asio::post(impl_->io, [this] {
       impl_->session.stop();
@@ -274,6 +303,7 @@ void AgentRuntime::runUntilSignal() {
   });
   impl_->startExpiry();
   impl_->session.start();
+  boost::asio::post(impl_->io, [&status] { service::notifyReady(status); });
   auto guard = boost::asio::make_work_guard(impl_->io);  // runs until the handler above stops it
   impl_->io.run();
   impl_->stopped = true;

@@ -30,8 +30,12 @@ class AgentRuntime {
   // Reverts every fault held, closes the session and joins the thread. Blocks until the
   // reverts are done. Idempotent.
   void stop(const std::string& reason = "agent shutting down");
-  // Runs the agent on the calling thread until SIGTERM or SIGINT, then reverts everything.
-  void runUntilSignal();
+  // Runs the agent on the calling thread until SIGTERM, SIGINT, SIGHUP or SIGQUIT, then reverts
+  // everything. As a systemd service (NOTIFY_SOCKET set; common/service_notify.h): READY=1 with
+  // STATUS=status once the io loop runs (the caller has run the journal's crash recovery before),
+  // STOPPING=1 when the signal arrives, and WATCHDOG=1 pings while both the io thread and the
+  // expiry thread go round.
+  void runUntilSignal(const std::string& status = {});
 
  private:
   struct Impl;

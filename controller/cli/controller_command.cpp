@@ -3,10 +3,13 @@
 
 #include <cstring>
 #include <iostream>
+#include <optional>
 
 #include <spdlog/spdlog.h>
 
+#include "agent/cli/config_file.h"
 #include "agent/faults/spec.h"
+#include "common/service_notify.h"
 #include "controller/cli/command.h"
 #include "controller/server/controller.h"
 #include "controller/server/tls.h"
@@ -14,20 +17,57 @@
 namespace faultline::controller::cli {
 namespace {
 
+// What the service's STATUS= line says about where the controller listens.
+std::string listeningOn(const ControllerOptions& options, int port) {
+  std::string where;
+  if (!options.listen.empty()) {
+    where = options.listen.rfind("unix:", 0) == 0 ? options.listen : fmt::format("{} (port {})", options.listen, port);
+  }
+  if (!options.socket.empty()) {
+    where += (where.empty() ? "" : " and ") + options.socket;
+  }
+  return "listening on " + where;
+}
+
 int controllerCommand(const ControllerOptions& options) {
   SignalCatcher signals;
+  // Before the controller: both outlive its destructor's shutdown().
+  service::Heartbeat mainLoop("controller main loop (run reaping, the fleet's lock)");
+  std::optional<service::Watchdog> watchdog;
   Controller controller(options);
+  int port = 0;
   try {
-    controller.start();
+    port = controller.start();
   } catch (const std::exception& e) {
     std::cerr << "faultline controller: " << e.what() << "\n";
     return kExitError;
   }
+  const std::string listening = listeningOn(options, port);
+  // Both listeners are bound and served: a client that connects after READY=1 is answered.
+  service::notifyReady(listening);
+  watchdog.emplace(std::vector<const service::Heartbeat*>{&mainLoop});
   signals.onSignal([&](int sig, int /*count*/) {
     spdlog::info("SIG{}: aborting active runs, reverting their faults, stopping", sigabbrev_np(sig));
-    controller.shutdown();
+    watchdog->stop();  // STOPPING=1 ends the service manager's watchdog
+    service::notifyStopping(fmt::format("SIG{}: aborting {} active run(s) and reverting their faults",
+                                        sigabbrev_np(sig), controller.activeRuns()));
+    controller.shutdown(fmt::format("controller shutdown (SIG{})", sigabbrev_np(sig)));
   });
-  controller.wait();
+  std::string lastStatus;
+  const bool notifying = service::notifying();
+  controller.wait(watchdog->beatEvery(std::chrono::seconds{1}), [&] {
+    if (!notifying) {
+      return;  // no service manager: no status, no pings (and no copy of the fleet each second)
+    }
+    // Reached only while the loop goes round and the fleet answers (agents() takes its lock).
+    const auto agents = controller.gateway().agents().size();
+    mainLoop.beat();
+    auto status = fmt::format("{}; {} agent(s), {} active run(s)", listening, agents, controller.activeRuns());
+    if (status != lastStatus) {
+      service::notifyStatus(status);
+      lastStatus = std::move(status);
+    }
+  });
   signals.finish();
   return 0;
 }
@@ -38,6 +78,8 @@ class ControllerCommand final : public Command {
     options_.dbPath = "/var/lib/faultline/controller.db";
     options_.socket = "/run/faultline/controller.sock";
     auto* cmd = app.add_subcommand("controller", "run the controller: agents dial it, the CLI submits runs to it");
+    cmd_ = cmd;
+    cmd->add_option("--config", configFile_, agent::configOptionHelp(kDefaultConfig))->configurable(false);
     cmd->add_option("--listen", options_.listen,
                     "address to listen on, HOST:PORT or unix:PATH: agents, and the CLI with a token (faultline "
                     "token create) or a client certificate; without --tls-* only a loopback address or unix:PATH "
@@ -75,6 +117,14 @@ class ControllerCommand final : public Command {
     return cmd;
   }
   int run() override {
+    const bool configGiven = cmd_->get_option("--config")->count() > 0;
+    if (auto errors = agent::loadConfigFile(*cmd_, configGiven ? configFile_ : kDefaultConfig, configGiven);
+        !errors.empty()) {
+      for (const auto& e : errors) {
+        std::cerr << "faultline controller: --config: " << e << "\n";
+      }
+      return kExitUsage;
+    }
     auto lease = parseDuration(leaseText_);
     if (!lease || *lease < std::chrono::seconds{1}) {
       std::cerr << "faultline controller: --lease " << (lease ? "must be at least 1s" : lease.error()) << "\n";
@@ -130,6 +180,9 @@ class ControllerCommand final : public Command {
   }
 
  private:
+  static constexpr const char* kDefaultConfig = "/etc/faultline/controller.yaml";
+  CLI::App* cmd_ = nullptr;
+  std::string configFile_;
   ControllerOptions options_;
   std::string localRole_ = "operator";
   std::string probeUser_;

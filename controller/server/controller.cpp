@@ -936,24 +936,41 @@ void Controller::abortAll(const std::string& reason) {
   impl_->reap(true);
 }
 
-void Controller::wait() {
+void Controller::wait(std::chrono::milliseconds every, const std::function<void()>& tick) {
   std::unique_lock lock(impl_->mutex);
   while (!impl_->shuttingDown) {
-    impl_->cv.wait_for(lock, std::chrono::seconds{1});
+    impl_->cv.wait_for(lock, every);
     lock.unlock();
     impl_->reap(false);
+    if (tick) {
+      tick();
+    }
     lock.lock();
   }
 }
 
-void Controller::shutdown() {
+size_t Controller::activeRuns() const {
+  std::vector<std::shared_ptr<ActiveRun>> runs;
+  {
+    std::lock_guard lock(impl_->mutex);
+    for (const auto& [id, run] : impl_->runs) {
+      runs.push_back(run);
+    }
+  }
+  return static_cast<size_t>(std::count_if(runs.begin(), runs.end(), [](const auto& run) {
+    std::lock_guard runLock(run->mutex);
+    return !run->finished;
+  }));
+}
+
+void Controller::shutdown(const std::string& reason) {
   std::lock_guard serial(impl_->shutdownMutex);  // the second caller finds everything stopped
   {
     std::lock_guard lock(impl_->mutex);
     impl_->shuttingDown = true;
   }
   impl_->cv.notify_all();
-  abortAll("controller shutting down");
+  abortAll(reason);
   std::list<Impl::HaltCall> halts;
   {
     std::lock_guard lock(impl_->mutex);

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -62,11 +63,18 @@ class Controller {
   int start();
   // Aborts every active run with reason and waits for them to finish (faults reverted).
   void abortAll(const std::string& reason);
-  // Blocks until shutdown() is called from another thread.
-  void wait();
-  // Aborts the runs, stops the server and the socket. Thread-safe and idempotent: a signal thread
-  // and the destructor may both call it; the second returns once the first has finished.
-  void shutdown();
+  // Blocks until shutdown() is called from another thread. Goes round every `every`: joins the
+  // threads of finished runs (under the controller's lock), then calls tick (when set) without
+  // the lock; a service's watchdog heartbeat goes there (common/service_notify.h), so a hung
+  // loop stops the pings.
+  void wait(std::chrono::milliseconds every = std::chrono::seconds{1}, const std::function<void()>& tick = {});
+  // Aborts every active run with reason (its verdict: aborted, its reason this text; the faults
+  // reverted and the agents' confirmation awaited as for any abort), then stops the server and the
+  // socket. Thread-safe and idempotent: a signal thread and the destructor may both call it; the
+  // second returns once the first has finished.
+  void shutdown(const std::string& reason = "controller shutdown");
+  // The runs going on now (started, not yet finished). Thread-safe.
+  [[nodiscard]] size_t activeRuns() const;
   [[nodiscard]] Gateway& gateway();
 
  private:

@@ -9,6 +9,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -50,6 +51,17 @@ bool someoneListens(const std::string& path) {
   const int err = errno;
   ::close(fd);
   return rc == 0 || err == EAGAIN || err == EINPROGRESS;
+}
+
+// Whether this process may chown a file it owns to gid: root, or a member of the group.
+bool mayGiveToGroup(gid_t gid) {
+  if (::geteuid() == 0 || ::getegid() == gid) {
+    return true;
+  }
+  const int n = ::getgroups(0, nullptr);
+  std::vector<gid_t> groups(static_cast<size_t>(std::max(n, 0)));
+  const int got = n > 0 ? ::getgroups(n, groups.data()) : 0;
+  return std::find(groups.begin(), groups.begin() + std::max(got, 0), gid) != groups.begin() + std::max(got, 0);
 }
 
 }  // namespace
@@ -101,7 +113,14 @@ void LocalSocket::bind() {
   if (!group_.empty()) {
     ::getgrnam_r(group_.c_str(), &grp, buffer.data(), buffer.size(), &found);
   }
-  if (found != nullptr) {
+  if (found != nullptr && !mayGiveToGroup(found->gr_gid)) {
+    // A controller running as its own user (the systemd unit's User=faultline) that is not in the
+    // group cannot chown to it: it serves with mode 0600 instead of refusing to start.
+    spdlog::warn(
+        "Control API on {} with mode 0600: this process (uid {}) is not in group '{}' (--socket-group), so it cannot "
+        "give it the socket; only this user and root may connect (add the user to the group, or name its own group)",
+        path_, ::geteuid(), group_);
+  } else if (found != nullptr) {
     if (::chown(path_.c_str(), static_cast<uid_t>(-1), found->gr_gid) != 0) {
       throw failure(fmt::format("cannot give it to group {}", group_), path_, errno);
     }

@@ -1943,6 +1943,68 @@ TEST_CASE("separate processes: SIGTERM stops a controller with its Unix socket a
   }
 }
 
+// SIGTERM is how systemd stops the controller's unit: the runs going on are aborted with the
+// reason "controller shutdown (SIGTERM)", their faults reverted and the agents' confirmation
+// awaited before the process exits 0, so nothing of faultline's is left on a host afterwards.
+TEST_CASE_FIXTURE(testing::NetnsFixture,
+                  "separate processes: SIGTERM to a controller mid-run aborts the run as 'controller shutdown', "
+                  "reverts its fault, exits 0") {
+  TempDir dir;
+  const std::string sock = dir.path + "/controller.sock";
+  const std::string address = "unix:" + sock;
+  const std::string db = dir.path + "/c.db";
+  const std::string log = dir.path + "/processes.log";
+  Child controller({FAULTLINE_BIN, "controller", "--listen", "", "--socket", sock, "--db", db}, log);
+  Child agent({FAULTLINE_AGENT_BIN, "--controller", address, "--id", "e2e-s", "--label", "role=e2e", "--state-dir",
+               dir.path + "/agent"},
+              log);
+  REQUIRE_MESSAGE(
+      waitFor(
+          [&] {
+            return testing::sh(fmt::format("{} agents --controller {}", FAULTLINE_BIN, address)).output.find("e2e-s") !=
+                   std::string::npos;
+          },
+          10s),
+      slurp(log));
+  const auto qdiscs = [&] {
+    return testing::sh(fmt::format("nsenter --net={} tc qdisc show dev veth0", netns())).output;
+  };
+  const std::string runId = submit(address, longBandwidth(netns()));
+  REQUIRE_MESSAGE(waitFor([&] { return countRecorded(address, runId, "fault.applied", "") == 1; }, 10s), slurp(log));
+  REQUIRE(qdiscs().find("tbf fa17:") != std::string::npos);
+
+  const auto sent = std::chrono::steady_clock::now();
+  ::kill(controller.pid, SIGTERM);
+  int status = -1;
+  REQUIRE_MESSAGE(waitFor([&] { return ::waitpid(controller.pid, &status, WNOHANG) == controller.pid; }, 15s),
+                  slurp(log));
+  controller.pid = -1;
+  INFO(slurp(log));
+  CHECK(std::chrono::steady_clock::now() - sent < 10s);
+  CHECK(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);
+  // Reverted and confirmed before the controller exited: gone the moment it is.
+  CHECK(qdiscs().find("tbf") == std::string::npos);
+  // The record, read from the file the controller left: aborted by the shutdown, the fault reverted.
+  const auto shown = testing::sh(fmt::format("{} show {} --db {}", FAULTLINE_BIN, runId, db));
+  INFO(shown.output);
+  CHECK(shown.output.find("verdict: aborted") != std::string::npos);
+  CHECK(shown.output.find("controller shutdown (SIGTERM)") != std::string::npos);
+  CHECK(shown.output.find("interrupted") == std::string::npos);
+  {
+    auto store = controller::openSqliteStore(db);
+    auto run = store->getRun(runId);
+    REQUIRE(run.has_value());
+    CHECK(run->verdict() == v1::VERDICT_ABORTED);
+    size_t reverted = 0;
+    for (const auto& e : run->events()) {
+      reverted += e.kind() == "fault.reverted" ? 1 : 0;
+    }
+    CHECK(reverted == 1);
+  }
+  CHECK(WEXITSTATUS(agent.stop(SIGTERM)) == 0);
+}
+
 // A diagnostic quotes the value it found; a secret variable's value must not reach the terminal.
 TEST_CASE("the faultline binary: an invalid experiment's diagnostics name a --secret-var as ${NAME}, never its value") {
   TempDir dir;
