@@ -35,9 +35,10 @@ int cliMain(int argc, char** argv) {
   agent::TlsFiles clientTls;
   addClientTlsOptions(app, clientTls);
   app.fallthrough();  // the TLS options may follow the subcommand too
-  std::unique_ptr<Command> commands[] = {
-      makeRunCommand(),  makeValidateCommand(), makeControllerCommand(), makeAgentsCommand(), makeHaltCommand(),
-      makeRunsCommand(), makeShowCommand(),     makeCertsCommand(),      makeTokenCommand(),  makeGamedayCommand(), makeScheduleCommand(), makeApplyCommand()};
+  std::unique_ptr<Command> commands[] = {makeRunCommand(),     makeValidateCommand(), makeControllerCommand(),
+                                         makeAgentsCommand(),  makeHaltCommand(),     makeRunsCommand(),
+                                         makeShowCommand(),    makeCertsCommand(),    makeTokenCommand(),
+                                         makeGamedayCommand(), makeScheduleCommand(), makeApplyCommand()};
   std::vector<std::pair<CLI::App*, Command*>> added;
   for (auto& command : commands) {
     added.emplace_back(command->add(app), command.get());

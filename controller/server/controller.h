@@ -76,10 +76,10 @@ class Controller {
   // the lock; a service's watchdog heartbeat goes there (common/service_notify.h), so a hung
   // loop stops the pings.
   void wait(std::chrono::milliseconds every = std::chrono::seconds{1}, const std::function<void()>& tick = {});
-  // Stops the scheduler, then aborts every active run with reason (its verdict: aborted, its reason this text; the faults
-  // reverted and the agents' confirmation awaited as for any abort), then stops the server and the
-  // socket. Thread-safe and idempotent: a signal thread and the destructor may both call it; the
-  // second returns once the first has finished.
+  // Stops the scheduler, then aborts every active run with reason (its verdict: aborted, its reason this text; the
+  // faults reverted and the agents' confirmation awaited as for any abort), then stops the server and the socket.
+  // Thread-safe and idempotent: a signal thread and the destructor may both call it; the second returns once the first
+  // has finished.
   void shutdown(const std::string& reason = "controller shutdown");
   // The runs going on now (started, not yet finished). Thread-safe.
   [[nodiscard]] size_t activeRuns() const;
