@@ -41,8 +41,9 @@ NetnsList listNetworkNamespaces() {
   };
   add("", "/proc/thread-self/ns/net");
 
-  // /run/faultline/netns: the agent's pins (agent/faults/network/net_target.h) of namespaces chosen by process.
-  for (const char* dir : {"/run/netns", "/var/run/netns", "/run/faultline/netns"}) {
+  // /run/faultline-agent/netns: the agent's pins (agent/faults/network/net_target.h) of namespaces chosen by
+  // process; /run/faultline/netns: where earlier builds kept them (now the controller's directory).
+  for (const char* dir : {"/run/netns", "/var/run/netns", "/run/faultline-agent/netns", "/run/faultline/netns"}) {
     std::error_code ec;
     std::filesystem::directory_iterator it(dir, ec);
     if (ec) {

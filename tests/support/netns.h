@@ -36,14 +36,14 @@ class NetnsFixture {
     netns_ = holder_.path();
   }
   // An agent the test killed mid-fault (or whose revert was refused) leaves its pin of this
-  // namespace in /run/faultline/netns: remove those, and only those, so the namespace goes.
+  // namespace in /run/faultline-agent/netns: remove those, and only those, so the namespace goes.
   ~NetnsFixture() {
     struct stat ours {};
     if (netns_.empty() || ::stat(netns_.c_str(), &ours) != 0) {
       return;
     }
     std::error_code ec;
-    for (std::filesystem::directory_iterator it("/run/faultline/netns", ec);
+    for (std::filesystem::directory_iterator it("/run/faultline-agent/netns", ec);
          !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
       struct stat pin {};
       const std::string path = it->path().string();

@@ -3,7 +3,7 @@
 // becomes a path the agent pins for the fault's lifetime.
 //
 // Pins: the namespace of the picked processes is bind-mounted (as `ip netns add` does) on a file
-// under kNetnsPinDir, named after the first pid, e.g. /run/faultline/netns/pid4242-Xa81Qz. The
+// under kNetnsPinDir, named after the first pid, e.g. /run/faultline-agent/netns/pid4242-Xa81Qz. The
 // fault's qdiscs are then reverted through the pin even after those processes exited, and the
 // journal's undo record names the pin, which survives an agent crash (not a reboot: /run is a
 // tmpfs, and the namespace goes with the reboot anyway). The pin is unmounted and removed once the
@@ -30,7 +30,9 @@
 
 namespace faultline::agent {
 
-inline constexpr std::string_view kNetnsPinDir = "/run/faultline/netns";
+// The agent's own directory (root's), not the controller's /run/faultline: on a host running both
+// services that one belongs to the unprivileged controller user, who could replace the pins.
+inline constexpr std::string_view kNetnsPinDir = "/run/faultline-agent/netns";
 
 // A network namespace's identity: the device and inode of its nsfs file (as `stat -L` shows them
 // for /proc/PID/ns/net; `ip netns identify` compares the same).
