@@ -57,6 +57,26 @@ std::string parseVariables(const std::vector<std::string>& given, Variables& out
   return "";
 }
 
+std::string parseVariableOptions(const std::vector<std::string>& varOptions,
+                                 const std::vector<std::string>& secretOptions, Variables& vars,
+                                 std::set<std::string>& secretNames) {
+  if (auto bad = parseVariables(varOptions, vars); !bad.empty()) {
+    return "--var: " + bad;
+  }
+  Variables secretVars;
+  if (auto bad = parseVariables(secretOptions, secretVars); !bad.empty()) {
+    return "--secret-var: " + bad;
+  }
+  for (auto& [name, value] : secretVars) {
+    if (!vars.emplace(name, value).second) {
+      return "--secret-var: " + name +
+             " is also given with --var; accepted: each name once, with --var or --secret-var";
+    }
+    secretNames.insert(name);
+  }
+  return "";
+}
+
 void routeGrpcLogs() {
   gpr_set_log_function([](gpr_log_func_args* args) {
     if (args->severity == GPR_LOG_SEVERITY_ERROR) {

@@ -12,6 +12,7 @@
 #include <chrono>
 #include <csignal>
 #include <memory>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -66,6 +67,12 @@ inline constexpr const char* kVarHelp =
 [[nodiscard]] std::string readFile(const std::string& path, std::string& error);
 // Parses repeated --var NAME=VALUE options; returns an error text, or "" when all are good.
 [[nodiscard]] std::string parseVariables(const std::vector<std::string>& given, Variables& out);
+// --var and --secret-var together (run, gameday): every value into vars, the names of the
+// --secret-var ones into secretNames; returns "--var: ...", "--secret-var: ..." (a name given with
+// both is an error) or "" when all are good.
+[[nodiscard]] std::string parseVariableOptions(const std::vector<std::string>& varOptions,
+                                               const std::vector<std::string>& secretOptions, Variables& vars,
+                                               std::set<std::string>& secretNames);
 // gRPC's own log lines (E1129 ...) go through spdlog: debug level, errors as warnings.
 void routeGrpcLogs();
 // HH:MM:SS.mmm of t in local time.

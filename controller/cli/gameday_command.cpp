@@ -74,23 +74,10 @@ int gamedayCommand(const GamedayOptions& o) {
     return kExitUsage;
   }
   Variables vars;
-  if (auto bad = parseVariables(o.vars, vars); !bad.empty()) {
-    std::cerr << "faultline gameday: --var: " << bad << "\n";
-    return kExitUsage;
-  }
-  Variables secretVars;
-  if (auto bad = parseVariables(o.secretVars, secretVars); !bad.empty()) {
-    std::cerr << "faultline gameday: --secret-var: " << bad << "\n";
-    return kExitUsage;
-  }
   SecretNames secrets;
-  for (auto& [name, value] : secretVars) {
-    if (!vars.emplace(name, value).second) {
-      std::cerr << "faultline gameday: --secret-var: " << name
-                << " is also given with --var; accepted: each name once, with --var or --secret-var\n";
-      return kExitUsage;
-    }
-    secrets.insert(name);
+  if (auto bad = parseVariableOptions(o.vars, o.secretVars, vars, secrets); !bad.empty()) {
+    std::cerr << "faultline gameday: " << bad << "\n";
+    return kExitUsage;
   }
   // Every file is read and checked before the first run: a typo in the third must not end a game
   // day after the first two ran.

@@ -189,23 +189,10 @@ int runCommand(const RunOptions& o) {
     return kExitUsage;
   }
   Variables vars;
-  if (auto bad = parseVariables(o.vars, vars); !bad.empty()) {
-    std::cerr << "faultline: --var: " << bad << "\n";
-    return kExitUsage;
-  }
-  Variables secretVars;
-  if (auto bad = parseVariables(o.secretVars, secretVars); !bad.empty()) {
-    std::cerr << "faultline: --secret-var: " << bad << "\n";
-    return kExitUsage;
-  }
   SecretNames secrets;
-  for (auto& [name, value] : secretVars) {
-    if (!vars.emplace(name, value).second) {
-      std::cerr << "faultline: --secret-var: " << name
-                << " is also given with --var; accepted: each name once, with --var or --secret-var\n";
-      return kExitUsage;
-    }
-    secrets.insert(name);
+  if (auto bad = parseVariableOptions(o.vars, o.secretVars, vars, secrets); !bad.empty()) {
+    std::cerr << "faultline: " << bad << "\n";
+    return kExitUsage;
   }
   std::string error;
   const std::string yaml = readFile(o.file, error);

@@ -20,18 +20,6 @@ bool isSet(const google::protobuf::Timestamp& t) {
   return t.seconds() != 0 || t.nanos() != 0;
 }
 
-// Control characters become spaces: recorded text comes from remote hosts.
-std::string oneLine(std::string_view text) {
-  std::string out(text);
-  for (char& c : out) {
-    const auto u = static_cast<unsigned char>(c);
-    if (u < 0x20 || u == 0x7f) {
-      c = ' ';
-    }
-  }
-  return out;
-}
-
 std::string unitOf(const std::string& sli) {
   if (sli == "errors") {
     return "%";

@@ -17,6 +17,17 @@
 #include <nlohmann/json.hpp>
 
 namespace faultline::controller {
+std::string oneLine(std::string_view text) {
+  std::string out(text);
+  for (char& c : out) {
+    const auto u = static_cast<unsigned char>(c);
+    if (u < 0x20 || u == 0x7f) {
+      c = ' ';
+    }
+  }
+  return out;
+}
+
 namespace {
 
 using google::protobuf::util::TimeUtil;
@@ -30,19 +41,6 @@ bool isSet(const google::protobuf::Timestamp& t) {
 
 std::int64_t toMicros(const google::protobuf::Timestamp& t) {
   return TimeUtil::TimestampToMicroseconds(t);
-}
-
-// Control characters (including newlines and ESC) become spaces: one record, one line, and
-// no terminal escape sequences from recorded text.
-std::string oneLine(std::string_view text) {
-  std::string out(text);
-  for (char& c : out) {
-    const auto u = static_cast<unsigned char>(c);
-    if (u < 0x20 || u == 0x7f) {
-      c = ' ';
-    }
-  }
-  return out;
 }
 
 // Width on a terminal, approximated by the number of UTF-8 code points.

@@ -54,6 +54,10 @@ using SecretNames = std::set<std::string>;
 // with another name is marked with --secret-var (SecretNames).
 [[nodiscard]] bool isSecretVariableName(std::string_view name);
 
+// text with every control character (newlines and ESC included) made a space: one record, one
+// line, and no terminal escape sequences from recorded text (it comes from remote hosts).
+[[nodiscard]] std::string oneLine(std::string_view text);
+
 // text with the value of every variable that is secret (named in secretNames, or by
 // isSecretVariableName()) replaced by ${NAME}; empty values are left alone.
 [[nodiscard]] std::string redactSecrets(std::string text, const Variables& vars, const SecretNames& secretNames = {});
