@@ -14,6 +14,11 @@
 namespace faultline::config {
 namespace {
 
+// A config file's bounds after YAML aliases are expanded: values per list key, and bytes of all
+// values together (the file itself is at most 256 KiB; aliases can repeat a value without end).
+constexpr size_t kMaxConfigListItems = 1000;
+constexpr size_t kMaxConfigValueBytes = 1024 * 1024;
+
 // The option a key names, or nullptr when it is not a key of app.
 CLI::Option* optionOf(CLI::App& app, const std::string& key) {
   if (key.empty() || key.front() == '-') {
@@ -60,6 +65,7 @@ std::vector<Item> readItems(CLI::App& app, std::string_view text, yaml::FieldRea
     return {};
   }
   std::vector<Item> items;
+  size_t expanded = 0;  // bytes of every value as read, aliases expanded (kMaxConfigValueBytes)
   for (auto& entry : map->entries) {
     auto* opt = optionOf(app, entry.key);
     if (opt == nullptr) {
@@ -83,9 +89,25 @@ std::vector<Item> readItems(CLI::App& app, std::string_view text, yaml::FieldRea
       }
     } else if (f.value.IsSequence() && takesMany(*opt)) {
       bool ok = true;
+      if (f.value.size() > kMaxConfigListItems) {
+        reader.error(f.mark, f.path,
+                     fmt::format("has {} values; accepted: at most {}", f.value.size(), kMaxConfigListItems));
+        continue;
+      }
       for (const auto& v : f.value) {
         if (!v.IsScalar()) {
           reader.typeError(yaml::Field{v, v.Mark(), f.path}, "a list of values");
+          ok = false;
+          break;
+        }
+        // YAML aliases repeat one value without its bytes in the file (attacker trial: 262 KB
+        // that expands to 4 GB ran the agent, and revert-all, out of memory).
+        expanded += v.Scalar().size();
+        if (expanded > kMaxConfigValueBytes) {
+          reader.error(v.Mark(), f.path,
+                       fmt::format("the file's values come to more than {} bytes with their aliases expanded; "
+                                   "accepted: at most {}",
+                                   kMaxConfigValueBytes, kMaxConfigValueBytes));
           ok = false;
           break;
         }
@@ -169,17 +191,33 @@ std::vector<CLI::ConfigItem> YamlConfig::from_config(std::istream& input) const 
     throw CLI::ConfigError(fmt::format("{}:{}: wrong type: accepted: a map of option names to values",
                                        root.Mark().line + 1, root.Mark().column + 1));
   }
+  size_t expanded = 0;  // as in readItems: aliases expanded, at most kMaxConfigValueBytes
+  const auto take = [&](const YAML::Node& v, const std::string& key) {
+    expanded += v.Scalar().size();
+    if (expanded > kMaxConfigValueBytes) {
+      throw CLI::ConfigError(
+          fmt::format("{}:{}: key '{}': the file's values come to more than {} bytes with their "
+                      "aliases expanded; accepted: at most {}",
+                      v.Mark().line + 1, v.Mark().column + 1, key, kMaxConfigValueBytes, kMaxConfigValueBytes));
+    }
+    return v.Scalar();
+  };
   for (const auto& kv : root) {
     CLI::ConfigItem item{{}, kv.first.as<std::string>(), {}};
     if (kv.second.IsScalar()) {
-      item.inputs.push_back(kv.second.Scalar());
+      item.inputs.push_back(take(kv.second, item.name));
     } else if (kv.second.IsSequence()) {
+      if (kv.second.size() > kMaxConfigListItems) {
+        throw CLI::ConfigError(fmt::format("{}:{}: key '{}': has {} values; accepted: at most {}",
+                                           kv.second.Mark().line + 1, kv.second.Mark().column + 1, item.name,
+                                           kv.second.size(), kMaxConfigListItems));
+      }
       for (const auto& v : kv.second) {
         if (!v.IsScalar()) {
           throw CLI::ConfigError(fmt::format("{}:{}: key '{}': wrong type: accepted: a list of values",
                                              v.Mark().line + 1, v.Mark().column + 1, item.name));
         }
-        item.inputs.push_back(v.Scalar());
+        item.inputs.push_back(take(v, item.name));
       }
     } else {
       throw CLI::ConfigError(fmt::format("{}:{}: key '{}': wrong type: accepted: a value or a list of values",

@@ -1,7 +1,12 @@
 #include "common/service_notify.h"
 
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <systemd/sd-daemon.h>
+#include <unistd.h>
 
+#include <cerrno>
+#include <cstddef>
 #include <cstdlib>
 #include <cstring>
 
@@ -9,6 +14,38 @@
 
 namespace faultline::service {
 namespace {
+
+// One datagram to $NOTIFY_SOCKET (a path, or '@' for an abstract socket), sent with MSG_DONTWAIT:
+// written by hand because libsystemd's sd_notify() sends with a blocking sendmsg(), and a service
+// manager (or anyone who set NOTIFY_SOCKET) that does not read its socket then held SIGTERM's
+// shutdown for good (attacker trial, issue 16). The protocol is one datagram of NAME=VALUE lines.
+// 0 when sent; else -errno (-ENOENT: no NOTIFY_SOCKET; -EAGAIN: its queue is full, dropped).
+int sendDatagram(std::string_view state) {
+  const char* path = std::getenv("NOTIFY_SOCKET");
+  if (path == nullptr || path[0] == '\0') {
+    return -ENOENT;
+  }
+  sockaddr_un address{};
+  address.sun_family = AF_UNIX;
+  const size_t length = std::strlen(path);
+  if ((path[0] != '/' && path[0] != '@') || length >= sizeof(address.sun_path)) {
+    return -EINVAL;
+  }
+  std::memcpy(address.sun_path, path, length);
+  if (path[0] == '@') {
+    address.sun_path[0] = '\0';
+  }
+  const int fd = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd < 0) {
+    return -errno;
+  }
+  const auto addressLength = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + length);
+  const ssize_t sent = ::sendto(fd, state.data(), state.size(), MSG_DONTWAIT | MSG_NOSIGNAL,
+                                reinterpret_cast<const sockaddr*>(&address), addressLength);
+  const int error = sent < 0 ? errno : 0;
+  ::close(fd);
+  return -error;
+}
 
 bool send(std::string_view head, std::string_view status) {
   std::string state(head);
@@ -18,11 +55,11 @@ bool send(std::string_view head, std::string_view status) {
     state += "STATUS=";
     state += status;
   }
-  const int rc = ::sd_notify(0, state.c_str());
-  if (rc < 0) {
-    spdlog::debug("sd_notify({}): {}", head, std::strerror(-rc));
+  const int rc = sendDatagram(state);
+  if (rc < 0 && rc != -ENOENT) {
+    spdlog::debug("notify ({}): {}", head, std::strerror(-rc));
   }
-  return rc > 0;
+  return rc == 0;
 }
 
 }  // namespace
@@ -110,7 +147,7 @@ void Watchdog::loop() {
     }
     if (stale == nullptr) {
       hung = nullptr;
-      ::sd_notify(0, "WATCHDOG=1");
+      sendDatagram("WATCHDOG=1");
     } else if (stale != hung) {
       hung = stale;
       spdlog::warn("watchdog: the {} has not gone round for {} ms; no WATCHDOG=1 until it does", stale->name(),

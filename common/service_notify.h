@@ -19,7 +19,7 @@ namespace faultline::service {
 // Each sends one datagram to $NOTIFY_SOCKET ("READY=1\nSTATUS=status", "STATUS=status",
 // "STOPPING=1\nSTATUS=status"); a status with a newline is cut at it. True when it was sent;
 // false when there is no NOTIFY_SOCKET or sending failed (logged at debug level: the service
-// manager's problem, never the process's). Thread-safe; does not block (a datagram).
+// manager's problem, never the process's; a full queue drops it). Thread-safe; never blocks (MSG_DONTWAIT).
 // Whether NOTIFY_SOCKET is set: a service manager listens. Thread-safe (reads the environment).
 [[nodiscard]] bool notifying();
 bool notifyReady(std::string_view status);

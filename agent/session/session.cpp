@@ -81,7 +81,12 @@ class Session::Stream final : public grpc::ClientBidiReactor<v1::AgentMessage, v
 
   void write(const v1::AgentMessage& msg) {
     std::lock_guard lock(mutex_);
-    if (closed_) {
+    // Without the hold, gRPC may finish the call (OnDone) at any moment: an operation started from
+    // outside the reactions then touches a finished call. Two trials saw agents abort with gRPC's
+    // "ref_counted.h:183 assertion failed: prior > 0" as their controller went away, which this
+    // ordering allowed (a report written between cancel() and the failed read). Reactions
+    // (OnWriteDone) still write what was queued before.
+    if (closed_ || holdReleased_) {
       return;
     }
     queue_.push_back(msg);

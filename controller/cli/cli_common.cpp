@@ -26,6 +26,18 @@ std::string readFile(const std::string& path, std::string& error) {
     error = fmt::format("{} is a directory; give an experiment file (YAML)", path);
     return "";
   }
+  // Opened without blocking and checked by type first: a FIFO held `validate` and `apply` until
+  // something wrote to it (attacker trial, issue 16).
+  auto small = kernel::readSmallRegularFile(path, kMaxExperimentBytes);
+  if (small) {
+    return std::move(*small);
+  }
+  if (small.error().code != std::errc::file_too_large) {
+    error = fmt::format("{} {}", path, small.error().why);
+    return "";
+  }
+  // A regular file over the limit: its first kMaxExperimentBytes + 1 bytes, which the parser
+  // refuses saying its size.
   std::ifstream in(path, std::ios::binary);
   if (!in) {
     error = fmt::format("cannot read {}: {}", path, std::strerror(errno));

@@ -66,7 +66,8 @@ tl::expected<google::protobuf::Timestamp, std::string> parseSince(const std::str
     return at;
   }
   std::chrono::nanoseconds ago{0};
-  if (text.back() == 'd' && text.find_first_not_of("0123456789", 0) == text.size() - 1 && text.size() <= 6) {
+  if (text.size() >= 2 && text.back() == 'd' && text.find_first_not_of("0123456789", 0) == text.size() - 1 &&
+      text.size() <= 6) {
     ago = std::chrono::hours{24} * std::stoll(text.substr(0, text.size() - 1));
   } else if (auto d = parseDuration(text); d && d->count() >= 0) {
     ago = *d;
@@ -103,7 +104,9 @@ int runsCommand(const std::string& address, const std::string& db, const RunsQue
   req.set_limit(q.limit);
   req.set_trigger(q.trigger);
   req.set_schedule(q.schedule);
-  RunFilter filter{.limit = q.limit, .trigger = q.trigger};
+  RunFilter filter;
+  filter.limit = q.limit;
+  filter.trigger = q.trigger;
   filter.schedule = q.schedule;
   if (!q.verdict.empty()) {
     const auto verdict = parseVerdictWord(q.verdict);

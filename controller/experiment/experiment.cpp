@@ -194,7 +194,8 @@ tl::expected<Experiment, std::vector<Diagnostic>> parseSubstituted(std::string_v
 Experiment Parser::parse(const YAML::Node& root) {
   Experiment exp;
   const Field rootField{root, root.Mark(), ""};
-  auto m = openMap(rootField, "a map with the keys apiVersion, kind, metadata, targets, steadyState, method");
+  auto m =
+      openMap(rootField, "a map with the keys apiVersion, kind, metadata, variables, targets, steadyState, method");
   if (!m) {
     return exp;
   }

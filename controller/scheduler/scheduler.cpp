@@ -82,8 +82,10 @@ void Scheduler::recover() {
 }
 
 void Scheduler::reload() {
-  std::lock_guard lock(mutex_);
-  loadLocked(false);
+  // Never waits for mutex_: a fire holds it through its only-if probes, and reload() is called on
+  // the gRPC server's threads (apply, pause, resume, delete), which a slow probe froze for every
+  // caller and agent (attacker trial, issue 16). tick() reloads first thing.
+  reloadPending_ = true;
   wake_.notify_all();
 }
 
@@ -196,7 +198,15 @@ std::optional<std::string> Scheduler::onlyIfFailure(const v1::Schedule& s) {
     if (it == probes.end()) {
       return fmt::format("only-if probe '{}' is not a probe of the experiment's steadyState", name);
     }
-    const Sample sample = probes_.run(*it);
+    // The scheduler waits for it (other schedules too): at most kMaxOnlyIfProbeTime, whatever the
+    // probe's own timeout (up to an hour for a steady-state sample), so a silent endpoint cannot
+    // hold the schedules or a shutdown for long.
+    Probe bounded = *it;
+    for (auto* t :
+         {&bounded.http.timeout, &bounded.tcp.timeout, &bounded.command.timeout, &bounded.prometheus.timeout}) {
+      *t = std::min(*t, std::chrono::duration_cast<std::chrono::milliseconds>(kMaxOnlyIfProbeTime));
+    }
+    const Sample sample = probes_.run(bounded);
     if (!sample.ok) {
       return fmt::format("only-if probe '{}' ({}) failed: {}", name, probeKindName(it->kind), sample.detail);
     }
@@ -269,6 +279,9 @@ void Scheduler::tick() {
   if (!recovered_) {
     loadLocked(true);
     recovered_ = true;
+    reloadPending_ = false;
+  } else if (reloadPending_.exchange(false)) {
+    loadLocked(false);
   }
   const auto now = clock_.now();
   for (;;) {
@@ -296,6 +309,9 @@ void Scheduler::tick() {
 
 tl::expected<v1::ScheduleFire, std::string> Scheduler::runNow(const std::string& name) {
   std::lock_guard lock(mutex_);
+  if (reloadPending_.exchange(false)) {
+    loadLocked(false);
+  }
   auto it = entries_.find(name);
   if (it == entries_.end()) {
     loadLocked(false);

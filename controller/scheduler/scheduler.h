@@ -21,6 +21,7 @@
 // most its timeout) and while a replace waits for the aborted run.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -91,6 +92,9 @@ class RunLauncher {
   virtual void abortAndWait(const std::string& runId, const std::string& reason, std::chrono::milliseconds wait) = 0;
 };
 
+// The longest one only-if probe may take (its timeout is cut to this): the scheduler waits for it.
+inline constexpr std::chrono::seconds kMaxOnlyIfProbeTime{30};
+
 struct SchedulerOptions {
   // The loop wakes at least this often (to notice a clock step); fires wake it on time.
   std::chrono::milliseconds idle{1000};
@@ -122,8 +126,9 @@ class Scheduler {
   void start();
   // Stops the thread (waits for a tick in progress). Idempotent. Runs already started go on.
   void stop();
-  // Re-reads the schedules after a change (apply, pause, resume, delete). A new, changed or
-  // resumed schedule fires from now on (no catch-up of the past).
+  // Re-reads the schedules after a change (apply, pause, resume, delete), at the next tick() or
+  // runNow(); returns at once (never waits for a fire in progress). A new, changed or resumed
+  // schedule fires from now on (no catch-up of the past).
   void reload();
   // Fires the schedule now (outside its timetable: blackouts do not apply; concurrency and
   // only-if do), recorded as a manual fire. NOT_FOUND-like error text when there is no schedule.
@@ -163,6 +168,7 @@ class Scheduler {
   std::mutex mutex_;
   std::condition_variable wake_;
   bool stopping_ = false;
+  std::atomic<bool> reloadPending_{false};  // reload() asked; tick() and runNow() re-read
   bool recovered_ = false;
   std::map<std::string, Entry> entries_;
   std::thread thread_;

@@ -312,7 +312,39 @@ struct Controller::Impl final : v1::Control::CallbackService {
     std::thread thread;
     std::shared_ptr<std::atomic<bool>> done = std::make_shared<std::atomic<bool>>(false);
   };
-  std::list<HaltCall> halts;    // one per Halt call; finished ones joined by the next Halt, all by shutdown()
+  std::list<HaltCall> halts;  // Halt and RunScheduleNow calls: finished ones joined by the next, all by shutdown()
+  // Background calls at once (Halt, RunScheduleNow): more are RESOURCE_EXHAUSTED, so a caller in a
+  // loop cannot make threads without end (attacker trial: 32,500 run-now calls, then a crash).
+  static constexpr size_t kMaxBackgroundCalls = 64;
+  // Runs going on at once, from the CLI and schedules together (launch()).
+  static constexpr size_t kMaxActiveRuns = 100;
+  static constexpr std::string_view kShuttingDown = "the controller is shutting down";
+
+  // Under mutex: joins the finished background calls and adds one for reactor, whose thread the
+  // caller starts; nullptr (reactor finished with UNAVAILABLE or RESOURCE_EXHAUSTED) when shutting
+  // down or, when capped (run-now; never Halt, the emergency stop), at kMaxBackgroundCalls.
+  HaltCall* startCall(grpc::ServerUnaryReactor* reactor, bool capped) {
+    if (shuttingDown) {
+      reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "controller is shutting down"));
+      return nullptr;
+    }
+    for (auto it = halts.begin(); it != halts.end();) {
+      if (it->done->load()) {
+        it->thread.join();
+        it = halts.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    if (capped && halts.size() >= kMaxBackgroundCalls) {
+      reactor->Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                                   fmt::format("{} run-now or halt calls are still going on; accepted: at most {} "
+                                               "run-now calls at once, try again when one has finished",
+                                               halts.size(), kMaxBackgroundCalls)));
+      return nullptr;
+    }
+    return &halts.emplace_back();
+  }
   int lateListener = 0;         // records reports that reach no run (see recordLateReport)
   std::thread retentionThread;  // prunes the records every options.retentionInterval until shutdown
 
@@ -448,7 +480,7 @@ struct Controller::Impl final : v1::Control::CallbackService {
     return tl::unexpected(grpc::Status(
         grpc::StatusCode::UNAUTHENTICATED,
         fmt::format("no credentials: call on the controller's Unix socket{} (as root, the controller's user or a "
-                    "member of its --socket-group), or give a token (faultline --token-file FILE, or the "
+                    "member of its --socket-group), or give a token (faultline COMMAND --token-file FILE, or the "
                     "FAULTLINE_TOKEN environment variable; an admin makes one with `faultline token create --role "
                     "ROLE`)",
                     localSocket ? " (--controller unix:" + localSocket->path() + ")" : "")));
@@ -517,11 +549,17 @@ struct Controller::Impl final : v1::Control::CallbackService {
 
   // Starts request on a thread of its own as run (the path of SubmitRun and of the scheduler's
   // runs); false when the controller is shutting down.
-  bool launch(const std::shared_ptr<ActiveRun>& run, RunRequest request) {
+  // "" once started, else why not: the controller is shutting down, or kMaxActiveRuns runs are
+  // going on (a schedule firing every second with concurrency allow started runs without end).
+  std::string launch(const std::shared_ptr<ActiveRun>& run, RunRequest request) {
     {
       std::lock_guard lock(mutex);
       if (shuttingDown) {
-        return false;
+        return std::string(kShuttingDown);
+      }
+      if (runs.size() >= kMaxActiveRuns) {
+        return fmt::format("{} runs are going on; accepted: at most {} at once (faultline runs --verdict running)",
+                           runs.size(), kMaxActiveRuns);
       }
       runs[run->id] = run;
     }
@@ -552,7 +590,7 @@ struct Controller::Impl final : v1::Control::CallbackService {
       spdlog::info("run {} finished: {}", run->id, verdictWord(verdict));
       cv.notify_all();
     });
-    return true;
+    return "";
   }
 
   grpc::ServerUnaryReactor* SubmitRun(grpc::CallbackServerContext* ctx, const v1::SubmitRunRequest* req,
@@ -584,8 +622,10 @@ struct Controller::Impl final : v1::Control::CallbackService {
         request.secrets.emplace_back(name, value);
       }
     }
-    if (!launch(run, std::move(request))) {
-      return finishNow(ctx, grpc::Status(grpc::StatusCode::UNAVAILABLE, "controller is shutting down"));
+    if (auto refused = launch(run, std::move(request)); !refused.empty()) {
+      return finishNow(ctx, grpc::Status(refused == kShuttingDown ? grpc::StatusCode::UNAVAILABLE
+                                                                  : grpc::StatusCode::RESOURCE_EXHAUSTED,
+                                         refused));
     }
     spdlog::info("run {} submitted by {}", run->id, caller->who);
     resp->set_run_id(run->id);
@@ -757,17 +797,12 @@ struct Controller::Impl final : v1::Control::CallbackService {
       reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "controller is shutting down"));
       return reactor;
     }
-    for (auto it = halts.begin(); it != halts.end();) {
-      if (it->done->load()) {
-        it->thread.join();
-        it = halts.erase(it);
-      } else {
-        ++it;
-      }
-    }
     // Waiting blocks for up to timeout: not on a gRPC callback thread, which delivers the reports.
-    auto& call = halts.emplace_back();
-    call.thread = std::thread([this, reactor, resp, timeout, reason, done = call.done] {
+    auto* call = startCall(reactor, false);
+    if (call == nullptr) {
+      return reactor;
+    }
+    call->thread = std::thread([this, reactor, resp, timeout, reason, done = call->done] {
       const auto until = std::chrono::steady_clock::now() + timeout;
       spdlog::warn("{}: aborting every run and reverting every fault on every agent", reason);
       std::vector<std::shared_ptr<ActiveRun>> aborted;
@@ -903,8 +938,8 @@ struct Controller::Impl final : v1::Control::CallbackService {
       RunRequest request{run->id, fileName, sha256Hex(s.experiment()), "schedule", std::move(*parsed)};
       request.schedule = s.name();
       request.fireAt = r.fireAt;
-      if (!impl.launch(run, std::move(request))) {
-        return tl::unexpected(std::string("the controller is shutting down"));
+      if (auto refused = impl.launch(run, std::move(request)); !refused.empty()) {
+        return tl::unexpected(refused);
       }
       return {};
     }
@@ -1157,14 +1192,30 @@ struct Controller::Impl final : v1::Control::CallbackService {
       return finishNow(ctx, *bad);
     }
     // Blocks for its only-if probes and a replace's wait: not on a gRPC callback thread.
+    // A schedule whose experiment has a command probe is run only by whom may submit it (admin).
+    auto stored = readRecord([&] { return schedules->getSchedule(req->name()); });
+    if (!stored) {
+      return finishNow(ctx, stored.error());
+    }
+    if (!*stored) {
+      return finishNow(ctx, noSchedule(req->name()));
+    }
+    v1::SubmitRunRequest asRun;
+    asRun.set_experiment((*stored)->experiment());
+    asRun.set_file_name((*stored)->file_name().empty() ? "experiment.yaml" : (*stored)->file_name());
+    *asRun.mutable_variables() = (*stored)->variables();
+    if (auto parsed = parseRequest(asRun, asRun.file_name())) {
+      if (auto refused = checkCommandProbes(*parsed, *caller)) {
+        return finishNow(ctx, *refused);
+      }
+    }
     auto* reactor = ctx->DefaultReactor();
     std::lock_guard lock(mutex);
-    if (shuttingDown) {
-      reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "controller is shutting down"));
+    auto* call = startCall(reactor, true);
+    if (call == nullptr) {
       return reactor;
     }
-    auto& call = halts.emplace_back();
-    call.thread = std::thread([this, reactor, resp, name = req->name(), who = caller->who, done = call.done] {
+    call->thread = std::thread([this, reactor, resp, name = req->name(), who = caller->who, done = call->done] {
       grpc::Status status = grpc::Status::OK;
       try {
         auto fire = scheduler->runNow(name);
@@ -1420,7 +1471,9 @@ void Controller::shutdown(const std::string& reason) {
     halts.swap(impl_->halts);
   }
   for (auto& h : halts) {
-    h.thread.join();  // each ends within its bounded wait
+    if (h.thread.joinable()) {
+      h.thread.join();  // each ends within its bounded wait
+    }
   }
   if (impl_->retentionThread.joinable()) {
     impl_->retentionThread.join();  // woken by shuttingDown; at most one pruning round to finish

@@ -422,9 +422,10 @@ class SqliteRecordStore final : public RecordStore, public ScheduleStore {
       deleteSamples_ = prepare("DELETE FROM samples WHERE run_id = ?1");
       deleteSloChecks_ = prepare("DELETE FROM slo_checks WHERE run_id = ?1");
       deleteRun_ = prepare("DELETE FROM runs WHERE run_id = ?1");
-      // A deleted run's fire goes with it: a fire whose run is missing reads as never started
-      // (missUnstartedFires).
-      deleteFires_ = prepare("DELETE FROM fires WHERE run_id = ?1");
+      // A deleted run's fire stays (the scheduler's memory of what it fired: deleting it made a
+      // restart run that fire again), without the run id, which missUnstartedFires skips.
+      detachFires_ =
+          prepare("UPDATE fires SET run_id = '', reason = 'its run was deleted by retention' WHERE run_id = ?1");
       beginImmediate_ = prepare("BEGIN IMMEDIATE");
     }
     selectUnfinished_ = prepare("SELECT run_id, owner FROM runs WHERE ended_at IS NULL ORDER BY started_at, rowid");
@@ -709,7 +710,7 @@ class SqliteRecordStore final : public RecordStore, public ScheduleStore {
       stepControl(beginImmediate_);
       try {
         for (const auto& id : ids) {
-          for (const Stmt* stmt : {&deleteEvents_, &deleteSamples_, &deleteSloChecks_, &deleteFires_, &deleteRun_}) {
+          for (const Stmt* stmt : {&deleteEvents_, &deleteSamples_, &deleteSloChecks_, &detachFires_, &deleteRun_}) {
             StmtUse use(*stmt);
             bindText(use, 1, id);
             stepWrite(use, "pruneRuns", id);
@@ -885,8 +886,8 @@ class SqliteRecordStore final : public RecordStore, public ScheduleStore {
     refuseWrite("missUnstartedFires", "");
     std::lock_guard lock(mutex_);
     Stmt stmt = prepare(
-        "UPDATE fires SET outcome = 'missed', reason = ?1 WHERE outcome = 'started' AND run_id NOT IN (SELECT "
-        "run_id FROM runs)");
+        "UPDATE fires SET outcome = 'missed', reason = ?1 WHERE outcome = 'started' AND run_id != '' AND run_id NOT "
+        "IN (SELECT run_id FROM runs)");
     StmtUse use(stmt);
     bindText(use, 1, reason);
     stepWrite(use, "missUnstartedFires", "");
@@ -936,6 +937,9 @@ class SqliteRecordStore final : public RecordStore, public ScheduleStore {
       s->clear_paused();
       s->clear_created_at();
       s->clear_updated_at();
+      // Where the file was read from says nothing of what runs: the same file applied from
+      // another directory (a CI job, Argo CD) is unchanged (fresh-user trial, issue 16).
+      s->clear_file_name();
       if (s->concurrency().empty()) {
         s->set_concurrency("forbid");
       }
@@ -1384,7 +1388,7 @@ class SqliteRecordStore final : public RecordStore, public ScheduleStore {
   Stmt deleteSamples_;
   Stmt deleteSloChecks_;
   Stmt deleteRun_;
-  Stmt deleteFires_;
+  Stmt detachFires_;  // detaches a pruned run's fire (keeps the fire)
   Stmt beginImmediate_;
   Stmt begin_;
   Stmt commit_;

@@ -609,6 +609,18 @@ TEST_CASE("schedules: a viewer lists and reads but may not apply, pause or run-n
     CHECK(s.error_code() == grpc::StatusCode::PERMISSION_DENIED);
     CHECK(contains(s.error_message(), rpc + " needs the operator role"));
   }
+  {
+    // An operator may not run it now either: that would run the admin's command probe (attacker
+    // trial, issue 16: run-now ran it with an operator token).
+    grpc::ClientContext ctx;
+    ctx.AddMetadata("authorization", "Bearer " + operatorToken);
+    v1::ScheduleNameRequest req;
+    req.set_name("nightly");
+    v1::ScheduleFire fire;
+    const auto s = stub->RunScheduleNow(&ctx, req, &fire);
+    CHECK(s.error_code() == grpc::StatusCode::PERMISSION_DENIED);
+    CHECK_MESSAGE(contains(s.error_message(), "probe 'whoami' is a command probe"), s.error_message());
+  }
   // The viewer reads it, unchanged (not paused, not deleted): its next five fires at 03:00 UTC.
   grpc::ClientContext ctx;
   ctx.AddMetadata("authorization", "Bearer " + viewer);

@@ -2021,6 +2021,25 @@ TEST_CASE("the faultline binary: an invalid experiment's diagnostics name a --se
   CHECK_MESSAGE(r.output.find("S3cr3tValueXYZ") == std::string::npos, r.output);
 }
 
+// `runs --since d` (no number) aborted the CLI in std::stoll (attacker trial, issue 16); a FIFO given
+// as an experiment file held validate until a writer came.
+TEST_CASE("the faultline binary: runs --since without a number and validate of a FIFO are refused at once") {
+  TempDir dir;
+  for (const std::string since : {"d", "-d", "99999999d", "1e3d"}) {
+    CAPTURE(since);
+    auto r = testing::sh(fmt::format("{} runs --db {}/r.db --since '{}' 2>&1", FAULTLINE_BIN, dir.path, since));
+    CHECK_MESSAGE(r.status == 4, r.output);
+    CHECK_MESSAGE(r.output.find("is not a time") != std::string::npos, r.output);
+  }
+  const std::string fifo = dir.path + "/e.yaml";
+  REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+  const auto start = std::chrono::steady_clock::now();
+  auto r = testing::sh(fmt::format("timeout 10 {} validate {} 2>&1", FAULTLINE_BIN, fifo));
+  CHECK(std::chrono::steady_clock::now() - start < 5s);
+  CHECK_MESSAGE(r.status == 4, r.output);
+  CHECK_MESSAGE(r.output.find("FIFO") != std::string::npos, r.output);
+}
+
 // `secret: true` in the file's variables makes a --var a secret: validate and run --dry-run
 // quote it as ${NAME} (issue 15: secrets were only guessed from their names or --secret-var).
 TEST_CASE("the faultline binary: a variable the file marks secret: true is never printed, given with --var") {

@@ -170,3 +170,27 @@ TEST_CASE("config file: YamlConfig is CLI11's formatter: from_config and to_conf
   std::istringstream bad("a: [1\n");
   CHECK_THROWS_AS(yaml.from_config(bad), CLI::ConfigError);
 }
+
+// YAML aliases repeat a value without its bytes in the file: 262 KB that expanded to 4 GB ran the
+// agent, and its revert-all, out of memory (attacker trial, issue 16).
+TEST_CASE("config file: aliases are counted expanded; a list over 1000 values or 1 MiB of values is refused") {
+  std::string bomb = "label: [&a \"x=" + std::string(100'000, 'y') + "\"";
+  for (int i = 0; i < 200; ++i) {
+    bomb += ", *a";
+  }
+  bomb += "]\n";
+  App a;
+  const auto errors = a.run({}, bomb);
+  REQUIRE(errors.size() == 1);
+  CHECK(errors[0].find("more than 1048576 bytes with their aliases expanded") != std::string::npos);
+  CHECK(a.labels.empty());
+  std::string many = "label: [";
+  for (int i = 0; i < 1001; ++i) {
+    many += (i != 0 ? ", " : "") + std::string("k=v");
+  }
+  many += "]\n";
+  App b;
+  const auto tooMany = b.run({}, many);
+  REQUIRE(tooMany.size() == 1);
+  CHECK(tooMany[0].find("has 1001 values; accepted: at most 1000") != std::string::npos);
+}

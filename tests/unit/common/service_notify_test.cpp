@@ -72,3 +72,21 @@ TEST_CASE("service notify: the watchdog pings at half the timeout while the loop
   CHECK(again >= 3);
   CHECK(stopped == 0);
 }
+
+// libsystemd's sd_notify() sent with a blocking sendmsg(): a NOTIFY_SOCKET whose reader had
+// stopped held SIGTERM's shutdown for good (attacker trial, issue 16). Now a full queue drops.
+TEST_CASE("service notify: a NOTIFY_SOCKET nobody reads never blocks; what does not fit is dropped") {
+  NotifySocket socket;  // never read below until the end
+  socket.setNotifyEnv();
+  const auto start = std::chrono::steady_clock::now();
+  int sent = 0;
+  for (int i = 0; i < 2000; ++i) {
+    sent += service::notifyStatus(std::string(1000, 'x')) ? 1 : 0;
+  }
+  CHECK(service::notifyStopping("SIGTERM") == false);  // the queue is full: dropped, not waited for
+  const auto took = std::chrono::steady_clock::now() - start;
+  CHECK(took < 2s);
+  CHECK(sent > 0);
+  CHECK(sent < 2000);
+  CHECK(socket.next(1s).rfind("STATUS=x", 0) == 0);
+}

@@ -1,3 +1,4 @@
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -237,7 +238,7 @@ TEST_CASE("bad files: each error names the field, the line and what is wrong") {
   const std::vector<Case> cases = {
       {"unknown key", h + "colour: red\n" + wait, "colour", 5, "unknown key 'colour'"},
       {"unknown key lists what is accepted", h + "colour: red\n" + wait, "colour", 5,
-       "accepted here: apiVersion, kind, metadata, targets, steadyState, method"},
+       "accepted here: apiVersion, kind, metadata, variables, targets, steadyState, method"},
       {"misspelt key gets a suggestion", h + probe + "        url: http://a/\n        expectStaus: 200\n" + wait,
        "steadyState.probes[0].http.expectStaus", 10, "did you mean 'expectStatus'?"},
       {"misspelt top-level key", h + "metod:\n  - wait: 1s\n", "metod", 5, "did you mean 'method'?"},
@@ -1245,4 +1246,29 @@ TEST_CASE("variables: a secret marked only through substitution is refused") {
   CHECK(contains(allDiagnostics(e.error()), "variables.CUSTOMER: is marked secret only after ${...} substitution"));
   // false through a variable is harmless: nothing is hidden less than the file says.
   CHECK(parseExperiment(file, "v.yaml", Variables{{"HIDE", "false"}}).has_value());
+}
+
+// YAML aliases let a small file repeat one large parallel group (attacker trial, issue 16: 167 KB
+// made 40 million steps and took the controller to 3 GB): the members count before any is read.
+TEST_CASE("method: parallel members count toward the 1000 steps, aliases included, refused before they are read") {
+  std::string file = std::string(kHeader) + "method: [&p {parallel: [&w {wait: 1ms}";
+  for (int i = 0; i < 3999; ++i) {
+    file += ", *w";
+  }
+  file += "]}";
+  for (int i = 0; i < 999; ++i) {
+    file += ", *p";
+  }
+  file += "]\n";
+  const auto start = std::chrono::steady_clock::now();
+  const auto errors = errorsOf(file);
+  const auto took = std::chrono::steady_clock::now() - start;
+  INFO(allDiagnostics(errors));
+  CHECK(contains(allDiagnostics(errors),
+                 "has 4000000 steps counting the members of parallel groups; accepted: at most 1000"));
+  CHECK(took < std::chrono::seconds{2});
+  // Within the bound, groups still parse.
+  CHECK(parseExperiment(std::string(kHeader) + "method:\n  - parallel: [{wait: 1s}, {wait: 2s}]\n  - wait: 1s\n",
+                        "ok.yaml")
+            .has_value());
 }

@@ -517,3 +517,33 @@ TEST_CASE("schedule store: apply is idempotent; an update keeps paused and creat
   CHECK_FALSE(f.store->deleteSchedule("a"));
   CHECK_FALSE(f.store->getSchedule("a").has_value());
 }
+
+// Retention deleted a fire together with its run, and the next start ran that fire again (attacker
+// trial, issue 16): the fire now stays, without its run id, and counts as fired.
+TEST_CASE("scheduler: a fire whose run retention deleted is not run again after a restart") {
+  Fixture f;
+  auto s = schedule("once", "every 60");
+  *s.mutable_starting_deadline() = TimeUtil::SecondsToDuration(3600);
+  f.apply(s);
+  auto sched = f.scheduler();
+  sched->recover();
+  f.runUntil(*sched, 70);
+  REQUIRE(f.launcher.started.size() == 1);
+  const std::string runId = f.launcher.started[0].runId;
+  f.records->finishRun(runId, v1::VERDICT_HELD, "", stamp(f.clock.now()));
+  CHECK(f.records->pruneRuns(Retention{.runs = 0, .age = std::chrono::seconds{1}}, stamp(f.clock.now() + seconds{5})) ==
+        1);
+  auto fires = f.fires("once");
+  REQUIRE(fires.size() == 1);
+  CHECK(fires[0].outcome() == "started");
+  CHECK(fires[0].run_id().empty());
+  CHECK(fires[0].reason() == "its run was deleted by retention");
+  // A restart before the next fire (at 120): nothing is made up, nothing is marked missed.
+  f.clock.set(t0() + seconds{80});
+  auto next = f.scheduler();
+  next->recover();
+  CHECK(f.launcher.started.size() == 1);
+  fires = f.fires("once");
+  REQUIRE(fires.size() == 1);
+  CHECK(fires[0].outcome() == "started");
+}
