@@ -78,6 +78,7 @@ struct ActiveRun {
   bool finished = false;
   std::list<std::shared_ptr<class WatchReactor>> watchers;  // poked when events arrive
   std::thread thread;
+  bool reaping = false;  // under the controller's mutex: one reap() joins it, then erases it
 };
 
 // Streams a run's events to one CLI, from the first event to run.finished.
@@ -400,8 +401,17 @@ struct Controller::Impl final : v1::Control::CallbackService {
       return;  // the run's engine records it
     }
     bool known = false;
+    const std::string kind = faultEventKind(r.state());
     try {
-      known = store->getRun(runId).has_value();
+      auto run = store->getRun(runId);
+      known = run.has_value();
+      // The engine may have recorded this very report just before its run finished (the report
+      // reaches both listeners): once is enough (a SIGTERM mid-run recorded two reverts).
+      if (known && std::any_of(run->events().begin(), run->events().end(), [&](const v1::RunEvent& e) {
+            return e.fault_id() == r.fault_id() && e.kind() == kind;
+          })) {
+        return;
+      }
     } catch (const std::exception& ex) {
       spdlog::error("cannot look up run {} for the late report of fault {}: {}", runId, r.fault_id(), ex.what());
       return;
@@ -417,7 +427,6 @@ struct Controller::Impl final : v1::Control::CallbackService {
         host = a.hostname();
       }
     }
-    const std::string kind = faultEventKind(r.state());
     v1::RunEvent e;
     e.set_run_id(runId);
     *e.mutable_at() = r.has_at() ? r.at() : agent::nowTimestamp();
@@ -1235,21 +1244,21 @@ struct Controller::Impl final : v1::Control::CallbackService {
   }
 
   // Joins the threads of finished runs; with all = true, waits for every run.
+  // A run stays in runs until its thread is joined: runActive() is true while its engine may still
+  // record (a late report seen as after the run was otherwise recorded twice on SIGTERM).
   void reap(bool all) {
     std::vector<std::shared_ptr<ActiveRun>> done;
     {
       std::unique_lock lock(mutex);
-      for (auto it = runs.begin(); it != runs.end();) {
+      for (auto& [id, run] : runs) {
         bool finished = false;
         {
-          std::lock_guard runLock(it->second->mutex);
-          finished = it->second->finished;
+          std::lock_guard runLock(run->mutex);
+          finished = run->finished;
         }
-        if (finished || all) {
-          done.push_back(it->second);
-          it = runs.erase(it);
-        } else {
-          ++it;
+        if ((finished || all) && !run->reaping) {
+          run->reaping = true;
+          done.push_back(run);
         }
       }
     }
@@ -1257,6 +1266,10 @@ struct Controller::Impl final : v1::Control::CallbackService {
       if (r->thread.joinable()) {
         r->thread.join();
       }
+    }
+    std::unique_lock lock(mutex);
+    for (auto& r : done) {
+      runs.erase(r->id);
     }
   }
 };
