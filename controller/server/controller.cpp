@@ -602,24 +602,42 @@ struct Controller::Impl final : v1::Control::CallbackService {
     return "";
   }
 
-  grpc::ServerUnaryReactor* SubmitRun(grpc::CallbackServerContext* ctx, const v1::SubmitRunRequest* req,
-                                      v1::SubmitRunResponse* resp) override {
-    auto caller = authorize(*ctx, "SubmitRun");
+  struct AllowedExperiment {
+    Caller caller;
+    Experiment experiment;
+    std::string fileName;
+  };
+  // A submitted experiment the caller may run or plan: rpc's role (auth::kRpcRoles), parsed, and a
+  // command probe only for an admin; else the status to finish with.
+  tl::expected<AllowedExperiment, grpc::Status> allowedExperiment(const grpc::CallbackServerContext& ctx,
+                                                                  std::string_view rpc,
+                                                                  const v1::SubmitRunRequest& req) {
+    auto caller = authorize(ctx, rpc);
     if (!caller) {
-      return finishNow(ctx, caller.error());
+      return tl::unexpected(caller.error());
     }
-    const std::string fileName = req->file_name().empty() ? "experiment.yaml" : req->file_name();
-    auto parsed = parseRequest(*req, fileName);
+    std::string fileName = req.file_name().empty() ? "experiment.yaml" : req.file_name();
+    auto parsed = parseRequest(req, fileName);
     if (!parsed) {
-      return finishNow(ctx, parsed.error());
+      return tl::unexpected(parsed.error());
     }
     if (auto refused = checkCommandProbes(*parsed, *caller)) {
-      return finishNow(ctx, *refused);
+      return tl::unexpected(*refused);
     }
+    return AllowedExperiment{std::move(*caller), std::move(*parsed), std::move(fileName)};
+  }
+
+  grpc::ServerUnaryReactor* SubmitRun(grpc::CallbackServerContext* ctx, const v1::SubmitRunRequest* req,
+                                      v1::SubmitRunResponse* resp) override {
+    auto allowed = allowedExperiment(*ctx, "SubmitRun", *req);
+    if (!allowed) {
+      return finishNow(ctx, allowed.error());
+    }
+    auto& [caller, parsed, fileName] = *allowed;
     auto run = std::make_shared<ActiveRun>();
     run->id = newRunId();
     RunRequest request{run->id, fileName, sha256Hex(req->experiment()), req->trigger().empty() ? "cli" : req->trigger(),
-                       std::move(*parsed)};
+                       std::move(parsed)};
     std::set<std::string> secretNames(req->secret_variables().begin(), req->secret_variables().end());
     for (const auto& [name, variable] : request.experiment.variables) {  // `secret: true` in the file
       if (variable.secret) {
@@ -636,7 +654,7 @@ struct Controller::Impl final : v1::Control::CallbackService {
                                                                   : grpc::StatusCode::RESOURCE_EXHAUSTED,
                                          refused));
     }
-    spdlog::info("run {} submitted by {}", run->id, caller->who);
+    spdlog::info("run {} submitted by {}", run->id, caller.who);
     resp->set_run_id(run->id);
     return finishNow(ctx, grpc::Status::OK);
   }
@@ -749,19 +767,12 @@ struct Controller::Impl final : v1::Control::CallbackService {
 
   grpc::ServerUnaryReactor* PlanRun(grpc::CallbackServerContext* ctx, const v1::SubmitRunRequest* req,
                                     v1::RunPlan* resp) override {
-    auto caller = authorize(*ctx, "PlanRun");
-    if (!caller) {
-      return finishNow(ctx, caller.error());
+    auto allowed = allowedExperiment(*ctx, "PlanRun", *req);
+    if (!allowed) {
+      return finishNow(ctx, allowed.error());
     }
-    const std::string fileName = req->file_name().empty() ? "experiment.yaml" : req->file_name();
-    auto parsed = parseRequest(*req, fileName);
-    if (!parsed) {
-      return finishNow(ctx, parsed.error());
-    }
-    if (auto refused = checkCommandProbes(*parsed, *caller)) {
-      return finishNow(ctx, *refused);
-    }
-    auto plan = planRun(*parsed, gateway.agents(), std::random_device{}());
+    auto& [caller, parsed, fileName] = *allowed;
+    auto plan = planRun(parsed, gateway.agents(), std::random_device{}());
     if (!plan) {
       return finishNow(ctx, grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, plan.error()));
     }
