@@ -30,6 +30,7 @@
 #include "faultline/v1/agent_gateway.grpc.pb.h"
 #include "faultline/v1/control.grpc.pb.h"
 #include "tests/support/control_client.h"
+#include "tests/support/eventually.h"
 #include "tests/support/netns.h"
 
 using namespace faultline;
@@ -984,17 +985,6 @@ size_t countRecorded(const std::string& address, const std::string& runId, const
   return n;
 }
 
-bool waitFor(const std::function<bool()>& done, std::chrono::milliseconds timeout) {
-  const auto until = std::chrono::steady_clock::now() + timeout;
-  while (std::chrono::steady_clock::now() < until) {
-    if (done()) {
-      return true;
-    }
-    std::this_thread::sleep_for(50ms);
-  }
-  return done();
-}
-
 }  // namespace
 
 TEST_CASE_FIXTURE(testing::NetnsFixture,
@@ -1008,7 +998,7 @@ TEST_CASE_FIXTURE(testing::NetnsFixture,
                dir.path + "/agent"},
               log);
   REQUIRE_MESSAGE(
-      waitFor(
+      testing::eventually(
           [&] {
             return testing::sh(fmt::format("{} agents --controller {}", FAULTLINE_BIN, address)).output.find("e2e-1") !=
                    std::string::npos;
@@ -1019,7 +1009,8 @@ TEST_CASE_FIXTURE(testing::NetnsFixture,
   // A second agent with the same id is refused, and says why.
   Child twin({FAULTLINE_AGENT_BIN, "--controller", address, "--id", "e2e-1", "--state-dir", dir.path + "/twin"},
              dir.path + "/twin.log");
-  CHECK(waitFor([&] { return slurp(dir.path + "/twin.log").find("already connected") != std::string::npos; }, 10s));
+  CHECK(testing::eventually(
+      [&] { return slurp(dir.path + "/twin.log").find("already connected") != std::string::npos; }, 10s));
   twin.stop(SIGTERM);
 
   {
@@ -1032,7 +1023,8 @@ TEST_CASE_FIXTURE(testing::NetnsFixture,
   }
   const std::string out = dir.path + "/run.txt";
   Child run({FAULTLINE_BIN, "run", dir.path + "/long.yaml", "--controller", address}, out);
-  REQUIRE_MESSAGE(waitFor([&] { return slurp(out).find("fault.applied") != std::string::npos; }, 10s), slurp(out));
+  REQUIRE_MESSAGE(testing::eventually([&] { return slurp(out).find("fault.applied") != std::string::npos; }, 10s),
+                  slurp(out));
   const auto stopped = std::chrono::steady_clock::now();
   const int agentStatus = agent.stop(SIGTERM);
   CHECK(WIFEXITED(agentStatus));
@@ -1041,7 +1033,7 @@ TEST_CASE_FIXTURE(testing::NetnsFixture,
   CHECK(testing::sh(fmt::format("nsenter --net={} tc qdisc show dev veth0", netns())).output.find("tbf") ==
         std::string::npos);
   int status = 0;
-  REQUIRE(waitFor([&] { return ::waitpid(run.pid, &status, WNOHANG) == run.pid; }, 10s));
+  REQUIRE(testing::eventually([&] { return ::waitpid(run.pid, &status, WNOHANG) == run.pid; }, 10s));
   run.pid = -1;
   CHECK(std::chrono::steady_clock::now() - stopped < 5s);
   INFO(slurp(out));
@@ -1079,8 +1071,8 @@ TEST_CASE("separate processes: SIGTERM to an agent holding a process.pause resum
   // The victim shares the test's cgroup with other processes, so the agent stops it with SIGSTOP
   // (a cgroup freeze needs a cgroup only the targets hold).
   Child victim({"/bin/sleep", "600"}, dir.path + "/victim.log");
-  REQUIRE(waitFor([&] { return processState(victim.pid).rfind('S', 0) == 0; }, 5s));
-  REQUIRE_MESSAGE(waitFor(
+  REQUIRE(testing::eventually([&] { return processState(victim.pid).rfind('S', 0) == 0; }, 5s));
+  REQUIRE_MESSAGE(testing::eventually(
                       [&] {
                         return testing::sh(fmt::format("{} agents --controller {}", FAULTLINE_BIN, address))
                                    .output.find("e2e-pause") != std::string::npos;
@@ -1096,7 +1088,8 @@ TEST_CASE("separate processes: SIGTERM to an agent holding a process.pause resum
   }
   const std::string out = dir.path + "/run.txt";
   Child run({FAULTLINE_BIN, "run", dir.path + "/pause.yaml", "--controller", address}, out);
-  REQUIRE_MESSAGE(waitFor([&] { return slurp(out).find("fault.applied") != std::string::npos; }, 10s), slurp(out));
+  REQUIRE_MESSAGE(testing::eventually([&] { return slurp(out).find("fault.applied") != std::string::npos; }, 10s),
+                  slurp(out));
   CHECK(processState(victim.pid).rfind('T', 0) == 0);  // stopped by the fault
   CHECK(slurp(out).find("SIGSTOP") != std::string::npos);
 
@@ -1109,7 +1102,7 @@ TEST_CASE("separate processes: SIGTERM to an agent holding a process.pause resum
   CHECK(!state.empty());
   CHECK(state.rfind('T', 0) != 0);
   int status = 0;
-  REQUIRE(waitFor([&] { return ::waitpid(run.pid, &status, WNOHANG) == run.pid; }, 10s));
+  REQUIRE(testing::eventually([&] { return ::waitpid(run.pid, &status, WNOHANG) == run.pid; }, 10s));
   run.pid = -1;
   INFO(slurp(out));
   CHECK(WEXITSTATUS(status) == 3);
@@ -1138,7 +1131,7 @@ TEST_CASE("separate processes: three agents, one fault step: the skew of their s
                                  "--state-dir", fmt::format("{}/agent-{}", dir.path, i)},
         log));
   }
-  REQUIRE_MESSAGE(waitFor(
+  REQUIRE_MESSAGE(testing::eventually(
                       [&] {
                         const auto listed =
                             testing::sh(fmt::format("{} agents --controller {}", FAULTLINE_BIN, address));
@@ -1208,7 +1201,7 @@ TEST_CASE_FIXTURE(testing::NetnsFixture,
                                                        "--label", "role=e2e", "--state-dir", stateDir},
                               log);
   REQUIRE_MESSAGE(
-      waitFor(
+      testing::eventually(
           [&] {
             return testing::sh(fmt::format("{} agents --controller {}", FAULTLINE_BIN, address)).output.find("e2e-k") !=
                    std::string::npos;
@@ -1225,7 +1218,8 @@ TEST_CASE_FIXTURE(testing::NetnsFixture,
   }
   const std::string out = dir.path + "/run.txt";
   Child run({FAULTLINE_BIN, "run", dir.path + "/long.yaml", "--controller", address}, out);
-  REQUIRE_MESSAGE(waitFor([&] { return slurp(out).find("fault.applied") != std::string::npos; }, 10s), slurp(out));
+  REQUIRE_MESSAGE(testing::eventually([&] { return slurp(out).find("fault.applied") != std::string::npos; }, 10s),
+                  slurp(out));
   agent->stop(SIGKILL);
   const auto show = [&] {
     return testing::sh(fmt::format("nsenter --net={} tc qdisc show dev veth0", netns())).output;
@@ -1237,10 +1231,10 @@ TEST_CASE_FIXTURE(testing::NetnsFixture,
   agent = std::make_unique<Child>(
       std::vector<std::string>{FAULTLINE_AGENT_BIN, "--controller", address, "--id", "e2e-k", "--state-dir", stateDir},
       log);
-  CHECK_MESSAGE(waitFor([&] { return show().find("tbf") == std::string::npos; }, 10s), slurp(log));
+  CHECK_MESSAGE(testing::eventually([&] { return show().find("tbf") == std::string::npos; }, 10s), slurp(log));
   // The log line follows the revert and the journal's sync: wait for it too.
-  CHECK(waitFor([&] { return slurp(log).find("recovery: fault") != std::string::npos; }, 10s));
-  CHECK(waitFor([&] { return std::filesystem::file_size(stateDir + "/journal.jsonl") == 0; }, 10s));
+  CHECK(testing::eventually([&] { return slurp(log).find("recovery: fault") != std::string::npos; }, 10s));
+  CHECK(testing::eventually([&] { return std::filesystem::file_size(stateDir + "/journal.jsonl") == 0; }, 10s));
   // The restarted agent tells the controller what its recovery reverted: the run's record says
   // the fault expired by crash recovery after the run ended.
   {
@@ -1250,8 +1244,9 @@ TEST_CASE_FIXTURE(testing::NetnsFixture,
     REQUIRE(stub->ListRuns(&ctx, {}, &runs).ok());
     REQUIRE(runs.runs_size() == 1);
     const std::string runId = runs.runs(0).run_id();
-    CHECK_MESSAGE(waitFor([&] { return countRecorded(address, runId, "fault.expired", "crash recovery") == 1; }, 10s),
-                  slurp(log));
+    CHECK_MESSAGE(
+        testing::eventually([&] { return countRecorded(address, runId, "fault.expired", "crash recovery") == 1; }, 10s),
+        slurp(log));
   }
   agent->stop(SIGTERM);
 }
@@ -1318,26 +1313,14 @@ v1::AgentInfo onlyAgent(const std::string& address) {
   return resp.agents(0);
 }
 
-template <typename Pred>
-bool eventually(Pred pred, std::chrono::milliseconds timeout = 10s) {
-  const auto until = std::chrono::steady_clock::now() + timeout;
-  while (std::chrono::steady_clock::now() < until) {
-    if (pred()) {
-      return true;
-    }
-    std::this_thread::sleep_for(20ms);
-  }
-  return pred();
-}
-
 }  // namespace
 
 TEST_CASE_FIXTURE(Fleet, "halt during a long bandwidth fault reverts it and aborts the run") {
   const std::string before = rootKind();
   const std::string runId = submit(address, longBandwidth(netns()));
-  REQUIRE(eventually([&] { return rootKind() == "tbf"; }));
+  REQUIRE(testing::eventually([&] { return rootKind() == "tbf"; }));
   // The qdisc is in place before the agent's report reaches the controller.
-  REQUIRE(eventually([&] { return onlyAgent(address).active_faults() == 1; }));
+  REQUIRE(testing::eventually([&] { return onlyAgent(address).active_faults() == 1; }));
 
   const auto t0 = std::chrono::steady_clock::now();
   auto resp = halt(address, 10s);
@@ -1365,8 +1348,8 @@ TEST_CASE_FIXTURE(Fleet, "halt during a long bandwidth fault reverts it and abor
 
 TEST_CASE_FIXTURE(Fleet, "a revert the kernel refuses shows in ListAgents until the agent reconnects") {
   const std::string runId = submit(address, longBandwidth(netns()));
-  REQUIRE(eventually([&] { return rootKind() == "tbf"; }));
-  REQUIRE(eventually([&] { return onlyAgent(address).active_faults() == 1; }));
+  REQUIRE(testing::eventually([&] { return rootKind() == "tbf"; }));
+  REQUIRE(testing::eventually([&] { return onlyAgent(address).active_faults() == 1; }));
   // Someone else takes the root: faultline must not delete it, so the revert fails for good.
   inNetns("tc qdisc replace dev veth0 root pfifo");
 
@@ -1402,7 +1385,7 @@ TEST_CASE_FIXTURE(Fleet, "a revert the kernel refuses shows in ListAgents until 
 
   // A reconnect clears it.
   agent.reset();
-  REQUIRE(eventually([&] { return controller->gateway().agents().empty(); }));
+  REQUIRE(testing::eventually([&] { return controller->gateway().agents().empty(); }));
   agent::SessionOptions so;
   so.controller = address;
   so.agentId = "e2e-agent";
@@ -1470,7 +1453,7 @@ TEST_CASE("ListAgents tracks failed reverts: a retried one until REVERTED, a per
     REQUIRE(stream->Write(report("apply-failed", v1::FAULT_STATE_FAILED, v1::FAULT_ERROR_UNSPECIFIED)));
     REQUIRE(stream->Write(report("retried", v1::FAULT_STATE_FAILED, v1::FAULT_ERROR_UNSPECIFIED)));
     REQUIRE(stream->Write(report("permanent", v1::FAULT_STATE_FAILED, v1::FAULT_ERROR_PERMANENT)));
-    REQUIRE(eventually([&] { return failedOf().size() == 2; }));
+    REQUIRE(testing::eventually([&] { return failedOf().size() == 2; }));
     CHECK(failedOf() == std::map<std::string, bool>{{"permanent", true}, {"retried", false}});
     CHECK(onlyAgent(address).active_faults() == 1);  // the retried one is still held
     const auto info = onlyAgent(address);
@@ -1479,12 +1462,12 @@ TEST_CASE("ListAgents tracks failed reverts: a retried one until REVERTED, a per
     // The retry succeeds; a late "not held" REVERTED for the permanent one changes nothing.
     REQUIRE(stream->Write(report("retried", v1::FAULT_STATE_REVERTED, v1::FAULT_ERROR_UNSPECIFIED)));
     REQUIRE(stream->Write(report("permanent", v1::FAULT_STATE_REVERTED, v1::FAULT_ERROR_UNSPECIFIED)));
-    REQUIRE(eventually([&] { return failedOf().size() == 1; }));
+    REQUIRE(testing::eventually([&] { return failedOf().size() == 1; }));
     CHECK(failedOf() == std::map<std::string, bool>{{"permanent", true}});
     CHECK(onlyAgent(address).active_faults() == 0);
     stream->WritesDone();
     ctx.TryCancel();
-    REQUIRE(eventually([&] { return controller.gateway().agents().empty(); }));
+    REQUIRE(testing::eventually([&] { return controller.gateway().agents().empty(); }));
   }
 }
 
@@ -1514,7 +1497,7 @@ TEST_CASE("reconnect: the controller reconciles the faults an agent reports hold
     {
       FakeAgentStream agent(*gw, {});
       std::tie(runId, faultId) = startHeldFault(address, agent);
-      REQUIRE(eventually([&] { return onlyAgent(address).active_faults() == 1; }));
+      REQUIRE(testing::eventually([&] { return onlyAgent(address).active_faults() == 1; }));
     }  // disconnects holding it: the run ends as an error
     CHECK(watch(address, runId).back().verdict() == v1::VERDICT_ERROR);
     FakeAgentStream agent(*gw, {faultId});
@@ -1522,8 +1505,9 @@ TEST_CASE("reconnect: the controller reconciles the faults an agent reports hold
     REQUIRE(revert.has_revert());
     CHECK(revert.revert().fault_id() == faultId);
     agent.report(faultId, v1::FAULT_STATE_REVERTED, "reverted (revert requested): tbf on veth0");
-    CHECK(eventually([&] { return countRecorded(address, runId, "fault.reverted", "after the run ended") == 1; }));
-    CHECK(eventually([&] { return onlyAgent(address).active_faults() == 0; }));
+    CHECK(testing::eventually(
+        [&] { return countRecorded(address, runId, "fault.reverted", "after the run ended") == 1; }));
+    CHECK(testing::eventually([&] { return onlyAgent(address).active_faults() == 0; }));
   }
 
   SUBCASE("a fault the agent ended while disconnected is recorded as expired, never as reverted") {
@@ -1531,19 +1515,19 @@ TEST_CASE("reconnect: the controller reconciles the faults an agent reports hold
     {
       FakeAgentStream agent(*gw, {});
       std::tie(runId, faultId) = startHeldFault(address, agent);
-      REQUIRE(eventually([&] { return onlyAgent(address).active_faults() == 1; }));
+      REQUIRE(testing::eventually([&] { return onlyAgent(address).active_faults() == 1; }));
     }
     CHECK(watch(address, runId).back().verdict() == v1::VERDICT_ERROR);
     FakeAgentStream agent(*gw, {});  // holds nothing now, and says nothing about it
     agent.heartbeat();
-    CHECK(eventually([&] { return countRecorded(address, runId, "fault.expired", "no longer held") == 1; }));
+    CHECK(testing::eventually([&] { return countRecorded(address, runId, "fault.expired", "no longer held") == 1; }));
     CHECK(countRecorded(address, runId, "fault.reverted", "after the run ended") == 0);
   }
 
   SUBCASE("a revert still failing on the agent shows in ListAgents after it reconnects") {
     FakeAgentStream agent(*gw, {"r-gone/1/fake-agent"},
                           "revert failed (retrying every second): Operation not permitted");
-    REQUIRE(eventually([&] { return onlyAgent(address).failed_reverts_size() == 1; }));
+    REQUIRE(testing::eventually([&] { return onlyAgent(address).failed_reverts_size() == 1; }));
     const auto info = onlyAgent(address);
     CHECK(info.failed_reverts(0).fault_id() == "r-gone/1/fake-agent");
     CHECK(info.failed_reverts(0).error().find("not permitted") != std::string::npos);
@@ -1560,13 +1544,13 @@ TEST_CASE("reconnect: the controller reconciles the faults an agent reports hold
     {
       FakeAgentStream agent(*gw, {});
       std::tie(runId, faultId) = startHeldFault(address, agent);
-      REQUIRE(eventually([&] { return onlyAgent(address).active_faults() == 1; }));
+      REQUIRE(testing::eventually([&] { return onlyAgent(address).active_faults() == 1; }));
     }
     CHECK(watch(address, runId).back().verdict() == v1::VERDICT_ERROR);
     FakeAgentStream agent(*gw, {});
     agent.report(faultId, v1::FAULT_STATE_EXPIRED, "reverted (lease expired: nothing heard for 15s)");
     agent.heartbeat();
-    CHECK(eventually([&] { return countRecorded(address, runId, "fault.expired", "lease expired") == 1; }));
+    CHECK(testing::eventually([&] { return countRecorded(address, runId, "fault.expired", "lease expired") == 1; }));
     std::this_thread::sleep_for(200ms);
     CHECK(countRecorded(address, runId, "fault.expired", "") == 1);
   }
@@ -1580,18 +1564,20 @@ TEST_CASE("a controller killed mid-run: its successor on the same record file en
                                       "--socket",    address.substr(5), "--db",     dir.path + "/c.db"};
   auto first = std::make_unique<Child>(args, log);
   auto gw = v1::AgentGateway::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
-  REQUIRE_MESSAGE(waitFor([&] { return std::filesystem::exists(dir.path + "/controller.sock"); }, 10s), slurp(log));
+  REQUIRE_MESSAGE(testing::eventually([&] { return std::filesystem::exists(dir.path + "/controller.sock"); }, 10s),
+                  slurp(log));
   std::string runId;
   {
     FakeAgentStream agent(*gw, {});
     runId = startHeldFault(address, agent).first;
-    REQUIRE(eventually([&] { return countRecorded(address, runId, "step.fault", "") == 1; }));
+    REQUIRE(testing::eventually([&] { return countRecorded(address, runId, "step.fault", "") == 1; }));
     first->stop(SIGKILL);  // no abort, no record of an end
   }
   Child second(args, log);
   std::vector<v1::RunEvent> events;
-  REQUIRE_MESSAGE(eventually([&] { return countRecorded(address, runId, "run.finished", "interrupted") == 1; }),
-                  slurp(log));
+  REQUIRE_MESSAGE(
+      testing::eventually([&] { return countRecorded(address, runId, "run.finished", "interrupted") == 1; }),
+      slurp(log));
   events = watch(address, runId);
   REQUIRE(!events.empty());
   CHECK(events.back().verdict() == v1::VERDICT_ERROR);
@@ -1924,7 +1910,7 @@ TEST_CASE("separate processes: SIGTERM stops a controller with its Unix socket a
         {FAULTLINE_BIN, "controller", "--listen", "127.0.0.1:0", "--socket", sock, "--db", dir.path + "/c.db"},
         dir.path + "/controller.log");
     REQUIRE_MESSAGE(
-        waitFor(
+        testing::eventually(
             [&] { return testing::sh(fmt::format("{} agents --controller unix:{}", FAULTLINE_BIN, sock)).status == 0; },
             10s),
         slurp(dir.path + "/controller.log"));
@@ -1959,7 +1945,7 @@ TEST_CASE_FIXTURE(testing::NetnsFixture,
                dir.path + "/agent"},
               log);
   REQUIRE_MESSAGE(
-      waitFor(
+      testing::eventually(
           [&] {
             return testing::sh(fmt::format("{} agents --controller {}", FAULTLINE_BIN, address)).output.find("e2e-s") !=
                    std::string::npos;
@@ -1970,14 +1956,16 @@ TEST_CASE_FIXTURE(testing::NetnsFixture,
     return testing::sh(fmt::format("nsenter --net={} tc qdisc show dev veth0", netns())).output;
   };
   const std::string runId = submit(address, longBandwidth(netns()));
-  REQUIRE_MESSAGE(waitFor([&] { return countRecorded(address, runId, "fault.applied", "") == 1; }, 10s), slurp(log));
+  REQUIRE_MESSAGE(testing::eventually([&] { return countRecorded(address, runId, "fault.applied", "") == 1; }, 10s),
+                  slurp(log));
   REQUIRE(qdiscs().find("tbf fa17:") != std::string::npos);
 
   const auto sent = std::chrono::steady_clock::now();
   ::kill(controller.pid, SIGTERM);
   int status = -1;
-  REQUIRE_MESSAGE(waitFor([&] { return ::waitpid(controller.pid, &status, WNOHANG) == controller.pid; }, 15s),
-                  slurp(log));
+  REQUIRE_MESSAGE(
+      testing::eventually([&] { return ::waitpid(controller.pid, &status, WNOHANG) == controller.pid; }, 15s),
+      slurp(log));
   controller.pid = -1;
   INFO(slurp(log));
   CHECK(std::chrono::steady_clock::now() - sent < 10s);
@@ -2106,7 +2094,8 @@ TEST_CASE("separate processes: an agent does not dial a plaintext loopback port 
   Child agent({FAULTLINE_AGENT_BIN, "--controller", fmt::format("127.0.0.1:{}", port), "--id", "squatted",
                "--state-dir", dir.path + "/agent"},
               log);
-  CHECK_MESSAGE(waitFor([&] { return slurp(log).find("belongs to uid 65534") != std::string::npos; }, 10s), slurp(log));
+  CHECK_MESSAGE(testing::eventually([&] { return slurp(log).find("belongs to uid 65534") != std::string::npos; }, 10s),
+                slurp(log));
   CHECK_MESSAGE(slurp(log).find(fmt::format("port {} belongs to uid 65534, neither root nor this agent's user",
                                             port)) != std::string::npos,
                 slurp(log));
@@ -2130,7 +2119,7 @@ TEST_CASE("separate processes: without TLS an agent of uid 65534 is refused, on 
                     "nogroup", "--db", dir.path + "/c.db"},
                    clog);
   std::string port;
-  REQUIRE_MESSAGE(waitFor(
+  REQUIRE_MESSAGE(testing::eventually(
                       [&] {
                         const auto text = slurp(clog);
                         const auto at = text.find("(port ");
@@ -2151,8 +2140,9 @@ TEST_CASE("separate processes: without TLS an agent of uid 65534 is refused, on 
     Child fake({"/usr/sbin/runuser", "-u", "nobody", "--", FAULTLINE_AGENT_BIN, "--controller", address, "--id",
                 "real1", "--state-dir", agentDir + "/" + address.substr(0, 1)},
                log);
-    CHECK_MESSAGE(waitFor([&] { return slurp(log).find("may not register as an agent") != std::string::npos; }, 10s),
-                  slurp(log), slurp(clog));
+    CHECK_MESSAGE(
+        testing::eventually([&] { return slurp(log).find("may not register as an agent") != std::string::npos; }, 10s),
+        slurp(log), slurp(clog));
     CHECK_MESSAGE(slurp(log).find("uid 65534") != std::string::npos, slurp(log));
     fake.stop(SIGTERM);
   }
@@ -2162,7 +2152,7 @@ TEST_CASE("separate processes: without TLS an agent of uid 65534 is refused, on 
   Child root(
       {FAULTLINE_AGENT_BIN, "--controller", "127.0.0.1:" + port, "--id", "real1", "--state-dir", dir.path + "/root"},
       rlog);
-  CHECK_MESSAGE(waitFor(
+  CHECK_MESSAGE(testing::eventually(
                     [&] {
                       return testing::sh(fmt::format("{} agents --controller unix:{}", FAULTLINE_BIN, sock))
                                  .output.find("real1") != std::string::npos;

@@ -26,10 +26,12 @@
 #include <doctest/doctest.h>
 #include <fmt/format.h>
 
+#include "tests/support/eventually.h"
 #include "tests/support/netns_holder.h"
 #include "tests/support/notify_socket.h"
 
 using namespace std::chrono_literals;
+using faultline::testing::eventually;
 using faultline::testing::NotifySocket;
 
 namespace {
@@ -122,18 +124,6 @@ bool connectsTcp(int port) {
   return ok;
 }
 
-template <typename Pred>
-bool waitUntil(Pred pred, std::chrono::milliseconds timeout = 10s) {
-  const auto until = std::chrono::steady_clock::now() + timeout;
-  while (std::chrono::steady_clock::now() < until) {
-    if (pred()) {
-      return true;
-    }
-    std::this_thread::sleep_for(20ms);
-  }
-  return pred();
-}
-
 }  // namespace
 
 TEST_CASE("the controller as a service: READY=1 once its socket and port answer, WATCHDOG=1, STOPPING=1, exit 0") {
@@ -179,7 +169,7 @@ TEST_CASE("the agent as a service: READY=1 after its crash recovery, WATCHDOG=1 
   const std::string sock = dir.path + "/c.sock";
   const std::string log = dir.path + "/processes.log";
   Process controller({FAULTLINE_BIN, "controller", "--listen", "", "--socket", sock, "--db", dir.path + "/c.db"}, log);
-  REQUIRE_MESSAGE(waitUntil([&] { return connectsUnix(sock); }), slurp(log));
+  REQUIRE_MESSAGE(eventually([&] { return connectsUnix(sock); }), slurp(log));
   Process agent(
       {FAULTLINE_AGENT_BIN, "--controller", "unix:" + sock, "--id", "svc-1", "--state-dir", dir.path + "/agent"}, log,
       notify.env("1000000"));
@@ -210,7 +200,7 @@ TEST_CASE("without NOTIFY_SOCKET, WATCHDOG_USEC alone sends nothing and changes 
   env.emplace_back("WATCHDOG_USEC=100000");
   Process controller({FAULTLINE_BIN, "controller", "--listen", "", "--socket", sock, "--db", dir.path + "/c.db"}, log,
                      env);
-  REQUIRE_MESSAGE(waitUntil([&] { return connectsUnix(sock); }), slurp(log));
+  REQUIRE_MESSAGE(eventually([&] { return connectsUnix(sock); }), slurp(log));
   std::this_thread::sleep_for(300ms);  // three timeouts: a watchdog would have killed nothing, but let it show
   CHECK(slurp(log).find("watchdog") == std::string::npos);
   const int status = controller.stop(SIGTERM);
@@ -226,9 +216,9 @@ TEST_CASE("faultline controller --config: the file's keys apply, a flag on the c
                             dir.path));
   const std::string log = dir.path + "/controller.log";
   Process controller({FAULTLINE_BIN, "controller", "--config", config, "--db", dir.path + "/flag.db"}, log);
-  REQUIRE_MESSAGE(waitUntil([&] { return connectsUnix(dir.path + "/file.sock"); }), slurp(log));
+  REQUIRE_MESSAGE(eventually([&] { return connectsUnix(dir.path + "/file.sock"); }), slurp(log));
   // The socket is bound before the record file is opened: wait for the line that follows both.
-  CHECK(waitUntil([&] { return slurp(log).find("controller listening on no TCP address") != std::string::npos; }));
+  CHECK(eventually([&] { return slurp(log).find("controller listening on no TCP address") != std::string::npos; }));
   CHECK(std::filesystem::exists(dir.path + "/flag.db"));
   CHECK_FALSE(std::filesystem::exists(dir.path + "/file.db"));
   CHECK(WEXITSTATUS(controller.stop(SIGTERM)) == 0);
@@ -301,7 +291,7 @@ TEST_CASE("faultline-agent --config: keys apply, a repeatable flag's list, the c
   const std::string sock = dir.path + "/c.sock";
   const std::string log = dir.path + "/processes.log";
   Process controller({FAULTLINE_BIN, "controller", "--listen", "", "--socket", sock, "--db", dir.path + "/c.db"}, log);
-  REQUIRE_MESSAGE(waitUntil([&] { return connectsUnix(sock); }), slurp(log));
+  REQUIRE_MESSAGE(eventually([&] { return connectsUnix(sock); }), slurp(log));
   const std::string config = dir.path + "/agent.yaml";
   write(config,
         fmt::format("controller: unix:{}\nid: from-file\nlabel:\n  - role=web\n  - zone=a\nstate-dir: {}/agent\n", sock,
@@ -309,7 +299,7 @@ TEST_CASE("faultline-agent --config: keys apply, a repeatable flag's list, the c
   Process agent({FAULTLINE_AGENT_BIN, "--config", config, "--id", "from-flag"}, log);
   std::string agents;
   REQUIRE_MESSAGE(
-      waitUntil([&] {
+      eventually([&] {
         agents = faultline::testing::sh(fmt::format("{} agents --controller unix:{}", FAULTLINE_BIN, sock)).output;
         return agents.find("from-flag") != std::string::npos;
       }),
@@ -342,13 +332,13 @@ TEST_CASE("the controller as a user without root: its own state and runtime dire
                       "controller", "--config", config},
                      log);
   const std::string sock = runtime + "/controller.sock";
-  REQUIRE_MESSAGE(waitUntil([&] { return connectsUnix(sock); }), slurp(log));
+  REQUIRE_MESSAGE(eventually([&] { return connectsUnix(sock); }), slurp(log));
   struct stat st {};
   REQUIRE(::stat(sock.c_str(), &st) == 0);
   CHECK(st.st_uid == 65534);
   CHECK((st.st_mode & 0777) == 0600);
   CHECK(slurp(log).find("is not in group 'root' (--socket-group)") != std::string::npos);
-  REQUIRE(waitUntil([&] { return slurp(log).find("controller listening on") != std::string::npos; }));
+  REQUIRE(eventually([&] { return slurp(log).find("controller listening on") != std::string::npos; }));
   REQUIRE(::stat((state + "/controller.db").c_str(), &st) == 0);
   CHECK(st.st_uid == 65534);
   // Root may connect (admin), and the Control API answers.
@@ -369,12 +359,12 @@ TEST_CASE("deploy/config/controller.yaml and agent.yaml are accepted by the bina
   Process controller({FAULTLINE_BIN, "controller", "--config", FAULTLINE_SOURCE_DIR "/deploy/config/controller.yaml",
                       "--listen", "127.0.0.1:0", "--socket", sock, "--db", dir.path + "/c.db"},
                      log);
-  REQUIRE_MESSAGE(waitUntil([&] { return connectsUnix(sock); }), slurp(log));
+  REQUIRE_MESSAGE(eventually([&] { return connectsUnix(sock); }), slurp(log));
   Process agent({FAULTLINE_AGENT_BIN, "--config", FAULTLINE_SOURCE_DIR "/deploy/config/agent.yaml", "--controller",
                  "unix:" + sock, "--id", "example", "--state-dir", dir.path + "/agent"},
                 log);
   std::string agents;
-  CHECK_MESSAGE(waitUntil([&] {
+  CHECK_MESSAGE(eventually([&] {
                   agents =
                       faultline::testing::sh(fmt::format("{} agents --controller unix:{}", FAULTLINE_BIN, sock)).output;
                   return agents.find("example") != std::string::npos;

@@ -14,6 +14,7 @@
 
 #include "controller/server/gateway.h"
 #include "faultline/v1/agent_gateway.grpc.pb.h"
+#include "tests/support/eventually.h"
 
 namespace faultline::testing {
 
@@ -93,17 +94,5 @@ class AgentStream {
   std::unique_ptr<grpc::ClientReaderWriter<v1::AgentMessage, v1::ControllerMessage>> stream_;
   bool finished_ = false;
 };
-
-inline bool eventually(const std::function<bool()>& done,
-                       std::chrono::milliseconds timeout = std::chrono::milliseconds{5000}) {
-  const auto until = std::chrono::steady_clock::now() + timeout;
-  while (std::chrono::steady_clock::now() < until) {
-    if (done()) {
-      return true;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds{10});
-  }
-  return done();
-}
 
 }  // namespace faultline::testing
