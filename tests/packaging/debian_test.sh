@@ -83,8 +83,8 @@ else
 fi
 check "faultline's postinst creates the user (systemd-sysusers) and enables the controller" \
   bash -c "dpkg-deb -I '$deb' postinst | grep -q systemd-sysusers && dpkg-deb -I '$deb' postinst | grep -q 'deb-systemd-helper'"
-check "faultline-agent's postinst starts nothing (and enables only what was enabled before an upgrade)" \
-  bash -c "! dpkg-deb -I '$agent_deb' postinst 2>/dev/null | grep -q 'deb-systemd-invoke'"
+check "faultline-agent's prerm stops the agent at removal" \
+  bash -c "dpkg-deb -I '$agent_deb' prerm | grep -q 'deb-systemd-invoke stop'"
 echo "faultline: $(dpkg-deb -f "$deb" Depends)"
 echo "faultline-agent: $(dpkg-deb -f "$agent_deb" Depends)"
 stamp "dpkg-deb -c / -I"
@@ -125,10 +125,106 @@ check "faultline-controller.service enabled" \
 check "faultline-agent.service not enabled" \
   test ! -e "$ovl/root/etc/systemd/system/multi-user.target.wants/faultline-agent.service"
 check "man faultline" in_root sh -c 'man -w faultline | grep -q faultline.1'
-# What the services would leave: their state directories (systemd creates them at start).
-mkdir -p "$ovl/root/var/lib/faultline" "$ovl/root/var/lib/faultline-agent"
-touch "$ovl/root/var/lib/faultline/controller.db" "$ovl/root/var/lib/faultline-agent/journal"
-check "dpkg --purge both" in_root sh -c 'dpkg --purge faultline-agent faultline >/tmp/dpkg-p.log 2>&1 || { cat /tmp/dpkg-p.log; exit 1; }'
+
+# Start both services under a real systemd: PID 1 of a new PID namespace, chrooted into the
+# throwaway root, in a network namespace of its own (only lo), so nothing reaches this host's
+# interfaces or ports. It is killed (with everything it started) when this script ends.
+sd=
+trap '[ -z "$sd" ] || kill -9 "$sd" 2>/dev/null || true' EXIT
+rm -f "$ovl/root/usr/sbin/policy-rc.d"                       # a container's "start nothing" guard
+ln -sf /dev/null "$ovl/root/etc/systemd/system/tmp.mount"  # /tmp is already a tmpfs of ours
+umount "$ovl/root/proc"
+mount --rbind /sys "$ovl/root/sys"
+unshare --pid --fork --net --mount-proc="$ovl/root/proc" chroot "$ovl/root" /usr/bin/env -i container=faultline-test \
+  PATH=/usr/sbin:/usr/bin:/sbin:/bin sh -c 'ip link set lo up && exec /lib/systemd/systemd --system --unit=multi-user.target' \
+  </dev/null >"$ovl/systemd-console.log" 2>&1 &
+unshare_pid=$!
+for _ in $(seq 1 50); do
+  sd=$(pgrep -P "$unshare_pid" || true)
+  [ -n "$sd" ] && [ "$(cat "/proc/$sd/comm" 2>/dev/null)" = systemd ] && break
+  sd=; sleep 0.2
+done
+in_sd() { nsenter -t "$sd" -m -p -n -r -w /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LC_ALL=C.UTF-8 "$@"; }
+booted() {
+  for _ in $(seq 1 60); do
+    case $(in_sd systemctl is-system-running 2>/dev/null) in running | degraded) return 0 ;; esac
+    sleep 0.5
+  done
+  return 1
+}
+eventually() { # eventually SECONDS COMMAND...: true once COMMAND is
+  local until=$((SECONDS + $1)); shift
+  until "$@"; do ((SECONDS < until)) || return 1; sleep 0.5; done
+}
+check "systemd booted (PID 1 of its own PID namespace)" test -n "$sd"
+if [ -n "$sd" ] && booted; then
+  check "faultline-controller.service started at boot and is active (Type=notify: READY=1 arrived)" \
+    eventually 20 in_sd systemctl is-active --quiet faultline-controller
+  check "its status line says it listens" \
+    sh -c "nsenter -t $sd -m -p -n -r systemctl show -p StatusText faultline-controller | grep -q 'StatusText=listening on'"
+  check "the packaged controller runs as the user faultline" \
+    sh -c "nsenter -t $sd -m -p -n -r ps -o user= -C faultline | grep -qx faultline"
+  check "faultline-agent.service was not started at boot (not enabled)" \
+    sh -c "! nsenter -t $sd -m -p -n -r systemctl is-active --quiet faultline-agent"
+  check "systemctl start faultline-agent (its example config dials the controller's Unix socket)" \
+    in_sd systemctl start faultline-agent
+  check "the agent is active and registered with the controller" \
+    eventually 20 sh -c "nsenter -t $sd -m -p -n -r faultline agents --controller unix:/run/faultline/controller.sock | grep -q ' $version '"
+  in_sd faultline agents --controller unix:/run/faultline/controller.sock || true
+  ((fail == 0)) || in_sd journalctl --no-pager -n 40 -u faultline-agent -u faultline-controller || true
+  # A game day on a schedule, as the docs show it: every 3 s, and another always in a blackout.
+  cat >"$ovl/root/tmp/packaged.yaml" <<'YAML'
+apiVersion: faultline/v1
+kind: Experiment
+metadata: {name: packaged}
+targets: {mode: all}
+steadyState:
+  every: 250ms
+  probes:
+    - {name: up, command: {shell: "true"}}
+  slos:
+    - {name: up, probe: up, objective: errors < 50%}
+method:
+  - wait: 1s
+YAML
+  ctl=--controller=unix:/run/faultline/controller.sock
+  check "faultline schedule add (every 3 s)" \
+    in_sd faultline schedule add /tmp/packaged.yaml --name pkg --cron '*/3 * * * * *' "$ctl"
+  check "faultline schedule add (always in a blackout)" \
+    in_sd faultline schedule add /tmp/packaged.yaml --name pkg-dark --cron '*/3 * * * * *' \
+    --blackout 'daily 00:00 - 12:00' --blackout 'daily 12:00 - 00:00' "$ctl"
+  # The scheduler starts 15 s after the controller (agents reconnect first).
+  check "a scheduled run ended held (faultline runs --schedule pkg)" \
+    eventually 60 sh -c "nsenter -t $sd -m -p -n -r faultline runs --schedule pkg $ctl | grep -q ' held '"
+  check "the blacked-out schedule's fires are recorded skipped with their window" \
+    eventually 20 sh -c "nsenter -t $sd -m -p -n -r faultline schedule show pkg-dark $ctl | sed -n '/last fires/,\$p' | grep -q \"skipped: in blackout window\""
+  in_sd faultline schedule show pkg "$ctl" || true
+  in_sd faultline schedule show pkg-dark "$ctl" | tail -4 || true
+  check "systemctl stop faultline-controller: a clean exit (SIGTERM, exit 0)" \
+    sh -c "nsenter -t $sd -m -p -n -r systemctl stop faultline-controller &&
+      nsenter -t $sd -m -p -n -r systemctl show -p Result -p ExecMainStatus faultline-controller |
+      tr '\\n' ' ' | grep -q 'Result=success ExecMainStatus=0'"
+  check "systemctl restart faultline-controller" in_sd systemctl start faultline-controller
+  check "dpkg --purge while both run: their units stop" \
+    in_sd sh -c 'dpkg --purge faultline-agent faultline >/tmp/dpkg-p.log 2>&1 || { cat /tmp/dpkg-p.log; exit 1; }'
+  check "no faultline process is left" sh -c "! nsenter -t $sd -m -p -n -r pgrep -a -f '^/usr/s?bin/faultline'"
+  # Installed while systemd runs: the controller starts at once, the agent (not enabled) does not.
+  check "dpkg -i under a running systemd" \
+    in_sd sh -c 'dpkg -i /tmp/*.deb >/tmp/dpkg-i2.log 2>&1 || { cat /tmp/dpkg-i2.log; exit 1; }'
+  check "the controller started at install" eventually 20 in_sd systemctl is-active --quiet faultline-controller
+  check "the agent was not started at install (not enabled: deb-systemd-invoke starts no disabled unit)" \
+    sh -c "! nsenter -t $sd -m -p -n -r systemctl is-active --quiet faultline-agent"
+  check "dpkg --purge again" \
+    in_sd sh -c 'dpkg --purge faultline-agent faultline >/tmp/dpkg-p2.log 2>&1 || { cat /tmp/dpkg-p2.log; exit 1; }'
+  check "no faultline process is left after it" sh -c "! nsenter -t $sd -m -p -n -r pgrep -a -f '^/usr/s?bin/faultline'"
+else
+  echo "FAIL: systemd did not boot; its console:"; tail -30 "$ovl/systemd-console.log" || true
+  fail=1
+fi
+kill -9 "$sd" 2>/dev/null || true
+sd=
+check "dpkg --purge both (or purged under systemd above)" in_root sh -c 'dpkg --purge faultline-agent faultline >/tmp/dpkg-p.log 2>&1 || { cat /tmp/dpkg-p.log; exit 1; }'
+check "neither package is known to dpkg" in_root sh -c '! dpkg -s faultline >/dev/null 2>&1 && ! dpkg -s faultline-agent >/dev/null 2>&1'
 for db in passwd group shadow gshadow; do
   check "no faultline in /etc/$db" in_root sh -c "! grep -q '^faultline:' /etc/$db"
 done
