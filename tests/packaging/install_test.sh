@@ -26,8 +26,14 @@ check "faultline-agent in sbindir, reports $version" grep -qx "faultline-agent $
 check "faultline-demo in bindir" test -x "$bin/faultline-demo"
 check "no faultline-agent in bindir" test ! -e "$bin/faultline-agent"
 for u in faultline-controller.service faultline-agent.service; do
-  check "$u in $(under "$unitdir"), as in deploy/systemd" cmp -s "$units/$u" "$source/deploy/systemd/$u"
+  check "$u in $(under "$unitdir"), as meson configured deploy/systemd/$u.in" cmp -s "$units/$u" "$build/deploy/$u"
 done
+check "faultline-controller.service runs $(under "$bindir")/faultline with $(under "$sysconfdir")/faultline/controller.yaml" \
+  grep -qx "ExecStart=$(under "$bindir")/faultline controller --config $(under "$sysconfdir")/faultline/controller.yaml" \
+  "$units/faultline-controller.service"
+check "faultline-agent.service runs $(under "$sbindir")/faultline-agent" \
+  grep -q "^ExecStart=$(under "$sbindir")/faultline-agent " "$units/faultline-agent.service"
+check "no @placeholder@ is left in the units" bash -c "! grep -E '@(bindir|sbindir|sysconfdir)@' '$units'/faultline-*.service"
 check "sysusers.d/faultline.conf creates the user faultline" grep -q '^u faultline ' "$sysusers/faultline.conf"
 for c in controller.yaml agent.yaml; do
   if [[ -f $source/deploy/config/$c ]]; then
@@ -40,6 +46,8 @@ done
 check "faultline.1 names the command and its subcommands" \
   grep -q '^\.SH "COMMAND: CONTROLLER"' "$man/man1/faultline.1"
 check "faultline.1 has the run subcommand's options" grep -q 'Usage: faultline run' "$man/man1/faultline.1"
+check "faultline.1 has the nested subcommands' options (schedule add --starting-deadline)" \
+  bash -c "grep -q '^\.SH \"COMMAND: SCHEDULE ADD\"' '$man/man1/faultline.1' && grep -q -- '--starting-deadline' '$man/man1/faultline.1'"
 check "faultline-agent.8 is section 8 and has revert-all" \
   bash -c "grep -q '^\.TH FAULTLINE-AGENT \"8\"' '$man/man8/faultline-agent.8' && grep -q 'COMMAND: REVERT-ALL' '$man/man8/faultline-agent.8'"
 check "faultline-demo.1" grep -q '^\.SH NAME' "$man/man1/faultline-demo.1"

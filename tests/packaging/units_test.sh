@@ -1,5 +1,6 @@
 #!/bin/bash
-# units_test — the systemd units of deploy/systemd, checked as systemd would load them.
+# units_test — the systemd units of deploy/systemd (as meson configured them for this prefix:
+# build/deploy/), checked as systemd would load them.
 # Usage: units_test.sh UNIT_DIR FAULTLINE_EXE FAULTLINE_AGENT_EXE
 #
 # 1. `systemd-analyze verify` on both units, in a throwaway root (--root) that holds the units,
@@ -14,10 +15,12 @@ command -v systemd-analyze >/dev/null || { echo "units_test: no systemd-analyze;
 
 root=$(mktemp -d /tmp/faultline-units.XXXXXX)
 trap 'rm -rf "$root"' EXIT
-mkdir -p "$root/usr/bin" "$root/usr/sbin" "$root/usr/lib/systemd" "$root/etc/systemd/system"
+mkdir -p "$root/usr/lib/systemd" "$root/etc/systemd/system"
 cp -a /usr/lib/systemd/system "$root/usr/lib/systemd/"
-install -m 0755 "$faultline" "$root/usr/bin/faultline"
-install -m 0755 "$agent" "$root/usr/sbin/faultline-agent"
+# The binaries where the units' ExecStart= looks for them (the prefix meson was configured with).
+exec_path() { sed -n 's/^ExecStart=\([^ ]*\).*/\1/p' "$unit_dir/$1"; }
+install -D -m 0755 "$faultline" "$root$(exec_path faultline-controller.service)"
+install -D -m 0755 "$agent" "$root$(exec_path faultline-agent.service)"
 units=(faultline-controller.service faultline-agent.service)
 for u in "${units[@]}"; do
   install -m 0644 "$unit_dir/$u" "$root/usr/lib/systemd/system/$u"
