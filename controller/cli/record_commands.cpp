@@ -140,6 +140,16 @@ int runsCommand(const std::string& address, const std::string& db, const RunsQue
   if (auto s = stub->ListRuns(ctx.get(), req, &resp); !s.ok()) {
     return rpcError("listing runs", address, s);
   }
+  if (resp.runs().empty() && !q.schedule.empty()) {
+    // No runs of a schedule that does not exist is a typo, not an answer.
+    v1::GetScheduleRequest get;
+    get.set_name(q.schedule);
+    v1::ScheduleStatus st;
+    auto getCtx = contextWithDeadline(std::chrono::seconds{5});
+    if (auto s = stub->GetSchedule(getCtx.get(), get, &st); !s.ok()) {
+      return rpcError("listing runs", address, s);
+    }
+  }
   std::cout << formatRunList({resp.runs().begin(), resp.runs().end()});
   return 0;
 }

@@ -30,7 +30,7 @@ std::string durationText(const google::protobuf::Duration& d) {
   if (ms == 0) {
     return "none";
   }
-  return ms % 1000 == 0 ? fmt::format("{}s", ms / 1000) : fmt::format("{}ms", ms);
+  return formatDuration(std::chrono::milliseconds{ms});
 }
 
 std::string verdictText(v1::Verdict v) {
@@ -64,8 +64,10 @@ void printStatus(const v1::ScheduleStatus& st, bool full) {
   if (st.next_fires().empty()) {
     std::cout << (s.paused() ? "    none while paused\n" : "    none\n");
   }
-  for (const auto& t : st.next_fires()) {
-    std::cout << fmt::format("    {}\n", timeText(t, s.timezone()));
+  for (int i = 0; i < st.next_fires_size(); ++i) {
+    const std::string blackout = i < st.next_fire_blackouts_size() ? st.next_fire_blackouts(i) : "";
+    std::cout << fmt::format("    {}{}\n", timeText(st.next_fires(i), s.timezone()),
+                             blackout.empty() ? "" : fmt::format("  skipped: in blackout window '{}'", blackout));
   }
   std::cout << "  last fires (newest first):\n";
   if (st.fires().empty()) {
@@ -308,13 +310,11 @@ tl::expected<v1::Schedule, std::string> buildSchedule(const ScheduleFlags& flags
     if (text->empty()) {
       continue;
     }
-    auto d = parseDuration(*text);
+    auto d = parseScheduleDuration(*text);
     if (!d) {
       return tl::unexpected(fmt::format("{}: {}", field, d.error()));
     }
-    const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(*d).count();
-    out->set_seconds(ms / 1000);
-    out->set_nanos(static_cast<int32_t>((ms % 1000) * 1'000'000));
+    *out = *d;
   }
   for (const auto& b : flags.blackouts) {
     s.add_blackouts(b);

@@ -1,4 +1,5 @@
 // parseScheduleFile(): the `kind: Schedule` file of `faultline apply` (docs/schedules.md).
+#include <algorithm>
 #include <filesystem>
 
 #include <fmt/format.h>
@@ -18,6 +19,24 @@ constexpr std::string_view kSpecKeys[] = {"cron",      "timezone", "concurrency"
                                           "blackouts", "onlyIf",   "vars",        "experiment",       "experimentFile"};
 
 }  // namespace
+
+tl::expected<google::protobuf::Duration, std::string> parseScheduleDuration(const std::string& text) {
+  std::chrono::milliseconds ms{};
+  if (text.size() > 1 && text.size() <= 8 && text.back() == 'd' &&
+      std::all_of(text.begin(), text.end() - 1, [](char c) { return c >= '0' && c <= '9'; })) {
+    ms = std::chrono::hours{24 * std::stoll(text.substr(0, text.size() - 1))};
+  } else {
+    auto d = parseDuration(text);
+    if (!d) {
+      return tl::unexpected(d.error() + " or d (days, e.g. 7d)");
+    }
+    ms = std::chrono::duration_cast<std::chrono::milliseconds>(*d);
+  }
+  google::protobuf::Duration out;
+  out.set_seconds(ms.count() / 1000);
+  out.set_nanos(static_cast<int32_t>((ms.count() % 1000) * 1'000'000));
+  return out;
+}
 
 tl::expected<v1::Schedule, std::vector<Diagnostic>> parseScheduleFile(const std::string& text,
                                                                       const std::string& path) {
@@ -95,13 +114,11 @@ tl::expected<v1::Schedule, std::vector<Diagnostic>> parseScheduleFile(const std:
                             std::pair{std::string_view{"jitter"}, s.mutable_jitter()}}) {
       if (auto f = r.lookup(*spec, key)) {
         if (auto v = r.scalar(*f, "a duration, e.g. 10m")) {
-          auto d = parseDuration(*v);
+          auto d = parseScheduleDuration(*v);
           if (!d) {
             r.error(f->mark, f->path, d.error());
           } else {
-            const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(*d).count();
-            out->set_seconds(ms / 1000);
-            out->set_nanos(static_cast<int32_t>((ms % 1000) * 1'000'000));
+            *out = *d;
           }
         }
       }

@@ -31,6 +31,10 @@ struct ScheduleFlags {
 // naming the flag or the file. The controller checks the rest (cron, zone, blackouts, experiment).
 [[nodiscard]] tl::expected<v1::Schedule, std::string> buildSchedule(const ScheduleFlags& flags);
 
+// A schedule's starting deadline or jitter: parseDuration()'s units (us, ms, s, m, h) and days
+// ("7d", a whole number), to whole milliseconds; an error saying what is accepted.
+[[nodiscard]] tl::expected<google::protobuf::Duration, std::string> parseScheduleDuration(const std::string& text);
+
 // Parses a `kind: Schedule` file (text, at most kMaxExperimentBytes, named path in diagnostics):
 // apiVersion faultline/v1, metadata.name, spec (cron, timezone, concurrency, startingDeadline,
 // jitter, blackouts, onlyIf, vars, and experiment: an inline mapping OR experimentFile: a path

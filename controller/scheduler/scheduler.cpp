@@ -324,20 +324,21 @@ tl::expected<v1::ScheduleFire, std::string> Scheduler::runNow(const std::string&
   return fireLocked(it->second, floor<seconds>(now), now, true, false);
 }
 
-tl::expected<std::vector<sys_seconds>, std::string> Scheduler::nextFires(const v1::Schedule& schedule, unsigned n) {
+tl::expected<std::vector<Scheduler::PlannedFire>, std::string> Scheduler::nextFires(const v1::Schedule& schedule,
+                                                                                    unsigned n) {
   std::unique_ptr<Timetable> timetable;
   try {
     timetable = timetables_(schedule);
   } catch (const std::exception& e) {
     return tl::unexpected(std::string(e.what()));
   }
-  std::vector<sys_seconds> out;
+  std::vector<PlannedFire> out;
   if (schedule.paused()) {
     return out;
   }
   auto t = timetable->next(floor<seconds>(clock_.now()));
   for (; t && out.size() < n; t = timetable->next(*t)) {
-    out.push_back(*t);
+    out.push_back(PlannedFire{*t, timetable->blackoutAt(*t)});
   }
   return out;
 }

@@ -133,10 +133,15 @@ class Scheduler {
   // Fires the schedule now (outside its timetable: blackouts do not apply; concurrency and
   // only-if do), recorded as a manual fire. NOT_FOUND-like error text when there is no schedule.
   [[nodiscard]] tl::expected<v1::ScheduleFire, std::string> runNow(const std::string& name);
+  // A planned fire time and, when it lands in a blackout window, that window's text (the fire
+  // will be recorded as skipped, jitter aside).
+  struct PlannedFire {
+    std::chrono::sys_seconds at;
+    std::optional<std::string> blackout;
+  };
   // The next n planned times of a schedule after now (none when paused), or why they cannot be
   // computed (its cron, zone or a blackout refused).
-  [[nodiscard]] tl::expected<std::vector<std::chrono::sys_seconds>, std::string> nextFires(const v1::Schedule& schedule,
-                                                                                           unsigned n);
+  [[nodiscard]] tl::expected<std::vector<PlannedFire>, std::string> nextFires(const v1::Schedule& schedule, unsigned n);
 
  private:
   struct Entry {

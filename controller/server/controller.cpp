@@ -1014,7 +1014,8 @@ struct Controller::Impl final : v1::Control::CallbackService {
     auto next = scheduler->nextFires(s, 5);
     if (next) {
       for (const auto& t : *next) {
-        st.add_next_fires()->set_seconds(t.time_since_epoch().count());
+        st.add_next_fires()->set_seconds(t.at.time_since_epoch().count());
+        st.add_next_fire_blackouts(t.blackout.value_or(""));
       }
     } else {
       st.set_error(next.error());
@@ -1080,10 +1081,11 @@ struct Controller::Impl final : v1::Control::CallbackService {
         for (const auto& p : probes) {
           names += (names.empty() ? "" : ", ") + p.name;
         }
-        return finishNow(ctx, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                                           fmt::format("only_if: '{}' is not a probe of the experiment's steadyState; "
-                                                       "accepted: {}",
-                                                       forLog(name), names.empty() ? "(it has none)" : names)));
+        return finishNow(
+            ctx, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                              fmt::format("--only-if (onlyIf): '{}' is not a probe of the experiment's steadyState; "
+                                          "accepted: {}",
+                                          forLog(name), names.empty() ? "(it has none)" : names)));
       }
     }
     if (s.concurrency().empty()) {

@@ -49,8 +49,9 @@ struct ControllerOptions {
   Retention retention{};
   std::chrono::seconds retentionInterval{3600};
   // The scheduler waits this long after start before it handles missed fires and fires at all, so
-  // that agents reconnect first (run --local: none).
-  std::chrono::milliseconds scheduleStartDelay{5'000};
+  // that agents reconnect first (run --local: none): an agent that lost its controller retries at
+  // least every 10 s (its backoff's cap, agent/session/session.h), so 15 s sees every live agent back.
+  std::chrono::milliseconds scheduleStartDelay{15'000};
 };
 
 // Why options.listen may not be served as given: "" when it may (no TCP address, TLS, a local

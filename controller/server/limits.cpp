@@ -163,30 +163,33 @@ std::optional<std::string> overLimits(const v1::Schedule& s) {
     if (d.seconds() < 0 || d.nanos() < 0 || d.nanos() % 1'000'000 != 0 ||
         d.seconds() > std::chrono::duration_cast<std::chrono::seconds>(max).count() ||
         ms > std::chrono::duration_cast<std::chrono::milliseconds>(max).count()) {
-      return fmt::format("{}: {}s{}ns is not accepted; accepted: 0 to {}h, whole milliseconds", field, d.seconds(),
-                         d.nanos(), max.count());
+      const auto h = d.seconds() / 3600, m = d.seconds() % 3600 / 60, sec = d.seconds() % 60;
+      return fmt::format("{}: {} is not accepted; accepted: 0 to {}h, whole milliseconds", field,
+                         d.nanos() == 0 && d.seconds() >= 0 ? fmt::format("{}h{:02}m{:02}s", h, m, sec)
+                                                            : fmt::format("{}s {}ns", d.seconds(), d.nanos()),
+                         max.count());
     }
     return std::nullopt;
   };
-  if (auto e = checkDuration("starting_deadline", s.starting_deadline(), kMaxStartingDeadline)) {
+  if (auto e = checkDuration("--starting-deadline (startingDeadline)", s.starting_deadline(), kMaxStartingDeadline)) {
     return e;
   }
-  if (auto e = checkDuration("jitter", s.jitter(), kMaxJitter)) {
+  if (auto e = checkDuration("--jitter (jitter)", s.jitter(), kMaxJitter)) {
     return e;
   }
-  if (auto e = tooMany("blackouts", static_cast<size_t>(s.blackouts().size()), kMaxBlackouts)) {
+  if (auto e = tooMany("--blackout (blackouts)", static_cast<size_t>(s.blackouts().size()), kMaxBlackouts)) {
     return e;
   }
   for (const auto& b : s.blackouts()) {
-    if (auto e = overLimit("blackouts", b, kMaxCronBytes)) {
+    if (auto e = overLimit("--blackout (blackouts)", b, kMaxCronBytes)) {
       return e;
     }
   }
-  if (auto e = tooMany("only_if", static_cast<size_t>(s.only_if().size()), kMaxOnlyIf)) {
+  if (auto e = tooMany("--only-if (onlyIf)", static_cast<size_t>(s.only_if().size()), kMaxOnlyIf)) {
     return e;
   }
   for (const auto& p : s.only_if()) {
-    if (auto e = overLimit("only_if", p, kMaxProbeNameBytes)) {
+    if (auto e = overLimit("--only-if (onlyIf)", p, kMaxProbeNameBytes)) {
       return e;
     }
   }

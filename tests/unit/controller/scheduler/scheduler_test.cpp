@@ -228,6 +228,9 @@ struct Fixture {
 int64_t secondsAfterStart(const google::protobuf::Timestamp& t) {
   return t.seconds() - kStart;
 }
+int64_t secondsAfterStart(sys_seconds t) {
+  return t.time_since_epoch().count() - kStart;
+}
 
 }  // namespace
 
@@ -299,6 +302,23 @@ TEST_CASE("scheduler: a fire in a blackout window is skipped and recorded with t
   CHECK(fires[2].outcome() == "skipped");
   CHECK(fires[3].outcome() == "started");
   CHECK(f.launcher.started.size() == 2);
+}
+
+TEST_CASE("scheduler: the next fires that land in a blackout window name it (show marks them skipped)") {
+  Fixture f;
+  auto s = schedule("quiet-next", "every 10");
+  s.add_blackouts("15-35");
+  f.apply(s);
+  auto sched = f.scheduler();
+  auto next = sched->nextFires(*f.store->getSchedule("quiet-next"), 4);
+  REQUIRE(next);
+  REQUIRE(next->size() == 4);
+  CHECK(secondsAfterStart((*next)[0].at) == 10);
+  CHECK_FALSE((*next)[0].blackout);
+  CHECK(secondsAfterStart((*next)[1].at) == 20);
+  CHECK((*next)[1].blackout == std::optional<std::string>{"+15s - +35s"});
+  CHECK((*next)[2].blackout == std::optional<std::string>{"+15s - +35s"});
+  CHECK_FALSE((*next)[3].blackout);
 }
 
 TEST_CASE("scheduler: jitter moves each fire by [0, jitter), recorded next to the planned time") {
@@ -472,8 +492,8 @@ TEST_CASE("scheduler: pause stops fires, resume fires from now on without catchi
   auto next = sched->nextFires(*f.store->getSchedule("p"), 5);
   REQUIRE(next);
   REQUIRE(next->size() == 5);
-  CHECK((*next)[0] == sys_seconds{seconds{kStart + 70}});
-  CHECK((*next)[4] == sys_seconds{seconds{kStart + 110}});
+  CHECK((*next)[0].at == sys_seconds{seconds{kStart + 70}});
+  CHECK((*next)[4].at == sys_seconds{seconds{kStart + 110}});
 }
 
 TEST_CASE("scheduler: run-now fires at once, outside the timetable, and is not the last planned fire") {
@@ -546,4 +566,25 @@ TEST_CASE("scheduler: a fire whose run retention deleted is not run again after 
   fires = f.fires("once");
   REQUIRE(fires.size() == 1);
   CHECK(fires[0].outcome() == "started");
+}
+
+TEST_CASE("scheduler: a refused cron or blackout is named with its text and column") {
+  v1::Schedule s;
+  s.set_cron("61 * * * *");
+  try {
+    (void)scheduler::cronTimetable(s);
+    FAIL("a minute of 61 was accepted");
+  } catch (const std::exception& e) {
+    CHECK(std::string(e.what()) == "cron '61 * * * *', column 1: minute: 61 is out of range 0-59");
+  }
+  s.set_cron("0 3 * * *");
+  s.add_blackouts("daily 25:00 - 06:00");
+  try {
+    (void)scheduler::cronTimetable(s);
+    FAIL("a blackout at 25:00 was accepted");
+  } catch (const std::exception& e) {
+    const std::string message = e.what();
+    CHECK(message.rfind("blackout 'daily 25:00 - 06:00', column ", 0) == 0);
+    CHECK(message.find("25:00 is out of range 00:00-23:59") != std::string::npos);
+  }
 }
