@@ -2,6 +2,7 @@
 
 #include <netdb.h>
 #include <openssl/evp.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -1340,12 +1341,36 @@ std::string checkBindable(const std::string& listen) {
   return error;
 }
 
+// Every agent holds a connection, so a fleet needs many descriptors: the soft limit of open
+// files goes up to the hard limit once, at start, and the log says what it is (past it, gRPC
+// cannot accept a connection, and says so only in its own debug log).
+void raiseFileLimit() {
+  rlimit limit{};
+  if (::getrlimit(RLIMIT_NOFILE, &limit) != 0) {
+    spdlog::warn("open files: getrlimit: {}", std::strerror(errno));
+    return;
+  }
+  const rlim_t before = limit.rlim_cur;
+  if (limit.rlim_cur < limit.rlim_max) {
+    limit.rlim_cur = limit.rlim_max;
+    if (::setrlimit(RLIMIT_NOFILE, &limit) != 0) {
+      spdlog::warn("open files: cannot raise the limit from {} to the hard limit {}: {}", before, limit.rlim_max,
+                   std::strerror(errno));
+      return;
+    }
+  }
+  const auto text = [](rlim_t v) { return v == RLIM_INFINITY ? std::string("unlimited") : std::to_string(v); };
+  spdlog::info("open files: limit {} (was {}; the hard limit): one per connected agent, plus the record store's",
+               text(limit.rlim_cur), text(before));
+}
+
 }  // namespace
 
 int Controller::start() {
   if (auto refused = listenRefusal(impl_->options); !refused.empty()) {
     throw std::runtime_error(refused);
   }
+  raiseFileLimit();
   std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
   if (!impl_->options.tls.empty()) {
     auto tls = serverCredentials(impl_->options.tls);

@@ -8,6 +8,7 @@
 #include <netinet/in.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -161,6 +162,33 @@ TEST_CASE("the controller as a service: READY=1 once its socket and port answer,
   CHECK(WEXITSTATUS(status) == 0);
   // After STOPPING, no more pings.
   CHECK(notify.count("WATCHDOG=1", 600ms) == 0);
+}
+
+TEST_CASE("the controller raises its open-file limit to the hard limit at start, and says so") {
+  rlimit mine{};
+  REQUIRE(::getrlimit(RLIMIT_NOFILE, &mine) == 0);
+  if (mine.rlim_max <= 256) {
+    MESSAGE("skipped: this process's hard limit of open files is ", mine.rlim_max, ": nothing to raise to");
+    return;
+  }
+  // The controller inherits a soft limit of 256 under a higher hard limit (as a shell's 1024
+  // under systemd's 524288).
+  const rlimit low{256, mine.rlim_max};
+  REQUIRE(::setrlimit(RLIMIT_NOFILE, &low) == 0);
+  Dir dir;
+  const std::string sock = dir.path + "/c.sock";
+  const std::string log = dir.path + "/controller.log";
+  Process controller({FAULTLINE_BIN, "controller", "--listen", "unix:" + dir.path + "/agents.sock", "--socket", sock,
+                      "--db", dir.path + "/c.db"},
+                     log);
+  REQUIRE(::setrlimit(RLIMIT_NOFILE, &mine) == 0);
+  REQUIRE_MESSAGE(eventually([&] { return connectsUnix(sock); }), slurp(log));
+  const std::string hard = mine.rlim_max == RLIM_INFINITY ? "unlimited" : std::to_string(mine.rlim_max);
+  CHECK(slurp(fmt::format("/proc/{}/limits", controller.pid)).find("Max open files            " + hard + " ") !=
+        std::string::npos);
+  CHECK_MESSAGE(
+      slurp(log).find(fmt::format("open files: limit {} (was 256; the hard limit)", hard)) != std::string::npos,
+      slurp(log));
 }
 
 TEST_CASE("the agent as a service: READY=1 after its crash recovery, WATCHDOG=1 pings, STOPPING=1 on SIGTERM") {
