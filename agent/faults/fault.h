@@ -5,6 +5,7 @@
 #pragma once
 
 #include <chrono>
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -35,6 +36,9 @@ struct FaultError {
   // For apply(): true when the kernel may still carry part of the fault (the roll-back failed or
   // could not be checked). The agent then keeps the fault's journal entry open for recovery.
   bool mayBeChanged = false;
+  // For apply() refused with EBUSY: the pids another fault of the same driver holds (process.pause:
+  // one pause per process), so the agent can name the fault that holds them.
+  std::vector<int32_t> heldPids{};
 };
 
 class AppliedFault {

@@ -504,8 +504,15 @@ tl::expected<void, SpecError> validateFaultSpec(const v1::FaultSpec& spec) {
       }
       return {};
     }
-    case v1::FaultSpec::kProcessPause:
+    case v1::FaultSpec::kProcessPause: {
+      const auto mechanism = spec.process_pause().mechanism();
+      if (mechanism != v1::PAUSE_MECHANISM_AUTO && mechanism != v1::PAUSE_MECHANISM_FREEZE) {
+        return fail("mechanism", fmt::format("{} is not a pause mechanism; accepted: auto (0: freeze where a process "
+                                             "owns its cgroup, else SIGSTOP) or freeze (1: cgroup.freeze only)",
+                                             static_cast<int>(mechanism)));
+      }
       return validateSelector(spec.process_pause().process(), "process.");
+    }
     case v1::FaultSpec::kStressCpu: {
       const auto& c = spec.stress_cpu();
       if (c.workers() < 1 || c.workers() > kMaxStressWorkers) {

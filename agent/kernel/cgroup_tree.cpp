@@ -10,8 +10,16 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <linux/magic.h>
+#include <linux/mount.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/syscall.h>
 #include <unistd.h>
+
+#include <fmt/format.h>
+
+#include "common/unique_fd.h"
 
 namespace faultline::kernel {
 namespace {
@@ -72,13 +80,20 @@ std::optional<std::string> readFile(const std::string& path, std::error_code& er
 
 class FsCgroupTree final : public CgroupTree {
  public:
-  explicit FsCgroupTree(std::string mount) : mount_(std::move(mount)) {
+  // mount: the path its files are reached through; foundAt: where it was found, in words (empty:
+  // mount); held: a detached mount's descriptor, kept open while the tree lives.
+  explicit FsCgroupTree(std::string mount, std::string foundAt = {}, UniqueFd held = {})
+      : mount_(std::move(mount)), foundAt_(std::move(foundAt)), held_(std::move(held)) {
     while (mount_.size() > 1 && mount_.back() == '/') {
       mount_.pop_back();
+    }
+    if (foundAt_.empty()) {
+      foundAt_ = mount_;
     }
   }
 
   const std::string& mountPoint() const override { return mount_; }
+  std::string foundAt() const override { return foundAt_; }
 
   tl::expected<std::string, std::error_code> selfCgroup() override {
     std::error_code error;
@@ -200,7 +215,34 @@ class FsCgroupTree final : public CgroupTree {
   std::string dir(const std::string& cgroup) const { return cgroup == "/" ? mount_ : mount_ + cgroup; }
 
   std::string mount_;
+  std::string foundAt_;
+  UniqueFd held_;
 };
+
+// Whether path is the root of a readable cgroup2 file system.
+bool isCgroup2(const std::string& path) {
+  struct statfs fs {};
+  return ::statfs(path.c_str(), &fs) == 0 && fs.f_type == CGROUP2_SUPER_MAGIC &&
+         ::access((path + "/cgroup.procs").c_str(), R_OK) == 0;
+}
+
+// A cgroup2 mount of the caller's cgroup namespace that no mount namespace holds (fsopen,
+// fsconfig, fsmount: Linux 5.2+, CAP_SYS_ADMIN): it changes no mount table and goes away with its
+// descriptor. errors: the syscalls' (EPERM, ENOSYS).
+tl::expected<UniqueFd, std::error_code> detachedCgroup2Mount() {
+  UniqueFd context(static_cast<int>(::syscall(SYS_fsopen, "cgroup2", FSOPEN_CLOEXEC)));
+  if (context.get() < 0) {
+    return tl::unexpected(lastError());
+  }
+  if (::syscall(SYS_fsconfig, context.get(), FSCONFIG_CMD_CREATE, nullptr, nullptr, 0) < 0) {
+    return tl::unexpected(lastError());
+  }
+  UniqueFd mount(static_cast<int>(::syscall(SYS_fsmount, context.get(), FSMOUNT_CLOEXEC, 0)));
+  if (mount.get() < 0) {
+    return tl::unexpected(lastError());
+  }
+  return mount;
+}
 
 }  // namespace
 
@@ -254,11 +296,53 @@ tl::expected<std::unique_ptr<CgroupTree>, std::error_code> openCgroupTree() {
   if (!text) {
     return tl::unexpected(error);
   }
-  auto mount = findCgroup2Mount(*text);
-  if (!mount) {
+  if (auto mount = findCgroup2Mount(*text)) {
+    return std::make_unique<FsCgroupTree>(*mount);
+  }
+  // None here; the host's mount namespace (pid 1's) may have one that this one hides: `ip netns
+  // exec` mounts a fresh sysfs on /sys, without /sys/fs/cgroup's mounts.
+  auto hostText = readFile("/proc/1/mountinfo", error);
+  const auto hostMount = hostText ? findCgroup2Mount(*hostText) : std::nullopt;
+  if (!hostMount) {
     return tl::unexpected(std::make_error_code(std::errc::not_supported));
   }
-  return std::make_unique<FsCgroupTree>(*mount);
+  // Through pid 1's root, where this process may follow it (ptrace read access to pid 1)...
+  const std::string throughPid1 = "/proc/1/root" + *hostMount;
+  if (isCgroup2(throughPid1)) {
+    return std::make_unique<FsCgroupTree>(
+        throughPid1, fmt::format("{} (pid 1's mount namespace, through /proc/1/root)", *hostMount));
+  }
+  // ... else a detached mount of the same hierarchy, reached through its descriptor.
+  auto detached = detachedCgroup2Mount();
+  if (!detached) {
+    return tl::unexpected(detached.error());
+  }
+  const std::string path = "/proc/self/fd/" + std::to_string(detached->get());
+  if (!isCgroup2(path)) {
+    return tl::unexpected(std::make_error_code(std::errc::not_supported));
+  }
+  return std::make_unique<FsCgroupTree>(
+      path,
+      fmt::format("{} (pid 1's mount namespace; hidden in this one, reached through a detached cgroup2 mount)",
+                  *hostMount),
+      std::move(*detached));
+}
+
+std::unique_ptr<CgroupTree> openCgroupTreeFor(const std::string& recordedMount) {
+  // A descriptor path (a detached mount of an earlier process) means nothing now.
+  if (!recordedMount.empty() && recordedMount.rfind("/proc/", 0) != 0 && isCgroup2(recordedMount)) {
+    return openCgroupTreeAt(recordedMount);
+  }
+  auto tree = openCgroupTree();
+  return tree ? std::move(*tree) : nullptr;
+}
+
+std::string cgroupTreeMissingWhy(std::error_code error) {
+  if (error == std::errc::not_supported) {
+    return "no cgroup2 mount in /proc/self/mountinfo nor in pid 1's mount namespace (a cgroup v1-only host)";
+  }
+  return "pid 1's mount namespace has a cgroup2 mount that this one hides, and it cannot be reached: " +
+         error.message();
 }
 
 std::unique_ptr<CgroupTree> openCgroupTreeAt(std::string mountPoint) {
@@ -267,7 +351,8 @@ std::unique_ptr<CgroupTree> openCgroupTreeAt(std::string mountPoint) {
 
 std::string cgroupV2MissingMessage(std::string_view faultKind) {
   return std::string(faultKind) +
-         ": this host has no cgroup v2 hierarchy (no cgroup2 mount in /proc/self/mountinfo; cgroup v1 only). "
+         ": this host has no cgroup v2 hierarchy (no cgroup2 mount in /proc/self/mountinfo nor in pid 1's mount "
+         "namespace; cgroup v1 only). "
          "It needs cgroup v2: boot with systemd.unified_cgroup_hierarchy=1, or mount one with "
          "'mount -t cgroup2 none /sys/fs/cgroup/unified'";
 }

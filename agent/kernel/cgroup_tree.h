@@ -3,8 +3,9 @@
 // Paths ("cgroup") are from the v2 hierarchy's root: "/" or "/system.slice/nginx.service"; file
 // names are the kernel's (cgroup.procs, cgroup.freeze, cpu.max, ...). The mount point is found in
 // /proc/self/mountinfo, never assumed: /sys/fs/cgroup on pure v2 hosts, /sys/fs/cgroup/unified
-// on hybrid ones. Not thread-safe; every call is a few file system calls (microseconds) except
-// waitEvent, which blocks up to its timeout.
+// on hybrid ones; when this mount namespace hides it (`ip netns exec` mounts a fresh sysfs on
+// /sys), through pid 1's mount namespace (see openCgroupTree()). Not thread-safe; every call is a few file system calls
+// (microseconds) except waitEvent, which blocks up to its timeout.
 #pragma once
 
 #include <chrono>
@@ -34,8 +35,13 @@ namespace faultline::kernel {
 class CgroupTree {
  public:
   virtual ~CgroupTree() = default;
-  // Where the hierarchy is mounted, e.g. /sys/fs/cgroup/unified.
+  // The path its files are reached through, e.g. /sys/fs/cgroup/unified (or /proc/1/root/...,
+  // /proc/self/fd/N: see openCgroupTree()).
   [[nodiscard]] virtual const std::string& mountPoint() const = 0;
+  // Where it was found, for people: the mount point, and how it is reached when this mount
+  // namespace hides it, e.g. "/sys/fs/cgroup (pid 1's mount namespace; hidden in this one, reached
+  // through a detached cgroup2 mount)".
+  [[nodiscard]] virtual std::string foundAt() const { return mountPoint(); }
   // The calling process's cgroup (from /proc/self/cgroup).
   [[nodiscard]] virtual tl::expected<std::string, std::error_code> selfCgroup() = 0;
   // The file's contents without the final newline. errors: ENOENT (no such cgroup or file:
@@ -61,9 +67,18 @@ class CgroupTree {
                                                                       std::chrono::milliseconds timeout) = 0;
 };
 
-// The host's cgroup v2 hierarchy, found in /proc/self/mountinfo.
-// errors: EOPNOTSUPP when no cgroup2 file system is mounted (cgroup v1-only host); the read's.
+// The host's cgroup v2 hierarchy: the cgroup2 mount of /proc/self/mountinfo; when this mount
+// namespace has none but pid 1's has (/proc/1/mountinfo: `ip netns exec` hides /sys/fs/cgroup),
+// that mount through /proc/1/root when this process may follow it, else a detached cgroup2 mount
+// (fsopen/fsmount, CAP_SYS_ADMIN: no mount table changes; the tree holds its descriptor).
+// errors: EOPNOTSUPP when neither namespace has a cgroup2 mount (a cgroup v1-only host); the
+// mountinfo read's; the detached mount's (EPERM, ENOSYS before Linux 5.2).
 [[nodiscard]] tl::expected<std::unique_ptr<CgroupTree>, std::error_code> openCgroupTree();
+// The hierarchy an undo record names (its "mount") when that path is a cgroup2 mount now, else
+// openCgroupTree()'s; nullptr when there is none.
+[[nodiscard]] std::unique_ptr<CgroupTree> openCgroupTreeFor(const std::string& recordedMount);
+// Why openCgroupTree() failed, in words, from its error.
+[[nodiscard]] std::string cgroupTreeMissingWhy(std::error_code error);
 // The hierarchy mounted at mountPoint (tests).
 [[nodiscard]] std::unique_ptr<CgroupTree> openCgroupTreeAt(std::string mountPoint);
 

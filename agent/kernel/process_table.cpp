@@ -1,5 +1,6 @@
 #include "agent/kernel/process_table.h"
 #include "agent/kernel/whole_file.h"
+#include "common/unique_fd.h"
 
 #include <algorithm>
 #include <cerrno>
@@ -164,6 +165,43 @@ long pidfdSendSignal(int pidfd, int sig) {
   return ::syscall(SYS_pidfd_send_signal, pidfd, sig, nullptr, 0U);
 }
 
+// Whether the pidfd's process has exited (zombie or reaped): it polls readable then.
+bool pidfdExited(int pidfd, std::chrono::milliseconds wait) {
+  pollfd p{pidfd, POLLIN, 0};
+  int rc = 0;
+  do {
+    rc = ::poll(&p, 1, static_cast<int>(wait.count()));
+  } while (rc < 0 && errno == EINTR);
+  return rc > 0;
+}
+
+class ProcPinnedProcess final : public PinnedProcess {
+ public:
+  ProcPinnedProcess(pid_t pid, unsigned long long startTime, UniqueFd pidfd)
+      : pid_(pid), startTime_(startTime), pidfd_(std::move(pidfd)) {}
+
+  pid_t pid() const override { return pid_; }
+  unsigned long long startTime() const override { return startTime_; }
+
+  tl::expected<void, std::error_code> signal(int sig) override {
+    // A zombie still takes a signal without error; it has exited all the same.
+    if (pidfdExited(pidfd_.get(), std::chrono::milliseconds{0})) {
+      return tl::unexpected(std::make_error_code(std::errc::no_such_process));
+    }
+    if (pidfdSendSignal(pidfd_.get(), sig) < 0) {
+      return tl::unexpected(lastError());
+    }
+    return {};
+  }
+
+  bool exited(std::chrono::milliseconds wait) override { return pidfdExited(pidfd_.get(), wait); }
+
+ private:
+  const pid_t pid_;
+  const unsigned long long startTime_;
+  const UniqueFd pidfd_;
+};
+
 class ProcProcessTable final : public ProcessTable {
  public:
   std::vector<ProcessInfo> list() override {
@@ -193,10 +231,28 @@ class ProcProcessTable final : public ProcessTable {
       }
       info.kernelThread =
           (stat->flags & kPfKthread) != 0 || pid == kKthreadd || (stat->ppid == kKthreadd && info.cmdline.empty());
-      startTimes_[pid] = Seen{stat->startTime, info.cmdline};
+      startTimes_[pid] = stat->startTime;
       out.push_back(std::move(info));
     }
     return out;
+  }
+
+  tl::expected<std::unique_ptr<PinnedProcess>, std::error_code> pin(pid_t pid, unsigned long long startTime) override {
+    if (pid <= 0) {
+      return tl::unexpected(std::make_error_code(std::errc::no_such_process));
+    }
+    const long fd = pidfdOpen(pid);
+    if (fd < 0) {
+      return tl::unexpected(lastError());
+    }
+    auto pinned = std::make_unique<ProcPinnedProcess>(pid, startTime, UniqueFd(static_cast<int>(fd)));
+    // The pidfd holds whoever had pid when it was opened; the start time read after it tells
+    // whether that is the process selected (a pid is only reused once its holder is reaped).
+    auto now = readStat(pid);
+    if (!now || now->startTime != startTime) {
+      return tl::unexpected(std::make_error_code(std::errc::no_such_process));
+    }
+    return pinned;
   }
 
   tl::expected<void, std::error_code> signal(pid_t pid, int sig) override {
@@ -241,14 +297,9 @@ class ProcProcessTable final : public ProcessTable {
         return true;
       }
     }
-    // A pidfd polls readable once the process has exited (zombie or reaped).
-    pollfd p{pidfd, POLLIN, 0};
-    int rc = 0;
-    do {
-      rc = ::poll(&p, 1, static_cast<int>(wait.count()));
-    } while (rc < 0 && errno == EINTR);
+    const bool gone = pidfdExited(pidfd, wait);
     ::close(pidfd);
-    return rc > 0;
+    return gone;
   }
 
   tl::expected<pid_t, SpecFileError> readPidfile(const std::string& path) override {
@@ -277,22 +328,14 @@ class ProcProcessTable final : public ProcessTable {
     return {};
   }
 
-  // What list() saw of each pid: its start time (10 ms ticks, so two processes started within one
-  // tick share it) and its command line, which together tell a reused pid apart.
-  struct Seen {
-    unsigned long long startTime = 0;
-    std::string cmdline;
-  };
-  [[nodiscard]] static bool same(pid_t pid, const Seen& seen) {
+  // Whether pid is still the process list() saw: the same start time (10 ms ticks). Its command
+  // line is not compared: processes rewrite it (PostgreSQL's set_ps_display, nginx's workers).
+  [[nodiscard]] static bool same(pid_t pid, unsigned long long startTime) {
     auto now = readStat(pid);
-    if (!now || now->startTime != seen.startTime) {
-      return false;
-    }
-    auto cmdline = readWholeFile("/proc/" + std::to_string(pid) + "/cmdline", kMaxCmdlineBytes);
-    return cmdline && cmdlineToText(std::move(*cmdline)) == seen.cmdline;
+    return now && now->startTime == startTime;
   }
 
-  std::unordered_map<pid_t, Seen> startTimes_;
+  std::unordered_map<pid_t, unsigned long long> startTimes_;  // what the last list() saw
 };
 
 }  // namespace

@@ -35,15 +35,41 @@ struct ProcessInfo {
 // command line can be as long as a quarter of the stack limit; a Java one is tens of KiB.
 inline constexpr size_t kMaxCmdlineBytes = 256 * 1024;
 
+// One process pinned from its selection to its last signal: a pidfd opened on its pid and checked
+// against the start time the selection saw, so a signal reaches that process or fails, never a
+// process that took its pid after it exited. A process that rewrites its command line or its comm
+// (PostgreSQL's and nginx's workers, sshd) is still the same process. Holds one file descriptor
+// (released by the destructor); not thread-safe.
+class PinnedProcess {
+ public:
+  virtual ~PinnedProcess() = default;
+  [[nodiscard]] virtual pid_t pid() const = 0;
+  [[nodiscard]] virtual unsigned long long startTime() const = 0;
+  // pidfd_send_signal. errors: ESRCH it has exited (a zombie or reaped: nothing was sent); EPERM
+  // not allowed.
+  [[nodiscard]] virtual tl::expected<void, std::error_code> signal(int sig) = 0;
+  // True once it has exited (its pidfd polls readable: a zombie or reaped); polls up to wait, so
+  // it blocks up to wait.
+  [[nodiscard]] virtual bool exited(std::chrono::milliseconds wait) = 0;
+};
+
 class ProcessTable {
  public:
   virtual ~ProcessTable() = default;
   // Every process visible in /proc, in pid order. Processes that exit while being read are skipped.
   [[nodiscard]] virtual std::vector<ProcessInfo> list() = 0;
+  // Pins the process that has pid now and started at startTime (ProcessInfo::startTime, field 22
+  // of /proc/PID/stat): pidfd_open, then the start time read again. Start times are clock ticks
+  // (10 ms): only a pid reused within the tick its first holder started in could be mistaken, which
+  // needs the whole pid space to wrap in 10 ms. errors: ESRCH no process has pid now, or the one
+  // that has it started at another time (the selected one exited and its pid was reused); EMFILE;
+  // ENOSYS a kernel before 5.3 (no pidfd_open).
+  [[nodiscard]] virtual tl::expected<std::unique_ptr<PinnedProcess>, std::error_code> pin(
+      pid_t pid, unsigned long long startTime) = 0;
   // Sends sig through a pidfd (pidfd_open + pidfd_send_signal), so a pid reused after the
   // process exited is never signalled by mistake: when the last list() saw pid, the pidfd's
-  // process must have the start time and command line list() saw (start times are 10 ms ticks:
-  // a reused pid started in the same tick with the same command line cannot be told apart).
+  // process must have the start time list() saw (its command line may have changed: processes
+  // rewrite it). Prefer pin(), which holds the process from selection to signal.
   // errors: ESRCH no such process; EPERM not allowed.
   [[nodiscard]] virtual tl::expected<void, std::error_code> signal(pid_t pid, int sig) = 0;
   // True when the process the last list() saw as pid has exited (or was reaped and its pid

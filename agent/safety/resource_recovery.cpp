@@ -12,14 +12,13 @@
 namespace faultline::agent {
 namespace {
 
-// The hierarchy the record was written against (its "mount"), else the host's.
+// The hierarchy the record was written against (its "mount", when it is a cgroup2 mount now), else
+// the host's.
 std::unique_ptr<kernel::CgroupTree> cgroupsFor(const nlohmann::json& undo) {
-  if (undo.is_object() && undo.contains("mount") && undo["mount"].is_string() &&
-      !undo["mount"].get<std::string>().empty()) {
-    return kernel::openCgroupTreeAt(undo["mount"].get<std::string>());
+  if (undo.is_object() && undo.contains("mount") && undo["mount"].is_string()) {
+    return kernel::openCgroupTreeFor(undo["mount"].get<std::string>());
   }
-  auto tree = kernel::openCgroupTree();
-  return tree ? std::move(*tree) : nullptr;
+  return kernel::openCgroupTreeFor("");
 }
 
 }  // namespace

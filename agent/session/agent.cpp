@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <tuple>
 
+#include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
 #include <boost/asio/post.hpp>
 
@@ -188,6 +189,9 @@ void Agent::inject(const v1::Inject& inject) {
       hits = (*applied)->processHits();
     }
   }
+  if (!applied && !applied.error().heldPids.empty()) {
+    applied.error().message += heldByText(id, applied.error().heldPids);
+  }
   if (!applied) {
     spdlog::warn("fault {} ({}) failed: {}", id, faultKindName(inject.spec()), applied.error().message);
     bool confirm = false;  // a revert was asked for while it was being applied
@@ -242,6 +246,27 @@ void Agent::inject(const v1::Inject& inject) {
   // during the apply, a lease expiry, a revert) is reported after it, and done now.
   release(id);
   armWatch();
+}
+
+std::string Agent::heldByText(const std::string& faultId, const std::vector<int32_t>& pids) const {
+  std::lock_guard lock(mutex_);
+  std::vector<std::string> holders;
+  for (const auto& [id, held] : faults_) {
+    if (id == faultId || !held.applied) {
+      continue;
+    }
+    std::vector<std::string> mine;
+    for (const auto& hit : held.appliedReport.processes()) {
+      const bool missed = hit.action().rfind("missed", 0) == 0;
+      if (!missed && std::find(pids.begin(), pids.end(), hit.pid()) != pids.end()) {
+        mine.push_back(fmt::format("pid {}", hit.pid()));
+      }
+    }
+    if (!mine.empty()) {
+      holders.push_back(fmt::format("fault {} holds {}", id, fmt::join(mine, ", ")));
+    }
+  }
+  return holders.empty() ? std::string() : fmt::format(" ({})", fmt::join(holders, "; "));
 }
 
 void Agent::release(const std::string& faultId) {
@@ -512,7 +537,7 @@ struct SystemDrivers::Impl {
   Impl(ProcessRules protect, std::vector<Endpoint> exempt, const NetworkDriverChoice& choice)
       : cgroups(openCgroups()),
         kill(*killTable, protect),
-        pause(*pauseTable, cgroups.get(), protect),
+        pause(*pauseTable, cgroups.get(), protect, std::random_device{}(), cgroupsMissing),
         stress(cgroups.get()),
         squeeze(cgroups.get()) {
     if (choice.userspace) {
@@ -527,10 +552,15 @@ struct SystemDrivers::Impl {
   }
   // Without a cgroup v2 hierarchy: nullptr, and no warning here (the runtime's kernel probe logs it
   // once, with the other capabilities).
-  static std::unique_ptr<kernel::CgroupTree> openCgroups() {
+  std::unique_ptr<kernel::CgroupTree> openCgroups() {
     auto tree = kernel::openCgroupTree();
-    return tree ? std::move(*tree) : nullptr;
+    if (!tree) {
+      cgroupsMissing = kernel::cgroupTreeMissingWhy(tree.error());
+      return nullptr;
+    }
+    return std::move(*tree);
   }
+  std::string cgroupsMissing;  // why there is no cgroup tree (set by openCgroups())
   // One table per driver: a kill loop's thread reads its own while the io thread pauses.
   std::unique_ptr<kernel::ProcessTable> killTable = kernel::openProcessTable();
   std::unique_ptr<kernel::ProcessTable> pauseTable = kernel::openProcessTable();

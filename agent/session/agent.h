@@ -137,6 +137,9 @@ class Agent {
     std::string lostError;       // set once watch() found it no longer in place (reported once)
   };
   void finish(const std::string& faultId, v1::FaultState endState, std::string_view why);
+  // " (fault ID holds pid 42; ...)": the faults other than faultId whose applied report lists one
+  // of pids as acted on; empty when none. Takes mutex_.
+  [[nodiscard]] std::string heldByText(const std::string& faultId, const std::vector<int32_t>& pids) const;
   // Reverts a fault this thread has claimed (Claim::Reverting), then reports. Called without mutex_.
   void revertClaimed(const std::string& faultId, v1::FaultState endState, const std::string& why);
   // Gives back this thread's claim; reverts at once when an end was asked for meanwhile.

@@ -199,7 +199,7 @@ AgentRuntime::AgentRuntime(SessionOptions options, bool probeKernel, std::unique
         support.u32 ? "yes" : "no", support.ifb ? "yes" : "no", support.ingress ? "yes" : "no",
         support.mirred ? "yes" : "no");
     if (auto cgroups = kernel::openCgroupTree()) {
-      options.capabilities.set_cgroup2_mount((*cgroups)->mountPoint());
+      options.capabilities.set_cgroup2_mount((*cgroups)->foundAt());
       auto self = (*cgroups)->selfCgroup();
       options.capabilities.set_cgroup_freeze(self && *self != "/" &&
                                              (*cgroups)->read(*self, "cgroup.freeze").has_value());
@@ -211,7 +211,7 @@ AgentRuntime::AgentRuntime(SessionOptions options, bool probeKernel, std::unique
           rest = space == std::string_view::npos ? std::string_view{} : rest.substr(space + 1);
         }
       }
-      spdlog::info("cgroup v2 at {} (controllers: {})", (*cgroups)->mountPoint(),
+      spdlog::info("cgroup v2 at {} (controllers: {})", (*cgroups)->foundAt(),
                    fmt::join(options.capabilities.cgroup_controllers(), " "));
     } else {
       spdlog::warn("{}", kernel::cgroupV2MissingMessage("process.pause freezing, stress.* and cgroup.squeeze"));

@@ -131,6 +131,13 @@ std::optional<std::string> checkCapabilities(const std::vector<Step>& method,
       continue;
     }
     for (const auto& t : targets) {
+      if (f->spec.has_process_pause() && f->spec.process_pause().mechanism() == v1::PAUSE_MECHANISM_FREEZE &&
+          t.capabilities().cgroup2_mount().empty()) {
+        return fmt::format(
+            "host {} ({}) cannot run {} with mechanism: freeze: its agent found no cgroup v2 hierarchy (cgroup "
+            "freeze needs one); drop mechanism: freeze to let the pause use SIGSTOP there; nothing was injected",
+            t.hostname(), t.agent_id(), faultStepText(*f));
+      }
       const auto missing = missingModules(f->spec, t.capabilities());
       if (missing.empty()) {
         continue;

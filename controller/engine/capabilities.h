@@ -27,7 +27,8 @@ namespace faultline::controller {
 [[nodiscard]] std::string networkDriverText(const v1::Capabilities& caps);
 
 // The first fault step some target cannot run, in words that name the host, the fault and the
-// missing modules and say nothing was injected; nullopt when every target can run every step.
+// missing modules (or, for process.pause with mechanism: freeze, the missing cgroup v2 hierarchy)
+// and say nothing was injected; nullopt when every target can run every step.
 [[nodiscard]] std::optional<std::string> checkCapabilities(const std::vector<Step>& method,
                                                            const std::vector<v1::AgentInfo>& targets);
 

@@ -233,6 +233,10 @@ bool neutralise(v1::FaultSpec& spec, const std::string& field) {
       return neutraliseSelector(*k->mutable_process(), field);
     }
     case v1::FaultSpec::kProcessPause:
+      if (field == "mechanism") {
+        spec.mutable_process_pause()->clear_mechanism();
+        return true;
+      }
       return neutraliseSelector(*spec.mutable_process_pause()->mutable_process(), field);
     case v1::FaultSpec::kStressCpu: {
       auto* c = spec.mutable_stress_cpu();

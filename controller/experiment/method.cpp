@@ -37,17 +37,17 @@ constexpr std::array<std::string_view, 8> kReorderKeys{"name",    "type",       
                                                        "percent", "correlation", "delay",    "gap"};
 constexpr std::array<std::string_view, 4> kPartitionKeys{"name", "type", "duration", "target"};
 constexpr std::array<std::string_view, 6> kKillKeys{"name", "type", "duration", "process", "signal", "every"};
-constexpr std::array<std::string_view, 4> kPauseKeys{"name", "type", "duration", "process"};
+constexpr std::array<std::string_view, 5> kPauseKeys{"name", "type", "duration", "process", "mechanism"};
 constexpr std::array<std::string_view, 5> kStressCpuKeys{"name", "type", "duration", "workers", "load"};
 constexpr std::array<std::string_view, 4> kStressMemoryKeys{"name", "type", "duration", "bytes"};
 constexpr std::array<std::string_view, 7> kSqueezeKeys{"name", "type",       "duration", "cgroup",
                                                        "cpus", "memoryHigh", "pidsMax"};
 
 // Every key some fault type accepts: the candidates when the type itself is missing or wrong.
-constexpr std::array<std::string_view, 25> kAnyFaultKeys{
+constexpr std::array<std::string_view, 26> kAnyFaultKeys{
     "name",    "type",  "duration", "target",  "delay",   "jitter",     "correlation", "distribution",   "percent",
     "rate",    "burst", "limit",    "latency", "process", "signal",     "every",       "gilbertElliott", "gap",
-    "workers", "load",  "bytes",    "cgroup",  "cpus",    "memoryHigh", "pidsMax"};
+    "workers", "load",  "bytes",    "cgroup",  "cpus",    "memoryHigh", "pidsMax",     "mechanism"};
 
 constexpr std::array<FaultType, 12> kFaultTypes{{
     {"network.delay", FaultKind::kDelay, kDelayKeys},

@@ -1,5 +1,5 @@
 // The fields of process.* faults: the process selector (also a network target's netns:), the
-// signal and period of process.kill.
+// signal and period of process.kill, the mechanism of process.pause.
 #include "controller/experiment/parser.h"
 
 #include <array>
@@ -45,10 +45,24 @@ void Parser::parseProcessFault(FaultKind kind, const MapNode& m, v1::FaultSpec& 
       break;
     }
     case FaultKind::kPause: {
+      auto* p = spec.mutable_process_pause();
       if (auto process = parseProcess(m)) {
-        *spec.mutable_process_pause()->mutable_process() = std::move(*process);
-      } else {
-        spec.mutable_process_pause();
+        *p->mutable_process() = std::move(*process);
+      }
+      if (auto mechanism = lookup(m, "mechanism")) {
+        constexpr std::string_view accepted =
+            "auto (the default: cgroup freeze where a process owns its cgroup, else SIGSTOP) or freeze (cgroup "
+            "freeze only; refused before anything is paused where it cannot be done)";
+        if (auto v = scalar(*mechanism, accepted)) {
+          if (*v == "auto") {
+            p->set_mechanism(v1::PAUSE_MECHANISM_AUTO);
+          } else if (*v == "freeze") {
+            p->set_mechanism(v1::PAUSE_MECHANISM_FREEZE);
+          } else {
+            error(mechanism->mark, mechanism->path,
+                  fmt::format("unknown pause mechanism '{}'; accepted: {}", *v, accepted));
+          }
+        }
       }
       break;
     }

@@ -1107,7 +1107,7 @@ TEST_CASE("separate processes: SIGTERM to an agent holding a process.pause resum
   INFO(slurp(out));
   CHECK(WEXITSTATUS(status) == 3);
   // The fault's end event says what the revert did.
-  CHECK(slurp(out).find(fmt::format("resumed 1 paused process(es) (agent stopped (SIGTERM)): SIGCONT to pid {}",
+  CHECK(slurp(out).find(fmt::format("resumed 1 of 1 paused process(es) (agent stopped (SIGTERM)): SIGCONT to pid {}",
                                     victim.pid)) != std::string::npos);
 }
 

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <csignal>
 #include <map>
+#include <memory>
 #include <set>
 #include <string>
 #include <system_error>
@@ -73,6 +74,45 @@ class FakeProcessTable final : public kernel::ProcessTable {
     return {};
   }
 
+  // A pinned process of this table: signals go through signal(pid) while the listed process still
+  // has the start time it was pinned with (replace it with add() to play a reused pid).
+  class Pinned final : public kernel::PinnedProcess {
+   public:
+    Pinned(FakeProcessTable& table, pid_t pid, unsigned long long startTime)
+        : table_(table), pid_(pid), startTime_(startTime) {}
+    pid_t pid() const override { return pid_; }
+    unsigned long long startTime() const override { return startTime_; }
+    tl::expected<void, std::error_code> signal(int sig) override {
+      if (exited(std::chrono::milliseconds{0})) {
+        return tl::unexpected(std::make_error_code(std::errc::no_such_process));
+      }
+      return table_.signal(pid_, sig);
+    }
+    bool exited(std::chrono::milliseconds wait) override {
+      auto it = table_.processes_.find(pid_);
+      return it == table_.processes_.end() || it->second.startTime != startTime_ || table_.exited(pid_, wait);
+    }
+
+   private:
+    FakeProcessTable& table_;
+    pid_t pid_;
+    unsigned long long startTime_;
+  };
+
+  tl::expected<std::unique_ptr<kernel::PinnedProcess>, std::error_code> pin(pid_t pid,
+                                                                            unsigned long long startTime) override {
+    ++pinCalls_;
+    auto it = processes_.find(pid);
+    if (it == processes_.end() || it->second.startTime != startTime || gone_.count(pid) != 0) {
+      return tl::unexpected(std::make_error_code(std::errc::no_such_process));
+    }
+    return std::make_unique<Pinned>(*this, pid, startTime);
+  }
+  [[nodiscard]] int pinCalls() const { return pinCalls_; }
+
+  // The process leaves the table (it exited and was reaped).
+  void remove(pid_t pid) { processes_.erase(pid); }
+
   // exited(pid) answers true for these (e.g. those a SIGKILL "killed").
   void exitOnSignal(bool on) { exitOnSignal_ = on; }
   void setPidfile(const std::string& path, tl::expected<pid_t, std::error_code> pid) { pidfiles_[path] = pid; }
@@ -107,6 +147,7 @@ class FakeProcessTable final : public kernel::ProcessTable {
   std::map<pid_t, std::error_code> failures_;
   std::vector<Sent> sent_;
   int listCalls_ = 0;
+  int pinCalls_ = 0;
   bool exitOnSignal_ = false;
   std::set<pid_t> gone_;
   std::map<std::string, tl::expected<pid_t, std::error_code>> pidfiles_;

@@ -83,6 +83,10 @@ class FixtureTable final : public kernel::ProcessTable {
     std::abort();  // validation only: nothing is ever signalled
   }
   bool exited(pid_t /*pid*/, std::chrono::milliseconds /*wait*/) override { std::abort(); }
+  tl::expected<std::unique_ptr<kernel::PinnedProcess>, std::error_code> pin(pid_t /*pid*/,
+                                                                            unsigned long long /*start*/) override {
+    std::abort();  // validation only: nothing is ever pinned
+  }
   tl::expected<pid_t, kernel::SpecFileError> readPidfile(const std::string& path) override {
     return real_->readPidfile(path);
   }

@@ -116,6 +116,8 @@ expect_invalid("misspelt selector key", fault + "{type: process.kill, process: {
 expect_invalid("two selectors", fault + "{type: process.pause, process: {name: x, pid: 5}}\n")
 expect_invalid("count and percent", fault + "{type: process.kill, process: {name: x, count: 1, percent: 5}}\n")
 expect_invalid("stress.memory without bytes", fault + "{type: stress.memory}\n")
+expect_valid("pause mechanism freeze", fault + "{type: process.pause, process: {name: x}, mechanism: freeze}\n")
+expect_invalid("unknown pause mechanism", fault + "{type: process.pause, process: {name: x}, mechanism: sigstop}\n")
 
 expect_valid("netns by process", header + "method:\n  - fault: {type: network.loss, target: "
              "{interface: eth0, netns: {systemdUnit: orders}}, percent: 5}\n")

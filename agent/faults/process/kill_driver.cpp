@@ -2,8 +2,10 @@
 
 #include <chrono>
 #include <condition_variable>
+#include <memory>
 #include <string_view>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include <string.h>  // sigabbrev_np
@@ -169,19 +171,24 @@ tl::expected<ProcessKillDriver::Round, FaultError> ProcessKillDriver::killOnce(c
     return tl::unexpected(allowed.error());
   }
   // A signal cannot be taken back, so every chosen process is tried and the round succeeds when
-  // at least one was signalled; the others are listed.
+  // at least one was signalled; the others are listed. Each is pinned (a pidfd checked against the
+  // start time the selection saw) from here to the exit check: a process that rewrote its command
+  // line since is still the one chosen; one whose pid is gone or reused has exited.
   Round round;
   round.skipped = std::move(selection->skipped);
   std::error_code firstError;
   std::vector<std::string> missed;
-  std::vector<size_t> signalled;
+  std::vector<std::pair<size_t, std::unique_ptr<kernel::PinnedProcess>>> signalled;
   for (const auto& p : selection->chosen) {
     v1::ProcessHit hit;
     hit.set_pid(p.pid);
     hit.set_cmdline(commandLineOf(p));
-    if (auto sent = processes_.signal(p.pid, sig); sent) {
+    auto pinned = processes_.pin(p.pid, p.startTime);
+    tl::expected<void, std::error_code> sent =
+        pinned ? (*pinned)->signal(sig) : tl::expected<void, std::error_code>(tl::unexpected(pinned.error()));
+    if (sent) {
       hit.set_action(signalName(sig));
-      signalled.push_back(round.hits.size());
+      signalled.emplace_back(round.hits.size(), std::move(*pinned));
     } else {
       if (!firstError) {
         firstError = sent.error();
@@ -198,10 +205,10 @@ tl::expected<ProcessKillDriver::Round, FaultError> ProcessKillDriver::killOnce(c
         firstError, fmt::format("process.kill: could not send {}: {}", signalName(sig), fmt::join(missed, "; "))});
   }
   const auto deadline = std::chrono::steady_clock::now() + kExitWait;
-  for (size_t i : signalled) {
+  for (auto& [i, pinned] : signalled) {
     const auto left = std::max(milliseconds{0},
                                std::chrono::duration_cast<milliseconds>(deadline - std::chrono::steady_clock::now()));
-    round.hits[i].set_exited(processes_.exited(round.hits[i].pid(), left));
+    round.hits[i].set_exited(pinned->exited(left));
   }
   return round;
 }

@@ -2,9 +2,13 @@
 // and for what is never chosen). A selector that matches nothing (or only protected processes) is
 // an error that says what was searched and what was skipped.
 //
-// The signal goes through a pidfd (race-free against pid reuse). After it, the driver waits up to
-// 200 ms in all for the signalled processes to exit and reports, per process, its pid, command
-// line and whether it exited (AppliedFault::processHits()). With `every`, a thread of the applied
+// Each chosen process is pinned as soon as it is selected (kernel::PinnedProcess: a pidfd checked
+// against the start time the selection saw) and signalled through it: a pid reused meanwhile is
+// never hit, and a process that rewrote its command line since (PostgreSQL, nginx workers) is
+// still the one chosen. A process is reported exited only when it has (pidfd readable, or its pid
+// gone or holding another start time). After the signal, the driver waits up to 200 ms in all for
+// the signalled processes to exit and reports, per process, its pid, command line (as selected)
+// and whether it exited (AppliedFault::processHits()). With `every`, a thread of the applied
 // fault selects and signals again at that interval until revert() (the agent calls it at the
 // fault's end); a round that matches nothing is noted, not an error (the service may be down).
 // Reverting a kill stops the repetition and changes nothing else (a signal cannot be taken back).

@@ -867,3 +867,28 @@ TEST_CASE("capabilities: direction ingress needs ifb, sch_ingress, cls_u32 and a
   CHECK_MESSAGE(contains(*why, "ifb (CONFIG_IFB; `modprobe ifb`)"), *why);
   CHECK_MESSAGE(contains(*why, "act_mirred (CONFIG_NET_ACT_MIRRED; `modprobe act_mirred`)"), *why);
 }
+
+TEST_CASE("capabilities: process.pause with mechanism: freeze is refused on a host whose agent found no cgroup v2") {
+  v1::FaultSpec spec;
+  spec.mutable_process_pause()->mutable_process()->set_name("postgres");
+  spec.mutable_process_pause()->set_mechanism(v1::PAUSE_MECHANISM_FREEZE);
+  controller::FaultStep step{"stall", spec, std::chrono::milliseconds{1000}};
+  v1::AgentInfo host;
+  host.set_agent_id("a2");
+  host.set_hostname("db-2");
+  auto why = controller::checkCapabilities({step}, {host});
+  REQUIRE(why.has_value());
+  CHECK_MESSAGE(contains(*why,
+                         "host db-2 (a2) cannot run process.pause 'stall' with mechanism: freeze: its agent "
+                         "found no cgroup v2 hierarchy"),
+                *why);
+  CHECK_MESSAGE(contains(*why, "nothing was injected"), *why);
+  host.mutable_capabilities()->set_cgroup2_mount("/sys/fs/cgroup");
+  CHECK_FALSE(controller::checkCapabilities({step}, {host}).has_value());
+  // Without mechanism: freeze the pause runs anywhere (SIGSTOP without cgroup v2).
+  spec.mutable_process_pause()->clear_mechanism();
+  host.mutable_capabilities()->clear_cgroup2_mount();
+  CHECK_FALSE(
+      controller::checkCapabilities({controller::FaultStep{"stall", spec, std::chrono::milliseconds{1000}}}, {host})
+          .has_value());
+}

@@ -109,3 +109,16 @@ TEST_CASE("a cmdline of 20,000 nested parentheses is refused at once, with the c
   REQUIRE_FALSE(r.has_value());
   CHECK(r.error().message.find("a backreference: RE2 has none") != std::string::npos);
 }
+
+TEST_CASE("process.pause mechanism: auto and freeze; an unknown number is refused") {
+  v1::FaultSpec spec;
+  spec.mutable_process_pause()->mutable_process()->set_name("db");
+  CHECK(validateFaultSpec(spec));
+  spec.mutable_process_pause()->set_mechanism(v1::PAUSE_MECHANISM_FREEZE);
+  CHECK(validateFaultSpec(spec));
+  spec.mutable_process_pause()->set_mechanism(static_cast<v1::PauseMechanism>(7));
+  auto bad = validateFaultSpec(spec);
+  REQUIRE_FALSE(bad);
+  CHECK(bad.error().field == "mechanism");
+  CHECK(bad.error().message.find("7 is not a pause mechanism; accepted: auto") != std::string::npos);
+}

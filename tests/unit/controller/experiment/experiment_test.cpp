@@ -1,4 +1,6 @@
+#include <algorithm>
 #include <chrono>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -832,6 +834,27 @@ TEST_CASE("process, stress and cgroup faults parse into their specs") {
   CHECK(squeeze.memory_high_bytes() == uint64_t{256} << 20);
   CHECK(squeeze.pids_max() == 64);
   CHECK(faultAt(*result, 5).spec.process_kill().process().pidfile() == "/run/x.pid");
+}
+
+TEST_CASE("process.pause mechanism: freeze and auto parse; another word is refused with what is accepted") {
+  const std::string yaml = std::string(kHeader) +
+                           "method:\n"
+                           "  - fault: {type: process.pause, duration: 5s, process: {name: db}, mechanism: freeze}\n"
+                           "  - fault: {type: process.pause, duration: 5s, process: {name: db}, mechanism: auto}\n"
+                           "  - fault: {type: process.pause, duration: 5s, process: {name: db}}\n";
+  auto result = parseExperiment(yaml, "pause.yaml");
+  REQUIRE_MESSAGE(result.has_value(), (result ? "" : allDiagnostics(result.error())));
+  CHECK(faultAt(*result, 0).spec.process_pause().mechanism() == v1::PAUSE_MECHANISM_FREEZE);
+  CHECK(faultAt(*result, 1).spec.process_pause().mechanism() == v1::PAUSE_MECHANISM_AUTO);
+  CHECK(faultAt(*result, 2).spec.process_pause().mechanism() == v1::PAUSE_MECHANISM_AUTO);
+  const auto d = errorsOf(std::string(kHeader) +
+                          "method:\n"
+                          "  - fault: {type: process.pause, duration: 5s, process: {name: db}, mechanism: sigstop}\n");
+  const int line = static_cast<int>(std::count(kHeader, kHeader + std::strlen(kHeader), '\n')) + 2;
+  CHECK_MESSAGE(hasDiagnostic(d, "method[0].fault.mechanism", line,
+                              "unknown pause mechanism 'sigstop'; accepted: auto (the default: cgroup freeze where a "
+                              "process owns its cgroup, else SIGSTOP) or freeze"),
+                d.front().line, ": ", d.front().field, ": ", d.front().message);
 }
 
 TEST_CASE("process, stress and cgroup faults: errors name the field, the value and what is accepted") {

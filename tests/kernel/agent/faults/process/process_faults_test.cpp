@@ -3,20 +3,27 @@
 // is the hybrid /sys/fs/cgroup/unified mount, which has cgroup.freeze and cgroup.kill but no
 // cpu/memory/pids controllers; everything here uses only the former. The mount is discovered.
 #include <fcntl.h>
+#include <sched.h>
+#include <sys/mount.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <csignal>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
+#include <memory>
 #include <optional>
 #include <set>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include <doctest/doctest.h>
+#include <fmt/format.h>
 #include <boost/asio/io_context.hpp>
 
 #include "agent/faults/process/kill_driver.h"
@@ -102,6 +109,29 @@ std::string eventsOf(faultline::kernel::CgroupTree& tree, const std::string& cgr
 bool killedBy(Child& child, int sig) {
   const int status = child.wait();
   return WIFSIGNALED(status) && WTERMSIG(status) == sig;
+}
+
+// A child that rewrites its command line all the time, as PostgreSQL's backends do (set_ps_display
+// overwrites argv[0]'s memory; comm follows with PR_SET_NAME): perl's $0 does both. After 200 ms
+// (Child sees its first argv) it shows "TAG: idle" and "TAG: SELECT 1" in turn, a thousand times a
+// second each; it lives through SIGUSR1, and SIGTERM ends it.
+std::unique_ptr<Child> psDisplayChild(const std::string& tag) {
+  const std::string script = "$SIG{USR1} = sub {}; select(undef, undef, undef, 0.2); while (1) { $0 = '" + tag +
+                             ": idle'; select(undef, undef, undef, 0.0005); $0 = '" + tag +
+                             ": SELECT 1'; select(undef, undef, undef, 0.0005); }";
+  auto child = std::make_unique<Child>("/usr/bin/perl", std::vector<std::string>{"perl", "-e", script});
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (child->readCmdline().rfind(tag + ":", 0) != 0) {
+    REQUIRE_MESSAGE(std::chrono::steady_clock::now() < deadline, "perl never rewrote its command line");
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return child;
+}
+
+v1::FaultSpec pauseByFreeze(const v1::ProcessSelector& s) {
+  auto spec = pause(s);
+  spec.mutable_process_pause()->set_mechanism(v1::PAUSE_MECHANISM_FREEZE);
+  return spec;
 }
 
 }  // namespace
@@ -509,4 +539,283 @@ TEST_CASE("process.pause: an agent SIGKILLed mid-pause leaves a journal entry; t
   CHECK(waitState(stopped.pid(), 'S'));
   CHECK_FALSE(frozen.exited());
   CHECK_FALSE(stopped.exited());
+}
+
+TEST_CASE("processes that rewrite their command line (PostgreSQL's set_ps_display) are all hit, none called exited") {
+  auto table = faultline::kernel::openProcessTable();
+  const std::string tag = unique("pg");
+  std::vector<std::unique_ptr<Child>> backends;
+  for (int i = 0; i < 4; ++i) {
+    backends.push_back(psDisplayChild(tag));
+  }
+  v1::ProcessSelector s;
+  s.set_cmdline("^" + tag + ": ");
+
+  SUBCASE("process.kill SIGUSR1, which they live through: every round hits all four, none exited") {
+    ProcessKillDriver driver(*table);
+    for (int round = 0; round < 5; ++round) {
+      CAPTURE(round);
+      auto applied = driver.apply(kill(s, "SIGUSR1"));
+      REQUIRE_MESSAGE(applied, (applied ? "" : applied.error().message));
+      const auto hits = (*applied)->processHits();
+      REQUIRE(hits.size() == 4);
+      for (const auto& h : hits) {
+        CAPTURE(h.cmdline());
+        CHECK(h.action() == "SIGUSR1");
+        CHECK_FALSE(h.exited());
+      }
+      CHECK((*applied)->describe().find("had exited") == std::string::npos);
+    }
+    for (auto& b : backends) {
+      CHECK_FALSE(b->exited());
+    }
+  }
+  SUBCASE("process.kill SIGTERM: all four hit, and each is reported exited because it has") {
+    ProcessKillDriver driver(*table);
+    auto applied = driver.apply(kill(s, "SIGTERM"));
+    REQUIRE_MESSAGE(applied, (applied ? "" : applied.error().message));
+    const auto hits = (*applied)->processHits();
+    REQUIRE(hits.size() == 4);
+    for (const auto& h : hits) {
+      CHECK(h.action() == "SIGTERM");
+      CHECK(h.exited());
+    }
+    for (auto& b : backends) {
+      CHECK(killedBy(*b, SIGTERM));
+    }
+  }
+  SUBCASE("process.pause: all four stopped and resumed; one killed during the pause is reported, not resumed") {
+    auto tree = cgroups();
+    ProcessPauseDriver driver(*table, tree.get());  // they share the test's cgroup: SIGSTOP
+    auto applied = driver.apply(pause(s));
+    REQUIRE_MESSAGE(applied, (applied ? "" : applied.error().message));
+    const auto hits = (*applied)->processHits();
+    REQUIRE(hits.size() == 4);
+    for (const auto& h : hits) {
+      CHECK(h.action() == "SIGSTOP");
+      CHECK_FALSE(h.exited());
+    }
+    for (auto& b : backends) {
+      CHECK(waitState(b->pid(), 'T'));
+    }
+    CHECK((*applied)->describe().find("; mechanism: SIGSTOP (pid ") != std::string::npos);
+    const pid_t gone = backends[0]->pid();
+    ::kill(gone, SIGKILL);
+    CHECK(killedBy(*backends[0], SIGKILL));
+    REQUIRE((*applied)->revert());
+    for (size_t i = 1; i < backends.size(); ++i) {
+      CHECK(stateOf(backends[i]->pid()) != 'T');
+      CHECK_FALSE(backends[i]->exited());
+    }
+    const std::string ended = (*applied)->describeRevert("duration elapsed");
+    CHECK(ended.rfind("resumed 3 of 4 paused process(es) (duration elapsed): ", 0) == 0);
+    CHECK(ended.find("not resumed: pid " + std::to_string(gone) + " has exited") != std::string::npos);
+  }
+}
+
+TEST_CASE("two pauses of one process through one agent: the second is refused naming the first; the first resumes") {
+  auto tree = cgroups();
+  TestCgroup group(*tree, "/" + unique("twice"));
+  Child frozen(sleepBin(), {"sleep", "60"});
+  group.add(frozen.pid());
+  Child stopped(sleepBin(), {"sleep", "61"});  // in the test's cgroup: SIGSTOP
+
+  boost::asio::io_context io;
+  faultline::agent::SystemDrivers drivers;
+  std::vector<v1::FaultReport> reports;
+  faultline::agent::Agent agent(io, drivers.router(), [&](const v1::FaultReport& r) { reports.push_back(r); });
+  const auto inject = [&](const std::string& id, pid_t pid, int millis) {
+    v1::Inject in;
+    in.set_fault_id(id);
+    in.mutable_spec()->mutable_process_pause()->mutable_process()->set_pid(pid);
+    in.mutable_duration()->set_nanos(millis * 1'000'000);
+    agent.inject(in);
+  };
+  inject("run-a/1/h", frozen.pid(), 400);
+  inject("run-a/2/h", stopped.pid(), 400);
+  inject("run-b/1/h", frozen.pid(), 900);
+  inject("run-b/2/h", stopped.pid(), 900);
+  REQUIRE(reports.size() == 4);
+  CHECK(reports[0].state() == v1::FAULT_STATE_APPLIED);
+  CHECK(reports[1].state() == v1::FAULT_STATE_APPLIED);
+  for (const auto& [report, holder, pid] :
+       {std::tuple{reports[2], "run-a/1/h", frozen.pid()}, std::tuple{reports[3], "run-a/2/h", stopped.pid()}}) {
+    CAPTURE(report.error());
+    CHECK(report.state() == v1::FAULT_STATE_FAILED);
+    CHECK(report.error().find(fmt::format("pid {} (sleep 6", pid)) != std::string::npos);
+    CHECK(report.error().find("is already paused by another process.pause fault of this agent") != std::string::npos);
+    CHECK(report.error().find("nothing was paused") != std::string::npos);
+    CHECK(report.error().find(fmt::format("(fault {} holds pid {})", holder, pid)) != std::string::npos);
+  }
+  CHECK(eventsOf(*tree, group.path()).find("frozen 1") != std::string::npos);
+  CHECK(stateOf(stopped.pid()) == 'T');
+  // The first pauses end on their duration and resume both; nothing else held them.
+  io.run_for(std::chrono::milliseconds(1000));
+  REQUIRE(reports.size() == 6);
+  CHECK(reports[4].state() == v1::FAULT_STATE_EXPIRED);
+  CHECK(reports[5].state() == v1::FAULT_STATE_EXPIRED);
+  CHECK(eventsOf(*tree, group.path()).find("frozen 0") != std::string::npos);
+  CHECK(waitState(stopped.pid(), 'S'));
+  // Free again: the same process can be paused by a later fault.
+  inject("run-b/3/h", stopped.pid(), 200);
+  REQUIRE(reports.size() == 7);
+  CHECK(reports[6].state() == v1::FAULT_STATE_APPLIED);
+  io.restart();  // it ran out of work when the first pauses ended
+  io.run_for(std::chrono::milliseconds(600));
+  REQUIRE(reports.size() == 8);
+  CHECK(reports[7].state() == v1::FAULT_STATE_EXPIRED);
+  CHECK(waitState(stopped.pid(), 'S'));
+}
+
+TEST_CASE("a process another agent paused (stopped, or in a frozen cgroup) is refused, not paused twice") {
+  auto tree = cgroups();
+  auto tableA = faultline::kernel::openProcessTable();
+  auto tableB = faultline::kernel::openProcessTable();
+  ProcessPauseDriver agentA(*tableA, tree.get());
+  ProcessPauseDriver agentB(*tableB, tree.get());
+  TestCgroup group(*tree, "/" + unique("other-agent"));
+  Child frozen(sleepBin(), {"sleep", "60"});
+  group.add(frozen.pid());
+  Child stopped(sleepBin(), {"sleep", "61"});
+  v1::ProcessSelector byFrozen;
+  byFrozen.set_pid(frozen.pid());
+  v1::ProcessSelector byStopped;
+  byStopped.set_pid(stopped.pid());
+
+  auto a1 = agentA.apply(pause(byFrozen));
+  REQUIRE_MESSAGE(a1, (a1 ? "" : a1.error().message));
+  auto a2 = agentA.apply(pause(byStopped));
+  REQUIRE_MESSAGE(a2, (a2 ? "" : a2.error().message));
+  REQUIRE(waitState(stopped.pid(), 'T'));
+
+  auto b1 = agentB.apply(pause(byFrozen));
+  REQUIRE_FALSE(b1);
+  CHECK(b1.error().code == std::errc::device_or_resource_busy);
+  CHECK(b1.error().heldPids.empty());  // not this driver's: no fault of its agent to name
+  CHECK(b1.error().message.find("is in cgroup " + group.path() +
+                                ", which is already frozen (cgroup.events: frozen 1) by something else") !=
+        std::string::npos);
+  auto b2 = agentB.apply(pause(byStopped));
+  REQUIRE_FALSE(b2);
+  CHECK(b2.error().message.find("is already stopped (state T) by something else") != std::string::npos);
+
+  REQUIRE((*a1)->revert());
+  REQUIRE((*a2)->revert());
+  CHECK(waitState(stopped.pid(), 'S'));
+  auto b3 = agentB.apply(pause(byStopped));  // free now
+  REQUIRE_MESSAGE(b3, (b3 ? "" : b3.error().message));
+  REQUIRE((*b3)->revert());
+  CHECK(waitState(stopped.pid(), 'S'));
+}
+
+TEST_CASE("mechanism: freeze freezes a cgroup the targets own and refuses, pausing nothing, where it cannot") {
+  auto tree = cgroups();
+  auto table = faultline::kernel::openProcessTable();
+  ProcessPauseDriver driver(*table, tree.get());
+  TestCgroup group(*tree, "/" + unique("freeze-only"));
+  Child target(sleepBin(), {"sleep", "60"});
+  Child neighbour(sleepBin(), {"sleep", "61"});
+  group.add(target.pid());
+  group.add(neighbour.pid());
+  v1::ProcessSelector one;
+  one.set_pid(target.pid());
+  auto refused = driver.apply(pauseByFreeze(one));
+  REQUIRE_FALSE(refused);
+  CHECK(refused.error().code == std::errc::operation_not_supported);
+  CHECK(refused.error().message.find(fmt::format("mechanism: freeze: cannot freeze without freezing processes not "
+                                                 "chosen or the agent: pid {} (sleep 60): its cgroup {} also holds "
+                                                 "1 process(es) not chosen",
+                                                 target.pid(), group.path())) != std::string::npos);
+  CHECK(refused.error().message.find("nothing was paused") != std::string::npos);
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  CHECK(stateOf(target.pid()) != 'T');
+  CHECK(eventsOf(*tree, group.path()).find("frozen 0") != std::string::npos);
+
+  v1::ProcessSelector whole;
+  whole.set_cgroup(group.path());
+  auto applied = driver.apply(pauseByFreeze(whole));
+  REQUIRE_MESSAGE(applied, (applied ? "" : applied.error().message));
+  CHECK(eventsOf(*tree, group.path()).find("frozen 1") != std::string::npos);
+  for (const auto& h : (*applied)->processHits()) {
+    CHECK(h.action() == "frozen (cgroup " + group.path() + ")");
+  }
+  CHECK((*applied)->describe().find("; mechanism: freeze (cgroup.freeze)") != std::string::npos);
+  REQUIRE((*applied)->revert());
+  CHECK(eventsOf(*tree, group.path()).find("frozen 0") != std::string::npos);
+  CHECK((*applied)->describeRevert("revert requested") ==
+        "resumed 2 of 2 paused process(es) (revert requested): thawed cgroup " + group.path());
+}
+
+TEST_CASE(
+    "under an `ip netns exec`-style mount namespace (a fresh sysfs on /sys) cgroup v2 is still found and frozen") {
+  auto tree = cgroups();
+  TestCgroup group(*tree, "/" + unique("netns-exec"));
+  Child target(sleepBin(), {"sleep", "60"});
+  group.add(target.pid());
+  int pipeFds[2];
+  REQUIRE(::pipe2(pipeFds, O_CLOEXEC) == 0);
+  const pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    // What `ip netns exec` does to the mount table (iproute2's netns_switch): a mount namespace of
+    // its own, / made a slave, /sys detached and a new sysfs mounted there. No doctest here: the
+    // child writes what it saw, one line each, and exits.
+    ::close(pipeFds[0]);
+    std::string out;
+    const auto say = [&](const std::string& line) { out += line + "\n"; };
+    const auto done = [&](int code) {
+      (void)!::write(pipeFds[1], out.data(), out.size());
+      ::_exit(code);
+    };
+    if (::unshare(CLONE_NEWNS) != 0 || ::mount(nullptr, "/", nullptr, MS_SLAVE | MS_REC, nullptr) != 0 ||
+        ::umount2("/sys", MNT_DETACH) != 0 || ::mount("sysfs", "/sys", "sysfs", 0, nullptr) != 0) {
+      say(std::string("setup failed: ") + std::strerror(errno));
+      done(1);
+    }
+    std::ifstream in("/proc/self/mountinfo");
+    const std::string mountinfo((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    say(faultline::kernel::findCgroup2Mount(mountinfo) ? "cgroup2 visible here" : "cgroup2 hidden here");
+    auto found = faultline::kernel::openCgroupTree();
+    if (!found) {
+      say("not found: " + faultline::kernel::cgroupTreeMissingWhy(found.error()));
+      done(1);
+    }
+    say("found at: " + (*found)->foundAt());
+    auto table = faultline::kernel::openProcessTable();
+    ProcessPauseDriver driver(*table, found->get());
+    v1::ProcessSelector s;
+    s.set_pid(target.pid());
+    auto applied = driver.apply(pauseByFreeze(s));
+    if (!applied) {
+      say("refused: " + applied.error().message);
+      done(1);
+    }
+    say("action: " + (*applied)->processHits().at(0).action());
+    auto events = (*found)->read(group.path(), "cgroup.events");
+    const auto frozenAt = events ? events->find("frozen") : std::string::npos;
+    say("events: " + (frozenAt != std::string::npos ? events->substr(frozenAt) : std::string("unreadable")));
+    say(std::string("reverted: ") + ((*applied)->revert() ? "yes" : "no"));
+    done(0);
+  }
+  ::close(pipeFds[1]);
+  std::string out;
+  char buffer[4096];
+  ssize_t n = 0;
+  while ((n = ::read(pipeFds[0], buffer, sizeof buffer)) > 0) {
+    out.append(buffer, static_cast<size_t>(n));
+  }
+  ::close(pipeFds[0]);
+  int status = 0;
+  REQUIRE(::waitpid(pid, &status, 0) == pid);
+  INFO(out);
+  CHECK(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);
+  CHECK(out.find("cgroup2 hidden here\n") != std::string::npos);  // what made pauses fall back to SIGSTOP
+  CHECK(out.find("found at: ") != std::string::npos);
+  CHECK(out.find("(pid 1's mount namespace") != std::string::npos);
+  CHECK(out.find("action: frozen (cgroup " + group.path() + ")\n") != std::string::npos);
+  CHECK(out.find("events: frozen 1\n") != std::string::npos);
+  CHECK(out.find("reverted: yes\n") != std::string::npos);
+  CHECK(eventsOf(*tree, group.path()).find("frozen 0") != std::string::npos);
+  CHECK_FALSE(target.exited());
 }

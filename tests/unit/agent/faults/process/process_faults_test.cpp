@@ -6,6 +6,7 @@
 #include <random>
 #include <set>
 #include <string>
+#include <vector>
 
 #include <doctest/doctest.h>
 #include <fmt/format.h>
@@ -196,9 +197,12 @@ TEST_CASE("process.pause freezes a cgroup only its targets hold, SIGSTOPs the re
   CHECK(h.table.sent()[1].pid == h.base + 3);
   CHECK(h.table.sent()[1].sig == SIGCONT);
   const std::string resumed = (*applied)->describeRevert("revert requested");
-  CHECK(resumed == fmt::format("resumed 3 paused process(es) (revert requested): thawed cgroup /app.service, SIGCONT "
-                               "to pid {}",
+  CHECK(resumed == fmt::format("resumed 3 of 3 paused process(es) (revert requested): thawed cgroup /app.service, "
+                               "SIGCONT to pid {}",
                                h.base + 3));
+  CHECK(contains((*applied)->describe(), fmt::format("; mechanism: freeze for 2, SIGSTOP for 1 (pid {}: its cgroup "
+                                                     "/shared.service also holds 1 process(es) not chosen)",
+                                                     h.base + 3)));
   CHECK_FALSE(contains(resumed, "SIGSTOP"));
 }
 
@@ -225,6 +229,123 @@ TEST_CASE("process.pause: a failure half-way resumes what it paused; recovery sk
   REQUIRE(resumed);
   CHECK(contains(*resumed, "has exited"));
   CHECK(h.table.sent().empty());
+}
+
+TEST_CASE("process.pause: one pause per process; the second is refused with the pids the first holds") {
+  Host h;
+  FakeCgroupTree tree;
+  tree.add("/app.service", {h.base + 1});
+  h.add(h.base + 1, "app", "/app.service");
+  h.add(h.base + 2, "app", "/");
+  h.add(h.base + 3, "loner", "/");
+  faultline::agent::ProcessPauseDriver driver(h.table, &tree);
+  v1::FaultSpec both;
+  both.mutable_process_pause()->mutable_process()->set_name("app");
+  auto first = driver.apply(both);
+  REQUIRE_MESSAGE(first, (first ? "" : first.error().message));
+  const size_t writes = tree.writes().size();
+  const size_t sent = h.table.sent().size();
+
+  // The frozen one and the stopped one, each by pid: refused, nothing written or sent.
+  for (pid_t pid : {h.base + 1, h.base + 2}) {
+    CAPTURE(pid);
+    v1::FaultSpec again;
+    again.mutable_process_pause()->mutable_process()->set_pid(pid);
+    auto refused = driver.apply(again);
+    REQUIRE_FALSE(refused);
+    CHECK(refused.error().code == std::errc::device_or_resource_busy);
+    CHECK(refused.error().heldPids == std::vector<int32_t>{pid});
+    CHECK(contains(refused.error().message,
+                   fmt::format("process.pause: pid {} (app) is already paused by another process.pause fault of this "
+                               "agent; one pause per process at a time",
+                               pid)));
+    CHECK(contains(refused.error().message, "nothing was paused"));
+  }
+  CHECK(tree.writes().size() == writes);
+  CHECK(h.table.sent().size() == sent);
+
+  // A process stopped by someone else (state T) is refused too, with no holder to name.
+  h.table.processes(h.base + 3).state = 'T';
+  v1::FaultSpec loner;
+  loner.mutable_process_pause()->mutable_process()->set_name("loner");
+  auto stopped = driver.apply(loner);
+  REQUIRE_FALSE(stopped);
+  CHECK(stopped.error().heldPids.empty());
+  CHECK(contains(stopped.error().message, "is already stopped (state T) by something else"));
+  h.table.processes(h.base + 3).state = 'S';
+
+  // Once the first is reverted, both are free again.
+  REQUIRE((*first)->revert());
+  auto later = driver.apply(both);
+  REQUIRE_MESSAGE(later, (later ? "" : later.error().message));
+  REQUIRE((*later)->revert());
+}
+
+TEST_CASE("process.pause: a process that exits while paused is reported, never counted as resumed") {
+  Host h;
+  FakeCgroupTree tree;
+  h.add(h.base + 1, "app", "/");
+  h.add(h.base + 2, "app", "/");
+  faultline::agent::ProcessPauseDriver driver(h.table, &tree);
+  v1::FaultSpec spec;
+  spec.mutable_process_pause()->mutable_process()->set_name("app");
+  auto applied = driver.apply(spec);
+  REQUIRE(applied);
+  h.table.remove(h.base + 2);  // it exited and was reaped
+  REQUIRE((*applied)->revert());
+  CHECK((*applied)->describeRevert("duration elapsed") ==
+        fmt::format("resumed 1 of 2 paused process(es) (duration elapsed): SIGCONT to pid {}; not resumed: pid {} has "
+                    "exited",
+                    h.base + 1, h.base + 2));
+  REQUIRE(h.table.sent().size() == 3);  // two SIGSTOPs, one SIGCONT
+  CHECK(h.table.sent()[2].pid == h.base + 1);
+}
+
+TEST_CASE("process.pause mechanism freeze: refused before anything is paused where a process cannot be frozen alone") {
+  Host h;
+  FakeCgroupTree tree;
+  tree.add("/app.service", {h.base + 1, h.base + 2});
+  h.add(h.base + 1, "app", "/app.service");
+  h.add(h.base + 2, "sidecar", "/app.service");
+  faultline::agent::ProcessPauseDriver driver(h.table, &tree);
+  v1::FaultSpec spec;
+  spec.mutable_process_pause()->mutable_process()->set_name("app");
+  spec.mutable_process_pause()->set_mechanism(v1::PAUSE_MECHANISM_FREEZE);
+  bool persisted = false;
+  auto refused = driver.apply(spec, [&](const nlohmann::json&) -> tl::expected<void, faultline::agent::FaultError> {
+    persisted = true;
+    return {};
+  });
+  REQUIRE_FALSE(refused);
+  CHECK(refused.error().code == std::errc::operation_not_supported);
+  CHECK(contains(refused.error().message,
+                 fmt::format("process.pause: mechanism: freeze: cannot freeze without freezing processes not chosen "
+                             "or the agent: pid {} (app): its cgroup /app.service also holds 1 process(es) not chosen",
+                             h.base + 1)));
+  CHECK_FALSE(persisted);
+  CHECK(tree.writes().empty());
+  CHECK(h.table.sent().empty());
+  // The whole cgroup can be frozen.
+  spec.mutable_process_pause()->mutable_process()->set_cgroup("/app.service");
+  auto applied = driver.apply(spec);
+  REQUIRE_MESSAGE(applied, (applied ? "" : applied.error().message));
+  CHECK(contains((*applied)->describe(), "; mechanism: freeze (cgroup.freeze)"));
+  REQUIRE((*applied)->revert());
+
+  // Without a cgroup v2 hierarchy: refused with the agent's reason; auto falls back to SIGSTOP and says why.
+  faultline::agent::ProcessPauseDriver bare(h.table, nullptr, {}, 1, "no cgroup2 mount (test)");
+  auto none = bare.apply(spec);
+  REQUIRE_FALSE(none);
+  CHECK(contains(none.error().message,
+                 "mechanism: freeze needs a cgroup v2 hierarchy with cgroup.freeze, and this "
+                 "agent has none (no cgroup2 mount (test))"));
+  spec.mutable_process_pause()->clear_mechanism();
+  auto stopped = bare.apply(spec);
+  REQUIRE_MESSAGE(stopped, (stopped ? "" : stopped.error().message));
+  CHECK(contains(
+      (*stopped)->describe(),
+      fmt::format("; mechanism: SIGSTOP (pid {}: no cgroup v2 hierarchy (no cgroup2 mount (test))", h.base + 1)));
+  REQUIRE((*stopped)->revert());
 }
 
 TEST_CASE("cgroup.squeeze journals the exact previous values, writes, and restores them") {
