@@ -14,6 +14,7 @@
 #include "agent/faults/spec.h"
 #include "agent/session/agent.h"
 #include "controller/engine/capabilities.h"
+#include "controller/engine/sampler.h"
 #include "controller/report/run_format.h"
 
 namespace faultline::controller {
@@ -104,6 +105,9 @@ class RunState {
         fleet_.subscribe([this](const std::string& agentId, const v1::FaultReport& r) { onReport(agentId, r); });
 
     auto [verdict, reason] = body();
+    if (sampler_) {
+      sampler_->stop();  // an early end (an error) leaves no probe running past the run
+    }
     // Rollback always runs, whatever ended the run.
     if (!held_.empty()) {
       auto leftover = revertHeld("rollback");
@@ -169,27 +173,51 @@ class RunState {
       return {v1::VERDICT_ERROR, *cannot};
     }
 
-    if (!sampleAll("before") || stopVerdict_ != v1::VERDICT_UNSPECIFIED) {
+    if (!req_.experiment.hypothesis.probes.empty()) {
+      sampler_ =
+          std::make_unique<ProbeSampler>(req_.experiment.hypothesis.probes, probes_, req_.experiment.hypothesis.every);
+      sampler_->setPhase("before");
+      sampler_->start();
+    }
+    if (!observePhase("before", std::nullopt) || stopVerdict_ != v1::VERDICT_UNSPECIFIED) {
       return {v1::VERDICT_NOT_STEADY,
               fmt::format("steady state did not hold before the method ({}); nothing was injected", firstFailure_)};
     }
+    beforeDone_ = true;
+    setPhase("wait", "");
 
     for (size_t i = 0; i < req_.experiment.method.size(); ++i) {
       if (stopping()) {
         return {v1::VERDICT_ABORTED, stopReason()};
       }
+      pump();  // a guard that failed between steps stops the method before the next one
+      if (stopVerdict_ != v1::VERDICT_UNSPECIFIED) {
+        observeAfter();
+        return {stopVerdict_, stopReason_};
+      }
       const std::string label = std::to_string(i + 1);
       const auto& step = req_.experiment.method[i];
       if (const auto* w = std::get_if<WaitStep>(&step)) {
         event("", "step.wait", fmt::format("step {}: wait {}", label, formatDuration(w->duration)));
+        setPhase("wait", label);
         if (waitStopping(w->duration)) {
           return {v1::VERDICT_ABORTED, stopReason()};
+        }
+        if (stopVerdict_ != v1::VERDICT_UNSPECIFIED) {
+          observeAfter();  // the SLIs after the stop, for the record; the verdict is the stop's
+          return {stopVerdict_, stopReason_};
         }
         continue;
       }
       if (const auto* p = std::get_if<ProbeStep>(&step)) {
         event("", "step.probe", fmt::format("step {}: probe {}", label, p->probe));
-        sampleNamed(p->probe, false);
+        setPhase("wait", label);
+        pump();
+        sampleNamed(p->probe, false, label);
+        if (stopVerdict_ != v1::VERDICT_UNSPECIFIED) {
+          observeAfter();
+          return {stopVerdict_, stopReason_};
+        }
         continue;
       }
       Group group;
@@ -210,9 +238,13 @@ class RunState {
           }
         }
       }
-      if (auto failure = runGroup(group, targets); !failure.empty()) {
+      group.label = label;
+      auto failure = runGroup(group, targets);
+      // Between steps: recorded (and watched by guards) until the next step sets its phase.
+      setPhase("wait", "");
+      if (!failure.empty()) {
         if (stopVerdict_ != v1::VERDICT_UNSPECIFIED) {
-          sampleAll("after");  // the SLIs after rollback, for the record; the verdict is the stop's
+          observeAfter();  // the SLIs after rollback, for the record; the verdict is the stop's
           if (failure != stopReason_) {
             return {v1::VERDICT_ERROR, failure};  // a fault not confirmed reverted
           }
@@ -225,13 +257,213 @@ class RunState {
       }
     }
 
-    bool afterOk = sampleAll("after");
-    if (violated_ || !afterOk) {
-      return {v1::VERDICT_VIOLATED, fmt::format("steady state violated: {}", firstFailure_)};
+    bool afterOk = observeAfter();
+    if (stopVerdict_ != v1::VERDICT_UNSPECIFIED && stopVerdict_ != v1::VERDICT_VIOLATED) {
+      return {stopVerdict_, stopReason_};
     }
-    return {v1::VERDICT_HELD, req_.experiment.hypothesis.probes.empty()
-                                  ? "the method ran to the end (no steady-state probes)"
-                                  : "steady state held before, during and after the faults"};
+    if (violated_ || !afterOk) {
+      return {v1::VERDICT_VIOLATED, fmt::format("steady state violated: {}", firstFailure_) + notJudgedText()};
+    }
+    return {v1::VERDICT_HELD, (req_.experiment.hypothesis.probes.empty()
+                                   ? std::string("the method ran to the end (no steady-state probes)")
+                                   : std::string("steady state held before, during and after the faults")) +
+                                  notJudgedText()};
+  }
+
+  // The phase and step of the samples that start from now on.
+  void setPhase(const std::string& phase, const std::string& step) {
+    if (sampler_) {
+      sampler_->setPhase(phase, step);
+    }
+  }
+
+  // Records and judges every sample the probes finished since the last call (run thread).
+  void pump() {
+    if (!sampler_) {
+      return;
+    }
+    for (auto& t : sampler_->take()) {
+      const Probe& p = req_.experiment.hypothesis.probes[t.probe];
+      record(p, t.phase, t.sample, t.at, t.started, t.phase == "during", t.step);
+      if (t.phase == "during") {
+        for (const auto& slo : req_.experiment.hypothesis.slos) {
+          if (slo.probe == p.name) {
+            checkSlo(slo, "during", t.at, t.started);
+          }
+        }
+      }
+    }
+  }
+
+  // Samples of probe in phase so far.
+  size_t countIn(const std::string& probe, const std::string& phase, Clock::time_point from) {
+    size_t n = 0;
+    for (const auto& h : history_[probe]) {
+      n += h.phase == phase && h.at >= from ? 1 : 0;
+    }
+    return n;
+  }
+
+  // Observes the phase "before" or "after" and judges it: with a window, for that long; without,
+  // until every SLO's probe has the SLO's minSamples samples of the phase and every other probe
+  // one (or, should the probes not answer, until each had time for them: the needed samples'
+  // periods plus its timeout, plus a second). Then each probe no SLO covers must have passed every
+  // sample, and each SLO hold over the phase's samples. An SLO with too few samples: before the
+  // method, the steady state is not verified (false); after, the verdict's reason says so.
+  bool observePhase(const std::string& phase, std::optional<std::chrono::milliseconds> window) {
+    const auto& hyp = req_.experiment.hypothesis;
+    if (hyp.probes.empty()) {
+      return true;
+    }
+    // Every sample of the phase counts (each phase is observed once), also one that started just
+    // before this call.
+    const Clock::time_point from{};
+    const auto start = Clock::now();
+    std::map<std::string, size_t> need;
+    auto deadline = start;
+    for (const auto& p : hyp.probes) {
+      size_t n = 1;
+      for (const auto& slo : hyp.slos) {
+        if (slo.probe == p.name) {
+          n = std::max<size_t>(n, slo.minSamples);
+        }
+      }
+      need[p.name] = n;
+      deadline =
+          std::max(deadline, start + hyp.every * static_cast<int64_t>(n) + probeTimeout(p) + std::chrono::seconds{1});
+    }
+    if (window) {
+      deadline = start + *window;
+    }
+    failedIn_[phase] = false;
+    while (true) {
+      pump();
+      if (stopping()) {
+        break;
+      }
+      const auto now = Clock::now();
+      if (now >= deadline) {
+        break;
+      }
+      if (!window && std::all_of(need.begin(), need.end(),
+                                 [&](const auto& kv) { return countIn(kv.first, phase, from) >= kv.second; })) {
+        break;
+      }
+      sampler_->waitUntil(std::min<Clock::time_point>(deadline, now + kAbortPoll));
+    }
+    bool ok = !failedIn_[phase];
+    for (const auto& p : hyp.probes) {
+      if (countIn(p.name, phase, from) == 0 && !coveredBySlo(p.name)) {
+        ok = false;
+        noteFailure(
+            fmt::format("probe {} gave no sample {} the method", p.name, phase == "before" ? "before" : "after"));
+      }
+    }
+    const auto at = agent::nowTimestamp();
+    for (const auto& slo : hyp.slos) {
+      const auto judged = checkSlo(slo, phase, at, Clock::now(), from);
+      if (judged == Judged::kFailed) {
+        ok = false;
+      } else if (judged == Judged::kNotEnoughData) {
+        if (phase == "before") {
+          ok = false;
+        }
+      }
+    }
+    return ok;
+  }
+
+  // After the rollback: settle (recorded, not judged), then the after window, judged; then time to
+  // recover of every fault step. False when the steady state failed after the faults.
+  bool observeAfter() {
+    if (!sampler_) {
+      return true;
+    }
+    const auto& hyp = req_.experiment.hypothesis;
+    if (hyp.afterSettle.count() > 0) {
+      setPhase("settle", "");
+      const auto until = Clock::now() + hyp.afterSettle;
+      while (!stopping() && Clock::now() < until) {
+        pump();
+        sampler_->waitUntil(std::min<Clock::time_point>(until, Clock::now() + kAbortPoll));
+      }
+    }
+    setPhase("after", "");
+    const bool ok = observePhase("after", hyp.afterWindow);
+    const auto horizon = Clock::now();
+    sampler_->stop();
+    recordRecoveries(horizon);
+    return ok;
+  }
+
+  // A step.recovered (or step.not_recovered) event per fault step that was reverted: from its
+  // last revert until every SLO held again, judged on the samples up to the next fault step's
+  // start or, for the last, the end of the after window.
+  void recordRecoveries(Clock::time_point horizon) {
+    const auto& hyp = req_.experiment.hypothesis;
+    std::vector<std::string> uncovered;
+    for (const auto& p : hyp.probes) {
+      if (!coveredBySlo(p.name)) {
+        uncovered.push_back(p.name);
+      }
+    }
+    std::map<std::string, std::vector<TimedSample>> byProbe;
+    for (const auto& [probe, samples] : history_) {
+      for (const auto& h : samples) {
+        if (h.phase != "step") {
+          byProbe[probe].push_back(TimedSample{h.at, h.sample});
+        }
+      }
+    }
+    for (size_t i = 0; i < groups_.size(); ++i) {
+      if (!groups_[i].reverted) {
+        continue;
+      }
+      const std::string& label = groups_[i].label;
+      const auto revertAt = *groups_[i].reverted;
+      const auto end = i + 1 < groups_.size() ? std::min(horizon, groups_[i + 1].started) : horizon;
+      if (end <= revertAt) {
+        continue;
+      }
+      const auto ttr = timeToRecover(hyp.slos, uncovered, byProbe, revertAt, end);
+      const auto span = std::chrono::duration_cast<std::chrono::milliseconds>(end - revertAt);
+      v1::RunEvent e =
+          makeEvent("", ttr ? "step.recovered" : "step.not_recovered",
+                    ttr ? fmt::format("step {}: recovered {} after its revert (every SLO held again)", label,
+                                      formatLatency(std::chrono::duration_cast<std::chrono::microseconds>(*ttr)))
+                        : fmt::format("step {}: not recovered within the {} observed after its revert", label,
+                                      formatDuration(span)));
+      *e.mutable_recovery() =
+          toProto(std::chrono::duration_cast<std::chrono::nanoseconds>(ttr ? *ttr : end - revertAt));
+      recordEvent(e);
+      if (sink_) {
+        sink_(e);
+      }
+    }
+  }
+
+  // The longest a sample of p may take.
+  static std::chrono::milliseconds probeTimeout(const Probe& p) {
+    switch (p.kind) {
+      case ProbeKind::kHttp:
+        return p.http.timeout;
+      case ProbeKind::kTcp:
+        return p.tcp.timeout;
+      case ProbeKind::kCommand:
+        return p.command.timeout;
+      case ProbeKind::kPrometheus:
+        return p.prometheus.timeout;
+    }
+    return std::chrono::milliseconds{5000};
+  }
+
+  // "; not judged: SLO x had not enough data while the faults were held (3 of 5 samples)", or "".
+  std::string notJudgedText() const {
+    std::string out;
+    for (const auto& [slo, why] : notJudged_) {
+      out += fmt::format("{}SLO {} {}", out.empty() ? "" : ", ", slo, why);
+    }
+    return out.empty() ? out : "; not judged: " + out;
   }
 
   // Faults (and probe steps) that start together: one fault step, or a parallel group.
@@ -244,6 +476,7 @@ class RunState {
     std::vector<const ProbeStep*> probes;
     std::chrono::milliseconds wait{0};                                     // the longest wait of a parallel group
     std::vector<std::pair<std::string, std::chrono::milliseconds>> waits;  // label, duration
+    std::string label;                                                     // the step's: "2"
   };
 
   // Injects every fault of the group on every target with one start time, holds each for its
@@ -260,6 +493,9 @@ class RunState {
       startAt.set_seconds(ns / 1'000'000'000);
       startAt.set_nanos(static_cast<int32_t>(ns % 1'000'000'000));
     }
+    groups_.push_back(GroupTimes{group.label, Clock::now(), std::nullopt});
+    // From the first Inject on, a fault may be in place: the samples are the step's.
+    setPhase("during", group.label);
     std::vector<std::vector<std::string>> idsOf(group.faults.size());
     std::vector<std::string> ids;
     for (size_t k = 0; k < group.faults.size(); ++k) {
@@ -342,54 +578,53 @@ class RunState {
       }
     }
     if (!failure.empty()) {
-      auto leftover = revertHeld("a fault failed to apply");
+      auto leftover = revertHeldNoting("a fault failed to apply");
       return leftover.empty() ? failure : failure + "; " + leftover;
     }
     recordSkew(group, idsOf, startAt);
+    pump();
     for (const auto* p : group.probes) {
-      sampleNamed(p->probe, !group.faults.empty());
+      sampleNamed(p->probe, !group.faults.empty(), group.label);
     }
     if (stopVerdict_ != v1::VERDICT_UNSPECIFIED) {
       // A probe step of the group saw a stop condition: revert now; no later step starts.
-      auto leftover = revertHeld(stopReason_);
+      auto leftover = revertHeldNoting(stopReason_);
       return leftover.empty() ? stopReason_ : stopReason_ + "; " + leftover;
     }
 
-    // Hold the faults, sampling the steady state while any is held; revert each at its end.
-    // Samples start every `every` (a slow sample delays the next one, never overlaps it).
+    // Hold the faults, judging the probes' samples (each probe samples on its own schedule, see
+    // ProbeSampler) while any is held; revert each at its end.
     auto groupEnd = start + group.wait;
     for (const auto& m : group.faults) {
       groupEnd = std::max(groupEnd, start + m.fault->duration);
     }
     std::vector<bool> ended(group.faults.size(), false);
-    const bool probing = !req_.experiment.hypothesis.probes.empty();
-    auto nextSample = Clock::now();
+    const bool probing = sampler_ != nullptr;
     while (Clock::now() < groupEnd) {
       for (size_t k = 0; k < group.faults.size(); ++k) {
         if (!ended[k] && Clock::now() >= start + group.faults[k].fault->duration) {
           ended[k] = true;
           if (auto leftover = revertHeld("fault duration elapsed", idsOf[k]); !leftover.empty()) {
-            auto rest = revertHeld("rollback after a failed revert");
+            auto rest = revertHeldNoting("rollback after a failed revert");
             return rest.empty() ? leftover : leftover + "; " + rest;
           }
         }
       }
       const bool active = std::find(ended.begin(), ended.end(), false) != ended.end();
-      if (probing && active && Clock::now() >= nextSample) {
-        nextSample += req_.experiment.hypothesis.every;
-        sampleAll("during");
-        nextSample = std::max(nextSample, Clock::now());
+      if (probing) {
+        if (!active) {
+          setPhase("wait", group.label);  // the rest of a parallel group's wait
+        }
+        pump();
         if (stopVerdict_ != v1::VERDICT_UNSPECIFIED) {
           // A stop condition: revert now; no later step starts.
-          auto leftover = revertHeld(stopReason_);
+          auto leftover = revertHeldNoting(stopReason_);
           return leftover.empty() ? stopReason_ : stopReason_ + "; " + leftover;
         }
       }
-      // Wake for the next sample, the next fault's end, the group's end, a fault lost, or (polled) an abort.
+      // Wake for the next fault's end, the group's end, a fault lost, or (polled) an abort and
+      // the probes' samples.
       auto until = std::min(groupEnd, Clock::now() + kAbortPoll);
-      if (probing && active) {
-        until = std::min(until, nextSample);
-      }
       for (size_t k = 0; k < group.faults.size(); ++k) {
         if (!ended[k]) {
           until = std::min(until, start + group.faults[k].fault->duration);
@@ -400,16 +635,26 @@ class RunState {
       if (!lost_.empty()) {
         const std::string lost = lost_;
         lock.unlock();
-        auto leftover = revertHeld("a fault ended early");
+        auto leftover = revertHeldNoting("a fault ended early");
         return leftover.empty() ? lost : lost + "; " + leftover;
       }
       lock.unlock();
       if (stopping()) {
-        auto leftover = revertHeld("run aborted: " + stopReason());
+        auto leftover = revertHeldNoting("run aborted: " + stopReason());
         return leftover.empty() ? "aborted" : leftover;
       }
     }
-    return revertHeld("fault duration elapsed");
+    return revertHeldNoting("fault duration elapsed");
+  }
+
+  // revertHeld() of every fault still held; the moment it returns is the group's revert (time to
+  // recover counts from it).
+  std::string revertHeldNoting(const std::string& why) {
+    auto left = revertHeld(why);
+    if (!groups_.empty() && !groups_.back().reverted) {
+      groups_.back().reverted = Clock::now();
+    }
+    return left;
   }
 
   // Records a fault.failed event the agent could not send (it is gone, or never answered).
@@ -598,55 +843,28 @@ class RunState {
     cv_.notify_all();
   }
 
-  // A probe step: one sample of the named probe (phase "step"). A failed sample violates the
-  // hypothesis whether or not an SLO covers the probe (a step judges its one sample). While
-  // faults are held (a probe step in a parallel group) it is also a stop condition, as a sample
-  // of the periodic rounds is: a failed guard aborts, any other failure stops as violated.
-  void sampleNamed(const std::string& name, bool faultsHeld) {
+  // A probe step: one sample of the named probe (phase "step"), taken on the run thread. A failed
+  // sample violates the hypothesis whether or not an SLO covers the probe (a step judges its one
+  // sample). A failed guard stops the method (aborted) before the next step; while faults are held
+  // (a probe step in a parallel group) any other failure stops it as violated.
+  void sampleNamed(const std::string& name, bool faultsHeld, const std::string& stepLabel) {
     for (const auto& p : req_.experiment.hypothesis.probes) {
       if (p.name == name) {
         const auto at = agent::nowTimestamp();
         const auto when = Clock::now();
-        record(p, "step", probes_.run(p), at, when, faultsHeld);
+        record(p, "step", probes_.run(p), at, when, faultsHeld, stepLabel);
         return;
       }
     }
   }
 
-  // One sample of every probe, run concurrently; records the samples, then judges the steady
-  // state: a probe that no SLO covers must pass every sample; every SLO must hold over its
-  // window (during) or over the phase's samples (before, after). False if either fails.
-  // During a fault, a failure sets the stop condition (stopVerdict_, stopReason_): a failed
-  // guard or an error budget burning above maxBurnRate aborts, any other failure is a violation.
-  bool sampleAll(const std::string& phase) {
-    const auto& probes = req_.experiment.hypothesis.probes;
-    if (probes.empty()) {
-      return true;
-    }
-    std::vector<std::future<Sample>> pending;
-    const auto at = agent::nowTimestamp();
-    const auto when = Clock::now();
-    for (const auto& p : probes) {
-      pending.push_back(std::async(std::launch::async, [this, &p] { return probes_.run(p); }));
-    }
-    bool allOk = true;
-    const bool during = phase == "during";
-    for (size_t i = 0; i < probes.size(); ++i) {
-      allOk = record(probes[i], phase, pending[i].get(), at, when, during) && allOk;
-    }
-    for (const auto& slo : req_.experiment.hypothesis.slos) {
-      if (!checkSlo(slo, phase, at, when)) {
-        allOk = false;
-      }
-    }
-    return allOk;
-  }
-
   // Records one sample of p and judges it alone (SLOs are judged by the caller). faultsHeld: the
-  // sample was taken while faults are held, so a failure is a stop condition. False when the
-  // sample fails the steady state by itself.
-  bool record(const Probe& p, const std::string& phase, const Sample& s, const google::protobuf::Timestamp& at,
-              Clock::time_point when, bool faultsHeld) {
+  // sample was taken while faults are held, so a failure is a stop condition. A guard's failure
+  // after the before phase (during, wait, step) stops the method before its next step. A failure
+  // in a wait or settle phase is recorded only. Marks failedIn_[phase] when the sample fails the
+  // steady state by itself.
+  void record(const Probe& p, const std::string& phase, const Sample& s, const google::protobuf::Timestamp& at,
+              Clock::time_point when, bool faultsHeld, const std::string& stepLabel) {
     v1::ProbeSample rec;
     *rec.mutable_at() = at;
     rec.set_probe(p.name);
@@ -656,27 +874,39 @@ class RunState {
     rec.set_detail(redact(s.detail));
     rec.set_kind(std::string(probeKindName(p.kind)));
     rec.set_guard(p.guard);
+    rec.set_step(stepLabel);
     if (s.value) {
       rec.set_value(*s.value);
     }
     recorded(fmt::format("sample of probe {} ({})", p.name, phase), [&] { store_.addSample(req_.runId, rec); });
-    history_[p.name].push_back(HistorySample{when, phase, SliSample{s.ok, rec.latency_ms(), s.value}});
+    // In start order: samples of one probe overlap, and a late one ends after later ones.
+    auto& history = history_[p.name];
+    const auto pos = std::upper_bound(history.begin(), history.end(), when,
+                                      [](Clock::time_point t, const HistorySample& h) { return t < h.at; });
+    history.insert(pos, HistorySample{when, phase, SliSample{s.ok, rec.latency_ms(), s.value}});
     v1::RunEvent e =
         makeEvent("", s.ok ? "probe.ok" : "probe.failed", fmt::format("{} ({}): {}", p.name, phase, s.detail));
     *e.mutable_at() = at;
     if (sink_) {
       sink_(e);
     }
-    if (s.ok) {
-      return true;
+    if (s.ok || (phase == "before" && beforeDone_)) {
+      return;  // (a sample of the before phase that ended after it was judged: recorded only)
     }
     const bool step = phase == "step";
     if (p.guard && faultsHeld) {
       stopWith(v1::VERDICT_ABORTED,
                fmt::format("stop condition: guard probe {} failed while the fault was active: {}", p.name, s.detail));
+    } else if (p.guard && (phase == "wait" || step || phase == "during")) {
+      stopWith(v1::VERDICT_ABORTED,
+               fmt::format("stop condition: guard probe {} failed {} step {} of the method: {}", p.name,
+                           step ? "at the probe step," : "during", stepLabel.empty() ? "-" : stepLabel, s.detail));
+    }
+    if (phase == "wait" || phase == "settle") {
+      return;  // recorded (and watched by guards); judges nothing else
     }
     if (coveredBySlo(p.name) && !p.guard && !step) {
-      return true;  // judged by its SLOs, over a window
+      return;  // judged by its SLOs, over a window
     }
     const std::string what = step ? fmt::format("probe {} failed at a probe step of the method: {}", p.name, s.detail)
                              : phase == "before" ? fmt::format("probe {}: {}", p.name, s.detail)
@@ -693,7 +923,7 @@ class RunState {
                                   s.detail));
     }
     noteFailure(what);
-    return false;
+    failedIn_[phase] = true;
   }
 
   bool coveredBySlo(const std::string& probe) const {
@@ -717,42 +947,62 @@ class RunState {
     event("", "stop.condition", stopReason_);
   }
 
-  // Evaluates slo over its samples of this phase (during: within its window), records the
-  // check, and returns whether it held (true when there is no sample to judge).
-  bool checkSlo(const Slo& slo, const std::string& phase, const google::protobuf::Timestamp& at,
-                Clock::time_point now) {
+  enum class Judged { kHeld, kFailed, kNotEnoughData, kNoSamples };
+
+  // Evaluates slo over its samples of this phase (during: those of its window ending at now;
+  // before, after: those since `from`), records the check, and says how it was judged. During the
+  // faults a violation or a burn above maxBurnRate sets the stop condition; a window of too few
+  // samples judges nothing.
+  Judged checkSlo(const Slo& slo, const std::string& phase, const google::protobuf::Timestamp& at,
+                  Clock::time_point now, Clock::time_point from = {}) {
     std::vector<SliSample> window;
     const auto& history = history_[slo.probe];
     if (phase == "during") {
       // Newest first, up to the window's start: a long run does not rescan its whole history.
       for (auto it = history.rbegin(); it != history.rend() && it->at + slo.window > now; ++it) {
-        if (it->phase == phase) {
+        if (it->phase == phase && it->at <= now) {
           window.push_back(it->sample);
         }
       }
       std::reverse(window.begin(), window.end());
     } else {
       for (const auto& h : history) {
-        if (h.phase == phase) {
+        if (h.phase == phase && h.at >= from) {
           window.push_back(h.sample);
         }
       }
     }
-    if (window.empty()) {
-      return true;
+    if (window.empty() && phase == "during") {
+      return Judged::kNoSamples;
     }
     v1::SloCheck check = evaluateSlo(slo, window);
     *check.mutable_at() = at;
     check.set_phase(phase);
     recorded(fmt::format("check of SLO {} ({})", slo.name, phase), [&] { store_.addSloCheck(req_.runId, check); });
     const std::string measured = describeSloCheck(check);
+    if (check.not_enough_data()) {
+      if (phase == "during") {
+        if (!judgedDuring_.count(slo.name)) {
+          notJudged_[slo.name] = fmt::format("while the faults were held: {}", measured);
+        }
+      } else if (phase == "before") {
+        noteFailure(fmt::format("SLO {} ({}): {}", slo.name, slo.objective, measured));
+      } else {
+        notJudged_[slo.name + " "] = fmt::format("after the faults: {}", measured);
+      }
+      return Judged::kNotEnoughData;
+    }
+    if (phase == "during") {
+      judgedDuring_.insert(slo.name);
+      notJudged_.erase(slo.name);
+    }
     if (slo.maxBurnRate && check.burn_rate() > *slo.maxBurnRate && phase == "during") {
       stopWith(v1::VERDICT_ABORTED,
                fmt::format("stop condition: SLO {} burns its error budget at {:.1f}x, above maxBurnRate {:g} ({})",
                            slo.name, check.burn_rate(), *slo.maxBurnRate, measured));
     }
     if (check.ok()) {
-      return true;
+      return Judged::kHeld;
     }
     const std::string what = phase == "before" ? fmt::format("SLO {} ({}): {}", slo.name, slo.objective, measured)
                                                : fmt::format("SLO {} ({}) violated {} the fault{}: {}", slo.name,
@@ -764,7 +1014,7 @@ class RunState {
       stopWith(v1::VERDICT_VIOLATED, "steady state violated: " + what);
     }
     noteFailure(what);
-    return false;
+    return Judged::kFailed;
   }
 
   v1::RunEvent makeEvent(const std::string& host, const std::string& kind, const std::string& message) {
@@ -869,15 +1119,25 @@ class RunState {
     return storeFailure();
   }
 
-  // Sleeps up to d; true when the run must stop (before or during the wait).
+  // Sleeps up to d, judging the probes' samples as they come; true when the run must stop (before
+  // or during the wait). Returns false early when a sample set the stop condition (a guard failed).
   bool waitStopping(std::chrono::milliseconds d) {
     const auto until = Clock::now() + d;
     while (!stopping()) {
+      pump();
+      if (stopVerdict_ != v1::VERDICT_UNSPECIFIED) {
+        return false;
+      }
       const auto now = Clock::now();
       if (now >= until) {
         return false;
       }
-      stop_.waitFor(std::min<Clock::duration>(until - now, kAbortPoll));
+      const auto next = std::min<Clock::time_point>(until, now + kAbortPoll);
+      if (sampler_) {
+        sampler_->waitUntil(next);
+      } else {
+        stop_.waitFor(next - now);
+      }
     }
     return true;
   }
@@ -904,7 +1164,18 @@ class RunState {
     SliSample sample;
   };
   std::map<std::string, std::vector<HistorySample>> history_;  // per probe, in time order (run thread only)
-  v1::Verdict stopVerdict_ = v1::VERDICT_UNSPECIFIED;          // set by the first stop condition
+  std::unique_ptr<ProbeSampler> sampler_;                      // null without probes
+  bool beforeDone_ = false;                                    // the before phase was judged
+  std::map<std::string, bool> failedIn_;                       // phase: a sample failed it by itself
+  std::set<std::string> judgedDuring_;                         // SLOs judged on enough data during faults
+  std::map<std::string, std::string> notJudged_;               // SLO: why it was never judged
+  struct GroupTimes {
+    std::string label;
+    Clock::time_point started;
+    std::optional<Clock::time_point> reverted;  // when every fault of the group was reverted
+  };
+  std::vector<GroupTimes> groups_;                     // every fault step or parallel group started, in order
+  v1::Verdict stopVerdict_ = v1::VERDICT_UNSPECIFIED;  // set by the first stop condition
   std::string stopReason_;
   std::atomic<bool> storeFailed_{false};
   std::mutex unrecordedMutex_;

@@ -1,18 +1,25 @@
 // The run engine: turns a parsed experiment into a run on the fleet.
 //
-// Order: resolve targets (once, recorded) → check the steady state (nothing is injected if it
+// Order: resolve targets (once, recorded) → verify the steady state (before: each probe samples
+// until every SLO has its minSamples and every other probe one sample; nothing is injected if it
 // does not hold: verdict not steady) → method steps in order (a fault step injects on every
-// target, samples the probes every `every` while it is held, then reverts and waits for every
-// agent to confirm) → check the steady state after rollback → verdict. Rollback always runs: on
-// success, violation, abort and error. Every event, sample and SLO check goes to the record
-// store and to the event sink.
+// target, holds, then reverts and waits for every agent to confirm) → after the rollback, settle,
+// then judge the after window (steadyState.after) → time to recover of every fault step
+// (step.recovered, step.not_recovered events) → verdict. Rollback always runs: on success,
+// violation, abort and error. Every event, sample and SLO check goes to the record store and to
+// the event sink.
 //
-// Stop conditions, checked after every sample round while a fault is held: a failed sample of a
-// guard probe, or an SLO whose error budget burns above its maxBurnRate, aborts the run (verdict
-// aborted); a failed sample of a probe no SLO covers, or an SLO violated over its window, stops
-// it as violated. Either way the held faults are reverted at once (so within one probe interval
-// of the sample that saw it), no later step starts, the probes are sampled once more after the
-// rollback for the record, and the event stop.condition names the reason.
+// The probes sample the whole run, each on its own schedule (ProbeSampler, sampler.h): before,
+// during faults, wait and probe steps, between steps, settle and after. Each sample is recorded
+// with its phase and step.
+//
+// Stop conditions, judged as each sample arrives: a failed sample of a guard probe at any point
+// after the before phase (during a fault, a wait step, a probe step, between steps), or an SLO
+// whose error budget burns above its maxBurnRate while faults are held, aborts the run (verdict
+// aborted); while faults are held, a failed sample of a probe no SLO covers, or an SLO violated
+// over a window of at least its minSamples samples, stops it as violated. Either way the held
+// faults are reverted at once, no later step starts, the probes go on after the rollback for the
+// record, and the event stop.condition names the reason.
 #pragma once
 
 #include <atomic>

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <set>
 
 #include <fmt/format.h>
 
@@ -15,32 +16,40 @@ v1::SloCheck evaluateSlo(const Slo& slo, const std::vector<SliSample>& samples) 
   check.set_probe(slo.probe);
   check.set_objective(slo.objective);
   check.set_samples(static_cast<uint32_t>(samples.size()));
-  std::vector<double> latencies;
+  check.set_min_samples(slo.minSamples);
+  std::vector<double> latencies;  // successful samples only
   size_t failed = 0;
+  size_t withValue = 0;
   std::optional<double> newestValue;
   for (const auto& s : samples) {
-    latencies.push_back(s.latencyMs);
-    failed += s.ok ? 0 : 1;
+    if (s.ok) {
+      latencies.push_back(s.latencyMs);
+    } else {
+      ++failed;
+    }
     if (s.value) {
       newestValue = s.value;
+      ++withValue;
     }
   }
   std::sort(latencies.begin(), latencies.end());
   const auto percentile = [&](double p) {
     if (latencies.empty()) {
-      return 0.0;
+      return std::nan("");
     }
     const auto rank = static_cast<size_t>(std::ceil(p / 100.0 * static_cast<double>(latencies.size())));
     return latencies[std::clamp<size_t>(rank, 1, latencies.size()) - 1];
   };
   const double errors = samples.empty() ? 0 : 100.0 * static_cast<double>(failed) / static_cast<double>(samples.size());
-  bool allOk = !samples.empty();
+  const bool enough = !samples.empty() && samples.size() >= slo.minSamples;
+  bool allOk = true;
   bool budgetSet = false;
   for (const auto& t : slo.terms) {
     auto* m = check.add_measures();
     m->set_sli(t.name);
     m->set_comparison(std::string(comparisonText(t.comparison)));
     m->set_threshold(t.threshold);
+    m->set_samples(static_cast<uint32_t>(latencies.size()));
     bool ok = true;
     switch (t.sli) {
       case SliKind::kP50:
@@ -56,10 +65,11 @@ v1::SloCheck evaluateSlo(const Slo& slo, const std::vector<SliSample>& samples) 
         m->set_value(percentile(99));
         break;
       case SliKind::kMaxLatency:
-        m->set_value(latencies.empty() ? 0 : latencies.back());
+        m->set_value(latencies.empty() ? std::nan("") : latencies.back());
         break;
       case SliKind::kErrors:
         m->set_value(errors);
+        m->set_samples(static_cast<uint32_t>(samples.size()));
         if (!budgetSet && t.threshold > 0 &&
             (t.comparison == Comparison::kLess || t.comparison == Comparison::kLessEqual)) {
           check.set_burn_rate(errors / t.threshold);
@@ -67,6 +77,7 @@ v1::SloCheck evaluateSlo(const Slo& slo, const std::vector<SliSample>& samples) 
         }
         break;
       case SliKind::kValue:
+        m->set_samples(static_cast<uint32_t>(withValue));
         if (newestValue) {
           m->set_value(*newestValue);
         } else {
@@ -79,7 +90,8 @@ v1::SloCheck evaluateSlo(const Slo& slo, const std::vector<SliSample>& samples) 
     m->set_ok(ok);
     allOk = allOk && ok;
   }
-  check.set_ok(allOk);
+  check.set_not_enough_data(!enough);
+  check.set_ok(enough && allOk);
   return check;
 }
 
@@ -90,10 +102,80 @@ std::string describeSloCheck(const v1::SloCheck& check) {
         m.sli() != "errors" && m.sli() != "value" && m.sli() != "throughput" && m.sli() != "saturation";
     const bool percent = m.sli() == "errors";
     const char* unit = latency ? "ms" : percent ? "%" : "";
-    out += fmt::format("{}{} {:.4g}{} ({} {:g}{}){}", out.empty() ? "" : ", ", m.sli(), m.value(), unit, m.comparison(),
-                       m.threshold(), unit, m.ok() ? "" : " FAILED");
+    const std::string value = std::isnan(m.value()) ? std::string("none") : fmt::format("{:.4g}{}", m.value(), unit);
+    const std::string basis =
+        latency && m.samples() != check.samples() ? fmt::format(", {} successful sample(s)", m.samples()) : "";
+    out += fmt::format("{}{} {} ({} {:g}{}{}){}", out.empty() ? "" : ", ", m.sli(), value, m.comparison(),
+                       m.threshold(), unit, basis, m.ok() || check.not_enough_data() ? "" : " FAILED");
+  }
+  if (check.not_enough_data()) {
+    return fmt::format("not enough data: {} of the {} samples needed ({})", check.samples(), check.min_samples(), out);
   }
   return fmt::format("{} over {} sample(s)", out, check.samples());
+}
+
+std::optional<std::chrono::steady_clock::duration> timeToRecover(
+    const std::vector<Slo>& slos, const std::vector<std::string>& uncovered,
+    const std::map<std::string, std::vector<TimedSample>>& byProbe, std::chrono::steady_clock::time_point revertAt,
+    std::chrono::steady_clock::time_point horizon) {
+  using TimePoint = std::chrono::steady_clock::time_point;
+  static const std::vector<TimedSample> kNone;
+  const auto samplesOf = [&](const std::string& probe) -> const std::vector<TimedSample>& {
+    auto it = byProbe.find(probe);
+    return it == byProbe.end() ? kNone : it->second;
+  };
+  std::set<TimePoint> moments;
+  for (const auto& [probe, samples] : byProbe) {
+    for (const auto& s : samples) {
+      if (s.at >= revertAt && s.at < horizon) {
+        moments.insert(s.at);
+      }
+    }
+  }
+  std::vector<TimePoint> candidates(moments.begin(), moments.end());
+  constexpr size_t kMaxCandidates = 1000;
+  if (candidates.size() > kMaxCandidates) {
+    std::vector<TimePoint> spread;
+    for (size_t i = 0; i < kMaxCandidates; ++i) {
+      spread.push_back(candidates[i * candidates.size() / kMaxCandidates]);
+    }
+    candidates = std::move(spread);
+  }
+  const auto holdsFrom = [&](TimePoint t) {
+    for (const auto& slo : slos) {
+      std::vector<SliSample> window;
+      const auto end = std::min(horizon, t + slo.window);
+      for (const auto& s : samplesOf(slo.probe)) {
+        if (s.at >= t && s.at < end) {
+          window.push_back(s.sample);
+        }
+      }
+      if (!evaluateSlo(slo, window).ok()) {
+        return false;
+      }
+    }
+    for (const auto& probe : uncovered) {
+      size_t seen = 0;
+      for (const auto& s : samplesOf(probe)) {
+        if (s.at >= t && s.at < horizon) {
+          if (!s.sample.ok) {
+            return false;
+          }
+          ++seen;
+        }
+      }
+      if (seen == 0) {
+        return false;
+      }
+    }
+    return true;
+  };
+  for (const auto t : candidates) {
+    if (holdsFrom(t)) {
+      return t - revertAt;
+    }
+  }
+  return std::nullopt;
 }
 
 }  // namespace faultline::controller

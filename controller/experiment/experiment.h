@@ -116,13 +116,14 @@ struct Probe {
   TcpProbe tcp;
   CommandProbe command;
   PrometheusProbe prometheus;
-  // A guard: its first failed sample while a fault is active aborts the run (stop condition).
+  // A guard: its first failed sample after the steady state was verified (during a fault, a wait
+  // or probe step, or between steps) aborts the run before the next step starts.
   bool guard = false;
 };
 
 // One term of an SLO: SLI COMPARISON THRESHOLD, e.g. "p99 < 300ms" or "errors < 1%".
 enum class SliKind {
-  kP50,  // latency percentiles of the window's samples (failed samples included), milliseconds
+  kP50,  // latency percentiles of the window's successful samples (nearest rank), milliseconds
   kP90,
   kP95,
   kP99,
@@ -139,6 +140,10 @@ struct SloTerm {
   double threshold = 0;  // milliseconds for latencies, percent for errors, the value as is
 };
 
+// An SLO judges no window of fewer samples than this unless its `minSamples` says otherwise.
+inline constexpr uint32_t kDefaultMinSamples = 5;
+inline constexpr uint32_t kMaxMinSamples = 10'000;
+
 // An SLO over one probe's samples: every term holds over the samples of the last `window`.
 // Written "p99 < 300ms and errors < 1% over 30s" (see docs/experiments.md).
 struct Slo {
@@ -147,6 +152,8 @@ struct Slo {
   std::string objective;  // as written in the file
   std::vector<SloTerm> terms;
   std::chrono::milliseconds window{30'000};
+  // Fewer samples than this in a window: the SLO is "not enough data", neither held nor violated.
+  uint32_t minSamples = kDefaultMinSamples;
   // Error budget: the allowed error share is the threshold of the 'errors' term; the burn rate
   // is the window's error share divided by it. The run aborts above maxBurnRate (unset: never).
   std::optional<double> maxBurnRate;
@@ -158,7 +165,15 @@ struct Slo {
 struct Hypothesis {
   std::vector<Probe> probes;
   std::vector<Slo> slos;
-  std::chrono::milliseconds every{1000};  // sampling period while faults are active
+  // Each probe's sampling period, on a schedule of its own, from before the method to the end of
+  // the after window.
+  std::chrono::milliseconds every{1000};
+  // steadyState.after: after the rollback the probes go on for `settle` (recorded, not judged),
+  // then the steady state is judged over the next `window` (every SLO over it with its minSamples;
+  // unset: until each SLO has its minSamples and each probe no SLO covers one sample). Time to
+  // recover is measured within settle + window after each fault step's revert.
+  std::chrono::milliseconds afterSettle{0};
+  std::optional<std::chrono::milliseconds> afterWindow;
 };
 
 // A fault without a duration in the file is held this long; no fault may be held longer than

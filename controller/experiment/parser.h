@@ -115,7 +115,10 @@ class Parser : public yaml::FieldReader {
   void parsePrometheusProbe(const Field& f, PrometheusProbe& out);
   void parseLatencies(const MapNode& h, milliseconds* maxLatency, milliseconds& timeout);
   std::optional<std::string> regex(const Field& f);
-  std::optional<Slo> parseSlo(const Field& f, const std::vector<Probe>& probes, std::map<std::string, int>& namesSeen);
+  // every: the probes' sampling period (a window that cannot hold minSamples samples is refused).
+  std::optional<Slo> parseSlo(const Field& f, const std::vector<Probe>& probes, std::map<std::string, int>& namesSeen,
+                              milliseconds every);
+  void parseAfter(const Field& f, Hypothesis& out);
 
   // method.cpp
   void parseMethod(const Field& f, std::vector<Step>& out);

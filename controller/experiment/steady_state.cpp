@@ -26,7 +26,7 @@ using namespace std::chrono_literals;
 
 namespace {
 
-constexpr std::array<std::string_view, 3> kSteadyStateKeys{"every", "probes", "slos"};
+constexpr std::array<std::string_view, 4> kSteadyStateKeys{"every", "probes", "slos", "after"};
 constexpr std::array<std::string_view, 6> kProbeKeys{"name", "guard", "http", "tcp", "command", "prometheus"};
 constexpr std::array<std::string_view, 4> kProbeKindKeys{"http", "tcp", "command", "prometheus"};
 constexpr std::array<std::string_view, 8> kHttpKeys{"url",          "method",    "headers",    "body",
@@ -34,7 +34,8 @@ constexpr std::array<std::string_view, 8> kHttpKeys{"url",          "method",   
 constexpr std::array<std::string_view, 3> kTcpKeys{"address", "maxLatency", "timeout"};
 constexpr std::array<std::string_view, 5> kCommandKeys{"argv", "shell", "expectExit", "stdoutMatch", "timeout"};
 constexpr std::array<std::string_view, 4> kPrometheusKeys{"url", "query", "expect", "timeout"};
-constexpr std::array<std::string_view, 4> kSloKeys{"name", "probe", "objective", "maxBurnRate"};
+constexpr std::array<std::string_view, 5> kSloKeys{"name", "probe", "objective", "maxBurnRate", "minSamples"};
+constexpr std::array<std::string_view, 2> kAfterKeys{"settle", "window"};
 constexpr std::array<std::string_view, 7> kHttpMethods{"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"};
 
 constexpr nanoseconds kMinEvery = 50ms;
@@ -93,7 +94,7 @@ tl::expected<std::pair<Comparison, double>, std::string> parseExpectation(std::s
 }  // namespace
 
 void Parser::parseSteadyState(const Field& f, Hypothesis& out) {
-  auto m = openMap(f, "a map with every, probes and slos");
+  auto m = openMap(f, "a map with every, probes, slos and after");
   if (!m) {
     return;
   }
@@ -140,16 +141,48 @@ void Parser::parseSteadyState(const Field& f, Hypothesis& out) {
     for (size_t i = 0; i < slos->value.size() && !full(); ++i) {
       const YAML::Node item = std::as_const(slos->value)[i];
       const Field itemField{item, item.IsNull() ? slos->mark : item.Mark(), fmt::format("{}[{}]", slos->path, i)};
-      if (auto slo = parseSlo(itemField, out.probes, sloNames)) {
+      if (auto slo = parseSlo(itemField, out.probes, sloNames, out.every)) {
         out.slos.push_back(std::move(*slo));
+      }
+    }
+  }
+  if (auto after = lookup(*m, "after")) {
+    parseAfter(*after, out);
+  }
+}
+
+void Parser::parseAfter(const Field& f, Hypothesis& out) {
+  auto m = openMap(f, "a map with settle and window, e.g. {settle: 5s, window: 30s}");
+  if (!m) {
+    return;
+  }
+  rejectUnknown(*m, kAfterKeys);
+  if (auto settle = lookup(*m, "settle")) {
+    if (auto d = durationIn(*settle, 0ms, kMaxStep, "from 0s to 1h", true)) {
+      out.afterSettle = std::chrono::duration_cast<milliseconds>(*d);
+    }
+  }
+  if (auto window = lookup(*m, "window")) {
+    if (auto d = durationIn(*window, 1s, kMaxStep, "from 1s to 1h", true)) {
+      const auto w = std::chrono::duration_cast<milliseconds>(*d);
+      out.afterWindow = w;
+      for (const auto& slo : out.slos) {
+        if (static_cast<uint64_t>(w / out.every) < slo.minSamples) {
+          error(window->mark, window->path,
+                fmt::format("{} sampled every {} holds at most {} sample(s), fewer than SLO {}'s minSamples {}; "
+                            "accepted: a window of at least {} ms",
+                            formatDuration(w), formatDuration(out.every), w / out.every, slo.name, slo.minSamples,
+                            out.every.count() * slo.minSamples));
+          break;
+        }
       }
     }
   }
 }
 
 std::optional<Slo> Parser::parseSlo(const Field& f, const std::vector<Probe>& probes,
-                                    std::map<std::string, int>& namesSeen) {
-  auto m = openMap(f, "a map with name, probe, objective and optionally maxBurnRate");
+                                    std::map<std::string, int>& namesSeen, milliseconds every) {
+  auto m = openMap(f, "a map with name, probe, objective and optionally maxBurnRate and minSamples");
   if (!m) {
     return std::nullopt;
   }
@@ -227,7 +260,24 @@ std::optional<Slo> Parser::parseSlo(const Field& f, const std::vector<Probe>& pr
       }
     }
   }
+  if (auto min = lookup(*m, "minSamples")) {
+    if (auto v = integer(*min, 1, kMaxMinSamples, "the fewest samples a window is judged on"); v && slo) {
+      slo->minSamples = static_cast<uint32_t>(*v);
+    }
+  }
   if (!slo) {
+    return std::nullopt;
+  }
+  // A window that can never hold minSamples samples would never judge anything.
+  if (const auto most = static_cast<uint64_t>(slo->window / every); most < slo->minSamples) {
+    const auto where = lookup(*m, "minSamples");
+    const Field& at = where ? *where : f;
+    error(
+        at.mark, at.path,
+        fmt::format("SLO '{}': a window of {} sampled every {} holds at most {} sample(s), fewer than minSamples {}{}; "
+                    "accepted: a longer window ('over ...'), a shorter steadyState.every, or a smaller minSamples",
+                    name, formatDuration(slo->window), formatDuration(every), most, slo->minSamples,
+                    where ? "" : " (the default)"));
     return std::nullopt;
   }
   slo->name = name;

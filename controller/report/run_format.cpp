@@ -146,8 +146,80 @@ int phaseRank(const std::string& phase) {
 
 struct PhaseStats {
   std::size_t failed = 0;
-  std::vector<double> latencies;
+  std::size_t samples = 0;
+  std::vector<double> latencies;  // of the successful samples only
 };
+
+// The latencies of one probe in one phase and step of the run ("during" of step "2").
+struct LatencySummary {
+  std::string probe;
+  std::string phase;
+  std::string step;
+  std::size_t samples = 0;
+  std::size_t failed = 0;
+  std::size_t ok = 0;  // the successful samples the percentiles stand on
+  std::optional<double> p50, p90, p99, max;
+};
+
+// "\nrecovery\n" and one line per fault step's step.recovered or step.not_recovered event; "" when
+// the run has none.
+std::string formatRecovery(const v1::Run& run) {
+  std::string out;
+  for (const auto& e : run.events()) {
+    if (e.kind() == "step.recovered" || e.kind() == "step.not_recovered") {
+      out += oneLine(e.message()) + "\n";
+    }
+  }
+  return out.empty() ? out : "\nrecovery (from a step's revert until every SLO held again)\n" + out;
+}
+
+// Nearest rank: the value at rank ceil(p/100 * n) of the n sorted values.
+double nearestRank(const std::vector<double>& sorted, double p) {
+  const auto rank = static_cast<std::size_t>(std::ceil(p / 100.0 * static_cast<double>(sorted.size())));
+  return sorted[std::clamp<std::size_t>(rank, 1, sorted.size()) - 1];
+}
+
+// Per probe, and per phase and step in the order they first appear: samples, failed samples, and
+// the percentiles of the successful samples' latencies (failed samples have none of their own).
+std::vector<LatencySummary> latencySummaries(const v1::Run& run) {
+  std::map<std::string, std::vector<std::pair<std::pair<std::string, std::string>, PhaseStats>>> stats;
+  for (const auto& sample : run.samples()) {
+    auto& segments = stats[oneLine(sample.probe())];
+    const std::pair<std::string, std::string> key{oneLine(sample.phase()), oneLine(sample.step())};
+    auto it = std::find_if(segments.begin(), segments.end(), [&](const auto& kv) { return kv.first == key; });
+    if (it == segments.end()) {
+      segments.emplace_back(key, PhaseStats{});
+      it = std::prev(segments.end());
+    }
+    ++it->second.samples;
+    if (sample.ok()) {
+      it->second.latencies.push_back(sample.latency_ms());
+    } else {
+      ++it->second.failed;
+    }
+  }
+  std::vector<LatencySummary> out;
+  for (auto& [probe, segments] : stats) {
+    for (auto& [key, s] : segments) {
+      LatencySummary l;
+      l.probe = probe;
+      l.phase = key.first;
+      l.step = key.second;
+      l.samples = s.samples;
+      l.failed = s.failed;
+      l.ok = s.latencies.size();
+      std::sort(s.latencies.begin(), s.latencies.end());
+      if (!s.latencies.empty()) {
+        l.p50 = nearestRank(s.latencies, 50);
+        l.p90 = nearestRank(s.latencies, 90);
+        l.p99 = nearestRank(s.latencies, 99);
+        l.max = s.latencies.back();
+      }
+      out.push_back(std::move(l));
+    }
+  }
+  return out;
+}
 
 // Rows of cells printed as columns: the first `leftColumns` left-aligned, the rest right-aligned.
 std::string table(const std::vector<std::vector<std::string>>& rows, std::size_t leftColumns) {
@@ -236,11 +308,20 @@ std::string sloCheckText(const v1::SloCheck& check) {
     const bool percent = m.sli() == "errors";
     const bool latency = !percent && m.sli() != "value" && m.sli() != "throughput" && m.sli() != "saturation";
     const char* unit = latency ? "ms" : percent ? "%" : "";
-    out += fmt::format("{}{} {:.4g}{} ({} {:g}{}){}", out.empty() ? "" : ", ", m.sli(), m.value(), unit, m.comparison(),
-                       m.threshold(), unit, m.ok() ? "" : " FAILED");
+    // How many samples a latency stands on, when fewer than the window's (the failed ones have
+    // none); records from before it was kept have 0.
+    const std::string basis = latency && m.samples() > 0 && m.samples() != check.samples()
+                                  ? fmt::format(", {} successful", m.samples())
+                                  : std::string();
+    const std::string value = std::isnan(m.value()) ? std::string("none") : fmt::format("{:.4g}{}", m.value(), unit);
+    out += fmt::format("{}{} {} ({} {:g}{}{}){}", out.empty() ? "" : ", ", m.sli(), value, m.comparison(),
+                       m.threshold(), unit, basis, m.ok() || check.not_enough_data() ? "" : " FAILED");
   }
   if (check.burn_rate() > 0) {
     out += fmt::format(", burn {:.1f}x", check.burn_rate());
+  }
+  if (check.not_enough_data()) {
+    return fmt::format("not enough data: {} of {} sample(s) ({})", check.samples(), check.min_samples(), out);
   }
   return fmt::format("{} over {} sample(s)", out, check.samples());
 }
@@ -259,10 +340,11 @@ std::string formatSloSummary(const v1::Run& run) {
   for (const auto& c : run.slo_checks()) {
     Stats& s = stats[oneLine(c.slo())][{phaseRank(c.phase()), oneLine(c.phase())}];
     ++s.checks;
-    if (!c.ok()) {
+    const bool failed = !c.ok() && !c.not_enough_data();  // too few samples judges nothing
+    if (failed) {
       ++s.failed;
     }
-    if (s.shown == nullptr || s.shown->ok()) {
+    if (s.shown == nullptr || s.shown->ok() || s.shown->not_enough_data()) {
       s.shown = &c;
     }
   }
@@ -366,27 +448,16 @@ std::string formatTimeline(const v1::Run& run) {
   if (run.samples().empty()) {
     out += "(none)\n";
     out += "\nslos\n" + formatSloSummary(run);
+    out += formatRecovery(run);
     return out;
   }
-  // probe -> (rank, phase) -> stats; std::map keeps probes by name and phases in order.
-  std::map<std::string, std::map<std::pair<int, std::string>, PhaseStats>> stats;
-  for (const auto& sample : run.samples()) {
-    PhaseStats& s = stats[oneLine(sample.probe())][{phaseRank(sample.phase()), oneLine(sample.phase())}];
-    s.latencies.push_back(sample.latency_ms());
-    if (!sample.ok()) {
-      ++s.failed;
-    }
-  }
+  // Latency percentiles (nearest rank) of the successful samples, per probe, phase and step.
   std::vector<std::vector<std::string>> rows;
-  rows.push_back({"PROBE", "PHASE", "SAMPLES", "FAILED", "P50 MS", "MAX MS"});
-  for (auto& [probe, phases] : stats) {
-    for (auto& [key, s] : phases) {
-      std::sort(s.latencies.begin(), s.latencies.end());
-      const std::size_t n = s.latencies.size();
-      const double p50 = s.latencies[(n + 1) / 2 - 1];  // nearest rank
-      rows.push_back({probe, key.second, fmt::format("{}", n), fmt::format("{}", s.failed), fmt::format("{:.1f}", p50),
-                      fmt::format("{:.1f}", s.latencies.back())});
-    }
+  rows.push_back({"PROBE", "PHASE", "STEP", "SAMPLES", "FAILED", "P50 MS", "P90 MS", "P99 MS", "MAX MS"});
+  const auto ms = [](const std::optional<double>& v) { return v ? fmt::format("{:.1f}", *v) : std::string("-"); };
+  for (const auto& l : latencySummaries(run)) {
+    rows.push_back({l.probe, l.phase, l.step.empty() ? "-" : l.step, fmt::format("{}", l.samples),
+                    fmt::format("{}", l.failed), ms(l.p50), ms(l.p90), ms(l.p99), ms(l.max)});
   }
   std::vector<std::size_t> widths(rows.front().size(), 0);
   for (const auto& row : rows) {
@@ -397,11 +468,13 @@ std::string formatTimeline(const v1::Run& run) {
   for (const auto& row : rows) {
     std::vector<std::string> columns;
     for (std::size_t i = 0; i < row.size(); ++i) {
-      columns.push_back(i < 2 ? padRight(row[i], widths[i]) : padLeft(row[i], widths[i]));
+      columns.push_back(i < 3 ? padRight(row[i], widths[i]) : padLeft(row[i], widths[i]));
     }
     out += joinColumns(columns);
   }
+  out += "(percentiles: nearest rank over the successful samples; a failed sample has no latency)\n";
   out += "\nslos\n" + formatSloSummary(run);
+  out += formatRecovery(run);
   return out;
 }
 
@@ -437,6 +510,9 @@ nlohmann::json eventJson(const v1::RunEvent& e) {
   }
   if (e.has_skew()) {
     j["skewMs"] = static_cast<double>(google::protobuf::util::TimeUtil::DurationToNanoseconds(e.skew())) / 1e6;
+  }
+  if (e.has_recovery()) {
+    j["recoveryMs"] = static_cast<double>(google::protobuf::util::TimeUtil::DurationToNanoseconds(e.recovery())) / 1e6;
   }
   return j;
 }
@@ -577,7 +653,7 @@ std::string formatJournal(const v1::Run& run, const std::string& fileName, const
   for (const auto& s : run.samples()) {
     nlohmann::json sample{{"at", isoUtc(s.at())}, {"probe", s.probe()}, {"kind", s.kind()},
                           {"phase", s.phase()},   {"ok", s.ok()},       {"latencyMs", s.latency_ms()},
-                          {"detail", s.detail()}, {"guard", s.guard()}};
+                          {"detail", s.detail()}, {"guard", s.guard()}, {"step", s.step()}};
     if (s.has_value()) {
       sample["value"] = std::isfinite(s.value()) ? nlohmann::json(s.value()) : nlohmann::json(nullptr);
     }
@@ -591,7 +667,8 @@ std::string formatJournal(const v1::Run& run, const std::string& fileName, const
                           {"value", std::isfinite(m.value()) ? nlohmann::json(m.value()) : nlohmann::json(nullptr)},
                           {"comparison", m.comparison()},
                           {"threshold", m.threshold()},
-                          {"ok", m.ok()}});
+                          {"ok", m.ok()},
+                          {"samples", m.samples()}});
     }
     j["slis"].push_back({{"at", isoUtc(c.at())},
                          {"slo", c.slo()},
@@ -601,7 +678,31 @@ std::string formatJournal(const v1::Run& run, const std::string& fileName, const
                          {"ok", c.ok()},
                          {"samples", c.samples()},
                          {"burnRate", c.burn_rate()},
+                         {"notEnoughData", c.not_enough_data()},
+                         {"minSamples", c.min_samples()},
                          {"measures", std::move(measures)}});
+  }
+  j["latencies"] = nlohmann::json::array();
+  const auto msOrNull = [](const std::optional<double>& v) { return v ? nlohmann::json(*v) : nlohmann::json(nullptr); };
+  for (const auto& l : latencySummaries(run)) {
+    j["latencies"].push_back({{"probe", l.probe},
+                              {"phase", l.phase},
+                              {"step", l.step},
+                              {"samples", l.samples},
+                              {"failed", l.failed},
+                              {"p50Ms", msOrNull(l.p50)},
+                              {"p90Ms", msOrNull(l.p90)},
+                              {"p99Ms", msOrNull(l.p99)},
+                              {"maxMs", msOrNull(l.max)}});
+  }
+  j["recovery"] = nlohmann::json::array();
+  for (const auto& e : run.events()) {
+    if (e.kind() == "step.recovered" || e.kind() == "step.not_recovered") {
+      j["recovery"].push_back(
+          {{"message", e.message()},
+           {"recovered", e.kind() == "step.recovered"},
+           {"ms", static_cast<double>(google::protobuf::util::TimeUtil::DurationToNanoseconds(e.recovery())) / 1e6}});
+    }
   }
   j["verdict"] = {{"verdict", verdictWord(run.verdict())},
                   {"reason", run.reason()},
@@ -674,18 +775,24 @@ std::string formatJUnit(const v1::Run& run, const Experiment& experiment, const 
       }
       TestCase tc = testCase(suite + ".steadyState", fmt::format("{}: SLO {} ({})", phase, slo.name, slo.objective));
       std::size_t n = 0;
+      std::size_t judged = 0;  // checks over at least minSamples samples
       const v1::SloCheck* firstFailed = nullptr;
       const v1::SloCheck* last = nullptr;
       for (const auto& c : run.slo_checks()) {
         if (c.slo() == slo.name && c.phase() == phase) {
           ++n;
           last = &c;
-          if (!c.ok() && firstFailed == nullptr) {
+          judged += c.not_enough_data() ? 0 : 1;
+          if (!c.ok() && !c.not_enough_data() && firstFailed == nullptr) {
             firstFailed = &c;
           }
         }
       }
-      if (n == 0) {
+      if (n > 0 && judged == 0) {
+        // Too few samples judges nothing: before the method that is no verified steady state.
+        tc.outcome = phase == "before" ? TestCase::Outcome::kFailed : TestCase::Outcome::kSkipped;
+        tc.message = sloCheckText(*last);
+      } else if (n == 0) {
         tc.outcome = TestCase::Outcome::kSkipped;
         tc.message = fmt::format("no check {} the faults (the run ended first)", phase == "during" ? "while" : phase);
       } else if (firstFailed != nullptr) {
@@ -784,6 +891,15 @@ std::string formatJUnit(const v1::Run& run, const Experiment& experiment, const 
   };
   for (const auto& [k, v] : properties) {
     out += fmt::format("    <property name=\"{}\" value=\"{}\"/>\n", k, xmlEscape(v));
+  }
+  // Time to recover per fault step: faultline.recovery.step-2 = "step 2: recovered 1.9s after ...".
+  for (const auto& e : run.events()) {
+    if ((e.kind() == "step.recovered" || e.kind() == "step.not_recovered") && e.message().rfind("step ", 0) == 0) {
+      const auto colon = e.message().find(':');
+      const std::string label = e.message().substr(5, colon == std::string::npos ? 0 : colon - 5);
+      out += fmt::format("    <property name=\"faultline.recovery.step-{}\" value=\"{}\"/>\n", xmlEscape(label),
+                         xmlEscape(e.message()));
+    }
   }
   out += "  </properties>\n";
   for (const auto& c : cases) {

@@ -28,10 +28,12 @@ using SecretNames = std::set<std::string>;
 // events in time order as "+SECONDS.mmm  HOST  KIND  MESSAGE" relative to the start (host "-"
 // for run-level events),
 // the faults' windows per host ("HOST STEP FROM TO HELD END": each fault.applied to the host's
-// next fault.reverted, fault.expired or fault.failed), per probe and phase (before, during, after,
-// then any other) the number of samples, the failed ones, and the p50 (nearest rank) and maximum
-// latency in ms, and per SLO and phase the number of checks, the failed ones and the SLIs of the
-// first failed check (else the last). Ends with a newline.
+// next fault.reverted, fault.expired or fault.failed), per probe, phase and method step (in the
+// order they first appear: before, during of step 1, wait of step 2, ..., settle, after) the
+// number of samples, the failed ones, and the p50, p90, p99 (nearest rank) and maximum latency in
+// ms of the successful samples ("-" when there is none), per SLO and phase the number of checks,
+// the failed ones and the SLIs of the first failed check (else the last), and each fault step's
+// time to recover (its step.recovered or step.not_recovered event). Ends with a newline.
 [[nodiscard]] std::string formatTimeline(const v1::Run& run);
 
 // The JSON journal of a run (--journal FILE): {"format": "faultline-journal/v1", "run": {id,
@@ -40,10 +42,13 @@ using SecretNames = std::set<std::string>;
 // isSecretVariableName() says is a secret, and those in secretNames: those stay ${NAME}), variables: [{name, value} or
 // {name, redacted: true} for a secret, by name]}, "hosts": [host names from the events],
 // "targets": [the targets.resolved messages], "events": [{at, host, kind, message, verdict?,
-// startAt? and skewMs? (step.skew: the start time sent and the spread, milliseconds)}],
-// "samples": [{at, probe, kind, phase, ok, latencyMs, detail, guard, value?}], "slis": [{at, slo,
-// probe, objective, phase, ok, samples, burnRate, measures: [{sli, value, comparison, threshold,
-// ok}]}], "verdict": {verdict, reason, exitCode}}. Times are RFC 3339 UTC. Invalid
+// startAt? and skewMs? (step.skew: the start time sent and the spread, milliseconds), recoveryMs?
+// (step.recovered, step.not_recovered)}], "samples": [{at, probe, kind, phase, ok, latencyMs,
+// detail, guard, step, value?}], "slis": [{at, slo, probe, objective, phase, ok, samples, burnRate,
+// notEnoughData, minSamples, measures: [{sli, value, comparison, threshold, ok, samples}]}],
+// "latencies": [{probe, phase, step, samples, failed, p50Ms, p90Ms, p99Ms, maxMs} as in the
+// timeline, null without a successful sample], "recovery": [{message, recovered, ms}], "verdict":
+// {verdict, reason, exitCode}}. Times are RFC 3339 UTC. Invalid
 // UTF-8 in recorded text is replaced (U+FFFD). Ends with a newline.
 [[nodiscard]] std::string formatJournal(const v1::Run& run, const std::string& fileName,
                                         const std::string& experimentYaml, const Variables& vars = {},
@@ -65,10 +70,12 @@ using SecretNames = std::set<std::string>;
 // JUnit XML (--junit FILE) in the form of the Apache Ant JUnit schema (tests/junit/junit.xsd): one
 // <testsuite> named after the experiment; one <testcase> per hypothesis check (classname
 // EXPERIMENT.steadyState, per phase before/during/after: each probe no SLO covers, and guards,
-// failed when any of its samples failed; each SLO, failed when any check failed) and per method
-// step (classname EXPERIMENT.method; the step the run ended in carries the verdict and reason as
-// a failure, or as an error for an execution error; steps never started are skipped). The
-// events go to <system-out>. hostname: where the run was started ("localhost" when empty).
+// failed when any of its samples failed; each SLO, failed when any check over at least its minSamples failed, skipped
+// when none had enough samples, failed then before the method) and per method step (classname EXPERIMENT.method; the
+// step the run ended in carries the verdict and reason as a failure, or as an error for an execution error; steps never
+// started are skipped). The events go to <system-out>; each fault step's time to recover is a property
+// faultline.recovery.step-N (its step.recovered or step.not_recovered message). hostname: where the run was started
+// ("localhost" when empty).
 [[nodiscard]] std::string formatJUnit(const v1::Run& run, const Experiment& experiment, const std::string& hostname);
 
 // text for an XML attribute or element: & < > " ' as entities, control characters other than tab,

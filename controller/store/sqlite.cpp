@@ -36,7 +36,7 @@ using google::protobuf::util::TimeUtil;
 // The schema, one step per version: step i takes the database from user_version i to i + 1.
 // Never edit a step that has shipped; add a new one (e.g. "ALTER TABLE runs ADD COLUMN ...").
 // Timestamps are integer microseconds since the Unix epoch (UTC).
-constexpr std::array<std::string_view, 5> kMigrations = {
+constexpr std::array<std::string_view, 6> kMigrations = {
     R"sql(
 CREATE TABLE runs (
   run_id      TEXT PRIMARY KEY NOT NULL,
@@ -135,6 +135,15 @@ CREATE TABLE fires (
   manual     INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX fires_by_schedule ON fires (schedule, planned_at);
+)sql",
+    // 6: honest statistics and recovery: a sample's method step; an SLO check judged on too few
+    // samples (not_enough_data, min_samples; each measure's sample count is in its JSON as
+    // "samples"); a step.recovered event's time to recover (nanoseconds).
+    R"sql(
+ALTER TABLE samples ADD COLUMN step TEXT NOT NULL DEFAULT '';
+ALTER TABLE slo_checks ADD COLUMN not_enough_data INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE slo_checks ADD COLUMN min_samples INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE events ADD COLUMN recovery_ns INTEGER;
 )sql",
 };
 
@@ -386,26 +395,28 @@ class SqliteRecordStore final : public RecordStore, public ScheduleStore {
         "INSERT INTO runs (run_id, experiment, file_sha256, trigger, started_at, owner, schedule, fire_at) VALUES (?1, "
         "?2, ?3, ?4, ?5, ?6, ?7, ?8)");
     insertEvent_ = prepare(
-        "INSERT INTO events (run_id, seq, at, host, kind, message, verdict, start_at, skew_ns, fault_id) VALUES "
-        "(?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE run_id = ?1), ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)");
+        "INSERT INTO events (run_id, seq, at, host, kind, message, verdict, start_at, skew_ns, fault_id, recovery_ns) "
+        "VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE run_id = ?1), ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, "
+        "?10)");
     insertSample_ = prepare(
-        "INSERT INTO samples (run_id, at, probe, phase, ok, latency_ms, detail, value, kind, guard) "
-        "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)");
+        "INSERT INTO samples (run_id, at, probe, phase, ok, latency_ms, detail, value, kind, guard, step) "
+        "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)");
     insertSloCheck_ = prepare(
-        "INSERT INTO slo_checks (run_id, at, slo, probe, phase, ok, samples, burn_rate, objective, measures) "
-        "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)");
+        "INSERT INTO slo_checks (run_id, at, slo, probe, phase, ok, samples, burn_rate, objective, measures, "
+        "not_enough_data, min_samples) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)");
     selectSloChecks_ = prepare(
-        "SELECT at, slo, probe, phase, ok, samples, burn_rate, objective, measures FROM slo_checks "
+        "SELECT at, slo, probe, phase, ok, samples, burn_rate, objective, measures, not_enough_data, min_samples "
+        "FROM slo_checks "
         "WHERE run_id = ?1 ORDER BY at, rowid");
     finishRun_ = prepare("UPDATE runs SET ended_at = ?2, verdict = ?3, reason = ?4 WHERE run_id = ?1");
     selectRun_ = prepare(
         "SELECT run_id, experiment, file_sha256, trigger, started_at, ended_at, verdict, reason, schedule, fire_at "
         "FROM runs WHERE run_id = ?1");
     selectEvents_ = prepare(
-        "SELECT at, host, kind, message, verdict, start_at, skew_ns, fault_id FROM events WHERE run_id = ?1 ORDER BY "
-        "at, seq");
+        "SELECT at, host, kind, message, verdict, start_at, skew_ns, fault_id, recovery_ns FROM events WHERE run_id = "
+        "?1 ORDER BY at, seq");
     selectSamples_ = prepare(
-        "SELECT at, probe, phase, ok, latency_ms, detail, value, kind, guard FROM samples WHERE run_id = ?1 "
+        "SELECT at, probe, phase, ok, latency_ms, detail, value, kind, guard, step FROM samples WHERE run_id = ?1 "
         "ORDER BY at, rowid");
     listRuns_ = prepare(
         "SELECT run_id, experiment, file_sha256, trigger, started_at, ended_at, verdict, reason, schedule, fire_at "
@@ -474,6 +485,11 @@ class SqliteRecordStore final : public RecordStore, public ScheduleStore {
       check(sqlite3_bind_null(use.get(), 8), "bind");
     }
     bindText(use, 9, event.fault_id());
+    if (event.has_recovery()) {
+      bindInt(use, 10, TimeUtil::DurationToNanoseconds(event.recovery()));
+    } else {
+      check(sqlite3_bind_null(use.get(), 10), "bind");
+    }
     stepWrite(use, "addEvent", event.run_id());
   }
 
@@ -495,6 +511,7 @@ class SqliteRecordStore final : public RecordStore, public ScheduleStore {
     }
     bindText(use, 9, sample.kind());
     bindInt(use, 10, sample.guard() ? 1 : 0);
+    bindText(use, 11, sample.step());
     stepWrite(use, "addSample", runId);
   }
 
@@ -506,7 +523,8 @@ class SqliteRecordStore final : public RecordStore, public ScheduleStore {
                           {"value", m.value()},
                           {"comparison", m.comparison()},
                           {"threshold", m.threshold()},
-                          {"ok", m.ok()}});
+                          {"ok", m.ok()},
+                          {"samples", m.samples()}});
     }
     const std::string measuresText = measures.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
     std::lock_guard lock(mutex_);
@@ -521,6 +539,8 @@ class SqliteRecordStore final : public RecordStore, public ScheduleStore {
     check(sqlite3_bind_double(use.get(), 8, c.burn_rate()), "bind");
     bindText(use, 9, c.objective());
     bindText(use, 10, measuresText);
+    bindInt(use, 11, c.not_enough_data() ? 1 : 0);
+    bindInt(use, 12, c.min_samples());
     stepWrite(use, "addSloCheck", runId);
   }
 
@@ -571,6 +591,9 @@ class SqliteRecordStore final : public RecordStore, public ScheduleStore {
           *event->mutable_skew() = TimeUtil::NanosecondsToDuration(sqlite3_column_int64(use.get(), 6));
         }
         event->set_fault_id(columnText(use.get(), 7));
+        if (sqlite3_column_type(use.get(), 8) != SQLITE_NULL) {
+          *event->mutable_recovery() = TimeUtil::NanosecondsToDuration(sqlite3_column_int64(use.get(), 8));
+        }
       }
     }
     {
@@ -589,6 +612,7 @@ class SqliteRecordStore final : public RecordStore, public ScheduleStore {
         }
         sample->set_kind(columnText(use.get(), 7));
         sample->set_guard(sqlite3_column_int(use.get(), 8) != 0);
+        sample->set_step(columnText(use.get(), 9));
       }
     }
     {
@@ -616,8 +640,11 @@ class SqliteRecordStore final : public RecordStore, public ScheduleStore {
             out->set_comparison(m.value("comparison", ""));
             out->set_threshold(m.value("threshold", 0.0));
             out->set_ok(m.value("ok", false));
+            out->set_samples(m.value("samples", 0U));
           }
         }
+        c->set_not_enough_data(sqlite3_column_int(use.get(), 9) != 0);
+        c->set_min_samples(static_cast<uint32_t>(sqlite3_column_int64(use.get(), 10)));
       }
     }
     txn.commit();

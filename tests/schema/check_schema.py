@@ -99,6 +99,13 @@ expect_invalid("SLO without objective", probe_head + "{name: a, tcp: {address: '
                "  slos:\n    - {name: s, probe: a}\n" + wait)
 expect_invalid("maxBurnRate 0", probe_head + "{name: a, tcp: {address: 'a:1'}}\n"
                "  slos:\n    - {name: s, probe: a, objective: 'errors < 1%', maxBurnRate: 0}\n" + wait)
+expect_valid("minSamples and steadyState.after", probe_head + "{name: a, tcp: {address: 'a:1'}}\n"
+             "  slos:\n    - {name: s, probe: a, objective: 'errors < 5% over 10s', minSamples: 8}\n"
+             "  after: {settle: 5s, window: 30s}\n" + wait)
+expect_invalid("minSamples 0", probe_head + "{name: a, tcp: {address: 'a:1'}}\n"
+               "  slos:\n    - {name: s, probe: a, objective: 'errors < 1%', minSamples: 0}\n" + wait)
+expect_invalid("unknown key of after", probe_head + "{name: a, tcp: {address: 'a:1'}}\n"
+               "  after: {settle: 5s, windw: 30s}\n" + wait)
 expect_invalid("unknown top-level key", header + "metod:\n  - wait: 1s\n")
 expect_invalid("key of another fault type", header +
                "method:\n  - fault: {type: network.delay, target: {interface: e}, delay: 1ms, percent: 5}\n")

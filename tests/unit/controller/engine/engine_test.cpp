@@ -120,10 +120,18 @@ TEST_CASE("engine: a fault held and reverted with the steady state intact is 'he
   REQUIRE(rec.has_value());
   CHECK(rec->verdict() == v1::VERDICT_HELD);
   std::set<std::string> phases;
+  std::set<std::string> steps;
   for (const auto& s : rec->samples()) {
     phases.insert(s.phase());
+    if (s.phase() == "during") {
+      steps.insert(s.step());
+    }
   }
-  CHECK(phases == std::set<std::string>{"before", "during", "after"});
+  // The whole run is observed: before, during the fault, the wait step, after the rollback.
+  CHECK(phases.count("before") == 1);
+  CHECK(phases.count("during") == 1);
+  CHECK(phases.count("after") == 1);
+  CHECK(steps == std::set<std::string>{"1"});
 }
 
 TEST_CASE("engine: step.skew comes after the fault.applied events it measures, reports from other threads too") {
@@ -143,6 +151,7 @@ TEST_CASE("engine: step.skew comes after the fault.applied events it measures, r
       h.options);
   CHECK(engine.run(RunRequest{"run-1", "unit.yaml", std::string(64, 'a'), "cli", experiment(100ms)}, StopSignal{}) ==
         v1::VERDICT_HELD);
+  INFO(h.store->getRun("run-1")->reason());
   std::vector<std::string> kinds;
   for (const auto& e : h.events) {
     if (e.kind() == "fault.applied" || e.kind() == "step.skew") {
@@ -600,26 +609,43 @@ TEST_CASE("engine: an SLO already failing before the method is 'not steady', not
   CHECK(verdict == v1::VERDICT_NOT_STEADY);
   CHECK(h.fleet.sentCount(v1::ControllerMessage::kInject) == 0);
   const auto reason = h.store->getRun("run-1")->reason();
-  CHECK(reason.find("SLO web-slo (p95 < 50ms): p95 80ms (< 50ms) FAILED over 1 sample(s)") != std::string::npos);
+  // Judged on the SLO's minSamples (5), never on one sample.
+  CHECK(reason.find("SLO web-slo (p95 < 50ms): p95 80ms (< 50ms) FAILED over ") != std::string::npos);
+  const auto rec = h.store->getRun("run-1");
+  REQUIRE(rec->slo_checks_size() >= 1);
+  CHECK(rec->slo_checks(0).phase() == "before");
+  CHECK(rec->slo_checks(0).samples() >= 5);
+  CHECK_FALSE(rec->slo_checks(0).not_enough_data());
 }
 
-TEST_CASE("engine: probes of one round run concurrently") {
+TEST_CASE("engine: each probe samples on its own schedule: a hanging probe never delays another's samples") {
   SloHarness h;
   h.fleet.addAgent("a1", {});
-  Experiment e = experiment(50ms);
-  for (int i = 0; i < 4; ++i) {
-    Probe p;
-    p.name = "slow" + std::to_string(i);
-    e.hypothesis.probes.push_back(p);
+  Experiment e = experiment(1s);
+  Probe slow;
+  slow.name = "slow";
+  e.hypothesis.probes.push_back(slow);
+  e.hypothesis.every = 50ms;
+  const auto verdict = h.run(e, [](const Probe& p, int, bool) {
+    if (p.name == "slow") {
+      std::this_thread::sleep_for(700ms);  // a server that hangs 700 ms per answer
+      return ok(700ms);
+    }
+    return ok(1ms);
+  });
+  CHECK(verdict == v1::VERDICT_HELD);
+  auto rec = h.store->getRun("run-1");
+  REQUIRE(rec.has_value());
+  int webDuring = 0;
+  int slowDuring = 0;
+  for (const auto& s : rec->samples()) {
+    if (s.phase() == "during") {
+      (s.probe() == "web" ? webDuring : slowDuring) += 1;
+    }
   }
-  e.hypothesis.every = 1s;
-  const auto start = std::chrono::steady_clock::now();
-  CHECK(h.run(e, [](const Probe&, int, bool) {
-    std::this_thread::sleep_for(200ms);
-    return ok(200ms);
-  }) == v1::VERDICT_HELD);
-  // before, during, after: 3 rounds of 5 probes of 200 ms; one after another would take 3 s.
-  CHECK(std::chrono::steady_clock::now() - start < 2s);
+  // The slow probe's first sample ends 700 ms in; by then web sampled every 50 ms.
+  CHECK(slowDuring >= 1);
+  CHECK(webDuring >= 5);
 }
 
 TEST_CASE("engine: a probe step samples any kind of probe; a failure violates even an SLO-covered probe, run goes on") {
@@ -633,6 +659,7 @@ TEST_CASE("engine: a probe step samples any kind of probe; a failure violates ev
   Slo slo = *parseObjective("errors < 50% over 10s");
   slo.name = "cmd-slo";
   slo.probe = "cmd";
+  slo.minSamples = 1;  // judged on every sample during the 100 ms fault
   e.hypothesis.slos.push_back(slo);
   // fault 100ms, probe cmd (fails once: the first sample after the fault), wait 10ms.
   e.method.insert(e.method.begin() + 1, Step{ProbeStep{"cmd"}});
@@ -644,7 +671,8 @@ TEST_CASE("engine: a probe step samples any kind of probe; a failure violates ev
     }
     if (active) {
       sawActive = true;
-    } else if (sawActive && !failedOnce.exchange(true)) {
+    } else if (sawActive) {
+      failedOnce = true;
       return Sample{false, 3ms, "exit 1, expected 0", std::nullopt};
     }
     return ok(1ms);
@@ -676,7 +704,8 @@ TEST_CASE("engine: a guard failing at a probe step of a parallel group aborts: f
   guard.kind = ProbeKind::kTcp;
   guard.guard = true;
   e.hypothesis.probes.push_back(guard);
-  e.hypothesis.every = 10s;  // no periodic round before the group's probe step
+  e.hypothesis.every = 1s;  // no periodic sample of db before the group's probe step
+  e.hypothesis.slos[0].minSamples = 1;
   ParallelStep group;
   group.steps.emplace_back(std::get<FaultStep>(e.method[0]));
   group.steps.emplace_back(ProbeStep{"db"});
@@ -812,4 +841,161 @@ TEST_CASE("engine: a disk that fills while a fault is held aborts the run, rever
     applied = applied || e.kind() == "fault.applied";
   }
   CHECK(applied);
+}
+
+TEST_CASE("engine: a guard failing during a wait step stops the method before the next step starts") {
+  SloHarness h;
+  h.fleet.addAgent("a1", {});
+  Experiment e = sloExperiment("p99 < 1s over 1s");  // fault, wait, fault "second"
+  e.hypothesis.slos[0].minSamples = 1;
+  std::get<FaultStep>(e.method[0]).duration = 100ms;
+  std::get<WaitStep>(e.method[1]).duration = 3s;
+  Probe guard;
+  guard.name = "db";
+  guard.kind = ProbeKind::kTcp;
+  guard.guard = true;
+  e.hypothesis.probes.push_back(guard);
+  // The database goes down after the first fault is reverted: during the wait, no fault held.
+  std::atomic<bool> sawActive{false};
+  const auto start = std::chrono::steady_clock::now();
+  const auto verdict = h.run(e, [&](const Probe& p, int, bool active) {
+    if (active) {
+      sawActive = true;
+    }
+    if (p.name == "db" && sawActive && !active) {
+      return Sample{false, 0ms, "connection refused", std::nullopt};
+    }
+    return ok(1ms);
+  });
+  CHECK(verdict == v1::VERDICT_ABORTED);
+  CHECK(std::chrono::steady_clock::now() - start < 3s);           // stopped within the wait, not after it
+  CHECK(h.fleet.sentCount(v1::ControllerMessage::kInject) == 1);  // the second fault never started
+  CHECK(h.fleet.activeCount() == 0);
+  auto rec = h.store->getRun("run-1");
+  REQUIRE(rec.has_value());
+  // "during step 2" (or, for a sample that started while the revert was being confirmed, "while
+  // the fault was active").
+  CHECK_MESSAGE(rec->reason().rfind("stop condition: guard probe db failed ", 0) == 0, rec->reason());
+  CHECK(rec->reason().find("connection refused") != std::string::npos);
+  REQUIRE(h.event("stop.condition").has_value());
+}
+
+TEST_CASE("engine: a guard failing at a probe step stops the method before the next step starts") {
+  SloHarness h;
+  h.fleet.addAgent("a1", {});
+  Experiment e = sloExperiment("p99 < 1s over 1s");
+  e.hypothesis.slos[0].minSamples = 1;
+  e.hypothesis.every = 1s;
+  std::get<FaultStep>(e.method[0]).duration = 100ms;
+  Probe guard;
+  guard.name = "db";
+  guard.kind = ProbeKind::kTcp;
+  guard.guard = true;
+  e.hypothesis.probes.push_back(guard);
+  // fault 100ms, probe db, wait, fault "second"
+  e.method.insert(e.method.begin() + 1, Step{ProbeStep{"db"}});
+  // The database is down once the first fault was sent and no fault is held.
+  const auto verdict = h.run(e, [&](const Probe& p, int, bool active) {
+    const bool injected = h.fleet.sentCount(v1::ControllerMessage::kInject) > 0;
+    return p.name == "db" && injected && !active ? Sample{false, 0ms, "connection refused", std::nullopt} : ok(1ms);
+  });
+  CHECK(verdict == v1::VERDICT_ABORTED);
+  CHECK(h.fleet.sentCount(v1::ControllerMessage::kInject) == 1);
+  CHECK(h.store->getRun("run-1")->reason() ==
+        "stop condition: guard probe db failed at the probe step, step 2 of the method: connection refused");
+  CHECK_FALSE(h.event("step.wait").has_value());  // step 3 never started
+}
+
+TEST_CASE("engine: an SLO whose window never held minSamples during the fault is 'not enough data', said so") {
+  SloHarness h;
+  h.fleet.addAgent("a1", {});
+  Experiment e = sloExperiment("errors < 20% over 10s");
+  e.method.pop_back();
+  e.hypothesis.every = 50ms;
+  e.hypothesis.slos[0].minSamples = 20;
+  std::get<FaultStep>(e.method[0]).duration = 300ms;  // about 6 samples
+  // Every sample fails while the fault is held: on 6 samples that judges nothing.
+  const auto verdict = h.run(e, [](const Probe&, int, bool active) { return active ? failed() : ok(1ms); });
+  CHECK(verdict == v1::VERDICT_HELD);
+  auto rec = h.store->getRun("run-1");
+  REQUIRE(rec.has_value());
+  CHECK(rec->reason().find("not judged: SLO web-slo while the faults were held: not enough data: ") !=
+        std::string::npos);
+  bool sawNotEnough = false;
+  for (const auto& c : rec->slo_checks()) {
+    if (c.phase() == "during") {
+      CHECK(c.not_enough_data());
+      CHECK(c.min_samples() == 20);
+      sawNotEnough = true;
+    }
+  }
+  CHECK(sawNotEnough);
+  CHECK_FALSE(h.event("slo.violated").has_value());
+}
+
+TEST_CASE("engine: time to recover runs from a fault step's revert until every SLO holds again") {
+  SloHarness h;
+  h.fleet.addAgent("a1", {});
+  Experiment e = sloExperiment("errors < 10% over 1s");
+  e.method.resize(1);
+  e.hypothesis.every = 20ms;
+  e.hypothesis.slos[0].maxBurnRate.reset();
+  std::get<FaultStep>(e.method[0]).duration = 200ms;
+  e.hypothesis.afterSettle = 0ms;
+  e.hypothesis.afterWindow = 2s;
+  // The service fails from the fault's start until 500 ms after it ends.
+  std::mutex m;
+  std::optional<std::chrono::steady_clock::time_point> lastActive;
+  const auto verdict = h.run(e, [&](const Probe&, int, bool active) {
+    std::lock_guard lock(m);
+    const auto now = std::chrono::steady_clock::now();
+    if (active) {
+      lastActive = now;
+    }
+    return lastActive && now - *lastActive < 500ms ? failed() : ok(1ms);
+  });
+  CHECK(verdict == v1::VERDICT_VIOLATED);  // the errors while the fault was held
+  const auto recovered = h.event("step.recovered");
+  REQUIRE(recovered.has_value());
+  const auto ttr =
+      std::chrono::nanoseconds{recovered->recovery().seconds() * 1'000'000'000LL + recovered->recovery().nanos()};
+  // 500 ms after the last sample that saw the fault, less the time the revert took to confirm.
+  CHECK(ttr >= 350ms);
+  CHECK(ttr < 700ms);
+  CHECK(recovered->message().rfind("step 1: recovered ", 0) == 0);
+  auto rec = h.store->getRun("run-1");
+  bool stored = false;
+  for (const auto& ev : rec->events()) {
+    stored = stored || (ev.kind() == "step.recovered" && ev.has_recovery());
+  }
+  CHECK(stored);
+}
+
+TEST_CASE("engine: a service that never comes back is 'not recovered within' the span observed") {
+  SloHarness h;
+  h.fleet.addAgent("a1", {});
+  Experiment e = sloExperiment("errors < 10% over 1s");
+  e.method.resize(1);
+  e.hypothesis.every = 20ms;
+  e.hypothesis.slos[0].maxBurnRate.reset();
+  std::get<FaultStep>(e.method[0]).duration = 100ms;
+  e.hypothesis.afterSettle = 200ms;
+  e.hypothesis.afterWindow = 1s;
+  std::atomic<bool> broken{false};
+  const auto verdict = h.run(e, [&](const Probe&, int, bool active) {
+    broken = broken || active;
+    return broken ? failed() : ok(1ms);
+  });
+  CHECK(verdict == v1::VERDICT_VIOLATED);
+  const auto notRecovered = h.event("step.not_recovered");
+  REQUIRE(notRecovered.has_value());
+  CHECK(notRecovered->message().rfind("step 1: not recovered within the ", 0) == 0);
+  CHECK_FALSE(h.event("step.recovered").has_value());
+  auto rec = h.store->getRun("run-1");
+  std::set<std::string> phases;
+  for (const auto& s : rec->samples()) {
+    phases.insert(s.phase());
+  }
+  CHECK(phases.count("settle") == 1);
+  CHECK(phases.count("after") == 1);
 }

@@ -1102,6 +1102,31 @@ TEST_CASE("bad probes and SLOs: file, line, column, field") {
            "    - name: api\n      http: {url: http://a/}\n  slos:\n    - {name: s, probe: api, objectve: p99 < 1s}\n" +
            wait,
        "steadyState.slos[0].objectve", 10, "did you mean 'objective'?"},
+      {"minSamples 0",
+       h + ss +
+           "    - name: api\n      http: {url: http://a/}\n  slos:\n    - {name: s, probe: api, objective: p99 < 1s, "
+           "minSamples: 0}\n" +
+           wait,
+       "steadyState.slos[0].minSamples", 10, "0 is out of range (accepted: 1..10000"},
+      {"a window that cannot hold the default minSamples",
+       h + ss +
+           "    - name: api\n      http: {url: http://a/}\n  slos:\n    - {name: s, probe: api, objective: errors < "
+           "20% over 3s}\n" +
+           wait,
+       "steadyState.slos[0]", 10,
+       "SLO 's': a window of 3s sampled every 1s holds at most 3 sample(s), fewer than minSamples 5 (the default)"},
+      {"a window that cannot hold minSamples",
+       h + ss +
+           "    - name: api\n      http: {url: http://a/}\n  slos:\n    - {name: s, probe: api, objective: errors < "
+           "20% over 10s, minSamples: 20}\n" +
+           wait,
+       "steadyState.slos[0].minSamples", 10, "holds at most 10 sample(s), fewer than minSamples 20;"},
+      {"an unknown key of after",
+       h + ss + "    - name: api\n      http: {url: http://a/}\n  after: {settle: 1s, windw: 10s}\n" + wait,
+       "steadyState.after.windw", 9, "did you mean 'window'?"},
+      {"an after window below 1s",
+       h + ss + "    - name: api\n      http: {url: http://a/}\n  after: {window: 500ms}\n" + wait,
+       "steadyState.after.window", 9, "from 1s to 1h"},
   };
   for (const Case& c : cases) {
     CAPTURE(c.what);
@@ -1294,4 +1319,31 @@ TEST_CASE("method: parallel members count toward the 1000 steps, aliases include
   CHECK(parseExperiment(std::string(kHeader) + "method:\n  - parallel: [{wait: 1s}, {wait: 2s}]\n  - wait: 1s\n",
                         "ok.yaml")
             .has_value());
+}
+
+TEST_CASE("steadyState: minSamples per SLO (default 5) and after: {settle, window}") {
+  const auto parsed = parseExperiment(std::string(kHeader) +
+                                          "steadyState:\n"
+                                          "  every: 200ms\n"
+                                          "  probes:\n"
+                                          "    - name: api\n"
+                                          "      http: {url: http://a/}\n"
+                                          "  slos:\n"
+                                          "    - {name: fast, probe: api, objective: p99 < 1s over 10s}\n"
+                                          "    - {name: strict, probe: api, objective: errors < 1% over 10s, "
+                                          "minSamples: 50}\n"
+                                          "  after: {settle: 5s, window: 30s}\n"
+                                          "method:\n  - wait: 1s\n",
+                                      "ok.yaml");
+  REQUIRE_MESSAGE(parsed.has_value(), (parsed ? "" : allDiagnostics(parsed.error())));
+  REQUIRE(parsed->hypothesis.slos.size() == 2);
+  CHECK(parsed->hypothesis.slos[0].minSamples == kDefaultMinSamples);
+  CHECK(parsed->hypothesis.slos[1].minSamples == 50);
+  CHECK(parsed->hypothesis.afterSettle == 5s);
+  REQUIRE(parsed->hypothesis.afterWindow.has_value());
+  CHECK(*parsed->hypothesis.afterWindow == 30s);
+  const auto plain = parseExperiment(std::string(kHeader) + "method:\n  - wait: 1s\n", "plain.yaml");
+  REQUIRE(plain.has_value());
+  CHECK(plain->hypothesis.afterSettle == 0ms);
+  CHECK_FALSE(plain->hypothesis.afterWindow.has_value());
 }

@@ -349,3 +349,72 @@ TEST_CASE("JUnit report: probe steps and a parallel group; each top-level step i
   CHECK(has(xml, R"x(<testcase name="step 2: parallel (3 steps)" classname="checkout-latency.method" time="5.800")x"));
   CHECK(has(xml, R"x(<testcase name="step 3: wait" classname="checkout-latency.method" time="1.000")x"));
 }
+
+TEST_CASE("show and journal: p50, p90, p99 and max of the successful samples per fault step; recovery") {
+  setenv("TZ", "UTC0", 1);
+  tzset();
+  v1::Run run;
+  run.set_run_id("r-0003");
+  run.set_experiment("checkout-latency");
+  *run.mutable_started_at() = at(0);
+  *run.mutable_ended_at() = at(20'000);
+  run.set_verdict(v1::VERDICT_HELD);
+  addEvent(run, 100, "", "step.fault", "step 1: network.delay 'slow' for 5s on 1 host(s)");
+  addEvent(run, 8'000, "", "step.fault", "step 3: network.delay 'slower' for 5s on 1 host(s)");
+  addEvent(run, 7'000, "", "step.recovered", "step 1: recovered 1.9s after its revert (every SLO held again)");
+  *run.mutable_events()->rbegin()->mutable_recovery() = TimeUtil::MillisecondsToDuration(1'900);
+  addEvent(run, 19'000, "", "step.not_recovered", "step 3: not recovered within the 6s observed after its revert");
+  *run.mutable_events()->rbegin()->mutable_recovery() = TimeUtil::MillisecondsToDuration(6'000);
+  addSample(run, 0, "api", "before", true, 10);
+  // Step 1: latencies 1..10 ms and two failures (a refused connection's 0.2 ms is no latency).
+  for (int i = 1; i <= 10; ++i) {
+    addSample(run, 100 + i, "api", "during", true, i);
+    run.mutable_samples()->rbegin()->set_step("1");
+  }
+  for (int i = 0; i < 2; ++i) {
+    addSample(run, 200 + i, "api", "during", false, 0.2);
+    run.mutable_samples()->rbegin()->set_step("1");
+  }
+  addSample(run, 6'000, "api", "wait", true, 3);
+  run.mutable_samples()->rbegin()->set_step("2");
+  // Step 3: only failures.
+  addSample(run, 8'100, "api", "during", false, 0.1);
+  run.mutable_samples()->rbegin()->set_step("3");
+  addSample(run, 15'000, "api", "after", true, 20);
+  addCheck(run, 300, "during", false, 400);
+  run.mutable_slo_checks()->rbegin()->set_not_enough_data(true);
+  run.mutable_slo_checks()->rbegin()->set_min_samples(5);
+
+  const std::string text = formatTimeline(run);
+  CHECK(has(text,
+            "PROBE  PHASE   STEP  SAMPLES  FAILED  P50 MS  P90 MS  P99 MS  MAX MS\n"
+            "api    before  -           1       0    10.0    10.0    10.0    10.0\n"
+            "api    during  1          12       2     5.0     9.0    10.0    10.0\n"
+            "api    wait    2           1       0     3.0     3.0     3.0     3.0\n"
+            "api    during  3           1       1       -       -       -       -\n"
+            "api    after   -           1       0    20.0    20.0    20.0    20.0\n"));
+  CHECK(has(text,
+            "recovery (from a step's revert until every SLO held again)\n"
+            "step 1: recovered 1.9s after its revert (every SLO held again)\n"
+            "step 3: not recovered within the 6s observed after its revert\n"));
+  // Too few samples judges nothing: not counted as failed.
+  CHECK(has(text, "api-slo  during       1       0  not enough data: 3 of 5 sample(s) (p99 400ms (< 300ms))\n"));
+
+  const auto j = nlohmann::json::parse(formatJournal(run, "x.yaml", kYaml));
+  REQUIRE(j["latencies"].size() == 5);
+  CHECK(j["latencies"][1] == nlohmann::json::parse(R"({"probe": "api", "phase": "during", "step": "1",
+      "samples": 12, "failed": 2, "p50Ms": 5.0, "p90Ms": 9.0, "p99Ms": 10.0, "maxMs": 10.0})"));
+  CHECK(j["latencies"][3]["p99Ms"].is_null());
+  REQUIRE(j["recovery"].size() == 2);
+  CHECK(j["recovery"][0]["recovered"] == true);
+  CHECK(j["recovery"][0]["ms"] == 1900.0);
+  CHECK(j["recovery"][1]["recovered"] == false);
+  CHECK(j["slis"][0]["notEnoughData"] == true);
+  CHECK(j["slis"][0]["minSamples"] == 5);
+  CHECK(j["samples"][1]["step"] == "1");
+
+  const std::string xml = formatJUnit(run, parsed(), "h");
+  std::string output;
+  CHECK_MESSAGE(xmllint(xml, output) == 0, output);
+  CHECK(has(xml, R"(<property name="faultline.recovery.step-1" value="step 1: recovered 1.9s after its revert)"));
+}
