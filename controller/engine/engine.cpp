@@ -660,7 +660,7 @@ class RunState {
       rec.set_value(*s.value);
     }
     recorded(fmt::format("sample of probe {} ({})", p.name, phase), [&] { store_.addSample(req_.runId, rec); });
-    history_[p.name].push_back(HistorySample{when, phase, SliSample{s.ok, rec.latency_ms(), s.value}});
+    history_[p.name].push_back(HistorySample{when, phase, SliSample{s.ok, rec.latency_ms(), s.value, s.load}});
     v1::RunEvent e =
         makeEvent("", s.ok ? "probe.ok" : "probe.failed", fmt::format("{} ({}): {}", p.name, phase, s.detail));
     *e.mutable_at() = at;

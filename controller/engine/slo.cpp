@@ -8,6 +8,43 @@
 #include "agent/faults/spec.h"
 
 namespace faultline::controller {
+namespace {
+
+// The requests of a window with load samples; a sample without load counts as one request.
+struct Load {
+  bool any = false;
+  uint64_t requests = 0;
+  uint64_t succeeded = 0;
+  uint64_t failed = 0;
+  double seconds = 0;  // of load
+  LatencyHistogram latencies;
+};
+
+Load loadOf(const std::vector<SliSample>& samples) {
+  Load out;
+  out.any = std::any_of(samples.begin(), samples.end(), [](const SliSample& s) { return s.load != nullptr; });
+  if (!out.any) {
+    return out;
+  }
+  for (const auto& s : samples) {
+    if (s.load) {
+      out.requests += s.load->requests;
+      out.succeeded += s.load->succeeded;
+      out.failed += s.load->failed;
+      out.seconds += std::chrono::duration<double>(s.load->duration).count();
+      out.latencies.merge(s.load->okLatencies);
+      out.latencies.merge(s.load->failedLatencies);
+    } else {
+      ++out.requests;
+      ++(s.ok ? out.succeeded : out.failed);
+      out.latencies.add(std::chrono::microseconds(static_cast<int64_t>(s.latencyMs * 1000)));
+    }
+  }
+  out.requests = std::max<uint64_t>(out.requests, 1);
+  return out;
+}
+
+}  // namespace
 
 v1::SloCheck evaluateSlo(const Slo& slo, const std::vector<SliSample>& samples) {
   v1::SloCheck check;
@@ -26,14 +63,20 @@ v1::SloCheck evaluateSlo(const Slo& slo, const std::vector<SliSample>& samples) 
     }
   }
   std::sort(latencies.begin(), latencies.end());
+  const Load load = loadOf(samples);
   const auto percentile = [&](double p) {
+    if (load.any) {
+      return std::chrono::duration<double, std::milli>(load.latencies.percentile(p)).count();
+    }
     if (latencies.empty()) {
       return 0.0;
     }
     const auto rank = static_cast<size_t>(std::ceil(p / 100.0 * static_cast<double>(latencies.size())));
     return latencies[std::clamp<size_t>(rank, 1, latencies.size()) - 1];
   };
-  const double errors = samples.empty() ? 0 : 100.0 * static_cast<double>(failed) / static_cast<double>(samples.size());
+  const double errors = load.any ? 100.0 * static_cast<double>(load.failed) / static_cast<double>(load.requests)
+                        : samples.empty() ? 0
+                                          : 100.0 * static_cast<double>(failed) / static_cast<double>(samples.size());
   bool allOk = !samples.empty();
   bool budgetSet = false;
   for (const auto& t : slo.terms) {
@@ -56,7 +99,9 @@ v1::SloCheck evaluateSlo(const Slo& slo, const std::vector<SliSample>& samples) 
         m->set_value(percentile(99));
         break;
       case SliKind::kMaxLatency:
-        m->set_value(latencies.empty() ? 0 : latencies.back());
+        m->set_value(load.any            ? std::chrono::duration<double, std::milli>(load.latencies.max()).count()
+                     : latencies.empty() ? 0
+                                         : latencies.back());
         break;
       case SliKind::kErrors:
         m->set_value(errors);
@@ -66,6 +111,12 @@ v1::SloCheck evaluateSlo(const Slo& slo, const std::vector<SliSample>& samples) 
           budgetSet = true;
         }
         break;
+      case SliKind::kThroughput:
+        if (load.any) {
+          m->set_value(load.seconds > 0 ? static_cast<double>(load.succeeded) / load.seconds : 0);
+          break;
+        }
+        [[fallthrough]];  // another probe's throughput is its value (prometheus)
       case SliKind::kValue:
         if (newestValue) {
           m->set_value(*newestValue);
@@ -89,7 +140,7 @@ std::string describeSloCheck(const v1::SloCheck& check) {
     const bool latency =
         m.sli() != "errors" && m.sli() != "value" && m.sli() != "throughput" && m.sli() != "saturation";
     const bool percent = m.sli() == "errors";
-    const char* unit = latency ? "ms" : percent ? "%" : "";
+    const char* unit = latency ? "ms" : percent ? "%" : m.sli() == "throughput" ? "/s" : "";
     out += fmt::format("{}{} {:.4g}{} ({} {:g}{}){}", out.empty() ? "" : ", ", m.sli(), m.value(), unit, m.comparison(),
                        m.threshold(), unit, m.ok() ? "" : " FAILED");
   }
