@@ -7,7 +7,11 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <functional>
+#include <regex>
 #include <string>
 #include <thread>
 
@@ -43,6 +47,54 @@ bool onThreadIn(const std::string& path, const std::function<void()>& fn) {
   return joined;
 }
 
+// Debian's nginx in the namespace at netns, on 10.81.1.2:8080, answering GET / with "ok"; stopped
+// and its files removed at destruction.
+class Nginx {
+ public:
+  explicit Nginx(const std::string& netns) {
+    std::string pattern = "/tmp/faultline-nginx-XXXXXX";
+    REQUIRE(::mkdtemp(pattern.data()) != nullptr);
+    dir_ = pattern;
+    std::ofstream(dir_ + "/nginx.conf") << fmt::format(
+        "worker_processes 1;\npid {0}/nginx.pid;\nerror_log {0}/error.log;\ndaemon off;\n"
+        "events {{ worker_connections 4096; }}\n"
+        "http {{\n  access_log off;\n  client_body_temp_path {0}/body;\n  proxy_temp_path {0}/proxy;\n"
+        "  fastcgi_temp_path {0}/fastcgi;\n  uwsgi_temp_path {0}/uwsgi;\n  scgi_temp_path {0}/scgi;\n"
+        "  server {{ listen 10.81.1.2:8080; location / {{ return 200 \"ok\\n\"; }} }}\n}}\n",
+        dir_);
+    const auto r = testing::sh(fmt::format(
+        "nsenter --net={0} /usr/sbin/nginx -e {1}/error.log -p {1} -c {1}/nginx.conf >/dev/null 2>&1 & echo $!", netns,
+        dir_));
+    pid_ = std::atoi(r.output.c_str());
+  }
+  ~Nginx() {
+    if (pid_ > 0) {
+      testing::sh(
+          fmt::format("kill {0}; for i in $(seq 50); do kill -0 {0} 2>/dev/null || break; sleep 0.1; done", pid_));
+    }
+    std::error_code ec;
+    std::filesystem::remove_all(dir_, ec);
+  }
+  [[nodiscard]] std::string errors() const { return testing::sh(fmt::format("cat {}/error.log", dir_)).output; }
+
+ private:
+  std::string dir_;
+  int pid_ = 0;
+};
+
+// Skips (outside CI) or fails (CI=true) when tool is not installed; true when it is.
+bool installed(const std::string& tool) {
+  if (testing::sh(fmt::format("PATH=$PATH:/usr/sbin command -v {} >/dev/null", tool)).status == 0) {
+    return true;
+  }
+  const char* ci = std::getenv("CI");
+  if (ci != nullptr && std::string(ci) == "true") {
+    FAIL("no ", tool, " on this CI machine: scripts/deps installs it");
+  }
+  MESSAGE("skipped: no ", tool, " (scripts/deps installs it)");
+  return false;
+}
+
 class LoadedLink : public testing::PeerNetnsFixture {
  public:
   LoadedLink() : PeerNetnsFixture({"10.81.1.1/24"}, {"10.81.1.2/24"}) {
@@ -53,6 +105,10 @@ class LoadedLink : public testing::PeerNetnsFixture {
       server_ = demo::Server::start(options);
     }));
     REQUIRE_MESSAGE(server_.has_value(), (server_ ? "" : server_.error().message()));
+    // Resolve B's address before any load. The first load on a fresh link still saw SYNs
+    // retried a second later on this loaded machine (up to 18 % of 1200 requests over 200 ms,
+    // none in a later sample), so each test loads the link once before it measures.
+    inNetns("ping -n -q -c 1 -W 2 10.81.1.2");
   }
   ~LoadedLink() {
     if (server_) {
@@ -60,12 +116,12 @@ class LoadedLink : public testing::PeerNetnsFixture {
     }
   }
 
-  // One load sample of GET / from A.
-  controller::Sample load(const controller::LoadSpec& spec) {
+  // One load sample of GET / from A (url: the demo service's when empty).
+  controller::Sample load(const controller::LoadSpec& spec, const std::string& url = "") {
     controller::Probe probe;
     probe.name = "web";
     probe.kind = controller::ProbeKind::kHttp;
-    probe.http.url = fmt::format("http://10.81.1.2:{}/", (*server_)->endpoint().port());
+    probe.http.url = url.empty() ? fmt::format("http://10.81.1.2:{}/", (*server_)->endpoint().port()) : url;
     probe.http.maxLatency = 200ms;
     probe.http.timeout = 2s;
     probe.http.load = spec;
@@ -85,6 +141,7 @@ class LoadedLink : public testing::PeerNetnsFixture {
 
 TEST_CASE_FIXTURE(LoadedLink, "a load probe sees the throughput drop of a 5 % loss on the link it loads") {
   const controller::LoadSpec spec{400, 32, 3000ms};
+  (void)load(controller::LoadSpec{400, 32, 1000ms});  // warm-up (see below), not judged
   const auto before = load(spec);
   REQUIRE(before.load != nullptr);
   MESSAGE("before: ", before.detail);
@@ -108,14 +165,14 @@ TEST_CASE_FIXTURE(LoadedLink, "a load probe sees the throughput drop of a 5 % lo
   // or request costs a retransmit of 200 ms to 1 s, above maxLatency.
   CHECK(before.load->requests == 1200);
   CHECK(before.load->throughput() >= 400 * 0.95);
-  CHECK(before.load->failed <= 24);  // a loaded 2-core machine may stall a few requests past 200 ms
+  CHECK(before.load->failed <= 36);  // a loaded 2-core machine may stall a few requests past 200 ms
   CHECK(during.load->throughput() <= before.load->throughput() * 0.95);
-  CHECK(during.load->failed >= 36);
+  CHECK(during.load->failed >= 60);
   CHECK(during.load->failedLatencies.percentile(50) >= 200ms);
-  CHECK(after.load->throughput() >= 400 * 0.95);
+  CHECK(after.load->throughput() >= 400 * 0.9);
 
   // The SLO an operator would write sees it too.
-  auto slo = *controller::parseObjective("errors < 2.5% and throughput > 380/s");
+  auto slo = *controller::parseObjective("errors < 4% and throughput > 380/s");
   const auto sli = [](const controller::Sample& s) {
     return std::vector<controller::SliSample>{{s.ok, 0, s.value, s.load}};
   };
@@ -124,4 +181,62 @@ TEST_CASE_FIXTURE(LoadedLink, "a load probe sees the throughput drop of a 5 % lo
   const auto violated = controller::evaluateSlo(slo, sli(during));
   MESSAGE("SLO during the loss: ", controller::describeSloCheck(violated));
   CHECK_FALSE(violated.ok());
+}
+
+TEST_CASE_FIXTURE(LoadedLink, "nginx under a 5 % loss: the load probe and wrk both see the drop (both printed)") {
+  if (!installed("nginx") || !installed("wrk")) {
+    return;
+  }
+  Nginx nginx(peer_.path());
+  const std::string url = "http://10.81.1.2:8080/";
+  bool up = false;
+  for (int i = 0; i < 50 && !up; ++i) {
+    up = testing::sh(fmt::format("nsenter --net={} bash -c 'exec 3<>/dev/tcp/10.81.1.2/8080' 2>/dev/null", netns_))
+             .status == 0;
+    if (!up) {
+      std::this_thread::sleep_for(100ms);
+    }
+  }
+  REQUIRE_MESSAGE(up, nginx.errors());
+  // wrk from A: a closed model, 16 connections kept alive, 3 s; its requests per second.
+  const auto wrk = [&] {
+    const auto r = testing::sh(fmt::format("nsenter --net={} wrk -t2 -c16 -d3s {}", netns_, url));
+    std::smatch m;
+    static const std::regex rate(R"(Requests/sec: *([0-9.]+))");
+    REQUIRE_MESSAGE(std::regex_search(r.output, m, rate), r.output);
+    return std::stod(m[1]);
+  };
+  // experiments/nginx-load.yaml's probe and SLO.
+  const controller::LoadSpec spec{1000, 64, 3000ms};
+  auto slo = *controller::parseObjective("errors < 2% and throughput > 950/s and p99 < 500ms over 5s");
+  const auto sli = [](const controller::Sample& s) {
+    return std::vector<controller::SliSample>{{s.ok, 0, s.value, s.load}};
+  };
+  (void)load(controller::LoadSpec{1000, 64, 1000ms}, url);  // warm-up, not judged
+  const auto probeBefore = load(spec, url);
+  const double wrkBefore = wrk();
+  v1::FaultSpec loss;
+  loss.mutable_network_loss()->mutable_target()->set_interface("veth0");
+  loss.mutable_network_loss()->mutable_target()->set_netns(netns_);
+  loss.mutable_network_loss()->set_percent(5);
+  auto applied = driver.apply(loss);
+  REQUIRE_MESSAGE(applied.has_value(), (applied ? "" : applied.error().message));
+  const auto probeDuring = load(spec, url);
+  const double wrkDuring = wrk();
+  REQUIRE((*applied)->revert().has_value());
+  REQUIRE(probeBefore.load != nullptr);
+  REQUIRE(probeDuring.load != nullptr);
+  const auto held = controller::evaluateSlo(slo, sli(probeBefore));
+  const auto violated = controller::evaluateSlo(slo, sli(probeDuring));
+  MESSAGE(fmt::format(
+      "nginx, load probe (open model, 1000/s offered, a new connection each): {:.0f}/s before, "
+      "{:.0f}/s under a 5 % loss; wrk (closed model, 16 connections kept alive): {:.0f}/s before, "
+      "{:.0f}/s under the loss; load average {}",
+      probeBefore.load->throughput(), probeDuring.load->throughput(), wrkBefore, wrkDuring, testing::loadAverage()));
+  MESSAGE("probe before: ", probeBefore.detail, "\n  SLO: ", controller::describeSloCheck(held));
+  MESSAGE("probe during: ", probeDuring.detail, "\n  SLO: ", controller::describeSloCheck(violated));
+  CHECK(held.ok());
+  CHECK_FALSE(violated.ok());
+  CHECK(probeDuring.load->throughput() <= probeBefore.load->throughput() * 0.95);
+  CHECK(wrkDuring <= wrkBefore * 0.9);
 }
