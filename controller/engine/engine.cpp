@@ -883,7 +883,7 @@ class RunState {
     auto& history = history_[p.name];
     const auto pos = std::upper_bound(history.begin(), history.end(), when,
                                       [](Clock::time_point t, const HistorySample& h) { return t < h.at; });
-    history.insert(pos, HistorySample{when, phase, SliSample{s.ok, rec.latency_ms(), s.value}});
+    history.insert(pos, HistorySample{when, phase, SliSample{s.ok, rec.latency_ms(), s.value, s.load}});
     v1::RunEvent e =
         makeEvent("", s.ok ? "probe.ok" : "probe.failed", fmt::format("{} ({}): {}", p.name, phase, s.detail));
     *e.mutable_at() = at;

@@ -9,6 +9,45 @@
 #include "agent/faults/spec.h"
 
 namespace faultline::controller {
+namespace {
+
+// The requests of a window with load samples; a sample without load counts as one request.
+struct Load {
+  bool any = false;
+  uint64_t requests = 0;
+  uint64_t succeeded = 0;
+  uint64_t failed = 0;
+  double seconds = 0;  // of load
+  LatencyHistogram latencies;
+};
+
+Load loadOf(const std::vector<SliSample>& samples) {
+  Load out;
+  out.any = std::any_of(samples.begin(), samples.end(), [](const SliSample& s) { return s.load != nullptr; });
+  if (!out.any) {
+    return out;
+  }
+  for (const auto& s : samples) {
+    if (s.load) {
+      out.requests += s.load->requests;
+      out.succeeded += s.load->succeeded;
+      out.failed += s.load->failed;
+      out.seconds += std::chrono::duration<double>(s.load->duration).count();
+      out.latencies.merge(s.load->okLatencies);
+      out.latencies.merge(s.load->failedLatencies);
+    } else {
+      ++out.requests;
+      ++(s.ok ? out.succeeded : out.failed);
+      if (s.ok) {  // a failed sample's time is no answer's latency
+        out.latencies.add(std::chrono::microseconds(static_cast<int64_t>(s.latencyMs * 1000)));
+      }
+    }
+  }
+  out.requests = std::max<uint64_t>(out.requests, 1);
+  return out;
+}
+
+}  // namespace
 
 v1::SloCheck evaluateSlo(const Slo& slo, const std::vector<SliSample>& samples) {
   v1::SloCheck check;
@@ -33,14 +72,20 @@ v1::SloCheck evaluateSlo(const Slo& slo, const std::vector<SliSample>& samples) 
     }
   }
   std::sort(latencies.begin(), latencies.end());
+  const Load load = loadOf(samples);
   const auto percentile = [&](double p) {
+    if (load.any) {
+      return std::chrono::duration<double, std::milli>(load.latencies.percentile(p)).count();
+    }
     if (latencies.empty()) {
       return std::nan("");
     }
     const auto rank = static_cast<size_t>(std::ceil(p / 100.0 * static_cast<double>(latencies.size())));
     return latencies[std::clamp<size_t>(rank, 1, latencies.size()) - 1];
   };
-  const double errors = samples.empty() ? 0 : 100.0 * static_cast<double>(failed) / static_cast<double>(samples.size());
+  const double errors = load.any ? 100.0 * static_cast<double>(load.failed) / static_cast<double>(load.requests)
+                        : samples.empty() ? 0
+                                          : 100.0 * static_cast<double>(failed) / static_cast<double>(samples.size());
   const bool enough = !samples.empty() && samples.size() >= slo.minSamples;
   bool allOk = true;
   bool budgetSet = false;
@@ -65,7 +110,9 @@ v1::SloCheck evaluateSlo(const Slo& slo, const std::vector<SliSample>& samples) 
         m->set_value(percentile(99));
         break;
       case SliKind::kMaxLatency:
-        m->set_value(latencies.empty() ? std::nan("") : latencies.back());
+        m->set_value(load.any            ? std::chrono::duration<double, std::milli>(load.latencies.max()).count()
+                     : latencies.empty() ? std::nan("")
+                                         : latencies.back());
         break;
       case SliKind::kErrors:
         m->set_value(errors);
@@ -76,6 +123,12 @@ v1::SloCheck evaluateSlo(const Slo& slo, const std::vector<SliSample>& samples) 
           budgetSet = true;
         }
         break;
+      case SliKind::kThroughput:
+        if (load.any) {
+          m->set_value(load.seconds > 0 ? static_cast<double>(load.succeeded) / load.seconds : 0);
+          break;
+        }
+        [[fallthrough]];  // another probe's throughput is its value (prometheus)
       case SliKind::kValue:
         m->set_samples(static_cast<uint32_t>(withValue));
         if (newestValue) {
@@ -101,7 +154,7 @@ std::string describeSloCheck(const v1::SloCheck& check) {
     const bool latency =
         m.sli() != "errors" && m.sli() != "value" && m.sli() != "throughput" && m.sli() != "saturation";
     const bool percent = m.sli() == "errors";
-    const char* unit = latency ? "ms" : percent ? "%" : "";
+    const char* unit = latency ? "ms" : percent ? "%" : m.sli() == "throughput" ? "/s" : "";
     const std::string value = std::isnan(m.value()) ? std::string("none") : fmt::format("{:.4g}{}", m.value(), unit);
     const std::string basis =
         latency && m.samples() != check.samples() ? fmt::format(", {} successful sample(s)", m.samples()) : "";

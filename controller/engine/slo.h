@@ -4,11 +4,13 @@
 
 #include <chrono>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "controller/experiment/experiment.h"
+#include "controller/probes/load.h"
 #include "faultline/v1/control.pb.h"
 
 namespace faultline::controller {
@@ -17,8 +19,9 @@ namespace faultline::controller {
 // command, prometheus and the kinds added later): ok or an error, a latency, an optional value.
 struct SliSample {
   bool ok = false;
-  double latencyMs = 0;         // of a successful sample; a failed one's is never used
-  std::optional<double> value;  // prometheus probes (and any kind that reads a number)
+  double latencyMs = 0;                   // of a successful sample; a failed one's is never used
+  std::optional<double> value;            // prometheus probes (and any kind that reads a number)
+  std::shared_ptr<const LoadStats> load;  // a load sample: its requests are the SLIs' units
 };
 
 // Evaluates every term of slo over samples (the window's, oldest first).
@@ -29,10 +32,13 @@ struct SliSample {
 // the n sorted latencies) and max, over the successful samples only (a refused connection is no
 // 0.2 ms answer; a timeout is a failure); with no successful sample a latency term has no value
 // (NaN) and fails. errors: the percent of failed samples among all. value: the newest sample's
-// value (a term fails when no sample has one). Each measure's `samples` says how many samples its
-// value stands on. burn_rate is errors divided by the threshold of the first 'errors <' term (0
-// without one). Sets slo, probe, objective, ok, samples, min_samples, not_enough_data, measures,
-// burn_rate; not at or phase.
+// value (a term fails when no sample has one). A window with load samples (load.h) counts
+// requests instead: latency percentiles over every request's latency (from its scheduled time;
+// 1% buckets), errors as the percent of failed requests, throughput as the successful requests
+// per second of load (another probe's throughput is its value). Each measure's `samples` says how
+// many samples its value stands on. burn_rate is errors divided by the threshold of the first
+// 'errors <' term (0 without one). Sets slo, probe, objective, ok, samples, min_samples,
+// not_enough_data, measures, burn_rate; not at or phase.
 [[nodiscard]] v1::SloCheck evaluateSlo(const Slo& slo, const std::vector<SliSample>& samples);
 
 // "p99 412ms (< 300ms, 11 samples), errors 0% (< 1%) over 12 samples";

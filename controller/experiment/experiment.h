@@ -58,8 +58,27 @@ struct Targets {
 // The mode as written in a file: "all", "count(2)", "random(1)", "percent(25)".
 [[nodiscard]] std::string modeText(const Targets& t);
 
-// http: one request per sample. A sample passes when an answer arrives within timeout, its status is
-// in expectStatus, its body matches bodyMatch (when set) and it took at most maxLatency.
+// `load:` of an http or tcp probe: each sample drives load instead of sending one request. Open
+// model: request i of a sample is scheduled at start + i/rate, whether or not earlier ones have
+// finished; one that finds all `concurrency` requests in flight waits for a free one, and its
+// latency counts from its scheduled time (coordinated omission avoided: a slow server cannot hide
+// its latency by slowing the prober). A request not answered by scheduled time + timeout (waiting
+// for a free slot included) is a failed request (a timeout). Each sample schedules
+// floor(rate * duration) requests (at least 1) and ends when every one has ended, at most
+// duration + timeout after its start. docs/experiments.md ("Load").
+struct LoadSpec {
+  double rate = 0;                           // requests started per second, > 0, <= kMaxLoadRatePerProbe
+  unsigned concurrency = 16;                 // requests in flight at most, 1..kMaxLoadConcurrency
+  std::chrono::milliseconds duration{1000};  // how long one sample drives load, 100ms..60s
+};
+// The caps: per probe, and the sum of the rates of every load probe of one experiment.
+inline constexpr double kMaxLoadRatePerProbe = 5000;
+inline constexpr unsigned kMaxLoadConcurrency = 256;
+inline constexpr double kMaxLoadRatePerRun = 20000;
+inline constexpr unsigned kMaxLoadConcurrencyPerRun = 1024;  // sockets the load probes of one run hold at most
+
+// http: one request per sample (or load, see LoadSpec). A sample passes when an answer arrives within timeout, its
+// status is in expectStatus, its body matches bodyMatch (when set) and it took at most maxLatency.
 struct HttpProbe {
   std::string url;             // passed parseHttpUrl() (url.h): http://HOST[:PORT][/PATH], no TLS in v1
   std::string method = "GET";  // GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS
@@ -69,14 +88,16 @@ struct HttpProbe {
   std::optional<std::string> bodyMatch;  // RE2 regex (^ and $ at line ends) searched in the first 64 KiB of the body
   std::chrono::milliseconds maxLatency{1000};  // a slower answer is a failed sample
   std::chrono::milliseconds timeout{2000};     // no answer by then is a failed sample
+  std::optional<LoadSpec> load;                // set: each sample drives load (every request checked as above)
 };
 
-// tcp: one connect per sample; the latency is the connect time.
+// tcp: one connect per sample (or load, see LoadSpec); the latency is the connect time.
 struct TcpProbe {
   std::string host;  // a name, an IPv4 address or an IPv6 address (without brackets)
   uint16_t port = 0;
   std::chrono::milliseconds maxLatency{1000};  // a slower connect is a failed sample
   std::chrono::milliseconds timeout{2000};
+  std::optional<LoadSpec> load;  // set: each sample opens connections at load.rate
 };
 
 // command: runs a program per sample, without a shell (argv[0] looked up in PATH) unless shell
@@ -128,8 +149,9 @@ enum class SliKind {
   kP95,
   kP99,
   kMaxLatency,  // "max"
-  kErrors,      // share of failed samples in the window, percent
-  kValue,       // the probe's last value in the window (prometheus): also named throughput, saturation
+  kErrors,      // share of failed samples in the window, percent (of failed requests for a load probe)
+  kValue,       // the probe's last value in the window (prometheus): also named saturation
+  kThroughput,  // a load probe: successful requests per second over the window; another probe: as kValue
 };
 [[nodiscard]] std::string_view sliName(SliKind kind);  // "p50", ..., "max", "errors", "value"
 
@@ -137,7 +159,7 @@ struct SloTerm {
   SliKind sli = SliKind::kP99;
   std::string name;  // as written: "p99", "errors", "throughput", "saturation", "value"
   Comparison comparison = Comparison::kLess;
-  double threshold = 0;  // milliseconds for latencies, percent for errors, the value as is
+  double threshold = 0;  // milliseconds for latencies, percent for errors, requests/s for throughput, the value as is
 };
 
 // An SLO judges no window of fewer samples than this unless its `minSamples` says otherwise.

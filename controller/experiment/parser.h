@@ -114,6 +114,8 @@ class Parser : public yaml::FieldReader {
   void parseCommandProbe(const Field& f, CommandProbe& out);
   void parsePrometheusProbe(const Field& f, PrometheusProbe& out);
   void parseLatencies(const MapNode& h, milliseconds* maxLatency, milliseconds& timeout);
+  // `load:` of an http or tcp probe (LoadSpec): nullopt after an error.
+  std::optional<LoadSpec> parseLoad(const Field& f);
   std::optional<std::string> regex(const Field& f);
   // every: the probes' sampling period (a window that cannot hold minSamples samples is refused).
   std::optional<Slo> parseSlo(const Field& f, const std::vector<Probe>& probes, std::map<std::string, int>& namesSeen,

@@ -29,9 +29,10 @@ namespace {
 constexpr std::array<std::string_view, 4> kSteadyStateKeys{"every", "probes", "slos", "after"};
 constexpr std::array<std::string_view, 6> kProbeKeys{"name", "guard", "http", "tcp", "command", "prometheus"};
 constexpr std::array<std::string_view, 4> kProbeKindKeys{"http", "tcp", "command", "prometheus"};
-constexpr std::array<std::string_view, 8> kHttpKeys{"url",          "method",    "headers",    "body",
-                                                    "expectStatus", "bodyMatch", "maxLatency", "timeout"};
-constexpr std::array<std::string_view, 3> kTcpKeys{"address", "maxLatency", "timeout"};
+constexpr std::array<std::string_view, 9> kHttpKeys{"url",       "method",     "headers", "body", "expectStatus",
+                                                    "bodyMatch", "maxLatency", "timeout", "load"};
+constexpr std::array<std::string_view, 4> kTcpKeys{"address", "maxLatency", "timeout", "load"};
+constexpr std::array<std::string_view, 3> kLoadKeys{"rate", "concurrency", "duration"};
 constexpr std::array<std::string_view, 5> kCommandKeys{"argv", "shell", "expectExit", "stdoutMatch", "timeout"};
 constexpr std::array<std::string_view, 4> kPrometheusKeys{"url", "query", "expect", "timeout"};
 constexpr std::array<std::string_view, 5> kSloKeys{"name", "probe", "objective", "maxBurnRate", "minSamples"};
@@ -130,6 +131,24 @@ void Parser::parseSteadyState(const Field& f, Hypothesis& out) {
     if (auto probe = parseProbe(itemField, namesSeen)) {
       out.probes.push_back(std::move(*probe));
     }
+  }
+  // The run's caps: every load probe samples at the same time.
+  double totalRate = 0;
+  unsigned totalConcurrency = 0;
+  for (const auto& p : out.probes) {
+    const auto& load = p.kind == ProbeKind::kHttp ? p.http.load : p.kind == ProbeKind::kTcp ? p.tcp.load : std::nullopt;
+    totalRate += load ? load->rate : 0;
+    totalConcurrency += load ? load->concurrency : 0;
+  }
+  if (totalRate > kMaxLoadRatePerRun) {
+    error(probes->mark, probes->path,
+          fmt::format("the load probes ask for {:g} requests/s together; accepted: at most {:g}/s per experiment",
+                      totalRate, kMaxLoadRatePerRun));
+  }
+  if (totalConcurrency > kMaxLoadConcurrencyPerRun) {
+    error(probes->mark, probes->path,
+          fmt::format("the load probes ask for a concurrency of {} together; accepted: at most {} per experiment",
+                      totalConcurrency, kMaxLoadConcurrencyPerRun));
   }
   if (auto slos = lookup(*m, "slos")) {
     constexpr std::string_view slosAccepted = "a list of SLOs, each with name, probe and objective";
@@ -389,8 +408,8 @@ std::optional<std::string> Parser::regex(const Field& f) {
 }
 
 void Parser::parseHttpProbe(const Field& f, HttpProbe& out) {
-  auto h =
-      openMap(f, "a map with url and optionally method, headers, body, expectStatus, bodyMatch, maxLatency, timeout");
+  auto h = openMap(
+      f, "a map with url and optionally method, headers, body, expectStatus, bodyMatch, maxLatency, timeout, load");
   if (!h) {
     return;
   }
@@ -497,10 +516,13 @@ void Parser::parseHttpProbe(const Field& f, HttpProbe& out) {
     out.bodyMatch = regex(*match);
   }
   parseLatencies(*h, &out.maxLatency, out.timeout);
+  if (auto load = lookup(*h, "load")) {
+    out.load = parseLoad(*load);
+  }
 }
 
 void Parser::parseTcpProbe(const Field& f, TcpProbe& out) {
-  auto t = openMap(f, "a map with address and optionally maxLatency, timeout");
+  auto t = openMap(f, "a map with address and optionally maxLatency, timeout, load");
   if (!t) {
     return;
   }
@@ -522,6 +544,61 @@ void Parser::parseTcpProbe(const Field& f, TcpProbe& out) {
     }
   }
   parseLatencies(*t, &out.maxLatency, out.timeout);
+  if (auto load = lookup(*t, "load")) {
+    out.load = parseLoad(*load);
+  }
+}
+
+std::optional<LoadSpec> Parser::parseLoad(const Field& f) {
+  auto m = openMap(f, "a map with rate and optionally concurrency, duration, e.g. {rate: 200/s, concurrency: 16}");
+  if (!m) {
+    return std::nullopt;
+  }
+  rejectUnknown(*m, kLoadKeys);
+  LoadSpec load;
+  bool valid = true;
+  const std::string rateAccepted =
+      fmt::format("requests per second, more than 0 and at most {:g}/s per probe, e.g. 200/s", kMaxLoadRatePerProbe);
+  if (auto rate = require(*m, "rate", rateAccepted)) {
+    if (auto v = scalar(*rate, rateAccepted)) {
+      std::string_view number = trim(*v);
+      if (number.size() > 2 && number.substr(number.size() - 2) == "/s") {
+        number = trim(number.substr(0, number.size() - 2));
+      }
+      auto n = plainNumber(number);
+      if (!n) {
+        error(rate->mark, rate->path, fmt::format("'{}' is not a rate; accepted: {}", *v, rateAccepted));
+        valid = false;
+      } else if (!(*n > 0) || *n > kMaxLoadRatePerProbe) {
+        error(rate->mark, rate->path, fmt::format("{} is out of range; accepted: {}", *v, rateAccepted));
+        valid = false;
+      } else {
+        load.rate = *n;
+      }
+    } else {
+      valid = false;
+    }
+  } else {
+    valid = false;
+  }
+  if (auto concurrency = lookup(*m, "concurrency")) {
+    if (auto n = integer(*concurrency, 1, kMaxLoadConcurrency, "requests in flight at most")) {
+      load.concurrency = static_cast<unsigned>(*n);
+    } else {
+      valid = false;
+    }
+  }
+  if (auto duration = lookup(*m, "duration")) {
+    if (auto d = durationIn(*duration, 100ms, 60s, "from 100ms to 60s", true)) {
+      load.duration = std::chrono::duration_cast<milliseconds>(*d);
+    } else {
+      valid = false;
+    }
+  }
+  if (!valid) {
+    return std::nullopt;
+  }
+  return load;
 }
 
 void Parser::parseCommandProbe(const Field& f, CommandProbe& out) {
@@ -634,6 +711,8 @@ std::string_view sliName(SliKind kind) {
       return "errors";
     case SliKind::kValue:
       return "value";
+    case SliKind::kThroughput:
+      return "throughput";
   }
   return "?";
 }
@@ -658,7 +737,9 @@ tl::expected<Slo, std::string> parseObjective(std::string_view text) {
   constexpr std::string_view accepted =
       "terms 'SLI OP VALUE' joined by 'and', then optionally 'over DURATION' (default 30s), e.g. 'p99 < 300ms and "
       "errors < 1% over 30s'; SLI: p50, p90, p95, p99, max (latency: 300ms, 1.5s), errors (percent of failed "
-      "samples: 1%), value, throughput or saturation (a prometheus probe's value: a number); OP: <, <=, >, >=, ==, !=";
+      "samples, of failed requests for a load probe: 1%), throughput (a load probe's successful requests per second: "
+      "150/s; another probe's value), value or saturation (a prometheus probe's value: a number); OP: <, <=, >, >=, "
+      "==, !=";
   const auto fail = [&](const std::string& why) {
     return tl::unexpected(fmt::format("objective '{}': {}; accepted: {}", text, why, accepted));
   };
@@ -708,7 +789,7 @@ tl::expected<Slo, std::string> parseObjective(std::string_view text) {
                                                                                 {"max", SliKind::kMaxLatency},
                                                                                 {"errors", SliKind::kErrors},
                                                                                 {"value", SliKind::kValue},
-                                                                                {"throughput", SliKind::kValue},
+                                                                                {"throughput", SliKind::kThroughput},
                                                                                 {"saturation", SliKind::kValue}}};
     const auto found = std::find_if(kSlis.begin(), kSlis.end(), [&](const auto& e) { return e.first == t.name; });
     if (found == kSlis.end()) {
@@ -735,7 +816,8 @@ tl::expected<Slo, std::string> parseObjective(std::string_view text) {
         t.threshold = *v;
         break;
       }
-      case SliKind::kValue: {
+      case SliKind::kValue:
+      case SliKind::kThroughput: {
         std::string_view number = value;
         if (t.name == "throughput" && number.size() > 2 && number.substr(number.size() - 2) == "/s") {
           number.remove_suffix(2);

@@ -21,6 +21,7 @@
 
 #include "common/regex.h"
 #include "controller/probes/http.h"
+#include "controller/probes/load.h"
 
 namespace faultline::controller {
 namespace {
@@ -213,11 +214,29 @@ std::string formatLimit(std::chrono::milliseconds d) {
   return std::to_string(d.count()) + "ms";
 }
 
-tl::expected<HttpAnswer, std::string> httpExchange(const HttpUrl& parts, const std::string& method,
-                                                   const std::string& target,
-                                                   const std::vector<std::pair<std::string, std::string>>& headers,
-                                                   const std::string& body, std::chrono::milliseconds timeout,
-                                                   std::chrono::microseconds& latency) {
+namespace {
+
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
+// Holds the URL and request in its own frame for the whole exchange.
+asio::awaitable<void> exchangeAndReport(Url url, Request req, Clock::time_point deadline,
+                                        std::chrono::milliseconds timeout, HttpDone done) {
+  Exchange exchange;
+  co_await fetch(url, req, deadline, exchange);
+  if (!exchange.status) {
+    done(tl::unexpected(describeFailure(exchange, url, timeout)));
+  } else {
+    done(HttpAnswer{*exchange.status, std::move(exchange.body)});
+  }
+}
+#pragma GCC diagnostic pop
+
+}  // namespace
+
+void startHttpExchange(asio::io_context& ioc, const HttpUrl& parts, const std::string& method,
+                       const std::string& target, const std::vector<std::pair<std::string, std::string>>& headers,
+                       const std::string& body, std::chrono::steady_clock::time_point deadline,
+                       std::chrono::milliseconds timeout, HttpDone done) {
   Url url{parts, std::nullopt};
   boost::system::error_code notLiteral;
   if (const auto address = asio::ip::make_address(url.parts.host, notLiteral); !notLiteral) {
@@ -229,26 +248,43 @@ tl::expected<HttpAnswer, std::string> httpExchange(const HttpUrl& parts, const s
   req.target = target.empty() ? url.parts.target : target;
   req.headers = &headers;
   req.body = &body;
+  asio::co_spawn(ioc, exchangeAndReport(std::move(url), std::move(req), deadline, timeout, std::move(done)),
+                 asio::detached);
+}
+
+tl::expected<HttpAnswer, std::string> httpExchange(const HttpUrl& parts, const std::string& method,
+                                                   const std::string& target,
+                                                   const std::vector<std::pair<std::string, std::string>>& headers,
+                                                   const std::string& body, std::chrono::milliseconds timeout,
+                                                   std::chrono::microseconds& latency) {
   // Each sample has its own io_context, so concurrent calls share nothing.
   asio::io_context ioc;
-  Exchange exchange;
+  tl::expected<HttpAnswer, std::string> result = tl::unexpected(std::string("no answer"));
   const auto start = Clock::now();
-  asio::co_spawn(ioc, fetch(url, req, start + timeout, exchange), asio::detached);
+  startHttpExchange(ioc, parts, method, target, headers, body, start + timeout, timeout,
+                    [&](tl::expected<HttpAnswer, std::string> answer) { result = std::move(answer); });
   ioc.run();
   latency = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - start);
-  if (!exchange.status) {
-    return tl::unexpected(describeFailure(exchange, url, timeout));
-  }
-  return HttpAnswer{*exchange.status, std::move(exchange.body)};
+  return result;
 }
 
 Sample runHttpProbe(const HttpProbe& spec) {
+  if (spec.load) {
+    return runHttpLoad(spec);
+  }
   auto parts = parseHttpUrl(spec.url);
   if (!parts) {
-    return Sample{false, std::chrono::microseconds{0}, parts.error(), std::nullopt};
+    return Sample{false, std::chrono::microseconds{0}, parts.error(), std::nullopt, nullptr};
   }
+  std::chrono::microseconds latency{0};
+  auto answer = httpExchange(*parts, spec.method, "", spec.headers, spec.body, spec.timeout, latency);
+  return checkHttpAnswer(spec, std::move(answer), latency);
+}
+
+Sample checkHttpAnswer(const HttpProbe& spec, tl::expected<HttpAnswer, std::string> answer,
+                       std::chrono::microseconds latency) {
   Sample sample;
-  auto answer = httpExchange(*parts, spec.method, "", spec.headers, spec.body, spec.timeout, sample.latency);
+  sample.latency = latency;
   if (!answer) {
     sample.detail = std::move(answer.error());
     return sample;

@@ -2,10 +2,12 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include <boost/asio/io_context.hpp>
 #include <tl/expected.hpp>
 
 #include "controller/probes/probe.h"
@@ -30,5 +32,19 @@ inline constexpr std::size_t kMaxMatchedBytes = 64 * 1024;
     const HttpUrl& url, const std::string& method, const std::string& target,
     const std::vector<std::pair<std::string, std::string>>& headers, const std::string& body,
     std::chrono::milliseconds timeout, std::chrono::microseconds& latency);
+
+// The same exchange started on ioc, ending by deadline (timeout: only for the error text); done is
+// called once, on ioc's thread, when it ends. url's parts are copied; headers and body are
+// referenced and must outlive the exchange. A host name is resolved for each exchange.
+using HttpDone = std::function<void(tl::expected<HttpAnswer, std::string>)>;
+void startHttpExchange(boost::asio::io_context& ioc, const HttpUrl& url, const std::string& method,
+                       const std::string& target, const std::vector<std::pair<std::string, std::string>>& headers,
+                       const std::string& body, std::chrono::steady_clock::time_point deadline,
+                       std::chrono::milliseconds timeout, HttpDone done);
+
+// The http probe's checks of one answer (status, bodyMatch, maxLatency against latency), as a
+// sample: the answer's error is the detail of a failed sample.
+[[nodiscard]] Sample checkHttpAnswer(const HttpProbe& spec, tl::expected<HttpAnswer, std::string> answer,
+                                     std::chrono::microseconds latency);
 
 }  // namespace faultline::controller

@@ -60,7 +60,7 @@ class AnyProbeRunner final : public ProbeRunner {
       case ProbeKind::kPrometheus:
         return runPrometheusProbe(probe.prometheus);
     }
-    return Sample{false, {}, "unknown probe kind", std::nullopt};
+    return Sample{false, {}, "unknown probe kind", std::nullopt, nullptr};
   }
 
  private:

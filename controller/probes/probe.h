@@ -1,4 +1,4 @@
-// Probes of the steady-state hypothesis. One sample = one request.
+// Probes of the steady-state hypothesis. One sample = one request, or one load (load.h).
 #pragma once
 
 #include <chrono>
@@ -15,6 +15,7 @@
 
 #include "controller/experiment/experiment.h"
 #include "controller/experiment/url.h"
+#include "controller/probes/load.h"
 
 namespace faultline::controller {
 
@@ -23,6 +24,8 @@ struct Sample {
   std::chrono::microseconds latency{0};  // request start to full answer (or to the failure)
   std::string detail;                    // "200 in 3.1ms", "timeout after 2s", "connection refused"
   std::optional<double> value;           // prometheus: the query's value, when one was read
+  // A load sample (http or tcp with load:): every request's outcome; latency is their p99.
+  std::shared_ptr<const LoadStats> load;
 };
 
 class ProbeRunner {

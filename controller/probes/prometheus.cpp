@@ -65,7 +65,7 @@ std::string formatValue(double v) {
 Sample runPrometheusProbe(const PrometheusProbe& spec) {
   auto parts = parseHttpUrl(spec.url);
   if (!parts) {
-    return Sample{false, std::chrono::microseconds{0}, parts.error(), std::nullopt};
+    return Sample{false, std::chrono::microseconds{0}, parts.error(), std::nullopt, nullptr};
   }
   std::string base = parts->target;
   while (!base.empty() && base.back() == '/') {

@@ -11,7 +11,9 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
 
+#include "controller/probes/load.h"
 #include "controller/probes/probe.h"
+#include "controller/probes/tcp.h"
 
 namespace faultline::controller {
 namespace {
@@ -58,29 +60,55 @@ asio::awaitable<void> connect(const TcpProbe& spec, Clock::time_point deadline, 
   }
 }
 
-}  // namespace
-
-Sample runTcpProbe(const TcpProbe& spec) {
-  asio::io_context ioc;
-  Connect result;
-  const auto start = Clock::now();
-  asio::co_spawn(ioc, connect(spec, start + spec.timeout, result), asio::detached);
-  ioc.run();
-  Sample sample;
-  sample.latency = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - start);
+std::string describeConnect(const TcpProbe& spec, const Connect& result) {
   const auto& ec = result.error;
   if (ec == beast::error::timeout) {
-    sample.detail = "timeout after " + formatLimit(spec.timeout);
-    return sample;
+    return "timeout after " + formatLimit(spec.timeout);
   }
-  if (ec) {
-    if (!result.resolved) {
-      sample.detail = "cannot resolve " + spec.host + ": " + ec.message();
-    } else if (ec == asio::error::connection_refused) {
-      sample.detail = "connection refused";
-    } else {
-      sample.detail = "cannot connect to " + spec.host + ":" + std::to_string(spec.port) + ": " + ec.message();
-    }
+  if (!ec) {
+    return "";
+  }
+  if (!result.resolved) {
+    return "cannot resolve " + spec.host + ": " + ec.message();
+  }
+  if (ec == asio::error::connection_refused) {
+    return "connection refused";
+  }
+  return "cannot connect to " + spec.host + ":" + std::to_string(spec.port) + ": " + ec.message();
+}
+
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
+asio::awaitable<void> connectAndReport(const TcpProbe& spec, Clock::time_point deadline, TcpDone done) {
+  Connect result;
+  co_await connect(spec, deadline, result);
+  done(describeConnect(spec, result));
+}
+#pragma GCC diagnostic pop
+
+}  // namespace
+
+void startTcpConnect(asio::io_context& ioc, const TcpProbe& spec, Clock::time_point deadline, TcpDone done) {
+  asio::co_spawn(ioc, connectAndReport(spec, deadline, std::move(done)), asio::detached);
+}
+
+Sample runTcpProbe(const TcpProbe& spec) {
+  if (spec.load) {
+    return runTcpLoad(spec);
+  }
+  asio::io_context ioc;
+  std::string failure;
+  const auto start = Clock::now();
+  startTcpConnect(ioc, spec, start + spec.timeout, [&](const std::string& why) { failure = why; });
+  ioc.run();
+  return checkTcpConnect(spec, failure, std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - start));
+}
+
+Sample checkTcpConnect(const TcpProbe& spec, const std::string& failure, std::chrono::microseconds latency) {
+  Sample sample;
+  sample.latency = latency;
+  if (!failure.empty()) {
+    sample.detail = failure;
     return sample;
   }
   sample.detail = "connected in " + formatLatency(sample.latency);

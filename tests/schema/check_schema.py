@@ -90,6 +90,13 @@ expect_invalid("empty status list", probe_head + "{name: a, http: {url: 'http://
 expect_invalid("status 600", probe_head + "{name: a, http: {url: 'http://a/', expectStatus: [200, 600]}}\n" + wait)
 expect_invalid("tcp without address", probe_head + "{name: a, tcp: {timeout: 1s}}\n" + wait)
 expect_invalid("tcp key of http", probe_head + "{name: a, tcp: {address: 'a:1', url: 'http://a/'}}\n" + wait)
+expect_valid("http and tcp load", probe_head + "{name: a, http: {url: 'http://a/', load: {rate: 200/s, concurrency: 16}}}\n"
+             "    - {name: b, tcp: {address: 'a:1', load: {rate: 50, duration: 500ms}}}\n" + wait)
+expect_invalid("load without rate", probe_head + "{name: a, http: {url: 'http://a/', load: {concurrency: 16}}}\n" + wait)
+expect_invalid("load concurrency 257", probe_head + "{name: a, http: {url: 'http://a/', load: {rate: 1, concurrency: 257}}}\n"
+               + wait)
+expect_invalid("load rate 6000", probe_head + "{name: a, tcp: {address: 'a:1', load: {rate: 6000}}}\n" + wait)
+expect_invalid("load key unknown", probe_head + "{name: a, tcp: {address: 'a:1', load: {rate: 1, connections: 2}}}\n" + wait)
 expect_invalid("command with argv and shell", probe_head + "{name: a, command: {argv: [true], shell: 'true'}}\n" + wait)
 expect_invalid("command with empty argv", probe_head + "{name: a, command: {argv: []}}\n" + wait)
 expect_invalid("exit code 256", probe_head + "{name: a, command: {argv: [true], expectExit: 256}}\n" + wait)

@@ -161,3 +161,47 @@ TEST_CASE("timeToRecover: from the revert to the first moment every SLO holds ag
   REQUIRE(plainTtr.has_value());
   CHECK(*plainTtr == 2100ms);  // the sample after the last failure (i = 4)
 }
+
+TEST_CASE("evaluateSlo: a window of load samples counts requests: error share, throughput, request latencies") {
+  using namespace std::chrono_literals;
+  // Two samples of 1 s each: 100 requests of 1..100 ms, all ok; then 100 requests, 90 ok at 10 ms
+  // and 10 timeouts at 2 s.
+  auto first = std::make_shared<LoadStats>();
+  first->requests = 100;
+  first->succeeded = 100;
+  first->duration = 1s;
+  for (int ms = 1; ms <= 100; ++ms) {
+    first->okLatencies.add(std::chrono::milliseconds(ms));
+  }
+  auto second = std::make_shared<LoadStats>();
+  second->requests = 100;
+  second->succeeded = 90;
+  second->failed = 10;
+  second->duration = 1s;
+  for (int i = 0; i < 90; ++i) {
+    second->okLatencies.add(10ms);
+  }
+  for (int i = 0; i < 10; ++i) {
+    second->failedLatencies.add(2s);
+  }
+  const std::vector<SliSample> window{{true, 99, 100.0, first}, {false, 2000, 90.0, second}};
+  Slo slo = *parseObjective("errors < 10% and throughput >= 95/s and p90 < 100ms and max < 3s and p99 < 1s");
+  const auto check = evaluateSlo(slo, window);
+  REQUIRE(check.measures_size() == 5);
+  CHECK(check.measures(0).value() == doctest::Approx(5));  // 10 failed of 200 requests, not 1 of 2 samples
+  CHECK(check.measures(0).ok());
+  CHECK(check.burn_rate() == doctest::Approx(0.5));
+  CHECK(check.measures(1).value() == doctest::Approx(95));  // 190 ok in 2 s of load
+  CHECK(check.measures(1).ok());
+  // 200 latencies: 1..100 ms, 90 x 10 ms, 10 x 2 s. Nearest rank 180 (p90) is 90 ms (1%).
+  CHECK(check.measures(2).value() == doctest::Approx(90).epsilon(0.01));
+  CHECK(check.measures(3).value() == doctest::Approx(2000));
+  CHECK(check.measures(4).value() == doctest::Approx(2000));  // rank 198: a timeout
+  CHECK_FALSE(check.measures(4).ok());
+  CHECK_FALSE(check.ok());
+  CHECK(describeSloCheck(check).find("throughput 95/s (>= 95/s)") != std::string::npos);
+  // A probe without load: throughput is its value, as before.
+  Slo value = *parseObjective("throughput > 100");
+  CHECK(evaluateSlo(value, {{true, 1, 150.0, nullptr}}).ok());
+  CHECK_FALSE(evaluateSlo(value, {{true, 1, 50.0, nullptr}}).ok());
+}

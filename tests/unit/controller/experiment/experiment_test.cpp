@@ -1007,7 +1007,7 @@ TEST_CASE("parseObjective: terms, units, window, and what is refused") {
   CHECK(slo->terms[1].threshold == 1500);
   CHECK(slo->terms[2].sli == SliKind::kMaxLatency);
   CHECK(slo->terms[3].threshold == 0.5);
-  CHECK(slo->terms[4].sli == SliKind::kValue);
+  CHECK(slo->terms[4].sli == SliKind::kThroughput);
   CHECK(slo->terms[4].comparison == Comparison::kGreater);
   CHECK(slo->terms[4].threshold == 100);
   CHECK(slo->window == 60s);
@@ -1346,4 +1346,79 @@ TEST_CASE("steadyState: minSamples per SLO (default 5) and after: {settle, windo
   REQUIRE(plain.has_value());
   CHECK(plain->hypothesis.afterSettle == 0ms);
   CHECK_FALSE(plain->hypothesis.afterWindow.has_value());
+}
+
+TEST_CASE("load: rate, concurrency and duration of http and tcp probes; the caps per probe and per run") {
+  const std::string head =
+      "apiVersion: faultline/v1\nkind: Experiment\nmetadata: {name: load}\nsteadyState:\n  probes:\n";
+  const std::string tail =
+      "  slos:\n    - {name: web-slo, probe: web, objective: errors < 1% and throughput > 190/s and p99 < 50ms}\n"
+      "method:\n  - wait: 1s\n";
+  auto result = parseExperiment(head +
+                                    "    - {name: web, http: {url: 'http://10.0.0.1/', load: {rate: 200/s, "
+                                    "concurrency: 16}}}\n"
+                                    "    - {name: db, tcp: {address: '10.0.0.2:5432', load: {rate: 12.5, duration: "
+                                    "500ms}}}\n"
+                                    "    - {name: one, tcp: {address: '10.0.0.2:5432'}}\n" +
+                                    tail,
+                                "load.yaml");
+  REQUIRE_MESSAGE(result.has_value(), (result ? "" : allDiagnostics(result.error())));
+  const auto& probes = result->hypothesis.probes;
+  REQUIRE(probes[0].http.load.has_value());
+  CHECK(probes[0].http.load->rate == 200);
+  CHECK(probes[0].http.load->concurrency == 16);
+  CHECK(probes[0].http.load->duration == 1s);  // the default
+  REQUIRE(probes[1].tcp.load.has_value());
+  CHECK(probes[1].tcp.load->rate == 12.5);
+  CHECK(probes[1].tcp.load->concurrency == 16);  // the default
+  CHECK(probes[1].tcp.load->duration == 500ms);
+  CHECK_FALSE(probes[2].tcp.load.has_value());
+  const auto& terms = result->hypothesis.slos[0].terms;
+  REQUIRE(terms.size() == 3);
+  CHECK(terms[1].sli == SliKind::kThroughput);
+  CHECK(terms[1].threshold == 190);
+
+  const auto probeLine = [&](const std::string& load) {
+    return head + "    - {name: web, http: {url: 'http://10.0.0.1/', load: " + load + "}}\n" + tail;
+  };
+  struct Case {
+    std::string load;
+    std::string field;
+    std::string phrase;
+  };
+  for (const auto& c : std::vector<Case>{
+           {"{rate: 5001/s}", "steadyState.probes[0].http.load.rate",
+            "5001/s is out of range; accepted: requests per second, more than 0 and at most 5000/s per probe"},
+           {"{rate: 0}", "steadyState.probes[0].http.load.rate", "0 is out of range"},
+           {"{rate: fast}", "steadyState.probes[0].http.load.rate", "'fast' is not a rate"},
+           {"{concurrency: 4}", "steadyState.probes[0].http.load.rate", "is required"},
+           {"{rate: 10, concurrency: 257}", "steadyState.probes[0].http.load.concurrency", "1..256"},
+           {"{rate: 10, concurrency: 0}", "steadyState.probes[0].http.load.concurrency", "1..256"},
+           {"{rate: 10, duration: 61s}", "steadyState.probes[0].http.load.duration", "from 100ms to 60s"},
+           {"{rate: 10, connections: 4}", "steadyState.probes[0].http.load.connections", "unknown key"},
+           {"200", "steadyState.probes[0].http.load", "accepted: a map with rate"},
+       }) {
+    const auto d = errorsOf(probeLine(c.load));
+    INFO(c.load, "\n", allDiagnostics(d));
+    CHECK(hasDiagnostic(d, c.field, 6, c.phrase));
+  }
+  // Five probes of 5000/s each: 25000/s together, above the run's 20000/s.
+  std::string five = head;
+  for (int i = 0; i < 5; ++i) {
+    five += fmt::format("    - {{name: p{}, tcp: {{address: '10.0.0.2:{}', load: {{rate: 5000/s}}}}}}\n", i, 80 + i);
+  }
+  const auto d = errorsOf(five + "method:\n  - wait: 1s\n");
+  INFO(allDiagnostics(d));
+  CHECK(hasDiagnostic(d, "steadyState.probes", 6,
+                      "the load probes ask for 25000 requests/s together; accepted: at most 20000/s per experiment"));
+  // Five probes of concurrency 256: 1280 sockets, above the run's 1024.
+  std::string wide = head;
+  for (int i = 0; i < 5; ++i) {
+    wide += fmt::format("    - {{name: p{}, tcp: {{address: '10.0.0.2:{}', load: {{rate: 10, concurrency: 256}}}}}}\n",
+                        i, 80 + i);
+  }
+  const auto w = errorsOf(wide + "method:\n  - wait: 1s\n");
+  INFO(allDiagnostics(w));
+  CHECK(hasDiagnostic(w, "steadyState.probes", 6,
+                      "the load probes ask for a concurrency of 1280 together; accepted: at most 1024 per experiment"));
 }
