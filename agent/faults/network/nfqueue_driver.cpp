@@ -59,6 +59,9 @@ std::string impairmentText(const v1::FaultSpec& spec) {
       if (d.correlation() > 0) {
         text += fmt::format(" correlation {:g}%", d.correlation());
       }
+      if (d.keep_order()) {
+        text += ", each flow kept in order";
+      }
       return text;
     }
     case v1::FaultSpec::kNetworkLoss: {
@@ -108,6 +111,9 @@ std::string countersText(const QueueStats& s) {
              "{} packets through the queue: {} accepted, {} dropped, {} over the limit, {} duplicated, {} "
              "corrupted, {} reordered",
              s.received, s.accepted, s.dropped, s.overLimit, s.duplicated, s.corrupted, s.reordered) +
+         (s.keptInOrder == 0
+              ? std::string()
+              : fmt::format(", {} held behind an earlier packet of their flow (keepOrder)", s.keptInOrder)) +
          (s.sendFailed == 0 ? std::string()
                             : fmt::format(", {} held egress packets lost (the raw socket refused them)", s.sendFailed));
 }
