@@ -387,6 +387,11 @@ tl::expected<void, SpecError> validateFaultSpec(const v1::FaultSpec& spec) {
       if (auto r = validateRate("rate", d.rate_bps(), true); !r) {
         return r;
       }
+      if (d.keep_order() && jitter == microseconds{0}) {
+        return fail("keepOrder",
+                    "keeps packets in order despite the jitter, and jitter is 0 (without jitter a delay never "
+                    "reorders); accepted: a jitter more than 0 with keepOrder, or leave keepOrder out");
+      }
       return {};
     }
     case v1::FaultSpec::kNetworkLoss: {

@@ -272,6 +272,11 @@ std::vector<std::string> steeringChanges(const SlotState& installed, const SlotS
 
 tl::expected<std::unique_ptr<PacketSteering>, std::error_code> openPacketSteering(SteeringBackend backend,
                                                                                   const std::string& netns) {
+  return openPacketSteeringWithLockWait(backend, netns, kXtablesLockWait);
+}
+
+tl::expected<std::unique_ptr<PacketSteering>, std::error_code> openPacketSteeringWithLockWait(
+    SteeringBackend backend, const std::string& netns, std::chrono::milliseconds xtablesLockWait) {
   int fd = -1;
   if (!netns.empty()) {
     // Without blocking and checked to be a network namespace: a FIFO named here is refused at once.
@@ -291,7 +296,7 @@ tl::expected<std::unique_ptr<PacketSteering>, std::error_code> openPacketSteerin
   if (backend == SteeringBackend::kNftables) {
     return makeNftSteering(fd);
   }
-  return makeXtSteering(fd);
+  return makeXtSteering(fd, xtablesLockWait);
 }
 
 }  // namespace faultline::kernel

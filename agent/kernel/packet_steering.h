@@ -30,6 +30,7 @@
 #include <string>
 #include <string_view>
 #include <system_error>
+#include <utility>
 #include <vector>
 
 #include <tl/expected.hpp>
@@ -117,18 +118,35 @@ class PacketSteering {
  public:
   virtual ~PacketSteering() = default;
 
-  // Installs rules (nftables: one transaction; xtables: one commit per family). On failure
-  // nothing of slot stays (what was added is removed before returning). errors: EEXIST slot's
-  // table/chain exists already; ENOENT / EOPNOTSUPP the kernel lacks a part (the message names it,
-  // e.g. "nft_queue (CONFIG_NFT_QUEUE)"); EINVAL rules that cannot be expressed (e.g. more than
-  // 256 combinations); EPERM without CAP_NET_ADMIN. The message is words for the user.
+  // Installs rules (nftables: one transaction; xtables: one commit per family, under the xtables
+  // lock). On failure nothing of slot stays (what was added is removed before returning).
+  // errors: EEXIST slot's table/chain exists already; ENOENT / EOPNOTSUPP the kernel lacks a part
+  // (the message names it, e.g. "nft_queue (CONFIG_NFT_QUEUE)"); EINVAL rules that cannot be
+  // expressed (e.g. more than 256 combinations); EPERM without CAP_NET_ADMIN; EBUSY (xtables) the
+  // xtables lock is held by another program for longer than the wait, nothing changed. The
+  // message is words for the user.
   [[nodiscard]] virtual tl::expected<void, std::pair<std::error_code, std::string>> install(
       const SteeringRules& rules) = 0;
 
+  // What remove() left of the slot, and why, in words; empty: nothing of the slot is left.
+  struct Removal {
+    std::vector<std::string> left;
+  };
+
   // Removes slot's table (nftables) or chains and the jump rules to them (xtables, both
   // families); reads back that nothing of slot is left. Nothing there: success (idempotent).
-  // errors: EPERM; EIO when something of slot is still there afterwards.
-  [[nodiscard]] virtual tl::expected<void, std::pair<std::error_code, std::string>> remove(uint16_t slot) = 0;
+  // xtables: only the jump rules install() adds (one per hook, of its shape: OUTPUT / FORWARD
+  // -o IF, PREROUTING -i IF, no other match) are deleted; when any other rule jumps to the chain
+  // (someone's `-A INPUT ... -j FAULTLINE-0`), that rule and the chain stay, the chain emptied
+  // of faultline's rules (so the rule jumps to an empty chain: packets go on unharmed), and left
+  // names each such rule. The chain goes with a later remove() once nothing else jumps to it.
+  // nftables: no rule outside a table can jump into it; the table goes whole.
+  // Takes the xtables lock first (XtablesLock::take(), kXtablesLockWait): never commits
+  // without it.
+  // errors: EPERM; EBUSY the xtables lock is held by another program for longer than the wait
+  // (nothing changed; the words name the holder); EIO when something of slot is still there
+  // afterwards (beyond what left names).
+  [[nodiscard]] virtual tl::expected<Removal, std::pair<std::error_code, std::string>> remove(uint16_t slot) = 0;
 
   // The slots whose faultline table or chains are present in this namespace, sorted; for a free
   // slot, recovery and revert-all. Tables/chains with faultline's prefix but no number are
@@ -171,29 +189,47 @@ class PacketSteering {
 // Empty: nothing changed.
 [[nodiscard]] std::vector<std::string> steeringChanges(const SlotState& installed, const SlotState& now);
 
-// Takes the xtables lock (flock(2) on /run/xtables.lock, as iptables(8) does with -w) for the
-// life of the object, so that a faultline commit and another program's (iptables, another
-// agent) do not overwrite each other (libiptc replaces the whole table). Waits up to `wait`; when
-// the lock file cannot be opened (no /run, no permission) or the wait runs out, the object holds
-// nothing (held() false) and the caller goes on: the kernel still refuses a commit over a changed
-// table (EAGAIN). Not re-entrant within one process: take it once per change.
+// The xtables lock's file: $XTABLES_LOCKFILE when set and not empty (as iptables(8) reads it),
+// else /run/xtables.lock.
+[[nodiscard]] std::string xtablesLockPath();
+
+// How long an xtables change waits for another program's lock (iptables -w waits for ever; a
+// change that fails here can be tried again: a revert is).
+inline constexpr std::chrono::milliseconds kXtablesLockWait{10000};
+
+// The xtables lock (flock(2) on xtablesLockPath(), as iptables(8) takes it), held for the life of
+// the object, so that a faultline commit and another program's (iptables, another agent) do not
+// overwrite each other (libiptc replaces the whole table). Not re-entrant within one process: take
+// it once per change. Movable.
 class XtablesLock {
  public:
-  explicit XtablesLock(std::chrono::milliseconds wait);
+  // Waits up to wait for the lock, polling every 2 ms; never goes on without it (iptables(8)
+  // fails the same way). The file is opened non-blocking (O_CREAT, mode 0600).
+  // errors (code, words): EBUSY another program still holds it after wait (the words name the
+  // file, the wait and the holder's pid and command when /proc/locks lists it); the open's errno
+  // (EACCES, ENOENT: no /run, ...) when the file cannot be opened.
+  [[nodiscard]] static tl::expected<XtablesLock, std::pair<std::error_code, std::string>> take(
+      std::chrono::milliseconds wait);
+  XtablesLock(XtablesLock&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
+  XtablesLock& operator=(XtablesLock&&) = delete;
   XtablesLock(const XtablesLock&) = delete;
   XtablesLock& operator=(const XtablesLock&) = delete;
   ~XtablesLock();
-  [[nodiscard]] bool held() const { return fd_ >= 0; }
 
  private:
+  explicit XtablesLock(int fd) : fd_(fd) {}
   int fd_ = -1;
 };
 
 // Steering for backend in netns ("" = the caller's own namespace; else a namespace file such as
 // /proc/PID/ns/net or /run/netns/NAME). Every kernel call runs on a thread that joined netns
-// (setns), so the caller's thread never changes namespace. errors: ENOENT/EINVAL netns is not a
-// namespace; EPERM.
+// (setns), so the caller's thread never changes namespace. An xtables install() or remove() waits
+// up to kXtablesLockWait for the xtables lock. errors: ENOENT/EINVAL netns is not a namespace;
+// EPERM.
 [[nodiscard]] tl::expected<std::unique_ptr<PacketSteering>, std::error_code> openPacketSteering(
     SteeringBackend backend, const std::string& netns);
+// The same, with xtablesLockWait instead of kXtablesLockWait (tests).
+[[nodiscard]] tl::expected<std::unique_ptr<PacketSteering>, std::error_code> openPacketSteeringWithLockWait(
+    SteeringBackend backend, const std::string& netns, std::chrono::milliseconds xtablesLockWait);
 
 }  // namespace faultline::kernel

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -128,7 +129,9 @@ class Namespace {
 
 // The backends, each working in the namespace fd (owned; -1: the caller's namespace).
 std::unique_ptr<PacketSteering> makeNftSteering(int fd);  // packet_steering_nftables.cpp
-std::unique_ptr<PacketSteering> makeXtSteering(int fd);   // packet_steering_xtables.cpp
+// xtables: install() and remove() wait up to lockWait for the xtables lock.
+std::unique_ptr<PacketSteering> makeXtSteering(int fd,
+                                               std::chrono::milliseconds lockWait);  // packet_steering_xtables.cpp
 
 // What of each backend this kernel has, probed in the calling thread's namespace (a throwaway one:
 // probeSteeringSupport()): the nftables fields of support, then the xtables fields.

@@ -266,12 +266,14 @@ class NftSteering final : public PacketSteering {
     return result;
   }
 
-  tl::expected<void, Failure> remove(uint16_t slot) override {
+  // A rule can jump only to a chain of its own table: no rule outside faultline's table refers to
+  // it, so the table goes whole.
+  tl::expected<Removal, Failure> remove(uint16_t slot) override {
     if (slot >= kMaxSlots) {
       return fail(EINVAL, fmt::format("slot {} is out of range; accepted: 0 to {}", slot, kMaxSlots - 1));
     }
     const std::string table = nftTableName(slot);
-    return onThreadIn<VoidResult>(
+    auto removed = onThreadIn<VoidResult>(
         ns_.fd(),
         [&]() -> VoidResult {
           auto tables = nftFaultlineTables();
@@ -295,6 +297,10 @@ class NftSteering final : public PacketSteering {
                                        r.ok ? "" : ": ", r.error));
         },
         voidOnError);
+    if (!removed) {
+      return tl::unexpected(removed.error());
+    }
+    return Removal{};
   }
 
   tl::expected<Owned, std::error_code> owned() override {

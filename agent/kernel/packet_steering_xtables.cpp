@@ -3,6 +3,7 @@
 // libip6tc (the same code for both families, by traits); the xtables lock iptables(8) shares.
 #include "agent/kernel/packet_steering.h"
 #include "agent/kernel/packet_steering_internal.h"
+#include "agent/kernel/whole_file.h"
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -20,6 +21,8 @@ extern "C" {
 #include <sched.h>
 #include <sys/file.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -31,6 +34,7 @@ extern "C" {
 #include <functional>
 #include <map>
 #include <optional>
+#include <sstream>
 #include <thread>
 #include <utility>
 
@@ -103,6 +107,7 @@ struct Ip4 {
   static void setProtocol(Entry& e, uint8_t proto) { e.ip.proto = proto; }
   static std::string interfaceOf(const Entry& e, bool out) { return ipInterface(e.ip, out); }
   static void setInterface(Entry& e, const std::string& name, bool out) { setIpInterface(e.ip, name, out); }
+  static bool sameIp(const Entry& a, const Entry& b) { return std::memcmp(&a.ip, &b.ip, sizeof a.ip) == 0; }
 };
 
 struct Ip6 {
@@ -144,6 +149,7 @@ struct Ip6 {
   }
   static std::string interfaceOf(const Entry& e, bool out) { return ipInterface(e.ipv6, out); }
   static void setInterface(Entry& e, const std::string& name, bool out) { setIpInterface(e.ipv6, name, out); }
+  static bool sameIp(const Entry& a, const Entry& b) { return std::memcmp(&a.ipv6, &b.ipv6, sizeof a.ipv6) == 0; }
 };
 
 // One xtables rule, before it is laid out as an ipt_entry / ip6t_entry.
@@ -304,37 +310,98 @@ std::vector<std::string> xtChains(xtc_handle* h) {
 constexpr std::array<std::pair<const char*, bool>, 3> kXtHooks{
     {{"OUTPUT", true}, {"FORWARD", true}, {"PREROUTING", false}}};
 
-// Removes every rule that jumps to chain and chain itself from the handle (not committed).
-// Returns whether anything was there.
+// Whether e, a rule of chain `in` that jumps to a faultline chain, has the shape install() gives
+// its jump rules: in one of kXtHooks, the hook's interface (-o, or -i for PREROUTING) and nothing
+// else, no match.
 template <typename F>
-tl::expected<bool, int> xtDropChain(xtc_handle* h, const std::string& chain) {
+bool xtIsOwnJump(const std::string& in, const typename F::Entry* e) {
+  for (const auto& [hook, out] : kXtHooks) {
+    if (in != hook) {
+      continue;
+    }
+    XtRule jump;
+    const std::string iface = F::interfaceOf(*e, out);
+    if (iface.empty()) {
+      return false;
+    }
+    (out ? jump.outInterface : jump.inInterface) = iface;
+    jump.target = "RETURN";  // the target is not compared: the caller knows where e jumps
+    const auto buf = buildEntry<F>(jump);
+    const auto* want = buf.template entry<typename F::Entry>();
+    return e->target_offset == want->target_offset && F::sameIp(*e, *want);
+  }
+  return false;
+}
+
+// Words for rule n (0-based) of chain in: "rule 2 of INPUT (-i eth0) in the IPv4 mangle table".
+template <typename F>
+std::string xtRuleWords(const std::string& in, unsigned n, const typename F::Entry* e) {
+  std::string interfaces;
+  for (const bool out : {false, true}) {
+    if (const std::string name = F::interfaceOf(*e, out); !name.empty()) {
+      interfaces += fmt::format("{}{} {}", interfaces.empty() ? "" : " ", out ? "-o" : "-i", name);
+    }
+  }
+  return fmt::format("rule {} of {}{} in the {} mangle table", n + 1, in,
+                     interfaces.empty() ? std::string() : " (" + interfaces + ")", F::kName);
+}
+
+// Removes faultline's jump rules to chain (the first rule of install()'s shape in each hook) and
+// chain itself from the handle (not committed). When any other rule jumps to chain, that rule
+// stays and so does chain, emptied of its rules; foreign then names each such rule. Returns
+// whether anything changed.
+template <typename F>
+tl::expected<bool, int> xtDropChain(xtc_handle* h, const std::string& chain, std::vector<std::string>& foreign) {
   if (F::isChain(chain.c_str(), h) == 0) {
     return false;
   }
+  bool changed = false;
   for (const auto& c : xtChains<F>(h)) {
-    // Delete from the last rule back, so the numbers of the rules still to check stay put.
-    std::vector<unsigned> jumps;
+    std::optional<unsigned> own;
+    std::vector<std::pair<unsigned, const typename F::Entry*>> others;
     unsigned n = 0;
     for (const auto* e = F::firstRule(c.c_str(), h); e != nullptr; e = F::nextRule(e, h), ++n) {
       const char* t = F::target(e, h);
-      if (t != nullptr && chain == t) {
-        jumps.push_back(n);
+      if (t == nullptr || chain != t) {
+        continue;
+      }
+      if (!own && xtIsOwnJump<F>(c, e)) {  // install() adds one per hook
+        own = n;
+      } else {
+        others.emplace_back(n, e);
       }
     }
-    for (auto it = jumps.rbegin(); it != jumps.rend(); ++it) {
-      if (F::deleteNum(c.c_str(), *it, h) == 0) {
+    // Each named by its number once faultline's own jump above it is gone, as iptables -L will
+    // show it (and before the deletion, which frees the entries read here).
+    for (const auto& [number, e] : others) {
+      foreign.push_back(xtRuleWords<F>(c, own && *own < number ? number - 1 : number, e));
+    }
+    if (own) {
+      if (F::deleteNum(c.c_str(), *own, h) == 0) {
         return tl::unexpected(errno);
       }
+      changed = true;
     }
   }
-  if (F::flush(chain.c_str(), h) == 0 || F::deleteChain(chain.c_str(), h) == 0) {
-    return tl::unexpected(errno);
+  if (F::firstRule(chain.c_str(), h) != nullptr) {
+    if (F::flush(chain.c_str(), h) == 0) {
+      return tl::unexpected(errno);
+    }
+    changed = true;
   }
-  return true;
+  if (foreign.empty()) {
+    if (F::deleteChain(chain.c_str(), h) == 0) {
+      return tl::unexpected(errno);
+    }
+    changed = true;
+  }
+  return changed;
 }
 
+// Removes slot's chain in one family (xtDropChain()), commits, and reads back: the chain gone, or,
+// when foreign rules jump to it, empty. The words of what stayed are added to left.
 template <typename F>
-VoidResult xtRemoveFamily(uint16_t slot) {
+VoidResult xtRemoveFamily(uint16_t slot, std::vector<std::string>& left) {
   const std::string chain = xtChainName(slot);
   XtHandle<F> table;
   if (table.h == nullptr) {
@@ -343,16 +410,31 @@ VoidResult xtRemoveFamily(uint16_t slot) {
     }
     return tl::unexpected(xtFailure<F>(errno, "reading the mangle table"));
   }
-  auto dropped = xtDropChain<F>(table.h, chain);
-  if (!dropped) {
-    return tl::unexpected(xtFailure<F>(dropped.error(), fmt::format("removing chain {}", chain)));
+  std::vector<std::string> foreign;
+  auto changed = xtDropChain<F>(table.h, chain, foreign);
+  if (!changed) {
+    return tl::unexpected(xtFailure<F>(changed.error(), fmt::format("removing chain {}", chain)));
   }
-  if (*dropped && F::commit(table.h) == 0) {
+  if (*changed && F::commit(table.h) == 0) {
     return tl::unexpected(xtFailure<F>(errno, fmt::format("removing chain {}", chain)));
   }
   XtHandle<F> check;
   if (check.h != nullptr && F::isChain(chain.c_str(), check.h) != 0) {
-    return fail(EIO, fmt::format("chain {} is still in the {} mangle table after its removal", chain, F::kName));
+    if (foreign.empty()) {
+      return fail(EIO, fmt::format("chain {} is still in the {} mangle table after its removal", chain, F::kName));
+    }
+    if (F::firstRule(chain.c_str(), check.h) != nullptr) {
+      return fail(EIO, fmt::format("chain {} in the {} mangle table still has rules after faultline's were removed",
+                                   chain, F::kName));
+    }
+  }
+  if (!foreign.empty()) {
+    left.push_back(fmt::format(
+        "the {} chain {} was left in place, emptied of faultline's rules (packets that reach it go on unharmed): "
+        "faultline did not add {} that jump{} to it ({}), and deletes no rule it did not add; delete {}, then run "
+        "faultline-agent revert-all (or revert again) to remove the chain",
+        F::kName, chain, foreign.size() == 1 ? "the rule" : "the rules", foreign.size() == 1 ? "s" : "",
+        fmt::join(foreign, "; "), foreign.size() == 1 ? "that rule" : "those rules"));
   }
   return {};
 }
@@ -569,19 +651,20 @@ tl::expected<void, int> xtOwnedFamily(std::vector<std::string>& names,
   return {};
 }
 
-// How long a change waits for another program's xtables lock (iptables -w waits for ever).
-constexpr std::chrono::milliseconds kXtablesLockWait{5000};
-
 class XtSteering final : public PacketSteering {
  public:
-  explicit XtSteering(int fd) : ns_(fd) {}
+  XtSteering(int fd, std::chrono::milliseconds lockWait) : ns_(fd), lockWait_(lockWait) {}
 
   tl::expected<void, Failure> install(const SteeringRules& rules) override {
     auto combos = checkRules(rules);
     if (!combos) {
       return tl::unexpected(combos.error());
     }
-    const XtablesLock lock(kXtablesLockWait);
+    auto lock = XtablesLock::take(lockWait_);
+    if (!lock) {
+      return tl::unexpected(Failure{lock.error().first, fmt::format("installing chain {}{}: {}; nothing was changed",
+                                                                    kXtChainPrefix, rules.slot, lock.error().second)});
+    }
     auto result = onThreadIn<VoidResult>(
         ns_.fd(),
         [&]() -> VoidResult {
@@ -591,7 +674,8 @@ class XtSteering final : public PacketSteering {
           }
           auto r6 = xtInstallFamily<Ip6>(rules, *combos);
           if (!r6) {
-            if (auto undo = xtRemoveFamily<Ip4>(rules.slot); !undo) {
+            std::vector<std::string> left;
+            if (auto undo = xtRemoveFamily<Ip4>(rules.slot, left); !undo) {
               return fail(r6.error().first.value(), fmt::format("{}; and taking back the IPv4 chain failed too: {}",
                                                                 r6.error().second, undo.error().second));
             }
@@ -607,19 +691,28 @@ class XtSteering final : public PacketSteering {
     return result;
   }
 
-  tl::expected<void, Failure> remove(uint16_t slot) override {
+  tl::expected<Removal, Failure> remove(uint16_t slot) override {
     if (slot >= kMaxSlots) {
       return fail(EINVAL, fmt::format("slot {} is out of range; accepted: 0 to {}", slot, kMaxSlots - 1));
     }
-    const XtablesLock lock(kXtablesLockWait);
-    return onThreadIn<VoidResult>(
+    auto lock = XtablesLock::take(lockWait_);
+    if (!lock) {
+      return tl::unexpected(Failure{lock.error().first, fmt::format("removing chain {}{}: {}; nothing was changed",
+                                                                    kXtChainPrefix, slot, lock.error().second)});
+    }
+    Removal removal;
+    auto result = onThreadIn<VoidResult>(
         ns_.fd(),
         [&]() -> VoidResult {
-          auto r4 = xtRemoveFamily<Ip4>(slot);
-          auto r6 = xtRemoveFamily<Ip6>(slot);  // even when IPv4 failed: remove what can go
+          auto r4 = xtRemoveFamily<Ip4>(slot, removal.left);
+          auto r6 = xtRemoveFamily<Ip6>(slot, removal.left);  // even when IPv4 failed: remove what can go
           return r4 ? r6 : r4;
         },
         voidOnError);
+    if (!result) {
+      return tl::unexpected(result.error());
+    }
+    return removal;
   }
 
   tl::expected<Owned, std::error_code> owned() override {
@@ -663,6 +756,7 @@ class XtSteering final : public PacketSteering {
 
  private:
   Namespace ns_;
+  std::chrono::milliseconds lockWait_;
 };
 
 template <typename F>
@@ -688,8 +782,8 @@ bool xtCommitProbe(const std::vector<XtRule>& rules) {
 
 namespace steering_internal {
 
-std::unique_ptr<PacketSteering> makeXtSteering(int fd) {
-  return std::make_unique<XtSteering>(fd);
+std::unique_ptr<PacketSteering> makeXtSteering(int fd, std::chrono::milliseconds lockWait) {
+  return std::make_unique<XtSteering>(fd, lockWait);
 }
 
 void probeXtables(SteeringSupport& support) {
@@ -708,25 +802,81 @@ void probeXtables(SteeringSupport& support) {
 
 }  // namespace steering_internal
 
-XtablesLock::XtablesLock(std::chrono::milliseconds wait) {
+std::string xtablesLockPath() {
   const char* path = std::getenv("XTABLES_LOCKFILE");  // as iptables(8) reads it
-  const int fd =
-      ::open(path != nullptr && *path != '\0' ? path : "/run/xtables.lock", O_CREAT | O_RDWR | O_CLOEXEC, 0600);
+  return path != nullptr && *path != '\0' ? path : "/run/xtables.lock";
+}
+
+namespace {
+
+// Who holds a lock on the file open at fd, as /proc/locks lists it ("1: FLOCK  ADVISORY  WRITE
+// 1234 00:19:567 0 EOF": pid, then device major:minor in hex and inode): "pid 1234 (iptables)",
+// or "" when it does not say.
+std::string lockHolder(int fd) {
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    return "";
+  }
+  auto text = readWholeFile("/proc/locks", 1 << 20);
+  if (!text) {
+    return "";
+  }
+  const std::string file = fmt::format("{:02x}:{:02x}:{}", major(st.st_dev), minor(st.st_dev), st.st_ino);
+  std::istringstream lines(*text);
+  std::string line;
+  while (std::getline(lines, line)) {
+    std::istringstream words(line);
+    std::string number, kind, mode, access, pid, id;
+    if (!(words >> number >> kind) || kind == "->") {
+      continue;  // a waiter ("1: -> FLOCK ...")
+    }
+    if (!(words >> mode >> access >> pid >> id) || id != file || pid == "-1") {
+      continue;
+    }
+    std::string command;
+    if (auto comm = readWholeFile(fmt::format("/proc/{}/comm", pid), 64)) {
+      command = comm->substr(0, comm->find('\n'));
+    }
+    return command.empty() ? fmt::format("pid {}", pid) : fmt::format("pid {} ({})", pid, command);
+  }
+  return "";
+}
+
+}  // namespace
+
+tl::expected<XtablesLock, std::pair<std::error_code, std::string>> XtablesLock::take(std::chrono::milliseconds wait) {
+  const std::string path = xtablesLockPath();
+  // Non-blocking: a FIFO named by $XTABLES_LOCKFILE does not hold the agent up.
+  const int fd = ::open(path.c_str(), O_CREAT | O_RDWR | O_CLOEXEC | O_NONBLOCK | O_NOCTTY, 0600);
   if (fd < 0) {
-    return;
+    const int e = errno;
+    return tl::unexpected(std::pair{errnoCode(e), fmt::format("cannot open the xtables lock {}: {}; without it no "
+                                                              "xtables change is made (iptables(8) makes none either)",
+                                                              path, std::strerror(e))});
   }
   const auto deadline = std::chrono::steady_clock::now() + wait;
   for (;;) {
     if (::flock(fd, LOCK_EX | LOCK_NB) == 0) {
-      fd_ = fd;
-      return;
+      return XtablesLock(fd);
     }
-    if ((errno != EWOULDBLOCK && errno != EINTR) || std::chrono::steady_clock::now() >= deadline) {
+    const int e = errno;
+    if (e != EWOULDBLOCK && e != EINTR) {
+      ::close(fd);
+      return tl::unexpected(
+          std::pair{errnoCode(e), fmt::format("cannot take the xtables lock {}: {}", path, std::strerror(e))});
+    }
+    if (std::chrono::steady_clock::now() >= deadline) {
       break;
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
   }
+  const std::string holder = lockHolder(fd);
   ::close(fd);
+  return tl::unexpected(std::pair{
+      errnoCode(EBUSY),
+      fmt::format("the xtables lock {} was held by another program{} for all of {} ms (iptables -w, firewalld, "
+                  "another agent); faultline never changes xtables rules without it: try again when it is free",
+                  path, holder.empty() ? std::string() : " (" + holder + ")", wait.count())});
 }
 
 XtablesLock::~XtablesLock() {

@@ -28,6 +28,7 @@
 #include <vector>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
 
 extern char** environ;  // NOLINT: posix_spawn's environment
@@ -182,7 +183,8 @@ int watch(pid_t agent, std::chrono::milliseconds grace) {
       } else if (auto removed = (*steering)->remove(static_cast<uint16_t>(slot)); !removed) {
         outcome = fmt::format("cannot remove them: {}", removed.error().second);
       } else {
-        outcome = "removed";
+        outcome =
+            removed->left.empty() ? "removed" : fmt::format("removed but for: {}", fmt::join(removed->left, "; "));
         if (queueFd >= 0) {
           outcome += "; " + releaseQueue(agent, queueFd, netns, static_cast<uint16_t>(kernel::kQueueBase + slot));
         }

@@ -126,6 +126,10 @@ bool neutralise(v1::FaultSpec& spec, const std::string& field) {
         d->clear_rate_bps();
         return true;
       }
+      if (field == "keepOrder") {
+        d->clear_keep_order();
+        return true;
+      }
       break;
     }
     case v1::FaultSpec::kNetworkLoss: {
@@ -364,9 +368,13 @@ void Parser::validateSpec(v1::FaultSpec spec, const MapNode& fault, size_t fault
     reported.push_back(field);
     const std::string relative = filePathOfSpecField(spec, field);
     const YAML::Mark mark = markOf(fault.self, relative);
-    // jitter is compared with the delay: after a bad delay that comparison says nothing.
+    // jitter is compared with the delay, keepOrder needs the jitter: after a bad delay (jitter) that
+    // says nothing.
+    const auto wasReported = [&](const char* other) {
+      return std::find(reported.begin(), reported.end(), other) != reported.end();
+    };
     const bool afterBadDelay =
-        field == "jitter" && std::find(reported.begin(), reported.end(), "delay") != reported.end();
+        (field == "jitter" && wasReported("delay")) || (field == "keepOrder" && wasReported("jitter"));
     if (const std::string path = childPath(fault.self.path, relative); !alreadyReported(path) && !afterBadDelay) {
       error(mark, path, r.error().message);
     }

@@ -25,8 +25,9 @@ namespace {
 
 constexpr std::array<std::string_view, 4> kStepKeys{"fault", "wait", "probe", "parallel"};
 constexpr std::array<std::string_view, 3> kParallelMemberKeys{"fault", "wait", "probe"};
-constexpr std::array<std::string_view, 10> kDelayKeys{"name",   "type",        "duration",     "target", "delay",
-                                                      "jitter", "correlation", "distribution", "rate",   "limit"};
+constexpr std::array<std::string_view, 11> kDelayKeys{"name",  "type",   "duration",    "target",
+                                                      "delay", "jitter", "correlation", "distribution",
+                                                      "rate",  "limit",  "keepOrder"};
 constexpr std::array<std::string_view, 8> kLossKeys{"name",    "type",        "duration",       "target",
                                                     "percent", "correlation", "gilbertElliott", "limit"};
 constexpr std::array<std::string_view, 8> kBandwidthKeys{"name", "type",  "duration", "target",
@@ -44,10 +45,10 @@ constexpr std::array<std::string_view, 7> kSqueezeKeys{"name", "type",       "du
                                                        "cpus", "memoryHigh", "pidsMax"};
 
 // Every key some fault type accepts: the candidates when the type itself is missing or wrong.
-constexpr std::array<std::string_view, 26> kAnyFaultKeys{
+constexpr std::array<std::string_view, 27> kAnyFaultKeys{
     "name",    "type",  "duration", "target",  "delay",   "jitter",     "correlation", "distribution",   "percent",
     "rate",    "burst", "limit",    "latency", "process", "signal",     "every",       "gilbertElliott", "gap",
-    "workers", "load",  "bytes",    "cgroup",  "cpus",    "memoryHigh", "pidsMax",     "mechanism"};
+    "workers", "load",  "bytes",    "cgroup",  "cpus",    "memoryHigh", "pidsMax",     "mechanism",      "keepOrder"};
 
 constexpr std::array<FaultType, 12> kFaultTypes{{
     {"network.delay", FaultKind::kDelay, kDelayKeys},

@@ -80,6 +80,15 @@ void Parser::parseNetworkFault(FaultKind kind, const MapNode& m, v1::FaultSpec& 
           d->set_limit_packets(*v);
         }
       }
+      if (auto keepOrder = lookup(m, "keepOrder")) {
+        if (auto v = scalar(*keepOrder, "true or false")) {
+          if (*v == "true" || *v == "false") {
+            d->set_keep_order(*v == "true");
+          } else {
+            error(keepOrder->mark, keepOrder->path, fmt::format("'{}' is not a boolean; accepted: true or false", *v));
+          }
+        }
+      }
       break;
     }
     case FaultKind::kLoss: {

@@ -2,12 +2,22 @@
 # Runs scripts/quickstart on this machine (no sch_netem here: delay and loss go through the
 # userspace driver), twice at the same time (two users, or CI and a user), and checks that each
 # ends with a recorded run and a verdict, killed its own demo service only, and leaves no
-# namespace, process or undo journal behind.
+# namespace, process or undo journal behind; and that it builds only the executables it runs.
 # Usage: quickstart.sh BUILD_DIR (absolute).
 set -euo pipefail
 build=${1:?usage: quickstart.sh BUILD_DIR}
 cd "$(dirname "$0")/../.."
 fail() { echo "quickstart test: FAIL: $*" >&2; exit 1; }
+
+# The quickstart builds only its targets: each must be a ninja target that makes the executable it
+# runs ($build_dir/controller/faultline, $build_dir/demo/faultline-demo).
+targets=$(sed -n 's/^quickstart_targets=(\(.*\))$/\1/p' scripts/quickstart)
+[[ $targets == "controller/faultline demo/faultline-demo" ]] || fail "scripts/quickstart builds '$targets'"
+grep -q '"$build_dir/controller/faultline" run --local' scripts/quickstart || fail "the quickstart runs another faultline"
+grep -q '^demo=$build_dir/demo/faultline-demo$' scripts/quickstart || fail "the quickstart runs another demo"
+for target in $targets; do
+  ninja -C "$build" -t query "$target" >/dev/null || fail "scripts/quickstart builds $target, which ninja does not know"
+done
 
 outputs=$(mktemp -d)
 trap 'rm -rf -- "$outputs"' EXIT

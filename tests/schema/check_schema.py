@@ -137,5 +137,10 @@ expect_valid("netns by process", header + "method:\n  - fault: {type: network.lo
              "{interface: eth0, netns: {systemdUnit: orders}}, percent: 5}\n")
 expect_invalid("netns with count", header + "method:\n  - fault: {type: network.loss, target: "
                "{interface: eth0, netns: {name: x, count: 1}}, percent: 5}\n")
+expect_valid("delay with keepOrder", fault + "{type: network.delay, target: {interface: e}, delay: 100ms, jitter: 50ms, "
+             "keepOrder: true}\n")
+expect_invalid("keepOrder not a boolean", fault + "{type: network.delay, target: {interface: e}, delay: 100ms, "
+               "jitter: 50ms, keepOrder: maybe}\n")
+expect_invalid("keepOrder on loss", fault + "{type: network.loss, target: {interface: e}, percent: 5, keepOrder: true}\n")
 
 sys.exit(1 if failures else 0)

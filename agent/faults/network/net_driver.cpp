@@ -870,6 +870,17 @@ tl::expected<std::unique_ptr<AppliedFault>, FaultError> NetworkFaultDriver::appl
                                      fmt::format("{}: invalid field '{}': {}", name.empty() ? "fault" : name,
                                                  valid.error().field, valid.error().message)));
   }
+  // netem reorders delayed packets whenever the jitter gives one a shorter delay than the one
+  // before it (its tfifo sends by time); only with a rate does it time each packet from the one
+  // before it, which keeps them in order.
+  if (spec.has_network_delay() && spec.network_delay().keep_order() && spec.network_delay().rate_bps() == 0) {
+    return tl::unexpected(faultError(
+        std::make_error_code(std::errc::not_supported),
+        "network.delay: keepOrder needs a rate with netem: netem reorders packets whose jitter gives them a shorter "
+        "delay than the one before, and keeps them in order only when it paces them (rate); accepted: keepOrder with "
+        "a rate, or the userspace driver (--network-driver nfqueue), which keeps each flow in order, or leave "
+        "keepOrder out"));
+  }
   auto plan = planFor(spec, exempt_);
   if (!plan) {
     return tl::unexpected(plan.error());

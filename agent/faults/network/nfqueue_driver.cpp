@@ -59,6 +59,9 @@ std::string impairmentText(const v1::FaultSpec& spec) {
       if (d.correlation() > 0) {
         text += fmt::format(" correlation {:g}%", d.correlation());
       }
+      if (d.keep_order()) {
+        text += ", each flow kept in order";
+      }
       return text;
     }
     case v1::FaultSpec::kNetworkLoss: {
@@ -108,6 +111,9 @@ std::string countersText(const QueueStats& s) {
              "{} packets through the queue: {} accepted, {} dropped, {} over the limit, {} duplicated, {} "
              "corrupted, {} reordered",
              s.received, s.accepted, s.dropped, s.overLimit, s.duplicated, s.corrupted, s.reordered) +
+         (s.keptInOrder == 0
+              ? std::string()
+              : fmt::format(", {} held behind an earlier packet of their flow (keepOrder)", s.keptInOrder)) +
          (s.sendFailed == 0 ? std::string()
                             : fmt::format(", {} held egress packets lost (the raw socket refused them)", s.sendFailed));
 }
@@ -157,8 +163,11 @@ class AppliedUserspaceFault final : public AppliedFault {
         return tl::unexpected(
             faultError(removed.error().first, fmt::format("{}: revert: cannot remove the {}: {}", what_,
                                                           ruleNames(backend_, slot_), removed.error().second)));
-      } else {
+      } else if (removed->left.empty()) {
         outcome_ = ruleNames(backend_, slot_) + " removed";
+      } else {
+        outcome_ = fmt::format("{} removed but for what other rules use: {}", ruleNames(backend_, slot_),
+                               fmt::join(removed->left, "; "));
       }
       rulesRemoved_ = true;
       if (watchdog_) {
@@ -573,9 +582,14 @@ tl::expected<std::string, FaultError> NfqueueFaultDriver::revertRecord(const nlo
         "fault, not this record's)",
         names, where(netns), kernel::kQueueBase + slot);
   }
-  if (auto removed = (*steering)->remove(static_cast<uint16_t>(slot)); !removed) {
+  auto removed = (*steering)->remove(static_cast<uint16_t>(slot));
+  if (!removed) {
     return tl::unexpected(faultError(removed.error().first, fmt::format("cannot remove the {} in {}: {}", names,
                                                                         where(netns), removed.error().second)));
+  }
+  if (!removed->left.empty()) {
+    return fmt::format("{} in {} removed but for what other rules use: {}", names, where(netns),
+                       fmt::join(removed->left, "; "));
   }
   return fmt::format("{} in {} removed; the queue they fed closed when the agent that served it stopped", names,
                      where(netns));
@@ -609,6 +623,9 @@ SteeringSweep removeAllSteering(const std::string& netns, const SteeringOpener& 
       if (auto removed = (*steering)->remove(slot); !removed) {
         sweep.failed.push_back(
             fmt::format("{} in {}: {}", ruleNames(backend, slot), where(netns), removed.error().second));
+      } else if (!removed->left.empty()) {
+        sweep.kept.push_back(
+            fmt::format("{} in {}: {}", ruleNames(backend, slot), where(netns), fmt::join(removed->left, "; ")));
       } else {
         sweep.removed.push_back(fmt::format("{} in {}", ruleNames(backend, slot), where(netns)));
       }

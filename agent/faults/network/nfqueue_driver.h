@@ -34,7 +34,10 @@
 // counters; measured in tests/kernel/agent/faults/network/nfqueue_driver_test.cpp (docs/performance.md).
 // revert(): removes the rules (reads back that nothing of the slot is left), then releases every
 // held packet and unbinds the queue; describe() then adds the queue's counters. Nothing to do
-// when the namespace is gone. Errors are transient (EPERM, EIO ...): revert() may be called again.
+// when the namespace is gone. A rule faultline did not add that jumps to the slot's xtables chain
+// is never deleted: the chain stays, emptied, and describe() names that rule
+// (PacketSteering::remove()). Errors are transient (EPERM, EIO, EBUSY the xtables lock held by
+// another program ...): revert() may be called again.
 // Neither class is thread-safe; apply and revert block for a few netlink round trips.
 #pragma once
 

@@ -97,6 +97,7 @@ tl::expected<Impairment, std::string> impairmentFromSpec(const v1::FaultSpec& sp
       out.jitter = toNanos(d.jitter());
       out.delayCorrelation = d.correlation();
       out.distribution = d.distribution();
+      out.keepOrder = d.keep_order();
       // The same queue size the netem driver gives sch_netem, so the delay does not tail-drop.
       out.limitPackets = d.limit_packets() != 0
                              ? d.limit_packets()
@@ -141,6 +142,50 @@ tl::expected<Impairment, std::string> impairmentFromSpec(const v1::FaultSpec& sp
       "{} has no userspace impairment; accepted: network.delay, network.loss, network.duplicate, network.corrupt, "
       "network.reorder (network.partition and plain loss can be pure drop rules)",
       kind.empty() ? "an empty spec" : kind));
+}
+
+uint64_t flowKey(const uint8_t* p, size_t length) {
+  uint64_t h = 0xcbf29ce484222325ULL;  // FNV-1a
+  const auto mix = [&h](const uint8_t* bytes, size_t n) {
+    for (size_t i = 0; i < n; ++i) {
+      h = (h ^ bytes[i]) * 0x100000001b3ULL;
+    }
+  };
+  if (length >= 20 && (p[0] >> 4) == 4) {
+    const size_t headerLength = size_t{p[0] & 0x0fU} * 4;
+    mix(p, 1);       // version
+    mix(p + 9, 1);   // protocol
+    mix(p + 12, 8);  // source, destination
+    const bool laterFragment = ((p[6] << 8 | p[7]) & 0x1fff) != 0;
+    if ((p[9] == IPPROTO_TCP || p[9] == IPPROTO_UDP) && !laterFragment && headerLength >= 20 &&
+        length >= headerLength + 4) {
+      mix(p + headerLength, 4);  // ports
+    }
+    return h;
+  }
+  if (length >= 40 && (p[0] >> 4) == 6) {
+    mix(p, 1);
+    mix(p + 6, 1);   // next header
+    mix(p + 8, 32);  // source, destination
+    if ((p[6] == IPPROTO_TCP || p[6] == IPPROTO_UDP) && length >= 44) {
+      mix(p + 40, 4);
+    }
+    return h;
+  }
+  return 0;
+}
+
+FlowOrder::TimePoint FlowOrder::earliest(uint64_t flow, TimePoint wanted) const {
+  const auto it = last_.find(flow);
+  return it != last_.end() && it->second > wanted ? it->second : wanted;
+}
+
+void FlowOrder::held(uint64_t flow, TimePoint release, TimePoint now) {
+  last_[flow] = release;
+  if (last_.size() > forgetAbove_) {
+    std::erase_if(last_, [now](const auto& entry) { return entry.second <= now; });
+    forgetAbove_ = std::max<size_t>(1024, last_.size() * 2);
+  }
 }
 
 struct ImpairmentModel::State {
@@ -458,6 +503,7 @@ class NfPacketQueue final : public PacketQueue {
     s.duplicated = duplicated_.load();
     s.corrupted = corrupted_.load();
     s.reordered = reordered_.load();
+    s.keptInOrder = keptInOrder_.load();
     s.held = held_.load();
     s.orphaned = orphaned_.load();
     s.sendFailed = sendFailed_.load();
@@ -517,7 +563,7 @@ class NfPacketQueue final : public PacketQueue {
            .orphaned = false};
     // A packet larger than its interface's MTU (a UDP datagram the kernel fragments after this
     // hook) cannot go through a raw socket whole (EMSGSIZE): it stays in the kernel while held.
-    const bool orphan = orphans_ && d.hold.count() > 0 && h.outdev != 0 && length > 0 &&
+    const bool orphan = orphans_ && (d.hold.count() > 0 || impairment_.keepOrder) && h.outdev != 0 && length > 0 &&
                         socketTraffic(payload, static_cast<size_t>(length)) &&
                         static_cast<uint32_t>(length) <= mtu(h.outdev);
     if ((d.corruptBit || (d.duplicate && duplicates_) || orphan) && length > 0) {
@@ -532,7 +578,17 @@ class NfPacketQueue final : public PacketQueue {
     if (d.reordered) {
       ++reordered_;
     }
-    if (d.hold.count() == 0) {
+    const auto now = std::chrono::steady_clock::now();
+    h.release = now + d.hold;
+    uint64_t flow = 0;
+    if (impairment_.keepOrder) {
+      flow = length > 0 ? flowKey(payload, static_cast<size_t>(length)) : 0;
+      if (const auto earliest = order_.earliest(flow, h.release); earliest > h.release) {
+        h.release = earliest;  // behind the flow's last packet: sequence_ keeps ties in arrival order
+        ++keptInOrder_;
+      }
+    }
+    if (h.release <= now) {
       release(h);
       return;
     }
@@ -541,7 +597,9 @@ class NfPacketQueue final : public PacketQueue {
       ++overLimit_;
       return;
     }
-    h.release = std::chrono::steady_clock::now() + d.hold;
+    if (impairment_.keepOrder) {
+      order_.held(flow, h.release, now);
+    }
     if (orphan) {
       // netem orphans a delayed packet from its socket (skb_orphan_partial()); held here, it would
       // stay charged to the sender, and TCP small queues would let ~2 packets a round trip through.
@@ -779,10 +837,11 @@ class NfPacketQueue final : public PacketQueue {
   std::priority_queue<Held, std::vector<Held>, Later> heap_;
   std::map<uint32_t, std::pair<uint32_t, std::chrono::steady_clock::time_point>> mtus_;  // ifindex: MTU, until
   uint64_t sequence_ = 0;
+  FlowOrder order_;  // keepOrder
   bool stopping_ = false;
   std::array<uint8_t, 0x10000 + 4096> buffer_{};
   std::atomic<uint64_t> received_{0}, accepted_{0}, dropped_{0}, overLimit_{0}, duplicated_{0}, corrupted_{0},
-      reordered_{0}, held_{0}, orphaned_{0}, sendFailed_{0};
+      reordered_{0}, keptInOrder_{0}, held_{0}, orphaned_{0}, sendFailed_{0};
 };
 
 }  // namespace

@@ -35,6 +35,7 @@
 #include <optional>
 #include <string>
 #include <system_error>
+#include <unordered_map>
 #include <utility>
 
 #include <tl/expected.hpp>
@@ -60,6 +61,33 @@ struct Impairment {
   double reorderCorrelation = 0;
   uint32_t gap = 0;
   uint32_t limitPackets = 1000;  // packets held at once; more are dropped (overLimit), as netem's limit does
+  // network.delay's keepOrder: a packet is held at least until the one before it on its flow
+  // (flowKey()) is released, so the jitter does not reorder a flow (netem's does).
+  bool keepOrder = false;
+};
+
+// The flow of an IPv4 or IPv6 packet, for keepOrder: a hash of its version, source and destination
+// addresses, protocol (IPv6: the first next header) and, for TCP and UDP (not a later fragment),
+// its ports. Anything shorter than the headers it reads (or not IP) is one flow of its own (0).
+[[nodiscard]] uint64_t flowKey(const uint8_t* packet, size_t length);
+
+// keepOrder's bookkeeping: the release time of the last held packet of each flow. Not
+// thread-safe (the queue's thread owns it); at most about twice the held packets' flows are kept
+// (flows whose last release has passed are forgotten).
+class FlowOrder {
+ public:
+  using TimePoint = std::chrono::steady_clock::time_point;
+  // When a packet of flow that would be released at wanted may go: no earlier than the last
+  // packet of its flow (ties go in arrival order).
+  [[nodiscard]] TimePoint earliest(uint64_t flow, TimePoint wanted) const;
+  // Records that a packet of flow is released at release (from earliest()); now: the time, to
+  // forget the flows whose last packet has gone when there are many.
+  void held(uint64_t flow, TimePoint release, TimePoint now);
+  [[nodiscard]] size_t flows() const { return last_.size(); }
+
+ private:
+  std::unordered_map<uint64_t, TimePoint> last_;
+  size_t forgetAbove_ = 1024;
 };
 
 // The impairment of a validated network.delay, network.loss, network.duplicate, network.corrupt
@@ -96,9 +124,10 @@ struct QueueStats {
   uint64_t duplicated = 0;
   uint64_t corrupted = 0;
   uint64_t reordered = 0;
-  uint64_t held = 0;        // held right now
-  uint64_t orphaned = 0;    // held egress packets taken from the kernel, to be sent by the queue
-  uint64_t sendFailed = 0;  // of those, not sent at release (the raw socket refused; lost)
+  uint64_t keptInOrder = 0;  // keepOrder: held longer than their own delay, behind an earlier packet of their flow
+  uint64_t held = 0;         // held right now
+  uint64_t orphaned = 0;     // held egress packets taken from the kernel, to be sent by the queue
+  uint64_t sendFailed = 0;   // of those, not sent at release (the raw socket refused; lost)
 };
 
 class PacketQueue {

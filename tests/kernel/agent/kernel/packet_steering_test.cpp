@@ -16,13 +16,18 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <sched.h>
+#include <sys/file.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <csignal>
+#include <filesystem>
 #include <regex>
 #include <string>
 #include <thread>
@@ -679,4 +684,191 @@ TEST_CASE("openPacketSteering: a FIFO named as the netns is refused at once (EIN
     REQUIRE_FALSE(steering.has_value());
     CHECK(steering.error() == std::errc::invalid_argument);
   }
+}
+
+TEST_CASE_FIXTURE(Steering,
+                  "xtables: a rule faultline did not add that jumps to its chain survives remove(), which names it and "
+                  "leaves the chain empty; once that rule is gone, remove() takes the chain") {
+  addForeignState();
+  const std::string before = netfilterState();
+  auto steering = open(SteeringBackend::kXtables);
+  install(*steering, rules(11, SteeringRules::Verdict::kQueue));
+  // Someone's rules: one in a chain faultline never uses, one in OUTPUT that is not of the shape
+  // faultline's jump rules have (a protocol match).
+  inNetns("iptables-legacy -t mangle -A INPUT -i veth0 -j FAULTLINE-11");
+  inNetns("iptables-legacy -t mangle -A OUTPUT -o veth0 -p udp -j FAULTLINE-11");
+
+  auto removed = steering->remove(11);
+  REQUIRE_MESSAGE(removed.has_value(), (removed ? "" : removed.error().second));
+  REQUIRE(removed->left.size() == 1);  // IPv4 only: nothing jumps to the IPv6 chain
+  const std::string& words = removed->left[0];
+  MESSAGE(words);
+  CHECK(contains(words, "the IPv4 chain FAULTLINE-11 was left in place, emptied of faultline's rules"));
+  CHECK(contains(words, "rule 1 of INPUT (-i veth0) in the IPv4 mangle table"));
+  // Numbered as they are after the removal: OUTPUT was faultline's jump (inserted first), someone's
+  // ACCEPT (addForeignState()), then the foreign jump; faultline's is gone.
+  CHECK(contains(words, "rule 2 of OUTPUT (-o veth0) in the IPv4 mangle table"));
+  CHECK(contains(words, "deletes no rule it did not add"));
+
+  const std::string v4 = inNetns("iptables-legacy -t mangle -S");
+  const std::string v6 = inNetns("ip6tables-legacy -t mangle -S");
+  CHECK_MESSAGE(contains(v4, "-A INPUT -i veth0 -j FAULTLINE-11"), v4);
+  CHECK_MESSAGE(contains(v4, "-A OUTPUT -o veth0 -p udp -j FAULTLINE-11"), v4);
+  CHECK_MESSAGE(contains(v4, "-A OUTPUT -p udp -m udp --dport 9 -j ACCEPT"), v4);  // someone's, untouched
+  CHECK_MESSAGE(contains(v4, "-N FAULTLINE-11"), v4);
+  CHECK_MESSAGE(!contains(v4, "-A FAULTLINE-11"), v4);                     // emptied
+  CHECK_MESSAGE(!contains(v4, "-A OUTPUT -o veth0 -j FAULTLINE-11"), v4);  // faultline's own jumps are gone
+  CHECK_MESSAGE(!contains(v4, "-A FORWARD -o veth0 -j FAULTLINE-11"), v4);
+  CHECK_MESSAGE(!contains(v6, "FAULTLINE-11"), v6);
+  // The slot stays taken while its chain is there.
+  auto owned = steering->owned();
+  REQUIRE(owned.has_value());
+  CHECK(owned->slots == std::vector<uint16_t>{11});
+
+  // Again while the rules are there: the same words, nothing else changes.
+  auto again = steering->remove(11);
+  REQUIRE(again.has_value());
+  CHECK(again->left == removed->left);
+  CHECK(inNetns("iptables-legacy -t mangle -S") == v4);
+
+  inNetns("iptables-legacy -t mangle -D INPUT -i veth0 -j FAULTLINE-11");
+  inNetns("iptables-legacy -t mangle -D OUTPUT -o veth0 -p udp -j FAULTLINE-11");
+  auto freed = steering->remove(11);
+  REQUIRE_MESSAGE(freed.has_value(), (freed ? "" : freed.error().second));
+  CHECK(freed->left.empty());
+  CHECK(netfilterState() == before);
+}
+
+namespace {
+
+// Sets $XTABLES_LOCKFILE (read by the agent's XtablesLock and by iptables(8)) to a file of its own
+// for its life, so that holding the lock here never holds up iptables elsewhere on the host.
+class LockFileEnv {
+ public:
+  LockFileEnv() {
+    std::string pattern = (std::filesystem::temp_directory_path() / "fl-xtlock-XXXXXX").string();
+    REQUIRE(::mkdtemp(pattern.data()) != nullptr);
+    dir_ = pattern;
+    path_ = dir_ + "/xtables.lock";
+    ::setenv("XTABLES_LOCKFILE", path_.c_str(), 1);
+  }
+  LockFileEnv(const LockFileEnv&) = delete;
+  LockFileEnv& operator=(const LockFileEnv&) = delete;
+  ~LockFileEnv() {
+    ::unsetenv("XTABLES_LOCKFILE");
+    std::error_code ignored;
+    std::filesystem::remove_all(dir_, ignored);
+  }
+  [[nodiscard]] const std::string& path() const { return path_; }
+
+ private:
+  std::string dir_;
+  std::string path_;
+};
+
+// Another process (named xtables-holder) that holds flock(2) on path, as iptables -w does, until
+// release() or the end of the object (killed and reaped).
+class LockHolder {
+ public:
+  explicit LockHolder(const std::string& path) {
+    int ready[2];
+    REQUIRE(::pipe2(ready, O_CLOEXEC) == 0);
+    pid_ = ::fork();
+    REQUIRE(pid_ >= 0);
+    if (pid_ == 0) {  // only system calls here: the test process has threads
+      ::prctl(PR_SET_NAME, "xtables-holder");
+      const int fd = ::open(path.c_str(), O_CREAT | O_RDWR | O_CLOEXEC, 0600);
+      if (fd < 0 || ::flock(fd, LOCK_EX) != 0 || ::write(ready[1], "x", 1) != 1) {
+        ::_exit(1);
+      }
+      for (;;) {
+        ::pause();
+      }
+    }
+    ::close(ready[1]);
+    char c = 0;
+    const bool locked = ::read(ready[0], &c, 1) == 1;
+    ::close(ready[0]);
+    REQUIRE_MESSAGE(locked, "the lock holder could not take ", path);
+  }
+  LockHolder(const LockHolder&) = delete;
+  LockHolder& operator=(const LockHolder&) = delete;
+  ~LockHolder() { release(); }
+  void release() {
+    if (pid_ > 0) {
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, nullptr, 0);
+      pid_ = -1;
+    }
+  }
+  [[nodiscard]] pid_t pid() const { return pid_; }
+
+ private:
+  pid_t pid_ = -1;
+};
+
+}  // namespace
+
+TEST_CASE("the xtables lock is /run/xtables.lock, or $XTABLES_LOCKFILE as iptables(8) reads it") {
+  ::unsetenv("XTABLES_LOCKFILE");
+  CHECK(kernel::xtablesLockPath() == "/run/xtables.lock");
+  LockFileEnv env;
+  CHECK(kernel::xtablesLockPath() == env.path());
+}
+
+TEST_CASE_FIXTURE(Steering,
+                  "xtables: install() and remove() wait for the xtables lock another process holds, and fail (EBUSY, "
+                  "naming the holder) rather than change anything without it") {
+  using namespace std::chrono_literals;
+  LockFileEnv env;
+  addForeignState();
+  const std::string before = netfilterState();
+  auto waitShort = kernel::openPacketSteeringWithLockWait(SteeringBackend::kXtables, netns_, 300ms);
+  REQUIRE(waitShort.has_value());
+  auto& steering = **waitShort;
+
+  {
+    LockHolder holder(env.path());
+    const auto start = std::chrono::steady_clock::now();
+    auto installed = steering.install(rules(12, SteeringRules::Verdict::kQueue));
+    const auto took = std::chrono::steady_clock::now() - start;
+    REQUIRE_FALSE(installed.has_value());
+    const std::string& words = installed.error().second;
+    MESSAGE(words);
+    CHECK(installed.error().first == std::errc::device_or_resource_busy);
+    CHECK(contains(words, env.path()));
+    CHECK(contains(words, fmt::format("pid {} (xtables-holder)", holder.pid())));
+    CHECK(contains(words, "nothing was changed"));
+    CHECK(took >= 300ms);
+    CHECK(took < 3s);
+    CHECK(netfilterState() == before);
+  }
+
+  // Installed while the lock is free; then a remove() that cannot have the lock changes nothing.
+  install(steering, rules(12, SteeringRules::Verdict::kQueue));
+  const std::string installedState = netfilterState();
+  {
+    LockHolder holder(env.path());
+    auto removed = steering.remove(12);
+    REQUIRE_FALSE(removed.has_value());
+    CHECK(removed.error().first == std::errc::device_or_resource_busy);
+    CHECK(contains(removed.error().second, "nothing was changed"));
+    CHECK(netfilterState() == installedState);
+
+    // A longer wait: remove() goes on as soon as the holder lets go, not before.
+    auto waitLong = kernel::openPacketSteeringWithLockWait(SteeringBackend::kXtables, netns_, 10s);
+    REQUIRE(waitLong.has_value());
+    std::thread releaser([&] {
+      std::this_thread::sleep_for(500ms);
+      holder.release();
+    });
+    const auto start = std::chrono::steady_clock::now();
+    auto later = (*waitLong)->remove(12);
+    const auto took = std::chrono::steady_clock::now() - start;
+    releaser.join();
+    REQUIRE_MESSAGE(later.has_value(), (later ? "" : later.error().second));
+    CHECK(took >= 450ms);
+    CHECK(took < 5s);
+  }
+  CHECK(netfilterState() == before);
 }

@@ -141,6 +141,8 @@ TEST_CASE("network validation table: each bad field is named with what is accept
        "correlation", "≤ 100"},
       {"netem rate too low", [](v1::FaultSpec& s) { s.mutable_network_delay()->set_rate_bps(4); }, "rate",
        "8bit to 1tbit"},
+      {"keepOrder without jitter", [](v1::FaultSpec& s) { s.mutable_network_delay()->set_keep_order(true); },
+       "keepOrder", "jitter is 0"},
   };
   for (const auto& c : cases) {
     CAPTURE(c.what);

@@ -1422,3 +1422,25 @@ TEST_CASE("load: rate, concurrency and duration of http and tcp probes; the caps
   CHECK(hasDiagnostic(w, "steadyState.probes", 6,
                       "the load probes ask for a concurrency of 1280 together; accepted: at most 1024 per experiment"));
 }
+
+TEST_CASE("network.delay keepOrder: true or false; it needs a jitter") {
+  const auto file = [](const std::string& fault) {
+    return std::string(kHeader) +
+           "method:\n  - fault: {type: network.delay, duration: 1s, target: {interface: eth0}, " + fault + "}\n";
+  };
+  auto kept = parseExperiment(file("delay: 100ms, jitter: 50ms, keepOrder: true"), "keep.yaml");
+  REQUIRE_MESSAGE(kept.has_value(), (kept ? "" : allDiagnostics(kept.error())));
+  CHECK(faultAt(*kept, 0).spec.network_delay().keep_order());
+  auto plain = parseExperiment(file("delay: 100ms, jitter: 50ms"), "plain.yaml");
+  REQUIRE(plain.has_value());
+  CHECK_FALSE(faultAt(*plain, 0).spec.network_delay().keep_order());
+
+  const auto notBoolean = errorsOf(file("delay: 100ms, jitter: 50ms, keepOrder: yes please"));
+  CHECK_MESSAGE(hasDiagnostic(notBoolean, "method[0].fault.keepOrder", 6, "is not a boolean; accepted: true or false"),
+                allDiagnostics(notBoolean));
+  const auto noJitter = errorsOf(file("delay: 100ms, keepOrder: true"));
+  CHECK_MESSAGE(hasDiagnostic(noJitter, "method[0].fault.keepOrder", 6, "jitter is 0"), allDiagnostics(noJitter));
+  // After a bad jitter the keepOrder check says nothing more.
+  const auto badJitter = errorsOf(file("delay: 10ms, jitter: 20ms, keepOrder: true"));
+  CHECK(allDiagnostics(badJitter).find("keepOrder") == std::string::npos);
+}

@@ -1154,3 +1154,20 @@ TEST_CASE_FIXTURE(Fixture, "agent: the watch runs every interval on the io threa
     CHECK(reports[1].state() == v1::FAULT_STATE_EXPIRED);
   }
 }
+
+TEST_CASE_FIXTURE(Fixture, "keepOrder: netem refuses it without a rate (it reorders with jitter), before any change") {
+  auto spec = delaySpec();
+  spec.mutable_network_delay()->set_keep_order(true);
+  auto applied = driver.apply(spec);
+  REQUIRE_FALSE(applied.has_value());
+  CHECK(applied.error().code == std::errc::not_supported);
+  CHECK(contains(applied.error().message, "keepOrder needs a rate with netem"));
+  CHECK(contains(applied.error().message, "--network-driver nfqueue"));
+  CHECK(kernel->changes == 0);
+
+  // With a rate netem times each packet from the one before it: order kept, accepted.
+  spec.mutable_network_delay()->set_rate_bps(10'000'000);
+  auto paced = driver.apply(spec);
+  REQUIRE_MESSAGE(paced.has_value(), (paced ? std::string() : paced.error().message));
+  REQUIRE((*paced)->revert().has_value());
+}

@@ -35,6 +35,7 @@ struct FakeNetfilter {
   bool lastEgress = false;
   std::set<std::pair<std::string, uint16_t>> boundQueues;  // namespace and queue a (fake) program serves
   std::set<uint16_t> readNone;                             // bound queues whose packets wait unread (inspect's waiting)
+  std::vector<std::string> leftByRemove;                   // remove()'s words of what stayed (foreign rules)
 };
 
 class FakeSteering final : public kernel::PacketSteering {
@@ -52,10 +53,13 @@ class FakeSteering final : public kernel::PacketSteering {
     }
     return {};
   }
-  tl::expected<void, std::pair<std::error_code, std::string>> remove(uint16_t slot) override {
+  tl::expected<Removal, std::pair<std::error_code, std::string>> remove(uint16_t slot) override {
     nf_->calls.push_back(fmt::format("remove {} slot {}", kernel::steeringBackendName(backend_), slot));
-    nf_->installed.erase({backend_, netns_, slot});
-    return {};
+    Removal removal{nf_->leftByRemove};
+    if (removal.left.empty()) {
+      nf_->installed.erase({backend_, netns_, slot});
+    }
+    return removal;
   }
   tl::expected<Owned, std::error_code> owned() override {
     Owned out;
@@ -451,6 +455,33 @@ TEST_CASE("removeAllSteering: every slot of both backends in the namespace, noth
   CHECK(contains(sweep.removed[0], "nftables table inet faultline-3"));
   CHECK(contains(sweep.removed[1], "xtables chains mangle FAULTLINE-0"));
   CHECK(nf->installed.size() == 1);
+}
+
+TEST_CASE_FIXTURE(Fixture,
+                  "nfqueue driver: what remove() leaves for a rule faultline did not add is in the revert's words, "
+                  "revert-all's kept and recovery's words") {
+  const std::string left = "the IPv4 chain FAULTLINE-0 was left in place, emptied of faultline's rules";
+  auto applied = driver.apply(delaySpec());
+  REQUIRE_MESSAGE(applied.has_value(), (applied ? "" : applied.error().message));
+  nf->leftByRemove = {left};
+  REQUIRE((*applied)->revert().has_value());
+  CHECK(contains((*applied)->describe(),
+                 "xtables chains mangle FAULTLINE-0 removed but for what other rules use: " + left));
+  CHECK(nf->queuesStopped == 1);  // the queue goes all the same
+
+  const SteeringOpener open = fakeOpener(nf);
+  auto sweep = removeAllSteering(kNetns, open);
+  CHECK(sweep.removed.empty());
+  CHECK(sweep.failed.empty());
+  REQUIRE(sweep.kept.size() == 1);
+  CHECK(contains(sweep.kept[0], "xtables chains mangle FAULTLINE-0 in /proc/4242/ns/net: " + left));
+
+  const nlohmann::json record{
+      {"fault", "network.delay"}, {"driver", "nfqueue"},  {"netns", kNetns}, {"interface", "veth0"},
+      {"direction", "egress"},    {"backend", "xtables"}, {"slot", 0U},      {"queue", kernel::kQueueBase}};
+  auto recovered = NfqueueFaultDriver::revertRecord(record, open);
+  REQUIRE_MESSAGE(recovered.has_value(), (recovered ? "" : recovered.error().message));
+  CHECK(contains(*recovered, "removed but for what other rules use: " + left));
 }
 
 TEST_CASE_FIXTURE(Fixture, "nfqueue driver: lost() names rules deleted behind the agent's back") {

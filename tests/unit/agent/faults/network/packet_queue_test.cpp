@@ -416,3 +416,63 @@ TEST_CASE("impairmentFromSpec: refuses what the userspace path does not do, nami
   REQUIRE_FALSE(nd);
   CHECK(nd.error().rfind("delay: ", 0) == 0);
 }
+
+namespace {
+
+// A minimal IPv4 header (20 bytes) with protocol and addresses, then the ports.
+std::vector<uint8_t> ipv4(uint8_t protocol, uint8_t sourceLast, uint16_t sourcePort, uint16_t destinationPort,
+                          uint16_t fragment = 0) {
+  std::vector<uint8_t> p(28, 0);
+  p[0] = 0x45;
+  p[6] = static_cast<uint8_t>(fragment >> 8);
+  p[7] = static_cast<uint8_t>(fragment & 0xff);
+  p[9] = protocol;
+  p[12] = 10, p[13] = 0, p[14] = 0, p[15] = sourceLast;
+  p[16] = 10, p[17] = 0, p[18] = 0, p[19] = 9;
+  p[20] = static_cast<uint8_t>(sourcePort >> 8), p[21] = static_cast<uint8_t>(sourcePort & 0xff);
+  p[22] = static_cast<uint8_t>(destinationPort >> 8), p[23] = static_cast<uint8_t>(destinationPort & 0xff);
+  return p;
+}
+
+}  // namespace
+
+TEST_CASE("keepOrder's flow: addresses, protocol and ports of IPv4 and IPv6; a later fragment has no ports") {
+  const auto key = [](const std::vector<uint8_t>& p) { return flowKey(p.data(), p.size()); };
+  const uint64_t udp = key(ipv4(17, 1, 5000, 53));
+  CHECK(udp != 0);
+  CHECK(key(ipv4(17, 1, 5000, 53)) == udp);  // the same flow
+  CHECK(key(ipv4(17, 1, 5001, 53)) != udp);  // another source port
+  CHECK(key(ipv4(17, 2, 5000, 53)) != udp);  // another source
+  CHECK(key(ipv4(6, 1, 5000, 53)) != udp);   // TCP
+  // A later fragment carries no ports: all of them are one flow of the addresses.
+  CHECK(key(ipv4(17, 1, 5000, 53, 0x00b9)) == key(ipv4(17, 1, 6000, 80, 0x00b9)));
+  std::vector<uint8_t> v6(44, 0);
+  v6[0] = 0x60;
+  v6[6] = 17;
+  v6[23] = 1;
+  v6[39] = 2;
+  v6[41] = 53;
+  const uint64_t udp6 = key(v6);
+  v6[41] = 54;
+  CHECK(key(v6) != udp6);
+  CHECK(flowKey(v6.data(), 10) == 0);  // too short: no flow
+}
+
+TEST_CASE("keepOrder: a packet of a flow is released no earlier than the one before it; other flows are not held") {
+  using TimePoint = FlowOrder::TimePoint;
+  FlowOrder order;
+  const TimePoint t0{};
+  // Flow 1: the first packet wants 30 ms, the second (1 ms later) only 10 ms: it waits for the first.
+  CHECK(order.earliest(1, t0 + 30ms) == t0 + 30ms);
+  order.held(1, t0 + 30ms, t0);
+  CHECK(order.earliest(1, t0 + 11ms) == t0 + 30ms);
+  order.held(1, t0 + 30ms, t0 + 1ms);
+  CHECK(order.earliest(1, t0 + 40ms) == t0 + 40ms);  // later anyway: its own time
+  // Flow 2 is not held behind flow 1.
+  CHECK(order.earliest(2, t0 + 12ms) == t0 + 12ms);
+  // Flows whose last packet has gone are forgotten once there are many: memory stays bounded.
+  for (uint64_t f = 10; f < 5000; ++f) {
+    order.held(f, t0 + 1ms, t0 + 2s);
+  }
+  CHECK(order.flows() <= 2048);
+}
