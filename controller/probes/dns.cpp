@@ -1,5 +1,7 @@
-// DNS probe and the protocol probes' name resolution: c-ares (ares_getaddrinfo) on a channel of
-// the call's own, driven by poll() until the deadline, so a dead resolver cannot hold a sample.
+// DNS probe and what the protocol probes share (protocol.h): name resolution with c-ares
+// (ares_getaddrinfo) on a channel of the call's own, driven by poll() until the deadline, so a
+// dead resolver cannot hold a sample; and connect, send and receive on non-blocking sockets
+// against the same deadline.
 #include <arpa/inet.h>
 #include <netdb.h>
 #include <poll.h>
@@ -78,7 +80,7 @@ tl::expected<std::vector<std::string>, std::string> resolveName(const std::strin
   if (initStatus != ARES_SUCCESS) {
     return tl::unexpected(fmt::format("cannot resolve {}: c-ares: {}", name, ares_strerror(initStatus)));
   }
-  const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - ProbeClock::now());
+  const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - ProbeClock::now());
   if (left.count() <= 0) {
     return tl::unexpected(std::string("timeout before the name was resolved"));
   }
@@ -172,7 +174,7 @@ tl::expected<std::vector<std::string>, std::string> resolveName(const std::strin
 tl::expected<UniqueFd, std::string> connectByDeadline(const ProbeAddress& address, ProbeClock::time_point deadline) {
   const auto waitConnected = [&](int fd) -> tl::expected<void, std::string> {
     while (true) {
-      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - ProbeClock::now()).count();
+      const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - ProbeClock::now()).count();
       if (left <= 0) {
         return tl::unexpected(std::string("timeout"));
       }
@@ -205,7 +207,11 @@ tl::expected<UniqueFd, std::string> connectByDeadline(const ProbeAddress& addres
     std::memcpy(sa.sun_path, address.unixSocket.data(), address.unixSocket.size());
     // connect() on a Unix socket never waits on what the path names (a FIFO or a file is refused).
     if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0) {
-      if (errno != EINPROGRESS && errno != EAGAIN) {
+      if (errno == EAGAIN) {  // a Unix socket does not finish such a connect later
+        return tl::unexpected(
+            fmt::format("cannot connect to unix:{}: the server's listen backlog is full", address.unixSocket));
+      }
+      if (errno != EINPROGRESS) {
         return tl::unexpected(fmt::format("cannot connect to unix:{}: {}", address.unixSocket,
                                           errno == ECONNREFUSED ? "connection refused" : std::strerror(errno)));
       }
@@ -270,7 +276,7 @@ tl::expected<void, std::string> sendAll(int fd, std::string_view data, ProbeCloc
     if (n < 0 && errno != EAGAIN && errno != EINTR) {
       return tl::unexpected(fmt::format("cannot send: {}", std::strerror(errno)));
     }
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - ProbeClock::now()).count();
+    const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - ProbeClock::now()).count();
     if (left <= 0) {
       return tl::unexpected(std::string("timeout"));
     }
@@ -292,7 +298,7 @@ tl::expected<std::string, std::string> receiveSome(int fd, size_t max, ProbeCloc
       return tl::unexpected(errno == ECONNRESET ? std::string("connection reset")
                                                 : fmt::format("cannot read: {}", std::strerror(errno)));
     }
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - ProbeClock::now()).count();
+    const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - ProbeClock::now()).count();
     if (left <= 0) {
       return tl::unexpected(std::string("timeout"));
     }

@@ -42,7 +42,7 @@ std::string firstLine(const char* text) {
 // Waits for fd to be ready for events by deadline; false on timeout.
 bool waitFor(int fd, short events, ProbeClock::time_point deadline) {
   while (true) {
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - ProbeClock::now()).count();
+    const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - ProbeClock::now()).count();
     if (left <= 0) {
       return false;
     }

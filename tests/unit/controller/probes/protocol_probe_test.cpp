@@ -238,6 +238,12 @@ TEST_CASE("redis probe against redis-server: PING, AUTH, a command's reply check
   }
 }
 
+TEST_CASE("addressText: HOST:PORT, [V6]:PORT, unix:/PATH") {
+  CHECK(addressText(ProbeAddress{"10.0.0.1", 6379, ""}) == "10.0.0.1:6379");
+  CHECK(addressText(ProbeAddress{"::1", 6379, ""}) == "[::1]:6379");
+  CHECK(addressText(ProbeAddress{"", 0, "/run/redis/redis.sock"}) == "unix:/run/redis/redis.sock");
+}
+
 TEST_CASE("redis probe: a server that accepts and never answers is a timeout within the timeout") {
   const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   sockaddr_in sa{};
