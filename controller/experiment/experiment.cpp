@@ -381,6 +381,36 @@ tl::expected<Experiment, std::vector<Diagnostic>> parseExperiment(std::string_vi
       }
     }
   }
+  if (result) {
+    // A probe's password is a secret: it must come whole from a variable marked secret, so it is
+    // redacted wherever the run is recorded or printed, and never written in the file itself.
+    std::vector<Diagnostic> errors;
+    for (size_t i = 0; i < result->hypothesis.probes.size(); ++i) {
+      const Probe& p = result->hypothesis.probes[i];
+      const std::optional<std::string>* password = p.kind == ProbeKind::kRedis      ? &p.redis.password
+                                                   : p.kind == ProbeKind::kPostgres ? &p.postgres.password
+                                                                                    : nullptr;
+      if (password == nullptr || !password->has_value()) {
+        continue;
+      }
+      const bool fromSecret = std::any_of(result->variables.begin(), result->variables.end(), [&](const auto& v) {
+        const auto value = vars.find(v.first);
+        return v.second.secret && value != vars.end() && value->second == **password;
+      });
+      if (!fromSecret) {
+        Diagnostic d;
+        d.file = fileName;
+        d.field = fmt::format("steadyState.probes[{}].{}.password", i, probeKindName(p.kind));
+        d.message =
+            "is not the value of a secret variable; accepted: ${NAME} with NAME declared under variables: with "
+            "secret: true and given by --secret-var NAME=VALUE (a password written in the file would be recorded)";
+        errors.push_back(std::move(d));
+      }
+    }
+    if (!errors.empty()) {
+      return tl::unexpected(std::move(errors));
+    }
+  }
   if (!result) {
     for (Diagnostic& d : result.error()) {
       mapBack(d, *substituted, original);

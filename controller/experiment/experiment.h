@@ -58,6 +58,31 @@ struct Targets {
 // The mode as written in a file: "all", "count(2)", "random(1)", "percent(25)".
 [[nodiscard]] std::string modeText(const Targets& t);
 
+enum class Comparison { kLess, kLessEqual, kGreater, kGreaterEqual, kEqual, kNotEqual };
+// "<", "<=", ">", ">=", "==", "!="
+[[nodiscard]] std::string_view comparisonText(Comparison c);
+[[nodiscard]] bool compare(double value, Comparison c, double threshold);
+
+// "< 100": a number read by a probe (a command's stdout, a JSON value, a reply) and its bound.
+struct NumberCheck {
+  Comparison comparison = Comparison::kLess;
+  double threshold = 0;
+};
+
+// How a probe judges the one value it reads (a Redis reply, a PostgreSQL query's first value):
+// `expect: {equals: TEXT}`, `{match: REGEX}` or `{number: "< 100"}`.
+struct ValueCheck {
+  enum class Kind { kAny, kEquals, kMatch, kNumber };
+  Kind kind = Kind::kAny;  // kAny: any value passes (an error reply or no row still fails)
+  std::string text;        // kEquals: the exact text; kMatch: an RE2 regex (^ and $ at line ends)
+  NumberCheck number;      // kNumber: the value read as a number (recorded as the sample's value)
+};
+
+// Limits of the protocol probes' fields (the parser refuses more).
+inline constexpr std::size_t kMaxProbeArgs = 64;        // a redis command's words, a command's env entries
+inline constexpr std::size_t kMaxProbeText = 4096;      // one word, query, env value, password, name
+inline constexpr std::size_t kMaxUnixSocketPath = 107;  // sockaddr_un.sun_path without its NUL
+
 // `load:` of an http or tcp probe: each sample drives load instead of sending one request. Open
 // model: request i of a sample is scheduled at start + i/rate, whether or not earlier ones have
 // finished; one that finds all `concurrency` requests in flight waits for a free one, and its
@@ -89,7 +114,13 @@ struct HttpProbe {
   std::chrono::milliseconds maxLatency{1000};  // a slower answer is a failed sample
   std::chrono::milliseconds timeout{2000};     // no answer by then is a failed sample
   std::optional<LoadSpec> load;                // set: each sample drives load (every request checked as above)
+  // json: the number at this JSON Pointer (RFC 6901) of the body is compared (after the status
+  // and bodyMatch); a body that is not JSON, a pointer that names nothing or a value that is not
+  // a number is a failed sample. The number is recorded with the sample (SLI `value`).
+  std::optional<std::string> jsonPointer;  // e.g. /data/0/value; at most kMaxJsonPointer bytes
+  std::optional<NumberCheck> jsonNumber;   // set together with jsonPointer
 };
+inline constexpr std::size_t kMaxJsonPointer = 1024;
 
 // tcp: one connect per sample (or load, see LoadSpec); the latency is the connect time.
 struct TcpProbe {
@@ -107,13 +138,76 @@ struct CommandProbe {
   std::string shell;              // when set: /bin/sh -c SHELL, and argv is empty
   int expectExit = 0;
   std::optional<std::string> stdoutMatch;  // RE2 regex (^ and $ at line ends) searched in the first 64 KiB of stdout
+  // stdout: {number: "< 100"}: the last non-empty line of stdout (first 64 KiB), trimmed, read as a
+  // number and compared; recorded as the sample's value. Checked after the exit code and stdoutMatch.
+  std::optional<NumberCheck> stdoutNumber;
+  // env: set (or replace) these variables in the environment the program inherits from the
+  // controller; at most kMaxProbeArgs, names [A-Za-z_][A-Za-z0-9_]*, values up to kMaxProbeText bytes.
+  std::vector<std::pair<std::string, std::string>> env;
   std::chrono::milliseconds timeout{5000};
 };
 
-enum class Comparison { kLess, kLessEqual, kGreater, kGreaterEqual, kEqual, kNotEqual };
-// "<", "<=", ">", ">=", "==", "!="
-[[nodiscard]] std::string_view comparisonText(Comparison c);
-[[nodiscard]] bool compare(double value, Comparison c, double threshold);
+// Where a redis or grpc probe connects: HOST:PORT over TCP, or a Unix socket (`unix:/PATH`).
+struct ProbeAddress {
+  std::string host;        // a name, an IPv4 address or an IPv6 address (no brackets); empty for a socket
+  uint16_t port = 0;       // TCP only
+  std::string unixSocket;  // an absolute path of at most kMaxUnixSocketPath bytes; empty for TCP
+};
+// "10.0.0.1:6379", "[::1]:6379", "unix:/run/redis.sock"
+[[nodiscard]] std::string addressText(const ProbeAddress& a);
+
+// redis: one connection per sample (hiredis's protocol reader over the probe's own socket, so one
+// deadline bounds connect, AUTH, the command and the reply): optionally AUTH, then the command;
+// an error reply, a reply over kMaxProtocolReply bytes, or a reply expect refuses fails the sample.
+struct RedisProbe {
+  ProbeAddress address;
+  std::vector<std::string> command{"PING"};  // at most kMaxProbeArgs words
+  std::optional<std::string> username;       // AUTH username password (Redis 6 ACLs), or AUTH password alone
+  std::optional<std::string> password;       // a secret: only from a variable marked `secret: true`
+  ValueCheck expect{ValueCheck::Kind::kEquals, "PONG", {}};  // the default for PING; kAny for other commands
+  std::chrono::milliseconds maxLatency{1000};
+  std::chrono::milliseconds timeout{2000};
+};
+inline constexpr std::size_t kMaxProtocolReply = 1024 * 1024;
+
+// postgres: one connection per sample with libpq (non-blocking: PQconnectStartParams, the host
+// name resolved by the probe first, so one deadline bounds everything), then the query; the
+// first column of its first row is judged by expect (no row, an error, or NULL fails unless kAny
+// and a row). Parameters go to libpq as keyword/value pairs, never as one connection string.
+struct PostgresProbe {
+  std::string host;  // a name or IP address, or the absolute directory of the server's Unix socket
+  uint16_t port = 5432;
+  std::string database;                 // empty: libpq's default (the user name)
+  std::string user;                     // empty: libpq's default (the controller's user)
+  std::optional<std::string> password;  // a secret: only from a variable marked `secret: true`
+  std::string sslmode = "prefer";       // disable, prefer or require
+  std::string query = "SELECT 1";
+  ValueCheck expect;
+  std::chrono::milliseconds maxLatency{1000};
+  std::chrono::milliseconds timeout{2000};
+};
+
+// grpc: grpc.health.v1.Health/Check on a fresh plaintext channel per sample; SERVING passes,
+// any other status or an RPC error fails the sample.
+struct GrpcProbe {
+  ProbeAddress address;
+  std::string service;  // the health service name asked about; empty: the server as a whole
+  std::chrono::milliseconds maxLatency{1000};
+  std::chrono::milliseconds timeout{2000};
+};
+
+// dns: resolves name with c-ares (its own sockets and timeout, so a sample cannot hang), from
+// /etc/hosts and the system's resolvers, or from `server` alone. A sample passes when the name
+// has at least one address of `family` and, when expect is set, one of them is in expect.
+struct DnsProbe {
+  std::string name;    // a host name, at most 253 bytes
+  std::string server;  // empty: the system's; else an IP address (v6 without brackets)
+  uint16_t serverPort = 53;
+  enum class Family { kAny, kIpv4, kIpv6 } family = Family::kAny;
+  std::vector<std::string> expect;  // IP addresses in canonical text form
+  std::chrono::milliseconds maxLatency{1000};
+  std::chrono::milliseconds timeout{2000};
+};
 
 // prometheus: an instant query (GET URL/api/v1/query?query=QUERY) per sample; the answer must be
 // a scalar or a vector of exactly one series, whose value is compared with threshold. The value
@@ -126,8 +220,9 @@ struct PrometheusProbe {
   std::chrono::milliseconds timeout{2000};
 };
 
-enum class ProbeKind { kHttp, kTcp, kCommand, kPrometheus };
-[[nodiscard]] std::string_view probeKindName(ProbeKind kind);  // "http", "tcp", "command", "prometheus"
+enum class ProbeKind { kHttp, kTcp, kCommand, kPrometheus, kRedis, kPostgres, kGrpc, kDns };
+// "http", "tcp", "command", "prometheus", "redis", "postgres", "grpc", "dns"
+[[nodiscard]] std::string_view probeKindName(ProbeKind kind);
 
 struct Probe {
   std::string name;
@@ -137,6 +232,10 @@ struct Probe {
   TcpProbe tcp;
   CommandProbe command;
   PrometheusProbe prometheus;
+  RedisProbe redis;
+  PostgresProbe postgres;
+  GrpcProbe grpc;
+  DnsProbe dns;
   // A guard: its first failed sample after the steady state was verified (during a fault, a wait
   // or probe step, or between steps) aborts the run before the next step starts.
   bool guard = false;
@@ -150,9 +249,12 @@ enum class SliKind {
   kP99,
   kMaxLatency,  // "max"
   kErrors,      // share of failed samples in the window, percent (of failed requests for a load probe)
-  kValue,       // the probe's last value in the window (prometheus): also named saturation
+  kValue,       // the probe's last value in the window (probeHasValue()): also named saturation
   kThroughput,  // a load probe: successful requests per second over the window; another probe: as kValue
 };
+// True when the probe's samples carry a number for the SLI `value`: prometheus, http with json,
+// command with stdout.number, redis and postgres with expect.number.
+[[nodiscard]] bool probeHasValue(const Probe& probe);
 [[nodiscard]] std::string_view sliName(SliKind kind);  // "p50", ..., "max", "errors", "value"
 
 struct SloTerm {

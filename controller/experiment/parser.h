@@ -5,6 +5,7 @@
 //                        variables, the root map, parseExperiment()
 //   metadata.cpp         metadata and targets
 //   steady_state.cpp     steadyState: probes (http, tcp, command, prometheus) and SLOs
+//   protocol_probes.cpp  the redis, postgres, grpc and dns probes, addresses, value checks
 //   method.cpp           method: steps, parallel groups, and a fault step's type, name and duration
 //   network_faults.cpp   the fields of network.* faults (target, match, Gilbert-Elliott, rates, sizes)
 //   process_faults.cpp   the fields of process.* faults (process selectors)
@@ -76,6 +77,13 @@ struct FaultType {
 // edits (longer words), ignoring case; "" when nothing is that close.
 [[nodiscard]] std::string suggestion(std::string_view word, KeyList candidates);
 
+// steady_state.cpp: "< 0.8" (a prometheus probe's expect, a number check) into its comparison and
+// number; the error says what is accepted.
+[[nodiscard]] tl::expected<std::pair<Comparison, double>, std::string> parseExpectation(std::string_view text);
+
+// steady_state.cpp: why text is not a JSON Pointer (RFC 6901), or nullopt when it is one.
+[[nodiscard]] std::optional<std::string> jsonPointerError(std::string_view text);
+
 // fields.cpp: splits "1.5mbit" into 1.5 and "mbit" (the unit lower-cased); nullopt when there is no number.
 [[nodiscard]] std::optional<std::pair<double, std::string>> splitNumber(std::string_view text);
 
@@ -113,10 +121,25 @@ class Parser : public yaml::FieldReader {
   void parseTcpProbe(const Field& f, TcpProbe& out);
   void parseCommandProbe(const Field& f, CommandProbe& out);
   void parsePrometheusProbe(const Field& f, PrometheusProbe& out);
+  void parseJsonCheck(const Field& f, HttpProbe& out);
+  void parseCommandEnv(const Field& f, CommandProbe& out);
   void parseLatencies(const MapNode& h, milliseconds* maxLatency, milliseconds& timeout);
   // `load:` of an http or tcp probe (LoadSpec): nullopt after an error.
   std::optional<LoadSpec> parseLoad(const Field& f);
   std::optional<std::string> regex(const Field& f);
+  // protocol_probes.cpp
+  void parseRedisProbe(const Field& f, RedisProbe& out);
+  void parsePostgresProbe(const Field& f, PostgresProbe& out);
+  void parseGrpcProbe(const Field& f, GrpcProbe& out);
+  void parseDnsProbe(const Field& f, DnsProbe& out);
+  // A scalar of at most kMaxProbeText bytes without control characters.
+  std::optional<std::string> boundedText(const Field& f, std::string_view accepted, bool allowEmpty);
+  // HOST:PORT, checked as the URL parser checks a URL's host and port.
+  std::optional<std::pair<std::string, uint16_t>> hostPort(const Field& f, std::string_view accepted);
+  // HOST:PORT or unix:/PATH.
+  std::optional<ProbeAddress> probeAddress(const Field& f);
+  std::optional<NumberCheck> numberCheck(const Field& f);
+  std::optional<ValueCheck> valueCheck(const Field& f);
   // every: the probes' sampling period (a window that cannot hold minSamples samples is refused).
   std::optional<Slo> parseSlo(const Field& f, const std::vector<Probe>& probes, std::map<std::string, int>& namesSeen,
                               milliseconds every);

@@ -1,5 +1,5 @@
 // The steadyState section of an experiment file: the sampling period, probes (http, tcp, command,
-// prometheus) and SLOs with their objectives.
+// prometheus; the protocol probes are in protocol_probes.cpp) and SLOs with their objectives.
 #include "common/regex.h"
 #include "controller/experiment/parser.h"
 
@@ -27,13 +27,19 @@ using namespace std::chrono_literals;
 namespace {
 
 constexpr std::array<std::string_view, 4> kSteadyStateKeys{"every", "probes", "slos", "after"};
-constexpr std::array<std::string_view, 6> kProbeKeys{"name", "guard", "http", "tcp", "command", "prometheus"};
-constexpr std::array<std::string_view, 4> kProbeKindKeys{"http", "tcp", "command", "prometheus"};
-constexpr std::array<std::string_view, 9> kHttpKeys{"url",       "method",     "headers", "body", "expectStatus",
-                                                    "bodyMatch", "maxLatency", "timeout", "load"};
+constexpr std::array<std::string_view, 10> kProbeKeys{"name",       "guard", "http",     "tcp",  "command",
+                                                      "prometheus", "redis", "postgres", "grpc", "dns"};
+constexpr std::array<std::string_view, 8> kProbeKindKeys{"http",  "tcp",      "command", "prometheus",
+                                                         "redis", "postgres", "grpc",    "dns"};
+constexpr std::string_view kProbeKindsText = "http, tcp, command, prometheus, redis, postgres, grpc, dns";
+constexpr std::array<std::string_view, 10> kHttpKeys{"url",       "method",     "headers", "body", "expectStatus",
+                                                     "bodyMatch", "maxLatency", "timeout", "json", "load"};
+constexpr std::array<std::string_view, 2> kJsonKeys{"pointer", "number"};
+constexpr std::array<std::string_view, 1> kStdoutKeys{"number"};
 constexpr std::array<std::string_view, 4> kTcpKeys{"address", "maxLatency", "timeout", "load"};
 constexpr std::array<std::string_view, 3> kLoadKeys{"rate", "concurrency", "duration"};
-constexpr std::array<std::string_view, 5> kCommandKeys{"argv", "shell", "expectExit", "stdoutMatch", "timeout"};
+constexpr std::array<std::string_view, 7> kCommandKeys{"argv",   "shell", "expectExit", "stdoutMatch",
+                                                       "stdout", "env",   "timeout"};
 constexpr std::array<std::string_view, 4> kPrometheusKeys{"url", "query", "expect", "timeout"};
 constexpr std::array<std::string_view, 5> kSloKeys{"name", "probe", "objective", "maxBurnRate", "minSamples"};
 constexpr std::array<std::string_view, 2> kAfterKeys{"settle", "window"};
@@ -77,8 +83,9 @@ std::optional<double> plainNumber(std::string_view text) {
   return v;
 }
 
-// "< 0.8" for a prometheus probe's expect.
-tl::expected<std::pair<Comparison, double>, std::string> parseExpectation(std::string_view text) {
+}  // namespace
+
+tl::expected<std::pair<Comparison, double>, std::string> detail::parseExpectation(std::string_view text) {
   constexpr std::string_view accepted = "a comparison and a number, e.g. '< 0.8', '>= 100' (<, <=, >, >=, ==, !=)";
   std::string_view rest = trim(text);
   auto c = takeComparison(rest);
@@ -92,8 +99,6 @@ tl::expected<std::pair<Comparison, double>, std::string> parseExpectation(std::s
   return std::pair{*c, *v};
 }
 
-}  // namespace
-
 void Parser::parseSteadyState(const Field& f, Hypothesis& out) {
   auto m = openMap(f, "a map with every, probes, slos and after");
   if (!m) {
@@ -106,7 +111,8 @@ void Parser::parseSteadyState(const Field& f, Hypothesis& out) {
     }
   }
   constexpr std::string_view probesAccepted =
-      "a list of at least one probe, each with a name and one of http, tcp, command, prometheus";
+      "a list of at least one probe, each with a name and one of http, tcp, command, prometheus, redis, postgres, "
+      "grpc, dns";
   auto probes = require(*m, "probes", probesAccepted);
   if (!probes) {
     return;
@@ -247,11 +253,12 @@ std::optional<Slo> Parser::parseSlo(const Field& f, const std::vector<Probe>& pr
       } else {
         slo = std::move(*parsed);
         for (const auto& t : slo->terms) {
-          if (t.sli == SliKind::kValue && probe != nullptr && probe->kind != ProbeKind::kPrometheus) {
+          if (t.sli == SliKind::kValue && probe != nullptr && !probeHasValue(*probe)) {
             error(of->mark, of->path,
-                  fmt::format("'{}' is the value of a prometheus probe, and probe '{}' is a {} probe; accepted: "
-                              "latency (p50, p90, p95, p99, max) and errors for {} probes",
-                              t.name, probe->name, probeKindName(probe->kind), probeKindName(probe->kind)));
+                  fmt::format("'{}' is a probe's value, and probe '{}' ({}) reads none; accepted: latency (p50, p90, "
+                              "p95, p99, max) and errors, or a probe with a value: prometheus, http with json, "
+                              "command with stdout.number, redis or postgres with expect.number",
+                              t.name, probe->name, probeKindName(probe->kind)));
           }
         }
       }
@@ -305,7 +312,7 @@ std::optional<Slo> Parser::parseSlo(const Field& f, const std::vector<Probe>& pr
 }
 
 std::optional<Probe> Parser::parseProbe(const Field& f, std::map<std::string, int>& namesSeen) {
-  auto m = openMap(f, "a map with name and one of http, tcp, command, prometheus");
+  auto m = openMap(f, fmt::format("a map with name and one of {}", kProbeKindsText));
   if (!m) {
     return std::nullopt;
   }
@@ -340,14 +347,13 @@ std::optional<Probe> Parser::parseProbe(const Field& f, std::map<std::string, in
   }
   if (kinds.empty()) {
     error(m->self.mark, childPath(m->self.path, "http"),
-          "a probe needs one kind; accepted: one of http, tcp, command, prometheus");
+          fmt::format("a probe needs one kind; accepted: one of {}", kProbeKindsText));
     return probe;
   }
   if (kinds.size() > 1) {
     error(kinds[1]->keyNode.Mark(), kinds[1]->field.path,
-          fmt::format("a probe has one kind, and this one already has {}; accepted: one of http, tcp, command, "
-                      "prometheus (use two probes)",
-                      kinds[0]->key));
+          fmt::format("a probe has one kind, and this one already has {}; accepted: one of {} (use two probes)",
+                      kinds[0]->key, kProbeKindsText));
     return probe;
   }
   const Field& spec = kinds[0]->field;
@@ -360,9 +366,21 @@ std::optional<Probe> Parser::parseProbe(const Field& f, std::map<std::string, in
   } else if (kinds[0]->key == "command") {
     probe.kind = ProbeKind::kCommand;
     parseCommandProbe(spec, probe.command);
-  } else {
+  } else if (kinds[0]->key == "prometheus") {
     probe.kind = ProbeKind::kPrometheus;
     parsePrometheusProbe(spec, probe.prometheus);
+  } else if (kinds[0]->key == "redis") {
+    probe.kind = ProbeKind::kRedis;
+    parseRedisProbe(spec, probe.redis);
+  } else if (kinds[0]->key == "postgres") {
+    probe.kind = ProbeKind::kPostgres;
+    parsePostgresProbe(spec, probe.postgres);
+  } else if (kinds[0]->key == "grpc") {
+    probe.kind = ProbeKind::kGrpc;
+    parseGrpcProbe(spec, probe.grpc);
+  } else {
+    probe.kind = ProbeKind::kDns;
+    parseDnsProbe(spec, probe.dns);
   }
   return probe;
 }
@@ -515,6 +533,9 @@ void Parser::parseHttpProbe(const Field& f, HttpProbe& out) {
   if (auto match = lookup(*h, "bodyMatch")) {
     out.bodyMatch = regex(*match);
   }
+  if (auto json = lookup(*h, "json")) {
+    parseJsonCheck(*json, out);
+  }
   parseLatencies(*h, &out.maxLatency, out.timeout);
   if (auto load = lookup(*h, "load")) {
     out.load = parseLoad(*load);
@@ -529,18 +550,9 @@ void Parser::parseTcpProbe(const Field& f, TcpProbe& out) {
   rejectUnknown(*t, kTcpKeys);
   constexpr std::string_view accepted = "HOST:PORT, e.g. 10.77.0.1:5432, db.internal:5432 or [::1]:5432";
   if (auto address = require(*t, "address", accepted)) {
-    if (auto v = scalar(*address, accepted)) {
-      // The URL parser checks host and port the same way for every probe.
-      auto parsed = parseHttpUrl("http://" + *v);
-      const size_t colon = v->rfind(':');
-      const size_t bracket = v->rfind(']');
-      const bool hasPort = colon != std::string::npos && (bracket == std::string::npos || colon > bracket);
-      if (!parsed || !hasPort || v->find_first_of("/?#") != std::string::npos) {
-        error(address->mark, address->path, fmt::format("'{}' is not an address; accepted: {}", *v, accepted));
-      } else {
-        out.host = parsed->host;
-        out.port = parsed->port;
-      }
+    if (auto hp = hostPort(*address, accepted)) {
+      out.host = hp->first;
+      out.port = hp->second;
     }
   }
   parseLatencies(*t, &out.maxLatency, out.timeout);
@@ -602,7 +614,7 @@ std::optional<LoadSpec> Parser::parseLoad(const Field& f) {
 }
 
 void Parser::parseCommandProbe(const Field& f, CommandProbe& out) {
-  auto c = openMap(f, "a map with argv or shell, and optionally expectExit, stdoutMatch, timeout");
+  auto c = openMap(f, "a map with argv or shell, and optionally expectExit, stdoutMatch, stdout, env, timeout");
   if (!c) {
     return;
   }
@@ -651,6 +663,17 @@ void Parser::parseCommandProbe(const Field& f, CommandProbe& out) {
   if (auto match = lookup(*c, "stdoutMatch")) {
     out.stdoutMatch = regex(*match);
   }
+  if (auto so = lookup(*c, "stdout")) {
+    if (auto sm = openMap(*so, "a map with number, e.g. {number: '< 100'}")) {
+      rejectUnknown(*sm, kStdoutKeys);
+      if (auto n = require(*sm, "number", "a comparison and a number, e.g. '< 100'")) {
+        out.stdoutNumber = numberCheck(*n);
+      }
+    }
+  }
+  if (auto env = lookup(*c, "env")) {
+    parseCommandEnv(*env, out);
+  }
   parseLatencies(*c, nullptr, out.timeout);
 }
 
@@ -695,6 +718,87 @@ void Parser::parsePrometheusProbe(const Field& f, PrometheusProbe& out) {
   parseLatencies(*p, nullptr, out.timeout);
 }
 
+std::optional<std::string> detail::jsonPointerError(std::string_view text) {
+  if (text.empty()) {
+    return std::nullopt;  // the whole document
+  }
+  if (text[0] != '/') {
+    return "it does not start with '/'";
+  }
+  for (size_t i = 0; i < text.size(); ++i) {
+    if (text[i] == '~' && (i + 1 == text.size() || (text[i + 1] != '0' && text[i + 1] != '1'))) {
+      return fmt::format("'~' at byte {} is not followed by 0 or 1", i + 1);
+    }
+  }
+  return std::nullopt;
+}
+
+void Parser::parseJsonCheck(const Field& f, HttpProbe& out) {
+  constexpr std::string_view accepted =
+      "a map with pointer (a JSON Pointer, e.g. /data/0/value) and number (e.g. '< 0.05')";
+  auto j = openMap(f, accepted);
+  if (!j) {
+    return;
+  }
+  rejectUnknown(*j, kJsonKeys);
+  std::optional<std::string> pointer;
+  if (auto p = require(*j, "pointer", "a JSON Pointer (RFC 6901), e.g. /data/0/value")) {
+    if (auto v = scalar(*p, "a JSON Pointer (RFC 6901), e.g. /data/0/value")) {
+      if (v->size() > kMaxJsonPointer) {
+        error(
+            p->mark, p->path,
+            fmt::format("is {} bytes long; accepted: a JSON Pointer of at most {} bytes", v->size(), kMaxJsonPointer));
+      } else if (auto why = jsonPointerError(*v)) {
+        error(p->mark, p->path,
+              fmt::format("'{}' is not a JSON Pointer: {}; accepted: '' (the whole body) or /KEY/INDEX/..., with ~0 "
+                          "for ~ and ~1 for /, e.g. /data/0/value",
+                          *v, *why));
+      } else {
+        pointer = *v;
+      }
+    }
+  }
+  std::optional<NumberCheck> number;
+  if (auto n = require(*j, "number", "a comparison and a number, e.g. '< 0.05'")) {
+    number = numberCheck(*n);
+  }
+  if (pointer && number) {
+    out.jsonPointer = pointer;
+    out.jsonNumber = number;
+  }
+}
+
+void Parser::parseCommandEnv(const Field& f, CommandProbe& out) {
+  constexpr std::string_view accepted =
+      "a map of variable names ([A-Za-z_][A-Za-z0-9_]*) to values, e.g. {PGCONNECT_TIMEOUT: '2'}";
+  auto m = openMap(f, accepted);
+  if (!m) {
+    return;
+  }
+  if (m->entries.size() > kMaxProbeArgs) {
+    error(m->self.mark, m->self.path,
+          fmt::format("has {} variables; accepted: at most {}", m->entries.size(), kMaxProbeArgs));
+    return;
+  }
+  for (const Entry& e : m->entries) {
+    const bool name = !e.key.empty() && e.key.size() <= 128 && !std::isdigit(static_cast<unsigned char>(e.key[0])) &&
+                      std::all_of(e.key.begin(), e.key.end(),
+                                  [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_'; });
+    if (!name) {
+      error(e.keyNode.Mark(), e.field.path, fmt::format("'{}' is not a variable name; accepted: {}", e.key, accepted));
+      continue;
+    }
+    if (auto v = scalar(e.field, accepted)) {
+      if (v->size() > kMaxProbeText || v->find('\0') != std::string::npos) {
+        error(e.field.mark, e.field.path,
+              fmt::format("accepted: a value of at most {} bytes without NUL", kMaxProbeText));
+        continue;
+      }
+      out.env.emplace_back(e.key, *v);
+    }
+  }
+}
+
 std::string_view sliName(SliKind kind) {
   switch (kind) {
     case SliKind::kP50:
@@ -729,6 +833,14 @@ std::string_view probeKindName(ProbeKind kind) {
       return "command";
     case ProbeKind::kPrometheus:
       return "prometheus";
+    case ProbeKind::kRedis:
+      return "redis";
+    case ProbeKind::kPostgres:
+      return "postgres";
+    case ProbeKind::kGrpc:
+      return "grpc";
+    case ProbeKind::kDns:
+      return "dns";
   }
   return "?";
 }

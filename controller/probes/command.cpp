@@ -10,6 +10,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <climits>
 #include <csignal>
@@ -24,6 +25,7 @@
 #include "common/regex.h"
 #include "controller/probes/http.h"
 #include "controller/probes/probe.h"
+#include "controller/probes/protocol.h"
 
 extern char** environ;
 
@@ -107,7 +109,8 @@ struct Spawned {
   int error = 0;
   const char* step = "";
 };
-Spawned forkAs(const ProbeUser& runAs, const std::string& program, std::vector<char*>& argv, int out, int err) {
+Spawned forkAs(const ProbeUser& runAs, const std::string& program, std::vector<char*>& argv, char** envp, int out,
+               int err) {
   const int devNull = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
   if (devNull < 0) {
     return {-1, errno, "open /dev/null"};
@@ -150,7 +153,7 @@ Spawned forkAs(const ProbeUser& runAs, const std::string& program, std::vector<c
     if (::setuid(runAs.uid) != 0) {
       fail(3);
     }
-    ::execve(program.c_str(), argv.data(), environ);
+    ::execve(program.c_str(), argv.data(), envp);
     fail(4);
   }
   const int forkError = errno;
@@ -176,6 +179,42 @@ Spawned forkAs(const ProbeUser& runAs, const std::string& program, std::vector<c
     return {-1, failure.error, kSteps[failure.step < 0 || failure.step > 4 ? 4 : failure.step]};
   }
   return {pid, 0, ""};
+}
+
+// The controller's environment with spec.env set over it (a name given replaces the inherited one).
+std::vector<std::string> environmentFor(const CommandProbe& spec) {
+  std::vector<std::string> out;
+  for (char** e = environ; e != nullptr && *e != nullptr; ++e) {
+    const std::string_view entry(*e);
+    const std::string_view name = entry.substr(0, entry.find('='));
+    const bool replaced =
+        std::any_of(spec.env.begin(), spec.env.end(), [&](const auto& kv) { return kv.first == name; });
+    if (!replaced) {
+      out.emplace_back(entry);
+    }
+  }
+  for (const auto& [name, value] : spec.env) {
+    out.push_back(name + "=" + value);
+  }
+  return out;
+}
+
+// The last line of text that is not blank.
+std::string lastNonBlankLine(const std::string& text) {
+  size_t end = text.size();
+  while (end > 0) {
+    const size_t nl = end == 0 ? std::string::npos : text.rfind('\n', end - 1);
+    const size_t begin = nl == std::string::npos ? 0 : nl + 1;
+    const std::string line = text.substr(begin, end - begin);
+    if (line.find_first_not_of(" \t\r") != std::string::npos) {
+      return line;
+    }
+    if (nl == std::string::npos) {
+      break;
+    }
+    end = nl;
+  }
+  return "";
 }
 
 }  // namespace
@@ -218,6 +257,12 @@ Sample runCommandProbe(const CommandProbe& spec, const ProbeUser* runAs) {
     argv.push_back(a.data());
   }
   argv.push_back(nullptr);
+  std::vector<std::string> environment = environmentFor(spec);
+  std::vector<char*> envp;
+  for (auto& e : environment) {
+    envp.push_back(e.data());
+  }
+  envp.push_back(nullptr);
 
   int out[2];
   int err[2];
@@ -241,7 +286,7 @@ Sample runCommandProbe(const CommandProbe& spec, const ProbeUser* runAs) {
     const std::string program = resolveProgram(args[0]);
     Spawned spawned{-1, ENOENT, "exec"};
     if (!program.empty()) {
-      spawned = forkAs(*runAs, program, argv, out[1], err[1]);
+      spawned = forkAs(*runAs, program, argv, envp.data(), out[1], err[1]);
     }
     ::close(out[1]);
     ::close(err[1]);
@@ -269,7 +314,7 @@ Sample runCommandProbe(const CommandProbe& spec, const ProbeUser* runAs) {
     posix_spawnattr_setsigdefault(&attr, &all);
     posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
 
-    const int spawnError = ::posix_spawnp(&pid, argv[0], &actions, &attr, argv.data(), environ);
+    const int spawnError = ::posix_spawnp(&pid, argv[0], &actions, &attr, argv.data(), envp.data());
     posix_spawn_file_actions_destroy(&actions);
     posix_spawnattr_destroy(&attr);
     ::close(out[1]);
@@ -357,6 +402,22 @@ Sample runCommandProbe(const CommandProbe& spec, const ProbeUser* runAs) {
           ", stdout does not match /" + *spec.stdoutMatch + "/ (last line: '" + lastLine(stdoutPipe.text) + "')";
       return sample;
     }
+  }
+  if (spec.stdoutNumber) {
+    const std::string line = lastNonBlankLine(stdoutPipe.text);
+    const auto n = readNumber(line);
+    if (!n) {
+      sample.detail += ", stdout's last line " + shownValue(line) + " is not a number";
+      return sample;
+    }
+    sample.value = *n;
+    if (!compare(*n, spec.stdoutNumber->comparison, spec.stdoutNumber->threshold)) {
+      sample.detail +=
+          fmt::format(", stdout {}, expected {} {}", formatNumber(*n), comparisonText(spec.stdoutNumber->comparison),
+                      formatNumber(spec.stdoutNumber->threshold));
+      return sample;
+    }
+    sample.detail += ", stdout " + formatNumber(*n);
   }
   sample.ok = true;
   return sample;

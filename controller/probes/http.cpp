@@ -8,6 +8,8 @@
 #include <utility>  // boost/asio/awaitable.hpp (1.74) uses std::exchange without it
 #include <vector>
 
+#include <fmt/format.h>
+
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
@@ -17,11 +19,13 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <nlohmann/json.hpp>
 #include <tl/expected.hpp>
 
 #include "common/regex.h"
 #include "controller/probes/http.h"
 #include "controller/probes/load.h"
+#include "controller/probes/protocol.h"
 
 namespace faultline::controller {
 namespace {
@@ -305,6 +309,40 @@ Sample checkHttpAnswer(const HttpProbe& spec, tl::expected<HttpAnswer, std::stri
       sample.detail += ", body does not match /" + *spec.bodyMatch + "/";
       return sample;
     }
+  }
+  if (spec.jsonPointer && spec.jsonNumber) {
+    // The body is at most kMaxProbeBody bytes; nlohmann's parser is iterative (no recursion on depth).
+    const auto doc = nlohmann::json::parse(answer->body, nullptr, false);
+    if (doc.is_discarded()) {
+      sample.detail += ", the body is not JSON";
+      return sample;
+    }
+    const nlohmann::json* at = nullptr;
+    try {
+      const nlohmann::json::json_pointer pointer(*spec.jsonPointer);
+      if (doc.contains(pointer)) {
+        at = &doc.at(pointer);
+      }
+    } catch (const nlohmann::json::exception&) {
+      at = nullptr;  // e.g. an array index that is not a number: names nothing in this body
+    }
+    if (at == nullptr) {
+      sample.detail += ", the body has nothing at " + *spec.jsonPointer;
+      return sample;
+    }
+    if (!at->is_number()) {
+      sample.detail += fmt::format(", {} is a {}, not a number", *spec.jsonPointer, at->type_name());
+      return sample;
+    }
+    const double n = at->get<double>();
+    sample.value = n;
+    if (!compare(n, spec.jsonNumber->comparison, spec.jsonNumber->threshold)) {
+      sample.detail +=
+          fmt::format(", {} is {}, expected {} {}", *spec.jsonPointer, formatNumber(n),
+                      comparisonText(spec.jsonNumber->comparison), formatNumber(spec.jsonNumber->threshold));
+      return sample;
+    }
+    sample.detail += fmt::format(", {} is {}", *spec.jsonPointer, formatNumber(n));
   }
   if (sample.latency > spec.maxLatency) {
     sample.detail += ", above maxLatency " + formatLimit(spec.maxLatency);

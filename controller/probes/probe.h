@@ -23,7 +23,7 @@ struct Sample {
   bool ok = false;
   std::chrono::microseconds latency{0};  // request start to full answer (or to the failure)
   std::string detail;                    // "200 in 3.1ms", "timeout after 2s", "connection refused"
-  std::optional<double> value;           // prometheus: the query's value, when one was read
+  std::optional<double> value;           // the number the probe read, when it reads one (probeHasValue())
   // A load sample (http or tcp with load:): every request's outcome; latency is their p99.
   std::shared_ptr<const LoadStats> load;
 };
@@ -54,7 +54,7 @@ struct ProbeUser {
 
 // The runner of every probe kind: http and prometheus over HTTP/1.1 on plain TCP (Boost.Beast),
 // tcp connects (Boost.Asio), command with posix_spawn, or fork/exec as commandUser when it is set
-// (command.cpp).
+// (command.cpp), redis (hiredis), postgres (libpq), grpc (grpc.health.v1), dns (c-ares).
 [[nodiscard]] std::unique_ptr<ProbeRunner> makeProbeRunner(std::optional<ProbeUser> commandUser = std::nullopt);
 
 // One sample of each kind; what makeProbeRunner() dispatches to. Thread-safe, blocking.
@@ -64,6 +64,14 @@ struct ProbeUser {
 // is the caller's own user); nullptr: the caller's own user and groups.
 [[nodiscard]] Sample runCommandProbe(const CommandProbe& probe, const ProbeUser* runAs = nullptr);
 [[nodiscard]] Sample runPrometheusProbe(const PrometheusProbe& probe);
+// The protocol probes: a fresh connection per sample (redis.cpp, postgres.cpp, grpc.cpp, dns.cpp);
+// the latency is the whole exchange (resolution, connect, AUTH, the request and its reply), with
+// no process start-up. Every call ends by the probe's timeout; replies are bounded (redis:
+// kMaxProtocolReply bytes, grpc: 64 KiB; postgres: only the first row's first value is judged).
+[[nodiscard]] Sample runRedisProbe(const RedisProbe& probe);
+[[nodiscard]] Sample runPostgresProbe(const PostgresProbe& probe);
+[[nodiscard]] Sample runGrpcProbe(const GrpcProbe& probe);
+[[nodiscard]] Sample runDnsProbe(const DnsProbe& probe);
 
 // "0.4ms", "3.1ms", "612ms", "1.25s"
 [[nodiscard]] std::string formatLatency(std::chrono::microseconds d);

@@ -113,6 +113,33 @@ expect_invalid("minSamples 0", probe_head + "{name: a, tcp: {address: 'a:1'}}\n"
                "  slos:\n    - {name: s, probe: a, objective: 'errors < 1%', minSamples: 0}\n" + wait)
 expect_invalid("unknown key of after", probe_head + "{name: a, tcp: {address: 'a:1'}}\n"
                "  after: {settle: 5s, windw: 30s}\n" + wait)
+# Issue 17's protocol probes, command env and stdout number, http json.
+expect_valid("protocol probes", header + "variables: {PW: {secret: true}}\n" +
+             "steadyState:\n  probes:\n"
+             "    - {name: r, redis: {address: 'unix:/run/r.sock', command: [LLEN, q], expect: {number: '< 100'}}}\n"
+             "    - {name: r2, redis: {address: '10.0.0.1:6379', password: '${PW}', timeout: 1s}}\n"
+             "    - {name: p, postgres: {host: /run/postgresql, port: 5433, user: u, database: d, sslmode: disable,"
+             " query: 'SELECT 1', expect: {equals: '1'}}}\n"
+             "    - {name: g, grpc: {address: '[::1]:50051', service: shop.v1.Orders}}\n"
+             "    - {name: d, dns: {name: api.internal, server: '10.0.0.2:53', family: ipv4, expect: [10.0.0.1]}}\n"
+             "    - {name: c, command: {argv: [x], env: {A_1: v}, stdout: {number: '>= 3'}}}\n"
+             "    - {name: h, http: {url: 'http://a/', json: {pointer: /data/0/value, number: '< 0.05'}}}\n" + wait)
+expect_invalid("redis without address", probe_head + "{name: a, redis: {command: [PING]}}\n" + wait)
+expect_invalid("redis address without port", probe_head + "{name: a, redis: {address: cache}}\n" + wait)
+expect_invalid("redis password written out", probe_head + "{name: a, redis: {address: 'a:1', password: hunter2}}\n" + wait)
+expect_invalid("redis expect with two checks", probe_head +
+               "{name: a, redis: {address: 'a:1', expect: {equals: a, number: '< 1'}}}\n" + wait)
+expect_invalid("postgres sslmode verify-full", probe_head + "{name: a, postgres: {host: h, sslmode: verify-full}}\n" + wait)
+expect_invalid("postgres port 70000", probe_head + "{name: a, postgres: {host: h, port: 70000}}\n" + wait)
+expect_invalid("dns without name", probe_head + "{name: a, dns: {server: 10.0.0.2}}\n" + wait)
+expect_invalid("dns family ip4", probe_head + "{name: a, dns: {name: a, family: ip4}}\n" + wait)
+expect_invalid("grpc misspelt key", probe_head + "{name: a, grpc: {address: 'a:1', servce: x}}\n" + wait)
+expect_invalid("command env name with a dash", probe_head + "{name: a, command: {argv: [x], env: {A-B: v}}}\n" + wait)
+expect_invalid("command stdout without number", probe_head + "{name: a, command: {argv: [x], stdout: {}}}\n" + wait)
+expect_invalid("json pointer without a slash", probe_head +
+               "{name: a, http: {url: 'http://a/', json: {pointer: data, number: '< 1'}}}\n" + wait)
+expect_invalid("json number without a comparison", probe_head +
+               "{name: a, http: {url: 'http://a/', json: {pointer: /a, number: '5'}}}\n" + wait)
 expect_invalid("unknown top-level key", header + "metod:\n  - wait: 1s\n")
 expect_invalid("key of another fault type", header +
                "method:\n  - fault: {type: network.delay, target: {interface: e}, delay: 1ms, percent: 5}\n")

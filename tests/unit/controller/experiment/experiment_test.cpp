@@ -1090,7 +1090,7 @@ TEST_CASE("bad probes and SLOs: file, line, column, field") {
            "    - name: api\n      http: {url: http://a/}\n  slos:\n    - {name: s, probe: api, objective: value < "
            "1}\n" +
            wait,
-       "steadyState.slos[0].objective", 10, "is the value of a prometheus probe"},
+       "steadyState.slos[0].objective", 10, "is a probe's value, and probe 'api' (http) reads none"},
       {"burn rate without budget",
        h + ss +
            "    - name: api\n      http: {url: http://a/}\n  slos:\n    - {name: s, probe: api, objective: p99 < 1s, "

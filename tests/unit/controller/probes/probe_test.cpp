@@ -361,3 +361,65 @@ TEST_CASE("demo service: tests set its latency and error rate while it runs (POS
   CHECK(fast.latency < 100ms);
   (*server)->stop();
 }
+
+TEST_CASE("command probe: env reaches the program; stdout's number is compared and recorded") {
+  auto runner = makeProbeRunner();
+  Probe p;
+  p.name = "lag";
+  p.kind = ProbeKind::kCommand;
+  p.command.shell = "printf 'replication lag\\n%s\\n\\n' \"$LAG\"";
+  p.command.env = {{"LAG", "42.5"}, {"PATH", "/usr/bin:/bin"}};
+  p.command.stdoutNumber = NumberCheck{Comparison::kLess, 100};
+  const Sample s = runner->run(p);
+  CHECK_MESSAGE(s.ok, s.detail);
+  REQUIRE(s.value.has_value());
+  CHECK(*s.value == 42.5);
+  CHECK(contains(s.detail, ", stdout 42.5"));
+  p.command.stdoutNumber = NumberCheck{Comparison::kLess, 10};
+  const Sample over = runner->run(p);
+  CHECK_FALSE(over.ok);
+  CHECK(contains(over.detail, "stdout 42.5, expected < 10"));
+  CHECK(over.value == std::optional<double>(42.5));
+  p.command.env = {{"LAG", "n/a"}};
+  const Sample text = runner->run(p);
+  CHECK_FALSE(text.ok);
+  CHECK(contains(text.detail, "stdout's last line 'n/a' is not a number"));
+  // The exit code comes first: a wrong one fails the sample whatever stdout holds.
+  p.command.shell = "echo 1; exit 2";
+  const Sample exit2 = runner->run(p);
+  CHECK_FALSE(exit2.ok);
+  CHECK(contains(exit2.detail, "exit code 2, expected 0"));
+  CHECK_FALSE(exit2.value.has_value());
+}
+
+TEST_CASE("http probe: a number at a JSON Pointer of the body is compared and recorded") {
+  auto runner = makeProbeRunner();
+  ScriptedServer server(200, R"({"series":[{"metric":"errors","pointlist":[[1700000000, 0.031]]}],"a/b":{"x~y":7}})");
+  Probe p = httpProbe(server.url() + "/api/v1/query");
+  p.http.jsonPointer = "/series/0/pointlist/0/1";
+  p.http.jsonNumber = NumberCheck{Comparison::kLess, 0.05};
+  const Sample s = runner->run(p);
+  CHECK_MESSAGE(s.ok, s.detail);
+  CHECK(s.value == std::optional<double>(0.031));
+  CHECK(contains(s.detail, "/series/0/pointlist/0/1 is 0.031"));
+  p.http.jsonNumber = NumberCheck{Comparison::kLess, 0.01};
+  const Sample over = runner->run(p);
+  CHECK_FALSE(over.ok);
+  CHECK(contains(over.detail, "/series/0/pointlist/0/1 is 0.031, expected < 0.01"));
+  p.http.jsonPointer = "/a~1b/x~0y";  // escaped '/' and '~'
+  p.http.jsonNumber = NumberCheck{Comparison::kEqual, 7};
+  CHECK_MESSAGE(runner->run(p).ok, runner->run(p).detail);
+  p.http.jsonPointer = "/series/9/value";
+  CHECK(contains(runner->run(p).detail, "the body has nothing at /series/9/value"));
+  p.http.jsonPointer = "/series/x";
+  CHECK(contains(runner->run(p).detail, "the body has nothing at /series/x"));
+  p.http.jsonPointer = "/series/0/metric";
+  CHECK(contains(runner->run(p).detail, "/series/0/metric is a string, not a number"));
+  ScriptedServer notJson(200, "<html>");
+  Probe q = httpProbe(notJson.url());
+  q.http.jsonPointer = "/a";
+  q.http.jsonNumber = NumberCheck{};
+  const Sample bad = runner->run(q);
+  CHECK_FALSE(bad.ok);
+  CHECK(contains(bad.detail, "the body is not JSON"));
+}
