@@ -133,6 +133,9 @@ sd=
 trap '[ -z "$sd" ] || kill -9 "$sd" 2>/dev/null || true' EXIT
 rm -f "$ovl/root/usr/sbin/policy-rc.d"                       # a container's "start nothing" guard
 ln -sf /dev/null "$ovl/root/etc/systemd/system/tmp.mount"  # /tmp is already a tmpfs of ours
+for unit in redis-server postgresql nginx; do # servers scripts/deps installs for other tests
+  ln -sf /dev/null "$ovl/root/etc/systemd/system/$unit.service"
+done
 umount "$ovl/root/proc"
 mount --rbind /sys "$ovl/root/sys"
 unshare --pid --fork --net --mount-proc="$ovl/root/proc" chroot "$ovl/root" /usr/bin/env -i container=faultline-test \
