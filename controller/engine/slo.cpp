@@ -86,7 +86,9 @@ v1::SloCheck evaluateSlo(const Slo& slo, const std::vector<SliSample>& samples) 
   const double errors = load.any ? 100.0 * static_cast<double>(load.failed) / static_cast<double>(load.requests)
                         : samples.empty() ? 0
                                           : 100.0 * static_cast<double>(failed) / static_cast<double>(samples.size());
-  const bool enough = !samples.empty() && samples.size() >= slo.minSamples;
+  // A load probe's window is judged on its requests (each sample holds many), any other on samples.
+  const bool enough =
+      !samples.empty() && (load.any ? load.requests >= slo.minSamples : samples.size() >= slo.minSamples);
   bool allOk = true;
   bool budgetSet = false;
   for (const auto& t : slo.terms) {

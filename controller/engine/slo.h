@@ -26,8 +26,9 @@ struct SliSample {
 
 // Evaluates every term of slo over samples (the window's, oldest first).
 //
-// A window of fewer than slo.minSamples samples is not judged: not_enough_data is set, ok is
-// false (and is no violation), the measures are still filled for the record. Otherwise:
+// A window of fewer than slo.minSamples samples (of a load probe: requests) is not judged:
+// not_enough_data is set, ok is false (and is no violation), the measures are still filled for
+// the record. Otherwise:
 // latency percentiles (p50, p90, p95, p99) by nearest rank (the value at rank ceil(p/100 * n) of
 // the n sorted latencies) and max, over the successful samples only (a refused connection is no
 // 0.2 ms answer; a timeout is a failure); with no successful sample a latency term has no value
