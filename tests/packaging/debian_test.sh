@@ -212,6 +212,7 @@ YAML
     in_sd sh -c 'dpkg --purge faultline-agent faultline >/tmp/dpkg-p.log 2>&1 || { cat /tmp/dpkg-p.log; exit 1; }'
   check "no faultline process is left" sh -c "! nsenter -t $sd -m -p -n -r pgrep -a -f '^/usr/s?bin/faultline'"
   # Installed while systemd runs: the controller starts at once, the agent (not enabled) does not.
+  cp "$deb" "$agent_deb" "$ovl/root/tmp/" # systemd-tmpfiles emptied /tmp at boot
   check "dpkg -i under a running systemd" \
     in_sd sh -c 'dpkg -i /tmp/*.deb >/tmp/dpkg-i2.log 2>&1 || { cat /tmp/dpkg-i2.log; exit 1; }'
   check "the controller started at install" eventually 20 in_sd systemctl is-active --quiet faultline-controller
