@@ -6,6 +6,7 @@
 #include <fmt/ranges.h>
 
 #include "agent/faults/spec.h"
+#include "controller/report/run_format.h"
 
 namespace faultline::controller {
 namespace {
@@ -146,8 +147,8 @@ std::optional<std::string> checkCapabilities(const std::vector<Step>& method,
               ? "; faultline's userspace driver can run it on this kernel: --network-driver nfqueue (or auto, the "
                 "default) for faultline-agent or faultline run --local"
               : "";
-      return fmt::format("host {} ({}) cannot run {}: its kernel lacks {}; nothing was injected{}", t.hostname(),
-                         t.agent_id(), faultStepText(*f), fmt::join(hints, ", "), instead);
+      return fmt::format("agent {} cannot run {}: its kernel lacks {}; nothing was injected{}",
+                         agentName(t.agent_id(), t.hostname()), faultStepText(*f), fmt::join(hints, ", "), instead);
     }
   }
   return std::nullopt;

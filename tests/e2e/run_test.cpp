@@ -677,7 +677,7 @@ method:
   const std::string runId = r.output.substr(at + 15, r.output.find(' ', at + 15) - at - 15);
   r = testing::sh(fmt::format("cd {} && {} show {} --db r.db", dir.path, FAULTLINE_BIN, runId));
   CHECK(r.status == 0);
-  CHECK(r.output.find("\nfaults\nHOST") != std::string::npos);
+  CHECK(r.output.find("\nfaults\nAGENT") != std::string::npos);
   CHECK(r.output.find("step 1") != std::string::npos);
   CHECK(r.output.find("\nslos\nSLO") != std::string::npos);
   CHECK(r.output.find("demo-slo  during") != std::string::npos);

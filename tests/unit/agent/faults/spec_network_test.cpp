@@ -714,7 +714,7 @@ TEST_CASE("capabilities: the host and the missing module are named before anythi
   *host.mutable_capabilities() = noU32;
   auto why = controller::checkCapabilities({step}, {host});
   REQUIRE(why.has_value());
-  CHECK_MESSAGE(contains(*why, "host db-7 (a7) cannot run network.bandwidth 'slow'"), *why);
+  CHECK_MESSAGE(contains(*why, "agent a7 (db-7) cannot run network.bandwidth 'slow'"), *why);
   CHECK_MESSAGE(contains(*why, "cls_u32 (CONFIG_NET_CLS_U32; `modprobe cls_u32`)"), *why);
   CHECK_MESSAGE(contains(*why, "nothing was injected"), *why);
   *host.mutable_capabilities() = probed;
@@ -735,7 +735,7 @@ TEST_CASE("capabilities: a dry run is refused as the run would be, naming the ho
   e.method.emplace_back(controller::FaultStep{"lag", delaySpec(), std::chrono::milliseconds{1000}});
   auto plan = controller::planRun(e, {host}, 1);
   REQUIRE_FALSE(plan.has_value());
-  CHECK_MESSAGE(contains(plan.error(), "host web-3 (a3) cannot run network.delay 'lag'"), plan.error());
+  CHECK_MESSAGE(contains(plan.error(), "agent a3 (web-3) cannot run network.delay 'lag'"), plan.error());
   CHECK_MESSAGE(contains(plan.error(), "sch_netem"), plan.error());
   caps.set_netem(true);
   caps.add_qdiscs("netem");
@@ -791,7 +791,7 @@ TEST_CASE("capabilities: on an nfqueue agent netem's kinds need a queue and a ba
   auto why = controller::checkCapabilities({step}, {host});
   REQUIRE(why.has_value());
   CHECK_MESSAGE(contains(*why,
-                         "host web-1 (a1) cannot run network.duplicate 'twice': its kernel lacks sch_netem (for "
+                         "agent a1 (web-1) cannot run network.duplicate 'twice': its kernel lacks sch_netem (for "
                          "duplicate on ingress) (CONFIG_NET_SCH_NETEM;"),
                 *why);
   // network.bandwidth stays tc's on either driver.
@@ -863,7 +863,7 @@ TEST_CASE("capabilities: direction ingress needs ifb, sch_ingress, cls_u32 and a
   *host.mutable_capabilities() = bare;
   auto why = controller::checkCapabilities({step}, {host});
   REQUIRE(why.has_value());
-  CHECK_MESSAGE(contains(*why, "host web-9 (a9) cannot run network.bandwidth 'slow-in'"), *why);
+  CHECK_MESSAGE(contains(*why, "agent a9 (web-9) cannot run network.bandwidth 'slow-in'"), *why);
   CHECK_MESSAGE(contains(*why, "ifb (CONFIG_IFB; `modprobe ifb`)"), *why);
   CHECK_MESSAGE(contains(*why, "act_mirred (CONFIG_NET_ACT_MIRRED; `modprobe act_mirred`)"), *why);
 }

@@ -52,7 +52,7 @@ TEST_CASE("targets: all, count(n), random(n), percent(p) over the agents that ma
   auto count = resolveTargets(t, agents, 1);
   REQUIRE(count.has_value());
   CHECK(idsOf(*count) == std::vector<std::string>{"a", "b"});  // the first n in agent-id order
-  CHECK(count->summary == "selector {role=web}, mode count(2): 2 of 5 matching agent(s): host-a (a), host-b (b)");
+  CHECK(count->summary == "selector {role=web}, mode count(2): 2 of 5 matching agent(s): a (host-a), b (host-b)");
 
   t.mode = TargetMode::kRandom;
   t.n = 3;
