@@ -280,3 +280,39 @@ TEST_CASE("separate processes: three agents on one host are named by agent id in
     CHECK(faults.find(fmt::format("\n{} ({})  step 1", id, host)) != std::string::npos);
   }
 }
+
+TEST_CASE("the faultline binary: without CAP_NET_ADMIN a network fault names the capability, not a module") {
+  const std::string capsh = "/usr/sbin/capsh";
+  if (!std::filesystem::exists(capsh)) {
+    const char* ci = std::getenv("CI");
+    REQUIRE_MESSAGE(!(ci != nullptr && std::string(ci) == "true"), capsh,
+                    " is missing: scripts/deps installs libcap2-bin");
+    MESSAGE("skipped: no ", capsh, " (libcap2-bin)");
+    return;
+  }
+  TempDir dir;
+  std::ofstream(dir.path + "/slow.yaml")
+      << "apiVersion: faultline/v1\nkind: Experiment\nmetadata:\n  name: slow\nmethod:\n  - fault:\n"
+         "      name: slow-lo\n      type: network.bandwidth\n      duration: 1s\n      target: {interface: lo}\n"
+         "      rate: 1mbit\n";
+  // run --local in a network namespace of its own: its agent starts without CAP_NET_ADMIN in its
+  // effective set (and bounding set).
+  const auto r = testing::sh(fmt::format(
+      "cd {0} && TMPDIR={0} unshare --net -- {1} --drop=cap_net_admin -- -c 'exec {2} run --local slow.yaml --db r.db "
+      "--state-dir state'",
+      dir.path, capsh, FAULTLINE_BIN));
+  INFO(r.output);
+  CHECK(r.status == 3);
+  CHECK(r.output.find("cannot run network.bandwidth 'slow-lo': it lacks CAP_NET_ADMIN") != std::string::npos);
+  CHECK(r.output.find("nothing was injected") != std::string::npos);
+  CHECK(r.output.find("modprobe") == std::string::npos);
+  CHECK(r.output.find("sch_tbf") == std::string::npos);
+  // The same run with the capability has no such complaint (the kernel's tbf is there).
+  const auto ok = testing::sh(fmt::format(
+      "cd {0} && TMPDIR={0} unshare --net -- sh -c 'ip link set lo up && exec {1} run --local slow.yaml --db r.db "
+      "--state-dir state'",
+      dir.path, FAULTLINE_BIN));
+  INFO(ok.output);
+  CHECK(ok.status == 0);
+  CHECK(ok.output.find("CAP_NET_ADMIN") == std::string::npos);
+}

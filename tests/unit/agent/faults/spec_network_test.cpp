@@ -721,6 +721,54 @@ TEST_CASE("capabilities: the host and the missing module are named before anythi
   CHECK_FALSE(controller::checkCapabilities({step}, {host}).has_value());
 }
 
+TEST_CASE("capabilities: an agent without CAP_NET_ADMIN is named for the privilege, never for modules") {
+  // What an agent started under `capsh --drop=cap_net_admin` sends: the privileges it probed, and
+  // no traffic control (its probe could not create a qdisc).
+  v1::Capabilities caps;
+  caps.set_privileges_probed(true);
+  caps.add_privileges("CAP_SYS_ADMIN");
+  caps.add_privileges("CAP_KILL");
+  v1::FaultSpec bw;
+  bw.mutable_network_bandwidth()->mutable_target()->set_interface("eth0");
+  bw.mutable_network_bandwidth()->set_rate_bps(1'000'000);
+  CHECK(controller::missingPrivileges(bw, caps) == std::vector<std::string>{"CAP_NET_ADMIN"});
+  CHECK(controller::missingPrivileges(delaySpec(), caps) == std::vector<std::string>{"CAP_NET_ADMIN"});
+
+  controller::FaultStep step{"slow", bw, std::chrono::milliseconds{1000}};
+  v1::AgentInfo host;
+  host.set_agent_id("a7");
+  host.set_hostname("vm");
+  *host.mutable_capabilities() = caps;
+  auto why = controller::checkCapabilities({step}, {host});
+  REQUIRE(why.has_value());
+  CHECK_MESSAGE(contains(*why, "agent a7 (vm) cannot run network.bandwidth 'slow': it lacks CAP_NET_ADMIN"), *why);
+  CHECK_MESSAGE(contains(*why, "nothing was injected"), *why);
+  CHECK_MESSAGE(!contains(*why, "modprobe"), *why);
+  CHECK_MESSAGE(!contains(*why, "sch_tbf"), *why);
+
+  // Another network namespace needs CAP_SYS_ADMIN (setns) as well.
+  caps.clear_privileges();
+  caps.add_privileges("CAP_NET_ADMIN");
+  bw.mutable_network_bandwidth()->mutable_target()->set_netns("/run/netns/app");
+  CHECK(controller::missingPrivileges(bw, caps) == std::vector<std::string>{"CAP_SYS_ADMIN"});
+
+  // stress.* needs to create a cgroup; process faults need nothing up front.
+  v1::FaultSpec cpu;
+  cpu.mutable_stress_cpu()->set_workers(1);
+  caps.set_cgroup2_mount("/sys/fs/cgroup");
+  CHECK(controller::missingPrivileges(cpu, caps) == std::vector<std::string>{"cgroup write access"});
+  caps.set_cgroup_writable(true);
+  CHECK(controller::missingPrivileges(cpu, caps).empty());
+  v1::FaultSpec kill;
+  kill.mutable_process_kill()->mutable_process()->set_pid(1234);
+  CHECK(controller::missingPrivileges(kill, caps).empty());
+
+  // An agent that did not probe its privileges (an older one) is judged on its modules alone.
+  v1::Capabilities old;
+  old.set_tbf(true);
+  CHECK(controller::missingPrivileges(bw, old).empty());
+}
+
 TEST_CASE("capabilities: a dry run is refused as the run would be, naming the host and the module") {
   v1::Capabilities caps;
   caps.set_tc_probed(true);
