@@ -318,7 +318,7 @@ method:
   for (const auto& ev : rec->events()) {
     resolvedRecorded =
         resolvedRecorded || (ev.kind() == "targets.resolved" && ev.message().find("random(1)") != std::string::npos &&
-                             ev.message().find("e2e-host (e2e-agent)") != std::string::npos);
+                             ev.message().find("e2e-agent (e2e-host)") != std::string::npos);
   }
   CHECK(resolvedRecorded);
 }
@@ -339,7 +339,7 @@ method:
   auto status = stub->PlanRun(&ctx, req, &plan);
   CHECK(status.error_code() == grpc::StatusCode::FAILED_PRECONDITION);
   CHECK(status.error_message() ==
-        "mode count(2) needs 2 host(s) but only 1 match the selector {role=e2e}: e2e-host (e2e-agent); nothing was "
+        "mode count(2) needs 2 host(s) but only 1 match the selector {role=e2e}: e2e-agent (e2e-host); nothing was "
         "injected");
   auto [runId, events] = run(req.experiment());
   CHECK(events.back().verdict() == v1::VERDICT_ERROR);

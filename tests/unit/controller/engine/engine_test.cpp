@@ -221,7 +221,7 @@ TEST_CASE("engine: a fault failing on one host is rolled back on the others; exe
   CHECK(h.run(experiment(5s)) == v1::VERDICT_ERROR);
   CHECK(h.fleet.activeCount() == 0);
   auto rec = h.store->getRun("run-1");
-  CHECK(rec->reason().find("failed on host host-a2: the kernel said no") != std::string::npos);
+  CHECK(rec->reason().find("failed on agent a2 (host-a2): the kernel said no") != std::string::npos);
 }
 
 TEST_CASE("engine: no matching agent fails before anything is injected") {

@@ -94,6 +94,6 @@ TEST_CASE("targets: no match, or fewer matches than count(n)/random(n), is an er
   auto few = resolveTargets(t, agents, 1);
   REQUIRE_FALSE(few.has_value());
   CHECK(few.error() ==
-        "mode random(3) needs 3 host(s) but only 2 match the selector {role=web}: host-a (a), host-b (b); nothing was "
+        "mode random(3) needs 3 host(s) but only 2 match the selector {role=web}: a (host-a), b (host-b); nothing was "
         "injected");
 }
