@@ -59,13 +59,15 @@ void Agent::journalDone(const std::string& faultId) {
 }
 
 Agent::~Agent() {
-  revertAll("agent shutting down");
+  revertAll("agent shutting down", v1::FAULT_STATE_REVERTED, v1::FAULT_END_CAUSE_SHUTDOWN);
 }
 
-void Agent::report(const std::string& faultId, v1::FaultState state, std::string error, std::string detail) {
+void Agent::report(const std::string& faultId, v1::FaultState state, std::string error, std::string detail,
+                   v1::FaultEndCause cause) {
   v1::FaultReport r;
   r.set_fault_id(faultId);
   r.set_state(state);
+  r.set_end_cause(cause);
   r.set_error(std::move(error));
   r.set_detail(std::move(detail));
   *r.mutable_at() = nowTimestamp();
@@ -75,23 +77,24 @@ void Agent::report(const std::string& faultId, v1::FaultState state, std::string
 }
 
 void Agent::armTimer(const std::string& faultId, uint64_t generation, std::chrono::steady_clock::time_point at,
-                     v1::FaultState endState, std::string why) {
-  boost::asio::post(
-      expiry_, [this, alive = std::weak_ptr<bool>(alive_), faultId, generation, at, endState, why = std::move(why)]() {
-        if (alive.expired()) {
-          return;
-        }
-        {
-          std::lock_guard lock(mutex_);
-          auto held = faults_.find(faultId);
-          if (held == faults_.end() || held->second.generation != generation) {
-            return;  // ended before its timer was armed
-          }
-        }
-        auto& slot = timers_[faultId];
-        slot.generation = generation;
-        slot.timer = std::make_unique<boost::asio::steady_timer>(expiry_, at);
-        slot.timer->async_wait([this, alive, faultId, generation, endState, why](const boost::system::error_code& ec) {
+                     v1::FaultState endState, std::string why, v1::FaultEndCause cause) {
+  boost::asio::post(expiry_, [this, alive = std::weak_ptr<bool>(alive_), faultId, generation, at, endState,
+                              why = std::move(why), cause]() {
+    if (alive.expired()) {
+      return;
+    }
+    {
+      std::lock_guard lock(mutex_);
+      auto held = faults_.find(faultId);
+      if (held == faults_.end() || held->second.generation != generation) {
+        return;  // ended before its timer was armed
+      }
+    }
+    auto& slot = timers_[faultId];
+    slot.generation = generation;
+    slot.timer = std::make_unique<boost::asio::steady_timer>(expiry_, at);
+    slot.timer->async_wait(
+        [this, alive, faultId, generation, endState, why, cause](const boost::system::error_code& ec) {
           if (ec || alive.expired()) {
             return;
           }
@@ -102,9 +105,9 @@ void Agent::armTimer(const std::string& faultId, uint64_t generation, std::chron
               return;
             }
           }
-          finish(faultId, endState, why);
+          finish(faultId, endState, why, cause);
         });
-      });
+  });
 }
 
 void Agent::dropTimer(const std::string& faultId, uint64_t generation) {
@@ -209,7 +212,7 @@ void Agent::inject(const v1::Inject& inject) {
     }
     report(id, v1::FAULT_STATE_FAILED, applied.error().message, "");
     if (confirm) {
-      report(id, v1::FAULT_STATE_REVERTED, "", kNotHeld);
+      report(id, v1::FAULT_STATE_REVERTED, "", kNotHeld, v1::FAULT_END_CAUSE_NOT_HELD);
     }
     return;
   }
@@ -237,7 +240,8 @@ void Agent::inject(const v1::Inject& inject) {
   }
   // The duration counts from now, as the controller's does (from the start time, when the hosts
   // apply): its deadline fires on the expiry thread, whatever this thread does next.
-  armTimer(id, generation, std::chrono::steady_clock::now() + duration, v1::FAULT_STATE_EXPIRED, "duration elapsed");
+  armTimer(id, generation, std::chrono::steady_clock::now() + duration, v1::FAULT_STATE_EXPIRED, "duration elapsed",
+           v1::FAULT_END_CAUSE_DURATION);
   spdlog::info("fault {} applied for {}: {}", id, formatDuration(duration), detail);
   if (sink_) {
     sink_(appliedReport);
@@ -281,7 +285,7 @@ void Agent::release(const std::string& faultId) {
     it->second.claim = end ? Claim::Reverting : Claim::None;
   }
   if (end) {
-    revertClaimed(faultId, end->state, end->why);
+    revertClaimed(faultId, end->state, end->why, end->cause);
   }
 }
 
@@ -344,7 +348,7 @@ void Agent::watch() {
   }
 }
 
-void Agent::finish(const std::string& faultId, v1::FaultState endState, std::string_view why) {
+void Agent::finish(const std::string& faultId, v1::FaultState endState, std::string_view why, v1::FaultEndCause cause) {
   {
     std::unique_lock lock(mutex_);
     auto it = faults_.find(faultId);
@@ -352,7 +356,7 @@ void Agent::finish(const std::string& faultId, v1::FaultState endState, std::str
       lock.unlock();
       if (endState == v1::FAULT_STATE_REVERTED) {
         // Reverting is idempotent: confirm, so the controller never waits on a fault gone already.
-        report(faultId, v1::FAULT_STATE_REVERTED, "", kNotHeld);
+        report(faultId, v1::FAULT_STATE_REVERTED, "", kNotHeld, v1::FAULT_END_CAUSE_NOT_HELD);
       }
       return;
     }
@@ -371,17 +375,18 @@ void Agent::finish(const std::string& faultId, v1::FaultState endState, std::str
         // The claim's holder reverts it as soon as it lets go. The first end asked for decides
         // the report; a later revert is confirmed after it.
         if (!held.pendingEnd) {
-          held.pendingEnd = End{endState, std::string(why)};
+          held.pendingEnd = End{endState, std::string(why), cause};
         } else if (endState == v1::FAULT_STATE_REVERTED && held.pendingEnd->state != endState) {
           held.confirmRevert = true;
         }
         return;
     }
   }
-  revertClaimed(faultId, endState, std::string(why));
+  revertClaimed(faultId, endState, std::string(why), cause);
 }
 
-void Agent::revertClaimed(const std::string& faultId, v1::FaultState endState, const std::string& why) {
+void Agent::revertClaimed(const std::string& faultId, v1::FaultState endState, const std::string& why,
+                          v1::FaultEndCause cause) {
   AppliedFault* applied = nullptr;
   {
     std::lock_guard lock(mutex_);
@@ -416,7 +421,7 @@ void Agent::revertClaimed(const std::string& faultId, v1::FaultState endState, c
       report(faultId, v1::FAULT_STATE_FAILED, error, detail);
     }
     // Keep it held, and retry in a second: a fault is never dropped while it may still be active.
-    armTimer(faultId, generation, std::chrono::steady_clock::now() + std::chrono::seconds{1}, endState, why);
+    armTimer(faultId, generation, std::chrono::steady_clock::now() + std::chrono::seconds{1}, endState, why, cause);
     return;
   }
   const bool journalled = held.journalled;
@@ -436,6 +441,7 @@ void Agent::revertClaimed(const std::string& faultId, v1::FaultState endState, c
   } else {
     spdlog::info("fault {} reverted ({})", faultId, why);
     r.set_state(endState);
+    r.set_end_cause(cause);
     r.set_detail(detail);
     for (auto& hit : hits) {
       *r.add_processes() = std::move(hit);
@@ -471,15 +477,15 @@ void Agent::revertClaimed(const std::string& faultId, v1::FaultState endState, c
     });
   }
   if (confirm) {
-    report(faultId, v1::FAULT_STATE_REVERTED, "", kNotHeld);
+    report(faultId, v1::FAULT_STATE_REVERTED, "", kNotHeld, v1::FAULT_END_CAUSE_NOT_HELD);
   }
 }
 
 void Agent::revert(const std::string& faultId) {
-  finish(faultId, v1::FAULT_STATE_REVERTED, "revert requested");
+  finish(faultId, v1::FAULT_STATE_REVERTED, "revert requested", v1::FAULT_END_CAUSE_REVERT);
 }
 
-void Agent::revertAll(std::string_view reason, v1::FaultState endState) {
+void Agent::revertAll(std::string_view reason, v1::FaultState endState, v1::FaultEndCause cause) {
   std::vector<std::string> ids;
   {
     std::lock_guard lock(mutex_);
@@ -488,7 +494,7 @@ void Agent::revertAll(std::string_view reason, v1::FaultState endState) {
     }
   }
   for (const auto& id : ids) {
-    finish(id, endState, reason);
+    finish(id, endState, reason, cause);
   }
 }
 
@@ -497,7 +503,7 @@ void Agent::close(std::string_view reason) {
     std::lock_guard lock(mutex_);
     closed_ = true;
   }
-  revertAll(reason);
+  revertAll(reason, v1::FAULT_STATE_REVERTED, v1::FAULT_END_CAUSE_SHUTDOWN);
 }
 
 size_t Agent::activeCount() const {

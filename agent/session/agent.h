@@ -96,10 +96,12 @@ class Agent {
   // Reverts every fault held; used on RevertAll, lease expiry and shutdown. endState: what the
   // reports say once reverted: REVERTED when the controller or the host asked for it, EXPIRED
   // when the agent ended the faults on its own (lease expiry), so the controller never records
-  // an end it did not command as a command.
+  // an end it did not command as a command. cause: the reports' end_cause (RevertAll, lease,
+  // shutdown).
   // Blocks for the reverts it does itself; a fault another thread holds a claim on is reverted by
   // that thread when it lets go (e.g. one still being applied).
-  void revertAll(std::string_view reason, v1::FaultState endState = v1::FAULT_STATE_REVERTED);
+  void revertAll(std::string_view reason, v1::FaultState endState = v1::FAULT_STATE_REVERTED,
+                 v1::FaultEndCause cause = v1::FAULT_END_CAUSE_REVERT_ALL);
   // Shutdown: refuses every later inject, then revertAll(reason).
   void close(std::string_view reason);
   // Checks every fault held (AppliedFault::lost(); one kernel read each, on this thread; a fault
@@ -123,6 +125,7 @@ class Agent {
   struct End {
     v1::FaultState state;
     std::string why;
+    v1::FaultEndCause cause;
   };
   struct Held {
     std::unique_ptr<AppliedFault> applied;  // null while Applying
@@ -136,20 +139,22 @@ class Agent {
     bool journalled = false;     // has an open entry in the journal
     std::string lostError;       // set once watch() found it no longer in place (reported once)
   };
-  void finish(const std::string& faultId, v1::FaultState endState, std::string_view why);
+  void finish(const std::string& faultId, v1::FaultState endState, std::string_view why, v1::FaultEndCause cause);
   // " (fault ID holds pid 42; ...)": the faults other than faultId whose applied report lists one
   // of pids as acted on; empty when none. Takes mutex_.
   [[nodiscard]] std::string heldByText(const std::string& faultId, const std::vector<int32_t>& pids) const;
   // Reverts a fault this thread has claimed (Claim::Reverting), then reports. Called without mutex_.
-  void revertClaimed(const std::string& faultId, v1::FaultState endState, const std::string& why);
+  void revertClaimed(const std::string& faultId, v1::FaultState endState, const std::string& why,
+                     v1::FaultEndCause cause);
   // Gives back this thread's claim; reverts at once when an end was asked for meanwhile.
   void release(const std::string& faultId);
-  void report(const std::string& faultId, v1::FaultState state, std::string error, std::string detail);
+  void report(const std::string& faultId, v1::FaultState state, std::string error, std::string detail,
+              v1::FaultEndCause cause = v1::FAULT_END_CAUSE_UNSPECIFIED);
   void journalDone(const std::string& faultId);
   void armWatch();
   // On the expiry thread (posted): (re)arms the fault's timer to call finish() at `at`, or drops it.
   void armTimer(const std::string& faultId, uint64_t generation, std::chrono::steady_clock::time_point at,
-                v1::FaultState endState, std::string why);
+                v1::FaultState endState, std::string why, v1::FaultEndCause cause);
   void dropTimer(const std::string& faultId, uint64_t generation);
 
   // Expires with the agent: a handler that runs after the agent is gone does nothing.

@@ -7,6 +7,7 @@
 
 #include <cstring>
 
+#include <algorithm>
 #include <atomic>
 #include <future>
 #include <thread>
@@ -21,6 +22,7 @@
 
 #include "agent/kernel/cgroup_tree.h"
 #include "agent/kernel/packet_steering.h"
+#include "agent/kernel/privileges.h"
 #include "agent/kernel/qdisc_table.h"
 #include "common/service_notify.h"
 
@@ -105,13 +107,64 @@ NetworkDriverChoice chooseNetworkDriver(const std::string& wanted, bool hasNetem
                  !s.nfqueue ? std::string("the kernel has no nfnetlink_queue (CONFIG_NETFILTER_NETLINK_QUEUE)")
                             : backend.error());
   }
-  if (!choice.userspace && !hasNetem) {
+  if (!choice.userspace && !hasNetem && caps.tc_probed()) {  // not probed: the privilege was named already
     spdlog::warn(
         "network driver netem without sch_netem: network.delay, loss, duplicate, corrupt, reorder and "
         "partition will be refused{}",
         canQueue ? "; --network-driver nfqueue (or auto) would run them" : "");
   }
   return choice;
+}
+
+// The fault capabilities of the agent's effective set (Capabilities.privileges), logged with what
+// each missing one refuses. True when CAP_NET_ADMIN is among them: without it the kernel's traffic
+// control cannot be probed (creating a qdisc is refused whether or not the kernel has its module).
+bool probePrivileges(v1::Capabilities& caps) {
+  auto held = kernel::effectiveFaultCapabilities();
+  if (!held) {
+    spdlog::warn("cannot read the agent's capabilities (capget: {}): not reported; faults are tried as asked",
+                 held.error().message());
+    return true;
+  }
+  caps.set_privileges_probed(true);
+  for (const auto& name : *held) {
+    caps.add_privileges(name);
+  }
+  const auto has = [&](std::string_view name) { return std::find(held->begin(), held->end(), name) != held->end(); };
+  std::vector<std::string> lacking;
+  for (const auto& name : kernel::faultCapabilities()) {
+    if (!has(name)) {
+      lacking.push_back(name);
+    }
+  }
+  spdlog::info("capabilities: {}{}",
+               held->empty() ? "none of those faults need" : fmt::format("{}", fmt::join(*held, " ")),
+               lacking.empty() ? "" : fmt::format(" (lacking {})", fmt::join(lacking, " ")));
+  if (!has("CAP_NET_ADMIN")) {
+    spdlog::warn(
+        "the agent lacks CAP_NET_ADMIN: every network fault will be refused, and the kernel's traffic control is not "
+        "probed (run it as root, or grant CAP_NET_ADMIN: AmbientCapabilities= in its systemd unit)");
+  }
+  return has("CAP_NET_ADMIN");
+}
+
+// Capabilities.cgroup_writable: the agent may create cgroups next to its own, where stress.*
+// creates its workers' cgroups.
+void probeCgroupWrite(v1::Capabilities& caps) {
+  auto cgroups = kernel::openCgroupTree();
+  if (!cgroups) {
+    return;
+  }
+  auto self = (*cgroups)->selfCgroup();
+  if (!self) {
+    return;
+  }
+  const std::string parent = kernel::parentCgroup(*self);
+  const std::string dir = (*cgroups)->mountPoint() + (parent == "/" ? "" : parent);
+  caps.set_cgroup_writable(kernel::canCreateIn(dir));
+  if (!caps.cgroup_writable()) {
+    spdlog::warn("the agent cannot create cgroups in {}: stress.cpu and stress.memory will be refused", dir);
+  }
 }
 
 }  // namespace
@@ -171,7 +224,8 @@ AgentRuntime::AgentRuntime(SessionOptions options, bool probeKernel, std::unique
                            Policy policy) {
   NetworkDriverChoice network;
   if (probeKernel) {
-    const auto support = kernel::probeQdiscSupport();
+    const bool netAdmin = probePrivileges(options.capabilities);
+    const auto support = netAdmin ? kernel::probeQdiscSupport() : kernel::QdiscSupport{};
     options.capabilities.set_netem(support.netem);
     options.capabilities.set_tbf(support.tbf);
     for (const auto& [name, has] :
@@ -190,14 +244,16 @@ AgentRuntime::AgentRuntime(SessionOptions options, bool probeKernel, std::unique
       options.capabilities.add_actions("mirred");
     }
     options.capabilities.set_ifb(support.ifb);
-    options.capabilities.set_tc_probed(true);
+    options.capabilities.set_tc_probed(netAdmin);  // without it, nothing could be learnt
     network = chooseNetworkDriver(options.networkDriver, support.netem, options.capabilities);
-    spdlog::info(
-        "kernel {}: netem qdisc {}, tbf qdisc {}, htb qdisc {}, u32 classifier {}, ifb {}, ingress qdisc {}, mirred "
-        "action {}",
-        kernelRelease(), support.netem ? "yes" : "no", support.tbf ? "yes" : "no", support.htb ? "yes" : "no",
-        support.u32 ? "yes" : "no", support.ifb ? "yes" : "no", support.ingress ? "yes" : "no",
-        support.mirred ? "yes" : "no");
+    if (netAdmin) {
+      spdlog::info(
+          "kernel {}: netem qdisc {}, tbf qdisc {}, htb qdisc {}, u32 classifier {}, ifb {}, ingress qdisc {}, mirred "
+          "action {}",
+          kernelRelease(), support.netem ? "yes" : "no", support.tbf ? "yes" : "no", support.htb ? "yes" : "no",
+          support.u32 ? "yes" : "no", support.ifb ? "yes" : "no", support.ingress ? "yes" : "no",
+          support.mirred ? "yes" : "no");
+    }
     if (auto cgroups = kernel::openCgroupTree()) {
       options.capabilities.set_cgroup2_mount((*cgroups)->foundAt());
       auto self = (*cgroups)->selfCgroup();
@@ -216,6 +272,7 @@ AgentRuntime::AgentRuntime(SessionOptions options, bool probeKernel, std::unique
     } else {
       spdlog::warn("{}", kernel::cgroupV2MissingMessage("process.pause freezing, stress.* and cgroup.squeeze"));
     }
+    probeCgroupWrite(options.capabilities);
   }
   impl_ = std::make_unique<Impl>(std::move(options), std::move(journal), std::move(policy), network);
 }

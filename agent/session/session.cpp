@@ -406,7 +406,7 @@ void Session::expireLease() {
   }
   if (agent_.activeCount() > 0) {
     spdlog::warn("{}; reverting every fault", why);
-    agent_.revertAll(why, v1::FAULT_STATE_EXPIRED);
+    agent_.revertAll(why, v1::FAULT_STATE_EXPIRED, v1::FAULT_END_CAUSE_LEASE);
   }
   boost::asio::post(io_, [this] { cancelScheduled("lease expired before the start time"); });
 }
@@ -521,6 +521,7 @@ void Session::onMessage(const v1::ControllerMessage& msg) {
         v1::FaultReport r;
         r.set_fault_id(msg.revert().fault_id());
         r.set_state(v1::FAULT_STATE_REVERTED);
+        r.set_end_cause(v1::FAULT_END_CAUSE_REVERT);
         r.set_detail("cancelled before its start time: nothing was changed");
         *r.mutable_at() = nowTimestamp();
         report(r);

@@ -53,8 +53,9 @@ v1::Verdict watch(v1::Control::Stub& stub, const std::string& runId, std::size_t
   v1::RunEvent e;
   v1::Verdict verdict = v1::VERDICT_UNSPECIFIED;
   while (reader->Read(&e)) {
-    std::cout << fmt::format("[{}] {}  {:<16} {:<15} {}", number, clock(e.at()), e.kind(),
-                             e.host().empty() ? "-" : e.host(), e.message())
+    const std::string agent = agentName(e.agent_id(), e.host());
+    std::cout << fmt::format("[{}] {}  {:<16} {:<15} {}", number, clock(e.at()), e.kind(), agent.empty() ? "-" : agent,
+                             e.message())
               << std::endl;
     if (e.kind() == "run.finished") {
       verdict = e.verdict();

@@ -36,8 +36,8 @@ namespace faultline::controller::cli {
 namespace {
 
 void printEvent(const v1::RunEvent& e) {
-  std::cout << fmt::format("{}  {:<16} {:<15} {}", clock(e.at()), e.kind(), e.host().empty() ? "-" : e.host(),
-                           e.message())
+  const std::string agent = agentName(e.agent_id(), e.host());
+  std::cout << fmt::format("{}  {:<16} {:<15} {}", clock(e.at()), e.kind(), agent.empty() ? "-" : agent, e.message())
             << std::endl;
 }
 
@@ -114,9 +114,9 @@ void printPlanTo(std::ostream& out, const v1::RunPlan& plan) {
     for (const auto& [k, v] : sorted) {
       labels += fmt::format("{}{}={}", labels.empty() ? "" : ",", k, v);
     }
-    out << fmt::format("host {} (agent {}, labels {}, network driver {}): {} fault(s)\n", h.agent().hostname(),
-                       h.agent().agent_id(), labels.empty() ? "-" : labels, networkDriverText(h.agent().capabilities()),
-                       h.faults_size());
+    out << fmt::format("agent {} (host {}, labels {}, network driver {}): {} fault(s)\n", h.agent().agent_id(),
+                       h.agent().hostname().empty() ? "-" : h.agent().hostname(), labels.empty() ? "-" : labels,
+                       networkDriverText(h.agent().capabilities()), h.faults_size());
     for (const auto& f : h.faults()) {
       out << fmt::format("  step {:<5} {:<18} {:<20} for {}: {}\n", f.step(), faultKindName(f.spec()), f.name(),
                          formatDuration(toMicros(f.duration())), f.spec().ShortDebugString());

@@ -6,6 +6,7 @@
 #include <fmt/ranges.h>
 
 #include "agent/faults/spec.h"
+#include "controller/report/run_format.h"
 
 namespace faultline::controller {
 namespace {
@@ -123,6 +124,41 @@ std::vector<std::string> missingModules(const v1::FaultSpec& spec, const v1::Cap
   return missing;
 }
 
+std::vector<std::string> missingPrivileges(const v1::FaultSpec& spec, const v1::Capabilities& caps) {
+  std::vector<std::string> missing;
+  if (!caps.privileges_probed()) {
+    return missing;
+  }
+  if (const v1::NetworkTarget* target = networkTarget(spec)) {
+    if (!listed(caps.privileges(), "CAP_NET_ADMIN")) {
+      missing.emplace_back("CAP_NET_ADMIN");
+    }
+    if ((!target->netns().empty() || target->has_netns_process()) && !listed(caps.privileges(), "CAP_SYS_ADMIN")) {
+      missing.emplace_back("CAP_SYS_ADMIN");
+    }
+  }
+  if ((spec.has_stress_cpu() || spec.has_stress_memory()) && !caps.cgroup2_mount().empty() && !caps.cgroup_writable()) {
+    missing.emplace_back("cgroup write access");
+  }
+  return missing;
+}
+
+std::string privilegeText(const std::vector<std::string>& missing) {
+  std::vector<std::string> parts;
+  for (const auto& m : missing) {
+    if (m == "CAP_NET_ADMIN") {
+      parts.emplace_back("CAP_NET_ADMIN (network faults change qdiscs and netfilter rules)");
+    } else if (m == "CAP_SYS_ADMIN") {
+      parts.emplace_back("CAP_SYS_ADMIN (to enter the fault's network namespace)");
+    } else if (m == "cgroup write access") {
+      parts.emplace_back("write access to the cgroup hierarchy (stress.* creates a cgroup next to the agent's own)");
+    } else {
+      parts.push_back(m);
+    }
+  }
+  return fmt::format("{}", fmt::join(parts, ", "));
+}
+
 std::optional<std::string> checkCapabilities(const std::vector<Step>& method,
                                              const std::vector<v1::AgentInfo>& targets) {
   for (const auto& step : method) {
@@ -131,12 +167,19 @@ std::optional<std::string> checkCapabilities(const std::vector<Step>& method,
       continue;
     }
     for (const auto& t : targets) {
+      // The privilege first: without it the kernel's probe could not tell what modules it has.
+      if (const auto lacking = missingPrivileges(f->spec, t.capabilities()); !lacking.empty()) {
+        return fmt::format(
+            "agent {} cannot run {}: it lacks {}; nothing was injected (run faultline-agent as root, or grant it: "
+            "AmbientCapabilities= in its systemd unit, or run it outside a container that drops them)",
+            agentName(t.agent_id(), t.hostname()), faultStepText(*f), privilegeText(lacking));
+      }
       if (f->spec.has_process_pause() && f->spec.process_pause().mechanism() == v1::PAUSE_MECHANISM_FREEZE &&
           t.capabilities().cgroup2_mount().empty()) {
         return fmt::format(
-            "host {} ({}) cannot run {} with mechanism: freeze: its agent found no cgroup v2 hierarchy (cgroup "
-            "freeze needs one); drop mechanism: freeze to let the pause use SIGSTOP there; nothing was injected",
-            t.hostname(), t.agent_id(), faultStepText(*f));
+            "agent {} cannot run {} with mechanism: freeze: it found no cgroup v2 hierarchy (cgroup freeze needs "
+            "one); drop mechanism: freeze to let the pause use SIGSTOP there; nothing was injected",
+            agentName(t.agent_id(), t.hostname()), faultStepText(*f));
       }
       const auto missing = missingModules(f->spec, t.capabilities());
       if (missing.empty()) {
@@ -153,8 +196,8 @@ std::optional<std::string> checkCapabilities(const std::vector<Step>& method,
               ? "; faultline's userspace driver can run it on this kernel: --network-driver nfqueue (or auto, the "
                 "default) for faultline-agent or faultline run --local"
               : "";
-      return fmt::format("host {} ({}) cannot run {}: its kernel lacks {}; nothing was injected{}", t.hostname(),
-                         t.agent_id(), faultStepText(*f), fmt::join(hints, ", "), instead);
+      return fmt::format("agent {} cannot run {}: its kernel lacks {}; nothing was injected{}",
+                         agentName(t.agent_id(), t.hostname()), faultStepText(*f), fmt::join(hints, ", "), instead);
     }
   }
   return std::nullopt;

@@ -22,13 +22,22 @@ namespace faultline::controller {
 // an older agent) is judged on its netem/tbf flags alone.
 [[nodiscard]] std::vector<std::string> missingModules(const v1::FaultSpec& spec, const v1::Capabilities& caps);
 
+// The privileges spec needs that the agent lacks, from the Capabilities it probed at start:
+// "CAP_NET_ADMIN" for every network fault, "CAP_SYS_ADMIN" for one in another network namespace
+// (netns or netns_process), "cgroup write access" for stress.cpu and stress.memory (a cgroup v2
+// hierarchy in which the agent cannot create cgroups). Process faults need none up front: a
+// process of another user without CAP_KILL is reported missed, one by one. Empty for an agent
+// that did not probe them (privileges_probed false).
+[[nodiscard]] std::vector<std::string> missingPrivileges(const v1::FaultSpec& spec, const v1::Capabilities& caps);
+
 // The agent's network driver in a word or two, for `faultline agents` and plans: "netem",
 // "netem (missing)" (no sch_netem), "nfqueue/xtables", "nfqueue/nftables".
 [[nodiscard]] std::string networkDriverText(const v1::Capabilities& caps);
 
-// The first fault step some target cannot run, in words that name the host, the fault and the
-// missing modules (or, for process.pause with mechanism: freeze, the missing cgroup v2 hierarchy)
-// and say nothing was injected; nullopt when every target can run every step.
+// The first fault step some target cannot run, in words that name the agent (agentName()), the
+// fault and the missing privileges (checked first: without them the kernel probe learnt nothing),
+// the missing modules or, for process.pause with mechanism: freeze, the missing cgroup v2
+// hierarchy, and say nothing was injected; nullopt when every target can run every step.
 [[nodiscard]] std::optional<std::string> checkCapabilities(const std::vector<Step>& method,
                                                            const std::vector<v1::AgentInfo>& targets);
 

@@ -26,7 +26,7 @@ constexpr auto kExpiryTolerance = std::chrono::milliseconds{250};
 // How often a held fault step checks for an abort request.
 constexpr auto kAbortPoll = std::chrono::milliseconds{50};
 
-void StopSignal::request(std::string reason) {
+void StopSignal::request(std::string reason, StopCause cause) {
   {
     std::lock_guard lock(mutex_);
     if (requested_) {
@@ -34,6 +34,7 @@ void StopSignal::request(std::string reason) {
     }
     requested_ = true;
     reason_ = std::move(reason);
+    cause_ = cause;
   }
   cv_.notify_all();
 }
@@ -46,6 +47,11 @@ bool StopSignal::requested() const {
 std::string StopSignal::reason() const {
   std::lock_guard lock(mutex_);
   return reason_;
+}
+
+StopCause StopSignal::cause() const {
+  std::lock_guard lock(mutex_);
+  return cause_;
 }
 
 bool StopSignal::waitFor(Clock::duration d) const {
@@ -110,7 +116,7 @@ class RunState {
     }
     // Rollback always runs, whatever ended the run.
     if (!held_.empty()) {
-      auto leftover = revertHeld("rollback");
+      auto leftover = revertHeld("rollback", {}, stopping() ? abortReason() : kEndReverted);
       if (!leftover.empty() && verdict != v1::VERDICT_ERROR) {
         verdict = v1::VERDICT_ERROR;
         reason = leftover;
@@ -143,7 +149,9 @@ class RunState {
  private:
   struct HeldFault {
     std::string agentId;
-    std::string host;
+    std::string host;  // the agent's hostname (the events' host)
+    std::string name;  // agentName(): how messages name the agent
+    std::string kind;  // faultKindName() of its spec
     v1::FaultState state = v1::FAULT_STATE_UNSPECIFIED;
     std::string error;
     bool unconfirmed = false;               // the agent never answered the inject: it may hold the fault
@@ -154,6 +162,10 @@ class RunState {
     bool failureRecorded = false;           // a fault.failed event says why (the agent's or the run's)
     Clock::time_point until{};              // when the run will ask for its end (start time + duration)
     google::protobuf::Timestamp appliedAt;  // the agent's APPLIED report time
+    bool applied = false;                   // the agent reported it applied
+    bool changed = false;                   // the agent found it changed or gone before the run asked its end
+    std::string_view endAs = kEndReverted;  // the end reason when the run's revert is confirmed
+    bool ended = false;                     // its fault.ended event was made (exactly one per fault)
   };
 
   static bool settled(v1::FaultState s) { return s == v1::FAULT_STATE_REVERTED || s == v1::FAULT_STATE_EXPIRED; }
@@ -511,6 +523,8 @@ class RunState {
           HeldFault h;
           h.agentId = t.agent_id();
           h.host = t.hostname();
+          h.name = agentName(t.agent_id(), t.hostname());
+          h.kind = std::string(faultKindName(f.spec));
           h.until = start + f.duration;
           held_[id] = h;
         }
@@ -523,13 +537,17 @@ class RunState {
         *inj->mutable_start_at() = startAt;
         if (!fleet_.send(t.agent_id(), msg)) {
           std::string why = fmt::format("agent {} disconnected before the fault could be sent", t.agent_id());
+          std::optional<v1::RunEvent> end;
           {
             std::lock_guard lock(mutex_);
-            held_[id].state = v1::FAULT_STATE_FAILED;
-            held_[id].error = why;
-            held_[id].failureRecorded = true;
+            auto& h = held_[id];
+            h.state = v1::FAULT_STATE_FAILED;
+            h.error = why;
+            h.failureRecorded = true;
+            end = endOf(id, h, kEndFailed, agent::nowTimestamp(), why);
           }
-          recordFailure(t.hostname(), id, fmt::format("fault {}: {}", id, why));
+          recordFailure(id, fmt::format("fault {}: {}", id, why));
+          emitEnd(end);
         }
         idsOf[k].push_back(id);
         ids.push_back(id);
@@ -539,7 +557,7 @@ class RunState {
       event("", "step.wait", fmt::format("step {}: wait {}", label, formatDuration(d)));
     }
     // Wait until every agent has answered.
-    std::vector<std::tuple<std::string, std::string, std::string>> unanswered;  // host, fault id, fault.failed text
+    std::vector<std::pair<std::string, std::string>> unanswered;  // fault id, fault.failed text
     {
       std::unique_lock lock(mutex_);
       cv_.wait_until(lock, start + options_.applyTimeout, [&] {
@@ -557,12 +575,12 @@ class RunState {
           h.error = fmt::format("no answer within {} of the start time", formatDuration(options_.applyTimeout));
           h.unconfirmed = true;
           h.failureRecorded = true;
-          unanswered.emplace_back(h.host, id, fmt::format("fault {}: {}", id, h.error));
+          unanswered.emplace_back(id, fmt::format("fault {}: {}", id, h.error));
         }
       }
     }
-    for (const auto& [host, id, text] : unanswered) {
-      recordFailure(host, id, text);
+    for (const auto& [id, text] : unanswered) {
+      recordFailure(id, text);  // its fault.ended follows its revert, which the agent may confirm
     }
     std::string failure;
     {
@@ -571,7 +589,7 @@ class RunState {
         for (const auto& id : idsOf[k]) {
           const auto& h = held_[id];
           if (h.state == v1::FAULT_STATE_FAILED) {
-            failure = fmt::format("{} failed on host {}: {}", faultStepText(*group.faults[k].fault), h.host, h.error);
+            failure = fmt::format("{} failed on agent {}: {}", faultStepText(*group.faults[k].fault), h.name, h.error);
             break;
           }
         }
@@ -604,7 +622,7 @@ class RunState {
       for (size_t k = 0; k < group.faults.size(); ++k) {
         if (!ended[k] && Clock::now() >= start + group.faults[k].fault->duration) {
           ended[k] = true;
-          if (auto leftover = revertHeld("fault duration elapsed", idsOf[k]); !leftover.empty()) {
+          if (auto leftover = revertHeld("fault duration elapsed", idsOf[k], kEndExpired); !leftover.empty()) {
             auto rest = revertHeldNoting("rollback after a failed revert");
             return rest.empty() ? leftover : leftover + "; " + rest;
           }
@@ -640,17 +658,17 @@ class RunState {
       }
       lock.unlock();
       if (stopping()) {
-        auto leftover = revertHeldNoting("run aborted: " + stopReason());
+        auto leftover = revertHeldNoting("run aborted: " + stopReason(), abortReason());
         return leftover.empty() ? "aborted" : leftover;
       }
     }
-    return revertHeldNoting("fault duration elapsed");
+    return revertHeldNoting("fault duration elapsed", kEndExpired);
   }
 
   // revertHeld() of every fault still held; the moment it returns is the group's revert (time to
   // recover counts from it).
-  std::string revertHeldNoting(const std::string& why) {
-    auto left = revertHeld(why);
+  std::string revertHeldNoting(const std::string& why, std::string_view endAs = kEndReverted) {
+    auto left = revertHeld(why, {}, endAs);
     if (!groups_.empty() && !groups_.back().reverted) {
       groups_.back().reverted = Clock::now();
     }
@@ -659,13 +677,85 @@ class RunState {
 
   // Records a fault.failed event the agent could not send (it is gone, or never answered).
   // Called without mutex_ held.
-  void recordFailure(const std::string& host, const std::string& faultId, const std::string& text) {
-    v1::RunEvent e = makeEvent(host, "fault.failed", text);
-    e.set_fault_id(faultId);
+  void recordFailure(const std::string& faultId, const std::string& text) {
+    v1::RunEvent e;
+    {
+      std::lock_guard lock(mutex_);
+      e = faultEvent(faultId, held_[faultId], "fault.failed", text);
+    }
     recordEvent(e);
     if (sink_) {
       sink_(e);
     }
+  }
+
+  // An event about one fault: its agent's hostname as host, its agent id and its id.
+  v1::RunEvent faultEvent(const std::string& faultId, const HeldFault& h, const std::string& kind,
+                          const std::string& message) {
+    v1::RunEvent e = makeEvent(h.host, kind, message);
+    e.set_fault_id(faultId);
+    e.set_agent_id(h.agentId);
+    return e;
+  }
+
+  // The fault.ended event of h, ended at `at` for reason (kEnd*), or nullopt when h has one
+  // already: exactly one per fault, whatever its kind and whoever ended it. Called with mutex_
+  // held; the caller records it (emitEnd()) once it lets go.
+  std::optional<v1::RunEvent> endOf(const std::string& faultId, HeldFault& h, std::string_view reason,
+                                    const google::protobuf::Timestamp& at, const std::string& detail) {
+    if (h.ended) {
+      return std::nullopt;
+    }
+    h.ended = true;
+    std::string held;
+    if (h.applied) {
+      const int64_t us =
+          (at.seconds() - h.appliedAt.seconds()) * 1'000'000 + (at.nanos() - h.appliedAt.nanos()) / 1'000;
+      held = fmt::format(" after {:.3f}s", static_cast<double>(std::max<int64_t>(us, 0)) / 1e6);
+    } else {
+      held = " (never applied)";
+    }
+    v1::RunEvent e = faultEvent(faultId, h, "fault.ended",
+                                fmt::format("{} {}{}{}", h.kind, reason, held, detail.empty() ? "" : ": " + detail));
+    *e.mutable_at() = at;
+    e.set_fault_kind(h.kind);
+    e.set_end_reason(std::string(reason));
+    if (h.applied) {
+      *e.mutable_applied_at() = h.appliedAt;
+    }
+    return e;
+  }
+
+  void emitEnd(const std::optional<v1::RunEvent>& e) {
+    if (e) {
+      recordEvent(*e);
+      if (sink_) {
+        sink_(*e);
+      }
+    }
+  }
+
+  // Why a fault the agent reports reverted or expired ended (kEnd*). Called with mutex_ held.
+  std::string_view endReason(const HeldFault& h, const v1::FaultReport& r) const {
+    if (r.end_cause() == v1::FAULT_END_CAUSE_LEASE) {
+      return kEndLease;
+    }
+    if (r.end_cause() == v1::FAULT_END_CAUSE_REVERT_ALL) {
+      return kEndHalted;
+    }
+    if (!h.applied && h.failureRecorded) {
+      return kEndFailed;  // it never applied as asked (no answer in time); reverted in case it did
+    }
+    if (h.changed) {
+      return kEndLost;
+    }
+    if (r.state() == v1::FAULT_STATE_EXPIRED && Clock::now() + kExpiryTolerance >= h.until) {
+      return kEndExpired;
+    }
+    if (h.revertRequested) {
+      return h.endAs;
+    }
+    return stop_.requested() && stop_.cause() == StopCause::kHalt ? kEndHalted : kEndLost;
   }
 
   // The spread of the moments the hosts applied each fault of a group (their APPLIED reports'
@@ -704,9 +794,11 @@ class RunState {
     }
   }
 
-  // Reverts every fault still held by this run and waits for each agent to confirm. Returns ""
-  // when all are confirmed reverted (or expired), else what is left.
-  std::string revertHeld(const std::string& why, const std::vector<std::string>& only = {}) {
+  // Reverts every fault still held by this run (or those of `only`) and waits for each agent to
+  // confirm. endAs: the end reason (kEnd*) of a fault whose revert is confirmed. Returns "" when
+  // all are confirmed reverted (or expired), else what is left.
+  std::string revertHeld(const std::string& why, const std::vector<std::string>& only = {},
+                         std::string_view endAs = kEndReverted) {
     std::vector<std::pair<std::string, std::string>> toRevert;  // fault id, agent id
     {
       std::lock_guard lock(mutex_);
@@ -716,6 +808,9 @@ class RunState {
         }
         if (h.state == v1::FAULT_STATE_APPLIED || h.unconfirmed) {
           toRevert.emplace_back(id, h.agentId);
+          if (!h.revertRequested) {
+            h.endAs = endAs;
+          }
           h.revertRequested = true;
         }
       }
@@ -744,7 +839,8 @@ class RunState {
       return true;
     });
     std::string left;
-    std::vector<std::tuple<std::string, std::string, std::string>> failures;  // host, fault id, fault.failed text
+    std::vector<v1::RunEvent> failures;  // fault.failed events
+    std::vector<v1::RunEvent> ends;
     for (const auto& [id, agentId] : toRevert) {
       auto& h = held_[id];
       if (settled(h.state)) {
@@ -752,59 +848,71 @@ class RunState {
       }
       // A gone agent or a permanent failure was not waited for: say so, not that a timeout passed.
       const std::string one =
-          h.revertGaveUp ? fmt::format("fault {} on host {} not reverted ({}): {}", id, h.host, why, h.error)
+          h.revertGaveUp ? fmt::format("fault {} on agent {} not reverted ({}): {}", id, h.name, why, h.error)
           : h.agentGone
-              ? fmt::format("fault {} on host {} not confirmed reverted ({}): {}", id, h.host, why,
+              ? fmt::format("fault {} on agent {} not confirmed reverted ({}): {}", id, h.name, why,
                             h.error.empty() ? fmt::format("agent {} disconnected", agentId) : h.error)
-              : fmt::format("fault {} on host {} not confirmed reverted within {} ({}){}", id, h.host,
+              : fmt::format("fault {} on agent {} not confirmed reverted within {} ({}){}", id, h.name,
                             formatDuration(options_.revertTimeout), why, h.error.empty() ? "" : ": " + h.error);
       left += (left.empty() ? "" : "; ") + one;
       if (!h.failureRecorded) {
         h.failureRecorded = true;
-        failures.emplace_back(h.host, id, one);
+        failures.push_back(faultEvent(id, h, "fault.failed", one));
       }
       h.state = v1::FAULT_STATE_FAILED;
       h.unconfirmed = false;
+      // Nobody can confirm its end: its agent is gone (lost), or its revert failed or timed out.
+      if (auto end = endOf(id, h, h.agentGone && !h.revertGaveUp ? kEndLost : kEndFailed, agent::nowTimestamp(), one)) {
+        ends.push_back(std::move(*end));
+      }
     }
-    // Forget settled faults.
+    // Forget settled faults, each with its end recorded.
     for (auto it = held_.begin(); it != held_.end();) {
       auto s = it->second.state;
       if (settled(s) || s == v1::FAULT_STATE_FAILED) {
+        if (auto end = endOf(it->first, it->second, settled(s) ? it->second.endAs : kEndFailed, agent::nowTimestamp(),
+                             it->second.error)) {
+          ends.push_back(std::move(*end));
+        }
         it = held_.erase(it);
       } else {
         ++it;
       }
     }
     lock.unlock();
-    for (const auto& [host, id, text] : failures) {
-      recordFailure(host, id, text);
+    for (const auto& e : failures) {
+      recordEvent(e);
+      if (sink_) {
+        sink_(e);
+      }
+    }
+    for (const auto& end : ends) {
+      emitEnd(end);
     }
     return left;
   }
 
   void onReport(const std::string& agentId, const v1::FaultReport& r) {
-    std::string host;
+    v1::RunEvent e;
     {
       std::lock_guard lock(mutex_);
       auto it = held_.find(r.fault_id());
       if (it == held_.end() || it->second.agentId != agentId) {
         return;  // not this run's
       }
-      host = it->second.host;
       if (r.state() == v1::FAULT_STATE_FAILED) {
         it->second.failureRecorded = true;
       }
+      e = faultEvent(r.fault_id(), it->second, faultEventKind(r.state()), r.error().empty() ? r.detail() : r.error());
     }
     // The event is recorded before the state changes: the run thread acts on the new state
     // (records step.skew, starts the next step), and the timeline must read in that order.
-    const std::string kind = faultEventKind(r.state());
-    v1::RunEvent e = makeEvent(host, kind, r.error().empty() ? r.detail() : r.error());
     e.mutable_at()->CopyFrom(r.at());
-    e.set_fault_id(r.fault_id());
     recordEvent(e);
     if (sink_) {
       sink_(e);
     }
+    std::optional<v1::RunEvent> end;
     {
       std::lock_guard lock(mutex_);
       auto it = held_.find(r.fault_id());
@@ -818,7 +926,9 @@ class RunState {
           h.agentGone = true;
         } else if (r.error_code() == v1::FAULT_ERROR_PERMANENT) {
           h.revertGaveUp = true;  // the agent dropped the fault: no later report will come
+          end = endOf(r.fault_id(), h, kEndFailed, r.at(), r.error());
         } else {
+          h.changed = h.changed || !h.revertRequested;  // the watch found it changed behind faultline's back
           // A revert failed and the agent retries it; or, before the run asked for the revert, the
           // agent found the fault no longer in place (someone replaced its qdisc). Either way the
           // agent still holds the fault: the run's revert goes to it (and ends the run, below).
@@ -830,16 +940,23 @@ class RunState {
       if (r.state() == v1::FAULT_STATE_APPLIED) {
         h.unconfirmed = false;
         h.appliedAt = r.at();
+        h.applied = true;
+      }
+      if (settled(r.state())) {
+        end = endOf(r.fault_id(), h, endReason(h, r), r.at(), r.detail());
+      } else if (r.state() == v1::FAULT_STATE_FAILED && !wasApplied) {
+        end = endOf(r.fault_id(), h, kEndFailed, r.at(), r.error());  // its apply failed or was refused
       }
       // A fault that ends, or whose agent goes away, before the run asked for its end: the
       // experiment did not run as written, whatever the probes say.
       const bool expiredOnTime = r.state() == v1::FAULT_STATE_EXPIRED && Clock::now() + kExpiryTolerance >= h.until;
       if (wasApplied && !h.revertRequested && r.state() != v1::FAULT_STATE_APPLIED && !expiredOnTime && lost_.empty()) {
-        lost_ = fmt::format("fault {} on host {} ended before its duration: {}", r.fault_id(), h.host,
+        lost_ = fmt::format("fault {} on agent {} ended before its duration: {}", r.fault_id(), h.name,
                             r.error().empty() ? r.detail() : r.error());
       }
       h.error = r.error();
     }
+    emitEnd(end);
     cv_.notify_all();
   }
 
@@ -1111,6 +1228,11 @@ class RunState {
 
   // An abort request, or a failed write to the record store.
   bool stopping() const { return stop_.requested() || storeFailed_.load(); }
+
+  // The end reason of faults reverted because the run stops: halted (faultline halt) or aborted.
+  std::string_view abortReason() const {
+    return stop_.requested() && stop_.cause() == StopCause::kHalt ? kEndHalted : kEndAborted;
+  }
 
   std::string stopReason() {
     if (stop_.requested()) {

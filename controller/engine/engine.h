@@ -44,12 +44,19 @@
 
 namespace faultline::controller {
 
-// Asks a run to stop; wakes its waits at once. Thread-safe.
+// Who asked a run to stop: its faults' fault.ended events say aborted or halted.
+enum class StopCause {
+  kAbort,  // faultline abort (AbortRun), Ctrl-C of faultline run, the controller stopping, a schedule's replace
+  kHalt,   // faultline halt (Halt): every run and every fault
+};
+
+// Asks a run to stop; wakes its waits at once. The first request wins. Thread-safe.
 class StopSignal {
  public:
-  void request(std::string reason);
+  void request(std::string reason, StopCause cause = StopCause::kAbort);
   [[nodiscard]] bool requested() const;
   [[nodiscard]] std::string reason() const;
+  [[nodiscard]] StopCause cause() const;
   // Sleeps up to d; true when a stop was requested (before or during the wait).
   bool waitFor(std::chrono::steady_clock::duration d) const;
 
@@ -58,6 +65,7 @@ class StopSignal {
   mutable std::condition_variable cv_;
   bool requested_ = false;
   std::string reason_;
+  StopCause cause_ = StopCause::kAbort;
 };
 
 struct RunRequest {

@@ -59,7 +59,7 @@ tl::expected<ResolvedTargets, std::string> resolveTargets(const Targets& targets
   const auto names = [](const std::vector<v1::AgentInfo>& hosts) {
     std::string text;
     for (const auto& t : hosts) {
-      text += fmt::format("{}{} ({})", text.empty() ? "" : ", ", t.hostname(), t.agent_id());
+      text += fmt::format("{}{}", text.empty() ? "" : ", ", agentName(t.agent_id(), t.hostname()));
     }
     return text;
   };

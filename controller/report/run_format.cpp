@@ -243,9 +243,11 @@ std::string table(const std::vector<std::vector<std::string>>& rows, std::size_t
   return out;
 }
 
-// Each fault.applied opens a window and the next fault.reverted, fault.expired or fault.failed of
-// the same fault closes it; labelled with the fault's step, from its id ("RUN/STEP/AGENT"). Records
-// from before events carried the fault id: per host, labelled with the last step.fault before it.
+// Each fault.applied opens a window and the fault's fault.ended closes it (END: its reason); in
+// records from before fault.ended, the next fault.reverted, fault.expired or fault.failed of the
+// same fault. Labelled with the fault's step, from its id ("RUN/STEP/AGENT"), and its agent
+// (agentName()). Records from before events carried the fault id: per host, labelled with the
+// last step.fault before it.
 std::string formatFaultWindows(const v1::Run& run) {
   const std::int64_t start = toMicros(run.started_at());
   std::vector<const v1::RunEvent*> events;
@@ -272,19 +274,22 @@ std::string formatFaultWindows(const v1::Run& run) {
   };
   std::vector<Window> windows;
   std::string step = "-";
+  const bool hasEnds =
+      std::any_of(events.begin(), events.end(), [](const v1::RunEvent* e) { return e->kind() == "fault.ended"; });
   for (const auto* e : events) {
+    const std::string host = oneLine(agentName(e->agent_id(), e->host()));
     if (e->kind() == "step.fault") {
       step = oneLine(e->message().substr(0, e->message().find(':')));
     } else if (e->kind() == "fault.applied") {
-      windows.push_back(Window{oneLine(e->host()), e->fault_id(), oneLine(stepOf(e->fault_id()).value_or(step)),
+      windows.push_back(Window{host, e->fault_id(), oneLine(stepOf(e->fault_id()).value_or(step)),
                                toMicros(e->at()) - start, std::nullopt, ""});
-    } else if (e->kind() == "fault.reverted" || e->kind() == "fault.expired" || e->kind() == "fault.failed") {
+    } else if (hasEnds ? e->kind() == "fault.ended"
+                       : e->kind() == "fault.reverted" || e->kind() == "fault.expired" || e->kind() == "fault.failed") {
       for (auto& w : windows) {
-        const bool same =
-            e->fault_id().empty() || w.faultId.empty() ? w.host == oneLine(e->host()) : w.faultId == e->fault_id();
+        const bool same = e->fault_id().empty() || w.faultId.empty() ? w.host == host : w.faultId == e->fault_id();
         if (same && !w.to) {
           w.to = toMicros(e->at()) - start;
-          w.end = e->kind().substr(6);
+          w.end = hasEnds ? oneLine(e->end_reason()) : e->kind().substr(6);
           break;
         }
       }
@@ -294,7 +299,7 @@ std::string formatFaultWindows(const v1::Run& run) {
     return "(none)\n";
   }
   std::vector<std::vector<std::string>> rows;
-  rows.push_back({"HOST", "STEP", "FROM", "TO", "HELD", "END"});
+  rows.push_back({"AGENT", "STEP", "FROM", "TO", "HELD", "END"});
   for (const auto& w : windows) {
     rows.push_back({w.host.empty() ? "-" : w.host, w.step, relativeSeconds(w.from), w.to ? relativeSeconds(*w.to) : "-",
                     w.to ? relativeSeconds(*w.to - w.from).substr(1) + "s" : "-", w.to ? w.end : "no end recorded"});
@@ -378,6 +383,16 @@ std::string faultEventKind(v1::FaultState state) {
   }
 }
 
+std::string agentName(std::string_view agentId, std::string_view hostname) {
+  if (agentId.empty()) {
+    return std::string(hostname);
+  }
+  if (hostname.empty() || hostname == agentId) {
+    return std::string(agentId);
+  }
+  return fmt::format("{} ({})", agentId, hostname);
+}
+
 std::string verdictWord(v1::Verdict verdict) {
   if (verdict == v1::VERDICT_UNSPECIFIED || !v1::Verdict_IsValid(verdict)) {
     return "running";
@@ -429,15 +444,19 @@ std::string formatTimeline(const v1::Run& run) {
     std::size_t offsetWidth = 0;
     std::size_t hostWidth = 0;
     std::size_t kindWidth = 0;
+    const auto hostOf = [](const v1::RunEvent* event) {
+      const std::string name = agentName(event->agent_id(), event->host());
+      return name.empty() ? std::string("-") : oneLine(name);
+    };
     for (const auto* event : events) {
       offsetWidth = std::max(offsetWidth, relativeSeconds(toMicros(event->at()) - start).size());
-      hostWidth = std::max(hostWidth, displayWidth(event->host().empty() ? "-" : oneLine(event->host())));
+      hostWidth = std::max(hostWidth, displayWidth(hostOf(event)));
       kindWidth = std::max(kindWidth, displayWidth(oneLine(event->kind())));
     }
     for (const auto* event : events) {
       out += joinColumns({padLeft(relativeSeconds(toMicros(event->at()) - start), offsetWidth),
-                          padRight(event->host().empty() ? "-" : oneLine(event->host()), hostWidth),
-                          padRight(oneLine(event->kind()), kindWidth), oneLine(event->message())});
+                          padRight(hostOf(event), hostWidth), padRight(oneLine(event->kind()), kindWidth),
+                          oneLine(event->message())});
     }
   }
 
@@ -514,6 +533,18 @@ nlohmann::json eventJson(const v1::RunEvent& e) {
   if (e.has_recovery()) {
     j["recoveryMs"] = static_cast<double>(google::protobuf::util::TimeUtil::DurationToNanoseconds(e.recovery())) / 1e6;
   }
+  if (!e.fault_id().empty()) {
+    j["faultId"] = e.fault_id();
+  }
+  if (!e.agent_id().empty()) {
+    j["agentId"] = e.agent_id();
+  }
+  if (e.kind() == "fault.ended") {
+    j["faultKind"] = e.fault_kind();
+    j["endReason"] = e.end_reason();
+    j["appliedAt"] = e.has_applied_at() ? nlohmann::json(isoUtc(e.applied_at())) : nlohmann::json(nullptr);
+    j["endedAt"] = isoUtc(e.at());
+  }
   return j;
 }
 
@@ -526,6 +557,19 @@ std::vector<std::string> hostsOf(const v1::Run& run) {
     }
   }
   return hosts;
+}
+
+// Agents of the run: [{id, hostname}] of the events that name one, in the order they first appear.
+nlohmann::json agentsOf(const v1::Run& run) {
+  nlohmann::json agents = nlohmann::json::array();
+  std::vector<std::string> seen;
+  for (const auto& e : run.events()) {
+    if (!e.agent_id().empty() && std::find(seen.begin(), seen.end(), e.agent_id()) == seen.end()) {
+      seen.push_back(e.agent_id());
+      agents.push_back({{"id", e.agent_id()}, {"hostname", e.host()}});
+    }
+  }
+  return agents;
 }
 
 }  // namespace
@@ -644,6 +688,7 @@ std::string formatJournal(const v1::Run& run, const std::string& fileName, const
     }
   }
   j["hosts"] = hostsOf(run);
+  j["agents"] = agentsOf(run);
   j["targets"] = targets;
   j["events"] = nlohmann::json::array();
   for (const auto& e : run.events()) {
@@ -925,7 +970,8 @@ std::string formatJUnit(const v1::Run& run, const Experiment& experiment, const 
   }
   std::string log;
   for (const auto& e : run.events()) {
-    log += fmt::format("{} {} {} {}\n", isoUtc(e.at()), e.host().empty() ? "-" : e.host(), e.kind(), e.message());
+    const std::string host = agentName(e.agent_id(), e.host());
+    log += fmt::format("{} {} {} {}\n", isoUtc(e.at()), host.empty() ? "-" : host, e.kind(), e.message());
   }
   out += fmt::format("  <system-out>{}</system-out>\n", xmlEscape(log));
   out += "  <system-err></system-err>\n";

@@ -432,6 +432,7 @@ struct Controller::Impl final : v1::Control::CallbackService {
     e.set_run_id(runId);
     *e.mutable_at() = r.has_at() ? r.at() : agent::nowTimestamp();
     e.set_host(host);
+    e.set_agent_id(agentId);
     e.set_kind(kind);
     e.set_fault_id(r.fault_id());
     e.set_message(
@@ -832,7 +833,7 @@ struct Controller::Impl final : v1::Control::CallbackService {
         for (auto& [id, run] : runs) {
           std::lock_guard runLock(run->mutex);
           if (!run->finished) {
-            run->stop.request(reason);
+            run->stop.request(reason, StopCause::kHalt);
             aborted.push_back(run);
           }
         }

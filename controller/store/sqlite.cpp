@@ -36,7 +36,7 @@ using google::protobuf::util::TimeUtil;
 // The schema, one step per version: step i takes the database from user_version i to i + 1.
 // Never edit a step that has shipped; add a new one (e.g. "ALTER TABLE runs ADD COLUMN ...").
 // Timestamps are integer microseconds since the Unix epoch (UTC).
-constexpr std::array<std::string_view, 6> kMigrations = {
+constexpr std::array<std::string_view, 7> kMigrations = {
     R"sql(
 CREATE TABLE runs (
   run_id      TEXT PRIMARY KEY NOT NULL,
@@ -144,6 +144,13 @@ ALTER TABLE samples ADD COLUMN step TEXT NOT NULL DEFAULT '';
 ALTER TABLE slo_checks ADD COLUMN not_enough_data INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE slo_checks ADD COLUMN min_samples INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE events ADD COLUMN recovery_ns INTEGER;
+)sql",
+    // 7: a fault.* event's agent id; fault.ended's fault kind, end reason and applied time (µs).
+    R"sql(
+ALTER TABLE events ADD COLUMN agent_id TEXT NOT NULL DEFAULT '';
+ALTER TABLE events ADD COLUMN fault_kind TEXT NOT NULL DEFAULT '';
+ALTER TABLE events ADD COLUMN end_reason TEXT NOT NULL DEFAULT '';
+ALTER TABLE events ADD COLUMN applied_at INTEGER;
 )sql",
 };
 
@@ -395,9 +402,9 @@ class SqliteRecordStore final : public RecordStore, public ScheduleStore {
         "INSERT INTO runs (run_id, experiment, file_sha256, trigger, started_at, owner, schedule, fire_at) VALUES (?1, "
         "?2, ?3, ?4, ?5, ?6, ?7, ?8)");
     insertEvent_ = prepare(
-        "INSERT INTO events (run_id, seq, at, host, kind, message, verdict, start_at, skew_ns, fault_id, recovery_ns) "
-        "VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE run_id = ?1), ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, "
-        "?10)");
+        "INSERT INTO events (run_id, seq, at, host, kind, message, verdict, start_at, skew_ns, fault_id, recovery_ns, "
+        "agent_id, fault_kind, end_reason, applied_at) VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE "
+        "run_id = ?1), ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)");
     insertSample_ = prepare(
         "INSERT INTO samples (run_id, at, probe, phase, ok, latency_ms, detail, value, kind, guard, step) "
         "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)");
@@ -413,8 +420,8 @@ class SqliteRecordStore final : public RecordStore, public ScheduleStore {
         "SELECT run_id, experiment, file_sha256, trigger, started_at, ended_at, verdict, reason, schedule, fire_at "
         "FROM runs WHERE run_id = ?1");
     selectEvents_ = prepare(
-        "SELECT at, host, kind, message, verdict, start_at, skew_ns, fault_id, recovery_ns FROM events WHERE run_id = "
-        "?1 ORDER BY at, seq");
+        "SELECT at, host, kind, message, verdict, start_at, skew_ns, fault_id, recovery_ns, agent_id, fault_kind, "
+        "end_reason, applied_at FROM events WHERE run_id = ?1 ORDER BY at, seq");
     selectSamples_ = prepare(
         "SELECT at, probe, phase, ok, latency_ms, detail, value, kind, guard, step FROM samples WHERE run_id = ?1 "
         "ORDER BY at, rowid");
@@ -489,6 +496,14 @@ class SqliteRecordStore final : public RecordStore, public ScheduleStore {
       bindInt(use, 10, TimeUtil::DurationToNanoseconds(event.recovery()));
     } else {
       check(sqlite3_bind_null(use.get(), 10), "bind");
+    }
+    bindText(use, 11, event.agent_id());
+    bindText(use, 12, event.fault_kind());
+    bindText(use, 13, event.end_reason());
+    if (event.has_applied_at()) {
+      bindInt(use, 14, toMicros(event.applied_at()));
+    } else {
+      check(sqlite3_bind_null(use.get(), 14), "bind");
     }
     stepWrite(use, "addEvent", event.run_id());
   }
@@ -593,6 +608,12 @@ class SqliteRecordStore final : public RecordStore, public ScheduleStore {
         event->set_fault_id(columnText(use.get(), 7));
         if (sqlite3_column_type(use.get(), 8) != SQLITE_NULL) {
           *event->mutable_recovery() = TimeUtil::NanosecondsToDuration(sqlite3_column_int64(use.get(), 8));
+        }
+        event->set_agent_id(columnText(use.get(), 9));
+        event->set_fault_kind(columnText(use.get(), 10));
+        event->set_end_reason(columnText(use.get(), 11));
+        if (sqlite3_column_type(use.get(), 12) != SQLITE_NULL) {
+          *event->mutable_applied_at() = fromMicros(sqlite3_column_int64(use.get(), 12));
         }
       }
     }

@@ -327,7 +327,7 @@ method:
   for (const auto& ev : rec->events()) {
     resolvedRecorded =
         resolvedRecorded || (ev.kind() == "targets.resolved" && ev.message().find("random(1)") != std::string::npos &&
-                             ev.message().find("e2e-host (e2e-agent)") != std::string::npos);
+                             ev.message().find("e2e-agent (e2e-host)") != std::string::npos);
   }
   CHECK(resolvedRecorded);
 }
@@ -348,7 +348,7 @@ method:
   auto status = stub->PlanRun(&ctx, req, &plan);
   CHECK(status.error_code() == grpc::StatusCode::FAILED_PRECONDITION);
   CHECK(status.error_message() ==
-        "mode count(2) needs 2 host(s) but only 1 match the selector {role=e2e}: e2e-host (e2e-agent); nothing was "
+        "mode count(2) needs 2 host(s) but only 1 match the selector {role=e2e}: e2e-agent (e2e-host); nothing was "
         "injected");
   auto [runId, events] = run(req.experiment());
   CHECK(events.back().verdict() == v1::VERDICT_ERROR);
@@ -687,7 +687,7 @@ method:
   const std::string runId = r.output.substr(at + 15, r.output.find(' ', at + 15) - at - 15);
   r = testing::sh(fmt::format("cd {} && {} show {} --db r.db", dir.path, FAULTLINE_BIN, runId));
   CHECK(r.status == 0);
-  CHECK(r.output.find("\nfaults\nHOST") != std::string::npos);
+  CHECK(r.output.find("\nfaults\nAGENT") != std::string::npos);
   CHECK(r.output.find("step 1") != std::string::npos);
   CHECK(r.output.find("\nslos\nSLO") != std::string::npos);
   CHECK(r.output.find("demo-slo  during") != std::string::npos);

@@ -716,11 +716,59 @@ TEST_CASE("capabilities: the host and the missing module are named before anythi
   *host.mutable_capabilities() = noU32;
   auto why = controller::checkCapabilities({step}, {host});
   REQUIRE(why.has_value());
-  CHECK_MESSAGE(contains(*why, "host db-7 (a7) cannot run network.bandwidth 'slow'"), *why);
+  CHECK_MESSAGE(contains(*why, "agent a7 (db-7) cannot run network.bandwidth 'slow'"), *why);
   CHECK_MESSAGE(contains(*why, "cls_u32 (CONFIG_NET_CLS_U32; `modprobe cls_u32`)"), *why);
   CHECK_MESSAGE(contains(*why, "nothing was injected"), *why);
   *host.mutable_capabilities() = probed;
   CHECK_FALSE(controller::checkCapabilities({step}, {host}).has_value());
+}
+
+TEST_CASE("capabilities: an agent without CAP_NET_ADMIN is named for the privilege, never for modules") {
+  // What an agent started under `capsh --drop=cap_net_admin` sends: the privileges it probed, and
+  // no traffic control (its probe could not create a qdisc).
+  v1::Capabilities caps;
+  caps.set_privileges_probed(true);
+  caps.add_privileges("CAP_SYS_ADMIN");
+  caps.add_privileges("CAP_KILL");
+  v1::FaultSpec bw;
+  bw.mutable_network_bandwidth()->mutable_target()->set_interface("eth0");
+  bw.mutable_network_bandwidth()->set_rate_bps(1'000'000);
+  CHECK(controller::missingPrivileges(bw, caps) == std::vector<std::string>{"CAP_NET_ADMIN"});
+  CHECK(controller::missingPrivileges(delaySpec(), caps) == std::vector<std::string>{"CAP_NET_ADMIN"});
+
+  controller::FaultStep step{"slow", bw, std::chrono::milliseconds{1000}};
+  v1::AgentInfo host;
+  host.set_agent_id("a7");
+  host.set_hostname("vm");
+  *host.mutable_capabilities() = caps;
+  auto why = controller::checkCapabilities({step}, {host});
+  REQUIRE(why.has_value());
+  CHECK_MESSAGE(contains(*why, "agent a7 (vm) cannot run network.bandwidth 'slow': it lacks CAP_NET_ADMIN"), *why);
+  CHECK_MESSAGE(contains(*why, "nothing was injected"), *why);
+  CHECK_MESSAGE(!contains(*why, "modprobe"), *why);
+  CHECK_MESSAGE(!contains(*why, "sch_tbf"), *why);
+
+  // Another network namespace needs CAP_SYS_ADMIN (setns) as well.
+  caps.clear_privileges();
+  caps.add_privileges("CAP_NET_ADMIN");
+  bw.mutable_network_bandwidth()->mutable_target()->set_netns("/run/netns/app");
+  CHECK(controller::missingPrivileges(bw, caps) == std::vector<std::string>{"CAP_SYS_ADMIN"});
+
+  // stress.* needs to create a cgroup; process faults need nothing up front.
+  v1::FaultSpec cpu;
+  cpu.mutable_stress_cpu()->set_workers(1);
+  caps.set_cgroup2_mount("/sys/fs/cgroup");
+  CHECK(controller::missingPrivileges(cpu, caps) == std::vector<std::string>{"cgroup write access"});
+  caps.set_cgroup_writable(true);
+  CHECK(controller::missingPrivileges(cpu, caps).empty());
+  v1::FaultSpec kill;
+  kill.mutable_process_kill()->mutable_process()->set_pid(1234);
+  CHECK(controller::missingPrivileges(kill, caps).empty());
+
+  // An agent that did not probe its privileges (an older one) is judged on its modules alone.
+  v1::Capabilities old;
+  old.set_tbf(true);
+  CHECK(controller::missingPrivileges(bw, old).empty());
 }
 
 TEST_CASE("capabilities: a dry run is refused as the run would be, naming the host and the module") {
@@ -737,7 +785,7 @@ TEST_CASE("capabilities: a dry run is refused as the run would be, naming the ho
   e.method.emplace_back(controller::FaultStep{"lag", delaySpec(), std::chrono::milliseconds{1000}});
   auto plan = controller::planRun(e, {host}, 1);
   REQUIRE_FALSE(plan.has_value());
-  CHECK_MESSAGE(contains(plan.error(), "host web-3 (a3) cannot run network.delay 'lag'"), plan.error());
+  CHECK_MESSAGE(contains(plan.error(), "agent a3 (web-3) cannot run network.delay 'lag'"), plan.error());
   CHECK_MESSAGE(contains(plan.error(), "sch_netem"), plan.error());
   caps.set_netem(true);
   caps.add_qdiscs("netem");
@@ -793,7 +841,7 @@ TEST_CASE("capabilities: on an nfqueue agent netem's kinds need a queue and a ba
   auto why = controller::checkCapabilities({step}, {host});
   REQUIRE(why.has_value());
   CHECK_MESSAGE(contains(*why,
-                         "host web-1 (a1) cannot run network.duplicate 'twice': its kernel lacks sch_netem (for "
+                         "agent a1 (web-1) cannot run network.duplicate 'twice': its kernel lacks sch_netem (for "
                          "duplicate on ingress) (CONFIG_NET_SCH_NETEM;"),
                 *why);
   // network.bandwidth stays tc's on either driver.
@@ -865,7 +913,7 @@ TEST_CASE("capabilities: direction ingress needs ifb, sch_ingress, cls_u32 and a
   *host.mutable_capabilities() = bare;
   auto why = controller::checkCapabilities({step}, {host});
   REQUIRE(why.has_value());
-  CHECK_MESSAGE(contains(*why, "host web-9 (a9) cannot run network.bandwidth 'slow-in'"), *why);
+  CHECK_MESSAGE(contains(*why, "agent a9 (web-9) cannot run network.bandwidth 'slow-in'"), *why);
   CHECK_MESSAGE(contains(*why, "ifb (CONFIG_IFB; `modprobe ifb`)"), *why);
   CHECK_MESSAGE(contains(*why, "act_mirred (CONFIG_NET_ACT_MIRRED; `modprobe act_mirred`)"), *why);
 }
@@ -881,8 +929,8 @@ TEST_CASE("capabilities: process.pause with mechanism: freeze is refused on a ho
   auto why = controller::checkCapabilities({step}, {host});
   REQUIRE(why.has_value());
   CHECK_MESSAGE(contains(*why,
-                         "host db-2 (a2) cannot run process.pause 'stall' with mechanism: freeze: its agent "
-                         "found no cgroup v2 hierarchy"),
+                         "agent a2 (db-2) cannot run process.pause 'stall' with mechanism: freeze: it found no "
+                         "cgroup v2 hierarchy"),
                 *why);
   CHECK_MESSAGE(contains(*why, "nothing was injected"), *why);
   host.mutable_capabilities()->set_cgroup2_mount("/sys/fs/cgroup");

@@ -230,7 +230,7 @@ TEST_CASE("engine: a fault failing on one host is rolled back on the others; exe
   CHECK(h.run(experiment(5s)) == v1::VERDICT_ERROR);
   CHECK(h.fleet.activeCount() == 0);
   auto rec = h.store->getRun("run-1");
-  CHECK(rec->reason().find("failed on host host-a2: the kernel said no") != std::string::npos);
+  CHECK(rec->reason().find("failed on agent a2 (host-a2): the kernel said no") != std::string::npos);
 }
 
 TEST_CASE("engine: no matching agent fails before anything is injected") {
@@ -297,7 +297,7 @@ TEST_CASE("engine: netem faults are refused before injecting on a host without s
   h.fleet.addAgent("a2", {}, false);
   CHECK(h.run(experiment(100ms, true)) == v1::VERDICT_ERROR);
   CHECK(h.fleet.sentCount(v1::ControllerMessage::kInject) == 0);
-  CHECK(h.store->getRun("run-1")->reason().find("host host-a2 (a2) cannot run network.delay") != std::string::npos);
+  CHECK(h.store->getRun("run-1")->reason().find("agent a2 (host-a2) cannot run network.delay") != std::string::npos);
 }
 
 TEST_CASE("engine: abort reverts the active fault at once and records 'aborted'") {
@@ -998,4 +998,155 @@ TEST_CASE("engine: a service that never comes back is 'not recovered within' the
   }
   CHECK(phases.count("settle") == 1);
   CHECK(phases.count("after") == 1);
+}
+
+namespace {
+
+// The fault.ended events of the recorded run, by fault id; fails the test when a fault has more
+// than one, or one without the fields every fault.ended carries.
+std::map<std::string, v1::RunEvent> endsOf(Harness& h) {
+  std::map<std::string, v1::RunEvent> ends;
+  const auto rec = h.store->getRun("run-1");
+  REQUIRE(rec.has_value());
+  for (const auto& e : rec->events()) {
+    if (e.kind() != "fault.ended") {
+      continue;
+    }
+    CHECK_MESSAGE(ends.count(e.fault_id()) == 0, "a second fault.ended for ", e.fault_id());
+    CHECK(!e.fault_id().empty());
+    CHECK(!e.agent_id().empty());
+    CHECK(e.host() == "host-" + e.agent_id());
+    CHECK(!e.fault_kind().empty());
+    CHECK(!e.end_reason().empty());
+    CHECK(e.has_at());
+    ends[e.fault_id()] = e;
+  }
+  return ends;
+}
+
+}  // namespace
+
+TEST_CASE("engine: every fault has exactly one fault.ended, with the same fields whatever ended it") {
+  SUBCASE("its duration: expired, whether the agent's timer or the run's revert came first") {
+    for (const bool agentFirst : {false, true}) {
+      Harness h;
+      h.options.startLead = 0ms;  // the fake applies on receipt: the duration counts from then
+      h.fleet.addAgent("a1", {});
+      h.fleet.addAgent("a2", {});
+      std::thread expiry;
+      if (agentFirst) {
+        // Each agent's own timer reports EXPIRED, as process.pause's agent does, just before the run's revert.
+        expiry = std::thread([&h] {
+          std::vector<std::string> ids;
+          while ((ids = h.fleet.activeIds()).size() < 2) {
+            std::this_thread::sleep_for(2ms);
+          }
+          std::this_thread::sleep_for(150ms);
+          for (const auto& id : ids) {
+            v1::FaultReport r;
+            r.set_fault_id(id);
+            r.set_state(v1::FAULT_STATE_EXPIRED);
+            r.set_end_cause(v1::FAULT_END_CAUSE_DURATION);
+            r.set_detail("reverted (duration elapsed)");
+            h.fleet.emit(id.substr(id.rfind('/') + 1), r);
+          }
+        });
+      }
+      CHECK(h.run(experiment(200ms)) == v1::VERDICT_HELD);
+      if (expiry.joinable()) {
+        expiry.join();
+      }
+      const auto ends = endsOf(h);
+      REQUIRE(ends.size() == 2);
+      for (const auto& [id, e] : ends) {
+        CHECK(e.end_reason() == "expired");
+        CHECK(e.fault_kind() == "network.bandwidth");
+        CHECK(e.has_applied_at());
+        CHECK(e.fault_id() == "run-1/1/" + e.agent_id());
+      }
+    }
+  }
+  SUBCASE("a failed apply: failed, never applied") {
+    Harness h;
+    h.fleet.addAgent("a1", {}, true, testing::Behaviour::FailApply);
+    CHECK(h.run(experiment(200ms)) == v1::VERDICT_ERROR);
+    const auto ends = endsOf(h);
+    REQUIRE(ends.size() == 1);
+    CHECK(ends.begin()->second.end_reason() == "failed");
+    CHECK_FALSE(ends.begin()->second.has_applied_at());
+  }
+  SUBCASE("an abort: aborted; a halt: halted") {
+    for (const auto cause : {StopCause::kAbort, StopCause::kHalt}) {
+      Harness h;
+      h.fleet.addAgent("a1", {});
+      StopSignal stop;
+      std::thread aborter([&] {
+        while (h.fleet.activeCount() == 0) {
+          std::this_thread::sleep_for(5ms);
+        }
+        stop.request("stopped by the test", cause);
+      });
+      CHECK(h.run(experiment(30s), stop) == v1::VERDICT_ABORTED);
+      aborter.join();
+      const auto ends = endsOf(h);
+      REQUIRE(ends.size() == 1);
+      CHECK(ends.begin()->second.end_reason() == (cause == StopCause::kHalt ? "halted" : "aborted"));
+    }
+  }
+  SUBCASE("a stop condition: reverted") {
+    Harness h;
+    h.fleet.addAgent("a1", {});
+    h.probes.fragile = true;
+    CHECK(h.run(experiment(30s)) == v1::VERDICT_VIOLATED);
+    const auto ends = endsOf(h);
+    REQUIRE(ends.size() == 1);
+    CHECK(ends.begin()->second.end_reason() == "reverted");
+  }
+  SUBCASE("changed behind faultline's back: lost; its agent gone: lost; a lease: lease") {
+    Harness h;
+    h.fleet.addAgent("a1", {});
+    auto lost = emitWhenApplied(h, v1::FAULT_STATE_FAILED, v1::FAULT_ERROR_UNSPECIFIED, "no longer in place");
+    CHECK(h.run(experiment(30s)) == v1::VERDICT_ERROR);
+    lost.join();
+    auto ends = endsOf(h);
+    REQUIRE(ends.size() == 1);
+    CHECK(ends.begin()->second.end_reason() == "lost");
+
+    Harness g;
+    g.fleet.addAgent("a1", {}, true, testing::Behaviour::SilentOnRevert);
+    auto gone = emitWhenApplied(g, v1::FAULT_STATE_FAILED, v1::FAULT_ERROR_AGENT_GONE, "agent a1 disconnected");
+    CHECK(g.run(experiment(30s)) == v1::VERDICT_ERROR);
+    gone.join();
+    ends = endsOf(g);
+    REQUIRE(ends.size() == 1);
+    CHECK(ends.begin()->second.end_reason() == "lost");
+
+    Harness l;
+    l.fleet.addAgent("a1", {});
+    std::thread lease([&l] {
+      std::vector<std::string> ids;
+      while (!l.hasEvent("fault.applied") || (ids = l.fleet.activeIds()).empty()) {
+        std::this_thread::sleep_for(5ms);
+      }
+      v1::FaultReport r;
+      r.set_fault_id(ids.front());
+      r.set_state(v1::FAULT_STATE_EXPIRED);
+      r.set_end_cause(v1::FAULT_END_CAUSE_LEASE);
+      l.fleet.emit("a1", r);
+    });
+    CHECK(l.run(experiment(30s)) == v1::VERDICT_ERROR);
+    lease.join();
+    ends = endsOf(l);
+    REQUIRE(ends.size() == 1);
+    CHECK(ends.begin()->second.end_reason() == "lease");
+  }
+  SUBCASE("a revert the agent refuses: failed") {
+    Harness h;
+    h.fleet.addAgent("a1", {}, true, testing::Behaviour::RevertRefused);
+    CHECK(h.run(experiment(50ms)) == v1::VERDICT_ERROR);
+    const auto ends = endsOf(h);
+    REQUIRE(ends.size() == 1);
+    CHECK(ends.begin()->second.end_reason() == "failed");
+    CHECK(ends.begin()->second.has_applied_at());
+  }
 }

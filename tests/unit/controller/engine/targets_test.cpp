@@ -52,7 +52,7 @@ TEST_CASE("targets: all, count(n), random(n), percent(p) over the agents that ma
   auto count = resolveTargets(t, agents, 1);
   REQUIRE(count.has_value());
   CHECK(idsOf(*count) == std::vector<std::string>{"a", "b"});  // the first n in agent-id order
-  CHECK(count->summary == "selector {role=web}, mode count(2): 2 of 5 matching agent(s): host-a (a), host-b (b)");
+  CHECK(count->summary == "selector {role=web}, mode count(2): 2 of 5 matching agent(s): a (host-a), b (host-b)");
 
   t.mode = TargetMode::kRandom;
   t.n = 3;
@@ -94,6 +94,6 @@ TEST_CASE("targets: no match, or fewer matches than count(n)/random(n), is an er
   auto few = resolveTargets(t, agents, 1);
   REQUIRE_FALSE(few.has_value());
   CHECK(few.error() ==
-        "mode random(3) needs 3 host(s) but only 2 match the selector {role=web}: host-a (a), host-b (b); nothing was "
+        "mode random(3) needs 3 host(s) but only 2 match the selector {role=web}: a (host-a), b (host-b); nothing was "
         "injected");
 }

@@ -272,7 +272,7 @@ TEST_CASE("show: the faults' windows and the SLIs") {
   tzset();
   const std::string text = formatTimeline(violatedRun());
   CHECK(has(text,
-            "faults\nHOST   STEP      FROM       TO     HELD  END\n"
+            "faults\nAGENT  STEP      FROM       TO     HELD  END\n"
             "web-1  step 1  +0.250  +11.020  10.770s  reverted\n"
             "web-2  step 1  +0.260  +11.030  10.770s  reverted\n"));
   CHECK(has(text,
@@ -301,10 +301,71 @@ TEST_CASE("show: the faults of a parallel group on one host each get their own s
   withId(5'150, "fault.expired", "2.1");
   const std::string text = formatTimeline(run);
   CHECK_MESSAGE(has(text,
-                    "faults\nHOST   STEP        FROM      TO    HELD  END\n"
+                    "faults\nAGENT  STEP        FROM      TO    HELD  END\n"
                     "web-1  step 2.1  +0.150  +5.150  5.000s  expired\n"
                     "web-1  step 2.2  +0.160  +2.160  2.000s  expired\n"),
                 text);
+}
+
+TEST_CASE("show and journal: three agents of one host are named by id; fault.ended closes each window") {
+  setenv("TZ", "UTC0", 1);
+  tzset();
+  v1::Run run;
+  run.set_run_id("r-0003");
+  *run.mutable_started_at() = at(0);
+  *run.mutable_ended_at() = at(3'000);
+  addEvent(run, 100, "", "step.fault", "step 1: process.pause 'freeze' for 2s on 3 host(s)");
+  const auto faultEvent = [&](int64_t ms, const std::string& agent, const std::string& kind) -> v1::RunEvent& {
+    addEvent(run, ms, "vm", kind, "");
+    auto& e = *run.mutable_events()->rbegin();
+    e.set_fault_id("r-0003/1/" + agent);
+    e.set_agent_id(agent);
+    return e;
+  };
+  for (const std::string agent : {"agent-a", "agent-b", "vm"}) {
+    faultEvent(150, agent, "fault.applied");
+  }
+  // agent-a: its own timer first, then the run's revert is confirmed "not held"; one end.
+  faultEvent(2'150, "agent-a", "fault.expired");
+  faultEvent(2'160, "agent-a", "fault.reverted");
+  const auto end = [&](int64_t ms, const std::string& agent, const std::string& reason) {
+    auto& e = faultEvent(ms, agent, "fault.ended");
+    e.set_fault_kind("process.pause");
+    e.set_end_reason(reason);
+    *e.mutable_applied_at() = at(150);
+  };
+  end(2'150, "agent-a", "expired");
+  end(2'155, "agent-b", "expired");
+  end(900, "vm", "aborted");
+  const std::string text = formatTimeline(run);
+  CHECK_MESSAGE(has(text,
+                    "faults\nAGENT         STEP      FROM      TO    HELD  END\n"
+                    "agent-a (vm)  step 1  +0.150  +2.150  2.000s  expired\n"
+                    "agent-b (vm)  step 1  +0.150  +2.155  2.005s  expired\n"
+                    "vm            step 1  +0.150  +0.900  0.750s  aborted\n"),
+                text);
+  CHECK_MESSAGE(has(text, "+2.150  agent-a (vm)  fault.ended"), text);
+
+  const auto j = nlohmann::json::parse(formatJournal(run, "x.yaml", "name: x\n"));
+  CHECK(j["hosts"] == nlohmann::json::array({"vm"}));
+  CHECK(j["agents"] == nlohmann::json::parse(R"([{"id": "agent-a", "hostname": "vm"},
+                                                {"id": "agent-b", "hostname": "vm"},
+                                                {"id": "vm", "hostname": "vm"}])"));
+  size_t ends = 0;
+  for (const auto& e : j["events"]) {
+    if (e["kind"] == "fault.ended") {
+      ++ends;
+      CHECK(e["faultKind"] == "process.pause");
+      CHECK(e["appliedAt"] == "2024-05-01T12:00:00.150Z");
+      CHECK(e["endedAt"] == e["at"]);
+      CHECK(e.contains("endReason"));
+      CHECK(e["faultId"] == "r-0003/1/" + e["agentId"].get<std::string>());
+    }
+  }
+  CHECK(ends == 3);
+  CHECK(agentName("agent-b", "vm") == "agent-b (vm)");
+  CHECK(agentName("web-1", "web-1") == "web-1");
+  CHECK(agentName("", "web-1") == "web-1");  // a record from before events carried the agent id
 }
 
 TEST_CASE("JUnit report: probe steps and a parallel group; each top-level step is one case") {

@@ -349,6 +349,48 @@ TEST_CASE("record store: a fault event keeps its fault id (show labels each faul
   CHECK(withId == 1);
 }
 
+TEST_CASE("record store: fault.ended keeps its agent id, fault kind, end reason and applied time (schema 7)") {
+  TempDir dir;
+  auto store = openSqliteStore(dir.file("runs.db"));
+  v1::Run run = fixtureRun();
+  store->createRun(run);
+  v1::RunEvent ended;
+  ended.set_run_id(run.run_id());
+  *ended.mutable_at() = TimeUtil::MicrosecondsToTimestamp(1'714'564'805'600'000);
+  ended.set_host("vm");
+  ended.set_kind("fault.ended");
+  ended.set_fault_id(run.run_id() + "/1/agent-b");
+  ended.set_agent_id("agent-b");
+  ended.set_fault_kind("process.pause");
+  ended.set_end_reason("expired");
+  *ended.mutable_applied_at() = TimeUtil::MicrosecondsToTimestamp(1'714'564'800'600'000);
+  store->addEvent(ended);
+  v1::RunEvent never = ended;  // a fault that never applied has no applied time
+  never.set_fault_id(run.run_id() + "/1/agent-c");
+  never.set_agent_id("agent-c");
+  never.set_end_reason("failed");
+  never.clear_applied_at();
+  store->addEvent(never);
+  auto got = store->getRun(run.run_id());
+  REQUIRE(got.has_value());
+  std::map<std::string, v1::RunEvent> byAgent;
+  for (const auto& e : got->events()) {
+    if (e.kind() == "fault.ended") {
+      byAgent[e.agent_id()] = e;
+    }
+  }
+  REQUIRE(byAgent.size() == 2);
+  const auto& b = byAgent["agent-b"];
+  CHECK(b.host() == "vm");
+  CHECK(b.fault_id() == run.run_id() + "/1/agent-b");
+  CHECK(b.fault_kind() == "process.pause");
+  CHECK(b.end_reason() == "expired");
+  REQUIRE(b.has_applied_at());
+  CHECK(TimeUtil::TimestampToMicroseconds(b.applied_at()) == 1'714'564'800'600'000);
+  CHECK(byAgent["agent-c"].end_reason() == "failed");
+  CHECK_FALSE(byAgent["agent-c"].has_applied_at());
+}
+
 TEST_CASE("record store: finishRun sets verdict, reason and end") {
   TempDir dir;
   auto store = openSqliteStore(dir.file("runs.db"));
@@ -786,7 +828,7 @@ TEST_CASE("formatTimeline: header, events relative to the start, probe summary")
       "+90.500  -       run.finished    violated",
       "",
       "faults",
-      "HOST    STEP    FROM       TO     HELD  END",
+      "AGENT   STEP    FROM       TO     HELD  END",
       "web-1   -     +1.250  +61.250  60.000s  reverted",
       "web-22  -     +1.250        -        -  no end recorded",
       "",
