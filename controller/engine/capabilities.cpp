@@ -181,6 +181,15 @@ std::optional<std::string> checkCapabilities(const std::vector<Step>& method,
             "one); drop mechanism: freeze to let the pause use SIGSTOP there; nothing was injected",
             agentName(t.agent_id(), t.hostname()), faultStepText(*f));
       }
+      // The netem driver refuses this at apply (NetemFaultDriver): say so before anything is sent.
+      if (f->spec.has_network_delay() && f->spec.network_delay().keep_order() &&
+          f->spec.network_delay().rate_bps() == 0 && !isUserspace(t.capabilities())) {
+        return fmt::format(
+            "agent {} cannot run {} with keepOrder: true: it injects with netem, which keeps packets in order only "
+            "when it paces them (rate); accepted: a rate with keepOrder, the userspace driver on that agent "
+            "(faultline-agent --network-driver nfqueue), or leave keepOrder out; nothing was injected",
+            agentName(t.agent_id(), t.hostname()), faultStepText(*f));
+      }
       const auto missing = missingModules(f->spec, t.capabilities());
       if (missing.empty()) {
         continue;

@@ -942,3 +942,33 @@ TEST_CASE("capabilities: process.pause with mechanism: freeze is refused on a ho
       controller::checkCapabilities({controller::FaultStep{"stall", spec, std::chrono::milliseconds{1000}}}, {host})
           .has_value());
 }
+
+TEST_CASE("capabilities: keepOrder without a rate is refused for a netem agent before anything is sent") {
+  auto spec = delaySpec();
+  spec.mutable_network_delay()->set_keep_order(true);
+  controller::FaultStep step{"jittery", spec, std::chrono::milliseconds{1000}};
+  v1::AgentInfo host;
+  host.set_agent_id("a3");
+  host.set_hostname("web-3");
+  host.mutable_capabilities()->set_network_driver("netem");
+  host.mutable_capabilities()->set_netem(true);
+  auto why = controller::checkCapabilities({step}, {host});
+  REQUIRE(why.has_value());
+  CHECK_MESSAGE(contains(*why,
+                         "agent a3 (web-3) cannot run network.delay 'jittery' with keepOrder: true: it injects "
+                         "with netem"),
+                *why);
+  CHECK_MESSAGE(contains(*why, "faultline-agent --network-driver nfqueue"), *why);
+  CHECK_MESSAGE(contains(*why, "nothing was injected"), *why);
+  // With a rate netem keeps the order: accepted.
+  auto rated = spec;
+  rated.mutable_network_delay()->set_rate_bps(10'000'000);
+  CHECK_FALSE(
+      controller::checkCapabilities({controller::FaultStep{"jittery", rated, std::chrono::milliseconds{1000}}}, {host})
+          .has_value());
+  // The userspace driver keeps each flow in order itself: accepted.
+  host.mutable_capabilities()->set_network_driver("nfqueue");
+  host.mutable_capabilities()->add_netfilter("nfnetlink_queue");
+  host.mutable_capabilities()->set_steering_backend("nftables");
+  CHECK_FALSE(controller::checkCapabilities({step}, {host}).has_value());
+}
