@@ -612,7 +612,9 @@ tl::expected<void, int> xtInspectFamily(uint16_t slot, std::vector<SteeringPart>
   return {};
 }
 
-// What faultline's jump rules in one family steer, by slot.
+// What faultline's jump rules in one family steer, by slot. Only rules of install()'s shape count
+// (xtIsOwnJump): someone's rule that jumps to a faultline chain (another interface, a protocol
+// match) neither names the slot's interface nor adds a direction.
 template <typename F>
 void xtSteeredFamily(xtc_handle* h, std::map<uint16_t, PacketSteering::Steered>& steered) {
   for (const auto& [hook, out] : kXtHooks) {
@@ -622,7 +624,7 @@ void xtSteeredFamily(xtc_handle* h, std::map<uint16_t, PacketSteering::Steered>&
         continue;
       }
       auto slot = slotOf(t, kXtChainPrefix);
-      if (!slot) {
+      if (!slot || !xtIsOwnJump<F>(hook, e)) {
         continue;
       }
       auto& s = steered[*slot];

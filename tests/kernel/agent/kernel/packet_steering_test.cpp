@@ -695,6 +695,21 @@ TEST_CASE_FIXTURE(Steering,
   const std::string before = netfilterState();
   auto steering = open(SteeringBackend::kXtables);
   install(*steering, rules(11, SteeringRules::Verdict::kQueue));
+  // owned() reads what the slot steers from faultline's own jump rules only: a foreign jump ahead
+  // of them (another interface) or in a hook the slot does not use (ingress) changes nothing.
+  inNetns("iptables-legacy -t mangle -I OUTPUT 1 -o veth7 -p tcp -j FAULTLINE-11");
+  inNetns("iptables-legacy -t mangle -A PREROUTING -i veth0 -p tcp -j FAULTLINE-11");
+  {
+    auto owned = steering->owned();
+    REQUIRE(owned.has_value());
+    REQUIRE(owned->steered.size() == 1);
+    CHECK(owned->steered[0].slot == 11);
+    CHECK(owned->steered[0].interface == "veth0");
+    CHECK(owned->steered[0].egress);
+    CHECK_FALSE(owned->steered[0].ingress);
+  }
+  inNetns("iptables-legacy -t mangle -D OUTPUT -o veth7 -p tcp -j FAULTLINE-11");
+  inNetns("iptables-legacy -t mangle -D PREROUTING -i veth0 -p tcp -j FAULTLINE-11");
   // Someone's rules: one in a chain faultline never uses, one in OUTPUT that is not of the shape
   // faultline's jump rules have (a protocol match).
   inNetns("iptables-legacy -t mangle -A INPUT -i veth0 -j FAULTLINE-11");
