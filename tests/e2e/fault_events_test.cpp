@@ -22,6 +22,7 @@
 #include <nlohmann/json.hpp>
 
 #include "tests/support/eventually.h"
+#include "tests/support/logged_process.h"
 #include "tests/support/netns.h"
 #include "tests/support/netns_holder.h"
 
@@ -46,38 +47,7 @@ std::string slurp(const std::string& path) {
   return {std::istreambuf_iterator<char>(in), {}};
 }
 
-// A process the test starts, its output appended to a log; killed and reaped at the end.
-struct Process {
-  Process(std::vector<std::string> args, const std::string& logFile) {
-    std::vector<char*> argv;
-    for (auto& a : args) {
-      argv.push_back(a.data());
-    }
-    argv.push_back(nullptr);
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_addopen(&actions, 1, logFile.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-    posix_spawn_file_actions_adddup2(&actions, 1, 2);
-    REQUIRE(::posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), environ) == 0);
-    posix_spawn_file_actions_destroy(&actions);
-  }
-  Process(const Process&) = delete;
-  Process& operator=(const Process&) = delete;
-  ~Process() {
-    if (pid > 0) {
-      ::kill(pid, SIGKILL);
-      ::waitpid(pid, nullptr, 0);
-    }
-  }
-  int stop(int sig) {
-    ::kill(pid, sig);
-    int status = 0;
-    ::waitpid(pid, &status, 0);
-    pid = -1;
-    return status;
-  }
-  pid_t pid = -1;
-};
+using Process = testing::LoggedProcess;
 
 // A controller on a Unix socket and agents (faultline-agent --id ID --label role=ROLE), each in
 // a network namespace of its own with veth0 and veth1, all on this host: one hostname.

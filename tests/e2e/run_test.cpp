@@ -35,6 +35,7 @@
 #include "faultline/v1/control.grpc.pb.h"
 #include "tests/support/control_client.h"
 #include "tests/support/eventually.h"
+#include "tests/support/logged_process.h"
 #include "tests/support/netns.h"
 
 using namespace faultline;
@@ -882,36 +883,7 @@ TEST_CASE_FIXTURE(testing::NetnsFixture,
 
 namespace {
 
-// A child process started from argv; SIGKILLed and reaped at the end if still running.
-struct Child {
-  explicit Child(std::vector<std::string> args, const std::string& logFile) {
-    std::vector<char*> argv;
-    for (auto& a : args) {
-      argv.push_back(a.data());
-    }
-    argv.push_back(nullptr);
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_addopen(&actions, 1, logFile.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-    posix_spawn_file_actions_adddup2(&actions, 1, 2);
-    REQUIRE(::posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), environ) == 0);
-    posix_spawn_file_actions_destroy(&actions);
-  }
-  ~Child() {
-    if (pid > 0) {
-      ::kill(pid, SIGKILL);
-      ::waitpid(pid, nullptr, 0);
-    }
-  }
-  int stop(int sig) {
-    ::kill(pid, sig);
-    int status = 0;
-    ::waitpid(pid, &status, 0);
-    pid = -1;
-    return status;
-  }
-  pid_t pid = -1;
-};
+using Child = testing::LoggedProcess;
 
 // A fake agent speaking AgentGateway to a real controller (no kernel): the test decides what it
 // holds, reports and when it disconnects.

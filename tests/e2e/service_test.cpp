@@ -28,6 +28,7 @@
 #include <fmt/format.h>
 
 #include "tests/support/eventually.h"
+#include "tests/support/logged_process.h"
 #include "tests/support/netns_holder.h"
 #include "tests/support/notify_socket.h"
 
@@ -59,50 +60,7 @@ void write(const std::string& path, const std::string& text) {
   out << text;
 }
 
-// A process started with argv and env, its stdout and stderr appended to log; SIGKILLed and
-// reaped at the end if still running.
-struct Process {
-  Process(std::vector<std::string> args, const std::string& log, std::vector<std::string> env = {}) {
-    std::vector<char*> argv;
-    for (auto& a : args) {
-      argv.push_back(a.data());
-    }
-    argv.push_back(nullptr);
-    std::vector<char*> envp;
-    for (auto& e : env) {
-      envp.push_back(e.data());
-    }
-    envp.push_back(nullptr);
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_addopen(&actions, 1, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-    posix_spawn_file_actions_adddup2(&actions, 1, 2);
-    const int rc = ::posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), env.empty() ? environ : envp.data());
-    posix_spawn_file_actions_destroy(&actions);
-    REQUIRE_MESSAGE(rc == 0, "posix_spawn ", args[0], ": ", std::strerror(rc));
-  }
-  ~Process() {
-    if (pid > 0) {
-      ::kill(pid, SIGKILL);
-      ::waitpid(pid, nullptr, 0);
-    }
-  }
-  // Sends sig and waits up to timeout for the exit; the wait status, or -1 when it did not exit.
-  int stop(int sig, std::chrono::milliseconds timeout = 10s) {
-    ::kill(pid, sig);
-    const auto until = std::chrono::steady_clock::now() + timeout;
-    int status = 0;
-    while (std::chrono::steady_clock::now() < until) {
-      if (::waitpid(pid, &status, WNOHANG) == pid) {
-        pid = -1;
-        return status;
-      }
-      std::this_thread::sleep_for(10ms);
-    }
-    return -1;
-  }
-  pid_t pid = -1;
-};
+using Process = faultline::testing::LoggedProcess;
 
 bool connectsUnix(const std::string& path) {
   const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
