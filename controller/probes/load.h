@@ -121,7 +121,7 @@ class OpenModelSchedule {
 };
 
 // The probe kinds that can drive load. Both block for the whole sample: at most load.duration +
-// the probe's timeout (plus a few ms; a host name whose resolution hangs can delay it further).
+// the probe's timeout (plus a few ms; a host name is resolved with c-ares within each request's).
 // Thread-safe (each call has its own io_context). The Sample: ok when every request succeeded;
 // latency the p99 of the answered requests (0 when none answered); value the throughput (successful requests/s); detail
 // LoadStats::describe(); load set.
