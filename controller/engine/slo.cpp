@@ -33,6 +33,7 @@ Load loadOf(const std::vector<SliSample>& samples) {
       out.succeeded += s.load->succeeded;
       out.failed += s.load->failed;
       out.seconds += std::chrono::duration<double>(s.load->duration).count();
+      // Every answered request's latency, failed or not; unanswered ones have none (load.h).
       out.latencies.merge(s.load->okLatencies);
       out.latencies.merge(s.load->failedLatencies);
     } else {
@@ -74,8 +75,10 @@ v1::SloCheck evaluateSlo(const Slo& slo, const std::vector<SliSample>& samples) 
   std::sort(latencies.begin(), latencies.end());
   const Load load = loadOf(samples);
   const auto percentile = [&](double p) {
-    if (load.any) {
-      return std::chrono::duration<double, std::milli>(load.latencies.percentile(p)).count();
+    if (load.any) {  // none when no request answered: not a 0 ms latency
+      return load.latencies.count() == 0
+                 ? std::nan("")
+                 : std::chrono::duration<double, std::milli>(load.latencies.percentile(p)).count();
     }
     if (latencies.empty()) {
       return std::nan("");
@@ -96,7 +99,7 @@ v1::SloCheck evaluateSlo(const Slo& slo, const std::vector<SliSample>& samples) 
     m->set_sli(t.name);
     m->set_comparison(std::string(comparisonText(t.comparison)));
     m->set_threshold(t.threshold);
-    m->set_samples(static_cast<uint32_t>(latencies.size()));
+    m->set_samples(static_cast<uint32_t>(load.any ? load.latencies.count() : latencies.size()));
     bool ok = true;
     switch (t.sli) {
       case SliKind::kP50:
@@ -112,7 +115,9 @@ v1::SloCheck evaluateSlo(const Slo& slo, const std::vector<SliSample>& samples) 
         m->set_value(percentile(99));
         break;
       case SliKind::kMaxLatency:
-        m->set_value(load.any            ? std::chrono::duration<double, std::milli>(load.latencies.max()).count()
+        m->set_value(load.any            ? (load.latencies.count() == 0
+                                                ? std::nan("")
+                                                : std::chrono::duration<double, std::milli>(load.latencies.max()).count())
                      : latencies.empty() ? std::nan("")
                                          : latencies.back());
         break;
@@ -158,8 +163,11 @@ std::string describeSloCheck(const v1::SloCheck& check) {
     const bool percent = m.sli() == "errors";
     const char* unit = latency ? "ms" : percent ? "%" : m.sli() == "throughput" ? "/s" : "";
     const std::string value = std::isnan(m.value()) ? std::string("none") : fmt::format("{:.4g}{}", m.value(), unit);
-    const std::string basis =
-        latency && m.samples() != check.samples() ? fmt::format(", {} successful sample(s)", m.samples()) : "";
+    // A latency that stands on fewer samples than the window's says so; a load window's stands on
+    // its answered requests, more than its samples.
+    const std::string basis = !latency || m.samples() == check.samples() ? ""
+                              : m.samples() > check.samples() ? fmt::format(", {} answered request(s)", m.samples())
+                                                              : fmt::format(", {} successful sample(s)", m.samples());
     out += fmt::format("{}{} {} ({} {:g}{}{}){}", out.empty() ? "" : ", ", m.sli(), value, m.comparison(),
                        m.threshold(), unit, basis, m.ok() || check.not_enough_data() ? "" : " FAILED");
   }

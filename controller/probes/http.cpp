@@ -55,6 +55,7 @@ struct Exchange {
   std::optional<unsigned> status;  // set when a whole answer arrived
   std::string body;
   boost::system::error_code error;
+  std::string resolveError;  // resolveName()'s text when the host name could not be resolved
   enum class Stage { resolve, connect, write, read } stage = Stage::resolve;
 };
 
@@ -77,19 +78,28 @@ asio::awaitable<void> fetch(const Url& url, const Request& req, Clock::time_poin
   if (url.literal) {
     endpoints.emplace_back(*url.literal, url.parts.port);
   } else {
-    // getaddrinfo cannot be interrupted: a resolver that hangs delays this sample past its
-    // deadline (the timeout is still reported).
-    tcp::resolver resolver(executor);
-    auto results = co_await resolver.async_resolve(url.parts.host, std::to_string(url.parts.port),
-                                                   asio::redirect_error(asio::use_awaitable, ec));
-    if (ec) {
+    // c-ares, bounded by the deadline (getaddrinfo has no timeout). It blocks this event loop
+    // while it runs: a load probe's other requests wait for it (give an address for high rates).
+    auto addresses = resolveName(url.parts.host, AF_UNSPEC, "", 0, deadline);
+    if (!addresses) {
+      if (addresses.error().rfind("timeout", 0) == 0) {
+        ec = beast::error::timeout;
+      } else {
+        out.resolveError = addresses.error();
+        ec = asio::error::host_not_found;
+      }
       co_return;
     }
-    for (const auto& r : results) {
-      endpoints.push_back(r.endpoint());
+    for (const auto& ip : *addresses) {
+      boost::system::error_code bad;
+      const auto address = asio::ip::make_address(ip, bad);
+      if (!bad) {
+        endpoints.emplace_back(address, url.parts.port);
+      }
     }
-    if (Clock::now() >= deadline) {
-      ec = beast::error::timeout;
+    if (endpoints.empty()) {
+      out.resolveError = "cannot resolve " + url.parts.host + ": no address";
+      ec = asio::error::host_not_found;
       co_return;
     }
   }
@@ -149,7 +159,8 @@ std::string describeFailure(const Exchange& exchange, const Url& url, std::chron
   const std::string where = hostHeader(url);
   switch (exchange.stage) {
     case Exchange::Stage::resolve:
-      return "cannot resolve " + url.parts.host + ": " + ec.message();
+      return !exchange.resolveError.empty() ? exchange.resolveError
+                                            : "cannot resolve " + url.parts.host + ": " + ec.message();
     case Exchange::Stage::connect:
       if (ec == asio::error::connection_refused) {
         return "connection refused";

@@ -108,8 +108,13 @@ std::string LoadStats::describe(unsigned concurrency) const {
     }
     out += ")";
   }
-  out += fmt::format(", p50 {}, p99 {}, max {}", formatLatency(all.percentile(50)), formatLatency(all.percentile(99)),
-                     formatLatency(all.max()));
+  if (all.count() == 0) {
+    out += ", no answer to time";
+  } else {
+    out += fmt::format(", p50 {}, p99 {}, max {} over {} answer{}", formatLatency(all.percentile(50)),
+                       formatLatency(all.percentile(99)), formatLatency(all.max()), all.count(),
+                       all.count() == 1 ? "" : "s");
+  }
   if (waited > 0) {
     out += fmt::format(", {} waited for a free slot (concurrency {})", waited, concurrency);
   }
@@ -127,9 +132,13 @@ OpenModelSchedule::TimePoint OpenModelSchedule::scheduledAt(uint64_t index) cons
   return start_ + std::chrono::nanoseconds(static_cast<int64_t>(static_cast<double>(index) * 1e9 / load_.rate));
 }
 
-void OpenModelSchedule::fail(const std::string& detail, microseconds latency) {
+void OpenModelSchedule::fail(const std::string& detail, std::optional<microseconds> latency) {
   ++stats_.failed;
-  stats_.failedLatencies.add(latency);
+  if (latency) {
+    stats_.failedLatencies.add(*latency);
+  } else {
+    ++stats_.unanswered;
+  }
   auto it = stats_.failures.find(detail);
   if (it != stats_.failures.end()) {
     ++it->second;
@@ -147,7 +156,7 @@ std::vector<OpenModelSchedule::Start> OpenModelSchedule::advance(TimePoint now) 
     ++next_;
   }
   while (!waiting_.empty() && waiting_.front().deadline <= now) {
-    fail(fmt::format("timeout after {} (waiting for a free slot)", formatLimit(timeout_)), timeout_);
+    fail(fmt::format("timeout after {} (waiting for a free slot)", formatLimit(timeout_)), std::nullopt);
     waiting_.pop_front();
   }
   std::vector<Start> starts;
@@ -165,7 +174,7 @@ std::vector<OpenModelSchedule::Start> OpenModelSchedule::advance(TimePoint now) 
   return starts;
 }
 
-void OpenModelSchedule::finish(const Start& request, bool ok, TimePoint at, const std::string& detail) {
+void OpenModelSchedule::finish(const Start& request, bool ok, bool answered, TimePoint at, const std::string& detail) {
   if (inFlight_ > 0) {
     --inFlight_;
   }
@@ -174,8 +183,10 @@ void OpenModelSchedule::finish(const Start& request, bool ok, TimePoint at, cons
   if (ok) {
     ++stats_.succeeded;
     stats_.okLatencies.add(latency);
+  } else if (answered) {
+    fail(detail, latency);
   } else {
-    fail(detail, std::min<microseconds>(latency, timeout_));
+    fail(detail, std::nullopt);
   }
 }
 
@@ -206,17 +217,17 @@ std::string failureReason(const std::string& detail) {
 
 // Runs one load sample on its own event loop: the schedule's starts go to start, its wakes to a
 // timer. Returns when every request has ended.
-Sample driveLoad(
-    const LoadSpec& load, std::chrono::milliseconds timeout, asio::io_context& ioc,
-    const std::function<void(const OpenModelSchedule::Start&, std::function<void(bool, std::string)>)>& start) {
+Sample driveLoad(const LoadSpec& load, std::chrono::milliseconds timeout, asio::io_context& ioc,
+                 const std::function<void(const OpenModelSchedule::Start&,
+                                          std::function<void(bool ok, bool answered, std::string)>)>& start) {
   using Clock = OpenModelSchedule::Clock;
   OpenModelSchedule schedule(load, timeout, Clock::now());
   asio::steady_timer timer(ioc);
   std::optional<Clock::time_point> armed;
   std::function<void()> pump = [&] {
     for (const auto& s : schedule.advance(Clock::now())) {
-      start(s, [&schedule, &pump, s](bool ok, const std::string& detail) {
-        schedule.finish(s, ok, Clock::now(), detail);
+      start(s, [&schedule, &pump, s](bool ok, bool answered, const std::string& detail) {
+        schedule.finish(s, ok, answered, Clock::now(), detail);
         pump();
       });
     }
@@ -262,8 +273,9 @@ Sample runHttpLoad(const HttpProbe& spec) {
                       [&spec, s, done = std::move(done)](tl::expected<HttpAnswer, std::string> answer) {
                         const auto latency =
                             std::chrono::duration_cast<microseconds>(OpenModelSchedule::Clock::now() - s.scheduled);
+                        const bool answered = answer.has_value();
                         const Sample one = checkHttpAnswer(spec, std::move(answer), latency);
-                        done(one.ok, failureReason(one.detail));
+                        done(one.ok, answered, failureReason(one.detail));
                       });
   });
 }
@@ -277,7 +289,7 @@ Sample runTcpLoad(const TcpProbe& spec) {
     startTcpConnect(ioc, spec, s.deadline, [&spec, s, done = std::move(done)](const std::string& failure) {
       const auto latency = std::chrono::duration_cast<microseconds>(OpenModelSchedule::Clock::now() - s.scheduled);
       const Sample one = checkTcpConnect(spec, failure, latency);
-      done(one.ok, failureReason(one.detail));
+      done(one.ok, failure.empty(), failureReason(one.detail));
     });
   });
 }

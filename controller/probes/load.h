@@ -9,6 +9,12 @@
 // that fewer, fast-looking requests are measured (coordinated omission). A request that has no
 // answer at scheduled time + timeout (time waiting for a slot included) is a failed request
 // ("timeout"); nothing is dropped silently.
+//
+// Which latencies count: a request that got an answer has one, whether it passed the probe's
+// checks or not (a 500, an answer above maxLatency, a failed check): it enters the percentiles and
+// is a failed request. A request that got none (refused, reset, unreachable, timeout) is a failed
+// request with no latency: it never enters the percentiles, where its short time (a refused
+// connection in 0.1 ms) would pass for a fast answer. docs/experiments.md states both rules.
 #pragma once
 
 #include <chrono>
@@ -47,19 +53,21 @@ class LatencyHistogram {
 
 // What one load sample did. requests == succeeded + failed.
 struct LoadStats {
-  uint64_t requests = 0;   // scheduled: floor(rate * duration), at least 1
-  uint64_t succeeded = 0;  // answered and passed every check of the probe
-  uint64_t failed = 0;     // every other: refused, wrong status, above maxLatency, timeout (waiting included)
-  uint64_t waited = 0;     // started late because `concurrency` requests were in flight
+  uint64_t requests = 0;    // scheduled: floor(rate * duration), at least 1
+  uint64_t succeeded = 0;   // answered and passed every check of the probe
+  uint64_t failed = 0;      // every other: refused, wrong status, above maxLatency, timeout (waiting included)
+  uint64_t unanswered = 0;  // of failed: no answer at all (refused, reset, timeout): no latency recorded
+  uint64_t waited = 0;      // started late because `concurrency` requests were in flight
   std::chrono::milliseconds duration{0};     // the load's duration: throughput = succeeded / duration
   LatencyHistogram okLatencies;              // from the scheduled time, of the requests that succeeded
-  LatencyHistogram failedLatencies;          // the same for the failed ones (a timeout counts as its timeout)
+  LatencyHistogram failedLatencies;          // the same for the failed ones that answered (failed - unanswered)
   std::map<std::string, uint64_t> failures;  // why requests failed, at most 8 reasons (then "other")
 
   // Successful requests per second of duration.
   [[nodiscard]] double throughput() const;
   // "1000 requests in 5s: 990 ok (198/s), 10 failed (1%: 10 timeout after 2s), p50 1.2ms, p99 14ms,
-  // max 2s, 31 waited for a free slot (concurrency 16)"
+  // max 2s over 990 answers, 31 waited for a free slot (concurrency 16)"; the percentiles are of
+  // every answered request (okLatencies and failedLatencies), "no answer to time" without any.
   [[nodiscard]] std::string describe(unsigned concurrency) const;
 };
 
@@ -83,8 +91,11 @@ class OpenModelSchedule {
   // waiting requests past their deadline end as timeouts; then waiting requests start, oldest
   // first, while fewer than concurrency are in flight. Returns the ones to start now.
   [[nodiscard]] std::vector<Start> advance(TimePoint now);
-  // A started request ended at `at` (ok: it passed the probe's checks; detail: why not).
-  void finish(const Start& request, bool ok, TimePoint at, const std::string& detail);
+  // A started request ended at `at`. ok: it passed the probe's checks; answered: the server answered
+  // (ok implies it); detail: why it failed. An answered request's latency is recorded (okLatencies
+  // or failedLatencies); an unanswered one (refused, reset, timeout) counts in failed and unanswered
+  // only.
+  void finish(const Start& request, bool ok, bool answered, TimePoint at, const std::string& detail);
   // When advance() must be called next: the next scheduled time, or the deadline of the oldest
   // waiting request; nullopt when every request has been scheduled and none waits (the rest end
   // through finish()).
@@ -96,7 +107,8 @@ class OpenModelSchedule {
 
  private:
   [[nodiscard]] TimePoint scheduledAt(uint64_t index) const;
-  void fail(const std::string& detail, std::chrono::microseconds latency);
+  // latency: the answer's, nullopt when there was none.
+  void fail(const std::string& detail, std::optional<std::chrono::microseconds> latency);
 
   LoadSpec load_;
   std::chrono::milliseconds timeout_;
@@ -108,16 +120,10 @@ class OpenModelSchedule {
   LoadStats stats_;
 };
 
-// Starts one request on the caller's event loop (the one runLoad() runs) that must end by
-// deadline, and calls done(ok, detail) exactly once when it ends, on that loop; the latency is the
-// caller's business.
-using StartRequest =
-    std::function<void(OpenModelSchedule::Start request, std::function<void(bool ok, const std::string& detail)> done)>;
-
 // The probe kinds that can drive load. Both block for the whole sample: at most load.duration +
-// the probe's timeout (plus a few ms; a host name whose resolution hangs can delay it further).
+// the probe's timeout (plus a few ms; a host name is resolved with c-ares within each request's).
 // Thread-safe (each call has its own io_context). The Sample: ok when every request succeeded;
-// latency the p99 of all requests; value the throughput (successful requests/s); detail
+// latency the p99 of the answered requests (0 when none answered); value the throughput (successful requests/s); detail
 // LoadStats::describe(); load set.
 struct Sample;
 [[nodiscard]] Sample runHttpLoad(const HttpProbe& probe);

@@ -31,8 +31,8 @@ struct Sample {
 class ProbeRunner {
  public:
   virtual ~ProbeRunner() = default;
-  // Runs one sample of any kind; blocks at most the probe's timeout (plus a few ms; a host name
-  // whose resolution hangs can delay an http, tcp or prometheus sample further). Thread-safe.
+  // Runs one sample of any kind; blocks at most the probe's timeout (plus a few ms; host names
+  // are resolved with c-ares within it, for every kind, so a hanging resolver costs no more). Thread-safe.
   // Never throws for what the probed system does: a timeout, refused connection, wrong status,
   // body or exit code, latency above maxLatency, an unparsable Prometheus answer, a program
   // that cannot be started, or a URL parseHttpUrl() refuses is a failed sample (detail says why;

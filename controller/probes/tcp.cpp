@@ -13,6 +13,7 @@
 
 #include "controller/probes/load.h"
 #include "controller/probes/probe.h"
+#include "controller/probes/protocol.h"
 #include "controller/probes/tcp.h"
 
 namespace faultline::controller {
@@ -26,6 +27,7 @@ using Clock = std::chrono::steady_clock;
 struct Connect {
   bool resolved = false;
   boost::system::error_code error;
+  std::string resolveError;  // resolveName()'s text when the host name could not be resolved
 };
 
 asio::awaitable<void> connect(const TcpProbe& spec, Clock::time_point deadline, Connect& out) {
@@ -36,17 +38,28 @@ asio::awaitable<void> connect(const TcpProbe& spec, Clock::time_point deadline, 
   if (const auto address = asio::ip::make_address(spec.host, notLiteral); !notLiteral) {
     endpoints.emplace_back(address, spec.port);
   } else {
-    tcp::resolver resolver(executor);
-    auto results = co_await resolver.async_resolve(spec.host, std::to_string(spec.port),
-                                                   asio::redirect_error(asio::use_awaitable, ec));
-    if (ec) {
+    // c-ares, bounded by the deadline (getaddrinfo has no timeout). It blocks this event loop
+    // while it runs: a load probe's other connects wait for it (give an address for high rates).
+    auto addresses = resolveName(spec.host, AF_UNSPEC, "", 0, deadline);
+    if (!addresses) {
+      if (addresses.error().rfind("timeout", 0) == 0) {
+        ec = beast::error::timeout;
+      } else {
+        out.resolveError = addresses.error();
+        ec = asio::error::host_not_found;
+      }
       co_return;
     }
-    for (const auto& r : results) {
-      endpoints.push_back(r.endpoint());
+    for (const auto& ip : *addresses) {
+      boost::system::error_code bad;
+      const auto address = asio::ip::make_address(ip, bad);
+      if (!bad) {
+        endpoints.emplace_back(address, spec.port);
+      }
     }
-    if (Clock::now() >= deadline) {
-      ec = beast::error::timeout;
+    if (endpoints.empty()) {
+      out.resolveError = "cannot resolve " + spec.host + ": no address";
+      ec = asio::error::host_not_found;
       co_return;
     }
   }
@@ -69,7 +82,7 @@ std::string describeConnect(const TcpProbe& spec, const Connect& result) {
     return "";
   }
   if (!result.resolved) {
-    return "cannot resolve " + spec.host + ": " + ec.message();
+    return !result.resolveError.empty() ? result.resolveError : "cannot resolve " + spec.host + ": " + ec.message();
   }
   if (ec == asio::error::connection_refused) {
     return "connection refused";

@@ -165,7 +165,7 @@ TEST_CASE("timeToRecover: from the revert to the first moment every SLO holds ag
 TEST_CASE("evaluateSlo: a window of load samples counts requests: error share, throughput, request latencies") {
   using namespace std::chrono_literals;
   // Two samples of 1 s each: 100 requests of 1..100 ms, all ok; then 100 requests, 90 ok at 10 ms
-  // and 10 timeouts at 2 s.
+  // and 10 answered after 2 s, above the probe's maxLatency (failed, and their latency counts).
   auto first = std::make_shared<LoadStats>();
   first->requests = 100;
   first->succeeded = 100;
@@ -196,7 +196,7 @@ TEST_CASE("evaluateSlo: a window of load samples counts requests: error share, t
   // 200 latencies: 1..100 ms, 90 x 10 ms, 10 x 2 s. Nearest rank 180 (p90) is 90 ms (1%).
   CHECK(check.measures(2).value() == doctest::Approx(90).epsilon(0.01));
   CHECK(check.measures(3).value() == doctest::Approx(2000));
-  CHECK(check.measures(4).value() == doctest::Approx(2000));  // rank 198: a timeout
+  CHECK(check.measures(4).value() == doctest::Approx(2000));  // rank 198: a slow answer
   CHECK_FALSE(check.measures(4).ok());
   CHECK_FALSE(check.ok());
   CHECK(describeSloCheck(check).find("throughput 95/s (>= 95/s)") != std::string::npos);
@@ -205,4 +205,49 @@ TEST_CASE("evaluateSlo: a window of load samples counts requests: error share, t
   value.minSamples = 1;  // one sample judged (the default of 5 would say "not enough data")
   CHECK(evaluateSlo(value, {{true, 1, 150.0, nullptr}}).ok());
   CHECK_FALSE(evaluateSlo(value, {{true, 1, 50.0, nullptr}}).ok());
+}
+
+TEST_CASE("evaluateSlo: a load window's refused or timed-out requests are errors with no latency") {
+  // 100 requests in 1 s: 50 ok at 20 ms, 10 answered 500 in 400 ms, 40 refused (no answer).
+  auto stats = std::make_shared<LoadStats>();
+  stats->requests = 100;
+  stats->succeeded = 50;
+  stats->failed = 50;
+  stats->unanswered = 40;
+  stats->duration = 1s;
+  for (int i = 0; i < 50; ++i) {
+    stats->okLatencies.add(20ms);
+  }
+  for (int i = 0; i < 10; ++i) {
+    stats->failedLatencies.add(400ms);
+  }
+  Slo slo = *parseObjective("errors < 10% and p50 < 100ms and p90 < 100ms and max < 1s");
+  auto check = evaluateSlo(slo, {{false, 400, 50.0, stats}});
+  REQUIRE(check.measures_size() == 4);
+  CHECK(check.measures(0).value() == doctest::Approx(50));  // 50 failed of 100, refusals included
+  // The percentiles stand on the 60 answers: rank 30 (p50) is 20 ms, rank 54 (p90) a 400 ms 500.
+  CHECK(check.measures(1).samples() == 60);
+  CHECK(check.measures(1).value() == doctest::Approx(20).epsilon(0.01));
+  CHECK(check.measures(2).value() == doctest::Approx(400).epsilon(0.01));
+  CHECK_FALSE(check.measures(2).ok());
+  CHECK(check.measures(3).value() == doctest::Approx(400));
+  CHECK_FALSE(check.ok());
+  CHECK(describeSloCheck(check).find("p90 400ms (< 100ms, 60 answered request(s)) FAILED") != std::string::npos);
+
+  // Every request refused: the latencies are none (never 0 ms), and no latency term holds.
+  auto refused = std::make_shared<LoadStats>();
+  refused->requests = 100;
+  refused->failed = 100;
+  refused->unanswered = 100;
+  refused->duration = 1s;
+  Slo latencyOnly = *parseObjective("p99 < 500ms and max < 1s");
+  check = evaluateSlo(latencyOnly, {{false, 0, 0.0, refused}});
+  REQUIRE(check.measures_size() == 2);
+  CHECK(std::isnan(check.measures(0).value()));
+  CHECK(check.measures(0).samples() == 0);
+  CHECK_FALSE(check.measures(0).ok());
+  CHECK(std::isnan(check.measures(1).value()));
+  CHECK_FALSE(check.ok());
+  CHECK_FALSE(check.not_enough_data());  // 100 requests judged: violated, not "not enough data"
+  CHECK(describeSloCheck(check).find("p99 none") != std::string::npos);
 }

@@ -151,6 +151,18 @@ TEST_CASE("host names and IPv6 literals") {
     auto server = startDemo();
     CHECK(runner->run(probeOf("http://localhost:" + std::to_string(server->endpoint().port()) + "/")).ok);
   }
+  SUBCASE("a name that does not resolve: a failed sample within the timeout (c-ares, not getaddrinfo)") {
+    // Resolved with c-ares within the probe's timeout: NXDOMAIN from the system's resolver (c-ares' text), or,
+    // where it does not answer, a timeout; never a wait past the timeout as getaddrinfo's.
+    const auto start = std::chrono::steady_clock::now();
+    const Sample sample = runner->run(probeOf("http://no-such-host.invalid/", 300ms, 300ms));
+    const auto took = std::chrono::steady_clock::now() - start;
+    INFO(sample.detail);
+    CHECK_FALSE(sample.ok);
+    CHECK((contains(sample.detail, "cannot resolve no-such-host.invalid: Domain name not found") ||
+           sample.detail == "timeout after 300ms"));
+    CHECK(took < 300ms + 500ms);
+  }
   SUBCASE("[::1]") {
     ServerOptions options;
     options.listen = tcp::endpoint(asio::ip::make_address("::1"), 0);

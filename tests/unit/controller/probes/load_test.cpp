@@ -48,7 +48,7 @@ Simulated simulate(const LoadSpec& load, milliseconds timeout, milliseconds serv
   for (int steps = 0; !schedule.done() && steps < 100000; ++steps) {
     for (auto it = running.begin(); it != running.end();) {
       if (it->end <= now) {
-        schedule.finish(it->request, it->ok, it->end, it->ok ? "" : "timeout after " + formatLimit(timeout));
+        schedule.finish(it->request, it->ok, it->ok, it->end, it->ok ? "" : "timeout after " + formatLimit(timeout));
         out.latencies[it->request.index] = std::chrono::duration_cast<milliseconds>(it->end - it->request.scheduled);
         it = running.erase(it);
       } else {
@@ -130,16 +130,55 @@ TEST_CASE("open model: the request count is floor(rate x duration), at least 1, 
   // scheduled (floor(4/s x 1s) = 4), so the next wake is the deadline of the oldest waiting one.
   CHECK(schedule.advance(TimePoint{} + 800ms).empty());
   CHECK(schedule.nextWake() == TimePoint{} + 1250ms);
-  schedule.finish(first[0], true, TimePoint{} + 900ms, "");
+  schedule.finish(first[0], true, true, TimePoint{} + 900ms, "");
   auto second = schedule.advance(TimePoint{} + 900ms);
   REQUIRE(second.size() == 1);
   CHECK(second[0].scheduled == TimePoint{} + 250ms);
   // At 1250 ms the second has passed its deadline while running; the third (500 ms) waited past
   // its own deadline of 1500 ms: a timeout counted without ever starting.
-  schedule.finish(second[0], false, TimePoint{} + 1250ms, "timeout after 1s");
+  schedule.finish(second[0], false, false, TimePoint{} + 1250ms, "timeout after 1s");
   CHECK(schedule.advance(TimePoint{} + 1600ms).size() == 1);  // the 4th (750 ms, deadline 1750 ms)
   CHECK(schedule.stats().failures.at("timeout after 1s (waiting for a free slot)") == 1);
   CHECK(schedule.stats().failed == 2);
+  CHECK(schedule.stats().unanswered == 2);  // two timeouts: no latency of theirs is recorded
+  CHECK(schedule.stats().failedLatencies.count() == 0);
+  CHECK(schedule.stats().okLatencies.count() == 1);
+}
+
+TEST_CASE("open model: a request answered badly counts its latency; one never answered counts none") {
+  // Four requests at 10/s: ok in 5 ms, a 500 in 40 ms, answered above maxLatency in 300 ms, and a
+  // refused connection after 0.2 ms. Three answers enter the percentiles; the refusal is an error
+  // only: its 0.2 ms would otherwise be the fastest "answer" of the four.
+  OpenModelSchedule schedule(LoadSpec{10, 8, 400ms}, 1000ms, TimePoint{});
+  std::vector<OpenModelSchedule::Start> started;
+  for (int ms = 0; ms <= 300; ms += 100) {
+    for (const auto& s : schedule.advance(TimePoint{} + milliseconds(ms))) {
+      started.push_back(s);
+    }
+  }
+  REQUIRE(started.size() == 4);
+  schedule.finish(started[0], true, true, started[0].scheduled + 5ms, "");
+  schedule.finish(started[1], false, true, started[1].scheduled + 40ms, "status 500, expected 200");
+  schedule.finish(started[2], false, true, started[2].scheduled + 300ms, "above maxLatency 200ms");
+  schedule.finish(started[3], false, false, started[3].scheduled + 200us, "connection refused");
+  REQUIRE(schedule.done());
+  const LoadStats& stats = schedule.stats();
+  CHECK(stats.succeeded == 1);
+  CHECK(stats.failed == 3);
+  CHECK(stats.unanswered == 1);
+  CHECK(stats.okLatencies.count() == 1);
+  CHECK(stats.failedLatencies.count() == 2);
+  CHECK(stats.failedLatencies.max() == 300ms);
+  LatencyHistogram all = stats.okLatencies;
+  all.merge(stats.failedLatencies);
+  // Nearest rank over 5, 40 and 300 ms: p50 = 40 ms (rank 2), p99 = 300 ms; never 0.2 ms.
+  CHECK(all.percentile(1).count() == doctest::Approx(5'000).epsilon(0.01));
+  CHECK(all.percentile(50).count() == doctest::Approx(40'000).epsilon(0.01));
+  CHECK(all.percentile(99) == 300ms);
+  const std::string text = stats.describe(8);
+  CHECK_MESSAGE(contains(text, "4 requests in 400ms: 1 ok (2.5/s), 3 failed (75%:"), text);
+  CHECK_MESSAGE(contains(text, "1 connection refused"), text);
+  CHECK_MESSAGE(contains(text, "max 300ms over 3 answers"), text);
 }
 
 TEST_CASE("latency histogram: nearest-rank percentiles within 1%, never above the largest latency") {
@@ -209,6 +248,10 @@ TEST_CASE("http load against the demo service: rate x duration requests, through
   CHECK(sample.load->failed == 20);
   CHECK(sample.load->failures.at("status 500, expected 200") == 20);
   CHECK(sample.value == std::optional<double>(0));
+  // A 500 is an answer: its latency counts, as an error.
+  CHECK(sample.load->unanswered == 0);
+  CHECK(sample.load->failedLatencies.count() == 20);
+  CHECK(contains(sample.detail, "over 20 answers"));
 }
 
 TEST_CASE("tcp load: connects at the rate; a closed port fails every request as refused") {
@@ -232,4 +275,32 @@ TEST_CASE("tcp load: connects at the rate; a closed port fails every request as 
   CHECK(sample.load->failed == 250);
   CHECK(sample.load->failures.at("connection refused") == 250);
   CHECK(contains(sample.detail, "250 requests in 500ms: 0 ok (0/s), 250 failed (100%: 250 connection refused)"));
+  // No refusal enters the latencies: there is no answer to time.
+  CHECK(sample.load->unanswered == 250);
+  CHECK(sample.load->okLatencies.count() == 0);
+  CHECK(sample.load->failedLatencies.count() == 0);
+  CHECK(sample.latency == 0us);
+  CHECK(contains(sample.detail, "no answer to time"));
+}
+
+TEST_CASE("http load against a port that refuses: every request failed, none in the latency percentiles") {
+  // A port of the demo service, closed again: connections to it are refused (loopback answers RST).
+  auto server = faultline::demo::Server::start({});
+  REQUIRE(server.has_value());
+  const auto port = (*server)->endpoint().port();
+  (*server)->stop();
+  HttpProbe probe;
+  probe.url = "http://127.0.0.1:" + std::to_string(port) + "/";
+  probe.load = LoadSpec{200, 16, 500ms};
+  const auto sample = runHttpProbe(probe);
+  INFO(sample.detail);
+  REQUIRE(sample.load != nullptr);
+  CHECK_FALSE(sample.ok);
+  CHECK(sample.load->requests == 100);
+  CHECK(sample.load->failed == 100);
+  CHECK(sample.load->unanswered == 100);
+  CHECK(sample.load->okLatencies.count() == 0);
+  CHECK(sample.load->failedLatencies.count() == 0);
+  CHECK(sample.value == std::optional<double>(0));
+  CHECK(contains(sample.detail, "no answer to time"));
 }
