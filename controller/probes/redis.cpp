@@ -39,6 +39,46 @@ std::string formatCommand(const std::vector<std::string>& words) {
   return text;
 }
 
+// hiredis 0.14 allocates an array reply's element pointers as soon as it reads the "*N" header,
+// before any element arrives, and freeing it walks all N: a 14-byte "*2147483647" would cost 16 GiB.
+// The reader's createArray is wrapped to refuse more elements, over the whole reply, than the
+// kMaxProtocolReply bytes could carry (each element takes at least 3 bytes: "+\r\n").
+constexpr long long kMaxReplyElements = static_cast<long long>(kMaxProtocolReply) / 3;
+
+struct ArrayBudget {
+  long long announced = 0;  // elements of every array header read so far
+  long long refused = 0;    // the count of the header refused, 0 when none
+};
+
+const redisReplyObjectFunctions& defaultReplyFunctions() {
+  static const redisReplyObjectFunctions fns = [] {
+    std::unique_ptr<redisReader, ReaderFree> probe(redisReaderCreate());
+    return probe ? *probe->fn : redisReplyObjectFunctions{};
+  }();
+  return fns;
+}
+
+void* boundedCreateArray(const redisReadTask* task, int elements) {
+  auto* budget = static_cast<ArrayBudget*>(task->privdata);
+  if (budget != nullptr) {
+    budget->announced += elements;
+    if (budget->announced > kMaxReplyElements) {
+      budget->refused = elements;
+      return nullptr;  // the reader reports "Out of memory" and stops
+    }
+  }
+  return defaultReplyFunctions().createArray(task, elements);
+}
+
+redisReplyObjectFunctions* boundedReplyFunctions() {
+  static redisReplyObjectFunctions fns = [] {
+    redisReplyObjectFunctions f = defaultReplyFunctions();
+    f.createArray = f.createArray != nullptr ? &boundedCreateArray : nullptr;
+    return f;
+  }();
+  return &fns;
+}
+
 // Sends one command and reads its reply; the error is a sample's detail.
 tl::expected<Reply, std::string> exchange(int fd, const std::vector<std::string>& words,
                                           ProbeClock::time_point deadline) {
@@ -49,15 +89,24 @@ tl::expected<Reply, std::string> exchange(int fd, const std::vector<std::string>
   if (auto sent = sendAll(fd, request, deadline); !sent) {
     return tl::unexpected(sent.error());
   }
-  std::unique_ptr<redisReader, ReaderFree> reader(redisReaderCreate());
-  if (!reader) {
+  ArrayBudget budget;
+  std::unique_ptr<redisReader, ReaderFree> reader(redisReaderCreateWithFunctions(boundedReplyFunctions()));
+  if (!reader || reader->fn->createArray == nullptr) {
     return tl::unexpected(std::string("out of memory"));
   }
+  reader->privdata = &budget;
+  const auto readerError = [&] {
+    return budget.refused != 0 ? fmt::format(
+                                     "the reply announces an array of {} elements, more than the {} its {}-byte bound "
+                                     "could carry",
+                                     budget.refused, kMaxReplyElements, kMaxProtocolReply)
+                               : fmt::format("not a Redis reply: {}", reader->errstr);
+  };
   size_t received = 0;
   while (true) {
     void* raw = nullptr;
     if (redisReaderGetReply(reader.get(), &raw) != REDIS_OK) {
-      return tl::unexpected(fmt::format("not a Redis reply: {}", reader->errstr));
+      return tl::unexpected(readerError());
     }
     if (raw != nullptr) {
       return Reply(static_cast<redisReply*>(raw));
@@ -74,7 +123,7 @@ tl::expected<Reply, std::string> exchange(int fd, const std::vector<std::string>
     }
     received += chunk->size();
     if (redisReaderFeed(reader.get(), chunk->data(), chunk->size()) != REDIS_OK) {
-      return tl::unexpected(fmt::format("not a Redis reply: {}", reader->errstr));
+      return tl::unexpected(readerError());
     }
   }
 }

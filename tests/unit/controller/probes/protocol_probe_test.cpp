@@ -597,3 +597,47 @@ TEST_CASE("dns probe: a name resolves (from /etc/hosts, or the given server), op
     CHECK(dns.queries() >= 1);
   }
 }
+
+TEST_CASE("redis probe: an array header announcing more elements than the reply bound could carry is refused") {
+  // A hostile server: reads the command, answers with payload, and keeps the connection open.
+  const auto answer = [](const std::string& payload) {
+    const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in sa{};
+    sa.sin_family = AF_INET;
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0);
+    REQUIRE(::listen(fd, 8) == 0);
+    socklen_t len = sizeof sa;
+    ::getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len);
+    std::thread server([fd, payload] {
+      const int c = ::accept4(fd, nullptr, nullptr, SOCK_CLOEXEC);
+      if (c < 0) {
+        return;
+      }
+      char buf[256];
+      (void)::recv(c, buf, sizeof buf, 0);
+      (void)::send(c, payload.data(), payload.size(), MSG_NOSIGNAL);
+      std::this_thread::sleep_for(1500ms);
+      ::close(c);
+    });
+    Probe p = probeOf(ProbeKind::kRedis);
+    p.redis.address = ProbeAddress{"127.0.0.1", ntohs(sa.sin_port), ""};
+    p.redis.timeout = 1s;
+    const auto start = std::chrono::steady_clock::now();
+    const Sample s = makeProbeRunner()->run(p);
+    const auto took = std::chrono::steady_clock::now() - start;
+    server.join();
+    ::close(fd);
+    CHECK(took < 1s);  // refused on the header, not after the timeout
+    return s;
+  };
+  const Sample huge = answer("*2147483647\r\n");
+  CHECK_FALSE(huge.ok);
+  CHECK_MESSAGE(
+      huge.detail.find("announces an array of 2147483647 elements, more than the 349525") != std::string::npos,
+      huge.detail);
+  // The bound is over the whole reply: nested headers add up.
+  const Sample nested = answer("*300000\r\n*300000\r\n");
+  CHECK_FALSE(nested.ok);
+  CHECK_MESSAGE(nested.detail.find("announces an array of 300000 elements") != std::string::npos, nested.detail);
+}
