@@ -81,7 +81,15 @@ void ProbeSampler::loop(size_t index) {
         return;
       }
       next += every_;
-      if (inFlight_[index] >= kMaxInFlight) {
+      const Probe& probe = probes_[index];
+      if (probe.http.load || probe.tcp.load) {
+        // A load sample is the probe's whole rate and concurrency (the caps): the next starts
+        // after it has ended, never beside it.
+        idle_.wait(lock, [&] { return stopping_ || inFlight_[index] == 0; });
+        if (stopping_) {
+          return;
+        }
+      } else if (inFlight_[index] >= kMaxInFlight) {
         ++skipped_;
         continue;
       }

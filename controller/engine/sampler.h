@@ -21,7 +21,9 @@ namespace faultline::controller {
 // have ended: a slow or hanging server cannot thin out its own samples nor delay another probe's
 // (open model). A sample still running at a later tick is counted when it ends (its probe's
 // timeout bounds it, and a timeout is a failed sample). At most kMaxInFlight samples of one probe
-// run at once; a tick that finds that many is skipped (counted by skipped()). Each sample carries
+// run at once; a tick that finds that many is skipped (counted by skipped()). A load probe's
+// sample (http or tcp `load:`) is the probe's whole rate and concurrency: its next sample starts
+// when it has ended, never beside it, so the load caps hold. Each sample carries
 // the phase and step that were set when it started.
 //
 // Thread-safety: start(), stop() and the destructor from one thread (the run's); setPhase(),

@@ -72,3 +72,30 @@ TEST_CASE("ProbeSampler: a hanging HTTP server never delays another probe's samp
   }
   CHECK(sampler.skipped() == 0);
 }
+
+TEST_CASE("ProbeSampler: a load probe's next sample starts after the one before has ended, never beside it") {
+  auto server = demo::Server::start({});
+  REQUIRE(server.has_value());
+  std::vector<Probe> probes(1);
+  probes[0].name = "load";
+  probes[0].http.url = "http://127.0.0.1:" + std::to_string((*server)->endpoint().port()) + "/";
+  probes[0].http.timeout = 1s;
+  probes[0].http.load = LoadSpec{20.0, 4, 500ms};
+  auto runner = makeProbeRunner();
+  ProbeSampler sampler(probes, *runner, 100ms);  // a tick every 100 ms, each sample 500 ms long
+  sampler.start();
+  std::this_thread::sleep_for(2s);
+  sampler.stop();
+  (*server)->stop();
+  const auto taken = sampler.take();
+  MESSAGE("load samples in 2 s: ", taken.size());
+  // Overlapping, a tick every 100 ms would start about 20 samples (20 x the probe's rate).
+  CHECK(taken.size() >= 2);
+  CHECK(taken.size() <= 5);
+  // A sample schedules 10 requests, the last at +450 ms, and ends when it is answered: the next
+  // starts no earlier.
+  for (size_t i = 1; i < taken.size(); ++i) {
+    CHECK(taken[i].started - taken[i - 1].started >= 450ms);
+  }
+  CHECK(sampler.skipped() == 0);
+}
