@@ -273,13 +273,21 @@ class RunState {
     if (stopVerdict_ != v1::VERDICT_UNSPECIFIED && stopVerdict_ != v1::VERDICT_VIOLATED) {
       return {stopVerdict_, stopReason_};
     }
+    if (!violated_ && stopping()) {
+      // Interrupted while settling or observing after the rollback: the after phase was cut short,
+      // which judges nothing (its missing samples are no violation).
+      return {v1::VERDICT_ABORTED, stopReason()};
+    }
     if (violated_ || !afterOk) {
       return {v1::VERDICT_VIOLATED, fmt::format("steady state violated: {}", firstFailure_) + notJudgedText()};
     }
-    return {v1::VERDICT_HELD, (req_.experiment.hypothesis.probes.empty()
-                                   ? std::string("the method ran to the end (no steady-state probes)")
-                                   : std::string("steady state held before, during and after the faults")) +
-                                  notJudgedText()};
+    return {
+        v1::VERDICT_HELD,
+        (req_.experiment.hypothesis.probes.empty() ? std::string("the method ran to the end (no steady-state probes)")
+         : notJudged_.empty() ? std::string("steady state held before, during and after the faults")
+                              // Not "during": an SLO without its minSamples judged nothing there.
+                              : std::string("steady state held wherever it was judged")) +
+            notJudgedText()};
   }
 
   // The phase and step of the samples that start from now on.
@@ -341,8 +349,10 @@ class RunState {
         }
       }
       need[p.name] = n;
-      deadline =
-          std::max(deadline, start + hyp.every * static_cast<int64_t>(n) + probeTimeout(p) + std::chrono::seconds{1});
+      // A load probe's samples follow one another (ProbeSampler): each takes its load's duration.
+      const auto load = loadDuration(p);
+      deadline = std::max(deadline, start + std::max(hyp.every, load) * static_cast<int64_t>(n) + load +
+                                        probeTimeout(p) + std::chrono::seconds{1});
     }
     if (window) {
       deadline = start + *window;
@@ -439,14 +449,34 @@ class RunState {
       }
       const auto ttr = timeToRecover(hyp.slos, uncovered, byProbe, revertAt, end);
       const auto span = std::chrono::duration_cast<std::chrono::milliseconds>(end - revertAt);
-      v1::RunEvent e =
-          makeEvent("", ttr ? "step.recovered" : "step.not_recovered",
-                    ttr ? fmt::format("step {}: recovered {} after its revert (every SLO held again)", label,
-                                      formatLatency(std::chrono::duration_cast<std::chrono::microseconds>(*ttr)))
-                        : fmt::format("step {}: not recovered within the {} observed after its revert", label,
-                                      formatDuration(span)));
-      *e.mutable_recovery() =
-          toProto(std::chrono::duration_cast<std::chrono::nanoseconds>(ttr ? *ttr : end - revertAt));
+      // Too few samples in the span for an SLO's minSamples: nothing can be judged there, which is
+      // not "not recovered" (a 1 s wait at every: 250ms holds 4 samples; the default minSamples is 5).
+      std::string tooFew;
+      for (const auto& slo : hyp.slos) {
+        size_t n = 0;
+        if (auto it = byProbe.find(slo.probe); it != byProbe.end()) {
+          n = static_cast<size_t>(std::count_if(it->second.begin(), it->second.end(),
+                                                [&](const TimedSample& t) { return t.at >= revertAt && t.at < end; }));
+        }
+        if (!ttr && n < slo.minSamples && tooFew.empty()) {
+          tooFew = fmt::format("{} sample(s) of probe {} in the {} after its revert, fewer than SLO {}'s minSamples {}",
+                               n, slo.probe, formatDuration(span), slo.name, slo.minSamples);
+        }
+      }
+      v1::RunEvent e = makeEvent(
+          "", ttr ? "step.recovered" : "step.not_recovered",
+          ttr ? fmt::format("step {}: recovered {} after its revert (every SLO held again)", label,
+                            formatLatency(std::chrono::duration_cast<std::chrono::microseconds>(*ttr)))
+          : tooFew.empty()
+              ? fmt::format("step {}: not recovered within the {} observed after its revert", label,
+                            formatDuration(span))
+              : fmt::format("step {}: recovery not judged: {} (a longer wait before the next step, or a shorter "
+                            "every, lets it be judged)",
+                            label, tooFew));
+      if (ttr || tooFew.empty()) {
+        *e.mutable_recovery() =
+            toProto(std::chrono::duration_cast<std::chrono::nanoseconds>(ttr ? *ttr : end - revertAt));
+      }
       recordEvent(e);
       if (sink_) {
         sink_(e);
@@ -454,7 +484,15 @@ class RunState {
     }
   }
 
-  // The longest a sample of p may take.
+  // How long one sample of p drives load; 0 for a probe without `load:`.
+  static std::chrono::milliseconds loadDuration(const Probe& p) {
+    if (p.http.load) {
+      return p.http.load->duration;
+    }
+    return p.tcp.load ? p.tcp.load->duration : std::chrono::milliseconds{0};
+  }
+
+  // The longest a sample of p may take past its load (loadDuration()).
   static std::chrono::milliseconds probeTimeout(const Probe& p) {
     switch (p.kind) {
       case ProbeKind::kHttp:
@@ -465,6 +503,14 @@ class RunState {
         return p.command.timeout;
       case ProbeKind::kPrometheus:
         return p.prometheus.timeout;
+      case ProbeKind::kRedis:
+        return p.redis.timeout;
+      case ProbeKind::kPostgres:
+        return p.postgres.timeout;
+      case ProbeKind::kGrpc:
+        return p.grpc.timeout;
+      case ProbeKind::kDns:
+        return p.dns.timeout;
     }
     return std::chrono::milliseconds{5000};
   }

@@ -473,7 +473,7 @@ struct SloHarness {
   std::vector<v1::RunEvent> events;
   std::mutex mutex;
 
-  v1::Verdict run(const Experiment& e, FunctionProbes::Fn fn) {
+  v1::Verdict run(const Experiment& e, FunctionProbes::Fn fn, const StopSignal& stop = StopSignal{}) {
     FunctionProbes probes(fleet, std::move(fn));
     RunEngine engine(
         fleet, probes, *store,
@@ -487,7 +487,7 @@ struct SloHarness {
           o.revertTimeout = 300ms;
           return o;
         }());
-    return engine.run(RunRequest{"run-1", "unit.yaml", std::string(64, 'a'), "cli", e}, StopSignal{});
+    return engine.run(RunRequest{"run-1", "unit.yaml", std::string(64, 'a'), "cli", e}, stop);
   }
   std::optional<v1::RunEvent> event(const std::string& kind) {
     std::lock_guard lock(mutex);
@@ -1149,4 +1149,71 @@ TEST_CASE("engine: every fault has exactly one fault.ended, with the same fields
     CHECK(ends.begin()->second.end_reason() == "failed");
     CHECK(ends.begin()->second.has_applied_at());
   }
+}
+
+TEST_CASE("engine: an abort while settling after the rollback is 'aborted', not a violation") {
+  SloHarness h;
+  h.fleet.addAgent("a1", {});
+  Experiment e = sloExperiment("errors < 10% over 1s");
+  e.method.resize(1);
+  e.hypothesis.every = 50ms;
+  e.hypothesis.slos[0].minSamples = 1;
+  std::get<FaultStep>(e.method[0]).duration = 100ms;
+  e.hypothesis.afterSettle = 1h;
+  e.hypothesis.afterWindow = 1h;
+  StopSignal stop;
+  std::thread aborter([&] {
+    while (!h.event("fault.ended").has_value()) {
+      std::this_thread::sleep_for(5ms);
+    }
+    std::this_thread::sleep_for(200ms);  // settling
+    stop.request("interrupted by the test", StopCause::kAbort);
+  });
+  const auto started = std::chrono::steady_clock::now();
+  const auto verdict = h.run(
+      e, [](const Probe&, int, bool) { return ok(1ms); }, stop);
+  aborter.join();
+  CHECK(verdict == v1::VERDICT_ABORTED);
+  CHECK(std::chrono::steady_clock::now() - started < 10s);
+  const auto rec = h.store->getRun("run-1");
+  REQUIRE(rec.has_value());
+  CHECK_MESSAGE(rec->reason().find("violated") == std::string::npos, rec->reason());
+}
+
+TEST_CASE("engine: a run whose SLO had too few samples while the faults were held does not claim it held 'during'") {
+  SloHarness h;
+  h.fleet.addAgent("a1", {});
+  Experiment e = sloExperiment("errors < 20% over 10s");
+  e.method.pop_back();
+  e.hypothesis.every = 50ms;
+  e.hypothesis.slos[0].minSamples = 20;
+  std::get<FaultStep>(e.method[0]).duration = 300ms;
+  CHECK(h.run(e, [](const Probe&, int, bool active) { return active ? failed() : ok(1ms); }) == v1::VERDICT_HELD);
+  const auto rec = h.store->getRun("run-1");
+  REQUIRE(rec.has_value());
+  CHECK_MESSAGE(rec->reason().rfind("steady state held wherever it was judged; not judged: SLO web-slo while the "
+                                    "faults were held: not enough data",
+                                    0) == 0,
+                rec->reason());
+}
+
+TEST_CASE("engine: a span after the revert too short for an SLO's minSamples says recovery was not judged") {
+  SloHarness h;
+  h.fleet.addAgent("a1", {});
+  Experiment e = sloExperiment("errors < 10% over 1s");
+  e.method.resize(1);
+  e.hypothesis.every = 100ms;
+  e.hypothesis.slos[0].maxBurnRate.reset();
+  e.hypothesis.slos[0].minSamples = 5;
+  std::get<FaultStep>(e.method[0]).duration = 100ms;
+  e.hypothesis.afterSettle = 0ms;
+  e.hypothesis.afterWindow = 250ms;  // about 3 samples
+  h.run(e, [](const Probe&, int, bool) { return ok(1ms); });
+  const auto notJudged = h.event("step.not_recovered");
+  REQUIRE(notJudged.has_value());
+  CHECK_MESSAGE(notJudged->message().rfind("step 1: recovery not judged: ", 0) == 0, notJudged->message());
+  CHECK_MESSAGE(notJudged->message().find("fewer than SLO web-slo's minSamples 5") != std::string::npos,
+                notJudged->message());
+  CHECK_FALSE(notJudged->has_recovery());
+  CHECK_FALSE(h.event("step.recovered").has_value());
 }
