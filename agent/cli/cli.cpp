@@ -21,6 +21,7 @@
 #include "agent/safety/policy.h"
 #include "agent/safety/recovery.h"
 #include "agent/safety/revert_all.h"
+#include "agent/session/inject_bounds.h"
 #include "agent/session/runtime.h"
 #include "agent/session/tls.h"
 
@@ -125,10 +126,11 @@ int agentMain(int argc, char** argv) {
   app.add_option("--controller", options.controller, "controller address, HOST:PORT (required to run the agent)");
   app.add_option("--label", labels, "a label of this host, KEY=VALUE (repeatable); experiments select agents by label")
       ->allow_extra_args(false);
-  auto* idOption = app.add_option("--id", options.agentId,
-                                  "agent id, unique in the fleet; with --cert it must be the certificate's common "
-                                  "name (CN), which is the default then")
-                       ->capture_default_str();
+  auto* idOption =
+      app.add_option("--id", options.agentId,
+                     "agent id, unique in the fleet: 1-64 ASCII letters, digits, . _ - : @; with --cert it must be the "
+                     "certificate's common name (CN), which is the default then")
+          ->capture_default_str();
   TlsFiles tls;
   bool insecure = false;
   app.add_option("--ca", tls.ca,
@@ -243,10 +245,9 @@ int agentMain(int argc, char** argv) {
     std::cerr << "faultline-agent: --label: " << bad << "\n";
     return 4;
   }
-  if (options.agentId.empty() || options.agentId.size() > 253 ||
-      options.agentId.find_first_of(" \t\n/") != std::string::npos) {
-    std::cerr << "faultline-agent: --id '" << options.agentId
-              << "' is not an agent id; accepted: 1-253 characters without whitespace or '/'\n";
+  if (auto bad = checkAgentId(options.agentId)) {
+    std::cerr << "faultline-agent: --id: " << *bad
+              << (options.agentId == options.hostname ? " (the default, this host's name: give --id)" : "") << "\n";
     return 4;
   }
   Policy policy;

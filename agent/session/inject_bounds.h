@@ -8,6 +8,7 @@
 #include <cstddef>
 #include <optional>
 #include <string>
+#include <string_view>
 
 #include "faultline/v1/agent_gateway.pb.h"
 
@@ -26,6 +27,14 @@ inline constexpr std::size_t kMaxInjectBytes = 64 * 1024;
 // this host's disagree, and the step would not start together anyway.
 inline constexpr std::chrono::seconds kMaxStartAhead{30};
 inline constexpr std::chrono::seconds kMaxStartBehind{30};
+
+// An agent id: 1 to kMaxAgentIdBytes bytes of ASCII letters, digits, '.', '_', '-', ':' and '@'
+// (any hostname fits), so that a fault id "RUN/STEP/AGENT" (a run id is 32 hex digits) stays within
+// what a controller accepts back, and no id carries a terminal control sequence into a log, a
+// listing or a report. The agent checks its --id, the controller every Hello.
+inline constexpr std::size_t kMaxAgentIdBytes = 64;
+// The reason id is no agent id ("'ID' is not an agent id: ...; accepted: ..."), nullopt when it is.
+[[nodiscard]] std::optional<std::string> checkAgentId(std::string_view id);
 
 // Checks an Inject's size bounds (the constants above; the fault id must also be non-empty and
 // without control characters) and its start_at against now (system clock). Pure; thread-safe.

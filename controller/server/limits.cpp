@@ -5,6 +5,8 @@
 
 #include <fmt/format.h>
 
+#include "agent/session/inject_bounds.h"
+
 namespace faultline::controller {
 namespace {
 
@@ -41,8 +43,10 @@ std::optional<std::string> overLimit(std::string_view field, std::string_view te
 }
 
 std::optional<std::string> overLimits(const v1::Hello& hello) {
-  if (auto e = firstOver({{"Hello.agent_id", hello.agent_id(), kMaxIdBytes},
-                          {"Hello.hostname", hello.hostname(), kMaxHostnameBytes},
+  if (auto bad = agent::checkAgentId(hello.agent_id())) {
+    return "Hello.agent_id: " + *bad;
+  }
+  if (auto e = firstOver({{"Hello.hostname", hello.hostname(), kMaxHostnameBytes},
                           {"Hello.version", hello.version(), kMaxVersionBytes},
                           {"Hello.kernel_release", hello.kernel_release(), kMaxVersionBytes}})) {
     return e;

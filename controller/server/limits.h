@@ -17,7 +17,8 @@
 
 namespace faultline::controller {
 
-// Ids: agent ids, fault ids, run ids. Ours are far shorter (a run id is 32 hex digits).
+// Ids: fault ids, run ids. Ours are far shorter (a run id is 32 hex digits; a fault id
+// RUN/STEP/AGENT, the agent id at most agent::kMaxAgentIdBytes, agent::checkAgentId()).
 inline constexpr size_t kMaxIdBytes = 128;
 // A hostname: a DNS name is at most 253 bytes.
 inline constexpr size_t kMaxHostnameBytes = 255;

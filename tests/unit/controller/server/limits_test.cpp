@@ -14,8 +14,25 @@ TEST_CASE("a Hello within bounds passes; each bound names the field, the size an
   h.set_agent_id("web-1");
   (*h.mutable_labels())["role"] = "web";
   CHECK_FALSE(overLimits(h).has_value());
-  h.set_agent_id(std::string(129, 'a'));
-  CHECK(overLimits(h) == "Hello.agent_id: 129 bytes, more than the 128 accepted");
+  h.set_agent_id(std::string(65, 'a'));
+  CHECK(overLimits(h) ==
+        "Hello.agent_id: not an agent id: 65 bytes, more than 64; accepted: 1 to 64 ASCII letters, digits, '.', '_', "
+        "'-', ':' or '@'");
+  // The longest agent id leaves its fault ids (RUN/STEP/AGENT) within what a FaultReport may carry.
+  h.set_agent_id(std::string(64, 'a'));
+  CHECK_FALSE(overLimits(h).has_value());
+  v1::FaultReport report;
+  report.set_fault_id(std::string(32, 'f') + "/12.3/" + std::string(64, 'a'));
+  CHECK_FALSE(overLimits(report).has_value());
+  // No control character (a terminal escape in `faultline agents`), no space, no '/'.
+  for (const std::string bad : {std::string("evil\x1b[2J"), std::string("a b"), std::string("a/b"), std::string()}) {
+    h.set_agent_id(bad);
+    REQUIRE(overLimits(h).has_value());
+    CHECK_MESSAGE(overLimits(h)->rfind("Hello.agent_id: not an agent id: ", 0) == 0, *overLimits(h));
+    CHECK(overLimits(h)->find('\x1b') == std::string::npos);
+  }
+  h.set_agent_id("db-2.example.org:agent@rack4_b");
+  CHECK_FALSE(overLimits(h).has_value());
   h.set_agent_id("web-1");
   h.set_kernel_release(std::string(200, 'k'));
   CHECK(overLimits(h) == "Hello.kernel_release: 200 bytes, more than the 128 accepted");
