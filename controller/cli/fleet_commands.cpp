@@ -5,6 +5,7 @@
 
 #include "controller/cli/command.h"
 #include "controller/engine/capabilities.h"
+#include "controller/report/run_format.h"
 
 namespace faultline::controller::cli {
 namespace {
@@ -37,8 +38,10 @@ int agentsCommand(const std::string& address) {
     for (const auto& [k, v] : sorted) {
       labels += fmt::format("{}{}={}", labels.empty() ? "" : ",", k, v);
     }
-    std::cout << fmt::format("{:<24} {:<20} {:<8} {:<22} {:<16} {:<6} {}\n", a.agent_id(), a.hostname(), a.version(),
-                             a.kernel_release(), networkDriverText(a.capabilities()), a.active_faults(), labels);
+    // What an agent says of itself is printed with every control character a space (oneLine()).
+    std::cout << fmt::format("{:<24} {:<20} {:<8} {:<22} {:<16} {:<6} {}\n", oneLine(a.agent_id()),
+                             oneLine(a.hostname()), oneLine(a.version()), oneLine(a.kernel_release()),
+                             networkDriverText(a.capabilities()), a.active_faults(), oneLine(labels));
   }
   if (resp.agents().empty()) {
     std::cout << "(no agents connected)\n";
@@ -47,9 +50,10 @@ int agentsCommand(const std::string& address) {
   // permanent one, until the agent reconnects), so nobody takes a degraded host for a clean one.
   for (const auto& a : resp.agents()) {
     for (const auto& f : a.failed_reverts()) {
-      std::cout << fmt::format("REVERT FAILED  agent {}  fault {}  since {}{}: {}{}\n", a.agent_id(), f.fault_id(),
-                               clock(f.at()), f.permanent() ? "  (permanent: not retried, remove it by hand)" : "",
-                               f.error(), f.detail().empty() ? "" : fmt::format("  [{}]", f.detail()));
+      std::cout << fmt::format("REVERT FAILED  agent {}  fault {}  since {}{}: {}{}\n", oneLine(a.agent_id()),
+                               oneLine(f.fault_id()), clock(f.at()),
+                               f.permanent() ? "  (permanent: not retried, remove it by hand)" : "", oneLine(f.error()),
+                               f.detail().empty() ? "" : fmt::format("  [{}]", oneLine(f.detail())));
     }
   }
   return 0;
@@ -73,7 +77,7 @@ int haltCommand(const std::string& address, const std::string& reason) {
     std::cout << fmt::format("{} aborted run(s) still rolling back\n", resp.runs_unfinished());
   }
   for (const auto& u : resp.unconfirmed()) {
-    std::cout << fmt::format("NOT CONFIRMED  agent {}: {}\n", u.agent_id(), u.reason());
+    std::cout << fmt::format("NOT CONFIRMED  agent {}: {}\n", oneLine(u.agent_id()), oneLine(u.reason()));
   }
   if (resp.unconfirmed().empty() && resp.runs_unfinished() == 0) {
     std::cout << "every agent confirmed: no fault active\n";

@@ -35,9 +35,12 @@
 namespace faultline::controller::cli {
 namespace {
 
+// One line per event, every control character a space (oneLine()): a probe or agent name, or a
+// server's answer quoted in a message, cannot move the cursor, recolour the terminal or forge a line.
 void printEvent(const v1::RunEvent& e) {
-  const std::string agent = agentName(e.agent_id(), e.host());
-  std::cout << fmt::format("{}  {:<16} {:<15} {}", clock(e.at()), e.kind(), agent.empty() ? "-" : agent, e.message())
+  const std::string agent = oneLine(agentName(e.agent_id(), e.host()));
+  std::cout << fmt::format("{}  {:<16} {:<15} {}", clock(e.at()), oneLine(e.kind()), agent.empty() ? "-" : agent,
+                           oneLine(e.message()))
             << std::endl;
 }
 

@@ -26,6 +26,19 @@ constexpr std::string_view kDurationHint = "a duration such as 500ms, 1.5s or 2m
 namespace detail {
 
 // Splits "1.5mbit" into 1.5 and "mbit" (the unit lower-cased); nullopt when there is no number.
+std::string labelNameProblem(std::string_view text) {
+  if (text.size() > kMaxLabelNameBytes) {
+    return fmt::format("{} bytes, more than {}", text.size(), kMaxLabelNameBytes);
+  }
+  for (size_t i = 0; i < text.size(); ++i) {
+    const auto c = static_cast<unsigned char>(text[i]);
+    if (c < 0x20 || c == 0x7f) {
+      return fmt::format("a control character (0x{:02x}) at byte {}", c, i + 1);
+    }
+  }
+  return "";
+}
+
 std::optional<std::pair<double, std::string>> splitNumber(std::string_view text) {
   size_t unitAt = 0;
   while (unitAt < text.size() && (std::isdigit(static_cast<unsigned char>(text[unitAt])) || text[unitAt] == '.')) {

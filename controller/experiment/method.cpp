@@ -270,6 +270,10 @@ std::optional<FaultStep> Parser::parseFault(const Field& f) {
     if (auto v = scalar(*name, "a name for events and records")) {
       if (v->empty()) {
         error(name->mark, name->path, "is empty; accepted: a name for events and records, or leave it out");
+      } else if (const auto why = labelNameProblem(*v); !why.empty()) {
+        error(name->mark, name->path,
+              fmt::format("has {}; accepted: a name for events and records, at most {} bytes, no control character",
+                          why, kMaxLabelNameBytes));
       }
       step.name = *v;
     }

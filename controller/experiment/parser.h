@@ -84,6 +84,11 @@ struct FaultType {
 // steady_state.cpp: why text is not a JSON Pointer (RFC 6901), or nullopt when it is one.
 [[nodiscard]] std::optional<std::string> jsonPointerError(std::string_view text);
 
+// fields.cpp: why text cannot name a probe, an SLO or a step (they appear in events, `show` and
+// reports): more than kMaxLabelNameBytes, or a control character (a newline, ESC); "" when it can.
+inline constexpr std::size_t kMaxLabelNameBytes = 128;
+[[nodiscard]] std::string labelNameProblem(std::string_view text);
+
 // fields.cpp: splits "1.5mbit" into 1.5 and "mbit" (the unit lower-cased); nullopt when there is no number.
 [[nodiscard]] std::optional<std::pair<double, std::string>> splitNumber(std::string_view text);
 

@@ -217,6 +217,10 @@ std::optional<Slo> Parser::parseSlo(const Field& f, const std::vector<Probe>& pr
     if (auto v = scalar(*n, "a name unique among the SLOs")) {
       if (v->empty()) {
         error(n->mark, n->path, "is empty; accepted: a name unique among the SLOs");
+      } else if (const auto why = labelNameProblem(*v); !why.empty()) {
+        error(n->mark, n->path,
+              fmt::format("has {}; accepted: a name unique among the SLOs, at most {} bytes, no control character", why,
+                          kMaxLabelNameBytes));
       } else if (auto [it, inserted] = namesSeen.emplace(*v, n->mark.line + 1); !inserted) {
         error(n->mark, n->path,
               fmt::format("duplicate SLO name '{}' (first used at line {}); accepted: a name unique among the SLOs", *v,
@@ -322,6 +326,10 @@ std::optional<Probe> Parser::parseProbe(const Field& f, std::map<std::string, in
     if (auto v = scalar(*name, "a name unique among the probes")) {
       if (v->empty()) {
         error(name->mark, name->path, "is empty; accepted: a name unique among the probes");
+      } else if (const auto why = labelNameProblem(*v); !why.empty()) {
+        error(name->mark, name->path,
+              fmt::format("has {}; accepted: a name unique among the probes, at most {} bytes, no control character",
+                          why, kMaxLabelNameBytes));
       } else if (auto [it, inserted] = namesSeen.emplace(*v, name->mark.line + 1); !inserted) {
         error(name->mark, name->path,
               fmt::format("duplicate probe name '{}' (first used at line {}); accepted: a name unique among the probes",

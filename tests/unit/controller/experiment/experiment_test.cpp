@@ -289,6 +289,13 @@ TEST_CASE("bad files: each error names the field, the line and what is wrong") {
       {"percent(101)", h + "targets:\n  mode: percent(101)\n" + wait, "targets.mode", 6, "out of range"},
       {"percent(x)", h + "targets:\n  mode: percent(x)\n" + wait, "targets.mode", 6, "not a mode"},
       {"syntax error", h + "method:\n  - wait: [1s\n", "", 7, "YAML syntax error"},
+      {"a probe name with a terminal escape",
+       h + "steadyState:\n  probes:\n    - name: \"p\\e[2J\"\n      http: {url: http://a/}\n" + wait,
+       "steadyState.probes[0].name", 7, "has a control character (0x1b) at byte 2; accepted: a name unique among"},
+      {"a step name with a newline",
+       h + "method:\n  - fault:\n      name: \"a\\nFAKE run.finished\"\n      type: process.kill\n      duration: "
+           "1s\n      process: {pid: 12}\n",
+       "method[0].fault.name", 7, "has a control character (0x0a) at byte 2"},
       {"duplicate probe name",
        h + probe + "        url: http://a/\n    - name: p\n      http: {url: http://b/}\n" + wait,
        "steadyState.probes[1].name", 10, "duplicate probe name 'p' (first used at line 7)"},
