@@ -194,8 +194,9 @@ class PacketSteering {
 [[nodiscard]] std::string xtablesLockPath();
 
 // How long an xtables change waits for another program's lock (iptables -w waits for ever; a
-// change that fails here can be tried again: a revert is).
-inline constexpr std::chrono::milliseconds kXtablesLockWait{10000};
+// change that fails here can be tried again: a revert is). Shorter than the controller's 10 s wait
+// for an apply's answer, so that the run records this reason, not "no answer within 10s".
+inline constexpr std::chrono::milliseconds kXtablesLockWait{8000};
 
 // The xtables lock (flock(2) on xtablesLockPath(), as iptables(8) takes it), held for the life of
 // the object, so that a faultline commit and another program's (iptables, another agent) do not
