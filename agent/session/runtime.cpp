@@ -131,7 +131,7 @@ struct AgentRuntime::Impl {
                 session.report(r);
               }
             },
-            journal.get(), std::move(policy), kWatchInterval, &expiry),
+            journal.get(), std::move(policy), kWatchInterval, &expiry, options.metrics),
         session(io, agent, std::move(options), &expiry) {}
 
   ~Impl() {
