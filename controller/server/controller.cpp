@@ -295,6 +295,11 @@ struct Controller::Impl final : v1::Control::CallbackService {
                                        "gRPC calls answered by the controller (Control and AgentGateway), by method "
                                        "and status code",
                                        {"method", "code"}, 1000);
+      scheduleFires = &registry.counter("faultline_schedule_fires_total",
+                                        "Schedule fires by outcome (started, skipped, missed) and, for skipped and "
+                                        "missed ones, reason (blackout, concurrency, only_if, start_failed, "
+                                        "past_deadline)",
+                                        {"outcome", "reason"});
       auto& agents = registry.gauge("faultline_agents_connected", "Agents connected now (their stream is open)");
       registry.onCollect([this, &agents] { agents.with({}).set(static_cast<double>(gateway.agents().size())); });
     }
@@ -350,7 +355,8 @@ struct Controller::Impl final : v1::Control::CallbackService {
   // The metrics (options.metricsListen): before everything that reports to them, so they go last.
   metrics::Registry registry;
   std::unique_ptr<RunMetrics> runMetrics;
-  metrics::CounterFamily* grpcRequests = nullptr;  // faultline_grpc_requests_total
+  metrics::CounterFamily* grpcRequests = nullptr;   // faultline_grpc_requests_total
+  metrics::CounterFamily* scheduleFires = nullptr;  // faultline_schedule_fires_total
   Gateway gateway;
   std::unique_ptr<RecordStore> store;
   std::unique_ptr<auth::TokenStore> tokens;
@@ -1490,8 +1496,9 @@ int Controller::start() {
   impl_->schedules = openScheduleStore(impl_->options.dbPath);
   impl_->scheduler = std::make_unique<scheduler::Scheduler>(
       *impl_->schedules, impl_->launcher, *impl_->probes, impl_->clock, scheduler::cronTimetable,
-      scheduler::SchedulerOptions{.startDelay = impl_->options.local ? std::chrono::milliseconds{0}
-                                                                     : impl_->options.scheduleStartDelay});
+      scheduler::SchedulerOptions{
+          .startDelay = impl_->options.local ? std::chrono::milliseconds{0} : impl_->options.scheduleStartDelay,
+          .fires = impl_->scheduleFires});
   grpc::ServerBuilder builder;
   if (impl_->runMetrics) {
     std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
