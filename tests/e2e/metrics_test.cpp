@@ -390,6 +390,15 @@ TEST_CASE("the agent without --metrics-listen opens no metrics port and starts n
   // No listening TCP socket of the agent's own.
   const auto listening = faultline::testing::sh(fmt::format("ss -Htlnp | grep 'pid={},' || true", agent.pid));
   CHECK(listening.output.empty());
+  // The config file's key is the flag's name, as for every option.
+  const std::string config = dir.path + "/controller.yaml";
+  std::ofstream(config) << fmt::format("listen: ''\nsocket: {0}/second.sock\ndb: {0}/second.db\nmetrics-listen: :0\n",
+                                       dir.path);
+  const std::string secondLog = dir.path + "/second.log";
+  Process second({FAULTLINE_BIN, "controller", "--config", config}, secondLog);
+  int secondPort = 0;
+  REQUIRE_MESSAGE(eventually([&] { return (secondPort = metricsPort(secondLog)) != 0; }, 10s), slurp(secondLog));
+  CHECK(httpGet(secondPort, "/metrics").find("# TYPE faultline_runs_active gauge\n") != std::string::npos);
   // A bad address is refused with what is accepted.
   const auto bad = faultline::testing::sh(
       fmt::format("{} --controller unix:{} --metrics-listen host.example:1", FAULTLINE_AGENT_BIN, socket));
