@@ -41,6 +41,8 @@ inline constexpr size_t kMaxLabelValue = 256;  // bytes
 class Counter {
  public:
   void inc(uint64_t by = 1) { value_.fetch_add(by, std::memory_order_relaxed); }
+  // For a count kept elsewhere and read at each render (Registry::onCollect): it must never go down.
+  void setTotal(uint64_t total) { value_.store(total, std::memory_order_relaxed); }
   [[nodiscard]] uint64_t value() const { return value_.load(std::memory_order_relaxed); }
 
  private:

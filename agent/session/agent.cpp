@@ -637,4 +637,8 @@ FaultDriver& SystemDrivers::router() {
   return impl_->router;
 }
 
+std::shared_ptr<const QueueTally> SystemDrivers::queueTally() const {
+  return impl_->userspace ? impl_->userspace->queueTally() : nullptr;
+}
+
 }  // namespace faultline::agent

@@ -215,6 +215,8 @@ class SystemDrivers {
                          NetworkDriverChoice network = {});
   ~SystemDrivers();
   [[nodiscard]] FaultDriver& router();
+  // The userspace driver's queue counts; null when netem's kinds go to tc.
+  [[nodiscard]] std::shared_ptr<const QueueTally> queueTally() const;
 
  private:
   struct Impl;
