@@ -5,6 +5,7 @@
 #include <csignal>
 #include <filesystem>
 #include <iostream>
+#include <optional>
 
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
@@ -21,9 +22,11 @@
 #include "agent/safety/policy.h"
 #include "agent/safety/recovery.h"
 #include "agent/safety/revert_all.h"
+#include "agent/session/agent_metrics.h"
 #include "agent/session/inject_bounds.h"
 #include "agent/session/runtime.h"
 #include "agent/session/tls.h"
+#include "common/metrics_server.h"
 
 namespace faultline::agent {
 namespace {
@@ -156,6 +159,11 @@ int agentMain(int argc, char** argv) {
                  "agent policy file (YAML; see docs/operations.md, 'Agent policy'), read once at start; without it "
                  "the built-in policy applies (maxDuration 1h; a process fault touches at most 10 processes and its "
                  "selector matches at most 100; sshd and faultline's own processes protected)");
+  std::string metricsListen;
+  app.add_option("--metrics-listen", metricsListen,
+                 "serve Prometheus metrics at GET /metrics on this address: PORT or :PORT (loopback), HOST:PORT, "
+                 "[V6]:PORT (HOST an IP address); no authentication, no secrets served (docs/operations.md, "
+                 "'Metrics'). Off by default: without it no socket and no thread");
   auto* revertAll = app.add_subcommand(
       "revert-all",
       "Without a controller: revert every fault the undo journal still holds open (network faults, paused "
@@ -250,6 +258,15 @@ int agentMain(int argc, char** argv) {
               << (options.agentId == options.hostname ? " (the default, this host's name: give --id)" : "") << "\n";
     return 4;
   }
+  std::optional<metrics::ListenAddress> metricsAddress;
+  if (!metricsListen.empty()) {
+    auto parsed = metrics::parseListenAddress(metricsListen);
+    if (!parsed) {
+      std::cerr << "faultline-agent: --metrics-listen: " << parsed.error() << "\n";
+      return 4;
+    }
+    metricsAddress = *parsed;
+  }
   Policy policy;
   if (!policyFile.empty()) {
     auto loaded = loadPolicy(policyFile);
@@ -281,6 +298,22 @@ int agentMain(int argc, char** argv) {
                options.credentials ? "mTLS" : "plaintext");
   const std::string status =
       fmt::format("crash recovery done; agent {} serving controller {}", options.agentId, options.controller);
+  // Metrics only when asked for: without --metrics-listen no registry, socket or thread exists.
+  std::unique_ptr<metrics::Registry> registry;
+  std::unique_ptr<AgentMetrics> agentMetrics;
+  std::unique_ptr<metrics::MetricsServer> metricsServer;
+  if (metricsAddress) {
+    registry = std::make_unique<metrics::Registry>();
+    agentMetrics = std::make_unique<AgentMetrics>(*registry);
+    auto server = metrics::MetricsServer::start(*metricsAddress, *registry);
+    if (!server) {
+      std::cerr << "faultline-agent: --metrics-listen: " << server.error() << "\n";
+      return 3;
+    }
+    metricsServer = std::move(*server);
+    options.metrics = agentMetrics.get();
+    spdlog::info("metrics at http://{}/metrics", metricsServer->address());
+  }
   AgentRuntime runtime(std::move(options), true, std::move(*journal), std::move(policy));
   runtime.runUntilSignal(status);
   return 0;

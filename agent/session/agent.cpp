@@ -37,15 +37,20 @@ std::string printableId(const std::string& id) {
 }  // namespace
 
 Agent::Agent(boost::asio::io_context& io, FaultDriver& driver, ReportSink sink, UndoJournal* journal, Policy policy,
-             std::chrono::milliseconds watchInterval, boost::asio::io_context* expiry)
+             std::chrono::milliseconds watchInterval, boost::asio::io_context* expiry, AgentMetrics* metrics)
     : io_(io),
       expiry_(expiry != nullptr ? *expiry : io),
       driver_(driver),
       sink_(std::move(sink)),
       journal_(journal),
+      metrics_(metrics),
       policy_(std::move(policy)),
       watchInterval_(watchInterval),
-      watchTimer_(io) {}
+      watchTimer_(io) {
+  if (metrics_ != nullptr && journal_ != nullptr) {
+    metrics_->journalOpen.with({}).set(static_cast<double>(journal_->openCount()));
+  }
+}
 
 void Agent::journalDone(const std::string& faultId) {
   if (journal_ == nullptr) {
@@ -55,6 +60,9 @@ void Agent::journalDone(const std::string& faultId) {
   if (auto done = journal_->done(faultId); !done) {
     // The entry stays open: the next start reverts it again, which finds nothing left to undo.
     spdlog::error("fault {}: cannot mark it done in the undo journal: {}", faultId, done.error().message);
+  }
+  if (metrics_ != nullptr) {
+    metrics_->journalOpen.with({}).set(static_cast<double>(journal_->openCount()));
   }
 }
 
@@ -161,6 +169,7 @@ void Agent::inject(const v1::Inject& inject) {
       Held& held = faults_[id];
       held.generation = generation;
       held.claim = Claim::Applying;
+      held.kind = std::string(faultKindName(inject.spec()));
     }
   }
   if (!refused.empty()) {
@@ -176,6 +185,9 @@ void Agent::inject(const v1::Inject& inject) {
         return tl::unexpected(FaultError{begun.error().code, begun.error().message});
       }
       journalled = true;
+      if (metrics_ != nullptr) {
+        metrics_->journalOpen.with({}).set(static_cast<double>(journal_->openCount()));
+      }
       return {};
     };
   }
@@ -186,7 +198,18 @@ void Agent::inject(const v1::Inject& inject) {
   std::vector<v1::ProcessHit> hits;
   {
     std::lock_guard driverLock(driverMutex_);
+    const auto began = std::chrono::steady_clock::now();
     applied = driver_.apply(inject.spec(), persist);
+    if (metrics_ != nullptr) {
+      const std::vector<std::string> kind{std::string(faultKindName(inject.spec()))};
+      metrics_->applySeconds.with(kind).observe(
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - began).count());
+      if (applied) {
+        metrics_->faultsHeld.with(kind).add(1);
+      } else {
+        metrics_->applyFailures.with(kind).inc();
+      }
+    }
     if (applied) {
       detail = (*applied)->describe();
       hits = (*applied)->processHits();
@@ -388,16 +411,30 @@ void Agent::finish(const std::string& faultId, v1::FaultState endState, std::str
 void Agent::revertClaimed(const std::string& faultId, v1::FaultState endState, const std::string& why,
                           v1::FaultEndCause cause) {
   AppliedFault* applied = nullptr;
+  std::string kind;
   {
     std::lock_guard lock(mutex_);
-    applied = faults_.at(faultId).applied.get();  // the claim keeps it in place
+    const Held& held = faults_.at(faultId);
+    applied = held.applied.get();  // the claim keeps it in place
+    kind = held.kind;
   }
   tl::expected<void, FaultError> reverted;
   std::string detail;
   std::vector<v1::ProcessHit> hits;
   {
     std::lock_guard driverLock(driverMutex_);
+    const auto began = std::chrono::steady_clock::now();
     reverted = applied->revert();
+    if (metrics_ != nullptr) {
+      metrics_->revertSeconds.with({kind}).observe(
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - began).count());
+      if (!reverted) {
+        metrics_->revertFailures.with({kind}).inc();
+      }
+      if (reverted || reverted.error().permanent) {
+        metrics_->faultsHeld.with({kind}).add(-1);  // dropped: held no more
+      }
+    }
     detail = reverted ? applied->describeRevert(why) : applied->describe();
     hits = applied->processHits();
   }
@@ -604,6 +641,10 @@ SystemDrivers::~SystemDrivers() = default;
 
 FaultDriver& SystemDrivers::router() {
   return impl_->router;
+}
+
+std::shared_ptr<const QueueTally> SystemDrivers::queueTally() const {
+  return impl_->userspace ? impl_->userspace->queueTally() : nullptr;
 }
 
 }  // namespace faultline::agent

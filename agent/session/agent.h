@@ -51,6 +51,7 @@
 #include "agent/kernel/packet_steering.h"
 #include "agent/safety/journal.h"
 #include "agent/safety/policy.h"
+#include "agent/session/agent_metrics.h"
 #include "agent/session/inject_bounds.h"
 #include "faultline/v1/agent_gateway.pb.h"
 
@@ -72,10 +73,11 @@ class Agent {
   // policy: maxDuration 1h). watchInterval: how often, while any fault is held, each is checked
   // to be still in place (watch()); > 0. expiry: the io_context of the deadlines and the reverts
   // they trigger (see Threading above), run by a thread that never handles input; nullptr: io.
-  // Calls into the driver never overlap (driverMutex_, see Threading above).
+  // Calls into the driver never overlap (driverMutex_, see Threading above). metrics (optional,
+  // must outlive the agent): faults held, apply and revert durations and failures, journal entries open.
   Agent(boost::asio::io_context& io, FaultDriver& driver, ReportSink sink, UndoJournal* journal = nullptr,
         Policy policy = {}, std::chrono::milliseconds watchInterval = kWatchInterval,
-        boost::asio::io_context* expiry = nullptr);
+        boost::asio::io_context* expiry = nullptr, AgentMetrics* metrics = nullptr);
   // Reverts every fault still held, on the calling thread. Destroy the agent once neither
   // io_context runs (their threads joined).
   ~Agent();
@@ -138,6 +140,7 @@ class Agent {
     std::string revertError;     // the last failure's reason while revertFailing
     bool journalled = false;     // has an open entry in the journal
     std::string lostError;       // set once watch() found it no longer in place (reported once)
+    std::string kind;            // faultKindName() of its spec (the metrics' label)
   };
   void finish(const std::string& faultId, v1::FaultState endState, std::string_view why, v1::FaultEndCause cause);
   // " (fault ID holds pid 42; ...)": the faults other than faultId whose applied report lists one
@@ -165,6 +168,7 @@ class Agent {
   FaultDriver& driver_;
   ReportSink sink_;
   UndoJournal* journal_;
+  AgentMetrics* metrics_;  // may be null
   // Serialises every call into driver_ and its AppliedFaults (see Threading above).
   std::mutex driverMutex_;
   std::mutex journalMutex_;  // journal_ is not thread-safe
@@ -216,6 +220,8 @@ class SystemDrivers {
                          NetworkDriverChoice network = {});
   ~SystemDrivers();
   [[nodiscard]] FaultDriver& router();
+  // The userspace driver's queue counts; null when netem's kinds go to tc.
+  [[nodiscard]] std::shared_ptr<const QueueTally> queueTally() const;
 
  private:
   struct Impl;

@@ -184,8 +184,13 @@ struct AgentRuntime::Impl {
                 session.report(r);
               }
             },
-            journal.get(), std::move(policy), kWatchInterval, &expiry),
-        session(io, agent, std::move(options), &expiry) {}
+            journal.get(), std::move(policy), kWatchInterval, &expiry, options.metrics),
+        session(io, agent, std::move(options), &expiry) {
+    // options was moved into the session; its metrics pointer, copied by the move, is still set.
+    if (options.metrics != nullptr && drivers.queueTally() != nullptr) {
+      options.metrics->watchQueues(drivers.queueTally());
+    }
+  }
 
   ~Impl() {
     agent.close("agent shutting down");

@@ -404,6 +404,9 @@ void Session::expireLease() {
       }
     });
   }
+  if (options_.metrics != nullptr) {
+    options_.metrics->leaseExpiries.with({}).inc();
+  }
   if (agent_.activeCount() > 0) {
     spdlog::warn("{}; reverting every fault", why);
     agent_.revertAll(why, v1::FAULT_STATE_EXPIRED, v1::FAULT_END_CAUSE_LEASE);

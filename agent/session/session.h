@@ -56,6 +56,8 @@ struct SessionOptions {
   // Reports to send once the first Welcome arrives, e.g. the faults crash recovery reverted at
   // start (EXPIRED), so the controller records how they ended.
   std::vector<v1::FaultReport> initialReports;
+  // The agent's metrics (faultline-agent --metrics-listen); null without. Must outlive the runtime.
+  AgentMetrics* metrics = nullptr;
 };
 
 class Session {

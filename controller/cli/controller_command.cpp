@@ -114,6 +114,10 @@ class ControllerCommand final : public Command {
     cmd->add_option("--db", options_.dbPath, "SQLite file for run records")->capture_default_str();
     cmd->add_option("--lease", leaseText_, "agents revert every fault after this long without word from the controller")
         ->capture_default_str();
+    cmd->add_option("--metrics-listen", metricsListen_,
+                    "serve Prometheus metrics at GET /metrics on this address: PORT or :PORT (loopback), "
+                    "HOST:PORT, [V6]:PORT (HOST an IP address); no authentication, no secrets served "
+                    "(docs/operations.md, 'Metrics'). Off by default");
     cmd->add_option("--retain-runs", options_.retention.runs,
                     "keep the records of the N newest runs and delete older finished runs whole, at start and "
                     "hourly (0: no count limit)")
@@ -159,6 +163,14 @@ class ControllerCommand final : public Command {
       std::cerr << "faultline controller: " << refused << "\n";
       return kExitUsage;
     }
+    if (!metricsListen_.empty()) {
+      auto address = metrics::parseListenAddress(metricsListen_);
+      if (!address) {
+        std::cerr << "faultline controller: --metrics-listen: " << address.error() << "\n";
+        return kExitUsage;
+      }
+      options_.metricsListen = *address;
+    }
     options_.retention.age = std::chrono::hours{24} * retainDays_;
     options_.localRole = *auth::parseRole(localRole_);
     options_.commandProbes = !noCommandProbes_;
@@ -199,6 +211,7 @@ class ControllerCommand final : public Command {
   std::string probeUser_;
   bool noCommandProbes_ = false;
   std::string leaseText_ = "15s";
+  std::string metricsListen_;
   unsigned retainDays_ = 0;
 };
 

@@ -107,6 +107,9 @@ class RunState {
     event("", "run.started",
           fmt::format("experiment {} from {} (sha256 {}), trigger {}", req_.experiment.name, req_.fileName,
                       req_.fileSha256.substr(0, 12), req_.trigger));
+    if (options_.metrics != nullptr) {
+      options_.metrics->runStarted(req_.runId, req_.trigger);
+    }
     listener_ =
         fleet_.subscribe([this](const std::string& agentId, const v1::FaultReport& r) { onReport(agentId, r); });
 
@@ -140,6 +143,9 @@ class RunState {
     if (storeFailed_.load()) {
       spdlog::error("run {}: {}", req_.runId, done.message());
     }
+    if (options_.metrics != nullptr) {
+      options_.metrics->runFinished(req_.runId, req_.trigger, verdict);
+    }
     if (sink_) {
       sink_(done);
     }
@@ -161,6 +167,7 @@ class RunState {
     bool revertGaveUp = false;              // the agent's revert can never succeed (permanent): not retried
     bool failureRecorded = false;           // a fault.failed event says why (the agent's or the run's)
     Clock::time_point until{};              // when the run will ask for its end (start time + duration)
+    std::string kind;                       // faultKindName() of its spec (the metrics' label)
     google::protobuf::Timestamp appliedAt;  // the agent's APPLIED report time
     bool applied = false;                   // the agent reported it applied
     bool changed = false;                   // the agent found it changed or gone before the run asked its end
@@ -572,6 +579,7 @@ class RunState {
           h.name = agentName(t.agent_id(), t.hostname());
           h.kind = std::string(faultKindName(f.spec));
           h.until = start + f.duration;
+          h.kind = std::string(faultKindName(f.spec));
           held_[id] = h;
         }
         v1::ControllerMessage msg;
@@ -967,6 +975,9 @@ class RunState {
       }
       auto& h = it->second;
       const bool wasApplied = h.state == v1::FAULT_STATE_APPLIED;
+      if (options_.metrics != nullptr) {
+        noteMetrics(h, wasApplied, r);
+      }
       if (r.state() == v1::FAULT_STATE_FAILED && wasApplied) {
         if (r.error_code() == v1::FAULT_ERROR_AGENT_GONE) {
           h.agentGone = true;
@@ -1006,6 +1017,25 @@ class RunState {
     cv_.notify_all();
   }
 
+  // The metrics of one report of a fault of this run (under mutex_, before h changes): a fault
+  // held from APPLIED until REVERTED, EXPIRED, or a failure that ends it (the agent gone, a revert
+  // that can never succeed); every failed revert counted.
+  void noteMetrics(const HeldFault& h, bool wasApplied, const v1::FaultReport& r) {
+    auto& m = *options_.metrics;
+    if (r.state() == v1::FAULT_STATE_APPLIED && !wasApplied) {
+      m.faultApplied(req_.runId, h.kind);
+    } else if (wasApplied && settled(r.state())) {
+      m.faultEnded(req_.runId, h.kind);
+    } else if (wasApplied && r.state() == v1::FAULT_STATE_FAILED) {
+      if (r.error_code() != v1::FAULT_ERROR_AGENT_GONE) {
+        m.revertFailed(h.kind);
+      }
+      if (r.error_code() == v1::FAULT_ERROR_AGENT_GONE || r.error_code() == v1::FAULT_ERROR_PERMANENT) {
+        m.faultEnded(req_.runId, h.kind);
+      }
+    }
+  }
+
   // A probe step: one sample of the named probe (phase "step"), taken on the run thread. A failed
   // sample violates the hypothesis whether or not an SLO covers the probe (a step judges its one
   // sample). A failed guard stops the method (aborted) before the next step; while faults are held
@@ -1042,6 +1072,9 @@ class RunState {
       rec.set_value(*s.value);
     }
     recorded(fmt::format("sample of probe {} ({})", p.name, phase), [&] { store_.addSample(req_.runId, rec); });
+    if (options_.metrics != nullptr) {
+      options_.metrics->probeSampled(rec);
+    }
     // In start order: samples of one probe overlap, and a late one ends after later ones.
     auto& history = history_[p.name];
     const auto pos = std::upper_bound(history.begin(), history.end(), when,
@@ -1142,6 +1175,9 @@ class RunState {
     *check.mutable_at() = at;
     check.set_phase(phase);
     recorded(fmt::format("check of SLO {} ({})", slo.name, phase), [&] { store_.addSloCheck(req_.runId, check); });
+    if (options_.metrics != nullptr) {
+      options_.metrics->sloChecked(req_.runId, check);
+    }
     const std::string measured = describeSloCheck(check);
     if (check.not_enough_data()) {
       if (phase == "during") {

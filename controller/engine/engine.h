@@ -36,6 +36,7 @@
 #include <tl/expected.hpp>
 
 #include "controller/engine/fleet.h"
+#include "controller/engine/run_metrics.h"
 #include "controller/engine/slo.h"
 #include "controller/engine/targets.h"
 #include "controller/experiment/experiment.h"
@@ -94,6 +95,8 @@ struct EngineOptions {
   // start_at more than 30 s from their own clock (agent/session/agent.h, kMaxStartAhead and
   // kMaxStartBehind): keep it well under that.
   std::chrono::milliseconds startLead{250};
+  // The controller's metrics (--metrics-listen); null: none. Must outlive the engine's runs.
+  RunMetrics* metrics = nullptr;
 };
 
 class RunEngine {

@@ -175,6 +175,7 @@ void Scheduler::catchUpLocked(Entry& entry, TimePoint now) {
                       deadline.count() > 0 ? "more than the starting deadline of " + durationText(deadline)
                                            : std::string("and the schedule has no starting deadline")));
       store_.recordFire(f);
+      countFire("missed", "past_deadline");
       spdlog::warn("schedule {}: {}", s.name(), f.reason());
     }
     planNextLocked(entry, std::max(*latest, nowSeconds));
@@ -221,24 +222,25 @@ v1::ScheduleFire Scheduler::fireLocked(Entry& entry, sys_seconds planned, TimePo
   f.set_schedule(s.name());
   *f.mutable_planned_at() = timestampOf(TimePoint{planned});
   *f.mutable_fire_at() = timestampOf(fireAt);
-  auto skip = [&](std::string reason) {
+  auto skip = [&](std::string reason, const char* code) {
     f.set_outcome("skipped");
     f.set_reason(std::move(reason));
     f.set_id(store_.recordFire(f, manual));
+    countFire("skipped", code);
     spdlog::info("schedule {}: fire at {} skipped: {}", s.name(), timeText(fireAt), f.reason());
     return f;
   };
   if (checkBlackout && entry.timetable) {
     if (auto window = entry.timetable->blackoutAt(floor<seconds>(fireAt))) {
-      return skip(fmt::format("in blackout window '{}'", *window));
+      return skip(fmt::format("in blackout window '{}'", *window), "blackout");
     }
   }
   std::erase_if(entry.activeRuns, [&](const std::string& id) { return !launcher_.active(id); });
   const std::string concurrency = s.concurrency().empty() ? "forbid" : s.concurrency();
   if (!entry.activeRuns.empty()) {
     if (concurrency == "forbid") {
-      return skip(
-          fmt::format("run {} of this schedule is still active (concurrency forbid)", entry.activeRuns.front()));
+      return skip(fmt::format("run {} of this schedule is still active (concurrency forbid)", entry.activeRuns.front()),
+                  "concurrency");
     }
     if (concurrency == "replace") {
       for (const auto& id : entry.activeRuns) {
@@ -249,12 +251,13 @@ v1::ScheduleFire Scheduler::fireLocked(Entry& entry, sys_seconds planned, TimePo
       std::erase_if(entry.activeRuns, [&](const std::string& id) { return !launcher_.active(id); });
       if (!entry.activeRuns.empty()) {
         return skip(fmt::format("run {} of this schedule did not finish within {} of its abort (concurrency replace)",
-                                entry.activeRuns.front(), durationText(options_.replaceWait)));
+                                entry.activeRuns.front(), durationText(options_.replaceWait)),
+                    "concurrency");
       }
     }
   }
   if (auto failure = onlyIfFailure(s)) {
-    return skip(*failure);
+    return skip(*failure, "only_if");
   }
   const std::string runId = launcher_.newRunId();
   f.set_outcome("started");
@@ -266,12 +269,20 @@ v1::ScheduleFire Scheduler::fireLocked(Entry& entry, sys_seconds planned, TimePo
     f.set_reason(fmt::format("the run could not start: {}", started.error()));
     f.clear_run_id();
     store_.setFireOutcome(f.id(), f.outcome(), f.reason());
+    countFire("skipped", "start_failed");
     spdlog::error("schedule {}: {}", s.name(), f.reason());
     return f;
   }
+  countFire("started", "");
   entry.activeRuns.push_back(runId);
   spdlog::info("schedule {}: fire at {} started run {}", s.name(), timeText(fireAt), runId);
   return f;
+}
+
+void Scheduler::countFire(const char* outcome, const char* reason) {
+  if (options_.fires != nullptr) {
+    options_.fires->with({outcome, reason}).inc();
+  }
 }
 
 void Scheduler::tick() {

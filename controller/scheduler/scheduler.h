@@ -37,6 +37,7 @@
 
 #include <tl/expected.hpp>
 
+#include "common/metrics.h"
 #include "controller/probes/probe.h"
 #include "controller/store/schedules.h"
 #include "faultline/v1/control.pb.h"
@@ -104,6 +105,10 @@ struct SchedulerOptions {
   std::chrono::milliseconds startDelay{0};
   // Seed of the jitter's generator; unset: std::random_device.
   std::optional<uint64_t> seed{};
+  // faultline_schedule_fires_total{outcome, reason} (the controller's --metrics-listen); null:
+  // none. outcome started, skipped or missed; reason "" for started, else one of blackout,
+  // concurrency, only_if, start_failed (skipped) or past_deadline (missed). Must outlive the scheduler.
+  metrics::CounterFamily* fires = nullptr;
 };
 
 class Scheduler {
@@ -156,6 +161,8 @@ class Scheduler {
   void loadLocked(bool catchUp);
   void planNextLocked(Entry& entry, std::chrono::sys_seconds after);
   void catchUpLocked(Entry& entry, std::chrono::system_clock::time_point now);
+  // Counts a fire in options_.fires (when set).
+  void countFire(const char* outcome, const char* reason);
   v1::ScheduleFire fireLocked(Entry& entry, std::chrono::sys_seconds planned,
                               std::chrono::system_clock::time_point fireAt, bool manual, bool checkBlackout);
   std::optional<std::string> onlyIfFailure(const v1::Schedule& schedule);

@@ -24,6 +24,7 @@
 
 #include <fmt/format.h>
 #include <grpcpp/grpcpp.h>
+#include <grpcpp/support/server_interceptor.h>
 #include <spdlog/spdlog.h>
 
 #include "agent/kernel/tcp_listeners.h"
@@ -236,6 +237,47 @@ const Probe* firstCommandProbe(const Experiment& e) {
 
 }  // namespace
 
+namespace {
+
+// Counts every gRPC call as it is answered: faultline_grpc_requests_total{method, code}. The method
+// is gRPC's full name ("/faultline.v1.Control/SubmitRun"): only the services' registered methods
+// reach interceptors, so the label is bounded (and the family capped besides).
+class RequestCounter final : public grpc::experimental::ServerInterceptorFactoryInterface {
+ public:
+  explicit RequestCounter(metrics::CounterFamily& family) : family_(family) {}
+  grpc::experimental::Interceptor* CreateServerInterceptor(grpc::experimental::ServerRpcInfo* info) override {
+    return new Counting(family_, info->method());
+  }
+
+ private:
+  class Counting final : public grpc::experimental::Interceptor {
+   public:
+    Counting(metrics::CounterFamily& family, const char* method) : family_(family), method_(method ? method : "") {}
+    void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
+      if (methods->QueryInterceptionHookPoint(grpc::experimental::InterceptionHookPoints::PRE_SEND_STATUS)) {
+        family_.with({method_, codeName(methods->GetSendStatus().error_code())}).inc();
+      }
+      methods->Proceed();
+    }
+
+   private:
+    metrics::CounterFamily& family_;
+    std::string method_;
+  };
+  static std::string codeName(grpc::StatusCode code) {
+    static constexpr const char* kNames[] = {
+        "OK",        "CANCELLED",      "UNKNOWN",           "INVALID_ARGUMENT",   "DEADLINE_EXCEEDED",
+        "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+        "ABORTED",   "OUT_OF_RANGE",   "UNIMPLEMENTED",     "INTERNAL",           "UNAVAILABLE",
+        "DATA_LOSS", "UNAUTHENTICATED"};
+    const auto i = static_cast<size_t>(code);
+    return i < std::size(kNames) ? kNames[i] : "UNKNOWN";
+  }
+  metrics::CounterFamily& family_;
+};
+
+}  // namespace
+
 struct Controller::Impl final : v1::Control::CallbackService {
   explicit Impl(ControllerOptions o)
       : options(std::move(o)),
@@ -246,7 +288,22 @@ struct Controller::Impl final : v1::Control::CallbackService {
             .refusePeer = options.tls.empty() && !options.insecure
                               ? std::function([this](const std::string& peer) { return refuseAgentPeer(peer); })
                               : nullptr}),
-        probes(makeProbeRunner(options.probeUser)) {}
+        probes(makeProbeRunner(options.probeUser)) {
+    if (options.metricsListen) {
+      runMetrics = std::make_unique<RunMetrics>(registry);
+      grpcRequests = &registry.counter("faultline_grpc_requests_total",
+                                       "gRPC calls answered by the controller (Control and AgentGateway), by method "
+                                       "and status code",
+                                       {"method", "code"}, 1000);
+      scheduleFires = &registry.counter("faultline_schedule_fires_total",
+                                        "Schedule fires by outcome (started, skipped, missed) and, for skipped and "
+                                        "missed ones, reason (blackout, concurrency, only_if, start_failed, "
+                                        "past_deadline)",
+                                        {"outcome", "reason"});
+      auto& agents = registry.gauge("faultline_agents_connected", "Agents connected now (their stream is open)");
+      registry.onCollect([this, &agents] { agents.with({}).set(static_cast<double>(gateway.agents().size())); });
+    }
+  }
 
   // Without TLS an agent is known by nothing but its connection, so only root and the
   // controller's own user may register one: on the Unix socket by SO_PEERCRED, on loopback TCP by
@@ -295,6 +352,11 @@ struct Controller::Impl final : v1::Control::CallbackService {
   }
 
   ControllerOptions options;
+  // The metrics (options.metricsListen): before everything that reports to them, so they go last.
+  metrics::Registry registry;
+  std::unique_ptr<RunMetrics> runMetrics;
+  metrics::CounterFamily* grpcRequests = nullptr;   // faultline_grpc_requests_total
+  metrics::CounterFamily* scheduleFires = nullptr;  // faultline_schedule_fires_total
   Gateway gateway;
   std::unique_ptr<RecordStore> store;
   std::unique_ptr<auth::TokenStore> tokens;
@@ -349,6 +411,7 @@ struct Controller::Impl final : v1::Control::CallbackService {
   }
   int lateListener = 0;         // records reports that reach no run (see recordLateReport)
   std::thread retentionThread;  // prunes the records every options.retentionInterval until shutdown
+  std::unique_ptr<metrics::MetricsServer> metricsServer;  // stopped by shutdown(), before what it reads
 
   // Deletes the records options.retention does not keep; logs, never throws (a full disk or a
   // locked file waits for the next round).
@@ -575,20 +638,25 @@ struct Controller::Impl final : v1::Control::CallbackService {
       runs[run->id] = run;
     }
     run->thread = std::thread([this, run, request = std::move(request)]() mutable {
-      RunEngine engine(gateway, *probes, *store, [run](const v1::RunEvent& e) {
-        std::list<std::shared_ptr<WatchReactor>> pokes;
-        {
-          std::lock_guard lock(run->mutex);
-          run->events.push_back(e);
-          if (e.kind() == "run.finished") {
-            run->finished = true;
-          }
-          pokes = run->watchers;
-        }
-        for (auto& w : pokes) {
-          w->pump();
-        }
-      });
+      EngineOptions engineOptions;
+      engineOptions.metrics = runMetrics.get();
+      RunEngine engine(
+          gateway, *probes, *store,
+          [run](const v1::RunEvent& e) {
+            std::list<std::shared_ptr<WatchReactor>> pokes;
+            {
+              std::lock_guard lock(run->mutex);
+              run->events.push_back(e);
+              if (e.kind() == "run.finished") {
+                run->finished = true;
+              }
+              pokes = run->watchers;
+            }
+            for (auto& w : pokes) {
+              w->pump();
+            }
+          },
+          engineOptions);
       v1::Verdict verdict = v1::VERDICT_ERROR;
       try {
         verdict = engine.run(request, run->stop);
@@ -1429,9 +1497,15 @@ int Controller::start() {
   impl_->schedules = openScheduleStore(impl_->options.dbPath);
   impl_->scheduler = std::make_unique<scheduler::Scheduler>(
       *impl_->schedules, impl_->launcher, *impl_->probes, impl_->clock, scheduler::cronTimetable,
-      scheduler::SchedulerOptions{.startDelay = impl_->options.local ? std::chrono::milliseconds{0}
-                                                                     : impl_->options.scheduleStartDelay});
+      scheduler::SchedulerOptions{
+          .startDelay = impl_->options.local ? std::chrono::milliseconds{0} : impl_->options.scheduleStartDelay,
+          .fires = impl_->scheduleFires});
   grpc::ServerBuilder builder;
+  if (impl_->runMetrics) {
+    std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
+    interceptors.push_back(std::make_unique<RequestCounter>(*impl_->grpcRequests));
+    builder.experimental().SetInterceptorCreators(std::move(interceptors));
+  }
   int port = 0;
   if (!impl_->options.listen.empty()) {
     builder.AddListeningPort(impl_->options.listen, credentials, &port);
@@ -1460,6 +1534,14 @@ int Controller::start() {
   }
   if (impl_->localSocket) {
     impl_->localSocket->start(*impl_->server);
+  }
+  if (impl_->options.metricsListen) {
+    auto server = metrics::MetricsServer::start(*impl_->options.metricsListen, impl_->registry);
+    if (!server) {
+      throw std::runtime_error(server.error());
+    }
+    impl_->metricsServer = std::move(*server);
+    spdlog::info("metrics at http://{}/metrics", impl_->metricsServer->address());
   }
   impl_->scheduler->start();
   spdlog::info("controller listening on {} (port {}, {}), {}records in {}",
@@ -1533,6 +1615,7 @@ void Controller::shutdown(const std::string& reason) {
   if (impl_->localSocket) {
     impl_->localSocket->stop();
   }
+  impl_->metricsServer.reset();  // its collector reads the gateway
   if (impl_->server) {
     impl_->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds{2});
     impl_->server.reset();
@@ -1545,6 +1628,10 @@ void Controller::shutdown(const std::string& reason) {
 
 Gateway& Controller::gateway() {
   return impl_->gateway;
+}
+
+std::string Controller::metricsAddress() const {
+  return impl_->metricsServer ? impl_->metricsServer->address() : std::string();
 }
 
 }  // namespace faultline::controller

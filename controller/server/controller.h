@@ -11,6 +11,7 @@
 #include <string>
 
 #include "agent/session/tls.h"
+#include "common/metrics_server.h"
 #include "controller/auth/roles.h"
 #include "controller/probes/probe.h"
 #include "controller/server/gateway.h"
@@ -52,6 +53,9 @@ struct ControllerOptions {
   // that agents reconnect first (run --local: none): an agent that lost its controller retries at
   // least every 10 s (its backoff's cap, agent/session/session.h), so 15 s sees every live agent back.
   std::chrono::milliseconds scheduleStartDelay{15'000};
+  // Prometheus metrics at GET /metrics on this address (--metrics-listen; common/metrics_server.h),
+  // started by start() after the gRPC port; nullopt: none (no socket, no thread).
+  std::optional<metrics::ListenAddress> metricsListen{};
 };
 
 // Why options.listen may not be served as given: "" when it may (no TCP address, TLS, a local
@@ -85,6 +89,8 @@ class Controller {
   // The runs going on now (started, not yet finished). Thread-safe.
   [[nodiscard]] size_t activeRuns() const;
   [[nodiscard]] Gateway& gateway();
+  // The metrics endpoint's "HOST:PORT" as bound (start() done); "" without metricsListen.
+  [[nodiscard]] std::string metricsAddress() const;
 
  private:
   struct Impl;

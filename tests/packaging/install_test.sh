@@ -55,7 +55,7 @@ check "no build path in the man pages" bash -c "! grep -l '$build' '$man'/man*/*
 if command -v man >/dev/null; then
   check "man renders faultline.1" bash -c "MANWIDTH=200 man -l '$man/man1/faultline.1' 2>/dev/null | grep -qE 'faultline +- +chaos experiments'"
 fi
-for d in README.md operations.md experiments.md security.md schedules.md ci.md examples/quickstart.yaml; do
+for d in README.md operations.md experiments.md security.md schedules.md ci.md examples/quickstart.yaml grafana/faultline.json; do
   check "doc $d" test -s "$doc/$d"
 done
 echo "installed tree:"

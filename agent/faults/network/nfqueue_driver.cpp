@@ -123,7 +123,8 @@ class AppliedUserspaceFault final : public AppliedFault {
   AppliedUserspaceFault(SteeringOpener open, std::shared_ptr<NfqueueFaultDriver::Holding> holding,
                         std::tuple<std::string, std::string, int> key, std::string netns, SteeringBackend backend,
                         uint16_t slot, std::unique_ptr<PacketQueue> queue, std::string context, std::string what,
-                        std::optional<kernel::SlotState> installed, std::shared_ptr<SteeringWatchdog> watchdog)
+                        std::optional<kernel::SlotState> installed, std::shared_ptr<SteeringWatchdog> watchdog,
+                        std::shared_ptr<QueueTally> tally)
       : open_(std::move(open)),
         holding_(std::move(holding)),
         key_(std::move(key)),
@@ -134,12 +135,20 @@ class AppliedUserspaceFault final : public AppliedFault {
         context_(std::move(context)),
         what_(std::move(what)),
         installed_(std::move(installed)),
-        watchdog_(std::move(watchdog)) {}
+        watchdog_(std::move(watchdog)),
+        tally_(std::move(tally)) {
+    if (queue_ && tally_) {
+      tally_->add(queue_.get());
+    }
+  }
 
   ~AppliedUserspaceFault() override {
     // An agent that drops a fault without reverting it (it never does) must not leave packets held.
     if (queue_) {
       queue_->stop();
+      if (tally_) {
+        tally_->remove(queue_.get());
+      }
     }
     release();
   }
@@ -178,6 +187,9 @@ class AppliedUserspaceFault final : public AppliedFault {
     if (queue_) {
       queue_->stop();
       outcome_ += "; " + countersText(queue_->stats());
+      if (tally_) {
+        tally_->remove(queue_.get());
+      }
       queue_.reset();
     }
     reverted_ = true;
@@ -258,6 +270,7 @@ class AppliedUserspaceFault final : public AppliedFault {
   std::string what_;
   std::optional<kernel::SlotState> installed_;  // read back right after install(); lost() compares
   std::shared_ptr<SteeringWatchdog> watchdog_;  // told when the rules go; the driver keeps it running
+  std::shared_ptr<QueueTally> tally_;           // the driver's count of every queue's packets
   mutable bool unreadBefore_ = false;
   mutable uint64_t receivedBefore_ = 0;
   std::string outcome_;
@@ -530,7 +543,7 @@ tl::expected<std::unique_ptr<AppliedFault>, FaultError> NfqueueFaultDriver::appl
   }
   return std::make_unique<AppliedUserspaceFault>(openSteering_, holding_, key, netns, *backend, slot, std::move(queue),
                                                  fmt::format("{} on {} in {}", kind, interface, where(netns)), applied,
-                                                 std::move(installed), watchdog_);
+                                                 std::move(installed), watchdog_, tally_);
 }
 
 bool NfqueueFaultDriver::isNfqueueRecord(const nlohmann::json& undo) {

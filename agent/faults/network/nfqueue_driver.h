@@ -94,6 +94,8 @@ class NfqueueFaultDriver final : public FaultDriver {
   // removed after its grace. The agent and run --local turn it on; without it (unit tests)
   // nothing is started. A watchdog that cannot start is logged; faults are applied without it.
   void enableWatchdog(WatchdogStarter start) { startWatchdog_ = std::move(start); }
+  // The packets of every queue this driver's faults served, live and ended (the agent's metrics).
+  [[nodiscard]] std::shared_ptr<const QueueTally> queueTally() const { return tally_; }
 
   // Undo record, persisted before the first kernel change:
   //   {"fault":"network.delay","driver":"nfqueue","netns":"" or a path,"interface":"veth0",
@@ -128,6 +130,7 @@ class NfqueueFaultDriver final : public FaultDriver {
   std::vector<Endpoint> exempt_;
   NetworkTargetResolver* resolver_ = nullptr;
   std::shared_ptr<Holding> holding_ = std::make_shared<Holding>();
+  std::shared_ptr<QueueTally> tally_ = std::make_shared<QueueTally>();
   WatchdogStarter startWatchdog_;
   std::shared_ptr<SteeringWatchdog> watchdog_;  // started with the first fault; shared with the faults
   bool watchdogFailed_ = false;

@@ -32,7 +32,9 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <system_error>
 #include <unordered_map>
@@ -157,6 +159,55 @@ class PacketQueue {
   // The netlink socket bound to the queue, for the watchdog (agent/safety/queue_watchdog.h), which takes
   // it to release the queue's packets when the agent is stopped; -1 when there is none (fakes).
   [[nodiscard]] virtual int netlinkFd() const { return -1; }
+};
+
+// The userspace queues' packet counts across faults, for the agent's metrics
+// (agent/session/agent_metrics.h): the queues alive now are read at each total(), those that ended
+// are summed as they end, so every count but held only grows. Thread-safe; add() and remove() take
+// a mutex only total() also takes (never held across anything else).
+class QueueTally {
+ public:
+  // queue must stay alive until remove(queue).
+  void add(const PacketQueue* queue) {
+    std::lock_guard lock(mutex_);
+    live_.insert(queue);
+  }
+  // Call after queue->stop() (its final counts) and before it is destroyed.
+  void remove(const PacketQueue* queue) {
+    const QueueStats s = queue->stats();
+    std::lock_guard lock(mutex_);
+    if (live_.erase(queue) != 0) {
+      sum(ended_, s);
+    }
+  }
+  // Ended queues' counts plus the live ones'; held: the live queues' only.
+  [[nodiscard]] QueueStats total() const {
+    std::lock_guard lock(mutex_);
+    QueueStats t = ended_;
+    t.held = 0;
+    for (const auto* q : live_) {
+      sum(t, q->stats());
+    }
+    return t;
+  }
+
+ private:
+  static void sum(QueueStats& into, const QueueStats& s) {
+    into.received += s.received;
+    into.accepted += s.accepted;
+    into.dropped += s.dropped;
+    into.overLimit += s.overLimit;
+    into.duplicated += s.duplicated;
+    into.corrupted += s.corrupted;
+    into.reordered += s.reordered;
+    into.keptInOrder += s.keptInOrder;
+    into.held += s.held;
+    into.orphaned += s.orphaned;
+    into.sendFailed += s.sendFailed;
+  }
+  mutable std::mutex mutex_;
+  std::set<const PacketQueue*> live_;
+  QueueStats ended_;
 };
 
 }  // namespace faultline::agent

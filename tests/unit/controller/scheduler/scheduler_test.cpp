@@ -304,6 +304,25 @@ TEST_CASE("scheduler: a fire in a blackout window is skipped and recorded with t
   CHECK(f.launcher.started.size() == 2);
 }
 
+TEST_CASE("scheduler: fires are counted by outcome and reason in faultline_schedule_fires_total") {
+  Fixture f;
+  auto s = schedule("quiet", "every 10");
+  s.add_blackouts("15-35");
+  f.apply(s);
+  f.launcher.runLength = std::chrono::milliseconds{15'000};  // the run of 40 outlasts the fire at 50
+  metrics::Registry registry;
+  auto& fires = registry.counter("faultline_schedule_fires_total", "fires", {"outcome", "reason"});
+  Scheduler sched(*f.store, f.launcher, f.probes, f.clock, fakeTimetable, SchedulerOptions{.seed = 1, .fires = &fires});
+  sched.recover();
+  f.runUntil(sched, 50);
+  // 10 started, 20 and 30 in the blackout, 40 started, 50 while 40's run is active.
+  CHECK(fires.with({"started", ""}).value() == 2);
+  CHECK(fires.with({"skipped", "blackout"}).value() == 2);
+  CHECK(fires.with({"skipped", "concurrency"}).value() == 1);
+  CHECK(registry.render().find("faultline_schedule_fires_total{outcome=\"skipped\",reason=\"blackout\"} 2\n") !=
+        std::string::npos);
+}
+
 TEST_CASE("scheduler: the next fires that land in a blackout window name it (show marks them skipped)") {
   Fixture f;
   auto s = schedule("quiet-next", "every 10");

@@ -244,6 +244,27 @@ TEST_CASE_FIXTURE(Fixture, "nfqueue driver: a delay binds the slot's queue, then
   CHECK(nf->queuesStopped == 1);
 }
 
+TEST_CASE_FIXTURE(Fixture, "nfqueue driver: the queue tally counts live queues and keeps ended ones (metrics)") {
+  const auto tally = driver.queueTally();
+  CHECK(tally->total().received == 0);
+  auto first = driver.apply(delaySpec(v1::DIRECTION_EGRESS),
+                            [](const nlohmann::json&) -> tl::expected<void, FaultError> { return {}; });
+  REQUIRE(first.has_value());
+  auto second = driver.apply(delaySpec(v1::DIRECTION_INGRESS),
+                             [](const nlohmann::json&) -> tl::expected<void, FaultError> { return {}; });
+  REQUIRE_MESSAGE(second.has_value(), (second ? "" : second.error().message));
+  CHECK(tally->total().received == 20);  // two live queues of 10
+  CHECK(tally->total().accepted == 14);
+  REQUIRE((*first)->revert().has_value());
+  CHECK(tally->total().received == 20);  // the ended one is kept
+  CHECK(tally->total().dropped == 6);
+  second->reset();  // dropped without a revert: its counts are kept too
+  CHECK(tally->total().received == 20);
+  CHECK(tally->total().held == 0);
+  first->reset();
+  CHECK(tally->total().accepted == 14);
+}
+
 TEST_CASE_FIXTURE(Fixture, "nfqueue driver: partition and loss go through the queue too (no rule outlives the agent)") {
   v1::FaultSpec partition;
   partition.mutable_network_partition()->mutable_target()->set_interface("veth0");
