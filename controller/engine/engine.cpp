@@ -157,7 +157,7 @@ class RunState {
     std::string agentId;
     std::string host;  // the agent's hostname (the events' host)
     std::string name;  // agentName(): how messages name the agent
-    std::string kind;  // faultKindName() of its spec
+    std::string kind;  // faultKindName() of its spec (fault.ended's kind, the metrics' label)
     v1::FaultState state = v1::FAULT_STATE_UNSPECIFIED;
     std::string error;
     bool unconfirmed = false;               // the agent never answered the inject: it may hold the fault
@@ -167,7 +167,6 @@ class RunState {
     bool revertGaveUp = false;              // the agent's revert can never succeed (permanent): not retried
     bool failureRecorded = false;           // a fault.failed event says why (the agent's or the run's)
     Clock::time_point until{};              // when the run will ask for its end (start time + duration)
-    std::string kind;                       // faultKindName() of its spec (the metrics' label)
     google::protobuf::Timestamp appliedAt;  // the agent's APPLIED report time
     bool applied = false;                   // the agent reported it applied
     bool changed = false;                   // the agent found it changed or gone before the run asked its end
@@ -579,7 +578,6 @@ class RunState {
           h.name = agentName(t.agent_id(), t.hostname());
           h.kind = std::string(faultKindName(f.spec));
           h.until = start + f.duration;
-          h.kind = std::string(faultKindName(f.spec));
           held_[id] = h;
         }
         v1::ControllerMessage msg;
