@@ -343,6 +343,9 @@ TEST_CASE("a pid reused after list() is never signalled (pidfd and start time)")
     ::kill(pid, SIGKILL);
     first->wait();
     first.reset();
+    // A start time counts clock ticks (10 ms at 100 Hz): a process started in the same tick as
+    // the one it replaces is indistinguishable by pid and start time, so let a tick or two pass.
+    std::this_thread::sleep_for(std::chrono::milliseconds(25));
     {
       std::ofstream last("/proc/sys/kernel/ns_last_pid");
       last << pid - 1;
