@@ -33,7 +33,8 @@ inline constexpr std::chrono::seconds kMaxStartBehind{30};
 // what a controller accepts back, and no id carries a terminal control sequence into a log, a
 // listing or a report. The agent checks its --id, the controller every Hello.
 inline constexpr std::size_t kMaxAgentIdBytes = 64;
-// The reason id is no agent id ("'ID' is not an agent id: ...; accepted: ..."), nullopt when it is.
+// Why id is no agent id ("not an agent id: 65 bytes, more than 64; accepted: ..."; the id itself is
+// not repeated: it may hold control characters), nullopt when it is one. Pure.
 [[nodiscard]] std::optional<std::string> checkAgentId(std::string_view id);
 
 // Checks an Inject's size bounds (the constants above; the fault id must also be non-empty and
