@@ -35,16 +35,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-ip netns add "$a"
-ip netns add "$b"
-ip link add fl-web0 netns "$a" type veth peer name fl-web1 netns "$b"
-ip -n "$a" addr add 10.77.2.1/24 dev fl-web0
-ip -n "$b" addr add 10.77.2.2/24 dev fl-web1
-for ns in "$a" "$b"; do
-  ip -n "$ns" link set lo up
-done
-ip -n "$a" link set fl-web0 up
-ip -n "$b" link set fl-web1 up
+source tests/e2e/example_netns.sh
+example_netns "$a" "$b" fl-web0 fl-web1 10.77.2
 
 mkdir -p "$work/state"
 cat >"$work/nginx.conf" <<EOF

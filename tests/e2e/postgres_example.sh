@@ -46,16 +46,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-ip netns add "$a"
-ip netns add "$b"
-ip link add fl-pg0 netns "$a" type veth peer name fl-pg1 netns "$b"
-ip -n "$a" addr add 10.77.18.1/24 dev fl-pg0
-ip -n "$b" addr add 10.77.18.2/24 dev fl-pg1
-for ns in "$a" "$b"; do
-  ip -n "$ns" link set lo up
-done
-ip -n "$a" link set fl-pg0 up
-ip -n "$b" link set fl-pg1 up
+source tests/e2e/example_netns.sh
+example_netns "$a" "$b" fl-pg0 fl-pg1 10.77.18
 
 mkdir "$work/pg"
 chown "$user:" "$work/pg"

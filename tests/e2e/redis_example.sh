@@ -41,16 +41,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-ip netns add "$a"
-ip netns add "$b"
-ip link add fl-rds0 netns "$a" type veth peer name fl-rds1 netns "$b"
-ip -n "$a" addr add 10.77.17.1/24 dev fl-rds0
-ip -n "$b" addr add 10.77.17.2/24 dev fl-rds1
-for ns in "$a" "$b"; do
-  ip -n "$ns" link set lo up
-done
-ip -n "$a" link set fl-rds0 up
-ip -n "$b" link set fl-rds1 up
+source tests/e2e/example_netns.sh
+example_netns "$a" "$b" fl-rds0 fl-rds1 10.77.17
 
 # The supervisor: starts redis-server, and 2 s after it exits starts it again. Its log has the
 # wall-clock time of each exit and start.
