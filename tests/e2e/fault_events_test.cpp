@@ -25,22 +25,14 @@
 #include "tests/support/logged_process.h"
 #include "tests/support/netns.h"
 #include "tests/support/netns_holder.h"
+#include "tests/support/temp_dir.h"
 
 using namespace faultline;
 using namespace std::chrono_literals;
 
 namespace {
 
-// A temporary directory removed at the end of the test.
-struct TempDir {
-  TempDir() {
-    char tmpl[] = "/tmp/faultline-e2e-XXXXXX";
-    REQUIRE(::mkdtemp(tmpl) != nullptr);
-    path = tmpl;
-  }
-  ~TempDir() { std::filesystem::remove_all(path); }
-  std::string path;
-};
+using testing::TempDir;
 
 std::string slurp(const std::string& path) {
   std::ifstream in(path);

@@ -37,22 +37,14 @@
 #include "tests/support/eventually.h"
 #include "tests/support/logged_process.h"
 #include "tests/support/netns.h"
+#include "tests/support/temp_dir.h"
 
 using namespace faultline;
 using namespace std::chrono_literals;
 
 namespace {
 
-// A temporary directory removed at the end of the test.
-struct TempDir {
-  TempDir() {
-    char tmpl[] = "/tmp/faultline-e2e-XXXXXX";
-    REQUIRE(::mkdtemp(tmpl) != nullptr);
-    path = tmpl;
-  }
-  ~TempDir() { std::filesystem::remove_all(path); }
-  std::string path;
-};
+using testing::TempDir;
 
 // A child `sleep 600` the experiment kills; reaped (and killed if still alive) at the end.
 struct Victim {
